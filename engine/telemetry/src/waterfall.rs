@@ -1,0 +1,145 @@
+//! A trace as a waterfall in the terminal: the span tree with start offsets, durations and bars.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use crate::handoff::FlatSpan;
+
+/// Options for [`render`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Width of the bar column in characters.
+    pub bar_width: usize,
+    /// Print each span's attributes under it.
+    pub attributes: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { bar_width: 40, attributes: false }
+    }
+}
+
+fn ms(nanos: u64) -> String {
+    format!("{:.3}", nanos as f64 / 1e6)
+}
+
+/// Renders the spans of one trace as a tree. Spans whose parent is not among `spans` are roots.
+pub fn render(spans: &[FlatSpan], opts: &Options) -> String {
+    let mut out = String::new();
+    if spans.is_empty() {
+        return out;
+    }
+    let ids: HashMap<&str, usize> = spans.iter().enumerate().map(|(i, s)| (s.span_id.as_str(), i)).collect();
+    let mut children: HashMap<Option<usize>, Vec<usize>> = HashMap::new();
+    for (i, s) in spans.iter().enumerate() {
+        let parent = ids.get(s.parent_span_id.as_str()).copied().filter(|&p| p != i);
+        children.entry(parent).or_default().push(i);
+    }
+    for list in children.values_mut() {
+        list.sort_by_key(|&i| (spans[i].start_unix_nanos, spans[i].end_unix_nanos));
+    }
+    let t0 = spans.iter().map(|s| s.start_unix_nanos).min().unwrap_or(0);
+    let t1 = spans.iter().map(|s| s.end_unix_nanos).max().unwrap_or(t0).max(t0 + 1);
+    let total = (t1 - t0) as f64;
+
+    // rows: (label, span index)
+    let mut rows: Vec<(String, usize)> = Vec::new();
+    fn walk(
+        node: Option<usize>,
+        prefix: &str,
+        children: &HashMap<Option<usize>, Vec<usize>>,
+        spans: &[FlatSpan],
+        rows: &mut Vec<(String, usize)>,
+    ) {
+        let Some(kids) = children.get(&node) else { return };
+        for (n, &k) in kids.iter().enumerate() {
+            let last = n + 1 == kids.len();
+            let (branch, cont) = match node {
+                None => ("", ""),
+                Some(_) if last => ("└─ ", "   "),
+                Some(_) => ("├─ ", "│  "),
+            };
+            rows.push((format!("{prefix}{branch}{}", spans[k].name), k));
+            walk(Some(k), &format!("{prefix}{cont}"), children, spans, rows);
+        }
+    }
+    walk(None, "", &children, spans, &mut rows);
+
+    let label_width = rows.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(0).max(4);
+    let service_width = spans.iter().map(|s| s.service.len()).max().unwrap_or(0).max(7);
+    let _ = writeln!(
+        out,
+        "trace {}  total {} ms  spans {}",
+        spans[0].trace_id,
+        ms(t1 - t0),
+        spans.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:label_width$}  {:service_width$}  {:>10}  {:>10}  timeline",
+        "span", "service", "start ms", "dur ms"
+    );
+    for (label, i) in &rows {
+        let s = &spans[*i];
+        let start = s.start_unix_nanos.saturating_sub(t0);
+        let from = ((start as f64 / total) * opts.bar_width as f64).floor() as usize;
+        let len = ((s.duration_nanos() as f64 / total) * opts.bar_width as f64).ceil().max(1.0) as usize;
+        let from = from.min(opts.bar_width.saturating_sub(1));
+        let len = len.min(opts.bar_width - from);
+        let bar: String = " ".repeat(from) + &"█".repeat(len) + &" ".repeat(opts.bar_width - from - len);
+        let pad = label_width - label.chars().count();
+        let mark = if s.error.is_some() { " ✗" } else { "" };
+        let _ = writeln!(
+            out,
+            "{label}{:pad$}  {:service_width$}  {:>10}  {:>10}  |{bar}|{mark}",
+            "",
+            s.service,
+            ms(start),
+            ms(s.duration_nanos()),
+        );
+        if opts.attributes {
+            for (k, v) in &s.attributes {
+                let _ = writeln!(out, "{:label_width$}      {k}={v}", "");
+            }
+            if let Some(e) = &s.error {
+                let _ = writeln!(out, "{:label_width$}      error={e}", "");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(id: &str, parent: &str, name: &str, start: u64, end: u64) -> FlatSpan {
+        FlatSpan {
+            trace_id: "t".into(),
+            span_id: id.into(),
+            parent_span_id: parent.into(),
+            name: name.into(),
+            service: "engine-runtime".into(),
+            start_unix_nanos: start,
+            end_unix_nanos: end,
+            attributes: vec![],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn renders_tree_in_start_order() {
+        let spans = vec![
+            span("b", "a", "runtime.rootfs", 2_000_000, 5_000_000),
+            span("a", "", "runtime.create", 1_000_000, 9_000_000),
+            span("c", "a", "runtime.cgroup", 1_500_000, 2_000_000),
+        ];
+        let text = render(&spans, &Options::default());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[2].starts_with("runtime.create"), "{text}");
+        assert!(lines[3].starts_with("├─ runtime.cgroup"), "{text}");
+        assert!(lines[4].starts_with("└─ runtime.rootfs"), "{text}");
+        assert!(lines[2].contains("8.000"), "{text}");
+    }
+}
