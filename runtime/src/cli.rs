@@ -1,0 +1,304 @@
+//! The command line, as runc has it, and the dispatch to the lifecycle operations.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use engine_telemetry::Recorder;
+
+use crate::container::{self, CreateOptions};
+use crate::log::{LogFormat, Logger};
+use crate::state::StateDir;
+use crate::{Error, Result};
+
+/// Version of the runtime spec this runtime implements.
+pub const SPEC_VERSION: &str = "1.2.0";
+
+#[derive(Parser, Debug)]
+#[command(name = "engine-runtime", version = concat!(env!("CARGO_PKG_VERSION"), "\nspec: 1.2.0"), about = "An OCI container runtime")]
+pub struct Cli {
+    /// Directory for container state.
+    #[arg(long, global = true, default_value = "/run/engine-runtime")]
+    pub root: PathBuf,
+    /// Log file (default: none; errors always go to stderr).
+    #[arg(long, global = true)]
+    pub log: Option<PathBuf>,
+    /// Format of the log file.
+    #[arg(long = "log-format", global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log debug lines.
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Use systemd to manage cgroups (not supported; accepted so callers get a clear error).
+    #[arg(long = "systemd-cgroup", global = true)]
+    pub systemd_cgroup: bool,
+    /// Rootless mode ("auto", "true", "false"); only "false" and "auto" as root are supported.
+    #[arg(long, global = true)]
+    pub rootless: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CreateArgs {
+    /// Container id.
+    pub id: String,
+    /// Bundle directory (holds config.json).
+    #[arg(long, short = 'b', default_value = ".")]
+    pub bundle: PathBuf,
+    /// Write the container's pid here.
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket to send the pty master to (for process.terminal).
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// Do not use pivot_root (for a ramdisk root): move the rootfs over / and chroot.
+    #[arg(long = "no-pivot")]
+    pub no_pivot: bool,
+    /// Do not create a new session keyring.
+    #[arg(long = "no-new-keyring")]
+    pub no_new_keyring: bool,
+    /// Pass N extra descriptors (3 .. 3+N-1) to the container.
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: i32,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a container (its program waits for `start`).
+    Create(CreateArgs),
+    /// Start a created container.
+    Start { id: String },
+    /// Print a container's state as JSON.
+    State { id: String },
+    /// Send a signal (default SIGTERM) to a container.
+    Kill {
+        #[arg(long, short = 'a')]
+        all: bool,
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Delete a container.
+    Delete {
+        #[arg(long, short = 'f')]
+        force: bool,
+        id: String,
+    },
+    /// Create and start a container; without --detach, wait for it and delete it.
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Keep the container's state after it exits.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Write a default config.json.
+    Spec {
+        #[arg(long, short = 'b', default_value = ".")]
+        bundle: PathBuf,
+    },
+    /// Print the features this runtime supports, as JSON.
+    Features,
+    /// List containers.
+    List {
+        #[arg(long, short = 'f', default_value = "table")]
+        format: String,
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// List a container's processes.
+    Ps {
+        #[arg(long, short = 'f', default_value = "table")]
+        format: String,
+        id: String,
+        /// Options for ps(1) (accepted for compatibility; ignored).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+}
+
+impl CreateArgs {
+    fn options(&self) -> Result<CreateOptions> {
+        if self.console_socket.is_some() {
+            return Err(Error::Other("--console-socket is not supported by this runtime yet".into()));
+        }
+        if self.preserve_fds < 0 {
+            return Err(Error::Other(format!("--preserve-fds {} must not be negative", self.preserve_fds)));
+        }
+        Ok(CreateOptions {
+            id: self.id.clone(),
+            bundle: self.bundle.clone(),
+            pid_file: self.pid_file.clone(),
+            no_pivot: self.no_pivot,
+            preserve_fds: self.preserve_fds,
+        })
+    }
+}
+
+/// Runs a parsed command line; returns the exit code. Errors are logged here.
+pub fn main(cli: Cli) -> i32 {
+    let logger = Logger { file: cli.log.clone(), format: cli.log_format, debug: cli.debug };
+    let mut rec = Recorder::from_env("engine-runtime");
+    let code = match dispatch(&cli, &logger, &mut rec) {
+        Ok(code) => code,
+        Err(e) => {
+            logger.error(&e.to_string());
+            1
+        }
+    };
+    rec.flush();
+    code
+}
+
+fn dispatch(cli: &Cli, logger: &Logger, rec: &mut Recorder) -> Result<i32> {
+    if cli.systemd_cgroup {
+        return Err(Error::Other("--systemd-cgroup is not supported: use cgroupfs paths".into()));
+    }
+    if matches!(cli.rootless.as_deref(), Some("true")) {
+        return Err(Error::Other("rootless mode is not supported yet".into()));
+    }
+    let dir = StateDir::new(&cli.root);
+    logger.debug(&format!("{:?}", cli.command));
+    match &cli.command {
+        Command::Create(args) => {
+            container::create(&dir, &args.options()?, rec)?;
+            Ok(0)
+        }
+        Command::Start { id } => container::start(&dir, id, rec).map(|_| 0),
+        Command::State { id } => {
+            let state = container::state(&dir, id)?;
+            println!("{}", serde_json::to_string_pretty(&state).expect("serde_json::Value serializes"));
+            Ok(0)
+        }
+        Command::Kill { all, id, signal } => {
+            let sig = container::parse_signal(signal)?;
+            container::kill(&dir, id, sig, *all, rec).map(|_| 0)
+        }
+        Command::Delete { force, id } => container::delete(&dir, id, *force, rec).map(|_| 0),
+        Command::Run { create, detach, keep } => {
+            let opts = create.options()?;
+            let created = container::create(&dir, &opts, rec)?;
+            if let Err(e) = container::start(&dir, &opts.id, rec) {
+                let _ = container::delete(&dir, &opts.id, true, rec);
+                return Err(e);
+            }
+            if *detach {
+                return Ok(0);
+            }
+            rec.flush();
+            let code = container::wait_forwarding(&created)?;
+            if !keep {
+                container::delete(&dir, &opts.id, true, rec)?;
+            }
+            Ok(code)
+        }
+        Command::Spec { bundle } => write_default_spec(bundle).map(|_| 0),
+        Command::Features => {
+            println!("{}", serde_json::to_string_pretty(&features()).expect("serde_json::Value serializes"));
+            Ok(0)
+        }
+        Command::List { format, quiet } => list(&dir, format, *quiet),
+        Command::Ps { format, id, .. } => ps(&dir, id, format),
+    }
+}
+
+fn write_default_spec(bundle: &std::path::Path) -> Result<()> {
+    let path = bundle.join("config.json");
+    if path.exists() {
+        return Err(Error::Other(format!("{} exists; remove it first", path.display())));
+    }
+    let mut spec = oci_spec::runtime::Spec::default();
+    if let Some(p) = spec.process_mut() {
+        p.set_terminal(Some(false));
+        p.set_args(Some(vec!["sh".into()]));
+    }
+    spec.set_hostname(Some("engine".into()));
+    if let Some(linux) = spec.linux_mut() {
+        // deny every device but the defaults, as runc's spec does
+        let deny_all = oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .map_err(|e| Error::Other(e.to_string()))?;
+        let mut resources = linux.resources().clone().unwrap_or_default();
+        resources.set_devices(Some(vec![deny_all]));
+        linux.set_resources(Some(resources));
+    }
+    let text = serde_json::to_string_pretty(&spec).map_err(|e| Error::Other(e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| Error::Other(format!("write {}: {e}", path.display())))
+}
+
+/// The features document of the runtime spec (features.md).
+pub fn features() -> serde_json::Value {
+    let caps: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": SPEC_VERSION,
+        "hooks": [],
+        "mountOptions": [
+            "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "mand", "noatime",
+            "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime", "nosuid", "private",
+            "rbind", "relatime", "remount", "ro", "rprivate", "rshared", "rslave", "runbindable", "rw",
+            "shared", "slave", "strictatime", "suid", "sync", "unbindable"
+        ],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
+            "capabilities": caps,
+            "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": false },
+            "seccomp": { "enabled": false },
+            "apparmor": { "enabled": false },
+            "selinux": { "enabled": false },
+            "intelRdt": { "enabled": false },
+            "mountExtensions": { "idmap": { "enabled": false } }
+        },
+        "annotations": { "io.github.engine.runtime.version": env!("CARGO_PKG_VERSION") }
+    })
+}
+
+fn list(dir: &StateDir, format: &str, quiet: bool) -> Result<i32> {
+    let all = container::list(dir)?;
+    let mut out = std::io::stdout().lock();
+    if quiet {
+        for (st, _) in &all {
+            let _ = writeln!(out, "{}", st.id);
+        }
+        return Ok(0);
+    }
+    match format {
+        "json" => {
+            let v: Vec<_> = all.iter().map(|(st, s)| st.to_spec_json(*s)).collect();
+            let _ = writeln!(out, "{}", serde_json::Value::Array(v));
+        }
+        "table" => {
+            let w = all.iter().map(|(st, _)| st.id.len()).max().unwrap_or(2).max(2);
+            let _ = writeln!(out, "{:w$}   {:8} {:10} {:40} {:30} OWNER", "ID", "PID", "STATUS", "BUNDLE", "CREATED");
+            for (st, s) in &all {
+                let pid = if *s == crate::state::Status::Stopped { 0 } else { st.pid };
+                let _ = writeln!(out, "{:w$}   {:<8} {:10} {:40} {:30} root", st.id, pid, s.to_string(), st.bundle.display(), st.created);
+            }
+        }
+        other => return Err(Error::Other(format!("invalid --format {other:?}: want table or json"))),
+    }
+    Ok(0)
+}
+
+fn ps(dir: &StateDir, id: &str, format: &str) -> Result<i32> {
+    let pids = container::pids(dir, id)?;
+    match format {
+        "json" => println!("{}", serde_json::to_string(&pids).expect("a list of integers serializes")),
+        "table" => {
+            println!("{:>8}  CMD", "PID");
+            for pid in pids {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())
+                    .unwrap_or_default();
+                println!("{pid:>8}  {cmd}");
+            }
+        }
+        other => return Err(Error::Other(format!("invalid --format {other:?}: want table or json"))),
+    }
+    Ok(0)
+}

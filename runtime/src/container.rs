@@ -1,0 +1,431 @@
+//! The container lifecycle as the runtime spec defines it: create, start, kill, delete, state,
+//! plus `run` (create + start + wait + delete). `create` is the container-start hot path; it
+//! reads top to bottom: spec, state directory, cgroup, namespaces (clone3), wait for the child's
+//! setup, save state.
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use engine_telemetry::Recorder;
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use oci_spec::runtime::LinuxIdMapping;
+
+use crate::cgroups::{CgroupManager, Layout};
+use crate::error::{sys, Error, Result};
+use crate::namespaces::{self, Plan};
+use crate::setup::{self, SetupArgs};
+use crate::state::{self, ContainerState, StateDir, Status};
+use crate::{spec, sync};
+
+/// Name of the fifo the container's first process blocks on until `start`.
+pub const EXEC_FIFO: &str = "exec.fifo";
+
+/// Options of `create` (and `run`).
+#[derive(Clone, Debug, Default)]
+pub struct CreateOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub preserve_fds: i32,
+}
+
+/// A created container, as `create` leaves it.
+#[derive(Debug)]
+pub struct Created {
+    pub pid: i32,
+    /// A pidfd for the container's first process (a child of the calling process).
+    pub pidfd: OwnedFd,
+}
+
+/// Undoes a partial create unless disarmed: kills the child, removes the cgroup and the state dir.
+struct Rollback<'a> {
+    dir: &'a StateDir,
+    id: &'a str,
+    cgroup: Option<CgroupManager>,
+    child: Option<i32>,
+    armed: bool,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(pid) = self.child {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        if let Some(cg) = &self.cgroup {
+            let _ = cg.destroy();
+        }
+        let _ = self.dir.remove(self.id);
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// clone3 without a new stack: like fork, with namespace flags. Returns 0 in the child, and the
+/// child's pid and a pidfd in the parent.
+fn clone3(flags: CloneFlags, cgroup: Option<RawFd>) -> nix::Result<(i32, Option<OwnedFd>)> {
+    let mut pidfd: RawFd = -1;
+    let mut args = CloneArgs {
+        flags: flags.bits() as u32 as u64 | CLONE_PIDFD,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd as u64;
+    }
+    // SAFETY: `args` is a valid clone_args of the size passed; with no stack the child continues
+    // on a copy of this stack, as after fork. This process is single-threaded, so the child may
+    // run arbitrary code until it execs or exits.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    match r {
+        -1 => Err(nix::Error::last()),
+        0 => Ok((0, None)),
+        // SAFETY: the kernel stored a new pidfd for the child, owned by us from now on.
+        pid => Ok((pid as i32, Some(unsafe { OwnedFd::from_raw_fd(pidfd) }))),
+    }
+}
+
+fn write_id_map(pid: i32, file: &str, maps: &[LinuxIdMapping]) -> Result<()> {
+    let text: String = maps.iter().map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())).collect();
+    let path = format!("/proc/{pid}/{file}");
+    std::fs::write(&path, &text).map_err(|e| Error::Other(format!("write {path}: {e}")))
+}
+
+/// Creates container `opts.id` from its bundle: everything up to (not including) the exec of the
+/// user's program, which waits for `start`.
+pub fn create(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder) -> Result<Created> {
+    let create_span = rec.start("runtime.create", None);
+    rec.set_attr(create_span, "container.id", opts.id.as_str());
+    let result = create_inner(dir, opts, rec, create_span);
+    if let Ok(c) = &result {
+        rec.set_attr(create_span, "process.pid", c.pid);
+    }
+    rec.finish(create_span, result)
+}
+
+fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent: engine_telemetry::SpanHandle) -> Result<Created> {
+    let h = rec.start("runtime.spec", Some(parent));
+    let bundle = rec.finish(h, spec::load(&opts.bundle))?;
+    let linux = bundle.spec.linux().as_ref().ok_or_else(|| Error::Other("linux is missing".into()))?;
+    let plan = Plan::from_spec(linux.namespaces().as_deref().unwrap_or_default());
+
+    let state_dir = dir.claim(&opts.id)?;
+    let mut rollback = Rollback { dir, id: &opts.id, cgroup: None, child: None, armed: true };
+
+    let h = rec.start("runtime.cgroup", Some(parent));
+    let cgroups_path = linux.cgroups_path().clone().unwrap_or_else(|| PathBuf::from("/").join(&opts.id));
+    let cgroup = rec.finish(h, (|| {
+        let layout = Layout::detect()?;
+        let mut cg = CgroupManager::plan(&layout, &cgroups_path)?;
+        cg.create(linux.resources().as_ref())?;
+        Ok::<_, crate::cgroups::CgroupError>(cg)
+    })())?;
+    let cgroup = rollback.cgroup.insert(cgroup);
+
+    let fifo = state_dir.join(EXEC_FIFO);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622)).map_err(sys("mkfifo exec.fifo"))?;
+
+    let h = rec.start("runtime.namespaces", Some(parent));
+    rec.set_attr(h, "namespaces.clone_flags", format!("{:#x}", plan.clone_flags.bits()));
+    let (pid_ns, join) = namespaces::open_joins(&plan.join).map_err(Error::Setup)?;
+    if let Some(fd) = &pid_ns {
+        nix::sched::setns(fd, CloneFlags::CLONE_NEWPID).map_err(sys("setns pid namespace"))?;
+    }
+    let (parent_sock, child_sock) = sync::pair().map_err(sys("socketpair"))?;
+    // On pure v2 the child starts life in its cgroup; elsewhere create moves it below.
+    let cgroup_fd = match cgroup.unified_path().filter(|_| cgroup.paths().v2) {
+        Some(p) => Some(
+            nix::fcntl::open(p, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+                .map_err(sys(format!("open {}", p.display())))?,
+        ),
+        None => None,
+    };
+    let (pid, pidfd) = clone3(plan.clone_flags, cgroup_fd.as_ref().map(|f| f.as_raw_fd())).map_err(sys("clone3"))?;
+    if pid == 0 {
+        drop(parent_sock);
+        let args = SetupArgs {
+            spec: &bundle.spec,
+            bundle: &bundle.dir,
+            rootfs: &bundle.rootfs,
+            cgroup: cgroup.paths(),
+            join,
+            new_cgroup_ns: plan.new_cgroup,
+            user_ns: plan.new_user || plan.join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUSER),
+            net_ns: plan.has_net_ns(),
+            exec_fifo: fifo,
+            no_pivot: opts.no_pivot,
+            preserve_fds: opts.preserve_fds,
+        };
+        setup::run(args, child_sock, rec, parent);
+    }
+    let pidfd = pidfd.ok_or_else(|| Error::Other("clone3 returned no pidfd".into()))?;
+    rollback.child = Some(pid);
+    drop(child_sock);
+    rec.set_attr(h, "process.pid", pid);
+
+    if cgroup_fd.is_none() {
+        cgroup.add_pid(pid)?;
+    }
+    if plan.new_user {
+        write_id_map(pid, "uid_map", linux.uid_mappings().as_deref().unwrap_or_default())?;
+        write_id_map(pid, "gid_map", linux.gid_mappings().as_deref().unwrap_or_default())?;
+    }
+    parent_sock.send(b"go").map_err(sys("signal container init"))?;
+    rec.end(h);
+
+    // The child now prepares the rootfs and process; it answers "ready" or "error:<why>".
+    let reply = parent_sock.recv().map_err(sys("wait for container init"))?;
+    if reply != b"ready" {
+        let why = match reply.strip_prefix(b"error:") {
+            Some(msg) => String::from_utf8_lossy(msg).into_owned(),
+            None => "exited during setup".to_string(),
+        };
+        return Err(Error::Setup(why));
+    }
+
+    let start_time = state::process_start_time(pid).ok_or_else(|| Error::Setup("exited during setup".into()))?;
+    let st = ContainerState {
+        id: opts.id.clone(),
+        oci_version: bundle.spec.version().clone(),
+        pid,
+        pid_start_time: start_time,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        created: state::now_rfc3339(),
+        annotations: bundle.spec.annotations().clone().unwrap_or_default().into_iter().collect(),
+        cgroup: cgroup.paths().clone(),
+        own_pid_ns: plan.own_pid_ns(),
+    };
+    dir.save(&st)?;
+    if let Some(p) = &opts.pid_file {
+        state::write_pid_file(p, pid).map_err(|e| Error::Other(format!("write pid file {}: {e}", p.display())))?;
+    }
+    rollback.armed = false;
+    Ok(Created { pid, pidfd })
+}
+
+/// Lets a created container's process exec its program.
+pub fn start(dir: &StateDir, id: &str, rec: &mut Recorder) -> Result<()> {
+    let h = rec.start("runtime.start", None);
+    rec.set_attr(h, "container.id", id);
+    let r = start_inner(dir, id);
+    rec.finish(h, r)
+}
+
+fn start_inner(dir: &StateDir, id: &str) -> Result<()> {
+    let st = dir.load(id)?;
+    let status = st.status(dir);
+    if status != Status::Created {
+        return Err(Error::WrongStatus { id: id.into(), op: "start", status });
+    }
+    let fifo_path = dir.dir(id).join(EXEC_FIFO);
+    let fifo = nix::fcntl::open(&fifo_path, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        .map_err(sys("open exec fifo"))?;
+    loop {
+        let mut fds = [nix::poll::PollFd::new(fifo.as_fd(), nix::poll::PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)) {
+            Ok(n) if n > 0 => {
+                let mut b = [0u8; 1];
+                match nix::unistd::read(&fifo, &mut b) {
+                    Ok(1) => break,
+                    Ok(_) | Err(nix::Error::EAGAIN) => {}
+                    Err(e) => return Err(Error::Sys { op: "read exec fifo".into(), errno: e }),
+                }
+            }
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(Error::Sys { op: "poll exec fifo".into(), errno: e }),
+        }
+        if !st.alive() {
+            return Err(Error::WrongStatus { id: id.into(), op: "start", status: Status::Stopped });
+        }
+        if !fifo_path.exists() {
+            return Err(Error::WrongStatus { id: id.into(), op: "start", status: Status::Running });
+        }
+    }
+    let _ = std::fs::remove_file(&fifo_path);
+    Ok(())
+}
+
+/// The state document of container `id`.
+pub fn state(dir: &StateDir, id: &str) -> Result<serde_json::Value> {
+    let st = dir.load(id)?;
+    Ok(st.to_spec_json(st.status(dir)))
+}
+
+/// Parses a signal as runc does: a name with or without "SIG", or a number.
+pub fn parse_signal(s: &str) -> Result<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return if (1..=64).contains(&n) { Ok(n) } else { Err(Error::BadSignal(s.into())) };
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    name.parse::<Signal>().map(|sig| sig as i32).map_err(|_| Error::BadSignal(s.into()))
+}
+
+/// Sends `signal` to the container's first process, or with `all` to every process in it.
+pub fn kill(dir: &StateDir, id: &str, signal: i32, all: bool, rec: &mut Recorder) -> Result<()> {
+    let h = rec.start("runtime.kill", None);
+    rec.set_attr(h, "container.id", id);
+    rec.set_attr(h, "signal", signal);
+    let r = (|| {
+        let st = dir.load(id)?;
+        let status = st.status(dir);
+        if status == Status::Stopped {
+            return Err(Error::WrongStatus { id: id.into(), op: "kill", status });
+        }
+        if all {
+            CgroupManager::from_paths(st.cgroup.clone()).signal_all(signal)?;
+        } else {
+            // SAFETY: kill has no memory effects.
+            if unsafe { libc::kill(st.pid, signal) } < 0 {
+                return Err(Error::Sys { op: format!("kill {}", st.pid), errno: nix::Error::last() });
+            }
+        }
+        Ok(())
+    })();
+    rec.finish(h, r)
+}
+
+/// Deletes container `id`: a stopped or created one always; a running one only with `force`.
+pub fn delete(dir: &StateDir, id: &str, force: bool, rec: &mut Recorder) -> Result<()> {
+    let h = rec.start("runtime.delete", None);
+    rec.set_attr(h, "container.id", id);
+    let r = (|| {
+        let st = match dir.load(id) {
+            Ok(st) => st,
+            Err(crate::state::StateError::NotFound(_)) => {
+                // an aborted create may have left a directory without state.json
+                crate::state::check_id(id)?;
+                dir.remove(id)?;
+                return if force { Ok(()) } else { Err(crate::state::StateError::NotFound(id.into()).into()) };
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let status = st.status(dir);
+        if matches!(status, Status::Running | Status::Paused) && !force {
+            return Err(Error::WrongStatus { id: id.into(), op: "delete", status });
+        }
+        destroy(dir, &st)
+    })();
+    rec.finish(h, r)
+}
+
+/// Kills whatever is left of the container, waits for it, removes its cgroup and state.
+fn destroy(dir: &StateDir, st: &ContainerState) -> Result<()> {
+    let cg = CgroupManager::from_paths(st.cgroup.clone());
+    if st.alive() {
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(st.pid, libc::SIGKILL) };
+    }
+    if !st.own_pid_ns {
+        // without its own pid namespace, the container's other processes outlive its first one
+        let _ = cg.signal_all(libc::SIGKILL);
+    }
+    if let Some(freezer) = st.cgroup.paths.get("freezer") {
+        // frozen processes cannot die
+        let _ = std::fs::write(freezer.join("freezer.state"), "THAWED");
+    }
+    wait_gone(st, Duration::from_secs(10));
+    cg.destroy()?;
+    dir.remove(&st.id)?;
+    Ok(())
+}
+
+/// Waits until the container's first process has exited (as a zombie or reaped).
+fn wait_gone(st: &ContainerState, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    // SAFETY: pidfd_open takes integers; a returned fd is owned by us.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, st.pid, 0) };
+    let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+    while st.alive() && Instant::now() < deadline {
+        match &pidfd {
+            Some(fd) => {
+                let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u16));
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// Ids, statuses and details of every container, for `list`.
+pub fn list(dir: &StateDir) -> Result<Vec<(ContainerState, Status)>> {
+    let mut out = Vec::new();
+    for id in dir.list()? {
+        if let Ok(st) = dir.load(&id) {
+            let status = st.status(dir);
+            out.push((st, status));
+        }
+    }
+    Ok(out)
+}
+
+/// The processes of container `id`.
+pub fn pids(dir: &StateDir, id: &str) -> Result<Vec<i32>> {
+    let st = dir.load(id)?;
+    Ok(CgroupManager::from_paths(st.cgroup).pids()?)
+}
+
+/// Waits for the container's first process (a child of ours) while forwarding the signals a
+/// foreground `run` receives. Returns its exit code (128+signal when killed).
+pub fn wait_forwarding(created: &Created) -> Result<i32> {
+    use nix::sys::signal::{SigSet, SigmaskHow};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH] {
+        set.add(s);
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(sys("sigprocmask"))?;
+    let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).map_err(sys("signalfd"))?;
+    let pid = nix::unistd::Pid::from_raw(created.pid);
+    loop {
+        let mut fds = [
+            nix::poll::PollFd::new(created.pidfd.as_fd(), nix::poll::PollFlags::POLLIN),
+            nix::poll::PollFd::new(sfd.as_fd(), nix::poll::PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(Error::Sys { op: "poll".into(), errno: e }),
+        }
+        if fds[1].revents().is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN)) {
+            if let Ok(Some(info)) = sfd.read_signal() {
+                // SAFETY: kill has no memory effects.
+                unsafe { libc::kill(created.pid, info.ssi_signo as i32) };
+            }
+        }
+        if fds[0].revents().is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN)) {
+            use nix::sys::wait::{waitpid, WaitStatus};
+            return match waitpid(pid, None).map_err(sys("waitpid"))? {
+                WaitStatus::Exited(_, code) => Ok(code),
+                WaitStatus::Signaled(_, sig, _) => Ok(128 + sig as i32),
+                _ => continue,
+            };
+        }
+    }
+}

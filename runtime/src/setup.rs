@@ -1,0 +1,200 @@
+//! What the container's first process does inside its new namespaces, between clone and exec:
+//! join namespaces given by path, enter the cgroup namespace, prepare the rootfs and pivot into
+//! it, set hostname, sysctls and limits, take on the process's user and capabilities, report
+//! "ready" to `create`, wait on the exec fifo for `start`, and exec the user's program.
+//!
+//! This code runs in a forked copy of the single-threaded runtime; it never returns: it execs
+//! or `_exit`s, so no destructor of the parent's state runs here.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use engine_telemetry::{Recorder, SpanHandle};
+use nix::sched::CloneFlags;
+use oci_spec::runtime::Spec;
+
+use crate::cgroups::CgroupPaths;
+use crate::process;
+use crate::rootfs::{self, RootfsConfig};
+use crate::sync::SyncSocket;
+
+/// Everything the container's first process needs, prepared by `create` before the clone.
+pub(crate) struct SetupArgs<'a> {
+    pub spec: &'a Spec,
+    pub bundle: &'a std::path::Path,
+    pub rootfs: &'a std::path::Path,
+    pub cgroup: &'a CgroupPaths,
+    /// Namespaces to join, opened by `create`, in the order to join them.
+    pub join: Vec<(CloneFlags, OwnedFd)>,
+    /// The container gets a new cgroup namespace (entered after joining the cgroup).
+    pub new_cgroup_ns: bool,
+    pub user_ns: bool,
+    pub net_ns: bool,
+    pub exec_fifo: PathBuf,
+    pub no_pivot: bool,
+    pub preserve_fds: i32,
+}
+
+/// Runs the setup in the cloned child and never returns.
+pub(crate) fn run(args: SetupArgs<'_>, sync: SyncSocket, rec: &mut Recorder, parent_span: SpanHandle) -> ! {
+    rec.forked(parent_span);
+    let span = rec.start("runtime.init", None);
+    rec.set_attr(span, "process.pid", std::process::id() as i64);
+    match setup(&args, &sync, rec, span) {
+        Ok((exec, fifo)) => {
+            rec.end(span);
+            rec.flush();
+            if sync.send(b"ready").is_err() {
+                exit(1);
+            }
+            drop(sync);
+            // Block until `start` opens the fifo for reading, then tell it we are going.
+            let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
+            match std::fs::OpenOptions::new().write(true).open(&path) {
+                Ok(mut f) => {
+                    let _ = f.write_all(b"0");
+                }
+                Err(e) => {
+                    eprintln!("engine-runtime: open exec fifo: {e}");
+                    exit(1);
+                }
+            }
+            drop(fifo);
+            let err = process::exec(&exec);
+            eprintln!("engine-runtime: exec {:?}: {err}", exec.path);
+            exit(127);
+        }
+        Err(e) => {
+            rec.fail(span, &e);
+            rec.flush();
+            let _ = sync.send(format!("error:{e}").as_bytes());
+            exit(1);
+        }
+    }
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit ends the process without running the parent's destructors or atexit handlers.
+    unsafe { libc::_exit(code) }
+}
+
+fn step<T, E: std::fmt::Display>(rec: &mut Recorder, name: &str, parent: SpanHandle, f: impl FnOnce() -> Result<T, E>) -> Result<T, String> {
+    let h = rec.start(name, Some(parent));
+    rec.finish(h, f()).map_err(|e| e.to_string())
+}
+
+fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHandle) -> Result<(process::Exec, OwnedFd), String> {
+    let spec = a.spec;
+    let linux = spec.linux().as_ref().ok_or("linux is missing")?;
+    let proc_ = spec.process().as_ref().ok_or("process is missing")?;
+
+    // If `create` dies before we are done, die too.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+
+    // Wait until `create` has put us in the cgroup and written id maps.
+    match sync.recv() {
+        Ok(m) if m == b"go" => {}
+        Ok(m) => return Err(format!("unexpected message from create: {:?}", String::from_utf8_lossy(&m))),
+        Err(e) => return Err(format!("waiting for create: {e}")),
+    }
+    if a.user_ns {
+        // become root of the new user namespace
+        // SAFETY: integer arguments only.
+        if unsafe { libc::syscall(libc::SYS_setresuid, 0, 0, 0) } < 0 || unsafe { libc::syscall(libc::SYS_setresgid, 0, 0, 0) } < 0 {
+            return Err(format!("setresuid 0 in the user namespace: {}", nix::Error::last()));
+        }
+    }
+
+    if !a.join.is_empty() {
+        step(rec, "runtime.setns", span, || {
+            for (kind, fd) in &a.join {
+                nix::sched::setns(fd, *kind).map_err(|e| format!("setns {kind:?}: {e}"))?;
+            }
+            Ok::<_, String>(())
+        })?;
+    }
+    if a.new_cgroup_ns {
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup namespace: {e}"))?;
+    }
+    if let Some(adj) = proc_.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| format!("set oom_score_adj {adj}: {e}"))?;
+    }
+    // SAFETY: setsid has no memory effects.
+    unsafe { libc::setsid() };
+
+    // Keep a handle on the exec fifo: after the pivot its host path is out of reach.
+    let fifo = nix::fcntl::open(&a.exec_fifo, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        .map_err(|e| format!("open exec fifo: {e}"))?;
+
+    let mounts = spec.mounts().clone().unwrap_or_default();
+    let devices = linux.devices().clone().unwrap_or_default();
+    let cfg = RootfsConfig {
+        rootfs: a.rootfs,
+        bundle: a.bundle,
+        mounts: &mounts,
+        devices: &devices,
+        propagation: linux.rootfs_propagation().as_deref().filter(|s| !s.is_empty()),
+        cgroup: a.cgroup,
+        cgroup_ns: a.new_cgroup_ns,
+        user_ns: a.user_ns,
+        net_ns: a.net_ns,
+    };
+    step(rec, "runtime.rootfs", span, || rootfs::prepare(&cfg))?;
+    // Capabilities are read from /proc while the host's view is still there.
+    let caps = process::CapMasks::from_spec(proc_.capabilities().as_ref()).map_err(|e| e.to_string())?;
+    step(rec, "runtime.pivot_root", span, || rootfs::pivot(a.rootfs, a.no_pivot))?;
+
+    let h = rec.start("runtime.process", Some(span));
+    let result = (|| -> Result<process::Exec, String> {
+        if let Some(name) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+            nix::unistd::sethostname(name).map_err(|e| format!("sethostname {name:?}: {e}"))?;
+        }
+        if let Some(name) = spec.domainname().as_deref().filter(|h| !h.is_empty()) {
+            // SAFETY: the pointer and length describe `name`.
+            if unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) } < 0 {
+                return Err(format!("setdomainname {name:?}: {}", nix::Error::last()));
+            }
+        }
+        for (key, value) in linux.sysctl().iter().flatten() {
+            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            std::fs::write(&path, value).map_err(|e| format!("sysctl {key}={value}: {e}"))?;
+        }
+        rootfs::finalize(
+            linux.masked_paths().as_deref().unwrap_or_default(),
+            linux.readonly_paths().as_deref().unwrap_or_default(),
+            spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+        )
+        .map_err(|e| e.to_string())?;
+        process::apply_rlimits(proc_.rlimits().as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
+        process::drop_bounding(&caps).map_err(|e| e.to_string())?;
+        process::switch_user(proc_).map_err(|e| e.to_string())?;
+        process::set_capabilities(&caps).map_err(|e| e.to_string())?;
+        if proc_.no_new_privileges() == Some(true) {
+            process::set_no_new_privs().map_err(|e| e.to_string())?;
+        }
+        process::set_umask(proc_);
+        process::enter_cwd(proc_).map_err(|e| e.to_string())?;
+        let exec = process::prepare_exec(proc_).map_err(|e| e.to_string())?;
+        close_extra_fds(3 + a.preserve_fds).map_err(|e| format!("close inherited descriptors: {e}"))?;
+        // SAFETY: prctl with integer arguments only; `create` is about to exit on purpose.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+        Ok(exec)
+    })();
+    rec.finish(h, result.as_ref().map(|_| ()).map_err(|e| e.clone()))?;
+    Ok((result?, fifo))
+}
+
+/// Marks every descriptor from `first` up close-on-exec, so the program inherits only stdio and
+/// the descriptors the caller asked to preserve.
+fn close_extra_fds(first: RawFd) -> std::io::Result<()> {
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Ok(fd) = entry?.file_name().to_string_lossy().parse::<RawFd>() else { continue };
+        if fd >= first {
+            // SAFETY: F_SETFD on a descriptor number; a closed one gives EBADF, which is harmless.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+    Ok(())
+}
