@@ -1,0 +1,181 @@
+//! Shared helpers for the runtime's end-to-end tests: busybox bundles, a private state root and
+//! cgroup parent per test, and leak checks. Every test drives the `engine-runtime` binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const RUNTIME: &str = env!("CARGO_BIN_EXE_engine-runtime");
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A private runtime instance: its own state root, cgroup parent and bundles.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    /// Absolute cgroup parent for this test's containers ("/engine-test-PID-N").
+    pub cgroup_parent: String,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = tempfile::Builder::new().prefix("engine-rt-test").tempdir().expect("tempdir");
+        let root = dir.path().join("state");
+        Env { root, cgroup_parent: format!("/engine-test-{}-{n}", std::process::id()), dir }
+    }
+
+    /// A busybox bundle named `name` running `args`.
+    pub fn bundle(&self, name: &str, args: &[&str]) -> Bundle {
+        let path = self.dir.path().join(name);
+        make_busybox_rootfs(&path.join("rootfs"));
+        let out = Command::new(RUNTIME).args(["spec", "--bundle"]).arg(&path).output().expect("run spec");
+        assert!(out.status.success(), "spec: {}", String::from_utf8_lossy(&out.stderr));
+        let mut b = Bundle { path, spec: Value::Null };
+        b.spec = serde_json::from_slice(&std::fs::read(b.config()).unwrap()).unwrap();
+        b.spec["process"]["args"] = json!(args);
+        b.spec["root"]["readonly"] = json!(false);
+        b.spec["linux"]["cgroupsPath"] = json!(format!("{}/{name}", self.cgroup_parent));
+        b.save();
+        b
+    }
+
+    /// Runs `engine-runtime --root <root> ARGS`.
+    pub fn rt(&self, args: &[&str]) -> Output {
+        Command::new(RUNTIME).arg("--root").arg(&self.root).args(args).output().expect("run engine-runtime")
+    }
+
+    /// Like [`Env::rt`] but requires success and returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.rt(args);
+        assert!(out.status.success(), "engine-runtime {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The status of container `id` per `state`.
+    pub fn status(&self, id: &str) -> String {
+        let v: Value = serde_json::from_str(&self.ok(&["state", id])).unwrap();
+        v["status"].as_str().unwrap().to_string()
+    }
+
+    /// Waits (with a deadline) until `id` reaches `status`.
+    pub fn wait_status(&self, id: &str, status: &str) {
+        wait_for(&format!("{id} to be {status}"), || self.status(id) == status);
+    }
+
+    /// The cgroup directories a container `name` of this env would have, in every hierarchy.
+    pub fn cgroup_dirs(&self, name: &str) -> Vec<PathBuf> {
+        cgroup_mounts().into_iter().map(|m| m.join(self.cgroup_parent.trim_start_matches('/')).join(name)).collect()
+    }
+
+    /// Asserts nothing of container `name` is left: state, cgroups, mounts.
+    pub fn assert_no_leaks(&self, name: &str, bundle: &Path) {
+        assert!(!self.root.join(name).exists(), "state dir of {name} left behind");
+        for d in self.cgroup_dirs(name) {
+            assert!(!d.exists(), "cgroup {} left behind", d.display());
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(bundle.to_str().unwrap()), "a mount under {} is left", bundle.display());
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // force-delete whatever a failed test left, then the cgroup parents
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.rt(&["delete", "--force", &id]);
+            }
+        }
+        for m in cgroup_mounts() {
+            let _ = std::fs::remove_dir(m.join(self.cgroup_parent.trim_start_matches('/')));
+        }
+    }
+}
+
+/// Mount points of every cgroup hierarchy on the host.
+pub fn cgroup_mounts() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let fs = right.split(' ').next()?;
+            (fs == "cgroup" || fs == "cgroup2").then(|| PathBuf::from(left.split(' ').nth(4).unwrap()))
+        })
+        .collect()
+}
+
+/// Whether the host is pure cgroup v2.
+pub fn pure_v2() -> bool {
+    let m = cgroup_mounts();
+    m.len() == 1 && m[0] == Path::new("/sys/fs/cgroup")
+}
+
+pub struct Bundle {
+    pub path: PathBuf,
+    pub spec: Value,
+}
+
+impl Bundle {
+    pub fn config(&self) -> PathBuf {
+        self.path.join("config.json")
+    }
+    pub fn save(&self) {
+        std::fs::write(self.config(), serde_json::to_vec_pretty(&self.spec).unwrap()).unwrap();
+    }
+    pub fn p(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+/// A rootfs with busybox-static and a link per applet, /etc/passwd and /etc/group.
+pub fn make_busybox_rootfs(rootfs: &Path) {
+    let busybox = which("busybox");
+    let bin = rootfs.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for d in ["proc", "sys", "dev", "tmp", "etc", "out"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(&busybox, bin.join("busybox")).unwrap();
+    let list = Command::new(&busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+        }
+    }
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n").unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
+}
+
+pub fn which(prog: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/bin"), PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{prog} not found: install busybox-static (make test does)"))
+}
+
+/// Polls `cond` until it holds; panics after 20 s.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

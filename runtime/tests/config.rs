@@ -1,0 +1,225 @@
+//! Each configuration area of the spec, observed from inside the container.
+
+mod common;
+use common::*;
+use serde_json::json;
+
+fn run(env: &Env, b: &Bundle, id: &str) -> String {
+    let out = env.rt(&["run", "--bundle", b.p(), id]);
+    assert!(out.status.success(), "run {id}: {}", stderr(&out));
+    env.assert_no_leaks(id, &b.path);
+    stdout(&out)
+}
+
+#[test]
+fn hostname_domainname_and_pid_1() {
+    let env = Env::new();
+    let mut b = env.bundle("h1", &["sh", "-c", "hostname; echo $$; cat /proc/sys/kernel/domainname"]);
+    b.spec["hostname"] = json!("box");
+    b.spec["domainname"] = json!("example.test");
+    b.save();
+    assert_eq!(run(&env, &b, "h1"), "box\n1\nexample.test\n");
+}
+
+#[test]
+fn env_cwd_user_and_umask() {
+    let env = Env::new();
+    let mut b = env.bundle("u1", &["sh", "-c", "echo $FOO; pwd; grep -E '^(Uid|Gid|Groups)' /proc/self/status; umask; echo $HOME"]);
+    b.spec["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
+    b.spec["process"]["cwd"] = json!("/tmp");
+    b.spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [5, 7], "umask": 63});
+    b.save();
+    let out = run(&env, &b, "u1");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "bar");
+    assert_eq!(lines[1], "/tmp");
+    assert!(lines[2].starts_with("Uid:\t1000\t1000\t1000\t1000"), "{out}");
+    assert!(lines[3].starts_with("Gid:\t1000\t1000\t1000\t1000"), "{out}");
+    assert_eq!(lines[4].split_whitespace().skip(1).collect::<Vec<_>>(), ["5", "7"], "{out}");
+    assert_eq!(lines[5], "0077");
+    assert_eq!(lines[6], "/home/user");
+}
+
+#[test]
+fn capabilities_all_five_sets_and_no_new_privs() {
+    let env = Env::new();
+    let mut b = env.bundle("cap", &["grep", "-E", "^(Cap|NoNewPrivs)", "/proc/self/status"]);
+    let two = json!(["CAP_CHOWN", "CAP_KILL"]);
+    b.spec["process"]["capabilities"] = json!({
+        "bounding": ["CAP_CHOWN", "CAP_KILL", "CAP_NET_RAW"],
+        "effective": two, "permitted": two, "inheritable": two, "ambient": ["CAP_KILL"]
+    });
+    b.spec["process"]["noNewPrivileges"] = json!(true);
+    b.save();
+    let out = run(&env, &b, "cap");
+    let field = |name: &str| out.lines().find(|l| l.starts_with(name)).unwrap().split('\t').nth(1).unwrap().to_string();
+    assert_eq!(field("CapInh:"), "0000000000000021");
+    assert_eq!(field("CapPrm:"), "0000000000000021");
+    assert_eq!(field("CapEff:"), "0000000000000021");
+    assert_eq!(field("CapBnd:"), "0000000000002021");
+    assert_eq!(field("CapAmb:"), "0000000000000020");
+    assert_eq!(field("NoNewPrivs:"), "1");
+}
+
+#[test]
+fn rlimits_and_oom_score_adj() {
+    let env = Env::new();
+    let mut b = env.bundle("rl", &["sh", "-c", "ulimit -n; ulimit -Hn; ulimit -c; cat /proc/self/oom_score_adj"]);
+    b.spec["process"]["rlimits"] = json!([
+        {"type": "RLIMIT_NOFILE", "soft": 512, "hard": 1024},
+        {"type": "RLIMIT_CORE", "soft": 0, "hard": 0}
+    ]);
+    b.spec["process"]["oomScoreAdj"] = json!(500);
+    b.save();
+    assert_eq!(run(&env, &b, "rl"), "512\n1024\n0\n500\n");
+}
+
+#[test]
+fn memory_pids_and_cpu_limits_in_the_cgroup() {
+    let env = Env::new();
+    let script = if pure_v2() {
+        "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.max"
+    } else {
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.shares; cat /proc/self/cgroup"
+    };
+    let mut b = env.bundle("mem", &["sh", "-c", script]);
+    b.spec["linux"]["resources"]["memory"] = json!({"limit": 67108864});
+    b.spec["linux"]["resources"]["pids"] = json!({"limit": 64});
+    b.spec["linux"]["resources"]["cpu"] = json!({"quota": 50000, "period": 100000, "shares": 512});
+    b.save();
+    let out = run(&env, &b, "mem");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "67108864");
+    assert_eq!(lines[1], "64");
+    if pure_v2() {
+        assert_eq!(lines[2], "50000 100000");
+    } else {
+        assert_eq!(lines[2], "50000");
+        assert_eq!(lines[3], "512");
+        // inside its cgroup namespace the container sees itself at the root
+        assert!(out.lines().any(|l| l.ends_with(":memory:/")), "{out}");
+    }
+}
+
+#[test]
+fn memory_limit_is_enforced() {
+    let env = Env::new();
+    // 32 MiB limit, no swap: writing 64 MiB to a tmpfs-backed file gets the shell OOM-killed
+    let mut b = env.bundle("oom", &["sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=64 2>/dev/null; echo survived"]);
+    b.spec["linux"]["resources"]["memory"] = json!({"limit": 33554432, "swap": 33554432});
+    b.spec["mounts"].as_array_mut().unwrap().iter_mut().for_each(|m| {
+        if m["destination"] == "/dev/shm" {
+            m["options"] = json!(["nosuid", "noexec", "nodev", "mode=1777", "size=128m"]);
+        }
+    });
+    b.save();
+    let out = env.rt(&["run", "--bundle", b.p(), "oom"]);
+    assert_eq!(out.status.code(), Some(137), "stdout {} stderr {}", stdout(&out), stderr(&out));
+    env.assert_no_leaks("oom", &b.path);
+}
+
+#[test]
+fn readonly_rootfs_masked_and_readonly_paths() {
+    let env = Env::new();
+    let mut b = env.bundle("ro", &["sh", "-c",
+        "touch /x 2>/dev/null && echo rootfs-writable || echo rootfs-ro; \
+         wc -c < /proc/kcore; \
+         echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo sys-writable || echo sys-ro; \
+         touch /tmp/ok && echo tmp-writable"]);
+    b.spec["root"]["readonly"] = json!(true);
+    b.spec["mounts"].as_array_mut().unwrap().push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]}));
+    b.save();
+    assert_eq!(run(&env, &b, "ro"), "rootfs-ro\n0\nsys-ro\ntmp-writable\n");
+}
+
+#[test]
+fn bind_mounts_tmpfs_and_propagation() {
+    let env = Env::new();
+    let host = env.dir.path().join("shared");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("hello"), "from host\n").unwrap();
+    let file = env.dir.path().join("single-file");
+    std::fs::write(&file, "one file\n").unwrap();
+    let mut b = env.bundle("bm", &["sh", "-c",
+        "cat /data/hello; cat /etc/single; touch /data/new 2>/dev/null && echo data-rw || echo data-ro; \
+         grep ' /scratch ' /proc/self/mountinfo | grep -c 'size=1024k'"]);
+    let mounts = b.spec["mounts"].as_array_mut().unwrap();
+    mounts.push(json!({"destination": "/data", "type": "bind", "source": host, "options": ["rbind", "ro", "rprivate"]}));
+    mounts.push(json!({"destination": "/etc/single", "source": file, "options": ["bind"]}));
+    mounts.push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m", "nosuid"]}));
+    b.save();
+    assert_eq!(run(&env, &b, "bm"), "from host\none file\ndata-ro\n1\n");
+    assert!(!host.join("new").exists());
+}
+
+#[test]
+fn devices_and_dev_symlinks() {
+    let env = Env::new();
+    let mut b = env.bundle("dev", &["sh", "-c",
+        "ls -l /dev/null /dev/zero /dev/fuse | awk '{print $1, $5, $6}'; readlink /dev/fd /dev/ptmx; head -c 4 /dev/zero | wc -c; \
+         head -c 1 /dev/fuse 2>/dev/null; echo fuse-rc=$?"]);
+    b.spec["linux"]["devices"] = json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 420, "uid": 0, "gid": 0}]);
+    b.save();
+    let out = run(&env, &b, "dev");
+    assert!(out.contains("crw-r--r-- 10, 229"), "{out}");
+    assert!(out.contains("crw-rw-rw- 1, 3"), "{out}");
+    assert!(out.contains("/proc/self/fd\npts/ptmx\n4\n"), "{out}");
+    // created but not allowed by the device cgroup (the spec denies everything else)
+    if !pure_v2() {
+        assert!(out.contains("fuse-rc=1"), "{out}");
+    }
+}
+
+#[test]
+fn sysctl_in_the_container_namespaces() {
+    let env = Env::new();
+    let mut b = env.bundle("sc", &["sh", "-c", "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmni"]);
+    b.spec["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1", "kernel.shmmni": "1234"});
+    b.save();
+    assert_eq!(run(&env, &b, "sc"), "1\n1234\n");
+}
+
+#[test]
+fn join_namespaces_by_path() {
+    let env = Env::new();
+    let a = env.bundle("ns-a", &["sleep", "1000"]);
+    env.ok(&["run", "--detach", "--bundle", a.p(), "ns-a"]);
+    let st: serde_json::Value = serde_json::from_str(&env.ok(&["state", "ns-a"])).unwrap();
+    let pid = st["pid"].as_i64().unwrap();
+    let mut b = env.bundle("ns-b", &["sh", "-c", "readlink /proc/self/ns/net /proc/self/ns/uts /proc/self/ns/ipc; hostname"]);
+    for ns in b.spec["linux"]["namespaces"].as_array_mut().unwrap() {
+        let t = ns["type"].as_str().unwrap().to_string();
+        if t == "network" || t == "uts" || t == "ipc" {
+            let file = if t == "network" { "net" } else { &t };
+            ns["path"] = json!(format!("/proc/{pid}/ns/{file}"));
+        }
+    }
+    b.spec.as_object_mut().unwrap().remove("hostname");
+    b.save();
+    let out = run(&env, &b, "ns-b");
+    let want: Vec<String> = ["net", "uts", "ipc"]
+        .iter()
+        .map(|n| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap().to_string_lossy().into_owned())
+        .collect();
+    let got: Vec<&str> = out.lines().collect();
+    assert_eq!(got[..3], [want[0].as_str(), want[1].as_str(), want[2].as_str()]);
+    assert_eq!(got[3], "engine", "joined uts namespace keeps the first container's hostname");
+    env.ok(&["delete", "--force", "ns-a"]);
+    env.assert_no_leaks("ns-a", &a.path);
+}
+
+#[test]
+fn user_namespace_with_mappings() {
+    let env = Env::new();
+    let mut b = env.bundle("us", &["sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; id -u"]);
+    b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+    b.spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    b.spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    // the host's files are owned by host root, unmapped here: keep the rootfs readable by others
+    b.save();
+    let out = run(&env, &b, "us");
+    let fields: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(fields[0], ["0", "100000", "65536"]);
+    assert_eq!(fields[1], ["0", "100000", "65536"]);
+    assert_eq!(fields[2], ["0"]);
+}
