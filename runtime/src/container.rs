@@ -150,6 +150,10 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
 
     let fifo = state_dir.join(EXEC_FIFO);
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622)).map_err(sys("mkfifo exec.fifo"))?;
+    // Writable by the container's user whatever the umask was: it opens the fifo after
+    // switching to its uid, possibly inside a user namespace.
+    std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+        .map_err(|e| Error::Other(format!("chmod exec.fifo: {e}")))?;
 
     let h = rec.start("runtime.namespaces", Some(parent));
     rec.set_attr(h, "namespaces.clone_flags", format!("{:#x}", plan.clone_flags.bits()));

@@ -85,9 +85,11 @@ fn unknown_namespace_type() {
     refused(&env, &b, "n1", "bogus");
 
     let mut b = env.bundle("n2", &["true"]);
-    b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "network", "path": "/proc/nonexistent/ns/net"}));
+    let namespaces = b.spec["linux"]["namespaces"].as_array_mut().unwrap();
+    namespaces.retain(|ns| ns["type"] != "network");
+    namespaces.push(json!({"type": "network", "path": "/proc/nonexistent/ns/net"}));
     b.save();
-    refused(&env, &b, "n2", "network");
+    refused(&env, &b, "n2", "/proc/nonexistent/ns/net");
 }
 
 #[test]

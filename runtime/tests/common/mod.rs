@@ -46,8 +46,22 @@ impl Env {
     }
 
     /// Runs `engine-runtime --root <root> ARGS`.
+    ///
+    /// Output goes to files, not pipes: a detached container inherits the runtime's stdio (as
+    /// with runc), and a pipe would stay open until the container exits.
     pub fn rt(&self, args: &[&str]) -> Output {
-        Command::new(RUNTIME).arg("--root").arg(&self.root).args(args).output().expect("run engine-runtime")
+        let out = tempfile::tempfile_in(self.dir.path()).expect("stdout file");
+        let err = tempfile::tempfile_in(self.dir.path()).expect("stderr file");
+        let status = Command::new(RUNTIME)
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(err.try_clone().unwrap())
+            .status()
+            .expect("run engine-runtime");
+        Output { status, stdout: read_all(out), stderr: read_all(err) }
     }
 
     /// Like [`Env::rt`] but requires success and returns stdout.
@@ -178,4 +192,12 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn read_all(mut f: std::fs::File) -> Vec<u8> {
+    use std::io::{Read, Seek};
+    let mut buf = Vec::new();
+    f.seek(std::io::SeekFrom::Start(0)).unwrap();
+    f.read_to_end(&mut buf).unwrap();
+    buf
 }
