@@ -1,0 +1,33 @@
+# The two set-up commands of the README (`make demo`, `make test`) and the benchmarks.
+# Binaries are static and land under target/$(TARGET)/ (see .cargo/config.toml).
+
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+TARGET := x86_64-unknown-linux-gnu
+RELEASE := target/$(TARGET)/release
+RUNS ?= 50
+
+.PHONY: setup build release test demo bench-runtime clean
+
+setup:
+	@scripts/setup
+
+build: setup
+	cargo build --workspace --locked
+
+release: setup
+	cargo build --workspace --release --locked
+
+# End-to-end tests need the sibling binaries (engine-init) built first.
+test: build
+	cargo test --workspace --locked
+
+demo: release
+	BIN=$(RELEASE) scripts/demo
+
+bench-runtime: release
+	ENGINE_RUNTIME=$(RELEASE)/engine-runtime RUNS=$(RUNS) scripts/bench-runtime
+
+clean:
+	cargo clean
+	rm -rf demo-out
