@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use engine_telemetry::Recorder;
 
-use crate::container::{self, CreateOptions};
+use crate::container::{self, ConsoleSocket, CreateOptions};
+use crate::terminal;
 use crate::log::{LogFormat, Logger};
 use crate::state::StateDir;
 use crate::{Error, Result};
@@ -122,9 +123,6 @@ pub enum Command {
 
 impl CreateArgs {
     fn options(&self) -> Result<CreateOptions> {
-        if self.console_socket.is_some() {
-            return Err(Error::Other("--console-socket is not supported by this runtime yet".into()));
-        }
         if self.preserve_fds < 0 {
             return Err(Error::Other(format!("--preserve-fds {} must not be negative", self.preserve_fds)));
         }
@@ -134,6 +132,7 @@ impl CreateArgs {
             pid_file: self.pid_file.clone(),
             no_pivot: self.no_pivot,
             preserve_fds: self.preserve_fds,
+            console: self.console_socket.clone().map(ConsoleSocket::Path),
         })
     }
 }
@@ -179,8 +178,24 @@ fn dispatch(cli: &Cli, logger: &Logger, rec: &mut Recorder) -> Result<i32> {
         }
         Command::Delete { force, id } => container::delete(&dir, id, *force, rec).map(|_| 0),
         Command::Run { create, detach, keep } => {
-            let opts = create.options()?;
+            let mut opts = create.options()?;
+            // In the foreground with a terminal, run listens on the console socket itself and
+            // relays the pty to its own stdio.
+            let relay = if !*detach && opts.console.is_none() && wants_terminal(&opts.bundle) {
+                let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| Error::Other(format!("socketpair: {e}")))?;
+                opts.console = Some(ConsoleSocket::Connected(std::sync::Arc::new(theirs.into())));
+                Some(ours)
+            } else {
+                None
+            };
             let created = container::create(&dir, &opts, rec)?;
+            let master = match relay.map(|s| terminal::receive_master(std::os::fd::AsFd::as_fd(&s))).transpose() {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = container::delete(&dir, &opts.id, true, rec);
+                    return Err(e.into());
+                }
+            };
             if let Err(e) = container::start(&dir, &opts.id, rec) {
                 let _ = container::delete(&dir, &opts.id, true, rec);
                 return Err(e);
@@ -189,7 +204,7 @@ fn dispatch(cli: &Cli, logger: &Logger, rec: &mut Recorder) -> Result<i32> {
                 return Ok(0);
             }
             rec.flush();
-            let code = container::wait_forwarding(&created)?;
+            let code = container::wait_forwarding(&created, master.as_ref())?;
             if !keep {
                 container::delete(&dir, &opts.id, true, rec)?;
             }
@@ -203,6 +218,15 @@ fn dispatch(cli: &Cli, logger: &Logger, rec: &mut Recorder) -> Result<i32> {
         Command::List { format, quiet } => list(&dir, format, *quiet),
         Command::Ps { format, id, .. } => ps(&dir, id, format),
     }
+}
+
+/// Whether the bundle's config asks for a terminal (a config that cannot be read is left to
+/// `create` to report).
+fn wants_terminal(bundle: &std::path::Path) -> bool {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["process"]["terminal"] == serde_json::Value::Bool(true))
 }
 
 fn write_default_spec(bundle: &std::path::Path) -> Result<()> {

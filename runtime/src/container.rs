@@ -30,6 +30,16 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     pub no_pivot: bool,
     pub preserve_fds: i32,
+    /// Where the pty master goes when `process.terminal` is true.
+    pub console: Option<ConsoleSocket>,
+}
+
+/// The console socket of `create`: a path the caller listens on (`--console-socket`), or a
+/// connected socket `run` keeps the other end of.
+#[derive(Clone, Debug)]
+pub enum ConsoleSocket {
+    Path(PathBuf),
+    Connected(std::sync::Arc<OwnedFd>),
 }
 
 /// A created container, as `create` leaves it.
@@ -134,6 +144,15 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
     let bundle = rec.finish(h, spec::load(&opts.bundle))?;
     let linux = bundle.spec.linux().as_ref().ok_or_else(|| Error::Other("linux is missing".into()))?;
     let plan = Plan::from_spec(linux.namespaces().as_deref().unwrap_or_default());
+    let process = bundle.spec.process().as_ref().ok_or_else(|| Error::Other("process is missing".into()))?;
+    let console = match (process.terminal().unwrap_or(false), &opts.console) {
+        (false, None) => None,
+        (true, None) => return Err(Error::Other("process.terminal is true: --console-socket is required".into())),
+        (false, Some(_)) => return Err(Error::Other("--console-socket given but process.terminal is false".into())),
+        (true, Some(ConsoleSocket::Path(p))) => Some(crate::terminal::connect(p)?),
+        (true, Some(ConsoleSocket::Connected(fd))) => Some(fd.try_clone().map_err(|e| Error::Other(format!("console socket: {e}")))?),
+    };
+    let console_size = process.console_size().as_ref().map(|b| (b.height() as u16, b.width() as u16));
 
     let state_dir = dir.claim(&opts.id)?;
     let mut rollback = Rollback { dir, id: &opts.id, cgroup: None, child: None, armed: true };
@@ -185,12 +204,15 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
             exec_fifo: fifo,
             no_pivot: opts.no_pivot,
             preserve_fds: opts.preserve_fds,
+            console: console.as_ref(),
+            console_size,
         };
         setup::run(args, child_sock, rec, parent);
     }
     let pidfd = pidfd.ok_or_else(|| Error::Other("clone3 returned no pidfd".into()))?;
     rollback.child = Some(pid);
     drop(child_sock);
+    drop(console);
     rec.set_attr(h, "process.pid", pid);
 
     if cgroup_fd.is_none() {
@@ -397,8 +419,10 @@ pub fn pids(dir: &StateDir, id: &str) -> Result<Vec<i32>> {
 }
 
 /// Waits for the container's first process (a child of ours) while forwarding the signals a
-/// foreground `run` receives. Returns its exit code (128+signal when killed).
-pub fn wait_forwarding(created: &Created) -> Result<i32> {
+/// foreground `run` receives, and, given the pty master `tty`, relays it to our stdio (our
+/// window size follows). Returns the exit code (128+signal when killed).
+pub fn wait_forwarding(created: &Created, tty: Option<&OwnedFd>) -> Result<i32> {
+    use nix::poll::{PollFd, PollFlags};
     use nix::sys::signal::{SigSet, SigmaskHow};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
     let mut set = SigSet::empty();
@@ -408,22 +432,54 @@ pub fn wait_forwarding(created: &Created) -> Result<i32> {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(sys("sigprocmask"))?;
     let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).map_err(sys("signalfd"))?;
     let pid = nix::unistd::Pid::from_raw(created.pid);
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    // with a terminal: our stdin raw and relayed to the pty, the pty relayed to our stdout
+    let _raw = tty.map(|_| crate::terminal::RawMode::enter());
+    if let Some(master) = tty {
+        crate::terminal::copy_size(stdin.as_fd(), master.as_fd());
+    }
+    let mut stdin_open = tty.is_some();
     loop {
-        let mut fds = [
-            nix::poll::PollFd::new(created.pidfd.as_fd(), nix::poll::PollFlags::POLLIN),
-            nix::poll::PollFd::new(sfd.as_fd(), nix::poll::PollFlags::POLLIN),
-        ];
+        let mut fds = vec![PollFd::new(created.pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(master) = tty {
+            fds.push(PollFd::new(master.as_fd(), PollFlags::POLLIN));
+            if stdin_open {
+                fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+            }
+        }
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(e) => return Err(Error::Sys { op: "poll".into(), errno: e }),
         }
-        if fds[1].revents().is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN)) {
+        let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        let (exited, signalled, tty_out, tty_in) = (ready(0), ready(1), ready(2), ready(3));
+        drop(fds);
+        if signalled {
             if let Ok(Some(info)) = sfd.read_signal() {
-                // SAFETY: kill has no memory effects.
-                unsafe { libc::kill(created.pid, info.ssi_signo as i32) };
+                match (info.ssi_signo as i32, tty) {
+                    (libc::SIGWINCH, Some(master)) => crate::terminal::copy_size(stdin.as_fd(), master.as_fd()),
+                    // SAFETY: kill has no memory effects.
+                    (signo, _) => unsafe {
+                        libc::kill(created.pid, signo);
+                    },
+                }
             }
         }
-        if fds[0].revents().is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN)) {
+        if let Some(master) = tty {
+            if tty_out && !exited {
+                crate::terminal::pump(master.as_fd(), stdout.as_fd());
+            }
+            if tty_in && !crate::terminal::pump(stdin.as_fd(), master.as_fd()) {
+                stdin_open = false;
+            }
+        }
+        if exited {
+            if let Some(master) = tty {
+                // what the program wrote just before it exited is still in the pty
+                let _ = nix::fcntl::fcntl(master, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+                while crate::terminal::pump(master.as_fd(), stdout.as_fd()) {}
+            }
             use nix::sys::wait::{waitpid, WaitStatus};
             return match waitpid(pid, None).map_err(sys("waitpid"))? {
                 WaitStatus::Exited(_, code) => Ok(code),

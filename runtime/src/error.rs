@@ -10,6 +10,8 @@ pub enum Error {
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Cgroup(#[from] crate::cgroups::CgroupError),
+    #[error(transparent)]
+    Terminal(#[from] crate::terminal::TerminalError),
     #[error("container init: {0}")]
     Setup(String),
     #[error("{op}: {errno}")]

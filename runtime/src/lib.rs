@@ -23,5 +23,6 @@ pub mod state;
 
 mod setup;
 mod sync;
+pub mod terminal;
 
 pub use error::{Error, Result};

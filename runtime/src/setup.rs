@@ -34,6 +34,9 @@ pub(crate) struct SetupArgs<'a> {
     pub exec_fifo: PathBuf,
     pub no_pivot: bool,
     pub preserve_fds: i32,
+    /// The console socket, when `process.terminal` is true, and the console size (rows, columns).
+    pub console: Option<&'a OwnedFd>,
+    pub console_size: Option<(u16, u16)>,
 }
 
 /// Runs the setup in the cloned child and never returns.
@@ -148,6 +151,9 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
 
     let h = rec.start("runtime.process", Some(span));
     let result = (|| -> Result<process::Exec, String> {
+        if let Some(socket) = a.console {
+            crate::terminal::setup_in_container(socket, a.console_size).map_err(|e| e.to_string())?;
+        }
         if let Some(name) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
             nix::unistd::sethostname(name).map_err(|e| format!("sethostname {name:?}: {e}"))?;
         }

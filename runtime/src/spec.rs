@@ -142,8 +142,5 @@ fn validate(spec: &Spec) -> Result<(), SpecError> {
             return invalid(format!("process.oomScoreAdj {adj} is out of range -1000..1000"));
         }
     }
-    if process.terminal() == Some(true) {
-        return invalid("process.terminal is not supported by this runtime yet; set it to false".into());
-    }
     Ok(())
 }

@@ -197,3 +197,34 @@ fn log_file_in_json() {
     assert_eq!(line["level"], "error");
     assert!(line["msg"].as_str().unwrap().contains("nope does not exist"), "{line}");
 }
+
+#[test]
+fn preserve_fds_passes_extra_descriptors() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let b = env.bundle("pf", &["sh", "-c", "echo through-fd-3 >&3 && echo wrote || echo no-fd-3"]);
+    let extra_path = env.dir.path().join("extra");
+    let run = |preserve: &str, id: &str| {
+        let extra = std::fs::File::create(&extra_path).unwrap();
+        let fd = extra.as_raw_fd();
+        let mut cmd = std::process::Command::new(RUNTIME);
+        cmd.arg("--root").arg(&env.root).args(["run", "--preserve-fds", preserve, "--bundle", b.p(), id]);
+        // SAFETY: dup2 and fcntl on valid descriptors in the forked child, before exec. The file
+        // may already be fd 3, where dup2 does nothing: clear close-on-exec explicitly.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        (stdout(&out), std::fs::read_to_string(&extra_path).unwrap())
+    };
+    assert_eq!(run("1", "pf"), ("wrote\n".to_string(), "through-fd-3\n".to_string()));
+    assert_eq!(run("0", "pf").0, "no-fd-3\n");
+    env.assert_no_leaks("pf", &b.path);
+}
