@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use engine_telemetry::Recorder;
 
 use crate::container::{self, ConsoleSocket, CreateOptions};
+use crate::exec::{self, ExecOptions};
 use crate::terminal;
 use crate::log::{LogFormat, Logger};
 use crate::state::StateDir;
@@ -64,6 +65,112 @@ pub struct CreateArgs {
     pub preserve_fds: i32,
 }
 
+/// Arguments of `exec`, as runc takes them.
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// The process as JSON (config.json's `process` object) instead of a command line.
+    #[arg(long, short = 'p')]
+    pub process: Option<PathBuf>,
+    /// Allocate a pseudo-terminal.
+    #[arg(long, short = 't')]
+    pub tty: bool,
+    /// Unix socket to send the pty master to.
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    /// Return once the process runs instead of waiting for it.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Write the process's pid here.
+    #[arg(long = "pid-file")]
+    pub pid_file: Option<PathBuf>,
+    /// Set an environment variable (KEY=VALUE), added to the container's.
+    #[arg(long, short = 'e')]
+    pub env: Vec<String>,
+    /// Working directory in the container.
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// uid[:gid] to run as.
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+    /// Additional group ids.
+    #[arg(long = "additional-gids", short = 'g')]
+    pub additional_gids: Vec<u32>,
+    /// Add a capability to every set.
+    #[arg(long, short = 'c')]
+    pub cap: Vec<String>,
+    /// Set no_new_privs.
+    #[arg(long = "no-new-privs")]
+    pub no_new_privs: bool,
+    /// Pass N extra descriptors (3 .. 3+N-1).
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub preserve_fds: i32,
+    /// Exec even in a paused container.
+    #[arg(long = "ignore-paused")]
+    pub ignore_paused: bool,
+    /// SELinux label (no SELinux here: must be empty).
+    #[arg(long = "process-label")]
+    pub process_label: Option<String>,
+    /// AppArmor profile (no AppArmor here: must be empty).
+    #[arg(long)]
+    pub apparmor: Option<String>,
+    /// Container id.
+    pub id: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+impl ExecArgs {
+    fn options(&self, dir: &StateDir) -> Result<ExecOptions> {
+        if self.preserve_fds < 0 {
+            return Err(Error::Other(format!("--preserve-fds {} must not be negative", self.preserve_fds)));
+        }
+        for (flag, v) in [("--process-label", &self.process_label), ("--apparmor", &self.apparmor)] {
+            if v.as_deref().is_some_and(|v| !v.is_empty()) {
+                return Err(Error::Other(format!("{flag}: not supported on this host (no SELinux or AppArmor)")));
+            }
+        }
+        let process = match &self.process {
+            Some(path) => {
+                let text = std::fs::read(path).map_err(|e| Error::Other(format!("read {}: {e}", path.display())))?;
+                serde_json::from_slice(&text).map_err(|e| Error::Other(format!("invalid process {}: {e}", path.display())))?
+            }
+            None => {
+                let user = match &self.user {
+                    None => None,
+                    Some(u) => {
+                        let bad = || Error::Other(format!("invalid --user {u:?}: want uid[:gid]"));
+                        let (uid, gid) = match u.split_once(':') {
+                            Some((a, b)) => (a.parse().map_err(|_| bad())?, Some(b.parse().map_err(|_| bad())?)),
+                            None => (u.parse().map_err(|_| bad())?, None),
+                        };
+                        Some((uid, gid))
+                    }
+                };
+                let o = exec::ProcessOverrides {
+                    args: self.command.clone(),
+                    env: self.env.clone(),
+                    cwd: self.cwd.clone(),
+                    user,
+                    additional_gids: self.additional_gids.clone(),
+                    caps: self.cap.clone(),
+                    no_new_privs: self.no_new_privs,
+                    tty: self.tty,
+                };
+                exec::process_from_args(exec::container_process(dir, &self.id)?, &o)?
+            }
+        };
+        Ok(ExecOptions {
+            id: self.id.clone(),
+            process,
+            pid_file: self.pid_file.clone(),
+            console: self.console_socket.clone().map(ConsoleSocket::Path),
+            preserve_fds: self.preserve_fds,
+            ignore_paused: self.ignore_paused,
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a container (its program waits for `start`).
@@ -96,6 +203,8 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Run a further process in a running container.
+    Exec(ExecArgs),
     /// Write a default config.json.
     Spec {
         #[arg(long, short = 'b', default_value = ".")]
@@ -209,6 +318,23 @@ fn dispatch(cli: &Cli, logger: &Logger, rec: &mut Recorder) -> Result<i32> {
                 container::delete(&dir, &opts.id, true, rec)?;
             }
             Ok(code)
+        }
+        Command::Exec(args) => {
+            let mut opts = args.options(&dir)?;
+            let relay = if !args.detach && opts.console.is_none() && opts.process.terminal() == Some(true) {
+                let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| Error::Other(format!("socketpair: {e}")))?;
+                opts.console = Some(ConsoleSocket::Connected(std::sync::Arc::new(theirs.into())));
+                Some(ours)
+            } else {
+                None
+            };
+            let started = exec::exec(&dir, &opts, rec)?;
+            if args.detach {
+                return Ok(0);
+            }
+            let master = relay.map(|s| terminal::receive_master(std::os::fd::AsFd::as_fd(&s))).transpose()?;
+            rec.flush();
+            container::wait_forwarding(&started, master.as_ref())
         }
         Command::Spec { bundle } => write_default_spec(bundle).map(|_| 0),
         Command::Features => {

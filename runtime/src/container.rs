@@ -21,6 +21,8 @@ use crate::{spec, sync};
 
 /// Name of the fifo the container's first process blocks on until `start`.
 pub const EXEC_FIFO: &str = "exec.fifo";
+/// The container's config.json as it was at create, kept in its state directory.
+pub const CONFIG_COPY: &str = "config.json";
 
 /// Options of `create` (and `run`).
 #[derive(Clone, Debug, Default)]
@@ -76,9 +78,20 @@ impl Drop for Rollback<'_> {
     }
 }
 
+/// The connected console socket a process with `terminal` gets, checking the two agree.
+pub(crate) fn console_for(terminal: bool, console: &Option<ConsoleSocket>) -> Result<Option<OwnedFd>> {
+    Ok(match (terminal, console) {
+        (false, None) => None,
+        (true, None) => return Err(Error::Other("process.terminal is true: --console-socket is required".into())),
+        (false, Some(_)) => return Err(Error::Other("--console-socket given but process.terminal is false".into())),
+        (true, Some(ConsoleSocket::Path(p))) => Some(crate::terminal::connect(p)?),
+        (true, Some(ConsoleSocket::Connected(fd))) => Some(fd.try_clone().map_err(|e| Error::Other(format!("console socket: {e}")))?),
+    })
+}
+
 #[repr(C)]
 #[derive(Default)]
-struct CloneArgs {
+pub(crate) struct CloneArgs {
     flags: u64,
     pidfd: u64,
     child_tid: u64,
@@ -97,7 +110,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// clone3 without a new stack: like fork, with namespace flags. Returns 0 in the child, and the
 /// child's pid and a pidfd in the parent.
-fn clone3(flags: CloneFlags, cgroup: Option<RawFd>) -> nix::Result<(i32, Option<OwnedFd>)> {
+pub(crate) fn clone3(flags: CloneFlags, cgroup: Option<RawFd>) -> nix::Result<(i32, Option<OwnedFd>)> {
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {
         flags: flags.bits() as u32 as u64 | CLONE_PIDFD,
@@ -145,13 +158,7 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
     let linux = bundle.spec.linux().as_ref().ok_or_else(|| Error::Other("linux is missing".into()))?;
     let plan = Plan::from_spec(linux.namespaces().as_deref().unwrap_or_default());
     let process = bundle.spec.process().as_ref().ok_or_else(|| Error::Other("process is missing".into()))?;
-    let console = match (process.terminal().unwrap_or(false), &opts.console) {
-        (false, None) => None,
-        (true, None) => return Err(Error::Other("process.terminal is true: --console-socket is required".into())),
-        (false, Some(_)) => return Err(Error::Other("--console-socket given but process.terminal is false".into())),
-        (true, Some(ConsoleSocket::Path(p))) => Some(crate::terminal::connect(p)?),
-        (true, Some(ConsoleSocket::Connected(fd))) => Some(fd.try_clone().map_err(|e| Error::Other(format!("console socket: {e}")))?),
-    };
+    let console = console_for(process.terminal().unwrap_or(false), &opts.console)?;
     let console_size = process.console_size().as_ref().map(|b| (b.height() as u16, b.width() as u16));
 
     let state_dir = dir.claim(&opts.id)?;
@@ -248,6 +255,8 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
         cgroup: cgroup.paths().clone(),
         own_pid_ns: plan.own_pid_ns(),
     };
+    // exec takes the container's process defaults from this copy, not from a bundle that may change
+    std::fs::copy(bundle.dir.join("config.json"), state_dir.join(CONFIG_COPY)).map_err(|e| Error::Other(format!("copy config.json into the state: {e}")))?;
     dir.save(&st)?;
     if let Some(p) = &opts.pid_file {
         state::write_pid_file(p, pid).map_err(|e| Error::Other(format!("write pid file {}: {e}", p.display())))?;

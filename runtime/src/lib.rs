@@ -14,6 +14,7 @@ pub mod cgroups;
 pub mod cli;
 pub mod container;
 pub mod error;
+pub mod exec;
 pub mod log;
 pub mod namespaces;
 pub mod process;

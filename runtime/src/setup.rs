@@ -194,7 +194,7 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
 
 /// Marks every descriptor from `first` up close-on-exec, so the program inherits only stdio and
 /// the descriptors the caller asked to preserve.
-fn close_extra_fds(first: RawFd) -> std::io::Result<()> {
+pub(crate) fn close_extra_fds(first: RawFd) -> std::io::Result<()> {
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let Ok(fd) = entry?.file_name().to_string_lossy().parse::<RawFd>() else { continue };
         if fd >= first {
