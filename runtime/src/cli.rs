@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use engine_telemetry::Recorder;
 
 use crate::container::{self, ConsoleSocket, CreateOptions};
+use crate::control;
 use crate::exec::{self, ExecOptions};
 use crate::terminal;
 use crate::log::{LogFormat, Logger};
@@ -171,6 +172,96 @@ impl ExecArgs {
     }
 }
 
+/// Arguments of `update`, as runc takes them.
+#[derive(clap::Args, Debug)]
+pub struct UpdateArgs {
+    /// linux.resources as JSON from a file ("-" for stdin); flags override it.
+    #[arg(long, short = 'r')]
+    pub resources: Option<PathBuf>,
+    #[arg(long = "blkio-weight")]
+    pub blkio_weight: Option<u16>,
+    #[arg(long = "cpu-period")]
+    pub cpu_period: Option<u64>,
+    #[arg(long = "cpu-quota")]
+    pub cpu_quota: Option<i64>,
+    #[arg(long = "cpu-share")]
+    pub cpu_share: Option<u64>,
+    #[arg(long = "cpu-rt-period")]
+    pub cpu_rt_period: Option<u64>,
+    #[arg(long = "cpu-rt-runtime")]
+    pub cpu_rt_runtime: Option<i64>,
+    #[arg(long = "cpuset-cpus")]
+    pub cpuset_cpus: Option<String>,
+    #[arg(long = "cpuset-mems")]
+    pub cpuset_mems: Option<String>,
+    /// Memory limit (bytes, or with a k/m/g suffix; -1 for none).
+    #[arg(long, allow_hyphen_values = true)]
+    pub memory: Option<String>,
+    #[arg(long = "memory-reservation", allow_hyphen_values = true)]
+    pub memory_reservation: Option<String>,
+    /// Memory plus swap limit.
+    #[arg(long = "memory-swap", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
+    /// Container id.
+    pub id: String,
+}
+
+/// Bytes with an optional binary suffix, as docker and runc accept them ("64m"); -1 is "none".
+fn parse_bytes(s: &str) -> Result<i64> {
+    let bad = || Error::Other(format!("invalid size {s:?}: want bytes or a number with k, m, g or t"));
+    let t = s.trim().to_ascii_lowercase();
+    if t == "-1" {
+        return Ok(-1);
+    }
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    if !(n >= 0.0) {
+        return Err(bad());
+    }
+    Ok((n * mult as f64) as i64)
+}
+
+impl UpdateArgs {
+    fn resources(&self) -> Result<oci_spec::runtime::LinuxResources> {
+        use serde_json::json;
+        let mut v = match &self.resources {
+            None => json!({}),
+            Some(p) => {
+                let text = if p.as_os_str() == "-" {
+                    let mut s = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut s).map_err(|e| Error::Other(format!("read stdin: {e}")))?;
+                    s
+                } else {
+                    std::fs::read(p).map_err(|e| Error::Other(format!("read {}: {e}", p.display())))?
+                };
+                serde_json::from_slice(&text).map_err(|e| Error::Other(format!("invalid resources JSON: {e}")))?
+            }
+        };
+        if let Some(x) = self.blkio_weight { v["blockIO"]["weight"] = json!(x) }
+        if let Some(x) = self.cpu_period { v["cpu"]["period"] = json!(x) }
+        if let Some(x) = self.cpu_quota { v["cpu"]["quota"] = json!(x) }
+        if let Some(x) = self.cpu_share { v["cpu"]["shares"] = json!(x) }
+        if let Some(x) = self.cpu_rt_period { v["cpu"]["realtimePeriod"] = json!(x) }
+        if let Some(x) = self.cpu_rt_runtime { v["cpu"]["realtimeRuntime"] = json!(x) }
+        if let Some(x) = &self.cpuset_cpus { v["cpu"]["cpus"] = json!(x) }
+        if let Some(x) = &self.cpuset_mems { v["cpu"]["mems"] = json!(x) }
+        if let Some(x) = &self.memory { v["memory"]["limit"] = json!(parse_bytes(x)?) }
+        if let Some(x) = &self.memory_reservation { v["memory"]["reservation"] = json!(parse_bytes(x)?) }
+        if let Some(x) = &self.memory_swap { v["memory"]["swap"] = json!(parse_bytes(x)?) }
+        if let Some(x) = self.pids_limit { v["pids"]["limit"] = json!(x) }
+        serde_json::from_value(v).map_err(|e| Error::Other(format!("invalid resources: {e}")))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a container (its program waits for `start`).
@@ -205,6 +296,20 @@ pub enum Command {
     },
     /// Run a further process in a running container.
     Exec(ExecArgs),
+    /// Freeze every process of a container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// Change a container's resource limits.
+    Update(UpdateArgs),
+    /// Print resource usage (`--stats`: once) or follow it and OOM kills.
+    Events {
+        #[arg(long)]
+        stats: bool,
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
     /// Write a default config.json.
     Spec {
         #[arg(long, short = 'b', default_value = ".")]
@@ -335,6 +440,34 @@ fn dispatch(cli: &Cli, logger: &Logger, rec: &mut Recorder) -> Result<i32> {
             let master = relay.map(|s| terminal::receive_master(std::os::fd::AsFd::as_fd(&s))).transpose()?;
             rec.flush();
             container::wait_forwarding(&started, master.as_ref())
+        }
+        Command::Pause { id } => control::pause(&dir, id, rec).map(|_| 0),
+        Command::Resume { id } => control::resume(&dir, id, rec).map(|_| 0),
+        Command::Update(args) => {
+            let resources = args.resources()?;
+            control::update(&dir, &args.id, &resources, rec).map(|_| 0)
+        }
+        Command::Events { stats, interval, id } => {
+            let interval = control::parse_interval(interval)?;
+            let mut out = std::io::stdout();
+            if *stats {
+                writeln!(out, "{}", control::stats(&dir, id)?).map_err(|e| Error::Other(e.to_string()))?;
+                return Ok(0);
+            }
+            // follow: a stats event per interval and an oom event per new OOM kill, until it stops
+            let mut ooms = control::oom_kills(&dir, id)?;
+            loop {
+                let Ok(event) = control::stats(&dir, id) else { return Ok(0) };
+                let now = control::oom_kills(&dir, id).unwrap_or(ooms);
+                for _ in ooms..now {
+                    let _ = writeln!(out, "{}", serde_json::json!({"type": "oom", "id": id}));
+                }
+                ooms = now;
+                if writeln!(out, "{event}").and_then(|_| out.flush()).is_err() {
+                    return Ok(0);
+                }
+                std::thread::sleep(interval);
+            }
         }
         Command::Spec { bundle } => write_default_spec(bundle).map(|_| 0),
         Command::Features => {

@@ -386,6 +386,9 @@ fn destroy(dir: &StateDir, st: &ContainerState) -> Result<()> {
         // frozen processes cannot die
         let _ = std::fs::write(freezer.join("freezer.state"), "THAWED");
     }
+    if let Some(unified) = st.cgroup.paths.get("unified").filter(|_| st.cgroup.v2) {
+        let _ = std::fs::write(unified.join("cgroup.freeze"), "0");
+    }
     wait_gone(st, Duration::from_secs(10));
     cg.destroy()?;
     dir.remove(&st.id)?;

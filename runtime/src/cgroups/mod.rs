@@ -5,6 +5,7 @@
 //! plus a v2 tree without controllers) the container also gets a cgroup in the v2 tree, so that its
 //! processes have their own v2 cgroup id (what eBPF's `bpf_get_current_cgroup_id` reports).
 
+mod stats;
 mod v1;
 mod v2;
 
@@ -300,6 +301,32 @@ impl CgroupManager {
             unsafe { libc::kill(pid, signal) };
         }
         Ok(())
+    }
+
+    /// Freezes (pause) or thaws (resume) every process in the cgroup, and waits until the kernel
+    /// says it is done: v1 `freezer.state`, v2 `cgroup.freeze` and `cgroup.events`.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (file, value, done_file, done): (PathBuf, &str, PathBuf, &str) = if self.paths.v2 {
+            let dir = self.path("unified").ok_or(CgroupError::NotMounted)?;
+            (dir.join("cgroup.freeze"), if frozen { "1" } else { "0" }, dir.join("cgroup.events"), if frozen { "frozen 1" } else { "frozen 0" })
+        } else {
+            let dir = self.controller_path("freezer").ok_or_else(|| CgroupError::Unsupported("the freezer controller".into()))?;
+            let v = if frozen { "FROZEN" } else { "THAWED" };
+            (dir.join("freezer.state"), v, dir.join("freezer.state"), v)
+        };
+        loop {
+            // v1 may report FREEZING for a while; writing again nudges tasks that were forking
+            write_file(&file, value)?;
+            if read_file(&done_file)?.lines().any(|l| l.trim() == done) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = write_file(&file, if self.paths.v2 { "0" } else { "THAWED" });
+                return Err(CgroupError::Invalid(format!("{} did not reach {done:?}", done_file.display())));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Removes the cgroup directories the runtime created (leaf first), waiting up to `deadline`
