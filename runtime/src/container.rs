@@ -200,6 +200,8 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
     if pid == 0 {
         drop(parent_sock);
         let args = SetupArgs {
+            id: &opts.id,
+            host_pid: std::cell::Cell::new(0),
             spec: &bundle.spec,
             bundle: &bundle.dir,
             rootfs: &bundle.rootfs,
@@ -229,11 +231,22 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
         write_id_map(pid, "uid_map", linux.uid_mappings().as_deref().unwrap_or_default())?;
         write_id_map(pid, "gid_map", linux.gid_mappings().as_deref().unwrap_or_default())?;
     }
-    parent_sock.send(b"go").map_err(sys("signal container init"))?;
+    parent_sock.send(format!("go {pid}").as_bytes()).map_err(sys("signal container init"))?;
     rec.end(h);
 
-    // The child now prepares the rootfs and process; it answers "ready" or "error:<why>".
-    let reply = parent_sock.recv().map_err(sys("wait for container init"))?;
+    // The child now prepares the rootfs and process; it answers "ready" or "error:<why>", and
+    // before its pivot_root asks for the hooks that run in the runtime's namespaces.
+    let mut reply = parent_sock.recv().map_err(sys("wait for container init"))?;
+    if reply == b"hooks" {
+        let hooks = bundle.spec.hooks().clone().unwrap_or_default();
+        let state = crate::hooks::state_json(&bundle.spec, &opts.id, Status::Creating, pid, &bundle.dir);
+        let h = rec.start("runtime.hooks.createRuntime", Some(parent));
+        let ran = crate::hooks::run_all("prestart", hooks.prestart().as_deref().unwrap_or_default(), &state)
+            .and_then(|_| crate::hooks::run_all("createRuntime", hooks.create_runtime().as_deref().unwrap_or_default(), &state));
+        rec.finish(h, ran.map_err(|e| Error::Hook(e.to_string())))?;
+        parent_sock.send(b"hooks-done").map_err(sys("signal container init"))?;
+        reply = parent_sock.recv().map_err(sys("wait for container init"))?;
+    }
     if reply != b"ready" {
         let why = match reply.strip_prefix(b"error:") {
             Some(msg) => String::from_utf8_lossy(msg).into_owned(),
@@ -254,6 +267,7 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
         annotations: bundle.spec.annotations().clone().unwrap_or_default().into_iter().collect(),
         cgroup: cgroup.paths().clone(),
         own_pid_ns: plan.own_pid_ns(),
+        hooks: bundle.spec.hooks().clone(),
     };
     // exec takes the container's process defaults from this copy, not from a bundle that may change
     std::fs::copy(bundle.dir.join("config.json"), state_dir.join(CONFIG_COPY)).map_err(|e| Error::Other(format!("copy config.json into the state: {e}")))?;
@@ -304,6 +318,12 @@ fn start_inner(dir: &StateDir, id: &str) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&fifo_path);
+    // poststart: a failure is a warning; the container runs on
+    if let Some(list) = st.hooks.as_ref().and_then(|h| h.poststart().clone()).filter(|l| !l.is_empty()) {
+        if let Err(e) = crate::hooks::run_all("poststart", &list, &st.to_spec_json(Status::Running)) {
+            eprintln!("engine-runtime: warning: {e}");
+        }
+    }
     Ok(())
 }
 
@@ -392,6 +412,14 @@ fn destroy(dir: &StateDir, st: &ContainerState) -> Result<()> {
     wait_gone(st, Duration::from_secs(10));
     cg.destroy()?;
     dir.remove(&st.id)?;
+    // poststop: a failure is a warning; the container is gone either way
+    if let Some(list) = st.hooks.as_ref().and_then(|h| h.poststop().clone()).filter(|l| !l.is_empty()) {
+        let mut state = st.to_spec_json(Status::Stopped);
+        state["pid"] = serde_json::json!(st.pid);
+        if let Err(e) = crate::hooks::run_all("poststop", &list, &state) {
+            eprintln!("engine-runtime: warning: {e}");
+        }
+    }
     Ok(())
 }
 

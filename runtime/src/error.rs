@@ -12,6 +12,8 @@ pub enum Error {
     Cgroup(#[from] crate::cgroups::CgroupError),
     #[error(transparent)]
     Terminal(#[from] crate::terminal::TerminalError),
+    #[error("{0}")]
+    Hook(String),
     #[error("container init: {0}")]
     Setup(String),
     #[error("{op}: {errno}")]

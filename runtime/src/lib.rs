@@ -16,6 +16,7 @@ pub mod container;
 pub mod control;
 pub mod error;
 pub mod exec;
+pub mod hooks;
 pub mod log;
 pub mod namespaces;
 pub mod process;

@@ -21,6 +21,9 @@ use crate::sync::SyncSocket;
 
 /// Everything the container's first process needs, prepared by `create` before the clone.
 pub(crate) struct SetupArgs<'a> {
+    pub id: &'a str,
+    /// Our pid as the host sees it, once `create` has told us.
+    pub host_pid: std::cell::Cell<i32>,
     pub spec: &'a Spec,
     pub bundle: &'a std::path::Path,
     pub rootfs: &'a std::path::Path,
@@ -64,6 +67,13 @@ pub(crate) fn run(args: SetupArgs<'_>, sync: SyncSocket, rec: &mut Recorder, par
                 }
             }
             drop(fifo);
+            if let Some(list) = args.spec.hooks().as_ref().and_then(|h| h.start_container().clone()).filter(|h| !h.is_empty()) {
+                let state = crate::hooks::state_json(args.spec, &args.id, crate::state::Status::Created, args.host_pid.get(), args.bundle);
+                if let Err(e) = crate::hooks::run_all("startContainer", &list, &state) {
+                    eprintln!("engine-runtime: {e}");
+                    exit(1);
+                }
+            }
             let err = process::exec(&exec);
             eprintln!("engine-runtime: exec {:?}: {err}", exec.path);
             exit(127);
@@ -97,11 +107,13 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
 
     // Wait until `create` has put us in the cgroup and written id maps.
-    match sync.recv() {
-        Ok(m) if m == b"go" => {}
+    // "go <our pid as the host sees it>" (hooks report it)
+    let host_pid: i32 = match sync.recv() {
+        Ok(m) if m.starts_with(b"go ") => String::from_utf8_lossy(&m[3..]).parse().map_err(|_| "bad go message from create")?,
         Ok(m) => return Err(format!("unexpected message from create: {:?}", String::from_utf8_lossy(&m))),
         Err(e) => return Err(format!("waiting for create: {e}")),
-    }
+    };
+    a.host_pid.set(host_pid);
     if a.user_ns {
         // become root of the new user namespace
         // SAFETY: integer arguments only.
@@ -145,6 +157,20 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
         net_ns: a.net_ns,
     };
     step(rec, "runtime.rootfs", span, || rootfs::prepare(&cfg))?;
+    if let Some(hooks) = spec.hooks() {
+        // prestart and createRuntime run in the runtime's namespaces: `create` runs them now
+        if hooks.prestart().as_ref().is_some_and(|h| !h.is_empty()) || hooks.create_runtime().as_ref().is_some_and(|h| !h.is_empty()) {
+            sync.send(b"hooks").map_err(|e| format!("ask create to run hooks: {e}"))?;
+            match sync.recv() {
+                Ok(m) if m == b"hooks-done" => {}
+                Ok(_) | Err(_) => return Err("create hooks failed".into()),
+            }
+        }
+        if let Some(list) = hooks.create_container().as_ref().filter(|h| !h.is_empty()) {
+            let state = crate::hooks::state_json(spec, &a.id, crate::state::Status::Creating, host_pid, a.bundle);
+            step(rec, "runtime.hooks.createContainer", span, || crate::hooks::run_all("createContainer", list, &state))?;
+        }
+    }
     // Capabilities are read from /proc while the host's view is still there.
     let caps = process::CapMasks::from_spec(proc_.capabilities().as_ref()).map_err(|e| e.to_string())?;
     step(rec, "runtime.pivot_root", span, || rootfs::pivot(a.rootfs, a.no_pivot))?;

@@ -65,6 +65,9 @@ pub struct ContainerState {
     pub cgroup: CgroupPaths,
     /// Whether the container has its own pid namespace (killing its init then ends everything).
     pub own_pid_ns: bool,
+    /// The spec's hooks: start runs poststart, delete runs poststop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<oci_spec::runtime::Hooks>,
 }
 
 /// The directory that holds every container's state.
