@@ -89,6 +89,14 @@ pub(crate) fn console_for(terminal: bool, console: &Option<ConsoleSocket>) -> Re
     })
 }
 
+/// A connected socket to the seccomp agent, when the filter notifies.
+pub(crate) fn seccomp_listener(sc: Option<&oci_spec::runtime::LinuxSeccomp>) -> Result<Option<OwnedFd>> {
+    let Some(path) = sc.filter(|s| crate::seccomp::uses_notify(s)).and_then(|s| s.listener_path().as_ref()) else { return Ok(None) };
+    let stream = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|e| Error::Other(format!("connect seccomp listener {}: {e}", path.display())))?;
+    Ok(Some(stream.into()))
+}
+
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct CloneArgs {
@@ -159,6 +167,7 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
     let plan = Plan::from_spec(linux.namespaces().as_deref().unwrap_or_default());
     let process = bundle.spec.process().as_ref().ok_or_else(|| Error::Other("process is missing".into()))?;
     let console = console_for(process.terminal().unwrap_or(false), &opts.console)?;
+    let seccomp_listener = seccomp_listener(linux.seccomp().as_ref())?;
     let console_size = process.console_size().as_ref().map(|b| (b.height() as u16, b.width() as u16));
 
     let state_dir = dir.claim(&opts.id)?;
@@ -215,6 +224,7 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
             preserve_fds: opts.preserve_fds,
             console: console.as_ref(),
             console_size,
+            seccomp_listener: seccomp_listener.as_ref(),
         };
         setup::run(args, child_sock, rec, parent);
     }
@@ -222,6 +232,7 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
     rollback.child = Some(pid);
     drop(child_sock);
     drop(console);
+    drop(seccomp_listener);
     rec.set_attr(h, "process.pid", pid);
 
     if cgroup_fd.is_none() {

@@ -152,6 +152,12 @@ fn exec_inner(dir: &StateDir, opts: &ExecOptions) -> Result<Created> {
     }
     let caps = process::CapMasks::from_spec(p.capabilities().as_ref()).map_err(|e| Error::Other(e.to_string()))?;
     let console = console_for(p.terminal().unwrap_or(false), &opts.console)?;
+    // exec'd processes get the container's seccomp filter too
+    let config = dir.dir(&opts.id).join(CONFIG_COPY);
+    let spec = Spec::load(&config).map_err(|e| Error::Other(format!("read {}: {e}", config.display())))?;
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let listener = crate::container::seccomp_listener(seccomp.as_ref())?;
+    let seccomp_state = st.to_spec_json(Status::Running);
     let console_size = p.console_size().as_ref().map(|b| (b.height() as u16, b.width() as u16));
 
     // pid and time namespaces apply to children: enter them here, before the clone
@@ -183,13 +189,15 @@ fn exec_inner(dir: &StateDir, opts: &ExecOptions) -> Result<Created> {
     let (pid, pidfd) = clone3(CloneFlags::empty(), cgroup_fd.as_ref().map(|f| f.as_raw_fd())).map_err(sys("clone3"))?;
     if pid == 0 {
         drop(parent_sock);
-        let err = child(p, &joins, &caps, console.as_ref(), console_size, opts.preserve_fds, &child_sock);
+        let filter = seccomp.as_ref().map(|s| (s, listener.as_ref(), &seccomp_state));
+        let err = child(p, &joins, &caps, console.as_ref(), console_size, filter, opts.preserve_fds, &child_sock);
         let _ = child_sock.send(format!("error:{err}").as_bytes());
         // SAFETY: _exit ends the forked copy without running the parent's destructors.
         unsafe { libc::_exit(1) };
     }
     drop(child_sock);
     drop(console);
+    drop(listener);
     let pidfd = pidfd.ok_or_else(|| Error::Other("clone3 returned no pidfd".into()))?;
     let abort = |e: Error| {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
@@ -199,7 +207,7 @@ fn exec_inner(dir: &StateDir, opts: &ExecOptions) -> Result<Created> {
     if cgroup_fd.is_none() {
         cgroup.add_pid(pid).map_err(|e| abort(e.into()))?;
     }
-    parent_sock.send(b"go").map_err(|e| abort(Error::Sys { op: "signal the exec process".into(), errno: e }))?;
+    parent_sock.send(format!("go {pid}").as_bytes()).map_err(|e| abort(Error::Sys { op: "signal the exec process".into(), errno: e }))?;
     // The socket is close-on-exec: end of file means the program is running; a message is why not.
     let reply = parent_sock.recv().map_err(|e| abort(Error::Sys { op: "wait for the exec process".into(), errno: e }))?;
     if !reply.is_empty() {
@@ -219,15 +227,16 @@ fn child(
     caps: &process::CapMasks,
     console: Option<&OwnedFd>,
     console_size: Option<(u16, u16)>,
+    seccomp: Option<(&oci_spec::runtime::LinuxSeccomp, Option<&OwnedFd>, &serde_json::Value)>,
     preserve_fds: i32,
     sync: &sync::SyncSocket,
 ) -> String {
     // SAFETY: prctl with integer arguments only; if exec's caller dies first, so do we.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    match sync.recv() {
-        Ok(m) if m == b"go" => {}
+    let host_pid: i32 = match sync.recv() {
+        Ok(m) if m.starts_with(b"go ") => String::from_utf8_lossy(&m[3..]).parse().unwrap_or(0),
         _ => return "exec caller went away".into(),
-    }
+    };
     for (flag, fd) in joins {
         if let Err(e) = nix::sched::setns(fd, *flag) {
             return format!("setns {flag:?}: {e}");
@@ -243,11 +252,22 @@ fn child(
             std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| format!("set oom_score_adj {adj}: {e}"))?;
         }
         process::apply_rlimits(p.rlimits().as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
+        let nnp = p.no_new_privileges() == Some(true);
+        let load_seccomp = || -> std::result::Result<(), String> {
+            let Some((sc, listener, state)) = seccomp else { return Ok(()) };
+            let listener = listener.map(|sock| (sock, crate::seccomp::process_state(sc, host_pid, state.clone())));
+            crate::seccomp::load(sc, listener).map_err(|e| e.to_string())
+        };
+        // as in create: before the user switch unless no_new_privs, then as late as possible
+        if !nnp {
+            load_seccomp()?;
+        }
         process::drop_bounding(caps).map_err(|e| e.to_string())?;
         process::switch_user(p).map_err(|e| e.to_string())?;
         process::set_capabilities(caps).map_err(|e| e.to_string())?;
-        if p.no_new_privileges() == Some(true) {
+        if nnp {
             process::set_no_new_privs().map_err(|e| e.to_string())?;
+            load_seccomp()?;
         }
         process::set_umask(p);
         process::enter_cwd(p).map_err(|e| e.to_string())?;

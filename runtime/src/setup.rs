@@ -39,6 +39,8 @@ pub(crate) struct SetupArgs<'a> {
     pub preserve_fds: i32,
     /// The console socket, when `process.terminal` is true, and the console size (rows, columns).
     pub console: Option<&'a OwnedFd>,
+    /// A connected socket to `linux.seccomp.listenerPath`, when the filter notifies.
+    pub seccomp_listener: Option<&'a OwnedFd>,
     pub console_size: Option<(u16, u16)>,
 }
 
@@ -200,11 +202,26 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
         )
         .map_err(|e| e.to_string())?;
         process::apply_rlimits(proc_.rlimits().as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
+        let nnp = proc_.no_new_privileges() == Some(true);
+        let load_seccomp = || -> Result<(), String> {
+            let Some(sc) = linux.seccomp() else { return Ok(()) };
+            let listener = a.seccomp_listener.map(|sock| {
+                let state = crate::hooks::state_json(spec, a.id, crate::state::Status::Creating, a.host_pid.get(), a.bundle);
+                (sock, crate::seccomp::process_state(sc, a.host_pid.get(), state))
+            });
+            crate::seccomp::load(sc, listener).map_err(|e| e.to_string())
+        };
+        // Without no_new_privs the filter needs CAP_SYS_ADMIN: load it while we have it.
+        // With it, load it as late as possible, so that fewer of our own syscalls pass it.
+        if !nnp {
+            load_seccomp()?;
+        }
         process::drop_bounding(&caps).map_err(|e| e.to_string())?;
         process::switch_user(proc_).map_err(|e| e.to_string())?;
         process::set_capabilities(&caps).map_err(|e| e.to_string())?;
-        if proc_.no_new_privileges() == Some(true) {
+        if nnp {
             process::set_no_new_privs().map_err(|e| e.to_string())?;
+            load_seccomp()?;
         }
         process::set_umask(proc_);
         process::enter_cwd(proc_).map_err(|e| e.to_string())?;

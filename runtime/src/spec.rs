@@ -114,6 +114,14 @@ fn validate(spec: &Spec) -> Result<(), SpecError> {
             None => return invalid(format!("linux.sysctl {key:?} is not namespaced; it would change the host")),
         }
     }
+    if let Some(sc) = linux.seccomp() {
+        if crate::seccomp::uses_notify(sc) && sc.listener_path().is_none() {
+            return invalid("linux.seccomp: SCMP_ACT_NOTIFY needs a listenerPath".into());
+        }
+        if let Some(p) = sc.listener_path().as_ref().filter(|p| !p.is_absolute()) {
+            return invalid(format!("linux.seccomp.listenerPath {p:?} must be absolute"));
+        }
+    }
     if let Some(prop) = linux.rootfs_propagation() {
         if !matches!(prop.as_str(), "" | "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" | "unbindable" | "runbindable") {
             return invalid(format!("linux.rootfsPropagation {prop:?} is not a propagation type"));
