@@ -464,7 +464,7 @@ pub fn validate(r: &LinuxResources) -> Result<()> {
         }
     }
     if let Some(b) = r.block_io() {
-        if let Some(w) = b.weight() {
+        if let Some(w) = b.weight().filter(|&w| w != 0) {
             if !(10..=1000).contains(&w) {
                 return bad("blockIO.weight", &format!("{w} is out of range 10-1000"));
             }

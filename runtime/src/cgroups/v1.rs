@@ -50,10 +50,10 @@ pub(crate) const DEFAULT_ALLOWED_DEVICES: &[&str] = &[
 pub(super) fn apply(m: &CgroupManager, r: &LinuxResources) -> Result<()> {
     if let Some(mem) = r.memory() {
         let dir = need(m, "memory", "linux.resources.memory")?;
-        if let Some(v) = mem.limit() {
+        if let Some(v) = mem.limit().filter(|&v| v != 0) {
             write_file(&dir.join("memory.limit_in_bytes"), &limit_value(v))?;
         }
-        if let Some(v) = mem.swap() {
+        if let Some(v) = mem.swap().filter(|&v| v != 0) {
             let file = dir.join("memory.memsw.limit_in_bytes");
             if file.exists() {
                 write_file(&file, &limit_value(v))?;
@@ -61,7 +61,7 @@ pub(super) fn apply(m: &CgroupManager, r: &LinuxResources) -> Result<()> {
                 return Err(CgroupError::Unsupported("linux.resources.memory.swap (swap accounting is off)".into()));
             }
         }
-        if let Some(v) = mem.reservation() {
+        if let Some(v) = mem.reservation().filter(|&v| v != 0) {
             write_file(&dir.join("memory.soft_limit_in_bytes"), &limit_value(v))?;
         }
         if let Some(v) = mem.swappiness() {
@@ -70,7 +70,7 @@ pub(super) fn apply(m: &CgroupManager, r: &LinuxResources) -> Result<()> {
         if mem.disable_oom_killer() == Some(true) {
             write_file(&dir.join("memory.oom_control"), "1")?;
         }
-        if let Some(v) = mem.kernel_tcp() {
+        if let Some(v) = mem.kernel_tcp().filter(|&v| v != 0) {
             write_file(&dir.join("memory.kmem.tcp.limit_in_bytes"), &limit_value(v))?;
         }
         // memory.kernel is deprecated by the spec and ignored, as runc does.
@@ -110,7 +110,7 @@ pub(super) fn apply(m: &CgroupManager, r: &LinuxResources) -> Result<()> {
             }
         }
     }
-    if let Some(p) = r.pids() {
+    if let Some(p) = r.pids().as_ref().filter(|p| p.limit() != 0) {
         let dir = need(m, "pids", "linux.resources.pids")?;
         let v = if p.limit() > 0 { p.limit().to_string() } else { "max".into() };
         write_file(&dir.join("pids.max"), &v)?;
@@ -118,7 +118,7 @@ pub(super) fn apply(m: &CgroupManager, r: &LinuxResources) -> Result<()> {
     if let Some(b) = r.block_io() {
         let dir = need(m, "blkio", "linux.resources.blockIO")?;
         for (file, weight) in [("blkio.weight", b.weight()), ("blkio.leaf_weight", b.leaf_weight())] {
-            if let Some(w) = weight {
+            if let Some(w) = weight.filter(|&w| w != 0) {
                 if !dir.join(file).exists() {
                     return Err(CgroupError::Unsupported(format!("linux.resources.blockIO weights ({file} is absent)")));
                 }

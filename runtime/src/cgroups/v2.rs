@@ -48,13 +48,14 @@ fn max_or(v: i64) -> String {
 pub(super) fn apply(dir: &Path, r: &LinuxResources) -> Result<()> {
     let file = |name: &str| dir.join(name);
     if let Some(mem) = r.memory() {
-        if let Some(v) = mem.limit() {
+        // zero means "not set" (docker sends zeros), as runc treats it
+        if let Some(v) = mem.limit().filter(|&v| v != 0) {
             write_file(&file("memory.max"), &max_or(v))?;
         }
-        if let Some(v) = mem.reservation() {
+        if let Some(v) = mem.reservation().filter(|&v| v != 0) {
             write_file(&file("memory.low"), &max_or(v))?;
         }
-        if let Some(swap) = mem.swap() {
+        if let Some(swap) = mem.swap().filter(|&v| v != 0) {
             // the spec's swap is memory+swap; v2's memory.swap.max is swap alone
             let value = match (swap, mem.limit()) {
                 (s, _) if s < 0 => "max".to_string(),
@@ -95,12 +96,12 @@ pub(super) fn apply(dir: &Path, r: &LinuxResources) -> Result<()> {
             write_file(&file("cpuset.mems"), v)?;
         }
     }
-    if let Some(p) = r.pids() {
+    if let Some(p) = r.pids().as_ref().filter(|p| p.limit() != 0) {
         let v = if p.limit() > 0 { p.limit().to_string() } else { "max".into() };
         write_file(&file("pids.max"), &v)?;
     }
     if let Some(b) = r.block_io() {
-        if let Some(w) = b.weight() {
+        if let Some(w) = b.weight().filter(|&w| w != 0) {
             write_file(&file("io.weight"), &format!("default {}", blkio_weight_to_io(w)))?;
         }
         for d in b.weight_device().iter().flatten() {
