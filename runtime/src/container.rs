@@ -197,8 +197,9 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
         nix::sched::setns(fd, CloneFlags::CLONE_NEWPID).map_err(sys("setns pid namespace"))?;
     }
     let (parent_sock, child_sock) = sync::pair().map_err(sys("socketpair"))?;
-    // On pure v2 the child starts life in its cgroup; elsewhere create moves it below.
-    let cgroup_fd = match cgroup.unified_path().filter(|_| cgroup.paths().v2) {
+    // The child starts life in its v2 cgroup (pure v2, or the v2 tree of a hybrid host);
+    // v1 hierarchies are joined below.
+    let cgroup_fd = match cgroup.unified_path() {
         Some(p) => Some(
             nix::fcntl::open(p, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
                 .map_err(sys(format!("open {}", p.display())))?,
@@ -235,9 +236,8 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
     drop(seccomp_listener);
     rec.set_attr(h, "process.pid", pid);
 
-    if cgroup_fd.is_none() {
-        cgroup.add_pid(pid)?;
-    }
+    let attach = rec.start("runtime.cgroup.attach", Some(h));
+    rec.finish(attach, cgroup.add_pid(pid, cgroup_fd.is_some()))?;
     if plan.new_user {
         write_id_map(pid, "uid_map", linux.uid_mappings().as_deref().unwrap_or_default())?;
         write_id_map(pid, "gid_map", linux.gid_mappings().as_deref().unwrap_or_default())?;

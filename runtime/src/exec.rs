@@ -178,7 +178,7 @@ fn exec_inner(dir: &StateDir, opts: &ExecOptions) -> Result<Created> {
     }
 
     let cgroup = CgroupManager::from_paths(st.cgroup.clone());
-    let cgroup_fd = match cgroup.unified_path().filter(|_| st.cgroup.v2) {
+    let cgroup_fd = match cgroup.unified_path() {
         Some(path) => Some(
             nix::fcntl::open(path, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
                 .map_err(sys(format!("open {}", path.display())))?,
@@ -204,9 +204,7 @@ fn exec_inner(dir: &StateDir, opts: &ExecOptions) -> Result<Created> {
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         e
     };
-    if cgroup_fd.is_none() {
-        cgroup.add_pid(pid).map_err(|e| abort(e.into()))?;
-    }
+    cgroup.add_pid(pid, cgroup_fd.is_some()).map_err(|e| abort(e.into()))?;
     parent_sock.send(format!("go {pid}").as_bytes()).map_err(|e| abort(Error::Sys { op: "signal the exec process".into(), errno: e }))?;
     // The socket is close-on-exec: end of file means the program is running; a message is why not.
     let reply = parent_sock.recv().map_err(|e| abort(Error::Sys { op: "wait for the exec process".into(), errno: e }))?;
