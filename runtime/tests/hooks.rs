@@ -39,7 +39,7 @@ fn every_kind_in_order_with_the_state() {
         "createRuntime": [logging_hook(&env, &log, "createRuntime")],
         "createContainer": [logging_hook(&env, &log, "createContainer")],
         // runs inside the container, after pivot_root: its path is the container's /bin/sh
-        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /out/start.json; hostname > /out/start.host"]}],
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /out/start.json; hostname > /out/start.tmp; mv /out/start.tmp /out/start.host"]}],
         "poststart": [logging_hook(&env, &log, "poststart")],
         "poststop": [logging_hook(&env, &log, "poststop")],
     });
