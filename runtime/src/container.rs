@@ -218,6 +218,7 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
             cgroup: cgroup.paths(),
             join,
             new_cgroup_ns: plan.new_cgroup,
+            new_time_ns: plan.new_time,
             user_ns: plan.new_user || plan.join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUSER),
             net_ns: plan.has_net_ns(),
             exec_fifo: fifo,

@@ -250,6 +250,12 @@ fn child(
             std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| format!("set oom_score_adj {adj}: {e}"))?;
         }
         process::apply_rlimits(p.rlimits().as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
+        if let Some(s) = p.scheduler() {
+            process::set_scheduler(s).map_err(|e| e.to_string())?;
+        }
+        if let Some(io) = p.io_priority() {
+            process::set_io_priority(io).map_err(|e| e.to_string())?;
+        }
         let nnp = p.no_new_privileges() == Some(true);
         let load_seccomp = || -> std::result::Result<(), String> {
             let Some((sc, listener, state)) = seccomp else { return Ok(()) };

@@ -28,6 +28,9 @@ pub struct Plan {
     /// Created by clone3 (the cgroup namespace is left out: it is unshared after the cgroup join).
     pub clone_flags: CloneFlags,
     pub new_cgroup: bool,
+    /// A new time namespace: unshared by the child, which sets its offsets before entering it
+    /// (offsets cannot change once a process is inside).
+    pub new_time: bool,
     pub new_user: bool,
     pub new_pid: bool,
     pub new_net: bool,
@@ -40,6 +43,7 @@ impl Plan {
         let mut p = Plan {
             clone_flags: CloneFlags::empty(),
             new_cgroup: false,
+            new_time: false,
             new_user: false,
             new_pid: false,
             new_net: false,
@@ -50,6 +54,7 @@ impl Plan {
             match ns.path() {
                 Some(path) => p.join.push((f, path.clone())),
                 None if ns.typ() == LinuxNamespaceType::Cgroup => p.new_cgroup = true,
+                None if ns.typ() == LinuxNamespaceType::Time => p.new_time = true,
                 None => p.clone_flags |= f,
             }
         }

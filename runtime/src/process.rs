@@ -22,6 +22,8 @@ pub enum ProcessError {
     NotFound(String),
     #[error("cwd {0}: {1}")]
     Cwd(PathBuf, nix::Error),
+    #[error("{0}")]
+    Invalid(String),
     #[error("argument or environment contains a NUL byte: {0:?}")]
     Nul(String),
 }
@@ -280,4 +282,97 @@ pub fn exec(e: &Exec) -> nix::Error {
 pub fn set_umask(p: &Process) {
     let mask = p.user().umask().unwrap_or(0o022);
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+}
+
+/// Sets the I/O priority (`process.ioPriority`, ioprio_set for this process).
+pub fn set_io_priority(p: &oci_spec::runtime::LinuxIOPriority) -> Result<()> {
+    use oci_spec::runtime::IOPriorityClass;
+    let class: i64 = match p.class() {
+        IOPriorityClass::IoprioClassRt => 1,
+        IOPriorityClass::IoprioClassBe => 2,
+        IOPriorityClass::IoprioClassIdle => 3,
+    };
+    let prio = p.priority();
+    if !(0..=7).contains(&prio) {
+        return Err(ProcessError::Invalid(format!("process.ioPriority.priority {prio} is out of range 0-7")));
+    }
+    const IOPRIO_WHO_PROCESS: i64 = 1;
+    // SAFETY: ioprio_set takes integers only.
+    let r = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, (class << 13) | prio) };
+    errno_result(r as libc::c_int, "ioprio_set")
+}
+
+/// `struct sched_attr` of sched_setattr(2).
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+    util_min: u32,
+    util_max: u32,
+}
+
+/// Sets the scheduling policy and its attributes (`process.scheduler`, sched_setattr).
+pub fn set_scheduler(s: &oci_spec::runtime::Scheduler) -> Result<()> {
+    use oci_spec::runtime::{LinuxSchedulerFlag as F, LinuxSchedulerPolicy as P};
+    let policy = match s.policy() {
+        P::SchedOther => 0,
+        P::SchedFifo => 1,
+        P::SchedRr => 2,
+        P::SchedBatch => 3,
+        P::SchedIso => return Err(ProcessError::Invalid("process.scheduler.policy SCHED_ISO is not supported by Linux".into())),
+        P::SchedIdle => 5,
+        P::SchedDeadline => 6,
+    };
+    let nice = s.nice().unwrap_or(0);
+    if !(-20..=19).contains(&nice) {
+        return Err(ProcessError::Invalid(format!("process.scheduler.nice {nice} is out of range -20..19")));
+    }
+    let mut flags = 0u64;
+    for f in s.flags().iter().flatten() {
+        flags |= match f {
+            F::SchedResetOnFork => 0x01,
+            F::SchedFlagReclaim => 0x02,
+            F::SchedFlagDLOverrun => 0x04,
+            F::SchedFlagKeepPolicy => 0x08,
+            F::SchedFlagKeepParams => 0x10,
+            F::SchedFlagUtilClampMin => 0x20,
+            F::SchedFlagUtilClampMax => 0x40,
+        };
+    }
+    let mut attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        policy,
+        flags,
+        nice,
+        priority: s.priority().unwrap_or(0).max(0) as u32,
+        runtime: s.runtime().unwrap_or(0),
+        deadline: s.deadline().unwrap_or(0),
+        period: s.period().unwrap_or(0),
+        ..Default::default()
+    };
+    // SAFETY: attr is a valid sched_attr whose size field says how large it is.
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &mut attr as *mut SchedAttr, 0) };
+    errno_result(r as libc::c_int, "sched_setattr")
+}
+
+/// Sets the execution domain (`linux.personality`).
+pub fn set_personality(p: &oci_spec::runtime::LinuxPersonality) -> Result<()> {
+    use oci_spec::runtime::LinuxPersonalityDomain;
+    let domain: libc::c_ulong = match p.domain() {
+        LinuxPersonalityDomain::PerLinux => 0x0000,
+        LinuxPersonalityDomain::PerLinux32 => 0x0008,
+    };
+    if let Some(flag) = p.flags().iter().flatten().next() {
+        return Err(ProcessError::Invalid(format!("linux.personality.flags {flag:?} is not supported")));
+    }
+    // SAFETY: personality takes an integer.
+    let r = unsafe { libc::personality(domain) };
+    errno_result(r, "personality")
 }

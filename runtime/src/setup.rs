@@ -32,6 +32,8 @@ pub(crate) struct SetupArgs<'a> {
     pub join: Vec<(CloneFlags, OwnedFd)>,
     /// The container gets a new cgroup namespace (entered after joining the cgroup).
     pub new_cgroup_ns: bool,
+    /// The container gets a new time namespace, with `linux.timeOffsets`.
+    pub new_time_ns: bool,
     pub user_ns: bool,
     pub net_ns: bool,
     pub exec_fifo: PathBuf,
@@ -124,6 +126,9 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
         }
     }
 
+    if a.new_time_ns {
+        enter_new_time_ns(linux.time_offsets().as_ref())?;
+    }
     if !a.join.is_empty() {
         step(rec, "runtime.setns", span, || {
             for (kind, fd) in &a.join {
@@ -202,6 +207,16 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
         )
         .map_err(|e| e.to_string())?;
         process::apply_rlimits(proc_.rlimits().as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
+        // while we still have CAP_SYS_NICE and CAP_SYS_ADMIN
+        if let Some(s) = proc_.scheduler() {
+            process::set_scheduler(s).map_err(|e| e.to_string())?;
+        }
+        if let Some(io) = proc_.io_priority() {
+            process::set_io_priority(io).map_err(|e| e.to_string())?;
+        }
+        if let Some(p) = linux.personality() {
+            process::set_personality(p).map_err(|e| e.to_string())?;
+        }
         let nnp = proc_.no_new_privileges() == Some(true);
         let load_seccomp = || -> Result<(), String> {
             let Some(sc) = linux.seccomp() else { return Ok(()) };
@@ -246,4 +261,21 @@ pub(crate) fn close_extra_fds(first: RawFd) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Unshares a time namespace, writes its offsets, and moves this process into it.
+fn enter_new_time_ns(offsets: Option<&std::collections::HashMap<String, oci_spec::runtime::LinuxTimeOffset>>) -> Result<(), String> {
+    nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)).map_err(|e| format!("unshare time namespace: {e}"))?;
+    let mut text = String::new();
+    for (clock, off) in offsets.into_iter().flatten() {
+        if clock != "monotonic" && clock != "boottime" {
+            return Err(format!("linux.timeOffsets: unknown clock {clock:?} (want monotonic or boottime)"));
+        }
+        text.push_str(&format!("{clock} {} {}\n", off.secs().unwrap_or(0), off.nanosecs().unwrap_or(0)));
+    }
+    if !text.is_empty() {
+        std::fs::write("/proc/self/timens_offsets", &text).map_err(|e| format!("write timens_offsets: {e}"))?;
+    }
+    let ns = std::fs::File::open("/proc/self/ns/time_for_children").map_err(|e| format!("open time namespace: {e}"))?;
+    nix::sched::setns(ns, CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)).map_err(|e| format!("enter time namespace: {e}"))
 }

@@ -114,6 +114,9 @@ fn validate(spec: &Spec) -> Result<(), SpecError> {
             None => return invalid(format!("linux.sysctl {key:?} is not namespaced; it would change the host")),
         }
     }
+    if linux.time_offsets().as_ref().is_some_and(|o| !o.is_empty()) && !namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Time && n.path().is_none()) {
+        return invalid("linux.timeOffsets need a new time namespace".into());
+    }
     if let Some(sc) = linux.seccomp() {
         if crate::seccomp::uses_notify(sc) && sc.listener_path().is_none() {
             return invalid("linux.seccomp: SCMP_ACT_NOTIFY needs a listenerPath".into());

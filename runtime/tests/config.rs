@@ -223,3 +223,36 @@ fn user_namespace_with_mappings() {
     assert_eq!(fields[1], ["0", "100000", "65536"]);
     assert_eq!(fields[2], ["0"]);
 }
+
+#[test]
+fn scheduler_io_priority_personality_and_time_offsets() {
+    let env = Env::new();
+    // /proc/self/stat: field 19 is nice, field 41 the policy (3 = SCHED_BATCH)
+    let mut b = env.bundle("sch", &["sh", "-c",
+        "cut -d' ' -f19,41 /proc/self/stat; ionice; uname -m; cut -d. -f1 /proc/uptime"]);
+    b.spec["process"]["scheduler"] = json!({"policy": "SCHED_BATCH", "nice": 7});
+    b.spec["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_BE", "priority": 6});
+    b.spec["linux"]["personality"] = json!({"domain": "LINUX32"});
+    b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "time"}));
+    b.spec["linux"]["timeOffsets"] = json!({"boottime": {"secs": 8640000, "nanosecs": 0}});
+    b.save();
+    let out = run(&env, &b, "sch");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "7 3", "{out}");
+    assert_eq!(lines[1], "best-effort: prio 6", "{out}");
+    assert_eq!(lines[2], "i686", "{out}");
+    assert!(lines[3].parse::<u64>().unwrap() >= 8_640_000, "boot time moved 100 days on: {out}");
+
+    // bad values are refused up front or rolled back
+    let mut b = env.bundle("sch2", &["true"]);
+    b.spec["linux"]["timeOffsets"] = json!({"boottime": {"secs": 1}});
+    b.save();
+    let out = env.rt(&["create", "--bundle", b.p(), "sch2"]);
+    assert!(stderr(&out).contains("timeOffsets need a new time namespace"), "{}", stderr(&out));
+    b.spec.as_object_mut().unwrap()["linux"].as_object_mut().unwrap().remove("timeOffsets");
+    b.spec["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_BE", "priority": 9});
+    b.save();
+    let out = env.rt(&["create", "--bundle", b.p(), "sch2"]);
+    assert!(stderr(&out).contains("ioPriority.priority 9 is out of range"), "{}", stderr(&out));
+    env.assert_no_leaks("sch2", &b.path);
+}
