@@ -164,10 +164,8 @@ fn devices_and_dev_symlinks() {
     assert!(out.contains("crw-r--r-- 10, 229"), "{out}");
     assert!(out.contains("crw-rw-rw- 1, 3"), "{out}");
     assert!(out.contains("/proc/self/fd\npts/ptmx\n4\n"), "{out}");
-    // created but not allowed by the device cgroup (the spec denies everything else)
-    if !pure_v2() {
-        assert!(out.contains("fuse-rc=1"), "{out}");
-    }
+    // created but not allowed by the device cgroup (v1) or filter (v2): the spec denies the rest
+    assert!(out.contains("fuse-rc=1"), "{out}");
 }
 
 #[test]

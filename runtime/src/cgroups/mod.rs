@@ -5,6 +5,7 @@
 //! plus a v2 tree without controllers) the container also gets a cgroup in the v2 tree, so that its
 //! processes have their own v2 cgroup id (what eBPF's `bpf_get_current_cgroup_id` reports).
 
+pub mod devices_bpf;
 mod stats;
 mod v1;
 mod v2;

@@ -126,9 +126,12 @@ pub(super) fn apply(dir: &Path, r: &LinuxResources) -> Result<()> {
     if r.network().is_some() {
         return Err(CgroupError::Unsupported("linux.resources.network on cgroup v2".into()));
     }
-    if r.devices().as_ref().is_some_and(|d| d.iter().any(|rule| rule.allow() && rule.major().is_some_and(|m| m >= 0))) {
-        // Device rules on v2 are an eBPF program attached to the cgroup; not attached yet.
-        log::warn_once_devices();
+    if let Some(devices) = r.devices().as_ref().filter(|d| !d.is_empty()) {
+        // v2 has no devices controller: the rules are an eBPF program on the cgroup. Programs
+        // attached later (update) add to it: every one must allow a device.
+        let fd = nix::fcntl::open(dir, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+            .map_err(|e| CgroupError::Read { path: dir.into(), source: e.into() })?;
+        super::devices_bpf::attach(std::os::fd::AsFd::as_fd(&fd), &super::devices_bpf::rules_for(devices))?;
     }
     if let Some(u) = r.unified() {
         for (key, value) in u {
@@ -136,14 +139,6 @@ pub(super) fn apply(dir: &Path, r: &LinuxResources) -> Result<()> {
         }
     }
     Ok(())
-}
-
-mod log {
-    /// Device rules on pure v2 need a BPF_CGROUP_DEVICE program, which the runtime does not attach
-    /// yet; say so on stderr rather than pretend.
-    pub(super) fn warn_once_devices() {
-        eprintln!("engine-runtime: warning: device cgroup rules are not enforced on cgroup v2 yet");
-    }
 }
 
 #[cfg(test)]
