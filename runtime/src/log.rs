@@ -1,5 +1,6 @@
-//! The runtime's log, as runc writes it: `--log FILE` in `--log-format text|json`. Errors also
-//! go to stderr, where a caller that did not ask for a log file sees them.
+//! The runtime's log, as runc writes it: `--log FILE` in `--log-format text|json`. Without a log
+//! file, errors go to stderr. With one, they go only there: a caller such as a shim hands the
+//! runtime the container's own stdio, which must not receive the runtime's messages.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -35,10 +36,12 @@ impl Logger {
         }
     }
 
-    /// Logs an error to the log file and to stderr.
+    /// Logs an error to the log file, or to stderr when there is none.
     pub fn error(&self, msg: &str) {
-        self.write("error", msg);
-        eprintln!("engine-runtime: {msg}");
+        match &self.file {
+            Some(_) => self.write("error", msg),
+            None => eprintln!("engine-runtime: {msg}"),
+        }
     }
 
     /// Logs a debug line when `--debug` is on.

@@ -7,9 +7,7 @@ use serde_json::json;
 
 /// engine-init, built beside engine-runtime by `cargo build --workspace` (make test does it).
 fn init_bin() -> String {
-    let p = std::path::Path::new(RUNTIME).with_file_name("engine-init");
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
-    p.to_string_lossy().into_owned()
+    bin("engine-init").to_string_lossy().into_owned()
 }
 
 fn with_init(env: &Env, name: &str, args: &[&str]) -> Bundle {

@@ -17,7 +17,7 @@ pub mod waterfall;
 
 pub use context::{SpanId, TraceContext, TraceId};
 pub use handoff::{read_spans, FlatSpan};
-pub use recorder::{Recorder, SpanHandle};
+pub use recorder::{sink_from_env, Recorder, SpanHandle};
 
 /// Environment variable of OpenTelemetry's environment carrier holding the W3C `traceparent`.
 pub const ENV_TRACEPARENT: &str = "TRACEPARENT";

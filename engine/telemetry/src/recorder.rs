@@ -119,6 +119,12 @@ fn open_sink(spec: &str) -> Option<File> {
     OpenOptions::new().append(true).create(true).mode(0o600).custom_flags(libc::O_CLOEXEC).open(spec).ok()
 }
 
+/// The sink `ENGINE_SPAN_SINK` names (a path, or `fd:N`), opened for appending; `None` when
+/// unset or unusable.
+pub fn sink_from_env() -> Option<File> {
+    std::env::var(crate::ENV_SPAN_SINK).ok().and_then(|s| open_sink(&s))
+}
+
 impl Recorder {
     /// A recorder that records nothing.
     pub fn disabled(service: &'static str) -> Self {
@@ -128,7 +134,7 @@ impl Recorder {
     /// A recorder configured from `ENGINE_SPAN_SINK`, `TRACEPARENT` and `TRACESTATE`. Without a sink
     /// (or when it cannot be opened) it is disabled. Without a parent context it starts a new trace.
     pub fn from_env(service: &'static str) -> Self {
-        let Some(sink) = std::env::var(crate::ENV_SPAN_SINK).ok().and_then(|s| open_sink(&s)) else {
+        let Some(sink) = sink_from_env() else {
             return Self::disabled(service);
         };
         Self::with_sink(service, sink, TraceContext::from_env())
@@ -141,6 +147,15 @@ impl Recorder {
             None => (TraceId::random(), None, 1, None),
         };
         Recorder { service, active: Some(Active { sink, trace_id, remote_parent, flags, state, spans: Vec::new() }) }
+    }
+
+    /// A recorder for one request of a long-lived process (a shim, a daemon): its spans go to
+    /// `sink` (opened once with [`sink_from_env`]) under the request's `traceparent`, or start a
+    /// new trace without one.
+    pub fn for_request(service: &'static str, sink: Option<&File>, traceparent: Option<&str>) -> Self {
+        let Some(file) = sink.and_then(|f| f.try_clone().ok()) else { return Self::disabled(service) };
+        let parent = traceparent.and_then(|tp| TraceContext::parse(tp, None).ok());
+        Self::with_sink(service, file, parent)
     }
 
     /// Whether spans are being recorded.

@@ -1,0 +1,38 @@
+//! The gRPC API between engine-lifecycled, engine-shim and their clients: generated message and
+//! service types, plus connecting over a unix socket and carrying trace context in metadata.
+//!
+//! Owns: the wire contract. It must never hold behaviour: no container logic lives here.
+
+use std::path::{Path, PathBuf};
+
+/// Generated types of `engine.v1`.
+pub mod v1 {
+    tonic::include_proto!("engine.v1");
+}
+
+/// A channel to a gRPC server listening on the unix socket `path`. The connection is made
+/// lazily, so this never blocks; errors show up on the first call.
+pub fn unix_channel(path: impl AsRef<Path>) -> tonic::transport::Channel {
+    let path: PathBuf = path.as_ref().to_path_buf();
+    // the URI is required by the builder and ignored by the connector
+    tonic::transport::Endpoint::from_static("http://[::1]:1").connect_with_connector_lazy(tower::service_fn(move |_| {
+        let path = path.clone();
+        async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+    }))
+}
+
+/// Metadata key of the W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Puts `traceparent` (if any) into a request's metadata.
+pub fn with_traceparent<T>(mut req: tonic::Request<T>, traceparent: Option<&str>) -> tonic::Request<T> {
+    if let Some(tp) = traceparent.and_then(|t| t.parse().ok()) {
+        req.metadata_mut().insert(TRACEPARENT, tp);
+    }
+    req
+}
+
+/// The `traceparent` of an incoming request, if it carries one.
+pub fn traceparent_of<T>(req: &tonic::Request<T>) -> Option<String> {
+    req.metadata().get(TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_string)
+}

@@ -1,0 +1,407 @@
+//! The gRPC services of lifecycled: Containers, Tasks, Events.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use engine_api::v1::containers_server::{Containers, ContainersServer};
+use engine_api::v1::events_server::{Events, EventsServer};
+use engine_api::v1::tasks_server::{Tasks, TasksServer};
+use engine_api::v1::*;
+use engine_telemetry::Recorder;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::events::{matches, Journal};
+use crate::store::{ContainerStore, StoreError};
+use crate::tasks::TaskManager;
+use crate::Config;
+
+/// What every service shares.
+pub struct Lifecycle {
+    pub cfg: Arc<Config>,
+    pub store: ContainerStore,
+    pub tasks: Arc<TaskManager>,
+    pub journal: Arc<Journal>,
+    sink: Option<std::fs::File>,
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Exists(_) => Status::already_exists(e.to_string()),
+        StoreError::NotFound(_) => Status::not_found(e.to_string()),
+        StoreError::Io { .. } => Status::internal(e.to_string()),
+    }
+}
+
+/// A Status shown by its message (span errors).
+struct Msg(Status);
+impl std::fmt::Display for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.message())
+    }
+}
+
+impl Lifecycle {
+    /// Runs `f` as span `name` under the request's trace; `f` gets the traceparent to pass on.
+    async fn traced<T, R, F, Fut>(&self, req: &Request<R>, name: &str, container_id: &str, f: F) -> Result<T, Status>
+    where
+        F: FnOnce(Option<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let mut rec = Recorder::for_request("engine-lifecycled", self.sink.as_ref(), engine_api::traceparent_of(req).as_deref());
+        let h = rec.start(name, None);
+        rec.set_attr(h, "rpc.system", "grpc");
+        if !container_id.is_empty() {
+            rec.set_attr(h, "container.id", container_id);
+        }
+        let tp = rec.context(h).map(|c| c.traceparent());
+        let r = rec.finish(h, f(tp).await.map_err(Msg)).map_err(|m| m.0);
+        rec.flush();
+        r
+    }
+
+    fn publish(&self, topic: &str, id: &str) {
+        self.journal.publish(Event { topic: topic.into(), container_id: id.into(), ..Default::default() });
+    }
+}
+
+#[derive(Clone)]
+pub struct Svc(pub Arc<Lifecycle>);
+
+#[tonic::async_trait]
+impl Containers for Svc {
+    async fn create(&self, request: Request<CreateContainerRequest>) -> Result<Response<Container>, Status> {
+        let l = &self.0;
+        let req = request.get_ref().clone();
+        let c = l
+            .traced(&request, "lifecycle.Containers/Create", &req.id, |_| async {
+                engine_runtime::state::check_id(&req.id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                // the bundle must be one the runtime accepts: refuse it here, with nothing made
+                let bundle = engine_runtime::spec::load(Path::new(&req.bundle)).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let c = Container {
+                    id: req.id.clone(),
+                    bundle: bundle.dir.display().to_string(),
+                    labels: req.labels.clone(),
+                    created_unix_nanos: engine_telemetry::recorder::now_unix_nanos() as i64,
+                };
+                l.store.create(&c).map_err(store_status)?;
+                l.publish("/containers/create", &c.id);
+                Ok(c)
+            })
+            .await?;
+        Ok(Response::new(c))
+    }
+
+    async fn get(&self, request: Request<ContainerId>) -> Result<Response<Container>, Status> {
+        Ok(Response::new(self.0.store.get(&request.get_ref().id).map_err(store_status)?))
+    }
+
+    async fn list(&self, request: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
+        let want = &request.get_ref().labels;
+        let containers = self.0.store.list().into_iter().filter(|c| want.iter().all(|(k, v)| c.labels.get(k) == Some(v))).collect();
+        Ok(Response::new(ListContainersResponse { containers }))
+    }
+
+    async fn update(&self, request: Request<UpdateContainerRequest>) -> Result<Response<Container>, Status> {
+        let req = request.into_inner();
+        let mut c = self.0.store.get(&req.id).map_err(store_status)?;
+        for (k, v) in req.labels {
+            if v.is_empty() {
+                c.labels.remove(&k);
+            } else {
+                c.labels.insert(k, v);
+            }
+        }
+        self.0.store.update(&c).map_err(store_status)?;
+        Ok(Response::new(c))
+    }
+
+    async fn delete(&self, request: Request<ContainerId>) -> Result<Response<Empty>, Status> {
+        let l = &self.0;
+        let id = request.get_ref().id.clone();
+        l.traced(&request, "lifecycle.Containers/Delete", &id, |_| async {
+            if l.tasks.exists(&id) {
+                return Err(Status::failed_precondition(format!("container {id} has a task; delete it first")));
+            }
+            l.store.delete(&id).map_err(store_status)?;
+            l.publish("/containers/delete", &id);
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(Empty {}))
+    }
+}
+
+type Stream2<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Tasks for Svc {
+    async fn create(&self, request: Request<CreateTaskRequest>) -> Result<Response<CreateTaskResponse>, Status> {
+        let l = &self.0;
+        let req = request.get_ref().clone();
+        let pid = l
+            .traced(&request, "lifecycle.Tasks/Create", &req.container_id.clone(), |tp| async move {
+                let c = l.store.get(&req.container_id).map_err(store_status)?;
+                l.tasks.create(&c.id, &c.bundle, &req, tp.as_deref()).await
+            })
+            .await?;
+        Ok(Response::new(CreateTaskResponse { pid }))
+    }
+
+    async fn start(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
+        let l = &self.0;
+        let req = request.get_ref().clone();
+        l.traced(&request, "lifecycle.Tasks/Start", &req.container_id.clone(), |tp| async move {
+            let t = l.tasks.get(&req.container_id)?;
+            t.client.clone().start(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?;
+            let mut e = Event { topic: "/tasks/start".into(), container_id: req.container_id.clone(), ..Default::default() };
+            e.pid = t.pid.load(std::sync::atomic::Ordering::SeqCst);
+            l.journal.publish(e);
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn kill(&self, request: Request<KillRequest>) -> Result<Response<Empty>, Status> {
+        let l = &self.0;
+        let req = request.get_ref().clone();
+        l.traced(&request, "lifecycle.Tasks/Kill", &req.container_id.clone(), |tp| async move {
+            let t = l.tasks.get(&req.container_id)?;
+            t.client.clone().kill(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn delete(&self, request: Request<TaskRequest>) -> Result<Response<ExitStatus>, Status> {
+        let l = &self.0;
+        let req = request.get_ref().clone();
+        let st = l
+            .traced(&request, "lifecycle.Tasks/Delete", &req.container_id.clone(), |tp| async move {
+                if !req.exec_id.is_empty() {
+                    let t = l.tasks.get(&req.container_id)?;
+                    return Ok(t.client.clone().delete(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?.into_inner());
+                }
+                l.tasks.delete(&req.container_id, &l.store.data_dir(&req.container_id), tp.as_deref()).await
+            })
+            .await?;
+        Ok(Response::new(st))
+    }
+
+    async fn wait(&self, request: Request<TaskRequest>) -> Result<Response<ExitStatus>, Status> {
+        let req = request.into_inner();
+        let t = self.0.tasks.get(&req.container_id)?;
+        if !req.exec_id.is_empty() {
+            return Ok(Response::new(t.client.clone().wait(req).await?.into_inner()));
+        }
+        Ok(Response::new(t.wait().await))
+    }
+
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        let l = &self.0;
+        let req = request.get_ref().clone();
+        let pid = l
+            .traced(&request, "lifecycle.Tasks/Exec", &req.container_id.clone(), |tp| async move {
+                let t = l.tasks.get(&req.container_id)?;
+                let pid = t.client.clone().exec(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?.into_inner().pid;
+                let e = Event { topic: "/tasks/exec-added".into(), container_id: req.container_id.clone(), exec_id: req.exec_id.clone(), pid, ..Default::default() };
+                l.journal.publish(e);
+                Ok(pid)
+            })
+            .await?;
+        Ok(Response::new(ExecResponse { pid }))
+    }
+
+    async fn exec_wait(&self, request: Request<TaskRequest>) -> Result<Response<ExecOutput>, Status> {
+        let req = request.into_inner();
+        let t = self.0.tasks.get(&req.container_id)?;
+        Ok(Response::new(t.client.clone().exec_wait(req).await?.into_inner()))
+    }
+
+    async fn resize_pty(&self, request: Request<ResizePtyRequest>) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.0.tasks.get(&req.container_id)?.client.clone().resize_pty(req).await?.into_inner()))
+    }
+
+    async fn write(&self, request: Request<WriteRequest>) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.0.tasks.get(&req.container_id)?.client.clone().write(req).await?.into_inner()))
+    }
+
+    async fn close_io(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.0.tasks.get(&req.container_id)?.client.clone().close_io(req).await?.into_inner()))
+    }
+
+    async fn state(&self, request: Request<TaskRequest>) -> Result<Response<TaskState>, Status> {
+        let req = request.into_inner();
+        let t = self.0.tasks.get(&req.container_id)?;
+        if let Some(exit) = t.exited() {
+            // the shim may be gone (it died); what we know is the exit
+            return Ok(Response::new(TaskState { container_id: req.container_id, status: "stopped".into(), pid: exit.pid, exit: Some(exit), terminal: false }));
+        }
+        Ok(Response::new(t.client.clone().state(req).await?.into_inner()))
+    }
+
+    async fn pids(&self, request: Request<TaskRequest>) -> Result<Response<PidsResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.0.tasks.get(&req.container_id)?.client.clone().pids(req).await?.into_inner()))
+    }
+
+    async fn pause(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
+        let l = &self.0;
+        let req = request.get_ref().clone();
+        l.traced(&request, "lifecycle.Tasks/Pause", &req.container_id.clone(), |tp| async move {
+            l.tasks.get(&req.container_id)?.client.clone().pause(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?;
+            l.publish("/tasks/paused", &req.container_id);
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn resume(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
+        let l = &self.0;
+        let req = request.get_ref().clone();
+        l.traced(&request, "lifecycle.Tasks/Resume", &req.container_id.clone(), |tp| async move {
+            l.tasks.get(&req.container_id)?.client.clone().resume(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?;
+            l.publish("/tasks/resumed", &req.container_id);
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn stats(&self, request: Request<TaskRequest>) -> Result<Response<StatsResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.0.tasks.get(&req.container_id)?.client.clone().stats(req).await?.into_inner()))
+    }
+
+    type LogsStream = Stream2<LogEntry>;
+
+    async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let req = request.into_inner();
+        let l = self.0.clone();
+        l.store.get(&req.container_id).map_err(store_status)?;
+        let task = l.tasks.get(&req.container_id).ok();
+        let path = match &task {
+            Some(t) => t.dir.join(engine_shim::service::LOG_FILE),
+            None => l.store.data_dir(&req.container_id).join(engine_shim::service::LOG_FILE),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let entries = engine_shim::log::read_all(&path, 100);
+            let skip = if req.tail > 0 { entries.len().saturating_sub(req.tail as usize) } else { 0 };
+            for (stream, line, t) in entries.into_iter().skip(skip) {
+                if tx.send(Ok(LogEntry { stream, line, time_unix_nanos: t })).await.is_err() {
+                    return;
+                }
+            }
+            let Some(task) = task.filter(|_| req.follow) else { return };
+            // follow the live file until the task has exited and nothing more arrives
+            let mut offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            loop {
+                let done = task.exited().is_some();
+                if let Ok(text) = std::fs::read(&path) {
+                    if (text.len() as u64) < offset {
+                        offset = 0; // rotated
+                    }
+                    let new = &text[offset as usize..];
+                    if let Some(end) = new.iter().rposition(|&b| b == b'\n') {
+                        for line in String::from_utf8_lossy(&new[..=end]).lines() {
+                            if let Some((stream, bytes, t)) = engine_shim::log::parse_line(line) {
+                                if tx.send(Ok(LogEntry { stream, line: bytes, time_unix_nanos: t })).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        offset += end as u64 + 1;
+                    }
+                }
+                if done {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl Events for Svc {
+    type SubscribeStream = Stream2<Event>;
+
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = request.into_inner();
+        let journal = self.0.journal.clone();
+        // live first, so nothing falls between the replay and the live stream
+        let mut live = journal.subscribe();
+        let replay = if req.since > 0 { journal.replay(req.since) } else { Vec::new() };
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut last = 0;
+            for e in replay {
+                last = e.sequence;
+                if matches(&e, &req.topics, &req.container_id) && tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                match live.recv().await {
+                    Ok(e) if e.sequence > last => {
+                        if matches(&e, &req.topics, &req.container_id) && tx.send(Ok(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx.send(Err(Status::data_loss(format!("subscriber fell {n} events behind")))).await;
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// Runs lifecycled until SIGTERM or SIGINT: recovers tasks, then serves on `cfg.address`.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    for dir in [&cfg.root, &cfg.state] {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    if let Some(parent) = cfg.address.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    let cfg = Arc::new(cfg);
+    let journal = Arc::new(Journal::open(&cfg.state).context("open the event journal")?);
+    let tasks = Arc::new(TaskManager::new(cfg.clone(), journal.clone()));
+    tasks.recover().await;
+    let store = ContainerStore::open(&cfg.root).context("open the container store")?;
+    let lifecycle = Arc::new(Lifecycle { cfg: cfg.clone(), store, tasks, journal, sink: engine_telemetry::sink_from_env() });
+    let _ = std::fs::remove_file(&cfg.address);
+    let listener = tokio::net::UnixListener::bind(&cfg.address).with_context(|| format!("bind {}", cfg.address.display()))?;
+    let svc = Svc(lifecycle);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tonic::transport::Server::builder()
+        .add_service(ContainersServer::new(svc.clone()))
+        .add_service(TasksServer::new(svc.clone()))
+        .add_service(EventsServer::new(svc))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await
+        .context("serve")?;
+    let _ = std::fs::remove_file(&cfg.address);
+    Ok(())
+}
