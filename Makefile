@@ -7,7 +7,7 @@ TARGET := x86_64-unknown-linux-gnu
 RELEASE := target/$(TARGET)/release
 RUNS ?= 50
 
-.PHONY: setup build release test demo bench-runtime clean
+.PHONY: setup build release test demo bench-runtime bench-shim clean
 
 setup:
 	@scripts/setup
@@ -27,6 +27,9 @@ demo: release
 
 bench-runtime: release
 	ENGINE_RUNTIME=$(RELEASE)/engine-runtime RUNS=$(RUNS) scripts/bench-runtime
+
+bench-shim: release
+	cargo run --release --locked -p engine-lifecycled --example bench_shim -- $(RUNS)
 
 clean:
 	cargo clean

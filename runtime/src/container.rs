@@ -58,6 +58,9 @@ struct Rollback<'a> {
     id: &'a str,
     cgroup: Option<CgroupManager>,
     child: Option<i32>,
+    /// Set when the container shares the host's mount namespace: its mounts under the rootfs
+    /// are in the host's and must go too.
+    host_mounts_under: Option<PathBuf>,
     armed: bool,
 }
 
@@ -73,6 +76,9 @@ impl Drop for Rollback<'_> {
         }
         if let Some(cg) = &self.cgroup {
             let _ = cg.destroy();
+        }
+        if let Some(rootfs) = &self.host_mounts_under {
+            let _ = crate::rootfs::unmount_under(rootfs);
         }
         let _ = self.dir.remove(self.id);
     }
@@ -171,7 +177,7 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
     let console_size = process.console_size().as_ref().map(|b| (b.height() as u16, b.width() as u16));
 
     let state_dir = dir.claim(&opts.id)?;
-    let mut rollback = Rollback { dir, id: &opts.id, cgroup: None, child: None, armed: true };
+    let mut rollback = Rollback { dir, id: &opts.id, cgroup: None, child: None, host_mounts_under: (!plan.own_mount_ns()).then(|| bundle.rootfs.clone()), armed: true };
 
     let h = rec.start("runtime.cgroup", Some(parent));
     let cgroups_path = linux.cgroups_path().clone().unwrap_or_else(|| PathBuf::from("/").join(&opts.id));
@@ -221,6 +227,7 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
             new_time_ns: plan.new_time,
             user_ns: plan.new_user || plan.join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUSER),
             net_ns: plan.has_net_ns(),
+            mount_ns: plan.own_mount_ns(),
             exec_fifo: fifo,
             no_pivot: opts.no_pivot,
             preserve_fds: opts.preserve_fds,
@@ -279,6 +286,7 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
         annotations: bundle.spec.annotations().clone().unwrap_or_default().into_iter().collect(),
         cgroup: cgroup.paths().clone(),
         own_pid_ns: plan.own_pid_ns(),
+        own_mount_ns: plan.own_mount_ns(),
         hooks: bundle.spec.hooks().clone(),
     };
     // exec takes the container's process defaults from this copy, not from a bundle that may change
@@ -330,13 +338,27 @@ fn start_inner(dir: &StateDir, id: &str) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&fifo_path);
-    // poststart: a failure is a warning; the container runs on
+    // poststart: after the user's program runs; a failure is a warning, the container runs on
     if let Some(list) = st.hooks.as_ref().and_then(|h| h.poststart().clone()).filter(|l| !l.is_empty()) {
-        if let Err(e) = crate::hooks::run_all("poststart", &list, &st.to_spec_json(Status::Running)) {
+        wait_exec(st.pid);
+        for e in crate::hooks::run_all_warning("poststart", &list, &st.to_spec_json(Status::Running)) {
             eprintln!("engine-runtime: warning: {e}");
         }
     }
     Ok(())
+}
+
+/// Waits (up to a second) until the container's first process has replaced the runtime's
+/// image with the user's program, or has exited.
+fn wait_exec(pid: i32) {
+    let ours = std::fs::read_link("/proc/self/exe").ok();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        match std::fs::read_link(format!("/proc/{pid}/exe")) {
+            Ok(exe) if Some(&exe) == ours.as_ref() => std::thread::sleep(Duration::from_micros(100)),
+            _ => return,
+        }
+    }
 }
 
 /// The state document of container `id`.
@@ -422,13 +444,16 @@ fn destroy(dir: &StateDir, st: &ContainerState) -> Result<()> {
         let _ = std::fs::write(unified.join("cgroup.freeze"), "0");
     }
     wait_gone(st, Duration::from_secs(10));
+    if !st.own_mount_ns {
+        crate::rootfs::unmount_under(&st.rootfs).map_err(|e| Error::Other(e.to_string()))?;
+    }
     cg.destroy()?;
     dir.remove(&st.id)?;
     // poststop: a failure is a warning; the container is gone either way
     if let Some(list) = st.hooks.as_ref().and_then(|h| h.poststop().clone()).filter(|l| !l.is_empty()) {
         let mut state = st.to_spec_json(Status::Stopped);
         state["pid"] = serde_json::json!(st.pid);
-        if let Err(e) = crate::hooks::run_all("poststop", &list, &state) {
+        for e in crate::hooks::run_all_warning("poststop", &list, &state) {
             eprintln!("engine-runtime: warning: {e}");
         }
     }

@@ -29,6 +29,13 @@ pub fn run_all(kind: &'static str, hooks: &[Hook], state: &serde_json::Value) ->
     Ok(())
 }
 
+/// Runs every hook of `hooks` even when some fail (poststart, poststop: a failure is only a
+/// warning and the remaining hooks still run); returns the failures.
+pub fn run_all_warning(kind: &'static str, hooks: &[Hook], state: &serde_json::Value) -> Vec<HookError> {
+    let input = state.to_string();
+    hooks.iter().filter_map(|h| run_one(kind, h, &input).err()).collect()
+}
+
 fn run_one(kind: &'static str, hook: &Hook, input: &str) -> Result<(), HookError> {
     let path = hook.path().display().to_string();
     let mut cmd = Command::new(hook.path());

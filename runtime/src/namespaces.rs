@@ -70,6 +70,11 @@ impl Plan {
         self.new_pid || self.join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWPID)
     }
 
+    /// Whether the container has a mount namespace of its own (new or joined).
+    pub fn own_mount_ns(&self) -> bool {
+        self.clone_flags.contains(CloneFlags::CLONE_NEWNS) || self.join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWNS)
+    }
+
     /// Whether the container has a network namespace other than the host's.
     pub fn has_net_ns(&self) -> bool {
         self.new_net || self.join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWNET)

@@ -196,6 +196,9 @@ pub struct RootfsConfig<'a> {
     pub user_ns: bool,
     /// The container has its own network namespace (sysfs can be mounted fresh).
     pub net_ns: bool,
+    /// The container has its own mount namespace. Without one, its mounts are made in the
+    /// host's (under the rootfs only; delete takes them away) and it is jailed with chroot.
+    pub mount_ns: bool,
 }
 
 fn propagation_flag(name: &str) -> MsFlags {
@@ -213,12 +216,23 @@ fn propagation_flag(name: &str) -> MsFlags {
 
 /// Sets up the rootfs up to (not including) the pivot. Runs in the container's mount namespace.
 pub fn prepare(cfg: &RootfsConfig<'_>) -> Result<()> {
-    // Nothing we mount may propagate back to the host.
-    let prop = propagation_flag(cfg.propagation.unwrap_or("rslave"));
-    do_mount(None, Path::new("/"), None, prop | MsFlags::MS_REC, None)?;
+    if cfg.mount_ns {
+        // Nothing we mount may propagate back to the host. A shared root is made shared after
+        // the pivot (pivot_root refuses shared mounts); until then it is a slave.
+        let prop = match cfg.propagation.unwrap_or("rslave") {
+            "shared" | "rshared" | "unbindable" | "runbindable" => MsFlags::MS_SLAVE,
+            other => propagation_flag(other),
+        };
+        do_mount(None, Path::new("/"), None, prop | MsFlags::MS_REC, None)?;
+    }
     // pivot_root needs the new root to be a mount point whose parent is not shared.
     do_mount(Some(cfg.rootfs), cfg.rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-    make_parent_private(cfg.rootfs)?;
+    if cfg.mount_ns {
+        make_parent_private(cfg.rootfs)?;
+    } else {
+        // our own bind mount of the rootfs, in the host's namespace: keep it to ourselves
+        do_mount(None, cfg.rootfs, None, MsFlags::MS_PRIVATE | MsFlags::MS_REC, None)?;
+    }
 
     let mut dev_is_bind = false;
     for m in cfg.mounts {
@@ -461,7 +475,13 @@ fn dev_symlinks(dev: &Path) -> Result<()> {
 
 /// Makes `rootfs` the root: pivot_root and detach the old root, or with `no_pivot`, move the
 /// rootfs over / and chroot into it.
-pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
+pub fn pivot(rootfs: &Path, no_pivot: bool, mount_ns: bool) -> Result<()> {
+    if !mount_ns {
+        // the host's mounts are ours too: no pivot_root, no unmounting the old root
+        chdir(rootfs).map_err(sys(format!("chdir {}", rootfs.display())))?;
+        chroot(".").map_err(sys("chroot"))?;
+        return chdir("/").map_err(sys("chdir /"));
+    }
     if no_pivot {
         chdir(rootfs).map_err(sys(format!("chdir {}", rootfs.display())))?;
         do_mount(Some(rootfs), Path::new("/"), None, MsFlags::MS_MOVE, None)?;
@@ -479,6 +499,33 @@ pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
     do_mount(None, Path::new("."), None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)?;
     umount2(".", MntFlags::MNT_DETACH).map_err(sys("umount old root"))?;
     chdir("/").map_err(sys("chdir /"))
+}
+
+/// After the pivot: the root's propagation when it must be shared or unbindable (which
+/// pivot_root does not allow before).
+pub fn apply_root_propagation(propagation: Option<&str>) -> Result<()> {
+    match propagation {
+        Some(p @ ("shared" | "rshared" | "unbindable" | "runbindable")) => do_mount(None, Path::new("/"), None, propagation_flag(p), None),
+        _ => Ok(()),
+    }
+}
+
+/// Unmounts (lazily) every mount at or below `rootfs`: what a container without its own mount
+/// namespace left in the host's.
+pub fn unmount_under(rootfs: &Path) -> Result<()> {
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(rootfs))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    points.dedup();
+    for p in points {
+        let _ = umount2(&p, MntFlags::MNT_DETACH);
+    }
+    Ok(())
 }
 
 /// After the pivot: mask paths, make paths read-only, and make the root read-only if asked.

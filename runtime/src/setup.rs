@@ -36,6 +36,8 @@ pub(crate) struct SetupArgs<'a> {
     pub new_time_ns: bool,
     pub user_ns: bool,
     pub net_ns: bool,
+    /// The container has its own mount namespace (new or joined).
+    pub mount_ns: bool,
     pub exec_fifo: PathBuf,
     pub no_pivot: bool,
     pub preserve_fds: i32,
@@ -162,6 +164,7 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
         cgroup_ns: a.new_cgroup_ns,
         user_ns: a.user_ns,
         net_ns: a.net_ns,
+        mount_ns: a.mount_ns,
     };
     step(rec, "runtime.rootfs", span, || rootfs::prepare(&cfg))?;
     if let Some(hooks) = spec.hooks() {
@@ -180,7 +183,10 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
     }
     // Capabilities are read from /proc while the host's view is still there.
     let caps = process::CapMasks::from_spec(proc_.capabilities().as_ref()).map_err(|e| e.to_string())?;
-    step(rec, "runtime.pivot_root", span, || rootfs::pivot(a.rootfs, a.no_pivot))?;
+    step(rec, "runtime.pivot_root", span, || rootfs::pivot(a.rootfs, a.no_pivot, a.mount_ns))?;
+    if a.mount_ns {
+        rootfs::apply_root_propagation(linux.rootfs_propagation().as_deref()).map_err(|e| e.to_string())?;
+    }
 
     let h = rec.start("runtime.process", Some(span));
     let result = (|| -> Result<process::Exec, String> {

@@ -89,8 +89,12 @@ fn validate(spec: &Spec) -> Result<(), SpecError> {
         }
     }
     let has = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t);
-    if !has(LinuxNamespaceType::Mount) {
-        return invalid("linux.namespaces must include a mount namespace".into());
+    // Without a mount namespace the container shares the host's mounts (as runc allows); it
+    // cannot then hide or protect paths.
+    if !has(LinuxNamespaceType::Mount)
+        && (linux.masked_paths().as_ref().is_some_and(|p| !p.is_empty()) || linux.readonly_paths().as_ref().is_some_and(|p| !p.is_empty()))
+    {
+        return invalid("maskedPaths and readonlyPaths need a mount namespace".into());
     }
     if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts) {
         return invalid("hostname needs a uts namespace".into());

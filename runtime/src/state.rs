@@ -65,6 +65,10 @@ pub struct ContainerState {
     pub cgroup: CgroupPaths,
     /// Whether the container has its own pid namespace (killing its init then ends everything).
     pub own_pid_ns: bool,
+    /// Whether the container has its own mount namespace; without one, its mounts live in the
+    /// host's under the rootfs until delete.
+    #[serde(default = "yes")]
+    pub own_mount_ns: bool,
     /// The spec's hooks: start runs poststart, delete runs poststop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<oci_spec::runtime::Hooks>,
@@ -285,4 +289,8 @@ mod tests {
         assert_eq!(t.len(), 30, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z'));
     }
+}
+
+fn yes() -> bool {
+    true
 }

@@ -254,3 +254,34 @@ fn scheduler_io_priority_personality_and_time_offsets() {
     assert!(stderr(&out).contains("ioPriority.priority 9 is out of range"), "{}", stderr(&out));
     env.assert_no_leaks("sch2", &b.path);
 }
+
+#[test]
+fn shared_root_propagation() {
+    let env = Env::new();
+    let mut b = env.bundle("sh1", &["awk", "$5 == \"/\"", "/proc/self/mountinfo"]);
+    b.spec["linux"]["rootfsPropagation"] = json!("shared");
+    b.save();
+    let out = run(&env, &b, "sh1");
+    assert!(out.contains(" shared:"), "the container's root is shared: {out}");
+}
+
+#[test]
+fn without_a_mount_namespace() {
+    let env = Env::new();
+    let mut b = env.bundle("nm1", &["sh", "-c", "readlink /proc/self/ns/mnt; test -x /bin/busybox && echo jailed"]);
+    b.spec["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "mount");
+    b.spec["linux"].as_object_mut().unwrap().remove("maskedPaths");
+    b.spec["linux"].as_object_mut().unwrap().remove("readonlyPaths");
+    b.save();
+    let host = std::fs::read_link("/proc/self/ns/mnt").unwrap().to_string_lossy().into_owned();
+    // run() checks that no mount is left under the bundle afterwards
+    assert_eq!(run(&env, &b, "nm1"), format!("{host}\njailed\n"));
+
+    // hiding paths needs a mount namespace of its own
+    let mut b = env.bundle("nm2", &["true"]);
+    b.spec["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "mount");
+    b.save();
+    let out = env.rt(&["create", "--bundle", b.p(), "nm2"]);
+    assert!(stderr(&out).contains("maskedPaths and readonlyPaths need a mount namespace"), "{}", stderr(&out));
+    env.assert_no_leaks("nm2", &b.path);
+}

@@ -100,11 +100,15 @@ fn a_failing_create_hook_stops_the_container() {
 fn failing_poststart_and_poststop_only_warn() {
     let env = Env::new();
     let mut b = env.bundle("h3", &["true"]);
-    let fail = json!([{"path": "/bin/false", "args": ["false"]}]);
-    b.spec["hooks"] = json!({"poststart": fail, "poststop": fail});
+    let log = env.dir.path().join("after-failure.log");
+    let fail = |kind: &str| json!([{"path": "/bin/false", "args": ["false"]}, logging_hook(&env, &log, kind)]);
+    b.spec["hooks"] = json!({"poststart": fail("poststart"), "poststop": fail("poststop")});
     b.save();
     let out = env.rt(&["run", "--bundle", b.p(), "h3"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // the hooks after a failed one still run
+    let kinds: Vec<String> = entries(&log).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(kinds, ["poststart", "poststop"]);
     assert!(stderr(&out).contains("warning: poststart hook /bin/false failed"), "{}", stderr(&out));
     assert!(stderr(&out).contains("warning: poststop hook /bin/false failed"), "{}", stderr(&out));
     env.assert_no_leaks("h3", &b.path);
