@@ -16,7 +16,7 @@ build: setup
 	cargo build --workspace --locked
 
 release: setup
-	cargo build --workspace --release --locked
+	cargo build --workspace --release --locked --bins --examples
 
 # End-to-end tests need the sibling binaries (engine-init) built first.
 test: build

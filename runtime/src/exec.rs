@@ -249,35 +249,12 @@ fn child(
         if let Some(adj) = p.oom_score_adj() {
             std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| format!("set oom_score_adj {adj}: {e}"))?;
         }
-        process::apply_rlimits(p.rlimits().as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
-        if let Some(s) = p.scheduler() {
-            process::set_scheduler(s).map_err(|e| e.to_string())?;
-        }
-        if let Some(io) = p.io_priority() {
-            process::set_io_priority(io).map_err(|e| e.to_string())?;
-        }
-        let nnp = p.no_new_privileges() == Some(true);
         let load_seccomp = || -> std::result::Result<(), String> {
             let Some((sc, listener, state)) = seccomp else { return Ok(()) };
             let listener = listener.map(|sock| (sock, crate::seccomp::process_state(sc, host_pid, state.clone())));
             crate::seccomp::load(sc, listener).map_err(|e| e.to_string())
         };
-        // as in create: before the user switch unless no_new_privs, then as late as possible
-        if !nnp {
-            load_seccomp()?;
-        }
-        process::drop_bounding(caps).map_err(|e| e.to_string())?;
-        process::switch_user(p).map_err(|e| e.to_string())?;
-        process::set_capabilities(caps).map_err(|e| e.to_string())?;
-        if nnp {
-            process::set_no_new_privs().map_err(|e| e.to_string())?;
-            load_seccomp()?;
-        }
-        process::set_umask(p);
-        process::enter_cwd(p).map_err(|e| e.to_string())?;
-        let exec = process::prepare_exec(p).map_err(|e| e.to_string())?;
-        crate::setup::close_extra_fds(3 + preserve_fds).map_err(|e| format!("close inherited descriptors: {e}"))?;
-        Ok(exec)
+        crate::setup::take_on_process(p, caps, load_seccomp, preserve_fds)
     };
     let exec = match run() {
         Ok(exec) => exec,

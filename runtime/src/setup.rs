@@ -212,18 +212,9 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
             spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
         )
         .map_err(|e| e.to_string())?;
-        process::apply_rlimits(proc_.rlimits().as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
-        // while we still have CAP_SYS_NICE and CAP_SYS_ADMIN
-        if let Some(s) = proc_.scheduler() {
-            process::set_scheduler(s).map_err(|e| e.to_string())?;
-        }
-        if let Some(io) = proc_.io_priority() {
-            process::set_io_priority(io).map_err(|e| e.to_string())?;
-        }
         if let Some(p) = linux.personality() {
             process::set_personality(p).map_err(|e| e.to_string())?;
         }
-        let nnp = proc_.no_new_privileges() == Some(true);
         let load_seccomp = || -> Result<(), String> {
             let Some(sc) = linux.seccomp() else { return Ok(()) };
             let listener = a.seccomp_listener.map(|sock| {
@@ -232,28 +223,50 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
             });
             crate::seccomp::load(sc, listener).map_err(|e| e.to_string())
         };
-        // Without no_new_privs the filter needs CAP_SYS_ADMIN: load it while we have it.
-        // With it, load it as late as possible, so that fewer of our own syscalls pass it.
-        if !nnp {
-            load_seccomp()?;
-        }
-        process::drop_bounding(&caps).map_err(|e| e.to_string())?;
-        process::switch_user(proc_).map_err(|e| e.to_string())?;
-        process::set_capabilities(&caps).map_err(|e| e.to_string())?;
-        if nnp {
-            process::set_no_new_privs().map_err(|e| e.to_string())?;
-            load_seccomp()?;
-        }
-        process::set_umask(proc_);
-        process::enter_cwd(proc_).map_err(|e| e.to_string())?;
-        let exec = process::prepare_exec(proc_).map_err(|e| e.to_string())?;
-        close_extra_fds(3 + a.preserve_fds).map_err(|e| format!("close inherited descriptors: {e}"))?;
+        let exec = take_on_process(proc_, &caps, load_seccomp, a.preserve_fds)?;
         // SAFETY: prctl with integer arguments only; `create` is about to exit on purpose.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
         Ok(exec)
     })();
     rec.finish(h, result.as_ref().map(|_| ()).map_err(|e| e.clone()))?;
     Ok((result?, fifo))
+}
+
+/// The last steps of every container process (the first one and exec'd ones): limits and
+/// scheduling while we are still privileged, the seccomp filter, the user and capabilities,
+/// umask and cwd, and the program to exec with only the descriptors it should keep.
+pub(crate) fn take_on_process(
+    p: &oci_spec::runtime::Process,
+    caps: &process::CapMasks,
+    load_seccomp: impl Fn() -> Result<(), String>,
+    preserve_fds: i32,
+) -> Result<process::Exec, String> {
+    process::apply_rlimits(p.rlimits().as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
+    // while we still have CAP_SYS_NICE and CAP_SYS_ADMIN
+    if let Some(s) = p.scheduler() {
+        process::set_scheduler(s).map_err(|e| e.to_string())?;
+    }
+    if let Some(io) = p.io_priority() {
+        process::set_io_priority(io).map_err(|e| e.to_string())?;
+    }
+    let nnp = p.no_new_privileges() == Some(true);
+    // Without no_new_privs the filter needs CAP_SYS_ADMIN: load it while we have it. With it,
+    // load it as late as possible, so that fewer of our own syscalls must pass it.
+    if !nnp {
+        load_seccomp()?;
+    }
+    process::drop_bounding(caps).map_err(|e| e.to_string())?;
+    process::switch_user(p).map_err(|e| e.to_string())?;
+    process::set_capabilities(caps).map_err(|e| e.to_string())?;
+    if nnp {
+        process::set_no_new_privs().map_err(|e| e.to_string())?;
+        load_seccomp()?;
+    }
+    process::set_umask(p);
+    process::enter_cwd(p).map_err(|e| e.to_string())?;
+    let exec = process::prepare_exec(p).map_err(|e| e.to_string())?;
+    close_extra_fds(3 + preserve_fds).map_err(|e| format!("close inherited descriptors: {e}"))?;
+    Ok(exec)
 }
 
 /// Marks every descriptor from `first` up close-on-exec, so the program inherits only stdio and
