@@ -51,7 +51,16 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("engine-bench-shim-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("lifecycled.sock");
-    let mut lifecycled = Command::new(bin_dir.join("engine-lifecycled"))
+    /// Stops lifecycled and removes the scratch directory whatever happens, panics included.
+    struct Cleanup(std::process::Child, PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let lifecycled = Command::new(bin_dir.join("engine-lifecycled"))
         .arg("--address").arg(&sock)
         .arg("--root").arg(dir.join("root"))
         .arg("--state").arg(dir.join("state"))
@@ -61,6 +70,7 @@ async fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start engine-lifecycled (build with --release first)");
+    let _cleanup = Cleanup(lifecycled, dir.clone());
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     while !sock.exists() && Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -135,7 +145,4 @@ async fn main() {
         println!("  runc run                                          {r:8.2} ms");
         println!("  ratio: {:.2}", e / r);
     }
-    let _ = lifecycled.kill();
-    let _ = lifecycled.wait();
-    let _ = std::fs::remove_dir_all(&dir);
 }

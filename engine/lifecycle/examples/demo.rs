@@ -20,7 +20,15 @@ async fn main() -> anyhow::Result<()> {
     let [bin, bundle, out] = &args[..] else { anyhow::bail!("usage: demo BIN_DIR BUNDLE OUT_DIR") };
     let sock = out.join("lifecycled.sock");
     let spans = out.join("spans.jsonl");
-    let mut lifecycled = Command::new(bin.join("engine-lifecycled"))
+    /// Stops lifecycled however the demo ends.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let lifecycled = Command::new(bin.join("engine-lifecycled"))
         .arg("--address").arg(&sock)
         .arg("--root").arg(out.join("root"))
         .arg("--state").arg(out.join("state"))
@@ -30,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(out.join("lifecycled.log"))?)
         .spawn()?;
+    let stop = Stop(lifecycled);
     for _ in 0..500 {
         if sock.exists() {
             break;
@@ -67,8 +76,7 @@ async fn main() -> anyhow::Result<()> {
     .await;
     rec.finish(root, result.as_ref().map_err(|s| s.message().to_string())).ok();
     rec.flush();
-    let _ = lifecycled.kill();
-    let _ = lifecycled.wait();
+    drop(stop);
     if let Some(trace) = rec.context(root) {
         println!("trace {}", trace.trace_id);
     }
