@@ -104,7 +104,7 @@ impl TaskManager {
         let result = self.spawn_and_create(id, bundle, &dir, req, traceparent).await;
         if result.is_err() {
             // nothing of a failed create stays behind
-            let _ = engine_shim::runtime::force_delete(&self.cfg.runtime, &self.runtime_root(), id);
+            self.force_delete(id).await;
             let _ = std::fs::remove_dir_all(&dir);
             self.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         }
@@ -160,6 +160,13 @@ impl TaskManager {
         Ok(pid)
     }
 
+    /// `runtime delete --force ID` off the async threads: kills what is left of a container
+    /// whose shim is gone and removes its cgroup and state (idempotent).
+    async fn force_delete(&self, id: &str) {
+        let (runtime, root, id) = (self.cfg.runtime.clone(), self.runtime_root(), id.to_string());
+        let _ = tokio::task::spawn_blocking(move || engine_shim::runtime::force_delete(&runtime, &root, &id)).await;
+    }
+
     /// Watches a task until it exits, then publishes the exit (once).
     fn monitor(self: &Arc<Self>, h: Arc<TaskHandle>) {
         let this = self.clone();
@@ -169,7 +176,7 @@ impl TaskManager {
                 match h.client.clone().wait(req).await {
                     Ok(r) => break r.into_inner(),
                     Err(_) if shim_alive(h.shim_pid) => tokio::time::sleep(Duration::from_millis(100)).await,
-                    Err(_) => break this.after_shim_death(&h),
+                    Err(_) => break this.after_shim_death(&h).await,
                 }
             };
             if status.reason == "OOMKilled" {
@@ -190,12 +197,11 @@ impl TaskManager {
 
     /// The shim is gone: use the exit it recorded, or else clean up after it (the runtime
     /// kills and deletes the container) and report the task exited because its shim died.
-    fn after_shim_death(&self, h: &TaskHandle) -> ExitStatus {
+    async fn after_shim_death(&self, h: &TaskHandle) -> ExitStatus {
+        self.force_delete(&h.id).await;
         if let Some(st) = read_exit(&h.dir) {
-            let _ = engine_shim::runtime::force_delete(&self.cfg.runtime, &self.runtime_root(), &h.id);
             return st;
         }
-        let _ = engine_shim::runtime::force_delete(&self.cfg.runtime, &self.runtime_root(), &h.id);
         let _ = std::fs::remove_file(engine_shim::service::socket_path(&h.dir));
         let st = ExitStatus {
             exit_status: 128 + libc::SIGKILL as u32,
@@ -224,7 +230,7 @@ impl TaskManager {
             }
             st
         } else {
-            let _ = engine_shim::runtime::force_delete(&self.cfg.runtime, &self.runtime_root(), id);
+            self.force_delete(id).await;
             match h.exited() {
                 Some(st) => st,
                 None => h.wait().await,
