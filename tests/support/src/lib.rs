@@ -3,6 +3,8 @@
 //!
 //! Tests never assert wall-clock times: they wait for conditions, with a deadline.
 
+pub mod dockerd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

@@ -1,0 +1,254 @@
+//! Snapshots: one overlayfs mount per container, its lower layers the image's unpacked
+//! layers, its upper and work directories the container's own.
+//!
+//! ```text
+//! <root>/snapshots/<key>/snapshot.json   image id and layer diff ids (keeps them from GC)
+//! <root>/snapshots/<key>/upper, work     the container's writable layer
+//! <root>/snapshots/<key>/rootfs          the overlay mount the runtime pivots into
+//! ```
+//!
+//! The record is written before the mount, so garbage collection never removes a layer a
+//! mount uses; removal unmounts first and deletes the directory last.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use nix::mount::{MntFlags, MsFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::store::{io_at, ImageError, ImageStore};
+
+/// The classic mount(2) data is one page; longer layer lists go through fsconfig(2).
+const MOUNT_DATA_MAX: usize = 4000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("overlayfs is not available on this kernel (no \"overlay\" in /proc/filesystems); container root filesystems need it (try: modprobe overlay)")]
+    OverlayUnavailable,
+    #[error("snapshot {0} already exists")]
+    Exists(String),
+    #[error("invalid snapshot key {0:?}: use letters, digits, '_', '.' and '-' (at most 128)")]
+    InvalidKey(String),
+    #[error("mounting overlay at {target}: {source}")]
+    Mount { target: PathBuf, source: io::Error },
+    #[error("unmounting {target}: {source}")]
+    Unmount { target: PathBuf, source: io::Error },
+}
+
+/// What the store remembers of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub key: String,
+    pub image: Digest,
+    /// Diff ids of the lower layers, lowest first.
+    pub layers: Vec<Digest>,
+}
+
+/// A prepared snapshot: `rootfs` is mounted and ready for the runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub key: String,
+    pub image: Digest,
+    pub rootfs: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+fn overlay_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        fs::read_to_string("/proc/filesystems").map(|s| s.lines().any(|l| l.split_whitespace().last() == Some("overlay"))).unwrap_or(false)
+    })
+}
+
+fn valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 128 && !key.starts_with('.') && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+impl ImageStore {
+    fn snapshot_dir(&self, key: &str) -> PathBuf {
+        self.root().join("snapshots").join(key)
+    }
+
+    /// Creates and mounts the snapshot `key` for the image `image`.
+    pub fn prepare_snapshot(&self, key: &str, image: &Digest) -> Result<Snapshot, ImageError> {
+        if !valid_key(key) {
+            return Err(SnapshotError::InvalidKey(key.into()).into());
+        }
+        if !overlay_available() {
+            return Err(SnapshotError::OverlayUnavailable.into());
+        }
+        let dir = self.snapshot_dir(key);
+        let snapshot = Snapshot { key: key.into(), image: image.clone(), rootfs: dir.join("rootfs"), upper: dir.join("upper"), work: dir.join("work") };
+        let layers = {
+            let _lock = self.locked()?;
+            let record = self.images_by_id()?.remove(image).ok_or_else(|| ImageError::NotFound(image.to_string()))?;
+            match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(SnapshotError::Exists(key.into()).into()),
+                Err(e) => return Err(io_at(&dir)(e)),
+            }
+            let layers: Vec<Digest> = record.layers.iter().map(|l| l.diff_id.clone()).collect();
+            let rec = SnapshotRecord { key: key.into(), image: image.clone(), layers: layers.clone() };
+            let result = (|| {
+                for d in [&snapshot.rootfs, &snapshot.upper, &snapshot.work] {
+                    fs::create_dir(d).map_err(io_at(d))?;
+                }
+                // No fsync: a snapshot's contents do not survive a power loss either, and
+                // this write is on every container start.
+                let path = dir.join("snapshot.json");
+                fs::write(&path, serde_json::to_vec(&rec).map_err(|e| ImageError::Format(e.to_string()))?).map_err(io_at(&path))
+            })();
+            if let Err(e) = result {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+            layers
+        };
+        if let Err(e) = self.mount_overlay(&snapshot, &layers) {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        Ok(snapshot)
+    }
+
+    fn mount_overlay(&self, s: &Snapshot, layers: &[Digest]) -> Result<(), ImageError> {
+        // overlayfs wants at least one lower directory; an image with no layers gets an empty one.
+        let mut lowers: Vec<PathBuf> = layers.iter().rev().map(|d| self.layer_path(d)).collect();
+        if lowers.is_empty() {
+            let empty = self.snapshot_dir(&s.key).join("empty");
+            fs::create_dir_all(&empty).map_err(io_at(&empty))?;
+            lowers.push(empty);
+        }
+        for l in &lowers {
+            if !l.is_dir() {
+                return Err(ImageError::Corrupt { path: l.clone(), message: "layer directory is missing".into() });
+            }
+        }
+        let joined: Vec<String> = lowers.iter().map(|p| escape_overlay_path(p)).collect();
+        let data = format!("lowerdir={},upperdir={},workdir={}", joined.join(":"), escape_overlay_path(&s.upper), escape_overlay_path(&s.work));
+        let mount_err = |source: io::Error| ImageError::from(SnapshotError::Mount { target: s.rootfs.clone(), source });
+        if data.len() <= MOUNT_DATA_MAX {
+            nix::mount::mount(Some("overlay"), &s.rootfs, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
+                .map_err(|e| mount_err(io::Error::from_raw_os_error(e as i32)))
+        } else {
+            mount_overlay_fsconfig(&lowers, &s.upper, &s.work, &s.rootfs).map_err(mount_err)
+        }
+    }
+
+    /// Unmounts and deletes the snapshot `key`; a snapshot that is already gone is not an error.
+    pub fn remove_snapshot(&self, key: &str) -> Result<(), ImageError> {
+        if !valid_key(key) {
+            return Err(SnapshotError::InvalidKey(key.into()).into());
+        }
+        let dir = self.snapshot_dir(key);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let rootfs = dir.join("rootfs");
+        loop {
+            match nix::mount::umount2(&rootfs, MntFlags::empty()) {
+                Ok(()) => continue, // stacked mounts: take them all off
+                Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break,
+                Err(nix::errno::Errno::EBUSY) => {
+                    nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH)
+                        .map_err(|e| SnapshotError::Unmount { target: rootfs.clone(), source: io::Error::from_raw_os_error(e as i32) })?;
+                }
+                Err(e) => return Err(SnapshotError::Unmount { target: rootfs, source: io::Error::from_raw_os_error(e as i32) }.into()),
+            }
+        }
+        fs::remove_dir_all(&dir).map_err(io_at(&dir))
+    }
+
+    /// The snapshot `key`, if it exists.
+    pub fn snapshot(&self, key: &str) -> Result<Option<Snapshot>, ImageError> {
+        if !valid_key(key) {
+            return Err(SnapshotError::InvalidKey(key.into()).into());
+        }
+        let dir = self.snapshot_dir(key);
+        let path = dir.join("snapshot.json");
+        let rec: SnapshotRecord = match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| ImageError::Corrupt { path: path.clone(), message: e.to_string() })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_at(&path)(e)),
+        };
+        Ok(Some(Snapshot { key: rec.key, image: rec.image, rootfs: dir.join("rootfs"), upper: dir.join("upper"), work: dir.join("work") }))
+    }
+
+    /// Every snapshot the store has a record of.
+    pub fn snapshot_records(&self) -> Result<Vec<SnapshotRecord>, ImageError> {
+        let dir = self.root().join("snapshots");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io_at(&dir))? {
+            let path = e.map_err(io_at(&dir))?.path().join("snapshot.json");
+            match fs::read(&path) {
+                Ok(b) => out.push(serde_json::from_slice(&b).map_err(|e| ImageError::Corrupt { path: path.clone(), message: e.to_string() })?),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_at(&path)(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Images that some snapshot is built on.
+    pub(crate) fn snapshot_users(&self) -> Result<std::collections::HashSet<Digest>, ImageError> {
+        Ok(self.snapshot_records()?.into_iter().map(|s| s.image).collect())
+    }
+}
+
+/// overlayfs option values escape ',' ':' and '\\' with a backslash.
+fn escape_overlay_path(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, ',' | ':' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Mounts overlayfs through the new mount API, adding one lower directory per `lowerdir+`
+/// call (Linux 6.8+), which lifts the one-page limit on the option string.
+fn mount_overlay_fsconfig(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    let cstr = |s: &[u8]| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let check = |rc: libc::c_long| if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) };
+    let fstype = cstr(b"overlay")?;
+    // SAFETY: fsopen with a NUL-terminated name; the returned fd is owned below.
+    let fs_fd = check(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
+    // SAFETY: fs_fd is a fresh fd we own.
+    let fs_fd = unsafe { OwnedFd::from_raw_fd(fs_fd as i32) };
+    let set = |key: &str, value: &Path| -> io::Result<()> {
+        let k = cstr(key.as_bytes())?;
+        let v = cstr(std::os::unix::ffi::OsStrExt::as_bytes(value.as_os_str()))?;
+        // SAFETY: fd is open; key and value are NUL-terminated strings that outlive the call.
+        check(unsafe { libc::syscall(libc::SYS_fsconfig, fs_fd.as_raw_fd(), FSCONFIG_SET_STRING, k.as_ptr(), v.as_ptr(), 0) }).map(drop)
+    };
+    for l in lowers {
+        set("lowerdir+", l)?;
+    }
+    set("upperdir", upper)?;
+    set("workdir", work)?;
+    // SAFETY: plain fsconfig command on our fd.
+    check(unsafe { libc::syscall(libc::SYS_fsconfig, fs_fd.as_raw_fd(), FSCONFIG_CMD_CREATE, std::ptr::null::<u8>(), std::ptr::null::<u8>(), 0) })?;
+    // SAFETY: fsmount on our configured fs fd; the mount fd is owned below.
+    let mnt = check(unsafe { libc::syscall(libc::SYS_fsmount, fs_fd.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
+    // SAFETY: fresh fd we own.
+    let mnt = unsafe { OwnedFd::from_raw_fd(mnt as i32) };
+    let empty = cstr(b"")?;
+    let to = cstr(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()))?;
+    // SAFETY: move_mount of our detached mount onto `target`; strings are NUL-terminated.
+    check(unsafe { libc::syscall(libc::SYS_move_mount, mnt.as_raw_fd(), empty.as_ptr(), libc::AT_FDCWD, to.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) })?;
+    Ok(())
+}
