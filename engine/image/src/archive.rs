@@ -244,6 +244,9 @@ fn select_manifest<'a>(files: &'a StagedFiles, desc: &Descriptor, depth: usize) 
 }
 
 fn plan_oci_manifest(files: &StagedFiles, desc: Descriptor, blob: StagedBlob) -> Result<PlannedImage, ImageError> {
+    // The index entry's annotations name one tag of the image; the record keeps only what
+    // identifies the manifest.
+    let desc = Descriptor { annotations: Default::default(), platform: None, ..desc };
     let m: Manifest = read_json(&blob, &desc.digest.to_string())?;
     let config_blob = files.blob(&m.config)?.clone();
     let config: ImageConfig = read_json(&config_blob, "image config")?;

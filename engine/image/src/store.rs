@@ -479,7 +479,12 @@ impl ImageStore {
             StagedBlob { path: blob_path.clone(), digest, size }
         };
         let compression = compression::detect(&mut io::BufReader::new(File::open(&blob_path).map_err(io_at(&blob_path))?)).map_err(io_at(&blob_path))?;
-        let (diff_id, unpacked_size) = self.unpack_blob(&blob, None, &staging.0, progress)?;
+        // The diff id first (one decompressing pass), so a layer the store has is not unpacked again.
+        let diff_id = {
+            let (_, tar) = compression::decompress(File::open(&blob_path).map_err(io_at(&blob_path))?).map_err(io_at(&blob_path))?;
+            DigestReader::new(tar).finish().map_err(io_at(&blob_path))?.0
+        };
+        let (diff_id, unpacked_size) = self.unpack_blob(&blob, Some(&diff_id), &staging.0, progress)?;
         let now = manifest::rfc3339(SystemTime::now());
         let config = ImageConfig {
             created: Some(now.clone()),
