@@ -132,7 +132,11 @@ where
     let entries = archive.entries().map_err(TarError::from)?.raw(true);
     let mut pending = Pending::default();
     for entry in entries {
-        let mut entry = entry.map_err(|e| TarError::Malformed(e.to_string()))?;
+        let mut entry = entry.map_err(|e| {
+            // The tar crate quotes the offending header; keep the message to one short line.
+            let msg: String = e.to_string().split(" when ").next().unwrap_or_default().chars().filter(|c| !c.is_control()).take(80).collect();
+            TarError::Malformed(format!("not a valid tar stream ({msg})"))
+        })?;
         let header = entry.header();
         let ty = header.entry_type();
         match ty {
