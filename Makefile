@@ -7,7 +7,7 @@ TARGET := x86_64-unknown-linux-gnu
 RELEASE := target/$(TARGET)/release
 RUNS ?= 50
 
-.PHONY: setup build release test demo bench-runtime bench-shim clean
+.PHONY: setup build release test fuzz demo bench-runtime bench-shim bench-image clean
 
 setup:
 	@scripts/setup
@@ -19,8 +19,13 @@ release: setup
 	cargo build --workspace --release --locked --bins --examples
 
 # End-to-end tests need the sibling binaries (engine-init) built first.
+# then a short run of the layer-unpacking fuzz target (FUZZ_SECONDS, default 30).
 test: build
 	cargo test --workspace --locked
+	scripts/fuzz
+
+fuzz:
+	scripts/fuzz
 
 demo: release
 	BIN=$(RELEASE) scripts/demo
@@ -30,6 +35,9 @@ bench-runtime: release
 
 bench-shim: release
 	cargo run --release --locked -p engine-lifecycled --example bench_shim -- $(RUNS)
+
+bench-image: release
+	RUNS=$(RUNS) scripts/bench-image
 
 clean:
 	cargo clean
