@@ -5,65 +5,6 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 
-/// Raw tar members, written without the `tar` crate's own path checks.
-#[derive(Default)]
-struct RawTar(Vec<u8>);
-
-impl RawTar {
-    fn member(&mut self, name: &[u8], kind: tar::EntryType, data: &[u8], link: &[u8]) -> &mut Self {
-        self.member_sized(name, kind, data, data.len() as u64, link, None)
-    }
-
-    fn member_sized(&mut self, name: &[u8], kind: tar::EntryType, data: &[u8], size: u64, link: &[u8], dev: Option<(u32, u32)>) -> &mut Self {
-        let mut h = tar::Header::new_ustar();
-        {
-            let old = h.as_old_mut();
-            old.name[..name.len()].copy_from_slice(name);
-            old.linkname[..link.len()].copy_from_slice(link);
-        }
-        h.set_entry_type(kind);
-        h.set_size(size);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1);
-        if let Some((ma, mi)) = dev {
-            h.set_device_major(ma).unwrap();
-            h.set_device_minor(mi).unwrap();
-        }
-        h.set_cksum();
-        self.0.extend_from_slice(h.as_bytes());
-        self.0.extend_from_slice(data);
-        self.0.resize(self.0.len().div_ceil(512) * 512, 0);
-        self
-    }
-
-    fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
-        let mut body = Vec::new();
-        for (k, v) in records {
-            let rest = format!(" {k}=").len() + v.len() + 1;
-            let mut len = rest + 1;
-            while len.to_string().len() + rest != len {
-                len += 1;
-            }
-            body.extend_from_slice(format!("{len} {k}=").as_bytes());
-            body.extend_from_slice(v);
-            body.push(b'\n');
-        }
-        self.member(b"PaxHeaders/x", tar::EntryType::XHeader, &body, b"")
-    }
-
-    fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
-        self.member(name.as_bytes(), tar::EntryType::Regular, data, b"")
-    }
-
-    fn finish(&mut self) -> Vec<u8> {
-        let mut out = std::mem::take(&mut self.0);
-        out.extend_from_slice(&[0u8; 1024]);
-        out
-    }
-}
-
 /// A `docker save` archive around one layer; `diff_id` overrides the config's.
 fn image_with_layer(layer: &[u8], diff_id: Option<Digest>) -> Vec<u8> {
     let diff = diff_id.unwrap_or_else(|| Digest::of(layer));
@@ -263,4 +204,53 @@ fn device_nodes_load_when_allowed() {
     let m = std::fs::symlink_metadata(dir.join("dev/null")).unwrap();
     assert!(m.file_type().is_char_device());
     assert_eq!(m.rdev(), nix::sys::stat::makedev(1, 3));
+}
+
+#[test]
+fn multi_platform_index_selects_linux_amd64() {
+    let layer = |name: &str| RawTar::default().file(name, b"x").finish();
+    let (amd, arm) = (layer("amd64"), layer("arm64"));
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut blob = |b: &[u8]| {
+        files.push((format!("blobs/sha256/{}", Digest::of(b).hex()), b.to_vec()));
+        Digest::of(b)
+    };
+    let manifest_for = |arch: &str, layer: &[u8], blob: &mut dyn FnMut(&[u8]) -> Digest| {
+        let config = serde_json::to_vec(&serde_json::json!({ "architecture": arch, "os": "linux", "rootfs": { "type": "layers", "diff_ids": [Digest::of(layer)] } })).unwrap();
+        let m = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(&config), "size": config.len() },
+            "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": blob(layer), "size": layer.len() }]
+        })).unwrap();
+        let d = blob(&m);
+        (serde_json::json!({ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": m.len(),
+            "platform": { "architecture": arch, "os": "linux" } }), Digest::of(&config))
+    };
+    let (arm_desc, _) = manifest_for("arm64", &arm, &mut blob);
+    let (amd_desc, amd_config) = manifest_for("amd64", &amd, &mut blob);
+    let make = |manifests: Vec<serde_json::Value>, files: &[(String, Vec<u8>)]| {
+        let nested = serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests })).unwrap();
+        let top = serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": Digest::of(&nested), "size": nested.len(),
+            "annotations": { "io.containerd.image.name": "docker.io/library/multi:1" } }] })).unwrap();
+        let mut t = RawTar::default();
+        for (n, d) in files {
+            t.file(n, d);
+        }
+        t.file(&format!("blobs/sha256/{}", Digest::of(&nested).hex()), &nested).file("index.json", &top).file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).finish()
+    };
+    let work = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(work.path().join("store")).unwrap();
+    let loaded = store.load(make(vec![arm_desc.clone(), amd_desc], &files).as_slice(), &()).unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].id, amd_config);
+    assert_eq!(loaded[0].names, vec!["multi:1".parse().unwrap()]);
+    let dir = &store.layer_dirs(&amd_config).unwrap()[0];
+    assert!(dir.join("amd64").exists() && !dir.join("arm64").exists());
+
+    let other = ImageStore::open(work.path().join("other")).unwrap();
+    let before = store_listing(other.root());
+    let err = other.load(make(vec![arm_desc], &files).as_slice(), &()).unwrap_err();
+    assert!(err.to_string().contains("no linux/amd64 image"), "{err}");
+    assert_eq!(store_listing(other.root()), before);
 }

@@ -184,3 +184,63 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(dir.to_str().unwrap())).map(str::to_string).collect()
 }
+
+/// Raw tar members, written without the `tar` crate's own path checks.
+#[derive(Default)]
+pub struct RawTar(pub Vec<u8>);
+
+impl RawTar {
+    pub fn member(&mut self, name: &[u8], kind: tar::EntryType, data: &[u8], link: &[u8]) -> &mut Self {
+        self.member_sized(name, kind, data, data.len() as u64, link, None)
+    }
+
+    pub fn member_sized(&mut self, name: &[u8], kind: tar::EntryType, data: &[u8], size: u64, link: &[u8], dev: Option<(u32, u32)>) -> &mut Self {
+        let mut h = tar::Header::new_ustar();
+        {
+            let old = h.as_old_mut();
+            old.name[..name.len()].copy_from_slice(name);
+            old.linkname[..link.len()].copy_from_slice(link);
+        }
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1);
+        if let Some((ma, mi)) = dev {
+            h.set_device_major(ma).unwrap();
+            h.set_device_minor(mi).unwrap();
+        }
+        h.set_cksum();
+        self.0.extend_from_slice(h.as_bytes());
+        self.0.extend_from_slice(data);
+        self.0.resize(self.0.len().div_ceil(512) * 512, 0);
+        self
+    }
+
+    pub fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+        let mut body = Vec::new();
+        for (k, v) in records {
+            let rest = format!(" {k}=").len() + v.len() + 1;
+            let mut len = rest + 1;
+            while len.to_string().len() + rest != len {
+                len += 1;
+            }
+            body.extend_from_slice(format!("{len} {k}=").as_bytes());
+            body.extend_from_slice(v);
+            body.push(b'\n');
+        }
+        self.member(b"PaxHeaders/x", tar::EntryType::XHeader, &body, b"")
+    }
+
+    pub fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
+        self.member(name.as_bytes(), tar::EntryType::Regular, data, b"")
+    }
+
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.0);
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+}
+
