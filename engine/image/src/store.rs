@@ -308,31 +308,41 @@ impl ImageStore {
         self.image_of(&index, &index.images[&id])
     }
 
+    /// Docker's order: a full id, then a name, then an id prefix, then `name@digest`.
     fn resolve_in(index: &IndexFile, s: &str) -> Result<Digest, ImageError> {
+        let not_found = || ImageError::NotFound(s.to_string());
         let hex = s.strip_prefix("sha256:").unwrap_or(s);
-        if hex.len() >= 4 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        let hexlike = hex.len() >= 4 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let reference = if s.starts_with("sha256:") { None } else { Reference::parse(s).ok() };
+        if let Some(r) = reference.as_ref().filter(|r| r.digest().is_none()) {
+            if let Some(id) = index.names.get(&r.to_string()) {
+                return Ok(id.clone());
+            }
+        }
+        if hexlike {
             let matches: Vec<&Digest> = index.images.keys().filter(|d| d.hex().starts_with(hex)).collect();
             match matches.as_slice() {
                 [one] => return Ok((*one).clone()),
-                [] if hex.len() == 64 || s.starts_with("sha256:") => return Err(ImageError::NotFound(s.to_string())),
                 [] => {}
                 _ => return Err(ImageError::Conflict(format!("image id prefix {s} is ambiguous"))),
             }
         }
-        let r = Reference::parse(s).map_err(|e| match e {
-            ReferenceError::HexName(_) => ImageError::NotFound(s.to_string()),
-            e => e.into(),
-        })?;
-        if let Some(digest) = r.digest() {
-            // name@digest: the manifest digest of an image with that name.
-            return index
+        match reference {
+            // name@digest: the image with that name whose manifest has that digest.
+            Some(r) if r.digest().is_some() => index
                 .images
                 .values()
-                .find(|i| &i.manifest.digest == digest && index.names.iter().any(|(n, id)| id == &i.id && n.starts_with(&r.name())))
+                .find(|i| Some(&i.manifest.digest) == r.digest() && index.names.iter().any(|(n, id)| id == &i.id && n.starts_with(&format!("{}:", r.name()))))
                 .map(|i| i.id.clone())
-                .ok_or_else(|| ImageError::NotFound(s.to_string()));
+                .ok_or_else(not_found),
+            Some(_) => Err(not_found()),
+            None if s.starts_with("sha256:") => Err(not_found()),
+            // Not a reference: a 64-hex id nobody has, or a malformed name (say why).
+            None => match Reference::parse(s) {
+                Err(ReferenceError::HexName(_)) | Ok(_) => Err(not_found()),
+                Err(e) => Err(e.into()),
+            },
         }
-        index.names.get(&r.to_string()).cloned().ok_or_else(|| ImageError::NotFound(s.to_string()))
     }
 
     /// The layer directories of an image, lowest first.
@@ -586,6 +596,15 @@ impl ImageStore {
         let _lock = self.locked()?;
         let mut index = self.read_index()?;
         let now = manifest::rfc3339(SystemTime::now());
+        // A layer this load found in the store may have been collected since (an rmi in
+        // between); refuse rather than record an image without its layer.
+        for image in &planned {
+            for layer in &image.layers {
+                if !self.layer_path(&layer.diff_id).exists() && !staging.join("layers").join(layer.diff_id.hex()).exists() {
+                    return Err(ImageError::Conflict(format!("layer {} was removed while loading; load again", layer.diff_id)));
+                }
+            }
+        }
         let mut out = Vec::new();
         for image in planned {
             for blob in std::iter::once(&image.manifest_blob).chain(std::iter::once(&image.config_blob)).chain(&image.layer_blobs) {
