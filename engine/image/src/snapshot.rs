@@ -119,7 +119,16 @@ impl ImageStore {
 
     fn mount_overlay(&self, s: &Snapshot, layers: &[Digest]) -> Result<(), ImageError> {
         // overlayfs wants at least one lower directory; an image with no layers gets an empty one.
-        let mut lowers: Vec<PathBuf> = layers.iter().rev().map(|d| self.layer_path(d)).collect();
+        // A layer an image repeats (the empty layer often is) is mounted once, at its topmost
+        // place: overlayfs refuses a lower directory twice (ELOOP), and the lower copy adds
+        // nothing the upper one does not already show.
+        let mut lowers: Vec<PathBuf> = Vec::new();
+        for d in layers.iter().rev() {
+            let p = self.layer_path(d);
+            if !lowers.contains(&p) {
+                lowers.push(p);
+            }
+        }
         if lowers.is_empty() {
             let empty = self.snapshot_dir(&s.key).join("empty");
             fs::create_dir_all(&empty).map_err(io_at(&empty))?;
@@ -180,19 +189,25 @@ impl ImageStore {
         Ok(Some(Snapshot { key: rec.key, image: rec.image, rootfs: dir.join("rootfs"), upper: dir.join("upper"), work: dir.join("work") }))
     }
 
-    /// Every snapshot the store has a record of.
+    /// Every snapshot the store has a readable record of.
     pub fn snapshot_records(&self) -> Result<Vec<SnapshotRecord>, ImageError> {
+        Ok(self.snapshot_records_checked()?.0)
+    }
+
+    /// The readable records, and whether some snapshot directory has none that can be read
+    /// (a crash while it was written): then its layers are unknown.
+    pub(crate) fn snapshot_records_checked(&self) -> Result<(Vec<SnapshotRecord>, bool), ImageError> {
         let dir = self.root().join("snapshots");
         let mut out = Vec::new();
+        let mut unreadable = false;
         for e in fs::read_dir(&dir).map_err(io_at(&dir))? {
             let path = e.map_err(io_at(&dir))?.path().join("snapshot.json");
-            match fs::read(&path) {
-                Ok(b) => out.push(serde_json::from_slice(&b).map_err(|e| ImageError::Corrupt { path: path.clone(), message: e.to_string() })?),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_at(&path)(e)),
+            match fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+                Some(rec) => out.push(rec),
+                None => unreadable = true,
             }
         }
-        Ok(out)
+        Ok((out, unreadable))
     }
 
     /// Images that some snapshot is built on.

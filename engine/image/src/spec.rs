@@ -246,7 +246,8 @@ fn read_in_root(rootfs: &Path, rel: &str) -> Result<String, SpecError> {
     let path = CString::new(rel).map_err(|_| err(io::ErrorKind::InvalidInput.into()))?;
     // SAFETY: open_how is plain data; all-zero is its documented default.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    // O_NONBLOCK: a fifo planted at /etc/passwd must not block the daemon (checked below).
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: openat2 with a valid dirfd, a NUL-terminated path and a properly sized open_how.
     let fd = unsafe {
@@ -264,6 +265,9 @@ fn read_in_root(rootfs: &Path, rel: &str) -> Result<String, SpecError> {
     }
     // SAFETY: openat2 returned a fresh fd that we now own.
     let mut f = unsafe { File::from_raw_fd(fd as i32) };
+    if !f.metadata().map_err(err)?.is_file() {
+        return Err(err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file")));
+    }
     let mut s = String::new();
     f.by_ref().take(4 << 20).read_to_string(&mut s).map_err(err)?;
     Ok(s)
@@ -301,6 +305,14 @@ mod tests {
         // Points at the host's /etc/passwd if followed outside the root; inside it is missing.
         std::os::unix::fs::symlink("/../../../../etc/shadow-does-not-exist", r.path().join("etc/passwd")).unwrap();
         assert!(matches!(resolve_user(r.path(), "root"), Err(SpecError::UnknownUser(_))));
+    }
+
+    #[test]
+    fn a_fifo_for_passwd_is_refused_not_waited_on() {
+        let r = rootfs();
+        std::fs::remove_file(r.path().join("etc/group")).unwrap();
+        nix::unistd::mkfifo(&r.path().join("etc/group"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(matches!(resolve_user(r.path(), "app"), Err(SpecError::Read { .. })));
     }
 
     #[test]

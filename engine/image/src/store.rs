@@ -199,14 +199,28 @@ impl ImageStore {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_at(&p))?;
         }
-        let staging = root.join("staging");
-        for e in fs::read_dir(&staging).map_err(io_at(&staging))? {
-            let p = e.map_err(io_at(&staging))?.path();
-            let _ = fs::remove_dir_all(&p);
-        }
         let lock_path = root.join("lock");
         let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_at(&lock_path))?;
-        Ok(ImageStore { root, lock: Mutex::new(lock), unpack: UnpackOptions::default() })
+        let store = ImageStore { root, lock: Mutex::new(lock), unpack: UnpackOptions::default() };
+        store.clean_staging()?;
+        Ok(store)
+    }
+
+    /// Removes staging directories of loads whose process is gone (named `<pid>-<n>`); a
+    /// load in progress in another live process is left alone.
+    fn clean_staging(&self) -> Result<(), ImageError> {
+        let _lock = self.locked()?;
+        let staging = self.root.join("staging");
+        for e in fs::read_dir(&staging).map_err(io_at(&staging))? {
+            let e = e.map_err(io_at(&staging))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let owner = name.split('-').next().and_then(|p| p.parse::<i32>().ok());
+            let alive = owner.is_some_and(|pid| pid != std::process::id() as i32 && Path::new(&format!("/proc/{pid}")).exists());
+            if !alive {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(())
     }
 
     /// Allows device nodes in layers (off by default).
@@ -433,7 +447,8 @@ impl ImageStore {
                 layers.insert(l.diff_id.hex());
             }
         }
-        for s in self.snapshot_records()? {
+        let (records, unreadable) = self.snapshot_records_checked()?;
+        for s in records {
             layers.extend(s.layers.iter().map(Digest::hex));
         }
         let mut stats = GcStats::default();
@@ -447,6 +462,10 @@ impl ImageStore {
             }
         }
         let layer_dir = self.root.join("layers/sha256");
+        if unreadable {
+            // A snapshot whose record is unreadable may use any layer: keep them all.
+            return Ok(stats);
+        }
         for e in fs::read_dir(&layer_dir).map_err(io_at(&layer_dir))? {
             let e = e.map_err(io_at(&layer_dir))?;
             if !layers.contains(e.file_name().to_string_lossy().as_ref()) {
@@ -526,13 +545,35 @@ impl ImageStore {
     pub fn save(&self, names: &[&str], w: impl Write) -> Result<(), ImageError> {
         let index = self.read_index()?;
         let mut images: Vec<(ImageRecord, Vec<Reference>)> = Vec::new();
+        let mut wanted: Vec<(Digest, Option<Reference>)> = Vec::new();
         for s in names {
-            let id = Self::resolve_in(&index, s)?;
-            let tag = Reference::parse(s).ok().filter(|r| index.names.get(&r.to_string()) == Some(&id));
+            // `docker save busybox` saves every tag of the repository.
+            let repo = Reference::parse_name(s).ok().filter(|r| r.tag().is_none() && r.digest().is_none());
+            let tagged: Vec<(Digest, Option<Reference>)> = match &repo {
+                Some(r) => index
+                    .names
+                    .iter()
+                    .filter_map(|(n, id)| Reference::parse_name(n).ok().filter(|p| p.name() == r.name()).map(|p| (id.clone(), Some(p))))
+                    .collect(),
+                None => Vec::new(),
+            };
+            if tagged.is_empty() {
+                let id = Self::resolve_in(&index, s)?;
+                let tag = Reference::parse(s).ok().filter(|r| index.names.get(&r.to_string()) == Some(&id));
+                wanted.push((id, tag));
+            } else {
+                wanted.extend(tagged);
+            }
+        }
+        for (id, tag) in wanted {
             match images.iter_mut().find(|(r, _)| r.id == id) {
                 Some((_, tags)) => tags.extend(tag),
                 None => images.push((index.images[&id].clone(), tag.into_iter().collect())),
             }
+        }
+        for (_, tags) in &mut images {
+            tags.sort();
+            tags.dedup();
         }
         archive::write(self, &images, w)
     }
@@ -599,6 +640,11 @@ impl ImageStore {
         // A layer this load found in the store may have been collected since (an rmi in
         // between); refuse rather than record an image without its layer.
         for image in &planned {
+            for blob in std::iter::once(&image.manifest_blob).chain(std::iter::once(&image.config_blob)).chain(&image.layer_blobs) {
+                if !self.blob_path(&blob.digest).exists() && !blob.path.exists() {
+                    return Err(ImageError::Conflict(format!("blob {} vanished while loading; load again", blob.digest)));
+                }
+            }
             for layer in &image.layers {
                 if !self.layer_path(&layer.diff_id).exists() && !staging.join("layers").join(layer.diff_id.hex()).exists() {
                     return Err(ImageError::Conflict(format!("layer {} was removed while loading; load again", layer.diff_id)));

@@ -8,7 +8,7 @@
 //! is refused. On an error the caller removes the staging directory, so a refused layer leaves
 //! nothing behind.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
@@ -22,6 +22,10 @@ use nix::sys::time::TimeSpec;
 use crate::tarstream::{self, EntryKind, TarEntry, TarError};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
+/// Bounds on what unpacking keeps in memory per layer.
+const MAX_KNOWN_DIRS: usize = 65_536;
+const MAX_DIR_TIMES_BYTES: usize = 64 << 20;
+pub const MAX_ENTRIES: u64 = 4_000_000;
 const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
 const WHITEOUT_OPAQUE: &str = ".wh..wh..opq";
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -65,15 +69,19 @@ pub fn unpack_layer<R: Read>(
     opts: &UnpackOptions,
     mut on_file_bytes: impl FnMut(u64),
 ) -> Result<UnpackStats, UnpackError> {
-    let mut u = Unpacker { root: dest, opts, known_dirs: HashSet::new(), dir_times: Vec::new(), stats: UnpackStats::default() };
+    let mut u = Unpacker { root: dest, opts, known_dirs: HashSet::new(), dir_times: BTreeMap::new(), dir_times_bytes: 0, stats: UnpackStats::default() };
     tarstream::for_each_entry(r, |entry: &TarEntry, content: &mut dyn Read| {
         u.entry(entry, content)?;
         on_file_bytes(u.stats.file_bytes);
         Ok::<(), UnpackError>(())
     })?;
-    // Directory times last: creating their children changed them.
-    for (path, mtime) in u.dir_times.iter().rev() {
-        set_mtime(path, *mtime).map_err(UnpackError::io(path))?;
+    // Directory times last: creating their children changed them. Each path is checked to
+    // still be a directory reached without symlinks (a later member may have replaced a parent).
+    for (rel, mtime) in u.dir_times.iter().rev() {
+        if u.is_real_dir(rel) {
+            let path = u.root.join(rel);
+            set_mtime(&path, *mtime).map_err(UnpackError::io(&path))?;
+        }
     }
     Ok(u.stats)
 }
@@ -81,15 +89,21 @@ pub fn unpack_layer<R: Read>(
 struct Unpacker<'a> {
     root: &'a Path,
     opts: &'a UnpackOptions,
-    /// Directories (relative) already checked or created in this layer.
+    /// Parent directories (relative, full paths only) already checked in this layer: a cache,
+    /// dropped when it grows past `MAX_KNOWN_DIRS`.
     known_dirs: HashSet<PathBuf>,
-    dir_times: Vec<(PathBuf, i64)>,
+    /// Directory members' mtimes by relative path, applied at the end.
+    dir_times: BTreeMap<PathBuf, i64>,
+    dir_times_bytes: usize,
     stats: UnpackStats,
 }
 
 impl Unpacker<'_> {
     fn entry(&mut self, e: &TarEntry, content: &mut dyn Read) -> Result<(), UnpackError> {
         self.stats.entries += 1;
+        if self.stats.entries > MAX_ENTRIES {
+            return Err(TarError::refused(&e.raw_path, format!("layer has more than {MAX_ENTRIES} members")).into());
+        }
         for (name, _) in &e.xattrs {
             if name.starts_with(b"trusted.overlay.") || name.starts_with(b"system.") {
                 return Err(TarError::refused(&e.raw_path, format!("xattr {} is not allowed in a layer", String::from_utf8_lossy(name))).into());
@@ -154,9 +168,8 @@ impl Unpacker<'_> {
             }
             EntryKind::Dir => {
                 if !target.is_dir() {
-                    fs::DirBuilder::new().mode(0o700).create(&target).map_err(io_err)?;
+                    fs::DirBuilder::new().mode(0o700).create(target).map_err(io_err)?;
                 }
-                self.known_dirs.insert(e.path.clone());
             }
             EntryKind::Symlink => {
                 let link = OsStr::from_bytes(e.link.as_deref().unwrap_or_default());
@@ -204,7 +217,12 @@ impl Unpacker<'_> {
             }
         }
         if e.kind == EntryKind::Dir {
-            self.dir_times.push((target, e.mtime));
+            let rel = target.strip_prefix(self.root).map(Path::to_path_buf).unwrap_or_default();
+            self.dir_times_bytes += rel.as_os_str().len();
+            if self.dir_times_bytes > MAX_DIR_TIMES_BYTES {
+                return Err(TarError::refused(&e.raw_path, "too many directory members").into());
+            }
+            self.dir_times.insert(rel, e.mtime);
         } else {
             set_mtime(&target, e.mtime).map_err(UnpackError::io(&target))?;
         }
@@ -214,42 +232,63 @@ impl Unpacker<'_> {
     /// Makes sure every component of `rel` is a real directory (created 0755 where missing),
     /// refusing a path that goes through a symlink or a non-directory.
     fn ensure_dir(&mut self, rel: &Path, e: &TarEntry) -> Result<PathBuf, UnpackError> {
-        let mut cur = PathBuf::new();
-        for c in rel.components() {
-            cur.push(c);
-            if self.known_dirs.contains(&cur) {
-                continue;
-            }
-            let abs = self.root.join(&cur);
-            match fs::symlink_metadata(&abs) {
-                Ok(m) if m.is_dir() => {}
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(TarError::refused(&e.raw_path, format!("path goes through the symlink {}", cur.display())).into())
+        if !self.known_dirs.contains(rel) {
+            let mut cur = PathBuf::new();
+            for c in rel.components() {
+                cur.push(c);
+                let abs = self.root.join(&cur);
+                match fs::symlink_metadata(&abs) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(m) if m.file_type().is_symlink() => {
+                        return Err(TarError::refused(&e.raw_path, format!("path goes through the symlink {}", cur.display())).into())
+                    }
+                    Ok(_) => return Err(TarError::refused(&e.raw_path, format!("{} is not a directory", cur.display())).into()),
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                        fs::DirBuilder::new().mode(0o755).create(&abs).map_err(UnpackError::io(&abs))?;
+                    }
+                    Err(err) => return Err(UnpackError::Io { path: abs, source: err }),
                 }
-                Ok(_) => return Err(TarError::refused(&e.raw_path, format!("{} is not a directory", cur.display())).into()),
-                Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                    fs::DirBuilder::new().mode(0o755).create(&abs).map_err(UnpackError::io(&abs))?;
-                }
-                Err(err) => return Err(UnpackError::Io { path: abs, source: err }),
             }
-            self.known_dirs.insert(cur.clone());
+            if self.known_dirs.len() >= MAX_KNOWN_DIRS {
+                self.known_dirs.clear();
+            }
+            self.known_dirs.insert(rel.to_path_buf());
         }
         Ok(self.root.join(rel))
+    }
+
+    /// Whether every component of `rel` is a directory (no symlink on the way).
+    fn is_real_dir(&self, rel: &Path) -> bool {
+        let mut cur = self.root.to_path_buf();
+        for c in rel.components() {
+            cur.push(c);
+            match fs::symlink_metadata(&cur) {
+                Ok(m) if m.is_dir() => {}
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// The absolute path of an existing non-directory member `rel`, reached without symlinks.
     fn existing_below_root(&mut self, rel: &Path, e: &TarEntry) -> Result<PathBuf, UnpackError> {
         let escape = || TarError::refused(&e.raw_path, format!("hard link to {} that is not in the layer", rel.display()));
         let parent = rel.parent().ok_or_else(escape)?;
-        let mut cur = PathBuf::new();
-        for c in parent.components() {
-            cur.push(c);
-            if !self.known_dirs.contains(&cur) && !fs::symlink_metadata(self.root.join(&cur)).map(|m| m.is_dir()).unwrap_or(false) {
-                return Err(escape().into());
-            }
+        if !self.is_real_dir(parent) {
+            return Err(escape().into());
         }
         let abs = self.root.join(rel);
         match fs::symlink_metadata(&abs) {
+            Ok(m) if m.file_type().is_symlink() => {
+                // A hard link to a symlink is a second symlink with the same target, read from
+                // the new link's directory: it must not leave the layer from there either.
+                let target = fs::read_link(&abs).map_err(UnpackError::io(&abs))?;
+                let link_dir = e.path.parent().unwrap_or(Path::new(""));
+                if tarstream::resolve_lexically(link_dir, &target).is_none() {
+                    return Err(TarError::refused(&e.raw_path, format!("hard link to a symlink whose target {} leaves the layer from here", target.display())).into());
+                }
+                Ok(abs)
+            }
             Ok(m) if !m.is_dir() && !is_whiteout(&m) => Ok(abs),
             _ => Err(escape().into()),
         }
@@ -263,6 +302,10 @@ impl Unpacker<'_> {
                 if m.is_dir() {
                     fs::remove_dir_all(target).map_err(UnpackError::io(target))?;
                     self.known_dirs.retain(|d| !d.starts_with(rel));
+                    let gone: Vec<PathBuf> = self.dir_times.range(rel.to_path_buf()..).take_while(|(k, _)| k.starts_with(rel)).map(|(k, _)| k.clone()).collect();
+                    for k in gone {
+                        self.dir_times.remove(&k);
+                    }
                 } else {
                     fs::remove_file(target).map_err(UnpackError::io(target))?;
                 }

@@ -82,6 +82,11 @@ fn cases(outside: &Path) -> Vec<Case> {
             archive: image_with_layer(&layer(&|t| { t.member(b"s", Symlink, b"", b"/etc").member(b"h", Link, b"", b"s/passwd"); }), None),
         },
         Case { name: "hard link to missing", says: "hard link", archive: image_with_layer(&layer(&|t| { t.member(b"h", Link, b"", b"nothing"); }), None) },
+        Case {
+            name: "hard link to an escaping symlink",
+            says: "leaves the layer from here",
+            archive: image_with_layer(&layer(&|t| { t.member(b"a/b/c/l", Symlink, b"", b"../../../x").member(b"h", Link, b"", b"a/b/c/l"); }), None),
+        },
         Case { name: "block device", says: "device nodes are not allowed", archive: image_with_layer(&layer(&|t| { t.member_sized(b"sda", Block, b"", 0, b"", Some((8, 0))); }), None) },
         Case { name: "char device", says: "device nodes are not allowed", archive: image_with_layer(&layer(&|t| { t.member_sized(b"mem", Char, b"", 0, b"", Some((1, 1))); }), None) },
         Case {
@@ -253,4 +258,39 @@ fn multi_platform_index_selects_linux_amd64() {
     let err = other.load(make(vec![arm_desc], &files).as_slice(), &()).unwrap_err();
     assert!(err.to_string().contains("no linux/amd64 image"), "{err}");
     assert_eq!(store_listing(other.root()), before);
+}
+
+#[test]
+fn replaced_directory_times_do_not_follow_a_symlink() {
+    let work = tempfile::tempdir().unwrap();
+    let outside = work.path().join("outside");
+    std::fs::create_dir_all(outside.join("etc")).unwrap();
+    let before = std::fs::metadata(outside.join("etc")).unwrap().modified().unwrap();
+    // x/ and x/etc/ with old times, then x replaced by a symlink to the outside directory.
+    let layer = RawTar::default()
+        .member(b"x/", tar::EntryType::Directory, b"", b"")
+        .member(b"x/etc/", tar::EntryType::Directory, b"", b"")
+        .member(b"x", tar::EntryType::Symlink, b"", outside.to_str().unwrap().as_bytes())
+        .finish();
+    let store = ImageStore::open(work.path().join("store")).unwrap();
+    store.load(image_with_layer(&layer, None).as_slice(), &()).unwrap();
+    assert_eq!(std::fs::metadata(outside.join("etc")).unwrap().modified().unwrap(), before, "a time was set through the symlink");
+}
+
+#[test]
+fn an_image_repeating_a_layer_mounts() {
+    let l1 = RawTar::default().file("one", b"1").finish();
+    let l2 = RawTar::default().file("two", b"2").finish();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "rootfs": { "type": "layers", "diff_ids": [Digest::of(&l1), Digest::of(&l2), Digest::of(&l1)] }
+    })).unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!([{ "Config": "c.json", "RepoTags": ["repeat:1"], "Layers": ["l1.tar", "l2.tar", "l1.tar"] }])).unwrap();
+    let archive = RawTar::default().file("c.json", &config).file("l1.tar", &l1).file("l2.tar", &l2).file("manifest.json", &manifest).finish();
+    let work = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(work.path().join("store")).unwrap();
+    let id = store.load(archive.as_slice(), &()).unwrap()[0].id.clone();
+    let snap = store.prepare_snapshot("rep", &id).unwrap();
+    assert!(snap.rootfs.join("one").exists() && snap.rootfs.join("two").exists());
+    store.remove_snapshot("rep").unwrap();
+    assert!(mounts_under(work.path()).is_empty());
 }

@@ -171,6 +171,14 @@ fn layers_are_shared_and_collected_when_unused() {
     // Two names: untag one, then the last removal deletes.
     store.tag("test/imported", &Reference::parse("other:2").unwrap()).unwrap();
     assert!(store.remove(&imported.hex()[..12], false).is_err(), "several names need force");
+    // Saving a repository saves each of its tags.
+    store.tag("test/imported", &Reference::parse("test/imported:v2").unwrap()).unwrap();
+    let mut all_tags = Vec::new();
+    store.save(&["test/imported"], &mut all_tags).unwrap();
+    let other = ImageStore::open(work.path().join("other")).unwrap();
+    let loaded = other.load(all_tags.as_slice(), &()).unwrap();
+    assert_eq!(loaded[0].names, vec![Reference::parse("test/imported:latest").unwrap(), Reference::parse("test/imported:v2").unwrap()]);
+    store.remove("test/imported:v2", false).unwrap();
     let r = store.remove("other:2", false).unwrap();
     assert!(r.deleted.is_empty());
     store.remove("test/imported", false).unwrap();
