@@ -1,0 +1,620 @@
+//! The Docker Engine API routes engined serves (negotiated from v1.41 up), each a thin
+//! handler over [`Daemon`] or the image store.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use engine_api::v1::{tasks_client::TasksClient, *};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::daemon::{parse_signal, rfc3339_nanos, Daemon, Entry};
+use crate::http::{self, empty, json, ApiError, Query, Resp};
+use crate::trace::Trace;
+use crate::types::ContainerConfig;
+
+pub const API_VERSION: &str = "1.43";
+pub const MIN_API_VERSION: &str = "1.41";
+
+fn version_ok(v: &str) -> bool {
+    let parse = |s: &str| s.split_once('.').and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
+    match (parse(v), parse(MIN_API_VERSION)) {
+        (Some(v), Some(min)) => v >= min,
+        _ => false,
+    }
+}
+
+/// Handles one request: strips the version prefix, routes, and records the request span.
+pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp, std::convert::Infallible> {
+    let method = req.method().clone();
+    let raw_path = req.uri().path().to_string();
+    let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (version, path) = match raw_path.strip_prefix("/v").and_then(|rest| rest.split_once('/')) {
+        Some((v, rest)) if v.contains('.') => (Some(v.to_string()), format!("/{rest}")),
+        _ => (None, raw_path.clone()),
+    };
+    let route = route_name(&method, &path);
+    let trace = Trace::new(d.sink.as_ref(), traceparent.as_deref(), &format!("{method} {route}"));
+    trace.attr(trace.root, "http.request.method", method.to_string());
+    trace.attr(trace.root, "url.path", raw_path.clone());
+    trace.attr(trace.root, "http.route", route.clone());
+    let result = match version {
+        Some(v) if !version_ok(&v) => Err(ApiError::bad_request(format!(
+            "client version {v} is too old. Minimum supported API version is {MIN_API_VERSION}, please upgrade your client to a newer version"
+        ))),
+        _ => dispatch(&d, &trace, req, &method, &path).await,
+    };
+    let mut resp = result.unwrap_or_else(ApiError::into_response);
+    let h = resp.headers_mut();
+    h.insert("Api-Version", HeaderValue::from_static(API_VERSION));
+    h.insert("Server", HeaderValue::from_static(concat!("engine/", env!("CARGO_PKG_VERSION"), " (linux)")));
+    h.insert("Ostype", HeaderValue::from_static("linux"));
+    trace.close(resp.status().as_u16());
+    Ok(resp)
+}
+
+/// The route template (`/containers/{id}/start`), the stable name of the request span.
+fn route_name(method: &Method, path: &str) -> String {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let t: String = match segs.as_slice() {
+        ["containers", "create"] | ["containers", "json"] | ["containers", "prune"] => format!("/{}", segs.join("/")),
+        ["containers", _, rest @ ..] => format!("/containers/{{id}}{}", rest.iter().map(|s| format!("/{s}")).collect::<String>()),
+        ["exec", _, rest @ ..] => format!("/exec/{{id}}/{}", rest.join("/")),
+        ["images", "json"] | ["images", "load"] | ["images", "get"] | ["images", "create"] | ["images", "prune"] => format!("/{}", segs.join("/")),
+        ["images", .., last] if ["json", "history", "tag", "get"].contains(last) => format!("/images/{{name}}/{last}"),
+        ["images", ..] if method == Method::DELETE => "/images/{name}".into(),
+        ["volumes", "create"] | ["volumes", "prune"] => format!("/{}", segs.join("/")),
+        ["volumes", _] => "/volumes/{name}".into(),
+        _ => path.to_string(),
+    };
+    t
+}
+
+async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method: &Method, path: &str) -> Result<Resp, ApiError> {
+    let q = Query::parse(req.uri().query());
+    let segs: Vec<String> = path.trim_matches('/').split('/').map(http::decode).collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    use Method as M;
+    match (method, segs.as_slice()) {
+        (&M::GET | &M::HEAD, ["_ping"]) => {
+            let mut r = Resp::new(http::full(if method == M::HEAD { "" } else { "OK" }));
+            r.headers_mut().insert("Cache-Control", HeaderValue::from_static("no-cache, no-store, must-revalidate"));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            Ok(r)
+        }
+        (&M::GET, ["version"]) => Ok(json(StatusCode::OK, &version(d))),
+        (&M::GET, ["info"]) => Ok(json(StatusCode::OK, &info(d))),
+
+        // containers
+        (&M::POST, ["containers", "create"]) => {
+            let body: ContainerConfig = http::read_json(req.into_body()).await?;
+            let id = d.create(trace, q.get("name").map(str::to_string), body).await?;
+            Ok(json(StatusCode::CREATED, &json!({ "Id": id, "Warnings": [] })))
+        }
+        (&M::GET, ["containers", "json"]) => Ok(json(StatusCode::OK, &list_containers(d, &q)?)),
+        (&M::GET, ["containers", id, "json"]) => Ok(json(StatusCode::OK, &inspect_container(d, &d.find(id)?))),
+        (&M::POST, ["containers", id, "start"]) => {
+            let e = d.find(id)?;
+            d.start(trace, &e).await?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (&M::POST, ["containers", id, "stop"]) => {
+            let e = d.find(id)?;
+            d.stop(trace, &e, q.int("t")?.or(q.int("timeout")?)).await?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (&M::POST, ["containers", id, "restart"]) => {
+            let e = d.find(id)?;
+            d.restart(trace, &e, q.int("t")?).await?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (&M::POST, ["containers", id, "kill"]) => {
+            let e = d.find(id)?;
+            let signal = parse_signal(q.get("signal").filter(|s| !s.is_empty()).unwrap_or("SIGKILL"))?;
+            d.kill(&e, signal).await?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (&M::POST, ["containers", id, "wait"]) => {
+            let e = d.find(id)?;
+            let condition = q.get("condition").unwrap_or("not-running").to_string();
+            if !matches!(condition.as_str(), "" | "not-running" | "next-exit" | "removed") {
+                return Err(ApiError::bad_request(format!("invalid condition: {condition:?}")));
+            }
+            // Headers go out at once (the CLI waits for them before starting the container).
+            let (tx, body) = http::channel_body(1);
+            let d = d.clone();
+            tokio::spawn(async move {
+                let out = match d.wait(&e, &condition).await {
+                    Ok((code, err)) if err.is_empty() => json!({ "StatusCode": code, "Error": null }),
+                    Ok((code, err)) => json!({ "StatusCode": code, "Error": { "Message": err } }),
+                    Err(err) => json!({ "StatusCode": -1, "Error": { "Message": err.message } }),
+                };
+                let _ = tx.send(Bytes::from(format!("{out}\n"))).await;
+            });
+            let mut r = Resp::new(body);
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok(r)
+        }
+        (&M::DELETE, ["containers", id]) => {
+            let e = d.find(id)?;
+            d.remove(&e, q.flag("force"), q.flag("v")).await?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (&M::POST, ["containers", id, "rename"]) => {
+            let e = d.find(id)?;
+            d.rename(&e, q.get("name").unwrap_or(""))?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (&M::GET, ["containers", id, "logs"]) => logs(d, &d.find(id)?, &q).await,
+        (&M::GET, ["containers", id, "top"]) => top(d, &d.find(id)?).await,
+        (&M::GET, ["containers", id, "stats"]) => stats(d, &d.find(id)?).await,
+        (&M::POST, ["containers", id, "attach"]) => attach(d, d.find(id)?, &q, req).await,
+        (&M::POST, ["containers", id, "resize"]) => {
+            let e = d.find(id)?;
+            let (h, w) = (q.int("h")?.unwrap_or(0), q.int("w")?.unwrap_or(0));
+            let req = ResizePtyRequest { container_id: e.snapshot().id, width: w as u32, height: h as u32 };
+            TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket())).resize_pty(req).await?;
+            Ok(empty(StatusCode::OK))
+        }
+
+        // images
+        (&M::GET, ["images", "json"]) => Ok(json(StatusCode::OK, &crate::images::list(d, &q)?)),
+        (&M::POST, ["images", "load"]) => crate::images::load(d, req.into_body(), q.flag("quiet")).await,
+        (&M::GET, ["images", "get"]) => crate::images::save(d, q.all("names")).await,
+        (&M::POST, ["images", "create"]) => crate::images::create(d, &q, req.into_body()).await,
+        (&M::GET, ["images", name @ .., "get"]) if !name.is_empty() => crate::images::save(d, vec![name.join("/")]).await,
+        (&M::GET, ["images", name @ .., "json"]) if !name.is_empty() => crate::images::inspect(d, &name.join("/")),
+        (&M::GET, ["images", name @ .., "history"]) if !name.is_empty() => crate::images::history(d, &name.join("/")),
+        (&M::POST, ["images", name @ .., "tag"]) if !name.is_empty() => crate::images::tag(d, &name.join("/"), &q),
+        (&M::DELETE, ["images", name @ ..]) if !name.is_empty() => crate::images::remove(d, &name.join("/"), q.flag("force")).await,
+
+        (_, ["containers" | "images" | "exec" | "volumes", ..]) | (_, ["_ping" | "version" | "info"]) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, format!("page not found: {method} {path} is not served by engined")))
+        }
+        _ => Err(ApiError::not_found(format!("page not found: {path}"))),
+    }
+}
+
+fn version(d: &Daemon) -> Value {
+    let _ = d;
+    let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    json!({
+        "Platform": { "Name": "engine" },
+        "Components": [{ "Name": "Engine", "Version": env!("CARGO_PKG_VERSION"), "Details": { "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION, "Os": "linux", "Arch": "amd64", "KernelVersion": kernel } }],
+        "Version": env!("CARGO_PKG_VERSION"),
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "",
+        "GoVersion": "",
+        "Os": "linux",
+        "Arch": "amd64",
+        "KernelVersion": kernel,
+        "BuildTime": ""
+    })
+}
+
+fn info(d: &Daemon) -> Value {
+    let all = d.all();
+    let count = |f: &dyn Fn(&crate::daemon::ContainerRecord) -> bool| all.iter().filter(|e| f(&e.snapshot())).count();
+    let running = count(&|r| r.state.running && !r.state.paused);
+    let paused = count(&|r| r.state.paused);
+    let uts = nix::sys::utsname::uname().ok();
+    let cgroup_v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
+        .unwrap_or(0)
+        * 1024;
+    json!({
+        "ID": "",
+        "Containers": all.len(),
+        "ContainersRunning": running,
+        "ContainersPaused": paused,
+        "ContainersStopped": all.len() - running - paused,
+        "Images": d.images.list().map(|l| l.len()).unwrap_or(0),
+        "Driver": "overlay2",
+        "DriverStatus": [["Backing Filesystem", "extfs"]],
+        "Plugins": { "Volume": ["local"], "Network": ["host", "null"], "Log": ["json-file"] },
+        "MemoryLimit": true, "SwapLimit": false, "CpuCfsPeriod": true, "CpuCfsQuota": true, "PidsLimit": true,
+        "IPv4Forwarding": false,
+        "Debug": d.cfg.log_level == "debug",
+        "NFd": std::fs::read_dir("/proc/self/fd").map(|r| r.count()).unwrap_or(0),
+        "NGoroutines": 0,
+        "SystemTime": rfc3339_nanos(SystemTime::now()),
+        "LoggingDriver": "json-file",
+        "CgroupDriver": "cgroupfs",
+        "CgroupVersion": if cgroup_v2 { "2" } else { "1" },
+        "KernelVersion": uts.as_ref().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+        "OperatingSystem": os_name(),
+        "OSType": "linux",
+        "Architecture": "x86_64",
+        "NCPU": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "MemTotal": mem,
+        "DockerRootDir": d.cfg.data_root,
+        "Name": uts.as_ref().map(|u| u.nodename().to_string_lossy().into_owned()).unwrap_or_default(),
+        "Labels": [],
+        "ServerVersion": env!("CARGO_PKG_VERSION"),
+        "Runtimes": { "engine-runtime": { "path": "engine-runtime" } },
+        "DefaultRuntime": "engine-runtime",
+        "LiveRestoreEnabled": false,
+        "Isolation": "",
+        "InitBinary": "engine-init",
+        "SecurityOptions": ["name=seccomp,profile=default"],
+        "Warnings": [],
+        "Engine": { "LifecycledRestarts": d.supervisor.restarts.load(std::sync::atomic::Ordering::Relaxed), "LifecycledPid": *d.supervisor.pid.borrow() }
+    })
+}
+
+fn os_name() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string())))
+        .unwrap_or_else(|| "Linux".into())
+}
+
+pub fn unix_of(t: &str) -> i64 {
+    // RFC 3339 "YYYY-MM-DDTHH:MM:SS..." → seconds since the epoch.
+    let p = |a: usize, b: usize| t.get(a..b).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+    let (y, m, d) = (p(0, 4), p(5, 7), p(8, 10));
+    let (hh, mm, ss) = (p(11, 13), p(14, 16), p(17, 19));
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + hh * 3600 + mm * 60 + ss
+}
+
+fn ago(t: &str) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    human_duration((now - unix_of(t)).max(0))
+}
+
+/// Docker's "About a minute", "3 hours"...
+pub fn human_duration(secs: i64) -> String {
+    match secs {
+        s if s < 1 => "Less than a second".into(),
+        1 => "1 second".into(),
+        s if s < 60 => format!("{s} seconds"),
+        s if s < 120 => "About a minute".into(),
+        s if s < 3600 => format!("{} minutes", s / 60),
+        s if s < 7200 => "About an hour".into(),
+        s if s < 172_800 => format!("{} hours", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
+fn status_line(r: &crate::daemon::ContainerRecord) -> String {
+    let s = &r.state;
+    if s.restarting {
+        format!("Restarting ({}) {} ago", s.exit_code, ago(&s.finished_at))
+    } else if s.running {
+        format!("Up {}{}", ago(&s.started_at), if s.paused { " (Paused)" } else { "" })
+    } else if s.status == "created" {
+        "Created".into()
+    } else {
+        format!("Exited ({}) {} ago", s.exit_code, ago(&s.finished_at))
+    }
+}
+
+fn list_containers(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
+    let filters: std::collections::HashMap<String, Value> = match q.get("filters").filter(|f| !f.is_empty()) {
+        Some(f) => serde_json::from_str(f).map_err(|e| ApiError::bad_request(format!("invalid filters: {e}")))?,
+        None => Default::default(),
+    };
+    // Filters come as {"key": ["v", ...]} or the old {"key": {"v": true}}.
+    let values = |k: &str| -> Vec<String> {
+        match filters.get(k) {
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            Some(Value::Object(o)) => o.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    };
+    for k in filters.keys() {
+        if !["name", "id", "status", "label", "ancestor", "exited"].contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!("invalid filter '{k}'")));
+        }
+    }
+    let all = q.flag("all") || !values("status").is_empty() || !values("exited").is_empty();
+    let mut recs: Vec<_> = d.all().iter().map(|e| e.snapshot()).collect();
+    recs.sort_by(|a, b| b.created.cmp(&a.created));
+    let mut out = Vec::new();
+    for r in recs {
+        if !all && !r.state.running {
+            continue;
+        }
+        let status = if r.state.restarting { "restarting" } else if r.state.paused { "paused" } else if r.state.running { "running" } else { r.state.status.as_str() };
+        let keep = values("name").iter().all(|n| r.name.contains(n.trim_start_matches('/')))
+            && values("id").iter().all(|i| r.id.starts_with(i))
+            && (values("status").is_empty() || values("status").iter().any(|s| s == status))
+            && values("exited").iter().all(|c| !r.state.running && r.state.status == "exited" && c.parse::<i64>().ok() == Some(r.state.exit_code))
+            && values("ancestor").iter().all(|a| &r.image == a || r.image_id.to_string().starts_with(a) || d.images.resolve(a).map(|i| i.id() == &r.image_id).unwrap_or(false))
+            && values("label").iter().all(|l| {
+                let labels = r.config.labels.clone().unwrap_or_default();
+                match l.split_once('=') {
+                    Some((k, v)) => labels.get(k).map(String::as_str) == Some(v),
+                    None => labels.contains_key(l),
+                }
+            });
+        if !keep {
+            continue;
+        }
+        let command = std::iter::once(r.path.clone()).chain(r.args.iter().cloned()).collect::<Vec<_>>().join(" ");
+        out.push(json!({
+            "Id": r.id,
+            "Names": [format!("/{}", r.name)],
+            "Image": r.image,
+            "ImageID": r.image_id.to_string(),
+            "Command": command,
+            "Created": unix_of(&r.created),
+            "Ports": [],
+            "Labels": r.config.labels.clone().unwrap_or_default(),
+            "State": status,
+            "Status": status_line(&r),
+            "HostConfig": { "NetworkMode": if r.host_config.network_mode.is_empty() { "default" } else { r.host_config.network_mode.as_str() } },
+            "NetworkSettings": { "Networks": {} },
+            "Mounts": mounts_of(&r),
+        }));
+    }
+    Ok(out)
+}
+
+fn mounts_of(r: &crate::daemon::ContainerRecord) -> Vec<Value> {
+    let mut out = Vec::new();
+    for b in r.host_config.binds.iter().flatten() {
+        let parts: Vec<&str> = b.split(':').collect();
+        let (src, dst) = (parts[0], parts.get(1).copied().unwrap_or(""));
+        let rw = !parts.get(2).is_some_and(|m| m.split(',').any(|o| o == "ro"));
+        if src.starts_with('/') {
+            out.push(json!({ "Type": "bind", "Source": src, "Destination": dst, "Mode": parts.get(2).copied().unwrap_or(""), "RW": rw, "Propagation": "rprivate" }));
+        } else {
+            out.push(json!({ "Type": "volume", "Name": src, "Source": format!("/var/lib/engine/volumes/{src}/_data"), "Destination": dst, "Driver": "local", "Mode": "z", "RW": rw, "Propagation": "" }));
+        }
+    }
+    out
+}
+
+fn inspect_container(d: &Daemon, e: &Arc<Entry>) -> Value {
+    let r = e.snapshot();
+    let dir = d.container_dir(&r.id);
+    let lower: Vec<String> = r.lower.iter().rev().map(|p| p.display().to_string()).collect();
+    let mut state = serde_json::to_value(&r.state).unwrap_or_default();
+    state["Status"] = json!(if r.state.restarting { "restarting" } else if r.state.paused { "paused" } else if r.state.running { "running" } else { r.state.status.as_str() });
+    json!({
+        "Id": r.id,
+        "Created": r.created,
+        "Path": r.path,
+        "Args": r.args,
+        "State": state,
+        "Image": r.image_id.to_string(),
+        "ResolvConfPath": dir.join("resolv.conf"),
+        "HostnamePath": dir.join("hostname"),
+        "HostsPath": dir.join("hosts"),
+        "LogPath": "",
+        "Name": format!("/{}", r.name),
+        "RestartCount": r.restart_count,
+        "Driver": "overlay2",
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": null,
+        "HostConfig": r.host_config,
+        "GraphDriver": { "Name": "overlay2", "Data": { "LowerDir": lower.join(":"), "UpperDir": r.upper, "WorkDir": r.work, "MergedDir": r.rootfs } },
+        "Mounts": mounts_of(&r),
+        "Config": r.config,
+        "NetworkSettings": { "Networks": {}, "Ports": {}, "IPAddress": "", "Gateway": "", "MacAddress": "" },
+    })
+}
+
+/// `GET /containers/{id}/logs`: the json-file log through lifecycled, multiplexed unless the
+/// container has a terminal.
+async fn logs(d: &Arc<Daemon>, e: &Arc<Entry>, q: &Query) -> Result<Resp, ApiError> {
+    let rec = e.snapshot();
+    let (want_out, want_err) = (q.flag("stdout"), q.flag("stderr"));
+    if !want_out && !want_err {
+        return Err(ApiError::bad_request("Bad parameters: you must choose at least one stream"));
+    }
+    let follow = q.flag("follow");
+    let timestamps = q.flag("timestamps");
+    let tail = match q.get("tail") {
+        None | Some("all") | Some("") => 0,
+        Some(t) => t.parse::<u32>().map_err(|_| ApiError::bad_request(format!("invalid tail value: {t:?}")))?,
+    };
+    // --tail 0: nothing of the past, only what comes while following.
+    let since = match q.get("tail") {
+        Some("0") => Some(SystemTime::now().duration_since(UNIX_EPOCH).map(|t| t.as_nanos() as i64).unwrap_or(0)),
+        _ => parse_since(q.get("since"))?,
+    };
+    let until = parse_since(q.get("until"))?.filter(|u| *u > 0);
+    let req = LogsRequest { container_id: rec.id.clone(), follow: follow && rec.state.running, tail };
+    let mut stream = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket())).logs(req).await?.into_inner();
+    let (tx, body) = http::channel_body(64);
+    let tty = rec.config.tty;
+    tokio::spawn(async move {
+        while let Ok(Some(entry)) = stream.message().await {
+            if entry.time_unix_nanos < since.unwrap_or(0) || until.is_some_and(|u| entry.time_unix_nanos > u) {
+                continue;
+            }
+            let is_err = entry.stream == "stderr";
+            if (is_err && !want_err) || (!is_err && !want_out) {
+                continue;
+            }
+            let mut payload = Vec::new();
+            if timestamps {
+                let t = UNIX_EPOCH + Duration::from_nanos(entry.time_unix_nanos.max(0) as u64);
+                payload.extend_from_slice(rfc3339_nanos(t).as_bytes());
+                payload.push(b' ');
+            }
+            payload.extend_from_slice(&entry.line);
+            let chunk = if tty { Bytes::from(payload) } else { http::frame(if is_err { 2 } else { 1 }, &payload) };
+            if tx.send(chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut r = Resp::new(body);
+    let ct = if tty { "application/vnd.docker.raw-stream" } else { "application/vnd.docker.multiplexed-stream" };
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+    Ok(r)
+}
+
+/// `since`/`until`: unix seconds with an optional fraction; nanoseconds out.
+fn parse_since(v: Option<&str>) -> Result<Option<i64>, ApiError> {
+    match v.filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => {
+            let (secs, frac) = s.split_once('.').unwrap_or((s, "0"));
+            let secs: i64 = secs.parse().map_err(|_| ApiError::bad_request(format!("invalid timestamp {s:?}")))?;
+            let frac = format!("{frac:0<9}");
+            let nanos: i64 = frac[..9].parse().map_err(|_| ApiError::bad_request(format!("invalid timestamp {s:?}")))?;
+            Ok(Some(secs * 1_000_000_000 + nanos))
+        }
+    }
+}
+
+async fn top(d: &Arc<Daemon>, e: &Arc<Entry>) -> Result<Resp, ApiError> {
+    let rec = e.snapshot();
+    if !rec.state.running {
+        return Err(ApiError::conflict(format!("Container {} is not running", rec.id)));
+    }
+    let pids = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket()))
+        .pids(TaskRequest { container_id: rec.id.clone(), exec_id: String::new() })
+        .await?
+        .into_inner()
+        .pids;
+    let mut processes = Vec::new();
+    for pid in pids {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string()).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k).map(|v| v.split_whitespace().next().unwrap_or("").to_string())).unwrap_or_default();
+        processes.push(vec![field("Uid:"), pid.to_string(), field("PPid:"), cmd]);
+    }
+    Ok(json(StatusCode::OK, &json!({ "Titles": ["UID", "PID", "PPID", "CMD"], "Processes": processes })))
+}
+
+async fn stats(d: &Arc<Daemon>, e: &Arc<Entry>) -> Result<Resp, ApiError> {
+    let rec = e.snapshot();
+    let raw: Value = if rec.state.running {
+        let s = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket()))
+            .stats(TaskRequest { container_id: rec.id.clone(), exec_id: String::new() })
+            .await?
+            .into_inner();
+        serde_json::from_str(&s.stats_json).unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
+    let data = &raw["data"];
+    let mem = data["memory"]["usage"]["usage"].as_u64().unwrap_or(0);
+    let limit = data["memory"]["usage"]["limit"].as_u64().unwrap_or(0);
+    let cpu = data["cpu"]["usage"]["total"].as_u64().unwrap_or(0);
+    let pids = data["pids"]["current"].as_u64().unwrap_or(0);
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "read": rfc3339_nanos(SystemTime::now()),
+            "name": format!("/{}", rec.name),
+            "id": rec.id,
+            "pids_stats": { "current": pids },
+            "cpu_stats": { "cpu_usage": { "total_usage": cpu }, "online_cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) },
+            "precpu_stats": { "cpu_usage": { "total_usage": 0 } },
+            "memory_stats": { "usage": mem, "limit": limit },
+        }),
+    ))
+}
+
+/// `POST /containers/{id}/attach`: the connection is hijacked; the container's output is
+/// streamed to it (multiplexed without a terminal) and what the client writes goes to stdin.
+async fn attach(d: &Arc<Daemon>, e: Arc<Entry>, q: &Query, mut req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let rec = e.snapshot();
+    let (want_in, want_out, want_err) = (q.flag("stdin"), q.flag("stdout"), q.flag("stderr"));
+    let from = SystemTime::now().duration_since(UNIX_EPOCH).map(|t| t.as_nanos() as i64).unwrap_or(0);
+    let upgrade = hyper::upgrade::on(&mut req);
+    let d = d.clone();
+    let tty = rec.config.tty;
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let io = TokioIo::new(upgraded);
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let id = rec.id.clone();
+        // Output: wait until the container runs, then follow its log from the attach on.
+        let out = {
+            let d = d.clone();
+            let e = e.clone();
+            let id = id.clone();
+            async move {
+                let mut life = e.life.subscribe();
+                while !life.borrow_and_update().running && life.borrow().exits == 0 {
+                    if life.changed().await.is_err() {
+                        return;
+                    }
+                }
+                let req = LogsRequest { container_id: id.clone(), follow: true, tail: 0 };
+                let Ok(stream) = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket())).logs(req).await else { return };
+                let mut stream = stream.into_inner();
+                while let Ok(Some(entry)) = stream.message().await {
+                    if entry.time_unix_nanos < from {
+                        continue;
+                    }
+                    let is_err = entry.stream == "stderr";
+                    if (is_err && !want_err) || (!is_err && !want_out) {
+                        continue;
+                    }
+                    let chunk = if tty { Bytes::from(entry.line) } else { http::frame(if is_err { 2 } else { 1 }, &entry.line) };
+                    if wr.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = wr.shutdown().await;
+            }
+        };
+        let input = async {
+            if !want_in {
+                return std::future::pending::<()>().await;
+            }
+            let mut tasks = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket()));
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = tasks.close_io(TaskRequest { container_id: id.clone(), exec_id: String::new() }).await;
+                        return std::future::pending::<()>().await;
+                    }
+                    Ok(n) => {
+                        let _ = tasks.write(WriteRequest { container_id: id.clone(), data: buf[..n].to_vec() }).await;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = out => {}
+            _ = input => {}
+        }
+    });
+    let mut r = empty(StatusCode::SWITCHING_PROTOCOLS);
+    let ct = if tty { "application/vnd.docker.raw-stream" } else { "application/vnd.docker.multiplexed-stream" };
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    r.headers_mut().insert(UPGRADE, HeaderValue::from_static("tcp"));
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_times_and_versions() {
+        assert_eq!(unix_of("2023-11-14T22:13:20.123Z"), 1_700_000_000);
+        assert!(version_ok("1.41") && version_ok("1.43") && !version_ok("1.40") && !version_ok("x"));
+        assert_eq!(parse_since(Some("12.5")).unwrap(), Some(12_500_000_000));
+        assert_eq!(human_duration(90), "About a minute");
+    }
+}

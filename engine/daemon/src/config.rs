@@ -1,0 +1,136 @@
+//! engined's command line and its JSON config file (`--config-file`), as dockerd has them.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "engined", version, about = "The engine daemon: serves the Docker Engine API on a unix socket")]
+pub struct Config {
+    /// Socket to listen on (unix://PATH; TCP is refused: it would need TLS).
+    #[arg(short = 'H', long = "host", default_value = "unix:///run/engine/engine.sock")]
+    pub host: String,
+    /// Persistent state: images, containers, volumes.
+    #[arg(long, default_value = "/var/lib/engine")]
+    pub data_root: PathBuf,
+    /// Runtime state: sockets, lifecycled's task state.
+    #[arg(long, default_value = "/run/engine")]
+    pub exec_root: PathBuf,
+    /// Write the daemon's pid here.
+    #[arg(long)]
+    pub pidfile: Option<PathBuf>,
+    /// A JSON file with any of: "log-level", "cgroup-parent", "data-root", "exec-root", "pidfile".
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+    /// error, warn, info or debug.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Parent cgroup of every container.
+    #[arg(long, default_value = "/engine")]
+    pub cgroup_parent: String,
+    /// engine-lifecycled (default: beside this binary).
+    #[arg(long)]
+    pub lifecycled: Option<PathBuf>,
+    /// engine-init, bind-mounted into containers run with --init (default: beside this binary).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    log_level: Option<String>,
+    cgroup_parent: Option<String>,
+    data_root: Option<PathBuf>,
+    exec_root: Option<PathBuf>,
+    pidfile: Option<PathBuf>,
+    hosts: Option<Vec<String>>,
+}
+
+impl Config {
+    /// Applies `--config-file` (flags given on the command line win, as dockerd refuses
+    /// conflicts; here the file fills what was left at its default) and checks the values.
+    pub fn resolve(mut self) -> anyhow::Result<Self> {
+        if let Some(path) = &self.config_file {
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            let f: FileConfig = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))?;
+            let defaults = Config::parse_from(["engined"]);
+            if let Some(v) = f.log_level.filter(|_| self.log_level == defaults.log_level) {
+                self.log_level = v;
+            }
+            if let Some(v) = f.cgroup_parent.filter(|_| self.cgroup_parent == defaults.cgroup_parent) {
+                self.cgroup_parent = v;
+            }
+            if let Some(v) = f.data_root.filter(|_| self.data_root == defaults.data_root) {
+                self.data_root = v;
+            }
+            if let Some(v) = f.exec_root.filter(|_| self.exec_root == defaults.exec_root) {
+                self.exec_root = v;
+            }
+            if self.pidfile.is_none() {
+                self.pidfile = f.pidfile;
+            }
+            if let Some(h) = f.hosts.and_then(|h| h.into_iter().next()).filter(|_| self.host == defaults.host) {
+                self.host = h;
+            }
+        }
+        if !["error", "warn", "info", "debug"].contains(&self.log_level.as_str()) {
+            anyhow::bail!("invalid --log-level {:?}: use error, warn, info or debug", self.log_level);
+        }
+        self.socket_path()?;
+        if !self.cgroup_parent.starts_with('/') {
+            self.cgroup_parent = format!("/{}", self.cgroup_parent);
+        }
+        Ok(self)
+    }
+
+    /// The unix socket path of `--host`.
+    pub fn socket_path(&self) -> anyhow::Result<PathBuf> {
+        match self.host.strip_prefix("unix://") {
+            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+            _ if self.host.starts_with("tcp://") => anyhow::bail!("--host {}: TCP without TLS is refused; use unix://PATH", self.host),
+            _ => anyhow::bail!("--host {:?}: want unix://PATH", self.host),
+        }
+    }
+
+    pub fn lifecycled_bin(&self) -> PathBuf {
+        self.lifecycled.clone().unwrap_or_else(|| sibling("engine-lifecycled"))
+    }
+
+    pub fn init_bin(&self) -> PathBuf {
+        self.init.clone().unwrap_or_else(|| sibling("engine-init"))
+    }
+
+    pub fn lifecycled_socket(&self) -> PathBuf {
+        self.exec_root.join("lifecycled.sock")
+    }
+
+    pub fn log_enabled(&self, level: &str) -> bool {
+        let rank = |l: &str| ["error", "warn", "info", "debug"].iter().position(|x| *x == l).unwrap_or(2);
+        rank(level) <= rank(&self.log_level)
+    }
+}
+
+/// `name` in the directory of the running binary (or on PATH when that is unknown).
+pub fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join(name))).filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Logs one line to stderr with a level, if enabled.
+#[macro_export]
+macro_rules! log {
+    ($cfg:expr, $level:literal, $($arg:tt)*) => {
+        if $cfg.log_enabled($level) {
+            eprintln!("{} level={} msg={:?}", $crate::config::timestamp(), $level, format!($($arg)*));
+        }
+    };
+}
+
+pub fn timestamp() -> String {
+    engine_image::manifest::rfc3339(std::time::SystemTime::now())
+}
+
+pub fn ensure_dir(p: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(p).map_err(|e| anyhow::anyhow!("creating {}: {e}", p.display()))
+}

@@ -1,0 +1,831 @@
+//! The daemon's state: the image store, container records (one JSON file each, written
+//! atomically), the channel to lifecycled, and the container operations the API calls —
+//! create (snapshot + spec + lifecycled container), start, stop, kill, wait, remove, restart,
+//! with exit monitoring and restart policies.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use engine_api::v1::containers_client::ContainersClient;
+use engine_api::v1::tasks_client::TasksClient;
+use engine_api::v1::*;
+use engine_api::with_traceparent;
+use engine_image::{Digest, ImageStore};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tonic::Request;
+
+use crate::config::Config;
+use crate::hostconfig;
+use crate::http::ApiError;
+use crate::log;
+use crate::supervisor::Supervisor;
+use crate::trace::Trace;
+use crate::types::{ContainerConfig, HostConfig, State, ZERO_TIME};
+
+/// What engined keeps of a container (`<data-root>/containers/<id>/container.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    pub path: String,
+    pub args: Vec<String>,
+    pub config: ContainerConfig,
+    pub host_config: HostConfig,
+    /// The image as the user named it.
+    pub image: String,
+    pub image_id: Digest,
+    pub state: State,
+    pub restart_count: u64,
+    /// Set by an explicit stop: `unless-stopped` and `always` do not restart it.
+    pub manually_stopped: bool,
+    pub rootfs: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub lower: Vec<PathBuf>,
+}
+
+/// A change of a container's life, for waiters.
+#[derive(Clone, Debug, Default)]
+pub struct Life {
+    pub running: bool,
+    /// Incremented at each exit.
+    pub exits: u64,
+    pub exit_code: i64,
+    pub error: String,
+    pub removed: bool,
+}
+
+pub struct Entry {
+    pub record: Mutex<ContainerRecord>,
+    pub life: watch::Sender<Life>,
+    /// Serialises start/stop/remove of one container.
+    pub op: tokio::sync::Mutex<()>,
+}
+
+impl Entry {
+    pub fn snapshot(&self) -> ContainerRecord {
+        self.record.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn update<T>(&self, f: impl FnOnce(&mut ContainerRecord) -> T) -> T {
+        f(&mut self.record.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+pub struct Daemon {
+    pub cfg: Arc<Config>,
+    pub images: Arc<ImageStore>,
+    pub containers: Mutex<BTreeMap<String, Arc<Entry>>>,
+    /// Names being created (reserved before the record exists).
+    creating: Mutex<Vec<String>>,
+    channel: Channel,
+    pub supervisor: Supervisor,
+    pub sink: Option<File>,
+    pub shutting_down: AtomicBool,
+}
+
+fn now() -> String {
+    rfc3339_nanos(SystemTime::now())
+}
+
+/// RFC 3339 with nanoseconds, as Docker prints times.
+pub fn rfc3339_nanos(t: SystemTime) -> String {
+    let base = engine_image::manifest::rfc3339(t);
+    let nanos = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{}.{:09}Z", base.trim_end_matches('Z'), nanos)
+}
+
+/// Retries a lifecycled call while lifecycled is down (it is being restarted), for a while.
+async fn retry<T, F, Fut>(mut f: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match f().await {
+            Err(s) if s.code() == tonic::Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 32];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, as Docker names.
+pub fn valid_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    b.len() >= 2 && b[0].is_ascii_alphanumeric() && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+const ADJECTIVES: &[&str] = &["brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry", "nifty", "proud", "quiet", "swift", "tender", "witty"];
+const NOUNS: &[&str] = &["turing", "hopper", "lovelace", "ritchie", "thompson", "torvalds", "knuth", "dijkstra", "hamilton", "liskov", "kay", "backus", "perlman", "wirth", "lamport", "allen"];
+
+impl Daemon {
+    pub async fn open(cfg: Arc<Config>, supervisor: Supervisor) -> anyhow::Result<Arc<Self>> {
+        let images = ImageStore::open(cfg.data_root.join("image"))?;
+        let d = Arc::new(Daemon {
+            channel: engine_api::unix_channel(cfg.lifecycled_socket()),
+            images: Arc::new(images),
+            containers: Mutex::new(BTreeMap::new()),
+            creating: Mutex::new(Vec::new()),
+            supervisor,
+            sink: engine_telemetry::sink_from_env(),
+            shutting_down: AtomicBool::new(false),
+            cfg,
+        });
+        d.load_records().await?;
+        Ok(d)
+    }
+
+    fn containers_dir(&self) -> PathBuf {
+        self.cfg.data_root.join("containers")
+    }
+
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.containers_dir().join(id)
+    }
+
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.cfg.data_root.join("volumes")
+    }
+
+    fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.channel.clone())
+    }
+
+    fn lc_containers(&self) -> ContainersClient<Channel> {
+        ContainersClient::new(self.channel.clone())
+    }
+
+    fn save(&self, rec: &ContainerRecord) -> Result<(), ApiError> {
+        let bytes = serde_json::to_vec_pretty(rec).map_err(|e| ApiError::internal(e.to_string()))?;
+        engine_image::store::write_atomic(&self.container_dir(&rec.id).join("container.json"), &bytes).map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    fn persist(&self, e: &Entry) {
+        let rec = e.snapshot();
+        if let Err(err) = self.save(&rec) {
+            log!(self.cfg, "error", "saving container {}: {}", rec.id, err.message);
+        }
+        let _ = &rec;
+    }
+
+    /// Looks a container up by full id, name (with or without '/'), or unique id prefix.
+    pub fn find(&self, s: &str) -> Result<Arc<Entry>, ApiError> {
+        let map = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get(s) {
+            return Ok(e.clone());
+        }
+        let name = s.trim_start_matches('/');
+        if let Some(e) = map.values().find(|e| e.snapshot().name == name) {
+            return Ok(e.clone());
+        }
+        let matches: Vec<&Arc<Entry>> = if s.is_empty() { Vec::new() } else { map.iter().filter(|(id, _)| id.starts_with(s)).map(|(_, e)| e).collect() };
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(ApiError::no_such_container(s)),
+            _ => Err(ApiError::bad_request(format!("multiple IDs found with provided prefix: {s}"))),
+        }
+    }
+
+    pub fn all(&self) -> Vec<Arc<Entry>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    // ---- create ------------------------------------------------------------------------------
+
+    pub async fn create(self: &Arc<Self>, trace: &Trace, name: Option<String>, body: ContainerConfig) -> Result<String, ApiError> {
+        let span = trace.start("daemon.create");
+        let r = self.create_inner(trace, name, body).await;
+        if let Ok(id) = &r {
+            trace.attr(span, "container.id", id.clone());
+        }
+        trace.finish(span, r.as_ref().map(|_| ()).map_err(|e| e.message.clone())).ok();
+        r
+    }
+
+    async fn create_inner(self: &Arc<Self>, trace: &Trace, name: Option<String>, mut body: ContainerConfig) -> Result<String, ApiError> {
+        let hc = body.host_config.take().unwrap_or_default();
+        if body.image.is_empty() {
+            return Err(ApiError::bad_request("config cannot be empty in order to create a container: no image given"));
+        }
+        let mounts = hostconfig::check(&hc)?;
+        let name = match name.filter(|n| !n.is_empty()) {
+            Some(n) => {
+                let n = n.trim_start_matches('/').to_string();
+                if !valid_name(&n) {
+                    return Err(ApiError::bad_request(format!("Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")));
+                }
+                n
+            }
+            None => self.generated_name(),
+        };
+        let images = self.images.clone();
+        let image_ref = body.image.clone();
+        let image = tokio::task::spawn_blocking(move || images.resolve(&image_ref))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| match e {
+                engine_image::ImageError::NotFound(_) => ApiError::not_found(format!("No such image: {}", body.image)),
+                e => e.into(),
+            })?;
+        // Reserve the name, so two creates cannot both take it.
+        {
+            let map = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(other) = map.values().find(|e| e.snapshot().name == name) {
+                let id = other.snapshot().id;
+                return Err(ApiError::conflict(format!(
+                    "Conflict. The container name \"/{name}\" is already in use by container \"{id}\". You have to remove (or rename) that container to be able to reuse that name."
+                )));
+            }
+            if creating.contains(&name) {
+                return Err(ApiError::conflict(format!("Conflict. The container name \"/{name}\" is already in use")));
+            }
+            creating.push(name.clone());
+        }
+        let id = random_id();
+        let result = self.create_with_id(trace, &id, &name, body, hc, mounts, image).await;
+        self.creating.lock().unwrap_or_else(|p| p.into_inner()).retain(|n| n != &name);
+        if result.is_err() {
+            self.undo_create(&id).await;
+        }
+        result.map(|_| id)
+    }
+
+    fn generated_name(&self) -> String {
+        let map = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        let taken: Vec<String> = map.values().map(|e| e.snapshot().name).collect();
+        let seed = random_id();
+        let n = usize::from_str_radix(&seed[..8], 16).unwrap_or(0);
+        for i in 0.. {
+            let base = format!("{}_{}", ADJECTIVES[(n + i) % ADJECTIVES.len()], NOUNS[(n / 16 + i) % NOUNS.len()]);
+            let candidate = if i < 256 { base } else { format!("{base}{i}") };
+            if !taken.contains(&candidate) {
+                return candidate;
+            }
+        }
+        unreachable!("an unbounded loop finds a free name")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_with_id(
+        self: &Arc<Self>,
+        trace: &Trace,
+        id: &str,
+        name: &str,
+        body: ContainerConfig,
+        hc: HostConfig,
+        mounts: Vec<hostconfig::MountSpec>,
+        image: engine_image::Image,
+    ) -> Result<(), ApiError> {
+        let dir = self.container_dir(id);
+        std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(format!("creating {}: {e}", dir.display())))?;
+
+        let span = trace.start("daemon.snapshot");
+        let images = self.images.clone();
+        let (key, image_id) = (id.to_string(), image.id().clone());
+        let snap = tokio::task::spawn_blocking(move || images.prepare_snapshot(&key, &image_id)).await.map_err(|e| ApiError::internal(e.to_string()))?;
+        let snap = trace.finish(span, snap.map_err(ApiError::from).map_err(|e| e.message)).map_err(ApiError::internal)?;
+
+        let span = trace.start("daemon.spec");
+        let hostname = if body.hostname.is_empty() { id[..12].to_string() } else { body.hostname.clone() };
+        let run = engine_image::RunOptions {
+            entrypoint: body.entrypoint.clone(),
+            cmd: body.cmd.clone(),
+            env: body.env.clone().unwrap_or_default(),
+            workdir: Some(body.working_dir.clone()).filter(|w| !w.is_empty()),
+            user: Some(body.user.clone()).filter(|u| !u.is_empty()),
+            hostname: hostname.clone(),
+            tty: body.tty,
+            open_stdin: body.open_stdin,
+            read_only: hc.readonly_rootfs,
+            labels: body.labels.clone().unwrap_or_default(),
+        };
+        let (config, rootfs) = (image.config.clone(), snap.rootfs.clone());
+        let built = tokio::task::spawn_blocking(move || engine_image::spec::build(&config, &run, &rootfs))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::bad_request(e.to_string()));
+        let built = match built {
+            Ok(b) => b,
+            Err(e) => return Err(trace.finish(span, Err::<(), _>(e.message)).map_err(ApiError::bad_request).unwrap_err()),
+        };
+        hostconfig::write_etc_files(&dir, &hostname, &hc.network_mode).map_err(|e| ApiError::internal(format!("writing /etc files: {e}")))?;
+        let spec = {
+            let volumes_dir = self.volumes_dir();
+            let volume_dir = |name: &str| -> Result<PathBuf, ApiError> {
+                let d = volumes_dir.join(name).join("_data");
+                std::fs::create_dir_all(&d).map_err(|e| ApiError::internal(format!("creating volume {name}: {e}")))?;
+                Ok(d)
+            };
+            let init_bin = self.cfg.init_bin();
+            let cx = hostconfig::Context { id, cgroup_parent: &self.cfg.cgroup_parent, container_dir: &dir, init_bin: &init_bin, mounts: &mounts, volume_dir: &volume_dir };
+            hostconfig::apply(built.spec, &hc, &cx)?
+        };
+        let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| ApiError::internal(e.to_string()))?;
+        engine_image::store::write_atomic(&dir.join("config.json"), &spec_json).map_err(|e| ApiError::internal(e.to_string()))?;
+        trace.finish(span, Ok::<(), String>(())).ok();
+
+        let process = spec.process().as_ref().ok_or_else(|| ApiError::internal("spec without process"))?;
+        let args = process.args().clone().unwrap_or_default();
+        let mut config = body.clone();
+        config.image = body.image.clone();
+        config.hostname = hostname;
+        config.env = process.env().clone();
+        config.cmd = body.cmd.clone().or_else(|| if body.entrypoint.is_some() { None } else { image.config.config.as_ref().and_then(|c| c.cmd.clone()) });
+        config.entrypoint = body.entrypoint.clone().or_else(|| image.config.config.as_ref().and_then(|c| c.entrypoint.clone()));
+        config.working_dir = process.cwd().display().to_string();
+        config.labels = Some(built.labels.clone());
+        if config.exposed_ports.is_none() && !built.exposed_ports.is_empty() {
+            config.exposed_ports = Some(built.exposed_ports.iter().map(|p| (p.clone(), serde_json::json!({}))).collect());
+        }
+        if config.stop_signal.is_none() {
+            config.stop_signal = image.config.config.as_ref().and_then(|c| c.stop_signal.clone());
+        }
+
+        let mut labels = built.labels.clone();
+        labels.insert("engine.name".into(), name.to_string());
+        let tp = trace.traceparent(trace.root);
+        let req = CreateContainerRequest { id: id.to_string(), bundle: dir.display().to_string(), labels: labels.into_iter().collect() };
+        retry(|| {
+            let mut c = self.lc_containers();
+            let r = with_traceparent(Request::new(req.clone()), tp.as_deref());
+            async move { c.create(r).await }
+        })
+        .await?;
+
+        let record = ContainerRecord {
+            id: id.to_string(),
+            name: name.to_string(),
+            created: now(),
+            path: args.first().cloned().unwrap_or_default(),
+            args: args.iter().skip(1).cloned().collect(),
+            config,
+            host_config: hc,
+            image: body.image.clone(),
+            image_id: image.id().clone(),
+            state: State { status: "created".into(), started_at: ZERO_TIME.into(), finished_at: ZERO_TIME.into(), ..Default::default() },
+            restart_count: 0,
+            manually_stopped: false,
+            lower: self.images.layer_dirs(image.id()).map_err(ApiError::from)?,
+            rootfs: snap.rootfs,
+            upper: snap.upper,
+            work: snap.work,
+        };
+        self.save(&record)?;
+        let (life, _) = watch::channel(Life::default());
+        let entry = Arc::new(Entry { record: Mutex::new(record), life, op: tokio::sync::Mutex::new(()) });
+        self.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), entry);
+        Ok(())
+    }
+
+    /// Removes whatever a failed create made: lifecycled's container, the snapshot, the directory.
+    async fn undo_create(&self, id: &str) {
+        let _ = self.lc_containers().delete(ContainerId { id: id.to_string() }).await;
+        let images = self.images.clone();
+        let key = id.to_string();
+        let _ = tokio::task::spawn_blocking(move || images.remove_snapshot(&key)).await;
+        let _ = std::fs::remove_dir_all(self.container_dir(id));
+    }
+
+    // ---- start, monitor, restart ---------------------------------------------------------
+
+    pub async fn start(self: &Arc<Self>, trace: &Trace, e: &Arc<Entry>) -> Result<(), ApiError> {
+        let _op = e.op.lock().await;
+        let rec = e.snapshot();
+        if rec.state.running {
+            return Err(ApiError::not_modified());
+        }
+        if rec.state.dead || e.life.borrow().removed {
+            return Err(ApiError::conflict(format!("container {} is marked for removal and cannot be started", rec.id)));
+        }
+        let span = trace.start("daemon.start");
+        trace.attr(span, "container.id", rec.id.clone());
+        trace.attr(span, "container.name", rec.name.clone());
+        trace.attr(span, "container.image.name", rec.image.clone());
+        let r = self.start_task(trace.traceparent(span), e).await;
+        trace.finish(span, r.as_ref().map(|_| ()).map_err(|e| e.message.clone())).ok();
+        r
+    }
+
+    async fn start_task(self: &Arc<Self>, tp: Option<String>, e: &Arc<Entry>) -> Result<(), ApiError> {
+        let rec = e.snapshot();
+        let id = rec.id.clone();
+        let task_req = TaskRequest { container_id: id.clone(), exec_id: String::new() };
+        // A task left from an earlier run (exited, not yet deleted) goes first.
+        let _ = self.tasks().delete(task_req.clone()).await;
+        let create = CreateTaskRequest { container_id: id.clone(), terminal: rec.config.tty, stdin: rec.config.open_stdin, ..Default::default() };
+        let pid = retry(|| {
+            let mut t = self.tasks();
+            let r = with_traceparent(Request::new(create.clone()), tp.as_deref());
+            async move { t.create(r).await }
+        })
+        .await
+        .map_err(|s| ApiError::internal(format!("failed to create task for container {id}: {}", s.message())))?
+        .into_inner()
+        .pid;
+        let started = retry(|| {
+            let mut t = self.tasks();
+            let r = with_traceparent(Request::new(task_req.clone()), tp.as_deref());
+            async move { t.start(r).await }
+        })
+        .await;
+        if let Err(s) = started {
+            let _ = self.tasks().delete(task_req.clone()).await;
+            let msg = format!("failed to start container {id}: {}", s.message());
+            e.update(|r| {
+                r.state.error = msg.clone();
+                r.state.exit_code = 128;
+            });
+            self.persist(e);
+            return Err(ApiError::internal(msg));
+        }
+        e.update(|r| {
+            r.state = State {
+                status: "running".into(),
+                running: true,
+                pid,
+                started_at: now(),
+                finished_at: r.state.finished_at.clone(),
+                ..Default::default()
+            };
+            r.manually_stopped = false;
+        });
+        self.persist(e);
+        e.life.send_modify(|l| l.running = true);
+        self.spawn_monitor(e.clone());
+        Ok(())
+    }
+
+    /// Waits for the container's exit in the background, then records it and applies the
+    /// auto-remove and restart policies.
+    fn spawn_monitor(self: &Arc<Self>, e: Arc<Entry>) {
+        let d = self.clone();
+        tokio::spawn(async move {
+            let id = e.snapshot().id;
+            let req = TaskRequest { container_id: id.clone(), exec_id: String::new() };
+            let exit = loop {
+                match d.tasks().wait(req.clone()).await {
+                    Ok(r) => break r.into_inner(),
+                    Err(s) if s.code() == tonic::Code::NotFound => {
+                        break ExitStatus { exit_status: 255, reason: "task lost: lifecycled no longer knows it".into(), ..Default::default() }
+                    }
+                    // lifecycled is restarting (or the call was cut): ask again
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
+            let _ = retry(|| {
+                let mut t = d.tasks();
+                let r = req.clone();
+                async move { t.delete(r).await }
+            })
+            .await;
+            d.record_exit(&e, exit).await;
+        });
+    }
+
+    async fn record_exit(self: &Arc<Self>, e: &Arc<Entry>, exit: ExitStatus) {
+        let oom = exit.reason == "OOMKilled";
+        let error = if oom || exit.reason.is_empty() { String::new() } else { exit.reason.clone() };
+        e.update(|r| {
+            r.state.running = false;
+            r.state.status = "exited".into();
+            r.state.pid = 0;
+            r.state.exit_code = exit.exit_status as i64;
+            r.state.oom_killed = oom;
+            r.state.error = error.clone();
+            r.state.finished_at = now();
+        });
+        self.persist(e);
+        e.life.send_modify(|l| {
+            l.running = false;
+            l.exits += 1;
+            l.exit_code = exit.exit_status as i64;
+            l.error = error.clone();
+        });
+        let rec = e.snapshot();
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+        if rec.host_config.auto_remove {
+            let d = self.clone();
+            let e = e.clone();
+            tokio::spawn(async move {
+                if let Err(err) = d.remove(&e, true, true).await {
+                    log!(d.cfg, "error", "auto-removing {}: {}", e.snapshot().id, err.message);
+                }
+            });
+            return;
+        }
+        if self.should_restart(&rec) {
+            let delay = Duration::from_millis(100u64.saturating_mul(1 << rec.restart_count.min(9)));
+            e.update(|r| {
+                r.restart_count += 1;
+                r.state.restarting = true;
+                r.state.status = "restarting".into();
+            });
+            self.persist(e);
+            let d = self.clone();
+            let e = e.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _op = e.op.lock().await;
+                let rec = e.snapshot();
+                if !rec.state.restarting || e.life.borrow().removed {
+                    return; // stopped or removed meanwhile
+                }
+                e.update(|r| r.state.restarting = false);
+                if let Err(err) = d.start_task(None, &e).await {
+                    log!(d.cfg, "warn", "restarting {}: {}", rec.id, err.message);
+                    e.update(|r| r.state.status = "exited".into());
+                    d.persist(&e);
+                }
+            });
+        }
+    }
+
+    fn should_restart(&self, rec: &ContainerRecord) -> bool {
+        let p = &rec.host_config.restart_policy;
+        match p.name.as_str() {
+            "always" => !rec.manually_stopped,
+            "unless-stopped" => !rec.manually_stopped,
+            "on-failure" => rec.state.exit_code != 0 && (p.maximum_retry_count == 0 || (rec.restart_count as i64) < p.maximum_retry_count),
+            _ => false,
+        }
+    }
+
+    // ---- stop, kill, wait, remove -------------------------------------------------------
+
+    pub async fn kill(&self, e: &Arc<Entry>, signal: u32) -> Result<(), ApiError> {
+        let rec = e.snapshot();
+        if !rec.state.running {
+            return Err(ApiError::conflict(format!("Cannot kill container: {}: Container {} is not running", rec.name, rec.id)));
+        }
+        let req = KillRequest { container_id: rec.id.clone(), exec_id: String::new(), signal, all: false };
+        retry(|| {
+            let mut t = self.tasks();
+            let r = req.clone();
+            async move { t.kill(r).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Sends the stop signal, waits `timeout` seconds, then kills. Not running: 304.
+    pub async fn stop(self: &Arc<Self>, trace: &Trace, e: &Arc<Entry>, timeout: Option<i64>) -> Result<(), ApiError> {
+        let _op = e.op.lock().await;
+        let rec = e.snapshot();
+        e.update(|r| {
+            r.manually_stopped = true;
+            r.state.restarting = false;
+        });
+        self.persist(e);
+        if !rec.state.running {
+            return Err(ApiError::not_modified());
+        }
+        let span = trace.start("daemon.stop");
+        trace.attr(span, "container.id", rec.id.clone());
+        let signal = rec.config.stop_signal.as_deref().map(parse_signal).transpose()?.unwrap_or(libc::SIGTERM as u32);
+        let timeout = timeout.or(rec.config.stop_timeout).unwrap_or(10);
+        let mut life = e.life.subscribe();
+        let exits = life.borrow().exits;
+        if timeout != 0 {
+            let _ = self.kill(e, signal).await;
+        }
+        let waited = async {
+            while life.borrow_and_update().exits == exits && life.borrow().running {
+                if life.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let in_time = if timeout < 0 { waited.await; true } else { tokio::time::timeout(Duration::from_secs(timeout as u64), waited).await.is_ok() };
+        if !in_time {
+            let req = KillRequest { container_id: rec.id.clone(), exec_id: String::new(), signal: libc::SIGKILL as u32, all: true };
+            let _ = self.tasks().kill(req).await;
+            let mut life = e.life.subscribe();
+            while life.borrow_and_update().running {
+                if life.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        trace.finish(span, Ok::<(), String>(())).ok();
+        Ok(())
+    }
+
+    /// Waits for `condition` (not-running, next-exit, removed); returns the exit code and error.
+    pub async fn wait(&self, e: &Arc<Entry>, condition: &str) -> Result<(i64, String), ApiError> {
+        let mut life = e.life.subscribe();
+        let start = life.borrow().clone();
+        loop {
+            {
+                let l = life.borrow_and_update();
+                let done = match condition {
+                    "" | "not-running" => !l.running && !e.snapshot().state.restarting,
+                    "next-exit" => l.exits > start.exits,
+                    "removed" => l.removed,
+                    c => return Err(ApiError::bad_request(format!("invalid condition: {c:?}"))),
+                };
+                if done {
+                    let rec = e.snapshot();
+                    return Ok((rec.state.exit_code, l.error.clone()));
+                }
+            }
+            if life.changed().await.is_err() {
+                let rec = e.snapshot();
+                return Ok((rec.state.exit_code, rec.state.error));
+            }
+        }
+    }
+
+    pub async fn remove(self: &Arc<Self>, e: &Arc<Entry>, force: bool, _volumes: bool) -> Result<(), ApiError> {
+        let rec = e.snapshot();
+        if rec.state.running {
+            if !force {
+                return Err(ApiError::conflict(format!(
+                    "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                    rec.id
+                )));
+            }
+            e.update(|r| r.manually_stopped = true);
+            let mut life = e.life.subscribe();
+            let req = KillRequest { container_id: rec.id.clone(), exec_id: String::new(), signal: libc::SIGKILL as u32, all: true };
+            let _ = retry(|| {
+                let mut t = self.tasks();
+                let r = req.clone();
+                async move { t.kill(r).await }
+            })
+            .await;
+            while life.borrow_and_update().running {
+                if life.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        let _op = e.op.lock().await;
+        if e.life.borrow().removed {
+            return Ok(());
+        }
+        e.update(|r| {
+            r.state.dead = true;
+            r.state.restarting = false;
+        });
+        let id = rec.id.clone();
+        let _ = self.tasks().delete(TaskRequest { container_id: id.clone(), exec_id: String::new() }).await;
+        match retry(|| {
+            let mut c = self.lc_containers();
+            let r = ContainerId { id: id.clone() };
+            async move { c.delete(r).await }
+        })
+        .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(ApiError::internal(format!("removing container {id}: {}", s.message()))),
+        }
+        let images = self.images.clone();
+        let key = id.clone();
+        tokio::task::spawn_blocking(move || images.remove_snapshot(&key)).await.map_err(|e| ApiError::internal(e.to_string()))??;
+        std::fs::remove_dir_all(self.container_dir(&id)).map_err(|err| ApiError::internal(format!("removing {}: {err}", self.container_dir(&id).display())))?;
+        self.containers.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        e.life.send_modify(|l| l.removed = true);
+        Ok(())
+    }
+
+    pub async fn restart(self: &Arc<Self>, trace: &Trace, e: &Arc<Entry>, timeout: Option<i64>) -> Result<(), ApiError> {
+        match self.stop(trace, e, timeout).await {
+            Ok(()) => {}
+            Err(err) if err.status == hyper::StatusCode::NOT_MODIFIED => {}
+            Err(err) => return Err(err),
+        }
+        match self.start(trace, e).await {
+            Err(err) if err.status == hyper::StatusCode::NOT_MODIFIED => Ok(()),
+            r => r,
+        }
+    }
+
+    pub fn rename(&self, e: &Arc<Entry>, new: &str) -> Result<(), ApiError> {
+        let new = new.trim_start_matches('/');
+        if !valid_name(new) {
+            return Err(ApiError::bad_request(format!("Invalid container name ({new}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")));
+        }
+        let map = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(other) = map.values().find(|o| o.snapshot().name == new) {
+            return Err(ApiError::conflict(format!("Conflict. The container name \"/{new}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.", other.snapshot().id)));
+        }
+        drop(map);
+        e.update(|r| r.name = new.to_string());
+        self.persist(e);
+        Ok(())
+    }
+
+    // ---- after a restart of engined ---------------------------------------------------------
+
+    /// Reads every container record, asks lifecycled about the ones that were running, and
+    /// monitors them again or records their exit (applying restart policies).
+    async fn load_records(self: &Arc<Self>) -> anyhow::Result<()> {
+        let dir = self.containers_dir();
+        std::fs::create_dir_all(&dir)?;
+        let mut running = Vec::new();
+        for ent in std::fs::read_dir(&dir)? {
+            let path = ent?.path().join("container.json");
+            let rec: ContainerRecord = match std::fs::read(&path).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice(&b)?)) {
+                Ok(r) => r,
+                Err(err) => {
+                    log!(self.cfg, "warn", "skipping {}: {err}", path.display());
+                    continue;
+                }
+            };
+            let was_running = rec.state.running || rec.state.restarting;
+            let (life, _) = watch::channel(Life { running: rec.state.running, ..Default::default() });
+            let id = rec.id.clone();
+            let entry = Arc::new(Entry { record: Mutex::new(rec), life, op: tokio::sync::Mutex::new(()) });
+            self.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
+            if was_running {
+                running.push(entry);
+            }
+        }
+        for e in running {
+            let d = self.clone();
+            tokio::spawn(async move { d.reattach(e).await });
+        }
+        Ok(())
+    }
+
+    async fn reattach(self: Arc<Self>, e: Arc<Entry>) {
+        let id = e.snapshot().id;
+        let state = retry(|| {
+            let mut t = self.tasks();
+            let r = TaskRequest { container_id: id.clone(), exec_id: String::new() };
+            async move { t.state(r).await }
+        })
+        .await;
+        match state {
+            Ok(s) if matches!(s.get_ref().status.as_str(), "running" | "paused" | "created") => {
+                log!(self.cfg, "info", "reattached to container {id}");
+                self.spawn_monitor(e);
+            }
+            Ok(s) => {
+                let exit = s.into_inner().exit.unwrap_or_default();
+                let _ = self.tasks().delete(TaskRequest { container_id: id.clone(), exec_id: String::new() }).await;
+                self.record_exit(&e, exit).await;
+            }
+            Err(_) => {
+                let exit = ExitStatus { exit_status: 255, reason: "task lost while the daemon was down".into(), ..Default::default() };
+                self.record_exit(&e, exit).await;
+            }
+        }
+    }
+
+    /// On shutdown: stop running containers (as dockerd does without live-restore).
+    pub async fn shutdown(self: &Arc<Self>) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let trace = Trace::new(None, None, "daemon.shutdown");
+        let running: Vec<_> = self.all().into_iter().filter(|e| e.snapshot().state.running).collect();
+        let mut handles = Vec::new();
+        for e in running {
+            let d = self.clone();
+            let t = Trace::new(None, None, "daemon.shutdown");
+            handles.push(tokio::spawn(async move {
+                let _ = d.stop(&t, &e, Some(10)).await;
+            }));
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+        drop(trace);
+    }
+}
+
+/// `SIGTERM`, `TERM`, `15`.
+pub fn parse_signal(s: &str) -> Result<u32, ApiError> {
+    if let Ok(n) = s.parse::<u32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+    }
+    let name = s.to_ascii_uppercase();
+    let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
+    name.parse::<nix::sys::signal::Signal>().map(|s| s as u32).map_err(|_| ApiError::bad_request(format!("Invalid signal: {s}")))
+}
+
+pub fn rootfs_of(rec: &ContainerRecord) -> &Path {
+    &rec.rootfs
+}

@@ -1,0 +1,261 @@
+//! HTTP plumbing of the API: responses and Docker's error bodies, query strings, request
+//! bodies (JSON, or a blocking reader for archives), streamed response bodies.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{self, Read};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Response, StatusCode};
+use tokio::sync::mpsc;
+
+use engine_image::ImageError;
+
+pub type Body = BoxBody<Bytes, io::Error>;
+pub type Resp = Response<Body>;
+
+/// Largest JSON body accepted.
+const MAX_JSON_BODY: usize = 4 << 20;
+
+/// An API error: a status and Docker's `{"message": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into() }
+    }
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, m)
+    }
+    pub fn conflict(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, m)
+    }
+    pub fn internal(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, m)
+    }
+    pub fn not_modified() -> Self {
+        Self::new(StatusCode::NOT_MODIFIED, "")
+    }
+    pub fn no_such_container(id: &str) -> Self {
+        Self::not_found(format!("No such container: {id}"))
+    }
+
+    pub fn into_response(self) -> Resp {
+        if self.status == StatusCode::NOT_MODIFIED {
+            return empty(self.status);
+        }
+        json(self.status, &crate::types::ErrorBody { message: &self.message })
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> Self {
+        let status = match &e {
+            ImageError::NotFound(_) => StatusCode::NOT_FOUND,
+            ImageError::Conflict(_) => StatusCode::CONFLICT,
+            ImageError::Io { .. } | ImageError::Corrupt { .. } | ImageError::Snapshot(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<engine_image::reference::ReferenceError> for ApiError {
+    fn from(e: engine_image::reference::ReferenceError) -> Self {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(s: tonic::Status) -> Self {
+        let status = match s.code() {
+            tonic::Code::NotFound => StatusCode::NOT_FOUND,
+            tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+            tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, s.message().to_string())
+    }
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed()
+}
+
+pub fn empty(status: StatusCode) -> Resp {
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
+
+pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, v: &T) -> Resp {
+    let mut bytes = serde_json::to_vec(v).unwrap_or_else(|e| format!("{{\"message\":\"encoding the response: {e}\"}}").into_bytes());
+    bytes.push(b'\n');
+    let mut r = Response::new(full(bytes));
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A response body fed through a channel: the sender writes chunks as they come.
+pub fn channel_body(capacity: usize) -> (mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = mpsc::channel::<Bytes>(capacity);
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let stream = tokio_stream::StreamExt::map(stream, |b| Ok::<_, io::Error>(Frame::data(b)));
+    (tx, BodyExt::boxed(StreamBody::new(stream)))
+}
+
+/// The query string, percent-decoded, with repeated keys kept.
+#[derive(Debug, Default)]
+pub struct Query(HashMap<String, Vec<String>>);
+
+impl Query {
+    pub fn parse(q: Option<&str>) -> Self {
+        let mut m: HashMap<String, Vec<String>> = HashMap::new();
+        for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            m.entry(decode(k)).or_default().push(decode(v));
+        }
+        Query(m)
+    }
+
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).and_then(|v| v.last()).map(String::as_str)
+    }
+
+    pub fn all(&self, k: &str) -> Vec<String> {
+        self.0.get(k).cloned().unwrap_or_default()
+    }
+
+    /// Docker's booleans: `1`, `true`, `True` (and an empty value counts as false).
+    pub fn flag(&self, k: &str) -> bool {
+        matches!(self.get(k), Some("1") | Some("true") | Some("True") | Some("TRUE"))
+    }
+
+    pub fn int(&self, k: &str) -> Result<Option<i64>, ApiError> {
+        match self.get(k).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| ApiError::bad_request(format!("invalid value for {k}: {v:?}"))),
+        }
+    }
+}
+
+/// Percent-decoding (and `+` as space) of a query component.
+pub fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads a JSON request body; an empty body is `T::default()`.
+pub async fn read_json<T: serde::de::DeserializeOwned + Default>(body: Incoming) -> Result<T, ApiError> {
+    let limited = http_body_util::Limited::new(body, MAX_JSON_BODY);
+    let bytes = limited.collect().await.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?.to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON in the request body: {e}")))
+}
+
+/// A blocking reader over a request body, for the synchronous image code (run it in
+/// `spawn_blocking`). The body is pumped by a task on the runtime.
+pub struct BodyReader {
+    rx: mpsc::Receiver<Result<Bytes, io::Error>>,
+    current: Bytes,
+}
+
+impl BodyReader {
+    pub fn new(mut body: Incoming) -> Self {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(frame) = body.frame().await {
+                let item = match frame {
+                    Ok(f) => match f.into_data() {
+                        Ok(d) => Ok(d),
+                        Err(_) => continue, // trailers
+                    },
+                    Err(e) => Err(io::Error::other(e)),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        BodyReader { rx, current: Bytes::new() }
+    }
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Docker's multiplexed stream frame: stream type (1 stdout, 2 stderr), three zero bytes,
+/// the payload length (big-endian u32), the payload.
+pub fn frame(stream: u8, payload: &[u8]) -> Bytes {
+    let mut v = Vec::with_capacity(8 + payload.len());
+    v.extend_from_slice(&[stream, 0, 0, 0]);
+    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    v.extend_from_slice(payload);
+    Bytes::from(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_queries() {
+        let q = Query::parse(Some("filters=%7B%22name%22%3A%5B%22a%22%5D%7D&all=1&names=a&names=b%3A1&t=x+y"));
+        assert_eq!(q.get("filters"), Some("{\"name\":[\"a\"]}"));
+        assert!(q.flag("all"));
+        assert_eq!(q.all("names"), ["a", "b:1"]);
+        assert_eq!(q.get("t"), Some("x y"));
+        assert_eq!(decode("100%"), "100%");
+    }
+
+    #[test]
+    fn frames_streams() {
+        assert_eq!(&frame(2, b"hi")[..], &[2, 0, 0, 0, 0, 0, 0, 2, b'h', b'i']);
+    }
+}

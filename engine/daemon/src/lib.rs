@@ -1,0 +1,87 @@
+#![recursion_limit = "256"]
+//! engined: the Docker Engine API server.
+//!
+//! Owns the API (Docker Engine API v1.41 and up on a unix socket), images and snapshots
+//! (through engine-image), container metadata and its on-disk records, volumes, restart
+//! policies, and the supervision of engine-lifecycled. It must never run containers itself:
+//! tasks, shims and the runtime belong to lifecycled; engined only asks it, and keeps working
+//! (reattaching) across restarts of either side.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod hostconfig;
+pub mod http;
+pub mod images;
+pub mod supervisor;
+pub mod trace;
+pub mod types;
+
+/// Time helpers shared by the API handlers.
+pub mod api_time {
+    pub use crate::api::unix_of;
+}
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+pub use config::Config;
+
+/// Runs engined until SIGTERM or SIGINT.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg.resolve()?);
+    let sock = cfg.socket_path()?;
+    for dir in [&cfg.data_root, &cfg.exec_root] {
+        config::ensure_dir(dir)?;
+    }
+    if let Some(parent) = sock.parent() {
+        config::ensure_dir(parent)?;
+    }
+    if let Some(p) = &cfg.pidfile {
+        std::fs::write(p, std::process::id().to_string()).with_context(|| format!("writing {}", p.display()))?;
+    }
+    let supervisor = supervisor::start(cfg.clone()).await.context("starting engine-lifecycled")?;
+    let daemon = daemon::Daemon::open(cfg.clone(), supervisor).await.context("opening the daemon state")?;
+
+    let _ = std::fs::remove_file(&sock);
+    let listener = tokio::net::UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660)).with_context(|| format!("chmod {}", sock.display()))?;
+    }
+    log!(cfg, "info", "API listening on {}", sock.display());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log!(cfg, "warn", "accept: {e}");
+                        continue;
+                    }
+                };
+                let d = daemon.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| api::handle(d.clone(), req));
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+                });
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    log!(cfg, "info", "shutting down: stopping running containers");
+    drop(listener);
+    let _ = std::fs::remove_file(&sock);
+    daemon.shutdown().await;
+    supervisor::stop(&cfg, &daemon.supervisor).await;
+    if let Some(p) = &cfg.pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! Spans of one API request: an HTTP server span under the caller's `traceparent` (or a new
+//! trace), `daemon.*` phase spans under it, and the context handed on to lifecycled.
+
+use std::fs::File;
+use std::sync::Mutex;
+
+use engine_telemetry::{Recorder, SpanHandle};
+
+pub struct Trace {
+    rec: Mutex<Recorder>,
+    pub root: SpanHandle,
+}
+
+impl Trace {
+    pub fn new(sink: Option<&File>, traceparent: Option<&str>, name: &str) -> Self {
+        let mut rec = Recorder::for_request("engined", sink, traceparent);
+        let root = rec.start(name, None);
+        Trace { rec: Mutex::new(rec), root }
+    }
+
+    fn rec(&self) -> std::sync::MutexGuard<'_, Recorder> {
+        // A panic while holding it loses at most this request's spans.
+        self.rec.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn start(&self, name: &str) -> SpanHandle {
+        let root = self.root;
+        self.rec().start(name, Some(root))
+    }
+
+    pub fn attr(&self, h: SpanHandle, key: &str, value: impl Into<engine_telemetry::recorder::AttrValue>) {
+        self.rec().set_attr(h, key, value);
+    }
+
+    /// Ends `h`, marking it failed when `result` is an error; returns `result`.
+    pub fn finish<T, E: std::fmt::Display>(&self, h: SpanHandle, result: Result<T, E>) -> Result<T, E> {
+        self.rec().finish(h, result)
+    }
+
+    /// The `traceparent` to send on for work done under `h`.
+    pub fn traceparent(&self, h: SpanHandle) -> Option<String> {
+        self.rec().context(h).map(|c| c.traceparent())
+    }
+
+    /// Ends the request span with its HTTP status and hands every span to the sink.
+    pub fn close(&self, status: u16) {
+        let mut rec = self.rec();
+        let root = self.root;
+        rec.set_attr(root, "http.response.status_code", status as i64);
+        if status >= 500 {
+            rec.fail(root, &format!("HTTP {status}"));
+        } else {
+            rec.end(root);
+        }
+        rec.flush();
+    }
+}
