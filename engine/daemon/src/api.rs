@@ -162,6 +162,16 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
             Ok(empty(StatusCode::OK))
         }
 
+        // exec
+        (&M::POST, ["containers", id, "exec"]) => {
+            let e = d.find(id)?;
+            let config: crate::exec::ExecConfig = http::read_json(req.into_body()).await?;
+            crate::exec::create(d, &e, config)
+        }
+        (&M::POST, ["exec", id, "start"]) => crate::exec::start(d, id, req).await,
+        (&M::GET, ["exec", id, "json"]) => crate::exec::inspect(d, id),
+        (&M::POST, ["exec", _, "resize"]) => Ok(empty(StatusCode::OK)),
+
         // images
         (&M::GET, ["images", "json"]) => Ok(json(StatusCode::OK, &crate::images::list(d, &q)?)),
         (&M::POST, ["images", "load"]) => crate::images::load(d, req.into_body(), q.flag("quiet")).await,

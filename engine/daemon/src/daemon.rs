@@ -88,6 +88,7 @@ pub struct Daemon {
     pub supervisor: Supervisor,
     pub sink: Option<File>,
     pub shutting_down: AtomicBool,
+    pub execs: crate::exec::Execs,
 }
 
 fn now() -> String {
@@ -118,7 +119,7 @@ where
     }
 }
 
-fn random_id() -> String {
+pub fn random_id() -> String {
     let mut b = [0u8; 32];
     if let Ok(mut f) = File::open("/dev/urandom") {
         let _ = std::io::Read::read_exact(&mut f, &mut b);
@@ -146,6 +147,7 @@ impl Daemon {
             supervisor,
             sink: engine_telemetry::sink_from_env(),
             shutting_down: AtomicBool::new(false),
+            execs: Default::default(),
             cfg,
         });
         d.load_records().await?;

@@ -24,6 +24,8 @@ pub struct Supervisor {
     pub restarts: Arc<AtomicU64>,
     /// The current lifecycled pid (0 while it is down).
     pub pid: watch::Receiver<u32>,
+    /// Set when engined stops it on purpose: no restart then.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn spawn(cfg: &Config) -> anyhow::Result<Child> {
@@ -72,6 +74,8 @@ pub async fn start(cfg: Arc<Config>) -> anyhow::Result<Supervisor> {
         }
     }
     let restarts2 = restarts.clone();
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping2 = stopping.clone();
     tokio::spawn(async move {
         let mut backoff = BACKOFF_START;
         loop {
@@ -88,6 +92,9 @@ pub async fn start(cfg: Arc<Config>) -> anyhow::Result<Supervisor> {
                 }
             };
             tx.send_replace(0);
+            if stopping2.load(Ordering::SeqCst) {
+                return;
+            }
             if started.elapsed() > STABLE_AFTER {
                 backoff = BACKOFF_START;
             }
@@ -106,7 +113,7 @@ pub async fn start(cfg: Arc<Config>) -> anyhow::Result<Supervisor> {
             }
         }
     });
-    Ok(Supervisor { restarts, pid: rx })
+    Ok(Supervisor { restarts, pid: rx, stopping })
 }
 
 /// Whether `pid` is a running (not zombie) engine-lifecycled.
@@ -119,6 +126,7 @@ fn is_lifecycled(pid: i32) -> bool {
 
 /// Stops lifecycled (SIGTERM, then SIGKILL after 10 s) when engined shuts down.
 pub async fn stop(cfg: &Config, s: &Supervisor) {
+    s.stopping.store(true, Ordering::SeqCst);
     let pid = *s.pid.borrow() as i32;
     if pid <= 0 || !is_lifecycled(pid) {
         return;

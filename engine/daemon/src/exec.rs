@@ -1,0 +1,241 @@
+//! `docker exec`: exec instances (create, start attached or detached, inspect). The process
+//! is the container's own process object (capabilities, rlimits, no-new-privileges) with the
+//! exec's args, env, working directory, user and terminal; lifecycled runs it in the
+//! container through the shim.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use engine_api::v1::tasks_client::TasksClient;
+use engine_api::v1::*;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+use crate::daemon::{Daemon, Entry};
+use crate::http::{self, empty, json, ApiError, Resp};
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ExecConfig {
+    pub attach_stdin: bool,
+    pub attach_stdout: bool,
+    pub attach_stderr: bool,
+    pub tty: bool,
+    pub env: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub working_dir: String,
+    pub user: String,
+    pub privileged: bool,
+    pub detach_keys: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct StartConfig {
+    pub detach: bool,
+    pub tty: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ExecInstance {
+    pub id: String,
+    pub container_id: String,
+    pub config: ExecConfig,
+    pub running: bool,
+    pub started: bool,
+    pub exit_code: Option<i64>,
+    pub pid: u32,
+}
+
+#[derive(Default)]
+pub struct Execs(Mutex<HashMap<String, ExecInstance>>);
+
+impl Execs {
+    fn get(&self, id: &str) -> Result<ExecInstance, ApiError> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned().ok_or_else(|| ApiError::not_found(format!("No such exec instance: {id}")))
+    }
+    fn update(&self, id: &str, f: impl FnOnce(&mut ExecInstance)) {
+        if let Some(e) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get_mut(id) {
+            f(e);
+        }
+    }
+}
+
+pub fn create(d: &Daemon, e: &Arc<Entry>, config: ExecConfig) -> Result<Resp, ApiError> {
+    let rec = e.snapshot();
+    if !rec.state.running {
+        return Err(ApiError::conflict(format!("Container {} is not running", rec.id)));
+    }
+    if rec.state.paused {
+        return Err(ApiError::conflict(format!("Container {} is paused, unpause the container before exec", rec.id)));
+    }
+    if config.cmd.as_ref().is_none_or(|c| c.is_empty()) {
+        return Err(ApiError::bad_request("No exec command specified"));
+    }
+    let id = crate::daemon::random_id();
+    let inst = ExecInstance { id: id.clone(), container_id: rec.id, config, running: false, started: false, exit_code: None, pid: 0 };
+    d.execs.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), inst);
+    Ok(json(StatusCode::CREATED, &json!({ "Id": id })))
+}
+
+pub fn inspect(d: &Daemon, id: &str) -> Result<Resp, ApiError> {
+    let i = d.execs.get(id)?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "ID": i.id,
+            "ContainerID": i.container_id,
+            "Running": i.running,
+            "ExitCode": i.exit_code,
+            "Pid": i.pid,
+            "OpenStdin": i.config.attach_stdin,
+            "OpenStdout": i.config.attach_stdout,
+            "OpenStderr": i.config.attach_stderr,
+            "CanRemove": false,
+            "DetachKeys": "",
+            "ProcessConfig": {
+                "tty": i.config.tty,
+                "entrypoint": i.config.cmd.as_ref().and_then(|c| c.first()),
+                "arguments": i.config.cmd.as_ref().map(|c| c[1..].to_vec()).unwrap_or_default(),
+                "privileged": i.config.privileged,
+                "user": i.config.user,
+            },
+        }),
+    ))
+}
+
+/// The OCI process of the exec: the container's, with the exec's overrides.
+fn process_json(d: &Daemon, e: &Entry, c: &ExecConfig) -> Result<String, ApiError> {
+    let rec = e.snapshot();
+    let spec_path = d.container_dir(&rec.id).join("config.json");
+    let spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).map_err(|err| ApiError::internal(format!("reading {}: {err}", spec_path.display())))?)
+        .map_err(|err| ApiError::internal(err.to_string()))?;
+    let mut p = spec["process"].clone();
+    p["args"] = json!(c.cmd.clone().unwrap_or_default());
+    p["terminal"] = json!(c.tty);
+    let mut env: Vec<String> = p["env"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    for kv in c.env.iter().flatten() {
+        let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+        env.retain(|x| x.split_once('=').map_or(x.as_str(), |(k, _)| k) != key);
+        if kv.contains('=') {
+            env.push(kv.clone());
+        }
+    }
+    p["env"] = json!(env);
+    if !c.working_dir.is_empty() {
+        if !c.working_dir.starts_with('/') {
+            return Err(ApiError::bad_request(format!("the working directory {:?} is invalid, it needs to be an absolute path", c.working_dir)));
+        }
+        p["cwd"] = json!(c.working_dir);
+    }
+    if !c.user.is_empty() {
+        let u = engine_image::spec::resolve_user(&rec.rootfs, &c.user).map_err(|err| ApiError::bad_request(err.to_string()))?;
+        p["user"] = json!({ "uid": u.uid, "gid": u.gid, "additionalGids": u.additional_gids });
+    }
+    if c.privileged {
+        let all = spec["process"]["capabilities"]["bounding"].clone();
+        p["capabilities"] = json!({ "bounding": all, "effective": all, "permitted": all });
+    }
+    serde_json::to_string(&p).map_err(|err| ApiError::internal(err.to_string()))
+}
+
+/// `POST /exec/{id}/start`: detached, it returns once the process runs; attached, the
+/// connection is hijacked and gets the process's output when it ends.
+pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let inst = d.execs.get(id)?;
+    if inst.started {
+        return Err(ApiError::conflict(format!("Error: Exec command {id} has already run")));
+    }
+    let upgrade = req.headers().get(UPGRADE).is_some().then(|| hyper::upgrade::on(&mut req));
+    let start: StartConfig = http::read_json(req.into_body()).await?;
+    let e = d.find(&inst.container_id)?;
+    if !e.snapshot().state.running {
+        return Err(ApiError::conflict(format!("Container {} is not running", inst.container_id)));
+    }
+    if inst.config.tty || start.tty {
+        return Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, "exec with a terminal (-t) is not supported yet; run without -t"));
+    }
+    let process_json = process_json(d, &e, &inst.config)?;
+    let mut tasks = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket()));
+    let exec_req = ExecRequest { container_id: inst.container_id.clone(), exec_id: id.to_string(), process_json };
+    let pid = tasks.exec(exec_req).await?.into_inner().pid;
+    d.execs.update(id, |i| {
+        i.started = true;
+        i.running = true;
+        i.pid = pid;
+    });
+    let wait = {
+        let d = d.clone();
+        let id = id.to_string();
+        let container_id = inst.container_id.clone();
+        async move {
+            let out = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket()))
+                .exec_wait(TaskRequest { container_id, exec_id: id.clone() })
+                .await
+                .map(|r| r.into_inner());
+            let code = out.as_ref().ok().and_then(|o| o.status.as_ref()).map(|s| s.exit_status as i64).unwrap_or(126);
+            d.execs.update(&id, |i| {
+                i.running = false;
+                i.exit_code = Some(code);
+            });
+            out.ok()
+        }
+    };
+    if start.detach {
+        tokio::spawn(wait);
+        return Ok(empty(StatusCode::OK));
+    }
+    let (want_out, want_err) = (inst.config.attach_stdout, inst.config.attach_stderr);
+    let write_output = move |out: Option<ExecOutput>| -> Vec<Bytes> {
+        let mut chunks = Vec::new();
+        if let Some(o) = out {
+            if want_out && !o.stdout.is_empty() {
+                chunks.push(http::frame(1, &o.stdout));
+            }
+            if want_err && !o.stderr.is_empty() {
+                chunks.push(http::frame(2, &o.stderr));
+            }
+        }
+        chunks
+    };
+    match upgrade {
+        Some(upgrade) => {
+            tokio::spawn(async move {
+                let out = wait.await;
+                let Ok(upgraded) = upgrade.await else { return };
+                let mut io = TokioIo::new(upgraded);
+                for chunk in write_output(out) {
+                    if io.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = io.shutdown().await;
+            });
+            let mut r = empty(StatusCode::SWITCHING_PROTOCOLS);
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/vnd.docker.multiplexed-stream"));
+            r.headers_mut().insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+            r.headers_mut().insert(UPGRADE, HeaderValue::from_static("tcp"));
+            Ok(r)
+        }
+        None => {
+            // Not hijacked: the output is the response body.
+            let (tx, body) = http::channel_body(4);
+            tokio::spawn(async move {
+                for chunk in write_output(wait.await) {
+                    if tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut r = Resp::new(body);
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/vnd.docker.multiplexed-stream"));
+            Ok(r)
+        }
+    }
+}
