@@ -1,28 +1,92 @@
 //! The `engine` command-line client.
 //!
-//! Owns: argument parsing and presentation (tables, waterfalls). It is only a client: it must never
-//! touch container state, images or cgroups itself; everything goes through the daemon's API. The
-//! one exception is reading a span hand-off file offline (`engine trace --file`), which only reads.
+//! Owns: argument parsing (Docker's commands and flags) and presentation (tables, templates,
+//! progress, waterfalls). It is only a client: it must never touch container state, images or
+//! cgroups itself; everything goes through the daemon's API. The one exception is reading a span
+//! hand-off file offline (`engine trace --file`), which only reads.
+
+pub mod client;
+pub mod containers;
+pub mod format;
+pub mod images;
 
 use std::io::BufReader;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use engine_telemetry::waterfall;
+
+pub const DEFAULT_HOST: &str = "unix:///run/engine/engine.sock";
 
 /// Command line of `engine`.
 #[derive(Parser, Debug)]
 #[command(name = "engine", version, about = "An observability-first container engine")]
 pub struct Cli {
+    /// Daemon socket to connect to.
+    #[arg(short = 'H', long = "host", env = "ENGINE_HOST", default_value = DEFAULT_HOST, global = true)]
+    pub host: String,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Create and run a new container from an image.
+    Run(containers::RunArgs),
+    /// Create a new container.
+    Create(containers::RunArgs),
+    /// Start one or more stopped containers.
+    Start(containers::StartArgs),
+    /// Stop one or more running containers.
+    Stop(containers::StopArgs),
+    /// Restart one or more containers.
+    Restart(containers::StopArgs),
+    /// Kill one or more running containers.
+    Kill(containers::KillArgs),
+    /// Remove one or more containers.
+    Rm(containers::RmArgs),
+    /// Block until one or more containers stop, then print their exit codes.
+    Wait(containers::Names),
+    /// Fetch the logs of a container.
+    Logs(containers::LogsArgs),
+    /// Return low-level information on containers or images.
+    Inspect(containers::InspectArgs),
+    /// List containers.
+    Ps(containers::PsArgs),
+    /// Rename a container.
+    Rename { container: String, new_name: String },
+    /// Display the running processes of a container.
+    Top { container: String },
+    /// Display resource usage of containers.
+    Stats(containers::StatsArgs),
+    /// Run a command in a running container.
+    Exec(containers::ExecArgs),
+    /// List images.
+    Images(images::ImagesArgs),
+    /// Load images from a tar archive (docker save or OCI layout).
+    Load(images::LoadArgs),
+    /// Save images to a tar archive.
+    Save(images::SaveArgs),
+    /// Import a rootfs tarball to create an image.
+    Import(images::ImportArgs),
+    /// Create a tag TARGET that refers to SOURCE.
+    Tag { source: String, target: String },
+    /// Remove one or more images.
+    Rmi(images::RmiArgs),
+    /// Show the history of an image.
+    History(images::HistoryArgs),
+    /// Manage images.
+    #[command(subcommand)]
+    Image(images::ImageCommand),
+    /// Show the engine version information.
+    Version,
+    /// Display system-wide information.
+    Info,
     /// Show a trace as a waterfall.
     Trace(TraceArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion { shell: clap_complete::Shell },
 }
 
 #[derive(clap::Args, Debug)]
@@ -41,8 +105,97 @@ pub struct TraceArgs {
 /// Runs the CLI and returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Trace(args) => trace(args),
+        Command::Trace(args) => return trace(args),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "engine", &mut std::io::stdout());
+            return Ok(0);
+        }
+        _ => {}
     }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        // The command is the root of its trace: every request carries its context.
+        let trace = engine_telemetry::TraceContext {
+            trace_id: engine_telemetry::TraceId::random(),
+            span_id: engine_telemetry::SpanId::random(),
+            flags: 1,
+            state: None,
+        };
+        let client = client::Client::new(&cli.host, Some(trace.traceparent()))?;
+        dispatch(&client, cli.command).await
+    })
+}
+
+async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
+    use containers as ct;
+    match command {
+        Command::Run(a) => ct::run(c, a).await,
+        Command::Create(a) => ct::create_cmd(c, a).await,
+        Command::Start(a) => ct::start(c, a).await,
+        Command::Stop(a) => ct::stop(c, a, "stop").await,
+        Command::Restart(a) => ct::stop(c, a, "restart").await,
+        Command::Kill(a) => ct::kill(c, a).await,
+        Command::Rm(a) => ct::rm(c, a).await,
+        Command::Wait(a) => ct::wait(c, a).await,
+        Command::Logs(a) => ct::logs(c, a).await,
+        Command::Inspect(a) => ct::inspect(c, a).await,
+        Command::Ps(a) => ct::ps(c, a).await,
+        Command::Rename { container, new_name } => ct::rename(c, &container, &new_name).await,
+        Command::Top { container } => ct::top(c, &container).await,
+        Command::Stats(a) => ct::stats(c, a).await,
+        Command::Exec(a) => ct::exec(c, a).await,
+        Command::Images(a) => images::images(c, a).await,
+        Command::Load(a) => images::load(c, a).await,
+        Command::Save(a) => images::save(c, a).await,
+        Command::Import(a) => images::import(c, a).await,
+        Command::Tag { source, target } => images::tag(c, &source, &target).await,
+        Command::Rmi(a) => images::rmi(c, a).await,
+        Command::History(a) => images::history(c, a).await,
+        Command::Image(cmd) => images::image(c, cmd).await,
+        Command::Version => version(c).await,
+        Command::Info => info(c).await,
+        Command::Trace(_) | Command::Completion { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+async fn version(c: &client::Client) -> Result<i32> {
+    println!("Client:\n Version:           {}\n API version:       {}\n OS/Arch:           linux/amd64\n", env!("CARGO_PKG_VERSION"), &client::API[1..]);
+    let v = c.get("/version").await?;
+    println!(
+        "Server: engine\n Engine:\n  Version:          {}\n  API version:      {} (minimum version {})\n  OS/Arch:          {}/{}\n  Kernel:           {}",
+        format::template("{{.Version}}", &v),
+        format::template("{{.ApiVersion}}", &v),
+        format::template("{{.MinAPIVersion}}", &v),
+        format::template("{{.Os}}", &v),
+        format::template("{{.Arch}}", &v),
+        format::template("{{.KernelVersion}}", &v)
+    );
+    Ok(0)
+}
+
+async fn info(c: &client::Client) -> Result<i32> {
+    let i = c.get("/info").await?;
+    let t = |f: &str| format::template(f, &i);
+    println!("Server:");
+    println!(" Containers: {}", t("{{.Containers}}"));
+    println!("  Running: {}", t("{{.ContainersRunning}}"));
+    println!("  Paused: {}", t("{{.ContainersPaused}}"));
+    println!("  Stopped: {}", t("{{.ContainersStopped}}"));
+    println!(" Images: {}", t("{{.Images}}"));
+    println!(" Server Version: {}", t("{{.ServerVersion}}"));
+    println!(" Storage Driver: {}", t("{{.Driver}}"));
+    println!(" Logging Driver: {}", t("{{.LoggingDriver}}"));
+    println!(" Cgroup Driver: {}", t("{{.CgroupDriver}}"));
+    println!(" Cgroup Version: {}", t("{{.CgroupVersion}}"));
+    println!(" Default Runtime: {}", t("{{.DefaultRuntime}}"));
+    println!(" Init Binary: {}", t("{{.InitBinary}}"));
+    println!(" Kernel Version: {}", t("{{.KernelVersion}}"));
+    println!(" Operating System: {}", t("{{.OperatingSystem}}"));
+    println!(" CPUs: {}", t("{{.NCPU}}"));
+    println!(" Total Memory: {}", format::size(i["MemTotal"].as_u64().unwrap_or(0)));
+    println!(" Engine Root Dir: {}", t("{{.DockerRootDir}}"));
+    println!(" Lifecycled Restarts: {}", t("{{.Engine.LifecycledRestarts}}"));
+    Ok(0)
 }
 
 fn trace(args: TraceArgs) -> Result<i32> {

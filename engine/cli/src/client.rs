@@ -1,0 +1,195 @@
+//! The daemon's API over its unix socket: requests with the command's `traceparent`,
+//! Docker's error bodies turned into one-line errors, streamed and hijacked responses.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
+/// API version the CLI speaks (the daemon's minimum).
+pub const API: &str = "v1.41";
+
+pub struct Client {
+    pub host: String,
+    sock: PathBuf,
+    pub traceparent: Option<String>,
+}
+
+pub fn empty_body() -> Body {
+    Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
+}
+
+pub fn json_body(v: &Value) -> Body {
+    Full::new(Bytes::from(serde_json::to_vec(v).unwrap_or_default())).map_err(|never| match never {}).boxed()
+}
+
+/// A body streamed from a blocking reader (a file or stdin), reporting bytes sent.
+pub fn reader_body(mut r: impl std::io::Read + Send + 'static, mut sent: impl FnMut(u64) + Send + 'static) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    total += n as u64;
+                    sent(total);
+                    if tx.blocking_send(Ok(Frame::data(Bytes::copy_from_slice(&buf[..n])))).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    BodyExt::boxed(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+impl Client {
+    pub fn new(host: &str, traceparent: Option<String>) -> Result<Self> {
+        let sock = match host.strip_prefix("unix://") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => bail!("invalid host {host:?}: want unix://PATH"),
+        };
+        Ok(Client { host: host.to_string(), sock, traceparent })
+    }
+
+    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Body>> {
+        let stream = tokio::net::UnixStream::connect(&self.sock)
+            .await
+            .map_err(|_| anyhow!("Cannot connect to the engine daemon at {}. Is engined running?", self.host))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("talking to the daemon")?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
+    fn build(&self, method: Method, path: &str, body: Body, content_type: Option<&str>) -> Result<Request<Body>> {
+        let mut b = Request::builder().method(method).uri(format!("/{API}{path}")).header("Host", "engine");
+        if let Some(tp) = &self.traceparent {
+            b = b.header("traceparent", tp);
+        }
+        if let Some(ct) = content_type {
+            b = b.header("Content-Type", ct);
+        }
+        Ok(b.body(body)?)
+    }
+
+    /// Sends a request; a non-2xx answer becomes Docker's "Error response from daemon: …".
+    pub async fn send(&self, method: Method, path: &str, body: Body, content_type: Option<&str>) -> Result<Response<Incoming>> {
+        let mut sender = self.connect().await?;
+        let resp = sender.send_request(self.build(method, path, body, content_type)?).await.context("talking to the daemon")?;
+        check(resp).await
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        let r = self.send(Method::GET, path, empty_body(), None).await?;
+        read_json(r).await
+    }
+
+    pub async fn post(&self, path: &str, body: Option<&Value>) -> Result<Response<Incoming>> {
+        match body {
+            Some(v) => self.send(Method::POST, path, json_body(v), Some("application/json")).await,
+            None => self.send(Method::POST, path, empty_body(), None).await,
+        }
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Response<Incoming>> {
+        self.send(Method::DELETE, path, empty_body(), None).await
+    }
+
+    /// A hijacked connection (attach, exec start): the raw stream after `101`.
+    pub async fn hijack(&self, path: &str, body: Option<&Value>) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
+        let mut sender = self.connect().await?;
+        let mut req = self.build(Method::POST, path, body.map(json_body).unwrap_or_else(empty_body), body.map(|_| "application/json"))?;
+        req.headers_mut().insert("Connection", "Upgrade".parse()?);
+        req.headers_mut().insert("Upgrade", "tcp".parse()?);
+        let resp = sender.send_request(req).await.context("talking to the daemon")?;
+        let resp = check(resp).await?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            bail!("the daemon did not switch protocols for {path}");
+        }
+        Ok(TokioIo::new(hyper::upgrade::on(resp).await.context("upgrading the connection")?))
+    }
+}
+
+async fn check(resp: Response<Incoming>) -> Result<Response<Incoming>> {
+    if resp.status().is_success() || resp.status() == StatusCode::SWITCHING_PROTOCOLS || resp.status() == StatusCode::NOT_MODIFIED {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let msg = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| format!("{status}"));
+    Err(DaemonError { status: status.as_u16(), message: msg }.into())
+}
+
+/// An error answer of the daemon.
+#[derive(Debug)]
+pub struct DaemonError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl std::fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Error response from daemon: {}", self.message)
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+pub async fn read_json(r: Response<Incoming>) -> Result<Value> {
+    let bytes = r.into_body().collect().await.context("reading the daemon's answer")?.to_bytes();
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes).context("the daemon's answer is not JSON")
+}
+
+/// Calls `f` with each chunk of a streamed body.
+pub async fn for_each_chunk(r: Response<Incoming>, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    let mut body = r.into_body();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.context("reading the daemon's answer")?.into_data() {
+            f(&data)?;
+        }
+    }
+    Ok(())
+}
+
+/// Splits Docker's multiplexed stream into (stream, payload) frames as bytes arrive.
+#[derive(Default)]
+pub struct Demux(Vec<u8>);
+
+impl Demux {
+    pub fn push(&mut self, data: &[u8], mut out: impl FnMut(u8, &[u8])) {
+        self.0.extend_from_slice(data);
+        loop {
+            if self.0.len() < 8 {
+                return;
+            }
+            let len = u32::from_be_bytes([self.0[4], self.0[5], self.0[6], self.0[7]]) as usize;
+            if self.0.len() < 8 + len {
+                return;
+            }
+            out(self.0[0], &self.0[8..8 + len]);
+            self.0.drain(..8 + len);
+        }
+    }
+}

@@ -1,0 +1,795 @@
+//! Container commands, with Docker's flags and output.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::client::{self, Client, Demux};
+use crate::format;
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(disable_help_flag = true)]
+pub struct RunArgs {
+    #[arg(long, action = clap::ArgAction::Help, help = "Print help")]
+    help: Option<bool>,
+    /// Run in the background and print the container ID.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Assign a name to the container.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set environment variables.
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file.
+    #[arg(long)]
+    pub env_file: Vec<std::path::PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>]).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Set metadata on the container.
+    #[arg(short = 'l', long = "label")]
+    pub label: Vec<String>,
+    /// Overwrite the default ENTRYPOINT of the image.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Container host name.
+    #[arg(short = 'h', long)]
+    pub hostname: Option<String>,
+    /// Run an init inside the container that forwards signals and reaps processes.
+    #[arg(long)]
+    pub init: bool,
+    /// Restart policy: no, on-failure[:max-retries], always, unless-stopped.
+    #[arg(long, default_value = "no")]
+    pub restart: String,
+    /// Memory limit (e.g. 64m, 1g).
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// Number of CPUs.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Tune container pids limit (-1 for unlimited).
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
+    /// Mount the container's root filesystem as read only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Add Linux capabilities.
+    #[arg(long)]
+    pub cap_add: Vec<String>,
+    /// Drop Linux capabilities.
+    #[arg(long)]
+    pub cap_drop: Vec<String>,
+    /// Give extended privileges to this container.
+    #[arg(long)]
+    pub privileged: bool,
+    /// Security options (no-new-privileges).
+    #[arg(long)]
+    pub security_opt: Vec<String>,
+    /// Mount a tmpfs directory (path[:options]).
+    #[arg(long)]
+    pub tmpfs: Vec<String>,
+    /// Bind mount a volume (host-path-or-volume:container-path[:ro]).
+    #[arg(short = 'v', long = "volume")]
+    pub volume: Vec<String>,
+    /// Network mode: none or host (bridge networks come later).
+    #[arg(long, alias = "net")]
+    pub network: Option<String>,
+    /// Keep STDIN open even if not attached.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Signal to stop the container.
+    #[arg(long)]
+    pub stop_signal: Option<String>,
+    /// Timeout (in seconds) to stop the container.
+    #[arg(long)]
+    pub stop_timeout: Option<i64>,
+    pub image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// `64m`, `1g`, `512k`, `1024` (bytes).
+pub fn parse_bytes(s: &str) -> Result<i64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.trim_end_matches('b');
+    let (num, mult) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1i64 << 10),
+        Some('m') => (&s[..s.len() - 1], 1 << 20),
+        Some('g') => (&s[..s.len() - 1], 1 << 30),
+        Some('t') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    let v: f64 = num.parse().map_err(|_| anyhow!("invalid size: {s:?}"))?;
+    if v < 0.0 {
+        bail!("invalid size: {s:?}");
+    }
+    Ok((v * mult as f64) as i64)
+}
+
+fn restart_policy(s: &str) -> Result<Value> {
+    let (name, count) = match s.split_once(':') {
+        Some((n, c)) => (n, c.parse::<i64>().map_err(|_| anyhow!("invalid restart policy: maximum retry count must be an integer"))?),
+        None => (s, 0),
+    };
+    if !["no", "always", "unless-stopped", "on-failure"].contains(&name) {
+        bail!("invalid restart policy {name:?}: use no, on-failure[:max-retries], always or unless-stopped");
+    }
+    if count != 0 && name != "on-failure" {
+        bail!("invalid restart policy: maximum retry count can only be used with 'on-failure'");
+    }
+    Ok(json!({ "Name": name, "MaximumRetryCount": count }))
+}
+
+/// The `POST /containers/create` body of `run`/`create`.
+pub fn create_body(a: &RunArgs) -> Result<Value> {
+    let mut env = Vec::new();
+    for f in &a.env_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading env file {}", f.display()))?;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            env.push(expand_env(line));
+        }
+    }
+    env.extend(a.env.iter().map(|e| expand_env(e)));
+    let mut labels = BTreeMap::new();
+    for l in &a.label {
+        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let mut tmpfs = BTreeMap::new();
+    for t in &a.tmpfs {
+        let (p, o) = t.split_once(':').unwrap_or((t, ""));
+        tmpfs.insert(p.to_string(), o.to_string());
+    }
+    let memory = a.memory.as_deref().map(parse_bytes).transpose()?.unwrap_or(0);
+    let nano_cpus = match a.cpus {
+        Some(c) if c < 0.0 => bail!("invalid argument {c} for \"--cpus\" flag"),
+        Some(c) => (c * 1e9) as i64,
+        None => 0,
+    };
+    let mut body = json!({
+        "Image": a.image,
+        "Env": env,
+        "Labels": labels,
+        "Tty": a.tty,
+        "OpenStdin": a.interactive,
+        "StdinOnce": a.interactive,
+        "AttachStdin": a.interactive && !a.detach,
+        "AttachStdout": !a.detach,
+        "AttachStderr": !a.detach,
+        "HostConfig": {
+            "AutoRemove": a.rm,
+            "Binds": a.volume,
+            "RestartPolicy": restart_policy(&a.restart)?,
+            "Memory": memory,
+            "NanoCpus": nano_cpus,
+            "PidsLimit": a.pids_limit,
+            "ReadonlyRootfs": a.read_only,
+            "CapAdd": a.cap_add,
+            "CapDrop": a.cap_drop,
+            "Privileged": a.privileged,
+            "SecurityOpt": a.security_opt,
+            "Tmpfs": tmpfs,
+            "NetworkMode": a.network.clone().unwrap_or_else(|| "default".into()),
+            "Init": a.init,
+        },
+    });
+    if !a.command.is_empty() {
+        body["Cmd"] = json!(a.command);
+    }
+    if let Some(e) = &a.entrypoint {
+        body["Entrypoint"] = if e.is_empty() { json!([]) } else { json!([e]) };
+    }
+    for (k, v) in [("WorkingDir", &a.workdir), ("User", &a.user), ("Hostname", &a.hostname), ("StopSignal", &a.stop_signal)] {
+        if let Some(v) = v {
+            body[k] = json!(v);
+        }
+    }
+    if let Some(t) = a.stop_timeout {
+        body["StopTimeout"] = json!(t);
+    }
+    Ok(body)
+}
+
+/// `-e NAME` takes the value from the CLI's own environment, as Docker does.
+fn expand_env(e: &str) -> String {
+    if e.contains('=') {
+        e.to_string()
+    } else {
+        match std::env::var(e) {
+            Ok(v) => format!("{e}={v}"),
+            Err(_) => e.to_string(),
+        }
+    }
+}
+
+async fn create(c: &Client, a: &RunArgs) -> Result<String> {
+    let body = create_body(a)?;
+    let path = match &a.name {
+        Some(n) => format!("/containers/create?name={}", urlencode(n)),
+        None => "/containers/create".into(),
+    };
+    let resp = match c.post(&path, Some(&body)).await {
+        Err(e) if e.downcast_ref::<client::DaemonError>().is_some_and(|d| d.status == 404 && d.message.starts_with("No such image")) => {
+            eprintln!("Unable to find image '{}' locally", a.image);
+            return Err(e);
+        }
+        r => r?,
+    };
+    let v = client::read_json(resp).await?;
+    v["Id"].as_str().map(str::to_string).ok_or_else(|| anyhow!("the daemon returned no container id"))
+}
+
+pub async fn create_cmd(c: &Client, a: RunArgs) -> Result<i32> {
+    println!("{}", create(c, &a).await?);
+    Ok(0)
+}
+
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A terminal in raw mode for the length of an attached `-t` session.
+struct RawTerminal(Option<nix::sys::termios::Termios>);
+
+impl RawTerminal {
+    fn enable() -> Self {
+        use nix::sys::termios::*;
+        let stdin = std::io::stdin();
+        match tcgetattr(&stdin) {
+            Ok(orig) => {
+                let mut raw = orig.clone();
+                cfmakeraw(&mut raw);
+                let _ = tcsetattr(&stdin, SetArg::TCSANOW, &raw);
+                RawTerminal(Some(orig))
+            }
+            Err(_) => RawTerminal(None),
+        }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, t);
+        }
+    }
+}
+
+fn terminal_size() -> Option<(u16, u16)> {
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ fills the winsize we pass.
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Streams an attached container: output to stdout/stderr (demultiplexed without a
+/// terminal), stdin to the container with `-i`.
+async fn stream_attached(io: client::Upgraded, tty: bool, stdin: bool) -> Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(io);
+    if stdin {
+        tokio::spawn(async move {
+            let mut input = tokio::io::stdin();
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match input.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = wr.shutdown().await;
+                        return;
+                    }
+                    Ok(n) => {
+                        if wr.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let mut demux = Demux::default();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if tty {
+            let mut out = std::io::stdout();
+            out.write_all(&buf[..n])?;
+            out.flush()?;
+        } else {
+            demux.push(&buf[..n], |stream, payload| {
+                if stream == 2 {
+                    let _ = std::io::stderr().write_all(payload);
+                } else {
+                    let mut out = std::io::stdout();
+                    let _ = out.write_all(payload);
+                    let _ = out.flush();
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(c: &Client, a: RunArgs) -> Result<i32> {
+    if a.detach && a.rm && a.restart != "no" {
+        bail!("conflicting options: cannot specify both --restart and --rm");
+    }
+    let id = create(c, &a).await?;
+    if a.detach {
+        c.post(&format!("/containers/{id}/start"), None).await?;
+        println!("{id}");
+        return Ok(0);
+    }
+    let attach = format!("/containers/{id}/attach?stream=1&stdout=1&stderr=1{}", if a.interactive { "&stdin=1" } else { "" });
+    let io = c.hijack(&attach, None).await?;
+    // Wait is asked before the start, so the exit cannot be missed.
+    let condition = if a.rm { "removed" } else { "next-exit" };
+    let wait = c.post(&format!("/containers/{id}/wait?condition={condition}"), None).await?;
+    let raw = (a.tty && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)).then(RawTerminal::enable);
+    if let Err(e) = c.post(&format!("/containers/{id}/start"), None).await {
+        drop(raw);
+        if a.rm {
+            let _ = c.delete(&format!("/containers/{id}?force=1")).await;
+        }
+        return Err(e);
+    }
+    if a.tty {
+        if let Some((h, w)) = terminal_size() {
+            let _ = c.post(&format!("/containers/{id}/resize?h={h}&w={w}"), None).await;
+        }
+    }
+    stream_attached(io, a.tty, a.interactive).await?;
+    drop(raw);
+    let status = client::read_json(wait).await?;
+    if let Some(msg) = status["Error"]["Message"].as_str() {
+        eprintln!("engine: {msg}");
+    }
+    Ok(status["StatusCode"].as_i64().unwrap_or(125) as i32)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StartArgs {
+    /// Attach STDOUT/STDERR and forward signals.
+    #[arg(short = 'a', long)]
+    pub attach: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+pub async fn start(c: &Client, a: StartArgs) -> Result<i32> {
+    if a.attach {
+        let [name] = a.containers.as_slice() else { bail!("you cannot start and attach multiple containers at once") };
+        let info = client::read_json(c.send(hyper::Method::GET, &format!("/containers/{}/json", urlencode(name)), client::empty_body(), None).await?).await?;
+        let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
+        let io = c.hijack(&format!("/containers/{}/attach?stream=1&stdout=1&stderr=1", urlencode(name)), None).await?;
+        let wait = c.post(&format!("/containers/{}/wait?condition=next-exit", urlencode(name)), None).await?;
+        c.post(&format!("/containers/{}/start", urlencode(name)), None).await?;
+        stream_attached(io, tty, false).await?;
+        let status = client::read_json(wait).await?;
+        return Ok(status["StatusCode"].as_i64().unwrap_or(125) as i32);
+    }
+    each(&a.containers, |n| async move { c.post(&format!("/containers/{}/start", urlencode(&n)), None).await.map(drop) }).await
+}
+
+/// Runs `f` for each name, printing the name on success and the error otherwise (exit 1 if
+/// any failed), as Docker's multi-container commands do.
+async fn each<F, Fut>(names: &[String], f: F) -> Result<i32>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut failed = false;
+    for n in names {
+        match f(n.clone()).await {
+            Ok(()) => println!("{n}"),
+            Err(e) => {
+                eprintln!("{e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StopArgs {
+    /// Seconds to wait before killing the container.
+    #[arg(short = 't', long = "time")]
+    pub time: Option<i64>,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+pub async fn stop(c: &Client, a: StopArgs, verb: &str) -> Result<i32> {
+    let t = a.time.map(|t| format!("?t={t}")).unwrap_or_default();
+    each(&a.containers, |n| {
+        let t = t.clone();
+        async move { c.post(&format!("/containers/{}/{verb}{t}", urlencode(&n)), None).await.map(drop) }
+    })
+    .await
+}
+
+#[derive(clap::Args, Debug)]
+pub struct KillArgs {
+    /// Signal to send to the container.
+    #[arg(short = 's', long, default_value = "KILL")]
+    pub signal: String,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+pub async fn kill(c: &Client, a: KillArgs) -> Result<i32> {
+    let sig = urlencode(&a.signal);
+    each(&a.containers, |n| {
+        let sig = sig.clone();
+        async move { c.post(&format!("/containers/{}/kill?signal={sig}", urlencode(&n)), None).await.map(drop) }
+    })
+    .await
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RmArgs {
+    /// Force the removal of a running container (uses SIGKILL).
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Remove anonymous volumes associated with the container.
+    #[arg(short = 'v', long)]
+    pub volumes: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+pub async fn rm(c: &Client, a: RmArgs) -> Result<i32> {
+    let q = format!("?force={}&v={}", a.force as u8, a.volumes as u8);
+    each(&a.containers, |n| {
+        let q = q.clone();
+        async move { c.delete(&format!("/containers/{}{q}", urlencode(&n))).await.map(drop) }
+    })
+    .await
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Names {
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+pub async fn wait(c: &Client, a: Names) -> Result<i32> {
+    let mut failed = false;
+    for n in &a.containers {
+        match c.post(&format!("/containers/{}/wait", urlencode(n)), None).await {
+            Ok(r) => println!("{}", client::read_json(r).await?["StatusCode"]),
+            Err(e) => {
+                eprintln!("{e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(failed as i32)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    /// Follow log output.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Number of lines to show from the end of the logs ("all" for every line).
+    #[arg(short = 'n', long, default_value = "all")]
+    pub tail: String,
+    /// Show logs since a timestamp (unix seconds) or relative (e.g. 42m).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Show timestamps.
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
+    pub container: String,
+}
+
+/// `42m`, `10s`, `2h` ago, or unix seconds, as the API's `since`.
+fn since_param(s: &str) -> Result<String> {
+    if s.parse::<f64>().is_ok() {
+        return Ok(s.to_string());
+    }
+    let (num, unit) = s.split_at(s.len().saturating_sub(1));
+    let mult = match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => bail!("invalid --since {s:?}: use unix seconds or a duration like 10s, 5m, 2h"),
+    };
+    let n: f64 = num.parse().map_err(|_| anyhow!("invalid --since {s:?}"))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+    Ok(format!("{:.9}", now - n * mult))
+}
+
+pub async fn logs(c: &Client, a: LogsArgs) -> Result<i32> {
+    if a.tail != "all" && a.tail.parse::<u32>().is_err() {
+        bail!("invalid --tail {:?}: a number or \"all\"", a.tail);
+    }
+    let mut q = format!("stdout=1&stderr=1&follow={}&timestamps={}&tail={}", a.follow as u8, a.timestamps as u8, a.tail);
+    if let Some(s) = &a.since {
+        q.push_str(&format!("&since={}", since_param(s)?));
+    }
+    let info = c.get(&format!("/containers/{}/json", urlencode(&a.container))).await?;
+    let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
+    let r = c.send(hyper::Method::GET, &format!("/containers/{}/logs?{q}", urlencode(&a.container)), client::empty_body(), None).await?;
+    let mut demux = Demux::default();
+    client::for_each_chunk(r, |chunk| {
+        if tty {
+            std::io::stdout().write_all(chunk)?;
+        } else {
+            demux.push(chunk, |s, p| {
+                let _ = if s == 2 { std::io::stderr().write_all(p) } else { std::io::stdout().write_all(p) };
+            });
+        }
+        std::io::stdout().flush()?;
+        Ok(())
+    })
+    .await?;
+    Ok(0)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    /// Format the output using a Go-template subset ({{.Field}}, {{json .X}}).
+    #[arg(short = 'f', long)]
+    pub format: Option<String>,
+    /// Only inspect objects of this type (container, image).
+    #[arg(long = "type")]
+    pub typ: Option<String>,
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+pub async fn inspect(c: &Client, a: InspectArgs) -> Result<i32> {
+    let mut out = Vec::new();
+    let mut failed = false;
+    for n in &a.names {
+        let container = if a.typ.as_deref() != Some("image") { c.get(&format!("/containers/{}/json", urlencode(n))).await.ok() } else { None };
+        let found = match container {
+            Some(v) => Some(v),
+            None if a.typ.as_deref() != Some("container") => c.get(&format!("/images/{n}/json")).await.ok(),
+            None => None,
+        };
+        match found {
+            Some(v) => out.push(v),
+            None => {
+                eprintln!("Error: No such object: {n}");
+                failed = true;
+            }
+        }
+    }
+    match &a.format {
+        Some(f) => {
+            for v in &out {
+                println!("{}", format::template(f, v));
+            }
+        }
+        None => println!("{}", serde_json::to_string_pretty(&out)?),
+    }
+    Ok(failed as i32)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PsArgs {
+    /// Show all containers (default shows just running).
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Only display container IDs.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Filter output (name=, id=, status=, label=, ancestor=, exited=).
+    #[arg(long = "filter")]
+    pub filter: Vec<String>,
+    /// Format output using a Go-template subset; "table ..." prints a header.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Don't truncate output.
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+pub fn filters_param(filters: &[String]) -> Result<String> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in filters {
+        let (k, v) = f.split_once('=').ok_or_else(|| anyhow!("bad format of filter (expected name=value): {f}"))?;
+        m.entry(k.to_string()).or_default().push(v.to_string());
+    }
+    Ok(urlencode(&serde_json::to_string(&m)?))
+}
+
+pub async fn ps(c: &Client, a: PsArgs) -> Result<i32> {
+    let list = c.get(&format!("/containers/json?all={}&filters={}", a.all as u8, filters_param(&a.filter)?)).await?;
+    let list = list.as_array().cloned().unwrap_or_default();
+    let rows: Vec<Value> = list
+        .iter()
+        .map(|x| {
+            let id = x["Id"].as_str().unwrap_or_default();
+            let cmd = x["Command"].as_str().unwrap_or_default();
+            json!({
+                "ID": if a.no_trunc { id.to_string() } else { format::short_id(id) },
+                "Image": x["Image"],
+                "Command": if a.no_trunc { format!("\"{cmd}\"") } else { format!("\"{}\"", format::truncate(cmd, 20)) },
+                "CreatedAt": x["Created"],
+                "RunningFor": format::ago(x["Created"].as_i64().unwrap_or(0)),
+                "Status": x["Status"],
+                "State": x["State"],
+                "Ports": "",
+                "Names": x["Names"].as_array().and_then(|n| n.first()).and_then(|n| n.as_str()).unwrap_or("").trim_start_matches('/'),
+                "Labels": x["Labels"].as_object().map(|o| o.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+            })
+        })
+        .collect();
+    if a.quiet {
+        for r in &rows {
+            println!("{}", r["ID"].as_str().unwrap_or(""));
+        }
+        return Ok(0);
+    }
+    if let Some(f) = &a.format {
+        print_formatted(f, &rows);
+        return Ok(0);
+    }
+    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let table: Vec<Vec<String>> = rows.iter().map(|r| vec![s(&r["ID"]), s(&r["Image"]), s(&r["Command"]), s(&r["RunningFor"]), s(&r["Status"]), s(&r["Ports"]), s(&r["Names"])]).collect();
+    print!("{}", format::table(&["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], &table));
+    Ok(0)
+}
+
+/// `--format`: a template per row; `table <tpl>` adds a header of the field names.
+pub fn print_formatted(f: &str, rows: &[Value]) {
+    if let Some(tpl) = f.strip_prefix("table ") {
+        let header = format::template(tpl, &Value::Null).replace("<no value>", "");
+        let fields: Vec<String> = tpl.split("{{").skip(1).filter_map(|p| p.split("}}").next()).map(|e| e.trim().trim_start_matches('.').to_ascii_uppercase()).collect();
+        let _ = header;
+        println!("{}", fields.join("\t"));
+        for r in rows {
+            println!("{}", format::template(tpl, r));
+        }
+    } else {
+        for r in rows {
+            println!("{}", format::template(f, r));
+        }
+    }
+}
+
+pub async fn rename(c: &Client, from: &str, to: &str) -> Result<i32> {
+    c.post(&format!("/containers/{}/rename?name={}", urlencode(from), urlencode(to)), None).await?;
+    Ok(0)
+}
+
+pub async fn top(c: &Client, name: &str) -> Result<i32> {
+    let v = c.get(&format!("/containers/{}/top", urlencode(name))).await?;
+    let titles: Vec<&str> = v["Titles"].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect();
+    let rows: Vec<Vec<String>> = v["Processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| p.as_array().into_iter().flatten().map(|x| x.as_str().unwrap_or("").to_string()).collect())
+        .collect();
+    print!("{}", format::table(&titles, &rows));
+    Ok(0)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatsArgs {
+    /// Disable streaming stats and only pull the first result.
+    #[arg(long)]
+    pub no_stream: bool,
+    pub containers: Vec<String>,
+}
+
+pub async fn stats(c: &Client, a: StatsArgs) -> Result<i32> {
+    let names: Vec<String> = if a.containers.is_empty() {
+        c.get("/containers/json").await?.as_array().into_iter().flatten().filter_map(|x| x["Id"].as_str().map(str::to_string)).collect()
+    } else {
+        a.containers.clone()
+    };
+    loop {
+        let mut rows = Vec::new();
+        for n in &names {
+            let s = c.get(&format!("/containers/{}/stats?stream=false", urlencode(n))).await?;
+            let mem = s["memory_stats"]["usage"].as_u64().unwrap_or(0);
+            let limit = s["memory_stats"]["limit"].as_u64().unwrap_or(0);
+            rows.push(vec![
+                format::short_id(s["id"].as_str().unwrap_or("")),
+                s["name"].as_str().unwrap_or("").trim_start_matches('/').to_string(),
+                format!("{} / {}", format::size(mem), if limit == 0 || limit > 1 << 60 { "unlimited".into() } else { format::size(limit) }),
+                s["pids_stats"]["current"].to_string(),
+            ]);
+        }
+        print!("{}", format::table(&["CONTAINER ID", "NAME", "MEM USAGE / LIMIT", "PIDS"], &rows));
+        if a.no_stream {
+            return Ok(0);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// Detached mode: run command in the background.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Set environment variables.
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// Username or UID.
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Keep STDIN open even if not attached.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Give extended privileges to the command.
+    #[arg(long)]
+    pub privileged: bool,
+    pub container: String,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+pub async fn exec(c: &Client, a: ExecArgs) -> Result<i32> {
+    let body = json!({
+        "AttachStdin": a.interactive && !a.detach,
+        "AttachStdout": !a.detach,
+        "AttachStderr": !a.detach,
+        "Tty": a.tty,
+        "Env": a.env.iter().map(|e| expand_env(e)).collect::<Vec<_>>(),
+        "Cmd": a.command,
+        "WorkingDir": a.workdir.clone().unwrap_or_default(),
+        "User": a.user.clone().unwrap_or_default(),
+        "Privileged": a.privileged,
+    });
+    let r = c.post(&format!("/containers/{}/exec", urlencode(&a.container)), Some(&body)).await?;
+    let id = client::read_json(r).await?["Id"].as_str().map(str::to_string).ok_or_else(|| anyhow!("the daemon returned no exec id"))?;
+    let start = json!({ "Detach": a.detach, "Tty": a.tty });
+    if a.detach {
+        c.post(&format!("/exec/{id}/start"), Some(&start)).await?;
+        return Ok(0);
+    }
+    let io = c.hijack(&format!("/exec/{id}/start"), Some(&start)).await?;
+    stream_attached(io, a.tty, false).await?;
+    let info = c.get(&format!("/exec/{id}/json")).await?;
+    Ok(info["ExitCode"].as_i64().unwrap_or(126) as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes_and_policies() {
+        assert_eq!(parse_bytes("64m").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("512").unwrap(), 512);
+        assert!(parse_bytes("lots").is_err());
+        assert_eq!(restart_policy("on-failure:3").unwrap()["MaximumRetryCount"], 3);
+        assert!(restart_policy("sometimes").is_err());
+        assert!(restart_policy("always:2").is_err());
+    }
+}
