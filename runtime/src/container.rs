@@ -98,7 +98,7 @@ pub(crate) fn console_for(terminal: bool, console: &Option<ConsoleSocket>) -> Re
 /// A connected socket to the seccomp agent, when the filter notifies.
 pub(crate) fn seccomp_listener(sc: Option<&oci_spec::runtime::LinuxSeccomp>) -> Result<Option<OwnedFd>> {
     let Some(path) = sc.filter(|s| crate::seccomp::uses_notify(s)).and_then(|s| s.listener_path().as_ref()) else { return Ok(None) };
-    let stream = std::os::unix::net::UnixStream::connect(path)
+    let stream = crate::terminal::connect_unix(path)
         .map_err(|e| Error::Other(format!("connect seccomp listener {}: {e}", path.display())))?;
     Ok(Some(stream.into()))
 }

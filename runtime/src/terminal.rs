@@ -25,9 +25,24 @@ fn sys(op: &'static str) -> impl FnOnce(nix::Error) -> TerminalError {
     move |errno| TerminalError::Sys { op, errno }
 }
 
+/// Connects to a unix socket however long its path: past the kernel's 107 bytes, through
+/// `/proc/self/fd/<fd of its directory>/<name>`.
+pub(crate) fn connect_unix(path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.as_os_str().len() < 100 {
+        return std::os::unix::net::UnixStream::connect(path);
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return std::os::unix::net::UnixStream::connect(path);
+    };
+    let fd = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).open(dir)?;
+    std::os::unix::net::UnixStream::connect(std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name))
+}
+
 /// Connects to the console socket the caller of `create` listens on.
 pub fn connect(path: &Path) -> Result<OwnedFd, TerminalError> {
-    let stream = std::os::unix::net::UnixStream::connect(path)
+    let stream = crate::terminal::connect_unix(path)
         .map_err(|source| TerminalError::Connect { path: path.display().to_string(), source })?;
     Ok(stream.into())
 }

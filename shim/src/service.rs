@@ -211,7 +211,7 @@ impl ShimService {
         let console = if req.terminal {
             let path = state.join("console.sock");
             let _ = std::fs::remove_file(&path);
-            let listener = tokio::net::UnixListener::bind(&path).map_err(io_err)?;
+            let listener = engine_api::bind_unix(&path).map_err(io_err)?;
             args.push("--console-socket".into());
             args.push(path.into());
             Some(listener)
@@ -623,7 +623,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let reaper = Reaper::start().context("become a child subreaper")?;
     let socket = socket_path(&cfg.state_dir);
     let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
+    let listener = engine_api::bind_unix(&socket).with_context(|| format!("bind {}", socket.display()))?;
     write_atomic(&cfg.state_dir.join("shim.pid"), std::process::id().to_string().as_bytes()).context("write shim.pid")?;
     let rt = RuntimeCli { binary: cfg.runtime.clone(), root: cfg.runtime_root.clone(), log: cfg.state_dir.join("runtime.log"), reaper };
     let (shutdown_tx, shutdown_rx) = oneshot::channel();

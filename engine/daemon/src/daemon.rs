@@ -595,7 +595,11 @@ impl Daemon {
         let rec = e.snapshot();
         e.update(|r| {
             r.manually_stopped = true;
-            r.state.restarting = false;
+            if r.state.restarting {
+                // a pending restart is cancelled: the container stays exited
+                r.state.restarting = false;
+                r.state.status = "exited".into();
+            }
         });
         self.persist(e);
         if !rec.state.running {
@@ -687,7 +691,10 @@ impl Daemon {
         }
         e.update(|r| {
             r.state.dead = true;
-            r.state.restarting = false;
+            if r.state.restarting {
+                r.state.restarting = false;
+                r.state.status = "exited".into();
+            }
         });
         let id = rec.id.clone();
         let _ = self.tasks().delete(TaskRequest { container_id: id.clone(), exec_id: String::new() }).await;

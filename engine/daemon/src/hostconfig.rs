@@ -167,6 +167,18 @@ const ALL_CAPS: &[&str] = &[
     "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
 ];
 
+/// The capabilities this daemon can hand out: its own bounding set (ALL_CAPS is in
+/// capability-number order). On hosts where even root lacks some (CAP_SYS_RESOURCE here),
+/// `--privileged` gets what there is instead of failing in capset.
+fn host_caps() -> Vec<String> {
+    let bnd = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_string())))
+        .and_then(|h| u64::from_str_radix(&h, 16).ok())
+        .unwrap_or(u64::MAX);
+    ALL_CAPS.iter().enumerate().filter(|(i, _)| bnd & (1 << i) != 0).map(|(_, c)| c.to_string()).collect()
+}
+
 fn cap_name(c: &str) -> String {
     let up = c.to_ascii_uppercase();
     if up.starts_with("CAP_") {
@@ -222,7 +234,7 @@ pub fn apply(spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, ApiE
     let caps = &mut v["process"]["capabilities"];
     let mut set: Vec<String> = caps["bounding"].as_array().map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_string)).collect()).unwrap_or_default();
     if hc.privileged || hc.cap_add.iter().flatten().any(|c| c.eq_ignore_ascii_case("ALL")) {
-        set = ALL_CAPS.iter().map(|s| s.to_string()).collect();
+        set = host_caps();
     }
     for c in hc.cap_add.iter().flatten().filter(|c| !c.eq_ignore_ascii_case("ALL")) {
         let c = cap_name(c);

@@ -49,7 +49,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let daemon = daemon::Daemon::open(cfg.clone(), supervisor).await.context("opening the daemon state")?;
 
     let _ = std::fs::remove_file(&sock);
-    let listener = tokio::net::UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
+    let listener = engine_api::bind_unix(&sock).with_context(|| format!("listening on {}", sock.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660)).with_context(|| format!("chmod {}", sock.display()))?;

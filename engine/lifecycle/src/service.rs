@@ -387,7 +387,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let store = ContainerStore::open(&cfg.root).context("open the container store")?;
     let lifecycle = Arc::new(Lifecycle { cfg: cfg.clone(), store, tasks, journal, sink: engine_telemetry::sink_from_env() });
     let _ = std::fs::remove_file(&cfg.address);
-    let listener = tokio::net::UnixListener::bind(&cfg.address).with_context(|| format!("bind {}", cfg.address.display()))?;
+    let listener = engine_api::bind_unix(&cfg.address).with_context(|| format!("bind {}", cfg.address.display()))?;
     let svc = Svc(lifecycle);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tonic::transport::Server::builder()

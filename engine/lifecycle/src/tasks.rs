@@ -137,7 +137,15 @@ impl TaskManager {
         let ready = tokio::time::timeout(Duration::from_secs(10), tokio::io::BufReader::new(stdout).read_line(&mut line)).await;
         if !matches!(ready, Ok(Ok(_))) || line.trim() != "ready" {
             let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
-            return Err(Status::internal(format!("engine-shim did not start: {}", log.lines().last().unwrap_or("no output"))));
+            // The reason, not a backtrace's last frame: a panic's message, or the last line.
+            let reason = if let Some(e) = log.lines().find(|l| l.starts_with("Error: ")) {
+                e.trim_start_matches("Error: ").to_string()
+            } else if let Some(i) = log.lines().position(|l| l.contains("panicked at")) {
+                log.lines().skip(i).take(2).collect::<Vec<_>>().join(": ")
+            } else {
+                log.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("no output").to_string()
+            };
+            return Err(Status::internal(format!("engine-shim did not start: {reason}")));
         }
         let client = ShimClient::new(engine_api::unix_channel(engine_shim::service::socket_path(dir)));
         let (exit, _) = watch::channel(None);

@@ -4,6 +4,7 @@
 //! Tests never assert wall-clock times: they wait for conditions, with a deadline.
 
 pub mod dockerd;
+pub mod engined;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,276 @@
+//! The engine CLI against a private engined: containers, run options, images, bad input and
+//! crashes of engined and lifecycled while containers run.
+
+use engine_test_support::engined::Engined;
+use engine_test_support::*;
+
+fn inspect(e: &Engined, name: &str, field: &str) -> String {
+    e.ok(&["inspect", "-f", field, name]).trim().to_string()
+}
+
+fn state(e: &Engined, name: &str) -> String {
+    inspect(e, name, "{{.State.Status}}")
+}
+
+fn assert_clean(e: &Engined) {
+    assert_eq!(e.ok(&["ps", "-aq"]).trim(), "", "containers left");
+    assert_eq!(e.snapshots(), 0, "snapshots left");
+    let mounts = e.mounts();
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    wait_for("container cgroups to go", || e.cgroups().is_empty());
+}
+
+#[test]
+fn container_lifecycle_through_the_cli() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+
+    // run --rm, attached: output and exit code
+    assert_eq!(e.ok(&["run", "--rm", "busybox", "echo", "hello"]), "hello\n");
+    let out = e.engine(&["run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!((stdout(&out).as_str(), stderr(&out).as_str()), ("out\n", "err\n"));
+    assert_eq!(e.ok(&["ps", "-aq"]).trim(), "", "--rm left a container");
+
+    // run -d, ps, logs, exec, top, stats
+    let id = e.ok(&["run", "-d", "--name", "web", "busybox", "sh", "-c", "echo started; exec sleep 1000"]).trim().to_string();
+    assert_eq!(id.len(), 64);
+    assert!(e.ok(&["ps"]).contains("web"));
+    assert_eq!(e.ok(&["ps", "-q"]).trim(), &id[..12]);
+    assert_eq!(e.ok(&["ps", "--format", "{{.Names}} {{.State}}"]).trim(), "web running");
+    wait_for("the log line", || e.ok(&["logs", "web"]) == "started\n");
+    assert!(e.ok(&["logs", "-t", "web"]).contains("Z started"));
+    assert_eq!(e.ok(&["exec", "web", "sh", "-c", "echo $((6*7))"]), "42\n");
+    assert_eq!(e.engine(&["exec", "web", "sh", "-c", "exit 5"]).status.code(), Some(5));
+    assert_eq!(e.ok(&["exec", "-e", "A=b", "-w", "/tmp", "-u", "1000", "web", "sh", "-c", "echo $A $(pwd) $(id -u)"]), "b /tmp 1000\n");
+    e.ok(&["exec", "-d", "web", "sleep", "30"]);
+    assert!(e.ok(&["top", "web"]).contains("sleep 1000"));
+    assert!(e.ok(&["stats", "--no-stream", "web"]).contains("web"));
+    assert_eq!(inspect(&e, "web", "{{.State.Running}}"), "true");
+    assert_eq!(inspect(&e, &id[..8], "{{.Name}}"), "/web");
+
+    // stop (sleep as PID 1 ignores SIGTERM: killed after -t), start, restart, kill, wait
+    e.ok(&["stop", "-t", "1", "web"]);
+    assert_eq!(state(&e, "web"), "exited");
+    assert_eq!(inspect(&e, "web", "{{.State.ExitCode}}"), "137");
+    e.ok(&["start", "web"]);
+    assert_eq!(state(&e, "web"), "running");
+    e.ok(&["restart", "-t", "0", "web"]);
+    assert_eq!(state(&e, "web"), "running");
+    e.ok(&["kill", "-s", "KILL", "web"]);
+    assert_eq!(e.ok(&["wait", "web"]).trim(), "137");
+    assert!(e.fails(&["kill", "web"]).contains("is not running"));
+    e.ok(&["rename", "web", "web2"]);
+    assert_eq!(inspect(&e, &id, "{{.Name}}"), "/web2");
+
+    // rm of a running container needs -f
+    e.ok(&["start", "web2"]);
+    assert!(e.fails(&["rm", "web2"]).contains("cannot remove a running container"));
+    e.ok(&["rm", "-f", "web2"]);
+    assert!(e.fails(&["inspect", "web2"]).contains("No such object"));
+
+    // create + start -a
+    e.ok(&["create", "--name", "later", "busybox", "echo", "from-create"]);
+    assert_eq!(state(&e, "later"), "created");
+    assert_eq!(e.ok(&["start", "-a", "later"]), "from-create\n");
+    e.ok(&["rm", "later"]);
+    assert_clean(&e);
+}
+
+#[test]
+fn run_options_reach_the_container() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let env_file = e.dir.path().join("env");
+    std::fs::write(&env_file, "# comment\nFROM_FILE=yes\n").unwrap();
+    let out = e.ok(&[
+        "run", "--rm", "-e", "A=1", "--env-file", env_file.to_str().unwrap(), "-w", "/home/user", "-u", "user", "-l", "k=v",
+        "--hostname", "box", "busybox", "sh", "-c", "echo $A $FROM_FILE $(pwd) $(id -un) $(hostname) $HOME",
+    ]);
+    assert_eq!(out, "1 yes /home/user user box /home/user\n");
+    assert_eq!(e.ok(&["run", "--rm", "--entrypoint", "echo", "busybox", "via", "entrypoint"]), "via entrypoint\n");
+
+    // --init: engine-init is PID 1, the command its child
+    assert_eq!(e.ok(&["run", "--rm", "--init", "busybox", "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '"]), "/sbin/docker-init -- sh -c cat /proc/1/cmdline | tr '\\0' ' ' ");
+
+    // --read-only, --tmpfs
+    let ro = e.engine(&["run", "--rm", "--read-only", "--tmpfs", "/scratch", "busybox", "sh", "-c", "touch /scratch/ok && touch /nope"]);
+    assert_ne!(ro.status.code(), Some(0));
+    assert!(stderr(&ro).contains("Read-only file system"), "{}", stderr(&ro));
+
+    // capabilities and privileges
+    let caps = |args: &[&str]| {
+        let mut a = vec!["run", "--rm"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["busybox", "sh", "-c", "grep CapEff /proc/self/status"]);
+        e.ok(&a).split_whitespace().nth(1).unwrap().to_string()
+    };
+    assert_eq!(caps(&["--cap-drop", "ALL"]), "0000000000000000");
+    assert_eq!(caps(&[]), "00000000a80425fb", "Docker's default set");
+    assert_ne!(caps(&["--privileged"]), caps(&[]));
+    assert_eq!(e.ok(&["run", "--rm", "--security-opt", "no-new-privileges", "busybox", "sh", "-c", "grep NoNewPrivs /proc/self/status"]).split_whitespace().nth(1), Some("1"));
+
+    // resources: the container's own cgroup has the limits
+    let id = e.ok(&["run", "-d", "-m", "64m", "--pids-limit", "50", "--cpus", "0.5", "busybox", "sleep", "100"]).trim().to_string();
+    let cg = |ctrl_file: &str| {
+        cgroup_mounts()
+            .iter()
+            .map(|m| m.join(e.cgroup_parent.trim_start_matches('/')).join(&id).join(ctrl_file))
+            .find(|p| p.exists())
+            .map(|p| std::fs::read_to_string(p).unwrap().trim().to_string())
+    };
+    let mem = cg("memory.max").or_else(|| cg("memory.limit_in_bytes")).unwrap();
+    assert_eq!(mem, (64u64 << 20).to_string());
+    assert_eq!(cg("pids.max").unwrap(), "50");
+    let cpu = cg("cpu.max").or_else(|| cg("cpu.cfs_quota_us")).unwrap();
+    assert!(cpu.starts_with("50000"), "{cpu}");
+    e.ok(&["rm", "-f", &id]);
+
+    // binds and named volumes
+    let host = e.dir.path().join("shared");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("in"), "from host").unwrap();
+    let bind = format!("{}:/data", host.display());
+    assert_eq!(e.ok(&["run", "--rm", "-v", &bind, "busybox", "sh", "-c", "cat /data/in; echo back > /data/out"]), "from host");
+    assert_eq!(std::fs::read_to_string(host.join("out")).unwrap(), "back\n");
+    let ro_bind = format!("{}:/data:ro", host.display());
+    assert_ne!(e.engine(&["run", "--rm", "-v", &ro_bind, "busybox", "touch", "/data/x"]).status.code(), Some(0));
+    e.ok(&["run", "--rm", "-v", "vol1:/v", "busybox", "sh", "-c", "echo kept > /v/f"]);
+    assert_eq!(e.ok(&["run", "--rm", "-v", "vol1:/v", "busybox", "cat", "/v/f"]), "kept\n");
+
+    // network: none has only loopback; host shares the host's interfaces
+    let ifaces = e.ok(&["run", "--rm", "--network", "none", "busybox", "ls", "/sys/class/net"]);
+    assert_eq!(ifaces.split_whitespace().collect::<Vec<_>>(), ["lo"]);
+    let host_ifaces = e.ok(&["run", "--rm", "--network", "host", "busybox", "ls", "/sys/class/net"]);
+    assert_eq!(host_ifaces.split_whitespace().count(), std::fs::read_dir("/sys/class/net").unwrap().count());
+
+    // restart policies
+    e.ok(&["run", "-d", "--name", "flaky", "--restart", "on-failure:2", "busybox", "sh", "-c", "exit 1"]);
+    wait_for("two restarts", || inspect(&e, "flaky", "{{.RestartCount}}") == "2" && state(&e, "flaky") == "exited");
+    e.ok(&["run", "-d", "--name", "always", "--restart", "always", "busybox", "sh", "-c", "sleep 0.2"]);
+    wait_for("a restart", || inspect(&e, "always", "{{.RestartCount}}").parse::<u32>().unwrap_or(0) >= 1);
+    e.ok(&["stop", "-t", "1", "always"]);
+    assert_eq!(state(&e, "always"), "exited");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(state(&e, "always"), "exited", "a stopped container does not restart");
+    e.ok(&["rm", "-f", "flaky", "always"]);
+    assert_clean(&e);
+}
+
+#[test]
+fn images_through_the_cli() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let images = e.ok(&["images"]);
+    assert!(images.starts_with("REPOSITORY   TAG      IMAGE ID"), "{images}");
+    assert!(images.contains("busybox      latest"), "{images}");
+    let id = e.ok(&["images", "-q"]).trim().to_string();
+    assert_eq!(id.len(), 12);
+    e.ok(&["tag", "busybox", "mine/bb:v1"]);
+    assert!(e.ok(&["images", "mine/bb"]).contains("v1"));
+    assert_eq!(e.ok(&["image", "inspect", "-f", "{{.Config.Cmd}}", "mine/bb:v1"]).trim(), "[sh]");
+    assert!(e.ok(&["history", "busybox"]).contains("engine import"));
+
+    let saved = e.dir.path().join("saved.tar");
+    e.ok(&["save", "-o", saved.to_str().unwrap(), "mine/bb:v1"]);
+    assert!(e.ok(&["rmi", "mine/bb:v1"]).contains("Untagged: mine/bb:v1"));
+    let rmi = e.ok(&["rmi", "busybox"]);
+    assert!(rmi.contains("Deleted: sha256:"), "{rmi}");
+    assert_eq!(e.ok(&["images", "-q"]).trim(), "");
+    assert_eq!(e.ok(&["load", "-i", saved.to_str().unwrap()]), "Loaded image: mine/bb:v1\n");
+    assert_eq!(e.ok(&["images", "-q"]).trim(), id);
+    assert_eq!(e.ok(&["run", "--rm", "mine/bb:v1", "echo", "loaded"]), "loaded\n");
+
+    // an image in use is not removed; a container keeps it
+    e.ok(&["create", "--name", "user", "mine/bb:v1"]);
+    assert!(e.fails(&["rmi", "mine/bb:v1"]).contains("container is using"));
+    e.ok(&["rm", "user"]);
+    e.ok(&["rmi", "mine/bb:v1"]);
+    assert_clean(&e);
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    e.ok(&["create", "--name", "taken", "busybox"]);
+    let before = (e.ok(&["ps", "-aq"]), e.snapshots(), e.mounts());
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "nosuch"], "No such image: nosuch"),
+        (&["run", "Bad:Ref"], "invalid reference format"),
+        (&["run", "--name", "taken", "busybox"], "is already in use"),
+        (&["run", "--name", "bad name", "busybox"], "Invalid container name"),
+        (&["run", "-m", "1k", "busybox"], "Minimum memory limit"),
+        (&["run", "--restart", "sometimes", "busybox"], "invalid restart policy"),
+        (&["run", "--cap-add", "NOT_A_CAP", "busybox"], "invalid capability"),
+        (&["run", "-v", "relative:path", "busybox"], "invalid volume specification"),
+        (&["run", "-v", "/does/not/exist:/x", "busybox"], "bind source path does not exist"),
+        (&["run", "--network", "nonet", "busybox"], "network nonet not found"),
+        (&["run", "-w", "relative", "busybox"], "needs to be an absolute path"),
+        (&["run", "-u", "nobody-here", "busybox"], "unable to find user nobody-here"),
+        (&["run", "--cpus", "64", "busybox"], "Range of CPUs"),
+        (&["start", "nosuch"], "No such container: nosuch"),
+        (&["rmi", "nosuch"], "No such image: nosuch"),
+        (&["tag", "busybox", "Bad:Tag:x"], "invalid"),
+        (&["load", "-i", "/dev/null"], "invalid image archive"),
+    ];
+    for (args, says) in cases {
+        let err = e.fails(args);
+        assert!(err.contains(says), "engine {args:?}: {err:?} does not say {says:?}");
+        assert_eq!(err.trim().lines().filter(|l| !l.starts_with("Unable to find image")).count(), 1, "engine {args:?}: not one line: {err:?}");
+        assert_eq!((e.ok(&["ps", "-aq"]), e.snapshots(), e.mounts()), before, "engine {args:?} changed state");
+    }
+    // A body that is not JSON, straight to the API.
+    let reply = raw_request(&e, "POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{not json");
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("\"message\":\"invalid JSON"), "{reply}");
+    let reply = raw_request(&e, "GET /v1.12/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(reply.starts_with("HTTP/1.1 400") && reply.contains("too old"), "{reply}");
+    assert_eq!((e.ok(&["ps", "-aq"]), e.snapshots(), e.mounts()), before);
+
+    let down = std::process::Command::new(bin("engine")).args(["-H", "unix:///nonexistent/engine.sock", "ps"]).output().unwrap();
+    assert!(stderr(&down).contains("Is engined running?"), "{}", stderr(&down));
+    e.ok(&["rm", "taken"]);
+}
+
+fn raw_request(e: &Engined, req: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&e.sock).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn containers_survive_kill9_of_engined_and_lifecycled() {
+    let mut e = Engined::start();
+    e.import_busybox("busybox");
+    e.ok(&["run", "-d", "--name", "steady", "busybox", "sh", "-c", "echo one; while true; do sleep 0.1; done"]);
+    e.ok(&["run", "-d", "--name", "short", "busybox", "sh", "-c", "sleep 1; exit 4"]);
+    let pid = inspect(&e, "steady", "{{.State.Pid}}");
+
+    // kill -9 engined; the container runs on; a restarted engined finds it and the exit of
+    // the other one that happened while it was down
+    e.kill9();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    e.restart();
+    assert_eq!(state(&e, "steady"), "running");
+    assert_eq!(inspect(&e, "steady", "{{.State.Pid}}"), pid);
+    wait_for("the exit while engined was down", || state(&e, "short") == "exited");
+    assert_eq!(inspect(&e, "short", "{{.State.ExitCode}}"), "4");
+    assert!(e.ok(&["logs", "steady"]).starts_with("one\n"));
+
+    // kill -9 lifecycled: engined starts another; the container runs on and is still managed
+    let lc = e.lifecycled_pid();
+    // SAFETY: SIGKILL to the lifecycled of this test's engined, by pid.
+    unsafe { libc::kill(lc, libc::SIGKILL) };
+    wait_for("a new lifecycled", || e.lifecycled_pid() != lc);
+    wait_for("the container to answer exec", || e.engine(&["exec", "steady", "true"]).status.success());
+    assert_eq!(state(&e, "steady"), "running");
+    assert!(e.ok(&["info"]).contains("Lifecycled Restarts: 1"));
+    e.ok(&["stop", "-t", "1", "steady"]);
+    assert_eq!(state(&e, "steady"), "exited");
+    e.ok(&["rm", "steady", "short"]);
+    assert_clean(&e);
+}

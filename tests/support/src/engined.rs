@@ -1,0 +1,196 @@
+//! A private engined for end-to-end tests: own socket, data-root, exec-root, pidfile and
+//! cgroup parent. On drop it removes every container, stops engined (which stops its
+//! lifecycled), and takes away whatever is left mounted or in the cgroup tree.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub struct Engined {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub sock: PathBuf,
+    pub cgroup_parent: String,
+}
+
+impl Engined {
+    pub fn start() -> Engined {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = tempfile::Builder::new().prefix("engine-e2e").tempdir().unwrap();
+        let sock = dir.path().join("engine.sock");
+        let mut e = Engined { child: None, dir, sock, cgroup_parent: format!("/engine-e2e-{}-{n}", std::process::id()) };
+        e.restart();
+        e
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.sock.display())
+    }
+
+    pub fn data_root(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn exec_root(&self) -> PathBuf {
+        self.dir.path().join("exec")
+    }
+
+    /// Starts engined (again) on the same directories and waits until it answers.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("engined.log")).unwrap();
+        let child = Command::new(crate::bin("engined"))
+            .arg("-H").arg(self.host())
+            .arg("--data-root").arg(self.data_root())
+            .arg("--exec-root").arg(self.exec_root())
+            .arg("--pidfile").arg(self.dir.path().join("engined.pid"))
+            .arg("--cgroup-parent").arg(&self.cgroup_parent)
+            .arg("--log-level").arg("debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start engined");
+        self.child = Some(child);
+        crate::wait_for("engined to answer", || self.sock.exists() && self.engine(&["version"]).status.success());
+    }
+
+    /// kill -9 of engined: containers, shims and lifecycled stay.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The pid of the lifecycled engined supervises.
+    pub fn lifecycled_pid(&self) -> i32 {
+        std::fs::read_to_string(self.exec_root().join("lifecycled.pid")).unwrap().trim().parse().unwrap()
+    }
+
+    pub fn engine(&self, args: &[&str]) -> Output {
+        Command::new(crate::bin("engine")).arg("-H").arg(self.host()).args(args).stdin(Stdio::null()).output().expect("run engine")
+    }
+
+    /// Runs `engine args`, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.engine(args);
+        assert!(out.status.success(), "engine {args:?} failed ({}): {}{}\n{}", out.status, crate::stdout(&out), crate::stderr(&out), self.log_tail());
+        crate::stdout(&out)
+    }
+
+    /// Runs `engine args`, asserting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.engine(args);
+        assert!(!out.status.success(), "engine {args:?} should have failed: {}", crate::stdout(&out));
+        crate::stderr(&out)
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new(crate::dockerd::docker_cli()).arg("-H").arg(self.host()).args(args).stdin(Stdio::null()).output().expect("run docker")
+    }
+
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(out.status.success(), "docker {args:?} failed ({}): {}{}\n{}", out.status, crate::stdout(&out), crate::stderr(&out), self.log_tail());
+        crate::stdout(&out)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("engined.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let lc = std::fs::read_to_string(self.exec_root().join("lifecycled.log")).unwrap_or_default();
+        let lc_lines: Vec<&str> = lc.lines().collect();
+        format!(
+            "engined log:\n{}\nlifecycled log:\n{}",
+            lines[lines.len().saturating_sub(20)..].join("\n"),
+            lc_lines[lc_lines.len().saturating_sub(30)..].join("\n")
+        )
+    }
+
+    /// A busybox image (busybox-static) imported as `name`.
+    pub fn import_busybox(&self, name: &str) {
+        let rootfs = self.dir.path().join(format!("rootfs-{}", name.replace(['/', ':'], "_")));
+        crate::make_busybox_rootfs(&rootfs);
+        std::fs::create_dir_all(rootfs.join("home/user")).unwrap();
+        std::os::unix::fs::chown(rootfs.join("home/user"), Some(1000), Some(1000)).unwrap();
+        let tar = rootfs.with_extension("tar");
+        let st = Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status().unwrap();
+        assert!(st.success());
+        self.ok(&["import", "--change", "CMD [\"sh\"]", tar.to_str().unwrap(), name]);
+    }
+
+    /// Mount points under this instance's directory.
+    pub fn mounts(&self) -> Vec<String> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let prefix = self.dir.path().to_str().unwrap().to_string();
+        info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&prefix)).map(str::to_string).collect()
+    }
+
+    /// Cgroup directories of containers under this instance's parent.
+    pub fn cgroups(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for m in crate::cgroup_mounts() {
+            let parent = m.join(self.cgroup_parent.trim_start_matches('/'));
+            if let Ok(rd) = std::fs::read_dir(&parent) {
+                out.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+        }
+        out
+    }
+
+    /// Container snapshots on disk.
+    pub fn snapshots(&self) -> usize {
+        std::fs::read_dir(self.data_root().join("image/snapshots")).map(|r| r.count()).unwrap_or(0)
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
+}
+
+impl Drop for Engined {
+    fn drop(&mut self) {
+        if self.child.is_none() && self.sock.exists() {
+            // killed by the test: bring it back once so it can clean up
+            self.restart();
+        }
+        if self.child.is_some() {
+            let ids = self.engine(&["ps", "-aq"]);
+            for id in crate::stdout(&ids).split_whitespace() {
+                let _ = self.engine(&["rm", "-f", id]);
+            }
+            let lifecycled = std::fs::read_to_string(self.exec_root().join("lifecycled.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok());
+            if let Some(c) = self.child.as_mut() {
+                // SAFETY: SIGTERM to the engined this harness started, by pid.
+                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while c.try_wait().ok().flatten().is_none() {
+                    if std::time::Instant::now() > deadline {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+            if let Some(pid) = lifecycled.filter(|p| pid_alive(*p)) {
+                // SAFETY: the lifecycled this instance's engined started, by pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let mut points = self.mounts();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for cg in self.cgroups() {
+            let _ = std::fs::remove_dir(cg);
+        }
+        for m in crate::cgroup_mounts() {
+            let _ = std::fs::remove_dir(m.join(self.cgroup_parent.trim_start_matches('/')));
+        }
+    }
+}
