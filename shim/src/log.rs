@@ -85,14 +85,21 @@ impl JsonLog {
 
 /// Reads the entries of a log (oldest rotated file first) as (stream, line, unix nanos).
 pub fn read_all(path: &Path, max_files: u32) -> Vec<(String, Vec<u8>, i64)> {
-    let mut files: Vec<PathBuf> = (1..max_files.max(1)).rev().map(|i| PathBuf::from(format!("{}.{i}", path.display()))).collect();
-    files.push(path.to_path_buf());
+    read_all_to_offset(path, max_files).0
+}
+
+/// [`read_all`], and the offset in the current file up to which it read (whole lines only):
+/// following the file from that offset neither misses nor repeats a line.
+pub fn read_all_to_offset(path: &Path, max_files: u32) -> (Vec<(String, Vec<u8>, i64)>, u64) {
     let mut out = Vec::new();
-    for f in files {
-        let Ok(text) = std::fs::read_to_string(&f) else { continue };
+    for i in (1..max_files.max(1)).rev() {
+        let Ok(text) = std::fs::read_to_string(format!("{}.{i}", path.display())) else { continue };
         out.extend(text.lines().filter_map(parse_line));
     }
-    out
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    out.extend(String::from_utf8_lossy(&bytes[..end]).lines().filter_map(parse_line));
+    (out, end as u64)
 }
 
 /// One json-file line as (stream, line, unix nanos).

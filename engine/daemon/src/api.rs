@@ -549,7 +549,16 @@ async fn attach(d: &Arc<Daemon>, e: Arc<Entry>, q: &Query, mut req: Request<Inco
     let upgrade = hyper::upgrade::on(&mut req);
     let d = d.clone();
     let tty = rec.config.tty;
+    struct Attached(Arc<Entry>);
+    impl Drop for Attached {
+        fn drop(&mut self) {
+            self.0.attached.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    e.attached.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let guard = Attached(e.clone());
     tokio::spawn(async move {
+        let _guard = guard;
         let Ok(upgraded) = upgrade.await else { return };
         let io = TokioIo::new(upgraded);
         let (mut rd, mut wr) = tokio::io::split(io);

@@ -67,6 +67,9 @@ pub struct Entry {
     pub life: watch::Sender<Life>,
     /// Serialises start/stop/remove of one container.
     pub op: tokio::sync::Mutex<()>,
+    /// Attached output streams still being written: `--rm` waits for them, so the output
+    /// of a short-lived container is not removed with it before the client has it.
+    pub attached: std::sync::atomic::AtomicUsize,
 }
 
 impl Entry {
@@ -392,7 +395,7 @@ impl Daemon {
         };
         self.save(&record)?;
         let (life, _) = watch::channel(Life::default());
-        let entry = Arc::new(Entry { record: Mutex::new(record), life, op: tokio::sync::Mutex::new(()) });
+        let entry = Arc::new(Entry { record: Mutex::new(record), life, op: tokio::sync::Mutex::new(()), attached: Default::default() });
         self.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), entry);
         Ok(())
     }
@@ -529,6 +532,10 @@ impl Daemon {
             let d = self.clone();
             let e = e.clone();
             tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while e.attached.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 if let Err(err) = d.remove(&e, true, true).await {
                     log!(d.cfg, "error", "auto-removing {}: {}", e.snapshot().id, err.message);
                 }
@@ -765,7 +772,7 @@ impl Daemon {
             let was_running = rec.state.running || rec.state.restarting;
             let (life, _) = watch::channel(Life { running: rec.state.running, ..Default::default() });
             let id = rec.id.clone();
-            let entry = Arc::new(Entry { record: Mutex::new(rec), life, op: tokio::sync::Mutex::new(()) });
+            let entry = Arc::new(Entry { record: Mutex::new(rec), life, op: tokio::sync::Mutex::new(()), attached: Default::default() });
             self.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
             if was_running {
                 running.push(entry);

@@ -289,13 +289,20 @@ impl Tasks for Svc {
         let l = self.0.clone();
         l.store.get(&req.container_id).map_err(store_status)?;
         let task = l.tasks.get(&req.container_id).ok();
-        let path = match &task {
+        // A deleted task's log is moved (renamed, so offsets stay valid) to the data dir; a
+        // read that races the move finds it there.
+        let kept = l.store.data_dir(&req.container_id).join(engine_shim::service::LOG_FILE);
+        let mut path = match &task {
             Some(t) => t.dir.join(engine_shim::service::LOG_FILE),
-            None => l.store.data_dir(&req.container_id).join(engine_shim::service::LOG_FILE),
+            None => kept.clone(),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
-            let entries = engine_shim::log::read_all(&path, 100);
+            let (mut entries, mut offset) = engine_shim::log::read_all_to_offset(&path, 100);
+            if !path.exists() && path != kept {
+                path = kept.clone();
+                (entries, offset) = engine_shim::log::read_all_to_offset(&path, 100);
+            }
             let skip = if req.tail > 0 { entries.len().saturating_sub(req.tail as usize) } else { 0 };
             for (stream, line, t) in entries.into_iter().skip(skip) {
                 if tx.send(Ok(LogEntry { stream, line, time_unix_nanos: t })).await.is_err() {
@@ -303,10 +310,13 @@ impl Tasks for Svc {
                 }
             }
             let Some(task) = task.filter(|_| req.follow) else { return };
-            // follow the live file until the task has exited and nothing more arrives
-            let mut offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            // follow the live file from where the read stopped until the task has exited and
+            // nothing more arrives
             loop {
                 let done = task.exited().is_some();
+                if !path.exists() {
+                    path = kept.clone(); // the task was deleted meanwhile: same file, moved
+                }
                 if let Ok(text) = std::fs::read(&path) {
                     if (text.len() as u64) < offset {
                         offset = 0; // rotated

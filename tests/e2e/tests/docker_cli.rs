@@ -1,0 +1,126 @@
+//! Debian's Docker CLI, unchanged, against a private engined: the Docker Engine API as real
+//! clients use it (version negotiation, hijacked attach and exec streams, image transfer).
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+
+use engine_test_support::engined::Engined;
+use engine_test_support::*;
+
+fn rootfs_tar(e: &Engined) -> std::path::PathBuf {
+    let rootfs = e.dir.path().join("rootfs");
+    make_busybox_rootfs(&rootfs);
+    let tar = e.dir.path().join("rootfs.tar");
+    assert!(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
+    tar
+}
+
+#[test]
+fn docker_cli_drives_engined() {
+    let e = Engined::start();
+    let version = e.docker_ok(&["version", "--format", "{{.Server.APIVersion}} {{.Server.Os}}"]);
+    assert_eq!(version.trim(), "1.43 linux");
+    assert!(e.docker_ok(&["info", "--format", "{{.OperatingSystem}} {{.Driver}}"]).contains("overlay2"));
+
+    // import, images, tag, save, rmi, load
+    let tar = rootfs_tar(&e);
+    e.docker_ok(&["import", "--change", "CMD [\"sh\"]", tar.to_str().unwrap(), "bb:1"]);
+    assert!(e.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).contains("bb:1"));
+    e.docker_ok(&["tag", "bb:1", "bb:2"]);
+    let saved = e.dir.path().join("saved.tar");
+    e.docker_ok(&["save", "-o", saved.to_str().unwrap(), "bb:2"]);
+    e.docker_ok(&["rmi", "bb:2"]);
+    e.docker_ok(&["rmi", "bb:1"]);
+    assert_eq!(e.docker_ok(&["images", "-q"]).trim(), "");
+    assert!(e.docker_ok(&["load", "-i", saved.to_str().unwrap()]).contains("Loaded image: bb:2"));
+
+    // run: attached with --rm, options, exit codes
+    assert_eq!(e.docker_ok(&["run", "--rm", "bb:2", "echo", "hi"]), "hi\n");
+    let out = e.docker(&["run", "--rm", "bb:2", "sh", "-c", "exit 9"]);
+    assert_eq!(out.status.code(), Some(9));
+    let host = e.dir.path().join("vol");
+    std::fs::create_dir_all(&host).unwrap();
+    std::os::unix::fs::chown(&host, Some(1000), Some(1000)).unwrap();
+    let bind = format!("{}:/v", host.display());
+    let out = e.docker_ok(&["run", "--rm", "--init", "-e", "X=1", "-v", &bind, "-w", "/v", "-u", "1000:1000", "bb:2", "sh", "-c", "echo $X $(pwd) $(id -u) > f; cat f; cat /proc/1/cmdline | tr '\\0' ' '"]);
+    assert_eq!(out, "1 /v 1000\n/sbin/docker-init -- sh -c echo $X $(pwd) $(id -u) > f; cat f; cat /proc/1/cmdline | tr '\\0' ' ' ");
+    assert_eq!(std::fs::read_to_string(host.join("f")).unwrap(), "1 /v 1000\n");
+
+    // run -d, ps, logs, exec, inspect, stop, kill, rm
+    let id = e.docker_ok(&["run", "-d", "--name", "svc", "bb:2", "sh", "-c", "echo up; exec sleep 1000"]).trim().to_string();
+    assert!(e.docker_ok(&["ps", "--format", "{{.Names}} {{.Status}}"]).contains("svc Up"));
+    wait_for("logs", || e.docker_ok(&["logs", "svc"]) == "up\n");
+    assert_eq!(e.docker_ok(&["exec", "svc", "sh", "-c", "echo in; echo err >&2"]), "in\n");
+    assert_eq!(e.docker(&["exec", "svc", "sh", "-c", "exit 4"]).status.code(), Some(4));
+    assert_eq!(e.docker_ok(&["inspect", "-f", "{{.Id}} {{.State.Running}}", "svc"]).trim(), format!("{id} true"));
+    e.docker_ok(&["stop", "-t", "1", "svc"]);
+    assert_eq!(e.docker_ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "svc"]).trim(), "exited 137");
+    e.docker_ok(&["start", "svc"]);
+    e.docker_ok(&["kill", "svc"]);
+    assert_eq!(e.docker_ok(&["wait", "svc"]).trim(), "137");
+    e.docker_ok(&["rm", "svc"]);
+    assert_eq!(e.docker_ok(&["ps", "-aq"]).trim(), "");
+
+    // errors come back as Docker's
+    let out = e.docker(&["run", "--rm", "nosuch:1", "true"]);
+    assert!(stderr(&out).contains("Unable to find image 'nosuch:1' locally"), "{}", stderr(&out));
+    let out = e.docker(&["rm", "nosuch"]);
+    assert!(stderr(&out).contains("No such container: nosuch"), "{}", stderr(&out));
+}
+
+#[test]
+fn docker_run_it_through_a_pty() {
+    let e = Engined::start();
+    let tar = rootfs_tar(&e);
+    e.docker_ok(&["import", "--change", "CMD [\"sh\"]", tar.to_str().unwrap(), "bb:1"]);
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = || std::fs::File::from(pty.slave.try_clone().unwrap());
+    let mut child = Command::new(dockerd::docker_cli())
+        .arg("-H")
+        .arg(e.host())
+        .args(["run", "-it", "--rm", "bb:1", "sh"])
+        .stdin(Stdio::from(slave()))
+        .stdout(Stdio::from(slave()))
+        .stderr(Stdio::from(slave()))
+        .spawn()
+        .unwrap();
+    drop(pty.slave);
+    let mut master = std::fs::File::from(pty.master);
+    // Read what the terminal shows, in the background.
+    let mut reader = master.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut read_until = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !String::from_utf8_lossy(&seen).contains(needle) {
+            assert!(std::time::Instant::now() < deadline, "no {needle:?} on the terminal: {:?}", String::from_utf8_lossy(&seen));
+            if let Ok(chunk) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                seen.extend(chunk);
+            }
+        }
+    };
+    read_until("Enter 'help'");
+    master.write_all(b"echo $((40+2)) $(tty)\n").unwrap();
+    read_until("42 /dev/pts/0");
+    master.write_all(b"exit 7\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "docker run -it did not end");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(7));
+    let _ = master.as_raw_fd();
+    wait_for("--rm to remove it", || e.docker_ok(&["ps", "-aq"]).trim().is_empty());
+}
