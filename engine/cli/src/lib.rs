@@ -9,6 +9,7 @@ pub mod client;
 pub mod containers;
 pub mod format;
 pub mod images;
+pub mod volumes;
 
 use std::io::BufReader;
 use std::path::PathBuf;
@@ -79,6 +80,14 @@ pub enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(images::ImageCommand),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(volumes::VolumeCommand),
+    /// Get real time events from the engine.
+    Events(volumes::EventsArgs),
+    /// Manage the engine.
+    #[command(subcommand)]
+    System(volumes::SystemCommand),
     /// Show the engine version information.
     Version,
     /// Display system-wide information.
@@ -152,6 +161,10 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::Rmi(a) => images::rmi(c, a).await,
         Command::History(a) => images::history(c, a).await,
         Command::Image(cmd) => images::image(c, cmd).await,
+        Command::Volume(cmd) => volumes::volume(c, cmd).await,
+        Command::Events(a) => volumes::events(c, a).await,
+        Command::System(volumes::SystemCommand::Df) => volumes::system_df(c).await,
+        Command::System(volumes::SystemCommand::Info) => info(c).await,
         Command::Version => version(c).await,
         Command::Info => info(c).await,
         Command::Trace(_) | Command::Completion { .. } => unreachable!("handled before the runtime starts"),

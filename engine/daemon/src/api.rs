@@ -54,6 +54,10 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp, std:
     h.insert("Api-Version", HeaderValue::from_static(API_VERSION));
     h.insert("Server", HeaderValue::from_static(concat!("engine/", env!("CARGO_PKG_VERSION"), " (linux)")));
     h.insert("Ostype", HeaderValue::from_static("linux"));
+    // The server span's context goes back out, so a client can link to this request's trace.
+    if let Some(tp) = trace.traceparent(trace.root).and_then(|t| HeaderValue::from_str(&t).ok()) {
+        h.insert("traceparent", tp);
+    }
     trace.close(resp.status().as_u16());
     Ok(resp)
 }
@@ -183,11 +187,125 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
         (&M::POST, ["images", name @ .., "tag"]) if !name.is_empty() => crate::images::tag(d, &name.join("/"), &q),
         (&M::DELETE, ["images", name @ ..]) if !name.is_empty() => crate::images::remove(d, &name.join("/"), q.flag("force")).await,
 
-        (_, ["containers" | "images" | "exec" | "volumes", ..]) | (_, ["_ping" | "version" | "info"]) => {
+        // volumes
+        (&M::POST, ["volumes", "create"]) => crate::volumes::create(d, http::read_json(req.into_body()).await?),
+        (&M::GET, ["volumes"]) => Ok(crate::volumes::list(d)),
+        (&M::POST, ["volumes", "prune"]) => crate::volumes::prune(d),
+        (&M::GET, ["volumes", name]) => crate::volumes::inspect(d, name),
+        (&M::DELETE, ["volumes", name]) => crate::volumes::remove(d, name, q.flag("force")),
+
+        // system
+        (&M::GET, ["events"]) => events(d, &q),
+        (&M::GET, ["system", "df"]) => system_df(d),
+
+        (_, ["containers" | "images" | "exec" | "volumes" | "system", ..]) | (_, ["_ping" | "version" | "info"]) => {
             Err(ApiError::new(StatusCode::NOT_FOUND, format!("page not found: {method} {path} is not served by engined")))
         }
         _ => Err(ApiError::not_found(format!("page not found: {path}"))),
     }
+}
+
+/// `GET /events`: container events as they happen (and the recent ones after `since`),
+/// until `until` or the client goes; filters `type`, `container`, `event`.
+fn events(d: &Arc<Daemon>, q: &Query) -> Result<Resp, ApiError> {
+    let filters: std::collections::HashMap<String, Value> = match q.get("filters").filter(|f| !f.is_empty()) {
+        Some(f) => serde_json::from_str(f).map_err(|e| ApiError::bad_request(format!("invalid filters: {e}")))?,
+        None => Default::default(),
+    };
+    let values = |k: &str| -> Vec<String> {
+        match filters.get(k) {
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            Some(Value::Object(o)) => o.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    };
+    let (types, containers, actions) = (values("type"), values("container"), values("event"));
+    let keep = move |ev: &Value| {
+        let s = |p: &str| ev.pointer(p).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        (types.is_empty() || types.contains(&s("/Type")))
+            && (actions.is_empty() || actions.contains(&s("/Action")))
+            && (containers.is_empty() || containers.iter().any(|c| s("/Actor/ID").starts_with(c.as_str()) || *c == s("/Actor/Attributes/name")))
+    };
+    let since = parse_since(q.get("since"))?;
+    let until = parse_since(q.get("until"))?;
+    let mut rx = d.events.subscribe();
+    let replay: Vec<Value> = match since {
+        Some(s) => d.recent_events.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|e| e["timeNano"].as_i64().unwrap_or(0) >= s).cloned().collect(),
+        None => Vec::new(),
+    };
+    let (tx, body) = http::channel_body(64);
+    tokio::spawn(async move {
+        let now = || SystemTime::now().duration_since(UNIX_EPOCH).map(|t| t.as_nanos() as i64).unwrap_or(0);
+        for ev in replay.into_iter().filter(|e| keep(e)) {
+            if until.is_some_and(|u| ev["timeNano"].as_i64().unwrap_or(0) > u) || tx.send(Bytes::from(format!("{ev}\n"))).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let wait = match until {
+                Some(u) => Duration::from_nanos((u - now()).max(0) as u64),
+                None => Duration::from_secs(3600),
+            };
+            match tokio::time::timeout(wait, rx.recv()).await {
+                Ok(Ok(ev)) if keep(&ev) => {
+                    if tx.send(Bytes::from(format!("{ev}\n"))).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(_)) => return,
+                Err(_) if until.is_some() => return,
+                Err(_) => {}
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    let mut r = Resp::new(body);
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+/// `GET /system/df`: what images, containers and volumes take on disk.
+fn system_df(d: &Arc<Daemon>) -> Result<Resp, ApiError> {
+    let (_, layers) = d.images.disk_usage()?;
+    let recs: Vec<_> = d.all().iter().map(|e| e.snapshot()).collect();
+    let images: Vec<Value> = d
+        .images
+        .list()?
+        .iter()
+        .map(|i| {
+            let tags: Vec<String> = i.names.iter().map(|n| n.familiar()).collect();
+            json!({
+                "Id": i.id().to_string(), "ParentId": "", "RepoTags": tags, "RepoDigests": [],
+                "Created": i.config.created.as_deref().map(unix_of).unwrap_or(0),
+                "Size": i.record.size(), "SharedSize": -1, "VirtualSize": i.record.size(), "Labels": null,
+                "Containers": recs.iter().filter(|r| &r.image_id == i.id()).count(),
+            })
+        })
+        .collect();
+    let containers: Vec<Value> = recs
+        .iter()
+        .map(|r| {
+            json!({
+                "Id": r.id, "Names": [format!("/{}", r.name)], "Image": r.image, "ImageID": r.image_id.to_string(),
+                "Command": std::iter::once(r.path.clone()).chain(r.args.iter().cloned()).collect::<Vec<_>>().join(" "),
+                "Created": unix_of(&r.created), "State": r.state.status, "Status": status_line(r),
+                "SizeRw": crate::volumes::dir_size(&r.upper), "SizeRootFs": 0, "Labels": r.config.labels, "Mounts": mounts_of(r),
+            })
+        })
+        .collect();
+    let volumes: Vec<Value> = crate::volumes::list_all(d)
+        .into_iter()
+        .map(|v| {
+            let size = crate::volumes::dir_size(&v.mountpoint);
+            let mut j = serde_json::to_value(&v).unwrap_or_default();
+            j["UsageData"] = json!({ "Size": size, "RefCount": recs.iter().filter(|r| r.host_config.binds.iter().flatten().any(|b| b.split(':').next() == Some(v.name.as_str()))).count() });
+            j
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &json!({ "LayersSize": layers, "Images": images, "Containers": containers, "Volumes": volumes, "BuildCache": [] })))
 }
 
 fn version(d: &Daemon) -> Value {

@@ -92,6 +92,9 @@ pub struct Daemon {
     pub sink: Option<File>,
     pub shutting_down: AtomicBool,
     pub execs: crate::exec::Execs,
+    /// Container events for `GET /events`, and the recent ones for `since`.
+    pub events: tokio::sync::broadcast::Sender<serde_json::Value>,
+    pub recent_events: Mutex<std::collections::VecDeque<serde_json::Value>>,
 }
 
 fn now() -> String {
@@ -151,6 +154,8 @@ impl Daemon {
             sink: engine_telemetry::sink_from_env(),
             shutting_down: AtomicBool::new(false),
             execs: Default::default(),
+            events: tokio::sync::broadcast::channel(256).0,
+            recent_events: Mutex::new(Default::default()),
             cfg,
         });
         d.load_records().await?;
@@ -167,6 +172,33 @@ impl Daemon {
 
     pub fn volumes_dir(&self) -> PathBuf {
         self.cfg.data_root.join("volumes")
+    }
+
+    /// Publishes a container event (Docker's shape) to `GET /events` listeners.
+    pub fn event(&self, rec: &ContainerRecord, action: &str, extra: &[(&str, String)]) {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("name".into(), rec.name.clone().into());
+        attrs.insert("image".into(), rec.image.clone().into());
+        for (k, v) in rec.config.labels.iter().flatten() {
+            attrs.insert(k.clone(), v.clone().into());
+        }
+        for (k, v) in extra {
+            attrs.insert(k.to_string(), v.clone().into());
+        }
+        let ev = serde_json::json!({
+            "Type": "container", "Action": action, "status": action, "id": rec.id, "from": rec.image,
+            "Actor": { "ID": rec.id, "Attributes": attrs },
+            "scope": "local", "time": now.as_secs(), "timeNano": now.as_nanos() as u64,
+        });
+        {
+            let mut recent = self.recent_events.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.len() >= 1024 {
+                recent.pop_front();
+            }
+            recent.push_back(ev.clone());
+        }
+        let _ = self.events.send(ev);
     }
 
     fn tasks(&self) -> TasksClient<Channel> {
@@ -333,12 +365,7 @@ impl Daemon {
         };
         hostconfig::write_etc_files(&dir, &hostname, &hc.network_mode).map_err(|e| ApiError::internal(format!("writing /etc files: {e}")))?;
         let spec = {
-            let volumes_dir = self.volumes_dir();
-            let volume_dir = |name: &str| -> Result<PathBuf, ApiError> {
-                let d = volumes_dir.join(name).join("_data");
-                std::fs::create_dir_all(&d).map_err(|e| ApiError::internal(format!("creating volume {name}: {e}")))?;
-                Ok(d)
-            };
+            let volume_dir = |name: &str| -> Result<PathBuf, ApiError> { Ok(crate::volumes::ensure(self, name, Default::default())?.mountpoint) };
             let init_bin = self.cfg.init_bin();
             let cx = hostconfig::Context { id, cgroup_parent: &self.cfg.cgroup_parent, container_dir: &dir, init_bin: &init_bin, mounts: &mounts, volume_dir: &volume_dir };
             hostconfig::apply(built.spec, &hc, &cx)?
@@ -396,7 +423,9 @@ impl Daemon {
         self.save(&record)?;
         let (life, _) = watch::channel(Life::default());
         let entry = Arc::new(Entry { record: Mutex::new(record), life, op: tokio::sync::Mutex::new(()), attached: Default::default() });
+        let rec = entry.snapshot();
         self.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), entry);
+        self.event(&rec, "create", &[]);
         Ok(())
     }
 
@@ -473,6 +502,7 @@ impl Daemon {
             r.manually_stopped = false;
         });
         self.persist(e);
+        self.event(&e.snapshot(), "start", &[]);
         e.life.send_modify(|l| l.running = true);
         self.spawn_monitor(e.clone());
         Ok(())
@@ -518,6 +548,7 @@ impl Daemon {
             r.state.finished_at = now();
         });
         self.persist(e);
+        self.event(&e.snapshot(), "die", &[("exitCode", exit.exit_status.to_string())]);
         e.life.send_modify(|l| {
             l.running = false;
             l.exits += 1;
@@ -593,6 +624,7 @@ impl Daemon {
             async move { t.kill(r).await }
         })
         .await?;
+        self.event(&rec, "kill", &[("signal", signal.to_string())]);
         Ok(())
     }
 
@@ -640,6 +672,7 @@ impl Daemon {
             }
         }
         trace.finish(span, Ok::<(), String>(())).ok();
+        self.event(&e.snapshot(), "stop", &[]);
         Ok(())
     }
 
@@ -721,6 +754,7 @@ impl Daemon {
         tokio::task::spawn_blocking(move || images.remove_snapshot(&key)).await.map_err(|e| ApiError::internal(e.to_string()))??;
         std::fs::remove_dir_all(self.container_dir(&id)).map_err(|err| ApiError::internal(format!("removing {}: {err}", self.container_dir(&id).display())))?;
         self.containers.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.event(&rec, "destroy", &[]);
         e.life.send_modify(|l| l.removed = true);
         Ok(())
     }

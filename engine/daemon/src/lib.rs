@@ -17,6 +17,7 @@ pub mod images;
 pub mod supervisor;
 pub mod trace;
 pub mod types;
+pub mod volumes;
 
 /// Time helpers shared by the API handlers.
 pub mod api_time {

@@ -274,3 +274,29 @@ fn containers_survive_kill9_of_engined_and_lifecycled() {
     e.ok(&["rm", "steady", "short"]);
     assert_clean(&e);
 }
+
+#[test]
+fn volumes_events_and_disk_usage() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    assert_eq!(e.ok(&["volume", "create", "-l", "team=a", "data"]).trim(), "data");
+    assert!(e.ok(&["volume", "ls"]).lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["local", "data"]));
+    assert_eq!(e.ok(&["volume", "inspect", "-f", "{{.Name}} {{.Driver}} {{.Labels.team}}", "data"]).trim(), "data local a");
+    e.ok(&["run", "--name", "writer", "-v", "data:/d", "busybox", "sh", "-c", "echo x > /d/f"]);
+    assert!(e.fails(&["volume", "rm", "data"]).contains("volume is in use"));
+    assert!(e.ok(&["system", "df"]).lines().any(|l| l.starts_with("Local Volumes") && l.split_whitespace().nth(2) == Some("1")));
+    e.ok(&["rm", "writer"]);
+    e.ok(&["run", "--rm", "-v", "anon1:/d", "busybox", "true"]);
+    assert_eq!(e.ok(&["volume", "ls", "-q"]).split_whitespace().collect::<Vec<_>>(), ["anon1", "data"]);
+    e.ok(&["volume", "rm", "data"]);
+    assert!(e.ok(&["volume", "prune", "-f"]).contains("anon1"));
+    assert_eq!(e.ok(&["volume", "ls", "-q"]).trim(), "");
+    assert!(e.fails(&["volume", "inspect", "data"]).contains("no such volume"));
+
+    // the container's life as events, replayed from `since` up to `until`
+    let until = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1).to_string();
+    let events = e.ok(&["events", "--since", &since, "--until", &until, "--filter", "container=writer", "--format", "{{.Action}}"]);
+    assert_eq!(events.split_whitespace().collect::<Vec<_>>(), ["create", "start", "die", "destroy"], "{events}");
+    assert_clean(&e);
+}

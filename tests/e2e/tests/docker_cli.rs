@@ -124,3 +124,19 @@ fn docker_run_it_through_a_pty() {
     let _ = master.as_raw_fd();
     wait_for("--rm to remove it", || e.docker_ok(&["ps", "-aq"]).trim().is_empty());
 }
+
+#[test]
+fn docker_cli_volumes_events_and_df() {
+    let e = Engined::start();
+    let tar = rootfs_tar(&e);
+    e.docker_ok(&["import", tar.to_str().unwrap(), "bb:1"]);
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    e.docker_ok(&["volume", "create", "v1"]);
+    assert!(e.docker_ok(&["volume", "ls", "--format", "{{.Name}}"]).contains("v1"));
+    assert_eq!(e.docker_ok(&["run", "--rm", "-v", "v1:/v", "bb:1", "sh", "-c", "echo hi > /v/f; cat /v/f"]), "hi\n");
+    assert!(e.docker_ok(&["system", "df"]).contains("Local Volumes"));
+    e.docker_ok(&["volume", "rm", "v1"]);
+    let until = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1).to_string();
+    let events = e.docker_ok(&["events", "--since", &since, "--until", &until, "--filter", "type=container", "--format", "{{.Action}}"]);
+    assert_eq!(events.split_whitespace().collect::<Vec<_>>(), ["create", "start", "die", "destroy"], "{events}");
+}

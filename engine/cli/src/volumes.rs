@@ -1,0 +1,178 @@
+//! `engine volume ...`, `engine events`, `engine system df`.
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use crate::client::{self, Client};
+use crate::containers::{filters_param, print_formatted, urlencode};
+use crate::format;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Create a volume.
+    Create {
+        /// Set metadata for a volume.
+        #[arg(short = 'l', long = "label")]
+        label: Vec<String>,
+        name: Option<String>,
+    },
+    /// List volumes.
+    Ls {
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// Display detailed information on one or more volumes.
+    Inspect {
+        #[arg(short = 'f', long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove one or more volumes.
+    Rm {
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove all unused volumes.
+    Prune {
+        /// Do not prompt for confirmation.
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+}
+
+pub async fn volume(c: &Client, cmd: VolumeCommand) -> Result<i32> {
+    match cmd {
+        VolumeCommand::Create { label, name } => {
+            let labels: serde_json::Map<String, Value> = label.iter().map(|l| {
+                let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                (k.to_string(), Value::String(v.to_string()))
+            }).collect();
+            let v = client::read_json(c.post("/volumes/create", Some(&json!({ "Name": name.unwrap_or_default(), "Labels": labels }))).await?).await?;
+            println!("{}", v["Name"].as_str().unwrap_or(""));
+        }
+        VolumeCommand::Ls { quiet } => {
+            let v = c.get("/volumes").await?;
+            let vols: Vec<&Value> = v["Volumes"].as_array().into_iter().flatten().collect();
+            if quiet {
+                vols.iter().for_each(|v| println!("{}", v["Name"].as_str().unwrap_or("")));
+            } else {
+                let rows: Vec<Vec<String>> = vols.iter().map(|v| vec!["local".to_string(), v["Name"].as_str().unwrap_or("").to_string()]).collect();
+                print!("{}", format::table(&["DRIVER", "VOLUME NAME"], &rows));
+            }
+        }
+        VolumeCommand::Inspect { format: f, names } => {
+            let mut out = Vec::new();
+            let mut failed = false;
+            for n in &names {
+                match c.get(&format!("/volumes/{}", urlencode(n))).await {
+                    Ok(v) => out.push(v),
+                    Err(e) => {
+                        eprintln!("{e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            match f {
+                Some(f) => out.iter().for_each(|v| println!("{}", format::template(&f, v))),
+                None => println!("{}", serde_json::to_string_pretty(&out)?),
+            }
+            return Ok(failed as i32);
+        }
+        VolumeCommand::Rm { force, names } => {
+            let mut failed = false;
+            for n in &names {
+                match c.delete(&format!("/volumes/{}?force={}", urlencode(n), force as u8)).await {
+                    Ok(_) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("{e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            return Ok(failed as i32);
+        }
+        VolumeCommand::Prune { force } => {
+            if !force {
+                anyhow::bail!("this removes all volumes not used by a container: pass -f to confirm");
+            }
+            let v = client::read_json(c.post("/volumes/prune", None).await?).await?;
+            println!("Deleted Volumes:");
+            for n in v["VolumesDeleted"].as_array().into_iter().flatten() {
+                println!("{}", n.as_str().unwrap_or(""));
+            }
+            println!("\nTotal reclaimed space: {}", format::size(v["SpaceReclaimed"].as_u64().unwrap_or(0)));
+        }
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EventsArgs {
+    /// Show events created since this unix timestamp.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Stream events until this unix timestamp.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Filter output (type=, container=, event=).
+    #[arg(long = "filter")]
+    pub filter: Vec<String>,
+    /// Format output using a Go-template subset.
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+pub async fn events(c: &Client, a: EventsArgs) -> Result<i32> {
+    let mut q = format!("filters={}", filters_param(&a.filter)?);
+    if let Some(s) = &a.since {
+        q.push_str(&format!("&since={}", urlencode(s)));
+    }
+    if let Some(u) = &a.until {
+        q.push_str(&format!("&until={}", urlencode(u)));
+    }
+    let r = c.send(hyper::Method::GET, &format!("/events?{q}"), client::empty_body(), None).await?;
+    let mut pending = Vec::new();
+    client::for_each_chunk(r, |chunk| {
+        pending.extend_from_slice(chunk);
+        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
+            match &a.format {
+                Some(f) => print_formatted(f, std::slice::from_ref(&ev)),
+                None => {
+                    let attrs: Vec<String> = ev["Actor"]["Attributes"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+                    println!("{} {} {} {} ({})", ev["timeNano"], ev["Type"].as_str().unwrap_or(""), ev["Action"].as_str().unwrap_or(""), ev["Actor"]["ID"].as_str().unwrap_or(""), attrs.join(", "));
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(0)
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SystemCommand {
+    /// Show engine disk usage.
+    Df,
+    /// Display system-wide information.
+    Info,
+}
+
+pub async fn system_df(c: &Client) -> Result<i32> {
+    let v = c.get("/system/df").await?;
+    let count = |k: &str| v[k].as_array().map(|a| a.len()).unwrap_or(0);
+    let sum = |k: &str, f: &str| v[k].as_array().into_iter().flatten().map(|x| x[f].as_u64().unwrap_or(0)).sum::<u64>();
+    let active_images = v["Images"].as_array().into_iter().flatten().filter(|i| i["Containers"].as_u64().unwrap_or(0) > 0).count();
+    let running = v["Containers"].as_array().into_iter().flatten().filter(|c| c["State"] == "running").count();
+    let rows = vec![
+        vec!["Images".into(), count("Images").to_string(), active_images.to_string(), format::size(v["LayersSize"].as_u64().unwrap_or(0))],
+        vec!["Containers".into(), count("Containers").to_string(), running.to_string(), format::size(sum("Containers", "SizeRw"))],
+        vec!["Local Volumes".into(), count("Volumes").to_string(), "".into(), format::size(v["Volumes"].as_array().into_iter().flatten().map(|x| x["UsageData"]["Size"].as_u64().unwrap_or(0)).sum())],
+    ];
+    print!("{}", format::table(&["TYPE", "TOTAL", "ACTIVE", "SIZE"], &rows));
+    Ok(0)
+}
