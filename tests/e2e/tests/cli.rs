@@ -300,3 +300,30 @@ fn volumes_events_and_disk_usage() {
     assert_eq!(events.split_whitespace().collect::<Vec<_>>(), ["create", "start", "die", "destroy"], "{events}");
     assert_clean(&e);
 }
+
+#[test]
+fn one_run_is_one_trace_across_daemon_lifecycled_shim_and_runtime() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    e.ok(&["run", "--rm", "--name", "traced", "busybox", "true"]);
+    let spans = std::fs::read_to_string(e.spans()).unwrap();
+    let lines: Vec<serde_json::Value> = spans.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    // (trace id, span name) of every span handed over
+    let mut all = Vec::new();
+    for l in &lines {
+        for rs in l["resourceSpans"].as_array().into_iter().flatten() {
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                for sp in ss["spans"].as_array().into_iter().flatten() {
+                    all.push((sp["traceId"].as_str().unwrap_or("").to_string(), sp["name"].as_str().unwrap_or("").to_string()));
+                }
+            }
+        }
+    }
+    let create = all.iter().find(|(_, n)| n == "daemon.create").expect("a daemon.create span");
+    let trace: Vec<&str> = all.iter().filter(|(t, _)| *t == create.0).map(|(_, n)| n.as_str()).collect();
+    for want in ["POST /containers/create", "daemon.create", "daemon.snapshot", "daemon.spec", "POST /containers/{id}/start", "daemon.start", "lifecycle.Tasks/Create", "shim.create", "runtime.create", "runtime.namespaces", "lifecycle.Tasks/Start", "shim.start"] {
+        assert!(trace.iter().any(|n| n.starts_with(want)), "no {want} in the run's trace: {trace:?}");
+    }
+    let out = e.ok(&["trace", "--file", e.spans().to_str().unwrap(), "--trace-id", &create.0]);
+    assert!(out.contains("daemon.snapshot"), "{out}");
+}

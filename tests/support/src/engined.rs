@@ -29,6 +29,11 @@ impl Engined {
         format!("unix://{}", self.sock.display())
     }
 
+    /// Where every component's spans are handed over (OTLP JSON lines).
+    pub fn spans(&self) -> PathBuf {
+        self.dir.path().join("spans.jsonl")
+    }
+
     pub fn data_root(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -47,6 +52,7 @@ impl Engined {
             .arg("--pidfile").arg(self.dir.path().join("engined.pid"))
             .arg("--cgroup-parent").arg(&self.cgroup_parent)
             .arg("--log-level").arg("debug")
+            .env("ENGINE_SPAN_SINK", self.spans())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
