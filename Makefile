@@ -7,7 +7,7 @@ TARGET := x86_64-unknown-linux-gnu
 RELEASE := target/$(TARGET)/release
 RUNS ?= 50
 
-.PHONY: setup build release test fuzz demo bench-runtime bench-shim bench-image clean
+.PHONY: setup build release test fuzz demo bench bench-runtime bench-shim bench-image clean
 
 setup:
 	@scripts/setup
@@ -29,6 +29,9 @@ fuzz:
 
 demo: release
 	BIN=$(RELEASE) scripts/demo
+
+bench: release
+	BIN=$(RELEASE) RUNS=$(RUNS) scripts/bench
 
 bench-runtime: release
 	ENGINE_RUNTIME=$(RELEASE)/engine-runtime RUNS=$(RUNS) scripts/bench-runtime
