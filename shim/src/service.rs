@@ -67,6 +67,50 @@ struct ExecProcess {
     exit: watch::Receiver<Option<ExitStatus>>,
     output: Arc<Mutex<(Vec<u8>, Vec<u8>)>>,
     drained: watch::Receiver<bool>,
+    io: Arc<Mutex<ExecIo>>,
+    stdin: Option<File>,
+    master: Option<Arc<OwnedFd>>,
+}
+
+/// An exec's output as it comes: kept (up to `MAX_EXEC_OUTPUT`) for late readers and
+/// `ExecWait`, and sent on to every `ExecIO` stream.
+#[derive(Default)]
+struct ExecIo {
+    chunks: Vec<IoChunk>,
+    kept: usize,
+    readers: Vec<tokio::sync::mpsc::UnboundedSender<Result<IoChunk, Status>>>,
+    done: bool,
+}
+
+const MAX_EXEC_OUTPUT: usize = 1 << 20;
+
+impl ExecIo {
+    fn push(&mut self, stream: &str, data: &[u8]) {
+        let chunk = IoChunk { stream: stream.to_string(), data: data.to_vec() };
+        self.readers.retain(|r| r.send(Ok(chunk.clone())).is_ok());
+        if self.kept < MAX_EXEC_OUTPUT {
+            self.kept += data.len();
+            self.chunks.push(chunk);
+        }
+    }
+}
+
+/// Receives the pty master a runtime process sends over the console socket.
+async fn receive_console(listener: tokio::net::UnixListener) -> std::io::Result<OwnedFd> {
+    let (conn, _) = listener.accept().await?;
+    loop {
+        conn.readable().await?;
+        let got = conn.try_io(tokio::io::Interest::READABLE, || {
+            engine_runtime::terminal::receive_master(conn.as_fd()).map_err(|e| match e {
+                engine_runtime::terminal::TerminalError::Sys { errno: nix::Error::EAGAIN, .. } => std::io::ErrorKind::WouldBlock.into(),
+                e => std::io::Error::other(e.to_string()),
+            })
+        });
+        match got {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
 }
 
 struct Inner {
@@ -240,22 +284,7 @@ impl ShimService {
         // with a terminal, the container's first process sends the pty master while create runs
         let master = match console {
             Some(listener) => {
-                let accept = async {
-                    let (conn, _) = listener.accept().await?;
-                    loop {
-                        conn.readable().await?;
-                        let got = conn.try_io(tokio::io::Interest::READABLE, || {
-                            engine_runtime::terminal::receive_master(conn.as_fd()).map_err(|e| match e {
-                                engine_runtime::terminal::TerminalError::Sys { errno: nix::Error::EAGAIN, .. } => std::io::ErrorKind::WouldBlock.into(),
-                                e => std::io::Error::other(e.to_string()),
-                            })
-                        });
-                        match got {
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                            other => break other,
-                        }
-                    }
-                };
+                let accept = receive_console(listener);
                 let (ran, master) = tokio::join!(run, accept);
                 if let (Err(e), Err(m)) = (&ran, &master) {
                     return Err(Status::internal(format!("{e} (console socket: {m})")));
@@ -338,9 +367,7 @@ impl ShimService {
         }
         let process: serde_json::Value =
             serde_json::from_str(&req.process_json).map_err(|e| Status::invalid_argument(format!("invalid process JSON: {e}")))?;
-        if process["terminal"] == serde_json::Value::Bool(true) {
-            return Err(Status::unimplemented("exec with a terminal is not supported by the shim yet"));
-        }
+        let terminal = process["terminal"] == serde_json::Value::Bool(true);
         {
             let inner = self.lock();
             if inner.phase != Phase::Running {
@@ -355,37 +382,81 @@ impl ShimService {
         let pid_file = self.cfg.state_dir.join(format!("exec-{safe}.pid"));
         std::fs::write(&process_file, &req.process_json).map_err(|e| Status::internal(format!("write process: {e}")))?;
         let io_err = |e: std::io::Error| Status::internal(format!("exec stdio: {e}"));
-        let (out_r, out_w) = pipe().map_err(io_err)?;
-        let (err_r, err_w) = pipe().map_err(io_err)?;
-        let args: Vec<OsString> = vec![
-            "exec".into(), "--detach".into(), "--pid-file".into(), pid_file.clone().into(), "--process".into(), process_file.clone().into(), self.id_arg(),
-        ];
-        let stdio = Stdio3 { stdin: Stdio::null(), stdout: Stdio::from(out_w), stderr: Stdio::from(err_w) };
-        let ran = self.rt.run(&args, Some(stdio), tp.as_deref()).await;
+        let mut args: Vec<OsString> = vec!["exec".into(), "--detach".into(), "--pid-file".into(), pid_file.clone().into(), "--process".into(), process_file.clone().into()];
+        let mut readers: Vec<(&'static str, OwnedFd)> = Vec::new();
+        let mut stdin_writer = None;
+        let (stdio, console) = if terminal {
+            let path = self.cfg.state_dir.join(format!("exec-{safe}.console.sock"));
+            let _ = std::fs::remove_file(&path);
+            let listener = engine_api::bind_unix(&path).map_err(io_err)?;
+            args.push("--console-socket".into());
+            args.push(path.into());
+            (Stdio3 { stdin: Stdio::null(), stdout: Stdio::null(), stderr: Stdio::null() }, Some(listener))
+        } else {
+            let (out_r, out_w) = pipe().map_err(io_err)?;
+            let (err_r, err_w) = pipe().map_err(io_err)?;
+            readers.push(("stdout", out_r));
+            readers.push(("stderr", err_r));
+            let stdin = if req.stdin {
+                let (in_r, in_w) = pipe().map_err(io_err)?;
+                stdin_writer = Some(File::from(in_w));
+                Stdio::from(in_r)
+            } else {
+                Stdio::null()
+            };
+            (Stdio3 { stdin, stdout: Stdio::from(out_w), stderr: Stdio::from(err_w) }, None)
+        };
+        args.push(self.id_arg());
+        let run = self.rt.run(&args, Some(stdio), tp.as_deref());
+        let (ran, master) = match console {
+            Some(listener) => {
+                let (ran, master) = tokio::join!(run, receive_console(listener));
+                (ran, Some(master))
+            }
+            None => (run.await, None),
+        };
         let _ = std::fs::remove_file(&process_file);
+        let _ = std::fs::remove_file(self.cfg.state_dir.join(format!("exec-{safe}.console.sock")));
         ran.map_err(runtime_status)?;
+        let master = match master {
+            Some(m) => Some(Arc::new(m.map_err(|e| Status::internal(format!("exec console: {e}")))?)),
+            None => None,
+        };
+        if let Some(m) = &master {
+            readers.push(("stdout", m.try_clone().map_err(io_err)?));
+        }
         let pid: i32 = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .ok_or_else(|| Status::internal("the runtime wrote no exec pid file"))?;
         let _ = std::fs::remove_file(&pid_file);
 
-        const MAX_OUTPUT: usize = 1 << 20;
         let output = Arc::new(Mutex::new((Vec::new(), Vec::new())));
+        let io = Arc::new(Mutex::new(ExecIo::default()));
         let (drained_tx, drained_rx) = watch::channel(false);
-        let (o1, o2) = (output.clone(), output.clone());
+        let pumps: Vec<_> = readers
+            .into_iter()
+            .map(|(stream, fd)| {
+                let (output, io) = (output.clone(), io.clone());
+                // each stream on its own task: a full stderr pipe must not wait on stdout's end
+                tokio::spawn(pump(fd, move |c| {
+                    let mut o = output.lock().unwrap_or_else(|e| e.into_inner());
+                    let buf = if stream == "stdout" { &mut o.0 } else { &mut o.1 };
+                    let room = MAX_EXEC_OUTPUT.saturating_sub(buf.len());
+                    buf.extend_from_slice(&c[..c.len().min(room)]);
+                    io.lock().unwrap_or_else(|e| e.into_inner()).push(stream, c);
+                }))
+            })
+            .collect();
+        let io_done = io.clone();
         tokio::spawn(async move {
-            let out = pump(out_r, move |c| {
-                let mut o = o1.lock().unwrap_or_else(|e| e.into_inner());
-                let room = MAX_OUTPUT.saturating_sub(o.0.len());
-                o.0.extend_from_slice(&c[..c.len().min(room)]);
-            });
-            let err = pump(err_r, move |c| {
-                let mut o = o2.lock().unwrap_or_else(|e| e.into_inner());
-                let room = MAX_OUTPUT.saturating_sub(o.1.len());
-                o.1.extend_from_slice(&c[..c.len().min(room)]);
-            });
-            tokio::join!(out, err);
+            for p in pumps {
+                let _ = p.await;
+            }
+            let mut io = io_done.lock().unwrap_or_else(|e| e.into_inner());
+            io.done = true;
+            io.readers.clear(); // ends every ExecIO stream
+            drop(io);
             let _ = drained_tx.send(true);
         });
         let (exit_tx, exit_rx) = watch::channel(None);
@@ -394,7 +465,8 @@ impl ShimService {
             let code = exited.await.unwrap_or(255);
             exit_tx.send_replace(Some(ExitStatus { exit_status: code as u32, exited_unix_nanos: now_nanos(), reason: String::new(), pid: pid as u32 }));
         });
-        self.lock().execs.insert(req.exec_id.clone(), ExecProcess { pid, exit: exit_rx, output, drained: drained_rx });
+        let process = ExecProcess { pid, exit: exit_rx, output, drained: drained_rx, io, stdin: stdin_writer, master };
+        self.lock().execs.insert(req.exec_id.clone(), process);
         Ok(pid as u32)
     }
 
@@ -534,9 +606,32 @@ impl Shim for ShimService {
         Ok(Response::new(ExecOutput { status: Some(st), stdout, stderr }))
     }
 
+    type ExecIOStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<IoChunk, Status>> + Send + 'static>>;
+
+    async fn exec_io(&self, request: Request<TaskRequest>) -> Result<Response<Self::ExecIOStream>, Status> {
+        let req = request.into_inner();
+        let io = self.lock().execs.get(&req.exec_id).map(|e| e.io.clone()).ok_or_else(|| Status::not_found(format!("exec {} does not exist", req.exec_id)))?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        {
+            let mut io = io.lock().unwrap_or_else(|e| e.into_inner());
+            for c in &io.chunks {
+                let _ = tx.send(Ok(c.clone()));
+            }
+            if !io.done {
+                io.readers.push(tx);
+            }
+        }
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))))
+    }
+
     async fn resize_pty(&self, request: Request<ResizePtyRequest>) -> Result<Response<Empty>, Status> {
         let req = request.into_inner();
-        let master = self.lock().master.clone().ok_or_else(|| Status::failed_precondition("the task has no terminal"))?;
+        let master = if req.exec_id.is_empty() {
+            self.lock().master.clone()
+        } else {
+            self.lock().execs.get(&req.exec_id).and_then(|e| e.master.clone())
+        };
+        let master = master.ok_or_else(|| Status::failed_precondition("the process has no terminal"))?;
         engine_runtime::terminal::set_size(master.as_fd(), req.height as u16, req.width as u16).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(Empty {}))
     }
@@ -544,6 +639,16 @@ impl Shim for ShimService {
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<Empty>, Status> {
         let req = request.into_inner();
         let mut inner = self.lock();
+        if !req.exec_id.is_empty() {
+            let e = inner.execs.get_mut(&req.exec_id).ok_or_else(|| Status::not_found(format!("exec {} does not exist", req.exec_id)))?;
+            if let Some(master) = e.master.clone() {
+                nix::unistd::write(master.as_fd(), &req.data).map_err(|e| Status::internal(format!("write to the terminal: {e}")))?;
+                return Ok(Response::new(Empty {}));
+            }
+            let stdin = e.stdin.as_mut().ok_or_else(|| Status::failed_precondition("the exec has no open stdin"))?;
+            stdin.write_all(&req.data).map_err(|e| Status::internal(format!("write to stdin: {e}")))?;
+            return Ok(Response::new(Empty {}));
+        }
         if let Some(master) = inner.master.clone() {
             nix::unistd::write(master.as_fd(), &req.data).map_err(|e| Status::internal(format!("write to the terminal: {e}")))?;
             return Ok(Response::new(Empty {}));
@@ -553,8 +658,14 @@ impl Shim for ShimService {
         Ok(Response::new(Empty {}))
     }
 
-    async fn close_io(&self, _request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
-        self.lock().stdin = None;
+    async fn close_io(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        let mut inner = self.lock();
+        if req.exec_id.is_empty() {
+            inner.stdin = None;
+        } else if let Some(e) = inner.execs.get_mut(&req.exec_id) {
+            e.stdin = None;
+        }
         Ok(Response::new(Empty {}))
     }
 

@@ -12,7 +12,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
-pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+/// A hijacked connection: the raw stream after the daemon's `101 Switching Protocols`.
+pub type Upgraded = tokio::net::UnixStream;
 
 /// API version the CLI speaks (the daemon's minimum).
 pub const API: &str = "v1.41";
@@ -111,18 +112,45 @@ impl Client {
         self.send(Method::DELETE, path, empty_body(), None).await
     }
 
-    /// A hijacked connection (attach, exec start): the raw stream after `101`.
-    pub async fn hijack(&self, path: &str, body: Option<&Value>) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
-        let mut sender = self.connect().await?;
-        let mut req = self.build(Method::POST, path, body.map(json_body).unwrap_or_else(empty_body), body.map(|_| "application/json"))?;
-        req.headers_mut().insert("Connection", "Upgrade".parse()?);
-        req.headers_mut().insert("Upgrade", "tcp".parse()?);
-        let resp = sender.send_request(req).await.context("talking to the daemon")?;
-        let resp = check(resp).await?;
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            bail!("the daemon did not switch protocols for {path}");
+    /// A hijacked connection (attach, exec start): the request is written by hand and the
+    /// headers of the answer read byte by byte, so nothing past them is consumed and the
+    /// socket is the raw stream from then on.
+    pub async fn hijack(&self, path: &str, body: Option<&Value>) -> Result<Upgraded> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::UnixStream::connect(&self.sock)
+            .await
+            .map_err(|_| anyhow!("Cannot connect to the engine daemon at {}. Is engined running?", self.host))?;
+        let body = body.map(serde_json::to_vec).transpose()?.unwrap_or_default();
+        let mut head = format!("POST /{API}{path} HTTP/1.1\r\nHost: engine\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: {}\r\n", body.len());
+        if !body.is_empty() {
+            head.push_str("Content-Type: application/json\r\n");
         }
-        Ok(TokioIo::new(hyper::upgrade::on(resp).await.context("upgrading the connection")?))
+        if let Some(tp) = &self.traceparent {
+            head.push_str(&format!("traceparent: {tp}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await.context("talking to the daemon")?;
+        stream.write_all(&body).await.context("talking to the daemon")?;
+        let mut headers = Vec::new();
+        let mut byte = [0u8; 1];
+        while !headers.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.context("reading the daemon's answer")? == 0 || headers.len() > 64 * 1024 {
+                bail!("the daemon closed the connection for {path}");
+            }
+            headers.push(byte[0]);
+        }
+        let text = String::from_utf8_lossy(&headers).into_owned();
+        let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        if status == 101 || status == 200 {
+            return Ok(stream);
+        }
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+        let message = serde_json::from_slice::<Value>(&rest)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        Err(DaemonError { status, message }.into())
     }
 }
 

@@ -773,7 +773,14 @@ pub async fn exec(c: &Client, a: ExecArgs) -> Result<i32> {
         return Ok(0);
     }
     let io = c.hijack(&format!("/exec/{id}/start"), Some(&start)).await?;
-    stream_attached(io, a.tty, false).await?;
+    let raw = (a.tty && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)).then(RawTerminal::enable);
+    if a.tty {
+        if let Some((h, w)) = terminal_size() {
+            let _ = c.post(&format!("/exec/{id}/resize?h={h}&w={w}"), None).await;
+        }
+    }
+    stream_attached(io, a.tty, a.interactive).await?;
+    drop(raw);
     let info = c.get(&format!("/exec/{id}/json")).await?;
     Ok(info["ExitCode"].as_i64().unwrap_or(126) as i32)
 }

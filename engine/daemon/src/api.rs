@@ -161,7 +161,7 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
         (&M::POST, ["containers", id, "resize"]) => {
             let e = d.find(id)?;
             let (h, w) = (q.int("h")?.unwrap_or(0), q.int("w")?.unwrap_or(0));
-            let req = ResizePtyRequest { container_id: e.snapshot().id, width: w as u32, height: h as u32 };
+            let req = ResizePtyRequest { container_id: e.snapshot().id, width: w as u32, height: h as u32, exec_id: String::new() };
             TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket())).resize_pty(req).await?;
             Ok(empty(StatusCode::OK))
         }
@@ -174,7 +174,7 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
         }
         (&M::POST, ["exec", id, "start"]) => crate::exec::start(d, id, req).await,
         (&M::GET, ["exec", id, "json"]) => crate::exec::inspect(d, id),
-        (&M::POST, ["exec", _, "resize"]) => Ok(empty(StatusCode::OK)),
+        (&M::POST, ["exec", id, "resize"]) => crate::exec::resize(d, id, q.int("h")?.unwrap_or(0), q.int("w")?.unwrap_or(0)).await,
 
         // images
         (&M::GET, ["images", "json"]) => Ok(json(StatusCode::OK, &crate::images::list(d, &q)?)),
@@ -725,7 +725,7 @@ async fn attach(d: &Arc<Daemon>, e: Arc<Entry>, q: &Query, mut req: Request<Inco
                         return std::future::pending::<()>().await;
                     }
                     Ok(n) => {
-                        let _ = tasks.write(WriteRequest { container_id: id.clone(), data: buf[..n].to_vec() }).await;
+                        let _ = tasks.write(WriteRequest { container_id: id.clone(), data: buf[..n].to_vec(), exec_id: String::new() }).await;
                     }
                 }
             }

@@ -632,8 +632,11 @@ impl Daemon {
     pub async fn stop(self: &Arc<Self>, trace: &Trace, e: &Arc<Entry>, timeout: Option<i64>) -> Result<(), ApiError> {
         let _op = e.op.lock().await;
         let rec = e.snapshot();
+        // A stop by the daemon's own shutdown is not a user's stop: policies still apply
+        // when it comes back.
+        let manual = !self.shutting_down.load(Ordering::SeqCst);
         e.update(|r| {
-            r.manually_stopped = true;
+            r.manually_stopped |= manual;
             if r.state.restarting {
                 // a pending restart is cancelled: the container stays exited
                 r.state.restarting = false;
@@ -815,6 +818,32 @@ impl Daemon {
         for e in running {
             let d = self.clone();
             tokio::spawn(async move { d.reattach(e).await });
+        }
+        // Restart policies at daemon start: `always` containers, and `unless-stopped` ones no
+        // user stopped, that are not running (stopped by the last shutdown, or by a reboot).
+        let to_start: Vec<Arc<Entry>> = self
+            .all()
+            .into_iter()
+            .filter(|e| {
+                let r = e.snapshot();
+                !r.state.running
+                    && !r.state.restarting
+                    && r.state.status == "exited"
+                    && match r.host_config.restart_policy.name.as_str() {
+                        "always" => true,
+                        "unless-stopped" => !r.manually_stopped,
+                        _ => false,
+                    }
+            })
+            .collect();
+        for e in to_start {
+            let d = self.clone();
+            tokio::spawn(async move {
+                let _op = e.op.lock().await;
+                if let Err(err) = d.start_task(None, &e).await {
+                    log!(d.cfg, "warn", "starting {} (restart policy): {}", e.snapshot().id, err.message);
+                }
+            });
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
+
 use crate::daemon::{Daemon, Entry};
 use crate::http::{self, empty, json, ApiError, Resp};
 
@@ -146,7 +147,9 @@ fn process_json(d: &Daemon, e: &Entry, c: &ExecConfig) -> Result<String, ApiErro
 }
 
 /// `POST /exec/{id}/start`: detached, it returns once the process runs; attached, the
-/// connection is hijacked and gets the process's output when it ends.
+/// connection is hijacked: the process's output streams to it as it comes (raw with a
+/// terminal, multiplexed without), what the client writes goes to its stdin, and the stream
+/// ends once the exit code is known (the CLI asks for it next).
 pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Result<Resp, ApiError> {
     let inst = d.execs.get(id)?;
     if inst.started {
@@ -158,84 +161,121 @@ pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Res
     if !e.snapshot().state.running {
         return Err(ApiError::conflict(format!("Container {} is not running", inst.container_id)));
     }
-    if inst.config.tty || start.tty {
-        return Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, "exec with a terminal (-t) is not supported yet; run without -t"));
-    }
-    let process_json = process_json(d, &e, &inst.config)?;
-    let mut tasks = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket()));
-    let exec_req = ExecRequest { container_id: inst.container_id.clone(), exec_id: id.to_string(), process_json };
+    let tty = inst.config.tty || start.tty;
+    let mut config = inst.config.clone();
+    config.tty = tty;
+    let stdin = config.attach_stdin && !start.detach;
+    let process_json = process_json(d, &e, &config)?;
+    let channel = engine_api::unix_channel(d.cfg.lifecycled_socket());
+    let mut tasks = TasksClient::new(channel.clone());
+    let exec_req = ExecRequest { container_id: inst.container_id.clone(), exec_id: id.to_string(), process_json, stdin };
     let pid = tasks.exec(exec_req).await?.into_inner().pid;
     d.execs.update(id, |i| {
         i.started = true;
         i.running = true;
         i.pid = pid;
+        i.config.tty = tty;
     });
-    let wait = {
+    let task_req = TaskRequest { container_id: inst.container_id.clone(), exec_id: id.to_string() };
+    // Records the exit code once the exec ends.
+    let finish = {
         let d = d.clone();
         let id = id.to_string();
-        let container_id = inst.container_id.clone();
+        let mut tasks = tasks.clone();
+        let task_req = task_req.clone();
         async move {
-            let out = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket()))
-                .exec_wait(TaskRequest { container_id, exec_id: id.clone() })
-                .await
-                .map(|r| r.into_inner());
-            let code = out.as_ref().ok().and_then(|o| o.status.as_ref()).map(|s| s.exit_status as i64).unwrap_or(126);
+            let code = tasks.exec_wait(task_req).await.ok().and_then(|o| o.into_inner().status).map(|s| s.exit_status as i64).unwrap_or(126);
             d.execs.update(&id, |i| {
                 i.running = false;
                 i.exit_code = Some(code);
             });
-            out.ok()
         }
     };
     if start.detach {
-        tokio::spawn(wait);
+        tokio::spawn(finish);
         return Ok(empty(StatusCode::OK));
     }
-    let (want_out, want_err) = (inst.config.attach_stdout, inst.config.attach_stderr);
-    let write_output = move |out: Option<ExecOutput>| -> Vec<Bytes> {
-        let mut chunks = Vec::new();
-        if let Some(o) = out {
-            if want_out && !o.stdout.is_empty() {
-                chunks.push(http::frame(1, &o.stdout));
-            }
-            if want_err && !o.stderr.is_empty() {
-                chunks.push(http::frame(2, &o.stderr));
-            }
+    let (want_out, want_err) = (config.attach_stdout, config.attach_stderr);
+    let encode = move |c: IoChunk| -> Option<Bytes> {
+        let is_err = c.stream == "stderr";
+        if (is_err && !want_err) || (!is_err && !want_out) || c.data.is_empty() {
+            return None;
         }
-        chunks
+        Some(if tty { Bytes::from(c.data) } else { http::frame(if is_err { 2 } else { 1 }, &c.data) })
     };
+    let output = tasks.exec_io(task_req.clone()).await?.into_inner();
+    let ct = if tty { "application/vnd.docker.raw-stream" } else { "application/vnd.docker.multiplexed-stream" };
     match upgrade {
         Some(upgrade) => {
             tokio::spawn(async move {
-                let out = wait.await;
                 let Ok(upgraded) = upgrade.await else { return };
-                let mut io = TokioIo::new(upgraded);
-                for chunk in write_output(out) {
-                    if io.write_all(&chunk).await.is_err() {
-                        return;
+                let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+                let out = async {
+                    let mut output = output;
+                    while let Ok(Some(chunk)) = output.message().await {
+                        if let Some(b) = encode(chunk) {
+                            if wr.write_all(&b).await.is_err() {
+                                break;
+                            }
+                        }
                     }
+                    finish.await;
+                    let _ = wr.shutdown().await;
+                };
+                let input = async {
+                    if !stdin {
+                        return std::future::pending::<()>().await;
+                    }
+                    let mut buf = vec![0u8; 32 * 1024];
+                    loop {
+                        match tokio::io::AsyncReadExt::read(&mut rd, &mut buf).await {
+                            Ok(0) | Err(_) => {
+                                let _ = tasks.close_io(task_req.clone()).await;
+                                return std::future::pending::<()>().await;
+                            }
+                            Ok(n) => {
+                                let w = WriteRequest { container_id: task_req.container_id.clone(), data: buf[..n].to_vec(), exec_id: task_req.exec_id.clone() };
+                                let _ = tasks.write(w).await;
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = out => {}
+                    _ = input => {}
                 }
-                let _ = io.shutdown().await;
             });
             let mut r = empty(StatusCode::SWITCHING_PROTOCOLS);
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/vnd.docker.multiplexed-stream"));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
             r.headers_mut().insert(CONNECTION, HeaderValue::from_static("Upgrade"));
             r.headers_mut().insert(UPGRADE, HeaderValue::from_static("tcp"));
             Ok(r)
         }
         None => {
             // Not hijacked: the output is the response body.
-            let (tx, body) = http::channel_body(4);
+            let (tx, body) = http::channel_body(16);
             tokio::spawn(async move {
-                for chunk in write_output(wait.await) {
-                    if tx.send(chunk).await.is_err() {
-                        return;
+                let mut output = output;
+                while let Ok(Some(chunk)) = output.message().await {
+                    if let Some(b) = encode(chunk) {
+                        if tx.send(b).await.is_err() {
+                            break;
+                        }
                     }
                 }
+                finish.await;
             });
             let mut r = Resp::new(body);
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/vnd.docker.multiplexed-stream"));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
             Ok(r)
         }
     }
+}
+
+/// `POST /exec/{id}/resize`.
+pub async fn resize(d: &Arc<Daemon>, id: &str, h: i64, w: i64) -> Result<Resp, ApiError> {
+    let inst = d.execs.get(id)?;
+    let req = ResizePtyRequest { container_id: inst.container_id, width: w as u32, height: h as u32, exec_id: id.to_string() };
+    TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket())).resize_pty(req).await?;
+    Ok(empty(StatusCode::OK))
 }

@@ -28,6 +28,14 @@ pub struct Supervisor {
     stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// The pid file is replaced whole (write and rename), so a reader never sees it empty.
+fn write_pid(path: &std::path::Path, pid: u32) {
+    let tmp = path.with_extension("pid.tmp");
+    if std::fs::write(&tmp, pid.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
 fn spawn(cfg: &Config) -> anyhow::Result<Child> {
     let sock = cfg.lifecycled_socket();
     let _ = std::fs::remove_file(&sock);
@@ -68,7 +76,7 @@ pub async fn start(cfg: Arc<Config>) -> anyhow::Result<Supervisor> {
         _ => {
             let c = spawn(&cfg)?;
             let pid = c.id().unwrap_or(0);
-            std::fs::write(&pid_file, pid.to_string())?;
+            write_pid(&pid_file, pid);
             tx.send_replace(pid);
             child = Some(c);
         }
@@ -105,7 +113,7 @@ pub async fn start(cfg: Arc<Config>) -> anyhow::Result<Supervisor> {
             match spawn(&cfg) {
                 Ok(c) => {
                     let pid = c.id().unwrap_or(0);
-                    let _ = std::fs::write(&pid_file, pid.to_string());
+                    write_pid(&pid_file, pid);
                     tx.send_replace(pid);
                     child = Some(c);
                 }

@@ -223,6 +223,15 @@ impl Tasks for Svc {
         Ok(Response::new(t.client.clone().exec_wait(req).await?.into_inner()))
     }
 
+    type ExecIOStream = Stream2<IoChunk>;
+
+    async fn exec_io(&self, request: Request<TaskRequest>) -> Result<Response<Self::ExecIOStream>, Status> {
+        let req = request.into_inner();
+        let t = self.0.tasks.get(&req.container_id)?;
+        let stream = t.client.clone().exec_io(req).await?.into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn resize_pty(&self, request: Request<ResizePtyRequest>) -> Result<Response<Empty>, Status> {
         let req = request.into_inner();
         Ok(Response::new(self.0.tasks.get(&req.container_id)?.client.clone().resize_pty(req).await?.into_inner()))

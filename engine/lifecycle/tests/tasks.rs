@@ -37,7 +37,7 @@ async fn run_logs_exec_pause_kill_wait_delete() {
     let bundle_spec: serde_json::Value = serde_json::from_slice(&std::fs::read(l.dir.path().join("bundles/c1/config.json")).unwrap()).unwrap();
     let mut process = bundle_spec["process"].clone();
     process["args"] = serde_json::json!(["sh", "-c", "echo exec-out; echo exec-err >&2; exit 3"]);
-    tasks.exec(ExecRequest { container_id: "c1".into(), exec_id: "e1".into(), process_json: process.to_string() }).await.unwrap();
+    tasks.exec(ExecRequest { container_id: "c1".into(), exec_id: "e1".into(), process_json: process.to_string(), ..Default::default() }).await.unwrap();
     let out = tasks.exec_wait(TaskRequest { container_id: "c1".into(), exec_id: "e1".into() }).await.unwrap().into_inner();
     assert_eq!(out.status.unwrap().exit_status, 3);
     assert_eq!(out.stdout, b"exec-out\n");
@@ -97,7 +97,7 @@ async fn terminal_and_oom() {
     l.containers().create(CreateContainerRequest { id: "t1".into(), bundle: bundle.display().to_string(), labels: Default::default() }).await.unwrap();
     let mut tasks = l.tasks();
     let pid = tasks.create(CreateTaskRequest { container_id: "t1".into(), terminal: true, ..Default::default() }).await.unwrap().into_inner().pid;
-    tasks.resize_pty(ResizePtyRequest { container_id: "t1".into(), width: 91, height: 33 }).await.unwrap();
+    tasks.resize_pty(ResizePtyRequest { container_id: "t1".into(), width: 91, height: 33, ..Default::default() }).await.unwrap();
     tasks.start(req("t1")).await.unwrap();
     assert_eq!(tasks.wait(req("t1")).await.unwrap().into_inner().exit_status, 0);
     let mut s = tasks.logs(LogsRequest { container_id: "t1".into(), follow: false, tail: 0 }).await.unwrap().into_inner();
@@ -157,7 +157,7 @@ async fn bad_input_changes_nothing() {
     // exec in a stopped task
     tasks.kill(KillRequest { container_id: "d1".into(), exec_id: String::new(), signal: 9, all: false }).await.unwrap();
     tasks.wait(req("d1")).await.unwrap();
-    let err = tasks.exec(ExecRequest { container_id: "d1".into(), exec_id: "x".into(), process_json: r#"{"args":["true"],"cwd":"/"}"#.into() }).await.unwrap_err();
+    let err = tasks.exec(ExecRequest { container_id: "d1".into(), exec_id: "x".into(), process_json: r#"{"args":["true"],"cwd":"/"}"#.into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("not running"), "{err:?}");
     tasks.delete(req("d1")).await.unwrap();

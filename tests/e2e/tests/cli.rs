@@ -44,6 +44,29 @@ fn container_lifecycle_through_the_cli() {
     assert_eq!(e.engine(&["exec", "web", "sh", "-c", "exit 5"]).status.code(), Some(5));
     assert_eq!(e.ok(&["exec", "-e", "A=b", "-w", "/tmp", "-u", "1000", "web", "sh", "-c", "echo $A $(pwd) $(id -u)"]), "b /tmp 1000\n");
     e.ok(&["exec", "-d", "web", "sleep", "30"]);
+    // exec -i: stdin reaches the process
+    let mut child = std::process::Command::new(bin("engine"))
+        .args(["-H", &e.host(), "exec", "-i", "web", "sh", "-c", "read a; echo got $a"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"line\n").unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&out), "got line\n");
+    // exec output streams while the process runs (it is still running when the line arrives)
+    let mut child = std::process::Command::new(bin("engine"))
+        .args(["-H", &e.host(), "exec", "web", "sh", "-c", "echo first; exec sleep 1000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line, "first\n");
+    assert!(child.try_wait().unwrap().is_none(), "the exec should still be running");
+    let _ = child.kill();
+    let _ = child.wait();
     assert!(e.ok(&["top", "web"]).contains("sleep 1000"));
     assert!(e.ok(&["stats", "--no-stream", "web"]).contains("web"));
     assert_eq!(inspect(&e, "web", "{{.State.Running}}"), "true");
@@ -326,4 +349,26 @@ fn one_run_is_one_trace_across_daemon_lifecycled_shim_and_runtime() {
     }
     let out = e.ok(&["trace", "--file", e.spans().to_str().unwrap(), "--trace-id", &create.0]);
     assert!(out.contains("daemon.snapshot"), "{out}");
+}
+
+#[test]
+fn restart_policies_apply_when_engined_comes_back() {
+    let mut e = Engined::start();
+    e.import_busybox("busybox");
+    e.ok(&["run", "-d", "--name", "always", "--restart", "always", "busybox", "sleep", "1000"]);
+    e.ok(&["run", "-d", "--name", "unless", "--restart", "unless-stopped", "busybox", "sleep", "1000"]);
+    e.ok(&["run", "-d", "--name", "stopped", "--restart", "unless-stopped", "busybox", "sleep", "1000"]);
+    e.ok(&["run", "-d", "--name", "plain", "busybox", "sleep", "1000"]);
+    e.ok(&["stop", "-t", "0", "stopped"]);
+    // A clean stop of engined stops its containers; on start the policies bring some back.
+    let pid = e.child.as_ref().unwrap().id() as i32;
+    // SAFETY: SIGTERM to this test's engined, by pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let _ = e.child.take().unwrap().wait();
+    e.restart();
+    wait_for("always and unless-stopped to run again", || state(&e, "always") == "running" && state(&e, "unless") == "running");
+    assert_eq!(state(&e, "stopped"), "exited", "a user's stop is kept");
+    assert_eq!(state(&e, "plain"), "exited", "no policy, no restart");
+    e.ok(&["rm", "-f", "always", "unless", "stopped", "plain"]);
+    assert_clean(&e);
 }

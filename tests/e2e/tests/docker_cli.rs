@@ -69,6 +69,66 @@ fn docker_cli_drives_engined() {
     assert!(stderr(&out).contains("No such container: nosuch"), "{}", stderr(&out));
 }
 
+/// Runs `docker args` on a new pty, types `input` once `ready` shows, and returns what the
+/// terminal showed and the exit code.
+fn on_a_pty(e: &Engined, args: &[&str], ready: &str, input: &[u8], expect: &str) -> i32 {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = || std::fs::File::from(pty.slave.try_clone().unwrap());
+    let mut child = Command::new(dockerd::docker_cli())
+        .arg("-H")
+        .arg(e.host())
+        .args(args)
+        .stdin(Stdio::from(slave()))
+        .stdout(Stdio::from(slave()))
+        .stderr(Stdio::from(slave()))
+        .spawn()
+        .unwrap();
+    drop(pty.slave);
+    let mut master = std::fs::File::from(pty.master);
+    let mut reader = master.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut read_until = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !String::from_utf8_lossy(&seen).contains(needle) {
+            assert!(std::time::Instant::now() < deadline, "no {needle:?} on the terminal: {:?}", String::from_utf8_lossy(&seen));
+            if let Ok(chunk) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                seen.extend(chunk);
+            }
+        }
+    };
+    read_until(ready);
+    master.write_all(input).unwrap();
+    read_until(expect);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code().unwrap_or(-1);
+        }
+        assert!(std::time::Instant::now() < deadline, "docker {args:?} did not end");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn docker_exec_it_through_a_pty() {
+    let e = Engined::start();
+    let tar = rootfs_tar(&e);
+    e.docker_ok(&["import", tar.to_str().unwrap(), "bb:1"]);
+    e.docker_ok(&["run", "-d", "--name", "box", "bb:1", "sleep", "1000"]);
+    let code = on_a_pty(&e, &["exec", "-it", "box", "sh"], "#", b"echo $((6*7)) $(tty)\nexit 3\n", "42 /dev/pts/");
+    assert_eq!(code, 3);
+    e.docker_ok(&["rm", "-f", "box"]);
+}
+
 #[test]
 fn docker_run_it_through_a_pty() {
     let e = Engined::start();

@@ -72,7 +72,12 @@ impl Engined {
 
     /// The pid of the lifecycled engined supervises.
     pub fn lifecycled_pid(&self) -> i32 {
-        std::fs::read_to_string(self.exec_root().join("lifecycled.pid")).unwrap().trim().parse().unwrap()
+        let mut pid = 0;
+        crate::wait_for("lifecycled's pid file", || {
+            pid = std::fs::read_to_string(self.exec_root().join("lifecycled.pid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            pid > 0
+        });
+        pid
     }
 
     pub fn engine(&self, args: &[&str]) -> Output {
