@@ -726,6 +726,33 @@ pub async fn stats(c: &Client, a: StatsArgs) -> Result<i32> {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct AttachArgs {
+    /// Do not attach STDIN.
+    #[arg(long)]
+    pub no_stdin: bool,
+    pub container: String,
+}
+
+/// `engine attach`: the container's output from now on, and stdin to it (when it keeps one
+/// open); returns its exit code when it ends.
+pub async fn attach(c: &Client, a: AttachArgs) -> Result<i32> {
+    let info = c.get(&format!("/containers/{}/json", urlencode(&a.container))).await?;
+    if info["State"]["Running"] != Value::Bool(true) {
+        bail!("You cannot attach to a stopped container, start it first");
+    }
+    let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
+    let stdin = !a.no_stdin && info["Config"]["OpenStdin"].as_bool().unwrap_or(false);
+    let name = urlencode(&a.container);
+    let io = c.hijack(&format!("/containers/{name}/attach?stream=1&stdout=1&stderr=1{}", if stdin { "&stdin=1" } else { "" }), None).await?;
+    let wait = c.post(&format!("/containers/{name}/wait?condition=next-exit"), None).await?;
+    let raw = (tty && stdin && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)).then(RawTerminal::enable);
+    stream_attached(io, tty, stdin).await?;
+    drop(raw);
+    let status = client::read_json(wait).await?;
+    Ok(status["StatusCode"].as_i64().unwrap_or(0) as i32)
+}
+
+#[derive(clap::Args, Debug)]
 pub struct ExecArgs {
     /// Detached mode: run command in the background.
     #[arg(short = 'd', long)]

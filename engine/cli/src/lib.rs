@@ -63,6 +63,8 @@ pub enum Command {
     Stats(containers::StatsArgs),
     /// Run a command in a running container.
     Exec(containers::ExecArgs),
+    /// Attach local standard input, output, and error streams to a running container.
+    Attach(containers::AttachArgs),
     /// List images.
     Images(images::ImagesArgs),
     /// Load images from a tar archive (docker save or OCI layout).
@@ -122,17 +124,28 @@ pub fn run(cli: Cli) -> Result<i32> {
         _ => {}
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async move {
-        // The command is the root of its trace: every request carries its context.
-        let trace = engine_telemetry::TraceContext {
-            trace_id: engine_telemetry::TraceId::random(),
-            span_id: engine_telemetry::SpanId::random(),
-            flags: 1,
-            state: None,
-        };
-        let client = client::Client::new(&cli.host, Some(trace.traceparent()))?;
+    // The command is the root of its trace: its span is recorded when ENGINE_SPAN_SINK names a
+    // sink (under TRACEPARENT if one came in), and every request carries its context.
+    let name = format!("engine.{}", command_name(&cli.command));
+    let mut rec = engine_telemetry::Recorder::from_env("engine");
+    let root = rec.start(&name, None);
+    let traceparent = rec.context(root).map(|c| c.traceparent()).unwrap_or_else(|| {
+        engine_telemetry::TraceContext { trace_id: engine_telemetry::TraceId::random(), span_id: engine_telemetry::SpanId::random(), flags: 1, state: None }.traceparent()
+    });
+    let result = rt.block_on(async move {
+        let client = client::Client::new(&cli.host, Some(traceparent))?;
         dispatch(&client, cli.command).await
-    })
+    });
+    let result = rec.finish(root, result.map_err(|e| format!("{e:#}"))).map_err(|e| anyhow::anyhow!(e));
+    rec.flush();
+    result
+}
+
+/// The subcommand's name, for the root span (`engine.run`, `engine.image.ls`).
+fn command_name(c: &Command) -> String {
+    let dbg = format!("{c:?}");
+    let word = dbg.split(|ch: char| !ch.is_alphanumeric()).next().unwrap_or("command");
+    word.to_ascii_lowercase()
 }
 
 async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
@@ -153,6 +166,7 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::Top { container } => ct::top(c, &container).await,
         Command::Stats(a) => ct::stats(c, a).await,
         Command::Exec(a) => ct::exec(c, a).await,
+        Command::Attach(a) => ct::attach(c, a).await,
         Command::Images(a) => images::images(c, a).await,
         Command::Load(a) => images::load(c, a).await,
         Command::Save(a) => images::save(c, a).await,

@@ -92,6 +92,21 @@ fn container_lifecycle_through_the_cli() {
     e.ok(&["rm", "-f", "web2"]);
     assert!(e.fails(&["inspect", "web2"]).contains("No such object"));
 
+    // attach: output from now on, stdin through, the exit code back
+    e.ok(&["run", "-d", "-i", "--name", "catter", "busybox", "cat"]);
+    let mut child = std::process::Command::new(bin("engine"))
+        .args(["-H", &e.host(), "attach", "catter"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"echoed\n").unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!((stdout(&out).as_str(), out.status.code()), ("echoed\n", Some(0)));
+    assert_eq!(state(&e, "catter"), "exited");
+    e.ok(&["rm", "catter"]);
+
     // create + start -a
     e.ok(&["create", "--name", "later", "busybox", "echo", "from-create"]);
     assert_eq!(state(&e, "later"), "created");
@@ -328,16 +343,23 @@ fn volumes_events_and_disk_usage() {
 fn one_run_is_one_trace_across_daemon_lifecycled_shim_and_runtime() {
     let e = Engined::start();
     e.import_busybox("busybox");
-    e.ok(&["run", "--rm", "--name", "traced", "busybox", "true"]);
+    let out = std::process::Command::new(bin("engine"))
+        .args(["-H", &e.host(), "run", "--rm", "--name", "traced", "busybox", "true"])
+        .env("ENGINE_SPAN_SINK", e.spans())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
     let spans = std::fs::read_to_string(e.spans()).unwrap();
     let lines: Vec<serde_json::Value> = spans.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     // (trace id, span name) of every span handed over
     let mut all = Vec::new();
+    let mut ids: Vec<(String, String, String, String)> = Vec::new();
     for l in &lines {
         for rs in l["resourceSpans"].as_array().into_iter().flatten() {
             for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
                 for sp in ss["spans"].as_array().into_iter().flatten() {
                     all.push((sp["traceId"].as_str().unwrap_or("").to_string(), sp["name"].as_str().unwrap_or("").to_string()));
+                    ids.push((sp["traceId"].as_str().unwrap_or("").to_string(), sp["spanId"].as_str().unwrap_or("").to_string(), sp["parentSpanId"].as_str().unwrap_or("").to_string(), sp["name"].as_str().unwrap_or("").to_string()));
                 }
             }
         }
@@ -346,6 +368,13 @@ fn one_run_is_one_trace_across_daemon_lifecycled_shim_and_runtime() {
     let trace: Vec<&str> = all.iter().filter(|(t, _)| *t == create.0).map(|(_, n)| n.as_str()).collect();
     for want in ["POST /containers/create", "daemon.create", "daemon.snapshot", "daemon.spec", "POST /containers/{id}/start", "daemon.start", "lifecycle.Tasks/Create", "shim.create", "runtime.create", "runtime.namespaces", "lifecycle.Tasks/Start", "shim.start"] {
         assert!(trace.iter().any(|n| n.starts_with(want)), "no {want} in the run's trace: {trace:?}");
+    }
+    // The CLI's span is the root; every other span's parent is in the trace.
+    let in_trace: Vec<_> = ids.iter().filter(|(t, ..)| *t == create.0).collect();
+    let roots: Vec<&str> = in_trace.iter().filter(|(_, _, p, _)| p.is_empty()).map(|(.., n)| n.as_str()).collect();
+    assert_eq!(roots, ["engine.run"], "the CLI starts the trace");
+    for (_, _, parent, name) in &in_trace {
+        assert!(parent.is_empty() || in_trace.iter().any(|(_, id, ..)| id == parent), "{name}'s parent {parent} is not in the trace");
     }
     let out = e.ok(&["trace", "--file", e.spans().to_str().unwrap(), "--trace-id", &create.0]);
     assert!(out.contains("daemon.snapshot"), "{out}");
