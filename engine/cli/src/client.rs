@@ -144,8 +144,14 @@ impl Client {
         if status == 101 || status == 200 {
             return Ok(stream);
         }
-        let mut rest = Vec::new();
-        let _ = stream.read_to_end(&mut rest).await;
+        // An error answer: its body is Content-Length bytes (the connection may stay open).
+        let len: usize = text
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.trim().parse().ok()))
+            .unwrap_or(0)
+            .min(1 << 20);
+        let mut rest = vec![0u8; len];
+        let _ = stream.read_exact(&mut rest).await;
         let message = serde_json::from_slice::<Value>(&rest)
             .ok()
             .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))

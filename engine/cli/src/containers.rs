@@ -509,7 +509,8 @@ fn since_param(s: &str) -> Result<String> {
     if s.parse::<f64>().is_ok() {
         return Ok(s.to_string());
     }
-    let (num, unit) = s.split_at(s.len().saturating_sub(1));
+    let Some(unit_at) = s.char_indices().last().map(|(i, _)| i) else { bail!("invalid --since {s:?}") };
+    let (num, unit) = s.split_at(unit_at);
     let mult = match unit {
         "s" => 1.0,
         "m" => 60.0,

@@ -596,16 +596,16 @@ async fn logs(d: &Arc<Daemon>, e: &Arc<Entry>, q: &Query) -> Result<Resp, ApiErr
 
 /// `since`/`until`: unix seconds with an optional fraction; nanoseconds out.
 fn parse_since(v: Option<&str>) -> Result<Option<i64>, ApiError> {
-    match v.filter(|s| !s.is_empty()) {
-        None => Ok(None),
-        Some(s) => {
-            let (secs, frac) = s.split_once('.').unwrap_or((s, "0"));
-            let secs: i64 = secs.parse().map_err(|_| ApiError::bad_request(format!("invalid timestamp {s:?}")))?;
-            let frac = format!("{frac:0<9}");
-            let nanos: i64 = frac[..9].parse().map_err(|_| ApiError::bad_request(format!("invalid timestamp {s:?}")))?;
-            Ok(Some(secs * 1_000_000_000 + nanos))
-        }
+    let Some(s) = v.filter(|s| !s.is_empty()) else { return Ok(None) };
+    let bad = || ApiError::bad_request(format!("invalid timestamp {s:?}: want unix seconds[.nanoseconds]"));
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if secs.is_empty() || !digits(secs) || !digits(frac) || frac.len() > 9 {
+        return Err(bad());
     }
+    let secs: i64 = secs.parse().map_err(|_| bad())?;
+    let nanos: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().map_err(|_| bad())? };
+    secs.checked_mul(1_000_000_000).and_then(|n| n.checked_add(nanos)).map(Some).ok_or_else(bad)
 }
 
 async fn top(d: &Arc<Daemon>, e: &Arc<Entry>) -> Result<Resp, ApiError> {
@@ -664,6 +664,7 @@ async fn attach(d: &Arc<Daemon>, e: Arc<Entry>, q: &Query, mut req: Request<Inco
     let rec = e.snapshot();
     let (want_in, want_out, want_err) = (q.flag("stdin"), q.flag("stdout"), q.flag("stderr"));
     let from = SystemTime::now().duration_since(UNIX_EPOCH).map(|t| t.as_nanos() as i64).unwrap_or(0);
+    let exits_at_attach = e.life.borrow().exits;
     let upgrade = hyper::upgrade::on(&mut req);
     let d = d.clone();
     let tty = rec.config.tty;
@@ -687,8 +688,16 @@ async fn attach(d: &Arc<Daemon>, e: Arc<Entry>, q: &Query, mut req: Request<Inco
             let e = e.clone();
             let id = id.clone();
             async move {
+                // Until it runs (or has run and exited since the attach).
                 let mut life = e.life.subscribe();
-                while !life.borrow_and_update().running && life.borrow().exits == 0 {
+                loop {
+                    let go = {
+                        let l = life.borrow_and_update();
+                        l.running || l.exits > exits_at_attach
+                    };
+                    if go {
+                        break;
+                    }
                     if life.changed().await.is_err() {
                         return;
                     }

@@ -431,7 +431,12 @@ impl Daemon {
 
     /// Removes whatever a failed create made: lifecycled's container, the snapshot, the directory.
     async fn undo_create(&self, id: &str) {
-        let _ = self.lc_containers().delete(ContainerId { id: id.to_string() }).await;
+        let _ = retry(|| {
+            let mut c = self.lc_containers();
+            let r = ContainerId { id: id.to_string() };
+            async move { c.delete(r).await }
+        })
+        .await;
         let images = self.images.clone();
         let key = id.to_string();
         let _ = tokio::task::spawn_blocking(move || images.remove_snapshot(&key)).await;
@@ -461,6 +466,10 @@ impl Daemon {
     async fn start_task(self: &Arc<Self>, tp: Option<String>, e: &Arc<Entry>) -> Result<(), ApiError> {
         let rec = e.snapshot();
         let id = rec.id.clone();
+        // After a reboot the overlay is gone: mount it again before the runtime needs it.
+        let images = self.images.clone();
+        let key = id.clone();
+        tokio::task::spawn_blocking(move || images.mount_snapshot(&key)).await.map_err(|err| ApiError::internal(err.to_string()))??;
         let task_req = TaskRequest { container_id: id.clone(), exec_id: String::new() };
         // A task left from an earlier run (exited, not yet deleted) goes first.
         let _ = self.tasks().delete(task_req.clone()).await;
@@ -595,6 +604,7 @@ impl Daemon {
                     log!(d.cfg, "warn", "restarting {}: {}", rec.id, err.message);
                     e.update(|r| r.state.status = "exited".into());
                     d.persist(&e);
+                    e.life.send_modify(|_| {});
                 }
             });
         }
@@ -602,6 +612,9 @@ impl Daemon {
 
     fn should_restart(&self, rec: &ContainerRecord) -> bool {
         let p = &rec.host_config.restart_policy;
+        if rec.manually_stopped {
+            return false; // a user's stop or kill-by-stop is never undone by a policy
+        }
         match p.name.as_str() {
             "always" => !rec.manually_stopped,
             "unless-stopped" => !rec.manually_stopped,
@@ -644,6 +657,7 @@ impl Daemon {
             }
         });
         self.persist(e);
+        e.life.send_modify(|_| {}); // waiters on not-running re-check `restarting`
         if !rec.state.running {
             return Err(ApiError::not_modified());
         }
@@ -657,26 +671,53 @@ impl Daemon {
             let _ = self.kill(e, signal).await;
         }
         let waited = async {
-            while life.borrow_and_update().exits == exits && life.borrow().running {
-                if life.changed().await.is_err() {
+            loop {
+                let still = {
+                    let l = life.borrow_and_update();
+                    l.exits == exits && l.running
+                };
+                if !still || life.changed().await.is_err() {
                     break;
                 }
             }
         };
         let in_time = if timeout < 0 { waited.await; true } else { tokio::time::timeout(Duration::from_secs(timeout as u64), waited).await.is_ok() };
         if !in_time {
-            let req = KillRequest { container_id: rec.id.clone(), exec_id: String::new(), signal: libc::SIGKILL as u32, all: true };
-            let _ = self.tasks().kill(req).await;
-            let mut life = e.life.subscribe();
-            while life.borrow_and_update().running {
-                if life.changed().await.is_err() {
-                    break;
-                }
-            }
+            self.kill_until_exited(e).await;
         }
         trace.finish(span, Ok::<(), String>(())).ok();
         self.event(&e.snapshot(), "stop", &[]);
         Ok(())
+    }
+
+    /// SIGKILL to every process of the container, again every few seconds (lifecycled may be
+    /// restarting), until its exit is recorded.
+    async fn kill_until_exited(&self, e: &Arc<Entry>) {
+        let id = e.snapshot().id;
+        let mut life = e.life.subscribe();
+        loop {
+            if !life.borrow_and_update().running {
+                return;
+            }
+            let req = KillRequest { container_id: id.clone(), exec_id: String::new(), signal: libc::SIGKILL as u32, all: true };
+            let _ = retry(|| {
+                let mut t = self.tasks();
+                let r = req.clone();
+                async move { t.kill(r).await }
+            })
+            .await;
+            let exited = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    if !life.borrow_and_update().running || life.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            if exited.is_ok() {
+                return;
+            }
+        }
     }
 
     /// Waits for `condition` (not-running, next-exit, removed); returns the exit code and error.
@@ -706,31 +747,26 @@ impl Daemon {
 
     pub async fn remove(self: &Arc<Self>, e: &Arc<Entry>, force: bool, _volumes: bool) -> Result<(), ApiError> {
         let rec = e.snapshot();
+        let running_refused = |rec: &ContainerRecord| {
+            ApiError::conflict(format!(
+                "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                rec.id
+            ))
+        };
         if rec.state.running {
             if !force {
-                return Err(ApiError::conflict(format!(
-                    "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
-                    rec.id
-                )));
+                return Err(running_refused(&rec));
             }
             e.update(|r| r.manually_stopped = true);
-            let mut life = e.life.subscribe();
-            let req = KillRequest { container_id: rec.id.clone(), exec_id: String::new(), signal: libc::SIGKILL as u32, all: true };
-            let _ = retry(|| {
-                let mut t = self.tasks();
-                let r = req.clone();
-                async move { t.kill(r).await }
-            })
-            .await;
-            while life.borrow_and_update().running {
-                if life.changed().await.is_err() {
-                    break;
-                }
-            }
+            self.kill_until_exited(e).await;
         }
         let _op = e.op.lock().await;
         if e.life.borrow().removed {
             return Ok(());
+        }
+        // A start (or a policy restart) may have won the lock meanwhile.
+        if e.snapshot().state.running {
+            return Err(running_refused(&e.snapshot()));
         }
         e.update(|r| {
             r.state.dead = true;
@@ -739,6 +775,15 @@ impl Daemon {
                 r.state.status = "exited".into();
             }
         });
+        let result = self.remove_locked(e).await;
+        if result.is_err() {
+            e.update(|r| r.state.dead = false);
+        }
+        result
+    }
+
+    async fn remove_locked(self: &Arc<Self>, e: &Arc<Entry>) -> Result<(), ApiError> {
+        let rec = e.snapshot();
         let id = rec.id.clone();
         let _ = self.tasks().delete(TaskRequest { container_id: id.clone(), exec_id: String::new() }).await;
         match retry(|| {
@@ -757,6 +802,7 @@ impl Daemon {
         tokio::task::spawn_blocking(move || images.remove_snapshot(&key)).await.map_err(|e| ApiError::internal(e.to_string()))??;
         std::fs::remove_dir_all(self.container_dir(&id)).map_err(|err| ApiError::internal(format!("removing {}: {err}", self.container_dir(&id).display())))?;
         self.containers.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.execs.forget_container(&id);
         self.event(&rec, "destroy", &[]);
         e.life.send_modify(|l| l.removed = true);
         Ok(())
@@ -779,12 +825,18 @@ impl Daemon {
         if !valid_name(new) {
             return Err(ApiError::bad_request(format!("Invalid container name ({new}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")));
         }
-        let map = self.containers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(other) = map.values().find(|o| o.snapshot().name == new) {
-            return Err(ApiError::conflict(format!("Conflict. The container name \"/{new}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.", other.snapshot().id)));
+        {
+            // Checked and changed under the containers lock, as create reserves names.
+            let map = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+            let creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(other) = map.values().find(|o| o.snapshot().name == new) {
+                return Err(ApiError::conflict(format!("Conflict. The container name \"/{new}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.", other.snapshot().id)));
+            }
+            if creating.iter().any(|n| n == new) {
+                return Err(ApiError::conflict(format!("Conflict. The container name \"/{new}\" is already in use")));
+            }
+            e.update(|r| r.name = new.to_string());
         }
-        drop(map);
-        e.update(|r| r.name = new.to_string());
         self.persist(e);
         Ok(())
     }
@@ -798,7 +850,17 @@ impl Daemon {
         std::fs::create_dir_all(&dir)?;
         let mut running = Vec::new();
         for ent in std::fs::read_dir(&dir)? {
-            let path = ent?.path().join("container.json");
+            let cdir = ent?.path();
+            let path = cdir.join("container.json");
+            if !path.exists() {
+                // A create that crashed before its record was written: undo what it made.
+                if let Some(id) = cdir.file_name().and_then(|n| n.to_str()).map(str::to_string) {
+                    log!(self.cfg, "warn", "removing the leftovers of an unfinished create of {id}");
+                    let d = self.clone();
+                    tokio::spawn(async move { d.undo_create(&id).await });
+                }
+                continue;
+            }
             let rec: ContainerRecord = match std::fs::read(&path).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice(&b)?)) {
                 Ok(r) => r,
                 Err(err) => {

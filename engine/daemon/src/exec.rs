@@ -61,6 +61,11 @@ impl Execs {
     fn get(&self, id: &str) -> Result<ExecInstance, ApiError> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned().ok_or_else(|| ApiError::not_found(format!("No such exec instance: {id}")))
     }
+    /// Drops the exec instances of a removed container.
+    pub fn forget_container(&self, container_id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, e| e.container_id != container_id);
+    }
+
     fn update(&self, id: &str, f: impl FnOnce(&mut ExecInstance)) {
         if let Some(e) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get_mut(id) {
             f(e);

@@ -75,7 +75,10 @@ pub fn check(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
     for opt in hc.security_opt.iter().flatten() {
         match opt.as_str() {
             "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" | "no-new-privileges:false" | "no-new-privileges=false" => {}
-            o if o.starts_with("seccomp") || o.starts_with("apparmor") || o.starts_with("label") => {}
+            "seccomp=unconfined" | "seccomp:unconfined" | "apparmor=unconfined" | "apparmor:unconfined" | "label=disable" | "label:disable" => {}
+            o if o.starts_with("seccomp") || o.starts_with("apparmor") || o.starts_with("label") => {
+                return bad(format!("--security-opt {o:?} is not supported yet (only no-new-privileges and unconfined)"))
+            }
             o => return bad(format!("invalid --security-opt: {o:?}")),
         }
     }

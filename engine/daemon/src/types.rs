@@ -9,20 +9,31 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct ContainerConfig {
+    #[serde(deserialize_with = "nullable")]
     pub hostname: String,
+    #[serde(deserialize_with = "nullable")]
     pub domainname: String,
+    #[serde(deserialize_with = "nullable")]
     pub user: String,
+    #[serde(deserialize_with = "nullable")]
     pub attach_stdin: bool,
+    #[serde(deserialize_with = "nullable")]
     pub attach_stdout: bool,
+    #[serde(deserialize_with = "nullable")]
     pub attach_stderr: bool,
     pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(deserialize_with = "nullable")]
     pub tty: bool,
+    #[serde(deserialize_with = "nullable")]
     pub open_stdin: bool,
+    #[serde(deserialize_with = "nullable")]
     pub stdin_once: bool,
     pub env: Option<Vec<String>>,
     pub cmd: Option<Vec<String>>,
+    #[serde(deserialize_with = "nullable")]
     pub image: String,
     pub volumes: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(deserialize_with = "nullable")]
     pub working_dir: String,
     pub entrypoint: Option<Vec<String>>,
     pub labels: Option<BTreeMap<String, String>>,
@@ -36,20 +47,30 @@ pub struct ContainerConfig {
 #[serde(rename_all = "PascalCase", default)]
 pub struct HostConfig {
     pub binds: Option<Vec<String>>,
+    #[serde(deserialize_with = "nullable")]
     pub network_mode: String,
+    #[serde(deserialize_with = "nullable")]
     pub restart_policy: RestartPolicy,
+    #[serde(deserialize_with = "nullable")]
     pub auto_remove: bool,
     pub cap_add: Option<Vec<String>>,
     pub cap_drop: Option<Vec<String>>,
+    #[serde(deserialize_with = "nullable")]
     pub privileged: bool,
+    #[serde(deserialize_with = "nullable")]
     pub readonly_rootfs: bool,
     pub security_opt: Option<Vec<String>>,
     pub tmpfs: Option<BTreeMap<String, String>>,
     pub init: Option<bool>,
+    #[serde(deserialize_with = "nullable")]
     pub memory: i64,
+    #[serde(deserialize_with = "nullable")]
     pub nano_cpus: i64,
+    #[serde(deserialize_with = "nullable")]
     pub cpu_shares: i64,
+    #[serde(deserialize_with = "nullable")]
     pub cpu_period: i64,
+    #[serde(deserialize_with = "nullable")]
     pub cpu_quota: i64,
     pub pids_limit: Option<i64>,
     pub log_config: Option<LogConfig>,
@@ -60,7 +81,9 @@ pub struct HostConfig {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct RestartPolicy {
+    #[serde(deserialize_with = "nullable")]
     pub name: String,
+    #[serde(deserialize_with = "nullable")]
     pub maximum_retry_count: i64,
 }
 
@@ -68,7 +91,9 @@ pub struct RestartPolicy {
 #[serde(rename_all = "PascalCase", default)]
 pub struct LogConfig {
     #[serde(rename = "Type")]
+    #[serde(deserialize_with = "nullable")]
     pub typ: String,
+    #[serde(deserialize_with = "nullable")]
     pub config: BTreeMap<String, String>,
 }
 
@@ -77,9 +102,13 @@ pub struct LogConfig {
 #[serde(rename_all = "PascalCase", default)]
 pub struct Mount {
     #[serde(rename = "Type")]
+    #[serde(deserialize_with = "nullable")]
     pub typ: String,
+    #[serde(deserialize_with = "nullable")]
     pub source: String,
+    #[serde(deserialize_with = "nullable")]
     pub target: String,
+    #[serde(deserialize_with = "nullable")]
     pub read_only: bool,
 }
 
@@ -102,6 +131,11 @@ pub struct State {
 }
 
 pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// `null` reads as the default, as Go's JSON decoding has it (SDKs send `"User": null`).
+fn nullable<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
 
 /// Docker's `{"message": ...}` error body.
 #[derive(Serialize)]

@@ -150,6 +150,25 @@ impl ImageStore {
         }
     }
 
+    /// Mounts the snapshot `key` again if its rootfs is not mounted (after a reboot, say);
+    /// a mounted one is left as it is.
+    pub fn mount_snapshot(&self, key: &str) -> Result<(), ImageError> {
+        use std::os::unix::fs::MetadataExt;
+        if !valid_key(key) {
+            return Err(SnapshotError::InvalidKey(key.into()).into());
+        }
+        let dir = self.snapshot_dir(key);
+        let path = dir.join("snapshot.json");
+        let rec: SnapshotRecord = serde_json::from_slice(&fs::read(&path).map_err(io_at(&path))?)
+            .map_err(|e| ImageError::Corrupt { path: path.clone(), message: e.to_string() })?;
+        let snapshot = Snapshot { key: rec.key.clone(), image: rec.image.clone(), rootfs: dir.join("rootfs"), upper: dir.join("upper"), work: dir.join("work") };
+        let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).map_err(io_at(p));
+        if dev(&snapshot.rootfs)? != dev(&dir)? {
+            return Ok(()); // a filesystem of its own: mounted
+        }
+        self.mount_overlay(&snapshot, &rec.layers)
+    }
+
     /// Unmounts and deletes the snapshot `key`; a snapshot that is already gone is not an error.
     pub fn remove_snapshot(&self, key: &str) -> Result<(), ImageError> {
         if !valid_key(key) {

@@ -107,6 +107,14 @@ fn container_lifecycle_through_the_cli() {
     assert_eq!(state(&e, "catter"), "exited");
     e.ok(&["rm", "catter"]);
 
+    // after a reboot the snapshot is not mounted: start mounts it again
+    e.ok(&["create", "--name", "rebooted", "busybox", "echo", "remounted"]);
+    let rid = inspect(&e, "rebooted", "{{.Id}}");
+    let rootfs = e.data_root().join("image/snapshots").join(&rid).join("rootfs");
+    nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert_eq!(e.ok(&["start", "-a", "rebooted"]), "remounted\n");
+    e.ok(&["rm", "rebooted"]);
+
     // create + start -a
     e.ok(&["create", "--name", "later", "busybox", "echo", "from-create"]);
     assert_eq!(state(&e, "later"), "created");
@@ -191,7 +199,11 @@ fn run_options_reach_the_container() {
     assert_eq!(state(&e, "always"), "exited");
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(state(&e, "always"), "exited", "a stopped container does not restart");
-    e.ok(&["rm", "-f", "flaky", "always"]);
+    e.ok(&["run", "-d", "--name", "onfail", "--restart", "on-failure", "busybox", "sleep", "1000"]);
+    e.ok(&["stop", "-t", "0", "onfail"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!((state(&e, "onfail"), inspect(&e, "onfail", "{{.RestartCount}}")), ("exited".into(), "0".into()), "a user's stop is not a failure to restart from");
+    e.ok(&["rm", "-f", "flaky", "always", "onfail"]);
     assert_clean(&e);
 }
 
@@ -262,6 +274,13 @@ fn bad_input_is_refused_and_changes_nothing() {
     let reply = raw_request(&e, "POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{not json");
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert!(reply.contains("\"message\":\"invalid JSON"), "{reply}");
+    let reply = raw_request(&e, "GET /v1.41/containers/taken/logs?stdout=1&since=1.2%C3%A9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(reply.starts_with("HTTP/1.1 400") && reply.contains("invalid timestamp"), "{reply}");
+    // null where a value is expected reads as unset, as Docker's Go decoding has it
+    let body = r#"{"Image":"busybox","User":null,"Hostname":null,"Tty":null,"HostConfig":{"Binds":null,"NetworkMode":null,"Privileged":null}}"#;
+    let reply = raw_request(&e, &format!("POST /v1.41/containers/create?name=nulls HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()));
+    assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
+    e.ok(&["rm", "nulls"]);
     let reply = raw_request(&e, "GET /v1.12/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(reply.starts_with("HTTP/1.1 400") && reply.contains("too old"), "{reply}");
     assert_eq!((e.ok(&["ps", "-aq"]), e.snapshots(), e.mounts()), before);
