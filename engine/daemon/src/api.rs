@@ -372,7 +372,8 @@ fn info(d: &Daemon) -> Value {
         "LiveRestoreEnabled": false,
         "Isolation": "",
         "InitBinary": "engine-init",
-        "SecurityOptions": ["name=seccomp,profile=default"],
+        // No default seccomp profile is applied yet, so none is claimed.
+        "SecurityOptions": [],
         "Warnings": [],
         "Engine": { "LifecycledRestarts": d.supervisor.restarts.load(std::sync::atomic::Ordering::Relaxed), "LifecycledPid": *d.supervisor.pid.borrow() }
     })
