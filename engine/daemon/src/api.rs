@@ -372,8 +372,7 @@ fn info(d: &Daemon) -> Value {
         "LiveRestoreEnabled": false,
         "Isolation": "",
         "InitBinary": "engine-init",
-        // No default seccomp profile is applied yet, so none is claimed.
-        "SecurityOptions": [],
+        "SecurityOptions": ["name=seccomp,profile=builtin"],
         "Warnings": [],
         "Engine": { "LifecycledRestarts": d.supervisor.restarts.load(std::sync::atomic::Ordering::Relaxed), "LifecycledPid": *d.supervisor.pid.borrow() }
     })

@@ -77,7 +77,7 @@ pub fn check(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
             "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" | "no-new-privileges:false" | "no-new-privileges=false" => {}
             "seccomp=unconfined" | "seccomp:unconfined" | "apparmor=unconfined" | "apparmor:unconfined" | "label=disable" | "label:disable" => {}
             o if o.starts_with("seccomp") || o.starts_with("apparmor") || o.starts_with("label") => {
-                return bad(format!("--security-opt {o:?} is not supported yet (only no-new-privileges and unconfined)"))
+                return bad(format!("--security-opt {o:?} is not supported yet (only no-new-privileges, seccomp=unconfined, apparmor=unconfined, label=disable)"))
             }
             o => return bad(format!("invalid --security-opt: {o:?}")),
         }
@@ -275,6 +275,10 @@ pub fn apply(spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, ApiE
     if hc.readonly_rootfs {
         v["root"]["readonly"] = json!(true);
     }
+    let unconfined = hc.security_opt.iter().flatten().any(|o| o == "seccomp=unconfined" || o == "seccomp:unconfined");
+    if !hc.privileged && !unconfined {
+        v["linux"]["seccomp"] = default_seccomp(&set);
+    }
 
     // network
     if hc.network_mode == "host" {
@@ -321,6 +325,51 @@ pub fn apply(spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, ApiE
         v["process"]["args"] = Value::Array(with_init);
     }
     serde_json::from_value(v).map_err(internal)
+}
+
+/// The default seccomp filter, with the effect of Docker's default profile on what matters:
+/// the syscalls it leaves out unless a capability is granted fail with EPERM, namespace
+/// creation through clone flags is refused, and clone3 answers ENOSYS (so libcs fall back to
+/// clone, whose flags can be checked). Everything else is allowed. `--privileged` and
+/// `--security-opt seccomp=unconfined` run without it.
+pub fn default_seccomp(caps: &[String]) -> Value {
+    let has = |c: &str| caps.iter().any(|x| x == c);
+    let mut denied: Vec<&str> = vec![
+        "add_key", "bpf", "create_module", "get_kernel_syms", "kcmp", "kexec_file_load", "kexec_load", "keyctl",
+        "lookup_dcookie", "nfsservctl", "perf_event_open", "query_module", "request_key", "swapon", "swapoff", "sysfs",
+        "_sysctl", "uselib", "userfaultfd", "ustat", "vm86", "vm86old",
+    ];
+    let by_cap: &[(&str, &[&str])] = &[
+        ("CAP_SYS_ADMIN", &["mount", "umount", "umount2", "unshare", "setns", "pivot_root", "quotactl", "fanotify_init", "name_to_handle_at", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr"]),
+        ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
+        ("CAP_SYS_PTRACE", &["ptrace", "process_vm_readv", "process_vm_writev"]),
+        ("CAP_SYS_MODULE", &["init_module", "finit_module", "delete_module"]),
+        ("CAP_SYS_TIME", &["settimeofday", "stime", "clock_settime", "clock_settime64", "adjtimex", "clock_adjtime", "clock_adjtime64"]),
+        ("CAP_SYS_BOOT", &["reboot"]),
+        ("CAP_SYS_PACCT", &["acct"]),
+        ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
+        ("CAP_SYS_NICE", &["get_mempolicy", "set_mempolicy", "mbind", "move_pages"]),
+        ("CAP_SYSLOG", &["syslog"]),
+    ];
+    for (cap, calls) in by_cap {
+        if !has(cap) {
+            denied.extend_from_slice(calls);
+        }
+    }
+    let mut rules = vec![
+        json!({ "names": denied, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM }),
+        json!({ "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS }),
+    ];
+    if !has("CAP_SYS_ADMIN") {
+        // clone with any namespace flag: one rule per flag (libseccomp compares masked equality)
+        for flag in [libc::CLONE_NEWNS, libc::CLONE_NEWUTS, libc::CLONE_NEWIPC, libc::CLONE_NEWUSER, libc::CLONE_NEWPID, libc::CLONE_NEWNET, libc::CLONE_NEWCGROUP] {
+            rules.push(json!({
+                "names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM,
+                "args": [{ "index": 0, "value": flag as u64, "valueTwo": flag as u64, "op": "SCMP_CMP_MASKED_EQ" }]
+            }));
+        }
+    }
+    json!({ "defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"], "syscalls": rules })
 }
 
 /// Writes the container's /etc/hostname, /etc/hosts and /etc/resolv.conf (bind-mounted by

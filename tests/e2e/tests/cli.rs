@@ -156,6 +156,22 @@ fn run_options_reach_the_container() {
     assert_ne!(caps(&["--privileged"]), caps(&[]));
     assert_eq!(e.ok(&["run", "--rm", "--security-opt", "no-new-privileges", "busybox", "sh", "-c", "grep NoNewPrivs /proc/self/status"]).split_whitespace().nth(1), Some("1"));
 
+    // the default seccomp filter: on unless --privileged or seccomp=unconfined; namespace
+    // creation refused, ordinary work untouched
+    let seccomp = |args: &[&str]| {
+        let mut a = vec!["run", "--rm"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["busybox", "sh", "-c", "grep '^Seccomp:' /proc/self/status"]);
+        e.ok(&a).split_whitespace().nth(1).unwrap().to_string()
+    };
+    assert_eq!(seccomp(&[]), "2");
+    assert_eq!(seccomp(&["--privileged"]), "0");
+    assert_eq!(seccomp(&["--security-opt", "seccomp=unconfined"]), "0");
+    let unshare = e.engine(&["run", "--rm", "--cap-add", "SYS_ADMIN", "--cap-drop", "SYS_ADMIN", "busybox", "unshare", "-U", "true"]);
+    assert_ne!(unshare.status.code(), Some(0), "a user namespace was created: {}", stdout(&unshare));
+    assert!(stderr(&unshare).contains("Operation not permitted"), "{}", stderr(&unshare));
+    assert_eq!(e.ok(&["run", "--rm", "--security-opt", "seccomp=unconfined", "busybox", "unshare", "-U", "echo", "in-userns"]), "in-userns\n");
+
     // resources: the container's own cgroup has the limits
     let id = e.ok(&["run", "-d", "-m", "64m", "--pids-limit", "50", "--cpus", "0.5", "busybox", "sleep", "100"]).trim().to_string();
     let cg = |ctrl_file: &str| {
