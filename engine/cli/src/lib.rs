@@ -102,9 +102,18 @@ pub enum Command {
 
 #[derive(clap::Args, Debug)]
 pub struct TraceArgs {
+    /// The container whose last traced operation to show (from the daemon).
+    #[arg(required_unless_present = "file")]
+    pub container: Option<String>,
     /// Read spans from an OTLP JSON lines file (the span hand-off) instead of the daemon.
+    #[arg(long, conflicts_with = "container")]
+    pub file: Option<PathBuf>,
+    /// Print the trace as OTLP JSON lines instead of a waterfall.
     #[arg(long)]
-    pub file: PathBuf,
+    pub json: bool,
+    /// The last trace of this operation (create, start, stop, exec, attach, wait, delete …).
+    #[arg(long)]
+    pub op: Option<String>,
     /// Only the trace with this id (default: the last trace in the file).
     #[arg(long)]
     pub trace_id: Option<String>,
@@ -116,7 +125,7 @@ pub struct TraceArgs {
 /// Runs the CLI and returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Trace(args) => return trace(args),
+        Command::Trace(args) if args.file.is_some() => return trace(args),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "engine", &mut std::io::stdout());
             return Ok(0);
@@ -181,7 +190,8 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::System(volumes::SystemCommand::Info) => info(c).await,
         Command::Version => version(c).await,
         Command::Info => info(c).await,
-        Command::Trace(_) | Command::Completion { .. } => unreachable!("handled before the runtime starts"),
+        Command::Trace(a) => container_trace(c, a).await,
+        Command::Completion { .. } => unreachable!("handled before the runtime starts"),
     }
 }
 
@@ -225,25 +235,71 @@ async fn info(c: &client::Client) -> Result<i32> {
     Ok(0)
 }
 
+/// `engine trace CONTAINER`: the container's last traced operation (or `--trace-id`), from
+/// the daemon's span store.
+async fn container_trace(c: &client::Client, args: TraceArgs) -> Result<i32> {
+    let name = args.container.clone().unwrap_or_default();
+    let list = c.get(&format!("/engine/v1/containers/{}/traces", containers::urlencode(&name))).await?;
+    // Operations a user asked for (rooted at a command or an API request), not the daemon's own
+    // bookkeeping; with --op, the last of that operation.
+    let ops: Vec<&serde_json::Value> = list.as_array().into_iter().flatten().collect();
+    let user_op = |t: &&&serde_json::Value| {
+        let op = t["Operation"].as_str().unwrap_or("");
+        let requested = op.starts_with("engine.") || op.contains(" /");
+        match &args.op {
+            Some(want) => requested && (op.ends_with(&format!("/{want}")) || op == format!("engine.{want}") || (want == "delete" && op.starts_with("DELETE")) || (want == "create" && op.ends_with("/create"))),
+            None => requested,
+        }
+    };
+    let trace_id = match &args.trace_id {
+        Some(t) => t.clone(),
+        None => ops
+            .iter()
+            .filter(user_op)
+            .last()
+            .or(if args.op.is_none() { ops.last() } else { None })
+            .and_then(|t| t["TraceID"].as_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("no traces of {name}{}", args.op.as_ref().map(|o| format!(" for --op {o}")).unwrap_or_default()))?,
+    };
+    let r = c.send(hyper::Method::GET, &format!("/engine/v1/traces/{trace_id}"), client::empty_body(), None).await?;
+    let mut bytes = Vec::new();
+    client::for_each_chunk(r, |chunk| {
+        bytes.extend_from_slice(chunk);
+        Ok(())
+    })
+    .await?;
+    if args.json {
+        print!("{}", String::from_utf8_lossy(&bytes));
+        return Ok(0);
+    }
+    let (spans, _) = engine_telemetry::read_spans(BufReader::new(bytes.as_slice()))?;
+    let trace: Vec<_> = spans.into_iter().filter(|s| s.trace_id == trace_id).collect();
+    let opts = waterfall::Options { attributes: args.attributes, ..Default::default() };
+    print!("{}", waterfall::render(&trace, &opts));
+    Ok(0)
+}
+
 fn trace(args: TraceArgs) -> Result<i32> {
-    let file = std::fs::File::open(&args.file).with_context(|| format!("open {}", args.file.display()))?;
+    let path = args.file.clone().ok_or_else(|| anyhow::anyhow!("--file is required without a container"))?;
+    let file = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
     let (spans, skipped) = engine_telemetry::read_spans(BufReader::new(file))
-        .with_context(|| format!("read {}", args.file.display()))?;
+        .with_context(|| format!("read {}", path.display()))?;
     let trace_id = match args.trace_id {
         Some(id) => id,
         None => match spans.iter().max_by_key(|s| s.start_unix_nanos) {
             Some(s) => s.trace_id.clone(),
-            None => bail!("no spans in {}", args.file.display()),
+            None => bail!("no spans in {}", path.display()),
         },
     };
     let trace: Vec<_> = spans.into_iter().filter(|s| s.trace_id == trace_id).collect();
     if trace.is_empty() {
-        bail!("no trace {trace_id} in {}", args.file.display());
+        bail!("no trace {trace_id} in {}", path.display());
     }
     let opts = waterfall::Options { attributes: args.attributes, ..Default::default() };
     print!("{}", waterfall::render(&trace, &opts));
     if skipped > 0 {
-        eprintln!("engine: skipped {skipped} unreadable line(s) in {}", args.file.display());
+        eprintln!("engine: skipped {skipped} unreadable line(s) in {}", path.display());
     }
     Ok(0)
 }

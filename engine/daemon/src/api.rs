@@ -74,6 +74,8 @@ fn route_name(method: &Method, path: &str) -> String {
         ["images", ..] if method == Method::DELETE => "/images/{name}".into(),
         ["volumes", "create"] | ["volumes", "prune"] => format!("/{}", segs.join("/")),
         ["volumes", _] => "/volumes/{name}".into(),
+        ["engine", "v1", "containers", _, "traces"] => "/engine/v1/containers/{id}/traces".into(),
+        ["engine", "v1", "traces", _] => "/engine/v1/traces/{trace_id}".into(),
         _ => path.to_string(),
     };
     t
@@ -193,6 +195,10 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
         (&M::POST, ["volumes", "prune"]) => crate::volumes::prune(d),
         (&M::GET, ["volumes", name]) => crate::volumes::inspect(d, name),
         (&M::DELETE, ["volumes", name]) => crate::volumes::remove(d, name, q.flag("force")),
+
+        // engine extensions
+        (&M::GET, ["engine", "v1", "containers", id, "traces"]) => crate::traces::container_traces(d, id),
+        (&M::GET, ["engine", "v1", "traces", id]) => crate::traces::trace(id),
 
         // system
         (&M::GET, ["events"]) => events(d, &q),

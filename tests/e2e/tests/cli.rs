@@ -413,6 +413,17 @@ fn one_run_is_one_trace_across_daemon_lifecycled_shim_and_runtime() {
     }
     let out = e.ok(&["trace", "--file", e.spans().to_str().unwrap(), "--trace-id", &create.0]);
     assert!(out.contains("daemon.snapshot"), "{out}");
+
+    // the daemon's span store: a container's traces, the last one as a waterfall or OTLP JSON
+    e.ok(&["create", "--name", "kept", "busybox", "true"]);
+    e.ok(&["start", "-a", "kept"]);
+    let waterfall = e.ok(&["trace", "kept"]);
+    assert!(waterfall.contains("POST /containers/{id}/start") && waterfall.contains("runtime.create"), "{waterfall}");
+    assert!(e.ok(&["trace", "--op", "create", "kept"]).contains("daemon.snapshot"));
+    let json = e.ok(&["trace", "--json", "kept"]);
+    assert!(json.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()) && json.contains("daemon.start"), "{json}");
+    assert!(e.fails(&["trace", "nosuch"]).contains("No such container"));
+    e.ok(&["rm", "kept"]);
 }
 
 #[test]

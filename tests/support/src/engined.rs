@@ -29,9 +29,10 @@ impl Engined {
         format!("unix://{}", self.sock.display())
     }
 
-    /// Where every component's spans are handed over (OTLP JSON lines).
+    /// Where every component's spans are handed over (OTLP JSON lines): engined's default
+    /// span store under its data-root.
     pub fn spans(&self) -> PathBuf {
-        self.dir.path().join("spans.jsonl")
+        self.data_root().join("traces/spans.jsonl")
     }
 
     pub fn data_root(&self) -> PathBuf {
@@ -52,7 +53,7 @@ impl Engined {
             .arg("--pidfile").arg(self.dir.path().join("engined.pid"))
             .arg("--cgroup-parent").arg(&self.cgroup_parent)
             .arg("--log-level").arg("debug")
-            .env("ENGINE_SPAN_SINK", self.spans())
+            .env_remove("ENGINE_SPAN_SINK")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
