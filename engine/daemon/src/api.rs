@@ -214,18 +214,8 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
 /// `GET /events`: container events as they happen (and the recent ones after `since`),
 /// until `until` or the client goes; filters `type`, `container`, `event`.
 fn events(d: &Arc<Daemon>, q: &Query) -> Result<Resp, ApiError> {
-    let filters: std::collections::HashMap<String, Value> = match q.get("filters").filter(|f| !f.is_empty()) {
-        Some(f) => serde_json::from_str(f).map_err(|e| ApiError::bad_request(format!("invalid filters: {e}")))?,
-        None => Default::default(),
-    };
-    let values = |k: &str| -> Vec<String> {
-        match filters.get(k) {
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-            Some(Value::Object(o)) => o.keys().cloned().collect(),
-            _ => Vec::new(),
-        }
-    };
-    let (types, containers, actions) = (values("type"), values("container"), values("event"));
+    let filters = http::Filters::parse(q)?;
+    let (types, containers, actions) = (filters.get("type"), filters.get("container"), filters.get("event"));
     let keep = move |ev: &Value| {
         let s = |p: &str| ev.pointer(p).and_then(|v| v.as_str()).unwrap_or("").to_string();
         (types.is_empty() || types.contains(&s("/Type")))
@@ -439,23 +429,9 @@ fn status_line(r: &crate::daemon::ContainerRecord) -> String {
 }
 
 fn list_containers(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
-    let filters: std::collections::HashMap<String, Value> = match q.get("filters").filter(|f| !f.is_empty()) {
-        Some(f) => serde_json::from_str(f).map_err(|e| ApiError::bad_request(format!("invalid filters: {e}")))?,
-        None => Default::default(),
-    };
-    // Filters come as {"key": ["v", ...]} or the old {"key": {"v": true}}.
-    let values = |k: &str| -> Vec<String> {
-        match filters.get(k) {
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-            Some(Value::Object(o)) => o.keys().cloned().collect(),
-            _ => Vec::new(),
-        }
-    };
-    for k in filters.keys() {
-        if !["name", "id", "status", "label", "ancestor", "exited"].contains(&k.as_str()) {
-            return Err(ApiError::bad_request(format!("invalid filter '{k}'")));
-        }
-    }
+    let filters = http::Filters::parse(q)?;
+    filters.only(&["name", "id", "status", "label", "ancestor", "exited"])?;
+    let values = |k: &str| filters.get(k);
     let all = q.flag("all") || !values("status").is_empty() || !values("exited").is_empty();
     let mut recs: Vec<_> = d.all().iter().map(|e| e.snapshot()).collect();
     recs.sort_by(|a, b| b.created.cmp(&a.created));

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -219,7 +219,6 @@ impl Daemon {
         if let Err(err) = self.save(&rec) {
             log!(self.cfg, "error", "saving container {}: {}", rec.id, err.message);
         }
-        let _ = &rec;
     }
 
     /// Looks a container up by full id, name (with or without '/'), or unique id prefix.
@@ -415,7 +414,7 @@ impl Daemon {
             state: State { status: "created".into(), started_at: ZERO_TIME.into(), finished_at: ZERO_TIME.into(), ..Default::default() },
             restart_count: 0,
             manually_stopped: false,
-            lower: self.images.layer_dirs(image.id()).map_err(ApiError::from)?,
+            lower: image.record.layers.iter().map(|l| self.images.layer_path(&l.diff_id)).collect(),
             rootfs: snap.rootfs,
             upper: snap.upper,
             work: snap.work,
@@ -471,8 +470,11 @@ impl Daemon {
         let key = id.clone();
         tokio::task::spawn_blocking(move || images.mount_snapshot(&key)).await.map_err(|err| ApiError::internal(err.to_string()))??;
         let task_req = TaskRequest { container_id: id.clone(), exec_id: String::new() };
-        // A task left from an earlier run (exited, not yet deleted) goes first.
-        let _ = self.tasks().delete(task_req.clone()).await;
+        // A task left from an earlier run (exited, not yet deleted) goes first; a container
+        // that never ran has none, and its first start skips the round trip.
+        if rec.state.status != "created" {
+            let _ = self.tasks().delete(task_req.clone()).await;
+        }
         let create = CreateTaskRequest { container_id: id.clone(), terminal: rec.config.tty, stdin: rec.config.open_stdin, ..Default::default() };
         let pid = retry(|| {
             let mut t = self.tasks();
@@ -547,7 +549,10 @@ impl Daemon {
     async fn record_exit(self: &Arc<Self>, e: &Arc<Entry>, exit: ExitStatus) {
         let oom = exit.reason == "OOMKilled";
         let error = if oom || exit.reason.is_empty() { String::new() } else { exit.reason.clone() };
-        e.update(|r| {
+        let shutting_down = self.shutting_down.load(Ordering::SeqCst);
+        // The whole outcome (exited, or restarting after a delay) is settled before anyone
+        // waiting on the container hears of the exit.
+        let restart_in = e.update(|r| {
             r.state.running = false;
             r.state.status = "exited".into();
             r.state.pid = 0;
@@ -555,6 +560,15 @@ impl Daemon {
             r.state.oom_killed = oom;
             r.state.error = error.clone();
             r.state.finished_at = now();
+            if shutting_down || r.host_config.auto_remove || !self.should_restart(r) {
+                return None;
+            }
+            // Docker's backoff: 100 ms, doubling with each restart.
+            let delay = Duration::from_millis(100u64.saturating_mul(1 << r.restart_count.min(9)));
+            r.restart_count += 1;
+            r.state.restarting = true;
+            r.state.status = "restarting".into();
+            Some(delay)
         });
         self.persist(e);
         self.event(&e.snapshot(), "die", &[("exitCode", exit.exit_status.to_string())]);
@@ -564,11 +578,10 @@ impl Daemon {
             l.exit_code = exit.exit_status as i64;
             l.error = error.clone();
         });
-        let rec = e.snapshot();
-        if self.shutting_down.load(Ordering::SeqCst) {
+        if shutting_down {
             return;
         }
-        if rec.host_config.auto_remove {
+        if e.snapshot().host_config.auto_remove {
             let d = self.clone();
             let e = e.clone();
             tokio::spawn(async move {
@@ -582,14 +595,7 @@ impl Daemon {
             });
             return;
         }
-        if self.should_restart(&rec) {
-            let delay = Duration::from_millis(100u64.saturating_mul(1 << rec.restart_count.min(9)));
-            e.update(|r| {
-                r.restart_count += 1;
-                r.state.restarting = true;
-                r.state.status = "restarting".into();
-            });
-            self.persist(e);
+        if let Some(delay) = restart_in {
             let d = self.clone();
             let e = e.clone();
             tokio::spawn(async move {
@@ -938,7 +944,6 @@ impl Daemon {
     /// On shutdown: stop running containers (as dockerd does without live-restore).
     pub async fn shutdown(self: &Arc<Self>) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        let trace = Trace::new(None, None, "daemon.shutdown");
         let running: Vec<_> = self.all().into_iter().filter(|e| e.snapshot().state.running).collect();
         let mut handles = Vec::new();
         for e in running {
@@ -951,7 +956,6 @@ impl Daemon {
         for h in handles {
             let _ = h.await;
         }
-        drop(trace);
     }
 }
 
@@ -965,8 +969,4 @@ pub fn parse_signal(s: &str) -> Result<u32, ApiError> {
     let name = s.to_ascii_uppercase();
     let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
     name.parse::<nix::sys::signal::Signal>().map(|s| s as u32).map_err(|_| ApiError::bad_request(format!("Invalid signal: {s}")))
-}
-
-pub fn rootfs_of(rec: &ContainerRecord) -> &Path {
-    &rec.rootfs
 }

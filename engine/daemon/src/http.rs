@@ -149,6 +149,36 @@ impl Query {
     }
 }
 
+/// The `filters` query parameter: `{"key": ["v", ...]}`, or the older `{"key": {"v": true}}`.
+#[derive(Debug, Default)]
+pub struct Filters(HashMap<String, Vec<String>>);
+
+impl Filters {
+    pub fn parse(q: &Query) -> Result<Self, ApiError> {
+        let Some(f) = q.get("filters").filter(|f| !f.is_empty()) else { return Ok(Filters::default()) };
+        let raw: HashMap<String, serde_json::Value> = serde_json::from_str(f).map_err(|e| ApiError::bad_request(format!("invalid filters: {e}")))?;
+        let values = |v: serde_json::Value| match v {
+            serde_json::Value::Array(a) => a.into_iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+            serde_json::Value::Object(o) => o.into_iter().map(|(k, _)| k).collect(),
+            _ => Vec::new(),
+        };
+        Ok(Filters(raw.into_iter().map(|(k, v)| (k, values(v))).collect()))
+    }
+
+    /// The values given for `key` (empty when it is not filtered on).
+    pub fn get(&self, key: &str) -> Vec<String> {
+        self.0.get(key).cloned().unwrap_or_default()
+    }
+
+    /// Refuses keys outside `known`, as dockerd does.
+    pub fn only(&self, known: &[&str]) -> Result<(), ApiError> {
+        match self.0.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(ApiError::bad_request(format!("invalid filter '{k}'"))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Percent-decoding (and `+` as space) of a query component.
 pub fn decode(s: &str) -> String {
     let b = s.as_bytes();

@@ -28,17 +28,9 @@ fn repo_tags(i: &engine_image::Image) -> Vec<String> {
 
 pub fn list(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
     let images = d.images.list()?;
-    let filter: Option<Value> = q.get("filters").filter(|f| !f.is_empty()).map(serde_json::from_str).transpose().map_err(|e| ApiError::bad_request(format!("invalid filters: {e}")))?;
-    let references: Vec<String> = filter
-        .as_ref()
-        .and_then(|f| f.get("reference"))
-        .map(|r| match r {
-            Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-            Value::Object(o) => o.keys().cloned().collect(),
-            _ => Vec::new(),
-        })
-        .unwrap_or_default();
-    let dangling = filter.as_ref().and_then(|f| f.get("dangling")).map(|v| v.to_string().contains("true"));
+    let filters = crate::http::Filters::parse(q)?;
+    let references = filters.get("reference");
+    let dangling = filters.get("dangling").first().map(|v| v == "true" || v == "1");
     let mut out = Vec::new();
     for i in images {
         let tags = repo_tags(&i);
@@ -135,19 +127,17 @@ pub async fn remove(d: &Arc<Daemon>, name: &str, force: bool) -> Result<Resp, Ap
     Ok(json(StatusCode::OK, &out))
 }
 
-/// Streams Docker's JSON progress messages while the blocking load runs.
-fn progress_stream() -> (tokio::sync::mpsc::Sender<Bytes>, http::Body) {
-    http::channel_body(64)
+/// A response body of JSON lines (Docker's progress messages), fed from blocking code.
+fn json_lines() -> (impl Fn(Value) + Send + 'static, http::Body) {
+    let (tx, body) = http::channel_body(64);
+    (move |v: Value| drop(tx.blocking_send(Bytes::from(format!("{v}\n")))), body)
 }
 
 pub async fn load(d: &Arc<Daemon>, body: Incoming, quiet: bool) -> Result<Resp, ApiError> {
     let reader = BodyReader::new(body);
-    let (tx, resp_body) = progress_stream();
+    let (send, resp_body) = json_lines();
     let images = d.images.clone();
     tokio::task::spawn_blocking(move || {
-        let send = |v: Value| {
-            let _ = tx.blocking_send(Bytes::from(format!("{v}\n")));
-        };
         let progress = |e: ProgressEvent<'_>| {
             if quiet {
                 return;
@@ -234,12 +224,9 @@ pub async fn create(d: &Arc<Daemon>, q: &Query, body: Incoming) -> Result<Resp, 
     };
     let opts = ImportOptions { reference, changes: q.all("changes"), message: q.get("message").filter(|m| !m.is_empty()).map(str::to_string) };
     let reader = BodyReader::new(body);
-    let (tx, resp_body) = progress_stream();
+    let (send, resp_body) = json_lines();
     let images = d.images.clone();
     tokio::task::spawn_blocking(move || {
-        let send = |v: Value| {
-            let _ = tx.blocking_send(Bytes::from(format!("{v}\n")));
-        };
         match images.import(reader, &opts, &()) {
             Ok(id) => send(json!({ "status": id.to_string() })),
             Err(e) => send(json!({ "errorDetail": { "message": e.to_string() }, "error": e.to_string() })),

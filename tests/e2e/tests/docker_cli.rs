@@ -2,7 +2,6 @@
 //! clients use it (version negotiation, hijacked attach and exec streams, image transfer).
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 
 use engine_test_support::engined::Engined;
@@ -134,54 +133,8 @@ fn docker_run_it_through_a_pty() {
     let e = Engined::start();
     let tar = rootfs_tar(&e);
     e.docker_ok(&["import", "--change", "CMD [\"sh\"]", tar.to_str().unwrap(), "bb:1"]);
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let slave = || std::fs::File::from(pty.slave.try_clone().unwrap());
-    let mut child = Command::new(dockerd::docker_cli())
-        .arg("-H")
-        .arg(e.host())
-        .args(["run", "-it", "--rm", "bb:1", "sh"])
-        .stdin(Stdio::from(slave()))
-        .stdout(Stdio::from(slave()))
-        .stderr(Stdio::from(slave()))
-        .spawn()
-        .unwrap();
-    drop(pty.slave);
-    let mut master = std::fs::File::from(pty.master);
-    // Read what the terminal shows, in the background.
-    let mut reader = master.try_clone().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                return;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let mut read_until = |needle: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !String::from_utf8_lossy(&seen).contains(needle) {
-            assert!(std::time::Instant::now() < deadline, "no {needle:?} on the terminal: {:?}", String::from_utf8_lossy(&seen));
-            if let Ok(chunk) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
-                seen.extend(chunk);
-            }
-        }
-    };
-    read_until("Enter 'help'");
-    master.write_all(b"echo $((40+2)) $(tty)\n").unwrap();
-    read_until("42 /dev/pts/0");
-    master.write_all(b"exit 7\n").unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "docker run -it did not end");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(7));
-    let _ = master.as_raw_fd();
+    let code = on_a_pty(&e, &["run", "-it", "--rm", "bb:1", "sh"], "Enter 'help'", b"echo $((40+2)) $(tty)\nexit 7\n", "42 /dev/pts/0");
+    assert_eq!(code, 7);
     wait_for("--rm to remove it", || e.docker_ok(&["ps", "-aq"]).trim().is_empty());
 }
 
