@@ -4,6 +4,8 @@
 //! setup, save state.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -159,9 +161,10 @@ fn write_id_map(pid: i32, file: &str, maps: &[LinuxIdMapping]) -> Result<()> {
 pub fn create(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder) -> Result<Created> {
     let create_span = rec.start("runtime.create", None);
     rec.set_attr(create_span, "container.id", opts.id.as_str());
+    rec.set_attr(create_span, "process.pid", std::process::id());
     let result = create_inner(dir, opts, rec, create_span);
     if let Ok(c) = &result {
-        rec.set_attr(create_span, "process.pid", c.pid);
+        rec.set_attr(create_span, "container.process.pid", c.pid);
     }
     rec.finish(create_span, result)
 }
@@ -195,6 +198,9 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
     // switching to its uid, possibly inside a user namespace.
     std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
         .map_err(|e| Error::Other(format!("chmod exec.fifo: {e}")))?;
+
+    // Traced: the process hands over to engine-init after `start`, which passes its span here.
+    let init = if rec.enabled() { init_handoff(&state_dir)? } else { None };
 
     let h = rec.start("runtime.namespaces", Some(parent));
     rec.set_attr(h, "namespaces.clone_flags", format!("{:#x}", plan.clone_flags.bits()));
@@ -234,6 +240,7 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
             console: console.as_ref(),
             console_size,
             seccomp_listener: seccomp_listener.as_ref(),
+            init: init.as_ref(),
         };
         setup::run(args, child_sock, rec, parent);
     }
@@ -299,21 +306,49 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
     Ok(Created { pid, pidfd })
 }
 
-/// Lets a created container's process exec its program.
+/// Name of the file through which `start` tells a traced container's process its span.
+pub const START_TRACE: &str = "start.trace";
+
+/// engine-init beside this binary, and the file `start` will write its span's context to; `None`
+/// when engine-init is not installed (the start is then recorded without its last step).
+fn init_handoff(state_dir: &std::path::Path) -> Result<Option<crate::setup::InitHandoff>> {
+    let Some(binary) = std::env::current_exe().ok().map(|p| p.with_file_name("engine-init")).filter(|p| p.is_file()) else {
+        return Ok(None);
+    };
+    let trace_file = state_dir.join(START_TRACE);
+    // readable by the container's user, who reads it through a descriptor opened as root
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&trace_file)
+        .map_err(|e| Error::Other(format!("create {}: {e}", trace_file.display())))?;
+    Ok(Some(crate::setup::InitHandoff { binary, trace_file }))
+}
+
+/// Lets a created container's process exec its program. Traced, it passes its span to the
+/// process (for engine-init's `init.exec`) and ends when the user's program has been exec'd.
 pub fn start(dir: &StateDir, id: &str, rec: &mut Recorder) -> Result<()> {
     let h = rec.start("runtime.start", None);
     rec.set_attr(h, "container.id", id);
-    let r = start_inner(dir, id);
+    rec.set_attr(h, "process.pid", std::process::id());
+    let traceparent = rec.context(h).filter(|c| c.sampled()).map(|c| c.traceparent());
+    let r = start_inner(dir, id, traceparent.as_deref());
     rec.finish(h, r)
 }
 
-fn start_inner(dir: &StateDir, id: &str) -> Result<()> {
+fn start_inner(dir: &StateDir, id: &str, traceparent: Option<&str>) -> Result<()> {
     let st = dir.load(id)?;
     let status = st.status(dir);
     if status != Status::Created {
         return Err(Error::WrongStatus { id: id.into(), op: "start", status });
     }
     let fifo_path = dir.dir(id).join(EXEC_FIFO);
+    // before the release: the process reads it once the fifo opens
+    let handed_over = match traceparent {
+        Some(tp) => std::fs::OpenOptions::new().write(true).open(dir.dir(id).join(START_TRACE)).and_then(|mut f| f.write_all(tp.as_bytes())).is_ok(),
+        None => false,
+    };
     let fifo = nix::fcntl::open(&fifo_path, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
         .map_err(sys("open exec fifo"))?;
     loop {
@@ -338,9 +373,14 @@ fn start_inner(dir: &StateDir, id: &str) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&fifo_path);
+    if handed_over {
+        wait_exec(st.pid);
+    }
     // poststart: after the user's program runs; a failure is a warning, the container runs on
     if let Some(list) = st.hooks.as_ref().and_then(|h| h.poststart().clone()).filter(|l| !l.is_empty()) {
-        wait_exec(st.pid);
+        if !handed_over {
+            wait_exec(st.pid);
+        }
         for e in crate::hooks::run_all_warning("poststart", &list, &st.to_spec_json(Status::Running)) {
             eprintln!("engine-runtime: warning: {e}");
         }
@@ -349,13 +389,14 @@ fn start_inner(dir: &StateDir, id: &str) -> Result<()> {
 }
 
 /// Waits (up to a second) until the container's first process has replaced the runtime's
-/// image with the user's program, or has exited.
+/// image (and engine-init's, on a traced start) with the user's program, or has exited.
 fn wait_exec(pid: i32) {
     let ours = std::fs::read_link("/proc/self/exe").ok();
+    let init = ours.as_ref().map(|p| p.with_file_name("engine-init"));
     let deadline = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline {
         match std::fs::read_link(format!("/proc/{pid}/exe")) {
-            Ok(exe) if Some(&exe) == ours.as_ref() => std::thread::sleep(Duration::from_micros(100)),
+            Ok(exe) if Some(&exe) == ours.as_ref() || Some(&exe) == init.as_ref() => std::thread::sleep(Duration::from_micros(50)),
             _ => return,
         }
     }

@@ -46,6 +46,29 @@ pub(crate) struct SetupArgs<'a> {
     /// A connected socket to `linux.seccomp.listenerPath`, when the filter notifies.
     pub seccomp_listener: Option<&'a OwnedFd>,
     pub console_size: Option<(u16, u16)>,
+    /// On a traced start: hand over to engine-init, which records the exec (see [`InitHandoff`]).
+    pub init: Option<&'a InitHandoff>,
+}
+
+/// How a traced container's first process hands over to engine-init: `start` writes its span's
+/// `traceparent` to `trace_file` before releasing the process, which then execs `binary` (opened
+/// before the pivot, so it need not exist in the container) with the user's program to exec.
+pub struct InitHandoff {
+    pub binary: PathBuf,
+    pub trace_file: PathBuf,
+}
+
+/// The hand-over's descriptors, opened before the pivot while the host paths are in reach.
+struct HandoffFds {
+    binary: OwnedFd,
+    trace_file: OwnedFd,
+}
+
+/// What the setup leaves for after `start`.
+struct Ready {
+    exec: process::Exec,
+    fifo: OwnedFd,
+    init: Option<HandoffFds>,
 }
 
 /// Runs the setup in the cloned child and never returns.
@@ -54,7 +77,7 @@ pub(crate) fn run(args: SetupArgs<'_>, sync: SyncSocket, rec: &mut Recorder, par
     let span = rec.start("runtime.init", None);
     rec.set_attr(span, "process.pid", std::process::id() as i64);
     match setup(&args, &sync, rec, span) {
-        Ok((exec, fifo)) => {
+        Ok(Ready { exec, fifo, init }) => {
             rec.end(span);
             rec.flush();
             if sync.send(b"ready").is_err() {
@@ -80,6 +103,9 @@ pub(crate) fn run(args: SetupArgs<'_>, sync: SyncSocket, rec: &mut Recorder, par
                     exit(1);
                 }
             }
+            if let Some(init) = init {
+                exec_init(&init, &exec, rec);
+            }
             let err = process::exec(&exec);
             eprintln!("engine-runtime: exec {:?}: {err}", exec.path);
             exit(127);
@@ -93,6 +119,25 @@ pub(crate) fn run(args: SetupArgs<'_>, sync: SyncSocket, rec: &mut Recorder, par
     }
 }
 
+/// Execs engine-init with the `traceparent` `start` left and the program to run, passing it the
+/// span sink. Returns when that is not possible (no context, exec refused), and the caller execs
+/// the program itself: the hand-over is telemetry and never keeps a container from starting.
+fn exec_init(init: &HandoffFds, exec: &process::Exec, rec: &Recorder) {
+    let mut buf = [0u8; 256];
+    let n = nix::sys::uio::pread(&init.trace_file, &mut buf, 0).unwrap_or(0);
+    let tp = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+    let (Ok(_), Some(sink)) = (engine_telemetry::TraceContext::parse(&tp, None), rec.sink_fd()) else { return };
+    let Ok(tp) = std::ffi::CString::new(tp) else { return };
+    let Ok(fd) = std::ffi::CString::new(sink.to_string()) else { return };
+    let mut argv = vec![c"engine-init".to_owned(), std::ffi::CString::from(c"--handoff"), tp, fd, exec.path.clone()];
+    argv.extend(exec.argv.iter().cloned());
+    // SAFETY: F_SETFD on our own sink descriptor: engine-init inherits it (and closes it on exec).
+    unsafe { libc::fcntl(sink, libc::F_SETFD, 0) };
+    let _ = nix::unistd::execveat(&init.binary, c"", &argv, &exec.envp, nix::fcntl::AtFlags::AT_EMPTY_PATH);
+    // SAFETY: as above, back to close-on-exec for the direct exec.
+    unsafe { libc::fcntl(sink, libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
 fn exit(code: i32) -> ! {
     // SAFETY: _exit ends the process without running the parent's destructors or atexit handlers.
     unsafe { libc::_exit(code) }
@@ -103,7 +148,7 @@ fn step<T, E: std::fmt::Display>(rec: &mut Recorder, name: &str, parent: SpanHan
     rec.finish(h, f()).map_err(|e| e.to_string())
 }
 
-fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHandle) -> Result<(process::Exec, OwnedFd), String> {
+fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHandle) -> Result<Ready, String> {
     let spec = a.spec;
     let linux = spec.linux().as_ref().ok_or("linux is missing")?;
     let proc_ = spec.process().as_ref().ok_or("process is missing")?;
@@ -151,6 +196,11 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
     // Keep a handle on the exec fifo: after the pivot its host path is out of reach.
     let fifo = nix::fcntl::open(&a.exec_fifo, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
         .map_err(|e| format!("open exec fifo: {e}"))?;
+    // The hand-over's files, likewise; a missing engine-init only means an untraced exec.
+    let init = a.init.and_then(|h| {
+        let open = |p: &std::path::Path| nix::fcntl::open(p, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).ok();
+        Some(HandoffFds { binary: open(&h.binary)?, trace_file: open(&h.trace_file)? })
+    });
 
     let mounts = spec.mounts().clone().unwrap_or_default();
     let devices = linux.devices().clone().unwrap_or_default();
@@ -229,7 +279,7 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
         Ok(exec)
     })();
     rec.finish(h, result.as_ref().map(|_| ()).map_err(|e| e.clone()))?;
-    Ok((result?, fifo))
+    Ok(Ready { exec: result?, fifo, init })
 }
 
 /// The last steps of every container process (the first one and exec'd ones): limits and

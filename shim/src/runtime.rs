@@ -4,8 +4,11 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Seek};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use crate::reaper::Reaper;
 
@@ -25,6 +28,32 @@ pub struct RuntimeCli {
     pub root: PathBuf,
     pub log: PathBuf,
     pub reaper: Reaper,
+    /// The write end of the span hand-off ([`span_handoff`]) every invocation inherits.
+    pub span_handoff: Option<Arc<OwnedFd>>,
+}
+
+/// The runtime's and init's span hand-off: a sequenced-packet socket whose write end they inherit
+/// (`ENGINE_SPAN_SINK=fd:N`; one OTLP JSON line per packet, so concurrent writers never tear each
+/// other's lines), read by a thread that sends each request on to `sink`. Returns the write end.
+pub fn span_handoff(sink: engine_telemetry::Sink) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (read, write) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).map_err(std::io::Error::from)?;
+    std::thread::Builder::new().name("span-handoff".into()).spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match nix::sys::socket::recv(read.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::empty()) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if let Ok(req) = serde_json::from_slice(buf[..n].trim_ascii_end()) {
+                        sink.export(req);
+                    }
+                }
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => return,
+            }
+        }
+    })?;
+    Ok(write)
 }
 
 /// Standard streams for an invocation (the container inherits them for create and exec).
@@ -48,6 +77,24 @@ impl RuntimeCli {
             Some(tp) => cmd.env(engine_telemetry::ENV_TRACEPARENT, tp),
             None => cmd.env_remove(engine_telemetry::ENV_TRACEPARENT),
         };
+        match &self.span_handoff {
+            Some(fd) => {
+                let raw = fd.as_raw_fd();
+                cmd.env(engine_telemetry::ENV_SPAN_SINK, format!("fd:{raw}"));
+                // SAFETY: between fork and exec only fcntl runs, on a descriptor we own.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }
+            None => {
+                cmd.env_remove(engine_telemetry::ENV_SPAN_SINK);
+            }
+        }
         let captured = match stdio {
             Some(s) => {
                 cmd.stdin(s.stdin).stdout(s.stdout).stderr(s.stderr);

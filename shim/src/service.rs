@@ -128,7 +128,7 @@ pub struct ShimService {
     rt: RuntimeCli,
     inner: Arc<Mutex<Inner>>,
     exit_tx: Arc<watch::Sender<Option<ExitStatus>>>,
-    sink: Option<File>,
+    sink: Option<engine_telemetry::Sink>,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
 }
 
@@ -216,7 +216,14 @@ impl ShimService {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let h = rec.start(name, None);
+        rec.set_kind(h, engine_telemetry::Kind::Server);
         rec.set_attr(h, "container.id", self.cfg.id.as_str());
+        rec.set_attr(h, "rpc.system", "grpc");
+        rec.set_attr(h, "rpc.service", "engine.v1.Shim");
+        let method = name.strip_prefix("shim.").unwrap_or(name);
+        let mut m = method.chars();
+        rec.set_attr(h, "rpc.method", m.next().map(|c| c.to_ascii_uppercase().to_string() + m.as_str()).unwrap_or_default());
+        rec.set_attr(h, "process.pid", std::process::id());
         let tp = rec.context(h).map(|c| c.traceparent());
         let r = f(tp, h).await;
         let r = rec.finish(h, r.map_err(|s| TracedStatus(s))).map_err(|t| t.0);
@@ -736,7 +743,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let listener = engine_api::bind_unix(&socket).with_context(|| format!("bind {}", socket.display()))?;
     write_atomic(&cfg.state_dir.join("shim.pid"), std::process::id().to_string().as_bytes()).context("write shim.pid")?;
-    let rt = RuntimeCli { binary: cfg.runtime.clone(), root: cfg.runtime_root.clone(), log: cfg.state_dir.join("runtime.log"), reaper };
+    // Spans go to engined's OTLP receiver (or a file sink in tests); the runtime and init hand
+    // theirs to us over a socket and we send them on.
+    let sink = engine_telemetry::otlp::OtlpExporter::engine_sink_from_env().or_else(engine_telemetry::file_sink_from_env);
+    let span_handoff = match &sink {
+        Some(s) => Some(crate::runtime::span_handoff(s.clone()).context("set up the runtime's span hand-off")?),
+        None => None,
+    };
+    let rt = RuntimeCli { binary: cfg.runtime.clone(), root: cfg.runtime_root.clone(), log: cfg.state_dir.join("runtime.log"), reaper, span_handoff: span_handoff.map(Arc::new) };
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let (exit_tx, _) = watch::channel(None);
     let service = ShimService {
@@ -744,7 +758,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         rt,
         inner: Arc::new(Mutex::new(Inner { phase: Phase::New, pid: 0, terminal: false, master: None, stdin: None, execs: HashMap::new() })),
         exit_tx: Arc::new(exit_tx),
-        sink: engine_telemetry::sink_from_env(),
+        sink,
         shutdown: Mutex::new(Some(shutdown_tx)),
     };
     // tell whoever started us that the socket is there, then let go of its pipe

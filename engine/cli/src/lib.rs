@@ -9,14 +9,12 @@ pub mod client;
 pub mod containers;
 pub mod format;
 pub mod images;
+pub mod trace;
 pub mod volumes;
 
-use std::io::BufReader;
-use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
-use engine_telemetry::waterfall;
 
 pub const DEFAULT_HOST: &str = "unix:///run/engine/engine.sock";
 
@@ -95,37 +93,15 @@ pub enum Command {
     /// Display system-wide information.
     Info,
     /// Show a trace as a waterfall.
-    Trace(TraceArgs),
+    Trace(trace::TraceArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
-}
-
-#[derive(clap::Args, Debug)]
-pub struct TraceArgs {
-    /// The container whose last traced operation to show (from the daemon).
-    #[arg(required_unless_present = "file")]
-    pub container: Option<String>,
-    /// Read spans from an OTLP JSON lines file (the span hand-off) instead of the daemon.
-    #[arg(long, conflicts_with = "container")]
-    pub file: Option<PathBuf>,
-    /// Print the trace as OTLP JSON lines instead of a waterfall.
-    #[arg(long)]
-    pub json: bool,
-    /// The last trace of this operation (create, start, stop, exec, attach, wait, delete …).
-    #[arg(long)]
-    pub op: Option<String>,
-    /// Only the trace with this id (default: the last trace in the file).
-    #[arg(long)]
-    pub trace_id: Option<String>,
-    /// Print each span's attributes.
-    #[arg(long, short = 'a')]
-    pub attributes: bool,
 }
 
 /// Runs the CLI and returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Trace(args) if args.file.is_some() => return trace(args),
+        Command::Trace(args) if args.file.is_some() => return trace::from_file(args),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "engine", &mut std::io::stdout());
             return Ok(0);
@@ -133,20 +109,27 @@ pub fn run(cli: Cli) -> Result<i32> {
         _ => {}
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    // The command is the root of its trace: its span is recorded when ENGINE_SPAN_SINK names a
-    // sink (under TRACEPARENT if one came in), and every request carries its context.
+    // The command is the root of its trace (under TRACEPARENT if one came in); its span goes to
+    // the daemon when the command is done, and every request carries its context. Reading traces
+    // is not traced.
     let name = format!("engine.{}", command_name(&cli.command));
-    let mut rec = engine_telemetry::Recorder::from_env("engine");
+    let spans = engine_telemetry::MemorySink::default();
+    let mut rec = match cli.command {
+        Command::Trace(_) => engine_telemetry::Recorder::disabled("engine"),
+        _ => engine_telemetry::Recorder::with_sink("engine", engine_telemetry::Sink::new(spans.clone()), engine_telemetry::TraceContext::from_env()),
+    };
     let root = rec.start(&name, None);
-    let traceparent = rec.context(root).map(|c| c.traceparent()).unwrap_or_else(|| {
-        engine_telemetry::TraceContext { trace_id: engine_telemetry::TraceId::random(), span_id: engine_telemetry::SpanId::random(), flags: 1, state: None }.traceparent()
-    });
-    let result = rt.block_on(async move {
-        let client = client::Client::new(&cli.host, Some(traceparent))?;
-        dispatch(&client, cli.command).await
-    });
+    rec.set_kind(root, engine_telemetry::Kind::Client);
+    rec.set_attr(root, "process.pid", std::process::id());
+    rec.set_attr(root, "process.command_args", std::env::args().collect::<Vec<_>>().join(" "));
+    let traceparent = rec.context(root).map(|c| c.traceparent());
+    let client = client::Client::new(&cli.host, traceparent)?;
+    let result = rt.block_on(dispatch(&client, cli.command));
     let result = rec.finish(root, result.map_err(|e| format!("{e:#}"))).map_err(|e| anyhow::anyhow!(e));
     rec.flush();
+    if let Some(req) = spans.take() {
+        rt.block_on(trace::post_spans(&client, req));
+    }
     result
 }
 
@@ -190,7 +173,7 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::System(volumes::SystemCommand::Info) => info(c).await,
         Command::Version => version(c).await,
         Command::Info => info(c).await,
-        Command::Trace(a) => container_trace(c, a).await,
+        Command::Trace(a) => trace::run(c, a).await,
         Command::Completion { .. } => unreachable!("handled before the runtime starts"),
     }
 }
@@ -235,71 +218,3 @@ async fn info(c: &client::Client) -> Result<i32> {
     Ok(0)
 }
 
-/// `engine trace CONTAINER`: the container's last traced operation (or `--trace-id`), from
-/// the daemon's span store.
-async fn container_trace(c: &client::Client, args: TraceArgs) -> Result<i32> {
-    let name = args.container.clone().unwrap_or_default();
-    let list = c.get(&format!("/engine/v1/containers/{}/traces", containers::urlencode(&name))).await?;
-    // Operations a user asked for (rooted at a command or an API request), not the daemon's own
-    // bookkeeping; with --op, the last of that operation.
-    let ops: Vec<&serde_json::Value> = list.as_array().into_iter().flatten().collect();
-    let user_op = |t: &&&serde_json::Value| {
-        let op = t["Operation"].as_str().unwrap_or("");
-        let requested = op.starts_with("engine.") || op.contains(" /");
-        match &args.op {
-            Some(want) => requested && (op.ends_with(&format!("/{want}")) || op == format!("engine.{want}") || (want == "delete" && op.starts_with("DELETE")) || (want == "create" && op.ends_with("/create"))),
-            None => requested,
-        }
-    };
-    let trace_id = match &args.trace_id {
-        Some(t) => t.clone(),
-        None => ops
-            .iter()
-            .filter(user_op)
-            .last()
-            .or(if args.op.is_none() { ops.last() } else { None })
-            .and_then(|t| t["TraceID"].as_str())
-            .map(str::to_string)
-            .ok_or_else(|| anyhow::anyhow!("no traces of {name}{}", args.op.as_ref().map(|o| format!(" for --op {o}")).unwrap_or_default()))?,
-    };
-    let r = c.send(hyper::Method::GET, &format!("/engine/v1/traces/{trace_id}"), client::empty_body(), None).await?;
-    let mut bytes = Vec::new();
-    client::for_each_chunk(r, |chunk| {
-        bytes.extend_from_slice(chunk);
-        Ok(())
-    })
-    .await?;
-    if args.json {
-        print!("{}", String::from_utf8_lossy(&bytes));
-        return Ok(0);
-    }
-    let (spans, _) = engine_telemetry::read_spans(BufReader::new(bytes.as_slice()))?;
-    let trace: Vec<_> = spans.into_iter().filter(|s| s.trace_id == trace_id).collect();
-    let opts = waterfall::Options { attributes: args.attributes, ..Default::default() };
-    print!("{}", waterfall::render(&trace, &opts));
-    Ok(0)
-}
-
-fn trace(args: TraceArgs) -> Result<i32> {
-    let path = args.file.clone().ok_or_else(|| anyhow::anyhow!("--file is required without a container"))?;
-    let file = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
-    let (spans, skipped) = engine_telemetry::read_spans(BufReader::new(file))
-        .with_context(|| format!("read {}", path.display()))?;
-    let trace_id = match args.trace_id {
-        Some(id) => id,
-        None => match spans.iter().max_by_key(|s| s.start_unix_nanos) {
-            Some(s) => s.trace_id.clone(),
-            None => bail!("no spans in {}", path.display()),
-        },
-    };
-    let trace: Vec<_> = spans.into_iter().filter(|s| s.trace_id == trace_id).collect();
-    if trace.is_empty() {
-        bail!("no trace {trace_id} in {}", path.display());
-    }
-    let opts = waterfall::Options { attributes: args.attributes, ..Default::default() };
-    print!("{}", waterfall::render(&trace, &opts));
-    if skipped > 0 {
-        eprintln!("engine: skipped {skipped} unreadable line(s) in {}", path.display());
-    }
-    Ok(0)
-}

@@ -39,7 +39,9 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp, std:
         _ => (None, raw_path.clone()),
     };
     let route = route_name(&method, &path);
-    let trace = Trace::new(d.sink.as_ref(), traceparent.as_deref(), &format!("{method} {route}"));
+    // reading or receiving traces is not itself traced
+    let traced = !(path.starts_with("/v1/traces") || path.starts_with("/engine/v1/traces") || route.ends_with("/traces"));
+    let trace = Trace::new(d.sink.as_ref().filter(|_| traced), traceparent.as_deref(), &format!("{method} {route}"));
     trace.attr(trace.root, "http.request.method", method.to_string());
     trace.attr(trace.root, "url.path", raw_path.clone());
     trace.attr(trace.root, "http.route", route.clone());
@@ -75,6 +77,7 @@ fn route_name(method: &Method, path: &str) -> String {
         ["volumes", "create"] | ["volumes", "prune"] => format!("/{}", segs.join("/")),
         ["volumes", _] => "/volumes/{name}".into(),
         ["engine", "v1", "containers", _, "traces"] => "/engine/v1/containers/{id}/traces".into(),
+        ["engine", "v1", "traces", "stats"] => "/engine/v1/traces/stats".into(),
         ["engine", "v1", "traces", _] => "/engine/v1/traces/{trace_id}".into(),
         _ => path.to_string(),
     };
@@ -198,7 +201,13 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
 
         // engine extensions
         (&M::GET, ["engine", "v1", "containers", id, "traces"]) => crate::traces::container_traces(d, id),
-        (&M::GET, ["engine", "v1", "traces", id]) => crate::traces::trace(id),
+        (&M::GET, ["engine", "v1", "traces"]) => crate::traces::recent(d, &q),
+        (&M::GET, ["engine", "v1", "traces", "stats"]) => crate::traces::stats(d, &q),
+        (&M::GET, ["engine", "v1", "traces", id]) => crate::traces::trace(d, id),
+        (&M::POST, ["v1", "traces"]) => {
+            let ct = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+            crate::traces::receive(d, ct.as_deref(), req.into_body()).await
+        }
 
         // system
         (&M::GET, ["events"]) => events(d, &q),

@@ -20,7 +20,8 @@ pub struct Config {
     /// Write the daemon's pid here.
     #[arg(long)]
     pub pidfile: Option<PathBuf>,
-    /// A JSON file with any of: "log-level", "cgroup-parent", "data-root", "exec-root", "pidfile".
+    /// A JSON file with any of: "log-level", "cgroup-parent", "data-root", "exec-root", "pidfile",
+    /// "hosts", "otlp-endpoint", "otlp-protocol", "trace-max-traces", "trace-max-mb".
     #[arg(long)]
     pub config_file: Option<PathBuf>,
     /// error, warn, info or debug.
@@ -35,6 +36,19 @@ pub struct Config {
     /// engine-init, bind-mounted into containers run with --init (default: beside this binary).
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Forward every span to this OTLP endpoint, http://host:port (default: the
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT environment variable).
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+    /// grpc, http/protobuf or http/json (default: OTEL_EXPORTER_OTLP_PROTOCOL, else grpc).
+    #[arg(long)]
+    pub otlp_protocol: Option<String>,
+    /// Keep at most this many traces under the data-root.
+    #[arg(long, default_value_t = 5000)]
+    pub trace_max_traces: usize,
+    /// Keep at most this many MiB of traces under the data-root.
+    #[arg(long, default_value_t = 256)]
+    pub trace_max_mb: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -46,6 +60,10 @@ struct FileConfig {
     exec_root: Option<PathBuf>,
     pidfile: Option<PathBuf>,
     hosts: Option<Vec<String>>,
+    otlp_endpoint: Option<String>,
+    otlp_protocol: Option<String>,
+    trace_max_traces: Option<usize>,
+    trace_max_mb: Option<u64>,
 }
 
 impl Config {
@@ -70,6 +88,18 @@ impl Config {
             }
             if self.pidfile.is_none() {
                 self.pidfile = f.pidfile;
+            }
+            if self.otlp_endpoint.is_none() {
+                self.otlp_endpoint = f.otlp_endpoint;
+            }
+            if self.otlp_protocol.is_none() {
+                self.otlp_protocol = f.otlp_protocol;
+            }
+            if let Some(v) = f.trace_max_traces.filter(|_| self.trace_max_traces == defaults.trace_max_traces) {
+                self.trace_max_traces = v;
+            }
+            if let Some(v) = f.trace_max_mb.filter(|_| self.trace_max_mb == defaults.trace_max_mb) {
+                self.trace_max_mb = v;
             }
             if let Some(h) = f.hosts.and_then(|h| h.into_iter().next()).filter(|_| self.host == defaults.host) {
                 self.host = h;

@@ -89,7 +89,9 @@ pub struct Daemon {
     creating: Mutex<Vec<String>>,
     channel: Channel,
     pub supervisor: Supervisor,
-    pub sink: Option<File>,
+    /// engined's own spans go here: into `traces`.
+    pub sink: Option<engine_telemetry::Sink>,
+    pub traces: Arc<crate::tracestore::TraceStore>,
     pub shutting_down: AtomicBool,
     pub execs: crate::exec::Execs,
     /// Container events for `GET /events`, and the recent ones for `since`.
@@ -143,7 +145,7 @@ const ADJECTIVES: &[&str] = &["brave", "calm", "eager", "fancy", "gentle", "happ
 const NOUNS: &[&str] = &["turing", "hopper", "lovelace", "ritchie", "thompson", "torvalds", "knuth", "dijkstra", "hamilton", "liskov", "kay", "backus", "perlman", "wirth", "lamport", "allen"];
 
 impl Daemon {
-    pub async fn open(cfg: Arc<Config>, supervisor: Supervisor) -> anyhow::Result<Arc<Self>> {
+    pub async fn open(cfg: Arc<Config>, supervisor: Supervisor, traces: Arc<crate::tracestore::TraceStore>) -> anyhow::Result<Arc<Self>> {
         let images = ImageStore::open(cfg.data_root.join("image"))?;
         let d = Arc::new(Daemon {
             channel: engine_api::unix_channel(cfg.lifecycled_socket()),
@@ -151,7 +153,8 @@ impl Daemon {
             containers: Mutex::new(BTreeMap::new()),
             creating: Mutex::new(Vec::new()),
             supervisor,
-            sink: engine_telemetry::sink_from_env(),
+            sink: Some(engine_telemetry::Sink::new(crate::tracestore::StoreSink(traces.clone()))),
+            traces,
             shutting_down: AtomicBool::new(false),
             execs: Default::default(),
             events: tokio::sync::broadcast::channel(256).0,
@@ -247,9 +250,16 @@ impl Daemon {
 
     pub async fn create(self: &Arc<Self>, trace: &Trace, name: Option<String>, body: ContainerConfig) -> Result<String, ApiError> {
         let span = trace.start("daemon.create");
+        let outer = trace.enter(span);
         let r = self.create_inner(trace, name, body).await;
+        trace.enter(outer);
         if let Ok(id) = &r {
             trace.attr(span, "container.id", id.clone());
+            if let Ok(e) = self.find(id) {
+                let rec = e.snapshot();
+                trace.attr(span, "container.name", rec.name.clone());
+                trace.attr(span, "container.image.name", rec.image.clone());
+            }
         }
         trace.finish(span, r.as_ref().map(|_| ()).map_err(|e| e.message.clone())).ok();
         r
@@ -392,7 +402,7 @@ impl Daemon {
 
         let mut labels = built.labels.clone();
         labels.insert("engine.name".into(), name.to_string());
-        let tp = trace.traceparent(trace.root);
+        let tp = trace.traceparent(trace.current());
         let req = CreateContainerRequest { id: id.to_string(), bundle: dir.display().to_string(), labels: labels.into_iter().collect() };
         retry(|| {
             let mut c = self.lc_containers();

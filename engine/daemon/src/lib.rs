@@ -17,6 +17,7 @@ pub mod images;
 pub mod supervisor;
 pub mod traces;
 pub mod trace;
+pub mod tracestore;
 pub mod types;
 pub mod volumes;
 
@@ -47,8 +48,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     if let Some(p) = &cfg.pidfile {
         std::fs::write(p, std::process::id().to_string()).with_context(|| format!("writing {}", p.display()))?;
     }
+    let traces = traces::start(&cfg).context("starting the trace store")?;
     let supervisor = supervisor::start(cfg.clone()).await.context("starting engine-lifecycled")?;
-    let daemon = daemon::Daemon::open(cfg.clone(), supervisor).await.context("opening the daemon state")?;
+    let daemon = daemon::Daemon::open(cfg.clone(), supervisor, traces).await.context("opening the daemon state")?;
 
     let _ = std::fs::remove_file(&sock);
     let listener = engine_api::bind_unix(&sock).with_context(|| format!("listening on {}", sock.display()))?;

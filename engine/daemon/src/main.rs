@@ -2,8 +2,6 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let config = engine_daemon::Config::parse().resolve()?;
-    // Before any thread exists: the span sink every component inherits.
-    engine_daemon::traces::default_sink(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(engine_daemon::serve(config))
 }

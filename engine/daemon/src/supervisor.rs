@@ -54,9 +54,9 @@ fn spawn(cfg: &Config) -> anyhow::Result<Child> {
         // lifecycled outlives a kill -9 of engined: its own process group, no parent-death signal.
         .process_group(0)
         .kill_on_drop(false);
-    if let Some(sink) = std::env::var_os(engine_telemetry::ENV_SPAN_SINK) {
-        cmd.env(engine_telemetry::ENV_SPAN_SINK, sink);
-    }
+    // lifecycled and the shims it starts send their spans (and the runtime's) to our receiver
+    cmd.env(engine_telemetry::otlp::ENV_ENGINE_OTLP, format!("unix://{}", crate::traces::receiver_socket(cfg).display()));
+    cmd.env_remove(engine_telemetry::ENV_SPAN_SINK);
     Ok(cmd.spawn()?)
 }
 

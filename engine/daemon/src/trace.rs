@@ -1,21 +1,24 @@
 //! Spans of one API request: an HTTP server span under the caller's `traceparent` (or a new
 //! trace), `daemon.*` phase spans under it, and the context handed on to lifecycled.
 
-use std::fs::File;
 use std::sync::Mutex;
 
-use engine_telemetry::{Recorder, SpanHandle};
+use engine_telemetry::{Kind, Recorder, Sink, SpanHandle};
 
 pub struct Trace {
     rec: Mutex<Recorder>,
     pub root: SpanHandle,
+    /// The span new phase spans go under (the request span unless a phase is entered).
+    current: Mutex<SpanHandle>,
 }
 
 impl Trace {
-    pub fn new(sink: Option<&File>, traceparent: Option<&str>, name: &str) -> Self {
+    pub fn new(sink: Option<&Sink>, traceparent: Option<&str>, name: &str) -> Self {
         let mut rec = Recorder::for_request("engined", sink, traceparent);
         let root = rec.start(name, None);
-        Trace { rec: Mutex::new(rec), root }
+        rec.set_kind(root, Kind::Server);
+        rec.set_attr(root, "process.pid", std::process::id());
+        Trace { rec: Mutex::new(rec), root, current: Mutex::new(root) }
     }
 
     fn rec(&self) -> std::sync::MutexGuard<'_, Recorder> {
@@ -23,9 +26,21 @@ impl Trace {
         self.rec.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Starts a phase span under the current span.
     pub fn start(&self, name: &str) -> SpanHandle {
-        let root = self.root;
-        self.rec().start(name, Some(root))
+        let parent = self.current();
+        self.rec().start(name, Some(parent))
+    }
+
+    /// The span phases go under now.
+    pub fn current(&self) -> SpanHandle {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `h` the parent of the phases started from now on; returns the previous one, to
+    /// enter again when `h` is done.
+    pub fn enter(&self, h: SpanHandle) -> SpanHandle {
+        std::mem::replace(&mut *self.current.lock().unwrap_or_else(|p| p.into_inner()), h)
     }
 
     pub fn attr(&self, h: SpanHandle, key: &str, value: impl Into<engine_telemetry::recorder::AttrValue>) {

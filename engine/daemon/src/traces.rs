@@ -1,103 +1,155 @@
-//! The spans of every component, kept under the data-root by default: engined, lifecycled,
-//! the shims, the runtime and init hand theirs to one OTLP JSON lines file (`ENGINE_SPAN_SINK`,
-//! inherited), bounded by rotation; the API finds a container's traces in it.
+//! engined's trace endpoints and receivers: the store is opened under `<data-root>/traces`, an
+//! OTLP gRPC receiver listens on `<exec-root>/otlp.sock` (lifecycled and the shims export to it;
+//! the shims forward the runtime's and init's hand-off), `POST /v1/traces` takes OTLP/HTTP (the
+//! CLI's spans), and the `/engine/v1/...traces` routes read the store.
 
-use std::io::BufRead;
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use bytes::Bytes;
+use engine_telemetry::otlp::{ExportConfig, OtlpExporter, Protocol, Receiver};
+use engine_telemetry::Sink;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::StatusCode;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
 use serde_json::json;
 
 use crate::config::Config;
 use crate::daemon::Daemon;
-use crate::http::{self, json, ApiError, Resp};
+use crate::http::{self, json, ApiError, Query, Resp};
+use crate::tracestore::{Retention, StoreSink, TraceStore, TraceSummary};
 
-/// The file is rotated to `.1` (the previous `.1` dropped) past this size at start.
-const MAX_SPAN_FILE: u64 = 64 << 20;
-
-pub fn span_file(cfg: &Config) -> PathBuf {
-    cfg.data_root.join("traces").join("spans.jsonl")
+/// Engined's OTLP receiver socket.
+pub fn receiver_socket(cfg: &Config) -> PathBuf {
+    cfg.exec_root.join("otlp.sock")
 }
 
-/// Unless `ENGINE_SPAN_SINK` names another sink, spans go to `<data-root>/traces/spans.jsonl`.
-/// Call before any thread starts (it sets the environment every child inherits).
-pub fn default_sink(cfg: &Config) -> anyhow::Result<()> {
-    if std::env::var_os(engine_telemetry::ENV_SPAN_SINK).is_some() {
-        return Ok(());
-    }
-    let path = span_file(cfg);
-    crate::config::ensure_dir(path.parent().unwrap_or(&cfg.data_root))?;
-    if std::fs::metadata(&path).map(|m| m.len() > MAX_SPAN_FILE).unwrap_or(false) {
-        std::fs::rename(&path, path.with_extension("jsonl.1"))?;
-    }
-    // SAFETY (edition 2021 API): called from main before the runtime or any thread exists.
-    std::env::set_var(engine_telemetry::ENV_SPAN_SINK, &path);
-    Ok(())
-}
-
-fn sink_path() -> Option<PathBuf> {
-    std::env::var_os(engine_telemetry::ENV_SPAN_SINK).map(PathBuf::from).filter(|p| !p.to_string_lossy().starts_with("fd:"))
-}
-
-fn spans() -> Vec<engine_telemetry::FlatSpan> {
-    let Some(path) = sink_path() else { return Vec::new() };
-    let mut out = Vec::new();
-    for p in [path.with_extension("jsonl.1"), path] {
-        if let Ok(f) = std::fs::File::open(&p) {
-            if let Ok((s, _)) = engine_telemetry::read_spans(std::io::BufReader::new(f)) {
-                out.extend(s);
+/// The external export configured by the daemon's flags or config file, else by OpenTelemetry's
+/// environment variables.
+fn export_config(cfg: &Config) -> anyhow::Result<Option<ExportConfig>> {
+    let protocol = cfg.otlp_protocol.as_deref().map(Protocol::parse).transpose()?;
+    match &cfg.otlp_endpoint {
+        Some(e) => Ok(Some(ExportConfig::new(e, protocol.unwrap_or(Protocol::Grpc))?)),
+        None => {
+            let mut c = ExportConfig::from_env()?;
+            if let (Some(c), Some(p)) = (c.as_mut(), protocol) {
+                c.protocol = p;
             }
+            Ok(c)
         }
     }
-    out
+}
+
+/// Opens the trace store (with the export, when one is configured) and starts the OTLP receiver.
+/// Must run inside the tokio runtime.
+pub fn start(cfg: &Config) -> anyhow::Result<Arc<TraceStore>> {
+    if let Some(e) = engine_telemetry::sampling::env_sampler_error() {
+        crate::log!(cfg, "warn", "{e}; sampling every trace");
+    }
+    let export = export_config(cfg)?;
+    if let Some(e) = &export {
+        crate::log!(cfg, "info", "exporting spans to {} ({:?})", e.endpoint, e.protocol);
+    }
+    let resource = match std::env::var("OTEL_RESOURCE_ATTRIBUTES") {
+        Ok(list) => engine_telemetry::otlp::parse_pairs(&list).map_err(|e| anyhow::anyhow!("OTEL_RESOURCE_ATTRIBUTES: {e}"))?,
+        Err(_) => Vec::new(),
+    };
+    let retention = Retention { max_traces: cfg.trace_max_traces, max_bytes: cfg.trace_max_mb << 20 };
+    let dir = cfg.data_root.join("traces");
+    let store = TraceStore::open(&dir, retention, export.map(|e| Sink::new(OtlpExporter::start(e))), resource)
+        .map_err(|e| anyhow::anyhow!("opening the trace store {}: {e}", dir.display()))?;
+    let store = Arc::new(store);
+
+    let sock = receiver_socket(cfg);
+    let _ = std::fs::remove_file(&sock);
+    let listener = engine_api::bind_unix(&sock).map_err(|e| anyhow::anyhow!("listening on {}: {e}", sock.display()))?;
+    let service = Receiver::service(Sink::new(StoreSink(store.clone())));
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)).await;
+    });
+    Ok(store)
+}
+
+/// `POST /v1/traces`: OTLP/HTTP, protobuf or JSON, into the store.
+pub async fn receive(d: &Daemon, content_type: Option<&str>, body: Incoming) -> Result<Resp, ApiError> {
+    let bytes: Bytes = body.collect().await.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?.to_bytes();
+    let json_body = content_type.is_some_and(|c| c.starts_with("application/json"));
+    let req = if json_body {
+        serde_json::from_slice::<ExportTraceServiceRequest>(&bytes).map_err(|e| ApiError::bad_request(format!("invalid OTLP JSON: {e}")))?
+    } else {
+        ExportTraceServiceRequest::decode(bytes).map_err(|e| ApiError::bad_request(format!("invalid OTLP protobuf: {e}")))?
+    };
+    d.traces.ingest(req);
+    let mut r = Resp::new(http::full(if json_body { "{}" } else { "" }));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(if json_body { "application/json" } else { "application/x-protobuf" }));
+    Ok(r)
+}
+
+fn summary_json(t: &TraceSummary) -> serde_json::Value {
+    json!({
+        "TraceID": t.trace_id,
+        "Start": t.start,
+        "DurationNanos": t.end.saturating_sub(t.start),
+        "Operation": t.root,
+        "Ops": t.ops,
+        "Spans": t.spans,
+        "Services": t.services,
+        "Containers": t.containers,
+        "Error": t.error,
+    })
 }
 
 /// `GET /engine/v1/containers/{id}/traces`: the traces of a container's operations, oldest
-/// first, each with its root operation and span count.
+/// first. A removed container's traces are found by its name or full id.
 pub fn container_traces(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
-    let id = d.find(name)?.snapshot().id;
-    let all = spans();
-    let mut ids: Vec<String> = all.iter().filter(|s| s.attr("container.id") == Some(id.as_str())).map(|s| s.trace_id.clone()).collect();
-    ids.sort();
-    ids.dedup();
-    let mut out: Vec<serde_json::Value> = ids
-        .iter()
-        .map(|t| {
-            let in_trace: Vec<_> = all.iter().filter(|s| &s.trace_id == t).collect();
-            let start = in_trace.iter().map(|s| s.start_unix_nanos).min().unwrap_or(0);
-            let end = in_trace.iter().map(|s| s.end_unix_nanos).max().unwrap_or(0);
-            let ids: std::collections::HashSet<&str> = in_trace.iter().map(|s| s.span_id.as_str()).collect();
-            let mut roots: Vec<_> = in_trace.iter().filter(|s| !ids.contains(s.parent_span_id.as_str())).collect();
-            roots.sort_by_key(|s| s.start_unix_nanos);
-            json!({ "TraceID": t, "Start": start, "DurationNanos": end.saturating_sub(start), "Operation": roots.first().map(|s| s.name.clone()), "Spans": in_trace.len() })
-        })
-        .collect();
-    out.sort_by_key(|v| v["Start"].as_u64().unwrap_or(0));
-    Ok(json(StatusCode::OK, &out))
+    let list = match d.find(name) {
+        Ok(e) => {
+            let r = e.snapshot();
+            d.traces.container_traces(&r.id, Some(&r.name))
+        }
+        Err(err) => {
+            let list = d.traces.container_traces(name, Some(name));
+            if list.is_empty() {
+                return Err(err);
+            }
+            list
+        }
+    };
+    Ok(json(StatusCode::OK, &list.iter().map(summary_json).collect::<Vec<_>>()))
 }
 
-/// `GET /engine/v1/traces/{trace_id}`: the trace's spans as OTLP JSON lines.
-pub fn trace(trace_id: &str) -> Result<Resp, ApiError> {
-    if trace_id.len() != 32 || !trace_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::bad_request(format!("invalid trace id {trace_id:?}")));
+/// `GET /engine/v1/traces?op=start&limit=N`: the most recent traces, oldest first.
+pub fn recent(d: &Daemon, q: &Query) -> Result<Resp, ApiError> {
+    let limit = q.int("limit")?.unwrap_or(100).clamp(1, 10_000) as usize;
+    let list = d.traces.recent(q.get("op").filter(|o| !o.is_empty()), limit);
+    Ok(json(StatusCode::OK, &list.iter().map(summary_json).collect::<Vec<_>>()))
+}
+
+/// `GET /engine/v1/traces/stats?op=start&limit=N`: per-phase count and percentiles over the
+/// last N traces of an operation (default: the last 100 starts).
+pub fn stats(d: &Daemon, q: &Query) -> Result<Resp, ApiError> {
+    let limit = q.int("limit")?.unwrap_or(100).clamp(1, 10_000) as usize;
+    let op = q.get("op").unwrap_or("start");
+    let ids: HashSet<String> = d.traces.recent(Some(op), limit).into_iter().map(|t| t.trace_id).collect();
+    let spans = d.traces.spans(&ids);
+    let stats = engine_telemetry::analysis::phase_stats(spans.values().map(Vec::as_slice));
+    Ok(json(StatusCode::OK, &json!({ "Operation": op, "Traces": spans.len(), "Phases": stats })))
+}
+
+/// `GET /engine/v1/traces/{trace_id}`: the trace as one OTLP JSON document.
+pub fn trace(d: &Daemon, trace_id: &str) -> Result<Resp, ApiError> {
+    if trace_id.len() != 32 || !trace_id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(ApiError::bad_request(format!("invalid trace id {trace_id:?}: want 32 lowercase hex digits")));
     }
-    let path = sink_path().ok_or_else(|| ApiError::not_found("spans are not kept by this engined"))?;
-    let mut lines = String::new();
-    for p in [path.with_extension("jsonl.1"), path] {
-        if let Ok(f) = std::fs::File::open(&p) {
-            for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
-                if line.contains(trace_id) {
-                    lines.push_str(&line);
-                    lines.push('\n');
-                }
-            }
-        }
-    }
-    if lines.is_empty() {
+    let ids: HashSet<String> = [trace_id.to_string()].into();
+    let reqs = d.traces.requests(&ids).remove(trace_id).unwrap_or_default();
+    if reqs.is_empty() {
         return Err(ApiError::not_found(format!("no trace {trace_id}")));
     }
-    let mut r = Resp::new(http::full(lines));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
-    Ok(r)
+    let doc = ExportTraceServiceRequest { resource_spans: reqs.into_iter().flat_map(|r| r.resource_spans).collect() };
+    Ok(json(StatusCode::OK, &doc))
 }

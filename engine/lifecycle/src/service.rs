@@ -25,7 +25,7 @@ pub struct Lifecycle {
     pub store: ContainerStore,
     pub tasks: Arc<TaskManager>,
     pub journal: Arc<Journal>,
-    sink: Option<std::fs::File>,
+    sink: Option<engine_telemetry::Sink>,
 }
 
 fn store_status(e: StoreError) -> Status {
@@ -53,7 +53,13 @@ impl Lifecycle {
     {
         let mut rec = Recorder::for_request("engine-lifecycled", self.sink.as_ref(), engine_api::traceparent_of(req).as_deref());
         let h = rec.start(name, None);
+        rec.set_kind(h, engine_telemetry::Kind::Server);
         rec.set_attr(h, "rpc.system", "grpc");
+        if let Some((service, method)) = name.strip_prefix("lifecycle.").and_then(|n| n.split_once('/')) {
+            rec.set_attr(h, "rpc.service", format!("engine.v1.{service}"));
+            rec.set_attr(h, "rpc.method", method);
+        }
+        rec.set_attr(h, "process.pid", std::process::id());
         if !container_id.is_empty() {
             rec.set_attr(h, "container.id", container_id);
         }
@@ -404,7 +410,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let tasks = Arc::new(TaskManager::new(cfg.clone(), journal.clone()));
     tasks.recover().await;
     let store = ContainerStore::open(&cfg.root).context("open the container store")?;
-    let lifecycle = Arc::new(Lifecycle { cfg: cfg.clone(), store, tasks, journal, sink: engine_telemetry::sink_from_env() });
+    let lifecycle = Arc::new(Lifecycle { cfg: cfg.clone(), store, tasks, journal, sink: engine_telemetry::otlp::OtlpExporter::engine_sink_from_env().or_else(engine_telemetry::file_sink_from_env) });
     let _ = std::fs::remove_file(&cfg.address);
     let listener = engine_api::bind_unix(&cfg.address).with_context(|| format!("bind {}", cfg.address.display()))?;
     let svc = Svc(lifecycle);

@@ -116,7 +116,7 @@ mod tests {
         let parent = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None).unwrap();
         {
             let sink = std::fs::File::create(&path).unwrap();
-            let mut rec = Recorder::with_sink("engine-runtime", sink, Some(parent.clone()));
+            let mut rec = Recorder::with_sink("engine-runtime", crate::Sink::file(sink), Some(parent.clone()));
             let root = rec.start("runtime.create", None);
             rec.set_attr(root, "container.id", "abc");
             let child = rec.start("runtime.cgroup", Some(root));

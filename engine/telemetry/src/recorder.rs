@@ -1,13 +1,11 @@
-//! Span recording for short-lived processes (runtime, init): spans are kept in memory and written
-//! once, as one OTLP JSON line, to the sink named by `ENGINE_SPAN_SINK` when the process is done.
+//! Span recording: a process's spans (or one request's, in a long-lived process) are kept in
+//! memory and handed to a [`Sink`] as one OTLP request when done — for short-lived processes the
+//! sink named by `ENGINE_SPAN_SINK`, written once at exit.
 //!
-//! A recorder without a sink records nothing and costs a branch per call, so an untraced start pays
-//! nothing for telemetry.
+//! A recorder without a sink, or for a trace that is not sampled, records nothing and costs a
+//! branch per call, so an untraced start pays nothing for telemetry.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::fd::FromRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::RawFd;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -16,6 +14,15 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
 
 use crate::context::{SpanId, TraceContext, TraceId};
+use crate::sink::{file_sink_from_env, Sink};
+
+/// What a span describes, as OpenTelemetry's span kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Internal,
+    Server,
+    Client,
+}
 
 /// A span started by [`Recorder::start`]; valid only with the recorder that returned it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,13 +74,14 @@ struct Recorded {
     start: u64,
     end: Option<u64>,
     attributes: Vec<KeyValue>,
+    kind: Kind,
     error: Option<String>,
     /// False for spans inherited across fork: the parent process writes those.
     owned: bool,
 }
 
 struct Active {
-    sink: File,
+    sink: Sink,
     trace_id: TraceId,
     /// The span this process was started under (from `TRACEPARENT`), if any.
     remote_parent: Option<SpanId>,
@@ -86,6 +94,9 @@ struct Active {
 pub struct Recorder {
     service: &'static str,
     active: Option<Active>,
+    /// For a trace that is not sampled: the context passed on unchanged (sampled flag clear), so
+    /// the processes below do not record it either.
+    unsampled: Option<TraceContext>,
 }
 
 /// Nanoseconds since the Unix epoch, from the realtime clock.
@@ -102,60 +113,49 @@ fn kv(key: &str, value: AttrValue) -> KeyValue {
     KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
 }
 
-fn open_sink(spec: &str) -> Option<File> {
-    if let Some(fd) = spec.strip_prefix("fd:") {
-        let fd: i32 = fd.parse().ok()?;
-        // SAFETY: F_GETFD only inspects the descriptor; we take ownership only if it is open.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-            return None;
-        }
-        // SAFETY: the descriptor is open and was handed to this process for this purpose by its
-        // parent through ENGINE_SPAN_SINK; nothing else in the process uses it.
-        let file = unsafe { File::from_raw_fd(fd) };
-        // SAFETY: sets close-on-exec on a descriptor we own, so the user's process never sees it.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-        return Some(file);
-    }
-    OpenOptions::new().append(true).create(true).mode(0o600).custom_flags(libc::O_CLOEXEC).open(spec).ok()
-}
-
-/// The sink `ENGINE_SPAN_SINK` names (a path, or `fd:N`), opened for appending; `None` when
-/// unset or unusable.
-pub fn sink_from_env() -> Option<File> {
-    std::env::var(crate::ENV_SPAN_SINK).ok().and_then(|s| open_sink(&s))
-}
-
 impl Recorder {
     /// A recorder that records nothing.
     pub fn disabled(service: &'static str) -> Self {
-        Recorder { service, active: None }
+        Recorder { service, active: None, unsampled: None }
     }
 
     /// A recorder configured from `ENGINE_SPAN_SINK`, `TRACEPARENT` and `TRACESTATE`. Without a sink
     /// (or when it cannot be opened) it is disabled. Without a parent context it starts a new trace.
     pub fn from_env(service: &'static str) -> Self {
-        let Some(sink) = sink_from_env() else {
+        let Some(sink) = file_sink_from_env() else {
             return Self::disabled(service);
         };
         Self::with_sink(service, sink, TraceContext::from_env())
     }
 
-    /// A recorder writing to `sink`, under `parent` (or a new trace when `None`).
-    pub fn with_sink(service: &'static str, sink: File, parent: Option<TraceContext>) -> Self {
+    /// A recorder handing its spans to `sink`, under `parent` (or a new trace when `None`). Whether
+    /// anything is recorded is the sampler's decision ([`crate::sampling`]): a parent's sampled
+    /// flag is followed, a new trace is decided by the environment's sampler.
+    pub fn with_sink(service: &'static str, sink: Sink, parent: Option<TraceContext>) -> Self {
         let (trace_id, remote_parent, flags, state) = match parent {
             Some(p) => (p.trace_id, Some(p.span_id), p.flags, p.state),
             None => (TraceId::random(), None, 1, None),
         };
-        Recorder { service, active: Some(Active { sink, trace_id, remote_parent, flags, state, spans: Vec::new() }) }
+        let parent_sampled = remote_parent.map(|_| flags & 1 == 1);
+        if !crate::sampling::env_sampler().should_sample(&trace_id, parent_sampled) {
+            let span_id = remote_parent.unwrap_or_else(SpanId::random);
+            return Recorder { service, active: None, unsampled: Some(TraceContext { trace_id, span_id, flags: flags & !1, state }) };
+        }
+        let flags = flags | 1;
+        Recorder { service, active: Some(Active { sink, trace_id, remote_parent, flags, state, spans: Vec::new() }), unsampled: None }
     }
 
     /// A recorder for one request of a long-lived process (a shim, a daemon): its spans go to
-    /// `sink` (opened once with [`sink_from_env`]) under the request's `traceparent`, or start a
-    /// new trace without one.
-    pub fn for_request(service: &'static str, sink: Option<&File>, traceparent: Option<&str>) -> Self {
-        let Some(file) = sink.and_then(|f| f.try_clone().ok()) else { return Self::disabled(service) };
+    /// `sink` under the request's `traceparent`, or start a new trace without one.
+    pub fn for_request(service: &'static str, sink: Option<&Sink>, traceparent: Option<&str>) -> Self {
+        let Some(sink) = sink else { return Self::disabled(service) };
         let parent = traceparent.and_then(|tp| TraceContext::parse(tp, None).ok());
-        Self::with_sink(service, file, parent)
+        Self::with_sink(service, sink.clone(), parent)
+    }
+
+    /// The descriptor spans are written to, when the sink is one a child process can inherit.
+    pub fn sink_fd(&self) -> Option<RawFd> {
+        self.active.as_ref().and_then(|a| a.sink.raw_fd())
     }
 
     /// Whether spans are being recorded.
@@ -178,6 +178,7 @@ impl Recorder {
             start: now_unix_nanos(),
             end: None,
             attributes: Vec::new(),
+            kind: Kind::Internal,
             error: None,
             owned: true,
         });
@@ -188,6 +189,13 @@ impl Recorder {
     pub fn set_attr(&mut self, h: SpanHandle, key: &str, value: impl Into<AttrValue>) {
         if let Some(s) = self.active.as_mut().and_then(|a| a.spans.get_mut(h.0)) {
             s.attributes.push(kv(key, value.into()));
+        }
+    }
+
+    /// Sets what kind of span `h` is (internal unless set).
+    pub fn set_kind(&mut self, h: SpanHandle, kind: Kind) {
+        if let Some(s) = self.active.as_mut().and_then(|a| a.spans.get_mut(h.0)) {
+            s.kind = kind;
         }
     }
 
@@ -217,7 +225,7 @@ impl Recorder {
 
     /// The context to hand to a child process so that its spans nest under `h`.
     pub fn context(&self, h: SpanHandle) -> Option<TraceContext> {
-        let a = self.active.as_ref()?;
+        let Some(a) = self.active.as_ref() else { return self.unsampled.clone() };
         let s = a.spans.get(h.0)?;
         Some(TraceContext { trace_id: a.trace_id, span_id: s.id, flags: a.flags, state: a.state.clone() })
     }
@@ -254,7 +262,11 @@ impl Recorder {
                 parent_span_id: s.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
                 flags: u32::from(a.flags),
                 name: std::mem::take(&mut s.name),
-                kind: span::SpanKind::Internal as i32,
+                kind: match s.kind {
+                    Kind::Internal => span::SpanKind::Internal,
+                    Kind::Server => span::SpanKind::Server,
+                    Kind::Client => span::SpanKind::Client,
+                } as i32,
                 start_time_unix_nano: s.start,
                 end_time_unix_nano: s.end.unwrap_or(now),
                 attributes: std::mem::take(&mut s.attributes),
@@ -286,11 +298,7 @@ impl Recorder {
                 ..Default::default()
             }],
         };
-        if let Ok(mut line) = serde_json::to_vec(&request) {
-            line.push(b'\n');
-            // One write of the whole line: O_APPEND keeps lines from concurrent writers whole.
-            let _ = a.sink.write_all(&line);
-        }
+        a.sink.export(request);
     }
 }
 

@@ -1,4 +1,5 @@
-//! A trace as a waterfall in the terminal: the span tree with start offsets, durations and bars.
+//! A trace as a waterfall in the terminal: the span tree with start offsets, durations and bars,
+//! the critical path drawn solid and the rest shaded.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -42,6 +43,7 @@ pub fn render(spans: &[FlatSpan], opts: &Options) -> String {
     let t0 = spans.iter().map(|s| s.start_unix_nanos).min().unwrap_or(0);
     let t1 = spans.iter().map(|s| s.end_unix_nanos).max().unwrap_or(t0).max(t0 + 1);
     let total = (t1 - t0) as f64;
+    let critical = crate::analysis::critical_path(spans);
 
     // rows: (label, span index)
     let mut rows: Vec<(String, usize)> = Vec::new();
@@ -70,7 +72,7 @@ pub fn render(spans: &[FlatSpan], opts: &Options) -> String {
     let service_width = spans.iter().map(|s| s.service.len()).max().unwrap_or(0).max(7);
     let _ = writeln!(
         out,
-        "trace {}  total {} ms  spans {}",
+        "trace {}  total {} ms  spans {}  (█ critical path)",
         spans[0].trace_id,
         ms(t1 - t0),
         spans.len()
@@ -87,7 +89,8 @@ pub fn render(spans: &[FlatSpan], opts: &Options) -> String {
         let len = ((s.duration_nanos() as f64 / total) * opts.bar_width as f64).ceil().max(1.0) as usize;
         let from = from.min(opts.bar_width.saturating_sub(1));
         let len = len.min(opts.bar_width - from);
-        let bar: String = " ".repeat(from) + &"█".repeat(len) + &" ".repeat(opts.bar_width - from - len);
+        let glyph = if critical.contains(&s.span_id) { "█" } else { "░" };
+        let bar: String = " ".repeat(from) + &glyph.repeat(len) + &" ".repeat(opts.bar_width - from - len);
         let pad = label_width - label.chars().count();
         let mark = if s.error.is_some() { " ✗" } else { "" };
         let _ = writeln!(

@@ -5,6 +5,10 @@
 //! with the child's exit code, or 128+signal when the child was killed. Its one span, `init.exec`,
 //! ends when the user's program is exec'd.
 //!
+//! It also serves the runtime on a traced start ([`handoff`]): the container's first process, set
+//! up and released by `start`, execs engine-init, which records `init.exec` under the `start`
+//! span and execs the user's program in its place (same pid, nothing left running).
+//!
 //! Must never: start an async runtime or threads, allocate on the signal path, keep descriptors
 //! open in the user's program, or exit before its child has.
 
@@ -14,6 +18,51 @@ use std::os::unix::ffi::OsStringExt;
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{execvp, fork, getpid, setpgid, ForkResult, Pid};
+
+/// First argument of the runtime's hand-over: `engine-init --handoff TRACEPARENT SINK_FD PATH ARGV...`.
+pub const HANDOFF_FLAG: &str = "--handoff";
+
+/// The runtime's hand-over: records `init.exec` under `TRACEPARENT` into the inherited `SINK_FD`
+/// and execs `PATH` with `ARGV` and this process's environment (the user's). Returns only when the
+/// exec failed, with the exit code to end with (127 not found, 126 otherwise).
+pub fn handoff(args: &[OsString]) -> i32 {
+    let [traceparent, fd, path, argv @ ..] = args else {
+        eprintln!("engine-init: {HANDOFF_FLAG} needs TRACEPARENT SINK_FD PATH ARGV...");
+        return 126;
+    };
+    let parent = engine_telemetry::TraceContext::parse(&traceparent.to_string_lossy(), None).ok();
+    let sink = engine_telemetry::sink::open_file_sink(&format!("fd:{}", fd.to_string_lossy())).map(engine_telemetry::Sink::file);
+    let mut rec = match sink {
+        Some(sink) => engine_telemetry::Recorder::with_sink("engine-init", sink, parent),
+        None => engine_telemetry::Recorder::disabled("engine-init"),
+    };
+    let span = rec.start("init.exec", None);
+    rec.set_attr(span, "process.pid", getpid().as_raw());
+    rec.set_attr(span, "process.executable.path", path.to_string_lossy().into_owned());
+    let to_c = |s: &OsString| CString::new(s.clone().into_vec()).ok();
+    let (Some(cpath), Some(cargv)) = (to_c(path), argv.iter().map(to_c).collect::<Option<Vec<_>>>()) else {
+        rec.fail(span, "argument contains a NUL byte");
+        return 126;
+    };
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.into_vec());
+            CString::new(kv).ok()
+        })
+        .collect();
+    // the span ends here; its descriptor is close-on-exec, so the program never sees it
+    rec.end(span);
+    rec.flush();
+    let err = nix::unistd::execve(&cpath, &cargv, &env).err().unwrap_or(nix::Error::UnknownErrno);
+    eprintln!("engine-init: exec {:?}: {err}", path);
+    if err == nix::Error::ENOENT {
+        127
+    } else {
+        126
+    }
+}
 
 /// Options from the command line.
 #[derive(Debug, Default, PartialEq)]

@@ -374,58 +374,6 @@ fn volumes_events_and_disk_usage() {
 }
 
 #[test]
-fn one_run_is_one_trace_across_daemon_lifecycled_shim_and_runtime() {
-    let e = Engined::start();
-    e.import_busybox("busybox");
-    let out = std::process::Command::new(bin("engine"))
-        .args(["-H", &e.host(), "run", "--rm", "--name", "traced", "busybox", "true"])
-        .env("ENGINE_SPAN_SINK", e.spans())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let spans = std::fs::read_to_string(e.spans()).unwrap();
-    let lines: Vec<serde_json::Value> = spans.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    // (trace id, span name) of every span handed over
-    let mut all = Vec::new();
-    let mut ids: Vec<(String, String, String, String)> = Vec::new();
-    for l in &lines {
-        for rs in l["resourceSpans"].as_array().into_iter().flatten() {
-            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
-                for sp in ss["spans"].as_array().into_iter().flatten() {
-                    all.push((sp["traceId"].as_str().unwrap_or("").to_string(), sp["name"].as_str().unwrap_or("").to_string()));
-                    ids.push((sp["traceId"].as_str().unwrap_or("").to_string(), sp["spanId"].as_str().unwrap_or("").to_string(), sp["parentSpanId"].as_str().unwrap_or("").to_string(), sp["name"].as_str().unwrap_or("").to_string()));
-                }
-            }
-        }
-    }
-    let create = all.iter().find(|(_, n)| n == "daemon.create").expect("a daemon.create span");
-    let trace: Vec<&str> = all.iter().filter(|(t, _)| *t == create.0).map(|(_, n)| n.as_str()).collect();
-    for want in ["POST /containers/create", "daemon.create", "daemon.snapshot", "daemon.spec", "POST /containers/{id}/start", "daemon.start", "lifecycle.Tasks/Create", "shim.create", "runtime.create", "runtime.namespaces", "lifecycle.Tasks/Start", "shim.start"] {
-        assert!(trace.iter().any(|n| n.starts_with(want)), "no {want} in the run's trace: {trace:?}");
-    }
-    // The CLI's span is the root; every other span's parent is in the trace.
-    let in_trace: Vec<_> = ids.iter().filter(|(t, ..)| *t == create.0).collect();
-    let roots: Vec<&str> = in_trace.iter().filter(|(_, _, p, _)| p.is_empty()).map(|(.., n)| n.as_str()).collect();
-    assert_eq!(roots, ["engine.run"], "the CLI starts the trace");
-    for (_, _, parent, name) in &in_trace {
-        assert!(parent.is_empty() || in_trace.iter().any(|(_, id, ..)| id == parent), "{name}'s parent {parent} is not in the trace");
-    }
-    let out = e.ok(&["trace", "--file", e.spans().to_str().unwrap(), "--trace-id", &create.0]);
-    assert!(out.contains("daemon.snapshot"), "{out}");
-
-    // the daemon's span store: a container's traces, the last one as a waterfall or OTLP JSON
-    e.ok(&["create", "--name", "kept", "busybox", "true"]);
-    e.ok(&["start", "-a", "kept"]);
-    let waterfall = e.ok(&["trace", "kept"]);
-    assert!(waterfall.contains("POST /containers/{id}/start") && waterfall.contains("runtime.create"), "{waterfall}");
-    assert!(e.ok(&["trace", "--op", "create", "kept"]).contains("daemon.snapshot"));
-    let json = e.ok(&["trace", "--json", "kept"]);
-    assert!(json.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()) && json.contains("daemon.start"), "{json}");
-    assert!(e.fails(&["trace", "nosuch"]).contains("No such container"));
-    e.ok(&["rm", "kept"]);
-}
-
-#[test]
 fn restart_policies_apply_when_engined_comes_back() {
     let mut e = Engined::start();
     e.import_busybox("busybox");

@@ -13,26 +13,28 @@ pub struct Engined {
     pub dir: tempfile::TempDir,
     pub sock: PathBuf,
     pub cgroup_parent: String,
+    /// Extra environment for engined (OTEL_* settings).
+    pub env: Vec<(String, String)>,
 }
 
 impl Engined {
     pub fn start() -> Engined {
+        Self::start_with_env(&[])
+    }
+
+    /// An engined with extra environment variables.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Engined {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = tempfile::Builder::new().prefix("engine-e2e").tempdir().unwrap();
         let sock = dir.path().join("engine.sock");
-        let mut e = Engined { child: None, dir, sock, cgroup_parent: format!("/engine-e2e-{}-{n}", std::process::id()) };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut e = Engined { child: None, dir, sock, cgroup_parent: format!("/engine-e2e-{}-{n}", std::process::id()), env };
         e.restart();
         e
     }
 
     pub fn host(&self) -> String {
         format!("unix://{}", self.sock.display())
-    }
-
-    /// Where every component's spans are handed over (OTLP JSON lines): engined's default
-    /// span store under its data-root.
-    pub fn spans(&self) -> PathBuf {
-        self.data_root().join("traces/spans.jsonl")
     }
 
     pub fn data_root(&self) -> PathBuf {
@@ -54,6 +56,7 @@ impl Engined {
             .arg("--cgroup-parent").arg(&self.cgroup_parent)
             .arg("--log-level").arg("debug")
             .env_remove("ENGINE_SPAN_SINK")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -1,0 +1,412 @@
+//! The embedded trace store: every span engined receives (its own, and those of lifecycled, the
+//! shims, the runtime and init through its OTLP receiver, and the CLI's through `POST /v1/traces`)
+//! is appended as OTLP JSON lines to segment files under `<data-root>/traces/`, indexed in memory
+//! by trace and by container, and forwarded to the external OTLP endpoint when one is configured.
+//!
+//! Retention is bounded by trace count and bytes, at segment granularity: when either bound is
+//! passed, the oldest segments go. A sealed segment's index is written beside it, so a restart
+//! reads only the open segment's spans.
+//!
+//! Must never: fail or slow an operation because telemetry failed (every error here is counted
+//! and logged, never returned to a container operation).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use engine_telemetry::handoff::flatten;
+use engine_telemetry::{FlatSpan, Sink, SpanExporter};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use serde::{Deserialize, Serialize};
+
+/// A segment is sealed past this size.
+const SEGMENT_BYTES: u64 = 8 << 20;
+
+/// Retention bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub max_traces: usize,
+    pub max_bytes: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { max_traces: 5000, max_bytes: 256 << 20 }
+    }
+}
+
+/// What the index knows of one trace.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TraceSummary {
+    pub trace_id: String,
+    pub start: u64,
+    pub end: u64,
+    pub spans: usize,
+    /// The name of the span without a parent in the trace (the CLI's, or engined's request).
+    pub root: Option<String>,
+    #[serde(default)]
+    root_start: u64,
+    #[serde(default)]
+    root_is_true: bool,
+    /// The daemon operations in the trace (`create`, `start`, `exec` …, from `daemon.*` spans).
+    pub ops: BTreeSet<String>,
+    pub containers: BTreeSet<String>,
+    pub container_names: BTreeSet<String>,
+    pub services: BTreeSet<String>,
+    pub segments: BTreeSet<u64>,
+    /// Whether any span failed.
+    pub error: bool,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct SegmentIndex {
+    bytes: u64,
+    traces: Vec<TraceSummary>,
+}
+
+struct Segment {
+    seq: u64,
+    file: std::fs::File,
+    bytes: u64,
+}
+
+struct Inner {
+    open: Option<Segment>,
+    /// Bytes of each segment, oldest first.
+    segments: BTreeMap<u64, u64>,
+    traces: HashMap<String, TraceSummary>,
+}
+
+/// Counters, in spans.
+#[derive(Default)]
+pub struct StoreStats {
+    pub received: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+pub struct TraceStore {
+    dir: PathBuf,
+    retention: Retention,
+    inner: Mutex<Inner>,
+    export: Option<Sink>,
+    /// Resource attributes from `OTEL_RESOURCE_ATTRIBUTES`, added to every resource that lacks them.
+    resource: Vec<(String, String)>,
+    pub stats: StoreStats,
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("seg-{seq:08}.jsonl"))
+}
+
+fn index_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("seg-{seq:08}.index.json"))
+}
+
+/// The container operation a span stands for: engined's request spans (`POST /containers/{id}/start`
+/// is `start`, `DELETE /containers/{id}` is `rm`) and its `daemon.*` phases.
+fn operation(span: &str) -> Option<&str> {
+    if let Some(op) = span.strip_prefix("daemon.") {
+        return (!op.contains('.')).then_some(op);
+    }
+    let (method, route) = span.split_once(' ')?;
+    match (method, route) {
+        ("POST", "/containers/create") => Some("create"),
+        ("DELETE", "/containers/{id}") => Some("rm"),
+        ("POST", "/exec/{id}/start") => Some("exec"),
+        ("POST", r) => r.strip_prefix("/containers/{id}/").filter(|op| !op.contains('/')),
+        _ => None,
+    }
+}
+
+fn summarize(into: &mut TraceSummary, s: &FlatSpan, seq: u64) {
+    let first = into.spans == 0;
+    // the root: the span without a parent (the earliest, if several); failing that (a trace
+    // continued from a caller's context), the earliest span
+    let is_root = s.parent_span_id.is_empty();
+    if first || (is_root && (!into.root_is_true || s.start_unix_nanos < into.root_start)) || (!is_root && !into.root_is_true && s.start_unix_nanos < into.root_start) {
+        into.root = Some(s.name.clone());
+        into.root_start = s.start_unix_nanos;
+        into.root_is_true = is_root;
+    }
+    if first || s.start_unix_nanos < into.start {
+        into.start = s.start_unix_nanos;
+    }
+    into.end = into.end.max(s.end_unix_nanos);
+    into.spans += 1;
+    into.trace_id.clone_from(&s.trace_id);
+    into.segments.insert(seq);
+    into.services.insert(s.service.clone());
+    into.error |= s.error.is_some();
+    if let Some(op) = operation(&s.name) {
+        into.ops.insert(op.to_string());
+    }
+    if let Some(id) = s.attr("container.id") {
+        into.containers.insert(id.to_string());
+    }
+    if let Some(name) = s.attr("container.name") {
+        into.container_names.insert(name.trim_start_matches('/').to_string());
+    }
+}
+
+impl TraceStore {
+    /// Opens (or creates) the store in `dir`, reading the indexes of sealed segments and the
+    /// spans of the open one.
+    pub fn open(dir: &Path, retention: Retention, export: Option<Sink>, resource: Vec<(String, String)>) -> std::io::Result<TraceStore> {
+        std::fs::create_dir_all(dir)?;
+        // the single file of earlier versions becomes the first segment
+        let legacy = dir.join("spans.jsonl");
+        if legacy.exists() && !segment_path(dir, 0).exists() {
+            std::fs::rename(&legacy, segment_path(dir, 0))?;
+        }
+        let _ = std::fs::remove_file(dir.join("spans.jsonl.1"));
+        let mut seqs: Vec<u64> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("seg-")?.strip_suffix(".jsonl")?.parse().ok()))
+            .collect();
+        seqs.sort_unstable();
+        let mut inner = Inner { open: None, segments: BTreeMap::new(), traces: HashMap::new() };
+        let last = seqs.last().copied();
+        for seq in seqs {
+            let index = (Some(seq) != last)
+                .then(|| std::fs::read(index_path(dir, seq)).ok().and_then(|b| serde_json::from_slice::<SegmentIndex>(&b).ok()))
+                .flatten();
+            match index {
+                Some(ix) => {
+                    inner.segments.insert(seq, ix.bytes);
+                    for t in ix.traces {
+                        merge(&mut inner.traces, t);
+                    }
+                }
+                None => {
+                    let path = segment_path(dir, seq);
+                    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    inner.segments.insert(seq, bytes);
+                    let f = std::fs::File::open(&path)?;
+                    for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+                        if let Ok(req) = serde_json::from_str::<ExportTraceServiceRequest>(&line) {
+                            for s in flatten(&req) {
+                                summarize(inner.traces.entry(s.trace_id.clone()).or_default(), &s, seq);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let store = TraceStore { dir: dir.to_path_buf(), retention, inner: Mutex::new(inner), export, resource, stats: StoreStats::default() };
+        {
+            let mut inner = store.lock();
+            let seq = last.unwrap_or(0);
+            store.open_segment(&mut inner, seq)?;
+        }
+        Ok(store)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding it leaves the index as it was before that request: still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn open_segment(&self, inner: &mut Inner, seq: u64) -> std::io::Result<()> {
+        let path = segment_path(&self.dir, seq);
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let bytes = file.metadata()?.len();
+        inner.segments.insert(seq, bytes);
+        inner.open = Some(Segment { seq, file, bytes });
+        Ok(())
+    }
+
+    /// Stores one request (and forwards it when exporting).
+    pub fn ingest(&self, mut req: ExportTraceServiceRequest) {
+        for rs in &mut req.resource_spans {
+            let resource = rs.resource.get_or_insert_with(Default::default);
+            for (k, v) in &self.resource {
+                if k != "service.name" && !resource.attributes.iter().any(|a| &a.key == k) {
+                    resource.attributes.push(KeyValue {
+                        key: k.clone(),
+                        value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.clone())) }),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        let spans = flatten(&req);
+        if spans.is_empty() {
+            return;
+        }
+        self.stats.received.fetch_add(spans.len() as u64, Ordering::Relaxed);
+        let line = match serde_json::to_vec(&req) {
+            Ok(mut l) => {
+                l.push(b'\n');
+                l
+            }
+            Err(_) => return,
+        };
+        if let Some(export) = &self.export {
+            export.export(req);
+        }
+        let mut inner = self.lock();
+        let Some(seg) = inner.open.as_mut() else { return };
+        if seg.file.write_all(&line).is_err() {
+            self.stats.write_errors.fetch_add(spans.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        seg.bytes += line.len() as u64;
+        let (seq, bytes) = (seg.seq, seg.bytes);
+        inner.segments.insert(seq, bytes);
+        for s in &spans {
+            summarize(inner.traces.entry(s.trace_id.clone()).or_default(), s, seq);
+        }
+        if bytes >= SEGMENT_BYTES {
+            self.seal(&mut inner, seq);
+        }
+        self.enforce_retention(&mut inner);
+    }
+
+    /// Writes the open segment's index and starts the next segment.
+    fn seal(&self, inner: &mut Inner, seq: u64) {
+        let index = SegmentIndex {
+            bytes: inner.segments.get(&seq).copied().unwrap_or(0),
+            traces: inner.traces.values().filter(|t| t.segments.contains(&seq)).cloned().map(|mut t| {
+                t.segments = [seq].into();
+                t
+            }).collect(),
+        };
+        if let Ok(b) = serde_json::to_vec(&index) {
+            let tmp = index_path(&self.dir, seq).with_extension("tmp");
+            if std::fs::write(&tmp, b).and_then(|_| std::fs::rename(&tmp, index_path(&self.dir, seq))).is_err() {
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if self.open_segment(inner, seq + 1).is_err() {
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn enforce_retention(&self, inner: &mut Inner) {
+        loop {
+            let bytes: u64 = inner.segments.values().sum();
+            if inner.segments.len() <= 1 || (bytes <= self.retention.max_bytes && inner.traces.len() <= self.retention.max_traces) {
+                return;
+            }
+            let Some((&oldest, _)) = inner.segments.iter().next() else { return };
+            if inner.open.as_ref().is_some_and(|s| s.seq == oldest) {
+                return;
+            }
+            inner.segments.remove(&oldest);
+            let _ = std::fs::remove_file(segment_path(&self.dir, oldest));
+            let _ = std::fs::remove_file(index_path(&self.dir, oldest));
+            // a trace that lost part of its spans is dropped whole
+            inner.traces.retain(|_, t| !t.segments.contains(&oldest));
+        }
+    }
+
+    /// Traces that involve container `id` (or, for a removed container, one named `name`),
+    /// oldest first.
+    pub fn container_traces(&self, id: &str, name: Option<&str>) -> Vec<TraceSummary> {
+        let inner = self.lock();
+        let mut out: Vec<TraceSummary> = inner
+            .traces
+            .values()
+            .filter(|t| t.containers.contains(id) || name.is_some_and(|n| t.container_names.contains(n.trim_start_matches('/'))))
+            .cloned()
+            .collect();
+        out.sort_by_key(|t| t.start);
+        out
+    }
+
+    /// The `limit` most recent traces that contain operation `op` (any when `None`), oldest first.
+    pub fn recent(&self, op: Option<&str>, limit: usize) -> Vec<TraceSummary> {
+        let inner = self.lock();
+        let mut out: Vec<TraceSummary> = inner.traces.values().filter(|t| op.is_none_or(|o| t.ops.contains(o))).cloned().collect();
+        out.sort_by_key(|t| std::cmp::Reverse(t.start));
+        out.truncate(limit);
+        out.reverse();
+        out
+    }
+
+    pub fn summary(&self, trace_id: &str) -> Option<TraceSummary> {
+        self.lock().traces.get(trace_id).cloned()
+    }
+
+    /// The stored requests of the given traces, each cut down to that trace's spans.
+    pub fn requests(&self, trace_ids: &HashSet<String>) -> HashMap<String, Vec<ExportTraceServiceRequest>> {
+        let segments: BTreeSet<u64> = {
+            let inner = self.lock();
+            trace_ids.iter().filter_map(|t| inner.traces.get(t)).flat_map(|t| t.segments.iter().copied()).collect()
+        };
+        let mut out: HashMap<String, Vec<ExportTraceServiceRequest>> = HashMap::new();
+        for seq in segments {
+            // a segment removed meanwhile by retention is simply gone
+            let Ok(f) = std::fs::File::open(segment_path(&self.dir, seq)) else { continue };
+            for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+                let wanted: Vec<&String> = trace_ids.iter().filter(|t| line.contains(t.as_str())).collect();
+                if wanted.is_empty() {
+                    continue;
+                }
+                let Ok(req) = serde_json::from_str::<ExportTraceServiceRequest>(&line) else { continue };
+                for t in wanted {
+                    let mut r = req.clone();
+                    let bytes = engine_telemetry::TraceContext::parse(&format!("00-{t}-0000000000000001-01"), None).map(|c| c.trace_id.0.to_vec()).unwrap_or_default();
+                    for rs in &mut r.resource_spans {
+                        for ss in &mut rs.scope_spans {
+                            ss.spans.retain(|s| s.trace_id == bytes);
+                        }
+                        rs.scope_spans.retain(|ss| !ss.spans.is_empty());
+                    }
+                    r.resource_spans.retain(|rs| !rs.scope_spans.is_empty());
+                    if !r.resource_spans.is_empty() {
+                        out.entry(t.clone()).or_default().push(r);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The spans of the given traces, flattened.
+    pub fn spans(&self, trace_ids: &HashSet<String>) -> HashMap<String, Vec<FlatSpan>> {
+        self.requests(trace_ids).into_iter().map(|(t, reqs)| (t, reqs.iter().flat_map(flatten).collect())).collect()
+    }
+
+    /// Total bytes on disk and traces indexed.
+    pub fn usage(&self) -> (u64, usize) {
+        let inner = self.lock();
+        (inner.segments.values().sum(), inner.traces.len())
+    }
+}
+
+fn merge(traces: &mut HashMap<String, TraceSummary>, t: TraceSummary) {
+    match traces.get_mut(&t.trace_id) {
+        None => {
+            traces.insert(t.trace_id.clone(), t);
+        }
+        Some(have) => {
+            have.start = have.start.min(t.start);
+            have.end = have.end.max(t.end);
+            have.spans += t.spans;
+            if have.root.is_none() || (!have.root_is_true && t.root_is_true) {
+                have.root = t.root;
+                have.root_start = t.root_start;
+                have.root_is_true = t.root_is_true;
+            }
+            have.ops.extend(t.ops);
+            have.containers.extend(t.containers);
+            have.container_names.extend(t.container_names);
+            have.services.extend(t.services);
+            have.segments.extend(t.segments);
+            have.error |= t.error;
+        }
+    }
+}
+
+/// The store as a span sink (engined's own spans, and its receivers').
+pub struct StoreSink(pub Arc<TraceStore>);
+
+impl SpanExporter for StoreSink {
+    fn export(&self, request: ExportTraceServiceRequest) {
+        self.0.ingest(request);
+    }
+}

@@ -1,0 +1,353 @@
+//! OTLP transport for the long-lived processes: an exporter that sends spans to an OTLP endpoint
+//! (gRPC, HTTP/protobuf or HTTP/JSON, over TCP or a unix socket) from a background task with a
+//! bounded queue and retries, and a receiver (the OTLP `TraceService`) that hands what it gets to
+//! a [`Sink`].
+//!
+//! Configuration follows OpenTelemetry's exporter variables (`OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`,
+//! `_PROTOCOL`, `_HEADERS`, `_TIMEOUT`). Only plain-text endpoints are supported: an `https://`
+//! endpoint is refused with a clear error rather than sent in the clear.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use prost::Message;
+use tokio::sync::mpsc;
+
+use crate::sink::{Sink, SpanExporter};
+
+/// Environment variable naming engined's own OTLP receiver (`unix:///path/to/otlp.sock`), which
+/// engine-lifecycled and the shims export to. Distinct from `OTEL_EXPORTER_OTLP_ENDPOINT`, which
+/// configures engined's export to the outside and is never acted on by the processes below it.
+pub const ENV_ENGINE_OTLP: &str = "ENGINE_OTLP_ENDPOINT";
+
+/// The wire format of an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+    HttpJson,
+}
+
+/// Why an exporter setting was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("OTLP endpoint {0:?}: want http://host:port or unix:///path")]
+    Endpoint(String),
+    #[error("OTLP endpoint {0:?}: https needs TLS, which this engine does not include; send to a local collector over http")]
+    Tls(String),
+    #[error("unknown OTLP protocol {0:?} (want grpc, http/protobuf or http/json)")]
+    Protocol(String),
+    #[error("OTEL_EXPORTER_OTLP_HEADERS entry {0:?} is not key=value")]
+    Header(String),
+}
+
+/// Where and how to export.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportConfig {
+    /// `http://host:port[/path]` or `unix:///path`.
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Result<Protocol, ConfigError> {
+        match s.trim() {
+            "grpc" => Ok(Protocol::Grpc),
+            "http/protobuf" => Ok(Protocol::HttpProtobuf),
+            "http/json" => Ok(Protocol::HttpJson),
+            other => Err(ConfigError::Protocol(other.into())),
+        }
+    }
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Percent-decoding for the W3C-baggage-style lists of `OTEL_EXPORTER_OTLP_HEADERS` and
+/// `OTEL_RESOURCE_ATTRIBUTES`.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses a `key=value,key=value` list (values percent-decoded).
+pub fn parse_pairs(list: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((percent_decode(k.trim()), percent_decode(v.trim()))),
+            _ => Err(ConfigError::Header(p.into())),
+        })
+        .collect()
+}
+
+impl ExportConfig {
+    /// A configuration for `endpoint` with the given protocol and defaults otherwise.
+    pub fn new(endpoint: &str, protocol: Protocol) -> Result<ExportConfig, ConfigError> {
+        let endpoint = endpoint.trim().trim_end_matches('/').to_string();
+        if endpoint.starts_with("https://") {
+            return Err(ConfigError::Tls(endpoint));
+        }
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("unix:///")) {
+            return Err(ConfigError::Endpoint(endpoint));
+        }
+        Ok(ExportConfig { endpoint, protocol, headers: Vec::new(), timeout: Duration::from_secs(10) })
+    }
+
+    /// The export OpenTelemetry's variables configure, if an endpoint is set. The generic
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` gets `/v1/traces` appended for HTTP; the traces-specific one
+    /// is used as it is. gRPC is the default protocol.
+    pub fn from_env() -> Result<Option<ExportConfig>, ConfigError> {
+        let protocol = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        let protocol = protocol.map(|p| Protocol::parse(&p)).transpose()?.unwrap_or(Protocol::Grpc);
+        let endpoint = match (env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), env("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+            (Some(e), _) => e,
+            (None, Some(e)) if protocol != Protocol::Grpc => format!("{}/v1/traces", e.trim_end_matches('/')),
+            (None, Some(e)) => e,
+            (None, None) => return Ok(None),
+        };
+        let mut cfg = ExportConfig::new(&endpoint, protocol)?;
+        if let Some(h) = env("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS")) {
+            cfg.headers = parse_pairs(&h)?;
+        }
+        if let Some(ms) = env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").or_else(|| env("OTEL_EXPORTER_OTLP_TIMEOUT")).and_then(|t| t.trim().parse::<u64>().ok()) {
+            cfg.timeout = Duration::from_millis(ms.max(1));
+        }
+        Ok(Some(cfg))
+    }
+}
+
+/// Counters of an exporter, in spans.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    pub exported: AtomicU64,
+    /// Dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Given up on after retries.
+    pub failed: AtomicU64,
+}
+
+/// Requests waiting to be sent; past this, new spans are dropped (and counted).
+const QUEUE: usize = 4096;
+/// How long one batch is retried while the endpoint is unreachable (engined restarting).
+const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Sends spans to one OTLP endpoint from a background task.
+pub struct OtlpExporter {
+    tx: mpsc::Sender<ExportTraceServiceRequest>,
+    stats: Arc<ExportStats>,
+}
+
+fn span_count(r: &ExportTraceServiceRequest) -> u64 {
+    r.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len() as u64).sum()
+}
+
+impl OtlpExporter {
+    /// Starts the exporter's task on the current tokio runtime.
+    pub fn start(cfg: ExportConfig) -> OtlpExporter {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let stats = Arc::new(ExportStats::default());
+        tokio::spawn(run(cfg, rx, stats.clone()));
+        OtlpExporter { tx, stats }
+    }
+
+    /// The exporter for engined's receiver named by `ENGINE_OTLP_ENDPOINT`, as a sink; `None`
+    /// when unset. Must be called inside a tokio runtime.
+    pub fn engine_sink_from_env() -> Option<Sink> {
+        let endpoint = env(ENV_ENGINE_OTLP)?;
+        ExportConfig::new(&endpoint, Protocol::Grpc).ok().map(|cfg| Sink::new(OtlpExporter::start(cfg)))
+    }
+
+    pub fn stats(&self) -> Arc<ExportStats> {
+        self.stats.clone()
+    }
+}
+
+impl SpanExporter for OtlpExporter {
+    fn export(&self, request: ExportTraceServiceRequest) {
+        let n = span_count(&request);
+        if self.tx.try_send(request).is_err() {
+            self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+enum Client {
+    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Http { authority: String, path: String, json: bool },
+}
+
+fn grpc_channel(endpoint: &str) -> Result<tonic::transport::Channel, ConfigError> {
+    if let Some(path) = endpoint.strip_prefix("unix://") {
+        return Ok(engine_api::unix_channel(path));
+    }
+    tonic::transport::Endpoint::from_shared(endpoint.to_string()).map(|e| e.connect_lazy()).map_err(|_| ConfigError::Endpoint(endpoint.into()))
+}
+
+fn client(cfg: &ExportConfig) -> Result<Client, ConfigError> {
+    match cfg.protocol {
+        Protocol::Grpc => Ok(Client::Grpc(TraceServiceClient::new(grpc_channel(&cfg.endpoint)?))),
+        Protocol::HttpProtobuf | Protocol::HttpJson => {
+            let rest = cfg.endpoint.strip_prefix("http://").ok_or_else(|| ConfigError::Endpoint(cfg.endpoint.clone()))?;
+            let (authority, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/v1/traces"),
+            };
+            Ok(Client::Http { authority: authority.into(), path: path.into(), json: cfg.protocol == Protocol::HttpJson })
+        }
+    }
+}
+
+async fn send(client: &mut Client, cfg: &ExportConfig, req: &ExportTraceServiceRequest) -> Result<(), String> {
+    match client {
+        Client::Grpc(c) => {
+            let mut r = tonic::Request::new(req.clone());
+            r.set_timeout(cfg.timeout);
+            for (k, v) in &cfg.headers {
+                if let (Ok(k), Ok(v)) = (k.to_ascii_lowercase().parse::<tonic::metadata::MetadataKey<_>>(), v.parse()) {
+                    r.metadata_mut().insert(k, v);
+                }
+            }
+            c.export(r).await.map(|_| ()).map_err(|s| format!("{}: {}", s.code(), s.message()))
+        }
+        Client::Http { authority, path, json } => {
+            let body = if *json { serde_json::to_vec(req).map_err(|e| e.to_string())? } else { req.encode_to_vec() };
+            let fut = async {
+                let tcp = tokio::net::TcpStream::connect(authority.as_str()).await.map_err(|e| e.to_string())?;
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                let mut b = hyper::Request::post(path.as_str())
+                    .header(hyper::header::HOST, authority.as_str())
+                    .header(hyper::header::CONTENT_TYPE, if *json { "application/json" } else { "application/x-protobuf" });
+                for (k, v) in &cfg.headers {
+                    b = b.header(k.as_str(), v.as_str());
+                }
+                let request = b.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
+                let resp = sender.send_request(request).await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let _ = resp.into_body().collect().await;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {status}"))
+                }
+            };
+            tokio::time::timeout(cfg.timeout, fut).await.map_err(|_| "timed out".to_string())?
+        }
+    }
+}
+
+/// Sends one request now and waits for the answer (for a command-line tool that exits after).
+pub async fn send_once(cfg: &ExportConfig, req: &ExportTraceServiceRequest) -> Result<(), String> {
+    let mut c = client(cfg).map_err(|e| e.to_string())?;
+    send(&mut c, cfg, req).await
+}
+
+/// Most requests batched into one send.
+const BATCH: usize = 256;
+
+async fn run(cfg: ExportConfig, mut rx: mpsc::Receiver<ExportTraceServiceRequest>, stats: Arc<ExportStats>) {
+    let mut client = match client(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("otlp export disabled: {e}");
+            while let Some(r) = rx.recv().await {
+                stats.failed.fetch_add(span_count(&r), Ordering::Relaxed);
+            }
+            return;
+        }
+    };
+    while let Some(first) = rx.recv().await {
+        // send as soon as there is something; batch only what queued up meanwhile
+        let mut batch = first;
+        for _ in 1..BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.resource_spans.extend(more.resource_spans),
+                Err(_) => break,
+            }
+        }
+        let n = span_count(&batch);
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match send(&mut client, &cfg, &batch).await {
+                Ok(()) => {
+                    stats.exported.fetch_add(n, Ordering::Relaxed);
+                    break;
+                }
+                Err(_) if tokio::time::Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    eprintln!("otlp export to {}: {e}; {n} spans dropped", cfg.endpoint);
+                    stats.failed.fetch_add(n, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The OTLP trace receiver: every request it gets goes to `sink`.
+pub struct Receiver {
+    sink: Sink,
+}
+
+impl Receiver {
+    pub fn service(sink: Sink) -> TraceServiceServer<Receiver> {
+        TraceServiceServer::new(Receiver { sink })
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(&self, request: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.sink.export(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_and_lists_parse_as_the_spec_says() {
+        assert!(matches!(ExportConfig::new("https://tempo:4317", Protocol::Grpc), Err(ConfigError::Tls(_))));
+        assert!(matches!(ExportConfig::new("tempo:4317", Protocol::Grpc), Err(ConfigError::Endpoint(_))));
+        assert_eq!(ExportConfig::new("http://127.0.0.1:4317/", Protocol::Grpc).unwrap().endpoint, "http://127.0.0.1:4317");
+        assert_eq!(
+            parse_pairs("api-key=a%20b, x=1").unwrap(),
+            vec![("api-key".to_string(), "a b".to_string()), ("x".to_string(), "1".to_string())]
+        );
+        assert!(parse_pairs("novalue").is_err());
+        let Client::Http { authority, path, json } = client(&ExportConfig::new("http://127.0.0.1:4318/v1/traces", Protocol::HttpJson).unwrap()).unwrap() else {
+            panic!("not http")
+        };
+        assert_eq!((authority.as_str(), path.as_str(), json), ("127.0.0.1:4318", "/v1/traces", true));
+    }
+}

@@ -1,0 +1,184 @@
+//! One container start is one trace: spans from all six processes (engine, engined,
+//! engine-lifecycled, engine-shim, engine-runtime, engine-init) in engined's store, read back
+//! through `engine trace`, kept across an engined restart, and exported to a real OTLP gRPC
+//! receiver (the service generated from the official opentelemetry-proto definitions).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use engine_telemetry::handoff::flatten;
+use engine_telemetry::FlatSpan;
+use engine_test_support::engined::Engined;
+use engine_test_support::*;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+
+const SERVICES: [&str; 6] = ["engine", "engined", "engine-lifecycled", "engine-shim", "engine-runtime", "engine-init"];
+
+fn services(spans: &[FlatSpan]) -> HashSet<&str> {
+    spans.iter().map(|s| s.service.as_str()).collect()
+}
+
+/// `engine trace --json` of `container`'s last `op`, once all six services are in it.
+fn whole_trace(e: &Engined, container: &str, op: &str) -> Vec<FlatSpan> {
+    let mut spans = Vec::new();
+    wait_for(&format!("{container}'s {op} trace with spans from all six processes"), || {
+        let out = e.engine(&["trace", "--json", "--op", op, container]);
+        if !out.status.success() {
+            return false;
+        }
+        let doc: ExportTraceServiceRequest = serde_json::from_str(stdout(&out).trim()).expect("OTLP JSON");
+        spans = flatten(&doc);
+        SERVICES.iter().all(|s| services(&spans).contains(s)) && spans.iter().any(|s| s.name == "init.exec")
+    });
+    spans
+}
+
+fn ancestors<'a>(spans: &'a [FlatSpan], s: &'a FlatSpan) -> Vec<&'a FlatSpan> {
+    let by_id: HashMap<&str, &FlatSpan> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let mut out = Vec::new();
+    let mut cur = s;
+    while let Some(p) = by_id.get(cur.parent_span_id.as_str()) {
+        out.push(*p);
+        cur = p;
+    }
+    out
+}
+
+fn check_trace(spans: &[FlatSpan]) {
+    let ids: HashSet<&str> = spans.iter().map(|s| s.trace_id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "one trace id: {ids:?}");
+    let roots: Vec<&str> = spans.iter().filter(|s| s.parent_span_id.is_empty()).map(|s| s.name.as_str()).collect();
+    assert_eq!(roots, ["engine.run"], "the CLI's command is the only root");
+    let by_id: HashMap<&str, &FlatSpan> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    for s in spans {
+        if s.parent_span_id.is_empty() {
+            continue;
+        }
+        let p = by_id.get(s.parent_span_id.as_str()).unwrap_or_else(|| panic!("{} ({}): parent {} missing", s.name, s.service, s.parent_span_id));
+        assert!(
+            p.start_unix_nanos <= s.start_unix_nanos && s.end_unix_nanos <= p.end_unix_nanos,
+            "{} [{}, {}] does not nest in its parent {} [{}, {}]",
+            s.name,
+            s.start_unix_nanos,
+            s.end_unix_nanos,
+            p.name,
+            p.start_unix_nanos,
+            p.end_unix_nanos
+        );
+    }
+    // the runtime's phases sit under the shim's span, init's exec under the runtime's start
+    for phase in ["runtime.create", "runtime.spec", "runtime.cgroup", "runtime.namespaces", "runtime.init", "runtime.rootfs", "runtime.pivot_root", "runtime.start", "init.exec"] {
+        let s = spans.iter().find(|s| s.name == phase).unwrap_or_else(|| panic!("no {phase} span"));
+        assert!(ancestors(spans, s).iter().any(|a| a.service == "engine-shim"), "{phase} is not under a shim span");
+    }
+    let exec = spans.iter().find(|s| s.name == "init.exec").unwrap();
+    assert_eq!(exec.service, "engine-init");
+    assert_eq!(by_id[exec.parent_span_id.as_str()].name, "runtime.start");
+    assert_eq!(exec.attr("process.executable.path"), Some("/bin/true"));
+    // semantic-convention attributes
+    let start = spans.iter().find(|s| s.name == "POST /containers/{id}/start").expect("engined's request span");
+    assert_eq!(start.attr("http.request.method"), Some("POST"));
+    assert_eq!(start.attr("http.route"), Some("/containers/{id}/start"));
+    assert_eq!(start.attr("http.response.status_code"), Some("204"));
+    let daemon = spans.iter().find(|s| s.name == "daemon.start").unwrap();
+    assert_eq!(daemon.attr("container.name"), Some("traced"));
+    assert_eq!(daemon.attr("container.image.name"), Some("busybox"));
+    assert_eq!(daemon.attr("container.id").map(str::len), Some(64));
+    let rpc = spans.iter().find(|s| s.name == "lifecycle.Tasks/Start").unwrap();
+    assert_eq!((rpc.attr("rpc.system"), rpc.attr("rpc.service"), rpc.attr("rpc.method")), (Some("grpc"), Some("engine.v1.Tasks"), Some("Start")));
+    let shim = spans.iter().find(|s| s.name == "shim.start").unwrap();
+    assert_eq!((shim.attr("rpc.service"), shim.attr("rpc.method")), (Some("engine.v1.Shim"), Some("Start")));
+    for service in SERVICES {
+        assert!(spans.iter().any(|s| s.service == service && s.attr("process.pid").is_some()), "no span of {service} says its process.pid");
+    }
+}
+
+#[test]
+fn one_start_is_one_trace_from_the_cli_to_init() {
+    let mut e = Engined::start();
+    e.import_busybox("busybox");
+    let untraced = std::process::Command::new(bin("engine"))
+        .args(["-H", &e.host(), "run", "--name", "untraced", "busybox", "true"])
+        .env("OTEL_TRACES_SAMPLER", "always_off")
+        .output()
+        .unwrap();
+    assert!(untraced.status.success(), "{}", stderr(&untraced));
+    e.ok(&["run", "--name", "traced", "busybox", "true"]);
+    let spans = whole_trace(&e, "traced", "start");
+    check_trace(&spans);
+    // not sampled by the CLI: nothing below it recorded either (the daemon's own clean-up after
+    // the exit is a trace of its own)
+    assert!(e.fails(&["trace", "--op", "start", "untraced"]).contains("no traces of untraced for --op start"));
+
+    // the waterfall, with the critical path drawn solid, and attributes on request
+    let waterfall = e.ok(&["trace", "traced"]);
+    for want in ["engine.run", "init.exec", "runtime.pivot_root", "█", "░"] {
+        assert!(waterfall.contains(want), "no {want} in\n{waterfall}");
+    }
+    assert!(e.ok(&["trace", "-a", "traced"]).contains("container.image.name=busybox"));
+
+    // phase by phase against another start, and percentiles over both
+    e.ok(&["run", "--name", "other", "busybox", "true"]);
+    whole_trace(&e, "other", "start");
+    let cmp = e.ok(&["trace", "--op", "start", "--compare", "other", "traced"]);
+    assert!(cmp.lines().any(|l| l.starts_with("runtime.create ")) && cmp.contains("(total)"), "{cmp}");
+    let stats = e.ok(&["trace", "stats"]);
+    let row = stats.lines().find(|l| l.starts_with("runtime.create ")).unwrap_or_else(|| panic!("no runtime.create in\n{stats}"));
+    assert_eq!(row.split_whitespace().nth(1), Some("2"), "{stats}");
+
+    // the store survives engined's restart; a removed container's traces are found by name
+    e.kill9();
+    e.restart();
+    e.ok(&["rm", "traced", "other", "untraced"]);
+    let again = whole_trace(&e, "traced", "start");
+    assert_eq!(again.len(), spans.len());
+    assert!(e.fails(&["trace", "nosuch"]).contains("No such container"));
+}
+
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(&self, request: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+#[test]
+fn the_same_trace_reaches_an_otlp_grpc_receiver() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let collector = Collector::default();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = TraceServiceServer::new(collector.clone());
+    rt.spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+
+    let endpoint = format!("http://{addr}");
+    let e = Engined::start_with_env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e,team=engine%20core")]);
+    e.import_busybox("busybox");
+    e.ok(&["run", "--name", "traced", "busybox", "true"]);
+    let stored = whole_trace(&e, "traced", "start");
+    let trace_id = stored[0].trace_id.clone();
+    let mut received = Vec::new();
+    wait_for("the receiver to get the trace from all six processes", || {
+        received = collector.0.lock().unwrap().iter().flat_map(flatten).filter(|s| s.trace_id == trace_id).collect();
+        received.len() >= stored.len()
+    });
+    let got: HashSet<(&str, &str)> = received.iter().map(|s| (s.span_id.as_str(), s.name.as_str())).collect();
+    let want: HashSet<(&str, &str)> = stored.iter().map(|s| (s.span_id.as_str(), s.name.as_str())).collect();
+    assert_eq!(got, want, "the receiver got the stored trace");
+    // resource attributes from OTEL_RESOURCE_ATTRIBUTES, service.name per process kept
+    let reqs = collector.0.lock().unwrap().clone();
+    let resources: Vec<HashMap<String, String>> = reqs
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .map(|rs| rs.resource.iter().flat_map(|r| &r.attributes).map(|kv| (kv.key.clone(), format!("{:?}", kv.value))).collect())
+        .collect();
+    assert!(resources.iter().all(|r| r.get("deployment.environment").is_some_and(|v| v.contains("e2e")) && r.get("team").is_some_and(|v| v.contains("engine core"))));
+    let names: HashSet<String> = resources.iter().filter_map(|r| r.get("service.name").cloned()).collect();
+    assert_eq!(names.len(), SERVICES.len(), "{names:?}");
+    e.ok(&["rm", "traced"]);
+}
