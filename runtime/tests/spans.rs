@@ -1,5 +1,5 @@
 //! The runtime's phase spans: handed to the caller through ENGINE_SPAN_SINK, under the
-//! TRACEPARENT it was given, nested as the phases are.
+//! TRACEPARENT it was given, nested as the phases are, with engine-init's exec of the program.
 
 mod common;
 use common::*;
@@ -21,7 +21,8 @@ fn phases_are_spans_under_the_callers_trace() {
     let (spans, skipped) = engine_telemetry::read_spans(std::io::BufReader::new(std::fs::File::open(&sink).unwrap())).unwrap();
     assert_eq!(skipped, 0);
     assert!(spans.iter().all(|s| s.trace_id == "0af7651916cd43dd8448eb211c80319c"), "one trace");
-    assert!(spans.iter().all(|s| s.service == "engine-runtime"));
+    // the runtime's, and engine-init's last step: the exec of the program, under runtime.start
+    assert!(spans.iter().all(|s| s.service == "engine-runtime" || (s.service == "engine-init" && s.name == "init.exec")));
     let by_name = |n: &str| spans.iter().find(|s| s.name == n).unwrap_or_else(|| panic!("no span {n}"));
     let create = by_name("runtime.create");
     assert_eq!(create.parent_span_id, "b7ad6b7169203331");
@@ -42,6 +43,9 @@ fn phases_are_spans_under_the_callers_trace() {
     for op in ["runtime.start", "runtime.delete"] {
         assert_eq!(by_name(op).parent_span_id, "b7ad6b7169203331");
     }
+    let exec = by_name("init.exec");
+    assert_eq!(exec.parent_span_id, by_name("runtime.start").span_id);
+    assert_eq!(exec.attr("process.executable.path"), Some("/bin/true"));
 }
 
 #[test]
