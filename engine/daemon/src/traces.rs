@@ -58,7 +58,7 @@ pub fn start(cfg: &Config) -> anyhow::Result<Arc<TraceStore>> {
         Ok(list) => engine_telemetry::otlp::parse_pairs(&list).map_err(|e| anyhow::anyhow!("OTEL_RESOURCE_ATTRIBUTES: {e}"))?,
         Err(_) => Vec::new(),
     };
-    let retention = Retention { max_traces: cfg.trace_max_traces, max_bytes: cfg.trace_max_mb << 20 };
+    let retention = Retention { max_traces: cfg.trace_max_traces, max_bytes: cfg.trace_max_mb << 20, ..Retention::default() };
     let dir = cfg.data_root.join("traces");
     let store = TraceStore::open(&dir, retention, export.map(|e| Sink::new(OtlpExporter::start(e))), resource)
         .map_err(|e| anyhow::anyhow!("opening the trace store {}: {e}", dir.display()))?;

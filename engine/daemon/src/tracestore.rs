@@ -22,19 +22,18 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use serde::{Deserialize, Serialize};
 
-/// A segment is sealed past this size.
-const SEGMENT_BYTES: u64 = 8 << 20;
-
 /// Retention bounds.
 #[derive(Clone, Copy, Debug)]
 pub struct Retention {
     pub max_traces: usize,
     pub max_bytes: u64,
+    /// A segment is sealed (and becomes the unit of removal) past this size.
+    pub segment_bytes: u64,
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { max_traces: 5000, max_bytes: 256 << 20 }
+        Retention { max_traces: 5000, max_bytes: 256 << 20, segment_bytes: 8 << 20 }
     }
 }
 
@@ -259,7 +258,7 @@ impl TraceStore {
         for s in &spans {
             summarize(inner.traces.entry(s.trace_id.clone()).or_default(), s, seq);
         }
-        if bytes >= SEGMENT_BYTES {
+        if bytes >= self.retention.segment_bytes {
             self.seal(&mut inner, seq);
         }
         self.enforce_retention(&mut inner);
@@ -408,5 +407,65 @@ pub struct StoreSink(pub Arc<TraceStore>);
 impl SpanExporter for StoreSink {
     fn export(&self, request: ExportTraceServiceRequest) {
         self.0.ingest(request);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine_telemetry::{Recorder, TraceContext};
+
+    /// One trace of `spans` spans for container `id`, as a process would hand it over.
+    fn trace(store: &Arc<TraceStore>, id: &str, spans: usize) -> String {
+        let sink = Sink::new(StoreSink(store.clone()));
+        let mut rec = Recorder::with_sink("engined", sink, None);
+        let root = rec.start("POST /containers/{id}/start", None);
+        let tp = rec.context(root).unwrap();
+        for _ in 1..spans {
+            let h = rec.start("daemon.start", Some(root));
+            rec.set_attr(h, "container.id", id);
+            rec.end(h);
+        }
+        rec.end(root);
+        rec.flush();
+        tp.trace_id.to_string()
+    }
+
+    #[test]
+    fn retention_drops_oldest_segments_and_a_restart_finds_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention { max_traces: 10, max_bytes: 1 << 30, segment_bytes: 4096 };
+        let store = Arc::new(TraceStore::open(dir.path(), retention, None, vec![("deployment.environment".into(), "test".into())]).unwrap());
+        let first = trace(&store, "c1", 3);
+        assert_eq!(store.container_traces("c1", None).len(), 1);
+        let s = store.summary(&first).unwrap();
+        assert_eq!((s.spans, s.root.as_deref(), s.ops.iter().next().map(String::as_str)), (3, Some("POST /containers/{id}/start"), Some("start")));
+        let mut ids = vec![first.clone()];
+        for _ in 0..40 {
+            ids.push(trace(&store, "c2", 3));
+        }
+        let (bytes, traces) = store.usage();
+        assert!(traces <= 10 + 4096 / 300, "{traces} traces kept");
+        assert!(store.summary(&first).is_none(), "the oldest trace went");
+        assert!(!dir.path().join("seg-00000000.jsonl").exists());
+        // the newest trace reads back whole, with the resource attribute added
+        let last = ids.last().unwrap().clone();
+        let reqs = store.requests(&[last.clone()].into()).remove(&last).unwrap();
+        let spans: Vec<FlatSpan> = reqs.iter().flat_map(flatten).collect();
+        assert_eq!(spans.len(), 3);
+        assert!(reqs[0].resource_spans[0].resource.as_ref().unwrap().attributes.iter().any(|kv| kv.key == "deployment.environment"));
+        drop(store);
+        // a restart reads sealed segments from their index and the open one from its spans
+        let again = TraceStore::open(dir.path(), retention, None, vec![]).unwrap();
+        assert_eq!(again.usage(), (bytes, traces));
+        assert_eq!(again.summary(&last).map(|s| s.spans), Some(3));
+        assert!(again.container_traces("c2", None).iter().any(|t| t.trace_id == last));
+        // a trace continued from a caller's context: its earliest span stands for the root
+        let arc = Arc::new(again);
+        let mut rec = Recorder::with_sink("engined", Sink::new(StoreSink(arc.clone())), TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None).ok());
+        let h = rec.start("POST /containers/create", None);
+        rec.end(h);
+        rec.flush();
+        assert_eq!(arc.summary("4bf92f3577b34da6a3ce929d0e0e4736").unwrap().root.as_deref(), Some("POST /containers/create"));
     }
 }

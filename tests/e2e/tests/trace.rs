@@ -127,6 +127,15 @@ fn one_start_is_one_trace_from_the_cli_to_init() {
     let row = stats.lines().find(|l| l.starts_with("runtime.create ")).unwrap_or_else(|| panic!("no runtime.create in\n{stats}"));
     assert_eq!(row.split_whitespace().nth(1), Some("2"), "{stats}");
 
+    // a Docker client that sends traceparent has its trace continued
+    let (tid, sid) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let status = raw_request(&e, "POST /v1.43/containers/traced/stop", &format!("traceparent: 00-{tid}-{sid}-01"));
+    assert!(status.starts_with("HTTP/1.1 304"), "{status}");
+    let continued = e.ok(&["trace", "--json", "--trace-id", tid, "traced"]);
+    let continued = flatten(&serde_json::from_str(continued.trim()).unwrap());
+    let stop = continued.iter().find(|s| s.name == "POST /containers/{id}/stop").expect("the stop request's span");
+    assert_eq!((stop.trace_id.as_str(), stop.parent_span_id.as_str()), (tid, sid));
+
     // the store survives engined's restart; a removed container's traces are found by name
     e.kill9();
     e.restart();
@@ -134,6 +143,16 @@ fn one_start_is_one_trace_from_the_cli_to_init() {
     let again = whole_trace(&e, "traced", "start");
     assert_eq!(again.len(), spans.len());
     assert!(e.fails(&["trace", "nosuch"]).contains("No such container"));
+}
+
+/// One HTTP request on engined's socket with an extra header line; returns the status line.
+fn raw_request(e: &Engined, request_line: &str, header: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&e.sock).unwrap();
+    write!(s, "{request_line} HTTP/1.1\r\nHost: engine\r\n{header}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines().next().unwrap_or("").to_string()
 }
 
 #[derive(Clone, Default)]
@@ -180,5 +199,11 @@ fn the_same_trace_reaches_an_otlp_grpc_receiver() {
     assert!(resources.iter().all(|r| r.get("deployment.environment").is_some_and(|v| v.contains("e2e")) && r.get("team").is_some_and(|v| v.contains("engine core"))));
     let names: HashSet<String> = resources.iter().filter_map(|r| r.get("service.name").cloned()).collect();
     assert_eq!(names.len(), SERVICES.len(), "{names:?}");
+
+    // `engine trace --otlp` sends a stored trace to an endpoint itself
+    collector.0.lock().unwrap().clear();
+    assert_eq!(e.ok(&["trace", "--otlp", &endpoint, "--op", "start", "traced"]).trim(), trace_id);
+    let sent: Vec<FlatSpan> = collector.0.lock().unwrap().iter().flat_map(flatten).filter(|s| s.trace_id == trace_id).collect();
+    assert_eq!(sent.len(), stored.len(), "engine trace --otlp sent the whole trace");
     e.ok(&["rm", "traced"]);
 }
