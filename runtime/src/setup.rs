@@ -129,7 +129,8 @@ fn exec_init(init: &HandoffFds, exec: &process::Exec, rec: &Recorder) {
     let (Ok(_), Some(sink)) = (engine_telemetry::TraceContext::parse(&tp, None), rec.sink_fd()) else { return };
     let Ok(tp) = std::ffi::CString::new(tp) else { return };
     let Ok(fd) = std::ffi::CString::new(sink.to_string()) else { return };
-    let mut argv = vec![c"engine-init".to_owned(), std::ffi::CString::from(c"--handoff"), tp, fd, exec.path.clone()];
+    let Ok(start) = std::ffi::CString::new(engine_telemetry::recorder::now_unix_nanos().to_string()) else { return };
+    let mut argv = vec![c"engine-init".to_owned(), std::ffi::CString::from(c"--handoff"), tp, fd, start, exec.path.clone()];
     argv.extend(exec.argv.iter().cloned());
     // SAFETY: F_SETFD on our own sink descriptor: engine-init inherits it (and closes it on exec).
     unsafe { libc::fcntl(sink, libc::F_SETFD, 0) };

@@ -164,3 +164,21 @@ pub fn timestamp() -> String {
 pub fn ensure_dir(p: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(p).map_err(|e| anyhow::anyhow!("creating {}: {e}", p.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_fills_what_flags_left_at_their_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("daemon.json");
+        std::fs::write(&file, r#"{"otlp-endpoint": "http://127.0.0.1:4317", "otlp-protocol": "grpc", "trace-max-traces": 10, "trace-max-mb": 5, "log-level": "debug"}"#).unwrap();
+        let cfg = Config::parse_from(["engined", "--config-file", file.to_str().unwrap(), "--trace-max-mb", "7"]).resolve().unwrap();
+        assert_eq!(cfg.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+        assert_eq!((cfg.trace_max_traces, cfg.trace_max_mb, cfg.log_level.as_str()), (10, 7, "debug"));
+        std::fs::write(&file, r#"{"otlp": "x"}"#).unwrap();
+        let err = Config::parse_from(["engined", "--config-file", file.to_str().unwrap()]).resolve().unwrap_err().to_string();
+        assert!(err.contains("unknown field `otlp`"), "{err}");
+    }
+}

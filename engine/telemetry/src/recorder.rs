@@ -166,6 +166,11 @@ impl Recorder {
     /// Starts a span named `name` under `parent`, or under the process's incoming context when
     /// `parent` is `None`.
     pub fn start(&mut self, name: &str, parent: Option<SpanHandle>) -> SpanHandle {
+        self.start_at(name, parent, now_unix_nanos())
+    }
+
+    /// Starts a span that began at `start_unix_nanos` (a time another process took for it).
+    pub fn start_at(&mut self, name: &str, parent: Option<SpanHandle>, start_unix_nanos: u64) -> SpanHandle {
         let Some(a) = self.active.as_mut() else { return SpanHandle(usize::MAX) };
         let parent = match parent {
             Some(h) => a.spans.get(h.0).map(|s| s.id),
@@ -175,7 +180,7 @@ impl Recorder {
             id: SpanId::random(),
             parent,
             name: name.to_string(),
-            start: now_unix_nanos(),
+            start: start_unix_nanos,
             end: None,
             attributes: Vec::new(),
             kind: Kind::Internal,

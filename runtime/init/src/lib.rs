@@ -19,15 +19,17 @@ use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{execvp, fork, getpid, setpgid, ForkResult, Pid};
 
-/// First argument of the runtime's hand-over: `engine-init --handoff TRACEPARENT SINK_FD PATH ARGV...`.
+/// First argument of the runtime's hand-over:
+/// `engine-init --handoff TRACEPARENT SINK_FD START_UNIX_NANOS PATH ARGV...`.
 pub const HANDOFF_FLAG: &str = "--handoff";
 
-/// The runtime's hand-over: records `init.exec` under `TRACEPARENT` into the inherited `SINK_FD`
-/// and execs `PATH` with `ARGV` and this process's environment (the user's). Returns only when the
-/// exec failed, with the exit code to end with (127 not found, 126 otherwise).
+/// The runtime's hand-over: records `init.exec` (from `START_UNIX_NANOS`, when the runtime
+/// handed over, so engine-init's own exec is in it) under `TRACEPARENT` into the inherited
+/// `SINK_FD`, and execs `PATH` with `ARGV` and this process's environment (the user's). Returns
+/// only when the exec failed, with the exit code to end with (127 not found, 126 otherwise).
 pub fn handoff(args: &[OsString]) -> i32 {
-    let [traceparent, fd, path, argv @ ..] = args else {
-        eprintln!("engine-init: {HANDOFF_FLAG} needs TRACEPARENT SINK_FD PATH ARGV...");
+    let [traceparent, fd, start, path, argv @ ..] = args else {
+        eprintln!("engine-init: {HANDOFF_FLAG} needs TRACEPARENT SINK_FD START_UNIX_NANOS PATH ARGV...");
         return 126;
     };
     let parent = engine_telemetry::TraceContext::parse(&traceparent.to_string_lossy(), None).ok();
@@ -36,7 +38,8 @@ pub fn handoff(args: &[OsString]) -> i32 {
         Some(sink) => engine_telemetry::Recorder::with_sink("engine-init", sink, parent),
         None => engine_telemetry::Recorder::disabled("engine-init"),
     };
-    let span = rec.start("init.exec", None);
+    let started = start.to_str().and_then(|s| s.parse().ok()).unwrap_or_else(engine_telemetry::recorder::now_unix_nanos);
+    let span = rec.start_at("init.exec", None, started);
     rec.set_attr(span, "process.pid", getpid().as_raw());
     rec.set_attr(span, "process.executable.path", path.to_string_lossy().into_owned());
     let to_c = |s: &OsString| CString::new(s.clone().into_vec()).ok();
