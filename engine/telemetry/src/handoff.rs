@@ -30,6 +30,22 @@ impl FlatSpan {
         self.end_unix_nanos.saturating_sub(self.start_unix_nanos)
     }
 
+    /// A span of service `engine-test` for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: &str, parent: &str, name: &str, start: u64, end: u64) -> FlatSpan {
+        FlatSpan {
+            trace_id: "t".into(),
+            span_id: id.into(),
+            parent_span_id: parent.into(),
+            name: name.into(),
+            service: "engine-test".into(),
+            start_unix_nanos: start,
+            end_unix_nanos: end,
+            attributes: vec![],
+            error: None,
+        }
+    }
+
     /// The value of attribute `key`, if set.
     pub fn attr(&self, key: &str) -> Option<&str> {
         self.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())

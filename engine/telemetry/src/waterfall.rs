@@ -118,17 +118,7 @@ mod tests {
     use super::*;
 
     fn span(id: &str, parent: &str, name: &str, start: u64, end: u64) -> FlatSpan {
-        FlatSpan {
-            trace_id: "t".into(),
-            span_id: id.into(),
-            parent_span_id: parent.into(),
-            name: name.into(),
-            service: "engine-runtime".into(),
-            start_unix_nanos: start,
-            end_unix_nanos: end,
-            attributes: vec![],
-            error: None,
-        }
+        FlatSpan::for_test(id, parent, name, start, end)
     }
 
     #[test]
