@@ -391,12 +391,16 @@ fn start_inner(dir: &StateDir, id: &str, traceparent: Option<&str>) -> Result<()
 /// Waits (up to a second) until the container's first process has replaced the runtime's
 /// image (and engine-init's, on a traced start) with the user's program, or has exited.
 fn wait_exec(pid: i32) {
+    use std::os::unix::fs::MetadataExt;
+    // by inode: engine-init runs from a detached mount, whose path /proc shows differently
+    let id = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     let ours = std::fs::read_link("/proc/self/exe").ok();
-    let init = ours.as_ref().map(|p| p.with_file_name("engine-init"));
+    let theirs: Vec<_> = [ours.clone(), ours.map(|p| p.with_file_name("engine-init"))].iter().flatten().filter_map(|p| id(p)).collect();
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     let deadline = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline {
-        match std::fs::read_link(format!("/proc/{pid}/exe")) {
-            Ok(exe) if Some(&exe) == ours.as_ref() || Some(&exe) == init.as_ref() => std::thread::sleep(Duration::from_micros(50)),
+        match id(&exe) {
+            Some(running) if theirs.contains(&running) => std::thread::sleep(Duration::from_micros(50)),
             _ => return,
         }
     }

@@ -119,6 +119,38 @@ pub(crate) fn run(args: SetupArgs<'_>, sync: SyncSocket, rec: &mut Recorder, par
     }
 }
 
+/// Opens `path` through a detached read-only bind mount of it (`open_tree` + `mount_setattr`), so
+/// that while it runs as the container's process, `/proc/<pid>/exe` cannot be reopened to write
+/// the host's binary (the CVE-2019-5736 pattern). `None` where the kernel refuses: the start is
+/// then not handed over.
+fn open_read_only_mount(path: &std::path::Path) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    /// `struct mount_attr` of <linux/mount.h>.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: open_tree with a NUL-terminated path and flags; it returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: open_tree just returned this descriptor and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    // SAFETY: mount_setattr on our detached mount with a valid struct and its size.
+    let r = unsafe { libc::syscall(libc::SYS_mount_setattr, fd.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, &attr as *const MountAttr, std::mem::size_of::<MountAttr>()) };
+    (r == 0).then_some(fd)
+}
+
 /// Execs engine-init with the `traceparent` `start` left and the program to run, passing it the
 /// span sink. Returns when that is not possible (no context, exec refused), and the caller execs
 /// the program itself: the hand-over is telemetry and never keeps a container from starting.
@@ -199,8 +231,8 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
         .map_err(|e| format!("open exec fifo: {e}"))?;
     // The hand-over's files, likewise; a missing engine-init only means an untraced exec.
     let init = a.init.and_then(|h| {
-        let open = |p: &std::path::Path| nix::fcntl::open(p, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).ok();
-        Some(HandoffFds { binary: open(&h.binary)?, trace_file: open(&h.trace_file)? })
+        let trace_file = nix::fcntl::open(&h.trace_file, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).ok()?;
+        Some(HandoffFds { binary: open_read_only_mount(&h.binary)?, trace_file })
     });
 
     let mounts = spec.mounts().clone().unwrap_or_default();

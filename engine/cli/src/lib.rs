@@ -121,7 +121,8 @@ pub fn run(cli: Cli) -> Result<i32> {
     let root = rec.start(&name, None);
     rec.set_kind(root, engine_telemetry::Kind::Client);
     rec.set_attr(root, "process.pid", std::process::id());
-    rec.set_attr(root, "process.command_args", std::env::args().collect::<Vec<_>>().join(" "));
+    // the command, never its arguments (they carry environment values, secrets among them)
+    rec.set_attr(root, "process.command", "engine");
     let traceparent = rec.context(root).map(|c| c.traceparent());
     let client = client::Client::new(&cli.host, traceparent)?;
     let result = rt.block_on(dispatch(&client, cli.command));

@@ -39,8 +39,10 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp, std:
         _ => (None, raw_path.clone()),
     };
     let route = route_name(&method, &path);
-    // reading or receiving traces is not itself traced
-    let traced = !(path.starts_with("/v1/traces") || path.starts_with("/engine/v1/traces") || route.ends_with("/traces"));
+    // Reading or receiving traces is not itself traced; nor is a read (GET, HEAD) no caller asked
+    // to trace: a monitor polling `ps` would otherwise crowd the operations out of the store.
+    let read_only = method == Method::GET || method == Method::HEAD;
+    let traced = !(path.starts_with("/v1/traces") || path.starts_with("/engine/v1/") || (read_only && traceparent.is_none()));
     let trace = Trace::new(d.sink.as_ref().filter(|_| traced), traceparent.as_deref(), &format!("{method} {route}"));
     trace.attr(trace.root, "http.request.method", method.to_string());
     trace.attr(trace.root, "url.path", raw_path.clone());
@@ -202,8 +204,8 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
         // engine extensions
         (&M::GET, ["engine", "v1", "containers", id, "traces"]) => crate::traces::container_traces(d, id),
         (&M::GET, ["engine", "v1", "traces"]) => crate::traces::recent(d, &q),
-        (&M::GET, ["engine", "v1", "traces", "stats"]) => crate::traces::stats(d, &q),
-        (&M::GET, ["engine", "v1", "traces", id]) => crate::traces::trace(d, id),
+        (&M::GET, ["engine", "v1", "traces", "stats"]) => crate::traces::stats(d, &q).await,
+        (&M::GET, ["engine", "v1", "traces", id]) => crate::traces::trace(d, id).await,
         (&M::POST, ["v1", "traces"]) => {
             let ct = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
             crate::traces::receive(d, ct.as_deref(), req.into_body()).await

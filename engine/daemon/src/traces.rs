@@ -58,7 +58,8 @@ pub fn start(cfg: &Config) -> anyhow::Result<Arc<TraceStore>> {
         Ok(list) => engine_telemetry::otlp::parse_pairs(&list).map_err(|e| anyhow::anyhow!("OTEL_RESOURCE_ATTRIBUTES: {e}"))?,
         Err(_) => Vec::new(),
     };
-    let retention = Retention { max_traces: cfg.trace_max_traces, max_bytes: cfg.trace_max_mb << 20, ..Retention::default() };
+    let max_bytes = cfg.trace_max_mb << 20;
+    let retention = Retention { max_traces: cfg.trace_max_traces, max_bytes, segment_bytes: Retention::default().segment_bytes.min((max_bytes / 4).max(64 << 10)) };
     let dir = cfg.data_root.join("traces");
     let store = TraceStore::open(&dir, retention, export.map(|e| Sink::new(OtlpExporter::start(e))), resource)
         .map_err(|e| anyhow::anyhow!("opening the trace store {}: {e}", dir.display()))?;
@@ -130,23 +131,32 @@ pub fn recent(d: &Daemon, q: &Query) -> Result<Resp, ApiError> {
 }
 
 /// `GET /engine/v1/traces/stats?op=start&limit=N`: per-phase count and percentiles over the
-/// last N traces of an operation (default: the last 100 starts).
-pub fn stats(d: &Daemon, q: &Query) -> Result<Resp, ApiError> {
-    let limit = q.int("limit")?.unwrap_or(100).clamp(1, 10_000) as usize;
-    let op = q.get("op").unwrap_or("start");
-    let ids: HashSet<String> = d.traces.recent(Some(op), limit).into_iter().map(|t| t.trace_id).collect();
-    let spans = d.traces.spans(&ids);
-    let stats = engine_telemetry::analysis::phase_stats(spans.values().map(Vec::as_slice));
-    Ok(json(StatusCode::OK, &json!({ "Operation": op, "Traces": spans.len(), "Phases": stats })))
+/// last N (at most 1000) traces of an operation (default: the last 100 starts).
+pub async fn stats(d: &Daemon, q: &Query) -> Result<Resp, ApiError> {
+    let limit = q.int("limit")?.unwrap_or(100).clamp(1, 1000) as usize;
+    let op = q.get("op").unwrap_or("start").to_string();
+    let store = d.traces.clone();
+    let o = op.clone();
+    // reading segments is file I/O: off the async workers
+    let (count, stats) = tokio::task::spawn_blocking(move || {
+        let ids: HashSet<String> = store.recent(Some(&o), limit).into_iter().map(|t| t.trace_id).collect();
+        let spans = store.spans(&ids);
+        (spans.len(), engine_telemetry::analysis::phase_stats(spans.values().map(Vec::as_slice)))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(json(StatusCode::OK, &json!({ "Operation": op, "Traces": count, "Phases": stats })))
 }
 
 /// `GET /engine/v1/traces/{trace_id}`: the trace as one OTLP JSON document.
-pub fn trace(d: &Daemon, trace_id: &str) -> Result<Resp, ApiError> {
+pub async fn trace(d: &Daemon, trace_id: &str) -> Result<Resp, ApiError> {
     if trace_id.len() != 32 || !trace_id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return Err(ApiError::bad_request(format!("invalid trace id {trace_id:?}: want 32 lowercase hex digits")));
     }
     let ids: HashSet<String> = [trace_id.to_string()].into();
-    let reqs = d.traces.requests(&ids).remove(trace_id).unwrap_or_default();
+    let store = d.traces.clone();
+    let mut found = tokio::task::spawn_blocking(move || store.requests(&ids)).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let reqs = found.remove(trace_id).unwrap_or_default();
     if reqs.is_empty() {
         return Err(ApiError::not_found(format!("no trace {trace_id}")));
     }

@@ -55,7 +55,8 @@ pub struct TraceSummary {
     pub containers: BTreeSet<String>,
     pub container_names: BTreeSet<String>,
     pub services: BTreeSet<String>,
-    pub segments: BTreeSet<u64>,
+    /// The segments holding the trace's spans, with how many spans each holds.
+    pub segments: BTreeMap<u64, usize>,
     /// Whether any span failed.
     pub error: bool,
 }
@@ -136,7 +137,7 @@ fn summarize(into: &mut TraceSummary, s: &FlatSpan, seq: u64) {
     into.end = into.end.max(s.end_unix_nanos);
     into.spans += 1;
     into.trace_id.clone_from(&s.trace_id);
-    into.segments.insert(seq);
+    *into.segments.entry(seq).or_insert(0) += 1;
     into.services.insert(s.service.clone());
     into.error |= s.error.is_some();
     if let Some(op) = operation(&s.name) {
@@ -181,14 +182,16 @@ impl TraceStore {
                 }
                 None => {
                     let path = segment_path(dir, seq);
+                    if Some(seq) == last {
+                        // a line torn by a crash would swallow the next append: cut it off
+                        truncate_to_last_line(&path);
+                    }
                     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                     inner.segments.insert(seq, bytes);
-                    let f = std::fs::File::open(&path)?;
-                    for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
-                        if let Ok(req) = serde_json::from_str::<ExportTraceServiceRequest>(&line) {
-                            for s in flatten(&req) {
-                                summarize(inner.traces.entry(s.trace_id.clone()).or_default(), &s, seq);
-                            }
+                    // an unreadable segment costs its traces, never the daemon's start
+                    for req in read_requests(&path) {
+                        for s in flatten(&req) {
+                            summarize(inner.traces.entry(s.trace_id.clone()).or_default(), &s, seq);
                         }
                     }
                 }
@@ -258,7 +261,10 @@ impl TraceStore {
         for s in &spans {
             summarize(inner.traces.entry(s.trace_id.clone()).or_default(), s, seq);
         }
-        if bytes >= self.retention.segment_bytes {
+        // a segment is sealed by size, or once it holds a quarter of the traces to keep (so the
+        // count bound is met at segment granularity too)
+        let open_traces = inner.traces.values().filter(|t| t.segments.contains_key(&seq)).count();
+        if bytes >= self.retention.segment_bytes || open_traces > (self.retention.max_traces / 4).max(1) {
             self.seal(&mut inner, seq);
         }
         self.enforce_retention(&mut inner);
@@ -268,10 +274,18 @@ impl TraceStore {
     fn seal(&self, inner: &mut Inner, seq: u64) {
         let index = SegmentIndex {
             bytes: inner.segments.get(&seq).copied().unwrap_or(0),
-            traces: inner.traces.values().filter(|t| t.segments.contains(&seq)).cloned().map(|mut t| {
-                t.segments = [seq].into();
-                t
-            }).collect(),
+            traces: inner
+                .traces
+                .values()
+                .filter_map(|t| {
+                    let here = *t.segments.get(&seq)?;
+                    let mut t = t.clone();
+                    // the index tells only this segment's part of the trace
+                    t.segments = [(seq, here)].into();
+                    t.spans = here;
+                    Some(t)
+                })
+                .collect(),
         };
         if let Ok(b) = serde_json::to_vec(&index) {
             let tmp = index_path(&self.dir, seq).with_extension("tmp");
@@ -298,7 +312,7 @@ impl TraceStore {
             let _ = std::fs::remove_file(segment_path(&self.dir, oldest));
             let _ = std::fs::remove_file(index_path(&self.dir, oldest));
             // a trace that lost part of its spans is dropped whole
-            inner.traces.retain(|_, t| !t.segments.contains(&oldest));
+            inner.traces.retain(|_, t| !t.segments.contains_key(&oldest));
         }
     }
 
@@ -334,21 +348,22 @@ impl TraceStore {
     pub fn requests(&self, trace_ids: &HashSet<String>) -> HashMap<String, Vec<ExportTraceServiceRequest>> {
         let segments: BTreeSet<u64> = {
             let inner = self.lock();
-            trace_ids.iter().filter_map(|t| inner.traces.get(t)).flat_map(|t| t.segments.iter().copied()).collect()
+            trace_ids.iter().filter_map(|t| inner.traces.get(t)).flat_map(|t| t.segments.keys().copied()).collect()
         };
         let mut out: HashMap<String, Vec<ExportTraceServiceRequest>> = HashMap::new();
         for seq in segments {
             // a segment removed meanwhile by retention is simply gone
             let Ok(f) = std::fs::File::open(segment_path(&self.dir, seq)) else { continue };
-            for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
-                let wanted: Vec<&String> = trace_ids.iter().filter(|t| line.contains(t.as_str())).collect();
+            for line in std::io::BufReader::new(f).split(b'\n').map_while(Result::ok) {
+                let wanted: BTreeSet<&str> = trace_ids_in(&line).filter(|t| trace_ids.contains(*t)).collect();
                 if wanted.is_empty() {
                     continue;
                 }
-                let Ok(req) = serde_json::from_str::<ExportTraceServiceRequest>(&line) else { continue };
+                let Ok(req) = serde_json::from_slice::<ExportTraceServiceRequest>(&line) else { continue };
                 for t in wanted {
+                    let Ok(ctx) = engine_telemetry::TraceContext::parse(&format!("00-{t}-0000000000000001-01"), None) else { continue };
+                    let bytes = ctx.trace_id.0.to_vec();
                     let mut r = req.clone();
-                    let bytes = engine_telemetry::TraceContext::parse(&format!("00-{t}-0000000000000001-01"), None).map(|c| c.trace_id.0.to_vec()).unwrap_or_default();
                     for rs in &mut r.resource_spans {
                         for ss in &mut rs.scope_spans {
                             ss.spans.retain(|s| s.trace_id == bytes);
@@ -357,7 +372,7 @@ impl TraceStore {
                     }
                     r.resource_spans.retain(|rs| !rs.scope_spans.is_empty());
                     if !r.resource_spans.is_empty() {
-                        out.entry(t.clone()).or_default().push(r);
+                        out.entry(t.to_string()).or_default().push(r);
                     }
                 }
             }
@@ -377,6 +392,33 @@ impl TraceStore {
     }
 }
 
+/// Every request stored in a segment; lines that do not parse (torn, or not UTF-8) are skipped.
+fn read_requests(path: &Path) -> impl Iterator<Item = ExportTraceServiceRequest> {
+    let lines = std::fs::File::open(path).ok().map(|f| std::io::BufReader::new(f).split(b'\n').map_while(Result::ok));
+    lines.into_iter().flatten().filter_map(|l| serde_json::from_slice(&l).ok())
+}
+
+fn truncate_to_last_line(path: &Path) {
+    let Ok(bytes) = std::fs::read(path) else { return };
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
+    if keep < bytes.len() {
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
+            let _ = f.set_len(keep as u64);
+        }
+    }
+}
+
+/// The trace ids named in one stored line, without parsing it (`"traceId":"<32 hex>"`).
+fn trace_ids_in(line: &[u8]) -> impl Iterator<Item = &str> {
+    const KEY: &[u8] = b"\"traceId\":\"";
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let i = line[at..].windows(KEY.len()).position(|w| w == KEY)? + at + KEY.len();
+        at = i;
+        line.get(i..i + 32).and_then(|id| std::str::from_utf8(id).ok())
+    })
+}
+
 fn merge(traces: &mut HashMap<String, TraceSummary>, t: TraceSummary) {
     match traces.get_mut(&t.trace_id) {
         None => {
@@ -385,7 +427,6 @@ fn merge(traces: &mut HashMap<String, TraceSummary>, t: TraceSummary) {
         Some(have) => {
             have.start = have.start.min(t.start);
             have.end = have.end.max(t.end);
-            have.spans += t.spans;
             if have.root.is_none() || (!have.root_is_true && t.root_is_true) {
                 have.root = t.root;
                 have.root_start = t.root_start;
@@ -396,6 +437,7 @@ fn merge(traces: &mut HashMap<String, TraceSummary>, t: TraceSummary) {
             have.container_names.extend(t.container_names);
             have.services.extend(t.services);
             have.segments.extend(t.segments);
+            have.spans = have.segments.values().sum();
             have.error |= t.error;
         }
     }
@@ -467,5 +509,39 @@ mod tests {
         rec.end(h);
         rec.flush();
         assert_eq!(arc.summary("4bf92f3577b34da6a3ce929d0e0e4736").unwrap().root.as_deref(), Some("POST /containers/create"));
+    }
+
+    #[test]
+    fn a_trace_across_a_seal_and_a_torn_line_read_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention { max_traces: 1000, max_bytes: 1 << 30, segment_bytes: 2048 };
+        let store = Arc::new(TraceStore::open(dir.path(), retention, None, vec![]).unwrap());
+        // one trace handed over in many requests (one per process), across several seals
+        let ctx = TraceContext::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", None).ok();
+        for _ in 0..30 {
+            let mut rec = Recorder::with_sink("engine-shim", Sink::new(StoreSink(store.clone())), ctx.clone());
+            let h = rec.start("shim.start", None);
+            rec.set_attr(h, "container.id", "c3");
+            rec.end(h);
+        }
+        let id = "0af7651916cd43dd8448eb211c80319c";
+        let summary = store.summary(id).unwrap();
+        assert!(summary.segments.len() > 2, "the trace spans {} segments", summary.segments.len());
+        assert_eq!(summary.spans, 30);
+        drop(store);
+        // a crash tore the open segment's last line
+        let open = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).max().unwrap();
+        std::fs::OpenOptions::new().append(true).open(&open).unwrap().write_all(b"{\"resourceSpans\":[{\"res\xff").unwrap();
+        let again = Arc::new(TraceStore::open(dir.path(), retention, None, vec![]).unwrap());
+        assert_eq!(again.summary(id).map(|s| s.spans), Some(30), "no span counted twice, none lost");
+        assert_eq!(again.spans(&[id.to_string()].into())[id].len(), 30);
+        // the next append starts on a line of its own
+        let mut rec = Recorder::with_sink("engine-shim", Sink::new(StoreSink(again.clone())), ctx);
+        let h = rec.start("shim.delete", None);
+        rec.end(h);
+        drop(rec);
+        drop(again);
+        let third = TraceStore::open(dir.path(), retention, None, vec![]).unwrap();
+        assert_eq!(third.summary(id).map(|s| s.spans), Some(31));
     }
 }

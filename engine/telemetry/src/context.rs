@@ -40,22 +40,41 @@ impl fmt::Display for SpanId {
     }
 }
 
-/// Fills `buf` from the kernel's random pool; never all zeroes (ids must not be invalid).
+/// Fills `buf` from the kernel's random pool; never all zeroes (ids must not be invalid). Where
+/// getrandom is refused (a seccomp profile inside a container), ids come from the clock, the pid
+/// and a counter instead: they need to be unique, not secret, and recording must never hang.
 fn fill_random(buf: &mut [u8]) {
     loop {
         let mut filled = 0;
         while filled < buf.len() {
             // SAFETY: the pointer and length describe the unfilled tail of `buf`.
-            let n = unsafe {
-                libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0)
-            };
+            let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
             if n > 0 {
                 filled += n as usize;
+            } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                fill_fallback(&mut buf[filled..]);
+                filled = buf.len();
             }
         }
         if buf.iter().any(|&b| b != 0) {
             return;
         }
+    }
+}
+
+fn fill_fallback(buf: &mut [u8]) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let mut x = nanos ^ (u64::from(std::process::id()) << 32) ^ COUNTER.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    for chunk in buf.chunks_mut(8) {
+        // splitmix64
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
     }
 }
 

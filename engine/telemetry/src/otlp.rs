@@ -221,7 +221,21 @@ fn client(cfg: &ExportConfig) -> Result<Client, ConfigError> {
     }
 }
 
-async fn send(client: &mut Client, cfg: &ExportConfig, req: &ExportTraceServiceRequest) -> Result<(), String> {
+/// A failed send: `retry` when the endpoint may take it later (unreachable, overloaded, timed
+/// out), not when it refused the request itself.
+struct SendError {
+    message: String,
+    retry: bool,
+}
+
+impl From<String> for SendError {
+    fn from(message: String) -> Self {
+        // transport errors (connection refused, reset) are worth retrying
+        SendError { message, retry: true }
+    }
+}
+
+async fn send(client: &mut Client, cfg: &ExportConfig, req: &ExportTraceServiceRequest) -> Result<(), SendError> {
     match client {
         Client::Grpc(c) => {
             let mut r = tonic::Request::new(req.clone());
@@ -231,13 +245,16 @@ async fn send(client: &mut Client, cfg: &ExportConfig, req: &ExportTraceServiceR
                     r.metadata_mut().insert(k, v);
                 }
             }
-            c.export(r).await.map(|_| ()).map_err(|s| format!("{}: {}", s.code(), s.message()))
+            c.export(r).await.map(|_| ()).map_err(|s| SendError {
+                message: format!("{}: {}", s.code(), s.message()),
+                retry: matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted | tonic::Code::Unknown),
+            })
         }
         Client::Http { authority, path, json } => {
-            let body = if *json { serde_json::to_vec(req).map_err(|e| e.to_string())? } else { req.encode_to_vec() };
+            let body = if *json { serde_json::to_vec(req).map_err(|e| SendError { message: e.to_string(), retry: false })? } else { req.encode_to_vec() };
             let fut = async {
-                let tcp = tokio::net::TcpStream::connect(authority.as_str()).await.map_err(|e| e.to_string())?;
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.map_err(|e| e.to_string())?;
+                let tcp = tokio::net::TcpStream::connect(authority.as_str()).await.map_err(|e| SendError::from(e.to_string()))?;
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.map_err(|e| SendError::from(e.to_string()))?;
                 tokio::spawn(conn);
                 let mut b = hyper::Request::post(path.as_str())
                     .header(hyper::header::HOST, authority.as_str())
@@ -245,17 +262,18 @@ async fn send(client: &mut Client, cfg: &ExportConfig, req: &ExportTraceServiceR
                 for (k, v) in &cfg.headers {
                     b = b.header(k.as_str(), v.as_str());
                 }
-                let request = b.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
-                let resp = sender.send_request(request).await.map_err(|e| e.to_string())?;
+                let request = b.body(Full::new(Bytes::from(body))).map_err(|e| SendError { message: e.to_string(), retry: false })?;
+                let resp = sender.send_request(request).await.map_err(|e| SendError::from(e.to_string()))?;
                 let status = resp.status();
                 let _ = resp.into_body().collect().await;
                 if status.is_success() {
                     Ok(())
                 } else {
-                    Err(format!("HTTP {status}"))
+                    // as the OTLP/HTTP spec says: 429, 502, 503 and 504 may be retried
+                    Err(SendError { message: format!("HTTP {status}"), retry: matches!(status.as_u16(), 429 | 502 | 503 | 504) })
                 }
             };
-            tokio::time::timeout(cfg.timeout, fut).await.map_err(|_| "timed out".to_string())?
+            tokio::time::timeout(cfg.timeout, fut).await.map_err(|_| SendError::from("timed out".to_string()))?
         }
     }
 }
@@ -263,11 +281,12 @@ async fn send(client: &mut Client, cfg: &ExportConfig, req: &ExportTraceServiceR
 /// Sends one request now and waits for the answer (for a command-line tool that exits after).
 pub async fn send_once(cfg: &ExportConfig, req: &ExportTraceServiceRequest) -> Result<(), String> {
     let mut c = client(cfg).map_err(|e| e.to_string())?;
-    send(&mut c, cfg, req).await
+    send(&mut c, cfg, req).await.map_err(|e| e.message)
 }
 
-/// Most requests batched into one send.
+/// Most requests batched into one send, and the most bytes (receivers take 4 MiB by default).
 const BATCH: usize = 256;
+const BATCH_BYTES: usize = 2 << 20;
 
 async fn run(cfg: ExportConfig, mut rx: mpsc::Receiver<ExportTraceServiceRequest>, stats: Arc<ExportStats>) {
     let mut client = match client(&cfg) {
@@ -280,15 +299,36 @@ async fn run(cfg: ExportConfig, mut rx: mpsc::Receiver<ExportTraceServiceRequest
             return;
         }
     };
-    while let Some(first) = rx.recv().await {
+    let mut carried: Option<ExportTraceServiceRequest> = None;
+    loop {
+        let first = match carried.take() {
+            Some(r) => r,
+            None => match rx.recv().await {
+                Some(r) => r,
+                None => return,
+            },
+        };
         // send as soon as there is something; batch only what queued up meanwhile
         let mut batch = first;
+        let mut bytes = batch.encoded_len();
+        let mut next = None;
         for _ in 1..BATCH {
+            if bytes >= BATCH_BYTES {
+                break;
+            }
             match rx.try_recv() {
-                Ok(more) => batch.resource_spans.extend(more.resource_spans),
+                Ok(more) if bytes + more.encoded_len() > BATCH_BYTES => {
+                    next = Some(more);
+                    break;
+                }
+                Ok(more) => {
+                    bytes += more.encoded_len();
+                    batch.resource_spans.extend(more.resource_spans);
+                }
                 Err(_) => break,
             }
         }
+        carried = next;
         let n = span_count(&batch);
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
         let mut backoff = Duration::from_millis(50);
@@ -298,12 +338,12 @@ async fn run(cfg: ExportConfig, mut rx: mpsc::Receiver<ExportTraceServiceRequest
                     stats.exported.fetch_add(n, Ordering::Relaxed);
                     break;
                 }
-                Err(_) if tokio::time::Instant::now() + backoff < deadline => {
+                Err(e) if e.retry && tokio::time::Instant::now() + backoff < deadline => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => {
-                    eprintln!("otlp export to {}: {e}; {n} spans dropped", cfg.endpoint);
+                    eprintln!("otlp export to {}: {}; {n} spans dropped", cfg.endpoint, e.message);
                     stats.failed.fetch_add(n, Ordering::Relaxed);
                     break;
                 }

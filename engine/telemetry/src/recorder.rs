@@ -145,6 +145,20 @@ impl Recorder {
         Recorder { service, active: Some(Active { sink, trace_id, remote_parent, flags, state, spans: Vec::new() }), unsampled: None }
     }
 
+    /// A recorder for a process that must record exactly when its parent does (engine-init on
+    /// the runtime's hand-over): the parent's sampled flag decides, never this process's
+    /// environment (which is the container's).
+    pub fn following(service: &'static str, sink: Sink, parent: TraceContext) -> Self {
+        if !parent.sampled() {
+            return Recorder { service, active: None, unsampled: Some(parent) };
+        }
+        Recorder {
+            service,
+            active: Some(Active { sink, trace_id: parent.trace_id, remote_parent: Some(parent.span_id), flags: parent.flags, state: parent.state, spans: Vec::new() }),
+            unsampled: None,
+        }
+    }
+
     /// A recorder for one request of a long-lived process (a shim, a daemon): its spans go to
     /// `sink` under the request's `traceparent`, or start a new trace without one.
     pub fn for_request(service: &'static str, sink: Option<&Sink>, traceparent: Option<&str>) -> Self {

@@ -34,9 +34,9 @@ pub fn handoff(args: &[OsString]) -> i32 {
     };
     let parent = engine_telemetry::TraceContext::parse(&traceparent.to_string_lossy(), None).ok();
     let sink = engine_telemetry::sink::open_file_sink(&format!("fd:{}", fd.to_string_lossy())).map(engine_telemetry::Sink::file);
-    let mut rec = match sink {
-        Some(sink) => engine_telemetry::Recorder::with_sink("engine-init", sink, parent),
-        None => engine_telemetry::Recorder::disabled("engine-init"),
+    let mut rec = match (sink, parent) {
+        (Some(sink), Some(parent)) => engine_telemetry::Recorder::following("engine-init", sink, parent),
+        _ => engine_telemetry::Recorder::disabled("engine-init"),
     };
     let started = start.to_str().and_then(|s| s.parse().ok()).unwrap_or_else(engine_telemetry::recorder::now_unix_nanos);
     let span = rec.start_at("init.exec", None, started);
