@@ -249,7 +249,7 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
     drop(child_sock);
     drop(console);
     drop(seccomp_listener);
-    rec.set_attr(h, "process.pid", pid);
+    rec.set_attr(h, "container.process.pid", pid);
 
     let attach = rec.start("runtime.cgroup.attach", Some(h));
     rec.finish(attach, cgroup.add_pid(pid, cgroup_fd.is_some()))?;
@@ -332,6 +332,9 @@ pub fn start(dir: &StateDir, id: &str, rec: &mut Recorder) -> Result<()> {
     let h = rec.start("runtime.start", None);
     rec.set_attr(h, "container.id", id);
     rec.set_attr(h, "process.pid", std::process::id());
+    if let Ok(st) = dir.load(id) {
+        rec.set_attr(h, "container.process.pid", st.pid);
+    }
     let traceparent = rec.context(h).filter(|c| c.sampled()).map(|c| c.traceparent());
     let r = start_inner(dir, id, traceparent.as_deref());
     rec.finish(h, r)

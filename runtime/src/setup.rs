@@ -74,8 +74,8 @@ struct Ready {
 /// Runs the setup in the cloned child and never returns.
 pub(crate) fn run(args: SetupArgs<'_>, sync: SyncSocket, rec: &mut Recorder, parent_span: SpanHandle) -> ! {
     rec.forked(parent_span);
+    // its process.pid (the host's, as on every span) is set once `create` has told it
     let span = rec.start("runtime.init", None);
-    rec.set_attr(span, "process.pid", std::process::id() as i64);
     match setup(&args, &sync, rec, span) {
         Ok(Ready { exec, fifo, init }) => {
             rec.end(span);
@@ -104,7 +104,7 @@ pub(crate) fn run(args: SetupArgs<'_>, sync: SyncSocket, rec: &mut Recorder, par
                 }
             }
             if let Some(init) = init {
-                exec_init(&init, &exec, rec);
+                exec_init(&init, &exec, rec, args.host_pid.get());
             }
             let err = process::exec(&exec);
             eprintln!("engine-runtime: exec {:?}: {err}", exec.path);
@@ -154,7 +154,7 @@ fn open_read_only_mount(path: &std::path::Path) -> Option<OwnedFd> {
 /// Execs engine-init with the `traceparent` `start` left and the program to run, passing it the
 /// span sink. Returns when that is not possible (no context, exec refused), and the caller execs
 /// the program itself: the hand-over is telemetry and never keeps a container from starting.
-fn exec_init(init: &HandoffFds, exec: &process::Exec, rec: &Recorder) {
+fn exec_init(init: &HandoffFds, exec: &process::Exec, rec: &Recorder, host_pid: i32) {
     let mut buf = [0u8; 256];
     let n = nix::sys::uio::pread(&init.trace_file, &mut buf, 0).unwrap_or(0);
     let tp = String::from_utf8_lossy(&buf[..n]).trim().to_string();
@@ -162,7 +162,8 @@ fn exec_init(init: &HandoffFds, exec: &process::Exec, rec: &Recorder) {
     let Ok(tp) = std::ffi::CString::new(tp) else { return };
     let Ok(fd) = std::ffi::CString::new(sink.to_string()) else { return };
     let Ok(start) = std::ffi::CString::new(engine_telemetry::recorder::now_unix_nanos().to_string()) else { return };
-    let mut argv = vec![c"engine-init".to_owned(), std::ffi::CString::from(c"--handoff"), tp, fd, start, exec.path.clone()];
+    let Ok(pid) = std::ffi::CString::new(host_pid.to_string()) else { return };
+    let mut argv = vec![c"engine-init".to_owned(), std::ffi::CString::from(c"--handoff"), tp, fd, start, pid, exec.path.clone()];
     argv.extend(exec.argv.iter().cloned());
     // SAFETY: F_SETFD on our own sink descriptor: engine-init inherits it (and closes it on exec).
     unsafe { libc::fcntl(sink, libc::F_SETFD, 0) };
@@ -198,6 +199,7 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
         Err(e) => return Err(format!("waiting for create: {e}")),
     };
     a.host_pid.set(host_pid);
+    rec.set_attr(span, "process.pid", host_pid);
     if a.user_ns {
         // become root of the new user namespace
         // SAFETY: integer arguments only.

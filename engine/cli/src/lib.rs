@@ -216,6 +216,13 @@ async fn info(c: &client::Client) -> Result<i32> {
     println!(" Total Memory: {}", format::size(i["MemTotal"].as_u64().unwrap_or(0)));
     println!(" Engine Root Dir: {}", t("{{.DockerRootDir}}"));
     println!(" Lifecycled Restarts: {}", t("{{.Engine.LifecycledRestarts}}"));
+    let p = &i["Engine"]["Probes"];
+    if p["Running"].as_bool() == Some(true) {
+        println!(" eBPF Probes: running ({} events seen, {} sent, {} dropped)", p["EventsSeen"], p["EventsSent"], p["EventsDropped"]);
+    } else if p.is_object() {
+        println!(" eBPF Probes: off ({})", p["Reason"].as_str().unwrap_or("unknown"));
+    }
+    println!(" Traces: {} ({})", t("{{.Engine.Traces.Count}}"), format::size(i["Engine"]["Traces"]["Bytes"].as_u64().unwrap_or(0)));
     Ok(0)
 }
 

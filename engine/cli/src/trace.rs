@@ -50,6 +50,9 @@ pub struct TraceArgs {
     /// Print each span's attributes.
     #[arg(long, short = 'a')]
     pub attributes: bool,
+    /// Leave out the kernel's rows (the eBPF probes' spans and events).
+    #[arg(long)]
+    pub no_kernel: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -131,7 +134,7 @@ pub async fn run(c: &Client, args: TraceArgs) -> Result<i32> {
         if args.json {
             println!("{}", serde_json::to_string(doc)?);
         } else {
-            print!("{}", waterfall::render(&flatten(doc), &waterfall::Options { attributes: args.attributes, ..Default::default() }));
+            print!("{}", waterfall::render(&flatten(doc), &waterfall::Options { attributes: args.attributes, kernel: !args.no_kernel, ..Default::default() }));
         }
     }
     Ok(0)
@@ -219,7 +222,7 @@ pub fn from_file(args: TraceArgs) -> Result<i32> {
     if trace.is_empty() {
         bail!("no trace {trace_id} in {}", path.display());
     }
-    print!("{}", waterfall::render(&trace, &waterfall::Options { attributes: args.attributes, ..Default::default() }));
+    print!("{}", waterfall::render(&trace, &waterfall::Options { attributes: args.attributes, kernel: !args.no_kernel, ..Default::default() }));
     if skipped > 0 {
         eprintln!("engine: skipped {skipped} unreadable line(s) in {}", path.display());
     }

@@ -204,6 +204,7 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
         // engine extensions
         (&M::GET, ["engine", "v1", "containers", id, "traces"]) => crate::traces::container_traces(d, id),
         (&M::GET, ["engine", "v1", "traces"]) => crate::traces::recent(d, &q),
+        (&M::GET, ["engine", "v1", "probes"]) => crate::traces::probes(d),
         (&M::GET, ["engine", "v1", "traces", "stats"]) => crate::traces::stats(d, &q).await,
         (&M::GET, ["engine", "v1", "traces", id]) => crate::traces::trace(d, id).await,
         (&M::POST, ["v1", "traces"]) => {
@@ -381,7 +382,7 @@ fn info(d: &Daemon) -> Value {
         "InitBinary": "engine-init",
         "SecurityOptions": ["name=seccomp,profile=builtin"],
         "Warnings": [],
-        "Engine": { "LifecycledRestarts": d.supervisor.restarts.load(std::sync::atomic::Ordering::Relaxed), "LifecycledPid": *d.supervisor.pid.borrow() }
+        "Engine": { "LifecycledRestarts": d.supervisor.restarts.load(std::sync::atomic::Ordering::Relaxed), "LifecycledPid": *d.supervisor.pid.borrow(), "Probes": crate::traces::probe_status(d), "Traces": { "Bytes": d.traces.usage().0, "Count": d.traces.usage().1 } }
     })
 }
 

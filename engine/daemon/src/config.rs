@@ -49,6 +49,9 @@ pub struct Config {
     /// Keep at most this many MiB of traces under the data-root.
     #[arg(long, default_value_t = 256)]
     pub trace_max_mb: u64,
+    /// Do not load the eBPF probes (traces then have no kernel rows).
+    #[arg(long)]
+    pub no_probes: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -64,6 +67,7 @@ struct FileConfig {
     otlp_protocol: Option<String>,
     trace_max_traces: Option<usize>,
     trace_max_mb: Option<u64>,
+    no_probes: Option<bool>,
 }
 
 impl Config {
@@ -101,6 +105,7 @@ impl Config {
             if let Some(v) = f.trace_max_mb.filter(|_| self.trace_max_mb == defaults.trace_max_mb) {
                 self.trace_max_mb = v;
             }
+            self.no_probes |= f.no_probes.unwrap_or(false);
             if let Some(h) = f.hosts.and_then(|h| h.into_iter().next()).filter(|_| self.host == defaults.host) {
                 self.host = h;
             }

@@ -92,6 +92,7 @@ pub struct Daemon {
     /// engined's own spans go here: into `traces`.
     pub sink: Option<engine_telemetry::Sink>,
     pub traces: Arc<crate::tracestore::TraceStore>,
+    pub probes: crate::kernel::ProbeState,
     pub shutting_down: AtomicBool,
     pub execs: crate::exec::Execs,
     /// Container events for `GET /events`, and the recent ones for `since`.
@@ -145,7 +146,8 @@ const ADJECTIVES: &[&str] = &["brave", "calm", "eager", "fancy", "gentle", "happ
 const NOUNS: &[&str] = &["turing", "hopper", "lovelace", "ritchie", "thompson", "torvalds", "knuth", "dijkstra", "hamilton", "liskov", "kay", "backus", "perlman", "wirth", "lamport", "allen"];
 
 impl Daemon {
-    pub async fn open(cfg: Arc<Config>, supervisor: Supervisor, traces: Arc<crate::tracestore::TraceStore>) -> anyhow::Result<Arc<Self>> {
+    pub async fn open(cfg: Arc<Config>, supervisor: Supervisor, traces: (Arc<crate::tracestore::TraceStore>, engine_telemetry::Sink), probes: crate::kernel::ProbeState) -> anyhow::Result<Arc<Self>> {
+        let (traces, sink) = traces;
         let images = ImageStore::open(cfg.data_root.join("image"))?;
         let d = Arc::new(Daemon {
             channel: engine_api::unix_channel(cfg.lifecycled_socket()),
@@ -153,8 +155,9 @@ impl Daemon {
             containers: Mutex::new(BTreeMap::new()),
             creating: Mutex::new(Vec::new()),
             supervisor,
-            sink: Some(engine_telemetry::Sink::new(crate::tracestore::StoreSink(traces.clone()))),
+            sink: Some(sink),
             traces,
+            probes,
             shutting_down: AtomicBool::new(false),
             execs: Default::default(),
             events: tokio::sync::broadcast::channel(256).0,

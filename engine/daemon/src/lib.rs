@@ -14,6 +14,7 @@ pub mod exec;
 pub mod hostconfig;
 pub mod http;
 pub mod images;
+pub mod kernel;
 pub mod supervisor;
 pub mod traces;
 pub mod trace;
@@ -48,9 +49,18 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     if let Some(p) = &cfg.pidfile {
         std::fs::write(p, std::process::id().to_string()).with_context(|| format!("writing {}", p.display()))?;
     }
-    let traces = traces::start(&cfg).context("starting the trace store")?;
+    // the probes first: they follow lifecycled from its start
+    let probes = kernel::start(&cfg);
+    let running = match &probes {
+        kernel::ProbeState::Running(p) => Some(p.clone()),
+        kernel::ProbeState::Disabled(_) => None,
+    };
+    let traces = traces::start(&cfg, running.clone()).context("starting the trace store")?;
     let supervisor = supervisor::start(cfg.clone()).await.context("starting engine-lifecycled")?;
-    let daemon = daemon::Daemon::open(cfg.clone(), supervisor, traces).await.context("opening the daemon state")?;
+    if let Some(p) = running {
+        kernel::follow_engine_processes(&cfg, p, supervisor.pid.clone());
+    }
+    let daemon = daemon::Daemon::open(cfg.clone(), supervisor, traces, probes).await.context("opening the daemon state")?;
 
     let _ = std::fs::remove_file(&sock);
     let listener = engine_api::bind_unix(&sock).with_context(|| format!("listening on {}", sock.display()))?;

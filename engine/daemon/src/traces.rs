@@ -21,7 +21,7 @@ use serde_json::json;
 use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::http::{self, json, ApiError, Query, Resp};
-use crate::tracestore::{Retention, StoreSink, TraceStore, TraceSummary};
+use crate::tracestore::{Retention, TraceStore, TraceSummary};
 
 /// Engined's OTLP receiver socket.
 pub fn receiver_socket(cfg: &Config) -> PathBuf {
@@ -44,9 +44,25 @@ fn export_config(cfg: &Config) -> anyhow::Result<Option<ExportConfig>> {
     }
 }
 
-/// Opens the trace store (with the export, when one is configured) and starts the OTLP receiver.
-/// Must run inside the tokio runtime.
-pub fn start(cfg: &Config) -> anyhow::Result<Arc<TraceStore>> {
+/// Where every span engined gets goes: the probes' kernel events of its process are placed in it
+/// first (when the probes run), then it is stored (and forwarded).
+pub struct SpanIntake {
+    pub store: Arc<TraceStore>,
+    pub probes: Option<Arc<engine_probes::Probes>>,
+}
+
+impl engine_telemetry::SpanExporter for SpanIntake {
+    fn export(&self, mut request: ExportTraceServiceRequest) {
+        if let Some(p) = &self.probes {
+            crate::kernel::annotate(&mut request, p);
+        }
+        self.store.ingest(request);
+    }
+}
+
+/// Opens the trace store (with the export, when one is configured) and starts the OTLP receiver;
+/// returns the store and the sink every span goes to. Must run inside the tokio runtime.
+pub fn start(cfg: &Config, probes: Option<Arc<engine_probes::Probes>>) -> anyhow::Result<(Arc<TraceStore>, Sink)> {
     if let Some(e) = engine_telemetry::sampling::env_sampler_error() {
         crate::log!(cfg, "warn", "{e}; sampling every trace");
     }
@@ -68,11 +84,12 @@ pub fn start(cfg: &Config) -> anyhow::Result<Arc<TraceStore>> {
     let sock = receiver_socket(cfg);
     let _ = std::fs::remove_file(&sock);
     let listener = engine_api::bind_unix(&sock).map_err(|e| anyhow::anyhow!("listening on {}: {e}", sock.display()))?;
-    let service = Receiver::service(Sink::new(StoreSink(store.clone())));
+    let intake = Sink::new(SpanIntake { store: store.clone(), probes });
+    let service = Receiver::service(intake.clone());
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)).await;
     });
-    Ok(store)
+    Ok((store, intake))
 }
 
 /// `POST /v1/traces`: OTLP/HTTP, protobuf or JSON, into the store.
@@ -84,7 +101,9 @@ pub async fn receive(d: &Daemon, content_type: Option<&str>, body: Incoming) -> 
     } else {
         ExportTraceServiceRequest::decode(bytes).map_err(|e| ApiError::bad_request(format!("invalid OTLP protobuf: {e}")))?
     };
-    d.traces.ingest(req);
+    if let Some(sink) = &d.sink {
+        sink.export(req);
+    }
     let mut r = Resp::new(http::full(if json_body { "{}" } else { "" }));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(if json_body { "application/json" } else { "application/x-protobuf" }));
     Ok(r)
@@ -162,4 +181,19 @@ pub async fn trace(d: &Daemon, trace_id: &str) -> Result<Resp, ApiError> {
     }
     let doc = ExportTraceServiceRequest { resource_spans: reqs.into_iter().flat_map(|r| r.resource_spans).collect() };
     Ok(json(StatusCode::OK, &doc))
+}
+
+/// `GET /engine/v1/probes`: whether the eBPF probes run (or why not) and their counters.
+pub fn probes(d: &Daemon) -> Result<Resp, ApiError> {
+    Ok(json(StatusCode::OK, &probe_status(d)))
+}
+
+pub fn probe_status(d: &Daemon) -> serde_json::Value {
+    match &d.probes {
+        crate::kernel::ProbeState::Running(p) => {
+            let c = p.counters();
+            json!({ "Running": true, "Reason": "", "EventsSeen": c.seen, "EventsSent": c.sent, "EventsDropped": c.dropped })
+        }
+        crate::kernel::ProbeState::Disabled(why) => json!({ "Running": false, "Reason": why, "EventsSeen": 0, "EventsSent": 0, "EventsDropped": 0 }),
+    }
 }

@@ -14,10 +14,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+#[cfg(test)]
+use std::sync::Arc;
 
 use engine_telemetry::handoff::flatten;
-use engine_telemetry::{FlatSpan, Sink, SpanExporter};
+use engine_telemetry::{FlatSpan, Sink};
+#[cfg(test)]
+use engine_telemetry::SpanExporter;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use serde::{Deserialize, Serialize};
@@ -443,9 +447,11 @@ fn merge(traces: &mut HashMap<String, TraceSummary>, t: TraceSummary) {
     }
 }
 
-/// The store as a span sink (engined's own spans, and its receivers').
+/// The store as a span sink, for tests (engined's sink also places kernel events).
+#[cfg(test)]
 pub struct StoreSink(pub Arc<TraceStore>);
 
+#[cfg(test)]
 impl SpanExporter for StoreSink {
     fn export(&self, request: ExportTraceServiceRequest) {
         self.0.ingest(request);

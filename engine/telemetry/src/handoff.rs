@@ -22,6 +22,8 @@ pub struct FlatSpan {
     pub attributes: Vec<(String, String)>,
     /// The status message when the span failed.
     pub error: Option<String>,
+    /// Point events in the span (the probes' kernel events): time, name, attributes.
+    pub events: Vec<(u64, String, Vec<(String, String)>)>,
 }
 
 impl FlatSpan {
@@ -43,6 +45,7 @@ impl FlatSpan {
             end_unix_nanos: end,
             attributes: vec![],
             error: None,
+            events: vec![],
         }
     }
 
@@ -94,6 +97,7 @@ pub fn flatten(request: &ExportTraceServiceRequest) -> Vec<FlatSpan> {
                     end_unix_nanos: s.end_time_unix_nano,
                     attributes: attrs(&s.attributes),
                     error,
+                    events: s.events.iter().map(|e| (e.time_unix_nano, e.name.clone(), attrs(&e.attributes))).collect(),
                 });
             }
         }

@@ -13,12 +13,24 @@ pub struct Options {
     pub bar_width: usize,
     /// Print each span's attributes under it.
     pub attributes: bool,
+    /// Show the kernel's rows: `kernel.*` spans and the span events the probes added.
+    pub kernel: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { bar_width: 40, attributes: false }
+        Options { bar_width: 40, attributes: false, kernel: true }
     }
+}
+
+/// The one attribute that says most about a kernel row.
+fn kernel_detail(attrs: &[(String, String)]) -> String {
+    for key in ["linux.namespaces", "mount.target", "pivot_root.new_root", "process.executable.path", "linux.cgroup.path", "process.child.pid"] {
+        if let Some((_, v)) = attrs.iter().find(|(k, _)| k == key).filter(|(_, v)| !v.is_empty()) {
+            return format!(" {v}");
+        }
+    }
+    String::new()
 }
 
 fn ms(nanos: u64) -> String {
@@ -27,6 +39,16 @@ fn ms(nanos: u64) -> String {
 
 /// Renders the spans of one trace as a tree. Spans whose parent is not among `spans` are roots.
 pub fn render(spans: &[FlatSpan], opts: &Options) -> String {
+    let kept: Vec<FlatSpan>;
+    let spans = if opts.kernel {
+        spans
+    } else {
+        kept = spans.iter().filter(|s| !s.name.starts_with("kernel.")).cloned().map(|mut s| {
+            s.events.clear();
+            s
+        }).collect();
+        &kept
+    };
     let mut out = String::new();
     if spans.is_empty() {
         return out;
@@ -45,14 +67,14 @@ pub fn render(spans: &[FlatSpan], opts: &Options) -> String {
     let total = (t1 - t0) as f64;
     let critical = crate::analysis::critical_path(spans);
 
-    // rows: (label, span index)
-    let mut rows: Vec<(String, usize)> = Vec::new();
+    // rows: (label, span index, event index within the span for a point event)
+    let mut rows: Vec<(String, usize, Option<usize>)> = Vec::new();
     fn walk(
         node: Option<usize>,
         prefix: &str,
         children: &HashMap<Option<usize>, Vec<usize>>,
         spans: &[FlatSpan],
-        rows: &mut Vec<(String, usize)>,
+        rows: &mut Vec<(String, usize, Option<usize>)>,
     ) {
         let Some(kids) = children.get(&node) else { return };
         for (n, &k) in kids.iter().enumerate() {
@@ -62,13 +84,17 @@ pub fn render(spans: &[FlatSpan], opts: &Options) -> String {
                 Some(_) if last => ("└─ ", "   "),
                 Some(_) => ("├─ ", "│  "),
             };
-            rows.push((format!("{prefix}{branch}{}", spans[k].name), k));
+            let detail = if spans[k].name.starts_with("kernel.") { kernel_detail(&spans[k].attributes) } else { String::new() };
+            rows.push((format!("{prefix}{branch}{}{detail}", spans[k].name), k, None));
+            for (n, (_, name, attrs)) in spans[k].events.iter().enumerate() {
+                rows.push((format!("{prefix}{cont}· {name}{}", kernel_detail(attrs)), k, Some(n)));
+            }
             walk(Some(k), &format!("{prefix}{cont}"), children, spans, rows);
         }
     }
     walk(None, "", &children, spans, &mut rows);
 
-    let label_width = rows.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(0).max(4);
+    let label_width = rows.iter().map(|(l, ..)| l.chars().count()).max().unwrap_or(0).max(4);
     let service_width = spans.iter().map(|s| s.service.len()).max().unwrap_or(0).max(7);
     let _ = writeln!(
         out,
@@ -82,8 +108,16 @@ pub fn render(spans: &[FlatSpan], opts: &Options) -> String {
         "{:label_width$}  {:service_width$}  {:>10}  {:>10}  timeline",
         "span", "service", "start ms", "dur ms"
     );
-    for (label, i) in &rows {
+    for (label, i, event) in &rows {
         let s = &spans[*i];
+        if let Some(n) = event {
+            let at = s.events[*n].0.saturating_sub(t0);
+            let col = (((at as f64 / total) * opts.bar_width as f64).floor() as usize).min(opts.bar_width.saturating_sub(1));
+            let bar: String = " ".repeat(col) + "◆" + &" ".repeat(opts.bar_width - col - 1);
+            let pad = label_width - label.chars().count();
+            let _ = writeln!(out, "{label}{:pad$}  {:service_width$}  {:>10}  {:>10}  |{bar}|", "", "kernel", ms(at), "");
+            continue;
+        }
         let start = s.start_unix_nanos.saturating_sub(t0);
         let from = ((start as f64 / total) * opts.bar_width as f64).floor() as usize;
         let len = ((s.duration_nanos() as f64 / total) * opts.bar_width as f64).ceil().max(1.0) as usize;

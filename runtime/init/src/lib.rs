@@ -20,16 +20,16 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{execvp, fork, getpid, setpgid, ForkResult, Pid};
 
 /// First argument of the runtime's hand-over:
-/// `engine-init --handoff TRACEPARENT SINK_FD START_UNIX_NANOS PATH ARGV...`.
+/// `engine-init --handoff TRACEPARENT SINK_FD START_UNIX_NANOS HOST_PID PATH ARGV...`.
 pub const HANDOFF_FLAG: &str = "--handoff";
 
 /// The runtime's hand-over: records `init.exec` (from `START_UNIX_NANOS`, when the runtime
 /// handed over, so engine-init's own exec is in it) under `TRACEPARENT` into the inherited
-/// `SINK_FD`, and execs `PATH` with `ARGV` and this process's environment (the user's). Returns
+/// `SINK_FD` (with `HOST_PID`, this process as the host sees it, as its `process.pid`), and execs `PATH` with `ARGV` and this process's environment (the user's). Returns
 /// only when the exec failed, with the exit code to end with (127 not found, 126 otherwise).
 pub fn handoff(args: &[OsString]) -> i32 {
-    let [traceparent, fd, start, path, argv @ ..] = args else {
-        eprintln!("engine-init: {HANDOFF_FLAG} needs TRACEPARENT SINK_FD START_UNIX_NANOS PATH ARGV...");
+    let [traceparent, fd, start, host_pid, path, argv @ ..] = args else {
+        eprintln!("engine-init: {HANDOFF_FLAG} needs TRACEPARENT SINK_FD START_UNIX_NANOS HOST_PID PATH ARGV...");
         return 126;
     };
     let parent = engine_telemetry::TraceContext::parse(&traceparent.to_string_lossy(), None).ok();
@@ -40,7 +40,8 @@ pub fn handoff(args: &[OsString]) -> i32 {
     };
     let started = start.to_str().and_then(|s| s.parse().ok()).unwrap_or_else(engine_telemetry::recorder::now_unix_nanos);
     let span = rec.start_at("init.exec", None, started);
-    rec.set_attr(span, "process.pid", getpid().as_raw());
+    let pid = host_pid.to_str().and_then(|p| p.parse::<i64>().ok()).unwrap_or_else(|| getpid().as_raw().into());
+    rec.set_attr(span, "process.pid", pid);
     rec.set_attr(span, "process.executable.path", path.to_string_lossy().into_owned());
     let to_c = |s: &OsString| CString::new(s.clone().into_vec()).ok();
     let (Some(cpath), Some(cargv)) = (to_c(path), argv.iter().map(to_c).collect::<Option<Vec<_>>>()) else {

@@ -1,7 +1,8 @@
 //! One container start is one trace: spans from all six processes (engine, engined,
 //! engine-lifecycled, engine-shim, engine-runtime, engine-init) in engined's store, read back
-//! through `engine trace`, kept across an engined restart, and exported to a real OTLP gRPC
-//! receiver (the service generated from the official opentelemetry-proto definitions).
+//! through `engine trace`, kept across an engined restart, exported to a real OTLP gRPC receiver
+//! (the service generated from the official opentelemetry-proto definitions), with the eBPF
+//! probes' kernel rows inside it (and without them when the probes are off).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -45,7 +46,7 @@ fn ancestors<'a>(spans: &'a [FlatSpan], s: &'a FlatSpan) -> Vec<&'a FlatSpan> {
     out
 }
 
-fn check_trace(spans: &[FlatSpan]) {
+fn check_trace(spans: &[FlatSpan], container: &str) {
     let ids: HashSet<&str> = spans.iter().map(|s| s.trace_id.as_str()).collect();
     assert_eq!(ids.len(), 1, "one trace id: {ids:?}");
     let roots: Vec<&str> = spans.iter().filter(|s| s.parent_span_id.is_empty()).map(|s| s.name.as_str()).collect();
@@ -82,7 +83,7 @@ fn check_trace(spans: &[FlatSpan]) {
     assert_eq!(start.attr("http.route"), Some("/containers/{id}/start"));
     assert_eq!(start.attr("http.response.status_code"), Some("204"));
     let daemon = spans.iter().find(|s| s.name == "daemon.start").unwrap();
-    assert_eq!(daemon.attr("container.name"), Some("traced"));
+    assert_eq!(daemon.attr("container.name"), Some(container));
     assert_eq!(daemon.attr("container.image.name"), Some("busybox"));
     assert_eq!(daemon.attr("container.id").map(str::len), Some(64));
     let rpc = spans.iter().find(|s| s.name == "lifecycle.Tasks/Start").unwrap();
@@ -106,7 +107,7 @@ fn one_start_is_one_trace_from_the_cli_to_init() {
     assert!(untraced.status.success(), "{}", stderr(&untraced));
     e.ok(&["run", "--name", "traced", "busybox", "true"]);
     let spans = whole_trace(&e, "traced", "start");
-    check_trace(&spans);
+    check_trace(&spans, "traced");
     // not sampled by the CLI: nothing below it recorded either (the daemon's own clean-up after
     // the exit is a trace of its own)
     assert!(e.fails(&["trace", "--op", "start", "untraced"]).contains("no traces of untraced for --op start"));
@@ -150,12 +151,89 @@ fn one_start_is_one_trace_from_the_cli_to_init() {
 
 /// One HTTP request on engined's socket with an extra header line; returns the status line.
 fn raw_request(e: &Engined, request_line: &str, header: &str) -> String {
+    raw_response(e, request_line, header).lines().next().unwrap_or("").to_string()
+}
+
+fn raw_response(e: &Engined, request_line: &str, header: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(&e.sock).unwrap();
     write!(s, "{request_line} HTTP/1.1\r\nHost: engine\r\n{header}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    out.lines().next().unwrap_or("").to_string()
+    out
+}
+
+/// `GET /engine/v1/probes`.
+fn probes(e: &Engined) -> serde_json::Value {
+    let r = raw_response(e, "GET /engine/v1/probes", "Accept: application/json");
+    let body = r.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|err| panic!("{err}: {r}"))
+}
+
+fn kernel_events(spans: &[FlatSpan]) -> Vec<(&FlatSpan, &str, &[(String, String)])> {
+    spans.iter().flat_map(|s| s.events.iter().map(move |(_, name, attrs)| (s, name.as_str(), attrs.as_slice()))).collect()
+}
+
+fn get<'a>(attrs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn the_kernel_side_of_a_start_is_in_its_trace() {
+    let e = Engined::start();
+    let status = probes(&e);
+    assert_eq!(status["Running"], true, "the probes did not load: {status}\n{}", e.log_tail());
+    e.import_busybox("busybox");
+    e.ok(&["run", "--name", "kernel", "busybox", "true"]);
+    let spans = whole_trace(&e, "kernel", "start");
+    // the kernel rows come with the spans they belong to: no waiting for them
+    let rows = |spans: &[FlatSpan]| -> String {
+        let mut out: Vec<String> = spans.iter().map(|s| format!("{} {} pid={:?} cpid={:?}", s.service, s.name, s.attr("process.pid"), s.attr("container.process.pid"))).collect();
+        out.extend(kernel_events(spans).iter().map(|(s, n, a)| format!("  {n} on {} {a:?}", s.name)));
+        out.join("\n")
+    };
+    assert!(
+        spans.iter().any(|s| s.name == "kernel.pivot_root") && kernel_events(&spans).iter().any(|(_, n, a)| *n == "kernel.exec" && get(a, "process.executable.path") == Some("/bin/true")),
+        "kernel rows missing:\n{}\n{}",
+        rows(&spans),
+        e.log_tail()
+    );
+    check_trace(&spans, "kernel");
+    let by_id: HashMap<&str, &FlatSpan> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let parent = |s: &FlatSpan| by_id[s.parent_span_id.as_str()].name.clone();
+    // the clone of the container's process, with its namespaces, under runtime.namespaces
+    let clone = spans.iter().find(|s| s.name == "kernel.clone3" && s.attr("linux.namespaces").is_some_and(|n| n.contains("CLONE_NEWPID"))).expect("kernel.clone3 with CLONE_NEWPID");
+    let ns = clone.attr("linux.namespaces").unwrap();
+    for flag in ["CLONE_NEWNS", "CLONE_NEWUTS", "CLONE_NEWIPC", "CLONE_NEWPID"] {
+        assert!(ns.contains(flag), "{flag} missing from {ns}");
+    }
+    assert_eq!(parent(clone), "runtime.namespaces");
+    let pivot = spans.iter().find(|s| s.name == "kernel.pivot_root").unwrap();
+    assert_eq!(parent(pivot), "runtime.pivot_root");
+    assert_eq!(pivot.attr("linux.syscall.ret"), Some("0"));
+    // the container's cgroup made and joined, as events of the runtime's spans
+    let id = spans.iter().find(|s| s.name == "daemon.start").and_then(|s| s.attr("container.id")).unwrap().to_string();
+    let events = kernel_events(&spans);
+    let mkdir = events.iter().find(|(_, n, a)| *n == "kernel.cgroup_mkdir" && get(a, "linux.cgroup.path").is_some_and(|p| p.ends_with(&id))).expect("the container's cgroup_mkdir");
+    assert_eq!(mkdir.0.name, "runtime.cgroup");
+    let attach = events.iter().find(|(_, n, a)| *n == "kernel.cgroup_attach" && get(a, "linux.cgroup.path").is_some_and(|p| p.ends_with(&id))).expect("the container's cgroup_attach");
+    assert_eq!(attach.0.name, "runtime.cgroup.attach");
+    // nothing from a process outside the container's tree (shim, runtime, the container)
+    let mut tree: HashSet<String> = spans.iter().filter(|s| ["engine-shim", "engine-runtime", "engine-init"].contains(&s.service.as_str())).filter_map(|s| s.attr("process.pid")).map(str::to_string).collect();
+    tree.extend(spans.iter().filter_map(|s| s.attr("container.process.pid")).map(str::to_string));
+    for s in spans.iter().filter(|s| s.name.starts_with("kernel.")) {
+        assert!(tree.contains(s.attr("process.pid").unwrap()), "{} of pid {:?} is outside {tree:?}", s.name, s.attr("process.pid"));
+    }
+    for (_, name, attrs) in &events {
+        let pid = get(attrs, "process.pid").unwrap();
+        assert!(tree.contains(pid), "{name} of pid {pid} is outside {tree:?}");
+    }
+    // the waterfall shows kernel rows, --no-kernel leaves them out
+    let w = e.ok(&["trace", "--op", "start", "kernel"]);
+    assert!(w.contains("kernel.pivot_root") && w.contains("· kernel.exec /bin/true"), "{w}");
+    assert!(!e.ok(&["trace", "--op", "start", "--no-kernel", "kernel"]).contains("kernel."));
+    assert!(probes(&e)["EventsSent"].as_u64().unwrap() > 0);
+    e.ok(&["rm", "kernel"]);
 }
 
 #[derive(Clone, Default)]
@@ -179,10 +257,14 @@ fn the_same_trace_reaches_an_otlp_grpc_receiver() {
     rt.spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
 
     let endpoint = format!("http://{addr}");
-    let e = Engined::start_with_env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e,team=engine%20core")]);
+    // with the probes off: containers run and are traced, without kernel rows
+    let e = Engined::start_with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e,team=engine%20core")], &["--no-probes"]);
+    let status = probes(&e);
+    assert_eq!((status["Running"].as_bool(), status["Reason"].as_str()), (Some(false), Some("disabled by --no-probes")));
     e.import_busybox("busybox");
     e.ok(&["run", "--name", "traced", "busybox", "true"]);
     let stored = whole_trace(&e, "traced", "start");
+    assert!(stored.iter().all(|s| !s.name.starts_with("kernel.") && s.events.is_empty()), "kernel rows without probes");
     let trace_id = stored[0].trace_id.clone();
     let mut received = Vec::new();
     wait_for("the receiver to get the trace from all six processes", || {

@@ -15,6 +15,8 @@ pub struct Engined {
     pub cgroup_parent: String,
     /// Extra environment for engined (OTEL_* settings).
     pub env: Vec<(String, String)>,
+    /// Extra arguments for engined.
+    pub args: Vec<String>,
 }
 
 impl Engined {
@@ -24,11 +26,17 @@ impl Engined {
 
     /// An engined with extra environment variables.
     pub fn start_with_env(env: &[(&str, &str)]) -> Engined {
+        Self::start_with(env, &[])
+    }
+
+    /// An engined with extra environment variables and arguments.
+    pub fn start_with(env: &[(&str, &str)], args: &[&str]) -> Engined {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = tempfile::Builder::new().prefix("engine-e2e").tempdir().unwrap();
         let sock = dir.path().join("engine.sock");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut e = Engined { child: None, dir, sock, cgroup_parent: format!("/engine-e2e-{}-{n}", std::process::id()), env };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut e = Engined { child: None, dir, sock, cgroup_parent: format!("/engine-e2e-{}-{n}", std::process::id()), env, args };
         e.restart();
         e
     }
@@ -55,6 +63,7 @@ impl Engined {
             .arg("--pidfile").arg(self.dir.path().join("engined.pid"))
             .arg("--cgroup-parent").arg(&self.cgroup_parent)
             .arg("--log-level").arg("debug")
+            .args(&self.args)
             .env_remove("ENGINE_SPAN_SINK")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())

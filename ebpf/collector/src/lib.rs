@@ -1,0 +1,243 @@
+//! The userspace side of the engine's eBPF probes: loads them (built by this crate's build script
+//! from `ebpf/probes`), attaches them to their tracepoints, says which processes to follow, and
+//! reads their events from the ring buffer into a bounded buffer the daemon correlates with spans.
+//!
+//! Kernel time (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) becomes wall-clock time here, once, with the
+//! offset between CLOCK_REALTIME and CLOCK_MONOTONIC measured at load ([`Probes::wall_ns`]); an
+//! NTP step after that shifts kernel rows by the step, which is accepted.
+//!
+//! Must never: stop a container operation (loading failures are reported, not fatal), or follow a
+//! process the daemon did not name or that was not forked below one it named.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::TracePoint;
+use aya::Ebpf;
+use engine_probes_common::{counter, layout, Event, STR_LEN};
+
+pub use engine_probes_common::{kind, syscall};
+
+/// Why the probes are not running.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("tracefs is not available at /sys/kernel/tracing and could not be mounted: {0}")]
+    Tracefs(String),
+    #[error("tracepoint {0}: unexpected record layout ({1})")]
+    Layout(String, String),
+    #[error("loading the probes: {0}")]
+    Load(String),
+    #[error("attaching {0}: {1}")]
+    Attach(String, String),
+}
+
+/// Every program and the tracepoint it attaches to.
+const PROGRAMS: &[(&str, &str, &str)] = &[
+    ("sys_enter_clone", "syscalls", "sys_enter_clone"),
+    ("sys_exit_clone", "syscalls", "sys_exit_clone"),
+    ("sys_enter_clone3", "syscalls", "sys_enter_clone3"),
+    ("sys_exit_clone3", "syscalls", "sys_exit_clone3"),
+    ("sys_enter_unshare", "syscalls", "sys_enter_unshare"),
+    ("sys_exit_unshare", "syscalls", "sys_exit_unshare"),
+    ("sys_enter_setns", "syscalls", "sys_enter_setns"),
+    ("sys_exit_setns", "syscalls", "sys_exit_setns"),
+    ("sys_enter_mount", "syscalls", "sys_enter_mount"),
+    ("sys_exit_mount", "syscalls", "sys_exit_mount"),
+    ("sys_enter_umount", "syscalls", "sys_enter_umount"),
+    ("sys_exit_umount", "syscalls", "sys_exit_umount"),
+    ("sys_enter_pivot_root", "syscalls", "sys_enter_pivot_root"),
+    ("sys_exit_pivot_root", "syscalls", "sys_exit_pivot_root"),
+    ("sys_enter_execve", "syscalls", "sys_enter_execve"),
+    ("sys_exit_execve", "syscalls", "sys_exit_execve"),
+    ("sched_process_fork", "sched", "sched_process_fork"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+    ("cgroup_mkdir", "cgroup", "cgroup_mkdir"),
+    ("cgroup_attach_task", "cgroup", "cgroup_attach_task"),
+];
+
+/// Events kept for correlation at most; older ones go first.
+const BUFFER: usize = 1 << 16;
+
+/// One kernel event, with wall-clock time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelEvent {
+    pub wall_ns: u64,
+    pub kind: u32,
+    pub syscall: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub args: [u64; 4],
+    pub cgroup_id: u64,
+    pub str0: String,
+    pub str1: String,
+    pub str2: String,
+}
+
+/// The probes' counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Counters {
+    pub seen: u64,
+    pub sent: u64,
+    pub dropped: u64,
+}
+
+struct Inner {
+    ring: RingBuf<MapData>,
+    tracked: HashMap<MapData, u32, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    buffer: VecDeque<KernelEvent>,
+    /// Kept so the programs stay attached.
+    _ebpf: Ebpf,
+}
+
+/// The loaded probes.
+pub struct Probes {
+    inner: Mutex<Inner>,
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC at load, in nanoseconds.
+    offset_ns: i128,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+fn ensure_tracefs() -> Result<(), ProbeError> {
+    if std::path::Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(());
+    }
+    // SAFETY: mount with NUL-terminated strings and no data.
+    let r = unsafe { libc::mount(c"tracefs".as_ptr(), c"/sys/kernel/tracing".as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
+    if r != 0 || !std::path::Path::new(TRACEFS).join("events").is_dir() {
+        return Err(ProbeError::Tracefs(std::io::Error::last_os_error().to_string()));
+    }
+    Ok(())
+}
+
+/// The offset of `field` in a tracepoint's record, from its tracefs `format` file.
+fn field_offset(category: &str, name: &str, field: &str) -> Result<u32, ProbeError> {
+    let path = format!("{TRACEFS}/events/{category}/{name}/format");
+    let text = std::fs::read_to_string(&path).map_err(|e| ProbeError::Layout(format!("{category}/{name}"), e.to_string()))?;
+    for line in text.lines() {
+        let Some(decl) = line.trim().strip_prefix("field:") else { continue };
+        let decl = decl.split(';').next().unwrap_or("");
+        if decl.split_whitespace().last().map(|n| n.trim_end_matches("[]")) == Some(field) {
+            let off = line.split(';').find_map(|p| p.trim().strip_prefix("offset:")).and_then(|o| o.parse().ok());
+            return off.ok_or_else(|| ProbeError::Layout(format!("{category}/{name}"), format!("no offset for {field}")));
+        }
+    }
+    Err(ProbeError::Layout(format!("{category}/{name}"), format!("no field {field}")))
+}
+
+fn text(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+impl Probes {
+    /// Loads and attaches every probe. Needs root (CAP_BPF, CAP_PERFMON) and tracefs.
+    pub fn load() -> Result<Probes, ProbeError> {
+        ensure_tracefs()?;
+        let mut offsets = [0u32; layout::LEN];
+        offsets[layout::FORK_CHILD_PID] = field_offset("sched", "sched_process_fork", "child_pid")?;
+        offsets[layout::EXEC_FILENAME] = field_offset("sched", "sched_process_exec", "filename")?;
+        offsets[layout::MKDIR_PATH] = field_offset("cgroup", "cgroup_mkdir", "path")?;
+        offsets[layout::ATTACH_PID] = field_offset("cgroup", "cgroup_attach_task", "pid")?;
+        offsets[layout::ATTACH_PATH] = field_offset("cgroup", "cgroup_attach_task", "dst_path")?;
+        offsets[layout::EXIT_PID] = field_offset("sched", "sched_process_exit", "pid")?;
+
+        let mut ebpf = Ebpf::load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/engine-probes-ebpf"))).map_err(|e| ProbeError::Load(e.to_string()))?;
+        let mut lay: Array<_, [u32; layout::LEN]> = Array::try_from(ebpf.map_mut("LAYOUT").ok_or_else(|| ProbeError::Load("no LAYOUT map".into()))?).map_err(|e| ProbeError::Load(e.to_string()))?;
+        lay.set(0, offsets, 0).map_err(|e| ProbeError::Load(e.to_string()))?;
+        for (prog, category, name) in PROGRAMS {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| ProbeError::Load(format!("no program {prog}")))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| ProbeError::Load(e.to_string()))?;
+            p.load().map_err(|e| ProbeError::Load(format!("{prog}: {e}")))?;
+            p.attach(category, name).map_err(|e| ProbeError::Attach(format!("{category}/{name}"), e.to_string()))?;
+        }
+        let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).ok_or_else(|| ProbeError::Load(format!("no {name} map")));
+        let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|e| ProbeError::Load(e.to_string()))?;
+        let tracked = HashMap::try_from(take(&mut ebpf, "TRACKED")?).map_err(|e| ProbeError::Load(e.to_string()))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(|e| ProbeError::Load(e.to_string()))?;
+        let offset_ns = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
+        Ok(Probes { inner: Mutex::new(Inner { ring, tracked, counters, buffer: VecDeque::new(), _ebpf: ebpf }), offset_ns })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // the maps stay usable whatever a panicking holder was doing
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follows `pid` and, from now on, every process forked below it.
+    pub fn follow(&self, pid: u32) {
+        let _ = self.lock().tracked.insert(pid, 0, 0);
+    }
+
+    /// Stops following `pid` (its children already followed stay followed until they exit).
+    pub fn unfollow(&self, pid: u32) {
+        let _ = self.lock().tracked.remove(&pid);
+    }
+
+    /// Wall-clock nanoseconds of a kernel timestamp: the one conversion of kernel time.
+    pub fn wall_ns(&self, ktime_ns: u64) -> u64 {
+        (ktime_ns as i128 + self.offset_ns).max(0) as u64
+    }
+
+    /// Moves what the probes wrote into the buffer; returns how many events were read.
+    pub fn drain(&self) -> usize {
+        let mut inner = self.lock();
+        let mut read = Vec::new();
+        while let Some(item) = inner.ring.next() {
+            if item.len() >= std::mem::size_of::<Event>() {
+                // SAFETY: the probes write whole `Event`s (same #[repr(C)] type); unaligned read.
+                read.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
+            }
+        }
+        let n = read.len();
+        for e in read {
+            let ev = KernelEvent {
+                wall_ns: self.wall_ns(e.ktime_ns),
+                kind: e.kind,
+                syscall: e.syscall,
+                tgid: e.tgid,
+                tid: e.tid,
+                args: e.args,
+                cgroup_id: e.cgroup_id,
+                str0: text(&e.str0[..STR_LEN]),
+                str1: text(&e.str1[..STR_LEN]),
+                str2: text(&e.str2),
+            };
+            if inner.buffer.len() == BUFFER {
+                inner.buffer.pop_front();
+            }
+            inner.buffer.push_back(ev);
+        }
+        n
+    }
+
+    /// Takes the buffered events that `take` wants, in time order.
+    pub fn take(&self, mut take: impl FnMut(&KernelEvent) -> bool) -> Vec<KernelEvent> {
+        let mut inner = self.lock();
+        let (wanted, kept): (Vec<KernelEvent>, Vec<KernelEvent>) = inner.buffer.drain(..).partition(|e| take(e));
+        inner.buffer = kept.into();
+        let mut wanted = wanted;
+        wanted.sort_by_key(|e| e.wall_ns);
+        wanted
+    }
+
+    /// Events seen, sent and dropped by the probes so far.
+    pub fn counters(&self) -> Counters {
+        let inner = self.lock();
+        let sum = |i: u32| inner.counters.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        Counters { seen: sum(counter::SEEN), sent: sum(counter::SENT), dropped: sum(counter::DROPPED) }
+    }
+}

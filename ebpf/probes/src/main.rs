@@ -1,0 +1,234 @@
+//! The engine's eBPF probes: tracepoints that record the namespace, mount, cgroup and exec work of
+//! the processes engined follows (`TRACKED`: lifecycled, and every process forked below it), as
+//! [`Event`]s in a ring buffer the collector drains on its own schedule (submitted without
+//! wakeups: waking the reader per event costs ~20 µs here).
+//!
+//! Must never: record a process that is not followed, block, or loop unboundedly (the verifier
+//! would refuse it anyway).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes};
+use aya_ebpf::macros::{map, tracepoint};
+use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
+use aya_ebpf::programs::TracePointContext;
+use aya_ebpf::EbpfContext;
+use engine_probes_common::{counter, kind, layout, syscall, Event};
+
+/// Followed processes (and threads), by kernel pid; the value is unused.
+#[map]
+static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(32768, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
+
+/// Tracepoint record offsets for this kernel (see `engine_probes_common::layout`).
+#[map]
+static LAYOUT: Array<[u32; layout::LEN]> = Array::with_max_entries(1, 0);
+
+/// `BPF_RB_NO_WAKEUP`: the collector polls instead.
+const NO_WAKEUP: u64 = 1;
+
+/// Offset of the first argument in a `syscalls/sys_enter_*` record, and of `ret` in `sys_exit_*`.
+const ARGS: usize = 16;
+
+fn bump(i: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(i) {
+        // SAFETY: a per-CPU slot of our own array; nothing else runs on this CPU meanwhile.
+        unsafe { *p += 1 };
+    }
+}
+
+/// The calling task's (tgid, tid) when its process is followed.
+fn followed() -> Option<(u32, u32)> {
+    let pt = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pt >> 32) as u32, pt as u32);
+    // SAFETY: only the presence of the key is used.
+    unsafe { TRACKED.get(&tgid) }?;
+    Some((tgid, tid))
+}
+
+fn layout_at(i: usize) -> usize {
+    LAYOUT.get(0).map(|l| l[i] as usize).unwrap_or(0)
+}
+
+/// Reserves an event for the calling task, fills the common part and lets `fill` do the rest.
+#[inline(always)]
+fn emit(tgid: u32, tid: u32, k: u32, fill: impl FnOnce(&mut Event)) {
+    bump(counter::SEEN);
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        bump(counter::DROPPED);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points to a reserved record of size_of::<Event>() bytes owned by us until submit.
+    unsafe {
+        core::ptr::write_bytes(e, 0, 1);
+        let e = &mut *e;
+        e.ktime_ns = bpf_ktime_get_ns();
+        e.kind = k;
+        e.tgid = tgid;
+        e.tid = tid;
+        e.cgroup_id = bpf_get_current_cgroup_id();
+        fill(e);
+    }
+    entry.submit(NO_WAKEUP);
+    bump(counter::SENT);
+}
+
+fn arg(ctx: &TracePointContext, i: usize) -> u64 {
+    // SAFETY: syscall tracepoint records hold six 8-byte arguments from offset 16.
+    unsafe { ctx.read_at::<u64>(ARGS + 8 * i) }.unwrap_or(0)
+}
+
+fn user_str(ptr: u64, dest: &mut [u8]) {
+    if ptr != 0 {
+        // SAFETY: the helper checks the user address and bounds the copy by `dest`.
+        let _ = unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, dest) };
+    }
+}
+
+/// A `__data_loc char[]` field of the tracepoint record at `field` into `dest`.
+fn data_loc_str(ctx: &TracePointContext, field: usize, dest: &mut [u8]) {
+    if field == 0 {
+        return;
+    }
+    // SAFETY: `field` comes from this kernel's format file; the helper bounds the copy.
+    unsafe {
+        if let Ok(loc) = ctx.read_at::<u32>(field) {
+            let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
+            let _ = bpf_probe_read_kernel_str_bytes(src, dest);
+        }
+    }
+}
+
+#[inline(always)]
+fn enter(ctx: &TracePointContext, call: u32) -> u32 {
+    let Some((tgid, tid)) = followed() else { return 0 };
+    let a = [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), arg(ctx, 3)];
+    emit(tgid, tid, kind::SYSCALL_ENTER, |e| {
+        e.syscall = call;
+        e.args = a;
+        match call {
+            // struct clone_args starts with its u64 flags
+            // SAFETY: the helper checks the user address.
+            syscall::CLONE3 => e.args[1] = unsafe { bpf_probe_read_user(a[0] as *const u64) }.unwrap_or(0),
+            syscall::MOUNT => {
+                user_str(a[0], &mut e.str0);
+                user_str(a[1], &mut e.str1);
+                user_str(a[2], &mut e.str2);
+            }
+            syscall::UMOUNT2 => user_str(a[0], &mut e.str1),
+            syscall::PIVOT_ROOT => {
+                user_str(a[0], &mut e.str0);
+                user_str(a[1], &mut e.str1);
+            }
+            syscall::EXECVE => user_str(a[0], &mut e.str0),
+            _ => {}
+        }
+    });
+    0
+}
+
+#[inline(always)]
+fn exit(ctx: &TracePointContext, call: u32) -> u32 {
+    let Some((tgid, tid)) = followed() else { return 0 };
+    let ret = arg(ctx, 0);
+    emit(tgid, tid, kind::SYSCALL_EXIT, |e| {
+        e.syscall = call;
+        e.args[0] = ret;
+    });
+    0
+}
+
+macro_rules! syscall_pair {
+    ($enter:ident, $exit:ident, $call:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            enter(&ctx, $call)
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            exit(&ctx, $call)
+        }
+    };
+}
+
+syscall_pair!(sys_enter_clone, sys_exit_clone, syscall::CLONE);
+syscall_pair!(sys_enter_clone3, sys_exit_clone3, syscall::CLONE3);
+syscall_pair!(sys_enter_unshare, sys_exit_unshare, syscall::UNSHARE);
+syscall_pair!(sys_enter_setns, sys_exit_setns, syscall::SETNS);
+syscall_pair!(sys_enter_mount, sys_exit_mount, syscall::MOUNT);
+syscall_pair!(sys_enter_umount, sys_exit_umount, syscall::UMOUNT2);
+syscall_pair!(sys_enter_pivot_root, sys_exit_pivot_root, syscall::PIVOT_ROOT);
+syscall_pair!(sys_enter_execve, sys_exit_execve, syscall::EXECVE);
+
+/// A followed process's children are followed.
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = followed() else { return 0 };
+    // SAFETY: the offset comes from this kernel's format file.
+    let child: u32 = unsafe { ctx.read_at::<i32>(layout_at(layout::FORK_CHILD_PID)) }.unwrap_or(0) as u32;
+    if child == 0 {
+        return 0;
+    }
+    let _ = TRACKED.insert(&child, &0, 0);
+    emit(tgid, tid, kind::FORK, |e| e.args[0] = child as u64);
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = followed() else { return 0 };
+    emit(tgid, tid, kind::EXEC, |e| data_loc_str(&ctx, layout_at(layout::EXEC_FILENAME), &mut e.str0));
+    0
+}
+
+/// A task that exits is no longer followed.
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let pt = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pt >> 32) as u32, pt as u32);
+    // SAFETY: only the presence of the key is used.
+    if unsafe { TRACKED.get(&tid) }.is_none() {
+        return 0;
+    }
+    let _ = TRACKED.remove(&tid);
+    if tid == tgid {
+        emit(tgid, tid, kind::EXIT, |_| {});
+    }
+    0
+}
+
+#[tracepoint]
+pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = followed() else { return 0 };
+    // SAFETY: fixed fields of cgroup_mkdir: root (8), level (12), id (16).
+    let (root, level, id) = unsafe { (ctx.read_at::<i32>(8).unwrap_or(0), ctx.read_at::<i32>(12).unwrap_or(0), ctx.read_at::<u64>(16).unwrap_or(0)) };
+    emit(tgid, tid, kind::CGROUP_MKDIR, |e| {
+        e.args = [id, root as u64, level as u64, 0];
+        data_loc_str(&ctx, layout_at(layout::MKDIR_PATH), &mut e.str0);
+    });
+    0
+}
+
+#[tracepoint]
+pub fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
+    let Some((tgid, tid)) = followed() else { return 0 };
+    // SAFETY: dst_root at 8; the pid's offset comes from this kernel's format file.
+    let (root, pid) = unsafe { (ctx.read_at::<i32>(8).unwrap_or(0), ctx.read_at::<i32>(layout_at(layout::ATTACH_PID)).unwrap_or(0)) };
+    emit(tgid, tid, kind::CGROUP_ATTACH, |e| {
+        e.args = [pid as u64, root as u64, 0, 0];
+        data_loc_str(&ctx, layout_at(layout::ATTACH_PATH), &mut e.str0);
+    });
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

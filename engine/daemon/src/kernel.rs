@@ -1,0 +1,307 @@
+//! Kernel rows in the engine's traces: engined loads the eBPF probes at start (when the kernel
+//! lets it), follows engine-lifecycled (so every shim, runtime and container process forked below
+//! it), and, as spans come in, places the kernel events of each span's process inside that span:
+//! system calls with an enter and an exit become `kernel.<call>` spans, point events (fork, exec,
+//! exit, cgroup mkdir and attach) become span events. A span's process is its `process.pid`
+//! (host pid); `container.process.pid` names the container's first process on the runtime's
+//! spans, which cover it between the runtime's exit and the exec of the user's program.
+//!
+//! Must never: hold a container operation up (events are read when spans arrive, never waited
+//! for), or put an event of one process into another process's span.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use engine_probes::{kind, syscall, KernelEvent, Probes};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
+
+/// What became of the probes at start, for `engine info` and `/engine/v1/probes`.
+pub enum ProbeState {
+    Running(Arc<Probes>),
+    Disabled(String),
+}
+
+/// Loads the probes unless `disabled`; says once, in the log, why they are not running.
+pub fn start(cfg: &crate::config::Config) -> ProbeState {
+    if cfg.no_probes {
+        return ProbeState::Disabled("disabled by --no-probes".into());
+    }
+    match Probes::load() {
+        Ok(p) => {
+            crate::log!(cfg, "info", "eBPF probes attached");
+            ProbeState::Running(Arc::new(p))
+        }
+        Err(e) => {
+            crate::log!(cfg, "warn", "running without eBPF probes: {e}");
+            ProbeState::Disabled(e.to_string())
+        }
+    }
+}
+
+/// Follows every lifecycled engined runs (it is restarted with a new pid) and the shims left
+/// running by an earlier one.
+pub fn follow_engine_processes(cfg: &crate::config::Config, probes: Arc<Probes>, mut lifecycled: tokio::sync::watch::Receiver<u32>) {
+    for pid in shim_pids(&cfg.exec_root.join("lifecycle")) {
+        probes.follow(pid);
+    }
+    tokio::spawn(async move {
+        loop {
+            let pid = *lifecycled.borrow_and_update();
+            if pid != 0 {
+                probes.follow(pid);
+            }
+            if lifecycled.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn shim_pids(dir: &std::path::Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(shim_pids(&p));
+        } else if p.file_name().is_some_and(|n| n == "shim.pid") {
+            if let Some(pid) = std::fs::read_to_string(&p).ok().and_then(|s| s.trim().parse().ok()) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+}
+
+fn s(key: &str, v: impl Into<String>) -> KeyValue {
+    kv(key, any_value::Value::StringValue(v.into()))
+}
+
+fn i(key: &str, v: i64) -> KeyValue {
+    kv(key, any_value::Value::IntValue(v))
+}
+
+fn int_attr(span: &Span, key: &str) -> Option<u32> {
+    span.attributes.iter().find(|a| a.key == key).and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+        any_value::Value::IntValue(v) => u32::try_from(*v).ok(),
+        any_value::Value::StringValue(v) => v.parse().ok(),
+        _ => None,
+    })
+}
+
+/// Names of the namespace flags set in clone/unshare flags.
+pub fn namespaces(flags: u64) -> String {
+    const NS: &[(u64, &str)] = &[
+        (0x0002_0000, "CLONE_NEWNS"),
+        (0x0200_0000, "CLONE_NEWCGROUP"),
+        (0x0400_0000, "CLONE_NEWUTS"),
+        (0x0800_0000, "CLONE_NEWIPC"),
+        (0x1000_0000, "CLONE_NEWUSER"),
+        (0x2000_0000, "CLONE_NEWPID"),
+        (0x4000_0000, "CLONE_NEWNET"),
+        (0x0000_0080, "CLONE_NEWTIME"),
+    ];
+    NS.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, n)| *n).collect::<Vec<_>>().join("|")
+}
+
+/// Attributes of a system call from its enter event.
+fn call_attrs(e: &KernelEvent) -> Vec<KeyValue> {
+    let mut a = vec![i("process.pid", e.tgid.into()), i("thread.id", e.tid.into()), i("linux.cgroup.id", e.cgroup_id as i64)];
+    let flags = |a: &mut Vec<KeyValue>, f: u64| {
+        a.push(s("linux.clone.flags", format!("{f:#x}")));
+        a.push(s("linux.namespaces", namespaces(f)));
+    };
+    match e.syscall {
+        syscall::CLONE | syscall::UNSHARE => flags(&mut a, e.args[0]),
+        syscall::CLONE3 => flags(&mut a, e.args[1]),
+        syscall::SETNS => {
+            a.push(i("linux.setns.fd", e.args[0] as i64));
+            a.push(s("linux.namespaces", namespaces(e.args[1])));
+        }
+        syscall::MOUNT => {
+            a.push(s("mount.source", e.str0.clone()));
+            a.push(s("mount.target", e.str1.clone()));
+            a.push(s("mount.fstype", e.str2.clone()));
+            a.push(s("mount.flags", format!("{:#x}", e.args[3])));
+        }
+        syscall::UMOUNT2 => {
+            a.push(s("mount.target", e.str1.clone()));
+            a.push(s("mount.flags", format!("{:#x}", e.args[1])));
+        }
+        syscall::PIVOT_ROOT => {
+            a.push(s("pivot_root.new_root", e.str0.clone()));
+            a.push(s("pivot_root.put_old", e.str1.clone()));
+        }
+        syscall::EXECVE => a.push(s("process.executable.path", e.str0.clone())),
+        _ => {}
+    }
+    a
+}
+
+/// A point event as a span event.
+fn point(e: &KernelEvent) -> Option<span::Event> {
+    let (name, attributes) = match e.kind {
+        kind::FORK => ("kernel.fork", vec![i("process.pid", e.tgid.into()), i("process.child.pid", e.args[0] as i64)]),
+        kind::EXEC => ("kernel.exec", vec![i("process.pid", e.tgid.into()), s("process.executable.path", e.str0.clone())]),
+        kind::EXIT => ("kernel.exit", vec![i("process.pid", e.tgid.into())]),
+        kind::CGROUP_MKDIR => ("kernel.cgroup_mkdir", vec![i("process.pid", e.tgid.into()), s("linux.cgroup.path", e.str0.clone()), i("linux.cgroup.id", e.args[0] as i64), i("linux.cgroup.hierarchy", e.args[1] as i64)]),
+        kind::CGROUP_ATTACH => ("kernel.cgroup_attach", vec![i("process.pid", e.tgid.into()), s("linux.cgroup.path", e.str0.clone()), i("linux.cgroup.attached_pid", e.args[0] as i64), i("linux.cgroup.hierarchy", e.args[1] as i64)]),
+        _ => return None,
+    };
+    Some(span::Event { time_unix_nano: e.wall_ns, name: name.into(), attributes, ..Default::default() })
+}
+
+/// A span a kernel event may belong to.
+struct Owner {
+    at: (usize, usize, usize),
+    pid: u32,
+    /// Owns the pid's events only where no span of the process itself does.
+    fallback: bool,
+    start: u64,
+    end: u64,
+}
+
+/// Places the probes' events of the processes behind `req`'s spans inside them.
+pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
+    let mut owners = Vec::new();
+    for (r, rs) in req.resource_spans.iter().enumerate() {
+        let service = rs.resource.iter().flat_map(|res| &res.attributes).find(|a| a.key == "service.name").and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(v) => Some(v.as_str()),
+            _ => None,
+        });
+        // lifecycled and engined serve every container at once: their own events are no one
+        // container's (the probes follow lifecycled only to catch the shims it forks)
+        if !matches!(service, Some("engine-shim" | "engine-runtime" | "engine-init")) {
+            continue;
+        }
+        for (c, ss) in rs.scope_spans.iter().enumerate() {
+            // a span without its own process.pid has its parent's (same process)
+            let by_id: HashMap<&[u8], &Span> = ss.spans.iter().map(|sp| (sp.span_id.as_slice(), sp)).collect();
+            let pid_of = |sp: &Span| {
+                let mut cur = sp;
+                for _ in 0..32 {
+                    if let Some(pid) = int_attr(cur, "process.pid") {
+                        return Some(pid);
+                    }
+                    cur = by_id.get(cur.parent_span_id.as_slice())?;
+                }
+                None
+            };
+            for (k, sp) in ss.spans.iter().enumerate() {
+                let (start, end) = (sp.start_time_unix_nano, sp.end_time_unix_nano);
+                if let Some(pid) = pid_of(sp) {
+                    owners.push(Owner { at: (r, c, k), pid, fallback: false, start, end });
+                }
+                if let Some(pid) = int_attr(sp, "container.process.pid") {
+                    owners.push(Owner { at: (r, c, k), pid, fallback: true, start, end });
+                    // the container runs its own program now: its work is no longer the engine's
+                    if sp.name == "runtime.start" {
+                        probes.unfollow(pid);
+                    }
+                }
+            }
+        }
+    }
+    if owners.is_empty() {
+        return;
+    }
+    probes.drain();
+    let pids: HashSet<u32> = owners.iter().map(|o| o.pid).collect();
+    let lo = owners.iter().map(|o| o.start).min().unwrap_or(0);
+    let hi = owners.iter().map(|o| o.end).max().unwrap_or(0);
+    let events = probes.take(|e| pids.contains(&e.tgid) && e.wall_ns >= lo && e.wall_ns <= hi);
+    if events.is_empty() {
+        return;
+    }
+    // the innermost span of the event's process that was open at the time
+    let owner_of = |pid: u32, t: u64| -> Option<&Owner> {
+        let open = |fallback: bool| owners.iter().filter(move |o| o.pid == pid && o.fallback == fallback && o.start <= t && t <= o.end).min_by_key(|o| o.end - o.start);
+        open(false).or_else(|| open(true))
+    };
+    let mut open_calls: HashMap<(u32, u32), KernelEvent> = HashMap::new();
+    let mut kernel_spans: Vec<Span> = Vec::new();
+    let mut span_events: Vec<((usize, usize, usize), span::Event)> = Vec::new();
+    let finish = |enter: &KernelEvent, exit: Option<&KernelEvent>, kernel_spans: &mut Vec<Span>| {
+        let Some(o) = owner_of(enter.tgid, enter.wall_ns) else { return };
+        let parent = &req.resource_spans[o.at.0].scope_spans[o.at.1].spans[o.at.2];
+        let mut attributes = call_attrs(enter);
+        // a call may outlast its span by the time the event took to reach us: kept inside
+        let end = exit.map(|x| x.wall_ns).unwrap_or(enter.wall_ns).min(o.end).max(enter.wall_ns);
+        let mut st = Status { message: String::new(), code: status::StatusCode::Unset as i32 };
+        if let Some(x) = exit {
+            let ret = x.args[0] as i64;
+            attributes.push(i("linux.syscall.ret", ret));
+            if ret < 0 {
+                st = Status { message: std::io::Error::from_raw_os_error((-ret) as i32).to_string(), code: status::StatusCode::Error as i32 };
+            }
+        }
+        kernel_spans.push(Span {
+            trace_id: parent.trace_id.clone(),
+            span_id: engine_telemetry::SpanId::random().0.to_vec(),
+            parent_span_id: parent.span_id.clone(),
+            flags: parent.flags,
+            name: format!("kernel.{}", syscall::name(enter.syscall)),
+            kind: span::SpanKind::Internal as i32,
+            start_time_unix_nano: enter.wall_ns,
+            end_time_unix_nano: end,
+            attributes,
+            status: Some(st),
+            ..Default::default()
+        });
+    };
+    for e in &events {
+        match e.kind {
+            kind::SYSCALL_ENTER => {
+                open_calls.insert((e.tid, e.syscall), e.clone());
+            }
+            kind::SYSCALL_EXIT => {
+                if let Some(enter) = open_calls.remove(&(e.tid, e.syscall)) {
+                    finish(&enter, Some(e), &mut kernel_spans);
+                }
+            }
+            _ => {
+                if let (Some(o), Some(ev)) = (owner_of(e.tgid, e.wall_ns), point(e)) {
+                    span_events.push((o.at, ev));
+                }
+            }
+        }
+    }
+    // calls whose exit is not in the window (an exec that replaced the caller)
+    let mut rest: Vec<KernelEvent> = open_calls.into_values().collect();
+    rest.sort_by_key(|e| e.wall_ns);
+    for enter in &rest {
+        finish(enter, None, &mut kernel_spans);
+    }
+    for ((r, c, k), ev) in span_events {
+        req.resource_spans[r].scope_spans[c].spans[k].events.push(ev);
+    }
+    if !kernel_spans.is_empty() {
+        req.resource_spans.push(ResourceSpans {
+            resource: Some(Resource { attributes: vec![s("service.name", "kernel")], ..Default::default() }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope { name: "engine-probes".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }),
+                spans: kernel_spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_flags_are_named() {
+        assert_eq!(namespaces(0x7c02_0000), "CLONE_NEWNS|CLONE_NEWUTS|CLONE_NEWIPC|CLONE_NEWUSER|CLONE_NEWPID|CLONE_NEWNET");
+        assert_eq!(namespaces(0x11), "");
+    }
+}
