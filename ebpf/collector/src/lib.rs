@@ -57,8 +57,9 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
     ("cgroup_attach_task", "cgroup", "cgroup_attach_task"),
 ];
 
-/// Events kept for correlation at most; older ones go first.
-const BUFFER: usize = 1 << 16;
+/// Events kept for correlation at most, and for how long; older ones go first.
+const BUFFER: usize = 1 << 14;
+const KEEP_NS: u64 = 60_000_000_000;
 
 /// One kernel event, with wall-clock time.
 #[derive(Clone, Debug, PartialEq)]
@@ -182,6 +183,12 @@ impl Probes {
         let _ = self.lock().tracked.insert(pid, 0, 0);
     }
 
+    /// Follows every process forked below `pid`, without recording `pid`'s own events (for a
+    /// process that serves every container, such as lifecycled).
+    pub fn follow_children(&self, pid: u32) {
+        let _ = self.lock().tracked.insert(pid, 1, 0);
+    }
+
     /// Stops following `pid` (its children already followed stay followed until they exit).
     pub fn unfollow(&self, pid: u32) {
         let _ = self.lock().tracked.remove(&pid);
@@ -203,6 +210,11 @@ impl Probes {
             }
         }
         let n = read.len();
+        // events no span claimed within a minute never will be
+        let horizon = self.wall_ns(read.last().map(|e| e.ktime_ns).unwrap_or(0)).saturating_sub(KEEP_NS);
+        while inner.buffer.front().is_some_and(|e| e.wall_ns < horizon) {
+            inner.buffer.pop_front();
+        }
         for e in read {
             let ev = KernelEvent {
                 wall_ns: self.wall_ns(e.ktime_ns),

@@ -15,7 +15,8 @@ use aya_ebpf::programs::TracePointContext;
 use aya_ebpf::EbpfContext;
 use engine_probes_common::{counter, kind, layout, syscall, Event};
 
-/// Followed processes (and threads), by kernel pid; the value is unused.
+/// Followed processes (and threads), by kernel pid. Value 1 marks a quiet root (lifecycled):
+/// its children are followed, its own events are not recorded.
 #[map]
 static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(32768, 0);
 
@@ -42,13 +43,21 @@ fn bump(i: u32) {
     }
 }
 
-/// The calling task's (tgid, tid) when its process is followed.
-fn followed() -> Option<(u32, u32)> {
+/// The calling task's (tgid, tid, quiet) when its process is followed.
+fn tracked() -> Option<(u32, u32, bool)> {
     let pt = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pt >> 32) as u32, pt as u32);
-    // SAFETY: only the presence of the key is used.
-    unsafe { TRACKED.get(&tgid) }?;
-    Some((tgid, tid))
+    // SAFETY: a plain u32 read of our own map's value.
+    let v = unsafe { TRACKED.get(&tgid) }?;
+    Some((tgid, tid, *v == 1))
+}
+
+/// The calling task's (tgid, tid) when its events are recorded.
+fn followed() -> Option<(u32, u32)> {
+    match tracked()? {
+        (_, _, true) => None,
+        (tgid, tid, false) => Some((tgid, tid)),
+    }
 }
 
 fn layout_at(i: usize) -> usize {
@@ -169,14 +178,17 @@ syscall_pair!(sys_enter_execve, sys_exit_execve, syscall::EXECVE);
 /// A followed process's children are followed.
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid)) = followed() else { return 0 };
+    let Some((tgid, tid, quiet)) = tracked() else { return 0 };
     // SAFETY: the offset comes from this kernel's format file.
     let child: u32 = unsafe { ctx.read_at::<i32>(layout_at(layout::FORK_CHILD_PID)) }.unwrap_or(0) as u32;
     if child == 0 {
         return 0;
     }
+    // children are followed in full (a quiet root's threads share its tgid, so stay quiet)
     let _ = TRACKED.insert(&child, &0, 0);
-    emit(tgid, tid, kind::FORK, |e| e.args[0] = child as u64);
+    if !quiet {
+        emit(tgid, tid, kind::FORK, |e| e.args[0] = child as u64);
+    }
     0
 }
 

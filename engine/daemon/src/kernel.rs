@@ -51,7 +51,8 @@ pub fn follow_engine_processes(cfg: &crate::config::Config, probes: Arc<Probes>,
         loop {
             let pid = *lifecycled.borrow_and_update();
             if pid != 0 {
-                probes.follow(pid);
+                // lifecycled serves every container: its children are followed, not its own work
+                probes.follow_children(pid);
             }
             if lifecycled.changed().await.is_err() {
                 return;

@@ -27,7 +27,9 @@ impl Default for Options {
 fn kernel_detail(attrs: &[(String, String)]) -> String {
     for key in ["linux.namespaces", "mount.target", "pivot_root.new_root", "process.executable.path", "linux.cgroup.path", "process.child.pid"] {
         if let Some((_, v)) = attrs.iter().find(|(k, _)| k == key).filter(|(_, v)| !v.is_empty()) {
-            return format!(" {v}");
+            // long paths keep their end, which names the thing
+            let n = v.chars().count();
+            return if n > 48 { format!(" …{}", v.chars().skip(n - 47).collect::<String>()) } else { format!(" {v}") };
         }
     }
     String::new()
