@@ -30,6 +30,8 @@ pub enum ProbeError {
     Load(String),
     #[error("attaching {0}: {1}")]
     Attach(String, String),
+    #[error("engined runs in a pid namespace of its own: the kernel's pids would not match its processes'")]
+    PidNamespace,
 }
 
 /// Every program and the tracepoint it attaches to.
@@ -87,6 +89,7 @@ pub struct Counters {
 struct Inner {
     ring: RingBuf<MapData>,
     tracked: HashMap<MapData, u32, u32>,
+    stopped: HashMap<MapData, u64, u8>,
     counters: PerCpuArray<MapData, u64>,
     buffer: VecDeque<KernelEvent>,
     /// Kept so the programs stay attached.
@@ -96,8 +99,6 @@ struct Inner {
 /// The loaded probes.
 pub struct Probes {
     inner: Mutex<Inner>,
-    /// CLOCK_REALTIME minus CLOCK_MONOTONIC at load, in nanoseconds.
-    offset_ns: i128,
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
@@ -144,6 +145,10 @@ fn text(b: &[u8]) -> String {
 impl Probes {
     /// Loads and attaches every probe. Needs root (CAP_BPF, CAP_PERFMON) and tracefs.
     pub fn load() -> Result<Probes, ProbeError> {
+        // the probes see the initial pid namespace's pids (its inode is PROC_PID_INIT_INO)
+        if std::fs::read_link("/proc/self/ns/pid").ok().is_some_and(|ns| ns != std::path::Path::new("pid:[4026531836]")) {
+            return Err(ProbeError::PidNamespace);
+        }
         ensure_tracefs()?;
         let mut offsets = [0u32; layout::LEN];
         offsets[layout::FORK_CHILD_PID] = field_offset("sched", "sched_process_fork", "child_pid")?;
@@ -151,7 +156,9 @@ impl Probes {
         offsets[layout::MKDIR_PATH] = field_offset("cgroup", "cgroup_mkdir", "path")?;
         offsets[layout::ATTACH_PID] = field_offset("cgroup", "cgroup_attach_task", "pid")?;
         offsets[layout::ATTACH_PATH] = field_offset("cgroup", "cgroup_attach_task", "dst_path")?;
-        offsets[layout::EXIT_PID] = field_offset("sched", "sched_process_exit", "pid")?;
+        offsets[layout::MKDIR_ROOT] = field_offset("cgroup", "cgroup_mkdir", "root")?;
+        offsets[layout::MKDIR_ID] = field_offset("cgroup", "cgroup_mkdir", "id")?;
+        offsets[layout::ATTACH_ROOT] = field_offset("cgroup", "cgroup_attach_task", "dst_root")?;
 
         let mut ebpf = Ebpf::load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/engine-probes-ebpf"))).map_err(|e| ProbeError::Load(e.to_string()))?;
         let mut lay: Array<_, [u32; layout::LEN]> = Array::try_from(ebpf.map_mut("LAYOUT").ok_or_else(|| ProbeError::Load("no LAYOUT map".into()))?).map_err(|e| ProbeError::Load(e.to_string()))?;
@@ -168,9 +175,9 @@ impl Probes {
         let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).ok_or_else(|| ProbeError::Load(format!("no {name} map")));
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|e| ProbeError::Load(e.to_string()))?;
         let tracked = HashMap::try_from(take(&mut ebpf, "TRACKED")?).map_err(|e| ProbeError::Load(e.to_string()))?;
+        let stopped = HashMap::try_from(take(&mut ebpf, "STOPPED")?).map_err(|e| ProbeError::Load(e.to_string()))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(|e| ProbeError::Load(e.to_string()))?;
-        let offset_ns = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
-        Ok(Probes { inner: Mutex::new(Inner { ring, tracked, counters, buffer: VecDeque::new(), _ebpf: ebpf }), offset_ns })
+        Ok(Probes { inner: Mutex::new(Inner { ring, tracked, stopped, counters, buffer: VecDeque::new(), _ebpf: ebpf }) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -181,6 +188,12 @@ impl Probes {
     /// Follows `pid` and, from now on, every process forked below it.
     pub fn follow(&self, pid: u32) {
         let _ = self.lock().tracked.insert(pid, 0, 0);
+    }
+
+    /// Stops following the processes of cgroup (v2) `id`: a started container's, whose work is
+    /// the user's from now on.
+    pub fn stop_cgroup(&self, id: u64) {
+        let _ = self.lock().stopped.insert(id, 1, 0);
     }
 
     /// Follows every process forked below `pid`, without recording `pid`'s own events (for a
@@ -194,9 +207,12 @@ impl Probes {
         let _ = self.lock().tracked.remove(&pid);
     }
 
-    /// Wall-clock nanoseconds of a kernel timestamp: the one conversion of kernel time.
-    pub fn wall_ns(&self, ktime_ns: u64) -> u64 {
-        (ktime_ns as i128 + self.offset_ns).max(0) as u64
+    /// Wall-clock nanoseconds of kernel timestamps: the one conversion of kernel time, with the
+    /// offset between the clocks taken as the events are read (so a suspend or an NTP step
+    /// since load does not shift them).
+    fn wall_clock() -> impl Fn(u64) -> u64 {
+        let offset = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
+        move |ktime_ns| (ktime_ns as i128 + offset).max(0) as u64
     }
 
     /// Moves what the probes wrote into the buffer; returns how many events were read.
@@ -210,14 +226,15 @@ impl Probes {
             }
         }
         let n = read.len();
+        let wall = Self::wall_clock();
         // events no span claimed within a minute never will be
-        let horizon = self.wall_ns(read.last().map(|e| e.ktime_ns).unwrap_or(0)).saturating_sub(KEEP_NS);
+        let horizon = (clock_ns(libc::CLOCK_REALTIME).max(0) as u64).saturating_sub(KEEP_NS);
         while inner.buffer.front().is_some_and(|e| e.wall_ns < horizon) {
             inner.buffer.pop_front();
         }
         for e in read {
             let ev = KernelEvent {
-                wall_ns: self.wall_ns(e.ktime_ns),
+                wall_ns: wall(e.ktime_ns),
                 kind: e.kind,
                 syscall: e.syscall,
                 tgid: e.tgid,

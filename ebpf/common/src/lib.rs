@@ -64,7 +64,9 @@ pub mod layout {
     pub const MKDIR_PATH: usize = 2;
     pub const ATTACH_PID: usize = 3;
     pub const ATTACH_PATH: usize = 4;
-    pub const EXIT_PID: usize = 5;
+    pub const MKDIR_ROOT: usize = 5;
+    pub const MKDIR_ID: usize = 6;
+    pub const ATTACH_ROOT: usize = 7;
     pub const LEN: usize = 8;
 }
 

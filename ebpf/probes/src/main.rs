@@ -10,7 +10,7 @@
 
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes};
 use aya_ebpf::macros::{map, tracepoint};
-use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::TracePointContext;
 use aya_ebpf::EbpfContext;
 use engine_probes_common::{counter, kind, layout, syscall, Event};
@@ -19,6 +19,11 @@ use engine_probes_common::{counter, kind, layout, syscall, Event};
 /// its children are followed, its own events are not recorded.
 #[map]
 static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(32768, 0);
+
+/// Cgroup (v2) ids of containers that have started: their processes run the user's work, which
+/// is no longer followed.
+#[map]
+static STOPPED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(8192, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
@@ -49,7 +54,13 @@ fn tracked() -> Option<(u32, u32, bool)> {
     let (tgid, tid) = ((pt >> 32) as u32, pt as u32);
     // SAFETY: a plain u32 read of our own map's value.
     let v = unsafe { TRACKED.get(&tgid) }?;
-    Some((tgid, tid, *v == 1))
+    let quiet = *v == 1;
+    // SAFETY: only the presence of the key is used.
+    if unsafe { STOPPED.get(&bpf_get_current_cgroup_id()) }.is_some() {
+        let _ = TRACKED.remove(&tgid);
+        return None;
+    }
+    Some((tgid, tid, quiet))
 }
 
 /// The calling task's (tgid, tid) when its events are recorded.
@@ -218,10 +229,10 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = followed() else { return 0 };
-    // SAFETY: fixed fields of cgroup_mkdir: root (8), level (12), id (16).
-    let (root, level, id) = unsafe { (ctx.read_at::<i32>(8).unwrap_or(0), ctx.read_at::<i32>(12).unwrap_or(0), ctx.read_at::<u64>(16).unwrap_or(0)) };
+    // SAFETY: the offsets come from this kernel's format file.
+    let (root, id) = unsafe { (ctx.read_at::<i32>(layout_at(layout::MKDIR_ROOT)).unwrap_or(0), ctx.read_at::<u64>(layout_at(layout::MKDIR_ID)).unwrap_or(0)) };
     emit(tgid, tid, kind::CGROUP_MKDIR, |e| {
-        e.args = [id, root as u64, level as u64, 0];
+        e.args = [id, root as u64, 0, 0];
         data_loc_str(&ctx, layout_at(layout::MKDIR_PATH), &mut e.str0);
     });
     0
@@ -230,8 +241,8 @@ pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = followed() else { return 0 };
-    // SAFETY: dst_root at 8; the pid's offset comes from this kernel's format file.
-    let (root, pid) = unsafe { (ctx.read_at::<i32>(8).unwrap_or(0), ctx.read_at::<i32>(layout_at(layout::ATTACH_PID)).unwrap_or(0)) };
+    // SAFETY: the offsets come from this kernel's format file.
+    let (root, pid) = unsafe { (ctx.read_at::<i32>(layout_at(layout::ATTACH_ROOT)).unwrap_or(0), ctx.read_at::<i32>(layout_at(layout::ATTACH_PID)).unwrap_or(0)) };
     emit(tgid, tid, kind::CGROUP_ATTACH, |e| {
         e.args = [pid as u64, root as u64, 0, 0];
         data_loc_str(&ctx, layout_at(layout::ATTACH_PATH), &mut e.str0);

@@ -61,6 +61,23 @@ pub fn follow_engine_processes(cfg: &crate::config::Config, probes: Arc<Probes>,
     });
 }
 
+/// A container has started: the work of its processes is the user's from now on, so the probes
+/// stop following its cgroup (whatever it forks, sampled or not, with `--init` or without).
+pub fn container_started(probes: &ProbeState, cgroups_path: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let ProbeState::Running(p) = probes else { return };
+    // the cgroup v2 tree: its own mount on a hybrid host, the root on a pure v2 one
+    for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        let dir = std::path::Path::new(root).join(cgroups_path.trim_start_matches('/'));
+        if dir.join("cgroup.procs").exists() && std::path::Path::new(root).join("cgroup.controllers").exists() {
+            if let Ok(m) = std::fs::metadata(&dir) {
+                p.stop_cgroup(m.ino());
+                return;
+            }
+        }
+    }
+}
+
 fn shim_pids(dir: &std::path::Path) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return out };
@@ -159,6 +176,9 @@ fn point(e: &KernelEvent) -> Option<span::Event> {
     Some(span::Event { time_unix_nano: e.wall_ns, name: name.into(), attributes, ..Default::default() })
 }
 
+/// How long after a runtime span the container's own events still belong to it (see above).
+const EXEC_GRACE_NS: u64 = 5_000_000;
+
 /// A span a kernel event may belong to.
 struct Owner {
     at: (usize, usize, usize),
@@ -201,7 +221,9 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
                     owners.push(Owner { at: (r, c, k), pid, fallback: false, start, end });
                 }
                 if let Some(pid) = int_attr(sp, "container.process.pid") {
-                    owners.push(Owner { at: (r, c, k), pid, fallback: true, start, end });
+                    // `runtime start` ends when it sees the program replaced, a moment before
+                    // the kernel reports the exec: the container's events get that moment
+                    owners.push(Owner { at: (r, c, k), pid, fallback: true, start, end: end + EXEC_GRACE_NS });
                     // the container runs its own program now: its work is no longer the engine's
                     if sp.name == "runtime.start" {
                         probes.unfollow(pid);
@@ -217,24 +239,29 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
     let pids: HashSet<u32> = owners.iter().map(|o| o.pid).collect();
     let lo = owners.iter().map(|o| o.start).min().unwrap_or(0);
     let hi = owners.iter().map(|o| o.end).max().unwrap_or(0);
-    let events = probes.take(|e| pids.contains(&e.tgid) && e.wall_ns >= lo && e.wall_ns <= hi);
-    if events.is_empty() {
-        return;
-    }
     // the innermost span of the event's process that was open at the time
     let owner_of = |pid: u32, t: u64| -> Option<&Owner> {
         let open = |fallback: bool| owners.iter().filter(move |o| o.pid == pid && o.fallback == fallback && o.start <= t && t <= o.end).min_by_key(|o| o.end - o.start);
         open(false).or_else(|| open(true))
     };
+    // only what a span here will hold: the rest waits for its own span
+    let events = probes.take(|e| pids.contains(&e.tgid) && e.wall_ns >= lo && e.wall_ns <= hi && (e.kind == kind::SYSCALL_EXIT || owner_of(e.tgid, e.wall_ns).is_some()));
+    if events.is_empty() {
+        return;
+    }
     let mut open_calls: HashMap<(u32, u32), KernelEvent> = HashMap::new();
     let mut kernel_spans: Vec<Span> = Vec::new();
     let mut span_events: Vec<((usize, usize, usize), span::Event)> = Vec::new();
     let finish = |enter: &KernelEvent, exit: Option<&KernelEvent>, kernel_spans: &mut Vec<Span>| {
         let Some(o) = owner_of(enter.tgid, enter.wall_ns) else { return };
         let parent = &req.resource_spans[o.at.0].scope_spans[o.at.1].spans[o.at.2];
+        // a call made in the moment after its span (see EXEC_GRACE_NS) has the point events
+        if enter.wall_ns > parent.end_time_unix_nano {
+            return;
+        }
         let mut attributes = call_attrs(enter);
-        // a call may outlast its span by the time the event took to reach us: kept inside
-        let end = exit.map(|x| x.wall_ns).unwrap_or(enter.wall_ns).min(o.end).max(enter.wall_ns);
+        // a call that outlasts its span (an exec seen done a moment early) is kept inside it
+        let end = exit.map(|x| x.wall_ns).unwrap_or(enter.wall_ns).min(parent.end_time_unix_nano).max(enter.wall_ns);
         let mut st = Status { message: String::new(), code: status::StatusCode::Unset as i32 };
         if let Some(x) = exit {
             let ret = x.args[0] as i64;

@@ -44,19 +44,42 @@ fn export_config(cfg: &Config) -> anyhow::Result<Option<ExportConfig>> {
     }
 }
 
-/// Where every span engined gets goes: the probes' kernel events of its process are placed in it
-/// first (when the probes run), then it is stored (and forwarded).
+/// Where every span engined gets goes: a worker thread places the probes' kernel events of its
+/// process in it first (when the probes run), then stores (and forwards) it. The receivers only
+/// queue: a shim's or the CLI's export never waits for that work.
 pub struct SpanIntake {
-    pub store: Arc<TraceStore>,
-    pub probes: Option<Arc<engine_probes::Probes>>,
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<ExportTraceServiceRequest>>,
+}
+
+impl SpanIntake {
+    pub fn start(store: Arc<TraceStore>, probes: Option<Arc<engine_probes::Probes>>) -> std::io::Result<SpanIntake> {
+        let (tx, rx) = std::sync::mpsc::channel::<ExportTraceServiceRequest>();
+        std::thread::Builder::new().name("span-intake".into()).spawn(move || {
+            // drain the probes' ring now and then even when no span comes, so it never fills
+            loop {
+                match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                    Ok(mut request) => {
+                        if let Some(p) = &probes {
+                            crate::kernel::annotate(&mut request, p);
+                        }
+                        store.ingest(request);
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        if let Some(p) = &probes {
+                            p.drain();
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        })?;
+        Ok(SpanIntake { tx: std::sync::Mutex::new(tx) })
+    }
 }
 
 impl engine_telemetry::SpanExporter for SpanIntake {
-    fn export(&self, mut request: ExportTraceServiceRequest) {
-        if let Some(p) = &self.probes {
-            crate::kernel::annotate(&mut request, p);
-        }
-        self.store.ingest(request);
+    fn export(&self, request: ExportTraceServiceRequest) {
+        let _ = self.tx.lock().unwrap_or_else(|e| e.into_inner()).send(request);
     }
 }
 
@@ -84,7 +107,7 @@ pub fn start(cfg: &Config, probes: Option<Arc<engine_probes::Probes>>) -> anyhow
     let sock = receiver_socket(cfg);
     let _ = std::fs::remove_file(&sock);
     let listener = engine_api::bind_unix(&sock).map_err(|e| anyhow::anyhow!("listening on {}: {e}", sock.display()))?;
-    let intake = Sink::new(SpanIntake { store: store.clone(), probes });
+    let intake = Sink::new(SpanIntake::start(store.clone(), probes).map_err(|e| anyhow::anyhow!("starting the span intake: {e}"))?);
     let service = Receiver::service(intake.clone());
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)).await;
