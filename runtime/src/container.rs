@@ -218,6 +218,8 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
         ),
         None => None,
     };
+    // the container's cgroup (v2) id, which the kernel reports with the child's events
+    let cgroup_id = cgroup_fd.as_ref().and_then(|f| nix::sys::stat::fstat(f).ok()).map(|st| st.st_ino);
     let (pid, pidfd) = clone3(plan.clone_flags, cgroup_fd.as_ref().map(|f| f.as_raw_fd())).map_err(sys("clone3"))?;
     if pid == 0 {
         drop(parent_sock);
@@ -241,6 +243,7 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
             console_size,
             seccomp_listener: seccomp_listener.as_ref(),
             init: init.as_ref(),
+            cgroup_id,
         };
         setup::run(args, child_sock, rec, parent);
     }

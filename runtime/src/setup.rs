@@ -48,6 +48,8 @@ pub(crate) struct SetupArgs<'a> {
     pub console_size: Option<(u16, u16)>,
     /// On a traced start: hand over to engine-init, which records the exec (see [`InitHandoff`]).
     pub init: Option<&'a InitHandoff>,
+    /// The container's cgroup v2 id (the process is born in it), for its spans.
+    pub cgroup_id: Option<u64>,
 }
 
 /// How a traced container's first process hands over to engine-init: `start` writes its span's
@@ -200,6 +202,9 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
     };
     a.host_pid.set(host_pid);
     rec.set_attr(span, "process.pid", host_pid);
+    if let Some(id) = a.cgroup_id {
+        rec.set_attr(span, "linux.cgroup.id", id as i64);
+    }
     if a.user_ns {
         // become root of the new user namespace
         // SAFETY: integer arguments only.

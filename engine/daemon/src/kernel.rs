@@ -106,12 +106,16 @@ fn i(key: &str, v: i64) -> KeyValue {
     kv(key, any_value::Value::IntValue(v))
 }
 
-fn int_attr(span: &Span, key: &str) -> Option<u32> {
+fn int_attr64(span: &Span, key: &str) -> Option<i64> {
     span.attributes.iter().find(|a| a.key == key).and_then(|a| match a.value.as_ref()?.value.as_ref()? {
-        any_value::Value::IntValue(v) => u32::try_from(*v).ok(),
+        any_value::Value::IntValue(v) => Some(*v),
         any_value::Value::StringValue(v) => v.parse().ok(),
         _ => None,
     })
+}
+
+fn int_attr(span: &Span, key: &str) -> Option<u32> {
+    int_attr64(span, key).and_then(|v| u32::try_from(v).ok())
 }
 
 /// Names of the namespace flags set in clone/unshare flags.
@@ -183,6 +187,8 @@ const EXEC_GRACE_NS: u64 = 5_000_000;
 struct Owner {
     at: (usize, usize, usize),
     pid: u32,
+    /// The cgroup the process's events must come from (a container's process, born in it).
+    cgroup: Option<u64>,
     /// Owns the pid's events only where no span of the process itself does.
     fallback: bool,
     start: u64,
@@ -205,11 +211,12 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
         for (c, ss) in rs.scope_spans.iter().enumerate() {
             // a span without its own process.pid has its parent's (same process)
             let by_id: HashMap<&[u8], &Span> = ss.spans.iter().map(|sp| (sp.span_id.as_slice(), sp)).collect();
-            let pid_of = |sp: &Span| {
+            // the nearest value of `key` on the span or its ancestors
+            let inherited = |sp: &Span, key: &str| {
                 let mut cur = sp;
                 for _ in 0..32 {
-                    if let Some(pid) = int_attr(cur, "process.pid") {
-                        return Some(pid);
+                    if let Some(v) = int_attr64(cur, key) {
+                        return Some(v);
                     }
                     cur = by_id.get(cur.parent_span_id.as_slice())?;
                 }
@@ -217,13 +224,14 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
             };
             for (k, sp) in ss.spans.iter().enumerate() {
                 let (start, end) = (sp.start_time_unix_nano, sp.end_time_unix_nano);
-                if let Some(pid) = pid_of(sp) {
-                    owners.push(Owner { at: (r, c, k), pid, fallback: false, start, end });
+                if let Some(pid) = inherited(sp, "process.pid").and_then(|p| u32::try_from(p).ok()) {
+                    let cgroup = inherited(sp, "linux.cgroup.id").and_then(|c| u64::try_from(c).ok());
+                    owners.push(Owner { at: (r, c, k), pid, cgroup, fallback: false, start, end });
                 }
                 if let Some(pid) = int_attr(sp, "container.process.pid") {
                     // `runtime start` ends when it sees the program replaced, a moment before
                     // the kernel reports the exec: the container's events get that moment
-                    owners.push(Owner { at: (r, c, k), pid, fallback: true, start, end: end + EXEC_GRACE_NS });
+                    owners.push(Owner { at: (r, c, k), pid, cgroup: None, fallback: true, start, end: end + EXEC_GRACE_NS });
                     // the container runs its own program now: its work is no longer the engine's
                     if sp.name == "runtime.start" {
                         probes.unfollow(pid);
@@ -240,12 +248,16 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
     let lo = owners.iter().map(|o| o.start).min().unwrap_or(0);
     let hi = owners.iter().map(|o| o.end).max().unwrap_or(0);
     // the innermost span of the event's process that was open at the time
-    let owner_of = |pid: u32, t: u64| -> Option<&Owner> {
-        let open = |fallback: bool| owners.iter().filter(move |o| o.pid == pid && o.fallback == fallback && o.start <= t && t <= o.end).min_by_key(|o| o.end - o.start);
+    // an event of a container's process is confirmed by its cgroup: the process was born in the
+    // container's cgroup, so an event from any other is not this container's (a reused pid)
+    let confirmed = |o: &Owner, e: &KernelEvent| o.cgroup.is_none_or(|c| c == e.cgroup_id);
+    let owner_of = |e: &KernelEvent| -> Option<&Owner> {
+        let (pid, t) = (e.tgid, e.wall_ns);
+        let open = |fallback: bool| owners.iter().filter(move |o| o.pid == pid && o.fallback == fallback && o.start <= t && t <= o.end && confirmed(o, e)).min_by_key(|o| o.end - o.start);
         open(false).or_else(|| open(true))
     };
     // only what a span here will hold: the rest waits for its own span
-    let events = probes.take(|e| pids.contains(&e.tgid) && e.wall_ns >= lo && e.wall_ns <= hi && (e.kind == kind::SYSCALL_EXIT || owner_of(e.tgid, e.wall_ns).is_some()));
+    let events = probes.take(|e| pids.contains(&e.tgid) && e.wall_ns >= lo && e.wall_ns <= hi && (e.kind == kind::SYSCALL_EXIT || owner_of(e).is_some()));
     if events.is_empty() {
         return;
     }
@@ -253,7 +265,7 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
     let mut kernel_spans: Vec<Span> = Vec::new();
     let mut span_events: Vec<((usize, usize, usize), span::Event)> = Vec::new();
     let finish = |enter: &KernelEvent, exit: Option<&KernelEvent>, kernel_spans: &mut Vec<Span>| {
-        let Some(o) = owner_of(enter.tgid, enter.wall_ns) else { return };
+        let Some(o) = owner_of(enter) else { return };
         let parent = &req.resource_spans[o.at.0].scope_spans[o.at.1].spans[o.at.2];
         // a call made in the moment after its span (see EXEC_GRACE_NS) has the point events
         if enter.wall_ns > parent.end_time_unix_nano {
@@ -295,7 +307,7 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
                 }
             }
             _ => {
-                if let (Some(o), Some(ev)) = (owner_of(e.tgid, e.wall_ns), point(e)) {
+                if let (Some(o), Some(ev)) = (owner_of(e), point(e)) {
                     span_events.push((o.at, ev));
                 }
             }

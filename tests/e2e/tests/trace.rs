@@ -211,6 +211,10 @@ fn the_kernel_side_of_a_start_is_in_its_trace() {
     let pivot = spans.iter().find(|s| s.name == "kernel.pivot_root").unwrap();
     assert_eq!(parent(pivot), "runtime.pivot_root");
     assert_eq!(pivot.attr("linux.syscall.ret"), Some("0"));
+    // confirmed by cgroup: the container's process acts from the container's own cgroup
+    let init = spans.iter().find(|s| s.name == "runtime.init").unwrap();
+    assert!(init.attr("linux.cgroup.id").is_some(), "runtime.init names the container's cgroup");
+    assert_eq!(pivot.attr("linux.cgroup.id"), init.attr("linux.cgroup.id"));
     // the container's cgroup made and joined, as events of the runtime's spans
     let id = spans.iter().find(|s| s.name == "daemon.start").and_then(|s| s.attr("container.id")).unwrap().to_string();
     let events = kernel_events(&spans);
