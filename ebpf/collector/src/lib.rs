@@ -2,9 +2,11 @@
 //! from `ebpf/probes`), attaches them to their tracepoints, says which processes to follow, and
 //! reads their events from the ring buffer into a bounded buffer the daemon correlates with spans.
 //!
-//! Kernel time (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) becomes wall-clock time here, once, with the
-//! offset between CLOCK_REALTIME and CLOCK_MONOTONIC measured at load ([`Probes::wall_ns`]); an
-//! NTP step after that shifts kernel rows by the step, which is accepted.
+//! Kernel time (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) becomes wall-clock time here and nowhere
+//! else, once per event, as the ring buffer is read ([`Probes::drain`]): plus the offset between
+//! CLOCK_REALTIME and CLOCK_MONOTONIC taken at that read, so a suspend or an NTP step since the
+//! probes were loaded does not shift the events (a step between an event and its read, at most
+//! ~200 ms, does).
 //!
 //! Must never: stop a container operation (loading failures are reported, not fatal), or follow a
 //! process the daemon did not name or that was not forked below one it named.
@@ -200,11 +202,6 @@ impl Probes {
     /// process that serves every container, such as lifecycled).
     pub fn follow_children(&self, pid: u32) {
         let _ = self.lock().tracked.insert(pid, 1, 0);
-    }
-
-    /// Stops following `pid` (its children already followed stay followed until they exit).
-    pub fn unfollow(&self, pid: u32) {
-        let _ = self.lock().tracked.remove(&pid);
     }
 
     /// Wall-clock nanoseconds of kernel timestamps: the one conversion of kernel time, with the

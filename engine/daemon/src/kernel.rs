@@ -232,10 +232,6 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
                     // `runtime start` ends when it sees the program replaced, a moment before
                     // the kernel reports the exec: the container's events get that moment
                     owners.push(Owner { at: (r, c, k), pid, cgroup: None, fallback: true, start, end: end + EXEC_GRACE_NS });
-                    // the container runs its own program now: its work is no longer the engine's
-                    if sp.name == "runtime.start" {
-                        probes.unfollow(pid);
-                    }
                 }
             }
         }

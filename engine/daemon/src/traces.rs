@@ -48,12 +48,17 @@ fn export_config(cfg: &Config) -> anyhow::Result<Option<ExportConfig>> {
 /// process in it first (when the probes run), then stores (and forwards) it. The receivers only
 /// queue: a shim's or the CLI's export never waits for that work.
 pub struct SpanIntake {
-    tx: std::sync::Mutex<std::sync::mpsc::Sender<ExportTraceServiceRequest>>,
+    tx: std::sync::Mutex<std::sync::mpsc::SyncSender<ExportTraceServiceRequest>>,
+    /// Requests dropped because the worker was this far behind.
+    pub dropped: std::sync::atomic::AtomicU64,
 }
+
+/// Requests waiting for the intake worker at most.
+const INTAKE_QUEUE: usize = 8192;
 
 impl SpanIntake {
     pub fn start(store: Arc<TraceStore>, probes: Option<Arc<engine_probes::Probes>>) -> std::io::Result<SpanIntake> {
-        let (tx, rx) = std::sync::mpsc::channel::<ExportTraceServiceRequest>();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<ExportTraceServiceRequest>(INTAKE_QUEUE);
         std::thread::Builder::new().name("span-intake".into()).spawn(move || {
             // drain the probes' ring now and then even when no span comes, so it never fills
             loop {
@@ -73,13 +78,16 @@ impl SpanIntake {
                 }
             }
         })?;
-        Ok(SpanIntake { tx: std::sync::Mutex::new(tx) })
+        Ok(SpanIntake { tx: std::sync::Mutex::new(tx), dropped: Default::default() })
     }
 }
 
 impl engine_telemetry::SpanExporter for SpanIntake {
     fn export(&self, request: ExportTraceServiceRequest) {
-        let _ = self.tx.lock().unwrap_or_else(|e| e.into_inner()).send(request);
+        // never wait for the worker: a receiver (a shim's export) must not stall
+        if self.tx.lock().unwrap_or_else(|e| e.into_inner()).try_send(request).is_err() {
+            self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
