@@ -29,7 +29,7 @@ fn kernel_detail(attrs: &[(String, String)]) -> String {
         if let Some((_, v)) = attrs.iter().find(|(k, _)| k == key).filter(|(_, v)| !v.is_empty()) {
             // long paths keep their end, which names the thing
             let n = v.chars().count();
-            return if n > 48 { format!(" …{}", v.chars().skip(n - 47).collect::<String>()) } else { format!(" {v}") };
+            return if n > 48 && v.contains('/') { format!(" …{}", v.chars().skip(n - 47).collect::<String>()) } else { format!(" {v}") };
         }
     }
     String::new()
