@@ -335,15 +335,13 @@ pub fn start(dir: &StateDir, id: &str, rec: &mut Recorder) -> Result<()> {
     let h = rec.start("runtime.start", None);
     rec.set_attr(h, "container.id", id);
     rec.set_attr(h, "process.pid", std::process::id());
-    if let Ok(st) = dir.load(id) {
-        rec.set_attr(h, "container.process.pid", st.pid);
-    }
     let traceparent = rec.context(h).filter(|c| c.sampled()).map(|c| c.traceparent());
-    let r = start_inner(dir, id, traceparent.as_deref());
+    let r = start_inner(dir, id, traceparent.as_deref()).map(|pid| rec.set_attr(h, "container.process.pid", pid));
     rec.finish(h, r)
 }
 
-fn start_inner(dir: &StateDir, id: &str, traceparent: Option<&str>) -> Result<()> {
+/// Releases the process; returns its pid.
+fn start_inner(dir: &StateDir, id: &str, traceparent: Option<&str>) -> Result<i32> {
     let st = dir.load(id)?;
     let status = st.status(dir);
     if status != Status::Created {
@@ -391,7 +389,7 @@ fn start_inner(dir: &StateDir, id: &str, traceparent: Option<&str>) -> Result<()
             eprintln!("engine-runtime: warning: {e}");
         }
     }
-    Ok(())
+    Ok(st.pid)
 }
 
 /// Waits (up to a second) until the container's first process has replaced the runtime's

@@ -526,14 +526,7 @@ impl Daemon {
             r.manually_stopped = false;
         });
         self.persist(e);
-        // its cgroup named in the bundle's spec (the daemon's cgroup parent or the container's own)
-        let cgroup = std::fs::read(self.container_dir(&id).join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["linux"]["cgroupsPath"].as_str().map(str::to_string));
-        if let Some(path) = cgroup {
-            crate::kernel::container_started(&self.probes, &path);
-        }
+        crate::kernel::container_started(&self.probes, &hostconfig::cgroups_path(&self.cfg.cgroup_parent, &id));
         self.event(&e.snapshot(), "start", &[]);
         e.life.send_modify(|l| l.running = true);
         self.spawn_monitor(e.clone());

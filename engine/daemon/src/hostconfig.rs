@@ -206,7 +206,7 @@ pub struct Context<'a> {
 pub fn apply(spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, ApiError> {
     let internal = |e: serde_json::Error| ApiError::internal(format!("building the spec: {e}"));
     let mut v = serde_json::to_value(&spec).map_err(internal)?;
-    v["linux"]["cgroupsPath"] = json!(format!("{}/{}", cx.cgroup_parent.trim_end_matches('/'), cx.id));
+    v["linux"]["cgroupsPath"] = json!(cgroups_path(cx.cgroup_parent, cx.id));
 
     // resources
     let res = &mut v["linux"]["resources"];
@@ -396,6 +396,11 @@ pub fn write_etc_files(dir: &Path, hostname: &str, network_mode: &str) -> std::i
 
 /// Labels as the container record keeps them.
 pub type Labels = BTreeMap<String, String>;
+
+/// A container's cgroup, under the daemon's cgroup parent.
+pub fn cgroups_path(cgroup_parent: &str, id: &str) -> String {
+    format!("{}/{}", cgroup_parent.trim_end_matches('/'), id)
+}
 
 #[cfg(test)]
 mod tests {

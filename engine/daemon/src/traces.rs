@@ -200,7 +200,7 @@ pub async fn stats(d: &Daemon, q: &Query) -> Result<Resp, ApiError> {
 
 /// `GET /engine/v1/traces/{trace_id}`: the trace as one OTLP JSON document.
 pub async fn trace(d: &Daemon, trace_id: &str) -> Result<Resp, ApiError> {
-    if trace_id.len() != 32 || !trace_id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if engine_telemetry::TraceId::from_hex(trace_id).is_none() {
         return Err(ApiError::bad_request(format!("invalid trace id {trace_id:?}: want 32 lowercase hex digits")));
     }
     let ids: HashSet<String> = [trace_id.to_string()].into();

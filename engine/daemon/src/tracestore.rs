@@ -75,6 +75,8 @@ struct Segment {
     seq: u64,
     file: std::fs::File,
     bytes: u64,
+    /// Traces with spans in this segment.
+    traces: usize,
 }
 
 struct Inner {
@@ -220,7 +222,9 @@ impl TraceStore {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
         let bytes = file.metadata()?.len();
         inner.segments.insert(seq, bytes);
-        inner.open = Some(Segment { seq, file, bytes });
+        // a segment reopened after a restart already holds some
+        let traces = inner.traces.values().filter(|t| t.segments.contains_key(&seq)).count();
+        inner.open = Some(Segment { seq, file, bytes, traces });
         Ok(())
     }
 
@@ -262,13 +266,19 @@ impl TraceStore {
         seg.bytes += line.len() as u64;
         let (seq, bytes) = (seg.seq, seg.bytes);
         inner.segments.insert(seq, bytes);
+        let mut new_here = 0;
         for s in &spans {
-            summarize(inner.traces.entry(s.trace_id.clone()).or_default(), s, seq);
+            let t = inner.traces.entry(s.trace_id.clone()).or_default();
+            new_here += usize::from(!t.segments.contains_key(&seq));
+            summarize(t, s, seq);
         }
+        let open_traces = inner.open.as_mut().map(|o| {
+            o.traces += new_here;
+            o.traces
+        });
         // a segment is sealed by size, or once it holds a quarter of the traces to keep (so the
         // count bound is met at segment granularity too)
-        let open_traces = inner.traces.values().filter(|t| t.segments.contains_key(&seq)).count();
-        if bytes >= self.retention.segment_bytes || open_traces > (self.retention.max_traces / 4).max(1) {
+        if bytes >= self.retention.segment_bytes || open_traces.unwrap_or(0) > (self.retention.max_traces / 4).max(1) {
             self.seal(&mut inner, seq);
         }
         self.enforce_retention(&mut inner);
@@ -365,8 +375,8 @@ impl TraceStore {
                 }
                 let Ok(req) = serde_json::from_slice::<ExportTraceServiceRequest>(&line) else { continue };
                 for t in wanted {
-                    let Ok(ctx) = engine_telemetry::TraceContext::parse(&format!("00-{t}-0000000000000001-01"), None) else { continue };
-                    let bytes = ctx.trace_id.0.to_vec();
+                    let Some(id) = engine_telemetry::TraceId::from_hex(t) else { continue };
+                    let bytes = id.0.to_vec();
                     let mut r = req.clone();
                     for rs in &mut r.resource_spans {
                         for ss in &mut rs.scope_spans {

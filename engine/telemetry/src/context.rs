@@ -11,6 +11,12 @@ pub struct TraceId(pub [u8; 16]);
 pub struct SpanId(pub [u8; 8]);
 
 impl TraceId {
+    /// A trace id from its 32 lowercase hex digits (as `traceparent` and OTLP JSON write it);
+    /// `None` for anything else, or the invalid all-zero id.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        unhex(s).filter(|b| *b != [0u8; 16]).map(TraceId)
+    }
+
     /// A new random trace id.
     pub fn random() -> Self {
         let mut b = [0u8; 16];

@@ -72,33 +72,16 @@ fn env(key: &str) -> Option<String> {
     std::env::var(key).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// Percent-decoding for the W3C-baggage-style lists of `OTEL_EXPORTER_OTLP_HEADERS` and
-/// `OTEL_RESOURCE_ATTRIBUTES`.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Parses a `key=value,key=value` list (values percent-decoded).
 pub fn parse_pairs(list: &str) -> Result<Vec<(String, String)>, ConfigError> {
     list.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|p| match p.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((percent_decode(k.trim()), percent_decode(v.trim()))),
+            Some((k, v)) if !k.trim().is_empty() => {
+                let decode = |s: &str| percent_encoding::percent_decode_str(s.trim()).decode_utf8_lossy().into_owned();
+                Ok((decode(k), decode(v)))
+            }
             _ => Err(ConfigError::Header(p.into())),
         })
         .collect()
