@@ -1,0 +1,235 @@
+//! Links, addresses and routes over rtnetlink: the bridges, the veth pairs and the inside of a
+//! container's network namespace. Network namespaces are made here too: a short-lived thread
+//! unshares one and bind-mounts it on a file, so it outlives the thread.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use futures_util::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink socket: {0}")]
+    Socket(std::io::Error),
+    #[error("{what}: {source}")]
+    Request { what: String, source: rtnetlink::Error },
+    #[error("no link named {0}")]
+    NoLink(String),
+    #[error("network namespace {path}: {source}")]
+    Namespace { path: PathBuf, source: std::io::Error },
+}
+
+type Result<T> = std::result::Result<T, NetlinkError>;
+
+fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError::Request { what, source }
+}
+
+/// The errno of a failed request (positive), if the kernel answered with one.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// A route-netlink connection bound to one network namespace (the one it was opened in).
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// A connection in this process's network namespace. Needs a tokio runtime.
+    pub fn host() -> Result<Netlink> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A connection inside the namespace `ns`: its socket is opened by a thread that joined
+    /// the namespace and then ends, so no thread of ours stays in it.
+    pub fn inside(ns: &File, path: &Path) -> Result<Netlink> {
+        let rt = tokio::runtime::Handle::current();
+        let fd = ns.as_raw_fd();
+        let opened = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _rt = rt.enter();
+                // SAFETY: setns on this thread only; the thread ends right after.
+                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                rtnetlink::new_connection()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("netlink thread panicked")))
+        });
+        let (conn, handle, _) = opened.map_err(|source| NetlinkError::Namespace { path: path.to_path_buf(), source })?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// The index of the link `name`, if there is one.
+    pub async fn index(&self, name: &str) -> Result<Option<u32>> {
+        match self.handle.link().get().match_name(name.to_string()).execute().try_next().await {
+            Ok(Some(m)) => Ok(Some(m.header.index)),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(req(format!("looking up link {name}"))(e)),
+        }
+    }
+
+    async fn must_index(&self, name: &str) -> Result<u32> {
+        self.index(name).await?.ok_or_else(|| NetlinkError::NoLink(name.to_string()))
+    }
+
+    /// Makes the bridge `name` exist, hold `gateway/prefix` and be up. Returns its index.
+    pub async fn ensure_bridge(&self, name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<u32> {
+        let index = match self.index(name).await? {
+            Some(i) => i,
+            None => {
+                match self.handle.link().add(LinkBridge::new(name).build()).execute().await {
+                    Ok(()) => {}
+                    Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(req(format!("creating bridge {name}"))(e)),
+                }
+                self.must_index(name).await?
+            }
+        };
+        match self.handle.address().add(index, gateway.into(), prefix).execute().await {
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+            Err(e) => return Err(req(format!("adding {gateway}/{prefix} to {name}"))(e)),
+        }
+        self.up(index, name).await?;
+        Ok(index)
+    }
+
+    pub async fn up(&self, index: u32, name: &str) -> Result<()> {
+        self.handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(req(format!("setting {name} up")))
+    }
+
+    /// Deletes the link `name`; one that is not there is not an error.
+    pub async fn delete(&self, name: &str) -> Result<bool> {
+        let Some(index) = self.index(name).await? else { return Ok(false) };
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(req(format!("deleting link {name}"))(e)),
+        }
+    }
+
+    /// Creates the veth pair `host`/`peer`, puts `host` on `bridge` and up, and moves `peer`
+    /// into the namespace `ns`.
+    pub async fn veth_into(&self, host: &str, peer: &str, bridge: u32, ns: &File) -> Result<()> {
+        self.handle.link().add(LinkVeth::new(host, peer).build()).execute().await.map_err(req(format!("creating veth pair {host}/{peer}")))?;
+        let done = async {
+            let hi = self.must_index(host).await?;
+            let pi = self.must_index(peer).await?;
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(hi).controller(bridge).up().build())
+                .execute()
+                .await
+                .map_err(req(format!("attaching {host} to its bridge")))?;
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(pi).setns_by_fd(ns.as_raw_fd()).build())
+                .execute()
+                .await
+                .map_err(req(format!("moving {peer} into the container's namespace")))
+        }
+        .await;
+        if done.is_err() {
+            let _ = self.delete(host).await; // takes the peer with it
+        }
+        done
+    }
+
+    /// Inside a container's namespace: loopback up.
+    pub async fn loopback_up(&self) -> Result<()> {
+        let lo = self.must_index("lo").await?;
+        self.up(lo, "lo").await
+    }
+
+    /// Inside a container's namespace: renames the moved veth end to `ifname`, gives it `mac`
+    /// and `ip/prefix`, sets it up, and routes the default through `gateway` when asked.
+    pub async fn configure(&self, moved: &str, ifname: &str, mac: [u8; 6], ip: Ipv4Addr, prefix: u8, gateway: Option<Ipv4Addr>) -> Result<()> {
+        let index = self.must_index(moved).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).name(ifname.to_string()).address(mac.to_vec()).build())
+            .execute()
+            .await
+            .map_err(req(format!("naming {ifname}")))?;
+        self.handle.address().add(index, ip.into(), prefix).execute().await.map_err(req(format!("adding {ip}/{prefix} to {ifname}")))?;
+        self.up(index, ifname).await?;
+        if let Some(gw) = gateway {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).output_interface(index).build();
+            self.handle.route().add(route).execute().await.map_err(req(format!("adding the default route via {gw}")))?;
+        }
+        Ok(())
+    }
+
+    /// The IPv4 destinations routed in this namespace's main table, except the default route
+    /// (what a new subnet must not overlap).
+    pub async fn routed_subnets(&self) -> Result<Vec<Ipv4Net>> {
+        let mut out = Vec::new();
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(r) = routes.try_next().await.map_err(req("listing routes"))? {
+            let len = r.header.destination_prefix_length;
+            if len == 0 || r.header.table != 254 {
+                continue;
+            }
+            for a in &r.attributes {
+                if let RouteAttribute::Destination(RouteAddress::Inet(ip)) = a {
+                    if let Ok(net) = Ipv4Net::new(*ip, len) {
+                        out.push(net.trunc());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A new network namespace, bind-mounted on `path` (an empty file is made there) so it lives
+/// until [`remove_namespace`]. Returns it open, with a netlink connection inside it.
+pub fn create_namespace(path: &Path) -> Result<(File, Netlink)> {
+    let err = |source| NetlinkError::Namespace { path: path.to_path_buf(), source };
+    let made = std::thread::scope(|s| {
+        s.spawn(|| -> std::io::Result<()> {
+            // SAFETY: unshare affects this thread only (a network namespace is per task); the
+            // thread ends right after, its namespace kept by the bind mount.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            File::create(path)?;
+            nix::mount::mount(Some("/proc/thread-self/ns/net"), path, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).map_err(std::io::Error::from)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
+    });
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(path);
+        return Err(err(e));
+    }
+    let opened = File::open(path).map_err(err).and_then(|f| Netlink::inside(&f, path).map(|n| (f, n)));
+    if opened.is_err() {
+        remove_namespace(path);
+    }
+    opened
+}
+
+/// Unmounts and removes a namespace file of [`create_namespace`]; the namespace goes when
+/// its last process leaves. Absent is fine.
+pub fn remove_namespace(path: &Path) {
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_file(path);
+}

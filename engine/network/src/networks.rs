@@ -1,0 +1,550 @@
+//! The networks of one engined: their records (one JSON file each under the data root, with
+//! their address allocations and endpoints), their bridges and firewall rules, and the
+//! endpoints of containers on them (a veth pair per container and network).
+//!
+//! Three networks always exist, as in Docker: `bridge` (the default, on the Linux bridge
+//! named by the configuration, `engine0` by default), `host` and `none`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::etc::HostEntry;
+use crate::firewall::{BridgeRules, Firewall, FirewallError};
+use crate::ipam::{self, Allocations, IpamError, Pool};
+use crate::netlink::{Netlink, NetlinkError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("network {0} not found")]
+    NotFound(String),
+    #[error("network with name {0} already exists")]
+    Exists(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+type Result<T> = std::result::Result<T, NetworkError>;
+
+pub const DEFAULT: &str = "bridge";
+
+/// A container's place on a network while it runs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Endpoint {
+    pub id: String,
+    pub container: String,
+    pub container_name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub mac: String,
+    /// The host end of the veth pair.
+    pub host_veth: String,
+    /// The name inside the container (eth0, eth1, …).
+    pub ifname: String,
+}
+
+/// What engined keeps of a network (`<data-root>/network/<id>.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub id: String,
+    pub name: String,
+    /// bridge, host or null.
+    pub driver: String,
+    pub created: String,
+    /// The Linux bridge (bridge driver only).
+    #[serde(default)]
+    pub bridge: String,
+    pub subnet: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub ip_range: Option<Ipv4Net>,
+    /// Whether the user chose the subnet (a default one may move to avoid a host route).
+    #[serde(default)]
+    pub subnet_configured: bool,
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    #[serde(default)]
+    pub allocations: Allocations,
+    /// Container id → its endpoint.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, Endpoint>,
+}
+
+impl NetworkRecord {
+    pub fn predefined(&self) -> bool {
+        matches!(self.name.as_str(), DEFAULT | "host" | "none")
+    }
+    pub fn is_bridge(&self) -> bool {
+        self.driver == "bridge"
+    }
+}
+
+/// What `network create` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct CreateRequest {
+    pub name: String,
+    pub driver: String,
+    pub subnet: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+    pub ip_range: Option<Ipv4Net>,
+    pub internal: bool,
+    pub labels: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
+}
+
+pub struct Config {
+    /// Where the records go (`<data-root>/network`).
+    pub dir: PathBuf,
+    /// Where container network namespaces are mounted (`<exec-root>/netns`).
+    pub netns_dir: PathBuf,
+    /// The default network's Linux bridge.
+    pub bridge_name: String,
+    /// The default bridge's address and prefix (dockerd's `--bip`).
+    pub bip: Option<Ipv4Net>,
+    pub pools: Vec<Pool>,
+    /// Manage firewall rules (dockerd's `--iptables`).
+    pub iptables: bool,
+}
+
+pub struct Networks {
+    cfg: Config,
+    records: Mutex<BTreeMap<String, NetworkRecord>>,
+    host: Netlink,
+    firewall: Option<Firewall>,
+    /// Serialises create/remove against each other (subnet choice, bridge names).
+    admin: tokio::sync::Mutex<()>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NetworkError + '_ {
+    move |source| NetworkError::Io { path: path.to_path_buf(), source }
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 32];
+    if File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_err() {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        b[..16].copy_from_slice(&t.to_le_bytes());
+        b[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A valid network name: Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
+pub fn valid_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty() && b[0].is_ascii_alphanumeric() && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+impl Networks {
+    /// Loads the records, makes the predefined networks, and brings every bridge and the
+    /// firewall rules up to date (after a restart or a reboot: missing ones are made again;
+    /// endpoints of running containers are kept).
+    pub async fn open(cfg: Config, now: String) -> Result<Networks> {
+        std::fs::create_dir_all(&cfg.dir).map_err(io(&cfg.dir))?;
+        std::fs::create_dir_all(&cfg.netns_dir).map_err(io(&cfg.netns_dir))?;
+        let mut records = BTreeMap::new();
+        for ent in std::fs::read_dir(&cfg.dir).map_err(io(&cfg.dir))? {
+            let path = ent.map_err(io(&cfg.dir))?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let rec: NetworkRecord = std::fs::read(&path)
+                    .map_err(io(&path))
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| NetworkError::Invalid(format!("{}: {e}", path.display()))))?;
+                records.insert(rec.id.clone(), rec);
+            }
+        }
+        let chain_prefix = if cfg.bridge_name == "engine0" { "ENGINE".to_string() } else { format!("ENGINE-{}", cfg.bridge_name) };
+        let firewall = if cfg.iptables { Firewall::detect(&chain_prefix) } else { None };
+        let n = Networks { host: Netlink::host()?, firewall, records: Mutex::new(records), admin: Default::default(), cfg };
+        for (name, driver) in [("host", "host"), ("none", "null")] {
+            if n.by_name(name).is_none() {
+                let rec = NetworkRecord { id: random_id(), name: name.into(), driver: driver.into(), created: now.clone(), bridge: String::new(), subnet: None, gateway: None, ip_range: None, subnet_configured: false, internal: false, labels: Default::default(), options: Default::default(), allocations: Default::default(), endpoints: Default::default() };
+                n.save(&rec)?;
+                n.lock().insert(rec.id.clone(), rec);
+            }
+        }
+        n.ensure_default(now).await?;
+        let bridges: Vec<NetworkRecord> = n.list().into_iter().filter(|r| r.is_bridge() && r.name != DEFAULT).collect();
+        for r in bridges {
+            if let (Some(subnet), Some(gw)) = (r.subnet, r.gateway) {
+                n.host.ensure_bridge(&r.bridge, gw, subnet.prefix_len()).await?;
+            }
+        }
+        n.apply_firewall()?;
+        if n.firewall.is_some() {
+            // Containers reach the outside through the host, as with Docker.
+            let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+        }
+        Ok(n)
+    }
+
+    async fn ensure_default(&self, now: String) -> Result<()> {
+        let existing = self.by_name(DEFAULT);
+        let mut rec = existing.clone().unwrap_or_else(|| NetworkRecord {
+            id: random_id(),
+            name: DEFAULT.into(),
+            driver: "bridge".into(),
+            created: now,
+            bridge: self.cfg.bridge_name.clone(),
+            subnet: None,
+            gateway: None,
+            ip_range: None,
+            subnet_configured: false,
+            internal: false,
+            labels: Default::default(),
+            options: BTreeMap::from([("com.docker.network.bridge.default_bridge".into(), "true".into()), ("com.docker.network.bridge.name".into(), self.cfg.bridge_name.clone())]),
+            allocations: Default::default(),
+            endpoints: Default::default(),
+        });
+        rec.bridge = self.cfg.bridge_name.clone();
+        let bridge_exists = self.host.index(&rec.bridge).await?.is_some();
+        match self.cfg.bip {
+            Some(bip) => {
+                rec.subnet = Some(bip.trunc());
+                rec.gateway = Some(bip.addr());
+                rec.subnet_configured = true;
+            }
+            // A subnet of a bridge that is gone is chosen again (it may collide now), unless
+            // containers still hold addresses of it.
+            None if rec.subnet.is_none() || (!bridge_exists && rec.endpoints.is_empty()) => {
+                let subnet = self.free_subnet(Some(&rec.id)).await?;
+                rec.subnet = Some(subnet);
+                rec.gateway = subnet.hosts().next();
+            }
+            None => {}
+        }
+        let (subnet, gw) = (rec.subnet.ok_or_else(|| NetworkError::Invalid("default bridge without subnet".into()))?, rec.gateway.ok_or_else(|| NetworkError::Invalid("default bridge without gateway".into()))?);
+        self.host.ensure_bridge(&rec.bridge, gw, subnet.prefix_len()).await?;
+        self.save(&rec)?;
+        self.lock().insert(rec.id.clone(), rec);
+        Ok(())
+    }
+
+    /// A subnet from the pools that overlaps no host route and no other network.
+    async fn free_subnet(&self, except: Option<&str>) -> Result<Ipv4Net> {
+        let mut taken = self.host.routed_subnets().await?;
+        taken.extend(self.list().iter().filter(|r| Some(r.id.as_str()) != except).filter_map(|r| r.subnet));
+        Ok(ipam::pick_subnet(&self.cfg.pools, &taken)?)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, NetworkRecord>> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes a record: temp file and rename. Not fsynced: a record must survive a crash of
+    /// engined (the page cache keeps it); after a crash of the host no container runs, and
+    /// the endpoints it lists are released at the next start.
+    fn save(&self, rec: &NetworkRecord) -> Result<()> {
+        let path = self.cfg.dir.join(format!("{}.json", rec.id));
+        let tmp = self.cfg.dir.join(format!(".{}.json.tmp", rec.id));
+        let bytes = serde_json::to_vec_pretty(rec).map_err(|e| NetworkError::Invalid(e.to_string()))?;
+        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    pub fn list(&self) -> Vec<NetworkRecord> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn by_name(&self, name: &str) -> Option<NetworkRecord> {
+        self.lock().values().find(|r| r.name == name).cloned()
+    }
+
+    /// By full id, name, or unique id prefix.
+    pub fn find(&self, s: &str) -> Result<NetworkRecord> {
+        let map = self.lock();
+        if let Some(r) = map.get(s) {
+            return Ok(r.clone());
+        }
+        if let Some(r) = map.values().find(|r| r.name == s) {
+            return Ok(r.clone());
+        }
+        let hits: Vec<&NetworkRecord> = if s.is_empty() { Vec::new() } else { map.values().filter(|r| r.id.starts_with(s)).collect() };
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(NetworkError::NotFound(s.to_string())),
+            _ => Err(NetworkError::Invalid(format!("network {s} is ambiguous ({} matches found based on ID prefix)", hits.len()))),
+        }
+    }
+
+    pub fn firewall_backend(&self) -> Option<String> {
+        self.firewall.as_ref().map(|f| f.backend())
+    }
+
+    fn apply_firewall(&self) -> Result<()> {
+        let Some(fw) = &self.firewall else { return Ok(()) };
+        let rules: Vec<BridgeRules> = self
+            .list()
+            .into_iter()
+            .filter(|r| r.is_bridge())
+            .filter_map(|r| Some(BridgeRules { bridge: r.bridge.clone(), subnet: r.subnet?, internal: r.internal }))
+            .collect();
+        Ok(fw.apply(&rules)?)
+    }
+
+    /// `network create`: a bridge network with its own Linux bridge (`br-<id12>`).
+    pub async fn create(&self, req: CreateRequest, now: String) -> Result<NetworkRecord> {
+        let _admin = self.admin.lock().await;
+        if !valid_name(&req.name) {
+            return Err(NetworkError::Invalid(format!("invalid network name {:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed", req.name)));
+        }
+        if self.by_name(&req.name).is_some() {
+            return Err(NetworkError::Exists(req.name));
+        }
+        match req.driver.as_str() {
+            "" | "bridge" => {}
+            "host" | "null" => return Err(NetworkError::Forbidden(format!("only one instance of \"{}\" network is allowed", req.driver))),
+            d => return Err(NetworkError::NotFound(format!("plugin \"{d}\" (driver)"))),
+        }
+        let subnet = match req.subnet {
+            Some(s) => {
+                if s.prefix_len() > 30 {
+                    return Err(NetworkError::Invalid(format!("subnet {s} is too small")));
+                }
+                let s = s.trunc();
+                if let Some(other) = self.list().into_iter().find(|r| r.subnet.is_some_and(|o| ipam::overlaps(&o, &s))) {
+                    return Err(NetworkError::Forbidden(format!("Pool overlaps with other one on this address space (network {})", other.name)));
+                }
+                s
+            }
+            None => self.free_subnet(None).await?,
+        };
+        let gateway = match req.gateway {
+            Some(g) if !subnet.contains(&g) || g == subnet.network() || g == subnet.broadcast() => {
+                return Err(NetworkError::Invalid(format!("gateway {g} is not a host address of subnet {subnet}")));
+            }
+            Some(g) => g,
+            None => subnet.hosts().next().ok_or_else(|| NetworkError::Invalid(format!("subnet {subnet} has no host address")))?,
+        };
+        if let Some(r) = req.ip_range {
+            if !subnet.contains(&r.network()) || r.prefix_len() < subnet.prefix_len() {
+                return Err(NetworkError::Invalid(format!("ip-range {r} is not inside subnet {subnet}")));
+            }
+        }
+        let id = random_id();
+        let bridge = req.options.get("com.docker.network.bridge.name").cloned().unwrap_or_else(|| format!("br-{}", &id[..12]));
+        if bridge.len() > 15 || self.host.index(&bridge).await?.is_some() {
+            return Err(NetworkError::Invalid(format!("bridge name {bridge:?} is taken or longer than 15 characters")));
+        }
+        let rec = NetworkRecord {
+            id,
+            name: req.name,
+            driver: "bridge".into(),
+            created: now,
+            bridge,
+            subnet: Some(subnet),
+            gateway: Some(gateway),
+            ip_range: req.ip_range,
+            subnet_configured: req.subnet.is_some(),
+            internal: req.internal,
+            labels: req.labels,
+            options: req.options,
+            allocations: Default::default(),
+            endpoints: Default::default(),
+        };
+        let made = async {
+            self.host.ensure_bridge(&rec.bridge, gateway, subnet.prefix_len()).await?;
+            self.save(&rec)?;
+            self.lock().insert(rec.id.clone(), rec.clone());
+            self.apply_firewall()
+        }
+        .await;
+        if let Err(e) = made {
+            self.lock().remove(&rec.id);
+            let _ = std::fs::remove_file(self.cfg.dir.join(format!("{}.json", rec.id)));
+            let _ = self.host.delete(&rec.bridge).await;
+            let _ = self.apply_firewall();
+            return Err(e);
+        }
+        Ok(rec)
+    }
+
+    /// `network rm`: refused for the predefined networks and while containers are on it.
+    pub async fn remove(&self, s: &str) -> Result<NetworkRecord> {
+        let _admin = self.admin.lock().await;
+        let rec = self.find(s)?;
+        if rec.predefined() {
+            return Err(NetworkError::Forbidden(format!("{} is a pre-defined network and cannot be removed", rec.name)));
+        }
+        if !rec.endpoints.is_empty() {
+            return Err(NetworkError::Forbidden(format!("error while removing network: network {} id {} has active endpoints", rec.name, rec.id)));
+        }
+        self.lock().remove(&rec.id);
+        let path = self.cfg.dir.join(format!("{}.json", rec.id));
+        std::fs::remove_file(&path).map_err(io(&path))?;
+        self.host.delete(&rec.bridge).await?;
+        self.apply_firewall()?;
+        Ok(rec)
+    }
+
+    /// A new network namespace for a container, loopback up: `<exec-root>/netns/<id>`.
+    /// Blocks briefly (a thread unshares it): call it off the async workers.
+    pub fn sandbox_path(&self, container: &str) -> PathBuf {
+        self.cfg.netns_dir.join(container)
+    }
+
+    /// Puts a container on a network: an address, a veth pair with one end on the bridge and
+    /// the other, named `ifname`, in `ns`; the default route through the gateway when
+    /// `default_route`. The endpoint is recorded before the links are made, so a crash in
+    /// between is cleaned up by [`Networks::detach`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn attach(&self, network: &str, container: &str, container_name: &str, aliases: &[String], ns: (&File, &Netlink), ifname: &str, requested_ip: Option<Ipv4Addr>, default_route: bool) -> Result<Endpoint> {
+        let rec = self.find(network)?;
+        if !rec.is_bridge() {
+            return Err(NetworkError::Invalid(format!("container cannot be connected to network {} (driver {})", rec.name, rec.driver)));
+        }
+        if rec.endpoints.contains_key(container) {
+            return Err(NetworkError::Forbidden(format!("endpoint with name {container_name} already exists in network {}", rec.name)));
+        }
+        if requested_ip.is_some() && !rec.subnet_configured {
+            return Err(NetworkError::Invalid("user specified IP address is supported only when connecting to networks with user configured subnets".into()));
+        }
+        let (subnet, gateway) = match (rec.subnet, rec.gateway) {
+            (Some(s), Some(g)) => (s, g),
+            _ => return Err(NetworkError::Invalid(format!("network {} has no subnet", rec.name))),
+        };
+        let suffix = ifname.trim_start_matches("eth");
+        let short = &container[..container.len().min(12)];
+        let host_veth = format!("ve{short}{suffix}");
+        let peer = format!("vp{short}{suffix}");
+        let ep = {
+            let mut map = self.lock();
+            let r = map.get_mut(&rec.id).ok_or_else(|| NetworkError::NotFound(network.to_string()))?;
+            let ip = r.allocations.allocate(subnet, r.ip_range, gateway, container, requested_ip)?;
+            let ep = Endpoint {
+                id: random_id(),
+                container: container.to_string(),
+                container_name: container_name.to_string(),
+                aliases: aliases.to_vec(),
+                ip,
+                prefix: subnet.prefix_len(),
+                gateway,
+                mac: ipam::mac_string(&ipam::mac_for(ip)),
+                host_veth: host_veth.clone(),
+                ifname: ifname.to_string(),
+            };
+            r.endpoints.insert(container.to_string(), ep.clone());
+            let snapshot = r.clone();
+            drop(map);
+            if let Err(e) = self.save(&snapshot) {
+                self.forget(&rec.id, container);
+                return Err(e);
+            }
+            ep
+        };
+        let linked = async {
+            let bridge = self.host.ensure_bridge(&rec.bridge, gateway, subnet.prefix_len()).await?;
+            self.host.veth_into(&host_veth, &peer, bridge, ns.0).await?;
+            ns.1.configure(&peer, ifname, ipam::mac_for(ep.ip), ep.ip, ep.prefix, default_route.then_some(gateway)).await
+        }
+        .await;
+        if let Err(e) = linked {
+            let _ = self.host.delete(&host_veth).await;
+            self.forget(&rec.id, container);
+            return Err(e.into());
+        }
+        Ok(ep)
+    }
+
+    fn forget(&self, network_id: &str, container: &str) {
+        let snapshot = {
+            let mut map = self.lock();
+            let Some(r) = map.get_mut(network_id) else { return };
+            r.allocations.release(container);
+            r.endpoints.remove(container);
+            r.clone()
+        };
+        let _ = self.save(&snapshot);
+    }
+
+    /// Takes a container off a network: its host veth (the other end goes with it) and its
+    /// address. Not attached is fine.
+    pub async fn detach(&self, network: &str, container: &str) -> Result<()> {
+        let rec = self.find(network)?;
+        if let Some(ep) = rec.endpoints.get(container) {
+            self.host.delete(&ep.host_veth).await?;
+        }
+        self.forget(&rec.id, container);
+        Ok(())
+    }
+
+    /// Every network a container has an endpoint on.
+    pub fn endpoints_of(&self, container: &str) -> Vec<(NetworkRecord, Endpoint)> {
+        self.lock().values().filter_map(|r| r.endpoints.get(container).map(|e| (r.clone(), e.clone()))).collect()
+    }
+
+    /// Releases the endpoints of containers `keep` says are gone (after a restart: containers
+    /// that stopped while engined was down, or a reboot).
+    pub async fn release_all_but(&self, keep: &BTreeSet<String>) {
+        let stale: Vec<(String, String)> = self.lock().values().flat_map(|r| r.endpoints.keys().filter(|c| !keep.contains(*c)).map(|c| (r.id.clone(), c.clone())).collect::<Vec<_>>()).collect();
+        for (net, c) in stale {
+            let _ = self.detach(&net, &c).await;
+        }
+        if let Ok(rd) = std::fs::read_dir(&self.cfg.netns_dir) {
+            for ent in rd.flatten() {
+                if !keep.contains(&ent.file_name().to_string_lossy().to_string()) {
+                    crate::netlink::remove_namespace(&ent.path());
+                }
+            }
+        }
+    }
+
+    /// Who a container sees by name: the other containers of the user networks it is on.
+    pub fn peers(&self, container: &str) -> Vec<HostEntry> {
+        let mut out = Vec::new();
+        for r in self.lock().values().filter(|r| r.name != DEFAULT && r.endpoints.contains_key(container)) {
+            for ep in r.endpoints.values().filter(|e| e.container != container) {
+                let mut names = vec![ep.container_name.clone()];
+                names.extend(ep.aliases.iter().filter(|a| **a != ep.container_name).cloned());
+                names.push(ep.container[..ep.container.len().min(12)].to_string());
+                out.push(HostEntry { ip: ep.ip, names });
+            }
+        }
+        out
+    }
+
+    /// The containers that share a user network with `container` (their hosts files list it).
+    pub fn neighbours(&self, container: &str) -> BTreeSet<String> {
+        self.lock()
+            .values()
+            .filter(|r| r.name != DEFAULT && r.endpoints.contains_key(container))
+            .flat_map(|r| r.endpoints.keys().filter(|c| *c != container).cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// On engined's shutdown (every container stopped): the bridges and the firewall chains
+    /// go, so nothing of engined stays on the host. They come back at the next start.
+    pub async fn shutdown(&self) {
+        for r in self.list().into_iter().filter(|r| r.is_bridge()) {
+            if r.endpoints.is_empty() {
+                let _ = self.host.delete(&r.bridge).await;
+            }
+        }
+        if self.lock().values().all(|r| r.endpoints.is_empty()) {
+            if let Some(fw) = &self.firewall {
+                let _ = fw.remove();
+            }
+        }
+    }
+}
