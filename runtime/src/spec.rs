@@ -32,6 +32,16 @@ pub struct Bundle {
 
 /// Reads `<bundle>/config.json` and checks it.
 pub fn load(bundle: &Path) -> Result<Bundle, SpecError> {
+    load_checked(bundle, true)
+}
+
+/// Reads and checks a bundle that is created now and run later: the namespaces it joins by
+/// path need not exist yet (a network namespace made just before the start).
+pub fn load_for_later(bundle: &Path) -> Result<Bundle, SpecError> {
+    load_checked(bundle, false)
+}
+
+fn load_checked(bundle: &Path, paths_exist: bool) -> Result<Bundle, SpecError> {
     let dir = std::path::absolute(bundle).map_err(|source| SpecError::Read { path: bundle.into(), source })?;
     let path = dir.join("config.json");
     let bytes = std::fs::read(&path).map_err(|source| SpecError::Read { path: path.clone(), source })?;
@@ -41,7 +51,7 @@ pub fn load(bundle: &Path) -> Result<Bundle, SpecError> {
     if !rootfs.is_dir() {
         return Err(SpecError::MissingRootfs(rootfs));
     }
-    validate(&spec)?;
+    validate(&spec, paths_exist)?;
     Ok(Bundle { dir, rootfs, spec })
 }
 
@@ -59,7 +69,7 @@ fn sysctl_namespace(key: &str) -> Option<LinuxNamespaceType> {
     }
 }
 
-fn validate(spec: &Spec) -> Result<(), SpecError> {
+fn validate(spec: &Spec, paths_exist: bool) -> Result<(), SpecError> {
     let invalid = |m: String| Err(SpecError::Invalid(m));
     let version = spec.version();
     if !version.starts_with("1.") {
@@ -83,7 +93,7 @@ fn validate(spec: &Spec) -> Result<(), SpecError> {
             if !p.is_absolute() {
                 return invalid(format!("linux.namespaces: path {p:?} of {} must be absolute", ns.typ()));
             }
-            if !p.exists() {
+            if paths_exist && !p.exists() {
                 return invalid(format!("linux.namespaces: {} path {} does not exist", ns.typ(), p.display()));
             }
         }

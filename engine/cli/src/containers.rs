@@ -81,9 +81,37 @@ pub struct RunArgs {
     /// Bind mount a volume (host-path-or-volume:container-path[:ro]).
     #[arg(short = 'v', long = "volume")]
     pub volume: Vec<String>,
-    /// Network mode: none or host (bridge networks come later).
+    /// Connect the container to a network: bridge (the default), a user network, host,
+    /// none, or container:<name|id>.
     #[arg(long, alias = "net")]
     pub network: Option<String>,
+    /// Publish a container's port to the host: [ip:][hostPort:]containerPort[/tcp|udp].
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Publish every exposed port to a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// Expose a port or a range of ports (port[-port][/proto]).
+    #[arg(long)]
+    pub expose: Vec<String>,
+    /// IPv4 address on a user network with a configured subnet.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// Network-scoped alias for the container.
+    #[arg(long = "network-alias", alias = "net-alias")]
+    pub network_alias: Vec<String>,
+    /// Add a custom host-to-IP mapping (host:ip).
+    #[arg(long = "add-host")]
+    pub add_host: Vec<String>,
+    /// Set custom DNS servers.
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// Set custom DNS search domains.
+    #[arg(long = "dns-search")]
+    pub dns_search: Vec<String>,
+    /// Set DNS options.
+    #[arg(long = "dns-option", alias = "dns-opt")]
+    pub dns_option: Vec<String>,
     /// Keep STDIN open even if not attached.
     #[arg(short = 'i', long)]
     pub interactive: bool,
@@ -200,7 +228,141 @@ pub fn create_body(a: &RunArgs) -> Result<Value> {
     if let Some(t) = a.stop_timeout {
         body["StopTimeout"] = json!(t);
     }
+    let (exposed, bindings) = parse_publish(&a.publish, &a.expose)?;
+    if !exposed.is_empty() {
+        body["ExposedPorts"] = Value::Object(exposed.iter().map(|k| (k.clone(), json!({}))).collect());
+    }
+    body["HostConfig"]["PortBindings"] = json!(bindings);
+    body["HostConfig"]["PublishAllPorts"] = json!(a.publish_all);
+    for (k, v) in [("ExtraHosts", &a.add_host), ("Dns", &a.dns), ("DnsSearch", &a.dns_search), ("DnsOptions", &a.dns_option)] {
+        if !v.is_empty() {
+            body["HostConfig"][k] = json!(v);
+        }
+    }
+    if a.ip.is_some() || !a.network_alias.is_empty() {
+        let net = a.network.clone().filter(|n| !n.is_empty() && n != "default").unwrap_or_else(|| "bridge".into());
+        let mut ep = json!({ "Aliases": a.network_alias });
+        if let Some(ip) = &a.ip {
+            ep["IPAMConfig"] = json!({ "IPv4Address": ip });
+        }
+        body["NetworkingConfig"] = json!({ "EndpointsConfig": { net: ep } });
+    }
     Ok(body)
+}
+
+/// `-p` and `--expose` as Docker's `ExposedPorts` keys and `PortBindings`:
+/// `8080:80`, `127.0.0.1:8080:80/udp`, `127.0.0.1::80`, `80`, and ranges `8000-8001:80-81`.
+pub fn parse_publish(publish: &[String], expose: &[String]) -> Result<(Vec<String>, BTreeMap<String, Vec<Value>>)> {
+    let range = |s: &str| -> Result<(u16, u16)> {
+        let bad = || anyhow!("invalid port {s:?}");
+        match s.split_once('-') {
+            Some((a, b)) => Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?)),
+            None => {
+                let p = s.parse().map_err(|_| bad())?;
+                Ok((p, p))
+            }
+        }
+    };
+    let mut exposed = Vec::new();
+    let mut bindings: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for e in expose {
+        let (ports, proto) = e.split_once('/').unwrap_or((e, "tcp"));
+        let (a, b) = range(ports)?;
+        for p in a..=b {
+            exposed.push(format!("{p}/{proto}"));
+        }
+    }
+    for spec in publish {
+        let (rest, proto) = match spec.rsplit_once('/') {
+            Some((r, p)) if matches!(p, "tcp" | "udp") => (r, p),
+            Some(_) => bail!("invalid proto in {spec:?}: want tcp or udp"),
+            None => (spec.as_str(), "tcp"),
+        };
+        // an IPv6 host address is written in brackets: [::1]:8080:80
+        let (ip, rest) = match rest.strip_prefix('[') {
+            Some(r) => {
+                let (ip, r) = r.split_once("]:").ok_or_else(|| anyhow!("invalid publish spec {spec:?}"))?;
+                (ip.to_string(), r.to_string())
+            }
+            None => match rest.matches(':').count() {
+                2 => {
+                    let (ip, r) = rest.split_once(':').unwrap_or(("", rest));
+                    (ip.to_string(), r.to_string())
+                }
+                _ => (String::new(), rest.to_string()),
+            },
+        };
+        let (host, container) = match rest.split_once(':') {
+            Some((h, c)) => (h.to_string(), c.to_string()),
+            None => (String::new(), rest.clone()),
+        };
+        let (c1, c2) = range(&container)?;
+        let host_range = if host.is_empty() { None } else { Some(range(&host)?) };
+        if let Some((h1, h2)) = host_range {
+            if h2 - h1 != c2 - c1 && h1 != h2 {
+                bail!("invalid ranges in {spec:?}: host and container ranges differ in size");
+            }
+        }
+        for (i, p) in (c1..=c2).enumerate() {
+            let key = format!("{p}/{proto}");
+            let host_port = match host_range {
+                Some((h1, h2)) if h1 != h2 => (h1 + i as u16).to_string(),
+                Some((h1, _)) => h1.to_string(),
+                None => String::new(),
+            };
+            if !exposed.contains(&key) {
+                exposed.push(key.clone());
+            }
+            bindings.entry(key).or_default().push(json!({ "HostIp": ip, "HostPort": host_port }));
+        }
+    }
+    Ok((exposed, bindings))
+}
+
+/// `engine port CONTAINER [PRIVATE_PORT[/PROTO]]`.
+pub async fn port(c: &Client, container: &str, private: Option<&str>) -> Result<i32> {
+    let v = c.get(&format!("/containers/{}/json", urlencode(container))).await?;
+    let want = private.map(|p| if p.contains('/') { p.to_string() } else { format!("{p}/tcp") });
+    let mut found = false;
+    for (key, binds) in v["NetworkSettings"]["Ports"].as_object().into_iter().flatten() {
+        if want.as_ref().is_some_and(|w| w != key) {
+            continue;
+        }
+        for b in binds.as_array().into_iter().flatten() {
+            found = true;
+            let ip = b["HostIp"].as_str().unwrap_or("");
+            let host = if ip.contains(':') { format!("[{ip}]") } else { ip.to_string() };
+            let port = b["HostPort"].as_str().unwrap_or("");
+            if want.is_some() {
+                println!("{host}:{port}");
+            } else {
+                println!("{key} -> {host}:{port}");
+            }
+        }
+    }
+    if let (Some(w), false) = (want, found) {
+        bail!("no public port '{w}' published for {container}");
+    }
+    Ok(0)
+}
+
+/// The PORTS column of `ps`: `127.0.0.1:8080->80/tcp, 81/tcp`.
+pub fn ports_column(ports: &Value) -> String {
+    let mut out: Vec<String> = ports
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let (private, proto) = (p["PrivatePort"].as_u64().unwrap_or(0), p["Type"].as_str().unwrap_or("tcp"));
+            match p["PublicPort"].as_u64() {
+                Some(public) => format!("{}:{public}->{private}/{proto}", p["IP"].as_str().unwrap_or("")),
+                None => format!("{private}/{proto}"),
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out.join(", ")
 }
 
 /// `-e NAME` takes the value from the CLI's own environment, as Docker does.
@@ -634,7 +796,7 @@ pub async fn ps(c: &Client, a: PsArgs) -> Result<i32> {
                 "RunningFor": format::ago(x["Created"].as_i64().unwrap_or(0)),
                 "Status": x["Status"],
                 "State": x["State"],
-                "Ports": "",
+                "Ports": ports_column(&x["Ports"]),
                 "Names": x["Names"].as_array().and_then(|n| n.first()).and_then(|n| n.as_str()).unwrap_or("").trim_start_matches('/'),
                 "Labels": x["Labels"].as_object().map(|o| o.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")).unwrap_or_default(),
             })

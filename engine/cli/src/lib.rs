@@ -9,6 +9,7 @@ pub mod client;
 pub mod containers;
 pub mod format;
 pub mod images;
+pub mod networks;
 pub mod trace;
 pub mod volumes;
 
@@ -83,6 +84,15 @@ pub enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(volumes::VolumeCommand),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(networks::NetworkCommand),
+    /// List port mappings or a specific mapping for the container.
+    Port {
+        container: String,
+        /// PRIVATE_PORT[/PROTO]
+        private_port: Option<String>,
+    },
     /// Get real time events from the engine.
     Events(volumes::EventsArgs),
     /// Manage the engine.
@@ -169,6 +179,8 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::History(a) => images::history(c, a).await,
         Command::Image(cmd) => images::image(c, cmd).await,
         Command::Volume(cmd) => volumes::volume(c, cmd).await,
+        Command::Network(cmd) => networks::network(c, cmd).await,
+        Command::Port { container, private_port } => ct::port(c, &container, private_port.as_deref()).await,
         Command::Events(a) => volumes::events(c, a).await,
         Command::System(volumes::SystemCommand::Df) => volumes::system_df(c).await,
         Command::System(volumes::SystemCommand::Info) => info(c).await,

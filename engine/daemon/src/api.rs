@@ -78,6 +78,8 @@ fn route_name(method: &Method, path: &str) -> String {
         ["images", ..] if method == Method::DELETE => "/images/{name}".into(),
         ["volumes", "create"] | ["volumes", "prune"] => format!("/{}", segs.join("/")),
         ["volumes", _] => "/volumes/{name}".into(),
+        ["networks", "create"] | ["networks", "prune"] => format!("/{}", segs.join("/")),
+        ["networks", _, rest @ ..] => format!("/networks/{{id}}{}", rest.iter().map(|s| format!("/{s}")).collect::<String>()),
         ["engine", "v1", "containers", _, "traces"] => "/engine/v1/containers/{id}/traces".into(),
         ["engine", "v1", "traces", "stats"] => "/engine/v1/traces/stats".into(),
         ["engine", "v1", "traces", _] => "/engine/v1/traces/{trace_id}".into(),
@@ -201,6 +203,15 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
         (&M::GET, ["volumes", name]) => crate::volumes::inspect(d, name),
         (&M::DELETE, ["volumes", name]) => crate::volumes::remove(d, name, q.flag("force")),
 
+        // networks
+        (&M::GET, ["networks"]) => crate::network::list(d, &q),
+        (&M::POST, ["networks", "create"]) => crate::network::create(d, http::read_json(req.into_body()).await?).await,
+        (&M::POST, ["networks", "prune"]) => crate::network::prune(d).await,
+        (&M::GET, ["networks", id]) => crate::network::inspect(d, id),
+        (&M::DELETE, ["networks", id]) => crate::network::remove(d, id).await,
+        (&M::POST, ["networks", id, "connect"]) => crate::network::connect(d, id, http::read_json(req.into_body()).await?).await,
+        (&M::POST, ["networks", id, "disconnect"]) => crate::network::disconnect(d, id, http::read_json(req.into_body()).await?).await,
+
         // engine extensions
         (&M::GET, ["engine", "v1", "containers", id, "traces"]) => crate::traces::container_traces(d, id),
         (&M::GET, ["engine", "v1", "traces"]) => crate::traces::recent(d, &q),
@@ -216,7 +227,7 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
         (&M::GET, ["events"]) => events(d, &q),
         (&M::GET, ["system", "df"]) => system_df(d),
 
-        (_, ["containers" | "images" | "exec" | "volumes" | "system", ..]) | (_, ["_ping" | "version" | "info"]) => {
+        (_, ["containers" | "images" | "exec" | "volumes" | "networks" | "system", ..]) | (_, ["_ping" | "version" | "info"]) => {
             Err(ApiError::new(StatusCode::NOT_FOUND, format!("page not found: {method} {path} is not served by engined")))
         }
         _ => Err(ApiError::not_found(format!("page not found: {path}"))),
@@ -355,7 +366,7 @@ fn info(d: &Daemon) -> Value {
         "Images": d.images.list().map(|l| l.len()).unwrap_or(0),
         "Driver": "overlay2",
         "DriverStatus": [["Backing Filesystem", "extfs"]],
-        "Plugins": { "Volume": ["local"], "Network": ["host", "null"], "Log": ["json-file"] },
+        "Plugins": { "Volume": ["local"], "Network": ["bridge", "host", "null"], "Log": ["json-file"] },
         "MemoryLimit": true, "SwapLimit": false, "CpuCfsPeriod": true, "CpuCfsQuota": true, "PidsLimit": true,
         "IPv4Forwarding": false,
         "Debug": d.cfg.log_level == "debug",
@@ -476,12 +487,12 @@ fn list_containers(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
             "ImageID": r.image_id.to_string(),
             "Command": command,
             "Created": unix_of(&r.created),
-            "Ports": [],
+            "Ports": crate::network::ps_ports(&r),
             "Labels": r.config.labels.clone().unwrap_or_default(),
             "State": status,
             "Status": status_line(&r),
             "HostConfig": { "NetworkMode": if r.host_config.network_mode.is_empty() { "default" } else { r.host_config.network_mode.as_str() } },
-            "NetworkSettings": { "Networks": {} },
+            "NetworkSettings": { "Networks": crate::network::ps_networks(d, &r) },
             "Mounts": mounts_of(&r),
         }));
     }
@@ -532,7 +543,7 @@ fn inspect_container(d: &Daemon, e: &Arc<Entry>) -> Value {
         "GraphDriver": { "Name": "overlay2", "Data": { "LowerDir": lower.join(":"), "UpperDir": r.upper, "WorkDir": r.work, "MergedDir": r.rootfs } },
         "Mounts": mounts_of(&r),
         "Config": r.config,
-        "NetworkSettings": { "Networks": {}, "Ports": {}, "IPAddress": "", "Gateway": "", "MacAddress": "" },
+        "NetworkSettings": crate::network::settings_json(d, &r),
     })
 }
 

@@ -21,7 +21,9 @@ pub struct Config {
     #[arg(long)]
     pub pidfile: Option<PathBuf>,
     /// A JSON file with any of: "log-level", "cgroup-parent", "data-root", "exec-root", "pidfile",
-    /// "hosts", "otlp-endpoint", "otlp-protocol", "trace-max-traces", "trace-max-mb".
+    /// "hosts", "otlp-endpoint", "otlp-protocol", "trace-max-traces", "trace-max-mb", "no-probes",
+    /// "bridge-name", "bip", "default-address-pools" ([{"base": CIDR, "size": N}]), "iptables",
+    /// "userland-proxy-path".
     #[arg(long)]
     pub config_file: Option<PathBuf>,
     /// error, warn, info or debug.
@@ -52,6 +54,23 @@ pub struct Config {
     /// Do not load the eBPF probes (traces then have no kernel rows).
     #[arg(long)]
     pub no_probes: bool,
+    /// The Linux bridge of the default network (`bridge`).
+    #[arg(long, default_value = "engine0")]
+    pub bridge_name: String,
+    /// The default bridge's address and prefix, e.g. 172.17.0.1/16 (default: the first subnet
+    /// of the address pools that no host route overlaps).
+    #[arg(long)]
+    pub bip: Option<String>,
+    /// Where subnets of networks without --subnet come from: base=CIDR,size=N (repeatable;
+    /// default: 172.17.0.0/16 … 172.31.0.0/16 as /16s, then 192.168.0.0/16 as /20s).
+    #[arg(long = "default-address-pool")]
+    pub default_address_pools: Vec<String>,
+    /// Manage firewall rules (masquerade, forwarding, isolation between networks).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub iptables: bool,
+    /// engine-proxy, one per published port (default: beside this binary).
+    #[arg(long)]
+    pub userland_proxy_path: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -68,6 +87,19 @@ struct FileConfig {
     trace_max_traces: Option<usize>,
     trace_max_mb: Option<u64>,
     no_probes: Option<bool>,
+    bridge_name: Option<String>,
+    bip: Option<String>,
+    default_address_pools: Option<Vec<FilePool>>,
+    iptables: Option<bool>,
+    userland_proxy_path: Option<PathBuf>,
+}
+
+/// `"default-address-pools": [{"base": "10.10.0.0/16", "size": 24}]`, as daemon.json has it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePool {
+    base: String,
+    size: u8,
 }
 
 impl Config {
@@ -106,6 +138,21 @@ impl Config {
                 self.trace_max_mb = v;
             }
             self.no_probes |= f.no_probes.unwrap_or(false);
+            if let Some(v) = f.bridge_name.filter(|_| self.bridge_name == defaults.bridge_name) {
+                self.bridge_name = v;
+            }
+            if self.bip.is_none() {
+                self.bip = f.bip;
+            }
+            if self.default_address_pools.is_empty() {
+                self.default_address_pools = f.default_address_pools.unwrap_or_default().into_iter().map(|p| format!("base={},size={}", p.base, p.size)).collect();
+            }
+            if let Some(v) = f.iptables {
+                self.iptables &= v;
+            }
+            if self.userland_proxy_path.is_none() {
+                self.userland_proxy_path = f.userland_proxy_path;
+            }
             if let Some(h) = f.hosts.and_then(|h| h.into_iter().next()).filter(|_| self.host == defaults.host) {
                 self.host = h;
             }
@@ -114,6 +161,11 @@ impl Config {
             anyhow::bail!("invalid --log-level {:?}: use error, warn, info or debug", self.log_level);
         }
         self.socket_path()?;
+        self.address_pools()?;
+        self.default_bridge_address()?;
+        if self.bridge_name.is_empty() || self.bridge_name.len() > 15 || !self.bridge_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            anyhow::bail!("invalid --bridge-name {:?}: 1 to 15 letters, digits, '-' or '_'", self.bridge_name);
+        }
         if !self.cgroup_parent.starts_with('/') {
             self.cgroup_parent = format!("/{}", self.cgroup_parent);
         }
@@ -135,6 +187,26 @@ impl Config {
 
     pub fn init_bin(&self) -> PathBuf {
         self.init.clone().unwrap_or_else(|| sibling("engine-init"))
+    }
+
+    pub fn proxy_bin(&self) -> PathBuf {
+        self.userland_proxy_path.clone().unwrap_or_else(|| sibling("engine-proxy"))
+    }
+
+    pub fn address_pools(&self) -> anyhow::Result<Vec<engine_network::ipam::Pool>> {
+        if self.default_address_pools.is_empty() {
+            return Ok(engine_network::ipam::default_pools());
+        }
+        self.default_address_pools.iter().map(|p| p.parse().map_err(|e| anyhow::anyhow!("--default-address-pool: {e}"))).collect()
+    }
+
+    pub fn default_bridge_address(&self) -> anyhow::Result<Option<ipnet::Ipv4Net>> {
+        let Some(bip) = &self.bip else { return Ok(None) };
+        let net: ipnet::Ipv4Net = bip.parse().map_err(|_| anyhow::anyhow!("invalid --bip {bip:?}: want an address with its prefix, e.g. 172.17.0.1/16"))?;
+        if net.addr() == net.network() || net.prefix_len() > 30 {
+            anyhow::bail!("invalid --bip {bip:?}: the address is the bridge's own (a host address of the subnet, e.g. 172.17.0.1/16)");
+        }
+        Ok(Some(net))
     }
 
     pub fn lifecycled_socket(&self) -> PathBuf {

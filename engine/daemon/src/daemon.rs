@@ -4,6 +4,8 @@
 //! with exit monitoring and restart policies.
 
 use std::collections::BTreeMap;
+
+use anyhow::Context;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +51,12 @@ pub struct ContainerRecord {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub lower: Vec<PathBuf>,
+    /// The networks it goes on at start (the first is eth0), as configured.
+    #[serde(default)]
+    pub networks: Vec<crate::network::NetworkLink>,
+    /// The proxies of its published ports while it runs.
+    #[serde(default)]
+    pub ports: Vec<engine_network::ports::Proxy>,
 }
 
 /// A change of a container's life, for waiters.
@@ -76,6 +84,9 @@ impl Entry {
     pub fn snapshot(&self) -> ContainerRecord {
         self.record.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+    pub fn update_pub<T>(&self, f: impl FnOnce(&mut ContainerRecord) -> T) -> T {
+        self.update(f)
+    }
     fn update<T>(&self, f: impl FnOnce(&mut ContainerRecord) -> T) -> T {
         f(&mut self.record.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -93,6 +104,7 @@ pub struct Daemon {
     pub sink: Option<engine_telemetry::Sink>,
     pub traces: Arc<crate::tracestore::TraceStore>,
     pub probes: crate::kernel::ProbeState,
+    pub networks: Arc<engine_network::Networks>,
     pub shutting_down: AtomicBool,
     pub execs: crate::exec::Execs,
     /// Container events for `GET /events`, and the recent ones for `since`.
@@ -102,6 +114,10 @@ pub struct Daemon {
 
 fn now() -> String {
     rfc3339_nanos(SystemTime::now())
+}
+
+pub fn now_string() -> String {
+    now()
 }
 
 /// RFC 3339 with nanoseconds, as Docker prints times.
@@ -149,7 +165,21 @@ impl Daemon {
     pub async fn open(cfg: Arc<Config>, supervisor: Supervisor, traces: (Arc<crate::tracestore::TraceStore>, engine_telemetry::Sink), probes: crate::kernel::ProbeState) -> anyhow::Result<Arc<Self>> {
         let (traces, sink) = traces;
         let images = ImageStore::open(cfg.data_root.join("image"))?;
+        let networks = engine_network::Networks::open(
+            engine_network::networks::Config {
+                dir: cfg.data_root.join("network"),
+                netns_dir: cfg.exec_root.join("netns"),
+                bridge_name: cfg.bridge_name.clone(),
+                bip: cfg.default_bridge_address()?,
+                pools: cfg.address_pools()?,
+                iptables: cfg.iptables,
+            },
+            now(),
+        )
+        .await
+        .context("setting up the networks")?;
         let d = Arc::new(Daemon {
+            networks: Arc::new(networks),
             channel: engine_api::unix_channel(cfg.lifecycled_socket()),
             images: Arc::new(images),
             containers: Mutex::new(BTreeMap::new()),
@@ -180,6 +210,18 @@ impl Daemon {
         self.cfg.data_root.join("volumes")
     }
 
+    /// Publishes an event to `GET /events` listeners and keeps it for `since`.
+    pub fn publish(&self, ev: serde_json::Value) {
+        {
+            let mut recent = self.recent_events.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.len() >= 1024 {
+                recent.pop_front();
+            }
+            recent.push_back(ev.clone());
+        }
+        let _ = self.events.send(ev);
+    }
+
     /// Publishes a container event (Docker's shape) to `GET /events` listeners.
     pub fn event(&self, rec: &ContainerRecord, action: &str, extra: &[(&str, String)]) {
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -197,14 +239,7 @@ impl Daemon {
             "Actor": { "ID": rec.id, "Attributes": attrs },
             "scope": "local", "time": now.as_secs(), "timeNano": now.as_nanos() as u64,
         });
-        {
-            let mut recent = self.recent_events.lock().unwrap_or_else(|p| p.into_inner());
-            if recent.len() >= 1024 {
-                recent.pop_front();
-            }
-            recent.push_back(ev.clone());
-        }
-        let _ = self.events.send(ev);
+        self.publish(ev);
     }
 
     fn tasks(&self) -> TasksClient<Channel> {
@@ -218,6 +253,10 @@ impl Daemon {
     fn save(&self, rec: &ContainerRecord) -> Result<(), ApiError> {
         let bytes = serde_json::to_vec_pretty(rec).map_err(|e| ApiError::internal(e.to_string()))?;
         engine_image::store::write_atomic(&self.container_dir(&rec.id).join("container.json"), &bytes).map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    pub fn persist_pub(&self, e: &Entry) {
+        self.persist(e)
     }
 
     fn persist(&self, e: &Entry) {
@@ -269,11 +308,12 @@ impl Daemon {
     }
 
     async fn create_inner(self: &Arc<Self>, trace: &Trace, name: Option<String>, mut body: ContainerConfig) -> Result<String, ApiError> {
-        let hc = body.host_config.take().unwrap_or_default();
+        let mut hc = body.host_config.take().unwrap_or_default();
         if body.image.is_empty() {
             return Err(ApiError::bad_request("config cannot be empty in order to create a container: no image given"));
         }
         let mounts = hostconfig::check(&hc)?;
+        let networks = crate::network::plan(self, &mut hc, body.networking_config.take().as_ref())?;
         let name = match name.filter(|n| !n.is_empty()) {
             Some(n) => {
                 let n = n.trim_start_matches('/').to_string();
@@ -309,7 +349,7 @@ impl Daemon {
             creating.push(name.clone());
         }
         let id = random_id();
-        let result = self.create_with_id(trace, &id, &name, body, hc, mounts, image).await;
+        let result = self.create_with_id(trace, &id, &name, body, hc, mounts, image, networks).await;
         self.creating.lock().unwrap_or_else(|p| p.into_inner()).retain(|n| n != &name);
         if result.is_err() {
             self.undo_create(&id).await;
@@ -342,6 +382,7 @@ impl Daemon {
         hc: HostConfig,
         mounts: Vec<hostconfig::MountSpec>,
         image: engine_image::Image,
+        networks: Vec<crate::network::NetworkLink>,
     ) -> Result<(), ApiError> {
         let dir = self.container_dir(id);
         std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(format!("creating {}: {e}", dir.display())))?;
@@ -375,11 +416,16 @@ impl Daemon {
             Ok(b) => b,
             Err(e) => return Err(trace.finish(span, Err::<(), _>(e.message)).map_err(ApiError::bad_request).unwrap_err()),
         };
-        hostconfig::write_etc_files(&dir, &hostname, &hc.network_mode).map_err(|e| ApiError::internal(format!("writing /etc files: {e}")))?;
+        hostconfig::write_etc_files(&dir, &hostname, &hc).map_err(|e| ApiError::internal(format!("writing /etc files: {e}")))?;
         let spec = {
             let volume_dir = |name: &str| -> Result<PathBuf, ApiError> { Ok(crate::volumes::ensure(self, name, Default::default())?.mountpoint) };
             let init_bin = self.cfg.init_bin();
-            let cx = hostconfig::Context { id, cgroup_parent: &self.cfg.cgroup_parent, container_dir: &dir, init_bin: &init_bin, mounts: &mounts, volume_dir: &volume_dir };
+            let netns = match crate::network::mode(&hc) {
+                crate::network::Mode::Host => None,
+                crate::network::Mode::Container(other) => Some(self.networks.sandbox_path(&other)),
+                _ => Some(self.networks.sandbox_path(id)),
+            };
+            let cx = hostconfig::Context { id, cgroup_parent: &self.cfg.cgroup_parent, container_dir: &dir, init_bin: &init_bin, mounts: &mounts, netns: netns.as_deref(), volume_dir: &volume_dir };
             hostconfig::apply(built.spec, &hc, &cx)?
         };
         let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -431,6 +477,8 @@ impl Daemon {
             rootfs: snap.rootfs,
             upper: snap.upper,
             work: snap.work,
+            networks,
+            ports: Vec::new(),
         };
         self.save(&record)?;
         let (life, _) = watch::channel(Life::default());
@@ -470,12 +518,15 @@ impl Daemon {
         trace.attr(span, "container.id", rec.id.clone());
         trace.attr(span, "container.name", rec.name.clone());
         trace.attr(span, "container.image.name", rec.image.clone());
-        let r = self.start_task(trace.traceparent(span), e).await;
+        let outer = trace.enter(span);
+        let r = self.start_task(Some(trace), e).await;
+        trace.enter(outer);
         trace.finish(span, r.as_ref().map(|_| ()).map_err(|e| e.message.clone())).ok();
         r
     }
 
-    async fn start_task(self: &Arc<Self>, tp: Option<String>, e: &Arc<Entry>) -> Result<(), ApiError> {
+    async fn start_task(self: &Arc<Self>, trace: Option<&Trace>, e: &Arc<Entry>) -> Result<(), ApiError> {
+        let tp = trace.and_then(|t| t.traceparent(t.current()));
         let rec = e.snapshot();
         let id = rec.id.clone();
         // After a reboot the overlay is gone: mount it again before the runtime needs it.
@@ -488,16 +539,22 @@ impl Daemon {
         if rec.state.status != "created" {
             let _ = self.tasks().delete(task_req.clone()).await;
         }
+        crate::network::up(self, trace, e).await?;
         let create = CreateTaskRequest { container_id: id.clone(), terminal: rec.config.tty, stdin: rec.config.open_stdin, ..Default::default() };
-        let pid = retry(|| {
+        let created = retry(|| {
             let mut t = self.tasks();
             let r = with_traceparent(Request::new(create.clone()), tp.as_deref());
             async move { t.create(r).await }
         })
-        .await
-        .map_err(|s| ApiError::internal(format!("failed to create task for container {id}: {}", s.message())))?
-        .into_inner()
-        .pid;
+        .await;
+        let pid = match created {
+            Ok(r) => r.into_inner().pid,
+            Err(s) => {
+                crate::network::down(self, e).await;
+                self.persist(e);
+                return Err(ApiError::internal(format!("failed to create task for container {id}: {}", s.message())));
+            }
+        };
         let started = retry(|| {
             let mut t = self.tasks();
             let r = with_traceparent(Request::new(task_req.clone()), tp.as_deref());
@@ -506,6 +563,7 @@ impl Daemon {
         .await;
         if let Err(s) = started {
             let _ = self.tasks().delete(task_req.clone()).await;
+            crate::network::down(self, e).await;
             let msg = format!("failed to start container {id}: {}", s.message());
             e.update(|r| {
                 r.state.error = msg.clone();
@@ -561,6 +619,8 @@ impl Daemon {
     }
 
     async fn record_exit(self: &Arc<Self>, e: &Arc<Entry>, exit: ExitStatus) {
+        // its network goes with its processes (a restart sets it up again)
+        crate::network::down(self, e).await;
         let oom = exit.reason == "OOMKilled";
         let error = if oom || exit.reason.is_empty() { String::new() } else { exit.reason.clone() };
         let shutting_down = self.shutting_down.load(Ordering::SeqCst);
@@ -817,6 +877,7 @@ impl Daemon {
             Err(s) if s.code() == tonic::Code::NotFound => {}
             Err(s) => return Err(ApiError::internal(format!("removing container {id}: {}", s.message()))),
         }
+        crate::network::down(self, e).await;
         let images = self.images.clone();
         let key = id.clone();
         tokio::task::spawn_blocking(move || images.remove_snapshot(&key)).await.map_err(|e| ApiError::internal(e.to_string()))??;
@@ -897,6 +958,9 @@ impl Daemon {
                 running.push(entry);
             }
         }
+        // Endpoints and namespaces of containers that are not running any more go.
+        let keep = running.iter().map(|e| e.snapshot().id).collect();
+        self.networks.release_all_but(&keep).await;
         for e in running {
             let d = self.clone();
             tokio::spawn(async move { d.reattach(e).await });
@@ -941,6 +1005,8 @@ impl Daemon {
         match state {
             Ok(s) if matches!(s.get_ref().status.as_str(), "running" | "paused" | "created") => {
                 log!(self.cfg, "info", "reattached to container {id}");
+                crate::network::ensure_proxies(&self, &e).await;
+                self.persist(&e);
                 self.spawn_monitor(e);
             }
             Ok(s) => {
@@ -970,6 +1036,7 @@ impl Daemon {
         for h in handles {
             let _ = h.await;
         }
+        self.networks.shutdown().await;
     }
 }
 

@@ -59,11 +59,6 @@ pub fn check(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
     if hc.nano_cpus > 0 && (hc.cpu_quota > 0 || hc.cpu_period > 0) {
         return bad("Conflicting options: Nano CPUs and CPU Period/Quota cannot both be set".into());
     }
-    match hc.network_mode.as_str() {
-        "" | "default" | "bridge" | "none" | "host" => {}
-        m if m.starts_with("container:") => return bad(format!("network mode {m:?} is not supported yet")),
-        m => return bad(format!("network {m} not found")),
-    }
     for cap in hc.cap_add.iter().flatten().chain(hc.cap_drop.iter().flatten()) {
         if cap.eq_ignore_ascii_case("ALL") {
             continue;
@@ -198,6 +193,8 @@ pub struct Context<'a> {
     pub container_dir: &'a Path,
     pub init_bin: &'a Path,
     pub mounts: &'a [MountSpec],
+    /// The network namespace to join (engined makes it at start), unless the host's is used.
+    pub netns: Option<&'a Path>,
     /// Resolves a named volume to its directory, creating it if needed.
     pub volume_dir: &'a dyn Fn(&str) -> Result<PathBuf, ApiError>,
 }
@@ -281,6 +278,13 @@ pub fn apply(spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, ApiE
     }
 
     // network
+    if let Some(path) = cx.netns {
+        for n in v["linux"]["namespaces"].as_array_mut().into_iter().flatten() {
+            if n["type"] == "network" {
+                n["path"] = json!(path);
+            }
+        }
+    }
     if hc.network_mode == "host" {
         if let Some(ns) = v["linux"]["namespaces"].as_array_mut() {
             ns.retain(|n| n["type"] != json!(LinuxNamespaceType::Network.to_string()) && n["type"] != "network");
@@ -373,9 +377,10 @@ pub fn default_seccomp(caps: &[String]) -> Value {
 }
 
 /// Writes the container's /etc/hostname, /etc/hosts and /etc/resolv.conf (bind-mounted by
-/// `apply`). Name resolution beyond these comes with the networking work.
-pub fn write_etc_files(dir: &Path, hostname: &str, network_mode: &str) -> std::io::Result<()> {
-    if network_mode == "host" {
+/// `apply`): the host's own with `--network host`; else its name, `--add-host` entries and
+/// `--dns*` settings (the hosts file is written again at each start, with its addresses).
+pub fn write_etc_files(dir: &Path, hostname: &str, hc: &HostConfig) -> std::io::Result<()> {
+    if hc.network_mode == "host" {
         for (f, src) in [("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf"), ("hostname", "/etc/hostname")] {
             if let Ok(b) = std::fs::read(src) {
                 std::fs::write(dir.join(f), b)?;
@@ -384,14 +389,31 @@ pub fn write_etc_files(dir: &Path, hostname: &str, network_mode: &str) -> std::i
         return Ok(());
     }
     std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-    std::fs::write(
-        dir.join("hosts"),
-        format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"),
-    )?;
-    // The host's resolvers, except loopback ones that mean nothing inside the namespace.
+    engine_network::etc::write_in_place(&dir.join("hosts"), &(engine_network::etc::hosts(hostname, &[], &[]) + &extra_hosts(hc)))?;
+    std::fs::write(dir.join("resolv.conf"), resolv_conf(hc))
+}
+
+/// `--add-host name:ip` lines.
+pub fn extra_hosts(hc: &HostConfig) -> String {
+    hc.extra_hosts.iter().flatten().filter_map(|h| h.split_once(':')).map(|(name, ip)| format!("{ip}\t{name}\n")).collect()
+}
+
+/// The host's resolvers (without loopback ones), or `--dns`, `--dns-search`, `--dns-option`.
+pub fn resolv_conf(hc: &HostConfig) -> String {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let kept: Vec<&str> = host.lines().filter(|l| !(l.starts_with("nameserver") && (l.contains(" 127.") || l.contains(" ::1")))).collect();
-    std::fs::write(dir.join("resolv.conf"), kept.join("\n") + "\n")
+    let dns = hc.dns.clone().unwrap_or_default();
+    let search = hc.dns_search.clone().unwrap_or_default();
+    let options = hc.dns_options.clone().unwrap_or_default();
+    if dns.is_empty() && search.is_empty() && options.is_empty() {
+        return engine_network::etc::resolv_conf(&host);
+    }
+    let base = engine_network::etc::resolv_conf(&host);
+    let keep = |prefix: &str, given: bool| base.lines().filter(move |l| !given && l.starts_with(prefix)).map(|l| format!("{l}\n")).collect::<String>();
+    let mut s = String::new();
+    s += &if search.is_empty() { keep("search", false) } else { format!("search {}\n", search.join(" ")) };
+    s += &if dns.is_empty() { keep("nameserver", false) } else { dns.iter().map(|d| format!("nameserver {d}\n")).collect() };
+    s += &if options.is_empty() { keep("options", false) } else { format!("options {}\n", options.join(" ")) };
+    s
 }
 
 /// Labels as the container record keeps them.
@@ -422,8 +444,6 @@ mod tests {
         let hc = HostConfig { memory: 1024, ..Default::default() };
         assert!(check(&hc).is_err());
         let hc = HostConfig { cap_add: Some(vec!["NOT_A_CAP".into()]), ..Default::default() };
-        assert!(check(&hc).is_err());
-        let hc = HostConfig { network_mode: "mynet".into(), ..Default::default() };
         assert!(check(&hc).is_err());
     }
 }

@@ -15,6 +15,7 @@ pub mod hostconfig;
 pub mod http;
 pub mod images;
 pub mod kernel;
+pub mod network;
 pub mod supervisor;
 pub mod traces;
 pub mod trace;

@@ -41,6 +41,31 @@ pub struct ContainerConfig {
     pub stop_timeout: Option<i64>,
     #[serde(skip_serializing)]
     pub host_config: Option<HostConfig>,
+    #[serde(skip_serializing)]
+    pub networking_config: Option<NetworkingConfig>,
+}
+
+/// `NetworkingConfig` of `POST /containers/create`: the endpoint settings per network.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkingConfig {
+    pub endpoints_config: Option<BTreeMap<String, EndpointSettings>>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointSettings {
+    #[serde(rename = "IPAMConfig")]
+    pub ipam_config: Option<EndpointIpam>,
+    pub aliases: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointIpam {
+    #[serde(rename = "IPv4Address")]
+    #[serde(deserialize_with = "nullable")]
+    pub ipv4_address: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -74,8 +99,24 @@ pub struct HostConfig {
     pub cpu_quota: i64,
     pub pids_limit: Option<i64>,
     pub log_config: Option<LogConfig>,
-    pub port_bindings: Option<serde_json::Value>,
+    pub port_bindings: Option<BTreeMap<String, Option<Vec<PortBinding>>>>,
+    #[serde(deserialize_with = "nullable")]
+    pub publish_all_ports: bool,
+    pub extra_hosts: Option<Vec<String>>,
+    pub dns: Option<Vec<String>>,
+    pub dns_search: Option<Vec<String>>,
+    pub dns_options: Option<Vec<String>>,
     pub mounts: Option<Vec<Mount>>,
+}
+
+/// One host address of a published port.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PortBinding {
+    #[serde(deserialize_with = "nullable")]
+    pub host_ip: String,
+    #[serde(deserialize_with = "nullable")]
+    pub host_port: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -86,7 +86,7 @@ impl Containers for Svc {
             .traced(&request, "lifecycle.Containers/Create", &req.id, |_| async {
                 engine_runtime::state::check_id(&req.id).map_err(|e| Status::invalid_argument(e.to_string()))?;
                 // the bundle must be one the runtime accepts: refuse it here, with nothing made
-                let bundle = engine_runtime::spec::load(Path::new(&req.bundle)).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let bundle = engine_runtime::spec::load_for_later(Path::new(&req.bundle)).map_err(|e| Status::invalid_argument(e.to_string()))?;
                 let c = Container {
                     id: req.id.clone(),
                     bundle: bundle.dir.display().to_string(),

@@ -1,0 +1,189 @@
+//! `engine network ...` and `engine port`, with Docker's flags and output.
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+
+use crate::client::{self, Client};
+use crate::containers::{filters_param, print_formatted, urlencode};
+use crate::format;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Create a network.
+    Create {
+        /// Driver to manage the network (bridge).
+        #[arg(short = 'd', long, default_value = "bridge")]
+        driver: String,
+        /// Subnet in CIDR format, e.g. 10.10.0.0/24.
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Gateway for the subnet.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Allocate container addresses from a sub-range.
+        #[arg(long = "ip-range")]
+        ip_range: Option<String>,
+        /// Restrict external access to the network.
+        #[arg(long)]
+        internal: bool,
+        /// Set metadata on a network.
+        #[arg(long = "label")]
+        label: Vec<String>,
+        /// Set driver specific options (com.docker.network.bridge.name=...).
+        #[arg(short = 'o', long = "opt")]
+        opt: Vec<String>,
+        name: String,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        /// Only display network IDs.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// Filter output (name=, id=, driver=, type=custom|builtin, label=).
+        #[arg(short = 'f', long = "filter")]
+        filter: Vec<String>,
+        /// Do not truncate the output.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Format output using a Go-template subset.
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Display detailed information on one or more networks.
+    Inspect {
+        #[arg(short = 'f', long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove one or more networks.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Connect a container to a network.
+    Connect {
+        /// IPv4 address (on a network with a configured subnet).
+        #[arg(long)]
+        ip: Option<String>,
+        /// Network-scoped alias for the container.
+        #[arg(long)]
+        alias: Vec<String>,
+        network: String,
+        container: String,
+    },
+    /// Disconnect a container from a network.
+    Disconnect {
+        /// Force the container to disconnect from a network.
+        #[arg(short = 'f', long)]
+        force: bool,
+        network: String,
+        container: String,
+    },
+    /// Remove all unused networks.
+    Prune {
+        /// Do not prompt for confirmation.
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+}
+
+fn pairs(items: &[String]) -> serde_json::Map<String, Value> {
+    items.iter().map(|l| {
+        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+        (k.to_string(), Value::String(v.to_string()))
+    }).collect()
+}
+
+pub async fn network(c: &Client, cmd: NetworkCommand) -> Result<i32> {
+    match cmd {
+        NetworkCommand::Create { driver, subnet, gateway, ip_range, internal, label, opt, name } => {
+            if (gateway.is_some() || ip_range.is_some()) && subnet.is_none() {
+                bail!("--gateway and --ip-range need --subnet");
+            }
+            let config: Vec<Value> = subnet.iter().map(|s| json!({ "Subnet": s, "Gateway": gateway.clone().unwrap_or_default(), "IPRange": ip_range.clone().unwrap_or_default() })).collect();
+            let body = json!({
+                "Name": name, "CheckDuplicate": true, "Driver": driver, "Internal": internal,
+                "IPAM": { "Driver": "default", "Config": config }, "Labels": pairs(&label), "Options": pairs(&opt),
+            });
+            let v = client::read_json(c.post("/networks/create", Some(&body)).await?).await?;
+            println!("{}", v["Id"].as_str().unwrap_or(""));
+        }
+        NetworkCommand::Ls { quiet, filter, no_trunc, format: f } => {
+            let v = c.get(&format!("/networks?filters={}", filters_param(&filter)?)).await?;
+            let mut nets: Vec<Value> = v.as_array().cloned().unwrap_or_default();
+            nets.sort_by(|a, b| a["Name"].as_str().cmp(&b["Name"].as_str()));
+            let id = |n: &Value| {
+                let id = n["Id"].as_str().unwrap_or("");
+                if no_trunc { id.to_string() } else { format::short_id(id) }
+            };
+            if quiet {
+                nets.iter().for_each(|n| println!("{}", id(n)));
+            } else if let Some(f) = f {
+                let rows: Vec<Value> = nets.iter().map(|n| json!({ "ID": id(n), "Name": n["Name"], "Driver": n["Driver"], "Scope": n["Scope"], "Internal": n["Internal"], "Labels": n["Labels"] })).collect();
+                print_formatted(&f, &rows);
+            } else {
+                let rows: Vec<Vec<String>> = nets
+                    .iter()
+                    .map(|n| vec![id(n), n["Name"].as_str().unwrap_or("").into(), n["Driver"].as_str().unwrap_or("").into(), n["Scope"].as_str().unwrap_or("").into()])
+                    .collect();
+                print!("{}", format::table(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &rows));
+            }
+        }
+        NetworkCommand::Inspect { format: f, networks } => {
+            let mut out = Vec::new();
+            let mut failed = false;
+            for n in &networks {
+                match c.get(&format!("/networks/{}", urlencode(n))).await {
+                    Ok(v) => out.push(v),
+                    Err(e) => {
+                        eprintln!("{e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            match f {
+                Some(f) => out.iter().for_each(|v| println!("{}", format::template(&f, v))),
+                None => println!("{}", serde_json::to_string_pretty(&out)?),
+            }
+            return Ok(failed as i32);
+        }
+        NetworkCommand::Rm { networks } => {
+            let mut failed = false;
+            for n in &networks {
+                match c.delete(&format!("/networks/{}", urlencode(n))).await {
+                    Ok(_) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("{e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            return Ok(failed as i32);
+        }
+        NetworkCommand::Connect { ip, alias, network, container } => {
+            let mut ep = json!({ "Aliases": alias });
+            if let Some(ip) = ip {
+                ep["IPAMConfig"] = json!({ "IPv4Address": ip });
+            }
+            c.post(&format!("/networks/{}/connect", urlencode(&network)), Some(&json!({ "Container": container, "EndpointConfig": ep }))).await?;
+        }
+        NetworkCommand::Disconnect { force, network, container } => {
+            c.post(&format!("/networks/{}/disconnect", urlencode(&network)), Some(&json!({ "Container": container, "Force": force }))).await?;
+        }
+        NetworkCommand::Prune { force } => {
+            if !force {
+                bail!("this removes all networks not used by a container: pass -f to confirm");
+            }
+            let v = client::read_json(c.post("/networks/prune", None).await?).await?;
+            let deleted: Vec<&str> = v["NetworksDeleted"].as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect();
+            if !deleted.is_empty() {
+                println!("Deleted Networks:");
+                deleted.iter().for_each(|n| println!("{n}"));
+            }
+        }
+    }
+    Ok(0)
+}

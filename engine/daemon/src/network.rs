@@ -1,0 +1,705 @@
+//! engined's side of networking: what a container's network mode and endpoint settings mean
+//! (checked at create), its network brought up at start — namespace, endpoints, /etc/hosts,
+//! published-port proxies — and down at exit, `network connect/disconnect` of a running
+//! container, the `/networks` API, and the network parts of `inspect` and `ps`.
+//! The host side of all of it (links, addresses, rules, processes) is `engine-network`'s.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use engine_network::ports::{self, Published};
+use engine_network::{etc, NetworkError, NetworkRecord};
+use engine_telemetry::SpanHandle;
+use hyper::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::daemon::{ContainerRecord, Daemon, Entry};
+use crate::http::{self, empty, ApiError, Query, Resp};
+use crate::trace::Trace;
+use crate::types::{HostConfig, NetworkingConfig};
+
+/// A container's configured place on a network (kept in its record): the first one of a
+/// container is its eth0 and carries its default route.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NetworkLink {
+    pub name: String,
+    pub id: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub ipv4_address: Option<Ipv4Addr>,
+}
+
+/// What `HostConfig.NetworkMode` asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mode {
+    Host,
+    None,
+    /// One or more bridge networks.
+    Bridge,
+    /// Another container's namespace (`container:<name|id>`).
+    Container(String),
+}
+
+pub fn mode(hc: &HostConfig) -> Mode {
+    match hc.network_mode.as_str() {
+        "host" => Mode::Host,
+        "none" => Mode::None,
+        m if m.starts_with("container:") => Mode::Container(m["container:".len()..].to_string()),
+        _ => Mode::Bridge,
+    }
+}
+
+impl From<NetworkError> for ApiError {
+    fn from(e: NetworkError) -> Self {
+        let status = match &e {
+            NetworkError::NotFound(_) => StatusCode::NOT_FOUND,
+            NetworkError::Exists(_) => StatusCode::CONFLICT,
+            NetworkError::Forbidden(_) => StatusCode::FORBIDDEN,
+            NetworkError::Invalid(_) | NetworkError::Ipam(engine_network::ipam::IpamError::InUse(_) | engine_network::ipam::IpamError::OutOfSubnet(..)) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// At create: the networks a container goes on, checked (they exist, aliases and fixed
+/// addresses only where Docker allows them, ports parse). Its network mode is written back in
+/// its canonical form (`container:<id>`, or the network's name).
+pub fn plan(d: &Daemon, hc: &mut HostConfig, nc: Option<&NetworkingConfig>) -> Result<Vec<NetworkLink>, ApiError> {
+    let endpoints = nc.and_then(|n| n.endpoints_config.clone()).unwrap_or_default();
+    let has_ports = hc.port_bindings.as_ref().is_some_and(|p| !p.is_empty()) || hc.publish_all_ports;
+    let primary = match hc.network_mode.as_str() {
+        "" | "default" => engine_network::networks::DEFAULT.to_string(),
+        m => m.to_string(),
+    };
+    // the endpoint of the primary network may be keyed by the mode as given ("default")
+    let is_primary = |k: &str, id: &str| k == primary || k == id || (k == "default" && primary == engine_network::networks::DEFAULT);
+    if let Mode::Container(target) = mode(hc) {
+        let other = d.find(&target).map_err(|_| ApiError::not_found(format!("No such container: {target}")))?;
+        if has_ports {
+            return Err(ApiError::bad_request("conflicting options: port publishing and the container type network mode"));
+        }
+        if endpoints.values().any(|e| e.aliases.as_ref().is_some_and(|a| !a.is_empty()) || e.ipam_config.as_ref().is_some_and(|i| !i.ipv4_address.is_empty())) {
+            return Err(ApiError::bad_request("conflicting options: network endpoints and the container type network mode"));
+        }
+        hc.network_mode = format!("container:{}", other.snapshot().id);
+        return Ok(Vec::new());
+    }
+    let net = d.networks.find(&primary)?;
+    let link = |rec: &NetworkRecord, ep: Option<&crate::types::EndpointSettings>| -> Result<NetworkLink, ApiError> {
+        let aliases = ep.and_then(|e| e.aliases.clone()).unwrap_or_default();
+        let ip = ep.and_then(|e| e.ipam_config.as_ref()).map(|i| i.ipv4_address.as_str()).filter(|s| !s.is_empty());
+        let ipv4_address = ip.map(|s| s.parse::<Ipv4Addr>().map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {s}")))).transpose()?;
+        if rec.name == engine_network::networks::DEFAULT && !aliases.is_empty() {
+            return Err(ApiError::bad_request("network-scoped alias is supported only for containers in user defined networks"));
+        }
+        if ipv4_address.is_some() && !rec.subnet_configured {
+            return Err(ApiError::bad_request("user specified IP address is supported only when connecting to networks with user configured subnets"));
+        }
+        if let (Some(ip), Some(subnet)) = (ipv4_address, rec.subnet) {
+            if !subnet.contains(&ip) {
+                return Err(ApiError::bad_request(format!("requested address {ip} is not in subnet {subnet} of network {}", rec.name)));
+            }
+        }
+        Ok(NetworkLink { name: rec.name.clone(), id: rec.id.clone(), aliases, ipv4_address })
+    };
+    let primary_ep = endpoints.iter().find(|(k, _)| is_primary(k, &net.id)).map(|(_, v)| v);
+    let mut links = vec![link(&net, primary_ep)?];
+    if !net.is_bridge() {
+        // host or none: no other network, and nothing to publish
+        if endpoints.keys().any(|k| !is_primary(k, &net.id)) {
+            return Err(ApiError::bad_request(format!("container cannot be connected to other networks with network mode {}", net.name)));
+        }
+        hc.network_mode = net.name.clone();
+        hc.port_bindings = None;
+        hc.publish_all_ports = false;
+        return Ok(links);
+    }
+    for (name, ep) in &endpoints {
+        if is_primary(name, &net.id) {
+            continue;
+        }
+        let other = d.networks.find(name)?;
+        if !other.is_bridge() {
+            return Err(ApiError::bad_request(format!("container cannot be connected to network {} and to bridge networks", other.name)));
+        }
+        links.push(link(&other, Some(ep))?);
+    }
+    for (key, bindings) in hc.port_bindings.iter().flatten() {
+        for b in bindings.iter().flatten() {
+            ports::binding(key, &b.host_ip, &b.host_port).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+        if bindings.as_ref().is_none_or(|b| b.is_empty()) {
+            ports::parse_port_proto(key).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+    }
+    if hc.network_mode.is_empty() {
+        hc.network_mode = "default".into();
+    }
+    Ok(links)
+}
+
+/// The ports to publish at start: `PortBindings`, then with `-P` every exposed port not bound
+/// yet, on any free host port.
+pub fn published(rec: &ContainerRecord) -> Vec<Published> {
+    let mut out = Vec::new();
+    for (key, bindings) in rec.host_config.port_bindings.iter().flatten() {
+        for b in bindings.iter().flatten() {
+            if let Ok(p) = ports::binding(key, &b.host_ip, &b.host_port) {
+                out.push(p);
+            }
+        }
+    }
+    if rec.host_config.publish_all_ports {
+        for key in rec.config.exposed_ports.iter().flat_map(|m| m.keys()) {
+            let bound = rec.host_config.port_bindings.as_ref().is_some_and(|b| b.get(key).is_some_and(|v| v.as_ref().is_some_and(|v| !v.is_empty())));
+            if !bound {
+                if let Ok(p) = ports::binding(key, "", "") {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Spans of the network set-up when the start is traced.
+struct Spans<'a>(Option<&'a Trace>);
+
+impl Spans<'_> {
+    fn start(&self, name: &str) -> Option<SpanHandle> {
+        self.0.map(|t| t.start(name))
+    }
+    fn attr(&self, h: Option<SpanHandle>, k: &str, v: impl Into<engine_telemetry::recorder::AttrValue>) {
+        if let (Some(t), Some(h)) = (self.0, h) {
+            t.attr(h, k, v);
+        }
+    }
+    fn finish<T>(&self, h: Option<SpanHandle>, r: Result<T, ApiError>) -> Result<T, ApiError> {
+        match (self.0, h) {
+            (Some(t), Some(h)) => {
+                let msg = r.as_ref().err().map(|e| e.message.clone());
+                let _ = t.finish(h, match msg {
+                    Some(m) => Err(m),
+                    None => Ok(()),
+                });
+                r
+            }
+            _ => r,
+        }
+    }
+}
+
+/// At start, before the task: the container's network namespace with its endpoints, its
+/// /etc/hosts (and its neighbours'), and a proxy per published port. Undone whole on failure.
+pub async fn up(d: &Arc<Daemon>, trace: Option<&Trace>, e: &Arc<Entry>) -> Result<(), ApiError> {
+    let rec = e.snapshot();
+    let sp = Spans(trace);
+    let m = mode(&rec.host_config);
+    if m == Mode::Host {
+        return Ok(());
+    }
+    let span = sp.start("daemon.network");
+    sp.attr(span, "network.mode", rec.host_config.network_mode.clone());
+    let outer = trace.zip(span).map(|(t, s)| t.enter(s));
+    let r = up_inner(d, &sp, e, &rec, m).await;
+    if let (Some(t), Some(o)) = (trace, outer) {
+        t.enter(o);
+    }
+    if r.is_err() {
+        down(d, e).await;
+    }
+    sp.finish(span, r)
+}
+
+async fn up_inner(d: &Arc<Daemon>, sp: &Spans<'_>, e: &Arc<Entry>, rec: &ContainerRecord, m: Mode) -> Result<(), ApiError> {
+    let id = rec.id.clone();
+    if let Mode::Container(target) = m {
+        let other = d.find(&target).map_err(|_| ApiError::not_found(format!("No such container: {target}")))?.snapshot();
+        if !other.state.running {
+            return Err(ApiError::conflict(format!("cannot join network of a non running container: {}", other.id)));
+        }
+        // its name files are the other container's
+        let (from, to) = (d.container_dir(&other.id), d.container_dir(&id));
+        for f in ["hosts", "resolv.conf", "hostname"] {
+            let content = std::fs::read_to_string(from.join(f)).unwrap_or_default();
+            etc::write_in_place(&to.join(f), &content).map_err(|err| ApiError::internal(format!("writing {f}: {err}")))?;
+        }
+        return Ok(());
+    }
+    let path = d.networks.sandbox_path(&id);
+    let h = sp.start("network.namespace");
+    let made = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            engine_network::remove_namespace(&path); // a leftover of a crash
+            engine_network::create_namespace(&path)
+        })
+        .await
+        .map_err(|err| ApiError::internal(err.to_string()))?
+        .map_err(|err| ApiError::internal(format!("creating the network namespace: {err}")))
+    };
+    let (ns, nl) = sp.finish(h, made)?;
+    nl.loopback_up().await.map_err(|err| ApiError::internal(err.to_string()))?;
+    if m == Mode::None {
+        return Ok(());
+    }
+    let mut first_ip = None;
+    for (i, link) in rec.networks.iter().enumerate() {
+        let h = sp.start("network.endpoint");
+        sp.attr(h, "network.name", link.name.clone());
+        let ifname = format!("eth{i}");
+        let net = d.networks.find(&link.id).or_else(|_| d.networks.find(&link.name)).map_err(|_| ApiError::not_found(format!("network {} not found", link.name)));
+        let attached = match net {
+            Ok(net) => d.networks.attach(&net.id, &id, &rec.name, &link.aliases, (&ns, &nl), &ifname, link.ipv4_address, i == 0).await.map_err(ApiError::from),
+            Err(err) => Err(err),
+        };
+        if let Ok(ep) = &attached {
+            sp.attr(h, "network.interface.name", ifname.clone());
+            sp.attr(h, "network.local.address", ep.ip.to_string());
+            sp.attr(h, "network.bridge", d.networks.find(&link.id).map(|n| n.bridge).unwrap_or_default());
+            first_ip.get_or_insert(ep.ip);
+        }
+        sp.finish(h, attached)?;
+    }
+    let h = sp.start("network.hosts");
+    let r = write_hosts(d, &id).map(|_| refresh_neighbours(d, &id));
+    sp.finish(h, r)?;
+    if let Some(ip) = first_ip {
+        let mut proxies = Vec::new();
+        let result = async {
+            for p in published(rec) {
+                let h = sp.start("network.proxy");
+                sp.attr(h, "network.transport", p.proto.clone());
+                sp.attr(h, "server.port", p.container_port as i64);
+                let r = spawn_proxy(d, &id, &p, ip, proxies.len()).await;
+                if let Ok(px) = &r {
+                    sp.attr(h, "host.port", px.port.host_port as i64);
+                    sp.attr(h, "process.pid", px.pid as i64);
+                    proxies.push(px.clone());
+                }
+                sp.finish(h, r)?;
+            }
+            Ok::<(), ApiError>(())
+        }
+        .await;
+        // recorded even when one failed: the ones started are stopped by `down`
+        e.update_pub(|r| r.ports = proxies);
+        result?;
+    }
+    Ok(())
+}
+
+async fn spawn_proxy(d: &Arc<Daemon>, id: &str, p: &Published, ip: Ipv4Addr, n: usize) -> Result<ports::Proxy, ApiError> {
+    let dir = d.cfg.exec_root.join("proxy");
+    std::fs::create_dir_all(&dir).map_err(|err| ApiError::internal(format!("creating {}: {err}", dir.display())))?;
+    let stats = dir.join(format!("{id}-{}-{}-{n}", p.proto, p.container_port));
+    let (bin, id, p) = (d.cfg.proxy_bin(), id.to_string(), p.clone());
+    tokio::task::spawn_blocking(move || ports::spawn(&bin, &id, &p, ip, &stats))
+        .await
+        .map_err(|err| ApiError::internal(err.to_string()))?
+        .map_err(|err| match err {
+            ports::PortError::Spawn(_) => ApiError::internal(err.to_string()),
+            _ => ApiError::internal(err.to_string()),
+        })
+}
+
+/// After the container's exit (or a failed start): proxies stopped, endpoints released, the
+/// namespace unmounted, neighbours' /etc/hosts without it. Safe to call again.
+pub async fn down(d: &Arc<Daemon>, e: &Arc<Entry>) {
+    let rec = e.snapshot();
+    let id = rec.id.clone();
+    for p in &rec.ports {
+        ports::stop(p);
+    }
+    if !rec.ports.is_empty() {
+        e.update_pub(|r| r.ports.clear());
+    }
+    let neighbours = d.networks.neighbours(&id);
+    for (net, _) in d.networks.endpoints_of(&id) {
+        if let Err(err) = d.networks.detach(&net.id, &id).await {
+            crate::log!(d.cfg, "warn", "detaching {id} from network {}: {err}", net.name);
+        }
+    }
+    let path = d.networks.sandbox_path(&id);
+    if path.exists() {
+        let _ = tokio::task::spawn_blocking(move || engine_network::remove_namespace(&path)).await;
+    }
+    for n in neighbours {
+        let _ = write_hosts(d, &n);
+    }
+}
+
+/// After an engined restart, for a container still running: its proxies that died with the
+/// host's last boot or were killed are started again.
+pub async fn ensure_proxies(d: &Arc<Daemon>, e: &Arc<Entry>) {
+    let rec = e.snapshot();
+    let Some((_, ep)) = d.networks.endpoints_of(&rec.id).into_iter().find(|(_, ep)| ep.ifname == "eth0") else { return };
+    let mut kept = Vec::new();
+    for (n, p) in rec.ports.iter().enumerate() {
+        if ports::is_running(p) {
+            kept.push(p.clone());
+            continue;
+        }
+        match spawn_proxy(d, &rec.id, &p.port, ep.ip, n).await {
+            Ok(px) => kept.push(px),
+            Err(err) => crate::log!(d.cfg, "warn", "restarting the proxy of {} port {}: {}", rec.id, p.port.container_port, err.message),
+        }
+    }
+    e.update_pub(|r| r.ports = kept);
+}
+
+/// Rewrites a container's /etc/hosts: itself with its addresses, `--add-host` entries, and
+/// on user networks every other container there (by name, alias and short id).
+fn write_hosts(d: &Daemon, id: &str) -> Result<(), ApiError> {
+    let Ok(e) = d.find(id) else { return Ok(()) };
+    let rec = e.snapshot();
+    if matches!(mode(&rec.host_config), Mode::Host | Mode::Container(_)) {
+        return Ok(());
+    }
+    let own: Vec<Ipv4Addr> = d.networks.endpoints_of(id).iter().map(|(_, ep)| ep.ip).collect();
+    let content = etc::hosts(&rec.config.hostname, &own, &d.networks.peers(id)) + &crate::hostconfig::extra_hosts(&rec.host_config);
+    let path = d.container_dir(id).join("hosts");
+    etc::write_in_place(&path, &content).map_err(|err| ApiError::internal(format!("writing {}: {err}", path.display())))
+}
+
+fn refresh_neighbours(d: &Daemon, id: &str) {
+    for n in d.networks.neighbours(id) {
+        if let Err(err) = write_hosts(d, &n) {
+            crate::log!(d.cfg, "warn", "updating the hosts file of {n}: {}", err.message);
+        }
+    }
+}
+
+// ---- inspect and ps ------------------------------------------------------------------------
+
+/// `NetworkSettings` of `GET /containers/{id}/json`.
+pub fn settings_json(d: &Daemon, rec: &ContainerRecord) -> Value {
+    let eps: BTreeMap<String, engine_network::Endpoint> = d.networks.endpoints_of(&rec.id).into_iter().map(|(n, ep)| (n.id, ep)).collect();
+    let mut networks = serde_json::Map::new();
+    for link in &rec.networks {
+        let ep = eps.get(&link.id);
+        let ipam = link.ipv4_address.map(|ip| json!({ "IPv4Address": ip.to_string() }));
+        networks.insert(
+            link.name.clone(),
+            json!({
+                "IPAMConfig": ipam, "Links": null, "Aliases": if link.aliases.is_empty() { Value::Null } else { json!(link.aliases) },
+                "NetworkID": link.id, "EndpointID": ep.map(|e| e.id.clone()).unwrap_or_default(),
+                "Gateway": ep.map(|e| e.gateway.to_string()).unwrap_or_default(),
+                "IPAddress": ep.map(|e| e.ip.to_string()).unwrap_or_default(),
+                "IPPrefixLen": ep.map(|e| e.prefix).unwrap_or(0),
+                "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+                "MacAddress": ep.map(|e| e.mac.clone()).unwrap_or_default(),
+                "DriverOpts": null,
+            }),
+        );
+    }
+    let default = rec.networks.iter().find(|l| l.name == engine_network::networks::DEFAULT).and_then(|l| eps.get(&l.id));
+    let sandbox = if rec.state.running && matches!(mode(&rec.host_config), Mode::Bridge | Mode::None) { d.networks.sandbox_path(&rec.id).display().to_string() } else { String::new() };
+    json!({
+        "Bridge": "", "SandboxID": if sandbox.is_empty() { "" } else { &rec.id }, "HairpinMode": false,
+        "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
+        "Ports": ports_map(rec), "SandboxKey": sandbox,
+        "SecondaryIPAddresses": null, "SecondaryIPv6Addresses": null,
+        "EndpointID": default.map(|e| e.id.clone()).unwrap_or_default(),
+        "Gateway": default.map(|e| e.gateway.to_string()).unwrap_or_default(),
+        "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+        "IPAddress": default.map(|e| e.ip.to_string()).unwrap_or_default(),
+        "IPPrefixLen": default.map(|e| e.prefix).unwrap_or(0),
+        "IPv6Gateway": "",
+        "MacAddress": default.map(|e| e.mac.clone()).unwrap_or_default(),
+        "Networks": networks,
+    })
+}
+
+fn host_ip_string(p: &Published) -> String {
+    p.host_ip.to_string()
+}
+
+/// `"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]` while running; exposed ports
+/// that are not published map to null.
+fn ports_map(rec: &ContainerRecord) -> Value {
+    let mut m = serde_json::Map::new();
+    if !rec.state.running {
+        return Value::Object(m);
+    }
+    for key in rec.config.exposed_ports.iter().flat_map(|e| e.keys()) {
+        m.insert(key.clone(), Value::Null);
+    }
+    for p in &rec.ports {
+        let key = format!("{}/{}", p.port.container_port, p.port.proto);
+        let entry = m.entry(key).or_insert_with(|| json!([]));
+        if !entry.is_array() {
+            *entry = json!([]);
+        }
+        if let Some(a) = entry.as_array_mut() {
+            a.push(json!({ "HostIp": host_ip_string(&p.port), "HostPort": p.port.host_port.to_string() }));
+        }
+    }
+    Value::Object(m)
+}
+
+/// `Ports` of `GET /containers/json`.
+pub fn ps_ports(rec: &ContainerRecord) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    if rec.state.running {
+        for p in &rec.ports {
+            out.push(json!({ "IP": host_ip_string(&p.port), "PrivatePort": p.port.container_port, "PublicPort": p.port.host_port, "Type": p.port.proto }));
+        }
+    }
+    for key in rec.config.exposed_ports.iter().flat_map(|e| e.keys()) {
+        if let Ok((port, proto)) = ports::parse_port_proto(key) {
+            if !out.iter().any(|o| o["PrivatePort"] == json!(port) && o["Type"] == json!(proto)) {
+                out.push(json!({ "PrivatePort": port, "Type": proto }));
+            }
+        }
+    }
+    out
+}
+
+/// `NetworkSettings.Networks` of `GET /containers/json`.
+pub fn ps_networks(d: &Daemon, rec: &ContainerRecord) -> Value {
+    settings_json(d, rec)["Networks"].clone()
+}
+
+// ---- /networks -------------------------------------------------------------------------
+
+fn network_json(d: &Daemon, n: &NetworkRecord) -> Value {
+    let containers: serde_json::Map<String, Value> = n
+        .endpoints
+        .values()
+        .map(|ep| {
+            let name = d.find(&ep.container).map(|e| e.snapshot().name).unwrap_or_else(|_| ep.container_name.clone());
+            (ep.container.clone(), json!({ "Name": name, "EndpointID": ep.id, "MacAddress": ep.mac, "IPv4Address": format!("{}/{}", ep.ip, ep.prefix), "IPv6Address": "" }))
+        })
+        .collect();
+    let config: Vec<Value> = match (n.subnet, n.gateway) {
+        (Some(s), Some(g)) => {
+            let mut c = json!({ "Subnet": s.to_string(), "Gateway": g.to_string() });
+            if let Some(r) = n.ip_range {
+                c["IPRange"] = json!(r.to_string());
+            }
+            vec![c]
+        }
+        _ => Vec::new(),
+    };
+    let mut options = n.options.clone();
+    if n.is_bridge() {
+        options.entry("com.docker.network.bridge.name".into()).or_insert_with(|| n.bridge.clone());
+    }
+    json!({
+        "Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local", "Driver": n.driver,
+        "EnableIPv6": false, "IPAM": { "Driver": "default", "Options": {}, "Config": config },
+        "Internal": n.internal, "Attachable": false, "Ingress": false, "ConfigFrom": { "Network": "" }, "ConfigOnly": false,
+        "Containers": containers, "Options": options, "Labels": n.labels,
+    })
+}
+
+/// `GET /networks`, filters `name` (substring), `id` (prefix), `driver`, `type`
+/// (custom|builtin), `label`.
+pub fn list(d: &Daemon, q: &Query) -> Result<Resp, ApiError> {
+    let f = http::Filters::parse(q)?;
+    f.only(&["name", "id", "driver", "type", "label", "dangling"])?;
+    let out: Vec<Value> = d
+        .networks
+        .list()
+        .iter()
+        .filter(|n| {
+            f.get("name").iter().all(|x| n.name.contains(x.as_str()))
+                && f.get("id").iter().all(|x| n.id.starts_with(x.as_str()))
+                && f.get("driver").iter().all(|x| n.driver == *x)
+                && f.get("type").iter().all(|t| (t == "builtin") == n.predefined())
+                && f.get("label").iter().all(|l| match l.split_once('=') {
+                    Some((k, v)) => n.labels.get(k).map(String::as_str) == Some(v),
+                    None => n.labels.contains_key(l),
+                })
+                && f.get("dangling").iter().all(|x| (x == "true" || x == "1") == (n.endpoints.is_empty() && !n.predefined()))
+        })
+        .map(|n| network_json(d, n))
+        .collect();
+    Ok(http::json(StatusCode::OK, &out))
+}
+
+pub fn inspect(d: &Daemon, id: &str) -> Result<Resp, ApiError> {
+    let n = d.networks.find(id)?;
+    Ok(http::json(StatusCode::OK, &network_json(d, &n)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CreateBody {
+    name: String,
+    driver: Option<String>,
+    internal: bool,
+    #[serde(rename = "EnableIPv6")]
+    enable_ipv6: bool,
+    #[serde(rename = "IPAM")]
+    ipam: Option<IpamBody>,
+    options: Option<BTreeMap<String, String>>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct IpamBody {
+    driver: Option<String>,
+    config: Option<Vec<IpamConfigBody>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct IpamConfigBody {
+    subnet: Option<String>,
+    #[serde(rename = "IPRange")]
+    ip_range: Option<String>,
+    gateway: Option<String>,
+}
+
+/// `POST /networks/create`.
+pub async fn create(d: &Arc<Daemon>, body: CreateBody) -> Result<Resp, ApiError> {
+    if body.name.is_empty() {
+        return Err(ApiError::bad_request("network name is empty"));
+    }
+    if body.enable_ipv6 {
+        return Err(ApiError::bad_request("IPv6 networks are not supported yet"));
+    }
+    let ipam = body.ipam.unwrap_or_default();
+    if ipam.driver.as_deref().is_some_and(|x| !x.is_empty() && x != "default") {
+        return Err(ApiError::bad_request(format!("IPAM driver {:?} is not supported (only default)", ipam.driver.unwrap_or_default())));
+    }
+    let configs = ipam.config.unwrap_or_default();
+    let v4: Vec<&IpamConfigBody> = configs.iter().filter(|c| !c.subnet.as_deref().unwrap_or("").contains(':')).collect();
+    if v4.len() > 1 || configs.len() > v4.len() {
+        return Err(ApiError::bad_request("one IPv4 subnet per network is supported"));
+    }
+    let parse_net = |s: &Option<String>, what: &str| -> Result<Option<ipnet::Ipv4Net>, ApiError> {
+        s.as_deref().filter(|s| !s.is_empty()).map(|s| s.parse::<ipnet::Ipv4Net>().map_err(|_| ApiError::bad_request(format!("invalid {what} {s:?}")))).transpose()
+    };
+    let c = v4.first();
+    let req = engine_network::CreateRequest {
+        name: body.name,
+        driver: body.driver.unwrap_or_default(),
+        subnet: c.map(|c| parse_net(&c.subnet, "subnet")).transpose()?.flatten(),
+        gateway: c.and_then(|c| c.gateway.as_deref()).filter(|g| !g.is_empty()).map(|g| g.parse::<Ipv4Addr>().map_err(|_| ApiError::bad_request(format!("invalid gateway {g:?}")))).transpose()?,
+        ip_range: c.map(|c| parse_net(&c.ip_range, "ip-range")).transpose()?.flatten(),
+        internal: body.internal,
+        labels: body.labels.unwrap_or_default(),
+        options: body.options.unwrap_or_default(),
+    };
+    if req.gateway.is_some() && req.subnet.is_none() {
+        return Err(ApiError::bad_request("a gateway needs a subnet"));
+    }
+    let rec = d.networks.create(req, crate::daemon::now_string()).await?;
+    network_event(d, "create", &rec, None);
+    Ok(http::json(StatusCode::CREATED, &json!({ "Id": rec.id, "Warning": "" })))
+}
+
+/// `DELETE /networks/{id}`.
+pub async fn remove(d: &Arc<Daemon>, id: &str) -> Result<Resp, ApiError> {
+    let rec = d.networks.remove(id).await?;
+    network_event(d, "destroy", &rec, None);
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// `POST /networks/prune`: every user network without containers on it.
+pub async fn prune(d: &Arc<Daemon>) -> Result<Resp, ApiError> {
+    let mut deleted = Vec::new();
+    for n in d.networks.list().into_iter().filter(|n| !n.predefined() && n.endpoints.is_empty()) {
+        if let Ok(rec) = d.networks.remove(&n.id).await {
+            network_event(d, "destroy", &rec, None);
+            deleted.push(rec.name);
+        }
+    }
+    Ok(http::json(StatusCode::OK, &json!({ "NetworksDeleted": deleted })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ConnectBody {
+    container: String,
+    endpoint_config: Option<crate::types::EndpointSettings>,
+    force: bool,
+}
+
+/// `POST /networks/{id}/connect`: the container joins the network now if it runs, and at each
+/// start from now on.
+pub async fn connect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result<Resp, ApiError> {
+    let n = d.networks.find(net)?;
+    let e = d.find(&body.container)?;
+    let _op = e.op.lock().await;
+    let rec = e.snapshot();
+    match mode(&rec.host_config) {
+        Mode::Bridge if n.is_bridge() => {}
+        Mode::Host | Mode::None | Mode::Container(_) => return Err(ApiError::new(StatusCode::FORBIDDEN, "container sharing network namespace with another container or host cannot be connected to any other network")),
+        Mode::Bridge => return Err(ApiError::new(StatusCode::FORBIDDEN, format!("container cannot be connected to network {} (driver {})", n.name, n.driver))),
+    }
+    if rec.networks.iter().any(|l| l.id == n.id) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, format!("endpoint with name {} already exists in network {}", rec.name, n.name)));
+    }
+    let mut hc = rec.host_config.clone();
+    hc.network_mode = n.name.clone();
+    hc.port_bindings = None;
+    hc.publish_all_ports = false;
+    let nc = NetworkingConfig { endpoints_config: body.endpoint_config.map(|ep| BTreeMap::from([(n.name.clone(), ep)])) };
+    let link = plan(d, &mut hc, Some(&nc))?.remove(0);
+    if rec.state.running {
+        let used: Vec<String> = d.networks.endpoints_of(&rec.id).into_iter().map(|(_, ep)| ep.ifname).collect();
+        let ifname = (0..).map(|i| format!("eth{i}")).find(|n| !used.contains(n)).unwrap_or_default();
+        let path = d.networks.sandbox_path(&rec.id);
+        let opened = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || std::fs::File::open(&path).map_err(|err| err.to_string()).and_then(|f| engine_network::Netlink::inside(&f, &path).map(|nl| (f, nl)).map_err(|err| err.to_string())))
+                .await
+                .map_err(|err| ApiError::internal(err.to_string()))?
+                .map_err(|err| ApiError::internal(format!("opening the container's network namespace: {err}")))?
+        };
+        d.networks.attach(&n.id, &rec.id, &rec.name, &link.aliases, (&opened.0, &opened.1), &ifname, link.ipv4_address, false).await?;
+    }
+    e.update_pub(|r| r.networks.push(link));
+    d.persist_pub(&e);
+    if rec.state.running {
+        let _ = write_hosts(d, &rec.id);
+        refresh_neighbours(d, &rec.id);
+    }
+    network_event(d, "connect", &n, Some(&rec.id));
+    Ok(empty(StatusCode::OK))
+}
+
+/// `POST /networks/{id}/disconnect`.
+pub async fn disconnect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result<Resp, ApiError> {
+    let n = d.networks.find(net)?;
+    let e = d.find(&body.container)?;
+    let _op = e.op.lock().await;
+    let rec = e.snapshot();
+    if !rec.networks.iter().any(|l| l.id == n.id) && !body.force {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, format!("container {} is not connected to network {}", rec.id, n.name)));
+    }
+    if matches!(mode(&rec.host_config), Mode::Host) || (!n.is_bridge() && !body.force) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "container cannot be disconnected from host network or connected to host network"));
+    }
+    let neighbours = d.networks.neighbours(&rec.id);
+    d.networks.detach(&n.id, &rec.id).await?;
+    e.update_pub(|r| r.networks.retain(|l| l.id != n.id));
+    d.persist_pub(&e);
+    let _ = write_hosts(d, &rec.id);
+    for c in neighbours {
+        let _ = write_hosts(d, &c);
+    }
+    network_event(d, "disconnect", &n, Some(&rec.id));
+    Ok(empty(StatusCode::OK))
+}
+
+fn network_event(d: &Daemon, action: &str, n: &NetworkRecord, container: Option<&str>) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut attrs = json!({ "name": n.name, "type": n.driver });
+    if let Some(c) = container {
+        attrs["container"] = json!(c);
+    }
+    d.publish(json!({
+        "Type": "network", "Action": action, "Actor": { "ID": n.id, "Attributes": attrs },
+        "scope": "local", "time": now.as_secs(), "timeNano": now.as_nanos() as u64,
+    }));
+}
