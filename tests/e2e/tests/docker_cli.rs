@@ -153,3 +153,36 @@ fn docker_cli_volumes_events_and_df() {
     let events = e.docker_ok(&["events", "--since", &since, "--until", &until, "--filter", "type=container", "--format", "{{.Action}}"]);
     assert_eq!(events.split_whitespace().collect::<Vec<_>>(), ["create", "start", "die", "destroy"], "{events}");
 }
+
+#[test]
+fn docker_cli_publishes_ports_and_manages_networks() {
+    let e = Engined::start();
+    let tar = rootfs_tar(&e);
+    e.docker_ok(&["import", tar.to_str().unwrap(), "bb:1"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let serve = "mkdir -p /www && echo via-docker-cli > /www/index.html && exec httpd -f -p 80 -h /www";
+    e.docker_ok(&["run", "-d", "--name", "web", "-p", &format!("127.0.0.1:{port}:80"), "bb:1", "sh", "-c", serve]);
+    assert_eq!(e.docker_ok(&["port", "web"]).trim(), format!("80/tcp -> 127.0.0.1:{port}"));
+    assert!(e.docker_ok(&["ps", "--format", "{{.Ports}}"]).contains(&format!("127.0.0.1:{port}->80/tcp")));
+    let get = || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    wait_for("the published port", || get().is_some_and(|b| b.contains("via-docker-cli")));
+
+    let id = e.docker_ok(&["network", "create", "dnet"]).trim().to_string();
+    assert!(e.docker_ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]).contains("dnet bridge"));
+    e.docker_ok(&["run", "-d", "--name", "peer", "--network", "dnet", "bb:1", "sh", "-c", serve]);
+    e.docker_ok(&["network", "connect", "dnet", "web"]);
+    assert!(e.docker_ok(&["network", "inspect", "dnet", "--format", "{{range .Containers}}{{.Name}} {{end}}"]).contains("peer"));
+    assert_eq!(e.docker_ok(&["exec", "web", "wget", "-q", "-O-", "http://peer/"]).trim(), "via-docker-cli");
+    assert!(e.docker_ok(&["inspect", "web", "--format", "{{.NetworkSettings.Networks.dnet.IPAddress}}"]).trim().starts_with("10."));
+    e.docker_ok(&["rm", "-f", "web", "peer"]);
+    e.docker_ok(&["network", "rm", "dnet"]);
+    assert!(!e.docker_ok(&["network", "ls", "-q"]).contains(&id[..12]));
+    assert!(!Engined::links().contains(&format!("br-{}", &id[..12])));
+    wait_for("the proxy to exit", || e.proxies().is_empty());
+}

@@ -17,6 +17,10 @@ pub struct Engined {
     pub env: Vec<(String, String)>,
     /// Extra arguments for engined.
     pub args: Vec<String>,
+    /// The default network's Linux bridge (own per instance).
+    pub bridge: String,
+    /// This instance's address pool: 10.A.B.0/21, eight /24 subnets.
+    pub pool: (u8, u8),
 }
 
 impl Engined {
@@ -35,8 +39,18 @@ impl Engined {
         let dir = tempfile::Builder::new().prefix("engine-e2e").tempdir().unwrap();
         let sock = dir.path().join("engine.sock");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let args = args.iter().map(|a| a.to_string()).collect();
-        let mut e = Engined { child: None, dir, sock, cgroup_parent: format!("/engine-e2e-{}-{n}", std::process::id()), env, args };
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        // Networks of their own: side-by-side instances never share a bridge, chains or subnets.
+        let pid = std::process::id();
+        let bridge = format!("et{}x{n}", pid % 10_000_000);
+        let pool = (100 + (pid % 150) as u8, ((n % 32) * 8) as u8);
+        if !args.iter().any(|a| a == "--bridge-name") {
+            args.extend(["--bridge-name".to_string(), bridge.clone()]);
+        }
+        if !args.iter().any(|a| a == "--default-address-pool") {
+            args.extend(["--default-address-pool".to_string(), format!("base=10.{}.{}.0/21,size=24", pool.0, pool.1)]);
+        }
+        let mut e = Engined { child: None, dir, sock, cgroup_parent: format!("/engine-e2e-{pid}-{n}"), env, args, bridge, pool };
         e.restart();
         e
     }
@@ -164,6 +178,43 @@ impl Engined {
         out
     }
 
+    /// The n-th /24 of this instance's pool (the last ones are free for `--subnet`).
+    pub fn subnet(&self, n: u8) -> String {
+        format!("10.{}.{}.0/24", self.pool.0, self.pool.1 + n)
+    }
+
+    /// The host's network links (names).
+    pub fn links() -> Vec<String> {
+        std::fs::read_dir("/sys/class/net").map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+    }
+
+    /// The engine-proxy processes of this instance (their counters live under its exec-root).
+    pub fn proxies(&self) -> Vec<i32> {
+        let marker = self.exec_root().join("proxy");
+        let marker = marker.to_string_lossy();
+        let mut out = Vec::new();
+        for ent in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = ent.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains("engine-proxy") && cmdline.contains(marker.as_ref()) && pid_alive(pid) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// Firewall rules (iptables-save lines) that name this instance's chains or `bridges`.
+    pub fn firewall_rules(&self, bridges: &[&str]) -> Vec<String> {
+        let Ok(out) = Command::new("iptables-save").output() else { return Vec::new() };
+        let chain = format!("ENGINE-{}-", self.bridge);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&chain) || bridges.iter().any(|b| l.split_whitespace().any(|w| w == *b)))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Container snapshots on disk.
     pub fn snapshots(&self) -> usize {
         std::fs::read_dir(self.data_root().join("image/snapshots")).map(|r| r.count()).unwrap_or(0)
@@ -204,6 +255,14 @@ impl Drop for Engined {
                 // SAFETY: the lifecycled this instance's engined started, by pid.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
+        }
+        if Path::new("/sys/class/net").join(&self.bridge).exists() {
+            // engined did not get to its own clean-up (it removes its bridge when it stops)
+            let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+        }
+        for pid in self.proxies() {
+            // SAFETY: a proxy of this instance (its counters are under this instance's exec-root), by pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let mut points = self.mounts();
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));

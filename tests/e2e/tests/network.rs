@@ -1,0 +1,229 @@
+//! Networking end to end, through the engine CLI against a private engined: published ports
+//! through engine-proxy, user networks with names and isolation, connect and disconnect, the
+//! none and container: modes, and that nothing stays behind (veths, bridges, rules, address
+//! allocations, namespaces, proxies). Traffic goes only to loopback and to the test's own
+//! containers; no test resolves a name that is not in a container's /etc/hosts.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use engine_test_support::engined::Engined;
+use engine_test_support::*;
+
+fn inspect(e: &Engined, name: &str, field: &str) -> String {
+    e.ok(&["inspect", "-f", field, name]).trim().to_string()
+}
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET / over plain HTTP/1.0; the body, or None when nothing answers.
+fn http_get(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// A container serving `marker` over HTTP on port 80 (busybox httpd).
+fn serve(marker: &str) -> String {
+    format!("mkdir -p /www && echo {marker} > /www/index.html && exec httpd -f -p 80 -h /www")
+}
+
+fn netns_files(e: &Engined) -> usize {
+    std::fs::read_dir(e.exec_root().join("netns")).map(|r| r.count()).unwrap_or(0)
+}
+
+fn veths_of(id: &str) -> Vec<String> {
+    Engined::links().into_iter().filter(|l| l.starts_with(&format!("ve{}", &id[..12]))).collect()
+}
+
+#[test]
+fn published_port_answers_through_engine_proxy() {
+    let mut e = Engined::start();
+    e.import_busybox("bb");
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:80");
+    let id = e.ok(&["run", "-d", "--name", "web", "-p", &publish, "bb", "sh", "-c", &serve("hello-through-the-proxy")]).trim().to_string();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for("the published port to answer", || http_get(addr).is_some_and(|b| b.contains("hello-through-the-proxy")));
+    assert_eq!(e.ok(&["port", "web"]).trim(), format!("80/tcp -> 127.0.0.1:{port}"));
+    assert_eq!(e.ok(&["port", "web", "80"]).trim(), format!("127.0.0.1:{port}"));
+    assert!(e.ok(&["ps"]).contains(&format!("127.0.0.1:{port}->80/tcp")));
+    assert_eq!(e.proxies().len(), 1, "one engine-proxy per published port");
+    // the container is on the default bridge, with an address of it and its default route
+    let ip = inspect(&e, "web", "{{.NetworkSettings.IPAddress}}");
+    assert!(ip.starts_with(&format!("10.{}.{}.", e.pool.0, e.pool.1)), "{ip}");
+    let routes = e.ok(&["exec", "web", "ip", "route"]);
+    assert!(routes.contains(&format!("default via 10.{}.{}.1 dev eth0", e.pool.0, e.pool.1)), "{routes}");
+    assert!(e.ok(&["exec", "web", "ip", "addr", "show", "lo"]).contains("127.0.0.1/8"));
+    assert!(e.ok(&["exec", "web", "cat", "/etc/hosts"]).contains(&format!("{ip}\t{}", &id[..12])));
+    // the bridge holds the container's veth
+    assert_eq!(veths_of(&id).len(), 1);
+    let master = std::fs::read_link(format!("/sys/class/net/{}/master", veths_of(&id)[0])).unwrap();
+    assert!(master.ends_with(&e.bridge), "{master:?}");
+
+    // the port is taken: a clear error, and the failed start leaves no veth, namespace or proxy
+    let out = e.engine(&["run", "-d", "--name", "second", "-p", &publish, "bb", "sleep", "100"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("address already in use") && err.lines().count() == 1, "{err}");
+    let second = inspect(&e, "second", "{{.Id}}");
+    assert_eq!(inspect(&e, "second", "{{.State.Status}}"), "created");
+    assert!(veths_of(&second).is_empty());
+    assert_eq!(netns_files(&e), 1);
+    assert_eq!(e.proxies().len(), 1);
+    e.ok(&["rm", "second"]);
+
+    // -P publishes exposed ports on free host ports
+    e.ok(&["run", "-d", "--name", "auto", "--expose", "80", "-P", "bb", "sh", "-c", &serve("published-all")]);
+    let auto = e.ok(&["port", "auto", "80/tcp"]);
+    let auto_port: u16 = auto.trim().rsplit(':').next().unwrap().parse().unwrap();
+    assert!(auto.starts_with("0.0.0.0:"), "{auto}");
+    let auto_addr: SocketAddr = format!("127.0.0.1:{auto_port}").parse().unwrap();
+    wait_for("the -P port to answer", || http_get(auto_addr).is_some_and(|b| b.contains("published-all")));
+
+    // engined killed: the proxy and the container keep serving; after the restart all is known
+    e.kill9();
+    assert!(http_get(addr).is_some_and(|b| b.contains("hello-through-the-proxy")));
+    e.restart();
+    assert_eq!(e.ok(&["port", "web"]).trim(), format!("80/tcp -> 127.0.0.1:{port}"));
+    assert_eq!(e.proxies().len(), 2);
+
+    // stop: the proxy goes and the port is free again; the veth and namespace go
+    e.ok(&["stop", "-t", "1", "web", "auto"]);
+    wait_for("the proxies to exit", || e.proxies().is_empty());
+    assert!(TcpListener::bind(addr).is_ok(), "the host port was not released");
+    assert!(veths_of(&id).is_empty());
+    assert_eq!(netns_files(&e), 0);
+    assert_eq!(e.ok(&["port", "web"]).trim(), "");
+    // started again, it publishes again
+    e.ok(&["start", "web"]);
+    wait_for("the port to answer after a restart", || http_get(addr).is_some_and(|b| b.contains("hello-through-the-proxy")));
+    e.ok(&["rm", "-f", "web", "auto"]);
+    wait_for("the proxy to exit", || e.proxies().is_empty());
+    assert!(veths_of(&id).is_empty());
+    assert_eq!(netns_files(&e), 0);
+    let bridge = e.ok(&["network", "inspect", "bridge", "-f", "{{json .Containers}}"]);
+    assert_eq!(bridge.trim(), "{}", "allocations left on the default bridge");
+
+    // stopping engined takes its bridge and chains with it
+    let bridge_name = e.bridge.clone();
+    assert!(!e.firewall_rules(&[]).is_empty(), "engined made no firewall rules");
+    drop(e);
+    assert!(!Engined::links().contains(&bridge_name), "bridge left after engined stopped");
+}
+
+#[test]
+fn user_networks_resolve_names_and_are_isolated() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    let n1 = e.ok(&["network", "create", "front"]).trim().to_string();
+    let subnet = e.subnet(7);
+    let n2 = e.ok(&["network", "create", "--subnet", &subnet, "back"]).trim().to_string();
+    assert_eq!(n1.len(), 64);
+    let ls = e.ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
+    for want in ["bridge bridge", "host host", "none null", "front bridge", "back bridge"] {
+        assert!(ls.contains(want), "{ls}");
+    }
+    assert!(e.fails(&["network", "create", "front"]).contains("already exists"));
+    assert!(e.fails(&["network", "create", "--subnet", &subnet, "again"]).contains("overlaps"));
+    assert!(e.fails(&["network", "rm", "bridge"]).contains("pre-defined"));
+    let br = |n: &str| format!("br-{}", &n[..12]);
+    assert!(Engined::links().contains(&br(&n1)) && Engined::links().contains(&br(&n2)));
+
+    let a1 = e.ok(&["run", "-d", "--name", "a1", "--network", "front", "bb", "sh", "-c", &serve("from-a1")]).trim().to_string();
+    let a2 = e.ok(&["run", "-d", "--name", "a2", "--network", "front", "--network-alias", "db", "bb", "sh", "-c", &serve("from-a2")]).trim().to_string();
+    let fixed = subnet.replace(".0/24", ".50");
+    let b1 = e.ok(&["run", "-d", "--name", "b1", "--network", "back", "--ip", &fixed, "bb", "sh", "-c", &serve("from-b1")]).trim().to_string();
+    assert_eq!(inspect(&e, "b1", "{{.NetworkSettings.Networks.back.IPAddress}}"), fixed);
+
+    // by name and by alias, through /etc/hosts
+    let hosts = e.ok(&["exec", "a1", "cat", "/etc/hosts"]);
+    assert!(hosts.contains(&format!("a2 db {}", &a2[..12])), "{hosts}");
+    assert!(!hosts.contains("\tb1 "), "{hosts}");
+    wait_for("a2 to serve", || e.engine(&["exec", "a1", "wget", "-q", "-O-", "http://db/"]).status.success());
+    assert_eq!(e.ok(&["exec", "a1", "wget", "-q", "-O-", "http://db/"]).trim(), "from-a2");
+    wait_for("a1 to serve", || e.engine(&["exec", "a2", "wget", "-q", "-O-", "http://a1/"]).status.success());
+    assert_eq!(e.ok(&["exec", "a2", "wget", "-q", "-O-", "http://a1/"]).trim(), "from-a1");
+
+    // b1 serves (the host reaches it on its bridge), but not to a container of another network
+    let b1_addr: SocketAddr = format!("{fixed}:80").parse().unwrap();
+    wait_for("b1 to serve", || http_get(b1_addr).is_some_and(|b| b.contains("from-b1")));
+    let cross = e.engine(&["exec", "a1", "nc", "-w", "2", &fixed, "80"]);
+    assert!(!cross.status.success(), "a container of another network reached b1: {}", stdout(&cross));
+    // the same connection from b1's own network works (the check above is not a broken nc)
+    assert!(e.ok(&["exec", "b1", "sh", "-c", &format!("echo 'GET / HTTP/1.0' | nc -w 2 {fixed} 80")]).contains("from-b1"));
+
+    // a container that comes later is in the others' hosts files, and leaves them when it stops
+    e.ok(&["run", "-d", "--name", "a3", "--network", "front", "bb", "sleep", "1000"]);
+    wait_for("a3 in a1's /etc/hosts", || e.ok(&["exec", "a1", "cat", "/etc/hosts"]).contains("\ta3 "));
+    e.ok(&["stop", "-t", "0", "a3"]);
+    wait_for("a3 gone from a1's /etc/hosts", || !e.ok(&["exec", "a1", "cat", "/etc/hosts"]).contains("\ta3 "));
+
+    // connect a1 to back: eth1, b1 reachable by name; disconnect: gone again
+    e.ok(&["network", "connect", "back", "a1"]);
+    assert!(e.ok(&["exec", "a1", "ip", "addr", "show", "eth1"]).contains(&subnet.replace(".0/24", ".")));
+    assert_eq!(e.ok(&["exec", "a1", "wget", "-q", "-O-", "http://b1/"]).trim(), "from-b1");
+    let inspected = e.ok(&["network", "inspect", "back", "-f", "{{json .Containers}}"]);
+    assert!(inspected.contains(&a1) && inspected.contains(&b1), "{inspected}");
+    assert!(e.fails(&["network", "connect", "back", "a1"]).contains("already exists"));
+    e.ok(&["network", "disconnect", "back", "a1"]);
+    assert!(!e.ok(&["exec", "a1", "cat", "/etc/hosts"]).contains("\tb1 "));
+    assert!(!e.engine(&["exec", "a1", "ip", "addr", "show", "eth1"]).status.success());
+
+    // a network with containers on it stays
+    assert!(e.fails(&["network", "rm", "front"]).contains("active endpoints"));
+    assert!(Engined::links().contains(&br(&n1)));
+
+    // everything goes: containers, then networks; nothing of them stays
+    e.ok(&["rm", "-f", "a1", "a2", "a3", "b1"]);
+    for id in [&a1, &a2, &b1] {
+        assert!(veths_of(id).is_empty(), "veth of {id} left");
+    }
+    assert_eq!(netns_files(&e), 0);
+    for n in ["front", "back", "bridge"] {
+        assert_eq!(e.ok(&["network", "inspect", n, "-f", "{{json .Containers}}"]).trim(), "{}", "endpoints left on {n}");
+    }
+    let records = std::fs::read_to_string(e.data_root().join("network").join(format!("{n2}.json"))).unwrap();
+    assert!(records.contains("\"addresses\": {}"), "address allocations left: {records}");
+    assert_eq!(e.ok(&["network", "rm", "front", "back"]).trim(), "front\nback");
+    for n in [&n1, &n2] {
+        assert!(!Engined::links().contains(&br(n)), "bridge {} left", br(n));
+        assert!(e.firewall_rules(&[&br(n)]).iter().all(|r| !r.contains(&br(n))), "rules of {} left", br(n));
+        assert!(!e.data_root().join("network").join(format!("{n}.json")).exists());
+    }
+    assert!(e.fails(&["network", "inspect", "front"]).contains("not found"));
+    e.ok(&["network", "create", "spare"]);
+    assert_eq!(e.ok(&["network", "prune", "-f"]).trim(), "Deleted Networks:\nspare");
+}
+
+#[test]
+fn none_and_container_modes() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    // none: loopback only, up
+    let addrs = e.ok(&["run", "--rm", "--network", "none", "bb", "ip", "-o", "addr"]);
+    assert!(addrs.contains("lo") && addrs.contains("127.0.0.1/8") && !addrs.contains("eth0"), "{addrs}");
+    // container:<name>: the other's namespace, its loopback
+    e.ok(&["run", "-d", "--name", "srv", "--network", "none", "bb", "sh", "-c", &serve("shared-namespace")]);
+    wait_for("srv to serve on its loopback", || e.engine(&["exec", "srv", "wget", "-q", "-O-", "http://127.0.0.1/"]).status.success());
+    assert_eq!(e.ok(&["run", "--rm", "--network", "container:srv", "bb", "wget", "-q", "-O-", "http://127.0.0.1/"]).trim(), "shared-namespace");
+    assert!(e.fails(&["run", "--rm", "--network", "container:srv", "-p", "80:80", "bb", "true"]).contains("conflicting options"));
+    e.ok(&["create", "--name", "late", "--network", "container:srv", "bb", "true"]);
+    e.ok(&["stop", "-t", "0", "srv"]);
+    assert!(e.fails(&["start", "late"]).contains("non running container"));
+    // bad input: unknown network, alias on the default bridge, an address without a subnet
+    assert!(e.fails(&["run", "--rm", "--network", "nope", "bb", "true"]).contains("network nope not found"));
+    assert!(e.fails(&["run", "--rm", "--network-alias", "x", "bb", "true"]).contains("user defined networks"));
+    assert!(e.fails(&["run", "--rm", "--ip", "10.1.2.3", "bb", "true"]).contains("user configured subnets"));
+    assert!(e.fails(&["run", "--rm", "-p", "70000:80", "bb", "true"]).contains("invalid"));
+    e.ok(&["rm", "-f", "srv", "late"]);
+    assert_eq!(e.ok(&["ps", "-aq"]).trim(), "");
+    assert_eq!(netns_files(&e), 0);
+}
