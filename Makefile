@@ -7,7 +7,7 @@ TARGET := x86_64-unknown-linux-gnu
 RELEASE := target/$(TARGET)/release
 RUNS ?= 50
 
-.PHONY: setup build release test fuzz demo bench bench-runtime bench-shim bench-image bench-probes clean
+.PHONY: setup build release test fuzz demo bench bench-runtime bench-shim bench-image bench-probes bench-net clean
 
 setup:
 	@scripts/setup
@@ -32,6 +32,9 @@ demo: release
 
 bench: release
 	BIN=$(RELEASE) RUNS=$(RUNS) scripts/bench
+
+bench-net: release
+	BIN=$(RELEASE) RUNS=$(RUNS) scripts/bench-net
 
 bench-probes: release
 	BIN=$(RELEASE) RUNS=$(RUNS) scripts/bench-probes
