@@ -234,6 +234,11 @@ async fn info(c: &client::Client) -> Result<i32> {
     } else if p.is_object() {
         println!(" eBPF Probes: off ({})", p["Reason"].as_str().unwrap_or("unknown"));
     }
+    match i["Engine"]["Firewall"].as_str() {
+        Some(f) => println!(" Firewall: {f}"),
+        None => println!(" Firewall: none (networks are not isolated, no masquerade)"),
+    }
+    println!(" Networks: {}", t("{{.Engine.Networks}}"));
     println!(" Traces: {} ({})", t("{{.Engine.Traces.Count}}"), format::size(i["Engine"]["Traces"]["Bytes"].as_u64().unwrap_or(0)));
     Ok(0)
 }

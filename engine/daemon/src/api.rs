@@ -212,6 +212,8 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
         (&M::POST, ["networks", id, "connect"]) => crate::network::connect(d, id, http::read_json(req.into_body()).await?).await,
         (&M::POST, ["networks", id, "disconnect"]) => crate::network::disconnect(d, id, http::read_json(req.into_body()).await?).await,
 
+        (&M::GET, ["metrics"]) => crate::metrics::scrape(d),
+
         // engine extensions
         (&M::GET, ["engine", "v1", "containers", id, "traces"]) => crate::traces::container_traces(d, id),
         (&M::GET, ["engine", "v1", "traces"]) => crate::traces::recent(d, &q),
@@ -393,7 +395,7 @@ fn info(d: &Daemon) -> Value {
         "InitBinary": "engine-init",
         "SecurityOptions": ["name=seccomp,profile=builtin"],
         "Warnings": [],
-        "Engine": { "LifecycledRestarts": d.supervisor.restarts.load(std::sync::atomic::Ordering::Relaxed), "LifecycledPid": *d.supervisor.pid.borrow(), "Probes": crate::traces::probe_status(d), "Traces": { "Bytes": d.traces.usage().0, "Count": d.traces.usage().1 } }
+        "Engine": { "LifecycledRestarts": d.supervisor.restarts.load(std::sync::atomic::Ordering::Relaxed), "LifecycledPid": *d.supervisor.pid.borrow(), "Probes": crate::traces::probe_status(d), "Traces": { "Bytes": d.traces.usage().0, "Count": d.traces.usage().1 }, "Firewall": d.networks.firewall_backend(), "Networks": d.networks.list().len() }
     })
 }
 

@@ -15,6 +15,7 @@ pub mod hostconfig;
 pub mod http;
 pub mod images;
 pub mod kernel;
+pub mod metrics;
 pub mod network;
 pub mod supervisor;
 pub mod traces;

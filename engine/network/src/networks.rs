@@ -133,6 +133,8 @@ pub struct Networks {
     records: Mutex<BTreeMap<String, NetworkRecord>>,
     host: Netlink,
     firewall: Option<Firewall>,
+    /// What the firewall is (`iptables v1.8.9 (nf_tables)`), for `info`.
+    firewall_backend: Option<String>,
     /// Serialises create/remove against each other (subnet choice, bridge names).
     admin: tokio::sync::Mutex<()>,
 }
@@ -176,7 +178,8 @@ impl Networks {
         }
         let chain_prefix = if cfg.bridge_name == "engine0" { "ENGINE".to_string() } else { format!("ENGINE-{}", cfg.bridge_name) };
         let firewall = if cfg.iptables { Firewall::detect(&chain_prefix) } else { None };
-        let n = Networks { host: Netlink::host()?, firewall, records: Mutex::new(records), admin: Default::default(), cfg };
+        let firewall_backend = firewall.as_ref().map(|f| f.backend());
+        let n = Networks { host: Netlink::host()?, firewall, firewall_backend, records: Mutex::new(records), admin: Default::default(), cfg };
         for (name, driver) in [("host", "host"), ("none", "null")] {
             if n.by_name(name).is_none() {
                 let rec = NetworkRecord { id: random_id(), name: name.into(), driver: driver.into(), created: now.clone(), bridge: String::new(), subnet: None, gateway: None, ip_range: None, subnet_configured: false, internal: false, labels: Default::default(), options: Default::default(), allocations: Default::default(), endpoints: Default::default() };
@@ -289,7 +292,7 @@ impl Networks {
     }
 
     pub fn firewall_backend(&self) -> Option<String> {
-        self.firewall.as_ref().map(|f| f.backend())
+        self.firewall_backend.clone()
     }
 
     fn apply_firewall(&self) -> Result<()> {

@@ -35,6 +35,20 @@ fn serve(marker: &str) -> String {
     format!("mkdir -p /www && echo {marker} > /www/index.html && exec httpd -f -p 80 -h /www")
 }
 
+/// `GET path` on the API socket; the body.
+fn api_get(e: &Engined, path: &str) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(&e.sock).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: engine\r\n\r\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+/// The value of the series of `name` whose labels contain all of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines().filter(|l| l.starts_with(&format!("{name}{{"))).find(|l| labels.iter().all(|x| l.contains(x))).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 fn netns_files(e: &Engined) -> usize {
     std::fs::read_dir(e.exec_root().join("netns")).map(|r| r.count()).unwrap_or(0)
 }
@@ -56,6 +70,14 @@ fn published_port_answers_through_engine_proxy() {
     assert_eq!(e.ok(&["port", "web", "80"]).trim(), format!("127.0.0.1:{port}"));
     assert!(e.ok(&["ps"]).contains(&format!("127.0.0.1:{port}->80/tcp")));
     assert_eq!(e.proxies().len(), 1, "one engine-proxy per published port");
+    // its connections and bytes are metrics
+    let port_label = format!("host_port=\"{port}\"");
+    wait_for("the proxy's counters in /metrics", || {
+        let m = api_get(&e, "/metrics");
+        metric(&m, "engine_proxy_connections_total", &[&port_label, "container_name=\"web\""]).is_some_and(|v| v >= 1.0)
+            && metric(&m, "engine_proxy_bytes_total", &[&port_label, "direction=\"out\""]).is_some_and(|v| v > 0.0)
+            && metric(&m, "engine_proxy_bytes_total", &[&port_label, "direction=\"in\""]).is_some_and(|v| v > 0.0)
+    });
     // the container is on the default bridge, with an address of it and its default route
     let ip = inspect(&e, "web", "{{.NetworkSettings.IPAddress}}");
     assert!(ip.starts_with(&format!("10.{}.{}.", e.pool.0, e.pool.1)), "{ip}");
