@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -125,31 +126,13 @@ impl Netlink {
         }
     }
 
-    /// Creates the veth pair `host`/`peer`, puts `host` on `bridge` and up, and moves `peer`
-    /// into the namespace `ns`.
-    pub async fn veth_into(&self, host: &str, peer: &str, bridge: u32, ns: &File) -> Result<()> {
-        self.handle.link().add(LinkVeth::new(host, peer).build()).execute().await.map_err(req(format!("creating veth pair {host}/{peer}")))?;
-        let done = async {
-            let hi = self.must_index(host).await?;
-            let pi = self.must_index(peer).await?;
-            self.handle
-                .link()
-                .set(LinkUnspec::new_with_index(hi).controller(bridge).up().build())
-                .execute()
-                .await
-                .map_err(req(format!("attaching {host} to its bridge")))?;
-            self.handle
-                .link()
-                .set(LinkUnspec::new_with_index(pi).setns_by_fd(ns.as_raw_fd()).build())
-                .execute()
-                .await
-                .map_err(req(format!("moving {peer} into the container's namespace")))
-        }
-        .await;
-        if done.is_err() {
-            let _ = self.delete(host).await; // takes the peer with it
-        }
-        done
+    /// Creates the veth pair `host`/`inner` in one request: `host` here, up and on the bridge
+    /// `bridge`; `inner` made directly inside the namespace `ns` with its MAC address (moving
+    /// a link between namespaces afterwards costs an RCU grace period, ~25 ms here).
+    pub async fn veth_into(&self, host: &str, inner: &str, mac: [u8; 6], bridge: u32, ns: &File) -> Result<()> {
+        let peer = LinkUnspec::new_with_name(inner).address(mac.to_vec()).setns_by_fd(ns.as_raw_fd()).build();
+        let msg = LinkVeth::new(host, inner).set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).controller(bridge).up().build();
+        self.handle.link().add(msg).execute().await.map_err(req(format!("creating veth pair {host}/{inner}")))
     }
 
     /// Inside a container's namespace: loopback up.
@@ -158,16 +141,10 @@ impl Netlink {
         self.up(lo, "lo").await
     }
 
-    /// Inside a container's namespace: renames the moved veth end to `ifname`, gives it `mac`
-    /// and `ip/prefix`, sets it up, and routes the default through `gateway` when asked.
-    pub async fn configure(&self, moved: &str, ifname: &str, mac: [u8; 6], ip: Ipv4Addr, prefix: u8, gateway: Option<Ipv4Addr>) -> Result<()> {
-        let index = self.must_index(moved).await?;
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).name(ifname.to_string()).address(mac.to_vec()).build())
-            .execute()
-            .await
-            .map_err(req(format!("naming {ifname}")))?;
+    /// Inside a container's namespace: gives `ifname` its address, sets it up, and routes the
+    /// default through `gateway` when asked.
+    pub async fn configure(&self, ifname: &str, ip: Ipv4Addr, prefix: u8, gateway: Option<Ipv4Addr>) -> Result<()> {
+        let index = self.must_index(ifname).await?;
         self.handle.address().add(index, ip.into(), prefix).execute().await.map_err(req(format!("adding {ip}/{prefix} to {ifname}")))?;
         self.up(index, ifname).await?;
         if let Some(gw) = gateway {
@@ -200,31 +177,34 @@ impl Netlink {
 }
 
 /// A new network namespace, bind-mounted on `path` (an empty file is made there) so it lives
-/// until [`remove_namespace`]. Returns it open, with a netlink connection inside it.
+/// until [`remove_namespace`]. Returns it open, with a netlink connection inside it (opened by
+/// the thread that made it, while in it). Needs a tokio runtime.
 pub fn create_namespace(path: &Path) -> Result<(File, Netlink)> {
     let err = |source| NetlinkError::Namespace { path: path.to_path_buf(), source };
+    let rt = tokio::runtime::Handle::current();
     let made = std::thread::scope(|s| {
-        s.spawn(|| -> std::io::Result<()> {
+        s.spawn(|| {
+            let _rt = rt.enter();
             // SAFETY: unshare affects this thread only (a network namespace is per task); the
             // thread ends right after, its namespace kept by the bind mount.
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             File::create(path)?;
-            nix::mount::mount(Some("/proc/thread-self/ns/net"), path, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).map_err(std::io::Error::from)
+            nix::mount::mount(Some("/proc/thread-self/ns/net"), path, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).map_err(std::io::Error::from)?;
+            rtnetlink::new_connection()
         })
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
     });
-    if let Err(e) = made {
-        let _ = std::fs::remove_file(path);
-        return Err(err(e));
-    }
-    let opened = File::open(path).map_err(err).and_then(|f| Netlink::inside(&f, path).map(|n| (f, n)));
+    let opened = made.and_then(|(conn, handle, _)| {
+        tokio::spawn(conn);
+        File::open(path).map(|f| (f, Netlink { handle }))
+    });
     if opened.is_err() {
         remove_namespace(path);
     }
-    opened
+    opened.map_err(err)
 }
 
 /// Unmounts and removes a namespace file of [`create_namespace`]; the namespace goes when

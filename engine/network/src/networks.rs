@@ -408,7 +408,7 @@ impl Networks {
     }
 
     /// Puts a container on a network: an address, a veth pair with one end on the bridge and
-    /// the other, named `ifname`, in `ns`; the default route through the gateway when
+    /// the other, named `ifname`, made in `ns`; the default route through the gateway when
     /// `default_route`. The endpoint is recorded before the links are made, so a crash in
     /// between is cleaned up by [`Networks::detach`].
     #[allow(clippy::too_many_arguments)]
@@ -430,7 +430,6 @@ impl Networks {
         let suffix = ifname.trim_start_matches("eth");
         let short = &container[..container.len().min(12)];
         let host_veth = format!("ve{short}{suffix}");
-        let peer = format!("vp{short}{suffix}");
         let ep = {
             let mut map = self.lock();
             let r = map.get_mut(&rec.id).ok_or_else(|| NetworkError::NotFound(network.to_string()))?;
@@ -457,9 +456,12 @@ impl Networks {
             ep
         };
         let linked = async {
-            let bridge = self.host.ensure_bridge(&rec.bridge, gateway, subnet.prefix_len()).await?;
-            self.host.veth_into(&host_veth, &peer, bridge, ns.0).await?;
-            ns.1.configure(&peer, ifname, ipam::mac_for(ep.ip), ep.ip, ep.prefix, default_route.then_some(gateway)).await
+            let bridge = match self.host.index(&rec.bridge).await? {
+                Some(i) => i,
+                None => self.host.ensure_bridge(&rec.bridge, gateway, subnet.prefix_len()).await?,
+            };
+            self.host.veth_into(&host_veth, ifname, ipam::mac_for(ep.ip), bridge, ns.0).await?;
+            ns.1.configure(ifname, ep.ip, ep.prefix, default_route.then_some(gateway)).await
         }
         .await;
         if let Err(e) = linked {

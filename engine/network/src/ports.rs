@@ -5,7 +5,7 @@
 
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,9 @@ pub enum PortError {
     #[error("driver failed programming external connectivity on endpoint {container}: Bind for {addr}: {reason}")]
     Bind { container: String, addr: String, reason: String },
 }
+
+/// How long engine-proxy may take to say whether it bound its port, in milliseconds.
+const ANSWER_TIMEOUT_MS: u16 = 10_000;
 
 /// A port to publish: where on the host, to which container port.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -96,8 +99,12 @@ pub fn spawn(bin: &Path, container: &str, port: &Published, container_ip: Ipv4Ad
     // A tokio child: dropped, it is reaped in the background when it exits (needs the runtime).
     let mut child = tokio::process::Command::from(cmd).kill_on_drop(false).spawn().map_err(PortError::Spawn)?;
     drop(wr);
+    // It answers at once; one that does not within ANSWER_TIMEOUT_MS is not an engine-proxy that works.
     let mut answer = String::new();
-    let _ = std::fs::File::from(OwnedFd::from(rd)).read_to_string(&mut answer);
+    let mut pfd = [nix::poll::PollFd::new(rd.as_fd(), nix::poll::PollFlags::POLLIN)];
+    if matches!(nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(ANSWER_TIMEOUT_MS)), Ok(n) if n > 0) {
+        let _ = std::fs::File::from(OwnedFd::from(rd)).read_to_string(&mut answer);
+    }
     let addr = match port.host_ip {
         IpAddr::V6(ip) => format!("[{ip}]:{}", port.host_port),
         ip => format!("{ip}:{}", port.host_port),
