@@ -192,6 +192,17 @@ impl Probes {
         let _ = self.lock().tracked.insert(pid, 0, 0);
     }
 
+    /// Follows the thread `tid` alone (not its process, not what it starts), until
+    /// [`Probes::unfollow_thread`] or its exit: engined's thread that makes a container's
+    /// network namespace.
+    pub fn follow_thread(&self, tid: u32) {
+        let _ = self.lock().tracked.insert(tid, 2, 0);
+    }
+
+    pub fn unfollow_thread(&self, tid: u32) {
+        let _ = self.lock().tracked.remove(&tid);
+    }
+
     /// Stops following the processes of cgroup (v2) `id`: a started container's, whose work is
     /// the user's from now on.
     pub fn stop_cgroup(&self, id: u64) {

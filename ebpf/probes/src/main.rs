@@ -15,8 +15,9 @@ use aya_ebpf::programs::TracePointContext;
 use aya_ebpf::EbpfContext;
 use engine_probes_common::{counter, kind, layout, syscall, Event};
 
-/// Followed processes (and threads), by kernel pid. Value 1 marks a quiet root (lifecycled):
-/// its children are followed, its own events are not recorded.
+/// Followed processes (and threads), by kernel pid: `FULL`, `QUIET` (a root whose children are
+/// followed, its own events not recorded: lifecycled), or `THREAD` (keyed by a thread id: that
+/// thread alone).
 #[map]
 static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(32768, 0);
 
@@ -48,26 +49,39 @@ fn bump(i: u32) {
     }
 }
 
-/// The calling task's (tgid, tid, quiet) when its process is followed.
-fn tracked() -> Option<(u32, u32, bool)> {
+/// Value of a `TRACKED` entry: the process and its children, recorded.
+const FULL: u32 = 0;
+/// Value of a `TRACKED` entry: the process's children only (a quiet root such as lifecycled).
+const QUIET: u32 = 1;
+/// Value of a `TRACKED` entry keyed by a thread id: that thread only, recorded, no children
+/// (a thread of engined making a container's network namespace).
+const THREAD: u32 = 2;
+
+/// The calling task's (tgid, tid, mode) when its process, or the thread itself, is followed.
+fn tracked() -> Option<(u32, u32, u32)> {
     let pt = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pt >> 32) as u32, pt as u32);
-    // SAFETY: a plain u32 read of our own map's value.
-    let v = unsafe { TRACKED.get(&tgid) }?;
-    let quiet = *v == 1;
+    // SAFETY: plain u32 reads of our own map's values.
+    let mode = match unsafe { TRACKED.get(&tgid) } {
+        Some(v) if *v != THREAD => *v,
+        _ => match unsafe { TRACKED.get(&tid) } {
+            Some(v) if *v == THREAD => THREAD,
+            _ => return None,
+        },
+    };
     // SAFETY: only the presence of the key is used.
-    if unsafe { STOPPED.get(&bpf_get_current_cgroup_id()) }.is_some() {
+    if mode != THREAD && unsafe { STOPPED.get(&bpf_get_current_cgroup_id()) }.is_some() {
         let _ = TRACKED.remove(&tgid);
         return None;
     }
-    Some((tgid, tid, quiet))
+    Some((tgid, tid, mode))
 }
 
 /// The calling task's (tgid, tid) when its events are recorded.
 fn followed() -> Option<(u32, u32)> {
     match tracked()? {
-        (_, _, true) => None,
-        (tgid, tid, false) => Some((tgid, tid)),
+        (_, _, QUIET) => None,
+        (tgid, tid, _) => Some((tgid, tid)),
     }
 }
 
@@ -189,14 +203,18 @@ syscall_pair!(sys_enter_execve, sys_exit_execve, syscall::EXECVE);
 /// A followed process's children are followed.
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
-    let Some((tgid, tid, quiet)) = tracked() else { return 0 };
+    let Some((tgid, tid, mode)) = tracked() else { return 0 };
+    if mode == THREAD {
+        return 0; // a followed thread's new threads or processes are not followed
+    }
+    let quiet = mode == QUIET;
     // SAFETY: the offset comes from this kernel's format file.
     let child: u32 = unsafe { ctx.read_at::<i32>(layout_at(layout::FORK_CHILD_PID)) }.unwrap_or(0) as u32;
     if child == 0 {
         return 0;
     }
     // children are followed in full (a quiet root's threads share its tgid, so stay quiet)
-    let _ = TRACKED.insert(&child, &0, 0);
+    let _ = TRACKED.insert(&child, &FULL, 0);
     if !quiet {
         emit(tgid, tid, kind::FORK, |e| e.args[0] = child as u64);
     }

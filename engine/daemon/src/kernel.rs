@@ -205,7 +205,10 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
         });
         // lifecycled and engined serve every container at once: their own events are no one
         // container's (the probes follow lifecycled only to catch the shims it forks)
-        if !matches!(service, Some("engine-shim" | "engine-runtime" | "engine-init")) {
+        // engined's own: only the thread that makes a container's network namespace is followed
+        // (by thread id), while its `network.namespace` span is open
+        let engined = service == Some("engined");
+        if !engined && !matches!(service, Some("engine-shim" | "engine-runtime" | "engine-init")) {
             continue;
         }
         for (c, ss) in rs.scope_spans.iter().enumerate() {
@@ -223,6 +226,9 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
                 None
             };
             for (k, sp) in ss.spans.iter().enumerate() {
+                if engined && sp.name != "network.namespace" {
+                    continue;
+                }
                 let (start, end) = (sp.start_time_unix_nano, sp.end_time_unix_nano);
                 if let Some(pid) = inherited(sp, "process.pid").and_then(|p| u32::try_from(p).ok()) {
                     let cgroup = inherited(sp, "linux.cgroup.id").and_then(|c| u64::try_from(c).ok());
@@ -339,5 +345,17 @@ mod tests {
     fn namespace_flags_are_named() {
         assert_eq!(namespaces(0x7c02_0000), "CLONE_NEWNS|CLONE_NEWUTS|CLONE_NEWIPC|CLONE_NEWUSER|CLONE_NEWPID|CLONE_NEWNET");
         assert_eq!(namespaces(0x11), "");
+    }
+}
+
+/// Follows the calling thread (by thread id) while it makes a container's network namespace,
+/// so its unshare and mount land in the `network.namespace` span; `false` stops.
+pub fn watch_thread(state: &ProbeState, tid: u32, on: bool) {
+    if let ProbeState::Running(p) = state {
+        if on {
+            p.follow_thread(tid);
+        } else {
+            p.unfollow_thread(tid);
+        }
     }
 }

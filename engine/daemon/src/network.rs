@@ -233,10 +233,11 @@ async fn up_inner(d: &Arc<Daemon>, sp: &Spans<'_>, e: &Arc<Entry>, rec: &Contain
     let path = d.networks.sandbox_path(&id);
     let h = sp.start("network.namespace");
     let made = {
-        let path = path.clone();
+        let (path, d) = (path.clone(), d.clone());
         tokio::task::spawn_blocking(move || {
             engine_network::remove_namespace(&path); // a leftover of a crash
-            engine_network::create_namespace(&path)
+            // the probes follow the thread that unshares and mounts it
+            engine_network::create_namespace(&path, &|tid, on| crate::kernel::watch_thread(&d.probes, tid, on))
         })
         .await
         .map_err(|err| ApiError::internal(err.to_string()))?
@@ -308,7 +309,8 @@ async fn spawn_proxy(d: &Arc<Daemon>, id: &str, p: &Published, ip: Ipv4Addr, n: 
 }
 
 /// After the container's exit (or a failed start): proxies stopped, endpoints released, the
-/// namespace unmounted, neighbours' /etc/hosts without it. Safe to call again.
+/// namespace unmounted (the kernel takes its veth pairs with it), neighbours' /etc/hosts
+/// without it. Safe to call again.
 pub async fn down(d: &Arc<Daemon>, e: &Arc<Entry>) {
     let rec = e.snapshot();
     let id = rec.id.clone();
@@ -319,14 +321,21 @@ pub async fn down(d: &Arc<Daemon>, e: &Arc<Entry>) {
         e.update_pub(|r| r.ports.clear());
     }
     let neighbours = d.networks.neighbours(&id);
-    for (net, _) in d.networks.endpoints_of(&id) {
-        if let Err(err) = d.networks.detach(&net.id, &id).await {
-            crate::log!(d.cfg, "warn", "detaching {id} from network {}: {err}", net.name);
-        }
-    }
+    // The namespace goes with its last process and its mount: the kernel then destroys the
+    // veth pairs in it, off this path. A running container that joined it keeps it alive:
+    // then the pairs are deleted here.
+    let shared = d.all().iter().map(|o| o.snapshot()).any(|o| o.state.running && o.id != id && mode(&o.host_config) == Mode::Container(id.clone()));
+    let veths = d.networks.release(&id);
     let path = d.networks.sandbox_path(&id);
     if path.exists() {
         let _ = tokio::task::spawn_blocking(move || engine_network::remove_namespace(&path)).await;
+    }
+    if shared {
+        for v in veths {
+            if let Err(err) = d.networks.delete_link(&v).await {
+                crate::log!(d.cfg, "warn", "deleting {v} of {id}: {err}");
+            }
+        }
     }
     for n in neighbours {
         let _ = write_hosts(d, &n);

@@ -178,20 +178,19 @@ impl Netlink {
 
 /// A new network namespace, bind-mounted on `path` (an empty file is made there) so it lives
 /// until [`remove_namespace`]. Returns it open, with a netlink connection inside it (opened by
-/// the thread that made it, while in it). Needs a tokio runtime.
-pub fn create_namespace(path: &Path) -> Result<(File, Netlink)> {
+/// the thread that made it, while in it). `watch` is told that thread's id before it unshares
+/// (`true`) and when it is done (`false`), for whoever traces it. Needs a tokio runtime.
+pub fn create_namespace(path: &Path, watch: &(dyn Fn(u32, bool) + Sync)) -> Result<(File, Netlink)> {
     let err = |source| NetlinkError::Namespace { path: path.to_path_buf(), source };
     let rt = tokio::runtime::Handle::current();
     let made = std::thread::scope(|s| {
         s.spawn(|| {
             let _rt = rt.enter();
-            // SAFETY: unshare affects this thread only (a network namespace is per task); the
-            // thread ends right after, its namespace kept by the bind mount.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            File::create(path)?;
-            nix::mount::mount(Some("/proc/thread-self/ns/net"), path, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).map_err(std::io::Error::from)?;
+            let tid = nix::unistd::gettid().as_raw() as u32;
+            watch(tid, true);
+            let made = make_here(path);
+            watch(tid, false);
+            made?;
             rtnetlink::new_connection()
         })
         .join()
@@ -205,6 +204,17 @@ pub fn create_namespace(path: &Path) -> Result<(File, Netlink)> {
         remove_namespace(path);
     }
     opened.map_err(err)
+}
+
+/// Unshares this thread's network namespace and bind-mounts it on `path`.
+fn make_here(path: &Path) -> std::io::Result<()> {
+    // SAFETY: unshare affects this thread only (a network namespace is per task); the thread
+    // ends soon after, its namespace kept by the bind mount.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    File::create(path)?;
+    nix::mount::mount(Some("/proc/thread-self/ns/net"), path, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).map_err(std::io::Error::from)
 }
 
 /// Unmounts and removes a namespace file of [`create_namespace`]; the namespace goes when

@@ -460,7 +460,14 @@ impl Networks {
                 Some(i) => i,
                 None => self.host.ensure_bridge(&rec.bridge, gateway, subnet.prefix_len()).await?,
             };
-            self.host.veth_into(&host_veth, ifname, ipam::mac_for(ep.ip), bridge, ns.0).await?;
+            if let Err(e) = self.host.veth_into(&host_veth, ifname, ipam::mac_for(ep.ip), bridge, ns.0).await {
+                // the pair of an earlier run of this container, its namespace not yet torn
+                // down by the kernel: it goes now, and the pair is made again
+                if !self.host.delete(&host_veth).await? {
+                    return Err(e);
+                }
+                self.host.veth_into(&host_veth, ifname, ipam::mac_for(ep.ip), bridge, ns.0).await?;
+            }
             ns.1.configure(ifname, ep.ip, ep.prefix, default_route.then_some(gateway)).await
         }
         .await;
@@ -491,6 +498,25 @@ impl Networks {
             self.host.delete(&ep.host_veth).await?;
         }
         self.forget(&rec.id, container);
+        Ok(())
+    }
+
+    /// Releases every endpoint of a container whose network namespace goes with it: addresses
+    /// and records at once; the veth pairs are left to the kernel, which destroys them with the
+    /// namespace (deleting one here holds the kernel's network lock for ~20 ms). Returns the
+    /// host ends, for a caller that keeps the namespace alive to delete with [`Networks::delete_link`].
+    pub fn release(&self, container: &str) -> Vec<String> {
+        let mut veths = Vec::new();
+        for (net, ep) in self.endpoints_of(container) {
+            veths.push(ep.host_veth);
+            self.forget(&net.id, container);
+        }
+        veths
+    }
+
+    /// Deletes a host link of an endpoint (absent is fine).
+    pub async fn delete_link(&self, name: &str) -> Result<()> {
+        self.host.delete(name).await?;
         Ok(())
     }
 

@@ -97,7 +97,7 @@ fn published_port_answers_through_engine_proxy() {
     assert!(err.contains("address already in use") && err.lines().count() == 1, "{err}");
     let second = inspect(&e, "second", "{{.Id}}");
     assert_eq!(inspect(&e, "second", "{{.State.Status}}"), "created");
-    assert!(veths_of(&second).is_empty());
+    wait_for("the failed start's veth to go", || veths_of(&second).is_empty());
     assert_eq!(netns_files(&e), 1);
     assert_eq!(e.proxies().len(), 1);
     e.ok(&["rm", "second"]);
@@ -121,7 +121,7 @@ fn published_port_answers_through_engine_proxy() {
     e.ok(&["stop", "-t", "1", "web", "auto"]);
     wait_for("the proxies to exit", || e.proxies().is_empty());
     assert!(TcpListener::bind(addr).is_ok(), "the host port was not released");
-    assert!(veths_of(&id).is_empty());
+    wait_for("web's veth to go with its namespace", || veths_of(&id).is_empty());
     assert_eq!(netns_files(&e), 0);
     assert_eq!(e.ok(&["port", "web"]).trim(), "");
     // started again, it publishes again
@@ -129,7 +129,7 @@ fn published_port_answers_through_engine_proxy() {
     wait_for("the port to answer after a restart", || http_get(addr).is_some_and(|b| b.contains("hello-through-the-proxy")));
     e.ok(&["rm", "-f", "web", "auto"]);
     wait_for("the proxy to exit", || e.proxies().is_empty());
-    assert!(veths_of(&id).is_empty());
+    wait_for("web's veth to go", || veths_of(&id).is_empty());
     assert_eq!(netns_files(&e), 0);
     let bridge = e.ok(&["network", "inspect", "bridge", "-f", "{{json .Containers}}"]);
     assert_eq!(bridge.trim(), "{}", "allocations left on the default bridge");
@@ -206,7 +206,7 @@ fn user_networks_resolve_names_and_are_isolated() {
     // everything goes: containers, then networks; nothing of them stays
     e.ok(&["rm", "-f", "a1", "a2", "a3", "b1"]);
     for id in [&a1, &a2, &b1] {
-        assert!(veths_of(id).is_empty(), "veth of {id} left");
+        wait_for("the containers' veths to go with their namespaces", || veths_of(id).is_empty());
     }
     assert_eq!(netns_files(&e), 0);
     for n in ["front", "back", "bridge"] {

@@ -222,10 +222,19 @@ fn the_kernel_side_of_a_start_is_in_its_trace() {
     assert_eq!(mkdir.0.name, "runtime.cgroup");
     let attach = events.iter().find(|(_, n, a)| *n == "kernel.cgroup_attach" && get(a, "linux.cgroup.path").is_some_and(|p| p.ends_with(&id))).expect("the container's cgroup_attach");
     assert_eq!(attach.0.name, "runtime.cgroup.attach");
-    // nothing from a process outside the container's tree (shim, runtime, the container)
+    // the container's network namespace: engined's thread unshares it and bind-mounts it
+    let engined_pid = e.child.as_ref().unwrap().id().to_string();
+    let unshare = spans.iter().find(|s| s.name == "kernel.unshare" && s.attr("linux.namespaces").is_some_and(|n| n.contains("CLONE_NEWNET"))).expect("kernel.unshare with CLONE_NEWNET");
+    assert_eq!(parent(unshare), "network.namespace");
+    let bind = spans.iter().find(|s| s.name == "kernel.mount" && parent(s) == "network.namespace").expect("the namespace's bind mount");
+    assert!(bind.attr("mount.target").is_some_and(|t| t.ends_with(&format!("netns/{id}"))), "{:?}", bind.attr("mount.target"));
+    for s in spans.iter().filter(|s| s.name.starts_with("kernel.") && parent(s) == "network.namespace") {
+        assert_eq!(s.attr("process.pid"), Some(engined_pid.as_str()), "{} under network.namespace is not engined's", s.name);
+    }
+    // nothing else from a process outside the container's tree (shim, runtime, the container)
     let mut tree: HashSet<String> = spans.iter().filter(|s| ["engine-shim", "engine-runtime", "engine-init"].contains(&s.service.as_str())).filter_map(|s| s.attr("process.pid")).map(str::to_string).collect();
     tree.extend(spans.iter().filter_map(|s| s.attr("container.process.pid")).map(str::to_string));
-    for s in spans.iter().filter(|s| s.name.starts_with("kernel.")) {
+    for s in spans.iter().filter(|s| s.name.starts_with("kernel.") && parent(s) != "network.namespace") {
         assert!(tree.contains(s.attr("process.pid").unwrap()), "{} of pid {:?} is outside {tree:?}", s.name, s.attr("process.pid"));
     }
     for (_, name, attrs) in &events {
