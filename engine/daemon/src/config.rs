@@ -23,7 +23,7 @@ pub struct Config {
     /// A JSON file with any of: "log-level", "cgroup-parent", "data-root", "exec-root", "pidfile",
     /// "hosts", "otlp-endpoint", "otlp-protocol", "trace-max-traces", "trace-max-mb", "no-probes",
     /// "bridge-name", "bip", "default-address-pools" ([{"base": CIDR, "size": N}]), "iptables",
-    /// "userland-proxy-path".
+    /// "firewall-backend", "userland-proxy-path".
     #[arg(long)]
     pub config_file: Option<PathBuf>,
     /// error, warn, info or debug.
@@ -68,6 +68,9 @@ pub struct Config {
     /// Manage firewall rules (masquerade, forwarding, isolation between networks).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub iptables: bool,
+    /// auto (iptables if installed, else nftables), iptables, nftables or none.
+    #[arg(long, default_value = "auto")]
+    pub firewall_backend: String,
     /// engine-proxy, one per published port (default: beside this binary).
     #[arg(long)]
     pub userland_proxy_path: Option<PathBuf>,
@@ -91,6 +94,7 @@ struct FileConfig {
     bip: Option<String>,
     default_address_pools: Option<Vec<FilePool>>,
     iptables: Option<bool>,
+    firewall_backend: Option<String>,
     userland_proxy_path: Option<PathBuf>,
 }
 
@@ -153,6 +157,9 @@ impl Config {
             if self.userland_proxy_path.is_none() {
                 self.userland_proxy_path = f.userland_proxy_path;
             }
+            if let Some(v) = f.firewall_backend.filter(|_| self.firewall_backend == defaults.firewall_backend) {
+                self.firewall_backend = v;
+            }
             if let Some(h) = f.hosts.and_then(|h| h.into_iter().next()).filter(|_| self.host == defaults.host) {
                 self.host = h;
             }
@@ -162,6 +169,9 @@ impl Config {
         }
         self.socket_path()?;
         self.address_pools()?;
+        if !["auto", "iptables", "nftables", "none"].contains(&self.firewall_backend.as_str()) {
+            anyhow::bail!("invalid --firewall-backend {:?}: use auto, iptables, nftables or none", self.firewall_backend);
+        }
         self.default_bridge_address()?;
         if self.bridge_name.is_empty() || self.bridge_name.len() > 15 || !self.bridge_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             anyhow::bail!("invalid --bridge-name {:?}: 1 to 15 letters, digits, '-' or '_'", self.bridge_name);

@@ -173,6 +173,7 @@ impl Daemon {
                 bip: cfg.default_bridge_address()?,
                 pools: cfg.address_pools()?,
                 iptables: cfg.iptables,
+                firewall: cfg.firewall_backend.clone(),
             },
             now(),
         )

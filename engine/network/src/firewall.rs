@@ -1,10 +1,15 @@
 //! Firewall rules of the bridge networks, in chains engined owns: masquerade of each network's
 //! traffic to the outside, forwarding accepted for its bridges (whatever the host's FORWARD
 //! policy), isolation between networks, and nothing for `--internal` networks beyond their
-//! bridge. Written with `iptables-restore --noflush` (one atomic transaction per table: the
-//! chains are declared, so emptied, and refilled), and hooked into the built-in chains once.
+//! bridge. Two backends, chosen at start from what the host has (iptables first, as its
+//! FORWARD policy may be Docker's DROP, which only a rule in the same chain overrides):
+//! - iptables (nft or legacy): written with `iptables-restore --noflush` (one atomic transaction
+//!   per table: the chains are declared, so emptied, and refilled), hooked into the built-in
+//!   FORWARD and POSTROUTING chains once;
+//! - nftables: one table of its own (`ip engine_<bridge>`), replaced whole in one `nft -f`
+//!   transaction.
 //!
-//! Must never touch a chain it does not own, beyond its own jump rule in FORWARD and
+//! Must never touch a chain or table it does not own, beyond its own jump rule in FORWARD and
 //! POSTROUTING.
 
 use std::io::Write;
@@ -18,6 +23,8 @@ pub enum FirewallError {
     Spawn { cmd: String, source: std::io::Error },
     #[error("{cmd} failed: {stderr}")]
     Failed { cmd: String, stderr: String },
+    #[error("no {0} on this host")]
+    Missing(String),
 }
 
 type Result<T> = std::result::Result<T, FirewallError>;
@@ -31,23 +38,84 @@ pub struct BridgeRules {
     pub internal: bool,
 }
 
-/// The iptables chains of one engined (their prefix keeps side-by-side instances apart).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Backend {
+    Iptables,
+    Nftables,
+}
+
+/// The chains (iptables) or table (nftables) of one engined; their names keep side-by-side
+/// instances apart.
 pub struct Firewall {
     prefix: String,
-    iptables: String,
+    backend: Backend,
+    /// The iptables or nft binary.
+    tool: String,
+}
+
+fn find(names: &[&str]) -> Option<String> {
+    names.iter().flat_map(|n| ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(|d| format!("{d}/{n}"))).find(|p| std::path::Path::new(p).exists())
 }
 
 impl Firewall {
-    /// The firewall on this host: iptables (nft or legacy, whichever `iptables` is), if it is
-    /// installed. `prefix` names the chains (`<prefix>-FORWARD`, …); at most 17 characters.
-    pub fn detect(prefix: &str) -> Option<Firewall> {
-        let found = ["/usr/sbin/iptables", "/sbin/iptables", "/usr/bin/iptables"].into_iter().find(|p| std::path::Path::new(p).exists())?;
-        Some(Firewall { prefix: prefix.to_string(), iptables: found.to_string() })
+    /// The firewall to use: `choice` is auto (iptables if installed, else nftables), iptables
+    /// or nftables. `prefix` names the chains (`<prefix>-FORWARD`, …; at most 17 characters)
+    /// and the nftables table.
+    pub fn detect(prefix: &str, choice: &str) -> Result<Option<Firewall>> {
+        let make = |backend, tool: String| Some(Firewall { prefix: prefix.to_string(), backend, tool });
+        let iptables = || find(&["iptables"]);
+        let nft = || find(&["nft"]);
+        Ok(match choice {
+            "auto" | "" => iptables().and_then(|t| make(Backend::Iptables, t)).or_else(|| nft().and_then(|t| make(Backend::Nftables, t))),
+            "iptables" => make(Backend::Iptables, iptables().ok_or_else(|| FirewallError::Missing("iptables".into()))?),
+            "nftables" => make(Backend::Nftables, nft().ok_or_else(|| FirewallError::Missing("nft".into()))?),
+            "none" => None,
+            other => return Err(FirewallError::Missing(format!("a firewall backend named {other:?} (auto, iptables, nftables or none)"))),
+        })
     }
 
+    pub fn kind(&self) -> Backend {
+        self.backend
+    }
+
+    /// What the firewall is, for `info`: `iptables v1.8.9 (nf_tables)`, `nftables v1.0.6 …`.
     pub fn backend(&self) -> String {
-        let out = Command::new(&self.iptables).arg("-V").output().ok();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_else(|| "iptables".into())
+        let out = Command::new(&self.tool).arg(if self.backend == Backend::Iptables { "-V" } else { "--version" }).output().ok();
+        let fallback = if self.backend == Backend::Iptables { "iptables" } else { "nftables" };
+        out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).filter(|s| !s.is_empty()).unwrap_or_else(|| fallback.into())
+    }
+
+    /// The nftables table of this engined.
+    pub fn table(&self) -> String {
+        format!("engine_{}", self.prefix.trim_start_matches("ENGINE").trim_start_matches('-').replace('-', "_")).trim_end_matches('_').to_string()
+    }
+
+    /// The whole nftables table for these networks, replacing the one there (one transaction).
+    pub fn render_nft(&self, nets: &[BridgeRules]) -> String {
+        let t = self.table();
+        let mut fwd = String::new();
+        for n in nets {
+            let b = &n.bridge;
+            let others: Vec<String> = nets.iter().filter(|o| o.bridge != n.bridge).map(|o| format!("\"{}\"", o.bridge)).collect();
+            if !others.is_empty() {
+                fwd += &format!("        iifname \"{b}\" oifname {{ {} }} drop\n", others.join(", "));
+            }
+            fwd += &format!("        iifname \"{b}\" oifname \"{b}\" accept\n");
+            if n.internal {
+                fwd += &format!("        iifname \"{b}\" drop\n        oifname \"{b}\" drop\n");
+            } else {
+                fwd += &format!("        oifname \"{b}\" ct state related,established accept\n");
+                fwd += &format!("        iifname \"{b}\" accept\n");
+                fwd += &format!("        oifname \"{b}\" drop\n");
+            }
+        }
+        let mut post = String::new();
+        for n in nets.iter().filter(|n| !n.internal) {
+            post += &format!("        ip saddr {} oifname != \"{}\" masquerade\n", n.subnet, n.bridge);
+        }
+        format!(
+            "table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n    chain forward {{\n        type filter hook forward priority filter; policy accept;\n{fwd}    }}\n    chain postrouting {{\n        type nat hook postrouting priority srcnat; policy accept;\n{post}    }}\n}}\n"
+        )
     }
 
     fn chain(&self, what: &str) -> String {
@@ -80,16 +148,25 @@ impl Firewall {
         (filter, nat)
     }
 
-    /// Makes the chains hold exactly the rules for `nets`, and the built-in chains jump to them.
+    /// Makes the chains (or table) hold exactly the rules for `nets`, and the built-in chains
+    /// jump to them.
     pub fn apply(&self, nets: &[BridgeRules]) -> Result<()> {
+        if self.backend == Backend::Nftables {
+            return self.feed(&[&self.tool, "-f", "-"], &self.render_nft(nets));
+        }
         let (filter, nat) = self.render(nets);
         self.restore(&(filter + &nat))?;
         self.ensure_jump("filter", "FORWARD", &self.chain("FORWARD"))?;
         self.ensure_jump("nat", "POSTROUTING", &self.chain("POSTROUTING"))
     }
 
-    /// Removes the chains and the jumps to them: the host is as before engined came.
+    /// Removes the chains and the jumps to them (or the table): the host is as before engined
+    /// came.
     pub fn remove(&self) -> Result<()> {
+        if self.backend == Backend::Nftables {
+            let t = self.table();
+            return self.feed(&[&self.tool, "-f", "-"], &format!("table ip {t} {{}}\ndelete table ip {t}\n"));
+        }
         for (table, builtin, chain) in [("filter", "FORWARD", self.chain("FORWARD")), ("nat", "POSTROUTING", self.chain("POSTROUTING"))] {
             while self.run(&["-t", table, "-C", builtin, "-j", &chain]).is_ok() {
                 self.run(&["-t", table, "-D", builtin, "-j", &chain])?;
@@ -116,8 +193,8 @@ impl Firewall {
     }
 
     fn run(&self, args: &[&str]) -> Result<()> {
-        let cmd = format!("{} {}", self.iptables, args.join(" "));
-        let out = Command::new(&self.iptables).arg("-w").args(args).stdin(Stdio::null()).output().map_err(|source| FirewallError::Spawn { cmd: cmd.clone(), source })?;
+        let cmd = format!("{} {}", self.tool, args.join(" "));
+        let out = Command::new(&self.tool).arg("-w").args(args).stdin(Stdio::null()).output().map_err(|source| FirewallError::Spawn { cmd: cmd.clone(), source })?;
         if !out.status.success() {
             return Err(FirewallError::Failed { cmd, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
         }
@@ -125,17 +202,22 @@ impl Firewall {
     }
 
     fn restore(&self, rules: &str) -> Result<()> {
-        let restore = format!("{}-restore", self.iptables);
-        let cmd = format!("{restore} --noflush");
-        let mut child = Command::new(&restore)
-            .args(["-w", "--noflush"])
+        let restore = format!("{}-restore", self.tool);
+        self.feed(&[&restore, "-w", "--noflush"], rules)
+    }
+
+    /// Runs `argv` with `input` on its stdin.
+    fn feed(&self, argv: &[&str], input: &str) -> Result<()> {
+        let cmd = argv.join(" ");
+        let mut child = Command::new(argv[0])
+            .args(&argv[1..])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| FirewallError::Spawn { cmd: cmd.clone(), source })?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(rules.as_bytes()).map_err(|source| FirewallError::Spawn { cmd: cmd.clone(), source })?;
+            stdin.write_all(input.as_bytes()).map_err(|source| FirewallError::Spawn { cmd: cmd.clone(), source })?;
         }
         let out = child.wait_with_output().map_err(|source| FirewallError::Spawn { cmd: cmd.clone(), source })?;
         if !out.status.success() {
@@ -151,7 +233,7 @@ mod tests {
 
     #[test]
     fn rules_for_two_networks() {
-        let fw = Firewall { prefix: "ENGINE".into(), iptables: "iptables".into() };
+        let fw = Firewall { prefix: "ENGINE".into(), backend: Backend::Iptables, tool: "iptables".into() };
         let nets = [
             BridgeRules { bridge: "engine0".into(), subnet: "172.17.0.0/16".parse().unwrap(), internal: false },
             BridgeRules { bridge: "br-1".into(), subnet: "10.0.0.0/24".parse().unwrap(), internal: true },
@@ -163,5 +245,13 @@ mod tests {
         assert!(filter.contains("-A ENGINE-FORWARD -i br-1 ! -o br-1 -j DROP\n"));
         assert!(filter.ends_with("COMMIT\n"));
         assert_eq!(nat, "*nat\n:ENGINE-POSTROUTING - [0:0]\n-A ENGINE-POSTROUTING -s 172.17.0.0/16 ! -o engine0 -j MASQUERADE\nCOMMIT\n");
+        let nft = Firewall { prefix: "ENGINE-et12x3".into(), backend: Backend::Nftables, tool: "nft".into() };
+        assert_eq!(nft.table(), "engine_et12x3");
+        assert_eq!(Firewall { prefix: "ENGINE".into(), backend: Backend::Nftables, tool: "nft".into() }.table(), "engine");
+        let t = nft.render_nft(&nets);
+        assert!(t.starts_with("table ip engine_et12x3 {}\ndelete table ip engine_et12x3\ntable ip engine_et12x3 {\n"), "{t}");
+        assert!(t.contains("iifname \"engine0\" oifname { \"br-1\" } drop\n"), "{t}");
+        assert!(t.contains("ip saddr 172.17.0.0/16 oifname != \"engine0\" masquerade\n"), "{t}");
+        assert!(!t.contains("10.0.0.0/24"), "an internal network is not masqueraded: {t}");
     }
 }

@@ -126,6 +126,8 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// Manage firewall rules (dockerd's `--iptables`).
     pub iptables: bool,
+    /// auto, iptables, nftables or none.
+    pub firewall: String,
 }
 
 pub struct Networks {
@@ -177,7 +179,7 @@ impl Networks {
             }
         }
         let chain_prefix = if cfg.bridge_name == "engine0" { "ENGINE".to_string() } else { format!("ENGINE-{}", cfg.bridge_name) };
-        let firewall = if cfg.iptables { Firewall::detect(&chain_prefix) } else { None };
+        let firewall = if cfg.iptables { Firewall::detect(&chain_prefix, &cfg.firewall)? } else { None };
         let firewall_backend = firewall.as_ref().map(|f| f.backend());
         let n = Networks { host: Netlink::host()?, firewall, firewall_backend, records: Mutex::new(records), admin: Default::default(), cfg };
         for (name, driver) in [("host", "host"), ("none", "null")] {

@@ -161,7 +161,8 @@ fn docker_cli_publishes_ports_and_manages_networks() {
     e.docker_ok(&["import", tar.to_str().unwrap(), "bb:1"]);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let serve = "mkdir -p /www && echo via-docker-cli > /www/index.html && exec httpd -f -p 80 -h /www";
-    e.docker_ok(&["run", "-d", "--name", "web", "-p", &format!("127.0.0.1:{port}:80"), "bb:1", "sh", "-c", serve]);
+    // --dns 127.0.0.1: a name lookup that misses /etc/hosts stays inside the container
+    e.docker_ok(&["run", "-d", "--name", "web", "--dns", "127.0.0.1", "-p", &format!("127.0.0.1:{port}:80"), "bb:1", "sh", "-c", serve]);
     assert_eq!(e.docker_ok(&["port", "web"]).trim(), format!("80/tcp -> 127.0.0.1:{port}"));
     assert!(e.docker_ok(&["ps", "--format", "{{.Ports}}"]).contains(&format!("127.0.0.1:{port}->80/tcp")));
     let get = || {

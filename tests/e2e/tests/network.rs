@@ -2,7 +2,8 @@
 //! through engine-proxy, user networks with names and isolation, connect and disconnect, the
 //! none and container: modes, and that nothing stays behind (veths, bridges, rules, address
 //! allocations, namespaces, proxies). Traffic goes only to loopback and to the test's own
-//! containers; no test resolves a name that is not in a container's /etc/hosts.
+//! containers: containers that look names up get `--dns 127.0.0.1`, so a name missing from
+//! their /etc/hosts fails inside the container instead of reaching the host's resolver.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -159,13 +160,14 @@ fn user_networks_resolve_names_and_are_isolated() {
     let br = |n: &str| format!("br-{}", &n[..12]);
     assert!(Engined::links().contains(&br(&n1)) && Engined::links().contains(&br(&n2)));
 
-    let a1 = e.ok(&["run", "-d", "--name", "a1", "--network", "front", "bb", "sh", "-c", &serve("from-a1")]).trim().to_string();
-    let a2 = e.ok(&["run", "-d", "--name", "a2", "--network", "front", "--network-alias", "db", "bb", "sh", "-c", &serve("from-a2")]).trim().to_string();
+    let a1 = e.ok(&["run", "-d", "--name", "a1", "--network", "front", "--dns", "127.0.0.1", "bb", "sh", "-c", &serve("from-a1")]).trim().to_string();
+    let a2 = e.ok(&["run", "-d", "--name", "a2", "--network", "front", "--dns", "127.0.0.1", "--network-alias", "db", "bb", "sh", "-c", &serve("from-a2")]).trim().to_string();
     let fixed = subnet.replace(".0/24", ".50");
-    let b1 = e.ok(&["run", "-d", "--name", "b1", "--network", "back", "--ip", &fixed, "bb", "sh", "-c", &serve("from-b1")]).trim().to_string();
+    let b1 = e.ok(&["run", "-d", "--name", "b1", "--network", "back", "--dns", "127.0.0.1", "--ip", &fixed, "bb", "sh", "-c", &serve("from-b1")]).trim().to_string();
     assert_eq!(inspect(&e, "b1", "{{.NetworkSettings.Networks.back.IPAddress}}"), fixed);
 
-    // by name and by alias, through /etc/hosts
+    // by name and by alias, through /etc/hosts; --dns written to resolv.conf
+    assert!(e.ok(&["exec", "a1", "cat", "/etc/resolv.conf"]).contains("nameserver 127.0.0.1\n"));
     let hosts = e.ok(&["exec", "a1", "cat", "/etc/hosts"]);
     assert!(hosts.contains(&format!("a2 db {}", &a2[..12])), "{hosts}");
     assert!(!hosts.contains("\tb1 "), "{hosts}");
@@ -183,7 +185,7 @@ fn user_networks_resolve_names_and_are_isolated() {
     assert!(e.ok(&["exec", "b1", "sh", "-c", &format!("echo 'GET / HTTP/1.0' | nc -w 2 {fixed} 80")]).contains("from-b1"));
 
     // a container that comes later is in the others' hosts files, and leaves them when it stops
-    e.ok(&["run", "-d", "--name", "a3", "--network", "front", "bb", "sleep", "1000"]);
+    e.ok(&["run", "-d", "--name", "a3", "--network", "front", "--dns", "127.0.0.1", "bb", "sleep", "1000"]);
     wait_for("a3 in a1's /etc/hosts", || e.ok(&["exec", "a1", "cat", "/etc/hosts"]).contains("\ta3 "));
     e.ok(&["stop", "-t", "0", "a3"]);
     wait_for("a3 gone from a1's /etc/hosts", || !e.ok(&["exec", "a1", "cat", "/etc/hosts"]).contains("\ta3 "));
@@ -248,4 +250,31 @@ fn none_and_container_modes() {
     e.ok(&["rm", "-f", "srv", "late"]);
     assert_eq!(e.ok(&["ps", "-aq"]).trim(), "");
     assert_eq!(netns_files(&e), 0);
+}
+
+#[test]
+fn nftables_backend_masquerades_isolates_and_cleans_up() {
+    let nft = which("nft");
+    let e = Engined::start_with(&[], &["--firewall-backend", "nftables"]);
+    assert!(e.ok(&["info"]).contains("Firewall: nftables"), "{}", e.ok(&["info"]));
+    e.import_busybox("bb");
+    let table = format!("engine_{}", e.bridge);
+    let list = || String::from_utf8_lossy(&std::process::Command::new(&nft).args(["list", "table", "ip", &table]).output().unwrap().stdout).into_owned();
+    let default_subnet = e.subnet(0);
+    assert!(list().contains(&format!("ip saddr {default_subnet} oifname != \"{}\" masquerade", e.bridge)), "{}", list());
+    assert!(e.firewall_rules(&[]).is_empty(), "iptables chains made with the nftables backend");
+    e.ok(&["network", "create", "one"]);
+    e.ok(&["network", "create", "two"]);
+    e.ok(&["run", "-d", "--name", "nx", "--network", "one", "bb", "sleep", "1000"]);
+    e.ok(&["run", "-d", "--name", "ny", "--network", "two", "bb", "sh", "-c", &serve("from-y")]);
+    let y_ip = inspect(&e, "ny", "{{.NetworkSettings.Networks.two.IPAddress}}");
+    let y_addr: SocketAddr = format!("{y_ip}:80").parse().unwrap();
+    wait_for("y to serve", || http_get(y_addr).is_some_and(|b| b.contains("from-y")));
+    assert!(!e.engine(&["exec", "nx", "nc", "-w", "2", &y_ip, "80"]).status.success(), "network one reached network two");
+    e.ok(&["rm", "-f", "nx", "ny"]);
+    e.ok(&["network", "rm", "one", "two"]);
+    assert!(!list().contains("br-"), "rules of removed networks left: {}", list());
+    drop(e);
+    let tables = String::from_utf8_lossy(&std::process::Command::new(&nft).args(["list", "tables"]).output().unwrap().stdout).into_owned();
+    assert!(!tables.contains(&table), "{table} left after engined stopped: {tables}");
 }
