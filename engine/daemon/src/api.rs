@@ -31,6 +31,7 @@ fn version_ok(v: &str) -> bool {
 
 /// Handles one request: strips the version prefix, routes, and records the request span.
 pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp, std::convert::Infallible> {
+    let started = std::time::Instant::now();
     let method = req.method().clone();
     let raw_path = req.uri().path().to_string();
     let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -54,6 +55,7 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp, std:
         _ => dispatch(&d, &trace, req, &method, &path).await,
     };
     let mut resp = result.unwrap_or_else(ApiError::into_response);
+    d.metrics.observe_request(method.as_str(), &route, resp.status().as_u16(), started.elapsed().as_secs_f64());
     let h = resp.headers_mut();
     h.insert("Api-Version", HeaderValue::from_static(API_VERSION));
     h.insert("Server", HeaderValue::from_static(concat!("engine/", env!("CARGO_PKG_VERSION"), " (linux)")));
@@ -212,7 +214,7 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
         (&M::POST, ["networks", id, "connect"]) => crate::network::connect(d, id, http::read_json(req.into_body()).await?).await,
         (&M::POST, ["networks", id, "disconnect"]) => crate::network::disconnect(d, id, http::read_json(req.into_body()).await?).await,
 
-        (&M::GET, ["metrics"]) => crate::metrics::scrape(d),
+        (&M::GET, ["metrics"]) => crate::metrics::scrape(d).await,
 
         // engine extensions
         (&M::GET, ["engine", "v1", "containers", id, "traces"]) => crate::traces::container_traces(d, id),

@@ -23,7 +23,7 @@ pub struct Config {
     /// A JSON file with any of: "log-level", "cgroup-parent", "data-root", "exec-root", "pidfile",
     /// "hosts", "otlp-endpoint", "otlp-protocol", "trace-max-traces", "trace-max-mb", "no-probes",
     /// "bridge-name", "bip", "default-address-pools" ([{"base": CIDR, "size": N}]), "iptables",
-    /// "firewall-backend", "userland-proxy-path".
+    /// "firewall-backend", "userland-proxy-path", "metrics-addr".
     #[arg(long)]
     pub config_file: Option<PathBuf>,
     /// error, warn, info or debug.
@@ -68,6 +68,10 @@ pub struct Config {
     /// Manage firewall rules (masquerade, forwarding, isolation between networks).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub iptables: bool,
+    /// Also serve `GET /metrics` on this TCP address (e.g. 127.0.0.1:9323), as dockerd's
+    /// --metrics-addr; the API socket always serves it.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
     /// auto (iptables if installed, else nftables), iptables, nftables or none.
     #[arg(long, default_value = "auto")]
     pub firewall_backend: String,
@@ -96,6 +100,7 @@ struct FileConfig {
     iptables: Option<bool>,
     firewall_backend: Option<String>,
     userland_proxy_path: Option<PathBuf>,
+    metrics_addr: Option<String>,
 }
 
 /// `"default-address-pools": [{"base": "10.10.0.0/16", "size": 24}]`, as daemon.json has it.
@@ -156,6 +161,9 @@ impl Config {
             }
             if self.userland_proxy_path.is_none() {
                 self.userland_proxy_path = f.userland_proxy_path;
+            }
+            if self.metrics_addr.is_none() {
+                self.metrics_addr = f.metrics_addr;
             }
             if let Some(v) = f.firewall_backend.filter(|_| self.firewall_backend == defaults.firewall_backend) {
                 self.firewall_backend = v;

@@ -105,6 +105,7 @@ pub struct Daemon {
     pub traces: Arc<crate::tracestore::TraceStore>,
     pub probes: crate::kernel::ProbeState,
     pub networks: Arc<engine_network::Networks>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub shutting_down: AtomicBool,
     pub execs: crate::exec::Execs,
     /// Container events for `GET /events`, and the recent ones for `since`.
@@ -162,7 +163,13 @@ const ADJECTIVES: &[&str] = &["brave", "calm", "eager", "fancy", "gentle", "happ
 const NOUNS: &[&str] = &["turing", "hopper", "lovelace", "ritchie", "thompson", "torvalds", "knuth", "dijkstra", "hamilton", "liskov", "kay", "backus", "perlman", "wirth", "lamport", "allen"];
 
 impl Daemon {
-    pub async fn open(cfg: Arc<Config>, supervisor: Supervisor, traces: (Arc<crate::tracestore::TraceStore>, engine_telemetry::Sink), probes: crate::kernel::ProbeState) -> anyhow::Result<Arc<Self>> {
+    pub async fn open(
+        cfg: Arc<Config>,
+        supervisor: Supervisor,
+        traces: (Arc<crate::tracestore::TraceStore>, engine_telemetry::Sink),
+        probes: crate::kernel::ProbeState,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
         let (traces, sink) = traces;
         let images = ImageStore::open(cfg.data_root.join("image"))?;
         let networks = engine_network::Networks::open(
@@ -181,6 +188,7 @@ impl Daemon {
         .context("setting up the networks")?;
         let d = Arc::new(Daemon {
             networks: Arc::new(networks),
+            metrics,
             channel: engine_api::unix_channel(cfg.lifecycled_socket()),
             images: Arc::new(images),
             containers: Mutex::new(BTreeMap::new()),

@@ -78,7 +78,7 @@ pub fn container_started(probes: &ProbeState, cgroups_path: &str) {
     }
 }
 
-fn shim_pids(dir: &std::path::Path) -> Vec<u32> {
+pub fn shim_pids(dir: &std::path::Path) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return out };
     for e in entries.flatten() {

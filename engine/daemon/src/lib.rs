@@ -38,6 +38,33 @@ use hyper_util::rt::TokioIo;
 
 pub use config::Config;
 
+/// `--metrics-addr`: `GET /metrics` alone on a TCP address (as dockerd's), nothing else.
+async fn metrics_listener(d: Arc<daemon::Daemon>, addr: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-addr {addr}"))?;
+    log!(d.cfg, "info", "metrics on http://{}/metrics", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let d = d.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let d = d.clone();
+                    async move {
+                        let resp = if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" {
+                            metrics::scrape(&d).await.unwrap_or_else(http::ApiError::into_response)
+                        } else {
+                            http::ApiError::not_found("only GET /metrics is served here").into_response()
+                        };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    Ok(())
+}
+
 /// Runs engined until SIGTERM or SIGINT.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg.resolve()?);
@@ -57,12 +84,16 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         kernel::ProbeState::Running(p) => Some(p.clone()),
         kernel::ProbeState::Disabled(_) => None,
     };
-    let traces = traces::start(&cfg, running.clone()).context("starting the trace store")?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let traces = traces::start(&cfg, running.clone(), metrics.clone()).context("starting the trace store")?;
     let supervisor = supervisor::start(cfg.clone()).await.context("starting engine-lifecycled")?;
     if let Some(p) = running {
         kernel::follow_engine_processes(&cfg, p, supervisor.pid.clone());
     }
-    let daemon = daemon::Daemon::open(cfg.clone(), supervisor, traces, probes).await.context("opening the daemon state")?;
+    let daemon = daemon::Daemon::open(cfg.clone(), supervisor, traces, probes, metrics).await.context("opening the daemon state")?;
+    if let Some(addr) = &cfg.metrics_addr {
+        metrics_listener(daemon.clone(), addr).await?;
+    }
 
     let _ = std::fs::remove_file(&sock);
     let listener = engine_api::bind_unix(&sock).with_context(|| format!("listening on {}", sock.display()))?;

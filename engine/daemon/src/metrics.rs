@@ -1,55 +1,221 @@
-//! `GET /metrics` in Prometheus' text exposition format: for now the published-port proxies'
-//! counters (read from the files each engine-proxy keeps), one series per container port.
-//! Start latency, API, container and probe metrics join them with the metrics work.
+//! `GET /metrics` (on the API socket, and on `--metrics-addr` as dockerd has it) in the
+//! OpenMetrics text format, with prometheus-client:
+//! - `engine_phase_duration_seconds{phase,service}`: every span engined stores, by its stable
+//!   name (the start's phases: `daemon.start`, `runtime.create`, `init.exec`, `kernel.clone3`,
+//!   …), with the trace id as exemplar, so a slow bucket leads to its trace;
+//! - `engine_api_request_duration_seconds{method,route,code}`;
+//! - at each scrape: containers by state, lifecycled restarts, shims and their memory, probe
+//!   events, the trace store, published-port proxies, and each running container's CPU, memory
+//!   and pids (from its cgroup, through lifecycled).
 
+use std::sync::Arc;
+
+use engine_api::v1::{tasks_client::TasksClient, TaskRequest};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::StatusCode;
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 
 use crate::daemon::Daemon;
 use crate::http::{self, ApiError, Resp};
 
-const LABELS: &[&str] = &["container_id", "container_name", "protocol", "host_ip", "host_port", "container_port"];
+type Labels = Vec<(String, String)>;
+type PhaseHistogram = Family<Labels, HistogramWithExemplars<Labels>, fn() -> HistogramWithExemplars<Labels>>;
+type ApiHistogram = Family<Labels, Histogram, fn() -> Histogram>;
 
-fn metric_err(e: prometheus::Error) -> ApiError {
-    ApiError::internal(format!("metrics: {e}"))
+/// The metrics engined keeps between scrapes (the rest is read at each scrape).
+pub struct Metrics {
+    phases: PhaseHistogram,
+    api: ApiHistogram,
+}
+
+fn phase_histogram() -> HistogramWithExemplars<Labels> {
+    // 10 µs … ~9 s
+    HistogramWithExemplars::new(exponential_buckets(0.00001, 2.5, 16))
+}
+
+fn api_histogram() -> Histogram {
+    // 100 µs … ~13 s
+    Histogram::new(exponential_buckets(0.0001, 2.2, 16))
+}
+
+fn l(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics { phases: Family::new_with_constructor(phase_histogram), api: Family::new_with_constructor(api_histogram) }
+    }
+}
+
+impl Metrics {
+    /// Every finished span of a request the store takes, by name and service.
+    pub fn observe_spans(&self, req: &ExportTraceServiceRequest) {
+        for rs in &req.resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::StringValue(v) => Some(v.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for sp in rs.scope_spans.iter().flat_map(|s| &s.spans) {
+                if sp.end_time_unix_nano <= sp.start_time_unix_nano {
+                    continue;
+                }
+                let secs = (sp.end_time_unix_nano - sp.start_time_unix_nano) as f64 / 1e9;
+                let trace_id: String = sp.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                let span_id: String = sp.span_id.iter().map(|b| format!("{b:02x}")).collect();
+                self.phases.get_or_create(&l(&[("phase", &sp.name), ("service", &service)])).observe(secs, Some(l(&[("trace_id", &trace_id), ("span_id", &span_id)])), None);
+            }
+        }
+    }
+
+    /// One API request.
+    pub fn observe_request(&self, method: &str, route: &str, code: u16, secs: f64) {
+        self.api.get_or_create(&l(&[("method", method), ("route", route), ("code", &code.to_string())])).observe(secs);
+    }
+}
+
+fn gauge_family() -> Family<Labels, Gauge> {
+    Family::default()
+}
+
+fn fgauge_family() -> Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> {
+    Family::default()
+}
+
+fn counter_family() -> Family<Labels, Counter> {
+    Family::default()
 }
 
 /// The exposition text of every metric now.
-pub fn render(d: &Daemon) -> Result<String, ApiError> {
-    let reg = Registry::new();
-    let total = IntCounterVec::new(Opts::new("engine_proxy_connections_total", "TCP connections or UDP flows engine-proxy forwarded"), LABELS).map_err(metric_err)?;
-    let active = IntGaugeVec::new(Opts::new("engine_proxy_connections_active", "TCP connections or UDP flows engine-proxy holds open"), LABELS).map_err(metric_err)?;
-    let mut with_dir = LABELS.to_vec();
-    with_dir.push("direction");
-    let bytes = IntCounterVec::new(Opts::new("engine_proxy_bytes_total", "Bytes engine-proxy forwarded, to the container (in) or from it (out)"), &with_dir).map_err(metric_err)?;
-    for c in [Box::new(total.clone()) as Box<dyn prometheus::core::Collector>, Box::new(active.clone()), Box::new(bytes.clone())] {
-        reg.register(c).map_err(metric_err)?;
+pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
+    let mut reg = Registry::default();
+    reg.register("engine_phase_duration_seconds", "Duration of each span of the engine's traces, by stable span name (the phases of a start); exemplars name the trace", d.metrics.phases.clone());
+    reg.register("engine_api_request_duration_seconds", "Duration of Docker Engine API requests, by route and status code", d.metrics.api.clone());
+
+    let containers = gauge_family();
+    let all: Vec<_> = d.all().iter().map(|e| e.snapshot()).collect();
+    for state in ["created", "running", "paused", "restarting", "exited", "dead"] {
+        let n = all
+            .iter()
+            .filter(|r| {
+                let s = if r.state.restarting { "restarting" } else if r.state.paused { "paused" } else if r.state.running { "running" } else if r.state.dead { "dead" } else { r.state.status.as_str() };
+                s == state
+            })
+            .count();
+        containers.get_or_create(&l(&[("state", state)])).set(n as i64);
     }
-    for e in d.all() {
-        let rec = e.snapshot();
-        for p in &rec.ports {
-            let Some(s) = engine_network::ports::ProxyStats::read(&p.stats) else { continue };
-            let (hip, hport, cport) = (p.port.host_ip.to_string(), p.port.host_port.to_string(), p.port.container_port.to_string());
-            let l = [rec.id.as_str(), rec.name.as_str(), p.port.proto.as_str(), hip.as_str(), hport.as_str(), cport.as_str()];
-            total.with_label_values(&l).inc_by(s.connections_total);
-            active.with_label_values(&l).set(s.connections_active as i64);
-            let mut li = l.to_vec();
-            li.push("in");
-            bytes.with_label_values(&li).inc_by(s.bytes_in);
-            li.pop();
-            li.push("out");
-            bytes.with_label_values(&li).inc_by(s.bytes_out);
+    reg.register("engine_containers", "Containers by state", containers);
+
+    let restarts = Counter::<u64>::default();
+    restarts.inc_by(d.supervisor.restarts.load(std::sync::atomic::Ordering::Relaxed));
+    reg.register("engine_lifecycled_restarts", "Times engined restarted engine-lifecycled", restarts);
+
+    let (shims, shim_rss) = (Gauge::<i64>::default(), Gauge::<i64>::default());
+    let pids = crate::kernel::shim_pids(&d.cfg.exec_root.join("lifecycle"));
+    let mut rss = 0i64;
+    let mut alive = 0i64;
+    for pid in pids {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            alive += 1;
+            rss += status.lines().find_map(|x| x.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok()).unwrap_or(0) * 1024;
         }
     }
-    let mut out = Vec::new();
-    TextEncoder::new().encode(&reg.gather(), &mut out).map_err(metric_err)?;
-    String::from_utf8(out).map_err(|e| ApiError::internal(e.to_string()))
+    shims.set(alive);
+    shim_rss.set(rss);
+    reg.register("engine_shims", "Running engine-shim processes", shims);
+    reg.register("engine_shim_memory_bytes", "Resident memory of all engine-shim processes", shim_rss);
+
+    let probe_events = counter_family();
+    let probes_up = Gauge::<i64>::default();
+    if let crate::kernel::ProbeState::Running(p) = &d.probes {
+        let c = p.counters();
+        probes_up.set(1);
+        for (outcome, v) in [("seen", c.seen), ("sent", c.sent), ("dropped", c.dropped)] {
+            probe_events.get_or_create(&l(&[("outcome", outcome)])).inc_by(v);
+        }
+    }
+    reg.register("engine_probes_running", "Whether the eBPF probes are attached (1) or not (0)", probes_up);
+    reg.register("engine_probe_events", "Kernel events the probes saw, sent to engined, or dropped (ring buffer full)", probe_events);
+
+    let (bytes, count) = d.traces.usage();
+    let (tb, tc) = (Gauge::<i64>::default(), Gauge::<i64>::default());
+    tb.set(bytes as i64);
+    tc.set(count as i64);
+    reg.register("engine_trace_store_bytes", "Bytes of the embedded trace store", tb);
+    reg.register("engine_trace_store_traces", "Traces in the embedded trace store", tc);
+
+    // published-port proxies, from the counters each engine-proxy keeps
+    let (total, active, moved) = (counter_family(), gauge_family(), counter_family());
+    for r in &all {
+        for p in &r.ports {
+            let Some(s) = engine_network::ports::ProxyStats::read(&p.stats) else { continue };
+            let (hip, hport, cport) = (p.port.host_ip.to_string(), p.port.host_port.to_string(), p.port.container_port.to_string());
+            let base = [("container_id", r.id.as_str()), ("container_name", r.name.as_str()), ("protocol", p.port.proto.as_str()), ("host_ip", hip.as_str()), ("host_port", hport.as_str()), ("container_port", cport.as_str())];
+            total.get_or_create(&l(&base)).inc_by(s.connections_total);
+            active.get_or_create(&l(&base)).set(s.connections_active as i64);
+            for (dir, v) in [("in", s.bytes_in), ("out", s.bytes_out)] {
+                let mut lb = l(&base);
+                lb.push(("direction".into(), dir.into()));
+                moved.get_or_create(&lb).inc_by(v);
+            }
+        }
+    }
+    reg.register("engine_proxy_connections", "TCP connections or UDP flows engine-proxy forwarded", total);
+    reg.register("engine_proxy_connections_active", "TCP connections or UDP flows engine-proxy holds open", active);
+    reg.register("engine_proxy_bytes", "Bytes engine-proxy forwarded, to the container (in) or from it (out)", moved);
+
+    // each running container's cgroup, through lifecycled (one request each, at once)
+    let (cpu, mem, npids) = (Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default(), gauge_family(), gauge_family());
+    let mem_limit = fgauge_family();
+    let running: Vec<_> = all.iter().filter(|r| r.state.running).cloned().collect();
+    let mut asks = Vec::new();
+    for r in running {
+        let mut client = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket()));
+        asks.push(async move {
+            let stats = tokio::time::timeout(std::time::Duration::from_secs(2), client.stats(TaskRequest { container_id: r.id.clone(), exec_id: String::new() })).await;
+            (r, stats)
+        });
+    }
+    for (r, stats) in futures_util::future::join_all(asks).await {
+        let Ok(Ok(s)) = stats else { continue };
+        let v: serde_json::Value = serde_json::from_str(&s.into_inner().stats_json).unwrap_or_default();
+        let data = &v["data"];
+        let lb = l(&[("container_id", &r.id), ("container_name", &r.name)]);
+        cpu.get_or_create(&lb).inc_by(data["cpu"]["usage"]["total"].as_u64().unwrap_or(0) as f64 / 1e9);
+        mem.get_or_create(&lb).set(data["memory"]["usage"]["usage"].as_i64().unwrap_or(0));
+        if let Some(limit) = data["memory"]["usage"]["limit"].as_u64().filter(|l| *l > 0 && *l < 1 << 60) {
+            mem_limit.get_or_create(&lb).set(limit as f64);
+        }
+        npids.get_or_create(&lb).set(data["pids"]["current"].as_i64().unwrap_or(0));
+    }
+    reg.register("engine_container_cpu_seconds", "CPU time of a container's cgroup", cpu);
+    reg.register("engine_container_memory_bytes", "Memory in use by a container's cgroup", mem);
+    reg.register("engine_container_memory_limit_bytes", "Memory limit of a container's cgroup", mem_limit);
+    reg.register("engine_container_pids", "Processes in a container's cgroup", npids);
+
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg).map_err(|e| ApiError::internal(format!("metrics: {e}")))?;
+    Ok(out)
 }
 
-pub fn scrape(d: &Daemon) -> Result<Resp, ApiError> {
-    let mut r = Resp::new(http::full(render(d)?));
+pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub async fn scrape(d: &Arc<Daemon>) -> Result<Resp, ApiError> {
+    let mut r = Resp::new(http::full(render(d).await?));
     *r.status_mut() = StatusCode::OK;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_OPENMETRICS));
     Ok(r)
 }

@@ -57,7 +57,7 @@ pub struct SpanIntake {
 const INTAKE_QUEUE: usize = 8192;
 
 impl SpanIntake {
-    pub fn start(store: Arc<TraceStore>, probes: Option<Arc<engine_probes::Probes>>) -> std::io::Result<SpanIntake> {
+    pub fn start(store: Arc<TraceStore>, probes: Option<Arc<engine_probes::Probes>>, metrics: Arc<crate::metrics::Metrics>) -> std::io::Result<SpanIntake> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<ExportTraceServiceRequest>(INTAKE_QUEUE);
         std::thread::Builder::new().name("span-intake".into()).spawn(move || {
             // drain the probes' ring now and then even when no span comes, so it never fills
@@ -67,6 +67,7 @@ impl SpanIntake {
                         if let Some(p) = &probes {
                             crate::kernel::annotate(&mut request, p);
                         }
+                        metrics.observe_spans(&request);
                         store.ingest(request);
                     }
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -93,7 +94,7 @@ impl engine_telemetry::SpanExporter for SpanIntake {
 
 /// Opens the trace store (with the export, when one is configured) and starts the OTLP receiver;
 /// returns the store and the sink every span goes to. Must run inside the tokio runtime.
-pub fn start(cfg: &Config, probes: Option<Arc<engine_probes::Probes>>) -> anyhow::Result<(Arc<TraceStore>, Sink)> {
+pub fn start(cfg: &Config, probes: Option<Arc<engine_probes::Probes>>, metrics: Arc<crate::metrics::Metrics>) -> anyhow::Result<(Arc<TraceStore>, Sink)> {
     if let Some(e) = engine_telemetry::sampling::env_sampler_error() {
         crate::log!(cfg, "warn", "{e}; sampling every trace");
     }
@@ -115,7 +116,7 @@ pub fn start(cfg: &Config, probes: Option<Arc<engine_probes::Probes>>) -> anyhow
     let sock = receiver_socket(cfg);
     let _ = std::fs::remove_file(&sock);
     let listener = engine_api::bind_unix(&sock).map_err(|e| anyhow::anyhow!("listening on {}: {e}", sock.display()))?;
-    let intake = Sink::new(SpanIntake::start(store.clone(), probes).map_err(|e| anyhow::anyhow!("starting the span intake: {e}"))?);
+    let intake = Sink::new(SpanIntake::start(store.clone(), probes, metrics).map_err(|e| anyhow::anyhow!("starting the span intake: {e}"))?);
     let service = Receiver::service(intake.clone());
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)).await;
