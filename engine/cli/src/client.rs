@@ -67,6 +67,11 @@ impl Client {
         Ok(Client { host: host.to_string(), sock, traceparent })
     }
 
+    /// The daemon address, as given (`unix://PATH`).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Body>> {
         let stream = tokio::net::UnixStream::connect(&self.sock)
             .await

@@ -5,6 +5,7 @@
 //! cgroups itself; everything goes through the daemon's API. The one exception is reading a span
 //! hand-off file offline (`engine trace --file`), which only reads.
 
+pub mod bench;
 pub mod client;
 pub mod containers;
 pub mod format;
@@ -104,6 +105,8 @@ pub enum Command {
     Info,
     /// Show a trace as a waterfall.
     Trace(trace::TraceArgs),
+    /// Measure container start latency, phase by phase, beside docker, podman or runc.
+    Bench(bench::BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
 }
@@ -187,6 +190,7 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::Version => version(c).await,
         Command::Info => info(c).await,
         Command::Trace(a) => trace::run(c, a).await,
+        Command::Bench(a) => bench::run(c, &c.host().to_string(), a).await,
         Command::Completion { .. } => unreachable!("handled before the runtime starts"),
     }
 }
