@@ -6,8 +6,9 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 TARGET := x86_64-unknown-linux-gnu
 RELEASE := target/$(TARGET)/release
 RUNS ?= 50
+CI_BENCH_RUNS ?= 10
 
-.PHONY: setup build release test fuzz demo bench bench-runtime bench-shim bench-image bench-probes bench-net clean
+.PHONY: setup build release test fuzz demo bench bench-runtime bench-shim bench-image bench-probes bench-net ci-bench clean
 
 setup:
 	@scripts/setup
@@ -32,6 +33,11 @@ demo: release
 
 bench: release
 	BIN=$(RELEASE) RUNS=$(RUNS) scripts/bench
+
+# CI's short benchmark after the tests: printed, reported under target/bench/, compared with
+# the last report of this machine; it never fails the build.
+ci-bench: release
+	-BIN=$(RELEASE) RUNS=$(CI_BENCH_RUNS) CONCURRENCY=4 scripts/bench
 
 bench-net: release
 	BIN=$(RELEASE) RUNS=$(RUNS) scripts/bench-net

@@ -323,15 +323,15 @@ impl Daemon {
         }
         let mounts = hostconfig::check(&hc)?;
         let networks = crate::network::plan(self, &mut hc, body.networking_config.take().as_ref())?;
-        let name = match name.filter(|n| !n.is_empty()) {
+        let given = match name.filter(|n| !n.is_empty()) {
             Some(n) => {
                 let n = n.trim_start_matches('/').to_string();
                 if !valid_name(&n) {
                     return Err(ApiError::bad_request(format!("Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")));
                 }
-                n
+                Some(n)
             }
-            None => self.generated_name(),
+            None => None,
         };
         let images = self.images.clone();
         let image_ref = body.image.clone();
@@ -342,21 +342,25 @@ impl Daemon {
                 engine_image::ImageError::NotFound(_) => ApiError::not_found(format!("No such image: {}", body.image)),
                 e => e.into(),
             })?;
-        // Reserve the name, so two creates cannot both take it.
-        {
-            let map = self.containers.lock().unwrap_or_else(|p| p.into_inner());
-            let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(other) = map.values().find(|e| e.snapshot().name == name) {
-                let id = other.snapshot().id;
-                return Err(ApiError::conflict(format!(
-                    "Conflict. The container name \"/{name}\" is already in use by container \"{id}\". You have to remove (or rename) that container to be able to reuse that name."
-                )));
+        // Reserve the name, so two creates cannot both take it; a generated name another create
+        // took meanwhile is generated again.
+        let name = match given {
+            Some(n) => {
+                self.reserve(&n)?;
+                n
             }
-            if creating.contains(&name) {
-                return Err(ApiError::conflict(format!("Conflict. The container name \"/{name}\" is already in use")));
+            None => {
+                let mut tries = 0;
+                loop {
+                    let n = self.generated_name();
+                    match self.reserve(&n) {
+                        Ok(()) => break n,
+                        Err(e) if tries >= 64 => return Err(e),
+                        Err(_) => tries += 1,
+                    }
+                }
             }
-            creating.push(name.clone());
-        }
+        };
         let id = random_id();
         let result = self.create_with_id(trace, &id, &name, body, hc, mounts, image, networks).await;
         self.creating.lock().unwrap_or_else(|p| p.into_inner()).retain(|n| n != &name);
@@ -366,9 +370,27 @@ impl Daemon {
         result.map(|_| id)
     }
 
+    /// Takes `name` for a create in progress: refused if a container or another create has it.
+    fn reserve(&self, name: &str) -> Result<(), ApiError> {
+        let map = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(other) = map.values().find(|e| e.snapshot().name == name) {
+            let id = other.snapshot().id;
+            return Err(ApiError::conflict(format!(
+                "Conflict. The container name \"/{name}\" is already in use by container \"{id}\". You have to remove (or rename) that container to be able to reuse that name."
+            )));
+        }
+        if creating.iter().any(|n| n == name) {
+            return Err(ApiError::conflict(format!("Conflict. The container name \"/{name}\" is already in use")));
+        }
+        creating.push(name.to_string());
+        Ok(())
+    }
+
     fn generated_name(&self) -> String {
         let map = self.containers.lock().unwrap_or_else(|p| p.into_inner());
-        let taken: Vec<String> = map.values().map(|e| e.snapshot().name).collect();
+        let mut taken: Vec<String> = map.values().map(|e| e.snapshot().name).collect();
+        taken.extend(self.creating.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
         let seed = random_id();
         let n = usize::from_str_radix(&seed[..8], 16).unwrap_or(0);
         for i in 0.. {

@@ -394,3 +394,25 @@ fn restart_policies_apply_when_engined_comes_back() {
     e.ok(&["rm", "-f", "always", "unless", "stopped", "plain"]);
     assert_clean(&e);
 }
+
+#[test]
+fn concurrent_creates_get_distinct_generated_names() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    // many creates at once, none named: each gets a name of its own (no conflict between them;
+    // 40 of 256 generated names collide most of the time without the reservation retry)
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..40).map(|_| s.spawn(|| e.engine(&["create", "busybox", "true"]))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for o in &outs {
+        assert!(o.status.success(), "{}", stderr(o));
+    }
+    let names = e.ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    let unique: std::collections::HashSet<&str> = names.lines().collect();
+    assert_eq!(unique.len(), 40, "{names}");
+    let ids: Vec<String> = outs.iter().map(|o| stdout(o).trim().to_string()).collect();
+    let mut args = vec!["rm"];
+    args.extend(ids.iter().map(String::as_str));
+    e.ok(&args);
+}
