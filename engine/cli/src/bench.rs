@@ -6,7 +6,7 @@
 //! those installed are interleaved with the engine's in the same session, and the ratios printed;
 //! `--json FILE` writes the report, and `--baseline FILE` prints the change of each phase against
 //! an earlier report. Timings are reported, never judged: the command fails only when the engine
-//! cannot run the containers at all.
+//! cannot run the containers at all; a peer that cannot is reported and left out.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -209,7 +209,8 @@ pub async fn run(c: &Client, host: &str, a: BenchArgs) -> Result<i32> {
     };
     let mut peers = vec![Peer { name: "engine".into(), argv: engine_argv(&[]), env: Vec::new(), unique_id: false }];
     let mut skipped: BTreeMap<String, String> = BTreeMap::new();
-    let tmp = std::env::temp_dir().join(format!("engine-bench-{}", std::process::id()));
+    // a private directory (mkdtemp: never a path someone else could have prepared)
+    let tmp = nix::unistd::mkdtemp(&std::env::temp_dir().join("engine-bench.XXXXXX")).context("making a temporary directory")?;
     for name in &a.compare {
         let r: Result<Peer> = async {
             match name.as_str() {
@@ -261,9 +262,18 @@ pub async fn run(c: &Client, host: &str, a: BenchArgs) -> Result<i32> {
         }
     }
     // warm up every system once, then the sequential runs, interleaved
-    for p in &peers {
-        one(p).await.with_context(|| format!("warming up {}", p.name))?;
+    let mut warm = Vec::new();
+    for p in peers {
+        match one(&p).await {
+            Ok(_) => warm.push(p),
+            Err(e) if p.name == "engine" => return Err(e.context("warming up the engine")),
+            Err(e) => {
+                eprintln!("bench: leaving {} out: {e:#}", p.name);
+                skipped.insert(p.name.clone(), format!("{e:#}"));
+            }
+        }
     }
+    let peers = warm;
     let mut seq: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for _ in 0..a.runs {
         for p in &peers {

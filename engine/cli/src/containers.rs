@@ -256,7 +256,13 @@ pub fn parse_publish(publish: &[String], expose: &[String]) -> Result<(Vec<Strin
     let range = |s: &str| -> Result<(u16, u16)> {
         let bad = || anyhow!("invalid port {s:?}");
         match s.split_once('-') {
-            Some((a, b)) => Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?)),
+            Some((a, b)) => {
+                let (a, b): (u16, u16) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                Ok((a, b))
+            }
             None => {
                 let p = s.parse().map_err(|_| bad())?;
                 Ok((p, p))
@@ -298,15 +304,17 @@ pub fn parse_publish(publish: &[String], expose: &[String]) -> Result<(Vec<Strin
         };
         let (c1, c2) = range(&container)?;
         let host_range = if host.is_empty() { None } else { Some(range(&host)?) };
+        // host range as wide as the container's: port to port; a wider host range for one
+        // container port: any free port of it (Docker's `8000-8010:80`), its first here
         if let Some((h1, h2)) = host_range {
-            if h2 - h1 != c2 - c1 && h1 != h2 {
+            if h2 - h1 != c2 - c1 && c1 != c2 && h1 != h2 {
                 bail!("invalid ranges in {spec:?}: host and container ranges differ in size");
             }
         }
         for (i, p) in (c1..=c2).enumerate() {
             let key = format!("{p}/{proto}");
             let host_port = match host_range {
-                Some((h1, h2)) if h1 != h2 => (h1 + i as u16).to_string(),
+                Some((h1, h2)) if h2 - h1 == c2 - c1 => (h1 + i as u16).to_string(),
                 Some((h1, _)) => h1.to_string(),
                 None => String::new(),
             };

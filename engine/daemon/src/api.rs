@@ -44,7 +44,7 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp, std:
     // to trace: a monitor polling `ps` would otherwise crowd the operations out of the store.
     let read_only = method == Method::GET || method == Method::HEAD;
     let traced = !(path.starts_with("/v1/traces") || path.starts_with("/engine/v1/") || (read_only && traceparent.is_none()));
-    let trace = Trace::new(d.sink.as_ref().filter(|_| traced), traceparent.as_deref(), &format!("{method} {route}"));
+    let trace = Trace::new(d.sink.as_ref().filter(|_| traced), traceparent.as_deref(), &format!("{} {route}", method_label(&method)));
     trace.attr(trace.root, "http.request.method", method.to_string());
     trace.attr(trace.root, "url.path", raw_path.clone());
     trace.attr(trace.root, "http.route", route.clone());
@@ -55,7 +55,7 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp, std:
         _ => dispatch(&d, &trace, req, &method, &path).await,
     };
     let mut resp = result.unwrap_or_else(ApiError::into_response);
-    d.metrics.observe_request(method.as_str(), &route, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    d.metrics.observe_request(method_label(&method), &route, resp.status().as_u16(), started.elapsed().as_secs_f64());
     let h = resp.headers_mut();
     h.insert("Api-Version", HeaderValue::from_static(API_VERSION));
     h.insert("Server", HeaderValue::from_static(concat!("engine/", env!("CARGO_PKG_VERSION"), " (linux)")));
@@ -73,21 +73,43 @@ fn route_name(method: &Method, path: &str) -> String {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let t: String = match segs.as_slice() {
         ["containers", "create"] | ["containers", "json"] | ["containers", "prune"] => format!("/{}", segs.join("/")),
-        ["containers", _, rest @ ..] => format!("/containers/{{id}}{}", rest.iter().map(|s| format!("/{s}")).collect::<String>()),
-        ["exec", _, rest @ ..] => format!("/exec/{{id}}/{}", rest.join("/")),
+        ["containers", _] => "/containers/{id}".into(),
+        ["containers", _, action] if CONTAINER_ACTIONS.contains(action) => format!("/containers/{{id}}/{action}"),
+        ["exec", _, action] if ["start", "json", "resize"].contains(action) => format!("/exec/{{id}}/{action}"),
         ["images", "json"] | ["images", "load"] | ["images", "get"] | ["images", "create"] | ["images", "prune"] => format!("/{}", segs.join("/")),
         ["images", .., last] if ["json", "history", "tag", "get"].contains(last) => format!("/images/{{name}}/{last}"),
         ["images", ..] if method == Method::DELETE => "/images/{name}".into(),
         ["volumes", "create"] | ["volumes", "prune"] => format!("/{}", segs.join("/")),
         ["volumes", _] => "/volumes/{name}".into(),
         ["networks", "create"] | ["networks", "prune"] => format!("/{}", segs.join("/")),
-        ["networks", _, rest @ ..] => format!("/networks/{{id}}{}", rest.iter().map(|s| format!("/{s}")).collect::<String>()),
+        ["networks", _] => "/networks/{id}".into(),
+        ["networks", _, action] if ["connect", "disconnect"].contains(action) => format!("/networks/{{id}}/{action}"),
         ["engine", "v1", "containers", _, "traces"] => "/engine/v1/containers/{id}/traces".into(),
         ["engine", "v1", "traces", "stats"] => "/engine/v1/traces/stats".into(),
         ["engine", "v1", "traces", _] => "/engine/v1/traces/{trace_id}".into(),
-        _ => path.to_string(),
+        // the fixed paths as they are; anything else a client made up is one name (it names a
+        // span and labels a metric: it must not grow without bound)
+        _ if FIXED_PATHS.contains(&path) => path.to_string(),
+        _ => "(unmatched)".into(),
     };
     t
+}
+
+const CONTAINER_ACTIONS: &[&str] = &["json", "start", "stop", "restart", "kill", "wait", "logs", "top", "stats", "attach", "resize", "exec", "rename", "pause", "unpause", "update", "export", "changes", "archive", "traces"];
+const FIXED_PATHS: &[&str] = &["/_ping", "/version", "/info", "/events", "/system/df", "/images/json", "/volumes", "/networks", "/metrics", "/v1/traces", "/engine/v1/traces", "/engine/v1/probes", "/containers/json"];
+
+/// The request method as a metric label: the standard ones, else "other".
+pub fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
 }
 
 async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method: &Method, path: &str) -> Result<Resp, ApiError> {
@@ -208,7 +230,7 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
         // networks
         (&M::GET, ["networks"]) => crate::network::list(d, &q),
         (&M::POST, ["networks", "create"]) => crate::network::create(d, http::read_json(req.into_body()).await?).await,
-        (&M::POST, ["networks", "prune"]) => crate::network::prune(d).await,
+        (&M::POST, ["networks", "prune"]) => crate::network::prune(d, &q).await,
         (&M::GET, ["networks", id]) => crate::network::inspect(d, id),
         (&M::DELETE, ["networks", id]) => crate::network::remove(d, id).await,
         (&M::POST, ["networks", id, "connect"]) => crate::network::connect(d, id, http::read_json(req.into_body()).await?).await,
@@ -372,7 +394,7 @@ fn info(d: &Daemon) -> Value {
         "DriverStatus": [["Backing Filesystem", "extfs"]],
         "Plugins": { "Volume": ["local"], "Network": ["bridge", "host", "null"], "Log": ["json-file"] },
         "MemoryLimit": true, "SwapLimit": false, "CpuCfsPeriod": true, "CpuCfsQuota": true, "PidsLimit": true,
-        "IPv4Forwarding": false,
+        "IPv4Forwarding": std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1"),
         "Debug": d.cfg.log_level == "debug",
         "NFd": std::fs::read_dir("/proc/self/fd").map(|r| r.count()).unwrap_or(0),
         "NGoroutines": 0,

@@ -75,6 +75,9 @@ pub struct Entry {
     pub life: watch::Sender<Life>,
     /// Serialises start/stop/remove of one container.
     pub op: tokio::sync::Mutex<()>,
+    /// Serialises its network's set-up, tear-down, connect and disconnect (an exit tears down
+    /// without `op`, which a stop holds while it waits for that exit).
+    pub net: tokio::sync::Mutex<()>,
     /// Attached output streams still being written: `--rm` waits for them, so the output
     /// of a short-lived container is not removed with it before the client has it.
     pub attached: std::sync::atomic::AtomicUsize,
@@ -453,7 +456,7 @@ impl Daemon {
             let init_bin = self.cfg.init_bin();
             let netns = match crate::network::mode(&hc) {
                 crate::network::Mode::Host => None,
-                crate::network::Mode::Container(other) => Some(self.networks.sandbox_path(&other)),
+                crate::network::Mode::Container(other) => crate::network::joined_namespace(self, &other)?,
                 _ => Some(self.networks.sandbox_path(id)),
             };
             let cx = hostconfig::Context { id, cgroup_parent: &self.cfg.cgroup_parent, container_dir: &dir, init_bin: &init_bin, mounts: &mounts, netns: netns.as_deref(), volume_dir: &volume_dir };
@@ -513,7 +516,7 @@ impl Daemon {
         };
         self.save(&record)?;
         let (life, _) = watch::channel(Life::default());
-        let entry = Arc::new(Entry { record: Mutex::new(record), life, op: tokio::sync::Mutex::new(()), attached: Default::default() });
+        let entry = Arc::new(Entry { record: Mutex::new(record), life, op: tokio::sync::Mutex::new(()), net: Default::default(), attached: Default::default() });
         let rec = entry.snapshot();
         self.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), entry);
         self.event(&rec, "create", &[]);
@@ -950,6 +953,10 @@ impl Daemon {
             e.update(|r| r.name = new.to_string());
         }
         self.persist(e);
+        // the other containers of its user networks know it by the new name
+        let id = e.snapshot().id;
+        self.networks.rename(&id, new);
+        crate::network::refresh_neighbours(self, &id);
         Ok(())
     }
 
@@ -983,7 +990,7 @@ impl Daemon {
             let was_running = rec.state.running || rec.state.restarting;
             let (life, _) = watch::channel(Life { running: rec.state.running, ..Default::default() });
             let id = rec.id.clone();
-            let entry = Arc::new(Entry { record: Mutex::new(rec), life, op: tokio::sync::Mutex::new(()), attached: Default::default() });
+            let entry = Arc::new(Entry { record: Mutex::new(rec), life, op: tokio::sync::Mutex::new(()), net: Default::default(), attached: Default::default() });
             self.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
             if was_running {
                 running.push(entry);

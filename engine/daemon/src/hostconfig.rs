@@ -193,7 +193,7 @@ pub struct Context<'a> {
     pub container_dir: &'a Path,
     pub init_bin: &'a Path,
     pub mounts: &'a [MountSpec],
-    /// The network namespace to join (engined makes it at start), unless the host's is used.
+    /// The network namespace to join (engined makes it at start); None: the host's.
     pub netns: Option<&'a Path>,
     /// Resolves a named volume to its directory, creating it if needed.
     pub volume_dir: &'a dyn Fn(&str) -> Result<PathBuf, ApiError>,
@@ -285,9 +285,14 @@ pub fn apply(spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, ApiE
             }
         }
     }
-    if hc.network_mode == "host" {
+    if cx.netns.is_none() {
+        // the host's network (--network host, or container:<one on the host's network>)
         if let Some(ns) = v["linux"]["namespaces"].as_array_mut() {
             ns.retain(|n| n["type"] != json!(LinuxNamespaceType::Network.to_string()) && n["type"] != "network");
+        }
+    }
+    if hc.network_mode == "host" {
+        if let Some(ns) = v["linux"]["namespaces"].as_array_mut() {
             ns.retain(|n| n["type"] != "uts");
         }
         v.as_object_mut().map(|o| o.remove("hostname"));
@@ -389,18 +394,26 @@ pub fn write_etc_files(dir: &Path, hostname: &str, hc: &HostConfig) -> std::io::
         return Ok(());
     }
     std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-    engine_network::etc::write_in_place(&dir.join("hosts"), &(engine_network::etc::hosts(hostname, &[], &[]) + &extra_hosts(hc)))?;
+    engine_network::etc::write_in_place(&dir.join("hosts"), &(engine_network::etc::hosts(hostname, &[], &[]) + &extra_hosts(hc, None)))?;
     std::fs::write(dir.join("resolv.conf"), resolv_conf(hc))
 }
 
-/// `--add-host name:ip` lines.
-pub fn extra_hosts(hc: &HostConfig) -> String {
-    hc.extra_hosts.iter().flatten().filter_map(|h| h.split_once(':')).map(|(name, ip)| format!("{ip}\t{name}\n")).collect()
+/// `--add-host name:ip` lines; `host-gateway` is `gateway` (the default bridge's address).
+pub fn extra_hosts(hc: &HostConfig, gateway: Option<std::net::Ipv4Addr>) -> String {
+    hc.extra_hosts
+        .iter()
+        .flatten()
+        .filter_map(|h| h.split_once(':'))
+        .filter_map(|(name, ip)| match ip {
+            "host-gateway" => gateway.map(|g| format!("{g}\t{name}\n")),
+            ip => Some(format!("{ip}\t{name}\n")),
+        })
+        .collect()
 }
 
 /// The host's resolvers (without loopback ones), or `--dns`, `--dns-search`, `--dns-option`.
 pub fn resolv_conf(hc: &HostConfig) -> String {
-    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let host = engine_network::etc::host_resolv_conf();
     let dns = hc.dns.clone().unwrap_or_default();
     let search = hc.dns_search.clone().unwrap_or_default();
     let options = hc.dns_options.clone().unwrap_or_default();

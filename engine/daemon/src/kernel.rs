@@ -191,6 +191,8 @@ struct Owner {
     cgroup: Option<u64>,
     /// Owns the pid's events only where no span of the process itself does.
     fallback: bool,
+    /// Owns only this thread's events (engined's namespace-making thread).
+    tid: Option<u32>,
     start: u64,
     end: u64,
 }
@@ -232,12 +234,13 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
                 let (start, end) = (sp.start_time_unix_nano, sp.end_time_unix_nano);
                 if let Some(pid) = inherited(sp, "process.pid").and_then(|p| u32::try_from(p).ok()) {
                     let cgroup = inherited(sp, "linux.cgroup.id").and_then(|c| u64::try_from(c).ok());
-                    owners.push(Owner { at: (r, c, k), pid, cgroup, fallback: false, start, end });
+                    let tid = if engined { int_attr(sp, "thread.id") } else { None };
+                    owners.push(Owner { at: (r, c, k), pid, cgroup, fallback: false, tid, start, end });
                 }
                 if let Some(pid) = int_attr(sp, "container.process.pid") {
                     // `runtime start` ends when it sees the program replaced, a moment before
                     // the kernel reports the exec: the container's events get that moment
-                    owners.push(Owner { at: (r, c, k), pid, cgroup: None, fallback: true, start, end: end + EXEC_GRACE_NS });
+                    owners.push(Owner { at: (r, c, k), pid, cgroup: None, fallback: true, tid: None, start, end: end + EXEC_GRACE_NS });
                 }
             }
         }
@@ -252,7 +255,7 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
     // the innermost span of the event's process that was open at the time
     // an event of a container's process is confirmed by its cgroup: the process was born in the
     // container's cgroup, so an event from any other is not this container's (a reused pid)
-    let confirmed = |o: &Owner, e: &KernelEvent| o.cgroup.is_none_or(|c| c == e.cgroup_id);
+    let confirmed = |o: &Owner, e: &KernelEvent| o.cgroup.is_none_or(|c| c == e.cgroup_id) && o.tid.is_none_or(|t| t == e.tid);
     let owner_of = |e: &KernelEvent| -> Option<&Owner> {
         let (pid, t) = (e.tgid, e.wall_ns);
         let open = |fallback: bool| owners.iter().filter(move |o| o.pid == pid && o.fallback == fallback && o.start <= t && t <= o.end && confirmed(o, e)).min_by_key(|o| o.end - o.start);

@@ -70,7 +70,7 @@ impl Metrics {
                 })
                 .unwrap_or_default();
             for sp in rs.scope_spans.iter().flat_map(|s| &s.spans) {
-                if sp.end_time_unix_nano <= sp.start_time_unix_nano {
+                if sp.end_time_unix_nano <= sp.start_time_unix_nano || not_found(sp) {
                     continue;
                 }
                 let secs = (sp.end_time_unix_nano - sp.start_time_unix_nano) as f64 / 1e9;
@@ -81,10 +81,15 @@ impl Metrics {
         }
     }
 
-    /// One API request.
+    /// One API request (`route` is the route template, or "(unmatched)": see `api::route_name`).
     pub fn observe_request(&self, method: &str, route: &str, code: u16, secs: f64) {
         self.api.get_or_create(&l(&[("method", method), ("route", route), ("code", &code.to_string())])).observe(secs);
     }
+}
+
+/// A request span answered 404: its name holds a path a client made up (unbounded as a label).
+fn not_found(sp: &opentelemetry_proto::tonic::trace::v1::Span) -> bool {
+    sp.attributes.iter().any(|a| a.key == "http.response.status_code" && matches!(a.value.as_ref().and_then(|v| v.value.as_ref()), Some(any_value::Value::IntValue(404))))
 }
 
 fn gauge_family() -> Family<Labels, Gauge> {

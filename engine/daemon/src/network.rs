@@ -142,6 +142,21 @@ pub fn plan(d: &Daemon, hc: &mut HostConfig, nc: Option<&NetworkingConfig>) -> R
     Ok(links)
 }
 
+/// The network namespace a `container:<other>` container joins: the other's, or the one the
+/// other itself joins (`container:` chains), or None for the host's (`other` uses the host's).
+pub fn joined_namespace(d: &Daemon, other: &str) -> Result<Option<std::path::PathBuf>, ApiError> {
+    let mut cur = other.to_string();
+    for _ in 0..8 {
+        let rec = d.find(&cur).map_err(|_| ApiError::not_found(format!("No such container: {cur}")))?.snapshot();
+        match mode(&rec.host_config) {
+            Mode::Host => return Ok(None),
+            Mode::Container(next) => cur = next,
+            Mode::Bridge | Mode::None => return Ok(Some(d.networks.sandbox_path(&rec.id))),
+        }
+    }
+    Err(ApiError::bad_request(format!("container:{other} joins a chain of containers too long to follow")))
+}
+
 /// The ports to publish at start: `PortBindings`, then with `-P` every exposed port not bound
 /// yet, on any free host port.
 pub fn published(rec: &ContainerRecord) -> Vec<Published> {
@@ -205,7 +220,9 @@ pub async fn up(d: &Arc<Daemon>, trace: Option<&Trace>, e: &Arc<Entry>) -> Resul
     let span = sp.start("daemon.network");
     sp.attr(span, "network.mode", rec.host_config.network_mode.clone());
     let outer = trace.zip(span).map(|(t, s)| t.enter(s));
+    let net = e.net.lock().await;
     let r = up_inner(d, &sp, e, &rec, m).await;
+    drop(net);
     if let (Some(t), Some(o)) = (trace, outer) {
         t.enter(o);
     }
@@ -237,13 +254,22 @@ async fn up_inner(d: &Arc<Daemon>, sp: &Spans<'_>, e: &Arc<Entry>, rec: &Contain
         tokio::task::spawn_blocking(move || {
             engine_network::remove_namespace(&path); // a leftover of a crash
             // the probes follow the thread that unshares and mounts it
-            engine_network::create_namespace(&path, &|tid, on| crate::kernel::watch_thread(&d.probes, tid, on))
+            let thread = std::sync::atomic::AtomicU32::new(0);
+            let made = engine_network::create_namespace(&path, &|tid, on| {
+                thread.store(tid, std::sync::atomic::Ordering::Relaxed);
+                crate::kernel::watch_thread(&d.probes, tid, on)
+            });
+            made.map(|(f, n)| (f, n, thread.load(std::sync::atomic::Ordering::Relaxed)))
         })
         .await
         .map_err(|err| ApiError::internal(err.to_string()))?
         .map_err(|err| ApiError::internal(format!("creating the network namespace: {err}")))
     };
-    let (ns, nl) = sp.finish(h, made)?;
+    if let Ok((_, _, tid)) = &made {
+        // the probes' events of that thread go in this span (not in another start's)
+        sp.attr(h, "thread.id", *tid as i64);
+    }
+    let (ns, nl, _) = sp.finish(h, made)?;
     nl.loopback_up().await.map_err(|err| ApiError::internal(err.to_string()))?;
     if m == Mode::None {
         return Ok(());
@@ -312,12 +338,12 @@ async fn spawn_proxy(d: &Arc<Daemon>, id: &str, p: &Published, ip: Ipv4Addr, n: 
 /// namespace unmounted (the kernel takes its veth pairs with it), neighbours' /etc/hosts
 /// without it. Safe to call again.
 pub async fn down(d: &Arc<Daemon>, e: &Arc<Entry>) {
+    let _net = e.net.lock().await;
     let rec = e.snapshot();
     let id = rec.id.clone();
-    for p in &rec.ports {
-        ports::stop(p);
-    }
     if !rec.ports.is_empty() {
+        let proxies = rec.ports.clone();
+        let _ = tokio::task::spawn_blocking(move || proxies.iter().for_each(ports::stop)).await;
         e.update_pub(|r| r.ports.clear());
     }
     let neighbours = d.networks.neighbours(&id);
@@ -345,6 +371,7 @@ pub async fn down(d: &Arc<Daemon>, e: &Arc<Entry>) {
 /// After an engined restart, for a container still running: its proxies that died with the
 /// host's last boot or were killed are started again.
 pub async fn ensure_proxies(d: &Arc<Daemon>, e: &Arc<Entry>) {
+    let _net = e.net.lock().await;
     let rec = e.snapshot();
     let Some((_, ep)) = d.networks.endpoints_of(&rec.id).into_iter().find(|(_, ep)| ep.ifname == "eth0") else { return };
     let mut kept = Vec::new();
@@ -370,12 +397,13 @@ fn write_hosts(d: &Daemon, id: &str) -> Result<(), ApiError> {
         return Ok(());
     }
     let own: Vec<Ipv4Addr> = d.networks.endpoints_of(id).iter().map(|(_, ep)| ep.ip).collect();
-    let content = etc::hosts(&rec.config.hostname, &own, &d.networks.peers(id)) + &crate::hostconfig::extra_hosts(&rec.host_config);
+    let gateway = d.networks.find(engine_network::networks::DEFAULT).ok().and_then(|n| n.gateway);
+    let content = etc::hosts(&rec.config.hostname, &own, &d.networks.peers(id)) + &crate::hostconfig::extra_hosts(&rec.host_config, gateway);
     let path = d.container_dir(id).join("hosts");
     etc::write_in_place(&path, &content).map_err(|err| ApiError::internal(format!("writing {}: {err}", path.display())))
 }
 
-fn refresh_neighbours(d: &Daemon, id: &str) {
+pub fn refresh_neighbours(d: &Daemon, id: &str) {
     for n in d.networks.neighbours(id) {
         if let Err(err) = write_hosts(d, &n) {
             crate::log!(d.cfg, "warn", "updating the hosts file of {n}: {}", err.message);
@@ -613,10 +641,18 @@ pub async fn remove(d: &Arc<Daemon>, id: &str) -> Result<Resp, ApiError> {
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
-/// `POST /networks/prune`: every user network without containers on it.
-pub async fn prune(d: &Arc<Daemon>) -> Result<Resp, ApiError> {
+/// `POST /networks/prune`: every user network without containers on it, that the filters
+/// `label=k[=v]` and `label!=k[=v]` keep.
+pub async fn prune(d: &Arc<Daemon>, q: &Query) -> Result<Resp, ApiError> {
+    let f = http::Filters::parse(q)?;
+    f.only(&["label", "label!"])?;
+    let has = |n: &NetworkRecord, l: &str| match l.split_once('=') {
+        Some((k, v)) => n.labels.get(k).map(String::as_str) == Some(v),
+        None => n.labels.contains_key(l),
+    };
     let mut deleted = Vec::new();
-    for n in d.networks.list().into_iter().filter(|n| !n.predefined() && n.endpoints.is_empty()) {
+    let chosen = d.networks.list().into_iter().filter(|n| !n.predefined() && n.endpoints.is_empty()).filter(|n| f.get("label").iter().all(|l| has(n, l)) && !f.get("label!").iter().any(|l| has(n, l)));
+    for n in chosen {
         if let Ok(rec) = d.networks.remove(&n.id).await {
             network_event(d, "destroy", &rec, None);
             deleted.push(rec.name);
@@ -639,6 +675,8 @@ pub async fn connect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result<Re
     let n = d.networks.find(net)?;
     let e = d.find(&body.container)?;
     let _op = e.op.lock().await;
+    // an exit tearing the network down waits for this, or this finds it torn down
+    let _net = e.net.lock().await;
     let rec = e.snapshot();
     match mode(&rec.host_config) {
         Mode::Bridge if n.is_bridge() => {}
@@ -682,6 +720,7 @@ pub async fn disconnect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result
     let n = d.networks.find(net)?;
     let e = d.find(&body.container)?;
     let _op = e.op.lock().await;
+    let _net = e.net.lock().await;
     let rec = e.snapshot();
     if !rec.networks.iter().any(|l| l.id == n.id) && !body.force {
         return Err(ApiError::new(StatusCode::FORBIDDEN, format!("container {} is not connected to network {}", rec.id, n.name)));

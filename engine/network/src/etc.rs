@@ -34,6 +34,19 @@ pub fn hosts(hostname: &str, own: &[Ipv4Addr], peers: &[HostEntry]) -> String {
     s
 }
 
+/// The host's resolv.conf for a container: `/etc/resolv.conf`, or systemd-resolved's upstream
+/// list when the former names only its loopback stub (as Docker does).
+pub fn host_resolv_conf() -> String {
+    let main = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let only_loopback = !main.lines().any(|l| l.trim_start().starts_with("nameserver") && !is_loopback_ns(l));
+    if only_loopback {
+        if let Ok(upstream) = std::fs::read_to_string("/run/systemd/resolve/resolv.conf") {
+            return upstream;
+        }
+    }
+    main
+}
+
 /// The host's resolv.conf without loopback nameservers; Docker's public fallbacks when none
 /// is left (written, never contacted by the engine itself).
 pub fn resolv_conf(host: &str) -> String {

@@ -53,14 +53,35 @@ pub struct Firewall {
     tool: String,
 }
 
+/// The prefix of one engined's chains: `ENGINE` for the default bridge `engine0`, else
+/// `ENGINE-<8 hex digits of the bridge name>` (chain names must fit iptables' 28 characters:
+/// `ENGINE-xxxxxxxx-ISOLATION-1` is 27).
+pub fn chain_prefix(bridge: &str) -> String {
+    if bridge == "engine0" {
+        return "ENGINE".into();
+    }
+    // FNV-1a: stable across builds and machines
+    let h = bridge.bytes().fold(0x811c9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x01000193));
+    format!("ENGINE-{h:08x}")
+}
+
+/// The nftables table of the engined whose default bridge is `bridge`.
+pub fn nft_table(bridge: &str) -> String {
+    let p = chain_prefix(bridge);
+    match p.strip_prefix("ENGINE-") {
+        Some(h) => format!("engine_{h}"),
+        None => "engine".into(),
+    }
+}
+
 fn find(names: &[&str]) -> Option<String> {
     names.iter().flat_map(|n| ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(|d| format!("{d}/{n}"))).find(|p| std::path::Path::new(p).exists())
 }
 
 impl Firewall {
     /// The firewall to use: `choice` is auto (iptables if installed, else nftables), iptables
-    /// or nftables. `prefix` names the chains (`<prefix>-FORWARD`, …; at most 17 characters)
-    /// and the nftables table.
+    /// or nftables. `prefix` ([`chain_prefix`]) names the chains (`<prefix>-FORWARD`, …) and the
+    /// nftables table.
     pub fn detect(prefix: &str, choice: &str) -> Result<Option<Firewall>> {
         let make = |backend, tool: String| Some(Firewall { prefix: prefix.to_string(), backend, tool });
         let iptables = || find(&["iptables"]);
@@ -87,7 +108,10 @@ impl Firewall {
 
     /// The nftables table of this engined.
     pub fn table(&self) -> String {
-        format!("engine_{}", self.prefix.trim_start_matches("ENGINE").trim_start_matches('-').replace('-', "_")).trim_end_matches('_').to_string()
+        match self.prefix.strip_prefix("ENGINE-") {
+            Some(h) => format!("engine_{}", h.replace('-', "_")),
+            None => "engine".into(),
+        }
     }
 
     /// The whole nftables table for these networks, replacing the one there (one transaction).
@@ -194,7 +218,7 @@ impl Firewall {
 
     fn run(&self, args: &[&str]) -> Result<()> {
         let cmd = format!("{} {}", self.tool, args.join(" "));
-        let out = Command::new(&self.tool).arg("-w").args(args).stdin(Stdio::null()).output().map_err(|source| FirewallError::Spawn { cmd: cmd.clone(), source })?;
+        let out = Command::new(&self.tool).args(["-w", "5"]).args(args).stdin(Stdio::null()).output().map_err(|source| FirewallError::Spawn { cmd: cmd.clone(), source })?;
         if !out.status.success() {
             return Err(FirewallError::Failed { cmd, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
         }
@@ -203,7 +227,7 @@ impl Firewall {
 
     fn restore(&self, rules: &str) -> Result<()> {
         let restore = format!("{}-restore", self.tool);
-        self.feed(&[&restore, "-w", "--noflush"], rules)
+        self.feed(&[&restore, "-w", "5", "--noflush"], rules)
     }
 
     /// Runs `argv` with `input` on its stdin.
@@ -245,11 +269,14 @@ mod tests {
         assert!(filter.contains("-A ENGINE-FORWARD -i br-1 ! -o br-1 -j DROP\n"));
         assert!(filter.ends_with("COMMIT\n"));
         assert_eq!(nat, "*nat\n:ENGINE-POSTROUTING - [0:0]\n-A ENGINE-POSTROUTING -s 172.17.0.0/16 ! -o engine0 -j MASQUERADE\nCOMMIT\n");
-        let nft = Firewall { prefix: "ENGINE-et12x3".into(), backend: Backend::Nftables, tool: "nft".into() };
-        assert_eq!(nft.table(), "engine_et12x3");
+        let nft = Firewall { prefix: chain_prefix("et12x3"), backend: Backend::Nftables, tool: "nft".into() };
+        assert_eq!(nft.table(), nft_table("et12x3"));
+        assert_eq!(chain_prefix("a-bridge-name15").len(), 15);
+        assert!((chain_prefix("a-bridge-name15") + "-ISOLATION-1").len() <= 28);
         assert_eq!(Firewall { prefix: "ENGINE".into(), backend: Backend::Nftables, tool: "nft".into() }.table(), "engine");
         let t = nft.render_nft(&nets);
-        assert!(t.starts_with("table ip engine_et12x3 {}\ndelete table ip engine_et12x3\ntable ip engine_et12x3 {\n"), "{t}");
+        let tn = nft_table("et12x3");
+        assert!(t.starts_with(&format!("table ip {tn} {{}}\ndelete table ip {tn}\ntable ip {tn} {{\n")), "{t}");
         assert!(t.contains("iifname \"engine0\" oifname { \"br-1\" } drop\n"), "{t}");
         assert!(t.contains("ip saddr 172.17.0.0/16 oifname != \"engine0\" masquerade\n"), "{t}");
         assert!(!t.contains("10.0.0.0/24"), "an internal network is not masqueraded: {t}");

@@ -1,6 +1,6 @@
 //! Address management: the pools subnets come from, a subnet that collides with no route of
 //! the host, and the addresses of one subnet handed to endpoints. Pure logic: the owner
-//! ([`crate::store`]) persists the allocations.
+//! ([`crate::networks`]) persists the allocations.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -23,7 +23,12 @@ pub enum NetlinkError {
     NoLink(String),
     #[error("network namespace {path}: {source}")]
     Namespace { path: PathBuf, source: std::io::Error },
+    #[error("a link named {0} exists and engined did not make it (choose another bridge name)")]
+    NotOurs(String),
 }
+
+/// The alias engined gives the bridges it makes: a link without it is never adopted or deleted.
+pub const OWNER_ALIAS: &str = "engine-bridge";
 
 type Result<T> = std::result::Result<T, NetlinkError>;
 
@@ -90,17 +95,36 @@ impl Netlink {
         self.index(name).await?.ok_or_else(|| NetlinkError::NoLink(name.to_string()))
     }
 
-    /// Makes the bridge `name` exist, hold `gateway/prefix` and be up. Returns its index.
+    /// Whether the link `name` is a bridge engined made (it carries [`OWNER_ALIAS`]); None when
+    /// there is no such link.
+    pub async fn owned_bridge(&self, name: &str) -> Result<Option<(u32, bool)>> {
+        let msg = match self.handle.link().get().match_name(name.to_string()).execute().try_next().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => return Ok(None),
+            Err(e) => return Err(req(format!("looking up link {name}"))(e)),
+        };
+        let alias = msg.attributes.iter().any(|a| matches!(a, LinkAttribute::IfAlias(x) if x == OWNER_ALIAS));
+        let bridge = msg.attributes.iter().any(|a| matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)))));
+        Ok(Some((msg.header.index, alias && bridge)))
+    }
+
+    /// Makes the bridge `name` exist (tagged as engined's), hold `gateway/prefix` and be up.
+    /// Returns its index. A link of that name engined did not make is refused, never adopted.
     pub async fn ensure_bridge(&self, name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<u32> {
-        let index = match self.index(name).await? {
-            Some(i) => i,
+        let index = match self.owned_bridge(name).await? {
+            Some((i, true)) => i,
+            Some((_, false)) => return Err(NetlinkError::NotOurs(name.to_string())),
             None => {
-                match self.handle.link().add(LinkBridge::new(name).build()).execute().await {
-                    Ok(()) => {}
-                    Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-                    Err(e) => return Err(req(format!("creating bridge {name}"))(e)),
-                }
-                self.must_index(name).await?
+                // made, then tagged (the kernel ignores an alias given at creation); a link of
+                // that name someone else made meanwhile is not tagged
+                self.handle.link().add(LinkBridge::new(name).build()).execute().await.map_err(|e| match errno(&e) {
+                    Some(libc::EEXIST) => NetlinkError::NotOurs(name.to_string()),
+                    _ => req(format!("creating bridge {name}"))(e),
+                })?;
+                let i = self.must_index(name).await?;
+                self.handle.link().set(LinkUnspec::new_with_index(i).alias(OWNER_ALIAS).build()).execute().await.map_err(req(format!("tagging bridge {name}")))?;
+                i
             }
         };
         match self.handle.address().add(index, gateway.into(), prefix).execute().await {
@@ -110,6 +134,14 @@ impl Netlink {
         }
         self.up(index, name).await?;
         Ok(index)
+    }
+
+    /// Deletes the bridge `name` if engined made it; anything else of that name stays.
+    pub async fn delete_bridge(&self, name: &str) -> Result<bool> {
+        match self.owned_bridge(name).await? {
+            Some((_, true)) => self.delete(name).await,
+            _ => Ok(false),
+        }
     }
 
     pub async fn up(&self, index: u32, name: &str) -> Result<()> {

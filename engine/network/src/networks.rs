@@ -139,6 +139,8 @@ pub struct Networks {
     firewall_backend: Option<String>,
     /// Serialises create/remove against each other (subnet choice, bridge names).
     admin: tokio::sync::Mutex<()>,
+    /// Serialises record writes (one temp file per record; the newest state is written last).
+    saving: Mutex<()>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NetworkError + '_ {
@@ -178,10 +180,10 @@ impl Networks {
                 records.insert(rec.id.clone(), rec);
             }
         }
-        let chain_prefix = if cfg.bridge_name == "engine0" { "ENGINE".to_string() } else { format!("ENGINE-{}", cfg.bridge_name) };
+        let chain_prefix = crate::firewall::chain_prefix(&cfg.bridge_name);
         let firewall = if cfg.iptables { Firewall::detect(&chain_prefix, &cfg.firewall)? } else { None };
         let firewall_backend = firewall.as_ref().map(|f| f.backend());
-        let n = Networks { host: Netlink::host()?, firewall, firewall_backend, records: Mutex::new(records), admin: Default::default(), cfg };
+        let n = Networks { host: Netlink::host()?, firewall, firewall_backend, records: Mutex::new(records), admin: Default::default(), saving: Mutex::new(()), cfg };
         for (name, driver) in [("host", "host"), ("none", "null")] {
             if n.by_name(name).is_none() {
                 let rec = NetworkRecord { id: random_id(), name: name.into(), driver: driver.into(), created: now.clone(), bridge: String::new(), subnet: None, gateway: None, ip_range: None, subnet_configured: false, internal: false, labels: Default::default(), options: Default::default(), allocations: Default::default(), endpoints: Default::default() };
@@ -261,6 +263,18 @@ impl Networks {
     /// engined (the page cache keeps it); after a crash of the host no container runs, and
     /// the endpoints it lists are released at the next start.
     fn save(&self, rec: &NetworkRecord) -> Result<()> {
+        let _one = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        self.write(rec)
+    }
+
+    /// Writes the record of `id` as it is now (after concurrent changes, the newest wins).
+    fn persist(&self, id: &str) -> Result<()> {
+        let _one = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(rec) = self.lock().get(id).cloned() else { return Ok(()) };
+        self.write(&rec)
+    }
+
+    fn write(&self, rec: &NetworkRecord) -> Result<()> {
         let path = self.cfg.dir.join(format!("{}.json", rec.id));
         let tmp = self.cfg.dir.join(format!(".{}.json.tmp", rec.id));
         let bytes = serde_json::to_vec_pretty(rec).map_err(|e| NetworkError::Invalid(e.to_string()))?;
@@ -305,7 +319,11 @@ impl Networks {
             .filter(|r| r.is_bridge())
             .filter_map(|r| Some(BridgeRules { bridge: r.bridge.clone(), subnet: r.subnet?, internal: r.internal }))
             .collect();
-        Ok(fw.apply(&rules)?)
+        // iptables and nft are processes that may wait (5 s at most) for the xtables lock: the
+        // async worker hands its other tasks over meanwhile
+        let multi = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let applied = if multi { tokio::task::block_in_place(|| fw.apply(&rules)) } else { fw.apply(&rules) };
+        Ok(applied?)
     }
 
     /// `network create`: a bridge network with its own Linux bridge (`br-<id12>`).
@@ -349,8 +367,13 @@ impl Networks {
         }
         let id = random_id();
         let bridge = req.options.get("com.docker.network.bridge.name").cloned().unwrap_or_else(|| format!("br-{}", &id[..12]));
-        if bridge.len() > 15 || self.host.index(&bridge).await?.is_some() {
-            return Err(NetworkError::Invalid(format!("bridge name {bridge:?} is taken or longer than 15 characters")));
+        // a name the kernel, iptables and nft all take literally (no %d template, no + or * wildcard, no quote)
+        let literal = bridge.len() <= 15 && bridge.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) && bridge.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !literal {
+            return Err(NetworkError::Invalid(format!("invalid bridge name {bridge:?}: 1 to 15 letters, digits, '_', '.' or '-'")));
+        }
+        if self.host.index(&bridge).await?.is_some() || self.list().iter().any(|r| r.bridge == bridge) {
+            return Err(NetworkError::Invalid(format!("bridge name {bridge:?} is taken")));
         }
         let rec = NetworkRecord {
             id,
@@ -378,7 +401,7 @@ impl Networks {
         if let Err(e) = made {
             self.lock().remove(&rec.id);
             let _ = std::fs::remove_file(self.cfg.dir.join(format!("{}.json", rec.id)));
-            let _ = self.host.delete(&rec.bridge).await;
+            let _ = self.host.delete_bridge(&rec.bridge).await;
             let _ = self.apply_firewall();
             return Err(e);
         }
@@ -392,19 +415,22 @@ impl Networks {
         if rec.predefined() {
             return Err(NetworkError::Forbidden(format!("{} is a pre-defined network and cannot be removed", rec.name)));
         }
-        if !rec.endpoints.is_empty() {
-            return Err(NetworkError::Forbidden(format!("error while removing network: network {} id {} has active endpoints", rec.name, rec.id)));
+        {
+            // checked and taken out under one lock: an attach cannot slip in between
+            let mut map = self.lock();
+            if map.get(&rec.id).is_some_and(|r| !r.endpoints.is_empty()) {
+                return Err(NetworkError::Forbidden(format!("error while removing network: network {} id {} has active endpoints", rec.name, rec.id)));
+            }
+            map.remove(&rec.id);
         }
-        self.lock().remove(&rec.id);
         let path = self.cfg.dir.join(format!("{}.json", rec.id));
         std::fs::remove_file(&path).map_err(io(&path))?;
-        self.host.delete(&rec.bridge).await?;
+        self.host.delete_bridge(&rec.bridge).await?;
         self.apply_firewall()?;
         Ok(rec)
     }
 
-    /// A new network namespace for a container, loopback up: `<exec-root>/netns/<id>`.
-    /// Blocks briefly (a thread unshares it): call it off the async workers.
+    /// Where a container's network namespace is mounted: `<exec-root>/netns/<id>`.
     pub fn sandbox_path(&self, container: &str) -> PathBuf {
         self.cfg.netns_dir.join(container)
     }
@@ -429,9 +455,13 @@ impl Networks {
             (Some(s), Some(g)) => (s, g),
             _ => return Err(NetworkError::Invalid(format!("network {} has no subnet", rec.name))),
         };
-        let suffix = ifname.trim_start_matches("eth");
+        // ve<12 of the id><one hex digit of the interface>: within the kernel's 15 characters
+        let n: u32 = ifname.trim_start_matches("eth").parse().map_err(|_| NetworkError::Invalid(format!("interface name {ifname}")))?;
+        if n > 15 {
+            return Err(NetworkError::Invalid("a container can be on at most 16 networks".into()));
+        }
         let short = &container[..container.len().min(12)];
-        let host_veth = format!("ve{short}{suffix}");
+        let host_veth = format!("ve{short}{n:x}");
         let ep = {
             let mut map = self.lock();
             let r = map.get_mut(&rec.id).ok_or_else(|| NetworkError::NotFound(network.to_string()))?;
@@ -449,9 +479,8 @@ impl Networks {
                 ifname: ifname.to_string(),
             };
             r.endpoints.insert(container.to_string(), ep.clone());
-            let snapshot = r.clone();
             drop(map);
-            if let Err(e) = self.save(&snapshot) {
+            if let Err(e) = self.persist(&rec.id) {
                 self.forget(&rec.id, container);
                 return Err(e);
             }
@@ -462,12 +491,10 @@ impl Networks {
                 Some(i) => i,
                 None => self.host.ensure_bridge(&rec.bridge, gateway, subnet.prefix_len()).await?,
             };
-            if let Err(e) = self.host.veth_into(&host_veth, ifname, ipam::mac_for(ep.ip), bridge, ns.0).await {
-                // the pair of an earlier run of this container, its namespace not yet torn
-                // down by the kernel: it goes now, and the pair is made again
-                if !self.host.delete(&host_veth).await? {
-                    return Err(e);
-                }
+            if self.host.veth_into(&host_veth, ifname, ipam::mac_for(ep.ip), bridge, ns.0).await.is_err() {
+                // the pair of an earlier run of this container, its namespace not yet torn down
+                // by the kernel (or gone a moment ago): deleted if still there, and made again
+                let _ = self.host.delete(&host_veth).await;
                 self.host.veth_into(&host_veth, ifname, ipam::mac_for(ep.ip), bridge, ns.0).await?;
             }
             ns.1.configure(ifname, ep.ip, ep.prefix, default_route.then_some(gateway)).await
@@ -482,14 +509,13 @@ impl Networks {
     }
 
     fn forget(&self, network_id: &str, container: &str) {
-        let snapshot = {
+        {
             let mut map = self.lock();
             let Some(r) = map.get_mut(network_id) else { return };
             r.allocations.release(container);
             r.endpoints.remove(container);
-            r.clone()
-        };
-        let _ = self.save(&snapshot);
+        }
+        let _ = self.persist(network_id);
     }
 
     /// Takes a container off a network: its host veth (the other end goes with it) and its
@@ -520,6 +546,17 @@ impl Networks {
     pub async fn delete_link(&self, name: &str) -> Result<()> {
         self.host.delete(name).await?;
         Ok(())
+    }
+
+    /// A renamed container: its endpoints carry the new name (peers' /etc/hosts follow).
+    pub fn rename(&self, container: &str, name: &str) {
+        let ids: Vec<String> = {
+            let mut map = self.lock();
+            map.values_mut().filter_map(|r| r.endpoints.get_mut(container).map(|ep| ep.container_name = name.to_string()).map(|_| r.id.clone())).collect()
+        };
+        for id in ids {
+            let _ = self.persist(&id);
+        }
     }
 
     /// Every network a container has an endpoint on.
@@ -571,7 +608,7 @@ impl Networks {
     pub async fn shutdown(&self) {
         for r in self.list().into_iter().filter(|r| r.is_bridge()) {
             if r.endpoints.is_empty() {
-                let _ = self.host.delete(&r.bridge).await;
+                let _ = self.host.delete_bridge(&r.bridge).await;
             }
         }
         if self.lock().values().all(|r| r.endpoints.is_empty()) {

@@ -132,15 +132,27 @@ pub fn spawn(bin: &Path, container: &str, port: &Published, container_ip: Ipv4Ad
 pub fn is_running(p: &Proxy) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", p.pid)) else { return false };
     let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    args.first().is_some_and(|a| a.ends_with("engine-proxy")) && args.iter().any(|a| Path::new(a) == p.stats)
+    // the counters path is under engined's exec-root and names the container and port: only
+    // this proxy has it on its command line (whatever the binary is called)
+    args.windows(2).any(|w| w[0] == "--stats" && Path::new(&w[1]) == p.stats)
 }
 
-/// Stops a proxy (SIGTERM, it closes its listener and exits) and removes its counters.
+/// Stops a proxy (SIGTERM: it closes its listener and exits) and removes its counters. Waits
+/// (2 s at most) until it is gone, so a start right after can bind the same port.
 pub fn stop(p: &Proxy) {
     if is_running(p) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid as i32), nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while is_running(p) && !is_zombie(p.pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
     let _ = std::fs::remove_file(&p.stats);
+}
+
+/// An exited process not reaped yet (it holds no socket any more).
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z'))).unwrap_or(true)
 }
 
 /// A proxy's counters, as it writes them: `connections_total connections_active bytes_in bytes_out`.

@@ -181,15 +181,39 @@ async fn serve_tcp(l: TcpListener, upstream: SocketAddr, c: Arc<Counters>) {
             c.connections_total.fetch_add(1, Ordering::Relaxed);
             c.connections_active.fetch_add(1, Ordering::Relaxed);
             c.touch();
-            if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-                c.bytes_in.fetch_add(up, Ordering::Relaxed);
-                c.bytes_out.fetch_add(down, Ordering::Relaxed);
-            }
+            let (cr, cw) = client.split();
+            let (br, bw) = backend.split();
+            // bytes are counted as they pass (a long connection shows its traffic before it ends)
+            let _ = tokio::join!(pump(cr, bw, &c.bytes_in, &c), pump(br, cw, &c.bytes_out, &c));
             c.connections_active.fetch_sub(1, Ordering::Relaxed);
             c.touch();
         });
     }
 }
+
+/// Copies one direction until EOF or an error, counting into `bytes`; then shuts the other
+/// side's write half, so a half-close passes through.
+async fn pump<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin>(mut from: R, mut to: W, bytes: &AtomicU64, c: &Counters) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                bytes.fetch_add(n as u64, Ordering::Relaxed);
+                c.touch();
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// UDP flows held at most: a new client past this is dropped until one goes idle (spoofed
+/// sources must not exhaust the proxy's descriptors).
+const MAX_UDP_FLOWS: usize = 4096;
 
 /// Each client address gets its own socket towards the container (so replies find their way
 /// back); a flow idle for [`UDP_IDLE`] is closed.
@@ -201,6 +225,7 @@ async fn serve_udp(front: Arc<UdpSocket>, upstream: SocketAddr, c: Arc<Counters>
         let existing = flows.lock().await.get(&from).cloned();
         let back = match existing {
             Some(b) => b,
+            None if flows.lock().await.len() >= MAX_UDP_FLOWS => continue,
             None => {
                 let local = if upstream.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
                 let Ok(b) = UdpSocket::bind(local).await else { continue };

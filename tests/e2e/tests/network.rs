@@ -157,6 +157,9 @@ fn user_networks_resolve_names_and_are_isolated() {
     assert!(e.fails(&["network", "create", "front"]).contains("already exists"));
     assert!(e.fails(&["network", "create", "--subnet", &subnet, "again"]).contains("overlaps"));
     assert!(e.fails(&["network", "rm", "bridge"]).contains("pre-defined"));
+    for bad in ["br+x", "br%d", "br\"x", "a-name-longer-than-15"] {
+        assert!(e.fails(&["network", "create", "-o", &format!("com.docker.network.bridge.name={bad}"), "badbridge"]).contains("invalid bridge name"), "{bad}");
+    }
     let br = |n: &str| format!("br-{}", &n[..12]);
     assert!(Engined::links().contains(&br(&n1)) && Engined::links().contains(&br(&n2)));
 
@@ -184,6 +187,10 @@ fn user_networks_resolve_names_and_are_isolated() {
     // the same connection from b1's own network works (the check above is not a broken nc)
     assert!(e.ok(&["exec", "b1", "sh", "-c", &format!("echo 'GET / HTTP/1.0' | nc -w 2 {fixed} 80")]).contains("from-b1"));
 
+    // renamed, it is known by its new name
+    e.ok(&["rename", "a2", "a2new"]);
+    wait_for("the new name in a1's /etc/hosts", || e.ok(&["exec", "a1", "cat", "/etc/hosts"]).contains("\ta2new db "));
+    e.ok(&["rename", "a2new", "a2"]);
     // a container that comes later is in the others' hosts files, and leaves them when it stops
     e.ok(&["run", "-d", "--name", "a3", "--network", "front", "--dns", "127.0.0.1", "bb", "sleep", "1000"]);
     wait_for("a3 in a1's /etc/hosts", || e.ok(&["exec", "a1", "cat", "/etc/hosts"]).contains("\ta3 "));
@@ -239,6 +246,13 @@ fn none_and_container_modes() {
     wait_for("srv to serve on its loopback", || e.engine(&["exec", "srv", "wget", "-q", "-O-", "http://127.0.0.1/"]).status.success());
     assert_eq!(e.ok(&["run", "--rm", "--network", "container:srv", "bb", "wget", "-q", "-O-", "http://127.0.0.1/"]).trim(), "shared-namespace");
     assert!(e.fails(&["run", "--rm", "--network", "container:srv", "-p", "80:80", "bb", "true"]).contains("conflicting options"));
+    // a chain: container:mid, mid being container:srv, is srv's namespace
+    e.ok(&["run", "-d", "--name", "mid", "--network", "container:srv", "bb", "sleep", "1000"]);
+    assert_eq!(e.ok(&["run", "--rm", "--network", "container:mid", "bb", "wget", "-q", "-O-", "http://127.0.0.1/"]).trim(), "shared-namespace");
+    // container:<one on the host's network> is the host's network
+    e.ok(&["run", "-d", "--name", "onhost", "--network", "host", "bb", "sleep", "1000"]);
+    let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap().display().to_string();
+    assert_eq!(e.ok(&["run", "--rm", "--network", "container:onhost", "bb", "readlink", "/proc/self/ns/net"]).trim(), host_ns);
     e.ok(&["create", "--name", "late", "--network", "container:srv", "bb", "true"]);
     e.ok(&["stop", "-t", "0", "srv"]);
     assert!(e.fails(&["start", "late"]).contains("non running container"));
@@ -247,7 +261,7 @@ fn none_and_container_modes() {
     assert!(e.fails(&["run", "--rm", "--network-alias", "x", "bb", "true"]).contains("user defined networks"));
     assert!(e.fails(&["run", "--rm", "--ip", "10.1.2.3", "bb", "true"]).contains("user configured subnets"));
     assert!(e.fails(&["run", "--rm", "-p", "70000:80", "bb", "true"]).contains("invalid"));
-    e.ok(&["rm", "-f", "srv", "late"]);
+    e.ok(&["rm", "-f", "srv", "late", "mid", "onhost"]);
     assert_eq!(e.ok(&["ps", "-aq"]).trim(), "");
     assert_eq!(netns_files(&e), 0);
 }
@@ -258,7 +272,7 @@ fn nftables_backend_masquerades_isolates_and_cleans_up() {
     let e = Engined::start_with(&[], &["--firewall-backend", "nftables"]);
     assert!(e.ok(&["info"]).contains("Firewall: nftables"), "{}", e.ok(&["info"]));
     e.import_busybox("bb");
-    let table = format!("engine_{}", e.bridge);
+    let table = e.nft_table();
     let list = || String::from_utf8_lossy(&std::process::Command::new(&nft).args(["list", "table", "ip", &table]).output().unwrap().stdout).into_owned();
     let default_subnet = e.subnet(0);
     assert!(list().contains(&format!("ip saddr {default_subnet} oifname != \"{}\" masquerade", e.bridge)), "{}", list());
@@ -277,4 +291,36 @@ fn nftables_backend_masquerades_isolates_and_cleans_up() {
     drop(e);
     let tables = String::from_utf8_lossy(&std::process::Command::new(&nft).args(["list", "tables"]).output().unwrap().stdout).into_owned();
     assert!(!tables.contains(&table), "{table} left after engined stopped: {tables}");
+}
+
+#[test]
+fn a_link_engined_did_not_make_is_never_taken() {
+    // a bridge of the test's own (not engined's), named as engined's bridge would be
+    let name = format!("eo{}", std::process::id() % 10_000_000);
+    assert!(std::process::Command::new("ip").args(["link", "add", &name, "type", "bridge"]).status().unwrap().success());
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(bin("engined"))
+        .arg("-H").arg(format!("unix://{}", dir.path().join("s.sock").display()))
+        .arg("--data-root").arg(dir.path().join("data"))
+        .arg("--exec-root").arg(dir.path().join("exec"))
+        .args(["--cgroup-parent", &format!("/engine-e2e-eo-{}", std::process::id()), "--bridge-name", &name, "--no-probes"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    wait_for("engined to refuse the bridge", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let still_there = Engined::links().contains(&name);
+    let addrs = String::from_utf8_lossy(&std::process::Command::new("ip").args(["-o", "addr", "show", &name]).output().unwrap().stdout).into_owned();
+    let _ = std::process::Command::new("ip").args(["link", "del", &name]).status();
+    assert!(!status.unwrap().success());
+    assert!(err.contains("did not make it"), "{err}");
+    assert!(still_there, "engined deleted a link it did not make");
+    assert!(!addrs.contains("inet "), "engined put an address on a link it did not make: {addrs}");
 }

@@ -204,10 +204,15 @@ impl Engined {
         out
     }
 
+    /// This instance's nftables table (with `--firewall-backend nftables`).
+    pub fn nft_table(&self) -> String {
+        engine_network::firewall::nft_table(&self.bridge)
+    }
+
     /// Firewall rules (iptables-save lines) that name this instance's chains or `bridges`.
     pub fn firewall_rules(&self, bridges: &[&str]) -> Vec<String> {
         let Ok(out) = Command::new("iptables-save").output() else { return Vec::new() };
-        let chain = format!("ENGINE-{}-", self.bridge);
+        let chain = format!("{}-", engine_network::firewall::chain_prefix(&self.bridge));
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.contains(&chain) || bridges.iter().any(|b| l.split_whitespace().any(|w| w == *b)))
