@@ -384,10 +384,11 @@ async fn latest_events(c: &Client) -> Result<BTreeMap<String, u64>> {
 
 fn print_report(r: &Value) {
     println!("engine bench: {} × `run --rm --network {} {} true`, sequential then {} at a time", r["runs"], r["network"].as_str().unwrap_or(""), r["image"].as_str().unwrap_or(""), r["concurrency"]);
-    println!("\n{:<16} {:>12} {:>10} {:>14} {:>14}", "SYSTEM", "MEDIAN ms", "P95 ms", "CONC. MEDIAN", "STARTS/s");
+    println!("\n{:<16} {:>10} {:>9} {:>13} {:>13} {:>10}", "SYSTEM", "MEDIAN ms", "P95 ms", "CONC. MED ms", "CONC. TOTAL s", "STARTS/s");
     for (name, s) in r["systems"].as_object().into_iter().flatten() {
         let f = |v: &Value| v.as_f64().map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
-        println!("{:<16} {:>12} {:>10} {:>14} {:>14}", name, f(&s["sequential"]["median_ms"]), f(&s["sequential"]["p95_ms"]), f(&s["concurrent"]["median_ms"]), f(&s["concurrent"]["throughput_per_s"]));
+        let c = &s["concurrent"];
+        println!("{:<16} {:>10} {:>9} {:>13} {:>13} {:>10}", name, f(&s["sequential"]["median_ms"]), f(&s["sequential"]["p95_ms"]), f(&c["median_ms"]), f(&c["wall_s"]), f(&c["throughput_per_s"]));
     }
     for (k, v) in r["ratios"].as_object().into_iter().flatten() {
         println!("ratio {k}: {:.2}", v.as_f64().unwrap_or(0.0));

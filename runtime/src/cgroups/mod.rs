@@ -375,6 +375,18 @@ impl CgroupManager {
 /// Creates `path` and missing parents; `init` runs on each directory created. Returns the created
 /// directories, parents first.
 fn mkdir_all(path: &Path, init: &mut dyn FnMut(&Path) -> Result<()>) -> Result<Vec<PathBuf>> {
+    // A parent another runtime made may be removed by it (when its container goes) while this
+    // one creates a child in it: then the whole path is made again.
+    let mut attempts = 0;
+    loop {
+        match mkdir_all_once(path, init) {
+            Err(CgroupError::Create { source, .. }) if source.kind() == io::ErrorKind::NotFound && attempts < 5 => attempts += 1,
+            r => return r,
+        }
+    }
+}
+
+fn mkdir_all_once(path: &Path, init: &mut dyn FnMut(&Path) -> Result<()>) -> Result<Vec<PathBuf>> {
     let mut missing = Vec::new();
     let mut p = path;
     while !p.exists() {
@@ -389,7 +401,12 @@ fn mkdir_all(path: &Path, init: &mut dyn FnMut(&Path) -> Result<()>) -> Result<V
         match fs::create_dir(&dir) {
             Ok(()) => {
                 created.push(dir.clone());
-                init(&dir)?;
+                if let Err(e) = init(&dir) {
+                    for d in created.iter().rev() {
+                        let _ = fs::remove_dir(d);
+                    }
+                    return Err(e);
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(source) => {

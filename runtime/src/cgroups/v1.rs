@@ -6,16 +6,25 @@ use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
 
 use super::{read_file, write_file, CgroupError, CgroupManager, Result};
 
-/// A new v1 cpuset cgroup starts with no cpus and no memory nodes; copy the parent's.
+/// A new v1 cpuset cgroup starts with no cpus and no memory nodes; copy the parent's. A parent
+/// another runtime has just made may not have its own yet: it is filled first, from its parent
+/// (the same values, so two runtimes doing it at once agree).
 pub(super) fn init_cpuset(dir: &Path) -> Result<()> {
-    let parent = dir.parent().ok_or_else(|| CgroupError::Invalid("cpuset cgroup has no parent".into()))?;
     for file in ["cpuset.cpus", "cpuset.mems"] {
-        let value = read_file(&parent.join(file))?;
-        if read_file(&dir.join(file))?.trim().is_empty() {
-            write_file(&dir.join(file), value.trim())?;
-        }
+        fill_cpuset(dir, file, 0)?;
     }
     Ok(())
+}
+
+fn fill_cpuset(dir: &Path, file: &str, depth: usize) -> Result<String> {
+    let current = read_file(&dir.join(file))?.trim().to_string();
+    if !current.is_empty() {
+        return Ok(current);
+    }
+    let parent = dir.parent().filter(|_| depth < 32).ok_or_else(|| CgroupError::Invalid(format!("{} has no {file} up its tree", dir.display())))?;
+    let value = fill_cpuset(parent, file, depth + 1)?;
+    write_file(&dir.join(file), &value)?;
+    Ok(value)
 }
 
 fn need<'a>(m: &'a CgroupManager, controller: &str, what: &str) -> Result<&'a Path> {
@@ -176,4 +185,27 @@ fn apply_devices(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<()> {
         write_file(&dir.join("devices.allow"), rule)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod cpuset_tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_parent_is_filled_before_its_child() {
+        // root has its cpus; a parent another runtime just made does not yet; the child takes
+        // the root's through it
+        let root = tempfile::tempdir().unwrap();
+        let (parent, child) = (root.path().join("engine"), root.path().join("engine/c1"));
+        std::fs::create_dir_all(&child).unwrap();
+        for (dir, cpus, mems) in [(root.path(), "0-1", "0"), (parent.as_path(), "", ""), (child.as_path(), "", "")] {
+            std::fs::write(dir.join("cpuset.cpus"), cpus).unwrap();
+            std::fs::write(dir.join("cpuset.mems"), mems).unwrap();
+        }
+        init_cpuset(&child).unwrap();
+        for dir in [&parent, &child] {
+            assert_eq!(std::fs::read_to_string(dir.join("cpuset.cpus")).unwrap(), "0-1");
+            assert_eq!(std::fs::read_to_string(dir.join("cpuset.mems")).unwrap(), "0");
+        }
+    }
 }

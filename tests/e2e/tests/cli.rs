@@ -416,3 +416,23 @@ fn concurrent_creates_get_distinct_generated_names() {
     args.extend(ids.iter().map(String::as_str));
     e.ok(&args);
 }
+
+#[test]
+fn concurrent_starts_under_a_fresh_cgroup_parent() {
+    // the first starts make the cgroup parent together (and the last to go removes it): each
+    // round starts from no parent, and every start must find a usable one (on cgroup v1 a new
+    // cpuset parent is empty until filled; the runtime's unit test pins that case down, this
+    // one drives the concurrency end to end)
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    for round in 0..3 {
+        let outs: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8).map(|_| s.spawn(|| e.engine(&["run", "--rm", "--network", "none", "busybox", "true"]))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for o in &outs {
+            assert!(o.status.success(), "round {round}: {}", stderr(o));
+        }
+    }
+    assert_eq!(e.ok(&["ps", "-aq"]).trim(), "");
+}
