@@ -39,8 +39,7 @@ use hyper_util::rt::TokioIo;
 pub use config::Config;
 
 /// `--metrics-addr`: `GET /metrics` alone on a TCP address (as dockerd's), nothing else.
-async fn metrics_listener(d: Arc<daemon::Daemon>, addr: &str) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-addr {addr}"))?;
+fn serve_metrics(d: Arc<daemon::Daemon>, listener: tokio::net::TcpListener) {
     log!(d.cfg, "info", "metrics on http://{}/metrics", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
     tokio::spawn(async move {
         loop {
@@ -62,7 +61,6 @@ async fn metrics_listener(d: Arc<daemon::Daemon>, addr: &str) -> anyhow::Result<
             });
         }
     });
-    Ok(())
 }
 
 /// Runs engined until SIGTERM or SIGINT.
@@ -86,13 +84,26 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let metrics = Arc::new(metrics::Metrics::default());
     let traces = traces::start(&cfg, running.clone(), metrics.clone()).context("starting the trace store")?;
+    // bound before anything is started, so a taken address changes nothing
+    let metrics_listener = match &cfg.metrics_addr {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-addr {addr}"))?),
+        None => None,
+    };
     let supervisor = supervisor::start(cfg.clone()).await.context("starting engine-lifecycled")?;
     if let Some(p) = running {
         kernel::follow_engine_processes(&cfg, p, supervisor.pid.clone());
     }
-    let daemon = daemon::Daemon::open(cfg.clone(), supervisor, traces, probes, metrics).await.context("opening the daemon state")?;
-    if let Some(addr) = &cfg.metrics_addr {
-        metrics_listener(daemon.clone(), addr).await?;
+    let lifecycled = supervisor.clone();
+    let daemon = match daemon::Daemon::open(cfg.clone(), supervisor, traces, probes, metrics).await {
+        Ok(d) => d,
+        Err(e) => {
+            // engined does not come up: the lifecycled it started goes too (nothing runs yet)
+            supervisor::stop(&cfg, &lifecycled).await;
+            return Err(e.context("opening the daemon state"));
+        }
+    };
+    if let Some(listener) = metrics_listener {
+        serve_metrics(daemon.clone(), listener);
     }
 
     let _ = std::fs::remove_file(&sock);

@@ -321,6 +321,10 @@ fn a_link_engined_did_not_make_is_never_taken() {
     let _ = std::process::Command::new("ip").args(["link", "del", &name]).status();
     assert!(!status.unwrap().success());
     assert!(err.contains("did not make it"), "{err}");
+    // nothing of the failed start stays: no lifecycled of it
+    let marker = dir.path().display().to_string();
+    let leftovers: Vec<String> = std::fs::read_dir("/proc").unwrap().flatten().filter_map(|p| std::fs::read(p.path().join("cmdline")).ok()).map(|c| String::from_utf8_lossy(&c).replace('\0', " ")).filter(|c| c.contains(&marker)).collect();
+    assert!(leftovers.is_empty(), "processes of the failed start left: {leftovers:?}");
     assert!(still_there, "engined deleted a link it did not make");
     assert!(!addrs.contains("inet "), "engined put an address on a link it did not make: {addrs}");
 }
