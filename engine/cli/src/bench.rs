@@ -119,34 +119,10 @@ async fn concurrent(p: &Peer, n: usize, c: usize) -> Result<(Vec<f64>, f64)> {
         Ok::<_, anyhow::Error>(mine)
     };
     let mut all = Vec::new();
-    for r in futures_join((0..c.max(1)).map(|_| worker()).collect()).await {
+    for r in futures_util::future::join_all((0..c.max(1)).map(|_| worker())).await {
         all.extend(r?);
     }
     Ok((all, t0.elapsed().as_secs_f64()))
-}
-
-/// Polls the futures together (the CLI runs on one thread).
-async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
-    let mut fs: Vec<_> = fs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = fs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in fs.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
 
 fn which(prog: &str) -> Option<PathBuf> {

@@ -562,7 +562,29 @@ pub async fn start(c: &Client, a: StartArgs) -> Result<i32> {
 
 /// Runs `f` for each name, printing the name on success and the error otherwise (exit 1 if
 /// any failed), as Docker's multi-container commands do.
-async fn each<F, Fut>(names: &[String], f: F) -> Result<i32>
+/// Inspects each named object at `<base>/<name>`: a JSON array, or `format` per object; a
+/// name that fails is reported and the others still shown (exit 1).
+pub async fn inspect_each(c: &Client, base: &str, names: &[String], format: Option<&str>) -> Result<i32> {
+    let mut out = Vec::new();
+    let mut failed = false;
+    for n in names {
+        match c.get(&format!("{base}/{}", urlencode(n))).await {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                eprintln!("{e:#}");
+                failed = true;
+            }
+        }
+    }
+    match format {
+        Some(f) => out.iter().for_each(|v| println!("{}", format::template(f, v))),
+        None => println!("{}", serde_json::to_string_pretty(&out)?),
+    }
+    Ok(failed as i32)
+}
+
+/// Runs `f` for each name, printing the name when it succeeds (`rm` and friends).
+pub async fn each<F, Fut>(names: &[String], f: F) -> Result<i32>
 where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use crate::client::{self, Client};
-use crate::containers::{filters_param, print_formatted, urlencode};
+use crate::containers::{each, filters_param, inspect_each, print_formatted, urlencode};
 use crate::format;
 
 #[derive(clap::Subcommand, Debug)]
@@ -132,36 +132,9 @@ pub async fn network(c: &Client, cmd: NetworkCommand) -> Result<i32> {
                 print!("{}", format::table(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &rows));
             }
         }
-        NetworkCommand::Inspect { format: f, networks } => {
-            let mut out = Vec::new();
-            let mut failed = false;
-            for n in &networks {
-                match c.get(&format!("/networks/{}", urlencode(n))).await {
-                    Ok(v) => out.push(v),
-                    Err(e) => {
-                        eprintln!("{e:#}");
-                        failed = true;
-                    }
-                }
-            }
-            match f {
-                Some(f) => out.iter().for_each(|v| println!("{}", format::template(&f, v))),
-                None => println!("{}", serde_json::to_string_pretty(&out)?),
-            }
-            return Ok(failed as i32);
-        }
+        NetworkCommand::Inspect { format: f, networks } => return inspect_each(c, "/networks", &networks, f.as_deref()).await,
         NetworkCommand::Rm { networks } => {
-            let mut failed = false;
-            for n in &networks {
-                match c.delete(&format!("/networks/{}", urlencode(n))).await {
-                    Ok(_) => println!("{n}"),
-                    Err(e) => {
-                        eprintln!("{e:#}");
-                        failed = true;
-                    }
-                }
-            }
-            return Ok(failed as i32);
+            return each(&networks, |n| async move { c.delete(&format!("/networks/{}", urlencode(&n))).await.map(drop) }).await;
         }
         NetworkCommand::Connect { ip, alias, network, container } => {
             let mut ep = json!({ "Aliases": alias });

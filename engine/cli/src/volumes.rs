@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use crate::client::{self, Client};
-use crate::containers::{filters_param, print_formatted, urlencode};
+use crate::containers::{each, filters_param, inspect_each, print_formatted, urlencode};
 use crate::format;
 
 #[derive(clap::Subcommand, Debug)]
@@ -63,36 +63,9 @@ pub async fn volume(c: &Client, cmd: VolumeCommand) -> Result<i32> {
                 print!("{}", format::table(&["DRIVER", "VOLUME NAME"], &rows));
             }
         }
-        VolumeCommand::Inspect { format: f, names } => {
-            let mut out = Vec::new();
-            let mut failed = false;
-            for n in &names {
-                match c.get(&format!("/volumes/{}", urlencode(n))).await {
-                    Ok(v) => out.push(v),
-                    Err(e) => {
-                        eprintln!("{e:#}");
-                        failed = true;
-                    }
-                }
-            }
-            match f {
-                Some(f) => out.iter().for_each(|v| println!("{}", format::template(&f, v))),
-                None => println!("{}", serde_json::to_string_pretty(&out)?),
-            }
-            return Ok(failed as i32);
-        }
+        VolumeCommand::Inspect { format: f, names } => return inspect_each(c, "/volumes", &names, f.as_deref()).await,
         VolumeCommand::Rm { force, names } => {
-            let mut failed = false;
-            for n in &names {
-                match c.delete(&format!("/volumes/{}?force={}", urlencode(n), force as u8)).await {
-                    Ok(_) => println!("{n}"),
-                    Err(e) => {
-                        eprintln!("{e:#}");
-                        failed = true;
-                    }
-                }
-            }
-            return Ok(failed as i32);
+            return each(&names, |n| async move { c.delete(&format!("/volumes/{}?force={}", urlencode(&n), force as u8)).await.map(drop) }).await;
         }
         VolumeCommand::Prune { force } => {
             if !force {

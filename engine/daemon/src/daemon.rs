@@ -87,10 +87,7 @@ impl Entry {
     pub fn snapshot(&self) -> ContainerRecord {
         self.record.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
-    pub fn update_pub<T>(&self, f: impl FnOnce(&mut ContainerRecord) -> T) -> T {
-        self.update(f)
-    }
-    fn update<T>(&self, f: impl FnOnce(&mut ContainerRecord) -> T) -> T {
+    pub fn update<T>(&self, f: impl FnOnce(&mut ContainerRecord) -> T) -> T {
         f(&mut self.record.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
@@ -267,11 +264,7 @@ impl Daemon {
         engine_image::store::write_atomic(&self.container_dir(&rec.id).join("container.json"), &bytes).map_err(|e| ApiError::internal(e.to_string()))
     }
 
-    pub fn persist_pub(&self, e: &Entry) {
-        self.persist(e)
-    }
-
-    fn persist(&self, e: &Entry) {
+    pub fn persist(&self, e: &Entry) {
         let rec = e.snapshot();
         if let Err(err) = self.save(&rec) {
             log!(self.cfg, "error", "saving container {}: {}", rec.id, err.message);

@@ -280,14 +280,14 @@ async fn up_inner(d: &Arc<Daemon>, sp: &Spans<'_>, e: &Arc<Entry>, rec: &Contain
         sp.attr(h, "network.name", link.name.clone());
         let ifname = format!("eth{i}");
         let net = d.networks.find(&link.id).or_else(|_| d.networks.find(&link.name)).map_err(|_| ApiError::not_found(format!("network {} not found", link.name)));
-        let attached = match net {
+        let attached = match &net {
             Ok(net) => d.networks.attach(&net.id, &id, &rec.name, &link.aliases, (&ns, &nl), &ifname, link.ipv4_address, i == 0).await.map_err(ApiError::from),
-            Err(err) => Err(err),
+            Err(err) => Err(ApiError::new(err.status, err.message.clone())),
         };
-        if let Ok(ep) = &attached {
+        if let (Ok(ep), Ok(net)) = (&attached, &net) {
             sp.attr(h, "network.interface.name", ifname.clone());
             sp.attr(h, "network.local.address", ep.ip.to_string());
-            sp.attr(h, "network.bridge", d.networks.find(&link.id).map(|n| n.bridge).unwrap_or_default());
+            sp.attr(h, "network.bridge", net.bridge.clone());
             first_ip.get_or_insert(ep.ip);
         }
         sp.finish(h, attached)?;
@@ -314,7 +314,7 @@ async fn up_inner(d: &Arc<Daemon>, sp: &Spans<'_>, e: &Arc<Entry>, rec: &Contain
         }
         .await;
         // recorded even when one failed: the ones started are stopped by `down`
-        e.update_pub(|r| r.ports = proxies);
+        e.update(|r| r.ports = proxies);
         result?;
     }
     Ok(())
@@ -328,10 +328,7 @@ async fn spawn_proxy(d: &Arc<Daemon>, id: &str, p: &Published, ip: Ipv4Addr, n: 
     tokio::task::spawn_blocking(move || ports::spawn(&bin, &id, &p, ip, &stats))
         .await
         .map_err(|err| ApiError::internal(err.to_string()))?
-        .map_err(|err| match err {
-            ports::PortError::Spawn(_) => ApiError::internal(err.to_string()),
-            _ => ApiError::internal(err.to_string()),
-        })
+        .map_err(|err| ApiError::internal(err.to_string()))
 }
 
 /// After the container's exit (or a failed start): proxies stopped, endpoints released, the
@@ -344,7 +341,7 @@ pub async fn down(d: &Arc<Daemon>, e: &Arc<Entry>) {
     if !rec.ports.is_empty() {
         let proxies = rec.ports.clone();
         let _ = tokio::task::spawn_blocking(move || proxies.iter().for_each(ports::stop)).await;
-        e.update_pub(|r| r.ports.clear());
+        e.update(|r| r.ports.clear());
     }
     let neighbours = d.networks.neighbours(&id);
     // The namespace goes with its last process and its mount: the kernel then destroys the
@@ -385,7 +382,7 @@ pub async fn ensure_proxies(d: &Arc<Daemon>, e: &Arc<Entry>) {
             Err(err) => crate::log!(d.cfg, "warn", "restarting the proxy of {} port {}: {}", rec.id, p.port.container_port, err.message),
         }
     }
-    e.update_pub(|r| r.ports = kept);
+    e.update(|r| r.ports = kept);
 }
 
 /// Rewrites a container's /etc/hosts: itself with its addresses, `--add-host` entries, and
@@ -452,10 +449,6 @@ pub fn settings_json(d: &Daemon, rec: &ContainerRecord) -> Value {
     })
 }
 
-fn host_ip_string(p: &Published) -> String {
-    p.host_ip.to_string()
-}
-
 /// `"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]` while running; exposed ports
 /// that are not published map to null.
 fn ports_map(rec: &ContainerRecord) -> Value {
@@ -473,7 +466,7 @@ fn ports_map(rec: &ContainerRecord) -> Value {
             *entry = json!([]);
         }
         if let Some(a) = entry.as_array_mut() {
-            a.push(json!({ "HostIp": host_ip_string(&p.port), "HostPort": p.port.host_port.to_string() }));
+            a.push(json!({ "HostIp": p.port.host_ip.to_string(), "HostPort": p.port.host_port.to_string() }));
         }
     }
     Value::Object(m)
@@ -484,7 +477,7 @@ pub fn ps_ports(rec: &ContainerRecord) -> Vec<Value> {
     let mut out: Vec<Value> = Vec::new();
     if rec.state.running {
         for p in &rec.ports {
-            out.push(json!({ "IP": host_ip_string(&p.port), "PrivatePort": p.port.container_port, "PublicPort": p.port.host_port, "Type": p.port.proto }));
+            out.push(json!({ "IP": p.port.host_ip.to_string(), "PrivatePort": p.port.container_port, "PublicPort": p.port.host_port, "Type": p.port.proto }));
         }
     }
     for key in rec.config.exposed_ports.iter().flat_map(|e| e.keys()) {
@@ -705,8 +698,8 @@ pub async fn connect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result<Re
         };
         d.networks.attach(&n.id, &rec.id, &rec.name, &link.aliases, (&opened.0, &opened.1), &ifname, link.ipv4_address, false).await?;
     }
-    e.update_pub(|r| r.networks.push(link));
-    d.persist_pub(&e);
+    e.update(|r| r.networks.push(link));
+    d.persist(&e);
     if rec.state.running {
         let _ = write_hosts(d, &rec.id);
         refresh_neighbours(d, &rec.id);
@@ -730,8 +723,8 @@ pub async fn disconnect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result
     }
     let neighbours = d.networks.neighbours(&rec.id);
     d.networks.detach(&n.id, &rec.id).await?;
-    e.update_pub(|r| r.networks.retain(|l| l.id != n.id));
-    d.persist_pub(&e);
+    e.update(|r| r.networks.retain(|l| l.id != n.id));
+    d.persist(&e);
     let _ = write_hosts(d, &rec.id);
     for c in neighbours {
         let _ = write_hosts(d, &c);

@@ -196,15 +196,14 @@ impl Firewall {
                 self.run(&["-t", table, "-D", builtin, "-j", &chain])?;
             }
         }
-        for (table, chain) in [("filter", self.chain("FORWARD")), ("filter", self.chain("ISOLATION-1")), ("filter", self.chain("ISOLATION-2")), ("nat", self.chain("POSTROUTING"))] {
-            if self.run(&["-t", table, "-n", "-L", &chain]).is_ok() {
-                self.run(&["-t", table, "-F", &chain])?;
-            }
+        let chains = [("filter", self.chain("FORWARD")), ("filter", self.chain("ISOLATION-1")), ("filter", self.chain("ISOLATION-2")), ("nat", self.chain("POSTROUTING"))];
+        let present: Vec<&(&str, String)> = chains.iter().filter(|(table, chain)| self.run(&["-t", table, "-n", "-L", chain]).is_ok()).collect();
+        // all emptied first: a chain still jumped to from another cannot be deleted
+        for (table, chain) in &present {
+            self.run(&["-t", table, "-F", chain])?;
         }
-        for (table, chain) in [("filter", self.chain("FORWARD")), ("filter", self.chain("ISOLATION-1")), ("filter", self.chain("ISOLATION-2")), ("nat", self.chain("POSTROUTING"))] {
-            if self.run(&["-t", table, "-n", "-L", &chain]).is_ok() {
-                self.run(&["-t", table, "-X", &chain])?;
-            }
+        for (table, chain) in &present {
+            self.run(&["-t", table, "-X", chain])?;
         }
         Ok(())
     }
@@ -217,12 +216,9 @@ impl Firewall {
     }
 
     fn run(&self, args: &[&str]) -> Result<()> {
-        let cmd = format!("{} {}", self.tool, args.join(" "));
-        let out = Command::new(&self.tool).args(["-w", "5"]).args(args).stdin(Stdio::null()).output().map_err(|source| FirewallError::Spawn { cmd: cmd.clone(), source })?;
-        if !out.status.success() {
-            return Err(FirewallError::Failed { cmd, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
-        }
-        Ok(())
+        let mut argv = vec![self.tool.as_str(), "-w", "5"];
+        argv.extend_from_slice(args);
+        self.feed(&argv, "")
     }
 
     fn restore(&self, rules: &str) -> Result<()> {

@@ -74,10 +74,6 @@ impl Prometheus {
         assert_ne!(v["status"], "error", "{expr}: {body}");
         v["data"]["result"].as_array().cloned().unwrap_or_default()
     }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
-    }
 }
 
 impl Drop for Prometheus {
@@ -193,16 +189,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     for (file, d) in dashboards() {
         for (title, expr) in expressions(&d) {
             let q = instantiate(&expr);
-            let mut last = Vec::new();
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while std::time::Instant::now() < deadline {
-                last = prom.query(&q);
-                if !last.is_empty() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-            assert!(!last.is_empty(), "{file} / {title}: no data for {q}\n{}", prom.log());
+            wait_for(&format!("data for {file} / {title}: {q}"), || !prom.query(&q).is_empty());
             checked += 1;
         }
     }
