@@ -9,9 +9,9 @@ use engine_telemetry::Recorder;
 use crate::container::{self, ConsoleSocket, CreateOptions};
 use crate::control;
 use crate::exec::{self, ExecOptions};
-use crate::terminal;
 use crate::log::{LogFormat, Logger};
 use crate::state::StateDir;
+use crate::terminal;
 use crate::{Error, Result};
 
 /// Version of the runtime spec this runtime implements.
@@ -134,7 +134,8 @@ impl ExecArgs {
         let process = match &self.process {
             Some(path) => {
                 let text = std::fs::read(path).map_err(|e| Error::Other(format!("read {}: {e}", path.display())))?;
-                serde_json::from_slice(&text).map_err(|e| Error::Other(format!("invalid process {}: {e}", path.display())))?
+                serde_json::from_slice(&text)
+                    .map_err(|e| Error::Other(format!("invalid process {}: {e}", path.display())))?
             }
             None => {
                 let user = match &self.user {
@@ -238,7 +239,8 @@ impl UpdateArgs {
             Some(p) => {
                 let text = if p.as_os_str() == "-" {
                     let mut s = Vec::new();
-                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut s).map_err(|e| Error::Other(format!("read stdin: {e}")))?;
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)
+                        .map_err(|e| Error::Other(format!("read stdin: {e}")))?;
                     s
                 } else {
                     std::fs::read(p).map_err(|e| Error::Other(format!("read {}: {e}", p.display())))?
@@ -246,18 +248,42 @@ impl UpdateArgs {
                 serde_json::from_slice(&text).map_err(|e| Error::Other(format!("invalid resources JSON: {e}")))?
             }
         };
-        if let Some(x) = self.blkio_weight { v["blockIO"]["weight"] = json!(x) }
-        if let Some(x) = self.cpu_period { v["cpu"]["period"] = json!(x) }
-        if let Some(x) = self.cpu_quota { v["cpu"]["quota"] = json!(x) }
-        if let Some(x) = self.cpu_share { v["cpu"]["shares"] = json!(x) }
-        if let Some(x) = self.cpu_rt_period { v["cpu"]["realtimePeriod"] = json!(x) }
-        if let Some(x) = self.cpu_rt_runtime { v["cpu"]["realtimeRuntime"] = json!(x) }
-        if let Some(x) = &self.cpuset_cpus { v["cpu"]["cpus"] = json!(x) }
-        if let Some(x) = &self.cpuset_mems { v["cpu"]["mems"] = json!(x) }
-        if let Some(x) = &self.memory { v["memory"]["limit"] = json!(parse_bytes(x)?) }
-        if let Some(x) = &self.memory_reservation { v["memory"]["reservation"] = json!(parse_bytes(x)?) }
-        if let Some(x) = &self.memory_swap { v["memory"]["swap"] = json!(parse_bytes(x)?) }
-        if let Some(x) = self.pids_limit { v["pids"]["limit"] = json!(x) }
+        if let Some(x) = self.blkio_weight {
+            v["blockIO"]["weight"] = json!(x)
+        }
+        if let Some(x) = self.cpu_period {
+            v["cpu"]["period"] = json!(x)
+        }
+        if let Some(x) = self.cpu_quota {
+            v["cpu"]["quota"] = json!(x)
+        }
+        if let Some(x) = self.cpu_share {
+            v["cpu"]["shares"] = json!(x)
+        }
+        if let Some(x) = self.cpu_rt_period {
+            v["cpu"]["realtimePeriod"] = json!(x)
+        }
+        if let Some(x) = self.cpu_rt_runtime {
+            v["cpu"]["realtimeRuntime"] = json!(x)
+        }
+        if let Some(x) = &self.cpuset_cpus {
+            v["cpu"]["cpus"] = json!(x)
+        }
+        if let Some(x) = &self.cpuset_mems {
+            v["cpu"]["mems"] = json!(x)
+        }
+        if let Some(x) = &self.memory {
+            v["memory"]["limit"] = json!(parse_bytes(x)?)
+        }
+        if let Some(x) = &self.memory_reservation {
+            v["memory"]["reservation"] = json!(parse_bytes(x)?)
+        }
+        if let Some(x) = &self.memory_swap {
+            v["memory"]["swap"] = json!(parse_bytes(x)?)
+        }
+        if let Some(x) = self.pids_limit {
+            v["pids"]["limit"] = json!(x)
+        }
         serde_json::from_value(v).map_err(|e| Error::Other(format!("invalid resources: {e}")))
     }
 }
@@ -396,7 +422,8 @@ fn dispatch(cli: &Cli, logger: &Logger, rec: &mut Recorder) -> Result<i32> {
             // In the foreground with a terminal, run listens on the console socket itself and
             // relays the pty to its own stdio.
             let relay = if !*detach && opts.console.is_none() && wants_terminal(&opts.bundle) {
-                let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| Error::Other(format!("socketpair: {e}")))?;
+                let (ours, theirs) =
+                    std::os::unix::net::UnixStream::pair().map_err(|e| Error::Other(format!("socketpair: {e}")))?;
                 opts.console = Some(ConsoleSocket::Connected(std::sync::Arc::new(theirs.into())));
                 Some(ours)
             } else {
@@ -427,7 +454,8 @@ fn dispatch(cli: &Cli, logger: &Logger, rec: &mut Recorder) -> Result<i32> {
         Command::Exec(args) => {
             let mut opts = args.options(&dir)?;
             let relay = if !args.detach && opts.console.is_none() && opts.process.terminal() == Some(true) {
-                let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| Error::Other(format!("socketpair: {e}")))?;
+                let (ours, theirs) =
+                    std::os::unix::net::UnixStream::pair().map_err(|e| Error::Other(format!("socketpair: {e}")))?;
                 opts.console = Some(ConsoleSocket::Connected(std::sync::Arc::new(theirs.into())));
                 Some(ours)
             } else {
@@ -516,7 +544,8 @@ fn write_default_spec(bundle: &std::path::Path) -> Result<()> {
 
 /// The features document of the runtime spec (features.md).
 pub fn features() -> serde_json::Value {
-    let caps: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let caps: Vec<String> =
+        caps::all().iter().map(|c| c.to_string()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": SPEC_VERSION,
@@ -568,7 +597,15 @@ fn list(dir: &StateDir, format: &str, quiet: bool) -> Result<i32> {
             let _ = writeln!(out, "{:w$}   {:8} {:10} {:40} {:30} OWNER", "ID", "PID", "STATUS", "BUNDLE", "CREATED");
             for (st, s) in &all {
                 let pid = if *s == crate::state::Status::Stopped { 0 } else { st.pid };
-                let _ = writeln!(out, "{:w$}   {:<8} {:10} {:40} {:30} root", st.id, pid, s.to_string(), st.bundle.display(), st.created);
+                let _ = writeln!(
+                    out,
+                    "{:w$}   {:<8} {:10} {:40} {:30} root",
+                    st.id,
+                    pid,
+                    s.to_string(),
+                    st.bundle.display(),
+                    st.created
+                );
             }
         }
         other => return Err(Error::Other(format!("invalid --format {other:?}: want table or json"))),

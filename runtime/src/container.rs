@@ -3,8 +3,8 @@
 //! reads top to bottom: spec, state directory, cgroup, namespaces (clone3), wait for the child's
 //! setup, save state.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -93,13 +93,17 @@ pub(crate) fn console_for(terminal: bool, console: &Option<ConsoleSocket>) -> Re
         (true, None) => return Err(Error::Other("process.terminal is true: --console-socket is required".into())),
         (false, Some(_)) => return Err(Error::Other("--console-socket given but process.terminal is false".into())),
         (true, Some(ConsoleSocket::Path(p))) => Some(crate::terminal::connect(p)?),
-        (true, Some(ConsoleSocket::Connected(fd))) => Some(fd.try_clone().map_err(|e| Error::Other(format!("console socket: {e}")))?),
+        (true, Some(ConsoleSocket::Connected(fd))) => {
+            Some(fd.try_clone().map_err(|e| Error::Other(format!("console socket: {e}")))?)
+        }
     })
 }
 
 /// A connected socket to the seccomp agent, when the filter notifies.
 pub(crate) fn seccomp_listener(sc: Option<&oci_spec::runtime::LinuxSeccomp>) -> Result<Option<OwnedFd>> {
-    let Some(path) = sc.filter(|s| crate::seccomp::uses_notify(s)).and_then(|s| s.listener_path().as_ref()) else { return Ok(None) };
+    let Some(path) = sc.filter(|s| crate::seccomp::uses_notify(s)).and_then(|s| s.listener_path().as_ref()) else {
+        return Ok(None);
+    };
     let stream = crate::terminal::connect_unix(path)
         .map_err(|e| Error::Other(format!("connect seccomp listener {}: {e}", path.display())))?;
     Ok(Some(stream.into()))
@@ -169,7 +173,12 @@ pub fn create(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder) -> Resul
     rec.finish(create_span, result)
 }
 
-fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent: engine_telemetry::SpanHandle) -> Result<Created> {
+fn create_inner(
+    dir: &StateDir,
+    opts: &CreateOptions,
+    rec: &mut Recorder,
+    parent: engine_telemetry::SpanHandle,
+) -> Result<Created> {
     let h = rec.start("runtime.spec", Some(parent));
     let bundle = rec.finish(h, spec::load(&opts.bundle))?;
     let linux = bundle.spec.linux().as_ref().ok_or_else(|| Error::Other("linux is missing".into()))?;
@@ -180,16 +189,26 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
     let console_size = process.console_size().as_ref().map(|b| (b.height() as u16, b.width() as u16));
 
     let state_dir = dir.claim(&opts.id)?;
-    let mut rollback = Rollback { dir, id: &opts.id, cgroup: None, child: None, host_mounts_under: (!plan.own_mount_ns()).then(|| bundle.rootfs.clone()), armed: true };
+    let mut rollback = Rollback {
+        dir,
+        id: &opts.id,
+        cgroup: None,
+        child: None,
+        host_mounts_under: (!plan.own_mount_ns()).then(|| bundle.rootfs.clone()),
+        armed: true,
+    };
 
     let h = rec.start("runtime.cgroup", Some(parent));
     let cgroups_path = linux.cgroups_path().clone().unwrap_or_else(|| PathBuf::from("/").join(&opts.id));
-    let cgroup = rec.finish(h, (|| {
-        let layout = Layout::detect()?;
-        let mut cg = CgroupManager::plan(&layout, &cgroups_path)?;
-        cg.create(linux.resources().as_ref())?;
-        Ok::<_, crate::cgroups::CgroupError>(cg)
-    })())?;
+    let cgroup = rec.finish(
+        h,
+        (|| {
+            let layout = Layout::detect()?;
+            let mut cg = CgroupManager::plan(&layout, &cgroups_path)?;
+            cg.create(linux.resources().as_ref())?;
+            Ok::<_, crate::cgroups::CgroupError>(cg)
+        })(),
+    )?;
     let cgroup = rollback.cgroup.insert(cgroup);
 
     let fifo = state_dir.join(EXEC_FIFO);
@@ -213,8 +232,12 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
     // v1 hierarchies are joined below.
     let cgroup_fd = match cgroup.unified_path() {
         Some(p) => Some(
-            nix::fcntl::open(p, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-                .map_err(sys(format!("open {}", p.display())))?,
+            nix::fcntl::open(
+                p,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(sys(format!("open {}", p.display())))?,
         ),
         None => None,
     };
@@ -270,8 +293,10 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
         let hooks = bundle.spec.hooks().clone().unwrap_or_default();
         let state = crate::hooks::state_json(&bundle.spec, &opts.id, Status::Creating, pid, &bundle.dir);
         let h = rec.start("runtime.hooks.createRuntime", Some(parent));
-        let ran = crate::hooks::run_all("prestart", hooks.prestart().as_deref().unwrap_or_default(), &state)
-            .and_then(|_| crate::hooks::run_all("createRuntime", hooks.create_runtime().as_deref().unwrap_or_default(), &state));
+        let ran =
+            crate::hooks::run_all("prestart", hooks.prestart().as_deref().unwrap_or_default(), &state).and_then(|_| {
+                crate::hooks::run_all("createRuntime", hooks.create_runtime().as_deref().unwrap_or_default(), &state)
+            });
         rec.finish(h, ran.map_err(|e| Error::Hook(e.to_string())))?;
         parent_sock.send(b"hooks-done").map_err(sys("signal container init"))?;
         reply = parent_sock.recv().map_err(sys("wait for container init"))?;
@@ -300,7 +325,8 @@ fn create_inner(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder, parent
         hooks: bundle.spec.hooks().clone(),
     };
     // exec takes the container's process defaults from this copy, not from a bundle that may change
-    std::fs::copy(bundle.dir.join("config.json"), state_dir.join(CONFIG_COPY)).map_err(|e| Error::Other(format!("copy config.json into the state: {e}")))?;
+    std::fs::copy(bundle.dir.join("config.json"), state_dir.join(CONFIG_COPY))
+        .map_err(|e| Error::Other(format!("copy config.json into the state: {e}")))?;
     dir.save(&st)?;
     if let Some(p) = &opts.pid_file {
         state::write_pid_file(p, pid).map_err(|e| Error::Other(format!("write pid file {}: {e}", p.display())))?;
@@ -315,7 +341,8 @@ pub const START_TRACE: &str = "start.trace";
 /// engine-init beside this binary, and the file `start` will write its span's context to; `None`
 /// when engine-init is not installed (the start is then recorded without its last step).
 fn init_handoff(state_dir: &std::path::Path) -> Result<Option<crate::setup::InitHandoff>> {
-    let Some(binary) = std::env::current_exe().ok().map(|p| p.with_file_name("engine-init")).filter(|p| p.is_file()) else {
+    let Some(binary) = std::env::current_exe().ok().map(|p| p.with_file_name("engine-init")).filter(|p| p.is_file())
+    else {
         return Ok(None);
     };
     let trace_file = state_dir.join(START_TRACE);
@@ -350,11 +377,19 @@ fn start_inner(dir: &StateDir, id: &str, traceparent: Option<&str>) -> Result<i3
     let fifo_path = dir.dir(id).join(EXEC_FIFO);
     // before the release: the process reads it once the fifo opens
     let handed_over = match traceparent {
-        Some(tp) => std::fs::OpenOptions::new().write(true).open(dir.dir(id).join(START_TRACE)).and_then(|mut f| f.write_all(tp.as_bytes())).is_ok(),
+        Some(tp) => std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.dir(id).join(START_TRACE))
+            .and_then(|mut f| f.write_all(tp.as_bytes()))
+            .is_ok(),
         None => false,
     };
-    let fifo = nix::fcntl::open(&fifo_path, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(sys("open exec fifo"))?;
+    let fifo = nix::fcntl::open(
+        &fifo_path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(sys("open exec fifo"))?;
     loop {
         let mut fds = [nix::poll::PollFd::new(fifo.as_fd(), nix::poll::PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)) {
@@ -399,7 +434,8 @@ fn wait_exec(pid: i32) {
     // by inode: engine-init runs from a detached mount, whose path /proc shows differently
     let id = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     let ours = std::fs::read_link("/proc/self/exe").ok();
-    let theirs: Vec<_> = [ours.clone(), ours.map(|p| p.with_file_name("engine-init"))].iter().flatten().filter_map(|p| id(p)).collect();
+    let theirs: Vec<_> =
+        [ours.clone(), ours.map(|p| p.with_file_name("engine-init"))].iter().flatten().filter_map(|p| id(p)).collect();
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     let deadline = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline {
@@ -552,7 +588,15 @@ pub fn wait_forwarding(created: &Created, tty: Option<&OwnedFd>) -> Result<i32> 
     use nix::sys::signal::{SigSet, SigmaskHow};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
     let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
         set.add(s);
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(sys("sigprocmask"))?;
@@ -567,7 +611,8 @@ pub fn wait_forwarding(created: &Created, tty: Option<&OwnedFd>) -> Result<i32> 
     }
     let mut stdin_open = tty.is_some();
     loop {
-        let mut fds = vec![PollFd::new(created.pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let mut fds =
+            vec![PollFd::new(created.pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
         if let Some(master) = tty {
             fds.push(PollFd::new(master.as_fd(), PollFlags::POLLIN));
             if stdin_open {

@@ -92,7 +92,13 @@ pub fn process_from_args(base: Process, o: &ProcessOverrides) -> Result<Process>
                 s.insert(cap);
                 Some(s)
             };
-            let (b, e, pm, i, a) = (add(caps.bounding()), add(caps.effective()), add(caps.permitted()), add(caps.inheritable()), add(caps.ambient()));
+            let (b, e, pm, i, a) = (
+                add(caps.bounding()),
+                add(caps.effective()),
+                add(caps.permitted()),
+                add(caps.inheritable()),
+                add(caps.ambient()),
+            );
             caps.set_bounding(b).set_effective(e).set_permitted(pm).set_inheritable(i).set_ambient(a);
         }
         p.set_capabilities(Some(caps));
@@ -123,8 +129,12 @@ fn other_ns(pid: i32, name: &str) -> Result<Option<OwnedFd>> {
     if ours == Some(their_meta.ino()) {
         return Ok(None);
     }
-    let fd = nix::fcntl::open(theirs.as_str(), nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(sys(format!("open {theirs}")))?;
+    let fd = nix::fcntl::open(
+        theirs.as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(sys(format!("open {theirs}")))?;
     Ok(Some(fd))
 }
 
@@ -161,7 +171,9 @@ fn exec_inner(dir: &StateDir, opts: &ExecOptions) -> Result<Created> {
     let console_size = p.console_size().as_ref().map(|b| (b.height() as u16, b.width() as u16));
 
     // pid and time namespaces apply to children: enter them here, before the clone
-    for (name, flag) in [("pid", CloneFlags::CLONE_NEWPID), ("time_for_children", CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))] {
+    for (name, flag) in
+        [("pid", CloneFlags::CLONE_NEWPID), ("time_for_children", CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))]
+    {
         if let Some(fd) = other_ns(st.pid, name)? {
             nix::sched::setns(fd, flag).map_err(sys(format!("setns {name}")))?;
         }
@@ -180,8 +192,12 @@ fn exec_inner(dir: &StateDir, opts: &ExecOptions) -> Result<Created> {
     let cgroup = CgroupManager::from_paths(st.cgroup.clone());
     let cgroup_fd = match cgroup.unified_path() {
         Some(path) => Some(
-            nix::fcntl::open(path, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-                .map_err(sys(format!("open {}", path.display())))?,
+            nix::fcntl::open(
+                path,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(sys(format!("open {}", path.display())))?,
         ),
         None => None,
     };
@@ -205,15 +221,19 @@ fn exec_inner(dir: &StateDir, opts: &ExecOptions) -> Result<Created> {
         e
     };
     cgroup.add_pid(pid, cgroup_fd.is_some()).map_err(|e| abort(e.into()))?;
-    parent_sock.send(format!("go {pid}").as_bytes()).map_err(|e| abort(Error::Sys { op: "signal the exec process".into(), errno: e }))?;
+    parent_sock
+        .send(format!("go {pid}").as_bytes())
+        .map_err(|e| abort(Error::Sys { op: "signal the exec process".into(), errno: e }))?;
     // The socket is close-on-exec: end of file means the program is running; a message is why not.
-    let reply = parent_sock.recv().map_err(|e| abort(Error::Sys { op: "wait for the exec process".into(), errno: e }))?;
+    let reply =
+        parent_sock.recv().map_err(|e| abort(Error::Sys { op: "wait for the exec process".into(), errno: e }))?;
     if !reply.is_empty() {
         let why = String::from_utf8_lossy(reply.strip_prefix(b"error:").unwrap_or(&reply)).into_owned();
         return Err(abort(Error::Setup(why)));
     }
     if let Some(path) = &opts.pid_file {
-        crate::state::write_pid_file(path, pid).map_err(|e| Error::Other(format!("write pid file {}: {e}", path.display())))?;
+        crate::state::write_pid_file(path, pid)
+            .map_err(|e| Error::Other(format!("write pid file {}: {e}", path.display())))?;
     }
     Ok(Created { pid, pidfd })
 }
@@ -247,7 +267,8 @@ fn child(
             crate::terminal::setup_in_container(socket, console_size).map_err(|e| e.to_string())?;
         }
         if let Some(adj) = p.oom_score_adj() {
-            std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| format!("set oom_score_adj {adj}: {e}"))?;
+            std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+                .map_err(|e| format!("set oom_score_adj {adj}: {e}"))?;
         }
         let load_seccomp = || -> std::result::Result<(), String> {
             let Some((sc, listener, state)) = seccomp else { return Ok(()) };

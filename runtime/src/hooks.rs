@@ -101,7 +101,13 @@ fn read_back(mut f: std::fs::File) -> String {
 }
 
 /// The state document a hook gets on stdin (runtime spec "State").
-pub fn state_json(spec: &oci_spec::runtime::Spec, id: &str, status: crate::state::Status, pid: i32, bundle: &std::path::Path) -> serde_json::Value {
+pub fn state_json(
+    spec: &oci_spec::runtime::Spec,
+    id: &str,
+    status: crate::state::Status,
+    pid: i32,
+    bundle: &std::path::Path,
+) -> serde_json::Value {
     serde_json::json!({
         "ociVersion": spec.version(),
         "id": id,

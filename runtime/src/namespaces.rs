@@ -72,7 +72,8 @@ impl Plan {
 
     /// Whether the container has a mount namespace of its own (new or joined).
     pub fn own_mount_ns(&self) -> bool {
-        self.clone_flags.contains(CloneFlags::CLONE_NEWNS) || self.join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWNS)
+        self.clone_flags.contains(CloneFlags::CLONE_NEWNS)
+            || self.join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWNS)
     }
 
     /// Whether the container has a network namespace other than the host's.
@@ -87,8 +88,12 @@ pub fn open_joins(join: &[(CloneFlags, PathBuf)]) -> Result<(Option<OwnedFd>, Ve
     let mut pid = None;
     let mut rest = Vec::new();
     for (f, path) in join {
-        let fd = nix::fcntl::open(path, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-            .map_err(|e| format!("open namespace {}: {e}", path.display()))?;
+        let fd = nix::fcntl::open(
+            path,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("open namespace {}: {e}", path.display()))?;
         if *f == CloneFlags::CLONE_NEWPID {
             pid = Some(fd);
         } else {

@@ -72,7 +72,10 @@ pub fn apply_rlimits(rlimits: &[PosixRlimit]) -> Result<()> {
         let resource = rlimit_resource(&name).ok_or_else(|| ProcessError::UnknownRlimit(name.clone()))?;
         let lim = libc::rlimit { rlim_cur: r.soft(), rlim_max: r.hard() };
         // SAFETY: `lim` is a valid rlimit for the duration of the call.
-        errno_result(unsafe { libc::setrlimit(resource, &lim) }, &format!("setrlimit {name} soft={} hard={}", r.soft(), r.hard()))?;
+        errno_result(
+            unsafe { libc::setrlimit(resource, &lim) },
+            &format!("setrlimit {name} soft={} hard={}", r.soft(), r.hard()),
+        )?;
     }
     Ok(())
 }
@@ -92,10 +95,7 @@ fn cap_mask(set: &Option<Capabilities>, last_cap: u32) -> Result<u64> {
 }
 
 fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40)
 }
 
 #[repr(C)]
@@ -146,7 +146,10 @@ pub fn drop_bounding(m: &CapMasks) -> Result<()> {
             // SAFETY: prctl with integer arguments only.
             let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, bit as libc::c_ulong, 0, 0, 0) };
             if r < 0 && nix::Error::last() != nix::Error::EINVAL {
-                return Err(ProcessError::Sys { op: format!("drop capability {bit} from the bounding set"), errno: nix::Error::last() });
+                return Err(ProcessError::Sys {
+                    op: format!("drop capability {bit} from the bounding set"),
+                    errno: nix::Error::last(),
+                });
             }
         }
     }
@@ -169,9 +172,15 @@ pub fn switch_user(p: &Process) -> Result<()> {
     }
     // Raw syscalls: glibc's wrappers would signal every thread, and this process has one.
     // SAFETY: integer arguments only.
-    errno_result(unsafe { libc::syscall(libc::SYS_setresgid, u.gid(), u.gid(), u.gid()) } as libc::c_int, &format!("setresgid {}", u.gid()))?;
+    errno_result(
+        unsafe { libc::syscall(libc::SYS_setresgid, u.gid(), u.gid(), u.gid()) } as libc::c_int,
+        &format!("setresgid {}", u.gid()),
+    )?;
     // SAFETY: integer arguments only.
-    errno_result(unsafe { libc::syscall(libc::SYS_setresuid, u.uid(), u.uid(), u.uid()) } as libc::c_int, &format!("setresuid {}", u.uid()))?;
+    errno_result(
+        unsafe { libc::syscall(libc::SYS_setresuid, u.uid(), u.uid(), u.uid()) } as libc::c_int,
+        &format!("setresuid {}", u.uid()),
+    )?;
     // SAFETY: prctl with integer arguments only.
     errno_result(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) }, "prctl(PR_SET_KEEPCAPS)")?;
     Ok(())
@@ -192,14 +201,21 @@ pub fn set_capabilities(m: &CapMasks) -> Result<()> {
     let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
     errno_result(r as libc::c_int, "capset")?;
     // SAFETY: prctl with integer arguments only.
-    errno_result(unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) }, "clear ambient capabilities")?;
+    errno_result(
+        unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) },
+        "clear ambient capabilities",
+    )?;
     for bit in 0..=m.last_cap {
         if m.ambient & (1 << bit) != 0 {
             // SAFETY: prctl with integer arguments only.
-            let r = unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, bit as libc::c_ulong, 0, 0) };
+            let r =
+                unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, bit as libc::c_ulong, 0, 0) };
             // a capability outside permitted or inheritable cannot be ambient: the spec lets it go
             if r < 0 && nix::Error::last() != nix::Error::EPERM {
-                return Err(ProcessError::Sys { op: format!("raise ambient capability {bit}"), errno: nix::Error::last() });
+                return Err(ProcessError::Sys {
+                    op: format!("raise ambient capability {bit}"),
+                    errno: nix::Error::last(),
+                });
             }
         }
     }
@@ -326,7 +342,9 @@ pub fn set_scheduler(s: &oci_spec::runtime::Scheduler) -> Result<()> {
         P::SchedFifo => 1,
         P::SchedRr => 2,
         P::SchedBatch => 3,
-        P::SchedIso => return Err(ProcessError::Invalid("process.scheduler.policy SCHED_ISO is not supported by Linux".into())),
+        P::SchedIso => {
+            return Err(ProcessError::Invalid("process.scheduler.policy SCHED_ISO is not supported by Linux".into()))
+        }
         P::SchedIdle => 5,
         P::SchedDeadline => 6,
     };

@@ -44,7 +44,13 @@ fn sys(op: impl Into<String>) -> impl FnOnce(nix::Error) -> RootfsError {
     move |errno| RootfsError::Sys { op, errno }
 }
 
-fn do_mount(source: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<()> {
+fn do_mount(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
     mount(source, target, fstype, flags, data).map_err(|errno| RootfsError::Mount {
         what: match (fstype, source) {
             (Some(t), _) if !flags.contains(MsFlags::MS_BIND) => t.to_string(),
@@ -101,14 +107,38 @@ pub fn parse_options(options: &[String]) -> Result<MountOptions> {
                 o.bind = true;
                 (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty())
             }
-            "private" => { o.propagation.push(MsFlags::MS_PRIVATE); continue; }
-            "rprivate" => { o.propagation.push(MsFlags::MS_PRIVATE | MsFlags::MS_REC); continue; }
-            "shared" => { o.propagation.push(MsFlags::MS_SHARED); continue; }
-            "rshared" => { o.propagation.push(MsFlags::MS_SHARED | MsFlags::MS_REC); continue; }
-            "slave" => { o.propagation.push(MsFlags::MS_SLAVE); continue; }
-            "rslave" => { o.propagation.push(MsFlags::MS_SLAVE | MsFlags::MS_REC); continue; }
-            "unbindable" => { o.propagation.push(MsFlags::MS_UNBINDABLE); continue; }
-            "runbindable" => { o.propagation.push(MsFlags::MS_UNBINDABLE | MsFlags::MS_REC); continue; }
+            "private" => {
+                o.propagation.push(MsFlags::MS_PRIVATE);
+                continue;
+            }
+            "rprivate" => {
+                o.propagation.push(MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+                continue;
+            }
+            "shared" => {
+                o.propagation.push(MsFlags::MS_SHARED);
+                continue;
+            }
+            "rshared" => {
+                o.propagation.push(MsFlags::MS_SHARED | MsFlags::MS_REC);
+                continue;
+            }
+            "slave" => {
+                o.propagation.push(MsFlags::MS_SLAVE);
+                continue;
+            }
+            "rslave" => {
+                o.propagation.push(MsFlags::MS_SLAVE | MsFlags::MS_REC);
+                continue;
+            }
+            "unbindable" => {
+                o.propagation.push(MsFlags::MS_UNBINDABLE);
+                continue;
+            }
+            "runbindable" => {
+                o.propagation.push(MsFlags::MS_UNBINDABLE | MsFlags::MS_REC);
+                continue;
+            }
             // runc's own options that are not for the kernel
             s if s.starts_with("x-") => continue,
             "tmpcopyup" | "idmap" | "ridmap" | "rro" | "rrw" | "rnosuid" | "rsuid" | "rnodev" | "rdev" | "rnoexec"
@@ -129,12 +159,15 @@ pub fn parse_options(options: &[String]) -> Result<MountOptions> {
 /// symlinks are followed relative to the root. Missing components are kept as they are.
 pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
     let mut resolved = PathBuf::new(); // relative to root
-    let mut pending: Vec<std::ffi::OsString> =
-        path.components().rev().filter_map(|c| match c {
+    let mut pending: Vec<std::ffi::OsString> = path
+        .components()
+        .rev()
+        .filter_map(|c| match c {
             Component::Normal(p) => Some(p.to_os_string()),
             Component::ParentDir => Some("..".into()),
             _ => None,
-        }).collect();
+        })
+        .collect();
     let mut links = 0;
     while let Some(part) = pending.pop() {
         if part == OsStr::new("..") {
@@ -148,7 +181,8 @@ pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
                 if links > 255 {
                     return Err(RootfsError::SymlinkLoop(path.to_path_buf()));
                 }
-                let target = fs::read_link(root.join(&candidate)).map_err(io_err("readlink", &root.join(&candidate)))?;
+                let target =
+                    fs::read_link(root.join(&candidate)).map_err(io_err("readlink", &root.join(&candidate)))?;
                 if target.is_absolute() {
                     resolved = PathBuf::new();
                 }
@@ -174,7 +208,12 @@ fn create_target(path: &Path, file: bool) -> Result<()> {
             fs::create_dir_all(parent).map_err(io_err("mkdir", parent))?;
         }
         if fs::symlink_metadata(path).is_err() {
-            fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(io_err("create", path))?;
+            fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+                .map_err(io_err("create", path))?;
         }
         Ok(())
     } else {
@@ -417,7 +456,16 @@ fn create_devices(cfg: &RootfsConfig<'_>, dev: &Path) -> Result<()> {
                 LinuxDeviceType::A => continue,
             };
             let mode = d.file_mode().unwrap_or(0o666);
-            make_device(cfg, &path, kind, d.major() as u64, d.minor() as u64, mode, d.uid().unwrap_or(0), d.gid().unwrap_or(0))?;
+            make_device(
+                cfg,
+                &path,
+                kind,
+                d.major() as u64,
+                d.minor() as u64,
+                mode,
+                d.uid().unwrap_or(0),
+                d.gid().unwrap_or(0),
+            )?;
         }
         Ok(())
     })();
@@ -426,7 +474,16 @@ fn create_devices(cfg: &RootfsConfig<'_>, dev: &Path) -> Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn make_device(cfg: &RootfsConfig<'_>, path: &Path, kind: SFlag, major: u64, minor: u64, mode: u32, uid: u32, gid: u32) -> Result<()> {
+fn make_device(
+    cfg: &RootfsConfig<'_>,
+    path: &Path,
+    kind: SFlag,
+    major: u64,
+    minor: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+) -> Result<()> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(io_err("mkdir", parent))?;
     }
@@ -437,10 +494,8 @@ fn make_device(cfg: &RootfsConfig<'_>, path: &Path, kind: SFlag, major: u64, min
         create_target(path, true)?;
         return do_mount(Some(&host), path, None, MsFlags::MS_BIND, None);
     }
-    mknod(path, kind, Mode::from_bits_truncate(mode & 0o7777), makedev(major, minor)).map_err(|errno| RootfsError::Sys {
-        op: format!("mknod {}", path.display()),
-        errno,
-    })?;
+    mknod(path, kind, Mode::from_bits_truncate(mode & 0o7777), makedev(major, minor))
+        .map_err(|errno| RootfsError::Sys { op: format!("mknod {}", path.display()), errno })?;
     nix::unistd::chown(path, Some(uid.into()), Some(gid.into())).map_err(sys(format!("chown {}", path.display())))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777)).map_err(io_err("chmod", path))?;
     Ok(())
@@ -488,10 +543,18 @@ pub fn pivot(rootfs: &Path, no_pivot: bool, mount_ns: bool) -> Result<()> {
         chroot(".").map_err(sys("chroot"))?;
         return chdir("/").map_err(sys("chdir /"));
     }
-    let old = nix::fcntl::open("/", nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(sys("open /"))?;
-    let new = nix::fcntl::open(rootfs, nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(sys(format!("open {}", rootfs.display())))?;
+    let old = nix::fcntl::open(
+        "/",
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys("open /"))?;
+    let new = nix::fcntl::open(
+        rootfs,
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys(format!("open {}", rootfs.display())))?;
     fchdir(&new).map_err(sys("fchdir rootfs"))?;
     pivot_root(".", ".").map_err(sys("pivot_root"))?;
     // the old root is now stacked on "."; detach it without letting the unmount propagate
@@ -505,7 +568,9 @@ pub fn pivot(rootfs: &Path, no_pivot: bool, mount_ns: bool) -> Result<()> {
 /// pivot_root does not allow before).
 pub fn apply_root_propagation(propagation: Option<&str>) -> Result<()> {
     match propagation {
-        Some(p @ ("shared" | "rshared" | "unbindable" | "runbindable")) => do_mount(None, Path::new("/"), None, propagation_flag(p), None),
+        Some(p @ ("shared" | "rshared" | "unbindable" | "runbindable")) => {
+            do_mount(None, Path::new("/"), None, propagation_flag(p), None)
+        }
         _ => Ok(()),
     }
 }
@@ -514,12 +579,8 @@ pub fn apply_root_propagation(propagation: Option<&str>) -> Result<()> {
 /// namespace left in the host's.
 pub fn unmount_under(rootfs: &Path) -> Result<()> {
     let info = fs::read_to_string("/proc/self/mountinfo").map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;
-    let mut points: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(rootfs))
-        .collect();
+    let mut points: Vec<PathBuf> =
+        info.lines().filter_map(|l| l.split(' ').nth(4)).map(PathBuf::from).filter(|p| p.starts_with(rootfs)).collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
     points.dedup();
     for p in points {
@@ -561,7 +622,8 @@ mod tests {
 
     #[test]
     fn options() {
-        let o = parse_options(&["nosuid".into(), "rbind".into(), "ro".into(), "rprivate".into(), "mode=755".into()]).unwrap();
+        let o = parse_options(&["nosuid".into(), "rbind".into(), "ro".into(), "rprivate".into(), "mode=755".into()])
+            .unwrap();
         assert!(o.bind);
         assert!(o.flags.contains(MsFlags::MS_NOSUID | MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY));
         assert_eq!(o.propagation, vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC]);

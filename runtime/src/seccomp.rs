@@ -90,9 +90,13 @@ pub fn build(s: &LinuxSeccomp) -> Result<ScmpFilterContext> {
     for flag in s.flags().iter().flatten() {
         match flag {
             LinuxSeccompFilterFlag::SeccompFilterFlagLog => ctx.set_ctl_log(true).map_err(lib("flag LOG"))?,
-            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => ctx.set_ctl_ssb(true).map_err(lib("flag SPEC_ALLOW"))?,
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
+                ctx.set_ctl_ssb(true).map_err(lib("flag SPEC_ALLOW"))?
+            }
             LinuxSeccompFilterFlag::SeccompFilterFlagTsync => ctx.set_ctl_tsync(true).map_err(lib("flag TSYNC"))?,
-            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => ctx.set_ctl_waitkill(true).map_err(lib("flag WAIT_KILLABLE_RECV"))?,
+            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => {
+                ctx.set_ctl_waitkill(true).map_err(lib("flag WAIT_KILLABLE_RECV"))?
+            }
         };
     }
     for rule in s.syscalls().iter().flatten() {
@@ -142,8 +146,14 @@ pub fn load(s: &LinuxSeccomp, listener: Option<(&OwnedFd, serde_json::Value)>) -
         let fd = ctx.get_notify_fd().map_err(lib("get notify descriptor"))?;
         let msg = state.to_string();
         let path = s.listener_path().as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-        sendmsg::<()>(sock.as_raw_fd(), &[IoSlice::new(msg.as_bytes())], &[ControlMessage::ScmRights(&[fd])], MsgFlags::MSG_NOSIGNAL, None)
-            .map_err(|errno| SeccompError::Notify { path, errno })?;
+        sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(msg.as_bytes())],
+            &[ControlMessage::ScmRights(&[fd])],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(|errno| SeccompError::Notify { path, errno })?;
         // SAFETY: fd is the notify descriptor libseccomp created for us; it has been passed on.
         unsafe { libc::close(fd) };
     }

@@ -98,8 +98,16 @@ pub(crate) fn run(args: SetupArgs<'_>, sync: SyncSocket, rec: &mut Recorder, par
                 }
             }
             drop(fifo);
-            if let Some(list) = args.spec.hooks().as_ref().and_then(|h| h.start_container().clone()).filter(|h| !h.is_empty()) {
-                let state = crate::hooks::state_json(args.spec, &args.id, crate::state::Status::Created, args.host_pid.get(), args.bundle);
+            if let Some(list) =
+                args.spec.hooks().as_ref().and_then(|h| h.start_container().clone()).filter(|h| !h.is_empty())
+            {
+                let state = crate::hooks::state_json(
+                    args.spec,
+                    &args.id,
+                    crate::state::Status::Created,
+                    args.host_pid.get(),
+                    args.bundle,
+                );
                 if let Err(e) = crate::hooks::run_all("startContainer", &list, &state) {
                     eprintln!("engine-runtime: {e}");
                     exit(1);
@@ -141,7 +149,14 @@ fn open_read_only_mount(path: &std::path::Path) -> Option<OwnedFd> {
     const MOUNT_ATTR_NODEV: u64 = 0x4;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: open_tree with a NUL-terminated path and flags; it returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
     if fd < 0 {
         return None;
     }
@@ -149,7 +164,16 @@ fn open_read_only_mount(path: &std::path::Path) -> Option<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV, attr_clr: 0, propagation: 0, userns_fd: 0 };
     // SAFETY: mount_setattr on our detached mount with a valid struct and its size.
-    let r = unsafe { libc::syscall(libc::SYS_mount_setattr, fd.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, &attr as *const MountAttr, std::mem::size_of::<MountAttr>()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
     (r == 0).then_some(fd)
 }
 
@@ -165,7 +189,8 @@ fn exec_init(init: &HandoffFds, exec: &process::Exec, rec: &Recorder, host_pid: 
     let Ok(fd) = std::ffi::CString::new(sink.to_string()) else { return };
     let Ok(start) = std::ffi::CString::new(engine_telemetry::recorder::now_unix_nanos().to_string()) else { return };
     let Ok(pid) = std::ffi::CString::new(host_pid.to_string()) else { return };
-    let mut argv = vec![c"engine-init".to_owned(), std::ffi::CString::from(c"--handoff"), tp, fd, start, pid, exec.path.clone()];
+    let mut argv =
+        vec![c"engine-init".to_owned(), std::ffi::CString::from(c"--handoff"), tp, fd, start, pid, exec.path.clone()];
     argv.extend(exec.argv.iter().cloned());
     // SAFETY: F_SETFD on our own sink descriptor: engine-init inherits it (and closes it on exec).
     unsafe { libc::fcntl(sink, libc::F_SETFD, 0) };
@@ -179,7 +204,12 @@ fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-fn step<T, E: std::fmt::Display>(rec: &mut Recorder, name: &str, parent: SpanHandle, f: impl FnOnce() -> Result<T, E>) -> Result<T, String> {
+fn step<T, E: std::fmt::Display>(
+    rec: &mut Recorder,
+    name: &str,
+    parent: SpanHandle,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, String> {
     let h = rec.start(name, Some(parent));
     rec.finish(h, f()).map_err(|e| e.to_string())
 }
@@ -196,7 +226,9 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
     // Wait until `create` has put us in the cgroup and written id maps.
     // "go <our pid as the host sees it>" (hooks report it)
     let host_pid: i32 = match sync.recv() {
-        Ok(m) if m.starts_with(b"go ") => String::from_utf8_lossy(&m[3..]).parse().map_err(|_| "bad go message from create")?,
+        Ok(m) if m.starts_with(b"go ") => {
+            String::from_utf8_lossy(&m[3..]).parse().map_err(|_| "bad go message from create")?
+        }
         Ok(m) => return Err(format!("unexpected message from create: {:?}", String::from_utf8_lossy(&m))),
         Err(e) => return Err(format!("waiting for create: {e}")),
     };
@@ -208,7 +240,9 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
     if a.user_ns {
         // become root of the new user namespace
         // SAFETY: integer arguments only.
-        if unsafe { libc::syscall(libc::SYS_setresuid, 0, 0, 0) } < 0 || unsafe { libc::syscall(libc::SYS_setresgid, 0, 0, 0) } < 0 {
+        if unsafe { libc::syscall(libc::SYS_setresuid, 0, 0, 0) } < 0
+            || unsafe { libc::syscall(libc::SYS_setresgid, 0, 0, 0) } < 0
+        {
             return Err(format!("setresuid 0 in the user namespace: {}", nix::Error::last()));
         }
     }
@@ -228,17 +262,27 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
         nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup namespace: {e}"))?;
     }
     if let Some(adj) = proc_.oom_score_adj() {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| format!("set oom_score_adj {adj}: {e}"))?;
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| format!("set oom_score_adj {adj}: {e}"))?;
     }
     // SAFETY: setsid has no memory effects.
     unsafe { libc::setsid() };
 
     // Keep a handle on the exec fifo: after the pivot its host path is out of reach.
-    let fifo = nix::fcntl::open(&a.exec_fifo, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(|e| format!("open exec fifo: {e}"))?;
+    let fifo = nix::fcntl::open(
+        &a.exec_fifo,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("open exec fifo: {e}"))?;
     // The hand-over's files, likewise; a missing engine-init only means an untraced exec.
     let init = a.init.and_then(|h| {
-        let trace_file = nix::fcntl::open(&h.trace_file, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).ok()?;
+        let trace_file = nix::fcntl::open(
+            &h.trace_file,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()?;
         Some(HandoffFds { binary: open_read_only_mount(&h.binary)?, trace_file })
     });
 
@@ -259,7 +303,9 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
     step(rec, "runtime.rootfs", span, || rootfs::prepare(&cfg))?;
     if let Some(hooks) = spec.hooks() {
         // prestart and createRuntime run in the runtime's namespaces: `create` runs them now
-        if hooks.prestart().as_ref().is_some_and(|h| !h.is_empty()) || hooks.create_runtime().as_ref().is_some_and(|h| !h.is_empty()) {
+        if hooks.prestart().as_ref().is_some_and(|h| !h.is_empty())
+            || hooks.create_runtime().as_ref().is_some_and(|h| !h.is_empty())
+        {
             sync.send(b"hooks").map_err(|e| format!("ask create to run hooks: {e}"))?;
             match sync.recv() {
                 Ok(m) if m == b"hooks-done" => {}
@@ -268,7 +314,9 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
         }
         if let Some(list) = hooks.create_container().as_ref().filter(|h| !h.is_empty()) {
             let state = crate::hooks::state_json(spec, &a.id, crate::state::Status::Creating, host_pid, a.bundle);
-            step(rec, "runtime.hooks.createContainer", span, || crate::hooks::run_all("createContainer", list, &state))?;
+            step(rec, "runtime.hooks.createContainer", span, || {
+                crate::hooks::run_all("createContainer", list, &state)
+            })?;
         }
     }
     // Capabilities are read from /proc while the host's view is still there.
@@ -308,7 +356,8 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
         let load_seccomp = || -> Result<(), String> {
             let Some(sc) = linux.seccomp() else { return Ok(()) };
             let listener = a.seccomp_listener.map(|sock| {
-                let state = crate::hooks::state_json(spec, a.id, crate::state::Status::Creating, a.host_pid.get(), a.bundle);
+                let state =
+                    crate::hooks::state_json(spec, a.id, crate::state::Status::Creating, a.host_pid.get(), a.bundle);
                 (sock, crate::seccomp::process_state(sc, a.host_pid.get(), state))
             });
             crate::seccomp::load(sc, listener).map_err(|e| e.to_string())
@@ -373,8 +422,11 @@ pub(crate) fn close_extra_fds(first: RawFd) -> std::io::Result<()> {
 }
 
 /// Unshares a time namespace, writes its offsets, and moves this process into it.
-fn enter_new_time_ns(offsets: Option<&std::collections::HashMap<String, oci_spec::runtime::LinuxTimeOffset>>) -> Result<(), String> {
-    nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)).map_err(|e| format!("unshare time namespace: {e}"))?;
+fn enter_new_time_ns(
+    offsets: Option<&std::collections::HashMap<String, oci_spec::runtime::LinuxTimeOffset>>,
+) -> Result<(), String> {
+    nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
+        .map_err(|e| format!("unshare time namespace: {e}"))?;
     let mut text = String::new();
     for (clock, off) in offsets.into_iter().flatten() {
         if clock != "monotonic" && clock != "boottime" {
@@ -386,5 +438,6 @@ fn enter_new_time_ns(offsets: Option<&std::collections::HashMap<String, oci_spec
         std::fs::write("/proc/self/timens_offsets", &text).map_err(|e| format!("write timens_offsets: {e}"))?;
     }
     let ns = std::fs::File::open("/proc/self/ns/time_for_children").map_err(|e| format!("open time namespace: {e}"))?;
-    nix::sched::setns(ns, CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)).map_err(|e| format!("enter time namespace: {e}"))
+    nix::sched::setns(ns, CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
+        .map_err(|e| format!("enter time namespace: {e}"))
 }

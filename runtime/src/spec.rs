@@ -45,7 +45,8 @@ fn load_checked(bundle: &Path, paths_exist: bool) -> Result<Bundle, SpecError> {
     let dir = std::path::absolute(bundle).map_err(|source| SpecError::Read { path: bundle.into(), source })?;
     let path = dir.join("config.json");
     let bytes = std::fs::read(&path).map_err(|source| SpecError::Read { path: path.clone(), source })?;
-    let spec: Spec = serde_json::from_slice(&bytes).map_err(|e| SpecError::Parse { path: path.clone(), message: e.to_string() })?;
+    let spec: Spec =
+        serde_json::from_slice(&bytes).map_err(|e| SpecError::Parse { path: path.clone(), message: e.to_string() })?;
     let root = spec.root().as_ref().ok_or_else(|| SpecError::Invalid("root is missing".into()))?;
     let rootfs = if root.path().is_absolute() { root.path().clone() } else { dir.join(root.path()) };
     if !rootfs.is_dir() {
@@ -57,7 +58,16 @@ fn load_checked(bundle: &Path, paths_exist: bool) -> Result<Bundle, SpecError> {
 
 /// Sysctls that belong to a namespace, and which one.
 fn sysctl_namespace(key: &str) -> Option<LinuxNamespaceType> {
-    const IPC: &[&str] = &["kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced"];
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
     if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
         Some(LinuxNamespaceType::Ipc)
     } else if key.starts_with("net.") {
@@ -102,7 +112,8 @@ fn validate(spec: &Spec, paths_exist: bool) -> Result<(), SpecError> {
     // Without a mount namespace the container shares the host's mounts (as runc allows); it
     // cannot then hide or protect paths.
     if !has(LinuxNamespaceType::Mount)
-        && (linux.masked_paths().as_ref().is_some_and(|p| !p.is_empty()) || linux.readonly_paths().as_ref().is_some_and(|p| !p.is_empty()))
+        && (linux.masked_paths().as_ref().is_some_and(|p| !p.is_empty())
+            || linux.readonly_paths().as_ref().is_some_and(|p| !p.is_empty()))
     {
         return invalid("maskedPaths and readonlyPaths need a mount namespace".into());
     }
@@ -113,11 +124,16 @@ fn validate(spec: &Spec, paths_exist: bool) -> Result<(), SpecError> {
         return invalid("domainname needs a uts namespace".into());
     }
     let user_ns = has(LinuxNamespaceType::User);
-    if !user_ns && (linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()) || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())) {
+    if !user_ns
+        && (linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+            || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty()))
+    {
         return invalid("uidMappings/gidMappings need a user namespace".into());
     }
-    if user_ns && namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none())
-        && (linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty()) || linux.gid_mappings().as_ref().is_none_or(|m| m.is_empty()))
+    if user_ns
+        && namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none())
+        && (linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty())
+            || linux.gid_mappings().as_ref().is_none_or(|m| m.is_empty()))
     {
         return invalid("a new user namespace needs uidMappings and gidMappings".into());
     }
@@ -128,7 +144,9 @@ fn validate(spec: &Spec, paths_exist: bool) -> Result<(), SpecError> {
             None => return invalid(format!("linux.sysctl {key:?} is not namespaced; it would change the host")),
         }
     }
-    if linux.time_offsets().as_ref().is_some_and(|o| !o.is_empty()) && !namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Time && n.path().is_none()) {
+    if linux.time_offsets().as_ref().is_some_and(|o| !o.is_empty())
+        && !namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::Time && n.path().is_none())
+    {
         return invalid("linux.timeOffsets need a new time namespace".into());
     }
     if let Some(sc) = linux.seccomp() {
@@ -140,7 +158,10 @@ fn validate(spec: &Spec, paths_exist: bool) -> Result<(), SpecError> {
         }
     }
     if let Some(prop) = linux.rootfs_propagation() {
-        if !matches!(prop.as_str(), "" | "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" | "unbindable" | "runbindable") {
+        if !matches!(
+            prop.as_str(),
+            "" | "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" | "unbindable" | "runbindable"
+        ) {
             return invalid(format!("linux.rootfsPropagation {prop:?} is not a propagation type"));
         }
     }
@@ -159,7 +180,12 @@ fn validate(spec: &Spec, paths_exist: bool) -> Result<(), SpecError> {
     }
     for r in process.rlimits().iter().flatten() {
         if r.soft() > r.hard() {
-            return invalid(format!("process.rlimits: {:?} soft limit {} is above its hard limit {}", r.typ(), r.soft(), r.hard()));
+            return invalid(format!(
+                "process.rlimits: {:?} soft limit {} is above its hard limit {}",
+                r.typ(),
+                r.soft(),
+                r.hard()
+            ));
         }
     }
     if let Some(adj) = process.oom_score_adj() {

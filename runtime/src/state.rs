@@ -87,7 +87,11 @@ pub fn check_id(id: &str) -> Result<(), StateError> {
         && id != ".."
         && id.len() <= 1024
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-' | b'.'));
-    if ok { Ok(()) } else { Err(StateError::BadId(id.to_string())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::BadId(id.to_string()))
+    }
 }
 
 impl StateDir {
@@ -123,7 +127,8 @@ impl StateDir {
         let dir = self.dir(&state.id);
         let tmp = dir.join(".state.json.tmp");
         let bytes = serde_json::to_vec(state).expect("state serializes: plain data, string keys");
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+        let mut f =
+            fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
         fs::rename(&tmp, dir.join("state.json")).map_err(io)?;
@@ -257,13 +262,7 @@ pub fn now_rfc3339() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_nanos()
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z", rem / 3600, rem % 3600 / 60, rem % 60, now.subsec_nanos())
 }
 
 #[cfg(test)]

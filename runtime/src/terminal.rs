@@ -36,8 +36,13 @@ pub(crate) fn connect_unix(path: &Path) -> std::io::Result<std::os::unix::net::U
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return std::os::unix::net::UnixStream::connect(path);
     };
-    let fd = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).open(dir)?;
-    std::os::unix::net::UnixStream::connect(std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name))
+    let fd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?;
+    std::os::unix::net::UnixStream::connect(
+        std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name),
+    )
 }
 
 /// Connects to the console socket the caller of `create` listens on.
@@ -50,29 +55,44 @@ pub fn connect(path: &Path) -> Result<OwnedFd, TerminalError> {
 /// Inside the container, after pivot_root: allocates the pty, sends its master over `socket`,
 /// and makes the slave stdin, stdout, stderr, the controlling terminal and /dev/console.
 pub(crate) fn setup_in_container(socket: &OwnedFd, size: Option<(u16, u16)>) -> Result<(), TerminalError> {
-    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(sys("open /dev/ptmx"))?;
+    let master =
+        nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(sys("open /dev/ptmx"))?;
     nix::pty::grantpt(&master).map_err(sys("grantpt"))?;
     nix::pty::unlockpt(&master).map_err(sys("unlockpt"))?;
     let slave_path = nix::pty::ptsname_r(&master).map_err(sys("ptsname"))?;
     if let Some((height, width)) = size {
         set_size(master.as_fd(), height, width)?;
     }
-    let slave = nix::fcntl::open(slave_path.as_str(), OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(sys("open pty slave"))?;
+    let slave = nix::fcntl::open(
+        slave_path.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(sys("open pty slave"))?;
 
     // /dev/console is the terminal too (a bind mount of the slave, on a file created for it)
     let console = Path::new("/dev/console");
     if std::fs::symlink_metadata(console).is_err() {
-        nix::fcntl::open(console, OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::from_bits_truncate(0o666))
-            .map_err(sys("create /dev/console"))?;
+        nix::fcntl::open(
+            console,
+            OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+        )
+        .map_err(sys("create /dev/console"))?;
     }
     nix::mount::mount(Some(slave_path.as_str()), console, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
         .map_err(sys("bind the pty on /dev/console"))?;
 
     let name = slave_path.as_bytes();
     let fds = [master.as_raw_fd()];
-    sendmsg::<()>(socket.as_raw_fd(), &[IoSlice::new(name)], &[ControlMessage::ScmRights(&fds)], MsgFlags::MSG_NOSIGNAL, None)
-        .map_err(sys("send the pty master over the console socket"))?;
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[IoSlice::new(name)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(sys("send the pty master over the console socket"))?;
     drop(master);
 
     for fd in 0..3 {

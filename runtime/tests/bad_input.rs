@@ -127,12 +127,16 @@ fn failure_inside_the_container_is_rolled_back() {
     refused(&env, &b, "x1", "no-such-program");
 
     let mut b = env.bundle("x2", &["true"]);
-    b.spec["mounts"].as_array_mut().unwrap().push(json!({"destination": "/data", "type": "bind", "source": "/no/such/dir", "options": ["bind"]}));
+    b.spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/data", "type": "bind", "source": "/no/such/dir", "options": ["bind"]}));
     b.save();
     refused(&env, &b, "x2", "/no/such/dir");
 
     let mut b = env.bundle("x3", &["true"]);
-    b.spec["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 10, "hard": 20}, {"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}]);
+    b.spec["process"]["rlimits"] =
+        json!([{"type": "RLIMIT_NOFILE", "soft": 10, "hard": 20}, {"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}]);
     b.save();
     refused(&env, &b, "x3", "RLIMIT_BOGUS");
 }

@@ -24,7 +24,10 @@ fn hostname_domainname_and_pid_1() {
 #[test]
 fn env_cwd_user_and_umask() {
     let env = Env::new();
-    let mut b = env.bundle("u1", &["sh", "-c", "echo $FOO; pwd; grep -E '^(Uid|Gid|Groups)' /proc/self/status; umask; echo $HOME"]);
+    let mut b = env.bundle(
+        "u1",
+        &["sh", "-c", "echo $FOO; pwd; grep -E '^(Uid|Gid|Groups)' /proc/self/status; umask; echo $HOME"],
+    );
     b.spec["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
     b.spec["process"]["cwd"] = json!("/tmp");
     b.spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [5, 7], "umask": 63});
@@ -121,13 +124,24 @@ fn readonly_rootfs_masked_and_readonly_paths() {
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .expect("a maskable /proc file");
-    let mut b = env.bundle("ro", &["sh", "-c", &format!(
-        "touch /x 2>/dev/null && echo rootfs-writable || echo rootfs-ro; \
+    let mut b = env.bundle(
+        "ro",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "touch /x 2>/dev/null && echo rootfs-writable || echo rootfs-ro; \
          wc -c < {masked}; \
          echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo sys-writable || echo sys-ro; \
-         touch /tmp/ok && echo tmp-writable")]);
+         touch /tmp/ok && echo tmp-writable"
+            ),
+        ],
+    );
     b.spec["root"]["readonly"] = json!(true);
-    b.spec["mounts"].as_array_mut().unwrap().push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]}));
+    b.spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]}));
     b.save();
     assert_eq!(run(&env, &b, "ro"), "rootfs-ro\n0\nsys-ro\ntmp-writable\n");
 }
@@ -140,13 +154,21 @@ fn bind_mounts_tmpfs_and_propagation() {
     std::fs::write(host.join("hello"), "from host\n").unwrap();
     let file = env.dir.path().join("single-file");
     std::fs::write(&file, "one file\n").unwrap();
-    let mut b = env.bundle("bm", &["sh", "-c",
-        "cat /data/hello; cat /etc/single; touch /data/new 2>/dev/null && echo data-rw || echo data-ro; \
-         grep ' /scratch ' /proc/self/mountinfo | grep -c 'size=1024k'"]);
+    let mut b = env.bundle(
+        "bm",
+        &[
+            "sh",
+            "-c",
+            "cat /data/hello; cat /etc/single; touch /data/new 2>/dev/null && echo data-rw || echo data-ro; \
+         grep ' /scratch ' /proc/self/mountinfo | grep -c 'size=1024k'",
+        ],
+    );
     let mounts = b.spec["mounts"].as_array_mut().unwrap();
-    mounts.push(json!({"destination": "/data", "type": "bind", "source": host, "options": ["rbind", "ro", "rprivate"]}));
+    mounts
+        .push(json!({"destination": "/data", "type": "bind", "source": host, "options": ["rbind", "ro", "rprivate"]}));
     mounts.push(json!({"destination": "/etc/single", "source": file, "options": ["bind"]}));
-    mounts.push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m", "nosuid"]}));
+    mounts
+        .push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m", "nosuid"]}));
     b.save();
     assert_eq!(run(&env, &b, "bm"), "from host\none file\ndata-ro\n1\n");
     assert!(!host.join("new").exists());
@@ -158,7 +180,8 @@ fn devices_and_dev_symlinks() {
     let mut b = env.bundle("dev", &["sh", "-c",
         "ls -l /dev/null /dev/zero /dev/fuse | awk '{print $1, $5, $6}'; readlink /dev/fd; readlink /dev/ptmx; head -c 4 /dev/zero | wc -c; \
          head -c 1 /dev/fuse 2>/dev/null; echo fuse-rc=$?"]);
-    b.spec["linux"]["devices"] = json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 420, "uid": 0, "gid": 0}]);
+    b.spec["linux"]["devices"] =
+        json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 420, "uid": 0, "gid": 0}]);
     b.save();
     let out = run(&env, &b, "dev");
     assert!(out.contains("crw-r--r-- 10, 229"), "{out}");
@@ -226,8 +249,8 @@ fn user_namespace_with_mappings() {
 fn scheduler_io_priority_personality_and_time_offsets() {
     let env = Env::new();
     // /proc/self/stat: field 19 is nice, field 41 the policy (3 = SCHED_BATCH)
-    let mut b = env.bundle("sch", &["sh", "-c",
-        "cut -d' ' -f19,41 /proc/self/stat; ionice; uname -m; cut -d. -f1 /proc/uptime"]);
+    let mut b = env
+        .bundle("sch", &["sh", "-c", "cut -d' ' -f19,41 /proc/self/stat; ionice; uname -m; cut -d. -f1 /proc/uptime"]);
     b.spec["process"]["scheduler"] = json!({"policy": "SCHED_BATCH", "nice": 7});
     b.spec["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_BE", "priority": 6});
     b.spec["linux"]["personality"] = json!({"domain": "LINUX32"});

@@ -44,7 +44,8 @@ fn filter_allows_defaults_and_denies_the_rest() {
     let spec: Vec<oci_spec::runtime::LinuxDeviceCgroup> = serde_json::from_value(serde_json::json!([
         {"allow": false, "access": "rwm"},
         {"allow": true, "type": "c", "major": 1, "minor": 7, "access": "r"}
-    ])).unwrap();
+    ]))
+    .unwrap();
     let fd = std::fs::File::open(&dir).unwrap();
     attach(std::os::fd::AsFd::as_fd(&fd), &rules_for(&spec)).unwrap();
     assert!(!can_read(&dir, "/dev/kmsg"), "denied by the filter");

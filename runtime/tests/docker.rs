@@ -4,8 +4,8 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 use engine_test_support::dockerd::Dockerd;
+use std::process::Command;
 
 /// A busybox image made from busybox-static with `docker import`.
 fn import_busybox(d: &Dockerd) {
@@ -32,14 +32,22 @@ fn dockerd_runs_busybox_with_engine_runtime() {
     let run = ["run", "--runtime", "engine", "--network", "none"];
 
     // detached, with logs and exec
-    let id = d.ok(&[&run[..], &["-d", "--name", "d1", "engine-busybox:test", "sh", "-c", "echo hello-from-engine; sleep 1000"]].concat());
+    let id = d.ok(&[
+        &run[..],
+        &["-d", "--name", "d1", "engine-busybox:test", "sh", "-c", "echo hello-from-engine; sleep 1000"],
+    ]
+    .concat());
     let id = id.trim();
     assert_eq!(d.ok(&["inspect", "-f", "{{.HostConfig.Runtime}}", "d1"]).trim(), "engine");
     // the state is engine-runtime's (runc's has no pid_start_time)
     let state = std::fs::read_to_string(d.runtime_root().join(id).join("state.json")).unwrap();
     assert!(state.contains("pid_start_time"), "{state}");
     wait_for("the log line", || stdout(&d.docker(&["logs", "d1"])).contains("hello-from-engine"));
-    assert_eq!(d.ok(&["exec", "d1", "sh", "-c", "echo exec-ok; cat /proc/1/cmdline | tr '\\0' ' '"]), "exec-ok\nsleep 1000 ", "busybox sh execs its last command");
+    assert_eq!(
+        d.ok(&["exec", "d1", "sh", "-c", "echo exec-ok; cat /proc/1/cmdline | tr '\\0' ' '"]),
+        "exec-ok\nsleep 1000 ",
+        "busybox sh execs its last command"
+    );
     assert_eq!(d.docker(&["exec", "d1", "sh", "-c", "exit 5"]).status.code(), Some(5));
     assert_eq!(d.ok(&["exec", "-t", "d1", "tty"]).trim(), "/dev/pts/0");
 
@@ -56,17 +64,33 @@ fn dockerd_runs_busybox_with_engine_runtime() {
     assert!(!d.runtime_root().join(id).exists(), "the runtime's state is deleted with the task");
 
     // kill with a signal
-    d.ok(&[&run[..], &["-d", "--name", "d2", "engine-busybox:test", "sh", "-c", "trap 'exit 42' USR1; touch /tmp/ready; while :; do sleep 0.1; done"]].concat());
+    d.ok(&[
+        &run[..],
+        &[
+            "-d",
+            "--name",
+            "d2",
+            "engine-busybox:test",
+            "sh",
+            "-c",
+            "trap 'exit 42' USR1; touch /tmp/ready; while :; do sleep 0.1; done",
+        ],
+    ]
+    .concat());
     wait_for("d2's trap to be set", || d.docker(&["exec", "d2", "test", "-e", "/tmp/ready"]).status.success());
     d.ok(&["kill", "-s", "USR1", "d2"]);
     wait_for("d2 to exit", || state_of(&d, "d2") == "exited");
     assert_eq!(exit_code(&d, "d2"), "42");
 
     // foreground: exit codes, and a terminal with -t
-    assert_eq!(d.docker(&[&run[..], &["--rm", "engine-busybox:test", "sh", "-c", "exit 3"]].concat()).status.code(), Some(3));
+    assert_eq!(
+        d.docker(&[&run[..], &["--rm", "engine-busybox:test", "sh", "-c", "exit 3"]].concat()).status.code(),
+        Some(3)
+    );
     let out = d.ok(&[&run[..], &["--rm", "-t", "engine-busybox:test", "sh", "-c", "tty; stty size"]].concat());
     assert!(out.starts_with("/dev/pts/0"), "{out:?}");
-    let out = d.ok(&[&run[..], &["--rm", "--memory", "64m", "engine-busybox:test", "cat", "/proc/self/status"]].concat());
+    let out =
+        d.ok(&[&run[..], &["--rm", "--memory", "64m", "engine-busybox:test", "cat", "/proc/self/status"]].concat());
     assert!(out.contains("Seccomp:\t2"), "docker's default seccomp profile is loaded: {out}");
 
     d.ok(&["rm", "-f", "d1", "d2"]);

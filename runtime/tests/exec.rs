@@ -24,7 +24,10 @@ fn joins_every_namespace_and_propagates_the_exit_code() {
     let names = ["pid", "net", "mnt", "uts", "ipc", "cgroup"];
     let script = names.iter().map(|n| format!("readlink /proc/self/ns/{n}")).collect::<Vec<_>>().join("; ");
     let out = env.ok(&["exec", "x1", "sh", "-c", &script]);
-    let want: Vec<String> = names.iter().map(|n| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap().to_string_lossy().into_owned()).collect();
+    let want: Vec<String> = names
+        .iter()
+        .map(|n| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(out.lines().collect::<Vec<_>>(), want);
     assert_eq!(env.ok(&["exec", "x1", "hostname"]), "engine\n");
     assert_eq!(env.rt(&["exec", "x1", "sh", "-c", "exit 7"]).status.code(), Some(7));
@@ -35,8 +38,23 @@ fn joins_every_namespace_and_propagates_the_exit_code() {
 fn env_cwd_user_and_capabilities() {
     let env = Env::new();
     let (b, _) = running(&env, "x2");
-    let out = env.ok(&["exec", "-e", "FOO=bar", "-e", "PATH=/bin", "--cwd", "/tmp", "-u", "1000:1000", "-g", "5",
-        "x2", "sh", "-c", "echo $FOO $PATH; pwd; id -u; id -g; id -G"]);
+    let out = env.ok(&[
+        "exec",
+        "-e",
+        "FOO=bar",
+        "-e",
+        "PATH=/bin",
+        "--cwd",
+        "/tmp",
+        "-u",
+        "1000:1000",
+        "-g",
+        "5",
+        "x2",
+        "sh",
+        "-c",
+        "echo $FOO $PATH; pwd; id -u; id -g; id -G",
+    ]);
     assert_eq!(out, "bar /bin\n/tmp\n1000\n1000\n1000 5\n");
     let out = env.ok(&["exec", "--cap", "CAP_SYS_TIME", "x2", "grep", "CapBnd", "/proc/self/status"]);
     let bnd = u64::from_str_radix(out.split_whitespace().nth(1).unwrap(), 16).unwrap();

@@ -33,7 +33,10 @@ fn every_kind_in_order_with_the_state() {
     let out_dir = env.dir.path().join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
     let mut b = env.bundle("h1", &["sleep", "1000"]);
-    b.spec["mounts"].as_array_mut().unwrap().push(json!({"destination": "/out", "type": "bind", "source": out_dir, "options": ["rbind", "rw"]}));
+    b.spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/out", "type": "bind", "source": out_dir, "options": ["rbind", "rw"]}));
     b.spec["hooks"] = json!({
         "prestart": [logging_hook(&env, &log, "prestart")],
         "createRuntime": [logging_hook(&env, &log, "createRuntime")],
@@ -51,7 +54,11 @@ fn every_kind_in_order_with_the_state() {
     assert_eq!(kinds, ["prestart", "createRuntime", "createContainer"]);
     env.ok(&["start", "h1"]);
     wait_for("startContainer", || out_dir.join("start.host").exists());
-    assert_eq!(std::fs::read_to_string(out_dir.join("start.host")).unwrap(), "engine\n", "in the container's uts namespace");
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("start.host")).unwrap(),
+        "engine\n",
+        "in the container's uts namespace"
+    );
     let start: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("start.json")).unwrap()).unwrap();
     env.ok(&["delete", "--force", "h1"]);
     env.assert_no_leaks("h1", &b.path);
@@ -74,7 +81,8 @@ fn every_kind_in_order_with_the_state() {
 fn a_failing_create_hook_stops_the_container() {
     let env = Env::new();
     let mut b = env.bundle("h2", &["sleep", "1000"]);
-    b.spec["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network for you >&2; exit 3"]}]});
+    b.spec["hooks"] =
+        json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no network for you >&2; exit 3"]}]});
     b.save();
     let out = env.rt(&["create", "--bundle", b.p(), "h2"]);
     assert!(!out.status.success());

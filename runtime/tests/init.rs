@@ -26,11 +26,18 @@ fn with_init(env: &Env, name: &str, args: &[&str]) -> Bundle {
 fn reaps_orphaned_zombies() {
     let env = Env::new();
     // the inner sh exits at once, orphaning `sleep`, which is reparented to init (PID 1)
-    let b = with_init(&env, "z1", &["sh", "-c",
-        "sh -c 'sleep 0.2 & echo $! > /tmp/orphan'; o=$(cat /tmp/orphan); \
+    let b = with_init(
+        &env,
+        "z1",
+        &[
+            "sh",
+            "-c",
+            "sh -c 'sleep 0.2 & echo $! > /tmp/orphan'; o=$(cat /tmp/orphan); \
          test \"$(cut -d' ' -f4 /proc/$o/stat)\" = 1 && echo reparented; \
          i=0; while [ -e /proc/$o ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; \
-         [ -e /proc/$o ] && echo leaked || echo reaped"]);
+         [ -e /proc/$o ] && echo leaked || echo reaped",
+        ],
+    );
     let out = env.rt(&["run", "--bundle", b.p(), "z1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "reparented\nreaped\n");
@@ -42,8 +49,12 @@ fn forwards_sigterm_and_returns_the_exit_code() {
     let env = Env::new();
     let out_dir = env.dir.path().join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let mut b = with_init(&env, "t1", &["sh", "-c", "trap 'exit 7' TERM; touch /out/ready; while :; do sleep 0.05; done"]);
-    b.spec["mounts"].as_array_mut().unwrap().push(json!({"destination": "/out", "type": "bind", "source": out_dir, "options": ["rbind"]}));
+    let mut b =
+        with_init(&env, "t1", &["sh", "-c", "trap 'exit 7' TERM; touch /out/ready; while :; do sleep 0.05; done"]);
+    b.spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/out", "type": "bind", "source": out_dir, "options": ["rbind"]}));
     b.save();
     env.ok(&["run", "--detach", "--bundle", b.p(), "t1"]);
     wait_for("the trap", || out_dir.join("ready").exists());

@@ -69,7 +69,8 @@ fn delete_force_running_and_delete_created() {
     // killed: gone, or a zombie until whoever inherited it reaps it
     let stat = format!("/proc/{}/stat", pid["pid"]);
     wait_for("the created process to die", || {
-        std::fs::read_to_string(&stat).map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+        std::fs::read_to_string(&stat)
+            .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
     });
     // deleting what does not exist: an error, unless forced
     assert!(!env.rt(&["delete", "f2"]).status.success());
@@ -116,7 +117,8 @@ fn run_forwards_signals() {
     }));
     b.save();
     let mut child = std::process::Command::new(RUNTIME)
-        .arg("--root").arg(&env.root)
+        .arg("--root")
+        .arg(&env.root)
         .args(["run", "--bundle", b.p(), "s1"])
         .spawn()
         .unwrap();
@@ -160,7 +162,8 @@ fn no_pivot_and_relative_bundle() {
     let b = env.bundle("np", &["sh", "-c", "test -x /bin/busybox && echo ok"]);
     let out = std::process::Command::new(RUNTIME)
         .current_dir(&b.path)
-        .arg("--root").arg(&env.root)
+        .arg("--root")
+        .arg(&env.root)
         .args(["run", "--no-pivot", "np"])
         .output()
         .unwrap();
@@ -187,8 +190,10 @@ fn log_file_in_json() {
     let env = Env::new();
     let log = env.dir.path().join("rt.log");
     let out = std::process::Command::new(RUNTIME)
-        .arg("--root").arg(&env.root)
-        .arg("--log").arg(&log)
+        .arg("--root")
+        .arg(&env.root)
+        .arg("--log")
+        .arg(&log)
         .args(["--log-format", "json", "start", "nope"])
         .output()
         .unwrap();

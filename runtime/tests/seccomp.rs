@@ -60,7 +60,13 @@ fn notify_sends_the_listener_fd_and_state() {
         let mut buf = [0u8; 8192];
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = nix::sys::socket::recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut cmsg), nix::sys::socket::MsgFlags::empty()).unwrap();
+        let msg = nix::sys::socket::recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
         let mut fd = -1;
         for c in msg.cmsgs().unwrap() {
             if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
@@ -88,8 +94,16 @@ fn bad_profiles_are_refused() {
     let env = Env::new();
     for (id, seccomp, expect) in [
         ("b1", json!({"defaultAction": "SCMP_ACT_BOGUS"}), "SCMP_ACT_BOGUS"),
-        ("b2", json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]}), "listenerPath"),
-        ("b3", json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["kill"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 9, "value": 1, "op": "SCMP_CMP_EQ"}]}]}), "argument index 9"),
+        (
+            "b2",
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]}),
+            "listenerPath",
+        ),
+        (
+            "b3",
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["kill"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 9, "value": 1, "op": "SCMP_CMP_EQ"}]}]}),
+            "argument index 9",
+        ),
     ] {
         let mut b = env.bundle(id, &["true"]);
         b.spec["linux"]["seccomp"] = seccomp;

@@ -8,7 +8,8 @@ use std::io::Read;
 use std::os::unix::net::UnixListener;
 
 fn tty_bundle(env: &Env, name: &str) -> Bundle {
-    let mut b = env.bundle(name, &["sh", "-c", "tty; stty size; test -t 0 && echo stdin-is-tty; readlink /proc/self/fd/2"]);
+    let mut b =
+        env.bundle(name, &["sh", "-c", "tty; stty size; test -t 0 && echo stdin-is-tty; readlink /proc/self/fd/2"]);
     b.spec["process"]["terminal"] = json!(true);
     b.spec["process"]["consoleSize"] = json!({"height": 30, "width": 100});
     b.save();

@@ -37,7 +37,8 @@ pub struct RuntimeCli {
 /// other's lines), read by a thread that sends each request on to `sink`. Returns the write end.
 pub fn span_handoff(sink: engine_telemetry::Sink) -> std::io::Result<OwnedFd> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-    let (read, write) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).map_err(std::io::Error::from)?;
+    let (read, write) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(std::io::Error::from)?;
     std::thread::Builder::new().name("span-handoff".into()).spawn(move || {
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -64,13 +65,19 @@ pub struct Stdio3 {
 }
 
 fn memfd(name: &std::ffi::CStr) -> std::io::Result<std::fs::File> {
-    let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC).map_err(std::io::Error::from)?;
+    let fd =
+        nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC).map_err(std::io::Error::from)?;
     Ok(std::fs::File::from(fd))
 }
 
 impl RuntimeCli {
     /// Runs the runtime with `args`; returns its stdout (unless `stdio` takes stdout elsewhere).
-    pub async fn run(&self, args: &[OsString], stdio: Option<Stdio3>, traceparent: Option<&str>) -> Result<Vec<u8>, RuntimeError> {
+    pub async fn run(
+        &self,
+        args: &[OsString],
+        stdio: Option<Stdio3>,
+        traceparent: Option<&str>,
+    ) -> Result<Vec<u8>, RuntimeError> {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--root").arg(&self.root).arg("--log").arg(&self.log).args(["--log-format", "json"]).args(args);
         match traceparent {
@@ -102,7 +109,9 @@ impl RuntimeCli {
             }
             None => {
                 let out = memfd(c"runtime-stdout").map_err(|source| self.spawn_error(source))?;
-                cmd.stdin(Stdio::null()).stdout(out.try_clone().map_err(|source| self.spawn_error(source))?).stderr(Stdio::null());
+                cmd.stdin(Stdio::null())
+                    .stdout(out.try_clone().map_err(|source| self.spawn_error(source))?)
+                    .stderr(Stdio::null());
                 Some(out)
             }
         };
@@ -113,7 +122,9 @@ impl RuntimeCli {
         let code = exited.await.unwrap_or(-1);
         drop(cmd);
         if code != 0 {
-            return Err(RuntimeError::Failed(self.last_error().unwrap_or_else(|| format!("{} exited with {code}", self.binary.display()))));
+            return Err(RuntimeError::Failed(
+                self.last_error().unwrap_or_else(|| format!("{} exited with {code}", self.binary.display())),
+            ));
         }
         let mut out = Vec::new();
         if let Some(mut f) = captured {

@@ -102,7 +102,9 @@ async fn receive_console(listener: tokio::net::UnixListener) -> std::io::Result<
         conn.readable().await?;
         let got = conn.try_io(tokio::io::Interest::READABLE, || {
             engine_runtime::terminal::receive_master(conn.as_fd()).map_err(|e| match e {
-                engine_runtime::terminal::TerminalError::Sys { errno: nix::Error::EAGAIN, .. } => std::io::ErrorKind::WouldBlock.into(),
+                engine_runtime::terminal::TerminalError::Sys { errno: nix::Error::EAGAIN, .. } => {
+                    std::io::ErrorKind::WouldBlock.into()
+                }
                 e => std::io::Error::other(e.to_string()),
             })
         });
@@ -153,7 +155,9 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// every chunk.
 async fn pump(fd: OwnedFd, mut each: impl FnMut(&[u8])) {
     // SAFETY: F_SETFL on a descriptor we own.
-    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) | libc::O_NONBLOCK) };
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) | libc::O_NONBLOCK)
+    };
     // SAFETY: `fd` is an open descriptor owned by the AsyncFd for its whole life; OwnedFd
     // always returns that same descriptor.
     let Ok(afd) = (unsafe { AsyncFd::register(fd) }) else { return };
@@ -178,7 +182,9 @@ struct LineSplitter {
 impl LineSplitter {
     fn feed(&mut self, data: &[u8]) {
         self.partial.extend_from_slice(data);
-        while let Some(i) = self.partial.iter().position(|&b| b == b'\n').or((self.partial.len() >= 16 * 1024).then_some(16 * 1024 - 1)) {
+        while let Some(i) =
+            self.partial.iter().position(|&b| b == b'\n').or((self.partial.len() >= 16 * 1024).then_some(16 * 1024 - 1))
+        {
             let line: Vec<u8> = self.partial.drain(..=i).collect();
             let _ = self.log.lock().unwrap_or_else(|e| e.into_inner()).write(self.stream, &line, now_nanos());
         }
@@ -222,7 +228,11 @@ impl ShimService {
         rec.set_attr(h, "rpc.service", "engine.v1.Shim");
         let method = name.strip_prefix("shim.").unwrap_or(name);
         let mut m = method.chars();
-        rec.set_attr(h, "rpc.method", m.next().map(|c| c.to_ascii_uppercase().to_string() + m.as_str()).unwrap_or_default());
+        rec.set_attr(
+            h,
+            "rpc.method",
+            m.next().map(|c| c.to_ascii_uppercase().to_string() + m.as_str()).unwrap_or_default(),
+        );
         rec.set_attr(h, "process.pid", std::process::id());
         let tp = rec.context(h).map(|c| c.traceparent());
         let r = f(tp, h).await;
@@ -252,10 +262,17 @@ impl ShimService {
         }
         let state = &self.cfg.state_dir;
         let log = Arc::new(Mutex::new(
-            JsonLog::open(&state.join(LOG_FILE), req.log_max_size, req.log_max_files).map_err(|e| Status::internal(format!("open log: {e}")))?,
+            JsonLog::open(&state.join(LOG_FILE), req.log_max_size, req.log_max_files)
+                .map_err(|e| Status::internal(format!("open log: {e}")))?,
         ));
         let pid_file = state.join("init.pid");
-        let mut args: Vec<OsString> = vec!["create".into(), "--bundle".into(), self.cfg.bundle.clone().into(), "--pid-file".into(), pid_file.clone().into()];
+        let mut args: Vec<OsString> = vec![
+            "create".into(),
+            "--bundle".into(),
+            self.cfg.bundle.clone().into(),
+            "--pid-file".into(),
+            pid_file.clone().into(),
+        ];
         let io_err = |e: std::io::Error| Status::internal(format!("container stdio: {e}"));
         let mut readers: Vec<(&'static str, OwnedFd)> = Vec::new();
         let mut stdin_writer = None;
@@ -336,7 +353,8 @@ impl ShimService {
             let code = exited.await.unwrap_or(255);
             let mut drained = drained_rx;
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drained.wait_for(|n| *n >= streams)).await;
-            let oom = engine_runtime::control::oom_kills(&engine_runtime::state::StateDir::new(&root), &id).unwrap_or(0) > 0;
+            let oom =
+                engine_runtime::control::oom_kills(&engine_runtime::state::StateDir::new(&root), &id).unwrap_or(0) > 0;
             let status = ExitStatus {
                 exit_status: code as u32,
                 exited_unix_nanos: now_nanos(),
@@ -372,24 +390,39 @@ impl ShimService {
         if req.exec_id.is_empty() {
             return Err(Status::invalid_argument("exec_id must not be empty"));
         }
-        let process: serde_json::Value =
-            serde_json::from_str(&req.process_json).map_err(|e| Status::invalid_argument(format!("invalid process JSON: {e}")))?;
+        let process: serde_json::Value = serde_json::from_str(&req.process_json)
+            .map_err(|e| Status::invalid_argument(format!("invalid process JSON: {e}")))?;
         let terminal = process["terminal"] == serde_json::Value::Bool(true);
         {
             let inner = self.lock();
             if inner.phase != Phase::Running {
-                return Err(Status::failed_precondition(format!("cannot exec in task {}: it is not running", self.cfg.id)));
+                return Err(Status::failed_precondition(format!(
+                    "cannot exec in task {}: it is not running",
+                    self.cfg.id
+                )));
             }
             if inner.execs.contains_key(&req.exec_id) {
                 return Err(Status::already_exists(format!("exec {} already exists", req.exec_id)));
             }
         }
-        let safe: String = req.exec_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+        let safe: String = req
+            .exec_id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .collect();
         let process_file = self.cfg.state_dir.join(format!("exec-{safe}.json"));
         let pid_file = self.cfg.state_dir.join(format!("exec-{safe}.pid"));
-        std::fs::write(&process_file, &req.process_json).map_err(|e| Status::internal(format!("write process: {e}")))?;
+        std::fs::write(&process_file, &req.process_json)
+            .map_err(|e| Status::internal(format!("write process: {e}")))?;
         let io_err = |e: std::io::Error| Status::internal(format!("exec stdio: {e}"));
-        let mut args: Vec<OsString> = vec!["exec".into(), "--detach".into(), "--pid-file".into(), pid_file.clone().into(), "--process".into(), process_file.clone().into()];
+        let mut args: Vec<OsString> = vec![
+            "exec".into(),
+            "--detach".into(),
+            "--pid-file".into(),
+            pid_file.clone().into(),
+            "--process".into(),
+            process_file.clone().into(),
+        ];
         let mut readers: Vec<(&'static str, OwnedFd)> = Vec::new();
         let mut stdin_writer = None;
         let (stdio, console) = if terminal {
@@ -470,17 +503,26 @@ impl ShimService {
         let exited = self.rt.reaper.wait_for(pid);
         tokio::spawn(async move {
             let code = exited.await.unwrap_or(255);
-            exit_tx.send_replace(Some(ExitStatus { exit_status: code as u32, exited_unix_nanos: now_nanos(), reason: String::new(), pid: pid as u32 }));
+            exit_tx.send_replace(Some(ExitStatus {
+                exit_status: code as u32,
+                exited_unix_nanos: now_nanos(),
+                reason: String::new(),
+                pid: pid as u32,
+            }));
         });
         let process = ExecProcess { pid, exit: exit_rx, output, drained: drained_rx, io, stdin: stdin_writer, master };
         self.lock().execs.insert(req.exec_id.clone(), process);
         Ok(pid as u32)
     }
 
-    async fn exec_exit(&self, exec_id: &str) -> Result<(ExitStatus, watch::Receiver<bool>, Arc<Mutex<(Vec<u8>, Vec<u8>)>>), Status> {
+    async fn exec_exit(
+        &self,
+        exec_id: &str,
+    ) -> Result<(ExitStatus, watch::Receiver<bool>, Arc<Mutex<(Vec<u8>, Vec<u8>)>>), Status> {
         let (mut rx, drained, output) = {
             let inner = self.lock();
-            let e = inner.execs.get(exec_id).ok_or_else(|| Status::not_found(format!("exec {exec_id} does not exist")))?;
+            let e =
+                inner.execs.get(exec_id).ok_or_else(|| Status::not_found(format!("exec {exec_id} does not exist")))?;
             (e.exit.clone(), e.drained.clone(), e.output.clone())
         };
         let st = rx.wait_for(|s| s.is_some()).await.map_err(|_| Status::internal("exec watcher went away"))?.clone();
@@ -520,7 +562,11 @@ impl Shim for ShimService {
         let mut rec = self.recorder(&request);
         self.traced(&mut rec, "shim.start", |tp, _| async move {
             if self.lock().phase != Phase::Created {
-                return Err(Status::failed_precondition(format!("cannot start task {}: it is {}", self.cfg.id, Self::phase_name(self.lock().phase))));
+                return Err(Status::failed_precondition(format!(
+                    "cannot start task {}: it is {}",
+                    self.cfg.id,
+                    Self::phase_name(self.lock().phase)
+                )));
             }
             self.rt.run(&["start".into(), self.id_arg()], None, tp.as_deref()).await.map_err(runtime_status)?;
             let mut inner = self.lock();
@@ -538,7 +584,12 @@ impl Shim for ShimService {
         let req = request.into_inner();
         self.traced(&mut rec, "shim.kill", |tp, _| async move {
             if !req.exec_id.is_empty() {
-                let pid = self.lock().execs.get(&req.exec_id).map(|e| e.pid).ok_or_else(|| Status::not_found(format!("exec {} does not exist", req.exec_id)))?;
+                let pid = self
+                    .lock()
+                    .execs
+                    .get(&req.exec_id)
+                    .map(|e| e.pid)
+                    .ok_or_else(|| Status::not_found(format!("exec {} does not exist", req.exec_id)))?;
                 // SAFETY: kill has no memory effects; the pid is our child (reaped only by us).
                 unsafe { libc::kill(pid, req.signal as i32) };
                 return Ok(());
@@ -573,12 +624,21 @@ impl Shim for ShimService {
                 let phase = self.lock().phase;
                 match phase {
                     Phase::Running | Phase::Paused => {
-                        return Err(Status::failed_precondition(format!("cannot delete task {}: it is {}; kill it first", self.cfg.id, Self::phase_name(phase))))
+                        return Err(Status::failed_precondition(format!(
+                            "cannot delete task {}: it is {}; kill it first",
+                            self.cfg.id,
+                            Self::phase_name(phase)
+                        )))
                     }
-                    Phase::New | Phase::Deleted => return Err(Status::not_found(format!("task {} does not exist", self.cfg.id))),
+                    Phase::New | Phase::Deleted => {
+                        return Err(Status::not_found(format!("task {} does not exist", self.cfg.id)))
+                    }
                     Phase::Created | Phase::Stopped => {}
                 }
-                self.rt.run(&["delete".into(), "--force".into(), self.id_arg()], None, tp.as_deref()).await.map_err(runtime_status)?;
+                self.rt
+                    .run(&["delete".into(), "--force".into(), self.id_arg()], None, tp.as_deref())
+                    .await
+                    .map_err(runtime_status)?;
                 let st = self.wait_exit().await;
                 self.lock().phase = Phase::Deleted;
                 Ok(st)
@@ -617,7 +677,12 @@ impl Shim for ShimService {
 
     async fn exec_io(&self, request: Request<TaskRequest>) -> Result<Response<Self::ExecIOStream>, Status> {
         let req = request.into_inner();
-        let io = self.lock().execs.get(&req.exec_id).map(|e| e.io.clone()).ok_or_else(|| Status::not_found(format!("exec {} does not exist", req.exec_id)))?;
+        let io = self
+            .lock()
+            .execs
+            .get(&req.exec_id)
+            .map(|e| e.io.clone())
+            .ok_or_else(|| Status::not_found(format!("exec {} does not exist", req.exec_id)))?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         {
             let mut io = io.lock().unwrap_or_else(|e| e.into_inner());
@@ -639,7 +704,8 @@ impl Shim for ShimService {
             self.lock().execs.get(&req.exec_id).and_then(|e| e.master.clone())
         };
         let master = master.ok_or_else(|| Status::failed_precondition("the process has no terminal"))?;
-        engine_runtime::terminal::set_size(master.as_fd(), req.height as u16, req.width as u16).map_err(|e| Status::internal(e.to_string()))?;
+        engine_runtime::terminal::set_size(master.as_fd(), req.height as u16, req.width as u16)
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(Empty {}))
     }
 
@@ -647,9 +713,13 @@ impl Shim for ShimService {
         let req = request.into_inner();
         let mut inner = self.lock();
         if !req.exec_id.is_empty() {
-            let e = inner.execs.get_mut(&req.exec_id).ok_or_else(|| Status::not_found(format!("exec {} does not exist", req.exec_id)))?;
+            let e = inner
+                .execs
+                .get_mut(&req.exec_id)
+                .ok_or_else(|| Status::not_found(format!("exec {} does not exist", req.exec_id)))?;
             if let Some(master) = e.master.clone() {
-                nix::unistd::write(master.as_fd(), &req.data).map_err(|e| Status::internal(format!("write to the terminal: {e}")))?;
+                nix::unistd::write(master.as_fd(), &req.data)
+                    .map_err(|e| Status::internal(format!("write to the terminal: {e}")))?;
                 return Ok(Response::new(Empty {}));
             }
             let stdin = e.stdin.as_mut().ok_or_else(|| Status::failed_precondition("the exec has no open stdin"))?;
@@ -657,7 +727,8 @@ impl Shim for ShimService {
             return Ok(Response::new(Empty {}));
         }
         if let Some(master) = inner.master.clone() {
-            nix::unistd::write(master.as_fd(), &req.data).map_err(|e| Status::internal(format!("write to the terminal: {e}")))?;
+            nix::unistd::write(master.as_fd(), &req.data)
+                .map_err(|e| Status::internal(format!("write to the terminal: {e}")))?;
             return Ok(Response::new(Empty {}));
         }
         let stdin = inner.stdin.as_mut().ok_or_else(|| Status::failed_precondition("the task has no open stdin"))?;
@@ -685,12 +756,22 @@ impl Shim for ShimService {
             return Err(Status::not_found(format!("task {} does not exist", self.cfg.id)));
         }
         let exit = self.exit_tx.borrow().clone();
-        Ok(Response::new(TaskState { container_id: self.cfg.id.clone(), status: Self::phase_name(phase).into(), pid: pid as u32, exit, terminal }))
+        Ok(Response::new(TaskState {
+            container_id: self.cfg.id.clone(),
+            status: Self::phase_name(phase).into(),
+            pid: pid as u32,
+            exit,
+            terminal,
+        }))
     }
 
     async fn pids(&self, request: Request<TaskRequest>) -> Result<Response<PidsResponse>, Status> {
         let tp = engine_api::traceparent_of(&request);
-        let out = self.rt.run(&["ps".into(), "--format".into(), "json".into(), self.id_arg()], None, tp.as_deref()).await.map_err(runtime_status)?;
+        let out = self
+            .rt
+            .run(&["ps".into(), "--format".into(), "json".into(), self.id_arg()], None, tp.as_deref())
+            .await
+            .map_err(runtime_status)?;
         let pids: Vec<u32> = serde_json::from_slice(&out).map_err(|e| Status::internal(format!("runtime ps: {e}")))?;
         Ok(Response::new(PidsResponse { pids }))
     }
@@ -719,14 +800,22 @@ impl Shim for ShimService {
 
     async fn stats(&self, request: Request<TaskRequest>) -> Result<Response<StatsResponse>, Status> {
         let tp = engine_api::traceparent_of(&request);
-        let out = self.rt.run(&["events".into(), "--stats".into(), self.id_arg()], None, tp.as_deref()).await.map_err(runtime_status)?;
+        let out = self
+            .rt
+            .run(&["events".into(), "--stats".into(), self.id_arg()], None, tp.as_deref())
+            .await
+            .map_err(runtime_status)?;
         Ok(Response::new(StatsResponse { stats_json: String::from_utf8_lossy(&out).trim().to_string() }))
     }
 
     async fn shutdown(&self, _request: Request<Empty>) -> Result<Response<Empty>, Status> {
         let phase = self.lock().phase;
         if !matches!(phase, Phase::New | Phase::Deleted) {
-            return Err(Status::failed_precondition(format!("cannot shut down: task {} is {}; delete it first", self.cfg.id, Self::phase_name(phase))));
+            return Err(Status::failed_precondition(format!(
+                "cannot shut down: task {} is {}; delete it first",
+                self.cfg.id,
+                Self::phase_name(phase)
+            )));
         }
         if let Some(tx) = self.shutdown.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = tx.send(());
@@ -742,21 +831,36 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let socket = socket_path(&cfg.state_dir);
     let _ = std::fs::remove_file(&socket);
     let listener = engine_api::bind_unix(&socket).with_context(|| format!("bind {}", socket.display()))?;
-    write_atomic(&cfg.state_dir.join("shim.pid"), std::process::id().to_string().as_bytes()).context("write shim.pid")?;
+    write_atomic(&cfg.state_dir.join("shim.pid"), std::process::id().to_string().as_bytes())
+        .context("write shim.pid")?;
     // Spans go to engined's OTLP receiver (or a file sink in tests); the runtime and init hand
     // theirs to us over a socket and we send them on.
-    let sink = engine_telemetry::otlp::OtlpExporter::engine_sink_from_env().or_else(engine_telemetry::file_sink_from_env);
+    let sink =
+        engine_telemetry::otlp::OtlpExporter::engine_sink_from_env().or_else(engine_telemetry::file_sink_from_env);
     let span_handoff = match &sink {
         Some(s) => Some(crate::runtime::span_handoff(s.clone()).context("set up the runtime's span hand-off")?),
         None => None,
     };
-    let rt = RuntimeCli { binary: cfg.runtime.clone(), root: cfg.runtime_root.clone(), log: cfg.state_dir.join("runtime.log"), reaper, span_handoff: span_handoff.map(Arc::new) };
+    let rt = RuntimeCli {
+        binary: cfg.runtime.clone(),
+        root: cfg.runtime_root.clone(),
+        log: cfg.state_dir.join("runtime.log"),
+        reaper,
+        span_handoff: span_handoff.map(Arc::new),
+    };
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let (exit_tx, _) = watch::channel(None);
     let service = ShimService {
         cfg: cfg.clone(),
         rt,
-        inner: Arc::new(Mutex::new(Inner { phase: Phase::New, pid: 0, terminal: false, master: None, stdin: None, execs: HashMap::new() })),
+        inner: Arc::new(Mutex::new(Inner {
+            phase: Phase::New,
+            pid: 0,
+            terminal: false,
+            master: None,
+            stdin: None,
+            execs: HashMap::new(),
+        })),
         exit_tx: Arc::new(exit_tx),
         sink,
         shutdown: Mutex::new(Some(shutdown_tx)),

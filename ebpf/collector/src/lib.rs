@@ -117,7 +117,9 @@ fn ensure_tracefs() -> Result<(), ProbeError> {
         return Ok(());
     }
     // SAFETY: mount with NUL-terminated strings and no data.
-    let r = unsafe { libc::mount(c"tracefs".as_ptr(), c"/sys/kernel/tracing".as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
+    let r = unsafe {
+        libc::mount(c"tracefs".as_ptr(), c"/sys/kernel/tracing".as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+    };
     if r != 0 || !std::path::Path::new(TRACEFS).join("events").is_dir() {
         return Err(ProbeError::Tracefs(std::io::Error::last_os_error().to_string()));
     }
@@ -127,13 +129,15 @@ fn ensure_tracefs() -> Result<(), ProbeError> {
 /// The offset of `field` in a tracepoint's record, from its tracefs `format` file.
 fn field_offset(category: &str, name: &str, field: &str) -> Result<u32, ProbeError> {
     let path = format!("{TRACEFS}/events/{category}/{name}/format");
-    let text = std::fs::read_to_string(&path).map_err(|e| ProbeError::Layout(format!("{category}/{name}"), e.to_string()))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| ProbeError::Layout(format!("{category}/{name}"), e.to_string()))?;
     for line in text.lines() {
         let Some(decl) = line.trim().strip_prefix("field:") else { continue };
         let decl = decl.split(';').next().unwrap_or("");
         if decl.split_whitespace().last().map(|n| n.trim_end_matches("[]")) == Some(field) {
             let off = line.split(';').find_map(|p| p.trim().strip_prefix("offset:")).and_then(|o| o.parse().ok());
-            return off.ok_or_else(|| ProbeError::Layout(format!("{category}/{name}"), format!("no offset for {field}")));
+            return off
+                .ok_or_else(|| ProbeError::Layout(format!("{category}/{name}"), format!("no offset for {field}")));
         }
     }
     Err(ProbeError::Layout(format!("{category}/{name}"), format!("no field {field}")))
@@ -148,7 +152,8 @@ impl Probes {
     /// Loads and attaches every probe. Needs root (CAP_BPF, CAP_PERFMON) and tracefs.
     pub fn load() -> Result<Probes, ProbeError> {
         // the probes see the initial pid namespace's pids (its inode is PROC_PID_INIT_INO)
-        if std::fs::read_link("/proc/self/ns/pid").ok().is_some_and(|ns| ns != std::path::Path::new("pid:[4026531836]")) {
+        if std::fs::read_link("/proc/self/ns/pid").ok().is_some_and(|ns| ns != std::path::Path::new("pid:[4026531836]"))
+        {
             return Err(ProbeError::PidNamespace);
         }
         ensure_tracefs()?;
@@ -162,8 +167,11 @@ impl Probes {
         offsets[layout::MKDIR_ID] = field_offset("cgroup", "cgroup_mkdir", "id")?;
         offsets[layout::ATTACH_ROOT] = field_offset("cgroup", "cgroup_attach_task", "dst_root")?;
 
-        let mut ebpf = Ebpf::load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/engine-probes-ebpf"))).map_err(|e| ProbeError::Load(e.to_string()))?;
-        let mut lay: Array<_, [u32; layout::LEN]> = Array::try_from(ebpf.map_mut("LAYOUT").ok_or_else(|| ProbeError::Load("no LAYOUT map".into()))?).map_err(|e| ProbeError::Load(e.to_string()))?;
+        let mut ebpf = Ebpf::load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/engine-probes-ebpf")))
+            .map_err(|e| ProbeError::Load(e.to_string()))?;
+        let mut lay: Array<_, [u32; layout::LEN]> =
+            Array::try_from(ebpf.map_mut("LAYOUT").ok_or_else(|| ProbeError::Load("no LAYOUT map".into()))?)
+                .map_err(|e| ProbeError::Load(e.to_string()))?;
         lay.set(0, offsets, 0).map_err(|e| ProbeError::Load(e.to_string()))?;
         for (prog, category, name) in PROGRAMS {
             let p: &mut TracePoint = ebpf
@@ -174,12 +182,16 @@ impl Probes {
             p.load().map_err(|e| ProbeError::Load(format!("{prog}: {e}")))?;
             p.attach(category, name).map_err(|e| ProbeError::Attach(format!("{category}/{name}"), e.to_string()))?;
         }
-        let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).ok_or_else(|| ProbeError::Load(format!("no {name} map")));
+        let take =
+            |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).ok_or_else(|| ProbeError::Load(format!("no {name} map")));
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|e| ProbeError::Load(e.to_string()))?;
         let tracked = HashMap::try_from(take(&mut ebpf, "TRACKED")?).map_err(|e| ProbeError::Load(e.to_string()))?;
         let stopped = HashMap::try_from(take(&mut ebpf, "STOPPED")?).map_err(|e| ProbeError::Load(e.to_string()))?;
-        let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(|e| ProbeError::Load(e.to_string()))?;
-        Ok(Probes { inner: Mutex::new(Inner { ring, tracked, stopped, counters, buffer: VecDeque::new(), _ebpf: ebpf }) })
+        let counters =
+            PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(|e| ProbeError::Load(e.to_string()))?;
+        Ok(Probes {
+            inner: Mutex::new(Inner { ring, tracked, stopped, counters, buffer: VecDeque::new(), _ebpf: ebpf }),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -8,7 +8,10 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes};
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
+    bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+};
 use aya_ebpf::macros::{map, tracepoint};
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::TracePointContext;
@@ -248,7 +251,12 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
 pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = followed() else { return 0 };
     // SAFETY: the offsets come from this kernel's format file.
-    let (root, id) = unsafe { (ctx.read_at::<i32>(layout_at(layout::MKDIR_ROOT)).unwrap_or(0), ctx.read_at::<u64>(layout_at(layout::MKDIR_ID)).unwrap_or(0)) };
+    let (root, id) = unsafe {
+        (
+            ctx.read_at::<i32>(layout_at(layout::MKDIR_ROOT)).unwrap_or(0),
+            ctx.read_at::<u64>(layout_at(layout::MKDIR_ID)).unwrap_or(0),
+        )
+    };
     emit(tgid, tid, kind::CGROUP_MKDIR, |e| {
         e.args = [id, root as u64, 0, 0];
         data_loc_str(&ctx, layout_at(layout::MKDIR_PATH), &mut e.str0);
@@ -260,7 +268,12 @@ pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
 pub fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = followed() else { return 0 };
     // SAFETY: the offsets come from this kernel's format file.
-    let (root, pid) = unsafe { (ctx.read_at::<i32>(layout_at(layout::ATTACH_ROOT)).unwrap_or(0), ctx.read_at::<i32>(layout_at(layout::ATTACH_PID)).unwrap_or(0)) };
+    let (root, pid) = unsafe {
+        (
+            ctx.read_at::<i32>(layout_at(layout::ATTACH_ROOT)).unwrap_or(0),
+            ctx.read_at::<i32>(layout_at(layout::ATTACH_PID)).unwrap_or(0),
+        )
+    };
     emit(tgid, tid, kind::CGROUP_ATTACH, |e| {
         e.args = [pid as u64, root as u64, 0, 0];
         data_loc_str(&ctx, layout_at(layout::ATTACH_PATH), &mut e.str0);

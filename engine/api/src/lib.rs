@@ -15,13 +15,15 @@ pub mod v1 {
 pub fn unix_channel(path: impl AsRef<Path>) -> tonic::transport::Channel {
     let path: PathBuf = path.as_ref().to_path_buf();
     // the URI is required by the builder and ignored by the connector
-    tonic::transport::Endpoint::from_static("http://[::1]:1").connect_with_connector_lazy(tower::service_fn(move |_| {
-        let path = path.clone();
-        async move {
-            let (short, _dir) = short_socket_path(&path)?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(short).await?))
-        }
-    }))
+    tonic::transport::Endpoint::from_static("http://[::1]:1").connect_with_connector_lazy(tower::service_fn(
+        move |_| {
+            let path = path.clone();
+            async move {
+                let (short, _dir) = short_socket_path(&path)?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(short).await?))
+            }
+        },
+    ))
 }
 
 /// The longest unix socket path the kernel takes is 107 bytes; task directories named by
@@ -35,9 +37,15 @@ pub fn short_socket_path(path: &Path) -> std::io::Result<(PathBuf, Option<std::f
         return Ok((path.to_path_buf(), None));
     }
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("socket path {} has no directory", path.display())));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("socket path {} has no directory", path.display()),
+        ));
     };
-    let fd = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).open(dir)?;
+    let fd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?;
     let short = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name);
     Ok((short, Some(fd)))
 }

@@ -153,14 +153,22 @@ fn runc_bundle(dir: &Path, runc: &Path) -> Result<PathBuf> {
 
 /// The image, loaded into a peer that lacks it (from the engine's `save`).
 async fn load_into(c: &Client, image: &str, loader: &[&str], name: &str) -> Result<()> {
-    let r = c.send(hyper::Method::GET, &format!("/images/get?names={}", urlencode(image)), client::empty_body(), None).await?;
+    let r = c
+        .send(hyper::Method::GET, &format!("/images/get?names={}", urlencode(image)), client::empty_body(), None)
+        .await?;
     let mut tar = Vec::new();
     client::for_each_chunk(r, |chunk| {
         tar.extend_from_slice(chunk);
         Ok(())
     })
     .await?;
-    let mut child = tokio::process::Command::new(loader[0]).args(&loader[1..]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().with_context(|| format!("running {}", loader[0]))?;
+    let mut child = tokio::process::Command::new(loader[0])
+        .args(&loader[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", loader[0]))?;
     if let Some(mut stdin) = child.stdin.take() {
         tokio::io::AsyncWriteExt::write_all(&mut stdin, &tar).await?;
     }
@@ -176,9 +184,19 @@ pub async fn run(c: &Client, host: &str, a: BenchArgs) -> Result<i32> {
         bail!("--runs must be at least 1");
     }
     let me = std::env::current_exe().context("finding the engine binary")?.display().to_string();
-    c.get(&format!("/images/{}/json", urlencode(&a.image))).await.with_context(|| format!("image {} (load or import it first)", a.image))?;
+    c.get(&format!("/images/{}/json", urlencode(&a.image)))
+        .await
+        .with_context(|| format!("image {} (load or import it first)", a.image))?;
     let engine_argv = |extra: &[&str]| -> Vec<String> {
-        let mut v = vec![me.clone(), "-H".into(), host.to_string(), "run".into(), "--rm".into(), "--network".into(), a.network.clone()];
+        let mut v = vec![
+            me.clone(),
+            "-H".into(),
+            host.to_string(),
+            "run".into(),
+            "--rm".into(),
+            "--network".into(),
+            a.network.clone(),
+        ];
         v.extend(extra.iter().map(|s| s.to_string()));
         v.extend([a.image.clone(), "true".into()]);
         v
@@ -186,11 +204,17 @@ pub async fn run(c: &Client, host: &str, a: BenchArgs) -> Result<i32> {
     let mut peers = vec![Peer { name: "engine".into(), argv: engine_argv(&[]), env: Vec::new(), unique_id: false }];
     let mut skipped: BTreeMap<String, String> = BTreeMap::new();
     // a private directory (mkdtemp: never a path someone else could have prepared)
-    let tmp = nix::unistd::mkdtemp(&std::env::temp_dir().join("engine-bench.XXXXXX")).context("making a temporary directory")?;
+    let tmp = nix::unistd::mkdtemp(&std::env::temp_dir().join("engine-bench.XXXXXX"))
+        .context("making a temporary directory")?;
     for name in &a.compare {
         let r: Result<Peer> = async {
             match name.as_str() {
-                "engine-untraced" => Ok(Peer { name: name.clone(), argv: engine_argv(&[]), env: vec![("OTEL_TRACES_SAMPLER".into(), "always_off".into())], unique_id: false }),
+                "engine-untraced" => Ok(Peer {
+                    name: name.clone(),
+                    argv: engine_argv(&[]),
+                    env: vec![("OTEL_TRACES_SAMPLER".into(), "always_off".into())],
+                    unique_id: false,
+                }),
                 "docker" | "podman" => {
                     let bin = which(name).with_context(|| format!("{name} is not installed"))?;
                     let b = bin.display().to_string();
@@ -198,9 +222,18 @@ pub async fn run(c: &Client, host: &str, a: BenchArgs) -> Result<i32> {
                     if name == "podman" {
                         base.extend(["--runtime".into(), "runc".into()]);
                     }
-                    let probe = std::process::Command::new(&base[0]).args(&base[1..]).args(["image", "inspect", &a.image]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+                    let probe = std::process::Command::new(&base[0])
+                        .args(&base[1..])
+                        .args(["image", "inspect", &a.image])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
                     if !probe.as_ref().is_ok_and(|s| s.success()) {
-                        let info = std::process::Command::new(&b).arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status();
+                        let info = std::process::Command::new(&b)
+                            .arg("info")
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status();
                         if !info.is_ok_and(|s| s.success()) {
                             bail!("{name} has no daemon to talk to");
                         }
@@ -222,7 +255,14 @@ pub async fn run(c: &Client, host: &str, a: BenchArgs) -> Result<i32> {
                     };
                     let state = tmp.join("runc-state");
                     std::fs::create_dir_all(&state)?;
-                    let argv = vec![runc.display().to_string(), "--root".into(), state.display().to_string(), "run".into(), "--bundle".into(), bundle.display().to_string()];
+                    let argv = vec![
+                        runc.display().to_string(),
+                        "--root".into(),
+                        state.display().to_string(),
+                        "run".into(),
+                        "--bundle".into(),
+                        bundle.display().to_string(),
+                    ];
                     Ok(Peer { name: name.clone(), argv, env: Vec::new(), unique_id: true })
                 }
                 other => bail!("unknown peer {other:?} (docker, podman, runc, engine-untraced)"),
@@ -278,7 +318,13 @@ pub async fn run(c: &Client, host: &str, a: BenchArgs) -> Result<i32> {
     let mut stats = Value::Null;
     for _ in 0..100 {
         stats = c.get(&format!("/engine/v1/traces/stats?op=start&limit={limit}")).await?;
-        let has = |n: &str| stats["Phases"].as_array().into_iter().flatten().any(|p| p["phase"] == n && p["count"].as_u64().unwrap_or(0) as usize >= limit.min(2 * a.runs));
+        let has = |n: &str| {
+            stats["Phases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["phase"] == n && p["count"].as_u64().unwrap_or(0) as usize >= limit.min(2 * a.runs))
+        };
         if has("init.exec") && has("shim.start") {
             break;
         }
@@ -311,7 +357,11 @@ pub async fn run(c: &Client, host: &str, a: BenchArgs) -> Result<i32> {
         systems.insert(p.name.clone(), json!({ "sequential": s, "concurrent": cc, "command": p.argv.join(" ") }));
     }
     let engine_median = seq.get("engine").map(|v| median(v)).unwrap_or(0.0);
-    let ratios: serde_json::Map<String, Value> = seq.iter().filter(|(n, _)| *n != "engine").map(|(n, v)| (format!("engine/{n}"), json!(engine_median / median(v).max(1e-9)))).collect();
+    let ratios: serde_json::Map<String, Value> = seq
+        .iter()
+        .filter(|(n, _)| *n != "engine")
+        .map(|(n, v)| (format!("engine/{n}"), json!(engine_median / median(v).max(1e-9))))
+        .collect();
     let report = json!({
         "version": 1,
         "time_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -332,7 +382,8 @@ pub async fn run(c: &Client, host: &str, a: BenchArgs) -> Result<i32> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("\nreport: {}", path.display());
     }
     Ok(0)
@@ -341,7 +392,12 @@ pub async fn run(c: &Client, host: &str, a: BenchArgs) -> Result<i32> {
 /// Names and counts of the kernel events in the newest start's trace.
 async fn latest_events(c: &Client) -> Result<BTreeMap<String, u64>> {
     let recent = c.get("/engine/v1/traces?op=start&limit=1").await?;
-    let id = recent.as_array().and_then(|a| a.last()).and_then(|t| t["TraceID"].as_str()).context("no start trace")?.to_string();
+    let id = recent
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(|t| t["TraceID"].as_str())
+        .context("no start trace")?
+        .to_string();
     let doc = c.get(&format!("/engine/v1/traces/{id}")).await?;
     let mut out = BTreeMap::new();
     for rs in doc["resourceSpans"].as_array().or(doc["resource_spans"].as_array()).into_iter().flatten() {
@@ -359,12 +415,29 @@ async fn latest_events(c: &Client) -> Result<BTreeMap<String, u64>> {
 }
 
 fn print_report(r: &Value) {
-    println!("engine bench: {} × `run --rm --network {} {} true`, sequential then {} at a time", r["runs"], r["network"].as_str().unwrap_or(""), r["image"].as_str().unwrap_or(""), r["concurrency"]);
-    println!("\n{:<16} {:>10} {:>9} {:>13} {:>13} {:>10}", "SYSTEM", "MEDIAN ms", "P95 ms", "CONC. MED ms", "CONC. TOTAL s", "STARTS/s");
+    println!(
+        "engine bench: {} × `run --rm --network {} {} true`, sequential then {} at a time",
+        r["runs"],
+        r["network"].as_str().unwrap_or(""),
+        r["image"].as_str().unwrap_or(""),
+        r["concurrency"]
+    );
+    println!(
+        "\n{:<16} {:>10} {:>9} {:>13} {:>13} {:>10}",
+        "SYSTEM", "MEDIAN ms", "P95 ms", "CONC. MED ms", "CONC. TOTAL s", "STARTS/s"
+    );
     for (name, s) in r["systems"].as_object().into_iter().flatten() {
         let f = |v: &Value| v.as_f64().map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
         let c = &s["concurrent"];
-        println!("{:<16} {:>10} {:>9} {:>13} {:>13} {:>10}", name, f(&s["sequential"]["median_ms"]), f(&s["sequential"]["p95_ms"]), f(&c["median_ms"]), f(&c["wall_s"]), f(&c["throughput_per_s"]));
+        println!(
+            "{:<16} {:>10} {:>9} {:>13} {:>13} {:>10}",
+            name,
+            f(&s["sequential"]["median_ms"]),
+            f(&s["sequential"]["p95_ms"]),
+            f(&c["median_ms"]),
+            f(&c["wall_s"]),
+            f(&c["throughput_per_s"])
+        );
     }
     for (k, v) in r["ratios"].as_object().into_iter().flatten() {
         println!("ratio {k}: {:.2}", v.as_f64().unwrap_or(0.0));
@@ -372,11 +445,25 @@ fn print_report(r: &Value) {
     println!("\n{:<34} {:>6} {:>10} {:>10} {:>10}", "PHASE (engine traces)", "COUNT", "P50 ms", "P95 ms", "P99 ms");
     for p in r["phases"].as_array().into_iter().flatten() {
         if p["event"] == true {
-            println!("{:<34} {:>6} {:>10} {:>10} {:>10}", p["phase"].as_str().unwrap_or(""), p["count"], "event", "", "");
+            println!(
+                "{:<34} {:>6} {:>10} {:>10} {:>10}",
+                p["phase"].as_str().unwrap_or(""),
+                p["count"],
+                "event",
+                "",
+                ""
+            );
             continue;
         }
         let f = |k: &str| format!("{:.3}", p[k].as_f64().unwrap_or(0.0));
-        println!("{:<34} {:>6} {:>10} {:>10} {:>10}", p["phase"].as_str().unwrap_or(""), p["count"], f("p50_ms"), f("p95_ms"), f("p99_ms"));
+        println!(
+            "{:<34} {:>6} {:>10} {:>10} {:>10}",
+            p["phase"].as_str().unwrap_or(""),
+            p["count"],
+            f("p50_ms"),
+            f("p95_ms"),
+            f("p99_ms")
+        );
     }
     let missing: Vec<&str> = r["missing_phases"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
     if !missing.is_empty() {
@@ -386,17 +473,33 @@ fn print_report(r: &Value) {
 
 /// Each phase's p50 against an earlier report.
 fn print_change(old: &Value, new: &Value) {
-    let by_phase = |r: &Value| -> BTreeMap<String, f64> { r["phases"].as_array().into_iter().flatten().filter(|p| p["event"] != true).filter_map(|p| Some((p["phase"].as_str()?.to_string(), p["p50_ms"].as_f64()?))).collect() };
+    let by_phase = |r: &Value| -> BTreeMap<String, f64> {
+        r["phases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["event"] != true)
+            .filter_map(|p| Some((p["phase"].as_str()?.to_string(), p["p50_ms"].as_f64()?)))
+            .collect()
+    };
     let (o, n) = (by_phase(old), by_phase(new));
     println!("\nchange against the baseline (p50 ms; timings vary between runs by a few percent):");
     println!("{:<34} {:>10} {:>10} {:>9}", "PHASE", "BEFORE", "NOW", "CHANGE");
     let sys = |r: &Value| r["systems"]["engine"]["sequential"]["median_ms"].as_f64();
     if let (Some(a), Some(b)) = (sys(old), sys(new)) {
-        println!("{:<34} {:>10.3} {:>10.3} {:>+8.1}%", "(engine run --rm, median)", a, b, (b / a.max(1e-9) - 1.0) * 100.0);
+        println!(
+            "{:<34} {:>10.3} {:>10.3} {:>+8.1}%",
+            "(engine run --rm, median)",
+            a,
+            b,
+            (b / a.max(1e-9) - 1.0) * 100.0
+        );
     }
     for (name, now) in &n {
         match o.get(name) {
-            Some(before) => println!("{name:<34} {before:>10.3} {now:>10.3} {:>+8.1}%", (now / before.max(1e-9) - 1.0) * 100.0),
+            Some(before) => {
+                println!("{name:<34} {before:>10.3} {now:>10.3} {:>+8.1}%", (now / before.max(1e-9) - 1.0) * 100.0)
+            }
             None => println!("{name:<34} {:>10} {now:>10.3} {:>9}", "-", "new"),
         }
     }

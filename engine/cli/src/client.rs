@@ -76,7 +76,8 @@ impl Client {
         let stream = tokio::net::UnixStream::connect(&self.sock)
             .await
             .map_err(|_| anyhow!("Cannot connect to the engine daemon at {}. Is engined running?", self.host))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("talking to the daemon")?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("talking to the daemon")?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
@@ -95,9 +96,18 @@ impl Client {
     }
 
     /// Sends a request; a non-2xx answer becomes Docker's "Error response from daemon: …".
-    pub async fn send(&self, method: Method, path: &str, body: Body, content_type: Option<&str>) -> Result<Response<Incoming>> {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        content_type: Option<&str>,
+    ) -> Result<Response<Incoming>> {
         let mut sender = self.connect().await?;
-        let resp = sender.send_request(self.build(method, path, body, content_type)?).await.context("talking to the daemon")?;
+        let resp = sender
+            .send_request(self.build(method, path, body, content_type)?)
+            .await
+            .context("talking to the daemon")?;
         check(resp).await
     }
 
@@ -152,7 +162,11 @@ impl Client {
         // An error answer: its body is Content-Length bytes (the connection may stay open).
         let len: usize = text
             .lines()
-            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.trim().parse().ok()))
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse().ok())
+            })
             .unwrap_or(0)
             .min(1 << 20);
         let mut rest = vec![0u8; len];
@@ -166,7 +180,10 @@ impl Client {
 }
 
 async fn check(resp: Response<Incoming>) -> Result<Response<Incoming>> {
-    if resp.status().is_success() || resp.status() == StatusCode::SWITCHING_PROTOCOLS || resp.status() == StatusCode::NOT_MODIFIED {
+    if resp.status().is_success()
+        || resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        || resp.status() == StatusCode::NOT_MODIFIED
+    {
         return Ok(resp);
     }
     let status = resp.status();

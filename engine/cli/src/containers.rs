@@ -149,7 +149,10 @@ pub fn parse_bytes(s: &str) -> Result<i64> {
 
 fn restart_policy(s: &str) -> Result<Value> {
     let (name, count) = match s.split_once(':') {
-        Some((n, c)) => (n, c.parse::<i64>().map_err(|_| anyhow!("invalid restart policy: maximum retry count must be an integer"))?),
+        Some((n, c)) => (
+            n,
+            c.parse::<i64>().map_err(|_| anyhow!("invalid restart policy: maximum retry count must be an integer"))?,
+        ),
         None => (s, 0),
     };
     if !["no", "always", "unless-stopped", "on-failure"].contains(&name) {
@@ -220,7 +223,9 @@ pub fn create_body(a: &RunArgs) -> Result<Value> {
     if let Some(e) = &a.entrypoint {
         body["Entrypoint"] = if e.is_empty() { json!([]) } else { json!([e]) };
     }
-    for (k, v) in [("WorkingDir", &a.workdir), ("User", &a.user), ("Hostname", &a.hostname), ("StopSignal", &a.stop_signal)] {
+    for (k, v) in
+        [("WorkingDir", &a.workdir), ("User", &a.user), ("Hostname", &a.hostname), ("StopSignal", &a.stop_signal)]
+    {
         if let Some(v) = v {
             body[k] = json!(v);
         }
@@ -234,7 +239,9 @@ pub fn create_body(a: &RunArgs) -> Result<Value> {
     }
     body["HostConfig"]["PortBindings"] = json!(bindings);
     body["HostConfig"]["PublishAllPorts"] = json!(a.publish_all);
-    for (k, v) in [("ExtraHosts", &a.add_host), ("Dns", &a.dns), ("DnsSearch", &a.dns_search), ("DnsOptions", &a.dns_option)] {
+    for (k, v) in
+        [("ExtraHosts", &a.add_host), ("Dns", &a.dns), ("DnsSearch", &a.dns_search), ("DnsOptions", &a.dns_option)]
+    {
         if !v.is_empty() {
             body["HostConfig"][k] = json!(v);
         }
@@ -392,7 +399,10 @@ async fn create(c: &Client, a: &RunArgs) -> Result<String> {
         None => "/containers/create".into(),
     };
     let resp = match c.post(&path, Some(&body)).await {
-        Err(e) if e.downcast_ref::<client::DaemonError>().is_some_and(|d| d.status == 404 && d.message.starts_with("No such image")) => {
+        Err(e)
+            if e.downcast_ref::<client::DaemonError>()
+                .is_some_and(|d| d.status == 404 && d.message.starts_with("No such image")) =>
+        {
             eprintln!("Unable to find image '{}' locally", a.image);
             return Err(e);
         }
@@ -509,7 +519,8 @@ pub async fn run(c: &Client, a: RunArgs) -> Result<i32> {
         println!("{id}");
         return Ok(0);
     }
-    let attach = format!("/containers/{id}/attach?stream=1&stdout=1&stderr=1{}", if a.interactive { "&stdin=1" } else { "" });
+    let attach =
+        format!("/containers/{id}/attach?stream=1&stdout=1&stderr=1{}", if a.interactive { "&stdin=1" } else { "" });
     let io = c.hijack(&attach, None).await?;
     // Wait is asked before the start, so the exit cannot be missed.
     let condition = if a.rm { "removed" } else { "next-exit" };
@@ -548,7 +559,11 @@ pub struct StartArgs {
 pub async fn start(c: &Client, a: StartArgs) -> Result<i32> {
     if a.attach {
         let [name] = a.containers.as_slice() else { bail!("you cannot start and attach multiple containers at once") };
-        let info = client::read_json(c.send(hyper::Method::GET, &format!("/containers/{}/json", urlencode(name)), client::empty_body(), None).await?).await?;
+        let info = client::read_json(
+            c.send(hyper::Method::GET, &format!("/containers/{}/json", urlencode(name)), client::empty_body(), None)
+                .await?,
+        )
+        .await?;
         let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
         let io = c.hijack(&format!("/containers/{}/attach?stream=1&stdout=1&stderr=1", urlencode(name)), None).await?;
         let wait = c.post(&format!("/containers/{}/wait?condition=next-exit", urlencode(name)), None).await?;
@@ -557,7 +572,11 @@ pub async fn start(c: &Client, a: StartArgs) -> Result<i32> {
         let status = client::read_json(wait).await?;
         return Ok(status["StatusCode"].as_i64().unwrap_or(125) as i32);
     }
-    each(&a.containers, |n| async move { c.post(&format!("/containers/{}/start", urlencode(&n)), None).await.map(drop) }).await
+    each(
+        &a.containers,
+        |n| async move { c.post(&format!("/containers/{}/start", urlencode(&n)), None).await.map(drop) },
+    )
+    .await
 }
 
 /// Runs `f` for each name, printing the name on success and the error otherwise (exit 1 if
@@ -718,13 +737,21 @@ pub async fn logs(c: &Client, a: LogsArgs) -> Result<i32> {
     if a.tail != "all" && a.tail.parse::<u32>().is_err() {
         bail!("invalid --tail {:?}: a number or \"all\"", a.tail);
     }
-    let mut q = format!("stdout=1&stderr=1&follow={}&timestamps={}&tail={}", a.follow as u8, a.timestamps as u8, a.tail);
+    let mut q =
+        format!("stdout=1&stderr=1&follow={}&timestamps={}&tail={}", a.follow as u8, a.timestamps as u8, a.tail);
     if let Some(s) = &a.since {
         q.push_str(&format!("&since={}", since_param(s)?));
     }
     let info = c.get(&format!("/containers/{}/json", urlencode(&a.container))).await?;
     let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
-    let r = c.send(hyper::Method::GET, &format!("/containers/{}/logs?{q}", urlencode(&a.container)), client::empty_body(), None).await?;
+    let r = c
+        .send(
+            hyper::Method::GET,
+            &format!("/containers/{}/logs?{q}", urlencode(&a.container)),
+            client::empty_body(),
+            None,
+        )
+        .await?;
     let mut demux = Demux::default();
     client::for_each_chunk(r, |chunk| {
         if tty {
@@ -757,7 +784,11 @@ pub async fn inspect(c: &Client, a: InspectArgs) -> Result<i32> {
     let mut out = Vec::new();
     let mut failed = false;
     for n in &a.names {
-        let container = if a.typ.as_deref() != Some("image") { c.get(&format!("/containers/{}/json", urlencode(n))).await.ok() } else { None };
+        let container = if a.typ.as_deref() != Some("image") {
+            c.get(&format!("/containers/{}/json", urlencode(n))).await.ok()
+        } else {
+            None
+        };
         let found = match container {
             Some(v) => Some(v),
             None if a.typ.as_deref() != Some("container") => c.get(&format!("/images/{n}/json")).await.ok(),
@@ -843,7 +874,20 @@ pub async fn ps(c: &Client, a: PsArgs) -> Result<i32> {
         return Ok(0);
     }
     let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-    let table: Vec<Vec<String>> = rows.iter().map(|r| vec![s(&r["ID"]), s(&r["Image"]), s(&r["Command"]), s(&r["RunningFor"]), s(&r["Status"]), s(&r["Ports"]), s(&r["Names"])]).collect();
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                s(&r["ID"]),
+                s(&r["Image"]),
+                s(&r["Command"]),
+                s(&r["RunningFor"]),
+                s(&r["Status"]),
+                s(&r["Ports"]),
+                s(&r["Names"]),
+            ]
+        })
+        .collect();
     print!("{}", format::table(&["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], &table));
     Ok(0)
 }
@@ -852,7 +896,12 @@ pub async fn ps(c: &Client, a: PsArgs) -> Result<i32> {
 pub fn print_formatted(f: &str, rows: &[Value]) {
     if let Some(tpl) = f.strip_prefix("table ") {
         let header = format::template(tpl, &Value::Null).replace("<no value>", "");
-        let fields: Vec<String> = tpl.split("{{").skip(1).filter_map(|p| p.split("}}").next()).map(|e| e.trim().trim_start_matches('.').to_ascii_uppercase()).collect();
+        let fields: Vec<String> = tpl
+            .split("{{")
+            .skip(1)
+            .filter_map(|p| p.split("}}").next())
+            .map(|e| e.trim().trim_start_matches('.').to_ascii_uppercase())
+            .collect();
         let _ = header;
         println!("{}", fields.join("\t"));
         for r in rows {
@@ -893,7 +942,13 @@ pub struct StatsArgs {
 
 pub async fn stats(c: &Client, a: StatsArgs) -> Result<i32> {
     let names: Vec<String> = if a.containers.is_empty() {
-        c.get("/containers/json").await?.as_array().into_iter().flatten().filter_map(|x| x["Id"].as_str().map(str::to_string)).collect()
+        c.get("/containers/json")
+            .await?
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x["Id"].as_str().map(str::to_string))
+            .collect()
     } else {
         a.containers.clone()
     };
@@ -906,7 +961,11 @@ pub async fn stats(c: &Client, a: StatsArgs) -> Result<i32> {
             rows.push(vec![
                 format::short_id(s["id"].as_str().unwrap_or("")),
                 s["name"].as_str().unwrap_or("").trim_start_matches('/').to_string(),
-                format!("{} / {}", format::size(mem), if limit == 0 || limit > 1 << 60 { "unlimited".into() } else { format::size(limit) }),
+                format!(
+                    "{} / {}",
+                    format::size(mem),
+                    if limit == 0 || limit > 1 << 60 { "unlimited".into() } else { format::size(limit) }
+                ),
                 s["pids_stats"]["current"].to_string(),
             ]);
         }
@@ -936,7 +995,12 @@ pub async fn attach(c: &Client, a: AttachArgs) -> Result<i32> {
     let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
     let stdin = !a.no_stdin && info["Config"]["OpenStdin"].as_bool().unwrap_or(false);
     let name = urlencode(&a.container);
-    let io = c.hijack(&format!("/containers/{name}/attach?stream=1&stdout=1&stderr=1{}", if stdin { "&stdin=1" } else { "" }), None).await?;
+    let io = c
+        .hijack(
+            &format!("/containers/{name}/attach?stream=1&stdout=1&stderr=1{}", if stdin { "&stdin=1" } else { "" }),
+            None,
+        )
+        .await?;
     let wait = c.post(&format!("/containers/{name}/wait?condition=next-exit"), None).await?;
     let raw = (tty && stdin && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)).then(RawTerminal::enable);
     stream_attached(io, tty, stdin).await?;
@@ -986,7 +1050,10 @@ pub async fn exec(c: &Client, a: ExecArgs) -> Result<i32> {
         "Privileged": a.privileged,
     });
     let r = c.post(&format!("/containers/{}/exec", urlencode(&a.container)), Some(&body)).await?;
-    let id = client::read_json(r).await?["Id"].as_str().map(str::to_string).ok_or_else(|| anyhow!("the daemon returned no exec id"))?;
+    let id = client::read_json(r).await?["Id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("the daemon returned no exec id"))?;
     let start = json!({ "Detach": a.detach, "Tty": a.tty });
     if a.detach {
         c.post(&format!("/exec/{id}/start"), Some(&start)).await?;

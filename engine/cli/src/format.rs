@@ -41,8 +41,20 @@ fn eval(expr: &str, v: &Value) -> String {
     match cur {
         Value::String(s) => s.clone(),
         Value::Null => "<no value>".into(),
-        Value::Array(a) => format!("[{}]", a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect::<Vec<_>>().join(" ")),
-        Value::Object(o) => format!("map[{}]", o.iter().map(|(k, x)| format!("{k}:{}", x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))).collect::<Vec<_>>().join(" ")),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter()
+                .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        Value::Object(o) => format!(
+            "map[{}]",
+            o.iter()
+                .map(|(k, x)| format!("{k}:{}", x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
         x => x.to_string(),
     }
 }
@@ -92,7 +104,8 @@ pub fn size(bytes: u64) -> String {
 }
 
 pub fn ago(unix: i64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let s = (now - unix).max(0);
     let h = match s {
         s if s < 1 => "Less than a second".to_string(),

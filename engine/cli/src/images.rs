@@ -65,7 +65,10 @@ pub async fn images(c: &Client, a: ImagesArgs) -> Result<i32> {
         return Ok(0);
     }
     let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-    let table: Vec<Vec<String>> = rows.iter().map(|r| vec![s(&r["Repository"]), s(&r["Tag"]), s(&r["ID"]), s(&r["CreatedSince"]), s(&r["Size"])]).collect();
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| vec![s(&r["Repository"]), s(&r["Tag"]), s(&r["ID"]), s(&r["CreatedSince"]), s(&r["Size"])])
+        .collect();
     print!("{}", format::table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &table));
     Ok(0)
 }
@@ -142,7 +145,9 @@ pub async fn load(c: &Client, a: LoadArgs) -> Result<i32> {
     let pb = bar(total, a.quiet, "Loading");
     let pb2 = pb.clone();
     let body = client::reader_body(reader, move |n| pb2.set_position(n));
-    let r = c.send(hyper::Method::POST, &format!("/images/load?quiet={}", a.quiet as u8), body, Some("application/x-tar")).await?;
+    let r = c
+        .send(hyper::Method::POST, &format!("/images/load?quiet={}", a.quiet as u8), body, Some("application/x-tar"))
+        .await?;
     let out = json_stream(r, a.quiet).await;
     pb.finish_and_clear();
     out?;
@@ -160,7 +165,9 @@ pub struct SaveArgs {
 
 pub async fn save(c: &Client, a: SaveArgs) -> Result<i32> {
     let mut out: Box<dyn Write> = match &a.output {
-        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?)),
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?,
+        )),
         None => {
             if std::io::stdout().is_terminal() {
                 bail!("cowardly refusing to save to a terminal. Use the -o flag or redirect");

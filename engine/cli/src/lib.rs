@@ -14,7 +14,6 @@ pub mod networks;
 pub mod trace;
 pub mod volumes;
 
-
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -129,7 +128,11 @@ pub fn run(cli: Cli) -> Result<i32> {
     let spans = engine_telemetry::MemorySink::default();
     let mut rec = match cli.command {
         Command::Trace(_) => engine_telemetry::Recorder::disabled("engine"),
-        _ => engine_telemetry::Recorder::with_sink("engine", engine_telemetry::Sink::new(spans.clone()), engine_telemetry::TraceContext::from_env()),
+        _ => engine_telemetry::Recorder::with_sink(
+            "engine",
+            engine_telemetry::Sink::new(spans.clone()),
+            engine_telemetry::TraceContext::from_env(),
+        ),
     };
     let root = rec.start(&name, None);
     rec.set_kind(root, engine_telemetry::Kind::Client);
@@ -196,7 +199,11 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
 }
 
 async fn version(c: &client::Client) -> Result<i32> {
-    println!("Client:\n Version:           {}\n API version:       {}\n OS/Arch:           linux/amd64\n", env!("CARGO_PKG_VERSION"), &client::API[1..]);
+    println!(
+        "Client:\n Version:           {}\n API version:       {}\n OS/Arch:           linux/amd64\n",
+        env!("CARGO_PKG_VERSION"),
+        &client::API[1..]
+    );
     let v = c.get("/version").await?;
     println!(
         "Server: engine\n Engine:\n  Version:          {}\n  API version:      {} (minimum version {})\n  OS/Arch:          {}/{}\n  Kernel:           {}",
@@ -234,7 +241,10 @@ async fn info(c: &client::Client) -> Result<i32> {
     println!(" Lifecycled Restarts: {}", t("{{.Engine.LifecycledRestarts}}"));
     let p = &i["Engine"]["Probes"];
     if p["Running"].as_bool() == Some(true) {
-        println!(" eBPF Probes: running ({} events seen, {} sent, {} dropped)", p["EventsSeen"], p["EventsSent"], p["EventsDropped"]);
+        println!(
+            " eBPF Probes: running ({} events seen, {} sent, {} dropped)",
+            p["EventsSeen"], p["EventsSent"], p["EventsDropped"]
+        );
     } else if p.is_object() {
         println!(" eBPF Probes: off ({})", p["Reason"].as_str().unwrap_or("unknown"));
     }
@@ -243,7 +253,10 @@ async fn info(c: &client::Client) -> Result<i32> {
         None => println!(" Firewall: none (networks are not isolated, no masquerade)"),
     }
     println!(" Networks: {}", t("{{.Engine.Networks}}"));
-    println!(" Traces: {} ({})", t("{{.Engine.Traces.Count}}"), format::size(i["Engine"]["Traces"]["Bytes"].as_u64().unwrap_or(0)));
+    println!(
+        " Traces: {} ({})",
+        t("{{.Engine.Traces.Count}}"),
+        format::size(i["Engine"]["Traces"]["Bytes"].as_u64().unwrap_or(0))
+    );
     Ok(0)
 }
-

@@ -91,10 +91,13 @@ pub enum NetworkCommand {
 }
 
 fn pairs(items: &[String]) -> serde_json::Map<String, Value> {
-    items.iter().map(|l| {
-        let (k, v) = l.split_once('=').unwrap_or((l, ""));
-        (k.to_string(), Value::String(v.to_string()))
-    }).collect()
+    items
+        .iter()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            (k.to_string(), Value::String(v.to_string()))
+        })
+        .collect()
 }
 
 pub async fn network(c: &Client, cmd: NetworkCommand) -> Result<i32> {
@@ -117,7 +120,11 @@ pub async fn network(c: &Client, cmd: NetworkCommand) -> Result<i32> {
             nets.sort_by(|a, b| a["Name"].as_str().cmp(&b["Name"].as_str()));
             let id = |n: &Value| {
                 let id = n["Id"].as_str().unwrap_or("");
-                if no_trunc { id.to_string() } else { format::short_id(id) }
+                if no_trunc {
+                    id.to_string()
+                } else {
+                    format::short_id(id)
+                }
             };
             if quiet {
                 nets.iter().for_each(|n| println!("{}", id(n)));
@@ -127,31 +134,53 @@ pub async fn network(c: &Client, cmd: NetworkCommand) -> Result<i32> {
             } else {
                 let rows: Vec<Vec<String>> = nets
                     .iter()
-                    .map(|n| vec![id(n), n["Name"].as_str().unwrap_or("").into(), n["Driver"].as_str().unwrap_or("").into(), n["Scope"].as_str().unwrap_or("").into()])
+                    .map(|n| {
+                        vec![
+                            id(n),
+                            n["Name"].as_str().unwrap_or("").into(),
+                            n["Driver"].as_str().unwrap_or("").into(),
+                            n["Scope"].as_str().unwrap_or("").into(),
+                        ]
+                    })
                     .collect();
                 print!("{}", format::table(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &rows));
             }
         }
-        NetworkCommand::Inspect { format: f, networks } => return inspect_each(c, "/networks", &networks, f.as_deref()).await,
+        NetworkCommand::Inspect { format: f, networks } => {
+            return inspect_each(c, "/networks", &networks, f.as_deref()).await
+        }
         NetworkCommand::Rm { networks } => {
-            return each(&networks, |n| async move { c.delete(&format!("/networks/{}", urlencode(&n))).await.map(drop) }).await;
+            return each(
+                &networks,
+                |n| async move { c.delete(&format!("/networks/{}", urlencode(&n))).await.map(drop) },
+            )
+            .await;
         }
         NetworkCommand::Connect { ip, alias, network, container } => {
             let mut ep = json!({ "Aliases": alias });
             if let Some(ip) = ip {
                 ep["IPAMConfig"] = json!({ "IPv4Address": ip });
             }
-            c.post(&format!("/networks/{}/connect", urlencode(&network)), Some(&json!({ "Container": container, "EndpointConfig": ep }))).await?;
+            c.post(
+                &format!("/networks/{}/connect", urlencode(&network)),
+                Some(&json!({ "Container": container, "EndpointConfig": ep })),
+            )
+            .await?;
         }
         NetworkCommand::Disconnect { force, network, container } => {
-            c.post(&format!("/networks/{}/disconnect", urlencode(&network)), Some(&json!({ "Container": container, "Force": force }))).await?;
+            c.post(
+                &format!("/networks/{}/disconnect", urlencode(&network)),
+                Some(&json!({ "Container": container, "Force": force })),
+            )
+            .await?;
         }
         NetworkCommand::Prune { force } => {
             if !force {
                 bail!("this removes all networks not used by a container: pass -f to confirm");
             }
             let v = client::read_json(c.post("/networks/prune", None).await?).await?;
-            let deleted: Vec<&str> = v["NetworksDeleted"].as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect();
+            let deleted: Vec<&str> =
+                v["NetworksDeleted"].as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect();
             if !deleted.is_empty() {
                 println!("Deleted Networks:");
                 deleted.iter().for_each(|n| println!("{n}"));

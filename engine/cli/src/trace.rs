@@ -74,7 +74,13 @@ fn ms(nanos: u64) -> String {
 }
 
 /// The traces of `container` the arguments select, oldest first.
-async fn select(c: &Client, container: &str, op: Option<&str>, trace_id: Option<&str>, last: usize) -> Result<Vec<String>> {
+async fn select(
+    c: &Client,
+    container: &str,
+    op: Option<&str>,
+    trace_id: Option<&str>,
+    last: usize,
+) -> Result<Vec<String>> {
     if let Some(t) = trace_id {
         return Ok(vec![t.to_string()]);
     }
@@ -92,7 +98,8 @@ async fn select(c: &Client, container: &str, op: Option<&str>, trace_id: Option<
     if picked.is_empty() && op.is_none() {
         picked = all.clone();
     }
-    let ids: Vec<String> = picked.iter().rev().take(last.max(1)).rev().filter_map(|t| t["TraceID"].as_str().map(str::to_string)).collect();
+    let ids: Vec<String> =
+        picked.iter().rev().take(last.max(1)).rev().filter_map(|t| t["TraceID"].as_str().map(str::to_string)).collect();
     if ids.is_empty() {
         bail!("no traces of {container}{}", op.map(|o| format!(" for --op {o}")).unwrap_or_default());
     }
@@ -109,7 +116,9 @@ pub async fn run(c: &Client, args: TraceArgs) -> Result<i32> {
     if let Some(TraceCommand::Stats { op, last, json }) = &args.command {
         return stats(c, op, *last, *json).await;
     }
-    let Some(container) = args.container.as_deref() else { bail!("engine trace needs a container (or --file, or stats)") };
+    let Some(container) = args.container.as_deref() else {
+        bail!("engine trace needs a container (or --file, or stats)")
+    };
     let ids = select(c, container, args.op.as_deref(), args.trace_id.as_deref(), args.last).await?;
     let mut docs = Vec::new();
     for id in &ids {
@@ -125,7 +134,9 @@ pub async fn run(c: &Client, args: TraceArgs) -> Result<i32> {
     if let Some(endpoint) = &args.otlp {
         let cfg = ExportConfig::new(endpoint, Protocol::parse(&args.otlp_protocol)?)?;
         for (id, doc) in &docs {
-            engine_telemetry::otlp::send_once(&cfg, doc).await.map_err(|e| anyhow::anyhow!("sending trace {id} to {endpoint}: {e}"))?;
+            engine_telemetry::otlp::send_once(&cfg, doc)
+                .await
+                .map_err(|e| anyhow::anyhow!("sending trace {id} to {endpoint}: {e}"))?;
             println!("{id}");
         }
         return Ok(0);
@@ -134,7 +145,13 @@ pub async fn run(c: &Client, args: TraceArgs) -> Result<i32> {
         if args.json {
             println!("{}", serde_json::to_string(doc)?);
         } else {
-            print!("{}", waterfall::render(&flatten(doc), &waterfall::Options { attributes: args.attributes, kernel: !args.no_kernel, ..Default::default() }));
+            print!(
+                "{}",
+                waterfall::render(
+                    &flatten(doc),
+                    &waterfall::Options { attributes: args.attributes, kernel: !args.no_kernel, ..Default::default() }
+                )
+            );
         }
     }
     Ok(0)
@@ -157,8 +174,22 @@ pub fn compare(a_name: &str, a: &[FlatSpan], b_name: &str, b: &[FlatSpan]) -> St
     let width = names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
     let mut out = String::new();
     let col = |n: &str| format!("{:.12}", n);
-    let _ = writeln!(out, "{:width$}  {:>12}  {:>12}  {:>10}  {:>7}", "PHASE", col(a_name), col(b_name), "DELTA ms", "RATIO");
-    let total = |s: &[FlatSpan]| s.iter().map(|x| x.end_unix_nanos).max().unwrap_or(0).saturating_sub(s.iter().map(|x| x.start_unix_nanos).min().unwrap_or(0));
+    let _ = writeln!(
+        out,
+        "{:width$}  {:>12}  {:>12}  {:>10}  {:>7}",
+        "PHASE",
+        col(a_name),
+        col(b_name),
+        "DELTA ms",
+        "RATIO"
+    );
+    let total = |s: &[FlatSpan]| {
+        s.iter()
+            .map(|x| x.end_unix_nanos)
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(s.iter().map(|x| x.start_unix_nanos).min().unwrap_or(0))
+    };
     let row = |out: &mut String, name: &str, x: Option<u64>, y: Option<u64>| {
         let cell = |v: Option<u64>| v.map(ms).unwrap_or_else(|| "-".into());
         let delta = match (x, y) {
@@ -190,7 +221,10 @@ async fn stats(c: &Client, op: &str, last: usize, json: bool) -> Result<i32> {
     }
     println!("{} traces of {op}", v["Traces"].as_u64().unwrap_or(0));
     let width = phases.iter().filter_map(|p| p["phase"].as_str()).map(str::len).max().unwrap_or(5).max(5);
-    println!("{:width$}  {:>6}  {:>10}  {:>10}  {:>10}  {:>10}", "PHASE", "COUNT", "P50 ms", "P95 ms", "P99 ms", "MAX ms");
+    println!(
+        "{:width$}  {:>6}  {:>10}  {:>10}  {:>10}  {:>10}",
+        "PHASE", "COUNT", "P50 ms", "P95 ms", "P99 ms", "MAX ms"
+    );
     for p in phases {
         let n = |k: &str| ms(p[k].as_u64().unwrap_or(0));
         println!(
@@ -210,7 +244,8 @@ async fn stats(c: &Client, op: &str, last: usize, json: bool) -> Result<i32> {
 pub fn from_file(args: TraceArgs) -> Result<i32> {
     let path = args.file.clone().context("--file is required without a container")?;
     let file = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
-    let (spans, skipped) = engine_telemetry::read_spans(BufReader::new(file)).with_context(|| format!("read {}", path.display()))?;
+    let (spans, skipped) =
+        engine_telemetry::read_spans(BufReader::new(file)).with_context(|| format!("read {}", path.display()))?;
     let trace_id = match args.trace_id {
         Some(id) => id,
         None => match spans.iter().max_by_key(|s| s.start_unix_nanos) {
@@ -222,7 +257,13 @@ pub fn from_file(args: TraceArgs) -> Result<i32> {
     if trace.is_empty() {
         bail!("no trace {trace_id} in {}", path.display());
     }
-    print!("{}", waterfall::render(&trace, &waterfall::Options { attributes: args.attributes, kernel: !args.no_kernel, ..Default::default() }));
+    print!(
+        "{}",
+        waterfall::render(
+            &trace,
+            &waterfall::Options { attributes: args.attributes, kernel: !args.no_kernel, ..Default::default() }
+        )
+    );
     if skipped > 0 {
         eprintln!("engine: skipped {skipped} unreadable line(s) in {}", path.display());
     }

@@ -46,11 +46,17 @@ pub enum VolumeCommand {
 pub async fn volume(c: &Client, cmd: VolumeCommand) -> Result<i32> {
     match cmd {
         VolumeCommand::Create { label, name } => {
-            let labels: serde_json::Map<String, Value> = label.iter().map(|l| {
-                let (k, v) = l.split_once('=').unwrap_or((l, ""));
-                (k.to_string(), Value::String(v.to_string()))
-            }).collect();
-            let v = client::read_json(c.post("/volumes/create", Some(&json!({ "Name": name.unwrap_or_default(), "Labels": labels }))).await?).await?;
+            let labels: serde_json::Map<String, Value> = label
+                .iter()
+                .map(|l| {
+                    let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                    (k.to_string(), Value::String(v.to_string()))
+                })
+                .collect();
+            let v = client::read_json(
+                c.post("/volumes/create", Some(&json!({ "Name": name.unwrap_or_default(), "Labels": labels }))).await?,
+            )
+            .await?;
             println!("{}", v["Name"].as_str().unwrap_or(""));
         }
         VolumeCommand::Ls { quiet } => {
@@ -59,13 +65,19 @@ pub async fn volume(c: &Client, cmd: VolumeCommand) -> Result<i32> {
             if quiet {
                 vols.iter().for_each(|v| println!("{}", v["Name"].as_str().unwrap_or("")));
             } else {
-                let rows: Vec<Vec<String>> = vols.iter().map(|v| vec!["local".to_string(), v["Name"].as_str().unwrap_or("").to_string()]).collect();
+                let rows: Vec<Vec<String>> = vols
+                    .iter()
+                    .map(|v| vec!["local".to_string(), v["Name"].as_str().unwrap_or("").to_string()])
+                    .collect();
                 print!("{}", format::table(&["DRIVER", "VOLUME NAME"], &rows));
             }
         }
         VolumeCommand::Inspect { format: f, names } => return inspect_each(c, "/volumes", &names, f.as_deref()).await,
         VolumeCommand::Rm { force, names } => {
-            return each(&names, |n| async move { c.delete(&format!("/volumes/{}?force={}", urlencode(&n), force as u8)).await.map(drop) }).await;
+            return each(&names, |n| async move {
+                c.delete(&format!("/volumes/{}?force={}", urlencode(&n), force as u8)).await.map(drop)
+            })
+            .await;
         }
         VolumeCommand::Prune { force } => {
             if !force {
@@ -116,8 +128,20 @@ pub async fn events(c: &Client, a: EventsArgs) -> Result<i32> {
             match &a.format {
                 Some(f) => print_formatted(f, std::slice::from_ref(&ev)),
                 None => {
-                    let attrs: Vec<String> = ev["Actor"]["Attributes"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
-                    println!("{} {} {} {} ({})", ev["timeNano"], ev["Type"].as_str().unwrap_or(""), ev["Action"].as_str().unwrap_or(""), ev["Actor"]["ID"].as_str().unwrap_or(""), attrs.join(", "));
+                    let attrs: Vec<String> = ev["Actor"]["Attributes"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect();
+                    println!(
+                        "{} {} {} {} ({})",
+                        ev["timeNano"],
+                        ev["Type"].as_str().unwrap_or(""),
+                        ev["Action"].as_str().unwrap_or(""),
+                        ev["Actor"]["ID"].as_str().unwrap_or(""),
+                        attrs.join(", ")
+                    );
                 }
             }
         }
@@ -139,12 +163,35 @@ pub async fn system_df(c: &Client) -> Result<i32> {
     let v = c.get("/system/df").await?;
     let count = |k: &str| v[k].as_array().map(|a| a.len()).unwrap_or(0);
     let sum = |k: &str, f: &str| v[k].as_array().into_iter().flatten().map(|x| x[f].as_u64().unwrap_or(0)).sum::<u64>();
-    let active_images = v["Images"].as_array().into_iter().flatten().filter(|i| i["Containers"].as_u64().unwrap_or(0) > 0).count();
+    let active_images =
+        v["Images"].as_array().into_iter().flatten().filter(|i| i["Containers"].as_u64().unwrap_or(0) > 0).count();
     let running = v["Containers"].as_array().into_iter().flatten().filter(|c| c["State"] == "running").count();
     let rows = vec![
-        vec!["Images".into(), count("Images").to_string(), active_images.to_string(), format::size(v["LayersSize"].as_u64().unwrap_or(0))],
-        vec!["Containers".into(), count("Containers").to_string(), running.to_string(), format::size(sum("Containers", "SizeRw"))],
-        vec!["Local Volumes".into(), count("Volumes").to_string(), "".into(), format::size(v["Volumes"].as_array().into_iter().flatten().map(|x| x["UsageData"]["Size"].as_u64().unwrap_or(0)).sum())],
+        vec![
+            "Images".into(),
+            count("Images").to_string(),
+            active_images.to_string(),
+            format::size(v["LayersSize"].as_u64().unwrap_or(0)),
+        ],
+        vec![
+            "Containers".into(),
+            count("Containers").to_string(),
+            running.to_string(),
+            format::size(sum("Containers", "SizeRw")),
+        ],
+        vec![
+            "Local Volumes".into(),
+            count("Volumes").to_string(),
+            "".into(),
+            format::size(
+                v["Volumes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|x| x["UsageData"]["Size"].as_u64().unwrap_or(0))
+                    .sum(),
+            ),
+        ],
     ];
     print!("{}", format::table(&["TYPE", "TOTAL", "ACTIVE", "SIZE"], &rows));
     Ok(0)

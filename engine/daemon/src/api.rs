@@ -43,8 +43,13 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp, std:
     // Reading or receiving traces is not itself traced; nor is a read (GET, HEAD) no caller asked
     // to trace: a monitor polling `ps` would otherwise crowd the operations out of the store.
     let read_only = method == Method::GET || method == Method::HEAD;
-    let traced = !(path.starts_with("/v1/traces") || path.starts_with("/engine/v1/") || (read_only && traceparent.is_none()));
-    let trace = Trace::new(d.sink.as_ref().filter(|_| traced), traceparent.as_deref(), &format!("{} {route}", method_label(&method)));
+    let traced =
+        !(path.starts_with("/v1/traces") || path.starts_with("/engine/v1/") || (read_only && traceparent.is_none()));
+    let trace = Trace::new(
+        d.sink.as_ref().filter(|_| traced),
+        traceparent.as_deref(),
+        &format!("{} {route}", method_label(&method)),
+    );
     trace.attr(trace.root, "http.request.method", method.to_string());
     trace.attr(trace.root, "url.path", raw_path.clone());
     trace.attr(trace.root, "http.route", route.clone());
@@ -76,7 +81,9 @@ fn route_name(method: &Method, path: &str) -> String {
         ["containers", _] => "/containers/{id}".into(),
         ["containers", _, action] if CONTAINER_ACTIONS.contains(action) => format!("/containers/{{id}}/{action}"),
         ["exec", _, action] if ["start", "json", "resize"].contains(action) => format!("/exec/{{id}}/{action}"),
-        ["images", "json"] | ["images", "load"] | ["images", "get"] | ["images", "create"] | ["images", "prune"] => format!("/{}", segs.join("/")),
+        ["images", "json"] | ["images", "load"] | ["images", "get"] | ["images", "create"] | ["images", "prune"] => {
+            format!("/{}", segs.join("/"))
+        }
         ["images", .., last] if ["json", "history", "tag", "get"].contains(last) => format!("/images/{{name}}/{last}"),
         ["images", ..] if method == Method::DELETE => "/images/{name}".into(),
         ["volumes", "create"] | ["volumes", "prune"] => format!("/{}", segs.join("/")),
@@ -95,8 +102,25 @@ fn route_name(method: &Method, path: &str) -> String {
     t
 }
 
-const CONTAINER_ACTIONS: &[&str] = &["json", "start", "stop", "restart", "kill", "wait", "logs", "top", "stats", "attach", "resize", "exec", "rename", "pause", "unpause", "update", "export", "changes", "archive", "traces"];
-const FIXED_PATHS: &[&str] = &["/_ping", "/version", "/info", "/events", "/system/df", "/images/json", "/volumes", "/networks", "/metrics", "/v1/traces", "/engine/v1/traces", "/engine/v1/probes", "/containers/json"];
+const CONTAINER_ACTIONS: &[&str] = &[
+    "json", "start", "stop", "restart", "kill", "wait", "logs", "top", "stats", "attach", "resize", "exec", "rename",
+    "pause", "unpause", "update", "export", "changes", "archive", "traces",
+];
+const FIXED_PATHS: &[&str] = &[
+    "/_ping",
+    "/version",
+    "/info",
+    "/events",
+    "/system/df",
+    "/images/json",
+    "/volumes",
+    "/networks",
+    "/metrics",
+    "/v1/traces",
+    "/engine/v1/traces",
+    "/engine/v1/probes",
+    "/containers/json",
+];
 
 /// The request method as a metric label: the standard ones, else "other".
 pub fn method_label(m: &Method) -> &'static str {
@@ -112,7 +136,13 @@ pub fn method_label(m: &Method) -> &'static str {
     }
 }
 
-async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method: &Method, path: &str) -> Result<Resp, ApiError> {
+async fn dispatch(
+    d: &Arc<Daemon>,
+    trace: &Trace,
+    req: Request<Incoming>,
+    method: &Method,
+    path: &str,
+) -> Result<Resp, ApiError> {
     let q = Query::parse(req.uri().query());
     let segs: Vec<String> = path.trim_matches('/').split('/').map(http::decode).collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
@@ -194,7 +224,12 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
         (&M::POST, ["containers", id, "resize"]) => {
             let e = d.find(id)?;
             let (h, w) = (q.int("h")?.unwrap_or(0), q.int("w")?.unwrap_or(0));
-            let req = ResizePtyRequest { container_id: e.snapshot().id, width: w as u32, height: h as u32, exec_id: String::new() };
+            let req = ResizePtyRequest {
+                container_id: e.snapshot().id,
+                width: w as u32,
+                height: h as u32,
+                exec_id: String::new(),
+            };
             TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket())).resize_pty(req).await?;
             Ok(empty(StatusCode::OK))
         }
@@ -207,18 +242,24 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
         }
         (&M::POST, ["exec", id, "start"]) => crate::exec::start(d, id, req).await,
         (&M::GET, ["exec", id, "json"]) => crate::exec::inspect(d, id),
-        (&M::POST, ["exec", id, "resize"]) => crate::exec::resize(d, id, q.int("h")?.unwrap_or(0), q.int("w")?.unwrap_or(0)).await,
+        (&M::POST, ["exec", id, "resize"]) => {
+            crate::exec::resize(d, id, q.int("h")?.unwrap_or(0), q.int("w")?.unwrap_or(0)).await
+        }
 
         // images
         (&M::GET, ["images", "json"]) => Ok(json(StatusCode::OK, &crate::images::list(d, &q)?)),
         (&M::POST, ["images", "load"]) => crate::images::load(d, req.into_body(), q.flag("quiet")).await,
         (&M::GET, ["images", "get"]) => crate::images::save(d, q.all("names")).await,
         (&M::POST, ["images", "create"]) => crate::images::create(d, &q, req.into_body()).await,
-        (&M::GET, ["images", name @ .., "get"]) if !name.is_empty() => crate::images::save(d, vec![name.join("/")]).await,
+        (&M::GET, ["images", name @ .., "get"]) if !name.is_empty() => {
+            crate::images::save(d, vec![name.join("/")]).await
+        }
         (&M::GET, ["images", name @ .., "json"]) if !name.is_empty() => crate::images::inspect(d, &name.join("/")),
         (&M::GET, ["images", name @ .., "history"]) if !name.is_empty() => crate::images::history(d, &name.join("/")),
         (&M::POST, ["images", name @ .., "tag"]) if !name.is_empty() => crate::images::tag(d, &name.join("/"), &q),
-        (&M::DELETE, ["images", name @ ..]) if !name.is_empty() => crate::images::remove(d, &name.join("/"), q.flag("force")).await,
+        (&M::DELETE, ["images", name @ ..]) if !name.is_empty() => {
+            crate::images::remove(d, &name.join("/"), q.flag("force")).await
+        }
 
         // volumes
         (&M::POST, ["volumes", "create"]) => crate::volumes::create(d, http::read_json(req.into_body()).await?),
@@ -233,8 +274,12 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
         (&M::POST, ["networks", "prune"]) => crate::network::prune(d, &q).await,
         (&M::GET, ["networks", id]) => crate::network::inspect(d, id),
         (&M::DELETE, ["networks", id]) => crate::network::remove(d, id).await,
-        (&M::POST, ["networks", id, "connect"]) => crate::network::connect(d, id, http::read_json(req.into_body()).await?).await,
-        (&M::POST, ["networks", id, "disconnect"]) => crate::network::disconnect(d, id, http::read_json(req.into_body()).await?).await,
+        (&M::POST, ["networks", id, "connect"]) => {
+            crate::network::connect(d, id, http::read_json(req.into_body()).await?).await
+        }
+        (&M::POST, ["networks", id, "disconnect"]) => {
+            crate::network::disconnect(d, id, http::read_json(req.into_body()).await?).await
+        }
 
         (&M::GET, ["metrics"]) => crate::metrics::scrape(d).await,
 
@@ -253,9 +298,11 @@ async fn dispatch(d: &Arc<Daemon>, trace: &Trace, req: Request<Incoming>, method
         (&M::GET, ["events"]) => events(d, &q),
         (&M::GET, ["system", "df"]) => system_df(d),
 
-        (_, ["containers" | "images" | "exec" | "volumes" | "networks" | "system", ..]) | (_, ["_ping" | "version" | "info"]) => {
-            Err(ApiError::new(StatusCode::NOT_FOUND, format!("page not found: {method} {path} is not served by engined")))
-        }
+        (_, ["containers" | "images" | "exec" | "volumes" | "networks" | "system", ..])
+        | (_, ["_ping" | "version" | "info"]) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("page not found: {method} {path} is not served by engined"),
+        )),
         _ => Err(ApiError::not_found(format!("page not found: {path}"))),
     }
 }
@@ -269,20 +316,32 @@ fn events(d: &Arc<Daemon>, q: &Query) -> Result<Resp, ApiError> {
         let s = |p: &str| ev.pointer(p).and_then(|v| v.as_str()).unwrap_or("").to_string();
         (types.is_empty() || types.contains(&s("/Type")))
             && (actions.is_empty() || actions.contains(&s("/Action")))
-            && (containers.is_empty() || containers.iter().any(|c| s("/Actor/ID").starts_with(c.as_str()) || *c == s("/Actor/Attributes/name")))
+            && (containers.is_empty()
+                || containers
+                    .iter()
+                    .any(|c| s("/Actor/ID").starts_with(c.as_str()) || *c == s("/Actor/Attributes/name")))
     };
     let since = parse_since(q.get("since"))?;
     let until = parse_since(q.get("until"))?;
     let mut rx = d.events.subscribe();
     let replay: Vec<Value> = match since {
-        Some(s) => d.recent_events.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|e| e["timeNano"].as_i64().unwrap_or(0) >= s).cloned().collect(),
+        Some(s) => d
+            .recent_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| e["timeNano"].as_i64().unwrap_or(0) >= s)
+            .cloned()
+            .collect(),
         None => Vec::new(),
     };
     let (tx, body) = http::channel_body(64);
     tokio::spawn(async move {
         let now = || SystemTime::now().duration_since(UNIX_EPOCH).map(|t| t.as_nanos() as i64).unwrap_or(0);
         for ev in replay.into_iter().filter(|e| keep(e)) {
-            if until.is_some_and(|u| ev["timeNano"].as_i64().unwrap_or(0) > u) || tx.send(Bytes::from(format!("{ev}\n"))).await.is_err() {
+            if until.is_some_and(|u| ev["timeNano"].as_i64().unwrap_or(0) > u)
+                || tx.send(Bytes::from(format!("{ev}\n"))).await.is_err()
+            {
                 return;
             }
         }
@@ -350,7 +409,10 @@ fn system_df(d: &Arc<Daemon>) -> Result<Resp, ApiError> {
             j
         })
         .collect();
-    Ok(json(StatusCode::OK, &json!({ "LayersSize": layers, "Images": images, "Containers": containers, "Volumes": volumes, "BuildCache": [] })))
+    Ok(json(
+        StatusCode::OK,
+        &json!({ "LayersSize": layers, "Images": images, "Containers": containers, "Volumes": volumes, "BuildCache": [] }),
+    ))
 }
 
 fn version(d: &Daemon) -> Value {
@@ -489,12 +551,26 @@ fn list_containers(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
         if !all && !r.state.running {
             continue;
         }
-        let status = if r.state.restarting { "restarting" } else if r.state.paused { "paused" } else if r.state.running { "running" } else { r.state.status.as_str() };
+        let status = if r.state.restarting {
+            "restarting"
+        } else if r.state.paused {
+            "paused"
+        } else if r.state.running {
+            "running"
+        } else {
+            r.state.status.as_str()
+        };
         let keep = values("name").iter().all(|n| r.name.contains(n.trim_start_matches('/')))
             && values("id").iter().all(|i| r.id.starts_with(i))
             && (values("status").is_empty() || values("status").iter().any(|s| s == status))
-            && values("exited").iter().all(|c| !r.state.running && r.state.status == "exited" && c.parse::<i64>().ok() == Some(r.state.exit_code))
-            && values("ancestor").iter().all(|a| &r.image == a || r.image_id.to_string().starts_with(a) || d.images.resolve(a).map(|i| i.id() == &r.image_id).unwrap_or(false))
+            && values("exited").iter().all(|c| {
+                !r.state.running && r.state.status == "exited" && c.parse::<i64>().ok() == Some(r.state.exit_code)
+            })
+            && values("ancestor").iter().all(|a| {
+                &r.image == a
+                    || r.image_id.to_string().starts_with(a)
+                    || d.images.resolve(a).map(|i| i.id() == &r.image_id).unwrap_or(false)
+            })
             && values("label").iter().all(|l| {
                 let labels = r.config.labels.clone().unwrap_or_default();
                 match l.split_once('=') {
@@ -545,7 +621,15 @@ fn inspect_container(d: &Daemon, e: &Arc<Entry>) -> Value {
     let dir = d.container_dir(&r.id);
     let lower: Vec<String> = r.lower.iter().rev().map(|p| p.display().to_string()).collect();
     let mut state = serde_json::to_value(&r.state).unwrap_or_default();
-    state["Status"] = json!(if r.state.restarting { "restarting" } else if r.state.paused { "paused" } else if r.state.running { "running" } else { r.state.status.as_str() });
+    state["Status"] = json!(if r.state.restarting {
+        "restarting"
+    } else if r.state.paused {
+        "paused"
+    } else if r.state.running {
+        "running"
+    } else {
+        r.state.status.as_str()
+    });
     json!({
         "Id": r.id,
         "Created": r.created,
@@ -594,7 +678,8 @@ async fn logs(d: &Arc<Daemon>, e: &Arc<Entry>, q: &Query) -> Result<Resp, ApiErr
     };
     let until = parse_since(q.get("until"))?.filter(|u| *u > 0);
     let req = LogsRequest { container_id: rec.id.clone(), follow: follow && rec.state.running, tail };
-    let mut stream = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket())).logs(req).await?.into_inner();
+    let mut stream =
+        TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket())).logs(req).await?.into_inner();
     let (tx, body) = http::channel_body(64);
     let tty = rec.config.tty;
     tokio::spawn(async move {
@@ -651,9 +736,16 @@ async fn top(d: &Arc<Daemon>, e: &Arc<Entry>) -> Result<Resp, ApiError> {
         .pids;
     let mut processes = Vec::new();
     for pid in pids {
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string()).unwrap_or_default();
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())
+            .unwrap_or_default();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k).map(|v| v.split_whitespace().next().unwrap_or("").to_string())).unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k).map(|v| v.split_whitespace().next().unwrap_or("").to_string()))
+                .unwrap_or_default()
+        };
         processes.push(vec![field("Uid:"), pid.to_string(), field("PPid:"), cmd]);
     }
     Ok(json(StatusCode::OK, &json!({ "Titles": ["UID", "PID", "PPID", "CMD"], "Processes": processes })))
@@ -734,7 +826,10 @@ async fn attach(d: &Arc<Daemon>, e: Arc<Entry>, q: &Query, mut req: Request<Inco
                     }
                 }
                 let req = LogsRequest { container_id: id.clone(), follow: true, tail: 0 };
-                let Ok(stream) = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket())).logs(req).await else { return };
+                let Ok(stream) = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket())).logs(req).await
+                else {
+                    return;
+                };
                 let mut stream = stream.into_inner();
                 while let Ok(Some(entry)) = stream.message().await {
                     if entry.time_unix_nanos < from {
@@ -744,7 +839,11 @@ async fn attach(d: &Arc<Daemon>, e: Arc<Entry>, q: &Query, mut req: Request<Inco
                     if (is_err && !want_err) || (!is_err && !want_out) {
                         continue;
                     }
-                    let chunk = if tty { Bytes::from(entry.line) } else { http::frame(if is_err { 2 } else { 1 }, &entry.line) };
+                    let chunk = if tty {
+                        Bytes::from(entry.line)
+                    } else {
+                        http::frame(if is_err { 2 } else { 1 }, &entry.line)
+                    };
                     if wr.write_all(&chunk).await.is_err() {
                         return;
                     }
@@ -765,7 +864,13 @@ async fn attach(d: &Arc<Daemon>, e: Arc<Entry>, q: &Query, mut req: Request<Inco
                         return std::future::pending::<()>().await;
                     }
                     Ok(n) => {
-                        let _ = tasks.write(WriteRequest { container_id: id.clone(), data: buf[..n].to_vec(), exec_id: String::new() }).await;
+                        let _ = tasks
+                            .write(WriteRequest {
+                                container_id: id.clone(),
+                                data: buf[..n].to_vec(),
+                                exec_id: String::new(),
+                            })
+                            .await;
                     }
                 }
             }

@@ -117,7 +117,8 @@ impl Config {
     pub fn resolve(mut self) -> anyhow::Result<Self> {
         if let Some(path) = &self.config_file {
             let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-            let f: FileConfig = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))?;
+            let f: FileConfig =
+                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))?;
             let defaults = Config::parse_from(["engined"]);
             if let Some(v) = f.log_level.filter(|_| self.log_level == defaults.log_level) {
                 self.log_level = v;
@@ -154,7 +155,12 @@ impl Config {
                 self.bip = f.bip;
             }
             if self.default_address_pools.is_empty() {
-                self.default_address_pools = f.default_address_pools.unwrap_or_default().into_iter().map(|p| format!("base={},size={}", p.base, p.size)).collect();
+                self.default_address_pools = f
+                    .default_address_pools
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| format!("base={},size={}", p.base, p.size))
+                    .collect();
             }
             if let Some(v) = f.iptables {
                 self.iptables &= v;
@@ -178,10 +184,16 @@ impl Config {
         self.socket_path()?;
         self.address_pools()?;
         if !["auto", "iptables", "nftables", "none"].contains(&self.firewall_backend.as_str()) {
-            anyhow::bail!("invalid --firewall-backend {:?}: use auto, iptables, nftables or none", self.firewall_backend);
+            anyhow::bail!(
+                "invalid --firewall-backend {:?}: use auto, iptables, nftables or none",
+                self.firewall_backend
+            );
         }
         self.default_bridge_address()?;
-        if self.bridge_name.is_empty() || self.bridge_name.len() > 15 || !self.bridge_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if self.bridge_name.is_empty()
+            || self.bridge_name.len() > 15
+            || !self.bridge_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             anyhow::bail!("invalid --bridge-name {:?}: 1 to 15 letters, digits, '-' or '_'", self.bridge_name);
         }
         if !self.cgroup_parent.starts_with('/') {
@@ -194,7 +206,9 @@ impl Config {
     pub fn socket_path(&self) -> anyhow::Result<PathBuf> {
         match self.host.strip_prefix("unix://") {
             Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
-            _ if self.host.starts_with("tcp://") => anyhow::bail!("--host {}: TCP without TLS is refused; use unix://PATH", self.host),
+            _ if self.host.starts_with("tcp://") => {
+                anyhow::bail!("--host {}: TCP without TLS is refused; use unix://PATH", self.host)
+            }
             _ => anyhow::bail!("--host {:?}: want unix://PATH", self.host),
         }
     }
@@ -215,12 +229,17 @@ impl Config {
         if self.default_address_pools.is_empty() {
             return Ok(engine_network::ipam::default_pools());
         }
-        self.default_address_pools.iter().map(|p| p.parse().map_err(|e| anyhow::anyhow!("--default-address-pool: {e}"))).collect()
+        self.default_address_pools
+            .iter()
+            .map(|p| p.parse().map_err(|e| anyhow::anyhow!("--default-address-pool: {e}")))
+            .collect()
     }
 
     pub fn default_bridge_address(&self) -> anyhow::Result<Option<ipnet::Ipv4Net>> {
         let Some(bip) = &self.bip else { return Ok(None) };
-        let net: ipnet::Ipv4Net = bip.parse().map_err(|_| anyhow::anyhow!("invalid --bip {bip:?}: want an address with its prefix, e.g. 172.17.0.1/16"))?;
+        let net: ipnet::Ipv4Net = bip.parse().map_err(|_| {
+            anyhow::anyhow!("invalid --bip {bip:?}: want an address with its prefix, e.g. 172.17.0.1/16")
+        })?;
         if net.addr() == net.network() || net.prefix_len() > 30 {
             anyhow::bail!("invalid --bip {bip:?}: the address is the bridge's own (a host address of the subnet, e.g. 172.17.0.1/16)");
         }
@@ -239,7 +258,11 @@ impl Config {
 
 /// `name` in the directory of the running binary (or on PATH when that is unknown).
 pub fn sibling(name: &str) -> PathBuf {
-    std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join(name))).filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from(name))
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// Logs one line to stderr with a level, if enabled.
@@ -269,11 +292,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("daemon.json");
         std::fs::write(&file, r#"{"otlp-endpoint": "http://127.0.0.1:4317", "otlp-protocol": "grpc", "trace-max-traces": 10, "trace-max-mb": 5, "log-level": "debug"}"#).unwrap();
-        let cfg = Config::parse_from(["engined", "--config-file", file.to_str().unwrap(), "--trace-max-mb", "7"]).resolve().unwrap();
+        let cfg = Config::parse_from(["engined", "--config-file", file.to_str().unwrap(), "--trace-max-mb", "7"])
+            .resolve()
+            .unwrap();
         assert_eq!(cfg.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
         assert_eq!((cfg.trace_max_traces, cfg.trace_max_mb, cfg.log_level.as_str()), (10, 7, "debug"));
         std::fs::write(&file, r#"{"otlp": "x"}"#).unwrap();
-        let err = Config::parse_from(["engined", "--config-file", file.to_str().unwrap()]).resolve().unwrap_err().to_string();
+        let err =
+            Config::parse_from(["engined", "--config-file", file.to_str().unwrap()]).resolve().unwrap_err().to_string();
         assert!(err.contains("unknown field `otlp`"), "{err}");
     }
 }

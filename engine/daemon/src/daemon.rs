@@ -156,11 +156,19 @@ pub fn random_id() -> String {
 /// `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, as Docker names.
 pub fn valid_name(n: &str) -> bool {
     let b = n.as_bytes();
-    b.len() >= 2 && b[0].is_ascii_alphanumeric() && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    b.len() >= 2
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
-const ADJECTIVES: &[&str] = &["brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry", "nifty", "proud", "quiet", "swift", "tender", "witty"];
-const NOUNS: &[&str] = &["turing", "hopper", "lovelace", "ritchie", "thompson", "torvalds", "knuth", "dijkstra", "hamilton", "liskov", "kay", "backus", "perlman", "wirth", "lamport", "allen"];
+const ADJECTIVES: &[&str] = &[
+    "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry", "nifty", "proud", "quiet",
+    "swift", "tender", "witty",
+];
+const NOUNS: &[&str] = &[
+    "turing", "hopper", "lovelace", "ritchie", "thompson", "torvalds", "knuth", "dijkstra", "hamilton", "liskov",
+    "kay", "backus", "perlman", "wirth", "lamport", "allen",
+];
 
 impl Daemon {
     pub async fn open(
@@ -261,7 +269,8 @@ impl Daemon {
 
     fn save(&self, rec: &ContainerRecord) -> Result<(), ApiError> {
         let bytes = serde_json::to_vec_pretty(rec).map_err(|e| ApiError::internal(e.to_string()))?;
-        engine_image::store::write_atomic(&self.container_dir(&rec.id).join("container.json"), &bytes).map_err(|e| ApiError::internal(e.to_string()))
+        engine_image::store::write_atomic(&self.container_dir(&rec.id).join("container.json"), &bytes)
+            .map_err(|e| ApiError::internal(e.to_string()))
     }
 
     pub fn persist(&self, e: &Entry) {
@@ -281,7 +290,11 @@ impl Daemon {
         if let Some(e) = map.values().find(|e| e.snapshot().name == name) {
             return Ok(e.clone());
         }
-        let matches: Vec<&Arc<Entry>> = if s.is_empty() { Vec::new() } else { map.iter().filter(|(id, _)| id.starts_with(s)).map(|(_, e)| e).collect() };
+        let matches: Vec<&Arc<Entry>> = if s.is_empty() {
+            Vec::new()
+        } else {
+            map.iter().filter(|(id, _)| id.starts_with(s)).map(|(_, e)| e).collect()
+        };
         match matches.as_slice() {
             [one] => Ok((*one).clone()),
             [] => Err(ApiError::no_such_container(s)),
@@ -295,7 +308,12 @@ impl Daemon {
 
     // ---- create ------------------------------------------------------------------------------
 
-    pub async fn create(self: &Arc<Self>, trace: &Trace, name: Option<String>, body: ContainerConfig) -> Result<String, ApiError> {
+    pub async fn create(
+        self: &Arc<Self>,
+        trace: &Trace,
+        name: Option<String>,
+        body: ContainerConfig,
+    ) -> Result<String, ApiError> {
         let span = trace.start("daemon.create");
         let outer = trace.enter(span);
         let r = self.create_inner(trace, name, body).await;
@@ -312,7 +330,12 @@ impl Daemon {
         r
     }
 
-    async fn create_inner(self: &Arc<Self>, trace: &Trace, name: Option<String>, mut body: ContainerConfig) -> Result<String, ApiError> {
+    async fn create_inner(
+        self: &Arc<Self>,
+        trace: &Trace,
+        name: Option<String>,
+        mut body: ContainerConfig,
+    ) -> Result<String, ApiError> {
         let mut hc = body.host_config.take().unwrap_or_default();
         if body.image.is_empty() {
             return Err(ApiError::bad_request("config cannot be empty in order to create a container: no image given"));
@@ -323,7 +346,9 @@ impl Daemon {
             Some(n) => {
                 let n = n.trim_start_matches('/').to_string();
                 if !valid_name(&n) {
-                    return Err(ApiError::bad_request(format!("Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")));
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                    )));
                 }
                 Some(n)
             }
@@ -417,8 +442,11 @@ impl Daemon {
         let span = trace.start("daemon.snapshot");
         let images = self.images.clone();
         let (key, image_id) = (id.to_string(), image.id().clone());
-        let snap = tokio::task::spawn_blocking(move || images.prepare_snapshot(&key, &image_id)).await.map_err(|e| ApiError::internal(e.to_string()))?;
-        let snap = trace.finish(span, snap.map_err(ApiError::from).map_err(|e| e.message)).map_err(ApiError::internal)?;
+        let snap = tokio::task::spawn_blocking(move || images.prepare_snapshot(&key, &image_id))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let snap =
+            trace.finish(span, snap.map_err(ApiError::from).map_err(|e| e.message)).map_err(ApiError::internal)?;
 
         let span = trace.start("daemon.spec");
         let hostname = if body.hostname.is_empty() { id[..12].to_string() } else { body.hostname.clone() };
@@ -441,22 +469,36 @@ impl Daemon {
             .map_err(|e| ApiError::bad_request(e.to_string()));
         let built = match built {
             Ok(b) => b,
-            Err(e) => return Err(trace.finish(span, Err::<(), _>(e.message)).map_err(ApiError::bad_request).unwrap_err()),
+            Err(e) => {
+                return Err(trace.finish(span, Err::<(), _>(e.message)).map_err(ApiError::bad_request).unwrap_err())
+            }
         };
-        hostconfig::write_etc_files(&dir, &hostname, &hc).map_err(|e| ApiError::internal(format!("writing /etc files: {e}")))?;
+        hostconfig::write_etc_files(&dir, &hostname, &hc)
+            .map_err(|e| ApiError::internal(format!("writing /etc files: {e}")))?;
         let spec = {
-            let volume_dir = |name: &str| -> Result<PathBuf, ApiError> { Ok(crate::volumes::ensure(self, name, Default::default())?.mountpoint) };
+            let volume_dir = |name: &str| -> Result<PathBuf, ApiError> {
+                Ok(crate::volumes::ensure(self, name, Default::default())?.mountpoint)
+            };
             let init_bin = self.cfg.init_bin();
             let netns = match crate::network::mode(&hc) {
                 crate::network::Mode::Host => None,
                 crate::network::Mode::Container(other) => crate::network::joined_namespace(self, &other)?,
                 _ => Some(self.networks.sandbox_path(id)),
             };
-            let cx = hostconfig::Context { id, cgroup_parent: &self.cfg.cgroup_parent, container_dir: &dir, init_bin: &init_bin, mounts: &mounts, netns: netns.as_deref(), volume_dir: &volume_dir };
+            let cx = hostconfig::Context {
+                id,
+                cgroup_parent: &self.cfg.cgroup_parent,
+                container_dir: &dir,
+                init_bin: &init_bin,
+                mounts: &mounts,
+                netns: netns.as_deref(),
+                volume_dir: &volume_dir,
+            };
             hostconfig::apply(built.spec, &hc, &cx)?
         };
         let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| ApiError::internal(e.to_string()))?;
-        engine_image::store::write_atomic(&dir.join("config.json"), &spec_json).map_err(|e| ApiError::internal(e.to_string()))?;
+        engine_image::store::write_atomic(&dir.join("config.json"), &spec_json)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         trace.finish(span, Ok::<(), String>(())).ok();
 
         let process = spec.process().as_ref().ok_or_else(|| ApiError::internal("spec without process"))?;
@@ -465,12 +507,20 @@ impl Daemon {
         config.image = body.image.clone();
         config.hostname = hostname;
         config.env = process.env().clone();
-        config.cmd = body.cmd.clone().or_else(|| if body.entrypoint.is_some() { None } else { image.config.config.as_ref().and_then(|c| c.cmd.clone()) });
-        config.entrypoint = body.entrypoint.clone().or_else(|| image.config.config.as_ref().and_then(|c| c.entrypoint.clone()));
+        config.cmd = body.cmd.clone().or_else(|| {
+            if body.entrypoint.is_some() {
+                None
+            } else {
+                image.config.config.as_ref().and_then(|c| c.cmd.clone())
+            }
+        });
+        config.entrypoint =
+            body.entrypoint.clone().or_else(|| image.config.config.as_ref().and_then(|c| c.entrypoint.clone()));
         config.working_dir = process.cwd().display().to_string();
         config.labels = Some(built.labels.clone());
         if config.exposed_ports.is_none() && !built.exposed_ports.is_empty() {
-            config.exposed_ports = Some(built.exposed_ports.iter().map(|p| (p.clone(), serde_json::json!({}))).collect());
+            config.exposed_ports =
+                Some(built.exposed_ports.iter().map(|p| (p.clone(), serde_json::json!({}))).collect());
         }
         if config.stop_signal.is_none() {
             config.stop_signal = image.config.config.as_ref().and_then(|c| c.stop_signal.clone());
@@ -479,7 +529,11 @@ impl Daemon {
         let mut labels = built.labels.clone();
         labels.insert("engine.name".into(), name.to_string());
         let tp = trace.traceparent(trace.current());
-        let req = CreateContainerRequest { id: id.to_string(), bundle: dir.display().to_string(), labels: labels.into_iter().collect() };
+        let req = CreateContainerRequest {
+            id: id.to_string(),
+            bundle: dir.display().to_string(),
+            labels: labels.into_iter().collect(),
+        };
         retry(|| {
             let mut c = self.lc_containers();
             let r = with_traceparent(Request::new(req.clone()), tp.as_deref());
@@ -497,7 +551,12 @@ impl Daemon {
             host_config: hc,
             image: body.image.clone(),
             image_id: image.id().clone(),
-            state: State { status: "created".into(), started_at: ZERO_TIME.into(), finished_at: ZERO_TIME.into(), ..Default::default() },
+            state: State {
+                status: "created".into(),
+                started_at: ZERO_TIME.into(),
+                finished_at: ZERO_TIME.into(),
+                ..Default::default()
+            },
             restart_count: 0,
             manually_stopped: false,
             lower: image.record.layers.iter().map(|l| self.images.layer_path(&l.diff_id)).collect(),
@@ -509,7 +568,13 @@ impl Daemon {
         };
         self.save(&record)?;
         let (life, _) = watch::channel(Life::default());
-        let entry = Arc::new(Entry { record: Mutex::new(record), life, op: tokio::sync::Mutex::new(()), net: Default::default(), attached: Default::default() });
+        let entry = Arc::new(Entry {
+            record: Mutex::new(record),
+            life,
+            op: tokio::sync::Mutex::new(()),
+            net: Default::default(),
+            attached: Default::default(),
+        });
         let rec = entry.snapshot();
         self.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), entry);
         self.event(&rec, "create", &[]);
@@ -539,7 +604,10 @@ impl Daemon {
             return Err(ApiError::not_modified());
         }
         if rec.state.dead || e.life.borrow().removed {
-            return Err(ApiError::conflict(format!("container {} is marked for removal and cannot be started", rec.id)));
+            return Err(ApiError::conflict(format!(
+                "container {} is marked for removal and cannot be started",
+                rec.id
+            )));
         }
         let span = trace.start("daemon.start");
         trace.attr(span, "container.id", rec.id.clone());
@@ -559,7 +627,9 @@ impl Daemon {
         // After a reboot the overlay is gone: mount it again before the runtime needs it.
         let images = self.images.clone();
         let key = id.clone();
-        tokio::task::spawn_blocking(move || images.mount_snapshot(&key)).await.map_err(|err| ApiError::internal(err.to_string()))??;
+        tokio::task::spawn_blocking(move || images.mount_snapshot(&key))
+            .await
+            .map_err(|err| ApiError::internal(err.to_string()))??;
         let task_req = TaskRequest { container_id: id.clone(), exec_id: String::new() };
         // A task left from an earlier run (exited, not yet deleted) goes first; a container
         // that never ran has none, and its first start skips the round trip.
@@ -567,7 +637,12 @@ impl Daemon {
             let _ = self.tasks().delete(task_req.clone()).await;
         }
         crate::network::up(self, trace, e).await?;
-        let create = CreateTaskRequest { container_id: id.clone(), terminal: rec.config.tty, stdin: rec.config.open_stdin, ..Default::default() };
+        let create = CreateTaskRequest {
+            container_id: id.clone(),
+            terminal: rec.config.tty,
+            stdin: rec.config.open_stdin,
+            ..Default::default()
+        };
         let created = retry(|| {
             let mut t = self.tasks();
             let r = with_traceparent(Request::new(create.clone()), tp.as_deref());
@@ -629,7 +704,11 @@ impl Daemon {
                 match d.tasks().wait(req.clone()).await {
                     Ok(r) => break r.into_inner(),
                     Err(s) if s.code() == tonic::Code::NotFound => {
-                        break ExitStatus { exit_status: 255, reason: "task lost: lifecycled no longer knows it".into(), ..Default::default() }
+                        break ExitStatus {
+                            exit_status: 255,
+                            reason: "task lost: lifecycled no longer knows it".into(),
+                            ..Default::default()
+                        }
                     }
                     // lifecycled is restarting (or the call was cut): ask again
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -725,7 +804,10 @@ impl Daemon {
         match p.name.as_str() {
             "always" => !rec.manually_stopped,
             "unless-stopped" => !rec.manually_stopped,
-            "on-failure" => rec.state.exit_code != 0 && (p.maximum_retry_count == 0 || (rec.restart_count as i64) < p.maximum_retry_count),
+            "on-failure" => {
+                rec.state.exit_code != 0
+                    && (p.maximum_retry_count == 0 || (rec.restart_count as i64) < p.maximum_retry_count)
+            }
             _ => false,
         }
     }
@@ -735,7 +817,10 @@ impl Daemon {
     pub async fn kill(&self, e: &Arc<Entry>, signal: u32) -> Result<(), ApiError> {
         let rec = e.snapshot();
         if !rec.state.running {
-            return Err(ApiError::conflict(format!("Cannot kill container: {}: Container {} is not running", rec.name, rec.id)));
+            return Err(ApiError::conflict(format!(
+                "Cannot kill container: {}: Container {} is not running",
+                rec.name, rec.id
+            )));
         }
         let req = KillRequest { container_id: rec.id.clone(), exec_id: String::new(), signal, all: false };
         retry(|| {
@@ -788,7 +873,12 @@ impl Daemon {
                 }
             }
         };
-        let in_time = if timeout < 0 { waited.await; true } else { tokio::time::timeout(Duration::from_secs(timeout as u64), waited).await.is_ok() };
+        let in_time = if timeout < 0 {
+            waited.await;
+            true
+        } else {
+            tokio::time::timeout(Duration::from_secs(timeout as u64), waited).await.is_ok()
+        };
         if !in_time {
             self.kill_until_exited(e).await;
         }
@@ -806,7 +896,12 @@ impl Daemon {
             if !life.borrow_and_update().running {
                 return;
             }
-            let req = KillRequest { container_id: id.clone(), exec_id: String::new(), signal: libc::SIGKILL as u32, all: true };
+            let req = KillRequest {
+                container_id: id.clone(),
+                exec_id: String::new(),
+                signal: libc::SIGKILL as u32,
+                all: true,
+            };
             let _ = retry(|| {
                 let mut t = self.tasks();
                 let r = req.clone();
@@ -907,8 +1002,11 @@ impl Daemon {
         crate::network::down(self, e).await;
         let images = self.images.clone();
         let key = id.clone();
-        tokio::task::spawn_blocking(move || images.remove_snapshot(&key)).await.map_err(|e| ApiError::internal(e.to_string()))??;
-        std::fs::remove_dir_all(self.container_dir(&id)).map_err(|err| ApiError::internal(format!("removing {}: {err}", self.container_dir(&id).display())))?;
+        tokio::task::spawn_blocking(move || images.remove_snapshot(&key))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+        std::fs::remove_dir_all(self.container_dir(&id))
+            .map_err(|err| ApiError::internal(format!("removing {}: {err}", self.container_dir(&id).display())))?;
         self.containers.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         self.execs.forget_container(&id);
         self.event(&rec, "destroy", &[]);
@@ -916,7 +1014,12 @@ impl Daemon {
         Ok(())
     }
 
-    pub async fn restart(self: &Arc<Self>, trace: &Trace, e: &Arc<Entry>, timeout: Option<i64>) -> Result<(), ApiError> {
+    pub async fn restart(
+        self: &Arc<Self>,
+        trace: &Trace,
+        e: &Arc<Entry>,
+        timeout: Option<i64>,
+    ) -> Result<(), ApiError> {
         match self.stop(trace, e, timeout).await {
             Ok(()) => {}
             Err(err) if err.status == hyper::StatusCode::NOT_MODIFIED => {}
@@ -931,7 +1034,9 @@ impl Daemon {
     pub fn rename(&self, e: &Arc<Entry>, new: &str) -> Result<(), ApiError> {
         let new = new.trim_start_matches('/');
         if !valid_name(new) {
-            return Err(ApiError::bad_request(format!("Invalid container name ({new}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")));
+            return Err(ApiError::bad_request(format!(
+                "Invalid container name ({new}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
         }
         {
             // Checked and changed under the containers lock, as create reserves names.
@@ -973,17 +1078,24 @@ impl Daemon {
                 }
                 continue;
             }
-            let rec: ContainerRecord = match std::fs::read(&path).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice(&b)?)) {
-                Ok(r) => r,
-                Err(err) => {
-                    log!(self.cfg, "warn", "skipping {}: {err}", path.display());
-                    continue;
-                }
-            };
+            let rec: ContainerRecord =
+                match std::fs::read(&path).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice(&b)?)) {
+                    Ok(r) => r,
+                    Err(err) => {
+                        log!(self.cfg, "warn", "skipping {}: {err}", path.display());
+                        continue;
+                    }
+                };
             let was_running = rec.state.running || rec.state.restarting;
             let (life, _) = watch::channel(Life { running: rec.state.running, ..Default::default() });
             let id = rec.id.clone();
-            let entry = Arc::new(Entry { record: Mutex::new(rec), life, op: tokio::sync::Mutex::new(()), net: Default::default(), attached: Default::default() });
+            let entry = Arc::new(Entry {
+                record: Mutex::new(rec),
+                life,
+                op: tokio::sync::Mutex::new(()),
+                net: Default::default(),
+                attached: Default::default(),
+            });
             self.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
             if was_running {
                 running.push(entry);
@@ -1046,7 +1158,11 @@ impl Daemon {
                 self.record_exit(&e, exit).await;
             }
             Err(_) => {
-                let exit = ExitStatus { exit_status: 255, reason: "task lost while the daemon was down".into(), ..Default::default() };
+                let exit = ExitStatus {
+                    exit_status: 255,
+                    reason: "task lost while the daemon was down".into(),
+                    ..Default::default()
+                };
                 self.record_exit(&e, exit).await;
             }
         }
@@ -1080,5 +1196,7 @@ pub fn parse_signal(s: &str) -> Result<u32, ApiError> {
     }
     let name = s.to_ascii_uppercase();
     let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
-    name.parse::<nix::sys::signal::Signal>().map(|s| s as u32).map_err(|_| ApiError::bad_request(format!("Invalid signal: {s}")))
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as u32)
+        .map_err(|_| ApiError::bad_request(format!("Invalid signal: {s}")))
 }

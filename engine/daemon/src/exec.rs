@@ -17,7 +17,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-
 use crate::daemon::{Daemon, Entry};
 use crate::http::{self, empty, json, ApiError, Resp};
 
@@ -59,7 +58,12 @@ pub struct Execs(Mutex<HashMap<String, ExecInstance>>);
 
 impl Execs {
     fn get(&self, id: &str) -> Result<ExecInstance, ApiError> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned().ok_or_else(|| ApiError::not_found(format!("No such exec instance: {id}")))
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("No such exec instance: {id}")))
     }
     /// Drops the exec instances of a removed container.
     pub fn forget_container(&self, container_id: &str) {
@@ -85,7 +89,15 @@ pub fn create(d: &Daemon, e: &Arc<Entry>, config: ExecConfig) -> Result<Resp, Ap
         return Err(ApiError::bad_request("No exec command specified"));
     }
     let id = crate::daemon::random_id();
-    let inst = ExecInstance { id: id.clone(), container_id: rec.id, config, running: false, started: false, exit_code: None, pid: 0 };
+    let inst = ExecInstance {
+        id: id.clone(),
+        container_id: rec.id,
+        config,
+        running: false,
+        started: false,
+        exit_code: None,
+        pid: 0,
+    };
     d.execs.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), inst);
     Ok(json(StatusCode::CREATED, &json!({ "Id": id })))
 }
@@ -120,12 +132,18 @@ pub fn inspect(d: &Daemon, id: &str) -> Result<Resp, ApiError> {
 fn process_json(d: &Daemon, e: &Entry, c: &ExecConfig) -> Result<String, ApiError> {
     let rec = e.snapshot();
     let spec_path = d.container_dir(&rec.id).join("config.json");
-    let spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).map_err(|err| ApiError::internal(format!("reading {}: {err}", spec_path.display())))?)
-        .map_err(|err| ApiError::internal(err.to_string()))?;
+    let spec: Value = serde_json::from_slice(
+        &std::fs::read(&spec_path)
+            .map_err(|err| ApiError::internal(format!("reading {}: {err}", spec_path.display())))?,
+    )
+    .map_err(|err| ApiError::internal(err.to_string()))?;
     let mut p = spec["process"].clone();
     p["args"] = json!(c.cmd.clone().unwrap_or_default());
     p["terminal"] = json!(c.tty);
-    let mut env: Vec<String> = p["env"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let mut env: Vec<String> = p["env"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
     for kv in c.env.iter().flatten() {
         let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
         env.retain(|x| x.split_once('=').map_or(x.as_str(), |(k, _)| k) != key);
@@ -136,12 +154,16 @@ fn process_json(d: &Daemon, e: &Entry, c: &ExecConfig) -> Result<String, ApiErro
     p["env"] = json!(env);
     if !c.working_dir.is_empty() {
         if !c.working_dir.starts_with('/') {
-            return Err(ApiError::bad_request(format!("the working directory {:?} is invalid, it needs to be an absolute path", c.working_dir)));
+            return Err(ApiError::bad_request(format!(
+                "the working directory {:?} is invalid, it needs to be an absolute path",
+                c.working_dir
+            )));
         }
         p["cwd"] = json!(c.working_dir);
     }
     if !c.user.is_empty() {
-        let u = engine_image::spec::resolve_user(&rec.rootfs, &c.user).map_err(|err| ApiError::bad_request(err.to_string()))?;
+        let u = engine_image::spec::resolve_user(&rec.rootfs, &c.user)
+            .map_err(|err| ApiError::bad_request(err.to_string()))?;
         p["user"] = json!({ "uid": u.uid, "gid": u.gid, "additionalGids": u.additional_gids });
     }
     if c.privileged {
@@ -173,7 +195,8 @@ pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Res
     let process_json = process_json(d, &e, &config)?;
     let channel = engine_api::unix_channel(d.cfg.lifecycled_socket());
     let mut tasks = TasksClient::new(channel.clone());
-    let exec_req = ExecRequest { container_id: inst.container_id.clone(), exec_id: id.to_string(), process_json, stdin };
+    let exec_req =
+        ExecRequest { container_id: inst.container_id.clone(), exec_id: id.to_string(), process_json, stdin };
     let pid = tasks.exec(exec_req).await?.into_inner().pid;
     d.execs.update(id, |i| {
         i.started = true;
@@ -189,7 +212,13 @@ pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Res
         let mut tasks = tasks.clone();
         let task_req = task_req.clone();
         async move {
-            let code = tasks.exec_wait(task_req).await.ok().and_then(|o| o.into_inner().status).map(|s| s.exit_status as i64).unwrap_or(126);
+            let code = tasks
+                .exec_wait(task_req)
+                .await
+                .ok()
+                .and_then(|o| o.into_inner().status)
+                .map(|s| s.exit_status as i64)
+                .unwrap_or(126);
             d.execs.update(&id, |i| {
                 i.running = false;
                 i.exit_code = Some(code);
@@ -239,7 +268,11 @@ pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Res
                                 return std::future::pending::<()>().await;
                             }
                             Ok(n) => {
-                                let w = WriteRequest { container_id: task_req.container_id.clone(), data: buf[..n].to_vec(), exec_id: task_req.exec_id.clone() };
+                                let w = WriteRequest {
+                                    container_id: task_req.container_id.clone(),
+                                    data: buf[..n].to_vec(),
+                                    exec_id: task_req.exec_id.clone(),
+                                };
                                 let _ = tasks.write(w).await;
                             }
                         }
@@ -280,7 +313,12 @@ pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Res
 /// `POST /exec/{id}/resize`.
 pub async fn resize(d: &Arc<Daemon>, id: &str, h: i64, w: i64) -> Result<Resp, ApiError> {
     let inst = d.execs.get(id)?;
-    let req = ResizePtyRequest { container_id: inst.container_id, width: w as u32, height: h as u32, exec_id: id.to_string() };
+    let req = ResizePtyRequest {
+        container_id: inst.container_id,
+        width: w as u32,
+        height: h as u32,
+        exec_id: id.to_string(),
+    };
     TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket())).resize_pty(req).await?;
     Ok(empty(StatusCode::OK))
 }

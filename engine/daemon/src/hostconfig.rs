@@ -39,7 +39,9 @@ pub fn check(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
                 return bad("maximum retry count cannot be used with restart policy other than on-failure".into());
             }
         }
-        "on-failure" if hc.restart_policy.maximum_retry_count < 0 => return bad("maximum retry count cannot be negative".into()),
+        "on-failure" if hc.restart_policy.maximum_retry_count < 0 => {
+            return bad("maximum retry count cannot be negative".into())
+        }
         "on-failure" => {}
         other => return bad(format!("invalid restart policy '{other}'")),
     }
@@ -97,7 +99,10 @@ pub fn check(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
         };
         if let Source::Host(p) = &source {
             if !p.is_absolute() || !p.exists() {
-                return bad(format!("invalid mount config for type \"bind\": bind source path does not exist: {}", p.display()));
+                return bad(format!(
+                    "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                    p.display()
+                ));
             }
         }
         mounts.push(MountSpec { source, target: m.target.clone(), read_only: m.read_only });
@@ -133,11 +138,15 @@ fn parse_bind(b: &str) -> Result<MountSpec, ApiError> {
         }
     }
     if !dst.starts_with('/') || dst == "/" {
-        return Err(ApiError::bad_request(format!("invalid volume specification: '{b}': invalid mount config: mount path must be absolute")));
+        return Err(ApiError::bad_request(format!(
+            "invalid volume specification: '{b}': invalid mount config: mount path must be absolute"
+        )));
     }
     let source = if src.starts_with('/') {
         if !Path::new(src).exists() {
-            return Err(ApiError::bad_request(format!("invalid mount config for type \"bind\": bind source path does not exist: {src}")));
+            return Err(ApiError::bad_request(format!(
+                "invalid mount config for type \"bind\": bind source path does not exist: {src}"
+            )));
         }
         Source::Host(PathBuf::from(src))
     } else {
@@ -153,16 +162,53 @@ fn parse_bind(b: &str) -> Result<MountSpec, ApiError> {
 
 pub fn valid_volume_name(n: &str) -> bool {
     let b = n.as_bytes();
-    b.len() >= 2 && b[0].is_ascii_alphanumeric() && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    b.len() >= 2
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 const ALL_CAPS: &[&str] = &[
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID", "CAP_SETUID",
-    "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
-    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD",
-    "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
-    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
 
 /// The capabilities this daemon can hand out: its own bounding set (ALL_CAPS is in
@@ -232,7 +278,10 @@ pub fn apply(spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, ApiE
 
     // capabilities and privileges
     let caps = &mut v["process"]["capabilities"];
-    let mut set: Vec<String> = caps["bounding"].as_array().map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let mut set: Vec<String> = caps["bounding"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
     if hc.privileged || hc.cap_add.iter().flatten().any(|c| c.eq_ignore_ascii_case("ALL")) {
         set = host_caps();
     }
@@ -264,7 +313,9 @@ pub fn apply(spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, ApiE
     }
     for opt in hc.security_opt.iter().flatten() {
         match opt.as_str() {
-            "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" => v["process"]["noNewPrivileges"] = json!(true),
+            "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" => {
+                v["process"]["noNewPrivileges"] = json!(true)
+            }
             "no-new-privileges:false" | "no-new-privileges=false" => v["process"]["noNewPrivileges"] = json!(false),
             _ => {}
         }
@@ -344,16 +395,66 @@ pub fn apply(spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, ApiE
 pub fn default_seccomp(caps: &[String]) -> Value {
     let has = |c: &str| caps.iter().any(|x| x == c);
     let mut denied: Vec<&str> = vec![
-        "add_key", "bpf", "create_module", "get_kernel_syms", "kcmp", "kexec_file_load", "kexec_load", "keyctl",
-        "lookup_dcookie", "nfsservctl", "perf_event_open", "query_module", "request_key", "swapon", "swapoff", "sysfs",
-        "_sysctl", "uselib", "userfaultfd", "ustat", "vm86", "vm86old",
+        "add_key",
+        "bpf",
+        "create_module",
+        "get_kernel_syms",
+        "kcmp",
+        "kexec_file_load",
+        "kexec_load",
+        "keyctl",
+        "lookup_dcookie",
+        "nfsservctl",
+        "perf_event_open",
+        "query_module",
+        "request_key",
+        "swapon",
+        "swapoff",
+        "sysfs",
+        "_sysctl",
+        "uselib",
+        "userfaultfd",
+        "ustat",
+        "vm86",
+        "vm86old",
     ];
     let by_cap: &[(&str, &[&str])] = &[
-        ("CAP_SYS_ADMIN", &["mount", "umount", "umount2", "unshare", "setns", "pivot_root", "quotactl", "fanotify_init", "name_to_handle_at", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr"]),
+        (
+            "CAP_SYS_ADMIN",
+            &[
+                "mount",
+                "umount",
+                "umount2",
+                "unshare",
+                "setns",
+                "pivot_root",
+                "quotactl",
+                "fanotify_init",
+                "name_to_handle_at",
+                "open_tree",
+                "move_mount",
+                "fsopen",
+                "fsconfig",
+                "fsmount",
+                "fspick",
+                "mount_setattr",
+            ],
+        ),
         ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
         ("CAP_SYS_PTRACE", &["ptrace", "process_vm_readv", "process_vm_writev"]),
         ("CAP_SYS_MODULE", &["init_module", "finit_module", "delete_module"]),
-        ("CAP_SYS_TIME", &["settimeofday", "stime", "clock_settime", "clock_settime64", "adjtimex", "clock_adjtime", "clock_adjtime64"]),
+        (
+            "CAP_SYS_TIME",
+            &[
+                "settimeofday",
+                "stime",
+                "clock_settime",
+                "clock_settime64",
+                "adjtimex",
+                "clock_adjtime",
+                "clock_adjtime64",
+            ],
+        ),
         ("CAP_SYS_BOOT", &["reboot"]),
         ("CAP_SYS_PACCT", &["acct"]),
         ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
@@ -371,7 +472,15 @@ pub fn default_seccomp(caps: &[String]) -> Value {
     ];
     if !has("CAP_SYS_ADMIN") {
         // clone with any namespace flag: one rule per flag (libseccomp compares masked equality)
-        for flag in [libc::CLONE_NEWNS, libc::CLONE_NEWUTS, libc::CLONE_NEWIPC, libc::CLONE_NEWUSER, libc::CLONE_NEWPID, libc::CLONE_NEWNET, libc::CLONE_NEWCGROUP] {
+        for flag in [
+            libc::CLONE_NEWNS,
+            libc::CLONE_NEWUTS,
+            libc::CLONE_NEWIPC,
+            libc::CLONE_NEWUSER,
+            libc::CLONE_NEWPID,
+            libc::CLONE_NEWNET,
+            libc::CLONE_NEWCGROUP,
+        ] {
             rules.push(json!({
                 "names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM,
                 "args": [{ "index": 0, "value": flag as u64, "valueTwo": flag as u64, "op": "SCMP_CMP_MASKED_EQ" }]
@@ -394,7 +503,10 @@ pub fn write_etc_files(dir: &Path, hostname: &str, hc: &HostConfig) -> std::io::
         return Ok(());
     }
     std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-    engine_network::etc::write_in_place(&dir.join("hosts"), &(engine_network::etc::hosts(hostname, &[], &[]) + &extra_hosts(hc, None)))?;
+    engine_network::etc::write_in_place(
+        &dir.join("hosts"),
+        &(engine_network::etc::hosts(hostname, &[], &[]) + &extra_hosts(hc, None)),
+    )?;
     std::fs::write(dir.join("resolv.conf"), resolv_conf(hc))
 }
 
@@ -421,10 +533,16 @@ pub fn resolv_conf(hc: &HostConfig) -> String {
         return engine_network::etc::resolv_conf(&host);
     }
     let base = engine_network::etc::resolv_conf(&host);
-    let keep = |prefix: &str, given: bool| base.lines().filter(move |l| !given && l.starts_with(prefix)).map(|l| format!("{l}\n")).collect::<String>();
+    let keep = |prefix: &str, given: bool| {
+        base.lines().filter(move |l| !given && l.starts_with(prefix)).map(|l| format!("{l}\n")).collect::<String>()
+    };
     let mut s = String::new();
     s += &if search.is_empty() { keep("search", false) } else { format!("search {}\n", search.join(" ")) };
-    s += &if dns.is_empty() { keep("nameserver", false) } else { dns.iter().map(|d| format!("nameserver {d}\n")).collect() };
+    s += &if dns.is_empty() {
+        keep("nameserver", false)
+    } else {
+        dns.iter().map(|d| format!("nameserver {d}\n")).collect()
+    };
     s += &if options.is_empty() { keep("options", false) } else { format!("options {}\n", options.join(" ")) };
     s
 }
@@ -443,7 +561,10 @@ mod tests {
 
     #[test]
     fn checks_binds_and_policies() {
-        assert_eq!(parse_bind("/tmp:/data:ro").unwrap(), MountSpec { source: Source::Host("/tmp".into()), target: "/data".into(), read_only: true });
+        assert_eq!(
+            parse_bind("/tmp:/data:ro").unwrap(),
+            MountSpec { source: Source::Host("/tmp".into()), target: "/data".into(), read_only: true }
+        );
         assert_eq!(parse_bind("vol1:/data").unwrap().source, Source::Volume("vol1".into()));
         for bad in ["/tmp", "/tmp:data", "/nonexistent-engine:/x", "a b:/x", "/tmp:/x:bogus", "/tmp:/"] {
             assert!(parse_bind(bad).is_err(), "{bad}");

@@ -62,7 +62,9 @@ impl From<ImageError> for ApiError {
         let status = match &e {
             ImageError::NotFound(_) => StatusCode::NOT_FOUND,
             ImageError::Conflict(_) => StatusCode::CONFLICT,
-            ImageError::Io { .. } | ImageError::Corrupt { .. } | ImageError::Snapshot(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ImageError::Io { .. } | ImageError::Corrupt { .. } | ImageError::Snapshot(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.to_string())
@@ -98,7 +100,8 @@ pub fn empty(status: StatusCode) -> Resp {
 }
 
 pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, v: &T) -> Resp {
-    let mut bytes = serde_json::to_vec(v).unwrap_or_else(|e| format!("{{\"message\":\"encoding the response: {e}\"}}").into_bytes());
+    let mut bytes = serde_json::to_vec(v)
+        .unwrap_or_else(|e| format!("{{\"message\":\"encoding the response: {e}\"}}").into_bytes());
     bytes.push(b'\n');
     let mut r = Response::new(full(bytes));
     *r.status_mut() = status;
@@ -156,7 +159,8 @@ pub struct Filters(HashMap<String, Vec<String>>);
 impl Filters {
     pub fn parse(q: &Query) -> Result<Self, ApiError> {
         let Some(f) = q.get("filters").filter(|f| !f.is_empty()) else { return Ok(Filters::default()) };
-        let raw: HashMap<String, serde_json::Value> = serde_json::from_str(f).map_err(|e| ApiError::bad_request(format!("invalid filters: {e}")))?;
+        let raw: HashMap<String, serde_json::Value> =
+            serde_json::from_str(f).map_err(|e| ApiError::bad_request(format!("invalid filters: {e}")))?;
         let values = |v: serde_json::Value| match v {
             serde_json::Value::Array(a) => a.into_iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
             serde_json::Value::Object(o) => o.into_iter().map(|(k, _)| k).collect(),
@@ -208,7 +212,11 @@ pub fn decode(s: &str) -> String {
 /// Reads a JSON request body; an empty body is `T::default()`.
 pub async fn read_json<T: serde::de::DeserializeOwned + Default>(body: Incoming) -> Result<T, ApiError> {
     let limited = http_body_util::Limited::new(body, MAX_JSON_BODY);
-    let bytes = limited.collect().await.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?.to_bytes();
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?
+        .to_bytes();
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }

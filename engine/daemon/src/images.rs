@@ -14,7 +14,9 @@ use engine_image::{ImageError, ImportOptions, ProgressEvent, Reference};
 use crate::daemon::Daemon;
 use crate::http::{self, json, ApiError, BodyReader, Query, Resp};
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ImageError> + Send + 'static) -> Result<T, ApiError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(ApiError::from)
 }
 
@@ -39,7 +41,15 @@ pub fn list(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
                 continue;
             }
         }
-        if !references.is_empty() && !references.iter().any(|r| tags.iter().any(|t| t == r || t.split(':').next() == Some(r.as_str()) || Reference::parse(r).map(|p| p.familiar() == *t).unwrap_or(false))) {
+        if !references.is_empty()
+            && !references.iter().any(|r| {
+                tags.iter().any(|t| {
+                    t == r
+                        || t.split(':').next() == Some(r.as_str())
+                        || Reference::parse(r).map(|p| p.familiar() == *t).unwrap_or(false)
+                })
+            })
+        {
             continue;
         }
         let size = i.record.size();
@@ -147,7 +157,9 @@ pub async fn load(d: &Arc<Daemon>, body: Incoming, quiet: bool) -> Result<Resp, 
                     "status": "Loading layer", "id": &diff_id.hex()[..12],
                     "progressDetail": { "current": done, "total": total }
                 })),
-                ProgressEvent::LayerDone { diff_id, reused } => send(json!({ "status": if reused { "Already exists" } else { "Loaded" }, "id": &diff_id.hex()[..12], "progressDetail": {} })),
+                ProgressEvent::LayerDone { diff_id, reused } => send(
+                    json!({ "status": if reused { "Already exists" } else { "Loaded" }, "id": &diff_id.hex()[..12], "progressDetail": {} }),
+                ),
                 _ => {}
             }
         };
@@ -183,7 +195,9 @@ pub async fn save(d: &Arc<Daemon>, names: Vec<String>) -> Result<Resp, ApiError>
         struct ChannelWriter(tokio::sync::mpsc::Sender<Bytes>);
         impl std::io::Write for ChannelWriter {
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.blocking_send(Bytes::copy_from_slice(buf)).map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+                self.0
+                    .blocking_send(Bytes::copy_from_slice(buf))
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
                 Ok(buf.len())
             }
             fn flush(&mut self) -> std::io::Result<()> {
@@ -208,7 +222,11 @@ pub async fn create(d: &Arc<Daemon>, q: &Query, body: Incoming) -> Result<Resp, 
     }
     match q.get("fromSrc") {
         Some("-") => {}
-        Some(src) => return Err(ApiError::bad_request(format!("import from {src:?} is not supported: send the tarball in the request body (fromSrc=-)"))),
+        Some(src) => {
+            return Err(ApiError::bad_request(format!(
+                "import from {src:?} is not supported: send the tarball in the request body (fromSrc=-)"
+            )))
+        }
         None => return Err(ApiError::bad_request("fromImage or fromSrc is required")),
     }
     let reference = match q.get("repo").filter(|r| !r.is_empty()) {
@@ -222,15 +240,17 @@ pub async fn create(d: &Arc<Daemon>, q: &Query, body: Incoming) -> Result<Resp, 
             })
         }
     };
-    let opts = ImportOptions { reference, changes: q.all("changes"), message: q.get("message").filter(|m| !m.is_empty()).map(str::to_string) };
+    let opts = ImportOptions {
+        reference,
+        changes: q.all("changes"),
+        message: q.get("message").filter(|m| !m.is_empty()).map(str::to_string),
+    };
     let reader = BodyReader::new(body);
     let (send, resp_body) = json_lines();
     let images = d.images.clone();
-    tokio::task::spawn_blocking(move || {
-        match images.import(reader, &opts, &()) {
-            Ok(id) => send(json!({ "status": id.to_string() })),
-            Err(e) => send(json!({ "errorDetail": { "message": e.to_string() }, "error": e.to_string() })),
-        }
+    tokio::task::spawn_blocking(move || match images.import(reader, &opts, &()) {
+        Ok(id) => send(json!({ "status": id.to_string() })),
+        Err(e) => send(json!({ "errorDetail": { "message": e.to_string() }, "error": e.to_string() })),
     });
     let mut r = Resp::new(resp_body);
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

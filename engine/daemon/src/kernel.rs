@@ -43,7 +43,11 @@ pub fn start(cfg: &crate::config::Config) -> ProbeState {
 
 /// Follows every lifecycled engined runs (it is restarted with a new pid) and the shims left
 /// running by an earlier one.
-pub fn follow_engine_processes(cfg: &crate::config::Config, probes: Arc<Probes>, mut lifecycled: tokio::sync::watch::Receiver<u32>) {
+pub fn follow_engine_processes(
+    cfg: &crate::config::Config,
+    probes: Arc<Probes>,
+    mut lifecycled: tokio::sync::watch::Receiver<u32>,
+) {
     for pid in shim_pids(&cfg.exec_root.join("lifecycle")) {
         probes.follow(pid);
     }
@@ -135,7 +139,8 @@ pub fn namespaces(flags: u64) -> String {
 
 /// Attributes of a system call from its enter event.
 fn call_attrs(e: &KernelEvent) -> Vec<KeyValue> {
-    let mut a = vec![i("process.pid", e.tgid.into()), i("thread.id", e.tid.into()), i("linux.cgroup.id", e.cgroup_id as i64)];
+    let mut a =
+        vec![i("process.pid", e.tgid.into()), i("thread.id", e.tid.into()), i("linux.cgroup.id", e.cgroup_id as i64)];
     let flags = |a: &mut Vec<KeyValue>, f: u64| {
         a.push(s("linux.clone.flags", format!("{f:#x}")));
         a.push(s("linux.namespaces", namespaces(f)));
@@ -171,10 +176,28 @@ fn call_attrs(e: &KernelEvent) -> Vec<KeyValue> {
 fn point(e: &KernelEvent) -> Option<span::Event> {
     let (name, attributes) = match e.kind {
         kind::FORK => ("kernel.fork", vec![i("process.pid", e.tgid.into()), i("process.child.pid", e.args[0] as i64)]),
-        kind::EXEC => ("kernel.exec", vec![i("process.pid", e.tgid.into()), s("process.executable.path", e.str0.clone())]),
+        kind::EXEC => {
+            ("kernel.exec", vec![i("process.pid", e.tgid.into()), s("process.executable.path", e.str0.clone())])
+        }
         kind::EXIT => ("kernel.exit", vec![i("process.pid", e.tgid.into())]),
-        kind::CGROUP_MKDIR => ("kernel.cgroup_mkdir", vec![i("process.pid", e.tgid.into()), s("linux.cgroup.path", e.str0.clone()), i("linux.cgroup.id", e.args[0] as i64), i("linux.cgroup.hierarchy", e.args[1] as i64)]),
-        kind::CGROUP_ATTACH => ("kernel.cgroup_attach", vec![i("process.pid", e.tgid.into()), s("linux.cgroup.path", e.str0.clone()), i("linux.cgroup.attached_pid", e.args[0] as i64), i("linux.cgroup.hierarchy", e.args[1] as i64)]),
+        kind::CGROUP_MKDIR => (
+            "kernel.cgroup_mkdir",
+            vec![
+                i("process.pid", e.tgid.into()),
+                s("linux.cgroup.path", e.str0.clone()),
+                i("linux.cgroup.id", e.args[0] as i64),
+                i("linux.cgroup.hierarchy", e.args[1] as i64),
+            ],
+        ),
+        kind::CGROUP_ATTACH => (
+            "kernel.cgroup_attach",
+            vec![
+                i("process.pid", e.tgid.into()),
+                s("linux.cgroup.path", e.str0.clone()),
+                i("linux.cgroup.attached_pid", e.args[0] as i64),
+                i("linux.cgroup.hierarchy", e.args[1] as i64),
+            ],
+        ),
         _ => return None,
     };
     Some(span::Event { time_unix_nano: e.wall_ns, name: name.into(), attributes, ..Default::default() })
@@ -201,10 +224,16 @@ struct Owner {
 pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
     let mut owners = Vec::new();
     for (r, rs) in req.resource_spans.iter().enumerate() {
-        let service = rs.resource.iter().flat_map(|res| &res.attributes).find(|a| a.key == "service.name").and_then(|a| match a.value.as_ref()?.value.as_ref()? {
-            any_value::Value::StringValue(v) => Some(v.as_str()),
-            _ => None,
-        });
+        let service =
+            rs.resource.iter().flat_map(|res| &res.attributes).find(|a| a.key == "service.name").and_then(|a| match a
+                .value
+                .as_ref()?
+                .value
+                .as_ref()?
+            {
+                any_value::Value::StringValue(v) => Some(v.as_str()),
+                _ => None,
+            });
         // lifecycled and engined serve every container at once: their own events are no one
         // container's (the probes follow lifecycled only to catch the shims it forks)
         // engined's own: only the thread that makes a container's network namespace is followed
@@ -240,7 +269,15 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
                 if let Some(pid) = int_attr(sp, "container.process.pid") {
                     // `runtime start` ends when it sees the program replaced, a moment before
                     // the kernel reports the exec: the container's events get that moment
-                    owners.push(Owner { at: (r, c, k), pid, cgroup: None, fallback: true, tid: None, start, end: end + EXEC_GRACE_NS });
+                    owners.push(Owner {
+                        at: (r, c, k),
+                        pid,
+                        cgroup: None,
+                        fallback: true,
+                        tid: None,
+                        start,
+                        end: end + EXEC_GRACE_NS,
+                    });
                 }
             }
         }
@@ -255,14 +292,27 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
     // the innermost span of the event's process that was open at the time
     // an event of a container's process is confirmed by its cgroup: the process was born in the
     // container's cgroup, so an event from any other is not this container's (a reused pid)
-    let confirmed = |o: &Owner, e: &KernelEvent| o.cgroup.is_none_or(|c| c == e.cgroup_id) && o.tid.is_none_or(|t| t == e.tid);
+    let confirmed =
+        |o: &Owner, e: &KernelEvent| o.cgroup.is_none_or(|c| c == e.cgroup_id) && o.tid.is_none_or(|t| t == e.tid);
     let owner_of = |e: &KernelEvent| -> Option<&Owner> {
         let (pid, t) = (e.tgid, e.wall_ns);
-        let open = |fallback: bool| owners.iter().filter(move |o| o.pid == pid && o.fallback == fallback && o.start <= t && t <= o.end && confirmed(o, e)).min_by_key(|o| o.end - o.start);
+        let open = |fallback: bool| {
+            owners
+                .iter()
+                .filter(move |o| {
+                    o.pid == pid && o.fallback == fallback && o.start <= t && t <= o.end && confirmed(o, e)
+                })
+                .min_by_key(|o| o.end - o.start)
+        };
         open(false).or_else(|| open(true))
     };
     // only what a span here will hold: the rest waits for its own span
-    let events = probes.take(|e| pids.contains(&e.tgid) && e.wall_ns >= lo && e.wall_ns <= hi && (e.kind == kind::SYSCALL_EXIT || owner_of(e).is_some()));
+    let events = probes.take(|e| {
+        pids.contains(&e.tgid)
+            && e.wall_ns >= lo
+            && e.wall_ns <= hi
+            && (e.kind == kind::SYSCALL_EXIT || owner_of(e).is_some())
+    });
     if events.is_empty() {
         return;
     }
@@ -284,7 +334,10 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
             let ret = x.args[0] as i64;
             attributes.push(i("linux.syscall.ret", ret));
             if ret < 0 {
-                st = Status { message: std::io::Error::from_raw_os_error((-ret) as i32).to_string(), code: status::StatusCode::Error as i32 };
+                st = Status {
+                    message: std::io::Error::from_raw_os_error((-ret) as i32).to_string(),
+                    code: status::StatusCode::Error as i32,
+                };
             }
         }
         kernel_spans.push(Span {
@@ -331,7 +384,11 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
         req.resource_spans.push(ResourceSpans {
             resource: Some(Resource { attributes: vec![s("service.name", "kernel")], ..Default::default() }),
             scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope { name: "engine-probes".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }),
+                scope: Some(InstrumentationScope {
+                    name: "engine-probes".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
                 spans: kernel_spans,
                 ..Default::default()
             }],
@@ -346,7 +403,10 @@ mod tests {
 
     #[test]
     fn namespace_flags_are_named() {
-        assert_eq!(namespaces(0x7c02_0000), "CLONE_NEWNS|CLONE_NEWUTS|CLONE_NEWIPC|CLONE_NEWUSER|CLONE_NEWPID|CLONE_NEWNET");
+        assert_eq!(
+            namespaces(0x7c02_0000),
+            "CLONE_NEWNS|CLONE_NEWUTS|CLONE_NEWIPC|CLONE_NEWUSER|CLONE_NEWPID|CLONE_NEWNET"
+        );
         assert_eq!(namespaces(0x11), "");
     }
 }

@@ -18,8 +18,8 @@ pub mod kernel;
 pub mod metrics;
 pub mod network;
 pub mod supervisor;
-pub mod traces;
 pub mod trace;
+pub mod traces;
 pub mod tracestore;
 pub mod types;
 pub mod volumes;
@@ -40,7 +40,12 @@ pub use config::Config;
 
 /// `--metrics-addr`: `GET /metrics` alone on a TCP address (as dockerd's), nothing else.
 fn serve_metrics(d: Arc<daemon::Daemon>, listener: tokio::net::TcpListener) {
-    log!(d.cfg, "info", "metrics on http://{}/metrics", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    log!(
+        d.cfg,
+        "info",
+        "metrics on http://{}/metrics",
+        listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
+    );
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
@@ -86,7 +91,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let traces = traces::start(&cfg, running.clone(), metrics.clone()).context("starting the trace store")?;
     // bound before anything is started, so a taken address changes nothing
     let metrics_listener = match &cfg.metrics_addr {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-addr {addr}"))?),
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-addr {addr}"))?)
+        }
         None => None,
     };
     let supervisor = supervisor::start(cfg.clone()).await.context("starting engine-lifecycled")?;
@@ -110,7 +117,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listener = engine_api::bind_unix(&sock).with_context(|| format!("listening on {}", sock.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660)).with_context(|| format!("chmod {}", sock.display()))?;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("chmod {}", sock.display()))?;
     }
     log!(cfg, "info", "API listening on {}", sock.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

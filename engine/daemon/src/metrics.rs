@@ -51,7 +51,10 @@ fn l(pairs: &[(&str, &str)]) -> Labels {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics { phases: Family::new_with_constructor(phase_histogram), api: Family::new_with_constructor(api_histogram) }
+        Metrics {
+            phases: Family::new_with_constructor(phase_histogram),
+            api: Family::new_with_constructor(api_histogram),
+        }
     }
 }
 
@@ -76,7 +79,11 @@ impl Metrics {
                 let secs = (sp.end_time_unix_nano - sp.start_time_unix_nano) as f64 / 1e9;
                 let trace_id: String = sp.trace_id.iter().map(|b| format!("{b:02x}")).collect();
                 let span_id: String = sp.span_id.iter().map(|b| format!("{b:02x}")).collect();
-                self.phases.get_or_create(&l(&[("phase", &sp.name), ("service", &service)])).observe(secs, Some(l(&[("trace_id", &trace_id), ("span_id", &span_id)])), None);
+                self.phases.get_or_create(&l(&[("phase", &sp.name), ("service", &service)])).observe(
+                    secs,
+                    Some(l(&[("trace_id", &trace_id), ("span_id", &span_id)])),
+                    None,
+                );
             }
         }
     }
@@ -89,7 +96,10 @@ impl Metrics {
 
 /// A request span answered 404: its name holds a path a client made up (unbounded as a label).
 fn not_found(sp: &opentelemetry_proto::tonic::trace::v1::Span) -> bool {
-    sp.attributes.iter().any(|a| a.key == "http.response.status_code" && matches!(a.value.as_ref().and_then(|v| v.value.as_ref()), Some(any_value::Value::IntValue(404))))
+    sp.attributes.iter().any(|a| {
+        a.key == "http.response.status_code"
+            && matches!(a.value.as_ref().and_then(|v| v.value.as_ref()), Some(any_value::Value::IntValue(404)))
+    })
 }
 
 fn gauge_family() -> Family<Labels, Gauge> {
@@ -108,7 +118,11 @@ fn counter_family() -> Family<Labels, Counter> {
 pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
     let mut reg = Registry::default();
     reg.register("engine_phase_duration_seconds", "Duration of each span of the engine's traces, by stable span name (the phases of a start); exemplars name the trace", d.metrics.phases.clone());
-    reg.register("engine_api_request_duration_seconds", "Duration of Docker Engine API requests, by route and status code", d.metrics.api.clone());
+    reg.register(
+        "engine_api_request_duration_seconds",
+        "Duration of Docker Engine API requests, by route and status code",
+        d.metrics.api.clone(),
+    );
 
     let containers = gauge_family();
     let all: Vec<_> = d.all().iter().map(|e| e.snapshot()).collect();
@@ -116,7 +130,17 @@ pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
         let n = all
             .iter()
             .filter(|r| {
-                let s = if r.state.restarting { "restarting" } else if r.state.paused { "paused" } else if r.state.running { "running" } else if r.state.dead { "dead" } else { r.state.status.as_str() };
+                let s = if r.state.restarting {
+                    "restarting"
+                } else if r.state.paused {
+                    "paused"
+                } else if r.state.running {
+                    "running"
+                } else if r.state.dead {
+                    "dead"
+                } else {
+                    r.state.status.as_str()
+                };
                 s == state
             })
             .count();
@@ -135,7 +159,12 @@ pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
     for pid in pids {
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
             alive += 1;
-            rss += status.lines().find_map(|x| x.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok()).unwrap_or(0) * 1024;
+            rss += status
+                .lines()
+                .find_map(|x| x.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok())
+                .unwrap_or(0)
+                * 1024;
         }
     }
     shims.set(alive);
@@ -153,7 +182,11 @@ pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
         }
     }
     reg.register("engine_probes_running", "Whether the eBPF probes are attached (1) or not (0)", probes_up);
-    reg.register("engine_probe_events", "Kernel events the probes saw, sent to engined, or dropped (ring buffer full)", probe_events);
+    reg.register(
+        "engine_probe_events",
+        "Kernel events the probes saw, sent to engined, or dropped (ring buffer full)",
+        probe_events,
+    );
 
     let (bytes, count) = d.traces.usage();
     let (tb, tc) = (Gauge::<i64>::default(), Gauge::<i64>::default());
@@ -167,8 +200,16 @@ pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
     for r in &all {
         for p in &r.ports {
             let Some(s) = engine_network::ports::ProxyStats::read(&p.stats) else { continue };
-            let (hip, hport, cport) = (p.port.host_ip.to_string(), p.port.host_port.to_string(), p.port.container_port.to_string());
-            let base = [("container_id", r.id.as_str()), ("container_name", r.name.as_str()), ("protocol", p.port.proto.as_str()), ("host_ip", hip.as_str()), ("host_port", hport.as_str()), ("container_port", cport.as_str())];
+            let (hip, hport, cport) =
+                (p.port.host_ip.to_string(), p.port.host_port.to_string(), p.port.container_port.to_string());
+            let base = [
+                ("container_id", r.id.as_str()),
+                ("container_name", r.name.as_str()),
+                ("protocol", p.port.proto.as_str()),
+                ("host_ip", hip.as_str()),
+                ("host_port", hport.as_str()),
+                ("container_port", cport.as_str()),
+            ];
             total.get_or_create(&l(&base)).inc_by(s.connections_total);
             active.get_or_create(&l(&base)).set(s.connections_active as i64);
             for (dir, v) in [("in", s.bytes_in), ("out", s.bytes_out)] {
@@ -183,14 +224,19 @@ pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
     reg.register("engine_proxy_bytes", "Bytes engine-proxy forwarded, to the container (in) or from it (out)", moved);
 
     // each running container's cgroup, through lifecycled (one request each, at once)
-    let (cpu, mem, npids) = (Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default(), gauge_family(), gauge_family());
+    let (cpu, mem, npids) =
+        (Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default(), gauge_family(), gauge_family());
     let mem_limit = fgauge_family();
     let running: Vec<_> = all.iter().filter(|r| r.state.running).cloned().collect();
     let mut asks = Vec::new();
     for r in running {
         let mut client = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket()));
         asks.push(async move {
-            let stats = tokio::time::timeout(std::time::Duration::from_secs(2), client.stats(TaskRequest { container_id: r.id.clone(), exec_id: String::new() })).await;
+            let stats = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                client.stats(TaskRequest { container_id: r.id.clone(), exec_id: String::new() }),
+            )
+            .await;
             (r, stats)
         });
     }
@@ -212,7 +258,8 @@ pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
     reg.register("engine_container_pids", "Processes in a container's cgroup", npids);
 
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &reg).map_err(|e| ApiError::internal(format!("metrics: {e}")))?;
+    prometheus_client::encoding::text::encode(&mut out, &reg)
+        .map_err(|e| ApiError::internal(format!("metrics: {e}")))?;
     Ok(out)
 }
 

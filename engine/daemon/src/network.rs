@@ -58,7 +58,10 @@ impl From<NetworkError> for ApiError {
             NetworkError::NotFound(_) => StatusCode::NOT_FOUND,
             NetworkError::Exists(_) => StatusCode::CONFLICT,
             NetworkError::Forbidden(_) => StatusCode::FORBIDDEN,
-            NetworkError::Invalid(_) | NetworkError::Ipam(engine_network::ipam::IpamError::InUse(_) | engine_network::ipam::IpamError::OutOfSubnet(..)) => StatusCode::BAD_REQUEST,
+            NetworkError::Invalid(_)
+            | NetworkError::Ipam(
+                engine_network::ipam::IpamError::InUse(_) | engine_network::ipam::IpamError::OutOfSubnet(..),
+            ) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -76,14 +79,22 @@ pub fn plan(d: &Daemon, hc: &mut HostConfig, nc: Option<&NetworkingConfig>) -> R
         m => m.to_string(),
     };
     // the endpoint of the primary network may be keyed by the mode as given ("default")
-    let is_primary = |k: &str, id: &str| k == primary || k == id || (k == "default" && primary == engine_network::networks::DEFAULT);
+    let is_primary =
+        |k: &str, id: &str| k == primary || k == id || (k == "default" && primary == engine_network::networks::DEFAULT);
     if let Mode::Container(target) = mode(hc) {
         let other = d.find(&target).map_err(|_| ApiError::not_found(format!("No such container: {target}")))?;
         if has_ports {
-            return Err(ApiError::bad_request("conflicting options: port publishing and the container type network mode"));
+            return Err(ApiError::bad_request(
+                "conflicting options: port publishing and the container type network mode",
+            ));
         }
-        if endpoints.values().any(|e| e.aliases.as_ref().is_some_and(|a| !a.is_empty()) || e.ipam_config.as_ref().is_some_and(|i| !i.ipv4_address.is_empty())) {
-            return Err(ApiError::bad_request("conflicting options: network endpoints and the container type network mode"));
+        if endpoints.values().any(|e| {
+            e.aliases.as_ref().is_some_and(|a| !a.is_empty())
+                || e.ipam_config.as_ref().is_some_and(|i| !i.ipv4_address.is_empty())
+        }) {
+            return Err(ApiError::bad_request(
+                "conflicting options: network endpoints and the container type network mode",
+            ));
         }
         hc.network_mode = format!("container:{}", other.snapshot().id);
         return Ok(Vec::new());
@@ -92,16 +103,25 @@ pub fn plan(d: &Daemon, hc: &mut HostConfig, nc: Option<&NetworkingConfig>) -> R
     let link = |rec: &NetworkRecord, ep: Option<&crate::types::EndpointSettings>| -> Result<NetworkLink, ApiError> {
         let aliases = ep.and_then(|e| e.aliases.clone()).unwrap_or_default();
         let ip = ep.and_then(|e| e.ipam_config.as_ref()).map(|i| i.ipv4_address.as_str()).filter(|s| !s.is_empty());
-        let ipv4_address = ip.map(|s| s.parse::<Ipv4Addr>().map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {s}")))).transpose()?;
+        let ipv4_address = ip
+            .map(|s| s.parse::<Ipv4Addr>().map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {s}"))))
+            .transpose()?;
         if rec.name == engine_network::networks::DEFAULT && !aliases.is_empty() {
-            return Err(ApiError::bad_request("network-scoped alias is supported only for containers in user defined networks"));
+            return Err(ApiError::bad_request(
+                "network-scoped alias is supported only for containers in user defined networks",
+            ));
         }
         if ipv4_address.is_some() && !rec.subnet_configured {
-            return Err(ApiError::bad_request("user specified IP address is supported only when connecting to networks with user configured subnets"));
+            return Err(ApiError::bad_request(
+                "user specified IP address is supported only when connecting to networks with user configured subnets",
+            ));
         }
         if let (Some(ip), Some(subnet)) = (ipv4_address, rec.subnet) {
             if !subnet.contains(&ip) {
-                return Err(ApiError::bad_request(format!("requested address {ip} is not in subnet {subnet} of network {}", rec.name)));
+                return Err(ApiError::bad_request(format!(
+                    "requested address {ip} is not in subnet {subnet} of network {}",
+                    rec.name
+                )));
             }
         }
         Ok(NetworkLink { name: rec.name.clone(), id: rec.id.clone(), aliases, ipv4_address })
@@ -111,7 +131,10 @@ pub fn plan(d: &Daemon, hc: &mut HostConfig, nc: Option<&NetworkingConfig>) -> R
     if !net.is_bridge() {
         // host or none: no other network, and nothing to publish
         if endpoints.keys().any(|k| !is_primary(k, &net.id)) {
-            return Err(ApiError::bad_request(format!("container cannot be connected to other networks with network mode {}", net.name)));
+            return Err(ApiError::bad_request(format!(
+                "container cannot be connected to other networks with network mode {}",
+                net.name
+            )));
         }
         hc.network_mode = net.name.clone();
         hc.port_bindings = None;
@@ -124,7 +147,10 @@ pub fn plan(d: &Daemon, hc: &mut HostConfig, nc: Option<&NetworkingConfig>) -> R
         }
         let other = d.networks.find(name)?;
         if !other.is_bridge() {
-            return Err(ApiError::bad_request(format!("container cannot be connected to network {} and to bridge networks", other.name)));
+            return Err(ApiError::bad_request(format!(
+                "container cannot be connected to network {} and to bridge networks",
+                other.name
+            )));
         }
         links.push(link(&other, Some(ep))?);
     }
@@ -170,7 +196,11 @@ pub fn published(rec: &ContainerRecord) -> Vec<Published> {
     }
     if rec.host_config.publish_all_ports {
         for key in rec.config.exposed_ports.iter().flat_map(|m| m.keys()) {
-            let bound = rec.host_config.port_bindings.as_ref().is_some_and(|b| b.get(key).is_some_and(|v| v.as_ref().is_some_and(|v| !v.is_empty())));
+            let bound = rec
+                .host_config
+                .port_bindings
+                .as_ref()
+                .is_some_and(|b| b.get(key).is_some_and(|v| v.as_ref().is_some_and(|v| !v.is_empty())));
             if !bound {
                 if let Ok(p) = ports::binding(key, "", "") {
                     out.push(p);
@@ -197,10 +227,13 @@ impl Spans<'_> {
         match (self.0, h) {
             (Some(t), Some(h)) => {
                 let msg = r.as_ref().err().map(|e| e.message.clone());
-                let _ = t.finish(h, match msg {
-                    Some(m) => Err(m),
-                    None => Ok(()),
-                });
+                let _ = t.finish(
+                    h,
+                    match msg {
+                        Some(m) => Err(m),
+                        None => Ok(()),
+                    },
+                );
                 r
             }
             _ => r,
@@ -232,10 +265,17 @@ pub async fn up(d: &Arc<Daemon>, trace: Option<&Trace>, e: &Arc<Entry>) -> Resul
     sp.finish(span, r)
 }
 
-async fn up_inner(d: &Arc<Daemon>, sp: &Spans<'_>, e: &Arc<Entry>, rec: &ContainerRecord, m: Mode) -> Result<(), ApiError> {
+async fn up_inner(
+    d: &Arc<Daemon>,
+    sp: &Spans<'_>,
+    e: &Arc<Entry>,
+    rec: &ContainerRecord,
+    m: Mode,
+) -> Result<(), ApiError> {
     let id = rec.id.clone();
     if let Mode::Container(target) = m {
-        let other = d.find(&target).map_err(|_| ApiError::not_found(format!("No such container: {target}")))?.snapshot();
+        let other =
+            d.find(&target).map_err(|_| ApiError::not_found(format!("No such container: {target}")))?.snapshot();
         if !other.state.running {
             return Err(ApiError::conflict(format!("cannot join network of a non running container: {}", other.id)));
         }
@@ -243,7 +283,8 @@ async fn up_inner(d: &Arc<Daemon>, sp: &Spans<'_>, e: &Arc<Entry>, rec: &Contain
         let (from, to) = (d.container_dir(&other.id), d.container_dir(&id));
         for f in ["hosts", "resolv.conf", "hostname"] {
             let content = std::fs::read_to_string(from.join(f)).unwrap_or_default();
-            etc::write_in_place(&to.join(f), &content).map_err(|err| ApiError::internal(format!("writing {f}: {err}")))?;
+            etc::write_in_place(&to.join(f), &content)
+                .map_err(|err| ApiError::internal(format!("writing {f}: {err}")))?;
         }
         return Ok(());
     }
@@ -253,7 +294,7 @@ async fn up_inner(d: &Arc<Daemon>, sp: &Spans<'_>, e: &Arc<Entry>, rec: &Contain
         let (path, d) = (path.clone(), d.clone());
         tokio::task::spawn_blocking(move || {
             engine_network::remove_namespace(&path); // a leftover of a crash
-            // the probes follow the thread that unshares and mounts it
+                                                     // the probes follow the thread that unshares and mounts it
             let thread = std::sync::atomic::AtomicU32::new(0);
             let made = engine_network::create_namespace(&path, &|tid, on| {
                 thread.store(tid, std::sync::atomic::Ordering::Relaxed);
@@ -279,9 +320,17 @@ async fn up_inner(d: &Arc<Daemon>, sp: &Spans<'_>, e: &Arc<Entry>, rec: &Contain
         let h = sp.start("network.endpoint");
         sp.attr(h, "network.name", link.name.clone());
         let ifname = format!("eth{i}");
-        let net = d.networks.find(&link.id).or_else(|_| d.networks.find(&link.name)).map_err(|_| ApiError::not_found(format!("network {} not found", link.name)));
+        let net = d
+            .networks
+            .find(&link.id)
+            .or_else(|_| d.networks.find(&link.name))
+            .map_err(|_| ApiError::not_found(format!("network {} not found", link.name)));
         let attached = match &net {
-            Ok(net) => d.networks.attach(&net.id, &id, &rec.name, &link.aliases, (&ns, &nl), &ifname, link.ipv4_address, i == 0).await.map_err(ApiError::from),
+            Ok(net) => d
+                .networks
+                .attach(&net.id, &id, &rec.name, &link.aliases, (&ns, &nl), &ifname, link.ipv4_address, i == 0)
+                .await
+                .map_err(ApiError::from),
             Err(err) => Err(ApiError::new(err.status, err.message.clone())),
         };
         if let (Ok(ep), Ok(net)) = (&attached, &net) {
@@ -320,7 +369,13 @@ async fn up_inner(d: &Arc<Daemon>, sp: &Spans<'_>, e: &Arc<Entry>, rec: &Contain
     Ok(())
 }
 
-async fn spawn_proxy(d: &Arc<Daemon>, id: &str, p: &Published, ip: Ipv4Addr, n: usize) -> Result<ports::Proxy, ApiError> {
+async fn spawn_proxy(
+    d: &Arc<Daemon>,
+    id: &str,
+    p: &Published,
+    ip: Ipv4Addr,
+    n: usize,
+) -> Result<ports::Proxy, ApiError> {
     let dir = d.cfg.exec_root.join("proxy");
     std::fs::create_dir_all(&dir).map_err(|err| ApiError::internal(format!("creating {}: {err}", dir.display())))?;
     let stats = dir.join(format!("{id}-{}-{}-{n}", p.proto, p.container_port));
@@ -347,7 +402,11 @@ pub async fn down(d: &Arc<Daemon>, e: &Arc<Entry>) {
     // The namespace goes with its last process and its mount: the kernel then destroys the
     // veth pairs in it, off this path. A running container that joined it keeps it alive:
     // then the pairs are deleted here.
-    let shared = d.all().iter().map(|o| o.snapshot()).any(|o| o.state.running && o.id != id && mode(&o.host_config) == Mode::Container(id.clone()));
+    let shared = d
+        .all()
+        .iter()
+        .map(|o| o.snapshot())
+        .any(|o| o.state.running && o.id != id && mode(&o.host_config) == Mode::Container(id.clone()));
     let veths = d.networks.release(&id);
     let path = d.networks.sandbox_path(&id);
     if path.exists() {
@@ -370,7 +429,9 @@ pub async fn down(d: &Arc<Daemon>, e: &Arc<Entry>) {
 pub async fn ensure_proxies(d: &Arc<Daemon>, e: &Arc<Entry>) {
     let _net = e.net.lock().await;
     let rec = e.snapshot();
-    let Some((_, ep)) = d.networks.endpoints_of(&rec.id).into_iter().find(|(_, ep)| ep.ifname == "eth0") else { return };
+    let Some((_, ep)) = d.networks.endpoints_of(&rec.id).into_iter().find(|(_, ep)| ep.ifname == "eth0") else {
+        return;
+    };
     let mut kept = Vec::new();
     for (n, p) in rec.ports.iter().enumerate() {
         if ports::is_running(p) {
@@ -379,7 +440,14 @@ pub async fn ensure_proxies(d: &Arc<Daemon>, e: &Arc<Entry>) {
         }
         match spawn_proxy(d, &rec.id, &p.port, ep.ip, n).await {
             Ok(px) => kept.push(px),
-            Err(err) => crate::log!(d.cfg, "warn", "restarting the proxy of {} port {}: {}", rec.id, p.port.container_port, err.message),
+            Err(err) => crate::log!(
+                d.cfg,
+                "warn",
+                "restarting the proxy of {} port {}: {}",
+                rec.id,
+                p.port.container_port,
+                err.message
+            ),
         }
     }
     e.update(|r| r.ports = kept);
@@ -395,7 +463,8 @@ fn write_hosts(d: &Daemon, id: &str) -> Result<(), ApiError> {
     }
     let own: Vec<Ipv4Addr> = d.networks.endpoints_of(id).iter().map(|(_, ep)| ep.ip).collect();
     let gateway = d.networks.find(engine_network::networks::DEFAULT).ok().and_then(|n| n.gateway);
-    let content = etc::hosts(&rec.config.hostname, &own, &d.networks.peers(id)) + &crate::hostconfig::extra_hosts(&rec.host_config, gateway);
+    let content = etc::hosts(&rec.config.hostname, &own, &d.networks.peers(id))
+        + &crate::hostconfig::extra_hosts(&rec.host_config, gateway);
     let path = d.container_dir(id).join("hosts");
     etc::write_in_place(&path, &content).map_err(|err| ApiError::internal(format!("writing {}: {err}", path.display())))
 }
@@ -412,7 +481,8 @@ pub fn refresh_neighbours(d: &Daemon, id: &str) {
 
 /// `NetworkSettings` of `GET /containers/{id}/json`.
 pub fn settings_json(d: &Daemon, rec: &ContainerRecord) -> Value {
-    let eps: BTreeMap<String, engine_network::Endpoint> = d.networks.endpoints_of(&rec.id).into_iter().map(|(n, ep)| (n.id, ep)).collect();
+    let eps: BTreeMap<String, engine_network::Endpoint> =
+        d.networks.endpoints_of(&rec.id).into_iter().map(|(n, ep)| (n.id, ep)).collect();
     let mut networks = serde_json::Map::new();
     for link in &rec.networks {
         let ep = eps.get(&link.id);
@@ -431,8 +501,13 @@ pub fn settings_json(d: &Daemon, rec: &ContainerRecord) -> Value {
             }),
         );
     }
-    let default = rec.networks.iter().find(|l| l.name == engine_network::networks::DEFAULT).and_then(|l| eps.get(&l.id));
-    let sandbox = if rec.state.running && matches!(mode(&rec.host_config), Mode::Bridge | Mode::None) { d.networks.sandbox_path(&rec.id).display().to_string() } else { String::new() };
+    let default =
+        rec.networks.iter().find(|l| l.name == engine_network::networks::DEFAULT).and_then(|l| eps.get(&l.id));
+    let sandbox = if rec.state.running && matches!(mode(&rec.host_config), Mode::Bridge | Mode::None) {
+        d.networks.sandbox_path(&rec.id).display().to_string()
+    } else {
+        String::new()
+    };
     json!({
         "Bridge": "", "SandboxID": if sandbox.is_empty() { "" } else { &rec.id }, "HairpinMode": false,
         "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
@@ -546,7 +621,9 @@ pub fn list(d: &Daemon, q: &Query) -> Result<Resp, ApiError> {
                     Some((k, v)) => n.labels.get(k).map(String::as_str) == Some(v),
                     None => n.labels.contains_key(l),
                 })
-                && f.get("dangling").iter().all(|x| (x == "true" || x == "1") == (n.endpoints.is_empty() && !n.predefined()))
+                && f.get("dangling")
+                    .iter()
+                    .all(|x| (x == "true" || x == "1") == (n.endpoints.is_empty() && !n.predefined()))
         })
         .map(|n| network_json(d, n))
         .collect();
@@ -598,22 +675,33 @@ pub async fn create(d: &Arc<Daemon>, body: CreateBody) -> Result<Resp, ApiError>
     }
     let ipam = body.ipam.unwrap_or_default();
     if ipam.driver.as_deref().is_some_and(|x| !x.is_empty() && x != "default") {
-        return Err(ApiError::bad_request(format!("IPAM driver {:?} is not supported (only default)", ipam.driver.unwrap_or_default())));
+        return Err(ApiError::bad_request(format!(
+            "IPAM driver {:?} is not supported (only default)",
+            ipam.driver.unwrap_or_default()
+        )));
     }
     let configs = ipam.config.unwrap_or_default();
-    let v4: Vec<&IpamConfigBody> = configs.iter().filter(|c| !c.subnet.as_deref().unwrap_or("").contains(':')).collect();
+    let v4: Vec<&IpamConfigBody> =
+        configs.iter().filter(|c| !c.subnet.as_deref().unwrap_or("").contains(':')).collect();
     if v4.len() > 1 || configs.len() > v4.len() {
         return Err(ApiError::bad_request("one IPv4 subnet per network is supported"));
     }
     let parse_net = |s: &Option<String>, what: &str| -> Result<Option<ipnet::Ipv4Net>, ApiError> {
-        s.as_deref().filter(|s| !s.is_empty()).map(|s| s.parse::<ipnet::Ipv4Net>().map_err(|_| ApiError::bad_request(format!("invalid {what} {s:?}")))).transpose()
+        s.as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<ipnet::Ipv4Net>().map_err(|_| ApiError::bad_request(format!("invalid {what} {s:?}"))))
+            .transpose()
     };
     let c = v4.first();
     let req = engine_network::CreateRequest {
         name: body.name,
         driver: body.driver.unwrap_or_default(),
         subnet: c.map(|c| parse_net(&c.subnet, "subnet")).transpose()?.flatten(),
-        gateway: c.and_then(|c| c.gateway.as_deref()).filter(|g| !g.is_empty()).map(|g| g.parse::<Ipv4Addr>().map_err(|_| ApiError::bad_request(format!("invalid gateway {g:?}")))).transpose()?,
+        gateway: c
+            .and_then(|c| c.gateway.as_deref())
+            .filter(|g| !g.is_empty())
+            .map(|g| g.parse::<Ipv4Addr>().map_err(|_| ApiError::bad_request(format!("invalid gateway {g:?}"))))
+            .transpose()?,
         ip_range: c.map(|c| parse_net(&c.ip_range, "ip-range")).transpose()?.flatten(),
         internal: body.internal,
         labels: body.labels.unwrap_or_default(),
@@ -644,7 +732,12 @@ pub async fn prune(d: &Arc<Daemon>, q: &Query) -> Result<Resp, ApiError> {
         None => n.labels.contains_key(l),
     };
     let mut deleted = Vec::new();
-    let chosen = d.networks.list().into_iter().filter(|n| !n.predefined() && n.endpoints.is_empty()).filter(|n| f.get("label").iter().all(|l| has(n, l)) && !f.get("label!").iter().any(|l| has(n, l)));
+    let chosen = d
+        .networks
+        .list()
+        .into_iter()
+        .filter(|n| !n.predefined() && n.endpoints.is_empty())
+        .filter(|n| f.get("label").iter().all(|l| has(n, l)) && !f.get("label!").iter().any(|l| has(n, l)));
     for n in chosen {
         if let Ok(rec) = d.networks.remove(&n.id).await {
             network_event(d, "destroy", &rec, None);
@@ -677,13 +770,17 @@ pub async fn connect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result<Re
         Mode::Bridge => return Err(ApiError::new(StatusCode::FORBIDDEN, format!("container cannot be connected to network {} (driver {})", n.name, n.driver))),
     }
     if rec.networks.iter().any(|l| l.id == n.id) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, format!("endpoint with name {} already exists in network {}", rec.name, n.name)));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("endpoint with name {} already exists in network {}", rec.name, n.name),
+        ));
     }
     let mut hc = rec.host_config.clone();
     hc.network_mode = n.name.clone();
     hc.port_bindings = None;
     hc.publish_all_ports = false;
-    let nc = NetworkingConfig { endpoints_config: body.endpoint_config.map(|ep| BTreeMap::from([(n.name.clone(), ep)])) };
+    let nc =
+        NetworkingConfig { endpoints_config: body.endpoint_config.map(|ep| BTreeMap::from([(n.name.clone(), ep)])) };
     let link = plan(d, &mut hc, Some(&nc))?.remove(0);
     if rec.state.running {
         let used: Vec<String> = d.networks.endpoints_of(&rec.id).into_iter().map(|(_, ep)| ep.ifname).collect();
@@ -691,12 +788,18 @@ pub async fn connect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result<Re
         let path = d.networks.sandbox_path(&rec.id);
         let opened = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || std::fs::File::open(&path).map_err(|err| err.to_string()).and_then(|f| engine_network::Netlink::inside(&f, &path).map(|nl| (f, nl)).map_err(|err| err.to_string())))
-                .await
-                .map_err(|err| ApiError::internal(err.to_string()))?
-                .map_err(|err| ApiError::internal(format!("opening the container's network namespace: {err}")))?
+            tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&path).map_err(|err| err.to_string()).and_then(|f| {
+                    engine_network::Netlink::inside(&f, &path).map(|nl| (f, nl)).map_err(|err| err.to_string())
+                })
+            })
+            .await
+            .map_err(|err| ApiError::internal(err.to_string()))?
+            .map_err(|err| ApiError::internal(format!("opening the container's network namespace: {err}")))?
         };
-        d.networks.attach(&n.id, &rec.id, &rec.name, &link.aliases, (&opened.0, &opened.1), &ifname, link.ipv4_address, false).await?;
+        d.networks
+            .attach(&n.id, &rec.id, &rec.name, &link.aliases, (&opened.0, &opened.1), &ifname, link.ipv4_address, false)
+            .await?;
     }
     e.update(|r| r.networks.push(link));
     d.persist(&e);
@@ -716,10 +819,16 @@ pub async fn disconnect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result
     let _net = e.net.lock().await;
     let rec = e.snapshot();
     if !rec.networks.iter().any(|l| l.id == n.id) && !body.force {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, format!("container {} is not connected to network {}", rec.id, n.name)));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("container {} is not connected to network {}", rec.id, n.name),
+        ));
     }
     if matches!(mode(&rec.host_config), Mode::Host) || (!n.is_bridge() && !body.force) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "container cannot be disconnected from host network or connected to host network"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "container cannot be disconnected from host network or connected to host network",
+        ));
     }
     let neighbours = d.networks.neighbours(&rec.id);
     d.networks.detach(&n.id, &rec.id).await?;

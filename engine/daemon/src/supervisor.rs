@@ -55,7 +55,10 @@ fn spawn(cfg: &Config) -> anyhow::Result<Child> {
         .process_group(0)
         .kill_on_drop(false);
     // lifecycled and the shims it starts send their spans (and the runtime's) to our receiver
-    cmd.env(engine_telemetry::otlp::ENV_ENGINE_OTLP, format!("unix://{}", crate::traces::receiver_socket(cfg).display()));
+    cmd.env(
+        engine_telemetry::otlp::ENV_ENGINE_OTLP,
+        format!("unix://{}", crate::traces::receiver_socket(cfg).display()),
+    );
     cmd.env_remove(engine_telemetry::ENV_SPAN_SINK);
     Ok(cmd.spawn()?)
 }
@@ -66,7 +69,10 @@ pub async fn start(cfg: Arc<Config>) -> anyhow::Result<Supervisor> {
     let pid_file = cfg.exec_root.join("lifecycled.pid");
     let restarts = Arc::new(AtomicU64::new(0));
     let (tx, rx) = watch::channel(0u32);
-    let adopted = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()).filter(|pid| is_lifecycled(*pid));
+    let adopted = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|pid| is_lifecycled(*pid));
     let mut child = None;
     match adopted {
         Some(pid) if cfg.lifecycled_socket().exists() => {

@@ -57,7 +57,11 @@ pub struct SpanIntake {
 const INTAKE_QUEUE: usize = 8192;
 
 impl SpanIntake {
-    pub fn start(store: Arc<TraceStore>, probes: Option<Arc<engine_probes::Probes>>, metrics: Arc<crate::metrics::Metrics>) -> std::io::Result<SpanIntake> {
+    pub fn start(
+        store: Arc<TraceStore>,
+        probes: Option<Arc<engine_probes::Probes>>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> std::io::Result<SpanIntake> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<ExportTraceServiceRequest>(INTAKE_QUEUE);
         std::thread::Builder::new().name("span-intake".into()).spawn(move || {
             // drain the probes' ring now and then even when no span comes, so it never fills
@@ -94,7 +98,11 @@ impl engine_telemetry::SpanExporter for SpanIntake {
 
 /// Opens the trace store (with the export, when one is configured) and starts the OTLP receiver;
 /// returns the store and the sink every span goes to. Must run inside the tokio runtime.
-pub fn start(cfg: &Config, probes: Option<Arc<engine_probes::Probes>>, metrics: Arc<crate::metrics::Metrics>) -> anyhow::Result<(Arc<TraceStore>, Sink)> {
+pub fn start(
+    cfg: &Config,
+    probes: Option<Arc<engine_probes::Probes>>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> anyhow::Result<(Arc<TraceStore>, Sink)> {
     if let Some(e) = engine_telemetry::sampling::env_sampler_error() {
         crate::log!(cfg, "warn", "{e}; sampling every trace");
     }
@@ -103,11 +111,17 @@ pub fn start(cfg: &Config, probes: Option<Arc<engine_probes::Probes>>, metrics: 
         crate::log!(cfg, "info", "exporting spans to {} ({:?})", e.endpoint, e.protocol);
     }
     let resource = match std::env::var("OTEL_RESOURCE_ATTRIBUTES") {
-        Ok(list) => engine_telemetry::otlp::parse_pairs(&list).map_err(|e| anyhow::anyhow!("OTEL_RESOURCE_ATTRIBUTES: {e}"))?,
+        Ok(list) => {
+            engine_telemetry::otlp::parse_pairs(&list).map_err(|e| anyhow::anyhow!("OTEL_RESOURCE_ATTRIBUTES: {e}"))?
+        }
         Err(_) => Vec::new(),
     };
     let max_bytes = cfg.trace_max_mb << 20;
-    let retention = Retention { max_traces: cfg.trace_max_traces, max_bytes, segment_bytes: Retention::default().segment_bytes.min((max_bytes / 4).max(64 << 10)) };
+    let retention = Retention {
+        max_traces: cfg.trace_max_traces,
+        max_bytes,
+        segment_bytes: Retention::default().segment_bytes.min((max_bytes / 4).max(64 << 10)),
+    };
     let dir = cfg.data_root.join("traces");
     let store = TraceStore::open(&dir, retention, export.map(|e| Sink::new(OtlpExporter::start(e))), resource)
         .map_err(|e| anyhow::anyhow!("opening the trace store {}: {e}", dir.display()))?;
@@ -116,28 +130,40 @@ pub fn start(cfg: &Config, probes: Option<Arc<engine_probes::Probes>>, metrics: 
     let sock = receiver_socket(cfg);
     let _ = std::fs::remove_file(&sock);
     let listener = engine_api::bind_unix(&sock).map_err(|e| anyhow::anyhow!("listening on {}: {e}", sock.display()))?;
-    let intake = Sink::new(SpanIntake::start(store.clone(), probes, metrics).map_err(|e| anyhow::anyhow!("starting the span intake: {e}"))?);
+    let intake = Sink::new(
+        SpanIntake::start(store.clone(), probes, metrics)
+            .map_err(|e| anyhow::anyhow!("starting the span intake: {e}"))?,
+    );
     let service = Receiver::service(intake.clone());
     tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)).await;
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+            .await;
     });
     Ok((store, intake))
 }
 
 /// `POST /v1/traces`: OTLP/HTTP, protobuf or JSON, into the store.
 pub async fn receive(d: &Daemon, content_type: Option<&str>, body: Incoming) -> Result<Resp, ApiError> {
-    let bytes: Bytes = body.collect().await.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?.to_bytes();
+    let bytes: Bytes =
+        body.collect().await.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?.to_bytes();
     let json_body = content_type.is_some_and(|c| c.starts_with("application/json"));
     let req = if json_body {
-        serde_json::from_slice::<ExportTraceServiceRequest>(&bytes).map_err(|e| ApiError::bad_request(format!("invalid OTLP JSON: {e}")))?
+        serde_json::from_slice::<ExportTraceServiceRequest>(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid OTLP JSON: {e}")))?
     } else {
-        ExportTraceServiceRequest::decode(bytes).map_err(|e| ApiError::bad_request(format!("invalid OTLP protobuf: {e}")))?
+        ExportTraceServiceRequest::decode(bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid OTLP protobuf: {e}")))?
     };
     if let Some(sink) = &d.sink {
         sink.export(req);
     }
     let mut r = Resp::new(http::full(if json_body { "{}" } else { "" }));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(if json_body { "application/json" } else { "application/x-protobuf" }));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(if json_body { "application/json" } else { "application/x-protobuf" }),
+    );
     Ok(r)
 }
 
@@ -206,7 +232,9 @@ pub async fn trace(d: &Daemon, trace_id: &str) -> Result<Resp, ApiError> {
     }
     let ids: HashSet<String> = [trace_id.to_string()].into();
     let store = d.traces.clone();
-    let mut found = tokio::task::spawn_blocking(move || store.requests(&ids)).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut found = tokio::task::spawn_blocking(move || store.requests(&ids))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let reqs = found.remove(trace_id).unwrap_or_default();
     if reqs.is_empty() {
         return Err(ApiError::not_found(format!("no trace {trace_id}")));
@@ -226,6 +254,8 @@ pub fn probe_status(d: &Daemon) -> serde_json::Value {
             let c = p.counters();
             json!({ "Running": true, "Reason": "", "EventsSeen": c.seen, "EventsSent": c.sent, "EventsDropped": c.dropped })
         }
-        crate::kernel::ProbeState::Disabled(why) => json!({ "Running": false, "Reason": why, "EventsSeen": 0, "EventsSent": 0, "EventsDropped": 0 }),
+        crate::kernel::ProbeState::Disabled(why) => {
+            json!({ "Running": false, "Reason": why, "EventsSeen": 0, "EventsSent": 0, "EventsDropped": 0 })
+        }
     }
 }

@@ -14,14 +14,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 #[cfg(test)]
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use engine_telemetry::handoff::flatten;
-use engine_telemetry::{FlatSpan, Sink};
 #[cfg(test)]
 use engine_telemetry::SpanExporter;
+use engine_telemetry::{FlatSpan, Sink};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use serde::{Deserialize, Serialize};
@@ -132,7 +132,10 @@ fn summarize(into: &mut TraceSummary, s: &FlatSpan, seq: u64) {
     // the root: the span without a parent (the earliest, if several); failing that (a trace
     // continued from a caller's context), the earliest span
     let is_root = s.parent_span_id.is_empty();
-    if first || (is_root && (!into.root_is_true || s.start_unix_nanos < into.root_start)) || (!is_root && !into.root_is_true && s.start_unix_nanos < into.root_start) {
+    if first
+        || (is_root && (!into.root_is_true || s.start_unix_nanos < into.root_start))
+        || (!is_root && !into.root_is_true && s.start_unix_nanos < into.root_start)
+    {
         into.root = Some(s.name.clone());
         into.root_start = s.start_unix_nanos;
         into.root_is_true = is_root;
@@ -160,7 +163,12 @@ fn summarize(into: &mut TraceSummary, s: &FlatSpan, seq: u64) {
 impl TraceStore {
     /// Opens (or creates) the store in `dir`, reading the indexes of sealed segments and the
     /// spans of the open one.
-    pub fn open(dir: &Path, retention: Retention, export: Option<Sink>, resource: Vec<(String, String)>) -> std::io::Result<TraceStore> {
+    pub fn open(
+        dir: &Path,
+        retention: Retention,
+        export: Option<Sink>,
+        resource: Vec<(String, String)>,
+    ) -> std::io::Result<TraceStore> {
         std::fs::create_dir_all(dir)?;
         // the single file of earlier versions becomes the first segment
         let legacy = dir.join("spans.jsonl");
@@ -170,14 +178,20 @@ impl TraceStore {
         let _ = std::fs::remove_file(dir.join("spans.jsonl.1"));
         let mut seqs: Vec<u64> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("seg-")?.strip_suffix(".jsonl")?.parse().ok()))
+            .filter_map(|e| {
+                e.file_name().to_str().and_then(|n| n.strip_prefix("seg-")?.strip_suffix(".jsonl")?.parse().ok())
+            })
             .collect();
         seqs.sort_unstable();
         let mut inner = Inner { open: None, segments: BTreeMap::new(), traces: HashMap::new() };
         let last = seqs.last().copied();
         for seq in seqs {
             let index = (Some(seq) != last)
-                .then(|| std::fs::read(index_path(dir, seq)).ok().and_then(|b| serde_json::from_slice::<SegmentIndex>(&b).ok()))
+                .then(|| {
+                    std::fs::read(index_path(dir, seq))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<SegmentIndex>(&b).ok())
+                })
                 .flatten();
             match index {
                 Some(ix) => {
@@ -203,7 +217,14 @@ impl TraceStore {
                 }
             }
         }
-        let store = TraceStore { dir: dir.to_path_buf(), retention, inner: Mutex::new(inner), export, resource, stats: StoreStats::default() };
+        let store = TraceStore {
+            dir: dir.to_path_buf(),
+            retention,
+            inner: Mutex::new(inner),
+            export,
+            resource,
+            stats: StoreStats::default(),
+        };
         {
             let mut inner = store.lock();
             let seq = last.unwrap_or(0);
@@ -315,7 +336,9 @@ impl TraceStore {
     fn enforce_retention(&self, inner: &mut Inner) {
         loop {
             let bytes: u64 = inner.segments.values().sum();
-            if inner.segments.len() <= 1 || (bytes <= self.retention.max_bytes && inner.traces.len() <= self.retention.max_traces) {
+            if inner.segments.len() <= 1
+                || (bytes <= self.retention.max_bytes && inner.traces.len() <= self.retention.max_traces)
+            {
                 return;
             }
             let Some((&oldest, _)) = inner.segments.iter().next() else { return };
@@ -337,7 +360,9 @@ impl TraceStore {
         let mut out: Vec<TraceSummary> = inner
             .traces
             .values()
-            .filter(|t| t.containers.contains(id) || name.is_some_and(|n| t.container_names.contains(n.trim_start_matches('/'))))
+            .filter(|t| {
+                t.containers.contains(id) || name.is_some_and(|n| t.container_names.contains(n.trim_start_matches('/')))
+            })
             .cloned()
             .collect();
         out.sort_by_key(|t| t.start);
@@ -347,7 +372,8 @@ impl TraceStore {
     /// The `limit` most recent traces that contain operation `op` (any when `None`), oldest first.
     pub fn recent(&self, op: Option<&str>, limit: usize) -> Vec<TraceSummary> {
         let inner = self.lock();
-        let mut out: Vec<TraceSummary> = inner.traces.values().filter(|t| op.is_none_or(|o| t.ops.contains(o))).cloned().collect();
+        let mut out: Vec<TraceSummary> =
+            inner.traces.values().filter(|t| op.is_none_or(|o| t.ops.contains(o))).cloned().collect();
         out.sort_by_key(|t| std::cmp::Reverse(t.start));
         out.truncate(limit);
         out.reverse();
@@ -493,11 +519,17 @@ mod tests {
     fn retention_drops_oldest_segments_and_a_restart_finds_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let retention = Retention { max_traces: 10, max_bytes: 1 << 30, segment_bytes: 4096 };
-        let store = Arc::new(TraceStore::open(dir.path(), retention, None, vec![("deployment.environment".into(), "test".into())]).unwrap());
+        let store = Arc::new(
+            TraceStore::open(dir.path(), retention, None, vec![("deployment.environment".into(), "test".into())])
+                .unwrap(),
+        );
         let first = trace(&store, "c1", 3);
         assert_eq!(store.container_traces("c1", None).len(), 1);
         let s = store.summary(&first).unwrap();
-        assert_eq!((s.spans, s.root.as_deref(), s.ops.iter().next().map(String::as_str)), (3, Some("POST /containers/{id}/start"), Some("start")));
+        assert_eq!(
+            (s.spans, s.root.as_deref(), s.ops.iter().next().map(String::as_str)),
+            (3, Some("POST /containers/{id}/start"), Some("start"))
+        );
         let mut ids = vec![first.clone()];
         for _ in 0..40 {
             ids.push(trace(&store, "c2", 3));
@@ -511,7 +543,13 @@ mod tests {
         let reqs = store.requests(&[last.clone()].into()).remove(&last).unwrap();
         let spans: Vec<FlatSpan> = reqs.iter().flat_map(flatten).collect();
         assert_eq!(spans.len(), 3);
-        assert!(reqs[0].resource_spans[0].resource.as_ref().unwrap().attributes.iter().any(|kv| kv.key == "deployment.environment"));
+        assert!(reqs[0].resource_spans[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .attributes
+            .iter()
+            .any(|kv| kv.key == "deployment.environment"));
         drop(store);
         // a restart reads sealed segments from their index and the open one from its spans
         let again = TraceStore::open(dir.path(), retention, None, vec![]).unwrap();
@@ -520,11 +558,18 @@ mod tests {
         assert!(again.container_traces("c2", None).iter().any(|t| t.trace_id == last));
         // a trace continued from a caller's context: its earliest span stands for the root
         let arc = Arc::new(again);
-        let mut rec = Recorder::with_sink("engined", Sink::new(StoreSink(arc.clone())), TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None).ok());
+        let mut rec = Recorder::with_sink(
+            "engined",
+            Sink::new(StoreSink(arc.clone())),
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None).ok(),
+        );
         let h = rec.start("POST /containers/create", None);
         rec.end(h);
         rec.flush();
-        assert_eq!(arc.summary("4bf92f3577b34da6a3ce929d0e0e4736").unwrap().root.as_deref(), Some("POST /containers/create"));
+        assert_eq!(
+            arc.summary("4bf92f3577b34da6a3ce929d0e0e4736").unwrap().root.as_deref(),
+            Some("POST /containers/create")
+        );
     }
 
     #[test]
@@ -546,8 +591,19 @@ mod tests {
         assert_eq!(summary.spans, 30);
         drop(store);
         // a crash tore the open segment's last line
-        let open = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).max().unwrap();
-        std::fs::OpenOptions::new().append(true).open(&open).unwrap().write_all(b"{\"resourceSpans\":[{\"res\xff").unwrap();
+        let open = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .max()
+            .unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&open)
+            .unwrap()
+            .write_all(b"{\"resourceSpans\":[{\"res\xff")
+            .unwrap();
         let again = Arc::new(TraceStore::open(dir.path(), retention, None, vec![]).unwrap());
         assert_eq!(again.summary(id).map(|s| s.spans), Some(30), "no span counted twice, none lost");
         assert_eq!(again.spans(&[id.to_string()].into())[id].len(), 30);

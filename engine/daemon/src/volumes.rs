@@ -109,12 +109,18 @@ pub fn inspect(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
     if !valid_volume_name(name) {
         return Err(ApiError::not_found(format!("get {name}: no such volume")));
     }
-    read(d, name).map(|v| json(StatusCode::OK, &v)).ok_or_else(|| ApiError::not_found(format!("get {name}: no such volume")))
+    read(d, name)
+        .map(|v| json(StatusCode::OK, &v))
+        .ok_or_else(|| ApiError::not_found(format!("get {name}: no such volume")))
 }
 
 pub fn remove(d: &Daemon, name: &str, force: bool) -> Result<Resp, ApiError> {
     if !valid_volume_name(name) || read(d, name).is_none() {
-        return if force { Ok(empty(StatusCode::NO_CONTENT)) } else { Err(ApiError::not_found(format!("get {name}: no such volume"))) };
+        return if force {
+            Ok(empty(StatusCode::NO_CONTENT))
+        } else {
+            Err(ApiError::not_found(format!("get {name}: no such volume")))
+        };
     }
     let users = users(d, name);
     if !users.is_empty() {

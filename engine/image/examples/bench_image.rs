@@ -47,7 +47,14 @@ fn main() {
     let tree = work.path().join("tree");
     let bytes = make_tree(&tree);
     let layer = work.path().join("layer.tar");
-    let st = Command::new("tar").args(["--format=posix", "--numeric-owner", "-C"]).arg(&tree).arg("-cf").arg(&layer).arg(".").status().unwrap();
+    let st = Command::new("tar")
+        .args(["--format=posix", "--numeric-owner", "-C"])
+        .arg(&tree)
+        .arg("-cf")
+        .arg(&layer)
+        .arg(".")
+        .status()
+        .unwrap();
     assert!(st.success());
     let st = Command::new("gzip").args(["-k", "-n", "-1"]).arg(&layer).status().unwrap();
     assert!(st.success());
@@ -72,7 +79,13 @@ fn main() {
             let dest = work.path().join(format!("tar-{label}-{i}"));
             std::fs::create_dir(&dest).unwrap();
             let t = Instant::now();
-            let st = Command::new("tar").args(["--same-owner", "-p", "--xattrs", "-C"]).arg(&dest).arg(tar_flag).arg(path).status().unwrap();
+            let st = Command::new("tar")
+                .args(["--same-owner", "-p", "--xattrs", "-C"])
+                .arg(&dest)
+                .arg(tar_flag)
+                .arg(path)
+                .status()
+                .unwrap();
             gnu.push(t.elapsed());
             assert!(st.success());
             std::fs::remove_dir_all(&dest).unwrap();
@@ -94,7 +107,11 @@ fn main() {
     engine_test_support::make_busybox_rootfs(&bb);
     let bb_tar = work.path().join("bb.tar");
     assert!(Command::new("tar").arg("-C").arg(&bb).arg("-cf").arg(&bb_tar).arg(".").status().unwrap().success());
-    let opts = ImportOptions { reference: Some("bench/busybox".parse().unwrap()), changes: vec!["CMD [\"sh\"]".into()], message: None };
+    let opts = ImportOptions {
+        reference: Some("bench/busybox".parse().unwrap()),
+        changes: vec!["CMD [\"sh\"]".into()],
+        message: None,
+    };
     let id = store.import(std::fs::File::open(&bb_tar).unwrap(), &opts, &()).unwrap();
     let mut prepare = Vec::new();
     let mut remove = Vec::new();

@@ -39,10 +39,17 @@ impl StagedFiles {
         let path = format!("blobs/sha256/{}", d.digest.hex());
         let blob = self.get(&path).ok_or_else(|| ImageError::Format(format!("blob {} is missing", d.digest)))?;
         if blob.digest != d.digest {
-            return Err(ImageError::DigestMismatch { what: path, expected: d.digest.clone(), actual: blob.digest.clone() });
+            return Err(ImageError::DigestMismatch {
+                what: path,
+                expected: d.digest.clone(),
+                actual: blob.digest.clone(),
+            });
         }
         if blob.size != d.size {
-            return Err(ImageError::Format(format!("blob {} has {} bytes, its descriptor says {}", d.digest, blob.size, d.size)));
+            return Err(ImageError::Format(format!(
+                "blob {} has {} bytes, its descriptor says {}",
+                d.digest, blob.size, d.size
+            )));
         }
         Ok(blob)
     }
@@ -87,9 +94,14 @@ pub(crate) fn stage(r: impl Read, staging: &Path, progress: &dyn Progress) -> Re
                     let parent = e.path.parent().unwrap_or(Path::new(""));
                     let t = Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&link));
                     if t.is_absolute() {
-                        return Err(TarError::refused(&e.raw_path, "symlink with an absolute target in an image archive").into());
+                        return Err(TarError::refused(
+                            &e.raw_path,
+                            "symlink with an absolute target in an image archive",
+                        )
+                        .into());
                     }
-                    tarstream::resolve_lexically(parent, t).ok_or_else(|| TarError::refused(&e.raw_path, "symlink leaves the archive"))?
+                    tarstream::resolve_lexically(parent, t)
+                        .ok_or_else(|| TarError::refused(&e.raw_path, "symlink leaves the archive"))?
                 } else {
                     tarstream::normalize(&link)?
                 };
@@ -116,7 +128,9 @@ pub(crate) fn stage(r: impl Read, staging: &Path, progress: &dyn Progress) -> Re
         }
     }
     if let Some((_, target, raw)) = aliases.first() {
-        return Err(TarError::refused(raw, format!("link to {} which is not a file of the archive", target.display())).into());
+        return Err(
+            TarError::refused(raw, format!("link to {} which is not a file of the archive", target.display())).into()
+        );
     }
     Ok(StagedFiles { files })
 }
@@ -139,7 +153,8 @@ pub(crate) fn plan(files: &StagedFiles, staging: &Path) -> Result<Vec<PlannedIma
         // manifest.json beside it (Docker 25 writes both).
         let mut docker_names: HashMap<Digest, Vec<Reference>> = HashMap::new();
         for e in docker.iter().flatten() {
-            let config = files.get(&e.config).ok_or_else(|| ImageError::Format(format!("config {} is missing", e.config)))?;
+            let config =
+                files.get(&e.config).ok_or_else(|| ImageError::Format(format!("config {} is missing", e.config)))?;
             docker_names.entry(config.digest.clone()).or_default().extend(repo_tags(e)?);
         }
         let index: Index = files.json("index.json")?;
@@ -166,11 +181,14 @@ pub(crate) fn plan(files: &StagedFiles, staging: &Path) -> Result<Vec<PlannedIma
         return Ok(planned);
     }
     let Some(entries) = docker else {
-        return Err(ImageError::Format("neither index.json (OCI image layout) nor manifest.json (docker save) found".into()));
+        return Err(ImageError::Format(
+            "neither index.json (OCI image layout) nor manifest.json (docker save) found".into(),
+        ));
     };
     let mut planned = Vec::new();
     for e in &entries {
-        let config_blob = files.get(&e.config).ok_or_else(|| ImageError::Format(format!("config {} is missing", e.config)))?.clone();
+        let config_blob =
+            files.get(&e.config).ok_or_else(|| ImageError::Format(format!("config {} is missing", e.config)))?.clone();
         let config: ImageConfig = read_json(&config_blob, &e.config)?;
         check_config(&config, e.layers.len())?;
         let mut blobs = Vec::new();
@@ -180,7 +198,13 @@ pub(crate) fn plan(files: &StagedFiles, staging: &Path) -> Result<Vec<PlannedIma
             let mut f = io::BufReader::new(File::open(&blob.path).map_err(io_at(&blob.path))?);
             let c = compression::detect(&mut f).map_err(|err| ImageError::Format(format!("layer {path}: {err}")))?;
             layers.push(LayerRecord {
-                blob: Descriptor { media_type: c.oci_layer_media_type().into(), digest: blob.digest.clone(), size: blob.size, platform: None, annotations: Default::default() },
+                blob: Descriptor {
+                    media_type: c.oci_layer_media_type().into(),
+                    digest: blob.digest.clone(),
+                    size: blob.size,
+                    platform: None,
+                    annotations: Default::default(),
+                },
                 diff_id: diff_id.clone(),
                 unpacked_size: 0,
             });
@@ -210,16 +234,27 @@ fn names_from_annotations(a: &BTreeMap<String, String>) -> Vec<Reference> {
 
 fn check_config(config: &ImageConfig, layers: usize) -> Result<(), ImageError> {
     if !config.os.is_empty() && config.os != "linux" {
-        return Err(ImageError::Platform(format!("image operating system {:?} cannot be used on this platform", config.os)));
+        return Err(ImageError::Platform(format!(
+            "image operating system {:?} cannot be used on this platform",
+            config.os
+        )));
     }
     if config.rootfs.diff_ids.len() != layers {
-        return Err(ImageError::Format(format!("config lists {} diff ids for {} layers", config.rootfs.diff_ids.len(), layers)));
+        return Err(ImageError::Format(format!(
+            "config lists {} diff ids for {} layers",
+            config.rootfs.diff_ids.len(),
+            layers
+        )));
     }
     Ok(())
 }
 
 /// Follows an index entry down to one manifest, choosing linux/amd64 in multi-platform indexes.
-fn select_manifest<'a>(files: &'a StagedFiles, desc: &Descriptor, depth: usize) -> Result<(Descriptor, &'a StagedBlob), ImageError> {
+fn select_manifest<'a>(
+    files: &'a StagedFiles,
+    desc: &Descriptor,
+    depth: usize,
+) -> Result<(Descriptor, &'a StagedBlob), ImageError> {
     let blob = files.blob(desc)?;
     if manifest::is_manifest(&desc.media_type) {
         return Ok((desc.clone(), blob));
@@ -236,8 +271,15 @@ fn select_manifest<'a>(files: &'a StagedFiles, desc: &Descriptor, depth: usize) 
         Some(d) => d,
         None if index.manifests.len() == 1 && index.manifests[0].platform.is_none() => &index.manifests[0],
         None => {
-            let found: Vec<String> = index.manifests.iter().filter_map(|d| d.platform.as_ref().map(|p| format!("{}/{}", p.os, p.architecture))).collect();
-            return Err(ImageError::Platform(format!("no linux/amd64 image in the index (it has: {})", found.join(", "))));
+            let found: Vec<String> = index
+                .manifests
+                .iter()
+                .filter_map(|d| d.platform.as_ref().map(|p| format!("{}/{}", p.os, p.architecture)))
+                .collect();
+            return Err(ImageError::Platform(format!(
+                "no linux/amd64 image in the index (it has: {})",
+                found.join(", ")
+            )));
         }
     };
     select_manifest(files, chosen, depth + 1)
@@ -262,7 +304,10 @@ fn plan_oci_manifest(files: &StagedFiles, desc: Descriptor, blob: StagedBlob) ->
             manifest::MEDIA_DOCKER_LAYER_GZIP,
         ];
         if !known.contains(&l.media_type.as_str()) {
-            return Err(ImageError::Format(format!("layer {} has unsupported media type {:?}", l.digest, l.media_type)));
+            return Err(ImageError::Format(format!(
+                "layer {} has unsupported media type {:?}",
+                l.digest, l.media_type
+            )));
         }
         layer_blobs.push(files.blob(l)?.clone());
         layers.push(LayerRecord { blob: l.clone(), diff_id: diff_id.clone(), unpacked_size: 0 });
@@ -403,9 +448,14 @@ fn key_values(s: &str) -> Option<Vec<(String, String)>> {
 /// Writes `images` (each with the names to record) as one archive: an OCI image layout
 /// (`oci-layout`, `index.json`, `blobs/sha256/…`) plus Docker's `manifest.json`. Entries are
 /// sorted and carry fixed times and owners, so the same images give the same bytes.
-pub(crate) fn write(store: &ImageStore, images: &[(ImageRecord, Vec<Reference>)], w: impl Write) -> Result<(), ImageError> {
+pub(crate) fn write(
+    store: &ImageStore,
+    images: &[(ImageRecord, Vec<Reference>)],
+    w: impl Write,
+) -> Result<(), ImageError> {
     let mut blobs: BTreeMap<Digest, u64> = BTreeMap::new();
-    let mut index = Index { schema_version: 2, media_type: Some(manifest::MEDIA_OCI_INDEX.into()), manifests: Vec::new() };
+    let mut index =
+        Index { schema_version: 2, media_type: Some(manifest::MEDIA_OCI_INDEX.into()), manifests: Vec::new() };
     let mut docker = Vec::new();
     for (record, tags) in images {
         blobs.insert(record.manifest.digest.clone(), record.manifest.size);
@@ -421,7 +471,8 @@ pub(crate) fn write(store: &ImageStore, images: &[(ImageRecord, Vec<Reference>)]
         for t in tags {
             let mut d = base.clone();
             d.annotations.insert(manifest::ANNOTATION_CONTAINERD_NAME.into(), t.to_string());
-            d.annotations.insert(manifest::ANNOTATION_REF_NAME.into(), t.tag().unwrap_or(crate::reference::DEFAULT_TAG).into());
+            d.annotations
+                .insert(manifest::ANNOTATION_REF_NAME.into(), t.tag().unwrap_or(crate::reference::DEFAULT_TAG).into());
             index.manifests.push(d);
         }
         docker.push(DockerSaveEntry {
@@ -446,7 +497,11 @@ pub(crate) fn write(store: &ImageStore, images: &[(ImageRecord, Vec<Reference>)]
         tar.append_data(&mut h, format!("blobs/sha256/{}", digest.hex()), &mut r).map_err(io_at(&path))?;
         let (actual, _) = r.finish().map_err(io_at(&path))?;
         if &actual != digest {
-            return Err(ImageError::DigestMismatch { what: format!("stored blob {}", path.display()), expected: digest.clone(), actual });
+            return Err(ImageError::DigestMismatch {
+                what: format!("stored blob {}", path.display()),
+                expected: digest.clone(),
+                actual,
+            });
         }
     }
     for (name, bytes) in [
@@ -490,7 +545,17 @@ mod tests {
     #[test]
     fn applies_changes() {
         let mut c = ContainerConfig::default();
-        for ch in [r#"CMD ["sh", "-c", "echo hi"]"#, "ENTRYPOINT /bin/app --x", "ENV A=1 B=\"two words\"", "ENV A 3", "WORKDIR /srv", "WORKDIR data", "USER 1000:1000", "EXPOSE 80 53/udp", "LABEL k=v"] {
+        for ch in [
+            r#"CMD ["sh", "-c", "echo hi"]"#,
+            "ENTRYPOINT /bin/app --x",
+            "ENV A=1 B=\"two words\"",
+            "ENV A 3",
+            "WORKDIR /srv",
+            "WORKDIR data",
+            "USER 1000:1000",
+            "EXPOSE 80 53/udp",
+            "LABEL k=v",
+        ] {
             apply_change(&mut c, ch).unwrap();
         }
         assert_eq!(c.cmd.unwrap(), ["sh", "-c", "echo hi"]);

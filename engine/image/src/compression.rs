@@ -29,7 +29,10 @@ pub fn detect<R: BufRead>(r: &mut R) -> io::Result<Compression> {
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Compression::Zstd
     } else if head.starts_with(b"BZh") || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bzip2 and xz compression are not supported (use gzip, zstd or none)"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bzip2 and xz compression are not supported (use gzip, zstd or none)",
+        ));
     } else {
         Compression::None
     })

@@ -145,7 +145,12 @@ mod tests {
         let d = Digest::of(b"");
         assert_eq!(d.to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
-        for bad in ["e3b0", "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855", "sha512:00", "sha256:../../etc"] {
+        for bad in [
+            "e3b0",
+            "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+            "sha512:00",
+            "sha256:../../etc",
+        ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
     }

@@ -266,7 +266,21 @@ mod tests {
 
     #[test]
     fn refuses_bad_references() {
-        for bad in ["", "Busybox", "busybox:", "busybox:-x", "a//b", "a/", "-a", "a..b", "a___b", "bad host/x", "busybox@sha256:12", ":tag", "host:port/x"] {
+        for bad in [
+            "",
+            "Busybox",
+            "busybox:",
+            "busybox:-x",
+            "a//b",
+            "a/",
+            "-a",
+            "a..b",
+            "a___b",
+            "bad host/x",
+            "busybox@sha256:12",
+            ":tag",
+            "host:port/x",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(matches!(Reference::parse(&"a".repeat(64)), Err(ReferenceError::HexName(_))));

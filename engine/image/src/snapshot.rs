@@ -62,12 +62,17 @@ pub struct Snapshot {
 fn overlay_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
-        fs::read_to_string("/proc/filesystems").map(|s| s.lines().any(|l| l.split_whitespace().last() == Some("overlay"))).unwrap_or(false)
+        fs::read_to_string("/proc/filesystems")
+            .map(|s| s.lines().any(|l| l.split_whitespace().last() == Some("overlay")))
+            .unwrap_or(false)
     })
 }
 
 fn valid_key(key: &str) -> bool {
-    !key.is_empty() && key.len() <= 128 && !key.starts_with('.') && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    !key.is_empty()
+        && key.len() <= 128
+        && !key.starts_with('.')
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 impl ImageStore {
@@ -84,13 +89,21 @@ impl ImageStore {
             return Err(SnapshotError::OverlayUnavailable.into());
         }
         let dir = self.snapshot_dir(key);
-        let snapshot = Snapshot { key: key.into(), image: image.clone(), rootfs: dir.join("rootfs"), upper: dir.join("upper"), work: dir.join("work") };
+        let snapshot = Snapshot {
+            key: key.into(),
+            image: image.clone(),
+            rootfs: dir.join("rootfs"),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+        };
         let layers = {
             let _lock = self.locked()?;
             let record = self.images_by_id()?.remove(image).ok_or_else(|| ImageError::NotFound(image.to_string()))?;
             match fs::create_dir(&dir) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(SnapshotError::Exists(key.into()).into()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(SnapshotError::Exists(key.into()).into())
+                }
                 Err(e) => return Err(io_at(&dir)(e)),
             }
             let layers: Vec<Digest> = record.layers.iter().map(|l| l.diff_id.clone()).collect();
@@ -102,7 +115,8 @@ impl ImageStore {
                 // No fsync: a snapshot's contents do not survive a power loss either, and
                 // this write is on every container start.
                 let path = dir.join("snapshot.json");
-                fs::write(&path, serde_json::to_vec(&rec).map_err(|e| ImageError::Format(e.to_string()))?).map_err(io_at(&path))
+                fs::write(&path, serde_json::to_vec(&rec).map_err(|e| ImageError::Format(e.to_string()))?)
+                    .map_err(io_at(&path))
             })();
             if let Err(e) = result {
                 let _ = fs::remove_dir_all(&dir);
@@ -140,7 +154,12 @@ impl ImageStore {
             }
         }
         let joined: Vec<String> = lowers.iter().map(|p| escape_overlay_path(p)).collect();
-        let data = format!("lowerdir={},upperdir={},workdir={}", joined.join(":"), escape_overlay_path(&s.upper), escape_overlay_path(&s.work));
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            joined.join(":"),
+            escape_overlay_path(&s.upper),
+            escape_overlay_path(&s.work)
+        );
         let mount_err = |source: io::Error| ImageError::from(SnapshotError::Mount { target: s.rootfs.clone(), source });
         if data.len() <= MOUNT_DATA_MAX {
             nix::mount::mount(Some("overlay"), &s.rootfs, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
@@ -161,7 +180,13 @@ impl ImageStore {
         let path = dir.join("snapshot.json");
         let rec: SnapshotRecord = serde_json::from_slice(&fs::read(&path).map_err(io_at(&path))?)
             .map_err(|e| ImageError::Corrupt { path: path.clone(), message: e.to_string() })?;
-        let snapshot = Snapshot { key: rec.key.clone(), image: rec.image.clone(), rootfs: dir.join("rootfs"), upper: dir.join("upper"), work: dir.join("work") };
+        let snapshot = Snapshot {
+            key: rec.key.clone(),
+            image: rec.image.clone(),
+            rootfs: dir.join("rootfs"),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+        };
         let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).map_err(io_at(p));
         if dev(&snapshot.rootfs)? != dev(&dir)? {
             return Ok(()); // a filesystem of its own: mounted
@@ -184,10 +209,18 @@ impl ImageStore {
                 Ok(()) => continue, // stacked mounts: take them all off
                 Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break,
                 Err(nix::errno::Errno::EBUSY) => {
-                    nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH)
-                        .map_err(|e| SnapshotError::Unmount { target: rootfs.clone(), source: io::Error::from_raw_os_error(e as i32) })?;
+                    nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH).map_err(|e| SnapshotError::Unmount {
+                        target: rootfs.clone(),
+                        source: io::Error::from_raw_os_error(e as i32),
+                    })?;
                 }
-                Err(e) => return Err(SnapshotError::Unmount { target: rootfs, source: io::Error::from_raw_os_error(e as i32) }.into()),
+                Err(e) => {
+                    return Err(SnapshotError::Unmount {
+                        target: rootfs,
+                        source: io::Error::from_raw_os_error(e as i32),
+                    }
+                    .into())
+                }
             }
         }
         fs::remove_dir_all(&dir).map_err(io_at(&dir))
@@ -201,11 +234,18 @@ impl ImageStore {
         let dir = self.snapshot_dir(key);
         let path = dir.join("snapshot.json");
         let rec: SnapshotRecord = match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| ImageError::Corrupt { path: path.clone(), message: e.to_string() })?,
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| ImageError::Corrupt { path: path.clone(), message: e.to_string() })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_at(&path)(e)),
         };
-        Ok(Some(Snapshot { key: rec.key, image: rec.image, rootfs: dir.join("rootfs"), upper: dir.join("upper"), work: dir.join("work") }))
+        Ok(Some(Snapshot {
+            key: rec.key,
+            image: rec.image,
+            rootfs: dir.join("rootfs"),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+        }))
     }
 
     /// Every snapshot the store has a readable record of.
@@ -267,7 +307,10 @@ fn mount_overlay_fsconfig(lowers: &[PathBuf], upper: &Path, work: &Path, target:
         let k = cstr(key.as_bytes())?;
         let v = cstr(std::os::unix::ffi::OsStrExt::as_bytes(value.as_os_str()))?;
         // SAFETY: fd is open; key and value are NUL-terminated strings that outlive the call.
-        check(unsafe { libc::syscall(libc::SYS_fsconfig, fs_fd.as_raw_fd(), FSCONFIG_SET_STRING, k.as_ptr(), v.as_ptr(), 0) }).map(drop)
+        check(unsafe {
+            libc::syscall(libc::SYS_fsconfig, fs_fd.as_raw_fd(), FSCONFIG_SET_STRING, k.as_ptr(), v.as_ptr(), 0)
+        })
+        .map(drop)
     };
     for l in lowers {
         set("lowerdir+", l)?;
@@ -275,7 +318,16 @@ fn mount_overlay_fsconfig(lowers: &[PathBuf], upper: &Path, work: &Path, target:
     set("upperdir", upper)?;
     set("workdir", work)?;
     // SAFETY: plain fsconfig command on our fd.
-    check(unsafe { libc::syscall(libc::SYS_fsconfig, fs_fd.as_raw_fd(), FSCONFIG_CMD_CREATE, std::ptr::null::<u8>(), std::ptr::null::<u8>(), 0) })?;
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs_fd.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<u8>(),
+            std::ptr::null::<u8>(),
+            0,
+        )
+    })?;
     // SAFETY: fsmount on our configured fs fd; the mount fd is owned below.
     let mnt = check(unsafe { libc::syscall(libc::SYS_fsmount, fs_fd.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
     // SAFETY: fresh fd we own.
@@ -283,6 +335,15 @@ fn mount_overlay_fsconfig(lowers: &[PathBuf], upper: &Path, work: &Path, target:
     let empty = cstr(b"")?;
     let to = cstr(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()))?;
     // SAFETY: move_mount of our detached mount onto `target`; strings are NUL-terminated.
-    check(unsafe { libc::syscall(libc::SYS_move_mount, mnt.as_raw_fd(), empty.as_ptr(), libc::AT_FDCWD, to.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) })?;
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })?;
     Ok(())
 }

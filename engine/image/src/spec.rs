@@ -199,8 +199,10 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser, SpecError
     }
     let passwd = read_in_root(rootfs, "etc/passwd")?;
     let groups = read_in_root(rootfs, "etc/group")?;
-    let entries: Vec<Vec<&str>> = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).filter(|f| f.len() >= 7).collect();
-    let group_entries: Vec<Vec<&str>> = groups.lines().map(|l| l.split(':').collect::<Vec<_>>()).filter(|f| f.len() >= 4).collect();
+    let entries: Vec<Vec<&str>> =
+        passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).filter(|f| f.len() >= 7).collect();
+    let group_entries: Vec<Vec<&str>> =
+        groups.lines().map(|l| l.split(':').collect::<Vec<_>>()).filter(|f| f.len() >= 4).collect();
 
     let (uid, mut gid, name, home) = if user.is_empty() {
         (0, 0, Some("root".to_string()), "/root".to_string())
@@ -281,7 +283,11 @@ mod tests {
     fn rootfs() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("etc")).unwrap();
-        std::fs::write(d.path().join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n").unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .unwrap();
         std::fs::write(d.path().join("etc/group"), "root:x:0:\napp:x:1000:\nwheel:x:10:app\nstaff:x:50:\n").unwrap();
         d
     }
@@ -292,7 +298,10 @@ mod tests {
         let u = resolve_user(r.path(), "app").unwrap();
         assert_eq!((u.uid, u.gid, u.additional_gids.as_slice(), u.home.as_str()), (1000, 1000, &[10][..], "/home/app"));
         assert_eq!(resolve_user(r.path(), "app:staff").unwrap().gid, 50);
-        assert_eq!(resolve_user(r.path(), "4242").unwrap(), ResolvedUser { uid: 4242, gid: 0, additional_gids: vec![], home: "/".into() });
+        assert_eq!(
+            resolve_user(r.path(), "4242").unwrap(),
+            ResolvedUser { uid: 4242, gid: 0, additional_gids: vec![], home: "/".into() }
+        );
         assert_eq!(resolve_user(r.path(), "").unwrap().uid, 0);
         assert!(matches!(resolve_user(r.path(), "nobody"), Err(SpecError::UnknownUser(_))));
         assert!(matches!(resolve_user(r.path(), "app:nogroup"), Err(SpecError::UnknownGroup(_))));
@@ -338,7 +347,10 @@ mod tests {
         assert_eq!(p.user().uid(), 1000);
 
         let opts = RunOptions { entrypoint: Some(vec!["sh".into()]), ..Default::default() };
-        assert_eq!(build(&image, &opts, r.path()).unwrap().spec.process().as_ref().unwrap().args().as_ref().unwrap(), &["sh"]);
+        assert_eq!(
+            build(&image, &opts, r.path()).unwrap().spec.process().as_ref().unwrap().args().as_ref().unwrap(),
+            &["sh"]
+        );
         let opts = RunOptions { entrypoint: Some(vec![]), ..Default::default() };
         assert!(matches!(build(&image, &opts, r.path()), Err(SpecError::NoCommand)));
         let opts = RunOptions { workdir: Some("rel".into()), ..Default::default() };

@@ -200,7 +200,8 @@ impl ImageStore {
             fs::create_dir_all(&p).map_err(io_at(&p))?;
         }
         let lock_path = root.join("lock");
-        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_at(&lock_path))?;
+        let lock =
+            File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_at(&lock_path))?;
         let store = ImageStore { root, lock: Mutex::new(lock), unpack: UnpackOptions::default() };
         store.clean_staging()?;
         Ok(store)
@@ -215,7 +216,8 @@ impl ImageStore {
             let e = e.map_err(io_at(&staging))?;
             let name = e.file_name().to_string_lossy().into_owned();
             let owner = name.split('-').next().and_then(|p| p.parse::<i32>().ok());
-            let alive = owner.is_some_and(|pid| pid != std::process::id() as i32 && Path::new(&format!("/proc/{pid}")).exists());
+            let alive = owner
+                .is_some_and(|pid| pid != std::process::id() as i32 && Path::new(&format!("/proc/{pid}")).exists());
             if !alive {
                 let _ = fs::remove_dir_all(e.path());
             }
@@ -245,7 +247,11 @@ impl ImageStore {
     }
 
     pub(crate) fn staging(&self) -> Result<Staging, ImageError> {
-        let p = self.root.join("staging").join(format!("{}-{}", std::process::id(), STAGING_SEQ.fetch_add(1, Ordering::Relaxed)));
+        let p = self.root.join("staging").join(format!(
+            "{}-{}",
+            std::process::id(),
+            STAGING_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
         fs::create_dir_all(p.join("files")).map_err(io_at(&p))?;
         fs::create_dir_all(p.join("layers")).map_err(io_at(&p))?;
         Ok(Staging(p))
@@ -266,7 +272,11 @@ impl ImageStore {
         let bytes = fs::read(&p).map_err(io_at(&p))?;
         let actual = Digest::of(&bytes);
         if &actual != d {
-            return Err(ImageError::DigestMismatch { what: format!("stored blob {}", p.display()), expected: d.clone(), actual });
+            return Err(ImageError::DigestMismatch {
+                what: format!("stored blob {}", p.display()),
+                expected: d.clone(),
+                actual,
+            });
         }
         Ok(bytes)
     }
@@ -326,7 +336,8 @@ impl ImageStore {
     fn resolve_in(index: &IndexFile, s: &str) -> Result<Digest, ImageError> {
         let not_found = || ImageError::NotFound(s.to_string());
         let hex = s.strip_prefix("sha256:").unwrap_or(s);
-        let hexlike = hex.len() >= 4 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let hexlike =
+            hex.len() >= 4 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         let reference = if s.starts_with("sha256:") { None } else { Reference::parse(s).ok() };
         if let Some(r) = reference.as_ref().filter(|r| r.digest().is_none()) {
             if let Some(id) = index.names.get(&r.to_string()) {
@@ -346,7 +357,10 @@ impl ImageStore {
             Some(r) if r.digest().is_some() => index
                 .images
                 .values()
-                .find(|i| Some(&i.manifest.digest) == r.digest() && index.names.iter().any(|(n, id)| id == &i.id && n.starts_with(&format!("{}:", r.name()))))
+                .find(|i| {
+                    Some(&i.manifest.digest) == r.digest()
+                        && index.names.iter().any(|(n, id)| id == &i.id && n.starts_with(&format!("{}:", r.name())))
+                })
                 .map(|i| i.id.clone())
                 .ok_or_else(not_found),
             Some(_) => Err(not_found()),
@@ -404,7 +418,10 @@ impl ImageStore {
             }
             _ => {
                 if in_use {
-                    return Err(ImageError::Conflict(format!("conflict: unable to delete {} - image is being used by a container", short_id(&id))));
+                    return Err(ImageError::Conflict(format!(
+                        "conflict: unable to delete {} - image is being used by a container",
+                        short_id(&id)
+                    )));
                 }
                 if names.len() > 1 && !force {
                     return Err(ImageError::Conflict(format!(
@@ -501,16 +518,20 @@ impl ImageStore {
         let blob = {
             let f = File::create(&blob_path).map_err(io_at(&blob_path))?;
             let mut w = DigestWriter::new(BufWriter::new(f));
-            let mut counting = CountingReader::new(r, 1 << 20, |bytes| progress.event(ProgressEvent::Reading { bytes }));
+            let mut counting =
+                CountingReader::new(r, 1 << 20, |bytes| progress.event(ProgressEvent::Reading { bytes }));
             io::copy(&mut counting, &mut w).map_err(io_at(&blob_path))?;
             let (digest, size, w) = w.finish();
             w.into_inner().map_err(|e| io_at(&blob_path)(e.into_error()))?.sync_all().map_err(io_at(&blob_path))?;
             StagedBlob { path: blob_path.clone(), digest, size }
         };
-        let compression = compression::detect(&mut io::BufReader::new(File::open(&blob_path).map_err(io_at(&blob_path))?)).map_err(io_at(&blob_path))?;
+        let compression =
+            compression::detect(&mut io::BufReader::new(File::open(&blob_path).map_err(io_at(&blob_path))?))
+                .map_err(io_at(&blob_path))?;
         // The diff id first (one decompressing pass), so a layer the store has is not unpacked again.
         let diff_id = {
-            let (_, tar) = compression::decompress(File::open(&blob_path).map_err(io_at(&blob_path))?).map_err(io_at(&blob_path))?;
+            let (_, tar) = compression::decompress(File::open(&blob_path).map_err(io_at(&blob_path))?)
+                .map_err(io_at(&blob_path))?;
             DigestReader::new(tar).finish().map_err(io_at(&blob_path))?.0
         };
         let (diff_id, unpacked_size) = self.unpack_blob(&blob, Some(&diff_id), &staging.0, progress)?;
@@ -529,15 +550,35 @@ impl ImageStore {
             }],
             ..Default::default()
         };
-        let config_blob = archive::stage_bytes(&staging.0, "config", &serde_json::to_vec(&config).map_err(|e| ImageError::Format(e.to_string()))?)?;
+        let config_blob = archive::stage_bytes(
+            &staging.0,
+            "config",
+            &serde_json::to_vec(&config).map_err(|e| ImageError::Format(e.to_string()))?,
+        )?;
         let layer = LayerRecord {
-            blob: Descriptor { media_type: compression.oci_layer_media_type().into(), digest: blob.digest.clone(), size: blob.size, platform: None, annotations: Default::default() },
+            blob: Descriptor {
+                media_type: compression.oci_layer_media_type().into(),
+                digest: blob.digest.clone(),
+                size: blob.size,
+                platform: None,
+                annotations: Default::default(),
+            },
             diff_id,
             unpacked_size,
         };
-        let image = archive::plan_manifest(&staging.0, config_blob, vec![blob], vec![layer], opts.reference.iter().cloned().collect())?;
+        let image = archive::plan_manifest(
+            &staging.0,
+            config_blob,
+            vec![blob],
+            vec![layer],
+            opts.reference.iter().cloned().collect(),
+        )?;
         let loaded = self.commit(vec![image], &staging.0, progress)?;
-        Ok(loaded.into_iter().next().map(|l| l.id).ok_or_else(|| ImageError::Format("import produced no image".into()))?)
+        Ok(loaded
+            .into_iter()
+            .next()
+            .map(|l| l.id)
+            .ok_or_else(|| ImageError::Format("import produced no image".into()))?)
     }
 
     /// Writes the named images as one archive that both `docker load` (manifest.json) and OCI
@@ -553,7 +594,9 @@ impl ImageStore {
                 Some(r) => index
                     .names
                     .iter()
-                    .filter_map(|(n, id)| Reference::parse_name(n).ok().filter(|p| p.name() == r.name()).map(|p| (id.clone(), Some(p))))
+                    .filter_map(|(n, id)| {
+                        Reference::parse_name(n).ok().filter(|p| p.name() == r.name()).map(|p| (id.clone(), Some(p)))
+                    })
                     .collect(),
                 None => Vec::new(),
             };
@@ -580,7 +623,12 @@ impl ImageStore {
 
     // ---- the steps of a load -------------------------------------------------------------
 
-    fn unpack_layers(&self, image: &mut PlannedImage, staging: &Path, progress: &dyn Progress) -> Result<(), ImageError> {
+    fn unpack_layers(
+        &self,
+        image: &mut PlannedImage,
+        staging: &Path,
+        progress: &dyn Progress,
+    ) -> Result<(), ImageError> {
         for (layer, blob) in image.layers.iter_mut().zip(&image.layer_blobs) {
             let (_, size) = self.unpack_blob(blob, Some(&layer.diff_id), staging, progress)?;
             layer.unpacked_size = size;
@@ -591,7 +639,13 @@ impl ImageStore {
     /// Unpacks a verified blob into `staging/layers/<diff id>` unless the store (or this load)
     /// already has that layer; checks the diff id when one is expected. Returns the diff id
     /// and the layer's file bytes.
-    fn unpack_blob(&self, blob: &StagedBlob, expected: Option<&Digest>, staging: &Path, progress: &dyn Progress) -> Result<(Digest, u64), ImageError> {
+    fn unpack_blob(
+        &self,
+        blob: &StagedBlob,
+        expected: Option<&Digest>,
+        staging: &Path,
+        progress: &dyn Progress,
+    ) -> Result<(Digest, u64), ImageError> {
         if let Some(diff_id) = expected {
             for dir in [self.layer_path(diff_id), staging.join("layers").join(diff_id.hex())] {
                 if dir.is_dir() {
@@ -606,14 +660,20 @@ impl ImageStore {
         fs::create_dir(&dest).map_err(io_at(&dest))?;
         let file = File::open(&blob.path).map_err(io_at(&blob.path))?;
         let total = blob.size;
-        let counting = CountingReader::new(file, 1 << 20, |done| progress.event(ProgressEvent::LayerProgress { diff_id: &label, done, total }));
+        let counting = CountingReader::new(file, 1 << 20, |done| {
+            progress.event(ProgressEvent::LayerProgress { diff_id: &label, done, total })
+        });
         let (_, tar) = compression::decompress(counting).map_err(io_at(&blob.path))?;
         let mut tar = DigestReader::new(tar);
         let stats = unpack::unpack_layer(&mut tar, &dest, &self.unpack, |_| {})?;
         let (diff_id, _) = tar.finish().map_err(io_at(&blob.path))?;
         if let Some(expected) = expected {
             if &diff_id != expected {
-                return Err(ImageError::DigestMismatch { what: format!("layer {} diff id", blob.digest), expected: expected.clone(), actual: diff_id });
+                return Err(ImageError::DigestMismatch {
+                    what: format!("layer {} diff id", blob.digest),
+                    expected: expected.clone(),
+                    actual: diff_id,
+                });
             }
         }
         let final_dir = staging.join("layers").join(diff_id.hex());
@@ -627,7 +687,12 @@ impl ImageStore {
     }
 
     /// Moves checked blobs and layers into the store and records the images and names.
-    fn commit(&self, planned: Vec<PlannedImage>, staging: &Path, progress: &dyn Progress) -> Result<Vec<LoadedImage>, ImageError> {
+    fn commit(
+        &self,
+        planned: Vec<PlannedImage>,
+        staging: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Vec<LoadedImage>, ImageError> {
         // One syncfs flushes every staged file and layer before any of them becomes visible.
         let dir = File::open(staging).map_err(io_at(staging))?;
         // SAFETY: syncfs on an fd we own.
@@ -640,20 +705,34 @@ impl ImageStore {
         // A layer this load found in the store may have been collected since (an rmi in
         // between); refuse rather than record an image without its layer.
         for image in &planned {
-            for blob in std::iter::once(&image.manifest_blob).chain(std::iter::once(&image.config_blob)).chain(&image.layer_blobs) {
+            for blob in std::iter::once(&image.manifest_blob)
+                .chain(std::iter::once(&image.config_blob))
+                .chain(&image.layer_blobs)
+            {
                 if !self.blob_path(&blob.digest).exists() && !blob.path.exists() {
-                    return Err(ImageError::Conflict(format!("blob {} vanished while loading; load again", blob.digest)));
+                    return Err(ImageError::Conflict(format!(
+                        "blob {} vanished while loading; load again",
+                        blob.digest
+                    )));
                 }
             }
             for layer in &image.layers {
-                if !self.layer_path(&layer.diff_id).exists() && !staging.join("layers").join(layer.diff_id.hex()).exists() {
-                    return Err(ImageError::Conflict(format!("layer {} was removed while loading; load again", layer.diff_id)));
+                if !self.layer_path(&layer.diff_id).exists()
+                    && !staging.join("layers").join(layer.diff_id.hex()).exists()
+                {
+                    return Err(ImageError::Conflict(format!(
+                        "layer {} was removed while loading; load again",
+                        layer.diff_id
+                    )));
                 }
             }
         }
         let mut out = Vec::new();
         for image in planned {
-            for blob in std::iter::once(&image.manifest_blob).chain(std::iter::once(&image.config_blob)).chain(&image.layer_blobs) {
+            for blob in std::iter::once(&image.manifest_blob)
+                .chain(std::iter::once(&image.config_blob))
+                .chain(&image.layer_blobs)
+            {
                 let dest = self.blob_path(&blob.digest);
                 if !dest.exists() && blob.path.exists() {
                     fs::rename(&blob.path, &dest).map_err(io_at(&dest))?;
@@ -667,7 +746,8 @@ impl ImageStore {
                 }
             }
             let id = image.config_blob.digest.clone();
-            let record = ImageRecord { id: id.clone(), manifest: image.manifest, layers: image.layers, loaded: now.clone() };
+            let record =
+                ImageRecord { id: id.clone(), manifest: image.manifest, layers: image.layers, loaded: now.clone() };
             let record = match index.images.get(&id) {
                 Some(existing) => existing.clone(),
                 None => record,
@@ -708,7 +788,11 @@ pub fn short_id(d: &Digest) -> String {
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
     let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_at(&tmp))?;
     fs::rename(&tmp, path).map_err(io_at(path))?;
@@ -737,4 +821,3 @@ pub(crate) fn dir_size(path: &Path) -> u64 {
     }
     total
 }
-

@@ -77,7 +77,9 @@ pub fn normalize(raw: &[u8]) -> Result<PathBuf, TarError> {
         match c {
             b"" | b"." => {}
             b".." => return Err(TarError::refused(raw, "path leaves the archive root (..)")),
-            name if name.len() > MAX_NAME_BYTES => return Err(TarError::refused(raw, "path component longer than 255 bytes")),
+            name if name.len() > MAX_NAME_BYTES => {
+                return Err(TarError::refused(raw, "path component longer than 255 bytes"))
+            }
             name => out.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name)),
         }
     }
@@ -111,7 +113,10 @@ struct Pending {
 fn read_extension<R: Read>(entry: &mut tar::Entry<'_, R>, what: &str) -> Result<Vec<u8>, TarError> {
     let size = entry.header().entry_size()?;
     if size > MAX_EXTENSION_BYTES {
-        return Err(TarError::refused(entry.path_bytes(), format!("{what} header of {size} bytes (limit {MAX_EXTENSION_BYTES})")));
+        return Err(TarError::refused(
+            entry.path_bytes(),
+            format!("{what} header of {size} bytes (limit {MAX_EXTENSION_BYTES})"),
+        ));
     }
     let mut v = Vec::with_capacity(size as usize);
     entry.take(size).read_to_end(&mut v)?;
@@ -134,7 +139,15 @@ where
     for entry in entries {
         let mut entry = entry.map_err(|e| {
             // The tar crate quotes the offending header; keep the message to one short line.
-            let msg: String = e.to_string().split(" when ").next().unwrap_or_default().chars().filter(|c| !c.is_control()).take(80).collect();
+            let msg: String = e
+                .to_string()
+                .split(" when ")
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(80)
+                .collect();
             TarError::Malformed(format!("not a valid tar stream ({msg})"))
         })?;
         let header = entry.header();
@@ -195,8 +208,12 @@ fn describe<R: Read>(entry: &tar::Entry<'_, R>, ext: Pending) -> Result<TarEntry
                         return Err(TarError::refused(&raw_path, "PAX size differs from the header's (unsupported)"));
                     }
                 }
-                k if k.starts_with(b"GNU.sparse.") => return Err(TarError::refused(&raw_path, "sparse files are not supported")),
-                k if k.starts_with(b"SCHILY.xattr.") => xattrs.push((k[b"SCHILY.xattr.".len()..].to_vec(), value.to_vec())),
+                k if k.starts_with(b"GNU.sparse.") => {
+                    return Err(TarError::refused(&raw_path, "sparse files are not supported"))
+                }
+                k if k.starts_with(b"SCHILY.xattr.") => {
+                    xattrs.push((k[b"SCHILY.xattr.".len()..].to_vec(), value.to_vec()))
+                }
                 _ => {}
             }
         }
@@ -210,7 +227,9 @@ fn describe<R: Read>(entry: &tar::Entry<'_, R>, ext: Pending) -> Result<TarEntry
         EntryType::Block => EntryKind::BlockDevice,
         EntryType::Fifo => EntryKind::Fifo,
         EntryType::GNUSparse => return Err(TarError::refused(&raw_path, "sparse files are not supported")),
-        other => return Err(TarError::refused(&raw_path, format!("unsupported entry type {:?}", other.as_byte() as char))),
+        other => {
+            return Err(TarError::refused(&raw_path, format!("unsupported entry type {:?}", other.as_byte() as char)))
+        }
     };
     if matches!(kind, EntryKind::Symlink | EntryKind::HardLink) {
         match &link {
@@ -220,10 +239,9 @@ fn describe<R: Read>(entry: &tar::Entry<'_, R>, ext: Pending) -> Result<TarEntry
     }
     let path = normalize(&raw_path)?;
     let device = match kind {
-        EntryKind::CharDevice | EntryKind::BlockDevice => (
-            header.device_major().ok().flatten().unwrap_or(0),
-            header.device_minor().ok().flatten().unwrap_or(0),
-        ),
+        EntryKind::CharDevice | EntryKind::BlockDevice => {
+            (header.device_major().ok().flatten().unwrap_or(0), header.device_minor().ok().flatten().unwrap_or(0))
+        }
         _ => (0, 0),
     };
     let mode = header.mode().map_err(|_| bad("bad mode"))? & 0o7777;

@@ -69,7 +69,14 @@ pub fn unpack_layer<R: Read>(
     opts: &UnpackOptions,
     mut on_file_bytes: impl FnMut(u64),
 ) -> Result<UnpackStats, UnpackError> {
-    let mut u = Unpacker { root: dest, opts, known_dirs: HashSet::new(), dir_times: BTreeMap::new(), dir_times_bytes: 0, stats: UnpackStats::default() };
+    let mut u = Unpacker {
+        root: dest,
+        opts,
+        known_dirs: HashSet::new(),
+        dir_times: BTreeMap::new(),
+        dir_times_bytes: 0,
+        stats: UnpackStats::default(),
+    };
     tarstream::for_each_entry(r, |entry: &TarEntry, content: &mut dyn Read| {
         u.entry(entry, content)?;
         on_file_bytes(u.stats.file_bytes);
@@ -106,7 +113,11 @@ impl Unpacker<'_> {
         }
         for (name, _) in &e.xattrs {
             if name.starts_with(b"trusted.overlay.") || name.starts_with(b"system.") {
-                return Err(TarError::refused(&e.raw_path, format!("xattr {} is not allowed in a layer", String::from_utf8_lossy(name))).into());
+                return Err(TarError::refused(
+                    &e.raw_path,
+                    format!("xattr {} is not allowed in a layer", String::from_utf8_lossy(name)),
+                )
+                .into());
             }
         }
         let Some(name) = e.path.file_name() else {
@@ -133,7 +144,8 @@ impl Unpacker<'_> {
             }
             let target = dir.join(OsStr::from_bytes(hidden));
             self.clear(&parent.join(OsStr::from_bytes(hidden)), &target, false)?;
-            nix::sys::stat::mknod(&target, SFlag::S_IFCHR, Mode::empty(), 0).map_err(|e| UnpackError::io(&target)(nix_io(e)))?;
+            nix::sys::stat::mknod(&target, SFlag::S_IFCHR, Mode::empty(), 0)
+                .map_err(|e| UnpackError::io(&target)(nix_io(e)))?;
             return Ok(());
         }
 
@@ -148,7 +160,13 @@ impl Unpacker<'_> {
         self.metadata(target, e, e.kind == EntryKind::Symlink)
     }
 
-    fn create(&mut self, e: &TarEntry, parent: &Path, target: &Path, content: &mut dyn Read) -> Result<(), UnpackError> {
+    fn create(
+        &mut self,
+        e: &TarEntry,
+        parent: &Path,
+        target: &Path,
+        content: &mut dyn Read,
+    ) -> Result<(), UnpackError> {
         let io_err = UnpackError::io(target);
         match e.kind {
             EntryKind::File => {
@@ -161,7 +179,12 @@ impl Unpacker<'_> {
                     .map_err(UnpackError::io(&target))?;
                 let n = io::copy(&mut content.take(e.size), &mut f).map_err(UnpackError::io(&target))?;
                 if n != e.size {
-                    return Err(TarError::Malformed(format!("{}: truncated ({n} of {} bytes)", e.path.display(), e.size)).into());
+                    return Err(TarError::Malformed(format!(
+                        "{}: truncated ({n} of {} bytes)",
+                        e.path.display(),
+                        e.size
+                    ))
+                    .into());
                 }
                 self.stats.file_bytes += n;
                 drop(f);
@@ -180,7 +203,12 @@ impl Unpacker<'_> {
             }
             EntryKind::HardLink => {
                 let raw = e.link.as_deref().unwrap_or_default();
-                let rel = tarstream::normalize(raw).map_err(|_| TarError::refused(&e.raw_path, format!("hard link to {:?} leaves the layer", String::from_utf8_lossy(raw))))?;
+                let rel = tarstream::normalize(raw).map_err(|_| {
+                    TarError::refused(
+                        &e.raw_path,
+                        format!("hard link to {:?} leaves the layer", String::from_utf8_lossy(raw)),
+                    )
+                })?;
                 let source = self.existing_below_root(&rel, e)?;
                 fs::hard_link(&source, target).map_err(io_err)?;
             }
@@ -190,10 +218,12 @@ impl Unpacker<'_> {
                 }
                 let kind = if e.kind == EntryKind::CharDevice { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
                 let dev = nix::sys::stat::makedev(e.device.0.into(), e.device.1.into());
-                nix::sys::stat::mknod(target, kind, Mode::from_bits_truncate(0o600), dev).map_err(|x| io_err(nix_io(x)))?;
+                nix::sys::stat::mknod(target, kind, Mode::from_bits_truncate(0o600), dev)
+                    .map_err(|x| io_err(nix_io(x)))?;
             }
             EntryKind::Fifo => {
-                nix::sys::stat::mknod(target, SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0).map_err(|x| io_err(nix_io(x)))?;
+                nix::sys::stat::mknod(target, SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0)
+                    .map_err(|x| io_err(nix_io(x)))?;
             }
         }
         Ok(())
@@ -240,9 +270,17 @@ impl Unpacker<'_> {
                 match fs::symlink_metadata(&abs) {
                     Ok(m) if m.is_dir() => {}
                     Ok(m) if m.file_type().is_symlink() => {
-                        return Err(TarError::refused(&e.raw_path, format!("path goes through the symlink {}", cur.display())).into())
+                        return Err(TarError::refused(
+                            &e.raw_path,
+                            format!("path goes through the symlink {}", cur.display()),
+                        )
+                        .into())
                     }
-                    Ok(_) => return Err(TarError::refused(&e.raw_path, format!("{} is not a directory", cur.display())).into()),
+                    Ok(_) => {
+                        return Err(
+                            TarError::refused(&e.raw_path, format!("{} is not a directory", cur.display())).into()
+                        )
+                    }
                     Err(err) if err.kind() == io::ErrorKind::NotFound => {
                         fs::DirBuilder::new().mode(0o755).create(&abs).map_err(UnpackError::io(&abs))?;
                     }
@@ -272,7 +310,8 @@ impl Unpacker<'_> {
 
     /// The absolute path of an existing non-directory member `rel`, reached without symlinks.
     fn existing_below_root(&mut self, rel: &Path, e: &TarEntry) -> Result<PathBuf, UnpackError> {
-        let escape = || TarError::refused(&e.raw_path, format!("hard link to {} that is not in the layer", rel.display()));
+        let escape =
+            || TarError::refused(&e.raw_path, format!("hard link to {} that is not in the layer", rel.display()));
         let parent = rel.parent().ok_or_else(escape)?;
         if !self.is_real_dir(parent) {
             return Err(escape().into());
@@ -285,7 +324,11 @@ impl Unpacker<'_> {
                 let target = fs::read_link(&abs).map_err(UnpackError::io(&abs))?;
                 let link_dir = e.path.parent().unwrap_or(Path::new(""));
                 if tarstream::resolve_lexically(link_dir, &target).is_none() {
-                    return Err(TarError::refused(&e.raw_path, format!("hard link to a symlink whose target {} leaves the layer from here", target.display())).into());
+                    return Err(TarError::refused(
+                        &e.raw_path,
+                        format!("hard link to a symlink whose target {} leaves the layer from here", target.display()),
+                    )
+                    .into());
                 }
                 Ok(abs)
             }
@@ -302,7 +345,12 @@ impl Unpacker<'_> {
                 if m.is_dir() {
                     fs::remove_dir_all(target).map_err(UnpackError::io(target))?;
                     self.known_dirs.retain(|d| !d.starts_with(rel));
-                    let gone: Vec<PathBuf> = self.dir_times.range(rel.to_path_buf()..).take_while(|(k, _)| k.starts_with(rel)).map(|(k, _)| k.clone()).collect();
+                    let gone: Vec<PathBuf> = self
+                        .dir_times
+                        .range(rel.to_path_buf()..)
+                        .take_while(|(k, _)| k.starts_with(rel))
+                        .map(|(k, _)| k.clone())
+                        .collect();
                     for k in gone {
                         self.dir_times.remove(&k);
                     }

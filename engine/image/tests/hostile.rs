@@ -12,7 +12,10 @@ fn image_with_layer(layer: &[u8], diff_id: Option<Digest>) -> Vec<u8> {
         "architecture": "amd64", "os": "linux", "config": {}, "rootfs": { "type": "layers", "diff_ids": [diff] }
     }))
     .unwrap();
-    let manifest = serde_json::to_vec(&serde_json::json!([{ "Config": "config.json", "RepoTags": ["hostile:1"], "Layers": ["layer.tar"] }])).unwrap();
+    let manifest = serde_json::to_vec(
+        &serde_json::json!([{ "Config": "config.json", "RepoTags": ["hostile:1"], "Layers": ["layer.tar"] }]),
+    )
+    .unwrap();
     RawTar::default().file("config.json", &config).file("layer.tar", layer).file("manifest.json", &manifest).finish()
 }
 
@@ -65,60 +68,207 @@ fn cases(outside: &Path) -> Vec<Case> {
         t.file("ok", b"fine");
     });
     let mut v = vec![
-        Case { name: "traversal", says: "leaves the archive root", archive: image_with_layer(&layer(&|t| { t.file("ok", b"1").file("../escape", b"x"); }), None) },
-        Case { name: "deep traversal", says: "leaves the archive root", archive: image_with_layer(&layer(&|t| { t.file("a/b/../../../escape", b"x"); }), None) },
-        Case { name: "absolute path", says: "absolute path", archive: image_with_layer(&layer(&|t| { t.file("/etc/engine-evil", b"x"); }), None) },
-        Case { name: "symlink escape", says: "leaves the layer", archive: image_with_layer(&layer(&|t| { t.member(b"evil", Symlink, b"", b"../../../../../../../tmp"); }), None) },
+        Case {
+            name: "traversal",
+            says: "leaves the archive root",
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.file("ok", b"1").file("../escape", b"x");
+                }),
+                None,
+            ),
+        },
+        Case {
+            name: "deep traversal",
+            says: "leaves the archive root",
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.file("a/b/../../../escape", b"x");
+                }),
+                None,
+            ),
+        },
+        Case {
+            name: "absolute path",
+            says: "absolute path",
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.file("/etc/engine-evil", b"x");
+                }),
+                None,
+            ),
+        },
+        Case {
+            name: "symlink escape",
+            says: "leaves the layer",
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.member(b"evil", Symlink, b"", b"../../../../../../../tmp");
+                }),
+                None,
+            ),
+        },
         Case {
             name: "write through symlink",
             says: "goes through the symlink",
-            archive: image_with_layer(&layer(&|t| { t.member(b"a", Symlink, b"", &out).file("a/pwned", b"x"); }), None),
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.member(b"a", Symlink, b"", &out).file("a/pwned", b"x");
+                }),
+                None,
+            ),
         },
-        Case { name: "hard link escape", says: "hard link", archive: image_with_layer(&layer(&|t| { t.member(b"h", Link, b"", b"../../etc/passwd"); }), None) },
-        Case { name: "hard link absolute", says: "hard link", archive: image_with_layer(&layer(&|t| { t.member(b"h", Link, b"", b"/etc/passwd"); }), None) },
+        Case {
+            name: "hard link escape",
+            says: "hard link",
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.member(b"h", Link, b"", b"../../etc/passwd");
+                }),
+                None,
+            ),
+        },
+        Case {
+            name: "hard link absolute",
+            says: "hard link",
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.member(b"h", Link, b"", b"/etc/passwd");
+                }),
+                None,
+            ),
+        },
         Case {
             name: "hard link through symlink",
             says: "hard link",
-            archive: image_with_layer(&layer(&|t| { t.member(b"s", Symlink, b"", b"/etc").member(b"h", Link, b"", b"s/passwd"); }), None),
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.member(b"s", Symlink, b"", b"/etc").member(b"h", Link, b"", b"s/passwd");
+                }),
+                None,
+            ),
         },
-        Case { name: "hard link to missing", says: "hard link", archive: image_with_layer(&layer(&|t| { t.member(b"h", Link, b"", b"nothing"); }), None) },
+        Case {
+            name: "hard link to missing",
+            says: "hard link",
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.member(b"h", Link, b"", b"nothing");
+                }),
+                None,
+            ),
+        },
         Case {
             name: "hard link to an escaping symlink",
             says: "leaves the layer from here",
-            archive: image_with_layer(&layer(&|t| { t.member(b"a/b/c/l", Symlink, b"", b"../../../x").member(b"h", Link, b"", b"a/b/c/l"); }), None),
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.member(b"a/b/c/l", Symlink, b"", b"../../../x").member(b"h", Link, b"", b"a/b/c/l");
+                }),
+                None,
+            ),
         },
-        Case { name: "block device", says: "device nodes are not allowed", archive: image_with_layer(&layer(&|t| { t.member_sized(b"sda", Block, b"", 0, b"", Some((8, 0))); }), None) },
-        Case { name: "char device", says: "device nodes are not allowed", archive: image_with_layer(&layer(&|t| { t.member_sized(b"mem", Char, b"", 0, b"", Some((1, 1))); }), None) },
+        Case {
+            name: "block device",
+            says: "device nodes are not allowed",
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.member_sized(b"sda", Block, b"", 0, b"", Some((8, 0)));
+                }),
+                None,
+            ),
+        },
+        Case {
+            name: "char device",
+            says: "device nodes are not allowed",
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.member_sized(b"mem", Char, b"", 0, b"", Some((1, 1)));
+                }),
+                None,
+            ),
+        },
         Case {
             name: "oversized PAX header",
             says: "PAX header of 104857600 bytes",
-            archive: image_with_layer(&layer(&|t| { t.member_sized(b"PaxHeaders/x", XHeader, b"", 100 << 20, b"", None); }), None),
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.member_sized(b"PaxHeaders/x", XHeader, b"", 100 << 20, b"", None);
+                }),
+                None,
+            ),
         },
         Case {
             name: "oversized GNU long name",
             says: "GNU long name header",
-            archive: image_with_layer(&layer(&|t| { t.member_sized(b"././@LongLink", GNULongName, b"", 50 << 20, b"", None); }), None),
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.member_sized(b"././@LongLink", GNULongName, b"", 50 << 20, b"", None);
+                }),
+                None,
+            ),
         },
         Case {
             name: "overlay xattr",
             says: "trusted.overlay.redirect",
-            archive: image_with_layer(&layer(&|t| { t.pax(&[("SCHILY.xattr.trusted.overlay.redirect", b"/etc")]).file("d", b""); }), None),
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.pax(&[("SCHILY.xattr.trusted.overlay.redirect", b"/etc")]).file("d", b"");
+                }),
+                None,
+            ),
         },
-        Case { name: "PAX path traversal", says: "leaves the archive root", archive: image_with_layer(&layer(&|t| { t.pax(&[("path", b"../../pax-escape")]).file("fine", b"x"); }), None) },
-        Case { name: "truncated layer", says: "", archive: image_with_layer(&layer(&|t| { t.member_sized(b"big", Regular, b"short", 1 << 20, b"", None); })[..1024].to_vec(), None) },
-        Case { name: "diff id mismatch", says: "diff id", archive: image_with_layer(&ok_layer, Some(Digest::of(b"something else"))) },
-        Case { name: "outer traversal", says: "leaves the archive root", archive: RawTar::default().file("../evil", b"x").file("manifest.json", b"[]").finish() },
-        Case { name: "missing layer", says: "layer.tar is missing", archive: {
-            let m = serde_json::to_vec(&serde_json::json!([{ "Config": "c.json", "Layers": ["layer.tar"] }])).unwrap();
-            let c = serde_json::to_vec(&serde_json::json!({ "os": "linux", "rootfs": { "type": "layers", "diff_ids": [Digest::of(b"")] } })).unwrap();
-            RawTar::default().file("c.json", &c).file("manifest.json", &m).finish()
-        } },
+        Case {
+            name: "PAX path traversal",
+            says: "leaves the archive root",
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.pax(&[("path", b"../../pax-escape")]).file("fine", b"x");
+                }),
+                None,
+            ),
+        },
+        Case {
+            name: "truncated layer",
+            says: "",
+            archive: image_with_layer(
+                &layer(&|t| {
+                    t.member_sized(b"big", Regular, b"short", 1 << 20, b"", None);
+                })[..1024]
+                    .to_vec(),
+                None,
+            ),
+        },
+        Case {
+            name: "diff id mismatch",
+            says: "diff id",
+            archive: image_with_layer(&ok_layer, Some(Digest::of(b"something else"))),
+        },
+        Case {
+            name: "outer traversal",
+            says: "leaves the archive root",
+            archive: RawTar::default().file("../evil", b"x").file("manifest.json", b"[]").finish(),
+        },
+        Case {
+            name: "missing layer",
+            says: "layer.tar is missing",
+            archive: {
+                let m =
+                    serde_json::to_vec(&serde_json::json!([{ "Config": "c.json", "Layers": ["layer.tar"] }])).unwrap();
+                let c = serde_json::to_vec(&serde_json::json!({ "os": "linux", "rootfs": { "type": "layers", "diff_ids": [Digest::of(b"")] } })).unwrap();
+                RawTar::default().file("c.json", &c).file("manifest.json", &m).finish()
+            },
+        },
         Case { name: "not an archive", says: "", archive: b"this is not a tar file at all, not even close".repeat(20) },
-        Case { name: "foreign os", says: "operating system", archive: {
-            let c = serde_json::to_vec(&serde_json::json!({ "os": "windows", "rootfs": { "type": "layers", "diff_ids": [Digest::of(&ok_layer)] } })).unwrap();
-            let m = serde_json::to_vec(&serde_json::json!([{ "Config": "c.json", "Layers": ["l.tar"] }])).unwrap();
-            RawTar::default().file("c.json", &c).file("l.tar", &ok_layer).file("manifest.json", &m).finish()
-        } },
+        Case {
+            name: "foreign os",
+            says: "operating system",
+            archive: {
+                let c = serde_json::to_vec(&serde_json::json!({ "os": "windows", "rootfs": { "type": "layers", "diff_ids": [Digest::of(&ok_layer)] } })).unwrap();
+                let m = serde_json::to_vec(&serde_json::json!([{ "Config": "c.json", "Layers": ["l.tar"] }])).unwrap();
+                RawTar::default().file("c.json", &c).file("l.tar", &ok_layer).file("manifest.json", &m).finish()
+            },
+        },
     ];
     v.push(Case {
         name: "OCI blob does not match its digest",
@@ -132,7 +282,9 @@ fn cases(outside: &Path) -> Vec<Case> {
         name: "OCI layer swapped for another",
         says: "digest mismatch",
         archive: oci_layout(&ok_layer, |files| {
-            let evil = layer(&|t| { t.file("../x", b""); });
+            let evil = layer(&|t| {
+                t.file("../x", b"");
+            });
             let layer = files.iter_mut().find(|(_, d)| d.starts_with(b"ok")).unwrap();
             layer.1 = evil;
         }),
@@ -170,7 +322,12 @@ fn hostile_archives_are_refused_and_change_nothing() {
         }
         let after = store_listing(store.root());
         if after != before {
-            let changed: Vec<_> = after.iter().filter(|(k, v)| before.get(*k) != Some(v)).map(|(k, _)| k.clone()).chain(before.keys().filter(|k| !after.contains_key(*k)).cloned()).collect();
+            let changed: Vec<_> = after
+                .iter()
+                .filter(|(k, v)| before.get(*k) != Some(v))
+                .map(|(k, _)| k.clone())
+                .chain(before.keys().filter(|k| !after.contains_key(*k)).cloned())
+                .collect();
             failures.push(format!("{}: store changed: {changed:?}", case.name));
         }
         if std::fs::read_dir(&outside).unwrap().count() != 0 {
@@ -187,7 +344,11 @@ fn hostile_import_is_refused_and_changes_nothing() {
     let work = tempfile::tempdir().unwrap();
     let store = ImageStore::open(work.path().join("store")).unwrap();
     let before = store_listing(store.root());
-    let rootfs = RawTar::default().file("ok", b"1").member(b"bin", tar::EntryType::Symlink, b"", b"/").file("bin/etc/evil", b"x").finish();
+    let rootfs = RawTar::default()
+        .file("ok", b"1")
+        .member(b"bin", tar::EntryType::Symlink, b"", b"/")
+        .file("bin/etc/evil", b"x")
+        .finish();
     let opts = engine_image::ImportOptions { reference: Some("evil".parse().unwrap()), ..Default::default() };
     let err = store.import(rootfs.as_slice(), &opts, &()).unwrap_err();
     assert!(err.to_string().contains("symlink"), "{err}");
@@ -228,8 +389,11 @@ fn multi_platform_index_selects_linux_amd64() {
             "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": blob(layer), "size": layer.len() }]
         })).unwrap();
         let d = blob(&m);
-        (serde_json::json!({ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": m.len(),
-            "platform": { "architecture": arch, "os": "linux" } }), Digest::of(&config))
+        (
+            serde_json::json!({ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": m.len(),
+            "platform": { "architecture": arch, "os": "linux" } }),
+            Digest::of(&config),
+        )
     };
     let (arm_desc, _) = manifest_for("arm64", &arm, &mut blob);
     let (amd_desc, amd_config) = manifest_for("amd64", &amd, &mut blob);
@@ -237,12 +401,16 @@ fn multi_platform_index_selects_linux_amd64() {
         let nested = serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests })).unwrap();
         let top = serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "manifests": [{
             "mediaType": "application/vnd.oci.image.index.v1+json", "digest": Digest::of(&nested), "size": nested.len(),
-            "annotations": { "io.containerd.image.name": "docker.io/library/multi:1" } }] })).unwrap();
+            "annotations": { "io.containerd.image.name": "docker.io/library/multi:1" } }] }))
+        .unwrap();
         let mut t = RawTar::default();
         for (n, d) in files {
             t.file(n, d);
         }
-        t.file(&format!("blobs/sha256/{}", Digest::of(&nested).hex()), &nested).file("index.json", &top).file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).finish()
+        t.file(&format!("blobs/sha256/{}", Digest::of(&nested).hex()), &nested)
+            .file("index.json", &top)
+            .file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .finish()
     };
     let work = tempfile::tempdir().unwrap();
     let store = ImageStore::open(work.path().join("store")).unwrap();
@@ -274,7 +442,11 @@ fn replaced_directory_times_do_not_follow_a_symlink() {
         .finish();
     let store = ImageStore::open(work.path().join("store")).unwrap();
     store.load(image_with_layer(&layer, None).as_slice(), &()).unwrap();
-    assert_eq!(std::fs::metadata(outside.join("etc")).unwrap().modified().unwrap(), before, "a time was set through the symlink");
+    assert_eq!(
+        std::fs::metadata(outside.join("etc")).unwrap().modified().unwrap(),
+        before,
+        "a time was set through the symlink"
+    );
 }
 
 #[test]
@@ -285,7 +457,12 @@ fn an_image_repeating_a_layer_mounts() {
         "architecture": "amd64", "os": "linux", "rootfs": { "type": "layers", "diff_ids": [Digest::of(&l1), Digest::of(&l2), Digest::of(&l1)] }
     })).unwrap();
     let manifest = serde_json::to_vec(&serde_json::json!([{ "Config": "c.json", "RepoTags": ["repeat:1"], "Layers": ["l1.tar", "l2.tar", "l1.tar"] }])).unwrap();
-    let archive = RawTar::default().file("c.json", &config).file("l1.tar", &l1).file("l2.tar", &l2).file("manifest.json", &manifest).finish();
+    let archive = RawTar::default()
+        .file("c.json", &config)
+        .file("l1.tar", &l1)
+        .file("l2.tar", &l2)
+        .file("manifest.json", &manifest)
+        .finish();
     let work = tempfile::tempdir().unwrap();
     let store = ImageStore::open(work.path().join("store")).unwrap();
     let id = store.load(archive.as_slice(), &()).unwrap()[0].id.clone();

@@ -63,7 +63,9 @@ fn docker_save_and_skopeo_oci_layouts_unpack_to_the_same_tree() {
     assert!(merged["data/suid"].starts_with("file 104755 0:0"), "{}", merged["data/suid"]);
     assert!(merged["data/owned"].contains(" 1000:1000 "), "{}", merged["data/owned"]);
     assert!(merged["data/x"].contains("xattr user.test=hello"), "{}", merged["data/x"]);
-    assert!(merged["data/hard"].contains("inode-of=data/big.bin") || merged["data/big.bin"].contains("inode-of=data/hard"));
+    assert!(
+        merged["data/hard"].contains("inode-of=data/big.bin") || merged["data/big.bin"].contains("inode-of=data/hard")
+    );
     assert!(merged["data/link"].ends_with("-> ../bin/busybox"));
     assert!(merged["data/fifo"].starts_with("special 10640"), "{}", merged["data/fifo"]);
     assert!(merged.keys().any(|k| k.ends_with("/deep")));
@@ -97,7 +99,10 @@ fn docker_save_and_skopeo_oci_layouts_unpack_to_the_same_tree() {
     let loaded_c = load(&c, &saved);
     assert_eq!(loaded_c[0].id, id);
     assert_eq!(loaded_c[0].names, loaded[0].names);
-    assert_eq!(c.resolve("test/busybox:1").unwrap().record.manifest, a.resolve("test/busybox:1").unwrap().record.manifest);
+    assert_eq!(
+        c.resolve("test/busybox:1").unwrap().record.manifest,
+        a.resolve("test/busybox:1").unwrap().record.manifest
+    );
     let saved_again = work.path().join("saved-again.tar");
     c.save(&["test/busybox:1"], std::fs::File::create(&saved_again).unwrap()).unwrap();
     assert!(std::fs::read(&saved).unwrap() == std::fs::read(&saved_again).unwrap(), "save is not deterministic");
@@ -177,7 +182,10 @@ fn layers_are_shared_and_collected_when_unused() {
     store.save(&["test/imported"], &mut all_tags).unwrap();
     let other = ImageStore::open(work.path().join("other")).unwrap();
     let loaded = other.load(all_tags.as_slice(), &()).unwrap();
-    assert_eq!(loaded[0].names, vec![Reference::parse("test/imported:latest").unwrap(), Reference::parse("test/imported:v2").unwrap()]);
+    assert_eq!(
+        loaded[0].names,
+        vec![Reference::parse("test/imported:latest").unwrap(), Reference::parse("test/imported:v2").unwrap()]
+    );
     store.remove("test/imported:v2", false).unwrap();
     let r = store.remove("other:2", false).unwrap();
     assert!(r.deleted.is_empty());
@@ -200,7 +208,12 @@ fn imported_image_runs_with_engine_runtime() {
     let store = ImageStore::open(work.path().join("store")).unwrap();
     let opts = engine_image::ImportOptions {
         reference: Some(Reference::parse("bb").unwrap()),
-        changes: vec!["ENTRYPOINT [\"sh\", \"-c\"]".into(), "CMD [\"id\"]".into(), "USER user".into(), "WORKDIR /home/user".into()],
+        changes: vec![
+            "ENTRYPOINT [\"sh\", \"-c\"]".into(),
+            "CMD [\"id\"]".into(),
+            "USER user".into(),
+            "WORKDIR /home/user".into(),
+        ],
         message: Some("test".into()),
     };
     let id = store.import(std::fs::File::open(work.path().join("rootfs.tar.zst")).unwrap(), &opts, &()).unwrap();
@@ -223,7 +236,14 @@ fn imported_image_runs_with_engine_runtime() {
     spec.set_linux(Some(linux));
     std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
     let state = work.path().join("state");
-    let out = Command::new(bin("engine-runtime")).arg("--root").arg(&state).args(["run", "--bundle"]).arg(&bundle).arg(&key).output().unwrap();
+    let out = Command::new(bin("engine-runtime"))
+        .arg("--root")
+        .arg(&state)
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg(&key)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read_to_string(snap.upper.join("home/user/out")).unwrap(), "1000:1000 /home/user /home/user\n");
     let _ = Command::new(bin("engine-runtime")).arg("--root").arg(&state).args(["delete", "-f", &key]).output();

@@ -18,7 +18,11 @@ fn median(mut v: Vec<f64>) -> f64 {
         return f64::NAN;
     }
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn status_kib(pid: i32, field: &str) -> Option<u64> {
@@ -61,11 +65,16 @@ async fn main() {
         }
     }
     let lifecycled = Command::new(bin_dir.join("engine-lifecycled"))
-        .arg("--address").arg(&sock)
-        .arg("--root").arg(dir.join("root"))
-        .arg("--state").arg(dir.join("state"))
-        .arg("--runtime").arg(&runtime)
-        .arg("--shim").arg(bin_dir.join("engine-shim"))
+        .arg("--address")
+        .arg(&sock)
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--state")
+        .arg(dir.join("state"))
+        .arg("--runtime")
+        .arg(&runtime)
+        .arg("--shim")
+        .arg(bin_dir.join("engine-shim"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -85,33 +94,56 @@ async fn main() {
     let mut shims = Vec::new();
     for i in 0..10 {
         let id = format!("m{i}");
-        let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(sleeper.join("config.json")).unwrap()).unwrap();
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(sleeper.join("config.json")).unwrap()).unwrap();
         spec["root"]["path"] = serde_json::json!(sleeper.join("rootfs"));
         let b = dir.join(&id);
         std::fs::create_dir_all(&b).unwrap();
         std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
-        containers.create(CreateContainerRequest { id: id.clone(), bundle: b.display().to_string(), labels: Default::default() }).await.unwrap();
+        containers
+            .create(CreateContainerRequest {
+                id: id.clone(),
+                bundle: b.display().to_string(),
+                labels: Default::default(),
+            })
+            .await
+            .unwrap();
         tasks.create(CreateTaskRequest { container_id: id.clone(), ..Default::default() }).await.unwrap();
         tasks.start(req(&id)).await.unwrap();
-        let shim: i32 = std::fs::read_to_string(dir.join("state/tasks").join(&id).join("shim.pid")).unwrap().trim().parse().unwrap();
+        let shim: i32 = std::fs::read_to_string(dir.join("state/tasks").join(&id).join("shim.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         shims.push(shim);
     }
     // measured with all ten running: proportional set size shares the binary's pages among them
     let rss: Vec<(u64, u64, u64, u64)> = shims
         .iter()
-        .filter_map(|&p| Some((status_kib(p, "VmRSS:")?, status_kib(p, "RssAnon:")?, status_kib(p, "RssFile:")?, pss_kib(p)?)))
+        .filter_map(|&p| {
+            Some((status_kib(p, "VmRSS:")?, status_kib(p, "RssAnon:")?, status_kib(p, "RssFile:")?, pss_kib(p)?))
+        })
         .collect();
     for i in 0..10 {
         let id = format!("m{i}");
-        let _ = tasks.kill(KillRequest { container_id: id.clone(), exec_id: String::new(), signal: 9, all: false }).await;
+        let _ =
+            tasks.kill(KillRequest { container_id: id.clone(), exec_id: String::new(), signal: 9, all: false }).await;
         let _ = tasks.wait(req(&id)).await;
         let _ = tasks.delete(req(&id)).await;
         let _ = containers.delete(ContainerId { id }).await;
     }
     let kib = |f: fn(&(u64, u64, u64, u64)) -> u64| median(rss.iter().map(|r| f(r) as f64).collect());
     println!("engine-shim memory, one per running container ({} shims running), median", rss.len());
-    println!("  resident {:.0} KiB = {:.2} MiB (target <= 3 MiB; containerd-shim-runc-v2 holds about 13 MiB)", kib(|r| r.0), kib(|r| r.0) / 1024.0);
-    println!("    anonymous {:.0} KiB, file-backed {:.0} KiB (the binary's pages, shared by every shim)", kib(|r| r.1), kib(|r| r.2));
+    println!(
+        "  resident {:.0} KiB = {:.2} MiB (target <= 3 MiB; containerd-shim-runc-v2 holds about 13 MiB)",
+        kib(|r| r.0),
+        kib(|r| r.0) / 1024.0
+    );
+    println!(
+        "    anonymous {:.0} KiB, file-backed {:.0} KiB (the binary's pages, shared by every shim)",
+        kib(|r| r.1),
+        kib(|r| r.2)
+    );
     println!("  proportional (PSS) {:.0} KiB: what each further container costs", kib(|r| r.3));
 
     // latency: busybox true through lifecycled, and runc run of the same bundle
@@ -121,7 +153,14 @@ async fn main() {
     for i in 0..runs {
         let id = format!("t{i}");
         let t0 = Instant::now();
-        containers.create(CreateContainerRequest { id: id.clone(), bundle: t.display().to_string(), labels: Default::default() }).await.unwrap();
+        containers
+            .create(CreateContainerRequest {
+                id: id.clone(),
+                bundle: t.display().to_string(),
+                labels: Default::default(),
+            })
+            .await
+            .unwrap();
         tasks.create(CreateTaskRequest { container_id: id.clone(), ..Default::default() }).await.unwrap();
         tasks.start(req(&id)).await.unwrap();
         tasks.wait(req(&id)).await.unwrap();
@@ -130,8 +169,16 @@ async fn main() {
         engine.push(t0.elapsed().as_secs_f64() * 1000.0);
         if have_runc {
             let t0 = Instant::now();
-            let ok = Command::new("runc").arg("--root").arg(dir.join("runc")).args(["run", "--bundle"]).arg(&t).arg(format!("r{i}"))
-                .stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+            let ok = Command::new("runc")
+                .arg("--root")
+                .arg(dir.join("runc"))
+                .args(["run", "--bundle"])
+                .arg(&t)
+                .arg(format!("r{i}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
             if ok {
                 runc.push(t0.elapsed().as_secs_f64() * 1000.0);
             }

@@ -51,7 +51,8 @@ fn from_json(line: &str) -> Option<Event> {
 
 /// Whether `e` passes a subscription's filters.
 pub fn matches(e: &Event, topics: &[String], container_id: &str) -> bool {
-    (topics.is_empty() || topics.iter().any(|t| e.topic.starts_with(t.as_str()))) && (container_id.is_empty() || e.container_id == container_id)
+    (topics.is_empty() || topics.iter().any(|t| e.topic.starts_with(t.as_str())))
+        && (container_id.is_empty() || e.container_id == container_id)
 }
 
 impl Journal {

@@ -51,7 +51,8 @@ impl Lifecycle {
         F: FnOnce(Option<String>) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        let mut rec = Recorder::for_request("engine-lifecycled", self.sink.as_ref(), engine_api::traceparent_of(req).as_deref());
+        let mut rec =
+            Recorder::for_request("engine-lifecycled", self.sink.as_ref(), engine_api::traceparent_of(req).as_deref());
         let h = rec.start(name, None);
         rec.set_kind(h, engine_telemetry::Kind::Server);
         rec.set_attr(h, "rpc.system", "grpc");
@@ -86,7 +87,8 @@ impl Containers for Svc {
             .traced(&request, "lifecycle.Containers/Create", &req.id, |_| async {
                 engine_runtime::state::check_id(&req.id).map_err(|e| Status::invalid_argument(e.to_string()))?;
                 // the bundle must be one the runtime accepts: refuse it here, with nothing made
-                let bundle = engine_runtime::spec::load_for_later(Path::new(&req.bundle)).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let bundle = engine_runtime::spec::load_for_later(Path::new(&req.bundle))
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 let c = Container {
                     id: req.id.clone(),
                     bundle: bundle.dir.display().to_string(),
@@ -107,7 +109,8 @@ impl Containers for Svc {
 
     async fn list(&self, request: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
         let want = &request.get_ref().labels;
-        let containers = self.0.store.list().into_iter().filter(|c| want.iter().all(|(k, v)| c.labels.get(k) == Some(v))).collect();
+        let containers =
+            self.0.store.list().into_iter().filter(|c| want.iter().all(|(k, v)| c.labels.get(k) == Some(v))).collect();
         Ok(Response::new(ListContainersResponse { containers }))
     }
 
@@ -163,7 +166,8 @@ impl Tasks for Svc {
         l.traced(&request, "lifecycle.Tasks/Start", &req.container_id.clone(), |tp| async move {
             let t = l.tasks.get(&req.container_id)?;
             t.client.clone().start(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?;
-            let mut e = Event { topic: "/tasks/start".into(), container_id: req.container_id.clone(), ..Default::default() };
+            let mut e =
+                Event { topic: "/tasks/start".into(), container_id: req.container_id.clone(), ..Default::default() };
             e.pid = t.pid.load(std::sync::atomic::Ordering::SeqCst);
             l.journal.publish(e);
             Ok(())
@@ -191,7 +195,12 @@ impl Tasks for Svc {
             .traced(&request, "lifecycle.Tasks/Delete", &req.container_id.clone(), |tp| async move {
                 if !req.exec_id.is_empty() {
                     let t = l.tasks.get(&req.container_id)?;
-                    return Ok(t.client.clone().delete(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?.into_inner());
+                    return Ok(t
+                        .client
+                        .clone()
+                        .delete(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref()))
+                        .await?
+                        .into_inner());
                 }
                 l.tasks.delete(&req.container_id, &l.store.data_dir(&req.container_id), tp.as_deref()).await
             })
@@ -214,8 +223,20 @@ impl Tasks for Svc {
         let pid = l
             .traced(&request, "lifecycle.Tasks/Exec", &req.container_id.clone(), |tp| async move {
                 let t = l.tasks.get(&req.container_id)?;
-                let pid = t.client.clone().exec(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?.into_inner().pid;
-                let e = Event { topic: "/tasks/exec-added".into(), container_id: req.container_id.clone(), exec_id: req.exec_id.clone(), pid, ..Default::default() };
+                let pid = t
+                    .client
+                    .clone()
+                    .exec(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref()))
+                    .await?
+                    .into_inner()
+                    .pid;
+                let e = Event {
+                    topic: "/tasks/exec-added".into(),
+                    container_id: req.container_id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    pid,
+                    ..Default::default()
+                };
                 l.journal.publish(e);
                 Ok(pid)
             })
@@ -258,7 +279,13 @@ impl Tasks for Svc {
         let t = self.0.tasks.get(&req.container_id)?;
         if let Some(exit) = t.exited() {
             // the shim may be gone (it died); what we know is the exit
-            return Ok(Response::new(TaskState { container_id: req.container_id, status: "stopped".into(), pid: exit.pid, exit: Some(exit), terminal: false }));
+            return Ok(Response::new(TaskState {
+                container_id: req.container_id,
+                status: "stopped".into(),
+                pid: exit.pid,
+                exit: Some(exit),
+                terminal: false,
+            }));
         }
         Ok(Response::new(t.client.clone().state(req).await?.into_inner()))
     }
@@ -272,7 +299,12 @@ impl Tasks for Svc {
         let l = &self.0;
         let req = request.get_ref().clone();
         l.traced(&request, "lifecycle.Tasks/Pause", &req.container_id.clone(), |tp| async move {
-            l.tasks.get(&req.container_id)?.client.clone().pause(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?;
+            l.tasks
+                .get(&req.container_id)?
+                .client
+                .clone()
+                .pause(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref()))
+                .await?;
             l.publish("/tasks/paused", &req.container_id);
             Ok(())
         })
@@ -284,7 +316,12 @@ impl Tasks for Svc {
         let l = &self.0;
         let req = request.get_ref().clone();
         l.traced(&request, "lifecycle.Tasks/Resume", &req.container_id.clone(), |tp| async move {
-            l.tasks.get(&req.container_id)?.client.clone().resume(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?;
+            l.tasks
+                .get(&req.container_id)?
+                .client
+                .clone()
+                .resume(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref()))
+                .await?;
             l.publish("/tasks/resumed", &req.container_id);
             Ok(())
         })
@@ -410,7 +447,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let tasks = Arc::new(TaskManager::new(cfg.clone(), journal.clone()));
     tasks.recover().await;
     let store = ContainerStore::open(&cfg.root).context("open the container store")?;
-    let lifecycle = Arc::new(Lifecycle { cfg: cfg.clone(), store, tasks, journal, sink: engine_telemetry::otlp::OtlpExporter::engine_sink_from_env().or_else(engine_telemetry::file_sink_from_env) });
+    let lifecycle = Arc::new(Lifecycle {
+        cfg: cfg.clone(),
+        store,
+        tasks,
+        journal,
+        sink: engine_telemetry::otlp::OtlpExporter::engine_sink_from_env()
+            .or_else(engine_telemetry::file_sink_from_env),
+    });
     let _ = std::fs::remove_file(&cfg.address);
     let listener = engine_api::bind_unix(&cfg.address).with_context(|| format!("bind {}", cfg.address.display()))?;
     let svc = Svc(lifecycle);

@@ -67,7 +67,11 @@ impl ContainerStore {
             std::io::ErrorKind::NotFound => StoreError::NotFound(id.to_string()),
             _ => StoreError::Io { op: "read", path: path.clone(), source: e },
         })?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| StoreError::Io { op: "parse", path: path.clone(), source: e.into() })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| StoreError::Io {
+            op: "parse",
+            path: path.clone(),
+            source: e.into(),
+        })?;
         let labels: HashMap<String, String> = serde_json::from_value(v["labels"].clone()).unwrap_or_default();
         Ok(Container {
             id: v["id"].as_str().unwrap_or(id).to_string(),

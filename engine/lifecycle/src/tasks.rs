@@ -34,7 +34,11 @@ impl TaskHandle {
     pub async fn wait(&self) -> ExitStatus {
         let mut rx = self.exit.subscribe();
         let status = rx.wait_for(|e| e.is_some()).await.map(|st| st.clone().unwrap_or_default());
-        status.unwrap_or_else(|_| ExitStatus { exit_status: 255, reason: "lifecycled is shutting down".into(), ..Default::default() })
+        status.unwrap_or_else(|_| ExitStatus {
+            exit_status: 255,
+            reason: "lifecycled is shutting down".into(),
+            ..Default::default()
+        })
     }
 
     pub fn exited(&self) -> Option<ExitStatus> {
@@ -51,12 +55,15 @@ pub struct TaskManager {
 
 /// Whether `pid` is a live engine-shim.
 pub fn shim_alive(pid: i32) -> bool {
-    pid > 0 && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "engine-shim")
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+    pid > 0
+        && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "engine-shim")
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
 }
 
 fn read_exit(dir: &Path) -> Option<ExitStatus> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(engine_shim::service::EXIT_FILE)).ok()?).ok()?;
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(engine_shim::service::EXIT_FILE)).ok()?).ok()?;
     Some(ExitStatus {
         exit_status: v["exit_status"].as_u64()? as u32,
         exited_unix_nanos: v["exited_unix_nanos"].as_i64().unwrap_or_default(),
@@ -84,7 +91,12 @@ impl TaskManager {
 
     /// The task of container `id`.
     pub fn get(&self, id: &str) -> Result<Arc<TaskHandle>, Status> {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned().ok_or_else(|| Status::not_found(format!("container {id} has no task")))
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("container {id} has no task")))
     }
 
     pub fn exists(&self, id: &str) -> bool {
@@ -92,7 +104,13 @@ impl TaskManager {
     }
 
     /// Starts a shim for container `id` with `bundle` and creates the task in it.
-    pub async fn create(self: &Arc<Self>, id: &str, bundle: &str, req: &CreateTaskRequest, traceparent: Option<&str>) -> Result<u32, Status> {
+    pub async fn create(
+        self: &Arc<Self>,
+        id: &str,
+        bundle: &str,
+        req: &CreateTaskRequest,
+        traceparent: Option<&str>,
+    ) -> Result<u32, Status> {
         let dir = self.tasks_dir().join(id);
         {
             let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
@@ -111,8 +129,16 @@ impl TaskManager {
         result
     }
 
-    async fn spawn_and_create(self: &Arc<Self>, id: &str, bundle: &str, dir: &Path, req: &CreateTaskRequest, traceparent: Option<&str>) -> Result<u32, Status> {
-        let shim_log = std::fs::File::create(dir.join("shim.log")).map_err(|e| Status::internal(format!("shim log: {e}")))?;
+    async fn spawn_and_create(
+        self: &Arc<Self>,
+        id: &str,
+        bundle: &str,
+        dir: &Path,
+        req: &CreateTaskRequest,
+        traceparent: Option<&str>,
+    ) -> Result<u32, Status> {
+        let shim_log =
+            std::fs::File::create(dir.join("shim.log")).map_err(|e| Status::internal(format!("shim log: {e}")))?;
         let mut cmd = tokio::process::Command::new(&self.cfg.shim);
         cmd.arg("--id").arg(id).arg("--bundle").arg(bundle).arg("--state-dir").arg(dir);
         cmd.arg("--runtime").arg(&self.cfg.runtime).arg("--runtime-root").arg(self.runtime_root());
@@ -134,7 +160,8 @@ impl TaskManager {
             let _ = child.wait().await;
         });
         let mut line = String::new();
-        let ready = tokio::time::timeout(Duration::from_secs(10), tokio::io::BufReader::new(stdout).read_line(&mut line)).await;
+        let ready =
+            tokio::time::timeout(Duration::from_secs(10), tokio::io::BufReader::new(stdout).read_line(&mut line)).await;
         if !matches!(ready, Ok(Ok(_))) || line.trim() != "ready" {
             let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
             // The reason, not a backtrace's last frame: a panic's message, or the last line.
@@ -149,10 +176,26 @@ impl TaskManager {
         }
         let client = ShimClient::new(engine_api::unix_channel(engine_shim::service::socket_path(dir)));
         let (exit, _) = watch::channel(None);
-        let handle = Arc::new(TaskHandle { id: id.to_string(), dir: dir.to_path_buf(), client, shim_pid, pid: AtomicU32::new(0), exit });
+        let handle = Arc::new(TaskHandle {
+            id: id.to_string(),
+            dir: dir.to_path_buf(),
+            client,
+            shim_pid,
+            pid: AtomicU32::new(0),
+            exit,
+        });
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), handle.clone());
-        let shim_req = ShimCreateRequest { terminal: req.terminal, stdin: req.stdin, log_max_size: req.log_max_size, log_max_files: req.log_max_files };
-        let created = handle.client.clone().create(engine_api::with_traceparent(tonic::Request::new(shim_req), traceparent)).await;
+        let shim_req = ShimCreateRequest {
+            terminal: req.terminal,
+            stdin: req.stdin,
+            log_max_size: req.log_max_size,
+            log_max_files: req.log_max_files,
+        };
+        let created = handle
+            .client
+            .clone()
+            .create(engine_api::with_traceparent(tonic::Request::new(shim_req), traceparent))
+            .await;
         let pid = match created {
             Ok(r) => r.into_inner().pid,
             Err(status) => {
@@ -228,7 +271,12 @@ impl TaskManager {
         let h = self.get(id)?;
         let status = if shim_alive(h.shim_pid) {
             let req = TaskRequest { container_id: id.to_string(), exec_id: String::new() };
-            let st = h.client.clone().delete(engine_api::with_traceparent(tonic::Request::new(req), traceparent)).await?.into_inner();
+            let st = h
+                .client
+                .clone()
+                .delete(engine_api::with_traceparent(tonic::Request::new(req), traceparent))
+                .await?
+                .into_inner();
             let _ = h.client.clone().shutdown(Empty {}).await;
             for _ in 0..500 {
                 if !shim_alive(h.shim_pid) {
@@ -267,10 +315,16 @@ impl TaskManager {
         for entry in entries.flatten() {
             let dir = entry.path();
             let Some(id) = entry.file_name().to_str().map(str::to_string) else { continue };
-            let shim_pid: i32 = std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            let shim_pid: i32 =
+                std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
             let client = ShimClient::new(engine_api::unix_channel(engine_shim::service::socket_path(&dir)));
             let pid = if shim_alive(shim_pid) {
-                client.clone().state(TaskRequest { container_id: id.clone(), exec_id: String::new() }).await.map(|s| s.into_inner().pid).unwrap_or(0)
+                client
+                    .clone()
+                    .state(TaskRequest { container_id: id.clone(), exec_id: String::new() })
+                    .await
+                    .map(|s| s.into_inner().pid)
+                    .unwrap_or(0)
             } else {
                 std::fs::read_to_string(dir.join("init.pid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
             };

@@ -16,7 +16,12 @@ fn exits(events: &[Event], id: &str) -> usize {
 
 async fn journal(l: &Lifecycled) -> Vec<Event> {
     // replay the whole journal (since = 1); stop reading once the replay is through
-    let mut s = l.events().subscribe(SubscribeRequest { topics: vec![], container_id: String::new(), since: 1 }).await.unwrap().into_inner();
+    let mut s = l
+        .events()
+        .subscribe(SubscribeRequest { topics: vec![], container_id: String::new(), since: 1 })
+        .await
+        .unwrap()
+        .into_inner();
     let mut out = Vec::new();
     while let Ok(Ok(Some(e))) = tokio::time::timeout(std::time::Duration::from_millis(300), s.message()).await {
         out.push(e);
@@ -49,7 +54,11 @@ async fn lifecycled_restarts_and_finds_its_tasks() {
     // once more: nothing is delivered twice
     l.kill9();
     l.restart();
-    eventually("the journal to hold both exits", || async { let j = journal(&l).await; exits(&j, "a") == 1 && exits(&j, "b") == 1 }).await;
+    eventually("the journal to hold both exits", || async {
+        let j = journal(&l).await;
+        exits(&j, "a") == 1 && exits(&j, "b") == 1
+    })
+    .await;
     let j = journal(&l).await;
     assert_eq!((exits(&j, "a"), exits(&j, "b")), (1, 1), "{j:?}");
     let mut tasks = l.tasks();

@@ -50,7 +50,8 @@ pub fn host_resolv_conf() -> String {
 /// The host's resolv.conf without loopback nameservers; Docker's public fallbacks when none
 /// is left (written, never contacted by the engine itself).
 pub fn resolv_conf(host: &str) -> String {
-    let kept: Vec<&str> = host.lines().filter(|l| !(l.trim_start().starts_with("nameserver") && is_loopback_ns(l))).collect();
+    let kept: Vec<&str> =
+        host.lines().filter(|l| !(l.trim_start().starts_with("nameserver") && is_loopback_ns(l))).collect();
     let mut s = kept.join("\n");
     if !s.is_empty() {
         s.push('\n');
@@ -77,11 +78,18 @@ mod tests {
 
     #[test]
     fn hosts_and_resolvers() {
-        let h = hosts("web", &[Ipv4Addr::new(10, 0, 0, 2)], &[HostEntry { ip: Ipv4Addr::new(10, 0, 0, 3), names: vec!["db".into(), "0123456789ab".into()] }]);
+        let h = hosts(
+            "web",
+            &[Ipv4Addr::new(10, 0, 0, 2)],
+            &[HostEntry { ip: Ipv4Addr::new(10, 0, 0, 3), names: vec!["db".into(), "0123456789ab".into()] }],
+        );
         assert!(h.contains("10.0.0.2\tweb\n10.0.0.3\tdb 0123456789ab\n"), "{h}");
         assert!(!h.contains("127.0.1.1"));
         assert!(hosts("box", &[], &[]).contains("127.0.1.1\tbox\n"));
-        assert_eq!(resolv_conf("search lan\nnameserver 127.0.0.53\nnameserver 10.1.1.1\n"), "search lan\nnameserver 10.1.1.1\n");
+        assert_eq!(
+            resolv_conf("search lan\nnameserver 127.0.0.53\nnameserver 10.1.1.1\n"),
+            "search lan\nnameserver 10.1.1.1\n"
+        );
         assert_eq!(resolv_conf("nameserver 127.0.0.53\n"), "nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
     }
 

@@ -75,7 +75,10 @@ pub fn nft_table(bridge: &str) -> String {
 }
 
 fn find(names: &[&str]) -> Option<String> {
-    names.iter().flat_map(|n| ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(|d| format!("{d}/{n}"))).find(|p| std::path::Path::new(p).exists())
+    names
+        .iter()
+        .flat_map(|n| ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(|d| format!("{d}/{n}")))
+        .find(|p| std::path::Path::new(p).exists())
 }
 
 impl Firewall {
@@ -87,11 +90,17 @@ impl Firewall {
         let iptables = || find(&["iptables"]);
         let nft = || find(&["nft"]);
         Ok(match choice {
-            "auto" | "" => iptables().and_then(|t| make(Backend::Iptables, t)).or_else(|| nft().and_then(|t| make(Backend::Nftables, t))),
+            "auto" | "" => iptables()
+                .and_then(|t| make(Backend::Iptables, t))
+                .or_else(|| nft().and_then(|t| make(Backend::Nftables, t))),
             "iptables" => make(Backend::Iptables, iptables().ok_or_else(|| FirewallError::Missing("iptables".into()))?),
             "nftables" => make(Backend::Nftables, nft().ok_or_else(|| FirewallError::Missing("nft".into()))?),
             "none" => None,
-            other => return Err(FirewallError::Missing(format!("a firewall backend named {other:?} (auto, iptables, nftables or none)"))),
+            other => {
+                return Err(FirewallError::Missing(format!(
+                    "a firewall backend named {other:?} (auto, iptables, nftables or none)"
+                )))
+            }
         })
     }
 
@@ -101,9 +110,14 @@ impl Firewall {
 
     /// What the firewall is, for `info`: `iptables v1.8.9 (nf_tables)`, `nftables v1.0.6 …`.
     pub fn backend(&self) -> String {
-        let out = Command::new(&self.tool).arg(if self.backend == Backend::Iptables { "-V" } else { "--version" }).output().ok();
+        let out = Command::new(&self.tool)
+            .arg(if self.backend == Backend::Iptables { "-V" } else { "--version" })
+            .output()
+            .ok();
         let fallback = if self.backend == Backend::Iptables { "iptables" } else { "nftables" };
-        out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).filter(|s| !s.is_empty()).unwrap_or_else(|| fallback.into())
+        out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| fallback.into())
     }
 
     /// The nftables table of this engined.
@@ -120,7 +134,8 @@ impl Firewall {
         let mut fwd = String::new();
         for n in nets {
             let b = &n.bridge;
-            let others: Vec<String> = nets.iter().filter(|o| o.bridge != n.bridge).map(|o| format!("\"{}\"", o.bridge)).collect();
+            let others: Vec<String> =
+                nets.iter().filter(|o| o.bridge != n.bridge).map(|o| format!("\"{}\"", o.bridge)).collect();
             if !others.is_empty() {
                 fwd += &format!("        iifname \"{b}\" oifname {{ {} }} drop\n", others.join(", "));
             }
@@ -148,7 +163,8 @@ impl Firewall {
 
     /// The chains' whole contents for these networks.
     pub fn render(&self, nets: &[BridgeRules]) -> (String, String) {
-        let (fwd, iso1, iso2, post) = (self.chain("FORWARD"), self.chain("ISOLATION-1"), self.chain("ISOLATION-2"), self.chain("POSTROUTING"));
+        let (fwd, iso1, iso2, post) =
+            (self.chain("FORWARD"), self.chain("ISOLATION-1"), self.chain("ISOLATION-2"), self.chain("POSTROUTING"));
         let mut filter = format!("*filter\n:{fwd} - [0:0]\n:{iso1} - [0:0]\n:{iso2} - [0:0]\n-A {fwd} -j {iso1}\n");
         for n in nets {
             let b = &n.bridge;
@@ -191,13 +207,21 @@ impl Firewall {
             let t = self.table();
             return self.feed(&[&self.tool, "-f", "-"], &format!("table ip {t} {{}}\ndelete table ip {t}\n"));
         }
-        for (table, builtin, chain) in [("filter", "FORWARD", self.chain("FORWARD")), ("nat", "POSTROUTING", self.chain("POSTROUTING"))] {
+        for (table, builtin, chain) in
+            [("filter", "FORWARD", self.chain("FORWARD")), ("nat", "POSTROUTING", self.chain("POSTROUTING"))]
+        {
             while self.run(&["-t", table, "-C", builtin, "-j", &chain]).is_ok() {
                 self.run(&["-t", table, "-D", builtin, "-j", &chain])?;
             }
         }
-        let chains = [("filter", self.chain("FORWARD")), ("filter", self.chain("ISOLATION-1")), ("filter", self.chain("ISOLATION-2")), ("nat", self.chain("POSTROUTING"))];
-        let present: Vec<&(&str, String)> = chains.iter().filter(|(table, chain)| self.run(&["-t", table, "-n", "-L", chain]).is_ok()).collect();
+        let chains = [
+            ("filter", self.chain("FORWARD")),
+            ("filter", self.chain("ISOLATION-1")),
+            ("filter", self.chain("ISOLATION-2")),
+            ("nat", self.chain("POSTROUTING")),
+        ];
+        let present: Vec<&(&str, String)> =
+            chains.iter().filter(|(table, chain)| self.run(&["-t", table, "-n", "-L", chain]).is_ok()).collect();
         // all emptied first: a chain still jumped to from another cannot be deleted
         for (table, chain) in &present {
             self.run(&["-t", table, "-F", chain])?;
@@ -269,7 +293,10 @@ mod tests {
         assert_eq!(nft.table(), nft_table("et12x3"));
         assert_eq!(chain_prefix("a-bridge-name15").len(), 15);
         assert!((chain_prefix("a-bridge-name15") + "-ISOLATION-1").len() <= 28);
-        assert_eq!(Firewall { prefix: "ENGINE".into(), backend: Backend::Nftables, tool: "nft".into() }.table(), "engine");
+        assert_eq!(
+            Firewall { prefix: "ENGINE".into(), backend: Backend::Nftables, tool: "nft".into() }.table(),
+            "engine"
+        );
         let t = nft.render_nft(&nets);
         let tn = nft_table("et12x3");
         assert!(t.starts_with(&format!("table ip {tn} {{}}\ndelete table ip {tn}\ntable ip {tn} {{\n")), "{t}");

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 pub enum IpamError {
     #[error("invalid address pool {0:?}: want base=CIDR,size=N")]
     BadPool(String),
-    #[error("could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network")]
+    #[error(
+        "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network"
+    )]
     NoSubnet,
     #[error("no available IPv4 addresses on this network's address pools: {0}")]
     Exhausted(Ipv4Net),
@@ -96,7 +98,14 @@ impl Allocations {
     /// An address of `subnet` (within `range` when the network has one) for `owner`:
     /// `requested` if free, else the next free one after the last handed out. The network
     /// address, the broadcast address and the gateway are never handed out.
-    pub fn allocate(&mut self, subnet: Ipv4Net, range: Option<Ipv4Net>, gateway: Ipv4Addr, owner: &str, requested: Option<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
+    pub fn allocate(
+        &mut self,
+        subnet: Ipv4Net,
+        range: Option<Ipv4Net>,
+        gateway: Ipv4Addr,
+        owner: &str,
+        requested: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, IpamError> {
         if let Some(ip) = requested {
             if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() {
                 return Err(IpamError::OutOfSubnet(ip, subnet));
@@ -108,7 +117,10 @@ impl Allocations {
             return Ok(ip);
         }
         let space = range.unwrap_or(subnet);
-        let (first, last) = (u32::from(space.network()).max(u32::from(subnet.network()) + 1), u32::from(space.broadcast()).min(u32::from(subnet.broadcast()) - 1));
+        let (first, last) = (
+            u32::from(space.network()).max(u32::from(subnet.network()) + 1),
+            u32::from(space.broadcast()).min(u32::from(subnet.broadcast()) - 1),
+        );
         if first > last {
             return Err(IpamError::Exhausted(subnet));
         }
@@ -149,11 +161,18 @@ mod tests {
 
     #[test]
     fn pools_parse_and_subnets_avoid_routes() {
-        assert_eq!("base=10.9.0.0/16,size=24".parse::<Pool>().unwrap(), Pool { base: "10.9.0.0/16".parse().unwrap(), size: 24 });
+        assert_eq!(
+            "base=10.9.0.0/16,size=24".parse::<Pool>().unwrap(),
+            Pool { base: "10.9.0.0/16".parse().unwrap(), size: 24 }
+        );
         for bad in ["10.9.0.0/16", "base=10.9.0.0/16,size=8", "base=x,size=24", "base=10.0.0.0/8,size=24,color=red"] {
             assert!(bad.parse::<Pool>().is_err(), "{bad}");
         }
-        let taken: Vec<Ipv4Net> = vec!["172.17.0.0/16".parse().unwrap(), "172.18.5.0/24".parse().unwrap(), "0.0.0.0/0".parse::<Ipv4Net>().unwrap()];
+        let taken: Vec<Ipv4Net> = vec![
+            "172.17.0.0/16".parse().unwrap(),
+            "172.18.5.0/24".parse().unwrap(),
+            "0.0.0.0/0".parse::<Ipv4Net>().unwrap(),
+        ];
         // a default route overlaps everything, so it must not be passed as taken: routes are filtered by the caller
         assert_eq!(pick_subnet(&default_pools(), &taken[..2]).unwrap(), "172.19.0.0/16".parse().unwrap());
         assert_eq!(pick_subnet(&default_pools(), &taken), Err(IpamError::NoSubnet));
@@ -169,10 +188,19 @@ mod tests {
         assert!(a.release("c1"));
         // .2 was released but the next one is .4
         assert_eq!(a.allocate(subnet, None, gw, "c3", None).unwrap(), Ipv4Addr::new(10, 1, 0, 4));
-        assert_eq!(a.allocate(subnet, None, gw, "c4", Some(Ipv4Addr::new(10, 1, 0, 6))).unwrap(), Ipv4Addr::new(10, 1, 0, 6));
-        assert_eq!(a.allocate(subnet, None, gw, "c5", Some(Ipv4Addr::new(10, 1, 0, 6))), Err(IpamError::InUse(Ipv4Addr::new(10, 1, 0, 6))));
+        assert_eq!(
+            a.allocate(subnet, None, gw, "c4", Some(Ipv4Addr::new(10, 1, 0, 6))).unwrap(),
+            Ipv4Addr::new(10, 1, 0, 6)
+        );
+        assert_eq!(
+            a.allocate(subnet, None, gw, "c5", Some(Ipv4Addr::new(10, 1, 0, 6))),
+            Err(IpamError::InUse(Ipv4Addr::new(10, 1, 0, 6)))
+        );
         assert_eq!(a.allocate(subnet, None, gw, "c5", Some(gw)), Err(IpamError::InUse(gw)));
-        assert!(matches!(a.allocate(subnet, None, gw, "c5", Some(Ipv4Addr::new(10, 1, 0, 7))), Err(IpamError::OutOfSubnet(..))));
+        assert!(matches!(
+            a.allocate(subnet, None, gw, "c5", Some(Ipv4Addr::new(10, 1, 0, 7))),
+            Err(IpamError::OutOfSubnet(..))
+        ));
         assert_eq!(a.allocate(subnet, None, gw, "c5", None).unwrap(), Ipv4Addr::new(10, 1, 0, 5));
         // wraps round to the released .2, then is full
         assert_eq!(a.allocate(subnet, None, gw, "c6", None).unwrap(), Ipv4Addr::new(10, 1, 0, 2));

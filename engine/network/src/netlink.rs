@@ -76,7 +76,8 @@ impl Netlink {
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("netlink thread panicked")))
         });
-        let (conn, handle, _) = opened.map_err(|source| NetlinkError::Namespace { path: path.to_path_buf(), source })?;
+        let (conn, handle, _) =
+            opened.map_err(|source| NetlinkError::Namespace { path: path.to_path_buf(), source })?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }
@@ -123,7 +124,12 @@ impl Netlink {
                     _ => req(format!("creating bridge {name}"))(e),
                 })?;
                 let i = self.must_index(name).await?;
-                self.handle.link().set(LinkUnspec::new_with_index(i).alias(OWNER_ALIAS).build()).execute().await.map_err(req(format!("tagging bridge {name}")))?;
+                self.handle
+                    .link()
+                    .set(LinkUnspec::new_with_index(i).alias(OWNER_ALIAS).build())
+                    .execute()
+                    .await
+                    .map_err(req(format!("tagging bridge {name}")))?;
                 i
             }
         };
@@ -145,7 +151,12 @@ impl Netlink {
     }
 
     pub async fn up(&self, index: u32, name: &str) -> Result<()> {
-        self.handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(req(format!("setting {name} up")))
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(req(format!("setting {name} up")))
     }
 
     /// Deletes the link `name`; one that is not there is not an error.
@@ -163,7 +174,11 @@ impl Netlink {
     /// a link between namespaces afterwards costs an RCU grace period, ~25 ms here).
     pub async fn veth_into(&self, host: &str, inner: &str, mac: [u8; 6], bridge: u32, ns: &File) -> Result<()> {
         let peer = LinkUnspec::new_with_name(inner).address(mac.to_vec()).setns_by_fd(ns.as_raw_fd()).build();
-        let msg = LinkVeth::new(host, inner).set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).controller(bridge).up().build();
+        let msg = LinkVeth::new(host, inner)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .controller(bridge)
+            .up()
+            .build();
         self.handle.link().add(msg).execute().await.map_err(req(format!("creating veth pair {host}/{inner}")))
     }
 
@@ -177,11 +192,21 @@ impl Netlink {
     /// default through `gateway` when asked.
     pub async fn configure(&self, ifname: &str, ip: Ipv4Addr, prefix: u8, gateway: Option<Ipv4Addr>) -> Result<()> {
         let index = self.must_index(ifname).await?;
-        self.handle.address().add(index, ip.into(), prefix).execute().await.map_err(req(format!("adding {ip}/{prefix} to {ifname}")))?;
+        self.handle
+            .address()
+            .add(index, ip.into(), prefix)
+            .execute()
+            .await
+            .map_err(req(format!("adding {ip}/{prefix} to {ifname}")))?;
         self.up(index, ifname).await?;
         if let Some(gw) = gateway {
             let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).output_interface(index).build();
-            self.handle.route().add(route).execute().await.map_err(req(format!("adding the default route via {gw}")))?;
+            self.handle
+                .route()
+                .add(route)
+                .execute()
+                .await
+                .map_err(req(format!("adding the default route via {gw}")))?;
         }
         Ok(())
     }
@@ -246,7 +271,8 @@ fn make_here(path: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     File::create(path)?;
-    nix::mount::mount(Some("/proc/thread-self/ns/net"), path, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).map_err(std::io::Error::from)
+    nix::mount::mount(Some("/proc/thread-self/ns/net"), path, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+        .map_err(std::io::Error::from)
 }
 
 /// Unmounts and removes a namespace file of [`create_namespace`]; the namespace goes when

@@ -160,7 +160,9 @@ fn random_id() -> String {
 /// A valid network name: Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
 pub fn valid_name(n: &str) -> bool {
     let b = n.as_bytes();
-    !b.is_empty() && b[0].is_ascii_alphanumeric() && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    !b.is_empty()
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 impl Networks {
@@ -174,19 +176,42 @@ impl Networks {
         for ent in std::fs::read_dir(&cfg.dir).map_err(io(&cfg.dir))? {
             let path = ent.map_err(io(&cfg.dir))?.path();
             if path.extension().is_some_and(|e| e == "json") {
-                let rec: NetworkRecord = std::fs::read(&path)
-                    .map_err(io(&path))
-                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| NetworkError::Invalid(format!("{}: {e}", path.display()))))?;
+                let rec: NetworkRecord = std::fs::read(&path).map_err(io(&path)).and_then(|b| {
+                    serde_json::from_slice(&b).map_err(|e| NetworkError::Invalid(format!("{}: {e}", path.display())))
+                })?;
                 records.insert(rec.id.clone(), rec);
             }
         }
         let chain_prefix = crate::firewall::chain_prefix(&cfg.bridge_name);
         let firewall = if cfg.iptables { Firewall::detect(&chain_prefix, &cfg.firewall)? } else { None };
         let firewall_backend = firewall.as_ref().map(|f| f.backend());
-        let n = Networks { host: Netlink::host()?, firewall, firewall_backend, records: Mutex::new(records), admin: Default::default(), saving: Mutex::new(()), cfg };
+        let n = Networks {
+            host: Netlink::host()?,
+            firewall,
+            firewall_backend,
+            records: Mutex::new(records),
+            admin: Default::default(),
+            saving: Mutex::new(()),
+            cfg,
+        };
         for (name, driver) in [("host", "host"), ("none", "null")] {
             if n.by_name(name).is_none() {
-                let rec = NetworkRecord { id: random_id(), name: name.into(), driver: driver.into(), created: now.clone(), bridge: String::new(), subnet: None, gateway: None, ip_range: None, subnet_configured: false, internal: false, labels: Default::default(), options: Default::default(), allocations: Default::default(), endpoints: Default::default() };
+                let rec = NetworkRecord {
+                    id: random_id(),
+                    name: name.into(),
+                    driver: driver.into(),
+                    created: now.clone(),
+                    bridge: String::new(),
+                    subnet: None,
+                    gateway: None,
+                    ip_range: None,
+                    subnet_configured: false,
+                    internal: false,
+                    labels: Default::default(),
+                    options: Default::default(),
+                    allocations: Default::default(),
+                    endpoints: Default::default(),
+                };
                 n.save(&rec)?;
                 n.lock().insert(rec.id.clone(), rec);
             }
@@ -220,7 +245,10 @@ impl Networks {
             subnet_configured: false,
             internal: false,
             labels: Default::default(),
-            options: BTreeMap::from([("com.docker.network.bridge.default_bridge".into(), "true".into()), ("com.docker.network.bridge.name".into(), self.cfg.bridge_name.clone())]),
+            options: BTreeMap::from([
+                ("com.docker.network.bridge.default_bridge".into(), "true".into()),
+                ("com.docker.network.bridge.name".into(), self.cfg.bridge_name.clone()),
+            ]),
             allocations: Default::default(),
             endpoints: Default::default(),
         });
@@ -241,7 +269,10 @@ impl Networks {
             }
             None => {}
         }
-        let (subnet, gw) = (rec.subnet.ok_or_else(|| NetworkError::Invalid("default bridge without subnet".into()))?, rec.gateway.ok_or_else(|| NetworkError::Invalid("default bridge without gateway".into()))?);
+        let (subnet, gw) = (
+            rec.subnet.ok_or_else(|| NetworkError::Invalid("default bridge without subnet".into()))?,
+            rec.gateway.ok_or_else(|| NetworkError::Invalid("default bridge without gateway".into()))?,
+        );
         self.host.ensure_bridge(&rec.bridge, gw, subnet.prefix_len()).await?;
         self.save(&rec)?;
         self.lock().insert(rec.id.clone(), rec);
@@ -299,11 +330,15 @@ impl Networks {
         if let Some(r) = map.values().find(|r| r.name == s) {
             return Ok(r.clone());
         }
-        let hits: Vec<&NetworkRecord> = if s.is_empty() { Vec::new() } else { map.values().filter(|r| r.id.starts_with(s)).collect() };
+        let hits: Vec<&NetworkRecord> =
+            if s.is_empty() { Vec::new() } else { map.values().filter(|r| r.id.starts_with(s)).collect() };
         match hits.as_slice() {
             [one] => Ok((*one).clone()),
             [] => Err(NetworkError::NotFound(s.to_string())),
-            _ => Err(NetworkError::Invalid(format!("network {s} is ambiguous ({} matches found based on ID prefix)", hits.len()))),
+            _ => Err(NetworkError::Invalid(format!(
+                "network {s} is ambiguous ({} matches found based on ID prefix)",
+                hits.len()
+            ))),
         }
     }
 
@@ -321,7 +356,8 @@ impl Networks {
             .collect();
         // iptables and nft are processes that may wait (5 s at most) for the xtables lock: the
         // async worker hands its other tasks over meanwhile
-        let multi = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let applied = if multi { tokio::task::block_in_place(|| fw.apply(&rules)) } else { fw.apply(&rules) };
         Ok(applied?)
     }
@@ -330,14 +366,22 @@ impl Networks {
     pub async fn create(&self, req: CreateRequest, now: String) -> Result<NetworkRecord> {
         let _admin = self.admin.lock().await;
         if !valid_name(&req.name) {
-            return Err(NetworkError::Invalid(format!("invalid network name {:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed", req.name)));
+            return Err(NetworkError::Invalid(format!(
+                "invalid network name {:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+                req.name
+            )));
         }
         if self.by_name(&req.name).is_some() {
             return Err(NetworkError::Exists(req.name));
         }
         match req.driver.as_str() {
             "" | "bridge" => {}
-            "host" | "null" => return Err(NetworkError::Forbidden(format!("only one instance of \"{}\" network is allowed", req.driver))),
+            "host" | "null" => {
+                return Err(NetworkError::Forbidden(format!(
+                    "only one instance of \"{}\" network is allowed",
+                    req.driver
+                )))
+            }
             d => return Err(NetworkError::NotFound(format!("plugin \"{d}\" (driver)"))),
         }
         let subnet = match req.subnet {
@@ -346,8 +390,12 @@ impl Networks {
                     return Err(NetworkError::Invalid(format!("subnet {s} is too small")));
                 }
                 let s = s.trunc();
-                if let Some(other) = self.list().into_iter().find(|r| r.subnet.is_some_and(|o| ipam::overlaps(&o, &s))) {
-                    return Err(NetworkError::Forbidden(format!("Pool overlaps with other one on this address space (network {})", other.name)));
+                if let Some(other) = self.list().into_iter().find(|r| r.subnet.is_some_and(|o| ipam::overlaps(&o, &s)))
+                {
+                    return Err(NetworkError::Forbidden(format!(
+                        "Pool overlaps with other one on this address space (network {})",
+                        other.name
+                    )));
                 }
                 s
             }
@@ -358,7 +406,10 @@ impl Networks {
                 return Err(NetworkError::Invalid(format!("gateway {g} is not a host address of subnet {subnet}")));
             }
             Some(g) => g,
-            None => subnet.hosts().next().ok_or_else(|| NetworkError::Invalid(format!("subnet {subnet} has no host address")))?,
+            None => subnet
+                .hosts()
+                .next()
+                .ok_or_else(|| NetworkError::Invalid(format!("subnet {subnet} has no host address")))?,
         };
         if let Some(r) = req.ip_range {
             if !subnet.contains(&r.network()) || r.prefix_len() < subnet.prefix_len() {
@@ -366,11 +417,16 @@ impl Networks {
             }
         }
         let id = random_id();
-        let bridge = req.options.get("com.docker.network.bridge.name").cloned().unwrap_or_else(|| format!("br-{}", &id[..12]));
+        let bridge =
+            req.options.get("com.docker.network.bridge.name").cloned().unwrap_or_else(|| format!("br-{}", &id[..12]));
         // a name the kernel, iptables and nft all take literally (no %d template, no + or * wildcard, no quote)
-        let literal = bridge.len() <= 15 && bridge.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) && bridge.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        let literal = bridge.len() <= 15
+            && bridge.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && bridge.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if !literal {
-            return Err(NetworkError::Invalid(format!("invalid bridge name {bridge:?}: 1 to 15 letters, digits, '_', '.' or '-'")));
+            return Err(NetworkError::Invalid(format!(
+                "invalid bridge name {bridge:?}: 1 to 15 letters, digits, '_', '.' or '-'"
+            )));
         }
         if self.host.index(&bridge).await?.is_some() || self.list().iter().any(|r| r.bridge == bridge) {
             return Err(NetworkError::Invalid(format!("bridge name {bridge:?} is taken")));
@@ -413,13 +469,19 @@ impl Networks {
         let _admin = self.admin.lock().await;
         let rec = self.find(s)?;
         if rec.predefined() {
-            return Err(NetworkError::Forbidden(format!("{} is a pre-defined network and cannot be removed", rec.name)));
+            return Err(NetworkError::Forbidden(format!(
+                "{} is a pre-defined network and cannot be removed",
+                rec.name
+            )));
         }
         {
             // checked and taken out under one lock: an attach cannot slip in between
             let mut map = self.lock();
             if map.get(&rec.id).is_some_and(|r| !r.endpoints.is_empty()) {
-                return Err(NetworkError::Forbidden(format!("error while removing network: network {} id {} has active endpoints", rec.name, rec.id)));
+                return Err(NetworkError::Forbidden(format!(
+                    "error while removing network: network {} id {} has active endpoints",
+                    rec.name, rec.id
+                )));
             }
             map.remove(&rec.id);
         }
@@ -440,23 +502,45 @@ impl Networks {
     /// `default_route`. The endpoint is recorded before the links are made, so a crash in
     /// between is cleaned up by [`Networks::detach`].
     #[allow(clippy::too_many_arguments)]
-    pub async fn attach(&self, network: &str, container: &str, container_name: &str, aliases: &[String], ns: (&File, &Netlink), ifname: &str, requested_ip: Option<Ipv4Addr>, default_route: bool) -> Result<Endpoint> {
+    pub async fn attach(
+        &self,
+        network: &str,
+        container: &str,
+        container_name: &str,
+        aliases: &[String],
+        ns: (&File, &Netlink),
+        ifname: &str,
+        requested_ip: Option<Ipv4Addr>,
+        default_route: bool,
+    ) -> Result<Endpoint> {
         let rec = self.find(network)?;
         if !rec.is_bridge() {
-            return Err(NetworkError::Invalid(format!("container cannot be connected to network {} (driver {})", rec.name, rec.driver)));
+            return Err(NetworkError::Invalid(format!(
+                "container cannot be connected to network {} (driver {})",
+                rec.name, rec.driver
+            )));
         }
         if rec.endpoints.contains_key(container) {
-            return Err(NetworkError::Forbidden(format!("endpoint with name {container_name} already exists in network {}", rec.name)));
+            return Err(NetworkError::Forbidden(format!(
+                "endpoint with name {container_name} already exists in network {}",
+                rec.name
+            )));
         }
         if requested_ip.is_some() && !rec.subnet_configured {
-            return Err(NetworkError::Invalid("user specified IP address is supported only when connecting to networks with user configured subnets".into()));
+            return Err(NetworkError::Invalid(
+                "user specified IP address is supported only when connecting to networks with user configured subnets"
+                    .into(),
+            ));
         }
         let (subnet, gateway) = match (rec.subnet, rec.gateway) {
             (Some(s), Some(g)) => (s, g),
             _ => return Err(NetworkError::Invalid(format!("network {} has no subnet", rec.name))),
         };
         // ve<12 of the id><one hex digit of the interface>: within the kernel's 15 characters
-        let n: u32 = ifname.trim_start_matches("eth").parse().map_err(|_| NetworkError::Invalid(format!("interface name {ifname}")))?;
+        let n: u32 = ifname
+            .trim_start_matches("eth")
+            .parse()
+            .map_err(|_| NetworkError::Invalid(format!("interface name {ifname}")))?;
         if n > 15 {
             return Err(NetworkError::Invalid("a container can be on at most 16 networks".into()));
         }
@@ -552,7 +636,11 @@ impl Networks {
     pub fn rename(&self, container: &str, name: &str) {
         let ids: Vec<String> = {
             let mut map = self.lock();
-            map.values_mut().filter_map(|r| r.endpoints.get_mut(container).map(|ep| ep.container_name = name.to_string()).map(|_| r.id.clone())).collect()
+            map.values_mut()
+                .filter_map(|r| {
+                    r.endpoints.get_mut(container).map(|ep| ep.container_name = name.to_string()).map(|_| r.id.clone())
+                })
+                .collect()
         };
         for id in ids {
             let _ = self.persist(&id);
@@ -567,7 +655,13 @@ impl Networks {
     /// Releases the endpoints of containers `keep` says are gone (after a restart: containers
     /// that stopped while engined was down, or a reboot).
     pub async fn release_all_but(&self, keep: &BTreeSet<String>) {
-        let stale: Vec<(String, String)> = self.lock().values().flat_map(|r| r.endpoints.keys().filter(|c| !keep.contains(*c)).map(|c| (r.id.clone(), c.clone())).collect::<Vec<_>>()).collect();
+        let stale: Vec<(String, String)> = self
+            .lock()
+            .values()
+            .flat_map(|r| {
+                r.endpoints.keys().filter(|c| !keep.contains(*c)).map(|c| (r.id.clone(), c.clone())).collect::<Vec<_>>()
+            })
+            .collect();
         for (net, c) in stale {
             let _ = self.detach(&net, &c).await;
         }

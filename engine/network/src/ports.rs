@@ -60,23 +60,46 @@ pub fn parse_port_proto(s: &str) -> Result<(u16, String), PortError> {
 /// A host port range (`8000-8010`) takes its first port.
 pub fn binding(key: &str, host_ip: &str, host_port: &str) -> Result<Published, PortError> {
     let (container_port, proto) = parse_port_proto(key)?;
-    let host_ip: IpAddr = if host_ip.is_empty() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { host_ip.trim_matches(['[', ']']).parse().map_err(|_| PortError::Invalid(format!("{host_ip}:{host_port}:{key}")))? };
+    let host_ip: IpAddr = if host_ip.is_empty() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        host_ip
+            .trim_matches(['[', ']'])
+            .parse()
+            .map_err(|_| PortError::Invalid(format!("{host_ip}:{host_port}:{key}")))?
+    };
     let first = host_port.split('-').next().unwrap_or("");
-    let host_port = if first.is_empty() { 0 } else { first.parse().map_err(|_| PortError::Invalid(format!("{host_port}:{key}")))? };
+    let host_port = if first.is_empty() {
+        0
+    } else {
+        first.parse().map_err(|_| PortError::Invalid(format!("{host_port}:{key}")))?
+    };
     Ok(Published { container_port, proto, host_ip, host_port })
 }
 
 /// Starts engine-proxy for `port` towards `container_ip`, and waits until it has bound the
 /// host port (the port it got, when any was asked for) or failed to.
-pub fn spawn(bin: &Path, container: &str, port: &Published, container_ip: Ipv4Addr, stats: &Path) -> Result<Proxy, PortError> {
+pub fn spawn(
+    bin: &Path,
+    container: &str,
+    port: &Published,
+    container_ip: Ipv4Addr,
+    stats: &Path,
+) -> Result<Proxy, PortError> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| PortError::Spawn(e.into()))?;
     let mut cmd = std::process::Command::new(bin);
-    cmd.arg("--proto").arg(&port.proto)
-        .arg("--host-ip").arg(port.host_ip.to_string())
-        .arg("--host-port").arg(port.host_port.to_string())
-        .arg("--container-ip").arg(container_ip.to_string())
-        .arg("--container-port").arg(port.container_port.to_string())
-        .arg("--stats").arg(stats)
+    cmd.arg("--proto")
+        .arg(&port.proto)
+        .arg("--host-ip")
+        .arg(port.host_ip.to_string())
+        .arg("--host-port")
+        .arg(port.host_port.to_string())
+        .arg("--container-ip")
+        .arg(container_ip.to_string())
+        .arg("--container-port")
+        .arg(port.container_port.to_string())
+        .arg("--stats")
+        .arg(stats)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
     let wfd = wr.as_raw_fd();
@@ -152,7 +175,10 @@ pub fn stop(p: &Proxy) {
 
 /// An exited process not reaped yet (it holds no socket any more).
 fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z'))).unwrap_or(true)
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')))
+        .unwrap_or(true)
 }
 
 /// A proxy's counters, as it writes them: `connections_total connections_active bytes_in bytes_out`.
@@ -173,7 +199,9 @@ impl ProxyStats {
     pub fn parse(s: &str) -> Option<ProxyStats> {
         let v: Vec<u64> = s.split_whitespace().map(|x| x.parse().ok()).collect::<Option<_>>()?;
         match v.as_slice() {
-            [a, b, c, d] => Some(ProxyStats { connections_total: *a, connections_active: *b, bytes_in: *c, bytes_out: *d }),
+            [a, b, c, d] => {
+                Some(ProxyStats { connections_total: *a, connections_active: *b, bytes_in: *c, bytes_out: *d })
+            }
             _ => None,
         }
     }
@@ -188,7 +216,15 @@ mod tests {
 
     #[test]
     fn bindings_parse() {
-        assert_eq!(binding("80/tcp", "127.0.0.1", "8080").unwrap(), Published { container_port: 80, proto: "tcp".into(), host_ip: "127.0.0.1".parse().unwrap(), host_port: 8080 });
+        assert_eq!(
+            binding("80/tcp", "127.0.0.1", "8080").unwrap(),
+            Published {
+                container_port: 80,
+                proto: "tcp".into(),
+                host_ip: "127.0.0.1".parse().unwrap(),
+                host_port: 8080
+            }
+        );
         assert_eq!(binding("53/udp", "", "").unwrap().host_port, 0);
         assert_eq!(binding("53/udp", "", "").unwrap().host_ip, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         for (k, ip, p) in [("80/sctp", "", "1"), ("0", "", "1"), ("80", "nope", "1"), ("80", "", "x")] {

@@ -52,7 +52,13 @@ pub struct Counters {
 impl Counters {
     fn render(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        format!("{} {} {} {}\n", g(&self.connections_total), g(&self.connections_active), g(&self.bytes_in), g(&self.bytes_out))
+        format!(
+            "{} {} {} {}\n",
+            g(&self.connections_total),
+            g(&self.connections_active),
+            g(&self.bytes_in),
+            g(&self.bytes_out)
+        )
     }
     fn touch(&self) {
         self.changes.fetch_add(1, Ordering::Relaxed);
@@ -193,7 +199,12 @@ async fn serve_tcp(l: TcpListener, upstream: SocketAddr, c: Arc<Counters>) {
 
 /// Copies one direction until EOF or an error, counting into `bytes`; then shuts the other
 /// side's write half, so a half-close passes through.
-async fn pump<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin>(mut from: R, mut to: W, bytes: &AtomicU64, c: &Counters) {
+async fn pump<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin>(
+    mut from: R,
+    mut to: W,
+    bytes: &AtomicU64,
+    c: &Counters,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
     loop {

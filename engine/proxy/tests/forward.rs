@@ -53,7 +53,20 @@ fn tcp_is_forwarded_and_counted() {
     });
     let dir = tempfile::tempdir().unwrap();
     let stats = dir.path().join("stats");
-    let (child, answer) = proxy(&["--proto", "tcp", "--host-ip", "127.0.0.1", "--host-port", "0", "--container-ip", "127.0.0.1", "--container-port", &bport, "--stats", stats.to_str().unwrap()]);
+    let (child, answer) = proxy(&[
+        "--proto",
+        "tcp",
+        "--host-ip",
+        "127.0.0.1",
+        "--host-port",
+        "0",
+        "--container-ip",
+        "127.0.0.1",
+        "--container-port",
+        &bport,
+        "--stats",
+        stats.to_str().unwrap(),
+    ]);
     let port: u16 = answer.strip_prefix("0 ").expect(&answer).parse().unwrap();
     for _ in 0..2 {
         let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -65,7 +78,18 @@ fn tcp_is_forwarded_and_counted() {
     wait_for("the counters", || std::fs::read_to_string(&stats).is_ok_and(|s| s == "2 0 10 20\n"));
 
     // the same port again: refused with the reason, and the proxy exits
-    let (mut second, answer) = proxy(&["--proto", "tcp", "--host-ip", "127.0.0.1", "--host-port", &port.to_string(), "--container-ip", "127.0.0.1", "--container-port", &bport]);
+    let (mut second, answer) = proxy(&[
+        "--proto",
+        "tcp",
+        "--host-ip",
+        "127.0.0.1",
+        "--host-port",
+        &port.to_string(),
+        "--container-ip",
+        "127.0.0.1",
+        "--container-port",
+        &bport,
+    ]);
     assert_eq!(answer, "1 address already in use");
     assert_eq!(second.wait().unwrap().code(), Some(1));
     assert_eq!(stop(child), 0);
@@ -85,7 +109,20 @@ fn udp_is_forwarded_per_client() {
     });
     let dir = tempfile::tempdir().unwrap();
     let stats = dir.path().join("stats");
-    let (child, answer) = proxy(&["--proto", "udp", "--host-ip", "127.0.0.1", "--host-port", "0", "--container-ip", "127.0.0.1", "--container-port", &bport, "--stats", stats.to_str().unwrap()]);
+    let (child, answer) = proxy(&[
+        "--proto",
+        "udp",
+        "--host-ip",
+        "127.0.0.1",
+        "--host-port",
+        "0",
+        "--container-ip",
+        "127.0.0.1",
+        "--container-port",
+        &bport,
+        "--stats",
+        stats.to_str().unwrap(),
+    ]);
     let port: u16 = answer.strip_prefix("0 ").expect(&answer).parse().unwrap();
     for who in ["a", "b"] {
         let c = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -102,7 +139,8 @@ fn udp_is_forwarded_per_client() {
 
 #[test]
 fn bad_arguments_are_answered() {
-    let (mut c, answer) = proxy(&["--proto", "sctp", "--host-port", "0", "--container-ip", "127.0.0.1", "--container-port", "1"]);
+    let (mut c, answer) =
+        proxy(&["--proto", "sctp", "--host-port", "0", "--container-ip", "127.0.0.1", "--container-port", "1"]);
     assert!(answer.starts_with("1 ") && answer.contains("sctp"), "{answer}");
     assert_ne!(c.wait().unwrap().code(), Some(0));
 }

@@ -122,10 +122,15 @@ mod tests {
 
     #[test]
     fn stats_take_nearest_rank_percentiles_per_phase() {
-        let traces: Vec<Vec<FlatSpan>> = (1..=100).map(|i| vec![span("x", "", "runtime.create", 0, i * 1000), span("y", "x", "runtime.rootfs", 0, 5)]).collect();
+        let traces: Vec<Vec<FlatSpan>> = (1..=100)
+            .map(|i| vec![span("x", "", "runtime.create", 0, i * 1000), span("y", "x", "runtime.rootfs", 0, 5)])
+            .collect();
         let stats = phase_stats(traces.iter().map(Vec::as_slice));
         let create = stats.iter().find(|s| s.phase == "runtime.create").unwrap();
-        assert_eq!((create.count, create.p50_nanos, create.p95_nanos, create.p99_nanos, create.max_nanos), (100, 50_000, 95_000, 99_000, 100_000));
+        assert_eq!(
+            (create.count, create.p50_nanos, create.p95_nanos, create.p99_nanos, create.max_nanos),
+            (100, 50_000, 95_000, 99_000, 100_000)
+        );
         assert_eq!(stats.iter().find(|s| s.phase == "runtime.rootfs").unwrap().p99_nanos, 5);
     }
 }

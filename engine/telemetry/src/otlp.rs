@@ -39,7 +39,9 @@ pub enum Protocol {
 pub enum ConfigError {
     #[error("OTLP endpoint {0:?}: want http://host:port or unix:///path")]
     Endpoint(String),
-    #[error("OTLP endpoint {0:?}: https needs TLS, which this engine does not include; send to a local collector over http")]
+    #[error(
+        "OTLP endpoint {0:?}: https needs TLS, which this engine does not include; send to a local collector over http"
+    )]
     Tls(String),
     #[error("unknown OTLP protocol {0:?} (want grpc, http/protobuf or http/json)")]
     Protocol(String),
@@ -116,7 +118,10 @@ impl ExportConfig {
         if let Some(h) = env("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS")) {
             cfg.headers = parse_pairs(&h)?;
         }
-        if let Some(ms) = env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").or_else(|| env("OTEL_EXPORTER_OTLP_TIMEOUT")).and_then(|t| t.trim().parse::<u64>().ok()) {
+        if let Some(ms) = env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_TIMEOUT"))
+            .and_then(|t| t.trim().parse::<u64>().ok())
+        {
             cfg.timeout = Duration::from_millis(ms.max(1));
         }
         Ok(Some(cfg))
@@ -187,19 +192,26 @@ fn grpc_channel(endpoint: &str) -> Result<tonic::transport::Channel, ConfigError
     if let Some(path) = endpoint.strip_prefix("unix://") {
         return Ok(engine_api::unix_channel(path));
     }
-    tonic::transport::Endpoint::from_shared(endpoint.to_string()).map(|e| e.connect_lazy()).map_err(|_| ConfigError::Endpoint(endpoint.into()))
+    tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .map(|e| e.connect_lazy())
+        .map_err(|_| ConfigError::Endpoint(endpoint.into()))
 }
 
 fn client(cfg: &ExportConfig) -> Result<Client, ConfigError> {
     match cfg.protocol {
         Protocol::Grpc => Ok(Client::Grpc(TraceServiceClient::new(grpc_channel(&cfg.endpoint)?))),
         Protocol::HttpProtobuf | Protocol::HttpJson => {
-            let rest = cfg.endpoint.strip_prefix("http://").ok_or_else(|| ConfigError::Endpoint(cfg.endpoint.clone()))?;
+            let rest =
+                cfg.endpoint.strip_prefix("http://").ok_or_else(|| ConfigError::Endpoint(cfg.endpoint.clone()))?;
             let (authority, path) = match rest.find('/') {
                 Some(i) => (&rest[..i], &rest[i..]),
                 None => (rest, "/v1/traces"),
             };
-            Ok(Client::Http { authority: authority.into(), path: path.into(), json: cfg.protocol == Protocol::HttpJson })
+            Ok(Client::Http {
+                authority: authority.into(),
+                path: path.into(),
+                json: cfg.protocol == Protocol::HttpJson,
+            })
         }
     }
 }
@@ -230,22 +242,39 @@ async fn send(client: &mut Client, cfg: &ExportConfig, req: &ExportTraceServiceR
             }
             c.export(r).await.map(|_| ()).map_err(|s| SendError {
                 message: format!("{}: {}", s.code(), s.message()),
-                retry: matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted | tonic::Code::Unknown),
+                retry: matches!(
+                    s.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Aborted
+                        | tonic::Code::Unknown
+                ),
             })
         }
         Client::Http { authority, path, json } => {
-            let body = if *json { serde_json::to_vec(req).map_err(|e| SendError { message: e.to_string(), retry: false })? } else { req.encode_to_vec() };
+            let body = if *json {
+                serde_json::to_vec(req).map_err(|e| SendError { message: e.to_string(), retry: false })?
+            } else {
+                req.encode_to_vec()
+            };
             let fut = async {
-                let tcp = tokio::net::TcpStream::connect(authority.as_str()).await.map_err(|e| SendError::from(e.to_string()))?;
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.map_err(|e| SendError::from(e.to_string()))?;
+                let tcp = tokio::net::TcpStream::connect(authority.as_str())
+                    .await
+                    .map_err(|e| SendError::from(e.to_string()))?;
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| SendError::from(e.to_string()))?;
                 tokio::spawn(conn);
-                let mut b = hyper::Request::post(path.as_str())
-                    .header(hyper::header::HOST, authority.as_str())
-                    .header(hyper::header::CONTENT_TYPE, if *json { "application/json" } else { "application/x-protobuf" });
+                let mut b = hyper::Request::post(path.as_str()).header(hyper::header::HOST, authority.as_str()).header(
+                    hyper::header::CONTENT_TYPE,
+                    if *json { "application/json" } else { "application/x-protobuf" },
+                );
                 for (k, v) in &cfg.headers {
                     b = b.header(k.as_str(), v.as_str());
                 }
-                let request = b.body(Full::new(Bytes::from(body))).map_err(|e| SendError { message: e.to_string(), retry: false })?;
+                let request = b
+                    .body(Full::new(Bytes::from(body)))
+                    .map_err(|e| SendError { message: e.to_string(), retry: false })?;
                 let resp = sender.send_request(request).await.map_err(|e| SendError::from(e.to_string()))?;
                 let status = resp.status();
                 let _ = resp.into_body().collect().await;
@@ -253,7 +282,10 @@ async fn send(client: &mut Client, cfg: &ExportConfig, req: &ExportTraceServiceR
                     Ok(())
                 } else {
                     // as the OTLP/HTTP spec says: 429, 502, 503 and 504 may be retried
-                    Err(SendError { message: format!("HTTP {status}"), retry: matches!(status.as_u16(), 429 | 502 | 503 | 504) })
+                    Err(SendError {
+                        message: format!("HTTP {status}"),
+                        retry: matches!(status.as_u16(), 429 | 502 | 503 | 504),
+                    })
                 }
             };
             tokio::time::timeout(cfg.timeout, fut).await.map_err(|_| SendError::from("timed out".to_string()))?
@@ -348,7 +380,10 @@ impl Receiver {
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
-    async fn export(&self, request: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.sink.export(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
@@ -362,13 +397,18 @@ mod tests {
     fn endpoints_and_lists_parse_as_the_spec_says() {
         assert!(matches!(ExportConfig::new("https://tempo:4317", Protocol::Grpc), Err(ConfigError::Tls(_))));
         assert!(matches!(ExportConfig::new("tempo:4317", Protocol::Grpc), Err(ConfigError::Endpoint(_))));
-        assert_eq!(ExportConfig::new("http://127.0.0.1:4317/", Protocol::Grpc).unwrap().endpoint, "http://127.0.0.1:4317");
+        assert_eq!(
+            ExportConfig::new("http://127.0.0.1:4317/", Protocol::Grpc).unwrap().endpoint,
+            "http://127.0.0.1:4317"
+        );
         assert_eq!(
             parse_pairs("api-key=a%20b, x=1").unwrap(),
             vec![("api-key".to_string(), "a b".to_string()), ("x".to_string(), "1".to_string())]
         );
         assert!(parse_pairs("novalue").is_err());
-        let Client::Http { authority, path, json } = client(&ExportConfig::new("http://127.0.0.1:4318/v1/traces", Protocol::HttpJson).unwrap()).unwrap() else {
+        let Client::Http { authority, path, json } =
+            client(&ExportConfig::new("http://127.0.0.1:4318/v1/traces", Protocol::HttpJson).unwrap()).unwrap()
+        else {
             panic!("not http")
         };
         assert_eq!((authority.as_str(), path.as_str(), json), ("127.0.0.1:4318", "/v1/traces", true));

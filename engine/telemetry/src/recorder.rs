@@ -139,10 +139,18 @@ impl Recorder {
         let parent_sampled = remote_parent.map(|_| flags & 1 == 1);
         if !crate::sampling::env_sampler().should_sample(&trace_id, parent_sampled) {
             let span_id = remote_parent.unwrap_or_else(SpanId::random);
-            return Recorder { service, active: None, unsampled: Some(TraceContext { trace_id, span_id, flags: flags & !1, state }) };
+            return Recorder {
+                service,
+                active: None,
+                unsampled: Some(TraceContext { trace_id, span_id, flags: flags & !1, state }),
+            };
         }
         let flags = flags | 1;
-        Recorder { service, active: Some(Active { sink, trace_id, remote_parent, flags, state, spans: Vec::new() }), unsampled: None }
+        Recorder {
+            service,
+            active: Some(Active { sink, trace_id, remote_parent, flags, state, spans: Vec::new() }),
+            unsampled: None,
+        }
     }
 
     /// A recorder for a process that must record exactly when its parent does (engine-init on
@@ -154,7 +162,14 @@ impl Recorder {
         }
         Recorder {
             service,
-            active: Some(Active { sink, trace_id: parent.trace_id, remote_parent: Some(parent.span_id), flags: parent.flags, state: parent.state, spans: Vec::new() }),
+            active: Some(Active {
+                sink,
+                trace_id: parent.trace_id,
+                remote_parent: Some(parent.span_id),
+                flags: parent.flags,
+                state: parent.state,
+                spans: Vec::new(),
+            }),
             unsampled: None,
         }
     }

@@ -43,7 +43,11 @@ impl Sampler {
         let ratio = || -> Result<f64, SamplerError> {
             match arg.map(str::trim).filter(|a| !a.is_empty()) {
                 None => Ok(1.0),
-                Some(a) => a.parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r)).ok_or_else(|| SamplerError::Ratio(a.into())),
+                Some(a) => a
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| SamplerError::Ratio(a.into())),
             }
         };
         Ok(match name.trim() {
@@ -111,7 +115,10 @@ mod tests {
     fn parses_the_standard_names() {
         assert_eq!(Sampler::parse("", None), Ok(Sampler::ParentBased(Root::AlwaysOn)));
         assert_eq!(Sampler::parse("always_off", None), Ok(Sampler::AlwaysOff));
-        assert_eq!(Sampler::parse("parentbased_traceidratio", Some("0.25")), Ok(Sampler::ParentBased(Root::TraceIdRatio(0.25))));
+        assert_eq!(
+            Sampler::parse("parentbased_traceidratio", Some("0.25")),
+            Ok(Sampler::ParentBased(Root::TraceIdRatio(0.25)))
+        );
         assert!(matches!(Sampler::parse("traceidratio", Some("2")), Err(SamplerError::Ratio(_))));
         assert!(matches!(Sampler::parse("sometimes", None), Err(SamplerError::Unknown(_))));
     }

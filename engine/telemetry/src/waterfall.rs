@@ -25,11 +25,22 @@ impl Default for Options {
 
 /// The one attribute that says most about a kernel row.
 fn kernel_detail(attrs: &[(String, String)]) -> String {
-    for key in ["linux.namespaces", "mount.target", "pivot_root.new_root", "process.executable.path", "linux.cgroup.path", "process.child.pid"] {
+    for key in [
+        "linux.namespaces",
+        "mount.target",
+        "pivot_root.new_root",
+        "process.executable.path",
+        "linux.cgroup.path",
+        "process.child.pid",
+    ] {
         if let Some((_, v)) = attrs.iter().find(|(k, _)| k == key).filter(|(_, v)| !v.is_empty()) {
             // long paths keep their end, which names the thing
             let n = v.chars().count();
-            return if n > 48 && v.contains('/') { format!(" …{}", v.chars().skip(n - 47).collect::<String>()) } else { format!(" {v}") };
+            return if n > 48 && v.contains('/') {
+                format!(" …{}", v.chars().skip(n - 47).collect::<String>())
+            } else {
+                format!(" {v}")
+            };
         }
     }
     String::new()
@@ -45,10 +56,15 @@ pub fn render(spans: &[FlatSpan], opts: &Options) -> String {
     let spans = if opts.kernel {
         spans
     } else {
-        kept = spans.iter().filter(|s| !s.name.starts_with("kernel.")).cloned().map(|mut s| {
-            s.events.clear();
-            s
-        }).collect();
+        kept = spans
+            .iter()
+            .filter(|s| !s.name.starts_with("kernel."))
+            .cloned()
+            .map(|mut s| {
+                s.events.clear();
+                s
+            })
+            .collect();
         &kept
     };
     let mut out = String::new();
@@ -86,7 +102,8 @@ pub fn render(spans: &[FlatSpan], opts: &Options) -> String {
                 Some(_) if last => ("└─ ", "   "),
                 Some(_) => ("├─ ", "│  "),
             };
-            let detail = if spans[k].name.starts_with("kernel.") { kernel_detail(&spans[k].attributes) } else { String::new() };
+            let detail =
+                if spans[k].name.starts_with("kernel.") { kernel_detail(&spans[k].attributes) } else { String::new() };
             rows.push((format!("{prefix}{branch}{}{detail}", spans[k].name), k, None));
             for (n, (_, name, attrs)) in spans[k].events.iter().enumerate() {
                 rows.push((format!("{prefix}{cont}· {name}{}", kernel_detail(attrs)), k, Some(n)));
@@ -114,10 +131,12 @@ pub fn render(spans: &[FlatSpan], opts: &Options) -> String {
         let s = &spans[*i];
         if let Some(n) = event {
             let at = s.events[*n].0.saturating_sub(t0);
-            let col = (((at as f64 / total) * opts.bar_width as f64).floor() as usize).min(opts.bar_width.saturating_sub(1));
+            let col =
+                (((at as f64 / total) * opts.bar_width as f64).floor() as usize).min(opts.bar_width.saturating_sub(1));
             let bar: String = " ".repeat(col) + "◆" + &" ".repeat(opts.bar_width - col - 1);
             let pad = label_width - label.chars().count();
-            let _ = writeln!(out, "{label}{:pad$}  {:service_width$}  {:>10}  {:>10}  |{bar}|", "", "kernel", ms(at), "");
+            let _ =
+                writeln!(out, "{label}{:pad$}  {:service_width$}  {:>10}  {:>10}  |{bar}|", "", "kernel", ms(at), "");
             continue;
         }
         let start = s.start_unix_nanos.saturating_sub(t0);

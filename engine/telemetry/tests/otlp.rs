@@ -48,13 +48,16 @@ async fn http_receiver() -> (String, Got) {
                     let g = g.clone();
                     async move {
                         let path = req.uri().path().to_string();
-                        let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                        let ct =
+                            req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         g.lock().unwrap().push((path, ct, body));
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::new())))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -64,9 +67,12 @@ async fn http_receiver() -> (String, Got) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_protobuf_and_json_reach_a_receiver() {
     let (base, got) = http_receiver().await;
-    let proto = Sink::new(OtlpExporter::start(ExportConfig::new(&format!("{base}/v1/traces"), Protocol::HttpProtobuf).unwrap()));
+    let proto = Sink::new(OtlpExporter::start(
+        ExportConfig::new(&format!("{base}/v1/traces"), Protocol::HttpProtobuf).unwrap(),
+    ));
     spans_from(proto, "over.protobuf");
-    let json = Sink::new(OtlpExporter::start(ExportConfig::new(&format!("{base}/v1/traces"), Protocol::HttpJson).unwrap()));
+    let json =
+        Sink::new(OtlpExporter::start(ExportConfig::new(&format!("{base}/v1/traces"), Protocol::HttpJson).unwrap()));
     spans_from(json, "over.json");
     eventually("two posts", || got.lock().unwrap().len() == 2).await;
     let mut names = Vec::new();
@@ -97,7 +103,11 @@ async fn grpc_spans_wait_for_a_receiver_that_comes_up_late() {
     let received = MemorySink::default();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let svc = Receiver::service(Sink::new(received.clone()));
-    tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
     let mut all = Vec::new();
     eventually("the late receiver to get the span", || {
         if let Some(r) = received.take() {
@@ -107,6 +117,9 @@ async fn grpc_spans_wait_for_a_receiver_that_comes_up_late() {
     })
     .await;
     assert_eq!(all[0].name, "sent.early");
-    eventually("the exporter to count the span sent", || stats.exported.load(std::sync::atomic::Ordering::Relaxed) == 1).await;
+    eventually("the exporter to count the span sent", || {
+        stats.exported.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
     assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 0);
 }

@@ -33,12 +33,14 @@ pub fn handoff(args: &[OsString]) -> i32 {
         return 126;
     };
     let parent = engine_telemetry::TraceContext::parse(&traceparent.to_string_lossy(), None).ok();
-    let sink = engine_telemetry::sink::open_file_sink(&format!("fd:{}", fd.to_string_lossy())).map(engine_telemetry::Sink::file);
+    let sink = engine_telemetry::sink::open_file_sink(&format!("fd:{}", fd.to_string_lossy()))
+        .map(engine_telemetry::Sink::file);
     let mut rec = match (sink, parent) {
         (Some(sink), Some(parent)) => engine_telemetry::Recorder::following("engine-init", sink, parent),
         _ => engine_telemetry::Recorder::disabled("engine-init"),
     };
-    let started = start.to_str().and_then(|s| s.parse().ok()).unwrap_or_else(engine_telemetry::recorder::now_unix_nanos);
+    let started =
+        start.to_str().and_then(|s| s.parse().ok()).unwrap_or_else(engine_telemetry::recorder::now_unix_nanos);
     let span = rec.start_at("init.exec", None, started);
     let pid = host_pid.to_str().and_then(|p| p.parse::<i64>().ok()).unwrap_or_else(|| getpid().as_raw().into());
     rec.set_attr(span, "process.pid", pid);

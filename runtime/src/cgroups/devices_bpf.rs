@@ -54,7 +54,14 @@ impl DeviceRule {
         };
         let (major, minor) = parts.next()?.split_once(':')?;
         let num = |n: &str| if n == "*" { Some(None) } else { n.parse().ok().map(Some) };
-        let access = parts.next()?.chars().fold(0, |acc, c| acc | match c { 'm' => 1, 'r' => 2, 'w' => 4, _ => 0 });
+        let access = parts.next()?.chars().fold(0, |acc, c| {
+            acc | match c {
+                'm' => 1,
+                'r' => 2,
+                'w' => 4,
+                _ => 0,
+            }
+        });
         Some(DeviceRule { typ, major: num(major)?, minor: num(minor)?, access, allow })
     }
 }
@@ -185,7 +192,10 @@ pub fn attach(cgroup: BorrowedFd<'_>, rules: &[DeviceRule]) -> Result<()> {
             let mut log = vec![0u8; 64 * 1024];
             let _ = load(&insns, Some(&mut log));
             let log = String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned();
-            return Err(CgroupError::Invalid(format!("load the device filter program: {errno}: {}", log.lines().next().unwrap_or(""))));
+            return Err(CgroupError::Invalid(format!(
+                "load the device filter program: {errno}: {}",
+                log.lines().next().unwrap_or("")
+            )));
         }
     };
     let prog = fd;
@@ -197,7 +207,14 @@ pub fn attach(cgroup: BorrowedFd<'_>, rules: &[DeviceRule]) -> Result<()> {
         ..Default::default()
     };
     // SAFETY: bpf(2) reads `att` of the size given.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_ATTACH, &att as *const ProgAttachAttr, std::mem::size_of::<ProgAttachAttr>()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &att as *const ProgAttachAttr,
+            std::mem::size_of::<ProgAttachAttr>(),
+        )
+    };
     if r < 0 {
         return Err(CgroupError::Invalid(format!("attach the device filter program: {}", nix::Error::last())));
     }
@@ -226,7 +243,9 @@ fn load(insns: &[u64], log: Option<&mut Vec<u8>>) -> std::result::Result<OwnedFd
     };
     // SAFETY: bpf(2) reads `attr` (of the size given) and the instruction, license and log
     // buffers it points to, all alive for the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, std::mem::size_of::<ProgLoadAttr>()) };
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, std::mem::size_of::<ProgLoadAttr>())
+    };
     if fd < 0 {
         return Err(nix::Error::last());
     }
@@ -247,8 +266,14 @@ mod tests {
 
     #[test]
     fn parses_rules() {
-        assert_eq!(DeviceRule::parse_v1("c 136:* rw", true), Some(DeviceRule { typ: 2, major: Some(136), minor: None, access: 6, allow: true }));
-        assert_eq!(DeviceRule::parse_v1("a *:* m", false), Some(DeviceRule { typ: 0, major: None, minor: None, access: 1, allow: false }));
+        assert_eq!(
+            DeviceRule::parse_v1("c 136:* rw", true),
+            Some(DeviceRule { typ: 2, major: Some(136), minor: None, access: 6, allow: true })
+        );
+        assert_eq!(
+            DeviceRule::parse_v1("a *:* m", false),
+            Some(DeviceRule { typ: 0, major: None, minor: None, access: 1, allow: false })
+        );
     }
 
     #[test]

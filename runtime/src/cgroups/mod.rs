@@ -78,7 +78,19 @@ impl Layout {
                     let controllers: Vec<&str> = super_opts
                         .split(',')
                         .filter(|o| !matches!(*o, "rw" | "ro") && (!o.contains('=') || o.starts_with("name=")))
-                        .filter(|o| !matches!(*o, "relatime" | "noexec" | "nosuid" | "nodev" | "clone_children" | "xattr" | "noprefix" | "cpuset_v2_mode"))
+                        .filter(|o| {
+                            !matches!(
+                                *o,
+                                "relatime"
+                                    | "noexec"
+                                    | "nosuid"
+                                    | "nodev"
+                                    | "clone_children"
+                                    | "xattr"
+                                    | "noprefix"
+                                    | "cpuset_v2_mode"
+                            )
+                        })
                         .collect();
                     if !controllers.is_empty() {
                         hierarchies
@@ -217,11 +229,7 @@ impl CgroupManager {
         if self.paths.v2 {
             return self.path("unified");
         }
-        self.paths
-            .paths
-            .iter()
-            .find(|(k, _)| k.split(',').any(|c| c == controller))
-            .map(|(_, p)| p.as_path())
+        self.paths.paths.iter().find(|(k, _)| k.split(',').any(|c| c == controller)).map(|(_, p)| p.as_path())
     }
 
     /// The v2 directory (pure v2 or the hybrid tree), if any: what `CLONE_INTO_CGROUP` takes.
@@ -240,8 +248,7 @@ impl CgroupManager {
     }
 
     fn create_inner(&mut self, resources: Option<&LinuxResources>) -> Result<()> {
-        let entries: Vec<(String, PathBuf)> =
-            self.paths.paths.iter().map(|(k, p)| (k.clone(), p.clone())).collect();
+        let entries: Vec<(String, PathBuf)> = self.paths.paths.iter().map(|(k, p)| (k.clone(), p.clone())).collect();
         for (key, path) in &entries {
             let created = mkdir_all(path, &mut |dir| {
                 if !self.paths.v2 && key.split(',').any(|c| c == "cpuset") {
@@ -318,9 +325,16 @@ impl CgroupManager {
         let deadline = Instant::now() + Duration::from_secs(10);
         let (file, value, done_file, done): (PathBuf, &str, PathBuf, &str) = if self.paths.v2 {
             let dir = self.path("unified").ok_or(CgroupError::NotMounted)?;
-            (dir.join("cgroup.freeze"), if frozen { "1" } else { "0" }, dir.join("cgroup.events"), if frozen { "frozen 1" } else { "frozen 0" })
+            (
+                dir.join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
+                dir.join("cgroup.events"),
+                if frozen { "frozen 1" } else { "frozen 0" },
+            )
         } else {
-            let dir = self.controller_path("freezer").ok_or_else(|| CgroupError::Unsupported("the freezer controller".into()))?;
+            let dir = self
+                .controller_path("freezer")
+                .ok_or_else(|| CgroupError::Unsupported("the freezer controller".into()))?;
             let v = if frozen { "FROZEN" } else { "THAWED" };
             (dir.join("freezer.state"), v, dir.join("freezer.state"), v)
         };
@@ -380,7 +394,9 @@ fn mkdir_all(path: &Path, init: &mut dyn FnMut(&Path) -> Result<()>) -> Result<V
     let mut attempts = 0;
     loop {
         match mkdir_all_once(path, init) {
-            Err(CgroupError::Create { source, .. }) if source.kind() == io::ErrorKind::NotFound && attempts < 5 => attempts += 1,
+            Err(CgroupError::Create { source, .. }) if source.kind() == io::ErrorKind::NotFound && attempts < 5 => {
+                attempts += 1
+            }
             r => return r,
         }
     }
@@ -434,7 +450,9 @@ pub(crate) fn read_file(path: &Path) -> Result<String> {
 pub fn validate(r: &LinuxResources) -> Result<()> {
     let bad = |what: &str, why: &str| Err(CgroupError::Invalid(format!("linux.resources.{what}: {why}")));
     if let Some(m) = r.memory() {
-        for (name, v) in [("memory.limit", m.limit()), ("memory.reservation", m.reservation()), ("memory.swap", m.swap())] {
+        for (name, v) in
+            [("memory.limit", m.limit()), ("memory.reservation", m.reservation()), ("memory.swap", m.swap())]
+        {
             if let Some(v) = v {
                 if v < -1 {
                     return bad(name, &format!("{v} is out of range (want a byte count, or -1 for unlimited)"));
@@ -470,15 +488,17 @@ pub fn validate(r: &LinuxResources) -> Result<()> {
         }
         for (name, set) in [("cpu.cpus", c.cpus()), ("cpu.mems", c.mems())] {
             if let Some(s) = set {
-                if !s.is_empty() && !s.split(',').all(|part| {
-                    let mut ends = part.splitn(2, '-');
-                    let a = ends.next().and_then(|x| x.trim().parse::<u32>().ok());
-                    match (a, ends.next()) {
-                        (Some(_), None) => true,
-                        (Some(a), Some(b)) => b.trim().parse::<u32>().is_ok_and(|b| b >= a),
-                        _ => false,
-                    }
-                }) {
+                if !s.is_empty()
+                    && !s.split(',').all(|part| {
+                        let mut ends = part.splitn(2, '-');
+                        let a = ends.next().and_then(|x| x.trim().parse::<u32>().ok());
+                        match (a, ends.next()) {
+                            (Some(_), None) => true,
+                            (Some(a), Some(b)) => b.trim().parse::<u32>().is_ok_and(|b| b >= a),
+                            _ => false,
+                        }
+                    })
+                {
                     return bad(name, &format!("{s:?} is not a list of numbers and ranges like \"0-2,4\""));
                 }
             }

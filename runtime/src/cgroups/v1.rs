@@ -21,7 +21,10 @@ fn fill_cpuset(dir: &Path, file: &str, depth: usize) -> Result<String> {
     if !current.is_empty() {
         return Ok(current);
     }
-    let parent = dir.parent().filter(|_| depth < 32).ok_or_else(|| CgroupError::Invalid(format!("{} has no {file} up its tree", dir.display())))?;
+    let parent = dir
+        .parent()
+        .filter(|_| depth < 32)
+        .ok_or_else(|| CgroupError::Invalid(format!("{} has no {file} up its tree", dir.display())))?;
     let value = fill_cpuset(parent, file, depth + 1)?;
     write_file(&dir.join(file), &value)?;
     Ok(value)
@@ -34,7 +37,11 @@ fn need<'a>(m: &'a CgroupManager, controller: &str, what: &str) -> Result<&'a Pa
 
 fn limit_value(v: i64) -> String {
     // -1 means unlimited in both the spec and v1 files
-    if v < 0 { "-1".into() } else { v.to_string() }
+    if v < 0 {
+        "-1".into()
+    } else {
+        v.to_string()
+    }
 }
 
 fn device_rule(d: &LinuxDeviceCgroup) -> String {
@@ -52,8 +59,17 @@ fn device_rule(d: &LinuxDeviceCgroup) -> String {
 /// Devices every container may use (as runc allows them): null, zero, full, random, urandom,
 /// tty, console, ptmx and the pty slaves.
 pub(crate) const DEFAULT_ALLOWED_DEVICES: &[&str] = &[
-    "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:1 rwm",
-    "c 5:2 rwm", "c 136:* rwm", "c *:* m", "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c *:* m",
+    "b *:* m",
 ];
 
 pub(super) fn apply(m: &CgroupManager, r: &LinuxResources) -> Result<()> {
@@ -129,13 +145,17 @@ pub(super) fn apply(m: &CgroupManager, r: &LinuxResources) -> Result<()> {
         for (file, weight) in [("blkio.weight", b.weight()), ("blkio.leaf_weight", b.leaf_weight())] {
             if let Some(w) = weight.filter(|&w| w != 0) {
                 if !dir.join(file).exists() {
-                    return Err(CgroupError::Unsupported(format!("linux.resources.blockIO weights ({file} is absent)")));
+                    return Err(CgroupError::Unsupported(format!(
+                        "linux.resources.blockIO weights ({file} is absent)"
+                    )));
                 }
                 write_file(&dir.join(file), &w.to_string())?;
             }
         }
         if b.weight_device().as_ref().is_some_and(|v| !v.is_empty()) && !dir.join("blkio.weight_device").exists() {
-            return Err(CgroupError::Unsupported("linux.resources.blockIO.weightDevice (blkio.weight_device is absent)".into()));
+            return Err(CgroupError::Unsupported(
+                "linux.resources.blockIO.weightDevice (blkio.weight_device is absent)".into(),
+            ));
         }
         for (file, devices) in [
             ("blkio.throttle.read_bps_device", b.throttle_read_bps_device()),

@@ -42,7 +42,11 @@ pub fn blkio_weight_to_io(weight: u16) -> u64 {
 }
 
 fn max_or(v: i64) -> String {
-    if v < 0 { "max".into() } else { v.to_string() }
+    if v < 0 {
+        "max".into()
+    } else {
+        v.to_string()
+    }
 }
 
 pub(super) fn apply(dir: &Path, r: &LinuxResources) -> Result<()> {
@@ -129,8 +133,12 @@ pub(super) fn apply(dir: &Path, r: &LinuxResources) -> Result<()> {
     if let Some(devices) = r.devices().as_ref().filter(|d| !d.is_empty()) {
         // v2 has no devices controller: the rules are an eBPF program on the cgroup. Programs
         // attached later (update) add to it: every one must allow a device.
-        let fd = nix::fcntl::open(dir, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-            .map_err(|e| CgroupError::Read { path: dir.into(), source: e.into() })?;
+        let fd = nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| CgroupError::Read { path: dir.into(), source: e.into() })?;
         super::devices_bpf::attach(std::os::fd::AsFd::as_fd(&fd), &super::devices_bpf::rules_for(devices))?;
     }
     if let Some(u) = r.unified() {

@@ -114,8 +114,6 @@ impl Drop for Env {
     }
 }
 
-
-
 pub struct Bundle {
     pub path: PathBuf,
     pub spec: Value,
@@ -132,11 +130,6 @@ impl Bundle {
         self.path.to_str().unwrap()
     }
 }
-
-
-
-
-
 
 fn read_all(mut f: std::fs::File) -> Vec<u8> {
     use std::io::{Read, Seek};

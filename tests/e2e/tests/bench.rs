@@ -10,8 +10,21 @@ use engine_test_support::*;
 use serde_json::Value;
 
 const DESIGN_PHASES: &[&str] = &[
-    "engine.run", "daemon.create", "daemon.start", "lifecycle.Tasks/Create", "lifecycle.Tasks/Start", "shim.create", "shim.start",
-    "runtime.create", "runtime.namespaces", "runtime.cgroup", "runtime.rootfs", "runtime.start", "init.exec", "kernel.clone3", "kernel.cgroup_mkdir",
+    "engine.run",
+    "daemon.create",
+    "daemon.start",
+    "lifecycle.Tasks/Create",
+    "lifecycle.Tasks/Start",
+    "shim.create",
+    "shim.start",
+    "runtime.create",
+    "runtime.namespaces",
+    "runtime.cgroup",
+    "runtime.rootfs",
+    "runtime.start",
+    "init.exec",
+    "kernel.clone3",
+    "kernel.cgroup_mkdir",
 ];
 
 #[test]
@@ -28,7 +41,16 @@ fn bench_compares_runc_and_docker_and_reports_every_phase() {
         .unwrap();
     assert!(out.status.success(), "engine bench failed: {}{}\n{}", stdout(&out), stderr(&out), e.log_tail());
     let printed = stdout(&out);
-    for want in ["SYSTEM", "engine", "runc", "docker", "ratio engine/docker", "ratio engine/runc", "PHASE", "runtime.namespaces"] {
+    for want in [
+        "SYSTEM",
+        "engine",
+        "runc",
+        "docker",
+        "ratio engine/docker",
+        "ratio engine/runc",
+        "PHASE",
+        "runtime.namespaces",
+    ] {
         assert!(printed.contains(want), "{want} missing from:\n{printed}");
     }
     let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
@@ -39,7 +61,11 @@ fn bench_compares_runc_and_docker_and_reports_every_phase() {
         assert_eq!(s["concurrent"]["runs"], 3, "{sys}: {s}");
         assert!(s["concurrent"]["throughput_per_s"].as_f64().is_some_and(|t| t > 0.0), "{sys}: {s}");
     }
-    assert!(r["ratios"]["engine/docker"].as_f64().is_some() && r["ratios"]["engine/runc"].as_f64().is_some(), "{}", r["ratios"]);
+    assert!(
+        r["ratios"]["engine/docker"].as_f64().is_some() && r["ratios"]["engine/runc"].as_f64().is_some(),
+        "{}",
+        r["ratios"]
+    );
     let phases: Vec<&str> = r["phases"].as_array().unwrap().iter().filter_map(|p| p["phase"].as_str()).collect();
     for p in DESIGN_PHASES {
         assert!(phases.contains(p), "phase {p} missing from the report: {phases:?}");
@@ -53,9 +79,17 @@ fn bench_compares_runc_and_docker_and_reports_every_phase() {
         }
     }
     // against itself as a baseline: every phase's change is printed
-    let again = Command::new(bin("engine")).args(["-H", &e.host(), "bench", "--runs", "2", "--baseline"]).arg(&report).output().unwrap();
+    let again = Command::new(bin("engine"))
+        .args(["-H", &e.host(), "bench", "--runs", "2", "--baseline"])
+        .arg(&report)
+        .output()
+        .unwrap();
     assert!(again.status.success(), "{}", stderr(&again));
-    assert!(stdout(&again).contains("change against the baseline") && stdout(&again).contains("runtime.create"), "{}", stdout(&again));
+    assert!(
+        stdout(&again).contains("change against the baseline") && stdout(&again).contains("runtime.create"),
+        "{}",
+        stdout(&again)
+    );
     // bad input: an image that is not there, a peer that does not exist
     let bad = e.engine(&["bench", "--image", "nope"]);
     assert!(!bad.status.success() && stderr(&bad).contains("nope"));

@@ -33,7 +33,10 @@ fn container_lifecycle_through_the_cli() {
     assert_eq!(e.ok(&["ps", "-aq"]).trim(), "", "--rm left a container");
 
     // run -d, ps, logs, exec, top, stats
-    let id = e.ok(&["run", "-d", "--name", "web", "busybox", "sh", "-c", "echo started; exec sleep 1000"]).trim().to_string();
+    let id = e
+        .ok(&["run", "-d", "--name", "web", "busybox", "sh", "-c", "echo started; exec sleep 1000"])
+        .trim()
+        .to_string();
     assert_eq!(id.len(), 64);
     assert!(e.ok(&["ps"]).contains("web"));
     assert_eq!(e.ok(&["ps", "-q"]).trim(), &id[..12]);
@@ -42,7 +45,10 @@ fn container_lifecycle_through_the_cli() {
     assert!(e.ok(&["logs", "-t", "web"]).contains("Z started"));
     assert_eq!(e.ok(&["exec", "web", "sh", "-c", "echo $((6*7))"]), "42\n");
     assert_eq!(e.engine(&["exec", "web", "sh", "-c", "exit 5"]).status.code(), Some(5));
-    assert_eq!(e.ok(&["exec", "-e", "A=b", "-w", "/tmp", "-u", "1000", "web", "sh", "-c", "echo $A $(pwd) $(id -u)"]), "b /tmp 1000\n");
+    assert_eq!(
+        e.ok(&["exec", "-e", "A=b", "-w", "/tmp", "-u", "1000", "web", "sh", "-c", "echo $A $(pwd) $(id -u)"]),
+        "b /tmp 1000\n"
+    );
     e.ok(&["exec", "-d", "web", "sleep", "30"]);
     // exec -i: stdin reaches the process
     let mut child = std::process::Command::new(bin("engine"))
@@ -130,17 +136,46 @@ fn run_options_reach_the_container() {
     let env_file = e.dir.path().join("env");
     std::fs::write(&env_file, "# comment\nFROM_FILE=yes\n").unwrap();
     let out = e.ok(&[
-        "run", "--rm", "-e", "A=1", "--env-file", env_file.to_str().unwrap(), "-w", "/home/user", "-u", "user", "-l", "k=v",
-        "--hostname", "box", "busybox", "sh", "-c", "echo $A $FROM_FILE $(pwd) $(id -un) $(hostname) $HOME",
+        "run",
+        "--rm",
+        "-e",
+        "A=1",
+        "--env-file",
+        env_file.to_str().unwrap(),
+        "-w",
+        "/home/user",
+        "-u",
+        "user",
+        "-l",
+        "k=v",
+        "--hostname",
+        "box",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $A $FROM_FILE $(pwd) $(id -un) $(hostname) $HOME",
     ]);
     assert_eq!(out, "1 yes /home/user user box /home/user\n");
     assert_eq!(e.ok(&["run", "--rm", "--entrypoint", "echo", "busybox", "via", "entrypoint"]), "via entrypoint\n");
 
     // --init: engine-init is PID 1, the command its child
-    assert_eq!(e.ok(&["run", "--rm", "--init", "busybox", "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '"]), "/sbin/docker-init -- sh -c cat /proc/1/cmdline | tr '\\0' ' ' ");
+    assert_eq!(
+        e.ok(&["run", "--rm", "--init", "busybox", "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '"]),
+        "/sbin/docker-init -- sh -c cat /proc/1/cmdline | tr '\\0' ' ' "
+    );
 
     // --read-only, --tmpfs
-    let ro = e.engine(&["run", "--rm", "--read-only", "--tmpfs", "/scratch", "busybox", "sh", "-c", "touch /scratch/ok && touch /nope"]);
+    let ro = e.engine(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "--tmpfs",
+        "/scratch",
+        "busybox",
+        "sh",
+        "-c",
+        "touch /scratch/ok && touch /nope",
+    ]);
     assert_ne!(ro.status.code(), Some(0));
     assert!(stderr(&ro).contains("Read-only file system"), "{}", stderr(&ro));
 
@@ -154,7 +189,21 @@ fn run_options_reach_the_container() {
     assert_eq!(caps(&["--cap-drop", "ALL"]), "0000000000000000");
     assert_eq!(caps(&[]), "00000000a80425fb", "Docker's default set");
     assert_ne!(caps(&["--privileged"]), caps(&[]));
-    assert_eq!(e.ok(&["run", "--rm", "--security-opt", "no-new-privileges", "busybox", "sh", "-c", "grep NoNewPrivs /proc/self/status"]).split_whitespace().nth(1), Some("1"));
+    assert_eq!(
+        e.ok(&[
+            "run",
+            "--rm",
+            "--security-opt",
+            "no-new-privileges",
+            "busybox",
+            "sh",
+            "-c",
+            "grep NoNewPrivs /proc/self/status"
+        ])
+        .split_whitespace()
+        .nth(1),
+        Some("1")
+    );
 
     // the default seccomp filter: on unless --privileged or seccomp=unconfined; namespace
     // creation refused, ordinary work untouched
@@ -167,13 +216,30 @@ fn run_options_reach_the_container() {
     assert_eq!(seccomp(&[]), "2");
     assert_eq!(seccomp(&["--privileged"]), "0");
     assert_eq!(seccomp(&["--security-opt", "seccomp=unconfined"]), "0");
-    let unshare = e.engine(&["run", "--rm", "--cap-add", "SYS_ADMIN", "--cap-drop", "SYS_ADMIN", "busybox", "unshare", "-U", "true"]);
+    let unshare = e.engine(&[
+        "run",
+        "--rm",
+        "--cap-add",
+        "SYS_ADMIN",
+        "--cap-drop",
+        "SYS_ADMIN",
+        "busybox",
+        "unshare",
+        "-U",
+        "true",
+    ]);
     assert_ne!(unshare.status.code(), Some(0), "a user namespace was created: {}", stdout(&unshare));
     assert!(stderr(&unshare).contains("Operation not permitted"), "{}", stderr(&unshare));
-    assert_eq!(e.ok(&["run", "--rm", "--security-opt", "seccomp=unconfined", "busybox", "unshare", "-U", "echo", "in-userns"]), "in-userns\n");
+    assert_eq!(
+        e.ok(&["run", "--rm", "--security-opt", "seccomp=unconfined", "busybox", "unshare", "-U", "echo", "in-userns"]),
+        "in-userns\n"
+    );
 
     // resources: the container's own cgroup has the limits
-    let id = e.ok(&["run", "-d", "-m", "64m", "--pids-limit", "50", "--cpus", "0.5", "busybox", "sleep", "100"]).trim().to_string();
+    let id = e
+        .ok(&["run", "-d", "-m", "64m", "--pids-limit", "50", "--cpus", "0.5", "busybox", "sleep", "100"])
+        .trim()
+        .to_string();
     let cg = |ctrl_file: &str| {
         cgroup_mounts()
             .iter()
@@ -193,7 +259,10 @@ fn run_options_reach_the_container() {
     std::fs::create_dir_all(&host).unwrap();
     std::fs::write(host.join("in"), "from host").unwrap();
     let bind = format!("{}:/data", host.display());
-    assert_eq!(e.ok(&["run", "--rm", "-v", &bind, "busybox", "sh", "-c", "cat /data/in; echo back > /data/out"]), "from host");
+    assert_eq!(
+        e.ok(&["run", "--rm", "-v", &bind, "busybox", "sh", "-c", "cat /data/in; echo back > /data/out"]),
+        "from host"
+    );
     assert_eq!(std::fs::read_to_string(host.join("out")).unwrap(), "back\n");
     let ro_bind = format!("{}:/data:ro", host.display());
     assert_ne!(e.engine(&["run", "--rm", "-v", &ro_bind, "busybox", "touch", "/data/x"]).status.code(), Some(0));
@@ -216,7 +285,11 @@ fn run_options_reach_the_container() {
     assert_eq!(state(&e, "always"), "exited", "a stopped container does not restart");
     e.ok(&["run", "-d", "--name", "onfail", "--restart", "on-failure", "busybox", "sleep", "1000"]);
     e.ok(&["stop", "-t", "0", "onfail"]);
-    assert_eq!((state(&e, "onfail"), inspect(&e, "onfail", "{{.RestartCount}}")), ("exited".into(), "0".into()), "a user's stop is not a failure to restart from");
+    assert_eq!(
+        (state(&e, "onfail"), inspect(&e, "onfail", "{{.RestartCount}}")),
+        ("exited".into(), "0".into()),
+        "a user's stop is not a failure to restart from"
+    );
     e.ok(&["rm", "-f", "flaky", "always", "onfail"]);
     assert_clean(&e);
 }
@@ -281,14 +354,21 @@ fn bad_input_is_refused_and_changes_nothing() {
     for (args, says) in cases {
         let err = e.fails(args);
         assert!(err.contains(says), "engine {args:?}: {err:?} does not say {says:?}");
-        assert_eq!(err.trim().lines().filter(|l| !l.starts_with("Unable to find image")).count(), 1, "engine {args:?}: not one line: {err:?}");
+        assert_eq!(
+            err.trim().lines().filter(|l| !l.starts_with("Unable to find image")).count(),
+            1,
+            "engine {args:?}: not one line: {err:?}"
+        );
         assert_eq!((e.ok(&["ps", "-aq"]), e.snapshots(), e.mounts()), before, "engine {args:?} changed state");
     }
     // A body that is not JSON, straight to the API.
     let reply = raw_request(&e, "POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{not json");
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert!(reply.contains("\"message\":\"invalid JSON"), "{reply}");
-    let reply = raw_request(&e, "GET /v1.41/containers/taken/logs?stdout=1&since=1.2%C3%A9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let reply = raw_request(
+        &e,
+        "GET /v1.41/containers/taken/logs?stdout=1&since=1.2%C3%A9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert!(reply.starts_with("HTTP/1.1 400") && reply.contains("invalid timestamp"), "{reply}");
     // null where a value is expected reads as unset, as Docker's Go decoding has it
     let body = r#"{"Image":"busybox","User":null,"Hostname":null,"Tty":null,"HostConfig":{"Binds":null,"NetworkMode":null,"Privileged":null}}"#;
@@ -299,7 +379,10 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert!(reply.starts_with("HTTP/1.1 400") && reply.contains("too old"), "{reply}");
     assert_eq!((e.ok(&["ps", "-aq"]), e.snapshots(), e.mounts()), before);
 
-    let down = std::process::Command::new(bin("engine")).args(["-H", "unix:///nonexistent/engine.sock", "ps"]).output().unwrap();
+    let down = std::process::Command::new(bin("engine"))
+        .args(["-H", "unix:///nonexistent/engine.sock", "ps"])
+        .output()
+        .unwrap();
     assert!(stderr(&down).contains("Is engined running?"), "{}", stderr(&down));
     e.ok(&["rm", "taken"]);
 }
@@ -354,10 +437,16 @@ fn volumes_events_and_disk_usage() {
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
     assert_eq!(e.ok(&["volume", "create", "-l", "team=a", "data"]).trim(), "data");
     assert!(e.ok(&["volume", "ls"]).lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["local", "data"]));
-    assert_eq!(e.ok(&["volume", "inspect", "-f", "{{.Name}} {{.Driver}} {{.Labels.team}}", "data"]).trim(), "data local a");
+    assert_eq!(
+        e.ok(&["volume", "inspect", "-f", "{{.Name}} {{.Driver}} {{.Labels.team}}", "data"]).trim(),
+        "data local a"
+    );
     e.ok(&["run", "--name", "writer", "-v", "data:/d", "busybox", "sh", "-c", "echo x > /d/f"]);
     assert!(e.fails(&["volume", "rm", "data"]).contains("volume is in use"));
-    assert!(e.ok(&["system", "df"]).lines().any(|l| l.starts_with("Local Volumes") && l.split_whitespace().nth(2) == Some("1")));
+    assert!(e
+        .ok(&["system", "df"])
+        .lines()
+        .any(|l| l.starts_with("Local Volumes") && l.split_whitespace().nth(2) == Some("1")));
     e.ok(&["rm", "writer"]);
     e.ok(&["run", "--rm", "-v", "anon1:/d", "busybox", "true"]);
     assert_eq!(e.ok(&["volume", "ls", "-q"]).split_whitespace().collect::<Vec<_>>(), ["anon1", "data"]);
@@ -368,7 +457,17 @@ fn volumes_events_and_disk_usage() {
 
     // the container's life as events, replayed from `since` up to `until`
     let until = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1).to_string();
-    let events = e.ok(&["events", "--since", &since, "--until", &until, "--filter", "container=writer", "--format", "{{.Action}}"]);
+    let events = e.ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        "container=writer",
+        "--format",
+        "{{.Action}}",
+    ]);
     assert_eq!(events.split_whitespace().collect::<Vec<_>>(), ["create", "start", "die", "destroy"], "{events}");
     assert_clean(&e);
 }
@@ -388,7 +487,9 @@ fn restart_policies_apply_when_engined_comes_back() {
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let _ = e.child.take().unwrap().wait();
     e.restart();
-    wait_for("always and unless-stopped to run again", || state(&e, "always") == "running" && state(&e, "unless") == "running");
+    wait_for("always and unless-stopped to run again", || {
+        state(&e, "always") == "running" && state(&e, "unless") == "running"
+    });
     assert_eq!(state(&e, "stopped"), "exited", "a user's stop is kept");
     assert_eq!(state(&e, "plain"), "exited", "no policy, no restart");
     e.ok(&["rm", "-f", "always", "unless", "stopped", "plain"]);
@@ -427,7 +528,9 @@ fn concurrent_starts_under_a_fresh_cgroup_parent() {
     e.import_busybox("busybox");
     for round in 0..3 {
         let outs: Vec<_> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..8).map(|_| s.spawn(|| e.engine(&["run", "--rm", "--network", "none", "busybox", "true"]))).collect();
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| e.engine(&["run", "--rm", "--network", "none", "busybox", "true"])))
+                .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         for o in &outs {

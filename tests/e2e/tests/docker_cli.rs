@@ -42,12 +42,32 @@ fn docker_cli_drives_engined() {
     std::fs::create_dir_all(&host).unwrap();
     std::os::unix::fs::chown(&host, Some(1000), Some(1000)).unwrap();
     let bind = format!("{}:/v", host.display());
-    let out = e.docker_ok(&["run", "--rm", "--init", "-e", "X=1", "-v", &bind, "-w", "/v", "-u", "1000:1000", "bb:2", "sh", "-c", "echo $X $(pwd) $(id -u) > f; cat f; cat /proc/1/cmdline | tr '\\0' ' '"]);
-    assert_eq!(out, "1 /v 1000\n/sbin/docker-init -- sh -c echo $X $(pwd) $(id -u) > f; cat f; cat /proc/1/cmdline | tr '\\0' ' ' ");
+    let out = e.docker_ok(&[
+        "run",
+        "--rm",
+        "--init",
+        "-e",
+        "X=1",
+        "-v",
+        &bind,
+        "-w",
+        "/v",
+        "-u",
+        "1000:1000",
+        "bb:2",
+        "sh",
+        "-c",
+        "echo $X $(pwd) $(id -u) > f; cat f; cat /proc/1/cmdline | tr '\\0' ' '",
+    ]);
+    assert_eq!(
+        out,
+        "1 /v 1000\n/sbin/docker-init -- sh -c echo $X $(pwd) $(id -u) > f; cat f; cat /proc/1/cmdline | tr '\\0' ' ' "
+    );
     assert_eq!(std::fs::read_to_string(host.join("f")).unwrap(), "1 /v 1000\n");
 
     // run -d, ps, logs, exec, inspect, stop, kill, rm
-    let id = e.docker_ok(&["run", "-d", "--name", "svc", "bb:2", "sh", "-c", "echo up; exec sleep 1000"]).trim().to_string();
+    let id =
+        e.docker_ok(&["run", "-d", "--name", "svc", "bb:2", "sh", "-c", "echo up; exec sleep 1000"]).trim().to_string();
     assert!(e.docker_ok(&["ps", "--format", "{{.Names}} {{.Status}}"]).contains("svc Up"));
     wait_for("logs", || e.docker_ok(&["logs", "svc"]) == "up\n");
     assert_eq!(e.docker_ok(&["exec", "svc", "sh", "-c", "echo in; echo err >&2"]), "in\n");
@@ -98,7 +118,11 @@ fn on_a_pty(e: &Engined, args: &[&str], ready: &str, input: &[u8], expect: &str)
     let mut read_until = |needle: &str| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while !String::from_utf8_lossy(&seen).contains(needle) {
-            assert!(std::time::Instant::now() < deadline, "no {needle:?} on the terminal: {:?}", String::from_utf8_lossy(&seen));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} on the terminal: {:?}",
+                String::from_utf8_lossy(&seen)
+            );
             if let Ok(chunk) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
                 seen.extend(chunk);
             }
@@ -133,7 +157,13 @@ fn docker_run_it_through_a_pty() {
     let e = Engined::start();
     let tar = rootfs_tar(&e);
     e.docker_ok(&["import", "--change", "CMD [\"sh\"]", tar.to_str().unwrap(), "bb:1"]);
-    let code = on_a_pty(&e, &["run", "-it", "--rm", "bb:1", "sh"], "Enter 'help'", b"echo $((40+2)) $(tty)\nexit 7\n", "42 /dev/pts/0");
+    let code = on_a_pty(
+        &e,
+        &["run", "-it", "--rm", "bb:1", "sh"],
+        "Enter 'help'",
+        b"echo $((40+2)) $(tty)\nexit 7\n",
+        "42 /dev/pts/0",
+    );
     assert_eq!(code, 7);
     wait_for("--rm to remove it", || e.docker_ok(&["ps", "-aq"]).trim().is_empty());
 }
@@ -150,7 +180,17 @@ fn docker_cli_volumes_events_and_df() {
     assert!(e.docker_ok(&["system", "df"]).contains("Local Volumes"));
     e.docker_ok(&["volume", "rm", "v1"]);
     let until = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1).to_string();
-    let events = e.docker_ok(&["events", "--since", &since, "--until", &until, "--filter", "type=container", "--format", "{{.Action}}"]);
+    let events = e.docker_ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        "type=container",
+        "--format",
+        "{{.Action}}",
+    ]);
     assert_eq!(events.split_whitespace().collect::<Vec<_>>(), ["create", "start", "die", "destroy"], "{events}");
 }
 
@@ -162,7 +202,20 @@ fn docker_cli_publishes_ports_and_manages_networks() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let serve = "mkdir -p /www && echo via-docker-cli > /www/index.html && exec httpd -f -p 80 -h /www";
     // --dns 127.0.0.1: a name lookup that misses /etc/hosts stays inside the container
-    e.docker_ok(&["run", "-d", "--name", "web", "--dns", "127.0.0.1", "-p", &format!("127.0.0.1:{port}:80"), "bb:1", "sh", "-c", serve]);
+    e.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--dns",
+        "127.0.0.1",
+        "-p",
+        &format!("127.0.0.1:{port}:80"),
+        "bb:1",
+        "sh",
+        "-c",
+        serve,
+    ]);
     assert_eq!(e.docker_ok(&["port", "web"]).trim(), format!("80/tcp -> 127.0.0.1:{port}"));
     assert!(e.docker_ok(&["ps", "--format", "{{.Ports}}"]).contains(&format!("127.0.0.1:{port}->80/tcp")));
     let get = || {
@@ -178,9 +231,14 @@ fn docker_cli_publishes_ports_and_manages_networks() {
     assert!(e.docker_ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]).contains("dnet bridge"));
     e.docker_ok(&["run", "-d", "--name", "peer", "--network", "dnet", "bb:1", "sh", "-c", serve]);
     e.docker_ok(&["network", "connect", "dnet", "web"]);
-    assert!(e.docker_ok(&["network", "inspect", "dnet", "--format", "{{range .Containers}}{{.Name}} {{end}}"]).contains("peer"));
+    assert!(e
+        .docker_ok(&["network", "inspect", "dnet", "--format", "{{range .Containers}}{{.Name}} {{end}}"])
+        .contains("peer"));
     assert_eq!(e.docker_ok(&["exec", "web", "wget", "-q", "-O-", "http://peer/"]).trim(), "via-docker-cli");
-    assert!(e.docker_ok(&["inspect", "web", "--format", "{{.NetworkSettings.Networks.dnet.IPAddress}}"]).trim().starts_with("10."));
+    assert!(e
+        .docker_ok(&["inspect", "web", "--format", "{{.NetworkSettings.Networks.dnet.IPAddress}}"])
+        .trim()
+        .starts_with("10."));
     e.docker_ok(&["rm", "-f", "web", "peer"]);
     e.docker_ok(&["network", "rm", "dnet"]);
     assert!(!e.docker_ok(&["network", "ls", "-q"]).contains(&id[..12]));

@@ -24,7 +24,15 @@ fn dashboards_dir() -> PathBuf {
 
 /// Percent-encoding of a query parameter.
 fn enc(s: &str) -> String {
-    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// GET on loopback over HTTP/1.0; the body.
@@ -106,7 +114,8 @@ fn dashboards() -> Vec<(String, Value)> {
     for ent in std::fs::read_dir(dashboards_dir()).unwrap() {
         let p = ent.unwrap().path();
         if p.extension().is_some_and(|e| e == "json") {
-            let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             out.push((p.file_name().unwrap().to_string_lossy().into_owned(), v));
         }
     }
@@ -117,7 +126,10 @@ fn dashboards() -> Vec<(String, Value)> {
 #[test]
 fn dashboards_are_well_formed_and_provisioned() {
     let provisioning = std::fs::read_to_string(dashboards_dir().join("provisioning/datasources/engine.yaml")).unwrap();
-    let uids: HashSet<&str> = ["engine-prometheus", "engine-jaeger"].into_iter().filter(|u| provisioning.contains(&format!("uid: {u}"))).collect();
+    let uids: HashSet<&str> = ["engine-prometheus", "engine-jaeger"]
+        .into_iter()
+        .filter(|u| provisioning.contains(&format!("uid: {u}")))
+        .collect();
     assert_eq!(uids.len(), 2, "provisioning names both data sources: {provisioning}");
     assert!(provisioning.contains("exemplarTraceIdDestinations"), "exemplars link to the traces");
     let compose = std::fs::read_to_string(dashboards_dir().join("compose.yaml")).unwrap();
@@ -135,7 +147,12 @@ fn dashboards_are_well_formed_and_provisioned() {
         for p in panels {
             let title = p["title"].as_str().unwrap_or("");
             assert!(!title.is_empty(), "{file}: a panel without title");
-            assert!(["timeseries", "stat", "heatmap", "table", "gauge", "bargauge"].contains(&p["type"].as_str().unwrap_or("")), "{file}/{title}: type {}", p["type"]);
+            assert!(
+                ["timeseries", "stat", "heatmap", "table", "gauge", "bargauge"]
+                    .contains(&p["type"].as_str().unwrap_or("")),
+                "{file}/{title}: type {}",
+                p["type"]
+            );
             let g = &p["gridPos"];
             let (x, w, h) = (g["x"].as_u64().unwrap(), g["w"].as_u64().unwrap(), g["h"].as_u64().unwrap());
             assert!(x + w <= 24 && w > 0 && h > 0 && g["y"].is_u64(), "{file}/{title}: gridPos {g}");
@@ -146,7 +163,10 @@ fn dashboards_are_well_formed_and_provisioned() {
             let refs: HashSet<&str> = targets.iter().map(|t| t["refId"].as_str().unwrap_or("")).collect();
             assert_eq!(refs.len(), targets.len(), "{file}/{title}: refIds");
             for t in targets {
-                assert!(uids.contains(t["datasource"]["uid"].as_str().unwrap_or("")), "{file}/{title}: target data source");
+                assert!(
+                    uids.contains(t["datasource"]["uid"].as_str().unwrap_or("")),
+                    "{file}/{title}: target data source"
+                );
                 if t["datasource"]["type"] == "prometheus" {
                     assert!(t["expr"].as_str().is_some_and(|e| !e.is_empty()), "{file}/{title}: empty expr");
                 }
@@ -154,7 +174,11 @@ fn dashboards_are_well_formed_and_provisioned() {
         }
         for v in d["templating"]["list"].as_array().into_iter().flatten() {
             assert_eq!(v["datasource"]["uid"], "engine-prometheus", "{file}: variable {}", v["name"]);
-            assert!(v["query"]["query"].as_str().is_some_and(|q| q.starts_with("label_values(")), "{file}: variable {}", v["name"]);
+            assert!(
+                v["query"]["query"].as_str().is_some_and(|q| q.starts_with("label_values(")),
+                "{file}: variable {}",
+                v["name"]
+            );
         }
     }
 }
@@ -163,20 +187,37 @@ fn dashboards_are_well_formed_and_provisioned() {
 fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let mport = free_port();
     let e = Engined::start_with(&[], &["--metrics-addr", &format!("127.0.0.1:{mport}")]);
-    assert!(http_get(mport, "/metrics").is_some_and(|m| m.contains("# TYPE engine_containers gauge")), "{}", e.log_tail());
+    assert!(
+        http_get(mport, "/metrics").is_some_and(|m| m.contains("# TYPE engine_containers gauge")),
+        "{}",
+        e.log_tail()
+    );
     let prom = Prometheus::start(mport);
     wait_for("the first scrape", || prom.query("up{job=\"engine\"} == 1").len() == 1);
 
     // some work: a server with a published port (running throughout), short containers, traffic
     e.import_busybox("bb");
     let port = free_port();
-    e.ok(&["run", "-d", "--name", "web", "-p", &format!("127.0.0.1:{port}:80"), "bb", "sh", "-c", "mkdir -p /www && echo hi > /www/index.html && exec httpd -f -p 80 -h /www"]);
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        &format!("127.0.0.1:{port}:80"),
+        "bb",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hi > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
     let hit = || http_get(port, "/").is_some_and(|b| b.contains("hi"));
     wait_for("the published port", hit);
     for _ in 0..2 {
         e.ok(&["run", "--rm", "bb", "true"]);
     }
-    let starts = |n: usize| prom.query(&format!("sum(engine_phase_duration_seconds_count{{phase=\"daemon.start\"}}) >= {n}")).len() == 1;
+    let starts = |n: usize| {
+        prom.query(&format!("sum(engine_phase_duration_seconds_count{{phase=\"daemon.start\"}}) >= {n}")).len() == 1
+    };
     wait_for("Prometheus to see the first starts", || starts(3));
     // a second round once the series exist, so their rates are not empty
     for _ in 0..2 {
@@ -197,7 +238,12 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
 
     // a latency bucket's exemplar names a trace engined has
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let path = format!("/api/v1/query_exemplars?query={}&start={}&end={}", enc("engine_phase_duration_seconds_bucket{phase=\"daemon.start\"}"), now - 600, now + 60);
+    let path = format!(
+        "/api/v1/query_exemplars?query={}&start={}&end={}",
+        enc("engine_phase_duration_seconds_bucket{phase=\"daemon.start\"}"),
+        now - 600,
+        now + 60
+    );
     let mut trace_id = String::new();
     wait_for("an exemplar of daemon.start", || {
         let v: Value = serde_json::from_str(&http_get(prom.port, &path).unwrap_or_default()).unwrap_or_default();
@@ -208,7 +254,11 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     s.write_all(format!("GET /engine/v1/traces/{trace_id} HTTP/1.0\r\nHost: engine\r\n\r\n").as_bytes()).unwrap();
     let mut trace = String::new();
     s.read_to_string(&mut trace).unwrap();
-    assert!(trace.starts_with("HTTP/1.0 200") || trace.starts_with("HTTP/1.1 200"), "{}", &trace[..trace.len().min(300)]);
+    assert!(
+        trace.starts_with("HTTP/1.0 200") || trace.starts_with("HTTP/1.1 200"),
+        "{}",
+        &trace[..trace.len().min(300)]
+    );
     assert!(trace.contains("daemon.start"), "the exemplar's trace has no daemon.start");
     e.ok(&["rm", "-f", "web"]);
 }

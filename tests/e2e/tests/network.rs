@@ -47,7 +47,10 @@ fn api_get(e: &Engined, path: &str) -> String {
 
 /// The value of the series of `name` whose labels contain all of `labels`.
 fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines().filter(|l| l.starts_with(&format!("{name}{{"))).find(|l| labels.iter().all(|x| l.contains(x))).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 fn netns_files(e: &Engined) -> usize {
@@ -64,7 +67,10 @@ fn published_port_answers_through_engine_proxy() {
     e.import_busybox("bb");
     let port = free_port();
     let publish = format!("127.0.0.1:{port}:80");
-    let id = e.ok(&["run", "-d", "--name", "web", "-p", &publish, "bb", "sh", "-c", &serve("hello-through-the-proxy")]).trim().to_string();
+    let id = e
+        .ok(&["run", "-d", "--name", "web", "-p", &publish, "bb", "sh", "-c", &serve("hello-through-the-proxy")])
+        .trim()
+        .to_string();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_for("the published port to answer", || http_get(addr).is_some_and(|b| b.contains("hello-through-the-proxy")));
     assert_eq!(e.ok(&["port", "web"]).trim(), format!("80/tcp -> 127.0.0.1:{port}"));
@@ -127,7 +133,9 @@ fn published_port_answers_through_engine_proxy() {
     assert_eq!(e.ok(&["port", "web"]).trim(), "");
     // started again, it publishes again
     e.ok(&["start", "web"]);
-    wait_for("the port to answer after a restart", || http_get(addr).is_some_and(|b| b.contains("hello-through-the-proxy")));
+    wait_for("the port to answer after a restart", || {
+        http_get(addr).is_some_and(|b| b.contains("hello-through-the-proxy"))
+    });
     e.ok(&["rm", "-f", "web", "auto"]);
     wait_for("the proxy to exit", || e.proxies().is_empty());
     wait_for("web's veth to go", || veths_of(&id).is_empty());
@@ -158,15 +166,71 @@ fn user_networks_resolve_names_and_are_isolated() {
     assert!(e.fails(&["network", "create", "--subnet", &subnet, "again"]).contains("overlaps"));
     assert!(e.fails(&["network", "rm", "bridge"]).contains("pre-defined"));
     for bad in ["br+x", "br%d", "br\"x", "a-name-longer-than-15"] {
-        assert!(e.fails(&["network", "create", "-o", &format!("com.docker.network.bridge.name={bad}"), "badbridge"]).contains("invalid bridge name"), "{bad}");
+        assert!(
+            e.fails(&["network", "create", "-o", &format!("com.docker.network.bridge.name={bad}"), "badbridge"])
+                .contains("invalid bridge name"),
+            "{bad}"
+        );
     }
     let br = |n: &str| format!("br-{}", &n[..12]);
     assert!(Engined::links().contains(&br(&n1)) && Engined::links().contains(&br(&n2)));
 
-    let a1 = e.ok(&["run", "-d", "--name", "a1", "--network", "front", "--dns", "127.0.0.1", "bb", "sh", "-c", &serve("from-a1")]).trim().to_string();
-    let a2 = e.ok(&["run", "-d", "--name", "a2", "--network", "front", "--dns", "127.0.0.1", "--network-alias", "db", "bb", "sh", "-c", &serve("from-a2")]).trim().to_string();
+    let a1 = e
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "a1",
+            "--network",
+            "front",
+            "--dns",
+            "127.0.0.1",
+            "bb",
+            "sh",
+            "-c",
+            &serve("from-a1"),
+        ])
+        .trim()
+        .to_string();
+    let a2 = e
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "a2",
+            "--network",
+            "front",
+            "--dns",
+            "127.0.0.1",
+            "--network-alias",
+            "db",
+            "bb",
+            "sh",
+            "-c",
+            &serve("from-a2"),
+        ])
+        .trim()
+        .to_string();
     let fixed = subnet.replace(".0/24", ".50");
-    let b1 = e.ok(&["run", "-d", "--name", "b1", "--network", "back", "--dns", "127.0.0.1", "--ip", &fixed, "bb", "sh", "-c", &serve("from-b1")]).trim().to_string();
+    let b1 = e
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "b1",
+            "--network",
+            "back",
+            "--dns",
+            "127.0.0.1",
+            "--ip",
+            &fixed,
+            "bb",
+            "sh",
+            "-c",
+            &serve("from-b1"),
+        ])
+        .trim()
+        .to_string();
     assert_eq!(inspect(&e, "b1", "{{.NetworkSettings.Networks.back.IPAddress}}"), fixed);
 
     // by name and by alias, through /etc/hosts; --dns written to resolv.conf
@@ -185,7 +249,9 @@ fn user_networks_resolve_names_and_are_isolated() {
     let cross = e.engine(&["exec", "a1", "nc", "-w", "2", &fixed, "80"]);
     assert!(!cross.status.success(), "a container of another network reached b1: {}", stdout(&cross));
     // the same connection from b1's own network works (the check above is not a broken nc)
-    assert!(e.ok(&["exec", "b1", "sh", "-c", &format!("echo 'GET / HTTP/1.0' | nc -w 2 {fixed} 80")]).contains("from-b1"));
+    assert!(e
+        .ok(&["exec", "b1", "sh", "-c", &format!("echo 'GET / HTTP/1.0' | nc -w 2 {fixed} 80")])
+        .contains("from-b1"));
 
     // renamed, it is known by its new name
     e.ok(&["rename", "a2", "a2new"]);
@@ -219,7 +285,11 @@ fn user_networks_resolve_names_and_are_isolated() {
     }
     assert_eq!(netns_files(&e), 0);
     for n in ["front", "back", "bridge"] {
-        assert_eq!(e.ok(&["network", "inspect", n, "-f", "{{json .Containers}}"]).trim(), "{}", "endpoints left on {n}");
+        assert_eq!(
+            e.ok(&["network", "inspect", n, "-f", "{{json .Containers}}"]).trim(),
+            "{}",
+            "endpoints left on {n}"
+        );
     }
     let records = std::fs::read_to_string(e.data_root().join("network").join(format!("{n2}.json"))).unwrap();
     assert!(records.contains("\"addresses\": {}"), "address allocations left: {records}");
@@ -243,16 +313,29 @@ fn none_and_container_modes() {
     assert!(addrs.contains("lo") && addrs.contains("127.0.0.1/8") && !addrs.contains("eth0"), "{addrs}");
     // container:<name>: the other's namespace, its loopback
     e.ok(&["run", "-d", "--name", "srv", "--network", "none", "bb", "sh", "-c", &serve("shared-namespace")]);
-    wait_for("srv to serve on its loopback", || e.engine(&["exec", "srv", "wget", "-q", "-O-", "http://127.0.0.1/"]).status.success());
-    assert_eq!(e.ok(&["run", "--rm", "--network", "container:srv", "bb", "wget", "-q", "-O-", "http://127.0.0.1/"]).trim(), "shared-namespace");
-    assert!(e.fails(&["run", "--rm", "--network", "container:srv", "-p", "80:80", "bb", "true"]).contains("conflicting options"));
+    wait_for("srv to serve on its loopback", || {
+        e.engine(&["exec", "srv", "wget", "-q", "-O-", "http://127.0.0.1/"]).status.success()
+    });
+    assert_eq!(
+        e.ok(&["run", "--rm", "--network", "container:srv", "bb", "wget", "-q", "-O-", "http://127.0.0.1/"]).trim(),
+        "shared-namespace"
+    );
+    assert!(e
+        .fails(&["run", "--rm", "--network", "container:srv", "-p", "80:80", "bb", "true"])
+        .contains("conflicting options"));
     // a chain: container:mid, mid being container:srv, is srv's namespace
     e.ok(&["run", "-d", "--name", "mid", "--network", "container:srv", "bb", "sleep", "1000"]);
-    assert_eq!(e.ok(&["run", "--rm", "--network", "container:mid", "bb", "wget", "-q", "-O-", "http://127.0.0.1/"]).trim(), "shared-namespace");
+    assert_eq!(
+        e.ok(&["run", "--rm", "--network", "container:mid", "bb", "wget", "-q", "-O-", "http://127.0.0.1/"]).trim(),
+        "shared-namespace"
+    );
     // container:<one on the host's network> is the host's network
     e.ok(&["run", "-d", "--name", "onhost", "--network", "host", "bb", "sleep", "1000"]);
     let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap().display().to_string();
-    assert_eq!(e.ok(&["run", "--rm", "--network", "container:onhost", "bb", "readlink", "/proc/self/ns/net"]).trim(), host_ns);
+    assert_eq!(
+        e.ok(&["run", "--rm", "--network", "container:onhost", "bb", "readlink", "/proc/self/ns/net"]).trim(),
+        host_ns
+    );
     e.ok(&["create", "--name", "late", "--network", "container:srv", "bb", "true"]);
     e.ok(&["stop", "-t", "0", "srv"]);
     assert!(e.fails(&["start", "late"]).contains("non running container"));
@@ -273,9 +356,18 @@ fn nftables_backend_masquerades_isolates_and_cleans_up() {
     assert!(e.ok(&["info"]).contains("Firewall: nftables"), "{}", e.ok(&["info"]));
     e.import_busybox("bb");
     let table = e.nft_table();
-    let list = || String::from_utf8_lossy(&std::process::Command::new(&nft).args(["list", "table", "ip", &table]).output().unwrap().stdout).into_owned();
+    let list = || {
+        String::from_utf8_lossy(
+            &std::process::Command::new(&nft).args(["list", "table", "ip", &table]).output().unwrap().stdout,
+        )
+        .into_owned()
+    };
     let default_subnet = e.subnet(0);
-    assert!(list().contains(&format!("ip saddr {default_subnet} oifname != \"{}\" masquerade", e.bridge)), "{}", list());
+    assert!(
+        list().contains(&format!("ip saddr {default_subnet} oifname != \"{}\" masquerade", e.bridge)),
+        "{}",
+        list()
+    );
     assert!(e.firewall_rules(&[]).is_empty(), "iptables chains made with the nftables backend");
     e.ok(&["network", "create", "one"]);
     e.ok(&["network", "create", "two"]);
@@ -284,12 +376,17 @@ fn nftables_backend_masquerades_isolates_and_cleans_up() {
     let y_ip = inspect(&e, "ny", "{{.NetworkSettings.Networks.two.IPAddress}}");
     let y_addr: SocketAddr = format!("{y_ip}:80").parse().unwrap();
     wait_for("y to serve", || http_get(y_addr).is_some_and(|b| b.contains("from-y")));
-    assert!(!e.engine(&["exec", "nx", "nc", "-w", "2", &y_ip, "80"]).status.success(), "network one reached network two");
+    assert!(
+        !e.engine(&["exec", "nx", "nc", "-w", "2", &y_ip, "80"]).status.success(),
+        "network one reached network two"
+    );
     e.ok(&["rm", "-f", "nx", "ny"]);
     e.ok(&["network", "rm", "one", "two"]);
     assert!(!list().contains("br-"), "rules of removed networks left: {}", list());
     drop(e);
-    let tables = String::from_utf8_lossy(&std::process::Command::new(&nft).args(["list", "tables"]).output().unwrap().stdout).into_owned();
+    let tables =
+        String::from_utf8_lossy(&std::process::Command::new(&nft).args(["list", "tables"]).output().unwrap().stdout)
+            .into_owned();
     assert!(!tables.contains(&table), "{table} left after engined stopped: {tables}");
 }
 
@@ -297,13 +394,26 @@ fn nftables_backend_masquerades_isolates_and_cleans_up() {
 fn a_link_engined_did_not_make_is_never_taken() {
     // a bridge of the test's own (not engined's), named as engined's bridge would be
     let name = format!("eo{}", std::process::id() % 10_000_000);
-    assert!(std::process::Command::new("ip").args(["link", "add", &name, "type", "bridge"]).status().unwrap().success());
+    assert!(std::process::Command::new("ip")
+        .args(["link", "add", &name, "type", "bridge"])
+        .status()
+        .unwrap()
+        .success());
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(bin("engined"))
-        .arg("-H").arg(format!("unix://{}", dir.path().join("s.sock").display()))
-        .arg("--data-root").arg(dir.path().join("data"))
-        .arg("--exec-root").arg(dir.path().join("exec"))
-        .args(["--cgroup-parent", &format!("/engine-e2e-eo-{}", std::process::id()), "--bridge-name", &name, "--no-probes"])
+        .arg("-H")
+        .arg(format!("unix://{}", dir.path().join("s.sock").display()))
+        .arg("--data-root")
+        .arg(dir.path().join("data"))
+        .arg("--exec-root")
+        .arg(dir.path().join("exec"))
+        .args([
+            "--cgroup-parent",
+            &format!("/engine-e2e-eo-{}", std::process::id()),
+            "--bridge-name",
+            &name,
+            "--no-probes",
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -317,13 +427,22 @@ fn a_link_engined_did_not_make_is_never_taken() {
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     let still_there = Engined::links().contains(&name);
-    let addrs = String::from_utf8_lossy(&std::process::Command::new("ip").args(["-o", "addr", "show", &name]).output().unwrap().stdout).into_owned();
+    let addrs = String::from_utf8_lossy(
+        &std::process::Command::new("ip").args(["-o", "addr", "show", &name]).output().unwrap().stdout,
+    )
+    .into_owned();
     let _ = std::process::Command::new("ip").args(["link", "del", &name]).status();
     assert!(!status.unwrap().success());
     assert!(err.contains("did not make it"), "{err}");
     // nothing of the failed start stays: no lifecycled of it
     let marker = dir.path().display().to_string();
-    let leftovers: Vec<String> = std::fs::read_dir("/proc").unwrap().flatten().filter_map(|p| std::fs::read(p.path().join("cmdline")).ok()).map(|c| String::from_utf8_lossy(&c).replace('\0', " ")).filter(|c| c.contains(&marker)).collect();
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&marker))
+        .collect();
     assert!(leftovers.is_empty(), "processes of the failed start left: {leftovers:?}");
     assert!(still_there, "engined deleted a link it did not make");
     assert!(!addrs.contains("inet "), "engined put an address on a link it did not make: {addrs}");

@@ -56,7 +56,9 @@ fn check_trace(spans: &[FlatSpan], container: &str) {
         if s.parent_span_id.is_empty() {
             continue;
         }
-        let p = by_id.get(s.parent_span_id.as_str()).unwrap_or_else(|| panic!("{} ({}): parent {} missing", s.name, s.service, s.parent_span_id));
+        let p = by_id
+            .get(s.parent_span_id.as_str())
+            .unwrap_or_else(|| panic!("{} ({}): parent {} missing", s.name, s.service, s.parent_span_id));
         assert!(
             p.start_unix_nanos <= s.start_unix_nanos && s.end_unix_nanos <= p.end_unix_nanos,
             "{} [{}, {}] does not nest in its parent {} [{}, {}]",
@@ -69,7 +71,17 @@ fn check_trace(spans: &[FlatSpan], container: &str) {
         );
     }
     // the runtime's phases sit under the shim's span, init's exec under the runtime's start
-    for phase in ["runtime.create", "runtime.spec", "runtime.cgroup", "runtime.namespaces", "runtime.init", "runtime.rootfs", "runtime.pivot_root", "runtime.start", "init.exec"] {
+    for phase in [
+        "runtime.create",
+        "runtime.spec",
+        "runtime.cgroup",
+        "runtime.namespaces",
+        "runtime.init",
+        "runtime.rootfs",
+        "runtime.pivot_root",
+        "runtime.start",
+        "init.exec",
+    ] {
         let s = spans.iter().find(|s| s.name == phase).unwrap_or_else(|| panic!("no {phase} span"));
         assert!(ancestors(spans, s).iter().any(|a| a.service == "engine-shim"), "{phase} is not under a shim span");
     }
@@ -87,11 +99,17 @@ fn check_trace(spans: &[FlatSpan], container: &str) {
     assert_eq!(daemon.attr("container.image.name"), Some("busybox"));
     assert_eq!(daemon.attr("container.id").map(str::len), Some(64));
     let rpc = spans.iter().find(|s| s.name == "lifecycle.Tasks/Start").unwrap();
-    assert_eq!((rpc.attr("rpc.system"), rpc.attr("rpc.service"), rpc.attr("rpc.method")), (Some("grpc"), Some("engine.v1.Tasks"), Some("Start")));
+    assert_eq!(
+        (rpc.attr("rpc.system"), rpc.attr("rpc.service"), rpc.attr("rpc.method")),
+        (Some("grpc"), Some("engine.v1.Tasks"), Some("Start"))
+    );
     let shim = spans.iter().find(|s| s.name == "shim.start").unwrap();
     assert_eq!((shim.attr("rpc.service"), shim.attr("rpc.method")), (Some("engine.v1.Shim"), Some("Start")));
     for service in SERVICES {
-        assert!(spans.iter().any(|s| s.service == service && s.attr("process.pid").is_some()), "no span of {service} says its process.pid");
+        assert!(
+            spans.iter().any(|s| s.service == service && s.attr("process.pid").is_some()),
+            "no span of {service} says its process.pid"
+        );
     }
 }
 
@@ -128,7 +146,10 @@ fn one_start_is_one_trace_from_the_cli_to_init() {
     let cmp = e.ok(&["trace", "--op", "start", "--compare", "other", "traced"]);
     assert!(cmp.lines().any(|l| l.starts_with("runtime.create ")) && cmp.contains("(total)"), "{cmp}");
     let stats = e.ok(&["trace", "stats"]);
-    let row = stats.lines().find(|l| l.starts_with("runtime.create ")).unwrap_or_else(|| panic!("no runtime.create in\n{stats}"));
+    let row = stats
+        .lines()
+        .find(|l| l.starts_with("runtime.create "))
+        .unwrap_or_else(|| panic!("no runtime.create in\n{stats}"));
     assert_eq!(row.split_whitespace().nth(1), Some("2"), "{stats}");
 
     // a Docker client that sends traceparent has its trace continued
@@ -157,7 +178,8 @@ fn raw_request(e: &Engined, request_line: &str, header: &str) -> String {
 fn raw_response(e: &Engined, request_line: &str, header: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(&e.sock).unwrap();
-    write!(s, "{request_line} HTTP/1.1\r\nHost: engine\r\n{header}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "{request_line} HTTP/1.1\r\nHost: engine\r\n{header}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -171,7 +193,10 @@ fn probes(e: &Engined) -> serde_json::Value {
 }
 
 fn kernel_events(spans: &[FlatSpan]) -> Vec<(&FlatSpan, &str, &[(String, String)])> {
-    spans.iter().flat_map(|s| s.events.iter().map(move |(_, name, attrs)| (s, name.as_str(), attrs.as_slice()))).collect()
+    spans
+        .iter()
+        .flat_map(|s| s.events.iter().map(move |(_, name, attrs)| (s, name.as_str(), attrs.as_slice())))
+        .collect()
 }
 
 fn get<'a>(attrs: &'a [(String, String)], key: &str) -> Option<&'a str> {
@@ -188,12 +213,26 @@ fn the_kernel_side_of_a_start_is_in_its_trace() {
     let spans = whole_trace(&e, "kernel", "start");
     // the kernel rows come with the spans they belong to: no waiting for them
     let rows = |spans: &[FlatSpan]| -> String {
-        let mut out: Vec<String> = spans.iter().map(|s| format!("{} {} pid={:?} cpid={:?}", s.service, s.name, s.attr("process.pid"), s.attr("container.process.pid"))).collect();
+        let mut out: Vec<String> = spans
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} pid={:?} cpid={:?}",
+                    s.service,
+                    s.name,
+                    s.attr("process.pid"),
+                    s.attr("container.process.pid")
+                )
+            })
+            .collect();
         out.extend(kernel_events(spans).iter().map(|(s, n, a)| format!("  {n} on {} {a:?}", s.name)));
         out.join("\n")
     };
     assert!(
-        spans.iter().any(|s| s.name == "kernel.pivot_root") && kernel_events(&spans).iter().any(|(_, n, a)| *n == "kernel.exec" && get(a, "process.executable.path") == Some("/bin/true")),
+        spans.iter().any(|s| s.name == "kernel.pivot_root")
+            && kernel_events(&spans)
+                .iter()
+                .any(|(_, n, a)| *n == "kernel.exec" && get(a, "process.executable.path") == Some("/bin/true")),
         "kernel rows missing:\n{}\n{}",
         rows(&spans),
         e.log_tail()
@@ -202,7 +241,10 @@ fn the_kernel_side_of_a_start_is_in_its_trace() {
     let by_id: HashMap<&str, &FlatSpan> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
     let parent = |s: &FlatSpan| by_id[s.parent_span_id.as_str()].name.clone();
     // the clone of the container's process, with its namespaces, under runtime.namespaces
-    let clone = spans.iter().find(|s| s.name == "kernel.clone3" && s.attr("linux.namespaces").is_some_and(|n| n.contains("CLONE_NEWPID"))).expect("kernel.clone3 with CLONE_NEWPID");
+    let clone = spans
+        .iter()
+        .find(|s| s.name == "kernel.clone3" && s.attr("linux.namespaces").is_some_and(|n| n.contains("CLONE_NEWPID")))
+        .expect("kernel.clone3 with CLONE_NEWPID");
     let ns = clone.attr("linux.namespaces").unwrap();
     for flag in ["CLONE_NEWNS", "CLONE_NEWUTS", "CLONE_NEWIPC", "CLONE_NEWPID"] {
         assert!(ns.contains(flag), "{flag} missing from {ns}");
@@ -218,24 +260,55 @@ fn the_kernel_side_of_a_start_is_in_its_trace() {
     // the container's cgroup made and joined, as events of the runtime's spans
     let id = spans.iter().find(|s| s.name == "daemon.start").and_then(|s| s.attr("container.id")).unwrap().to_string();
     let events = kernel_events(&spans);
-    let mkdir = events.iter().find(|(_, n, a)| *n == "kernel.cgroup_mkdir" && get(a, "linux.cgroup.path").is_some_and(|p| p.ends_with(&id))).expect("the container's cgroup_mkdir");
+    let mkdir = events
+        .iter()
+        .find(|(_, n, a)| *n == "kernel.cgroup_mkdir" && get(a, "linux.cgroup.path").is_some_and(|p| p.ends_with(&id)))
+        .expect("the container's cgroup_mkdir");
     assert_eq!(mkdir.0.name, "runtime.cgroup");
-    let attach = events.iter().find(|(_, n, a)| *n == "kernel.cgroup_attach" && get(a, "linux.cgroup.path").is_some_and(|p| p.ends_with(&id))).expect("the container's cgroup_attach");
+    let attach = events
+        .iter()
+        .find(|(_, n, a)| *n == "kernel.cgroup_attach" && get(a, "linux.cgroup.path").is_some_and(|p| p.ends_with(&id)))
+        .expect("the container's cgroup_attach");
     assert_eq!(attach.0.name, "runtime.cgroup.attach");
     // the container's network namespace: engined's thread unshares it and bind-mounts it
     let engined_pid = e.child.as_ref().unwrap().id().to_string();
-    let unshare = spans.iter().find(|s| s.name == "kernel.unshare" && s.attr("linux.namespaces").is_some_and(|n| n.contains("CLONE_NEWNET"))).expect("kernel.unshare with CLONE_NEWNET");
+    let unshare = spans
+        .iter()
+        .find(|s| s.name == "kernel.unshare" && s.attr("linux.namespaces").is_some_and(|n| n.contains("CLONE_NEWNET")))
+        .expect("kernel.unshare with CLONE_NEWNET");
     assert_eq!(parent(unshare), "network.namespace");
-    let bind = spans.iter().find(|s| s.name == "kernel.mount" && parent(s) == "network.namespace").expect("the namespace's bind mount");
-    assert!(bind.attr("mount.target").is_some_and(|t| t.ends_with(&format!("netns/{id}"))), "{:?}", bind.attr("mount.target"));
+    let bind = spans
+        .iter()
+        .find(|s| s.name == "kernel.mount" && parent(s) == "network.namespace")
+        .expect("the namespace's bind mount");
+    assert!(
+        bind.attr("mount.target").is_some_and(|t| t.ends_with(&format!("netns/{id}"))),
+        "{:?}",
+        bind.attr("mount.target")
+    );
     for s in spans.iter().filter(|s| s.name.starts_with("kernel.") && parent(s) == "network.namespace") {
-        assert_eq!(s.attr("process.pid"), Some(engined_pid.as_str()), "{} under network.namespace is not engined's", s.name);
+        assert_eq!(
+            s.attr("process.pid"),
+            Some(engined_pid.as_str()),
+            "{} under network.namespace is not engined's",
+            s.name
+        );
     }
     // nothing else from a process outside the container's tree (shim, runtime, the container)
-    let mut tree: HashSet<String> = spans.iter().filter(|s| ["engine-shim", "engine-runtime", "engine-init"].contains(&s.service.as_str())).filter_map(|s| s.attr("process.pid")).map(str::to_string).collect();
+    let mut tree: HashSet<String> = spans
+        .iter()
+        .filter(|s| ["engine-shim", "engine-runtime", "engine-init"].contains(&s.service.as_str()))
+        .filter_map(|s| s.attr("process.pid"))
+        .map(str::to_string)
+        .collect();
     tree.extend(spans.iter().filter_map(|s| s.attr("container.process.pid")).map(str::to_string));
     for s in spans.iter().filter(|s| s.name.starts_with("kernel.") && parent(s) != "network.namespace") {
-        assert!(tree.contains(s.attr("process.pid").unwrap()), "{} of pid {:?} is outside {tree:?}", s.name, s.attr("process.pid"));
+        assert!(
+            tree.contains(s.attr("process.pid").unwrap()),
+            "{} of pid {:?} is outside {tree:?}",
+            s.name,
+            s.attr("process.pid")
+        );
     }
     for (_, name, attrs) in &events {
         let pid = get(attrs, "process.pid").unwrap();
@@ -254,7 +327,10 @@ struct Collector(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
 
 #[tonic::async_trait]
 impl TraceService for Collector {
-    async fn export(&self, request: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.0.lock().unwrap().push(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
@@ -267,13 +343,26 @@ fn the_same_trace_reaches_an_otlp_grpc_receiver() {
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     let svc = TraceServiceServer::new(collector.clone());
-    rt.spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+    rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
 
     let endpoint = format!("http://{addr}");
     // with the probes off: containers run and are traced, without kernel rows
-    let e = Engined::start_with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e,team=engine%20core")], &["--no-probes"]);
+    let e = Engined::start_with(
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e,team=engine%20core"),
+        ],
+        &["--no-probes"],
+    );
     let status = probes(&e);
-    assert_eq!((status["Running"].as_bool(), status["Reason"].as_str()), (Some(false), Some("disabled by --no-probes")));
+    assert_eq!(
+        (status["Running"].as_bool(), status["Reason"].as_str()),
+        (Some(false), Some("disabled by --no-probes"))
+    );
     e.import_busybox("busybox");
     e.ok(&["run", "--name", "traced", "busybox", "true"]);
     let stored = whole_trace(&e, "traced", "start");
@@ -292,16 +381,24 @@ fn the_same_trace_reaches_an_otlp_grpc_receiver() {
     let resources: Vec<HashMap<String, String>> = reqs
         .iter()
         .flat_map(|r| &r.resource_spans)
-        .map(|rs| rs.resource.iter().flat_map(|r| &r.attributes).map(|kv| (kv.key.clone(), format!("{:?}", kv.value))).collect())
+        .map(|rs| {
+            rs.resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .map(|kv| (kv.key.clone(), format!("{:?}", kv.value)))
+                .collect()
+        })
         .collect();
-    assert!(resources.iter().all(|r| r.get("deployment.environment").is_some_and(|v| v.contains("e2e")) && r.get("team").is_some_and(|v| v.contains("engine core"))));
+    assert!(resources.iter().all(|r| r.get("deployment.environment").is_some_and(|v| v.contains("e2e"))
+        && r.get("team").is_some_and(|v| v.contains("engine core"))));
     let names: HashSet<String> = resources.iter().filter_map(|r| r.get("service.name").cloned()).collect();
     assert_eq!(names.len(), SERVICES.len(), "{names:?}");
 
     // `engine trace --otlp` sends a stored trace to an endpoint itself
     collector.0.lock().unwrap().clear();
     assert_eq!(e.ok(&["trace", "--otlp", &endpoint, "--op", "start", "traced"]).trim(), trace_id);
-    let sent: Vec<FlatSpan> = collector.0.lock().unwrap().iter().flat_map(flatten).filter(|s| s.trace_id == trace_id).collect();
+    let sent: Vec<FlatSpan> =
+        collector.0.lock().unwrap().iter().flat_map(flatten).filter(|s| s.trace_id == trace_id).collect();
     assert_eq!(sent.len(), stored.len(), "engine trace --otlp sent the whole trace");
     e.ok(&["rm", "traced"]);
 }

@@ -14,7 +14,11 @@ pub struct Dockerd {
 
 pub fn docker_cli() -> PathBuf {
     // Debian's client matches its daemon; any client negotiates the API version
-    ["/usr/bin/docker", "/usr/local/bin/docker"].iter().map(PathBuf::from).find(|p| p.exists()).unwrap_or_else(|| crate::which("docker"))
+    ["/usr/bin/docker", "/usr/local/bin/docker"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| crate::which("docker"))
 }
 
 impl Dockerd {
@@ -27,14 +31,27 @@ impl Dockerd {
         let cgroup_parent = format!("/engine-docker-test-{}", std::process::id());
         let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
         let child = Command::new(dockerd)
-            .arg("-H").arg(format!("unix://{}", sock.display()))
-            .arg("--data-root").arg(dir.path().join("data"))
-            .arg("--exec-root").arg(dir.path().join("exec"))
-            .arg("--pidfile").arg(dir.path().join("docker.pid"))
-            .arg("--config-file").arg(dir.path().join("daemon.json"))
-            .args(["--bridge", "none", "--iptables=false", "--ip-masq=false", "--ip-forward=false", "--userland-proxy=false"])
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .arg("--data-root")
+            .arg(dir.path().join("data"))
+            .arg("--exec-root")
+            .arg(dir.path().join("exec"))
+            .arg("--pidfile")
+            .arg(dir.path().join("docker.pid"))
+            .arg("--config-file")
+            .arg(dir.path().join("daemon.json"))
+            .args([
+                "--bridge",
+                "none",
+                "--iptables=false",
+                "--ip-masq=false",
+                "--ip-forward=false",
+                "--userland-proxy=false",
+            ])
             .args(["--storage-driver", "overlay2", "--exec-opt", "native.cgroupdriver=cgroupfs", "--log-level", "warn"])
-            .arg("--cgroup-parent").arg(&cgroup_parent)
+            .arg("--cgroup-parent")
+            .arg(&cgroup_parent)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -48,7 +65,8 @@ impl Dockerd {
 
     pub fn docker(&self, args: &[&str]) -> Output {
         Command::new(docker_cli())
-            .arg("-H").arg(format!("unix://{}", self.sock.display()))
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock.display()))
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -93,7 +111,11 @@ impl Drop for Dockerd {
         }
         // whatever dockerd left mounted under its directories (it unmounts on a clean stop)
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<&str> = info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(self.dir.path().to_str().unwrap())).collect();
+        let mut points: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(self.dir.path().to_str().unwrap()))
+            .collect();
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for p in points {
             let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
@@ -103,4 +125,3 @@ impl Drop for Dockerd {
         }
     }
 }
-

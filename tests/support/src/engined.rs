@@ -50,7 +50,16 @@ impl Engined {
         if !args.iter().any(|a| a == "--default-address-pool") {
             args.extend(["--default-address-pool".to_string(), format!("base=10.{}.{}.0/21,size=24", pool.0, pool.1)]);
         }
-        let mut e = Engined { child: None, dir, sock, cgroup_parent: format!("/engine-e2e-{pid}-{n}"), env, args, bridge, pool };
+        let mut e = Engined {
+            child: None,
+            dir,
+            sock,
+            cgroup_parent: format!("/engine-e2e-{pid}-{n}"),
+            env,
+            args,
+            bridge,
+            pool,
+        };
         e.restart();
         e
     }
@@ -69,14 +78,21 @@ impl Engined {
 
     /// Starts engined (again) on the same directories and waits until it answers.
     pub fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("engined.log")).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("engined.log")).unwrap();
         let child = Command::new(crate::bin("engined"))
-            .arg("-H").arg(self.host())
-            .arg("--data-root").arg(self.data_root())
-            .arg("--exec-root").arg(self.exec_root())
-            .arg("--pidfile").arg(self.dir.path().join("engined.pid"))
-            .arg("--cgroup-parent").arg(&self.cgroup_parent)
-            .arg("--log-level").arg("debug")
+            .arg("-H")
+            .arg(self.host())
+            .arg("--data-root")
+            .arg(self.data_root())
+            .arg("--exec-root")
+            .arg(self.exec_root())
+            .arg("--pidfile")
+            .arg(self.dir.path().join("engined.pid"))
+            .arg("--cgroup-parent")
+            .arg(&self.cgroup_parent)
+            .arg("--log-level")
+            .arg("debug")
             .args(&self.args)
             .env_remove("ENGINE_SPAN_SINK")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -101,20 +117,36 @@ impl Engined {
     pub fn lifecycled_pid(&self) -> i32 {
         let mut pid = 0;
         crate::wait_for("lifecycled's pid file", || {
-            pid = std::fs::read_to_string(self.exec_root().join("lifecycled.pid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            pid = std::fs::read_to_string(self.exec_root().join("lifecycled.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
             pid > 0
         });
         pid
     }
 
     pub fn engine(&self, args: &[&str]) -> Output {
-        Command::new(crate::bin("engine")).arg("-H").arg(self.host()).args(args).stdin(Stdio::null()).output().expect("run engine")
+        Command::new(crate::bin("engine"))
+            .arg("-H")
+            .arg(self.host())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run engine")
     }
 
     /// Runs `engine args`, asserting success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.engine(args);
-        assert!(out.status.success(), "engine {args:?} failed ({}): {}{}\n{}", out.status, crate::stdout(&out), crate::stderr(&out), self.log_tail());
+        assert!(
+            out.status.success(),
+            "engine {args:?} failed ({}): {}{}\n{}",
+            out.status,
+            crate::stdout(&out),
+            crate::stderr(&out),
+            self.log_tail()
+        );
         crate::stdout(&out)
     }
 
@@ -126,12 +158,25 @@ impl Engined {
     }
 
     pub fn docker(&self, args: &[&str]) -> Output {
-        Command::new(crate::dockerd::docker_cli()).arg("-H").arg(self.host()).args(args).stdin(Stdio::null()).output().expect("run docker")
+        Command::new(crate::dockerd::docker_cli())
+            .arg("-H")
+            .arg(self.host())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker")
     }
 
     pub fn docker_ok(&self, args: &[&str]) -> String {
         let out = self.docker(args);
-        assert!(out.status.success(), "docker {args:?} failed ({}): {}{}\n{}", out.status, crate::stdout(&out), crate::stderr(&out), self.log_tail());
+        assert!(
+            out.status.success(),
+            "docker {args:?} failed ({}): {}{}\n{}",
+            out.status,
+            crate::stdout(&out),
+            crate::stderr(&out),
+            self.log_tail()
+        );
         crate::stdout(&out)
     }
 
@@ -163,7 +208,11 @@ impl Engined {
     pub fn mounts(&self) -> Vec<String> {
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let prefix = self.dir.path().to_str().unwrap().to_string();
-        info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&prefix)).map(str::to_string).collect()
+        info.lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&prefix))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Cgroup directories of containers under this instance's parent.
@@ -185,7 +234,9 @@ impl Engined {
 
     /// The host's network links (names).
     pub fn links() -> Vec<String> {
-        std::fs::read_dir("/sys/class/net").map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+        std::fs::read_dir("/sys/class/net")
+            .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
     }
 
     /// The engine-proxy processes of this instance (their counters live under its exec-root).
@@ -228,7 +279,10 @@ impl Engined {
 
 fn pid_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'))
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .rsplit_once(") ")
+            .is_some_and(|(_, r)| r.starts_with('Z'))
 }
 
 impl Drop for Engined {
@@ -242,7 +296,9 @@ impl Drop for Engined {
             for id in crate::stdout(&ids).split_whitespace() {
                 let _ = self.engine(&["rm", "-f", id]);
             }
-            let lifecycled = std::fs::read_to_string(self.exec_root().join("lifecycled.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok());
+            let lifecycled = std::fs::read_to_string(self.exec_root().join("lifecycled.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
             if let Some(c) = self.child.as_mut() {
                 // SAFETY: SIGTERM to the engined this harness started, by pid.
                 unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };

@@ -182,7 +182,11 @@ pub fn docker_save_archive(work: &Path) -> TestImage {
 /// Mount points under `dir` (to check that nothing is left mounted).
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(dir.to_str().unwrap())).map(str::to_string).collect()
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(dir.to_str().unwrap()))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Raw tar members, written without the `tar` crate's own path checks.
@@ -194,7 +198,15 @@ impl RawTar {
         self.member_sized(name, kind, data, data.len() as u64, link, None)
     }
 
-    pub fn member_sized(&mut self, name: &[u8], kind: tar::EntryType, data: &[u8], size: u64, link: &[u8], dev: Option<(u32, u32)>) -> &mut Self {
+    pub fn member_sized(
+        &mut self,
+        name: &[u8],
+        kind: tar::EntryType,
+        data: &[u8],
+        size: u64,
+        link: &[u8],
+        dev: Option<(u32, u32)>,
+    ) -> &mut Self {
         let mut h = tar::Header::new_ustar();
         {
             let old = h.as_old_mut();
@@ -243,4 +255,3 @@ impl RawTar {
         out
     }
 }
-

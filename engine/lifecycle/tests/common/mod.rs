@@ -28,7 +28,8 @@ impl Lifecycled {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = tempfile::Builder::new().prefix("engine-lc-test").tempdir().unwrap();
         let sock = dir.path().join("lifecycled.sock");
-        let mut l = Lifecycled { child: None, dir, sock, cgroup_parent: format!("/engine-lc-test-{}-{n}", std::process::id()) };
+        let mut l =
+            Lifecycled { child: None, dir, sock, cgroup_parent: format!("/engine-lc-test-{}-{n}", std::process::id()) };
         l.restart();
         l
     }
@@ -46,11 +47,16 @@ impl Lifecycled {
         let _ = std::fs::remove_file(&self.sock);
         let log = std::fs::File::create(self.dir.path().join("lifecycled.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_engine-lifecycled"))
-            .arg("--address").arg(&self.sock)
-            .arg("--root").arg(self.dir.path().join("root"))
-            .arg("--state").arg(self.state())
-            .arg("--runtime").arg(bin("engine-runtime"))
-            .arg("--shim").arg(bin("engine-shim"))
+            .arg("--address")
+            .arg(&self.sock)
+            .arg("--root")
+            .arg(self.dir.path().join("root"))
+            .arg("--state")
+            .arg(self.state())
+            .arg("--runtime")
+            .arg(bin("engine-runtime"))
+            .arg("--shim")
+            .arg(bin("engine-shim"))
             .env("ENGINE_SPAN_SINK", self.spans())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -108,8 +114,21 @@ impl Lifecycled {
     /// Creates container `id` from a new bundle and its task; returns the task's pid.
     pub async fn run(&self, id: &str, args: &[&str]) -> u32 {
         let bundle = self.bundle(id, args);
-        self.containers().create(CreateContainerRequest { id: id.into(), bundle: bundle.display().to_string(), labels: Default::default() }).await.unwrap();
-        let pid = self.tasks().create(CreateTaskRequest { container_id: id.into(), ..Default::default() }).await.unwrap().into_inner().pid;
+        self.containers()
+            .create(CreateContainerRequest {
+                id: id.into(),
+                bundle: bundle.display().to_string(),
+                labels: Default::default(),
+            })
+            .await
+            .unwrap();
+        let pid = self
+            .tasks()
+            .create(CreateTaskRequest { container_id: id.into(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .pid;
         self.tasks().start(TaskRequest { container_id: id.into(), exec_id: String::new() }).await.unwrap();
         pid
     }
@@ -134,14 +153,19 @@ impl Lifecycled {
             assert!(!d.exists(), "cgroup {} left", d.display());
         }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(!mounts.contains(self.dir.path().to_str().unwrap()), "a mount under {} is left", self.dir.path().display());
+        assert!(
+            !mounts.contains(self.dir.path().to_str().unwrap()),
+            "a mount under {} is left",
+            self.dir.path().display()
+        );
         assert!(!process_running(pid as i32), "process {pid} of {id} still runs");
     }
 }
 
 /// Whether `pid` exists and is not a zombie.
 pub fn process_running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
 }
 
 impl Drop for Lifecycled {
@@ -149,7 +173,9 @@ impl Drop for Lifecycled {
         self.kill9();
         // shims we caused to be started, then whatever containers the runtime still has
         for entry in std::fs::read_dir(self.state().join("tasks")).into_iter().flatten().flatten() {
-            if let Some(pid) = std::fs::read_to_string(entry.path().join("shim.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            if let Some(pid) =
+                std::fs::read_to_string(entry.path().join("shim.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok())
+            {
                 if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "engine-shim") {
                     // SAFETY: SIGKILL to a shim this test's lifecycled started, by pid.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -158,7 +184,12 @@ impl Drop for Lifecycled {
         }
         let root = self.state().join("runtime");
         for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-            let _ = Command::new(bin("engine-runtime")).arg("--root").arg(&root).args(["delete", "--force"]).arg(entry.file_name()).output();
+            let _ = Command::new(bin("engine-runtime"))
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force"])
+                .arg(entry.file_name())
+                .output();
         }
         for m in cgroup_mounts() {
             let _ = std::fs::remove_dir(m.join(self.cgroup_parent.trim_start_matches('/')));
