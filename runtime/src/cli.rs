@@ -211,24 +211,7 @@ pub struct UpdateArgs {
 
 /// Bytes with an optional binary suffix, as docker and runc accept them ("64m"); -1 is "none".
 fn parse_bytes(s: &str) -> Result<i64> {
-    let bad = || Error::Other(format!("invalid size {s:?}: want bytes or a number with k, m, g or t"));
-    let t = s.trim().to_ascii_lowercase();
-    if t == "-1" {
-        return Ok(-1);
-    }
-    let t = t.strip_suffix('b').unwrap_or(&t);
-    let (num, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        Some('t') => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    if !(n >= 0.0) {
-        return Err(bad());
-    }
-    Ok((n * mult as f64) as i64)
+    engine_util::size::parse_limit(s).map_err(|e| Error::Other(e.to_string()))
 }
 
 impl UpdateArgs {

@@ -317,7 +317,7 @@ fn create_inner(
         pid_start_time: start_time,
         bundle: bundle.dir.clone(),
         rootfs: bundle.rootfs.clone(),
-        created: state::now_rfc3339(),
+        created: engine_util::time::now_rfc3339_nanos(),
         annotations: bundle.spec.annotations().clone().unwrap_or_default().into_iter().collect(),
         cgroup: cgroup.paths().clone(),
         own_pid_ns: plan.own_pid_ns(),

@@ -27,9 +27,9 @@ impl Logger {
         let Some(path) = &self.file else { return };
         let line = match self.format {
             LogFormat::Json => {
-                serde_json::json!({"level": level, "msg": msg, "time": crate::state::now_rfc3339()}).to_string()
+                serde_json::json!({"level": level, "msg": msg, "time": engine_util::time::now_rfc3339_nanos()}).to_string()
             }
-            LogFormat::Text => format!("time=\"{}\" level={level} msg={msg:?}", crate::state::now_rfc3339()),
+            LogFormat::Text => format!("time=\"{}\" level={level} msg={msg:?}", engine_util::time::now_rfc3339_nanos()),
         };
         if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
             let _ = writeln!(f, "{line}");

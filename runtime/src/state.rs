@@ -2,8 +2,7 @@
 //! `state.json` (written atomically) and, between create and start, the `exec.fifo`.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -125,14 +124,8 @@ impl StateDir {
     pub fn save(&self, state: &ContainerState) -> Result<(), StateError> {
         let io = |source| StateError::Io { id: state.id.clone(), source };
         let dir = self.dir(&state.id);
-        let tmp = dir.join(".state.json.tmp");
         let bytes = serde_json::to_vec(state).expect("state serializes: plain data, string keys");
-        let mut f =
-            fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        fs::rename(&tmp, dir.join("state.json")).map_err(io)?;
-        Ok(())
+        engine_util::fs::write_atomic_mode(&dir.join("state.json"), &bytes, 0o600).map_err(io)
     }
 
     /// Reads the state of `id`.
@@ -246,25 +239,6 @@ pub fn write_pid_file(path: &Path, pid: i32) -> std::io::Result<()> {
     fs::rename(&tmp, &path)
 }
 
-/// Current time as RFC 3339 with nanoseconds, UTC.
-pub fn now_rfc3339() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // civil-from-days (Howard Hinnant's algorithm)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z", rem / 3600, rem % 3600 / 60, rem % 60, now.subsec_nanos())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,7 +258,7 @@ mod tests {
 
     #[test]
     fn rfc3339_shape() {
-        let t = now_rfc3339();
+        let t = engine_util::time::now_rfc3339_nanos();
         assert_eq!(t.len(), 30, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z'));
     }

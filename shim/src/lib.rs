@@ -8,6 +8,7 @@
 //! every daemon above it.
 
 pub mod log;
+pub mod oom;
 pub mod reaper;
 pub mod runtime;
 pub mod service;

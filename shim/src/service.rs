@@ -5,13 +5,15 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use engine_api::v1::shim_server::{Shim, ShimServer};
+use engine_api::task::{self, ExitRecord};
 use engine_api::v1::*;
+use engine_util::fs::write_atomic;
 use engine_telemetry::{Recorder, SpanHandle};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, watch};
@@ -42,15 +44,6 @@ pub struct Config {
     pub runtime_root: PathBuf,
 }
 
-/// Where the shim listens, in its state directory.
-pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("shim.sock")
-}
-
-/// The durable exit record, in the state directory.
-pub const EXIT_FILE: &str = "exit.json";
-/// The container's log, in the state directory.
-pub const LOG_FILE: &str = "log.json";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -101,12 +94,7 @@ async fn receive_console(listener: tokio::net::UnixListener) -> std::io::Result<
     loop {
         conn.readable().await?;
         let got = conn.try_io(tokio::io::Interest::READABLE, || {
-            engine_runtime::terminal::receive_master(conn.as_fd()).map_err(|e| match e {
-                engine_runtime::terminal::TerminalError::Sys { errno: nix::Error::EAGAIN, .. } => {
-                    std::io::ErrorKind::WouldBlock.into()
-                }
-                e => std::io::Error::other(e.to_string()),
-            })
+            engine_api::task::receive_fd(conn.as_fd())
         });
         match got {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -138,13 +126,14 @@ fn now_nanos() -> i64 {
     engine_telemetry::recorder::now_unix_nanos() as i64
 }
 
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+/// Sets the window size (rows, columns) of the terminal `fd`.
+fn set_window_size(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> std::io::Result<()> {
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which is valid for the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -262,7 +251,7 @@ impl ShimService {
         }
         let state = &self.cfg.state_dir;
         let log = Arc::new(Mutex::new(
-            JsonLog::open(&state.join(LOG_FILE), req.log_max_size, req.log_max_files)
+            JsonLog::open(&state.join(task::LOG_FILE), req.log_max_size, req.log_max_files)
                 .map_err(|e| Status::internal(format!("open log: {e}")))?,
         ));
         let pid_file = state.join("init.pid");
@@ -347,25 +336,22 @@ impl ShimService {
         let exited = self.rt.reaper.wait_for(pid);
         let exit_tx = self.exit_tx.clone();
         let inner = self.inner.clone();
-        let exit_file = state.join(EXIT_FILE);
-        let (root, id) = (self.cfg.runtime_root.clone(), self.cfg.id.clone());
+        let task_dir = state.clone();
+        // found while the process lives: its memory cgroup says at exit whether it was OOM-killed
+        let oom_counter = crate::oom::OomCounter::of_pid(pid);
         tokio::spawn(async move {
             let code = exited.await.unwrap_or(255);
             let mut drained = drained_rx;
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drained.wait_for(|n| *n >= streams)).await;
-            let oom =
-                engine_runtime::control::oom_kills(&engine_runtime::state::StateDir::new(&root), &id).unwrap_or(0) > 0;
-            let status = ExitStatus {
+            let oom = oom_counter.is_some_and(|c| c.kills() > 0);
+            let record = ExitRecord {
                 exit_status: code as u32,
                 exited_unix_nanos: now_nanos(),
                 reason: if oom { "OOMKilled".into() } else { String::new() },
                 pid: pid as u32,
             };
-            let record = serde_json::json!({
-                "exit_status": status.exit_status, "exited_unix_nanos": status.exited_unix_nanos,
-                "reason": status.reason, "pid": status.pid,
-            });
-            let _ = write_atomic(&exit_file, record.to_string().as_bytes());
+            let _ = record.write(&task_dir);
+            let status = ExitStatus::from(record);
             {
                 let mut i = inner.lock().unwrap_or_else(|e| e.into_inner());
                 if i.phase != Phase::Deleted {
@@ -704,8 +690,8 @@ impl Shim for ShimService {
             self.lock().execs.get(&req.exec_id).and_then(|e| e.master.clone())
         };
         let master = master.ok_or_else(|| Status::failed_precondition("the process has no terminal"))?;
-        engine_runtime::terminal::set_size(master.as_fd(), req.height as u16, req.width as u16)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        set_window_size(master.as_fd(), req.height as u16, req.width as u16)
+            .map_err(|e| Status::internal(format!("resize the terminal: {e}")))?;
         Ok(Response::new(Empty {}))
     }
 
@@ -828,7 +814,7 @@ impl Shim for ShimService {
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("create {}", cfg.state_dir.display()))?;
     let reaper = Reaper::start().context("become a child subreaper")?;
-    let socket = socket_path(&cfg.state_dir);
+    let socket = task::socket_path(&cfg.state_dir);
     let _ = std::fs::remove_file(&socket);
     let listener = engine_api::bind_unix(&socket).with_context(|| format!("bind {}", socket.display()))?;
     write_atomic(&cfg.state_dir.join("shim.pid"), std::process::id().to_string().as_bytes())

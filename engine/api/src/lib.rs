@@ -1,9 +1,14 @@
-//! The gRPC API between engine-lifecycled, engine-shim and their clients: generated message and
-//! service types, plus connecting over a unix socket and carrying trace context in metadata.
+//! The contracts between engined, engine-lifecycled and engine-shim: the gRPC API (generated
+//! message and service types, connecting over a unix socket, trace context in metadata) and the
+//! shim's task directory ([`task`]: its files, the exit record, the log format, fd passing).
 //!
-//! Owns: the wire contract. It must never hold behaviour: no container logic lives here.
+//! Owns: the wire and on-disk contracts. It must never hold behaviour: no container logic lives
+//! here, and it links neither the shim nor the runtime, so both sides depend on the contract
+//! alone.
 
 use std::path::{Path, PathBuf};
+
+pub mod task;
 
 /// Generated types of `engine.v1`.
 pub mod v1 {

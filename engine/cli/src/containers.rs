@@ -131,20 +131,7 @@ pub struct RunArgs {
 
 /// `64m`, `1g`, `512k`, `1024` (bytes).
 pub fn parse_bytes(s: &str) -> Result<i64> {
-    let s = s.trim().to_ascii_lowercase();
-    let s = s.trim_end_matches('b');
-    let (num, mult) = match s.chars().last() {
-        Some('k') => (&s[..s.len() - 1], 1i64 << 10),
-        Some('m') => (&s[..s.len() - 1], 1 << 20),
-        Some('g') => (&s[..s.len() - 1], 1 << 30),
-        Some('t') => (&s[..s.len() - 1], 1 << 40),
-        _ => (s, 1),
-    };
-    let v: f64 = num.parse().map_err(|_| anyhow!("invalid size: {s:?}"))?;
-    if v < 0.0 {
-        bail!("invalid size: {s:?}");
-    }
-    Ok((v * mult as f64) as i64)
+    Ok(engine_util::size::parse_bytes(s)?)
 }
 
 fn restart_policy(s: &str) -> Result<Value> {

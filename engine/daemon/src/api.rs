@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use engine_api::v1::{tasks_client::TasksClient, *};
+use engine_api::v1::*;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::{Method, Request, StatusCode};
@@ -13,7 +13,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::daemon::{parse_signal, rfc3339_nanos, Daemon, Entry};
+use crate::daemon::{parse_signal, Daemon, Entry};
+use crate::lifecycle::task;
+use engine_util::time::{rfc3339_nanos, unix_seconds_of as unix_of};
 use crate::http::{self, empty, json, ApiError, Query, Resp};
 use crate::trace::Trace;
 use crate::types::ContainerConfig;
@@ -45,11 +47,11 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp, std:
     let read_only = method == Method::GET || method == Method::HEAD;
     let traced =
         !(path.starts_with("/v1/traces") || path.starts_with("/engine/v1/") || (read_only && traceparent.is_none()));
-    let trace = Trace::new(
+    let trace = Arc::new(Trace::new(
         d.sink.as_ref().filter(|_| traced),
         traceparent.as_deref(),
         &format!("{} {route}", method_label(&method)),
-    );
+    ));
     trace.attr(trace.root, "http.request.method", method.to_string());
     trace.attr(trace.root, "url.path", raw_path.clone());
     trace.attr(trace.root, "http.route", route.clone());
@@ -57,7 +59,7 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp, std:
         Some(v) if !version_ok(&v) => Err(ApiError::bad_request(format!(
             "client version {v} is too old. Minimum supported API version is {MIN_API_VERSION}, please upgrade your client to a newer version"
         ))),
-        _ => dispatch(&d, &trace, req, &method, &path).await,
+        _ => trace.scope(dispatch(&d, &trace, req, &method, &path)).await,
     };
     let mut resp = result.unwrap_or_else(ApiError::into_response);
     d.metrics.observe_request(method_label(&method), &route, resp.status().as_u16(), started.elapsed().as_secs_f64());
@@ -230,7 +232,7 @@ async fn dispatch(
                 height: h as u32,
                 exec_id: String::new(),
             };
-            TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket())).resize_pty(req).await?;
+            d.lifecycle.resize_pty(req).await?;
             Ok(empty(StatusCode::OK))
         }
 
@@ -492,21 +494,6 @@ fn os_name() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
-pub fn unix_of(t: &str) -> i64 {
-    // RFC 3339 "YYYY-MM-DDTHH:MM:SS..." → seconds since the epoch.
-    let p = |a: usize, b: usize| t.get(a..b).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
-    let (y, m, d) = (p(0, 4), p(5, 7), p(8, 10));
-    let (hh, mm, ss) = (p(11, 13), p(14, 16), p(17, 19));
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    days * 86_400 + hh * 3600 + mm * 60 + ss
-}
-
 fn ago(t: &str) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     human_duration((now - unix_of(t)).max(0))
@@ -678,8 +665,7 @@ async fn logs(d: &Arc<Daemon>, e: &Arc<Entry>, q: &Query) -> Result<Resp, ApiErr
     };
     let until = parse_since(q.get("until"))?.filter(|u| *u > 0);
     let req = LogsRequest { container_id: rec.id.clone(), follow: follow && rec.state.running, tail };
-    let mut stream =
-        TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket())).logs(req).await?.into_inner();
+    let mut stream = d.lifecycle.logs(req).await?;
     let (tx, body) = http::channel_body(64);
     let tty = rec.config.tty;
     tokio::spawn(async move {
@@ -729,11 +715,7 @@ async fn top(d: &Arc<Daemon>, e: &Arc<Entry>) -> Result<Resp, ApiError> {
     if !rec.state.running {
         return Err(ApiError::conflict(format!("Container {} is not running", rec.id)));
     }
-    let pids = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket()))
-        .pids(TaskRequest { container_id: rec.id.clone(), exec_id: String::new() })
-        .await?
-        .into_inner()
-        .pids;
+    let pids = d.lifecycle.pids(task(&rec.id)).await?.pids;
     let mut processes = Vec::new();
     for pid in pids {
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -754,10 +736,7 @@ async fn top(d: &Arc<Daemon>, e: &Arc<Entry>) -> Result<Resp, ApiError> {
 async fn stats(d: &Arc<Daemon>, e: &Arc<Entry>) -> Result<Resp, ApiError> {
     let rec = e.snapshot();
     let raw: Value = if rec.state.running {
-        let s = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket()))
-            .stats(TaskRequest { container_id: rec.id.clone(), exec_id: String::new() })
-            .await?
-            .into_inner();
+        let s = d.lifecycle.stats(task(&rec.id)).await?;
         serde_json::from_str(&s.stats_json).unwrap_or(Value::Null)
     } else {
         Value::Null
@@ -826,11 +805,9 @@ async fn attach(d: &Arc<Daemon>, e: Arc<Entry>, q: &Query, mut req: Request<Inco
                     }
                 }
                 let req = LogsRequest { container_id: id.clone(), follow: true, tail: 0 };
-                let Ok(stream) = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket())).logs(req).await
-                else {
+                let Ok(mut stream) = d.lifecycle.logs(req).await else {
                     return;
                 };
-                let mut stream = stream.into_inner();
                 while let Ok(Some(entry)) = stream.message().await {
                     if entry.time_unix_nanos < from {
                         continue;
@@ -855,16 +832,16 @@ async fn attach(d: &Arc<Daemon>, e: Arc<Entry>, q: &Query, mut req: Request<Inco
             if !want_in {
                 return std::future::pending::<()>().await;
             }
-            let mut tasks = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket()));
             let mut buf = vec![0u8; 32 * 1024];
             loop {
                 match rd.read(&mut buf).await {
                     Ok(0) | Err(_) => {
-                        let _ = tasks.close_io(TaskRequest { container_id: id.clone(), exec_id: String::new() }).await;
+                        let _ = d.lifecycle.close_io(task(&id)).await;
                         return std::future::pending::<()>().await;
                     }
                     Ok(n) => {
-                        let _ = tasks
+                        let _ = d
+                            .lifecycle
                             .write(WriteRequest {
                                 container_id: id.clone(),
                                 data: buf[..n].to_vec(),

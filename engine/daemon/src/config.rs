@@ -276,7 +276,7 @@ macro_rules! log {
 }
 
 pub fn timestamp() -> String {
-    engine_image::manifest::rfc3339(std::time::SystemTime::now())
+    engine_util::time::rfc3339_seconds(std::time::SystemTime::now())
 }
 
 pub fn ensure_dir(p: &Path) -> anyhow::Result<()> {

@@ -6,25 +6,20 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use engine_api::v1::containers_client::ContainersClient;
-use engine_api::v1::tasks_client::TasksClient;
 use engine_api::v1::*;
-use engine_api::with_traceparent;
 use engine_image::{Digest, ImageStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tonic::transport::Channel;
-use tonic::Request;
 
 use crate::config::Config;
 use crate::hostconfig;
 use crate::http::ApiError;
+use crate::lifecycle::{task, Lifecycle};
 use crate::log;
 use crate::supervisor::Supervisor;
 use crate::trace::Trace;
@@ -98,7 +93,8 @@ pub struct Daemon {
     pub containers: Mutex<BTreeMap<String, Arc<Entry>>>,
     /// Names being created (reserved before the record exists).
     creating: Mutex<Vec<String>>,
-    channel: Channel,
+    /// The one client of lifecycled: retries while it restarts, carries trace context.
+    pub lifecycle: Lifecycle,
     pub supervisor: Supervisor,
     /// engined's own spans go here: into `traces`.
     pub sink: Option<engine_telemetry::Sink>,
@@ -113,44 +109,11 @@ pub struct Daemon {
     pub recent_events: Mutex<std::collections::VecDeque<serde_json::Value>>,
 }
 
-fn now() -> String {
-    rfc3339_nanos(SystemTime::now())
-}
+use engine_util::time::now_rfc3339_nanos as now;
 
-pub fn now_string() -> String {
-    now()
-}
-
-/// RFC 3339 with nanoseconds, as Docker prints times.
-pub fn rfc3339_nanos(t: SystemTime) -> String {
-    let base = engine_image::manifest::rfc3339(t);
-    let nanos = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{}.{:09}Z", base.trim_end_matches('Z'), nanos)
-}
-
-/// Retries a lifecycled call while lifecycled is down (it is being restarted), for a while.
-async fn retry<T, F, Fut>(mut f: F) -> Result<T, tonic::Status>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match f().await {
-            Err(s) if s.code() == tonic::Code::Unavailable && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            r => return r,
-        }
-    }
-}
-
-pub fn random_id() -> String {
-    let mut b = [0u8; 32];
-    if let Ok(mut f) = File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// A new 64-hex-digit id (containers, execs, anonymous volumes).
+pub fn random_id() -> Result<String, ApiError> {
+    engine_util::id::new_id().map_err(|e| ApiError::internal(format!("no random id: {e}")))
 }
 
 /// `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, as Docker names.
@@ -197,7 +160,7 @@ impl Daemon {
         let d = Arc::new(Daemon {
             networks: Arc::new(networks),
             metrics,
-            channel: engine_api::unix_channel(cfg.lifecycled_socket()),
+            lifecycle: Lifecycle::new(&cfg.lifecycled_socket()),
             images: Arc::new(images),
             containers: Mutex::new(BTreeMap::new()),
             creating: Mutex::new(Vec::new()),
@@ -259,17 +222,9 @@ impl Daemon {
         self.publish(ev);
     }
 
-    fn tasks(&self) -> TasksClient<Channel> {
-        TasksClient::new(self.channel.clone())
-    }
-
-    fn lc_containers(&self) -> ContainersClient<Channel> {
-        ContainersClient::new(self.channel.clone())
-    }
-
     fn save(&self, rec: &ContainerRecord) -> Result<(), ApiError> {
         let bytes = serde_json::to_vec_pretty(rec).map_err(|e| ApiError::internal(e.to_string()))?;
-        engine_image::store::write_atomic(&self.container_dir(&rec.id).join("container.json"), &bytes)
+        engine_util::fs::write_atomic(&self.container_dir(&rec.id).join("container.json"), &bytes)
             .map_err(|e| ApiError::internal(e.to_string()))
     }
 
@@ -382,7 +337,7 @@ impl Daemon {
                 }
             }
         };
-        let id = random_id();
+        let id = random_id()?;
         let result = self.create_with_id(trace, &id, &name, body, hc, mounts, image, networks).await;
         self.creating.lock().unwrap_or_else(|p| p.into_inner()).retain(|n| n != &name);
         if result.is_err() {
@@ -412,8 +367,7 @@ impl Daemon {
         let map = self.containers.lock().unwrap_or_else(|p| p.into_inner());
         let mut taken: Vec<String> = map.values().map(|e| e.snapshot().name).collect();
         taken.extend(self.creating.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
-        let seed = random_id();
-        let n = usize::from_str_radix(&seed[..8], 16).unwrap_or(0);
+        let n = engine_util::id::random_hex(4).ok().and_then(|h| usize::from_str_radix(&h, 16).ok()).unwrap_or(0);
         for i in 0.. {
             let base = format!("{}_{}", ADJECTIVES[(n + i) % ADJECTIVES.len()], NOUNS[(n / 16 + i) % NOUNS.len()]);
             let candidate = if i < 256 { base } else { format!("{base}{i}") };
@@ -497,7 +451,7 @@ impl Daemon {
             hostconfig::apply(built.spec, &hc, &cx)?
         };
         let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| ApiError::internal(e.to_string()))?;
-        engine_image::store::write_atomic(&dir.join("config.json"), &spec_json)
+        engine_util::fs::write_atomic(&dir.join("config.json"), &spec_json)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         trace.finish(span, Ok::<(), String>(())).ok();
 
@@ -528,18 +482,12 @@ impl Daemon {
 
         let mut labels = built.labels.clone();
         labels.insert("engine.name".into(), name.to_string());
-        let tp = trace.traceparent(trace.current());
         let req = CreateContainerRequest {
             id: id.to_string(),
             bundle: dir.display().to_string(),
             labels: labels.into_iter().collect(),
         };
-        retry(|| {
-            let mut c = self.lc_containers();
-            let r = with_traceparent(Request::new(req.clone()), tp.as_deref());
-            async move { c.create(r).await }
-        })
-        .await?;
+        self.lifecycle.create_container(req).await?;
 
         let record = ContainerRecord {
             id: id.to_string(),
@@ -583,12 +531,7 @@ impl Daemon {
 
     /// Removes whatever a failed create made: lifecycled's container, the snapshot, the directory.
     async fn undo_create(&self, id: &str) {
-        let _ = retry(|| {
-            let mut c = self.lc_containers();
-            let r = ContainerId { id: id.to_string() };
-            async move { c.delete(r).await }
-        })
-        .await;
+        let _ = self.lifecycle.delete_container(ContainerId { id: id.to_string() }).await;
         let images = self.images.clone();
         let key = id.to_string();
         let _ = tokio::task::spawn_blocking(move || images.remove_snapshot(&key)).await;
@@ -621,7 +564,6 @@ impl Daemon {
     }
 
     async fn start_task(self: &Arc<Self>, trace: Option<&Trace>, e: &Arc<Entry>) -> Result<(), ApiError> {
-        let tp = trace.and_then(|t| t.traceparent(t.current()));
         let rec = e.snapshot();
         let id = rec.id.clone();
         // After a reboot the overlay is gone: mount it again before the runtime needs it.
@@ -634,7 +576,7 @@ impl Daemon {
         // A task left from an earlier run (exited, not yet deleted) goes first; a container
         // that never ran has none, and its first start skips the round trip.
         if rec.state.status != "created" {
-            let _ = self.tasks().delete(task_req.clone()).await;
+            let _ = self.lifecycle.delete_task(task_req.clone()).await;
         }
         crate::network::up(self, trace, e).await?;
         let create = CreateTaskRequest {
@@ -643,28 +585,18 @@ impl Daemon {
             stdin: rec.config.open_stdin,
             ..Default::default()
         };
-        let created = retry(|| {
-            let mut t = self.tasks();
-            let r = with_traceparent(Request::new(create.clone()), tp.as_deref());
-            async move { t.create(r).await }
-        })
-        .await;
+        let created = self.lifecycle.create_task(create).await;
         let pid = match created {
-            Ok(r) => r.into_inner().pid,
+            Ok(r) => r.pid,
             Err(s) => {
                 crate::network::down(self, e).await;
                 self.persist(e);
                 return Err(ApiError::internal(format!("failed to create task for container {id}: {}", s.message())));
             }
         };
-        let started = retry(|| {
-            let mut t = self.tasks();
-            let r = with_traceparent(Request::new(task_req.clone()), tp.as_deref());
-            async move { t.start(r).await }
-        })
-        .await;
+        let started = self.lifecycle.start_task(task_req.clone()).await;
         if let Err(s) = started {
-            let _ = self.tasks().delete(task_req.clone()).await;
+            let _ = self.lifecycle.delete_task(task_req.clone()).await;
             crate::network::down(self, e).await;
             let msg = format!("failed to start container {id}: {}", s.message());
             e.update(|r| {
@@ -701,7 +633,7 @@ impl Daemon {
             let id = e.snapshot().id;
             let req = TaskRequest { container_id: id.clone(), exec_id: String::new() };
             let exit = loop {
-                match d.tasks().wait(req.clone()).await {
+                match d.lifecycle.tasks().wait(req.clone()).await {
                     Ok(r) => break r.into_inner(),
                     Err(s) if s.code() == tonic::Code::NotFound => {
                         break ExitStatus {
@@ -714,12 +646,7 @@ impl Daemon {
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             };
-            let _ = retry(|| {
-                let mut t = d.tasks();
-                let r = req.clone();
-                async move { t.delete(r).await }
-            })
-            .await;
+            let _ = d.lifecycle.delete_task(req).await;
             d.record_exit(&e, exit).await;
         });
     }
@@ -823,12 +750,7 @@ impl Daemon {
             )));
         }
         let req = KillRequest { container_id: rec.id.clone(), exec_id: String::new(), signal, all: false };
-        retry(|| {
-            let mut t = self.tasks();
-            let r = req.clone();
-            async move { t.kill(r).await }
-        })
-        .await?;
+        self.lifecycle.kill(req).await?;
         self.event(&rec, "kill", &[("signal", signal.to_string())]);
         Ok(())
     }
@@ -902,12 +824,7 @@ impl Daemon {
                 signal: libc::SIGKILL as u32,
                 all: true,
             };
-            let _ = retry(|| {
-                let mut t = self.tasks();
-                let r = req.clone();
-                async move { t.kill(r).await }
-            })
-            .await;
+            let _ = self.lifecycle.kill(req).await;
             let exited = tokio::time::timeout(Duration::from_secs(5), async {
                 loop {
                     if !life.borrow_and_update().running || life.changed().await.is_err() {
@@ -987,14 +904,8 @@ impl Daemon {
     async fn remove_locked(self: &Arc<Self>, e: &Arc<Entry>) -> Result<(), ApiError> {
         let rec = e.snapshot();
         let id = rec.id.clone();
-        let _ = self.tasks().delete(TaskRequest { container_id: id.clone(), exec_id: String::new() }).await;
-        match retry(|| {
-            let mut c = self.lc_containers();
-            let r = ContainerId { id: id.clone() };
-            async move { c.delete(r).await }
-        })
-        .await
-        {
+        let _ = self.lifecycle.delete_task(task(&id)).await;
+        match self.lifecycle.delete_container(ContainerId { id: id.clone() }).await {
             Ok(_) => {}
             Err(s) if s.code() == tonic::Code::NotFound => {}
             Err(s) => return Err(ApiError::internal(format!("removing container {id}: {}", s.message()))),
@@ -1139,22 +1050,17 @@ impl Daemon {
 
     async fn reattach(self: Arc<Self>, e: Arc<Entry>) {
         let id = e.snapshot().id;
-        let state = retry(|| {
-            let mut t = self.tasks();
-            let r = TaskRequest { container_id: id.clone(), exec_id: String::new() };
-            async move { t.state(r).await }
-        })
-        .await;
+        let state = self.lifecycle.state(task(&id)).await;
         match state {
-            Ok(s) if matches!(s.get_ref().status.as_str(), "running" | "paused" | "created") => {
+            Ok(s) if matches!(s.status.as_str(), "running" | "paused" | "created") => {
                 log!(self.cfg, "info", "reattached to container {id}");
                 crate::network::ensure_proxies(&self, &e).await;
                 self.persist(&e);
                 self.spawn_monitor(e);
             }
             Ok(s) => {
-                let exit = s.into_inner().exit.unwrap_or_default();
-                let _ = self.tasks().delete(TaskRequest { container_id: id.clone(), exec_id: String::new() }).await;
+                let exit = s.exit.unwrap_or_default();
+                let _ = self.lifecycle.delete_task(task(&id)).await;
                 self.record_exit(&e, exit).await;
             }
             Err(_) => {

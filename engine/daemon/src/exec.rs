@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use engine_api::v1::tasks_client::TasksClient;
 use engine_api::v1::*;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
@@ -88,7 +87,7 @@ pub fn create(d: &Daemon, e: &Arc<Entry>, config: ExecConfig) -> Result<Resp, Ap
     if config.cmd.as_ref().is_none_or(|c| c.is_empty()) {
         return Err(ApiError::bad_request("No exec command specified"));
     }
-    let id = crate::daemon::random_id();
+    let id = crate::daemon::random_id()?;
     let inst = ExecInstance {
         id: id.clone(),
         container_id: rec.id,
@@ -193,11 +192,10 @@ pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Res
     config.tty = tty;
     let stdin = config.attach_stdin && !start.detach;
     let process_json = process_json(d, &e, &config)?;
-    let channel = engine_api::unix_channel(d.cfg.lifecycled_socket());
-    let mut tasks = TasksClient::new(channel.clone());
+    let lifecycle = d.lifecycle.clone();
     let exec_req =
         ExecRequest { container_id: inst.container_id.clone(), exec_id: id.to_string(), process_json, stdin };
-    let pid = tasks.exec(exec_req).await?.into_inner().pid;
+    let pid = lifecycle.exec(exec_req).await?.pid;
     d.execs.update(id, |i| {
         i.started = true;
         i.running = true;
@@ -209,14 +207,14 @@ pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Res
     let finish = {
         let d = d.clone();
         let id = id.to_string();
-        let mut tasks = tasks.clone();
+        let lifecycle = lifecycle.clone();
         let task_req = task_req.clone();
         async move {
-            let code = tasks
+            let code = lifecycle
                 .exec_wait(task_req)
                 .await
                 .ok()
-                .and_then(|o| o.into_inner().status)
+                .and_then(|o| o.status)
                 .map(|s| s.exit_status as i64)
                 .unwrap_or(126);
             d.execs.update(&id, |i| {
@@ -237,7 +235,7 @@ pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Res
         }
         Some(if tty { Bytes::from(c.data) } else { http::frame(if is_err { 2 } else { 1 }, &c.data) })
     };
-    let output = tasks.exec_io(task_req.clone()).await?.into_inner();
+    let output = lifecycle.exec_io(task_req.clone()).await?;
     let ct = if tty { "application/vnd.docker.raw-stream" } else { "application/vnd.docker.multiplexed-stream" };
     match upgrade {
         Some(upgrade) => {
@@ -264,7 +262,7 @@ pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Res
                     loop {
                         match tokio::io::AsyncReadExt::read(&mut rd, &mut buf).await {
                             Ok(0) | Err(_) => {
-                                let _ = tasks.close_io(task_req.clone()).await;
+                                let _ = lifecycle.close_io(task_req.clone()).await;
                                 return std::future::pending::<()>().await;
                             }
                             Ok(n) => {
@@ -273,7 +271,7 @@ pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Res
                                     data: buf[..n].to_vec(),
                                     exec_id: task_req.exec_id.clone(),
                                 };
-                                let _ = tasks.write(w).await;
+                                let _ = lifecycle.write(w).await;
                             }
                         }
                     }
@@ -319,6 +317,6 @@ pub async fn resize(d: &Arc<Daemon>, id: &str, h: i64, w: i64) -> Result<Resp, A
         height: h as u32,
         exec_id: id.to_string(),
     };
-    TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket())).resize_pty(req).await?;
+    d.lifecycle.resize_pty(req).await?;
     Ok(empty(StatusCode::OK))
 }

@@ -21,7 +21,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn created_unix(config: &engine_image::manifest::ImageConfig) -> i64 {
-    config.created.as_deref().map(crate::api_time::unix_of).unwrap_or(0)
+    config.created.as_deref().map(engine_util::time::unix_seconds_of).unwrap_or(0)
 }
 
 fn repo_tags(i: &engine_image::Image) -> Vec<String> {
@@ -105,7 +105,7 @@ pub fn history(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
         let size = if h.empty_layer { 0 } else { layers.next().map(|l| l.unpacked_size).unwrap_or(0) };
         out.push(json!({
             "Id": if k + 1 == n { i.id().to_string() } else { "<missing>".into() },
-            "Created": h.created.as_deref().map(crate::api_time::unix_of).unwrap_or(0),
+            "Created": h.created.as_deref().map(engine_util::time::unix_seconds_of).unwrap_or(0),
             "CreatedBy": h.created_by.clone().unwrap_or_default(),
             "Tags": if k + 1 == n { json!(repo_tags(&i)) } else { json!(null) },
             "Size": size,

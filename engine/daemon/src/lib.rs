@@ -15,6 +15,7 @@ pub mod hostconfig;
 pub mod http;
 pub mod images;
 pub mod kernel;
+pub mod lifecycle;
 pub mod metrics;
 pub mod network;
 pub mod supervisor;
@@ -24,10 +25,6 @@ pub mod tracestore;
 pub mod types;
 pub mod volumes;
 
-/// Time helpers shared by the API handlers.
-pub mod api_time {
-    pub use crate::api::unix_of;
-}
 
 use std::sync::Arc;
 

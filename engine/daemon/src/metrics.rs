@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use engine_api::v1::{tasks_client::TasksClient, TaskRequest};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::StatusCode;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -230,11 +229,11 @@ pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
     let running: Vec<_> = all.iter().filter(|r| r.state.running).cloned().collect();
     let mut asks = Vec::new();
     for r in running {
-        let mut client = TasksClient::new(engine_api::unix_channel(d.cfg.lifecycled_socket()));
+        let lifecycle = d.lifecycle.clone();
         asks.push(async move {
             let stats = tokio::time::timeout(
                 std::time::Duration::from_secs(2),
-                client.stats(TaskRequest { container_id: r.id.clone(), exec_id: String::new() }),
+                lifecycle.stats(crate::lifecycle::task(&r.id)),
             )
             .await;
             (r, stats)
@@ -242,7 +241,7 @@ pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
     }
     for (r, stats) in futures_util::future::join_all(asks).await {
         let Ok(Ok(s)) = stats else { continue };
-        let v: serde_json::Value = serde_json::from_str(&s.into_inner().stats_json).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&s.stats_json).unwrap_or_default();
         let data = &v["data"];
         let lb = l(&[("container_id", &r.id), ("container_name", &r.name)]);
         cpu.get_or_create(&lb).inc_by(data["cpu"]["usage"]["total"].as_u64().unwrap_or(0) as f64 / 1e9);

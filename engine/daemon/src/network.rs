@@ -710,7 +710,7 @@ pub async fn create(d: &Arc<Daemon>, body: CreateBody) -> Result<Resp, ApiError>
     if req.gateway.is_some() && req.subnet.is_none() {
         return Err(ApiError::bad_request("a gateway needs a subnet"));
     }
-    let rec = d.networks.create(req, crate::daemon::now_string()).await?;
+    let rec = d.networks.create(req, engine_util::time::now_rfc3339_nanos()).await?;
     network_event(d, "create", &rec, None);
     Ok(http::json(StatusCode::CREATED, &json!({ "Id": rec.id, "Warning": "" })))
 }

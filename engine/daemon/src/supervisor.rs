@@ -28,12 +28,9 @@ pub struct Supervisor {
     stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// The pid file is replaced whole (write and rename), so a reader never sees it empty.
+/// The pid file is replaced whole, so a reader never sees it empty.
 fn write_pid(path: &std::path::Path, pid: u32) {
-    let tmp = path.with_extension("pid.tmp");
-    if std::fs::write(&tmp, pid.to_string()).is_ok() {
-        let _ = std::fs::rename(&tmp, path);
-    }
+    let _ = engine_util::fs::write_atomic(path, pid.to_string().as_bytes());
 }
 
 fn spawn(cfg: &Config) -> anyhow::Result<Child> {

@@ -70,3 +70,35 @@ impl Trace {
         rec.flush();
     }
 }
+
+tokio::task_local! {
+    /// The trace of the operation the current task serves (set around each API request).
+    static CURRENT: std::sync::Arc<Trace>;
+}
+
+impl Trace {
+    /// Runs `f` as part of this trace's operation: calls to lifecycled made inside it carry the
+    /// context of the span current at each call ([`current_traceparent`]).
+    pub async fn scope<F: std::future::Future>(self: &std::sync::Arc<Self>, f: F) -> F::Output {
+        CURRENT.scope(self.clone(), f).await
+    }
+}
+
+/// The `traceparent` for work done now on behalf of the current task's operation: the current
+/// span of its trace, or `None` outside of any operation (background work).
+pub fn current_traceparent() -> Option<String> {
+    CURRENT.try_with(|t| t.traceparent(t.current())).ok().flatten()
+}
+
+/// Spawns `f` as part of the current task's operation (if any), so its lifecycled calls stay in
+/// that operation's trace.
+pub fn spawn_in_operation<F>(f: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match CURRENT.try_with(|t| t.clone()) {
+        Ok(t) => tokio::spawn(CURRENT.scope(t, f)),
+        Err(_) => tokio::spawn(f),
+    }
+}

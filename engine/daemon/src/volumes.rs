@@ -55,13 +55,13 @@ pub fn ensure(d: &Daemon, name: &str, labels: BTreeMap<String, String>) -> Resul
         name: name.to_string(),
         driver: "local".into(),
         mountpoint: data,
-        created_at: engine_image::manifest::rfc3339(std::time::SystemTime::now()),
+        created_at: engine_util::time::now_rfc3339_nanos(),
         labels,
         scope: "local".into(),
         options: BTreeMap::new(),
     };
     let bytes = serde_json::to_vec_pretty(&v).map_err(|e| ApiError::internal(e.to_string()))?;
-    engine_image::store::write_atomic(&meta_path(d, name), &bytes).map_err(|e| ApiError::internal(e.to_string()))?;
+    engine_util::fs::write_atomic(&meta_path(d, name), &bytes).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(v)
 }
 
@@ -96,7 +96,7 @@ pub fn create(d: &Daemon, body: CreateBody) -> Result<Resp, ApiError> {
     if !body.driver_opts.is_empty() {
         return Err(ApiError::bad_request("volume driver options are not supported by the local driver here"));
     }
-    let name = if body.name.is_empty() { crate::daemon::random_id() } else { body.name };
+    let name = if body.name.is_empty() { crate::daemon::random_id()? } else { body.name };
     let v = ensure(d, &name, body.labels)?;
     Ok(json(StatusCode::CREATED, &v))
 }

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::archive;
 use crate::compression;
 use crate::digest::{Digest, DigestReader, DigestWriter};
-use crate::manifest::{self, ContainerConfig, Descriptor, History, ImageConfig, RootFs};
+use crate::manifest::{ContainerConfig, Descriptor, History, ImageConfig, RootFs};
 use crate::progress::{CountingReader, Progress, ProgressEvent};
 use crate::reference::{Reference, ReferenceError};
 use crate::tarstream::TarError;
@@ -535,7 +535,7 @@ impl ImageStore {
             DigestReader::new(tar).finish().map_err(io_at(&blob_path))?.0
         };
         let (diff_id, unpacked_size) = self.unpack_blob(&blob, Some(&diff_id), &staging.0, progress)?;
-        let now = manifest::rfc3339(SystemTime::now());
+        let now = engine_util::time::rfc3339_seconds(SystemTime::now());
         let config = ImageConfig {
             created: Some(now.clone()),
             architecture: "amd64".into(),
@@ -701,7 +701,7 @@ impl ImageStore {
         }
         let _lock = self.locked()?;
         let mut index = self.read_index()?;
-        let now = manifest::rfc3339(SystemTime::now());
+        let now = engine_util::time::rfc3339_seconds(SystemTime::now());
         // A layer this load found in the store may have been collected since (an rmi in
         // between); refuse rather than record an image without its layer.
         for image in &planned {
@@ -786,17 +786,8 @@ pub fn short_id(d: &Digest) -> String {
 }
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_at(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_at(path))?;
-    sync_dir(dir)
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    engine_util::fs::write_atomic(path, bytes).map_err(io_at(path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ImageError> {

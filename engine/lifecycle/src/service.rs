@@ -78,6 +78,22 @@ impl Lifecycle {
 #[derive(Clone)]
 pub struct Svc(pub Arc<Lifecycle>);
 
+/// The absolute path of the OCI bundle `dir` if its `config.json` is a runtime spec (typed, so an
+/// unknown namespace or a malformed field is refused) whose root filesystem is a directory.
+fn check_bundle(dir: &Path) -> Result<std::path::PathBuf, String> {
+    let dir = std::path::absolute(dir).map_err(|e| format!("bundle {}: {e}", dir.display()))?;
+    let path = dir.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let spec: oci_spec::runtime::Spec =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: invalid runtime spec: {e}", path.display()))?;
+    let root = spec.root().as_ref().ok_or_else(|| format!("{}: root is missing", path.display()))?;
+    let rootfs = if root.path().is_absolute() { root.path().clone() } else { dir.join(root.path()) };
+    if !rootfs.is_dir() {
+        return Err(format!("root filesystem {} is not a directory", rootfs.display()));
+    }
+    Ok(dir)
+}
+
 #[tonic::async_trait]
 impl Containers for Svc {
     async fn create(&self, request: Request<CreateContainerRequest>) -> Result<Response<Container>, Status> {
@@ -85,13 +101,13 @@ impl Containers for Svc {
         let req = request.get_ref().clone();
         let c = l
             .traced(&request, "lifecycle.Containers/Create", &req.id, |_| async {
-                engine_runtime::state::check_id(&req.id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-                // the bundle must be one the runtime accepts: refuse it here, with nothing made
-                let bundle = engine_runtime::spec::load_for_later(Path::new(&req.bundle))
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                engine_api::task::check_id(&req.id).map_err(Status::invalid_argument)?;
+                // a bundle that is no OCI bundle is refused here, with nothing made; the runtime
+                // checks the rest when the task is created
+                let bundle = check_bundle(Path::new(&req.bundle)).map_err(Status::invalid_argument)?;
                 let c = Container {
                     id: req.id.clone(),
-                    bundle: bundle.dir.display().to_string(),
+                    bundle: bundle.display().to_string(),
                     labels: req.labels.clone(),
                     created_unix_nanos: engine_telemetry::recorder::now_unix_nanos() as i64,
                 };
@@ -343,21 +359,21 @@ impl Tasks for Svc {
         let task = l.tasks.get(&req.container_id).ok();
         // A deleted task's log is moved (renamed, so offsets stay valid) to the data dir; a
         // read that races the move finds it there.
-        let kept = l.store.data_dir(&req.container_id).join(engine_shim::service::LOG_FILE);
+        let kept = l.store.data_dir(&req.container_id).join(engine_api::task::LOG_FILE);
         let mut path = match &task {
-            Some(t) => t.dir.join(engine_shim::service::LOG_FILE),
+            Some(t) => t.dir.join(engine_api::task::LOG_FILE),
             None => kept.clone(),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
-            let (mut entries, mut offset) = engine_shim::log::read_all_to_offset(&path, 100);
+            let (mut entries, mut offset) = engine_api::task::log::read_all_to_offset(&path, 100);
             if !path.exists() && path != kept {
                 path = kept.clone();
-                (entries, offset) = engine_shim::log::read_all_to_offset(&path, 100);
+                (entries, offset) = engine_api::task::log::read_all_to_offset(&path, 100);
             }
             let skip = if req.tail > 0 { entries.len().saturating_sub(req.tail as usize) } else { 0 };
-            for (stream, line, t) in entries.into_iter().skip(skip) {
-                if tx.send(Ok(LogEntry { stream, line, time_unix_nanos: t })).await.is_err() {
+            for e in entries.into_iter().skip(skip) {
+                if tx.send(Ok(LogEntry { stream: e.stream, line: e.line, time_unix_nanos: e.unix_nanos })).await.is_err() {
                     return;
                 }
             }
@@ -376,8 +392,9 @@ impl Tasks for Svc {
                     let new = &text[offset as usize..];
                     if let Some(end) = new.iter().rposition(|&b| b == b'\n') {
                         for line in String::from_utf8_lossy(&new[..=end]).lines() {
-                            if let Some((stream, bytes, t)) = engine_shim::log::parse_line(line) {
-                                if tx.send(Ok(LogEntry { stream, line: bytes, time_unix_nanos: t })).await.is_err() {
+                            if let Some(e) = engine_api::task::log::parse_line(line) {
+                                let entry = LogEntry { stream: e.stream, line: e.line, time_unix_nanos: e.unix_nanos };
+                                if tx.send(Ok(entry)).await.is_err() {
                                     return;
                                 }
                             }

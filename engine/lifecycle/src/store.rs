@@ -2,7 +2,6 @@
 //! atomically (temp file, fsync, rename), so a crash leaves either the old or the new record.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use engine_api::v1::Container;
@@ -45,13 +44,10 @@ impl ContainerStore {
 
     fn write(&self, c: &Container) -> Result<(), StoreError> {
         let path = self.record(&c.id);
-        let tmp = path.with_extension("tmp");
         let body = serde_json::json!({
             "id": c.id, "bundle": c.bundle, "labels": c.labels, "created_unix_nanos": c.created_unix_nanos,
         });
-        let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(body.to_string().as_bytes()).and_then(|_| f.sync_all()).map_err(io("write", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("rename", &path))
+        engine_util::fs::write_atomic(&path, body.to_string().as_bytes()).map_err(io("write", &path))
     }
 
     pub fn create(&self, c: &Container) -> Result<(), StoreError> {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use engine_api::task::{self, ExitRecord};
 use engine_api::v1::shim_client::ShimClient;
 use engine_api::v1::*;
 use tokio::io::AsyncBufReadExt;
@@ -62,14 +63,7 @@ pub fn shim_alive(pid: i32) -> bool {
 }
 
 fn read_exit(dir: &Path) -> Option<ExitStatus> {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(engine_shim::service::EXIT_FILE)).ok()?).ok()?;
-    Some(ExitStatus {
-        exit_status: v["exit_status"].as_u64()? as u32,
-        exited_unix_nanos: v["exited_unix_nanos"].as_i64().unwrap_or_default(),
-        reason: v["reason"].as_str().unwrap_or_default().to_string(),
-        pid: v["pid"].as_u64().unwrap_or_default() as u32,
-    })
+    ExitRecord::read(dir).map(ExitStatus::from)
 }
 
 fn event(topic: &str, id: &str) -> Event {
@@ -138,7 +132,7 @@ impl TaskManager {
         traceparent: Option<&str>,
     ) -> Result<u32, Status> {
         let shim_log =
-            std::fs::File::create(dir.join("shim.log")).map_err(|e| Status::internal(format!("shim log: {e}")))?;
+            std::fs::File::create(dir.join(task::SHIM_LOG_FILE)).map_err(|e| Status::internal(format!("shim log: {e}")))?;
         let mut cmd = tokio::process::Command::new(&self.cfg.shim);
         cmd.arg("--id").arg(id).arg("--bundle").arg(bundle).arg("--state-dir").arg(dir);
         cmd.arg("--runtime").arg(&self.cfg.runtime).arg("--runtime-root").arg(self.runtime_root());
@@ -163,7 +157,7 @@ impl TaskManager {
         let ready =
             tokio::time::timeout(Duration::from_secs(10), tokio::io::BufReader::new(stdout).read_line(&mut line)).await;
         if !matches!(ready, Ok(Ok(_))) || line.trim() != "ready" {
-            let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(dir.join(task::SHIM_LOG_FILE)).unwrap_or_default();
             // The reason, not a backtrace's last frame: a panic's message, or the last line.
             let reason = if let Some(e) = log.lines().find(|l| l.starts_with("Error: ")) {
                 e.trim_start_matches("Error: ").to_string()
@@ -174,7 +168,7 @@ impl TaskManager {
             };
             return Err(Status::internal(format!("engine-shim did not start: {reason}")));
         }
-        let client = ShimClient::new(engine_api::unix_channel(engine_shim::service::socket_path(dir)));
+        let client = ShimClient::new(engine_api::unix_channel(task::socket_path(dir)));
         let (exit, _) = watch::channel(None);
         let handle = Arc::new(TaskHandle {
             id: id.to_string(),
@@ -215,7 +209,17 @@ impl TaskManager {
     /// whose shim is gone and removes its cgroup and state (idempotent).
     async fn force_delete(&self, id: &str) {
         let (runtime, root, id) = (self.cfg.runtime.clone(), self.runtime_root(), id.to_string());
-        let _ = tokio::task::spawn_blocking(move || engine_shim::runtime::force_delete(&runtime, &root, &id)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(&runtime)
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", &id])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+        })
+        .await;
     }
 
     /// Watches a task until it exits, then publishes the exit (once).
@@ -253,15 +257,14 @@ impl TaskManager {
         if let Some(st) = read_exit(&h.dir) {
             return st;
         }
-        let _ = std::fs::remove_file(engine_shim::service::socket_path(&h.dir));
+        let _ = std::fs::remove_file(task::socket_path(&h.dir));
         let st = ExitStatus {
             exit_status: 128 + libc::SIGKILL as u32,
             exited_unix_nanos: engine_telemetry::recorder::now_unix_nanos() as i64,
             reason: "shim died; the container was killed".into(),
             pid: h.pid.load(Ordering::SeqCst),
         };
-        let record = serde_json::json!({"exit_status": st.exit_status, "exited_unix_nanos": st.exited_unix_nanos, "reason": st.reason, "pid": st.pid});
-        let _ = std::fs::write(h.dir.join(engine_shim::service::EXIT_FILE), record.to_string());
+        let _ = ExitRecord::from(&st).write(&h.dir);
         st
     }
 
@@ -295,7 +298,7 @@ impl TaskManager {
         let _ = std::fs::create_dir_all(keep_log_in);
         for entry in std::fs::read_dir(&h.dir).into_iter().flatten().flatten() {
             let name = entry.file_name();
-            if name.to_string_lossy().starts_with(engine_shim::service::LOG_FILE) {
+            if name.to_string_lossy().starts_with(task::LOG_FILE) {
                 let _ = std::fs::rename(entry.path(), keep_log_in.join(&name));
             }
         }
@@ -317,7 +320,7 @@ impl TaskManager {
             let Some(id) = entry.file_name().to_str().map(str::to_string) else { continue };
             let shim_pid: i32 =
                 std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-            let client = ShimClient::new(engine_api::unix_channel(engine_shim::service::socket_path(&dir)));
+            let client = ShimClient::new(engine_api::unix_channel(task::socket_path(&dir)));
             let pid = if shim_alive(shim_pid) {
                 client
                     .clone()

@@ -147,14 +147,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NetworkError + '_ {
     move |source| NetworkError::Io { path: path.to_path_buf(), source }
 }
 
-fn random_id() -> String {
-    let mut b = [0u8; 32];
-    if File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_err() {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        b[..16].copy_from_slice(&t.to_le_bytes());
-        b[16..20].copy_from_slice(&std::process::id().to_le_bytes());
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// A new network or endpoint id.
+fn random_id() -> Result<String> {
+    engine_util::id::new_id().map_err(|source| NetworkError::Io { path: "getrandom".into(), source })
 }
 
 /// A valid network name: Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
@@ -197,7 +192,7 @@ impl Networks {
         for (name, driver) in [("host", "host"), ("none", "null")] {
             if n.by_name(name).is_none() {
                 let rec = NetworkRecord {
-                    id: random_id(),
+                    id: random_id()?,
                     name: name.into(),
                     driver: driver.into(),
                     created: now.clone(),
@@ -233,8 +228,9 @@ impl Networks {
 
     async fn ensure_default(&self, now: String) -> Result<()> {
         let existing = self.by_name(DEFAULT);
+        let new_id = random_id()?;
         let mut rec = existing.clone().unwrap_or_else(|| NetworkRecord {
-            id: random_id(),
+            id: new_id,
             name: DEFAULT.into(),
             driver: "bridge".into(),
             created: now,
@@ -307,10 +303,8 @@ impl Networks {
 
     fn write(&self, rec: &NetworkRecord) -> Result<()> {
         let path = self.cfg.dir.join(format!("{}.json", rec.id));
-        let tmp = self.cfg.dir.join(format!(".{}.json.tmp", rec.id));
         let bytes = serde_json::to_vec_pretty(rec).map_err(|e| NetworkError::Invalid(e.to_string()))?;
-        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))
+        engine_util::fs::write_atomic(&path, &bytes).map_err(io(&path))
     }
 
     pub fn list(&self) -> Vec<NetworkRecord> {
@@ -416,7 +410,7 @@ impl Networks {
                 return Err(NetworkError::Invalid(format!("ip-range {r} is not inside subnet {subnet}")));
             }
         }
-        let id = random_id();
+        let id = random_id()?;
         let bridge =
             req.options.get("com.docker.network.bridge.name").cloned().unwrap_or_else(|| format!("br-{}", &id[..12]));
         // a name the kernel, iptables and nft all take literally (no %d template, no + or * wildcard, no quote)
@@ -551,7 +545,7 @@ impl Networks {
             let r = map.get_mut(&rec.id).ok_or_else(|| NetworkError::NotFound(network.to_string()))?;
             let ip = r.allocations.allocate(subnet, r.ip_range, gateway, container, requested_ip)?;
             let ep = Endpoint {
-                id: random_id(),
+                id: random_id()?,
                 container: container.to_string(),
                 container_name: container_name.to_string(),
                 aliases: aliases.to_vec(),

@@ -1,0 +1,64 @@
+//! Byte sizes as Docker's and runc's command lines take them (`64m`, `1g`, `512k`, `1024`):
+//! binary multiples (`k` is 1024), an optional `b`, case-insensitive.
+
+/// A size that is not a number of bytes with an optional `b`, `k`, `m`, `g` or `t`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidSize(pub String);
+
+impl std::fmt::Display for InvalidSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid size: {:?}: want bytes or a number with b, k, m, g or t", self.0)
+    }
+}
+
+impl std::error::Error for InvalidSize {}
+
+/// Parses `s` into bytes. Fractions are allowed (`1.5g`); negative sizes are refused.
+pub fn parse_bytes(s: &str) -> Result<i64, InvalidSize> {
+    let bad = || InvalidSize(s.to_string());
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| bad())?;
+    if !n.is_finite() || n < 0.0 || n * mult as f64 > i64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok((n * mult as f64) as i64)
+}
+
+/// [`parse_bytes`], with `-1` meaning "no limit" (returned as -1), as `--memory-swap` and
+/// runc's `update` take it.
+pub fn parse_limit(s: &str) -> Result<i64, InvalidSize> {
+    if s.trim() == "-1" {
+        return Ok(-1);
+    }
+    parse_bytes(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("64m"), Ok(64 << 20));
+        assert_eq!(parse_bytes("64MB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_bytes("512k"), Ok(512 << 10));
+        assert_eq!(parse_bytes("2t"), Ok(2 << 40));
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("12x").is_err());
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("nan").is_err());
+        assert_eq!(parse_limit("-1"), Ok(-1));
+        assert_eq!(parse_limit("1k"), Ok(1024));
+        assert!(parse_limit("-2").is_err());
+    }
+}

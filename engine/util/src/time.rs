@@ -1,0 +1,100 @@
+//! RFC 3339 times in UTC, as Docker's API, json-file logs and image configs write them.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `2023-11-14T22:13:20.000000123Z`: nanoseconds, as Docker prints container times.
+pub fn rfc3339_nanos(t: SystemTime) -> String {
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+/// `2023-11-14T22:13:20Z`: whole seconds, as image configurations record `created`.
+pub fn rfc3339_seconds(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// [`rfc3339_nanos`] of a time given in nanoseconds since the Unix epoch.
+pub fn rfc3339_from_unix_nanos(unix_nanos: i64) -> String {
+    rfc3339_nanos(from_unix_nanos(unix_nanos))
+}
+
+/// The current time, [`rfc3339_nanos`].
+pub fn now_rfc3339_nanos() -> String {
+    rfc3339_nanos(SystemTime::now())
+}
+
+/// Parses an RFC 3339 time, with or without a fraction of up to nine digits, in UTC (`Z`) or
+/// with an offset (`+01:00`), as image configurations of other tools write it.
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let (local, offset_secs) = if let Some(l) = s.strip_suffix('Z').or_else(|| s.strip_suffix('z')) {
+        (l, 0i64)
+    } else {
+        // an offset is the last 6 characters: +hh:mm or -hh:mm
+        let at = s.len().checked_sub(6)?;
+        let (l, off) = (s.get(..at)?, s.get(at..)?);
+        let sign = match off.as_bytes().first()? {
+            b'+' => 1,
+            b'-' => -1,
+            _ => return None,
+        };
+        let (h, m) = off[1..].split_once(':')?;
+        (l, sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60))
+    };
+    let t = humantime::parse_rfc3339_weak(local).ok()?;
+    if offset_secs >= 0 {
+        t.checked_sub(Duration::from_secs(offset_secs as u64))
+    } else {
+        t.checked_add(Duration::from_secs((-offset_secs) as u64))
+    }
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 time; 0 for one that does not parse (Docker's
+/// API gives 0 for an unknown `Created`).
+pub fn unix_seconds_of(s: &str) -> i64 {
+    parse_rfc3339(s).map(unix_seconds).unwrap_or(0)
+}
+
+/// Nanoseconds since the Unix epoch of an RFC 3339 time.
+pub fn parse_rfc3339_unix_nanos(s: &str) -> Option<i64> {
+    parse_rfc3339(s).map(unix_nanos)
+}
+
+/// Seconds since the Unix epoch of `t` (negative before it).
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+/// Nanoseconds since the Unix epoch of `t` (0 before it).
+pub fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// The time `unix_nanos` nanoseconds after the Unix epoch.
+pub fn from_unix_nanos(unix_nanos: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(unix_nanos.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_and_parses_back() {
+        for t in [0i64, 1_700_000_000_123_456_789, 951_782_400_000_000_001] {
+            assert_eq!(parse_rfc3339_unix_nanos(&rfc3339_from_unix_nanos(t)), Some(t));
+        }
+        assert_eq!(rfc3339_from_unix_nanos(1_700_000_000_000_000_000), "2023-11-14T22:13:20.000000000Z");
+        assert_eq!(rfc3339_seconds(from_unix_nanos(1_700_000_000_999_000_000)), "2023-11-14T22:13:20Z");
+        assert_eq!(parse_rfc3339_unix_nanos("2023-11-14T22:13:20Z"), Some(1_700_000_000_000_000_000));
+        assert_eq!(parse_rfc3339_unix_nanos("2023-11-14T22:13:20.5Z"), Some(1_700_000_000_500_000_000));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(unix_seconds_of("2023-11-14T23:13:20.5+01:00"), 1_700_000_000);
+        assert_eq!(unix_seconds_of("2023-11-14T21:13:20-01:00"), 1_700_000_000);
+        assert_eq!(unix_seconds_of("0001-01-01T00:00:00Z"), 0);
+        assert_eq!(unix_seconds_of(""), 0);
+        assert_eq!(unix_seconds(from_unix_nanos(1_700_000_000_999_000_000)), 1_700_000_000);
+    }
+}
