@@ -8,10 +8,15 @@ RELEASE := target/$(TARGET)/release
 RUNS ?= 50
 CI_BENCH_RUNS ?= 10
 
-.PHONY: setup build release test fuzz demo bench bench-runtime bench-shim bench-image bench-probes bench-net ci-bench clean
+.PHONY: setup lint build release test fuzz demo bench bench-runtime bench-shim bench-image bench-probes bench-net ci-bench clean
 
 setup:
 	@scripts/setup
+
+# The tree's habits, checked in CI before the tests: rustfmt.toml's format, clippy with -D warnings.
+lint: setup
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 build: setup
 	cargo build --workspace --locked

@@ -27,7 +27,8 @@ impl Logger {
         let Some(path) = &self.file else { return };
         let line = match self.format {
             LogFormat::Json => {
-                serde_json::json!({"level": level, "msg": msg, "time": engine_util::time::now_rfc3339_nanos()}).to_string()
+                serde_json::json!({"level": level, "msg": msg, "time": engine_util::time::now_rfc3339_nanos()})
+                    .to_string()
             }
             LogFormat::Text => format!("time=\"{}\" level={level} msg={msg:?}", engine_util::time::now_rfc3339_nanos()),
         };

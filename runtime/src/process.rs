@@ -18,8 +18,13 @@ pub enum ProcessError {
     UnknownCapability(String),
     #[error("unknown rlimit {0}")]
     UnknownRlimit(String),
-    #[error("executable file {0:?} not found in $PATH")]
+    /// In runc's words (Go's LookPath): the Docker CLI reads its exit code 127 from them.
+    #[error("exec: {0:?}: executable file not found in $PATH")]
     NotFound(String),
+    /// A program named by path that is missing or cannot be run, in runc's words (lower case:
+    /// the Docker CLI reads 127 or 126 from "no such file or directory" / "permission denied").
+    #[error("exec: {0:?}: {1}")]
+    NotRunnable(String, &'static str),
     #[error("cwd {0}: {1}")]
     Cwd(PathBuf, nix::Error),
     #[error("{0}")]
@@ -265,7 +270,17 @@ pub fn prepare_exec(p: &Process) -> Result<Exec> {
     }
     let prog = args.first().cloned().unwrap_or_default();
     let path = if prog.contains('/') {
-        PathBuf::from(&prog)
+        // refused here, before the start, as runc does
+        match std::fs::metadata(&prog) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ProcessError::NotRunnable(prog, "no such file or directory"));
+            }
+            Ok(m) if m.is_dir() => return Err(ProcessError::NotRunnable(prog, "is a directory")),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+                return Err(ProcessError::NotRunnable(prog, "permission denied"));
+            }
+            _ => PathBuf::from(&prog),
+        }
     } else {
         let search = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
         search
@@ -393,4 +408,31 @@ pub fn set_personality(p: &oci_spec::runtime::LinuxPersonality) -> Result<()> {
     // SAFETY: personality takes an integer.
     let r = unsafe { libc::personality(domain) };
     errno_result(r, "personality")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(args: &[&str]) -> Process {
+        let mut p = Process::default();
+        p.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
+        p.set_env(Some(vec!["PATH=/usr/bin:/bin".into()]));
+        p
+    }
+
+    /// The reasons a program cannot run are worded as runc's, so the Docker CLI exits 127/126.
+    #[test]
+    fn programs_that_cannot_run_are_refused_in_runcs_words() {
+        let err = |args: &[&str]| prepare_exec(&process(args)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            err(&["no-such-program-here"]),
+            "exec: \"no-such-program-here\": executable file not found in $PATH"
+        );
+        assert_eq!(err(&["/no/such/program"]), "exec: \"/no/such/program\": no such file or directory");
+        assert_eq!(err(&["/etc/passwd"]), "exec: \"/etc/passwd\": permission denied");
+        assert_eq!(err(&["/"]), "exec: \"/\": is a directory");
+        assert!(prepare_exec(&process(&["sh", "-c", "true"])).is_ok());
+        assert!(prepare_exec(&process(&["/bin/sh"])).is_ok());
+    }
 }

@@ -103,7 +103,7 @@ pub(crate) fn run(args: SetupArgs<'_>, sync: SyncSocket, rec: &mut Recorder, par
             {
                 let state = crate::hooks::state_json(
                     args.spec,
-                    &args.id,
+                    args.id,
                     crate::state::Status::Created,
                     args.host_pid.get(),
                     args.bundle,
@@ -118,7 +118,8 @@ pub(crate) fn run(args: SetupArgs<'_>, sync: SyncSocket, rec: &mut Recorder, par
             }
             let err = process::exec(&exec);
             eprintln!("engine-runtime: exec {:?}: {err}", exec.path);
-            exit(127);
+            // as a shell (and engine-init): 127 for a program that is not there, 126 otherwise
+            exit(if err == nix::Error::ENOENT { 127 } else { 126 });
         }
         Err(e) => {
             rec.fail(span, &e);
@@ -313,7 +314,7 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
             }
         }
         if let Some(list) = hooks.create_container().as_ref().filter(|h| !h.is_empty()) {
-            let state = crate::hooks::state_json(spec, &a.id, crate::state::Status::Creating, host_pid, a.bundle);
+            let state = crate::hooks::state_json(spec, a.id, crate::state::Status::Creating, host_pid, a.bundle);
             step(rec, "runtime.hooks.createContainer", span, || {
                 crate::hooks::run_all("createContainer", list, &state)
             })?;

@@ -239,6 +239,10 @@ pub fn write_pid_file(path: &Path, pid: i32) -> std::io::Result<()> {
     fs::rename(&tmp, &path)
 }
 
+fn yes() -> bool {
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,8 +266,4 @@ mod tests {
         assert_eq!(t.len(), 30, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z'));
     }
-}
-
-fn yes() -> bool {
-    true
 }

@@ -10,11 +10,11 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use engine_api::v1::shim_server::{Shim, ShimServer};
 use engine_api::task::{self, ExitRecord};
+use engine_api::v1::shim_server::{Shim, ShimServer};
 use engine_api::v1::*;
-use engine_util::fs::write_atomic;
 use engine_telemetry::{Recorder, SpanHandle};
+use engine_util::fs::write_atomic;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, watch};
 use tonic::{Request, Response, Status};
@@ -43,7 +43,6 @@ pub struct Config {
     #[arg(long)]
     pub runtime_root: PathBuf,
 }
-
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -93,9 +92,7 @@ async fn receive_console(listener: tokio::net::UnixListener) -> std::io::Result<
     let (conn, _) = listener.accept().await?;
     loop {
         conn.readable().await?;
-        let got = conn.try_io(tokio::io::Interest::READABLE, || {
-            engine_api::task::receive_fd(conn.as_fd())
-        });
+        let got = conn.try_io(tokio::io::Interest::READABLE, || engine_api::task::receive_fd(conn.as_fd()));
         match got {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             other => return other,
@@ -225,7 +222,7 @@ impl ShimService {
         rec.set_attr(h, "process.pid", std::process::id());
         let tp = rec.context(h).map(|c| c.traceparent());
         let r = f(tp, h).await;
-        let r = rec.finish(h, r.map_err(|s| TracedStatus(s))).map_err(|t| t.0);
+        let r = rec.finish(h, r.map_err(TracedStatus)).map_err(|t| t.0);
         rec.flush();
         r
     }

@@ -232,8 +232,14 @@ mod tests {
         let (a, b) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).unwrap();
         let (r, w) = nix::unistd::pipe().unwrap();
         let fds = [w.as_raw_fd()];
-        sendmsg::<()>(a.as_raw_fd(), &[std::io::IoSlice::new(b"pty")], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
-            .unwrap();
+        sendmsg::<()>(
+            a.as_raw_fd(),
+            &[std::io::IoSlice::new(b"pty")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
         drop(w);
         let got = receive_fd(b.as_fd()).unwrap();
         std::fs::File::from(got).write_all(b"through").unwrap();

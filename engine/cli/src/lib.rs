@@ -193,7 +193,7 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::Version => version(c).await,
         Command::Info => info(c).await,
         Command::Trace(a) => trace::run(c, a).await,
-        Command::Bench(a) => bench::run(c, &c.host().to_string(), a).await,
+        Command::Bench(a) => bench::run(c, c.host(), a).await,
         Command::Completion { .. } => unreachable!("handled before the runtime starts"),
     }
 }

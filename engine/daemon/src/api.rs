@@ -14,11 +14,11 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::daemon::{parse_signal, Daemon, Entry};
-use crate::lifecycle::task;
-use engine_util::time::{rfc3339_nanos, unix_seconds_of as unix_of};
 use crate::http::{self, empty, json, ApiError, Query, Resp};
+use crate::lifecycle::task;
 use crate::trace::Trace;
 use crate::types::ContainerConfig;
+use engine_util::time::{rfc3339_nanos, unix_seconds_of as unix_of};
 
 pub const API_VERSION: &str = "1.43";
 pub const MIN_API_VERSION: &str = "1.41";
@@ -790,17 +790,19 @@ async fn attach(d: &Arc<Daemon>, e: Arc<Entry>, q: &Query, mut req: Request<Inco
             let e = e.clone();
             let id = id.clone();
             async move {
-                // Until it runs (or has run and exited since the attach).
+                // Until it runs (or has run and exited since the attach); a container removed
+                // first (an auto-remove one whose start failed) ends the stream.
                 let mut life = e.life.subscribe();
                 loop {
-                    let go = {
+                    let (go, gone) = {
                         let l = life.borrow_and_update();
-                        l.running || l.exits > exits_at_attach
+                        (l.running || l.exits > exits_at_attach, l.removed)
                     };
                     if go {
                         break;
                     }
-                    if life.changed().await.is_err() {
+                    if gone || life.changed().await.is_err() {
+                        let _ = wr.shutdown().await;
                         return;
                     }
                 }
@@ -830,6 +832,13 @@ async fn attach(d: &Arc<Daemon>, e: Arc<Entry>, q: &Query, mut req: Request<Inco
         };
         let input = async {
             if !want_in {
+                return std::future::pending::<()>().await;
+            }
+            // The container's stdin exists from its start: what a client sends before (the
+            // Docker CLI streams stdin, and its end, from the attach on, before it starts the
+            // container) waits in the socket until then instead of going to no task.
+            let mut life = e.life.subscribe();
+            if life.wait_for(|l| l.running || l.exits > exits_at_attach || l.removed).await.is_err() {
                 return std::future::pending::<()>().await;
             }
             let mut buf = vec![0u8; 32 * 1024];

@@ -541,7 +541,7 @@ impl Daemon {
     // ---- start, monitor, restart ---------------------------------------------------------
 
     pub async fn start(self: &Arc<Self>, trace: &Trace, e: &Arc<Entry>) -> Result<(), ApiError> {
-        let _op = e.op.lock().await;
+        let op = e.op.lock().await;
         let rec = e.snapshot();
         if rec.state.running {
             return Err(ApiError::not_modified());
@@ -558,9 +558,32 @@ impl Daemon {
         trace.attr(span, "container.image.name", rec.image.clone());
         let outer = trace.enter(span);
         let r = self.start_task(Some(trace), e).await;
+        // As dockerd: an auto-remove container whose start failed is removed before the error
+        // is answered (the Docker CLI waits for that removal with wait?condition=removed).
+        if r.is_err() && rec.host_config.auto_remove {
+            drop(op);
+            if let Err(err) = self.remove(e, true, true).await {
+                log!(self.cfg, "error", "auto-removing {} after its failed start: {}", rec.id, err.message);
+            }
+        }
         trace.enter(outer);
         trace.finish(span, r.as_ref().map(|_| ()).map_err(|e| e.message.clone())).ok();
         r
+    }
+
+    /// Records a start that failed (its reason and dockerd's exit code) and makes its answer:
+    /// 400 when the program is missing or cannot be run (dockerd's invalid-config error), else 500.
+    fn start_failed(&self, e: &Entry, msg: String) -> ApiError {
+        let code = start_failure_code(&msg);
+        e.update(|r| {
+            r.state.error = msg.clone();
+            r.state.exit_code = code.unwrap_or(128);
+        });
+        self.persist(e);
+        match code {
+            Some(_) => ApiError::bad_request(msg),
+            None => ApiError::internal(msg),
+        }
     }
 
     async fn start_task(self: &Arc<Self>, trace: Option<&Trace>, e: &Arc<Entry>) -> Result<(), ApiError> {
@@ -590,21 +613,14 @@ impl Daemon {
             Ok(r) => r.pid,
             Err(s) => {
                 crate::network::down(self, e).await;
-                self.persist(e);
-                return Err(ApiError::internal(format!("failed to create task for container {id}: {}", s.message())));
+                return Err(self.start_failed(e, format!("failed to create task for container {id}: {}", s.message())));
             }
         };
         let started = self.lifecycle.start_task(task_req.clone()).await;
         if let Err(s) = started {
             let _ = self.lifecycle.delete_task(task_req.clone()).await;
             crate::network::down(self, e).await;
-            let msg = format!("failed to start container {id}: {}", s.message());
-            e.update(|r| {
-                r.state.error = msg.clone();
-                r.state.exit_code = 128;
-            });
-            self.persist(e);
-            return Err(ApiError::internal(msg));
+            return Err(self.start_failed(e, format!("failed to start container {id}: {}", s.message())));
         }
         e.update(|r| {
             r.state = State {
@@ -1090,6 +1106,18 @@ impl Daemon {
             let _ = h.await;
         }
         self.networks.shutdown().await;
+    }
+}
+
+/// The exit code dockerd gives a process that could not be started, from the runtime's reason
+/// (in runc's words): 127 when the program or a path is not there, 126 when it cannot be run.
+pub fn start_failure_code(reason: &str) -> Option<i64> {
+    if reason.contains("executable file not found") || reason.contains("no such file or directory") {
+        Some(127)
+    } else if reason.contains("permission denied") || reason.contains("is a directory") {
+        Some(126)
+    } else {
+        None
     }
 }
 

@@ -397,6 +397,18 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
     }
 }
 
+/// Follows the calling thread (by thread id) while it makes a container's network namespace,
+/// so its unshare and mount land in the `network.namespace` span; `false` stops.
+pub fn watch_thread(state: &ProbeState, tid: u32, on: bool) {
+    if let ProbeState::Running(p) = state {
+        if on {
+            p.follow_thread(tid);
+        } else {
+            p.unfollow_thread(tid);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,17 +420,5 @@ mod tests {
             "CLONE_NEWNS|CLONE_NEWUTS|CLONE_NEWIPC|CLONE_NEWUSER|CLONE_NEWPID|CLONE_NEWNET"
         );
         assert_eq!(namespaces(0x11), "");
-    }
-}
-
-/// Follows the calling thread (by thread id) while it makes a container's network namespace,
-/// so its unshare and mount land in the `network.namespace` span; `false` stops.
-pub fn watch_thread(state: &ProbeState, tid: u32, on: bool) {
-    if let ProbeState::Running(p) = state {
-        if on {
-            p.follow_thread(tid);
-        } else {
-            p.unfollow_thread(tid);
-        }
     }
 }

@@ -25,7 +25,6 @@ pub mod tracestore;
 pub mod types;
 pub mod volumes;
 
-
 use std::sync::Arc;
 
 use anyhow::Context;

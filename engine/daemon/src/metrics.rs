@@ -231,11 +231,9 @@ pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
     for r in running {
         let lifecycle = d.lifecycle.clone();
         asks.push(async move {
-            let stats = tokio::time::timeout(
-                std::time::Duration::from_secs(2),
-                lifecycle.stats(crate::lifecycle::task(&r.id)),
-            )
-            .await;
+            let stats =
+                tokio::time::timeout(std::time::Duration::from_secs(2), lifecycle.stats(crate::lifecycle::task(&r.id)))
+                    .await;
             (r, stats)
         });
     }

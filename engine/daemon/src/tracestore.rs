@@ -132,10 +132,8 @@ fn summarize(into: &mut TraceSummary, s: &FlatSpan, seq: u64) {
     // the root: the span without a parent (the earliest, if several); failing that (a trace
     // continued from a caller's context), the earliest span
     let is_root = s.parent_span_id.is_empty();
-    if first
-        || (is_root && (!into.root_is_true || s.start_unix_nanos < into.root_start))
-        || (!is_root && !into.root_is_true && s.start_unix_nanos < into.root_start)
-    {
+    let earlier = s.start_unix_nanos < into.root_start;
+    if first || (is_root && !into.root_is_true) || (earlier && (is_root || !into.root_is_true)) {
         into.root = Some(s.name.clone());
         into.root_start = s.start_unix_nanos;
         into.root_is_true = is_root;

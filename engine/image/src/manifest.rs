@@ -151,4 +151,3 @@ pub struct History {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub empty_layer: bool,
 }
-

@@ -54,7 +54,7 @@ impl<R: Read, F: FnMut(u64)> Read for CountingReader<R, F> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.done += n as u64;
-        if self.done >= self.next_report || (n == 0 && buf.len() > 0) {
+        if self.done >= self.next_report || (n == 0 && !buf.is_empty()) {
             (self.report)(self.done);
             self.next_report = self.done + self.step;
         }

@@ -574,11 +574,7 @@ impl ImageStore {
             opts.reference.iter().cloned().collect(),
         )?;
         let loaded = self.commit(vec![image], &staging.0, progress)?;
-        Ok(loaded
-            .into_iter()
-            .next()
-            .map(|l| l.id)
-            .ok_or_else(|| ImageError::Format("import produced no image".into()))?)
+        loaded.into_iter().next().map(|l| l.id).ok_or_else(|| ImageError::Format("import produced no image".into()))
     }
 
     /// Writes the named images as one archive that both `docker load` (manifest.json) and OCI

@@ -203,10 +203,8 @@ fn describe<R: Read>(entry: &tar::Entry<'_, R>, ext: Pending) -> Result<TarEntry
                 b"uid" => uid = num().filter(|v| *v >= 0).ok_or_else(|| bad("bad PAX uid"))? as u64,
                 b"gid" => gid = num().filter(|v| *v >= 0).ok_or_else(|| bad("bad PAX gid"))? as u64,
                 b"mtime" => mtime = num().ok_or_else(|| bad("bad PAX mtime"))?,
-                b"size" => {
-                    if num() != Some(size as i64) {
-                        return Err(TarError::refused(&raw_path, "PAX size differs from the header's (unsupported)"));
-                    }
+                b"size" if num() != Some(size as i64) => {
+                    return Err(TarError::refused(&raw_path, "PAX size differs from the header's (unsupported)"));
                 }
                 k if k.starts_with(b"GNU.sparse.") => {
                     return Err(TarError::refused(&raw_path, "sparse files are not supported"))

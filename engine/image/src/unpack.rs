@@ -175,9 +175,9 @@ impl Unpacker<'_> {
                     .create_new(true)
                     .mode(0o600)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&target)
-                    .map_err(UnpackError::io(&target))?;
-                let n = io::copy(&mut content.take(e.size), &mut f).map_err(UnpackError::io(&target))?;
+                    .open(target)
+                    .map_err(UnpackError::io(target))?;
+                let n = io::copy(&mut content.take(e.size), &mut f).map_err(UnpackError::io(target))?;
                 if n != e.size {
                     return Err(TarError::Malformed(format!(
                         "{}: truncated ({n} of {} bytes)",
@@ -199,7 +199,7 @@ impl Unpacker<'_> {
                 if tarstream::resolve_lexically(parent, Path::new(link)).is_none() {
                     return Err(TarError::refused(&e.raw_path, format!("symlink to {link:?} leaves the layer")).into());
                 }
-                std::os::unix::fs::symlink(link, &target).map_err(io_err)?;
+                std::os::unix::fs::symlink(link, target).map_err(io_err)?;
             }
             EntryKind::HardLink => {
                 let raw = e.link.as_deref().unwrap_or_default();

@@ -234,8 +234,7 @@ fn cases(outside: &Path) -> Vec<Case> {
             archive: image_with_layer(
                 &layer(&|t| {
                     t.member_sized(b"big", Regular, b"short", 1 << 20, b"", None);
-                })[..1024]
-                    .to_vec(),
+                })[..1024],
                 None,
             ),
         },

@@ -48,7 +48,7 @@ fn docker_save_and_skopeo_oci_layouts_unpack_to_the_same_tree() {
     assert!(top["tmp"].contains("xattr trusted.overlay.opaque=y"), "opaque: {}", top["tmp"]);
     let mut expected_top = tree(&img.top_dir);
     for (k, v) in &top {
-        if k != "etc/group" && k != "tmp" && k != "" && k != "etc" {
+        if k != "etc/group" && k != "tmp" && !k.is_empty() && k != "etc" {
             assert_eq!(expected_top.remove(k).as_ref(), Some(v), "{k}");
         }
     }

@@ -373,7 +373,11 @@ impl Tasks for Svc {
             }
             let skip = if req.tail > 0 { entries.len().saturating_sub(req.tail as usize) } else { 0 };
             for e in entries.into_iter().skip(skip) {
-                if tx.send(Ok(LogEntry { stream: e.stream, line: e.line, time_unix_nanos: e.unix_nanos })).await.is_err() {
+                if tx
+                    .send(Ok(LogEntry { stream: e.stream, line: e.line, time_unix_nanos: e.unix_nanos }))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -131,8 +131,8 @@ impl TaskManager {
         req: &CreateTaskRequest,
         traceparent: Option<&str>,
     ) -> Result<u32, Status> {
-        let shim_log =
-            std::fs::File::create(dir.join(task::SHIM_LOG_FILE)).map_err(|e| Status::internal(format!("shim log: {e}")))?;
+        let shim_log = std::fs::File::create(dir.join(task::SHIM_LOG_FILE))
+            .map_err(|e| Status::internal(format!("shim log: {e}")))?;
         let mut cmd = tokio::process::Command::new(&self.cfg.shim);
         cmd.arg("--id").arg(id).arg("--bundle").arg(bundle).arg("--state-dir").arg(dir);
         cmd.arg("--runtime").arg(&self.cfg.runtime).arg("--runtime-root").arg(self.runtime_root());
@@ -164,7 +164,7 @@ impl TaskManager {
             } else if let Some(i) = log.lines().position(|l| l.contains("panicked at")) {
                 log.lines().skip(i).take(2).collect::<Vec<_>>().join(": ")
             } else {
-                log.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("no output").to_string()
+                log.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no output").to_string()
             };
             return Err(Status::internal(format!("engine-shim did not start: {reason}")));
         }

@@ -5,7 +5,7 @@
 
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -126,7 +126,7 @@ pub fn spawn(
     let mut answer = String::new();
     let mut pfd = [nix::poll::PollFd::new(rd.as_fd(), nix::poll::PollFlags::POLLIN)];
     if matches!(nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(ANSWER_TIMEOUT_MS)), Ok(n) if n > 0) {
-        let _ = std::fs::File::from(OwnedFd::from(rd)).read_to_string(&mut answer);
+        let _ = std::fs::File::from(rd).read_to_string(&mut answer);
     }
     let addr = match port.host_ip {
         IpAddr::V6(ip) => format!("[{ip}]:{}", port.host_port),

@@ -69,9 +69,9 @@ mod tests {
         std::fs::write(blocked.join("f"), b"").unwrap();
         assert!(write_atomic(&blocked, b"nope").is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"kept");
-        let temps = std::fs::read_dir(dir.path()).unwrap().filter(|e| {
-            e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp-")
-        });
+        let temps = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp-"));
         assert_eq!(temps.count(), 0);
     }
 }
