@@ -496,13 +496,34 @@ async fn stream_attached(io: client::Upgraded, tty: bool, stdin: bool) -> Result
     Ok(())
 }
 
+/// Docker's exit code for a `run` whose container did not start (its CLI reads the daemon's words,
+/// case-sensitively): 127 the program is not there, 126 it cannot be run, 125 any other error.
+pub fn run_failure_code(msg: &str) -> i32 {
+    if msg.contains("executable file not found") || msg.contains("no such file or directory") {
+        127
+    } else if msg.contains("permission denied") || msg.contains("is a directory") {
+        126
+    } else {
+        125
+    }
+}
+
 pub async fn run(c: &Client, a: RunArgs) -> Result<i32> {
     if a.detach && a.rm && a.restart != "no" {
         bail!("conflicting options: cannot specify both --restart and --rm");
     }
-    let id = create(c, &a).await?;
+    let id = match create(c, &a).await {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("engine: {e:#}");
+            return Ok(125);
+        }
+    };
     if a.detach {
-        c.post(&format!("/containers/{id}/start"), None).await?;
+        if let Err(e) = c.post(&format!("/containers/{id}/start"), None).await {
+            eprintln!("engine: {e:#}");
+            return Ok(run_failure_code(&format!("{e:#}")));
+        }
         println!("{id}");
         return Ok(0);
     }
@@ -516,9 +537,11 @@ pub async fn run(c: &Client, a: RunArgs) -> Result<i32> {
     if let Err(e) = c.post(&format!("/containers/{id}/start"), None).await {
         drop(raw);
         if a.rm {
+            // engined removes it itself (as dockerd); an older daemon may not have
             let _ = c.delete(&format!("/containers/{id}?force=1")).await;
         }
-        return Err(e);
+        eprintln!("engine: {e:#}");
+        return Ok(run_failure_code(&format!("{e:#}")));
     }
     if a.tty {
         if let Some((h, w)) = terminal_size() {
@@ -1062,6 +1085,16 @@ pub async fn exec(c: &Client, a: ExecArgs) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_failures_map_to_dockers_exit_codes() {
+        let daemon = |m: &str| format!("Error response from daemon: failed to create task for container x: {m}");
+        assert_eq!(run_failure_code(&daemon("exec: \"nope\": executable file not found in $PATH")), 127);
+        assert_eq!(run_failure_code(&daemon("exec: \"/x\": no such file or directory")), 127);
+        assert_eq!(run_failure_code(&daemon("exec: \"/etc/passwd\": permission denied")), 126);
+        assert_eq!(run_failure_code(&daemon("exec: \"/\": is a directory")), 126);
+        assert_eq!(run_failure_code(&daemon("cwd /x: ENOENT: No such file or directory")), 125);
+    }
 
     #[test]
     fn parses_sizes_and_policies() {

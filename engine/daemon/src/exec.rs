@@ -187,22 +187,37 @@ pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Res
     if !e.snapshot().state.running {
         return Err(ApiError::conflict(format!("Container {} is not running", inst.container_id)));
     }
-    let tty = inst.config.tty || start.tty;
-    let mut config = inst.config.clone();
-    config.tty = tty;
+    // As dockerd: the process has a terminal if the exec was created with one; the stream is raw
+    // if the start asks for a terminal, multiplexed (8-byte headers) otherwise.
+    let config = inst.config.clone();
+    let raw = start.tty;
     let stdin = config.attach_stdin && !start.detach;
     let process_json = process_json(d, &e, &config)?;
     let lifecycle = d.lifecycle.clone();
     let exec_req =
         ExecRequest { container_id: inst.container_id.clone(), exec_id: id.to_string(), process_json, stdin };
-    let pid = lifecycle.exec(exec_req).await?.pid;
-    d.execs.update(id, |i| {
-        i.started = true;
-        i.running = true;
-        i.pid = pid;
-        i.config.tty = tty;
-    });
     let task_req = TaskRequest { container_id: inst.container_id.clone(), exec_id: id.to_string() };
+    d.execs.update(id, |i| i.started = true); // one start only, from here on
+                                              // Runs the process; one that cannot start gets dockerd's exit code (127 not found, else 126).
+    let run = {
+        let (d, id, lifecycle) = (d.clone(), id.to_string(), lifecycle.clone());
+        async move {
+            match lifecycle.exec(exec_req).await {
+                Ok(r) => {
+                    d.execs.update(&id, |i| {
+                        i.running = true;
+                        i.pid = r.pid;
+                    });
+                    Ok(())
+                }
+                Err(s) => {
+                    let code = crate::daemon::start_failure_code(s.message()).unwrap_or(126);
+                    d.execs.update(&id, |i| i.exit_code = Some(code));
+                    Err(ApiError::from(s))
+                }
+            }
+        }
+    };
     // Records the exit code once the exec ends.
     let finish = {
         let d = d.clone();
@@ -224,6 +239,7 @@ pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Res
         }
     };
     if start.detach {
+        run.await?;
         tokio::spawn(finish);
         return Ok(empty(StatusCode::OK));
     }
@@ -233,79 +249,95 @@ pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Res
         if (is_err && !want_err) || (!is_err && !want_out) || c.data.is_empty() {
             return None;
         }
-        Some(if tty { Bytes::from(c.data) } else { http::frame(if is_err { 2 } else { 1 }, &c.data) })
+        Some(if raw { Bytes::from(c.data) } else { http::frame(if is_err { 2 } else { 1 }, &c.data) })
     };
-    let output = lifecycle.exec_io(task_req.clone()).await?;
-    let ct = if tty { "application/vnd.docker.raw-stream" } else { "application/vnd.docker.multiplexed-stream" };
-    match upgrade {
-        Some(upgrade) => {
-            tokio::spawn(async move {
-                let Ok(upgraded) = upgrade.await else { return };
-                let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
-                let out = async {
-                    let mut output = output;
-                    while let Ok(Some(chunk)) = output.message().await {
-                        if let Some(b) = encode(chunk) {
-                            if wr.write_all(&b).await.is_err() {
-                                break;
-                            }
-                        }
+    let ct = if raw { "application/vnd.docker.raw-stream" } else { "application/vnd.docker.multiplexed-stream" };
+    let Some(upgrade) = upgrade else {
+        // Not hijacked: the process runs first (a failure is still an answer); its output is the
+        // response body.
+        run.await?;
+        let mut output = lifecycle.exec_io(task_req).await?;
+        let (tx, body) = http::channel_body(16);
+        tokio::spawn(async move {
+            while let Ok(Some(chunk)) = output.message().await {
+                if let Some(b) = encode(chunk) {
+                    if tx.send(b).await.is_err() {
+                        break;
                     }
-                    finish.await;
-                    let _ = wr.shutdown().await;
-                };
-                let input = async {
-                    if !stdin {
+                }
+            }
+            finish.await;
+        });
+        let mut r = Resp::new(body);
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+        return Ok(r);
+    };
+    crate::trace::spawn_in_operation(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+        // The answer's head is out; only now the process runs (dockerd's order). Output sent
+        // right behind the head is lost to a client that reads the head through a buffer and the
+        // rest from the socket, as docker-py does: a short exec's output came back empty.
+        if let Err(err) = run.await {
+            // as dockerd: the reason on the stream, as stdout, then the end
+            let reason = IoChunk { stream: "stdout".into(), data: format!("{}\r\n", err.message).into_bytes() };
+            if let Some(b) = encode(reason) {
+                let _ = wr.write_all(&b).await;
+            }
+            let _ = wr.shutdown().await;
+            return;
+        }
+        let mut output = match lifecycle.exec_io(task_req.clone()).await {
+            Ok(o) => o,
+            Err(_) => {
+                finish.await;
+                let _ = wr.shutdown().await;
+                return;
+            }
+        };
+        let out = async {
+            while let Ok(Some(chunk)) = output.message().await {
+                if let Some(b) = encode(chunk) {
+                    if wr.write_all(&b).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            finish.await;
+            let _ = wr.shutdown().await;
+        };
+        let input = async {
+            if !stdin {
+                return std::future::pending::<()>().await;
+            }
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match tokio::io::AsyncReadExt::read(&mut rd, &mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = lifecycle.close_io(task_req.clone()).await;
                         return std::future::pending::<()>().await;
                     }
-                    let mut buf = vec![0u8; 32 * 1024];
-                    loop {
-                        match tokio::io::AsyncReadExt::read(&mut rd, &mut buf).await {
-                            Ok(0) | Err(_) => {
-                                let _ = lifecycle.close_io(task_req.clone()).await;
-                                return std::future::pending::<()>().await;
-                            }
-                            Ok(n) => {
-                                let w = WriteRequest {
-                                    container_id: task_req.container_id.clone(),
-                                    data: buf[..n].to_vec(),
-                                    exec_id: task_req.exec_id.clone(),
-                                };
-                                let _ = lifecycle.write(w).await;
-                            }
-                        }
-                    }
-                };
-                tokio::select! {
-                    _ = out => {}
-                    _ = input => {}
-                }
-            });
-            let mut r = empty(StatusCode::SWITCHING_PROTOCOLS);
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
-            r.headers_mut().insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-            r.headers_mut().insert(UPGRADE, HeaderValue::from_static("tcp"));
-            Ok(r)
-        }
-        None => {
-            // Not hijacked: the output is the response body.
-            let (tx, body) = http::channel_body(16);
-            tokio::spawn(async move {
-                let mut output = output;
-                while let Ok(Some(chunk)) = output.message().await {
-                    if let Some(b) = encode(chunk) {
-                        if tx.send(b).await.is_err() {
-                            break;
-                        }
+                    Ok(n) => {
+                        let w = WriteRequest {
+                            container_id: task_req.container_id.clone(),
+                            data: buf[..n].to_vec(),
+                            exec_id: task_req.exec_id.clone(),
+                        };
+                        let _ = lifecycle.write(w).await;
                     }
                 }
-                finish.await;
-            });
-            let mut r = Resp::new(body);
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
-            Ok(r)
+            }
+        };
+        tokio::select! {
+            _ = out => {}
+            _ = input => {}
         }
-    }
+    });
+    let mut r = empty(StatusCode::SWITCHING_PROTOCOLS);
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    r.headers_mut().insert(UPGRADE, HeaderValue::from_static("tcp"));
+    Ok(r)
 }
 
 /// `POST /exec/{id}/resize`.

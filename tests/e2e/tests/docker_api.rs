@@ -1,0 +1,207 @@
+//! The defects Docker API clients met first, each through the interface that met it: the Docker
+//! CLI's `run --rm` whose start fails (it hung waiting for a removal that never came), piped stdin
+//! with `run -i` (it hung: stdin sent before the start went nowhere), and a short exec's output
+//! read the way docker-py reads it (it came back empty: the output followed the 101 head so
+//! closely that a client reading the head through a buffer lost it). Every CLI run here has a
+//! deadline, so a regression fails instead of hanging.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use engine_test_support::engined::Engined;
+use engine_test_support::*;
+
+/// Runs `prog args` with `input` on its stdin; fails the test if it has not ended in 60 s.
+fn run_within(prog: &std::path::Path, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", prog.display()));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{} {args:?} hung: {}{}", prog.display(), stdout(&out), stderr(&out));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn docker(e: &Engined, args: &[&str], input: &str) -> Output {
+    let host = e.host();
+    let mut all = vec!["-H", host.as_str()];
+    all.extend_from_slice(args);
+    run_within(&engine_test_support::dockerd::docker_cli(), &all, input)
+}
+
+fn engine(e: &Engined, args: &[&str], input: &str) -> Output {
+    let host = e.host();
+    let mut all = vec!["-H", host.as_str()];
+    all.extend_from_slice(args);
+    run_within(&bin("engine"), &all, input)
+}
+
+fn no_containers_left(e: &Engined, after: &str) {
+    wait_for(&format!("no container left after {after}"), || e.ok(&["ps", "-aq"]).trim().is_empty());
+}
+
+#[test]
+fn run_rm_whose_start_fails_ends_with_dockers_exit_code_and_leaves_nothing() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    for (args, code, says) in [
+        (&["run", "--rm", "bb", "nonexistent-command"][..], 127, "executable file not found"),
+        (&["run", "--rm", "bb", "/nonexistent"][..], 127, "no such file or directory"),
+        (&["run", "--rm", "bb", "/etc/passwd"][..], 126, "permission denied"),
+        (&["run", "--rm", "-w", "/etc/passwd", "bb", "true"][..], 125, "Error response from daemon"),
+        (&["run", "-d", "--rm", "bb", "nonexistent-command"][..], 127, "executable file not found"),
+    ] {
+        for (cli, out) in [("docker", docker(&e, args, "")), ("engine", engine(&e, args, ""))] {
+            assert_eq!(out.status.code(), Some(code), "{cli} {args:?}: {}", stderr(&out));
+            assert!(stderr(&out).contains(says), "{cli} {args:?}: {}", stderr(&out));
+            no_containers_left(&e, &format!("{cli} {args:?}"));
+        }
+    }
+    // without --rm the container stays, created, with dockerd's exit code and the reason
+    assert_eq!(docker(&e, &["run", "--name", "typo", "bb", "nonexistent-command"], "").status.code(), Some(127));
+    let state = e.docker_ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}} {{.State.Error}}", "typo"]);
+    assert!(state.starts_with("created 127 "), "{state}");
+    assert!(state.contains("executable file not found"), "{state}");
+    e.ok(&["rm", "typo"]);
+    // a create that fails is 125, as Docker's
+    let out = engine(&e, &["run", "--rm", "no-such-image", "true"], "");
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    no_containers_left(&e, "a failed create");
+}
+
+#[test]
+fn piped_stdin_ends_on_eof() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    // the Docker CLI sends stdin (and its end) from the attach on, before it starts the container
+    for i in 0..10 {
+        let out = docker(&e, &["run", "-i", "--rm", "bb", "cat"], &format!("x{i}\n"));
+        assert_eq!((stdout(&out), out.status.code()), (format!("x{i}\n"), Some(0)), "{}", stderr(&out));
+    }
+    let out = docker(&e, &["run", "-i", "--rm", "bb", "wc", "-l"], "a\nb\n");
+    assert_eq!(stdout(&out).trim(), "2", "{}", stderr(&out));
+    let out = engine(&e, &["run", "-i", "--rm", "bb", "cat"], "through the engine CLI\n");
+    assert_eq!((stdout(&out), out.status.code()), ("through the engine CLI\n".to_string(), Some(0)));
+    no_containers_left(&e, "the -i runs");
+}
+
+/// One HTTP/1.1 request on engined's socket; the response's body.
+fn request(e: &Engined, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = UnixStream::connect(e.host().trim_start_matches("unix://")).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// Starts exec `id` hijacked and reads it as docker-py does: the head through one buffered read
+/// of up to 8 KiB whose remainder is thrown away, then the raw socket to its end. Returns the
+/// head's content type and the bytes after it.
+fn start_exec_as_docker_py(e: &Engined, id: &str, tty: bool) -> (String, Vec<u8>) {
+    let mut s = UnixStream::connect(e.host().trim_start_matches("unix://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = format!("{{\"Detach\":false,\"Tty\":{tty}}}");
+    write!(
+        s,
+        "POST /v1.43/exec/{id}/start HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut first = vec![0u8; 8192];
+    let n = s.read(&mut first).unwrap();
+    let head = String::from_utf8_lossy(&first[..n]).split("\r\n\r\n").next().unwrap_or_default().to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let content_type = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_string))
+        .unwrap_or_default();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    (content_type, rest)
+}
+
+/// The payloads of a multiplexed stream as (stream, bytes); panics on anything that is not frames.
+fn demux(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        assert!(b.len() >= 8 && matches!(b[0], 1 | 2) && b[1..4] == [0, 0, 0], "not a frame: {b:?}");
+        let len = u32::from_be_bytes([b[4], b[5], b[6], b[7]]) as usize;
+        out.push((b[0], b[8..8 + len].to_vec()));
+        b = &b[8 + len..];
+    }
+    out
+}
+
+fn create_exec(e: &Engined, container: &str, cmd: &[&str], tty: bool) -> String {
+    let body = serde_json::json!({"Cmd": cmd, "AttachStdout": true, "AttachStderr": true, "Tty": tty}).to_string();
+    let (status, resp) = request(e, "POST", &format!("/v1.43/containers/{container}/exec"), &body);
+    assert_eq!(status, 201, "{resp}");
+    serde_json::from_str::<serde_json::Value>(&resp).unwrap()["Id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_short_execs_output_is_never_lost() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    e.ok(&["run", "-d", "--name", "box", "bb", "sleep", "1000"]);
+
+    // as docker-py reads it: framed without a terminal, 200 short execs back to back
+    for i in 0..200 {
+        let id = create_exec(&e, "box", &["echo", &i.to_string()], false);
+        let (ct, rest) = start_exec_as_docker_py(&e, &id, false);
+        assert_eq!(ct, "application/vnd.docker.multiplexed-stream");
+        assert_eq!(demux(&rest), vec![(1, format!("{i}\n").into_bytes())], "exec {i}");
+    }
+    // a terminal from the exec's create, framing from the start's Tty, as dockerd
+    let id = create_exec(&e, "box", &["echo", "hi"], true);
+    let (ct, rest) = start_exec_as_docker_py(&e, &id, false);
+    assert_eq!(ct, "application/vnd.docker.multiplexed-stream");
+    let joined: Vec<u8> = demux(&rest).into_iter().flat_map(|(_, b)| b).collect();
+    assert_eq!(joined, b"hi\r\n");
+    let id = create_exec(&e, "box", &["echo", "hi"], false);
+    let (ct, rest) = start_exec_as_docker_py(&e, &id, true);
+    assert_eq!((ct.as_str(), rest.as_slice()), ("application/vnd.docker.raw-stream", &b"hi\n"[..]));
+    // a program that cannot start: the reason on the stream, and dockerd's exit code
+    let id = create_exec(&e, "box", &["nosuch"], false);
+    let (_, rest) = start_exec_as_docker_py(&e, &id, false);
+    let said: Vec<u8> = demux(&rest).into_iter().flat_map(|(_, b)| b).collect();
+    assert!(String::from_utf8_lossy(&said).contains("executable file not found"), "{said:?}");
+    let (_, inspect) = request(&e, "GET", &format!("/v1.43/exec/{id}/json"), "");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&inspect).unwrap()["ExitCode"], 127, "{inspect}");
+
+    // through both CLIs, with and without a terminal
+    for i in 0..200 {
+        let n = i.to_string();
+        let tty = i % 2 == 1;
+        let args: Vec<&str> = if tty { vec!["exec", "-t", "box", "echo", &n] } else { vec!["exec", "box", "echo", &n] };
+        let want = if tty { format!("{i}\r\n") } else { format!("{i}\n") };
+        let out = docker(&e, &args, "");
+        assert_eq!((stdout(&out), out.status.code()), (want.clone(), Some(0)), "docker {args:?}: {}", stderr(&out));
+        let out = engine(&e, &args, "");
+        assert_eq!(out.status.code(), Some(0), "engine {args:?}: {}", stderr(&out));
+        assert_eq!(stdout(&out).trim_end(), n, "engine {args:?}");
+    }
+    e.ok(&["rm", "-f", "box"]);
+}
