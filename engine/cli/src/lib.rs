@@ -150,7 +150,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     result
 }
 
-/// The subcommand's name, for the root span (`engine.run`, `engine.image.ls`).
+/// The subcommand's name, for the root span (`engine.run`, `engine.image`).
 fn command_name(c: &Command) -> String {
     let dbg = format!("{c:?}");
     let word = dbg.split(|ch: char| !ch.is_alphanumeric()).next().unwrap_or("command");

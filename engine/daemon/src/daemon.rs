@@ -662,8 +662,18 @@ impl Daemon {
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             };
-            let _ = d.lifecycle.delete_task(req).await;
-            d.record_exit(&e, exit).await;
+            // the exit and what follows it (auto-removal, a restart policy) are an operation of
+            // their own: one trace, so none of its calls to lifecycled starts a trace of its own
+            let trace = Arc::new(Trace::background(d.sink.as_ref(), "daemon.exit"));
+            trace.attr(trace.root, "container.id", id.clone());
+            trace.attr(trace.root, "process.exit.code", exit.exit_status as i64);
+            trace
+                .scope(async {
+                    let _ = d.lifecycle.delete_task(req).await;
+                    d.record_exit(&e, exit).await;
+                })
+                .await;
+            trace.end(None);
         });
     }
 
@@ -707,7 +717,7 @@ impl Daemon {
         if e.snapshot().host_config.auto_remove {
             let d = self.clone();
             let e = e.clone();
-            tokio::spawn(async move {
+            crate::trace::spawn_in_operation(async move {
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
                 while e.attached.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -729,7 +739,7 @@ impl Daemon {
                     return; // stopped or removed meanwhile
                 }
                 e.update(|r| r.state.restarting = false);
-                if let Err(err) = d.start_task(None, &e).await {
+                if let Err(err) = d.policy_start(&e, "daemon.policy_start").await {
                     log!(d.cfg, "warn", "restarting {}: {}", rec.id, err.message);
                     e.update(|r| r.state.status = "exited".into());
                     d.persist(&e);
@@ -737,6 +747,16 @@ impl Daemon {
                 }
             });
         }
+    }
+
+    /// A start a restart policy asks for (the caller holds the container's `op` lock), as a trace
+    /// of its own rooted at `name`.
+    async fn policy_start(self: &Arc<Self>, e: &Arc<Entry>, name: &str) -> Result<(), ApiError> {
+        let trace = Arc::new(Trace::background(self.sink.as_ref(), name));
+        trace.attr(trace.root, "container.id", e.snapshot().id);
+        let r = trace.scope(self.start_task(Some(&trace), e)).await;
+        trace.end(r.as_ref().err().map(|e| e.message.as_str()));
+        r
     }
 
     fn should_restart(&self, rec: &ContainerRecord) -> bool {
@@ -1056,7 +1076,7 @@ impl Daemon {
             let d = self.clone();
             tokio::spawn(async move {
                 let _op = e.op.lock().await;
-                if let Err(err) = d.start_task(None, &e).await {
+                if let Err(err) = d.policy_start(&e, "daemon.policy_start").await {
                     log!(d.cfg, "warn", "starting {} (restart policy): {}", e.snapshot().id, err.message);
                 }
             });

@@ -21,6 +21,14 @@ impl Trace {
         Trace { rec: Mutex::new(rec), root, current: Mutex::new(root) }
     }
 
+    /// The trace of work engined does on its own, outside any request (a container's exit and
+    /// what follows it, a restart policy's start): a root span `name` of its own trace.
+    pub fn background(sink: Option<&Sink>, name: &str) -> Self {
+        let t = Trace::new(sink, None, name);
+        t.rec().set_kind(t.root, Kind::Internal);
+        t
+    }
+
     fn rec(&self) -> std::sync::MutexGuard<'_, Recorder> {
         // A panic while holding it loses at most this request's spans.
         self.rec.lock().unwrap_or_else(|p| p.into_inner())
@@ -55,6 +63,18 @@ impl Trace {
     /// The `traceparent` to send on for work done under `h`.
     pub fn traceparent(&self, h: SpanHandle) -> Option<String> {
         self.rec().context(h).map(|c| c.traceparent())
+    }
+
+    /// Ends a [`Trace::background`] root (failed with `error`, if any) and hands every span to the
+    /// sink.
+    pub fn end(&self, error: Option<&str>) {
+        let mut rec = self.rec();
+        let root = self.root;
+        match error {
+            Some(e) => rec.fail(root, e),
+            None => rec.end(root),
+        }
+        rec.flush();
     }
 
     /// Ends the request span with its HTTP status and hands every span to the sink.

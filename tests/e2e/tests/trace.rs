@@ -402,3 +402,75 @@ fn the_same_trace_reaches_an_otlp_grpc_receiver() {
     assert_eq!(sent.len(), stored.len(), "engine trace --otlp sent the whole trace");
     e.ok(&["rm", "traced"]);
 }
+
+/// Every container operation through the CLI is exactly one trace holding the calls it made down
+/// to the runtime: `kill` and `rm` used to send lifecycled no context, so their lifecycled, shim and
+/// runtime spans started traces of their own. The work engined does on its own after an exit is
+/// one trace too (`daemon.exit`), and no trace is ever rooted below engined.
+#[test]
+fn every_operation_is_exactly_one_trace() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    let ops: &[(&[&str], &str, &[&str])] = &[
+        (&["create", "--name", "ctr", "bb", "sleep", "1000"], "engine.create", &["lifecycle.Containers/Create"]),
+        (&["start", "ctr"], "engine.start", &["lifecycle.Tasks/Start", "runtime.start", "init.exec"]),
+        (&["exec", "ctr", "true"], "engine.exec", &["lifecycle.Tasks/Exec", "shim.exec"]),
+        (&["stop", "-t", "1", "ctr"], "engine.stop", &["lifecycle.Tasks/Kill", "shim.kill"]),
+        (&["start", "ctr"], "engine.start", &["lifecycle.Tasks/Start", "runtime.start"]),
+        (&["restart", "-t", "1", "ctr"], "engine.restart", &["lifecycle.Tasks/Kill", "lifecycle.Tasks/Start"]),
+        (&["kill", "ctr"], "engine.kill", &["lifecycle.Tasks/Kill", "shim.kill"]),
+        (&["start", "ctr"], "engine.start", &["lifecycle.Tasks/Start", "runtime.start"]),
+        (&["rm", "-f", "ctr"], "engine.rm", &["lifecycle.Tasks/Kill", "lifecycle.Containers/Delete"]),
+    ];
+    // engined's trace API, as another tool reads it
+    let get = |path: &str| -> Vec<u8> {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(e.host().trim_start_matches("unix://")).unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: engine\r\n\r\n").as_bytes()).unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        let body = resp.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |i| i + 4);
+        resp[body..].to_vec()
+    };
+    let list = || serde_json::from_slice::<Vec<serde_json::Value>>(&get("/engine/v1/traces?limit=10000")).unwrap();
+    let spans_of = |id: &str| -> Vec<FlatSpan> {
+        serde_json::from_slice::<ExportTraceServiceRequest>(&get(&format!("/engine/v1/traces/{id}")))
+            .map(|d| flatten(&d))
+            .unwrap_or_default()
+    };
+    for (i, (args, root, wanted)) in ops.iter().enumerate() {
+        e.ok(args);
+        // the operation's trace: the i-th of its kind, with every wanted span from the processes below
+        let count = ops[..=i].iter().filter(|(_, r, _)| r == root).count();
+        let mut spans = Vec::new();
+        wait_for(&format!("{args:?}: one trace rooted at {root} holding {wanted:?}"), || {
+            let ours: Vec<String> = list()
+                .iter()
+                .filter(|t| t["Operation"] == *root)
+                .filter_map(|t| t["TraceID"].as_str().map(str::to_string))
+                .collect();
+            if ours.len() != count {
+                return false;
+            }
+            spans = spans_of(ours.last().unwrap());
+            wanted.iter().all(|w| spans.iter().any(|s| s.name == *w))
+        });
+        let ids: HashSet<&str> = spans.iter().map(|s| s.trace_id.as_str()).collect();
+        assert_eq!(ids.len(), 1, "{args:?}");
+        let roots: Vec<&str> = spans.iter().filter(|s| s.parent_span_id.is_empty()).map(|s| s.name.as_str()).collect();
+        assert_eq!(roots, [*root], "{args:?}: the CLI's command is the only root");
+    }
+    // nothing is rooted below engined: every trace is a command's, or engined's own after an exit
+    let all = list();
+    for t in &all {
+        let root = t["Operation"].as_str().unwrap_or_default();
+        assert!(
+            root.starts_with("engine.") || root == "daemon.exit" || root == "daemon.policy_start",
+            "a trace rooted at {root:?}: {t}"
+        );
+    }
+    for (_, root, _) in ops {
+        let n = all.iter().filter(|t| t["Operation"] == *root).count();
+        assert_eq!(n, ops.iter().filter(|(_, r, _)| r == root).count(), "traces rooted at {root}");
+    }
+}
