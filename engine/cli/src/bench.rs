@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use crate::client::{self, Client};
 use crate::containers::urlencode;
 
-/// The stable phase names of a start in the design (`../shared/DESIGN.md`, telemetry contract),
+/// The stable phase names of a start in the telemetry contract (ARCHITECTURE.md),
 /// spans or kernel events; a report lists the ones its traces lack.
 pub const DESIGN_PHASES: &[&str] = &[
     "engine.run",

@@ -397,8 +397,8 @@ fn system_df(d: &Arc<Daemon>) -> Result<Resp, ApiError> {
             json!({
                 "Id": r.id, "Names": [format!("/{}", r.name)], "Image": r.image, "ImageID": r.image_id.to_string(),
                 "Command": std::iter::once(r.path.clone()).chain(r.args.iter().cloned()).collect::<Vec<_>>().join(" "),
-                "Created": unix_of(&r.created), "State": r.state.status, "Status": status_line(r),
-                "SizeRw": crate::volumes::dir_size(&r.upper), "SizeRootFs": 0, "Labels": r.config.labels, "Mounts": mounts_of(r),
+                "Created": unix_of(&r.created), "State": r.state.status(), "Status": status_line(r),
+                "SizeRw": crate::volumes::dir_size(&r.upper), "SizeRootFs": 0, "Labels": r.config.labels, "Mounts": mounts_of(d, r),
             })
         })
         .collect();
@@ -438,8 +438,8 @@ fn version(d: &Daemon) -> Value {
 fn info(d: &Daemon) -> Value {
     let all = d.all();
     let count = |f: &dyn Fn(&crate::daemon::ContainerRecord) -> bool| all.iter().filter(|e| f(&e.snapshot())).count();
-    let running = count(&|r| r.state.running && !r.state.paused);
-    let paused = count(&|r| r.state.paused);
+    let running = count(&|r| r.state.running() && !r.state.paused());
+    let paused = count(&|r| r.state.paused());
     let uts = nix::sys::utsname::uname().ok();
     let cgroup_v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let mem = std::fs::read_to_string("/proc/meminfo")
@@ -514,15 +514,15 @@ pub fn human_duration(secs: i64) -> String {
 }
 
 fn status_line(r: &crate::daemon::ContainerRecord) -> String {
+    use crate::state::Status;
     let s = &r.state;
-    if s.restarting {
-        format!("Restarting ({}) {} ago", s.exit_code, ago(&s.finished_at))
-    } else if s.running {
-        format!("Up {}{}", ago(&s.started_at), if s.paused { " (Paused)" } else { "" })
-    } else if s.status == "created" {
-        "Created".into()
-    } else {
-        format!("Exited ({}) {} ago", s.exit_code, ago(&s.finished_at))
+    match s.status() {
+        Status::Restarting => format!("Restarting ({}) {} ago", s.exit_code(), ago(s.finished_at())),
+        Status::Running => format!("Up {}", ago(s.started_at())),
+        Status::Paused => format!("Up {} (Paused)", ago(s.started_at())),
+        Status::Created => "Created".into(),
+        Status::Removing => "Removal In Progress".into(),
+        Status::Exited | Status::Dead => format!("Exited ({}) {} ago", s.exit_code(), ago(s.finished_at())),
     }
 }
 
@@ -535,24 +535,14 @@ fn list_containers(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
     recs.sort_by(|a, b| b.created.cmp(&a.created));
     let mut out = Vec::new();
     for r in recs {
-        if !all && !r.state.running {
+        if !all && !r.state.running() {
             continue;
         }
-        let status = if r.state.restarting {
-            "restarting"
-        } else if r.state.paused {
-            "paused"
-        } else if r.state.running {
-            "running"
-        } else {
-            r.state.status.as_str()
-        };
+        let status = r.state.status().as_str();
         let keep = values("name").iter().all(|n| r.name.contains(n.trim_start_matches('/')))
             && values("id").iter().all(|i| r.id.starts_with(i))
             && (values("status").is_empty() || values("status").iter().any(|s| s == status))
-            && values("exited").iter().all(|c| {
-                !r.state.running && r.state.status == "exited" && c.parse::<i64>().ok() == Some(r.state.exit_code)
-            })
+            && values("exited").iter().all(|c| r.state.exited() && c.parse::<i64>().ok() == Some(r.state.exit_code()))
             && values("ancestor").iter().all(|a| {
                 &r.image == a
                     || r.image_id.to_string().starts_with(a)
@@ -582,13 +572,15 @@ fn list_containers(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
             "Status": status_line(&r),
             "HostConfig": { "NetworkMode": if r.host_config.network_mode.is_empty() { "default" } else { r.host_config.network_mode.as_str() } },
             "NetworkSettings": { "Networks": crate::network::ps_networks(d, &r) },
-            "Mounts": mounts_of(&r),
+            "Mounts": mounts_of(d, &r),
         }));
     }
     Ok(out)
 }
 
-fn mounts_of(r: &crate::daemon::ContainerRecord) -> Vec<Value> {
+/// The container's binds and volumes as inspect and list show them (a volume's source is under
+/// this daemon's data-root).
+fn mounts_of(d: &Daemon, r: &crate::daemon::ContainerRecord) -> Vec<Value> {
     let mut out = Vec::new();
     for b in r.host_config.binds.iter().flatten() {
         let parts: Vec<&str> = b.split(':').collect();
@@ -597,7 +589,7 @@ fn mounts_of(r: &crate::daemon::ContainerRecord) -> Vec<Value> {
         if src.starts_with('/') {
             out.push(json!({ "Type": "bind", "Source": src, "Destination": dst, "Mode": parts.get(2).copied().unwrap_or(""), "RW": rw, "Propagation": "rprivate" }));
         } else {
-            out.push(json!({ "Type": "volume", "Name": src, "Source": format!("/var/lib/engine/volumes/{src}/_data"), "Destination": dst, "Driver": "local", "Mode": "z", "RW": rw, "Propagation": "" }));
+            out.push(json!({ "Type": "volume", "Name": src, "Source": d.volumes_dir().join(src).join("_data"), "Destination": dst, "Driver": "local", "Mode": "z", "RW": rw, "Propagation": "" }));
         }
     }
     out
@@ -607,16 +599,7 @@ fn inspect_container(d: &Daemon, e: &Arc<Entry>) -> Value {
     let r = e.snapshot();
     let dir = d.container_dir(&r.id);
     let lower: Vec<String> = r.lower.iter().rev().map(|p| p.display().to_string()).collect();
-    let mut state = serde_json::to_value(&r.state).unwrap_or_default();
-    state["Status"] = json!(if r.state.restarting {
-        "restarting"
-    } else if r.state.paused {
-        "paused"
-    } else if r.state.running {
-        "running"
-    } else {
-        r.state.status.as_str()
-    });
+    let state = &r.state;
     json!({
         "Id": r.id,
         "Created": r.created,
@@ -638,7 +621,7 @@ fn inspect_container(d: &Daemon, e: &Arc<Entry>) -> Value {
         "ExecIDs": null,
         "HostConfig": r.host_config,
         "GraphDriver": { "Name": "overlay2", "Data": { "LowerDir": lower.join(":"), "UpperDir": r.upper, "WorkDir": r.work, "MergedDir": r.rootfs } },
-        "Mounts": mounts_of(&r),
+        "Mounts": mounts_of(d, &r),
         "Config": r.config,
         "NetworkSettings": crate::network::settings_json(d, &r),
     })
@@ -664,7 +647,7 @@ async fn logs(d: &Arc<Daemon>, e: &Arc<Entry>, q: &Query) -> Result<Resp, ApiErr
         _ => parse_since(q.get("since"))?,
     };
     let until = parse_since(q.get("until"))?.filter(|u| *u > 0);
-    let req = LogsRequest { container_id: rec.id.clone(), follow: follow && rec.state.running, tail };
+    let req = LogsRequest { container_id: rec.id.clone(), follow: follow && rec.state.running(), tail };
     let mut stream = d.lifecycle.logs(req).await?;
     let (tx, body) = http::channel_body(64);
     let tty = rec.config.tty;
@@ -712,7 +695,7 @@ fn parse_since(v: Option<&str>) -> Result<Option<i64>, ApiError> {
 
 async fn top(d: &Arc<Daemon>, e: &Arc<Entry>) -> Result<Resp, ApiError> {
     let rec = e.snapshot();
-    if !rec.state.running {
+    if !rec.state.running() {
         return Err(ApiError::conflict(format!("Container {} is not running", rec.id)));
     }
     let pids = d.lifecycle.pids(task(&rec.id)).await?.pids;
@@ -735,7 +718,7 @@ async fn top(d: &Arc<Daemon>, e: &Arc<Entry>) -> Result<Resp, ApiError> {
 
 async fn stats(d: &Arc<Daemon>, e: &Arc<Entry>) -> Result<Resp, ApiError> {
     let rec = e.snapshot();
-    let raw: Value = if rec.state.running {
+    let raw: Value = if rec.state.running() {
         let s = d.lifecycle.stats(task(&rec.id)).await?;
         serde_json::from_str(&s.stats_json).unwrap_or(Value::Null)
     } else {

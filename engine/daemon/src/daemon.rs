@@ -21,9 +21,10 @@ use crate::hostconfig;
 use crate::http::ApiError;
 use crate::lifecycle::{task, Lifecycle};
 use crate::log;
+use crate::state::State;
 use crate::supervisor::Supervisor;
 use crate::trace::Trace;
-use crate::types::{ContainerConfig, HostConfig, State, ZERO_TIME};
+use crate::types::{ContainerConfig, HostConfig};
 
 /// What engined keeps of a container (`<data-root>/containers/<id>/container.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -499,12 +500,7 @@ impl Daemon {
             host_config: hc,
             image: body.image.clone(),
             image_id: image.id().clone(),
-            state: State {
-                status: "created".into(),
-                started_at: ZERO_TIME.into(),
-                finished_at: ZERO_TIME.into(),
-                ..Default::default()
-            },
+            state: State::default(),
             restart_count: 0,
             manually_stopped: false,
             lower: image.record.layers.iter().map(|l| self.images.layer_path(&l.diff_id)).collect(),
@@ -543,10 +539,10 @@ impl Daemon {
     pub async fn start(self: &Arc<Self>, trace: &Trace, e: &Arc<Entry>) -> Result<(), ApiError> {
         let op = e.op.lock().await;
         let rec = e.snapshot();
-        if rec.state.running {
+        if rec.state.running() {
             return Err(ApiError::not_modified());
         }
-        if rec.state.dead || e.life.borrow().removed {
+        if rec.state.removing() || e.life.borrow().removed {
             return Err(ApiError::conflict(format!(
                 "container {} is marked for removal and cannot be started",
                 rec.id
@@ -575,10 +571,7 @@ impl Daemon {
     /// 400 when the program is missing or cannot be run (dockerd's invalid-config error), else 500.
     fn start_failed(&self, e: &Entry, msg: String) -> ApiError {
         let code = start_failure_code(&msg);
-        e.update(|r| {
-            r.state.error = msg.clone();
-            r.state.exit_code = code.unwrap_or(128);
-        });
+        e.update(|r| r.state.start_failed(msg.clone(), code.unwrap_or(128)));
         self.persist(e);
         match code {
             Some(_) => ApiError::bad_request(msg),
@@ -598,7 +591,7 @@ impl Daemon {
         let task_req = TaskRequest { container_id: id.clone(), exec_id: String::new() };
         // A task left from an earlier run (exited, not yet deleted) goes first; a container
         // that never ran has none, and its first start skips the round trip.
-        if rec.state.status != "created" {
+        if rec.state.status() != crate::state::Status::Created {
             let _ = self.lifecycle.delete_task(task_req.clone()).await;
         }
         crate::network::up(self, trace, e).await?;
@@ -623,14 +616,7 @@ impl Daemon {
             return Err(self.start_failed(e, format!("failed to start container {id}: {}", s.message())));
         }
         e.update(|r| {
-            r.state = State {
-                status: "running".into(),
-                running: true,
-                pid,
-                started_at: now(),
-                finished_at: r.state.finished_at.clone(),
-                ..Default::default()
-            };
+            r.state.start(pid, now());
             r.manually_stopped = false;
         });
         self.persist(e);
@@ -686,21 +672,14 @@ impl Daemon {
         // The whole outcome (exited, or restarting after a delay) is settled before anyone
         // waiting on the container hears of the exit.
         let restart_in = e.update(|r| {
-            r.state.running = false;
-            r.state.status = "exited".into();
-            r.state.pid = 0;
-            r.state.exit_code = exit.exit_status as i64;
-            r.state.oom_killed = oom;
-            r.state.error = error.clone();
-            r.state.finished_at = now();
+            r.state.exit(exit.exit_status as i64, oom, error.clone(), now());
             if shutting_down || r.host_config.auto_remove || !self.should_restart(r) {
                 return None;
             }
             // Docker's backoff: 100 ms, doubling with each restart.
             let delay = Duration::from_millis(100u64.saturating_mul(1 << r.restart_count.min(9)));
             r.restart_count += 1;
-            r.state.restarting = true;
-            r.state.status = "restarting".into();
+            r.state.restart_pending();
             Some(delay)
         });
         self.persist(e);
@@ -735,13 +714,12 @@ impl Daemon {
                 tokio::time::sleep(delay).await;
                 let _op = e.op.lock().await;
                 let rec = e.snapshot();
-                if !rec.state.restarting || e.life.borrow().removed {
+                if !rec.state.restarting() || e.life.borrow().removed {
                     return; // stopped or removed meanwhile
                 }
-                e.update(|r| r.state.restarting = false);
                 if let Err(err) = d.policy_start(&e, "daemon.policy_start").await {
                     log!(d.cfg, "warn", "restarting {}: {}", rec.id, err.message);
-                    e.update(|r| r.state.status = "exited".into());
+                    e.update(|r| r.state.cancel_restart());
                     d.persist(&e);
                     e.life.send_modify(|_| {});
                 }
@@ -768,7 +746,7 @@ impl Daemon {
             "always" => !rec.manually_stopped,
             "unless-stopped" => !rec.manually_stopped,
             "on-failure" => {
-                rec.state.exit_code != 0
+                rec.state.exit_code() != 0
                     && (p.maximum_retry_count == 0 || (rec.restart_count as i64) < p.maximum_retry_count)
             }
             _ => false,
@@ -779,7 +757,7 @@ impl Daemon {
 
     pub async fn kill(&self, e: &Arc<Entry>, signal: u32) -> Result<(), ApiError> {
         let rec = e.snapshot();
-        if !rec.state.running {
+        if !rec.state.running() {
             return Err(ApiError::conflict(format!(
                 "Cannot kill container: {}: Container {} is not running",
                 rec.name, rec.id
@@ -800,15 +778,12 @@ impl Daemon {
         let manual = !self.shutting_down.load(Ordering::SeqCst);
         e.update(|r| {
             r.manually_stopped |= manual;
-            if r.state.restarting {
-                // a pending restart is cancelled: the container stays exited
-                r.state.restarting = false;
-                r.state.status = "exited".into();
-            }
+            // a pending restart is cancelled: the container stays exited
+            r.state.cancel_restart();
         });
         self.persist(e);
         e.life.send_modify(|_| {}); // waiters on not-running re-check `restarting`
-        if !rec.state.running {
+        if !rec.state.running() {
             return Err(ApiError::not_modified());
         }
         let span = trace.start("daemon.stop");
@@ -883,19 +858,19 @@ impl Daemon {
             {
                 let l = life.borrow_and_update();
                 let done = match condition {
-                    "" | "not-running" => !l.running && !e.snapshot().state.restarting,
+                    "" | "not-running" => !l.running && !e.snapshot().state.restarting(),
                     "next-exit" => l.exits > start.exits,
                     "removed" => l.removed,
                     c => return Err(ApiError::bad_request(format!("invalid condition: {c:?}"))),
                 };
                 if done {
                     let rec = e.snapshot();
-                    return Ok((rec.state.exit_code, l.error.clone()));
+                    return Ok((rec.state.exit_code(), l.error.clone()));
                 }
             }
             if life.changed().await.is_err() {
                 let rec = e.snapshot();
-                return Ok((rec.state.exit_code, rec.state.error));
+                return Ok((rec.state.exit_code(), rec.state.error().to_string()));
             }
         }
     }
@@ -908,7 +883,7 @@ impl Daemon {
                 rec.id
             ))
         };
-        if rec.state.running {
+        if rec.state.running() {
             if !force {
                 return Err(running_refused(&rec));
             }
@@ -920,19 +895,13 @@ impl Daemon {
             return Ok(());
         }
         // A start (or a policy restart) may have won the lock meanwhile.
-        if e.snapshot().state.running {
+        if e.snapshot().state.running() {
             return Err(running_refused(&e.snapshot()));
         }
-        e.update(|r| {
-            r.state.dead = true;
-            if r.state.restarting {
-                r.state.restarting = false;
-                r.state.status = "exited".into();
-            }
-        });
+        e.update(|r| r.state.begin_removal());
         let result = self.remove_locked(e).await;
         if result.is_err() {
-            e.update(|r| r.state.dead = false);
+            e.update(|r| r.state.removal_failed());
         }
         result
     }
@@ -1033,8 +1002,8 @@ impl Daemon {
                         continue;
                     }
                 };
-            let was_running = rec.state.running || rec.state.restarting;
-            let (life, _) = watch::channel(Life { running: rec.state.running, ..Default::default() });
+            let was_running = rec.state.running() || rec.state.restarting();
+            let (life, _) = watch::channel(Life { running: rec.state.running(), ..Default::default() });
             let id = rec.id.clone();
             let entry = Arc::new(Entry {
                 record: Mutex::new(rec),
@@ -1062,9 +1031,7 @@ impl Daemon {
             .into_iter()
             .filter(|e| {
                 let r = e.snapshot();
-                !r.state.running
-                    && !r.state.restarting
-                    && r.state.status == "exited"
+                r.state.exited()
                     && match r.host_config.restart_policy.name.as_str() {
                         "always" => true,
                         "unless-stopped" => !r.manually_stopped,
@@ -1113,7 +1080,7 @@ impl Daemon {
     /// On shutdown: stop running containers (as dockerd does without live-restore).
     pub async fn shutdown(self: &Arc<Self>) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        let running: Vec<_> = self.all().into_iter().filter(|e| e.snapshot().state.running).collect();
+        let running: Vec<_> = self.all().into_iter().filter(|e| e.snapshot().state.running()).collect();
         let mut handles = Vec::new();
         for e in running {
             let d = self.clone();

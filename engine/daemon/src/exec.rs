@@ -78,10 +78,10 @@ impl Execs {
 
 pub fn create(d: &Daemon, e: &Arc<Entry>, config: ExecConfig) -> Result<Resp, ApiError> {
     let rec = e.snapshot();
-    if !rec.state.running {
+    if !rec.state.running() {
         return Err(ApiError::conflict(format!("Container {} is not running", rec.id)));
     }
-    if rec.state.paused {
+    if rec.state.paused() {
         return Err(ApiError::conflict(format!("Container {} is paused, unpause the container before exec", rec.id)));
     }
     if config.cmd.as_ref().is_none_or(|c| c.is_empty()) {
@@ -184,7 +184,7 @@ pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Res
     let upgrade = req.headers().get(UPGRADE).is_some().then(|| hyper::upgrade::on(&mut req));
     let start: StartConfig = http::read_json(req.into_body()).await?;
     let e = d.find(&inst.container_id)?;
-    if !e.snapshot().state.running {
+    if !e.snapshot().state.running() {
         return Err(ApiError::conflict(format!("Container {} is not running", inst.container_id)));
     }
     // As dockerd: the process has a terminal if the exec was created with one; the stream is raw

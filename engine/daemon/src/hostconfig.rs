@@ -6,8 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
-use serde_json::{json, Value};
+use oci_spec::runtime::{
+    Arch, Capabilities, Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
+    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder, Spec,
+};
 
 use crate::http::ApiError;
 use crate::types::HostConfig;
@@ -245,43 +248,65 @@ pub struct Context<'a> {
     pub volume_dir: &'a dyn Fn(&str) -> Result<PathBuf, ApiError>,
 }
 
-/// Applies the checked HostConfig to `spec`.
-pub fn apply(spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, ApiError> {
-    let internal = |e: serde_json::Error| ApiError::internal(format!("building the spec: {e}"));
-    let mut v = serde_json::to_value(&spec).map_err(internal)?;
-    v["linux"]["cgroupsPath"] = json!(cgroups_path(cx.cgroup_parent, cx.id));
+/// Applies the checked HostConfig to `spec`, as typed `oci_spec` values (containerd's `SpecOpts`
+/// are the model): one step per concern, in order.
+pub fn apply(mut spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, ApiError> {
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    linux.set_cgroups_path(Some(PathBuf::from(cgroups_path(cx.cgroup_parent, cx.id))));
+    with_resources(&mut spec, hc)?;
+    let caps = with_capabilities(&mut spec, hc)?;
+    with_privileges(&mut spec, hc)?;
+    with_seccomp(&mut spec, hc, &caps)?;
+    with_network(&mut spec, hc, cx.netns);
+    with_mounts(&mut spec, hc, cx)?;
+    Ok(spec)
+}
 
-    // resources
-    let res = &mut v["linux"]["resources"];
+fn spec_error(e: oci_spec::OciSpecError) -> ApiError {
+    ApiError::internal(format!("building the spec: {e}"))
+}
+
+/// `--memory`, `--cpus` or `--cpu-quota/-period/-shares`, `--pids-limit`.
+fn with_resources(spec: &mut Spec, hc: &HostConfig) -> Result<(), ApiError> {
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    let res = linux.resources_mut().get_or_insert_with(Default::default);
     if hc.memory > 0 {
-        res["memory"] = json!({ "limit": hc.memory });
+        res.set_memory(Some(LinuxMemoryBuilder::default().limit(hc.memory).build().map_err(spec_error)?));
     }
     if hc.nano_cpus > 0 {
         let period = 100_000i64;
-        res["cpu"] = json!({ "period": period, "quota": hc.nano_cpus * period / 1_000_000_000 });
+        let cpu = LinuxCpuBuilder::default().period(period as u64).quota(hc.nano_cpus * period / 1_000_000_000);
+        res.set_cpu(Some(cpu.build().map_err(spec_error)?));
     } else if hc.cpu_quota > 0 || hc.cpu_period > 0 || hc.cpu_shares > 0 {
-        let mut cpu = json!({});
+        let mut cpu = LinuxCpuBuilder::default();
         if hc.cpu_quota > 0 {
-            cpu["quota"] = json!(hc.cpu_quota);
+            cpu = cpu.quota(hc.cpu_quota);
         }
         if hc.cpu_period > 0 {
-            cpu["period"] = json!(hc.cpu_period);
+            cpu = cpu.period(hc.cpu_period as u64);
         }
         if hc.cpu_shares > 0 {
-            cpu["shares"] = json!(hc.cpu_shares);
+            cpu = cpu.shares(hc.cpu_shares as u64);
         }
-        res["cpu"] = cpu;
+        res.set_cpu(Some(cpu.build().map_err(spec_error)?));
     }
     if let Some(p) = hc.pids_limit.filter(|p| *p != 0) {
-        res["pids"] = json!({ "limit": p });
+        res.set_pids(Some(LinuxPidsBuilder::default().limit(p).build().map_err(spec_error)?));
     }
+    Ok(())
+}
 
-    // capabilities and privileges
-    let caps = &mut v["process"]["capabilities"];
-    let mut set: Vec<String> = caps["bounding"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_string)).collect())
+/// The process's capabilities (bounding, effective, permitted) after `--privileged`, `--cap-add`
+/// and `--cap-drop`, as Docker computes them; returns their names.
+fn with_capabilities(spec: &mut Spec, hc: &HostConfig) -> Result<Vec<String>, ApiError> {
+    let process = spec.process_mut().as_mut().ok_or_else(|| ApiError::internal("spec without process"))?;
+    let mut set: Vec<String> = process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.bounding().as_ref())
+        .map(|b| b.iter().map(|c| format!("CAP_{c}")).collect())
         .unwrap_or_default();
+    set.sort();
     if hc.privileged || hc.cap_add.iter().flatten().any(|c| c.eq_ignore_ascii_case("ALL")) {
         set = host_caps();
     }
@@ -298,93 +323,137 @@ pub fn apply(spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, ApiE
         let c = cap_name(c);
         set.retain(|x| *x != c);
     }
-    *caps = json!({ "bounding": set, "effective": set, "permitted": set });
+    let typed: Capabilities = set.iter().filter_map(|c| capability(c)).collect();
+    // every set named: the builder's defaults are runc's default capabilities, not empty sets
+    let caps = LinuxCapabilitiesBuilder::default()
+        .bounding(typed.clone())
+        .effective(typed.clone())
+        .permitted(typed)
+        .inheritable(Capabilities::new())
+        .ambient(Capabilities::new())
+        .build()
+        .map_err(spec_error)?;
+    process.set_capabilities(Some(caps));
+    Ok(set)
+}
+
+/// The typed capability named `CAP_X` (`None` for one this build of oci-spec does not know).
+fn capability(name: &str) -> Option<Capability> {
+    name.strip_prefix("CAP_").and_then(|n| n.parse().ok())
+}
+
+/// `--privileged` (no masked or read-only paths, every device, writable /sys),
+/// `--security-opt no-new-privileges`, `--read-only`.
+fn with_privileges(spec: &mut Spec, hc: &HostConfig) -> Result<(), ApiError> {
     if hc.privileged {
-        v["linux"]["maskedPaths"] = json!([]);
-        v["linux"]["readonlyPaths"] = json!([]);
-        v["linux"]["resources"]["devices"] = json!([{ "allow": true, "access": "rwm" }]);
-        for m in v["mounts"].as_array_mut().into_iter().flatten() {
-            if m["destination"] == "/sys" || m["destination"] == "/sys/fs/cgroup" {
-                if let Some(opts) = m["options"].as_array_mut() {
+        let linux = spec.linux_mut().get_or_insert_with(Default::default);
+        linux.set_masked_paths(Some(Vec::new()));
+        linux.set_readonly_paths(Some(Vec::new()));
+        let all = LinuxDeviceCgroupBuilder::default().allow(true).access("rwm").build().map_err(spec_error)?;
+        linux.resources_mut().get_or_insert_with(Default::default).set_devices(Some(vec![all]));
+        for m in spec.mounts_mut().iter_mut().flatten() {
+            let dest = m.destination().clone();
+            if dest == Path::new("/sys") || dest == Path::new("/sys/fs/cgroup") {
+                if let Some(opts) = m.options_mut() {
                     opts.retain(|o| o != "ro");
                 }
             }
         }
     }
     for opt in hc.security_opt.iter().flatten() {
-        match opt.as_str() {
-            "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" => {
-                v["process"]["noNewPrivileges"] = json!(true)
-            }
-            "no-new-privileges:false" | "no-new-privileges=false" => v["process"]["noNewPrivileges"] = json!(false),
-            _ => {}
+        let no_new_privileges = match opt.as_str() {
+            "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" => true,
+            "no-new-privileges:false" | "no-new-privileges=false" => false,
+            _ => continue,
+        };
+        if let Some(p) = spec.process_mut() {
+            p.set_no_new_privileges(Some(no_new_privileges));
         }
     }
     if hc.readonly_rootfs {
-        v["root"]["readonly"] = json!(true);
+        if let Some(root) = spec.root_mut() {
+            root.set_readonly(Some(true));
+        }
     }
+    Ok(())
+}
+
+/// The default seccomp filter, unless `--privileged` or `--security-opt seccomp=unconfined`.
+fn with_seccomp(spec: &mut Spec, hc: &HostConfig, caps: &[String]) -> Result<(), ApiError> {
     let unconfined = hc.security_opt.iter().flatten().any(|o| o == "seccomp=unconfined" || o == "seccomp:unconfined");
     if !hc.privileged && !unconfined {
-        v["linux"]["seccomp"] = default_seccomp(&set);
+        let filter = default_seccomp(caps)?;
+        spec.linux_mut().get_or_insert_with(Default::default).set_seccomp(Some(filter));
     }
+    Ok(())
+}
 
-    // network
-    if let Some(path) = cx.netns {
-        for n in v["linux"]["namespaces"].as_array_mut().into_iter().flatten() {
-            if n["type"] == "network" {
-                n["path"] = json!(path);
+/// Joins the network namespace engined made (`netns`), or stays in the host's (`None`); with
+/// `--network host`, the host's UTS namespace and hostname too.
+fn with_network(spec: &mut Spec, hc: &HostConfig, netns: Option<&Path>) {
+    let host_network = hc.network_mode == "host";
+    if host_network {
+        spec.set_hostname(None);
+    }
+    let Some(namespaces) = spec.linux_mut().as_mut().and_then(|l| l.namespaces_mut().as_mut()) else { return };
+    match netns {
+        Some(path) => {
+            for n in namespaces.iter_mut().filter(|n| n.typ() == LinuxNamespaceType::Network) {
+                n.set_path(Some(path.to_path_buf()));
             }
         }
-    }
-    if cx.netns.is_none() {
         // the host's network (--network host, or container:<one on the host's network>)
-        if let Some(ns) = v["linux"]["namespaces"].as_array_mut() {
-            ns.retain(|n| n["type"] != json!(LinuxNamespaceType::Network.to_string()) && n["type"] != "network");
-        }
+        None => namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network),
     }
-    if hc.network_mode == "host" {
-        if let Some(ns) = v["linux"]["namespaces"].as_array_mut() {
-            ns.retain(|n| n["type"] != "uts");
-        }
-        v.as_object_mut().map(|o| o.remove("hostname"));
+    if host_network {
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Uts);
     }
+}
 
-    // mounts: /etc files, tmpfs, binds and volumes, init
-    let mounts = v["mounts"].as_array_mut().ok_or_else(|| ApiError::internal("spec has no mounts"))?;
+fn bind_mount(destination: impl Into<PathBuf>, source: impl Into<PathBuf>, opts: &[&str]) -> Result<Mount, ApiError> {
+    MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(source)
+        .options(opts.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(spec_error)
+}
+
+/// The /etc files, `--tmpfs`, binds and volumes, and `--init` (bind-mounted, put before the
+/// process's arguments).
+fn with_mounts(spec: &mut Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<(), ApiError> {
+    let mut added = Vec::new();
     for (file, dest) in [("hostname", "/etc/hostname"), ("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf")] {
         let src = cx.container_dir.join(file);
         if src.exists() {
-            let mut opts = vec!["rbind", "rprivate"];
-            if hc.readonly_rootfs {
-                opts.push("ro");
-            }
-            mounts.push(json!({ "destination": dest, "type": "bind", "source": src, "options": opts }));
+            let opts: &[&str] = if hc.readonly_rootfs { &["rbind", "rprivate", "ro"] } else { &["rbind", "rprivate"] };
+            added.push(bind_mount(dest, src, opts)?);
         }
     }
     for (path, opts) in hc.tmpfs.iter().flatten() {
         let mut o: Vec<String> = vec!["nosuid".into(), "nodev".into(), "noexec".into()];
         o.extend(opts.split(',').filter(|s| !s.is_empty()).map(str::to_string));
-        mounts.push(json!({ "destination": path, "type": "tmpfs", "source": "tmpfs", "options": o }));
+        let m = MountBuilder::default().destination(path).typ("tmpfs").source("tmpfs").options(o);
+        added.push(m.build().map_err(spec_error)?);
     }
     for m in cx.mounts {
         let source = match &m.source {
             Source::Host(p) => p.clone(),
             Source::Volume(name) => (cx.volume_dir)(name)?,
         };
-        let mut opts = vec!["rbind", "rprivate"];
-        if m.read_only {
-            opts.push("ro");
-        }
-        mounts.push(json!({ "destination": m.target, "type": "bind", "source": source, "options": opts }));
+        let opts: &[&str] = if m.read_only { &["rbind", "rprivate", "ro"] } else { &["rbind", "rprivate"] };
+        added.push(bind_mount(&m.target, source, opts)?);
     }
     if hc.init == Some(true) {
-        mounts.push(json!({ "destination": INIT_PATH, "type": "bind", "source": cx.init_bin, "options": ["rbind", "ro", "rprivate"] }));
-        let args = v["process"]["args"].as_array().cloned().unwrap_or_default();
-        let mut with_init = vec![json!(INIT_PATH), json!("--")];
-        with_init.extend(args);
-        v["process"]["args"] = Value::Array(with_init);
+        added.push(bind_mount(INIT_PATH, cx.init_bin, &["rbind", "ro", "rprivate"])?);
+        let process = spec.process_mut().as_mut().ok_or_else(|| ApiError::internal("spec without process"))?;
+        let mut with_init = vec![INIT_PATH.to_string(), "--".to_string()];
+        with_init.extend(process.args().clone().unwrap_or_default());
+        process.set_args(Some(with_init));
     }
-    serde_json::from_value(v).map_err(internal)
+    spec.mounts_mut().get_or_insert_with(Vec::new).extend(added);
+    Ok(())
 }
 
 /// The default seccomp filter, with the effect of Docker's default profile on what matters:
@@ -392,7 +461,7 @@ pub fn apply(spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, ApiE
 /// creation through clone flags is refused, and clone3 answers ENOSYS (so libcs fall back to
 /// clone, whose flags can be checked). Everything else is allowed. `--privileged` and
 /// `--security-opt seccomp=unconfined` run without it.
-pub fn default_seccomp(caps: &[String]) -> Value {
+pub fn default_seccomp(caps: &[String]) -> Result<LinuxSeccomp, ApiError> {
     let has = |c: &str| caps.iter().any(|x| x == c);
     let mut denied: Vec<&str> = vec![
         "add_key",
@@ -466,9 +535,12 @@ pub fn default_seccomp(caps: &[String]) -> Value {
             denied.extend_from_slice(calls);
         }
     }
+    let errno = |names: Vec<String>, errno: i32| {
+        LinuxSyscallBuilder::default().names(names).action(LinuxSeccompAction::ScmpActErrno).errno_ret(errno as u32)
+    };
     let mut rules = vec![
-        json!({ "names": denied, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM }),
-        json!({ "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS }),
+        errno(denied.iter().map(|s| s.to_string()).collect(), libc::EPERM).build().map_err(spec_error)?,
+        errno(vec!["clone3".into()], libc::ENOSYS).build().map_err(spec_error)?,
     ];
     if !has("CAP_SYS_ADMIN") {
         // clone with any namespace flag: one rule per flag (libseccomp compares masked equality)
@@ -481,13 +553,22 @@ pub fn default_seccomp(caps: &[String]) -> Value {
             libc::CLONE_NEWNET,
             libc::CLONE_NEWCGROUP,
         ] {
-            rules.push(json!({
-                "names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM,
-                "args": [{ "index": 0, "value": flag as u64, "valueTwo": flag as u64, "op": "SCMP_CMP_MASKED_EQ" }]
-            }));
+            let arg = LinuxSeccompArgBuilder::default()
+                .index(0usize)
+                .value(flag as u64)
+                .value_two(flag as u64)
+                .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+                .build()
+                .map_err(spec_error)?;
+            rules.push(errno(vec!["clone".into()], libc::EPERM).args(vec![arg]).build().map_err(spec_error)?);
         }
     }
-    json!({ "defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"], "syscalls": rules })
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .architectures(vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32])
+        .syscalls(rules)
+        .build()
+        .map_err(spec_error)
 }
 
 /// Writes the container's /etc/hostname, /etc/hosts and /etc/resolv.conf (bind-mounted by
@@ -579,5 +660,102 @@ mod tests {
         assert!(check(&hc).is_err());
         let hc = HostConfig { cap_add: Some(vec!["NOT_A_CAP".into()]), ..Default::default() };
         assert!(check(&hc).is_err());
+    }
+
+    /// `apply` on runc's default spec, read back as the runtime reads config.json.
+    fn applied(hc: &HostConfig, netns: Option<&Path>, dir: &Path) -> serde_json::Value {
+        let volume_dir = |name: &str| -> Result<PathBuf, ApiError> { Ok(PathBuf::from("/volumes").join(name)) };
+        let mounts = check(hc).unwrap();
+        let cx = Context {
+            id: "c1",
+            cgroup_parent: "/engine/",
+            container_dir: dir,
+            init_bin: Path::new("/usr/libexec/engine-init"),
+            mounts: &mounts,
+            netns,
+            volume_dir: &volume_dir,
+        };
+        serde_json::to_value(apply(Spec::default(), hc, &cx).unwrap()).unwrap()
+    }
+
+    fn names(v: &serde_json::Value) -> Vec<String> {
+        let mut n: Vec<String> =
+            v.as_array().unwrap().iter().map(|x| x.as_str().unwrap_or(&x["type"].to_string()).to_string()).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn applies_the_host_config_as_typed_spec_values() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["hostname", "hosts", "resolv.conf"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let hc = HostConfig {
+            memory: 64 << 20,
+            nano_cpus: 500_000_000,
+            pids_limit: Some(20),
+            cap_add: Some(vec!["net_admin".into()]),
+            cap_drop: Some(vec!["CAP_KILL".into()]),
+            readonly_rootfs: true,
+            init: Some(true),
+            tmpfs: Some([("/run".to_string(), "size=1m".to_string())].into()),
+            binds: Some(vec!["vol1:/data:ro".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            ..Default::default()
+        };
+        let v = applied(&hc, Some(Path::new("/run/engine/netns/c1")), dir.path());
+        assert_eq!(v["linux"]["cgroupsPath"], "/engine/c1");
+        let res = &v["linux"]["resources"];
+        assert_eq!((res["memory"]["limit"].as_i64(), res["pids"]["limit"].as_i64()), (Some(64 << 20), Some(20)));
+        assert_eq!((res["cpu"]["quota"].as_i64(), res["cpu"]["period"].as_u64()), (Some(50_000), Some(100_000)));
+        let caps = names(&v["process"]["capabilities"]["bounding"]);
+        assert!(
+            caps.contains(&"CAP_NET_ADMIN".to_string()) && caps.contains(&"CAP_AUDIT_WRITE".to_string()),
+            "{caps:?}"
+        );
+        assert!(!caps.contains(&"CAP_KILL".to_string()), "{caps:?}");
+        assert_eq!(names(&v["process"]["capabilities"]["effective"]), caps);
+        assert_eq!(v["process"]["capabilities"]["inheritable"], serde_json::json!([]));
+        assert_eq!(v["process"]["capabilities"]["ambient"], serde_json::json!([]));
+        assert_eq!(v["process"]["noNewPrivileges"], true);
+        assert_eq!(v["root"]["readonly"], true);
+        assert_eq!(v["process"]["args"][0], INIT_PATH);
+        assert_eq!(v["process"]["args"][1], "--");
+        let mounts = v["mounts"].as_array().unwrap();
+        let mount = |dest: &str| mounts.iter().find(|m| m["destination"] == dest).unwrap_or_else(|| panic!("{dest}"));
+        assert_eq!(mount("/etc/hosts")["options"], serde_json::json!(["rbind", "rprivate", "ro"]));
+        assert_eq!(mount("/data")["source"], "/volumes/vol1");
+        assert_eq!(mount("/run")["type"], "tmpfs");
+        assert_eq!(mount("/run")["options"], serde_json::json!(["nosuid", "nodev", "noexec", "size=1m"]));
+        assert_eq!(mount(INIT_PATH)["source"], "/usr/libexec/engine-init");
+        let net = v["linux"]["namespaces"].as_array().unwrap().iter().find(|n| n["type"] == "network").unwrap();
+        assert_eq!(net["path"], "/run/engine/netns/c1");
+        // the default seccomp filter: EPERM for what needs a missing capability, ENOSYS for clone3
+        let sc = &v["linux"]["seccomp"];
+        assert_eq!(sc["defaultAction"], "SCMP_ACT_ALLOW");
+        let denied = &sc["syscalls"][0];
+        assert_eq!((denied["action"].as_str(), denied["errnoRet"].as_u64()), (Some("SCMP_ACT_ERRNO"), Some(1)));
+        let denied = names(&denied["names"]);
+        assert!(denied.contains(&"mount".to_string()) && denied.contains(&"bpf".to_string()));
+        assert_eq!(sc["syscalls"][1]["errnoRet"].as_u64(), Some(libc::ENOSYS as u64));
+        let clone = sc["syscalls"].as_array().unwrap().iter().filter(|r| r["names"][0] == "clone").count();
+        assert_eq!(clone, 7, "one rule per namespace flag");
+
+        // --privileged: every device and the host's capabilities, no filter, nothing masked
+        let v = applied(
+            &HostConfig { privileged: true, network_mode: "host".into(), ..Default::default() },
+            None,
+            dir.path(),
+        );
+        assert_eq!(v["linux"]["resources"]["devices"], serde_json::json!([{"allow": true, "access": "rwm"}]));
+        assert!(v["linux"]["seccomp"].is_null());
+        assert_eq!(v["linux"]["maskedPaths"], serde_json::json!([]));
+        assert!(names(&v["process"]["capabilities"]["bounding"]).contains(&"CAP_SYS_ADMIN".to_string()));
+        // --network host: the host's network and UTS namespaces, no hostname of its own
+        let types: Vec<&str> =
+            v["linux"]["namespaces"].as_array().unwrap().iter().filter_map(|n| n["type"].as_str()).collect();
+        assert!(!types.contains(&"network") && !types.contains(&"uts"), "{types:?}");
+        assert!(v["hostname"].is_null());
     }
 }

@@ -18,6 +18,7 @@ pub mod kernel;
 pub mod lifecycle;
 pub mod metrics;
 pub mod network;
+pub mod state;
 pub mod supervisor;
 pub mod trace;
 pub mod traces;

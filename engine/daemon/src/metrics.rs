@@ -125,25 +125,9 @@ pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
 
     let containers = gauge_family();
     let all: Vec<_> = d.all().iter().map(|e| e.snapshot()).collect();
-    for state in ["created", "running", "paused", "restarting", "exited", "dead"] {
-        let n = all
-            .iter()
-            .filter(|r| {
-                let s = if r.state.restarting {
-                    "restarting"
-                } else if r.state.paused {
-                    "paused"
-                } else if r.state.running {
-                    "running"
-                } else if r.state.dead {
-                    "dead"
-                } else {
-                    r.state.status.as_str()
-                };
-                s == state
-            })
-            .count();
-        containers.get_or_create(&l(&[("state", state)])).set(n as i64);
+    for state in crate::state::Status::ALL {
+        let n = all.iter().filter(|r| r.state.status() == state).count();
+        containers.get_or_create(&l(&[("state", state.as_str())])).set(n as i64);
     }
     reg.register("engine_containers", "Containers by state", containers);
 
@@ -226,7 +210,7 @@ pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
     let (cpu, mem, npids) =
         (Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default(), gauge_family(), gauge_family());
     let mem_limit = fgauge_family();
-    let running: Vec<_> = all.iter().filter(|r| r.state.running).cloned().collect();
+    let running: Vec<_> = all.iter().filter(|r| r.state.running()).cloned().collect();
     let mut asks = Vec::new();
     for r in running {
         let lifecycle = d.lifecycle.clone();

@@ -276,7 +276,7 @@ async fn up_inner(
     if let Mode::Container(target) = m {
         let other =
             d.find(&target).map_err(|_| ApiError::not_found(format!("No such container: {target}")))?.snapshot();
-        if !other.state.running {
+        if !other.state.running() {
             return Err(ApiError::conflict(format!("cannot join network of a non running container: {}", other.id)));
         }
         // its name files are the other container's
@@ -406,7 +406,7 @@ pub async fn down(d: &Arc<Daemon>, e: &Arc<Entry>) {
         .all()
         .iter()
         .map(|o| o.snapshot())
-        .any(|o| o.state.running && o.id != id && mode(&o.host_config) == Mode::Container(id.clone()));
+        .any(|o| o.state.running() && o.id != id && mode(&o.host_config) == Mode::Container(id.clone()));
     let veths = d.networks.release(&id);
     let path = d.networks.sandbox_path(&id);
     if path.exists() {
@@ -503,7 +503,7 @@ pub fn settings_json(d: &Daemon, rec: &ContainerRecord) -> Value {
     }
     let default =
         rec.networks.iter().find(|l| l.name == engine_network::networks::DEFAULT).and_then(|l| eps.get(&l.id));
-    let sandbox = if rec.state.running && matches!(mode(&rec.host_config), Mode::Bridge | Mode::None) {
+    let sandbox = if rec.state.running() && matches!(mode(&rec.host_config), Mode::Bridge | Mode::None) {
         d.networks.sandbox_path(&rec.id).display().to_string()
     } else {
         String::new()
@@ -528,7 +528,7 @@ pub fn settings_json(d: &Daemon, rec: &ContainerRecord) -> Value {
 /// that are not published map to null.
 fn ports_map(rec: &ContainerRecord) -> Value {
     let mut m = serde_json::Map::new();
-    if !rec.state.running {
+    if !rec.state.running() {
         return Value::Object(m);
     }
     for key in rec.config.exposed_ports.iter().flat_map(|e| e.keys()) {
@@ -550,7 +550,7 @@ fn ports_map(rec: &ContainerRecord) -> Value {
 /// `Ports` of `GET /containers/json`.
 pub fn ps_ports(rec: &ContainerRecord) -> Vec<Value> {
     let mut out: Vec<Value> = Vec::new();
-    if rec.state.running {
+    if rec.state.running() {
         for p in &rec.ports {
             out.push(json!({ "IP": p.port.host_ip.to_string(), "PrivatePort": p.port.container_port, "PublicPort": p.port.host_port, "Type": p.port.proto }));
         }
@@ -782,7 +782,7 @@ pub async fn connect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result<Re
     let nc =
         NetworkingConfig { endpoints_config: body.endpoint_config.map(|ep| BTreeMap::from([(n.name.clone(), ep)])) };
     let link = plan(d, &mut hc, Some(&nc))?.remove(0);
-    if rec.state.running {
+    if rec.state.running() {
         let used: Vec<String> = d.networks.endpoints_of(&rec.id).into_iter().map(|(_, ep)| ep.ifname).collect();
         let ifname = (0..).map(|i| format!("eth{i}")).find(|n| !used.contains(n)).unwrap_or_default();
         let path = d.networks.sandbox_path(&rec.id);
@@ -803,7 +803,7 @@ pub async fn connect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result<Re
     }
     e.update(|r| r.networks.push(link));
     d.persist(&e);
-    if rec.state.running {
+    if rec.state.running() {
         let _ = write_hosts(d, &rec.id);
         refresh_neighbours(d, &rec.id);
     }

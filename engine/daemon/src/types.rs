@@ -153,25 +153,7 @@ pub struct Mount {
     pub read_only: bool,
 }
 
-/// `State` of `GET /containers/{id}/json`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct State {
-    pub status: String,
-    pub running: bool,
-    pub paused: bool,
-    pub restarting: bool,
-    #[serde(rename = "OOMKilled")]
-    pub oom_killed: bool,
-    pub dead: bool,
-    pub pid: u32,
-    pub exit_code: i64,
-    pub error: String,
-    pub started_at: String,
-    pub finished_at: String,
-}
-
-pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+pub use crate::state::{State, ZERO_TIME};
 
 /// `null` reads as the default, as Go's JSON decoding has it (SDKs send `"User": null`).
 fn nullable<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {

@@ -442,6 +442,11 @@ fn volumes_events_and_disk_usage() {
         "data local a"
     );
     e.ok(&["run", "--name", "writer", "-v", "data:/d", "busybox", "sh", "-c", "echo x > /d/f"]);
+    // the volume is where inspect says, under this engined's data-root
+    let inspect: serde_json::Value = serde_json::from_str(&e.ok(&["inspect", "writer"])).unwrap();
+    let source = inspect[0]["Mounts"][0]["Source"].as_str().unwrap_or_default().to_string();
+    assert_eq!(source, e.data_root().join("volumes/data/_data").display().to_string());
+    assert_eq!(std::fs::read_to_string(e.data_root().join("volumes/data/_data/f")).unwrap(), "x\n");
     assert!(e.fails(&["volume", "rm", "data"]).contains("volume is in use"));
     assert!(e
         .ok(&["system", "df"])

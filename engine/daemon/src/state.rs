@@ -1,0 +1,294 @@
+//! A container's state: one [`Status`] and the facts of its last run, changed only through the
+//! transitions below, so the status and Docker's flags (`Running`, `Paused`, `Restarting`,
+//! `Dead`) can never disagree: the flags are derived from the status when the state is written
+//! (to the record and to `GET /containers/{id}/json`), and ignored when it is read back.
+
+use serde::{Deserialize, Serialize};
+
+/// `"0001-01-01T00:00:00Z"`: Go's zero time, as Docker shows a time that has not happened.
+pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// Docker's container statuses (`State.Status`, `ps --filter status=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Made, never started.
+    #[default]
+    Created,
+    Running,
+    Paused,
+    /// Exited, and a restart policy will start it again after its backoff.
+    Restarting,
+    /// Being removed.
+    Removing,
+    Exited,
+    Dead,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Created,
+        Status::Running,
+        Status::Paused,
+        Status::Restarting,
+        Status::Removing,
+        Status::Exited,
+        Status::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Restarting => "restarting",
+            Status::Removing => "removing",
+            Status::Exited => "exited",
+            Status::Dead => "dead",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `State` of `GET /containers/{id}/json`, as engined keeps it in the container's record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Wire", into = "Wire")]
+pub struct State {
+    status: Status,
+    oom_killed: bool,
+    pid: u32,
+    exit_code: i64,
+    error: String,
+    started_at: String,
+    finished_at: String,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            status: Status::Created,
+            oom_killed: false,
+            pid: 0,
+            exit_code: 0,
+            error: String::new(),
+            started_at: ZERO_TIME.into(),
+            finished_at: ZERO_TIME.into(),
+        }
+    }
+}
+
+impl State {
+    // ---- reading ------------------------------------------------------------------------
+
+    pub fn status(&self) -> Status {
+        self.status
+    }
+    /// Its process runs (paused or not).
+    pub fn running(&self) -> bool {
+        matches!(self.status, Status::Running | Status::Paused)
+    }
+    pub fn paused(&self) -> bool {
+        self.status == Status::Paused
+    }
+    pub fn restarting(&self) -> bool {
+        self.status == Status::Restarting
+    }
+    pub fn removing(&self) -> bool {
+        self.status == Status::Removing
+    }
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+    pub fn exit_code(&self) -> i64 {
+        self.exit_code
+    }
+    pub fn error(&self) -> &str {
+        &self.error
+    }
+    pub fn oom_killed(&self) -> bool {
+        self.oom_killed
+    }
+    pub fn started_at(&self) -> &str {
+        &self.started_at
+    }
+    pub fn finished_at(&self) -> &str {
+        &self.finished_at
+    }
+    /// Has run and ended (not restarting).
+    pub fn exited(&self) -> bool {
+        self.status == Status::Exited
+    }
+
+    // ---- transitions ----------------------------------------------------------------------
+
+    /// Its process started (pid) at `now`: the error and exit of an earlier run are cleared.
+    pub fn start(&mut self, pid: u32, now: String) {
+        self.status = Status::Running;
+        self.pid = pid;
+        self.started_at = now;
+        self.exit_code = 0;
+        self.error.clear();
+        self.oom_killed = false;
+    }
+
+    /// A start failed: the reason and the exit code dockerd gives it; the status stays.
+    pub fn start_failed(&mut self, error: String, exit_code: i64) {
+        self.error = error;
+        self.exit_code = exit_code;
+    }
+
+    /// Its process ended at `now`.
+    pub fn exit(&mut self, exit_code: i64, oom_killed: bool, error: String, now: String) {
+        self.status = Status::Exited;
+        self.pid = 0;
+        self.exit_code = exit_code;
+        self.oom_killed = oom_killed;
+        self.error = error;
+        self.finished_at = now;
+    }
+
+    /// After an exit: a restart policy will start it again.
+    pub fn restart_pending(&mut self) {
+        if self.status == Status::Exited {
+            self.status = Status::Restarting;
+        }
+    }
+
+    /// A pending restart is called off (a stop, a removal, or the restart itself failed): it
+    /// stays exited.
+    pub fn cancel_restart(&mut self) {
+        if self.status == Status::Restarting {
+            self.status = Status::Exited;
+        }
+    }
+
+    /// Its removal began (it does not run: a running container is stopped first). A pending
+    /// restart is called off.
+    pub fn begin_removal(&mut self) {
+        if !self.running() {
+            self.status = Status::Removing;
+        }
+    }
+
+    /// Its removal failed: it is what it was before, created or exited.
+    pub fn removal_failed(&mut self) {
+        if self.status == Status::Removing {
+            self.status = if self.started_at == ZERO_TIME { Status::Created } else { Status::Exited };
+        }
+    }
+}
+
+/// How a state is written and read: Docker's fields, the flags derived from the status.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct Wire {
+    status: Status,
+    running: bool,
+    paused: bool,
+    restarting: bool,
+    #[serde(rename = "OOMKilled")]
+    oom_killed: bool,
+    dead: bool,
+    pid: u32,
+    exit_code: i64,
+    error: String,
+    started_at: String,
+    finished_at: String,
+}
+
+impl Default for Wire {
+    fn default() -> Self {
+        State::default().into()
+    }
+}
+
+impl From<State> for Wire {
+    fn from(s: State) -> Wire {
+        Wire {
+            running: s.running(),
+            paused: s.paused(),
+            restarting: s.restarting(),
+            dead: s.status == Status::Dead,
+            status: s.status,
+            oom_killed: s.oom_killed,
+            pid: s.pid,
+            exit_code: s.exit_code,
+            error: s.error,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+        }
+    }
+}
+
+impl From<Wire> for State {
+    fn from(w: Wire) -> State {
+        // Records of earlier versions marked a removal in progress with `Dead` alone.
+        let status = if w.dead && w.status != Status::Dead { Status::Removing } else { w.status };
+        State {
+            status,
+            oom_killed: w.oom_killed,
+            pid: w.pid,
+            exit_code: w.exit_code,
+            error: w.error,
+            started_at: w.started_at,
+            finished_at: w.finished_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flags_follow_the_status_through_a_life() {
+        let mut s = State::default();
+        assert_eq!((s.status(), s.running(), s.started_at()), (Status::Created, false, ZERO_TIME));
+        s.start_failed("exec: \"x\": executable file not found in $PATH".into(), 127);
+        assert_eq!((s.status(), s.exit_code()), (Status::Created, 127));
+        s.start(42, "2026-01-01T00:00:00.000000000Z".into());
+        assert!(s.running() && s.error().is_empty() && s.exit_code() == 0 && s.pid() == 42);
+        s.exit(137, true, String::new(), "2026-01-01T00:00:01.000000000Z".into());
+        assert!(s.exited() && !s.running() && s.oom_killed() && s.pid() == 0);
+        s.restart_pending();
+        assert!(s.restarting() && !s.running());
+        s.cancel_restart();
+        assert!(s.exited());
+        s.restart_pending();
+        s.begin_removal();
+        assert!(s.removing() && !s.restarting());
+        s.removal_failed();
+        assert_eq!(s.status(), Status::Exited);
+        // a running container is never marked for removal
+        let mut r = State::default();
+        r.start(1, "t".into());
+        r.begin_removal();
+        assert!(r.running());
+    }
+
+    #[test]
+    fn written_as_docker_shows_it_and_read_back() {
+        let mut s = State::default();
+        s.start(7, "2026-01-01T00:00:00.000000000Z".into());
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["Status"], "running");
+        assert_eq!(
+            (v["Running"].as_bool(), v["Paused"].as_bool(), v["Dead"].as_bool()),
+            (Some(true), Some(false), Some(false))
+        );
+        assert_eq!(v["OOMKilled"], false);
+        assert_eq!(v["Pid"], 7);
+        assert_eq!(serde_json::from_value::<State>(v).unwrap(), s);
+        // flags that disagree with the status are ignored; an older record's removal mark reads
+        let old = serde_json::json!({"Status": "exited", "Running": true, "Dead": true, "ExitCode": 3});
+        let s: State = serde_json::from_value(old).unwrap();
+        assert_eq!((s.status(), s.running(), s.exit_code()), (Status::Removing, false, 3));
+        let empty: State = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(empty, State::default());
+    }
+}
