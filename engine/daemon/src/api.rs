@@ -313,37 +313,20 @@ async fn dispatch(
 /// until `until` or the client goes; filters `type`, `container`, `event`.
 fn events(d: &Arc<Daemon>, q: &Query) -> Result<Resp, ApiError> {
     let filters = http::Filters::parse(q)?;
-    let (types, containers, actions) = (filters.get("type"), filters.get("container"), filters.get("event"));
-    let keep = move |ev: &Value| {
-        let s = |p: &str| ev.pointer(p).and_then(|v| v.as_str()).unwrap_or("").to_string();
-        (types.is_empty() || types.contains(&s("/Type")))
-            && (actions.is_empty() || actions.contains(&s("/Action")))
-            && (containers.is_empty()
-                || containers
-                    .iter()
-                    .any(|c| s("/Actor/ID").starts_with(c.as_str()) || *c == s("/Actor/Attributes/name")))
+    let filter = crate::events::Filter {
+        kinds: filters.get("type"),
+        actions: filters.get("event"),
+        containers: filters.get("container"),
     };
+    let keep = move |ev: &crate::events::Event| filter.matches(ev);
     let since = parse_since(q.get("since"))?;
     let until = parse_since(q.get("until"))?;
-    let mut rx = d.events.subscribe();
-    let replay: Vec<Value> = match since {
-        Some(s) => d
-            .recent_events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|e| e["timeNano"].as_i64().unwrap_or(0) >= s)
-            .cloned()
-            .collect(),
-        None => Vec::new(),
-    };
+    let (replay, mut rx) = d.events.subscribe(since);
     let (tx, body) = http::channel_body(64);
     tokio::spawn(async move {
         let now = || SystemTime::now().duration_since(UNIX_EPOCH).map(|t| t.as_nanos() as i64).unwrap_or(0);
         for ev in replay.into_iter().filter(|e| keep(e)) {
-            if until.is_some_and(|u| ev["timeNano"].as_i64().unwrap_or(0) > u)
-                || tx.send(Bytes::from(format!("{ev}\n"))).await.is_err()
-            {
+            if until.is_some_and(|u| ev.time_nano > u) || tx.send(event_line(&ev)).await.is_err() {
                 return;
             }
         }
@@ -354,7 +337,7 @@ fn events(d: &Arc<Daemon>, q: &Query) -> Result<Resp, ApiError> {
             };
             match tokio::time::timeout(wait, rx.recv()).await {
                 Ok(Ok(ev)) if keep(&ev) => {
-                    if tx.send(Bytes::from(format!("{ev}\n"))).await.is_err() {
+                    if tx.send(event_line(&ev)).await.is_err() {
                         return;
                     }
                 }
@@ -680,6 +663,13 @@ async fn logs(d: &Arc<Daemon>, e: &Arc<Entry>, q: &Query) -> Result<Resp, ApiErr
 }
 
 /// `since`/`until`: unix seconds with an optional fraction; nanoseconds out.
+/// One event as a line of `GET /events`' stream.
+fn event_line(ev: &crate::events::Event) -> Bytes {
+    let mut line = serde_json::to_vec(ev).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
 fn parse_since(v: Option<&str>) -> Result<Option<i64>, ApiError> {
     let Some(s) = v.filter(|s| !s.is_empty()) else { return Ok(None) };
     let bad = || ApiError::bad_request(format!("invalid timestamp {s:?}: want unix seconds[.nanoseconds]"));

@@ -9,7 +9,7 @@ use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use engine_api::v1::*;
 use engine_image::{Digest, ImageStore};
@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::events::{Event, Events};
 use crate::hostconfig;
 use crate::http::ApiError;
 use crate::lifecycle::{task, Lifecycle};
@@ -105,9 +106,8 @@ pub struct Daemon {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub shutting_down: AtomicBool,
     pub execs: crate::exec::Execs,
-    /// Container events for `GET /events`, and the recent ones for `since`.
-    pub events: tokio::sync::broadcast::Sender<serde_json::Value>,
-    pub recent_events: Mutex<std::collections::VecDeque<serde_json::Value>>,
+    /// Container and network events for `GET /events`.
+    pub events: Events,
 }
 
 use engine_util::time::now_rfc3339_nanos as now;
@@ -171,8 +171,7 @@ impl Daemon {
             probes,
             shutting_down: AtomicBool::new(false),
             execs: Default::default(),
-            events: tokio::sync::broadcast::channel(256).0,
-            recent_events: Mutex::new(Default::default()),
+            events: Events::default(),
             cfg,
         });
         d.load_records().await?;
@@ -191,36 +190,10 @@ impl Daemon {
         self.cfg.data_root.join("volumes")
     }
 
-    /// Publishes an event to `GET /events` listeners and keeps it for `since`.
-    pub fn publish(&self, ev: serde_json::Value) {
-        {
-            let mut recent = self.recent_events.lock().unwrap_or_else(|p| p.into_inner());
-            if recent.len() >= 1024 {
-                recent.pop_front();
-            }
-            recent.push_back(ev.clone());
-        }
-        let _ = self.events.send(ev);
-    }
-
     /// Publishes a container event (Docker's shape) to `GET /events` listeners.
     pub fn event(&self, rec: &ContainerRecord, action: &str, extra: &[(&str, String)]) {
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        let mut attrs = serde_json::Map::new();
-        attrs.insert("name".into(), rec.name.clone().into());
-        attrs.insert("image".into(), rec.image.clone().into());
-        for (k, v) in rec.config.labels.iter().flatten() {
-            attrs.insert(k.clone(), v.clone().into());
-        }
-        for (k, v) in extra {
-            attrs.insert(k.to_string(), v.clone().into());
-        }
-        let ev = serde_json::json!({
-            "Type": "container", "Action": action, "status": action, "id": rec.id, "from": rec.image,
-            "Actor": { "ID": rec.id, "Attributes": attrs },
-            "scope": "local", "time": now.as_secs(), "timeNano": now.as_nanos() as u64,
-        });
-        self.publish(ev);
+        let labels = rec.config.labels.clone().unwrap_or_default();
+        self.events.publish(Event::container(&rec.id, &rec.name, &rec.image, &labels, action, extra));
     }
 
     fn save(&self, rec: &ContainerRecord) -> Result<(), ApiError> {

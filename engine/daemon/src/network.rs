@@ -843,13 +843,5 @@ pub async fn disconnect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result
 }
 
 fn network_event(d: &Daemon, action: &str, n: &NetworkRecord, container: Option<&str>) {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let mut attrs = json!({ "name": n.name, "type": n.driver });
-    if let Some(c) = container {
-        attrs["container"] = json!(c);
-    }
-    d.publish(json!({
-        "Type": "network", "Action": action, "Actor": { "ID": n.id, "Attributes": attrs },
-        "scope": "local", "time": now.as_secs(), "timeNano": now.as_nanos() as u64,
-    }));
+    d.events.publish(crate::events::Event::network(&n.id, &n.name, &n.driver, action, container));
 }
