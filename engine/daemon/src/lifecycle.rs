@@ -137,3 +137,118 @@ impl Lifecycle {
 pub fn task(container_id: &str) -> TaskRequest {
     TaskRequest { container_id: container_id.to_string(), exec_id: String::new() }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use engine_api::v1::containers_server::{Containers, ContainersServer};
+    use tonic::{Request, Response};
+
+    use super::*;
+    use crate::trace::Trace;
+
+    /// A fake lifecycled: its Containers service records the `traceparent` of every create.
+    #[derive(Clone, Default)]
+    struct Fake(Arc<Mutex<Vec<Option<String>>>>);
+
+    #[tonic::async_trait]
+    impl Containers for Fake {
+        async fn create(&self, r: Request<CreateContainerRequest>) -> Result<Response<Container>, Status> {
+            self.0.lock().unwrap().push(engine_api::traceparent_of(&r));
+            Ok(Response::new(Container { id: r.into_inner().id, ..Default::default() }))
+        }
+        async fn get(&self, _: Request<ContainerId>) -> Result<Response<Container>, Status> {
+            Err(Status::not_found("no such container"))
+        }
+        async fn list(&self, _: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
+            Ok(Response::new(ListContainersResponse::default()))
+        }
+        async fn update(&self, _: Request<UpdateContainerRequest>) -> Result<Response<Container>, Status> {
+            Err(Status::unimplemented("update"))
+        }
+        async fn delete(&self, _: Request<ContainerId>) -> Result<Response<Empty>, Status> {
+            Err(Status::failed_precondition("it has a task"))
+        }
+    }
+
+    fn serve(dir: &Path) -> (Fake, std::path::PathBuf) {
+        let fake = Fake::default();
+        let sock = dir.join("lifecycled.sock");
+        let listener = engine_api::bind_unix(&sock).unwrap();
+        let svc = ContainersServer::new(fake.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                .await
+        });
+        (fake, sock)
+    }
+
+    fn create(id: &str) -> CreateContainerRequest {
+        CreateContainerRequest { id: id.into(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn every_call_carries_the_trace_context_of_its_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fake, sock) = serve(dir.path());
+        let lifecycle = Lifecycle::new(&sock);
+        let spans = engine_telemetry::MemorySink::default();
+        let trace = Arc::new(Trace::new(Some(&engine_telemetry::Sink::new(spans)), None, "POST /containers/{id}/kill"));
+        let phase = trace.start("daemon.kill");
+        trace.enter(phase);
+        let expected = trace.traceparent(phase).unwrap();
+
+        // in the operation's task, and in a task it spawns: the current span's context
+        trace.scope(async { lifecycle.create_container(create("a")).await.unwrap() }).await;
+        let spawned = {
+            let lifecycle = lifecycle.clone();
+            trace
+                .scope(async move {
+                    crate::trace::spawn_in_operation(async move { lifecycle.create_container(create("b")).await })
+                })
+                .await
+        };
+        spawned.await.unwrap().unwrap();
+        // outside any operation: none (lifecycled then starts no trace of its own either way)
+        lifecycle.create_container(create("c")).await.unwrap();
+        let seen = fake.0.lock().unwrap().clone();
+        assert_eq!(seen, vec![Some(expected.clone()), Some(expected), None]);
+
+        // answers other than "unavailable" come back at once, with their code
+        let err = lifecycle.delete_container(ContainerId { id: "a".into() }).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unavailable_is_retried_until_it_has_lasted_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let lifecycle = Lifecycle::new(&dir.path().join("lifecycled.sock"));
+        // lifecycled comes back after a few refused attempts: the call succeeds
+        let mut attempts = 0;
+        let r = lifecycle
+            .retry(|| {
+                attempts += 1;
+                let n = attempts;
+                async move {
+                    if n < 5 {
+                        Err(Status::unavailable("restarting"))
+                    } else {
+                        Ok(n)
+                    }
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), 5);
+        // never back: the call gives up once it has been unavailable for the whole limit
+        let started = tokio::time::Instant::now();
+        let err = lifecycle.retry(|| async { Err::<(), _>(Status::unavailable("gone")) }).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(started.elapsed() >= UNAVAILABLE_FOR);
+        // a real socket nobody listens on is unavailable too, and gives up the same way
+        let err = lifecycle.create_container(create("x")).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+    }
+}
