@@ -203,15 +203,13 @@ mod tests {
 
         // in the operation's task, and in a task it spawns: the current span's context
         trace.scope(async { lifecycle.create_container(create("a")).await.unwrap() }).await;
-        let spawned = {
-            let lifecycle = lifecycle.clone();
-            trace
-                .scope(async move {
-                    crate::trace::spawn_in_operation(async move { lifecycle.create_container(create("b")).await })
-                })
-                .await
-        };
-        spawned.await.unwrap().unwrap();
+        let spawned = lifecycle.clone();
+        trace
+            .scope(async {
+                let task = crate::trace::spawn_in_operation(async move { spawned.create_container(create("b")).await });
+                task.await.unwrap().unwrap()
+            })
+            .await;
         // outside any operation: none (lifecycled then starts no trace of its own either way)
         lifecycle.create_container(create("c")).await.unwrap();
         let seen = fake.0.lock().unwrap().clone();
