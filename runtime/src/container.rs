@@ -163,7 +163,7 @@ fn write_id_map(pid: i32, file: &str, maps: &[LinuxIdMapping]) -> Result<()> {
 /// Creates container `opts.id` from its bundle: everything up to (not including) the exec of the
 /// user's program, which waits for `start`.
 pub fn create(dir: &StateDir, opts: &CreateOptions, rec: &mut Recorder) -> Result<Created> {
-    let create_span = rec.start("runtime.create", None);
+    let create_span = rec.start(engine_telemetry::names::RUNTIME_CREATE, None);
     rec.set_attr(create_span, "container.id", opts.id.as_str());
     rec.set_attr(create_span, "process.pid", std::process::id());
     let result = create_inner(dir, opts, rec, create_span);
@@ -179,7 +179,7 @@ fn create_inner(
     rec: &mut Recorder,
     parent: engine_telemetry::SpanHandle,
 ) -> Result<Created> {
-    let h = rec.start("runtime.spec", Some(parent));
+    let h = rec.start(engine_telemetry::names::RUNTIME_SPEC, Some(parent));
     let bundle = rec.finish(h, spec::load(&opts.bundle))?;
     let linux = bundle.spec.linux().as_ref().ok_or_else(|| Error::Other("linux is missing".into()))?;
     let plan = Plan::from_spec(linux.namespaces().as_deref().unwrap_or_default());
@@ -198,7 +198,7 @@ fn create_inner(
         armed: true,
     };
 
-    let h = rec.start("runtime.cgroup", Some(parent));
+    let h = rec.start(engine_telemetry::names::RUNTIME_CGROUP, Some(parent));
     let cgroups_path = linux.cgroups_path().clone().unwrap_or_else(|| PathBuf::from("/").join(&opts.id));
     let cgroup = rec.finish(
         h,
@@ -221,7 +221,7 @@ fn create_inner(
     // Traced: the process hands over to engine-init after `start`, which passes its span here.
     let init = if rec.enabled() { init_handoff(&state_dir)? } else { None };
 
-    let h = rec.start("runtime.namespaces", Some(parent));
+    let h = rec.start(engine_telemetry::names::RUNTIME_NAMESPACES, Some(parent));
     rec.set_attr(h, "namespaces.clone_flags", format!("{:#x}", plan.clone_flags.bits()));
     let (pid_ns, join) = namespaces::open_joins(&plan.join).map_err(Error::Setup)?;
     if let Some(fd) = &pid_ns {
@@ -277,7 +277,7 @@ fn create_inner(
     drop(seccomp_listener);
     rec.set_attr(h, "container.process.pid", pid);
 
-    let attach = rec.start("runtime.cgroup.attach", Some(h));
+    let attach = rec.start(engine_telemetry::names::RUNTIME_CGROUP_ATTACH, Some(h));
     rec.finish(attach, cgroup.add_pid(pid, cgroup_fd.is_some()))?;
     if plan.new_user {
         write_id_map(pid, "uid_map", linux.uid_mappings().as_deref().unwrap_or_default())?;
@@ -292,7 +292,7 @@ fn create_inner(
     if reply == b"hooks" {
         let hooks = bundle.spec.hooks().clone().unwrap_or_default();
         let state = crate::hooks::state_json(&bundle.spec, &opts.id, Status::Creating, pid, &bundle.dir);
-        let h = rec.start("runtime.hooks.createRuntime", Some(parent));
+        let h = rec.start(engine_telemetry::names::RUNTIME_HOOKS_CREATE_RUNTIME, Some(parent));
         let ran =
             crate::hooks::run_all("prestart", hooks.prestart().as_deref().unwrap_or_default(), &state).and_then(|_| {
                 crate::hooks::run_all("createRuntime", hooks.create_runtime().as_deref().unwrap_or_default(), &state)
@@ -359,7 +359,7 @@ fn init_handoff(state_dir: &std::path::Path) -> Result<Option<crate::setup::Init
 /// Lets a created container's process exec its program. Traced, it passes its span to the
 /// process (for engine-init's `init.exec`) and ends when the user's program has been exec'd.
 pub fn start(dir: &StateDir, id: &str, rec: &mut Recorder) -> Result<()> {
-    let h = rec.start("runtime.start", None);
+    let h = rec.start(engine_telemetry::names::RUNTIME_START, None);
     rec.set_attr(h, "container.id", id);
     rec.set_attr(h, "process.pid", std::process::id());
     let traceparent = rec.context(h).filter(|c| c.sampled()).map(|c| c.traceparent());
@@ -464,7 +464,7 @@ pub fn parse_signal(s: &str) -> Result<i32> {
 
 /// Sends `signal` to the container's first process, or with `all` to every process in it.
 pub fn kill(dir: &StateDir, id: &str, signal: i32, all: bool, rec: &mut Recorder) -> Result<()> {
-    let h = rec.start("runtime.kill", None);
+    let h = rec.start(engine_telemetry::names::RUNTIME_KILL, None);
     rec.set_attr(h, "container.id", id);
     rec.set_attr(h, "signal", signal);
     let r = (|| {
@@ -488,7 +488,7 @@ pub fn kill(dir: &StateDir, id: &str, signal: i32, all: bool, rec: &mut Recorder
 
 /// Deletes container `id`: a stopped or created one always; a running one only with `force`.
 pub fn delete(dir: &StateDir, id: &str, force: bool, rec: &mut Recorder) -> Result<()> {
-    let h = rec.start("runtime.delete", None);
+    let h = rec.start(engine_telemetry::names::RUNTIME_DELETE, None);
     rec.set_attr(h, "container.id", id);
     let r = (|| {
         let st = match dir.load(id) {

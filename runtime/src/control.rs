@@ -13,7 +13,7 @@ use crate::state::{StateDir, Status};
 
 /// Freezes every process of a running container.
 pub fn pause(dir: &StateDir, id: &str, rec: &mut Recorder) -> Result<()> {
-    let h = rec.start("runtime.pause", None);
+    let h = rec.start(engine_telemetry::names::RUNTIME_PAUSE, None);
     rec.set_attr(h, "container.id", id);
     let r = (|| {
         let st = dir.load(id)?;
@@ -28,7 +28,7 @@ pub fn pause(dir: &StateDir, id: &str, rec: &mut Recorder) -> Result<()> {
 
 /// Thaws a paused container.
 pub fn resume(dir: &StateDir, id: &str, rec: &mut Recorder) -> Result<()> {
-    let h = rec.start("runtime.resume", None);
+    let h = rec.start(engine_telemetry::names::RUNTIME_RESUME, None);
     rec.set_attr(h, "container.id", id);
     let r = (|| {
         let st = dir.load(id)?;
@@ -44,7 +44,7 @@ pub fn resume(dir: &StateDir, id: &str, rec: &mut Recorder) -> Result<()> {
 /// Applies new resource limits to a created, running or paused container. Values are checked
 /// before anything is written.
 pub fn update(dir: &StateDir, id: &str, resources: &LinuxResources, rec: &mut Recorder) -> Result<()> {
-    let h = rec.start("runtime.update", None);
+    let h = rec.start(engine_telemetry::names::RUNTIME_UPDATE, None);
     rec.set_attr(h, "container.id", id);
     let r = (|| {
         let st = dir.load(id)?;

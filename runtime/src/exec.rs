@@ -140,7 +140,7 @@ fn other_ns(pid: i32, name: &str) -> Result<Option<OwnedFd>> {
 
 /// Starts `opts.process` in running container `opts.id`. The new process is a child of ours.
 pub fn exec(dir: &StateDir, opts: &ExecOptions, rec: &mut Recorder) -> Result<Created> {
-    let h = rec.start("runtime.exec", None);
+    let h = rec.start(engine_telemetry::names::RUNTIME_EXEC, None);
     rec.set_attr(h, "container.id", opts.id.as_str());
     let result = exec_inner(dir, opts);
     if let Ok(c) = &result {

@@ -77,7 +77,7 @@ struct Ready {
 pub(crate) fn run(args: SetupArgs<'_>, sync: SyncSocket, rec: &mut Recorder, parent_span: SpanHandle) -> ! {
     rec.forked(parent_span);
     // its process.pid (the host's, as on every span) is set once `create` has told it
-    let span = rec.start("runtime.init", None);
+    let span = rec.start(engine_telemetry::names::RUNTIME_INIT, None);
     match setup(&args, &sync, rec, span) {
         Ok(Ready { exec, fifo, init }) => {
             rec.end(span);
@@ -252,7 +252,7 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
         enter_new_time_ns(linux.time_offsets().as_ref())?;
     }
     if !a.join.is_empty() {
-        step(rec, "runtime.setns", span, || {
+        step(rec, engine_telemetry::names::RUNTIME_SETNS, span, || {
             for (kind, fd) in &a.join {
                 nix::sched::setns(fd, *kind).map_err(|e| format!("setns {kind:?}: {e}"))?;
             }
@@ -301,7 +301,7 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
         net_ns: a.net_ns,
         mount_ns: a.mount_ns,
     };
-    step(rec, "runtime.rootfs", span, || rootfs::prepare(&cfg))?;
+    step(rec, engine_telemetry::names::RUNTIME_ROOTFS, span, || rootfs::prepare(&cfg))?;
     if let Some(hooks) = spec.hooks() {
         // prestart and createRuntime run in the runtime's namespaces: `create` runs them now
         if hooks.prestart().as_ref().is_some_and(|h| !h.is_empty())
@@ -315,19 +315,19 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
         }
         if let Some(list) = hooks.create_container().as_ref().filter(|h| !h.is_empty()) {
             let state = crate::hooks::state_json(spec, a.id, crate::state::Status::Creating, host_pid, a.bundle);
-            step(rec, "runtime.hooks.createContainer", span, || {
+            step(rec, engine_telemetry::names::RUNTIME_HOOKS_CREATE_CONTAINER, span, || {
                 crate::hooks::run_all("createContainer", list, &state)
             })?;
         }
     }
     // Capabilities are read from /proc while the host's view is still there.
     let caps = process::CapMasks::from_spec(proc_.capabilities().as_ref()).map_err(|e| e.to_string())?;
-    step(rec, "runtime.pivot_root", span, || rootfs::pivot(a.rootfs, a.no_pivot, a.mount_ns))?;
+    step(rec, engine_telemetry::names::RUNTIME_PIVOT_ROOT, span, || rootfs::pivot(a.rootfs, a.no_pivot, a.mount_ns))?;
     if a.mount_ns {
         rootfs::apply_root_propagation(linux.rootfs_propagation().as_deref()).map_err(|e| e.to_string())?;
     }
 
-    let h = rec.start("runtime.process", Some(span));
+    let h = rec.start(engine_telemetry::names::RUNTIME_PROCESS, Some(span));
     let result = (|| -> Result<process::Exec, String> {
         if let Some(socket) = a.console {
             crate::terminal::setup_in_container(socket, a.console_size).map_err(|e| e.to_string())?;

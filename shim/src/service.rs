@@ -537,13 +537,13 @@ impl Shim for ShimService {
     async fn create(&self, request: Request<ShimCreateRequest>) -> Result<Response<CreateTaskResponse>, Status> {
         let mut rec = self.recorder(&request);
         let req = request.into_inner();
-        let pid = self.traced(&mut rec, "shim.create", |tp, _| self.do_create(&req, tp)).await?;
+        let pid = self.traced(&mut rec, engine_telemetry::names::SHIM_CREATE, |tp, _| self.do_create(&req, tp)).await?;
         Ok(Response::new(CreateTaskResponse { pid }))
     }
 
     async fn start(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
         let mut rec = self.recorder(&request);
-        self.traced(&mut rec, "shim.start", |tp, _| async move {
+        self.traced(&mut rec, engine_telemetry::names::SHIM_START, |tp, _| async move {
             if self.lock().phase != Phase::Created {
                 return Err(Status::failed_precondition(format!(
                     "cannot start task {}: it is {}",
@@ -565,7 +565,7 @@ impl Shim for ShimService {
     async fn kill(&self, request: Request<KillRequest>) -> Result<Response<Empty>, Status> {
         let mut rec = self.recorder(&request);
         let req = request.into_inner();
-        self.traced(&mut rec, "shim.kill", |tp, _| async move {
+        self.traced(&mut rec, engine_telemetry::names::SHIM_KILL, |tp, _| async move {
             if !req.exec_id.is_empty() {
                 let pid = self
                     .lock()
@@ -598,7 +598,7 @@ impl Shim for ShimService {
         let mut rec = self.recorder(&request);
         let req = request.into_inner();
         let st = self
-            .traced(&mut rec, "shim.delete", |tp, _| async move {
+            .traced(&mut rec, engine_telemetry::names::SHIM_DELETE, |tp, _| async move {
                 if !req.exec_id.is_empty() {
                     let (st, _, _) = self.exec_exit(&req.exec_id).await?;
                     self.lock().execs.remove(&req.exec_id);
@@ -644,7 +644,7 @@ impl Shim for ShimService {
     async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
         let mut rec = self.recorder(&request);
         let req = request.into_inner();
-        let pid = self.traced(&mut rec, "shim.exec", |tp, _| self.do_exec(&req, tp)).await?;
+        let pid = self.traced(&mut rec, engine_telemetry::names::SHIM_EXEC, |tp, _| self.do_exec(&req, tp)).await?;
         Ok(Response::new(ExecResponse { pid }))
     }
 
@@ -761,7 +761,7 @@ impl Shim for ShimService {
 
     async fn pause(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
         let mut rec = self.recorder(&request);
-        self.traced(&mut rec, "shim.pause", |tp, _| async move {
+        self.traced(&mut rec, engine_telemetry::names::SHIM_PAUSE, |tp, _| async move {
             self.rt.run(&["pause".into(), self.id_arg()], None, tp.as_deref()).await.map_err(runtime_status)?;
             self.lock().phase = Phase::Paused;
             Ok(())
@@ -772,7 +772,7 @@ impl Shim for ShimService {
 
     async fn resume(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
         let mut rec = self.recorder(&request);
-        self.traced(&mut rec, "shim.resume", |tp, _| async move {
+        self.traced(&mut rec, engine_telemetry::names::SHIM_RESUME, |tp, _| async move {
             self.rt.run(&["resume".into(), self.id_arg()], None, tp.as_deref()).await.map_err(runtime_status)?;
             self.lock().phase = Phase::Running;
             Ok(())

@@ -19,26 +19,6 @@ use serde_json::{json, Value};
 use crate::client::{self, Client};
 use crate::containers::urlencode;
 
-/// The stable phase names of a start in the telemetry contract (ARCHITECTURE.md),
-/// spans or kernel events; a report lists the ones its traces lack.
-pub const DESIGN_PHASES: &[&str] = &[
-    "engine.run",
-    "daemon.create",
-    "daemon.start",
-    "lifecycle.Tasks/Create",
-    "lifecycle.Tasks/Start",
-    "shim.create",
-    "shim.start",
-    "runtime.create",
-    "runtime.namespaces",
-    "runtime.cgroup",
-    "runtime.rootfs",
-    "runtime.start",
-    "init.exec",
-    "kernel.clone3",
-    "kernel.cgroup_mkdir",
-];
-
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Starts per phase of the benchmark (sequential, then concurrent).
@@ -347,7 +327,7 @@ pub async fn run(c: &Client, host: &str, a: BenchArgs) -> Result<i32> {
         }
     }
     let present = |n: &str| phases.iter().any(|p| p["phase"] == n);
-    let missing: Vec<&str> = DESIGN_PHASES.iter().copied().filter(|n| !present(n)).collect();
+    let missing: Vec<&str> = engine_telemetry::names::START_PHASES.iter().copied().filter(|n| !present(n)).collect();
 
     let summary = |v: &[f64]| json!({ "runs": v.len(), "median_ms": median(v), "p95_ms": percentile(v, 0.95), "min_ms": percentile(v, 0.0), "max_ms": percentile(v, 1.0) });
     let mut systems = serde_json::Map::new();

@@ -243,7 +243,7 @@ impl Daemon {
         name: Option<String>,
         body: ContainerConfig,
     ) -> Result<String, ApiError> {
-        let span = trace.start("daemon.create");
+        let span = trace.start(engine_telemetry::names::DAEMON_CREATE);
         let outer = trace.enter(span);
         let r = self.create_inner(trace, name, body).await;
         trace.enter(outer);
@@ -367,7 +367,7 @@ impl Daemon {
         let dir = self.container_dir(id);
         std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(format!("creating {}: {e}", dir.display())))?;
 
-        let span = trace.start("daemon.snapshot");
+        let span = trace.start(engine_telemetry::names::DAEMON_SNAPSHOT);
         let images = self.images.clone();
         let (key, image_id) = (id.to_string(), image.id().clone());
         let snap = tokio::task::spawn_blocking(move || images.prepare_snapshot(&key, &image_id))
@@ -376,7 +376,7 @@ impl Daemon {
         let snap =
             trace.finish(span, snap.map_err(ApiError::from).map_err(|e| e.message)).map_err(ApiError::internal)?;
 
-        let span = trace.start("daemon.spec");
+        let span = trace.start(engine_telemetry::names::DAEMON_SPEC);
         let hostname = if body.hostname.is_empty() { id[..12].to_string() } else { body.hostname.clone() };
         let run = engine_image::RunOptions {
             entrypoint: body.entrypoint.clone(),
@@ -521,7 +521,7 @@ impl Daemon {
                 rec.id
             )));
         }
-        let span = trace.start("daemon.start");
+        let span = trace.start(engine_telemetry::names::DAEMON_START);
         trace.attr(span, "container.id", rec.id.clone());
         trace.attr(span, "container.name", rec.name.clone());
         trace.attr(span, "container.image.name", rec.image.clone());
@@ -623,7 +623,7 @@ impl Daemon {
             };
             // the exit and what follows it (auto-removal, a restart policy) are an operation of
             // their own: one trace, so none of its calls to lifecycled starts a trace of its own
-            let trace = Arc::new(Trace::background(d.sink.as_ref(), "daemon.exit"));
+            let trace = Arc::new(Trace::background(d.sink.as_ref(), engine_telemetry::names::DAEMON_EXIT));
             trace.attr(trace.root, "container.id", id.clone());
             trace.attr(trace.root, "process.exit.code", exit.exit_status as i64);
             trace
@@ -690,7 +690,7 @@ impl Daemon {
                 if !rec.state.restarting() || e.life.borrow().removed {
                     return; // stopped or removed meanwhile
                 }
-                if let Err(err) = d.policy_start(&e, "daemon.policy_start").await {
+                if let Err(err) = d.policy_start(&e, engine_telemetry::names::DAEMON_POLICY_START).await {
                     log!(d.cfg, "warn", "restarting {}: {}", rec.id, err.message);
                     e.update(|r| r.state.cancel_restart());
                     d.persist(&e);
@@ -759,7 +759,7 @@ impl Daemon {
         if !rec.state.running() {
             return Err(ApiError::not_modified());
         }
-        let span = trace.start("daemon.stop");
+        let span = trace.start(engine_telemetry::names::DAEMON_STOP);
         trace.attr(span, "container.id", rec.id.clone());
         let signal = rec.config.stop_signal.as_deref().map(parse_signal).transpose()?.unwrap_or(libc::SIGTERM as u32);
         let timeout = timeout.or(rec.config.stop_timeout).unwrap_or(10);
@@ -1016,7 +1016,7 @@ impl Daemon {
             let d = self.clone();
             tokio::spawn(async move {
                 let _op = e.op.lock().await;
-                if let Err(err) = d.policy_start(&e, "daemon.policy_start").await {
+                if let Err(err) = d.policy_start(&e, engine_telemetry::names::DAEMON_POLICY_START).await {
                     log!(d.cfg, "warn", "starting {} (restart policy): {}", e.snapshot().id, err.message);
                 }
             });
@@ -1057,7 +1057,7 @@ impl Daemon {
         let mut handles = Vec::new();
         for e in running {
             let d = self.clone();
-            let t = Trace::new(None, None, "daemon.shutdown");
+            let t = Trace::new(None, None, engine_telemetry::names::DAEMON_SHUTDOWN);
             handles.push(tokio::spawn(async move {
                 let _ = d.stop(&t, &e, Some(10)).await;
             }));

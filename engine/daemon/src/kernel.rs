@@ -175,13 +175,17 @@ fn call_attrs(e: &KernelEvent) -> Vec<KeyValue> {
 /// A point event as a span event.
 fn point(e: &KernelEvent) -> Option<span::Event> {
     let (name, attributes) = match e.kind {
-        kind::FORK => ("kernel.fork", vec![i("process.pid", e.tgid.into()), i("process.child.pid", e.args[0] as i64)]),
-        kind::EXEC => {
-            ("kernel.exec", vec![i("process.pid", e.tgid.into()), s("process.executable.path", e.str0.clone())])
-        }
-        kind::EXIT => ("kernel.exit", vec![i("process.pid", e.tgid.into())]),
+        kind::FORK => (
+            engine_telemetry::names::KERNEL_FORK,
+            vec![i("process.pid", e.tgid.into()), i("process.child.pid", e.args[0] as i64)],
+        ),
+        kind::EXEC => (
+            engine_telemetry::names::KERNEL_EXEC,
+            vec![i("process.pid", e.tgid.into()), s("process.executable.path", e.str0.clone())],
+        ),
+        kind::EXIT => (engine_telemetry::names::KERNEL_EXIT, vec![i("process.pid", e.tgid.into())]),
         kind::CGROUP_MKDIR => (
-            "kernel.cgroup_mkdir",
+            engine_telemetry::names::KERNEL_CGROUP_MKDIR,
             vec![
                 i("process.pid", e.tgid.into()),
                 s("linux.cgroup.path", e.str0.clone()),
@@ -190,7 +194,7 @@ fn point(e: &KernelEvent) -> Option<span::Event> {
             ],
         ),
         kind::CGROUP_ATTACH => (
-            "kernel.cgroup_attach",
+            engine_telemetry::names::KERNEL_CGROUP_ATTACH,
             vec![
                 i("process.pid", e.tgid.into()),
                 s("linux.cgroup.path", e.str0.clone()),
@@ -257,7 +261,7 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
                 None
             };
             for (k, sp) in ss.spans.iter().enumerate() {
-                if engined && sp.name != "network.namespace" {
+                if engined && sp.name != engine_telemetry::names::NETWORK_NAMESPACE {
                     continue;
                 }
                 let (start, end) = (sp.start_time_unix_nano, sp.end_time_unix_nano);
@@ -345,7 +349,7 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
             span_id: engine_telemetry::SpanId::random().0.to_vec(),
             parent_span_id: parent.span_id.clone(),
             flags: parent.flags,
-            name: format!("kernel.{}", syscall::name(enter.syscall)),
+            name: engine_telemetry::names::kernel_syscall(syscall::name(enter.syscall)),
             kind: span::SpanKind::Internal as i32,
             start_time_unix_nano: enter.wall_ns,
             end_time_unix_nano: end,

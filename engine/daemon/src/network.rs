@@ -250,7 +250,7 @@ pub async fn up(d: &Arc<Daemon>, trace: Option<&Trace>, e: &Arc<Entry>) -> Resul
     if m == Mode::Host {
         return Ok(());
     }
-    let span = sp.start("daemon.network");
+    let span = sp.start(engine_telemetry::names::DAEMON_NETWORK);
     sp.attr(span, "network.mode", rec.host_config.network_mode.clone());
     let outer = trace.zip(span).map(|(t, s)| t.enter(s));
     let net = e.net.lock().await;
@@ -289,7 +289,7 @@ async fn up_inner(
         return Ok(());
     }
     let path = d.networks.sandbox_path(&id);
-    let h = sp.start("network.namespace");
+    let h = sp.start(engine_telemetry::names::NETWORK_NAMESPACE);
     let made = {
         let (path, d) = (path.clone(), d.clone());
         tokio::task::spawn_blocking(move || {
@@ -317,7 +317,7 @@ async fn up_inner(
     }
     let mut first_ip = None;
     for (i, link) in rec.networks.iter().enumerate() {
-        let h = sp.start("network.endpoint");
+        let h = sp.start(engine_telemetry::names::NETWORK_ENDPOINT);
         sp.attr(h, "network.name", link.name.clone());
         let ifname = format!("eth{i}");
         let net = d
@@ -341,14 +341,14 @@ async fn up_inner(
         }
         sp.finish(h, attached)?;
     }
-    let h = sp.start("network.hosts");
+    let h = sp.start(engine_telemetry::names::NETWORK_HOSTS);
     let r = write_hosts(d, &id).map(|_| refresh_neighbours(d, &id));
     sp.finish(h, r)?;
     if let Some(ip) = first_ip {
         let mut proxies = Vec::new();
         let result = async {
             for p in published(rec) {
-                let h = sp.start("network.proxy");
+                let h = sp.start(engine_telemetry::names::NETWORK_PROXY);
                 sp.attr(h, "network.transport", p.proto.clone());
                 sp.attr(h, "server.port", p.container_port as i64);
                 let r = spawn_proxy(d, &id, &p, ip, proxies.len()).await;

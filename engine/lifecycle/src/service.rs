@@ -100,7 +100,7 @@ impl Containers for Svc {
         let l = &self.0;
         let req = request.get_ref().clone();
         let c = l
-            .traced(&request, "lifecycle.Containers/Create", &req.id, |_| async {
+            .traced(&request, engine_telemetry::names::LIFECYCLE_CONTAINERS_CREATE, &req.id, |_| async {
                 engine_api::task::check_id(&req.id).map_err(Status::invalid_argument)?;
                 // a bundle that is no OCI bundle is refused here, with nothing made; the runtime
                 // checks the rest when the task is created
@@ -147,7 +147,7 @@ impl Containers for Svc {
     async fn delete(&self, request: Request<ContainerId>) -> Result<Response<Empty>, Status> {
         let l = &self.0;
         let id = request.get_ref().id.clone();
-        l.traced(&request, "lifecycle.Containers/Delete", &id, |_| async {
+        l.traced(&request, engine_telemetry::names::LIFECYCLE_CONTAINERS_DELETE, &id, |_| async {
             if l.tasks.exists(&id) {
                 return Err(Status::failed_precondition(format!("container {id} has a task; delete it first")));
             }
@@ -168,10 +168,15 @@ impl Tasks for Svc {
         let l = &self.0;
         let req = request.get_ref().clone();
         let pid = l
-            .traced(&request, "lifecycle.Tasks/Create", &req.container_id.clone(), |tp| async move {
-                let c = l.store.get(&req.container_id).map_err(store_status)?;
-                l.tasks.create(&c.id, &c.bundle, &req, tp.as_deref()).await
-            })
+            .traced(
+                &request,
+                engine_telemetry::names::LIFECYCLE_TASKS_CREATE,
+                &req.container_id.clone(),
+                |tp| async move {
+                    let c = l.store.get(&req.container_id).map_err(store_status)?;
+                    l.tasks.create(&c.id, &c.bundle, &req, tp.as_deref()).await
+                },
+            )
             .await?;
         Ok(Response::new(CreateTaskResponse { pid }))
     }
@@ -179,15 +184,23 @@ impl Tasks for Svc {
     async fn start(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
         let l = &self.0;
         let req = request.get_ref().clone();
-        l.traced(&request, "lifecycle.Tasks/Start", &req.container_id.clone(), |tp| async move {
-            let t = l.tasks.get(&req.container_id)?;
-            t.client.clone().start(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?;
-            let mut e =
-                Event { topic: "/tasks/start".into(), container_id: req.container_id.clone(), ..Default::default() };
-            e.pid = t.pid.load(std::sync::atomic::Ordering::SeqCst);
-            l.journal.publish(e);
-            Ok(())
-        })
+        l.traced(
+            &request,
+            engine_telemetry::names::LIFECYCLE_TASKS_START,
+            &req.container_id.clone(),
+            |tp| async move {
+                let t = l.tasks.get(&req.container_id)?;
+                t.client.clone().start(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?;
+                let mut e = Event {
+                    topic: "/tasks/start".into(),
+                    container_id: req.container_id.clone(),
+                    ..Default::default()
+                };
+                e.pid = t.pid.load(std::sync::atomic::Ordering::SeqCst);
+                l.journal.publish(e);
+                Ok(())
+            },
+        )
         .await?;
         Ok(Response::new(Empty {}))
     }
@@ -195,7 +208,7 @@ impl Tasks for Svc {
     async fn kill(&self, request: Request<KillRequest>) -> Result<Response<Empty>, Status> {
         let l = &self.0;
         let req = request.get_ref().clone();
-        l.traced(&request, "lifecycle.Tasks/Kill", &req.container_id.clone(), |tp| async move {
+        l.traced(&request, engine_telemetry::names::LIFECYCLE_TASKS_KILL, &req.container_id.clone(), |tp| async move {
             let t = l.tasks.get(&req.container_id)?;
             t.client.clone().kill(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?;
             Ok(())
@@ -208,18 +221,23 @@ impl Tasks for Svc {
         let l = &self.0;
         let req = request.get_ref().clone();
         let st = l
-            .traced(&request, "lifecycle.Tasks/Delete", &req.container_id.clone(), |tp| async move {
-                if !req.exec_id.is_empty() {
-                    let t = l.tasks.get(&req.container_id)?;
-                    return Ok(t
-                        .client
-                        .clone()
-                        .delete(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref()))
-                        .await?
-                        .into_inner());
-                }
-                l.tasks.delete(&req.container_id, &l.store.data_dir(&req.container_id), tp.as_deref()).await
-            })
+            .traced(
+                &request,
+                engine_telemetry::names::LIFECYCLE_TASKS_DELETE,
+                &req.container_id.clone(),
+                |tp| async move {
+                    if !req.exec_id.is_empty() {
+                        let t = l.tasks.get(&req.container_id)?;
+                        return Ok(t
+                            .client
+                            .clone()
+                            .delete(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref()))
+                            .await?
+                            .into_inner());
+                    }
+                    l.tasks.delete(&req.container_id, &l.store.data_dir(&req.container_id), tp.as_deref()).await
+                },
+            )
             .await?;
         Ok(Response::new(st))
     }
@@ -237,25 +255,30 @@ impl Tasks for Svc {
         let l = &self.0;
         let req = request.get_ref().clone();
         let pid = l
-            .traced(&request, "lifecycle.Tasks/Exec", &req.container_id.clone(), |tp| async move {
-                let t = l.tasks.get(&req.container_id)?;
-                let pid = t
-                    .client
-                    .clone()
-                    .exec(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref()))
-                    .await?
-                    .into_inner()
-                    .pid;
-                let e = Event {
-                    topic: "/tasks/exec-added".into(),
-                    container_id: req.container_id.clone(),
-                    exec_id: req.exec_id.clone(),
-                    pid,
-                    ..Default::default()
-                };
-                l.journal.publish(e);
-                Ok(pid)
-            })
+            .traced(
+                &request,
+                engine_telemetry::names::LIFECYCLE_TASKS_EXEC,
+                &req.container_id.clone(),
+                |tp| async move {
+                    let t = l.tasks.get(&req.container_id)?;
+                    let pid = t
+                        .client
+                        .clone()
+                        .exec(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref()))
+                        .await?
+                        .into_inner()
+                        .pid;
+                    let e = Event {
+                        topic: "/tasks/exec-added".into(),
+                        container_id: req.container_id.clone(),
+                        exec_id: req.exec_id.clone(),
+                        pid,
+                        ..Default::default()
+                    };
+                    l.journal.publish(e);
+                    Ok(pid)
+                },
+            )
             .await?;
         Ok(Response::new(ExecResponse { pid }))
     }
@@ -314,16 +337,21 @@ impl Tasks for Svc {
     async fn pause(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
         let l = &self.0;
         let req = request.get_ref().clone();
-        l.traced(&request, "lifecycle.Tasks/Pause", &req.container_id.clone(), |tp| async move {
-            l.tasks
-                .get(&req.container_id)?
-                .client
-                .clone()
-                .pause(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref()))
-                .await?;
-            l.publish("/tasks/paused", &req.container_id);
-            Ok(())
-        })
+        l.traced(
+            &request,
+            engine_telemetry::names::LIFECYCLE_TASKS_PAUSE,
+            &req.container_id.clone(),
+            |tp| async move {
+                l.tasks
+                    .get(&req.container_id)?
+                    .client
+                    .clone()
+                    .pause(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref()))
+                    .await?;
+                l.publish("/tasks/paused", &req.container_id);
+                Ok(())
+            },
+        )
         .await?;
         Ok(Response::new(Empty {}))
     }
@@ -331,16 +359,21 @@ impl Tasks for Svc {
     async fn resume(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
         let l = &self.0;
         let req = request.get_ref().clone();
-        l.traced(&request, "lifecycle.Tasks/Resume", &req.container_id.clone(), |tp| async move {
-            l.tasks
-                .get(&req.container_id)?
-                .client
-                .clone()
-                .resume(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref()))
-                .await?;
-            l.publish("/tasks/resumed", &req.container_id);
-            Ok(())
-        })
+        l.traced(
+            &request,
+            engine_telemetry::names::LIFECYCLE_TASKS_RESUME,
+            &req.container_id.clone(),
+            |tp| async move {
+                l.tasks
+                    .get(&req.container_id)?
+                    .client
+                    .clone()
+                    .resume(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref()))
+                    .await?;
+                l.publish("/tasks/resumed", &req.container_id);
+                Ok(())
+            },
+        )
         .await?;
         Ok(Response::new(Empty {}))
     }

@@ -14,6 +14,7 @@
 pub mod analysis;
 pub mod context;
 pub mod handoff;
+pub mod names;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod recorder;

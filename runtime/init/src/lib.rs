@@ -41,7 +41,7 @@ pub fn handoff(args: &[OsString]) -> i32 {
     };
     let started =
         start.to_str().and_then(|s| s.parse().ok()).unwrap_or_else(engine_telemetry::recorder::now_unix_nanos);
-    let span = rec.start_at("init.exec", None, started);
+    let span = rec.start_at(engine_telemetry::names::INIT_EXEC, None, started);
     let pid = host_pid.to_str().and_then(|p| p.parse::<i64>().ok()).unwrap_or_else(|| getpid().as_raw().into());
     rec.set_attr(span, "process.pid", pid);
     rec.set_attr(span, "process.executable.path", path.to_string_lossy().into_owned());
@@ -123,7 +123,7 @@ fn forwarded() -> SigSet {
 /// Runs the program under init and returns the exit code init should end with.
 pub fn run(opts: &Options) -> Result<i32, String> {
     let mut rec = engine_telemetry::Recorder::from_env("engine-init");
-    let span = rec.start("init.exec", None);
+    let span = rec.start(engine_telemetry::names::INIT_EXEC, None);
     rec.set_attr(span, "process.pid", getpid().as_raw());
     rec.set_attr(span, "process.command", opts.command[0].to_string_lossy().into_owned());
 

@@ -67,6 +67,7 @@ fn bench_compares_runc_and_docker_and_reports_every_phase() {
         r["ratios"]
     );
     let phases: Vec<&str> = r["phases"].as_array().unwrap().iter().filter_map(|p| p["phase"].as_str()).collect();
+    assert_eq!(engine_telemetry::names::START_PHASES, DESIGN_PHASES, "the catalogue's phases of a start");
     for p in DESIGN_PHASES {
         assert!(phases.contains(p), "phase {p} missing from the report: {phases:?}");
     }

@@ -109,6 +109,22 @@ fn instantiate(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m").replace("$phase", ".+").replace("$container", ".+")
 }
 
+/// The span names an expression selects by `phase="…"` or `phase=~"a|b"` (alternatives that are
+/// plain names; patterns and Grafana variables are left out).
+fn phases_named(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, _) in expr.match_indices("phase=") {
+        let rest = expr[i + "phase=".len()..].trim_start_matches('~');
+        let Some(value) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) else { continue };
+        for alt in value.split('|') {
+            if !alt.is_empty() && !alt.contains(['$', '(', ')', '*', '+', '[']) {
+                out.push(alt.to_string());
+            }
+        }
+    }
+    out
+}
+
 fn dashboards() -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for ent in std::fs::read_dir(dashboards_dir()).unwrap() {
@@ -136,6 +152,9 @@ fn dashboards_are_well_formed_and_provisioned() {
     let all = dashboards();
     assert_eq!(all.len(), 4, "start latency, engine health, container resources, kernel events");
     let mut seen_uids = HashSet::new();
+    let named: HashSet<String> =
+        all.iter().flat_map(|(_, d)| expressions(d)).flat_map(|(_, e)| phases_named(&e)).collect();
+    assert!(named.contains("daemon.start") && named.contains("runtime.namespaces"), "{named:?}");
     for (file, d) in &all {
         assert!(compose.contains(file.as_str()), "compose.yaml does not mount {file}");
         let uid = d["uid"].as_str().unwrap_or_else(|| panic!("{file}: no uid"));
@@ -168,7 +187,16 @@ fn dashboards_are_well_formed_and_provisioned() {
                     "{file}/{title}: target data source"
                 );
                 if t["datasource"]["type"] == "prometheus" {
-                    assert!(t["expr"].as_str().is_some_and(|e| !e.is_empty()), "{file}/{title}: empty expr");
+                    let expr = t["expr"].as_str().unwrap_or_default();
+                    assert!(!expr.is_empty(), "{file}/{title}: empty expr");
+                    for phase in phases_named(expr) {
+                        assert!(
+                            engine_telemetry::names::ALL.contains(&phase.as_str())
+                                || phase.starts_with("kernel.")
+                                || phase.split_once(' ').is_some_and(|(m, r)| m.chars().all(|c| c.is_ascii_uppercase()) && r.starts_with('/')),
+                            "{file}/{title}: phase {phase:?} is no span name of the catalogue (engine_telemetry::names)"
+                        );
+                    }
                 }
             }
         }

@@ -1,0 +1,175 @@
+//! The catalogue of span names: every span an engine process records is named here, once.
+//! Dashboards, `engine bench` and the tests key on these names, so they are part of the telemetry
+//! contract: renaming one is a breaking change. Names are `<layer>.<step>`; the CLI's root span
+//! is `engine.<command>` and engined's request spans are `<METHOD> <route template>`.
+
+// engined: phases of its operations, and its own work
+pub const DAEMON_CREATE: &str = "daemon.create";
+pub const DAEMON_SNAPSHOT: &str = "daemon.snapshot";
+pub const DAEMON_SPEC: &str = "daemon.spec";
+pub const DAEMON_START: &str = "daemon.start";
+pub const DAEMON_STOP: &str = "daemon.stop";
+pub const DAEMON_NETWORK: &str = "daemon.network";
+/// The root of engined's own work after a container's exit (its task's delete, auto-removal).
+pub const DAEMON_EXIT: &str = "daemon.exit";
+/// The root of a start a restart policy asks for.
+pub const DAEMON_POLICY_START: &str = "daemon.policy_start";
+pub const DAEMON_SHUTDOWN: &str = "daemon.shutdown";
+pub const NETWORK_NAMESPACE: &str = "network.namespace";
+pub const NETWORK_ENDPOINT: &str = "network.endpoint";
+pub const NETWORK_HOSTS: &str = "network.hosts";
+pub const NETWORK_PROXY: &str = "network.proxy";
+
+// engine-lifecycled: one server span per call, `lifecycle.<Service>/<Method>`
+pub const LIFECYCLE_CONTAINERS_CREATE: &str = "lifecycle.Containers/Create";
+pub const LIFECYCLE_CONTAINERS_DELETE: &str = "lifecycle.Containers/Delete";
+pub const LIFECYCLE_TASKS_CREATE: &str = "lifecycle.Tasks/Create";
+pub const LIFECYCLE_TASKS_START: &str = "lifecycle.Tasks/Start";
+pub const LIFECYCLE_TASKS_KILL: &str = "lifecycle.Tasks/Kill";
+pub const LIFECYCLE_TASKS_DELETE: &str = "lifecycle.Tasks/Delete";
+pub const LIFECYCLE_TASKS_EXEC: &str = "lifecycle.Tasks/Exec";
+pub const LIFECYCLE_TASKS_PAUSE: &str = "lifecycle.Tasks/Pause";
+pub const LIFECYCLE_TASKS_RESUME: &str = "lifecycle.Tasks/Resume";
+
+// engine-shim: one server span per call, `shim.<method>`
+pub const SHIM_CREATE: &str = "shim.create";
+pub const SHIM_START: &str = "shim.start";
+pub const SHIM_KILL: &str = "shim.kill";
+pub const SHIM_DELETE: &str = "shim.delete";
+pub const SHIM_EXEC: &str = "shim.exec";
+pub const SHIM_PAUSE: &str = "shim.pause";
+pub const SHIM_RESUME: &str = "shim.resume";
+
+// engine-runtime: one span per command and per step of a create
+pub const RUNTIME_CREATE: &str = "runtime.create";
+pub const RUNTIME_SPEC: &str = "runtime.spec";
+pub const RUNTIME_CGROUP: &str = "runtime.cgroup";
+pub const RUNTIME_CGROUP_ATTACH: &str = "runtime.cgroup.attach";
+pub const RUNTIME_NAMESPACES: &str = "runtime.namespaces";
+pub const RUNTIME_HOOKS_CREATE_RUNTIME: &str = "runtime.hooks.createRuntime";
+/// The container's first process, from the clone to the wait for `start`.
+pub const RUNTIME_INIT: &str = "runtime.init";
+pub const RUNTIME_SETNS: &str = "runtime.setns";
+pub const RUNTIME_ROOTFS: &str = "runtime.rootfs";
+pub const RUNTIME_HOOKS_CREATE_CONTAINER: &str = "runtime.hooks.createContainer";
+pub const RUNTIME_PIVOT_ROOT: &str = "runtime.pivot_root";
+pub const RUNTIME_PROCESS: &str = "runtime.process";
+pub const RUNTIME_START: &str = "runtime.start";
+pub const RUNTIME_EXEC: &str = "runtime.exec";
+pub const RUNTIME_KILL: &str = "runtime.kill";
+pub const RUNTIME_DELETE: &str = "runtime.delete";
+pub const RUNTIME_PAUSE: &str = "runtime.pause";
+pub const RUNTIME_RESUME: &str = "runtime.resume";
+pub const RUNTIME_UPDATE: &str = "runtime.update";
+
+// engine-init
+/// The exec of the user's program, the last step of a traced start.
+pub const INIT_EXEC: &str = "init.exec";
+
+// the kernel, from the eBPF probes: `kernel.<syscall>` spans and these point events
+pub const KERNEL_CLONE3: &str = "kernel.clone3";
+pub const KERNEL_FORK: &str = "kernel.fork";
+pub const KERNEL_EXEC: &str = "kernel.exec";
+pub const KERNEL_EXIT: &str = "kernel.exit";
+pub const KERNEL_CGROUP_MKDIR: &str = "kernel.cgroup_mkdir";
+pub const KERNEL_CGROUP_ATTACH: &str = "kernel.cgroup_attach";
+
+/// Every name above (`kernel.<syscall>` spans and request spans aside).
+pub const ALL: &[&str] = &[
+    DAEMON_CREATE,
+    DAEMON_SNAPSHOT,
+    DAEMON_SPEC,
+    DAEMON_START,
+    DAEMON_STOP,
+    DAEMON_NETWORK,
+    DAEMON_EXIT,
+    DAEMON_POLICY_START,
+    DAEMON_SHUTDOWN,
+    NETWORK_NAMESPACE,
+    NETWORK_ENDPOINT,
+    NETWORK_HOSTS,
+    NETWORK_PROXY,
+    LIFECYCLE_CONTAINERS_CREATE,
+    LIFECYCLE_CONTAINERS_DELETE,
+    LIFECYCLE_TASKS_CREATE,
+    LIFECYCLE_TASKS_START,
+    LIFECYCLE_TASKS_KILL,
+    LIFECYCLE_TASKS_DELETE,
+    LIFECYCLE_TASKS_EXEC,
+    LIFECYCLE_TASKS_PAUSE,
+    LIFECYCLE_TASKS_RESUME,
+    SHIM_CREATE,
+    SHIM_START,
+    SHIM_KILL,
+    SHIM_DELETE,
+    SHIM_EXEC,
+    SHIM_PAUSE,
+    SHIM_RESUME,
+    RUNTIME_CREATE,
+    RUNTIME_SPEC,
+    RUNTIME_CGROUP,
+    RUNTIME_CGROUP_ATTACH,
+    RUNTIME_NAMESPACES,
+    RUNTIME_HOOKS_CREATE_RUNTIME,
+    RUNTIME_INIT,
+    RUNTIME_SETNS,
+    RUNTIME_ROOTFS,
+    RUNTIME_HOOKS_CREATE_CONTAINER,
+    RUNTIME_PIVOT_ROOT,
+    RUNTIME_PROCESS,
+    RUNTIME_START,
+    RUNTIME_EXEC,
+    RUNTIME_KILL,
+    RUNTIME_DELETE,
+    RUNTIME_PAUSE,
+    RUNTIME_RESUME,
+    RUNTIME_UPDATE,
+    INIT_EXEC,
+    KERNEL_CLONE3,
+    KERNEL_FORK,
+    KERNEL_EXEC,
+    KERNEL_EXIT,
+    KERNEL_CGROUP_MKDIR,
+    KERNEL_CGROUP_ATTACH,
+];
+
+/// The span name of a system call the probes saw enter and exit.
+pub fn kernel_syscall(name: &str) -> String {
+    format!("kernel.{name}")
+}
+
+/// The phases of a container start, from the CLI to the kernel: what `engine bench` reports and
+/// a traced start must hold.
+pub const START_PHASES: &[&str] = &[
+    "engine.run",
+    DAEMON_CREATE,
+    DAEMON_START,
+    LIFECYCLE_TASKS_CREATE,
+    LIFECYCLE_TASKS_START,
+    SHIM_CREATE,
+    SHIM_START,
+    RUNTIME_CREATE,
+    RUNTIME_NAMESPACES,
+    RUNTIME_CGROUP,
+    RUNTIME_ROOTFS,
+    RUNTIME_START,
+    INIT_EXEC,
+    KERNEL_CLONE3,
+    KERNEL_CGROUP_MKDIR,
+];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_are_unique_and_the_start_phases_are_catalogued() {
+        let mut seen = std::collections::HashSet::new();
+        for n in super::ALL {
+            assert!(seen.insert(n), "{n} twice");
+            assert!(n.split_once('.').is_some_and(|(layer, step)| !layer.is_empty() && !step.is_empty()), "{n}");
+        }
+        for p in super::START_PHASES.iter().filter(|p| **p != "engine.run") {
+            assert!(super::ALL.contains(p), "{p}");
+        }
+        assert_eq!(super::kernel_syscall("unshare"), "kernel.unshare");
+    }
+}
