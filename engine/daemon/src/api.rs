@@ -166,30 +166,32 @@ async fn dispatch(
             Ok(json(StatusCode::CREATED, &json!({ "Id": id, "Warnings": [] })))
         }
         (&M::GET, ["containers", "json"]) => Ok(json(StatusCode::OK, &list_containers(d, &q)?)),
-        (&M::GET, ["containers", id, "json"]) => Ok(json(StatusCode::OK, &inspect_container(d, &d.find(id)?))),
+        (&M::GET, ["containers", id, "json"]) => {
+            Ok(json(StatusCode::OK, &inspect_container(d, &d.containers.find(id)?)))
+        }
         (&M::POST, ["containers", id, "start"]) => {
-            let e = d.find(id)?;
+            let e = d.containers.find(id)?;
             d.start(trace, &e).await?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (&M::POST, ["containers", id, "stop"]) => {
-            let e = d.find(id)?;
+            let e = d.containers.find(id)?;
             d.stop(trace, &e, q.int("t")?.or(q.int("timeout")?)).await?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (&M::POST, ["containers", id, "restart"]) => {
-            let e = d.find(id)?;
+            let e = d.containers.find(id)?;
             d.restart(trace, &e, q.int("t")?).await?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (&M::POST, ["containers", id, "kill"]) => {
-            let e = d.find(id)?;
+            let e = d.containers.find(id)?;
             let signal = parse_signal(q.get("signal").filter(|s| !s.is_empty()).unwrap_or("SIGKILL"))?;
             d.kill(&e, signal).await?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (&M::POST, ["containers", id, "wait"]) => {
-            let e = d.find(id)?;
+            let e = d.containers.find(id)?;
             let condition = q.get("condition").unwrap_or("not-running").to_string();
             if !matches!(condition.as_str(), "" | "not-running" | "next-exit" | "removed") {
                 return Err(ApiError::bad_request(format!("invalid condition: {condition:?}")));
@@ -210,21 +212,21 @@ async fn dispatch(
             Ok(r)
         }
         (&M::DELETE, ["containers", id]) => {
-            let e = d.find(id)?;
+            let e = d.containers.find(id)?;
             d.remove(&e, q.flag("force"), q.flag("v")).await?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (&M::POST, ["containers", id, "rename"]) => {
-            let e = d.find(id)?;
+            let e = d.containers.find(id)?;
             d.rename(&e, q.get("name").unwrap_or(""))?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
-        (&M::GET, ["containers", id, "logs"]) => logs(d, &d.find(id)?, &q).await,
-        (&M::GET, ["containers", id, "top"]) => top(d, &d.find(id)?).await,
-        (&M::GET, ["containers", id, "stats"]) => stats(d, &d.find(id)?).await,
-        (&M::POST, ["containers", id, "attach"]) => attach(d, d.find(id)?, &q, req).await,
+        (&M::GET, ["containers", id, "logs"]) => logs(d, &d.containers.find(id)?, &q).await,
+        (&M::GET, ["containers", id, "top"]) => top(d, &d.containers.find(id)?).await,
+        (&M::GET, ["containers", id, "stats"]) => stats(d, &d.containers.find(id)?).await,
+        (&M::POST, ["containers", id, "attach"]) => attach(d, d.containers.find(id)?, &q, req).await,
         (&M::POST, ["containers", id, "resize"]) => {
-            let e = d.find(id)?;
+            let e = d.containers.find(id)?;
             let (h, w) = (q.int("h")?.unwrap_or(0), q.int("w")?.unwrap_or(0));
             let req = ResizePtyRequest {
                 container_id: e.snapshot().id,
@@ -238,7 +240,7 @@ async fn dispatch(
 
         // exec
         (&M::POST, ["containers", id, "exec"]) => {
-            let e = d.find(id)?;
+            let e = d.containers.find(id)?;
             let config: crate::exec::ExecConfig = http::read_json(req.into_body()).await?;
             crate::exec::create(d, &e, config)
         }
@@ -359,7 +361,7 @@ fn events(d: &Arc<Daemon>, q: &Query) -> Result<Resp, ApiError> {
 /// `GET /system/df`: what images, containers and volumes take on disk.
 fn system_df(d: &Arc<Daemon>) -> Result<Resp, ApiError> {
     let (_, layers) = d.images.disk_usage()?;
-    let recs: Vec<_> = d.all().iter().map(|e| e.snapshot()).collect();
+    let recs: Vec<_> = d.containers.all().iter().map(|e| e.snapshot()).collect();
     let images: Vec<Value> = d
         .images
         .list()?
@@ -419,7 +421,7 @@ fn version(d: &Daemon) -> Value {
 }
 
 fn info(d: &Daemon) -> Value {
-    let all = d.all();
+    let all = d.containers.all();
     let count = |f: &dyn Fn(&crate::daemon::ContainerRecord) -> bool| all.iter().filter(|e| f(&e.snapshot())).count();
     let running = count(&|r| r.state.running() && !r.state.paused());
     let paused = count(&|r| r.state.paused());
@@ -514,7 +516,7 @@ fn list_containers(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
     filters.only(&["name", "id", "status", "label", "ancestor", "exited"])?;
     let values = |k: &str| filters.get(k);
     let all = q.flag("all") || !values("status").is_empty() || !values("exited").is_empty();
-    let mut recs: Vec<_> = d.all().iter().map(|e| e.snapshot()).collect();
+    let mut recs: Vec<_> = d.containers.all().iter().map(|e| e.snapshot()).collect();
     recs.sort_by(|a, b| b.created.cmp(&a.created));
     let mut out = Vec::new();
     for r in recs {

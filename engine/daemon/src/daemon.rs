@@ -3,18 +3,14 @@
 //! create (snapshot + spec + lifecycled container), start, stop, kill, wait, remove, restart,
 //! with exit monitoring and restart policies.
 
-use std::collections::BTreeMap;
-
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use engine_api::v1::*;
-use engine_image::{Digest, ImageStore};
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use engine_image::ImageStore;
 
 use crate::config::Config;
 use crate::events::{Event, Events};
@@ -22,79 +18,19 @@ use crate::hostconfig;
 use crate::http::ApiError;
 use crate::lifecycle::{task, Lifecycle};
 use crate::log;
+use crate::records::{ContainerStore, Loaded, NameReservation, StoreError};
 use crate::state::State;
 use crate::supervisor::Supervisor;
 use crate::trace::Trace;
 use crate::types::{ContainerConfig, HostConfig};
 
-/// What engined keeps of a container (`<data-root>/containers/<id>/container.json`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ContainerRecord {
-    pub id: String,
-    pub name: String,
-    pub created: String,
-    pub path: String,
-    pub args: Vec<String>,
-    pub config: ContainerConfig,
-    pub host_config: HostConfig,
-    /// The image as the user named it.
-    pub image: String,
-    pub image_id: Digest,
-    pub state: State,
-    pub restart_count: u64,
-    /// Set by an explicit stop: `unless-stopped` and `always` do not restart it.
-    pub manually_stopped: bool,
-    pub rootfs: PathBuf,
-    pub upper: PathBuf,
-    pub work: PathBuf,
-    pub lower: Vec<PathBuf>,
-    /// The networks it goes on at start (the first is eth0), as configured.
-    #[serde(default)]
-    pub networks: Vec<crate::network::NetworkLink>,
-    /// The proxies of its published ports while it runs.
-    #[serde(default)]
-    pub ports: Vec<engine_network::ports::Proxy>,
-}
-
-/// A change of a container's life, for waiters.
-#[derive(Clone, Debug, Default)]
-pub struct Life {
-    pub running: bool,
-    /// Incremented at each exit.
-    pub exits: u64,
-    pub exit_code: i64,
-    pub error: String,
-    pub removed: bool,
-}
-
-pub struct Entry {
-    pub record: Mutex<ContainerRecord>,
-    pub life: watch::Sender<Life>,
-    /// Serialises start/stop/remove of one container.
-    pub op: tokio::sync::Mutex<()>,
-    /// Serialises its network's set-up, tear-down, connect and disconnect (an exit tears down
-    /// without `op`, which a stop holds while it waits for that exit).
-    pub net: tokio::sync::Mutex<()>,
-    /// Attached output streams still being written: `--rm` waits for them, so the output
-    /// of a short-lived container is not removed with it before the client has it.
-    pub attached: std::sync::atomic::AtomicUsize,
-}
-
-impl Entry {
-    pub fn snapshot(&self) -> ContainerRecord {
-        self.record.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-    pub fn update<T>(&self, f: impl FnOnce(&mut ContainerRecord) -> T) -> T {
-        f(&mut self.record.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
+pub use crate::records::{ContainerRecord, Entry, Life};
 
 pub struct Daemon {
     pub cfg: Arc<Config>,
     pub images: Arc<ImageStore>,
-    pub containers: Mutex<BTreeMap<String, Arc<Entry>>>,
-    /// Names being created (reserved before the record exists).
-    creating: Mutex<Vec<String>>,
+    /// Every container's record, entry and name.
+    pub containers: ContainerStore,
     /// The one client of lifecycled: retries while it restarts, carries trace context.
     pub lifecycle: Lifecycle,
     pub supervisor: Supervisor,
@@ -117,23 +53,6 @@ pub fn random_id() -> Result<String, ApiError> {
     engine_util::id::new_id().map_err(|e| ApiError::internal(format!("no random id: {e}")))
 }
 
-/// `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, as Docker names.
-pub fn valid_name(n: &str) -> bool {
-    let b = n.as_bytes();
-    b.len() >= 2
-        && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
-
-const ADJECTIVES: &[&str] = &[
-    "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry", "nifty", "proud", "quiet",
-    "swift", "tender", "witty",
-];
-const NOUNS: &[&str] = &[
-    "turing", "hopper", "lovelace", "ritchie", "thompson", "torvalds", "knuth", "dijkstra", "hamilton", "liskov",
-    "kay", "backus", "perlman", "wirth", "lamport", "allen",
-];
-
 impl Daemon {
     pub async fn open(
         cfg: Arc<Config>,
@@ -144,6 +63,8 @@ impl Daemon {
     ) -> anyhow::Result<Arc<Self>> {
         let (traces, sink) = traces;
         let images = ImageStore::open(cfg.data_root.join("image"))?;
+        let (containers, loaded) =
+            ContainerStore::open(cfg.data_root.join("containers")).context("reading the container records")?;
         let networks = engine_network::Networks::open(
             engine_network::networks::Config {
                 dir: cfg.data_root.join("network"),
@@ -163,8 +84,7 @@ impl Daemon {
             metrics,
             lifecycle: Lifecycle::new(&cfg.lifecycled_socket()),
             images: Arc::new(images),
-            containers: Mutex::new(BTreeMap::new()),
-            creating: Mutex::new(Vec::new()),
+            containers,
             supervisor,
             sink: Some(sink),
             traces,
@@ -174,16 +94,13 @@ impl Daemon {
             events: Events::default(),
             cfg,
         });
-        d.load_records().await?;
+        d.load_records(loaded).await?;
         Ok(d)
     }
 
-    fn containers_dir(&self) -> PathBuf {
-        self.cfg.data_root.join("containers")
-    }
-
+    /// The directory of container `id` (its record, bundle and /etc files).
     pub fn container_dir(&self, id: &str) -> PathBuf {
-        self.containers_dir().join(id)
+        self.containers.dir(id)
     }
 
     pub fn volumes_dir(&self) -> PathBuf {
@@ -196,43 +113,12 @@ impl Daemon {
         self.events.publish(Event::container(&rec.id, &rec.name, &rec.image, &labels, action, extra));
     }
 
-    fn save(&self, rec: &ContainerRecord) -> Result<(), ApiError> {
-        let bytes = serde_json::to_vec_pretty(rec).map_err(|e| ApiError::internal(e.to_string()))?;
-        engine_util::fs::write_atomic(&self.container_dir(&rec.id).join("container.json"), &bytes)
-            .map_err(|e| ApiError::internal(e.to_string()))
-    }
-
+    /// Writes the entry's record as it is now (a failure is logged: the state in memory stays
+    /// the truth, and the next write carries it).
     pub fn persist(&self, e: &Entry) {
-        let rec = e.snapshot();
-        if let Err(err) = self.save(&rec) {
-            log!(self.cfg, "error", "saving container {}: {}", rec.id, err.message);
+        if let Err(err) = self.containers.persist(e) {
+            log!(self.cfg, "error", "saving {err}");
         }
-    }
-
-    /// Looks a container up by full id, name (with or without '/'), or unique id prefix.
-    pub fn find(&self, s: &str) -> Result<Arc<Entry>, ApiError> {
-        let map = self.containers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = map.get(s) {
-            return Ok(e.clone());
-        }
-        let name = s.trim_start_matches('/');
-        if let Some(e) = map.values().find(|e| e.snapshot().name == name) {
-            return Ok(e.clone());
-        }
-        let matches: Vec<&Arc<Entry>> = if s.is_empty() {
-            Vec::new()
-        } else {
-            map.iter().filter(|(id, _)| id.starts_with(s)).map(|(_, e)| e).collect()
-        };
-        match matches.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => Err(ApiError::no_such_container(s)),
-            _ => Err(ApiError::bad_request(format!("multiple IDs found with provided prefix: {s}"))),
-        }
-    }
-
-    pub fn all(&self) -> Vec<Arc<Entry>> {
-        self.containers.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
     // ---- create ------------------------------------------------------------------------------
@@ -249,7 +135,7 @@ impl Daemon {
         trace.enter(outer);
         if let Ok(id) = &r {
             trace.attr(span, "container.id", id.clone());
-            if let Ok(e) = self.find(id) {
+            if let Ok(e) = self.containers.find(id) {
                 let rec = e.snapshot();
                 trace.attr(span, "container.name", rec.name.clone());
                 trace.attr(span, "container.image.name", rec.image.clone());
@@ -274,10 +160,8 @@ impl Daemon {
         let given = match name.filter(|n| !n.is_empty()) {
             Some(n) => {
                 let n = n.trim_start_matches('/').to_string();
-                if !valid_name(&n) {
-                    return Err(ApiError::bad_request(format!(
-                        "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
-                    )));
+                if !crate::records::valid_name(&n) {
+                    return Err(StoreError::InvalidName(n).into());
                 }
                 Some(n)
             }
@@ -292,64 +176,17 @@ impl Daemon {
                 engine_image::ImageError::NotFound(_) => ApiError::not_found(format!("No such image: {}", body.image)),
                 e => e.into(),
             })?;
-        // Reserve the name, so two creates cannot both take it; a generated name another create
-        // took meanwhile is generated again.
+        // The name is reserved, so two creates cannot both take it; given back if the create fails.
         let name = match given {
-            Some(n) => {
-                self.reserve(&n)?;
-                n
-            }
-            None => {
-                let mut tries = 0;
-                loop {
-                    let n = self.generated_name();
-                    match self.reserve(&n) {
-                        Ok(()) => break n,
-                        Err(e) if tries >= 64 => return Err(e),
-                        Err(_) => tries += 1,
-                    }
-                }
-            }
+            Some(n) => self.containers.reserve(&n)?,
+            None => self.containers.reserve_generated(),
         };
         let id = random_id()?;
-        let result = self.create_with_id(trace, &id, &name, body, hc, mounts, image, networks).await;
-        self.creating.lock().unwrap_or_else(|p| p.into_inner()).retain(|n| n != &name);
+        let result = self.create_with_id(trace, &id, name, body, hc, mounts, image, networks).await;
         if result.is_err() {
             self.undo_create(&id).await;
         }
         result.map(|_| id)
-    }
-
-    /// Takes `name` for a create in progress: refused if a container or another create has it.
-    fn reserve(&self, name: &str) -> Result<(), ApiError> {
-        let map = self.containers.lock().unwrap_or_else(|p| p.into_inner());
-        let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(other) = map.values().find(|e| e.snapshot().name == name) {
-            let id = other.snapshot().id;
-            return Err(ApiError::conflict(format!(
-                "Conflict. The container name \"/{name}\" is already in use by container \"{id}\". You have to remove (or rename) that container to be able to reuse that name."
-            )));
-        }
-        if creating.iter().any(|n| n == name) {
-            return Err(ApiError::conflict(format!("Conflict. The container name \"/{name}\" is already in use")));
-        }
-        creating.push(name.to_string());
-        Ok(())
-    }
-
-    fn generated_name(&self) -> String {
-        let map = self.containers.lock().unwrap_or_else(|p| p.into_inner());
-        let mut taken: Vec<String> = map.values().map(|e| e.snapshot().name).collect();
-        taken.extend(self.creating.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
-        let n = engine_util::id::random_hex(4).ok().and_then(|h| usize::from_str_radix(&h, 16).ok()).unwrap_or(0);
-        for i in 0.. {
-            let base = format!("{}_{}", ADJECTIVES[(n + i) % ADJECTIVES.len()], NOUNS[(n / 16 + i) % NOUNS.len()]);
-            let candidate = if i < 256 { base } else { format!("{base}{i}") };
-            if !taken.contains(&candidate) {
-                return candidate;
-            }
-        }
-        unreachable!("an unbounded loop finds a free name")
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -357,15 +194,14 @@ impl Daemon {
         self: &Arc<Self>,
         trace: &Trace,
         id: &str,
-        name: &str,
+        name: NameReservation<'_>,
         body: ContainerConfig,
         hc: HostConfig,
         mounts: Vec<hostconfig::MountSpec>,
         image: engine_image::Image,
         networks: Vec<crate::network::NetworkLink>,
     ) -> Result<(), ApiError> {
-        let dir = self.container_dir(id);
-        std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(format!("creating {}: {e}", dir.display())))?;
+        let dir = self.containers.make_dir(id)?;
 
         let span = trace.start(engine_telemetry::names::DAEMON_SNAPSHOT);
         let images = self.images.clone();
@@ -455,7 +291,7 @@ impl Daemon {
         }
 
         let mut labels = built.labels.clone();
-        labels.insert("engine.name".into(), name.to_string());
+        labels.insert("engine.name".into(), name.name.clone());
         let req = CreateContainerRequest {
             id: id.to_string(),
             bundle: dir.display().to_string(),
@@ -465,7 +301,7 @@ impl Daemon {
 
         let record = ContainerRecord {
             id: id.to_string(),
-            name: name.to_string(),
+            name: name.name.clone(),
             created: now(),
             path: args.first().cloned().unwrap_or_default(),
             args: args.iter().skip(1).cloned().collect(),
@@ -483,18 +319,8 @@ impl Daemon {
             networks,
             ports: Vec::new(),
         };
-        self.save(&record)?;
-        let (life, _) = watch::channel(Life::default());
-        let entry = Arc::new(Entry {
-            record: Mutex::new(record),
-            life,
-            op: tokio::sync::Mutex::new(()),
-            net: Default::default(),
-            attached: Default::default(),
-        });
-        let rec = entry.snapshot();
-        self.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), entry);
-        self.event(&rec, "create", &[]);
+        let entry = self.containers.insert(record, name)?;
+        self.event(&entry.snapshot(), "create", &[]);
         Ok(())
     }
 
@@ -504,7 +330,7 @@ impl Daemon {
         let images = self.images.clone();
         let key = id.to_string();
         let _ = tokio::task::spawn_blocking(move || images.remove_snapshot(&key)).await;
-        let _ = std::fs::remove_dir_all(self.container_dir(id));
+        let _ = self.containers.remove(id);
     }
 
     // ---- start, monitor, restart ---------------------------------------------------------
@@ -894,9 +720,7 @@ impl Daemon {
         tokio::task::spawn_blocking(move || images.remove_snapshot(&key))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))??;
-        std::fs::remove_dir_all(self.container_dir(&id))
-            .map_err(|err| ApiError::internal(format!("removing {}: {err}", self.container_dir(&id).display())))?;
-        self.containers.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.containers.remove(&id)?;
         self.execs.forget_container(&id);
         self.event(&rec, "destroy", &[]);
         e.life.send_modify(|l| l.removed = true);
@@ -921,25 +745,8 @@ impl Daemon {
     }
 
     pub fn rename(&self, e: &Arc<Entry>, new: &str) -> Result<(), ApiError> {
+        self.containers.rename(e, new)?;
         let new = new.trim_start_matches('/');
-        if !valid_name(new) {
-            return Err(ApiError::bad_request(format!(
-                "Invalid container name ({new}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
-            )));
-        }
-        {
-            // Checked and changed under the containers lock, as create reserves names.
-            let map = self.containers.lock().unwrap_or_else(|p| p.into_inner());
-            let creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(other) = map.values().find(|o| o.snapshot().name == new) {
-                return Err(ApiError::conflict(format!("Conflict. The container name \"/{new}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.", other.snapshot().id)));
-            }
-            if creating.iter().any(|n| n == new) {
-                return Err(ApiError::conflict(format!("Conflict. The container name \"/{new}\" is already in use")));
-            }
-            e.update(|r| r.name = new.to_string());
-        }
-        self.persist(e);
         // the other containers of its user networks know it by the new name
         let id = e.snapshot().id;
         self.networks.rename(&id, new);
@@ -951,45 +758,25 @@ impl Daemon {
 
     /// Reads every container record, asks lifecycled about the ones that were running, and
     /// monitors them again or records their exit (applying restart policies).
-    async fn load_records(self: &Arc<Self>) -> anyhow::Result<()> {
-        let dir = self.containers_dir();
-        std::fs::create_dir_all(&dir)?;
-        let mut running = Vec::new();
-        for ent in std::fs::read_dir(&dir)? {
-            let cdir = ent?.path();
-            let path = cdir.join("container.json");
-            if !path.exists() {
-                // A create that crashed before its record was written: undo what it made.
-                if let Some(id) = cdir.file_name().and_then(|n| n.to_str()).map(str::to_string) {
-                    log!(self.cfg, "warn", "removing the leftovers of an unfinished create of {id}");
-                    let d = self.clone();
-                    tokio::spawn(async move { d.undo_create(&id).await });
-                }
-                continue;
-            }
-            let rec: ContainerRecord =
-                match std::fs::read(&path).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice(&b)?)) {
-                    Ok(r) => r,
-                    Err(err) => {
-                        log!(self.cfg, "warn", "skipping {}: {err}", path.display());
-                        continue;
-                    }
-                };
-            let was_running = rec.state.running() || rec.state.restarting();
-            let (life, _) = watch::channel(Life { running: rec.state.running(), ..Default::default() });
-            let id = rec.id.clone();
-            let entry = Arc::new(Entry {
-                record: Mutex::new(rec),
-                life,
-                op: tokio::sync::Mutex::new(()),
-                net: Default::default(),
-                attached: Default::default(),
-            });
-            self.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
-            if was_running {
-                running.push(entry);
-            }
+    async fn load_records(self: &Arc<Self>, loaded: Loaded) -> anyhow::Result<()> {
+        // A create that crashed before its record was written: undo what it made.
+        for id in loaded.unfinished {
+            log!(self.cfg, "warn", "removing the leftovers of an unfinished create of {id}");
+            let d = self.clone();
+            tokio::spawn(async move { d.undo_create(&id).await });
         }
+        for (path, why) in loaded.unreadable {
+            log!(self.cfg, "warn", "skipping {}: {why}", path.display());
+        }
+        let running: Vec<Arc<Entry>> = self
+            .containers
+            .all()
+            .into_iter()
+            .filter(|e| {
+                let r = e.snapshot();
+                r.state.running() || r.state.restarting()
+            })
+            .collect();
         // Endpoints and namespaces of containers that are not running any more go.
         let keep = running.iter().map(|e| e.snapshot().id).collect();
         self.networks.release_all_but(&keep).await;
@@ -1000,6 +787,7 @@ impl Daemon {
         // Restart policies at daemon start: `always` containers, and `unless-stopped` ones no
         // user stopped, that are not running (stopped by the last shutdown, or by a reboot).
         let to_start: Vec<Arc<Entry>> = self
+            .containers
             .all()
             .into_iter()
             .filter(|e| {
@@ -1053,7 +841,7 @@ impl Daemon {
     /// On shutdown: stop running containers (as dockerd does without live-restore).
     pub async fn shutdown(self: &Arc<Self>) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        let running: Vec<_> = self.all().into_iter().filter(|e| e.snapshot().state.running()).collect();
+        let running: Vec<_> = self.containers.all().into_iter().filter(|e| e.snapshot().state.running()).collect();
         let mut handles = Vec::new();
         for e in running {
             let d = self.clone();

@@ -183,7 +183,7 @@ pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Res
     }
     let upgrade = req.headers().get(UPGRADE).is_some().then(|| hyper::upgrade::on(&mut req));
     let start: StartConfig = http::read_json(req.into_body()).await?;
-    let e = d.find(&inst.container_id)?;
+    let e = d.containers.find(&inst.container_id)?;
     if !e.snapshot().state.running() {
         return Err(ApiError::conflict(format!("Container {} is not running", inst.container_id)));
     }

@@ -77,6 +77,19 @@ impl From<engine_image::reference::ReferenceError> for ApiError {
     }
 }
 
+impl From<crate::records::StoreError> for ApiError {
+    fn from(e: crate::records::StoreError) -> Self {
+        use crate::records::StoreError as E;
+        let status = match &e {
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::Ambiguous(_) | E::InvalidName(_) => StatusCode::BAD_REQUEST,
+            E::NameInUse { .. } | E::NameReserved(_) => StatusCode::CONFLICT,
+            E::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
 impl From<tonic::Status> for ApiError {
     fn from(s: tonic::Status) -> Self {
         let status = match s.code() {

@@ -19,6 +19,7 @@ pub mod kernel;
 pub mod lifecycle;
 pub mod metrics;
 pub mod network;
+pub mod records;
 pub mod state;
 pub mod supervisor;
 pub mod trace;

@@ -124,7 +124,7 @@ pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
     );
 
     let containers = gauge_family();
-    let all: Vec<_> = d.all().iter().map(|e| e.snapshot()).collect();
+    let all: Vec<_> = d.containers.all().iter().map(|e| e.snapshot()).collect();
     for state in crate::state::Status::ALL {
         let n = all.iter().filter(|r| r.state.status() == state).count();
         containers.get_or_create(&l(&[("state", state.as_str())])).set(n as i64);

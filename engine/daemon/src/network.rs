@@ -82,7 +82,8 @@ pub fn plan(d: &Daemon, hc: &mut HostConfig, nc: Option<&NetworkingConfig>) -> R
     let is_primary =
         |k: &str, id: &str| k == primary || k == id || (k == "default" && primary == engine_network::networks::DEFAULT);
     if let Mode::Container(target) = mode(hc) {
-        let other = d.find(&target).map_err(|_| ApiError::not_found(format!("No such container: {target}")))?;
+        let other =
+            d.containers.find(&target).map_err(|_| ApiError::not_found(format!("No such container: {target}")))?;
         if has_ports {
             return Err(ApiError::bad_request(
                 "conflicting options: port publishing and the container type network mode",
@@ -173,7 +174,8 @@ pub fn plan(d: &Daemon, hc: &mut HostConfig, nc: Option<&NetworkingConfig>) -> R
 pub fn joined_namespace(d: &Daemon, other: &str) -> Result<Option<std::path::PathBuf>, ApiError> {
     let mut cur = other.to_string();
     for _ in 0..8 {
-        let rec = d.find(&cur).map_err(|_| ApiError::not_found(format!("No such container: {cur}")))?.snapshot();
+        let rec =
+            d.containers.find(&cur).map_err(|_| ApiError::not_found(format!("No such container: {cur}")))?.snapshot();
         match mode(&rec.host_config) {
             Mode::Host => return Ok(None),
             Mode::Container(next) => cur = next,
@@ -274,8 +276,11 @@ async fn up_inner(
 ) -> Result<(), ApiError> {
     let id = rec.id.clone();
     if let Mode::Container(target) = m {
-        let other =
-            d.find(&target).map_err(|_| ApiError::not_found(format!("No such container: {target}")))?.snapshot();
+        let other = d
+            .containers
+            .find(&target)
+            .map_err(|_| ApiError::not_found(format!("No such container: {target}")))?
+            .snapshot();
         if !other.state.running() {
             return Err(ApiError::conflict(format!("cannot join network of a non running container: {}", other.id)));
         }
@@ -403,6 +408,7 @@ pub async fn down(d: &Arc<Daemon>, e: &Arc<Entry>) {
     // veth pairs in it, off this path. A running container that joined it keeps it alive:
     // then the pairs are deleted here.
     let shared = d
+        .containers
         .all()
         .iter()
         .map(|o| o.snapshot())
@@ -456,7 +462,7 @@ pub async fn ensure_proxies(d: &Arc<Daemon>, e: &Arc<Entry>) {
 /// Rewrites a container's /etc/hosts: itself with its addresses, `--add-host` entries, and
 /// on user networks every other container there (by name, alias and short id).
 fn write_hosts(d: &Daemon, id: &str) -> Result<(), ApiError> {
-    let Ok(e) = d.find(id) else { return Ok(()) };
+    let Ok(e) = d.containers.find(id) else { return Ok(()) };
     let rec = e.snapshot();
     if matches!(mode(&rec.host_config), Mode::Host | Mode::Container(_)) {
         return Ok(());
@@ -577,7 +583,7 @@ fn network_json(d: &Daemon, n: &NetworkRecord) -> Value {
         .endpoints
         .values()
         .map(|ep| {
-            let name = d.find(&ep.container).map(|e| e.snapshot().name).unwrap_or_else(|_| ep.container_name.clone());
+            let name = d.containers.find(&ep.container).map(|e| e.snapshot().name).unwrap_or_else(|_| ep.container_name.clone());
             (ep.container.clone(), json!({ "Name": name, "EndpointID": ep.id, "MacAddress": ep.mac, "IPv4Address": format!("{}/{}", ep.ip, ep.prefix), "IPv6Address": "" }))
         })
         .collect();
@@ -759,7 +765,7 @@ pub struct ConnectBody {
 /// start from now on.
 pub async fn connect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result<Resp, ApiError> {
     let n = d.networks.find(net)?;
-    let e = d.find(&body.container)?;
+    let e = d.containers.find(&body.container)?;
     let _op = e.op.lock().await;
     // an exit tearing the network down waits for this, or this finds it torn down
     let _net = e.net.lock().await;
@@ -814,7 +820,7 @@ pub async fn connect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result<Re
 /// `POST /networks/{id}/disconnect`.
 pub async fn disconnect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result<Resp, ApiError> {
     let n = d.networks.find(net)?;
-    let e = d.find(&body.container)?;
+    let e = d.containers.find(&body.container)?;
     let _op = e.op.lock().await;
     let _net = e.net.lock().await;
     let rec = e.snapshot();

@@ -184,7 +184,7 @@ fn summary_json(t: &TraceSummary) -> serde_json::Value {
 /// `GET /engine/v1/containers/{id}/traces`: the traces of a container's operations, oldest
 /// first. A removed container's traces are found by its name or full id.
 pub fn container_traces(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
-    let list = match d.find(name) {
+    let list = match d.containers.find(name) {
         Ok(e) => {
             let r = e.snapshot();
             d.traces.container_traces(&r.id, Some(&r.name))
@@ -192,7 +192,7 @@ pub fn container_traces(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
         Err(err) => {
             let list = d.traces.container_traces(name, Some(name));
             if list.is_empty() {
-                return Err(err);
+                return Err(err.into());
             }
             list
         }

@@ -78,7 +78,8 @@ pub fn list_all(d: &Daemon) -> Vec<Volume> {
 
 /// Containers whose mounts name the volume.
 fn users(d: &Daemon, name: &str) -> Vec<String> {
-    d.all()
+    d.containers
+        .all()
         .iter()
         .map(|e| e.snapshot())
         .filter(|r| {
