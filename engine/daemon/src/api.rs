@@ -383,14 +383,14 @@ fn system_df(d: &Arc<Daemon>) -> Result<Resp, ApiError> {
                 "Id": r.id, "Names": [format!("/{}", r.name)], "Image": r.image, "ImageID": r.image_id.to_string(),
                 "Command": std::iter::once(r.path.clone()).chain(r.args.iter().cloned()).collect::<Vec<_>>().join(" "),
                 "Created": unix_of(&r.created), "State": r.state.status(), "Status": status_line(r),
-                "SizeRw": crate::volumes::dir_size(&r.upper), "SizeRootFs": 0, "Labels": r.config.labels, "Mounts": mounts_of(d, r),
+                "SizeRw": engine_util::fs::dir_size(&r.upper), "SizeRootFs": 0, "Labels": r.config.labels, "Mounts": mounts_of(d, r),
             })
         })
         .collect();
-    let volumes: Vec<Value> = crate::volumes::list_all(d)
+    let volumes: Vec<Value> = d.volumes.list()
         .into_iter()
         .map(|v| {
-            let size = crate::volumes::dir_size(&v.mountpoint);
+            let size = engine_util::fs::dir_size(&v.mountpoint);
             let mut j = serde_json::to_value(&v).unwrap_or_default();
             j["UsageData"] = json!({ "Size": size, "RefCount": recs.iter().filter(|r| r.host_config.binds.iter().flatten().any(|b| b.split(':').next() == Some(v.name.as_str()))).count() });
             j
@@ -574,7 +574,7 @@ fn mounts_of(d: &Daemon, r: &crate::daemon::ContainerRecord) -> Vec<Value> {
         if src.starts_with('/') {
             out.push(json!({ "Type": "bind", "Source": src, "Destination": dst, "Mode": parts.get(2).copied().unwrap_or(""), "RW": rw, "Propagation": "rprivate" }));
         } else {
-            out.push(json!({ "Type": "volume", "Name": src, "Source": d.volumes_dir().join(src).join("_data"), "Destination": dst, "Driver": "local", "Mode": "z", "RW": rw, "Propagation": "" }));
+            out.push(json!({ "Type": "volume", "Name": src, "Source": d.volumes.data_path(src), "Destination": dst, "Driver": "local", "Mode": "z", "RW": rw, "Propagation": "" }));
         }
     }
     out

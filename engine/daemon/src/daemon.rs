@@ -31,6 +31,8 @@ pub struct Daemon {
     pub images: Arc<ImageStore>,
     /// Every container's record, entry and name.
     pub containers: ContainerStore,
+    /// Named volumes.
+    pub volumes: crate::volumes::VolumeStore,
     /// The one client of lifecycled: retries while it restarts, carries trace context.
     pub lifecycle: Lifecycle,
     pub supervisor: Supervisor,
@@ -85,6 +87,7 @@ impl Daemon {
             lifecycle: Lifecycle::new(&cfg.lifecycled_socket()),
             images: Arc::new(images),
             containers,
+            volumes: crate::volumes::VolumeStore::new(cfg.data_root.join("volumes")),
             supervisor,
             sink: Some(sink),
             traces,
@@ -101,10 +104,6 @@ impl Daemon {
     /// The directory of container `id` (its record, bundle and /etc files).
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.containers.dir(id)
-    }
-
-    pub fn volumes_dir(&self) -> PathBuf {
-        self.cfg.data_root.join("volumes")
     }
 
     /// Publishes a container event (Docker's shape) to `GET /events` listeners.
@@ -241,7 +240,7 @@ impl Daemon {
             .map_err(|e| ApiError::internal(format!("writing /etc files: {e}")))?;
         let spec = {
             let volume_dir = |name: &str| -> Result<PathBuf, ApiError> {
-                Ok(crate::volumes::ensure(self, name, Default::default())?.mountpoint)
+                Ok(self.volumes.ensure(name, Default::default())?.mountpoint)
             };
             let init_bin = self.cfg.init_bin();
             let netns = match crate::network::mode(&hc) {

@@ -1,5 +1,6 @@
 //! Named volumes (the `local` driver): a directory per volume under `<data-root>/volumes`,
 //! with its metadata written atomically beside it; created on demand by `-v name:/path`.
+//! [`VolumeStore`] owns them; the handlers below answer the API.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use serde_json::json;
 use crate::daemon::Daemon;
 use crate::hostconfig::valid_volume_name;
 use crate::http::{empty, json, ApiError, Resp};
+use crate::records::ContainerStore;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -33,52 +35,102 @@ pub struct CreateBody {
     pub driver_opts: BTreeMap<String, String>,
 }
 
-fn meta_path(d: &Daemon, name: &str) -> PathBuf {
-    d.volumes_dir().join(name).join("volume.json")
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("create {0}: \"{0}\" includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed")]
+    InvalidName(String),
+    #[error("get {0}: no such volume")]
+    NotFound(String),
+    #[error("remove {name}: volume is in use - [{}]", users.join(", "))]
+    InUse { name: String, users: Vec<String> },
+    #[error("volume {name}: {source}")]
+    Io { name: String, source: std::io::Error },
 }
 
-fn read(d: &Daemon, name: &str) -> Option<Volume> {
-    serde_json::from_slice(&std::fs::read(meta_path(d, name)).ok()?).ok()
+/// The `local` driver's volumes: a directory per volume under its root, with its metadata
+/// (`volume.json`, written atomically) beside the data (`_data`).
+///
+/// Owns: volume directories. It must never decide whether a volume is used (the caller names
+/// its users) or know HTTP.
+pub struct VolumeStore {
+    dir: PathBuf,
 }
 
-/// The volume `name`, created (empty) if it does not exist.
-pub fn ensure(d: &Daemon, name: &str, labels: BTreeMap<String, String>) -> Result<Volume, ApiError> {
-    if !valid_volume_name(name) {
-        return Err(ApiError::bad_request(format!("create {name}: \"{name}\" includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed")));
+impl VolumeStore {
+    pub fn new(dir: PathBuf) -> VolumeStore {
+        VolumeStore { dir }
     }
-    if let Some(v) = read(d, name) {
-        return Ok(v);
-    }
-    let data = d.volumes_dir().join(name).join("_data");
-    std::fs::create_dir_all(&data).map_err(|e| ApiError::internal(format!("creating volume {name}: {e}")))?;
-    let v = Volume {
-        name: name.to_string(),
-        driver: "local".into(),
-        mountpoint: data,
-        created_at: engine_util::time::now_rfc3339_nanos(),
-        labels,
-        scope: "local".into(),
-        options: BTreeMap::new(),
-    };
-    let bytes = serde_json::to_vec_pretty(&v).map_err(|e| ApiError::internal(e.to_string()))?;
-    engine_util::fs::write_atomic(&meta_path(d, name), &bytes).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(v)
-}
 
-pub fn list_all(d: &Daemon) -> Vec<Volume> {
-    let mut out: Vec<Volume> = std::fs::read_dir(d.volumes_dir())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| read(d, &e.file_name().to_string_lossy()))
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+    fn meta_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name).join("volume.json")
+    }
+
+    /// Where volume `name`'s data is.
+    pub fn data_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name).join("_data")
+    }
+
+    /// The volume `name`, if it exists.
+    pub fn get(&self, name: &str) -> Option<Volume> {
+        if !valid_volume_name(name) {
+            return None;
+        }
+        serde_json::from_slice(&std::fs::read(self.meta_path(name)).ok()?).ok()
+    }
+
+    /// The volume `name`, created (empty) if it does not exist.
+    pub fn ensure(&self, name: &str, labels: BTreeMap<String, String>) -> Result<Volume, VolumeError> {
+        if !valid_volume_name(name) {
+            return Err(VolumeError::InvalidName(name.to_string()));
+        }
+        if let Some(v) = self.get(name) {
+            return Ok(v);
+        }
+        let io = |source| VolumeError::Io { name: name.to_string(), source };
+        let data = self.data_path(name);
+        std::fs::create_dir_all(&data).map_err(io)?;
+        let v = Volume {
+            name: name.to_string(),
+            driver: "local".into(),
+            mountpoint: data,
+            created_at: engine_util::time::now_rfc3339_nanos(),
+            labels,
+            scope: "local".into(),
+            options: BTreeMap::new(),
+        };
+        let bytes = serde_json::to_vec_pretty(&v).map_err(|e| io(std::io::Error::other(e)))?;
+        engine_util::fs::write_atomic(&self.meta_path(name), &bytes).map_err(io)?;
+        Ok(v)
+    }
+
+    /// Every volume, by name.
+    pub fn list(&self) -> Vec<Volume> {
+        let mut out: Vec<Volume> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| self.get(&e.file_name().to_string_lossy()))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Removes volume `name` and its data; refused while `users` (container ids) use it.
+    pub fn remove(&self, name: &str, users: Vec<String>) -> Result<(), VolumeError> {
+        if self.get(name).is_none() {
+            return Err(VolumeError::NotFound(name.to_string()));
+        }
+        if !users.is_empty() {
+            return Err(VolumeError::InUse { name: name.to_string(), users });
+        }
+        std::fs::remove_dir_all(self.dir.join(name))
+            .map_err(|source| VolumeError::Io { name: name.to_string(), source })
+    }
 }
 
 /// Containers whose mounts name the volume.
-fn users(d: &Daemon, name: &str) -> Vec<String> {
-    d.containers
+pub fn users(containers: &ContainerStore, name: &str) -> Vec<String> {
+    containers
         .all()
         .iter()
         .map(|e| e.snapshot())
@@ -90,6 +142,8 @@ fn users(d: &Daemon, name: &str) -> Vec<String> {
         .collect()
 }
 
+// ---- the API's handlers ---------------------------------------------------------------------
+
 pub fn create(d: &Daemon, body: CreateBody) -> Result<Resp, ApiError> {
     if !body.driver.is_empty() && body.driver != "local" {
         return Err(ApiError::not_found(format!("plugin \"{}\" not found", body.driver)));
@@ -98,64 +152,82 @@ pub fn create(d: &Daemon, body: CreateBody) -> Result<Resp, ApiError> {
         return Err(ApiError::bad_request("volume driver options are not supported by the local driver here"));
     }
     let name = if body.name.is_empty() { crate::daemon::random_id()? } else { body.name };
-    let v = ensure(d, &name, body.labels)?;
+    let v = d.volumes.ensure(&name, body.labels)?;
     Ok(json(StatusCode::CREATED, &v))
 }
 
 pub fn list(d: &Daemon) -> Resp {
-    json(StatusCode::OK, &json!({ "Volumes": list_all(d), "Warnings": [] }))
+    json(StatusCode::OK, &json!({ "Volumes": d.volumes.list(), "Warnings": [] }))
 }
 
 pub fn inspect(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
-    if !valid_volume_name(name) {
-        return Err(ApiError::not_found(format!("get {name}: no such volume")));
-    }
-    read(d, name)
-        .map(|v| json(StatusCode::OK, &v))
-        .ok_or_else(|| ApiError::not_found(format!("get {name}: no such volume")))
+    let v = d.volumes.get(name).ok_or_else(|| VolumeError::NotFound(name.to_string()))?;
+    Ok(json(StatusCode::OK, &v))
 }
 
 pub fn remove(d: &Daemon, name: &str, force: bool) -> Result<Resp, ApiError> {
-    if !valid_volume_name(name) || read(d, name).is_none() {
-        return if force {
-            Ok(empty(StatusCode::NO_CONTENT))
-        } else {
-            Err(ApiError::not_found(format!("get {name}: no such volume")))
-        };
+    match d.volumes.remove(name, users(&d.containers, name)) {
+        Ok(()) => Ok(empty(StatusCode::NO_CONTENT)),
+        Err(VolumeError::NotFound(_)) if force => Ok(empty(StatusCode::NO_CONTENT)),
+        Err(e) => Err(e.into()),
     }
-    let users = users(d, name);
-    if !users.is_empty() {
-        return Err(ApiError::conflict(format!("remove {name}: volume is in use - [{}]", users.join(", "))));
-    }
-    let dir = d.volumes_dir().join(name);
-    std::fs::remove_dir_all(&dir).map_err(|e| ApiError::internal(format!("remove {}: {e}", dir.display())))?;
-    Ok(empty(StatusCode::NO_CONTENT))
 }
 
 pub fn prune(d: &Daemon) -> Result<Resp, ApiError> {
     let mut deleted = Vec::new();
     let mut reclaimed = 0u64;
-    for v in list_all(d) {
-        if users(d, &v.name).is_empty() {
-            reclaimed += dir_size(&v.mountpoint);
-            let dir = d.volumes_dir().join(&v.name);
-            std::fs::remove_dir_all(&dir).map_err(|e| ApiError::internal(format!("remove {}: {e}", dir.display())))?;
-            deleted.push(v.name);
+    for v in d.volumes.list() {
+        let size = engine_util::fs::dir_size(&v.mountpoint);
+        match d.volumes.remove(&v.name, users(&d.containers, &v.name)) {
+            Ok(()) => {
+                reclaimed += size;
+                deleted.push(v.name);
+            }
+            Err(VolumeError::InUse { .. } | VolumeError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(json(StatusCode::OK, &json!({ "VolumesDeleted": deleted, "SpaceReclaimed": reclaimed })))
 }
 
-pub fn dir_size(p: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
-        if m.is_dir() {
-            stack.extend(std::fs::read_dir(&p).into_iter().flatten().flatten().map(|e| e.path()));
-        } else {
-            total += m.len();
-        }
+impl From<VolumeError> for ApiError {
+    fn from(e: VolumeError) -> Self {
+        let status = match &e {
+            VolumeError::InvalidName(_) => StatusCode::BAD_REQUEST,
+            VolumeError::NotFound(_) => StatusCode::NOT_FOUND,
+            VolumeError::InUse { .. } => StatusCode::CONFLICT,
+            VolumeError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
     }
-    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_are_made_listed_kept_while_used_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let vols = VolumeStore::new(dir.path().join("volumes"));
+        assert!(vols.list().is_empty());
+        let labels = BTreeMap::from([("team".to_string(), "a".to_string())]);
+        let v = vols.ensure("data", labels.clone()).unwrap();
+        assert_eq!((v.driver.as_str(), v.mountpoint.clone()), ("local", dir.path().join("volumes/data/_data")));
+        assert!(v.mountpoint.is_dir());
+        std::fs::write(v.mountpoint.join("f"), "x").unwrap();
+        // ensuring it again keeps it as it was
+        let again = vols.ensure("data", BTreeMap::new()).unwrap();
+        assert_eq!((again.labels, again.created_at), (labels, v.created_at));
+        assert!(matches!(vols.ensure("../x", BTreeMap::new()), Err(VolumeError::InvalidName(_))));
+        assert!(vols.get("../x").is_none());
+        vols.ensure("b2", BTreeMap::new()).unwrap();
+        assert_eq!(vols.list().iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["b2", "data"]);
+        let err = vols.remove("data", vec!["c1".into()]).unwrap_err();
+        assert_eq!(err.to_string(), "remove data: volume is in use - [c1]");
+        assert!(v.mountpoint.join("f").exists(), "a used volume keeps its data");
+        vols.remove("data", Vec::new()).unwrap();
+        assert!(!dir.path().join("volumes/data").exists());
+        assert!(matches!(vols.remove("data", Vec::new()), Err(VolumeError::NotFound(_))));
+    }
 }

@@ -486,7 +486,7 @@ impl ImageStore {
         for e in fs::read_dir(&layer_dir).map_err(io_at(&layer_dir))? {
             let e = e.map_err(io_at(&layer_dir))?;
             if !layers.contains(e.file_name().to_string_lossy().as_ref()) {
-                stats.bytes += dir_size(&e.path());
+                stats.bytes += engine_util::fs::dir_size(&e.path());
                 fs::remove_dir_all(e.path()).map_err(io_at(&e.path()))?;
                 stats.layers += 1;
             }
@@ -646,7 +646,7 @@ impl ImageStore {
             for dir in [self.layer_path(diff_id), staging.join("layers").join(diff_id.hex())] {
                 if dir.is_dir() {
                     progress.event(ProgressEvent::LayerDone { diff_id, reused: true });
-                    return Ok((diff_id.clone(), dir_size(&dir)));
+                    return Ok((diff_id.clone(), engine_util::fs::dir_size(&dir)));
                 }
             }
         }
@@ -768,7 +768,7 @@ impl ImageStore {
 
     /// Disk use of blobs and unpacked layers, for `system df`.
     pub fn disk_usage(&self) -> Result<(u64, u64), ImageError> {
-        Ok((dir_size(&self.root.join("blobs")), dir_size(&self.root.join("layers"))))
+        Ok((engine_util::fs::dir_size(&self.root.join("blobs")), engine_util::fs::dir_size(&self.root.join("layers"))))
     }
 
     pub(crate) fn images_by_id(&self) -> Result<HashMap<Digest, ImageRecord>, ImageError> {
@@ -788,23 +788,4 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
 
 fn sync_dir(dir: &Path) -> Result<(), ImageError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))
-}
-
-/// Apparent size of everything under `path` (regular files only; hard links counted once).
-pub(crate) fn dir_size(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = std::collections::HashSet::new();
-    let mut total = 0;
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(m) = fs::symlink_metadata(&p) else { continue };
-        if m.is_dir() {
-            if let Ok(rd) = fs::read_dir(&p) {
-                stack.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
-            }
-        } else if m.is_file() && seen.insert((m.dev(), m.ino())) {
-            total += m.len();
-        }
-    }
-    total
 }

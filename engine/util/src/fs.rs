@@ -36,6 +36,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomic_mode(path, bytes, 0o644)
 }
 
+/// The apparent size of everything under `path`: regular files, a hard-linked file once.
+pub fn dir_size(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        if m.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
+            }
+        } else if m.is_file() && seen.insert((m.dev(), m.ino())) {
+            total += m.len();
+        }
+    }
+    total
+}
+
 fn thread_id() -> i64 {
     // SAFETY: gettid takes no arguments and cannot fail.
     unsafe { libc::syscall(libc::SYS_gettid) }
@@ -56,6 +75,18 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("record.json")]);
+    }
+
+    #[test]
+    fn sizes_count_files_once_and_follow_no_link() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/one"), vec![0u8; 100]).unwrap();
+        std::fs::write(dir.path().join("a/b/two"), vec![0u8; 20]).unwrap();
+        std::fs::hard_link(dir.path().join("a/one"), dir.path().join("a/b/same")).unwrap();
+        std::os::unix::fs::symlink("/usr", dir.path().join("a/link")).unwrap();
+        assert_eq!(dir_size(dir.path()), 120);
+        assert_eq!(dir_size(&dir.path().join("missing")), 0);
     }
 
     #[test]
