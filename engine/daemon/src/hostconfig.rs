@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{
     Arch, Capabilities, Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
-    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder, Spec,
+    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, Spec,
 };
 
 use crate::http::ApiError;
@@ -120,7 +121,65 @@ pub fn check(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
             return bad("invalid pids limit".into());
         }
     }
+    for u in hc.ulimits.iter().flatten() {
+        if rlimit_type(&u.name).is_none() {
+            return bad(format!("invalid ulimit type: {}", u.name));
+        }
+        if u.soft < 0 || u.hard < 0 {
+            return bad(format!("invalid ulimit value for {}: a limit cannot be negative", u.name));
+        }
+        if u.soft > u.hard {
+            return bad(format!("ulimit soft limit must be less than or equal to hard limit: {} > {}", u.soft, u.hard));
+        }
+    }
+    if hc.shm_size < 0 {
+        return bad("SHM size can not be less than 0".into());
+    }
+    for key in hc.sysctls.iter().flatten().map(|(k, _)| k) {
+        let namespaced =
+            IPC_SYSCTLS.contains(&key.as_str()) || key.starts_with("fs.mqueue.") || key.starts_with("net.");
+        if !namespaced {
+            return bad(format!("sysctl '{key}' is not allowed: only namespaced kernel parameters can be set"));
+        }
+        if key.starts_with("net.") && hc.network_mode == "host" {
+            return bad(format!("sysctl '{key}' is not allowed in host network namespace"));
+        }
+    }
     Ok(mounts)
+}
+
+/// Kernel parameters of the IPC namespace a container may set (as Docker's list).
+const IPC_SYSCTLS: &[&str] = &[
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+    "kernel.shmall",
+    "kernel.shmmax",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+];
+
+/// The rlimit `--ulimit` names (`nofile` is `RLIMIT_NOFILE`).
+fn rlimit_type(name: &str) -> Option<PosixRlimitType> {
+    const DOCKERS: &[&str] = &[
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+    ];
+    DOCKERS.contains(&name).then(|| format!("RLIMIT_{}", name.to_ascii_uppercase()).parse().ok()).flatten()
 }
 
 /// `host:container[:ro|rw]` or `volume:container[:ro]`.
@@ -254,6 +313,7 @@ pub fn apply(mut spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, 
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
     linux.set_cgroups_path(Some(PathBuf::from(cgroups_path(cx.cgroup_parent, cx.id))));
     with_resources(&mut spec, hc)?;
+    with_limits(&mut spec, hc)?;
     let caps = with_capabilities(&mut spec, hc)?;
     with_privileges(&mut spec, hc)?;
     with_seccomp(&mut spec, hc, &caps)?;
@@ -292,6 +352,27 @@ fn with_resources(spec: &mut Spec, hc: &HostConfig) -> Result<(), ApiError> {
     }
     if let Some(p) = hc.pids_limit.filter(|p| *p != 0) {
         res.set_pids(Some(LinuxPidsBuilder::default().limit(p).build().map_err(spec_error)?));
+    }
+    Ok(())
+}
+
+/// `--ulimit` (replacing the image's limit of the same kind) and `--sysctl`.
+fn with_limits(spec: &mut Spec, hc: &HostConfig) -> Result<(), ApiError> {
+    if let Some(process) = spec.process_mut().as_mut() {
+        let mut rlimits = process.rlimits().clone().unwrap_or_default();
+        for u in hc.ulimits.iter().flatten() {
+            let Some(typ) = rlimit_type(&u.name) else { continue };
+            rlimits.retain(|r| r.typ() != typ);
+            let r = PosixRlimitBuilder::default().typ(typ).soft(u.soft as u64).hard(u.hard as u64);
+            rlimits.push(r.build().map_err(spec_error)?);
+        }
+        process.set_rlimits(Some(rlimits));
+    }
+    if let Some(sysctls) = hc.sysctls.as_ref().filter(|s| !s.is_empty()) {
+        let linux = spec.linux_mut().get_or_insert_with(Default::default);
+        let mut all = linux.sysctl().clone().unwrap_or_default();
+        all.extend(sysctls.iter().map(|(k, v)| (k.clone(), v.clone())));
+        linux.set_sysctl(Some(all));
     }
     Ok(())
 }
@@ -423,6 +504,15 @@ fn bind_mount(destination: impl Into<PathBuf>, source: impl Into<PathBuf>, opts:
 /// The /etc files, `--tmpfs`, binds and volumes, and `--init` (bind-mounted, put before the
 /// process's arguments).
 fn with_mounts(spec: &mut Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<(), ApiError> {
+    if hc.shm_size > 0 {
+        // /dev/shm of the size asked for (Docker's unit: bytes; tmpfs takes k)
+        for m in spec.mounts_mut().iter_mut().flatten().filter(|m| m.destination() == Path::new("/dev/shm")) {
+            let mut opts: Vec<String> =
+                m.options().clone().unwrap_or_default().into_iter().filter(|o| !o.starts_with("size=")).collect();
+            opts.push(format!("size={}k", (hc.shm_size + 1023) / 1024));
+            m.set_options(Some(opts));
+        }
+    }
     let mut added = Vec::new();
     for (file, dest) in [("hostname", "/etc/hostname"), ("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf")] {
         let src = cx.container_dir.join(file);
@@ -660,6 +750,67 @@ mod tests {
         assert!(check(&hc).is_err());
         let hc = HostConfig { cap_add: Some(vec!["NOT_A_CAP".into()]), ..Default::default() };
         assert!(check(&hc).is_err());
+    }
+
+    #[test]
+    fn ulimits_shm_and_sysctls_are_checked_and_applied() {
+        use crate::types::Ulimit;
+        let ulimit = |name: &str, soft, hard| Ulimit { name: name.into(), soft, hard };
+        let bad = |hc: HostConfig| check(&hc).err().map(|e| e.message).unwrap_or_default();
+        assert!(bad(HostConfig { ulimits: Some(vec![ulimit("nofiles", 1, 2)]), ..Default::default() })
+            .contains("invalid ulimit type"));
+        assert!(bad(HostConfig { ulimits: Some(vec![ulimit("nofile", 3, 2)]), ..Default::default() })
+            .contains("soft limit"));
+        assert!(bad(HostConfig { shm_size: -1, ..Default::default() }).contains("SHM size"));
+        let sysctl = |k: &str| Some([(k.to_string(), "1".to_string())].into());
+        assert!(bad(HostConfig { sysctls: sysctl("kernel.panic"), ..Default::default() }).contains("not allowed"));
+        assert!(bad(HostConfig {
+            sysctls: sysctl("net.ipv4.ip_forward"),
+            network_mode: "host".into(),
+            ..Default::default()
+        })
+        .contains("host network namespace"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut image_spec = Spec::default();
+        image_spec.set_mounts(Some(vec![MountBuilder::default()
+            .destination("/dev/shm")
+            .typ("tmpfs")
+            .source("shm")
+            .options(vec!["nosuid".to_string(), "size=65536k".to_string()])
+            .build()
+            .unwrap()]));
+        let hc = HostConfig {
+            ulimits: Some(vec![ulimit("nofile", 100, 200)]),
+            shm_size: 1 << 20,
+            sysctls: Some(
+                [
+                    ("net.ipv4.ip_forward".to_string(), "1".to_string()),
+                    ("kernel.shmmax".to_string(), "4096".to_string()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let mounts = check(&hc).unwrap();
+        let volume_dir = |_: &str| -> Result<PathBuf, ApiError> { unreachable!("no volumes") };
+        let cx = Context {
+            id: "c1",
+            cgroup_parent: "/engine",
+            container_dir: dir.path(),
+            init_bin: Path::new("/init"),
+            mounts: &mounts,
+            netns: None,
+            volume_dir: &volume_dir,
+        };
+        let v = serde_json::to_value(apply(image_spec, &hc, &cx).unwrap()).unwrap();
+        let nofile: Vec<&serde_json::Value> =
+            v["process"]["rlimits"].as_array().unwrap().iter().filter(|r| r["type"] == "RLIMIT_NOFILE").collect();
+        assert_eq!(nofile, [&serde_json::json!({"type": "RLIMIT_NOFILE", "soft": 100, "hard": 200})]);
+        let shm = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/dev/shm").unwrap();
+        assert_eq!(shm["options"], serde_json::json!(["nosuid", "size=1024k"]));
+        assert_eq!(v["linux"]["sysctl"]["net.ipv4.ip_forward"], "1");
+        assert_eq!(v["linux"]["sysctl"]["kernel.shmmax"], "4096");
     }
 
     /// `apply` on runc's default spec, read back as the runtime reads config.json.

@@ -107,6 +107,25 @@ pub struct HostConfig {
     pub dns_search: Option<Vec<String>>,
     pub dns_options: Option<Vec<String>>,
     pub mounts: Option<Vec<Mount>>,
+    /// `--ulimit`: the process's resource limits.
+    pub ulimits: Option<Vec<Ulimit>>,
+    /// `--shm-size`: the size of /dev/shm in bytes (0: Docker's 64 MiB).
+    #[serde(deserialize_with = "nullable")]
+    pub shm_size: i64,
+    /// `--sysctl`: namespaced kernel parameters.
+    pub sysctls: Option<BTreeMap<String, String>>,
+}
+
+/// One `--ulimit name=soft[:hard]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Ulimit {
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(deserialize_with = "nullable")]
+    pub soft: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub hard: i64,
 }
 
 /// One host address of a published port.

@@ -205,3 +205,47 @@ fn a_short_execs_output_is_never_lost() {
     }
     e.ok(&["rm", "-f", "box"]);
 }
+
+/// `--ulimit`, `--shm-size` and `--sysctl` reach the container (they were accepted and dropped),
+/// and bad ones are refused with Docker's words.
+#[test]
+fn ulimits_shm_size_and_sysctls_are_applied() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    let out = docker(
+        &e,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=100:200",
+            "--shm-size",
+            "1m",
+            "--sysctl",
+            "net.ipv4.ip_forward=1",
+            "--sysctl",
+            "kernel.shmmax=4096",
+            "bb",
+            "sh",
+            "-c",
+            "ulimit -n; ulimit -H -n; df -k /dev/shm | tail -n 1 | awk '{print $2}'; cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmax",
+        ],
+        "",
+    );
+    assert_eq!(stdout(&out), "100\n200\n1024\n1\n4096\n", "{}", stderr(&out));
+    // refused by engined itself (the Docker CLI checks these too, other clients do not)
+    for (host_config, says) in [
+        (serde_json::json!({"Ulimits": [{"Name": "nofile", "Soft": 300, "Hard": 200}]}), "soft limit"),
+        (serde_json::json!({"Ulimits": [{"Name": "nofiles", "Soft": 1, "Hard": 2}]}), "invalid ulimit type"),
+        (serde_json::json!({"Sysctls": {"kernel.panic": "1"}}), "not allowed"),
+        (serde_json::json!({"ShmSize": -1}), "SHM size"),
+    ] {
+        let body = serde_json::json!({"Image": "bb", "Cmd": ["true"], "HostConfig": host_config}).to_string();
+        let (status, resp) = request(&e, "POST", "/v1.43/containers/create", &body);
+        assert_eq!(status, 400, "{body}: {resp}");
+        assert!(resp.contains(says), "{body}: {resp}");
+    }
+    no_containers_left(&e, "the refused runs");
+}
