@@ -155,6 +155,11 @@ impl Daemon {
             return Err(ApiError::bad_request("config cannot be empty in order to create a container: no image given"));
         }
         let mounts = hostconfig::check(&hc)?;
+        // as dockerd shows it: the driver the container logs with, named
+        let log_config = hc.log_config.get_or_insert_with(Default::default);
+        if log_config.typ.is_empty() {
+            log_config.typ = "json-file".into();
+        }
         let networks = crate::network::plan(self, &mut hc, body.networking_config.take().as_ref())?;
         let given = match name.filter(|n| !n.is_empty()) {
             Some(n) => {
@@ -393,10 +398,15 @@ impl Daemon {
             let _ = self.lifecycle.delete_task(task_req.clone()).await;
         }
         crate::network::up(self, trace, e).await?;
+        // checked at create: a record that does not parse gets the defaults
+        let (log_max_size, log_max_files) =
+            rec.host_config.log_config.as_ref().and_then(|lc| hostconfig::log_rotation(lc).ok()).unwrap_or((0, 0));
         let create = CreateTaskRequest {
             container_id: id.clone(),
             terminal: rec.config.tty,
             stdin: rec.config.open_stdin,
+            log_max_size,
+            log_max_files,
             ..Default::default()
         };
         let created = self.lifecycle.create_task(create).await;

@@ -132,6 +132,9 @@ pub fn check(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
             return bad(format!("ulimit soft limit must be less than or equal to hard limit: {} > {}", u.soft, u.hard));
         }
     }
+    if let Some(lc) = &hc.log_config {
+        log_rotation(lc).map_err(ApiError::bad_request)?;
+    }
     if hc.shm_size < 0 {
         return bad("SHM size can not be less than 0".into());
     }
@@ -146,6 +149,36 @@ pub fn check(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
         }
     }
     Ok(mounts)
+}
+
+/// The json-file log's rotation asked for by `--log-driver` and `--log-opt` (max-size in bytes
+/// and max-file, 0 for the defaults); Docker's words for a driver or option this engine does not
+/// have.
+pub fn log_rotation(lc: &crate::types::LogConfig) -> Result<(u64, u32), String> {
+    if !matches!(lc.typ.as_str(), "" | "json-file") {
+        return Err(format!("failed to get logging factory: logger: no log driver named '{}' is registered", lc.typ));
+    }
+    let mut rotation = (0u64, 0u32);
+    for (k, v) in &lc.config {
+        match k.as_str() {
+            "max-size" => {
+                let size = engine_util::size::parse_limit(v).map_err(|e| e.to_string())?;
+                rotation.0 = if size < 0 { 0 } else { size as u64 };
+            }
+            "max-file" => {
+                let n: u32 = v.parse().map_err(|_| format!("invalid value for max-file: {v}"))?;
+                if n < 1 {
+                    return Err("max-file cannot be less than 1".into());
+                }
+                rotation.1 = n;
+            }
+            other => return Err(format!("unknown log opt '{other}' for json-file log driver")),
+        }
+    }
+    if rotation.1 > 1 && rotation.0 == 0 {
+        return Err("max-file can only be used with max-size".into());
+    }
+    Ok(rotation)
 }
 
 /// Kernel parameters of the IPC namespace a container may set (as Docker's list).

@@ -249,3 +249,54 @@ fn ulimits_shm_size_and_sysctls_are_applied() {
     }
     no_containers_left(&e, "the refused runs");
 }
+
+/// The log driver is named in inspect as dockerd names it (docker-py reads
+/// `HostConfig.LogConfig.Type`), `--log-opt max-size/max-file` rotate the log, and a driver this
+/// engine does not have is refused with Docker's words.
+#[test]
+fn log_config_is_shown_applied_and_checked() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    e.docker_ok(&["create", "--name", "plain", "bb", "true"]);
+    assert_eq!(e.docker_ok(&["inspect", "-f", "{{.HostConfig.LogConfig.Type}}", "plain"]).trim(), "json-file");
+    let script = "for i in $(seq 300); do echo line $i; done";
+    e.docker_ok(&[
+        "run",
+        "--name",
+        "chatty",
+        "--log-opt",
+        "max-size=1k",
+        "--log-opt",
+        "max-file=2",
+        "bb",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let shown = e.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.LogConfig.Type}} {{index .HostConfig.LogConfig.Config \"max-size\"}}",
+        "chatty",
+    ]);
+    assert_eq!(shown.trim(), "json-file 1k");
+    let logs = e.docker_ok(&["logs", "chatty"]);
+    let lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(lines.last(), Some(&"line 300"), "{logs}");
+    assert!(lines.len() < 100, "the log was not rotated: {} lines kept", lines.len());
+    for (host_config, says) in [
+        (serde_json::json!({"LogConfig": {"Type": "syslog", "Config": {}}}), "no log driver named 'syslog'"),
+        (
+            serde_json::json!({"LogConfig": {"Type": "json-file", "Config": {"max-files": "2"}}}),
+            "unknown log opt 'max-files'",
+        ),
+        (serde_json::json!({"LogConfig": {"Type": "json-file", "Config": {"max-size": "lots"}}}), "invalid size"),
+    ] {
+        let body = serde_json::json!({"Image": "bb", "Cmd": ["true"], "HostConfig": host_config}).to_string();
+        let (status, resp) = request(&e, "POST", "/v1.43/containers/create", &body);
+        assert_eq!(status, 400, "{body}: {resp}");
+        assert!(resp.contains(says), "{body}: {resp}");
+    }
+    e.ok(&["rm", "plain", "chatty"]);
+    no_containers_left(&e, "the log tests");
+}
