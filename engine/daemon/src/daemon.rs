@@ -407,7 +407,6 @@ impl Daemon {
             stdin: rec.config.open_stdin,
             log_max_size,
             log_max_files,
-            ..Default::default()
         };
         let created = self.lifecycle.create_task(create).await;
         let pid = match created {
