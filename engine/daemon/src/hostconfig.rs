@@ -347,6 +347,7 @@ pub fn apply(mut spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, 
     linux.set_cgroups_path(Some(PathBuf::from(cgroups_path(cx.cgroup_parent, cx.id))));
     with_resources(&mut spec, hc)?;
     with_limits(&mut spec, hc)?;
+    with_groups(&mut spec, hc)?;
     let caps = with_capabilities(&mut spec, hc)?;
     with_privileges(&mut spec, hc)?;
     with_seccomp(&mut spec, hc, &caps)?;
@@ -386,6 +387,22 @@ fn with_resources(spec: &mut Spec, hc: &HostConfig) -> Result<(), ApiError> {
     if let Some(p) = hc.pids_limit.filter(|p| *p != 0) {
         res.set_pids(Some(LinuxPidsBuilder::default().limit(p).build().map_err(spec_error)?));
     }
+    Ok(())
+}
+
+/// `--group-add`: more supplementary groups, names resolved in the image's /etc/group.
+fn with_groups(spec: &mut Spec, hc: &HostConfig) -> Result<(), ApiError> {
+    let Some(add) = hc.group_add.as_ref().filter(|g| !g.is_empty()) else { return Ok(()) };
+    let rootfs = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_default();
+    let process = spec.process_mut().as_mut().ok_or_else(|| ApiError::internal("spec without process"))?;
+    let mut gids = process.user().additional_gids().clone().unwrap_or_default();
+    for g in add {
+        let gid = engine_image::spec::group_id(&rootfs, g).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if !gids.contains(&gid) {
+            gids.push(gid);
+        }
+    }
+    process.user_mut().set_additional_gids(Some(gids));
     Ok(())
 }
 

@@ -112,6 +112,8 @@ pub struct HostConfig {
     /// `--shm-size`: the size of /dev/shm in bytes (0: Docker's 64 MiB).
     #[serde(deserialize_with = "nullable")]
     pub shm_size: i64,
+    /// `--group-add`: more supplementary groups (ids, or names of the image's /etc/group).
+    pub group_add: Option<Vec<String>>,
     /// `--sysctl`: namespaced kernel parameters.
     pub sysctls: Option<BTreeMap<String, String>>,
 }

@@ -226,18 +226,33 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser, SpecError
                 .ok_or_else(|| SpecError::UnknownGroup(g.into()))?,
         };
     }
-    let mut additional_gids: Vec<u32> = match &name {
-        Some(n) if group.is_none() => group_entries
-            .iter()
-            .filter(|f| f[3].split(',').any(|m| m == n))
-            .filter_map(|f| f[2].parse().ok())
-            .filter(|g| *g != gid)
-            .collect(),
-        _ => Vec::new(),
-    };
-    additional_gids.dedup();
+    // As dockerd: the primary group, then (for a group not given explicitly) every group of the
+    // image's /etc/group that lists the user.
+    let mut additional_gids = vec![gid];
+    if let (Some(n), None) = (&name, group) {
+        let member_of = group_entries.iter().filter(|f| f[3].split(',').any(|m| m == n));
+        for g in member_of.filter_map(|f| f[2].parse::<u32>().ok()) {
+            if !additional_gids.contains(&g) {
+                additional_gids.push(g);
+            }
+        }
+    }
     let home = if home.is_empty() { "/".to_string() } else { home };
     Ok(ResolvedUser { uid, gid, additional_gids, home })
+}
+
+/// The id of `group` (a name of the image's /etc/group, or a number), as `--group-add` names it.
+pub fn group_id(rootfs: &Path, group: &str) -> Result<u32, SpecError> {
+    if let Ok(n) = group.parse::<u32>() {
+        return Ok(n);
+    }
+    let groups = read_in_root(rootfs, "etc/group")?;
+    groups
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 3 && f[0] == group)
+        .and_then(|f| f[2].parse().ok())
+        .ok_or_else(|| SpecError::UnknownGroup(group.into()))
 }
 
 /// Reads `rel` inside `rootfs` with every symlink resolved as if `rootfs` were `/`.
@@ -296,12 +311,22 @@ mod tests {
     fn resolves_users_inside_the_image() {
         let r = rootfs();
         let u = resolve_user(r.path(), "app").unwrap();
-        assert_eq!((u.uid, u.gid, u.additional_gids.as_slice(), u.home.as_str()), (1000, 1000, &[10][..], "/home/app"));
-        assert_eq!(resolve_user(r.path(), "app:staff").unwrap().gid, 50);
+        // dockerd's supplementary groups: the primary one, then the groups that list the user
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids.as_slice(), u.home.as_str()),
+            (1000, 1000, &[1000, 10][..], "/home/app")
+        );
+        let staff = resolve_user(r.path(), "app:staff").unwrap();
+        assert_eq!((staff.gid, staff.additional_gids.as_slice()), (50, &[50][..]), "an explicit group: no lookup");
         assert_eq!(
             resolve_user(r.path(), "4242").unwrap(),
-            ResolvedUser { uid: 4242, gid: 0, additional_gids: vec![], home: "/".into() }
+            ResolvedUser { uid: 4242, gid: 0, additional_gids: vec![0], home: "/".into() }
         );
+        assert_eq!(resolve_user(r.path(), "1000:1000").unwrap().additional_gids, [1000]);
+        assert_eq!(resolve_user(r.path(), "").unwrap().additional_gids, [0]);
+        assert_eq!(group_id(r.path(), "wheel").unwrap(), 10);
+        assert_eq!(group_id(r.path(), "77").unwrap(), 77);
+        assert!(matches!(group_id(r.path(), "nogroup"), Err(SpecError::UnknownGroup(_))));
         assert_eq!(resolve_user(r.path(), "").unwrap().uid, 0);
         assert!(matches!(resolve_user(r.path(), "nobody"), Err(SpecError::UnknownUser(_))));
         assert!(matches!(resolve_user(r.path(), "app:nogroup"), Err(SpecError::UnknownGroup(_))));

@@ -300,3 +300,28 @@ fn log_config_is_shown_applied_and_checked() {
     e.ok(&["rm", "plain", "chatty"]);
     no_containers_left(&e, "the log tests");
 }
+
+/// Supplementary groups as dockerd sets them: the primary group, the image's groups that list the
+/// user, and `--group-add` (ids or names).
+#[test]
+fn supplementary_groups_are_dockers() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    // the kernel's list of the process's supplementary groups, as /proc shows it (sorted)
+    let groups = "grep Groups: /proc/self/status | cut -f2";
+    for (args, want) in [
+        (&["run", "--rm", "bb", "sh", "-c", groups][..], "0"),
+        (&["run", "--rm", "-u", "1000:1000", "bb", "sh", "-c", groups][..], "1000"),
+        (
+            &["run", "--rm", "-u", "1000", "--group-add", "1234", "--group-add", "root", "bb", "sh", "-c", groups][..],
+            "0 1000 1234",
+        ),
+    ] {
+        let out = docker(&e, args, "");
+        assert_eq!((stdout(&out).trim(), out.status.code()), (want, Some(0)), "{args:?}: {}", stderr(&out));
+    }
+    let out = docker(&e, &["run", "--rm", "--group-add", "nosuchgroup", "bb", "true"], "");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("nosuchgroup"), "{}", stderr(&out));
+    no_containers_left(&e, "the group runs");
+}
