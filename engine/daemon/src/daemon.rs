@@ -571,8 +571,16 @@ impl Daemon {
             )));
         }
         let req = KillRequest { container_id: rec.id.clone(), exec_id: String::new(), signal, all: false };
+        let mut life = e.life.subscribe();
         self.lifecycle.kill(req).await?;
         self.event(&rec, "kill", &[("signal", signal.to_string())]);
+        if signal == libc::SIGKILL as u32 {
+            // As dockerd: a SIGKILL is answered once the exit is recorded, so a `rm` right
+            // after it does not find the container running. Bounded: a process in an
+            // uninterruptible sleep may outlive it.
+            let exited = life.wait_for(|l| !l.running);
+            let _ = tokio::time::timeout(Duration::from_secs(10), exited).await;
+        }
         Ok(())
     }
 

@@ -83,7 +83,8 @@ pub fn plan(d: &Daemon, hc: &mut HostConfig, nc: Option<&NetworkingConfig>) -> R
         |k: &str, id: &str| k == primary || k == id || (k == "default" && primary == engine_network::networks::DEFAULT);
     if let Mode::Container(target) = mode(hc) {
         let other =
-            d.containers.find(&target).map_err(|_| ApiError::not_found(format!("No such container: {target}")))?;
+            // a 400, not a 404: the Docker CLI reads a 404 of a create as a missing image and pulls
+            d.containers.find(&target).map_err(|_| ApiError::bad_request(format!("No such container: {target}")))?;
         if has_ports {
             return Err(ApiError::bad_request(
                 "conflicting options: port publishing and the container type network mode",
@@ -597,10 +598,9 @@ fn network_json(d: &Daemon, n: &NetworkRecord) -> Value {
         }
         _ => Vec::new(),
     };
-    let mut options = n.options.clone();
-    if n.is_bridge() {
-        options.entry("com.docker.network.bridge.name".into()).or_insert_with(|| n.bridge.clone());
-    }
+    // only what the user set (and the default bridge's own), as dockerd: compose compares these
+    // with its project's and recreates a network whose options differ
+    let options = &n.options;
     json!({
         "Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local", "Driver": n.driver,
         "EnableIPv6": false, "IPAM": { "Driver": "default", "Options": {}, "Config": config },

@@ -325,3 +325,35 @@ fn supplementary_groups_are_dockers() {
     assert!(stderr(&out).contains("nosuchgroup"), "{}", stderr(&out));
     no_containers_left(&e, "the group runs");
 }
+
+/// Three answers clients act on: `kill` returns once the container has exited (a `rm` right
+/// after it never finds it running), `--network container:<missing>` names the missing
+/// container (a 404 made the Docker CLI try to pull the image), and a user network's inspect
+/// shows only the options the user set (compose recreated networks whose options differed).
+#[test]
+fn kill_then_rm_network_container_missing_and_network_options() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    for i in 0..10 {
+        let name = format!("k{i}");
+        e.docker_ok(&["run", "-d", "--name", &name, "bb", "sleep", "1000"]);
+        e.docker_ok(&["kill", &name]);
+        let out = docker(&e, &["rm", &name], "");
+        assert_eq!(out.status.code(), Some(0), "rm right after kill: {}", stderr(&out));
+    }
+    let out = docker(&e, &["run", "--rm", "--network", "container:nope", "bb", "true"], "");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("No such container: nope"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("Unable to find image"), "the CLI tried to pull: {}", stderr(&out));
+
+    let bridge = format!("ebo{}", std::process::id() % 100_000);
+    e.docker_ok(&["network", "create", "plain"]);
+    e.docker_ok(&["network", "create", "-o", &format!("com.docker.network.bridge.name={bridge}"), "named"]);
+    assert_eq!(e.docker_ok(&["network", "inspect", "-f", "{{json .Options}}", "plain"]).trim(), "{}");
+    assert_eq!(
+        e.docker_ok(&["network", "inspect", "-f", "{{json .Options}}", "named"]).trim(),
+        format!("{{\"com.docker.network.bridge.name\":\"{bridge}\"}}")
+    );
+    e.docker_ok(&["network", "rm", "plain", "named"]);
+    no_containers_left(&e, "the kills");
+}
