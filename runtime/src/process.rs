@@ -296,6 +296,17 @@ pub fn prepare_exec(p: &Process) -> Result<Exec> {
     })
 }
 
+/// Makes the process's cwd if the root filesystem lacks it (0755, owned by root), as runc does.
+/// Called after the pivot: inside the new root, a `..` or a symlink cannot leave it.
+pub fn make_cwd(p: &Process) -> Result<()> {
+    let cwd = p.cwd();
+    if cwd.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(cwd)
+        .map_err(|e| ProcessError::Cwd(cwd.clone(), nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
+}
+
 /// Changes into the process's cwd (as the final user, so permissions are the user's).
 pub fn enter_cwd(p: &Process) -> Result<()> {
     nix::unistd::chdir(p.cwd()).map_err(|e| ProcessError::Cwd(p.cwd().clone(), e))

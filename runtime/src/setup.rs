@@ -326,6 +326,7 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
     if a.mount_ns {
         rootfs::apply_root_propagation(linux.rootfs_propagation().as_deref()).map_err(|e| e.to_string())?;
     }
+    process::make_cwd(proc_).map_err(|e| e.to_string())?;
 
     let h = rec.start(engine_telemetry::names::RUNTIME_PROCESS, Some(span));
     let result = (|| -> Result<process::Exec, String> {

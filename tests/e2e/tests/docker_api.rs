@@ -357,3 +357,19 @@ fn kill_then_rm_network_container_missing_and_network_options() {
     e.docker_ok(&["network", "rm", "plain", "named"]);
     no_containers_left(&e, "the kills");
 }
+
+/// A `--workdir` the image lacks is made (root's, 0755), as dockerd and runc make it.
+#[test]
+fn a_missing_workdir_is_made() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    let out =
+        docker(&e, &["run", "--rm", "-u", "1000", "-w", "/made/here", "bb", "sh", "-c", "pwd; stat -c '%u %a' ."], "");
+    assert_eq!((stdout(&out).as_str(), out.status.code()), ("/made/here\n0 755\n", Some(0)), "{}", stderr(&out));
+    let out = engine(&e, &["run", "--rm", "-w", "/x/y", "bb", "pwd"], "");
+    assert_eq!(stdout(&out), "/x/y\n", "{}", stderr(&out));
+    // a workdir that is a file is still an error
+    let out = docker(&e, &["run", "--rm", "-w", "/etc/passwd", "bb", "true"], "");
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    no_containers_left(&e, "the workdir runs");
+}
