@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Arch, Capabilities, Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
-    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, Spec,
+    Arch, Capabilities, Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxSeccomp,
+    LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, Spec,
 };
 
 use crate::http::ApiError;
@@ -482,6 +482,15 @@ fn with_privileges(spec: &mut Spec, hc: &HostConfig) -> Result<(), ApiError> {
         linux.set_readonly_paths(Some(Vec::new()));
         let all = LinuxDeviceCgroupBuilder::default().allow(true).access("rwm").build().map_err(spec_error)?;
         linux.resources_mut().get_or_insert_with(Default::default).set_devices(Some(vec![all]));
+        // every device of the host, as dockerd gives a privileged container (loop devices, FUSE,
+        // docker-in-docker need them)
+        let mut devices = linux.devices().clone().unwrap_or_default();
+        for d in host_devices(Path::new("/dev")) {
+            if !devices.iter().any(|o| o.path() == d.path()) {
+                devices.push(d);
+            }
+        }
+        linux.set_devices(Some(devices));
         for m in spec.mounts_mut().iter_mut().flatten() {
             let dest = m.destination().clone();
             if dest == Path::new("/sys") || dest == Path::new("/sys/fs/cgroup") {
@@ -507,6 +516,53 @@ fn with_privileges(spec: &mut Spec, hc: &HostConfig) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// The character and block devices under `dir` (as runc's and containerd's host device lists:
+/// not the container's own pts, shm, mqueue or fd, nor the console or ptmx).
+pub fn host_devices(dir: &Path) -> Vec<LinuxDevice> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for ent in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            let Ok(m) = std::fs::symlink_metadata(ent.path()) else { continue };
+            let ft = m.file_type();
+            if ft.is_dir() {
+                if !matches!(name.as_ref(), "pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".lxd-mounts" | ".udev") {
+                    stack.push(ent.path());
+                }
+                continue;
+            }
+            if matches!(name.as_ref(), "console" | "ptmx") {
+                continue;
+            }
+            let typ = if ft.is_char_device() {
+                LinuxDeviceType::C
+            } else if ft.is_block_device() {
+                LinuxDeviceType::B
+            } else {
+                continue;
+            };
+            let rdev = m.rdev();
+            let device = LinuxDeviceBuilder::default()
+                .path(ent.path())
+                .typ(typ)
+                .major(nix::sys::stat::major(rdev) as i64)
+                .minor(nix::sys::stat::minor(rdev) as i64)
+                .file_mode(m.mode() & 0o7777)
+                .uid(m.uid())
+                .gid(m.gid())
+                .build();
+            if let Ok(device) = device {
+                out.push(device);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path().cmp(b.path()));
+    out
 }
 
 /// The default seccomp filter, unless `--privileged` or `--security-opt seccomp=unconfined`.
@@ -861,6 +917,17 @@ mod tests {
         assert_eq!(shm["options"], serde_json::json!(["nosuid", "size=1024k"]));
         assert_eq!(v["linux"]["sysctl"]["net.ipv4.ip_forward"], "1");
         assert_eq!(v["linux"]["sysctl"]["kernel.shmmax"], "4096");
+    }
+
+    #[test]
+    fn a_privileged_container_gets_the_hosts_devices() {
+        let devices = host_devices(Path::new("/dev"));
+        let null = devices.iter().find(|d| d.path() == Path::new("/dev/null")).expect("/dev/null");
+        assert_eq!((null.typ(), null.major(), null.minor()), (LinuxDeviceType::C, 1, 3));
+        for left_out in ["/dev/ptmx", "/dev/console"] {
+            assert!(devices.iter().all(|d| d.path() != Path::new(left_out)), "{left_out}");
+        }
+        assert!(devices.iter().all(|d| !d.path().starts_with("/dev/pts") && !d.path().starts_with("/dev/shm")));
     }
 
     /// `apply` on runc's default spec, read back as the runtime reads config.json.

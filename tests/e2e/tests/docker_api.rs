@@ -373,3 +373,34 @@ fn a_missing_workdir_is_made() {
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     no_containers_left(&e, "the workdir runs");
 }
+
+/// `--privileged` gives the host's devices, as dockerd does (loop devices, FUSE and
+/// docker-in-docker need them); an unprivileged container keeps the default few.
+#[test]
+fn a_privileged_container_sees_the_hosts_devices() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    let host: Vec<String> = std::fs::read_dir("/dev")
+        .unwrap()
+        .flatten()
+        .filter(|d| {
+            d.file_type().is_ok_and(|t| {
+                std::os::unix::fs::FileTypeExt::is_char_device(&t)
+                    || std::os::unix::fs::FileTypeExt::is_block_device(&t)
+            })
+        })
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "console" && n != "ptmx")
+        .collect();
+    let list = "find /dev -maxdepth 1 \\( -type c -o -type b \\) | sed 's|/dev/||' | sort";
+    let out = docker(&e, &["run", "--rm", "--privileged", "bb", "sh", "-c", list], "");
+    let listed = stdout(&out);
+    let inside: Vec<&str> = listed.lines().collect();
+    for name in &host {
+        assert!(inside.contains(&name.as_str()), "/dev/{name} missing in a privileged container: {inside:?}");
+    }
+    let out = docker(&e, &["run", "--rm", "bb", "sh", "-c", list], "");
+    let unprivileged = stdout(&out).lines().count();
+    assert!(unprivileged < host.len().min(20), "an unprivileged container got {unprivileged} devices");
+    no_containers_left(&e, "the privileged runs");
+}
