@@ -81,12 +81,7 @@ pub struct StateDir {
 
 /// Checks a container id the way runc does.
 pub fn check_id(id: &str) -> Result<(), StateError> {
-    let ok = !id.is_empty()
-        && id != "."
-        && id != ".."
-        && id.len() <= 1024
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-' | b'.'));
-    if ok {
+    if engine_util::id::valid_container_id(id) {
         Ok(())
     } else {
         Err(StateError::BadId(id.to_string()))

@@ -30,12 +30,7 @@ pub fn socket_path(dir: &Path) -> PathBuf {
 /// A container id as the runtime takes it: 1 to 1024 of `[A-Za-z0-9_+.-]`, not `.` or `..`
 /// (it names directories of lifecycled, the shim and the runtime).
 pub fn check_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id != "."
-        && id != ".."
-        && id.len() <= 1024
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-' | b'.'));
-    if ok {
+    if engine_util::id::valid_container_id(id) {
         Ok(())
     } else {
         Err(format!("invalid container id {id:?}: want 1 to 1024 of [A-Za-z0-9_+.-]"))

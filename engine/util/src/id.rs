@@ -25,8 +25,28 @@ pub fn new_id() -> std::io::Result<String> {
     random_hex(32)
 }
 
+/// Whether `id` is a container id the runtime takes, as runc's rule: 1 to 1024 of
+/// `[A-Za-z0-9_+.-]`, not `.` or `..` (it names directories of lifecycled, the shim and the
+/// runtime).
+pub fn valid_container_id(id: &str) -> bool {
+    !id.is_empty()
+        && id != "."
+        && id != ".."
+        && id.len() <= 1024
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-' | b'.'))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn container_ids_as_runc_takes_them() {
+        assert!(super::valid_container_id("abc-1.2_3+x"));
+        for bad in ["", ".", "..", "../x", "a/b", "a b"] {
+            assert!(!super::valid_container_id(bad), "{bad}");
+        }
+        assert!(!super::valid_container_id(&"a".repeat(1025)));
+    }
+
     #[test]
     fn ids_are_hex_of_the_asked_length_and_differ() {
         let (a, b) = (super::new_id().unwrap(), super::new_id().unwrap());
