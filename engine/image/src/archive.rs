@@ -296,19 +296,7 @@ fn plan_oci_manifest(files: &StagedFiles, desc: Descriptor, blob: StagedBlob) ->
     let mut layer_blobs = Vec::new();
     let mut layers = Vec::new();
     for (l, diff_id) in m.layers.iter().zip(&config.rootfs.diff_ids) {
-        let known = [
-            manifest::MEDIA_OCI_LAYER,
-            manifest::MEDIA_OCI_LAYER_GZIP,
-            manifest::MEDIA_OCI_LAYER_ZSTD,
-            manifest::MEDIA_DOCKER_LAYER,
-            manifest::MEDIA_DOCKER_LAYER_GZIP,
-        ];
-        if !known.contains(&l.media_type.as_str()) {
-            return Err(ImageError::Format(format!(
-                "layer {} has unsupported media type {:?}",
-                l.digest, l.media_type
-            )));
-        }
+        crate::ingest::check_layer_media_type(l)?;
         layer_blobs.push(files.blob(l)?.clone());
         layers.push(LayerRecord { blob: l.clone(), diff_id: diff_id.clone(), unpacked_size: 0 });
     }

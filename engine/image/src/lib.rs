@@ -14,6 +14,7 @@
 pub mod archive;
 pub mod compression;
 pub mod digest;
+pub mod ingest;
 pub mod manifest;
 pub mod progress;
 pub mod reference;
@@ -24,6 +25,7 @@ pub mod tarstream;
 pub mod unpack;
 
 pub use digest::Digest;
+pub use ingest::{BlobWriter, Ingest, IngestedImage};
 pub use progress::{Progress, ProgressEvent};
 pub use reference::Reference;
 pub use snapshot::{Snapshot, SnapshotError};

@@ -97,6 +97,10 @@ struct IndexFile {
     images: BTreeMap<Digest, ImageRecord>,
     /// Full reference (`docker.io/library/busybox:latest`) → image id.
     names: BTreeMap<String, Digest>,
+    /// `name@manifest-digest` of pulled images (Docker's RepoDigests) → image id. These name
+    /// an image but never keep it: an image with no tag left is deleted with its digests.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    digests: BTreeMap<String, Digest>,
 }
 
 /// An image with its names and parsed configuration, as inspect shows it.
@@ -104,6 +108,8 @@ struct IndexFile {
 pub struct Image {
     pub record: ImageRecord,
     pub names: Vec<Reference>,
+    /// `name@digest` references the image was pulled by (Docker's RepoDigests).
+    pub digests: Vec<Reference>,
     pub config: ImageConfig,
 }
 
@@ -319,9 +325,15 @@ impl ImageStore {
             .filter(|(_, id)| **id == record.id)
             .filter_map(|(n, _)| Reference::parse_name(n).ok())
             .collect();
+        let digests = index
+            .digests
+            .iter()
+            .filter(|(_, id)| **id == record.id)
+            .filter_map(|(n, _)| Reference::parse(n).ok())
+            .collect();
         let config = serde_json::from_slice(&self.read_blob(&record.id)?)
             .map_err(|e| ImageError::Corrupt { path: self.blob_path(&record.id), message: e.to_string() })?;
-        Ok(Image { record: record.clone(), names, config })
+        Ok(Image { record: record.clone(), names, digests, config })
     }
 
     /// Finds an image as Docker does: full id (`sha256:…`), a unique id prefix (at least 4 hex
@@ -351,6 +363,9 @@ impl ImageStore {
                 [] => {}
                 _ => return Err(ImageError::Conflict(format!("image id prefix {s} is ambiguous"))),
             }
+        }
+        if let Some(id) = reference.as_ref().and_then(|r| index.digests.get(&r.to_string())) {
+            return Ok(id.clone());
         }
         match reference {
             // name@digest: the image with that name whose manifest has that digest.
@@ -436,6 +451,12 @@ impl ImageStore {
             }
         }
         if !index.names.values().any(|v| *v == id) && !in_use {
+            let digests: Vec<String> =
+                index.digests.iter().filter(|(_, v)| **v == id).map(|(k, _)| k.clone()).collect();
+            for n in digests {
+                index.digests.remove(&n);
+                removed.untagged.extend(Reference::parse(&n).ok());
+            }
             index.images.remove(&id);
             removed.deleted.push(id);
         }
@@ -635,7 +656,7 @@ impl ImageStore {
     /// Unpacks a verified blob into `staging/layers/<diff id>` unless the store (or this load)
     /// already has that layer; checks the diff id when one is expected. Returns the diff id
     /// and the layer's file bytes.
-    fn unpack_blob(
+    pub(crate) fn unpack_blob(
         &self,
         blob: &StagedBlob,
         expected: Option<&Digest>,
@@ -683,7 +704,7 @@ impl ImageStore {
     }
 
     /// Moves checked blobs and layers into the store and records the images and names.
-    fn commit(
+    pub(crate) fn commit(
         &self,
         planned: Vec<PlannedImage>,
         staging: &Path,
@@ -750,12 +771,16 @@ impl ImageStore {
             };
             index.images.insert(id.clone(), record);
             for name in &image.names {
-                index.names.insert(name.to_string(), id.clone());
+                match name.digest() {
+                    Some(_) => index.digests.insert(name.to_string(), id.clone()),
+                    None => index.names.insert(name.to_string(), id.clone()),
+                };
             }
-            if image.names.is_empty() {
+            let tags: Vec<&Reference> = image.names.iter().filter(|n| n.digest().is_none()).collect();
+            if tags.is_empty() {
                 progress.event(ProgressEvent::Loaded { id: &id, name: None });
             }
-            for name in &image.names {
+            for name in tags {
                 progress.event(ProgressEvent::Loaded { id: &id, name: Some(name) });
             }
             out.push(LoadedImage { id, names: image.names });
@@ -786,6 +811,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     engine_util::fs::write_atomic(path, bytes).map_err(io_at(path))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), ImageError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), ImageError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))
 }
