@@ -123,6 +123,17 @@ impl Client {
         }
     }
 
+    /// A POST with Docker's `X-Registry-Auth` header (pull, push).
+    pub async fn post_with_auth(&self, path: &str, auth: Option<&str>) -> Result<Response<Incoming>> {
+        let mut sender = self.connect().await?;
+        let mut req = self.build(Method::POST, path, empty_body(), None)?;
+        if let Some(a) = auth {
+            req.headers_mut().insert("X-Registry-Auth", a.parse().context("credentials are not a valid header")?);
+        }
+        let resp = sender.send_request(req).await.context("talking to the daemon")?;
+        check(resp).await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Response<Incoming>> {
         self.send(Method::DELETE, path, empty_body(), None).await
     }
@@ -227,6 +238,23 @@ pub async fn for_each_chunk(r: Response<Incoming>, mut f: impl FnMut(&[u8]) -> R
         }
     }
     Ok(())
+}
+
+/// Calls `f` with each JSON value of a JSON-lines answer (pull, push, load, events) as it
+/// arrives; lines that are not JSON are skipped.
+pub async fn for_each_json_line(r: Response<Incoming>, mut f: impl FnMut(serde_json::Value)) -> Result<()> {
+    let mut pending = Vec::new();
+    for_each_chunk(r, |chunk| {
+        pending.extend_from_slice(chunk);
+        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            if let Ok(v) = serde_json::from_slice(&line) {
+                f(v);
+            }
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Splits Docker's multiplexed stream into (stream, payload) frames as bytes arrive.

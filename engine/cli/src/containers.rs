@@ -18,6 +18,12 @@ pub struct RunArgs {
     /// Run in the background and print the container ID.
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Pull image before running ("always", "missing", "never").
+    #[arg(long, default_value = "missing", value_parser = ["always", "missing", "never"])]
+    pub pull: String,
+    /// Set platform if server is multi-platform capable.
+    #[arg(long)]
+    pub platform: Option<String>,
     /// Remove the container when it exits.
     #[arg(long)]
     pub rm: bool,
@@ -385,13 +391,26 @@ async fn create(c: &Client, a: &RunArgs) -> Result<String> {
         Some(n) => format!("/containers/create?name={}", urlencode(n)),
         None => "/containers/create".into(),
     };
+    if a.pull == "always" {
+        crate::registry::pull_image(c, &a.image, a.platform.as_deref(), false, true).await?;
+    }
     let resp = match c.post(&path, Some(&body)).await {
         Err(e)
             if e.downcast_ref::<client::DaemonError>()
                 .is_some_and(|d| d.status == 404 && d.message.starts_with("No such image")) =>
         {
-            eprintln!("Unable to find image '{}' locally", a.image);
-            return Err(e);
+            let shown = if a.image.contains(['@']) || a.image.rsplit('/').next().is_some_and(|l| l.contains(':')) {
+                a.image.clone()
+            } else {
+                format!("{}:latest", a.image)
+            };
+            eprintln!("Unable to find image '{shown}' locally");
+            if a.pull == "never" {
+                return Err(e);
+            }
+            // As docker run: pull it (progress on stderr), then create.
+            crate::registry::pull_image(c, &a.image, a.platform.as_deref(), false, true).await?;
+            c.post(&path, Some(&body)).await?
         }
         r => r?,
     };

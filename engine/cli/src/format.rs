@@ -87,20 +87,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// Docker's human sizes: 1.98MB, 512B, 1.2GB (powers of 1000).
 pub fn size(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < units.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{bytes}B")
-    } else {
-        let s = format!("{v:.3}");
-        let s = &s[..s.len().min(4)];
-        format!("{}{}", s.trim_end_matches('.'), units[i])
-    }
+    engine_util::size::human(bytes)
 }
 
 pub fn ago(unix: i64) -> String {

@@ -92,24 +92,17 @@ fn bar(total: Option<u64>, quiet: bool, what: &str) -> indicatif::ProgressBar {
 
 /// Prints the JSON message stream of load/import; an `error` message fails the command.
 async fn json_stream(r: hyper::Response<hyper::body::Incoming>, quiet: bool) -> Result<Vec<Value>> {
-    let mut pending = Vec::new();
     let mut messages = Vec::new();
     let mut error = None;
-    client::for_each_chunk(r, |chunk| {
-        pending.extend_from_slice(chunk);
-        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=pos).collect();
-            let Ok(v) = serde_json::from_slice::<Value>(&line) else { continue };
-            if let Some(e) = v["error"].as_str() {
-                error = Some(e.to_string());
-            } else if let Some(s) = v["stream"].as_str() {
-                if !quiet || s.starts_with("Loaded image") {
-                    print!("{s}");
-                }
+    client::for_each_json_line(r, |v| {
+        if let Some(e) = v["error"].as_str() {
+            error = Some(e.to_string());
+        } else if let Some(s) = v["stream"].as_str() {
+            if !quiet || s.starts_with("Loaded image") {
+                print!("{s}");
             }
-            messages.push(v);
         }
-        Ok(())
+        messages.push(v);
     })
     .await?;
     match error {

@@ -11,6 +11,7 @@ pub mod containers;
 pub mod format;
 pub mod images;
 pub mod networks;
+pub mod registry;
 pub mod trace;
 pub mod volumes;
 
@@ -66,6 +67,14 @@ pub enum Command {
     Attach(containers::AttachArgs),
     /// List images.
     Images(images::ImagesArgs),
+    /// Download an image from a registry.
+    Pull(registry::PullArgs),
+    /// Upload an image to a registry.
+    Push(registry::PushArgs),
+    /// Log in to a registry.
+    Login(registry::LoginArgs),
+    /// Log out from a registry.
+    Logout(registry::LogoutArgs),
     /// Load images from a tar archive (docker save or OCI layout).
     Load(images::LoadArgs),
     /// Save images to a tar archive.
@@ -177,6 +186,10 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::Exec(a) => ct::exec(c, a).await,
         Command::Attach(a) => ct::attach(c, a).await,
         Command::Images(a) => images::images(c, a).await,
+        Command::Pull(a) => registry::pull(c, a).await,
+        Command::Push(a) => registry::push(c, a).await,
+        Command::Login(a) => registry::login(c, a).await,
+        Command::Logout(a) => registry::logout(a).await,
         Command::Load(a) => images::load(c, a).await,
         Command::Save(a) => images::save(c, a).await,
         Command::Import(a) => images::import(c, a).await,

@@ -119,33 +119,24 @@ pub async fn events(c: &Client, a: EventsArgs) -> Result<i32> {
         q.push_str(&format!("&until={}", urlencode(u)));
     }
     let r = c.send(hyper::Method::GET, &format!("/events?{q}"), client::empty_body(), None).await?;
-    let mut pending = Vec::new();
-    client::for_each_chunk(r, |chunk| {
-        pending.extend_from_slice(chunk);
-        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=pos).collect();
-            let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
-            match &a.format {
-                Some(f) => print_formatted(f, std::slice::from_ref(&ev)),
-                None => {
-                    let attrs: Vec<String> = ev["Actor"]["Attributes"]
-                        .as_object()
-                        .into_iter()
-                        .flatten()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                        .collect();
-                    println!(
-                        "{} {} {} {} ({})",
-                        ev["timeNano"],
-                        ev["Type"].as_str().unwrap_or(""),
-                        ev["Action"].as_str().unwrap_or(""),
-                        ev["Actor"]["ID"].as_str().unwrap_or(""),
-                        attrs.join(", ")
-                    );
-                }
-            }
+    client::for_each_json_line(r, |ev| match &a.format {
+        Some(f) => print_formatted(f, std::slice::from_ref(&ev)),
+        None => {
+            let attrs: Vec<String> = ev["Actor"]["Attributes"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect();
+            println!(
+                "{} {} {} {} ({})",
+                ev["timeNano"],
+                ev["Type"].as_str().unwrap_or(""),
+                ev["Action"].as_str().unwrap_or(""),
+                ev["Actor"]["ID"].as_str().unwrap_or(""),
+                attrs.join(", ")
+            );
         }
-        Ok(())
     })
     .await?;
     Ok(0)

@@ -86,7 +86,10 @@ fn route_name(method: &Method, path: &str) -> String {
         ["images", "json"] | ["images", "load"] | ["images", "get"] | ["images", "create"] | ["images", "prune"] => {
             format!("/{}", segs.join("/"))
         }
-        ["images", .., last] if ["json", "history", "tag", "get"].contains(last) => format!("/images/{{name}}/{last}"),
+        ["images", .., last] if ["json", "history", "tag", "get", "push"].contains(last) => {
+            format!("/images/{{name}}/{last}")
+        }
+        ["distribution", .., "json"] => "/distribution/{name}/json".into(),
         ["images", ..] if method == Method::DELETE => "/images/{name}".into(),
         ["volumes", "create"] | ["volumes", "prune"] => format!("/{}", segs.join("/")),
         ["volumes", _] => "/volumes/{name}".into(),
@@ -122,6 +125,7 @@ const FIXED_PATHS: &[&str] = &[
     "/engine/v1/traces",
     "/engine/v1/probes",
     "/containers/json",
+    "/auth",
 ];
 
 /// The request method as a metric label: the standard ones, else "other".
@@ -254,7 +258,16 @@ async fn dispatch(
         (&M::GET, ["images", "json"]) => Ok(json(StatusCode::OK, &crate::images::list(d, &q)?)),
         (&M::POST, ["images", "load"]) => crate::images::load(d, req.into_body(), q.flag("quiet")).await,
         (&M::GET, ["images", "get"]) => crate::images::save(d, q.all("names")).await,
+        (&M::POST, ["images", "create"]) if q.get("fromImage").is_some_and(|s| !s.is_empty()) => {
+            let auth = req.headers().get("x-registry-auth").and_then(|v| v.to_str().ok()).map(str::to_string);
+            crate::images::pull(d, &q, auth.as_deref()).await
+        }
         (&M::POST, ["images", "create"]) => crate::images::create(d, &q, req.into_body()).await,
+        (&M::POST, ["images", name @ .., "push"]) if !name.is_empty() => {
+            let auth = req.headers().get("x-registry-auth").and_then(|v| v.to_str().ok()).map(str::to_string);
+            crate::images::push(d, &name.join("/"), &q, auth.as_deref()).await
+        }
+        (&M::POST, ["auth"]) => crate::images::login(d, http::read_json(req.into_body()).await?).await,
         (&M::GET, ["images", name @ .., "get"]) if !name.is_empty() => {
             crate::images::save(d, vec![name.join("/")]).await
         }

@@ -78,6 +78,23 @@ pub struct Config {
     /// engine-proxy, one per published port (default: beside this binary).
     #[arg(long)]
     pub userland_proxy_path: Option<PathBuf>,
+    /// A mirror of Docker Hub, tried before it (repeatable).
+    #[arg(long = "registry-mirror")]
+    pub registry_mirrors: Vec<String>,
+    /// A registry reached over plain HTTP or unverified TLS: host[:port] or CIDR (repeatable);
+    /// loopback registries always are.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// Per-registry TLS material: <dir>/<host:port>/ca.crt, client.cert, client.key
+    /// (default: certs.d beside the config file, else /etc/engine/certs.d).
+    #[arg(long)]
+    pub certs_dir: Option<PathBuf>,
+    /// Layers downloaded at once per pull.
+    #[arg(long, default_value_t = 3)]
+    pub max_concurrent_downloads: usize,
+    /// Layers uploaded at once per push.
+    #[arg(long, default_value_t = 5)]
+    pub max_concurrent_uploads: usize,
 }
 
 #[derive(Deserialize, Default)]
@@ -101,6 +118,11 @@ struct FileConfig {
     firewall_backend: Option<String>,
     userland_proxy_path: Option<PathBuf>,
     metrics_addr: Option<String>,
+    registry_mirrors: Option<Vec<String>>,
+    insecure_registries: Option<Vec<String>>,
+    certs_dir: Option<PathBuf>,
+    max_concurrent_downloads: Option<usize>,
+    max_concurrent_uploads: Option<usize>,
 }
 
 /// `"default-address-pools": [{"base": "10.10.0.0/16", "size": 24}]`, as daemon.json has it.
@@ -174,6 +196,26 @@ impl Config {
             if let Some(v) = f.firewall_backend.filter(|_| self.firewall_backend == defaults.firewall_backend) {
                 self.firewall_backend = v;
             }
+            if self.registry_mirrors.is_empty() {
+                self.registry_mirrors = f.registry_mirrors.unwrap_or_default();
+            }
+            if self.insecure_registries.is_empty() {
+                self.insecure_registries = f.insecure_registries.unwrap_or_default();
+            }
+            if self.certs_dir.is_none() {
+                self.certs_dir = f.certs_dir.or_else(|| path.parent().map(|p| p.join("certs.d")));
+            }
+            if let Some(v) = f
+                .max_concurrent_downloads
+                .filter(|_| self.max_concurrent_downloads == defaults.max_concurrent_downloads)
+            {
+                self.max_concurrent_downloads = v;
+            }
+            if let Some(v) =
+                f.max_concurrent_uploads.filter(|_| self.max_concurrent_uploads == defaults.max_concurrent_uploads)
+            {
+                self.max_concurrent_uploads = v;
+            }
             if let Some(h) = f.hosts.and_then(|h| h.into_iter().next()).filter(|_| self.host == defaults.host) {
                 self.host = h;
             }
@@ -196,10 +238,27 @@ impl Config {
         {
             anyhow::bail!("invalid --bridge-name {:?}: 1 to 15 letters, digits, '-' or '_'", self.bridge_name);
         }
+        if self.max_concurrent_downloads == 0 || self.max_concurrent_uploads == 0 {
+            anyhow::bail!("max-concurrent-downloads and max-concurrent-uploads must be at least 1");
+        }
+        for m in &self.registry_mirrors {
+            if !(m.starts_with("http://") || m.starts_with("https://")) {
+                anyhow::bail!("invalid registry mirror {m:?}: want http:// or https:// and a host");
+            }
+        }
         if !self.cgroup_parent.starts_with('/') {
             self.cgroup_parent = format!("/{}", self.cgroup_parent);
         }
         Ok(self)
+    }
+
+    /// How engined reaches registries.
+    pub fn registry(&self) -> engine_registry::RegistryConfig {
+        engine_registry::RegistryConfig {
+            mirrors: self.registry_mirrors.clone(),
+            insecure_registries: self.insecure_registries.clone(),
+            certs_dir: Some(self.certs_dir.clone().unwrap_or_else(|| PathBuf::from("/etc/engine/certs.d"))),
+        }
     }
 
     /// The unix socket path of `--host`.

@@ -29,6 +29,7 @@ pub use crate::records::{ContainerRecord, Entry, Life};
 pub struct Daemon {
     pub cfg: Arc<Config>,
     pub images: Arc<ImageStore>,
+    pub distribution: Arc<crate::distribution::Distribution>,
     /// Every container's record, entry and name.
     pub containers: ContainerStore,
     /// Named volumes.
@@ -64,7 +65,13 @@ impl Daemon {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let (traces, sink) = traces;
-        let images = ImageStore::open(cfg.data_root.join("image"))?;
+        let images = Arc::new(ImageStore::open(cfg.data_root.join("image"))?);
+        let distribution = Arc::new(crate::distribution::Distribution::new(
+            images.clone(),
+            cfg.registry(),
+            cfg.max_concurrent_downloads,
+            cfg.max_concurrent_uploads,
+        ));
         let (containers, loaded) =
             ContainerStore::open(cfg.data_root.join("containers")).context("reading the container records")?;
         let networks = engine_network::Networks::open(
@@ -85,7 +92,8 @@ impl Daemon {
             networks: Arc::new(networks),
             metrics,
             lifecycle: Lifecycle::new(&cfg.lifecycled_socket()),
-            images: Arc::new(images),
+            images,
+            distribution,
             containers,
             volumes: crate::volumes::VolumeStore::new(cfg.data_root.join("volumes")),
             supervisor,

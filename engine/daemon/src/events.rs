@@ -20,6 +20,7 @@ pub const KEPT: usize = 1024;
 pub enum Kind {
     Container,
     Network,
+    Image,
 }
 
 /// One event, serialised as dockerd writes it.
@@ -98,6 +99,17 @@ impl Event {
     }
 }
 
+impl Event {
+    /// An image event (`pull`, `push`): the reference is its id and its name, as dockerd's.
+    pub fn image(action: &str, reference: &str) -> Event {
+        let attributes = BTreeMap::from([("name".to_string(), reference.to_string())]);
+        let mut ev = Event::new(Kind::Image, action, reference, attributes);
+        ev.status = Some(action.to_string());
+        ev.id = Some(reference.to_string());
+        ev
+    }
+}
+
 /// Which events a listener wants (`filters` of `GET /events`): each list empty means any.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
@@ -112,6 +124,7 @@ impl Filter {
         let kind = match ev.kind {
             Kind::Container => "container",
             Kind::Network => "network",
+            Kind::Image => "image",
         };
         let name = ev.actor.attributes.get("name").map(String::as_str).unwrap_or_default();
         (self.kinds.is_empty() || self.kinds.iter().any(|k| k == kind))

@@ -28,6 +28,10 @@ fn repo_tags(i: &engine_image::Image) -> Vec<String> {
     i.names.iter().filter(|n| n.tag().is_some()).map(Reference::familiar).collect()
 }
 
+fn repo_digests(i: &engine_image::Image) -> Vec<String> {
+    i.digests.iter().map(Reference::familiar).collect()
+}
+
 pub fn list(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
     let images = d.images.list()?;
     let filters = crate::http::Filters::parse(q)?;
@@ -57,7 +61,7 @@ pub fn list(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
             "Id": i.id().to_string(),
             "ParentId": "",
             "RepoTags": if tags.is_empty() { json!(["<none>:<none>"]) } else { json!(tags) },
-            "RepoDigests": [],
+            "RepoDigests": repo_digests(&i),
             "Created": created_unix(&i.config),
             "Size": size,
             "VirtualSize": size,
@@ -77,7 +81,7 @@ pub fn inspect(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
         &json!({
             "Id": i.id().to_string(),
             "RepoTags": repo_tags(&i),
-            "RepoDigests": [],
+            "RepoDigests": repo_digests(&i),
             "Parent": "",
             "Comment": c.history.last().and_then(|h| h.comment.clone()).unwrap_or_default(),
             "Created": c.created.clone().unwrap_or_default(),
@@ -214,12 +218,8 @@ pub async fn save(d: &Arc<Daemon>, names: Vec<String>) -> Result<Resp, ApiError>
     Ok(r)
 }
 
-/// `POST /images/create`: `fromSrc=-` imports the body; `fromImage` would pull, which needs a
-/// registry this engine does not reach yet.
+/// `POST /images/create?fromSrc=-`: imports the body (a pull, `fromImage`, is [`pull`]).
 pub async fn create(d: &Arc<Daemon>, q: &Query, body: Incoming) -> Result<Resp, ApiError> {
-    if let Some(image) = q.get("fromImage").filter(|s| !s.is_empty()) {
-        return Err(ApiError::not_found(format!("pull access denied for {image}: pulling from registries is not supported yet; use `engine load` or `engine import`")));
-    }
     match q.get("fromSrc") {
         Some("-") => {}
         Some(src) => {
@@ -255,4 +255,168 @@ pub async fn create(d: &Arc<Daemon>, q: &Query, body: Incoming) -> Result<Resp, 
     let mut r = Resp::new(resp_body);
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
+}
+
+impl From<crate::distribution::DistributionError> for ApiError {
+    fn from(e: crate::distribution::DistributionError) -> Self {
+        use crate::distribution::DistributionError as D;
+        use engine_registry::RegistryError as R;
+        match e {
+            D::Image(e) => e.into(),
+            D::Invalid(m) => ApiError::bad_request(m),
+            D::Registry(R::Image(e)) => e.into(),
+            D::Registry(e @ R::NotFound(_)) => ApiError::not_found(e.to_string()),
+            D::Registry(e @ R::Unauthorized(_)) => ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()),
+            D::Registry(e @ (R::Unsupported(_) | R::Config(_))) => ApiError::bad_request(e.to_string()),
+            D::Registry(e @ (R::Protocol(_) | R::Transport(_))) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+fn registry_auth(header: Option<&str>) -> Result<Option<engine_registry::AuthConfig>, ApiError> {
+    match header {
+        None => Ok(None),
+        Some(h) => engine_registry::AuthConfig::from_header(h).map_err(ApiError::bad_request),
+    }
+}
+
+/// JSON lines fed from async code, with the sender Distribution reports through.
+fn message_stream() -> (crate::distribution::Messages, tokio::task::JoinHandle<()>, http::Body) {
+    let (tx, body) = http::channel_body(64);
+    let (vtx, mut vrx) = tokio::sync::mpsc::channel::<Value>(256);
+    let forward = tokio::spawn(async move {
+        while let Some(v) = vrx.recv().await {
+            if tx.send(Bytes::from(format!("{v}\n"))).await.is_err() {
+                break;
+            }
+        }
+    });
+    (vtx, forward, body)
+}
+
+fn error_line(e: &ApiError) -> Value {
+    json!({ "errorDetail": { "message": e.message }, "error": e.message })
+}
+
+/// Answers at once with a JSON-lines body that `work` fills after the head has gone, as
+/// dockerd's pull and push do: an error ends the stream as Docker's `errorDetail` message. `span`
+/// (entered, `previous` was current before it) closes when `work` ends, and the request's trace
+/// is held open until then.
+fn stream_in_span<F, Fut>(
+    trace: &Arc<crate::trace::Trace>,
+    span: engine_telemetry::SpanHandle,
+    previous: engine_telemetry::SpanHandle,
+    work: F,
+) -> Resp
+where
+    F: FnOnce(crate::distribution::Messages, Arc<crate::trace::Trace>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), crate::distribution::DistributionError>> + Send + 'static,
+{
+    let hold = trace.hold();
+    let (out, forward, body) = message_stream();
+    let trace = trace.clone();
+    tokio::spawn(async move {
+        let result = work(out.clone(), trace.clone()).await.map_err(ApiError::from);
+        if let Err(e) = &result {
+            let _ = out.send(error_line(e)).await;
+        }
+        let _ = trace.finish(span, result);
+        trace.enter(previous);
+        drop(out);
+        let _ = forward.await;
+        drop(hold);
+    });
+    let mut r = Resp::new(body);
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// `POST /images/create?fromImage=&tag=&platform=`: a pull. The manifest is resolved first, so a
+/// missing image or refused credentials is a plain error response; then layers stream Docker's
+/// progress messages and the image is recorded last.
+pub async fn pull(d: &Arc<Daemon>, q: &Query, auth: Option<&str>) -> Result<Resp, ApiError> {
+    let from = q.get("fromImage").unwrap_or("");
+    let mut reference = Reference::parse(from)?;
+    match q.get("tag").filter(|t| !t.is_empty()) {
+        Some(t) if t.starts_with("sha256:") => reference = Reference::parse(&format!("{}@{t}", reference.name()))?,
+        Some(t) if reference.digest().is_none() => reference = reference.with_tag(t)?,
+        _ if reference.tag().is_none() && reference.digest().is_none() => reference = reference.with_tag("latest")?,
+        _ => {}
+    }
+    let platform = match q.get("platform").filter(|p| !p.is_empty()) {
+        Some(p) => crate::distribution::parse_platform(p)?,
+        None => crate::distribution::host_platform(),
+    };
+    let creds = registry_auth(auth)?;
+    let anonymous = creds.is_none();
+    let trace = crate::trace::current().ok_or_else(|| ApiError::internal("pull outside of a request"))?;
+    let span = trace.start(engine_telemetry::names::DAEMON_PULL);
+    trace.attr(span, "oci.reference", reference.to_string());
+    let previous = trace.enter(span);
+    let resolved = d.distribution.resolve(&trace, &reference, &platform, creds).await;
+    let (repo, resolved) = match resolved {
+        Ok(r) => r,
+        Err(e) => {
+            trace.enter(previous);
+            let e = match e {
+                crate::distribution::DistributionError::Registry(engine_registry::RegistryError::Unauthorized(_))
+                    if anonymous =>
+                {
+                    ApiError::not_found(format!(
+                        "pull access denied for {}, repository does not exist or may require 'docker login': denied: requested access to the resource is denied",
+                        reference.familiar_name()
+                    ))
+                }
+                e => ApiError::from(e),
+            };
+            return trace.finish(span, Err(e));
+        }
+    };
+    let d = d.clone();
+    Ok(stream_in_span(&trace, span, previous, move |out, trace| async move {
+        let label =
+            reference.digest().map(|g| g.to_string()).or(reference.tag().map(str::to_string)).unwrap_or_default();
+        // Docker names the repository without its registry (`library/busybox`).
+        let path = reference.path().to_string();
+        let _ = out.send(json!({ "status": format!("Pulling from {path}"), "id": label })).await;
+        let p = d.distribution.pull(&trace, &reference, repo, resolved, &out).await?;
+        let _ = out.send(json!({ "status": format!("Digest: {}", p.digest) })).await;
+        let status = if p.up_to_date { "Image is up to date for" } else { "Downloaded newer image for" };
+        let _ = out.send(json!({ "status": format!("Status: {status} {}", reference.familiar()) })).await;
+        d.events.publish(crate::events::Event::image("pull", &reference.familiar()));
+        Ok(())
+    }))
+}
+
+/// `POST /images/{name}/push?tag=`: blobs the registry lacks, then the manifest.
+pub async fn push(d: &Arc<Daemon>, name: &str, q: &Query, auth: Option<&str>) -> Result<Resp, ApiError> {
+    let mut reference = Reference::parse(name)?;
+    if let Some(t) = q.get("tag").filter(|t| !t.is_empty()) {
+        reference = reference.with_tag(t)?;
+    } else if reference.tag().is_none() {
+        reference = reference.with_tag("latest")?;
+    }
+    if d.images.resolve(&reference.to_string()).is_err() {
+        return Err(ApiError::not_found(format!(
+            "An image does not exist locally with the tag: {}",
+            reference.familiar_name()
+        )));
+    }
+    let creds = registry_auth(auth)?;
+    let trace = crate::trace::current().ok_or_else(|| ApiError::internal("push outside of a request"))?;
+    let span = trace.start(engine_telemetry::names::DAEMON_PUSH);
+    trace.attr(span, "oci.reference", reference.to_string());
+    let previous = trace.enter(span);
+    let d = d.clone();
+    Ok(stream_in_span(&trace, span, previous, move |out, trace| async move {
+        d.distribution.push(&trace, &reference, creds, &out).await?;
+        d.events.publish(crate::events::Event::image("push", &reference.familiar()));
+        Ok(())
+    }))
+}
+
+/// `POST /auth`: checks credentials with the registry, as `docker login` asks.
+pub async fn login(d: &Arc<Daemon>, creds: engine_registry::AuthConfig) -> Result<Resp, ApiError> {
+    d.distribution.login(&creds).await?;
+    Ok(json(StatusCode::OK, &json!({ "Status": "Login Succeeded", "IdentityToken": "" })))
 }

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod distribution;
 pub mod events;
 pub mod exec;
 pub mod hostconfig;

@@ -10,6 +10,27 @@ pub struct Trace {
     pub root: SpanHandle,
     /// The span new phase spans go under (the request span unless a phase is entered).
     current: Mutex<SpanHandle>,
+    /// `Some` while a [`TraceHold`] keeps the request span open, with the status to close it
+    /// with once the handler has returned.
+    held: Mutex<Option<Option<u16>>>,
+}
+
+/// Keeps a request's span open while its response streams; see [`Trace::hold`].
+pub struct TraceHold(std::sync::Arc<Trace>);
+
+impl TraceHold {
+    pub fn trace(&self) -> &std::sync::Arc<Trace> {
+        &self.0
+    }
+}
+
+impl Drop for TraceHold {
+    fn drop(&mut self) {
+        let status = self.0.held.lock().unwrap_or_else(|p| p.into_inner()).take().flatten();
+        if let Some(status) = status {
+            self.0.close_now(status);
+        }
+    }
 }
 
 impl Trace {
@@ -18,7 +39,7 @@ impl Trace {
         let root = rec.start(name, None);
         rec.set_kind(root, Kind::Server);
         rec.set_attr(root, "process.pid", std::process::id());
-        Trace { rec: Mutex::new(rec), root, current: Mutex::new(root) }
+        Trace { rec: Mutex::new(rec), root, current: Mutex::new(root), held: Mutex::new(None) }
     }
 
     /// The trace of work engined does on its own, outside any request (a container's exit and
@@ -38,6 +59,22 @@ impl Trace {
     pub fn start(&self, name: &str) -> SpanHandle {
         let parent = self.current();
         self.rec().start(name, Some(parent))
+    }
+
+    /// Starts a span under `parent` (work running side by side under one phase).
+    pub fn start_under(&self, name: &str, parent: SpanHandle) -> SpanHandle {
+        self.rec().start(name, Some(parent))
+    }
+
+    pub fn set_kind(&self, h: SpanHandle, kind: Kind) {
+        self.rec().set_kind(h, kind);
+    }
+
+    /// Keeps the request span open after the handler returns, for a response whose work goes
+    /// on while its body streams (a pull): the span ends when the returned guard is dropped.
+    pub fn hold(self: &std::sync::Arc<Self>) -> TraceHold {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(None);
+        TraceHold(self.clone())
     }
 
     /// The span phases go under now.
@@ -77,8 +114,17 @@ impl Trace {
         rec.flush();
     }
 
-    /// Ends the request span with its HTTP status and hands every span to the sink.
+    /// Ends the request span with its HTTP status and hands every span to the sink (when the
+    /// span is held, the guard does so when it is dropped).
     pub fn close(&self, status: u16) {
+        if let Some(pending) = self.held.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            *pending = Some(status);
+            return;
+        }
+        self.close_now(status);
+    }
+
+    fn close_now(&self, status: u16) {
         let mut rec = self.rec();
         let root = self.root;
         rec.set_attr(root, "http.response.status_code", status as i64);
@@ -102,6 +148,11 @@ impl Trace {
     pub async fn scope<F: std::future::Future>(self: &std::sync::Arc<Self>, f: F) -> F::Output {
         CURRENT.scope(self.clone(), f).await
     }
+}
+
+/// The trace of the operation the current task serves, if any.
+pub fn current() -> Option<std::sync::Arc<Trace>> {
+    CURRENT.try_with(|t| t.clone()).ok()
 }
 
 /// The `traceparent` for work done now on behalf of the current task's operation: the current

@@ -133,7 +133,10 @@ impl Client {
                 let insecure = self.is_insecure(&host);
                 out.push(Endpoint { http: self.http_for(&host, insecure)?, base });
             }
-            out.push(Endpoint { base: parse("https://registry-1.docker.io")?, http: self.http_for("docker.io", false)? });
+            out.push(Endpoint {
+                base: parse("https://registry-1.docker.io")?,
+                http: self.http_for("docker.io", false)?,
+            });
             return Ok(out);
         }
         if self.is_insecure(domain) {
@@ -184,7 +187,13 @@ impl Client {
             }
             match req.send().await {
                 Ok(r) if r.status().is_success() || r.status() == StatusCode::UNAUTHORIZED => return Ok((e, r)),
-                Ok(r) => last = Some(RegistryError::Protocol(format!("Get {:?}: unexpected status {}", url.as_str(), r.status()))),
+                Ok(r) => {
+                    last = Some(RegistryError::Protocol(format!(
+                        "Get {:?}: unexpected status {}",
+                        url.as_str(),
+                        r.status()
+                    )))
+                }
                 Err(err) => last = Some(RegistryError::transport(&url, err)),
             }
         }
@@ -208,7 +217,8 @@ impl Client {
             tokens: self.tokens.clone(),
         };
         repo.authenticate(&ping, true).await?;
-        let r = repo.request(Method::GET, url.clone(), None).send().await.map_err(|e| RegistryError::transport(&url, e))?;
+        let r =
+            repo.request(Method::GET, url.clone(), None).send().await.map_err(|e| RegistryError::transport(&url, e))?;
         if r.status() == StatusCode::UNAUTHORIZED {
             return Err(RegistryError::Unauthorized(format!(
                 "login attempt to {url} failed with status: 401 Unauthorized"
@@ -262,7 +272,9 @@ pub struct Resolved {
     pub manifest: Manifest,
 }
 
-/// One repository of one registry, authenticated for its scope.
+/// One repository of one registry, authenticated for its scope. Clones share the token cache
+/// (one per layer download running side by side).
+#[derive(Clone)]
 pub struct Repository {
     endpoint: Endpoint,
     domain: String,
@@ -321,7 +333,11 @@ impl Repository {
                 }
                 let scope = if login { None } else { Some(scope.unwrap_or_else(|| self.scope.clone())) };
                 let user = self.creds.as_ref().and_then(AuthConfig::user_password).map(|(u, _)| u).unwrap_or_default();
-                let key = format!("{realm}\n{}\n{}\n{user}", service.as_deref().unwrap_or(""), scope.as_deref().unwrap_or(""));
+                let key = format!(
+                    "{realm}\n{}\n{}\n{user}",
+                    service.as_deref().unwrap_or(""),
+                    scope.as_deref().unwrap_or("")
+                );
                 let cached = self
                     .tokens
                     .lock()
@@ -333,8 +349,8 @@ impl Repository {
                     self.authorization = Some(format!("Bearer {t}"));
                     return Ok(());
                 }
-                let mut url = Url::parse(&realm)
-                    .map_err(|e| RegistryError::Protocol(format!("token realm {realm:?}: {e}")))?;
+                let mut url =
+                    Url::parse(&realm).map_err(|e| RegistryError::Protocol(format!("token realm {realm:?}: {e}")))?;
                 {
                     let mut q = url.query_pairs_mut();
                     if let Some(s) = &service {
@@ -354,16 +370,24 @@ impl Repository {
                     return Err(RegistryError::Unauthorized(format!("Get {base:?}: {}", denied())));
                 }
                 if !r.status().is_success() {
-                    return Err(RegistryError::Protocol(format!("token server {}: status {}", url.origin().ascii_serialization(), r.status())));
+                    return Err(RegistryError::Protocol(format!(
+                        "token server {}: status {}",
+                        url.origin().ascii_serialization(),
+                        r.status()
+                    )));
                 }
                 let t: TokenResponse = r
                     .json()
                     .await
                     .map_err(|e| RegistryError::Protocol(format!("token server answer: {}", e.without_url())))?;
-                let token = t.token().ok_or_else(|| RegistryError::Protocol("token server sent no token".into()))?.to_string();
+                let token =
+                    t.token().ok_or_else(|| RegistryError::Protocol("token server sent no token".into()))?.to_string();
                 // Reused until shortly before it expires (60 s when the server does not say).
                 let ttl = Duration::from_secs(t.expires_in.unwrap_or(60).saturating_sub(10).max(1));
-                self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (token.clone(), Instant::now() + ttl));
+                self.tokens
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, (token.clone(), Instant::now() + ttl));
                 self.authorization = Some(format!("Bearer {token}"));
                 Ok(())
             }
@@ -439,7 +463,9 @@ impl Repository {
         let digest = Digest::of(&bytes);
         if let Ok(want) = reference.parse::<Digest>() {
             if want != digest {
-                return Err(ImageError::DigestMismatch { what: "manifest".into(), expected: want, actual: digest }.into());
+                return Err(
+                    ImageError::DigestMismatch { what: "manifest".into(), expected: want, actual: digest }.into()
+                );
             }
         } else if let Some(h) = header_digest.and_then(|h| h.parse::<Digest>().ok()) {
             if h != digest {
@@ -507,7 +533,12 @@ impl Repository {
         Ok(Resolved { target, descriptor, bytes, manifest })
     }
 
-    fn blob_request(&self, desc: &Descriptor, from: u64, traceparent: Option<&str>) -> Result<RequestBuilder, RegistryError> {
+    fn blob_request(
+        &self,
+        desc: &Descriptor,
+        from: u64,
+        traceparent: Option<&str>,
+    ) -> Result<RequestBuilder, RegistryError> {
         let mut req = self.request(Method::GET, self.url(&format!("blobs/{}", desc.digest))?, traceparent);
         if from > 0 {
             req = req.header(RANGE, format!("bytes={from}-"));
@@ -516,9 +547,16 @@ impl Repository {
     }
 
     /// Fetches a small blob (a config) into memory, verified.
-    pub async fn fetch_config(&mut self, desc: &Descriptor, traceparent: Option<&str>) -> Result<Vec<u8>, RegistryError> {
+    pub async fn fetch_config(
+        &mut self,
+        desc: &Descriptor,
+        traceparent: Option<&str>,
+    ) -> Result<Vec<u8>, RegistryError> {
         if desc.size > MAX_CONFIG_BYTES {
-            return Err(RegistryError::Unsupported(format!("image config {} is {} bytes: too large", desc.digest, desc.size)));
+            return Err(RegistryError::Unsupported(format!(
+                "image config {} is {} bytes: too large",
+                desc.digest, desc.size
+            )));
         }
         let r = self.send(|s| s.blob_request(desc, 0, traceparent)).await?;
         if !r.status().is_success() {
@@ -527,7 +565,12 @@ impl Repository {
         let bytes = read_limited(r, MAX_CONFIG_BYTES, "image config").await?;
         let actual = Digest::of(&bytes);
         if actual != desc.digest {
-            return Err(ImageError::DigestMismatch { what: "image config".into(), expected: desc.digest.clone(), actual }.into());
+            return Err(ImageError::DigestMismatch {
+                what: "image config".into(),
+                expected: desc.digest.clone(),
+                actual,
+            }
+            .into());
         }
         Ok(bytes)
     }
@@ -573,12 +616,14 @@ impl Repository {
             loop {
                 match r.chunk().await {
                     Ok(Some(chunk)) => {
-                        sink.write_all(&chunk).map_err(|e| RegistryError::Protocol(format!("blob {}: {e}", desc.digest)))?;
+                        sink.write_all(&chunk)
+                            .map_err(|e| RegistryError::Protocol(format!("blob {}: {e}", desc.digest)))?;
                         progress(sink.written());
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        last_error = Some(RegistryError::Transport(format!("blob {}: {}", desc.digest, e.without_url())));
+                        last_error =
+                            Some(RegistryError::Transport(format!("blob {}: {}", desc.digest, e.without_url())));
                         break;
                     }
                 }
@@ -611,7 +656,12 @@ impl Repository {
 
     /// Asks the registry to mount a blob from another repository it holds; false when it
     /// would rather have an upload.
-    pub async fn mount_blob(&mut self, digest: &Digest, from: &str, traceparent: Option<&str>) -> Result<bool, RegistryError> {
+    pub async fn mount_blob(
+        &mut self,
+        digest: &Digest,
+        from: &str,
+        traceparent: Option<&str>,
+    ) -> Result<bool, RegistryError> {
         let mut url = self.url("blobs/uploads/")?;
         url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", from);
         let r = self.send(|s| Ok(s.request(Method::POST, url.clone(), traceparent).header(CONTENT_LENGTH, 0))).await?;
@@ -628,7 +678,8 @@ impl Repository {
         traceparent: Option<&str>,
     ) -> Result<(), RegistryError> {
         let start = self.url("blobs/uploads/")?;
-        let r = self.send(|s| Ok(s.request(Method::POST, start.clone(), traceparent).header(CONTENT_LENGTH, 0))).await?;
+        let r =
+            self.send(|s| Ok(s.request(Method::POST, start.clone(), traceparent).header(CONTENT_LENGTH, 0))).await?;
         if r.status() != StatusCode::ACCEPTED {
             return Err(self.error(&format!("blob upload {}", desc.digest), r).await);
         }
@@ -637,20 +688,22 @@ impl Repository {
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| RegistryError::Protocol("blob upload: no Location in the answer".into()))?;
-        let mut url =
-            start.join(location).map_err(|e| RegistryError::Protocol(format!("blob upload Location {location:?}: {e}")))?;
+        let mut url = start
+            .join(location)
+            .map_err(|e| RegistryError::Protocol(format!("blob upload Location {location:?}: {e}")))?;
         url.query_pairs_mut().append_pair("digest", &desc.digest.to_string());
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| RegistryError::Image(ImageError::Io { path: path.to_path_buf(), source: e }))?;
         let mut sent = 0u64;
-        let stream = futures_util::StreamExt::map(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024), move |c| {
-            if let Ok(b) = &c {
-                sent += b.len() as u64;
-                progress(sent);
-            }
-            c
-        });
+        let stream =
+            futures_util::StreamExt::map(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024), move |c| {
+                if let Ok(b) = &c {
+                    sent += b.len() as u64;
+                    progress(sent);
+                }
+                c
+            });
         let body = reqwest::Body::wrap_stream(stream);
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));

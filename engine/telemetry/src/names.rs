@@ -15,6 +15,18 @@ pub const DAEMON_EXIT: &str = "daemon.exit";
 /// The root of a start a restart policy asks for.
 pub const DAEMON_POLICY_START: &str = "daemon.policy_start";
 pub const DAEMON_SHUTDOWN: &str = "daemon.shutdown";
+pub const DAEMON_PULL: &str = "daemon.pull";
+pub const DAEMON_PUSH: &str = "daemon.push";
+/// A registry's manifest (through its index) resolved for the platform, with authentication.
+pub const REGISTRY_RESOLVE: &str = "registry.resolve";
+/// One blob downloaded (an HTTP client span).
+pub const REGISTRY_BLOB: &str = "registry.blob";
+/// One blob uploaded (an HTTP client span).
+pub const REGISTRY_UPLOAD: &str = "registry.upload";
+/// A manifest put under its tag.
+pub const REGISTRY_MANIFEST: &str = "registry.manifest";
+/// One layer unpacked into the store.
+pub const IMAGE_UNPACK: &str = "image.unpack";
 pub const NETWORK_NAMESPACE: &str = "network.namespace";
 pub const NETWORK_ENDPOINT: &str = "network.endpoint";
 pub const NETWORK_HOSTS: &str = "network.hosts";
@@ -85,6 +97,13 @@ pub const ALL: &[&str] = &[
     DAEMON_EXIT,
     DAEMON_POLICY_START,
     DAEMON_SHUTDOWN,
+    DAEMON_PULL,
+    DAEMON_PUSH,
+    REGISTRY_RESOLVE,
+    REGISTRY_BLOB,
+    REGISTRY_UPLOAD,
+    REGISTRY_MANIFEST,
+    IMAGE_UNPACK,
     NETWORK_NAMESPACE,
     NETWORK_ENDPOINT,
     NETWORK_HOSTS,

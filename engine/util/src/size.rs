@@ -1,5 +1,6 @@
 //! Byte sizes as Docker's and runc's command lines take them (`64m`, `1g`, `512k`, `1024`):
-//! binary multiples (`k` is 1024), an optional `b`, case-insensitive.
+//! binary multiples (`k` is 1024), an optional `b`, case-insensitive; and sizes as Docker prints
+//! them (powers of 1000, three significant figures).
 
 /// A size that is not a number of bytes with an optional `b`, `k`, `m`, `g` or `t`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +42,25 @@ pub fn parse_limit(s: &str) -> Result<i64, InvalidSize> {
     parse_bytes(s)
 }
 
+/// Docker's human sizes: `1.98MB`, `512B`, `1.2GB` (powers of 1000, as `docker images` and the
+/// pull progress print them).
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < UNITS.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes}B")
+    } else {
+        let s = format!("{v:.3}");
+        let s = &s[..s.len().min(4)];
+        format!("{}{}", s.trim_end_matches('.'), UNITS[i])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +80,13 @@ mod tests {
         assert_eq!(parse_limit("-1"), Ok(-1));
         assert_eq!(parse_limit("1k"), Ok(1024));
         assert!(parse_limit("-2").is_err());
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(1_982_286), "1.98MB");
+        assert_eq!(human(512), "512B");
+        assert_eq!(human(1_000), "1kB");
+        assert_eq!(human(123_456_789), "123MB");
     }
 }

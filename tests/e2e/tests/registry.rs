@@ -1,0 +1,227 @@
+//! Ship: push to and pull from Debian's `docker-registry` on 127.0.0.1 (started per test, plain
+//! HTTP, with and without htpasswd Basic auth), through the engine CLI and the Docker CLI, with
+//! skopeo reading what the engine pushed, and a corrupted blob refused without a trace left.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use engine_test_support::engined::Engined;
+use engine_test_support::*;
+
+/// A private registry on a free loopback port; stopped (by pid) when dropped.
+struct Registry {
+    child: Child,
+    dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl Registry {
+    fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, password)) = htpasswd {
+            let out =
+                Command::new("htpasswd").args(["-Bbn", user, password]).output().expect("htpasswd (apache2-utils)");
+            assert!(out.status.success(), "htpasswd: {}", stderr(&out));
+            std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            ));
+        }
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(which("docker-registry"))
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (Debian's docker-registry package)");
+        let r = Registry { child, dir, addr };
+        wait_for("the registry to listen", || TcpStream::connect(&r.addr).is_ok());
+        r
+    }
+
+    /// The stored blob file of `digest` (`sha256:…`).
+    fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir.path().join(format!("data/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `engine args` with its own credentials directory (DOCKER_CONFIG) and `input` on stdin.
+fn engine_with(e: &Engined, config: &Path, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(bin("engine"))
+        .arg("-H")
+        .arg(e.host())
+        .args(args)
+        .env("DOCKER_CONFIG", config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn image_ids(e: &Engined) -> String {
+    e.ok(&["images", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"])
+}
+
+#[test]
+fn push_pull_and_run_through_a_loopback_registry() {
+    let reg = Registry::start(None);
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let name = format!("{}/test/busybox:1", reg.addr);
+    e.ok(&["tag", "busybox", &name]);
+
+    let out = e.ok(&["push", &name]);
+    assert!(out.contains("The push refers to repository"), "{out}");
+    assert!(out.contains("Pushed"), "{out}");
+    let digest = out
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .unwrap_or_else(|| panic!("no digest in {out}"))
+        .to_string();
+    // A second push finds every layer there.
+    let again = e.ok(&["push", &name]);
+    assert!(again.contains("Layer already exists"), "{again}");
+
+    // Another tool reads what the engine pushed.
+    let inspect =
+        Command::new("skopeo").args(["inspect", "--tls-verify=false", &format!("docker://{name}")]).output().unwrap();
+    assert!(inspect.status.success(), "skopeo inspect: {}", stderr(&inspect));
+    assert!(stdout(&inspect).contains(&digest), "{}", stdout(&inspect));
+
+    // Pulled into an engine that never had it, then run.
+    e.ok(&["rmi", &name, "busybox"]);
+    assert!(!image_ids(&e).contains("busybox"), "{}", image_ids(&e));
+    let out = e.ok(&["pull", &name]);
+    assert!(out.contains("1: Pulling from test/busybox"), "{out}");
+    assert!(out.contains("Pull complete"), "{out}");
+    assert!(out.contains(&format!("Digest: {digest}")), "{out}");
+    assert!(out.contains(&format!("Status: Downloaded newer image for {name}")), "{out}");
+    assert_eq!(e.ok(&["run", "--rm", &name, "echo", "pulled"]).trim(), "pulled");
+    let repo_digests = e.ok(&["image", "inspect", "--format", "{{json .RepoDigests}}", &name]);
+    assert!(repo_digests.contains(&format!("{}/test/busybox@{digest}", reg.addr)), "{repo_digests}");
+    let out = e.ok(&["pull", &name]);
+    assert!(out.contains(&format!("Status: Image is up to date for {name}")), "{out}");
+
+    // By digest, and a tag the registry lacks.
+    let by_digest = format!("{}/test/busybox@{digest}", reg.addr);
+    e.ok(&["pull", &by_digest]);
+    let err = e.fails(&["pull", &format!("{}/test/busybox:nope", reg.addr)]);
+    assert!(err.contains("not found") && err.contains("manifest unknown"), "{err}");
+
+    // `run` of an image it does not have pulls it first, as docker run does.
+    e.ok(&["rmi", "-f", &name]);
+    let run = e.engine(&["run", "--rm", &name, "echo", "auto"]);
+    assert!(run.status.success(), "{}{}", stdout(&run), stderr(&run));
+    assert_eq!(stdout(&run).trim(), "auto");
+    assert!(stderr(&run).contains(&format!("Unable to find image '{name}' locally")), "{}", stderr(&run));
+    e.ok(&["rmi", "-f", &name]);
+    let never = e.fails(&["run", "--rm", "--pull", "never", &name, "true"]);
+    assert!(never.contains("No such image"), "{never}");
+
+    // The Docker CLI pulls through engined.
+    let out = e.docker_ok(&["pull", &name]);
+    assert!(out.contains("Pull complete") || out.contains("Already exists"), "{out}");
+    assert_eq!(e.docker_ok(&["run", "--rm", &name, "echo", "docker"]).trim(), "docker");
+    e.ok(&["rmi", "-f", &name]);
+
+    // A layer blob changed by one byte in the registry: refused, nothing listed; mended, pulled.
+    let manifest = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{name}")])
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    let file = reg.blob_file(&layer);
+    let good = std::fs::read(&file).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&file, &bad).unwrap();
+    let err = e.fails(&["pull", &name]);
+    assert!(err.contains("digest mismatch"), "{err}");
+    assert!(!image_ids(&e).contains("test/busybox"), "{}", image_ids(&e));
+    std::fs::write(&file, &good).unwrap();
+    let out = e.ok(&["pull", &name]);
+    assert!(out.contains("Status: Downloaded newer image"), "{out}");
+    assert_eq!(e.ok(&["run", "--rm", &name, "echo", "mended"]).trim(), "mended");
+}
+
+#[test]
+fn basic_auth_login_logout_and_refusals() {
+    let reg = Registry::start(Some(("alice", "s3cret-pass")));
+    let e = Engined::start();
+    let config = tempfile::tempdir().unwrap();
+    e.import_busybox("busybox");
+    let name = format!("{}/private/busybox:latest", reg.addr);
+    e.ok(&["tag", "busybox", &name]);
+
+    // Without credentials: refused, in Docker's words.
+    let out = engine_with(&e, config.path(), &["push", &name], "");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
+
+    // A wrong password is refused and nothing is kept.
+    let out = engine_with(&e, config.path(), &["login", "-u", "alice", "--password-stdin", &reg.addr], "wrong\n");
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(stderr(&out).contains("401 Unauthorized"), "{}", stderr(&out));
+    assert!(!config.path().join("config.json").exists());
+
+    let out = engine_with(&e, config.path(), &["login", "-u", "alice", "--password-stdin", &reg.addr], "s3cret-pass\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("Login Succeeded"));
+    let kept = std::fs::read_to_string(config.path().join("config.json")).unwrap();
+    assert!(kept.contains(&reg.addr) && kept.contains("\"auth\""), "{kept}");
+    assert!(!e.log_tail().contains("s3cret-pass"), "the password reached engined's log");
+
+    let out = engine_with(&e, config.path(), &["push", &name], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    e.ok(&["rmi", &name, "busybox"]);
+    let out = engine_with(&e, config.path(), &["pull", &name], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("Status: Downloaded newer image"), "{}", stdout(&out));
+
+    // Logged out, the private image is refused.
+    e.ok(&["rmi", &name]);
+    let out = engine_with(&e, config.path(), &["logout", &reg.addr], "");
+    assert!(stdout(&out).contains("Removing login credentials"), "{}", stdout(&out));
+    let out = engine_with(&e, config.path(), &["pull", &name], "");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("pull access denied"), "{}", stderr(&out));
+    assert!(!image_ids(&e).contains("private"), "{}", image_ids(&e));
+
+    // The Docker CLI logs in through engined's POST /auth.
+    let docker_config = tempfile::tempdir().unwrap();
+    let mut child = Command::new(engine_test_support::dockerd::docker_cli())
+        .args(["-H", &e.host(), "login", "-u", "alice", "--password-stdin", &reg.addr])
+        .env("DOCKER_CONFIG", docker_config.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret-pass\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(stdout(&out).contains("Login Succeeded"), "{}{}", stdout(&out), stderr(&out));
+}
