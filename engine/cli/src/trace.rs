@@ -23,8 +23,11 @@ pub struct TraceArgs {
     pub command: Option<TraceCommand>,
     /// The container whose traced operations to show (a removed one by its name or id).
     pub container: Option<String>,
+    /// The image whose pulls and pushes to show (any tag of it when NAME names none).
+    #[arg(long, value_name = "NAME", conflicts_with = "container")]
+    pub image: Option<String>,
     /// Read spans from an OTLP JSON lines file (a span hand-off) instead of the daemon.
-    #[arg(long, conflicts_with = "container")]
+    #[arg(long, conflicts_with_all = ["container", "image"])]
     pub file: Option<PathBuf>,
     /// Show the last N operations (default 1).
     #[arg(long, default_value_t = 1)]
@@ -73,10 +76,25 @@ fn ms(nanos: u64) -> String {
     format!("{:.3}", nanos as f64 / 1e6)
 }
 
-/// The traces of `container` the arguments select, oldest first.
+/// Whose traces to show.
+enum Subject<'a> {
+    Container(&'a str),
+    Image(&'a str),
+}
+
+impl std::fmt::Display for Subject<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Container(c) => f.write_str(c),
+            Subject::Image(i) => write!(f, "image {i}"),
+        }
+    }
+}
+
+/// The traces of `subject` the arguments select, oldest first.
 async fn select(
     c: &Client,
-    container: &str,
+    subject: &Subject<'_>,
     op: Option<&str>,
     trace_id: Option<&str>,
     last: usize,
@@ -84,7 +102,12 @@ async fn select(
     if let Some(t) = trace_id {
         return Ok(vec![t.to_string()]);
     }
-    let list = c.get(&format!("/engine/v1/containers/{}/traces", urlencode(container))).await?;
+    let list = match subject {
+        Subject::Container(container) => {
+            c.get(&format!("/engine/v1/containers/{}/traces", urlencode(container))).await?
+        }
+        Subject::Image(image) => c.get(&format!("/engine/v1/traces?image={}", urlencode(image))).await?,
+    };
     let all: Vec<&Value> = list.as_array().into_iter().flatten().collect();
     // operations a user asked for (rooted at a command or an API request), not the daemon's own
     // bookkeeping (a restart policy's start); with --op, operations of that kind
@@ -101,7 +124,7 @@ async fn select(
     let ids: Vec<String> =
         picked.iter().rev().take(last.max(1)).rev().filter_map(|t| t["TraceID"].as_str().map(str::to_string)).collect();
     if ids.is_empty() {
-        bail!("no traces of {container}{}", op.map(|o| format!(" for --op {o}")).unwrap_or_default());
+        bail!("no traces of {subject}{}", op.map(|o| format!(" for --op {o}")).unwrap_or_default());
     }
     Ok(ids)
 }
@@ -116,19 +139,22 @@ pub async fn run(c: &Client, args: TraceArgs) -> Result<i32> {
     if let Some(TraceCommand::Stats { op, last, json }) = &args.command {
         return stats(c, op, *last, *json).await;
     }
-    let Some(container) = args.container.as_deref() else {
-        bail!("engine trace needs a container (or --file, or stats)")
+    let subject = match (args.container.as_deref(), args.image.as_deref()) {
+        (Some(container), _) => Subject::Container(container),
+        (None, Some(image)) => Subject::Image(image),
+        (None, None) => bail!("engine trace needs a container (or --image, --file, or stats)"),
     };
-    let ids = select(c, container, args.op.as_deref(), args.trace_id.as_deref(), args.last).await?;
+    let container = subject.to_string();
+    let ids = select(c, &subject, args.op.as_deref(), args.trace_id.as_deref(), args.last).await?;
     let mut docs = Vec::new();
     for id in &ids {
         docs.push((id.clone(), fetch(c, id).await?));
     }
     if let Some(other) = &args.compare {
-        let theirs = select(c, other, args.op.as_deref(), None, 1).await?;
+        let theirs = select(c, &Subject::Container(other), args.op.as_deref(), None, 1).await?;
         let mine = flatten(&docs.last().context("no trace")?.1);
         let theirs = flatten(&fetch(c, &theirs[0]).await?);
-        print!("{}", compare(container, &mine, other, &theirs));
+        print!("{}", compare(&container, &mine, other, &theirs));
         return Ok(0);
     }
     if let Some(endpoint) = &args.otlp {

@@ -178,6 +178,7 @@ fn summary_json(t: &TraceSummary) -> serde_json::Value {
         "Services": t.services,
         "Containers": t.containers,
         "Error": t.error,
+        "Images": t.images,
     })
 }
 
@@ -200,10 +201,28 @@ pub fn container_traces(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
     Ok(json(StatusCode::OK, &list.iter().map(summary_json).collect::<Vec<_>>()))
 }
 
-/// `GET /engine/v1/traces?op=start&limit=N`: the most recent traces, oldest first.
+/// `GET /engine/v1/traces?op=start&image=NAME&limit=N`: the most recent traces, oldest first;
+/// with `image`, those whose pulls or pushes name that image (any tag of it when `NAME` names
+/// none).
 pub fn recent(d: &Daemon, q: &Query) -> Result<Resp, ApiError> {
     let limit = q.int("limit")?.unwrap_or(100).clamp(1, 10_000) as usize;
-    let list = d.traces.recent(q.get("op").filter(|o| !o.is_empty()), limit);
+    let op = q.get("op").filter(|o| !o.is_empty());
+    let list = match q.get("image").filter(|i| !i.is_empty()) {
+        None => d.traces.recent(op, limit),
+        Some(image) => {
+            let wanted = engine_image::Reference::parse(image)?;
+            let exact = image.contains('@') || image.rsplit('/').next().is_some_and(|last| last.contains(':'));
+            d.traces.recent_where(op, limit, |t| {
+                t.images.iter().filter_map(|r| engine_image::Reference::parse(r).ok()).any(|r| {
+                    if exact {
+                        r.to_string() == wanted.to_string()
+                    } else {
+                        r.name() == wanted.name()
+                    }
+                })
+            })
+        }
+    };
     Ok(json(StatusCode::OK, &list.iter().map(summary_json).collect::<Vec<_>>()))
 }
 

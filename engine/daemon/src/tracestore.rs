@@ -58,6 +58,9 @@ pub struct TraceSummary {
     pub ops: BTreeSet<String>,
     pub containers: BTreeSet<String>,
     pub container_names: BTreeSet<String>,
+    /// The image references the trace's pulls and pushes name (`oci.reference`, in full).
+    #[serde(default)]
+    pub images: BTreeSet<String>,
     pub services: BTreeSet<String>,
     /// The segments holding the trace's spans, with how many spans each holds.
     pub segments: BTreeMap<u64, usize>,
@@ -155,6 +158,9 @@ fn summarize(into: &mut TraceSummary, s: &FlatSpan, seq: u64) {
     }
     if let Some(name) = s.attr("container.name") {
         into.container_names.insert(name.trim_start_matches('/').to_string());
+    }
+    if let Some(reference) = s.attr("oci.reference") {
+        into.images.insert(reference.to_string());
     }
 }
 
@@ -369,9 +375,19 @@ impl TraceStore {
 
     /// The `limit` most recent traces that contain operation `op` (any when `None`), oldest first.
     pub fn recent(&self, op: Option<&str>, limit: usize) -> Vec<TraceSummary> {
+        self.recent_where(op, limit, |_| true)
+    }
+
+    /// [`TraceStore::recent`], of the traces `keep` accepts.
+    pub fn recent_where(
+        &self,
+        op: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&TraceSummary) -> bool,
+    ) -> Vec<TraceSummary> {
         let inner = self.lock();
         let mut out: Vec<TraceSummary> =
-            inner.traces.values().filter(|t| op.is_none_or(|o| t.ops.contains(o))).cloned().collect();
+            inner.traces.values().filter(|t| op.is_none_or(|o| t.ops.contains(o)) && keep(t)).cloned().collect();
         out.sort_by_key(|t| std::cmp::Reverse(t.start));
         out.truncate(limit);
         out.reverse();

@@ -1,7 +1,8 @@
 //! Reading tar streams from untrusted sources. Extension headers (PAX, GNU long names) are
 //! combined here rather than by the `tar` crate, so their sizes are bounded before anything is
-//! read into memory, and every path is normalised to components below the archive root:
-//! absolute paths and `..` are refused, never rewritten.
+//! read into memory, and every path is normalised to components below the archive root, as
+//! dockerd and containerd clean them: a leading `/` or `./` is dropped (umoci writes the root as
+//! `/`), `..` is resolved lexically, and a path that leaves the root after cleaning is refused.
 
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
@@ -61,7 +62,8 @@ pub struct TarEntry {
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// Normalises a member path: relative, no `..`, no NUL, `.` and empty components dropped.
+/// Normalises a member path: a leading `/`, `.` and empty components dropped, `..` taken
+/// lexically; a NUL byte or a path that climbs above the root is refused.
 pub fn normalize(raw: &[u8]) -> Result<PathBuf, TarError> {
     if raw.contains(&0) {
         return Err(TarError::refused(raw, "path contains a NUL byte"));
@@ -69,14 +71,15 @@ pub fn normalize(raw: &[u8]) -> Result<PathBuf, TarError> {
     if raw.len() > MAX_PATH_BYTES {
         return Err(TarError::refused(&raw[..64], format!("path longer than {MAX_PATH_BYTES} bytes")));
     }
-    if raw.first() == Some(&b'/') {
-        return Err(TarError::refused(raw, "absolute path"));
-    }
     let mut out = PathBuf::new();
     for c in raw.split(|b| *b == b'/') {
         match c {
             b"" | b"." => {}
-            b".." => return Err(TarError::refused(raw, "path leaves the archive root (..)")),
+            b".." => {
+                if !out.pop() {
+                    return Err(TarError::refused(raw, "path leaves the archive root (..)"));
+                }
+            }
             name if name.len() > MAX_NAME_BYTES => {
                 return Err(TarError::refused(raw, "path component longer than 255 bytes"))
             }
@@ -126,6 +129,38 @@ fn read_extension<R: Read>(entry: &mut tar::Entry<'_, R>, what: &str) -> Result<
     Ok(v)
 }
 
+/// The archive's reader, taking an end right after a member's content as the end of the
+/// archive, as Go's `archive/tar` (and so dockerd and containerd) does: some writers (umoci 0.4's
+/// `insert`) leave out the last member's padding and the two zero blocks. The missing zeros are
+/// supplied; a stream that ends anywhere else (inside a member's content or header) still ends
+/// there and is refused as truncated.
+struct LenientEnd<R> {
+    inner: R,
+    pos: u64,
+    /// Where the current member's content ends, as the loop below learns it.
+    content_end: std::rc::Rc<std::cell::Cell<u64>>,
+    /// Zeros still to supply once the stream has ended at a member's end.
+    zeros: Option<u64>,
+}
+
+impl<R: Read> Read for LenientEnd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(left) = &mut self.zeros {
+            let n = (*left).min(buf.len() as u64) as usize;
+            buf[..n].fill(0);
+            *left -= n as u64;
+            return Ok(n);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() && self.pos == self.content_end.get() && !self.pos.is_multiple_of(512) {
+            self.zeros = Some(512 - self.pos % 512 + 1024);
+            return self.read(buf);
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// Calls `f` for every member of the tar stream `r`, with a reader for its content.
 pub fn for_each_entry<R, E, F>(r: R, mut f: F) -> Result<(), E>
 where
@@ -133,6 +168,8 @@ where
     E: From<TarError>,
     F: FnMut(&TarEntry, &mut dyn Read) -> Result<(), E>,
 {
+    let content_end = std::rc::Rc::new(std::cell::Cell::new(0));
+    let r = LenientEnd { inner: r, pos: 0, content_end: content_end.clone(), zeros: None };
     let mut archive = tar::Archive::new(r);
     let entries = archive.entries().map_err(TarError::from)?.raw(true);
     let mut pending = Pending::default();
@@ -151,6 +188,7 @@ where
             TarError::Malformed(format!("not a valid tar stream ({msg})"))
         })?;
         let header = entry.header();
+        content_end.set(entry.raw_file_position() + header.entry_size().unwrap_or(0));
         let ty = header.entry_type();
         match ty {
             EntryType::GNULongName => {
@@ -254,9 +292,54 @@ mod tests {
     fn normalises_member_paths() {
         assert_eq!(normalize(b"./a//b/./c/").unwrap(), PathBuf::from("a/b/c"));
         assert_eq!(normalize(b"./").unwrap(), PathBuf::new());
-        for bad in [&b"/etc/passwd"[..], b"a/../../b", b"..", b"a\0b"] {
+        // umoci's and other tools' spellings of the same members.
+        assert_eq!(normalize(b"/").unwrap(), PathBuf::new());
+        assert_eq!(normalize(b"/etc/passwd").unwrap(), PathBuf::from("etc/passwd"));
+        assert_eq!(normalize(b"a/../b").unwrap(), PathBuf::from("b"));
+        for bad in [&b"a/../../b"[..], b"..", b"/../etc", b"a\0b"] {
             assert!(normalize(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn member(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(EntryType::Regular);
+        h.set_cksum();
+        let mut v = h.as_bytes().to_vec();
+        v.extend_from_slice(data);
+        v
+    }
+
+    fn names(archive: &[u8]) -> Result<Vec<(PathBuf, Vec<u8>)>, TarError> {
+        let mut out = Vec::new();
+        for_each_entry(archive, |e: &TarEntry, r: &mut dyn Read| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v)?;
+            out.push((e.path.clone(), v));
+            Ok::<_, TarError>(())
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn an_end_right_after_the_last_members_content_is_the_archives_end() {
+        // As umoci 0.4's `insert` writes: no padding, no zero blocks.
+        let mut a = member("a", b"first");
+        a.resize(1024, 0);
+        a.extend(member("greeting", b"hi\n"));
+        let got = names(&a).unwrap();
+        assert_eq!(got, vec![(PathBuf::from("a"), b"first".to_vec()), (PathBuf::from("greeting"), b"hi\n".to_vec())]);
+        // Cut inside the content, the member is truncated: refused.
+        let cut = &a[..a.len() - 1];
+        assert!(names(cut).is_err());
+        // Cut inside a header: refused.
+        assert!(names(&a[..700]).is_err());
     }
 
     #[test]

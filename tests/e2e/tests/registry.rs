@@ -225,3 +225,118 @@ fn basic_auth_login_logout_and_refusals() {
     let out = child.wait_with_output().unwrap();
     assert!(stdout(&out).contains("Login Succeeded"), "{}{}", stdout(&out), stderr(&out));
 }
+
+/// Runs a tool in `dir`, failing the test with its stderr.
+fn tool(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+#[test]
+fn images_made_by_umoci_and_copied_by_skopeo_load_pull_and_run_each_pull_one_trace() {
+    let reg = Registry::start(None);
+    let e = Engined::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+
+    // umoci: a busybox layer, then a layer inserted at `/`, which umoci writes with the entry `/`.
+    tool(w, &["umoci", "init", "--layout", "oci"]);
+    tool(w, &["umoci", "new", "--image", "oci:bb"]);
+    tool(w, &["umoci", "unpack", "--rootless", "--image", "oci:bb", "bundle"]);
+    std::fs::create_dir_all(w.join("bundle/rootfs/bin")).unwrap();
+    std::fs::copy(which("busybox"), w.join("bundle/rootfs/bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", w.join("bundle/rootfs/bin/sh")).unwrap();
+    tool(w, &["umoci", "repack", "--image", "oci:bb", "bundle"]);
+    std::fs::create_dir_all(w.join("extra/etc")).unwrap();
+    std::fs::write(w.join("extra/etc/greeting"), "from umoci\n").unwrap();
+    tool(w, &["umoci", "insert", "--image", "oci:bb", "extra", "/"]);
+    tool(
+        w,
+        &[
+            "umoci",
+            "config",
+            "--image",
+            "oci:bb",
+            "--config.cmd",
+            "/bin/busybox",
+            "--config.cmd",
+            "cat",
+            "--config.cmd",
+            "/etc/greeting",
+        ],
+    );
+    let has_root_entry = std::fs::read_dir(w.join("oci/blobs/sha256")).unwrap().any(|b| {
+        let out = Command::new("tar").arg("-tzf").arg(b.unwrap().path()).output().unwrap();
+        stdout(&out).lines().any(|l| l == "/")
+    });
+    assert!(has_root_entry, "umoci wrote no layer with the entry `/`: the test proves nothing");
+
+    // Copied into the registry by skopeo, zstd and gzip, then pulled and run.
+    for (tag, compress) in [("zstd", "zstd"), ("gzip", "gzip")] {
+        let name = format!("{}/umoci/bb:{tag}", reg.addr);
+        tool(
+            w,
+            &[
+                "skopeo",
+                "copy",
+                "--dest-tls-verify=false",
+                "--dest-compress-format",
+                compress,
+                "oci:oci:bb",
+                &format!("docker://{name}"),
+            ],
+        );
+        let out = e.ok(&["pull", &name]);
+        assert!(out.contains("Pull complete"), "{out}");
+        assert_eq!(e.ok(&["run", "--rm", &name]).trim(), "from umoci", "{tag}");
+    }
+
+    // The zstd pull is one trace: the request, the pull, the manifest and a blob and an unpack
+    // span per layer, found by the image's name.
+    let zstd = format!("{}/umoci/bb:zstd", reg.addr);
+    let out = e.ok(&["trace", "--json", "--op", "pull", "--image", &zstd]);
+    let docs: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(docs.len(), 1, "{out}");
+    let mut names = Vec::new();
+    let mut trace_ids = std::collections::HashSet::new();
+    for rs in docs[0]["resourceSpans"].as_array().unwrap() {
+        for ss in rs["scopeSpans"].as_array().unwrap() {
+            for s in ss["spans"].as_array().unwrap() {
+                names.push(s["name"].as_str().unwrap().to_string());
+                trace_ids.insert(s["traceId"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(trace_ids.len(), 1, "{names:?}");
+    let count = |n: &str| names.iter().filter(|x| *x == n).count();
+    assert_eq!(count("engine.pull"), 1, "{names:?}");
+    assert_eq!(count("daemon.pull"), 1, "{names:?}");
+    assert_eq!(count("registry.resolve"), 1, "{names:?}");
+    assert_eq!(count("registry.blob"), 2, "{names:?}");
+    assert_eq!(count("image.unpack"), 2, "{names:?}");
+    assert!(!out.contains("Authorization"), "a credential header in the trace");
+    let waterfall = e.ok(&["trace", "--image", &format!("{}/umoci/bb", reg.addr)]);
+    assert!(waterfall.contains("registry.blob"), "{waterfall}");
+
+    // Loaded as an OCI layout archive (the layers it shares with the pulls kept once), and run.
+    tool(w, &["tar", "-C", "oci", "-cf", "bb.tar", "."]);
+    let loaded = e.ok(&["load", "-i", w.join("bb.tar").to_str().unwrap()]);
+    // umoci names the image by a bare tag (`bb`), which names no repository: it loads untagged.
+    let id = loaded
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .unwrap_or_else(|| panic!("no image id in {loaded}"))
+        .to_string();
+    e.ok(&["tag", &id, "bb"]);
+    assert_eq!(e.ok(&["run", "--rm", "bb"]).trim(), "from umoci");
+
+    // What the engine pushes, skopeo reads and copies out whole.
+    let again = format!("{}/engine/bb:1", reg.addr);
+    e.ok(&["tag", "bb", &again]);
+    e.ok(&["push", &again]);
+    tool(w, &["skopeo", "copy", "--src-tls-verify=false", &format!("docker://{again}"), "oci:copied:bb"]);
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.join("copied/index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"].as_array().map(Vec::len), Some(1), "{index}");
+}

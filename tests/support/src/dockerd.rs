@@ -31,6 +31,7 @@ impl Dockerd {
         let cgroup_parent = format!("/engine-docker-test-{}", std::process::id());
         let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
         let child = Command::new(dockerd)
+            .envs(crate::OFFLINE_ENV)
             .arg("-H")
             .arg(format!("unix://{}", sock.display()))
             .arg("--data-root")

@@ -95,6 +95,7 @@ impl Engined {
             .arg("debug")
             .args(&self.args)
             .env_remove("ENGINE_SPAN_SINK")
+            .envs(crate::OFFLINE_ENV)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

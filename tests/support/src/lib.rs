@@ -12,6 +12,19 @@ use std::time::{Duration, Instant};
 
 /// A binary of this workspace, built beside the running test (`cargo build --workspace`, which
 /// `make test` runs first): tests live in target/<triple>/<profile>/deps/.
+/// The environment every daemon a test starts gets, so that no test can reach a public
+/// registry: a pull of an image the test did not put in a loopback registry (`run nosuch` pulls
+/// `docker.io/library/nosuch`) goes to a proxy on a loopback port where nothing listens, and
+/// fails at once without resolving the name. Loopback registries are reached directly.
+pub const OFFLINE_ENV: [(&str, &str); 6] = [
+    ("HTTPS_PROXY", "http://127.0.0.1:9"),
+    ("https_proxy", "http://127.0.0.1:9"),
+    ("HTTP_PROXY", "http://127.0.0.1:9"),
+    ("http_proxy", "http://127.0.0.1:9"),
+    ("NO_PROXY", "localhost,127.0.0.0/8,::1"),
+    ("no_proxy", "localhost,127.0.0.0/8,::1"),
+];
+
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
