@@ -55,10 +55,34 @@ pub enum RegistryError {
 
 impl RegistryError {
     fn transport(url: &Url, e: reqwest::Error) -> Self {
-        // reqwest's message names the URL; ours never holds credentials.
-        let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
-        RegistryError::Transport(format!("Get {:?}: {}{cause}", url.as_str(), e.without_url()))
+        Self::from_reqwest(e.with_url(url.clone()))
     }
+
+    fn from_reqwest(e: reqwest::Error) -> Self {
+        RegistryError::Transport(describe_reqwest(e))
+    }
+}
+
+/// A failed request in one line: the URL (never holding credentials), what failed and why, as
+/// far down as the cause goes (`connection refused`, `connection closed before message
+/// completed`).
+fn describe_reqwest(e: reqwest::Error) -> String {
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !causes.iter().any(|c: &String| c.contains(&s_text)) {
+            causes.push(s_text);
+        }
+        source = s.source();
+    }
+    let url = e.url().map(|u| format!("{:?}: ", u.as_str())).unwrap_or_default();
+    let mut msg = format!("{url}{}", e.without_url());
+    for c in causes {
+        msg.push_str(": ");
+        msg.push_str(&c);
+    }
+    msg
 }
 
 /// The client: per-registry HTTP clients (TLS settings differ by host) and tokens.
@@ -400,12 +424,12 @@ impl Repository {
         build: impl Fn(&Self) -> Result<RequestBuilder, RegistryError>,
     ) -> Result<Response, RegistryError> {
         let req = build(self)?;
-        let r = req.send().await.map_err(|e| RegistryError::Transport(e.to_string()))?;
+        let r = req.send().await.map_err(RegistryError::from_reqwest)?;
         if r.status() != StatusCode::UNAUTHORIZED {
             return Ok(r);
         }
         self.authenticate(&r, false).await?;
-        build(self)?.send().await.map_err(|e| RegistryError::Transport(e.to_string()))
+        build(self)?.send().await.map_err(RegistryError::from_reqwest)
     }
 
     /// The registry's error for a failed request, in Docker's words where Docker has them.
@@ -594,8 +618,13 @@ impl Repository {
             let from = sink.written();
             let mut r = match self.send(|s| s.blob_request(desc, from, traceparent)).await {
                 Ok(r) => r,
-                Err(e @ RegistryError::Transport(_)) => {
-                    last_error = Some(e);
+                Err(RegistryError::Transport(e)) => {
+                    last_error = Some(RegistryError::Transport(format!(
+                        "blob {}: {e} (after {} of {} bytes)",
+                        desc.digest,
+                        sink.written(),
+                        desc.size
+                    )));
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -622,8 +651,13 @@ impl Repository {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        last_error =
-                            Some(RegistryError::Transport(format!("blob {}: {}", desc.digest, e.without_url())));
+                        let e = describe_reqwest(e);
+                        last_error = Some(RegistryError::Transport(format!(
+                            "blob {}: {e} (after {} of {} bytes)",
+                            desc.digest,
+                            sink.written(),
+                            desc.size
+                        )));
                         break;
                     }
                 }

@@ -340,3 +340,197 @@ fn images_made_by_umoci_and_copied_by_skopeo_load_pull_and_run_each_pull_one_tra
         serde_json::from_str(&std::fs::read_to_string(w.join("copied/index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"].as_array().map(Vec::len), Some(1), "{index}");
 }
+
+/// A loopback TCP proxy in front of the registry that sends its answers slowly (about 2 MB/s),
+/// so a test can act in the middle of a blob: cut one connection once (`cut_once_after`), or
+/// stop answering altogether like a stopped registry (`stop_after`, then `resume`).
+struct SlowProxy {
+    addr: String,
+    state: std::sync::Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    /// Bytes sent to clients, over all connections.
+    sent: std::sync::atomic::AtomicU64,
+    /// Cut the connection that carries the byte at this count, once (0: never).
+    cut_once_at: std::sync::atomic::AtomicU64,
+    /// From this count on, every connection is closed and new ones are refused (0: never).
+    stop_at: std::sync::atomic::AtomicU64,
+    stopped: std::sync::atomic::AtomicBool,
+    /// Whether a client asked for a byte range (a resumed download).
+    saw_range: std::sync::atomic::AtomicBool,
+}
+
+impl SlowProxy {
+    fn start(upstream: &str) -> SlowProxy {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let state = std::sync::Arc::new(ProxyState::default());
+        let (st, upstream) = (state.clone(), upstream.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if st.stopped.load(SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else { continue };
+                let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let st_up = st.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = std::io::Read::read(&mut c_read, &mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase().contains("\r\nrange: bytes=") {
+                            st_up.saw_range.store(true, SeqCst);
+                        }
+                        if s_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_write.shutdown(std::net::Shutdown::Write);
+                });
+                let st_down = st.clone();
+                std::thread::spawn(move || {
+                    let (mut s_read, mut c_write) = (server, client);
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = std::io::Read::read(&mut s_read, &mut buf) {
+                        if n == 0 || st_down.stopped.load(SeqCst) {
+                            break;
+                        }
+                        let total = st_down.sent.fetch_add(n as u64, SeqCst) + n as u64;
+                        let cut = st_down.cut_once_at.load(SeqCst);
+                        if cut > 0 && total >= cut {
+                            st_down.cut_once_at.store(0, SeqCst);
+                            break;
+                        }
+                        let stop = st_down.stop_at.load(SeqCst);
+                        if stop > 0 && total >= stop {
+                            st_down.stopped.store(true, SeqCst);
+                            break;
+                        }
+                        if c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(8));
+                    }
+                    let _ = c_write.shutdown(std::net::Shutdown::Both);
+                    let _ = s_read.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        SlowProxy { addr, state }
+    }
+
+    fn cut_once_after(&self, bytes: u64) {
+        let sent = self.state.sent.load(std::sync::atomic::Ordering::SeqCst);
+        self.state.cut_once_at.store(sent + bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn stop_after(&self, bytes: u64) {
+        let sent = self.state.sent.load(std::sync::atomic::Ordering::SeqCst);
+        self.state.stop_at.store(sent + bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn resume(&self) {
+        self.state.stop_at.store(0, std::sync::atomic::Ordering::SeqCst);
+        self.state.stopped.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn saw_range(&self) -> bool {
+        self.state.saw_range.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Files below `dir` whose names end with `suffix`, with their sizes.
+fn files_ending(dir: &Path, suffix: &str) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if e.file_name().to_string_lossy().ends_with(suffix) {
+                out.push((e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn interrupted_pulls_leave_nothing_and_the_next_pull_completes() {
+    let reg = Registry::start(None);
+    let mut e = Engined::start();
+    // One layer of 8 MiB that does not compress, pushed straight to the registry.
+    let work = tempfile::tempdir().unwrap();
+    let rootfs = work.path().join("rootfs");
+    make_busybox_rootfs(&rootfs);
+    let mut noise = vec![0u8; 8 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(rootfs.join("noise"), &noise).unwrap();
+    tool(work.path(), &["tar", "-C", "rootfs", "-cf", "big.tar", "."]);
+    let direct = format!("{}/test/big:1", reg.addr);
+    e.ok(&["import", "--change", "CMD [\"sh\"]", work.path().join("big.tar").to_str().unwrap(), &direct]);
+    e.ok(&["push", &direct]);
+    e.ok(&["rmi", &direct]);
+    let proxy = SlowProxy::start(&reg.addr);
+    let name = format!("{}/test/big:1", proxy.addr);
+    let check = |e: &Engined| {
+        assert_eq!(e.ok(&["run", "--rm", &name, "sh", "-c", "wc -c < /noise"]).trim(), (8 << 20).to_string());
+        e.ok(&["rmi", &name]);
+    };
+    let none_listed = |e: &Engined| {
+        let ids = image_ids(e);
+        assert!(!ids.contains("test/big"), "{ids}");
+    };
+
+    // A connection cut in the middle of the blob: the download resumes where it stopped.
+    proxy.cut_once_after(3 << 20);
+    let out = e.ok(&["pull", &name]);
+    assert!(out.contains("Pull complete"), "{out}");
+    assert!(proxy.saw_range(), "the download started again from the beginning");
+    check(&e);
+
+    // The registry stops answering mid-blob: a clear error, nothing listed, no partial blob.
+    proxy.stop_after(3 << 20);
+    let err = e.fails(&["pull", &name]);
+    assert!(err.contains("blob sha256:"), "{err}");
+    none_listed(&e);
+    assert_eq!(files_ending(&e.data_root(), ".partial"), vec![]);
+    proxy.resume();
+    e.ok(&["pull", &name]);
+    check(&e);
+
+    // engined killed mid-blob: after its restart, nothing listed and nothing partial; the next
+    // pull completes.
+    let mut pull = Command::new(bin("engine"))
+        .args(["-H", &e.host(), "pull", &name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("a partial blob of 2 MiB or more", || {
+        files_ending(&e.data_root(), ".partial").iter().any(|(_, size)| *size >= 2 << 20)
+    });
+    e.kill9();
+    assert!(!pull.wait().unwrap().success());
+    e.restart();
+    none_listed(&e);
+    assert_eq!(files_ending(&e.data_root(), ".partial"), vec![]);
+    let out = e.ok(&["pull", &name]);
+    assert!(out.contains("Status: Downloaded newer image"), "{out}");
+    check(&e);
+}
