@@ -202,6 +202,7 @@ impl Client {
 
     /// `GET /v2/` on each endpoint until one answers (200 or 401).
     async fn ping(&self, domain: &str, traceparent: Option<&str>) -> Result<(Endpoint, Response), RegistryError> {
+        let mut first: Option<RegistryError> = None;
         let mut last = None;
         for e in self.endpoints(domain)? {
             let url = e.base.join("/v2/").map_err(|err| RegistryError::Config(err.to_string()))?;
@@ -211,6 +212,8 @@ impl Client {
             }
             match req.send().await {
                 Ok(r) if r.status().is_success() || r.status() == StatusCode::UNAUTHORIZED => return Ok((e, r)),
+                // A TLS server answers plain HTTP with 400: the HTTPS attempt's error says why.
+                Ok(r) if r.status() == StatusCode::BAD_REQUEST && first.is_some() => break,
                 Ok(r) => {
                     last = Some(RegistryError::Protocol(format!(
                         "Get {:?}: unexpected status {}",
@@ -220,8 +223,11 @@ impl Client {
                 }
                 Err(err) => last = Some(RegistryError::transport(&url, err)),
             }
+            if first.is_none() {
+                first = last.take();
+            }
         }
-        Err(last.unwrap_or_else(|| RegistryError::Config(format!("no endpoint for registry {domain}"))))
+        Err(last.or(first).unwrap_or_else(|| RegistryError::Config(format!("no endpoint for registry {domain}"))))
     }
 
     /// Checks credentials against a registry as `docker login` does.

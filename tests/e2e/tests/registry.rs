@@ -20,22 +20,31 @@ struct Registry {
 impl Registry {
     fn start(htpasswd: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-            dir.path().join("data").display()
-        );
+        let mut extra = String::new();
         if let Some((user, password)) = htpasswd {
             let out =
                 Command::new("htpasswd").args(["-Bbn", user, password]).output().expect("htpasswd (apache2-utils)");
             assert!(out.status.success(), "htpasswd: {}", stderr(&out));
             std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
-            config.push_str(&format!(
+            extra = format!(
                 "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
                 dir.path().join("htpasswd").display()
-            ));
+            );
         }
+        Registry::start_with(dir, None, |_| extra)
+    }
+
+    /// A registry in `dir` on `port` (a free one when `None`), with more configuration that
+    /// `extra` writes given the address.
+    fn start_with(dir: tempfile::TempDir, port: Option<u16>, extra: impl FnOnce(&str) -> String) -> Registry {
+        let port =
+            port.unwrap_or_else(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        let addr = format!("127.0.0.1:{port}");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        config.push_str(&extra(&addr));
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
         let child = Command::new(which("docker-registry"))
@@ -533,4 +542,92 @@ fn interrupted_pulls_leave_nothing_and_the_next_pull_completes() {
     let out = e.ok(&["pull", &name]);
     assert!(out.contains("Status: Downloaded newer image"), "{out}");
     check(&e);
+}
+
+/// A test CA, and a server certificate for 127.0.0.1 and a client certificate it signed, made
+/// with openssl in `dir`.
+fn make_pki(dir: &Path) {
+    let ssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+    };
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    let key = ["-newkey", "rsa:2048", "-nodes", "-days", "2"];
+    ssl(&[&["req", "-x509"][..], &key, &["-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=engine test CA"]]
+        .concat());
+    for (who, cn) in [("server", "127.0.0.1"), ("client", "engine test client")] {
+        let subj = format!("/CN={cn}");
+        ssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{who}.key"),
+            "-out",
+            &format!("{who}.csr"),
+            "-subj",
+            &subj,
+        ]);
+        ssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{who}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &format!("{who}.crt"),
+            "-extfile",
+            &format!("{who}.ext"),
+        ]);
+    }
+}
+
+#[test]
+fn tls_with_a_client_certificate_from_the_certs_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    make_pki(&pki);
+    let p = |f: &str| pki.join(f).display().to_string();
+    let tls = format!(
+        "  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
+        p("server.crt"),
+        p("server.key"),
+        p("ca.crt")
+    );
+    let reg = Registry::start_with(dir, None, |_| tls);
+    let name = format!("{}/tls/busybox:1", reg.addr);
+
+    // Without the client certificate the registry refuses the connection.
+    let bare = Engined::start();
+    bare.import_busybox("busybox");
+    bare.ok(&["tag", "busybox", &name]);
+    let err = bare.fails(&["push", &name]);
+    // (the HTTPS attempt's error, not the plain-HTTP fallback's 400)
+    assert!(err.contains(&format!("https://{}/v2/", reg.addr)), "{err}");
+
+    // With `<certs-dir>/<host:port>/{ca.crt,client.cert,client.key}`, as dockerd's certs.d.
+    let certs = tempfile::tempdir().unwrap();
+    let host_dir = certs.path().join(&reg.addr);
+    std::fs::create_dir(&host_dir).unwrap();
+    std::fs::copy(pki.join("ca.crt"), host_dir.join("ca.crt")).unwrap();
+    std::fs::copy(pki.join("client.crt"), host_dir.join("client.cert")).unwrap();
+    std::fs::copy(pki.join("client.key"), host_dir.join("client.key")).unwrap();
+    let e = Engined::start_with(&[], &["--certs-dir", certs.path().to_str().unwrap()]);
+    e.import_busybox("busybox");
+    e.ok(&["tag", "busybox", &name]);
+    let out = e.ok(&["push", &name]);
+    assert!(out.contains("Pushed"), "{out}");
+    e.ok(&["rmi", &name, "busybox"]);
+    let out = e.ok(&["pull", &name]);
+    assert!(out.contains("Pull complete"), "{out}");
+    assert_eq!(e.ok(&["run", "--rm", &name, "echo", "over tls"]).trim(), "over tls");
 }
