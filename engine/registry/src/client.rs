@@ -362,12 +362,17 @@ impl Repository {
                     return Ok(());
                 }
                 let scope = if login { None } else { Some(scope.unwrap_or_else(|| self.scope.clone())) };
-                let user = self.creds.as_ref().and_then(AuthConfig::user_password).map(|(u, _)| u).unwrap_or_default();
-                let key = format!(
-                    "{realm}\n{}\n{}\n{user}",
-                    service.as_deref().unwrap_or(""),
-                    scope.as_deref().unwrap_or("")
-                );
+                // Tokens are shared by requests with the same credentials only: the key holds a
+                // digest of them, so another client naming the same user with another password
+                // never gets this one's token.
+                let who = self
+                    .creds
+                    .as_ref()
+                    .and_then(AuthConfig::basic)
+                    .map(|b| engine_image::Digest::of(b.as_bytes()).to_string())
+                    .unwrap_or_default();
+                let key =
+                    format!("{realm}\n{}\n{}\n{who}", service.as_deref().unwrap_or(""), scope.as_deref().unwrap_or(""));
                 let cached = self
                     .tokens
                     .lock()

@@ -75,7 +75,16 @@ impl Drop for Registry {
 
 /// `engine args` with its own credentials directory (DOCKER_CONFIG) and `input` on stdin.
 fn engine_with(e: &Engined, config: &Path, args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(bin("engine"))
+    client_with(&bin("engine"), e, config, args, input)
+}
+
+/// The same through the Docker CLI.
+fn docker_with(e: &Engined, config: &Path, args: &[&str], input: &str) -> Output {
+    client_with(&engine_test_support::dockerd::docker_cli(), e, config, args, input)
+}
+
+fn client_with(program: &Path, e: &Engined, config: &Path, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(program)
         .arg("-H")
         .arg(e.host())
         .args(args)
@@ -222,16 +231,12 @@ fn basic_auth_login_logout_and_refusals() {
 
     // The Docker CLI logs in through engined's POST /auth.
     let docker_config = tempfile::tempdir().unwrap();
-    let mut child = Command::new(engine_test_support::dockerd::docker_cli())
-        .args(["-H", &e.host(), "login", "-u", "alice", "--password-stdin", &reg.addr])
-        .env("DOCKER_CONFIG", docker_config.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"s3cret-pass\n").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = docker_with(
+        &e,
+        docker_config.path(),
+        &["login", "-u", "alice", "--password-stdin", &reg.addr],
+        "s3cret-pass\n",
+    );
     assert!(stdout(&out).contains("Login Succeeded"), "{}{}", stdout(&out), stderr(&out));
 }
 
@@ -630,4 +635,203 @@ fn tls_with_a_client_certificate_from_the_certs_directory() {
     let out = e.ok(&["pull", &name]);
     assert!(out.contains("Pull complete"), "{out}");
     assert_eq!(e.ok(&["run", "--rm", &name, "echo", "over tls"]).trim(), "over tls");
+}
+
+/// A token server as Docker Hub's: `GET /token?service=&scope=` with optional Basic
+/// credentials answers a JWT (RS256, its certificate in `x5c`) granting what the user may do:
+/// `alice` (with her password) everything she asks; anyone, pull of `public/…` repositories;
+/// wrong credentials, 401. Counts the tokens it issued.
+struct TokenServer {
+    realm: String,
+    issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TokenServer {
+    fn start(pki: &Path, user: &'static str, password: &'static str) -> TokenServer {
+        use base64::Engine;
+        let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let ssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(pki).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+        };
+        ssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            "token.key",
+            "-out",
+            "token.crt",
+            "-subj",
+            "/CN=token signer",
+        ]);
+        ssl(&["x509", "-in", "token.crt", "-outform", "DER", "-out", "token.der"]);
+        let der = std::fs::read(pki.join("token.der")).unwrap();
+        let header = serde_json::json!({
+            "alg": "RS256", "typ": "JWT",
+            "x5c": [base64::engine::general_purpose::STANDARD.encode(der)],
+        });
+        let header = b64url.encode(header.to_string());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let realm = format!("http://{}/token", listener.local_addr().unwrap());
+        let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (count, pki) = (issued.clone(), pki.to_path_buf());
+        let good = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut request_line = String::new();
+                let _ = std::io::BufRead::read_line(&mut reader, &mut request_line);
+                let mut authorization = None;
+                loop {
+                    let mut line = String::new();
+                    if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        if k.eq_ignore_ascii_case("authorization") {
+                            authorization = Some(v.trim().to_string());
+                        }
+                    }
+                }
+                let target = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+                let params: Vec<(String, String)> = query
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.replace("%3A", ":").replace("%2F", "/").replace("%2C", ",")))
+                    .collect();
+                let authenticated = match &authorization {
+                    None => false,
+                    Some(a) if *a == good => true,
+                    Some(_) => {
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                        continue;
+                    }
+                };
+                let mut access = Vec::new();
+                for (_, scope) in params.iter().filter(|(k, _)| k == "scope") {
+                    let mut parts = scope.splitn(3, ':');
+                    let (kind, name, actions) = (parts.next(), parts.next(), parts.next());
+                    let (Some(kind), Some(name), Some(actions)) = (kind, name, actions) else { continue };
+                    let granted: Vec<&str> = actions
+                        .split(',')
+                        .filter(|a| authenticated || (*a == "pull" && name.starts_with("public/")))
+                        .collect();
+                    access.push(serde_json::json!({ "type": kind, "name": name, "actions": granted }));
+                }
+                let service = params.iter().find(|(k, _)| k == "service").map(|(_, v)| v.clone()).unwrap_or_default();
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let claims = serde_json::json!({
+                    "iss": "test-issuer", "sub": if authenticated { user } else { "" }, "aud": service,
+                    "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("token-{n}"), "access": access,
+                });
+                let signing_input = format!("{header}.{}", b64url.encode(claims.to_string()));
+                let input = pki.join(format!("input-{n}"));
+                std::fs::write(&input, &signing_input).unwrap();
+                let sig = Command::new("openssl")
+                    .args(["dgst", "-sha256", "-sign", "token.key"])
+                    .arg(&input)
+                    .current_dir(&pki)
+                    .output()
+                    .unwrap();
+                let jwt = format!("{signing_input}.{}", b64url.encode(&sig.stdout));
+                let body = serde_json::json!({ "token": jwt, "access_token": jwt, "expires_in": 300 }).to_string();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        TokenServer { realm, issued }
+    }
+
+    fn issued(&self) -> usize {
+        self.issued.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn bearer_tokens_from_a_token_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    let tokens = TokenServer::start(&pki, "alice", "s3cret-pass");
+    let auth = format!(
+        "auth:\n  token:\n    realm: {}\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
+        tokens.realm,
+        pki.join("token.crt").display()
+    );
+    let reg = Registry::start_with(dir, None, |_| auth);
+    let e = Engined::start();
+    let config = tempfile::tempdir().unwrap();
+    e.import_busybox("busybox");
+    let private = format!("{}/private/busybox:1", reg.addr);
+    let public = format!("{}/public/busybox:1", reg.addr);
+    e.ok(&["tag", "busybox", &private]);
+    e.ok(&["tag", "busybox", &public]);
+
+    // Anonymous: no push; a wrong password: refused, nothing kept.
+    let out = engine_with(&e, config.path(), &["push", &public], "");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("denied") || stderr(&out).contains("unauthorized"), "{}", stderr(&out));
+    let out = engine_with(&e, config.path(), &["login", "-u", "alice", "--password-stdin", &reg.addr], "nope\n");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("incorrect username or password"), "{}", stderr(&out));
+    assert!(!config.path().join("config.json").exists());
+
+    // Logged in: push both; a pull reuses one token for its requests.
+    let out = engine_with(&e, config.path(), &["login", "-u", "alice", "--password-stdin", &reg.addr], "s3cret-pass\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in [&private, &public] {
+        let out = engine_with(&e, config.path(), &["push", name], "");
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    e.ok(&["rmi", &private, &public, "busybox"]);
+    let before = tokens.issued();
+    let out = engine_with(&e, config.path(), &["pull", &private], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("Pull complete"), "{}", stdout(&out));
+    assert_eq!(tokens.issued() - before, 1, "a pull of one repository asks for one token");
+    let out = engine_with(
+        &e,
+        config.path(),
+        &["pull", &format!("{}/private/busybox@{}", reg.addr, digest_of(&e, &private))],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Logged out: the public image pulls anonymously, the private one is refused.
+    engine_with(&e, config.path(), &["logout", &reg.addr], "");
+    e.ok(&["rmi", "-f", &private]);
+    let out = engine_with(&e, config.path(), &["pull", &public], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(e.ok(&["run", "--rm", &public, "echo", "public"]).trim(), "public");
+    let out = engine_with(&e, config.path(), &["pull", &private], "");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("pull access denied"), "{}", stderr(&out));
+
+    // The Docker CLI pulls the private image with its credentials through engined.
+    let docker_config = tempfile::tempdir().unwrap();
+    let docker = |args: &[&str], input: &str| docker_with(&e, docker_config.path(), args, input);
+    let out = docker(&["login", "-u", "alice", "--password-stdin", &reg.addr], "s3cret-pass\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = docker(&["pull", &private], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(e.ok(&["run", "--rm", &private, "echo", "private"]).trim(), "private");
+}
+
+/// The manifest digest the engine recorded for `name` (its RepoDigest).
+fn digest_of(e: &Engined, name: &str) -> String {
+    let digests = e.ok(&["image", "inspect", "--format", "{{json .RepoDigests}}", name]);
+    let d = digests.split('@').nth(1).unwrap_or_else(|| panic!("no RepoDigest in {digests}"));
+    d.trim_end_matches(['"', ']', '\n']).to_string()
 }
