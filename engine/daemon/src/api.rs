@@ -76,6 +76,12 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp, std:
 }
 
 /// The route template (`/containers/{id}/start`), the stable name of the request span.
+/// The `X-Registry-Auth` header of a pull, push or distribution inspect (base64 JSON
+/// credentials, decoded by the image routes).
+fn registry_auth(req: &Request<Incoming>) -> Option<&str> {
+    req.headers().get("x-registry-auth").and_then(|v| v.to_str().ok())
+}
+
 fn route_name(method: &Method, path: &str) -> String {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let t: String = match segs.as_slice() {
@@ -259,13 +265,14 @@ async fn dispatch(
         (&M::POST, ["images", "load"]) => crate::images::load(d, req.into_body(), q.flag("quiet")).await,
         (&M::GET, ["images", "get"]) => crate::images::save(d, q.all("names")).await,
         (&M::POST, ["images", "create"]) if q.get("fromImage").is_some_and(|s| !s.is_empty()) => {
-            let auth = req.headers().get("x-registry-auth").and_then(|v| v.to_str().ok()).map(str::to_string);
-            crate::images::pull(d, &q, auth.as_deref()).await
+            crate::images::pull(d, &q, registry_auth(&req)).await
         }
         (&M::POST, ["images", "create"]) => crate::images::create(d, &q, req.into_body()).await,
         (&M::POST, ["images", name @ .., "push"]) if !name.is_empty() => {
-            let auth = req.headers().get("x-registry-auth").and_then(|v| v.to_str().ok()).map(str::to_string);
-            crate::images::push(d, &name.join("/"), &q, auth.as_deref()).await
+            crate::images::push(d, &name.join("/"), &q, registry_auth(&req)).await
+        }
+        (&M::GET, ["distribution", name @ .., "json"]) if !name.is_empty() => {
+            crate::images::distribution_inspect(d, &name.join("/"), registry_auth(&req)).await
         }
         (&M::POST, ["auth"]) => crate::images::login(d, http::read_json(req.into_body()).await?).await,
         (&M::GET, ["images", name @ .., "get"]) if !name.is_empty() => {

@@ -110,6 +110,44 @@ impl Distribution {
         Ok(())
     }
 
+    /// `GET /distribution/{name}/json`: what the registry holds for `reference` (the manifest or
+    /// index it names) and the platforms it serves, without pulling anything.
+    pub async fn inspect(
+        &self,
+        trace: &Trace,
+        reference: &Reference,
+        creds: Option<AuthConfig>,
+    ) -> Result<(Descriptor, Vec<Platform>), DistributionError> {
+        let span = trace.start(names::REGISTRY_RESOLVE);
+        trace.attr(span, "server.address", reference.domain().to_string());
+        trace.attr(span, "oci.reference", reference.to_string());
+        let tp = trace.traceparent(span);
+        let result = async {
+            let mut repo =
+                self.client.repository(reference.domain(), reference.path(), creds, false, tp.as_deref()).await?;
+            let target = match (reference.digest(), reference.tag()) {
+                (Some(d), _) => d.to_string(),
+                (None, Some(t)) => t.to_string(),
+                (None, None) => "latest".to_string(),
+            };
+            let (descriptor, bytes) = repo.fetch_manifest(&target, tp.as_deref()).await?;
+            let platforms = if engine_image::manifest::is_index(&descriptor.media_type) {
+                let index: engine_image::manifest::Index = serde_json::from_slice(&bytes)
+                    .map_err(|e| DistributionError::Invalid(format!("index {}: {e}", descriptor.digest)))?;
+                index.manifests.into_iter().filter_map(|m| m.platform).collect()
+            } else {
+                // A single manifest: its platform is its config's.
+                let manifest: engine_image::manifest::Manifest = serde_json::from_slice(&bytes)
+                    .map_err(|e| DistributionError::Invalid(format!("manifest {}: {e}", descriptor.digest)))?;
+                let config = parse_config(&manifest, &repo.fetch_config(&manifest.config, tp.as_deref()).await?)?;
+                vec![Platform { architecture: config.architecture, os: config.os, variant: config.variant }]
+            };
+            Ok::<_, DistributionError>((descriptor, platforms))
+        }
+        .await;
+        trace.finish(span, result)
+    }
+
     /// Resolves `reference` for `platform`; the first, fallible step of a pull, done before the
     /// response starts so that errors are plain HTTP errors.
     pub async fn resolve(

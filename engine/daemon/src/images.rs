@@ -415,6 +415,25 @@ pub async fn push(d: &Arc<Daemon>, name: &str, q: &Query, auth: Option<&str>) ->
     }))
 }
 
+/// `GET /distribution/{name}/json`: the registry's descriptor of an image and its platforms, as
+/// `docker manifest inspect` and `docker buildx imagetools` ask (no pull).
+pub async fn distribution_inspect(d: &Arc<Daemon>, name: &str, auth: Option<&str>) -> Result<Resp, ApiError> {
+    let mut reference = Reference::parse(name)?;
+    if reference.tag().is_none() && reference.digest().is_none() {
+        reference = reference.with_tag("latest")?;
+    }
+    let creds = registry_auth(auth)?;
+    let trace = crate::trace::current().ok_or_else(|| ApiError::internal("inspect outside of a request"))?;
+    let (descriptor, platforms) = d.distribution.inspect(&trace, &reference, creds).await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "Descriptor": { "mediaType": descriptor.media_type, "digest": descriptor.digest.to_string(), "size": descriptor.size },
+            "Platforms": platforms,
+        }),
+    ))
+}
+
 /// `POST /auth`: checks credentials with the registry, as `docker login` asks.
 pub async fn login(d: &Arc<Daemon>, creds: engine_registry::AuthConfig) -> Result<Resp, ApiError> {
     d.distribution.login(&creds).await?;

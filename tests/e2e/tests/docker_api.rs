@@ -102,18 +102,7 @@ fn piped_stdin_ends_on_eof() {
 
 /// One HTTP/1.1 request on engined's socket; the response's body.
 fn request(e: &Engined, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = UnixStream::connect(e.host().trim_start_matches("unix://")).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, body.to_string())
+    e.request(method, path, body)
 }
 
 /// Starts exec `id` hijacked and reads it as docker-py does: the head through one buffered read

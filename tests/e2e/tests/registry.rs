@@ -122,6 +122,15 @@ fn push_pull_and_run_through_a_loopback_registry() {
     let again = e.ok(&["push", &name]);
     assert!(again.contains("Layer already exists"), "{again}");
 
+    // What the registry holds, asked without pulling (GET /distribution/{name}/json).
+    let (status, body) = e.request("GET", &format!("/distribution/{name}/json"), "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["Descriptor"]["digest"], digest.as_str(), "{v}");
+    assert_eq!(v["Platforms"][0]["os"], "linux", "{v}");
+    let (status, body) = e.request("GET", &format!("/distribution/{}/test/busybox:nope/json", reg.addr), "");
+    assert_eq!(status, 404, "{body}");
+
     // Another tool reads what the engine pushed.
     let inspect =
         Command::new("skopeo").args(["inspect", "--tls-verify=false", &format!("docker://{name}")]).output().unwrap();

@@ -205,6 +205,24 @@ impl Engined {
         self.ok(&["import", "--change", "CMD [\"sh\"]", tar.to_str().unwrap(), name]);
     }
 
+    /// One API request with a JSON body over the socket, as a client library sends it; the
+    /// status and the body (chunked bodies left as they came).
+    pub fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.host().trim_start_matches("unix://")).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+        let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, body.to_string())
+    }
+
     /// Mount points under this instance's directory.
     pub fn mounts(&self) -> Vec<String> {
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
