@@ -140,6 +140,9 @@ pub fn auth_header_for(image: &str) -> Result<Option<String>> {
 
 #[derive(clap::Args, Debug)]
 pub struct PullArgs {
+    /// Download all tagged images in the repository.
+    #[arg(short = 'a', long)]
+    pub all_tags: bool,
     /// Suppress verbose output.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -152,6 +155,9 @@ pub struct PullArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct PushArgs {
+    /// Push all tags of an image to the repository.
+    #[arg(short = 'a', long)]
+    pub all_tags: bool,
     /// Suppress verbose output.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -181,12 +187,18 @@ pub struct LogoutArgs {
 
 /// Splits `name[:tag|@digest]` into the `fromImage` and `tag` of the pull API.
 fn split_reference(image: &str) -> (String, String) {
+    let (name, tag) = split_tag(image);
+    (name, tag.unwrap_or_else(|| "latest".to_string()))
+}
+
+/// The name and the tag or digest the user wrote, if any.
+fn split_tag(image: &str) -> (String, Option<String>) {
     if let Some((name, digest)) = image.split_once('@') {
-        return (name.to_string(), digest.to_string());
+        return (name.to_string(), Some(digest.to_string()));
     }
     match image.rsplit_once(':') {
-        Some((name, tag)) if !tag.contains('/') => (name.to_string(), tag.to_string()),
-        _ => (image.to_string(), "latest".to_string()),
+        Some((name, tag)) if !tag.contains('/') => (name.to_string(), Some(tag.to_string())),
+        _ => (image.to_string(), None),
     }
 }
 
@@ -254,16 +266,39 @@ pub async fn show_progress(r: hyper::Response<hyper::body::Incoming>, quiet: boo
 /// Pulls `image` through the daemon, showing progress (on stderr for `run`, as Docker).
 pub async fn pull_image(c: &Client, image: &str, platform: Option<&str>, quiet: bool, to_stderr: bool) -> Result<()> {
     let (name, tag) = split_reference(image);
-    let mut path = format!("/images/create?fromImage={}&tag={}", urlencode(&name), urlencode(&tag));
+    pull_path(c, &name, &tag, platform, quiet, to_stderr).await
+}
+
+/// `POST /images/create` for `name` and `tag` (every tag when empty).
+async fn pull_path(
+    c: &Client,
+    name: &str,
+    tag: &str,
+    platform: Option<&str>,
+    quiet: bool,
+    to_stderr: bool,
+) -> Result<()> {
+    let mut path = format!("/images/create?fromImage={}&tag={}", urlencode(name), urlencode(tag));
     if let Some(p) = platform {
         path.push_str(&format!("&platform={}", urlencode(p)));
     }
-    let auth = auth_header_for(&name)?;
+    let auth = auth_header_for(name)?;
     let r = c.post_with_auth(&path, auth.as_deref()).await?;
     show_progress(r, quiet, to_stderr).await
 }
 
 pub async fn pull(c: &Client, a: PullArgs) -> Result<i32> {
+    if a.all_tags {
+        let (name, tag) = split_tag(&a.image);
+        if tag.is_some() {
+            bail!("tag can't be used with --all-tags/-a");
+        }
+        pull_path(c, &name, "", a.platform.as_deref(), a.quiet, false).await?;
+        if a.quiet {
+            println!("{name}");
+        }
+        return Ok(0);
+    }
     pull_image(c, &a.image, a.platform.as_deref(), a.quiet, false).await?;
     if a.quiet {
         let (name, tag) = split_reference(&a.image);
@@ -281,16 +316,21 @@ pub async fn pull(c: &Client, a: PullArgs) -> Result<i32> {
 }
 
 pub async fn push(c: &Client, a: PushArgs) -> Result<i32> {
-    let (name, tag) = split_reference(&a.image);
-    if tag.starts_with("sha256:") {
-        bail!("cannot push a digest reference");
-    }
+    let (name, tag) = split_tag(&a.image);
+    let tag = match (tag, a.all_tags) {
+        (Some(_), true) => bail!("tag can't be used with --all-tags/-a"),
+        (Some(t), false) if t.starts_with("sha256:") => bail!("cannot push a digest reference"),
+        (Some(t), false) => t,
+        (None, false) => "latest".to_string(),
+        // no tag: the daemon pushes every local tag of the repository
+        (None, true) => String::new(),
+    };
     let auth = auth_header_for(&name)?;
     let path = format!("/images/{}/push?tag={}", name, urlencode(&tag));
     let r = c.post_with_auth(&path, auth.as_deref()).await?;
     show_progress(r, a.quiet, false).await?;
     if a.quiet {
-        println!("{name}:{tag}");
+        println!("{}", if tag.is_empty() { name } else { format!("{name}:{tag}") });
     }
     Ok(0)
 }

@@ -86,6 +86,15 @@ async fn send(out: &Messages, v: Value) {
     let _ = out.send(v).await;
 }
 
+/// What a reference names in its repository: its digest, else its tag (`latest` by default).
+fn tag_or_digest(reference: &Reference) -> String {
+    match (reference.digest(), reference.tag()) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.to_string(),
+        (None, None) => "latest".to_string(),
+    }
+}
+
 /// Docker's `progress` text: `[=====>      ]  1.2MB/2.5MB`.
 fn bar(current: u64, total: u64) -> String {
     let width = 50u64;
@@ -110,6 +119,32 @@ impl Distribution {
         Ok(())
     }
 
+    /// Opens `reference`'s repository for reading and runs `f` on it (with the traceparent to
+    /// send and the span), all inside one `registry.resolve` span.
+    async fn in_resolve_span<T, F, Fut>(
+        &self,
+        trace: &Trace,
+        reference: &Reference,
+        creds: Option<AuthConfig>,
+        f: F,
+    ) -> Result<T, DistributionError>
+    where
+        F: FnOnce(Repository, Option<String>, engine_telemetry::SpanHandle) -> Fut,
+        Fut: std::future::Future<Output = Result<T, DistributionError>>,
+    {
+        let span = trace.start(names::REGISTRY_RESOLVE);
+        trace.attr(span, "server.address", reference.domain().to_string());
+        trace.attr(span, "oci.reference", reference.to_string());
+        let tp = trace.traceparent(span);
+        let result = async {
+            let repo =
+                self.client.repository(reference.domain(), reference.path(), creds, false, tp.as_deref()).await?;
+            f(repo, tp, span).await
+        }
+        .await;
+        trace.finish(span, result)
+    }
+
     /// `GET /distribution/{name}/json`: what the registry holds for `reference` (the manifest or
     /// index it names) and the platforms it serves, without pulling anything.
     pub async fn inspect(
@@ -118,19 +153,8 @@ impl Distribution {
         reference: &Reference,
         creds: Option<AuthConfig>,
     ) -> Result<(Descriptor, Vec<Platform>), DistributionError> {
-        let span = trace.start(names::REGISTRY_RESOLVE);
-        trace.attr(span, "server.address", reference.domain().to_string());
-        trace.attr(span, "oci.reference", reference.to_string());
-        let tp = trace.traceparent(span);
-        let result = async {
-            let mut repo =
-                self.client.repository(reference.domain(), reference.path(), creds, false, tp.as_deref()).await?;
-            let target = match (reference.digest(), reference.tag()) {
-                (Some(d), _) => d.to_string(),
-                (None, Some(t)) => t.to_string(),
-                (None, None) => "latest".to_string(),
-            };
-            let (descriptor, bytes) = repo.fetch_manifest(&target, tp.as_deref()).await?;
+        self.in_resolve_span(trace, reference, creds, |mut repo, tp, _| async move {
+            let (descriptor, bytes) = repo.fetch_manifest(&tag_or_digest(reference), tp.as_deref()).await?;
             let platforms = if engine_image::manifest::is_index(&descriptor.media_type) {
                 let index: engine_image::manifest::Index = serde_json::from_slice(&bytes)
                     .map_err(|e| DistributionError::Invalid(format!("index {}: {e}", descriptor.digest)))?;
@@ -142,10 +166,24 @@ impl Distribution {
                 let config = parse_config(&manifest, &repo.fetch_config(&manifest.config, tp.as_deref()).await?)?;
                 vec![Platform { architecture: config.architecture, os: config.os, variant: config.variant }]
             };
-            Ok::<_, DistributionError>((descriptor, platforms))
-        }
-        .await;
-        trace.finish(span, result)
+            Ok((descriptor, platforms))
+        })
+        .await
+    }
+
+    /// The tags the registry holds for `reference`'s repository (`pull --all-tags`), sorted.
+    pub async fn tags(
+        &self,
+        trace: &Trace,
+        reference: &Reference,
+        creds: Option<AuthConfig>,
+    ) -> Result<Vec<String>, DistributionError> {
+        self.in_resolve_span(trace, reference, creds, |mut repo, tp, _| async move {
+            let mut tags = repo.list_tags(tp.as_deref()).await?;
+            tags.sort();
+            Ok(tags)
+        })
+        .await
     }
 
     /// Resolves `reference` for `platform`; the first, fallible step of a pull, done before the
@@ -157,26 +195,12 @@ impl Distribution {
         platform: &Platform,
         creds: Option<AuthConfig>,
     ) -> Result<(Repository, engine_registry::Resolved), DistributionError> {
-        let span = trace.start(names::REGISTRY_RESOLVE);
-        trace.attr(span, "server.address", reference.domain().to_string());
-        trace.attr(span, "oci.reference", reference.to_string());
-        let tp = trace.traceparent(span);
-        let result = async {
-            let mut repo =
-                self.client.repository(reference.domain(), reference.path(), creds, false, tp.as_deref()).await?;
-            let target = match (reference.digest(), reference.tag()) {
-                (Some(d), _) => d.to_string(),
-                (None, Some(t)) => t.to_string(),
-                (None, None) => "latest".to_string(),
-            };
-            let resolved = repo.resolve(&target, platform, tp.as_deref()).await?;
-            Ok::<_, DistributionError>((repo, resolved))
-        }
-        .await;
-        if let Ok((_, r)) = &result {
-            trace.attr(span, "oci.manifest.digest", r.descriptor.digest.to_string());
-        }
-        trace.finish(span, result)
+        self.in_resolve_span(trace, reference, creds, |mut repo, tp, span| async move {
+            let resolved = repo.resolve(&tag_or_digest(reference), platform, tp.as_deref()).await?;
+            trace.attr(span, "oci.manifest.digest", resolved.descriptor.digest.to_string());
+            Ok((repo, resolved))
+        })
+        .await
     }
 
     /// Brings the resolved image into the store, streaming Docker's progress messages.
@@ -347,7 +371,6 @@ impl Distribution {
         let tag = reference.tag().unwrap_or("latest").to_string();
         let tp = trace.traceparent(trace.current());
         let mut repo = self.client.repository(reference.domain(), reference.path(), creds, true, tp.as_deref()).await?;
-        send(out, json!({ "status": format!("The push refers to repository [{}]", reference.name()) })).await;
         let manifest_bytes = self.images.read_blob(&image.record.manifest.digest)?;
         let config_desc = Descriptor {
             media_type: engine_image::manifest::MEDIA_OCI_CONFIG.into(),

@@ -32,6 +32,20 @@ fn repo_digests(i: &engine_image::Image) -> Vec<String> {
     i.digests.iter().map(Reference::familiar).collect()
 }
 
+/// The `reference` filter of `docker images`: a name matches every tag of it (`busybox`,
+/// `127.0.0.1:5000/team/app`), a name with a tag that tag only.
+fn reference_matches(name: &Reference, filter: &str) -> bool {
+    let Ok(want) = Reference::parse_name(filter) else { return false };
+    if name.tag().is_none() || name.name() != want.name() {
+        return false;
+    }
+    match (want.tag(), want.digest()) {
+        (None, None) => true,
+        (tag, None) => name.tag() == tag,
+        (_, Some(_)) => false,
+    }
+}
+
 pub fn list(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
     let images = d.images.list()?;
     let filters = crate::http::Filters::parse(q)?;
@@ -45,17 +59,21 @@ pub fn list(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
                 continue;
             }
         }
-        if !references.is_empty()
-            && !references.iter().any(|r| {
-                tags.iter().any(|t| {
-                    t == r
-                        || t.split(':').next() == Some(r.as_str())
-                        || Reference::parse(r).map(|p| p.familiar() == *t).unwrap_or(false)
-                })
-            })
-        {
-            continue;
-        }
+        // As dockerd: with a reference filter, only the names that match are listed.
+        let tags = if references.is_empty() {
+            tags
+        } else {
+            let matching: Vec<String> = i
+                .names
+                .iter()
+                .filter(|n| references.iter().any(|r| reference_matches(n, r)))
+                .map(Reference::familiar)
+                .collect();
+            if matching.is_empty() {
+                continue;
+            }
+            matching
+        };
         let size = i.record.size();
         out.push(json!({
             "Id": i.id().to_string(),
@@ -333,14 +351,16 @@ where
 
 /// `POST /images/create?fromImage=&tag=&platform=`: a pull. The manifest is resolved first, so a
 /// missing image or refused credentials is a plain error response; then layers stream Docker's
-/// progress messages and the image is recorded last.
+/// progress messages and the image is recorded last. Without a tag in either parameter every
+/// tag of the repository is pulled, as dockerd does (`docker pull --all-tags`).
 pub async fn pull(d: &Arc<Daemon>, q: &Query, auth: Option<&str>) -> Result<Resp, ApiError> {
     let from = q.get("fromImage").unwrap_or("");
-    let mut reference = Reference::parse(from)?;
-    match q.get("tag").filter(|t| !t.is_empty()) {
+    let mut reference = Reference::parse_name(from)?;
+    let tag = q.get("tag").filter(|t| !t.is_empty());
+    let all_tags = tag.is_none() && reference.tag().is_none() && reference.digest().is_none();
+    match tag {
         Some(t) if t.starts_with("sha256:") => reference = Reference::parse(&format!("{}@{t}", reference.name()))?,
         Some(t) if reference.digest().is_none() => reference = reference.with_tag(t)?,
-        _ if reference.tag().is_none() && reference.digest().is_none() => reference = reference.with_tag("latest")?,
         _ => {}
     }
     let platform = match q.get("platform").filter(|p| !p.is_empty()) {
@@ -353,9 +373,14 @@ pub async fn pull(d: &Arc<Daemon>, q: &Query, auth: Option<&str>) -> Result<Resp
     let span = trace.start(engine_telemetry::names::DAEMON_PULL);
     trace.attr(span, "oci.reference", reference.to_string());
     let previous = trace.enter(span);
-    let resolved = d.distribution.resolve(&trace, &reference, &platform, creds).await;
-    let (repo, resolved) = match resolved {
-        Ok(r) => r,
+    // The first step that can fail, before the answer starts: the tag list, or the manifest.
+    let first = if all_tags {
+        d.distribution.tags(&trace, &reference, creds.clone()).await.map(FirstStep::Tags)
+    } else {
+        d.distribution.resolve(&trace, &reference, &platform, creds.clone()).await.map(|r| FirstStep::One(Box::new(r)))
+    };
+    let first = match first {
+        Ok(f) => f,
         Err(e) => {
             trace.enter(previous);
             let e = match e {
@@ -374,43 +399,92 @@ pub async fn pull(d: &Arc<Daemon>, q: &Query, auth: Option<&str>) -> Result<Resp
     };
     let d = d.clone();
     Ok(stream_in_span(&trace, span, previous, move |out, trace| async move {
-        let label =
-            reference.digest().map(|g| g.to_string()).or(reference.tag().map(str::to_string)).unwrap_or_default();
-        // Docker names the repository without its registry (`library/busybox`).
-        let path = reference.path().to_string();
-        let _ = out.send(json!({ "status": format!("Pulling from {path}"), "id": label })).await;
-        let p = d.distribution.pull(&trace, &reference, repo, resolved, &out).await?;
-        let _ = out.send(json!({ "status": format!("Digest: {}", p.digest) })).await;
-        let status = if p.up_to_date { "Image is up to date for" } else { "Downloaded newer image for" };
-        let _ = out.send(json!({ "status": format!("Status: {status} {}", reference.familiar()) })).await;
-        d.events.publish(crate::events::Event::image("pull", &reference.familiar()));
+        let up_to_date = match first {
+            FirstStep::One(one) => {
+                let (repo, resolved) = *one;
+                pull_one(&d, &trace, &reference, repo, resolved, &out).await?
+            }
+            FirstStep::Tags(tags) => {
+                let mut all_up_to_date = true;
+                for t in tags {
+                    let tagged = reference
+                        .with_tag(&t)
+                        .map_err(|e| crate::distribution::DistributionError::Invalid(e.to_string()))?;
+                    let (repo, resolved) = d.distribution.resolve(&trace, &tagged, &platform, creds.clone()).await?;
+                    all_up_to_date &= pull_one(&d, &trace, &tagged, repo, resolved, &out).await?;
+                }
+                all_up_to_date
+            }
+        };
+        let status = if up_to_date { "Image is up to date for" } else { "Downloaded newer image for" };
+        let named = if all_tags { reference.familiar_name() } else { reference.familiar() };
+        let _ = out.send(json!({ "status": format!("Status: {status} {named}") })).await;
         Ok(())
     }))
 }
 
-/// `POST /images/{name}/push?tag=`: blobs the registry lacks, then the manifest.
+/// What a pull found before its answer started.
+enum FirstStep {
+    One(Box<(engine_registry::Repository, engine_registry::Resolved)>),
+    Tags(Vec<String>),
+}
+
+/// Pulls one resolved tag or digest with its `Pulling from` and `Digest:` lines; whether the
+/// store had it already.
+async fn pull_one(
+    d: &Daemon,
+    trace: &Arc<crate::trace::Trace>,
+    reference: &Reference,
+    repo: engine_registry::Repository,
+    resolved: engine_registry::Resolved,
+    out: &crate::distribution::Messages,
+) -> Result<bool, crate::distribution::DistributionError> {
+    let label = reference.digest().map(|g| g.to_string()).or(reference.tag().map(str::to_string)).unwrap_or_default();
+    // Docker names the repository without its registry (`library/busybox`).
+    let _ = out.send(json!({ "status": format!("Pulling from {}", reference.path()), "id": label })).await;
+    let p = d.distribution.pull(trace, reference, repo, resolved, out).await?;
+    let _ = out.send(json!({ "status": format!("Digest: {}", p.digest) })).await;
+    d.events.publish(crate::events::Event::image("pull", &reference.familiar()));
+    Ok(p.up_to_date)
+}
+
+/// `POST /images/{name}/push?tag=`: blobs the registry lacks, then the manifest. Without a tag
+/// in either, every local tag of the repository is pushed, as dockerd does (`docker push
+/// --all-tags`, docker-py's `images.push(repo)`).
 pub async fn push(d: &Arc<Daemon>, name: &str, q: &Query, auth: Option<&str>) -> Result<Resp, ApiError> {
-    let mut reference = Reference::parse(name)?;
-    if let Some(t) = q.get("tag").filter(|t| !t.is_empty()) {
-        reference = reference.with_tag(t)?;
-    } else if reference.tag().is_none() {
-        reference = reference.with_tag("latest")?;
-    }
-    if d.images.resolve(&reference.to_string()).is_err() {
-        return Err(ApiError::not_found(format!(
-            "An image does not exist locally with the tag: {}",
-            reference.familiar_name()
-        )));
+    let reference = Reference::parse_name(name)?;
+    let targets = match (q.get("tag").filter(|t| !t.is_empty()), reference.tag()) {
+        (Some(t), _) => vec![reference.with_tag(t)?],
+        (None, Some(_)) => vec![reference.clone()],
+        (None, None) => {
+            let images = d.images.clone();
+            let mut tagged: Vec<Reference> = blocking(move || images.list())
+                .await?
+                .into_iter()
+                .flat_map(|i| i.names)
+                .filter(|n| n.name() == reference.name() && n.tag().is_some())
+                .collect();
+            tagged.sort_by_key(Reference::to_string);
+            tagged
+        }
+    };
+    let missing =
+        || ApiError::not_found(format!("An image does not exist locally with the tag: {}", reference.familiar_name()));
+    if targets.is_empty() || targets.iter().any(|t| d.images.resolve(&t.to_string()).is_err()) {
+        return Err(missing());
     }
     let creds = registry_auth(auth)?;
     let trace = crate::trace::current().ok_or_else(|| ApiError::internal("push outside of a request"))?;
     let span = trace.start(engine_telemetry::names::DAEMON_PUSH);
-    trace.attr(span, "oci.reference", reference.to_string());
+    trace.attr(span, "oci.reference", targets[0].to_string());
     let previous = trace.enter(span);
     let d = d.clone();
     Ok(stream_in_span(&trace, span, previous, move |out, trace| async move {
-        d.distribution.push(&trace, &reference, creds, &out).await?;
-        d.events.publish(crate::events::Event::image("push", &reference.familiar()));
+        let _ = out.send(json!({ "status": format!("The push refers to repository [{}]", reference.name()) })).await;
+        for target in targets {
+            d.distribution.push(&trace, &target, creds.clone(), &out).await?;
+            d.events.publish(crate::events::Event::image("push", &target.familiar()));
+        }
         Ok(())
     }))
 }
@@ -438,4 +512,20 @@ pub async fn distribution_inspect(d: &Arc<Daemon>, name: &str, auth: Option<&str
 pub async fn login(d: &Arc<Daemon>, creds: engine_registry::AuthConfig) -> Result<Resp, ApiError> {
     d.distribution.login(&creds).await?;
     Ok(json(StatusCode::OK, &json!({ "Status": "Login Succeeded", "IdentityToken": "" })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_filter_matches_names_and_tags() {
+        let n = |s: &str| Reference::parse(s).unwrap();
+        assert!(reference_matches(&n("busybox:1"), "busybox"));
+        assert!(reference_matches(&n("busybox:1"), "docker.io/library/busybox:1"));
+        assert!(!reference_matches(&n("busybox:1"), "busybox:2"));
+        assert!(reference_matches(&n("127.0.0.1:5000/team/app:a"), "127.0.0.1:5000/team/app"));
+        assert!(!reference_matches(&n("127.0.0.1:5000/team/app:a"), "127.0.0.1"));
+        assert!(!reference_matches(&n("team/app:a"), "team"));
+    }
 }

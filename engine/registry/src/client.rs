@@ -531,6 +531,41 @@ impl Repository {
         Ok((Descriptor { media_type, digest, size, platform: None, annotations: Default::default() }, bytes))
     }
 
+    /// The repository's tags (`GET /v2/<name>/tags/list`), following the `Link` header's pages.
+    pub async fn list_tags(&mut self, traceparent: Option<&str>) -> Result<Vec<String>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut tags = Vec::new();
+        let mut url = self.url("tags/list?n=1000")?;
+        // A registry that pages forever is cut off: 100 pages of 1000 tags.
+        for _ in 0..100 {
+            let r = self.send(|s| Ok(s.request(Method::GET, url.clone(), traceparent))).await?;
+            if !r.status().is_success() {
+                return Err(self.error(&format!("tags of {}/{}", self.domain, self.path), r).await);
+            }
+            let next = r
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split(';').next())
+                .map(|l| l.trim().trim_start_matches('<').trim_end_matches('>').to_string());
+            let bytes = read_limited(r, MAX_MANIFEST_BYTES, "tag list").await?;
+            let page: TagList = serde_json::from_slice(&bytes)
+                .map_err(|e| RegistryError::Protocol(format!("tag list of {}/{}: {e}", self.domain, self.path)))?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(n) => {
+                    url = url.join(&n).map_err(|e| RegistryError::Protocol(format!("tag list link {n:?}: {e}")))?
+                }
+                None => break,
+            }
+        }
+        Ok(tags)
+    }
+
     /// Resolves a tag or digest to the image manifest for `platform`, through an index if the
     /// reference names one.
     pub async fn resolve(

@@ -193,6 +193,22 @@ fn push_pull_and_run_through_a_loopback_registry() {
     let out = e.ok(&["pull", &name]);
     assert!(out.contains("Status: Downloaded newer image"), "{out}");
     assert_eq!(e.ok(&["run", "--rm", &name, "echo", "mended"]).trim(), "mended");
+
+    // Every tag of a repository, both ways (`-a`).
+    let repo = format!("{}/test/tags", reg.addr);
+    for t in ["a", "b"] {
+        e.ok(&["tag", &name, &format!("{repo}:{t}")]);
+    }
+    assert!(e.fails(&["push", "-a", &format!("{repo}:a")]).contains("tag can't be used with --all-tags/-a"));
+    let out = e.ok(&["push", "-a", &repo]);
+    assert_eq!(out.matches("The push refers to repository").count(), 1, "{out}");
+    assert_eq!(out.matches(": digest: sha256:").count(), 2, "{out}");
+    e.ok(&["rmi", &format!("{repo}:a"), &format!("{repo}:b")]);
+    let out = e.ok(&["pull", "-a", &repo]);
+    assert!(out.contains("a: Pulling from test/tags") && out.contains("b: Pulling from test/tags"), "{out}");
+    assert!(out.contains(&format!("Status: Downloaded newer image for {repo}\n")), "{out}");
+    let tags = e.ok(&["images", "--format", "{{.Tag}}", &repo]);
+    assert_eq!(tags.lines().collect::<std::collections::BTreeSet<_>>(), ["a", "b"].into(), "{tags}");
 }
 
 #[test]
