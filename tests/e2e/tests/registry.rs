@@ -860,3 +860,66 @@ fn digest_of(e: &Engined, name: &str) -> String {
     let d = digests.split('@').nth(1).unwrap_or_else(|| panic!("no RepoDigest in {digests}"));
     d.trim_end_matches(['"', ']', '\n']).to_string()
 }
+
+#[test]
+fn buildah_images_pull_and_what_the_engine_pushes_is_read_by_buildah_dockerd_and_docker_py() {
+    let reg = Registry::start(None);
+    let e = Engined::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    // buildah with storage of its own (vfs: nothing mounted), never the host's.
+    let root = w.join("buildah");
+    let buildah = |args: &[&str]| {
+        let mut all = vec!["buildah", "--root", root.to_str().unwrap(), "--runroot"];
+        let run = root.join("run");
+        all.push(run.to_str().unwrap());
+        all.extend(["--storage-driver", "vfs"]);
+        all.extend(args);
+        tool(w, &all).trim().to_string()
+    };
+    let ctr = buildah(&["from", "scratch"]);
+    buildah(&["copy", &ctr, which("busybox").to_str().unwrap(), "/bin/busybox"]);
+    buildah(&["config", "--entrypoint", "[\"/bin/busybox\"]", "--cmd", "[\"echo\",\"from buildah\"]", &ctr]);
+    for format in ["oci", "docker"] {
+        let name = format!("{}/buildah/bb:{format}", reg.addr);
+        buildah(&["commit", "--format", format, &ctr, &format!("bb-{format}")]);
+        buildah(&["push", "--tls-verify=false", &format!("bb-{format}"), &format!("docker://{name}")]);
+        let out = e.ok(&["pull", &name]);
+        assert!(out.contains("Digest: sha256:"), "{out}");
+        assert_eq!(e.ok(&["run", "--rm", &name]).trim(), "from buildah", "{format}");
+    }
+
+    // What the engine pushes: buildah pulls it, a private Debian dockerd pulls and runs it.
+    e.import_busybox("busybox");
+    let pushed = format!("{}/engine/busybox:1", reg.addr);
+    e.ok(&["tag", "busybox", &pushed]);
+    e.ok(&["push", &pushed]);
+    buildah(&["pull", "--tls-verify=false", &format!("docker://{pushed}")]);
+    let d = engine_test_support::dockerd::Dockerd::start(&[]);
+    let out = d.ok(&["pull", &pushed]);
+    assert!(out.contains("Downloaded newer image"), "{out}");
+    assert_eq!(d.ok(&["run", "--rm", "--network", "none", &pushed, "echo", "in dockerd"]).trim(), "in dockerd");
+
+    // docker-py pulls and pushes through engined as it does through dockerd.
+    let script = format!(
+        r#"
+import docker
+c = docker.DockerClient(base_url="{host}")
+img = c.images.pull("{reg}/engine/busybox", tag="1")
+assert "{reg}/engine/busybox:1" in img.tags, img.tags
+img.tag("{reg}/py/busybox", tag="2")
+out = c.images.push("{reg}/py/busybox", tag="2")
+assert "digest: sha256:" in out, out
+print(c.containers.run("{reg}/py/busybox:2", ["echo", "docker-py"], remove=True).decode().strip())
+"#,
+        host = e.host(),
+        reg = reg.addr
+    );
+    e.ok(&["rmi", &pushed]);
+    // Debian's python3 with its python3-docker (what scripts/setup installs).
+    let out = Command::new("/usr/bin/python3").arg("-c").arg(&script).output().unwrap();
+    assert!(out.status.success(), "docker-py: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "docker-py");
+    let out = e.ok(&["pull", &format!("{}/py/busybox:2", reg.addr)]);
+    assert!(out.contains("Image is up to date"), "{out}");
+}
