@@ -8,6 +8,7 @@
 //! [`engine_image::Ingest`]. Two pulls needing the same blob fetch it once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
@@ -42,6 +43,29 @@ pub struct Distribution {
     uploads: usize,
     /// Blobs being fetched now, so a second pull waits for the first instead of fetching again.
     inflight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// What went over the wire, for `/metrics`.
+    pub transferred: Arc<Transferred>,
+}
+
+/// Blobs and their bytes fetched from and sent to registries since engined started.
+#[derive(Debug, Default)]
+pub struct Transferred {
+    pub pulled_blobs: AtomicU64,
+    pub pulled_bytes: AtomicU64,
+    pub pushed_blobs: AtomicU64,
+    pub pushed_bytes: AtomicU64,
+}
+
+impl Transferred {
+    fn pulled(&self, bytes: u64) {
+        self.pulled_blobs.fetch_add(1, Ordering::Relaxed);
+        self.pulled_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn pushed(&self, bytes: u64) {
+        self.pushed_blobs.fetch_add(1, Ordering::Relaxed);
+        self.pushed_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 /// What a pull did.
@@ -108,7 +132,14 @@ fn bar(current: u64, total: u64) -> String {
 
 impl Distribution {
     pub fn new(images: Arc<ImageStore>, cfg: RegistryConfig, downloads: usize, uploads: usize) -> Self {
-        Distribution { images, client: Client::new(cfg), downloads, uploads, inflight: Mutex::new(HashMap::new()) }
+        Distribution {
+            images,
+            client: Client::new(cfg),
+            downloads,
+            uploads,
+            inflight: Mutex::new(HashMap::new()),
+            transferred: Arc::default(),
+        }
     }
 
     /// `POST /auth`: checks credentials with the registry.
@@ -216,6 +247,7 @@ impl Distribution {
         let tp = trace.traceparent(trace.current());
         let mut repo = repo;
         let config_bytes = repo.fetch_config(&m.config, tp.as_deref()).await?;
+        self.transferred.pulled(config_bytes.len() as u64);
         let config = parse_config(m, &config_bytes)?;
         let id = m.config.digest.clone();
         let mut names = Vec::new();
@@ -317,6 +349,7 @@ impl Distribution {
                     }
                 };
                 repo.fetch_blob(layer, &mut w, &mut progress, tp.as_deref()).await?;
+                self.transferred.pulled(layer.size);
                 send(out, json!({ "status": "Verifying Checksum", "progressDetail": {}, "id": id })).await;
                 tokio::task::spawn_blocking(move || w.commit()).await.map_err(join_error)??;
                 Ok::<_, DistributionError>(())
@@ -393,6 +426,7 @@ impl Distribution {
             trace.attr(span, "oci.blob.size", desc.size as i64);
             trace.attr(span, "server.address", reference.domain().to_string());
             let tp = trace.traceparent(span);
+            let transferred = self.transferred.clone();
             tasks.spawn(async move {
                 let id = short(&desc.digest);
                 if is_layer {
@@ -418,6 +452,7 @@ impl Distribution {
                     }
                 });
                 repo.upload_blob(&desc, &path, progress, tp.as_deref()).await?;
+                transferred.pushed(desc.size);
                 if is_layer {
                     send(&out, json!({ "status": "Pushed", "progressDetail": {}, "id": id })).await;
                 }

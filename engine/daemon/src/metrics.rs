@@ -202,6 +202,15 @@ pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
             }
         }
     }
+    let (blobs, bytes) = (counter_family(), counter_family());
+    let t = &d.distribution.transferred;
+    for (direction, n, b) in [("pull", &t.pulled_blobs, &t.pulled_bytes), ("push", &t.pushed_blobs, &t.pushed_bytes)] {
+        blobs.get_or_create(&l(&[("direction", direction)])).inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
+        bytes.get_or_create(&l(&[("direction", direction)])).inc_by(b.load(std::sync::atomic::Ordering::Relaxed));
+    }
+    reg.register("engine_registry_blobs", "Blobs fetched from (pull) or sent to (push) registries", blobs);
+    reg.register("engine_registry_bytes", "Bytes of blobs fetched from (pull) or sent to (push) registries", bytes);
+
     reg.register("engine_proxy_connections", "TCP connections or UDP flows engine-proxy forwarded", total);
     reg.register("engine_proxy_connections_active", "TCP connections or UDP flows engine-proxy holds open", active);
     reg.register("engine_proxy_bytes", "Bytes engine-proxy forwarded, to the container (in) or from it (out)", moved);

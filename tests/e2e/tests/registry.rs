@@ -209,6 +209,18 @@ fn push_pull_and_run_through_a_loopback_registry() {
     assert!(out.contains(&format!("Status: Downloaded newer image for {repo}\n")), "{out}");
     let tags = e.ok(&["images", "--format", "{{.Tag}}", &repo]);
     assert_eq!(tags.lines().collect::<std::collections::BTreeSet<_>>(), ["a", "b"].into(), "{tags}");
+
+    // What went over the wire is on /metrics, and each phase's time too.
+    let (_, metrics) = e.request("GET", "/metrics", "");
+    for direction in ["pull", "push"] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("engine_registry_bytes_total{{direction=\"{direction}\"}}")))
+            .unwrap_or_else(|| panic!("no {direction} bytes in {metrics}"));
+        let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(n > 1_000_000.0, "{line}");
+    }
+    assert!(metrics.contains("phase=\"registry.blob\""), "{metrics}");
 }
 
 #[test]
