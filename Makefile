@@ -8,7 +8,7 @@ RELEASE := target/$(TARGET)/release
 RUNS ?= 50
 CI_BENCH_RUNS ?= 10
 
-.PHONY: setup lint build release test fuzz demo bench bench-runtime bench-shim bench-image bench-probes bench-net ci-bench clean
+.PHONY: setup lint build release test fuzz demo bench bench-runtime bench-shim bench-image bench-probes bench-net bench-pull ci-bench clean
 
 setup:
 	@scripts/setup
@@ -46,6 +46,10 @@ ci-bench: release
 
 bench-net: release
 	BIN=$(RELEASE) RUNS=$(RUNS) scripts/bench-net
+
+# a cold pull of a 5-layer ~100 MB image from a loopback registry, engine beside a private dockerd
+bench-pull: release
+	BIN=$(RELEASE) RUNS=$(or $(PULL_RUNS),5) scripts/bench-pull
 
 bench-probes: release
 	BIN=$(RELEASE) RUNS=$(RUNS) scripts/bench-probes

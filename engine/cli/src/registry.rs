@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
@@ -203,12 +204,14 @@ fn split_tag(image: &str) -> (String, Option<String>) {
 }
 
 /// Shows the JSON progress stream of pull and push: a line per layer redrawn in place on a
-/// terminal, plain status lines otherwise; an `error` message fails the command.
+/// terminal (phase, bar, sizes and rate), plain status lines otherwise; an `error` message fails
+/// the command.
 pub async fn show_progress(r: hyper::Response<hyper::body::Incoming>, quiet: bool, to_stderr: bool) -> Result<()> {
     let tty = !quiet && if to_stderr { std::io::stderr().is_terminal() } else { std::io::stdout().is_terminal() };
     let mut order: Vec<String> = Vec::new();
     let mut lines: BTreeMap<String, String> = BTreeMap::new();
     let mut drawn = 0usize;
+    let mut started: std::collections::HashMap<(String, String), Instant> = Default::default();
     let mut error = None;
     let mut out: Box<dyn Write> = if to_stderr { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
     client::for_each_json_line(r, |v| {
@@ -245,7 +248,20 @@ pub async fn show_progress(r: hyper::Response<hyper::body::Incoming>, quiet: boo
             order.push(id.to_string());
         }
         let progress = v["progress"].as_str().unwrap_or("");
-        lines.insert(id.to_string(), format!("{id}: {status} {progress}"));
+        // The rate of this phase of this layer since its first tick.
+        let rate = match v["progressDetail"]["current"].as_u64() {
+            Some(current) => {
+                let since = *started.entry((id.to_string(), status.to_string())).or_insert_with(Instant::now);
+                let secs = since.elapsed().as_secs_f64();
+                if secs >= 0.25 {
+                    format!(" {}/s", crate::format::size((current as f64 / secs) as u64))
+                } else {
+                    String::new()
+                }
+            }
+            None => String::new(),
+        };
+        lines.insert(id.to_string(), format!("{id}: {status} {progress}{rate}"));
         // Redraw the block of layer lines in place.
         if drawn > 0 {
             let _ = write!(out, "\x1b[{drawn}A");

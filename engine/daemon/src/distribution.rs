@@ -412,6 +412,13 @@ impl Distribution {
             platform: None,
             annotations: Default::default(),
         };
+        // A repository of the same registry the image was pulled from holds its blobs: the
+        // registry can mount them instead of taking an upload, as dockerd asks.
+        let mount_from: Option<String> = image
+            .digests
+            .iter()
+            .find(|r| r.domain() == reference.domain() && r.path() != reference.path())
+            .map(|r| r.path().to_string());
         let limit = Arc::new(Semaphore::new(self.uploads));
         let mut tasks = tokio::task::JoinSet::new();
         let blobs: Vec<(Descriptor, bool)> =
@@ -427,6 +434,7 @@ impl Distribution {
             trace.attr(span, "server.address", reference.domain().to_string());
             let tp = trace.traceparent(span);
             let transferred = self.transferred.clone();
+            let mount_from = mount_from.clone();
             tasks.spawn(async move {
                 let id = short(&desc.digest);
                 if is_layer {
@@ -438,6 +446,18 @@ impl Distribution {
                         send(&out, json!({ "status": "Layer already exists", "progressDetail": {}, "id": id })).await;
                     }
                     return Ok::<_, DistributionError>(span);
+                }
+                if let Some(from) = &mount_from {
+                    if repo.mount_blob(&desc.digest, from, tp.as_deref()).await? {
+                        if is_layer {
+                            send(
+                                &out,
+                                json!({ "status": format!("Mounted from {from}"), "progressDetail": {}, "id": id }),
+                            )
+                            .await;
+                        }
+                        return Ok(span);
+                    }
                 }
                 let total = desc.size;
                 let (tx, id2) = (out.clone(), id.clone());
@@ -478,12 +498,12 @@ impl Distribution {
         let media_type = image.record.manifest.media_type.clone();
         let result = repo.put_manifest(&tag, &media_type, &manifest_bytes, tp.as_deref()).await;
         let digest = trace.finish(span, result)?;
-        send(
-            out,
-            json!({ "status": format!("{tag}: digest: {digest} size: {}", manifest_bytes.len()),
-                    "progressDetail": {}, "aux": { "Tag": tag, "Digest": digest.to_string(), "Size": manifest_bytes.len() } }),
-        )
-        .await;
+        // Two messages, as dockerd sends them: clients show the status and take the aux apart
+        // (the Docker CLI shows nothing of a message that carries an aux).
+        let size = manifest_bytes.len();
+        send(out, json!({ "status": format!("{tag}: digest: {digest} size: {size}") })).await;
+        send(out, json!({ "progressDetail": {}, "aux": { "Tag": tag, "Digest": digest.to_string(), "Size": size } }))
+            .await;
         Ok((digest, manifest_bytes.len() as u64))
     }
 }

@@ -194,6 +194,19 @@ fn push_pull_and_run_through_a_loopback_registry() {
     assert!(out.contains("Status: Downloaded newer image"), "{out}");
     assert_eq!(e.ok(&["run", "--rm", &name, "echo", "mended"]).trim(), "mended");
 
+    // Pushed to another repository of the same registry, the layers are mounted, not sent.
+    let other = format!("{}/other/busybox:1", reg.addr);
+    e.ok(&["tag", &name, &other]);
+    let out = e.ok(&["push", &other]);
+    assert!(out.contains("Mounted from test/busybox"), "{out}");
+    e.ok(&["rmi", &other]);
+    // The Docker CLI pushes through engined.
+    let via_docker = format!("{}/docker/busybox:1", reg.addr);
+    e.ok(&["tag", &name, &via_docker]);
+    let out = e.docker_ok(&["push", &via_docker]);
+    assert!(out.contains("1: digest: sha256:"), "{out}");
+    e.ok(&["rmi", &via_docker]);
+
     // Every tag of a repository, both ways (`-a`).
     let repo = format!("{}/test/tags", reg.addr);
     for t in ["a", "b"] {
@@ -584,6 +597,17 @@ fn interrupted_pulls_leave_nothing_and_the_next_pull_completes() {
     let out = e.ok(&["pull", &name]);
     assert!(out.contains("Status: Downloaded newer image"), "{out}");
     check(&e);
+
+    // On a terminal (script(1) gives it one), a line per layer redrawn in place, with the bar,
+    // the sizes and the rate, as docker pull draws them.
+    let command = format!("{} -H {} pull {name}", bin("engine").display(), e.host());
+    let out = Command::new("script").args(["-qec", &command, "/dev/null"]).output().unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    let drawn = stdout(&out);
+    assert!(drawn.contains("\x1b[") && drawn.contains("Downloading [="), "{drawn:?}");
+    assert!(drawn.contains("MB/s") || drawn.contains("kB/s"), "no rate in {drawn:?}");
+    assert!(drawn.contains("Status: Downloaded newer image"), "{drawn:?}");
+    check(&e);
 }
 
 /// A test CA, and a server certificate for 127.0.0.1 and a client certificate it signed, made
@@ -934,4 +958,98 @@ print(c.containers.run("{reg}/py/busybox:2", ["echo", "docker-py"], remove=True)
     assert_eq!(stdout(&out).trim(), "docker-py");
     let out = e.ok(&["pull", &format!("{}/py/busybox:2", reg.addr)]);
     assert!(out.contains("Image is up to date"), "{out}");
+}
+
+/// Writes `bytes` as a blob of the OCI layout `layout`; its descriptor fields.
+fn oci_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
+    let tmp = layout.join("blob.tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    let sum = tool(layout, &["sha256sum", "blob.tmp"]);
+    let hex = sum.split_whitespace().next().unwrap().to_string();
+    std::fs::rename(&tmp, layout.join("blobs/sha256").join(&hex)).unwrap();
+    (format!("sha256:{hex}"), bytes.len())
+}
+
+/// A gzip layer of the directory `dir`: its descriptor and diff id.
+fn oci_layer(layout: &Path, dir: &Path) -> (serde_json::Value, String) {
+    let tar = layout.join("layer.tar");
+    let out = Command::new("tar").arg("-C").arg(dir).arg("-cf").arg(&tar).arg(".").output().unwrap();
+    assert!(out.status.success(), "tar: {}", stderr(&out));
+    let diff_id = format!("sha256:{}", tool(layout, &["sha256sum", "layer.tar"]).split_whitespace().next().unwrap());
+    let gz = Command::new("gzip").arg("-c").arg(&tar).output().unwrap();
+    let (digest, size) = oci_blob(layout, &gz.stdout);
+    (
+        serde_json::json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size }),
+        diff_id,
+    )
+}
+
+#[test]
+fn an_index_with_two_platforms_pulls_the_hosts_or_the_one_asked_for() {
+    let reg = Registry::start(None);
+    let e = Engined::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let rootfs = work.path().join("rootfs");
+    make_busybox_rootfs(&rootfs);
+    let (base, base_diff) = oci_layer(&layout, &rootfs);
+    let mut manifests = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let extra = work.path().join(arch);
+        std::fs::create_dir_all(&extra).unwrap();
+        std::fs::write(extra.join("arch"), arch).unwrap();
+        let (layer, diff) = oci_layer(&layout, &extra);
+        let config = serde_json::json!({
+            "architecture": arch, "os": "linux",
+            "config": { "Cmd": ["cat", "/arch"] },
+            "rootfs": { "type": "layers", "diff_ids": [base_diff, diff] },
+        });
+        let (cd, cs) = oci_blob(&layout, config.to_string().as_bytes());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs },
+            "layers": [base, layer],
+        });
+        let (md, ms) = oci_blob(&layout, manifest.to_string().as_bytes());
+        manifests.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+            "platform": { "architecture": arch, "os": "linux" },
+        }));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests,
+    });
+    let (xd, xs) = oci_blob(&layout, index.to_string().as_bytes());
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{ "mediaType": "application/vnd.oci.image.index.v1+json", "digest": xd, "size": xs,
+                        "annotations": { "org.opencontainers.image.ref.name": "1" } }],
+    });
+    std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
+    let name = format!("{}/multi/bb:1", reg.addr);
+    tool(
+        work.path(),
+        &["skopeo", "copy", "--all", "--dest-tls-verify=false", "oci:layout:1", &format!("docker://{name}")],
+    );
+
+    // What the registry serves: the index, two platforms.
+    let (status, body) = e.request("GET", &format!("/distribution/{name}/json"), "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["Descriptor"]["mediaType"], "application/vnd.oci.image.index.v1+json", "{v}");
+    assert_eq!(v["Platforms"].as_array().map(Vec::len), Some(2), "{v}");
+
+    // The host's platform by default; the index's digest is the image's RepoDigest.
+    e.ok(&["pull", &name]);
+    assert_eq!(e.ok(&["run", "--rm", &name]).trim(), "amd64");
+    let digests = e.ok(&["image", "inspect", "--format", "{{json .RepoDigests}}", &name]);
+    assert!(digests.contains(&xd), "{digests} lacks the index digest {xd}");
+    // Another platform when asked; one that is not there is a clear error.
+    let out = e.ok(&["pull", "--platform", "linux/arm64", &name]);
+    assert!(out.contains("Downloaded newer image"), "{out}");
+    assert_eq!(e.ok(&["image", "inspect", "--format", "{{.Architecture}}", &name]).trim(), "arm64");
+    let err = e.fails(&["pull", "--platform", "linux/s390x", &name]);
+    assert!(err.contains("no matching manifest for linux/s390x"), "{err}");
 }
