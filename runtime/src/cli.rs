@@ -420,6 +420,12 @@ fn dispatch(cli: &Cli, logger: &Logger, rec: &mut Recorder) -> Result<i32> {
                     return Err(e.into());
                 }
             };
+            if !*detach {
+                if let Err(e) = container::block_forwarded_signals() {
+                    let _ = container::delete(&dir, &opts.id, true, rec);
+                    return Err(e);
+                }
+            }
             if let Err(e) = container::start(&dir, &opts.id, rec) {
                 let _ = container::delete(&dir, &opts.id, true, rec);
                 return Err(e);

@@ -580,13 +580,12 @@ pub fn pids(dir: &StateDir, id: &str) -> Result<Vec<i32>> {
     Ok(CgroupManager::from_paths(st.cgroup).pids()?)
 }
 
-/// Waits for the container's first process (a child of ours) while forwarding the signals a
-/// foreground `run` receives, and, given the pty master `tty`, relays it to our stdio (our
-/// window size follows). Returns the exit code (128+signal when killed).
-pub fn wait_forwarding(created: &Created, tty: Option<&OwnedFd>) -> Result<i32> {
-    use nix::poll::{PollFd, PollFlags};
+/// Blocks the signals a foreground `run` forwards, so that one arriving before
+/// [`wait_forwarding`] waits is kept for it instead of ending us (call it before the start: the
+/// container's process exists already and keeps its own mask; processes we spawn get an empty
+/// one). Returns the set.
+pub fn block_forwarded_signals() -> Result<nix::sys::signal::SigSet> {
     use nix::sys::signal::{SigSet, SigmaskHow};
-    use nix::sys::signalfd::{SfdFlags, SignalFd};
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGINT,
@@ -600,6 +599,16 @@ pub fn wait_forwarding(created: &Created, tty: Option<&OwnedFd>) -> Result<i32> 
         set.add(s);
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(sys("sigprocmask"))?;
+    Ok(set)
+}
+
+/// Waits for the container's first process (a child of ours) while forwarding the signals a
+/// foreground `run` receives, and, given the pty master `tty`, relays it to our stdio (our
+/// window size follows). Returns the exit code (128+signal when killed).
+pub fn wait_forwarding(created: &Created, tty: Option<&OwnedFd>) -> Result<i32> {
+    use nix::poll::{PollFd, PollFlags};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let set = block_forwarded_signals()?;
     let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).map_err(sys("signalfd"))?;
     let pid = nix::unistd::Pid::from_raw(created.pid);
     let stdin = std::io::stdin();

@@ -89,11 +89,11 @@ fn cases(outside: &Path) -> Vec<Case> {
             ),
         },
         Case {
-            name: "absolute path",
-            says: "absolute path",
+            name: "absolute path climbing out",
+            says: "leaves the archive root",
             archive: image_with_layer(
                 &layer(&|t| {
-                    t.file("/etc/engine-evil", b"x");
+                    t.file("/../etc/engine-evil", b"x");
                 }),
                 None,
             ),
@@ -369,6 +369,26 @@ fn device_nodes_load_when_allowed() {
     let m = std::fs::symlink_metadata(dir.join("dev/null")).unwrap();
     assert!(m.file_type().is_char_device());
     assert_eq!(m.rdev(), nix::sys::stat::makedev(1, 3));
+}
+
+#[test]
+fn members_named_as_other_tools_write_them_load_under_the_root() {
+    // umoci writes the root as `/`; others `./x`, `/x` or `a/../b`: all inside the layer, as
+    // dockerd and containerd take them.
+    let work = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(work.path().join("store")).unwrap();
+    let layer = RawTar::default()
+        .member(b"/", tar::EntryType::Directory, b"", b"")
+        .file("./dot", b"1")
+        .file("/etc/abs", b"2")
+        .file("a/../cleaned", b"3")
+        .finish();
+    let loaded = store.load(image_with_layer(&layer, None).as_slice(), &()).unwrap();
+    let dir: PathBuf = store.layer_dirs(&loaded[0].id).unwrap()[0].clone();
+    assert_eq!(std::fs::read(dir.join("dot")).unwrap(), b"1");
+    assert_eq!(std::fs::read(dir.join("etc/abs")).unwrap(), b"2");
+    assert_eq!(std::fs::read(dir.join("cleaned")).unwrap(), b"3");
+    assert!(!dir.join("a").exists());
 }
 
 #[test]

@@ -42,9 +42,15 @@ pub fn parse_limit(s: &str) -> Result<i64, InvalidSize> {
     parse_bytes(s)
 }
 
-/// Docker's human sizes: `1.98MB`, `512B`, `1.2GB` (powers of 1000, as `docker images` and the
-/// pull progress print them).
+/// Docker's human sizes: `1.98MB`, `512B`, `2.5MB` (powers of 1000, three significant
+/// figures, as `docker images` prints them).
 pub fn human(bytes: u64) -> String {
+    human_with_precision(bytes, 3)
+}
+
+/// [`human`] with `digits` significant figures, trailing zeros dropped (Go's `%.*g`, as Docker's
+/// `units.HumanSizeWithPrecision`; the pull progress uses 4: `1.982MB`).
+pub fn human_with_precision(bytes: u64, digits: usize) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = bytes as f64;
     let mut i = 0;
@@ -52,13 +58,10 @@ pub fn human(bytes: u64) -> String {
         v /= 1000.0;
         i += 1;
     }
-    if i == 0 {
-        format!("{bytes}B")
-    } else {
-        let s = format!("{v:.3}");
-        let s = &s[..s.len().min(4)];
-        format!("{}{}", s.trim_end_matches('.'), UNITS[i])
-    }
+    let whole = if v < 1.0 { 1 } else { (v.log10().floor() as usize) + 1 };
+    let s = format!("{v:.*}", digits.saturating_sub(whole));
+    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.') } else { &s };
+    format!("{s}{}", UNITS[i])
 }
 
 #[cfg(test)]
@@ -88,5 +91,9 @@ mod tests {
         assert_eq!(human(512), "512B");
         assert_eq!(human(1_000), "1kB");
         assert_eq!(human(123_456_789), "123MB");
+        assert_eq!(human(2_500_000), "2.5MB");
+        assert_eq!(human(0), "0B");
+        assert_eq!(human_with_precision(1_982_286, 4), "1.982MB");
+        assert_eq!(human_with_precision(2_500_000, 4), "2.5MB");
     }
 }
