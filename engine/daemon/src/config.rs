@@ -95,6 +95,10 @@ pub struct Config {
     /// Layers uploaded at once per push.
     #[arg(long, default_value_t = 5)]
     pub max_concurrent_uploads: usize,
+    /// Blobs larger than this are pushed in chunks of it, so a broken upload resumes where the
+    /// registry stopped (`64m`, `512k`; 0: each blob in one request).
+    #[arg(long, default_value = "64m")]
+    pub max_upload_chunk_size: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -123,6 +127,7 @@ struct FileConfig {
     certs_dir: Option<PathBuf>,
     max_concurrent_downloads: Option<usize>,
     max_concurrent_uploads: Option<usize>,
+    max_upload_chunk_size: Option<String>,
 }
 
 /// `"default-address-pools": [{"base": "10.10.0.0/16", "size": 24}]`, as daemon.json has it.
@@ -216,6 +221,11 @@ impl Config {
             {
                 self.max_concurrent_uploads = v;
             }
+            if let Some(v) =
+                f.max_upload_chunk_size.filter(|_| self.max_upload_chunk_size == defaults.max_upload_chunk_size)
+            {
+                self.max_upload_chunk_size = v;
+            }
             if let Some(h) = f.hosts.and_then(|h| h.into_iter().next()).filter(|_| self.host == defaults.host) {
                 self.host = h;
             }
@@ -241,6 +251,7 @@ impl Config {
         if self.max_concurrent_downloads == 0 || self.max_concurrent_uploads == 0 {
             anyhow::bail!("max-concurrent-downloads and max-concurrent-uploads must be at least 1");
         }
+        self.upload_chunk_size()?;
         for m in &self.registry_mirrors {
             if !(m.starts_with("http://") || m.starts_with("https://")) {
                 anyhow::bail!("invalid registry mirror {m:?}: want http:// or https:// and a host");
@@ -258,7 +269,15 @@ impl Config {
             mirrors: self.registry_mirrors.clone(),
             insecure_registries: self.insecure_registries.clone(),
             certs_dir: Some(self.certs_dir.clone().unwrap_or_else(|| PathBuf::from("/etc/engine/certs.d"))),
+            upload_chunk_size: self.upload_chunk_size().unwrap_or(0),
         }
+    }
+
+    /// `max-upload-chunk-size` in bytes (checked when the configuration is read).
+    fn upload_chunk_size(&self) -> anyhow::Result<u64> {
+        let n = engine_util::size::parse_bytes(&self.max_upload_chunk_size)
+            .map_err(|e| anyhow::anyhow!("invalid max-upload-chunk-size: {e}"))?;
+        Ok(n as u64)
     }
 
     /// The unix socket path of `--host`.
@@ -360,5 +379,23 @@ mod tests {
         let err =
             Config::parse_from(["engined", "--config-file", file.to_str().unwrap()]).resolve().unwrap_err().to_string();
         assert!(err.contains("unknown field `otlp`"), "{err}");
+    }
+
+    #[test]
+    fn upload_chunk_size_from_flag_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("daemon.json");
+        let resolve = |extra: &[&str]| {
+            let mut args = vec!["engined", "--config-file", file.to_str().unwrap()];
+            args.extend(extra);
+            Config::parse_from(args).resolve()
+        };
+        std::fs::write(&file, "{}").unwrap();
+        assert_eq!(resolve(&[]).unwrap().registry().upload_chunk_size, 64 << 20);
+        std::fs::write(&file, r#"{"max-upload-chunk-size": "512k"}"#).unwrap();
+        assert_eq!(resolve(&[]).unwrap().registry().upload_chunk_size, 512 << 10);
+        assert_eq!(resolve(&["--max-upload-chunk-size", "0"]).unwrap().registry().upload_chunk_size, 0);
+        let err = resolve(&["--max-upload-chunk-size", "lots"]).unwrap_err().to_string();
+        assert!(err.contains("invalid max-upload-chunk-size"), "{err}");
     }
 }

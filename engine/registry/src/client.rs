@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use engine_image::ingest::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
 use engine_image::manifest::{self, Descriptor, Index, Manifest, Platform};
 use engine_image::{BlobWriter, Digest, ImageError};
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE,
+};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 
 use crate::auth::{AuthConfig, Challenge, TokenResponse};
@@ -17,6 +19,11 @@ use crate::auth::{AuthConfig, Challenge, TokenResponse};
 const TRACEPARENT: &str = "traceparent";
 /// Attempts at a blob download before giving up (each resumes where the last stopped).
 const BLOB_ATTEMPTS: u32 = 5;
+/// Attempts at a blob upload before giving up (each resumes where the registry says the last
+/// stopped, or starts over when it lost the upload).
+const UPLOAD_ATTEMPTS: u32 = 5;
+/// The header by which a registry asks for chunks of at least this size (OCI Distribution).
+const OCI_CHUNK_MIN_LENGTH: &str = "oci-chunk-min-length";
 
 /// How engined reaches registries, as dockerd's `daemon.json` says it.
 #[derive(Clone, Debug, Default)]
@@ -28,6 +35,10 @@ pub struct RegistryConfig {
     pub insecure_registries: Vec<String>,
     /// `<dir>/<host:port>/ca.crt`, `client.cert`, `client.key`, as Docker's `certs.d`.
     pub certs_dir: Option<PathBuf>,
+    /// Blobs larger than this are uploaded in chunks of it (`PATCH` with `Content-Range`), so a
+    /// broken upload resumes where the registry says it stopped; 0 uploads each blob in one
+    /// request.
+    pub upload_chunk_size: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +204,7 @@ impl Client {
             scope,
             authorization: None,
             tokens: self.tokens.clone(),
+            upload_chunk_size: self.cfg.upload_chunk_size,
         };
         if ping.status() == StatusCode::UNAUTHORIZED {
             repo.authenticate(&ping, false).await?;
@@ -245,6 +257,7 @@ impl Client {
             scope: String::new(),
             authorization: None,
             tokens: self.tokens.clone(),
+            upload_chunk_size: self.cfg.upload_chunk_size,
         };
         repo.authenticate(&ping, true).await?;
         let r =
@@ -313,6 +326,31 @@ pub struct Repository {
     scope: String,
     authorization: Option<String>,
     tokens: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    upload_chunk_size: u64,
+}
+
+/// An upload the registry opened: where the next bytes go and how many it holds.
+#[derive(Clone, Debug)]
+struct UploadSession {
+    url: Url,
+    offset: u64,
+    /// The smallest chunk the registry takes (`OCI-Chunk-Min-Length`), 0 when it does not say.
+    min_chunk: u64,
+}
+
+/// Why an upload attempt stopped: the error, whether another attempt may succeed, and the
+/// session to resume (none: start over).
+struct Interrupted {
+    error: RegistryError,
+    retry: bool,
+    resume: Option<UploadSession>,
+}
+
+impl From<RegistryError> for Interrupted {
+    fn from(error: RegistryError) -> Self {
+        let retry = matches!(error, RegistryError::Transport(_));
+        Interrupted { error, retry, resume: None }
+    }
 }
 
 impl Repository {
@@ -748,8 +786,10 @@ impl Repository {
         Ok(r.status() == StatusCode::CREATED)
     }
 
-    /// Uploads a blob from a file in one `PUT` (after the `POST` that opens the upload);
-    /// `progress` gets the bytes sent so far.
+    /// Uploads a blob from a file: in one `PUT` when it is no larger than the chunk size, else
+    /// in `PATCH` chunks and a closing `PUT`. A broken connection or a server error is retried
+    /// with backoff, resuming at the offset the registry reports for the upload (or from the
+    /// start when it lost it). `progress` gets the bytes the registry holds so far.
     pub async fn upload_blob(
         &mut self,
         desc: &Descriptor,
@@ -757,48 +797,182 @@ impl Repository {
         progress: Arc<dyn Fn(u64) + Send + Sync>,
         traceparent: Option<&str>,
     ) -> Result<(), RegistryError> {
+        let mut resume = None;
+        let mut last_error = None;
+        for attempt in 0..UPLOAD_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+            }
+            match self.upload_attempt(desc, path, resume.take(), &progress, traceparent).await {
+                Ok(()) => return Ok(()),
+                Err(i) if i.retry => {
+                    resume = i.resume;
+                    last_error = Some(i.error);
+                }
+                Err(i) => return Err(i.error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| RegistryError::Transport(format!("blob upload {}: failed", desc.digest))))
+    }
+
+    async fn upload_attempt(
+        &mut self,
+        desc: &Descriptor,
+        path: &Path,
+        resume: Option<UploadSession>,
+        progress: &Arc<dyn Fn(u64) + Send + Sync>,
+        traceparent: Option<&str>,
+    ) -> Result<(), Interrupted> {
+        let what = format!("blob upload {}", desc.digest);
+        let mut session = match resume {
+            Some(s) => match self.upload_status(&s, traceparent).await? {
+                Some(s) => s,
+                None => self.start_upload(&what, traceparent).await?,
+            },
+            None => self.start_upload(&what, traceparent).await?,
+        };
+        progress(session.offset);
+        let chunk = match self.upload_chunk_size {
+            0 => 0,
+            n => n.max(session.min_chunk),
+        };
+        if session.offset == 0 && (chunk == 0 || desc.size <= chunk) {
+            // One request: the whole blob in the closing PUT.
+            let mut url = session.url.clone();
+            url.query_pairs_mut().append_pair("digest", &desc.digest.to_string());
+            let body = file_body(path, 0, desc.size, progress.clone()).await?;
+            let r = self
+                .request(Method::PUT, url, traceparent)
+                .headers(octet_stream(desc.size))
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| RegistryError::Transport(format!("{what}: {}", describe_reqwest(e))))?;
+            return match r.status() {
+                StatusCode::CREATED => Ok(()),
+                s => Err(self.upload_error(&what, r, s, None).await),
+            };
+        }
+        while session.offset < desc.size {
+            let len = chunk.min(desc.size - session.offset);
+            let end = session.offset + len - 1;
+            let body = file_body(path, session.offset, len, {
+                let (p, base) = (progress.clone(), session.offset);
+                Arc::new(move |sent| p(base + sent))
+            })
+            .await?;
+            let mut headers = octet_stream(len);
+            let range = HeaderValue::try_from(format!("{}-{end}", session.offset))
+                .map_err(|e| RegistryError::Protocol(format!("{what}: {e}")))?;
+            headers.insert(CONTENT_RANGE, range);
+            let sent =
+                self.request(Method::PATCH, session.url.clone(), traceparent).headers(headers).body(body).send().await;
+            let r = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err(Interrupted {
+                        error: RegistryError::Transport(format!(
+                            "{what}: {} (at {} of {} bytes)",
+                            describe_reqwest(e),
+                            session.offset,
+                            desc.size
+                        )),
+                        retry: true,
+                        resume: Some(session),
+                    })
+                }
+            };
+            if r.status() != StatusCode::ACCEPTED {
+                let s = r.status();
+                return Err(self.upload_error(&what, r, s, Some(session)).await);
+            }
+            session = advance(&session, &r, end + 1)?;
+            progress(session.offset);
+        }
+        let mut url = session.url.clone();
+        url.query_pairs_mut().append_pair("digest", &desc.digest.to_string());
+        let r = match self.request(Method::PUT, url, traceparent).header(CONTENT_LENGTH, 0).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(Interrupted {
+                    error: RegistryError::Transport(format!("{what}: {}", describe_reqwest(e))),
+                    retry: true,
+                    resume: Some(session),
+                })
+            }
+        };
+        match r.status() {
+            StatusCode::CREATED => Ok(()),
+            s => Err(self.upload_error(&what, r, s, Some(session)).await),
+        }
+    }
+
+    /// Opens an upload (`POST …/blobs/uploads/`).
+    async fn start_upload(&mut self, what: &str, traceparent: Option<&str>) -> Result<UploadSession, Interrupted> {
         let start = self.url("blobs/uploads/")?;
         let r =
             self.send(|s| Ok(s.request(Method::POST, start.clone(), traceparent).header(CONTENT_LENGTH, 0))).await?;
         if r.status() != StatusCode::ACCEPTED {
-            return Err(self.error(&format!("blob upload {}", desc.digest), r).await);
+            let s = r.status();
+            return Err(self.upload_error(what, r, s, None).await);
         }
-        let location = r
+        let min_chunk = r
             .headers()
-            .get(LOCATION)
+            .get(OCI_CHUNK_MIN_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| RegistryError::Protocol("blob upload: no Location in the answer".into()))?;
-        let mut url = start
-            .join(location)
-            .map_err(|e| RegistryError::Protocol(format!("blob upload Location {location:?}: {e}")))?;
-        url.query_pairs_mut().append_pair("digest", &desc.digest.to_string());
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| RegistryError::Image(ImageError::Io { path: path.to_path_buf(), source: e }))?;
-        let mut sent = 0u64;
-        let stream =
-            futures_util::StreamExt::map(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024), move |c| {
-                if let Ok(b) = &c {
-                    sent += b.len() as u64;
-                    progress(sent);
-                }
-                c
-            });
-        let body = reqwest::Body::wrap_stream(stream);
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(desc.size));
-        let r = self
-            .request(Method::PUT, url.clone(), traceparent)
-            .headers(headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| RegistryError::Transport(format!("blob upload {}: {}", desc.digest, e.without_url())))?;
-        if r.status() != StatusCode::CREATED {
-            return Err(self.error(&format!("blob upload {}", desc.digest), r).await);
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let fresh = UploadSession { url: start, offset: 0, min_chunk };
+        Ok(advance(&fresh, &r, 0)?)
+    }
+
+    /// Asks where an upload stands (`GET` on its location); `None` when the registry no
+    /// longer has it, so the upload starts over.
+    async fn upload_status(
+        &mut self,
+        session: &UploadSession,
+        traceparent: Option<&str>,
+    ) -> Result<Option<UploadSession>, Interrupted> {
+        let r = match self.request(Method::GET, session.url.clone(), traceparent).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(Interrupted {
+                    error: RegistryError::Transport(format!("blob upload status: {}", describe_reqwest(e))),
+                    retry: true,
+                    resume: Some(session.clone()),
+                })
+            }
+        };
+        match r.status() {
+            StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::ACCEPTED => {
+                let held = upload_range_end(&r).unwrap_or(0);
+                Ok(Some(advance(session, &r, held)?))
+            }
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => Err(Interrupted {
+                error: RegistryError::Protocol(format!("blob upload status: {s}")),
+                retry: true,
+                resume: Some(session.clone()),
+            }),
+            _ => Ok(None),
         }
-        Ok(())
+    }
+
+    /// The error of a failed upload request and whether to try again: a server error resumes,
+    /// an upload the registry lost or refused a range of starts over, anything else is final.
+    async fn upload_error(
+        &self,
+        what: &str,
+        r: Response,
+        status: StatusCode,
+        session: Option<UploadSession>,
+    ) -> Interrupted {
+        let error = self.error(what, r).await;
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Interrupted { error, retry: true, resume: session };
+        }
+        let lost =
+            matches!(status, StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::RANGE_NOT_SATISFIABLE);
+        Interrupted { error, retry: lost && session.is_some(), resume: None }
     }
 
     /// Puts a manifest under a tag (or its digest); returns its digest.
@@ -823,6 +997,70 @@ impl Repository {
     }
 }
 
+/// The headers of an upload request's body of `len` bytes.
+fn octet_stream(len: u64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    headers
+}
+
+/// `len` bytes of the file at `path` from `offset`, as a streamed body; `progress` gets the
+/// bytes read so far.
+async fn file_body(
+    path: &Path,
+    offset: u64,
+    len: u64,
+    progress: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<reqwest::Body, RegistryError> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let io = |e| RegistryError::Image(ImageError::Io { path: path.to_path_buf(), source: e });
+    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+    file.seek(std::io::SeekFrom::Start(offset)).await.map_err(io)?;
+    let mut sent = 0u64;
+    let stream = futures_util::StreamExt::map(
+        tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 * 1024),
+        move |c| {
+            if let Ok(b) = &c {
+                sent += b.len() as u64;
+                progress(sent);
+            }
+            c
+        },
+    );
+    Ok(reqwest::Body::wrap_stream(stream))
+}
+
+/// The session after the registry's answer: its `Location` (relative to the last one) and the
+/// bytes it holds (its `Range`, else `offset`).
+fn advance(session: &UploadSession, r: &Response, offset: u64) -> Result<UploadSession, RegistryError> {
+    let url = match r.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
+        Some(l) => {
+            session.url.join(l).map_err(|e| RegistryError::Protocol(format!("blob upload Location {l:?}: {e}")))?
+        }
+        None if offset == 0 && session.offset == 0 => {
+            return Err(RegistryError::Protocol("blob upload: no Location in the answer".into()))
+        }
+        None => session.url.clone(),
+    };
+    let offset = upload_range_end(r).unwrap_or(offset);
+    Ok(UploadSession { url, offset, min_chunk: session.min_chunk })
+}
+
+/// The bytes an upload holds, from the registry's `Range: 0-<last>`. An empty upload is
+/// `0-0` (Docker's registry) or `0--1`; `0-0` is read as empty, and were it one byte, the
+/// next chunk's range would be refused and the upload start over.
+fn upload_range_end(r: &Response) -> Option<u64> {
+    let range = r.headers().get(RANGE)?.to_str().ok()?;
+    range_end(range)
+}
+
+fn range_end(range: &str) -> Option<u64> {
+    let last = range.trim().trim_start_matches("bytes=").split_once('-')?.1;
+    let last: i64 = last.parse().ok()?;
+    Some(if last <= 0 { 0 } else { last as u64 + 1 })
+}
+
 fn parse_manifest(bytes: &[u8], digest: &Digest) -> Result<Manifest, RegistryError> {
     serde_json::from_slice(bytes).map_err(|e| RegistryError::Protocol(format!("manifest {digest}: {e}")))
 }
@@ -845,6 +1083,15 @@ async fn read_limited(mut r: Response, limit: u64, what: &str) -> Result<Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_ranges_read_as_dockers_registry_writes_them() {
+        assert_eq!(range_end("0-0"), Some(0));
+        assert_eq!(range_end("0--1"), Some(0));
+        assert_eq!(range_end("0-1048575"), Some(1 << 20));
+        assert_eq!(range_end("bytes=0-99"), Some(100));
+        assert_eq!(range_end("junk"), None);
+    }
 
     #[test]
     fn loopback_and_listed_registries_are_insecure() {

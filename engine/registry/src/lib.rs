@@ -4,7 +4,8 @@
 //! them, a `certs.d` directory per registry), authentication (anonymous, Basic, Bearer tokens
 //! fetched from the challenge's realm and reused per scope), resolving a tag or digest to one
 //! image manifest for a platform, streaming blobs into a verifying sink with `Range` resume and
-//! backoff, and pushing blobs and manifests.
+//! backoff, and pushing blobs (in one request, or in chunks that resume where the registry stopped)
+//! and manifests.
 //!
 //! It must never store anything itself (blobs go through `engine_image::Ingest`, which verifies
 //! them), never put a password or token in an error, a log line or a span, and never contact a

@@ -1,6 +1,9 @@
-//! Ship: push to and pull from Debian's `docker-registry` on 127.0.0.1 (started per test, plain
-//! HTTP, with and without htpasswd Basic auth), through the engine CLI and the Docker CLI, with
-//! skopeo reading what the engine pushed, and a corrupted blob refused without a trace left.
+//! Ship: push to and pull from Debian's `docker-registry` on 127.0.0.1 (started per test: plain
+//! HTTP, htpasswd Basic auth, TLS with a client certificate, bearer tokens from a token server
+//! of the test's), through the engine CLI, the Docker CLI and docker-py; images made by umoci,
+//! skopeo (gzip, zstd, uncompressed) and buildah, and what the engine pushes and saves read back
+//! by them and by dockerd; faults: a corrupted blob, connections cut mid-blob both ways, the
+//! registry stopped and engined killed mid-pull.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -395,6 +398,43 @@ fn images_made_by_umoci_and_copied_by_skopeo_load_pull_and_run_each_pull_one_tra
     e.ok(&["tag", &id, "bb"]);
     assert_eq!(e.ok(&["run", "--rm", "bb"]).trim(), "from umoci");
 
+    // Uncompressed layers, as skopeo writes them when asked: they load and run, go through the
+    // registry as they are, and what the engine saves of them umoci unpacks and skopeo reads as
+    // a Docker and as an OCI archive. (An engine of its own: here the image would be the one
+    // pulled above, whose manifest names zstd layers, which this umoci cannot read.)
+    tool(w, &["skopeo", "copy", "--dest-decompress", "oci:oci:bb", "dir:plain"]);
+    tool(w, &["skopeo", "copy", "--dest-oci-accept-uncompressed-layers", "dir:plain", "oci:plain-oci:bb"]);
+    let uncompressed = |manifest: &str| {
+        let m: serde_json::Value = serde_json::from_str(manifest).unwrap();
+        let layers = m["layers"].as_array().unwrap();
+        assert!(layers.iter().all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar"), "{m}");
+    };
+    let top: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.join("plain-oci/index.json")).unwrap()).unwrap();
+    let digest = top["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    uncompressed(&std::fs::read_to_string(w.join("plain-oci/blobs/sha256").join(digest)).unwrap());
+    tool(w, &["tar", "-C", "plain-oci", "-cf", "plain.tar", "."]);
+    let e2 = Engined::start();
+    let loaded = e2.ok(&["load", "-i", w.join("plain.tar").to_str().unwrap()]);
+    let plain_id = loaded.split_whitespace().find(|w| w.starts_with("sha256:")).unwrap().to_string();
+    let plain = format!("{}/plain/bb:1", reg.addr);
+    e2.ok(&["tag", &plain_id, &plain]);
+    assert_eq!(e2.ok(&["run", "--rm", &plain]).trim(), "from umoci");
+    e2.ok(&["push", &plain]);
+    uncompressed(&tool(w, &["skopeo", "inspect", "--raw", "--tls-verify=false", &format!("docker://{plain}")]));
+    e2.ok(&["rmi", &plain]);
+    let out = e2.ok(&["pull", &plain]);
+    assert!(out.contains("Downloaded newer image"), "{out}");
+    assert_eq!(e2.ok(&["run", "--rm", &plain]).trim(), "from umoci");
+    let saved = w.join("saved.tar");
+    e2.ok(&["save", "-o", saved.to_str().unwrap(), &plain]);
+    std::fs::create_dir(w.join("saved")).unwrap();
+    tool(w, &["tar", "-C", "saved", "-xf", "saved.tar"]);
+    tool(w, &["umoci", "unpack", "--rootless", "--image", "saved:1", "saved-bundle"]);
+    assert_eq!(std::fs::read_to_string(w.join("saved-bundle/rootfs/etc/greeting")).unwrap(), "from umoci\n");
+    tool(w, &["skopeo", "copy", "docker-archive:saved.tar", "oci:from-docker-archive:bb"]);
+    tool(w, &["skopeo", "copy", "oci-archive:saved.tar", "oci:from-oci-archive:bb"]);
+
     // What the engine pushes, skopeo reads and copies out whole.
     let again = format!("{}/engine/bb:1", reg.addr);
     e.ok(&["tag", "bb", &again]);
@@ -424,6 +464,12 @@ struct ProxyState {
     stopped: std::sync::atomic::AtomicBool,
     /// Whether a client asked for a byte range (a resumed download).
     saw_range: std::sync::atomic::AtomicBool,
+    /// Bytes received from clients, over all connections.
+    received: std::sync::atomic::AtomicU64,
+    /// Cut the connection that carries the client's byte at this count, once (0: never).
+    cut_upload_once_at: std::sync::atomic::AtomicU64,
+    /// Whether a client sent a `Content-Range` (a chunked upload).
+    saw_content_range: std::sync::atomic::AtomicBool,
 }
 
 impl SlowProxy {
@@ -449,8 +495,20 @@ impl SlowProxy {
                         if n == 0 {
                             break;
                         }
-                        if String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase().contains("\r\nrange: bytes=") {
+                        let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                        if text.contains("\r\nrange: bytes=") {
                             st_up.saw_range.store(true, SeqCst);
+                        }
+                        if text.contains("\r\ncontent-range: ") {
+                            st_up.saw_content_range.store(true, SeqCst);
+                        }
+                        let total = st_up.received.fetch_add(n as u64, SeqCst) + n as u64;
+                        let cut = st_up.cut_upload_once_at.load(SeqCst);
+                        if cut > 0 && total >= cut {
+                            st_up.cut_upload_once_at.store(0, SeqCst);
+                            let _ = c_read.shutdown(std::net::Shutdown::Both);
+                            let _ = s_write.shutdown(std::net::Shutdown::Both);
+                            break;
                         }
                         if s_write.write_all(&buf[..n]).is_err() {
                             break;
@@ -508,6 +566,15 @@ impl SlowProxy {
     fn saw_range(&self) -> bool {
         self.state.saw_range.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    fn cut_upload_once_after(&self, bytes: u64) {
+        let received = self.state.received.load(std::sync::atomic::Ordering::SeqCst);
+        self.state.cut_upload_once_at.store(received + bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn saw_content_range(&self) -> bool {
+        self.state.saw_content_range.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// Files below `dir` whose names end with `suffix`, with their sizes.
@@ -528,26 +595,73 @@ fn files_ending(dir: &Path, suffix: &str) -> Vec<(PathBuf, u64)> {
     out
 }
 
-#[test]
-fn interrupted_pulls_leave_nothing_and_the_next_pull_completes() {
-    let reg = Registry::start(None);
-    let mut e = Engined::start();
-    // One layer of 8 MiB that does not compress, pushed straight to the registry.
-    let work = tempfile::tempdir().unwrap();
-    let rootfs = work.path().join("rootfs");
-    make_busybox_rootfs(&rootfs);
+/// 8 MiB that do not compress (xorshift from `seed`).
+fn noise(seed: u64) -> Vec<u8> {
     let mut noise = vec![0u8; 8 << 20];
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut x = seed;
     for b in noise.iter_mut() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         *b = x as u8;
     }
-    std::fs::write(rootfs.join("noise"), &noise).unwrap();
-    tool(work.path(), &["tar", "-C", "rootfs", "-cf", "big.tar", "."]);
+    noise
+}
+
+/// Imports as `name` a busybox image with `/noise`, 8 MiB that do not compress, in `dir`.
+fn import_noise_image(e: &Engined, dir: &Path, name: &str) {
+    let rootfs = dir.join("rootfs");
+    make_busybox_rootfs(&rootfs);
+    std::fs::write(rootfs.join("noise"), noise(0x9e37_79b9_7f4a_7c15)).unwrap();
+    tool(dir, &["tar", "-C", "rootfs", "-cf", "big.tar", "."]);
+    e.ok(&["import", "--change", "CMD [\"sh\"]", dir.join("big.tar").to_str().unwrap(), name]);
+}
+
+/// Pulls `name` with the CLI, kills engined (-9) once `ready`, and restarts it: the pull has
+/// failed and no partial blob is left.
+fn kill_engined_mid_pull(e: &mut Engined, name: &str, what: &str, ready: impl FnMut() -> bool) {
+    let mut pull = Command::new(bin("engine"))
+        .args(["-H", &e.host(), "pull", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(what, ready);
+    e.kill9();
+    assert!(!pull.wait().unwrap().success());
+    e.restart();
+    assert_eq!(files_ending(&e.data_root(), ".partial"), vec![]);
+}
+
+#[test]
+fn a_push_whose_connection_breaks_mid_blob_completes_in_chunks() {
+    let reg = Registry::start(None);
+    let e = Engined::start_with(&[], &["--max-upload-chunk-size", "1m"]);
+    let work = tempfile::tempdir().unwrap();
+    let proxy = SlowProxy::start(&reg.addr);
+    let name = format!("{}/test/chunked:1", proxy.addr);
+    import_noise_image(&e, work.path(), &name);
+    // The connection of the upload breaks 3 MiB in: the push goes on and completes.
+    proxy.cut_upload_once_after(3 << 20);
+    let out = e.ok(&["push", &name]);
+    assert!(out.contains("Pushed") && out.contains("digest: sha256:"), "{out}");
+    assert!(proxy.saw_content_range(), "the 8 MiB layer was not sent in 1 MiB chunks");
+    assert_eq!(proxy.state.cut_upload_once_at.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing was cut");
+    // What the registry holds is whole: pulled straight from it, it runs.
+    let direct = format!("{}/test/chunked:1", reg.addr);
+    e.ok(&["rmi", &name]);
+    e.ok(&["pull", &direct]);
+    assert_eq!(e.ok(&["run", "--rm", &direct, "sh", "-c", "wc -c < /noise"]).trim(), (8 << 20).to_string());
+}
+
+#[test]
+fn interrupted_pulls_leave_nothing_and_the_next_pull_completes() {
+    let reg = Registry::start(None);
+    let mut e = Engined::start();
+    // One layer of 8 MiB that does not compress, pushed straight to the registry.
+    let work = tempfile::tempdir().unwrap();
     let direct = format!("{}/test/big:1", reg.addr);
-    e.ok(&["import", "--change", "CMD [\"sh\"]", work.path().join("big.tar").to_str().unwrap(), &direct]);
+    import_noise_image(&e, work.path(), &direct);
     e.ok(&["push", &direct]);
     e.ok(&["rmi", &direct]);
     let proxy = SlowProxy::start(&reg.addr);
@@ -580,20 +694,11 @@ fn interrupted_pulls_leave_nothing_and_the_next_pull_completes() {
 
     // engined killed mid-blob: after its restart, nothing listed and nothing partial; the next
     // pull completes.
-    let mut pull = Command::new(bin("engine"))
-        .args(["-H", &e.host(), "pull", &name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("a partial blob of 2 MiB or more", || {
-        files_ending(&e.data_root(), ".partial").iter().any(|(_, size)| *size >= 2 << 20)
+    let data_root = e.data_root();
+    kill_engined_mid_pull(&mut e, &name, "a partial blob of 2 MiB or more", || {
+        files_ending(&data_root, ".partial").iter().any(|(_, size)| *size >= 2 << 20)
     });
-    e.kill9();
-    assert!(!pull.wait().unwrap().success());
-    e.restart();
     none_listed(&e);
-    assert_eq!(files_ending(&e.data_root(), ".partial"), vec![]);
     let out = e.ok(&["pull", &name]);
     assert!(out.contains("Status: Downloaded newer image"), "{out}");
     check(&e);
@@ -931,6 +1036,16 @@ fn buildah_images_pull_and_what_the_engine_pushes_is_read_by_buildah_dockerd_and
     e.ok(&["tag", "busybox", &pushed]);
     e.ok(&["push", &pushed]);
     buildah(&["pull", "--tls-verify=false", &format!("docker://{pushed}")]);
+    // What the engine saves, buildah reads as a Docker and as an OCI archive.
+    let saved = w.join("saved.tar");
+    e.ok(&["save", "-o", saved.to_str().unwrap(), "busybox"]);
+    for transport in ["docker-archive", "oci-archive"] {
+        let id = buildah(&["pull", "-q", &format!("{transport}:{}", saved.display())]);
+        let ctr = buildah(&["from", &id]);
+        let mnt = buildah(&["mount", &ctr]);
+        assert!(Path::new(&mnt).join("bin/busybox").is_file(), "{transport}: no /bin/busybox in {mnt}");
+        buildah(&["rm", &ctr]);
+    }
     let d = engine_test_support::dockerd::Dockerd::start(&[]);
     let out = d.ok(&["pull", &pushed]);
     assert!(out.contains("Downloaded newer image"), "{out}");
@@ -984,35 +1099,48 @@ fn oci_layer(layout: &Path, dir: &Path) -> (serde_json::Value, String) {
     )
 }
 
+/// An OCI image layout at `dir/layout` holding busybox as a layer: the layout, and the layer's
+/// descriptor and diff id.
+fn busybox_layout(dir: &Path) -> (PathBuf, serde_json::Value, String) {
+    let layout = dir.join("layout");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let rootfs = dir.join("rootfs");
+    make_busybox_rootfs(&rootfs);
+    let (base, base_diff) = oci_layer(&layout, &rootfs);
+    (layout, base, base_diff)
+}
+
+/// Writes an image of `layers` (descriptor, diff id) for linux/`arch` running `cmd` to the
+/// layout: its manifest's descriptor fields.
+fn oci_image(layout: &Path, arch: &str, cmd: &[&str], layers: &[(&serde_json::Value, &str)]) -> (String, usize) {
+    let config = serde_json::json!({
+        "architecture": arch, "os": "linux",
+        "config": { "Cmd": cmd },
+        "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|l| l.1).collect::<Vec<_>>() },
+    });
+    let (cd, cs) = oci_blob(layout, config.to_string().as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs },
+        "layers": layers.iter().map(|l| l.0).collect::<Vec<_>>(),
+    });
+    oci_blob(layout, manifest.to_string().as_bytes())
+}
+
 #[test]
 fn an_index_with_two_platforms_pulls_the_hosts_or_the_one_asked_for() {
     let reg = Registry::start(None);
     let e = Engined::start();
     let work = tempfile::tempdir().unwrap();
-    let layout = work.path().join("layout");
-    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let rootfs = work.path().join("rootfs");
-    make_busybox_rootfs(&rootfs);
-    let (base, base_diff) = oci_layer(&layout, &rootfs);
+    let (layout, base, base_diff) = busybox_layout(work.path());
     let mut manifests = Vec::new();
     for arch in ["amd64", "arm64"] {
         let extra = work.path().join(arch);
         std::fs::create_dir_all(&extra).unwrap();
         std::fs::write(extra.join("arch"), arch).unwrap();
         let (layer, diff) = oci_layer(&layout, &extra);
-        let config = serde_json::json!({
-            "architecture": arch, "os": "linux",
-            "config": { "Cmd": ["cat", "/arch"] },
-            "rootfs": { "type": "layers", "diff_ids": [base_diff, diff] },
-        });
-        let (cd, cs) = oci_blob(&layout, config.to_string().as_bytes());
-        let manifest = serde_json::json!({
-            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs },
-            "layers": [base, layer],
-        });
-        let (md, ms) = oci_blob(&layout, manifest.to_string().as_bytes());
+        let (md, ms) = oci_image(&layout, arch, &["cat", "/arch"], &[(&base, &base_diff), (&layer, &diff)]);
         manifests.push(serde_json::json!({
             "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
             "platform": { "architecture": arch, "os": "linux" },
@@ -1052,4 +1180,47 @@ fn an_index_with_two_platforms_pulls_the_hosts_or_the_one_asked_for() {
     assert_eq!(e.ok(&["image", "inspect", "--format", "{{.Architecture}}", &name]).trim(), "arm64");
     let err = e.fails(&["pull", "--platform", "linux/s390x", &name]);
     assert!(err.contains("no matching manifest for linux/s390x"), "{err}");
+}
+
+#[test]
+fn a_pull_killed_mid_layer_keeps_the_layers_it_completed() {
+    let reg = Registry::start(None);
+    let mut e = Engined::start();
+    let work = tempfile::tempdir().unwrap();
+    // Two layers: busybox (small), then 8 MiB that do not compress, copied in by skopeo.
+    let (layout, base, base_diff) = busybox_layout(work.path());
+    let big = work.path().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    std::fs::write(big.join("noise"), noise(0x2545_f491_4f6c_dd1d)).unwrap();
+    let (layer, diff) = oci_layer(&layout, &big);
+    let cmd = ["sh", "-c", "wc -c < /noise"];
+    let (md, ms) = oci_image(&layout, "amd64", &cmd, &[(&base, &base_diff), (&layer, &diff)]);
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+                        "annotations": { "org.opencontainers.image.ref.name": "1" } }],
+    });
+    std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
+    tool(
+        work.path(),
+        &["skopeo", "copy", "--dest-tls-verify=false", "oci:layout:1", &format!("docker://{}/test/two:1", reg.addr)],
+    );
+
+    // Pulled slowly through the proxy; engined killed once the busybox layer is in and the big
+    // one is partly downloaded.
+    let proxy = SlowProxy::start(&reg.addr);
+    let name = format!("{}/test/two:1", proxy.addr);
+    let base_layer = e.data_root().join("image/layers/sha256").join(base_diff.trim_start_matches("sha256:"));
+    let data_root = e.data_root();
+    kill_engined_mid_pull(&mut e, &name, "the base layer unpacked and 2 MiB of the big one", || {
+        base_layer.is_dir() && files_ending(&data_root, ".partial").iter().any(|(_, size)| *size >= 2 << 20)
+    });
+    assert!(!image_ids(&e).contains("test/two"), "a partial image is listed");
+
+    // The next pull takes the completed layer as it is and fetches only the other.
+    let out = e.ok(&["pull", &name]);
+    let base_id = &base["digest"].as_str().unwrap()["sha256:".len()..][..12];
+    assert!(out.contains(&format!("{base_id}: Already exists")), "{out}");
+    assert!(out.contains("Pull complete") && out.contains("Downloaded newer image"), "{out}");
+    assert_eq!(e.ok(&["run", "--rm", &name]).trim(), (8 << 20).to_string());
 }
