@@ -498,6 +498,14 @@ impl Distribution {
         let media_type = image.record.manifest.media_type.clone();
         let result = repo.put_manifest(&tag, &media_type, &manifest_bytes, tp.as_deref()).await;
         let digest = trace.finish(span, result)?;
+        // The pushed name@digest becomes one of the image's RepoDigests, as dockerd records it.
+        let pushed = Reference::parse(&format!("{}@{digest}", reference.name())).map_err(ImageError::from)?;
+        let (images, id) = (self.images.clone(), image.id().clone());
+        match tokio::task::spawn_blocking(move || images.add_repo_digest(&id, &pushed)).await.map_err(join_error)? {
+            // Removed while it was pushed: the push itself stands.
+            Ok(()) | Err(ImageError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         // Two messages, as dockerd sends them: clients show the status and take the aux apart
         // (the Docker CLI shows nothing of a message that carries an aux).
         let size = manifest_bytes.len();

@@ -409,6 +409,22 @@ impl ImageStore {
         self.write_index(&index)
     }
 
+    /// Records that the image `id` is `reference` (`name@digest`) in a registry, as a push
+    /// makes it one of the image's RepoDigests. The image may have gone meanwhile: then
+    /// nothing is recorded.
+    pub fn add_repo_digest(&self, id: &Digest, reference: &Reference) -> Result<(), ImageError> {
+        if reference.digest().is_none() {
+            return Err(ImageError::Conflict(format!("not a digest reference: {reference}")));
+        }
+        let _lock = self.locked()?;
+        let mut index = self.read_index()?;
+        if !index.images.contains_key(id) {
+            return Err(ImageError::NotFound(id.to_string()));
+        }
+        index.digests.insert(reference.to_string(), id.clone());
+        self.write_index(&index)
+    }
+
     /// `docker rmi`: a name is untagged, and an image with no names left is deleted with the
     /// blobs and layers only it used. An image a snapshot uses is never deleted; without
     /// `force`, an id naming an image with several names is refused.

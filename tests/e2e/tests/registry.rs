@@ -42,7 +42,17 @@ impl Registry {
     fn start_with(dir: tempfile::TempDir, port: Option<u16>, extra: impl FnOnce(&str) -> String) -> Registry {
         let port =
             port.unwrap_or_else(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
-        let addr = format!("127.0.0.1:{port}");
+        Registry::start_at(dir, &format!("127.0.0.1:{port}"), None, extra)
+    }
+
+    /// A registry listening on `addr`, in the network namespace `netns` (a test's own) if given.
+    fn start_at(
+        dir: tempfile::TempDir,
+        addr: &str,
+        netns: Option<&str>,
+        extra: impl FnOnce(&str) -> String,
+    ) -> Registry {
+        let addr = addr.to_string();
         let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
@@ -50,7 +60,16 @@ impl Registry {
         config.push_str(&extra(&addr));
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(which("docker-registry"))
+        let mut cmd = match netns {
+            // `ip netns exec` enters the namespace and execs the registry: the child is it.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(which("docker-registry"));
+                c
+            }
+            None => Command::new(which("docker-registry")),
+        };
+        let child = cmd
             .arg("serve")
             .arg(dir.path().join("config.yml"))
             .stdout(Stdio::null())
@@ -715,19 +734,19 @@ fn interrupted_pulls_leave_nothing_and_the_next_pull_completes() {
     check(&e);
 }
 
-/// A test CA, and a server certificate for 127.0.0.1 and a client certificate it signed, made
-/// with openssl in `dir`.
-fn make_pki(dir: &Path) {
+/// A test CA, and a server certificate for the address `ip` and a client certificate it
+/// signed, made with openssl in `dir`.
+fn make_pki(dir: &Path, ip: &str) {
     let ssl = |args: &[&str]| {
         let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
         assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
     };
-    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
+    std::fs::write(dir.join("server.ext"), format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n")).unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
     let key = ["-newkey", "rsa:2048", "-nodes", "-days", "2"];
     ssl(&[&["req", "-x509"][..], &key, &["-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=engine test CA"]]
         .concat());
-    for (who, cn) in [("server", "127.0.0.1"), ("client", "engine test client")] {
+    for (who, cn) in [("server", ip), ("client", "engine test client")] {
         let subj = format!("/CN={cn}");
         ssl(&[
             "req",
@@ -766,7 +785,7 @@ fn tls_with_a_client_certificate_from_the_certs_directory() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
     std::fs::create_dir(&pki).unwrap();
-    make_pki(&pki);
+    make_pki(&pki, "127.0.0.1");
     let p = |f: &str| pki.join(f).display().to_string();
     let tls = format!(
         "  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
@@ -1223,4 +1242,123 @@ fn a_pull_killed_mid_layer_keeps_the_layers_it_completed() {
     assert!(out.contains(&format!("{base_id}: Already exists")), "{out}");
     assert!(out.contains("Pull complete") && out.contains("Downloaded newer image"), "{out}");
     assert_eq!(e.ok(&["run", "--rm", &name]).trim(), (8 << 20).to_string());
+}
+
+/// A network namespace of the test's joined to the host by a veth pair: `host_ip` on the host's
+/// side, `ns_ip` inside. Its addresses (10.250.x.0/24) are outside every test engined's pool.
+/// Removed when dropped.
+struct Netns {
+    name: String,
+    host_link: String,
+    ns_ip: String,
+}
+
+impl Netns {
+    fn start() -> Netns {
+        let pid = std::process::id();
+        let (name, host_link, peer) = (format!("etr{pid}"), format!("etr{pid}h"), format!("etr{pid}n"));
+        let net = format!("10.250.{}", pid % 250 + 1);
+        let ns = Netns { name: name.clone(), host_link: host_link.clone(), ns_ip: format!("{net}.2") };
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", stderr(&out));
+        };
+        ip(&["netns", "add", &name]);
+        ip(&["link", "add", &host_link, "type", "veth", "peer", "name", &peer]);
+        ip(&["link", "set", &peer, "netns", &name]);
+        ip(&["addr", "add", &format!("{net}.1/24"), "dev", &host_link]);
+        ip(&["link", "set", &host_link, "up"]);
+        ip(&["-n", &name, "addr", "add", &format!("{}/24", ns.ns_ip), "dev", &peer]);
+        ip(&["-n", &name, "link", "set", &peer, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip").args(["link", "del", &self.host_link]).output();
+    }
+}
+
+#[test]
+fn a_registry_off_loopback_is_verified_against_the_ca_of_its_certs_directory() {
+    let ns = Netns::start();
+    let addr = format!("{}:5000", ns.ns_ip);
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    make_pki(&pki, &ns.ns_ip);
+    let out = Command::new("htpasswd").args(["-Bbn", "alice", "s3cret-pass"]).output().unwrap();
+    std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
+    let config = format!(
+        "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+        pki.join("server.crt").display(),
+        pki.join("server.key").display(),
+        dir.path().join("htpasswd").display()
+    );
+    let reg = Registry::start_at(dir, &addr, Some(&ns.name), |_| config);
+    // Not through the tests' dead proxy: straight to the namespace's address.
+    let no_proxy = format!("localhost,127.0.0.0/8,::1,{}", ns.ns_ip);
+    let env = [("NO_PROXY", no_proxy.as_str()), ("no_proxy", no_proxy.as_str())];
+    let name = format!("{}/private/busybox:1", reg.addr);
+
+    // A registry that is neither loopback nor listed as insecure is reached over verified TLS
+    // only: without its CA, refused as an unknown issuer, and no plain-HTTP attempt.
+    let bare = Engined::start_with(&env, &[]);
+    let creds = tempfile::tempdir().unwrap();
+    let out =
+        engine_with(&bare, creds.path(), &["login", "-u", "alice", "--password-stdin", &reg.addr], "s3cret-pass\n");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&format!("https://{}/v2/", reg.addr)) && err.contains("certificate"), "{err}");
+    assert!(!creds.path().join("config.json").exists());
+
+    // With the CA in `<certs-dir>/<host:port>/ca.crt`: log in (a wrong password refused),
+    // push, pull by tag and by digest, log out (the private image refused).
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::create_dir(certs.path().join(&reg.addr)).unwrap();
+    std::fs::copy(pki.join("ca.crt"), certs.path().join(&reg.addr).join("ca.crt")).unwrap();
+    let e = Engined::start_with(&env, &["--certs-dir", certs.path().to_str().unwrap()]);
+    let login = |password: &str| {
+        engine_with(
+            &e,
+            creds.path(),
+            &["login", "-u", "alice", "--password-stdin", &reg.addr],
+            &format!("{password}\n"),
+        )
+    };
+    let out = login("wrong");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("401 Unauthorized"), "{}", stderr(&out));
+    let out = login("s3cret-pass");
+    assert!(stdout(&out).contains("Login Succeeded"), "{}", stderr(&out));
+    e.import_busybox("busybox");
+    e.ok(&["tag", "busybox", &name]);
+    let out = engine_with(&e, creds.path(), &["push", &name], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The push made name@digest one of the image's RepoDigests, as dockerd's does.
+    let digest = digest_of(&e, &name);
+    e.ok(&["rmi", &name, "busybox"]);
+    let out = engine_with(&e, creds.path(), &["pull", &name], "");
+    assert!(stdout(&out).contains("Pull complete"), "{}", stderr(&out));
+    assert_eq!(e.ok(&["run", "--rm", &name, "echo", "verified"]).trim(), "verified");
+    let by_digest = format!("{}/private/busybox@{digest}", reg.addr);
+    let out = engine_with(&e, creds.path(), &["pull", &by_digest], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    e.ok(&["rmi", &name]);
+    engine_with(&e, creds.path(), &["logout", &reg.addr], "");
+    let out = engine_with(&e, creds.path(), &["pull", &name], "");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no basic auth credentials") || stderr(&out).contains("denied"), "{}", stderr(&out));
+
+    // Listed as insecure, it is reached without the CA (TLS unverified), as dockerd does.
+    let insecure = Engined::start_with(&env, &["--insecure-registry", &reg.addr]);
+    let creds = tempfile::tempdir().unwrap();
+    let out =
+        engine_with(&insecure, creds.path(), &["login", "-u", "alice", "--password-stdin", &reg.addr], "s3cret-pass\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = engine_with(&insecure, creds.path(), &["pull", &name], "");
+    assert!(out.status.success(), "{}", stderr(&out));
 }
