@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -122,8 +122,10 @@ pub fn auth_header_for(image: &str) -> Result<Option<String>> {
                     serde_json::json!({ "username": user, "password": secret, "serveraddress": key })
                 }
             }
-            // "credentials not found" is anonymous, as with the Docker CLI.
-            Err(_) => return Ok(None),
+            // "credentials not found" is anonymous, as with the Docker CLI; a helper that
+            // fails otherwise fails the command.
+            Err(e) if e.to_string().contains("credentials not found") => return Ok(None),
+            Err(e) => return Err(e),
         }
     } else {
         match cfg.auths.get(&key) {
@@ -410,15 +412,19 @@ pub async fn logout(a: LogoutArgs) -> Result<i32> {
     let key = server_key(a.server.as_deref().unwrap_or("docker.io"));
     let mut cfg = read_config()?;
     let helper_name = cfg.cred_helpers.get(&key).or(cfg.creds_store.as_ref()).cloned();
-    let had = cfg.auths.remove(&key).is_some();
-    if let Some(h) = helper_name {
-        helper(&h, "erase", &key).map_err(|e| anyhow!("{e}"))?;
-    } else if !had {
+    // Logged in is what config.json records (a helper keeps only the secret), as the Docker
+    // CLI decides it; a helper that cannot erase is a warning, the entry goes anyway.
+    if cfg.auths.remove(&key).is_none() {
         println!("Not logged in to {key}");
         return Ok(0);
     }
-    write_config(&cfg)?;
     println!("Removing login credentials for {key}");
+    if let Some(h) = helper_name {
+        if let Err(e) = helper(&h, "erase", &key) {
+            eprintln!("WARNING: could not erase credentials:\n{key}: {e}");
+        }
+    }
+    write_config(&cfg)?;
     Ok(0)
 }
 

@@ -105,12 +105,16 @@ fn docker_with(e: &Engined, config: &Path, args: &[&str], input: &str) -> Output
     client_with(&engine_test_support::dockerd::docker_cli(), e, config, args, input)
 }
 
+/// A client run with `config` as its DOCKER_CONFIG; credential helpers a test puts in
+/// `<config>/bin` are on its PATH.
 fn client_with(program: &Path, e: &Engined, config: &Path, args: &[&str], input: &str) -> Output {
+    let path = format!("{}:{}", config.join("bin").display(), std::env::var("PATH").unwrap_or_default());
     let mut child = Command::new(program)
         .arg("-H")
         .arg(e.host())
         .args(args)
         .env("DOCKER_CONFIG", config)
+        .env("PATH", path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -732,6 +736,91 @@ fn interrupted_pulls_leave_nothing_and_the_next_pull_completes() {
     assert!(drawn.contains("MB/s") || drawn.contains("kB/s"), "no rate in {drawn:?}");
     assert!(drawn.contains("Status: Downloaded newer image"), "{drawn:?}");
     check(&e);
+}
+
+/// Puts `docker-credential-test` in `<config>/bin`: a credential helper as
+/// docker-credential-pass and its kin behave (store, get, erase), keeping one file per server
+/// in `<config>/helper-store`.
+fn install_credential_helper(config: &Path) {
+    let bin = config.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let store = config.join("helper-store");
+    std::fs::create_dir_all(&store).unwrap();
+    let script = format!(
+        r#"#!/bin/sh
+key() {{ printf '%s' "$1" | tr '/:' '__'; }}
+case "$1" in
+store) input=$(cat); server=$(printf '%s' "$input" | sed 's/.*"ServerURL":"\([^"]*\)".*/\1/')
+       printf '%s' "$input" > "{store}/$(key "$server")" ;;
+get) server=$(cat); f="{store}/$(key "$server")"
+     if [ -f "$f" ]; then cat "$f"; else echo "credentials not found in native keychain"; exit 1; fi ;;
+erase) server=$(cat); rm -f "{store}/$(key "$server")" ;;
+list) echo '{{}}' ;;
+*) exit 1 ;;
+esac
+"#,
+        store = store.display()
+    );
+    let helper = bin.join("docker-credential-test");
+    std::fs::write(&helper, script).unwrap();
+    let mut perms = std::fs::metadata(&helper).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&helper, perms).unwrap();
+}
+
+#[test]
+fn credential_helpers_keep_the_secret_and_both_clis_share_them() {
+    let reg = Registry::start(Some(("alice", "s3cret-pass")));
+    let e = Engined::start();
+    let config = tempfile::tempdir().unwrap();
+    install_credential_helper(config.path());
+    std::fs::write(config.path().join("config.json"), r#"{"credsStore": "test"}"#).unwrap();
+    e.import_busybox("busybox");
+    let name = format!("{}/private/busybox:1", reg.addr);
+    e.ok(&["tag", "busybox", &name]);
+    let stored = config.path().join("helper-store").join(reg.addr.replace(':', "_"));
+    let kept = || std::fs::read_to_string(config.path().join("config.json")).unwrap();
+
+    // The engine's login hands the secret to the helper; config.json names the registry only.
+    let out = engine_with(&e, config.path(), &["login", "-u", "alice", "--password-stdin", &reg.addr], "s3cret-pass\n");
+    assert!(stdout(&out).contains("Login Succeeded"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("unencrypted"), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&stored).unwrap().contains("s3cret-pass"));
+    // (YWxpY2U6czNjcmV0LXBhc3M= is base64 of alice:s3cret-pass)
+    assert!(kept().contains(&reg.addr) && !kept().contains("s3cret") && !kept().contains("YWxpY2U6"), "{}", kept());
+    let out = engine_with(&e, config.path(), &["push", &name], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The Docker CLI uses what the engine's login stored, and the other way round.
+    e.ok(&["rmi", &name]);
+    let out = docker_with(&e, config.path(), &["pull", &name], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = engine_with(&e, config.path(), &["logout", &reg.addr], "");
+    assert!(stdout(&out).contains("Removing login credentials"), "{}", stdout(&out));
+    assert!(!stored.exists(), "logout left the secret in the helper");
+    assert!(!kept().contains(&reg.addr), "{}", kept());
+    let out = engine_with(&e, config.path(), &["push", &name], "");
+    assert!(!out.status.success(), "pushed without credentials");
+    let out = docker_with(&e, config.path(), &["login", "-u", "alice", "--password-stdin", &reg.addr], "s3cret-pass\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stored.exists(), "the Docker CLI's login did not use the helper");
+    let out = engine_with(&e, config.path(), &["push", &name], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A helper for this registry only (credHelpers): used for it; a helper that fails for
+    // another reason than missing credentials fails the command with its words.
+    std::fs::write(
+        config.path().join("config.json"),
+        format!(r#"{{"auths": {{"{0}": {{}}}}, "credHelpers": {{"{0}": "test"}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let out = engine_with(&e, config.path(), &["push", &name], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(config.path().join("config.json"), format!(r#"{{"credHelpers": {{"{}": "missing"}}}}"#, reg.addr))
+        .unwrap();
+    let out = engine_with(&e, config.path(), &["push", &name], "");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("docker-credential-missing"), "{}", stderr(&out));
 }
 
 /// A test CA, and a server certificate for the address `ip` and a client certificate it
