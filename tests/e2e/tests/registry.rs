@@ -144,6 +144,12 @@ fn push_pull_and_run_through_a_loopback_registry() {
         .find(|w| w.starts_with("sha256:"))
         .unwrap_or_else(|| panic!("no digest in {out}"))
         .to_string();
+    // The push is one trace, found by the image's name: the command, the request, the push,
+    // an upload per blob (the layer and the config) and the manifest.
+    let names = one_trace(&e.ok(&["trace", "--json", "--op", "push", "--image", &name]));
+    let count = |n: &str| names.iter().filter(|x| *x == n).count();
+    assert_eq!((count("engine.push"), count("daemon.push")), (1, 1), "{names:?}");
+    assert_eq!((count("registry.upload"), count("registry.manifest")), (2, 1), "{names:?}");
     // A second push finds every layer there.
     let again = e.ok(&["push", &name]);
     assert!(again.contains("Layer already exists"), "{again}");
@@ -386,19 +392,7 @@ fn images_made_by_umoci_and_copied_by_skopeo_load_pull_and_run_each_pull_one_tra
     // span per layer, found by the image's name.
     let zstd = format!("{}/umoci/bb:zstd", reg.addr);
     let out = e.ok(&["trace", "--json", "--op", "pull", "--image", &zstd]);
-    let docs: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(docs.len(), 1, "{out}");
-    let mut names = Vec::new();
-    let mut trace_ids = std::collections::HashSet::new();
-    for rs in docs[0]["resourceSpans"].as_array().unwrap() {
-        for ss in rs["scopeSpans"].as_array().unwrap() {
-            for s in ss["spans"].as_array().unwrap() {
-                names.push(s["name"].as_str().unwrap().to_string());
-                trace_ids.insert(s["traceId"].as_str().unwrap().to_string());
-            }
-        }
-    }
-    assert_eq!(trace_ids.len(), 1, "{names:?}");
+    let names = one_trace(&out);
     let count = |n: &str| names.iter().filter(|x| *x == n).count();
     assert_eq!(count("engine.pull"), 1, "{names:?}");
     assert_eq!(count("daemon.pull"), 1, "{names:?}");
@@ -598,6 +592,24 @@ impl SlowProxy {
     fn saw_content_range(&self) -> bool {
         self.state.saw_content_range.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// The span names of the one trace `engine trace --json` printed (asserting it is one).
+fn one_trace(json_lines: &str) -> Vec<String> {
+    let docs: Vec<serde_json::Value> = json_lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(docs.len(), 1, "{json_lines}");
+    let mut names = Vec::new();
+    let mut trace_ids = std::collections::HashSet::new();
+    for rs in docs[0]["resourceSpans"].as_array().unwrap() {
+        for ss in rs["scopeSpans"].as_array().unwrap() {
+            for s in ss["spans"].as_array().unwrap() {
+                names.push(s["name"].as_str().unwrap().to_string());
+                trace_ids.insert(s["traceId"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(trace_ids.len(), 1, "{names:?}");
+    names
 }
 
 /// Files below `dir` whose names end with `suffix`, with their sizes.

@@ -1,6 +1,8 @@
-//! Chunked uploads against a small registry served by the test on loopback: a chunk whose
+//! The protocol against a small registry served by the test on loopback. Uploads: a chunk whose
 //! connection breaks halfway is resumed at the offset the registry reports, not started over;
 //! an upload the registry loses starts over; a blob no larger than a chunk goes in one `PUT`.
+//! Downloads: a blob redirected to another host (as registries send them to object storage)
+//! is fetched there without the registry's credentials, resumed with `Range` when cut.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,6 +15,10 @@ use engine_registry::{Client, RegistryConfig};
 /// What the registry saw and holds.
 #[derive(Default)]
 struct State {
+    /// Basic credentials the registry asks for (`user:password`), none: anonymous.
+    basic: Option<String>,
+    /// Where `GET /v2/r/blobs/…` redirects (a storage host's base URL), none: not found.
+    redirect_blobs_to: Option<String>,
     /// The bytes of the open upload.
     held: Vec<u8>,
     /// Blobs completed by a `PUT` with their digest.
@@ -92,8 +98,22 @@ fn serve(state: Arc<Mutex<State>>) -> String {
                     let mut st = state.lock().unwrap();
                     st.requests.push(format!("{} {path} {}", req.method, req.header("content-range").unwrap_or("-")));
                     let upload = format!("/v2/r/blobs/uploads/u{}", st.uploads);
+                    if let Some(basic) = &st.basic {
+                        use base64::Engine as _;
+                        let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(basic));
+                        if req.header("authorization") != Some(want.as_str()) {
+                            let mut body = vec![0; len];
+                            let _ = r.read_exact(&mut body);
+                            answer(&mut w, "401 Unauthorized", &[("WWW-Authenticate", "Basic realm=\"test\"".into())]);
+                            continue;
+                        }
+                    }
                     match (req.method.as_str(), path.as_str()) {
                         ("GET", "/v2/") => answer(&mut w, "200 OK", &[]),
+                        ("GET", p) if p.starts_with("/v2/r/blobs/sha256:") && st.redirect_blobs_to.is_some() => {
+                            let to = format!("{}/storage/{}", st.redirect_blobs_to.as_deref().unwrap_or(""), &p[19..]);
+                            answer(&mut w, "307 Temporary Redirect", &[("Location", to)]);
+                        }
                         ("POST", "/v2/r/blobs/uploads/") => {
                             st.uploads += 1;
                             st.held.clear();
@@ -232,4 +252,74 @@ async fn a_blob_no_larger_than_a_chunk_goes_in_one_put() {
     let st = state.lock().unwrap();
     assert_eq!(st.blobs, vec![bytes.clone(), bytes]);
     assert!(!st.requests.iter().any(|r| r.starts_with("PATCH")), "{:?}", st.requests);
+}
+
+/// What the storage host saw: each request's `Authorization` and `Range` headers.
+#[derive(Default)]
+struct Storage {
+    requests: Vec<(Option<String>, Option<String>)>,
+}
+
+/// A storage host serving `bytes` under `/storage/…`; its first answer is cut halfway.
+fn serve_storage(bytes: Vec<u8>, seen: Arc<Mutex<Storage>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let mut w = conn.try_clone().unwrap();
+            let mut r = BufReader::new(conn);
+            let Some(req) = read_request(&mut r) else { continue };
+            let range = req.header("range").map(str::to_string);
+            let first = {
+                let mut s = seen.lock().unwrap();
+                s.requests.push((req.header("authorization").map(str::to_string), range.clone()));
+                s.requests.len() == 1
+            };
+            let from: usize = range
+                .as_deref()
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.trim_end_matches('-').parse().ok())
+                .unwrap_or(0);
+            let status = if from > 0 { "206 Partial Content" } else { "200 OK" };
+            let body = &bytes[from..];
+            let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n", body.len());
+            let _ = w.write_all(head.as_bytes());
+            let send = if first { body.len() / 2 } else { body.len() };
+            let _ = w.write_all(&body[..send]);
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    base
+}
+
+#[tokio::test]
+async fn a_redirected_blob_is_fetched_without_the_registrys_credentials_and_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, bytes, desc) = blob(dir.path(), 600_000);
+    let seen = Arc::new(Mutex::new(Storage::default()));
+    let storage = serve_storage(bytes.clone(), seen.clone());
+    let state = Arc::new(Mutex::new(State {
+        basic: Some("alice:s3cret".into()),
+        redirect_blobs_to: Some(storage),
+        ..Default::default()
+    }));
+    let addr = serve(state.clone());
+    let creds =
+        engine_registry::AuthConfig { username: "alice".into(), password: "s3cret".into(), ..Default::default() };
+    let client = Client::new(RegistryConfig::default());
+    let mut repo = client.repository(&addr, "r", Some(creds), false, None).await.unwrap();
+
+    let store = Arc::new(engine_image::ImageStore::open(dir.path().join("store")).unwrap());
+    let ingest = engine_image::ingest::Ingest::begin(store.clone()).unwrap();
+    let mut sink = ingest.blob_writer(&desc, None).unwrap();
+    let mut progress = |_| {};
+    repo.fetch_blob(&desc, &mut sink, &mut progress, None).await.unwrap();
+    sink.commit().unwrap();
+    assert_eq!(std::fs::read(store.blob_path(&desc.digest)).unwrap(), bytes);
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.requests.len(), 2, "{:?}", seen.requests);
+    assert!(seen.requests.iter().all(|(auth, _)| auth.is_none()), "credentials went to the storage host");
+    assert_eq!(seen.requests[1].1.as_deref(), Some("bytes=300000-"), "{:?}", seen.requests);
 }
