@@ -31,6 +31,8 @@ pub enum RootfsError {
     SymlinkLoop(PathBuf),
     #[error("mount option {0:?} is not supported")]
     BadOption(String),
+    #[error("filesystem {fs:?} must be mounted on ordinary directory: {target} is not one")]
+    NotADirectory { fs: String, target: PathBuf },
 }
 
 type Result<T> = std::result::Result<T, RootfsError>;
@@ -69,11 +71,77 @@ pub struct MountOptions {
     pub propagation: Vec<MsFlags>,
     pub data: Vec<String>,
     pub bind: bool,
+    /// Attributes set and cleared on the mount and every mount below it (`rro`, `rnosuid`, …),
+    /// with `mount_setattr(AT_RECURSIVE)` once it is made.
+    pub recursive: Option<MountAttr>,
+}
+
+/// `mount_setattr`'s attributes to set and to clear.
+#[derive(Debug, Default, PartialEq, Clone, Copy)]
+pub struct MountAttr {
+    pub set: u64,
+    pub clear: u64,
+}
+
+/// The recursive options as runc takes them: (clears the attribute, attribute).
+fn recursive_option(opt: &str) -> Option<(bool, u64)> {
+    Some(match opt {
+        "rro" => (false, libc::MOUNT_ATTR_RDONLY),
+        "rrw" => (true, libc::MOUNT_ATTR_RDONLY),
+        "rnosuid" => (false, libc::MOUNT_ATTR_NOSUID),
+        "rsuid" => (true, libc::MOUNT_ATTR_NOSUID),
+        "rnodev" => (false, libc::MOUNT_ATTR_NODEV),
+        "rdev" => (true, libc::MOUNT_ATTR_NODEV),
+        "rnoexec" => (false, libc::MOUNT_ATTR_NOEXEC),
+        "rexec" => (true, libc::MOUNT_ATTR_NOEXEC),
+        "rnodiratime" => (false, libc::MOUNT_ATTR_NODIRATIME),
+        "rdiratime" => (true, libc::MOUNT_ATTR_NODIRATIME),
+        "rrelatime" => (false, libc::MOUNT_ATTR_RELATIME),
+        "rnorelatime" => (true, libc::MOUNT_ATTR_RELATIME),
+        "rnoatime" => (false, libc::MOUNT_ATTR_NOATIME),
+        "ratime" => (true, libc::MOUNT_ATTR_NOATIME),
+        "rstrictatime" => (false, libc::MOUNT_ATTR_STRICTATIME),
+        "rnostrictatime" => (true, libc::MOUNT_ATTR_STRICTATIME),
+        "rnosymfollow" => (false, libc::MOUNT_ATTR_NOSYMFOLLOW),
+        "rsymfollow" => (true, libc::MOUNT_ATTR_NOSYMFOLLOW),
+        _ => return None,
+    })
+}
+
+/// Applies `attr` to the mount at `target` and every mount below it.
+fn set_recursive(target: &Path, attr: MountAttr) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(|_| RootfsError::Sys {
+        op: format!("mount_setattr {}", target.display()),
+        errno: nix::Error::EINVAL,
+    })?;
+    let mut a = libc::mount_attr { attr_set: attr.set, attr_clr: attr.clear, propagation: 0, userns_fd: 0 };
+    // SAFETY: the path is NUL-terminated and `a` outlives the call, which reads size_of bytes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &mut a as *mut libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r < 0 {
+        return Err(RootfsError::Sys { op: format!("mount_setattr {}", target.display()), errno: nix::Error::last() });
+    }
+    Ok(())
 }
 
 /// Parses a spec mount's `options` as mount(8) reads them.
 pub fn parse_options(options: &[String]) -> Result<MountOptions> {
-    let mut o = MountOptions { flags: MsFlags::empty(), propagation: Vec::new(), data: Vec::new(), bind: false };
+    let mut o = MountOptions {
+        flags: MsFlags::empty(),
+        propagation: Vec::new(),
+        data: Vec::new(),
+        bind: false,
+        recursive: None,
+    };
     for opt in options {
         let (set, clear) = match opt.as_str() {
             "defaults" => (MsFlags::empty(), MsFlags::empty()),
@@ -141,9 +209,26 @@ pub fn parse_options(options: &[String]) -> Result<MountOptions> {
             }
             // runc's own options that are not for the kernel
             s if s.starts_with("x-") => continue,
-            "tmpcopyup" | "idmap" | "ridmap" | "rro" | "rrw" | "rnosuid" | "rsuid" | "rnodev" | "rdev" | "rnoexec"
-            | "rexec" | "rnoatime" | "ratime" | "rnodiratime" | "rdiratime" | "rrelatime" | "rnorelatime"
-            | "rstrictatime" | "rnostrictatime" => return Err(RootfsError::BadOption(opt.clone())),
+            "nosymfollow" => (MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW), MsFlags::empty()),
+            "symfollow" => (MsFlags::empty(), MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW)),
+            r if recursive_option(r).is_some() => {
+                if let Some((clear, attr)) = recursive_option(r) {
+                    let rec = o.recursive.get_or_insert_with(MountAttr::default);
+                    if clear {
+                        rec.clear |= attr;
+                        rec.set &= !attr;
+                    } else {
+                        rec.set |= attr;
+                        rec.clear &= !attr;
+                        // An access-time setting replaces the others (mount_setattr(2)).
+                        if attr & libc::MOUNT_ATTR__ATIME == attr {
+                            rec.clear |= libc::MOUNT_ATTR__ATIME;
+                        }
+                    }
+                }
+                continue;
+            }
+            "tmpcopyup" | "idmap" | "ridmap" => return Err(RootfsError::BadOption(opt.clone())),
             data => {
                 o.data.push(data.to_string());
                 continue;
@@ -275,9 +360,17 @@ pub fn prepare(cfg: &RootfsConfig<'_>) -> Result<()> {
 
     let mut dev_is_bind = false;
     for m in cfg.mounts {
-        let target = resolve_in_root(cfg.rootfs, m.destination())?;
         let opts = parse_options(m.options().as_deref().unwrap_or_default())?;
         let typ = m.typ().as_deref().unwrap_or(if opts.bind { "bind" } else { "" });
+        if typ == "proc" || typ == "sysfs" {
+            // Never through a symlink or onto a file (an old escape): the destination itself,
+            // unresolved, must be a directory if it exists, as runc checks it.
+            let lexical = cfg.rootfs.join(m.destination().strip_prefix("/").unwrap_or(m.destination()));
+            if fs::symlink_metadata(&lexical).is_ok_and(|md| !md.is_dir()) {
+                return Err(RootfsError::NotADirectory { fs: typ.to_string(), target: m.destination().clone() });
+            }
+        }
+        let target = resolve_in_root(cfg.rootfs, m.destination())?;
         if m.destination() == Path::new("/dev") && (opts.bind || typ == "bind") {
             dev_is_bind = true;
         }
@@ -351,6 +444,9 @@ fn mount_one(cfg: &RootfsConfig<'_>, m: &Mount, target: &Path, typ: &str, opts: 
     }
     for p in &opts.propagation {
         do_mount(None, target, None, *p, None)?;
+    }
+    if let Some(attr) = opts.recursive {
+        set_recursive(target, attr)?;
     }
     Ok(())
 }
@@ -630,6 +726,21 @@ mod tests {
         assert_eq!(o.data, vec!["mode=755".to_string()]);
         let o = parse_options(&["ro".into(), "rw".into()]).unwrap();
         assert!(!o.flags.contains(MsFlags::MS_RDONLY));
+        assert_eq!(o.recursive, None);
+    }
+
+    #[test]
+    fn recursive_options_as_runc_reads_them() {
+        let opts = |o: &[&str]| parse_options(&o.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let o = opts(&["rbind", "rro", "rnosuid", "rnoatime", "rsymfollow"]);
+        let attr = o.recursive.unwrap();
+        assert_eq!(attr.set, libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOATIME, "{attr:?}");
+        assert_eq!(attr.clear, libc::MOUNT_ATTR__ATIME | libc::MOUNT_ATTR_NOSYMFOLLOW, "{attr:?}");
+        // the last word on an attribute wins
+        let attr = opts(&["rro", "rrw"]).recursive.unwrap();
+        assert_eq!((attr.set, attr.clear), (0, libc::MOUNT_ATTR_RDONLY));
+        assert!(opts(&["nosymfollow"]).flags.contains(MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW)));
+        assert!(matches!(parse_options(&["tmpcopyup".into()]), Err(RootfsError::BadOption(_))));
     }
 
     #[test]

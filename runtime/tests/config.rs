@@ -174,6 +174,56 @@ fn bind_mounts_tmpfs_and_propagation() {
     assert!(!host.join("new").exists());
 }
 
+/// A tmpfs mounted on `path` in the test's mount namespace, unmounted when dropped.
+struct HostTmpfs(std::path::PathBuf);
+
+impl HostTmpfs {
+    fn mount(path: &std::path::Path) -> HostTmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let out =
+            std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(path).output();
+        assert!(out.unwrap().status.success(), "mount tmpfs on {}", path.display());
+        HostTmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for HostTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn recursive_mount_options_reach_the_mounts_below() {
+    let env = Env::new();
+    let outer = env.dir.path().join("outer");
+    std::fs::create_dir_all(&outer).unwrap();
+    let _inner = HostTmpfs::mount(&outer.join("inner"));
+    let probe = "for d in /ro /ro/inner /plain/inner; do touch $d/f 2>/dev/null && echo $d-rw || echo $d-ro; done; \
+                 cp /bin/busybox /plain/inner/bb && /plain/inner/bb true 2>/dev/null && echo exec || echo noexec";
+    let mut b = env.bundle("rec", &["sh", "-c", probe]);
+    let mounts = b.spec["mounts"].as_array_mut().unwrap();
+    // rro: read-only down to the submount; plain ro leaves the submount writable (as runc).
+    mounts.push(json!({"destination": "/ro", "type": "bind", "source": outer, "options": ["rbind", "rro"]}));
+    mounts.push(json!({"destination": "/plain", "type": "bind", "source": outer, "options": ["rbind", "rnoexec"]}));
+    b.save();
+    assert_eq!(run(&env, &b, "rec"), "/ro-ro\n/ro/inner-ro\n/plain/inner-rw\nnoexec\n");
+}
+
+#[test]
+fn proc_through_a_symlink_is_refused() {
+    let env = Env::new();
+    let b = env.bundle("symproc", &["true"]);
+    let proc_dir = b.path.join("rootfs/proc");
+    let _ = std::fs::remove_dir_all(&proc_dir);
+    std::os::unix::fs::symlink("/tmp", &proc_dir).unwrap();
+    let out = env.rt(&["run", "--bundle", b.p(), "symproc"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("\"proc\" must be mounted on ordinary directory"), "{err}");
+    env.assert_no_leaks("symproc", &b.path);
+}
+
 #[test]
 fn devices_and_dev_symlinks() {
     let env = Env::new();
