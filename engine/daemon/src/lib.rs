@@ -68,6 +68,47 @@ fn serve_metrics(d: Arc<daemon::Daemon>, listener: tokio::net::TcpListener) {
     });
 }
 
+/// Back-off of the accept loop after errors: 5 ms doubling to 1 s, reset by a success.
+#[derive(Default)]
+struct AcceptBackoff {
+    failures: u64,
+}
+
+impl AcceptBackoff {
+    /// After an error: how long to wait, and whether it is the first of a run.
+    fn failed(&mut self) -> (std::time::Duration, bool) {
+        self.failures += 1;
+        let ms = 5u64 << (self.failures - 1).min(8);
+        (std::time::Duration::from_millis(ms.min(1000)), self.failures == 1)
+    }
+
+    /// After a success: the number of errors of the run it ends, if there was one.
+    fn recovered(&mut self) -> Option<u64> {
+        let n = std::mem::take(&mut self.failures);
+        (n > 0).then_some(n)
+    }
+}
+
+/// The descriptor limit engined started with, before [`raise_nofile_limit`].
+static STARTING_NOFILE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+/// Raises the soft limit on open descriptors to the hard one, as Go programs (dockerd,
+/// containerd) do at start: each API connection holds one. Call it before threads start.
+pub fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            let _ = STARTING_NOFILE.set((soft, hard));
+        }
+    }
+}
+
+/// The limit to give back to a child (lifecycled, and through it the shims and containers,
+/// which inherit it as they would from a daemon that never raised it); none when unchanged.
+pub(crate) fn starting_nofile_limit() -> Option<(u64, u64)> {
+    STARTING_NOFILE.get().copied()
+}
+
 /// Runs engined until SIGTERM or SIGINT.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg.resolve()?);
@@ -122,13 +163,25 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     log!(cfg, "info", "API listening on {}", sock.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = match accepted {
-                    Ok(s) => s,
+                    Ok(s) => {
+                        if let Some(n) = backoff.recovered() {
+                            log!(cfg, "info", "accepting connections again ({n} accept errors)");
+                        }
+                        s
+                    }
                     Err(e) => {
-                        log!(cfg, "warn", "accept: {e}");
+                        // Out of descriptors (or memory): wait before trying again instead of
+                        // spinning, and say so once, not once per attempt.
+                        let (pause, first) = backoff.failed();
+                        if first {
+                            log!(cfg, "warn", "accept: {e}; backing off until connections close");
+                        }
+                        tokio::time::sleep(pause).await;
                         continue;
                     }
                 };

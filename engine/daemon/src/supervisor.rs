@@ -57,6 +57,15 @@ fn spawn(cfg: &Config) -> anyhow::Result<Child> {
         format!("unix://{}", crate::traces::receiver_socket(cfg).display()),
     );
     cmd.env_remove(engine_telemetry::ENV_SPAN_SINK);
+    if let Some((soft, hard)) = crate::starting_nofile_limit() {
+        // SAFETY: setrlimit is a plain system call, safe between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
     Ok(cmd.spawn()?)
 }
 

@@ -399,6 +399,52 @@ fn raw_request(e: &Engined, req: &str) -> String {
     out
 }
 
+/// User and system CPU time of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_comm.split(' ').collect();
+    // utime and stime are fields 14 and 15 of stat(5); after the comm, 12 and 13 (0-based 11, 12)
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn connections_past_the_descriptor_limit_wait_without_spinning_and_are_served_after() {
+    let e = Engined::start();
+    let pid = e.child.as_ref().unwrap().id();
+    wait_for("engined to answer", || raw_request(&e, "GET /_ping HTTP/1.0\r\n\r\n").contains("OK"));
+    let baseline = open_fds(pid);
+    // engined's descriptors limited to what it holds plus a few, then 300 idle connections:
+    // accept meets EMFILE.
+    let limit = format!("--nofile={}:{}", baseline + 40, baseline + 40);
+    let out = std::process::Command::new("prlimit").args(["--pid", &pid.to_string(), &limit]).output().unwrap();
+    assert!(out.status.success(), "prlimit: {}", stderr(&out));
+    let held: Vec<std::os::unix::net::UnixStream> =
+        (0..300).map(|_| std::os::unix::net::UnixStream::connect(&e.sock).unwrap()).collect();
+    wait_for("engined to run out of descriptors", || open_fds(pid) >= baseline + 35);
+    // Over two seconds of it, engined waits rather than spins, and says so once.
+    let ticks = cpu_ticks(pid);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let used = cpu_ticks(pid) - ticks;
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
+    assert!(used < ticks_per_second, "engined used {used} ticks of CPU in 2 s while out of descriptors");
+    let log = std::fs::read_to_string(e.dir.path().join("engined.log")).unwrap();
+    assert_eq!(log.matches("accept:").count(), 1, "{log}");
+    // The connections close: their descriptors are released and engined answers again.
+    drop(held);
+    wait_for("engined to answer again", || {
+        std::os::unix::net::UnixStream::connect(&e.sock).is_ok()
+            && raw_request(&e, "GET /_ping HTTP/1.0\r\n\r\n").contains("OK")
+    });
+    wait_for("the descriptors to be released", || open_fds(pid) <= baseline + 5);
+    let log = std::fs::read_to_string(e.dir.path().join("engined.log")).unwrap();
+    assert!(log.contains("accepting connections again"), "{log}");
+}
+
 #[test]
 fn containers_survive_kill9_of_engined_and_lifecycled() {
     let mut e = Engined::start();
