@@ -792,6 +792,7 @@ impl Daemon {
         for (path, why) in loaded.unreadable {
             log!(self.cfg, "warn", "skipping {}: {why}", path.display());
         }
+        self.settle_interrupted_starts().await;
         let running: Vec<Arc<Entry>> = self
             .containers
             .all()
@@ -834,6 +835,43 @@ impl Daemon {
             });
         }
         Ok(())
+    }
+
+    /// Containers whose start was under way when engined stopped: the record still says
+    /// created, but lifecycled may have made or even started their task. A task that ran is
+    /// adopted (the record says running, as it would have, and [`Self::reattach`] records its
+    /// exit if it has ended); a task that never ran is deleted, so the container is created
+    /// and nothing else, as before its start.
+    async fn settle_interrupted_starts(&self) {
+        let created: Vec<Arc<Entry>> = self
+            .containers
+            .all()
+            .into_iter()
+            .filter(|e| e.snapshot().state.status() == crate::state::Status::Created)
+            .collect();
+        for e in created {
+            let id = e.snapshot().id;
+            let s = match self.lifecycle.state(task(&id)).await {
+                Ok(s) => s,
+                // no task: a plain created container
+                Err(err) if err.code() == tonic::Code::NotFound => continue,
+                Err(err) => {
+                    log!(self.cfg, "warn", "container {id}: asking lifecycled for its task: {}", err.message());
+                    continue;
+                }
+            };
+            if matches!(s.status.as_str(), "running" | "paused" | "stopped") {
+                log!(self.cfg, "warn", "container {id} was started when the daemon stopped: adopted as running");
+                e.update(|r| r.state.start(s.pid, now()));
+                e.life.send_modify(|l| l.running = true);
+                self.persist(&e);
+            } else {
+                log!(self.cfg, "warn", "container {id}: removing the task of a start the daemon did not finish");
+                if let Err(err) = self.lifecycle.delete_task(task(&id)).await {
+                    log!(self.cfg, "warn", "container {id}: deleting its unfinished task: {}", err.message());
+                }
+            }
+        }
     }
 
     async fn reattach(self: Arc<Self>, e: Arc<Entry>) {

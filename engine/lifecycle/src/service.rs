@@ -160,11 +160,17 @@ impl Containers for Svc {
     }
 }
 
-type Stream2<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+/// Runs an operation to its end in a task of its own, so that a caller that goes away (engined
+/// killed in the middle of a create or start) does not cancel it halfway: a half-made task
+/// would be neither recorded nor undone. The caller, if still there, gets its result.
+async fn detached<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(op).await.map_err(|e| Status::internal(format!("task operation failed: {e}")))?
+}
 
-#[tonic::async_trait]
-impl Tasks for Svc {
-    async fn create(&self, request: Request<CreateTaskRequest>) -> Result<Response<CreateTaskResponse>, Status> {
+impl Svc {
+    async fn create_task(&self, request: Request<CreateTaskRequest>) -> Result<Response<CreateTaskResponse>, Status> {
         let l = &self.0;
         let req = request.get_ref().clone();
         let pid = l
@@ -181,7 +187,7 @@ impl Tasks for Svc {
         Ok(Response::new(CreateTaskResponse { pid }))
     }
 
-    async fn start(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
+    async fn start_task(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
         let l = &self.0;
         let req = request.get_ref().clone();
         l.traced(
@@ -205,19 +211,7 @@ impl Tasks for Svc {
         Ok(Response::new(Empty {}))
     }
 
-    async fn kill(&self, request: Request<KillRequest>) -> Result<Response<Empty>, Status> {
-        let l = &self.0;
-        let req = request.get_ref().clone();
-        l.traced(&request, engine_telemetry::names::LIFECYCLE_TASKS_KILL, &req.container_id.clone(), |tp| async move {
-            let t = l.tasks.get(&req.container_id)?;
-            t.client.clone().kill(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?;
-            Ok(())
-        })
-        .await?;
-        Ok(Response::new(Empty {}))
-    }
-
-    async fn delete(&self, request: Request<TaskRequest>) -> Result<Response<ExitStatus>, Status> {
+    async fn delete_task(&self, request: Request<TaskRequest>) -> Result<Response<ExitStatus>, Status> {
         let l = &self.0;
         let req = request.get_ref().clone();
         let st = l
@@ -240,6 +234,38 @@ impl Tasks for Svc {
             )
             .await?;
         Ok(Response::new(st))
+    }
+}
+
+type Stream2<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Tasks for Svc {
+    async fn create(&self, request: Request<CreateTaskRequest>) -> Result<Response<CreateTaskResponse>, Status> {
+        let svc = self.clone();
+        detached(async move { svc.create_task(request).await }).await
+    }
+
+    async fn start(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
+        let svc = self.clone();
+        detached(async move { svc.start_task(request).await }).await
+    }
+
+    async fn delete(&self, request: Request<TaskRequest>) -> Result<Response<ExitStatus>, Status> {
+        let svc = self.clone();
+        detached(async move { svc.delete_task(request).await }).await
+    }
+
+    async fn kill(&self, request: Request<KillRequest>) -> Result<Response<Empty>, Status> {
+        let l = &self.0;
+        let req = request.get_ref().clone();
+        l.traced(&request, engine_telemetry::names::LIFECYCLE_TASKS_KILL, &req.container_id.clone(), |tp| async move {
+            let t = l.tasks.get(&req.container_id)?;
+            t.client.clone().kill(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref())).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(Empty {}))
     }
 
     async fn wait(&self, request: Request<TaskRequest>) -> Result<Response<ExitStatus>, Status> {

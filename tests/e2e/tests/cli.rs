@@ -445,6 +445,83 @@ fn connections_past_the_descriptor_limit_wait_without_spinning_and_are_served_af
     assert!(log.contains("accepting connections again"), "{log}");
 }
 
+/// Pids of processes whose command line is exactly `args`.
+fn processes_running(args: &[&str]) -> Vec<u32> {
+    let want = args.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes()))
+        .collect()
+}
+
+#[test]
+fn engined_killed_during_concurrent_starts_knows_every_container_after() {
+    let mut e = Engined::start();
+    e.import_busybox("busybox");
+    // A command line no other test (or run) has, to count this test's container processes.
+    let seconds = format!("9{}", std::process::id());
+    let cmd = ["sleep", seconds.as_str()];
+    let ids: Vec<String> = (0..10)
+        .map(|i| {
+            let name = format!("interrupted{i}");
+            e.ok(&["create", "--network", "none", "--name", &name, "busybox", cmd[0], cmd[1]]).trim().to_string()
+        })
+        .collect();
+    let starts: Vec<std::process::Child> = ids
+        .iter()
+        .map(|id| {
+            std::process::Command::new(bin("engine"))
+                .args(["-H", &e.host(), "start", id])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // engined dies with some started and others on their way.
+    wait_for("the first containers to run", || processes_running(&cmd).len() >= 2);
+    e.kill9();
+    for mut s in starts {
+        let _ = s.wait();
+    }
+    e.restart();
+    // Every container is known as what it is: running with its process, or created with none.
+    let mut running = 0;
+    for id in &ids {
+        let status = state(&e, id);
+        match status.as_str() {
+            "running" => {
+                running += 1;
+                let pid: u32 = inspect(&e, id, "{{.State.Pid}}").parse().unwrap();
+                assert!(processes_running(&cmd).contains(&pid), "{id} is running as {pid}, which is not its process");
+            }
+            "created" | "exited" => {}
+            other => panic!("{id} is {other}"),
+        }
+    }
+    let statuses: Vec<String> = ids.iter().map(|id| state(&e, id)).collect();
+    assert_eq!(
+        processes_running(&cmd).len(),
+        running,
+        "container processes the engine does not know of: {statuses:?}\n{}",
+        e.log_tail()
+    );
+    // Each one can be started (again) and removed; nothing is left.
+    for id in &ids {
+        if state(&e, id) != "running" {
+            e.ok(&["start", id]);
+        }
+    }
+    assert_eq!(processes_running(&cmd).len(), ids.len());
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(ids.iter().map(String::as_str));
+    e.ok(&rm);
+    assert!(processes_running(&cmd).is_empty());
+    assert_clean(&e);
+}
+
 #[test]
 fn containers_survive_kill9_of_engined_and_lifecycled() {
     let mut e = Engined::start();
