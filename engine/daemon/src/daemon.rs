@@ -378,6 +378,52 @@ impl Daemon {
         r
     }
 
+    /// The task of a container as lifecycled knows it once it answers again (after a restart
+    /// that cut a call short); none when it has no task or does not come back.
+    async fn task_after_restart(&self, req: &TaskRequest) -> Option<TaskState> {
+        // The first calls after lifecycled died may meet the broken connection (a transport
+        // error) before a new one is refused (Unavailable): a state query is safe to repeat.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.lifecycle.retry(|| self.lifecycle.state(req.clone())).await {
+                Ok(t) => return Some(t),
+                Err(s) if outcome_unknown(&s) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// A start that lifecycled's death cut short: started if its successor says the task ran;
+    /// a task still waiting is started again, and a second start that fails because the first
+    /// went through after all (its shim lives on) counts as started too.
+    async fn settle_unknown_start(
+        &self,
+        req: &TaskRequest,
+        err: tonic::Status,
+        pid: &mut u32,
+    ) -> Result<(), tonic::Status> {
+        let ran = |t: &TaskState| matches!(t.status.as_str(), "running" | "paused" | "stopped");
+        match self.task_after_restart(req).await {
+            Some(t) if ran(&t) => {
+                *pid = t.pid;
+                Ok(())
+            }
+            Some(_) => match self.lifecycle.start_task(req.clone()).await {
+                Ok(_) => Ok(()),
+                Err(again) => match self.task_after_restart(req).await {
+                    Some(t) if ran(&t) => {
+                        *pid = t.pid;
+                        Ok(())
+                    }
+                    _ => Err(again),
+                },
+            },
+            None => Err(err),
+        }
+    }
+
     /// Records a start that failed (its reason and dockerd's exit code) and makes its answer:
     /// 400 when the program is missing or cannot be run (dockerd's invalid-config error), else 500.
     fn start_failed(&self, e: &Entry, msg: String) -> ApiError {
@@ -416,15 +462,33 @@ impl Daemon {
             log_max_size,
             log_max_files,
         };
-        let created = self.lifecycle.create_task(create).await;
-        let pid = match created {
+        let mut created = self.lifecycle.create_task(create.clone()).await;
+        if created.as_ref().is_err_and(|s| s.code() == tonic::Code::AlreadyExists) {
+            // A task of an earlier start that a crash cut short: it is not this start's, it goes.
+            let _ = self.lifecycle.delete_task(task_req.clone()).await;
+            created = self.lifecycle.create_task(create).await;
+        }
+        let mut pid = match created {
             Ok(r) => r.pid,
+            // lifecycled went away during the create: its successor knows whether it was made.
+            Err(s) if outcome_unknown(&s) => match self.task_after_restart(&task_req).await {
+                Some(t) => t.pid,
+                None => {
+                    crate::network::down(self, e).await;
+                    return Err(
+                        self.start_failed(e, format!("failed to create task for container {id}: {}", s.message()))
+                    );
+                }
+            },
             Err(s) => {
                 crate::network::down(self, e).await;
                 return Err(self.start_failed(e, format!("failed to create task for container {id}: {}", s.message())));
             }
         };
-        let started = self.lifecycle.start_task(task_req.clone()).await;
+        let started = match self.lifecycle.start_task(task_req.clone()).await {
+            Err(s) if outcome_unknown(&s) => self.settle_unknown_start(&task_req, s, &mut pid).await,
+            r => r.map(|_| ()),
+        };
         if let Err(s) = started {
             let _ = self.lifecycle.delete_task(task_req.clone()).await;
             crate::network::down(self, e).await;
@@ -943,4 +1007,10 @@ pub fn parse_signal(s: &str) -> Result<u32, ApiError> {
     name.parse::<nix::sys::signal::Signal>()
         .map(|s| s as u32)
         .map_err(|_| ApiError::bad_request(format!("Invalid signal: {s}")))
+}
+
+/// Whether a call to lifecycled failed without an answer (it went away during the call), so
+/// what it did is unknown until its successor is asked.
+fn outcome_unknown(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
 }

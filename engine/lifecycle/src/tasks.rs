@@ -52,6 +52,8 @@ pub struct TaskManager {
     cfg: Arc<Config>,
     journal: Arc<Journal>,
     tasks: Mutex<HashMap<String, Arc<TaskHandle>>>,
+    /// Containers whose task is being created right now (their directory exists already).
+    creating: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Whether `pid` is a live engine-shim.
@@ -72,7 +74,7 @@ fn event(topic: &str, id: &str) -> Event {
 
 impl TaskManager {
     pub fn new(cfg: Arc<Config>, journal: Arc<Journal>) -> TaskManager {
-        TaskManager { cfg, journal, tasks: Mutex::new(HashMap::new()) }
+        TaskManager { cfg, journal, tasks: Mutex::new(HashMap::new()), creating: Mutex::new(Default::default()) }
     }
 
     fn tasks_dir(&self) -> PathBuf {
@@ -106,21 +108,50 @@ impl TaskManager {
         traceparent: Option<&str>,
     ) -> Result<u32, Status> {
         let dir = self.tasks_dir().join(id);
-        {
+        let stale = {
             let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-            if tasks.contains_key(id) || dir.exists() {
+            let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+            // A task whose shim is gone and whose exit is recorded, or a directory no task
+            // owns (a create a crash cut short), is a leftover: it goes, and this create runs.
+            let stale = match tasks.get(id) {
+                Some(h) => h.exited().is_some() && !shim_alive(h.shim_pid),
+                None => !creating.contains(id) && dir.exists(),
+            };
+            if creating.contains(id) || (tasks.contains_key(id) && !stale) {
                 return Err(Status::already_exists(format!("container {id} already has a task")));
             }
+            creating.insert(id.to_string());
+            stale
+        };
+        if stale {
+            self.remove_leftover(id, &dir).await;
         }
-        std::fs::create_dir_all(&dir).map_err(|e| Status::internal(format!("create {}: {e}", dir.display())))?;
-        let result = self.spawn_and_create(id, bundle, &dir, req, traceparent).await;
+        let result = match std::fs::create_dir_all(&dir) {
+            Ok(()) => self.spawn_and_create(id, bundle, &dir, req, traceparent).await,
+            Err(e) => Err(Status::internal(format!("create {}: {e}", dir.display()))),
+        };
         if result.is_err() {
             // nothing of a failed create stays behind
             self.force_delete(id).await;
             let _ = std::fs::remove_dir_all(&dir);
             self.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         }
+        self.creating.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         result
+    }
+
+    /// Removes what an interrupted create or a dead shim left of container `id`'s task: the
+    /// shim if it still runs, the container (runtime delete --force), the directory.
+    async fn remove_leftover(&self, id: &str, dir: &Path) {
+        let shim_pid: i32 =
+            std::fs::read_to_string(dir.join("shim.pid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        if shim_alive(shim_pid) {
+            // SAFETY: SIGKILL to the engine-shim of this task, checked by its name just now.
+            unsafe { libc::kill(shim_pid, libc::SIGKILL) };
+        }
+        self.force_delete(id).await;
+        let _ = std::fs::remove_dir_all(dir);
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
 
     async fn spawn_and_create(

@@ -458,10 +458,29 @@ fn processes_running(args: &[&str]) -> Vec<u32> {
 
 #[test]
 fn engined_killed_during_concurrent_starts_knows_every_container_after() {
+    killed_during_concurrent_starts(Victim::Engined);
+}
+
+#[test]
+#[ignore = "fails about one run in three (issue 19): after lifecycled is killed mid-create, a later start of that container can meet 'already has a task' from a task lifecycled's successor recovered"]
+fn lifecycled_killed_during_concurrent_starts_leaves_every_container_known() {
+    killed_during_concurrent_starts(Victim::Lifecycled);
+}
+
+#[derive(Clone, Copy)]
+enum Victim {
+    Engined,
+    Lifecycled,
+}
+
+/// 10 starts at once, `victim` killed -9 once two containers run; then every container is
+/// running with its own process, or created or exited with none; each starts; rm -f leaves
+/// nothing.
+fn killed_during_concurrent_starts(victim: Victim) {
     let mut e = Engined::start();
     e.import_busybox("busybox");
     // A command line no other test (or run) has, to count this test's container processes.
-    let seconds = format!("9{}", std::process::id());
+    let seconds = format!("9{}{}", std::process::id(), victim as u8);
     let cmd = ["sleep", seconds.as_str()];
     let ids: Vec<String> = (0..10)
         .map(|i| {
@@ -482,11 +501,24 @@ fn engined_killed_during_concurrent_starts_knows_every_container_after() {
         .collect();
     // engined dies with some started and others on their way.
     wait_for("the first containers to run", || processes_running(&cmd).len() >= 2);
-    e.kill9();
-    for mut s in starts {
-        let _ = s.wait();
+    match victim {
+        Victim::Engined => {
+            e.kill9();
+            for mut s in starts {
+                let _ = s.wait();
+            }
+            e.restart();
+        }
+        Victim::Lifecycled => {
+            let lc = e.lifecycled_pid();
+            // SAFETY: SIGKILL to the lifecycled of this test's engined, by pid.
+            unsafe { libc::kill(lc, libc::SIGKILL) };
+            for mut s in starts {
+                let _ = s.wait();
+            }
+            wait_for("a new lifecycled", || e.lifecycled_pid() != lc);
+        }
     }
-    e.restart();
     // Every container is known as what it is: running with its process, or created with none.
     let mut running = 0;
     for id in &ids {
