@@ -362,6 +362,12 @@ impl TaskManager {
             } else {
                 std::fs::read_to_string(dir.join("init.pid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
             };
+            if pid == 0 && shim_alive(shim_pid) {
+                // A shim whose container was never created (the last lifecycled died between
+                // starting it and its create): nothing to recover, nobody to answer; it goes.
+                self.remove_leftover(&id, &dir).await;
+                continue;
+            }
             let (exit, _) = watch::channel(None);
             let handle = Arc::new(TaskHandle { id: id.clone(), dir, client, shim_pid, pid: AtomicU32::new(pid), exit });
             self.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(id, handle.clone());

@@ -462,7 +462,6 @@ fn engined_killed_during_concurrent_starts_knows_every_container_after() {
 }
 
 #[test]
-#[ignore = "fails about one run in three (issue 19): after lifecycled is killed mid-create, a later start of that container can meet 'already has a task' from a task lifecycled's successor recovered"]
 fn lifecycled_killed_during_concurrent_starts_leaves_every_container_known() {
     killed_during_concurrent_starts(Victim::Lifecycled);
 }
