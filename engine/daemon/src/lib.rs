@@ -47,8 +47,22 @@ fn serve_metrics(d: Arc<daemon::Daemon>, listener: tokio::net::TcpListener) {
         listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
     );
     tokio::spawn(async move {
+        let mut backoff = AcceptBackoff::default();
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff.recovered();
+                    stream
+                }
+                Err(e) => {
+                    let (pause, first) = backoff.failed();
+                    if first {
+                        log!(d.cfg, "warn", "metrics accept: {e}; backing off");
+                    }
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            };
             let d = d.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
