@@ -92,14 +92,14 @@ pub fn process_from_args(base: Process, o: &ProcessOverrides) -> Result<Process>
                 s.insert(cap);
                 Some(s)
             };
-            let (b, e, pm, i, a) = (
-                add(caps.bounding()),
-                add(caps.effective()),
-                add(caps.permitted()),
-                add(caps.inheritable()),
-                add(caps.ambient()),
-            );
-            caps.set_bounding(b).set_effective(e).set_permitted(pm).set_inheritable(i).set_ambient(a);
+            // As runc: bounding, effective and permitted; never inheritable, so ambient only
+            // when the process has inheritable capabilities already (ambient needs them).
+            let (b, e, pm) = (add(caps.bounding()), add(caps.effective()), add(caps.permitted()));
+            caps.set_bounding(b).set_effective(e).set_permitted(pm);
+            if caps.inheritable().is_some() {
+                let a = add(caps.ambient());
+                caps.set_ambient(a);
+            }
         }
         p.set_capabilities(Some(caps));
     }

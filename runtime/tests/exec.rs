@@ -56,9 +56,16 @@ fn env_cwd_user_and_capabilities() {
         "echo $FOO $PATH; pwd; id -u; id -g; id -G",
     ]);
     assert_eq!(out, "bar /bin\n/tmp\n1000\n1000\n1000 5\n");
-    let out = env.ok(&["exec", "--cap", "CAP_SYS_TIME", "x2", "grep", "CapBnd", "/proc/self/status"]);
-    let bnd = u64::from_str_radix(out.split_whitespace().nth(1).unwrap(), 16).unwrap();
-    assert!(bnd & (1 << 25) != 0, "CAP_SYS_TIME in the bounding set: {out}");
+    let out = env.ok(&["exec", "--cap", "CAP_SYS_TIME", "x2", "grep", "^Cap", "/proc/self/status"]);
+    let set = |name: &str| {
+        let line = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {out}"));
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    // As runc: bounding, effective and permitted get it; inheritable does not.
+    for name in ["CapBnd", "CapEff", "CapPrm"] {
+        assert!(set(name) & (1 << 25) != 0, "CAP_SYS_TIME not in {name}: {out}");
+    }
+    assert!(set("CapInh") & (1 << 25) == 0, "CAP_SYS_TIME in the inheritable set: {out}");
     cleanup(&env, "x2", &b);
 }
 
