@@ -217,6 +217,14 @@ fn create_inner(
     // switching to its uid, possibly inside a user namespace.
     std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
         .map_err(|e| Error::Other(format!("chmod exec.fifo: {e}")))?;
+    // Opened here, as the caller: the child may be a mapped user of a new user namespace that
+    // cannot reach the state directory (0700) by path; it reopens this through /proc/self/fd.
+    let fifo = nix::fcntl::open(
+        &fifo,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(sys("open exec.fifo"))?;
 
     // Traced: the process hands over to engine-init after `start`, which passes its span here.
     let init = if rec.enabled() { init_handoff(&state_dir)? } else { None };
@@ -259,7 +267,7 @@ fn create_inner(
             user_ns: plan.new_user || plan.join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUSER),
             net_ns: plan.has_net_ns(),
             mount_ns: plan.own_mount_ns(),
-            exec_fifo: fifo,
+            exec_fifo: &fifo,
             no_pivot: opts.no_pivot,
             preserve_fds: opts.preserve_fds,
             console: console.as_ref(),

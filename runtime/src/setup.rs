@@ -38,7 +38,8 @@ pub(crate) struct SetupArgs<'a> {
     pub net_ns: bool,
     /// The container has its own mount namespace (new or joined).
     pub mount_ns: bool,
-    pub exec_fifo: PathBuf,
+    /// The exec fifo, opened `O_PATH` by the parent.
+    pub exec_fifo: &'a OwnedFd,
     pub no_pivot: bool,
     pub preserve_fds: i32,
     /// The console socket, when `process.terminal` is true, and the console size (rows, columns).
@@ -269,13 +270,8 @@ fn setup(a: &SetupArgs<'_>, sync: &SyncSocket, rec: &mut Recorder, span: SpanHan
     // SAFETY: setsid has no memory effects.
     unsafe { libc::setsid() };
 
-    // Keep a handle on the exec fifo: after the pivot its host path is out of reach.
-    let fifo = nix::fcntl::open(
-        &a.exec_fifo,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| format!("open exec fifo: {e}"))?;
+    // Our own handle on the exec fifo (the parent opened it: its path may be out of our reach).
+    let fifo = a.exec_fifo.try_clone().map_err(|e| format!("dup exec fifo: {e}"))?;
     // The hand-over's files, likewise; a missing engine-init only means an untraced exec.
     let init = a.init.and_then(|h| {
         let trace_file = nix::fcntl::open(

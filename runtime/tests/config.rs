@@ -296,6 +296,31 @@ fn user_namespace_with_mappings() {
 }
 
 #[test]
+fn user_namespace_create_then_start_with_a_private_state_root() {
+    let env = Env::new();
+    let mut b = env.bundle("usp", &["sh", "-c", "id -u > /tmp/ran; id -u"]);
+    b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+    b.spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    b.spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    b.save();
+    // The state root is reachable by host root only, as runc's /run/runc is: the container's
+    // mapped user cannot open its exec fifo by path.
+    std::fs::create_dir_all(&env.root).unwrap();
+    std::fs::set_permissions(&env.root, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    // where the mapped root may write its answer
+    let tmp = b.path.join("rootfs/tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    env.ok(&["create", "--bundle", b.p(), "usp"]);
+    assert_eq!(env.status("usp"), "created");
+    env.ok(&["start", "usp"]);
+    wait_for("the container to run and exit", || env.status("usp") == "stopped");
+    assert_eq!(std::fs::read_to_string(b.path.join("rootfs/tmp/ran")).unwrap(), "0\n");
+    env.ok(&["delete", "usp"]);
+    env.assert_no_leaks("usp", &b.path);
+}
+
+#[test]
 fn scheduler_io_priority_personality_and_time_offsets() {
     let env = Env::new();
     // /proc/self/stat: field 19 is nice, field 41 the policy (3 = SCHED_BATCH)
