@@ -41,7 +41,8 @@ impl Logger {
     pub fn error(&self, msg: &str) {
         match &self.file {
             Some(_) => self.write("error", msg),
-            None => eprintln!("engine-runtime: {msg}"),
+            // "error" in the line, as runc and youki print it, where tools look for it
+            None => eprintln!("engine-runtime: error: {msg}"),
         }
     }
 

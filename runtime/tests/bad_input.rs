@@ -13,6 +13,8 @@ fn refused(env: &Env, b: &Bundle, id: &str, expect: &str) {
     let err = stderr(&out);
     assert_eq!(err.trim_end().lines().count(), 1, "{id}: error is not one line: {err}");
     assert!(err.contains(expect), "{id}: error {err:?} does not mention {expect:?}");
+    // tools (youki's contest among them) look for "error" in it, as runc and youki write it
+    assert!(err.starts_with("engine-runtime: error: "), "{id}: {err:?}");
     env.assert_no_leaks(id, &b.path);
     assert!(!env.rt(&["state", id]).status.success(), "{id}: state exists");
     assert_eq!(processes_with_cwd_under(&b.path), before, "{id}: a process was left behind");
@@ -150,6 +152,12 @@ fn bad_ids_and_signals() {
     assert!(stderr(&out).contains("invalid container id"), "{}", stderr(&out));
     assert!(!env.root.parent().unwrap().join("escape").exists());
 
+    // the state rules as the spec has them: no kill or delete of what does not exist
+    for args in [&["kill", "nosuch", "9"][..], &["kill", "", "9"], &["delete", "nosuch"], &["state", "nosuch"]] {
+        let out = env.rt(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr(&out).starts_with("engine-runtime: error: "), "{args:?}: {}", stderr(&out));
+    }
     env.ok(&["create", "--bundle", b.p(), "ok"]);
     let out = env.rt(&["kill", "ok", "SIGNOPE"]);
     assert!(!out.status.success());
