@@ -45,10 +45,14 @@ fn run_one(kind: &'static str, hook: &Hook, input: &str) -> Result<(), HookError
             cmd.args(rest);
         }
     }
-    cmd.env_clear();
-    for e in hook.env().iter().flatten() {
-        if let Some((k, v)) = e.split_once('=') {
-            cmd.env(k, v);
+    // A hook with an `env` gets exactly it; one without inherits ours, as runc's do (for a
+    // startContainer hook, ours is the container process's: see `setup`).
+    if let Some(env) = hook.env() {
+        cmd.env_clear();
+        for e in env {
+            if let Some((k, v)) = e.split_once('=') {
+                cmd.env(k, v);
+            }
         }
     }
     let stderr_file = tempfile_for_stderr();

@@ -99,9 +99,17 @@ pub(crate) fn run(args: SetupArgs<'_>, sync: SyncSocket, rec: &mut Recorder, par
                 }
             }
             drop(fifo);
-            if let Some(list) =
+            if let Some(mut list) =
                 args.spec.hooks().as_ref().and_then(|h| h.start_container().clone()).filter(|h| !h.is_empty())
             {
+                // Run in the container, they inherit the container process's environment
+                // unless they name their own, as with runc.
+                let process_env = args.spec.process().as_ref().and_then(|p| p.env().clone()).unwrap_or_default();
+                for h in &mut list {
+                    if h.env().is_none() {
+                        h.set_env(Some(process_env.clone()));
+                    }
+                }
                 let state = crate::hooks::state_json(
                     args.spec,
                     args.id,

@@ -37,12 +37,13 @@ fn every_kind_in_order_with_the_state() {
         .as_array_mut()
         .unwrap()
         .push(json!({"destination": "/out", "type": "bind", "source": out_dir, "options": ["rbind", "rw"]}));
+    b.spec["process"]["env"].as_array_mut().unwrap().push(json!("HOOK_SEES=process-env"));
     b.spec["hooks"] = json!({
         "prestart": [logging_hook(&env, &log, "prestart")],
         "createRuntime": [logging_hook(&env, &log, "createRuntime")],
         "createContainer": [logging_hook(&env, &log, "createContainer")],
         // runs inside the container, after pivot_root: its path is the container's /bin/sh
-        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /out/start.json; hostname > /out/start.tmp; mv /out/start.tmp /out/start.host"]}],
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /out/start.json; echo $HOOK_SEES > /out/start.env; hostname > /out/start.tmp; mv /out/start.tmp /out/start.host"]}],
         "poststart": [logging_hook(&env, &log, "poststart")],
         "poststop": [logging_hook(&env, &log, "poststop")],
     });
@@ -59,6 +60,8 @@ fn every_kind_in_order_with_the_state() {
         "engine\n",
         "in the container's uts namespace"
     );
+    // with no env of its own, the container process's
+    assert_eq!(std::fs::read_to_string(out_dir.join("start.env")).unwrap(), "process-env\n");
     let start: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("start.json")).unwrap()).unwrap();
     env.ok(&["delete", "--force", "h1"]);
     env.assert_no_leaks("h1", &b.path);
