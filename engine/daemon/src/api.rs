@@ -59,7 +59,15 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp, std:
         Some(v) if !version_ok(&v) => Err(ApiError::bad_request(format!(
             "client version {v} is too old. Minimum supported API version is {MIN_API_VERSION}, please upgrade your client to a newer version"
         ))),
-        _ => trace.scope(dispatch(&d, &trace, req, &method, &path)).await,
+        // A request that changes state runs to its end in a task of its own, even when its
+        // client goes away (as dockerd's handlers do): a start cut short would leave a task
+        // that its container's record does not show.
+        _ if read_only => trace.scope(dispatch(&d, &trace, req, &method, &path)).await,
+        _ => {
+            let (d, op_trace, method, path) = (d.clone(), trace.clone(), method.clone(), path.clone());
+            let op = async move { op_trace.scope(dispatch(&d, &op_trace, req, &method, &path)).await };
+            tokio::spawn(op).await.unwrap_or_else(|e| Err(ApiError::internal(format!("request failed: {e}"))))
+        }
     };
     let mut resp = result.unwrap_or_else(ApiError::into_response);
     d.metrics.observe_request(method_label(&method), &route, resp.status().as_u16(), started.elapsed().as_secs_f64());

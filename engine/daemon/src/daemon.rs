@@ -919,6 +919,16 @@ impl Daemon {
                 Ok(s) => s,
                 // no task: a plain created container
                 Err(err) if err.code() == tonic::Code::NotFound => continue,
+                // (each call waits for an unreachable lifecycled: once is enough)
+                Err(err) if err.code() == tonic::Code::Unavailable => {
+                    log!(
+                        self.cfg,
+                        "warn",
+                        "lifecycled unreachable: starts cut short are not settled: {}",
+                        err.message()
+                    );
+                    return;
+                }
                 Err(err) => {
                     log!(self.cfg, "warn", "container {id}: asking lifecycled for its task: {}", err.message());
                     continue;

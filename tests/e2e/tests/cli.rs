@@ -413,6 +413,38 @@ fn open_fds(pid: u32) -> usize {
 }
 
 #[test]
+fn an_operation_whose_client_goes_away_runs_to_its_end() {
+    use std::io::Write;
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let seconds = format!("8{}", std::process::id());
+    let ids: Vec<String> = (0..4)
+        .map(|i| {
+            let name = format!("abandoned{i}");
+            e.ok(&["create", "--network", "none", "--name", &name, "busybox", "sleep", &seconds]).trim().to_string()
+        })
+        .collect();
+    // Each start is sent and its connection closed at once, as a client killed mid-call.
+    for id in &ids {
+        let mut s = std::os::unix::net::UnixStream::connect(&e.sock).unwrap();
+        write!(s, "POST /containers/{id}/start HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+        drop(s);
+    }
+    // Each container ends up running, with its own process, as the record says.
+    for id in &ids {
+        wait_for("the abandoned start to finish", || state(&e, id) != "created");
+        assert_eq!(state(&e, id), "running");
+        let pid: u32 = inspect(&e, id, "{{.State.Pid}}").parse().unwrap();
+        assert!(processes_running(&["sleep", &seconds]).contains(&pid), "{id}");
+    }
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(ids.iter().map(String::as_str));
+    e.ok(&rm);
+    assert!(processes_running(&["sleep", &seconds]).is_empty());
+    assert_clean(&e);
+}
+
+#[test]
 fn connections_past_the_descriptor_limit_wait_without_spinning_and_are_served_after() {
     let e = Engined::start();
     let pid = e.child.as_ref().unwrap().id();
