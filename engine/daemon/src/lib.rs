@@ -202,7 +202,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 let d = daemon.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| api::handle(d.clone(), req));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+                    // half_close: a request whose client closed its side right after sending
+                    // it is still served (and one that changes state runs to its end, see
+                    // api::handle), as Go's net/http serves it for dockerd.
+                    let _ = http1::Builder::new()
+                        .half_close(true)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
                 });
             }
             _ = term.recv() => break,

@@ -425,11 +425,24 @@ fn an_operation_whose_client_goes_away_runs_to_its_end() {
         })
         .collect();
     // Each start is sent and its connection closed at once, as a client killed mid-call.
-    for id in &ids {
-        let mut s = std::os::unix::net::UnixStream::connect(&e.sock).unwrap();
-        write!(s, "POST /containers/{id}/start HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
-        drop(s);
-    }
+    // engined is stopped meanwhile, so it reads each request and the end of its connection
+    // together (the harder case: nothing was under way yet when the client left).
+    let pid = e.child.as_ref().unwrap().id() as i32;
+    // SAFETY: signals to the engined this test started, by pid.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let sent: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let mut s = std::os::unix::net::UnixStream::connect(&e.sock);
+            if let Ok(s) = &mut s {
+                let _ = write!(s, "POST /containers/{id}/start HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+            }
+            s
+        })
+        .collect();
+    drop(sent);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
     // Each container ends up running, with its own process, as the record says.
     for id in &ids {
         wait_for("the abandoned start to finish", || state(&e, id) != "created");
