@@ -279,13 +279,18 @@ fn join_namespaces_by_path() {
     env.assert_no_leaks("ns-a", &a.path);
 }
 
+/// Gives the bundle a user namespace mapping its root to host uid and gid 100000 (65536 ids).
+fn in_user_namespace(b: &mut Bundle) {
+    b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+    b.spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    b.spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+}
+
 #[test]
 fn user_namespace_with_mappings() {
     let env = Env::new();
     let mut b = env.bundle("us", &["sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; id -u"]);
-    b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
-    b.spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-    b.spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    in_user_namespace(&mut b);
     // the host's files are owned by host root, unmapped here: keep the rootfs readable by others
     b.save();
     let out = run(&env, &b, "us");
@@ -299,9 +304,7 @@ fn user_namespace_with_mappings() {
 fn user_namespace_create_then_start_with_a_private_state_root() {
     let env = Env::new();
     let mut b = env.bundle("usp", &["sh", "-c", "id -u > /tmp/ran; id -u"]);
-    b.spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
-    b.spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-    b.spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    in_user_namespace(&mut b);
     b.save();
     // The state root is reachable by host root only, as runc's /run/runc is: the container's
     // mapped user cannot open its exec fifo by path.
