@@ -18,7 +18,7 @@ use crate::hostconfig;
 use crate::http::ApiError;
 use crate::lifecycle::{task, Lifecycle};
 use crate::log;
-use crate::records::{ContainerStore, Loaded, NameReservation, StoreError};
+use crate::records::{ContainerStore, Loaded, NameReservation};
 use crate::state::State;
 use crate::supervisor::Supervisor;
 use crate::trace::Trace;
@@ -172,9 +172,7 @@ impl Daemon {
         let given = match name.filter(|n| !n.is_empty()) {
             Some(n) => {
                 let n = n.trim_start_matches('/').to_string();
-                if !crate::records::valid_name(&n) {
-                    return Err(StoreError::InvalidName(n).into());
-                }
+                crate::records::check_name(&n)?;
                 Some(n)
             }
             None => None,

@@ -245,21 +245,18 @@ fn parse_bind(b: &str) -> Result<MountSpec, ApiError> {
         }
         Source::Host(PathBuf::from(src))
     } else {
-        if !valid_volume_name(src) {
-            return Err(ApiError::bad_request(format!(
-                "create {src}: \"{src}\" includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host directory, use absolute path"
-            )));
+        match crate::volumes::check_volume_name(src) {
+            Ok(()) => {}
+            Err(e @ crate::volumes::VolumeError::InvalidName(_)) => {
+                return Err(ApiError::bad_request(format!(
+                    "{e}. If you intended to pass a host directory, use absolute path"
+                )))
+            }
+            Err(e) => return Err(ApiError::bad_request(e.to_string())),
         }
         Source::Volume(src.to_string())
     };
     Ok(MountSpec { source, target: dst.to_string(), read_only })
-}
-
-pub fn valid_volume_name(n: &str) -> bool {
-    let b = n.as_bytes();
-    b.len() >= 2
-        && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 const ALL_CAPS: &[&str] = &[

@@ -88,7 +88,7 @@ impl From<crate::records::StoreError> for ApiError {
         use crate::records::StoreError as E;
         let status = match &e {
             E::NotFound(_) => StatusCode::NOT_FOUND,
-            E::Ambiguous(_) | E::InvalidName(_) => StatusCode::BAD_REQUEST,
+            E::Ambiguous(_) | E::InvalidName(..) => StatusCode::BAD_REQUEST,
             E::NameInUse { .. } | E::NameReserved(_) => StatusCode::CONFLICT,
             E::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -98,8 +98,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("multiple IDs found with provided prefix: {0}")]
     Ambiguous(String),
-    #[error("Invalid container name ({0}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")]
-    InvalidName(String),
+    /// The name as the message shows it ([`engine_util::name::shown`]) and why it was refused.
+    #[error("Invalid container name ({0}), {1}")]
+    InvalidName(String, engine_util::name::NameError),
     #[error("Conflict. The container name \"/{name}\" is already in use by container \"{by}\". You have to remove (or rename) that container to be able to reuse that name.")]
     NameInUse { name: String, by: String },
     #[error("Conflict. The container name \"/{0}\" is already in use")]
@@ -108,12 +109,9 @@ pub enum StoreError {
     Io { id: String, source: std::io::Error },
 }
 
-/// `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, as Docker names containers.
-pub fn valid_name(n: &str) -> bool {
-    let b = n.as_bytes();
-    b.len() >= 2
-        && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+/// `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, as Docker names containers, within the engine's length bound.
+pub fn check_name(n: &str) -> Result<(), StoreError> {
+    engine_util::name::check_name(n, 2).map_err(|why| StoreError::InvalidName(engine_util::name::shown(n), why))
 }
 
 const ADJECTIVES: &[&str] = &[
@@ -236,9 +234,7 @@ impl ContainerStore {
     /// or another create has it.
     pub fn reserve(&self, name: &str) -> Result<NameReservation<'_>, StoreError> {
         let name = name.trim_start_matches('/');
-        if !valid_name(name) {
-            return Err(StoreError::InvalidName(name.to_string()));
-        }
+        check_name(name)?;
         let map = self.lock();
         let mut creating = self.lock_creating();
         Self::check_free(&map, &creating, name)?;
@@ -292,9 +288,7 @@ impl ContainerStore {
     /// Renames the container of `e` to `new`: refused if it is invalid or taken.
     pub fn rename(&self, e: &Entry, new: &str) -> Result<(), StoreError> {
         let new = new.trim_start_matches('/');
-        if !valid_name(new) {
-            return Err(StoreError::InvalidName(new.to_string()));
-        }
+        check_name(new)?;
         {
             // checked and changed under both locks, as names are reserved
             let map = self.lock();
@@ -370,8 +364,8 @@ mod tests {
         let (s, _) = ContainerStore::open(dir.path().join("containers")).unwrap();
         let web = add(&s, "abc1", "web");
         assert!(matches!(s.reserve("web"), Err(StoreError::NameInUse { .. })));
-        assert!(matches!(s.reserve("x"), Err(StoreError::InvalidName(_))));
-        assert!(matches!(s.reserve("-bad"), Err(StoreError::InvalidName(_))));
+        assert!(matches!(s.reserve("x"), Err(StoreError::InvalidName(..))));
+        assert!(matches!(s.reserve("-bad"), Err(StoreError::InvalidName(..))));
         let pending = s.reserve("api").unwrap();
         assert!(matches!(s.reserve("api"), Err(StoreError::NameReserved(_))));
         assert!(matches!(s.rename(&web, "api"), Err(StoreError::NameReserved(_))));
@@ -381,7 +375,7 @@ mod tests {
         assert!(s.find("web").is_err());
         let generated: Vec<_> = (0..40).map(|_| s.reserve_generated()).collect();
         let mut names: Vec<&str> = generated.iter().map(|r| r.name.as_str()).collect();
-        assert!(names.iter().all(|n| valid_name(n)));
+        assert!(names.iter().all(|n| check_name(n).is_ok()));
         names.sort();
         names.dedup();
         assert_eq!(names.len(), 40, "generated names are distinct");

@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::daemon::Daemon;
-use crate::hostconfig::valid_volume_name;
 use crate::http::{empty, json, ApiError, Resp};
 use crate::records::ContainerStore;
 
@@ -39,12 +38,25 @@ pub struct CreateBody {
 pub enum VolumeError {
     #[error("create {0}: \"{0}\" includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed")]
     InvalidName(String),
+    #[error("create {0}: {1}")]
+    NameTooLong(String, engine_util::name::NameError),
     #[error("get {0}: no such volume")]
     NotFound(String),
     #[error("remove {name}: volume is in use - [{}]", users.join(", "))]
     InUse { name: String, users: Vec<String> },
     #[error("volume {name}: {source}")]
     Io { name: String, source: std::io::Error },
+}
+
+/// `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, as Docker names local volumes, within the engine's length bound
+/// (a volume's name is its directory's name).
+pub fn check_volume_name(n: &str) -> Result<(), VolumeError> {
+    use engine_util::name::{check_name, shown, NameError};
+    match check_name(n, 2) {
+        Ok(()) => Ok(()),
+        Err(NameError::Characters) => Err(VolumeError::InvalidName(n.to_string())),
+        Err(why) => Err(VolumeError::NameTooLong(shown(n), why)),
+    }
 }
 
 /// The `local` driver's volumes: a directory per volume under its root, with its metadata
@@ -72,17 +84,13 @@ impl VolumeStore {
 
     /// The volume `name`, if it exists.
     pub fn get(&self, name: &str) -> Option<Volume> {
-        if !valid_volume_name(name) {
-            return None;
-        }
+        check_volume_name(name).ok()?;
         serde_json::from_slice(&std::fs::read(self.meta_path(name)).ok()?).ok()
     }
 
     /// The volume `name`, created (empty) if it does not exist.
     pub fn ensure(&self, name: &str, labels: BTreeMap<String, String>) -> Result<Volume, VolumeError> {
-        if !valid_volume_name(name) {
-            return Err(VolumeError::InvalidName(name.to_string()));
-        }
+        check_volume_name(name)?;
         if let Some(v) = self.get(name) {
             return Ok(v);
         }
@@ -193,7 +201,7 @@ pub fn prune(d: &Daemon) -> Result<Resp, ApiError> {
 impl From<VolumeError> for ApiError {
     fn from(e: VolumeError) -> Self {
         let status = match &e {
-            VolumeError::InvalidName(_) => StatusCode::BAD_REQUEST,
+            VolumeError::InvalidName(_) | VolumeError::NameTooLong(..) => StatusCode::BAD_REQUEST,
             VolumeError::NotFound(_) => StatusCode::NOT_FOUND,
             VolumeError::InUse { .. } => StatusCode::CONFLICT,
             VolumeError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,

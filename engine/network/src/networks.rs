@@ -152,12 +152,10 @@ fn random_id() -> Result<String> {
     engine_util::id::new_id().map_err(|source| NetworkError::Io { path: "getrandom".into(), source })
 }
 
-/// A valid network name: Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
-pub fn valid_name(n: &str) -> bool {
-    let b = n.as_bytes();
-    !b.is_empty()
-        && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+/// A valid network name: Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, within the engine's length bound.
+pub fn check_name(n: &str) -> Result<()> {
+    engine_util::name::check_name(n, 1)
+        .map_err(|why| NetworkError::Invalid(format!("invalid network name {:?}: {why}", engine_util::name::shown(n))))
 }
 
 impl Networks {
@@ -359,12 +357,7 @@ impl Networks {
     /// `network create`: a bridge network with its own Linux bridge (`br-<id12>`).
     pub async fn create(&self, req: CreateRequest, now: String) -> Result<NetworkRecord> {
         let _admin = self.admin.lock().await;
-        if !valid_name(&req.name) {
-            return Err(NetworkError::Invalid(format!(
-                "invalid network name {:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
-                req.name
-            )));
-        }
+        check_name(&req.name)?;
         if self.by_name(&req.name).is_some() {
             return Err(NetworkError::Exists(req.name));
         }

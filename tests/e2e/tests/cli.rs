@@ -364,6 +364,33 @@ fn bad_input_is_refused_and_changes_nothing() {
         );
         assert_eq!((e.ok(&["ps", "-aq"]), e.snapshots(), e.mounts()), before, "engine {args:?} changed state");
     }
+    // Names past the bound (a volume's name is a directory's name: NAME_MAX) are refused up
+    // front with a short message; one at the bound is taken.
+    let networks = e.ok(&["network", "ls", "-q"]);
+    let volumes = e.ok(&["volume", "ls", "-q"]);
+    let long = "n".repeat(10_000);
+    let over = "v".repeat(256);
+    let at_bound = "c".repeat(255);
+    let over_volume = format!("{over}:/data");
+    let cases: [(Vec<&str>, &str); 5] = [
+        (vec!["network", "create", &long], "invalid network name"),
+        (vec!["create", "--name", &over, "busybox"], "Invalid container name"),
+        (vec!["create", "-v", &over_volume, "busybox"], "at most 255 are allowed"),
+        (vec!["volume", "create", &over], "at most 255 are allowed"),
+        (vec!["rename", "taken", &long], "Invalid container name"),
+    ];
+    for (args, says) in &cases {
+        let err = e.fails(args);
+        assert!(err.contains(says) && err.contains("bytes long"), "engine {args:?}: {err:?} does not say {says:?}");
+        assert_eq!(err.trim().lines().count(), 1, "engine {args:?}: not one line: {err:?}");
+        assert!(err.len() < 300, "engine {args:?}: the message repeats the whole name: {err:?}");
+        assert_eq!((e.ok(&["ps", "-aq"]), e.snapshots(), e.mounts()), before, "engine {args:?} changed state");
+        assert_eq!(e.ok(&["network", "ls", "-q"]), networks, "engine {args:?} made a network");
+        assert_eq!(e.ok(&["volume", "ls", "-q"]), volumes, "engine {args:?} made a volume");
+    }
+    e.ok(&["create", "--name", &at_bound, "busybox"]);
+    e.ok(&["rm", &at_bound]);
+
     // A body that is not JSON, straight to the API.
     let reply = raw_request(&e, "POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{not json");
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
