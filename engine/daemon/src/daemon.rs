@@ -393,16 +393,17 @@ impl Daemon {
         }
     }
 
-    /// A start that lifecycled's death cut short: started if its successor says the task ran;
-    /// a task still waiting is started again, and a second start that fails because the first
-    /// went through after all (its shim lives on) counts as started too.
+    /// A start that lifecycled's (or the shim's) death cut short: started if its successor says
+    /// the task ran; a task still waiting is started again, and a second start that fails
+    /// because the first went through after all (its shim lives on) counts as started too. A
+    /// task stopped without a process (its shim died before the start) never ran.
     async fn settle_unknown_start(
         &self,
         req: &TaskRequest,
         err: tonic::Status,
         pid: &mut u32,
     ) -> Result<(), tonic::Status> {
-        let ran = |t: &TaskState| matches!(t.status.as_str(), "running" | "paused" | "stopped");
+        let ran = |t: &TaskState| t.pid != 0 && matches!(t.status.as_str(), "running" | "paused" | "stopped");
         match self.task_after_restart(req).await {
             Some(t) if ran(&t) => {
                 *pid = t.pid;

@@ -537,10 +537,127 @@ fn lifecycled_killed_during_concurrent_starts_leaves_every_container_known() {
     killed_during_concurrent_starts(Victim::Lifecycled);
 }
 
+#[test]
+fn shims_killed_during_concurrent_starts_leave_every_container_known() {
+    killed_during_concurrent_starts(Victim::Shims);
+}
+
+#[test]
+fn engined_killed_during_concurrent_removals_leaves_nothing_behind() {
+    killed_during_concurrent_removals(Victim::Engined);
+}
+
+#[test]
+fn lifecycled_killed_during_concurrent_removals_leaves_nothing_behind() {
+    killed_during_concurrent_removals(Victim::Lifecycled);
+}
+
+#[test]
+fn shims_killed_during_concurrent_removals_leave_nothing_behind() {
+    killed_during_concurrent_removals(Victim::Shims);
+}
+
 #[derive(Clone, Copy)]
 enum Victim {
     Engined,
     Lifecycled,
+    /// Every shim of the instance alive at that moment.
+    Shims,
+}
+
+/// kill -9 of `victim`, once the operations in `clients` are under way; waits for the clients
+/// and for the engine to be whole again (engined restarted, or a new lifecycled).
+fn kill_during(e: &mut Engined, victim: Victim, clients: Vec<std::process::Child>) {
+    match victim {
+        Victim::Engined => {
+            e.kill9();
+            for mut c in clients {
+                let _ = c.wait();
+            }
+            e.restart();
+        }
+        Victim::Lifecycled => {
+            let lc = e.lifecycled_pid();
+            // SAFETY: SIGKILL to the lifecycled of this test's engined, by pid.
+            unsafe { libc::kill(lc, libc::SIGKILL) };
+            for mut c in clients {
+                let _ = c.wait();
+            }
+            wait_for("a new lifecycled", || e.lifecycled_pid() != lc);
+        }
+        Victim::Shims => {
+            for pid in e.shims() {
+                // SAFETY: SIGKILL to a shim of this test's engined, by pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            for mut c in clients {
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Each of `ids` is running with its own process (one running `cmd`), or not running with none,
+/// and no process runs `cmd` that the engine does not know of. A process killed with its shim
+/// counts as running until its exit is recorded.
+fn assert_known(e: &Engined, ids: &[String], cmd: &[&str]) {
+    let pid_of = |id: &str| inspect(e, id, "{{.State.Pid}}").parse::<u32>().unwrap_or(0);
+    for id in ids {
+        wait_for("every running container to have its process", || {
+            state(e, id) != "running" || processes_running(cmd).contains(&pid_of(id))
+        });
+    }
+    let mut running = 0;
+    for id in ids {
+        match state(e, id).as_str() {
+            "running" => {
+                running += 1;
+                let pid = pid_of(id);
+                assert!(processes_running(cmd).contains(&pid), "{id} is running as {pid}, which is not its process");
+            }
+            "created" | "exited" | "dead" => {}
+            other => panic!("{id} is {other}"),
+        }
+    }
+    let statuses: Vec<String> = ids.iter().map(|id| state(e, id)).collect();
+    assert_eq!(
+        processes_running(cmd).len(),
+        running,
+        "container processes the engine does not know of: {statuses:?}\n{}",
+        e.log_tail()
+    );
+}
+
+/// `engine rm -f` of `ids`, which must end within 30 s whatever was killed before.
+fn force_remove_within_30s(e: &Engined, ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    let mut rm = std::process::Command::new(bin("engine"));
+    rm.args(["-H", &e.host(), "rm", "-f"]).args(ids);
+    let mut child = rm.stdout(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("rm -f {ids:?} did not end within 30 s\n{}", e.log_tail());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "rm -f {ids:?}: {status}\n{}", e.log_tail());
+}
+
+/// Nothing of the instance's containers is left: records, processes running `cmd`, shims,
+/// task directories, snapshots, mounts, cgroups.
+fn assert_nothing_left(e: &Engined, cmd: &[&str]) {
+    assert!(processes_running(cmd).is_empty(), "container processes left");
+    wait_for("the shims to exit", || e.shims().is_empty());
+    assert_eq!(e.task_dirs(), Vec::<std::path::PathBuf>::new(), "task directories left");
+    assert_clean(e);
 }
 
 /// 10 starts at once, `victim` killed -9 once two containers run; then every container is
@@ -569,47 +686,11 @@ fn killed_during_concurrent_starts(victim: Victim) {
                 .unwrap()
         })
         .collect();
-    // engined dies with some started and others on their way.
+    // The victim dies with some started and others on their way.
     wait_for("the first containers to run", || processes_running(&cmd).len() >= 2);
-    match victim {
-        Victim::Engined => {
-            e.kill9();
-            for mut s in starts {
-                let _ = s.wait();
-            }
-            e.restart();
-        }
-        Victim::Lifecycled => {
-            let lc = e.lifecycled_pid();
-            // SAFETY: SIGKILL to the lifecycled of this test's engined, by pid.
-            unsafe { libc::kill(lc, libc::SIGKILL) };
-            for mut s in starts {
-                let _ = s.wait();
-            }
-            wait_for("a new lifecycled", || e.lifecycled_pid() != lc);
-        }
-    }
+    kill_during(&mut e, victim, starts);
     // Every container is known as what it is: running with its process, or created with none.
-    let mut running = 0;
-    for id in &ids {
-        let status = state(&e, id);
-        match status.as_str() {
-            "running" => {
-                running += 1;
-                let pid: u32 = inspect(&e, id, "{{.State.Pid}}").parse().unwrap();
-                assert!(processes_running(&cmd).contains(&pid), "{id} is running as {pid}, which is not its process");
-            }
-            "created" | "exited" => {}
-            other => panic!("{id} is {other}"),
-        }
-    }
-    let statuses: Vec<String> = ids.iter().map(|id| state(&e, id)).collect();
-    assert_eq!(
-        processes_running(&cmd).len(),
-        running,
-        "container processes the engine does not know of: {statuses:?}\n{}",
-        e.log_tail()
-    );
+    assert_known(&e, &ids, &cmd);
     // Each one can be started (again) and removed; nothing is left.
     for id in &ids {
         if state(&e, id) != "running" {
@@ -617,11 +698,44 @@ fn killed_during_concurrent_starts(victim: Victim) {
         }
     }
     assert_eq!(processes_running(&cmd).len(), ids.len());
-    let mut rm = vec!["rm", "-f"];
-    rm.extend(ids.iter().map(String::as_str));
-    e.ok(&rm);
-    assert!(processes_running(&cmd).is_empty());
-    assert_clean(&e);
+    force_remove_within_30s(&e, &ids);
+    assert_nothing_left(&e, &cmd);
+}
+
+/// 10 containers removed at once (`rm -f` of running ones, on the default bridge), `victim`
+/// killed -9 once the first are gone; then every container is removed or known as what it is
+/// (running with its own process, or not running with none); `rm -f` of the rest ends within
+/// 30 s, and nothing is left.
+fn killed_during_concurrent_removals(victim: Victim) {
+    let mut e = Engined::start();
+    e.import_busybox("busybox");
+    let seconds = format!("7{}{}", std::process::id(), victim as u8);
+    let cmd = ["sleep", seconds.as_str()];
+    let ids: Vec<String> = (0..10)
+        .map(|i| {
+            let name = format!("removed{i}");
+            e.ok(&["run", "-d", "--name", &name, "busybox", cmd[0], cmd[1]]).trim().to_string()
+        })
+        .collect();
+    assert_eq!(processes_running(&cmd).len(), ids.len());
+    let removals: Vec<std::process::Child> = ids
+        .iter()
+        .map(|id| {
+            std::process::Command::new(bin("engine"))
+                .args(["-H", &e.host(), "rm", "-f", id])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    wait_for("the first containers to be killed", || processes_running(&cmd).len() <= 8);
+    kill_during(&mut e, victim, removals);
+    let left: Vec<String> = e.ok(&["ps", "-aq", "--no-trunc"]).lines().map(str::to_string).collect();
+    assert!(left.iter().all(|id| ids.contains(id)), "containers that are not the test's: {left:?}");
+    assert_known(&e, &left, &cmd);
+    force_remove_within_30s(&e, &left);
+    assert_nothing_left(&e, &cmd);
 }
 
 #[test]

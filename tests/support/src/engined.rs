@@ -260,18 +260,35 @@ impl Engined {
 
     /// The engine-proxy processes of this instance (their counters live under its exec-root).
     pub fn proxies(&self) -> Vec<i32> {
-        let marker = self.exec_root().join("proxy");
+        self.processes_of("engine-proxy", &self.exec_root().join("proxy"))
+    }
+
+    /// The engine-shim processes of this instance (their state directories live under its
+    /// exec-root).
+    pub fn shims(&self) -> Vec<i32> {
+        self.processes_of("engine-shim", &self.exec_root().join("lifecycle"))
+    }
+
+    /// Live processes whose command line names `program` and a path under `marker`.
+    fn processes_of(&self, program: &str, marker: &Path) -> Vec<i32> {
         let marker = marker.to_string_lossy();
         let mut out = Vec::new();
         for ent in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(pid) = ent.file_name().to_string_lossy().parse::<i32>() else { continue };
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains("engine-proxy") && cmdline.contains(marker.as_ref()) && pid_alive(pid) {
+            if cmdline.contains(program) && cmdline.contains(marker.as_ref()) && pid_alive(pid) {
                 out.push(pid);
             }
         }
         out
+    }
+
+    /// lifecycled's task directories (one per container with a task).
+    pub fn task_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.exec_root().join("lifecycle/tasks"))
+            .map(|r| r.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default()
     }
 
     /// This instance's nftables table (with `--firewall-backend nftables`).
