@@ -631,18 +631,17 @@ fn force_remove_within_30s(e: &Engined, ids: &[String]) {
     let mut rm = std::process::Command::new(bin("engine"));
     rm.args(["-H", &e.host(), "rm", "-f"]).args(ids);
     let mut child = rm.stdout(std::process::Stdio::null()).spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("rm -f {ids:?} did not end within 30 s\n{}", e.log_tail());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let mut status = None;
+    let ended = wait_until(std::time::Duration::from_secs(30), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("rm -f {ids:?} did not end within 30 s\n{}", e.log_tail());
+    }
+    let status = status.unwrap();
     assert!(status.success(), "rm -f {ids:?}: {status}\n{}", e.log_tail());
 }
 

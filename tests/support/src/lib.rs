@@ -85,12 +85,20 @@ pub fn which(prog: &str) -> PathBuf {
 }
 
 /// Polls `cond` until it holds; panics after 20 s.
-pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+pub fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    assert!(wait_until(Duration::from_secs(20), cond), "timed out waiting for {what}");
+}
+
+/// Polls `cond` until it holds or `limit` has passed; whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
+    true
 }
 
 pub fn stdout(o: &Output) -> String {
