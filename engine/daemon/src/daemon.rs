@@ -448,7 +448,9 @@ impl Daemon {
         // A task left from an earlier run (exited, not yet deleted) goes first; a container
         // that never ran has none, and its first start skips the round trip.
         if rec.state.status() != crate::state::Status::Created {
-            let _ = self.lifecycle.delete_task(task_req.clone()).await;
+            self.delete_task_to_end(&id)
+                .await
+                .map_err(|s| ApiError::internal(format!("deleting the last task of {id}: {}", s.message())))?;
         }
         crate::network::up(self, trace, e).await?;
         // checked at create: a record that does not parse gets the defaults
@@ -699,21 +701,49 @@ impl Daemon {
             tokio::time::timeout(Duration::from_secs(timeout as u64), waited).await.is_ok()
         };
         if !in_time {
-            self.kill_until_exited(e).await;
+            if let Err(err) = self.kill_until_exited(e).await {
+                trace.finish(span, Err::<(), String>(err.message.clone())).ok();
+                return Err(err);
+            }
         }
         trace.finish(span, Ok::<(), String>(())).ok();
         self.event(&e.snapshot(), "stop", &[]);
         Ok(())
     }
 
+    /// Deletes the container's task, if it has one, to its end. A delete that lifecycled's death
+    /// cut short is asked again of the lifecycled that follows (which finds the task again in
+    /// its directory) for up to [`SETTLE_FOR`]; any answer but done or no-task is an error.
+    async fn delete_task_to_end(&self, id: &str) -> Result<(), tonic::Status> {
+        let deadline = tokio::time::Instant::now() + SETTLE_FOR;
+        loop {
+            match self.lifecycle.delete_task(task(id)).await {
+                Ok(_) => return Ok(()),
+                Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
+                Err(s) if outcome_unknown(&s) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(s) => return Err(s),
+            }
+        }
+    }
+
     /// SIGKILL to every process of the container, again every few seconds (lifecycled may be
-    /// restarting), until its exit is recorded.
-    async fn kill_until_exited(&self, e: &Arc<Entry>) {
+    /// restarting), until its exit is recorded; an error when it is not recorded within
+    /// [`SETTLE_FOR`] (lifecycled does not come back).
+    async fn kill_until_exited(&self, e: &Arc<Entry>) -> Result<(), ApiError> {
         let id = e.snapshot().id;
         let mut life = e.life.subscribe();
+        let deadline = tokio::time::Instant::now() + SETTLE_FOR;
         loop {
             if !life.borrow_and_update().running {
-                return;
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::internal(format!(
+                    "container {id} did not exit after SIGKILL within {} s: is lifecycled running?",
+                    SETTLE_FOR.as_secs()
+                )));
             }
             let req = KillRequest {
                 container_id: id.clone(),
@@ -731,7 +761,7 @@ impl Daemon {
             })
             .await;
             if exited.is_ok() {
-                return;
+                return Ok(());
             }
         }
     }
@@ -774,7 +804,7 @@ impl Daemon {
                 return Err(running_refused(&rec));
             }
             e.update(|r| r.manually_stopped = true);
-            self.kill_until_exited(e).await;
+            self.kill_until_exited(e).await?;
         }
         let _op = e.op.lock().await;
         if e.life.borrow().removed {
@@ -795,11 +825,12 @@ impl Daemon {
     async fn remove_locked(self: &Arc<Self>, e: &Arc<Entry>) -> Result<(), ApiError> {
         let rec = e.snapshot();
         let id = rec.id.clone();
-        let _ = self.lifecycle.delete_task(task(&id)).await;
+        let removing = |s: tonic::Status| ApiError::internal(format!("removing container {id}: {}", s.message()));
+        self.delete_task_to_end(&id).await.map_err(removing)?;
         match self.lifecycle.delete_container(ContainerId { id: id.clone() }).await {
             Ok(_) => {}
             Err(s) if s.code() == tonic::Code::NotFound => {}
-            Err(s) => return Err(ApiError::internal(format!("removing container {id}: {}", s.message()))),
+            Err(s) => return Err(removing(s)),
         }
         crate::network::down(self, e).await;
         let images = self.images.clone();
@@ -1020,6 +1051,9 @@ pub fn parse_signal(s: &str) -> Result<u32, ApiError> {
 
 /// Whether a call to lifecycled failed without an answer (it went away during the call), so
 /// what it did is unknown until its successor is asked.
+/// How long an operation whose outcome lifecycled's death left unknown keeps asking again.
+const SETTLE_FOR: Duration = Duration::from_secs(60);
+
 fn outcome_unknown(s: &tonic::Status) -> bool {
     matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
 }

@@ -305,12 +305,18 @@ impl TaskManager {
         let h = self.get(id)?;
         let status = if shim_alive(h.shim_pid) {
             let req = TaskRequest { container_id: id.to_string(), exec_id: String::new() };
-            let st = h
+            let st = match h
                 .client
                 .clone()
                 .delete(engine_api::with_traceparent(tonic::Request::new(req), traceparent))
-                .await?
-                .into_inner();
+                .await
+            {
+                Ok(st) => st.into_inner(),
+                // The shim deleted its container, then the lifecycled that asked died before
+                // the shim's shutdown: only the cleanup below is left to do.
+                Err(s) if s.code() == tonic::Code::NotFound => h.wait().await,
+                Err(s) => return Err(s),
+            };
             let _ = h.client.clone().shutdown(Empty {}).await;
             for _ in 0..500 {
                 if !shim_alive(h.shim_pid) {

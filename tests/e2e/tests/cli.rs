@@ -548,6 +548,11 @@ fn engined_killed_during_concurrent_removals_leaves_nothing_behind() {
 }
 
 #[test]
+fn lifecycled_killed_during_concurrent_removals_leaves_nothing_behind() {
+    killed_during_concurrent_removals(Victim::Lifecycled);
+}
+
+#[test]
 fn shims_killed_during_concurrent_removals_leave_nothing_behind() {
     killed_during_concurrent_removals(Victim::Shims);
 }
