@@ -65,7 +65,17 @@ impl Lifecycle {
             rec.set_attr(h, "container.id", container_id);
         }
         let tp = rec.context(h).map(|c| c.traceparent());
-        let r = rec.finish(h, f(tp).await.map_err(Msg)).map_err(|m| m.0);
+        // To lifecycled's clients, Unavailable means lifecycled itself is down (they ask again
+        // until it is back); lifecycled never says it of itself. A shim that does not answer
+        // is a fact about its task, not a reason to ask again.
+        let outcome = f(tp).await.map_err(|s| match s.code() {
+            tonic::Code::Unavailable => Status::failed_precondition(format!(
+                "the shim of container {container_id} does not answer: {}",
+                s.message()
+            )),
+            _ => s,
+        });
+        let r = rec.finish(h, outcome.map_err(Msg)).map_err(|m| m.0);
         rec.flush();
         r
     }

@@ -4,22 +4,6 @@
 use engine_test_support::engined::Engined;
 use engine_test_support::*;
 
-fn inspect(e: &Engined, name: &str, field: &str) -> String {
-    e.ok(&["inspect", "-f", field, name]).trim().to_string()
-}
-
-fn state(e: &Engined, name: &str) -> String {
-    inspect(e, name, "{{.State.Status}}")
-}
-
-fn assert_clean(e: &Engined) {
-    assert_eq!(e.ok(&["ps", "-aq"]).trim(), "", "containers left");
-    assert_eq!(e.snapshots(), 0, "snapshots left");
-    let mounts = e.mounts();
-    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
-    wait_for("container cgroups to go", || e.cgroups().is_empty());
-}
-
 #[test]
 fn container_lifecycle_through_the_cli() {
     let e = Engined::start();
@@ -75,22 +59,22 @@ fn container_lifecycle_through_the_cli() {
     let _ = child.wait();
     assert!(e.ok(&["top", "web"]).contains("sleep 1000"));
     assert!(e.ok(&["stats", "--no-stream", "web"]).contains("web"));
-    assert_eq!(inspect(&e, "web", "{{.State.Running}}"), "true");
-    assert_eq!(inspect(&e, &id[..8], "{{.Name}}"), "/web");
+    assert_eq!(e.inspect("web", "{{.State.Running}}"), "true");
+    assert_eq!(e.inspect(&id[..8], "{{.Name}}"), "/web");
 
     // stop (sleep as PID 1 ignores SIGTERM: killed after -t), start, restart, kill, wait
     e.ok(&["stop", "-t", "1", "web"]);
-    assert_eq!(state(&e, "web"), "exited");
-    assert_eq!(inspect(&e, "web", "{{.State.ExitCode}}"), "137");
+    assert_eq!(e.state("web"), "exited");
+    assert_eq!(e.inspect("web", "{{.State.ExitCode}}"), "137");
     e.ok(&["start", "web"]);
-    assert_eq!(state(&e, "web"), "running");
+    assert_eq!(e.state("web"), "running");
     e.ok(&["restart", "-t", "0", "web"]);
-    assert_eq!(state(&e, "web"), "running");
+    assert_eq!(e.state("web"), "running");
     e.ok(&["kill", "-s", "KILL", "web"]);
     assert_eq!(e.ok(&["wait", "web"]).trim(), "137");
     assert!(e.fails(&["kill", "web"]).contains("is not running"));
     e.ok(&["rename", "web", "web2"]);
-    assert_eq!(inspect(&e, &id, "{{.Name}}"), "/web2");
+    assert_eq!(e.inspect(&id, "{{.Name}}"), "/web2");
 
     // rm of a running container needs -f
     e.ok(&["start", "web2"]);
@@ -110,12 +94,12 @@ fn container_lifecycle_through_the_cli() {
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
     assert_eq!((stdout(&out).as_str(), out.status.code()), ("echoed\n", Some(0)));
-    assert_eq!(state(&e, "catter"), "exited");
+    assert_eq!(e.state("catter"), "exited");
     e.ok(&["rm", "catter"]);
 
     // after a reboot the snapshot is not mounted: start mounts it again
     e.ok(&["create", "--name", "rebooted", "busybox", "echo", "remounted"]);
-    let rid = inspect(&e, "rebooted", "{{.Id}}");
+    let rid = e.inspect("rebooted", "{{.Id}}");
     let rootfs = e.data_root().join("image/snapshots").join(&rid).join("rootfs");
     nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).unwrap();
     assert_eq!(e.ok(&["start", "-a", "rebooted"]), "remounted\n");
@@ -123,10 +107,10 @@ fn container_lifecycle_through_the_cli() {
 
     // create + start -a
     e.ok(&["create", "--name", "later", "busybox", "echo", "from-create"]);
-    assert_eq!(state(&e, "later"), "created");
+    assert_eq!(e.state("later"), "created");
     assert_eq!(e.ok(&["start", "-a", "later"]), "from-create\n");
     e.ok(&["rm", "later"]);
-    assert_clean(&e);
+    e.assert_clean();
 }
 
 #[test]
@@ -277,21 +261,21 @@ fn run_options_reach_the_container() {
 
     // restart policies
     e.ok(&["run", "-d", "--name", "flaky", "--restart", "on-failure:2", "busybox", "sh", "-c", "exit 1"]);
-    wait_for("two restarts", || inspect(&e, "flaky", "{{.RestartCount}}") == "2" && state(&e, "flaky") == "exited");
+    wait_for("two restarts", || e.inspect("flaky", "{{.RestartCount}}") == "2" && e.state("flaky") == "exited");
     e.ok(&["run", "-d", "--name", "always", "--restart", "always", "busybox", "sh", "-c", "sleep 0.2"]);
-    wait_for("a restart", || inspect(&e, "always", "{{.RestartCount}}").parse::<u32>().unwrap_or(0) >= 1);
+    wait_for("a restart", || e.inspect("always", "{{.RestartCount}}").parse::<u32>().unwrap_or(0) >= 1);
     e.ok(&["stop", "-t", "1", "always"]);
     // engined settles exited-or-restarting before a stop returns: no pending restart
-    assert_eq!(state(&e, "always"), "exited", "a stopped container does not restart");
+    assert_eq!(e.state("always"), "exited", "a stopped container does not restart");
     e.ok(&["run", "-d", "--name", "onfail", "--restart", "on-failure", "busybox", "sleep", "1000"]);
     e.ok(&["stop", "-t", "0", "onfail"]);
     assert_eq!(
-        (state(&e, "onfail"), inspect(&e, "onfail", "{{.RestartCount}}")),
+        (e.state("onfail"), e.inspect("onfail", "{{.RestartCount}}")),
         ("exited".into(), "0".into()),
         "a user's stop is not a failure to restart from"
     );
     e.ok(&["rm", "-f", "flaky", "always", "onfail"]);
-    assert_clean(&e);
+    e.assert_clean();
 }
 
 #[test]
@@ -323,7 +307,7 @@ fn images_through_the_cli() {
     assert!(e.fails(&["rmi", "mine/bb:v1"]).contains("container is using"));
     e.ok(&["rm", "user"]);
     e.ok(&["rmi", "mine/bb:v1"]);
-    assert_clean(&e);
+    e.assert_clean();
 }
 
 #[test]
@@ -471,16 +455,16 @@ fn an_operation_whose_client_goes_away_runs_to_its_end() {
     unsafe { libc::kill(pid, libc::SIGCONT) };
     // Each container ends up running, with its own process, as the record says.
     for id in &ids {
-        wait_for("the abandoned start to finish", || state(&e, id) != "created");
-        assert_eq!(state(&e, id), "running");
-        let pid: u32 = inspect(&e, id, "{{.State.Pid}}").parse().unwrap();
+        wait_for("the abandoned start to finish", || e.state(id) != "created");
+        assert_eq!(e.state(id), "running");
+        let pid: u32 = e.inspect(id, "{{.State.Pid}}").parse().unwrap();
         assert!(processes_running(&["sleep", &seconds]).contains(&pid), "{id}");
     }
     let mut rm = vec!["rm", "-f"];
     rm.extend(ids.iter().map(String::as_str));
     e.ok(&rm);
     assert!(processes_running(&["sleep", &seconds]).is_empty());
-    assert_clean(&e);
+    e.assert_clean();
 }
 
 #[test]
@@ -516,245 +500,24 @@ fn connections_past_the_descriptor_limit_wait_without_spinning_and_are_served_af
     assert!(log().contains("accepting connections again"), "{}", log());
 }
 
-/// Pids of processes whose command line is exactly `args`.
-fn processes_running(args: &[&str]) -> Vec<u32> {
-    let want = args.join("\0") + "\0";
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes()))
-        .collect()
-}
-
-#[test]
-fn engined_killed_during_concurrent_starts_knows_every_container_after() {
-    killed_during_concurrent_starts(Victim::Engined);
-}
-
-#[test]
-fn lifecycled_killed_during_concurrent_starts_leaves_every_container_known() {
-    killed_during_concurrent_starts(Victim::Lifecycled);
-}
-
-#[test]
-fn shims_killed_during_concurrent_starts_leave_every_container_known() {
-    killed_during_concurrent_starts(Victim::Shims);
-}
-
-#[test]
-fn engined_killed_during_concurrent_removals_leaves_nothing_behind() {
-    killed_during_concurrent_removals(Victim::Engined);
-}
-
-#[test]
-fn lifecycled_killed_during_concurrent_removals_leaves_nothing_behind() {
-    killed_during_concurrent_removals(Victim::Lifecycled);
-}
-
-#[test]
-fn shims_killed_during_concurrent_removals_leave_nothing_behind() {
-    killed_during_concurrent_removals(Victim::Shims);
-}
-
-#[derive(Clone, Copy)]
-enum Victim {
-    Engined,
-    Lifecycled,
-    /// Every shim of the instance alive at that moment.
-    Shims,
-}
-
-/// kill -9 of `victim`, once the operations in `clients` are under way; waits for the clients
-/// and for the engine to be whole again (engined restarted, or a new lifecycled).
-fn kill_during(e: &mut Engined, victim: Victim, clients: Vec<std::process::Child>) {
-    match victim {
-        Victim::Engined => {
-            e.kill9();
-            for mut c in clients {
-                let _ = c.wait();
-            }
-            e.restart();
-        }
-        Victim::Lifecycled => {
-            let lc = e.lifecycled_pid();
-            // SAFETY: SIGKILL to the lifecycled of this test's engined, by pid.
-            unsafe { libc::kill(lc, libc::SIGKILL) };
-            for mut c in clients {
-                let _ = c.wait();
-            }
-            wait_for("a new lifecycled", || e.lifecycled_pid() != lc);
-        }
-        Victim::Shims => {
-            for pid in e.shims() {
-                // SAFETY: SIGKILL to a shim of this test's engined, by pid.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            for mut c in clients {
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-/// Each of `ids` is running with its own process (one running `cmd`), or not running with none,
-/// and no process runs `cmd` that the engine does not know of. A process killed with its shim
-/// counts as running until its exit is recorded.
-fn assert_known(e: &Engined, ids: &[String], cmd: &[&str]) {
-    let pid_of = |id: &str| inspect(e, id, "{{.State.Pid}}").parse::<u32>().unwrap_or(0);
-    for id in ids {
-        wait_for("every running container to have its process", || {
-            state(e, id) != "running" || processes_running(cmd).contains(&pid_of(id))
-        });
-    }
-    let mut running = 0;
-    for id in ids {
-        match state(e, id).as_str() {
-            "running" => {
-                running += 1;
-                let pid = pid_of(id);
-                assert!(processes_running(cmd).contains(&pid), "{id} is running as {pid}, which is not its process");
-            }
-            "created" | "exited" | "dead" => {}
-            other => panic!("{id} is {other}"),
-        }
-    }
-    let statuses: Vec<String> = ids.iter().map(|id| state(e, id)).collect();
-    assert_eq!(
-        processes_running(cmd).len(),
-        running,
-        "container processes the engine does not know of: {statuses:?}\n{}",
-        e.log_tail()
-    );
-}
-
-/// `engine rm -f` of `ids`, which must end within 30 s whatever was killed before.
-fn force_remove_within_30s(e: &Engined, ids: &[String]) {
-    if ids.is_empty() {
-        return;
-    }
-    let mut rm = std::process::Command::new(bin("engine"));
-    rm.args(["-H", &e.host(), "rm", "-f"]).args(ids);
-    let mut child = rm.stdout(std::process::Stdio::null()).spawn().unwrap();
-    let mut status = None;
-    let ended = wait_until(std::time::Duration::from_secs(30), || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    if !ended {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("rm -f {ids:?} did not end within 30 s\n{}", e.log_tail());
-    }
-    let status = status.unwrap();
-    assert!(status.success(), "rm -f {ids:?}: {status}\n{}", e.log_tail());
-}
-
-/// Nothing of the instance's containers is left: records, processes running `cmd`, shims,
-/// task directories, snapshots, mounts, cgroups.
-fn assert_nothing_left(e: &Engined, cmd: &[&str]) {
-    assert!(processes_running(cmd).is_empty(), "container processes left");
-    wait_for("the shims to exit", || e.shims().is_empty());
-    assert_eq!(e.task_dirs(), Vec::<std::path::PathBuf>::new(), "task directories left");
-    assert_clean(e);
-}
-
-/// 10 starts at once, `victim` killed -9 once two containers run; then every container is
-/// running with its own process, or created or exited with none; each starts; rm -f leaves
-/// nothing.
-fn killed_during_concurrent_starts(victim: Victim) {
-    let mut e = Engined::start();
-    e.import_busybox("busybox");
-    // A command line no other test (or run) has, to count this test's container processes.
-    let seconds = format!("9{}{}", std::process::id(), victim as u8);
-    let cmd = ["sleep", seconds.as_str()];
-    let ids: Vec<String> = (0..10)
-        .map(|i| {
-            let name = format!("interrupted{i}");
-            e.ok(&["create", "--network", "none", "--name", &name, "busybox", cmd[0], cmd[1]]).trim().to_string()
-        })
-        .collect();
-    let starts: Vec<std::process::Child> = ids
-        .iter()
-        .map(|id| {
-            std::process::Command::new(bin("engine"))
-                .args(["-H", &e.host(), "start", id])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    // The victim dies with some started and others on their way.
-    wait_for("the first containers to run", || processes_running(&cmd).len() >= 2);
-    kill_during(&mut e, victim, starts);
-    // Every container is known as what it is: running with its process, or created with none.
-    assert_known(&e, &ids, &cmd);
-    // Each one can be started (again) and removed; nothing is left.
-    for id in &ids {
-        if state(&e, id) != "running" {
-            e.ok(&["start", id]);
-        }
-    }
-    assert_eq!(processes_running(&cmd).len(), ids.len());
-    force_remove_within_30s(&e, &ids);
-    assert_nothing_left(&e, &cmd);
-}
-
-/// 10 containers removed at once (`rm -f` of running ones, on the default bridge), `victim`
-/// killed -9 once the first are gone; then every container is removed or known as what it is
-/// (running with its own process, or not running with none); `rm -f` of the rest ends within
-/// 30 s, and nothing is left.
-fn killed_during_concurrent_removals(victim: Victim) {
-    let mut e = Engined::start();
-    e.import_busybox("busybox");
-    let seconds = format!("7{}{}", std::process::id(), victim as u8);
-    let cmd = ["sleep", seconds.as_str()];
-    let ids: Vec<String> = (0..10)
-        .map(|i| {
-            let name = format!("removed{i}");
-            e.ok(&["run", "-d", "--name", &name, "busybox", cmd[0], cmd[1]]).trim().to_string()
-        })
-        .collect();
-    assert_eq!(processes_running(&cmd).len(), ids.len());
-    let removals: Vec<std::process::Child> = ids
-        .iter()
-        .map(|id| {
-            std::process::Command::new(bin("engine"))
-                .args(["-H", &e.host(), "rm", "-f", id])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    wait_for("the first containers to be killed", || processes_running(&cmd).len() <= 8);
-    kill_during(&mut e, victim, removals);
-    let left: Vec<String> = e.ok(&["ps", "-aq", "--no-trunc"]).lines().map(str::to_string).collect();
-    assert!(left.iter().all(|id| ids.contains(id)), "containers that are not the test's: {left:?}");
-    assert_known(&e, &left, &cmd);
-    force_remove_within_30s(&e, &left);
-    assert_nothing_left(&e, &cmd);
-}
-
 #[test]
 fn containers_survive_kill9_of_engined_and_lifecycled() {
     let mut e = Engined::start();
     e.import_busybox("busybox");
     e.ok(&["run", "-d", "--name", "steady", "busybox", "sh", "-c", "echo one; while true; do sleep 0.1; done"]);
     e.ok(&["run", "-d", "--name", "short", "busybox", "sh", "-c", "sleep 1; exit 4"]);
-    let pid = inspect(&e, "steady", "{{.State.Pid}}");
-    let short_pid = inspect(&e, "short", "{{.State.Pid}}");
+    let pid = e.inspect("steady", "{{.State.Pid}}");
+    let short_pid = e.inspect("short", "{{.State.Pid}}");
 
     // kill -9 engined; the container runs on; a restarted engined finds it and the exit of
     // the other one that happened while it was down
     e.kill9();
     wait_for("short to exit while engined is down", || !std::path::Path::new(&format!("/proc/{short_pid}")).exists());
     e.restart();
-    assert_eq!(state(&e, "steady"), "running");
-    assert_eq!(inspect(&e, "steady", "{{.State.Pid}}"), pid);
-    wait_for("the exit while engined was down", || state(&e, "short") == "exited");
-    assert_eq!(inspect(&e, "short", "{{.State.ExitCode}}"), "4");
+    assert_eq!(e.state("steady"), "running");
+    assert_eq!(e.inspect("steady", "{{.State.Pid}}"), pid);
+    wait_for("the exit while engined was down", || e.state("short") == "exited");
+    assert_eq!(e.inspect("short", "{{.State.ExitCode}}"), "4");
     assert!(e.ok(&["logs", "steady"]).starts_with("one\n"));
 
     // kill -9 lifecycled: engined starts another; the container runs on and is still managed
@@ -763,12 +526,12 @@ fn containers_survive_kill9_of_engined_and_lifecycled() {
     unsafe { libc::kill(lc, libc::SIGKILL) };
     wait_for("a new lifecycled", || e.lifecycled_pid() != lc);
     wait_for("the container to answer exec", || e.engine(&["exec", "steady", "true"]).status.success());
-    assert_eq!(state(&e, "steady"), "running");
+    assert_eq!(e.state("steady"), "running");
     assert!(e.ok(&["info"]).contains("Lifecycled Restarts: 1"));
     e.ok(&["stop", "-t", "1", "steady"]);
-    assert_eq!(state(&e, "steady"), "exited");
+    assert_eq!(e.state("steady"), "exited");
     e.ok(&["rm", "steady", "short"]);
-    assert_clean(&e);
+    e.assert_clean();
 }
 
 #[test]
@@ -815,7 +578,7 @@ fn volumes_events_and_disk_usage() {
         "{{.Action}}",
     ]);
     assert_eq!(events.split_whitespace().collect::<Vec<_>>(), ["create", "start", "die", "destroy"], "{events}");
-    assert_clean(&e);
+    e.assert_clean();
 }
 
 #[test]
@@ -834,12 +597,12 @@ fn restart_policies_apply_when_engined_comes_back() {
     let _ = e.child.take().unwrap().wait();
     e.restart();
     wait_for("always and unless-stopped to run again", || {
-        state(&e, "always") == "running" && state(&e, "unless") == "running"
+        e.state("always") == "running" && e.state("unless") == "running"
     });
-    assert_eq!(state(&e, "stopped"), "exited", "a user's stop is kept");
-    assert_eq!(state(&e, "plain"), "exited", "no policy, no restart");
+    assert_eq!(e.state("stopped"), "exited", "a user's stop is kept");
+    assert_eq!(e.state("plain"), "exited", "no policy, no restart");
     e.ok(&["rm", "-f", "always", "unless", "stopped", "plain"]);
-    assert_clean(&e);
+    e.assert_clean();
 }
 
 #[test]

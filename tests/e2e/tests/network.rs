@@ -12,10 +12,6 @@ use std::time::Duration;
 use engine_test_support::engined::Engined;
 use engine_test_support::*;
 
-fn inspect(e: &Engined, name: &str, field: &str) -> String {
-    e.ok(&["inspect", "-f", field, name]).trim().to_string()
-}
-
 /// A port nobody listens on now.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -53,10 +49,6 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-fn netns_files(e: &Engined) -> usize {
-    std::fs::read_dir(e.exec_root().join("netns")).map(|r| r.count()).unwrap_or(0)
-}
-
 fn veths_of(id: &str) -> Vec<String> {
     Engined::links().into_iter().filter(|l| l.starts_with(&format!("ve{}", &id[..12]))).collect()
 }
@@ -86,7 +78,7 @@ fn published_port_answers_through_engine_proxy() {
             && metric(&m, "engine_proxy_bytes_total", &[&port_label, "direction=\"in\""]).is_some_and(|v| v > 0.0)
     });
     // the container is on the default bridge, with an address of it and its default route
-    let ip = inspect(&e, "web", "{{.NetworkSettings.IPAddress}}");
+    let ip = e.inspect("web", "{{.NetworkSettings.IPAddress}}");
     assert!(ip.starts_with(&format!("10.{}.{}.", e.pool.0, e.pool.1)), "{ip}");
     let routes = e.ok(&["exec", "web", "ip", "route"]);
     assert!(routes.contains(&format!("default via 10.{}.{}.1 dev eth0", e.pool.0, e.pool.1)), "{routes}");
@@ -102,10 +94,10 @@ fn published_port_answers_through_engine_proxy() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("address already in use") && err.lines().count() == 1, "{err}");
-    let second = inspect(&e, "second", "{{.Id}}");
-    assert_eq!(inspect(&e, "second", "{{.State.Status}}"), "created");
+    let second = e.inspect("second", "{{.Id}}");
+    assert_eq!(e.inspect("second", "{{.State.Status}}"), "created");
     wait_for("the failed start's veth to go", || veths_of(&second).is_empty());
-    assert_eq!(netns_files(&e), 1);
+    assert_eq!(e.netns_files(), 1);
     assert_eq!(e.proxies().len(), 1);
     e.ok(&["rm", "second"]);
 
@@ -129,7 +121,7 @@ fn published_port_answers_through_engine_proxy() {
     wait_for("the proxies to exit", || e.proxies().is_empty());
     assert!(TcpListener::bind(addr).is_ok(), "the host port was not released");
     wait_for("web's veth to go with its namespace", || veths_of(&id).is_empty());
-    assert_eq!(netns_files(&e), 0);
+    assert_eq!(e.netns_files(), 0);
     assert_eq!(e.ok(&["port", "web"]).trim(), "");
     // started again, it publishes again
     e.ok(&["start", "web"]);
@@ -139,7 +131,7 @@ fn published_port_answers_through_engine_proxy() {
     e.ok(&["rm", "-f", "web", "auto"]);
     wait_for("the proxy to exit", || e.proxies().is_empty());
     wait_for("web's veth to go", || veths_of(&id).is_empty());
-    assert_eq!(netns_files(&e), 0);
+    assert_eq!(e.netns_files(), 0);
     let bridge = e.ok(&["network", "inspect", "bridge", "-f", "{{json .Containers}}"]);
     assert_eq!(bridge.trim(), "{}", "allocations left on the default bridge");
 
@@ -231,7 +223,7 @@ fn user_networks_resolve_names_and_are_isolated() {
         ])
         .trim()
         .to_string();
-    assert_eq!(inspect(&e, "b1", "{{.NetworkSettings.Networks.back.IPAddress}}"), fixed);
+    assert_eq!(e.inspect("b1", "{{.NetworkSettings.Networks.back.IPAddress}}"), fixed);
 
     // by name and by alias, through /etc/hosts; --dns written to resolv.conf
     assert!(e.ok(&["exec", "a1", "cat", "/etc/resolv.conf"]).contains("nameserver 127.0.0.1\n"));
@@ -283,7 +275,7 @@ fn user_networks_resolve_names_and_are_isolated() {
     for id in [&a1, &a2, &b1] {
         wait_for("the containers' veths to go with their namespaces", || veths_of(id).is_empty());
     }
-    assert_eq!(netns_files(&e), 0);
+    assert_eq!(e.netns_files(), 0);
     for n in ["front", "back", "bridge"] {
         assert_eq!(
             e.ok(&["network", "inspect", n, "-f", "{{json .Containers}}"]).trim(),
@@ -346,7 +338,7 @@ fn none_and_container_modes() {
     assert!(e.fails(&["run", "--rm", "-p", "70000:80", "bb", "true"]).contains("invalid"));
     e.ok(&["rm", "-f", "srv", "late", "mid", "onhost"]);
     assert_eq!(e.ok(&["ps", "-aq"]).trim(), "");
-    assert_eq!(netns_files(&e), 0);
+    assert_eq!(e.netns_files(), 0);
 }
 
 #[test]
@@ -373,7 +365,7 @@ fn nftables_backend_masquerades_isolates_and_cleans_up() {
     e.ok(&["network", "create", "two"]);
     e.ok(&["run", "-d", "--name", "nx", "--network", "one", "bb", "sleep", "1000"]);
     e.ok(&["run", "-d", "--name", "ny", "--network", "two", "bb", "sh", "-c", &serve("from-y")]);
-    let y_ip = inspect(&e, "ny", "{{.NetworkSettings.Networks.two.IPAddress}}");
+    let y_ip = e.inspect("ny", "{{.NetworkSettings.Networks.two.IPAddress}}");
     let y_addr: SocketAddr = format!("{y_ip}:80").parse().unwrap();
     wait_for("y to serve", || http_get(y_addr).is_some_and(|b| b.contains("from-y")));
     assert!(

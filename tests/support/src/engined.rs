@@ -258,6 +258,37 @@ impl Engined {
             .unwrap_or_default()
     }
 
+    /// `inspect -f field name`, trimmed.
+    pub fn inspect(&self, name: &str, field: &str) -> String {
+        self.ok(&["inspect", "-f", field, name]).trim().to_string()
+    }
+
+    /// The container's `State.Status`.
+    pub fn state(&self, name: &str) -> String {
+        self.inspect(name, "{{.State.Status}}")
+    }
+
+    /// No container, snapshot, mount or container cgroup of this instance is left.
+    pub fn assert_clean(&self) {
+        assert_eq!(self.ok(&["ps", "-aq"]).trim(), "", "containers left");
+        assert_eq!(self.snapshots(), 0, "snapshots left");
+        let mounts = self.mounts();
+        assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+        crate::wait_for("container cgroups to go", || self.cgroups().is_empty());
+    }
+
+    /// Network namespace files under the exec-root (one per container with a namespace).
+    pub fn netns_files(&self) -> usize {
+        std::fs::read_dir(self.exec_root().join("netns")).map(|r| r.count()).unwrap_or(0)
+    }
+
+    /// The interfaces attached to this instance's default bridge (the host ends of veths).
+    pub fn bridge_ports(&self) -> Vec<String> {
+        std::fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge))
+            .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+
     /// The engine-proxy processes of this instance (their counters live under its exec-root).
     pub fn proxies(&self) -> Vec<i32> {
         self.processes_of("engine-proxy", &self.exec_root().join("proxy"))

@@ -101,6 +101,18 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// Pids of processes whose command line is exactly `args`.
+pub fn processes_running(args: &[&str]) -> Vec<u32> {
+    let want = args.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes()))
+        .collect()
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

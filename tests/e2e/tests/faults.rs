@@ -1,0 +1,262 @@
+//! Crashes under load: engined, lifecycled or every shim killed -9 at several points of 20
+//! concurrent starts and of 20 concurrent removals. After each kill, every container is running
+//! with its own process, not running with none, or removed; `rm -f` of all of them ends within
+//! 30 s; no process, shim, task directory, snapshot, mount, cgroup, network namespace, veth or
+//! port proxy is left; and no container's exit is reported twice.
+
+use engine_test_support::engined::Engined;
+use engine_test_support::*;
+
+/// Containers started, or removed, at once.
+const AT_ONCE: usize = 20;
+
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    Engined,
+    Lifecycled,
+    /// Every shim of the instance alive at that moment.
+    Shims,
+}
+
+/// When the victim dies, as seen from outside.
+#[derive(Clone, Copy, Debug)]
+enum Point {
+    /// Right after the requests are sent: no runtime has run yet for most containers (their
+    /// networks are being set up, their shims spawned); for removals, the stop signals are on
+    /// their way.
+    Sent,
+    /// Once the first shims are up: containers being created by the runtime.
+    Creating,
+    /// Once the first containers run: the others between create and start, or on their way.
+    FirstRunning,
+    /// Once the first containers are gone: the others being stopped, killed or deleted.
+    FirstGone,
+}
+
+macro_rules! fault_tests {
+    ($($name:ident: $scenario:ident($victim:ident, $point:ident);)*) => {$(
+        #[test]
+        fn $name() {
+            $scenario(Victim::$victim, Point::$point);
+        }
+    )*};
+}
+
+fault_tests! {
+    engined_killed_as_starts_are_sent: starts(Engined, Sent);
+    engined_killed_while_starts_create: starts(Engined, Creating);
+    engined_killed_once_the_first_starts_run: starts(Engined, FirstRunning);
+    lifecycled_killed_as_starts_are_sent: starts(Lifecycled, Sent);
+    lifecycled_killed_while_starts_create: starts(Lifecycled, Creating);
+    lifecycled_killed_once_the_first_starts_run: starts(Lifecycled, FirstRunning);
+    // (before the first shim there is no shim to kill)
+    shims_killed_while_starts_create: starts(Shims, Creating);
+    shims_killed_once_the_first_starts_run: starts(Shims, FirstRunning);
+    engined_killed_as_removals_are_sent: removals(Engined, Sent);
+    engined_killed_once_the_first_removals_end: removals(Engined, FirstGone);
+    lifecycled_killed_as_removals_are_sent: removals(Lifecycled, Sent);
+    lifecycled_killed_once_the_first_removals_end: removals(Lifecycled, FirstGone);
+    shims_killed_as_removals_are_sent: removals(Shims, Sent);
+    shims_killed_once_the_first_removals_end: removals(Shims, FirstGone);
+}
+
+/// A command line no other test (or run) has, to count this test's container processes.
+fn unique_command(kind: u8, victim: Victim, point: Point) -> [String; 2] {
+    ["sleep".to_string(), format!("{kind}{}{}{}", std::process::id(), victim as u8, point as u8)]
+}
+
+/// `engine <args> <id>` for each id, all at once, output discarded.
+fn at_once(e: &Engined, args: &[&str], ids: &[String]) -> Vec<std::process::Child> {
+    ids.iter()
+        .map(|id| {
+            std::process::Command::new(bin("engine"))
+                .args(["-H", &e.host()])
+                .args(args)
+                .arg(id)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Seconds since the epoch, as `events --since` takes them.
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// AT_ONCE starts on the default bridge, `victim` killed -9 at `point`; then every container is
+/// running with its own process, or created or exited with none; each starts; rm -f leaves
+/// nothing.
+fn starts(victim: Victim, point: Point) {
+    let mut e = Engined::start();
+    e.import_busybox("busybox");
+    let cmd = unique_command(9, victim, point);
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let ids: Vec<String> = (0..AT_ONCE)
+        .map(|i| e.ok(&["create", "--name", &format!("started{i}"), "busybox", cmd[0], cmd[1]]).trim().to_string())
+        .collect();
+    let since = now();
+    let clients = at_once(&e, &["start"], &ids);
+    match point {
+        Point::Sent => {}
+        Point::Creating => wait_for("the first shims", || !e.shims().is_empty()),
+        Point::FirstRunning => wait_for("the first containers to run", || processes_running(&cmd).len() >= 2),
+        Point::FirstGone => unreachable!("starts are not killed at {point:?}"),
+    }
+    kill_during(&mut e, victim, clients);
+    assert_known(&e, &ids, &cmd);
+    for id in &ids {
+        if e.state(id) != "running" {
+            e.ok(&["start", id]);
+        }
+    }
+    assert_eq!(processes_running(&cmd).len(), ids.len());
+    force_remove_within_30s(&e, &ids);
+    assert_nothing_left(&e, &cmd);
+    assert_no_exit_reported_twice(&e, victim, &ids, since);
+}
+
+/// AT_ONCE removals (`rm -f` of running containers on the default bridge, each publishing a
+/// port), `victim` killed -9 at `point`; then every container is removed or known as what it is
+/// (running with its own process, or not running with none); `rm -f` of the rest ends within
+/// 30 s, and nothing is left.
+fn removals(victim: Victim, point: Point) {
+    let mut e = Engined::start();
+    e.import_busybox("busybox");
+    let cmd = unique_command(7, victim, point);
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let since = now();
+    let ids: Vec<String> = (0..AT_ONCE)
+        .map(|i| {
+            let name = format!("removed{i}");
+            e.ok(&["run", "-d", "--name", &name, "-p", "127.0.0.1::80", "busybox", cmd[0], cmd[1]]).trim().to_string()
+        })
+        .collect();
+    assert_eq!(processes_running(&cmd).len(), ids.len());
+    let clients = at_once(&e, &["rm", "-f"], &ids);
+    match point {
+        Point::Sent => {}
+        Point::FirstGone => {
+            wait_for("the first containers to be killed", || processes_running(&cmd).len() <= AT_ONCE - 2)
+        }
+        Point::Creating | Point::FirstRunning => unreachable!("removals are not killed at {point:?}"),
+    }
+    kill_during(&mut e, victim, clients);
+    let left: Vec<String> = e.ok(&["ps", "-aq", "--no-trunc"]).lines().map(str::to_string).collect();
+    assert!(left.iter().all(|id| ids.contains(id)), "containers that are not the test's: {left:?}");
+    assert_known(&e, &left, &cmd);
+    force_remove_within_30s(&e, &left);
+    assert_nothing_left(&e, &cmd);
+    assert_no_exit_reported_twice(&e, victim, &ids, since);
+}
+
+/// kill -9 of `victim`, with the operations of `clients` under way; waits for the clients and
+/// for the engine to be whole again (engined restarted, or a new lifecycled).
+fn kill_during(e: &mut Engined, victim: Victim, clients: Vec<std::process::Child>) {
+    match victim {
+        Victim::Engined => e.kill9(),
+        Victim::Lifecycled => {
+            let lc = e.lifecycled_pid();
+            // SAFETY: SIGKILL to the lifecycled of this test's engined, by pid.
+            unsafe { libc::kill(lc, libc::SIGKILL) };
+            wait_for("a new lifecycled", || e.lifecycled_pid() != lc);
+        }
+        Victim::Shims => {
+            for pid in e.shims() {
+                // SAFETY: SIGKILL to a shim of this test's engined, by pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    for mut c in clients {
+        let _ = c.wait();
+    }
+    if let Victim::Engined = victim {
+        e.restart();
+    }
+}
+
+/// Each of `ids` is running with its own process (one running `cmd`), or not running with none,
+/// and no process runs `cmd` that the engine does not know of.
+fn assert_known(e: &Engined, ids: &[String], cmd: &[&str]) {
+    let pid_of = |id: &str| e.inspect(id, "{{.State.Pid}}").parse::<u32>().unwrap_or(0);
+    for id in ids {
+        wait_for("every running container to have its process", || {
+            e.state(id) != "running" || processes_running(cmd).contains(&pid_of(id))
+        });
+    }
+    let mut running = 0;
+    for id in ids {
+        match e.state(id).as_str() {
+            "running" => {
+                running += 1;
+                let pid = pid_of(id);
+                assert!(processes_running(cmd).contains(&pid), "{id} is running as {pid}, which is not its process");
+            }
+            "created" | "exited" | "dead" => {}
+            other => panic!("{id} is {other}"),
+        }
+    }
+    let statuses: Vec<String> = ids.iter().map(|id| e.state(id)).collect();
+    assert_eq!(
+        processes_running(cmd).len(),
+        running,
+        "container processes the engine does not know of: {statuses:?}\n{}",
+        e.log_tail()
+    );
+}
+
+/// `engine rm -f` of `ids`, which must end within 30 s whatever was killed before.
+fn force_remove_within_30s(e: &Engined, ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    let mut rm = std::process::Command::new(bin("engine"));
+    rm.args(["-H", &e.host(), "rm", "-f"]).args(ids);
+    let mut child = rm.stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut status = None;
+    let ended = wait_until(std::time::Duration::from_secs(30), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("rm -f {ids:?} did not end within 30 s\n{}", e.log_tail());
+    }
+    let status = status.unwrap();
+    assert!(status.success(), "rm -f {ids:?}: {status}\n{}", e.log_tail());
+}
+
+/// Nothing of the instance's containers is left: records, processes running `cmd`, shims,
+/// task directories, snapshots, mounts, cgroups, network namespaces, veths on the bridge,
+/// address allocations, port proxies.
+fn assert_nothing_left(e: &Engined, cmd: &[&str]) {
+    assert!(processes_running(cmd).is_empty(), "container processes left");
+    wait_for("the shims to exit", || e.shims().is_empty());
+    assert_eq!(e.task_dirs(), Vec::<std::path::PathBuf>::new(), "task directories left");
+    e.assert_clean();
+    assert_eq!(e.netns_files(), 0, "network namespaces left");
+    wait_for("the veths to go", || e.bridge_ports().is_empty());
+    wait_for("the port proxies to exit", || e.proxies().is_empty());
+    let allocated = e.ok(&["network", "inspect", "bridge", "-f", "{{json .Containers}}"]);
+    assert_eq!(allocated.trim(), "{}", "addresses left allocated on the default bridge");
+}
+
+/// No container's exit was reported (a `die` event) more than once per start, and none was
+/// destroyed twice. The events of an engined killed -9 are gone with it: a container whose
+/// start was reported before the kill may then show one `die` more than `start`.
+fn assert_no_exit_reported_twice(e: &Engined, victim: Victim, ids: &[String], since: u64) {
+    let lost = usize::from(matches!(victim, Victim::Engined));
+    let (since, until) = (since.to_string(), (now() + 1).to_string());
+    for id in ids {
+        let filter = format!("container={id}");
+        let events =
+            e.ok(&["events", "--since", &since, "--until", &until, "--filter", &filter, "--format", "{{.Action}}"]);
+        let count = |action: &str| events.split_whitespace().filter(|a| *a == action).count();
+        assert!(count("die") <= count("start") + lost, "{id}: exit reported twice: {events}");
+        assert!(count("destroy") <= 1, "{id}: destroyed twice: {events}");
+    }
+}
