@@ -99,6 +99,15 @@ pub struct Config {
     /// registry stopped (`64m`, `512k`; 0: each blob in one request).
     #[arg(long, default_value = "64m")]
     pub max_upload_chunk_size: String,
+    /// Seconds a client has to send a request's header, counted from its connection or the end
+    /// of its last request; then the connection is closed (an idle or stalled client cannot hold
+    /// a connection forever; 0: no limit).
+    #[arg(long, default_value_t = 30)]
+    pub api_header_timeout: u64,
+    /// API connections served at once; more wait to be accepted until some close (default:
+    /// the descriptor limit less 1024 kept for containers, at least 64).
+    #[arg(long)]
+    pub max_api_connections: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -128,6 +137,8 @@ struct FileConfig {
     max_concurrent_downloads: Option<usize>,
     max_concurrent_uploads: Option<usize>,
     max_upload_chunk_size: Option<String>,
+    api_header_timeout: Option<u64>,
+    max_api_connections: Option<usize>,
 }
 
 /// `"default-address-pools": [{"base": "10.10.0.0/16", "size": 24}]`, as daemon.json has it.
@@ -226,6 +237,12 @@ impl Config {
             {
                 self.max_upload_chunk_size = v;
             }
+            if let Some(v) = f.api_header_timeout.filter(|_| self.api_header_timeout == defaults.api_header_timeout) {
+                self.api_header_timeout = v;
+            }
+            if self.max_api_connections.is_none() {
+                self.max_api_connections = f.max_api_connections;
+            }
             if let Some(h) = f.hosts.and_then(|h| h.into_iter().next()).filter(|_| self.host == defaults.host) {
                 self.host = h;
             }
@@ -252,6 +269,9 @@ impl Config {
             anyhow::bail!("max-concurrent-downloads and max-concurrent-uploads must be at least 1");
         }
         self.upload_chunk_size()?;
+        if self.max_api_connections == Some(0) {
+            anyhow::bail!("max-api-connections must be at least 1");
+        }
         for m in &self.registry_mirrors {
             if !(m.starts_with("http://") || m.starts_with("https://")) {
                 anyhow::bail!("invalid registry mirror {m:?}: want http:// or https:// and a host");
@@ -381,15 +401,18 @@ mod tests {
         assert!(err.contains("unknown field `otlp`"), "{err}");
     }
 
+    /// The configuration from `file` and the flags `extra`.
+    fn resolve_with(file: &std::path::Path, extra: &[&str]) -> anyhow::Result<Config> {
+        let mut args = vec!["engined", "--config-file", file.to_str().unwrap()];
+        args.extend(extra);
+        Config::parse_from(args).resolve()
+    }
+
     #[test]
     fn upload_chunk_size_from_flag_or_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("daemon.json");
-        let resolve = |extra: &[&str]| {
-            let mut args = vec!["engined", "--config-file", file.to_str().unwrap()];
-            args.extend(extra);
-            Config::parse_from(args).resolve()
-        };
+        let resolve = |extra: &[&str]| resolve_with(&file, extra);
         std::fs::write(&file, "{}").unwrap();
         assert_eq!(resolve(&[]).unwrap().registry().upload_chunk_size, 64 << 20);
         std::fs::write(&file, r#"{"max-upload-chunk-size": "512k"}"#).unwrap();
@@ -397,5 +420,22 @@ mod tests {
         assert_eq!(resolve(&["--max-upload-chunk-size", "0"]).unwrap().registry().upload_chunk_size, 0);
         let err = resolve(&["--max-upload-chunk-size", "lots"]).unwrap_err().to_string();
         assert!(err.contains("invalid max-upload-chunk-size"), "{err}");
+    }
+
+    #[test]
+    fn api_connection_bounds_from_flag_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("daemon.json");
+        let resolve = |extra: &[&str]| resolve_with(&file, extra);
+        std::fs::write(&file, "{}").unwrap();
+        let cfg = resolve(&[]).unwrap();
+        assert_eq!((cfg.api_header_timeout, cfg.max_api_connections), (30, None));
+        std::fs::write(&file, r#"{"api-header-timeout": 5, "max-api-connections": 100}"#).unwrap();
+        let cfg = resolve(&[]).unwrap();
+        assert_eq!((cfg.api_header_timeout, cfg.max_api_connections), (5, Some(100)));
+        let cfg = resolve(&["--api-header-timeout", "0", "--max-api-connections", "7"]).unwrap();
+        assert_eq!((cfg.api_header_timeout, cfg.max_api_connections), (0, Some(7)));
+        let err = resolve(&["--max-api-connections", "0"]).unwrap_err().to_string();
+        assert!(err.contains("max-api-connections must be at least 1"), "{err}");
     }
 }

@@ -30,6 +30,7 @@ pub mod types;
 pub mod volumes;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use hyper::server::conn::http1;
@@ -76,7 +77,11 @@ fn serve_metrics(d: Arc<daemon::Daemon>, listener: tokio::net::TcpListener) {
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -90,10 +95,10 @@ struct AcceptBackoff {
 
 impl AcceptBackoff {
     /// After an error: how long to wait, and whether it is the first of a run.
-    fn failed(&mut self) -> (std::time::Duration, bool) {
+    fn failed(&mut self) -> (Duration, bool) {
         self.failures += 1;
         let ms = 5u64 << (self.failures - 1).min(8);
-        (std::time::Duration::from_millis(ms.min(1000)), self.failures == 1)
+        (Duration::from_millis(ms.min(1000)), self.failures == 1)
     }
 
     /// After a success: the number of errors of the run it ends, if there was one.
@@ -121,6 +126,14 @@ pub fn raise_nofile_limit() {
 /// which inherit it as they would from a daemon that never raised it); none when unchanged.
 pub(crate) fn starting_nofile_limit() -> Option<(u64, u64)> {
     STARTING_NOFILE.get().copied()
+}
+
+/// API connections at once when `--max-api-connections` is not given: the descriptor limit
+/// (as raised) less 1024 kept for the containers' operations, at least 64.
+fn default_connection_limit() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map(|(soft, _)| soft).unwrap_or(1024);
+    usize::try_from(soft.saturating_sub(1024)).unwrap_or(usize::MAX).max(64)
 }
 
 /// Runs engined until SIGTERM or SIGINT.
@@ -178,7 +191,34 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     log!(cfg, "info", "API listening on {}", sock.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut backoff = AcceptBackoff::default();
+    let limit = cfg.max_api_connections.unwrap_or_else(default_connection_limit);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limit));
+    let header_timeout = (cfg.api_header_timeout > 0).then(|| Duration::from_secs(cfg.api_header_timeout));
+    let mut at_limit = false;
     loop {
+        // A connection is accepted only with a place for it: at the limit, the next ones wait
+        // in the listen backlog until others close (the header timeout closes stalled ones).
+        let place = match connections.clone().try_acquire_owned() {
+            Ok(p) => {
+                at_limit = false;
+                p
+            }
+            Err(_) => {
+                if !at_limit {
+                    log!(
+                        cfg,
+                        "warn",
+                        "{limit} API connections open (--max-api-connections): new ones wait until some close"
+                    );
+                    at_limit = true;
+                }
+                tokio::select! {
+                    p = connections.clone().acquire_owned() => p.context("the connection limit closed")?,
+                    _ = term.recv() => break,
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = match accepted {
@@ -201,12 +241,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 };
                 let d = daemon.clone();
                 tokio::spawn(async move {
+                    let _place = place;
                     let svc = service_fn(move |req| api::handle(d.clone(), req));
                     // half_close: a request whose client closed its side right after sending
                     // it is still served (and one that changes state runs to its end, see
                     // api::handle), as Go's net/http serves it for dockerd.
                     let _ = http1::Builder::new()
                         .half_close(true)
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(header_timeout)
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
                         .await;

@@ -422,6 +422,74 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
+/// A connection that sent part of a request's header and then nothing more.
+fn stalled_connection(e: &Engined) -> std::os::unix::net::UnixStream {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(&e.sock).unwrap();
+    s.write_all(b"GET /_ping HTTP/1.1\r\nHost: engine\r\n").unwrap();
+    s
+}
+
+#[test]
+fn ten_thousand_stalled_connections_neither_hold_nor_slow_engined() {
+    // 10,000 connections need more descriptors than the usual soft limit of 1024
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    assert!(hard >= 10_500, "this test needs a hard descriptor limit of 10,500 or more, not {hard}");
+    let e = Engined::start_with(&[], &["--api-header-timeout", "5"]);
+    let pid = e.child.as_ref().unwrap().id();
+    wait_for("engined to answer", || raw_request(&e, "GET /_ping HTTP/1.0\r\n\r\n").contains("OK"));
+    let baseline = open_fds(pid);
+    let log_path = e.dir.path().join("engined.log");
+    let log_size = || std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+    let log_before = log_size();
+    let stalled: Vec<_> = (0..10_000).map(|_| stalled_connection(&e)).collect();
+    wait_for("engined to hold the stalled connections", || open_fds(pid) >= baseline + 10_000);
+    // It answers others meanwhile, and its threads rest (a spinning loop keeps one running).
+    let asked = std::time::Instant::now();
+    assert!(raw_request(&e, "GET /_ping HTTP/1.0\r\n\r\n").contains("OK"));
+    eprintln!("/_ping with 10,000 stalled connections answered in {:?}", asked.elapsed());
+    let mut quiet_samples = 0;
+    wait_for("engined's threads to rest beside the stalled connections", || {
+        quiet_samples = if any_thread_running(pid) { 0 } else { quiet_samples + 1 };
+        quiet_samples >= 5
+    });
+    // The header timeout closes them: their descriptors are released, quietly.
+    wait_for("the stalled connections to be closed", || open_fds(pid) <= baseline + 5);
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut &stalled[0], &mut buf).unwrap_or(0);
+    assert!(n == 0 || buf.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert!(log_size() - log_before < 1 << 20, "engined logged {} bytes", log_size() - log_before);
+    drop(stalled);
+    assert!(raw_request(&e, "GET /_ping HTTP/1.0\r\n\r\n").contains("OK"));
+}
+
+#[test]
+fn connections_past_the_api_limit_wait_for_a_place() {
+    let e = Engined::start_with(&[], &["--max-api-connections", "20", "--api-header-timeout", "2"]);
+    let pid = e.child.as_ref().unwrap().id();
+    wait_for("engined to answer", || raw_request(&e, "GET /_ping HTTP/1.0\r\n\r\n").contains("OK"));
+    let baseline = open_fds(pid);
+    let stalled: Vec<_> = (0..20).map(|_| stalled_connection(&e)).collect();
+    wait_for("engined to hold 20 connections", || open_fds(pid) >= baseline + 20);
+    // The 21st waits (unaccepted) and is answered once the stalled ones time out.
+    let sock = e.sock.clone();
+    let ping = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.write_all(b"GET /_ping HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    let log = || std::fs::read_to_string(e.dir.path().join("engined.log")).unwrap_or_default();
+    wait_for("engined to say it is at its limit", || log().contains("20 API connections open"));
+    assert!(open_fds(pid) <= baseline + 21, "engined accepted past its limit");
+    assert!(ping.join().unwrap().contains("OK"));
+    assert_eq!(log().matches("API connections open").count(), 1, "{}", log());
+    drop(stalled);
+}
+
 #[test]
 fn an_operation_whose_client_goes_away_runs_to_its_end() {
     use std::io::Write;
