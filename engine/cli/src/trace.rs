@@ -118,8 +118,9 @@ async fn select(
     let op = op.map(|o| if o == "delete" { "rm" } else { o });
     let has_op = |t: &&Value| op.is_none_or(|o| t["Ops"].as_array().is_some_and(|ops| ops.iter().any(|x| x == o)));
     let mut picked: Vec<&Value> = all.iter().copied().filter(requested).filter(has_op).collect();
-    if picked.is_empty() && op.is_none() {
-        picked = all.clone();
+    if picked.is_empty() {
+        // none a user asked for: the daemon's own (`--op recover`, `--op exit`), or any
+        picked = all.iter().copied().filter(has_op).collect();
     }
     let ids: Vec<String> =
         picked.iter().rev().take(last.max(1)).rev().filter_map(|t| t["TraceID"].as_str().map(str::to_string)).collect();

@@ -881,7 +881,12 @@ impl Daemon {
         for id in loaded.unfinished {
             log!(self.cfg, "warn", "removing the leftovers of an unfinished create of {id}");
             let d = self.clone();
-            tokio::spawn(async move { d.undo_create(&id).await });
+            tokio::spawn(async move {
+                let recovery = Recovery::begin(d.sink.as_ref(), &id, "none (its create was cut short)");
+                recovery.found("what the create made before it was cut short");
+                recovery.scope(d.undo_create(&id)).await;
+                recovery.done("removed", None);
+            });
         }
         for (path, why) in loaded.unreadable {
             log!(self.cfg, "warn", "skipping {}: {why}", path.display());
@@ -902,6 +907,18 @@ impl Daemon {
         for e in running {
             let d = self.clone();
             tokio::spawn(async move { d.reattach(e).await });
+        }
+        let stopped: Vec<Arc<Entry>> = self
+            .containers
+            .all()
+            .into_iter()
+            .filter(|e| {
+                matches!(e.snapshot().state.status(), crate::state::Status::Exited | crate::state::Status::Dead)
+            })
+            .collect();
+        for e in stopped {
+            let d = self.clone();
+            tokio::spawn(async move { d.check_stopped(e).await });
         }
         // Restart policies at daemon start: `always` containers, and `unless-stopped` ones no
         // user stopped, that are not running (stopped by the last shutdown, or by a reboot).
@@ -945,63 +962,140 @@ impl Daemon {
             .collect();
         for e in created {
             let id = e.snapshot().id;
-            let s = match self.lifecycle.state(task(&id)).await {
-                Ok(s) => s,
-                // no task: a plain created container
-                Err(err) if err.code() == tonic::Code::NotFound => continue,
-                // (each call waits for an unreachable lifecycled: once is enough)
-                Err(err) if err.code() == tonic::Code::Unavailable => {
-                    log!(
-                        self.cfg,
-                        "warn",
-                        "lifecycled unreachable: starts cut short are not settled: {}",
-                        err.message()
-                    );
-                    return;
-                }
-                Err(err) => {
-                    log!(self.cfg, "warn", "container {id}: asking lifecycled for its task: {}", err.message());
-                    continue;
-                }
-            };
-            if matches!(s.status.as_str(), "running" | "paused" | "stopped") {
-                log!(self.cfg, "warn", "container {id} was started when the daemon stopped: adopted as running");
-                e.update(|r| r.state.start(s.pid, now()));
-                e.life.send_modify(|l| l.running = true);
-                self.persist(&e);
-            } else {
-                log!(self.cfg, "warn", "container {id}: removing the task of a start the daemon did not finish");
-                if let Err(err) = self.lifecycle.delete_task(task(&id)).await {
-                    log!(self.cfg, "warn", "container {id}: deleting its unfinished task: {}", err.message());
-                }
+            let recovery = Recovery::begin(self.sink.as_ref(), &id, "created");
+            if !recovery.scope(self.settle_interrupted_start(&e, &recovery)).await {
+                return;
             }
         }
     }
 
+    /// One container of [`Self::settle_interrupted_starts`]; false when lifecycled is
+    /// unreachable (the others need not ask).
+    async fn settle_interrupted_start(&self, e: &Arc<Entry>, recovery: &Recovery) -> bool {
+        let id = e.snapshot().id;
+        let s = match self.lifecycle.state(task(&id)).await {
+            Ok(s) => s,
+            // no task: a plain created container
+            Err(err) if err.code() == tonic::Code::NotFound => {
+                recovery.found("no task");
+                recovery.done("kept as created", None);
+                return true;
+            }
+            // (each call waits for an unreachable lifecycled: once is enough)
+            Err(err) if err.code() == tonic::Code::Unavailable => {
+                log!(self.cfg, "warn", "lifecycled unreachable: starts cut short are not settled: {}", err.message());
+                recovery.found("lifecycled unreachable");
+                recovery.done("kept as created", Some(err.message()));
+                return false;
+            }
+            Err(err) => {
+                log!(self.cfg, "warn", "container {id}: asking lifecycled for its task: {}", err.message());
+                recovery.found("lifecycled's answer was an error");
+                recovery.done("kept as created", Some(err.message()));
+                return true;
+            }
+        };
+        recovery.found(format!("a task {} (pid {}): a start cut short", s.status, s.pid));
+        if matches!(s.status.as_str(), "running" | "paused" | "stopped") && s.pid != 0 {
+            log!(self.cfg, "warn", "container {id} was started when the daemon stopped: adopted as running");
+            e.update(|r| r.state.start(s.pid, now()));
+            e.life.send_modify(|l| l.running = true);
+            self.persist(e);
+            recovery.done("adopted as running (its exit, if it has ended, is recorded next)", None);
+        } else {
+            log!(self.cfg, "warn", "container {id}: removing the task of a start the daemon did not finish");
+            let deleted = self.delete_task_to_end(&id).await;
+            if let Err(err) = &deleted {
+                log!(self.cfg, "warn", "container {id}: deleting its unfinished task: {}", err.message());
+            }
+            recovery.done("task deleted, kept as created", deleted.as_ref().err().map(|s| s.message()));
+        }
+        true
+    }
+
     async fn reattach(self: Arc<Self>, e: Arc<Entry>) {
+        let rec = e.snapshot();
+        let id = rec.id.clone();
+        let recovery = Recovery::begin(self.sink.as_ref(), &id, rec.state.status().as_str());
+        recovery.scope(self.reattach_in(e, &recovery)).await;
+    }
+
+    async fn reattach_in(self: &Arc<Self>, e: Arc<Entry>, recovery: &Recovery) {
         let id = e.snapshot().id;
         let state = self.lifecycle.state(task(&id)).await;
         match state {
             Ok(s) if matches!(s.status.as_str(), "running" | "paused" | "created") => {
                 log!(self.cfg, "info", "reattached to container {id}");
-                crate::network::ensure_proxies(&self, &e).await;
+                recovery.found(format!("its task {} (pid {})", s.status, s.pid));
+                crate::network::ensure_proxies(self, &e).await;
                 self.persist(&e);
                 self.spawn_monitor(e);
+                recovery.done("adopted: monitored again, its port proxies checked", None);
             }
             Ok(s) => {
                 let exit = s.exit.unwrap_or_default();
-                let _ = self.lifecycle.delete_task(task(&id)).await;
+                recovery.found(format!("its task {}, exit code {}", s.status, exit.exit_status));
+                let deleted = self.delete_task_to_end(&id).await;
                 self.record_exit(&e, exit).await;
+                let error = deleted.as_ref().err().map(|s| s.message());
+                recovery.done("exit recorded, task deleted", error);
             }
-            Err(_) => {
+            Err(err) => {
+                recovery.found(format!("no task ({})", err.message()));
                 let exit = ExitStatus {
                     exit_status: 255,
                     reason: "task lost while the daemon was down".into(),
                     ..Default::default()
                 };
                 self.record_exit(&e, exit).await;
+                recovery.done("exit recorded as lost (255)", None);
             }
         }
+    }
+
+    /// A container recorded as not running: no task of it may be left in lifecycled (a process
+    /// the record does not know of is killed, and the task deleted).
+    async fn check_stopped(self: Arc<Self>, e: Arc<Entry>) {
+        let rec = e.snapshot();
+        let id = rec.id.clone();
+        let recovery = Recovery::begin(self.sink.as_ref(), &id, rec.state.status().as_str());
+        recovery.scope(self.check_stopped_in(&e, &recovery)).await;
+    }
+
+    async fn check_stopped_in(&self, e: &Entry, recovery: &Recovery) {
+        let rec = e.snapshot();
+        let id = rec.id.clone();
+        let s = match self.lifecycle.state(task(&id)).await {
+            Err(err) if err.code() == tonic::Code::NotFound => {
+                recovery.found("no task");
+                return recovery.done("kept", None);
+            }
+            Err(err) => {
+                recovery.found("lifecycled's answer was an error");
+                return recovery.done("kept", Some(err.message()));
+            }
+            Ok(s) => s,
+        };
+        recovery.found(format!("a task {} (pid {}) the record does not know of", s.status, s.pid));
+        log!(
+            self.cfg,
+            "warn",
+            "container {id} is {} but has a task {}: deleting it",
+            rec.state.status().as_str(),
+            s.status
+        );
+        if matches!(s.status.as_str(), "running" | "paused" | "created") {
+            let kill = KillRequest {
+                container_id: id.clone(),
+                exec_id: String::new(),
+                signal: libc::SIGKILL as u32,
+                all: true,
+            };
+            let _ = self.lifecycle.kill(kill).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.lifecycle.wait(task(&id))).await;
+        }
+        let deleted = self.delete_task_to_end(&id).await;
+        recovery.done("killed and deleted", deleted.as_ref().err().map(|s| s.message()));
     }
 
     /// On shutdown: stop running containers (as dockerd does without live-restore).
@@ -1051,6 +1145,36 @@ pub fn parse_signal(s: &str) -> Result<u32, ApiError> {
 
 /// Whether a call to lifecycled failed without an answer (it went away during the call), so
 /// what it did is unknown until its successor is asked.
+/// One container's reconciliation at engined's start: a `daemon.recover` trace of its own,
+/// whose attributes say what was found (`recover.found`) and what was done (`recover.action`).
+/// The calls to lifecycled made for it run in [`Recovery::scope`], so they join its trace.
+struct Recovery(Arc<Trace>);
+
+impl Recovery {
+    fn begin(sink: Option<&engine_telemetry::Sink>, id: &str, record: &str) -> Recovery {
+        let t = Trace::background(sink, engine_telemetry::names::DAEMON_RECOVER);
+        t.attr(t.root, "container.id", id.to_string());
+        t.attr(t.root, "recover.record", record.to_string());
+        Recovery(Arc::new(t))
+    }
+
+    /// Runs `f` as part of this trace.
+    async fn scope<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.0.scope(f).await
+    }
+
+    /// What lifecycled (or the disk) says of the container's task.
+    fn found(&self, what: impl Into<String>) {
+        self.0.attr(self.0.root, "recover.found", what.into());
+    }
+
+    /// What was done (once); an error marks the span failed.
+    fn done(&self, action: &str, error: Option<&str>) {
+        self.0.attr(self.0.root, "recover.action", action.to_string());
+        self.0.end(error);
+    }
+}
+
 /// How long an operation whose outcome lifecycled's death left unknown keeps asking again.
 const SETTLE_FOR: Duration = Duration::from_secs(60);
 

@@ -12,6 +12,8 @@ pub const DAEMON_STOP: &str = "daemon.stop";
 pub const DAEMON_NETWORK: &str = "daemon.network";
 /// The root of engined's own work after a container's exit (its task's delete, auto-removal).
 pub const DAEMON_EXIT: &str = "daemon.exit";
+/// The root of one container's reconciliation at engined's start (what was found, what done).
+pub const DAEMON_RECOVER: &str = "daemon.recover";
 /// The root of a start a restart policy asks for.
 pub const DAEMON_POLICY_START: &str = "daemon.policy_start";
 pub const DAEMON_SHUTDOWN: &str = "daemon.shutdown";
@@ -95,6 +97,7 @@ pub const ALL: &[&str] = &[
     DAEMON_STOP,
     DAEMON_NETWORK,
     DAEMON_EXIT,
+    DAEMON_RECOVER,
     DAEMON_POLICY_START,
     DAEMON_SHUTDOWN,
     DAEMON_PULL,

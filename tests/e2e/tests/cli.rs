@@ -586,6 +586,13 @@ fn containers_survive_kill9_of_engined_and_lifecycled() {
     assert_eq!(e.inspect("steady", "{{.State.Pid}}"), pid);
     wait_for("the exit while engined was down", || e.state("short") == "exited");
     assert_eq!(e.inspect("short", "{{.State.ExitCode}}"), "4");
+    // Each container's reconciliation is a trace of its own: what was found, what was done.
+    let recovery = |name: &str| stdout(&e.engine(&["trace", "--json", "--op", "recover", name]));
+    wait_for("steady's recovery trace", || recovery("steady").contains("adopted"));
+    let short = recovery("short");
+    assert!(short.contains("daemon.recover") && short.contains("exit code 4"), "{short}");
+    // (its task's delete in lifecycled is part of that trace, not one of its own)
+    assert!(short.contains("exit recorded, task deleted") && short.contains("lifecycle.Tasks/Delete"), "{short}");
     assert!(e.ok(&["logs", "steady"]).starts_with("one\n"));
 
     // kill -9 lifecycled: engined starts another; the container runs on and is still managed
