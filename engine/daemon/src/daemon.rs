@@ -1063,8 +1063,14 @@ impl Daemon {
     }
 
     async fn check_stopped_in(&self, e: &Entry, recovery: &Recovery) {
+        // A restart policy may start it meanwhile: that start's task is known, not a stray.
+        let _op = e.op.lock().await;
         let rec = e.snapshot();
         let id = rec.id.clone();
+        if !matches!(rec.state.status(), crate::state::Status::Exited | crate::state::Status::Dead) {
+            recovery.found(format!("{} by the time it was checked", rec.state.status().as_str()));
+            return recovery.done("kept", None);
+        }
         let s = match self.lifecycle.state(task(&id)).await {
             Err(err) if err.code() == tonic::Code::NotFound => {
                 recovery.found("no task");
