@@ -379,18 +379,7 @@ impl Daemon {
     /// The task of a container as lifecycled knows it once it answers again (after a restart
     /// that cut a call short); none when it has no task or does not come back.
     async fn task_after_restart(&self, req: &TaskRequest) -> Option<TaskState> {
-        // The first calls after lifecycled died may meet the broken connection (a transport
-        // error) before a new one is refused (Unavailable): a state query is safe to repeat.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.lifecycle.retry(|| self.lifecycle.state(req.clone())).await {
-                Ok(t) => return Some(t),
-                Err(s) if outcome_unknown(&s) && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-                Err(_) => return None,
-            }
-        }
+        until_answered(|| self.lifecycle.state(req.clone())).await.ok()
     }
 
     /// A start that lifecycled's (or the shim's) death cut short: started if its successor says
@@ -715,16 +704,9 @@ impl Daemon {
     /// cut short is asked again of the lifecycled that follows (which finds the task again in
     /// its directory) for up to [`SETTLE_FOR`]; any answer but done or no-task is an error.
     async fn delete_task_to_end(&self, id: &str) -> Result<(), tonic::Status> {
-        let deadline = tokio::time::Instant::now() + SETTLE_FOR;
-        loop {
-            match self.lifecycle.delete_task(task(id)).await {
-                Ok(_) => return Ok(()),
-                Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
-                Err(s) if outcome_unknown(&s) && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-                Err(s) => return Err(s),
-            }
+        match until_answered(|| self.lifecycle.delete_task(task(id))).await {
+            Err(s) if s.code() != tonic::Code::NotFound => Err(s),
+            _ => Ok(()),
         }
     }
 
@@ -745,13 +727,7 @@ impl Daemon {
                     SETTLE_FOR.as_secs()
                 )));
             }
-            let req = KillRequest {
-                container_id: id.clone(),
-                exec_id: String::new(),
-                signal: libc::SIGKILL as u32,
-                all: true,
-            };
-            let _ = self.lifecycle.kill(req).await;
+            let _ = self.lifecycle.kill(kill_all(&id)).await;
             let exited = tokio::time::timeout(Duration::from_secs(5), async {
                 loop {
                     if !life.borrow_and_update().running || life.changed().await.is_err() {
@@ -1091,13 +1067,7 @@ impl Daemon {
             s.status
         );
         if matches!(s.status.as_str(), "running" | "paused" | "created") {
-            let kill = KillRequest {
-                container_id: id.clone(),
-                exec_id: String::new(),
-                signal: libc::SIGKILL as u32,
-                all: true,
-            };
-            let _ = self.lifecycle.kill(kill).await;
+            let _ = self.lifecycle.kill(kill_all(&id)).await;
             let _ = tokio::time::timeout(Duration::from_secs(10), self.lifecycle.wait(task(&id))).await;
         }
         let deleted = self.delete_task_to_end(&id).await;
@@ -1149,8 +1119,6 @@ pub fn parse_signal(s: &str) -> Result<u32, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("Invalid signal: {s}")))
 }
 
-/// Whether a call to lifecycled failed without an answer (it went away during the call), so
-/// what it did is unknown until its successor is asked.
 /// One container's reconciliation at engined's start: a `daemon.recover` trace of its own,
 /// whose attributes say what was found (`recover.found`) and what was done (`recover.action`).
 /// The calls to lifecycled made for it run in [`Recovery::scope`], so they join its trace.
@@ -1184,6 +1152,32 @@ impl Recovery {
 /// How long an operation whose outcome lifecycled's death left unknown keeps asking again.
 const SETTLE_FOR: Duration = Duration::from_secs(60);
 
+/// Whether a call to lifecycled failed without an answer (it went away during the call), so
+/// what it did is unknown until its successor is asked.
 fn outcome_unknown(s: &tonic::Status) -> bool {
     matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
+}
+
+/// Runs `call` (a call safe to repeat) until lifecycled answers it, for up to [`SETTLE_FOR`]: the
+/// first calls after lifecycled died may meet the broken connection (a transport error) before
+/// a new one is refused (Unavailable, which each call already retries for a while).
+async fn until_answered<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + SETTLE_FOR;
+    loop {
+        match call().await {
+            Err(s) if outcome_unknown(&s) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            r => return r,
+        }
+    }
+}
+
+/// SIGKILL to every process of container `id`.
+fn kill_all(id: &str) -> KillRequest {
+    KillRequest { container_id: id.to_string(), exec_id: String::new(), signal: libc::SIGKILL as u32, all: true }
 }
