@@ -203,6 +203,7 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::Events(a) => volumes::events(c, a).await,
         Command::System(volumes::SystemCommand::Df) => volumes::system_df(c).await,
         Command::System(volumes::SystemCommand::Info) => info(c).await,
+        Command::System(volumes::SystemCommand::Check { collect }) => volumes::system_check(c, collect).await,
         Command::Version => version(c).await,
         Command::Info => info(c).await,
         Command::Trace(a) => trace::run(c, a).await,

@@ -1,4 +1,4 @@
-//! `engine volume ...`, `engine events`, `engine system df`.
+//! `engine volume ...`, `engine events`, `engine system df`, `engine system check`.
 
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -148,6 +148,48 @@ pub enum SystemCommand {
     Df,
     /// Display system-wide information.
     Info,
+    /// List what removed or lost containers left behind (tasks, shims, cgroups, network
+    /// namespaces and endpoints, port proxies, snapshots); exits 1 if anything is left.
+    Check {
+        /// Remove what is found, and say what went.
+        #[arg(long)]
+        collect: bool,
+    },
+}
+
+/// `engine system check [--collect]`.
+pub async fn system_check(c: &Client, collect: bool) -> Result<i32> {
+    let path = "/engine/v1/system/check";
+    let v = if collect { client::read_json(c.post(path, None).await?).await? } else { c.get(path).await? };
+    let orphans = v["Orphans"].as_array().cloned().unwrap_or_default();
+    let unchecked = v["Unchecked"].as_array().cloned().unwrap_or_default();
+    for what in &unchecked {
+        eprintln!("not checked: {}", what.as_str().unwrap_or_default());
+    }
+    if orphans.is_empty() {
+        println!("nothing orphaned");
+        return Ok(if unchecked.is_empty() { 0 } else { 1 });
+    }
+    let text = |o: &Value, k: &str| o[k].as_str().unwrap_or_default().to_string();
+    let rows: Vec<Vec<String>> = orphans
+        .iter()
+        .map(|o| {
+            let mut row = vec![text(o, "Kind"), text(o, "Container").chars().take(12).collect(), text(o, "Path")];
+            if collect {
+                row.push(match (o["Collected"].as_bool(), o["Error"].as_str()) {
+                    (Some(true), _) => "removed".into(),
+                    (_, Some(e)) => format!("left: {e}"),
+                    _ => "left".into(),
+                });
+            }
+            row
+        })
+        .collect();
+    let header: &[&str] =
+        if collect { &["KIND", "CONTAINER", "PATH", "RESULT"] } else { &["KIND", "CONTAINER", "PATH"] };
+    print!("{}", format::table(header, &rows));
+    let all_removed = collect && orphans.iter().all(|o| o["Collected"].as_bool() == Some(true));
+    Ok(if all_removed && unchecked.is_empty() { 0 } else { 1 })
 }
 
 pub async fn system_df(c: &Client) -> Result<i32> {

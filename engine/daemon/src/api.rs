@@ -138,6 +138,7 @@ const FIXED_PATHS: &[&str] = &[
     "/v1/traces",
     "/engine/v1/traces",
     "/engine/v1/probes",
+    "/engine/v1/system/check",
     "/containers/json",
     "/auth",
 ];
@@ -319,6 +320,12 @@ async fn dispatch(
         (&M::GET, ["engine", "v1", "containers", id, "traces"]) => crate::traces::container_traces(d, id),
         (&M::GET, ["engine", "v1", "traces"]) => crate::traces::recent(d, &q),
         (&M::GET, ["engine", "v1", "probes"]) => crate::traces::probes(d),
+        (&M::GET, ["engine", "v1", "system", "check"]) => {
+            Ok(http::json(StatusCode::OK, &crate::orphans::find(d).await))
+        }
+        (&M::POST, ["engine", "v1", "system", "check"]) => {
+            Ok(http::json(StatusCode::OK, &crate::orphans::collect(d).await))
+        }
         (&M::GET, ["engine", "v1", "traces", "stats"]) => crate::traces::stats(d, &q).await,
         (&M::GET, ["engine", "v1", "traces", id]) => crate::traces::trace(d, id).await,
         (&M::POST, ["v1", "traces"]) => {

@@ -108,6 +108,11 @@ pub struct Config {
     /// the descriptor limit less 1024 kept for containers, at least 64).
     #[arg(long)]
     pub max_api_connections: Option<usize>,
+    /// Seconds between collections of orphans (what containers engined has no record of left:
+    /// tasks, shims, cgroups, network namespaces and endpoints, port proxies, snapshots); one
+    /// collection also runs at start. 0: only when asked (`engine system check --collect`).
+    #[arg(long, default_value_t = 600)]
+    pub orphan_collection_interval: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -139,6 +144,7 @@ struct FileConfig {
     max_upload_chunk_size: Option<String>,
     api_header_timeout: Option<u64>,
     max_api_connections: Option<usize>,
+    orphan_collection_interval: Option<u64>,
 }
 
 /// `"default-address-pools": [{"base": "10.10.0.0/16", "size": 24}]`, as daemon.json has it.
@@ -242,6 +248,12 @@ impl Config {
             }
             if self.max_api_connections.is_none() {
                 self.max_api_connections = f.max_api_connections;
+            }
+            if let Some(v) = f
+                .orphan_collection_interval
+                .filter(|_| self.orphan_collection_interval == defaults.orphan_collection_interval)
+            {
+                self.orphan_collection_interval = v;
             }
             if let Some(h) = f.hosts.and_then(|h| h.into_iter().next()).filter(|_| self.host == defaults.host) {
                 self.host = h;
@@ -437,5 +449,9 @@ mod tests {
         assert_eq!((cfg.api_header_timeout, cfg.max_api_connections), (0, Some(7)));
         let err = resolve(&["--max-api-connections", "0"]).unwrap_err().to_string();
         assert!(err.contains("max-api-connections must be at least 1"), "{err}");
+        assert_eq!(cfg.orphan_collection_interval, 600);
+        std::fs::write(&file, r#"{"orphan-collection-interval": 0}"#).unwrap();
+        assert_eq!(resolve(&[]).unwrap().orphan_collection_interval, 0);
+        assert_eq!(resolve(&["--orphan-collection-interval", "60"]).unwrap().orphan_collection_interval, 60);
     }
 }

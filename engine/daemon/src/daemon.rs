@@ -47,6 +47,8 @@ pub struct Daemon {
     pub execs: crate::exec::Execs,
     /// Container and network events for `GET /events`.
     pub events: Events,
+    /// One collection of orphans at a time.
+    pub orphans: crate::orphans::Collector,
 }
 
 use engine_util::time::now_rfc3339_nanos as now;
@@ -103,6 +105,7 @@ impl Daemon {
             shutting_down: AtomicBool::new(false),
             execs: Default::default(),
             events: Events::default(),
+            orphans: Default::default(),
             cfg,
         });
         d.load_records(loaded).await?;
@@ -1178,6 +1181,6 @@ where
 }
 
 /// SIGKILL to every process of container `id`.
-fn kill_all(id: &str) -> KillRequest {
+pub(crate) fn kill_all(id: &str) -> KillRequest {
     KillRequest { container_id: id.to_string(), exec_id: String::new(), signal: libc::SIGKILL as u32, all: true }
 }

@@ -20,6 +20,7 @@ pub mod kernel;
 pub mod lifecycle;
 pub mod metrics;
 pub mod network;
+pub mod orphans;
 pub mod records;
 pub mod state;
 pub mod supervisor;
@@ -180,6 +181,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     if let Some(listener) = metrics_listener {
         serve_metrics(daemon.clone(), listener);
     }
+    orphans::spawn_periodic(daemon.clone());
 
     let _ = std::fs::remove_file(&sock);
     let listener = engine_api::bind_unix(&sock).with_context(|| format!("listening on {}", sock.display()))?;

@@ -93,6 +93,7 @@ impl Lifecycle {
     unary! {
         create_container: containers.create(CreateContainerRequest) -> Container;
         delete_container: containers.delete(ContainerId) -> Empty;
+        list_containers: containers.list(ListContainersRequest) -> ListContainersResponse;
         create_task: tasks.create(CreateTaskRequest) -> CreateTaskResponse;
         start_task: tasks.start(TaskRequest) -> Empty;
         kill: tasks.kill(KillRequest) -> Empty;

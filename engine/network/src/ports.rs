@@ -153,24 +153,49 @@ pub fn spawn(
 
 /// Whether `pid` is still the proxy of `p` (a pid read back after a restart may be reused).
 pub fn is_running(p: &Proxy) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", p.pid)) else { return false };
+    serves(p.pid, &p.stats)
+}
+
+/// Whether process `pid` is the proxy that keeps its counters in `stats`: that path is under
+/// engined's exec-root and names the container and port, so only this proxy has it on its
+/// command line (whatever the binary is called).
+fn serves(pid: u32, stats: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    // the counters path is under engined's exec-root and names the container and port: only
-    // this proxy has it on its command line (whatever the binary is called)
-    args.windows(2).any(|w| w[0] == "--stats" && Path::new(&w[1]) == p.stats)
+    args.windows(2).any(|w| w[0] == "--stats" && Path::new(&w[1]) == stats)
+}
+
+/// The live proxy that keeps its counters in `stats`, found among all processes: for a proxy
+/// no record names any more (its container's record was lost), whose pid is not known.
+pub fn find_by_stats(stats: &Path) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| serves(*pid, stats) && !is_zombie(*pid))
 }
 
 /// Stops a proxy (SIGTERM: it closes its listener and exits) and removes its counters. Waits
 /// (2 s at most) until it is gone, so a start right after can bind the same port.
 pub fn stop(p: &Proxy) {
-    if is_running(p) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid as i32), nix::sys::signal::Signal::SIGTERM);
+    stop_serving(Some(p.pid), &p.stats);
+}
+
+/// [`stop`] for a proxy known only by its counters file (see [`find_by_stats`]); a proxy that
+/// is not running any more only has its file removed.
+pub fn stop_by_stats(stats: &Path) {
+    stop_serving(find_by_stats(stats), stats);
+}
+
+fn stop_serving(pid: Option<u32>, stats: &Path) {
+    if let Some(pid) = pid.filter(|pid| serves(*pid, stats)) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while is_running(p) && !is_zombie(p.pid) && std::time::Instant::now() < deadline {
+        while serves(pid, stats) && !is_zombie(pid) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
-    let _ = std::fs::remove_file(&p.stats);
+    let _ = std::fs::remove_file(stats);
 }
 
 /// An exited process not reaped yet (it holds no socket any more).

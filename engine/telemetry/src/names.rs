@@ -14,6 +14,11 @@ pub const DAEMON_NETWORK: &str = "daemon.network";
 pub const DAEMON_EXIT: &str = "daemon.exit";
 /// The root of one container's reconciliation at engined's start (what was found, what done).
 pub const DAEMON_RECOVER: &str = "daemon.recover";
+/// The root of a collection of orphans (what containers engined has no record of left) that
+/// found any: one `daemon.orphan` child per thing found.
+pub const DAEMON_COLLECT: &str = "daemon.collect";
+/// One orphan collected (`orphan.kind`, `container.id`, `orphan.path`); failed if it stayed.
+pub const DAEMON_ORPHAN: &str = "daemon.orphan";
 /// The root of a start a restart policy asks for.
 pub const DAEMON_POLICY_START: &str = "daemon.policy_start";
 pub const DAEMON_SHUTDOWN: &str = "daemon.shutdown";
@@ -98,6 +103,8 @@ pub const ALL: &[&str] = &[
     DAEMON_NETWORK,
     DAEMON_EXIT,
     DAEMON_RECOVER,
+    DAEMON_COLLECT,
+    DAEMON_ORPHAN,
     DAEMON_POLICY_START,
     DAEMON_SHUTDOWN,
     DAEMON_PULL,

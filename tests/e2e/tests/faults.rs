@@ -265,3 +265,68 @@ fn assert_no_exit_reported_twice(e: &Engined, victim: Victim, ids: &[String], si
         }
     }
 }
+
+/// Containers whose records are lost (their directory gone while engined was down) leave a
+/// task with its shim and process, a port proxy, a cgroup and a snapshot that no record names.
+/// `engine system check` lists them and fails; `--collect` removes them; with the periodic
+/// collection on, engined's start alone does.
+#[test]
+fn orphans_of_lost_records_are_reported_and_collected() {
+    let mut e = Engined::start_with(&[], &["--orphan-collection-interval", "0"]);
+    e.import_busybox("busybox");
+    let cmd = unique_command(7, Victim::Engined, Point::FirstRunning);
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let run = |name: &str| {
+        e.ok(&["run", "-d", "--name", name, "-p", "127.0.0.1::80", "busybox", cmd[0], cmd[1]]).trim().to_string()
+    };
+    let (a, b) = (run("lost-a"), run("lost-b"));
+    wait_for("both containers to run", || processes_running(&cmd).len() == 2);
+    let pid_of = |id: &str| e.inspect(id, "{{.State.Pid}}").parse::<u32>().unwrap();
+    let (pid_a, pid_b) = (pid_of(&a), pid_of(&b));
+    assert_eq!(e.proxies().len(), 2);
+
+    // a's record goes while engined is down: engined never hears of a again
+    e.kill9();
+    std::fs::remove_dir_all(e.data_root().join("containers").join(&a)).unwrap();
+    e.restart();
+    assert_eq!(e.ok(&["ps", "-aq", "--no-trunc"]).trim(), b);
+    let check = e.engine(&["system", "check"]);
+    let listed = stdout(&check);
+    assert_eq!(check.status.code(), Some(1), "check with orphans: {listed}{}", stderr(&check));
+    for kind in ["proxy", "task", "cgroup", "snapshot"] {
+        assert!(
+            listed.lines().any(|l| l.starts_with(kind) && l.contains(&a[..12])),
+            "no {kind} of {a} listed:\n{listed}"
+        );
+    }
+    assert!(!listed.contains(&b[..12]), "b is known, not orphaned:\n{listed}");
+    assert!(processes_running(&cmd).contains(&pid_a), "a check must change nothing");
+
+    let collected = e.engine(&["system", "check", "--collect"]);
+    let listed = stdout(&collected);
+    assert!(collected.status.success(), "collect: {listed}{}\n{}", stderr(&collected), e.log_tail());
+    assert!(listed.lines().skip(1).all(|l| l.ends_with("removed")), "{listed}");
+    assert_eq!(e.ok(&["system", "check"]).trim(), "nothing orphaned");
+    assert_eq!(processes_running(&cmd), vec![pid_b], "a's process is killed, b's is not");
+    wait_for("a's shim to exit", || e.shims().len() == 1);
+    assert_eq!(e.task_dirs().len(), 1, "a's task directory is removed");
+    wait_for("a's proxy to exit", || e.proxies().len() == 1);
+    assert_eq!(e.snapshots(), 1, "a's snapshot is removed");
+    assert!(e.cgroups().iter().all(|p| !p.ends_with(&a)), "a's cgroup is removed");
+    assert!(e.mounts().iter().all(|m| !m.contains(&a)), "a's mounts are removed");
+    let log = std::fs::read_to_string(e.dir.path().join("engined.log")).unwrap();
+    assert!(log.contains(&format!("orphaned task of container {a}")), "no warning of the collection in the log");
+    assert_eq!(e.state("lost-b"), "running");
+
+    // b's record goes too, and engined comes back with the periodic collection on: its start
+    // collects b's orphans on its own
+    e.kill9();
+    std::fs::remove_dir_all(e.data_root().join("containers").join(&b)).unwrap();
+    let flag = e.args.iter().position(|a| a == "--orphan-collection-interval").unwrap();
+    e.args.drain(flag..flag + 2);
+    e.restart();
+    wait_for("engined's start to collect b's orphans", || {
+        e.engine(&["system", "check"]).status.success() && processes_running(&cmd).is_empty()
+    });
+    assert_nothing_left(&e, &cmd);
+}

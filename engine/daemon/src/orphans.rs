@@ -1,0 +1,340 @@
+//! Orphans: what containers engined has no record of left behind — lifecycled's containers and
+//! tasks (with their shims and processes), port proxies, network namespaces, endpoints on
+//! networks, cgroups and snapshots. [`find`] reports them (`GET /engine/v1/system/check`,
+//! `engine system check`); [`collect`] removes them, at engined's start, every
+//! `--orphan-collection-interval` seconds and when asked (`POST`, `--collect`).
+//!
+//! It owns nothing but the looking: everything it removes is removed through the store that
+//! made it (lifecycled, the networks, the image store, the proxies' own stop). It must never
+//! touch a container engined knows (by its record or its directory), nor anything not named by
+//! a container id under engined's own roots (its exec-root, data-root, cgroup parent, networks).
+//!
+//! It rests on one invariant of the container store: every resource of a container is made
+//! after the container's directory (`<data-root>/containers/<id>`) and removed before it. So
+//! the resources are listed first and the known containers read after: a resource of a
+//! container being created is known by then; one of a container being removed may be listed,
+//! but its removal and its collection are both idempotent.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use engine_api::v1::{ContainerId, ListContainersRequest};
+use serde::Serialize;
+
+use crate::daemon::Daemon;
+use crate::lifecycle::task;
+use crate::log;
+
+/// What kind of thing an orphan is, in the order a collection takes them: the proxies and
+/// processes first, what they hold after.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A port proxy (`engine-proxy`), by its counters file.
+    Proxy,
+    /// lifecycled's container, its task if any (shim, processes, runtime state, task directory).
+    Task,
+    /// A network namespace bind mount under the exec-root.
+    Namespace,
+    /// An endpoint on a network: an address and a host veth.
+    Endpoint,
+    /// The container's cgroup, in every hierarchy.
+    Cgroup,
+    /// The container's snapshot (its overlay mount and writable layer).
+    Snapshot,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Proxy => "proxy",
+            Kind::Task => "task",
+            Kind::Namespace => "namespace",
+            Kind::Endpoint => "endpoint",
+            Kind::Cgroup => "cgroup",
+            Kind::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// One thing left of a container engined has no record of.
+#[derive(Serialize, Clone, Debug)]
+#[serde(rename_all = "PascalCase")]
+pub struct Orphan {
+    pub kind: Kind,
+    /// The id of the container it belonged to.
+    pub container: String,
+    /// Where it is: a file or directory, or `<network>/<host veth>` for an endpoint.
+    pub path: String,
+    /// After a collection: whether it is gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collected: Option<bool>,
+    /// After a collection that failed: why it is still there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The network of an endpoint (its id).
+    #[serde(skip)]
+    network: String,
+}
+
+/// What a check or a collection found.
+#[derive(Serialize, Clone, Debug, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Report {
+    pub orphans: Vec<Orphan>,
+    /// What could not be looked at (lifecycled did not answer): orphans may hide there.
+    pub unchecked: Vec<String>,
+}
+
+/// Serializes collections: the periodic one and those the API asks for.
+#[derive(Default)]
+pub struct Collector(tokio::sync::Mutex<()>);
+
+/// Whether `s` is a container id as engined makes them (64 hex digits): nothing else under its
+/// roots is ever taken for a container's.
+fn is_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The names and paths of the entries of `dir` (none when it does not exist).
+fn entries(dir: &Path) -> Vec<(String, PathBuf)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path())))
+        .collect()
+}
+
+/// The mount points of the cgroup hierarchies (v1 and v2), from `/proc/self/mountinfo`.
+fn cgroup_mounts() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let fstype = right.split(' ').next()?;
+            let mount_point = left.split(' ').nth(4)?;
+            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .collect()
+}
+
+/// Lists every orphan of `d` (nothing is changed).
+pub async fn find(d: &Daemon) -> Report {
+    let mut report = Report::default();
+    let mut found: Vec<(Kind, String, String, String)> = Vec::new();
+    let cfg = &d.cfg;
+
+    // proxies: `<exec-root>/proxy/<id>-<proto>-<port>-<n>`
+    for (name, path) in entries(&cfg.exec_root.join("proxy")) {
+        if let Some(id) = name.split('-').next().filter(|id| is_id(id)) {
+            found.push((Kind::Proxy, id.to_string(), path.display().to_string(), String::new()));
+        }
+    }
+    // lifecycled's containers, and its task directories (a task of a container it lost)
+    let tasks_dir = cfg.exec_root.join("lifecycle").join("tasks");
+    let mut task_ids: BTreeSet<String> =
+        entries(&tasks_dir).into_iter().map(|(name, _)| name).filter(|n| is_id(n)).collect();
+    match d.lifecycle.list_containers(ListContainersRequest::default()).await {
+        Ok(r) => task_ids.extend(r.containers.into_iter().map(|c| c.id).filter(|id| is_id(id))),
+        Err(s) => report.unchecked.push(format!("lifecycled's containers: {}", s.message())),
+    }
+    for id in task_ids {
+        let dir = tasks_dir.join(&id);
+        let path = if dir.exists() { dir } else { cfg.data_root.join("lifecycle").join("containers").join(&id) };
+        found.push((Kind::Task, id, path.display().to_string(), String::new()));
+    }
+    // network namespaces and endpoints
+    for (name, path) in entries(&cfg.exec_root.join("netns")) {
+        if is_id(&name) {
+            found.push((Kind::Namespace, name, path.display().to_string(), String::new()));
+        }
+    }
+    for net in d.networks.list() {
+        for (id, ep) in net.endpoints.iter().filter(|(id, _)| is_id(id)) {
+            found.push((Kind::Endpoint, id.clone(), format!("{}/{}", net.name, ep.host_veth), net.id.clone()));
+        }
+    }
+    // cgroups: `<hierarchy>/<cgroup parent>/<id>`, one orphan for all hierarchies
+    let parent = cfg.cgroup_parent.trim_matches('/');
+    let mut cgroup_ids = BTreeSet::new();
+    for mount in cgroup_mounts() {
+        for (name, path) in entries(&mount.join(parent)) {
+            if is_id(&name) && path.is_dir() {
+                cgroup_ids.insert(name);
+            }
+        }
+    }
+    for id in cgroup_ids {
+        let path = format!("/{parent}/{id}");
+        found.push((Kind::Cgroup, id, path, String::new()));
+    }
+    for (name, path) in entries(&cfg.data_root.join("image").join("snapshots")) {
+        if is_id(&name) {
+            found.push((Kind::Snapshot, name, path.display().to_string(), String::new()));
+        }
+    }
+
+    // Only now the known containers (see the crate doc): their directories, and the store.
+    let mut known: BTreeSet<String> = entries(d.containers.root()).into_iter().map(|(name, _)| name).collect();
+    known.extend(d.containers.all().iter().map(|e| e.snapshot().id));
+    report.orphans = found
+        .into_iter()
+        .filter(|(_, id, _, _)| !known.contains(id))
+        .map(|(kind, container, path, network)| Orphan { kind, container, path, collected: None, error: None, network })
+        .collect();
+    report.orphans.sort_by(|a, b| (&a.container, a.kind).cmp(&(&b.container, b.kind)));
+    report
+}
+
+/// Finds and removes every orphan of `d`; the report says what was found and whether each went.
+/// A collection that found any is a `daemon.collect` trace, and each orphan a warning in the log.
+pub async fn collect(d: &Daemon) -> Report {
+    let _one_at_a_time = d.orphans.0.lock().await;
+    let mut report = find(d).await;
+    if report.orphans.is_empty() {
+        return report;
+    }
+    let trace = crate::trace::Trace::background(d.sink.as_ref(), engine_telemetry::names::DAEMON_COLLECT);
+    trace.attr(trace.root, "collect.found", report.orphans.len() as i64);
+    let mut failed = 0;
+    for o in &mut report.orphans {
+        let span = trace.start(engine_telemetry::names::DAEMON_ORPHAN);
+        trace.attr(span, "orphan.kind", o.kind.as_str());
+        trace.attr(span, "container.id", o.container.clone());
+        trace.attr(span, "orphan.path", o.path.clone());
+        let result = remove(d, o).await;
+        log!(
+            d.cfg,
+            "warn",
+            "orphaned {} of container {} ({}): {}",
+            o.kind.as_str(),
+            o.container,
+            o.path,
+            match &result {
+                Ok(()) => "removed".to_string(),
+                Err(e) => format!("not removed: {e}"),
+            }
+        );
+        o.collected = Some(result.is_ok());
+        o.error = result.as_ref().err().cloned();
+        failed += usize::from(result.is_err());
+        let _ = trace.finish(span, result);
+    }
+    trace.end((failed > 0).then(|| format!("{failed} orphans not removed")).as_deref());
+    report
+}
+
+/// Collects at engined's start and then every `--orphan-collection-interval` seconds (none when
+/// it is 0).
+pub fn spawn_periodic(d: std::sync::Arc<Daemon>) {
+    let every = d.cfg.orphan_collection_interval;
+    if every == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            if d.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let report = collect(&d).await;
+            for what in &report.unchecked {
+                log!(d.cfg, "warn", "orphan collection could not check {what}");
+            }
+            tokio::time::sleep(Duration::from_secs(every)).await;
+        }
+    });
+}
+
+/// Removes one orphan; an error says why it is still there.
+async fn remove(d: &Daemon, o: &Orphan) -> Result<(), String> {
+    let id = o.container.clone();
+    match o.kind {
+        Kind::Proxy => {
+            let stats = PathBuf::from(&o.path);
+            blocking(move || {
+                engine_network::ports::stop_by_stats(&stats);
+                match engine_network::ports::find_by_stats(&stats) {
+                    Some(pid) => Err(format!("proxy {pid} did not exit")),
+                    None => Ok(()),
+                }
+            })
+            .await
+        }
+        Kind::Task => remove_task(d, &id).await,
+        Kind::Namespace => {
+            d.networks.release(&id);
+            let path = PathBuf::from(&o.path);
+            blocking(move || {
+                engine_network::remove_namespace(&path);
+                match path.exists() {
+                    true => Err(format!("{} is still there", path.display())),
+                    false => Ok(()),
+                }
+            })
+            .await
+        }
+        Kind::Endpoint => d.networks.detach(&o.network, &id).await.map_err(|e| e.to_string()),
+        Kind::Cgroup => {
+            let rel = PathBuf::from(o.path.trim_start_matches('/'));
+            blocking(move || remove_cgroup(&rel)).await
+        }
+        Kind::Snapshot => {
+            let images = d.images.clone();
+            blocking(move || images.remove_snapshot(&id).map_err(|e| e.to_string())).await
+        }
+    }
+}
+
+async fn blocking(f: impl FnOnce() -> Result<(), String> + Send + 'static) -> Result<(), String> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| e.to_string())?
+}
+
+/// How long an orphan's task has to end after SIGKILL before its removal counts as failed.
+const TASK_END: Duration = Duration::from_secs(10);
+
+/// Kills every process of lifecycled's container `id`, deletes its task (the shim goes, and
+/// with it the runtime's container, its cgroup and the task directory), then the container.
+async fn remove_task(d: &Daemon, id: &str) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + TASK_END;
+    loop {
+        let _ = d.lifecycle.kill(crate::daemon::kill_all(id)).await;
+        match d.lifecycle.delete_task(task(id)).await {
+            Ok(_) => break,
+            Err(s) if s.code() == tonic::Code::NotFound => break,
+            Err(s) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!("deleting its task: {}", s.message()))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    match d.lifecycle.delete_container(ContainerId { id: id.to_string() }).await {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+        Err(s) => Err(format!("deleting it from lifecycled: {}", s.message())),
+    }
+}
+
+/// Removes the cgroup `rel` (relative to each hierarchy's root) from every hierarchy: its
+/// processes are killed, and its directory removed once they are gone (5 s at most).
+fn remove_cgroup(rel: &Path) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for dir in cgroup_mounts().into_iter().map(|m| m.join(rel)).filter(|d| d.is_dir()) {
+        loop {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    return Err(format!("removing {}: {e}", dir.display()));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+    Ok(())
+}
