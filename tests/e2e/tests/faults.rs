@@ -316,6 +316,11 @@ fn orphans_of_lost_records_are_reported_and_collected() {
     assert!(e.mounts().iter().all(|m| !m.contains(&a)), "a's mounts are removed");
     let log = std::fs::read_to_string(e.dir.path().join("engined.log")).unwrap();
     assert!(log.contains(&format!("orphaned task of container {a}")), "no warning of the collection in the log");
+    // the collection is a trace of its own, found by the lost container's id
+    let traced = e.ok(&["trace", "--json", "--op", "collect", &a]);
+    for what in ["daemon.collect", "daemon.orphan", "snapshots", "/lifecycle/tasks/"] {
+        assert!(traced.contains(what), "no {what} in the collection's trace: {traced}");
+    }
     assert_eq!(e.state("lost-b"), "running");
 
     // b's record goes too, and engined comes back with the periodic collection on: its start
