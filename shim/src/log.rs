@@ -36,7 +36,12 @@ impl JsonLog {
         if self.size > 0 && self.size + text.len() as u64 > self.max_size {
             self.rotate()?;
         }
-        self.file.write_all(text.as_bytes())?;
+        if let Err(e) = self.file.write_all(text.as_bytes()) {
+            // A full disk may take part of the line: cut it off, so the next entry written
+            // once there is room again starts on a line of its own.
+            let _ = self.file.set_len(self.size);
+            return Err(e);
+        }
         self.size += text.len() as u64;
         Ok(())
     }
@@ -79,5 +84,31 @@ mod tests {
         let nums: Vec<i64> = entries.iter().map(|e| e.unix_nanos).collect();
         assert!(nums.windows(2).all(|w| w[0] < w[1]), "{nums:?}");
         assert_eq!(entries.last().unwrap().line, b"line 19\n");
+    }
+
+    /// A full disk loses the lines that do not fit, whole: none is torn, and the lines written
+    /// once there is room again read back (needs root, for a one-page tmpfs).
+    #[test]
+    fn a_full_disk_loses_whole_lines_and_writing_resumes_when_freed() {
+        let disk = engine_test_support::Tmpfs::mount("4k");
+        let path = disk.path().join("log.json");
+        let mut log = JsonLog::open(&path, 0, 1).unwrap();
+        let mut written = 0;
+        let full = loop {
+            match log.write("stdout", format!("line {written} of a container's output\n").as_bytes(), written) {
+                Ok(()) => written += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.last(), Some(&b'\n'), "the line that did not fit is torn");
+        assert_eq!(read_all(&path, 1).len() as i64, written);
+
+        disk.resize("64k");
+        log.write("stdout", b"after\n", written + 1).unwrap();
+        let entries = read_all(&path, 1);
+        assert_eq!(entries.len() as i64, written + 1);
+        assert_eq!(entries.last().unwrap().line, b"after\n");
     }
 }

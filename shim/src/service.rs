@@ -807,8 +807,40 @@ impl Shim for ShimService {
     }
 }
 
-/// Runs the shim: binds its socket, says "ready" on stdout, and serves until Shutdown.
+/// Runs the shim: binds its socket, says "ready" on stdout, and serves until Shutdown. A shim
+/// that cannot start says `error: <why>` on stdout instead: that pipe reaches whoever started
+/// it even when its log cannot be written (a full exec-root).
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let (service, listener, socket, shutdown_rx) = match prepare(cfg).await {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            println!("error: {e:#}");
+            return Err(e);
+        }
+    };
+    // tell whoever started us that the socket is there, then let go of its pipe
+    println!("ready");
+    std::io::stdout().flush().ok();
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto our own stdout.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+    tonic::transport::Server::builder()
+        .add_service(ShimServer::new(service))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async {
+            let _ = shutdown_rx.await;
+        })
+        .await
+        .context("serve")?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// Everything before the shim can serve: its state directory, socket and pid file, the span
+/// hand-off; the service, its listener and socket path, and the signal to shut it down.
+async fn prepare(
+    cfg: Config,
+) -> anyhow::Result<(ShimService, tokio::net::UnixListener, std::path::PathBuf, oneshot::Receiver<()>)> {
     std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("create {}", cfg.state_dir.display()))?;
     let reaper = Reaper::start().context("become a child subreaper")?;
     let socket = task::socket_path(&cfg.state_dir);
@@ -848,20 +880,5 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         sink,
         shutdown: Mutex::new(Some(shutdown_tx)),
     };
-    // tell whoever started us that the socket is there, then let go of its pipe
-    println!("ready");
-    std::io::stdout().flush().ok();
-    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-        // SAFETY: dup2 onto our own stdout.
-        unsafe { libc::dup2(null.as_raw_fd(), 1) };
-    }
-    tonic::transport::Server::builder()
-        .add_service(ShimServer::new(service))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async {
-            let _ = shutdown_rx.await;
-        })
-        .await
-        .context("serve")?;
-    let _ = std::fs::remove_file(&socket);
-    Ok(())
+    Ok((service, listener, socket, shutdown_rx))
 }

@@ -76,8 +76,9 @@ impl Client {
         let stream = tokio::net::UnixStream::connect(&self.sock)
             .await
             .map_err(|_| anyhow!("Cannot connect to the engine daemon at {}. Is engined running?", self.host))?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("talking to the daemon")?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(NoSigPipe(stream)))
+            .await
+            .context("talking to the daemon")?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
@@ -275,5 +276,57 @@ impl Demux {
             out(self.0[0], &self.0[8..8 + len]);
             self.0.drain(..8 + len);
         }
+    }
+}
+
+/// The connection to engined, whose writes never raise SIGPIPE (`send` with `MSG_NOSIGNAL`):
+/// the CLI keeps SIGPIPE's default for its output, but a daemon that answers an upload
+/// before reading all of it (an error) and closes must give an error to read the answer
+/// from, not kill the CLI before it can print it.
+struct NoSigPipe(tokio::net::UnixStream);
+
+impl tokio::io::AsyncRead for NoSigPipe {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for NoSigPipe {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::os::fd::AsRawFd;
+        let stream = &self.get_mut().0;
+        loop {
+            std::task::ready!(stream.poll_write_ready(cx))?;
+            let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                nix::sys::socket::send(stream.as_raw_fd(), buf, nix::sys::socket::MsgFlags::MSG_NOSIGNAL)
+                    .map_err(std::io::Error::from)
+            });
+            match sent {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return std::task::Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }

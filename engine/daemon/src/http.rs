@@ -243,7 +243,9 @@ pub async fn read_json<T: serde::de::DeserializeOwned + Default>(body: Incoming)
 }
 
 /// A blocking reader over a request body, for the synchronous image code (run it in
-/// `spawn_blocking`). The body is pumped by a task on the runtime.
+/// `spawn_blocking`). The body is pumped by a task on the runtime. A reader dropped before the
+/// end (the load failed) leaves the rest to be read and discarded: a connection closed with
+/// unread data is reset, and the client, still sending, would lose the error it was answered.
 pub struct BodyReader {
     rx: mpsc::Receiver<Result<Bytes, io::Error>>,
     current: Bytes,
@@ -262,7 +264,12 @@ impl BodyReader {
                     Err(e) => Err(io::Error::other(e)),
                 };
                 let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
+                if failed {
+                    let _ = tx.send(item).await;
+                    return;
+                }
+                if tx.send(item).await.is_err() {
+                    while let Some(Ok(_)) = body.frame().await {}
                     return;
                 }
             }

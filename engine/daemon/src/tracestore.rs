@@ -285,6 +285,9 @@ impl TraceStore {
         let mut inner = self.lock();
         let Some(seg) = inner.open.as_mut() else { return };
         if seg.file.write_all(&line).is_err() {
+            // a full disk may have taken part of the line: cut it off, so the next one starts
+            // on a line of its own once there is room again
+            let _ = seg.file.set_len(seg.bytes);
             self.stats.write_errors.fetch_add(spans.len() as u64, Ordering::Relaxed);
             return;
         }
@@ -584,6 +587,29 @@ mod tests {
             arc.summary("4bf92f3577b34da6a3ce929d0e0e4736").unwrap().root.as_deref(),
             Some("POST /containers/create")
         );
+    }
+
+    /// A full disk loses the requests that do not fit, whole: those written once there is room
+    /// again read back after a restart (needs root, for a small tmpfs).
+    #[test]
+    fn a_full_disk_loses_whole_requests_and_storing_resumes_when_freed() {
+        let disk = engine_test_support::Tmpfs::mount("8k");
+        let dir = disk.path();
+        let retention = Retention { max_traces: 1000, max_bytes: 1 << 30, segment_bytes: 1 << 20 };
+        let store = Arc::new(TraceStore::open(dir, retention, None, vec![]).unwrap());
+        let mut stored = Vec::new();
+        while store.stats.write_errors.load(Ordering::Relaxed) == 0 {
+            stored.push(trace(&store, "c1", 3));
+        }
+        stored.pop(); // the one that did not fit
+        disk.resize("1m");
+        stored.push(trace(&store, "c1", 3));
+        drop(store);
+        let again = TraceStore::open(dir, retention, None, vec![]).unwrap();
+        assert!(stored.len() > 2);
+        for id in &stored {
+            assert_eq!(again.summary(id).map(|s| s.spans), Some(3), "trace {id} of {}", stored.len());
+        }
     }
 
     #[test]

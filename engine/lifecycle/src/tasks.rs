@@ -189,8 +189,11 @@ impl TaskManager {
             tokio::time::timeout(Duration::from_secs(10), tokio::io::BufReader::new(stdout).read_line(&mut line)).await;
         if !matches!(ready, Ok(Ok(_))) || line.trim() != "ready" {
             let log = std::fs::read_to_string(dir.join(task::SHIM_LOG_FILE)).unwrap_or_default();
-            // The reason, not a backtrace's last frame: a panic's message, or the last line.
-            let reason = if let Some(e) = log.lines().find(|l| l.starts_with("Error: ")) {
+            // The reason, not a backtrace's last frame: what the shim said on stdout (it may
+            // have had no room for its log), its error, a panic's message, or the last line.
+            let reason = if let Some(e) = line.trim().strip_prefix("error: ") {
+                e.to_string()
+            } else if let Some(e) = log.lines().find(|l| l.starts_with("Error: ")) {
                 e.trim_start_matches("Error: ").to_string()
             } else if let Some(i) = log.lines().position(|l| l.contains("panicked at")) {
                 log.lines().skip(i).take(2).collect::<Vec<_>>().join(": ")

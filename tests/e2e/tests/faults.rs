@@ -335,3 +335,94 @@ fn orphans_of_lost_records_are_reported_and_collected() {
     });
     assert_nothing_left(&e, &cmd);
 }
+
+/// Fills `dir`'s file system to the last byte (ENOSPC) with one file, and returns it.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    for size in [1 << 20, 4096, 1] {
+        loop {
+            match f.write(&chunk[..size]) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+    }
+    path
+}
+
+/// Data-root and exec-root full: an image load, a create and a run fail with a clear error and
+/// leave nothing behind; a running container's log loses lines but no line is torn; engined
+/// keeps answering and logs little. Once space is freed, everything works again.
+#[test]
+fn full_disks_give_clear_errors_and_everything_works_once_freed() {
+    let e = Engined::start_on_small_disks("48m");
+    e.import_busybox("busybox");
+    let talk = "while true; do echo tick; sleep 0.02; done";
+    e.ok(&["run", "-d", "--name", "talker", "busybox", "sh", "-c", talk]);
+    wait_for("talker's first lines", || e.ok(&["logs", "talker"]).contains("tick"));
+    let rootfs = e.dir.path().join("second");
+    make_busybox_rootfs(&rootfs);
+    let tar = rootfs.with_extension("tar");
+    let st = std::process::Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status().unwrap();
+    assert!(st.success());
+    let log_before = std::fs::metadata(e.dir.path().join("engined.log")).unwrap().len();
+
+    let fillers = [fill(&e.data_root()), fill(&e.exec_root())];
+    let full = |args: &[&str]| {
+        let out = e.engine(args);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} succeeded on a full disk");
+        assert!(
+            err.to_lowercase().contains("no space left on device"),
+            "{args:?}: not a clear error: {err} {} {:?}\n{}",
+            stdout(&out),
+            out.status,
+            e.log_tail()
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: not one line: {err}");
+    };
+    full(&["import", tar.to_str().unwrap(), "second"]);
+    assert!(!e.engine(&["image", "inspect", "second"]).status.success(), "a failed load is listed");
+    let staged = std::fs::read_dir(e.data_root().join("image/staging")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(staged, 0, "a failed load left its staging directory");
+    full(&["create", "--name", "late", "busybox", "true"]);
+    full(&["run", "-d", "--name", "later", "busybox", "sleep", "1000"]);
+    assert_eq!(e.ok(&["ps", "-a", "--format", "{{.Names}}"]).trim(), "talker", "a failed create is listed");
+    assert_eq!(e.snapshots(), 1, "a failed create left its snapshot");
+    assert_eq!(e.task_dirs().len(), 1, "a failed run left its task directory");
+    // the talker talks on into a full disk
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(e.state("talker"), "running");
+    assert!(e.engine(&["version"]).status.success());
+
+    // room on the data-root, none on the exec-root: the container is made, its task is not
+    std::fs::remove_file(&fillers[0]).unwrap();
+    full(&["run", "-d", "--name", "later", "busybox", "sleep", "1000"]);
+    assert_eq!(e.state("later"), "created");
+    assert_eq!(e.task_dirs().len(), 1, "a failed start left its task directory");
+    assert_eq!(e.shims().len(), 1, "a failed start left its shim");
+
+    std::fs::remove_file(&fillers[1]).unwrap();
+    e.ok(&["start", "later"]);
+    assert!(e.ok(&["trace", "--op", "start", "later"]).contains("daemon.start"), "the trace store takes spans again");
+    let lines = |e: &Engined| e.ok(&["logs", "talker"]).lines().count();
+    let before = lines(&e);
+    wait_for("talker's log to take lines again", || lines(&e) > before + 5);
+    let logged = e.ok(&["logs", "talker"]);
+    assert!(logged.lines().all(|l| l == "tick"), "a torn or mixed line in the log");
+    e.ok(&["import", tar.to_str().unwrap(), "second"]);
+    assert_eq!(e.ok(&["run", "--rm", "second", "echo", "works"]).trim(), "works");
+    e.ok(&["create", "--name", "late", "busybox", "true"]);
+    e.ok(&["start", "late"]);
+    let logged_meanwhile = std::fs::metadata(e.dir.path().join("engined.log")).unwrap().len() - log_before;
+    assert!(logged_meanwhile < 1 << 20, "engined logged {logged_meanwhile} bytes");
+    e.ok(&["rm", "-f", "talker", "late", "later"]);
+    wait_for("the shims to exit", || e.shims().is_empty());
+    assert_eq!(e.task_dirs(), Vec::<std::path::PathBuf>::new(), "task directories left");
+    e.assert_clean();
+}

@@ -35,6 +35,27 @@ impl Engined {
 
     /// An engined with extra environment variables and arguments.
     pub fn start_with(env: &[(&str, &str)], args: &[&str]) -> Engined {
+        let mut e = Self::prepare(env, args);
+        e.restart();
+        e
+    }
+
+    /// An engined whose data-root and exec-root are each a tmpfs of `size` (`48m`): disks that
+    /// fill up. They are unmounted with the instance.
+    pub fn start_on_small_disks(size: &str) -> Engined {
+        let mut e = Self::prepare(&[], &[]);
+        for dir in [e.data_root(), e.exec_root()] {
+            std::fs::create_dir_all(&dir).unwrap();
+            let options = format!("size={size},mode=0711");
+            nix::mount::mount(Some("tmpfs"), &dir, Some("tmpfs"), nix::mount::MsFlags::empty(), Some(options.as_str()))
+                .unwrap();
+        }
+        e.restart();
+        e
+    }
+
+    /// The instance's directories and names, nothing started.
+    fn prepare(env: &[(&str, &str)], args: &[&str]) -> Engined {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = tempfile::Builder::new().prefix("engine-e2e").tempdir().unwrap();
         let sock = dir.path().join("engine.sock");
@@ -50,18 +71,7 @@ impl Engined {
         if !args.iter().any(|a| a == "--default-address-pool") {
             args.extend(["--default-address-pool".to_string(), format!("base=10.{}.{}.0/21,size=24", pool.0, pool.1)]);
         }
-        let mut e = Engined {
-            child: None,
-            dir,
-            sock,
-            cgroup_parent: format!("/engine-e2e-{pid}-{n}"),
-            env,
-            args,
-            bridge,
-            pool,
-        };
-        e.restart();
-        e
+        Engined { child: None, dir, sock, cgroup_parent: format!("/engine-e2e-{pid}-{n}"), env, args, bridge, pool }
     }
 
     pub fn host(&self) -> String {
@@ -223,13 +233,15 @@ impl Engined {
         (status, body.to_string())
     }
 
-    /// Mount points under this instance's directory.
+    /// Mount points under this instance's directory (but its data-root and exec-root: the
+    /// small disks of [`Engined::start_on_small_disks`]).
     pub fn mounts(&self) -> Vec<String> {
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let prefix = self.dir.path().to_str().unwrap().to_string();
+        let roots = [self.data_root(), self.exec_root()];
         info.lines()
             .filter_map(|l| l.split(' ').nth(4))
-            .filter(|p| p.starts_with(&prefix))
+            .filter(|p| p.starts_with(&prefix) && !roots.iter().any(|r| Path::new(p) == r))
             .map(str::to_string)
             .collect()
     }
@@ -396,6 +408,10 @@ impl Drop for Engined {
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for p in points {
             let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for root in [self.data_root(), self.exec_root()] {
+            // the small disks, if any (anything else fails with EINVAL)
+            let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
         }
         for cg in self.cgroups() {
             let _ = std::fs::remove_dir(cg);

@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests of every crate: a busybox root filesystem, the
-//! workspace's binaries, polling a condition with a deadline, the host's cgroup mounts.
+//! workspace's binaries, polling a condition with a deadline, the host's cgroup mounts, a small
+//! disk that fills up.
 //!
 //! Tests never assert wall-clock times: they wait for conditions, with a deadline.
 
@@ -119,4 +120,50 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A small tmpfs on a directory of its own: a disk that fills up (needs root). Unmounted when
+/// dropped, also when the test fails.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// A tmpfs of `size` (`4k`, `48m`).
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let options = format!("size={size}");
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .unwrap();
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Gives the disk a new size (room again, after it was full).
+    pub fn resize(&self, size: &str) {
+        let options = format!("size={size}");
+        nix::mount::mount(
+            None::<&str>,
+            self.dir.path(),
+            None::<&str>,
+            nix::mount::MsFlags::MS_REMOUNT,
+            Some(options.as_str()),
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
 }
