@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use engine_api::v1::*;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -32,7 +31,7 @@ fn version_ok(v: &str) -> bool {
 }
 
 /// Handles one request: strips the version prefix, routes, and records the request span.
-pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp, std::convert::Infallible> {
+pub async fn handle(d: Arc<Daemon>, req: Request<http::RequestBody>) -> Result<Resp, std::convert::Infallible> {
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let raw_path = req.uri().path().to_string();
@@ -86,7 +85,7 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp, std:
 /// The route template (`/containers/{id}/start`), the stable name of the request span.
 /// The `X-Registry-Auth` header of a pull, push or distribution inspect (base64 JSON
 /// credentials, decoded by the image routes).
-fn registry_auth(req: &Request<Incoming>) -> Option<&str> {
+fn registry_auth(req: &Request<http::RequestBody>) -> Option<&str> {
     req.headers().get("x-registry-auth").and_then(|v| v.to_str().ok())
 }
 
@@ -160,7 +159,7 @@ pub fn method_label(m: &Method) -> &'static str {
 async fn dispatch(
     d: &Arc<Daemon>,
     trace: &Trace,
-    req: Request<Incoming>,
+    req: Request<http::RequestBody>,
     method: &Method,
     path: &str,
 ) -> Result<Resp, ApiError> {
@@ -772,7 +771,12 @@ async fn stats(d: &Arc<Daemon>, e: &Arc<Entry>) -> Result<Resp, ApiError> {
 
 /// `POST /containers/{id}/attach`: the connection is hijacked; the container's output is
 /// streamed to it (multiplexed without a terminal) and what the client writes goes to stdin.
-async fn attach(d: &Arc<Daemon>, e: Arc<Entry>, q: &Query, mut req: Request<Incoming>) -> Result<Resp, ApiError> {
+async fn attach(
+    d: &Arc<Daemon>,
+    e: Arc<Entry>,
+    q: &Query,
+    mut req: Request<http::RequestBody>,
+) -> Result<Resp, ApiError> {
     let rec = e.snapshot();
     let (want_in, want_out, want_err) = (q.flag("stdin"), q.flag("stdout"), q.flag("stderr"));
     let from = SystemTime::now().duration_since(UNIX_EPOCH).map(|t| t.as_nanos() as i64).unwrap_or(0);

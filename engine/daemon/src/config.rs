@@ -104,6 +104,10 @@ pub struct Config {
     /// a connection forever; 0: no limit).
     #[arg(long, default_value_t = 30)]
     pub api_header_timeout: u64,
+    /// Seconds a client may send nothing of a request's body while engined reads it (a
+    /// stalled upload); then the request fails and its connection closes (0: no limit).
+    #[arg(long, default_value_t = 30)]
+    pub api_body_timeout: u64,
     /// API connections served at once; more wait to be accepted until some close (default:
     /// the descriptor limit less 1024 kept for containers, at least 64).
     #[arg(long)]
@@ -143,6 +147,7 @@ struct FileConfig {
     max_concurrent_uploads: Option<usize>,
     max_upload_chunk_size: Option<String>,
     api_header_timeout: Option<u64>,
+    api_body_timeout: Option<u64>,
     max_api_connections: Option<usize>,
     orphan_collection_interval: Option<u64>,
 }
@@ -245,6 +250,9 @@ impl Config {
             }
             if let Some(v) = f.api_header_timeout.filter(|_| self.api_header_timeout == defaults.api_header_timeout) {
                 self.api_header_timeout = v;
+            }
+            if let Some(v) = f.api_body_timeout.filter(|_| self.api_body_timeout == defaults.api_body_timeout) {
+                self.api_body_timeout = v;
             }
             if self.max_api_connections.is_none() {
                 self.max_api_connections = f.max_api_connections;
@@ -450,7 +458,9 @@ mod tests {
         let err = resolve(&["--max-api-connections", "0"]).unwrap_err().to_string();
         assert!(err.contains("max-api-connections must be at least 1"), "{err}");
         assert_eq!(cfg.orphan_collection_interval, 600);
-        std::fs::write(&file, r#"{"orphan-collection-interval": 0}"#).unwrap();
+        std::fs::write(&file, r#"{"orphan-collection-interval": 0, "api-body-timeout": 5}"#).unwrap();
+        assert_eq!(resolve(&[]).unwrap().api_body_timeout, 5);
+        assert_eq!(resolve(&["--api-body-timeout", "0"]).unwrap().api_body_timeout, 0);
         assert_eq!(resolve(&[]).unwrap().orphan_collection_interval, 0);
         assert_eq!(resolve(&["--orphan-collection-interval", "60"]).unwrap().orphan_collection_interval, 60);
     }

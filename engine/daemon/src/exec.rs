@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use engine_api::v1::*;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -176,7 +175,7 @@ fn process_json(d: &Daemon, e: &Entry, c: &ExecConfig) -> Result<String, ApiErro
 /// connection is hijacked: the process's output streams to it as it comes (raw with a
 /// terminal, multiplexed without), what the client writes goes to its stdin, and the stream
 /// ends once the exit code is known (the CLI asks for it next).
-pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn start(d: &Arc<Daemon>, id: &str, mut req: Request<http::RequestBody>) -> Result<Resp, ApiError> {
     let inst = d.execs.get(id)?;
     if inst.started {
         return Err(ApiError::conflict(format!("Error: Exec command {id} has already run")));

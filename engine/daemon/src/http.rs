@@ -228,8 +228,66 @@ pub fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A request's body as the handlers read it: the client's, which fails when the client sends
+/// nothing for `idle` while it is being read (a stalled upload cannot hold a connection, and
+/// its place among `--max-api-connections`, forever). Not read, it never times out: a request
+/// whose answer takes long (`wait`, `events`, an attach) is not cut.
+pub struct RequestBody {
+    inner: Incoming,
+    idle: Option<std::time::Duration>,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The client sent none of its request body for the idle time allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent nothing of its request body for {} s", .0.as_secs())]
+pub struct BodyTimeout(std::time::Duration);
+
+impl RequestBody {
+    /// `idle`: how long the client may send nothing while the body is read (`None`: forever).
+    pub fn new(inner: Incoming, idle: Option<std::time::Duration>) -> RequestBody {
+        RequestBody { inner, idle, timer: None }
+    }
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let Some(idle) = this.idle else { return Poll::Pending };
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout(idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Reads a JSON request body; an empty body is `T::default()`.
-pub async fn read_json<T: serde::de::DeserializeOwned + Default>(body: Incoming) -> Result<T, ApiError> {
+pub async fn read_json<T: serde::de::DeserializeOwned + Default>(body: RequestBody) -> Result<T, ApiError> {
     let limited = http_body_util::Limited::new(body, MAX_JSON_BODY);
     let bytes = limited
         .collect()
@@ -252,7 +310,7 @@ pub struct BodyReader {
 }
 
 impl BodyReader {
-    pub fn new(mut body: Incoming) -> Self {
+    pub fn new(mut body: RequestBody) -> Self {
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             while let Some(frame) = body.frame().await {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::StatusCode;
 use serde_json::{json, Value};
@@ -165,7 +164,7 @@ fn json_lines() -> (impl Fn(Value) + Send + 'static, http::Body) {
     (move |v: Value| drop(tx.blocking_send(Bytes::from(format!("{v}\n")))), body)
 }
 
-pub async fn load(d: &Arc<Daemon>, body: Incoming, quiet: bool) -> Result<Resp, ApiError> {
+pub async fn load(d: &Arc<Daemon>, body: http::RequestBody, quiet: bool) -> Result<Resp, ApiError> {
     let reader = BodyReader::new(body);
     let (send, resp_body) = json_lines();
     let images = d.images.clone();
@@ -237,7 +236,7 @@ pub async fn save(d: &Arc<Daemon>, names: Vec<String>) -> Result<Resp, ApiError>
 }
 
 /// `POST /images/create?fromSrc=-`: imports the body (a pull, `fromImage`, is [`pull`]).
-pub async fn create(d: &Arc<Daemon>, q: &Query, body: Incoming) -> Result<Resp, ApiError> {
+pub async fn create(d: &Arc<Daemon>, q: &Query, body: http::RequestBody) -> Result<Resp, ApiError> {
     match q.get("fromSrc") {
         Some("-") => {}
         Some(src) => {

@@ -196,6 +196,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let limit = cfg.max_api_connections.unwrap_or_else(default_connection_limit);
     let connections = Arc::new(tokio::sync::Semaphore::new(limit));
     let header_timeout = (cfg.api_header_timeout > 0).then(|| Duration::from_secs(cfg.api_header_timeout));
+    let body_timeout = (cfg.api_body_timeout > 0).then(|| Duration::from_secs(cfg.api_body_timeout));
     let mut at_limit = false;
     loop {
         // A connection is accepted only with a place for it: at the limit, the next ones wait
@@ -244,7 +245,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 let d = daemon.clone();
                 tokio::spawn(async move {
                     let _place = place;
-                    let svc = service_fn(move |req| api::handle(d.clone(), req));
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        api::handle(d.clone(), req.map(|body| http::RequestBody::new(body, body_timeout)))
+                    });
                     // half_close: a request whose client closed its side right after sending
                     // it is still served (and one that changes state runs to its end, see
                     // api::handle), as Go's net/http serves it for dockerd.

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use engine_telemetry::otlp::{ExportConfig, OtlpExporter, Protocol, Receiver};
 use engine_telemetry::Sink;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::StatusCode;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -145,7 +144,7 @@ pub fn start(
 }
 
 /// `POST /v1/traces`: OTLP/HTTP, protobuf or JSON, into the store.
-pub async fn receive(d: &Daemon, content_type: Option<&str>, body: Incoming) -> Result<Resp, ApiError> {
+pub async fn receive(d: &Daemon, content_type: Option<&str>, body: crate::http::RequestBody) -> Result<Resp, ApiError> {
     let bytes: Bytes =
         body.collect().await.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?.to_bytes();
     let json_body = content_type.is_some_and(|c| c.starts_with("application/json"));

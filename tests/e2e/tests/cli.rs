@@ -430,6 +430,31 @@ fn stalled_connection(e: &Engined) -> std::os::unix::net::UnixStream {
     s
 }
 
+/// A client that sends a request's header and part of its body, then nothing: past
+/// `--api-body-timeout` its request fails with a clear error, nothing is made, and the
+/// connection closes. A client that waits longer than that for an answer without sending
+/// anything (`wait`) is not cut.
+#[test]
+fn a_stalled_request_body_is_cut_and_a_long_wait_is_not() {
+    use std::io::{Read, Write};
+    let e = Engined::start_with(&[], &["--api-body-timeout", "2"]);
+    e.import_busybox("busybox");
+    let mut s = std::os::unix::net::UnixStream::connect(&e.sock).unwrap();
+    s.write_all(
+        b"POST /containers/create?name=stalled HTTP/1.1\r\nHost: engine\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"Image\":",
+    )
+    .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("sent nothing of its request body for 2 s"), "{answer}");
+    assert!(!e.engine(&["inspect", "stalled"]).status.success(), "a container was made of half a request");
+
+    e.ok(&["run", "-d", "--name", "slow", "busybox", "sh", "-c", "sleep 4; exit 3"]);
+    assert_eq!(e.ok(&["wait", "slow"]).trim(), "3");
+}
+
 #[test]
 fn ten_thousand_stalled_connections_neither_hold_nor_slow_engined() {
     // 10,000 connections need more descriptors than the usual soft limit of 1024
