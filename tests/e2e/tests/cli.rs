@@ -619,6 +619,8 @@ fn containers_survive_kill9_of_engined_and_lifecycled() {
     assert_eq!(e.inspect("steady", "{{.State.Pid}}"), pid);
     wait_for("the exit while engined was down", || e.state("short") == "exited");
     assert_eq!(e.inspect("short", "{{.State.ExitCode}}"), "4");
+    // a wait after the restart gets that exit code, once and at once
+    assert_eq!(e.ok(&["wait", "short"]).trim(), "4");
     // Each container's reconciliation is a trace of its own: what was found, what was done.
     let recovery = |name: &str| stdout(&e.engine(&["trace", "--json", "--op", "recover", name]));
     wait_for("steady's recovery trace", || recovery("steady").contains("adopted"));
