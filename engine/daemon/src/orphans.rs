@@ -76,6 +76,12 @@ pub struct Orphan {
     /// The network of an endpoint (its id).
     #[serde(skip)]
     network: String,
+    /// For a cgroup: whether anything else of engined's names its container (a task, the
+    /// runtime's state, a snapshot...). Only then are its processes killed: a cgroup parent
+    /// may be shared with another engine (`--cgroup-parent /docker`), whose containers' cgroups
+    /// are named the same way.
+    #[serde(skip)]
+    ours: bool,
 }
 
 /// What a check or a collection found.
@@ -176,13 +182,28 @@ pub async fn find(d: &Daemon) -> Report {
         }
     }
 
+    // What else names a cgroup's container as engined's: anything found above, or the
+    // runtime's state of it.
+    let runtime_state: BTreeSet<String> =
+        entries(&cfg.exec_root.join("lifecycle").join("runtime")).into_iter().map(|(name, _)| name).collect();
+    let named: BTreeSet<String> =
+        found.iter().filter(|f| f.0 != Kind::Cgroup).map(|f| f.1.clone()).chain(runtime_state).collect();
+
     // Only now the known containers (see the crate doc): their directories, and the store.
     let mut known: BTreeSet<String> = entries(d.containers.root()).into_iter().map(|(name, _)| name).collect();
     known.extend(d.containers.all().iter().map(|e| e.snapshot().id));
     report.orphans = found
         .into_iter()
         .filter(|(_, id, _, _)| !known.contains(id))
-        .map(|(kind, container, path, network)| Orphan { kind, container, path, collected: None, error: None, network })
+        .map(|(kind, container, path, network)| Orphan {
+            ours: kind != Kind::Cgroup || named.contains(&container),
+            kind,
+            container,
+            path,
+            collected: None,
+            error: None,
+            network,
+        })
         .collect();
     report.orphans.sort_by(|a, b| (&a.container, a.kind).cmp(&(&b.container, b.kind)));
     report
@@ -196,7 +217,8 @@ pub async fn collect(d: &Daemon) -> Report {
     if report.orphans.is_empty() {
         return report;
     }
-    let trace = crate::trace::Trace::background(d.sink.as_ref(), engine_telemetry::names::DAEMON_COLLECT);
+    let trace =
+        std::sync::Arc::new(crate::trace::Trace::background(d.sink.as_ref(), engine_telemetry::names::DAEMON_COLLECT));
     trace.attr(trace.root, "collect.found", report.orphans.len() as i64);
     let mut failed = 0;
     for o in &mut report.orphans {
@@ -204,7 +226,10 @@ pub async fn collect(d: &Daemon) -> Report {
         trace.attr(span, "orphan.kind", o.kind.as_str());
         trace.attr(span, "container.id", o.container.clone());
         trace.attr(span, "orphan.path", o.path.clone());
-        let result = remove(d, o).await;
+        // lifecycled's work for it (a task's delete) joins the trace under this span
+        let outer = trace.enter(span);
+        let result = trace.scope(remove(d, o)).await;
+        trace.enter(outer);
         log!(
             d.cfg,
             "warn",
@@ -277,8 +302,8 @@ async fn remove(d: &Daemon, o: &Orphan) -> Result<(), String> {
         }
         Kind::Endpoint => d.networks.detach(&o.network, &id).await.map_err(|e| e.to_string()),
         Kind::Cgroup => {
-            let rel = PathBuf::from(o.path.trim_start_matches('/'));
-            blocking(move || remove_cgroup(&rel)).await
+            let (rel, kill) = (PathBuf::from(o.path.trim_start_matches('/')), o.ours);
+            blocking(move || remove_cgroup(&rel, kill)).await
         }
         Kind::Snapshot => {
             let images = d.images.clone();
@@ -316,14 +341,22 @@ async fn remove_task(d: &Daemon, id: &str) -> Result<(), String> {
     }
 }
 
-/// Removes the cgroup `rel` (relative to each hierarchy's root) from every hierarchy: its
-/// processes are killed, and its directory removed once they are gone (5 s at most).
-fn remove_cgroup(rel: &Path) -> Result<(), String> {
+/// Removes the cgroup `rel` (relative to each hierarchy's root) from every hierarchy, once it
+/// is empty (5 s at most); its processes are killed first when `kill`, else a cgroup with
+/// processes is left, with an error saying so.
+fn remove_cgroup(rel: &Path, kill: bool) -> Result<(), String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     for dir in cgroup_mounts().into_iter().map(|m| m.join(rel)).filter(|d| d.is_dir()) {
         loop {
             let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            if !kill && !pids.is_empty() {
+                return Err(format!(
+                    "{} has processes and nothing else of engined's names its container: left alone",
+                    dir.display()
+                ));
+            }
+            for pid in pids {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
             match std::fs::remove_dir(&dir) {

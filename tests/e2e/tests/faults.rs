@@ -318,10 +318,39 @@ fn orphans_of_lost_records_are_reported_and_collected() {
     assert!(log.contains(&format!("orphaned task of container {a}")), "no warning of the collection in the log");
     // the collection is a trace of its own, found by the lost container's id
     let traced = e.ok(&["trace", "--json", "--op", "collect", &a]);
-    for what in ["daemon.collect", "daemon.orphan", "snapshots", "/lifecycle/tasks/"] {
+    for what in ["daemon.collect", "daemon.orphan", "snapshots", "/lifecycle/tasks/", "lifecycle.Tasks/Delete"] {
         assert!(traced.contains(what), "no {what} in the collection's trace: {traced}");
     }
     assert_eq!(e.state("lost-b"), "running");
+
+    // Cgroups under the parent that nothing else of engined's names: an empty one is removed,
+    // one with processes is left alone (the parent may be shared with another engine)
+    let foreign = |n: u8| format!("{n:x}").repeat(64);
+    let (busy, empty) = (foreign(0xa), foreign(0xb));
+    let mut dirs = Vec::new();
+    for m in cgroup_mounts() {
+        let parent = m.join(e.cgroup_parent.trim_start_matches('/'));
+        if parent.is_dir() {
+            for id in [&busy, &empty] {
+                std::fs::create_dir(parent.join(id)).unwrap();
+                dirs.push(parent.join(id));
+            }
+        }
+    }
+    let mut sleeper = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+    let busy_dir = dirs.iter().find(|d| d.ends_with(&busy)).unwrap();
+    std::fs::write(busy_dir.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+    let collected = e.engine(&["system", "check", "--collect"]);
+    let listed = stdout(&collected);
+    assert_eq!(collected.status.code(), Some(1), "a cgroup left is a failed collection: {listed}");
+    let row = |id: &str| listed.lines().find(|l| l.contains(&id[..12])).unwrap_or_default().to_string();
+    assert!(row(&busy).contains("left alone"), "{listed}");
+    assert!(row(&empty).ends_with("removed"), "{listed}");
+    assert!(sleeper.try_wait().unwrap().is_none(), "a process of a cgroup not engined's was killed");
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    wait_for("the emptied cgroup to go", || e.engine(&["system", "check", "--collect"]).status.success());
+    assert!(dirs.iter().all(|d| !d.exists()), "cgroups left: {dirs:?}");
 
     // b's record goes too, and engined comes back with the periodic collection on: its start
     // collects b's orphans on its own
