@@ -92,6 +92,7 @@ fn now() -> u64 {
 fn starts(victim: Victim, point: Point) {
     let mut e = Engined::start();
     e.import_busybox("busybox");
+    let rules = e.firewall_rules(&[]);
     let cmd = unique_command(9, victim, point);
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let ids: Vec<String> = (0..AT_ONCE)
@@ -114,7 +115,7 @@ fn starts(victim: Victim, point: Point) {
     }
     assert_eq!(processes_running(&cmd).len(), ids.len());
     force_remove_within_30s(&e, &ids);
-    assert_nothing_left(&e, &cmd);
+    assert_nothing_left(&e, &cmd, &rules);
     assert_no_exit_reported_twice(&e, victim, &ids, since);
 }
 
@@ -125,6 +126,7 @@ fn starts(victim: Victim, point: Point) {
 fn removals(victim: Victim, point: Point) {
     let mut e = Engined::start();
     e.import_busybox("busybox");
+    let rules = e.firewall_rules(&[]);
     let cmd = unique_command(7, victim, point);
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let since = now();
@@ -148,7 +150,7 @@ fn removals(victim: Victim, point: Point) {
     assert!(left.iter().all(|id| ids.contains(id)), "containers that are not the test's: {left:?}");
     assert_known(&e, &left, &cmd);
     force_remove_within_30s(&e, &left);
-    assert_nothing_left(&e, &cmd);
+    assert_nothing_left(&e, &cmd, &rules);
     assert_no_exit_reported_twice(&e, victim, &ids, since);
 }
 
@@ -232,8 +234,9 @@ fn force_remove_within_30s(e: &Engined, ids: &[String]) {
 
 /// Nothing of the instance's containers is left: records, processes running `cmd`, shims,
 /// task directories, snapshots, mounts, cgroups, network namespaces, veths on the bridge,
-/// address allocations, port proxies.
-fn assert_nothing_left(e: &Engined, cmd: &[&str]) {
+/// address allocations, port proxies; its firewall rules are `rules`, those it had before any
+/// container.
+fn assert_nothing_left(e: &Engined, cmd: &[&str], rules: &[String]) {
     assert!(processes_running(cmd).is_empty(), "container processes left");
     wait_for("the shims to exit", || e.shims().is_empty());
     assert_eq!(e.task_dirs(), Vec::<std::path::PathBuf>::new(), "task directories left");
@@ -243,6 +246,10 @@ fn assert_nothing_left(e: &Engined, cmd: &[&str]) {
     wait_for("the port proxies to exit", || e.proxies().is_empty());
     let allocated = e.ok(&["network", "inspect", "bridge", "-f", "{{json .Containers}}"]);
     assert_eq!(allocated.trim(), "{}", "addresses left allocated on the default bridge");
+    let (mut now, mut before) = (e.firewall_rules(&[]), rules.to_vec());
+    now.sort();
+    before.sort();
+    assert_eq!(now, before, "firewall rules changed");
 }
 
 /// No container's exit was reported (a `die` event) more than once per start, and none was
@@ -274,7 +281,8 @@ fn assert_no_exit_reported_twice(e: &Engined, victim: Victim, ids: &[String], si
 fn orphans_of_lost_records_are_reported_and_collected() {
     let mut e = Engined::start_with(&[], &["--orphan-collection-interval", "0"]);
     e.import_busybox("busybox");
-    let cmd = unique_command(7, Victim::Engined, Point::FirstRunning);
+    let rules = e.firewall_rules(&[]);
+    let cmd = unique_command(6, Victim::Engined, Point::FirstRunning);
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let run = |name: &str| {
         e.ok(&["run", "-d", "--name", name, "-p", "127.0.0.1::80", "busybox", cmd[0], cmd[1]]).trim().to_string()
@@ -362,7 +370,7 @@ fn orphans_of_lost_records_are_reported_and_collected() {
     wait_for("engined's start to collect b's orphans", || {
         e.engine(&["system", "check"]).status.success() && processes_running(&cmd).is_empty()
     });
-    assert_nothing_left(&e, &cmd);
+    assert_nothing_left(&e, &cmd, &rules);
 }
 
 /// Fills `dir`'s file system to the last byte (ENOSPC) with one file, and returns it.
