@@ -536,6 +536,10 @@ impl Daemon {
     }
 
     async fn record_exit(self: &Arc<Self>, e: &Arc<Entry>, exit: ExitStatus) {
+        if e.life.borrow().removed {
+            // removed while lifecycled did not answer (`rm -f`): nothing is left to record
+            return;
+        }
         // its network goes with its processes (a restart sets it up again)
         crate::network::down(self, e).await;
         let oom = exit.reason == "OOMKilled";
@@ -730,7 +734,7 @@ impl Daemon {
                     SETTLE_FOR.as_secs()
                 )));
             }
-            let _ = self.lifecycle.kill(kill_all(&id)).await;
+            let _ = tokio::time::timeout_at(deadline, self.lifecycle.kill(kill_all(&id))).await;
             let exited = tokio::time::timeout(Duration::from_secs(5), async {
                 loop {
                     if !life.borrow_and_update().running || life.changed().await.is_err() {
@@ -778,38 +782,68 @@ impl Daemon {
                 rec.id
             ))
         };
+        // `rm -f` of a container lifecycled does not stop (it does not answer): what is left
+        // of it is removed without lifecycled
+        let mut unanswered = None;
         if rec.state.running() {
             if !force {
                 return Err(running_refused(&rec));
             }
             e.update(|r| r.manually_stopped = true);
-            self.kill_until_exited(e).await?;
+            if let Err(err) = self.kill_until_exited(e).await {
+                unanswered = Some(err.message);
+            }
         }
         let _op = e.op.lock().await;
         if e.life.borrow().removed {
             return Ok(());
         }
         // A start (or a policy restart) may have won the lock meanwhile.
-        if e.snapshot().state.running() {
+        if unanswered.is_none() && e.snapshot().state.running() {
             return Err(running_refused(&e.snapshot()));
         }
         e.update(|r| r.state.begin_removal());
-        let result = self.remove_locked(e).await;
-        if result.is_err() {
+        let result = self.remove_locked(e, force, unanswered).await;
+        if result.is_err() && !e.life.borrow().removed {
             e.update(|r| r.state.removal_failed());
         }
         result
     }
 
-    async fn remove_locked(self: &Arc<Self>, e: &Arc<Entry>) -> Result<(), ApiError> {
+    /// Removes the container: its task and lifecycled's container, its network, its snapshot,
+    /// its record. With `force`, a lifecycled that does not answer (`unanswered` says why, or
+    /// its task's delete finds out) does not keep the container: engined kills its processes
+    /// through its cgroup, removes the rest, and answers with an error saying that the task
+    /// (shim, task directory) is left, for the orphan collection once lifecycled answers.
+    async fn remove_locked(
+        self: &Arc<Self>,
+        e: &Arc<Entry>,
+        force: bool,
+        mut unanswered: Option<String>,
+    ) -> Result<(), ApiError> {
         let rec = e.snapshot();
         let id = rec.id.clone();
         let removing = |s: tonic::Status| ApiError::internal(format!("removing container {id}: {}", s.message()));
-        self.delete_task_to_end(&id).await.map_err(removing)?;
-        match self.lifecycle.delete_container(ContainerId { id: id.clone() }).await {
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::NotFound => {}
-            Err(s) => return Err(removing(s)),
+        if unanswered.is_none() {
+            let task = match self.delete_task_to_end(&id).await {
+                Ok(()) => match self.lifecycle.delete_container(ContainerId { id: id.clone() }).await {
+                    Err(s) if s.code() != tonic::Code::NotFound => Err(s),
+                    _ => Ok(()),
+                },
+                Err(s) => Err(s),
+            };
+            match task {
+                Ok(()) => {}
+                Err(s) if force && outcome_unknown(&s) => unanswered = Some(s.message().to_string()),
+                Err(s) => return Err(removing(s)),
+            }
+        }
+        if unanswered.is_some() {
+            let cgroup = PathBuf::from(hostconfig::cgroups_path(&self.cfg.cgroup_parent, &id).trim_start_matches('/'));
+            let killed = tokio::task::spawn_blocking(move || crate::orphans::remove_cgroup(&cgroup, true)).await;
+            if let Ok(Err(err)) = killed {
+                log!(self.cfg, "warn", "removing {id} without lifecycled: {err}");
+            }
         }
         crate::network::down(self, e).await;
         let images = self.images.clone();
@@ -821,7 +855,12 @@ impl Daemon {
         self.execs.forget_container(&id);
         self.event(&rec, "destroy", &[]);
         e.life.send_modify(|l| l.removed = true);
-        Ok(())
+        match unanswered {
+            None => Ok(()),
+            Some(why) => Err(ApiError::internal(format!(
+                "container {id} is removed, but lifecycled did not answer ({why}): its task (shim, task directory) is left until lifecycled answers, then collected as an orphan"
+            ))),
+        }
     }
 
     pub async fn restart(

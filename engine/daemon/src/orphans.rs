@@ -344,7 +344,7 @@ async fn remove_task(d: &Daemon, id: &str) -> Result<(), String> {
 /// Removes the cgroup `rel` (relative to each hierarchy's root) from every hierarchy, once it
 /// is empty (5 s at most); its processes are killed first when `kill`, else a cgroup with
 /// processes is left, with an error saying so.
-fn remove_cgroup(rel: &Path, kill: bool) -> Result<(), String> {
+pub(crate) fn remove_cgroup(rel: &Path, kill: bool) -> Result<(), String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     for dir in cgroup_mounts().into_iter().map(|m| m.join(rel)).filter(|d| d.is_dir()) {
         loop {

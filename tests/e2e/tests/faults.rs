@@ -463,3 +463,44 @@ fn full_disks_give_clear_errors_and_everything_works_once_freed() {
     assert_eq!(e.task_dirs(), Vec::<std::path::PathBuf>::new(), "task directories left");
     e.assert_clean();
 }
+
+/// `rm -f` of a running container while lifecycled is gone for good (its binary taken away, so
+/// engined cannot start another): past its deadline, engined removes what it can itself — the
+/// container's processes (through its cgroup), its port proxy, network and snapshot, its record
+/// — and says that the task is left. Once lifecycled is back, the task is collected.
+#[test]
+fn rm_f_without_lifecycled_removes_what_engined_can_and_says_what_is_left() {
+    let bin_dir = tempfile::tempdir().unwrap();
+    let lifecycled = bin_dir.path().join("engine-lifecycled");
+    // a link of its own to lifecycled (which finds the shim beside its real binary)
+    std::os::unix::fs::symlink(bin("engine-lifecycled"), &lifecycled).unwrap();
+    let e = Engined::start_with(&[], &["--lifecycled", lifecycled.to_str().unwrap()]);
+    e.import_busybox("busybox");
+    let rules = e.firewall_rules(&[]);
+    let cmd = unique_command(5, Victim::Lifecycled, Point::FirstRunning);
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    e.ok(&["run", "-d", "--name", "alone", "-p", "127.0.0.1::80", "busybox", cmd[0], cmd[1]]);
+    wait_for("the container to run", || processes_running(&cmd).len() == 1);
+
+    let away = bin_dir.path().join("away");
+    std::fs::rename(&lifecycled, &away).unwrap();
+    // SAFETY: SIGKILL to the lifecycled of this test's engined, by pid.
+    unsafe { libc::kill(e.lifecycled_pid(), libc::SIGKILL) };
+    let removed = e.engine(&["rm", "-f", "alone"]);
+    let err = stderr(&removed);
+    assert!(!removed.status.success(), "rm -f without lifecycled said nothing of what it left");
+    assert!(err.contains("is removed, but lifecycled did not answer") && err.contains("orphan"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+    assert_eq!(e.ok(&["ps", "-aq"]).trim(), "");
+    assert!(processes_running(&cmd).is_empty(), "its process was not killed");
+    wait_for("its proxy to exit", || e.proxies().is_empty());
+    assert_eq!(e.netns_files(), 0, "its network namespace is left");
+    e.assert_clean();
+    assert_eq!(e.shims().len(), 1, "its shim waits for lifecycled");
+
+    std::fs::rename(&away, &lifecycled).unwrap();
+    wait_for("lifecycled to be back and the task collected", || {
+        e.engine(&["system", "check", "--collect"]).status.success() && e.shims().is_empty()
+    });
+    assert_nothing_left(&e, &cmd, &rules);
+}
