@@ -814,7 +814,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let (service, listener, socket, shutdown_rx) = match prepare(cfg).await {
         Ok(prepared) => prepared,
         Err(e) => {
-            println!("error: {e:#}");
+            // (lifecycled may have stopped waiting: a closed pipe is no reason to panic)
+            let _ = writeln!(std::io::stdout(), "error: {e:#}");
             return Err(e);
         }
     };

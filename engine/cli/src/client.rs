@@ -13,7 +13,7 @@ use serde_json::Value;
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
 /// A hijacked connection: the raw stream after the daemon's `101 Switching Protocols`.
-pub type Upgraded = tokio::net::UnixStream;
+pub type Upgraded = NoSigPipe;
 
 /// API version the CLI speaks (the daemon's minimum).
 pub const API: &str = "v1.41";
@@ -144,9 +144,11 @@ impl Client {
     /// socket is the raw stream from then on.
     pub async fn hijack(&self, path: &str, body: Option<&Value>) -> Result<Upgraded> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::UnixStream::connect(&self.sock)
-            .await
-            .map_err(|_| anyhow!("Cannot connect to the engine daemon at {}. Is engined running?", self.host))?;
+        let mut stream = NoSigPipe(
+            tokio::net::UnixStream::connect(&self.sock)
+                .await
+                .map_err(|_| anyhow!("Cannot connect to the engine daemon at {}. Is engined running?", self.host))?,
+        );
         let body = body.map(serde_json::to_vec).transpose()?.unwrap_or_default();
         let mut head = format!("POST /{API}{path} HTTP/1.1\r\nHost: engine\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: {}\r\n", body.len());
         if !body.is_empty() {
@@ -279,11 +281,11 @@ impl Demux {
     }
 }
 
-/// The connection to engined, whose writes never raise SIGPIPE (`send` with `MSG_NOSIGNAL`):
+/// A connection to engined, whose writes never raise SIGPIPE (`send` with `MSG_NOSIGNAL`):
 /// the CLI keeps SIGPIPE's default for its output, but a daemon that answers an upload
-/// before reading all of it (an error) and closes must give an error to read the answer
-/// from, not kill the CLI before it can print it.
-struct NoSigPipe(tokio::net::UnixStream);
+/// before reading all of it (an error) and closes, or an attached container's stream that
+/// ends while stdin is still being sent, must give an error to handle, not kill the CLI.
+pub struct NoSigPipe(tokio::net::UnixStream);
 
 impl tokio::io::AsyncRead for NoSigPipe {
     fn poll_read(

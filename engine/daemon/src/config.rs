@@ -23,7 +23,10 @@ pub struct Config {
     /// A JSON file with any of: "log-level", "cgroup-parent", "data-root", "exec-root", "pidfile",
     /// "hosts", "otlp-endpoint", "otlp-protocol", "trace-max-traces", "trace-max-mb", "no-probes",
     /// "bridge-name", "bip", "default-address-pools" ([{"base": CIDR, "size": N}]), "iptables",
-    /// "firewall-backend", "userland-proxy-path", "metrics-addr".
+    /// "firewall-backend", "userland-proxy-path", "metrics-addr", "registry-mirrors",
+    /// "insecure-registries", "certs-dir", "max-concurrent-downloads", "max-concurrent-uploads",
+    /// "max-upload-chunk-size", "api-header-timeout", "api-body-timeout", "max-api-connections",
+    /// "orphan-collection-interval".
     #[arg(long)]
     pub config_file: Option<PathBuf>,
     /// error, warn, info or debug.

@@ -749,6 +749,16 @@ impl Daemon {
         }
     }
 
+    /// Whether lifecycled answers a question about container `id` within a few seconds
+    /// (whatever the answer), unlike one that is gone or restarting.
+    async fn lifecycled_answers(&self, id: &str) -> bool {
+        match tokio::time::timeout(Duration::from_secs(5), self.lifecycle.tasks().state(task(id))).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(s)) => !outcome_unknown(&s),
+            Err(_) => false,
+        }
+    }
+
     /// Waits for `condition` (not-running, next-exit, removed); returns the exit code and error.
     pub async fn wait(&self, e: &Arc<Entry>, condition: &str) -> Result<(i64, String), ApiError> {
         let mut life = e.life.subscribe();
@@ -791,6 +801,11 @@ impl Daemon {
             }
             e.update(|r| r.manually_stopped = true);
             if let Err(err) = self.kill_until_exited(e).await {
+                // a lifecycled that answers, but whose SIGKILL did not end the container (a
+                // process stuck in the kernel), keeps it: the removal fails
+                if self.lifecycled_answers(&rec.id).await {
+                    return Err(err);
+                }
                 unanswered = Some(err.message);
             }
         }
@@ -840,7 +855,7 @@ impl Daemon {
         }
         if unanswered.is_some() {
             let cgroup = PathBuf::from(hostconfig::cgroups_path(&self.cfg.cgroup_parent, &id).trim_start_matches('/'));
-            let killed = tokio::task::spawn_blocking(move || crate::orphans::remove_cgroup(&cgroup, true)).await;
+            let killed = tokio::task::spawn_blocking(move || crate::orphans::remove_cgroup(&cgroup)).await;
             if let Ok(Err(err)) = killed {
                 log!(self.cfg, "warn", "removing {id} without lifecycled: {err}");
             }
@@ -854,6 +869,18 @@ impl Daemon {
         self.containers.remove(&id)?;
         self.execs.forget_container(&id);
         self.event(&rec, "destroy", &[]);
+        if unanswered.is_some() && e.life.borrow().running {
+            // killed through its cgroup: its exit is told here, as lifecycled would have
+            let reason = "killed without lifecycled, which did not answer";
+            e.update(|r| r.state.exit(137, false, reason.to_string(), now()));
+            self.event(&rec, "die", &[("exitCode", "137".to_string())]);
+            e.life.send_modify(|l| {
+                l.running = false;
+                l.exits += 1;
+                l.exit_code = 137;
+                l.error = reason.to_string();
+            });
+        }
         e.life.send_modify(|l| l.removed = true);
         match unanswered {
             None => Ok(()),

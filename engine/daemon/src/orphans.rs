@@ -4,10 +4,14 @@
 //! `engine system check`); [`collect`] removes them, at engined's start, every
 //! `--orphan-collection-interval` seconds and when asked (`POST`, `--collect`).
 //!
-//! It owns nothing but the looking: everything it removes is removed through the store that
-//! made it (lifecycled, the networks, the image store, the proxies' own stop). It must never
-//! touch a container engined knows (by its record or its directory), nor anything not named by
-//! a container id under engined's own roots (its exec-root, data-root, cgroup parent, networks).
+//! It owns nothing but the looking: what it removes is removed through the store that made it
+//! (lifecycled, the networks, the image store, the proxies' own stop), with one exception: a
+//! cgroup lifecycled no longer knows of has its processes killed and its directories removed
+//! here ([`remove_cgroup`], which `rm -f` also uses when lifecycled does not answer). It must
+//! never touch a container engined knows (by its record or its directory), nor anything not
+//! named by a container id under engined's own roots (its exec-root, data-root, networks), nor
+//! a cgroup under its cgroup parent that nothing else of engined's names: the parent may be
+//! shared with another engine (`--cgroup-parent /docker`), whose cgroups are named alike.
 //!
 //! It rests on one invariant of the container store: every resource of a container is made
 //! after the container's directory (`<data-root>/containers/<id>`) and removed before it. So
@@ -76,12 +80,6 @@ pub struct Orphan {
     /// The network of an endpoint (its id).
     #[serde(skip)]
     network: String,
-    /// For a cgroup: whether anything else of engined's names its container (a task, the
-    /// runtime's state, a snapshot...). Only then are its processes killed: a cgroup parent
-    /// may be shared with another engine (`--cgroup-parent /docker`), whose containers' cgroups
-    /// are named the same way.
-    #[serde(skip)]
-    ours: bool,
 }
 
 /// What a check or a collection found.
@@ -129,84 +127,95 @@ fn cgroup_mounts() -> Vec<PathBuf> {
 /// Lists every orphan of `d` (nothing is changed).
 pub async fn find(d: &Daemon) -> Report {
     let mut report = Report::default();
-    let mut found: Vec<(Kind, String, String, String)> = Vec::new();
-    let cfg = &d.cfg;
+    let lifecycled = match d.lifecycle.list_containers(ListContainersRequest::default()).await {
+        Ok(r) => r.containers.into_iter().map(|c| c.id).collect(),
+        Err(s) => {
+            report.unchecked.push(format!("lifecycled's containers: {}", s.message()));
+            Vec::new()
+        }
+    };
+    let (cfg, networks) = (d.cfg.clone(), d.networks.list());
+    let found = tokio::task::spawn_blocking(move || scan(&cfg, lifecycled, &networks)).await.unwrap_or_default();
+    // Only now the known containers (see the crate doc): their directories, and the store.
+    let root = d.containers.root().to_path_buf();
+    let mut known: BTreeSet<String> = tokio::task::spawn_blocking(move || entries(&root))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    known.extend(d.containers.all().iter().map(|e| e.snapshot().id));
+    report.orphans = found.into_iter().filter(|o| !known.contains(&o.container)).collect();
+    report.orphans.sort_by(|a, b| (&a.container, a.kind).cmp(&(&b.container, b.kind)));
+    report
+}
 
+/// What of containers is under engined's roots, whoever they belong to: lifecycled's containers
+/// `lifecycled` and task directories, proxies, namespaces, endpoints on `networks`, snapshots,
+/// and the cgroups that one of those (or the runtime's state) names.
+fn scan(cfg: &crate::Config, lifecycled: Vec<String>, networks: &[engine_network::NetworkRecord]) -> Vec<Orphan> {
+    let mut found = Vec::new();
+    let mut push = |kind, container: &str, path: String, network: &str| {
+        found.push(Orphan {
+            kind,
+            container: container.to_string(),
+            path,
+            collected: None,
+            error: None,
+            network: network.to_string(),
+        })
+    };
     // proxies: `<exec-root>/proxy/<id>-<proto>-<port>-<n>`
     for (name, path) in entries(&cfg.exec_root.join("proxy")) {
         if let Some(id) = name.split('-').next().filter(|id| is_id(id)) {
-            found.push((Kind::Proxy, id.to_string(), path.display().to_string(), String::new()));
+            push(Kind::Proxy, id, path.display().to_string(), "");
         }
     }
     // lifecycled's containers, and its task directories (a task of a container it lost)
     let tasks_dir = cfg.exec_root.join("lifecycle").join("tasks");
-    let mut task_ids: BTreeSet<String> =
-        entries(&tasks_dir).into_iter().map(|(name, _)| name).filter(|n| is_id(n)).collect();
-    match d.lifecycle.list_containers(ListContainersRequest::default()).await {
-        Ok(r) => task_ids.extend(r.containers.into_iter().map(|c| c.id).filter(|id| is_id(id))),
-        Err(s) => report.unchecked.push(format!("lifecycled's containers: {}", s.message())),
+    let mut task_ids: BTreeSet<String> = entries(&tasks_dir).into_iter().map(|(name, _)| name).collect();
+    task_ids.extend(lifecycled);
+    for id in task_ids.iter().filter(|id| is_id(id)) {
+        let dir = tasks_dir.join(id);
+        let path = if dir.exists() { dir } else { cfg.data_root.join("lifecycle").join("containers").join(id) };
+        push(Kind::Task, id, path.display().to_string(), "");
     }
-    for id in task_ids {
-        let dir = tasks_dir.join(&id);
-        let path = if dir.exists() { dir } else { cfg.data_root.join("lifecycle").join("containers").join(&id) };
-        found.push((Kind::Task, id, path.display().to_string(), String::new()));
+    for (name, path) in entries(&cfg.exec_root.join("netns")).into_iter().filter(|(name, _)| is_id(name)) {
+        push(Kind::Namespace, &name, path.display().to_string(), "");
     }
-    // network namespaces and endpoints
-    for (name, path) in entries(&cfg.exec_root.join("netns")) {
-        if is_id(&name) {
-            found.push((Kind::Namespace, name, path.display().to_string(), String::new()));
-        }
-    }
-    for net in d.networks.list() {
+    for net in networks {
         for (id, ep) in net.endpoints.iter().filter(|(id, _)| is_id(id)) {
-            found.push((Kind::Endpoint, id.clone(), format!("{}/{}", net.name, ep.host_veth), net.id.clone()));
+            push(Kind::Endpoint, id, format!("{}/{}", net.name, ep.host_veth), &net.id);
         }
     }
-    // cgroups: `<hierarchy>/<cgroup parent>/<id>`, one orphan for all hierarchies
+    let snapshots = entries(&cfg.data_root.join("image").join("snapshots"));
+    for (name, path) in snapshots.into_iter().filter(|(name, _)| is_id(name)) {
+        push(Kind::Snapshot, &name, path.display().to_string(), "");
+    }
+    // cgroups, `<hierarchy>/<cgroup parent>/<id>` (one orphan for all hierarchies), of the
+    // containers something else of engined's names
+    let mut named: BTreeSet<String> = found.iter().map(|o| o.container.clone()).collect();
+    named.extend(entries(&cfg.exec_root.join("lifecycle").join("runtime")).into_iter().map(|(name, _)| name));
     let parent = cfg.cgroup_parent.trim_matches('/');
-    let mut cgroup_ids = BTreeSet::new();
+    let mut cgroups = BTreeSet::new();
     for mount in cgroup_mounts() {
         for (name, path) in entries(&mount.join(parent)) {
-            if is_id(&name) && path.is_dir() {
-                cgroup_ids.insert(name);
+            if named.contains(&name) && path.is_dir() {
+                cgroups.insert(name);
             }
         }
     }
-    for id in cgroup_ids {
-        let path = format!("/{parent}/{id}");
-        found.push((Kind::Cgroup, id, path, String::new()));
-    }
-    for (name, path) in entries(&cfg.data_root.join("image").join("snapshots")) {
-        if is_id(&name) {
-            found.push((Kind::Snapshot, name, path.display().to_string(), String::new()));
-        }
-    }
-
-    // What else names a cgroup's container as engined's: anything found above, or the
-    // runtime's state of it.
-    let runtime_state: BTreeSet<String> =
-        entries(&cfg.exec_root.join("lifecycle").join("runtime")).into_iter().map(|(name, _)| name).collect();
-    let named: BTreeSet<String> =
-        found.iter().filter(|f| f.0 != Kind::Cgroup).map(|f| f.1.clone()).chain(runtime_state).collect();
-
-    // Only now the known containers (see the crate doc): their directories, and the store.
-    let mut known: BTreeSet<String> = entries(d.containers.root()).into_iter().map(|(name, _)| name).collect();
-    known.extend(d.containers.all().iter().map(|e| e.snapshot().id));
-    report.orphans = found
-        .into_iter()
-        .filter(|(_, id, _, _)| !known.contains(id))
-        .map(|(kind, container, path, network)| Orphan {
-            ours: kind != Kind::Cgroup || named.contains(&container),
-            kind,
-            container,
-            path,
+    for id in cgroups {
+        found.push(Orphan {
+            kind: Kind::Cgroup,
+            path: format!("/{parent}/{id}"),
+            container: id,
             collected: None,
             error: None,
-            network,
-        })
-        .collect();
-    report.orphans.sort_by(|a, b| (&a.container, a.kind).cmp(&(&b.container, b.kind)));
-    report
+            network: String::new(),
+        });
+    }
+    found
 }
 
 /// Finds and removes every orphan of `d`; the report says what was found and whether each went.
@@ -221,7 +230,16 @@ pub async fn collect(d: &Daemon) -> Report {
         std::sync::Arc::new(crate::trace::Trace::background(d.sink.as_ref(), engine_telemetry::names::DAEMON_COLLECT));
     trace.attr(trace.root, "collect.found", report.orphans.len() as i64);
     let mut failed = 0;
+    // a container whose task or cgroup stays may still have processes: what they use (its
+    // network, its snapshot) stays with them
+    let mut holding: Option<(String, Kind)> = None;
     for o in &mut report.orphans {
+        if let Some((_, kind)) = holding.as_ref().filter(|(id, _)| *id == o.container) {
+            o.collected = Some(false);
+            o.error = Some(format!("not tried: its {} is still there", kind.as_str()));
+            failed += 1;
+            continue;
+        }
         let span = trace.start(engine_telemetry::names::DAEMON_ORPHAN);
         trace.attr(span, "orphan.kind", o.kind.as_str());
         trace.attr(span, "container.id", o.container.clone());
@@ -245,6 +263,9 @@ pub async fn collect(d: &Daemon) -> Report {
         o.collected = Some(result.is_ok());
         o.error = result.as_ref().err().cloned();
         failed += usize::from(result.is_err());
+        if result.is_err() && matches!(o.kind, Kind::Task | Kind::Cgroup) {
+            holding = Some((o.container.clone(), o.kind));
+        }
         let _ = trace.finish(span, result);
     }
     trace.end((failed > 0).then(|| format!("{failed} orphans not removed")).as_deref());
@@ -302,8 +323,8 @@ async fn remove(d: &Daemon, o: &Orphan) -> Result<(), String> {
         }
         Kind::Endpoint => d.networks.detach(&o.network, &id).await.map_err(|e| e.to_string()),
         Kind::Cgroup => {
-            let (rel, kill) = (PathBuf::from(o.path.trim_start_matches('/')), o.ours);
-            blocking(move || remove_cgroup(&rel, kill)).await
+            let rel = PathBuf::from(o.path.trim_start_matches('/'));
+            blocking(move || remove_cgroup(&rel)).await
         }
         Kind::Snapshot => {
             let images = d.images.clone();
@@ -341,33 +362,57 @@ async fn remove_task(d: &Daemon, id: &str) -> Result<(), String> {
     }
 }
 
-/// Removes the cgroup `rel` (relative to each hierarchy's root) from every hierarchy, once it
-/// is empty (5 s at most); its processes are killed first when `kill`, else a cgroup with
-/// processes is left, with an error saying so.
-pub(crate) fn remove_cgroup(rel: &Path, kill: bool) -> Result<(), String> {
+/// Kills every process of the cgroup `rel` (relative to each hierarchy's root) and removes
+/// it, with the cgroups under it, from every hierarchy (5 s at most). A frozen (paused) cgroup
+/// is thawed first: its processes could not die.
+pub(crate) fn remove_cgroup(rel: &Path) -> Result<(), String> {
+    let tops: Vec<PathBuf> = cgroup_mounts().into_iter().map(|m| m.join(rel)).filter(|d| d.is_dir()).collect();
+    for top in &tops {
+        let _ = std::fs::write(top.join("cgroup.freeze"), "0");
+        let _ = std::fs::write(top.join("freezer.state"), "THAWED");
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    for dir in cgroup_mounts().into_iter().map(|m| m.join(rel)).filter(|d| d.is_dir()) {
-        loop {
+    loop {
+        // every cgroup of it, children before their parents
+        let mut tree = Vec::new();
+        for top in &tops {
+            subtree(top, &mut tree);
+        }
+        if tree.is_empty() {
+            return Ok(());
+        }
+        for dir in &tree {
             let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
-            if !kill && !pids.is_empty() {
-                return Err(format!(
-                    "{} has processes and nothing else of engined's names its container: left alone",
-                    dir.display()
-                ));
-            }
-            for pid in pids {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) if std::time::Instant::now() >= deadline => {
-                    return Err(format!("removing {}: {e}", dir.display()));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+        let mut last_error = None;
+        for dir in &tree {
+            match std::fs::remove_dir(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => last_error = Some((dir.clone(), e)),
+                _ => {}
             }
         }
+        match last_error {
+            None => return Ok(()),
+            Some((dir, e)) if std::time::Instant::now() >= deadline => {
+                return Err(format!("removing {}: {e}", dir.display()))
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
     }
-    Ok(())
+}
+
+/// `dir` and the cgroups under it, children before their parents, into `out`.
+fn subtree(dir: &Path, out: &mut Vec<PathBuf>) {
+    if !dir.is_dir() {
+        return;
+    }
+    for (_, child) in entries(dir) {
+        if child.is_dir() {
+            subtree(&child, out);
+        }
+    }
+    out.push(dir.to_path_buf());
 }
