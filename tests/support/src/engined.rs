@@ -404,6 +404,19 @@ impl Drop for Engined {
             // SAFETY: a proxy of this instance (its counters are under this instance's exec-root), by pid.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        // a test that failed halfway may leave a shim (and the container's processes) that no
+        // lifecycled of this instance will delete any more
+        for pid in self.shims() {
+            // SAFETY: a shim of this instance (its state is under this instance's exec-root), by pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for cg in self.cgroups() {
+            let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: a process in a container cgroup of this instance, by pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         let mut points = self.mounts();
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for p in points {
@@ -414,7 +427,8 @@ impl Drop for Engined {
             let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
         }
         for cg in self.cgroups() {
-            let _ = std::fs::remove_dir(cg);
+            // (the processes killed above may take a moment to leave it)
+            crate::wait_until(std::time::Duration::from_secs(5), || std::fs::remove_dir(&cg).is_ok() || !cg.exists());
         }
         for m in crate::cgroup_mounts() {
             let _ = std::fs::remove_dir(m.join(self.cgroup_parent.trim_start_matches('/')));
