@@ -853,11 +853,25 @@ impl Daemon {
                 Err(s) => return Err(removing(s)),
             }
         }
+        let mut left = "its task (shim, task directory) is".to_string();
         if unanswered.is_some() {
             let cgroup = PathBuf::from(hostconfig::cgroups_path(&self.cfg.cgroup_parent, &id).trim_start_matches('/'));
             let killed = tokio::task::spawn_blocking(move || crate::orphans::remove_cgroup(&cgroup)).await;
             if let Ok(Err(err)) = killed {
                 log!(self.cfg, "warn", "removing {id} without lifecycled: {err}");
+                left = format!("its task (shim, task directory) and processes ({err}) are");
+            }
+            if e.life.borrow().running {
+                // killed through its cgroup: its exit is told here, as lifecycled would have
+                let reason = "killed without lifecycled, which did not answer";
+                e.update(|r| r.state.exit(137, false, reason.to_string(), now()));
+                self.event(&rec, "die", &[("exitCode", "137".to_string())]);
+                e.life.send_modify(|l| {
+                    l.running = false;
+                    l.exits += 1;
+                    l.exit_code = 137;
+                    l.error = reason.to_string();
+                });
             }
         }
         crate::network::down(self, e).await;
@@ -869,23 +883,11 @@ impl Daemon {
         self.containers.remove(&id)?;
         self.execs.forget_container(&id);
         self.event(&rec, "destroy", &[]);
-        if unanswered.is_some() && e.life.borrow().running {
-            // killed through its cgroup: its exit is told here, as lifecycled would have
-            let reason = "killed without lifecycled, which did not answer";
-            e.update(|r| r.state.exit(137, false, reason.to_string(), now()));
-            self.event(&rec, "die", &[("exitCode", "137".to_string())]);
-            e.life.send_modify(|l| {
-                l.running = false;
-                l.exits += 1;
-                l.exit_code = 137;
-                l.error = reason.to_string();
-            });
-        }
         e.life.send_modify(|l| l.removed = true);
         match unanswered {
             None => Ok(()),
             Some(why) => Err(ApiError::internal(format!(
-                "container {id} is removed, but lifecycled did not answer ({why}): its task (shim, task directory) is left until lifecycled answers, then collected as an orphan"
+                "container {id} is removed, but lifecycled did not answer ({why}): {left} left until lifecycled answers, then collected as an orphan"
             ))),
         }
     }

@@ -39,12 +39,12 @@ pub enum Kind {
     Proxy,
     /// lifecycled's container, its task if any (shim, processes, runtime state, task directory).
     Task,
+    /// The container's cgroup, in every hierarchy (and whatever runs in it).
+    Cgroup,
     /// A network namespace bind mount under the exec-root.
     Namespace,
     /// An endpoint on a network: an address and a host veth.
     Endpoint,
-    /// The container's cgroup, in every hierarchy.
-    Cgroup,
     /// The container's snapshot (its overlay mount and writable layer).
     Snapshot,
 }
