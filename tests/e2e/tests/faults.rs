@@ -431,8 +431,14 @@ fn full_disks_give_clear_errors_and_everything_works_once_freed() {
     assert_eq!(e.ok(&["ps", "-a", "--format", "{{.Names}}"]).trim(), "talker", "a failed create is listed");
     assert_eq!(e.snapshots(), 1, "a failed create left its snapshot");
     assert_eq!(e.task_dirs().len(), 1, "a failed run left its task directory");
-    // the talker talks on into a full disk
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // the talker talks on into a full disk: its loop goes round (a `sleep` child each time)
+    let pid = e.inspect("talker", "{{.State.Pid}}");
+    let mut children = std::collections::BTreeSet::new();
+    wait_for("the talker to talk on into the full disk", || {
+        let now = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        children.extend(now.split_whitespace().map(str::to_string));
+        children.len() >= 10
+    });
     assert_eq!(e.state("talker"), "running");
     assert!(e.engine(&["version"]).status.success());
 
