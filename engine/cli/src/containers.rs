@@ -7,6 +7,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use engine_docker_api::{
+    ContainerConfig, ContainerCreateBody, EndpointIpam, EndpointSettings, HostConfig, NetworkingConfig, PortBinding,
+    RestartPolicy,
+};
+
 use crate::client::{self, Client, Demux};
 use crate::format;
 
@@ -140,7 +145,7 @@ pub fn parse_bytes(s: &str) -> Result<i64> {
     Ok(engine_util::size::parse_bytes(s)?)
 }
 
-fn restart_policy(s: &str) -> Result<Value> {
+fn restart_policy(s: &str) -> Result<RestartPolicy> {
     let (name, count) = match s.split_once(':') {
         Some((n, c)) => (
             n,
@@ -154,11 +159,11 @@ fn restart_policy(s: &str) -> Result<Value> {
     if count != 0 && name != "on-failure" {
         bail!("invalid restart policy: maximum retry count can only be used with 'on-failure'");
     }
-    Ok(json!({ "Name": name, "MaximumRetryCount": count }))
+    Ok(RestartPolicy { name: name.into(), maximum_retry_count: count })
 }
 
 /// The `POST /containers/create` body of `run`/`create`.
-pub fn create_body(a: &RunArgs) -> Result<Value> {
+pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
     let mut env = Vec::new();
     for f in &a.env_file {
         let text = std::fs::read_to_string(f).with_context(|| format!("reading env file {}", f.display()))?;
@@ -183,76 +188,69 @@ pub fn create_body(a: &RunArgs) -> Result<Value> {
         Some(c) => (c * 1e9) as i64,
         None => 0,
     };
-    let mut body = json!({
-        "Image": a.image,
-        "Env": env,
-        "Labels": labels,
-        "Tty": a.tty,
-        "OpenStdin": a.interactive,
-        "StdinOnce": a.interactive,
-        "AttachStdin": a.interactive && !a.detach,
-        "AttachStdout": !a.detach,
-        "AttachStderr": !a.detach,
-        "HostConfig": {
-            "AutoRemove": a.rm,
-            "Binds": a.volume,
-            "RestartPolicy": restart_policy(&a.restart)?,
-            "Memory": memory,
-            "NanoCpus": nano_cpus,
-            "PidsLimit": a.pids_limit,
-            "ReadonlyRootfs": a.read_only,
-            "CapAdd": a.cap_add,
-            "CapDrop": a.cap_drop,
-            "Privileged": a.privileged,
-            "SecurityOpt": a.security_opt,
-            "Tmpfs": tmpfs,
-            "NetworkMode": a.network.clone().unwrap_or_else(|| "default".into()),
-            "Init": a.init,
-        },
-    });
-    if !a.command.is_empty() {
-        body["Cmd"] = json!(a.command);
-    }
-    if let Some(e) = &a.entrypoint {
-        body["Entrypoint"] = if e.is_empty() { json!([]) } else { json!([e]) };
-    }
-    for (k, v) in
-        [("WorkingDir", &a.workdir), ("User", &a.user), ("Hostname", &a.hostname), ("StopSignal", &a.stop_signal)]
-    {
-        if let Some(v) = v {
-            body[k] = json!(v);
-        }
-    }
-    if let Some(t) = a.stop_timeout {
-        body["StopTimeout"] = json!(t);
-    }
     let (exposed, bindings) = parse_publish(&a.publish, &a.expose)?;
-    if !exposed.is_empty() {
-        body["ExposedPorts"] = Value::Object(exposed.iter().map(|k| (k.clone(), json!({}))).collect());
-    }
-    body["HostConfig"]["PortBindings"] = json!(bindings);
-    body["HostConfig"]["PublishAllPorts"] = json!(a.publish_all);
-    for (k, v) in
-        [("ExtraHosts", &a.add_host), ("Dns", &a.dns), ("DnsSearch", &a.dns_search), ("DnsOptions", &a.dns_option)]
-    {
-        if !v.is_empty() {
-            body["HostConfig"][k] = json!(v);
-        }
-    }
-    if a.ip.is_some() || !a.network_alias.is_empty() {
+    let given = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    let config = ContainerConfig {
+        image: a.image.clone(),
+        env: Some(env),
+        labels: Some(labels),
+        tty: a.tty,
+        open_stdin: a.interactive,
+        stdin_once: a.interactive,
+        attach_stdin: a.interactive && !a.detach,
+        attach_stdout: !a.detach,
+        attach_stderr: !a.detach,
+        cmd: given(&a.command),
+        // `--entrypoint ""` clears the image's
+        entrypoint: a.entrypoint.as_ref().map(|e| if e.is_empty() { vec![] } else { vec![e.clone()] }),
+        working_dir: a.workdir.clone().unwrap_or_default(),
+        user: a.user.clone().unwrap_or_default(),
+        hostname: a.hostname.clone().unwrap_or_default(),
+        stop_signal: a.stop_signal.clone(),
+        stop_timeout: a.stop_timeout,
+        exposed_ports: (!exposed.is_empty()).then(|| exposed.into_iter().map(|k| (k, serde_json::json!({}))).collect()),
+        ..Default::default()
+    };
+    let host_config = HostConfig {
+        auto_remove: a.rm,
+        binds: Some(a.volume.clone()),
+        restart_policy: restart_policy(&a.restart)?,
+        memory,
+        nano_cpus,
+        pids_limit: a.pids_limit,
+        readonly_rootfs: a.read_only,
+        cap_add: Some(a.cap_add.clone()),
+        cap_drop: Some(a.cap_drop.clone()),
+        privileged: a.privileged,
+        security_opt: Some(a.security_opt.clone()),
+        tmpfs: Some(tmpfs),
+        network_mode: a.network.clone().unwrap_or_else(|| "default".into()),
+        init: a.init.then_some(true),
+        port_bindings: Some(bindings.into_iter().map(|(k, v)| (k, Some(v))).collect()),
+        publish_all_ports: a.publish_all,
+        extra_hosts: given(&a.add_host),
+        dns: given(&a.dns),
+        dns_search: given(&a.dns_search),
+        dns_options: given(&a.dns_option),
+        ..Default::default()
+    };
+    let networking_config = (a.ip.is_some() || !a.network_alias.is_empty()).then(|| {
         let net = a.network.clone().filter(|n| !n.is_empty() && n != "default").unwrap_or_else(|| "bridge".into());
-        let mut ep = json!({ "Aliases": a.network_alias });
-        if let Some(ip) = &a.ip {
-            ep["IPAMConfig"] = json!({ "IPv4Address": ip });
-        }
-        body["NetworkingConfig"] = json!({ "EndpointsConfig": { net: ep } });
-    }
-    Ok(body)
+        let endpoint = EndpointSettings {
+            aliases: Some(a.network_alias.clone()),
+            ipam_config: a.ip.clone().map(|ip| EndpointIpam { ipv4_address: ip }),
+        };
+        NetworkingConfig { endpoints_config: Some(BTreeMap::from([(net, endpoint)])) }
+    });
+    Ok(ContainerCreateBody { config, host_config: Some(host_config), networking_config })
 }
 
 /// `-p` and `--expose` as Docker's `ExposedPorts` keys and `PortBindings`:
 /// `8080:80`, `127.0.0.1:8080:80/udp`, `127.0.0.1::80`, `80`, and ranges `8000-8001:80-81`.
-pub fn parse_publish(publish: &[String], expose: &[String]) -> Result<(Vec<String>, BTreeMap<String, Vec<Value>>)> {
+pub fn parse_publish(
+    publish: &[String],
+    expose: &[String],
+) -> Result<(Vec<String>, BTreeMap<String, Vec<PortBinding>>)> {
     let range = |s: &str| -> Result<(u16, u16)> {
         let bad = || anyhow!("invalid port {s:?}");
         match s.split_once('-') {
@@ -270,7 +268,7 @@ pub fn parse_publish(publish: &[String], expose: &[String]) -> Result<(Vec<Strin
         }
     };
     let mut exposed = Vec::new();
-    let mut bindings: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut bindings: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
     for e in expose {
         let (ports, proto) = e.split_once('/').unwrap_or((e, "tcp"));
         let (a, b) = range(ports)?;
@@ -321,7 +319,7 @@ pub fn parse_publish(publish: &[String], expose: &[String]) -> Result<(Vec<Strin
             if !exposed.contains(&key) {
                 exposed.push(key.clone());
             }
-            bindings.entry(key).or_default().push(json!({ "HostIp": ip, "HostPort": host_port }));
+            bindings.entry(key).or_default().push(PortBinding { host_ip: ip.clone(), host_port });
         }
     }
     Ok((exposed, bindings))
@@ -386,7 +384,7 @@ fn expand_env(e: &str) -> String {
 }
 
 async fn create(c: &Client, a: &RunArgs) -> Result<String> {
-    let body = create_body(a)?;
+    let body = serde_json::to_value(create_body(a)?)?;
     let path = match &a.name {
         Some(n) => format!("/containers/create?name={}", urlencode(n)),
         None => "/containers/create".into(),
@@ -1121,8 +1119,38 @@ mod tests {
         assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
         assert_eq!(parse_bytes("512").unwrap(), 512);
         assert!(parse_bytes("lots").is_err());
-        assert_eq!(restart_policy("on-failure:3").unwrap()["MaximumRetryCount"], 3);
+        assert_eq!(restart_policy("on-failure:3").unwrap().maximum_retry_count, 3);
         assert!(restart_policy("sometimes").is_err());
         assert!(restart_policy("always:2").is_err());
+    }
+
+    #[test]
+    fn run_flags_become_a_typed_create_body() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let args = ["run", "-p", "127.0.0.1:8080:80/udp", "--expose", "90", "--entrypoint", "", "--init", "-m", "64m"];
+        let a =
+            Cli::parse_from(args.into_iter().chain(["--network", "n1", "--ip", "10.1.0.5", "busybox", "ls", "-l"])).run;
+        let body = create_body(&a).unwrap();
+        assert_eq!(body.config.entrypoint, Some(vec![]), "--entrypoint \"\" clears the image's");
+        assert_eq!(body.config.cmd, Some(vec!["ls".to_string(), "-l".to_string()]));
+        let exposed: Vec<_> = body.config.exposed_ports.unwrap().into_keys().collect();
+        assert_eq!(exposed, ["80/udp", "90/tcp"]);
+        let hc = body.host_config.unwrap();
+        assert_eq!((hc.init, hc.memory, hc.restart_policy.name.as_str()), (Some(true), 64 << 20, "no"));
+        let b = &hc.port_bindings.unwrap()["80/udp"].clone().unwrap()[0];
+        assert_eq!((b.host_ip.as_str(), b.host_port.as_str()), ("127.0.0.1", "8080"));
+        let ep = &body.networking_config.unwrap().endpoints_config.unwrap()["n1"];
+        assert_eq!(ep.ipam_config.as_ref().unwrap().ipv4_address, "10.1.0.5");
+
+        let a = Cli::parse_from(["run", "busybox"]).run;
+        let body = create_body(&a).unwrap();
+        assert_eq!((body.config.cmd, body.config.entrypoint), (None, None), "the image's command stays");
+        assert_eq!(body.host_config.unwrap().init, None, "no --init: the daemon's default");
+        assert!(body.networking_config.is_none());
     }
 }

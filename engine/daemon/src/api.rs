@@ -16,7 +16,7 @@ use crate::daemon::{parse_signal, Daemon, Entry};
 use crate::http::{self, empty, json, ApiError, Query, Resp};
 use crate::lifecycle::task;
 use crate::trace::Trace;
-use crate::types::ContainerConfig;
+use engine_docker_api::ContainerCreateBody;
 use engine_util::time::{rfc3339_nanos, unix_seconds_of as unix_of};
 
 pub const API_VERSION: &str = "1.43";
@@ -179,7 +179,7 @@ async fn dispatch(
 
         // containers
         (&M::POST, ["containers", "create"]) => {
-            let body: ContainerConfig = http::read_json(req.into_body()).await?;
+            let body: ContainerCreateBody = http::read_json(req.into_body()).await?;
             let id = d.create(trace, q.get("name").map(str::to_string), body).await?;
             Ok(json(StatusCode::CREATED, &json!({ "Id": id, "Warnings": [] })))
         }

@@ -22,7 +22,7 @@ use crate::records::{ContainerStore, Loaded, NameReservation};
 use crate::state::State;
 use crate::supervisor::Supervisor;
 use crate::trace::Trace;
-use crate::types::{ContainerConfig, HostConfig};
+use engine_docker_api::{ContainerConfig, ContainerCreateBody, HostConfig};
 
 pub use crate::records::{ContainerRecord, Entry, Life};
 
@@ -137,7 +137,7 @@ impl Daemon {
         self: &Arc<Self>,
         trace: &Trace,
         name: Option<String>,
-        body: ContainerConfig,
+        body: ContainerCreateBody,
     ) -> Result<String, ApiError> {
         let span = trace.start(engine_telemetry::names::DAEMON_CREATE);
         let outer = trace.enter(span);
@@ -159,9 +159,10 @@ impl Daemon {
         self: &Arc<Self>,
         trace: &Trace,
         name: Option<String>,
-        mut body: ContainerConfig,
+        create: ContainerCreateBody,
     ) -> Result<String, ApiError> {
-        let mut hc = body.host_config.take().unwrap_or_default();
+        let ContainerCreateBody { config: body, host_config, networking_config } = create;
+        let mut hc = host_config.unwrap_or_default();
         if body.image.is_empty() {
             return Err(ApiError::bad_request("config cannot be empty in order to create a container: no image given"));
         }
@@ -171,7 +172,7 @@ impl Daemon {
         if log_config.typ.is_empty() {
             log_config.typ = "json-file".into();
         }
-        let networks = crate::network::plan(self, &mut hc, body.networking_config.take().as_ref())?;
+        let networks = crate::network::plan(self, &mut hc, networking_config.as_ref())?;
         let given = match name.filter(|n| !n.is_empty()) {
             Some(n) => {
                 let n = n.trim_start_matches('/').to_string();
@@ -284,15 +285,8 @@ impl Daemon {
         config.image = body.image.clone();
         config.hostname = hostname;
         config.env = process.env().clone();
-        config.cmd = body.cmd.clone().or_else(|| {
-            if body.entrypoint.is_some() {
-                None
-            } else {
-                image.config.config.as_ref().and_then(|c| c.cmd.clone())
-            }
-        });
-        config.entrypoint =
-            body.entrypoint.clone().or_else(|| image.config.config.as_ref().and_then(|c| c.entrypoint.clone()));
+        config.entrypoint = built.entrypoint.clone();
+        config.cmd = built.cmd.clone();
         config.working_dir = process.cwd().display().to_string();
         config.labels = Some(built.labels.clone());
         if config.exposed_ports.is_none() && !built.exposed_ports.is_empty() {

@@ -14,7 +14,7 @@ use oci_spec::runtime::{
 };
 
 use crate::http::ApiError;
-use crate::types::HostConfig;
+use engine_docker_api::HostConfig;
 
 /// Docker's floor for `--memory`.
 const MIN_MEMORY: i64 = 6 * 1024 * 1024;
@@ -154,7 +154,7 @@ pub fn check(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
 /// The json-file log's rotation asked for by `--log-driver` and `--log-opt` (max-size in bytes
 /// and max-file, 0 for the defaults); Docker's words for a driver or option this engine does not
 /// have.
-pub fn log_rotation(lc: &crate::types::LogConfig) -> Result<(u64, u32), String> {
+pub fn log_rotation(lc: &engine_docker_api::LogConfig) -> Result<(u64, u32), String> {
     if !matches!(lc.typ.as_str(), "" | "json-file") {
         return Err(format!("failed to get logging factory: logger: no log driver named '{}' is registered", lc.typ));
     }
@@ -857,7 +857,7 @@ mod tests {
 
     #[test]
     fn ulimits_shm_and_sysctls_are_checked_and_applied() {
-        use crate::types::Ulimit;
+        use engine_docker_api::Ulimit;
         let ulimit = |name: &str, soft, hard| Ulimit { name: name.into(), soft, hard };
         let bad = |hc: HostConfig| check(&hc).err().map(|e| e.message).unwrap_or_default();
         assert!(bad(HostConfig { ulimits: Some(vec![ulimit("nofiles", 1, 2)]), ..Default::default() })

@@ -59,7 +59,7 @@ impl ApiError {
         if self.status == StatusCode::NOT_MODIFIED {
             return empty(self.status);
         }
-        json(self.status, &crate::types::ErrorBody { message: &self.message })
+        json(self.status, &engine_docker_api::ErrorBody { message: self.message.as_str().into() })
     }
 }
 

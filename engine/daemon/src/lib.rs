@@ -27,7 +27,6 @@ pub mod supervisor;
 pub mod trace;
 pub mod traces;
 pub mod tracestore;
-pub mod types;
 pub mod volumes;
 
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::daemon::{ContainerRecord, Daemon, Entry};
 use crate::http::{self, empty, ApiError, Query, Resp};
 use crate::trace::Trace;
-use crate::types::{HostConfig, NetworkingConfig};
+use engine_docker_api::{HostConfig, NetworkingConfig};
 
 /// A container's configured place on a network (kept in its record): the first one of a
 /// container is its eth0 and carries its default route.
@@ -102,32 +102,33 @@ pub fn plan(d: &Daemon, hc: &mut HostConfig, nc: Option<&NetworkingConfig>) -> R
         return Ok(Vec::new());
     }
     let net = d.networks.find(&primary)?;
-    let link = |rec: &NetworkRecord, ep: Option<&crate::types::EndpointSettings>| -> Result<NetworkLink, ApiError> {
-        let aliases = ep.and_then(|e| e.aliases.clone()).unwrap_or_default();
-        let ip = ep.and_then(|e| e.ipam_config.as_ref()).map(|i| i.ipv4_address.as_str()).filter(|s| !s.is_empty());
-        let ipv4_address = ip
-            .map(|s| s.parse::<Ipv4Addr>().map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {s}"))))
-            .transpose()?;
-        if rec.name == engine_network::networks::DEFAULT && !aliases.is_empty() {
-            return Err(ApiError::bad_request(
-                "network-scoped alias is supported only for containers in user defined networks",
-            ));
-        }
-        if ipv4_address.is_some() && !rec.subnet_configured {
-            return Err(ApiError::bad_request(
+    let link =
+        |rec: &NetworkRecord, ep: Option<&engine_docker_api::EndpointSettings>| -> Result<NetworkLink, ApiError> {
+            let aliases = ep.and_then(|e| e.aliases.clone()).unwrap_or_default();
+            let ip = ep.and_then(|e| e.ipam_config.as_ref()).map(|i| i.ipv4_address.as_str()).filter(|s| !s.is_empty());
+            let ipv4_address = ip
+                .map(|s| s.parse::<Ipv4Addr>().map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {s}"))))
+                .transpose()?;
+            if rec.name == engine_network::networks::DEFAULT && !aliases.is_empty() {
+                return Err(ApiError::bad_request(
+                    "network-scoped alias is supported only for containers in user defined networks",
+                ));
+            }
+            if ipv4_address.is_some() && !rec.subnet_configured {
+                return Err(ApiError::bad_request(
                 "user specified IP address is supported only when connecting to networks with user configured subnets",
             ));
-        }
-        if let (Some(ip), Some(subnet)) = (ipv4_address, rec.subnet) {
-            if !subnet.contains(&ip) {
-                return Err(ApiError::bad_request(format!(
-                    "requested address {ip} is not in subnet {subnet} of network {}",
-                    rec.name
-                )));
             }
-        }
-        Ok(NetworkLink { name: rec.name.clone(), id: rec.id.clone(), aliases, ipv4_address })
-    };
+            if let (Some(ip), Some(subnet)) = (ipv4_address, rec.subnet) {
+                if !subnet.contains(&ip) {
+                    return Err(ApiError::bad_request(format!(
+                        "requested address {ip} is not in subnet {subnet} of network {}",
+                        rec.name
+                    )));
+                }
+            }
+            Ok(NetworkLink { name: rec.name.clone(), id: rec.id.clone(), aliases, ipv4_address })
+        };
     let primary_ep = endpoints.iter().find(|(k, _)| is_primary(k, &net.id)).map(|(_, v)| v);
     let mut links = vec![link(&net, primary_ep)?];
     if !net.is_bridge() {
@@ -757,7 +758,7 @@ pub async fn prune(d: &Arc<Daemon>, q: &Query) -> Result<Resp, ApiError> {
 #[serde(rename_all = "PascalCase", default)]
 pub struct ConnectBody {
     container: String,
-    endpoint_config: Option<crate::types::EndpointSettings>,
+    endpoint_config: Option<engine_docker_api::EndpointSettings>,
     force: bool,
 }
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::state::State;
-use crate::types::{ContainerConfig, HostConfig};
+use engine_docker_api::{ContainerConfig, HostConfig};
 
 /// What engined keeps of a container (`<data-root>/containers/<id>/container.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -82,6 +82,25 @@ pub struct ContainerSpec {
     /// `80/tcp`-style ports the image exposes.
     pub exposed_ports: Vec<String>,
     pub user: ResolvedUser,
+    /// The container's `Config.Entrypoint` and `Config.Cmd`, as [`command`] resolves them.
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+}
+
+/// Docker's entrypoint/cmd rule, the one place it is written: `--entrypoint` replaces the
+/// image's ENTRYPOINT and drops its CMD unless arguments are given; arguments replace CMD.
+/// Returns the container's `(Entrypoint, Cmd)`; the process runs their concatenation.
+pub fn command(
+    image: &crate::manifest::ContainerConfig,
+    opts: &RunOptions,
+) -> (Option<Vec<String>>, Option<Vec<String>>) {
+    let entrypoint = opts.entrypoint.clone().or_else(|| image.entrypoint.clone());
+    let cmd = match (&opts.cmd, &opts.entrypoint) {
+        (Some(c), _) => Some(c.clone()),
+        (None, Some(_)) => None,
+        (None, None) => image.cmd.clone(),
+    };
+    (entrypoint, cmd)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,13 +114,8 @@ pub struct ResolvedUser {
 /// Builds the spec for a container of `image` whose root filesystem is at `rootfs`.
 pub fn build(image: &ImageConfig, opts: &RunOptions, rootfs: &Path) -> Result<ContainerSpec, SpecError> {
     let cfg = image.config.clone().unwrap_or_default();
-    let entrypoint = opts.entrypoint.clone().or(cfg.entrypoint.clone()).unwrap_or_default();
-    let cmd = match (&opts.cmd, &opts.entrypoint) {
-        (Some(c), _) => c.clone(),
-        (None, Some(_)) => Vec::new(),
-        (None, None) => cfg.cmd.clone().unwrap_or_default(),
-    };
-    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    let (entrypoint, cmd) = command(&cfg, opts);
+    let args: Vec<String> = entrypoint.iter().flatten().chain(cmd.iter().flatten()).cloned().collect();
     if args.is_empty() {
         return Err(SpecError::NoCommand);
     }
@@ -176,7 +190,7 @@ pub fn build(image: &ImageConfig, opts: &RunOptions, rootfs: &Path) -> Result<Co
     let mut labels = cfg.labels.clone().unwrap_or_default();
     labels.extend(opts.labels.clone());
     let exposed_ports = cfg.exposed_ports.iter().flat_map(|p| p.keys().cloned()).collect();
-    Ok(ContainerSpec { spec, labels, exposed_ports, user })
+    Ok(ContainerSpec { spec, labels, exposed_ports, user, entrypoint, cmd })
 }
 
 /// `KEY=VALUE` replaces an earlier `KEY`; a bare `KEY` removes it.
@@ -376,6 +390,12 @@ mod tests {
             build(&image, &opts, r.path()).unwrap().spec.process().as_ref().unwrap().args().as_ref().unwrap(),
             &["sh"]
         );
+        let opts = RunOptions { entrypoint: Some(vec!["sh".into()]), ..Default::default() };
+        let c = build(&image, &opts, r.path()).unwrap();
+        assert_eq!((c.entrypoint, c.cmd), (Some(vec!["sh".into()]), None), "--entrypoint drops the image's CMD");
+        let opts = RunOptions { cmd: Some(vec!["run".into()]), ..Default::default() };
+        let c = build(&image, &opts, r.path()).unwrap();
+        assert_eq!((c.entrypoint, c.cmd), (Some(vec!["/entry".into()]), Some(vec!["run".into()])));
         let opts = RunOptions { entrypoint: Some(vec![]), ..Default::default() };
         assert!(matches!(build(&image, &opts, r.path()), Err(SpecError::NoCommand)));
         let opts = RunOptions { workdir: Some("rel".into()), ..Default::default() };

@@ -1,11 +1,16 @@
-//! Bodies of the Docker Engine API that engined reads and writes (the subset it serves), with
-//! Docker's field names. Unknown fields are ignored on input, as dockerd does.
+//! The Docker Engine API's bodies that the engine CLI sends and engined reads and writes (the
+//! subset it serves), with Docker's field names, typed once for both sides.
+//!
+//! Owns: the JSON shapes of the API. It must never hold behaviour (defaults, checks and the
+//! entrypoint/cmd rule belong to engined) nor depend on any other engine crate. Unknown fields
+//! are ignored on input and `null` reads as the default, as dockerd's Go decoding has it.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// `POST /containers/create` body (Config plus HostConfig).
+/// A container's `Config` (what `POST /containers/create` takes beside its HostConfig, and
+/// what inspect shows).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct ContainerConfig {
@@ -39,9 +44,16 @@ pub struct ContainerConfig {
     pub labels: Option<BTreeMap<String, String>>,
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<i64>,
-    #[serde(skip_serializing)]
+}
+
+/// `POST /containers/create` body: the container's Config with its HostConfig and
+/// NetworkingConfig beside it, as Docker's clients send it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ContainerCreateBody {
+    #[serde(flatten)]
+    pub config: ContainerConfig,
     pub host_config: Option<HostConfig>,
-    #[serde(skip_serializing)]
     pub networking_config: Option<NetworkingConfig>,
 }
 
@@ -174,15 +186,52 @@ pub struct Mount {
     pub read_only: bool,
 }
 
-pub use crate::state::{State, ZERO_TIME};
-
 /// `null` reads as the default, as Go's JSON decoding has it (SDKs send `"User": null`).
 fn nullable<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Docker's `{"message": ...}` error body.
-#[derive(Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorBody<'a> {
-    pub message: &'a str,
+    pub message: std::borrow::Cow<'a, str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_create_body_reads_as_docker_sends_it_and_writes_back_the_same_fields() {
+        let sent = r#"{"Hostname":"","User":null,"Image":"busybox","Cmd":["true"],"Entrypoint":null,
+            "Labels":{"a":"b"},"Tty":false,"Unknown":1,
+            "HostConfig":{"Binds":["/x:/y:ro"],"NetworkMode":"default","Memory":67108864,"PidsLimit":null,
+                "RestartPolicy":{"Name":"on-failure","MaximumRetryCount":3},
+                "PortBindings":{"80/tcp":[{"HostIp":"","HostPort":"8080"}]},"LogConfig":{"Type":"json-file","Config":null}},
+            "NetworkingConfig":{"EndpointsConfig":{"n1":{"IPAMConfig":{"IPv4Address":"10.1.0.5"},"Aliases":["db"]}}}}"#;
+        let body: ContainerCreateBody = serde_json::from_str(sent).unwrap();
+        assert_eq!(body.config.image, "busybox");
+        assert_eq!(body.config.cmd.as_deref(), Some(&["true".to_string()][..]));
+        assert_eq!(body.config.user, "", "null reads as the default");
+        let hc = body.host_config.as_ref().unwrap();
+        assert_eq!((hc.memory, hc.pids_limit), (64 << 20, None));
+        assert_eq!(hc.restart_policy.maximum_retry_count, 3);
+        assert_eq!(hc.port_bindings.as_ref().unwrap()["80/tcp"].as_ref().unwrap()[0].host_port, "8080");
+        let ep = &body.networking_config.as_ref().unwrap().endpoints_config.as_ref().unwrap()["n1"];
+        assert_eq!(ep.ipam_config.as_ref().unwrap().ipv4_address, "10.1.0.5");
+
+        let written = serde_json::to_value(&body).unwrap();
+        assert_eq!(written["Image"], "busybox", "the Config is flat beside HostConfig, as Docker's");
+        assert_eq!(written["HostConfig"]["RestartPolicy"]["Name"], "on-failure");
+        assert_eq!(written["HostConfig"]["LogConfig"]["Type"], "json-file");
+        assert_eq!(written["NetworkingConfig"]["EndpointsConfig"]["n1"]["IPAMConfig"]["IPv4Address"], "10.1.0.5");
+        let again: ContainerCreateBody = serde_json::from_value(written).unwrap();
+        assert_eq!(serde_json::to_value(&again).unwrap(), serde_json::to_value(&body).unwrap());
+    }
+
+    #[test]
+    fn a_containers_config_does_not_carry_its_host_config() {
+        let v = serde_json::to_value(ContainerConfig { image: "busybox".into(), ..Default::default() }).unwrap();
+        assert!(v.get("HostConfig").is_none() && v.get("NetworkingConfig").is_none(), "{v}");
+    }
 }
