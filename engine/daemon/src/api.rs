@@ -260,12 +260,17 @@ async fn dispatch(
         (&M::POST, ["containers", id, "exec"]) => {
             let e = d.containers.find(id)?;
             let config: crate::exec::ExecConfig = http::read_json(req.into_body()).await?;
-            crate::exec::create(d, &e, config)
+            Ok(json(StatusCode::CREATED, &json!({ "Id": d.execs.create(&e, config)? })))
         }
-        (&M::POST, ["exec", id, "start"]) => crate::exec::start(d, id, req).await,
-        (&M::GET, ["exec", id, "json"]) => crate::exec::inspect(d, id),
+        (&M::POST, ["exec", id, "start"]) => {
+            let mut req = req;
+            let upgrade = req.headers().get(UPGRADE).is_some().then(|| hyper::upgrade::on(&mut req));
+            let start = http::read_json(req.into_body()).await?;
+            d.execs.start(id, start, upgrade).await
+        }
+        (&M::GET, ["exec", id, "json"]) => Ok(json(StatusCode::OK, &d.execs.inspect(id)?)),
         (&M::POST, ["exec", id, "resize"]) => {
-            crate::exec::resize(d, id, q.int("h")?.unwrap_or(0), q.int("w")?.unwrap_or(0)).await
+            d.execs.resize(id, q.int("h")?.unwrap_or(0), q.int("w")?.unwrap_or(0)).await
         }
 
         // images

@@ -31,7 +31,7 @@ pub struct Daemon {
     pub images: Arc<ImageStore>,
     pub distribution: Arc<crate::distribution::Distribution>,
     /// Every container's record, entry and name.
-    pub containers: ContainerStore,
+    pub containers: Arc<ContainerStore>,
     /// Named volumes.
     pub volumes: crate::volumes::VolumeStore,
     /// The one client of lifecycled: retries while it restarts, carries trace context.
@@ -44,7 +44,7 @@ pub struct Daemon {
     pub networks: Arc<engine_network::Networks>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub shutting_down: AtomicBool,
-    pub execs: crate::exec::Execs,
+    pub execs: Arc<crate::exec::ExecService>,
     /// Container and network events for `GET /events`.
     pub events: Events,
     /// One collection of orphans at a time.
@@ -52,11 +52,6 @@ pub struct Daemon {
 }
 
 use engine_util::time::now_rfc3339_nanos as now;
-
-/// A new 64-hex-digit id (containers, execs, anonymous volumes).
-pub fn random_id() -> Result<String, ApiError> {
-    engine_util::id::new_id().map_err(|e| ApiError::internal(format!("no random id: {e}")))
-}
 
 impl Daemon {
     pub async fn open(
@@ -90,10 +85,13 @@ impl Daemon {
         )
         .await
         .context("setting up the networks")?;
+        let containers = Arc::new(containers);
+        let lifecycle = Lifecycle::new(&cfg.lifecycled_socket());
         let d = Arc::new(Daemon {
             networks: Arc::new(networks),
             metrics,
-            lifecycle: Lifecycle::new(&cfg.lifecycled_socket()),
+            execs: crate::exec::ExecService::new(containers.clone(), lifecycle.clone()),
+            lifecycle,
             images,
             distribution,
             containers,
@@ -103,7 +101,6 @@ impl Daemon {
             traces,
             probes,
             shutting_down: AtomicBool::new(false),
-            execs: Default::default(),
             events: Events::default(),
             orphans: Default::default(),
             cfg,
@@ -195,7 +192,7 @@ impl Daemon {
             Some(n) => self.containers.reserve(&n)?,
             None => self.containers.reserve_generated(),
         };
-        let id = random_id()?;
+        let id = crate::http::new_id()?;
         let result = self.create_with_id(trace, &id, name, body, hc, mounts, image, networks).await;
         if result.is_err() {
             self.undo_create(&id).await;
@@ -412,7 +409,7 @@ impl Daemon {
     /// Records a start that failed (its reason and dockerd's exit code) and makes its answer:
     /// 400 when the program is missing or cannot be run (dockerd's invalid-config error), else 500.
     fn start_failed(&self, e: &Entry, msg: String) -> ApiError {
-        let code = start_failure_code(&msg);
+        let code = crate::state::start_failure_code(&msg);
         e.update(|r| r.state.start_failed(msg.clone(), code.unwrap_or(128)));
         self.persist(e);
         match code {
@@ -1155,18 +1152,6 @@ impl Daemon {
             let _ = h.await;
         }
         self.networks.shutdown().await;
-    }
-}
-
-/// The exit code dockerd gives a process that could not be started, from the runtime's reason
-/// (in runc's words): 127 when the program or a path is not there, 126 when it cannot be run.
-pub fn start_failure_code(reason: &str) -> Option<i64> {
-    if reason.contains("executable file not found") || reason.contains("no such file or directory") {
-        Some(127)
-    } else if reason.contains("permission denied") || reason.contains("is a directory") {
-        Some(126)
-    } else {
-        None
     }
 }
 

@@ -362,6 +362,11 @@ pub fn frame(stream: u8, payload: &[u8]) -> Bytes {
     Bytes::from(v)
 }
 
+/// A new 64-hex-digit id (containers, execs, anonymous volumes); no randomness is a 500.
+pub fn new_id() -> Result<String, ApiError> {
+    engine_util::id::new_id().map_err(|e| ApiError::internal(format!("no random id: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,9 @@ pub mod traces;
 pub mod tracestore;
 pub mod volumes;
 
+#[cfg(test)]
+mod testing;
+
 use std::sync::Arc;
 use std::time::Duration;
 

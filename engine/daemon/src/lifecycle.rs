@@ -175,15 +175,8 @@ mod tests {
 
     fn serve(dir: &Path) -> (Fake, std::path::PathBuf) {
         let fake = Fake::default();
-        let sock = dir.join("lifecycled.sock");
-        let listener = engine_api::bind_unix(&sock).unwrap();
-        let svc = ContainersServer::new(fake.clone());
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
-                .await
-        });
+        let sock =
+            crate::testing::serve_lifecycled(dir, tonic::service::Routes::new(ContainersServer::new(fake.clone())));
         (fake, sock)
     }
 

@@ -241,6 +241,18 @@ impl From<Wire> for State {
     }
 }
 
+/// The exit code dockerd gives a process that could not be started, from the runtime's reason
+/// (in runc's words): 127 when the program or a path is not there, 126 when it cannot be run.
+pub fn start_failure_code(reason: &str) -> Option<i64> {
+    if reason.contains("executable file not found") || reason.contains("no such file or directory") {
+        Some(127)
+    } else if reason.contains("permission denied") || reason.contains("is a directory") {
+        Some(126)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,7 +159,7 @@ pub fn create(d: &Daemon, body: CreateBody) -> Result<Resp, ApiError> {
     if !body.driver_opts.is_empty() {
         return Err(ApiError::bad_request("volume driver options are not supported by the local driver here"));
     }
-    let name = if body.name.is_empty() { crate::daemon::random_id()? } else { body.name };
+    let name = if body.name.is_empty() { crate::http::new_id()? } else { body.name };
     let v = d.volumes.ensure(&name, body.labels)?;
     Ok(json(StatusCode::CREATED, &v))
 }
