@@ -274,36 +274,44 @@ async fn dispatch(
         }
 
         // images
-        (&M::GET, ["images", "json"]) => Ok(json(StatusCode::OK, &crate::images::list(d, &q)?)),
-        (&M::POST, ["images", "load"]) => crate::images::load(d, req.into_body(), q.flag("quiet")).await,
-        (&M::GET, ["images", "get"]) => crate::images::save(d, q.all("names")).await,
+        (&M::GET, ["images", "json"]) => Ok(json(StatusCode::OK, &crate::images::list(&d.image_service, &q)?)),
+        (&M::POST, ["images", "load"]) => crate::images::load(&d.image_service, req.into_body(), q.flag("quiet")).await,
+        (&M::GET, ["images", "get"]) => crate::images::save(&d.image_service, q.all("names")).await,
         (&M::POST, ["images", "create"]) if q.get("fromImage").is_some_and(|s| !s.is_empty()) => {
-            crate::images::pull(d, &q, registry_auth(&req)).await
+            crate::images::pull(&d.image_service, &q, registry_auth(&req)).await
         }
-        (&M::POST, ["images", "create"]) => crate::images::create(d, &q, req.into_body()).await,
+        (&M::POST, ["images", "create"]) => crate::images::create(&d.image_service, &q, req.into_body()).await,
         (&M::POST, ["images", name @ .., "push"]) if !name.is_empty() => {
-            crate::images::push(d, &name.join("/"), &q, registry_auth(&req)).await
+            crate::images::push(&d.image_service, &name.join("/"), &q, registry_auth(&req)).await
         }
         (&M::GET, ["distribution", name @ .., "json"]) if !name.is_empty() => {
-            crate::images::distribution_inspect(d, &name.join("/"), registry_auth(&req)).await
+            crate::images::distribution_inspect(&d.image_service, &name.join("/"), registry_auth(&req)).await
         }
-        (&M::POST, ["auth"]) => crate::images::login(d, http::read_json(req.into_body()).await?).await,
+        (&M::POST, ["auth"]) => crate::images::login(&d.image_service, http::read_json(req.into_body()).await?).await,
         (&M::GET, ["images", name @ .., "get"]) if !name.is_empty() => {
-            crate::images::save(d, vec![name.join("/")]).await
+            crate::images::save(&d.image_service, vec![name.join("/")]).await
         }
-        (&M::GET, ["images", name @ .., "json"]) if !name.is_empty() => crate::images::inspect(d, &name.join("/")),
-        (&M::GET, ["images", name @ .., "history"]) if !name.is_empty() => crate::images::history(d, &name.join("/")),
-        (&M::POST, ["images", name @ .., "tag"]) if !name.is_empty() => crate::images::tag(d, &name.join("/"), &q),
+        (&M::GET, ["images", name @ .., "json"]) if !name.is_empty() => {
+            crate::images::inspect(&d.image_service, &name.join("/"))
+        }
+        (&M::GET, ["images", name @ .., "history"]) if !name.is_empty() => {
+            crate::images::history(&d.image_service, &name.join("/"))
+        }
+        (&M::POST, ["images", name @ .., "tag"]) if !name.is_empty() => {
+            crate::images::tag(&d.image_service, &name.join("/"), &q)
+        }
         (&M::DELETE, ["images", name @ ..]) if !name.is_empty() => {
-            crate::images::remove(d, &name.join("/"), q.flag("force")).await
+            crate::images::remove(&d.image_service, &name.join("/"), q.flag("force")).await
         }
 
         // volumes
-        (&M::POST, ["volumes", "create"]) => crate::volumes::create(d, http::read_json(req.into_body()).await?),
-        (&M::GET, ["volumes"]) => Ok(crate::volumes::list(d)),
-        (&M::POST, ["volumes", "prune"]) => crate::volumes::prune(d),
-        (&M::GET, ["volumes", name]) => crate::volumes::inspect(d, name),
-        (&M::DELETE, ["volumes", name]) => crate::volumes::remove(d, name, q.flag("force")),
+        (&M::POST, ["volumes", "create"]) => {
+            crate::volumes::create(&d.volumes, http::read_json(req.into_body()).await?)
+        }
+        (&M::GET, ["volumes"]) => Ok(crate::volumes::list(&d.volumes)),
+        (&M::POST, ["volumes", "prune"]) => crate::volumes::prune(&d.volumes, &d.containers),
+        (&M::GET, ["volumes", name]) => crate::volumes::inspect(&d.volumes, name),
+        (&M::DELETE, ["volumes", name]) => crate::volumes::remove(&d.volumes, &d.containers, name, q.flag("force")),
 
         // networks
         (&M::GET, ["networks"]) => crate::network::list(d, &q),
@@ -321,20 +329,22 @@ async fn dispatch(
         (&M::GET, ["metrics"]) => crate::metrics::scrape(d).await,
 
         // engine extensions
-        (&M::GET, ["engine", "v1", "containers", id, "traces"]) => crate::traces::container_traces(d, id),
-        (&M::GET, ["engine", "v1", "traces"]) => crate::traces::recent(d, &q),
-        (&M::GET, ["engine", "v1", "probes"]) => crate::traces::probes(d),
+        (&M::GET, ["engine", "v1", "containers", id, "traces"]) => {
+            crate::traces::container_traces(&d.trace_service, id)
+        }
+        (&M::GET, ["engine", "v1", "traces"]) => crate::traces::recent(&d.trace_service, &q),
+        (&M::GET, ["engine", "v1", "probes"]) => crate::traces::probes(&d.trace_service),
         (&M::GET, ["engine", "v1", "system", "check"]) => {
             Ok(http::json(StatusCode::OK, &crate::orphans::find(d).await))
         }
         (&M::POST, ["engine", "v1", "system", "check"]) => {
             Ok(http::json(StatusCode::OK, &crate::orphans::collect(d).await))
         }
-        (&M::GET, ["engine", "v1", "traces", "stats"]) => crate::traces::stats(d, &q).await,
-        (&M::GET, ["engine", "v1", "traces", id]) => crate::traces::trace(d, id).await,
+        (&M::GET, ["engine", "v1", "traces", "stats"]) => crate::traces::stats(&d.trace_service, &q).await,
+        (&M::GET, ["engine", "v1", "traces", id]) => crate::traces::trace(&d.trace_service, id).await,
         (&M::POST, ["v1", "traces"]) => {
             let ct = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-            crate::traces::receive(d, ct.as_deref(), req.into_body()).await
+            crate::traces::receive(&d.trace_service, ct.as_deref(), req.into_body()).await
         }
 
         // system
@@ -507,7 +517,7 @@ fn info(d: &Daemon) -> Value {
         "InitBinary": "engine-init",
         "SecurityOptions": ["name=seccomp,profile=builtin"],
         "Warnings": [],
-        "Engine": { "LifecycledRestarts": d.supervisor.restarts.load(std::sync::atomic::Ordering::Relaxed), "LifecycledPid": *d.supervisor.pid.borrow(), "Probes": crate::traces::probe_status(d), "Traces": { "Bytes": d.traces.usage().0, "Count": d.traces.usage().1 }, "Firewall": d.networks.firewall_backend(), "Networks": d.networks.list().len() }
+        "Engine": { "LifecycledRestarts": d.supervisor.restarts.load(std::sync::atomic::Ordering::Relaxed), "LifecycledPid": *d.supervisor.pid.borrow(), "Probes": crate::traces::probe_status(&d.trace_service), "Traces": { "Bytes": d.traces.usage().0, "Count": d.traces.usage().1 }, "Firewall": d.networks.firewall_backend(), "Networks": d.networks.list().len() }
     })
 }
 

@@ -46,7 +46,11 @@ pub struct Daemon {
     pub shutting_down: AtomicBool,
     pub execs: Arc<crate::exec::ExecService>,
     /// Container and network events for `GET /events`.
-    pub events: Events,
+    pub events: Arc<Events>,
+    /// The image routes' service (the same store, distribution and events).
+    pub image_service: Arc<crate::images::ImageService>,
+    /// The trace routes' service (the same trace store, sink, probes and containers).
+    pub trace_service: Arc<crate::traces::TraceService>,
     /// One collection of orphans at a time.
     pub orphans: crate::orphans::Collector,
 }
@@ -87,7 +91,22 @@ impl Daemon {
         .context("setting up the networks")?;
         let containers = Arc::new(containers);
         let lifecycle = Lifecycle::new(&cfg.lifecycled_socket());
+        let events = Arc::new(Events::default());
+        let image_service = Arc::new(crate::images::ImageService {
+            images: images.clone(),
+            distribution: distribution.clone(),
+            events: events.clone(),
+        });
+        let trace_service = Arc::new(crate::traces::TraceService {
+            traces: traces.clone(),
+            sink: Some(sink.clone()),
+            probes: probes.clone(),
+            containers: containers.clone(),
+        });
         let d = Arc::new(Daemon {
+            trace_service,
+            events,
+            image_service,
             networks: Arc::new(networks),
             metrics,
             execs: crate::exec::ExecService::new(containers.clone(), lifecycle.clone()),
@@ -101,7 +120,6 @@ impl Daemon {
             traces,
             probes,
             shutting_down: AtomicBool::new(false),
-            events: Events::default(),
             orphans: Default::default(),
             cfg,
         });

@@ -10,8 +10,17 @@ use serde_json::{json, Value};
 
 use engine_image::{ImageError, ImportOptions, ProgressEvent, Reference};
 
-use crate::daemon::Daemon;
+use crate::distribution::Distribution;
+use crate::events::Events;
 use crate::http::{self, json, ApiError, BodyReader, Query, Resp};
+
+/// What the image routes use: the image store, pulls and pushes, and the event stream they
+/// report to. Nothing else of engined.
+pub struct ImageService {
+    pub images: Arc<engine_image::ImageStore>,
+    pub distribution: Arc<Distribution>,
+    pub events: Arc<Events>,
+}
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
@@ -45,7 +54,7 @@ fn reference_matches(name: &Reference, filter: &str) -> bool {
     }
 }
 
-pub fn list(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
+pub fn list(d: &ImageService, q: &Query) -> Result<Vec<Value>, ApiError> {
     let images = d.images.list()?;
     let filters = crate::http::Filters::parse(q)?;
     let references = filters.get("reference");
@@ -90,7 +99,7 @@ pub fn list(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
     Ok(out)
 }
 
-pub fn inspect(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
+pub fn inspect(d: &ImageService, name: &str) -> Result<Resp, ApiError> {
     let i = d.images.resolve(name)?;
     let c = &i.config;
     Ok(json(
@@ -117,7 +126,7 @@ pub fn inspect(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
     ))
 }
 
-pub fn history(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
+pub fn history(d: &ImageService, name: &str) -> Result<Resp, ApiError> {
     let i = d.images.resolve(name)?;
     let mut layers = i.record.layers.iter().rev();
     let n = i.config.history.len();
@@ -136,7 +145,7 @@ pub fn history(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
     Ok(json(StatusCode::OK, &out))
 }
 
-pub fn tag(d: &Daemon, name: &str, q: &Query) -> Result<Resp, ApiError> {
+pub fn tag(d: &ImageService, name: &str, q: &Query) -> Result<Resp, ApiError> {
     let repo = q.get("repo").unwrap_or("");
     let tag = q.get("tag").filter(|t| !t.is_empty()).unwrap_or("latest");
     let target = Reference::parse_name(repo)?;
@@ -148,7 +157,7 @@ pub fn tag(d: &Daemon, name: &str, q: &Query) -> Result<Resp, ApiError> {
     Ok(http::empty(StatusCode::CREATED))
 }
 
-pub async fn remove(d: &Arc<Daemon>, name: &str, force: bool) -> Result<Resp, ApiError> {
+pub async fn remove(d: &Arc<ImageService>, name: &str, force: bool) -> Result<Resp, ApiError> {
     // An image a container was created from is in use by its snapshot: the store refuses.
     let images = d.images.clone();
     let n = name.to_string();
@@ -164,7 +173,7 @@ fn json_lines() -> (impl Fn(Value) + Send + 'static, http::Body) {
     (move |v: Value| drop(tx.blocking_send(Bytes::from(format!("{v}\n")))), body)
 }
 
-pub async fn load(d: &Arc<Daemon>, body: http::RequestBody, quiet: bool) -> Result<Resp, ApiError> {
+pub async fn load(d: &Arc<ImageService>, body: http::RequestBody, quiet: bool) -> Result<Resp, ApiError> {
     let reader = BodyReader::new(body);
     let (send, resp_body) = json_lines();
     let images = d.images.clone();
@@ -203,7 +212,7 @@ pub async fn load(d: &Arc<Daemon>, body: http::RequestBody, quiet: bool) -> Resu
     Ok(r)
 }
 
-pub async fn save(d: &Arc<Daemon>, names: Vec<String>) -> Result<Resp, ApiError> {
+pub async fn save(d: &Arc<ImageService>, names: Vec<String>) -> Result<Resp, ApiError> {
     if names.is_empty() {
         return Err(ApiError::bad_request("no images given"));
     }
@@ -236,7 +245,7 @@ pub async fn save(d: &Arc<Daemon>, names: Vec<String>) -> Result<Resp, ApiError>
 }
 
 /// `POST /images/create?fromSrc=-`: imports the body (a pull, `fromImage`, is [`pull`]).
-pub async fn create(d: &Arc<Daemon>, q: &Query, body: http::RequestBody) -> Result<Resp, ApiError> {
+pub async fn create(d: &Arc<ImageService>, q: &Query, body: http::RequestBody) -> Result<Resp, ApiError> {
     match q.get("fromSrc") {
         Some("-") => {}
         Some(src) => {
@@ -352,7 +361,7 @@ where
 /// missing image or refused credentials is a plain error response; then layers stream Docker's
 /// progress messages and the image is recorded last. Without a tag in either parameter every
 /// tag of the repository is pulled, as dockerd does (`docker pull --all-tags`).
-pub async fn pull(d: &Arc<Daemon>, q: &Query, auth: Option<&str>) -> Result<Resp, ApiError> {
+pub async fn pull(d: &Arc<ImageService>, q: &Query, auth: Option<&str>) -> Result<Resp, ApiError> {
     let from = q.get("fromImage").unwrap_or("");
     let mut reference = Reference::parse_name(from)?;
     let tag = q.get("tag").filter(|t| !t.is_empty());
@@ -431,7 +440,7 @@ enum FirstStep {
 /// Pulls one resolved tag or digest with its `Pulling from` and `Digest:` lines; whether the
 /// store had it already.
 async fn pull_one(
-    d: &Daemon,
+    d: &ImageService,
     trace: &Arc<crate::trace::Trace>,
     reference: &Reference,
     repo: engine_registry::Repository,
@@ -450,7 +459,7 @@ async fn pull_one(
 /// `POST /images/{name}/push?tag=`: blobs the registry lacks, then the manifest. Without a tag
 /// in either, every local tag of the repository is pushed, as dockerd does (`docker push
 /// --all-tags`, docker-py's `images.push(repo)`).
-pub async fn push(d: &Arc<Daemon>, name: &str, q: &Query, auth: Option<&str>) -> Result<Resp, ApiError> {
+pub async fn push(d: &Arc<ImageService>, name: &str, q: &Query, auth: Option<&str>) -> Result<Resp, ApiError> {
     let reference = Reference::parse_name(name)?;
     let targets = match (q.get("tag").filter(|t| !t.is_empty()), reference.tag()) {
         (Some(t), _) => vec![reference.with_tag(t)?],
@@ -490,7 +499,7 @@ pub async fn push(d: &Arc<Daemon>, name: &str, q: &Query, auth: Option<&str>) ->
 
 /// `GET /distribution/{name}/json`: the registry's descriptor of an image and its platforms, as
 /// `docker manifest inspect` and `docker buildx imagetools` ask (no pull).
-pub async fn distribution_inspect(d: &Arc<Daemon>, name: &str, auth: Option<&str>) -> Result<Resp, ApiError> {
+pub async fn distribution_inspect(d: &Arc<ImageService>, name: &str, auth: Option<&str>) -> Result<Resp, ApiError> {
     let mut reference = Reference::parse(name)?;
     if reference.tag().is_none() && reference.digest().is_none() {
         reference = reference.with_tag("latest")?;
@@ -508,7 +517,7 @@ pub async fn distribution_inspect(d: &Arc<Daemon>, name: &str, auth: Option<&str
 }
 
 /// `POST /auth`: checks credentials with the registry, as `docker login` asks.
-pub async fn login(d: &Arc<Daemon>, creds: engine_registry::AuthConfig) -> Result<Resp, ApiError> {
+pub async fn login(d: &Arc<ImageService>, creds: engine_registry::AuthConfig) -> Result<Resp, ApiError> {
     d.distribution.login(&creds).await?;
     Ok(json(StatusCode::OK, &json!({ "Status": "Login Succeeded", "IdentityToken": "" })))
 }

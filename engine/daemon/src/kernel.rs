@@ -19,6 +19,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
 
 /// What became of the probes at start, for `engine info` and `/engine/v1/probes`.
+#[derive(Clone)]
 pub enum ProbeState {
     Running(Arc<Probes>),
     Disabled(String),

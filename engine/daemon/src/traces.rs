@@ -18,7 +18,6 @@ use prost::Message;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::daemon::Daemon;
 use crate::http::{self, json, ApiError, Query, Resp};
 use crate::tracestore::{Retention, TraceStore, TraceSummary};
 
@@ -143,8 +142,21 @@ pub fn start(
     Ok((store, intake))
 }
 
+/// What the trace routes use: the trace store, engined's sink into it, the probes' state and
+/// the container store (to name a container's traces). Nothing else of engined.
+pub struct TraceService {
+    pub traces: Arc<crate::tracestore::TraceStore>,
+    pub sink: Option<engine_telemetry::Sink>,
+    pub probes: crate::kernel::ProbeState,
+    pub containers: Arc<crate::records::ContainerStore>,
+}
+
 /// `POST /v1/traces`: OTLP/HTTP, protobuf or JSON, into the store.
-pub async fn receive(d: &Daemon, content_type: Option<&str>, body: crate::http::RequestBody) -> Result<Resp, ApiError> {
+pub async fn receive(
+    d: &TraceService,
+    content_type: Option<&str>,
+    body: crate::http::RequestBody,
+) -> Result<Resp, ApiError> {
     let bytes: Bytes =
         body.collect().await.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?.to_bytes();
     let json_body = content_type.is_some_and(|c| c.starts_with("application/json"));
@@ -183,7 +195,7 @@ fn summary_json(t: &TraceSummary) -> serde_json::Value {
 
 /// `GET /engine/v1/containers/{id}/traces`: the traces of a container's operations, oldest
 /// first. A removed container's traces are found by its name or full id.
-pub fn container_traces(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
+pub fn container_traces(d: &TraceService, name: &str) -> Result<Resp, ApiError> {
     let list = match d.containers.find(name) {
         Ok(e) => {
             let r = e.snapshot();
@@ -203,7 +215,7 @@ pub fn container_traces(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
 /// `GET /engine/v1/traces?op=start&image=NAME&limit=N`: the most recent traces, oldest first;
 /// with `image`, those whose pulls or pushes name that image (any tag of it when `NAME` names
 /// none).
-pub fn recent(d: &Daemon, q: &Query) -> Result<Resp, ApiError> {
+pub fn recent(d: &TraceService, q: &Query) -> Result<Resp, ApiError> {
     let limit = q.int("limit")?.unwrap_or(100).clamp(1, 10_000) as usize;
     let op = q.get("op").filter(|o| !o.is_empty());
     let list = match q.get("image").filter(|i| !i.is_empty()) {
@@ -227,7 +239,7 @@ pub fn recent(d: &Daemon, q: &Query) -> Result<Resp, ApiError> {
 
 /// `GET /engine/v1/traces/stats?op=start&limit=N`: per-phase count and percentiles over the
 /// last N (at most 1000) traces of an operation (default: the last 100 starts).
-pub async fn stats(d: &Daemon, q: &Query) -> Result<Resp, ApiError> {
+pub async fn stats(d: &TraceService, q: &Query) -> Result<Resp, ApiError> {
     let limit = q.int("limit")?.unwrap_or(100).clamp(1, 1000) as usize;
     let op = q.get("op").unwrap_or("start").to_string();
     let store = d.traces.clone();
@@ -244,7 +256,7 @@ pub async fn stats(d: &Daemon, q: &Query) -> Result<Resp, ApiError> {
 }
 
 /// `GET /engine/v1/traces/{trace_id}`: the trace as one OTLP JSON document.
-pub async fn trace(d: &Daemon, trace_id: &str) -> Result<Resp, ApiError> {
+pub async fn trace(d: &TraceService, trace_id: &str) -> Result<Resp, ApiError> {
     if engine_telemetry::TraceId::from_hex(trace_id).is_none() {
         return Err(ApiError::bad_request(format!("invalid trace id {trace_id:?}: want 32 lowercase hex digits")));
     }
@@ -262,11 +274,11 @@ pub async fn trace(d: &Daemon, trace_id: &str) -> Result<Resp, ApiError> {
 }
 
 /// `GET /engine/v1/probes`: whether the eBPF probes run (or why not) and their counters.
-pub fn probes(d: &Daemon) -> Result<Resp, ApiError> {
+pub fn probes(d: &TraceService) -> Result<Resp, ApiError> {
     Ok(json(StatusCode::OK, &probe_status(d)))
 }
 
-pub fn probe_status(d: &Daemon) -> serde_json::Value {
+pub fn probe_status(d: &TraceService) -> serde_json::Value {
     match &d.probes {
         crate::kernel::ProbeState::Running(p) => {
             let c = p.counters();

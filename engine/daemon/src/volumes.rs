@@ -9,7 +9,6 @@ use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::daemon::Daemon;
 use crate::http::{empty, json, ApiError, Resp};
 use crate::records::ContainerStore;
 
@@ -152,7 +151,7 @@ pub fn users(containers: &ContainerStore, name: &str) -> Vec<String> {
 
 // ---- the API's handlers ---------------------------------------------------------------------
 
-pub fn create(d: &Daemon, body: CreateBody) -> Result<Resp, ApiError> {
+pub fn create(volumes: &VolumeStore, body: CreateBody) -> Result<Resp, ApiError> {
     if !body.driver.is_empty() && body.driver != "local" {
         return Err(ApiError::not_found(format!("plugin \"{}\" not found", body.driver)));
     }
@@ -160,33 +159,33 @@ pub fn create(d: &Daemon, body: CreateBody) -> Result<Resp, ApiError> {
         return Err(ApiError::bad_request("volume driver options are not supported by the local driver here"));
     }
     let name = if body.name.is_empty() { crate::http::new_id()? } else { body.name };
-    let v = d.volumes.ensure(&name, body.labels)?;
+    let v = volumes.ensure(&name, body.labels)?;
     Ok(json(StatusCode::CREATED, &v))
 }
 
-pub fn list(d: &Daemon) -> Resp {
-    json(StatusCode::OK, &json!({ "Volumes": d.volumes.list(), "Warnings": [] }))
+pub fn list(volumes: &VolumeStore) -> Resp {
+    json(StatusCode::OK, &json!({ "Volumes": volumes.list(), "Warnings": [] }))
 }
 
-pub fn inspect(d: &Daemon, name: &str) -> Result<Resp, ApiError> {
-    let v = d.volumes.get(name).ok_or_else(|| VolumeError::NotFound(name.to_string()))?;
+pub fn inspect(volumes: &VolumeStore, name: &str) -> Result<Resp, ApiError> {
+    let v = volumes.get(name).ok_or_else(|| VolumeError::NotFound(name.to_string()))?;
     Ok(json(StatusCode::OK, &v))
 }
 
-pub fn remove(d: &Daemon, name: &str, force: bool) -> Result<Resp, ApiError> {
-    match d.volumes.remove(name, users(&d.containers, name)) {
+pub fn remove(volumes: &VolumeStore, containers: &ContainerStore, name: &str, force: bool) -> Result<Resp, ApiError> {
+    match volumes.remove(name, users(containers, name)) {
         Ok(()) => Ok(empty(StatusCode::NO_CONTENT)),
         Err(VolumeError::NotFound(_)) if force => Ok(empty(StatusCode::NO_CONTENT)),
         Err(e) => Err(e.into()),
     }
 }
 
-pub fn prune(d: &Daemon) -> Result<Resp, ApiError> {
+pub fn prune(volumes: &VolumeStore, containers: &ContainerStore) -> Result<Resp, ApiError> {
     let mut deleted = Vec::new();
     let mut reclaimed = 0u64;
-    for v in d.volumes.list() {
+    for v in volumes.list() {
         let size = engine_util::fs::dir_size(&v.mountpoint);
-        match d.volumes.remove(&v.name, users(&d.containers, &v.name)) {
+        match volumes.remove(&v.name, users(containers, &v.name)) {
             Ok(()) => {
                 reclaimed += size;
                 deleted.push(v.name);
