@@ -314,16 +314,18 @@ async fn dispatch(
         (&M::DELETE, ["volumes", name]) => crate::volumes::remove(&d.volumes, &d.containers, name, q.flag("force")),
 
         // networks
-        (&M::GET, ["networks"]) => crate::network::list(d, &q),
-        (&M::POST, ["networks", "create"]) => crate::network::create(d, http::read_json(req.into_body()).await?).await,
-        (&M::POST, ["networks", "prune"]) => crate::network::prune(d, &q).await,
-        (&M::GET, ["networks", id]) => crate::network::inspect(d, id),
-        (&M::DELETE, ["networks", id]) => crate::network::remove(d, id).await,
+        (&M::GET, ["networks"]) => crate::network::list(&d.network_service, &q),
+        (&M::POST, ["networks", "create"]) => {
+            crate::network::create(&d.network_service, http::read_json(req.into_body()).await?).await
+        }
+        (&M::POST, ["networks", "prune"]) => crate::network::prune(&d.network_service, &q).await,
+        (&M::GET, ["networks", id]) => crate::network::inspect(&d.network_service, id),
+        (&M::DELETE, ["networks", id]) => crate::network::remove(&d.network_service, id).await,
         (&M::POST, ["networks", id, "connect"]) => {
-            crate::network::connect(d, id, http::read_json(req.into_body()).await?).await
+            crate::network::connect(&d.network_service, id, http::read_json(req.into_body()).await?).await
         }
         (&M::POST, ["networks", id, "disconnect"]) => {
-            crate::network::disconnect(d, id, http::read_json(req.into_body()).await?).await
+            crate::network::disconnect(&d.network_service, id, http::read_json(req.into_body()).await?).await
         }
 
         (&M::GET, ["metrics"]) => crate::metrics::scrape(d).await,
@@ -605,7 +607,7 @@ fn list_containers(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
             "State": status,
             "Status": status_line(&r),
             "HostConfig": { "NetworkMode": if r.host_config.network_mode.is_empty() { "default" } else { r.host_config.network_mode.as_str() } },
-            "NetworkSettings": { "Networks": crate::network::ps_networks(d, &r) },
+            "NetworkSettings": { "Networks": crate::network::ps_networks(&d.network_service, &r) },
             "Mounts": mounts_of(d, &r),
         }));
     }
@@ -657,7 +659,7 @@ fn inspect_container(d: &Daemon, e: &Arc<Entry>) -> Value {
         "GraphDriver": { "Name": "overlay2", "Data": { "LowerDir": lower.join(":"), "UpperDir": r.upper, "WorkDir": r.work, "MergedDir": r.rootfs } },
         "Mounts": mounts_of(d, &r),
         "Config": r.config,
-        "NetworkSettings": crate::network::settings_json(d, &r),
+        "NetworkSettings": crate::network::settings_json(&d.network_service, &r),
     })
 }
 

@@ -51,6 +51,8 @@ pub struct Daemon {
     pub image_service: Arc<crate::images::ImageService>,
     /// The trace routes' service (the same trace store, sink, probes and containers).
     pub trace_service: Arc<crate::traces::TraceService>,
+    /// Wires containers to networks (the same networks, containers, config, events and probes).
+    pub network_service: Arc<crate::network::NetworkService>,
     /// One collection of orphans at a time.
     pub orphans: crate::orphans::Collector,
 }
@@ -103,11 +105,20 @@ impl Daemon {
             probes: probes.clone(),
             containers: containers.clone(),
         });
+        let networks = Arc::new(networks);
+        let network_service = Arc::new(crate::network::NetworkService {
+            networks: networks.clone(),
+            containers: containers.clone(),
+            cfg: cfg.clone(),
+            events: events.clone(),
+            probes: probes.clone(),
+        });
         let d = Arc::new(Daemon {
+            network_service,
             trace_service,
             events,
             image_service,
-            networks: Arc::new(networks),
+            networks,
             metrics,
             execs: crate::exec::ExecService::new(containers.clone(), lifecycle.clone()),
             lifecycle,
@@ -187,7 +198,7 @@ impl Daemon {
         if log_config.typ.is_empty() {
             log_config.typ = "json-file".into();
         }
-        let networks = crate::network::plan(self, &mut hc, networking_config.as_ref())?;
+        let networks = crate::network::plan(&self.network_service, &mut hc, networking_config.as_ref())?;
         let given = match name.filter(|n| !n.is_empty()) {
             Some(n) => {
                 let n = n.trim_start_matches('/').to_string();
@@ -275,7 +286,9 @@ impl Daemon {
             let init_bin = self.cfg.init_bin();
             let netns = match crate::network::mode(&hc) {
                 crate::network::Mode::Host => None,
-                crate::network::Mode::Container(other) => crate::network::joined_namespace(self, &other)?,
+                crate::network::Mode::Container(other) => {
+                    crate::network::joined_namespace(&self.network_service, &other)?
+                }
                 _ => Some(self.networks.sandbox_path(id)),
             };
             let cx = hostconfig::Context {
@@ -453,7 +466,7 @@ impl Daemon {
                 .await
                 .map_err(|s| ApiError::internal(format!("deleting the last task of {id}: {}", s.message())))?;
         }
-        crate::network::up(self, trace, e).await?;
+        crate::network::up(&self.network_service, trace, e).await?;
         // checked at create: a record that does not parse gets the defaults
         let (log_max_size, log_max_files) =
             rec.host_config.log_config.as_ref().and_then(|lc| hostconfig::log_rotation(lc).ok()).unwrap_or((0, 0));
@@ -476,14 +489,14 @@ impl Daemon {
             Err(s) if outcome_unknown(&s) => match self.task_after_restart(&task_req).await {
                 Some(t) => t.pid,
                 None => {
-                    crate::network::down(self, e).await;
+                    crate::network::down(&self.network_service, e).await;
                     return Err(
                         self.start_failed(e, format!("failed to create task for container {id}: {}", s.message()))
                     );
                 }
             },
             Err(s) => {
-                crate::network::down(self, e).await;
+                crate::network::down(&self.network_service, e).await;
                 return Err(self.start_failed(e, format!("failed to create task for container {id}: {}", s.message())));
             }
         };
@@ -493,7 +506,7 @@ impl Daemon {
         };
         if let Err(s) = started {
             let _ = self.lifecycle.delete_task(task_req.clone()).await;
-            crate::network::down(self, e).await;
+            crate::network::down(&self.network_service, e).await;
             return Err(self.start_failed(e, format!("failed to start container {id}: {}", s.message())));
         }
         e.update(|r| {
@@ -550,7 +563,7 @@ impl Daemon {
             return;
         }
         // its network goes with its processes (a restart sets it up again)
-        crate::network::down(self, e).await;
+        crate::network::down(&self.network_service, e).await;
         let oom = exit.reason == "OOMKilled";
         let error = if oom || exit.reason.is_empty() { String::new() } else { exit.reason.clone() };
         let shutting_down = self.shutting_down.load(Ordering::SeqCst);
@@ -883,7 +896,7 @@ impl Daemon {
                 });
             }
         }
-        crate::network::down(self, e).await;
+        crate::network::down(&self.network_service, e).await;
         let images = self.images.clone();
         let key = id.clone();
         tokio::task::spawn_blocking(move || images.remove_snapshot(&key))
@@ -924,7 +937,7 @@ impl Daemon {
         // the other containers of its user networks know it by the new name
         let id = e.snapshot().id;
         self.networks.rename(&id, new);
-        crate::network::refresh_neighbours(self, &id);
+        crate::network::refresh_neighbours(&self.network_service, &id);
         Ok(())
     }
 
@@ -1083,7 +1096,7 @@ impl Daemon {
             Ok(s) if matches!(s.status.as_str(), "running" | "paused" | "created") => {
                 log!(self.cfg, "info", "reattached to container {id}");
                 recovery.found(format!("its task {} (pid {})", s.status, s.pid));
-                crate::network::ensure_proxies(self, &e).await;
+                crate::network::ensure_proxies(&self.network_service, &e).await;
                 self.persist(&e);
                 self.spawn_monitor(e);
                 recovery.done("adopted: monitored again, its port proxies checked", None);

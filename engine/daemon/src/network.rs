@@ -15,10 +15,35 @@ use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::daemon::{ContainerRecord, Daemon, Entry};
 use crate::http::{self, empty, ApiError, Query, Resp};
+use crate::log;
+use crate::records::{ContainerRecord, ContainerStore, Entry};
 use crate::trace::Trace;
 use engine_docker_api::{HostConfig, NetworkingConfig};
+
+/// What wiring containers to networks uses: the networks, the container store (a container's
+/// links, hosts file and peers), the configuration (proxy binary, log), the event stream and
+/// the probes (to tell the kernel's events of a network set-up apart). Nothing else of engined.
+pub struct NetworkService {
+    pub networks: Arc<engine_network::Networks>,
+    pub containers: Arc<ContainerStore>,
+    pub cfg: Arc<crate::config::Config>,
+    pub events: Arc<crate::events::Events>,
+    pub probes: crate::kernel::ProbeState,
+}
+
+impl NetworkService {
+    fn container_dir(&self, id: &str) -> std::path::PathBuf {
+        self.containers.dir(id)
+    }
+
+    /// Writes the entry's record as it is now (a failure is logged, as the daemon's own writes).
+    fn persist(&self, e: &Entry) {
+        if let Err(err) = self.containers.persist(e) {
+            log!(self.cfg, "error", "saving {err}");
+        }
+    }
+}
 
 /// A container's configured place on a network (kept in its record): the first one of a
 /// container is its eth0 and carries its default route.
@@ -71,7 +96,11 @@ impl From<NetworkError> for ApiError {
 /// At create: the networks a container goes on, checked (they exist, aliases and fixed
 /// addresses only where Docker allows them, ports parse). Its network mode is written back in
 /// its canonical form (`container:<id>`, or the network's name).
-pub fn plan(d: &Daemon, hc: &mut HostConfig, nc: Option<&NetworkingConfig>) -> Result<Vec<NetworkLink>, ApiError> {
+pub fn plan(
+    d: &NetworkService,
+    hc: &mut HostConfig,
+    nc: Option<&NetworkingConfig>,
+) -> Result<Vec<NetworkLink>, ApiError> {
     let endpoints = nc.and_then(|n| n.endpoints_config.clone()).unwrap_or_default();
     let has_ports = hc.port_bindings.as_ref().is_some_and(|p| !p.is_empty()) || hc.publish_all_ports;
     let primary = match hc.network_mode.as_str() {
@@ -173,7 +202,7 @@ pub fn plan(d: &Daemon, hc: &mut HostConfig, nc: Option<&NetworkingConfig>) -> R
 
 /// The network namespace a `container:<other>` container joins: the other's, or the one the
 /// other itself joins (`container:` chains), or None for the host's (`other` uses the host's).
-pub fn joined_namespace(d: &Daemon, other: &str) -> Result<Option<std::path::PathBuf>, ApiError> {
+pub fn joined_namespace(d: &NetworkService, other: &str) -> Result<Option<std::path::PathBuf>, ApiError> {
     let mut cur = other.to_string();
     for _ in 0..8 {
         let rec =
@@ -247,7 +276,7 @@ impl Spans<'_> {
 
 /// At start, before the task: the container's network namespace with its endpoints, its
 /// /etc/hosts (and its neighbours'), and a proxy per published port. Undone whole on failure.
-pub async fn up(d: &Arc<Daemon>, trace: Option<&Trace>, e: &Arc<Entry>) -> Result<(), ApiError> {
+pub async fn up(d: &Arc<NetworkService>, trace: Option<&Trace>, e: &Arc<Entry>) -> Result<(), ApiError> {
     let rec = e.snapshot();
     let sp = Spans(trace);
     let m = mode(&rec.host_config);
@@ -270,7 +299,7 @@ pub async fn up(d: &Arc<Daemon>, trace: Option<&Trace>, e: &Arc<Entry>) -> Resul
 }
 
 async fn up_inner(
-    d: &Arc<Daemon>,
+    d: &Arc<NetworkService>,
     sp: &Spans<'_>,
     e: &Arc<Entry>,
     rec: &ContainerRecord,
@@ -377,7 +406,7 @@ async fn up_inner(
 }
 
 async fn spawn_proxy(
-    d: &Arc<Daemon>,
+    d: &Arc<NetworkService>,
     id: &str,
     p: &Published,
     ip: Ipv4Addr,
@@ -396,7 +425,7 @@ async fn spawn_proxy(
 /// After the container's exit (or a failed start): proxies stopped, endpoints released, the
 /// namespace unmounted (the kernel takes its veth pairs with it), neighbours' /etc/hosts
 /// without it. Safe to call again.
-pub async fn down(d: &Arc<Daemon>, e: &Arc<Entry>) {
+pub async fn down(d: &Arc<NetworkService>, e: &Arc<Entry>) {
     let _net = e.net.lock().await;
     let rec = e.snapshot();
     let id = rec.id.clone();
@@ -434,7 +463,7 @@ pub async fn down(d: &Arc<Daemon>, e: &Arc<Entry>) {
 
 /// After an engined restart, for a container still running: its proxies that died with the
 /// host's last boot or were killed are started again.
-pub async fn ensure_proxies(d: &Arc<Daemon>, e: &Arc<Entry>) {
+pub async fn ensure_proxies(d: &Arc<NetworkService>, e: &Arc<Entry>) {
     let _net = e.net.lock().await;
     let rec = e.snapshot();
     let Some((_, ep)) = d.networks.endpoints_of(&rec.id).into_iter().find(|(_, ep)| ep.ifname == "eth0") else {
@@ -463,7 +492,7 @@ pub async fn ensure_proxies(d: &Arc<Daemon>, e: &Arc<Entry>) {
 
 /// Rewrites a container's /etc/hosts: itself with its addresses, `--add-host` entries, and
 /// on user networks every other container there (by name, alias and short id).
-fn write_hosts(d: &Daemon, id: &str) -> Result<(), ApiError> {
+fn write_hosts(d: &NetworkService, id: &str) -> Result<(), ApiError> {
     let Ok(e) = d.containers.find(id) else { return Ok(()) };
     let rec = e.snapshot();
     if matches!(mode(&rec.host_config), Mode::Host | Mode::Container(_)) {
@@ -477,7 +506,7 @@ fn write_hosts(d: &Daemon, id: &str) -> Result<(), ApiError> {
     etc::write_in_place(&path, &content).map_err(|err| ApiError::internal(format!("writing {}: {err}", path.display())))
 }
 
-pub fn refresh_neighbours(d: &Daemon, id: &str) {
+pub fn refresh_neighbours(d: &NetworkService, id: &str) {
     for n in d.networks.neighbours(id) {
         if let Err(err) = write_hosts(d, &n) {
             crate::log!(d.cfg, "warn", "updating the hosts file of {n}: {}", err.message);
@@ -488,7 +517,7 @@ pub fn refresh_neighbours(d: &Daemon, id: &str) {
 // ---- inspect and ps ------------------------------------------------------------------------
 
 /// `NetworkSettings` of `GET /containers/{id}/json`.
-pub fn settings_json(d: &Daemon, rec: &ContainerRecord) -> Value {
+pub fn settings_json(d: &NetworkService, rec: &ContainerRecord) -> Value {
     let eps: BTreeMap<String, engine_network::Endpoint> =
         d.networks.endpoints_of(&rec.id).into_iter().map(|(n, ep)| (n.id, ep)).collect();
     let mut networks = serde_json::Map::new();
@@ -574,13 +603,13 @@ pub fn ps_ports(rec: &ContainerRecord) -> Vec<Value> {
 }
 
 /// `NetworkSettings.Networks` of `GET /containers/json`.
-pub fn ps_networks(d: &Daemon, rec: &ContainerRecord) -> Value {
+pub fn ps_networks(d: &NetworkService, rec: &ContainerRecord) -> Value {
     settings_json(d, rec)["Networks"].clone()
 }
 
 // ---- /networks -------------------------------------------------------------------------
 
-fn network_json(d: &Daemon, n: &NetworkRecord) -> Value {
+fn network_json(d: &NetworkService, n: &NetworkRecord) -> Value {
     let containers: serde_json::Map<String, Value> = n
         .endpoints
         .values()
@@ -612,7 +641,7 @@ fn network_json(d: &Daemon, n: &NetworkRecord) -> Value {
 
 /// `GET /networks`, filters `name` (substring), `id` (prefix), `driver`, `type`
 /// (custom|builtin), `label`.
-pub fn list(d: &Daemon, q: &Query) -> Result<Resp, ApiError> {
+pub fn list(d: &NetworkService, q: &Query) -> Result<Resp, ApiError> {
     let f = http::Filters::parse(q)?;
     f.only(&["name", "id", "driver", "type", "label", "dangling"])?;
     let out: Vec<Value> = d
@@ -637,7 +666,7 @@ pub fn list(d: &Daemon, q: &Query) -> Result<Resp, ApiError> {
     Ok(http::json(StatusCode::OK, &out))
 }
 
-pub fn inspect(d: &Daemon, id: &str) -> Result<Resp, ApiError> {
+pub fn inspect(d: &NetworkService, id: &str) -> Result<Resp, ApiError> {
     let n = d.networks.find(id)?;
     Ok(http::json(StatusCode::OK, &network_json(d, &n)))
 }
@@ -673,7 +702,7 @@ struct IpamConfigBody {
 }
 
 /// `POST /networks/create`.
-pub async fn create(d: &Arc<Daemon>, body: CreateBody) -> Result<Resp, ApiError> {
+pub async fn create(d: &Arc<NetworkService>, body: CreateBody) -> Result<Resp, ApiError> {
     if body.name.is_empty() {
         return Err(ApiError::bad_request("network name is empty"));
     }
@@ -723,7 +752,7 @@ pub async fn create(d: &Arc<Daemon>, body: CreateBody) -> Result<Resp, ApiError>
 }
 
 /// `DELETE /networks/{id}`.
-pub async fn remove(d: &Arc<Daemon>, id: &str) -> Result<Resp, ApiError> {
+pub async fn remove(d: &Arc<NetworkService>, id: &str) -> Result<Resp, ApiError> {
     let rec = d.networks.remove(id).await?;
     network_event(d, "destroy", &rec, None);
     Ok(empty(StatusCode::NO_CONTENT))
@@ -731,7 +760,7 @@ pub async fn remove(d: &Arc<Daemon>, id: &str) -> Result<Resp, ApiError> {
 
 /// `POST /networks/prune`: every user network without containers on it, that the filters
 /// `label=k[=v]` and `label!=k[=v]` keep.
-pub async fn prune(d: &Arc<Daemon>, q: &Query) -> Result<Resp, ApiError> {
+pub async fn prune(d: &Arc<NetworkService>, q: &Query) -> Result<Resp, ApiError> {
     let f = http::Filters::parse(q)?;
     f.only(&["label", "label!"])?;
     let has = |n: &NetworkRecord, l: &str| match l.split_once('=') {
@@ -764,7 +793,7 @@ pub struct ConnectBody {
 
 /// `POST /networks/{id}/connect`: the container joins the network now if it runs, and at each
 /// start from now on.
-pub async fn connect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result<Resp, ApiError> {
+pub async fn connect(d: &Arc<NetworkService>, net: &str, body: ConnectBody) -> Result<Resp, ApiError> {
     let n = d.networks.find(net)?;
     let e = d.containers.find(&body.container)?;
     let _op = e.op.lock().await;
@@ -819,7 +848,7 @@ pub async fn connect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result<Re
 }
 
 /// `POST /networks/{id}/disconnect`.
-pub async fn disconnect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result<Resp, ApiError> {
+pub async fn disconnect(d: &Arc<NetworkService>, net: &str, body: ConnectBody) -> Result<Resp, ApiError> {
     let n = d.networks.find(net)?;
     let e = d.containers.find(&body.container)?;
     let _op = e.op.lock().await;
@@ -849,6 +878,6 @@ pub async fn disconnect(d: &Arc<Daemon>, net: &str, body: ConnectBody) -> Result
     Ok(empty(StatusCode::OK))
 }
 
-fn network_event(d: &Daemon, action: &str, n: &NetworkRecord, container: Option<&str>) {
+fn network_event(d: &NetworkService, action: &str, n: &NetworkRecord, container: Option<&str>) {
     d.events.publish(crate::events::Event::network(&n.id, &n.name, &n.driver, action, container));
 }
