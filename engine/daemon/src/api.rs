@@ -328,7 +328,7 @@ async fn dispatch(
             crate::network::disconnect(&d.network_service, id, http::read_json(req.into_body()).await?).await
         }
 
-        (&M::GET, ["metrics"]) => crate::metrics::scrape(d).await,
+        (&M::GET, ["metrics"]) => crate::metrics::scrape(&d.metrics_service).await,
 
         // engine extensions
         (&M::GET, ["engine", "v1", "containers", id, "traces"]) => {
@@ -337,10 +337,10 @@ async fn dispatch(
         (&M::GET, ["engine", "v1", "traces"]) => crate::traces::recent(&d.trace_service, &q),
         (&M::GET, ["engine", "v1", "probes"]) => crate::traces::probes(&d.trace_service),
         (&M::GET, ["engine", "v1", "system", "check"]) => {
-            Ok(http::json(StatusCode::OK, &crate::orphans::find(d).await))
+            Ok(http::json(StatusCode::OK, &crate::orphans::find(&d.orphans).await))
         }
         (&M::POST, ["engine", "v1", "system", "check"]) => {
-            Ok(http::json(StatusCode::OK, &crate::orphans::collect(d).await))
+            Ok(http::json(StatusCode::OK, &crate::orphans::collect(&d.orphans).await))
         }
         (&M::GET, ["engine", "v1", "traces", "stats"]) => crate::traces::stats(&d.trace_service, &q).await,
         (&M::GET, ["engine", "v1", "traces", id]) => crate::traces::trace(&d.trace_service, id).await,

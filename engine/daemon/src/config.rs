@@ -371,6 +371,11 @@ impl Config {
         self.exec_root.join("lifecycled.sock")
     }
 
+    /// Engined's OTLP receiver socket (lifecycled, the shims and the runtime export to it).
+    pub fn otlp_receiver_socket(&self) -> PathBuf {
+        self.exec_root.join("otlp.sock")
+    }
+
     pub fn log_enabled(&self, level: &str) -> bool {
         let rank = |l: &str| ["error", "warn", "info", "debug"].iter().position(|x| *x == l).unwrap_or(2);
         rank(level) <= rank(&self.log_level)

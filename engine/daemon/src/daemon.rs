@@ -43,7 +43,7 @@ pub struct Daemon {
     pub probes: crate::kernel::ProbeState,
     pub networks: Arc<engine_network::Networks>,
     pub metrics: Arc<crate::metrics::Metrics>,
-    pub shutting_down: AtomicBool,
+    pub shutting_down: Arc<AtomicBool>,
     pub execs: Arc<crate::exec::ExecService>,
     /// Container and network events for `GET /events`.
     pub events: Arc<Events>,
@@ -54,7 +54,9 @@ pub struct Daemon {
     /// Wires containers to networks (the same networks, containers, config, events and probes).
     pub network_service: Arc<crate::network::NetworkService>,
     /// One collection of orphans at a time.
-    pub orphans: crate::orphans::Collector,
+    pub orphans: Arc<crate::orphans::OrphanService>,
+    /// What `GET /metrics` reads (the same stores and handles).
+    pub metrics_service: Arc<crate::metrics::MetricsService>,
 }
 
 use engine_util::time::now_rfc3339_nanos as now;
@@ -113,7 +115,30 @@ impl Daemon {
             events: events.clone(),
             probes: probes.clone(),
         });
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let orphans = Arc::new(crate::orphans::OrphanService {
+            lifecycle: lifecycle.clone(),
+            cfg: cfg.clone(),
+            networks: networks.clone(),
+            containers: containers.clone(),
+            images: images.clone(),
+            sink: Some(sink.clone()),
+            shutting_down: shutting_down.clone(),
+            collecting: Default::default(),
+        });
+        let metrics_service = Arc::new(crate::metrics::MetricsService {
+            metrics: metrics.clone(),
+            containers: containers.clone(),
+            supervisor: supervisor.clone(),
+            cfg: cfg.clone(),
+            probes: probes.clone(),
+            traces: traces.clone(),
+            distribution: distribution.clone(),
+            lifecycle: lifecycle.clone(),
+        });
         let d = Arc::new(Daemon {
+            metrics_service,
+            orphans,
             network_service,
             trace_service,
             events,
@@ -130,8 +155,7 @@ impl Daemon {
             sink: Some(sink),
             traces,
             probes,
-            shutting_down: AtomicBool::new(false),
-            orphans: Default::default(),
+            shutting_down,
             cfg,
         });
         d.load_records(loaded).await?;
@@ -756,7 +780,7 @@ impl Daemon {
                     SETTLE_FOR.as_secs()
                 )));
             }
-            let _ = tokio::time::timeout_at(deadline, self.lifecycle.kill(kill_all(&id))).await;
+            let _ = tokio::time::timeout_at(deadline, self.lifecycle.kill(crate::lifecycle::kill_all(&id))).await;
             let exited = tokio::time::timeout(Duration::from_secs(5), async {
                 loop {
                     if !life.borrow_and_update().running || life.changed().await.is_err() {
@@ -1160,7 +1184,7 @@ impl Daemon {
             s.status
         );
         if matches!(s.status.as_str(), "running" | "paused" | "created") {
-            let _ = self.lifecycle.kill(kill_all(&id)).await;
+            let _ = self.lifecycle.kill(crate::lifecycle::kill_all(&id)).await;
             let _ = tokio::time::timeout(Duration::from_secs(10), self.lifecycle.wait(task(&id))).await;
         }
         let deleted = self.delete_task_to_end(&id).await;
@@ -1256,9 +1280,4 @@ where
             r => return r,
         }
     }
-}
-
-/// SIGKILL to every process of container `id`.
-pub(crate) fn kill_all(id: &str) -> KillRequest {
-    KillRequest { container_id: id.to_string(), exec_id: String::new(), signal: libc::SIGKILL as u32, all: true }
 }

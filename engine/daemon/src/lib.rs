@@ -73,7 +73,7 @@ fn serve_metrics(d: Arc<daemon::Daemon>, listener: tokio::net::TcpListener) {
                     let d = d.clone();
                     async move {
                         let resp = if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" {
-                            metrics::scrape(&d).await.unwrap_or_else(http::ApiError::into_response)
+                            metrics::scrape(&d.metrics_service).await.unwrap_or_else(http::ApiError::into_response)
                         } else {
                             http::ApiError::not_found("only GET /metrics is served here").into_response()
                         };
@@ -183,7 +183,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     if let Some(listener) = metrics_listener {
         serve_metrics(daemon.clone(), listener);
     }
-    orphans::spawn_periodic(daemon.clone());
+    orphans::spawn_periodic(daemon.orphans.clone());
 
     let _ = std::fs::remove_file(&sock);
     let listener = engine_api::bind_unix(&sock).with_context(|| format!("listening on {}", sock.display()))?;

@@ -139,6 +139,11 @@ pub fn task(container_id: &str) -> TaskRequest {
     TaskRequest { container_id: container_id.to_string(), exec_id: String::new() }
 }
 
+/// SIGKILL to every process of container `id`.
+pub fn kill_all(id: &str) -> KillRequest {
+    KillRequest { container_id: id.to_string(), exec_id: String::new(), signal: libc::SIGKILL as u32, all: true }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};

@@ -21,7 +21,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::daemon::Daemon;
 use crate::http::{self, ApiError, Resp};
 
 type Labels = Vec<(String, String)>;
@@ -113,8 +112,22 @@ fn counter_family() -> Family<Labels, Counter> {
     Family::default()
 }
 
+/// What `GET /metrics` reads: the recorded metrics and the state it samples at each scrape
+/// (containers, lifecycled's supervisor and client, probes, trace store, transfers). It only
+/// reads them.
+pub struct MetricsService {
+    pub metrics: Arc<Metrics>,
+    pub containers: Arc<crate::records::ContainerStore>,
+    pub supervisor: crate::supervisor::Supervisor,
+    pub cfg: Arc<crate::config::Config>,
+    pub probes: crate::kernel::ProbeState,
+    pub traces: Arc<crate::tracestore::TraceStore>,
+    pub distribution: Arc<crate::distribution::Distribution>,
+    pub lifecycle: crate::lifecycle::Lifecycle,
+}
+
 /// The exposition text of every metric now.
-pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
+pub async fn render(d: &MetricsService) -> Result<String, ApiError> {
     let mut reg = Registry::default();
     reg.register("engine_phase_duration_seconds", "Duration of each span of the engine's traces, by stable span name (the phases of a start); exemplars name the trace", d.metrics.phases.clone());
     reg.register(
@@ -255,7 +268,7 @@ pub async fn render(d: &Arc<Daemon>) -> Result<String, ApiError> {
 
 pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-pub async fn scrape(d: &Arc<Daemon>) -> Result<Resp, ApiError> {
+pub async fn scrape(d: &MetricsService) -> Result<Resp, ApiError> {
     let mut r = Resp::new(http::full(render(d).await?));
     *r.status_mut() = StatusCode::OK;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_OPENMETRICS));

@@ -12,11 +12,12 @@ use engine_network::ports::{self, Published};
 use engine_network::{etc, NetworkError, NetworkRecord};
 use engine_telemetry::SpanHandle;
 use hyper::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http::{self, empty, ApiError, Query, Resp};
 use crate::log;
+pub use crate::records::NetworkLink;
 use crate::records::{ContainerRecord, ContainerStore, Entry};
 use crate::trace::Trace;
 use engine_docker_api::{HostConfig, NetworkingConfig};
@@ -43,18 +44,6 @@ impl NetworkService {
             log!(self.cfg, "error", "saving {err}");
         }
     }
-}
-
-/// A container's configured place on a network (kept in its record): the first one of a
-/// container is its eth0 and carries its default route.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct NetworkLink {
-    pub name: String,
-    pub id: String,
-    #[serde(default)]
-    pub aliases: Vec<String>,
-    #[serde(default)]
-    pub ipv4_address: Option<Ipv4Addr>,
 }
 
 /// What `HostConfig.NetworkMode` asks for.

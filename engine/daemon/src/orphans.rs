@@ -26,7 +26,6 @@ use std::time::Duration;
 use engine_api::v1::{ContainerId, ListContainersRequest};
 use serde::Serialize;
 
-use crate::daemon::Daemon;
 use crate::lifecycle::task;
 use crate::log;
 
@@ -91,9 +90,20 @@ pub struct Report {
     pub unchecked: Vec<String>,
 }
 
-/// Serializes collections: the periodic one and those the API asks for.
-#[derive(Default)]
-pub struct Collector(tokio::sync::Mutex<()>);
+/// What finding and collecting orphans uses: lifecycled, the configuration (roots, cgroup
+/// parent), the networks, the container and image stores, engined's span sink and whether
+/// engined is shutting down. It removes each orphan through the store that made it.
+pub struct OrphanService {
+    pub lifecycle: crate::lifecycle::Lifecycle,
+    pub cfg: std::sync::Arc<crate::config::Config>,
+    pub networks: std::sync::Arc<engine_network::Networks>,
+    pub containers: std::sync::Arc<crate::records::ContainerStore>,
+    pub images: std::sync::Arc<engine_image::ImageStore>,
+    pub sink: Option<engine_telemetry::Sink>,
+    pub shutting_down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Serializes collections: the periodic one and those the API asks for.
+    pub collecting: tokio::sync::Mutex<()>,
+}
 
 /// Whether `s` is a container id as engined makes them (64 hex digits): nothing else under its
 /// roots is ever taken for a container's.
@@ -125,7 +135,7 @@ fn cgroup_mounts() -> Vec<PathBuf> {
 }
 
 /// Lists every orphan of `d` (nothing is changed).
-pub async fn find(d: &Daemon) -> Report {
+pub async fn find(d: &OrphanService) -> Report {
     let mut report = Report::default();
     let lifecycled = match d.lifecycle.list_containers(ListContainersRequest::default()).await {
         Ok(r) => r.containers.into_iter().map(|c| c.id).collect(),
@@ -220,8 +230,8 @@ fn scan(cfg: &crate::Config, lifecycled: Vec<String>, networks: &[engine_network
 
 /// Finds and removes every orphan of `d`; the report says what was found and whether each went.
 /// A collection that found any is a `daemon.collect` trace, and each orphan a warning in the log.
-pub async fn collect(d: &Daemon) -> Report {
-    let _one_at_a_time = d.orphans.0.lock().await;
+pub async fn collect(d: &OrphanService) -> Report {
+    let _one_at_a_time = d.collecting.lock().await;
     let mut report = find(d).await;
     if report.orphans.is_empty() {
         return report;
@@ -274,7 +284,7 @@ pub async fn collect(d: &Daemon) -> Report {
 
 /// Collects at engined's start and then every `--orphan-collection-interval` seconds (none when
 /// it is 0).
-pub fn spawn_periodic(d: std::sync::Arc<Daemon>) {
+pub fn spawn_periodic(d: std::sync::Arc<OrphanService>) {
     let every = d.cfg.orphan_collection_interval;
     if every == 0 {
         return;
@@ -294,7 +304,7 @@ pub fn spawn_periodic(d: std::sync::Arc<Daemon>) {
 }
 
 /// Removes one orphan; an error says why it is still there.
-async fn remove(d: &Daemon, o: &Orphan) -> Result<(), String> {
+async fn remove(d: &OrphanService, o: &Orphan) -> Result<(), String> {
     let id = o.container.clone();
     match o.kind {
         Kind::Proxy => {
@@ -342,10 +352,10 @@ const TASK_END: Duration = Duration::from_secs(10);
 
 /// Kills every process of lifecycled's container `id`, deletes its task (the shim goes, and
 /// with it the runtime's container, its cgroup and the task directory), then the container.
-async fn remove_task(d: &Daemon, id: &str) -> Result<(), String> {
+async fn remove_task(d: &OrphanService, id: &str) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + TASK_END;
     loop {
-        let _ = d.lifecycle.kill(crate::daemon::kill_all(id)).await;
+        let _ = d.lifecycle.kill(crate::lifecycle::kill_all(id)).await;
         match d.lifecycle.delete_task(task(id)).await {
             Ok(_) => break,
             Err(s) if s.code() == tonic::Code::NotFound => break,

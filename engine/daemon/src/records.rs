@@ -7,6 +7,7 @@
 //! status codes at the API's edge.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -40,10 +41,22 @@ pub struct ContainerRecord {
     pub lower: Vec<PathBuf>,
     /// The networks it goes on at start (the first is eth0), as configured.
     #[serde(default)]
-    pub networks: Vec<crate::network::NetworkLink>,
+    pub networks: Vec<NetworkLink>,
     /// The proxies of its published ports while it runs.
     #[serde(default)]
     pub ports: Vec<engine_network::ports::Proxy>,
+}
+
+/// A container's configured place on a network (kept in its record): the first one of a
+/// container is its eth0 and carries its default route.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NetworkLink {
+    pub name: String,
+    pub id: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub ipv4_address: Option<Ipv4Addr>,
 }
 
 /// A change of a container's life, for waiters.

@@ -52,10 +52,7 @@ fn spawn(cfg: &Config) -> anyhow::Result<Child> {
         .process_group(0)
         .kill_on_drop(false);
     // lifecycled and the shims it starts send their spans (and the runtime's) to our receiver
-    cmd.env(
-        engine_telemetry::otlp::ENV_ENGINE_OTLP,
-        format!("unix://{}", crate::traces::receiver_socket(cfg).display()),
-    );
+    cmd.env(engine_telemetry::otlp::ENV_ENGINE_OTLP, format!("unix://{}", cfg.otlp_receiver_socket().display()));
     cmd.env_remove(engine_telemetry::ENV_SPAN_SINK);
     if let Some((soft, hard)) = crate::starting_nofile_limit() {
         // SAFETY: setrlimit is a plain system call, safe between fork and exec.

@@ -4,7 +4,6 @@
 //! CLI's spans), and the `/engine/v1/...traces` routes read the store.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,11 +19,6 @@ use serde_json::json;
 use crate::config::Config;
 use crate::http::{self, json, ApiError, Query, Resp};
 use crate::tracestore::{Retention, TraceStore, TraceSummary};
-
-/// Engined's OTLP receiver socket.
-pub fn receiver_socket(cfg: &Config) -> PathBuf {
-    cfg.exec_root.join("otlp.sock")
-}
 
 /// The external export configured by the daemon's flags or config file, else by OpenTelemetry's
 /// environment variables.
@@ -125,7 +119,7 @@ pub fn start(
         .map_err(|e| anyhow::anyhow!("opening the trace store {}: {e}", dir.display()))?;
     let store = Arc::new(store);
 
-    let sock = receiver_socket(cfg);
+    let sock = cfg.otlp_receiver_socket();
     let _ = std::fs::remove_file(&sock);
     let listener = engine_api::bind_unix(&sock).map_err(|e| anyhow::anyhow!("listening on {}: {e}", sock.display()))?;
     let intake = Sink::new(
