@@ -53,7 +53,7 @@ pub struct Daemon {
     pub trace_service: Arc<crate::traces::TraceService>,
     /// Wires containers to networks (the same networks, containers, config, events and probes).
     pub network_service: Arc<crate::network::NetworkService>,
-    /// One collection of orphans at a time.
+    /// Finds and collects what containers without a record left (one collection at a time).
     pub orphans: Arc<crate::orphans::OrphanService>,
     /// What `GET /metrics` reads (the same stores and handles).
     pub metrics_service: Arc<crate::metrics::MetricsService>,
