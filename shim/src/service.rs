@@ -762,8 +762,20 @@ impl Shim for ShimService {
     async fn pause(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
         let mut rec = self.recorder(&request);
         self.traced(&mut rec, engine_telemetry::names::SHIM_PAUSE, |tp, _| async move {
+            let phase = self.lock().phase;
+            if phase != Phase::Running {
+                return Err(Status::failed_precondition(format!(
+                    "cannot pause task {}: it is {}",
+                    self.cfg.id,
+                    Self::phase_name(phase)
+                )));
+            }
             self.rt.run(&["pause".into(), self.id_arg()], None, tp.as_deref()).await.map_err(runtime_status)?;
-            self.lock().phase = Phase::Paused;
+            // its exit may have been seen meanwhile: that stays
+            let mut inner = self.lock();
+            if inner.phase == Phase::Running {
+                inner.phase = Phase::Paused;
+            }
             Ok(())
         })
         .await?;
@@ -774,7 +786,12 @@ impl Shim for ShimService {
         let mut rec = self.recorder(&request);
         self.traced(&mut rec, engine_telemetry::names::SHIM_RESUME, |tp, _| async move {
             self.rt.run(&["resume".into(), self.id_arg()], None, tp.as_deref()).await.map_err(runtime_status)?;
-            self.lock().phase = Phase::Running;
+            // a thawed process may die at once (of a signal sent while it was frozen): its exit,
+            // if already seen, stays
+            let mut inner = self.lock();
+            if inner.phase == Phase::Paused {
+                inner.phase = Phase::Running;
+            }
             Ok(())
         })
         .await?;

@@ -666,6 +666,12 @@ pub async fn stop(c: &Client, a: StopArgs, verb: &str) -> Result<i32> {
     .await
 }
 
+/// `POST /containers/{name}/{action}` for each name (`pause`, `unpause`).
+pub async fn post_each(c: &Client, names: &[String], action: &str) -> Result<i32> {
+    each(names, |n| async move { c.post(&format!("/containers/{}/{action}", urlencode(&n)), None).await.map(drop) })
+        .await
+}
+
 #[derive(clap::Args, Debug)]
 pub struct KillArgs {
     /// Signal to send to the container.

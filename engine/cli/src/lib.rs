@@ -45,6 +45,10 @@ pub enum Command {
     Restart(containers::StopArgs),
     /// Kill one or more running containers.
     Kill(containers::KillArgs),
+    /// Pause all processes within one or more containers.
+    Pause(containers::Names),
+    /// Unpause all processes within one or more containers.
+    Unpause(containers::Names),
     /// Remove one or more containers.
     Rm(containers::RmArgs),
     /// Block until one or more containers stop, then print their exit codes.
@@ -175,6 +179,8 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::Stop(a) => ct::stop(c, a, "stop").await,
         Command::Restart(a) => ct::stop(c, a, "restart").await,
         Command::Kill(a) => ct::kill(c, a).await,
+        Command::Pause(a) => ct::post_each(c, &a.containers, "pause").await,
+        Command::Unpause(a) => ct::post_each(c, &a.containers, "unpause").await,
         Command::Rm(a) => ct::rm(c, a).await,
         Command::Wait(a) => ct::wait(c, a).await,
         Command::Logs(a) => ct::logs(c, a).await,

@@ -197,6 +197,14 @@ async fn dispatch(
             d.stop(trace, &e, q.int("t")?.or(q.int("timeout")?)).await?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
+        (&M::POST, ["containers", id, "pause"]) => {
+            d.pause(&d.containers.find(id)?).await?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (&M::POST, ["containers", id, "unpause"]) => {
+            d.unpause(&d.containers.find(id)?).await?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
         (&M::POST, ["containers", id, "restart"]) => {
             let e = d.containers.find(id)?;
             d.restart(trace, &e, q.int("t")?).await?;

@@ -397,6 +397,9 @@ impl Daemon {
     pub async fn start(self: &Arc<Self>, trace: &Trace, e: &Arc<Entry>) -> Result<(), ApiError> {
         let op = e.op.lock().await;
         let rec = e.snapshot();
+        if rec.state.paused() {
+            return Err(ApiError::conflict("cannot start a paused container, try unpause instead"));
+        }
         if rec.state.running() {
             return Err(ApiError::not_modified());
         }
@@ -689,6 +692,7 @@ impl Daemon {
         let mut life = e.life.subscribe();
         self.lifecycle.kill(req).await?;
         self.event(&rec, "kill", &[("signal", signal.to_string())]);
+        self.thaw_after_kill(e).await;
         if signal == libc::SIGKILL as u32 {
             // As dockerd: a SIGKILL is answered once the exit is recorded, so a `rm` right
             // after it does not find the container running. Bounded: a process in an
@@ -696,6 +700,61 @@ impl Daemon {
             let exited = life.wait_for(|l| !l.running);
             let _ = tokio::time::timeout(Duration::from_secs(10), exited).await;
         }
+        Ok(())
+    }
+
+    /// As dockerd: a paused container is thawed after a signal is sent to it, so the signal is
+    /// delivered (a frozen process does not even die of SIGKILL under the v1 freezer). A thaw
+    /// that fails is logged: the process may have died of the signal already.
+    async fn thaw_after_kill(&self, e: &Entry) {
+        let rec = e.snapshot();
+        if !rec.state.paused() {
+            return;
+        }
+        match self.lifecycle.resume(task(&rec.id)).await {
+            Ok(_) => self.unpaused(e),
+            Err(err) => log!(self.cfg, "warn", "thawing {} after a signal: {}", rec.id, err.message()),
+        }
+    }
+
+    fn unpaused(&self, e: &Entry) {
+        e.update(|r| r.state.unpause());
+        self.persist(e);
+        self.event(&e.snapshot(), "unpause", &[]);
+    }
+
+    /// Freezes every process of a running container (the cgroup freezer).
+    pub async fn pause(&self, e: &Arc<Entry>) -> Result<(), ApiError> {
+        let _op = e.op.lock().await;
+        let rec = e.snapshot();
+        if rec.state.restarting() {
+            return Err(ApiError::conflict(format!(
+                "Container {} is restarting, wait until the container is running",
+                rec.id
+            )));
+        }
+        if !rec.state.running() {
+            return Err(ApiError::conflict(format!("Container {} is not running", rec.id)));
+        }
+        if rec.state.paused() {
+            return Err(ApiError::conflict(format!("Container {} is already paused", rec.id)));
+        }
+        self.lifecycle.pause(task(&rec.id)).await?;
+        e.update(|r| r.state.pause());
+        self.persist(e);
+        self.event(&e.snapshot(), "pause", &[]);
+        Ok(())
+    }
+
+    /// Thaws a paused container.
+    pub async fn unpause(&self, e: &Arc<Entry>) -> Result<(), ApiError> {
+        let _op = e.op.lock().await;
+        let rec = e.snapshot();
+        if !rec.state.paused() {
+            return Err(ApiError::conflict(format!("Container {} is not paused", rec.id)));
+        }
+        self.lifecycle.resume(task(&rec.id)).await?;
+        self.unpaused(e);
         Ok(())
     }
 
@@ -781,6 +840,7 @@ impl Daemon {
                 )));
             }
             let _ = tokio::time::timeout_at(deadline, self.lifecycle.kill(crate::lifecycle::kill_all(&id))).await;
+            self.thaw_after_kill(e).await;
             let exited = tokio::time::timeout(Duration::from_secs(5), async {
                 loop {
                     if !life.borrow_and_update().running || life.changed().await.is_err() {
@@ -842,6 +902,12 @@ impl Daemon {
         // of it is removed without lifecycled
         let mut unanswered = None;
         if rec.state.running() {
+            if !force && rec.state.paused() {
+                return Err(ApiError::conflict(format!(
+                    "You cannot remove a paused container {}. Unpause and then stop the container before attempting removal or force remove",
+                    rec.id
+                )));
+            }
             if !force {
                 return Err(running_refused(&rec));
             }
@@ -1120,6 +1186,11 @@ impl Daemon {
             Ok(s) if matches!(s.status.as_str(), "running" | "paused" | "created") => {
                 log!(self.cfg, "info", "reattached to container {id}");
                 recovery.found(format!("its task {} (pid {})", s.status, s.pid));
+                // a pause or unpause that engined's death cut short after lifecycled did it
+                e.update(|r| match s.status.as_str() {
+                    "paused" => r.state.pause(),
+                    _ => r.state.unpause(),
+                });
                 crate::network::ensure_proxies(&self.network_service, &e).await;
                 self.persist(&e);
                 self.spawn_monitor(e);
@@ -1185,6 +1256,9 @@ impl Daemon {
         );
         if matches!(s.status.as_str(), "running" | "paused" | "created") {
             let _ = self.lifecycle.kill(crate::lifecycle::kill_all(&id)).await;
+            if s.status == "paused" {
+                let _ = self.lifecycle.resume(task(&id)).await;
+            }
             let _ = tokio::time::timeout(Duration::from_secs(10), self.lifecycle.wait(task(&id))).await;
         }
         let deleted = self.delete_task_to_end(&id).await;

@@ -152,6 +152,21 @@ impl State {
         self.finished_at = now;
     }
 
+    /// Its processes were frozen (`pause`): only a running container pauses.
+    pub fn pause(&mut self) {
+        if self.status == Status::Running {
+            self.status = Status::Paused;
+        }
+    }
+
+    /// Its processes were thawed (`unpause`, or a kill of a paused container, which thaws it so
+    /// the signal is delivered).
+    pub fn unpause(&mut self) {
+        if self.status == Status::Paused {
+            self.status = Status::Running;
+        }
+    }
+
     /// After an exit: a restart policy will start it again.
     pub fn restart_pending(&mut self) {
         if self.status == Status::Exited {
@@ -281,6 +296,28 @@ mod tests {
         r.start(1, "t".into());
         r.begin_removal();
         assert!(r.running());
+    }
+
+    #[test]
+    fn only_a_running_container_pauses_and_a_paused_one_exits() {
+        let mut s = State::default();
+        s.pause();
+        assert_eq!(s.status(), Status::Created, "a created container does not pause");
+        s.start(9, "t".into());
+        s.pause();
+        assert!(s.paused() && s.running());
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            (v["Status"].as_str(), v["Running"].as_bool(), v["Paused"].as_bool()),
+            (Some("paused"), Some(true), Some(true))
+        );
+        s.unpause();
+        assert!(!s.paused() && s.running());
+        s.pause();
+        s.exit(137, false, String::new(), "u".into());
+        assert!(s.exited() && !s.paused());
+        s.unpause();
+        assert!(s.exited(), "an exited container does not come back by an unpause");
     }
 
     #[test]

@@ -401,6 +401,60 @@ fn bad_input_is_refused_and_changes_nothing() {
     e.ok(&["rm", "taken"]);
 }
 
+/// `pause` freezes every process of a container and `unpause` thaws them, as Docker's users
+/// see it: the state, `ps`, the events, what a paused container refuses, and a paused container
+/// stopped, killed or removed with `-f` (the signal is delivered: it is thawed after it).
+#[test]
+fn pause_freezes_a_container_and_unpause_thaws_it() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let since = unix_secs();
+    let ticker = ["busybox", "sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /count; usleep 20000; done"];
+    let id = e.ok(&[&["run", "-d", "--name", "ticker"][..], &ticker[..]].concat()).trim().to_string();
+    let count = e.data_root().join("image/snapshots").join(&id).join("rootfs/count");
+    let read = || std::fs::read_to_string(&count).unwrap_or_default();
+    wait_for("the container counts", || read().trim().parse::<u64>().is_ok_and(|n| n > 1));
+    assert!(e.fails(&["unpause", "ticker"]).contains(&format!("Container {id} is not paused")));
+
+    e.ok(&["pause", "ticker"]);
+    assert_eq!(e.inspect("ticker", "{{.State.Status}} {{.State.Running}} {{.State.Paused}}"), "paused true true");
+    assert!(e.ok(&["ps", "--format", "{{.Names}} {{.Status}}"]).trim().ends_with("(Paused)"));
+    assert_eq!(e.ok(&["ps", "-q", "--filter", "status=paused"]).trim(), &id[..12]);
+    let frozen = read();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(read(), frozen, "a paused container went on counting");
+    assert!(e.fails(&["pause", "ticker"]).contains("is already paused"));
+    assert!(e.fails(&["exec", "ticker", "true"]).contains("is paused"));
+    assert!(e.fails(&["start", "ticker"]).contains("cannot start a paused container"));
+    assert!(e.fails(&["rm", "ticker"]).contains("cannot remove a paused container"));
+    assert_eq!(e.state("ticker"), "paused", "a refused operation changed the container");
+
+    e.ok(&["unpause", "ticker"]);
+    assert_eq!(e.inspect("ticker", "{{.State.Status}} {{.State.Paused}}"), "running false");
+    wait_for("the container counts again", || read() != frozen);
+
+    // a paused container stops (sh as PID 1 ignores SIGTERM: killed after -t), is killed, and is
+    // removed with -f
+    e.ok(&["pause", "ticker"]);
+    e.ok(&["stop", "-t", "1", "ticker"]);
+    assert_eq!(e.inspect("ticker", "{{.State.Status}} {{.State.ExitCode}}"), "exited 137");
+    e.ok(&["start", "ticker"]);
+    e.ok(&["pause", "ticker"]);
+    e.ok(&["kill", "ticker"]);
+    assert_eq!(e.ok(&["wait", "ticker"]).trim(), "137");
+    e.ok(&["start", "ticker"]);
+    e.ok(&["pause", "ticker"]);
+    e.ok(&["rm", "-f", "ticker"]);
+    assert!(e.fails(&["inspect", "ticker"]).contains("No such object"));
+    assert!(e.fails(&["pause", "ticker"]).contains("No such container"));
+
+    assert_eq!(
+        e.event_actions(since, &["event=pause", "event=unpause"]),
+        ["pause", "unpause", "pause", "unpause", "pause", "unpause", "pause", "unpause"]
+    );
+    e.assert_clean();
+}
+
 fn raw_request(e: &Engined, req: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(&e.sock).unwrap();
@@ -607,6 +661,8 @@ fn containers_survive_kill9_of_engined_and_lifecycled() {
     e.import_busybox("busybox");
     e.ok(&["run", "-d", "--name", "steady", "busybox", "sh", "-c", "echo one; while true; do sleep 0.1; done"]);
     e.ok(&["run", "-d", "--name", "short", "busybox", "sh", "-c", "sleep 1; exit 4"]);
+    e.ok(&["run", "-d", "--name", "frozen", "busybox", "sleep", "1000"]);
+    e.ok(&["pause", "frozen"]);
     let pid = e.inspect("steady", "{{.State.Pid}}");
     let short_pid = e.inspect("short", "{{.State.Pid}}");
 
@@ -629,6 +685,8 @@ fn containers_survive_kill9_of_engined_and_lifecycled() {
     // (its task's delete in lifecycled is part of that trace, not one of its own)
     assert!(short.contains("exit recorded, task deleted") && short.contains("lifecycle.Tasks/Delete"), "{short}");
     assert!(e.ok(&["logs", "steady"]).starts_with("one\n"));
+    // a paused container is found paused
+    assert_eq!(e.state("frozen"), "paused");
 
     // kill -9 lifecycled: engined starts another; the container runs on and is still managed
     let lc = e.lifecycled_pid();
@@ -638,6 +696,10 @@ fn containers_survive_kill9_of_engined_and_lifecycled() {
     wait_for("the container to answer exec", || e.engine(&["exec", "steady", "true"]).status.success());
     assert_eq!(e.state("steady"), "running");
     assert!(e.ok(&["info"]).contains("Lifecycled Restarts: 1"));
+    // the new lifecycled knows the paused one as paused: it thaws, and goes on
+    e.ok(&["unpause", "frozen"]);
+    assert_eq!(e.state("frozen"), "running");
+    e.ok(&["rm", "-f", "frozen"]);
     e.ok(&["stop", "-t", "1", "steady"]);
     assert_eq!(e.state("steady"), "exited");
     e.ok(&["rm", "steady", "short"]);
@@ -648,7 +710,7 @@ fn containers_survive_kill9_of_engined_and_lifecycled() {
 fn volumes_events_and_disk_usage() {
     let e = Engined::start();
     e.import_busybox("busybox");
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    let since = unix_secs();
     assert_eq!(e.ok(&["volume", "create", "-l", "team=a", "data"]).trim(), "data");
     assert!(e.ok(&["volume", "ls"]).lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["local", "data"]));
     assert_eq!(
@@ -674,20 +736,8 @@ fn volumes_events_and_disk_usage() {
     assert_eq!(e.ok(&["volume", "ls", "-q"]).trim(), "");
     assert!(e.fails(&["volume", "inspect", "data"]).contains("no such volume"));
 
-    // the container's life as events, replayed from `since` up to `until`
-    let until = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1).to_string();
-    let events = e.ok(&[
-        "events",
-        "--since",
-        &since,
-        "--until",
-        &until,
-        "--filter",
-        "container=writer",
-        "--format",
-        "{{.Action}}",
-    ]);
-    assert_eq!(events.split_whitespace().collect::<Vec<_>>(), ["create", "start", "die", "destroy"], "{events}");
+    // the container's life as events, replayed from `since` up to now
+    assert_eq!(e.event_actions(since, &["container=writer"]), ["create", "start", "die", "destroy"]);
     e.assert_clean();
 }
 

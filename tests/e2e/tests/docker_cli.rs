@@ -76,6 +76,13 @@ fn docker_cli_drives_engined() {
     e.docker_ok(&["stop", "-t", "1", "svc"]);
     assert_eq!(e.docker_ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "svc"]).trim(), "exited 137");
     e.docker_ok(&["start", "svc"]);
+    e.docker_ok(&["pause", "svc"]);
+    assert!(e.docker_ok(&["ps", "--format", "{{.Names}} {{.Status}}"]).contains("(Paused)"));
+    let out = e.docker(&["exec", "svc", "true"]);
+    assert!(stderr(&out).contains("is paused, unpause the container before exec"), "{}", stderr(&out));
+    e.docker_ok(&["unpause", "svc"]);
+    assert_eq!(e.docker_ok(&["inspect", "-f", "{{.State.Status}}", "svc"]).trim(), "running");
+    e.docker_ok(&["pause", "svc"]);
     e.docker_ok(&["kill", "svc"]);
     assert_eq!(e.docker_ok(&["wait", "svc"]).trim(), "137");
     e.docker_ok(&["rm", "svc"]);
@@ -173,13 +180,13 @@ fn docker_cli_volumes_events_and_df() {
     let e = Engined::start();
     let tar = rootfs_tar(&e);
     e.docker_ok(&["import", tar.to_str().unwrap(), "bb:1"]);
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    let since = unix_secs().to_string();
     e.docker_ok(&["volume", "create", "v1"]);
     assert!(e.docker_ok(&["volume", "ls", "--format", "{{.Name}}"]).contains("v1"));
     assert_eq!(e.docker_ok(&["run", "--rm", "-v", "v1:/v", "bb:1", "sh", "-c", "echo hi > /v/f; cat /v/f"]), "hi\n");
     assert!(e.docker_ok(&["system", "df"]).contains("Local Volumes"));
     e.docker_ok(&["volume", "rm", "v1"]);
-    let until = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1).to_string();
+    let until = (unix_secs() + 1).to_string();
     let events = e.docker_ok(&[
         "events",
         "--since",

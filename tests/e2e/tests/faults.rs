@@ -81,11 +81,6 @@ fn at_once(e: &Engined, args: &[&str], ids: &[String]) -> Vec<std::process::Chil
         .collect()
 }
 
-/// Seconds since the epoch, as `events --since` takes them.
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
 /// AT_ONCE starts on the default bridge, `victim` killed -9 at `point`; then every container is
 /// running with its own process, or created or exited with none; each starts; rm -f leaves
 /// nothing.
@@ -98,7 +93,7 @@ fn starts(victim: Victim, point: Point) {
     let ids: Vec<String> = (0..AT_ONCE)
         .map(|i| e.ok(&["create", "--name", &format!("started{i}"), "busybox", cmd[0], cmd[1]]).trim().to_string())
         .collect();
-    let since = now();
+    let since = unix_secs();
     let clients = at_once(&e, &["start"], &ids);
     match point {
         Point::Sent => {}
@@ -129,7 +124,7 @@ fn removals(victim: Victim, point: Point) {
     let rules = e.firewall_rules(&[]);
     let cmd = unique_command(7, victim, point);
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let since = now();
+    let since = unix_secs();
     let ids: Vec<String> = (0..AT_ONCE)
         .map(|i| {
             let name = format!("removed{i}");
@@ -253,22 +248,20 @@ fn assert_nothing_left(e: &Engined, cmd: &[&str], rules: &[String]) {
 }
 
 /// No container's exit was reported (a `die` event) more than once per start, and none was
-/// destroyed twice (once, when engined lived through the test). The events of an engined killed -9 are gone with it: a container whose
-/// start was reported before the kill may then show one `die` more than `start`.
+/// destroyed twice (once, when engined lived through the test). The events of an engined killed
+/// -9 are gone with it: a container whose start was reported before the kill may then show one
+/// `die` more than `start`.
 fn assert_no_exit_reported_twice(e: &Engined, victim: Victim, ids: &[String], since: u64) {
     let lost = usize::from(matches!(victim, Victim::Engined));
-    let (since, until) = (since.to_string(), (now() + 1).to_string());
     for id in ids {
-        let filter = format!("container={id}");
-        let events =
-            e.ok(&["events", "--since", &since, "--until", &until, "--filter", &filter, "--format", "{{.Action}}"]);
-        let count = |action: &str| events.split_whitespace().filter(|a| *a == action).count();
-        assert!(count("die") <= count("start") + lost, "{id}: exit reported twice: {events}");
+        let events = e.event_actions(since, &[&format!("container={id}")]);
+        let count = |action: &str| events.iter().filter(|a| *a == action).count();
+        assert!(count("die") <= count("start") + lost, "{id}: exit reported twice: {events:?}");
         if lost == 0 {
             // every container was started and is removed, all in this engined's life
-            assert!(count("start") >= 1 && count("destroy") == 1, "{id}: {events}");
+            assert!(count("start") >= 1 && count("destroy") == 1, "{id}: {events:?}");
         } else {
-            assert!(count("destroy") <= 1, "{id}: destroyed twice: {events}");
+            assert!(count("destroy") <= 1, "{id}: destroyed twice: {events:?}");
         }
     }
 }

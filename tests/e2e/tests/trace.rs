@@ -415,6 +415,8 @@ fn every_operation_is_exactly_one_trace() {
         (&["create", "--name", "ctr", "bb", "sleep", "1000"], "engine.create", &["lifecycle.Containers/Create"]),
         (&["start", "ctr"], "engine.start", &["lifecycle.Tasks/Start", "runtime.start", "init.exec"]),
         (&["exec", "ctr", "true"], "engine.exec", &["lifecycle.Tasks/Exec", "shim.exec"]),
+        (&["pause", "ctr"], "engine.pause", &["lifecycle.Tasks/Pause", "shim.pause", "runtime.pause"]),
+        (&["unpause", "ctr"], "engine.unpause", &["lifecycle.Tasks/Resume", "shim.resume", "runtime.resume"]),
         (&["stop", "-t", "1", "ctr"], "engine.stop", &["lifecycle.Tasks/Kill", "shim.kill"]),
         (&["start", "ctr"], "engine.start", &["lifecycle.Tasks/Start", "runtime.start"]),
         (&["restart", "-t", "1", "ctr"], "engine.restart", &["lifecycle.Tasks/Kill", "lifecycle.Tasks/Start"]),

@@ -147,6 +147,17 @@ impl Engined {
             .expect("run engine")
     }
 
+    /// The actions of the events since `since` (Unix seconds) until now, through `engine events`
+    /// with the `filters` (`container=web`, `event=pause`).
+    pub fn event_actions(&self, since: u64, filters: &[&str]) -> Vec<String> {
+        let (since, until) = (since.to_string(), (crate::unix_secs() + 1).to_string());
+        let mut args = vec!["events", "--since", &since, "--until", &until, "--format", "{{.Action}}"];
+        for f in filters {
+            args.extend(["--filter", f]);
+        }
+        self.ok(&args).split_whitespace().map(str::to_string).collect()
+    }
+
     /// Runs `engine args`, asserting success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.engine(args);

@@ -114,6 +114,11 @@ pub fn processes_running(args: &[&str]) -> Vec<u32> {
         .collect()
 }
 
+/// Seconds since the Unix epoch (what `events --since` and `--until` take).
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
