@@ -17,6 +17,7 @@ use crate::http::{self, empty, json, ApiError, Query, Resp};
 use crate::lifecycle::task;
 use crate::trace::Trace;
 use engine_docker_api::ContainerCreateBody;
+use engine_image::StorageDriver;
 use engine_util::time::{rfc3339_nanos, unix_seconds_of as unix_of};
 
 pub const API_VERSION: &str = "1.43";
@@ -498,7 +499,7 @@ fn info(d: &Daemon) -> Value {
         "ContainersPaused": paused,
         "ContainersStopped": all.len() - running - paused,
         "Images": d.images.list().map(|l| l.len()).unwrap_or(0),
-        "Driver": "overlay2",
+        "Driver": d.images.driver().as_str(),
         "DriverStatus": [["Backing Filesystem", "extfs"]],
         "Plugins": { "Volume": ["local"], "Network": ["bridge", "host", "null"], "Log": ["json-file"] },
         "MemoryLimit": true, "SwapLimit": false, "CpuCfsPeriod": true, "CpuCfsQuota": true, "PidsLimit": true,
@@ -644,6 +645,13 @@ fn inspect_container(d: &Daemon, e: &Arc<Entry>) -> Value {
     let dir = d.container_dir(&r.id);
     let lower: Vec<String> = r.lower.iter().rev().map(|p| p.display().to_string()).collect();
     let state = &r.state;
+    // the driver that made its snapshot (the daemon's may have changed since)
+    let driver = d.images.snapshot(&r.id).ok().flatten().map_or(d.images.driver(), |s| s.driver);
+    let graph_driver = match driver {
+        StorageDriver::Overlay2 => json!({ "Name": "overlay2", "Data": {
+            "LowerDir": lower.join(":"), "UpperDir": r.upper, "WorkDir": r.work, "MergedDir": r.rootfs } }),
+        StorageDriver::Vfs => json!({ "Name": "vfs", "Data": null }),
+    };
     json!({
         "Id": r.id,
         "Created": r.created,
@@ -657,14 +665,14 @@ fn inspect_container(d: &Daemon, e: &Arc<Entry>) -> Value {
         "LogPath": "",
         "Name": format!("/{}", r.name),
         "RestartCount": r.restart_count,
-        "Driver": "overlay2",
+        "Driver": driver.as_str(),
         "Platform": "linux",
         "MountLabel": "",
         "ProcessLabel": "",
         "AppArmorProfile": "",
         "ExecIDs": null,
         "HostConfig": r.host_config,
-        "GraphDriver": { "Name": "overlay2", "Data": { "LowerDir": lower.join(":"), "UpperDir": r.upper, "WorkDir": r.work, "MergedDir": r.rootfs } },
+        "GraphDriver": graph_driver,
         "Mounts": mounts_of(d, &r),
         "Config": r.config,
         "NetworkSettings": crate::network::settings_json(&d.network_service, &r),

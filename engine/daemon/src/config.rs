@@ -22,7 +22,7 @@ pub struct Config {
     pub pidfile: Option<PathBuf>,
     /// A JSON file with any of: "log-level", "cgroup-parent", "data-root", "exec-root", "pidfile",
     /// "hosts", "otlp-endpoint", "otlp-protocol", "trace-max-traces", "trace-max-mb", "no-probes",
-    /// "bridge-name", "bip", "default-address-pools" ([{"base": CIDR, "size": N}]), "iptables",
+    /// "bridge-name" (or "bridge"), "storage-driver", "bip", "default-address-pools" ([{"base": CIDR, "size": N}]), "iptables",
     /// "firewall-backend", "userland-proxy-path", "metrics-addr", "registry-mirrors",
     /// "insecure-registries", "certs-dir", "max-concurrent-downloads", "max-concurrent-uploads",
     /// "max-upload-chunk-size", "api-header-timeout", "api-body-timeout", "max-api-connections",
@@ -57,9 +57,14 @@ pub struct Config {
     /// Do not load the eBPF probes (traces then have no kernel rows).
     #[arg(long)]
     pub no_probes: bool,
-    /// The Linux bridge of the default network (`bridge`).
-    #[arg(long, default_value = "engine0")]
+    /// The Linux bridge of the default network (`bridge`); `none`: no default network (as
+    /// dockerd's `--bridge=none`), containers name theirs.
+    #[arg(short = 'b', long, visible_alias = "bridge", default_value = "engine0")]
     pub bridge_name: String,
+    /// How container root filesystems are made: overlay2 (overlayfs mounts) or vfs (copies:
+    /// slow and large, for filesystems overlayfs cannot sit on).
+    #[arg(short = 's', long, default_value = "overlay2")]
+    pub storage_driver: engine_image::StorageDriver,
     /// The default bridge's address and prefix, e.g. 172.17.0.1/16 (default: the first subnet
     /// of the address pools that no host route overlaps).
     #[arg(long)]
@@ -136,7 +141,9 @@ struct FileConfig {
     trace_max_traces: Option<usize>,
     trace_max_mb: Option<u64>,
     no_probes: Option<bool>,
+    #[serde(alias = "bridge")]
     bridge_name: Option<String>,
+    storage_driver: Option<String>,
     bip: Option<String>,
     default_address_pools: Option<Vec<FilePool>>,
     iptables: Option<bool>,
@@ -202,6 +209,9 @@ impl Config {
             self.no_probes |= f.no_probes.unwrap_or(false);
             if let Some(v) = f.bridge_name.filter(|_| self.bridge_name == defaults.bridge_name) {
                 self.bridge_name = v;
+            }
+            if let Some(v) = f.storage_driver.filter(|_| self.storage_driver == defaults.storage_driver) {
+                self.storage_driver = v.parse().map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))?;
             }
             if self.bip.is_none() {
                 self.bip = f.bip;

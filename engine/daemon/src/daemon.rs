@@ -70,7 +70,7 @@ impl Daemon {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let (traces, sink) = traces;
-        let images = Arc::new(ImageStore::open(cfg.data_root.join("image"))?);
+        let images = Arc::new(ImageStore::open(cfg.data_root.join("image"))?.storage_driver(cfg.storage_driver));
         let distribution = Arc::new(crate::distribution::Distribution::new(
             images.clone(),
             cfg.registry(),
@@ -1353,5 +1353,155 @@ where
             }
             r => return r,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper::StatusCode;
+    use serde_json::json;
+
+    use super::*;
+    use crate::state::Status;
+    use crate::testing;
+
+    fn body(v: serde_json::Value) -> ContainerCreateBody {
+        serde_json::from_value(v).expect("a create body")
+    }
+
+    /// Creates container `name` of the image `tiny` on the host's network, with `host_config`'s
+    /// other fields; returns its id and entry.
+    async fn create(
+        d: &Arc<Daemon>,
+        trace: &Trace,
+        name: &str,
+        host_config: serde_json::Value,
+    ) -> (String, Arc<Entry>) {
+        let mut hc = json!({"NetworkMode": "host"});
+        if let (Some(hc), Some(more)) = (hc.as_object_mut(), host_config.as_object()) {
+            hc.extend(more.clone());
+        }
+        let id = d.create(trace, Some(name.into()), body(json!({"Image": "tiny", "HostConfig": hc}))).await.unwrap();
+        let e = d.containers.find(&id).unwrap();
+        (id, e)
+    }
+
+    /// Polls `cond` until it holds (10 s at most).
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_container_lives_through_create_start_pause_kill_and_rm() {
+        let t = testing::daemon().await;
+        let (d, fake) = (&t.daemon, &t.fake);
+        let trace = Trace::background(None, "test");
+        let (id, e) = create(d, &trace, "web", json!({})).await;
+        assert_eq!(e.snapshot().state.status(), Status::Created);
+        assert_eq!(e.snapshot().path, "/bin/tiny", "the image's CMD");
+        let rootfs = d.images.snapshot(&id).unwrap().unwrap().rootfs;
+        assert_eq!(std::fs::read(rootfs.join("bin/tiny")).unwrap(), b"tiny", "the snapshot has the image's files");
+        assert!(fake.containers.lock().unwrap().contains_key(&id), "lifecycled has the container");
+
+        d.start(&trace, &e).await.unwrap();
+        let rec = e.snapshot();
+        assert_eq!((rec.state.status(), rec.state.pid()), (Status::Running, fake.tasks.lock().unwrap()[&id].pid));
+        assert_eq!(fake.status(&id), Some("running"));
+        assert_eq!(d.start(&trace, &e).await.unwrap_err().status, StatusCode::NOT_MODIFIED);
+
+        d.pause(&e).await.unwrap();
+        assert_eq!((e.snapshot().state.status(), fake.status(&id)), (Status::Paused, Some("paused")));
+        let refused = d.pause(&e).await.unwrap_err();
+        assert_eq!(
+            (refused.status, refused.message),
+            (StatusCode::CONFLICT, format!("Container {id} is already paused"))
+        );
+        assert_eq!(d.start(&trace, &e).await.unwrap_err().status, StatusCode::CONFLICT);
+        assert!(d.remove(&e, false, false).await.unwrap_err().message.contains("cannot remove a paused container"));
+        assert_eq!(fake.status(&id), Some("paused"), "a refused operation changed the task");
+
+        // a SIGTERM to a paused container is delivered: it is thawed after the signal
+        d.kill(&e, libc::SIGTERM as u32).await.unwrap();
+        let calls = fake.calls();
+        let kill = calls.iter().position(|c| *c == format!("Kill {id} 15")).expect("the kill");
+        assert_eq!(calls.get(kill + 1), Some(&format!("Resume {id}")), "{calls:?}");
+        assert_eq!(d.wait(&e, "not-running").await.unwrap().0, 143);
+        assert_eq!(e.snapshot().state.status(), Status::Exited);
+        let refused = d.kill(&e, libc::SIGKILL as u32).await.unwrap_err();
+        assert_eq!(refused.status, StatusCode::CONFLICT);
+
+        d.remove(&e, false, false).await.unwrap();
+        assert!(d.containers.find("web").is_err() && d.containers.find(&id).is_err());
+        assert!(!rootfs.exists(), "the snapshot is removed");
+        assert!(fake.containers.lock().unwrap().is_empty() && fake.status(&id).is_none(), "{:?}", fake.calls());
+        assert!(!d.container_dir(&id).exists());
+    }
+
+    #[tokio::test]
+    async fn a_start_the_runtime_refuses_leaves_the_container_created_with_the_exit_code_dockerd_gives() {
+        let t = testing::daemon().await;
+        let (d, fake) = (&t.daemon, &t.fake);
+        let trace = Trace::background(None, "test");
+        let (id, e) = create(d, &trace, "bad", json!({})).await;
+        fake.refuse_start.lock().unwrap().insert(id.clone());
+        let err = d.start(&trace, &e).await.unwrap_err();
+        assert!(err.message.contains("executable file not found"), "{}", err.message);
+        let rec = e.snapshot();
+        assert_eq!((rec.state.status(), rec.state.exit_code()), (Status::Created, 127));
+        assert!(rec.state.error().contains("executable file not found"));
+        assert_eq!(fake.status(&id), None, "the failed task is deleted");
+        // fixed, it starts
+        fake.refuse_start.lock().unwrap().clear();
+        d.start(&trace, &e).await.unwrap();
+        assert_eq!((e.snapshot().state.status(), e.snapshot().state.exit_code()), (Status::Running, 0));
+        assert!(e.snapshot().state.error().is_empty());
+        d.remove(&e, true, false).await.unwrap();
+        assert!(fake.containers.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn on_failure_restarts_up_to_its_maximum_and_a_stop_is_never_undone() {
+        let t = testing::daemon().await;
+        let (d, fake) = (&t.daemon, &t.fake);
+        let trace = Trace::background(None, "test");
+        let policy = json!({"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 1}});
+        let (id, e) = create(d, &trace, "flaky", policy).await;
+        let starts = || fake.calls().iter().filter(|c| **c == format!("Start {id}")).count();
+        d.start(&trace, &e).await.unwrap();
+        fake.exit(&id, 3);
+        until("the restart", || starts() == 2 && e.snapshot().state.status() == Status::Running).await;
+        assert_eq!(e.snapshot().restart_count, 1);
+        fake.exit(&id, 3);
+        until("the last exit", || e.snapshot().state.status() == Status::Exited).await;
+        assert_eq!(e.snapshot().state.exit_code(), 3);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(starts(), 2, "restarted past its maximum");
+
+        // always: an exit restarts it, a stop does not
+        let (_, e) = create(d, &trace, "always", json!({"RestartPolicy": {"Name": "always"}})).await;
+        d.start(&trace, &e).await.unwrap();
+        d.stop(&trace, &e, Some(5)).await.unwrap();
+        assert_eq!((e.snapshot().state.status(), e.snapshot().state.exit_code()), (Status::Exited, 143));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(e.snapshot().state.status(), Status::Exited, "a stopped container was restarted");
+        assert_eq!(d.stop(&trace, &e, Some(5)).await.unwrap_err().status, StatusCode::NOT_MODIFIED);
+    }
+
+    #[tokio::test]
+    async fn without_a_default_bridge_a_container_names_its_network() {
+        let t = testing::daemon().await;
+        let d = &t.daemon;
+        let trace = Trace::background(None, "test");
+        let names: Vec<String> = d.networks.list().into_iter().map(|n| n.name).collect();
+        assert!(names.contains(&"host".into()) && names.contains(&"none".into()), "{names:?}");
+        assert!(!names.contains(&"bridge".into()), "{names:?}");
+        let err = d.create(&trace, Some("nonet".into()), body(json!({"Image": "tiny"}))).await.unwrap_err();
+        assert!(err.message.contains("bridge") && err.message.contains("not found"), "{}", err.message);
+        assert!(d.containers.find("nonet").is_err(), "a refused create left a container");
+        assert!(t.fake.containers.lock().unwrap().is_empty(), "a refused create left lifecycled's container");
     }
 }

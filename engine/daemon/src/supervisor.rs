@@ -28,6 +28,18 @@ pub struct Supervisor {
     stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
+impl Supervisor {
+    /// A handle on no lifecycled: the daemon's unit tests serve a fake one themselves.
+    #[cfg(test)]
+    pub fn unsupervised() -> Supervisor {
+        Supervisor {
+            restarts: Arc::default(),
+            pid: watch::channel(0).1,
+            stopping: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+}
+
 /// The pid file is replaced whole, so a reader never sees it empty.
 fn write_pid(path: &std::path::Path, pid: u32) {
     let _ = engine_util::fs::write_atomic(path, pid.to_string().as_bytes());

@@ -1,25 +1,61 @@
 //! What the daemon's unit tests share: a fake lifecycled served on a unix socket (the real
-//! gRPC contract, in memory) and container records to put in a store.
+//! gRPC contract, in memory), a whole daemon over it that needs no root, and container records
+//! to put in a store.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use clap::Parser;
+use engine_api::v1::containers_server::{Containers, ContainersServer};
 use engine_api::v1::tasks_server::{Tasks, TasksServer};
 use engine_api::v1::*;
+use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
+use crate::config::Config;
+use crate::daemon::Daemon;
 use crate::records::{ContainerRecord, ContainerStore, Entry};
 
-/// A fake lifecycled's Tasks service. An exec whose program is `missing` fails as runc's does;
-/// any other runs at once with pid 4242 and ends (`ExecWait` answers) with `exec_exit` once the
-/// test adds a permit to `exec_exits`.
+/// A fake lifecycled: its Tasks and Containers services over tables in memory.
+///
+/// Tasks behave as the shim's do: created, running, paused, stopped; SIGTERM and SIGKILL end a
+/// running task (exit 128 + signal), and a paused one only once it is resumed (as under the v1
+/// freezer); [`FakeTasks::exit`] ends one as its program would. A task of a container in
+/// `refuse_start` fails to start as runc does for a missing program.
+///
+/// An exec whose program is `missing` fails as runc's does; any other runs at once with pid
+/// 4242 and ends (`ExecWait` answers) with `exec_exit` once the test adds a permit to
+/// `exec_exits`.
 #[derive(Clone)]
 pub struct FakeTasks {
     pub execs: Arc<Mutex<Vec<ExecRequest>>>,
     pub resizes: Arc<Mutex<Vec<ResizePtyRequest>>>,
     pub exec_exits: Arc<tokio::sync::Semaphore>,
     pub exec_exit: u32,
+    /// Every call that changes something, in order: `"Create c1"`, `"Kill c1 15"`, ...
+    pub calls: Arc<Mutex<Vec<String>>>,
+    pub tasks: Arc<Mutex<HashMap<String, FakeTask>>>,
+    /// lifecycled's containers (bundles), by id.
+    pub containers: Arc<Mutex<HashMap<String, String>>>,
+    pub refuse_start: Arc<Mutex<HashSet<String>>>,
+}
+
+/// One task of the fake lifecycled.
+pub struct FakeTask {
+    pub status: &'static str,
+    pub pid: u32,
+    exit: watch::Sender<Option<u32>>,
+    /// A deadly signal sent while it was paused: delivered when it is resumed.
+    pending: Option<u32>,
+}
+
+impl FakeTask {
+    fn end(&mut self, code: u32) {
+        self.status = "stopped";
+        self.exit.send_replace(Some(code));
+    }
 }
 
 impl Default for FakeTasks {
@@ -29,14 +65,47 @@ impl Default for FakeTasks {
             resizes: Arc::default(),
             exec_exits: Arc::new(tokio::sync::Semaphore::new(0)),
             exec_exit: 3,
+            calls: Arc::default(),
+            tasks: Arc::default(),
+            containers: Arc::default(),
+            refuse_start: Arc::default(),
         }
     }
 }
 
 impl FakeTasks {
-    /// Serves it on `<dir>/lifecycled.sock` (in the calling runtime) and returns the socket.
+    /// Serves its Tasks and Containers on `<dir>/lifecycled.sock` (in the calling runtime) and
+    /// returns the socket.
     pub fn serve(&self, dir: &Path) -> PathBuf {
-        serve_lifecycled(dir, Routes::new(TasksServer::new(self.clone())))
+        let routes = Routes::new(TasksServer::new(self.clone())).add_service(ContainersServer::new(self.clone()));
+        serve_lifecycled(dir, routes)
+    }
+
+    /// The running task of container `id` ends as its program would, with `code`.
+    pub fn exit(&self, id: &str, code: u32) {
+        if let Some(t) = self.tasks.lock().unwrap().get_mut(id) {
+            t.end(code);
+        }
+    }
+
+    /// The status of container `id`'s task, if it has one.
+    pub fn status(&self, id: &str) -> Option<&'static str> {
+        self.tasks.lock().unwrap().get(id).map(|t| t.status)
+    }
+
+    /// The calls made so far.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn call(&self, what: String) {
+        self.calls.lock().unwrap().push(what);
+    }
+
+    fn with_task<T>(&self, id: &str, f: impl FnOnce(&mut FakeTask) -> Result<T, Status>) -> Result<T, Status> {
+        let mut tasks = self.tasks.lock().unwrap();
+        let t = tasks.get_mut(id).ok_or_else(|| Status::not_found(format!("task {id} does not exist")))?;
+        f(t)
     }
 }
 
@@ -83,20 +152,65 @@ impl Tasks for FakeTasks {
         self.resizes.lock().unwrap().push(r.into_inner());
         Ok(Response::new(Empty {}))
     }
-    async fn create(&self, _: Request<CreateTaskRequest>) -> Result<Response<CreateTaskResponse>, Status> {
-        unimplemented("Create")
+    async fn create(&self, r: Request<CreateTaskRequest>) -> Result<Response<CreateTaskResponse>, Status> {
+        let id = r.into_inner().container_id;
+        self.call(format!("Create {id}"));
+        if !self.containers.lock().unwrap().contains_key(&id) {
+            return Err(Status::not_found(format!("container {id} does not exist")));
+        }
+        let mut tasks = self.tasks.lock().unwrap();
+        if tasks.get(&id).is_some_and(|t| t.status != "stopped") {
+            return Err(Status::already_exists(format!("task {id} already exists")));
+        }
+        let pid = 1000 + self.calls.lock().unwrap().len() as u32;
+        let (exit, _) = watch::channel(None);
+        tasks.insert(id, FakeTask { status: "created", pid, exit, pending: None });
+        Ok(Response::new(CreateTaskResponse { pid }))
     }
-    async fn start(&self, _: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
-        unimplemented("Start")
+    async fn start(&self, r: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
+        let id = r.into_inner().container_id;
+        self.call(format!("Start {id}"));
+        let refused = self.refuse_start.lock().unwrap().contains(&id);
+        self.with_task(&id, |t| {
+            if refused {
+                t.end(127);
+                return Err(Status::internal("exec: \"nope\": executable file not found in $PATH"));
+            }
+            t.status = "running";
+            Ok(Response::new(Empty {}))
+        })
     }
-    async fn kill(&self, _: Request<KillRequest>) -> Result<Response<Empty>, Status> {
-        unimplemented("Kill")
+    async fn kill(&self, r: Request<KillRequest>) -> Result<Response<Empty>, Status> {
+        let r = r.into_inner();
+        self.call(format!("Kill {} {}", r.container_id, r.signal));
+        self.with_task(&r.container_id, |t| {
+            let deadly = matches!(r.signal, 9 | 15);
+            match t.status {
+                "running" if deadly => t.end(128 + r.signal),
+                "paused" if deadly => t.pending = Some(r.signal),
+                "stopped" => return Err(Status::failed_precondition("container not running")),
+                _ => {}
+            }
+            Ok(Response::new(Empty {}))
+        })
     }
-    async fn delete(&self, _: Request<TaskRequest>) -> Result<Response<ExitStatus>, Status> {
-        unimplemented("Delete")
+    async fn delete(&self, r: Request<TaskRequest>) -> Result<Response<ExitStatus>, Status> {
+        let id = r.into_inner().container_id;
+        self.call(format!("Delete {id}"));
+        let mut tasks = self.tasks.lock().unwrap();
+        let t = tasks.get(&id).ok_or_else(|| Status::not_found(format!("task {id} does not exist")))?;
+        if matches!(t.status, "running" | "paused") {
+            return Err(Status::failed_precondition(format!("cannot delete task {id}: it is {}", t.status)));
+        }
+        let code = t.exit.borrow().unwrap_or(0);
+        tasks.remove(&id);
+        Ok(Response::new(ExitStatus { exit_status: code, ..Default::default() }))
     }
-    async fn wait(&self, _: Request<TaskRequest>) -> Result<Response<ExitStatus>, Status> {
-        unimplemented("Wait")
+    async fn wait(&self, r: Request<TaskRequest>) -> Result<Response<ExitStatus>, Status> {
+        let id = r.into_inner().container_id;
+        let (mut exit, pid) = self.with_task(&id, |t| Ok((t.exit.subscribe(), t.pid)))?;
+        let code = exit.wait_for(Option::is_some).await.map_err(|_| Status::aborted("task deleted"))?.unwrap_or(0);
+        Ok(Response::new(ExitStatus { exit_status: code, pid, ..Default::default() }))
     }
     async fn exec_io(&self, _: Request<TaskRequest>) -> Result<Response<Self::ExecIOStream>, Status> {
         unimplemented("ExecIO")
@@ -107,23 +221,91 @@ impl Tasks for FakeTasks {
     async fn close_io(&self, _: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
         unimplemented("CloseIO")
     }
-    async fn state(&self, _: Request<TaskRequest>) -> Result<Response<TaskState>, Status> {
-        unimplemented("State")
+    async fn state(&self, r: Request<TaskRequest>) -> Result<Response<TaskState>, Status> {
+        let id = r.into_inner().container_id;
+        self.with_task(&id, |t| {
+            let exit = t.exit.borrow().map(|code| ExitStatus { exit_status: code, pid: t.pid, ..Default::default() });
+            Ok(Response::new(TaskState {
+                container_id: id.clone(),
+                status: t.status.into(),
+                pid: t.pid,
+                exit,
+                terminal: false,
+            }))
+        })
     }
     async fn pids(&self, _: Request<TaskRequest>) -> Result<Response<PidsResponse>, Status> {
         unimplemented("Pids")
     }
-    async fn pause(&self, _: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
-        unimplemented("Pause")
+    async fn pause(&self, r: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
+        let id = r.into_inner().container_id;
+        self.call(format!("Pause {id}"));
+        self.with_task(&id, |t| match t.status {
+            "running" => {
+                t.status = "paused";
+                Ok(Response::new(Empty {}))
+            }
+            other => Err(Status::failed_precondition(format!("cannot pause task {id}: it is {other}"))),
+        })
     }
-    async fn resume(&self, _: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
-        unimplemented("Resume")
+    async fn resume(&self, r: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
+        let id = r.into_inner().container_id;
+        self.call(format!("Resume {id}"));
+        self.with_task(&id, |t| match t.status {
+            "paused" => {
+                t.status = "running";
+                if let Some(signal) = t.pending.take() {
+                    t.end(128 + signal);
+                }
+                Ok(Response::new(Empty {}))
+            }
+            other => Err(Status::failed_precondition(format!("cannot resume task {id}: it is {other}"))),
+        })
     }
     async fn stats(&self, _: Request<TaskRequest>) -> Result<Response<StatsResponse>, Status> {
         unimplemented("Stats")
     }
     async fn logs(&self, _: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         unimplemented("Logs")
+    }
+}
+
+#[tonic::async_trait]
+impl Containers for FakeTasks {
+    async fn create(&self, r: Request<CreateContainerRequest>) -> Result<Response<Container>, Status> {
+        let r = r.into_inner();
+        self.call(format!("CreateContainer {}", r.id));
+        let mut containers = self.containers.lock().unwrap();
+        if containers.contains_key(&r.id) {
+            return Err(Status::already_exists(format!("container {} already exists", r.id)));
+        }
+        containers.insert(r.id.clone(), r.bundle.clone());
+        Ok(Response::new(Container { id: r.id, bundle: r.bundle, labels: r.labels, created_unix_nanos: 0 }))
+    }
+    async fn get(&self, _: Request<ContainerId>) -> Result<Response<Container>, Status> {
+        unimplemented("Containers.Get")
+    }
+    async fn list(&self, _: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
+        let containers = self.containers.lock().unwrap();
+        let containers = containers
+            .iter()
+            .map(|(id, bundle)| Container { id: id.clone(), bundle: bundle.clone(), ..Default::default() })
+            .collect();
+        Ok(Response::new(ListContainersResponse { containers }))
+    }
+    async fn update(&self, _: Request<UpdateContainerRequest>) -> Result<Response<Container>, Status> {
+        unimplemented("Containers.Update")
+    }
+    async fn delete(&self, r: Request<ContainerId>) -> Result<Response<Empty>, Status> {
+        let id = r.into_inner().id;
+        self.call(format!("DeleteContainer {id}"));
+        if self.tasks.lock().unwrap().contains_key(&id) {
+            return Err(Status::failed_precondition(format!("container {id} has a task: delete it first")));
+        }
+        match self.containers.lock().unwrap().remove(&id) {
+            Some(_) => Ok(Response::new(Empty {})),
+            None => Err(Status::not_found(format!("container {id} does not exist"))),
+        }
     }
 }
 
@@ -144,4 +326,64 @@ pub fn insert(store: &ContainerStore, rec: ContainerRecord, spec: &oci_spec::run
     spec.save(dir.join("config.json")).expect("writing config.json");
     let name = store.reserve(&rec.name).expect("a free name");
     store.insert(rec, name).expect("inserting the record")
+}
+
+/// A daemon over a fake lifecycled, in a directory of its own, that needs no root: no default
+/// bridge (its containers use the host's network), vfs snapshots (copies, no mounts), no
+/// firewall, no probes. It has one image, `tiny` (a file `/bin/tiny`).
+pub struct TestDaemon {
+    pub daemon: Arc<Daemon>,
+    pub fake: FakeTasks,
+    /// Holds the daemon's directories (removed when the test ends).
+    _dir: tempfile::TempDir,
+}
+
+pub async fn daemon() -> TestDaemon {
+    let dir = tempfile::tempdir().expect("a directory");
+    let path = |p: &str| dir.path().join(p).display().to_string();
+    let cfg = Config::parse_from([
+        "engined",
+        "--host",
+        &format!("unix://{}", path("engine.sock")),
+        "--data-root",
+        &path("data"),
+        "--exec-root",
+        &path("exec"),
+        "--bridge-name",
+        "none",
+        "--storage-driver",
+        "vfs",
+        "--iptables",
+        "false",
+        "--no-probes",
+        "--cgroup-parent",
+        "/engine-unit-test",
+        "--orphan-collection-interval",
+        "0",
+    ])
+    .resolve()
+    .expect("the configuration");
+    std::fs::create_dir_all(&cfg.exec_root).expect("the exec-root");
+    let fake = FakeTasks::default();
+    fake.serve(&cfg.exec_root);
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let traces = crate::traces::start(&cfg, None, metrics.clone()).expect("the trace store");
+    let probes = crate::kernel::ProbeState::Disabled("a unit test".into());
+    let supervisor = crate::supervisor::Supervisor::unsupervised();
+    let daemon = Daemon::open(Arc::new(cfg), supervisor, traces, probes, metrics).await.expect("the daemon");
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(4);
+    header.set_mode(0o755);
+    header.set_uid(nix::unistd::getuid().as_raw() as u64);
+    header.set_gid(nix::unistd::getgid().as_raw() as u64);
+    layer.append_data(&mut header, "bin/tiny", &b"tiny"[..]).expect("a layer");
+    let layer = layer.into_inner().expect("a layer");
+    let opts = engine_image::ImportOptions {
+        reference: Some(engine_image::Reference::parse("tiny").expect("a name")),
+        changes: vec!["CMD [\"/bin/tiny\"]".into()],
+        message: None,
+    };
+    daemon.images.import(&layer[..], &opts, &()).expect("importing tiny");
+    TestDaemon { daemon, fake, _dir: dir }
 }

@@ -28,6 +28,6 @@ pub use digest::Digest;
 pub use ingest::{BlobWriter, Ingest, IngestedImage};
 pub use progress::{Progress, ProgressEvent};
 pub use reference::Reference;
-pub use snapshot::{Snapshot, SnapshotError};
+pub use snapshot::{Snapshot, SnapshotError, StorageDriver};
 pub use spec::{ContainerSpec, RunOptions};
 pub use store::{GcStats, Image, ImageError, ImageStore, ImportOptions, LoadedImage, Removed};

@@ -1,15 +1,20 @@
-//! Snapshots: one overlayfs mount per container, its lower layers the image's unpacked
-//! layers, its upper and work directories the container's own.
+//! Snapshots: one root filesystem per container, made by one of two storage drivers, as
+//! Docker's of the same names:
+//! - `overlay2` (the default): an overlayfs mount whose lower layers are the image's unpacked
+//!   layers and whose upper and work directories are the container's own;
+//! - `vfs`: a plain directory the layers are copied into, whiteouts applied (no mount: for
+//!   filesystems overlayfs cannot sit on, and for tests that run without root).
 //!
 //! ```text
-//! <root>/snapshots/<key>/snapshot.json   image id and layer diff ids (keeps them from GC)
-//! <root>/snapshots/<key>/upper, work     the container's writable layer
-//! <root>/snapshots/<key>/rootfs          the overlay mount the runtime pivots into
+//! <root>/snapshots/<key>/snapshot.json   driver, image id and layer diff ids (keeps them from GC)
+//! <root>/snapshots/<key>/upper, work     the container's writable layer (overlay2)
+//! <root>/snapshots/<key>/rootfs          the overlay mount or the copy the runtime pivots into
 //! ```
 //!
-//! The record is written before the mount, so garbage collection never removes a layer a
-//! mount uses; removal unmounts first and deletes the directory last.
+//! The record is written before the mount or copy, so garbage collection never removes a layer
+//! a snapshot uses; removal unmounts first and deletes the directory last.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs;
 use std::io;
@@ -40,18 +45,52 @@ pub enum SnapshotError {
     Unmount { target: PathBuf, source: io::Error },
 }
 
+/// How a snapshot's root filesystem is made (Docker's `--storage-driver`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StorageDriver {
+    #[default]
+    #[serde(rename = "overlay2")]
+    Overlay2,
+    #[serde(rename = "vfs")]
+    Vfs,
+}
+
+impl StorageDriver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageDriver::Overlay2 => "overlay2",
+            StorageDriver::Vfs => "vfs",
+        }
+    }
+}
+
+impl std::str::FromStr for StorageDriver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "overlay2" | "overlay" => Ok(StorageDriver::Overlay2),
+            "vfs" => Ok(StorageDriver::Vfs),
+            other => Err(format!("unknown storage driver {other:?}: overlay2 or vfs")),
+        }
+    }
+}
+
 /// What the store remembers of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRecord {
+    /// The driver that made it (records written before there was a choice are overlay2).
+    #[serde(default)]
+    pub driver: StorageDriver,
     pub key: String,
     pub image: Digest,
     /// Diff ids of the lower layers, lowest first.
     pub layers: Vec<Digest>,
 }
 
-/// A prepared snapshot: `rootfs` is mounted and ready for the runtime.
+/// A prepared snapshot: `rootfs` is mounted (or copied) and ready for the runtime.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
+    pub driver: StorageDriver,
     pub key: String,
     pub image: Digest,
     pub rootfs: PathBuf,
@@ -85,11 +124,13 @@ impl ImageStore {
         if !valid_key(key) {
             return Err(SnapshotError::InvalidKey(key.into()).into());
         }
-        if !overlay_available() {
+        let driver = self.driver();
+        if driver == StorageDriver::Overlay2 && !overlay_available() {
             return Err(SnapshotError::OverlayUnavailable.into());
         }
         let dir = self.snapshot_dir(key);
         let snapshot = Snapshot {
+            driver,
             key: key.into(),
             image: image.clone(),
             rootfs: dir.join("rootfs"),
@@ -107,7 +148,7 @@ impl ImageStore {
                 Err(e) => return Err(io_at(&dir)(e)),
             }
             let layers: Vec<Digest> = record.layers.iter().map(|l| l.diff_id.clone()).collect();
-            let rec = SnapshotRecord { key: key.into(), image: image.clone(), layers: layers.clone() };
+            let rec = SnapshotRecord { driver, key: key.into(), image: image.clone(), layers: layers.clone() };
             let result = (|| {
                 for d in [&snapshot.rootfs, &snapshot.upper, &snapshot.work] {
                     fs::create_dir(d).map_err(io_at(d))?;
@@ -124,11 +165,27 @@ impl ImageStore {
             }
             layers
         };
-        if let Err(e) = self.mount_overlay(&snapshot, &layers) {
+        let made = match driver {
+            StorageDriver::Overlay2 => self.mount_overlay(&snapshot, &layers),
+            StorageDriver::Vfs => self.copy_layers(&snapshot, &layers),
+        };
+        if let Err(e) = made {
             let _ = fs::remove_dir_all(&dir);
             return Err(e);
         }
         Ok(snapshot)
+    }
+
+    /// vfs: copies the layers into the rootfs, lowest first, each applying its whiteouts.
+    fn copy_layers(&self, s: &Snapshot, layers: &[Digest]) -> Result<(), ImageError> {
+        for d in layers {
+            let layer = self.layer_path(d);
+            if !layer.is_dir() {
+                return Err(ImageError::Corrupt { path: layer, message: "layer directory is missing".into() });
+            }
+            apply_layer(&layer, &s.rootfs, &mut HashMap::new())?;
+        }
+        Ok(())
     }
 
     fn mount_overlay(&self, s: &Snapshot, layers: &[Digest]) -> Result<(), ImageError> {
@@ -181,12 +238,16 @@ impl ImageStore {
         let rec: SnapshotRecord = serde_json::from_slice(&fs::read(&path).map_err(io_at(&path))?)
             .map_err(|e| ImageError::Corrupt { path: path.clone(), message: e.to_string() })?;
         let snapshot = Snapshot {
+            driver: rec.driver,
             key: rec.key.clone(),
             image: rec.image.clone(),
             rootfs: dir.join("rootfs"),
             upper: dir.join("upper"),
             work: dir.join("work"),
         };
+        if rec.driver == StorageDriver::Vfs {
+            return Ok(()); // a directory: nothing to mount
+        }
         let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).map_err(io_at(p));
         if dev(&snapshot.rootfs)? != dev(&dir)? {
             return Ok(()); // a filesystem of its own: mounted
@@ -203,25 +264,9 @@ impl ImageStore {
         if !dir.exists() {
             return Ok(());
         }
-        let rootfs = dir.join("rootfs");
-        loop {
-            match nix::mount::umount2(&rootfs, MntFlags::empty()) {
-                Ok(()) => continue, // stacked mounts: take them all off
-                Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break,
-                Err(nix::errno::Errno::EBUSY) => {
-                    nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH).map_err(|e| SnapshotError::Unmount {
-                        target: rootfs.clone(),
-                        source: io::Error::from_raw_os_error(e as i32),
-                    })?;
-                }
-                Err(e) => {
-                    return Err(SnapshotError::Unmount {
-                        target: rootfs,
-                        source: io::Error::from_raw_os_error(e as i32),
-                    }
-                    .into())
-                }
-            }
+        // a vfs snapshot is not mounted (an unreadable record may be of an overlay mount)
+        if !matches!(self.snapshot(key), Ok(Some(s)) if s.driver == StorageDriver::Vfs) {
+            unmount_all(&dir.join("rootfs"))?;
         }
         fs::remove_dir_all(&dir).map_err(io_at(&dir))
     }
@@ -240,6 +285,7 @@ impl ImageStore {
             Err(e) => return Err(io_at(&path)(e)),
         };
         Ok(Some(Snapshot {
+            driver: rec.driver,
             key: rec.key,
             image: rec.image,
             rootfs: dir.join("rootfs"),
@@ -273,6 +319,111 @@ impl ImageStore {
     pub(crate) fn snapshot_users(&self) -> Result<std::collections::HashSet<Digest>, ImageError> {
         Ok(self.snapshot_records()?.into_iter().map(|s| s.image).collect())
     }
+}
+
+/// Takes every mount off `rootfs` (stacked mounts too; a busy one is detached).
+fn unmount_all(rootfs: &Path) -> Result<(), ImageError> {
+    loop {
+        match nix::mount::umount2(rootfs, MntFlags::empty()) {
+            Ok(()) => continue,
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(nix::errno::Errno::EBUSY) => {
+                nix::mount::umount2(rootfs, MntFlags::MNT_DETACH).map_err(|e| SnapshotError::Unmount {
+                    target: rootfs.to_path_buf(),
+                    source: io::Error::from_raw_os_error(e as i32),
+                })?;
+            }
+            Err(e) => {
+                return Err(SnapshotError::Unmount {
+                    target: rootfs.to_path_buf(),
+                    source: io::Error::from_raw_os_error(e as i32),
+                }
+                .into())
+            }
+        }
+    }
+}
+
+/// Applies the unpacked layer `src` (overlayfs form) onto the directory `dst`: a whiteout (a 0/0
+/// character device) removes its path, an opaque directory hides what was below it, anything
+/// else replaces what is there, with its mode, owner, times and xattrs. Files the layer links
+/// together stay linked (`linked`: the copy of each inode seen so far).
+fn apply_layer(src: &Path, dst: &Path, linked: &mut HashMap<(u64, u64), PathBuf>) -> Result<(), ImageError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for entry in fs::read_dir(src).map_err(io_at(src))? {
+        let from = entry.map_err(io_at(src))?.path();
+        let Some(name) = from.file_name() else { continue };
+        let to = dst.join(name);
+        let meta = fs::symlink_metadata(&from).map_err(io_at(&from))?;
+        let ft = meta.file_type();
+        let existing = fs::symlink_metadata(&to).ok();
+        if ft.is_char_device() && meta.rdev() == 0 {
+            remove_path(&to, existing.as_ref())?;
+            continue;
+        }
+        if ft.is_dir() {
+            let opaque = xattr::get(&from, crate::unpack::OPAQUE_XATTR).ok().flatten().is_some_and(|v| v == b"y");
+            match existing {
+                Some(m) if m.is_dir() && !opaque => {}
+                other => {
+                    remove_path(&to, other.as_ref())?;
+                    fs::create_dir(&to).map_err(io_at(&to))?;
+                }
+            }
+            apply_layer(&from, &to, linked)?;
+        } else {
+            remove_path(&to, existing.as_ref())?;
+            if ft.is_symlink() {
+                let target = fs::read_link(&from).map_err(io_at(&from))?;
+                std::os::unix::fs::symlink(target, &to).map_err(io_at(&to))?;
+            } else if ft.is_file() && meta.nlink() > 1 && linked.contains_key(&(meta.dev(), meta.ino())) {
+                fs::hard_link(&linked[&(meta.dev(), meta.ino())], &to).map_err(io_at(&to))?;
+                continue; // its metadata is the first copy's
+            } else if ft.is_file() {
+                fs::copy(&from, &to).map_err(io_at(&to))?;
+                if meta.nlink() > 1 {
+                    linked.insert((meta.dev(), meta.ino()), to.clone());
+                }
+            } else {
+                let kind = nix::sys::stat::SFlag::from_bits_truncate(meta.mode() & libc::S_IFMT);
+                let perm = nix::sys::stat::Mode::from_bits_truncate(meta.mode());
+                nix::sys::stat::mknod(&to, kind, perm, meta.rdev())
+                    .map_err(|e| io_at(&to)(io::Error::from_raw_os_error(e as i32)))?;
+            }
+        }
+        copy_metadata(&from, &to, &meta)?;
+    }
+    Ok(())
+}
+
+/// Removes whatever is at `path` (`existing` is its metadata, if anything is there).
+fn remove_path(path: &Path, existing: Option<&fs::Metadata>) -> Result<(), ImageError> {
+    match existing {
+        None => Ok(()),
+        Some(m) if m.is_dir() => fs::remove_dir_all(path).map_err(io_at(path)),
+        Some(_) => fs::remove_file(path).map_err(io_at(path)),
+    }
+}
+
+/// Owner, mode, xattrs (overlayfs' own aside) and times of `from`, onto `to` (not followed).
+fn copy_metadata(from: &Path, to: &Path, meta: &fs::Metadata) -> Result<(), ImageError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid())).map_err(io_at(to))?;
+    if !meta.file_type().is_symlink() {
+        // after chown, which clears set-id bits
+        fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(io_at(to))?;
+    }
+    if let Ok(names) = xattr::list(from) {
+        for name in names.filter(|n| !n.as_encoded_bytes().starts_with(b"trusted.overlay.")) {
+            if let Ok(Some(value)) = xattr::get(from, &name) {
+                xattr::set(to, &name, &value).map_err(io_at(to))?;
+            }
+        }
+    }
+    let time = |s: i64, ns: i64| nix::sys::time::TimeSpec::new(s, ns);
+    let (atime, mtime) = (time(meta.atime(), meta.atime_nsec()), time(meta.mtime(), meta.mtime_nsec()));
+    nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, to, &atime, &mtime, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
+        .map_err(|e| io_at(to)(io::Error::from_raw_os_error(e as i32)))
 }
 
 /// overlayfs option values escape ',' ':' and '\\' with a backslash.

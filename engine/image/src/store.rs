@@ -155,6 +155,7 @@ pub struct ImageStore {
     root: PathBuf,
     lock: Mutex<File>,
     pub(crate) unpack: UnpackOptions,
+    pub(crate) driver: crate::snapshot::StorageDriver,
 }
 
 static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -208,7 +209,12 @@ impl ImageStore {
         let lock_path = root.join("lock");
         let lock =
             File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_at(&lock_path))?;
-        let store = ImageStore { root, lock: Mutex::new(lock), unpack: UnpackOptions::default() };
+        let store = ImageStore {
+            root,
+            lock: Mutex::new(lock),
+            unpack: UnpackOptions::default(),
+            driver: crate::snapshot::StorageDriver::default(),
+        };
         store.clean_staging()?;
         Ok(store)
     }
@@ -235,6 +241,17 @@ impl ImageStore {
     pub fn allow_devices(mut self, allow: bool) -> Self {
         self.unpack.allow_devices = allow;
         self
+    }
+
+    /// How new snapshots are made (overlay2 by default); a snapshot keeps the driver it was
+    /// made with.
+    pub fn storage_driver(mut self, driver: crate::snapshot::StorageDriver) -> Self {
+        self.driver = driver;
+        self
+    }
+
+    pub fn driver(&self) -> crate::snapshot::StorageDriver {
+        self.driver
     }
 
     pub fn root(&self) -> &Path {

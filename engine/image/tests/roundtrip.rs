@@ -136,6 +136,34 @@ fn docker_loads_our_archive_and_its_save_loads_here() {
     assert_eq!(merged_tree(&b, &id, "ctr-b"), merged_tree(&a, &id, "ctr-a"));
 }
 
+/// The vfs driver copies the layers into a directory, applying whiteouts and opaque
+/// directories: the same tree an overlay mount shows, with nothing mounted.
+#[test]
+fn a_vfs_snapshot_is_the_tree_an_overlay_mount_shows() {
+    let work = tempfile::tempdir().unwrap();
+    let img = docker_save_archive(work.path());
+    let store = ImageStore::open(work.path().join("store")).unwrap();
+    let id = load(&store, &img.archive)[0].id.clone();
+    let merged = merged_tree(&store, &id, "overlay");
+    let store = store.storage_driver(engine_image::StorageDriver::Vfs);
+    let snap = store.prepare_snapshot("copied", &id).unwrap();
+    assert!(mounts_under(store.root()).is_empty(), "a vfs snapshot is not a mount");
+    assert_eq!(tree(&snap.rootfs), merged);
+    assert!(!snap.rootfs.join("etc/group").exists() && snap.rootfs.join("tmp/new").exists());
+    assert!(!snap.rootfs.join("tmp/old").exists(), "the opaque directory hides the lower layer's file");
+    // mounting it again (after a reboot) leaves it as it is; removal deletes it
+    store.mount_snapshot("copied").unwrap();
+    assert_eq!(tree(&snap.rootfs), merged);
+    store.remove_snapshot("copied").unwrap();
+    assert!(!snap.rootfs.exists());
+    // an overlay2 store still finds a vfs snapshot a vfs snapshot
+    store.prepare_snapshot("again", &id).unwrap();
+    let store = ImageStore::open(work.path().join("store")).unwrap();
+    store.mount_snapshot("again").unwrap();
+    assert!(mounts_under(store.root()).is_empty());
+    store.remove_snapshot("again").unwrap();
+}
+
 #[test]
 fn layers_are_shared_and_collected_when_unused() {
     let work = tempfile::tempdir().unwrap();

@@ -114,12 +114,16 @@ pub struct CreateRequest {
     pub options: BTreeMap<String, String>,
 }
 
+/// The bridge name that asks for no default network.
+pub const NO_BRIDGE: &str = "none";
+
 pub struct Config {
     /// Where the records go (`<data-root>/network`).
     pub dir: PathBuf,
     /// Where container network namespaces are mounted (`<exec-root>/netns`).
     pub netns_dir: PathBuf,
-    /// The default network's Linux bridge.
+    /// The default network's Linux bridge; [`NO_BRIDGE`] (dockerd's `--bridge=none`): no
+    /// default network.
     pub bridge_name: String,
     /// The default bridge's address and prefix (dockerd's `--bip`).
     pub bip: Option<Ipv4Net>,
@@ -209,7 +213,11 @@ impl Networks {
                 n.lock().insert(rec.id.clone(), rec);
             }
         }
-        n.ensure_default(now).await?;
+        if n.cfg.bridge_name == NO_BRIDGE {
+            n.drop_default()?;
+        } else {
+            n.ensure_default(now).await?;
+        }
         let bridges: Vec<NetworkRecord> = n.list().into_iter().filter(|r| r.is_bridge() && r.name != DEFAULT).collect();
         for r in bridges {
             if let (Some(subnet), Some(gw)) = (r.subnet, r.gateway) {
@@ -222,6 +230,18 @@ impl Networks {
             let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
         }
         Ok(n)
+    }
+
+    /// With no default bridge: the default network an earlier configuration made goes, unless
+    /// containers are still on it (it goes with the next start without them).
+    fn drop_default(&self) -> Result<()> {
+        let mut map = self.lock();
+        let Some(rec) = map.values().find(|r| r.name == DEFAULT && r.endpoints.is_empty()).cloned() else {
+            return Ok(());
+        };
+        map.remove(&rec.id);
+        let path = self.cfg.dir.join(format!("{}.json", rec.id));
+        std::fs::remove_file(&path).map_err(io(&path))
     }
 
     async fn ensure_default(&self, now: String) -> Result<()> {

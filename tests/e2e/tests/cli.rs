@@ -455,6 +455,43 @@ fn pause_freezes_a_container_and_unpause_thaws_it() {
     e.assert_clean();
 }
 
+/// `--storage-driver vfs` (copies, no overlay mount) and `--bridge none` (no default network),
+/// as dockerd's: containers run on copied root filesystems and name their network.
+#[test]
+fn vfs_snapshots_and_no_default_bridge() {
+    let e = Engined::start_with(&[], &["--storage-driver", "vfs", "--bridge-name", "none"]);
+    e.import_busybox("busybox");
+    assert!(e.ok(&["info"]).contains("Storage Driver: vfs"));
+    assert_eq!(
+        e.ok(&["network", "ls", "--format", "{{.Name}}"]).split_whitespace().collect::<Vec<_>>(),
+        ["host", "none"]
+    );
+    assert!(e.fails(&["run", "--rm", "busybox", "true"]).contains("network bridge not found"));
+    assert_eq!(e.ok(&["ps", "-aq"]).trim(), "", "a refused run left a container");
+    e.ok(&[
+        "run",
+        "--name",
+        "copied",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "echo in > /f; cat /f; ls /proc/net/dev",
+    ]);
+    assert_eq!(e.ok(&["logs", "copied"]), "in\n/proc/net/dev\n");
+    assert_eq!(e.inspect("copied", "{{.GraphDriver.Name}} {{.Driver}}"), "vfs vfs");
+    let id = e.inspect("copied", "{{.Id}}");
+    let rootfs = e.data_root().join("image/snapshots").join(&id).join("rootfs");
+    assert_eq!(std::fs::read_to_string(rootfs.join("f")).unwrap(), "in\n", "the copy is the container's root");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&id), "a vfs snapshot is not a mount");
+    e.ok(&["start", "-a", "copied"]);
+    e.ok(&["rm", "copied"]);
+    assert!(!rootfs.exists());
+    e.assert_clean();
+}
+
 fn raw_request(e: &Engined, req: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(&e.sock).unwrap();
