@@ -870,3 +870,111 @@ pub async fn disconnect(d: &Arc<NetworkService>, net: &str, body: ConnectBody) -
 fn network_event(d: &NetworkService, action: &str, n: &NetworkRecord, container: Option<&str>) {
     d.events.publish(crate::events::Event::network(&n.id, &n.name, &n.driver, action, container));
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing;
+    use crate::trace::Trace;
+
+    async fn body_json(r: Resp) -> (StatusCode, Value) {
+        let status = r.status();
+        let bytes = r.into_body().collect().await.expect("the body").to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    fn host_config(v: Value) -> HostConfig {
+        serde_json::from_value(v).expect("a HostConfig")
+    }
+
+    #[tokio::test]
+    async fn the_predefined_networks_are_listed_inspected_and_kept() {
+        let t = testing::daemon().await;
+        let n = &t.daemon.network_service;
+        let (status, all) = body_json(list(n, &Query::parse(None)).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        let mut names: Vec<&str> = all.as_array().unwrap().iter().filter_map(|n| n["Name"].as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["host", "none"], "no default bridge: none was asked for");
+        let filtered = Query::parse(Some("filters=%7B%22driver%22%3A%5B%22null%22%5D%7D"));
+        let (_, nulls) = body_json(list(n, &filtered).unwrap()).await;
+        assert_eq!(nulls.as_array().map(Vec::len), Some(1));
+        assert_eq!(nulls[0]["Name"], "none");
+        let (_, host) = body_json(inspect(n, "host").unwrap()).await;
+        assert_eq!((host["Driver"].as_str(), host["Scope"].as_str()), (Some("host"), Some("local")));
+        assert_eq!(inspect(n, "nope").unwrap_err().status, StatusCode::NOT_FOUND);
+        let refused = remove(n, "host").await.unwrap_err();
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert!(refused.message.contains("pre-defined network"), "{}", refused.message);
+        let bad = create(n, serde_json::from_value(json!({"Name": "v6", "EnableIPv6": true})).unwrap()).await;
+        assert_eq!(bad.unwrap_err().status, StatusCode::BAD_REQUEST);
+        let (_, after) = body_json(list(n, &Query::parse(None)).unwrap()).await;
+        assert_eq!(after.as_array().map(Vec::len), Some(2), "a refused create changed the networks");
+    }
+
+    #[tokio::test]
+    async fn a_plan_checks_what_docker_refuses_and_writes_the_mode_back_canonical() {
+        let t = testing::daemon().await;
+        let (d, n) = (&t.daemon, &t.daemon.network_service);
+        let trace = Trace::background(None, "test");
+        let body = serde_json::from_value(json!({"Image": "tiny", "HostConfig": {"NetworkMode": "host"}})).unwrap();
+        let id = d.create(&trace, Some("web".into()), body).await.unwrap();
+
+        // container:<name> becomes container:<id>; ports cannot go with it
+        let mut hc = host_config(json!({"NetworkMode": "container:web"}));
+        assert!(plan(n, &mut hc, None).unwrap().is_empty());
+        assert_eq!(hc.network_mode, format!("container:{id}"));
+        let mut hc = host_config(json!({"NetworkMode": "container:nope"}));
+        let err = plan(n, &mut hc, None).unwrap_err();
+        assert_eq!((err.status, err.message.as_str()), (StatusCode::BAD_REQUEST, "No such container: nope"));
+        let mut hc = host_config(
+            json!({"NetworkMode": "container:web", "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}}),
+        );
+        assert!(plan(n, &mut hc, None).unwrap_err().message.contains("port publishing"));
+
+        // host: no other network, and nothing published
+        let mut hc = host_config(json!({"NetworkMode": "host", "PortBindings": {"80/tcp": [{"HostPort": "8080"}]}}));
+        let links = plan(n, &mut hc, None).unwrap();
+        assert_eq!((links.len(), links[0].name.as_str()), (1, "host"));
+        assert!(hc.port_bindings.is_none(), "a host container publishes nothing");
+        let nc: NetworkingConfig =
+            serde_json::from_value(json!({"EndpointsConfig": {"host": {}, "none": {}}})).unwrap();
+        let err = plan(n, &mut host_config(json!({"NetworkMode": "host"})), Some(&nc)).unwrap_err();
+        assert!(err.message.contains("cannot be connected to other networks"), "{}", err.message);
+        // the default network is not there
+        let err = plan(n, &mut host_config(json!({})), None).unwrap_err();
+        assert_eq!(err.status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_container_joins_the_namespace_of_a_running_one_only() {
+        let t = testing::daemon().await;
+        let d = &t.daemon;
+        let trace = Trace::background(None, "test");
+        let create = |name: &str, mode: &str| {
+            let body = serde_json::from_value(json!({"Image": "tiny", "HostConfig": {"NetworkMode": mode}})).unwrap();
+            d.create(&trace, Some(name.into()), body)
+        };
+        let web = create("web", "host").await.unwrap();
+        let side = create("side", "container:web").await.unwrap();
+        let side = d.containers.find(&side).unwrap();
+        let err = d.start(&trace, &side).await.unwrap_err();
+        assert_eq!(err.status, StatusCode::CONFLICT);
+        assert!(err.message.contains("cannot join network of a non running container"), "{}", err.message);
+        assert_eq!(t.fake.status(&side.snapshot().id), None, "a refused start left a task");
+        let web = d.containers.find(&web).unwrap();
+        d.start(&trace, &web).await.unwrap();
+        // web uses the host's namespace: so does side
+        assert_eq!(joined_namespace(&d.network_service, "web").unwrap(), None);
+        d.start(&trace, &side).await.unwrap();
+        let settings = settings_json(&d.network_service, &side.snapshot());
+        assert_eq!(settings["Networks"], json!({}), "{settings}");
+        // a container on the host's network is connected to no other
+        let body = serde_json::from_value(json!({"Container": "web"})).unwrap();
+        let err = connect(&d.network_service, "none", body).await.unwrap_err();
+        assert_eq!(err.status, StatusCode::FORBIDDEN);
+    }
+}
