@@ -672,6 +672,78 @@ pub async fn post_each(c: &Client, names: &[String], action: &str) -> Result<i32
         .await
 }
 
+/// `engine container …`: the container commands under Docker's management command.
+#[derive(clap::Subcommand, Debug)]
+pub enum ContainerCommand {
+    /// List containers.
+    #[command(visible_alias = "ps", visible_alias = "list")]
+    Ls(PsArgs),
+    /// Display detailed information on one or more containers.
+    Inspect(InspectArgs),
+    /// Start one or more stopped containers.
+    Start(StartArgs),
+    /// Stop one or more running containers.
+    Stop(StopArgs),
+    /// Restart one or more containers.
+    Restart(StopArgs),
+    /// Kill one or more running containers.
+    Kill(KillArgs),
+    /// Pause all processes within one or more containers.
+    Pause(Names),
+    /// Unpause all processes within one or more containers.
+    Unpause(Names),
+    /// Fetch the logs of a container.
+    Logs(LogsArgs),
+    /// Remove one or more containers.
+    #[command(visible_alias = "remove")]
+    Rm(RmArgs),
+    /// Remove all stopped containers.
+    Prune(PruneArgs),
+}
+
+pub async fn container(c: &Client, cmd: ContainerCommand) -> Result<i32> {
+    match cmd {
+        ContainerCommand::Ls(a) => ps(c, a).await,
+        ContainerCommand::Inspect(a) => inspect(c, a).await,
+        ContainerCommand::Start(a) => start(c, a).await,
+        ContainerCommand::Stop(a) => stop(c, a, "stop").await,
+        ContainerCommand::Restart(a) => stop(c, a, "restart").await,
+        ContainerCommand::Kill(a) => kill(c, a).await,
+        ContainerCommand::Pause(a) => post_each(c, &a.containers, "pause").await,
+        ContainerCommand::Unpause(a) => post_each(c, &a.containers, "unpause").await,
+        ContainerCommand::Logs(a) => logs(c, a).await,
+        ContainerCommand::Rm(a) => rm(c, a).await,
+        ContainerCommand::Prune(a) => prune(c, a).await,
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PruneArgs {
+    /// Do not prompt for confirmation.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Provide filter values (e.g. "until=<timestamp>", "label=<key>=<value>").
+    #[arg(long)]
+    pub filter: Vec<String>,
+}
+
+/// `engine container prune`: removes every stopped container the filters pick.
+pub async fn prune(c: &Client, a: PruneArgs) -> Result<i32> {
+    if !a.force {
+        anyhow::bail!("this removes all stopped containers: pass -f to confirm");
+    }
+    let v = client::read_json(c.post(&format!("/containers/prune?filters={}", filters_param(&a.filter)?), None).await?)
+        .await?;
+    let deleted = v["ContainersDeleted"].as_array().cloned().unwrap_or_default();
+    if !deleted.is_empty() {
+        println!("Deleted Containers:");
+        deleted.iter().for_each(|id| println!("{}", id.as_str().unwrap_or("")));
+        println!();
+    }
+    println!("Total reclaimed space: {}", format::size(v["SpaceReclaimed"].as_u64().unwrap_or(0)));
+    Ok(0)
+}
+
 #[derive(clap::Args, Debug)]
 pub struct KillArgs {
     /// Signal to send to the container.

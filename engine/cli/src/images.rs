@@ -331,6 +331,45 @@ pub enum ImageCommand {
     Tag { source: String, target: String },
     /// Remove images.
     Rm(RmiArgs),
+    /// Remove unused images: those without a name, or with -a every one no container uses.
+    Prune {
+        /// Remove all unused images, not just dangling ones.
+        #[arg(short = 'a', long)]
+        all: bool,
+        #[command(flatten)]
+        prune: crate::containers::PruneArgs,
+    },
+}
+
+/// `engine image prune`.
+async fn prune(c: &Client, all: bool, a: crate::containers::PruneArgs) -> Result<i32> {
+    if !a.force {
+        anyhow::bail!(
+            "this removes all {} images: pass -f to confirm",
+            if all { "images without at least one container associated to them" } else { "dangling" }
+        );
+    }
+    let mut filters = a.filter;
+    if all {
+        filters.push("dangling=false".into());
+    }
+    let path = format!("/images/prune?filters={}", crate::containers::filters_param(&filters)?);
+    let v = client::read_json(c.post(&path, None).await?).await?;
+    let deleted = v["ImagesDeleted"].as_array().cloned().unwrap_or_default();
+    if !deleted.is_empty() {
+        println!("Deleted Images:");
+        for d in &deleted {
+            if let Some(u) = d["Untagged"].as_str() {
+                println!("untagged: {u}");
+            }
+            if let Some(id) = d["Deleted"].as_str() {
+                println!("deleted: {id}");
+            }
+        }
+        println!();
+    }
+    println!("Total reclaimed space: {}", format::size(v["SpaceReclaimed"].as_u64().unwrap_or(0)));
+    Ok(0)
 }
 
 pub async fn image(c: &Client, cmd: ImageCommand) -> Result<i32> {
@@ -360,5 +399,6 @@ pub async fn image(c: &Client, cmd: ImageCommand) -> Result<i32> {
         ImageCommand::Import(a) => import(c, a).await,
         ImageCommand::Tag { source, target } => tag(c, &source, &target).await,
         ImageCommand::Rm(a) => rmi(c, a).await,
+        ImageCommand::Prune { all, prune: a } => prune(c, all, a).await,
     }
 }

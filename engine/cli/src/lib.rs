@@ -91,6 +91,9 @@ pub enum Command {
     Rmi(images::RmiArgs),
     /// Show the history of an image.
     History(images::HistoryArgs),
+    /// Manage containers.
+    #[command(subcommand)]
+    Container(containers::ContainerCommand),
     /// Manage images.
     #[command(subcommand)]
     Image(images::ImageCommand),
@@ -202,6 +205,7 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::Tag { source, target } => images::tag(c, &source, &target).await,
         Command::Rmi(a) => images::rmi(c, a).await,
         Command::History(a) => images::history(c, a).await,
+        Command::Container(cmd) => ct::container(c, cmd).await,
         Command::Image(cmd) => images::image(c, cmd).await,
         Command::Volume(cmd) => volumes::volume(c, cmd).await,
         Command::Network(cmd) => networks::network(c, cmd).await,

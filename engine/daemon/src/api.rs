@@ -139,6 +139,7 @@ const FIXED_PATHS: &[&str] = &[
     "/engine/v1/traces",
     "/engine/v1/probes",
     "/engine/v1/system/check",
+    "/plugins",
     "/containers/json",
     "/auth",
 ];
@@ -197,6 +198,13 @@ async fn dispatch(
             let e = d.containers.find(id)?;
             d.stop(trace, &e, q.int("t")?.or(q.int("timeout")?)).await?;
             Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (&M::POST, ["containers", "prune"]) => {
+            let f = PruneFilter::parse(&q, &["until", "label", "label!"])?;
+            let (deleted, reclaimed) =
+                d.prune(|r| f.picks(&r.created, |k| r.config.labels.as_ref()?.get(k).cloned())).await?;
+            let deleted = if deleted.is_empty() { Value::Null } else { json!(deleted) };
+            Ok(json(StatusCode::OK, &json!({ "ContainersDeleted": deleted, "SpaceReclaimed": reclaimed })))
         }
         (&M::POST, ["containers", id, "pause"]) => {
             d.pause(&d.containers.find(id)?).await?;
@@ -283,6 +291,15 @@ async fn dispatch(
         }
 
         // images
+        (&M::POST, ["images", "prune"]) => {
+            let f = PruneFilter::parse(&q, &["until", "label", "label!", "dangling"])?;
+            let all = f.dangling == Some(false);
+            crate::images::prune(&d.image_service, all, |i| {
+                let labels = i.config.config.as_ref().and_then(|c| c.labels.as_ref());
+                f.picks(i.config.created.as_deref().unwrap_or(""), |k| labels?.get(k).cloned())
+            })
+            .await
+        }
         (&M::GET, ["images", "json"]) => Ok(json(StatusCode::OK, &crate::images::list(&d.image_service, &q)?)),
         (&M::POST, ["images", "load"]) => crate::images::load(&d.image_service, req.into_body(), q.flag("quiet")).await,
         (&M::GET, ["images", "get"]) => crate::images::save(&d.image_service, q.all("names")).await,
@@ -362,12 +379,62 @@ async fn dispatch(
         (&M::GET, ["events"]) => events(d, &q),
         (&M::GET, ["system", "df"]) => system_df(d),
 
+        // not a swarm node: answered as dockerd answers outside a swarm, so clients read it so
+        (_, ["swarm" | "services" | "nodes" | "tasks" | "secrets" | "configs", ..]) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.",
+        )),
+        (&M::GET, ["plugins"]) => Ok(json(StatusCode::OK, &json!([]))),
+
         (_, ["containers" | "images" | "exec" | "volumes" | "networks" | "system", ..])
         | (_, ["_ping" | "version" | "info"]) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("page not found: {method} {path} is not served by engined"),
         )),
         _ => Err(ApiError::not_found(format!("page not found: {path}"))),
+    }
+}
+
+/// The filters of `container prune` and `image prune`: `until` (a time: what was created
+/// before it), `label` (`key` or `key=value`: all must match), `label!` (none may), and for
+/// images `dangling`.
+struct PruneFilter {
+    until: Option<SystemTime>,
+    labels: Vec<String>,
+    not_labels: Vec<String>,
+    dangling: Option<bool>,
+}
+
+impl PruneFilter {
+    fn parse(q: &Query, known: &[&str]) -> Result<PruneFilter, ApiError> {
+        let f = http::Filters::parse(q)?;
+        f.only(known)?;
+        let until =
+            match f.get("until").as_slice() {
+                [] => None,
+                [t] => Some(engine_util::time::parse_docker_time(t, SystemTime::now()).ok_or_else(|| {
+                    ApiError::bad_request(format!("invalid until filter {t:?}: a time or a duration"))
+                })?),
+                _ => return Err(ApiError::bad_request("more than one until filter")),
+            };
+        let dangling = match f.get("dangling").as_slice() {
+            [] => None,
+            [v] if matches!(v.as_str(), "true" | "1") => Some(true),
+            [v] if matches!(v.as_str(), "false" | "0") => Some(false),
+            v => return Err(ApiError::bad_request(format!("invalid filter 'dangling={}'", v.join(",")))),
+        };
+        Ok(PruneFilter { until, labels: f.get("label"), not_labels: f.get("label!"), dangling })
+    }
+
+    /// Whether a thing created at `created` (RFC 3339) with the labels `label` looks up is
+    /// picked.
+    fn picks(&self, created: &str, label: impl Fn(&str) -> Option<String>) -> bool {
+        let matches = |l: &String| match l.split_once('=') {
+            Some((k, v)) => label(k).as_deref() == Some(v),
+            None => label(l).is_some(),
+        };
+        let before = self.until.is_none_or(|u| engine_util::time::parse_rfc3339(created).is_some_and(|c| c < u));
+        before && self.labels.iter().all(matches) && !self.not_labels.iter().any(matches)
     }
 }
 

@@ -1021,6 +1021,36 @@ impl Daemon {
         }
     }
 
+    /// Docker's `container prune`: removes every container that does not run (created, exited,
+    /// dead) and that `pick` picks; returns the ids removed and the bytes their writable layers
+    /// held. A container started meanwhile is left.
+    pub async fn prune(
+        self: &Arc<Self>,
+        pick: impl Fn(&ContainerRecord) -> bool,
+    ) -> Result<(Vec<String>, u64), ApiError> {
+        let (mut deleted, mut reclaimed) = (Vec::new(), 0);
+        for e in self.containers.all() {
+            let rec = e.snapshot();
+            if rec.state.running() || rec.state.restarting() || rec.state.removing() || !pick(&rec) {
+                continue;
+            }
+            let written = match self.images.snapshot(&rec.id).ok().flatten() {
+                Some(s) if s.driver == engine_image::StorageDriver::Vfs => s.rootfs,
+                _ => rec.upper.clone(),
+            };
+            let size = engine_util::fs::dir_size(&written);
+            match self.remove(&e, false, false).await {
+                Ok(()) => {
+                    deleted.push(rec.id);
+                    reclaimed += size;
+                }
+                Err(err) if matches!(err.status, hyper::StatusCode::CONFLICT | hyper::StatusCode::NOT_FOUND) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok((deleted, reclaimed))
+    }
+
     pub fn rename(&self, e: &Arc<Entry>, new: &str) -> Result<(), ApiError> {
         self.containers.rename(e, new)?;
         let new = new.trim_start_matches('/');

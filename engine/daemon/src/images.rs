@@ -167,6 +167,39 @@ pub async fn remove(d: &Arc<ImageService>, name: &str, force: bool) -> Result<Re
     Ok(json(StatusCode::OK, &out))
 }
 
+/// `POST /images/prune`: removes the images no container uses that `pick` picks, only those
+/// without a name unless `all` (the `dangling=false` filter); the bytes reclaimed are what the
+/// store's blobs and layers no longer hold.
+pub async fn prune(
+    d: &Arc<ImageService>,
+    all: bool,
+    pick: impl Fn(&engine_image::Image) -> bool,
+) -> Result<Resp, ApiError> {
+    let candidates: Vec<engine_image::Image> =
+        d.images.list()?.into_iter().filter(|i| (all || i.names.is_empty()) && pick(i)).collect();
+    let images = d.images.clone();
+    let (out, reclaimed) = blocking(move || {
+        let usage = |i: &engine_image::ImageStore| i.disk_usage().map(|(blobs, layers)| blobs + layers);
+        let before = usage(&images)?;
+        let mut out: Vec<Value> = Vec::new();
+        for image in candidates {
+            match images.remove(&image.id().to_string(), true) {
+                Ok(removed) => {
+                    out.extend(removed.untagged.iter().map(|r| json!({ "Untagged": r.familiar() })));
+                    out.extend(removed.deleted.iter().map(|id| json!({ "Deleted": id.to_string() })));
+                }
+                // used by a container, or gone meanwhile
+                Err(ImageError::Conflict(_) | ImageError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((out, before.saturating_sub(usage(&images)?)))
+    })
+    .await?;
+    let deleted = if out.is_empty() { Value::Null } else { Value::Array(out) };
+    Ok(json(StatusCode::OK, &json!({ "ImagesDeleted": deleted, "SpaceReclaimed": reclaimed })))
+}
+
 /// A response body of JSON lines (Docker's progress messages), fed from blocking code.
 fn json_lines() -> (impl Fn(Value) + Send + 'static, http::Body) {
     let (tx, body) = http::channel_body(64);

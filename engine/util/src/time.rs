@@ -48,6 +48,29 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     }
 }
 
+/// A time as Docker's filters and `--since`/`--until` take it: a duration before `now` (`10m`,
+/// `1h30m`), Unix seconds with an optional fraction (`1700000000.5`), or RFC 3339 (a date
+/// alone, `2026-01-02`, is its midnight UTC).
+pub fn parse_docker_time(s: &str, now: SystemTime) -> Option<SystemTime> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(d) = humantime::parse_duration(s) {
+        return now.checked_sub(d);
+    }
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    if !secs.is_empty() && secs.bytes().all(|b| b.is_ascii_digit()) && frac.bytes().all(|b| b.is_ascii_digit()) {
+        let nanos: u32 =
+            if frac.is_empty() { 0 } else { format!("{:0<9}", &frac[..frac.len().min(9)]).parse().ok()? };
+        return SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs.parse().ok()?, nanos));
+    }
+    if s.len() == 10 {
+        return parse_rfc3339(&format!("{s}T00:00:00Z"));
+    }
+    parse_rfc3339(s)
+}
+
 /// Seconds since the Unix epoch of an RFC 3339 time; 0 for one that does not parse (Docker's
 /// API gives 0 for an unknown `Created`).
 pub fn unix_seconds_of(s: &str) -> i64 {
@@ -96,5 +119,19 @@ mod tests {
         assert_eq!(unix_seconds_of("0001-01-01T00:00:00Z"), 0);
         assert_eq!(unix_seconds_of(""), 0);
         assert_eq!(unix_seconds(from_unix_nanos(1_700_000_000_999_000_000)), 1_700_000_000);
+    }
+
+    #[test]
+    fn docker_times_are_durations_unix_seconds_or_rfc3339() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |s: &str| parse_docker_time(s, now).map(unix_nanos);
+        assert_eq!(at("10m"), Some((1_000_000 - 600) * 1_000_000_000));
+        assert_eq!(at("1h30m"), Some((1_000_000 - 5400) * 1_000_000_000));
+        assert_eq!(at("1700000000"), Some(1_700_000_000 * 1_000_000_000));
+        assert_eq!(at("1700000000.5"), Some(1_700_000_000 * 1_000_000_000 + 500_000_000));
+        assert_eq!(at("2026-01-02T03:04:05Z"), parse_rfc3339_unix_nanos("2026-01-02T03:04:05Z"));
+        assert_eq!(at("2026-01-02"), parse_rfc3339_unix_nanos("2026-01-02T00:00:00Z"));
+        assert_eq!(at("yesterday"), None);
+        assert_eq!(at(""), None);
     }
 }

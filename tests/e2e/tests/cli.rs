@@ -492,6 +492,62 @@ fn vfs_snapshots_and_no_default_bridge() {
     e.assert_clean();
 }
 
+/// `container prune` removes the stopped containers its filters pick, `image prune` the
+/// dangling images (with -a every image no container uses), as Docker's.
+#[test]
+fn prune_removes_what_nothing_runs_or_uses() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let old = e.ok(&["create", "--name", "old", "--label", "keep=no", "busybox", "true"]).trim().to_string();
+    e.ok(&[
+        "run",
+        "--name",
+        "done",
+        "--label",
+        "keep=yes",
+        "busybox",
+        "sh",
+        "-c",
+        "head -c 100000 /dev/zero > /written",
+    ]);
+    let done = e.inspect("done", "{{.Id}}");
+    e.ok(&["run", "-d", "--name", "up", "busybox", "sleep", "1000"]);
+    let names = || {
+        let mut n: Vec<String> = e.ok(&["ps", "-a", "--format", "{{.Names}}"]).lines().map(str::to_string).collect();
+        n.sort();
+        n
+    };
+    assert!(e.fails(&["container", "prune"]).contains("pass -f"));
+    assert_eq!(names(), ["done", "old", "up"], "a prune without -f removed something");
+
+    let out = e.ok(&["container", "prune", "-f", "--filter", "label=keep=no"]);
+    assert_eq!(out, format!("Deleted Containers:\n{old}\n\nTotal reclaimed space: 0B\n"));
+    assert_eq!(e.ok(&["container", "prune", "-f", "--filter", "until=1h"]), "Total reclaimed space: 0B\n");
+    assert_eq!(e.ok(&["container", "prune", "-f", "--filter", "label!=keep"]), "Total reclaimed space: 0B\n");
+    assert_eq!(names(), ["done", "up"]);
+    let out = e.ok(&["container", "prune", "-f"]);
+    assert!(out.starts_with(&format!("Deleted Containers:\n{done}\n")) && !out.ends_with(" 0B\n"), "{out}");
+    assert_eq!(names(), ["up"], "the running container stays");
+    assert!(e.fails(&["container", "prune", "-f", "--filter", "until=someday"]).contains("invalid until filter"));
+
+    // an image whose name moved to another is dangling; one a container uses stays
+    let tar = e.dir.path().join("rootfs-busybox.tar");
+    let first = e.inspect("busybox", "{{.Id}}");
+    e.ok(&["import", "--change", "CMD [\"true\"]", tar.to_str().unwrap(), "busybox"]);
+    assert_ne!(e.inspect("busybox", "{{.Id}}"), first);
+    e.ok(&["import", tar.to_str().unwrap(), "spare"]);
+    // `up` was made from the first image: it is in use, and stays
+    assert_eq!(e.ok(&["image", "prune", "-f"]), "Total reclaimed space: 0B\n");
+    e.ok(&["rm", "-f", "up"]);
+    let out = e.ok(&["image", "prune", "-f"]);
+    assert!(out.starts_with(&format!("Deleted Images:\ndeleted: {first}\n")) && !out.ends_with(" 0B\n"), "{out}");
+    assert_eq!(e.ok(&["images", "-q"]).lines().count(), 2, "the named images stay");
+    let out = e.ok(&["image", "prune", "-a", "-f"]);
+    assert!(out.contains("untagged: busybox:latest") && out.contains("untagged: spare:latest"), "{out}");
+    assert_eq!(e.ok(&["images", "-q"]).trim(), "");
+    e.assert_clean();
+}
+
 fn raw_request(e: &Engined, req: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(&e.sock).unwrap();

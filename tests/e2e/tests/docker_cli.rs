@@ -199,6 +199,17 @@ fn docker_cli_volumes_events_and_df() {
         "{{.Action}}",
     ]);
     assert_eq!(events.split_whitespace().collect::<Vec<_>>(), ["create", "start", "die", "destroy"], "{events}");
+
+    // prune as the Docker CLI asks for it; swarm answered as by a node outside a swarm
+    let stopped = e.docker_ok(&["create", "bb:1", "true"]).trim().to_string();
+    let out = e.docker_ok(&["container", "prune", "-f"]);
+    assert!(out.contains(&stopped) && out.contains("Total reclaimed space"), "{out}");
+    e.docker_ok(&["tag", "bb:1", "bb:2"]);
+    e.docker_ok(&["rmi", "bb:1"]);
+    let out = e.docker_ok(&["image", "prune", "-a", "-f"]);
+    assert!(out.contains("untagged: bb:2") && out.contains("deleted: sha256:"), "{out}");
+    let out = e.docker(&["node", "ls"]);
+    assert!(stderr(&out).contains("This node is not a swarm manager"), "{}", stderr(&out));
 }
 
 #[test]
