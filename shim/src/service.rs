@@ -798,6 +798,31 @@ impl Shim for ShimService {
         Ok(Response::new(Empty {}))
     }
 
+    async fn update(&self, request: Request<UpdateTaskRequest>) -> Result<Response<Empty>, Status> {
+        let mut rec = self.recorder(&request);
+        let resources = request.into_inner().resources_json;
+        self.traced(&mut rec, engine_telemetry::names::SHIM_UPDATE, |tp, _| async move {
+            let phase = self.lock().phase;
+            if !matches!(phase, Phase::Created | Phase::Running | Phase::Paused) {
+                return Err(Status::failed_precondition(format!(
+                    "cannot update task {}: it is {}",
+                    self.cfg.id,
+                    Self::phase_name(phase)
+                )));
+            }
+            // the runtime reads the resources from a file, as runc's `update --resources`
+            let file = self.cfg.state_dir.join("update-resources.json");
+            std::fs::write(&file, resources.as_bytes())
+                .map_err(|e| Status::internal(format!("writing {}: {e}", file.display())))?;
+            let args = ["update".into(), "--resources".into(), file.clone().into_os_string(), self.id_arg()];
+            let r = self.rt.run(&args, None, tp.as_deref()).await.map_err(runtime_status);
+            let _ = std::fs::remove_file(&file);
+            r.map(drop)
+        })
+        .await?;
+        Ok(Response::new(Empty {}))
+    }
+
     async fn stats(&self, request: Request<TaskRequest>) -> Result<Response<StatsResponse>, Status> {
         let tp = engine_api::traceparent_of(&request);
         let out = self

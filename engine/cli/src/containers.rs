@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use engine_docker_api::{
     ContainerConfig, ContainerCreateBody, EndpointIpam, EndpointSettings, HostConfig, NetworkingConfig, PortBinding,
-    RestartPolicy,
+    Resources, RestartPolicy, UpdateConfig,
 };
 
 use crate::client::{self, Client, Demux};
@@ -183,11 +183,7 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         tmpfs.insert(p.to_string(), o.to_string());
     }
     let memory = a.memory.as_deref().map(parse_bytes).transpose()?.unwrap_or(0);
-    let nano_cpus = match a.cpus {
-        Some(c) if c < 0.0 => bail!("invalid argument {c} for \"--cpus\" flag"),
-        Some(c) => (c * 1e9) as i64,
-        None => 0,
-    };
+    let nano_cpus = nano_cpus(a.cpus)?;
     let (exposed, bindings) = parse_publish(&a.publish, &a.expose)?;
     let given = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     let config = ContainerConfig {
@@ -215,9 +211,7 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         auto_remove: a.rm,
         binds: Some(a.volume.clone()),
         restart_policy: restart_policy(&a.restart)?,
-        memory,
-        nano_cpus,
-        pids_limit: a.pids_limit,
+        resources: Resources { memory, nano_cpus, pids_limit: a.pids_limit, ..Default::default() },
         readonly_rootfs: a.read_only,
         cap_add: Some(a.cap_add.clone()),
         cap_drop: Some(a.cap_drop.clone()),
@@ -672,6 +666,85 @@ pub async fn post_each(c: &Client, names: &[String], action: &str) -> Result<i32
         .await
 }
 
+#[derive(clap::Args, Debug)]
+pub struct UpdateArgs {
+    /// Memory limit (e.g. 64m, 1g).
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// Number of CPUs.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// CPU shares (relative weight).
+    #[arg(short = 'c', long)]
+    pub cpu_shares: Option<i64>,
+    /// Limit CPU CFS (Completely Fair Scheduler) period.
+    #[arg(long)]
+    pub cpu_period: Option<i64>,
+    /// Limit CPU CFS (Completely Fair Scheduler) quota.
+    #[arg(long)]
+    pub cpu_quota: Option<i64>,
+    /// Tune container pids limit (-1 for unlimited).
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
+    /// Restart policy to apply when a container exits.
+    #[arg(long)]
+    pub restart: Option<String>,
+    /// Swap limit equal to memory plus swap: -1 to enable unlimited swap.
+    #[arg(long)]
+    pub memory_swap: Option<String>,
+    /// Memory soft limit.
+    #[arg(long)]
+    pub memory_reservation: Option<String>,
+    /// CPUs in which to allow execution (0-3, 0,1).
+    #[arg(long)]
+    pub cpuset_cpus: Option<String>,
+    /// MEMs in which to allow execution (0-3, 0,1).
+    #[arg(long)]
+    pub cpuset_mems: Option<String>,
+    /// Block IO (relative weight), between 10 and 1000, or 0 to disable.
+    #[arg(long)]
+    pub blkio_weight: Option<u16>,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+/// `--cpus` as the API's NanoCpus (0: not given).
+fn nano_cpus(cpus: Option<f64>) -> Result<i64> {
+    match cpus {
+        Some(c) if c < 0.0 => bail!("invalid argument {c} for \"--cpus\" flag"),
+        Some(c) => Ok((c * 1e9) as i64),
+        None => Ok(0),
+    }
+}
+
+/// `engine update`: new limits and restart policy for containers, running or not.
+pub async fn update(c: &Client, a: UpdateArgs) -> Result<i32> {
+    let bytes = |v: &Option<String>| v.as_deref().map(parse_bytes).transpose().map(Option::unwrap_or_default);
+    let body = UpdateConfig {
+        resources: Resources {
+            memory: bytes(&a.memory)?,
+            nano_cpus: nano_cpus(a.cpus)?,
+            cpu_shares: a.cpu_shares.unwrap_or(0),
+            cpu_period: a.cpu_period.unwrap_or(0),
+            cpu_quota: a.cpu_quota.unwrap_or(0),
+            pids_limit: a.pids_limit,
+        },
+        restart_policy: a.restart.as_deref().map(restart_policy).transpose()?.unwrap_or_default(),
+        memory_swap: bytes(&a.memory_swap)?,
+        memory_reservation: bytes(&a.memory_reservation)?,
+        cpuset_cpus: a.cpuset_cpus.unwrap_or_default(),
+        cpuset_mems: a.cpuset_mems.unwrap_or_default(),
+        blkio_weight: a.blkio_weight.unwrap_or(0),
+        ..Default::default()
+    };
+    let body = serde_json::to_value(&body)?;
+    each(&a.containers, |n| {
+        let body = body.clone();
+        async move { c.post(&format!("/containers/{}/update", urlencode(&n)), Some(&body)).await.map(drop) }
+    })
+    .await
+}
+
 /// `engine container …`: the container commands under Docker's management command.
 #[derive(clap::Subcommand, Debug)]
 pub enum ContainerCommand {
@@ -697,6 +770,8 @@ pub enum ContainerCommand {
     /// Remove one or more containers.
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
+    /// Update configuration of one or more containers.
+    Update(UpdateArgs),
     /// Remove all stopped containers.
     Prune(PruneArgs),
 }
@@ -713,6 +788,7 @@ pub async fn container(c: &Client, cmd: ContainerCommand) -> Result<i32> {
         ContainerCommand::Unpause(a) => post_each(c, &a.containers, "unpause").await,
         ContainerCommand::Logs(a) => logs(c, a).await,
         ContainerCommand::Rm(a) => rm(c, a).await,
+        ContainerCommand::Update(a) => update(c, a).await,
         ContainerCommand::Prune(a) => prune(c, a).await,
     }
 }
@@ -1219,7 +1295,7 @@ mod tests {
         let exposed: Vec<_> = body.config.exposed_ports.unwrap().into_keys().collect();
         assert_eq!(exposed, ["80/udp", "90/tcp"]);
         let hc = body.host_config.unwrap();
-        assert_eq!((hc.init, hc.memory, hc.restart_policy.name.as_str()), (Some(true), 64 << 20, "no"));
+        assert_eq!((hc.init, hc.resources.memory, hc.restart_policy.name.as_str()), (Some(true), 64 << 20, "no"));
         let b = &hc.port_bindings.unwrap()["80/udp"].clone().unwrap()[0];
         assert_eq!((b.host_ip.as_str(), b.host_port.as_str()), ("127.0.0.1", "8080"));
         let ep = &body.networking_config.unwrap().endpoints_config.unwrap()["n1"];

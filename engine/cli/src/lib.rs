@@ -49,6 +49,8 @@ pub enum Command {
     Pause(containers::Names),
     /// Unpause all processes within one or more containers.
     Unpause(containers::Names),
+    /// Update configuration of one or more containers.
+    Update(containers::UpdateArgs),
     /// Remove one or more containers.
     Rm(containers::RmArgs),
     /// Block until one or more containers stop, then print their exit codes.
@@ -184,6 +186,7 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::Kill(a) => ct::kill(c, a).await,
         Command::Pause(a) => ct::post_each(c, &a.containers, "pause").await,
         Command::Unpause(a) => ct::post_each(c, &a.containers, "unpause").await,
+        Command::Update(a) => ct::update(c, a).await,
         Command::Rm(a) => ct::rm(c, a).await,
         Command::Wait(a) => ct::wait(c, a).await,
         Command::Logs(a) => ct::logs(c, a).await,

@@ -206,6 +206,11 @@ async fn dispatch(
             let deleted = if deleted.is_empty() { Value::Null } else { json!(deleted) };
             Ok(json(StatusCode::OK, &json!({ "ContainersDeleted": deleted, "SpaceReclaimed": reclaimed })))
         }
+        (&M::POST, ["containers", id, "update"]) => {
+            let e = d.containers.find(id)?;
+            d.update(&e, http::read_json(req.into_body()).await?).await?;
+            Ok(json(StatusCode::OK, &json!({ "Warnings": null })))
+        }
         (&M::POST, ["containers", id, "pause"]) => {
             d.pause(&d.containers.find(id)?).await?;
             Ok(empty(StatusCode::NO_CONTENT))

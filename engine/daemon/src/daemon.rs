@@ -22,7 +22,7 @@ use crate::records::{ContainerStore, Loaded, NameReservation};
 use crate::state::State;
 use crate::supervisor::Supervisor;
 use crate::trace::Trace;
-use engine_docker_api::{ContainerConfig, ContainerCreateBody, HostConfig};
+use engine_docker_api::{ContainerConfig, ContainerCreateBody, HostConfig, UpdateConfig};
 
 pub use crate::records::{ContainerRecord, Entry, Life};
 
@@ -1021,6 +1021,83 @@ impl Daemon {
         }
     }
 
+    /// `docker update`: new limits (a zero field leaves its limit as it is) and restart policy.
+    /// The running (or paused) task takes the limits first, then the record and the bundle's
+    /// spec (what the next start uses); a refusal at any step changes nothing.
+    pub async fn update(&self, e: &Arc<Entry>, u: UpdateConfig) -> Result<(), ApiError> {
+        let _op = e.op.lock().await;
+        let rec = e.snapshot();
+        let refuse = |m: &str| ApiError::bad_request(format!("Cannot update container {}: {m}", rec.id));
+        let unsupported = [
+            (u.memory_swap != 0, "MemorySwap"),
+            (u.memory_reservation != 0, "MemoryReservation"),
+            (u.kernel_memory != 0, "KernelMemory"),
+            (!u.cpuset_cpus.is_empty(), "CpusetCpus"),
+            (!u.cpuset_mems.is_empty(), "CpusetMems"),
+            (u.blkio_weight != 0, "BlkioWeight"),
+            (u.cpu_realtime_period != 0 || u.cpu_realtime_runtime != 0, "CpuRealtimePeriod and CpuRealtimeRuntime"),
+        ];
+        if let Some((_, name)) = unsupported.iter().find(|(set, _)| *set) {
+            return Err(refuse(&format!("updating {name} is not supported")));
+        }
+        let old = &rec.host_config;
+        // NanoCpus sets the period and quota: once one way is set, the other cannot be updated
+        if u.resources.nano_cpus > 0 && (old.resources.cpu_period > 0 || old.resources.cpu_quota > 0) {
+            return Err(refuse(
+                "Conflicting options: Nano CPUs cannot be updated as CPU Period/Quota has already been set",
+            ));
+        }
+        if (u.resources.cpu_period > 0 || u.resources.cpu_quota > 0) && old.resources.nano_cpus > 0 {
+            return Err(refuse(
+                "Conflicting options: CPU Period/Quota cannot be updated as NanoCPUs has already been set",
+            ));
+        }
+        let mut hc = old.clone();
+        for (new, field) in [
+            (u.resources.memory, &mut hc.resources.memory),
+            (u.resources.nano_cpus, &mut hc.resources.nano_cpus),
+            (u.resources.cpu_shares, &mut hc.resources.cpu_shares),
+            (u.resources.cpu_period, &mut hc.resources.cpu_period),
+            (u.resources.cpu_quota, &mut hc.resources.cpu_quota),
+        ] {
+            if new != 0 {
+                *field = new;
+            }
+        }
+        if let Some(p) = u.resources.pids_limit.filter(|p| *p != 0) {
+            hc.resources.pids_limit = Some(p);
+        }
+        if !u.restart_policy.name.is_empty() {
+            if hc.auto_remove && u.restart_policy.name != "no" {
+                return Err(refuse("Restart policy cannot be updated because AutoRemove is enabled for the container"));
+            }
+            hc.restart_policy = u.restart_policy;
+        }
+        hostconfig::check(&hc).map_err(|err| refuse(&err.message))?;
+        let limits = hostconfig::limits(&hc)?;
+        let bundle = self.container_dir(&rec.id).join("config.json");
+        let mut spec = oci_spec::runtime::Spec::load(&bundle)
+            .map_err(|err| ApiError::internal(format!("reading {}: {err}", bundle.display())))?;
+        let linux = spec.linux_mut().get_or_insert_with(Default::default);
+        let res = linux.resources_mut().get_or_insert_with(Default::default);
+        res.set_memory(limits.memory().or(*res.memory()));
+        res.set_cpu(limits.cpu().clone().or(res.cpu().clone()));
+        res.set_pids(limits.pids().or(*res.pids()));
+        if rec.state.running() {
+            let resources_json = serde_json::to_string(&limits).map_err(|err| ApiError::internal(err.to_string()))?;
+            self.lifecycle
+                .update(UpdateTaskRequest { container_id: rec.id.clone(), resources_json })
+                .await
+                .map_err(|s| refuse(s.message()))?;
+        }
+        let spec_json = serde_json::to_vec_pretty(&spec).map_err(|err| ApiError::internal(err.to_string()))?;
+        engine_util::fs::write_atomic(&bundle, &spec_json).map_err(|err| ApiError::internal(err.to_string()))?;
+        e.update(|r| r.host_config = hc);
+        self.persist(e);
+        self.event(&e.snapshot(), "update", &[]);
+        Ok(())
+    }
+
     /// Docker's `container prune`: removes every container that does not run (created, exited,
     /// dead) and that `pick` picks; returns the ids removed and the bytes their writable layers
     /// held. A container started meanwhile is left.
@@ -1519,6 +1596,52 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(e.snapshot().state.status(), Status::Exited, "a stopped container was restarted");
         assert_eq!(d.stop(&trace, &e, Some(5)).await.unwrap_err().status, StatusCode::NOT_MODIFIED);
+    }
+
+    #[tokio::test]
+    async fn an_update_reaches_the_running_task_the_record_and_the_bundle_or_changes_nothing() {
+        let t = testing::daemon().await;
+        let (d, fake) = (&t.daemon, &t.fake);
+        let trace = Trace::background(None, "test");
+        let (id, e) = create(d, &trace, "web", json!({"NanoCpus": 500_000_000})).await;
+        let update = |v: serde_json::Value| d.update(&e, serde_json::from_value(v).unwrap());
+        let bundle = || oci_spec::runtime::Spec::load(d.container_dir(&id).join("config.json")).unwrap();
+        let memory_limit = || (*bundle().linux().clone()?.resources().clone()?.memory())?.limit();
+
+        // not running: the record and the bundle only
+        update(json!({"Memory": 64 << 20})).await.unwrap();
+        assert_eq!((e.snapshot().host_config.resources.memory, memory_limit()), (64 << 20, Some(64 << 20)));
+        assert!(!fake.calls().iter().any(|c| c.starts_with("Update")));
+
+        d.start(&trace, &e).await.unwrap();
+        update(json!({"PidsLimit": 70, "RestartPolicy": {"Name": "always"}})).await.unwrap();
+        let calls = fake.calls();
+        let sent = calls.iter().find(|c| c.starts_with(&format!("Update {id} "))).expect("the update of the task");
+        let sent: serde_json::Value = serde_json::from_str(sent.splitn(3, ' ').nth(2).unwrap()).unwrap();
+        assert_eq!((sent["pids"]["limit"].as_i64(), sent["memory"]["limit"].as_i64()), (Some(70), Some(64 << 20)));
+        assert!(sent.get("devices").is_none_or(|d| d.is_null()), "device rules are not the update's: {sent}");
+        let rec = e.snapshot();
+        assert_eq!(
+            (rec.host_config.resources.pids_limit, rec.host_config.restart_policy.name.as_str()),
+            (Some(70), "always")
+        );
+
+        // refused: nothing changes, lifecycled is not asked
+        let before = fake.calls().len();
+        for (body, why) in [
+            (json!({"CpusetCpus": "0"}), "updating CpusetCpus is not supported"),
+            (json!({"CpuQuota": 20000}), "NanoCPUs has already been set"),
+            (json!({"Memory": 1024}), "Minimum memory limit"),
+            (json!({"RestartPolicy": {"Name": "sometimes"}}), "invalid restart policy"),
+        ] {
+            let err = update(body).await.unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert!(err.message.starts_with(&format!("Cannot update container {id}: ")), "{}", err.message);
+            assert!(err.message.contains(why), "{}", err.message);
+        }
+        assert_eq!(fake.calls().len(), before);
+        assert_eq!((e.snapshot().host_config.resources.memory, memory_limit()), (64 << 20, Some(64 << 20)));
+        d.remove(&e, true, false).await.unwrap();
     }
 
     #[tokio::test]

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Arch, Capabilities, Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder,
-    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxSeccomp,
-    LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, Spec,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResources, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+    LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Spec,
 };
 
 use crate::http::ApiError;
@@ -52,17 +52,17 @@ pub fn check(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
     if hc.auto_remove && !matches!(hc.restart_policy.name.as_str(), "" | "no") {
         return bad("can't create 'AutoRemove' container with restart policy".into());
     }
-    if hc.memory != 0 && hc.memory < MIN_MEMORY {
+    if hc.resources.memory != 0 && hc.resources.memory < MIN_MEMORY {
         return bad("Minimum memory limit allowed is 6MB".into());
     }
-    if hc.nano_cpus < 0 {
+    if hc.resources.nano_cpus < 0 {
         return bad("invalid CPU value: must be positive".into());
     }
     let ncpu = std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1);
-    if hc.nano_cpus > ncpu * 1_000_000_000 {
+    if hc.resources.nano_cpus > ncpu * 1_000_000_000 {
         return bad(format!("Range of CPUs is from 0.01 to {ncpu}.00, as there are only {ncpu} CPUs available"));
     }
-    if hc.nano_cpus > 0 && (hc.cpu_quota > 0 || hc.cpu_period > 0) {
+    if hc.resources.nano_cpus > 0 && (hc.resources.cpu_quota > 0 || hc.resources.cpu_period > 0) {
         return bad("Conflicting options: Nano CPUs and CPU Period/Quota cannot both be set".into());
     }
     for cap in hc.cap_add.iter().flatten().chain(hc.cap_drop.iter().flatten()) {
@@ -116,7 +116,7 @@ pub fn check(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
             return bad(format!("Duplicate mount point: {}", m.target));
         }
     }
-    if let Some(p) = hc.pids_limit {
+    if let Some(p) = hc.resources.pids_limit {
         if p < -1 {
             return bad("invalid pids limit".into());
         }
@@ -361,27 +361,41 @@ fn spec_error(e: oci_spec::OciSpecError) -> ApiError {
 fn with_resources(spec: &mut Spec, hc: &HostConfig) -> Result<(), ApiError> {
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
     let res = linux.resources_mut().get_or_insert_with(Default::default);
-    if hc.memory > 0 {
-        res.set_memory(Some(LinuxMemoryBuilder::default().limit(hc.memory).build().map_err(spec_error)?));
+    set_limits(res, hc)
+}
+
+/// The limits of `hc` as the resources a running container's cgroup takes (`update`): memory,
+/// CPU and pids only (no device rules).
+pub fn limits(hc: &HostConfig) -> Result<LinuxResources, ApiError> {
+    let mut res = LinuxResources::default();
+    res.set_devices(None);
+    set_limits(&mut res, hc)?;
+    Ok(res)
+}
+
+fn set_limits(res: &mut LinuxResources, hc: &HostConfig) -> Result<(), ApiError> {
+    if hc.resources.memory > 0 {
+        res.set_memory(Some(LinuxMemoryBuilder::default().limit(hc.resources.memory).build().map_err(spec_error)?));
     }
-    if hc.nano_cpus > 0 {
+    if hc.resources.nano_cpus > 0 {
         let period = 100_000i64;
-        let cpu = LinuxCpuBuilder::default().period(period as u64).quota(hc.nano_cpus * period / 1_000_000_000);
+        let cpu =
+            LinuxCpuBuilder::default().period(period as u64).quota(hc.resources.nano_cpus * period / 1_000_000_000);
         res.set_cpu(Some(cpu.build().map_err(spec_error)?));
-    } else if hc.cpu_quota > 0 || hc.cpu_period > 0 || hc.cpu_shares > 0 {
+    } else if hc.resources.cpu_quota > 0 || hc.resources.cpu_period > 0 || hc.resources.cpu_shares > 0 {
         let mut cpu = LinuxCpuBuilder::default();
-        if hc.cpu_quota > 0 {
-            cpu = cpu.quota(hc.cpu_quota);
+        if hc.resources.cpu_quota > 0 {
+            cpu = cpu.quota(hc.resources.cpu_quota);
         }
-        if hc.cpu_period > 0 {
-            cpu = cpu.period(hc.cpu_period as u64);
+        if hc.resources.cpu_period > 0 {
+            cpu = cpu.period(hc.resources.cpu_period as u64);
         }
-        if hc.cpu_shares > 0 {
-            cpu = cpu.shares(hc.cpu_shares as u64);
+        if hc.resources.cpu_shares > 0 {
+            cpu = cpu.shares(hc.resources.cpu_shares as u64);
         }
         res.set_cpu(Some(cpu.build().map_err(spec_error)?));
     }
-    if let Some(p) = hc.pids_limit.filter(|p| *p != 0) {
+    if let Some(p) = hc.resources.pids_limit.filter(|p| *p != 0) {
         res.set_pids(Some(LinuxPidsBuilder::default().limit(p).build().map_err(spec_error)?));
     }
     Ok(())
@@ -832,6 +846,7 @@ pub fn cgroups_path(cgroup_parent: &str, id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engine_docker_api::Resources;
 
     #[test]
     fn checks_binds_and_policies() {
@@ -849,7 +864,7 @@ mod tests {
         hc.restart_policy.name = "always".into();
         hc.auto_remove = true;
         assert!(check(&hc).is_err());
-        let hc = HostConfig { memory: 1024, ..Default::default() };
+        let hc = HostConfig { resources: Resources { memory: 1024, ..Default::default() }, ..Default::default() };
         assert!(check(&hc).is_err());
         let hc = HostConfig { cap_add: Some(vec!["NOT_A_CAP".into()]), ..Default::default() };
         assert!(check(&hc).is_err());
@@ -957,9 +972,12 @@ mod tests {
             std::fs::write(dir.path().join(f), "").unwrap();
         }
         let hc = HostConfig {
-            memory: 64 << 20,
-            nano_cpus: 500_000_000,
-            pids_limit: Some(20),
+            resources: Resources {
+                memory: 64 << 20,
+                nano_cpus: 500_000_000,
+                pids_limit: Some(20),
+                ..Default::default()
+            },
             cap_add: Some(vec!["net_admin".into()]),
             cap_drop: Some(vec!["CAP_KILL".into()]),
             readonly_rootfs: true,

@@ -110,6 +110,7 @@ impl Lifecycle {
         pids: tasks.pids(TaskRequest) -> PidsResponse;
         pause: tasks.pause(TaskRequest) -> Empty;
         resume: tasks.resume(TaskRequest) -> Empty;
+        update: tasks.update(UpdateTaskRequest) -> Empty;
         stats: tasks.stats(TaskRequest) -> StatsResponse;
     }
 

@@ -262,6 +262,14 @@ impl Tasks for FakeTasks {
             other => Err(Status::failed_precondition(format!("cannot resume task {id}: it is {other}"))),
         })
     }
+    async fn update(&self, r: Request<UpdateTaskRequest>) -> Result<Response<Empty>, Status> {
+        let r = r.into_inner();
+        self.call(format!("Update {} {}", r.container_id, r.resources_json));
+        self.with_task(&r.container_id, |t| match t.status {
+            "created" | "running" | "paused" => Ok(Response::new(Empty {})),
+            other => Err(Status::failed_precondition(format!("cannot update task {}: it is {other}", r.container_id))),
+        })
+    }
     async fn stats(&self, _: Request<TaskRequest>) -> Result<Response<StatsResponse>, Status> {
         unimplemented("Stats")
     }

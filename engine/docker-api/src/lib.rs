@@ -99,17 +99,8 @@ pub struct HostConfig {
     pub security_opt: Option<Vec<String>>,
     pub tmpfs: Option<BTreeMap<String, String>>,
     pub init: Option<bool>,
-    #[serde(deserialize_with = "nullable")]
-    pub memory: i64,
-    #[serde(deserialize_with = "nullable")]
-    pub nano_cpus: i64,
-    #[serde(deserialize_with = "nullable")]
-    pub cpu_shares: i64,
-    #[serde(deserialize_with = "nullable")]
-    pub cpu_period: i64,
-    #[serde(deserialize_with = "nullable")]
-    pub cpu_quota: i64,
-    pub pids_limit: Option<i64>,
+    #[serde(flatten)]
+    pub resources: Resources,
     pub log_config: Option<LogConfig>,
     pub port_bindings: Option<BTreeMap<String, Option<Vec<PortBinding>>>>,
     #[serde(deserialize_with = "nullable")]
@@ -150,6 +141,52 @@ pub struct PortBinding {
     pub host_ip: String,
     #[serde(deserialize_with = "nullable")]
     pub host_port: String,
+}
+
+/// The resource limits engined applies, as Docker's `Resources` (part of a HostConfig and of
+/// an update).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Resources {
+    #[serde(deserialize_with = "nullable")]
+    pub memory: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub nano_cpus: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub cpu_shares: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub cpu_period: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub cpu_quota: i64,
+    pub pids_limit: Option<i64>,
+}
+
+/// The body of `POST /containers/{id}/update`: new resource limits (zero: unchanged) and,
+/// if named, a new restart policy. The fields engined cannot apply are read so that a request
+/// setting them is refused, never silently dropped.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct UpdateConfig {
+    #[serde(flatten)]
+    pub resources: Resources,
+    #[serde(deserialize_with = "nullable")]
+    pub restart_policy: RestartPolicy,
+    #[serde(deserialize_with = "nullable")]
+    pub memory_swap: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub memory_reservation: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub kernel_memory: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub cpuset_cpus: String,
+    #[serde(deserialize_with = "nullable")]
+    pub cpuset_mems: String,
+    #[serde(deserialize_with = "nullable")]
+    pub blkio_weight: u16,
+    #[serde(deserialize_with = "nullable")]
+    pub cpu_realtime_period: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub cpu_realtime_runtime: i64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -214,7 +251,7 @@ mod tests {
         assert_eq!(body.config.cmd.as_deref(), Some(&["true".to_string()][..]));
         assert_eq!(body.config.user, "", "null reads as the default");
         let hc = body.host_config.as_ref().unwrap();
-        assert_eq!((hc.memory, hc.pids_limit), (64 << 20, None));
+        assert_eq!((hc.resources.memory, hc.resources.pids_limit), (64 << 20, None));
         assert_eq!(hc.restart_policy.maximum_retry_count, 3);
         assert_eq!(hc.port_bindings.as_ref().unwrap()["80/tcp"].as_ref().unwrap()[0].host_port, "8080");
         let ep = &body.networking_config.as_ref().unwrap().endpoints_config.as_ref().unwrap()["n1"];

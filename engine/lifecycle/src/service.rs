@@ -8,10 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use engine_api::v1::containers_server::{Containers, ContainersServer};
 use engine_api::v1::events_server::{Events, EventsServer};
+use engine_api::v1::shim_client::ShimClient;
 use engine_api::v1::tasks_server::{Tasks, TasksServer};
 use engine_api::v1::*;
 use engine_telemetry::Recorder;
 use tokio_stream::Stream;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::events::{matches, Journal};
@@ -78,6 +80,34 @@ impl Lifecycle {
         let r = rec.finish(h, outcome.map_err(Msg)).map_err(|m| m.0);
         rec.flush();
         r
+    }
+
+    /// Forwards a call about one task to its shim as it came (with this call's trace context),
+    /// in a server span named `name`; once the shim did it, `topic` (if any) is published.
+    async fn to_shim<R, F, Fut>(
+        &self,
+        request: &Request<R>,
+        name: &str,
+        container_id: &str,
+        topic: Option<&str>,
+        call: F,
+    ) -> Result<Response<Empty>, Status>
+    where
+        R: Clone,
+        F: FnOnce(ShimClient<Channel>, Request<R>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Empty>, Status>>,
+    {
+        let req = request.get_ref().clone();
+        self.traced(request, name, container_id, |tp| async move {
+            let client = self.tasks.get(container_id)?.client.clone();
+            call(client, engine_api::with_traceparent(Request::new(req), tp.as_deref())).await?;
+            if let Some(topic) = topic {
+                self.publish(topic, container_id);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(Empty {}))
     }
 
     fn publish(&self, topic: &str, id: &str) {
@@ -371,47 +401,38 @@ impl Tasks for Svc {
     }
 
     async fn pause(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
-        let l = &self.0;
-        let req = request.get_ref().clone();
-        l.traced(
-            &request,
-            engine_telemetry::names::LIFECYCLE_TASKS_PAUSE,
-            &req.container_id.clone(),
-            |tp| async move {
-                l.tasks
-                    .get(&req.container_id)?
-                    .client
-                    .clone()
-                    .pause(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref()))
-                    .await?;
-                l.publish("/tasks/paused", &req.container_id);
-                Ok(())
-            },
-        )
-        .await?;
-        Ok(Response::new(Empty {}))
+        let id = request.get_ref().container_id.clone();
+        self.0
+            .to_shim(
+                &request,
+                engine_telemetry::names::LIFECYCLE_TASKS_PAUSE,
+                &id,
+                Some("/tasks/paused"),
+                |mut c, r| async move { c.pause(r).await },
+            )
+            .await
     }
 
     async fn resume(&self, request: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
-        let l = &self.0;
-        let req = request.get_ref().clone();
-        l.traced(
-            &request,
-            engine_telemetry::names::LIFECYCLE_TASKS_RESUME,
-            &req.container_id.clone(),
-            |tp| async move {
-                l.tasks
-                    .get(&req.container_id)?
-                    .client
-                    .clone()
-                    .resume(engine_api::with_traceparent(Request::new(req.clone()), tp.as_deref()))
-                    .await?;
-                l.publish("/tasks/resumed", &req.container_id);
-                Ok(())
-            },
-        )
-        .await?;
-        Ok(Response::new(Empty {}))
+        let id = request.get_ref().container_id.clone();
+        self.0
+            .to_shim(
+                &request,
+                engine_telemetry::names::LIFECYCLE_TASKS_RESUME,
+                &id,
+                Some("/tasks/resumed"),
+                |mut c, r| async move { c.resume(r).await },
+            )
+            .await
+    }
+
+    async fn update(&self, request: Request<UpdateTaskRequest>) -> Result<Response<Empty>, Status> {
+        let id = request.get_ref().container_id.clone();
+        self.0
+            .to_shim(&request, engine_telemetry::names::LIFECYCLE_TASKS_UPDATE, &id, None, |mut c, r| async move {
+                c.update(r).await
+            })
+            .await
     }
 
     async fn stats(&self, request: Request<TaskRequest>) -> Result<Response<StatsResponse>, Status> {

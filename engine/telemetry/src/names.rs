@@ -49,6 +49,7 @@ pub const LIFECYCLE_TASKS_DELETE: &str = "lifecycle.Tasks/Delete";
 pub const LIFECYCLE_TASKS_EXEC: &str = "lifecycle.Tasks/Exec";
 pub const LIFECYCLE_TASKS_PAUSE: &str = "lifecycle.Tasks/Pause";
 pub const LIFECYCLE_TASKS_RESUME: &str = "lifecycle.Tasks/Resume";
+pub const LIFECYCLE_TASKS_UPDATE: &str = "lifecycle.Tasks/Update";
 
 // engine-shim: one server span per call, `shim.<method>`
 pub const SHIM_CREATE: &str = "shim.create";
@@ -58,6 +59,7 @@ pub const SHIM_DELETE: &str = "shim.delete";
 pub const SHIM_EXEC: &str = "shim.exec";
 pub const SHIM_PAUSE: &str = "shim.pause";
 pub const SHIM_RESUME: &str = "shim.resume";
+pub const SHIM_UPDATE: &str = "shim.update";
 
 // engine-runtime: one span per command and per step of a create
 pub const RUNTIME_CREATE: &str = "runtime.create";
@@ -127,6 +129,7 @@ pub const ALL: &[&str] = &[
     LIFECYCLE_TASKS_EXEC,
     LIFECYCLE_TASKS_PAUSE,
     LIFECYCLE_TASKS_RESUME,
+    LIFECYCLE_TASKS_UPDATE,
     SHIM_CREATE,
     SHIM_START,
     SHIM_KILL,
@@ -134,6 +137,7 @@ pub const ALL: &[&str] = &[
     SHIM_EXEC,
     SHIM_PAUSE,
     SHIM_RESUME,
+    SHIM_UPDATE,
     RUNTIME_CREATE,
     RUNTIME_SPEC,
     RUNTIME_CGROUP,

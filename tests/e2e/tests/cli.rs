@@ -236,6 +236,19 @@ fn run_options_reach_the_container() {
     assert_eq!(cg("pids.max").unwrap(), "50");
     let cpu = cg("cpu.max").or_else(|| cg("cpu.cfs_quota_us")).unwrap();
     assert!(cpu.starts_with("50000"), "{cpu}");
+    // update: the running container's cgroup takes the new limits, inspect shows them, and a
+    // restart keeps them; what cannot be applied is refused and changes nothing
+    e.ok(&["update", "-m", "96m", "--pids-limit", "70", "--restart", "on-failure:2", &id]);
+    assert_eq!(cg("memory.max").or_else(|| cg("memory.limit_in_bytes")).unwrap(), (96u64 << 20).to_string());
+    assert_eq!(cg("pids.max").unwrap(), "70");
+    let shown = "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.HostConfig.RestartPolicy.Name}}";
+    assert_eq!(e.inspect(&id, shown), format!("{} 70 on-failure", 96u64 << 20));
+    assert!(e.fails(&["update", "--cpuset-cpus", "0", &id]).contains("updating CpusetCpus is not supported"));
+    assert!(e.fails(&["update", "--cpu-quota", "20000", &id]).contains("NanoCPUs has already been set"));
+    assert!(e.fails(&["update", "-m", "1k", &id]).contains("Minimum memory limit"));
+    assert_eq!(e.inspect(&id, shown), format!("{} 70 on-failure", 96u64 << 20), "a refused update changed it");
+    e.ok(&["restart", "-t", "0", &id]);
+    assert_eq!(cg("pids.max").unwrap(), "70", "the limits went with the restart");
     e.ok(&["rm", "-f", &id]);
 
     // binds and named volumes

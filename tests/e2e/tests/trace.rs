@@ -417,6 +417,11 @@ fn every_operation_is_exactly_one_trace() {
         (&["exec", "ctr", "true"], "engine.exec", &["lifecycle.Tasks/Exec", "shim.exec"]),
         (&["pause", "ctr"], "engine.pause", &["lifecycle.Tasks/Pause", "shim.pause", "runtime.pause"]),
         (&["unpause", "ctr"], "engine.unpause", &["lifecycle.Tasks/Resume", "shim.resume", "runtime.resume"]),
+        (
+            &["update", "--pids-limit", "90", "ctr"],
+            "engine.update",
+            &["lifecycle.Tasks/Update", "shim.update", "runtime.update"],
+        ),
         (&["stop", "-t", "1", "ctr"], "engine.stop", &["lifecycle.Tasks/Kill", "shim.kill"]),
         (&["start", "ctr"], "engine.start", &["lifecycle.Tasks/Start", "runtime.start"]),
         (&["restart", "-t", "1", "ctr"], "engine.restart", &["lifecycle.Tasks/Kill", "lifecycle.Tasks/Start"]),
