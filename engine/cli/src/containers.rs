@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use engine_docker_api::{
-    ContainerConfig, ContainerCreateBody, EndpointIpam, EndpointSettings, HostConfig, NetworkingConfig, PortBinding,
-    Resources, RestartPolicy, UpdateConfig,
+    ContainerConfig, ContainerCreateBody, EndpointIpam, EndpointSettings, HealthConfig, HostConfig, NetworkingConfig,
+    PortBinding, Resources, RestartPolicy, UpdateConfig,
 };
 
 use crate::client::{self, Client, Demux};
@@ -135,9 +135,62 @@ pub struct RunArgs {
     /// Timeout (in seconds) to stop the container.
     #[arg(long)]
     pub stop_timeout: Option<i64>,
+    /// Command to run to check health.
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h).
+    #[arg(long)]
+    pub health_interval: Option<String>,
+    /// Maximum time to allow one check to run (ms|s|m|h).
+    #[arg(long)]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures needed to report unhealthy.
+    #[arg(long)]
+    pub health_retries: Option<i64>,
+    /// Start period for the container to initialize before starting health-retries countdown
+    /// (ms|s|m|h).
+    #[arg(long)]
+    pub health_start_period: Option<String>,
+    /// Time between running the check during the start period (ms|s|m|h).
+    #[arg(long)]
+    pub health_start_interval: Option<String>,
+    /// Disable any container-specified HEALTHCHECK.
+    #[arg(long)]
+    pub no_healthcheck: bool,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+/// The `Healthcheck` the `--health-*` flags ask for (none: the image's).
+fn healthcheck(a: &RunArgs) -> Result<Option<HealthConfig>> {
+    let nanos = |flag: &str, v: &Option<String>| -> Result<i64> {
+        match v {
+            None => Ok(0),
+            Some(s) => engine_util::time::parse_duration(s)
+                .map(|d| d.as_nanos() as i64)
+                .ok_or_else(|| anyhow!("invalid argument {s:?} for \"--{flag}\" flag: a duration (30s, 1m30s)")),
+        }
+    };
+    let timing = HealthConfig {
+        test: None,
+        interval: nanos("health-interval", &a.health_interval)?,
+        timeout: nanos("health-timeout", &a.health_timeout)?,
+        start_period: nanos("health-start-period", &a.health_start_period)?,
+        start_interval: nanos("health-start-interval", &a.health_start_interval)?,
+        retries: a.health_retries.unwrap_or(0),
+    };
+    if a.no_healthcheck {
+        if a.health_cmd.is_some() || timing != HealthConfig::default() {
+            bail!("--no-healthcheck conflicts with --health-* options");
+        }
+        return Ok(Some(HealthConfig { test: Some(vec!["NONE".into()]), ..Default::default() }));
+    }
+    if timing.retries < 0 {
+        bail!("--health-retries cannot be negative");
+    }
+    let test = a.health_cmd.as_ref().map(|c| vec!["CMD-SHELL".to_string(), c.clone()]);
+    Ok((test.is_some() || timing != HealthConfig::default()).then_some(HealthConfig { test, ..timing }))
 }
 
 /// `64m`, `1g`, `512k`, `1024` (bytes).
@@ -204,6 +257,7 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         hostname: a.hostname.clone().unwrap_or_default(),
         stop_signal: a.stop_signal.clone(),
         stop_timeout: a.stop_timeout,
+        healthcheck: healthcheck(a)?,
         exposed_ports: (!exposed.is_empty()).then(|| exposed.into_iter().map(|k| (k, serde_json::json!({}))).collect()),
         ..Default::default()
     };

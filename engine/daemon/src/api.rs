@@ -635,7 +635,11 @@ fn status_line(r: &crate::daemon::ContainerRecord) -> String {
     let s = &r.state;
     match s.status() {
         Status::Restarting => format!("Restarting ({}) {} ago", s.exit_code(), ago(s.finished_at())),
-        Status::Running => format!("Up {}", ago(s.started_at())),
+        Status::Running => match s.health().map(|h| h.status) {
+            Some(crate::state::HealthStatus::Starting) => format!("Up {} (health: starting)", ago(s.started_at())),
+            Some(h) => format!("Up {} ({})", ago(s.started_at()), h.as_str()),
+            None => format!("Up {}", ago(s.started_at())),
+        },
         Status::Paused => format!("Up {} (Paused)", ago(s.started_at())),
         Status::Created => "Created".into(),
         Status::Removing => "Removal In Progress".into(),
@@ -645,7 +649,7 @@ fn status_line(r: &crate::daemon::ContainerRecord) -> String {
 
 fn list_containers(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
     let filters = http::Filters::parse(q)?;
-    filters.only(&["name", "id", "status", "label", "ancestor", "exited"])?;
+    filters.only(&["name", "id", "status", "label", "ancestor", "exited", "health"])?;
     let values = |k: &str| filters.get(k);
     let all = q.flag("all") || !values("status").is_empty() || !values("exited").is_empty();
     let mut recs: Vec<_> = d.containers.all().iter().map(|e| e.snapshot()).collect();
@@ -660,6 +664,8 @@ fn list_containers(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
             && values("id").iter().all(|i| r.id.starts_with(i))
             && (values("status").is_empty() || values("status").iter().any(|s| s == status))
             && values("exited").iter().all(|c| r.state.exited() && c.parse::<i64>().ok() == Some(r.state.exit_code()))
+            && (values("health").is_empty()
+                || values("health").iter().any(|h| h == r.state.health().map_or("none", |h| h.status.as_str())))
             && values("ancestor").iter().all(|a| {
                 &r.image == a
                     || r.image_id.to_string().starts_with(a)

@@ -57,6 +57,8 @@ pub struct Daemon {
     pub orphans: Arc<crate::orphans::OrphanService>,
     /// What `GET /metrics` reads (the same stores and handles).
     pub metrics_service: Arc<crate::metrics::MetricsService>,
+    /// Runs the health checks of running containers that have one.
+    pub health: Arc<crate::health::HealthService>,
 }
 
 use engine_util::time::now_rfc3339_nanos as now;
@@ -136,7 +138,17 @@ impl Daemon {
             distribution: distribution.clone(),
             lifecycle: lifecycle.clone(),
         });
+        let execs = crate::exec::ExecService::new(containers.clone(), lifecycle.clone());
+        let health = Arc::new(crate::health::HealthService {
+            containers: containers.clone(),
+            lifecycle: lifecycle.clone(),
+            execs: execs.clone(),
+            events: events.clone(),
+            sink: Some(sink.clone()),
+            cfg: cfg.clone(),
+        });
         let d = Arc::new(Daemon {
+            health,
             metrics_service,
             orphans,
             network_service,
@@ -145,7 +157,7 @@ impl Daemon {
             image_service,
             networks,
             metrics,
-            execs: crate::exec::ExecService::new(containers.clone(), lifecycle.clone()),
+            execs,
             lifecycle,
             images,
             distribution,
@@ -348,6 +360,13 @@ impl Daemon {
         if config.stop_signal.is_none() {
             config.stop_signal = image.config.config.as_ref().and_then(|c| c.stop_signal.clone());
         }
+        let image_check = image
+            .config
+            .config
+            .as_ref()
+            .and_then(|c| c.other.get("Healthcheck"))
+            .and_then(|h| serde_json::from_value(h.clone()).ok());
+        config.healthcheck = crate::health::merge(config.healthcheck.take(), image_check);
 
         let mut labels = built.labels.clone();
         labels.insert("engine.name".into(), name.name.clone());
@@ -539,6 +558,9 @@ impl Daemon {
         e.update(|r| {
             r.state.start(pid, now());
             r.manually_stopped = false;
+            if crate::health::check_of(&r.config).is_some() {
+                r.state.health_starting();
+            }
         });
         self.persist(e);
         crate::kernel::container_started(&self.probes, &hostconfig::cgroups_path(&self.cfg.cgroup_parent, &id));
@@ -551,6 +573,7 @@ impl Daemon {
     /// Waits for the container's exit in the background, then records it and applies the
     /// auto-remove and restart policies.
     fn spawn_monitor(self: &Arc<Self>, e: Arc<Entry>) {
+        self.health.watch(e.clone());
         let d = self.clone();
         tokio::spawn(async move {
             let id = e.snapshot().id;

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod distribution;
 pub mod events;
 pub mod exec;
+pub mod health;
 pub mod hostconfig;
 pub mod http;
 pub mod images;

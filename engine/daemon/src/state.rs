@@ -55,11 +55,54 @@ impl std::fmt::Display for Status {
     }
 }
 
+/// A health check's verdict (`State.Health.Status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    /// Started, no check has passed yet.
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+impl HealthStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Starting => "starting",
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// One check's outcome (an entry of `State.Health.Log`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthResult {
+    pub start: String,
+    pub end: String,
+    pub exit_code: i64,
+    pub output: String,
+}
+
+/// `State.Health`: the verdict, the failures in a row, and the last checks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Health {
+    pub status: HealthStatus,
+    pub failing_streak: i64,
+    pub log: Vec<HealthResult>,
+}
+
+/// The checks `State.Health.Log` keeps, as dockerd.
+pub const HEALTH_LOG_ENTRIES: usize = 5;
+
 /// `State` of `GET /containers/{id}/json`, as engined keeps it in the container's record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(from = "Wire", into = "Wire")]
 pub struct State {
     status: Status,
+    health: Option<Health>,
     oom_killed: bool,
     pid: u32,
     exit_code: i64,
@@ -72,6 +115,7 @@ impl Default for State {
     fn default() -> Self {
         State {
             status: Status::Created,
+            health: None,
             oom_killed: false,
             pid: 0,
             exit_code: 0,
@@ -123,6 +167,10 @@ impl State {
     pub fn exited(&self) -> bool {
         self.status == Status::Exited
     }
+    /// Its health, if it has a health check.
+    pub fn health(&self) -> Option<&Health> {
+        self.health.as_ref()
+    }
 
     // ---- transitions ----------------------------------------------------------------------
 
@@ -134,6 +182,42 @@ impl State {
         self.exit_code = 0;
         self.error.clear();
         self.oom_killed = false;
+    }
+
+    /// Its health checks begin (at a start): no check has passed yet; the log of earlier
+    /// runs is kept, as dockerd keeps it.
+    pub fn health_starting(&mut self) {
+        let log = self.health.take().map(|h| h.log).unwrap_or_default();
+        self.health = Some(Health { status: HealthStatus::Starting, failing_streak: 0, log });
+    }
+
+    /// One check's `result`, as dockerd judges it: a pass makes it healthy; a failure counts
+    /// (unless it is still starting within its start period) and `retries` failures in a row
+    /// make it unhealthy. Returns the new status when it changed.
+    pub fn health_checked(
+        &mut self,
+        result: HealthResult,
+        retries: i64,
+        in_start_period: bool,
+    ) -> Option<HealthStatus> {
+        let h =
+            self.health.get_or_insert(Health { status: HealthStatus::Starting, failing_streak: 0, log: Vec::new() });
+        let before = h.status;
+        let passed = result.exit_code == 0;
+        h.log.push(result);
+        if h.log.len() > HEALTH_LOG_ENTRIES {
+            h.log.remove(0);
+        }
+        if passed {
+            h.failing_streak = 0;
+            h.status = HealthStatus::Healthy;
+        } else if !(before == HealthStatus::Starting && in_start_period) {
+            h.failing_streak += 1;
+            if h.failing_streak >= retries {
+                h.status = HealthStatus::Unhealthy;
+            }
+        }
+        (h.status != before).then_some(h.status)
     }
 
     /// A start failed: the reason and the exit code dockerd gives it; the status stays.
@@ -203,6 +287,8 @@ impl State {
 #[serde(rename_all = "PascalCase", default)]
 struct Wire {
     status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<Health>,
     running: bool,
     paused: bool,
     restarting: bool,
@@ -230,6 +316,7 @@ impl From<State> for Wire {
             restarting: s.restarting(),
             dead: s.status == Status::Dead,
             status: s.status,
+            health: s.health,
             oom_killed: s.oom_killed,
             pid: s.pid,
             exit_code: s.exit_code,
@@ -246,6 +333,7 @@ impl From<Wire> for State {
         let status = if w.dead && w.status != Status::Dead { Status::Removing } else { w.status };
         State {
             status,
+            health: w.health,
             oom_killed: w.oom_killed,
             pid: w.pid,
             exit_code: w.exit_code,
@@ -318,6 +406,33 @@ mod tests {
         assert!(s.exited() && !s.paused());
         s.unpause();
         assert!(s.exited(), "an exited container does not come back by an unpause");
+    }
+
+    #[test]
+    fn health_is_judged_as_dockerd_judges_it() {
+        let result =
+            |code: i64| HealthResult { start: "s".into(), end: "e".into(), exit_code: code, output: String::new() };
+        let mut s = State::default();
+        assert!(serde_json::to_value(&s).unwrap().get("Health").is_none(), "no check, no Health");
+        s.start(1, "t".into());
+        s.health_starting();
+        // failures within the start period do not count
+        assert_eq!(s.health_checked(result(1), 2, true), None);
+        assert_eq!(s.health().map(|h| (h.status, h.failing_streak)), Some((HealthStatus::Starting, 0)));
+        assert_eq!(s.health_checked(result(1), 2, false), None);
+        assert_eq!(s.health_checked(result(1), 2, false), Some(HealthStatus::Unhealthy));
+        assert_eq!(s.health_checked(result(0), 2, false), Some(HealthStatus::Healthy));
+        assert_eq!(s.health().unwrap().failing_streak, 0);
+        for _ in 0..10 {
+            s.health_checked(result(0), 2, false);
+        }
+        assert_eq!(s.health().unwrap().log.len(), HEALTH_LOG_ENTRIES);
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!((v["Health"]["Status"].as_str(), v["Health"]["FailingStreak"].as_i64()), (Some("healthy"), Some(0)));
+        assert_eq!(serde_json::from_value::<State>(v).unwrap(), s);
+        // a new start begins again, keeping the log
+        s.health_starting();
+        assert_eq!(s.health().map(|h| (h.status, h.log.len())), Some((HealthStatus::Starting, HEALTH_LOG_ENTRIES)));
     }
 
     #[test]

@@ -182,6 +182,10 @@ impl Tasks for FakeTasks {
     }
     async fn kill(&self, r: Request<KillRequest>) -> Result<Response<Empty>, Status> {
         let r = r.into_inner();
+        if !r.exec_id.is_empty() {
+            self.call(format!("Kill {} {} {}", r.container_id, r.exec_id, r.signal));
+            return Ok(Response::new(Empty {}));
+        }
         self.call(format!("Kill {} {}", r.container_id, r.signal));
         self.with_task(&r.container_id, |t| {
             let deadly = matches!(r.signal, 9 | 15);
@@ -195,7 +199,12 @@ impl Tasks for FakeTasks {
         })
     }
     async fn delete(&self, r: Request<TaskRequest>) -> Result<Response<ExitStatus>, Status> {
-        let id = r.into_inner().container_id;
+        let r = r.into_inner();
+        if !r.exec_id.is_empty() {
+            self.call(format!("Delete {} {}", r.container_id, r.exec_id));
+            return Ok(Response::new(ExitStatus::default()));
+        }
+        let id = r.container_id;
         self.call(format!("Delete {id}"));
         let mut tasks = self.tasks.lock().unwrap();
         let t = tasks.get(&id).ok_or_else(|| Status::not_found(format!("task {id} does not exist")))?;

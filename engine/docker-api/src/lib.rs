@@ -44,6 +44,27 @@ pub struct ContainerConfig {
     pub labels: Option<BTreeMap<String, String>>,
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<i64>,
+    pub healthcheck: Option<HealthConfig>,
+}
+
+/// `Healthcheck` of a container's Config (and of an image's): how engined probes the
+/// container. Durations are in nanoseconds; zero means the image's, else Docker's default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct HealthConfig {
+    /// Empty: the image's; `["NONE"]`: no check; `["CMD", program, args...]` or
+    /// `["CMD-SHELL", command]`.
+    pub test: Option<Vec<String>>,
+    #[serde(deserialize_with = "nullable")]
+    pub interval: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub timeout: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub start_period: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub start_interval: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub retries: i64,
 }
 
 /// `POST /containers/create` body: the container's Config with its HostConfig and

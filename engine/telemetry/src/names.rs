@@ -24,6 +24,8 @@ pub const DAEMON_POLICY_START: &str = "daemon.policy_start";
 pub const DAEMON_SHUTDOWN: &str = "daemon.shutdown";
 pub const DAEMON_PULL: &str = "daemon.pull";
 pub const DAEMON_PUSH: &str = "daemon.push";
+/// The root of one health check of a container (its exec under it).
+pub const DAEMON_HEALTH: &str = "daemon.health";
 /// A registry's manifest (through its index) resolved for the platform, with authentication.
 pub const REGISTRY_RESOLVE: &str = "registry.resolve";
 /// One blob downloaded (an HTTP client span).
@@ -111,6 +113,7 @@ pub const ALL: &[&str] = &[
     DAEMON_SHUTDOWN,
     DAEMON_PULL,
     DAEMON_PUSH,
+    DAEMON_HEALTH,
     REGISTRY_RESOLVE,
     REGISTRY_BLOB,
     REGISTRY_UPLOAD,

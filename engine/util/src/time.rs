@@ -48,6 +48,30 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     }
 }
 
+/// A duration as Docker's flags take it (`30s`, `1m30s`, `500ms`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    humantime::parse_duration(s.trim()).ok()
+}
+
+/// A duration as Go prints it, as Docker's messages show durations (`30s`, `1m30s`, `1.5s`,
+/// `500ms`).
+pub fn go_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis());
+    }
+    let (h, m) = (d.as_secs() / 3600, (d.as_secs() % 3600) / 60);
+    let secs = format!("{:.9}", d.as_secs_f64() - (h * 3600 + m * 60) as f64);
+    let secs = secs.trim_end_matches('0').trim_end_matches('.');
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if h > 0 || m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    format!("{out}{secs}s")
+}
+
 /// A time as Docker's filters and `--since`/`--until` take it: a duration before `now` (`10m`,
 /// `1h30m`), Unix seconds with an optional fraction (`1700000000.5`), or RFC 3339 (a date
 /// alone, `2026-01-02`, is its midnight UTC).
@@ -133,5 +157,22 @@ mod tests {
         assert_eq!(at("2026-01-02"), parse_rfc3339_unix_nanos("2026-01-02T00:00:00Z"));
         assert_eq!(at("yesterday"), None);
         assert_eq!(at(""), None);
+    }
+
+    #[test]
+    fn durations_read_and_print_as_dockers() {
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("soon"), None);
+        let cases = [
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_millis(1500), "1.5s"),
+        ];
+        for (d, shown) in cases {
+            assert_eq!(go_duration(d), shown);
+        }
+        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(go_duration(Duration::from_millis(250)), "250ms");
     }
 }

@@ -561,6 +561,85 @@ fn prune_removes_what_nothing_runs_or_uses() {
     e.assert_clean();
 }
 
+/// Health checks as Docker's: `--health-*` run in the container while it runs; the verdict in
+/// inspect, `ps` and its `health` filter, `health_status` events; a check that overruns its
+/// timeout fails; each check is a trace of its own, its exec under it.
+#[test]
+fn health_checks_judge_a_running_container() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let since = unix_secs();
+    let check = ["--health-cmd", "test -f /ok && echo fine", "--health-interval", "100ms", "--health-retries", "2"];
+    let run = [&["run", "-d", "--name", "probed"][..], &check[..], &["busybox", "sleep", "1000"][..]].concat();
+    let id = e.ok(&run).trim().to_string();
+    let shown: serde_json::Value = serde_json::from_str(&e.inspect("probed", "{{json .Config.Healthcheck}}")).unwrap();
+    let asked = serde_json::json!({"Test": ["CMD-SHELL", "test -f /ok && echo fine"], "Interval": 100_000_000,
+        "Timeout": 0, "StartPeriod": 0, "StartInterval": 0, "Retries": 2});
+    assert_eq!(shown, asked);
+    let health = || e.inspect("probed", "{{.State.Health.Status}}");
+    wait_for("unhealthy after two failed checks", || health() == "unhealthy");
+    assert!(e.inspect("probed", "{{.State.Health.FailingStreak}}").parse::<i64>().unwrap() >= 2);
+    assert_eq!(e.ok(&["ps", "-q", "--filter", "health=unhealthy"]).trim(), &id[..12]);
+    assert!(e.ok(&["ps", "--format", "{{.Status}}"]).contains("(unhealthy)"));
+    e.ok(&["exec", "probed", "touch", "/ok"]);
+    wait_for("healthy once the check passes", || health() == "healthy");
+    assert_eq!(e.inspect("probed", "{{.State.Health.FailingStreak}}"), "0");
+    let log = |name: &str| -> Vec<(i64, String)> {
+        let log: serde_json::Value = serde_json::from_str(&e.inspect(name, "{{json .State.Health.Log}}")).unwrap();
+        let entries = log.as_array().cloned().unwrap_or_default();
+        entries.iter().map(|l| (l["ExitCode"].as_i64().unwrap(), l["Output"].as_str().unwrap().to_string())).collect()
+    };
+    assert!(log("probed").contains(&(0, "fine\n".to_string())), "{:?}", log("probed"));
+    assert!(e.ok(&["ps", "--format", "{{.Status}}"]).contains("(healthy)"));
+    assert_eq!(e.ok(&["ps", "-q", "--filter", "health=none"]).trim(), "");
+    let events = e.ok(&[
+        "events",
+        "--since",
+        &since.to_string(),
+        "--until",
+        &(unix_secs() + 1).to_string(),
+        "--filter",
+        "container=probed",
+        "--format",
+        "{{.Action}}",
+    ]);
+    assert!(events.contains("health_status: unhealthy\nhealth_status: healthy\n"), "{events}");
+    // a check is a trace of its own, its exec in it
+    let trace = stdout(&e.engine(&["trace", "--json", "--op", "health", "probed"]));
+    assert!(trace.contains("daemon.health") && trace.contains("lifecycle.Tasks/Exec"), "{trace}");
+
+    // a stopped container is not checked; started again, it starts over
+    e.ok(&["stop", "-t", "0", "probed"]);
+    e.ok(&["start", "probed"]);
+    assert!(["starting", "healthy"].contains(&health().as_str()));
+    e.ok(&["rm", "-f", "probed"]);
+
+    // a check that overruns its timeout fails
+    e.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "slow",
+        "--health-cmd",
+        "sleep 10",
+        "--health-interval",
+        "100ms",
+        "--health-timeout",
+        "200ms",
+        "--health-retries",
+        "1",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    wait_for("the slow check to fail", || e.inspect("slow", "{{.State.Health.Status}}") == "unhealthy");
+    let timed_out = (-1, "Health check exceeded timeout (200ms)".to_string());
+    assert!(log("slow").contains(&timed_out), "{:?}", log("slow"));
+    assert!(e.fails(&["run", "--no-healthcheck", "--health-cmd", "true", "busybox", "true"]).contains("conflicts"));
+    e.ok(&["rm", "-f", "slow"]);
+    e.assert_clean();
+}
+
 fn raw_request(e: &Engined, req: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(&e.sock).unwrap();
