@@ -202,7 +202,7 @@ async fn dispatch(
         (&M::POST, ["containers", "prune"]) => {
             let f = PruneFilter::parse(&q, &["until", "label", "label!"])?;
             let (deleted, reclaimed) =
-                d.prune(|r| f.picks(&r.created, |k| r.config.labels.as_ref()?.get(k).cloned())).await?;
+                d.prune(|r| f.picks(&r.created, |k| r.config.labels.as_ref()?.get(k).cloned())).await;
             let deleted = if deleted.is_empty() { Value::Null } else { json!(deleted) };
             Ok(json(StatusCode::OK, &json!({ "ContainersDeleted": deleted, "SpaceReclaimed": reclaimed })))
         }

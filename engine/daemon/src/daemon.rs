@@ -729,14 +729,38 @@ impl Daemon {
     /// As dockerd: a paused container is thawed after a signal is sent to it, so the signal is
     /// delivered (a frozen process does not even die of SIGKILL under the v1 freezer). A thaw
     /// that fails is logged: the process may have died of the signal already.
+    ///
+    /// The task's own status decides, not the record: a pause whose answer was lost (lifecycled
+    /// restarting) leaves a frozen task the record may not know of.
     async fn thaw_after_kill(&self, e: &Entry) {
-        let rec = e.snapshot();
-        if !rec.state.paused() {
+        let id = e.snapshot().id;
+        let frozen = match self.lifecycle.state(task(&id)).await {
+            Ok(s) => s.status == "paused",
+            Err(_) => e.snapshot().state.paused(),
+        };
+        if !frozen {
             return;
         }
-        match self.lifecycle.resume(task(&rec.id)).await {
+        match self.lifecycle.resume(task(&id)).await {
             Ok(_) => self.unpaused(e),
-            Err(err) => log!(self.cfg, "warn", "thawing {} after a signal: {}", rec.id, err.message()),
+            Err(err) => log!(self.cfg, "warn", "thawing {id} after a signal: {}", err.message()),
+        }
+    }
+
+    /// After a pause or resume that failed: the record follows what the task is (the call may
+    /// have been done before its answer was lost).
+    async fn reconcile_pause(&self, e: &Entry) {
+        let id = e.snapshot().id;
+        let Ok(s) = self.lifecycle.state(task(&id)).await else { return };
+        let before = e.snapshot().state.paused();
+        match s.status.as_str() {
+            "paused" if !before => {
+                e.update(|r| r.state.pause());
+                self.persist(e);
+                self.event(&e.snapshot(), "pause", &[]);
+            }
+            "running" if before => self.unpaused(e),
+            _ => {}
         }
     }
 
@@ -762,7 +786,10 @@ impl Daemon {
         if rec.state.paused() {
             return Err(ApiError::conflict(format!("Container {} is already paused", rec.id)));
         }
-        self.lifecycle.pause(task(&rec.id)).await?;
+        if let Err(err) = self.lifecycle.pause(task(&rec.id)).await {
+            self.reconcile_pause(e).await;
+            return Err(err.into());
+        }
         e.update(|r| r.state.pause());
         self.persist(e);
         self.event(&e.snapshot(), "pause", &[]);
@@ -772,11 +799,18 @@ impl Daemon {
     /// Thaws a paused container.
     pub async fn unpause(&self, e: &Arc<Entry>) -> Result<(), ApiError> {
         let _op = e.op.lock().await;
+        if !e.snapshot().state.paused() {
+            // a pause whose answer was lost may have frozen it all the same
+            self.reconcile_pause(e).await;
+        }
         let rec = e.snapshot();
         if !rec.state.paused() {
             return Err(ApiError::conflict(format!("Container {} is not paused", rec.id)));
         }
-        self.lifecycle.resume(task(&rec.id)).await?;
+        if let Err(err) = self.lifecycle.resume(task(&rec.id)).await {
+            self.reconcile_pause(e).await;
+            return Err(err.into());
+        }
         self.unpaused(e);
         Ok(())
     }
@@ -1045,12 +1079,14 @@ impl Daemon {
     }
 
     /// `docker update`: new limits (a zero field leaves its limit as it is) and restart policy.
-    /// The running (or paused) task takes the limits first, then the record and the bundle's
-    /// spec (what the next start uses); a refusal at any step changes nothing.
+    /// The bundle's spec (what the next start uses) is written first, then the running (or
+    /// paused) task takes the limits, then the record; a refusal or failure at any step leaves
+    /// the container as it was (the bundle is written back).
     pub async fn update(&self, e: &Arc<Entry>, u: UpdateConfig) -> Result<(), ApiError> {
         let _op = e.op.lock().await;
         let rec = e.snapshot();
-        let refuse = |m: &str| ApiError::bad_request(format!("Cannot update container {}: {m}", rec.id));
+        let cannot =
+            |err: ApiError| ApiError::new(err.status, format!("Cannot update container {}: {}", rec.id, err.message));
         let unsupported = [
             (u.memory_swap != 0, "MemorySwap"),
             (u.memory_reservation != 0, "MemoryReservation"),
@@ -1061,60 +1097,75 @@ impl Daemon {
             (u.cpu_realtime_period != 0 || u.cpu_realtime_runtime != 0, "CpuRealtimePeriod and CpuRealtimeRuntime"),
         ];
         if let Some((_, name)) = unsupported.iter().find(|(set, _)| *set) {
-            return Err(refuse(&format!("updating {name} is not supported")));
+            return Err(cannot(ApiError::bad_request(format!("updating {name} is not supported"))));
         }
-        let old = &rec.host_config;
         // NanoCpus sets the period and quota: once one way is set, the other cannot be updated
-        if u.resources.nano_cpus > 0 && (old.resources.cpu_period > 0 || old.resources.cpu_quota > 0) {
-            return Err(refuse(
-                "Conflicting options: Nano CPUs cannot be updated as CPU Period/Quota has already been set",
-            ));
+        let (new, old) = (&u.resources, &rec.host_config.resources);
+        let conflicts = [
+            (new.nano_cpus > 0 && old.cpu_period > 0, "Nano CPUs cannot be updated as CPU Period has already been set"),
+            (new.nano_cpus > 0 && old.cpu_quota > 0, "Nano CPUs cannot be updated as CPU Quota has already been set"),
+            (new.cpu_period > 0 && old.nano_cpus > 0, "CPU Period cannot be updated as NanoCPUs has already been set"),
+            (new.cpu_quota > 0 && old.nano_cpus > 0, "CPU Quota cannot be updated as NanoCPUs has already been set"),
+        ];
+        if let Some((_, why)) = conflicts.iter().find(|(c, _)| *c) {
+            return Err(cannot(ApiError::conflict(format!("Conflicting options: {why}"))));
         }
-        if (u.resources.cpu_period > 0 || u.resources.cpu_quota > 0) && old.resources.nano_cpus > 0 {
-            return Err(refuse(
-                "Conflicting options: CPU Period/Quota cannot be updated as NanoCPUs has already been set",
-            ));
-        }
-        let mut hc = old.clone();
+        let mut hc = rec.host_config.clone();
         for (new, field) in [
-            (u.resources.memory, &mut hc.resources.memory),
-            (u.resources.nano_cpus, &mut hc.resources.nano_cpus),
-            (u.resources.cpu_shares, &mut hc.resources.cpu_shares),
-            (u.resources.cpu_period, &mut hc.resources.cpu_period),
-            (u.resources.cpu_quota, &mut hc.resources.cpu_quota),
+            (new.memory, &mut hc.resources.memory),
+            (new.nano_cpus, &mut hc.resources.nano_cpus),
+            (new.cpu_shares, &mut hc.resources.cpu_shares),
+            (new.cpu_period, &mut hc.resources.cpu_period),
+            (new.cpu_quota, &mut hc.resources.cpu_quota),
         ] {
             if new != 0 {
                 *field = new;
             }
         }
-        if let Some(p) = u.resources.pids_limit.filter(|p| *p != 0) {
+        if let Some(p) = new.pids_limit.filter(|p| *p != 0) {
             hc.resources.pids_limit = Some(p);
         }
         if !u.restart_policy.name.is_empty() {
             if hc.auto_remove && u.restart_policy.name != "no" {
-                return Err(refuse("Restart policy cannot be updated because AutoRemove is enabled for the container"));
+                return Err(cannot(ApiError::conflict(
+                    "Restart policy cannot be updated because AutoRemove is enabled for the container",
+                )));
             }
-            hc.restart_policy = u.restart_policy;
+            hc.restart_policy = u.restart_policy.clone();
         }
-        hostconfig::check(&hc).map_err(|err| refuse(&err.message))?;
+        hostconfig::check_limits(&hc).map_err(cannot)?;
         let limits = hostconfig::limits(&hc)?;
         let bundle = self.container_dir(&rec.id).join("config.json");
-        let mut spec = oci_spec::runtime::Spec::load(&bundle)
+        let before =
+            std::fs::read(&bundle).map_err(|err| ApiError::internal(format!("reading {}: {err}", bundle.display())))?;
+        let mut spec: oci_spec::runtime::Spec = serde_json::from_slice(&before)
             .map_err(|err| ApiError::internal(format!("reading {}: {err}", bundle.display())))?;
         let linux = spec.linux_mut().get_or_insert_with(Default::default);
         let res = linux.resources_mut().get_or_insert_with(Default::default);
         res.set_memory(limits.memory().or(*res.memory()));
         res.set_cpu(limits.cpu().clone().or(res.cpu().clone()));
         res.set_pids(limits.pids().or(*res.pids()));
+        let spec_json = serde_json::to_vec_pretty(&spec).map_err(|err| ApiError::internal(err.to_string()))?;
+        let write = |bytes: &[u8]| {
+            engine_util::fs::write_atomic(&bundle, bytes).map_err(|err| ApiError::internal(err.to_string()))
+        };
+        write(&spec_json)?;
         if rec.state.running() {
             let resources_json = serde_json::to_string(&limits).map_err(|err| ApiError::internal(err.to_string()))?;
-            self.lifecycle
-                .update(UpdateTaskRequest { container_id: rec.id.clone(), resources_json })
-                .await
-                .map_err(|s| refuse(s.message()))?;
+            let req = UpdateTaskRequest { container_id: rec.id.clone(), resources_json };
+            if let Err(s) = self.lifecycle.update(req).await {
+                if let Err(err) = write(&before) {
+                    log!(
+                        self.cfg,
+                        "error",
+                        "writing back the spec of {} after a failed update: {}",
+                        rec.id,
+                        err.message
+                    );
+                }
+                return Err(cannot(s.into()));
+            }
         }
-        let spec_json = serde_json::to_vec_pretty(&spec).map_err(|err| ApiError::internal(err.to_string()))?;
-        engine_util::fs::write_atomic(&bundle, &spec_json).map_err(|err| ApiError::internal(err.to_string()))?;
         e.update(|r| r.host_config = hc);
         self.persist(e);
         self.event(&e.snapshot(), "update", &[]);
@@ -1123,11 +1174,8 @@ impl Daemon {
 
     /// Docker's `container prune`: removes every container that does not run (created, exited,
     /// dead) and that `pick` picks; returns the ids removed and the bytes their writable layers
-    /// held. A container started meanwhile is left.
-    pub async fn prune(
-        self: &Arc<Self>,
-        pick: impl Fn(&ContainerRecord) -> bool,
-    ) -> Result<(Vec<String>, u64), ApiError> {
+    /// held. A container started meanwhile is left; one that cannot be removed is logged.
+    pub async fn prune(self: &Arc<Self>, pick: impl Fn(&ContainerRecord) -> bool) -> (Vec<String>, u64) {
         let (mut deleted, mut reclaimed) = (Vec::new(), 0);
         for e in self.containers.all() {
             let rec = e.snapshot();
@@ -1138,17 +1186,19 @@ impl Daemon {
                 Some(s) if s.driver == engine_image::StorageDriver::Vfs => s.rootfs,
                 _ => rec.upper.clone(),
             };
-            let size = engine_util::fs::dir_size(&written);
+            let size = tokio::task::spawn_blocking(move || engine_util::fs::dir_size(&written)).await.unwrap_or(0);
             match self.remove(&e, false, false).await {
                 Ok(()) => {
                     deleted.push(rec.id);
                     reclaimed += size;
                 }
+                // started or removed meanwhile
                 Err(err) if matches!(err.status, hyper::StatusCode::CONFLICT | hyper::StatusCode::NOT_FOUND) => {}
-                Err(err) => return Err(err),
+                // as dockerd: one that cannot be removed is logged, the others still go
+                Err(err) => log!(self.cfg, "error", "pruning container {}: {}", rec.id, err.message),
             }
         }
-        Ok((deleted, reclaimed))
+        (deleted, reclaimed)
     }
 
     pub fn rename(&self, e: &Arc<Entry>, new: &str) -> Result<(), ApiError> {
@@ -1572,6 +1622,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_pause_whose_answer_was_lost_is_found_and_thawed() {
+        let t = testing::daemon().await;
+        let (d, fake) = (&t.daemon, &t.fake);
+        let trace = Trace::background(None, "test");
+        let (id, e) = create(d, &trace, "web", json!({})).await;
+        d.start(&trace, &e).await.unwrap();
+        fake.lose_answers.lock().unwrap().insert(id.clone());
+        assert!(d.pause(&e).await.is_err());
+        assert_eq!(
+            (fake.status(&id), e.snapshot().state.status()),
+            (Some("paused"), Status::Paused),
+            "the record follows the task"
+        );
+        // a kill thaws the frozen task so the signal is delivered
+        fake.lose_answers.lock().unwrap().clear();
+        d.kill(&e, libc::SIGKILL as u32).await.unwrap();
+        assert_eq!(d.wait(&e, "not-running").await.unwrap().0, 137);
+        assert!(fake.calls().contains(&format!("Resume {id}")), "{:?}", fake.calls());
+        d.remove(&e, true, false).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_start_the_runtime_refuses_leaves_the_container_created_with_the_exit_code_dockerd_gives() {
         let t = testing::daemon().await;
         let (d, fake) = (&t.daemon, &t.fake);
@@ -1651,18 +1723,27 @@ mod tests {
 
         // refused: nothing changes, lifecycled is not asked
         let before = fake.calls().len();
-        for (body, why) in [
-            (json!({"CpusetCpus": "0"}), "updating CpusetCpus is not supported"),
-            (json!({"CpuQuota": 20000}), "NanoCPUs has already been set"),
-            (json!({"Memory": 1024}), "Minimum memory limit"),
-            (json!({"RestartPolicy": {"Name": "sometimes"}}), "invalid restart policy"),
+        for (body, status, why) in [
+            (json!({"CpusetCpus": "0"}), StatusCode::BAD_REQUEST, "updating CpusetCpus is not supported"),
+            (
+                json!({"CpuQuota": 20000}),
+                StatusCode::CONFLICT,
+                "CPU Quota cannot be updated as NanoCPUs has already been set",
+            ),
+            (json!({"Memory": 1024}), StatusCode::BAD_REQUEST, "Minimum memory limit"),
+            (json!({"RestartPolicy": {"Name": "sometimes"}}), StatusCode::BAD_REQUEST, "invalid restart policy"),
         ] {
             let err = update(body).await.unwrap_err();
-            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert_eq!(err.status, status, "{}", err.message);
             assert!(err.message.starts_with(&format!("Cannot update container {id}: ")), "{}", err.message);
             assert!(err.message.contains(why), "{}", err.message);
         }
         assert_eq!(fake.calls().len(), before);
+        assert_eq!((e.snapshot().host_config.resources.memory, memory_limit()), (64 << 20, Some(64 << 20)));
+        // the task refuses: the bundle is written back, the record stays
+        fake.refuse_update.lock().unwrap().insert(id.clone());
+        let err = update(json!({"Memory": 128 << 20})).await.unwrap_err();
+        assert!(err.message.contains("cannot set the memory limit"), "{}", err.message);
         assert_eq!((e.snapshot().host_config.resources.memory, memory_limit()), (64 << 20, Some(64 << 20)));
         d.remove(&e, true, false).await.unwrap();
     }

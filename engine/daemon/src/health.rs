@@ -135,7 +135,10 @@ impl HealthService {
         if e.life.borrow().exits != exits {
             return; // it ended meanwhile: a check of a process that is gone says nothing
         }
-        let in_start_period = self.in_start_period(e, check);
+        // judged at the check's start, as dockerd
+        let started = engine_util::time::parse_rfc3339(e.snapshot().state.started_at());
+        let checked = engine_util::time::parse_rfc3339(&result.start).unwrap_or_else(SystemTime::now);
+        let in_start_period = started.is_some_and(|s| checked < s + check.start_period);
         let changed = e.update(|r| r.state.health_checked(result, check.retries, in_start_period));
         if let Err(err) = self.containers.persist(e) {
             crate::log!(self.cfg, "error", "saving {err}");
@@ -174,11 +177,19 @@ impl HealthService {
         };
         let req =
             ExecRequest { container_id: rec.id.clone(), exec_id: exec_id.clone(), process_json: process, stdin: false };
-        if let Err(s) = self.lifecycle.exec(req).await {
-            return failed(s.message().to_string());
-        }
         let task = TaskRequest { container_id: rec.id.clone(), exec_id: exec_id.clone() };
-        let waited = tokio::time::timeout(check.timeout, self.lifecycle.exec_wait(task.clone())).await;
+        let timed_out = || format!("Health check exceeded timeout ({})", engine_util::time::go_duration(check.timeout));
+        // the start and the wait share the timeout (a container frozen meanwhile never answers)
+        let deadline = tokio::time::Instant::now() + check.timeout;
+        let started = match tokio::time::timeout_at(deadline, self.lifecycle.exec(req)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(s)) => return failed(s.message().to_string()),
+            Err(_) => false,
+        };
+        let waited = match started {
+            true => tokio::time::timeout_at(deadline, self.lifecycle.exec_wait(task.clone())).await,
+            false => Ok(Err(tonic::Status::deadline_exceeded(timed_out()))),
+        };
         let result = match waited {
             Ok(Ok(out)) => {
                 let mut output = out.stdout;
@@ -191,14 +202,15 @@ impl HealthService {
                     output: String::from_utf8_lossy(&output).into_owned(),
                 }
             }
+            Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => failed(timed_out()),
             Ok(Err(s)) => failed(s.message().to_string()),
-            Err(_) => {
-                let kill =
-                    KillRequest { container_id: rec.id.clone(), exec_id: exec_id.clone(), signal: 9, all: false };
-                let _ = self.lifecycle.kill(kill).await;
-                failed(format!("Health check exceeded timeout ({})", engine_util::time::go_duration(check.timeout)))
-            }
+            Err(_) => failed(timed_out()),
         };
+        if result.exit_code == -1 {
+            // whatever is left of the check goes (a start that was not answered may have run it)
+            let kill = KillRequest { container_id: rec.id.clone(), exec_id: exec_id.clone(), signal: 9, all: false };
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.lifecycle.kill(kill)).await;
+        }
         // the exec's record in the shim goes with it
         let _ = tokio::time::timeout(Duration::from_secs(5), self.lifecycle.delete_task(task)).await;
         result

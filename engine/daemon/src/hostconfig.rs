@@ -36,6 +36,12 @@ pub struct MountSpec {
 
 /// Everything in a HostConfig that can be wrong, checked up front.
 pub fn check(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
+    check_limits(hc)?;
+    check_rest(hc)
+}
+
+/// The restart policy and the resource limits (what an update may change), checked.
+pub fn check_limits(hc: &HostConfig) -> Result<(), ApiError> {
     let bad = |m: String| Err(ApiError::bad_request(m));
     match hc.restart_policy.name.as_str() {
         "" | "no" | "always" | "unless-stopped" => {
@@ -65,6 +71,11 @@ pub fn check(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
     if hc.resources.nano_cpus > 0 && (hc.resources.cpu_quota > 0 || hc.resources.cpu_period > 0) {
         return bad("Conflicting options: Nano CPUs and CPU Period/Quota cannot both be set".into());
     }
+    Ok(())
+}
+
+fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
+    let bad = |m: String| Err(ApiError::bad_request(m));
     for cap in hc.cap_add.iter().flatten().chain(hc.cap_drop.iter().flatten()) {
         if cap.eq_ignore_ascii_case("ALL") {
             continue;
@@ -377,21 +388,24 @@ fn set_limits(res: &mut LinuxResources, hc: &HostConfig) -> Result<(), ApiError>
     if hc.resources.memory > 0 {
         res.set_memory(Some(LinuxMemoryBuilder::default().limit(hc.resources.memory).build().map_err(spec_error)?));
     }
-    if hc.resources.nano_cpus > 0 {
-        let period = 100_000i64;
-        let cpu =
-            LinuxCpuBuilder::default().period(period as u64).quota(hc.resources.nano_cpus * period / 1_000_000_000);
-        res.set_cpu(Some(cpu.build().map_err(spec_error)?));
-    } else if hc.resources.cpu_quota > 0 || hc.resources.cpu_period > 0 || hc.resources.cpu_shares > 0 {
+    let r = &hc.resources;
+    if r.nano_cpus > 0 || r.cpu_quota > 0 || r.cpu_period > 0 || r.cpu_shares > 0 {
         let mut cpu = LinuxCpuBuilder::default();
-        if hc.resources.cpu_quota > 0 {
-            cpu = cpu.quota(hc.resources.cpu_quota);
+        if r.nano_cpus > 0 {
+            // --cpus: a quota of that many periods of 100 ms
+            let period = 100_000i64;
+            cpu = cpu.period(period as u64).quota(r.nano_cpus * period / 1_000_000_000);
+        } else {
+            if r.cpu_quota > 0 {
+                cpu = cpu.quota(r.cpu_quota);
+            }
+            if r.cpu_period > 0 {
+                cpu = cpu.period(r.cpu_period as u64);
+            }
         }
-        if hc.resources.cpu_period > 0 {
-            cpu = cpu.period(hc.resources.cpu_period as u64);
-        }
-        if hc.resources.cpu_shares > 0 {
-            cpu = cpu.shares(hc.resources.cpu_shares as u64);
+        // shares whichever way the quota is given
+        if r.cpu_shares > 0 {
+            cpu = cpu.shares(r.cpu_shares as u64);
         }
         res.set_cpu(Some(cpu.build().map_err(spec_error)?));
     }

@@ -182,8 +182,16 @@ pub async fn prune(
         let usage = |i: &engine_image::ImageStore| i.disk_usage().map(|(blobs, layers)| blobs + layers);
         let before = usage(&images)?;
         let mut out: Vec<Value> = Vec::new();
-        for image in candidates {
-            match images.remove(&image.id().to_string(), true) {
+        // by each of its names, never forced (as dockerd): a name given meanwhile keeps it
+        let refs: Vec<String> = candidates
+            .iter()
+            .flat_map(|i| match i.names.is_empty() {
+                true => vec![i.id().to_string()],
+                false => i.names.iter().map(|n| n.to_string()).collect(),
+            })
+            .collect();
+        for r in refs {
+            match images.remove(&r, false) {
                 Ok(removed) => {
                     out.extend(removed.untagged.iter().map(|r| json!({ "Untagged": r.familiar() })));
                     out.extend(removed.deleted.iter().map(|id| json!({ "Deleted": id.to_string() })));

@@ -228,6 +228,7 @@ impl State {
 
     /// Its process ended at `now`.
     pub fn exit(&mut self, exit_code: i64, oom_killed: bool, error: String, now: String) {
+        self.health_stopped();
         self.status = Status::Exited;
         self.pid = 0;
         self.exit_code = exit_code;
@@ -240,6 +241,14 @@ impl State {
     pub fn pause(&mut self) {
         if self.status == Status::Running {
             self.status = Status::Paused;
+            self.health_stopped();
+        }
+    }
+
+    /// Its checks stop (paused, or exited): unhealthy, as dockerd reports it then.
+    fn health_stopped(&mut self) {
+        if let Some(h) = self.health.as_mut() {
+            h.status = HealthStatus::Unhealthy;
         }
     }
 
@@ -248,6 +257,9 @@ impl State {
     pub fn unpause(&mut self) {
         if self.status == Status::Paused {
             self.status = Status::Running;
+            if self.health.is_some() {
+                self.health_starting(); // its checks begin again
+            }
         }
     }
 
@@ -430,7 +442,14 @@ mod tests {
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!((v["Health"]["Status"].as_str(), v["Health"]["FailingStreak"].as_i64()), (Some("healthy"), Some(0)));
         assert_eq!(serde_json::from_value::<State>(v).unwrap(), s);
-        // a new start begins again, keeping the log
+        // paused or exited, it is no longer checked: unhealthy; a new start begins again,
+        // keeping the log
+        s.pause();
+        assert_eq!(s.health().unwrap().status, HealthStatus::Unhealthy);
+        s.unpause();
+        assert_eq!(s.health().unwrap().status, HealthStatus::Starting);
+        s.exit(0, false, String::new(), "x".into());
+        assert_eq!(s.health().unwrap().status, HealthStatus::Unhealthy);
         s.health_starting();
         assert_eq!(s.health().map(|h| (h.status, h.log.len())), Some((HealthStatus::Starting, HEALTH_LOG_ENTRIES)));
     }

@@ -40,6 +40,11 @@ pub struct FakeTasks {
     /// lifecycled's containers (bundles), by id.
     pub containers: Arc<Mutex<HashMap<String, String>>>,
     pub refuse_start: Arc<Mutex<HashSet<String>>>,
+    /// Updates of these containers' tasks fail.
+    pub refuse_update: Arc<Mutex<HashSet<String>>>,
+    /// Pauses and resumes of these containers' tasks are done, but answered with an error (as
+    /// when lifecycled dies before it answers).
+    pub lose_answers: Arc<Mutex<HashSet<String>>>,
 }
 
 /// One task of the fake lifecycled.
@@ -69,6 +74,8 @@ impl Default for FakeTasks {
             tasks: Arc::default(),
             containers: Arc::default(),
             refuse_start: Arc::default(),
+            refuse_update: Arc::default(),
+            lose_answers: Arc::default(),
         }
     }
 }
@@ -249,9 +256,13 @@ impl Tasks for FakeTasks {
     async fn pause(&self, r: Request<TaskRequest>) -> Result<Response<Empty>, Status> {
         let id = r.into_inner().container_id;
         self.call(format!("Pause {id}"));
+        let lost = self.lose_answers.lock().unwrap().contains(&id);
         self.with_task(&id, |t| match t.status {
             "running" => {
                 t.status = "paused";
+                if lost {
+                    return Err(Status::internal("the answer was lost"));
+                }
                 Ok(Response::new(Empty {}))
             }
             other => Err(Status::failed_precondition(format!("cannot pause task {id}: it is {other}"))),
@@ -274,6 +285,9 @@ impl Tasks for FakeTasks {
     async fn update(&self, r: Request<UpdateTaskRequest>) -> Result<Response<Empty>, Status> {
         let r = r.into_inner();
         self.call(format!("Update {} {}", r.container_id, r.resources_json));
+        if self.refuse_update.lock().unwrap().contains(&r.container_id) {
+            return Err(Status::internal("runtime update: cannot set the memory limit"));
+        }
         self.with_task(&r.container_id, |t| match t.status {
             "created" | "running" | "paused" => Ok(Response::new(Empty {})),
             other => Err(Status::failed_precondition(format!("cannot update task {}: it is {other}", r.container_id))),

@@ -239,9 +239,10 @@ impl Networks {
         let Some(rec) = map.values().find(|r| r.name == DEFAULT && r.endpoints.is_empty()).cloned() else {
             return Ok(());
         };
-        map.remove(&rec.id);
         let path = self.cfg.dir.join(format!("{}.json", rec.id));
-        std::fs::remove_file(&path).map_err(io(&path))
+        std::fs::remove_file(&path).map_err(io(&path))?;
+        map.remove(&rec.id);
+        Ok(())
     }
 
     async fn ensure_default(&self, now: String) -> Result<()> {
