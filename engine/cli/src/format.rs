@@ -1,12 +1,19 @@
-//! Output as Docker prints it: aligned tables, `--format` Go-template placeholders
-//! (`{{.Field}}`, `{{.A.B}}`, `{{json .X}}`, `table ...`), sizes and ages.
+//! Output as Docker prints it: aligned tables, `--format` Go templates (`{{.Field}}`,
+//! `{{json .X}}`, `{{range}}`, `{{index}}`, `{{join}}`, ...; `table ...`), sizes and ages.
+
+use std::collections::HashMap;
 
 use serde_json::Value;
 
-/// Renders a `--format` template against `v`. Supports `{{.Path.To.Field}}`, `{{json .X}}`,
-/// `{{json .}}` and `\t`/`\n` escapes — the forms scripts use.
+/// Renders a `--format` template against `v`, as the Docker CLI evaluates it. Field paths
+/// (`{{.A.B}}`) and `{{json .X}}` print values as Go prints them; anything more (`range`, `if`,
+/// `with`, `index`, `len`, `printf`, pipes, variables, and Docker's `join`, `split`, `lower`,
+/// `upper`, `title`, `json` functions) goes through a Go text/template engine.
 pub fn template(tpl: &str, v: &Value) -> String {
     let tpl = tpl.replace("\\t", "\t").replace("\\n", "\n");
+    if needs_engine(&tpl) {
+        return go_template(&tpl, v).unwrap_or_else(|e| format!("template: {e}"));
+    }
     let mut out = String::new();
     let mut rest = tpl.as_str();
     while let Some(start) = rest.find("{{") {
@@ -56,6 +63,78 @@ fn eval(expr: &str, v: &Value) -> String {
                 .join(" ")
         ),
         x => x.to_string(),
+    }
+}
+
+/// Whether a template uses more than field paths and `json` (what [`eval`] does itself).
+fn needs_engine(tpl: &str) -> bool {
+    tpl.split("{{").skip(1).filter_map(|a| a.split_once("}}").map(|(expr, _)| expr.trim())).any(|expr| {
+        let word = expr.split_whitespace().next().unwrap_or("");
+        !(word.starts_with('.') || (word == "json" && expr.split_whitespace().count() == 2))
+            || expr.contains(['|', '$', '('])
+    })
+}
+
+/// `tpl` through gtmpl (Go's text/template), with Docker's template functions.
+fn go_template(tpl: &str, v: &Value) -> Result<String, String> {
+    let mut t = gtmpl::Template::default();
+    t.add_func("json", |args| Ok(gtmpl::Value::String(to_json(arg(args, 0)?).to_string())));
+    t.add_func("join", |args| {
+        let sep = arg(args, 1)?.to_string();
+        let gtmpl::Value::Array(items) = arg(args, 0)? else {
+            return Ok(gtmpl::Value::String(arg(args, 0)?.to_string()));
+        };
+        Ok(gtmpl::Value::String(items.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(&sep)))
+    });
+    t.add_func("split", |args| {
+        let (s, sep) = (arg(args, 0)?.to_string(), arg(args, 1)?.to_string());
+        Ok(gtmpl::Value::Array(s.split(sep.as_str()).map(|p| gtmpl::Value::String(p.to_string())).collect()))
+    });
+    t.add_func("lower", |args| Ok(gtmpl::Value::String(arg(args, 0)?.to_string().to_lowercase())));
+    t.add_func("upper", |args| Ok(gtmpl::Value::String(arg(args, 0)?.to_string().to_uppercase())));
+    t.add_func("title", |args| {
+        let s = arg(args, 0)?.to_string();
+        let mut c = s.chars();
+        Ok(gtmpl::Value::String(c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()))
+    });
+    t.parse(tpl).map_err(|e| e.to_string())?;
+    t.render(&gtmpl::Context::from(to_gtmpl(v))).map_err(|e| e.to_string())
+}
+
+fn arg(args: &[gtmpl::Value], i: usize) -> Result<&gtmpl::Value, gtmpl::FuncError> {
+    args.get(i).ok_or(gtmpl::FuncError::AtLeastXArgs("this function".into(), i + 1))
+}
+
+fn to_gtmpl(v: &Value) -> gtmpl::Value {
+    match v {
+        Value::Null => gtmpl::Value::Nil,
+        Value::Bool(b) => gtmpl::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => gtmpl::Value::from(i),
+            (_, Some(u)) => gtmpl::Value::from(u),
+            _ => gtmpl::Value::from(n.as_f64().unwrap_or_default()),
+        },
+        Value::String(s) => gtmpl::Value::String(s.clone()),
+        Value::Array(a) => gtmpl::Value::Array(a.iter().map(to_gtmpl).collect()),
+        Value::Object(o) => {
+            gtmpl::Value::Map(o.iter().map(|(k, x)| (k.clone(), to_gtmpl(x))).collect::<HashMap<_, _>>())
+        }
+    }
+}
+
+fn to_json(v: &gtmpl::Value) -> Value {
+    match v {
+        gtmpl::Value::Nil | gtmpl::Value::NoValue => Value::Null,
+        gtmpl::Value::Bool(b) => Value::Bool(*b),
+        gtmpl::Value::String(s) => Value::String(s.clone()),
+        gtmpl::Value::Number(n) => {
+            serde_json::from_str(&n.to_string()).unwrap_or_else(|_| Value::String(n.to_string()))
+        }
+        gtmpl::Value::Array(a) => Value::Array(a.iter().map(to_json).collect()),
+        gtmpl::Value::Map(m) | gtmpl::Value::Object(m) => {
+            Value::Object(m.iter().map(|(k, x)| (k.clone(), to_json(x))).collect())
+        }
+        other => Value::String(other.to_string()),
     }
 }
 
@@ -124,6 +203,32 @@ pub fn truncate(s: &str, n: usize) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn renders_go_template_actions_as_the_docker_cli() {
+        let v = json!({
+            "NetworkSettings": { "Networks": { "bridge": { "IPAddress": "172.17.0.2" } } },
+            "Config": { "Cmd": ["sleep", "100"], "Labels": { "team": "a" } },
+            "State": { "Health": { "Log": [{ "ExitCode": 0, "Output": "fine" }, { "ExitCode": 1, "Output": "bad" }] } },
+        });
+        let cases = [
+            ("{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "172.17.0.2"),
+            ("{{join .Config.Cmd \" \"}}", "sleep 100"),
+            ("{{index .Config.Labels \"team\"}}", "a"),
+            ("{{range .State.Health.Log}}{{.ExitCode}}:{{.Output}};{{end}}", "0:fine;1:bad;"),
+            ("{{len .Config.Cmd}}", "2"),
+            ("{{range $k, $v := .Config.Labels}}{{$k}}={{$v}}{{end}}", "team=a"),
+            ("{{if eq (len .Config.Cmd) 2}}two{{else}}other{{end}}", "two"),
+            ("{{range .Config.Cmd}}{{json .}}{{end}}", "\"sleep\"\"100\""),
+            ("{{upper (index .Config.Cmd 0)}}", "SLEEP"),
+            ("{{json .Config.Labels}}", r#"{"team":"a"}"#),
+        ];
+        for (tpl, want) in cases {
+            assert_eq!(template(tpl, &v), want, "{tpl}");
+        }
+        assert!(template("{{range .X}", &v).starts_with("{{range"), "an unclosed action is text");
+        assert!(template("{{range .Config.Cmd}}", &v).starts_with("template: "), "a range without end");
+    }
 
     #[test]
     fn renders_templates_and_sizes() {
