@@ -129,6 +129,12 @@ pub struct RunArgs {
     /// Allocate a pseudo-TTY.
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// PID namespace to use (host: the host's).
+    #[arg(long)]
+    pub pid: Option<String>,
+    /// UTS namespace to use (host: the host's).
+    #[arg(long)]
+    pub uts: Option<String>,
     /// Signal to stop the container.
     #[arg(long)]
     pub stop_signal: Option<String>,
@@ -267,6 +273,8 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         restart_policy: restart_policy(&a.restart)?,
         resources: Resources { memory, nano_cpus, pids_limit: a.pids_limit, ..Default::default() },
         readonly_rootfs: a.read_only,
+        pid_mode: a.pid.clone().unwrap_or_default(),
+        uts_mode: a.uts.clone().unwrap_or_default(),
         cap_add: Some(a.cap_add.clone()),
         cap_drop: Some(a.cap_drop.clone()),
         privileged: a.privileged,

@@ -76,6 +76,15 @@ pub fn check_limits(hc: &HostConfig) -> Result<(), ApiError> {
 
 fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
     let bad = |m: String| Err(ApiError::bad_request(m));
+    // the namespaces a container may share with the host (another container's: not yet)
+    for (flag, mode) in [("PID", &hc.pid_mode), ("UTS", &hc.uts_mode)] {
+        if !matches!(mode.as_str(), "" | "host") {
+            return bad(format!("invalid {flag} mode: {mode:?} is not supported (\"\" or \"host\")"));
+        }
+    }
+    if !matches!(hc.isolation.as_str(), "" | "default") {
+        return bad(format!("invalid isolation: {:?}: only \"default\" is supported on linux", hc.isolation));
+    }
     for cap in hc.cap_add.iter().flatten().chain(hc.cap_drop.iter().flatten()) {
         if cap.eq_ignore_ascii_case("ALL") {
             continue;
@@ -167,7 +176,7 @@ fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
 /// have.
 pub fn log_rotation(lc: &engine_docker_api::LogConfig) -> Result<(u64, u32), String> {
     if !matches!(lc.typ.as_str(), "" | "json-file") {
-        return Err(format!("failed to get logging factory: logger: no log driver named '{}' is registered", lc.typ));
+        return Err(format!("logger: no log driver named '{}' is registered", lc.typ));
     }
     let mut rotation = (0u64, 0u32);
     for (k, v) in &lc.config {
@@ -186,9 +195,7 @@ pub fn log_rotation(lc: &engine_docker_api::LogConfig) -> Result<(u64, u32), Str
             other => return Err(format!("unknown log opt '{other}' for json-file log driver")),
         }
     }
-    if rotation.1 > 1 && rotation.0 == 0 {
-        return Err("max-file can only be used with max-size".into());
-    }
+    // as dockerd: max-file without max-size is accepted (one file, never rotated)
     Ok(rotation)
 }
 
@@ -360,6 +367,7 @@ pub fn apply(mut spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, 
     with_privileges(&mut spec, hc)?;
     with_seccomp(&mut spec, hc, &caps)?;
     with_network(&mut spec, hc, cx.netns);
+    with_host_namespaces(&mut spec, hc);
     with_mounts(&mut spec, hc, cx)?;
     Ok(spec)
 }
@@ -618,6 +626,22 @@ fn with_network(spec: &mut Spec, hc: &HostConfig, netns: Option<&Path>) {
         None => namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network),
     }
     if host_network {
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Uts);
+    }
+}
+
+/// `--pid host` and `--uts host`: the host's PID or UTS namespace instead of its own (with the
+/// host's, the container does not set the host name).
+fn with_host_namespaces(spec: &mut Spec, hc: &HostConfig) {
+    let uts_host = hc.uts_mode == "host";
+    if uts_host {
+        spec.set_hostname(None);
+    }
+    let Some(namespaces) = spec.linux_mut().as_mut().and_then(|l| l.namespaces_mut().as_mut()) else { return };
+    if hc.pid_mode == "host" {
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Pid);
+    }
+    if uts_host {
         namespaces.retain(|n| n.typ() != LinuxNamespaceType::Uts);
     }
 }
@@ -977,6 +1001,37 @@ mod tests {
             v.as_array().unwrap().iter().map(|x| x.as_str().unwrap_or(&x["type"].to_string()).to_string()).collect();
         n.sort();
         n
+    }
+
+    #[test]
+    fn host_pid_and_uts_namespaces_are_shared_and_other_modes_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["hostname", "hosts", "resolv.conf"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let kinds = |v: &serde_json::Value| -> Vec<String> {
+            let ns = v["linux"]["namespaces"].as_array().cloned().unwrap_or_default();
+            ns.iter().filter_map(|n| n["type"].as_str().map(str::to_string)).collect()
+        };
+        let own = applied(&HostConfig::default(), None, dir.path());
+        assert!(kinds(&own).contains(&"pid".to_string()) && kinds(&own).contains(&"uts".to_string()));
+        let hc = HostConfig { pid_mode: "host".into(), uts_mode: "host".into(), ..Default::default() };
+        assert!(check(&hc).is_ok());
+        let shared = applied(&hc, None, dir.path());
+        assert!(!kinds(&shared).contains(&"pid".to_string()) && !kinds(&shared).contains(&"uts".to_string()));
+        assert!(shared.get("hostname").is_none_or(|h| h.is_null()), "{shared}");
+        for bad in [
+            HostConfig { pid_mode: "container:web".into(), ..Default::default() },
+            HostConfig { uts_mode: "private".into(), ..Default::default() },
+            HostConfig { isolation: "hyperv".into(), ..Default::default() },
+        ] {
+            assert_eq!(check(&bad).unwrap_err().status, hyper::StatusCode::BAD_REQUEST);
+        }
+        let lc = engine_docker_api::LogConfig {
+            typ: "json-file".into(),
+            config: [("max-file".to_string(), "3".to_string())].into(),
+        };
+        assert_eq!(log_rotation(&lc), Ok((0, 3)), "max-file alone is accepted, as by dockerd");
     }
 
     #[test]

@@ -120,6 +120,16 @@ pub struct HostConfig {
     pub security_opt: Option<Vec<String>>,
     pub tmpfs: Option<BTreeMap<String, String>>,
     pub init: Option<bool>,
+    /// `host`: the host's PID namespace ("": its own).
+    #[serde(deserialize_with = "nullable")]
+    pub pid_mode: String,
+    /// `host`: the host's UTS namespace ("": its own).
+    #[serde(rename = "UTSMode")]
+    #[serde(deserialize_with = "nullable")]
+    pub uts_mode: String,
+    /// Linux has one: `default` ("" reads the same).
+    #[serde(deserialize_with = "nullable")]
+    pub isolation: String,
     #[serde(flatten)]
     pub resources: Resources,
     pub log_config: Option<LogConfig>,

@@ -219,6 +219,13 @@ fn run_options_reach_the_container() {
         "in-userns\n"
     );
 
+    // --pid host and --uts host: the host's namespaces; anything else is refused
+    let host_init = std::fs::read_to_string("/proc/1/comm").unwrap();
+    assert_eq!(e.ok(&["run", "--rm", "--pid", "host", "busybox", "cat", "/proc/1/comm"]), host_init);
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(e.ok(&["run", "--rm", "--uts", "host", "busybox", "hostname"]).trim(), host_name.trim());
+    assert!(e.fails(&["run", "--rm", "--pid", "container:x", "busybox", "true"]).contains("invalid PID mode"));
+
     // resources: the container's own cgroup has the limits
     let id = e
         .ok(&["run", "-d", "-m", "64m", "--pids-limit", "50", "--cpus", "0.5", "busybox", "sleep", "100"])
