@@ -62,15 +62,8 @@ pub struct RunArgs {
     /// Restart policy: no, on-failure[:max-retries], always, unless-stopped.
     #[arg(long, default_value = "no")]
     pub restart: String,
-    /// Memory limit (e.g. 64m, 1g).
-    #[arg(short = 'm', long)]
-    pub memory: Option<String>,
-    /// Number of CPUs.
-    #[arg(long)]
-    pub cpus: Option<f64>,
-    /// Tune container pids limit (-1 for unlimited).
-    #[arg(long)]
-    pub pids_limit: Option<i64>,
+    #[command(flatten)]
+    pub resources: ResourceArgs,
     /// Mount the container's root filesystem as read only.
     #[arg(long)]
     pub read_only: bool,
@@ -145,21 +138,21 @@ pub struct RunArgs {
     #[arg(long)]
     pub health_cmd: Option<String>,
     /// Time between running the check (ms|s|m|h).
-    #[arg(long)]
-    pub health_interval: Option<String>,
+    #[arg(long, value_parser = duration)]
+    pub health_interval: Option<std::time::Duration>,
     /// Maximum time to allow one check to run (ms|s|m|h).
-    #[arg(long)]
-    pub health_timeout: Option<String>,
+    #[arg(long, value_parser = duration)]
+    pub health_timeout: Option<std::time::Duration>,
     /// Consecutive failures needed to report unhealthy.
     #[arg(long)]
     pub health_retries: Option<i64>,
     /// Start period for the container to initialize before starting health-retries countdown
     /// (ms|s|m|h).
-    #[arg(long)]
-    pub health_start_period: Option<String>,
+    #[arg(long, value_parser = duration)]
+    pub health_start_period: Option<std::time::Duration>,
     /// Time between running the check during the start period (ms|s|m|h).
-    #[arg(long)]
-    pub health_start_interval: Option<String>,
+    #[arg(long, value_parser = duration)]
+    pub health_start_interval: Option<std::time::Duration>,
     /// Disable any container-specified HEALTHCHECK.
     #[arg(long)]
     pub no_healthcheck: bool,
@@ -168,22 +161,20 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// A duration flag (`30s`, `1m30s`, `500ms`).
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    engine_util::time::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (30s, 1m30s)"))
+}
+
 /// The `Healthcheck` the `--health-*` flags ask for (none: the image's).
 fn healthcheck(a: &RunArgs) -> Result<Option<HealthConfig>> {
-    let nanos = |flag: &str, v: &Option<String>| -> Result<i64> {
-        match v {
-            None => Ok(0),
-            Some(s) => engine_util::time::parse_duration(s)
-                .map(|d| d.as_nanos() as i64)
-                .ok_or_else(|| anyhow!("invalid argument {s:?} for \"--{flag}\" flag: a duration (30s, 1m30s)")),
-        }
-    };
+    let nanos = |d: Option<std::time::Duration>| d.map_or(0, |d| d.as_nanos() as i64);
     let timing = HealthConfig {
         test: None,
-        interval: nanos("health-interval", &a.health_interval)?,
-        timeout: nanos("health-timeout", &a.health_timeout)?,
-        start_period: nanos("health-start-period", &a.health_start_period)?,
-        start_interval: nanos("health-start-interval", &a.health_start_interval)?,
+        interval: nanos(a.health_interval),
+        timeout: nanos(a.health_timeout),
+        start_period: nanos(a.health_start_period),
+        start_interval: nanos(a.health_start_interval),
         retries: a.health_retries.unwrap_or(0),
     };
     if a.no_healthcheck {
@@ -241,8 +232,6 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         let (p, o) = t.split_once(':').unwrap_or((t, ""));
         tmpfs.insert(p.to_string(), o.to_string());
     }
-    let memory = a.memory.as_deref().map(parse_bytes).transpose()?.unwrap_or(0);
-    let nano_cpus = nano_cpus(a.cpus)?;
     let (exposed, bindings) = parse_publish(&a.publish, &a.expose)?;
     let given = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     let config = ContainerConfig {
@@ -271,7 +260,7 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         auto_remove: a.rm,
         binds: Some(a.volume.clone()),
         restart_policy: restart_policy(&a.restart)?,
-        resources: Resources { memory, nano_cpus, pids_limit: a.pids_limit, ..Default::default() },
+        resources: a.resources.resources()?,
         readonly_rootfs: a.read_only,
         pid_mode: a.pid.clone().unwrap_or_default(),
         uts_mode: a.uts.clone().unwrap_or_default(),
@@ -730,24 +719,8 @@ pub async fn post_each(c: &Client, names: &[String], action: &str) -> Result<i32
 
 #[derive(clap::Args, Debug)]
 pub struct UpdateArgs {
-    /// Memory limit (e.g. 64m, 1g).
-    #[arg(short = 'm', long)]
-    pub memory: Option<String>,
-    /// Number of CPUs.
-    #[arg(long)]
-    pub cpus: Option<f64>,
-    /// CPU shares (relative weight).
-    #[arg(short = 'c', long)]
-    pub cpu_shares: Option<i64>,
-    /// Limit CPU CFS (Completely Fair Scheduler) period.
-    #[arg(long)]
-    pub cpu_period: Option<i64>,
-    /// Limit CPU CFS (Completely Fair Scheduler) quota.
-    #[arg(long)]
-    pub cpu_quota: Option<i64>,
-    /// Tune container pids limit (-1 for unlimited).
-    #[arg(long)]
-    pub pids_limit: Option<i64>,
+    #[command(flatten)]
+    pub resources: ResourceArgs,
     /// Restart policy to apply when a container exits.
     #[arg(long)]
     pub restart: Option<String>,
@@ -770,12 +743,44 @@ pub struct UpdateArgs {
     pub containers: Vec<String>,
 }
 
-/// `--cpus` as the API's NanoCpus (0: not given).
-fn nano_cpus(cpus: Option<f64>) -> Result<i64> {
-    match cpus {
-        Some(c) if c < 0.0 => bail!("invalid argument {c} for \"--cpus\" flag"),
-        Some(c) => Ok((c * 1e9) as i64),
-        None => Ok(0),
+/// The resource limits of `run`, `create` and `update` (Docker's flags).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ResourceArgs {
+    /// Memory limit (e.g. 64m, 1g).
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// Number of CPUs.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// CPU shares (relative weight).
+    #[arg(short = 'c', long)]
+    pub cpu_shares: Option<i64>,
+    /// Limit CPU CFS (Completely Fair Scheduler) period.
+    #[arg(long)]
+    pub cpu_period: Option<i64>,
+    /// Limit CPU CFS (Completely Fair Scheduler) quota.
+    #[arg(long)]
+    pub cpu_quota: Option<i64>,
+    /// Tune container pids limit (-1 for unlimited).
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
+}
+
+impl ResourceArgs {
+    /// As the API's `Resources` (0 or none: not given).
+    pub fn resources(&self) -> Result<Resources> {
+        Ok(Resources {
+            memory: self.memory.as_deref().map(parse_bytes).transpose()?.unwrap_or(0),
+            nano_cpus: match self.cpus {
+                Some(c) if c < 0.0 => bail!("invalid argument {c} for \"--cpus\" flag"),
+                Some(c) => (c * 1e9) as i64,
+                None => 0,
+            },
+            cpu_shares: self.cpu_shares.unwrap_or(0),
+            cpu_period: self.cpu_period.unwrap_or(0),
+            cpu_quota: self.cpu_quota.unwrap_or(0),
+            pids_limit: self.pids_limit,
+        })
     }
 }
 
@@ -783,14 +788,7 @@ fn nano_cpus(cpus: Option<f64>) -> Result<i64> {
 pub async fn update(c: &Client, a: UpdateArgs) -> Result<i32> {
     let bytes = |v: &Option<String>| v.as_deref().map(parse_bytes).transpose().map(Option::unwrap_or_default);
     let body = UpdateConfig {
-        resources: Resources {
-            memory: bytes(&a.memory)?,
-            nano_cpus: nano_cpus(a.cpus)?,
-            cpu_shares: a.cpu_shares.unwrap_or(0),
-            cpu_period: a.cpu_period.unwrap_or(0),
-            cpu_quota: a.cpu_quota.unwrap_or(0),
-            pids_limit: a.pids_limit,
-        },
+        resources: a.resources.resources()?,
         restart_policy: a.restart.as_deref().map(restart_policy).transpose()?.unwrap_or_default(),
         memory_swap: bytes(&a.memory_swap)?,
         memory_reservation: bytes(&a.memory_reservation)?,

@@ -817,17 +817,13 @@ fn event_line(ev: &crate::events::Event) -> Bytes {
     Bytes::from(line)
 }
 
+/// A `since`/`until` of logs and events (unix seconds[.nanoseconds], as the Docker CLI sends
+/// them; Docker's durations and RFC 3339 times read too), in nanoseconds since the epoch.
 fn parse_since(v: Option<&str>) -> Result<Option<i64>, ApiError> {
     let Some(s) = v.filter(|s| !s.is_empty()) else { return Ok(None) };
-    let bad = || ApiError::bad_request(format!("invalid timestamp {s:?}: want unix seconds[.nanoseconds]"));
-    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
-    if secs.is_empty() || !digits(secs) || !digits(frac) || frac.len() > 9 {
-        return Err(bad());
-    }
-    let secs: i64 = secs.parse().map_err(|_| bad())?;
-    let nanos: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().map_err(|_| bad())? };
-    secs.checked_mul(1_000_000_000).and_then(|n| n.checked_add(nanos)).map(Some).ok_or_else(bad)
+    engine_util::time::parse_docker_time(s, SystemTime::now())
+        .map(|t| Some(engine_util::time::unix_nanos(t)))
+        .ok_or_else(|| ApiError::bad_request(format!("invalid timestamp {s:?}: want unix seconds[.nanoseconds]")))
 }
 
 async fn top(d: &Arc<Daemon>, e: &Arc<Entry>) -> Result<Resp, ApiError> {

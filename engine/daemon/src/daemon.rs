@@ -1679,16 +1679,17 @@ mod tests {
         assert_eq!(e.snapshot().restart_count, 1);
         fake.exit(&id, 3);
         until("the last exit", || e.snapshot().state.status() == Status::Exited).await;
+        // the exit and the restart decision are settled together: exited (not restarting)
+        // means no restart is scheduled
         assert_eq!(e.snapshot().state.exit_code(), 3);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(starts(), 2, "restarted past its maximum");
+        assert_eq!((starts(), e.snapshot().restart_count), (2, 1), "restarted past its maximum");
 
         // always: an exit restarts it, a stop does not
         let (_, e) = create(d, &trace, "always", json!({"RestartPolicy": {"Name": "always"}})).await;
         d.start(&trace, &e).await.unwrap();
         d.stop(&trace, &e, Some(5)).await.unwrap();
+        // settled with the exit, which stop waited for: exited, not restarting
         assert_eq!((e.snapshot().state.status(), e.snapshot().state.exit_code()), (Status::Exited, 143));
-        tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(e.snapshot().state.status(), Status::Exited, "a stopped container was restarted");
         assert_eq!(d.stop(&trace, &e, Some(5)).await.unwrap_err().status, StatusCode::NOT_MODIFIED);
     }

@@ -82,6 +82,12 @@ pub fn merge(own: Option<HealthConfig>, image: Option<HealthConfig>) -> Option<H
     Some(own)
 }
 
+/// Whether `at` is within the start period of the container's current run.
+fn in_start_period(e: &Entry, check: &Check, at: SystemTime) -> bool {
+    let started = e.read(|r| engine_util::time::parse_rfc3339(r.state.started_at()));
+    started.is_some_and(|s| at < s + check.start_period)
+}
+
 /// Checks the containers that have a check while they run.
 pub struct HealthService {
     pub containers: Arc<ContainerStore>,
@@ -95,32 +101,31 @@ pub struct HealthService {
 impl HealthService {
     /// Checks container `e` from now until its process ends (nothing without a check).
     pub fn watch(self: &Arc<Self>, e: Arc<Entry>) {
-        let Some(check) = check_of(&e.snapshot().config) else { return };
+        // on every start and reattach: read in place, not copied
+        let Some(check) = e.read(|r| check_of(&r.config)) else { return };
         let this = self.clone();
         tokio::spawn(async move {
             let mut life = e.life.subscribe();
             let exits = life.borrow().exits;
             loop {
                 let starting =
-                    e.snapshot().state.health().is_none_or(|h| h.status == crate::state::HealthStatus::Starting);
-                let wait =
-                    if starting && this.in_start_period(&e, &check) { check.start_interval } else { check.interval };
+                    e.read(|r| r.state.health().is_none_or(|h| h.status == crate::state::HealthStatus::Starting));
+                let wait = if starting && in_start_period(&e, &check, SystemTime::now()) {
+                    check.start_interval
+                } else {
+                    check.interval
+                };
                 let ended = life.wait_for(|l| l.exits != exits || !l.running || l.removed);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = ended => return,
                 }
-                if e.snapshot().state.paused() {
+                if e.read(|r| r.state.paused()) {
                     continue; // a frozen container is not checked (dockerd's exec would fail)
                 }
                 this.check_once(&e, &check).await;
             }
         });
-    }
-
-    fn in_start_period(&self, e: &Entry, check: &Check) -> bool {
-        let started = engine_util::time::parse_rfc3339(e.snapshot().state.started_at());
-        started.is_some_and(|s| SystemTime::now() < s + check.start_period)
     }
 
     /// Runs the check once, in a trace of its own, and records its result.
@@ -136,9 +141,8 @@ impl HealthService {
             return; // it ended meanwhile: a check of a process that is gone says nothing
         }
         // judged at the check's start, as dockerd
-        let started = engine_util::time::parse_rfc3339(e.snapshot().state.started_at());
         let checked = engine_util::time::parse_rfc3339(&result.start).unwrap_or_else(SystemTime::now);
-        let in_start_period = started.is_some_and(|s| checked < s + check.start_period);
+        let in_start_period = in_start_period(e, check, checked);
         let changed = e.update(|r| r.state.health_checked(result, check.retries, in_start_period));
         if let Err(err) = self.containers.persist(e) {
             crate::log!(self.cfg, "error", "saving {err}");

@@ -100,6 +100,11 @@ impl Entry {
         self.record.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Reads the record in place (no copy, for the paths a snapshot would slow).
+    pub fn read<T>(&self, f: impl FnOnce(&ContainerRecord) -> T) -> T {
+        f(&self.record.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     pub fn update<T>(&self, f: impl FnOnce(&mut ContainerRecord) -> T) -> T {
         f(&mut self.record.lock().unwrap_or_else(|p| p.into_inner()))
     }

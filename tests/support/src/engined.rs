@@ -147,6 +147,16 @@ impl Engined {
             .expect("run engine")
     }
 
+    /// A file of container `id`'s own cgroup (`memory.max`, `freezer.state`), trimmed, from
+    /// whichever hierarchy has it.
+    pub fn cgroup_file(&self, id: &str, file: &str) -> Option<String> {
+        crate::cgroup_mounts()
+            .iter()
+            .map(|m| m.join(self.cgroup_parent.trim_start_matches('/')).join(id).join(file))
+            .find(|p| p.exists())
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default().trim().to_string())
+    }
+
     /// The actions of the events since `since` (Unix seconds) until now, through `engine events`
     /// with the `filters` (`container=web`, `event=pause`).
     pub fn event_actions(&self, since: u64, filters: &[&str]) -> Vec<String> {
