@@ -205,8 +205,19 @@ fn create_inner(
         (|| {
             let layout = Layout::detect()?;
             let mut cg = CgroupManager::plan(&layout, &cgroups_path)?;
+            // recorded before and after the directories are made, for a delete after a kill
+            let record = |cg: &CgroupManager| {
+                let creating = crate::state::CreatingState {
+                    cgroup: cg.paths().clone(),
+                    rootfs: bundle.rootfs.clone(),
+                    own_mount_ns: plan.own_mount_ns(),
+                };
+                dir.save_creating(&opts.id, &creating)
+            };
+            record(&cg)?;
             cg.create(linux.resources().as_ref())?;
-            Ok::<_, crate::cgroups::CgroupError>(cg)
+            record(&cg)?;
+            Ok::<_, Error>(cg)
         })(),
     )?;
     let cgroup = rollback.cgroup.insert(cgroup);
@@ -502,8 +513,12 @@ pub fn delete(dir: &StateDir, id: &str, force: bool, rec: &mut Recorder) -> Resu
         let st = match dir.load(id) {
             Ok(st) => st,
             Err(crate::state::StateError::NotFound(_)) => {
-                // an aborted create may have left a directory without state.json
+                // a create killed halfway left a directory without state.json, and perhaps a
+                // cgroup with its first process
                 crate::state::check_id(id)?;
+                if let Some(creating) = dir.load_creating(id) {
+                    undo_create(&creating)?;
+                }
                 dir.remove(id)?;
                 return if force { Ok(()) } else { Err(crate::state::StateError::NotFound(id.into()).into()) };
             }
@@ -516,6 +531,22 @@ pub fn delete(dir: &StateDir, id: &str, force: bool, rec: &mut Recorder) -> Resu
         destroy(dir, &st)
     })();
     rec.finish(h, r)
+}
+
+/// Undoes what a killed create made: kills the processes in its cgroup (its first process, if it
+/// got that far), waits for them, and removes its host mounts and cgroup.
+fn undo_create(creating: &crate::state::CreatingState) -> Result<()> {
+    let cg = CgroupManager::from_paths(creating.cgroup.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cg.pids().unwrap_or_default().is_empty() && Instant::now() < deadline {
+        let _ = cg.signal_all(libc::SIGKILL);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if !creating.own_mount_ns {
+        crate::rootfs::unmount_under(&creating.rootfs).map_err(|e| Error::Other(e.to_string()))?;
+    }
+    cg.destroy()?;
+    Ok(())
 }
 
 /// Kills whatever is left of the container, waits for it, removes its cgroup and state.

@@ -73,6 +73,19 @@ pub struct ContainerState {
     pub hooks: Option<oci_spec::runtime::Hooks>,
 }
 
+/// What a `create` has made so far, before its `state.json` exists: enough for `delete --force` to
+/// undo a create that was killed halfway (its cgroup and the processes in it, host mounts under
+/// the rootfs). Written atomically but not durably: it only matters while the machine is up, as
+/// the cgroups and mounts it names do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreatingState {
+    pub cgroup: CgroupPaths,
+    pub rootfs: PathBuf,
+    pub own_mount_ns: bool,
+}
+
+const CREATING_FILE: &str = "creating.json";
+
 /// The directory that holds every container's state.
 #[derive(Clone, Debug)]
 pub struct StateDir {
@@ -120,7 +133,24 @@ impl StateDir {
         let io = |source| StateError::Io { id: state.id.clone(), source };
         let dir = self.dir(&state.id);
         let bytes = serde_json::to_vec(state).expect("state serializes: plain data, string keys");
-        engine_util::fs::write_atomic_mode(&dir.join("state.json"), &bytes, 0o600).map_err(io)
+        engine_util::fs::write_atomic_mode(&dir.join("state.json"), &bytes, 0o600).map_err(io)?;
+        // the state now says all a delete needs
+        let _ = fs::remove_file(dir.join(CREATING_FILE));
+        Ok(())
+    }
+
+    /// Records what a create of `id` is about to make (see [`CreatingState`]).
+    pub fn save_creating(&self, id: &str, creating: &CreatingState) -> Result<(), StateError> {
+        let io = |source| StateError::Io { id: id.to_string(), source };
+        let path = self.dir(id).join(CREATING_FILE);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(creating).expect("creating state serializes: plain data, string keys");
+        fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, &path)).map_err(io)
+    }
+
+    /// What an unfinished create of `id` recorded, if anything.
+    pub fn load_creating(&self, id: &str) -> Option<CreatingState> {
+        serde_json::from_slice(&fs::read(self.dir(id).join(CREATING_FILE)).ok()?).ok()
     }
 
     /// Reads the state of `id`.

@@ -78,6 +78,53 @@ fn delete_force_running_and_delete_created() {
 }
 
 #[test]
+fn a_create_killed_halfway_is_undone_by_delete_force() {
+    let env = Env::new();
+    let mut b = env.bundle("half", &["sleep", "1000"]);
+    // the createRuntime hook holds create with the cgroup made and the first process in it
+    let (hooked, go) = (env.dir.path().join("hooked"), env.dir.path().join("go"));
+    let wait = format!(
+        "touch {}; while [ ! -e {} ] && [ -d {} ]; do sleep 0.05; done",
+        hooked.display(),
+        go.display(),
+        env.dir.path().display()
+    );
+    b.spec["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", wait]}]});
+    b.save();
+    let mut create = std::process::Command::new(RUNTIME)
+        .arg("--root")
+        .arg(&env.root)
+        .args(["create", "--bundle", b.p(), "half"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the createRuntime hook", || hooked.exists());
+    let cgroups = env.cgroup_dirs("half");
+    let procs = std::fs::read_to_string(cgroups[0].join("cgroup.procs")).unwrap();
+    let first: i32 = procs.lines().next().expect("the first process is in the cgroup").parse().unwrap();
+    create.kill().unwrap();
+    create.wait().unwrap();
+    std::fs::write(&go, "").unwrap();
+    assert!(!env.rt(&["state", "half"]).status.success(), "a killed create made no container");
+
+    env.ok(&["delete", "--force", "half"]);
+    env.assert_no_leaks("half", &b.path);
+    wait_for("the first process to die", || {
+        std::fs::read_to_string(format!("/proc/{first}/stat"))
+            .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+    });
+    // the id is free again
+    b.spec["hooks"] = serde_json::json!({});
+    b.save();
+    env.ok(&["run", "--detach", "--bundle", b.p(), "half"]);
+    assert_eq!(env.status("half"), "running");
+    env.ok(&["delete", "--force", "half"]);
+    env.assert_no_leaks("half", &b.path);
+}
+
+#[test]
 fn duplicate_id_is_refused() {
     let env = Env::new();
     let b = env.bundle("d1", &["sleep", "1000"]);

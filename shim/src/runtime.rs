@@ -80,6 +80,7 @@ impl RuntimeCli {
     ) -> Result<Vec<u8>, RuntimeError> {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--root").arg(&self.root).arg("--log").arg(&self.log).args(["--log-format", "json"]).args(args);
+        die_with_this_thread(&mut cmd);
         match traceparent {
             Some(tp) => cmd.env(engine_telemetry::ENV_TRACEPARENT, tp),
             None => cmd.env_remove(engine_telemetry::ENV_TRACEPARENT),
@@ -145,6 +146,25 @@ impl RuntimeCli {
             let v: serde_json::Value = serde_json::from_str(l).ok()?;
             (v["level"] == "error").then(|| v["msg"].as_str().map(str::to_string)).flatten()
         })
+    }
+}
+
+/// The runtime dies with the shim (containerd's shim runs runc with `Pdeathsig: SIGKILL`): a
+/// `create` the shim's death cut short must not go on to make a container nobody knows of,
+/// whose state would refuse the next create of the same id. The signal follows the thread that
+/// forked, which is the shim's only one (a current-thread runtime). A shim that died before the
+/// `prctl` is seen by its successor's pid, and the runtime does not start.
+fn die_with_this_thread(cmd: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: between fork and exec only prctl and getppid run (async-signal-safe syscalls).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("the shim is gone"));
+            }
+            Ok(())
+        });
     }
 }
 

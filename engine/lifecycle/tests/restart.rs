@@ -93,3 +93,61 @@ async fn a_killed_shim_is_reported_and_cleaned_up() {
     assert!(lc_fds < 64, "lifecycled holds {lc_fds} descriptors");
     let _ = fds_before;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_cut_short_by_its_shims_death_leaves_no_container_behind() {
+    // The first `create` waits for a go-ahead before it runs the real runtime; the shim is
+    // killed while it waits. A runtime that outlived its shim would go on to make a container
+    // nobody knows of once given the go-ahead, and the next create of that id would be refused.
+    // (The wait also ends when the test's directory goes, so a failed run leaves no process.)
+    let l = Lifecycled::with_runtime(|dir| {
+        let wrapper = dir.join("runtime");
+        let script = format!(
+            "#!/bin/sh\ncase \" $* \" in *\" create \"*)\n  if [ ! -e {d}/create.pid ]; then\n    echo $$ > {d}/create.pid.new && mv {d}/create.pid.new {d}/create.pid\n    while [ ! -e {d}/go ] && [ -d {d} ]; do sleep 0.05; done\n  fi;;\nesac\nexec {rt} \"$@\"\n",
+            d = dir.display(),
+            rt = bin("engine-runtime").display()
+        );
+        std::fs::write(&wrapper, script).unwrap();
+        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        wrapper
+    });
+    let bundle = l.bundle("cut", &["sleep", "1000"]);
+    l.containers()
+        .create(CreateContainerRequest {
+            id: "cut".into(),
+            bundle: bundle.display().to_string(),
+            labels: Default::default(),
+        })
+        .await
+        .unwrap();
+    let mut tasks = l.tasks();
+    let first = tokio::spawn(async move {
+        tasks.create(CreateTaskRequest { container_id: "cut".into(), ..Default::default() }).await
+    });
+    let pid_file = l.dir.path().join("create.pid");
+    eventually("the runtime's create", || async { pid_file.exists() }).await;
+    let runtime_pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    // SAFETY: SIGKILL to the shim this test's lifecycled started.
+    unsafe { libc::kill(l.shim_pid("cut"), libc::SIGKILL) };
+    first.await.unwrap().expect_err("a create whose shim died");
+    eventually("the runtime to die with its shim", || async { !process_running(runtime_pid) }).await;
+    std::fs::write(l.dir.path().join("go"), "").unwrap();
+
+    // the same container is created and run again, and removed without a trace
+    let mut tasks = l.tasks();
+    let pid = tasks
+        .create(CreateTaskRequest { container_id: "cut".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .pid;
+    tasks.start(req("cut")).await.unwrap();
+    assert!(process_running(pid as i32));
+    tasks
+        .kill(KillRequest { container_id: "cut".into(), exec_id: String::new(), signal: 9, all: false })
+        .await
+        .unwrap();
+    tasks.wait(req("cut")).await.unwrap();
+    tasks.delete(req("cut")).await.unwrap();
+    l.assert_task_gone("cut", pid);
+}

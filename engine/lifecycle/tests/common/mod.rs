@@ -21,15 +21,28 @@ pub struct Lifecycled {
     pub dir: tempfile::TempDir,
     pub sock: PathBuf,
     pub cgroup_parent: String,
+    /// The OCI runtime it runs (engine-runtime unless a test wraps it).
+    pub runtime: PathBuf,
 }
 
 impl Lifecycled {
     pub fn start() -> Lifecycled {
+        Lifecycled::with_runtime(|_| bin("engine-runtime"))
+    }
+
+    /// One running the runtime `runtime(its directory)` returns: a wrapper a test writes there.
+    pub fn with_runtime(runtime: impl FnOnce(&Path) -> PathBuf) -> Lifecycled {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = tempfile::Builder::new().prefix("engine-lc-test").tempdir().unwrap();
         let sock = dir.path().join("lifecycled.sock");
-        let mut l =
-            Lifecycled { child: None, dir, sock, cgroup_parent: format!("/engine-lc-test-{}-{n}", std::process::id()) };
+        let runtime = runtime(dir.path());
+        let mut l = Lifecycled {
+            child: None,
+            dir,
+            sock,
+            cgroup_parent: format!("/engine-lc-test-{}-{n}", std::process::id()),
+            runtime,
+        };
         l.restart();
         l
     }
@@ -54,7 +67,7 @@ impl Lifecycled {
             .arg("--state")
             .arg(self.state())
             .arg("--runtime")
-            .arg(bin("engine-runtime"))
+            .arg(&self.runtime)
             .arg("--shim")
             .arg(bin("engine-shim"))
             .env("ENGINE_SPAN_SINK", self.spans())
