@@ -834,6 +834,12 @@ pub enum ContainerCommand {
     Update(UpdateArgs),
     /// Remove all stopped containers.
     Prune(PruneArgs),
+    /// Inspect changes to files or directories on a container's filesystem.
+    Diff(crate::files::DiffArgs),
+    /// Export a container's filesystem as a tar archive.
+    Export(crate::files::ExportArgs),
+    /// Create a new image from a container's changes.
+    Commit(crate::files::CommitArgs),
 }
 
 pub async fn container(c: &Client, cmd: ContainerCommand) -> Result<i32> {
@@ -850,6 +856,9 @@ pub async fn container(c: &Client, cmd: ContainerCommand) -> Result<i32> {
         ContainerCommand::Rm(a) => rm(c, a).await,
         ContainerCommand::Update(a) => update(c, a).await,
         ContainerCommand::Prune(a) => prune(c, a).await,
+        ContainerCommand::Diff(a) => crate::files::diff(c, a).await,
+        ContainerCommand::Export(a) => crate::files::export(c, a).await,
+        ContainerCommand::Commit(a) => crate::files::commit(c, a).await,
     }
 }
 

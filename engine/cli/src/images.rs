@@ -157,27 +157,33 @@ pub struct SaveArgs {
 }
 
 pub async fn save(c: &Client, a: SaveArgs) -> Result<i32> {
-    let mut out: Box<dyn Write> = match &a.output {
+    let names: Vec<String> = a.images.iter().map(|n| format!("names={}", urlencode(n))).collect();
+    download(c, &format!("/images/get?{}", names.join("&")), a.output.as_deref(), "save").await?;
+    Ok(0)
+}
+
+/// Writes what `GET path` answers to `output`, or to stdout unless it is a terminal (as the
+/// Docker CLI's save and export); a file cut short by an error is removed.
+pub(crate) async fn download(c: &Client, path: &str, output: Option<&std::path::Path>, verb: &str) -> Result<()> {
+    let mut out: Box<dyn Write> = match output {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?,
         )),
         None => {
             if std::io::stdout().is_terminal() {
-                bail!("cowardly refusing to save to a terminal. Use the -o flag or redirect");
+                bail!("cowardly refusing to {verb} to a terminal. Use the -o flag or redirect");
             }
             Box::new(std::io::stdout())
         }
     };
-    let names: Vec<String> = a.images.iter().map(|n| format!("names={}", urlencode(n))).collect();
-    let r = c.send(hyper::Method::GET, &format!("/images/get?{}", names.join("&")), client::empty_body(), None).await?;
+    let r = c.send(hyper::Method::GET, path, client::empty_body(), None).await?;
     let result = client::for_each_chunk(r, |chunk| Ok(out.write_all(chunk)?)).await.and_then(|_| Ok(out.flush()?));
     if result.is_err() {
-        if let Some(p) = &a.output {
+        if let Some(p) = output {
             let _ = std::fs::remove_file(p);
         }
     }
-    result?;
-    Ok(0)
+    result
 }
 
 #[derive(clap::Args, Debug)]
@@ -229,13 +235,18 @@ pub async fn import(c: &Client, a: ImportArgs) -> Result<i32> {
     Ok(0)
 }
 
-pub async fn tag(c: &Client, source: &str, target: &str) -> Result<i32> {
-    // REPO[:TAG]: the tag follows the last ':' after the last '/'.
+/// REPO[:TAG]: the tag follows the last ':' after the last '/'.
+pub(crate) fn split_repo_tag(target: &str) -> (&str, Option<&str>) {
     let slash = target.rfind('/').map_or(0, |i| i + 1);
-    let (repo, tag) = match target[slash..].rfind(':') {
-        Some(i) => (&target[..slash + i], &target[slash + i + 1..]),
-        None => (target, "latest"),
-    };
+    match target[slash..].rfind(':') {
+        Some(i) => (&target[..slash + i], Some(&target[slash + i + 1..])),
+        None => (target, None),
+    }
+}
+
+pub async fn tag(c: &Client, source: &str, target: &str) -> Result<i32> {
+    let (repo, tag) = split_repo_tag(target);
+    let tag = tag.unwrap_or("latest");
     c.post(&format!("/images/{source}/tag?repo={}&tag={}", urlencode(repo), urlencode(tag)), None).await?;
     Ok(0)
 }

@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod client;
 pub mod containers;
+pub mod files;
 pub mod format;
 pub mod images;
 pub mod networks;
@@ -57,6 +58,12 @@ pub enum Command {
     Wait(containers::Names),
     /// Fetch the logs of a container.
     Logs(containers::LogsArgs),
+    /// Inspect changes to files or directories on a container's filesystem.
+    Diff(files::DiffArgs),
+    /// Export a container's filesystem as a tar archive.
+    Export(files::ExportArgs),
+    /// Create a new image from a container's changes.
+    Commit(files::CommitArgs),
     /// Return low-level information on containers or images.
     Inspect(containers::InspectArgs),
     /// List containers.
@@ -191,6 +198,9 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::Wait(a) => ct::wait(c, a).await,
         Command::Logs(a) => ct::logs(c, a).await,
         Command::Inspect(a) => ct::inspect(c, a).await,
+        Command::Diff(a) => files::diff(c, a).await,
+        Command::Export(a) => files::export(c, a).await,
+        Command::Commit(a) => files::commit(c, a).await,
         Command::Ps(a) => ct::ps(c, a).await,
         Command::Rename { container, new_name } => ct::rename(c, &container, &new_name).await,
         Command::Top { container } => ct::top(c, &container).await,

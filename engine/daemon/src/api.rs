@@ -16,7 +16,7 @@ use crate::daemon::{parse_signal, Daemon, Entry};
 use crate::http::{self, empty, json, ApiError, Query, Resp};
 use crate::lifecycle::task;
 use crate::trace::Trace;
-use engine_docker_api::ContainerCreateBody;
+use engine_docker_api::{ContainerConfig, ContainerCreateBody};
 use engine_image::StorageDriver;
 use engine_util::time::{rfc3339_nanos, unix_seconds_of as unix_of};
 
@@ -142,6 +142,7 @@ const FIXED_PATHS: &[&str] = &[
     "/plugins",
     "/containers/json",
     "/auth",
+    "/commit",
 ];
 
 /// The request method as a metric label: the standard ones, else "other".
@@ -263,6 +264,12 @@ async fn dispatch(
         }
         (&M::GET, ["containers", id, "logs"]) => logs(d, &d.containers.find(id)?, &q).await,
         (&M::GET, ["containers", id, "top"]) => top(d, &d.containers.find(id)?).await,
+        (&M::GET, ["containers", id, "changes"]) => crate::commit::changes(d, &d.containers.find(id)?).await,
+        (&M::GET, ["containers", id, "export"]) => crate::commit::export(d, &d.containers.find(id)?).await,
+        (&M::POST, ["commit"]) => {
+            let body: Option<ContainerConfig> = http::read_json(req.into_body()).await?;
+            crate::commit::commit(d, trace, &q, body).await
+        }
         (&M::GET, ["containers", id, "stats"]) => stats(d, &d.containers.find(id)?).await,
         (&M::POST, ["containers", id, "attach"]) => attach(d, d.containers.find(id)?, &q, req).await,
         (&M::POST, ["containers", id, "resize"]) => {

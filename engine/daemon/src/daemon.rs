@@ -348,10 +348,18 @@ impl Daemon {
         let mut config = body.clone();
         config.image = body.image.clone();
         config.hostname = hostname;
-        config.env = process.env().clone();
+        // Config as dockerd keeps it: the caller's with the image's merged in, not the
+        // process's environment and directory (what the runtime adds is not the container's)
+        let image_run = image.config.config.clone().unwrap_or_default();
+        crate::commit::merge_env(&mut config.env, &image_run.env);
+        if config.user.is_empty() {
+            config.user = image_run.user.clone().unwrap_or_default();
+        }
+        if config.working_dir.is_empty() {
+            config.working_dir = image_run.working_dir.clone().unwrap_or_default();
+        }
         config.entrypoint = built.entrypoint.clone();
         config.cmd = built.cmd.clone();
-        config.working_dir = process.cwd().display().to_string();
         config.labels = Some(built.labels.clone());
         if config.exposed_ports.is_none() && !built.exposed_ports.is_empty() {
             config.exposed_ports =

@@ -128,6 +128,22 @@ pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, v: &T) -> Resp {
     r
 }
 
+/// A blocking writer into a [`channel_body`]: a tar or an archive written off the async threads
+/// goes out as it is made. A client that went away makes the next write fail (broken pipe).
+pub struct ChannelWriter(pub mpsc::Sender<Bytes>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Bytes::copy_from_slice(buf))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A response body fed through a channel: the sender writes chunks as they come.
 pub fn channel_body(capacity: usize) -> (mpsc::Sender<Bytes>, Body) {
     let (tx, rx) = mpsc::channel::<Bytes>(capacity);

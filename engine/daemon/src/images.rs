@@ -263,20 +263,8 @@ pub async fn save(d: &Arc<ImageService>, names: Vec<String>) -> Result<Resp, Api
     let (tx, body) = http::channel_body(16);
     let images = d.images.clone();
     tokio::task::spawn_blocking(move || {
-        struct ChannelWriter(tokio::sync::mpsc::Sender<Bytes>);
-        impl std::io::Write for ChannelWriter {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0
-                    .blocking_send(Bytes::copy_from_slice(buf))
-                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let w = std::io::BufWriter::with_capacity(256 * 1024, ChannelWriter(tx));
+        let w = std::io::BufWriter::with_capacity(256 * 1024, http::ChannelWriter(tx));
         // An error mid-stream can only cut the archive short; the client sees a truncated tar.
         let _ = images.save(&refs, w);
     });
@@ -296,19 +284,8 @@ pub async fn create(d: &Arc<ImageService>, q: &Query, body: http::RequestBody) -
         }
         None => return Err(ApiError::bad_request("fromImage or fromSrc is required")),
     }
-    let reference = match q.get("repo").filter(|r| !r.is_empty()) {
-        None => None,
-        Some(repo) => {
-            let r = Reference::parse_name(repo)?;
-            Some(match (r.tag(), q.get("tag").filter(|t| !t.is_empty())) {
-                (Some(_), _) => r,
-                (None, Some(t)) => r.with_tag(t)?,
-                (None, None) => r.with_tag("latest")?,
-            })
-        }
-    };
     let opts = ImportOptions {
-        reference,
+        reference: repo_tag(q)?,
         changes: q.all("changes"),
         message: q.get("message").filter(|m| !m.is_empty()).map(str::to_string),
     };
@@ -322,6 +299,18 @@ pub async fn create(d: &Arc<ImageService>, q: &Query, body: http::RequestBody) -
     let mut r = Resp::new(resp_body);
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
+}
+
+/// The name an import or a commit gives its image: `repo` (which may carry a tag) and `tag`
+/// (`latest` when neither has one); none without `repo`.
+pub(crate) fn repo_tag(q: &Query) -> Result<Option<Reference>, ApiError> {
+    let Some(repo) = q.get("repo").filter(|r| !r.is_empty()) else { return Ok(None) };
+    let r = Reference::parse_name(repo)?;
+    Ok(Some(match (r.tag(), q.get("tag").filter(|t| !t.is_empty())) {
+        (Some(_), _) => r,
+        (None, Some(t)) => r.with_tag(t)?,
+        (None, None) => r.with_tag("latest")?,
+    }))
 }
 
 impl From<crate::distribution::DistributionError> for ApiError {

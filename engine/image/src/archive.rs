@@ -337,7 +337,7 @@ pub(crate) fn plan_manifest(
 }
 
 /// Applies one Dockerfile-like change (`docker import --change`) to a run configuration.
-pub(crate) fn apply_change(c: &mut ContainerConfig, change: &str) -> Result<(), ImageError> {
+pub fn apply_change(c: &mut ContainerConfig, change: &str) -> Result<(), ImageError> {
     let err = |m: &str| ImageError::Change(change.to_string(), m.to_string());
     let (word, rest) = change.trim().split_once(char::is_whitespace).unwrap_or((change.trim(), ""));
     let rest = rest.trim();

@@ -12,6 +12,7 @@
 //! and nothing of the daemon or its API.
 
 pub mod archive;
+pub mod changes;
 pub mod compression;
 pub mod digest;
 pub mod ingest;

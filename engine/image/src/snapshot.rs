@@ -43,6 +43,8 @@ pub enum SnapshotError {
     Mount { target: PathBuf, source: io::Error },
     #[error("unmounting {target}: {source}")]
     Unmount { target: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// How a snapshot's root filesystem is made (Docker's `--storage-driver`).

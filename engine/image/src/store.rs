@@ -187,6 +187,28 @@ pub(crate) struct StagedBlob {
     pub(crate) size: u64,
 }
 
+impl StagedBlob {
+    /// The record of a layer whose blob this is (compressed as `compression`).
+    pub(crate) fn layer_record(
+        &self,
+        compression: compression::Compression,
+        diff_id: Digest,
+        unpacked_size: u64,
+    ) -> LayerRecord {
+        LayerRecord {
+            blob: Descriptor {
+                media_type: compression.oci_layer_media_type().into(),
+                digest: self.digest.clone(),
+                size: self.size,
+                platform: None,
+                annotations: Default::default(),
+            },
+            diff_id,
+            unpacked_size,
+        }
+    }
+}
+
 /// An image a load has checked and is ready to commit.
 #[derive(Debug)]
 pub(crate) struct PlannedImage {
@@ -609,17 +631,7 @@ impl ImageStore {
             "config",
             &serde_json::to_vec(&config).map_err(|e| ImageError::Format(e.to_string()))?,
         )?;
-        let layer = LayerRecord {
-            blob: Descriptor {
-                media_type: compression.oci_layer_media_type().into(),
-                digest: blob.digest.clone(),
-                size: blob.size,
-                platform: None,
-                annotations: Default::default(),
-            },
-            diff_id,
-            unpacked_size,
-        };
+        let layer = blob.layer_record(compression, diff_id, unpacked_size);
         let image = archive::plan_manifest(
             &staging.0,
             config_blob,

@@ -26,6 +26,8 @@ pub const DAEMON_PULL: &str = "daemon.pull";
 pub const DAEMON_PUSH: &str = "daemon.push";
 /// The root of one health check of a container (its exec under it).
 pub const DAEMON_HEALTH: &str = "daemon.health";
+/// A container's changes made into an image (`image.id` once made), its pause around it.
+pub const DAEMON_COMMIT: &str = "daemon.commit";
 /// A registry's manifest (through its index) resolved for the platform, with authentication.
 pub const REGISTRY_RESOLVE: &str = "registry.resolve";
 /// One blob downloaded (an HTTP client span).
@@ -114,6 +116,7 @@ pub const ALL: &[&str] = &[
     DAEMON_PULL,
     DAEMON_PUSH,
     DAEMON_HEALTH,
+    DAEMON_COMMIT,
     REGISTRY_RESOLVE,
     REGISTRY_BLOB,
     REGISTRY_UPLOAD,

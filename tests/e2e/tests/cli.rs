@@ -1004,3 +1004,69 @@ fn concurrent_starts_under_a_fresh_cgroup_parent() {
     }
     assert_eq!(e.ok(&["ps", "-aq"]).trim(), "");
 }
+
+/// `diff`, `commit` and `export` of a running container, as dockerd answers them: its changes
+/// without its mount points, an image of them the next container runs on (the caller's changes
+/// merged over the container's config), its whole root filesystem as a tar; a bad commit makes
+/// no image and leaves the container running.
+#[test]
+fn diff_commit_and_export_a_container() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let script = "echo hi > /new && rm /etc/group && mkdir /home/user/d && echo x > /home/user/d/f && \
+                  chmod 640 /home/user/d/f && echo ready > /tmp/ready && exec sleep 1000";
+    e.ok(&["run", "-d", "--name", "src", "-e", "FROM_RUN=1", "busybox", "sh", "-c", script]);
+    wait_for("the container's changes", || e.ok(&["diff", "src"]).contains("A /tmp/ready"));
+    assert_eq!(
+        e.ok(&["diff", "src"]).lines().collect::<Vec<_>>(),
+        [
+            "C /etc",
+            "D /etc/group",
+            "C /home/user",
+            "A /home/user/d",
+            "A /home/user/d/f",
+            "A /new",
+            "C /tmp",
+            "A /tmp/ready"
+        ]
+    );
+
+    // bad input: no image, the container runs on, unpaused
+    let images_before = e.ok(&["images", "-aq"]);
+    assert!(e.fails(&["commit", "nope", "x:1"]).contains("No such container: nope"));
+    assert!(e.fails(&["commit", "-c", "BOGUS 1", "src", "x:1"]).contains("BOGUS"));
+    assert_eq!(e.ok(&["images", "-aq"]), images_before);
+    assert_eq!(e.state("src"), "running");
+
+    let id = e.ok(&["commit", "-a", "me", "-m", "a message", "-c", "ENV COMMITTED=yes", "src", "committed:v1"]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    assert_eq!(e.state("src"), "running");
+    assert_eq!(e.inspect("committed:v1", "{{.Id}}"), id.trim());
+    assert_eq!(e.inspect("committed:v1", "{{.Author}}"), "me");
+    let env = e.inspect("committed:v1", "{{json .Config.Env}}");
+    assert!(env.contains("COMMITTED=yes") && env.contains("FROM_RUN=1"), "{env}");
+    assert_eq!(e.inspect("committed:v1", "{{json .Config.Cmd}}"), serde_json::json!(["sh", "-c", script]).to_string());
+    let out = e.ok(&[
+        "run",
+        "--rm",
+        "committed:v1",
+        "sh",
+        "-c",
+        "cat /new; test -e /etc/group || echo no-group; stat -c %a /home/user/d/f; test -e /tmp/ready && echo ready",
+    ]);
+    assert_eq!(out, "hi\nno-group\n640\nready\n");
+
+    let tar = e.dir.path().join("src.tar");
+    e.ok(&["export", "-o", tar.to_str().unwrap(), "src"]);
+    let list = std::process::Command::new("tar").arg("-tvf").arg(&tar).output().unwrap();
+    let list = stdout(&list);
+    for want in ["new", "home/user/d/f", "bin/busybox", "etc/passwd"] {
+        assert!(list.lines().any(|l| l.ends_with(&format!(" {want}"))), "{want} not in the export:\n{list}");
+    }
+    assert!(!list.lines().any(|l| l.ends_with(" etc/group")), "a deleted file exported:\n{list}");
+    assert!(list.lines().any(|l| l.starts_with("-rw-r-----") && l.ends_with(" home/user/d/f")), "{list}");
+
+    e.ok(&["rm", "-f", "src"]);
+    e.ok(&["rmi", "committed:v1"]);
+    e.assert_clean();
+}

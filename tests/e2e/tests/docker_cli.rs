@@ -263,3 +263,81 @@ fn docker_cli_publishes_ports_and_manages_networks() {
     assert!(!Engined::links().contains(&format!("br-{}", &id[..12])));
     wait_for("the proxy to exit", || e.proxies().is_empty());
 }
+
+/// `docker diff`, `docker commit` and `docker export` through engined and through a private
+/// Debian dockerd, on the same image and the same container script: the same changes, a
+/// committed image with the same config that runs the same, exports with the same files.
+#[test]
+fn docker_diff_commit_and_export_match_dockerd() {
+    let e = Engined::start();
+    let d = engine_test_support::dockerd::Dockerd::start(&[]);
+    let tar = rootfs_tar(&e);
+    let script = "echo hi > /new && rm /etc/group && mkdir -p /home/d && echo x > /home/d/f && chmod 640 /home/d/f \
+                  && ln /home/d/f /home/d/hard && ln -s f /home/d/soft && rm -r /out && echo ready > /tmp/ready \
+                  && exec sleep 1000";
+    let run = ["run", "-d", "--network", "none", "--name", "src", "-e", "FROM_RUN=1", "busybox", "sh", "-c", script];
+    let engine = |args: &[&str]| e.docker_ok(args);
+    let docker = |args: &[&str]| d.ok(args);
+    let both: [&dyn Fn(&[&str]) -> String; 2] = [&engine, &docker];
+    for docker in both {
+        docker(&["import", "-c", "CMD [\"sh\"]", tar.to_str().unwrap(), "busybox"]);
+        docker(&run);
+        wait_for("the container's changes", || docker(&["diff", "src"]).contains("A /tmp/ready"));
+    }
+    let sorted = |s: String| {
+        let mut l: Vec<String> = s.lines().map(str::to_string).collect();
+        l.sort();
+        l
+    };
+    assert_eq!(sorted(engine(&["diff", "src"])), sorted(docker(&["diff", "src"])));
+
+    let config = "{{json .Config.Env}} {{json .Config.Cmd}} {{json .Config.Entrypoint}} {{.Config.WorkingDir}} \
+                  {{.Config.User}} {{json .Config.Labels}} {{.Author}} {{.Comment}}";
+    let check =
+        "cat /new /home/d/hard; readlink /home/d/soft; stat -c %a /home/d/f; test -e /etc/group || echo no-group; \
+                 test -e /out || echo no-out";
+    let mut seen = Vec::new();
+    for docker in both {
+        docker(&[
+            "commit",
+            "-a",
+            "me",
+            "-m",
+            "a message",
+            "-c",
+            "ENV COMMITTED=yes",
+            "-c",
+            "LABEL l=1",
+            "src",
+            "made:1",
+        ]);
+        let inspect = docker(&["image", "inspect", "-f", config, "made:1"]);
+        let out = docker(&["run", "--rm", "--network", "none", "made:1", "sh", "-c", check]);
+        let history = docker(&["history", "--format", "{{.Comment}}", "made:1"]);
+        seen.push((inspect, out, history.lines().next().unwrap_or("").to_string()));
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[0].1, "hi\nx\nf\n640\nno-group\nno-out\n");
+
+    let files = |docker: &dyn Fn(&[&str]) -> String, name: &str| {
+        let path = e.dir.path().join(name);
+        docker(&["export", "-o", path.to_str().unwrap(), "src"]);
+        let list = Command::new("tar").arg("-tf").arg(&path).output().unwrap();
+        let mut l: Vec<String> = stdout(&list)
+            .lines()
+            .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_string())
+            .filter(|l| l.starts_with("home") || l.starts_with("bin/s") || l == "new" || l.starts_with("etc/"))
+            .collect();
+        l.sort();
+        l.dedup();
+        l
+    };
+    let (ours, theirs) = (files(&engine, "engine.tar"), files(&docker, "docker.tar"));
+    // dockerd's init layer adds /etc/mtab; the files mounted over are in neither's image
+    let without_mount_points = |l: Vec<String>| -> Vec<String> {
+        l.into_iter()
+            .filter(|p| !["etc/hosts", "etc/hostname", "etc/resolv.conf", "etc/mtab"].contains(&p.as_str()))
+            .collect()
+    };
+    assert_eq!(without_mount_points(ours), without_mount_points(theirs));
+}

@@ -1,0 +1,484 @@
+//! What a container changed, and trees as tar streams: the changes of a snapshot's upper
+//! directory over its image's layers (`docker diff`), the layer tar of them (`docker commit`,
+//! with overlayfs whiteouts turned into Docker's `.wh.` files), and the tar of a whole tree
+//! (`docker export`).
+//!
+//! Owns: reading upper directories and layers, and writing tar streams of them. It must never
+//! write to a snapshot or a layer: everything here only reads.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use std::fs::File;
+use std::time::SystemTime;
+
+use crate::archive;
+use crate::digest::{Digest, DigestWriter};
+use crate::manifest::History;
+use crate::progress::Progress;
+use crate::snapshot::{Snapshot, SnapshotError, StorageDriver};
+use crate::store::{io_at, ImageError, ImageStore, StagedBlob};
+use crate::unpack::OPAQUE_XATTR;
+
+/// How a path changed, with Docker's numbers (`Kind` of `GET /containers/{id}/changes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    Modified = 0,
+    Added = 1,
+    Deleted = 2,
+}
+
+impl ChangeKind {
+    /// The letter `docker diff` prints.
+    pub fn letter(self) -> char {
+        match self {
+            ChangeKind::Modified => 'C',
+            ChangeKind::Added => 'A',
+            ChangeKind::Deleted => 'D',
+        }
+    }
+}
+
+impl Serialize for ChangeKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(*self as u8)
+    }
+}
+
+/// One changed path, as `GET /containers/{id}/changes` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Change {
+    /// Absolute in the container ("/etc/passwd").
+    pub path: String,
+    pub kind: ChangeKind,
+}
+
+/// Whether `meta` is an overlayfs whiteout: a 0/0 character device.
+fn is_whiteout(meta: &std::fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    matches!(xattr::get(dir, OPAQUE_XATTR), Ok(Some(v)) if v == b"y")
+}
+
+/// The entries of `dir`, sorted by name (tar streams and change lists come out the same every
+/// time).
+fn sorted_entries(dir: &Path) -> io::Result<Vec<std::fs::DirEntry>> {
+    let mut entries = std::fs::read_dir(dir)?.collect::<io::Result<Vec<_>>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    Ok(entries)
+}
+
+/// Whether `rel` (relative, no leading `/`) exists in the image the lower layers make
+/// (`lowers` highest first): the highest layer that has it, or hides it by a whiteout or an
+/// opaque directory above it, decides.
+fn in_lowers(lowers: &[PathBuf], rel: &Path) -> Option<std::fs::Metadata> {
+    for layer in lowers {
+        if let Ok(meta) = std::fs::symlink_metadata(layer.join(rel)) {
+            return (!is_whiteout(&meta)).then_some(meta);
+        }
+        // an opaque directory on the way hides everything below it in lower layers
+        let mut dir = rel.parent();
+        while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+            if is_opaque(&layer.join(d)) {
+                return None;
+            }
+            dir = d.parent();
+        }
+    }
+    None
+}
+
+/// The changes of `upper` (a snapshot's upper directory) over `lowers` (its image's layer
+/// directories, highest first), as dockerd's overlay driver reports them: a whiteout is a
+/// deletion, a path the image has is a modification (a directory only when its mode or owner
+/// differ), any other an addition, and the directory holding an addition or deletion is
+/// modified. Paths in `skip` (the container's mount points) and below them are left out.
+pub fn changes(upper: &Path, lowers: &[PathBuf], skip: &HashSet<PathBuf>) -> io::Result<Vec<Change>> {
+    let mut out = Vec::new();
+    let mut changed_dirs = HashSet::new();
+    // (relative directory, whether an opaque directory above makes everything in it new)
+    let mut stack = vec![(PathBuf::new(), false)];
+    while let Some((dir, all_new)) = stack.pop() {
+        for entry in sorted_entries(&upper.join(&dir))? {
+            let rel = dir.join(entry.file_name());
+            if skip.contains(&Path::new("/").join(&rel)) {
+                continue;
+            }
+            let meta = entry.metadata()?;
+            let kind = if is_whiteout(&meta) {
+                Some(ChangeKind::Deleted)
+            } else if all_new {
+                Some(ChangeKind::Added)
+            } else {
+                match in_lowers(lowers, &rel) {
+                    None => Some(ChangeKind::Added),
+                    Some(low)
+                        if low.is_dir()
+                            && meta.is_dir()
+                            && (low.mode(), low.uid(), low.gid()) == (meta.mode(), meta.uid(), meta.gid()) =>
+                    {
+                        None
+                    }
+                    Some(_) => Some(ChangeKind::Modified),
+                }
+            };
+            let path = Path::new("/").join(&rel);
+            if let Some(kind) = kind {
+                out.push(Change { path: path.display().to_string(), kind });
+                if meta.is_dir() {
+                    changed_dirs.insert(path.clone());
+                }
+                if kind != ChangeKind::Modified {
+                    let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+                    if parent != Path::new("/") && changed_dirs.insert(parent.clone()) {
+                        out.push(Change { path: parent.display().to_string(), kind: ChangeKind::Modified });
+                    }
+                }
+            }
+            if meta.is_dir() {
+                let opaque = all_new || kind == Some(ChangeKind::Added) || is_opaque(&entry.path());
+                stack.push((rel, opaque));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.dedup_by(|a, b| a.path == b.path);
+    Ok(out)
+}
+
+/// How a tree is written: a layer (from an upper directory, whiteouts as Docker's `.wh.` files)
+/// or as it is (a rootfs, a directory of it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TreeForm {
+    Layer,
+    Plain,
+}
+
+/// Writes the tree at `root` as a tar stream to `w`: every entry under it with its mode, owner,
+/// times, xattrs (but overlayfs' own), hard links as links, in name order. Members are named
+/// `prefix/…` (no prefix: relative to `root`, and `root` itself is not a member). Paths in
+/// `skip` (absolute, as under `/` = `root`) and below them are left out.
+pub fn write_tree<W: Write>(
+    root: &Path,
+    prefix: &Path,
+    form: TreeForm,
+    skip: &HashSet<PathBuf>,
+    w: W,
+) -> io::Result<W> {
+    let mut tar = tar::Builder::new(w);
+    tar.follow_symlinks(false);
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    if !prefix.as_os_str().is_empty() {
+        let meta = std::fs::symlink_metadata(root)?;
+        append(&mut tar, root, prefix, &meta, form, &mut links)?;
+        if !meta.is_dir() {
+            return tar.into_inner();
+        }
+    }
+    // depth first in name order, as a walk of the tree: children are pushed in reverse
+    let children = |dir: &Path| -> io::Result<Vec<PathBuf>> {
+        Ok(sorted_entries(&root.join(dir))?.into_iter().rev().map(|e| dir.join(e.file_name())).collect())
+    };
+    let mut stack = children(Path::new(""))?;
+    while let Some(rel) = stack.pop() {
+        if skip.contains(&Path::new("/").join(&rel)) {
+            continue;
+        }
+        let path = root.join(&rel);
+        let meta = std::fs::symlink_metadata(&path)?;
+        append(&mut tar, &path, &prefix.join(&rel), &meta, form, &mut links)?;
+        if meta.is_dir() {
+            stack.extend(children(&rel)?);
+        }
+    }
+    tar.into_inner()
+}
+
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &Path,
+    name: &Path,
+    meta: &std::fs::Metadata,
+    form: TreeForm,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+) -> io::Result<()> {
+    if form == TreeForm::Layer && is_whiteout(meta) {
+        let hidden = name.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+        let mut wh = std::ffi::OsString::from(".wh.");
+        wh.push(std::ffi::OsStr::from_bytes(hidden));
+        return append_empty(tar, &name.with_file_name(wh));
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
+    // the names of the owners are not the image's business: numbers only, as dockerd's
+    let xattrs: Vec<(String, Vec<u8>)> = xattr::list(path)?
+        .filter_map(|n| {
+            let n = n.to_string_lossy().into_owned();
+            (!n.starts_with("trusted.overlay.")).then_some(n)
+        })
+        .filter_map(|n| xattr::get(path, &n).ok().flatten().map(|v| (format!("SCHILY.xattr.{n}"), v)))
+        .collect();
+    if !xattrs.is_empty() {
+        tar.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+    }
+    let ft = meta.file_type();
+    if ft.is_file() && meta.nlink() > 1 {
+        if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
+            header.set_entry_type(tar::EntryType::Link);
+            header.set_size(0);
+            return tar.append_link(&mut header, name, first);
+        }
+        links.insert((meta.dev(), meta.ino()), name.to_path_buf());
+    }
+    if ft.is_symlink() {
+        let target = std::fs::read_link(path)?;
+        header.set_size(0);
+        tar.append_link(&mut header, name, target)?;
+    } else if ft.is_file() {
+        let f = std::fs::File::open(path)?;
+        tar.append_data(&mut header, name, f)?;
+    } else {
+        header.set_size(0);
+        tar.append_data(&mut header, name, io::empty())?;
+    }
+    if form == TreeForm::Layer && ft.is_dir() && is_opaque(path) {
+        append_empty(tar, &name.join(".wh..wh..opq"))?;
+    }
+    Ok(())
+}
+
+fn append_empty<W: Write>(tar: &mut tar::Builder<W>, name: &Path) -> io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(0);
+    h.set_mode(0o600);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    tar.append_data(&mut h, name, io::empty())
+}
+
+/// What `commit` records besides the container's files.
+#[derive(Clone, Debug, Default)]
+pub struct CommitOptions {
+    pub reference: Option<crate::Reference>,
+    /// The new image's run defaults (the container's, with the caller's changes applied).
+    pub config: crate::manifest::ContainerConfig,
+    pub author: Option<String>,
+    pub comment: Option<String>,
+    /// What the history entry says made the layer (dockerd: the container's command).
+    pub created_by: Option<String>,
+}
+
+impl ImageStore {
+    fn snapshot_parts(&self, key: &str) -> Result<(Snapshot, Vec<PathBuf>), ImageError> {
+        let snapshot = self.snapshot(key)?.ok_or_else(|| ImageError::NotFound(format!("snapshot {key}")))?;
+        if snapshot.driver == StorageDriver::Vfs {
+            return Err(SnapshotError::Unsupported(
+                "the changes of a container (diff, commit) need the overlay2 storage driver; this one is vfs".into(),
+            )
+            .into());
+        }
+        let image = self
+            .images_by_id()?
+            .remove(&snapshot.image)
+            .ok_or_else(|| ImageError::NotFound(format!("{} (the image of snapshot {key})", snapshot.image)))?;
+        let lowers = image.layers.iter().rev().map(|l| self.layer_path(&l.diff_id)).collect();
+        Ok((snapshot, lowers))
+    }
+
+    /// The changes of snapshot `key` over its image (`docker diff`), leaving out `skip` (the
+    /// container's mount points).
+    pub fn snapshot_changes(&self, key: &str, skip: &HashSet<PathBuf>) -> Result<Vec<Change>, ImageError> {
+        let (snapshot, lowers) = self.snapshot_parts(key)?;
+        changes(&snapshot.upper, &lowers, skip).map_err(io_at(&snapshot.upper))
+    }
+
+    /// Writes the root filesystem of snapshot `key` as a tar stream (`docker export`).
+    pub fn export_snapshot<W: Write>(&self, key: &str, w: W) -> Result<W, ImageError> {
+        let snapshot = self.snapshot(key)?.ok_or_else(|| ImageError::NotFound(format!("snapshot {key}")))?;
+        self.mount_snapshot(key)?;
+        write_tree(&snapshot.rootfs, Path::new(""), TreeForm::Plain, &HashSet::new(), w)
+            .map_err(io_at(&snapshot.rootfs))
+    }
+
+    /// Makes a new image of snapshot `key`: its image's layers and one more holding the
+    /// snapshot's changes (without `skip`), with `opts.config` as its run defaults. The layer is
+    /// staged and checked like any load's, so a failed commit leaves the store as it was.
+    pub fn commit_snapshot(
+        &self,
+        key: &str,
+        skip: &HashSet<PathBuf>,
+        opts: &CommitOptions,
+        progress: &dyn Progress,
+    ) -> Result<Digest, ImageError> {
+        let (snapshot, _) = self.snapshot_parts(key)?;
+        let parent = self.resolve(&snapshot.image.to_string())?;
+        let staging = self.staging()?;
+        let blob_path = staging.0.join("files/layer");
+        let blob = {
+            let f = File::create(&blob_path).map_err(io_at(&blob_path))?;
+            let w = write_tree(
+                &snapshot.upper,
+                Path::new(""),
+                TreeForm::Layer,
+                skip,
+                DigestWriter::new(io::BufWriter::new(f)),
+            )
+            .map_err(io_at(&snapshot.upper))?;
+            let (digest, size, w) = w.finish();
+            w.into_inner().map_err(|e| io_at(&blob_path)(e.into_error()))?.sync_all().map_err(io_at(&blob_path))?;
+            StagedBlob { path: blob_path.clone(), digest, size }
+        };
+        // uncompressed: the blob's digest is the diff id
+        let (diff_id, unpacked_size) = self.unpack_blob(&blob, Some(&blob.digest.clone()), &staging.0, progress)?;
+        let now = engine_util::time::rfc3339_seconds(SystemTime::now());
+        let mut config = parent.config.clone();
+        config.created = Some(now.clone());
+        config.author = opts.author.clone().filter(|a| !a.is_empty());
+        config.config = Some(opts.config.clone());
+        config.rootfs.diff_ids.push(diff_id.clone());
+        config.history.push(History {
+            created: Some(now),
+            created_by: opts.created_by.clone(),
+            author: config.author.clone(),
+            comment: opts.comment.clone().filter(|c| !c.is_empty()),
+            empty_layer: false,
+        });
+        let config_blob = archive::stage_bytes(
+            &staging.0,
+            "config",
+            &serde_json::to_vec(&config).map_err(|e| ImageError::Format(e.to_string()))?,
+        )?;
+        let mut layer_blobs: Vec<StagedBlob> = parent
+            .record
+            .layers
+            .iter()
+            .map(|l| StagedBlob {
+                path: self.blob_path(&l.blob.digest),
+                digest: l.blob.digest.clone(),
+                size: l.blob.size,
+            })
+            .collect();
+        layer_blobs.push(blob.clone());
+        let mut layers = parent.record.layers.clone();
+        layers.push(blob.layer_record(crate::compression::Compression::None, diff_id, unpacked_size));
+        let image = archive::plan_manifest(
+            &staging.0,
+            config_blob,
+            layer_blobs,
+            layers,
+            opts.reference.iter().cloned().collect(),
+        )?;
+        let loaded = self.commit(vec![image], &staging.0, progress)?;
+        loaded.into_iter().next().map(|l| l.id).ok_or_else(|| ImageError::Format("commit produced no image".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whiteout(path: &Path) {
+        nix::sys::stat::mknod(path, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0).unwrap();
+    }
+
+    fn names(tar_bytes: &[u8]) -> Vec<String> {
+        tar::Archive::new(tar_bytes)
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect()
+    }
+
+    /// lower: /etc/passwd, /etc/group, /bin/sh, /gone/x; upper: /etc/passwd rewritten, /etc/group
+    /// deleted, /new added, /gone re-made opaque with /gone/y, /proc a mount point.
+    fn fixture() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let (lower, upper) = (t.path().join("lower"), t.path().join("upper"));
+        for d in ["etc", "bin", "gone"] {
+            std::fs::create_dir_all(lower.join(d)).unwrap();
+        }
+        for f in ["etc/passwd", "etc/group", "bin/sh", "gone/x"] {
+            std::fs::write(lower.join(f), "old").unwrap();
+        }
+        for d in ["etc", "gone", "proc"] {
+            std::fs::create_dir_all(upper.join(d)).unwrap();
+        }
+        std::fs::write(upper.join("etc/passwd"), "new").unwrap();
+        whiteout(&upper.join("etc/group"));
+        std::fs::write(upper.join("new"), "added").unwrap();
+        std::fs::write(upper.join("gone/y"), "y").unwrap();
+        xattr::set(upper.join("gone"), OPAQUE_XATTR, b"y").unwrap();
+        (t, lower, upper)
+    }
+
+    #[test]
+    fn changes_are_dockerds() {
+        let (_t, lower, upper) = fixture();
+        let skip: HashSet<PathBuf> = [PathBuf::from("/proc")].into();
+        let got: Vec<String> = changes(&upper, &[lower], &skip)
+            .unwrap()
+            .iter()
+            .map(|c| format!("{} {}", c.kind.letter(), c.path))
+            .collect();
+        assert_eq!(got, ["C /etc", "D /etc/group", "C /etc/passwd", "C /gone", "A /gone/y", "A /new"]);
+    }
+
+    #[test]
+    fn a_layer_tar_carries_whiteouts_and_opaque_directories_as_docker_writes_them() {
+        let (_t, _lower, upper) = fixture();
+        let skip: HashSet<PathBuf> = [PathBuf::from("/proc")].into();
+        let bytes = write_tree(&upper, Path::new(""), TreeForm::Layer, &skip, Vec::new()).unwrap();
+        assert_eq!(names(&bytes), ["etc", "etc/.wh.group", "etc/passwd", "gone", "gone/.wh..wh..opq", "gone/y", "new"]);
+        // and it unpacks back into the same overlay form
+        let back = tempfile::tempdir().unwrap();
+        crate::unpack::unpack_layer(&mut bytes.as_slice(), back.path(), &Default::default(), |_| {}).unwrap();
+        assert!(is_whiteout(&std::fs::symlink_metadata(back.path().join("etc/group")).unwrap()));
+        assert!(is_opaque(&back.path().join("gone")));
+        assert_eq!(std::fs::read_to_string(back.path().join("etc/passwd")).unwrap(), "new");
+    }
+
+    #[test]
+    fn a_plain_tree_keeps_hard_links_symlinks_and_owners_under_its_prefix() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("d");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("a"), "x").unwrap();
+        std::fs::hard_link(root.join("a"), root.join("b")).unwrap();
+        std::os::unix::fs::symlink("a", root.join("l")).unwrap();
+        std::os::unix::fs::chown(root.join("a"), Some(1234), Some(5678)).unwrap();
+        let bytes = write_tree(&root, Path::new("d"), TreeForm::Plain, &HashSet::new(), Vec::new()).unwrap();
+        let mut ar = tar::Archive::new(bytes.as_slice());
+        let got: Vec<(String, tar::EntryType, Option<String>, u64)> = ar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().entry_type(),
+                    e.link_name().unwrap().map(|l| l.display().to_string()),
+                    e.header().uid().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("d".into(), tar::EntryType::Directory, None, 0),
+                ("d/a".into(), tar::EntryType::Regular, None, 1234),
+                ("d/b".into(), tar::EntryType::Link, Some("d/a".into()), 1234),
+                ("d/l".into(), tar::EntryType::Symlink, Some("a".into()), 0),
+            ]
+        );
+    }
+}
