@@ -840,6 +840,8 @@ pub enum ContainerCommand {
     Export(crate::files::ExportArgs),
     /// Create a new image from a container's changes.
     Commit(crate::files::CommitArgs),
+    /// Copy files/folders between a container and the local filesystem.
+    Cp(crate::files::CpArgs),
 }
 
 pub async fn container(c: &Client, cmd: ContainerCommand) -> Result<i32> {
@@ -859,6 +861,7 @@ pub async fn container(c: &Client, cmd: ContainerCommand) -> Result<i32> {
         ContainerCommand::Diff(a) => crate::files::diff(c, a).await,
         ContainerCommand::Export(a) => crate::files::export(c, a).await,
         ContainerCommand::Commit(a) => crate::files::commit(c, a).await,
+        ContainerCommand::Cp(a) => crate::files::cp(c, a).await,
     }
 }
 

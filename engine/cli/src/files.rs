@@ -79,3 +79,177 @@ pub async fn commit(c: &Client, a: CommitArgs) -> Result<i32> {
     println!("{}", v["Id"].as_str().unwrap_or(""));
     Ok(0)
 }
+
+#[derive(clap::Args, Debug)]
+pub struct CpArgs {
+    /// Archive mode (copy all uid/gid information).
+    #[arg(short = 'a', long)]
+    pub archive: bool,
+    /// Always follow symbol link in SRC_PATH.
+    #[arg(short = 'L', long)]
+    pub follow_link: bool,
+    /// CONTAINER:SRC_PATH, SRC_PATH or - (a tar stream on stdin).
+    pub source: String,
+    /// CONTAINER:DEST_PATH, DEST_PATH or - (a tar stream on stdout).
+    pub destination: String,
+}
+
+/// `CONTAINER:PATH` → (container, path); a local path (which may hold ':' after a '/') → None.
+fn split_container_path(arg: &str) -> Option<(&str, &str)> {
+    if arg.starts_with('/') || arg.starts_with('.') {
+        return None;
+    }
+    arg.split_once(':').filter(|(c, _)| !c.is_empty() && !c.contains('/'))
+}
+
+/// The stat dockerd sends in `X-Docker-Container-Path-Stat`.
+#[derive(serde::Deserialize, Debug)]
+struct PathStat {
+    #[serde(default)]
+    mode: u32,
+}
+
+impl PathStat {
+    fn is_dir(&self) -> bool {
+        self.mode & (1 << 31) != 0
+    }
+
+    fn of(r: &hyper::Response<hyper::body::Incoming>) -> Result<PathStat> {
+        use base64::Engine as _;
+        let raw = r.headers().get("X-Docker-Container-Path-Stat").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let json = base64::engine::general_purpose::STANDARD.decode(raw).unwrap_or_default();
+        Ok(serde_json::from_slice(&json).unwrap_or(PathStat { mode: 0 }))
+    }
+}
+
+fn archive_path(container: &str, path: &str) -> String {
+    format!("/containers/{}/archive?path={}", urlencode(container), urlencode(path))
+}
+
+/// The last component a copy names its result after (`.` for `dir/.`: its contents).
+fn base_name(path: &str) -> String {
+    if path.ends_with("/.") {
+        return ".".into();
+    }
+    std::path::Path::new(path.trim_end_matches('/'))
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| ".".into())
+}
+
+/// Copies files between a container and the local filesystem as `docker cp` does: into an
+/// existing directory under the source's name, else to the destination's name.
+pub async fn cp(c: &Client, a: CpArgs) -> Result<i32> {
+    match (split_container_path(&a.source), split_container_path(&a.destination)) {
+        (Some((ctr, src)), None) => copy_from_container(c, ctr, src, &a.destination).await?,
+        (None, Some((ctr, dest))) => copy_to_container(c, &a.source, ctr, dest, &a).await?,
+        (Some(_), Some(_)) => anyhow::bail!("copying between containers is not supported"),
+        (None, None) => anyhow::bail!("must specify at least one container source"),
+    }
+    Ok(0)
+}
+
+async fn copy_from_container(c: &Client, ctr: &str, src: &str, dest: &str) -> Result<()> {
+    let r = c.send(hyper::Method::GET, &archive_path(ctr, src), client::empty_body(), None).await?;
+    let stat = PathStat::of(&r)?;
+    let mut tar = Vec::new();
+    client::for_each_chunk(r, |chunk| {
+        tar.extend_from_slice(chunk);
+        Ok(())
+    })
+    .await?;
+    if dest == "-" {
+        use std::io::Write;
+        std::io::stdout().write_all(&tar)?;
+        return Ok(());
+    }
+    let dest = std::path::Path::new(dest);
+    let extract = |dir: &std::path::Path, tar: &[u8]| -> Result<()> {
+        let opts = engine_image::copy::CopyInOptions::default();
+        engine_image::copy::copy_in(std::path::Path::new("/"), &dir.display().to_string(), tar, &opts)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let absolute = std::path::absolute(dest)?;
+    let name = base_name(src);
+    match std::fs::metadata(&absolute) {
+        Ok(m) if m.is_dir() => extract(&absolute, &tar),
+        Ok(_) if stat.is_dir() => anyhow::bail!("cannot copy a directory to a file: {}", dest.display()),
+        Err(_) if dest.to_string_lossy().ends_with('/') && !stat.is_dir() => {
+            anyhow::bail!("destination directory {} does not exist", dest.display())
+        }
+        Err(_) if name == "." => {
+            // a directory's contents, to a new directory
+            std::fs::create_dir(&absolute).map_err(|e| anyhow::anyhow!("{}: {e}", dest.display()))?;
+            extract(&absolute, &tar)
+        }
+        _ => {
+            // to a new name: extracted beside it, then renamed over it
+            let parent = absolute.parent().unwrap_or(std::path::Path::new("/"));
+            let staging = tempfile_dir(parent)?;
+            let made = extract(&staging, &tar).and_then(|()| {
+                std::fs::rename(staging.join(&name), &absolute).map_err(|e| anyhow::anyhow!("{}: {e}", dest.display()))
+            });
+            let _ = std::fs::remove_dir_all(&staging);
+            made
+        }
+    }
+}
+
+/// A new empty directory in `parent`, to extract into before a rename.
+fn tempfile_dir(parent: &std::path::Path) -> Result<std::path::PathBuf> {
+    for n in 0..1000 {
+        let p = parent.join(format!(".engine-cp-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", parent.display())),
+        }
+    }
+    anyhow::bail!("no room for a temporary directory in {}", parent.display())
+}
+
+async fn copy_to_container(c: &Client, src: &str, ctr: &str, dest: &str, a: &CpArgs) -> Result<()> {
+    let put = |dir: String, body| async move {
+        let path = format!("{}&noOverwriteDirNonDir=1&copyUIDGID={}", archive_path(ctr, &dir), a.archive as u8);
+        c.send(hyper::Method::PUT, &path, body, Some("application/x-tar")).await.map(|_| ())
+    };
+    if src == "-" {
+        return put(dest.to_string(), client::reader_body(std::io::stdin(), |_| {})).await;
+    }
+    let mut local = std::path::PathBuf::from(src);
+    if a.follow_link {
+        local = std::fs::canonicalize(&local)?;
+    }
+    let meta = std::fs::symlink_metadata(&local).map_err(|e| anyhow::anyhow!("{src}: {e}"))?;
+    // where the copy lands: into an existing directory under its own name, else to `dest`
+    let target = match c.send(hyper::Method::HEAD, &archive_path(ctr, dest), client::empty_body(), None).await {
+        Ok(r) => Some(PathStat::of(&r)?),
+        Err(e) if e.downcast_ref::<client::DaemonError>().is_some_and(|d| d.status == 404) => None,
+        Err(e) => return Err(e),
+    };
+    let (dir, name) = match target {
+        Some(t) if t.is_dir() => (dest.to_string(), base_name(src)),
+        Some(_) if meta.is_dir() => anyhow::bail!("cannot copy a directory to a file: {dest}"),
+        _ => {
+            let d = std::path::Path::new(dest.trim_end_matches('/'));
+            let parent = d.parent().map(|p| p.display().to_string()).filter(|p| !p.is_empty()).unwrap_or("/".into());
+            (parent, base_name(dest))
+        }
+    };
+    let (reader, writer) = std::io::pipe()?;
+    let writing = std::thread::spawn(move || {
+        engine_image::changes::write_tree(
+            &local,
+            std::path::Path::new(&name),
+            engine_image::changes::TreeForm::Plain,
+            &Default::default(),
+            writer,
+        )
+        .map(|_| ())
+    });
+    let body = client::reader_body(reader, |_| {});
+    let sent = put(dir, body).await;
+    let written = writing.join().map_err(|_| anyhow::anyhow!("reading {src} failed"))?;
+    sent?;
+    written.map_err(|e| anyhow::anyhow!("{src}: {e}"))
+}

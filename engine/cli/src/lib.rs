@@ -64,6 +64,8 @@ pub enum Command {
     Export(files::ExportArgs),
     /// Create a new image from a container's changes.
     Commit(files::CommitArgs),
+    /// Copy files/folders between a container and the local filesystem.
+    Cp(files::CpArgs),
     /// Return low-level information on containers or images.
     Inspect(containers::InspectArgs),
     /// List containers.
@@ -201,6 +203,7 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::Diff(a) => files::diff(c, a).await,
         Command::Export(a) => files::export(c, a).await,
         Command::Commit(a) => files::commit(c, a).await,
+        Command::Cp(a) => files::cp(c, a).await,
         Command::Ps(a) => ct::ps(c, a).await,
         Command::Rename { container, new_name } => ct::rename(c, &container, &new_name).await,
         Command::Top { container } => ct::top(c, &container).await,

@@ -264,11 +264,21 @@ async fn dispatch(
         }
         (&M::GET, ["containers", id, "logs"]) => logs(d, &d.containers.find(id)?, &q).await,
         (&M::GET, ["containers", id, "top"]) => top(d, &d.containers.find(id)?).await,
-        (&M::GET, ["containers", id, "changes"]) => crate::commit::changes(d, &d.containers.find(id)?).await,
-        (&M::GET, ["containers", id, "export"]) => crate::commit::export(d, &d.containers.find(id)?).await,
+        (&M::GET, ["containers", id, "changes"]) => crate::commit::changes(&d.files(), &d.containers.find(id)?).await,
+        (&M::HEAD, ["containers", id, "archive"]) => {
+            crate::commit::archive_get(&d.files(), &d.containers.find(id)?, &q, true).await
+        }
+        (&M::GET, ["containers", id, "archive"]) => {
+            crate::commit::archive_get(&d.files(), &d.containers.find(id)?, &q, false).await
+        }
+        (&M::PUT, ["containers", id, "archive"]) => {
+            crate::commit::archive_put(&d.files(), &d.containers.find(id)?, &q, req.into_body()).await
+        }
+        (&M::GET, ["containers", id, "export"]) => crate::commit::export(&d.files(), &d.containers.find(id)?).await,
         (&M::POST, ["commit"]) => {
             let body: Option<ContainerConfig> = http::read_json(req.into_body()).await?;
-            crate::commit::commit(d, trace, &q, body).await
+            let id = d.commit(trace, &q, body).await?;
+            Ok(json(StatusCode::CREATED, &json!({ "Id": id.to_string() })))
         }
         (&M::GET, ["containers", id, "stats"]) => stats(d, &d.containers.find(id)?).await,
         (&M::POST, ["containers", id, "attach"]) => attach(d, d.containers.find(id)?, &q, req).await,

@@ -15,7 +15,7 @@ use engine_image::ImageStore;
 use crate::config::Config;
 use crate::events::{Event, Events};
 use crate::hostconfig;
-use crate::http::ApiError;
+use crate::http::{ApiError, Query};
 use crate::lifecycle::{task, Lifecycle};
 use crate::log;
 use crate::records::{ContainerStore, Loaded, NameReservation};
@@ -351,7 +351,7 @@ impl Daemon {
         // Config as dockerd keeps it: the caller's with the image's merged in, not the
         // process's environment and directory (what the runtime adds is not the container's)
         let image_run = image.config.config.clone().unwrap_or_default();
-        crate::commit::merge_env(&mut config.env, &image_run.env);
+        crate::runconfig::merge_env(&mut config.env, &image_run.env);
         if config.user.is_empty() {
             config.user = image_run.user.clone().unwrap_or_default();
         }
@@ -802,6 +802,38 @@ impl Daemon {
         self.persist(e);
         self.event(&e.snapshot(), "pause", &[]);
         Ok(())
+    }
+
+    /// What the container-file routes (diff, export, cp, commit) need of the daemon.
+    pub fn files(&self) -> crate::commit::Files<'_> {
+        crate::commit::Files { images: &self.images, containers: &self.containers, events: &self.events }
+    }
+
+    /// `POST /commit`: a new image of a container's changes, the container paused around it
+    /// when it runs unless `pause=0` (dockerd's default); one `daemon.commit` span.
+    pub async fn commit(
+        &self,
+        trace: &Trace,
+        q: &Query,
+        body: Option<engine_docker_api::ContainerConfig>,
+    ) -> Result<engine_image::Digest, ApiError> {
+        let e = self.containers.find(q.get("container").unwrap_or(""))?;
+        let rec = e.snapshot();
+        let opts = crate::commit::commit_options(&rec, q, body)?;
+        let span = trace.start(engine_telemetry::names::DAEMON_COMMIT);
+        trace.attr(span, "container.id", rec.id.as_str());
+        let pause = q.get("pause").is_none_or(|p| !matches!(p, "0" | "false" | "False"));
+        let paused_here = pause && rec.state.running() && !rec.state.paused() && self.pause(&e).await.is_ok();
+        let made = self.files().commit_image(&rec, opts).await;
+        if paused_here {
+            if let Err(err) = self.unpause(&e).await {
+                log!(self.cfg, "warn", "unpausing {} after its commit: {}", rec.id, err.message);
+            }
+        }
+        let id = trace.finish(span, made.map_err(|e| e.message)).map_err(ApiError::internal)?;
+        trace.attr(span, "image.id", id.to_string());
+        self.event(&rec, "commit", &[]);
+        Ok(id)
     }
 
     /// Thaws a paused container.

@@ -77,6 +77,18 @@ impl From<ImageError> for ApiError {
     }
 }
 
+impl From<engine_image::copy::CopyError> for ApiError {
+    fn from(e: engine_image::copy::CopyError) -> Self {
+        use engine_image::copy::CopyError as E;
+        let status = match &e {
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::NotADirectory(_) | E::Refused(_) | E::Tar(_) => StatusCode::BAD_REQUEST,
+            E::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
 impl From<engine_image::reference::ReferenceError> for ApiError {
     fn from(e: engine_image::reference::ReferenceError) -> Self {
         ApiError::bad_request(e.to_string())

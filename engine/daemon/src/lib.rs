@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod network;
 pub mod orphans;
 pub mod records;
+pub mod runconfig;
 pub mod state;
 pub mod supervisor;
 pub mod trace;

@@ -14,6 +14,7 @@
 pub mod archive;
 pub mod changes;
 pub mod compression;
+pub mod copy;
 pub mod digest;
 pub mod ingest;
 pub mod manifest;

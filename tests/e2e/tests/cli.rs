@@ -1070,3 +1070,56 @@ fn diff_commit_and_export_a_container() {
     e.ok(&["rmi", "committed:v1"]);
     e.assert_clean();
 }
+
+/// `engine cp` both ways with `docker cp`'s rules: into an existing directory under the
+/// source's name, else to the destination's name; `dir/.` copies the contents; a symlink goes
+/// as a link; a volume's path lands in the volume; a link of the container's to a host path is
+/// read in the container's root and never written through; bad paths are clear errors.
+#[test]
+fn cp_copies_files_in_and_out_of_a_container() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let outside = tempfile::tempdir().unwrap();
+    let script = format!(
+        "mkdir -p /src/sub && echo a > /src/a && echo b > /src/sub/b && ln -s /etc/passwd /src/link && \
+         ln -s {} /escape && echo ready > /tmp/ready && exec sleep 1000",
+        outside.path().display()
+    );
+    e.ok(&["run", "-d", "--name", "cpc", "-v", "cpvol:/data", "busybox", "sh", "-c", &script]);
+    wait_for("the container's files", || e.engine(&["exec", "cpc", "cat", "/tmp/ready"]).status.success());
+    let local = e.dir.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    let l = |p: &str| local.join(p).display().to_string();
+
+    // out
+    e.ok(&["cp", "cpc:/src", &l("")]);
+    assert_eq!(std::fs::read_to_string(local.join("src/sub/b")).unwrap(), "b\n");
+    assert_eq!(std::fs::read_link(local.join("src/link")).unwrap(), std::path::Path::new("/etc/passwd"));
+    e.ok(&["cp", "cpc:/src/a", &l("renamed")]);
+    assert_eq!(std::fs::read_to_string(local.join("renamed")).unwrap(), "a\n");
+    e.ok(&["cp", "cpc:/src/.", &l("contents")]);
+    assert_eq!(std::fs::read_to_string(local.join("contents/a")).unwrap(), "a\n");
+
+    // in
+    std::fs::write(local.join("in.txt"), "in\n").unwrap();
+    e.ok(&["cp", &l("in.txt"), "cpc:/tmp"]);
+    assert_eq!(e.ok(&["exec", "cpc", "cat", "/tmp/in.txt"]), "in\n");
+    e.ok(&["cp", &l("src"), "cpc:/newdir"]);
+    assert_eq!(e.ok(&["exec", "cpc", "cat", "/newdir/sub/b"]), "b\n");
+    e.ok(&["cp", &l("in.txt"), "cpc:/data/"]);
+    let volume = e.ok(&["volume", "inspect", "-f", "{{.Mountpoint}}", "cpvol"]).trim().to_string();
+    assert_eq!(std::fs::read_to_string(std::path::Path::new(&volume).join("in.txt")).unwrap(), "in\n");
+
+    // a link to a host path is the container's path, which does not exist: nothing is written
+    let err = e.fails(&["cp", &l("in.txt"), "cpc:/escape/x.txt"]);
+    assert!(err.contains("Could not find") || err.contains("not find"), "{err}");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "written through a link to the host");
+    let err = e.fails(&["cp", "cpc:/nope", &l("x")]);
+    assert!(err.contains("Could not find the file /nope in container cpc"), "{err}");
+    let err = e.fails(&["cp", &l("src"), "cpc:/tmp/in.txt"]);
+    assert!(err.contains("cannot copy a directory to a file"), "{err}");
+
+    e.ok(&["rm", "-f", "cpc"]);
+    e.ok(&["volume", "rm", "cpvol"]);
+    e.assert_clean();
+}

@@ -319,6 +319,33 @@ fn docker_diff_commit_and_export_match_dockerd() {
     assert_eq!(seen[0], seen[1]);
     assert_eq!(seen[0].1, "hi\nx\nf\n640\nno-group\nno-out\n");
 
+    // docker cp both ways: the same tree out (types, modes, link targets, contents), the same
+    // file in, the same answer for a missing path
+    let tree = |root: &std::path::Path| -> Vec<String> {
+        let out =
+            Command::new("find").arg(".").arg("-printf").arg("%p %y %m %l\\n").current_dir(root).output().unwrap();
+        let mut l: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+        l.sort();
+        l
+    };
+    let local = e.dir.path().join("in.txt");
+    std::fs::write(&local, "in\n").unwrap();
+    let mut copies = Vec::new();
+    for (i, docker) in both.into_iter().enumerate() {
+        let out = e.dir.path().join(format!("cp{i}"));
+        std::fs::create_dir(&out).unwrap();
+        docker(&["cp", "src:/home/d", out.to_str().unwrap()]);
+        docker(&["cp", local.to_str().unwrap(), "src:/tmp/"]);
+        copies.push((tree(&out), docker(&["exec", "src", "cat", "/tmp/in.txt"])));
+    }
+    assert_eq!(copies[0], copies[1]);
+    assert!(copies[0].0.iter().any(|l| l.starts_with("./d/soft l 777 f")), "{:?}", copies[0].0);
+    let missing = |out: std::process::Output| stderr(&out).trim().to_string();
+    assert_eq!(
+        missing(e.docker(&["cp", "src:/nope", e.dir.path().to_str().unwrap()])),
+        missing(d.docker(&["cp", "src:/nope", e.dir.path().to_str().unwrap()]))
+    );
+
     let files = |docker: &dyn Fn(&[&str]) -> String, name: &str| {
         let path = e.dir.path().join(name);
         docker(&["export", "-o", path.to_str().unwrap(), "src"]);
