@@ -253,3 +253,110 @@ async fn copy_to_container(c: &Client, src: &str, ctr: &str, dest: &str, a: &CpA
     sent?;
     written.map_err(|e| anyhow::anyhow!("{src}: {e}"))
 }
+
+#[derive(clap::Args, Debug)]
+pub struct BuildArgs {
+    /// Name and optionally a tag in the 'name:tag' format.
+    #[arg(short = 't', long = "tag")]
+    pub tags: Vec<String>,
+    /// Name of the Dockerfile (default: 'PATH/Dockerfile').
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<std::path::PathBuf>,
+    /// Set build-time variables.
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+    /// Set the target build stage to build.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Do not use cache when building the image.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Set metadata for an image.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Suppress the build output and print image ID on success.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Set the networking mode for the RUN instructions during build.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Always remove intermediate containers (they always are).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub rm: bool,
+    /// Always remove intermediate containers.
+    #[arg(long)]
+    pub force_rm: bool,
+    /// The build context: a directory, or - for a tar stream on stdin.
+    pub path: String,
+}
+
+/// `engine build`: sends the context as a tar stream and prints the steps as they run.
+pub async fn build(c: &Client, a: BuildArgs) -> Result<i32> {
+    let mut q = Vec::new();
+    for t in &a.tags {
+        q.push(format!("t={}", urlencode(t)));
+    }
+    if let Some(f) = &a.file {
+        let rel = if a.path == "-" {
+            f.clone()
+        } else {
+            let ctx = std::fs::canonicalize(&a.path)?;
+            let file = std::fs::canonicalize(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            file.strip_prefix(&ctx)
+                .map(|p| p.to_path_buf())
+                .map_err(|_| anyhow::anyhow!("the Dockerfile ({}) must be within the build context", f.display()))?
+        };
+        q.push(format!("dockerfile={}", urlencode(&rel.display().to_string())));
+    }
+    let pairs = |list: &[String]| -> serde_json::Map<String, serde_json::Value> {
+        list.iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_string(), serde_json::json!(v)),
+                // a name alone takes its value from this environment, as the Docker CLI's
+                None => {
+                    (kv.clone(), std::env::var(kv).map(|v| serde_json::json!(v)).unwrap_or(serde_json::Value::Null))
+                }
+            })
+            .collect()
+    };
+    if !a.build_args.is_empty() {
+        q.push(format!("buildargs={}", urlencode(&serde_json::Value::Object(pairs(&a.build_args)).to_string())));
+    }
+    if !a.labels.is_empty() {
+        q.push(format!("labels={}", urlencode(&serde_json::Value::Object(pairs(&a.labels)).to_string())));
+    }
+    if let Some(t) = &a.target {
+        q.push(format!("target={}", urlencode(t)));
+    }
+    if let Some(n) = &a.network {
+        q.push(format!("networkmode={}", urlencode(n)));
+    }
+    q.push(format!("nocache={}&q={}&rm=1&forcerm={}", a.no_cache as u8, a.quiet as u8, a.force_rm as u8));
+    let body = if a.path == "-" {
+        client::reader_body(std::io::stdin(), |_| {})
+    } else {
+        let root = std::path::PathBuf::from(&a.path);
+        if !root.is_dir() {
+            anyhow::bail!("unable to prepare context: path {:?} not found", a.path);
+        }
+        let (reader, writer) = std::io::pipe()?;
+        std::thread::spawn(move || {
+            let _ = engine_image::changes::write_tree(
+                &root,
+                std::path::Path::new(""),
+                engine_image::changes::TreeForm::Plain,
+                &Default::default(),
+                writer,
+            );
+        });
+        client::reader_body(reader, |_| {})
+    };
+    let r = c.send(hyper::Method::POST, &format!("/build?{}", q.join("&")), body, Some("application/x-tar")).await?;
+    let messages = crate::images::json_stream(r, a.quiet).await?;
+    if a.quiet {
+        if let Some(id) = messages.iter().rev().find_map(|m| m["aux"]["ID"].as_str()) {
+            println!("{id}");
+        }
+    }
+    Ok(0)
+}

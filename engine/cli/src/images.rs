@@ -91,7 +91,7 @@ fn bar(total: Option<u64>, quiet: bool, what: &str) -> indicatif::ProgressBar {
 }
 
 /// Prints the JSON message stream of load/import; an `error` message fails the command.
-async fn json_stream(r: hyper::Response<hyper::body::Incoming>, quiet: bool) -> Result<Vec<Value>> {
+pub(crate) async fn json_stream(r: hyper::Response<hyper::body::Incoming>, quiet: bool) -> Result<Vec<Value>> {
     let mut messages = Vec::new();
     let mut error = None;
     client::for_each_json_line(r, |v| {

@@ -66,6 +66,8 @@ pub enum Command {
     Commit(files::CommitArgs),
     /// Copy files/folders between a container and the local filesystem.
     Cp(files::CpArgs),
+    /// Build an image from a Dockerfile.
+    Build(files::BuildArgs),
     /// Return low-level information on containers or images.
     Inspect(containers::InspectArgs),
     /// List containers.
@@ -204,6 +206,7 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::Export(a) => files::export(c, a).await,
         Command::Commit(a) => files::commit(c, a).await,
         Command::Cp(a) => files::cp(c, a).await,
+        Command::Build(a) => files::build(c, a).await,
         Command::Ps(a) => ct::ps(c, a).await,
         Command::Rename { container, new_name } => ct::rename(c, &container, &new_name).await,
         Command::Top { container } => ct::top(c, &container).await,

@@ -143,6 +143,7 @@ const FIXED_PATHS: &[&str] = &[
     "/containers/json",
     "/auth",
     "/commit",
+    "/build",
 ];
 
 /// The request method as a metric label: the standard ones, else "other".
@@ -275,6 +276,7 @@ async fn dispatch(
             crate::commit::archive_put(&d.files(), &d.containers.find(id)?, &q, req.into_body()).await
         }
         (&M::GET, ["containers", id, "export"]) => crate::commit::export(&d.files(), &d.containers.find(id)?).await,
+        (&M::POST, ["build"]) => build(d, &q, req.into_body()).await,
         (&M::POST, ["commit"]) => {
             let body: Option<ContainerConfig> = http::read_json(req.into_body()).await?;
             let id = d.commit(trace, &q, body).await?;
@@ -415,6 +417,62 @@ async fn dispatch(
         )),
         _ => Err(ApiError::not_found(format!("page not found: {path}"))),
     }
+}
+
+/// `POST /build`: the context is unpacked first (a bad one is a plain error answer), then the
+/// build streams its steps; one `daemon.build` span holds them. The context goes when it ends.
+async fn build(d: &Arc<Daemon>, q: &Query, body: http::RequestBody) -> Result<Resp, ApiError> {
+    let opts = crate::build::BuildOptions::from_query(q)?;
+    let trace = crate::trace::current().ok_or_else(|| ApiError::internal("build outside of a request"))?;
+    let context = d.cfg.data_root.join("build").join(http::new_id()?);
+    std::fs::create_dir_all(&context).map_err(|e| ApiError::internal(format!("{}: {e}", context.display())))?;
+    let (dir, reader, dockerfile) = (context.clone(), http::BodyReader::new(body), opts.dockerfile.clone());
+    let unpacked = tokio::task::spawn_blocking(move || crate::build::unpack_context(&dir, reader, &dockerfile))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Err(e) = unpacked {
+        let _ = std::fs::remove_dir_all(&context);
+        return Err(ApiError::bad_request(format!("reading the build context: {}", e.0)));
+    }
+    let hold = trace.hold();
+    let span = trace.start(engine_telemetry::names::DAEMON_BUILD);
+    let previous = trace.enter(span);
+    let (lines, mut rx) = tokio::sync::mpsc::channel::<Value>(64);
+    let (tx, resp_body) = http::channel_body(64);
+    let forward = tokio::spawn(async move {
+        while let Some(v) = rx.recv().await {
+            if tx.send(Bytes::from(format!("{v}\n"))).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (d, t) = (d.clone(), trace.clone());
+    let work = async move {
+        let host = Arc::new(crate::daemon::BuildHost(d.clone()));
+        let result = crate::build::build(host, &d.build_cache, &t, &context, &opts, &lines).await;
+        match &result {
+            Ok(id) => {
+                let _ = lines.send(json!({ "aux": { "ID": id.to_string() } })).await;
+                let _ = lines.send(json!({ "stream": format!("Successfully built {}\n", &id.hex()[..12]) })).await;
+                for tag in &opts.tags {
+                    let _ = lines.send(json!({ "stream": format!("Successfully tagged {}\n", tag.familiar()) })).await;
+                }
+            }
+            Err(e) => {
+                let _ = lines.send(json!({ "errorDetail": { "message": e.0 }, "error": e.0 })).await;
+            }
+        }
+        let _ = t.finish(span, result.map(|_| ()).map_err(|e| e.0));
+        t.enter(previous);
+        let _ = std::fs::remove_dir_all(&context);
+        drop(lines);
+        let _ = forward.await;
+        drop(hold);
+    };
+    tokio::spawn(async move { trace.scope(work).await });
+    let mut r = Resp::new(resp_body);
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
 }
 
 /// The filters of `container prune` and `image prune`: `until` (a time: what was created

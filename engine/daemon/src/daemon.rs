@@ -59,6 +59,8 @@ pub struct Daemon {
     pub metrics_service: Arc<crate::metrics::MetricsService>,
     /// Runs the health checks of running containers that have one.
     pub health: Arc<crate::health::HealthService>,
+    /// The classic builder's cache of steps.
+    pub build_cache: Arc<crate::build::BuildCache>,
 }
 
 use engine_util::time::now_rfc3339_nanos as now;
@@ -163,6 +165,7 @@ impl Daemon {
             distribution,
             containers,
             volumes: crate::volumes::VolumeStore::new(cfg.data_root.join("volumes")),
+            build_cache: Arc::new(crate::build::BuildCache::open(cfg.data_root.join("build-cache.json"))),
             supervisor,
             sink: Some(sink),
             traces,
@@ -834,6 +837,28 @@ impl Daemon {
         trace.attr(span, "image.id", id.to_string());
         self.event(&rec, "commit", &[]);
         Ok(id)
+    }
+
+    /// Runs container `id` to its end for a build step, its output sent to `out` line by line;
+    /// its exit code.
+    async fn run_to_end(
+        self: &Arc<Self>,
+        trace: &Trace,
+        id: &str,
+        out: tokio::sync::mpsc::Sender<String>,
+    ) -> Result<i64, ApiError> {
+        let e = self.containers.find(id)?;
+        self.start(trace, &e).await?;
+        let req = LogsRequest { container_id: id.to_string(), follow: true, tail: 0 };
+        if let Ok(mut logs) = self.lifecycle.logs(req).await {
+            while let Ok(Some(entry)) = logs.message().await {
+                if out.send(String::from_utf8_lossy(&entry.line).into_owned()).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let (code, _) = self.wait(&e, "not-running").await?;
+        Ok(code)
     }
 
     /// Thaws a paused container.
@@ -1572,6 +1597,40 @@ where
                 tokio::time::sleep(Duration::from_millis(100)).await
             }
             r => return r,
+        }
+    }
+}
+
+/// The daemon as a build's host: its containers made, run and removed the usual way.
+pub struct BuildHost(pub Arc<Daemon>);
+
+impl crate::build::BuildHost for BuildHost {
+    fn images(&self) -> &Arc<ImageStore> {
+        &self.0.images
+    }
+
+    async fn create(&self, trace: &Trace, body: ContainerCreateBody) -> Result<String, ApiError> {
+        self.0.create(trace, None, body).await
+    }
+
+    async fn run(&self, trace: &Trace, id: &str, out: tokio::sync::mpsc::Sender<String>) -> Result<i64, ApiError> {
+        self.0.run_to_end(trace, id, out).await
+    }
+
+    async fn commit(
+        &self,
+        id: &str,
+        opts: engine_image::changes::CommitOptions,
+    ) -> Result<engine_image::Digest, ApiError> {
+        let rec = self.0.containers.find(id)?.snapshot();
+        self.0.files().commit_image(&rec, opts).await
+    }
+
+    async fn remove(&self, id: &str) {
+        if let Ok(e) = self.0.containers.find(id) {
+            if let Err(err) = self.0.remove(&e, true, false).await {
+                log!(self.0.cfg, "error", "removing build container {id}: {}", err.message);
+            }
         }
     }
 }

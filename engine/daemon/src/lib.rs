@@ -8,6 +8,7 @@
 //! (reattaching) across restarts of either side.
 
 pub mod api;
+pub mod build;
 pub mod commit;
 pub mod config;
 pub mod daemon;

@@ -310,6 +310,49 @@ impl ImageStore {
             .map_err(io_at(&snapshot.rootfs))
     }
 
+    /// A new image of `parent`'s layers with `config` as its run defaults and one history entry
+    /// that made no layer (a builder's ENV, CMD, LABEL…).
+    pub fn derive_image(
+        &self,
+        parent: &Digest,
+        config: crate::manifest::ContainerConfig,
+        created_by: &str,
+    ) -> Result<Digest, ImageError> {
+        let parent = self.resolve(&parent.to_string())?;
+        let staging = self.staging()?;
+        let now = engine_util::time::rfc3339_seconds(SystemTime::now());
+        let mut image_config = parent.config.clone();
+        image_config.created = Some(now.clone());
+        image_config.config = Some(config);
+        image_config.history.push(History {
+            created: Some(now),
+            created_by: Some(created_by.to_string()),
+            empty_layer: true,
+            ..Default::default()
+        });
+        let config_blob = archive::stage_bytes(
+            &staging.0,
+            "config",
+            &serde_json::to_vec(&image_config).map_err(|e| ImageError::Format(e.to_string()))?,
+        )?;
+        let layer_blobs = self.stored_blobs(&parent.record.layers);
+        let image =
+            archive::plan_manifest(&staging.0, config_blob, layer_blobs, parent.record.layers.clone(), Vec::new())?;
+        let loaded = self.commit(vec![image], &staging.0, &())?;
+        loaded.into_iter().next().map(|l| l.id).ok_or_else(|| ImageError::Format("no image made".into()))
+    }
+
+    fn stored_blobs(&self, layers: &[crate::store::LayerRecord]) -> Vec<StagedBlob> {
+        layers
+            .iter()
+            .map(|l| StagedBlob {
+                path: self.blob_path(&l.blob.digest),
+                digest: l.blob.digest.clone(),
+                size: l.blob.size,
+            })
+            .collect()
+    }
+
     /// Makes a new image of snapshot `key`: its image's layers and one more holding the
     /// snapshot's changes (without `skip`), with `opts.config` as its run defaults. The layer is
     /// staged and checked like any load's, so a failed commit leaves the store as it was.
@@ -358,16 +401,7 @@ impl ImageStore {
             "config",
             &serde_json::to_vec(&config).map_err(|e| ImageError::Format(e.to_string()))?,
         )?;
-        let mut layer_blobs: Vec<StagedBlob> = parent
-            .record
-            .layers
-            .iter()
-            .map(|l| StagedBlob {
-                path: self.blob_path(&l.blob.digest),
-                digest: l.blob.digest.clone(),
-                size: l.blob.size,
-            })
-            .collect();
+        let mut layer_blobs = self.stored_blobs(&parent.record.layers);
         layer_blobs.push(blob.clone());
         let mut layers = parent.record.layers.clone();
         layers.push(blob.layer_record(crate::compression::Compression::None, diff_id, unpacked_size));

@@ -16,6 +16,7 @@ pub mod changes;
 pub mod compression;
 pub mod copy;
 pub mod digest;
+pub mod dockerfile;
 pub mod ingest;
 pub mod manifest;
 pub mod progress;

@@ -28,6 +28,11 @@ pub const DAEMON_PUSH: &str = "daemon.push";
 pub const DAEMON_HEALTH: &str = "daemon.health";
 /// A container's changes made into an image (`image.id` once made), its pause around it.
 pub const DAEMON_COMMIT: &str = "daemon.commit";
+/// The root of a build's work (`POST /build`): one `build.step` per instruction under it.
+pub const DAEMON_BUILD: &str = "daemon.build";
+/// One Dockerfile instruction (`build.instruction`, `build.stage`, `build.cache_hit`); a RUN's
+/// whole container start and its commit under it.
+pub const BUILD_STEP: &str = "build.step";
 /// A registry's manifest (through its index) resolved for the platform, with authentication.
 pub const REGISTRY_RESOLVE: &str = "registry.resolve";
 /// One blob downloaded (an HTTP client span).
@@ -117,6 +122,8 @@ pub const ALL: &[&str] = &[
     DAEMON_PUSH,
     DAEMON_HEALTH,
     DAEMON_COMMIT,
+    DAEMON_BUILD,
+    BUILD_STEP,
     REGISTRY_RESOLVE,
     REGISTRY_BLOB,
     REGISTRY_UPLOAD,

@@ -1123,3 +1123,101 @@ fn cp_copies_files_in_and_out_of_a_container() {
     e.ok(&["volume", "rm", "cpvol"]);
     e.assert_clean();
 }
+
+/// A context with its Dockerfile, .dockerignore and files, in the test's directory.
+fn build_context(e: &Engined, name: &str, dockerfile: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let dir = e.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+    for (path, content) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    dir
+}
+
+/// `engine build`: a two-stage Dockerfile with ARG/ENV substitution, RUN, WORKDIR, COPY of a
+/// directory's contents and with --chown, COPY --from, USER, LABEL, EXPOSE, CMD, ENTRYPOINT and
+/// a .dockerignore; the image runs as built. A second build hits the cache at every step; a
+/// changed file invalidates from its COPY on. A failing RUN stops the build with its exit code
+/// and leaves no container behind; a Dockerfile error names its line.
+#[test]
+fn build_a_dockerfile_with_its_cache() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let dockerfile = r#"FROM busybox AS base
+ARG WHO=world
+ENV GREETING="hello ${WHO}" SHORT=${WHO:+set}
+RUN echo "$GREETING $SHORT" > /greeting && mkdir -p /app
+WORKDIR /app
+COPY files/ ./
+COPY --chown=1000:1000 one.txt /owned.txt
+RUN rm /bin/ls && (test -e /app/ignored.log || echo no-log > /app/log-state)
+USER user
+LABEL a=b
+EXPOSE 80 443/udp
+CMD ["sh", "-c", "cat /greeting"]
+
+FROM busybox
+COPY --from=base /greeting /from-base
+ENTRYPOINT ["cat"]
+CMD ["/from-base"]
+"#;
+    let ctx = build_context(
+        &e,
+        "ctx",
+        dockerfile,
+        &[
+            ("files/a", "f1\n"),
+            ("files/sub/b", "f2\n"),
+            ("one.txt", "one\n"),
+            ("files/ignored.log", "x"),
+            (".dockerignore", "**/*.log\n"),
+        ],
+    );
+    let c = ctx.to_str().unwrap();
+    let out = e.ok(&["build", "--build-arg", "WHO=you", "--target", "base", "-t", "built:base", c]);
+    assert!(out.contains("Step 1/16 : FROM busybox AS base"), "{out}");
+    assert!(out.contains("Successfully tagged built:base"), "{out}");
+    assert_eq!(e.ok(&["run", "--rm", "built:base"]), "hello you set\n");
+    let check =
+        "cat /app/a /app/sub/b /app/log-state; stat -c '%u %g' /owned.txt; id -un; pwd; test -e /bin/ls || echo no-ls";
+    assert_eq!(
+        e.ok(&["run", "--rm", "built:base", "sh", "-c", check]),
+        "f1\nf2\nno-log\n1000 1000\nuser\n/app\nno-ls\n"
+    );
+    assert_eq!(e.inspect("built:base", "{{json .Config.Labels}}"), r#"{"a":"b"}"#);
+    assert_eq!(e.inspect("built:base", "{{json .Config.ExposedPorts}}"), r#"{"443/udp":{},"80/tcp":{}}"#);
+
+    let out = e.ok(&["build", "--build-arg", "WHO=you", "-t", "built:final", c]);
+    assert!(out.contains("Using cache"), "{out}");
+    assert_eq!(e.ok(&["run", "--rm", "built:final"]), "hello you set\n");
+
+    // unchanged: every step from the cache, the same image
+    let again = e.ok(&["build", "--build-arg", "WHO=you", "-q", c]);
+    assert_eq!(again.trim(), e.inspect("built:final", "{{.Id}}"));
+    let out = e.ok(&["build", "--build-arg", "WHO=you", c]);
+    assert_eq!(out.matches("Using cache").count(), 13, "{out}");
+    // a changed file: its COPY and what follows run again
+    std::fs::write(ctx.join("one.txt"), "changed\n").unwrap();
+    let out = e.ok(&["build", "--build-arg", "WHO=you", c]);
+    // (the second stage copies the same /greeting: cached, as dockerd's by content)
+    assert_eq!(out.matches("Using cache").count(), 7, "{out}");
+
+    // a failing RUN: its code and output, nothing left
+    let containers = e.ok(&["ps", "-aq"]);
+    let bad = build_context(&e, "bad", "FROM busybox\nRUN echo failing-output; exit 3\n", &[]);
+    let err = e.engine(&["build", bad.to_str().unwrap()]);
+    assert!(!err.status.success());
+    assert!(stdout(&err).contains("failing-output"), "{}", stdout(&err));
+    assert!(
+        stderr(&err).contains("The command '/bin/sh -c echo failing-output; exit 3' returned a non-zero code: 3"),
+        "{}",
+        stderr(&err)
+    );
+    assert_eq!(e.ok(&["ps", "-aq"]), containers, "a build container was left");
+    let bad = build_context(&e, "bad2", "FROM busybox\n\nRUNN x\n", &[]);
+    let err = e.fails(&["build", bad.to_str().unwrap()]);
+    assert!(err.contains("Dockerfile parse error line 3: unknown instruction: RUNN"), "{err}");
+}

@@ -368,3 +368,102 @@ fn docker_diff_commit_and_export_match_dockerd() {
     };
     assert_eq!(without_mount_points(ours), without_mount_points(theirs));
 }
+
+/// The Docker CLI's classic builder (`DOCKER_BUILDKIT=0 docker build`) through engined and
+/// through a private dockerd, on the same context: the same files (modes, owners, contents,
+/// deletions applied) and the same config (Env, Cmd, Entrypoint, WorkingDir, User,
+/// ExposedPorts, Labels, Volumes, Healthcheck, StopSignal); ONBUILD, SHELL, ADD of a tar and
+/// a multi-stage COPY --from included.
+#[test]
+fn docker_build_matches_dockerds_classic_builder() {
+    let e = Engined::start();
+    let d = engine_test_support::dockerd::Dockerd::start(&[]);
+    let tar = rootfs_tar(&e);
+    let ctx = e.dir.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("dir/sub")).unwrap();
+    std::fs::write(ctx.join("dir/a"), "a\n").unwrap();
+    std::fs::write(ctx.join("dir/sub/b"), "b\n").unwrap();
+    std::fs::write(ctx.join("skip.tmp"), "no\n").unwrap();
+    std::fs::write(ctx.join(".dockerignore"), "*.tmp\n").unwrap();
+    let packed = ctx.join("packed.tar");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(ctx.join("dir"))
+        .arg("-cf")
+        .arg(&packed)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        r#"ARG BASE=busybox
+FROM ${BASE} AS first
+RUN mkdir -p /made && echo made > /made/file && chmod 750 /made
+FROM ${BASE}
+ARG V=1
+ENV A=1 B="two words" C=${V:-none}
+LABEL x=y z="w v"
+WORKDIR /w
+COPY dir/ copied/
+COPY --chown=1000:1000 dir/a /owned
+ADD packed.tar /added/
+COPY --from=first /made /from-first
+RUN rm -r /etc/group copied/sub && echo ran > ran.txt
+SHELL ["/bin/sh", "-ec"]
+RUN echo "$B" > shell.txt
+USER user
+EXPOSE 8080 53/udp
+VOLUME /data
+STOPSIGNAL SIGUSR1
+HEALTHCHECK --interval=5s --retries=2 CMD true
+ONBUILD RUN echo child
+ENTRYPOINT ["sh", "-c"]
+CMD ["echo hi"]
+"#,
+    )
+    .unwrap();
+    let build = |host: &str| {
+        let out = Command::new(dockerd::docker_cli())
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["-H", host, "build", "--build-arg", "V=2", "-t", "built:1", ctx.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "build through {host}: {}{}", stdout(&out), stderr(&out));
+    };
+    let engine = |args: &[&str]| e.docker_ok(args);
+    let docker = |args: &[&str]| d.ok(args);
+    type Cli<'a> = &'a dyn Fn(&[&str]) -> String;
+    let both: [(Cli, String); 2] = [(&engine, e.host()), (&docker, format!("unix://{}", d.sock.display()))];
+    let mut seen = Vec::new();
+    for (docker, host) in both {
+        docker(&["import", "-c", "CMD [\"sh\"]", tar.to_str().unwrap(), "busybox"]);
+        build(&host);
+        let config = docker(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{json .Config.Env}}|{{json .Config.Cmd}}|{{json .Config.Entrypoint}}|{{.Config.WorkingDir}}|\
+             {{.Config.User}}|{{json .Config.ExposedPorts}}|{{json .Config.Labels}}|{{json .Config.Volumes}}|\
+             {{json .Config.Healthcheck}}|{{.Config.StopSignal}}|{{json .Config.OnBuild}}",
+            "built:1",
+        ]);
+        let files = docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "sh",
+            "built:1",
+            "-c",
+            "cd / && find copied owned added from-first w ran.txt -exec stat -c '%n %a %u:%g %F' {} + 2>&1 | sort; \
+             cat w/shell.txt w/ran.txt from-first/file; test -e etc/group || echo no-group; \
+             test -e w/skip.tmp || echo no-skip",
+        ]);
+        seen.push((config, files));
+    }
+    assert_eq!(seen[0].0, seen[1].0, "config");
+    assert_eq!(seen[0].1, seen[1].1, "files");
+    assert!(seen[0].1.contains("no-group") && seen[0].1.contains("two words"), "{}", seen[0].1);
+}

@@ -1,0 +1,828 @@
+//! `POST /build` as Docker's classic builder serves it: a tar context in the body, a Dockerfile
+//! in it, and one image per instruction: a RUN is a container through the whole stack whose
+//! changes are committed, a COPY or ADD copies context files into a container's root and
+//! commits them, every other instruction makes an image of the new configuration alone. Steps
+//! are cached by their parent image, their instruction and (COPY, ADD) the files' contents. The
+//! answer streams `{"stream": "Step 1/7 : …"}`, `{"aux": {"ID": …}}` and `errorDetail` lines.
+//!
+//! Owns: the Dockerfile's meaning and the build's state (stages, build args, the run
+//! configuration). It reaches containers through [`BuildHost`] (create, run, remove) and the
+//! image store's snapshots and commits; it never keeps a container past its step, nor leaves
+//! one behind when a step fails.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use engine_docker_api::{ContainerConfig, ContainerCreateBody, HostConfig};
+use engine_image::changes::{write_tree, CommitOptions, TreeForm};
+use engine_image::dockerfile::{self, Instruction};
+use engine_image::manifest::ContainerConfig as RunConfig;
+use engine_image::{Digest, ImageStore, Reference};
+
+use crate::http::{ApiError, Query};
+use crate::trace::Trace;
+
+/// What a build needs of the daemon: containers made, run and removed through the usual path,
+/// and the image store.
+pub trait BuildHost: Send + Sync + 'static {
+    fn images(&self) -> &Arc<ImageStore>;
+    /// Creates a container (not started); its id.
+    fn create(
+        &self,
+        trace: &Trace,
+        body: ContainerCreateBody,
+    ) -> impl std::future::Future<Output = Result<String, ApiError>> + Send;
+    /// Starts container `id`, sends its output to `out` as it comes, and waits for its exit
+    /// code.
+    fn run(
+        &self,
+        trace: &Trace,
+        id: &str,
+        out: mpsc::Sender<String>,
+    ) -> impl std::future::Future<Output = Result<i64, ApiError>> + Send;
+    /// A new image of container `id`'s changes.
+    fn commit(
+        &self,
+        id: &str,
+        opts: CommitOptions,
+    ) -> impl std::future::Future<Output = Result<Digest, ApiError>> + Send;
+    /// Removes container `id` and everything of it (best effort: it is the build's own).
+    fn remove(&self, id: &str) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// The build's options from the query of `POST /build`.
+#[derive(Debug, Default, Clone)]
+pub struct BuildOptions {
+    pub tags: Vec<Reference>,
+    pub dockerfile: String,
+    pub build_args: BTreeMap<String, Option<String>>,
+    pub target: Option<String>,
+    pub no_cache: bool,
+    pub labels: BTreeMap<String, String>,
+    pub quiet: bool,
+    pub network_mode: String,
+}
+
+impl BuildOptions {
+    pub fn from_query(q: &Query) -> Result<BuildOptions, ApiError> {
+        let tags = q
+            .all("t")
+            .iter()
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                let r = Reference::parse_name(t)?;
+                Ok(if r.tag().is_none() && r.digest().is_none() { r.with_tag("latest")? } else { r })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let json_map = |k: &str| -> Result<Option<Value>, ApiError> {
+            match q.get(k).filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(v) => serde_json::from_str(v).map(Some).map_err(|e| ApiError::bad_request(format!("{k}: {e}"))),
+            }
+        };
+        let build_args = match json_map("buildargs")? {
+            Some(Value::Object(m)) => m.into_iter().map(|(k, v)| (k, v.as_str().map(str::to_string))).collect(),
+            _ => BTreeMap::new(),
+        };
+        let labels = match json_map("labels")? {
+            Some(Value::Object(m)) => {
+                m.into_iter().map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string())).collect()
+            }
+            _ => BTreeMap::new(),
+        };
+        Ok(BuildOptions {
+            tags,
+            dockerfile: q.get("dockerfile").filter(|d| !d.is_empty()).unwrap_or("Dockerfile").to_string(),
+            build_args,
+            target: q.get("target").filter(|t| !t.is_empty()).map(str::to_string),
+            no_cache: q.flag("nocache"),
+            labels,
+            quiet: q.flag("q"),
+            network_mode: q.get("networkmode").filter(|n| !n.is_empty() && *n != "default").unwrap_or("").to_string(),
+        })
+    }
+}
+
+/// The build cache: (parent image, instruction, content) → image made, as the classic
+/// builder's. Kept in memory and in `build-cache.json` under the data root; an entry whose
+/// image is gone is a miss.
+pub struct BuildCache {
+    path: PathBuf,
+    entries: Mutex<HashMap<String, Digest>>,
+}
+
+impl BuildCache {
+    pub fn open(path: PathBuf) -> BuildCache {
+        let entries = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        BuildCache { path, entries: Mutex::new(entries) }
+    }
+
+    fn key(parent: &Digest, instruction: &str, content: &str) -> String {
+        Digest::of(format!("{parent}\n{instruction}\n{content}").as_bytes()).to_string()
+    }
+
+    fn get(&self, key: &str, images: &ImageStore) -> Option<Digest> {
+        let hit = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()?;
+        images.resolve(&hit.to_string()).ok().map(|_| hit)
+    }
+
+    fn put(&self, key: String, image: Digest) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.insert(key, image);
+        if let Ok(bytes) = serde_json::to_vec(&*entries) {
+            // a lost cache costs a rebuild, never a wrong image: no fsync
+            let _ = engine_util::fs::write_atomic(&self.path, &bytes);
+        }
+    }
+}
+
+/// One line of the answer.
+pub type Out = mpsc::Sender<Value>;
+
+async fn say(out: &Out, text: impl Into<String>) {
+    let _ = out.send(json!({ "stream": text.into() })).await;
+}
+
+/// A build failure, as the stream's `errorDetail` carries it.
+#[derive(Debug)]
+pub struct BuildError(pub String);
+
+impl<E: std::fmt::Display> From<E> for BuildError {
+    fn from(e: E) -> Self {
+        BuildError(e.to_string())
+    }
+}
+
+/// One stage's state: its image and run configuration, the args in scope, its shell.
+#[derive(Clone)]
+struct Stage {
+    name: Option<String>,
+    image: Digest,
+    config: RunConfig,
+    args: BTreeMap<String, Option<String>>,
+    shell: Vec<String>,
+}
+
+impl Stage {
+    fn lookup(&self, name: &str) -> Option<String> {
+        // ENV wins over ARG, as Docker's
+        for e in self.config.env.iter().flatten().rev() {
+            if let Some((k, v)) = e.split_once('=') {
+                if k == name {
+                    return Some(v.to_string());
+                }
+            }
+        }
+        self.args.get(name).cloned().flatten()
+    }
+
+    fn subst(&self, word: &str) -> Result<String, BuildError> {
+        Ok(dockerfile::substitute(word, &|n| self.lookup(n))?)
+    }
+
+    fn workdir(&self) -> String {
+        self.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into())
+    }
+
+    /// The build args a RUN sees as environment (those set, that ENV does not set).
+    fn run_env(&self) -> Vec<String> {
+        let env_keys: Vec<&str> = self.config.env.iter().flatten().filter_map(|e| e.split('=').next()).collect();
+        self.args
+            .iter()
+            .filter(|(k, _)| !env_keys.contains(&k.as_str()))
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+            .collect()
+    }
+}
+
+/// The args Docker predefines (usable without an ARG).
+const PREDEFINED_ARGS: &[&str] =
+    &["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy", "NO_PROXY", "no_proxy"];
+
+/// Runs a whole build of the Dockerfile in `context`: streams its progress to `out`, returns
+/// the final image.
+pub async fn build<H: BuildHost>(
+    host: Arc<H>,
+    cache: &BuildCache,
+    trace: &Trace,
+    context: &Path,
+    opts: &BuildOptions,
+    out: &Out,
+) -> Result<Digest, BuildError> {
+    let file = engine_image::copy::resolve_in_root(context, Path::new(&opts.dockerfile), true)?;
+    let text = std::fs::read_to_string(&file)
+        .map_err(|_| BuildError(format!("Cannot locate specified Dockerfile: {}", opts.dockerfile)))?;
+    let instructions = dockerfile::parse(&text)?;
+    if !instructions.iter().any(|i| i.keyword == "FROM") {
+        return Err(BuildError("no build stage in current context".into()));
+    }
+    let total = instructions.len();
+    // ARGs before the first FROM: usable in FROM lines
+    let mut global_args: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut stages: Vec<Stage> = Vec::new();
+    let mut current: Option<Stage> = None;
+    for (n, ins) in instructions.iter().enumerate() {
+        let step = format!("Step {}/{} : {}", n + 1, total, ins.original);
+        if !opts.quiet {
+            say(out, format!("{step}\n")).await;
+        }
+        let span = trace.start(engine_telemetry::names::BUILD_STEP);
+        trace.attr(span, "build.instruction", ins.keyword.clone());
+        trace.attr(span, "build.stage", stages.len() as i64);
+        let outer = trace.enter(span);
+        let result = match (&mut current, ins.keyword.as_str()) {
+            (_, "FROM") => {
+                if let Some(done) = current.take() {
+                    if opts.target.is_some() && done.name == opts.target {
+                        trace.enter(outer);
+                        trace.finish(span, Ok::<(), String>(())).ok();
+                        current = Some(done);
+                        break;
+                    }
+                    stages.push(done);
+                }
+                let lookup = |n: &str| global_args.get(n).cloned().flatten();
+                let words = dockerfile::words(&dockerfile::substitute(&ins.rest, &lookup)?)?;
+                let (base, name) = match words.as_slice() {
+                    [b] => (b.clone(), None),
+                    [b, as_, name] if as_.eq_ignore_ascii_case("as") => (b.clone(), Some(name.to_ascii_lowercase())),
+                    _ => {
+                        return Err(BuildError(format!(
+                            "Dockerfile parse error line {}: FROM requires either one or three arguments",
+                            ins.line
+                        )))
+                    }
+                };
+                let from = stages.iter().rev().find(|s| s.name.as_deref() == Some(base.as_str())).cloned();
+                let stage = match from {
+                    Some(s) => Stage { name: name.clone(), args: BTreeMap::new(), ..s },
+                    None => {
+                        let image = host.images().resolve(&base).map_err(|_| {
+                            BuildError(format!("pull access denied for {base}, repository does not exist or may require 'docker login'"))
+                        })?;
+                        let mut config = image.config.config.clone().unwrap_or_default();
+                        // the builder's environment has a PATH, as dockerd's
+                        let env = config.env.get_or_insert_with(Vec::new);
+                        if !env.iter().any(|e| e.starts_with("PATH=")) {
+                            env.insert(0, engine_image::spec::DEFAULT_PATH.to_string());
+                        }
+                        Stage {
+                            name: name.clone(),
+                            image: image.id().clone(),
+                            config,
+                            args: BTreeMap::new(),
+                            shell: vec!["/bin/sh".into(), "-c".into()],
+                        }
+                    }
+                };
+                let mut stage = stage;
+                for k in PREDEFINED_ARGS {
+                    if let Some(v) = opts.build_args.get(*k) {
+                        stage.args.insert(k.to_string(), v.clone());
+                    }
+                }
+                current = Some(stage);
+                Ok(false)
+            }
+            (None, "ARG") => {
+                for (k, v) in arg_pairs(&ins.rest)? {
+                    let v = opts.build_args.get(&k).cloned().unwrap_or(v);
+                    global_args.insert(k, v);
+                }
+                Ok(false)
+            }
+            (None, other) => Err(BuildError(format!("{other} before any FROM"))),
+            (Some(stage), _) => {
+                step_in(&host, cache, trace, context, opts, &global_args, &stages, stage, ins, out).await
+            }
+        };
+        trace.enter(outer);
+        let hit = match &result {
+            Ok(h) => *h,
+            Err(_) => false,
+        };
+        trace.attr(span, "build.cache_hit", hit);
+        trace.finish(span, result.as_ref().map(|_| ()).map_err(|e| e.0.clone())).ok();
+        result?;
+        if let Some(s) = &current {
+            if !opts.quiet {
+                if hit {
+                    say(out, " ---> Using cache\n").await;
+                }
+                say(out, format!(" ---> {}\n", &s.image.hex()[..12])).await;
+            }
+        }
+    }
+    let last = current.ok_or_else(|| BuildError("no build stage in current context".into()))?;
+    let mut image = last.image.clone();
+    if !opts.labels.is_empty() {
+        let mut config = last.config.clone();
+        config.labels.get_or_insert_with(Default::default).extend(opts.labels.clone());
+        image = derive(&host, &last.image, config, "LABEL (build labels)").await?;
+    }
+    for t in &opts.tags {
+        host.images().tag(&image.to_string(), t)?;
+    }
+    Ok(image)
+}
+
+fn arg_pairs(rest: &str) -> Result<Vec<(String, Option<String>)>, BuildError> {
+    Ok(dockerfile::words(rest)?
+        .into_iter()
+        .map(|w| match w.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (w, None),
+        })
+        .collect())
+}
+
+/// An image of `parent` with `config` and no new layer.
+async fn derive<H: BuildHost>(
+    host: &Arc<H>,
+    parent: &Digest,
+    config: RunConfig,
+    created_by: &str,
+) -> Result<Digest, BuildError> {
+    let images = host.images().clone();
+    let (parent, created_by) = (parent.clone(), format!("/bin/sh -c #(nop)  {created_by}"));
+    Ok(tokio::task::spawn_blocking(move || images.derive_image(&parent, config, &created_by)).await??)
+}
+
+/// Runs one instruction of a stage; whether it was a cache hit.
+#[allow(clippy::too_many_arguments)]
+async fn step_in<H: BuildHost>(
+    host: &Arc<H>,
+    cache: &BuildCache,
+    trace: &Trace,
+    context: &Path,
+    opts: &BuildOptions,
+    global_args: &BTreeMap<String, Option<String>>,
+    stages: &[Stage],
+    stage: &mut Stage,
+    ins: &Instruction,
+    out: &Out,
+) -> Result<bool, BuildError> {
+    let mut config = stage.config.clone();
+    let exec_or_shell = |stage: &Stage| -> Vec<String> {
+        match &ins.json {
+            Some(v) => v.clone(),
+            None => stage.shell.iter().cloned().chain([ins.rest.clone()]).collect(),
+        }
+    };
+    // what makes the step: for the cache and the history
+    let mut described = ins.original.clone();
+    match ins.keyword.as_str() {
+        "ARG" => {
+            for (k, v) in arg_pairs(&ins.rest)? {
+                let default = match v {
+                    Some(v) => Some(stage.subst(&v)?),
+                    None => global_args.get(&k).cloned().flatten(),
+                };
+                let v = opts.build_args.get(&k).cloned().unwrap_or(default);
+                stage.args.insert(k, v);
+            }
+            return Ok(false);
+        }
+        "ENV" => {
+            for (k, v) in dockerfile::key_values(&ins.rest, true)? {
+                let v = stage.subst(&v)?;
+                let env = config.env.get_or_insert_with(Vec::new);
+                env.retain(|e| e.split('=').next() != Some(k.as_str()));
+                env.push(format!("{k}={v}"));
+                described = format!("ENV {k}={v}");
+            }
+        }
+        "LABEL" => {
+            for (k, v) in dockerfile::key_values(&ins.rest, false)? {
+                config.labels.get_or_insert_with(Default::default).insert(stage.subst(&k)?, stage.subst(&v)?);
+            }
+        }
+        "MAINTAINER" => {}
+        "CMD" => config.cmd = Some(exec_or_shell(stage)),
+        "ENTRYPOINT" => {
+            config.entrypoint = Some(exec_or_shell(stage)).filter(|e| !e.is_empty());
+            // an ENTRYPOINT resets the image's CMD, as Docker's
+            config.cmd = None;
+        }
+        "WORKDIR" => {
+            let w = stage.subst(&ins.rest)?;
+            let w = if w.starts_with('/') { w } else { format!("{}/{w}", stage.workdir().trim_end_matches('/')) };
+            config.working_dir = Some(w);
+        }
+        "USER" => config.user = Some(stage.subst(&ins.rest)?),
+        "EXPOSE" => {
+            for p in dockerfile::words(&stage.subst(&ins.rest)?)? {
+                let p = if p.contains('/') { p } else { format!("{p}/tcp") };
+                config.exposed_ports.get_or_insert_with(Default::default).insert(p, json!({}));
+            }
+        }
+        "VOLUME" => {
+            let vols = match &ins.json {
+                Some(v) => v.clone(),
+                None => dockerfile::words(&stage.subst(&ins.rest)?)?,
+            };
+            for v in vols {
+                config.volumes.get_or_insert_with(Default::default).insert(v, json!({}));
+            }
+        }
+        "STOPSIGNAL" => config.stop_signal = Some(stage.subst(&ins.rest)?),
+        "SHELL" => {
+            stage.shell = ins.json.clone().unwrap_or_default();
+            config.other.insert("Shell".into(), json!(stage.shell));
+        }
+        "ONBUILD" => {
+            let mut on = config
+                .other
+                .get("OnBuild")
+                .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
+                .unwrap_or_default();
+            on.push(ins.rest.clone());
+            config.other.insert("OnBuild".into(), json!(on));
+        }
+        "HEALTHCHECK" => {
+            config.other.insert("Healthcheck".into(), healthcheck(ins)?);
+        }
+        "RUN" => return run(host, cache, trace, opts, stage, ins, out).await,
+        "COPY" | "ADD" => return copy(host, cache, trace, context, opts, stages, stage, ins).await,
+        other => return Err(BuildError(format!("{other} is not supported"))),
+    }
+    let key = BuildCache::key(&stage.image, &described, &serde_json::to_string(&config).unwrap_or_default());
+    if !opts.no_cache {
+        if let Some(hit) = cache.get(&key, host.images()) {
+            stage.image = hit;
+            stage.config = config;
+            return Ok(true);
+        }
+    }
+    stage.image = derive(host, &stage.image, config.clone(), &described).await?;
+    stage.config = config;
+    cache.put(key, stage.image.clone());
+    Ok(false)
+}
+
+/// HEALTHCHECK [--interval=…] [--timeout=…] [--start-period=…] [--start-interval=…]
+/// [--retries=…] CMD … | NONE, as the image's `Healthcheck`.
+fn healthcheck(ins: &Instruction) -> Result<Value, BuildError> {
+    let rest = ins.rest.trim();
+    if rest.eq_ignore_ascii_case("NONE") {
+        return Ok(json!({ "Test": ["NONE"] }));
+    }
+    let Some(cmd) = rest.strip_prefix("CMD").or_else(|| rest.strip_prefix("cmd")) else {
+        return Err(BuildError(format!("Dockerfile parse error line {}: HEALTHCHECK needs CMD or NONE", ins.line)));
+    };
+    let cmd = cmd.trim();
+    let test = match serde_json::from_str::<Vec<String>>(cmd) {
+        Ok(v) => std::iter::once("CMD".to_string()).chain(v).collect::<Vec<_>>(),
+        Err(_) => vec!["CMD-SHELL".to_string(), cmd.to_string()],
+    };
+    let mut h = json!({ "Test": test });
+    for (flag, key) in [
+        ("interval", "Interval"),
+        ("timeout", "Timeout"),
+        ("start-period", "StartPeriod"),
+        ("start-interval", "StartInterval"),
+    ] {
+        if let Some(v) = ins.flags.get(flag) {
+            let d = engine_util::time::parse_duration(v).ok_or_else(|| {
+                BuildError(format!("Dockerfile parse error line {}: invalid --{flag} {v:?}", ins.line))
+            })?;
+            h[key] = json!(d.as_nanos() as u64);
+        }
+    }
+    if let Some(r) = ins.flags.get("retries") {
+        h["Retries"] = json!(r.parse::<u64>().map_err(|_| BuildError(format!("invalid --retries {r:?}")))?);
+    }
+    Ok(h)
+}
+
+/// The create body of a step's container: the stage's image with `cmd`, its user, directory
+/// and environment (and the build args, for a RUN), on the build's network.
+fn step_container(stage: &Stage, cmd: Vec<String>, network_mode: &str) -> ContainerCreateBody {
+    ContainerCreateBody {
+        config: ContainerConfig {
+            image: stage.image.to_string(),
+            cmd: Some(cmd),
+            entrypoint: Some(Vec::new()),
+            env: Some(stage.run_env()),
+            user: stage.config.user.clone().unwrap_or_default(),
+            working_dir: stage.workdir(),
+            ..Default::default()
+        },
+        host_config: Some(HostConfig { network_mode: network_mode.to_string(), ..Default::default() }),
+        networking_config: None,
+    }
+}
+
+/// Makes the stage's working directory in container `id`'s root (Docker creates it).
+fn make_workdir<H: BuildHost>(host: &H, id: &str, workdir: &str) -> Result<(), BuildError> {
+    let rootfs = host.images().snapshot(id)?.map(|s| s.rootfs).unwrap_or_default();
+    let dir = engine_image::copy::resolve_in_root(&rootfs, Path::new(workdir), true)?;
+    std::fs::create_dir_all(&dir)?;
+    Ok(())
+}
+
+async fn run<H: BuildHost>(
+    host: &Arc<H>,
+    cache: &BuildCache,
+    trace: &Trace,
+    opts: &BuildOptions,
+    stage: &mut Stage,
+    ins: &Instruction,
+    out: &Out,
+) -> Result<bool, BuildError> {
+    let cmd = match &ins.json {
+        Some(v) => v.clone(),
+        None => stage.shell.iter().cloned().chain([ins.rest.clone()]).collect(),
+    };
+    let key =
+        BuildCache::key(&stage.image, &format!("RUN {}", serde_json::to_string(&cmd)?), &stage.run_env().join("\n"));
+    if !opts.no_cache {
+        if let Some(hit) = cache.get(&key, host.images()) {
+            stage.image = hit;
+            return Ok(true);
+        }
+    }
+    let id = host
+        .create(trace, step_container(stage, cmd.clone(), &opts.network_mode))
+        .await
+        .map_err(|e| BuildError(e.message))?;
+    let made = async {
+        make_workdir(host.as_ref(), &id, &stage.workdir())?;
+        if !opts.quiet {
+            say(out, format!(" ---> Running in {}\n", &id[..12])).await;
+        }
+        let (tx, mut rx) = mpsc::channel::<String>(64);
+        let forward = {
+            let out = out.clone();
+            let quiet = opts.quiet;
+            tokio::spawn(async move {
+                while let Some(line) = rx.recv().await {
+                    if !quiet {
+                        say(&out, line).await;
+                    }
+                }
+            })
+        };
+        let code = host.run(trace, &id, tx).await.map_err(|e| BuildError(e.message))?;
+        let _ = forward.await;
+        if code != 0 {
+            let shown = if ins.json.is_some() { serde_json::to_string(&cmd)? } else { cmd.join(" ") };
+            return Err(BuildError(format!("The command '{shown}' returned a non-zero code: {code}")));
+        }
+        let shown = if ins.json.is_some() { format!("RUN {}", serde_json::to_string(&cmd)?) } else { cmd.join(" ") };
+        let opts = CommitOptions { config: stage.config.clone(), created_by: Some(shown), ..Default::default() };
+        host.commit(&id, opts).await.map_err(|e| BuildError(e.message))
+    }
+    .await;
+    host.remove(&id).await;
+    if !opts.quiet {
+        say(out, format!("Removing intermediate container {}\n", &id[..12])).await;
+    }
+    stage.image = made?;
+    cache.put(key, stage.image.clone());
+    Ok(false)
+}
+
+/// COPY/ADD [--from=stage|image] [--chown=user:group] [--chmod=mode] src... dest
+#[allow(clippy::too_many_arguments)]
+async fn copy<H: BuildHost>(
+    host: &Arc<H>,
+    cache: &BuildCache,
+    trace: &Trace,
+    context: &Path,
+    opts: &BuildOptions,
+    stages: &[Stage],
+    stage: &mut Stage,
+    ins: &Instruction,
+) -> Result<bool, BuildError> {
+    let mut args = match &ins.json {
+        Some(v) => v.iter().map(|w| stage.subst(w)).collect::<Result<Vec<_>, _>>()?,
+        None => dockerfile::words(&stage.subst(&ins.rest)?)?,
+    };
+    if args.len() < 2 {
+        return Err(BuildError(format!(
+            "Dockerfile parse error line {}: {} requires at least two arguments",
+            ins.line, ins.keyword
+        )));
+    }
+    let dest_raw = args.pop().unwrap_or_default();
+    let dest = if dest_raw.starts_with('/') {
+        dest_raw.clone()
+    } else {
+        format!("{}/{dest_raw}", stage.workdir().trim_end_matches('/'))
+    };
+    let into_dir = dest_raw.ends_with('/') || args.len() > 1;
+    // where the sources are read: the context, another stage's image or an image
+    let from = ins.flags.get("from").cloned();
+    let mut temp_snapshot = None;
+    let source_root: PathBuf = match &from {
+        None => context.to_path_buf(),
+        Some(f) => {
+            let image = match stages
+                .iter()
+                .enumerate()
+                .find(|(i, s)| s.name.as_deref() == Some(f.as_str()) || i.to_string() == *f)
+            {
+                Some((_, s)) => s.image.clone(),
+                None => host.images().resolve(f).map_err(|e| BuildError(e.to_string()))?.id().clone(),
+            };
+            let key = format!(
+                "build-from-{}",
+                &Digest::of(format!("{}{}", ins.line, std::process::id()).as_bytes()).hex()[..16]
+            );
+            let images = host.images().clone();
+            let k = key.clone();
+            let snap = tokio::task::spawn_blocking(move || images.prepare_snapshot(&k, &image)).await??;
+            temp_snapshot = Some(key);
+            snap.rootfs
+        }
+    };
+    let result =
+        copy_with(host, cache, trace, &source_root, from.is_some(), opts.no_cache, stage, ins, &args, &dest, into_dir)
+            .await;
+    if let Some(key) = temp_snapshot {
+        let images = host.images().clone();
+        let _ = tokio::task::spawn_blocking(move || images.remove_snapshot(&key)).await;
+    }
+    result
+}
+
+/// The sources of a COPY as (path in `root`, name under the destination), wildcards expanded;
+/// a directory stands for its contents.
+fn sources(root: &Path, args: &[String]) -> Result<Vec<PathBuf>, BuildError> {
+    let mut out = Vec::new();
+    for a in args {
+        if a.starts_with("http://") || a.starts_with("https://") {
+            return Err(BuildError(format!("ADD from a URL is not supported: {a}")));
+        }
+        let clean = Path::new(a.trim_start_matches('/'));
+        // in the context or an image's root: never out of it, through links or ..
+        let resolved = engine_image::copy::resolve_in_root(root, clean, true)?;
+        if a.contains(['*', '?', '[']) {
+            let parent = resolved.parent().unwrap_or(root);
+            let pattern = resolved.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let mut hits: Vec<PathBuf> =
+                std::fs::read_dir(parent).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+            hits.retain(|p| {
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                dockerfile::matches(&pattern, &name)
+            });
+            hits.sort();
+            if hits.is_empty() {
+                return Err(BuildError(format!("COPY failed: no source files were specified ({a})")));
+            }
+            out.extend(hits);
+        } else {
+            if std::fs::symlink_metadata(&resolved).is_err() {
+                return Err(BuildError(format!("COPY failed: file not found in build context or excluded by .dockerignore: stat {a}: file does not exist")));
+            }
+            out.push(resolved);
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn copy_with<H: BuildHost>(
+    host: &Arc<H>,
+    cache: &BuildCache,
+    trace: &Trace,
+    root: &Path,
+    from_image: bool,
+    no_cache: bool,
+    stage: &mut Stage,
+    ins: &Instruction,
+    args: &[String],
+    dest: &str,
+    into_dir: bool,
+) -> Result<bool, BuildError> {
+    let srcs = sources(root, args)?;
+    let into_dir = into_dir || srcs.len() > 1;
+    // one tar of everything, named as it lands under the destination's directory; its digest
+    // is the files' part of the cache key
+    let (dir, tar) = {
+        let dest_path = Path::new(dest);
+        let mut tar = Vec::new();
+        let single_file_to_name = !into_dir && srcs.len() == 1 && !srcs[0].is_dir();
+        let dir = if single_file_to_name {
+            dest_path.parent().unwrap_or(Path::new("/")).to_path_buf()
+        } else {
+            dest_path.to_path_buf()
+        };
+        for s in &srcs {
+            let name = if single_file_to_name {
+                PathBuf::from(dest_path.file_name().unwrap_or_default())
+            } else if s.is_dir() {
+                PathBuf::new()
+            } else {
+                PathBuf::from(s.file_name().unwrap_or_default())
+            };
+            let extract_tar = ins.keyword == "ADD" && !from_image && s.is_file() && is_archive(s);
+            if extract_tar {
+                let (_, mut r) = engine_image::compression::decompress(std::fs::File::open(s)?)?;
+                let mut raw = Vec::new();
+                std::io::Read::read_to_end(&mut r, &mut raw)?;
+                tar.push(raw);
+            } else {
+                tar.push(write_tree(s, &name, TreeForm::Plain, &Default::default(), Vec::new())?);
+            }
+        }
+        (dir, tar)
+    };
+    let content: Vec<String> = tar.iter().map(|t| Digest::of(t).to_string()).collect();
+    let described = format!("{} {:?} {dest} {:?}", ins.keyword, ins.flags, content);
+    let key = BuildCache::key(&stage.image, &described, "");
+    if let Some(hit) = cache.get(&key, host.images()).filter(|_| !no_cache) {
+        stage.image = hit;
+        return Ok(true);
+    }
+    let id = host
+        .create(trace, step_container(stage, vec![format!("#(nop) {}", ins.keyword)], "none"))
+        .await
+        .map_err(|e| BuildError(e.message))?;
+    let made = async {
+        let rootfs = host.images().snapshot(&id)?.map(|s| s.rootfs).unwrap_or_default();
+        let owner = match ins.flags.get("chown") {
+            Some(spec) => {
+                let u = engine_image::spec::resolve_user(&rootfs, &stage.subst(spec)?)?;
+                Some((u.uid, u.gid))
+            }
+            None => Some((0, 0)),
+        };
+        let host_dir = engine_image::copy::resolve_in_root(&rootfs, &dir, true)?;
+        std::fs::create_dir_all(&host_dir)?;
+        let opts = engine_image::copy::CopyInOptions { no_overwrite_dir_non_dir: false, owner };
+        let (rootfs2, dir2, tars) = (rootfs.clone(), dir.display().to_string(), tar.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), engine_image::copy::CopyError> {
+            for t in &tars {
+                engine_image::copy::copy_in(&rootfs2, &dir2, t.as_slice(), &opts)?;
+            }
+            Ok(())
+        })
+        .await??;
+        if let Some(mode) = ins.flags.get("chmod") {
+            let mode = u32::from_str_radix(mode, 8).map_err(|_| BuildError(format!("invalid --chmod {mode:?}")))?;
+            for s in &srcs {
+                let name = if !into_dir && srcs.len() == 1 && !s.is_dir() {
+                    PathBuf::from(Path::new(dest).file_name().unwrap_or_default())
+                } else {
+                    PathBuf::from(s.file_name().unwrap_or_default())
+                };
+                let p = engine_image::copy::resolve_in_root(&rootfs, &dir.join(name), false)?;
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+            }
+        }
+        let created_by = format!("/bin/sh -c #(nop) {} {}", ins.keyword, ins.rest);
+        let opts = CommitOptions { config: stage.config.clone(), created_by: Some(created_by), ..Default::default() };
+        host.commit(&id, opts).await.map_err(|e| BuildError(e.message))
+    }
+    .await;
+    host.remove(&id).await;
+    stage.image = made?;
+    cache.put(key, stage.image.clone());
+    Ok(false)
+}
+
+/// Whether a local ADD source is an archive ADD extracts (tar, plain or compressed).
+fn is_archive(p: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(p) else { return false };
+    let Ok((_, mut r)) = engine_image::compression::decompress(f) else { return false };
+    let mut block = [0u8; 512];
+    std::io::Read::read_exact(&mut r, &mut block).is_ok() && &block[257..262] == b"ustar"
+}
+
+/// Unpacks a build context (a tar stream, plain or compressed) into `dir` and takes out what its
+/// `.dockerignore` excludes (never the Dockerfile nor `.dockerignore` itself, which the builder
+/// reads).
+pub fn unpack_context(dir: &Path, r: impl Read, dockerfile: &str) -> Result<(), BuildError> {
+    let (_, tar) = engine_image::compression::decompress(r)?;
+    let opts = engine_image::copy::CopyInOptions::default();
+    engine_image::copy::copy_in(dir, "/", tar, &opts)?;
+    let Ok(text) = std::fs::read_to_string(dir.join(".dockerignore")) else { return Ok(()) };
+    let ignore = dockerfile::Ignore::parse(&text);
+    let keep = [dockerfile.trim_start_matches("./").to_string(), ".dockerignore".to_string()];
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for entry in std::fs::read_dir(dir.join(&rel))?.flatten() {
+            let child = rel.join(entry.file_name());
+            let name = child.to_string_lossy().into_owned();
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if ignore.excludes(&name) && !keep.contains(&name) {
+                if is_dir {
+                    std::fs::remove_dir_all(entry.path())?;
+                } else {
+                    std::fs::remove_file(entry.path())?;
+                }
+            } else if is_dir {
+                stack.push(child);
+            }
+        }
+    }
+    Ok(())
+}
