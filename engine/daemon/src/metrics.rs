@@ -31,6 +31,7 @@ type ApiHistogram = Family<Labels, Histogram, fn() -> Histogram>;
 pub struct Metrics {
     phases: PhaseHistogram,
     api: ApiHistogram,
+    build_steps: ApiHistogram,
 }
 
 fn phase_histogram() -> HistogramWithExemplars<Labels> {
@@ -52,6 +53,7 @@ impl Default for Metrics {
         Metrics {
             phases: Family::new_with_constructor(phase_histogram),
             api: Family::new_with_constructor(api_histogram),
+            build_steps: Family::new_with_constructor(api_histogram),
         }
     }
 }
@@ -84,6 +86,12 @@ impl Metrics {
                 );
             }
         }
+    }
+
+    /// One build step: its instruction (`RUN`, `COPY`…) and whether the cache had it.
+    pub fn observe_build_step(&self, instruction: &str, cache_hit: bool, secs: f64) {
+        let cache = if cache_hit { "hit" } else { "miss" };
+        self.build_steps.get_or_create(&l(&[("instruction", instruction), ("cache", cache)])).observe(secs);
     }
 
     /// One API request (`route` is the route template, or "(unmatched)": see `api::route_name`).
@@ -134,6 +142,11 @@ pub async fn render(d: &MetricsService) -> Result<String, ApiError> {
         "engine_api_request_duration_seconds",
         "Duration of Docker Engine API requests, by route and status code",
         d.metrics.api.clone(),
+    );
+    reg.register(
+        "engine_build_step_duration_seconds",
+        "Duration of each Dockerfile instruction of a build, by instruction and cache hit or miss",
+        d.metrics.build_steps.clone(),
     );
 
     let containers = gauge_family();

@@ -1199,6 +1199,10 @@ CMD ["/from-base"]
     assert_eq!(again.trim(), e.inspect("built:final", "{{.Id}}"));
     let out = e.ok(&["build", "--build-arg", "WHO=you", c]);
     assert_eq!(out.matches("Using cache").count(), 13, "{out}");
+    // after builder prune, nothing is cached
+    assert!(e.ok(&["builder", "prune", "-f"]).contains("Deleted build cache objects:"));
+    let out = e.ok(&["build", "--build-arg", "WHO=you", c]);
+    assert_eq!(out.matches("Using cache").count(), 0, "{out}");
     // a changed file: its COPY and what follows run again
     std::fs::write(ctx.join("one.txt"), "changed\n").unwrap();
     let out = e.ok(&["build", "--build-arg", "WHO=you", c]);
@@ -1220,4 +1224,18 @@ CMD ["/from-base"]
     let bad = build_context(&e, "bad2", "FROM busybox\n\nRUNN x\n", &[]);
     let err = e.fails(&["build", bad.to_str().unwrap()]);
     assert!(err.contains("Dockerfile parse error line 3: unknown instruction: RUNN"), "{err}");
+
+    // each step's time on /metrics; no context, container, snapshot, mount or cgroup left
+    let (_, metrics) = e.request("GET", "/metrics", "");
+    assert!(
+        metrics.contains(r#"engine_build_step_duration_seconds_count{instruction="RUN",cache="miss"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"engine_build_step_duration_seconds_count{instruction="COPY",cache="hit"}"#),
+        "{metrics}"
+    );
+    let contexts = std::fs::read_dir(e.data_root().join("build")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(contexts, 0, "a build context was left");
+    e.assert_clean();
 }

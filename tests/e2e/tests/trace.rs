@@ -411,10 +411,29 @@ fn the_same_trace_reaches_an_otlp_grpc_receiver() {
 fn every_operation_is_exactly_one_trace() {
     let e = Engined::start();
     e.import_busybox("bb");
+    let context = e.dir.path().join("context");
+    std::fs::create_dir(&context).unwrap();
+    std::fs::write(context.join("Dockerfile"), "FROM bb\nRUN echo built > /built\nCMD [\"cat\", \"/built\"]\n")
+        .unwrap();
+    let context = context.to_str().unwrap();
     let ops: &[(&[&str], &str, &[&str])] = &[
         (&["create", "--name", "ctr", "bb", "sleep", "1000"], "engine.create", &["lifecycle.Containers/Create"]),
         (&["start", "ctr"], "engine.start", &["lifecycle.Tasks/Start", "runtime.start", "init.exec"]),
         (&["exec", "ctr", "true"], "engine.exec", &["lifecycle.Tasks/Exec", "shim.exec"]),
+        // a commit pauses the container around it; a build's RUN is a whole container start
+        (&["commit", "ctr", "traced:1"], "engine.commit", &["daemon.commit", "lifecycle.Tasks/Pause", "shim.resume"]),
+        (
+            &["build", "-t", "traced:2", context],
+            "engine.build",
+            &[
+                "daemon.build",
+                "build.step",
+                "daemon.create",
+                "lifecycle.Tasks/Start",
+                "init.exec",
+                "lifecycle.Containers/Delete",
+            ],
+        ),
         (&["pause", "ctr"], "engine.pause", &["lifecycle.Tasks/Pause", "shim.pause", "runtime.pause"]),
         (&["unpause", "ctr"], "engine.unpause", &["lifecycle.Tasks/Resume", "shim.resume", "runtime.resume"]),
         (
