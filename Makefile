@@ -8,7 +8,7 @@ RELEASE := target/$(TARGET)/release
 RUNS ?= 50
 CI_BENCH_RUNS ?= 10
 
-.PHONY: setup lint build release test fuzz demo bench bench-runtime bench-shim bench-image bench-probes bench-net bench-pull ci-bench clean
+.PHONY: setup lint build release test fuzz demo bench bench-runtime bench-shim bench-image bench-probes bench-net bench-pull bench-build ci-bench clean
 
 setup:
 	@scripts/setup
@@ -50,6 +50,9 @@ bench-net: release
 # a cold pull of a 5-layer ~100 MB image from a loopback registry, engine beside a private dockerd
 bench-pull: release
 	BIN=$(RELEASE) RUNS=$(or $(PULL_RUNS),5) scripts/bench-pull
+
+bench-build: release
+	BIN=$(RELEASE) RUNS=$(or $(BUILD_RUNS),5) scripts/bench-build
 
 bench-probes: release
 	BIN=$(RELEASE) RUNS=$(RUNS) scripts/bench-probes
