@@ -26,8 +26,11 @@ pub struct TraceArgs {
     /// The image whose pulls and pushes to show (any tag of it when NAME names none).
     #[arg(long, value_name = "NAME", conflicts_with = "container")]
     pub image: Option<String>,
+    /// The image whose builds to show (`engine build -t NAME`): `--image NAME --op build`.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["container", "image"])]
+    pub build: Option<String>,
     /// Read spans from an OTLP JSON lines file (a span hand-off) instead of the daemon.
-    #[arg(long, conflicts_with_all = ["container", "image"])]
+    #[arg(long, conflicts_with_all = ["container", "image", "build"])]
     pub file: Option<PathBuf>,
     /// Show the last N operations (default 1).
     #[arg(long, default_value_t = 1)]
@@ -140,13 +143,14 @@ pub async fn run(c: &Client, args: TraceArgs) -> Result<i32> {
     if let Some(TraceCommand::Stats { op, last, json }) = &args.command {
         return stats(c, op, *last, *json).await;
     }
-    let subject = match (args.container.as_deref(), args.image.as_deref()) {
+    let op = if args.build.is_some() { Some("build") } else { args.op.as_deref() };
+    let subject = match (args.container.as_deref(), args.image.as_deref().or(args.build.as_deref())) {
         (Some(container), _) => Subject::Container(container),
         (None, Some(image)) => Subject::Image(image),
-        (None, None) => bail!("engine trace needs a container (or --image, --file, or stats)"),
+        (None, None) => bail!("engine trace needs a container (or --image, --build, --file, or stats)"),
     };
     let container = subject.to_string();
-    let ids = select(c, &subject, args.op.as_deref(), args.trace_id.as_deref(), args.last).await?;
+    let ids = select(c, &subject, op, args.trace_id.as_deref(), args.last).await?;
     let mut docs = Vec::new();
     for id in &ids {
         docs.push((id.clone(), fetch(c, id).await?));

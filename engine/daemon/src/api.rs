@@ -457,6 +457,11 @@ async fn build(d: &Arc<Daemon>, q: &Query, body: http::RequestBody) -> Result<Re
         let result = crate::build::build(host, &d.build_cache, &t, &context, &opts, &lines).await;
         match &result {
             Ok(id) => {
+                // `engine trace --build NAME` finds the build by the name it gave
+                if let Some(tag) = opts.tags.first() {
+                    t.attr(span, "oci.reference", tag.to_string());
+                }
+                t.attr(span, "image.id", id.to_string());
                 let _ = lines.send(json!({ "aux": { "ID": id.to_string() } })).await;
                 let _ = lines.send(json!({ "stream": format!("Successfully built {}\n", &id.hex()[..12]) })).await;
                 for tag in &opts.tags {

@@ -1225,6 +1225,12 @@ CMD ["/from-base"]
     let err = e.fails(&["build", bad.to_str().unwrap()]);
     assert!(err.contains("Dockerfile parse error line 3: unknown instruction: RUNN"), "{err}");
 
+    // the build's trace, found by the name it gave: every step, the RUN's container start in it
+    let waterfall = e.ok(&["trace", "--build", "built:base"]);
+    for want in ["daemon.build", "build.step", "init.exec"] {
+        assert!(waterfall.contains(want), "{want} not in the build's trace:\n{waterfall}");
+    }
+
     // each step's time on /metrics; no context, container, snapshot, mount or cgroup left
     let (_, metrics) = e.request("GET", "/metrics", "");
     assert!(
