@@ -623,6 +623,13 @@ async fn copy<H: BuildHost>(
         )));
     }
     let dest_raw = args.pop().unwrap_or_default();
+    if ins.keyword == "ADD" {
+        for (i, a) in args.iter_mut().enumerate() {
+            if a.starts_with("http://") || a.starts_with("https://") {
+                *a = download(context, i, a).await?;
+            }
+        }
+    }
     let dest = if dest_raw.starts_with('/') {
         dest_raw.clone()
     } else {
@@ -664,13 +671,37 @@ async fn copy<H: BuildHost>(
     result
 }
 
+/// ADD of a URL: fetched into the context (under `.engine-add/N/`), named after the URL's last
+/// path component, mode 0600 as Docker's; its context path, to copy as any source.
+async fn download(context: &Path, n: usize, url: &str) -> Result<String, BuildError> {
+    let resp = reqwest::get(url).await.map_err(|e| BuildError(format!("ADD {url}: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(BuildError(format!("ADD {url}: {}", resp.status())));
+    }
+    let name = url
+        .split(['?', '#'])
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .filter(|n| !n.is_empty() && !url.ends_with("//"))
+        .unwrap_or("download")
+        .to_string();
+    let bytes = resp.bytes().await.map_err(|e| BuildError(format!("ADD {url}: {e}")))?;
+    let rel = format!(".engine-add/{n}/{name}");
+    let path = context.join(&rel);
+    std::fs::create_dir_all(path.parent().unwrap_or(context))?;
+    std::fs::write(&path, &bytes)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(rel)
+}
+
 /// The sources of a COPY as (path in `root`, name under the destination), wildcards expanded;
 /// a directory stands for its contents.
 fn sources(root: &Path, args: &[String]) -> Result<Vec<PathBuf>, BuildError> {
     let mut out = Vec::new();
     for a in args {
         if a.starts_with("http://") || a.starts_with("https://") {
-            return Err(BuildError(format!("ADD from a URL is not supported: {a}")));
+            return Err(BuildError(format!("COPY does not take URLs (ADD does): {a}")));
         }
         let clean = Path::new(a.trim_start_matches('/'));
         // in the context or an image's root: never out of it, through links or ..
@@ -734,7 +765,9 @@ async fn copy_with<H: BuildHost>(
             } else {
                 PathBuf::from(s.file_name().unwrap_or_default())
             };
-            let extract_tar = ins.keyword == "ADD" && !from_image && s.is_file() && is_archive(s);
+            // a local archive is extracted; a download never is
+            let downloaded = s.strip_prefix(root).is_ok_and(|p| p.starts_with(".engine-add"));
+            let extract_tar = ins.keyword == "ADD" && !from_image && !downloaded && s.is_file() && is_archive(s);
             if extract_tar {
                 let (_, mut r) = engine_image::compression::decompress(std::fs::File::open(s)?)?;
                 let mut raw = Vec::new();

@@ -1245,3 +1245,30 @@ CMD ["/from-base"]
     assert_eq!(contexts, 0, "a build context was left");
     e.assert_clean();
 }
+
+/// ADD of a URL (a server on loopback): the file as served, mode 0600, named after the URL into a
+/// directory or as the destination names it; never extracted, even when it is a tar.
+#[test]
+fn build_adds_files_from_urls() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming().flatten().take(2) {
+            let mut s = stream;
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req);
+            let body = "served\n";
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    let dockerfile = format!(
+        "FROM busybox\nADD http://127.0.0.1:{port}/files/served.txt /dl/\nADD http://127.0.0.1:{port}/x?y=1 /named.txt\n"
+    );
+    let ctx = build_context(&e, "url", &dockerfile, &[]);
+    e.ok(&["build", "-t", "added:1", ctx.to_str().unwrap()]);
+    let out = e.ok(&["run", "--rm", "added:1", "sh", "-c", "cat /dl/served.txt /named.txt; stat -c %a /dl/served.txt"]);
+    assert_eq!(out, "served\nserved\n600\n");
+}
