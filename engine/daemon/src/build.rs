@@ -297,8 +297,40 @@ pub async fn build<H: BuildHost>(
                         stage.args.insert(k.to_string(), v.clone());
                     }
                 }
+                // the base image's ONBUILD triggers run now, and are not passed on
+                let triggers: Vec<String> = stage
+                    .config
+                    .other
+                    .remove("OnBuild")
+                    .and_then(|v| serde_json::from_value(v).ok())
+                    .unwrap_or_default();
+                let mut stage = stage;
+                let mut ran = Ok(false);
+                if !triggers.is_empty() {
+                    say(
+                        out,
+                        format!(
+                            "# Executing {} build trigger{}\n",
+                            triggers.len(),
+                            if triggers.len() == 1 { "" } else { "s" }
+                        ),
+                    )
+                    .await;
+                }
+                for t in &triggers {
+                    let Some(trigger) = dockerfile::parse(t)?.into_iter().next() else { continue };
+                    if matches!(trigger.keyword.as_str(), "FROM" | "ONBUILD" | "MAINTAINER") {
+                        ran = Err(BuildError(format!("{} isn't allowed as an ONBUILD trigger", trigger.keyword)));
+                        break;
+                    }
+                    ran = step_in(&host, cache, trace, context, opts, &global_args, &stages, &mut stage, &trigger, out)
+                        .await;
+                    if ran.is_err() {
+                        break;
+                    }
+                }
                 current = Some(stage);
-                Ok(false)
+                ran.map(|_| false)
             }
             (None, "ARG") => {
                 for (k, v) in arg_pairs(&ins.rest)? {

@@ -1209,6 +1209,14 @@ CMD ["/from-base"]
     // (the second stage copies the same /greeting: cached, as dockerd's by content)
     assert_eq!(out.matches("Using cache").count(), 7, "{out}");
 
+    // ONBUILD: the triggers of a base image run in its child's build, and stop there
+    let parent = build_context(&e, "onbuild", "FROM busybox\nONBUILD RUN echo triggered > /trigger\n", &[]);
+    e.ok(&["build", "-t", "with-trigger:1", parent.to_str().unwrap()]);
+    let child = build_context(&e, "child", "FROM with-trigger:1\nCMD [\"cat\", \"/trigger\"]\n", &[]);
+    e.ok(&["build", "-t", "triggered:1", child.to_str().unwrap()]);
+    assert_eq!(e.ok(&["run", "--rm", "triggered:1"]), "triggered\n");
+    assert_eq!(e.inspect("triggered:1", "{{json .Config.OnBuild}}"), "null");
+
     // a failing RUN: its code and output, nothing left
     let containers = e.ok(&["ps", "-aq"]);
     let bad = build_context(&e, "bad", "FROM busybox\nRUN echo failing-output; exit 3\n", &[]);
