@@ -304,7 +304,6 @@ pub async fn build<H: BuildHost>(
                     .remove("OnBuild")
                     .and_then(|v| serde_json::from_value(v).ok())
                     .unwrap_or_default();
-                let mut stage = stage;
                 let mut ran = Ok(false);
                 if !triggers.is_empty() {
                     say(
