@@ -361,6 +361,18 @@ pub async fn build<H: BuildHost>(
             }
         }
     }
+    // build args no ARG declared, as dockerd warns of them
+    let declared: std::collections::HashSet<String> = instructions
+        .iter()
+        .filter(|i| i.keyword == "ARG")
+        .flat_map(|i| arg_pairs(&i.rest).unwrap_or_default().into_iter().map(|(k, _)| k))
+        .collect();
+    let unused: Vec<&String> =
+        opts.build_args.keys().filter(|k| !declared.contains(*k) && !PREDEFINED_ARGS.contains(&k.as_str())).collect();
+    if !unused.is_empty() {
+        let names: Vec<&str> = unused.iter().map(|k| k.as_str()).collect();
+        say(out, format!("[Warning] One or more build-args [{}] were not consumed\n", names.join(" "))).await;
+    }
     let last = current.ok_or_else(|| BuildError("no build stage in current context".into()))?;
     let mut image = last.image.clone();
     if !opts.labels.is_empty() {
@@ -455,7 +467,11 @@ async fn step_in<H: BuildHost>(
         "WORKDIR" => {
             let w = stage.subst(&ins.rest)?;
             let w = if w.starts_with('/') { w } else { format!("{}/{w}", stage.workdir().trim_end_matches('/')) };
-            config.working_dir = Some(w);
+            config.working_dir = Some(w.clone());
+            // a directory the image lacks is made, in a layer of its own, as Docker's
+            if !host.images().image_has_path(&stage.image, Path::new(&w))? {
+                return workdir_layer(host, cache, trace, opts, stage, config, &w).await;
+            }
         }
         "USER" => config.user = Some(stage.subst(&ins.rest)?),
         "EXPOSE" => {
@@ -503,6 +519,44 @@ async fn step_in<H: BuildHost>(
         }
     }
     stage.image = derive(host, &stage.image, config.clone(), &described).await?;
+    stage.config = config;
+    cache.put(key, stage.image.clone());
+    Ok(false)
+}
+
+/// WORKDIR of a directory the image lacks: made in a step container and committed.
+async fn workdir_layer<H: BuildHost>(
+    host: &Arc<H>,
+    cache: &BuildCache,
+    trace: &Trace,
+    opts: &BuildOptions,
+    stage: &mut Stage,
+    config: RunConfig,
+    dir: &str,
+) -> Result<bool, BuildError> {
+    let described = format!("WORKDIR {dir}");
+    let key = BuildCache::key(&stage.image, &described, &serde_json::to_string(&config).unwrap_or_default());
+    if let Some(hit) = cache.get(&key, host.images()).filter(|_| !opts.no_cache) {
+        stage.image = hit;
+        stage.config = config;
+        return Ok(true);
+    }
+    let id = host
+        .create(trace, step_container(stage, vec!["#(nop) WORKDIR".into()], "none"))
+        .await
+        .map_err(|e| BuildError(e.message))?;
+    let made = async {
+        make_workdir(host.as_ref(), &id, dir)?;
+        let commit = CommitOptions {
+            config: config.clone(),
+            created_by: Some(format!("/bin/sh -c #(nop) {described}")),
+            ..Default::default()
+        };
+        host.commit(&id, commit).await.map_err(|e| BuildError(e.message))
+    }
+    .await;
+    host.remove(&id).await;
+    stage.image = made?;
     stage.config = config;
     cache.put(key, stage.image.clone());
     Ok(false)
@@ -832,7 +886,11 @@ async fn copy_with<H: BuildHost>(
         };
         let host_dir = engine_image::copy::resolve_in_root(&rootfs, &dir, true)?;
         std::fs::create_dir_all(&host_dir)?;
-        let opts = engine_image::copy::CopyInOptions { no_overwrite_dir_non_dir: false, owner };
+        let mode = match ins.flags.get("chmod") {
+            Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| BuildError(format!("invalid --chmod {m:?}")))?),
+            None => None,
+        };
+        let opts = engine_image::copy::CopyInOptions { no_overwrite_dir_non_dir: false, owner, mode };
         let (rootfs2, dir2, tars) = (rootfs.clone(), dir.display().to_string(), tar.clone());
         tokio::task::spawn_blocking(move || -> Result<(), engine_image::copy::CopyError> {
             for t in &tars {
@@ -841,19 +899,6 @@ async fn copy_with<H: BuildHost>(
             Ok(())
         })
         .await??;
-        if let Some(mode) = ins.flags.get("chmod") {
-            let mode = u32::from_str_radix(mode, 8).map_err(|_| BuildError(format!("invalid --chmod {mode:?}")))?;
-            for s in &srcs {
-                let name = if !into_dir && srcs.len() == 1 && !s.is_dir() {
-                    PathBuf::from(Path::new(dest).file_name().unwrap_or_default())
-                } else {
-                    PathBuf::from(s.file_name().unwrap_or_default())
-                };
-                let p = engine_image::copy::resolve_in_root(&rootfs, &dir.join(name), false)?;
-                use std::os::unix::fs::PermissionsExt;
-                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
-            }
-        }
         let created_by = format!("/bin/sh -c #(nop) {} {}", ins.keyword, ins.rest);
         let opts = CommitOptions { config: stage.config.clone(), created_by: Some(created_by), ..Default::default() };
         host.commit(&id, opts).await.map_err(|e| BuildError(e.message))

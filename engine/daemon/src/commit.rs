@@ -222,7 +222,11 @@ pub async fn archive_put(f: &Files<'_>, e: &Arc<Entry>, q: &Query, body: http::R
     } else {
         None
     };
-    let opts = engine_image::copy::CopyInOptions { no_overwrite_dir_non_dir: q.flag("noOverwriteDirNonDir"), owner };
+    let opts = engine_image::copy::CopyInOptions {
+        no_overwrite_dir_non_dir: q.flag("noOverwriteDirNonDir"),
+        owner,
+        mode: None,
+    };
     let reader = http::BodyReader::new(body);
     tokio::task::spawn_blocking(move || engine_image::copy::copy_in(&root, &inner, reader, &opts))
         .await

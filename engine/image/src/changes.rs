@@ -302,6 +302,14 @@ impl ImageStore {
         changes(&snapshot.upper, &lowers, skip).map_err(io_at(&snapshot.upper))
     }
 
+    /// Whether `path` (absolute, no links followed) exists in image `image`'s layers.
+    pub fn image_has_path(&self, image: &Digest, path: &Path) -> Result<bool, ImageError> {
+        let record = self.images_by_id()?.remove(image).ok_or_else(|| ImageError::NotFound(image.to_string()))?;
+        let lowers: Vec<PathBuf> = record.layers.iter().rev().map(|l| self.layer_path(&l.diff_id)).collect();
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        Ok(rel.as_os_str().is_empty() || in_lowers(&lowers, rel).is_some())
+    }
+
     /// Writes the root filesystem of snapshot `key` as a tar stream (`docker export`).
     pub fn export_snapshot<W: Write>(&self, key: &str, w: W) -> Result<W, ImageError> {
         let snapshot = self.snapshot(key)?.ok_or_else(|| ImageError::NotFound(format!("snapshot {key}")))?;

@@ -161,6 +161,8 @@ pub struct CopyInOptions {
     pub no_overwrite_dir_non_dir: bool,
     /// Owner of everything extracted (the container's user, `docker cp -a`); else the archive's.
     pub owner: Option<(u32, u32)>,
+    /// Permissions of everything extracted (a build's `COPY --chmod`); else the archive's.
+    pub mode: Option<u32>,
 }
 
 /// Extracts the tar stream `r` into directory `dir` (a container path) of `root`.
@@ -263,7 +265,8 @@ fn apply_metadata(path: &Path, e: &TarEntry, opts: &CopyInOptions) -> Result<(),
         r => r.map_err(io_at(path))?,
     }
     if e.kind != EntryKind::Symlink {
-        fs::set_permissions(path, fs::Permissions::from_mode(e.mode & 0o7777)).map_err(io_at(path))?;
+        let mode = opts.mode.unwrap_or(e.mode) & 0o7777;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_at(path))?;
     }
     set_mtime(path, e.mtime)
 }
@@ -360,7 +363,7 @@ mod tests {
         // into a file: refused; a directory replaced by a file: refused when asked
         let err = copy_in(r, "/etc/real", archive(&[]).as_slice(), &CopyInOptions::default()).unwrap_err();
         assert!(matches!(err, CopyError::NotADirectory(_)), "{err}");
-        let opts = CopyInOptions { no_overwrite_dir_non_dir: true, owner: Some((0, 0)) };
+        let opts = CopyInOptions { no_overwrite_dir_non_dir: true, owner: Some((0, 0)), mode: None };
         let err = copy_in(r, "/etc", archive(&[("d", tar::EntryType::Regular, "x")]).as_slice(), &opts).unwrap_err();
         assert!(err.to_string().contains("cannot overwrite directory"), "{err}");
         assert!(r.join("etc/d/f").exists());

@@ -1153,6 +1153,9 @@ RUN echo "$GREETING $SHORT" > /greeting && mkdir -p /app
 WORKDIR /app
 COPY files/ ./
 COPY --chown=1000:1000 one.txt /owned.txt
+COPY --chmod=600 files/ /chmodded/
+WORKDIR /lonely
+WORKDIR /app
 RUN rm /bin/ls && (test -e /app/ignored.log || echo no-log > /app/log-state)
 USER user
 LABEL a=b
@@ -1177,8 +1180,20 @@ CMD ["/from-base"]
         ],
     );
     let c = ctx.to_str().unwrap();
-    let out = e.ok(&["build", "--build-arg", "WHO=you", "--target", "base", "-t", "built:base", c]);
-    assert!(out.contains("Step 1/16 : FROM busybox AS base"), "{out}");
+    let out = e.ok(&[
+        "build",
+        "--build-arg",
+        "WHO=you",
+        "--build-arg",
+        "UNUSED=1",
+        "--target",
+        "base",
+        "-t",
+        "built:base",
+        c,
+    ]);
+    assert!(out.contains("Step 1/19 : FROM busybox AS base"), "{out}");
+    assert!(out.contains("[Warning] One or more build-args [UNUSED] were not consumed"), "{out}");
     assert!(out.contains("Successfully tagged built:base"), "{out}");
     assert_eq!(e.ok(&["run", "--rm", "built:base"]), "hello you set\n");
     let check =
@@ -1198,7 +1213,7 @@ CMD ["/from-base"]
     let again = e.ok(&["build", "--build-arg", "WHO=you", "-q", c]);
     assert_eq!(again.trim(), e.inspect("built:final", "{{.Id}}"));
     let out = e.ok(&["build", "--build-arg", "WHO=you", c]);
-    assert_eq!(out.matches("Using cache").count(), 13, "{out}");
+    assert_eq!(out.matches("Using cache").count(), 16, "{out}");
     // after builder prune, nothing is cached
     assert!(e.ok(&["builder", "prune", "-f"]).contains("Deleted build cache objects:"));
     let out = e.ok(&["build", "--build-arg", "WHO=you", c]);

@@ -404,6 +404,7 @@ FROM ${BASE}
 ARG V=1
 ENV A=1 B="two words" C=${V:-none}
 LABEL x=y z="w v"
+WORKDIR /lonely/dir
 WORKDIR /w
 COPY dir/ copied/
 COPY --chown=1000:1000 dir/a /owned
@@ -457,7 +458,7 @@ CMD ["echo hi"]
             "sh",
             "built:1",
             "-c",
-            "cd / && find copied owned added from-first w ran.txt -exec stat -c '%n %a %u:%g %F' {} + 2>&1 | sort; \
+            "cd / && find copied owned added from-first w ran.txt lonely -exec stat -c '%n %a %u:%g %F' {} + 2>&1 | sort; \
              cat w/shell.txt w/ran.txt from-first/file; test -e etc/group || echo no-group; \
              test -e w/skip.tmp || echo no-skip",
         ]);
