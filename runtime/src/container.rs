@@ -14,7 +14,7 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use oci_spec::runtime::LinuxIdMapping;
 
-use crate::cgroups::{CgroupManager, Layout};
+use crate::cgroups::{CgroupManager, CgroupPaths, Layout};
 use crate::error::{sys, Error, Result};
 use crate::namespaces::{self, Plan};
 use crate::setup::{self, SetupArgs};
@@ -206,17 +206,18 @@ fn create_inner(
             let layout = Layout::detect()?;
             let mut cg = CgroupManager::plan(&layout, &cgroups_path)?;
             // recorded before and after the directories are made, for a delete after a kill
-            let record = |cg: &CgroupManager| {
+            let record = |cgroup: CgroupPaths| {
                 let creating = crate::state::CreatingState {
-                    cgroup: cg.paths().clone(),
+                    cgroup,
                     rootfs: bundle.rootfs.clone(),
                     own_mount_ns: plan.own_mount_ns(),
                 };
                 dir.save_creating(&opts.id, &creating)
             };
-            record(&cg)?;
+            // what create is about to make, then what it made
+            record(cg.planned())?;
             cg.create(linux.resources().as_ref())?;
-            record(&cg)?;
+            record(cg.paths().clone())?;
             Ok::<_, Error>(cg)
         })(),
     )?;

@@ -237,6 +237,24 @@ impl CgroupManager {
         self.path("unified")
     }
 
+    /// The paths with, as created, every directory `create` would make now (the missing ones,
+    /// parents first): what a record written before `create` must name so that a create killed
+    /// halfway can be undone.
+    pub fn planned(&self) -> CgroupPaths {
+        let mut planned = self.paths.clone();
+        for path in self.paths.paths.values() {
+            let mut missing: Vec<PathBuf> =
+                path.ancestors().take_while(|p| !p.exists()).map(Path::to_path_buf).collect();
+            missing.reverse();
+            for dir in missing {
+                if !planned.created.contains(&dir) {
+                    planned.created.push(dir);
+                }
+            }
+        }
+        planned
+    }
+
     /// Creates the cgroup in every hierarchy and applies `resources`. On error, whatever was
     /// created is removed again.
     pub fn create(&mut self, resources: Option<&LinuxResources>) -> Result<()> {
@@ -562,5 +580,27 @@ mod tests {
         assert!(clean_relative(Path::new("/a/../../etc")).is_err());
         assert!(clean_relative(Path::new("/")).is_err());
         assert_eq!(clean_relative(Path::new("/a/b")).unwrap(), PathBuf::from("a/b"));
+    }
+
+    #[test]
+    fn a_plan_names_every_directory_create_would_make() {
+        let t = tempfile::tempdir().unwrap();
+        let (shared, leaf) = (t.path().join("parent"), t.path().join("parent/child/leaf"));
+        let paths = CgroupPaths {
+            paths: [("cpu".to_string(), leaf.clone()), ("memory".to_string(), t.path().join("parent/child/other"))]
+                .into(),
+            created: Vec::new(),
+            v2: false,
+        };
+        let planned = CgroupManager::from_paths(paths.clone()).planned();
+        assert_eq!(
+            planned.created,
+            [shared.clone(), shared.join("child"), leaf.clone(), shared.join("child/other")],
+            "parents first, each once"
+        );
+        // what exists already is not the container's to remove
+        std::fs::create_dir_all(shared.join("child")).unwrap();
+        let planned = CgroupManager::from_paths(paths).planned();
+        assert_eq!(planned.created, [leaf, shared.join("child/other")]);
     }
 }
