@@ -435,10 +435,13 @@ async fn build(d: &Arc<Daemon>, q: &Query, body: http::RequestBody) -> Result<Re
     let unpacked = tokio::task::spawn_blocking(move || crate::build::unpack_context(&dir, reader, &dockerfile))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    if let Err(e) = unpacked {
-        let _ = std::fs::remove_dir_all(&context);
-        return Err(ApiError::bad_request(format!("reading the build context: {}", e.0)));
-    }
+    let dockerfile_text = match unpacked {
+        Ok(text) => text,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&context);
+            return Err(ApiError::bad_request(e.message));
+        }
+    };
     let hold = trace.hold();
     let span = trace.start(engine_telemetry::names::DAEMON_BUILD);
     let previous = trace.enter(span);
@@ -454,7 +457,7 @@ async fn build(d: &Arc<Daemon>, q: &Query, body: http::RequestBody) -> Result<Re
     let (d, t) = (d.clone(), trace.clone());
     let work = async move {
         let host = Arc::new(crate::daemon::BuildHost(d.clone()));
-        let result = crate::build::build(host, &d.build_cache, &t, &context, &opts, &lines).await;
+        let result = crate::build::build(host, &d.build_cache, &t, &context, &dockerfile_text, &opts, &lines).await;
         match &result {
             Ok(id) => {
                 // `engine trace --build NAME` finds the build by the name it gave
@@ -469,10 +472,14 @@ async fn build(d: &Arc<Daemon>, q: &Query, body: http::RequestBody) -> Result<Re
                 }
             }
             Err(e) => {
-                let _ = lines.send(json!({ "errorDetail": { "message": e.0 }, "error": e.0 })).await;
+                let mut detail = json!({ "message": e.message });
+                if let Some(code) = e.code {
+                    detail["code"] = json!(code);
+                }
+                let _ = lines.send(json!({ "errorDetail": detail, "error": e.message })).await;
             }
         }
-        let _ = t.finish(span, result.map(|_| ()).map_err(|e| e.0));
+        let _ = t.finish(span, result.map(|_| ()).map_err(|e| e.message));
         t.enter(previous);
         let _ = std::fs::remove_dir_all(&context);
         drop(lines);
@@ -656,6 +663,7 @@ fn info(d: &Daemon) -> Value {
         "ContainersPaused": paused,
         "ContainersStopped": all.len() - running - paused,
         "Images": d.images.list().map(|l| l.len()).unwrap_or(0),
+        "ExperimentalBuild": false,
         "Driver": d.images.driver().as_str(),
         "DriverStatus": [["Backing Filesystem", "extfs"]],
         "Plugins": { "Volume": ["local"], "Network": ["bridge", "host", "null"], "Log": ["json-file"] },

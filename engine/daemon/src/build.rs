@@ -68,6 +68,14 @@ pub struct BuildOptions {
     pub labels: BTreeMap<String, String>,
     pub quiet: bool,
     pub network_mode: String,
+    /// `--cache-from`: only steps these images (and the images they were built on) hold are
+    /// taken from the cache, as the classic builder's.
+    pub cache_from: Vec<String>,
+    /// `host:ip` lines each RUN's /etc/hosts gets.
+    pub extra_hosts: Vec<String>,
+    pub shm_size: i64,
+    /// The images `cache_from` allows, found when the build starts.
+    cache_allowed: Option<std::collections::HashSet<Digest>>,
 }
 
 impl BuildOptions {
@@ -106,6 +114,19 @@ impl BuildOptions {
             labels,
             quiet: q.flag("q"),
             network_mode: q.get("networkmode").filter(|n| !n.is_empty() && *n != "default").unwrap_or("").to_string(),
+            cache_from: match json_map("cachefrom")? {
+                Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                _ => Vec::new(),
+            },
+            cache_allowed: None,
+            extra_hosts: q
+                .all("extrahosts")
+                .iter()
+                .flat_map(|h| {
+                    h.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_string).collect::<Vec<_>>()
+                })
+                .collect(),
+            shm_size: q.int("shmsize")?.unwrap_or(0),
         })
     }
 }
@@ -128,8 +149,14 @@ impl BuildCache {
         Digest::of(format!("{parent}\n{instruction}\n{content}").as_bytes()).to_string()
     }
 
-    fn get(&self, key: &str, images: &ImageStore) -> Option<Digest> {
+    fn get(&self, key: &str, images: &ImageStore, opts: &BuildOptions) -> Option<Digest> {
+        if opts.no_cache {
+            return None;
+        }
         let hit = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()?;
+        if opts.cache_allowed.as_ref().is_some_and(|allowed| !allowed.contains(&hit)) {
+            return None;
+        }
         images.resolve(&hit.to_string()).ok().map(|_| hit)
     }
 
@@ -160,11 +187,21 @@ async fn say(out: &Out, text: impl Into<String>) {
 
 /// A build failure, as the stream's `errorDetail` carries it.
 #[derive(Debug)]
-pub struct BuildError(pub String);
+pub struct BuildError {
+    pub message: String,
+    /// A RUN's exit code, when that is what failed.
+    pub code: Option<i64>,
+}
+
+impl BuildError {
+    fn msg(message: impl Into<String>) -> BuildError {
+        BuildError { message: message.into(), code: None }
+    }
+}
 
 impl<E: std::fmt::Display> From<E> for BuildError {
     fn from(e: E) -> Self {
-        BuildError(e.to_string())
+        BuildError::msg(e.to_string())
     }
 }
 
@@ -221,15 +258,28 @@ pub async fn build<H: BuildHost>(
     cache: &BuildCache,
     trace: &Trace,
     context: &Path,
+    dockerfile_text: &str,
     opts: &BuildOptions,
     out: &Out,
 ) -> Result<Digest, BuildError> {
-    let file = engine_image::copy::resolve_in_root(context, Path::new(&opts.dockerfile), true)?;
-    let text = std::fs::read_to_string(&file)
-        .map_err(|_| BuildError(format!("Cannot locate specified Dockerfile: {}", opts.dockerfile)))?;
-    let instructions = dockerfile::parse(&text)?;
+    let mut opts = opts.clone();
+    if !opts.cache_from.is_empty() {
+        let by_id: HashMap<Digest, Option<Digest>> =
+            host.images().list()?.into_iter().map(|i| (i.id().clone(), i.record.parent.clone())).collect();
+        let mut allowed = std::collections::HashSet::new();
+        for name in &opts.cache_from {
+            let mut next = host.images().resolve(name).ok().map(|i| i.id().clone());
+            while let Some(id) = next.take() {
+                next = by_id.get(&id).cloned().flatten();
+                allowed.insert(id);
+            }
+        }
+        opts.cache_allowed = Some(allowed);
+    }
+    let opts = &opts;
+    let instructions = dockerfile::parse(dockerfile_text)?;
     if !instructions.iter().any(|i| i.keyword == "FROM") {
-        return Err(BuildError("no build stage in current context".into()));
+        return Err(BuildError::msg("no build stage in current context"));
     }
     let total = instructions.len();
     // ARGs before the first FROM: usable in FROM lines
@@ -263,7 +313,7 @@ pub async fn build<H: BuildHost>(
                     [b] => (b.clone(), None),
                     [b, as_, name] if as_.eq_ignore_ascii_case("as") => (b.clone(), Some(name.to_ascii_lowercase())),
                     _ => {
-                        return Err(BuildError(format!(
+                        return Err(BuildError::msg(format!(
                             "Dockerfile parse error line {}: FROM requires either one or three arguments",
                             ins.line
                         )))
@@ -272,9 +322,23 @@ pub async fn build<H: BuildHost>(
                 let from = stages.iter().rev().find(|s| s.name.as_deref() == Some(base.as_str())).cloned();
                 let stage = match from {
                     Some(s) => Stage { name: name.clone(), args: BTreeMap::new(), ..s },
+                    None if base.eq_ignore_ascii_case("scratch") => {
+                        let images = host.images().clone();
+                        let image = tokio::task::spawn_blocking(move || images.scratch_image()).await??;
+                        Stage {
+                            name: name.clone(),
+                            image,
+                            config: RunConfig {
+                                env: Some(vec![engine_image::spec::DEFAULT_PATH.to_string()]),
+                                ..Default::default()
+                            },
+                            args: BTreeMap::new(),
+                            shell: vec!["/bin/sh".into(), "-c".into()],
+                        }
+                    }
                     None => {
                         let image = host.images().resolve(&base).map_err(|_| {
-                            BuildError(format!("pull access denied for {base}, repository does not exist or may require 'docker login'"))
+                            BuildError::msg(format!("pull access denied for {base}, repository does not exist or may require 'docker login'"))
                         })?;
                         let mut config = image.config.config.clone().unwrap_or_default();
                         // the builder's environment has a PATH, as dockerd's
@@ -319,7 +383,7 @@ pub async fn build<H: BuildHost>(
                 for t in &triggers {
                     let Some(trigger) = dockerfile::parse(t)?.into_iter().next() else { continue };
                     if matches!(trigger.keyword.as_str(), "FROM" | "ONBUILD" | "MAINTAINER") {
-                        ran = Err(BuildError(format!("{} isn't allowed as an ONBUILD trigger", trigger.keyword)));
+                        ran = Err(BuildError::msg(format!("{} isn't allowed as an ONBUILD trigger", trigger.keyword)));
                         break;
                     }
                     ran = step_in(&host, cache, trace, context, opts, &global_args, &stages, &mut stage, &trigger, out)
@@ -338,7 +402,7 @@ pub async fn build<H: BuildHost>(
                 }
                 Ok(false)
             }
-            (None, other) => Err(BuildError(format!("{other} before any FROM"))),
+            (None, other) => Err(BuildError::msg(format!("{other} before any FROM"))),
             (Some(stage), _) => {
                 step_in(&host, cache, trace, context, opts, &global_args, &stages, stage, ins, out).await
             }
@@ -350,7 +414,7 @@ pub async fn build<H: BuildHost>(
         };
         trace.attr(span, "build.cache_hit", hit);
         host.observe_step(&ins.keyword, hit, started.elapsed().as_secs_f64());
-        trace.finish(span, result.as_ref().map(|_| ()).map_err(|e| e.0.clone())).ok();
+        trace.finish(span, result.as_ref().map(|_| ()).map_err(|e| e.message.clone())).ok();
         result?;
         if let Some(s) = &current {
             if !opts.quiet {
@@ -373,7 +437,7 @@ pub async fn build<H: BuildHost>(
         let names: Vec<&str> = unused.iter().map(|k| k.as_str()).collect();
         say(out, format!("[Warning] One or more build-args [{}] were not consumed\n", names.join(" "))).await;
     }
-    let last = current.ok_or_else(|| BuildError("no build stage in current context".into()))?;
+    let last = current.ok_or_else(|| BuildError::msg("no build stage in current context"))?;
     let mut image = last.image.clone();
     if !opts.labels.is_empty() {
         let mut config = last.config.clone();
@@ -508,15 +572,13 @@ async fn step_in<H: BuildHost>(
         }
         "RUN" => return run(host, cache, trace, opts, stage, ins, out).await,
         "COPY" | "ADD" => return copy(host, cache, trace, context, opts, stages, stage, ins).await,
-        other => return Err(BuildError(format!("{other} is not supported"))),
+        other => return Err(BuildError::msg(format!("{other} is not supported"))),
     }
     let key = BuildCache::key(&stage.image, &described, &serde_json::to_string(&config).unwrap_or_default());
-    if !opts.no_cache {
-        if let Some(hit) = cache.get(&key, host.images()) {
-            stage.image = hit;
-            stage.config = config;
-            return Ok(true);
-        }
+    if let Some(hit) = cache.get(&key, host.images(), opts) {
+        stage.image = hit;
+        stage.config = config;
+        return Ok(true);
     }
     stage.image = derive(host, &stage.image, config.clone(), &described).await?;
     stage.config = config;
@@ -536,15 +598,22 @@ async fn workdir_layer<H: BuildHost>(
 ) -> Result<bool, BuildError> {
     let described = format!("WORKDIR {dir}");
     let key = BuildCache::key(&stage.image, &described, &serde_json::to_string(&config).unwrap_or_default());
-    if let Some(hit) = cache.get(&key, host.images()).filter(|_| !opts.no_cache) {
+    if let Some(hit) = cache.get(&key, host.images(), opts) {
         stage.image = hit;
         stage.config = config;
         return Ok(true);
     }
     let id = host
-        .create(trace, step_container(stage, vec!["#(nop) WORKDIR".into()], "none"))
+        .create(
+            trace,
+            step_container(
+                stage,
+                vec!["#(nop) WORKDIR".into()],
+                &BuildOptions { network_mode: "none".into(), ..opts.clone() },
+            ),
+        )
         .await
-        .map_err(|e| BuildError(e.message))?;
+        .map_err(|e| BuildError::msg(e.message))?;
     let made = async {
         make_workdir(host.as_ref(), &id, dir)?;
         let commit = CommitOptions {
@@ -552,7 +621,7 @@ async fn workdir_layer<H: BuildHost>(
             created_by: Some(format!("/bin/sh -c #(nop) {described}")),
             ..Default::default()
         };
-        host.commit(&id, commit).await.map_err(|e| BuildError(e.message))
+        host.commit(&id, commit).await.map_err(|e| BuildError::msg(e.message))
     }
     .await;
     host.remove(&id).await;
@@ -570,7 +639,10 @@ fn healthcheck(ins: &Instruction) -> Result<Value, BuildError> {
         return Ok(json!({ "Test": ["NONE"] }));
     }
     let Some(cmd) = rest.strip_prefix("CMD").or_else(|| rest.strip_prefix("cmd")) else {
-        return Err(BuildError(format!("Dockerfile parse error line {}: HEALTHCHECK needs CMD or NONE", ins.line)));
+        return Err(BuildError::msg(format!(
+            "Dockerfile parse error line {}: HEALTHCHECK needs CMD or NONE",
+            ins.line
+        )));
     };
     let cmd = cmd.trim();
     let test = match serde_json::from_str::<Vec<String>>(cmd) {
@@ -586,20 +658,20 @@ fn healthcheck(ins: &Instruction) -> Result<Value, BuildError> {
     ] {
         if let Some(v) = ins.flags.get(flag) {
             let d = engine_util::time::parse_duration(v).ok_or_else(|| {
-                BuildError(format!("Dockerfile parse error line {}: invalid --{flag} {v:?}", ins.line))
+                BuildError::msg(format!("Dockerfile parse error line {}: invalid --{flag} {v:?}", ins.line))
             })?;
             h[key] = json!(d.as_nanos() as u64);
         }
     }
     if let Some(r) = ins.flags.get("retries") {
-        h["Retries"] = json!(r.parse::<u64>().map_err(|_| BuildError(format!("invalid --retries {r:?}")))?);
+        h["Retries"] = json!(r.parse::<u64>().map_err(|_| BuildError::msg(format!("invalid --retries {r:?}")))?);
     }
     Ok(h)
 }
 
 /// The create body of a step's container: the stage's image with `cmd`, its user, directory
 /// and environment (and the build args, for a RUN), on the build's network.
-fn step_container(stage: &Stage, cmd: Vec<String>, network_mode: &str) -> ContainerCreateBody {
+fn step_container(stage: &Stage, cmd: Vec<String>, opts: &BuildOptions) -> ContainerCreateBody {
     ContainerCreateBody {
         config: ContainerConfig {
             image: stage.image.to_string(),
@@ -610,7 +682,12 @@ fn step_container(stage: &Stage, cmd: Vec<String>, network_mode: &str) -> Contai
             working_dir: stage.workdir(),
             ..Default::default()
         },
-        host_config: Some(HostConfig { network_mode: network_mode.to_string(), ..Default::default() }),
+        host_config: Some(HostConfig {
+            network_mode: opts.network_mode.clone(),
+            extra_hosts: Some(opts.extra_hosts.clone()).filter(|h| !h.is_empty()),
+            shm_size: opts.shm_size,
+            ..Default::default()
+        }),
         networking_config: None,
     }
 }
@@ -638,16 +715,12 @@ async fn run<H: BuildHost>(
     };
     let key =
         BuildCache::key(&stage.image, &format!("RUN {}", serde_json::to_string(&cmd)?), &stage.run_env().join("\n"));
-    if !opts.no_cache {
-        if let Some(hit) = cache.get(&key, host.images()) {
-            stage.image = hit;
-            return Ok(true);
-        }
+    if let Some(hit) = cache.get(&key, host.images(), opts) {
+        stage.image = hit;
+        return Ok(true);
     }
-    let id = host
-        .create(trace, step_container(stage, cmd.clone(), &opts.network_mode))
-        .await
-        .map_err(|e| BuildError(e.message))?;
+    let id =
+        host.create(trace, step_container(stage, cmd.clone(), opts)).await.map_err(|e| BuildError::msg(e.message))?;
     let made = async {
         make_workdir(host.as_ref(), &id, &stage.workdir())?;
         if !opts.quiet {
@@ -665,15 +738,18 @@ async fn run<H: BuildHost>(
                 }
             })
         };
-        let code = host.run(trace, &id, tx).await.map_err(|e| BuildError(e.message))?;
+        let code = host.run(trace, &id, tx).await.map_err(|e| BuildError::msg(e.message))?;
         let _ = forward.await;
         if code != 0 {
             let shown = if ins.json.is_some() { serde_json::to_string(&cmd)? } else { cmd.join(" ") };
-            return Err(BuildError(format!("The command '{shown}' returned a non-zero code: {code}")));
+            return Err(BuildError {
+                message: format!("The command '{shown}' returned a non-zero code: {code}"),
+                code: Some(code),
+            });
         }
         let shown = if ins.json.is_some() { format!("RUN {}", serde_json::to_string(&cmd)?) } else { cmd.join(" ") };
         let opts = CommitOptions { config: stage.config.clone(), created_by: Some(shown), ..Default::default() };
-        host.commit(&id, opts).await.map_err(|e| BuildError(e.message))
+        host.commit(&id, opts).await.map_err(|e| BuildError::msg(e.message))
     }
     .await;
     host.remove(&id).await;
@@ -702,7 +778,7 @@ async fn copy<H: BuildHost>(
         None => dockerfile::words(&stage.subst(&ins.rest)?)?,
     };
     if args.len() < 2 {
-        return Err(BuildError(format!(
+        return Err(BuildError::msg(format!(
             "Dockerfile parse error line {}: {} requires at least two arguments",
             ins.line, ins.keyword
         )));
@@ -733,7 +809,7 @@ async fn copy<H: BuildHost>(
                 .find(|(i, s)| s.name.as_deref() == Some(f.as_str()) || i.to_string() == *f)
             {
                 Some((_, s)) => s.image.clone(),
-                None => host.images().resolve(f).map_err(|e| BuildError(e.to_string()))?.id().clone(),
+                None => host.images().resolve(f).map_err(|e| BuildError::msg(e.to_string()))?.id().clone(),
             };
             let key = format!(
                 "build-from-{}",
@@ -747,8 +823,7 @@ async fn copy<H: BuildHost>(
         }
     };
     let result =
-        copy_with(host, cache, trace, &source_root, from.is_some(), opts.no_cache, stage, ins, &args, &dest, into_dir)
-            .await;
+        copy_with(host, cache, trace, &source_root, from.is_some(), opts, stage, ins, &args, &dest, into_dir).await;
     if let Some(key) = temp_snapshot {
         let images = host.images().clone();
         let _ = tokio::task::spawn_blocking(move || images.remove_snapshot(&key)).await;
@@ -759,9 +834,9 @@ async fn copy<H: BuildHost>(
 /// ADD of a URL: fetched into the context (under `.engine-add/N/`), named after the URL's last
 /// path component, mode 0600 as Docker's; its context path, to copy as any source.
 async fn download(context: &Path, n: usize, url: &str) -> Result<String, BuildError> {
-    let resp = reqwest::get(url).await.map_err(|e| BuildError(format!("ADD {url}: {e}")))?;
+    let resp = reqwest::get(url).await.map_err(|e| BuildError::msg(format!("ADD {url}: {e}")))?;
     if !resp.status().is_success() {
-        return Err(BuildError(format!("ADD {url}: {}", resp.status())));
+        return Err(BuildError::msg(format!("ADD {url}: {}", resp.status())));
     }
     let name = url
         .split(['?', '#'])
@@ -770,7 +845,7 @@ async fn download(context: &Path, n: usize, url: &str) -> Result<String, BuildEr
         .filter(|n| !n.is_empty() && !url.ends_with("//"))
         .unwrap_or("download")
         .to_string();
-    let bytes = resp.bytes().await.map_err(|e| BuildError(format!("ADD {url}: {e}")))?;
+    let bytes = resp.bytes().await.map_err(|e| BuildError::msg(format!("ADD {url}: {e}")))?;
     let rel = format!(".engine-add/{n}/{name}");
     let path = context.join(&rel);
     std::fs::create_dir_all(path.parent().unwrap_or(context))?;
@@ -786,7 +861,7 @@ fn sources(root: &Path, args: &[String]) -> Result<Vec<PathBuf>, BuildError> {
     let mut out = Vec::new();
     for a in args {
         if a.starts_with("http://") || a.starts_with("https://") {
-            return Err(BuildError(format!("COPY does not take URLs (ADD does): {a}")));
+            return Err(BuildError::msg(format!("COPY does not take URLs (ADD does): {a}")));
         }
         let clean = Path::new(a.trim_start_matches('/'));
         // in the context or an image's root: never out of it, through links or ..
@@ -802,12 +877,12 @@ fn sources(root: &Path, args: &[String]) -> Result<Vec<PathBuf>, BuildError> {
             });
             hits.sort();
             if hits.is_empty() {
-                return Err(BuildError(format!("COPY failed: no source files were specified ({a})")));
+                return Err(BuildError::msg(format!("COPY failed: no source files were specified ({a})")));
             }
             out.extend(hits);
         } else {
             if std::fs::symlink_metadata(&resolved).is_err() {
-                return Err(BuildError(format!("COPY failed: file not found in build context or excluded by .dockerignore: stat {a}: file does not exist")));
+                return Err(BuildError::msg(format!("COPY failed: file not found in build context or excluded by .dockerignore: stat {a}: file does not exist")));
             }
             out.push(resolved);
         }
@@ -822,7 +897,7 @@ async fn copy_with<H: BuildHost>(
     trace: &Trace,
     root: &Path,
     from_image: bool,
-    no_cache: bool,
+    opts: &BuildOptions,
     stage: &mut Stage,
     ins: &Instruction,
     args: &[String],
@@ -867,14 +942,21 @@ async fn copy_with<H: BuildHost>(
     let content: Vec<String> = tar.iter().map(|t| Digest::of(t).to_string()).collect();
     let described = format!("{} {:?} {dest} {:?}", ins.keyword, ins.flags, content);
     let key = BuildCache::key(&stage.image, &described, "");
-    if let Some(hit) = cache.get(&key, host.images()).filter(|_| !no_cache) {
+    if let Some(hit) = cache.get(&key, host.images(), opts) {
         stage.image = hit;
         return Ok(true);
     }
     let id = host
-        .create(trace, step_container(stage, vec![format!("#(nop) {}", ins.keyword)], "none"))
+        .create(
+            trace,
+            step_container(
+                stage,
+                vec![format!("#(nop) {}", ins.keyword)],
+                &BuildOptions { network_mode: "none".into(), ..opts.clone() },
+            ),
+        )
         .await
-        .map_err(|e| BuildError(e.message))?;
+        .map_err(|e| BuildError::msg(e.message))?;
     let made = async {
         let rootfs = host.images().snapshot(&id)?.map(|s| s.rootfs).unwrap_or_default();
         let owner = match ins.flags.get("chown") {
@@ -887,7 +969,7 @@ async fn copy_with<H: BuildHost>(
         let host_dir = engine_image::copy::resolve_in_root(&rootfs, &dir, true)?;
         std::fs::create_dir_all(&host_dir)?;
         let mode = match ins.flags.get("chmod") {
-            Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| BuildError(format!("invalid --chmod {m:?}")))?),
+            Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| BuildError::msg(format!("invalid --chmod {m:?}")))?),
             None => None,
         };
         let opts = engine_image::copy::CopyInOptions { no_overwrite_dir_non_dir: false, owner, mode };
@@ -901,7 +983,7 @@ async fn copy_with<H: BuildHost>(
         .await??;
         let created_by = format!("/bin/sh -c #(nop) {} {}", ins.keyword, ins.rest);
         let opts = CommitOptions { config: stage.config.clone(), created_by: Some(created_by), ..Default::default() };
-        host.commit(&id, opts).await.map_err(|e| BuildError(e.message))
+        host.commit(&id, opts).await.map_err(|e| BuildError::msg(e.message))
     }
     .await;
     host.remove(&id).await;
@@ -918,30 +1000,49 @@ fn is_archive(p: &Path) -> bool {
     std::io::Read::read_exact(&mut r, &mut block).is_ok() && &block[257..262] == b"ustar"
 }
 
-/// Unpacks a build context (a tar stream, plain or compressed) into `dir` and takes out what its
-/// `.dockerignore` excludes (never the Dockerfile nor `.dockerignore` itself, which the builder
-/// reads).
-pub fn unpack_context(dir: &Path, r: impl Read, dockerfile: &str) -> Result<(), BuildError> {
+/// Unpacks a build context (a tar stream, plain or compressed) into `dir`, reads its
+/// Dockerfile, then takes out what its `.dockerignore` excludes (the Dockerfile and
+/// `.dockerignore` too when it names them, as dockerd does: they are read first). The
+/// Dockerfile's text.
+pub fn unpack_context(dir: &Path, r: impl Read, dockerfile: &str) -> Result<String, BuildError> {
     let (_, tar) = engine_image::compression::decompress(r)?;
     let opts = engine_image::copy::CopyInOptions::default();
     engine_image::copy::copy_in(dir, "/", tar, &opts)?;
-    let Ok(text) = std::fs::read_to_string(dir.join(".dockerignore")) else { return Ok(()) };
-    let ignore = dockerfile::Ignore::parse(&text);
-    let keep = [dockerfile.trim_start_matches("./").to_string(), ".dockerignore".to_string()];
+    let file = engine_image::copy::resolve_in_root(dir, Path::new(dockerfile), true)?;
+    let text = std::fs::read_to_string(&file)
+        .map_err(|_| BuildError::msg(format!("Cannot locate specified Dockerfile: {dockerfile}")))?;
+    let Ok(ignore_text) = std::fs::read_to_string(dir.join(".dockerignore")) else { return Ok(text) };
+    let ignore = dockerfile::Ignore::parse(&ignore_text);
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         for entry in std::fs::read_dir(dir.join(&rel))?.flatten() {
             let child = rel.join(entry.file_name());
             let name = child.to_string_lossy().into_owned();
             let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if ignore.excludes(&name) && !keep.contains(&name) {
+            if ignore.excludes(&name) {
                 if is_dir {
-                    std::fs::remove_dir_all(entry.path())?;
+                    // an exception may keep something below: look inside first
+                    stack.push(child);
                 } else {
                     std::fs::remove_file(entry.path())?;
                 }
             } else if is_dir {
                 stack.push(child);
+            }
+        }
+    }
+    // excluded directories left empty by the walk go; those holding a kept file stay
+    remove_empty_excluded(dir, Path::new(""), &ignore)?;
+    Ok(text)
+}
+
+fn remove_empty_excluded(root: &Path, rel: &Path, ignore: &dockerfile::Ignore) -> Result<(), BuildError> {
+    for entry in std::fs::read_dir(root.join(rel))?.flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            let child = rel.join(entry.file_name());
+            remove_empty_excluded(root, &child, ignore)?;
+            if ignore.excludes(&child.to_string_lossy()) && std::fs::read_dir(entry.path())?.next().is_none() {
+                std::fs::remove_dir(entry.path())?;
             }
         }
     }

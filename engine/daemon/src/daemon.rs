@@ -852,7 +852,10 @@ impl Daemon {
         let req = LogsRequest { container_id: id.to_string(), follow: true, tail: 0 };
         if let Ok(mut logs) = self.lifecycle.logs(req).await {
             while let Ok(Some(entry)) = logs.message().await {
-                if out.send(String::from_utf8_lossy(&entry.line).into_owned()).await.is_err() {
+                let line = String::from_utf8_lossy(&entry.line).into_owned();
+                // a RUN's stderr in red, as dockerd's builder sends it
+                let line = if entry.stream == "stderr" { format!("\u{1b}[91m{line}\u{1b}[0m") } else { line };
+                if out.send(line).await.is_err() {
                     break;
                 }
             }

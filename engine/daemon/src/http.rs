@@ -178,8 +178,10 @@ impl Query {
         Query(m)
     }
 
+    /// The first value of `k`, as Go's `FormValue` (docker-py sends a Dockerfile's name and
+    /// then its text as two `dockerfile` values).
     pub fn get(&self, k: &str) -> Option<&str> {
-        self.0.get(k).and_then(|v| v.last()).map(String::as_str)
+        self.0.get(k).and_then(|v| v.first()).map(String::as_str)
     }
 
     pub fn all(&self, k: &str) -> Vec<String> {

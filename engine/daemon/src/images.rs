@@ -59,9 +59,16 @@ pub fn list(d: &ImageService, q: &Query) -> Result<Vec<Value>, ApiError> {
     let filters = crate::http::Filters::parse(q)?;
     let references = filters.get("reference");
     let dangling = filters.get("dangling").first().map(|v| v == "true" || v == "1");
+    // an untagged image another was made from is an intermediate one: only with `all`
+    let parents: std::collections::HashSet<engine_image::Digest> =
+        images.iter().filter_map(|i| i.record.parent.clone()).collect();
+    let all = q.flag("all");
     let mut out = Vec::new();
     for i in images {
         let tags = repo_tags(&i);
+        if tags.is_empty() && parents.contains(i.id()) && (!all || dangling == Some(true)) {
+            continue;
+        }
         if let Some(want) = dangling {
             if want != tags.is_empty() {
                 continue;
@@ -85,7 +92,7 @@ pub fn list(d: &ImageService, q: &Query) -> Result<Vec<Value>, ApiError> {
         let size = i.record.size();
         out.push(json!({
             "Id": i.id().to_string(),
-            "ParentId": "",
+            "ParentId": i.record.parent.as_ref().map(|p| p.to_string()).unwrap_or_default(),
             "RepoTags": if tags.is_empty() { json!(["<none>:<none>"]) } else { json!(tags) },
             "RepoDigests": repo_digests(&i),
             "Created": created_unix(&i.config),
@@ -99,6 +106,26 @@ pub fn list(d: &ImageService, q: &Query) -> Result<Vec<Value>, ApiError> {
     Ok(out)
 }
 
+/// An image's `Config` as dockerd shows it: every key present (null or empty when unset), the
+/// ones the engine does not type as the image has them.
+fn run_config_json(c: &engine_image::manifest::ContainerConfig) -> Value {
+    let mut v = json!({
+        "Hostname": "", "Domainname": "", "User": c.user.clone().unwrap_or_default(),
+        "AttachStdin": false, "AttachStdout": false, "AttachStderr": false,
+        "ExposedPorts": c.exposed_ports, "Tty": false, "OpenStdin": false, "StdinOnce": false,
+        "Env": c.env, "Cmd": c.cmd, "Image": "", "Volumes": c.volumes,
+        "WorkingDir": c.working_dir.clone().unwrap_or_default(), "Entrypoint": c.entrypoint,
+        "OnBuild": Value::Null, "Labels": c.labels,
+    });
+    if let Some(sig) = &c.stop_signal {
+        v["StopSignal"] = json!(sig);
+    }
+    for (k, val) in &c.other {
+        v[k] = val.clone();
+    }
+    v
+}
+
 pub fn inspect(d: &ImageService, name: &str) -> Result<Resp, ApiError> {
     let i = d.images.resolve(name)?;
     let c = &i.config;
@@ -108,13 +135,13 @@ pub fn inspect(d: &ImageService, name: &str) -> Result<Resp, ApiError> {
             "Id": i.id().to_string(),
             "RepoTags": repo_tags(&i),
             "RepoDigests": repo_digests(&i),
-            "Parent": "",
+            "Parent": i.record.parent.as_ref().map(|p| p.to_string()).unwrap_or_default(),
             "Comment": c.history.last().and_then(|h| h.comment.clone()).unwrap_or_default(),
             "Created": c.created.clone().unwrap_or_default(),
             "Container": "",
             "DockerVersion": "",
             "Author": c.author.clone().unwrap_or_default(),
-            "Config": c.config,
+            "Config": c.config.as_ref().map(run_config_json),
             "Architecture": c.architecture,
             "Os": c.os,
             "Size": i.record.size(),
@@ -175,8 +202,12 @@ pub async fn prune(
     all: bool,
     pick: impl Fn(&engine_image::Image) -> bool,
 ) -> Result<Resp, ApiError> {
+    let images = d.images.list()?;
+    // intermediate images go with their last child, not by themselves
+    let parents: std::collections::HashSet<engine_image::Digest> =
+        images.iter().filter_map(|i| i.record.parent.clone()).collect();
     let candidates: Vec<engine_image::Image> =
-        d.images.list()?.into_iter().filter(|i| (all || i.names.is_empty()) && pick(i)).collect();
+        images.into_iter().filter(|i| (all || i.names.is_empty()) && !parents.contains(i.id()) && pick(i)).collect();
     let images = d.images.clone();
     let (out, reclaimed) = blocking(move || {
         let usage = |i: &engine_image::ImageStore| i.disk_usage().map(|(blobs, layers)| blobs + layers);

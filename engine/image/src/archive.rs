@@ -300,7 +300,15 @@ fn plan_oci_manifest(files: &StagedFiles, desc: Descriptor, blob: StagedBlob) ->
         layer_blobs.push(files.blob(l)?.clone());
         layers.push(LayerRecord { blob: l.clone(), diff_id: diff_id.clone(), unpacked_size: 0 });
     }
-    Ok(PlannedImage { manifest: desc, manifest_blob: blob, config_blob, layer_blobs, layers, names: Vec::new() })
+    Ok(PlannedImage {
+        manifest: desc,
+        manifest_blob: blob,
+        config_blob,
+        layer_blobs,
+        layers,
+        names: Vec::new(),
+        parent: None,
+    })
 }
 
 /// Writes an OCI manifest for a config and layers that came without one.
@@ -333,7 +341,7 @@ pub(crate) fn plan_manifest(
         platform: None,
         annotations: Default::default(),
     };
-    Ok(PlannedImage { manifest, manifest_blob, config_blob, layer_blobs, layers, names })
+    Ok(PlannedImage { manifest, manifest_blob, config_blob, layer_blobs, layers, names, parent: None })
 }
 
 /// Applies one Dockerfile-like change (`docker import --change`) to a run configuration.

@@ -318,6 +318,28 @@ impl ImageStore {
             .map_err(io_at(&snapshot.rootfs))
     }
 
+    /// The empty image a Dockerfile's `FROM scratch` starts from: no layers, no config; the same
+    /// image every time (made once, then found).
+    pub fn scratch_image(&self) -> Result<Digest, ImageError> {
+        let config = crate::manifest::ImageConfig {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            config: Some(Default::default()),
+            rootfs: crate::manifest::RootFs { typ: "layers".into(), diff_ids: Vec::new() },
+            ..Default::default()
+        };
+        let bytes = serde_json::to_vec(&config).map_err(|e| ImageError::Format(e.to_string()))?;
+        let id = Digest::of(&bytes);
+        if self.images_by_id()?.contains_key(&id) {
+            return Ok(id);
+        }
+        let staging = self.staging()?;
+        let config_blob = archive::stage_bytes(&staging.0, "config", &bytes)?;
+        let image = archive::plan_manifest(&staging.0, config_blob, Vec::new(), Vec::new(), Vec::new())?;
+        let loaded = self.commit(vec![image], &staging.0, &())?;
+        loaded.into_iter().next().map(|l| l.id).ok_or_else(|| ImageError::Format("no image made".into()))
+    }
+
     /// A new image of `parent`'s layers with `config` as its run defaults and one history entry
     /// that made no layer (a builder's ENV, CMD, LABEL…).
     pub fn derive_image(
@@ -344,8 +366,9 @@ impl ImageStore {
             &serde_json::to_vec(&image_config).map_err(|e| ImageError::Format(e.to_string()))?,
         )?;
         let layer_blobs = self.stored_blobs(&parent.record.layers);
-        let image =
+        let mut image =
             archive::plan_manifest(&staging.0, config_blob, layer_blobs, parent.record.layers.clone(), Vec::new())?;
+        image.parent = Some(parent.id().clone());
         let loaded = self.commit(vec![image], &staging.0, &())?;
         loaded.into_iter().next().map(|l| l.id).ok_or_else(|| ImageError::Format("no image made".into()))
     }
@@ -413,13 +436,14 @@ impl ImageStore {
         layer_blobs.push(blob.clone());
         let mut layers = parent.record.layers.clone();
         layers.push(blob.layer_record(crate::compression::Compression::None, diff_id, unpacked_size));
-        let image = archive::plan_manifest(
+        let mut image = archive::plan_manifest(
             &staging.0,
             config_blob,
             layer_blobs,
             layers,
             opts.reference.iter().cloned().collect(),
         )?;
+        image.parent = Some(parent.id().clone());
         let loaded = self.commit(vec![image], &staging.0, progress)?;
         loaded.into_iter().next().map(|l| l.id).ok_or_else(|| ImageError::Format("commit produced no image".into()))
     }

@@ -181,8 +181,14 @@ pub fn copy_in(root: &Path, dir: &str, r: impl Read, opts: &CopyInOptions) -> Re
         // the container's on the way leads where it leads there, never out of the root
         let parent_in_container = dir.join(e.path.parent().unwrap_or(Path::new("")));
         let parent = resolve_in_root(root, &parent_in_container, true).map_err(io_at(&parent_in_container))?;
-        if !fs::symlink_metadata(&parent).is_ok_and(|m| m.is_dir()) {
-            return Err(CopyError::NotFound(parent_in_container.display().to_string()));
+        match fs::symlink_metadata(&parent) {
+            Ok(m) if m.is_dir() => {}
+            // a member whose directories the archive does not hold: they are made (0755), as
+            // Docker's untar makes them; never through a link, which resolution has followed
+            Err(e) if e.kind() == io::ErrorKind::NotFound && parent.starts_with(root) => {
+                fs::DirBuilder::new().recursive(true).mode(0o755).create(&parent).map_err(io_at(&parent))?
+            }
+            _ => return Err(CopyError::NotFound(parent_in_container.display().to_string())),
         }
         let target = parent.join(file_name);
         let shown = parent_in_container.join(file_name);
@@ -348,12 +354,15 @@ mod tests {
             ("d/f", tar::EntryType::Regular, "data"),
             ("d/h", tar::EntryType::Link, "d/f"),
             ("d/s", tar::EntryType::Symlink, "/etc/real"),
-            ("escape/x", tar::EntryType::Regular, "no"),
         ]);
-        let err = copy_in(t.path(), "/abs", tar.as_slice(), &CopyInOptions::default()).unwrap_err();
-        assert!(matches!(err, CopyError::NotFound(_)), "{err}");
-        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "a file was written outside the root");
+        copy_in(t.path(), "/abs", tar.as_slice(), &CopyInOptions::default()).unwrap();
         let r = t.path();
+        let escape = archive(&[("escape/x", tar::EntryType::Regular, "no")]);
+        copy_in(r, "/", escape.as_slice(), &CopyInOptions::default()).unwrap();
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "a file was written outside the root");
+        // the link's target read in the root: made there, as the container would see it
+        let inside = r.join(outside.path().strip_prefix("/").unwrap()).join("x");
+        assert_eq!(fs::read_to_string(inside).unwrap(), "no");
         assert_eq!(fs::read_to_string(r.join("etc/d/f")).unwrap(), "data");
         assert_eq!(fs::metadata(r.join("etc/d/h")).unwrap().ino(), fs::metadata(r.join("etc/d/f")).unwrap().ino());
         assert_eq!(fs::read_link(r.join("etc/d/s")).unwrap(), Path::new("/etc/real"));

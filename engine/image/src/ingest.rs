@@ -179,6 +179,7 @@ impl Ingest {
             layer_blobs,
             layers,
             names: image.names,
+            parent: None,
         };
         let mut loaded = self.store.commit(vec![planned], &self.staging.0, progress)?;
         loaded.pop().ok_or_else(|| ImageError::Format("the image was not recorded".into()))

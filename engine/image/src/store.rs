@@ -83,6 +83,11 @@ pub struct ImageRecord {
     pub layers: Vec<LayerRecord>,
     /// When the image entered this store (RFC 3339).
     pub loaded: String,
+    /// The image this one was made from here (a commit's or a build step's), Docker's `Parent`:
+    /// an untagged parent is an intermediate image, listed only with `-a` and removed with its
+    /// last child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Digest>,
 }
 
 impl ImageRecord {
@@ -218,6 +223,7 @@ pub(crate) struct PlannedImage {
     pub(crate) layer_blobs: Vec<StagedBlob>,
     pub(crate) layers: Vec<LayerRecord>,
     pub(crate) names: Vec<Reference>,
+    pub(crate) parent: Option<Digest>,
 }
 
 impl ImageStore {
@@ -375,6 +381,12 @@ impl ImageStore {
         Ok(Image { record: record.clone(), names, digests, config })
     }
 
+    /// Whether some image was made from image `id` (it is then an intermediate one when it has
+    /// no name).
+    pub fn has_children(&self, id: &Digest) -> Result<bool, ImageError> {
+        Ok(self.read_index()?.images.values().any(|r| r.parent.as_ref() == Some(id)))
+    }
+
     /// Finds an image as Docker does: full id (`sha256:…`), a unique id prefix (at least 4 hex
     /// digits, with or without `sha256:`), or a reference (`busybox` = `busybox:latest`).
     pub fn resolve(&self, s: &str) -> Result<Image, ImageError> {
@@ -512,8 +524,20 @@ impl ImageStore {
                 index.digests.remove(&n);
                 removed.untagged.extend(Reference::parse(&n).ok());
             }
-            index.images.remove(&id);
+            let mut parent = index.images.remove(&id).and_then(|r| r.parent);
             removed.deleted.push(id);
+            // the untagged images it was built on go with it, as dockerd's, while nothing else
+            // (a name, another child, a container) keeps them
+            let users = self.snapshot_users()?;
+            while let Some(p) = parent.take() {
+                let named = index.names.values().any(|v| *v == p);
+                let other_child = index.images.values().any(|r| r.parent.as_ref() == Some(&p));
+                if named || other_child || users.contains(&p) || !index.images.contains_key(&p) {
+                    break;
+                }
+                parent = index.images.remove(&p).and_then(|r| r.parent);
+                removed.deleted.push(p);
+            }
         }
         self.write_index(&index)?;
         if !removed.deleted.is_empty() {
@@ -808,8 +832,13 @@ impl ImageStore {
                 }
             }
             let id = image.config_blob.digest.clone();
-            let record =
-                ImageRecord { id: id.clone(), manifest: image.manifest, layers: image.layers, loaded: now.clone() };
+            let record = ImageRecord {
+                id: id.clone(),
+                manifest: image.manifest,
+                layers: image.layers,
+                loaded: now.clone(),
+                parent: image.parent,
+            };
             let record = match index.images.get(&id) {
                 Some(existing) => existing.clone(),
                 None => record,
