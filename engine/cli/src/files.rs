@@ -280,6 +280,12 @@ pub struct BuildArgs {
     /// Set the networking mode for the RUN instructions during build.
     #[arg(long)]
     pub network: Option<String>,
+    /// Add a custom host-to-IP mapping (host:ip) for the RUN instructions.
+    #[arg(long = "add-host")]
+    pub add_hosts: Vec<String>,
+    /// Images to consider as cache sources.
+    #[arg(long = "cache-from")]
+    pub cache_from: Vec<String>,
     /// Always remove intermediate containers (they always are).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub rm: bool,
@@ -330,6 +336,12 @@ pub async fn build(c: &Client, a: BuildArgs) -> Result<i32> {
     }
     if let Some(n) = &a.network {
         q.push(format!("networkmode={}", urlencode(n)));
+    }
+    for h in &a.add_hosts {
+        q.push(format!("extrahosts={}", urlencode(h)));
+    }
+    if !a.cache_from.is_empty() {
+        q.push(format!("cachefrom={}", urlencode(&serde_json::json!(a.cache_from).to_string())));
     }
     q.push(format!("nocache={}&q={}&rm=1&forcerm={}", a.no_cache as u8, a.quiet as u8, a.force_rm as u8));
     let body = if a.path == "-" {

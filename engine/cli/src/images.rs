@@ -14,7 +14,7 @@ pub struct ImagesArgs {
     /// Only show image IDs.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Show all images (intermediate ones included; there are none here).
+    /// Show all images (default hides intermediate images).
     #[arg(short = 'a', long)]
     pub all: bool,
     /// Filter output (reference=, dangling=true|false).
@@ -35,7 +35,7 @@ pub async fn images(c: &Client, a: ImagesArgs) -> Result<i32> {
     if let Some(r) = &a.reference {
         filters.push(format!("reference={r}"));
     }
-    let list = c.get(&format!("/images/json?filters={}", filters_param(&filters)?)).await?;
+    let list = c.get(&format!("/images/json?all={}&filters={}", a.all as u8, filters_param(&filters)?)).await?;
     let mut rows = Vec::new();
     for i in list.as_array().into_iter().flatten() {
         let id = i["Id"].as_str().unwrap_or("");

@@ -136,8 +136,12 @@ impl BuildOptions {
 /// image is gone is a miss.
 pub struct BuildCache {
     path: PathBuf,
-    entries: Mutex<HashMap<String, Digest>>,
+    /// Key → the images made for it, newest last (a few: `--cache-from` may want an older one).
+    entries: Mutex<HashMap<String, Vec<Digest>>>,
 }
+
+/// Images kept per step key.
+const CACHED_PER_STEP: usize = 8;
 
 impl BuildCache {
     pub fn open(path: PathBuf) -> BuildCache {
@@ -149,15 +153,16 @@ impl BuildCache {
         Digest::of(format!("{parent}\n{instruction}\n{content}").as_bytes()).to_string()
     }
 
+    /// The newest image made for `key` that still exists and that `--cache-from` allows.
     fn get(&self, key: &str, images: &ImageStore, opts: &BuildOptions) -> Option<Digest> {
         if opts.no_cache {
             return None;
         }
-        let hit = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()?;
-        if opts.cache_allowed.as_ref().is_some_and(|allowed| !allowed.contains(&hit)) {
-            return None;
-        }
-        images.resolve(&hit.to_string()).ok().map(|_| hit)
+        let made = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()?;
+        made.into_iter().rev().find(|hit| {
+            opts.cache_allowed.as_ref().is_none_or(|allowed| allowed.contains(hit))
+                && images.resolve(&hit.to_string()).is_ok()
+        })
     }
 
     /// Forgets every step (`docker builder prune`); the keys forgotten.
@@ -170,7 +175,12 @@ impl BuildCache {
 
     fn put(&self, key: String, image: Digest) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.insert(key, image);
+        let made = entries.entry(key).or_default();
+        made.retain(|d| *d != image);
+        made.push(image);
+        if made.len() > CACHED_PER_STEP {
+            made.remove(0);
+        }
         if let Ok(bytes) = serde_json::to_vec(&*entries) {
             // a lost cache costs a rebuild, never a wrong image: no fsync
             let _ = engine_util::fs::write_atomic(&self.path, &bytes);

@@ -402,6 +402,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_repeated_parameter_reads_as_its_first_value_as_gos_formvalue() {
+        let q = Query::parse(Some("dockerfile=.dockerfile.1&dockerfile=FROM+busybox&t=a"));
+        assert_eq!(q.get("dockerfile"), Some(".dockerfile.1"));
+        assert_eq!(q.all("dockerfile"), [".dockerfile.1", "FROM busybox"]);
+    }
+
+    #[test]
     fn decodes_queries() {
         let q = Query::parse(Some("filters=%7B%22name%22%3A%5B%22a%22%5D%7D&all=1&names=a&names=b%3A1&t=x+y"));
         assert_eq!(q.get("filters"), Some("{\"name\":[\"a\"]}"));

@@ -1295,3 +1295,54 @@ fn build_adds_files_from_urls() {
     let out = e.ok(&["run", "--rm", "added:1", "sh", "-c", "cat /dl/served.txt /named.txt; stat -c %a /dl/served.txt"]);
     assert_eq!(out, "served\nserved\n600\n");
 }
+
+/// What docker-py's build tests found, kept here: FROM scratch with intermediate images hidden
+/// from `images` (shown with -a) and removed with their last child, a RUN's stderr in red,
+/// --add-host for RUN, --cache-from (only those images' steps are cache), and the API's
+/// errorDetail carrying a failed RUN's exit code.
+#[test]
+fn build_as_docker_py_uses_it() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let images_before = e.ok(&["images", "-aq"]).lines().count();
+    let ctx =
+        build_context(&e, "scratch", "FROM scratch\nLABEL from=scratch\nCOPY one.txt /one\n", &[("one.txt", "1\n")]);
+    e.ok(&["build", "-t", "fromscratch:1", ctx.to_str().unwrap()]);
+    assert_eq!(e.inspect("fromscratch:1", "{{json .Config.Labels}}"), r#"{"from":"scratch"}"#);
+    let listed = e.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(!listed.contains("<none>"), "intermediate images listed:\n{listed}");
+    assert!(e.ok(&["images", "-a", "--format", "{{.Repository}}"]).contains("<none>"));
+    e.ok(&["rmi", "fromscratch:1"]);
+    assert_eq!(e.ok(&["images", "-aq"]).lines().count(), images_before, "intermediate images left by rmi");
+
+    let ctx =
+        build_context(&e, "hosts", "FROM busybox\nRUN echo to-stderr >&2\nRUN grep -q 'extra.test' /etc/hosts\n", &[]);
+    let out = e.ok(&["build", "--add-host", "extra.test:127.0.0.1", "-t", "hosts:1", ctx.to_str().unwrap()]);
+    assert!(out.contains("\u{1b}[91mto-stderr\n\u{1b}[0m"), "{out:?}");
+
+    let ctx = build_context(&e, "cached", "FROM busybox\nENV A=1\nRUN touch /a\n", &[]);
+    let c = ctx.to_str().unwrap();
+    e.ok(&["build", "-t", "cache-source:1", c]);
+    let out = e.ok(&["build", "--cache-from", "nosuchimage", c]);
+    assert_eq!(out.matches("Using cache").count(), 0, "{out}");
+    let out = e.ok(&["build", "--cache-from", "cache-source:1", c]);
+    assert_eq!(out.matches("Using cache").count(), 2, "{out}");
+
+    // the API's error line names a failed RUN's exit code
+    let bad = build_context(&e, "code", "FROM busybox\nRUN exit 7\n", &[]);
+    let tar = e.dir.path().join("code.tar");
+    assert!(std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&bad)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let body = std::fs::read_to_string(&tar).unwrap();
+    let (status, lines) = e.request("POST", "/build", &body);
+    assert_eq!(status, 200);
+    assert!(lines.contains(r#""errorDetail":{"code":7,"#) || lines.contains(r#""code":7"#), "{lines}");
+    e.assert_clean();
+}
