@@ -708,7 +708,7 @@ fn ten_thousand_stalled_connections_neither_hold_nor_slow_engined() {
     assert!(hard >= 10_500, "this test needs a hard descriptor limit of 10,500 or more, not {hard}");
     // a timeout well beyond the time 10,000 connections take to open on a loaded machine (the
     // other tests of this file run beside it): none is closed before all are held
-    let e = Engined::start_with(&[], &["--api-header-timeout", "15"]);
+    let e = Engined::start_with(&[], &["--api-header-timeout", "30"]);
     let pid = e.child.as_ref().unwrap().id();
     wait_for("engined to answer", || raw_request(&e, "GET /_ping HTTP/1.0\r\n\r\n").contains("OK"));
     let baseline = open_fds(pid);
@@ -716,7 +716,10 @@ fn ten_thousand_stalled_connections_neither_hold_nor_slow_engined() {
     let log_size = || std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
     let log_before = log_size();
     let stalled: Vec<_> = (0..10_000).map(|_| stalled_connection(&e)).collect();
-    wait_for("engined to hold the stalled connections", || open_fds(pid) >= baseline + 10_000);
+    assert!(
+        wait_until(std::time::Duration::from_secs(30), || open_fds(pid) >= baseline + 10_000),
+        "timed out waiting for engined to hold the stalled connections"
+    );
     // It answers others meanwhile, and its threads rest (a spinning loop keeps one running).
     let asked = std::time::Instant::now();
     assert!(raw_request(&e, "GET /_ping HTTP/1.0\r\n\r\n").contains("OK"));
@@ -728,7 +731,7 @@ fn ten_thousand_stalled_connections_neither_hold_nor_slow_engined() {
     });
     // The header timeout closes them: their descriptors are released, quietly.
     assert!(
-        wait_until(std::time::Duration::from_secs(60), || open_fds(pid) <= baseline + 5),
+        wait_until(std::time::Duration::from_secs(90), || open_fds(pid) <= baseline + 5),
         "timed out waiting for the stalled connections to be closed"
     );
     let mut buf = [0u8; 64];
