@@ -808,6 +808,9 @@ fn mounts_of(d: &Daemon, r: &crate::daemon::ContainerRecord) -> Vec<Value> {
             out.push(json!({ "Type": "volume", "Name": src, "Source": d.volumes.data_path(src), "Destination": dst, "Driver": "local", "Mode": "z", "RW": rw, "Propagation": "" }));
         }
     }
+    for (name, dst) in &r.anonymous_volumes {
+        out.push(json!({ "Type": "volume", "Name": name, "Source": d.volumes.data_path(name), "Destination": dst, "Driver": "local", "Mode": "", "RW": true, "Propagation": "" }));
+    }
     out
 }
 

@@ -4,7 +4,7 @@
 //! with exit monitoring and restart policies.
 
 use anyhow::Context;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -291,6 +291,40 @@ impl Daemon {
         let snap =
             trace.finish(span, snap.map_err(ApiError::from).map_err(|e| e.message)).map_err(ApiError::internal)?;
 
+        // The Config's and the image's volumes no mount covers: an anonymous volume each, holding
+        // what the image has at that path (dockerd's copy-up).
+        let mut mounts = mounts;
+        let mut anonymous_volumes = Vec::new();
+        let wanted: std::collections::BTreeSet<String> = body
+            .volumes
+            .iter()
+            .flatten()
+            .chain(image.config.config.as_ref().and_then(|c| c.volumes.as_ref()).into_iter().flatten())
+            .map(|(path, _)| path.clone())
+            .collect();
+        for target in wanted {
+            if !target.starts_with('/') || mounts.iter().any(|m| m.target == target) {
+                continue;
+            }
+            let name = crate::http::new_id()?;
+            let labels = [("com.docker.volume.anonymous", ""), ("engine.container", id)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let volume = self.volumes.ensure(&name, labels)?;
+            let (rootfs, path, data) = (snap.rootfs.clone(), target.clone(), volume.mountpoint.clone());
+            tokio::task::spawn_blocking(move || copy_up(&rootfs, &path, &data))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|e| ApiError::internal(format!("filling the volume at {target}: {e}")))?;
+            mounts.push(hostconfig::MountSpec {
+                source: hostconfig::Source::Volume(name.clone()),
+                target: target.clone(),
+                read_only: false,
+            });
+            anonymous_volumes.push((name, target));
+        }
+
         let span = trace.start(engine_telemetry::names::DAEMON_SPEC);
         let hostname = if body.hostname.is_empty() { id[..12].to_string() } else { body.hostname.clone() };
         let run = engine_image::RunOptions {
@@ -407,14 +441,28 @@ impl Daemon {
             work: snap.work,
             networks,
             ports: Vec::new(),
+            anonymous_volumes,
         };
         let entry = self.containers.insert(record, name)?;
         self.event(&entry.snapshot(), "create", &[]);
         Ok(())
     }
 
+    /// Removes the anonymous volumes made for container `id` (its `rm -v`, its `--rm`, or a
+    /// create that failed).
+    fn remove_anonymous_volumes(&self, id: &str) {
+        for v in self.volumes.list() {
+            if v.labels.get("engine.container").map(String::as_str) == Some(id) {
+                if let Err(err) = self.volumes.remove(&v.name, Vec::new()) {
+                    log!(self.cfg, "warn", "removing anonymous volume {} of {id}: {err}", v.name);
+                }
+            }
+        }
+    }
+
     /// Removes whatever a failed create made: lifecycled's container, the snapshot, the directory.
     async fn undo_create(&self, id: &str) {
+        self.remove_anonymous_volumes(id);
         let _ = self.lifecycle.delete_container(ContainerId { id: id.to_string() }).await;
         let images = self.images.clone();
         let key = id.to_string();
@@ -1015,7 +1063,7 @@ impl Daemon {
         }
     }
 
-    pub async fn remove(self: &Arc<Self>, e: &Arc<Entry>, force: bool, _volumes: bool) -> Result<(), ApiError> {
+    pub async fn remove(self: &Arc<Self>, e: &Arc<Entry>, force: bool, volumes: bool) -> Result<(), ApiError> {
         let rec = e.snapshot();
         let running_refused = |rec: &ContainerRecord| {
             ApiError::conflict(format!(
@@ -1058,6 +1106,9 @@ impl Daemon {
         let result = self.remove_locked(e, force, unanswered).await;
         if result.is_err() && !e.life.borrow().removed {
             e.update(|r| r.state.removal_failed());
+        }
+        if e.life.borrow().removed && (volumes || rec.host_config.auto_remove) {
+            self.remove_anonymous_volumes(&rec.id);
         }
         result
     }
@@ -1640,6 +1691,31 @@ impl crate::build::BuildHost for BuildHost {
             }
         }
     }
+}
+
+/// Fills a new volume at `data` with what the image has at `path` in `rootfs` (nothing when it
+/// has nothing there), as dockerd's copy-up: modes, owners and links kept, never followed out.
+fn copy_up(rootfs: &Path, path: &str, data: &Path) -> Result<(), String> {
+    let source = engine_image::copy::resolve_in_root(rootfs, Path::new(path), true).map_err(|e| e.to_string())?;
+    if !source.is_dir() {
+        return Ok(());
+    }
+    let tar = engine_image::changes::write_tree(
+        &source,
+        Path::new(""),
+        engine_image::changes::TreeForm::Plain,
+        &Default::default(),
+        Vec::new(),
+    )
+    .map_err(|e| e.to_string())?;
+    engine_image::copy::copy_in(data, "/", tar.as_slice(), &Default::default()).map_err(|e| e.to_string())?;
+    // the volume's root takes the directory's owner and mode
+    if let Ok(meta) = std::fs::metadata(&source) {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let _ = std::os::unix::fs::chown(data, Some(meta.uid()), Some(meta.gid()));
+        let _ = std::fs::set_permissions(data, std::fs::Permissions::from_mode(meta.mode() & 0o7777));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -45,6 +45,10 @@ pub struct ContainerRecord {
     /// The proxies of its published ports while it runs.
     #[serde(default)]
     pub ports: Vec<engine_network::ports::Proxy>,
+    /// The anonymous volumes made for it (its Config's and its image's volumes no mount
+    /// covered), as (volume name, path in the container); `rm -v` and `--rm` remove them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anonymous_volumes: Vec<(String, String)>,
 }
 
 /// A container's configured place on a network (kept in its record): the first one of a

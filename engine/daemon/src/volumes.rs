@@ -144,6 +144,7 @@ pub fn users(containers: &ContainerStore, name: &str) -> Vec<String> {
         .filter(|r| {
             r.host_config.binds.iter().flatten().any(|b| b.split(':').next() == Some(name))
                 || r.host_config.mounts.iter().flatten().any(|m| m.typ == "volume" && m.source == name)
+                || r.anonymous_volumes.iter().any(|(v, _)| v == name)
         })
         .map(|r| r.id)
         .collect()

@@ -1331,6 +1331,18 @@ fn build_as_docker_py_uses_it() {
     let out = e.ok(&["build", "--cache-from", "cache-source:1", c]);
     assert_eq!(out.matches("Using cache").count(), 2, "{out}");
 
+    // a context cannot reach out of itself: `..` and links are read inside it, and a source
+    // that is not there is an error, never the host's file
+    let secret = e.dir.path().join("secret");
+    std::fs::write(&secret, "host-only\n").unwrap();
+    for (name, source) in [("dotdot", "../secret"), ("link", "link-out")] {
+        let ctx = build_context(&e, name, &format!("FROM busybox\nCOPY {source} /got\n"), &[]);
+        std::os::unix::fs::symlink(&secret, ctx.join("link-out")).unwrap();
+        let err = e.fails(&["build", "-t", "escaped:1", ctx.to_str().unwrap()]);
+        assert!(err.contains("file not found in build context"), "{name}: {err}");
+    }
+    assert!(!e.engine(&["inspect", "escaped:1"]).status.success(), "an image was made");
+
     // the API's error line names a failed RUN's exit code
     let bad = build_context(&e, "code", "FROM busybox\nRUN exit 7\n", &[]);
     let tar = e.dir.path().join("code.tar");

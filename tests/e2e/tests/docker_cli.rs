@@ -468,3 +468,45 @@ CMD ["echo hi"]
     assert_eq!(seen[0].1, seen[1].1, "files");
     assert!(seen[0].1.contains("no-group") && seen[0].1.contains("two words"), "{}", seen[0].1);
 }
+
+/// Anonymous volumes as dockerd makes them: one per `-v /path` and per image VOLUME no mount
+/// covers, holding what the image has there; seen in Mounts, written through `docker cp`, and
+/// removed by `rm -v` and by `--rm`.
+#[test]
+fn anonymous_volumes_as_dockerd_makes_them() {
+    let e = Engined::start();
+    let tar = rootfs_tar(&e);
+    e.docker_ok(&["import", "-c", "CMD [\"sh\"]", tar.to_str().unwrap(), "busybox"]);
+    let ctx = e.dir.path().join("withvol");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN mkdir /data && echo seed > /data/seed\nVOLUME /data\n")
+        .unwrap();
+    let out = Command::new(dockerd::docker_cli())
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["-H", &e.host(), "build", "-q", "-t", "withvol", ctx.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    e.docker_ok(&["run", "-d", "--name", "anon", "-v", "/scratch", "withvol", "sleep", "1000"]);
+    assert_eq!(e.docker_ok(&["exec", "anon", "cat", "/data/seed"]), "seed\n");
+    let volumes = e.docker_ok(&["volume", "ls", "-q"]);
+    assert_eq!(volumes.lines().count(), 2, "{volumes}");
+    let mounts = e.docker_ok(&["inspect", "-f", "{{range .Mounts}}{{.Type}}:{{.Destination}} {{end}}", "anon"]);
+    assert!(mounts.contains("volume:/data") && mounts.contains("volume:/scratch"), "{mounts}");
+    let file = e.dir.path().join("in.txt");
+    std::fs::write(&file, "copied\n").unwrap();
+    e.docker_ok(&["cp", file.to_str().unwrap(), "anon:/scratch/"]);
+    assert_eq!(e.docker_ok(&["exec", "anon", "cat", "/scratch/in.txt"]), "copied\n");
+    // a volume in use is not removed
+    let first = volumes.lines().next().unwrap().to_string();
+    assert!(!e.docker(&["volume", "rm", &first]).status.success());
+    e.docker_ok(&["rm", "-f", "-v", "anon"]);
+    assert_eq!(e.docker_ok(&["volume", "ls", "-q"]), "", "rm -v left anonymous volumes");
+
+    assert_eq!(e.docker_ok(&["run", "--rm", "withvol", "cat", "/data/seed"]), "seed\n");
+    assert_eq!(e.docker_ok(&["volume", "ls", "-q"]), "", "--rm left an anonymous volume");
+    // a named volume at the image's VOLUME path: no anonymous one beside it
+    e.docker_ok(&["run", "--rm", "-v", "named:/data", "withvol", "true"]);
+    assert_eq!(e.docker_ok(&["volume", "ls", "-q"]), "named\n");
+}
