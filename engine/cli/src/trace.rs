@@ -29,6 +29,9 @@ pub struct TraceArgs {
     /// The image whose builds to show (`engine build -t NAME`): `--image NAME --op build`.
     #[arg(long, value_name = "NAME", conflicts_with_all = ["container", "image"])]
     pub build: Option<String>,
+    /// With --build: the build's steps, slowest first, after the waterfall.
+    #[arg(long, requires = "build")]
+    pub sort: bool,
     /// Read spans from an OTLP JSON lines file (a span hand-off) instead of the daemon.
     #[arg(long, conflicts_with_all = ["container", "image", "build"])]
     pub file: Option<PathBuf>,
@@ -183,9 +186,27 @@ pub async fn run(c: &Client, args: TraceArgs) -> Result<i32> {
                     &waterfall::Options { attributes: args.attributes, kernel: !args.no_kernel, ..Default::default() }
                 )
             );
+            if args.sort {
+                print!("{}", slowest_steps(&flatten(doc)));
+            }
         }
     }
     Ok(0)
+}
+
+/// A build's steps, slowest first: time, cache hit or miss, and the instruction.
+pub fn slowest_steps(spans: &[FlatSpan]) -> String {
+    use std::fmt::Write;
+    let attr = |s: &FlatSpan, k: &str| s.attributes.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let mut steps: Vec<&FlatSpan> = spans.iter().filter(|s| s.name == engine_telemetry::names::BUILD_STEP).collect();
+    steps.sort_by_key(|s| std::cmp::Reverse(s.duration_nanos()));
+    let mut out = format!("\n{:>12}  {:5}  STEP\n", "DURATION ms", "CACHE");
+    for s in steps {
+        let cache = if attr(s, "build.cache_hit").as_deref() == Some("true") { "hit" } else { "miss" };
+        let line = attr(s, "build.step.line").or_else(|| attr(s, "build.instruction")).unwrap_or_default();
+        let _ = writeln!(out, "{:>12}  {cache:5}  {line}", ms(s.duration_nanos()));
+    }
+    out
 }
 
 /// Phase by phase: each stable span name's total time in both traces, in the order the phases

@@ -303,6 +303,7 @@ pub async fn build<H: BuildHost>(
         }
         let span = trace.start(engine_telemetry::names::BUILD_STEP);
         trace.attr(span, "build.instruction", ins.keyword.clone());
+        trace.attr(span, "build.step.line", ins.original.chars().take(200).collect::<String>());
         trace.attr(span, "build.stage", stages.len() as i64);
         let outer = trace.enter(span);
         let started = std::time::Instant::now();

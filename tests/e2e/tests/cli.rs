@@ -1252,8 +1252,8 @@ CMD ["/from-base"]
     assert!(err.contains("Dockerfile parse error line 3: unknown instruction: RUNN"), "{err}");
 
     // the build's trace, found by the name it gave: every step, the RUN's container start in it
-    let waterfall = e.ok(&["trace", "--build", "built:base"]);
-    for want in ["daemon.build", "build.step", "init.exec"] {
+    let waterfall = e.ok(&["trace", "--build", "built:base", "--sort"]);
+    for want in ["daemon.build", "build.step", "init.exec", "DURATION ms", "miss   RUN echo"] {
         assert!(waterfall.contains(want), "{want} not in the build's trace:\n{waterfall}");
     }
 
