@@ -822,10 +822,8 @@ async fn copy<H: BuildHost>(
                 Some((_, s)) => s.image.clone(),
                 None => host.images().resolve(f).map_err(|e| BuildError::msg(e.to_string()))?.id().clone(),
             };
-            let key = format!(
-                "build-from-{}",
-                &Digest::of(format!("{}{}", ins.line, std::process::id()).as_bytes()).hex()[..16]
-            );
+            // a snapshot of its own: builds run side by side
+            let key = format!("build-from-{}", engine_util::id::new_id()?);
             let images = host.images().clone();
             let k = key.clone();
             let snap = tokio::task::spawn_blocking(move || images.prepare_snapshot(&k, &image)).await??;

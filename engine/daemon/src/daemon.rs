@@ -75,6 +75,8 @@ impl Daemon {
     ) -> anyhow::Result<Arc<Self>> {
         let (traces, sink) = traces;
         let images = Arc::new(ImageStore::open(cfg.data_root.join("image"))?.storage_driver(cfg.storage_driver));
+        // build contexts a crash cut short (a build's own, never kept past it)
+        let _ = std::fs::remove_dir_all(cfg.data_root.join("build"));
         let distribution = Arc::new(crate::distribution::Distribution::new(
             images.clone(),
             cfg.registry(),
@@ -291,6 +293,24 @@ impl Daemon {
         let snap =
             trace.finish(span, snap.map_err(ApiError::from).map_err(|e| e.message)).map_err(ApiError::internal)?;
 
+        // A named volume used for the first time (new, or empty) takes what the image has at its
+        // path, as dockerd's copy-up (`nocopy` aside).
+        for m in &mounts {
+            if let hostconfig::Source::Volume(name) = &m.source {
+                let fresh = self
+                    .volumes
+                    .get(name)
+                    .is_none_or(|v| std::fs::read_dir(&v.mountpoint).map(|mut d| d.next().is_none()).unwrap_or(false));
+                if fresh && !m.no_copy {
+                    let volume = self.volumes.ensure(name, Default::default())?;
+                    let (rootfs, path, data) = (snap.rootfs.clone(), m.target.clone(), volume.mountpoint.clone());
+                    tokio::task::spawn_blocking(move || copy_up(&rootfs, &path, &data))
+                        .await
+                        .map_err(|e| ApiError::internal(e.to_string()))?
+                        .map_err(|e| ApiError::internal(format!("filling volume {name}: {e}")))?;
+                }
+            }
+        }
         // The Config's and the image's volumes no mount covers: an anonymous volume each, holding
         // what the image has at that path (dockerd's copy-up).
         let mut mounts = mounts;
@@ -321,6 +341,7 @@ impl Daemon {
                 source: hostconfig::Source::Volume(name.clone()),
                 target: target.clone(),
                 read_only: false,
+                no_copy: false,
             });
             anonymous_volumes.push((name, target));
         }

@@ -32,6 +32,8 @@ pub struct MountSpec {
     pub source: Source,
     pub target: String,
     pub read_only: bool,
+    /// A volume that must not take the image's files at its path (`nocopy`).
+    pub no_copy: bool,
 }
 
 /// Everything in a HostConfig that can be wrong, checked up front.
@@ -129,7 +131,7 @@ fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
                 ));
             }
         }
-        mounts.push(MountSpec { source, target: m.target.clone(), read_only: m.read_only });
+        mounts.push(MountSpec { source, target: m.target.clone(), read_only: m.read_only, no_copy: false });
     }
     for (i, m) in mounts.iter().enumerate() {
         if mounts[..i].iter().any(|o| o.target == m.target) {
@@ -243,10 +245,12 @@ fn parse_bind(b: &str) -> Result<MountSpec, ApiError> {
         _ => return Err(bad()),
     };
     let mut read_only = false;
+    let mut no_copy = false;
     for opt in mode.split(',').filter(|o| !o.is_empty()) {
         match opt {
             "ro" => read_only = true,
-            "rw" | "z" | "Z" | "rprivate" | "private" | "rshared" | "shared" | "rslave" | "slave" | "nocopy" => {}
+            "nocopy" => no_copy = true,
+            "rw" | "z" | "Z" | "rprivate" | "private" | "rshared" | "shared" | "rslave" | "slave" => {}
             _ => return Err(bad()),
         }
     }
@@ -274,7 +278,7 @@ fn parse_bind(b: &str) -> Result<MountSpec, ApiError> {
         }
         Source::Volume(src.to_string())
     };
-    Ok(MountSpec { source, target: dst.to_string(), read_only })
+    Ok(MountSpec { source, target: dst.to_string(), read_only, no_copy })
 }
 
 const ALL_CAPS: &[&str] = &[
@@ -890,7 +894,7 @@ mod tests {
     fn checks_binds_and_policies() {
         assert_eq!(
             parse_bind("/tmp:/data:ro").unwrap(),
-            MountSpec { source: Source::Host("/tmp".into()), target: "/data".into(), read_only: true }
+            MountSpec { source: Source::Host("/tmp".into()), target: "/data".into(), read_only: true, no_copy: false }
         );
         assert_eq!(parse_bind("vol1:/data").unwrap().source, Source::Volume("vol1".into()));
         for bad in ["/tmp", "/tmp:data", "/nonexistent-engine:/x", "a b:/x", "/tmp:/x:bogus", "/tmp:/"] {

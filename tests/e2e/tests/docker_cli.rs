@@ -506,7 +506,12 @@ fn anonymous_volumes_as_dockerd_makes_them() {
 
     assert_eq!(e.docker_ok(&["run", "--rm", "withvol", "cat", "/data/seed"]), "seed\n");
     assert_eq!(e.docker_ok(&["volume", "ls", "-q"]), "", "--rm left an anonymous volume");
-    // a named volume at the image's VOLUME path: no anonymous one beside it
-    e.docker_ok(&["run", "--rm", "-v", "named:/data", "withvol", "true"]);
+    // a named volume at the image's VOLUME path: no anonymous one beside it; used first, it takes
+    // the image's files there (not with nocopy, nor once it holds something)
+    assert_eq!(e.docker_ok(&["run", "--rm", "-v", "named:/data", "withvol", "cat", "/data/seed"]), "seed\n");
     assert_eq!(e.docker_ok(&["volume", "ls", "-q"]), "named\n");
+    e.docker_ok(&["run", "--rm", "-v", "named:/data", "withvol", "sh", "-c", "echo mine > /data/seed"]);
+    assert_eq!(e.docker_ok(&["run", "--rm", "-v", "named:/data", "withvol", "cat", "/data/seed"]), "mine\n");
+    let out = e.docker_ok(&["run", "--rm", "-v", "bare:/data:nocopy", "withvol", "ls", "/data"]);
+    assert_eq!(out, "", "a nocopy volume took the image's files");
 }
