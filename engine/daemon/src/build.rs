@@ -257,6 +257,10 @@ impl Stage {
     }
 }
 
+/// The key prefix of the snapshots a `COPY --from` reads an image through (removed after the
+/// step, and at engined's start when a crash cut a build short).
+pub const FROM_SNAPSHOT_PREFIX: &str = "build-from-";
+
 /// The args Docker predefines (usable without an ARG).
 const PREDEFINED_ARGS: &[&str] =
     &["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy", "NO_PROXY", "no_proxy"];
@@ -823,7 +827,7 @@ async fn copy<H: BuildHost>(
                 None => host.images().resolve(f).map_err(|e| BuildError::msg(e.to_string()))?.id().clone(),
             };
             // a snapshot of its own: builds run side by side
-            let key = format!("build-from-{}", engine_util::id::new_id()?);
+            let key = format!("{FROM_SNAPSHOT_PREFIX}{}", engine_util::id::new_id()?);
             let images = host.images().clone();
             let k = key.clone();
             let snap = tokio::task::spawn_blocking(move || images.prepare_snapshot(&k, &image)).await??;

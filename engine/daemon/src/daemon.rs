@@ -75,8 +75,14 @@ impl Daemon {
     ) -> anyhow::Result<Arc<Self>> {
         let (traces, sink) = traces;
         let images = Arc::new(ImageStore::open(cfg.data_root.join("image"))?.storage_driver(cfg.storage_driver));
-        // build contexts a crash cut short (a build's own, never kept past it)
+        // build contexts and COPY --from snapshots a crash cut short (a build's own, never kept
+        // past it)
         let _ = std::fs::remove_dir_all(cfg.data_root.join("build"));
+        for s in images.snapshot_records().unwrap_or_default() {
+            if s.key.starts_with(crate::build::FROM_SNAPSHOT_PREFIX) {
+                let _ = images.remove_snapshot(&s.key);
+            }
+        }
         let distribution = Arc::new(crate::distribution::Distribution::new(
             images.clone(),
             cfg.registry(),
