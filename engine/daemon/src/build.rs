@@ -618,28 +618,14 @@ async fn workdir_layer<H: BuildHost>(
         stage.config = config;
         return Ok(true);
     }
-    let id = host
-        .create(
-            trace,
-            step_container(
-                stage,
-                vec!["#(nop) WORKDIR".into()],
-                &BuildOptions { network_mode: "none".into(), ..opts.clone() },
-            ),
-        )
-        .await
-        .map_err(|e| BuildError::msg(e.message))?;
-    let made = async {
-        make_workdir(host.as_ref(), &id, dir)?;
-        let commit = CommitOptions {
-            config: config.clone(),
-            created_by: Some(format!("/bin/sh -c #(nop) {described}")),
-            ..Default::default()
-        };
-        host.commit(&id, commit).await.map_err(|e| BuildError::msg(e.message))
-    }
-    .await;
-    host.remove(&id).await;
+    let body = step_container(stage, vec!["#(nop) WORKDIR".into()], opts, "none");
+    let commit = CommitOptions {
+        config: config.clone(),
+        created_by: Some(format!("/bin/sh -c #(nop) {described}")),
+        ..Default::default()
+    };
+    let (_, made) =
+        in_step_container(host, trace, body, commit, |id| async move { make_workdir(host.as_ref(), &id, dir) }).await?;
     stage.image = made?;
     stage.config = config;
     cache.put(key, stage.image.clone());
@@ -685,8 +671,9 @@ fn healthcheck(ins: &Instruction) -> Result<Value, BuildError> {
 }
 
 /// The create body of a step's container: the stage's image with `cmd`, its user, directory
-/// and environment (and the build args, for a RUN), on the build's network.
-fn step_container(stage: &Stage, cmd: Vec<String>, opts: &BuildOptions) -> ContainerCreateBody {
+/// and environment (and the build args, for a RUN), on `network_mode` (a RUN's is the
+/// build's; a step that only writes files has none).
+fn step_container(stage: &Stage, cmd: Vec<String>, opts: &BuildOptions, network_mode: &str) -> ContainerCreateBody {
     ContainerCreateBody {
         config: ContainerConfig {
             image: stage.image.to_string(),
@@ -698,13 +685,37 @@ fn step_container(stage: &Stage, cmd: Vec<String>, opts: &BuildOptions) -> Conta
             ..Default::default()
         },
         host_config: Some(HostConfig {
-            network_mode: opts.network_mode.clone(),
+            network_mode: network_mode.to_string(),
             extra_hosts: Some(opts.extra_hosts.clone()).filter(|h| !h.is_empty()),
             shm_size: opts.shm_size,
             ..Default::default()
         }),
         networking_config: None,
     }
+}
+
+/// A step that changes files: a container of `body` is made, `work` runs on it (given its id),
+/// its changes are committed with `commit`, and it is removed whatever happened. The
+/// container's id and the image made (or why not).
+async fn in_step_container<H, F, Fut>(
+    host: &Arc<H>,
+    trace: &Trace,
+    body: ContainerCreateBody,
+    commit: CommitOptions,
+    work: F,
+) -> Result<(String, Result<Digest, BuildError>), BuildError>
+where
+    H: BuildHost,
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), BuildError>>,
+{
+    let id = host.create(trace, body).await.map_err(|e| BuildError::msg(e.message))?;
+    let made = match work(id.clone()).await {
+        Ok(()) => host.commit(&id, commit).await.map_err(|e| BuildError::msg(e.message)),
+        Err(e) => Err(e),
+    };
+    host.remove(&id).await;
+    Ok((id, made))
 }
 
 /// Makes the stage's working directory in container `id`'s root (Docker creates it).
@@ -734,10 +745,13 @@ async fn run<H: BuildHost>(
         stage.image = hit;
         return Ok(true);
     }
-    let id =
-        host.create(trace, step_container(stage, cmd.clone(), opts)).await.map_err(|e| BuildError::msg(e.message))?;
-    let made = async {
-        make_workdir(host.as_ref(), &id, &stage.workdir())?;
+    let shown = if ins.json.is_some() { serde_json::to_string(&cmd)? } else { cmd.join(" ") };
+    let created_by = if ins.json.is_some() { format!("RUN {shown}") } else { shown.clone() };
+    let commit = CommitOptions { config: stage.config.clone(), created_by: Some(created_by), ..Default::default() };
+    let body = step_container(stage, cmd, opts, &opts.network_mode);
+    let workdir = stage.workdir();
+    let (id, made) = in_step_container(host, trace, body, commit, |id| async move {
+        make_workdir(host.as_ref(), &id, &workdir)?;
         if !opts.quiet {
             say(out, format!(" ---> Running in {}\n", &id[..12])).await;
         }
@@ -756,18 +770,14 @@ async fn run<H: BuildHost>(
         let code = host.run(trace, &id, tx).await.map_err(|e| BuildError::msg(e.message))?;
         let _ = forward.await;
         if code != 0 {
-            let shown = if ins.json.is_some() { serde_json::to_string(&cmd)? } else { cmd.join(" ") };
             return Err(BuildError {
                 message: format!("The command '{shown}' returned a non-zero code: {code}"),
                 code: Some(code),
             });
         }
-        let shown = if ins.json.is_some() { format!("RUN {}", serde_json::to_string(&cmd)?) } else { cmd.join(" ") };
-        let opts = CommitOptions { config: stage.config.clone(), created_by: Some(shown), ..Default::default() };
-        host.commit(&id, opts).await.map_err(|e| BuildError::msg(e.message))
-    }
-    .await;
-    host.remove(&id).await;
+        Ok(())
+    })
+    .await?;
     if !opts.quiet {
         say(out, format!("Removing intermediate container {}\n", &id[..12])).await;
     }
@@ -959,47 +969,36 @@ async fn copy_with<H: BuildHost>(
         stage.image = hit;
         return Ok(true);
     }
-    let id = host
-        .create(
-            trace,
-            step_container(
-                stage,
-                vec![format!("#(nop) {}", ins.keyword)],
-                &BuildOptions { network_mode: "none".into(), ..opts.clone() },
-            ),
-        )
-        .await
-        .map_err(|e| BuildError::msg(e.message))?;
-    let made = async {
+    let created_by = format!("/bin/sh -c #(nop) {} {}", ins.keyword, ins.rest);
+    let commit = CommitOptions { config: stage.config.clone(), created_by: Some(created_by), ..Default::default() };
+    let body = step_container(stage, vec![format!("#(nop) {}", ins.keyword)], opts, "none");
+    let chown = ins.flags.get("chown").map(|spec| stage.subst(spec)).transpose()?;
+    let mode = match ins.flags.get("chmod") {
+        Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| BuildError::msg(format!("invalid --chmod {m:?}")))?),
+        None => None,
+    };
+    let (_, made) = in_step_container(host, trace, body, commit, |id| async move {
         let rootfs = host.images().snapshot(&id)?.map(|s| s.rootfs).unwrap_or_default();
-        let owner = match ins.flags.get("chown") {
+        let owner = match chown {
             Some(spec) => {
-                let u = engine_image::spec::resolve_user(&rootfs, &stage.subst(spec)?)?;
-                Some((u.uid, u.gid))
+                let u = engine_image::spec::resolve_user(&rootfs, &spec)?;
+                (u.uid, u.gid)
             }
-            None => Some((0, 0)),
+            None => (0, 0),
         };
-        let host_dir = engine_image::copy::resolve_in_root(&rootfs, &dir, true)?;
-        std::fs::create_dir_all(&host_dir)?;
-        let mode = match ins.flags.get("chmod") {
-            Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| BuildError::msg(format!("invalid --chmod {m:?}")))?),
-            None => None,
-        };
-        let opts = engine_image::copy::CopyInOptions { no_overwrite_dir_non_dir: false, owner, mode };
-        let (rootfs2, dir2, tars) = (rootfs.clone(), dir.display().to_string(), tar.clone());
+        std::fs::create_dir_all(engine_image::copy::resolve_in_root(&rootfs, &dir, true)?)?;
+        let opts = engine_image::copy::CopyInOptions { no_overwrite_dir_non_dir: false, owner: Some(owner), mode };
+        let dir = dir.display().to_string();
         tokio::task::spawn_blocking(move || -> Result<(), engine_image::copy::CopyError> {
-            for t in &tars {
-                engine_image::copy::copy_in(&rootfs2, &dir2, t.as_slice(), &opts)?;
+            for t in &tar {
+                engine_image::copy::copy_in(&rootfs, &dir, t.as_slice(), &opts)?;
             }
             Ok(())
         })
         .await??;
-        let created_by = format!("/bin/sh -c #(nop) {} {}", ins.keyword, ins.rest);
-        let opts = CommitOptions { config: stage.config.clone(), created_by: Some(created_by), ..Default::default() };
-        host.commit(&id, opts).await.map_err(|e| BuildError::msg(e.message))
-    }
-    .await;
-    host.remove(&id).await;
+        Ok(())
+    })
+    .await?;
     stage.image = made?;
     cache.put(key, stage.image.clone());
     Ok(false)
