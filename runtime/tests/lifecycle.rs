@@ -82,13 +82,8 @@ fn a_create_killed_halfway_is_undone_by_delete_force() {
     let env = Env::new();
     let mut b = env.bundle("half", &["sleep", "1000"]);
     // the createRuntime hook holds create with the cgroup made and the first process in it
-    let (hooked, go) = (env.dir.path().join("hooked"), env.dir.path().join("go"));
-    let wait = format!(
-        "touch {}; while [ ! -e {} ] && [ -d {} ]; do sleep 0.05; done",
-        hooked.display(),
-        go.display(),
-        env.dir.path().display()
-    );
+    let (hooked, gate) = (env.dir.path().join("hooked"), Gate::new(env.dir.path().join("gate")));
+    let wait = format!("touch {}; read _ < {}", hooked.display(), gate.path.display());
     b.spec["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", wait]}]});
     b.save();
     let mut create = std::process::Command::new(RUNTIME)
@@ -106,7 +101,7 @@ fn a_create_killed_halfway_is_undone_by_delete_force() {
     let first: i32 = procs.lines().next().expect("the first process is in the cgroup").parse().unwrap();
     create.kill().unwrap();
     create.wait().unwrap();
-    std::fs::write(&go, "").unwrap();
+    gate.open();
     assert!(!env.rt(&["state", "half"]).status.success(), "a killed create made no container");
 
     env.ok(&["delete", "--force", "half"]);

@@ -99,14 +99,18 @@ async fn a_create_cut_short_by_its_shims_death_leaves_no_container_behind() {
     // The first `create` waits for a go-ahead before it runs the real runtime; the shim is
     // killed while it waits. A runtime that outlived its shim would go on to make a container
     // nobody knows of once given the go-ahead, and the next create of that id would be refused.
-    // (The wait also ends when the test's directory goes, so a failed run leaves no process.)
+    // (The gate also lets it through when the test ends, so a failed run leaves no process.)
+    let mut gate = None;
     let l = Lifecycled::with_runtime(|dir| {
         let wrapper = dir.join("runtime");
+        let g = Gate::new(dir.join("gate"));
         let script = format!(
-            "#!/bin/sh\ncase \" $* \" in *\" create \"*)\n  if [ ! -e {d}/create.pid ]; then\n    echo $$ > {d}/create.pid.new && mv {d}/create.pid.new {d}/create.pid\n    while [ ! -e {d}/go ] && [ -d {d} ]; do sleep 0.05; done\n  fi;;\nesac\nexec {rt} \"$@\"\n",
+            "#!/bin/sh\ncase \" $* \" in *\" create \"*)\n  if [ ! -e {d}/create.pid ]; then\n    echo $$ > {d}/create.pid.new && mv {d}/create.pid.new {d}/create.pid\n    read _ < {gate}\n  fi;;\nesac\nexec {rt} \"$@\"\n",
             d = dir.display(),
+            gate = g.path.display(),
             rt = bin("engine-runtime").display()
         );
+        gate = Some(g);
         std::fs::write(&wrapper, script).unwrap();
         std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         wrapper
@@ -131,7 +135,7 @@ async fn a_create_cut_short_by_its_shims_death_leaves_no_container_behind() {
     unsafe { libc::kill(l.shim_pid("cut"), libc::SIGKILL) };
     first.await.unwrap().expect_err("a create whose shim died");
     eventually("the runtime to die with its shim", || async { !process_running(runtime_pid) }).await;
-    std::fs::write(l.dir.path().join("go"), "").unwrap();
+    gate.expect("the wrapper's gate").open();
 
     // the same container is created and run again, and removed without a trace
     let mut tasks = l.tasks();

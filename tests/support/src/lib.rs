@@ -172,3 +172,26 @@ impl Drop for Tmpfs {
         let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
     }
 }
+
+/// A gate a test's helper processes wait at without polling: a FIFO this test holds open.
+/// `read _ < PATH` in a shell blocks until [`Gate::open`] lets one through, or until the gate
+/// is dropped (the test ended, passed or not), so a waiting process never outlives its test.
+pub struct Gate {
+    pub path: PathBuf,
+    file: std::fs::File,
+}
+
+impl Gate {
+    pub fn new(path: PathBuf) -> Gate {
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("the gate's fifo");
+        // read and write: opening does not wait for a reader, and readers see no end while held
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("opening the gate");
+        Gate { path, file }
+    }
+
+    /// Lets one waiting reader through.
+    pub fn open(&self) {
+        use std::io::Write;
+        (&self.file).write_all(b"go\n").expect("opening the gate");
+    }
+}
