@@ -14,7 +14,7 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use oci_spec::runtime::LinuxIdMapping;
 
-use crate::cgroups::{CgroupManager, CgroupPaths, Layout};
+use crate::cgroups::{CgroupManager, Layout};
 use crate::error::{sys, Error, Result};
 use crate::namespaces::{self, Plan};
 use crate::setup::{self, SetupArgs};
@@ -205,19 +205,15 @@ fn create_inner(
         (|| {
             let layout = Layout::detect()?;
             let mut cg = CgroupManager::plan(&layout, &cgroups_path)?;
-            // recorded before and after the directories are made, for a delete after a kill
-            let record = |cgroup: CgroupPaths| {
-                let creating = crate::state::CreatingState {
-                    cgroup,
-                    rootfs: bundle.rootfs.clone(),
-                    own_mount_ns: plan.own_mount_ns(),
-                };
-                dir.save_creating(&opts.id, &creating)
+            // what create is about to make (every directory, before any is made), for a delete
+            // after a kill; once `state.json` is saved it says the same and this goes
+            let creating = crate::state::CreatingState {
+                cgroup: cg.planned(),
+                rootfs: bundle.rootfs.clone(),
+                own_mount_ns: plan.own_mount_ns(),
             };
-            // what create is about to make, then what it made
-            record(cg.planned())?;
+            dir.save_creating(&opts.id, &creating)?;
             cg.create(linux.resources().as_ref())?;
-            record(cg.paths().clone())?;
             Ok::<_, Error>(cg)
         })(),
     )?;
