@@ -716,9 +716,12 @@ fn ten_thousand_stalled_connections_neither_hold_nor_slow_engined() {
     let log_size = || std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
     let log_before = log_size();
     let stalled: Vec<_> = (0..10_000).map(|_| stalled_connection(&e)).collect();
+    // (within a few of the baseline either way: it may hold the ping's closing socket, or a
+    // trace segment being written)
     assert!(
-        wait_until(std::time::Duration::from_secs(30), || open_fds(pid) >= baseline + 10_000),
-        "timed out waiting for engined to hold the stalled connections"
+        wait_until(std::time::Duration::from_secs(30), || open_fds(pid) + 5 >= baseline + 10_000),
+        "timed out waiting for engined to hold the stalled connections ({} open, baseline {baseline})",
+        open_fds(pid)
     );
     // It answers others meanwhile, and its threads rest (a spinning loop keeps one running).
     let asked = std::time::Instant::now();
