@@ -26,7 +26,7 @@ pub struct Config {
     /// "firewall-backend", "userland-proxy-path", "metrics-addr", "registry-mirrors",
     /// "insecure-registries", "certs-dir", "max-concurrent-downloads", "max-concurrent-uploads",
     /// "max-upload-chunk-size", "api-header-timeout", "api-body-timeout", "max-api-connections",
-    /// "orphan-collection-interval".
+    /// "orphan-collection-interval", "dns", "dns-trace-window".
     #[arg(long)]
     pub config_file: Option<PathBuf>,
     /// error, warn, info or debug.
@@ -125,6 +125,15 @@ pub struct Config {
     /// collection also runs at start. 0: only when asked (`engine system check --collect`).
     #[arg(long, default_value_t = 600)]
     pub orphan_collection_interval: u64,
+    /// A DNS server for containers that name none (repeatable): written to their resolv.conf
+    /// on the default bridge, asked by the embedded DNS server on user networks (default: the
+    /// host's resolv.conf, without loopback servers).
+    #[arg(long = "dns")]
+    pub dns: Vec<String>,
+    /// Seconds after a container's start during which its lookups through the embedded DNS
+    /// server are spans (`dns.query`) of its start's trace (0: none).
+    #[arg(long, default_value_t = 10)]
+    pub dns_trace_window: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -160,6 +169,8 @@ struct FileConfig {
     api_body_timeout: Option<u64>,
     max_api_connections: Option<usize>,
     orphan_collection_interval: Option<u64>,
+    dns: Option<Vec<String>>,
+    dns_trace_window: Option<u64>,
 }
 
 /// `"default-address-pools": [{"base": "10.10.0.0/16", "size": 24}]`, as daemon.json has it.
@@ -276,9 +287,18 @@ impl Config {
             {
                 self.orphan_collection_interval = v;
             }
+            if self.dns.is_empty() {
+                self.dns = f.dns.unwrap_or_default();
+            }
+            if let Some(v) = f.dns_trace_window.filter(|_| self.dns_trace_window == defaults.dns_trace_window) {
+                self.dns_trace_window = v;
+            }
             if let Some(h) = f.hosts.and_then(|h| h.into_iter().next()).filter(|_| self.host == defaults.host) {
                 self.host = h;
             }
+        }
+        if let Some(bad) = self.dns.iter().find(|d| d.parse::<std::net::IpAddr>().is_err()) {
+            anyhow::bail!("invalid --dns {bad:?}: an IP address");
         }
         if !["error", "warn", "info", "debug"].contains(&self.log_level.as_str()) {
             anyhow::bail!("invalid --log-level {:?}: use error, warn, info or debug", self.log_level);

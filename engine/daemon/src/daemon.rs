@@ -126,6 +126,7 @@ impl Daemon {
             cfg: cfg.clone(),
             events: events.clone(),
             probes: probes.clone(),
+            dns: crate::network::DnsServers::new(metrics.clone(), Some(sink.clone())),
         });
         let shutting_down = Arc::new(AtomicBool::new(false));
         let orphans = Arc::new(crate::orphans::OrphanService {
@@ -377,7 +378,11 @@ impl Daemon {
                 return Err(trace.finish(span, Err::<(), _>(e.message)).map_err(ApiError::bad_request).unwrap_err())
             }
         };
-        hostconfig::write_etc_files(&dir, &hostname, &hc)
+        let resolvers = hostconfig::Resolvers {
+            daemon_dns: &self.cfg.dns,
+            embedded: networks.iter().any(|l| l.name != engine_network::networks::DEFAULT),
+        };
+        hostconfig::write_etc_files(&dir, &hostname, &hc, &resolvers)
             .map_err(|e| ApiError::internal(format!("writing /etc files: {e}")))?;
         let spec = {
             let volume_dir = |name: &str| -> Result<PathBuf, ApiError> {
@@ -1518,6 +1523,7 @@ impl Daemon {
                     _ => r.state.unpause(),
                 });
                 crate::network::ensure_proxies(&self.network_service, &e).await;
+                crate::network::ensure_dns(&self.network_service, &e).await;
                 self.persist(&e);
                 self.spawn_monitor(e);
                 recovery.done("adopted: monitored again, its port proxies checked", None);

@@ -823,7 +823,7 @@ pub fn default_seccomp(caps: &[String]) -> Result<LinuxSeccomp, ApiError> {
 /// Writes the container's /etc/hostname, /etc/hosts and /etc/resolv.conf (bind-mounted by
 /// `apply`): the host's own with `--network host`; else its name, `--add-host` entries and
 /// `--dns*` settings (the hosts file is written again at each start, with its addresses).
-pub fn write_etc_files(dir: &Path, hostname: &str, hc: &HostConfig) -> std::io::Result<()> {
+pub fn write_etc_files(dir: &Path, hostname: &str, hc: &HostConfig, dns: &Resolvers) -> std::io::Result<()> {
     if hc.network_mode == "host" {
         for (f, src) in [("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf"), ("hostname", "/etc/hostname")] {
             if let Ok(b) = std::fs::read(src) {
@@ -837,7 +837,7 @@ pub fn write_etc_files(dir: &Path, hostname: &str, hc: &HostConfig) -> std::io::
         &dir.join("hosts"),
         &(engine_network::etc::hosts(hostname, &[], &[]) + &extra_hosts(hc, None)),
     )?;
-    std::fs::write(dir.join("resolv.conf"), resolv_conf(hc))
+    std::fs::write(dir.join("resolv.conf"), resolv_conf(hc, dns))
 }
 
 /// `--add-host name:ip` lines; `host-gateway` is `gateway` (the default bridge's address).
@@ -853,27 +853,50 @@ pub fn extra_hosts(hc: &HostConfig, gateway: Option<std::net::Ipv4Addr>) -> Stri
         .collect()
 }
 
-/// The host's resolvers (without loopback ones), or `--dns`, `--dns-search`, `--dns-option`.
-pub fn resolv_conf(hc: &HostConfig) -> String {
+/// Where a container's names are resolved, beside its `--dns*` settings.
+pub struct Resolvers<'a> {
+    /// The daemon's `--dns`, used where the container gives none.
+    pub daemon_dns: &'a [String],
+    /// On a user network: the embedded DNS server answers at 127.0.0.11 (and asks the
+    /// resolvers the file would have named).
+    pub embedded: bool,
+}
+
+/// The container's resolv.conf, as dockerd writes it: the host's (without loopback
+/// nameservers), with `--dns` (or the daemon's `--dns`), `--dns-search` and `--dns-option` in
+/// place of its lines; on a user network the nameserver is the embedded server and `ndots:0`
+/// is added unless an ndots option is given.
+pub fn resolv_conf(hc: &HostConfig, r: &Resolvers) -> String {
     let host = engine_network::etc::host_resolv_conf();
-    let dns = hc.dns.clone().unwrap_or_default();
+    let container_dns = hc.dns.clone().unwrap_or_default();
+    let dns = if container_dns.is_empty() { r.daemon_dns.to_vec() } else { container_dns };
     let search = hc.dns_search.clone().unwrap_or_default();
-    let options = hc.dns_options.clone().unwrap_or_default();
-    if dns.is_empty() && search.is_empty() && options.is_empty() {
-        return engine_network::etc::resolv_conf(&host);
+    let mut options = hc.dns_options.clone().unwrap_or_default();
+    if r.embedded && !options.iter().any(|o| o.starts_with("ndots:")) {
+        options.push("ndots:0".into());
     }
     let base = engine_network::etc::resolv_conf(&host);
-    let keep = |prefix: &str, given: bool| {
-        base.lines().filter(move |l| !given && l.starts_with(prefix)).map(|l| format!("{l}\n")).collect::<String>()
+    if dns.is_empty() && search.is_empty() && options.is_empty() {
+        return base;
+    }
+    let keep = |prefix: &str| {
+        base.lines().filter(move |l| l.starts_with(prefix)).map(|l| format!("{l}\n")).collect::<String>()
     };
     let mut s = String::new();
-    s += &if search.is_empty() { keep("search", false) } else { format!("search {}\n", search.join(" ")) };
-    s += &if dns.is_empty() {
-        keep("nameserver", false)
+    // `--dns-search .`: no search domains
+    s += &match search.as_slice() {
+        [] => keep("search"),
+        [dot] if dot == "." => String::new(),
+        _ => format!("search {}\n", search.join(" ")),
+    };
+    s += &if r.embedded {
+        format!("nameserver {}\n", engine_network::dns::ADDRESS)
+    } else if dns.is_empty() {
+        keep("nameserver")
     } else {
         dns.iter().map(|d| format!("nameserver {d}\n")).collect()
     };
-    s += &if options.is_empty() { keep("options", false) } else { format!("options {}\n", options.join(" ")) };
+    s += &if options.is_empty() { keep("options") } else { format!("options {}\n", options.join(" ")) };
     s
 }
 

@@ -32,6 +32,8 @@ pub struct Metrics {
     phases: PhaseHistogram,
     api: ApiHistogram,
     build_steps: ApiHistogram,
+    dns_queries: Family<Labels, Counter>,
+    dns_durations: ApiHistogram,
 }
 
 fn phase_histogram() -> HistogramWithExemplars<Labels> {
@@ -54,6 +56,8 @@ impl Default for Metrics {
             phases: Family::new_with_constructor(phase_histogram),
             api: Family::new_with_constructor(api_histogram),
             build_steps: Family::new_with_constructor(api_histogram),
+            dns_queries: Family::default(),
+            dns_durations: Family::new_with_constructor(api_histogram),
         }
     }
 }
@@ -92,6 +96,13 @@ impl Metrics {
     pub fn observe_build_step(&self, instruction: &str, cache_hit: bool, secs: f64) {
         let cache = if cache_hit { "hit" } else { "miss" };
         self.build_steps.get_or_create(&l(&[("instruction", instruction), ("cache", cache)])).observe(secs);
+    }
+
+    /// One query a container's embedded DNS server answered: the network, the query type and
+    /// the result (`NOERROR`, `NXDOMAIN`, `SERVFAIL`, `REFUSED`, `TIMEOUT` of the upstreams).
+    pub fn observe_dns(&self, network: &str, qtype: &str, result: &str, secs: f64) {
+        self.dns_queries.get_or_create(&l(&[("network", network), ("type", qtype), ("result", result)])).inc();
+        self.dns_durations.get_or_create(&l(&[("network", network), ("result", result)])).observe(secs);
     }
 
     /// One API request (`route` is the route template, or "(unmatched)": see `api::route_name`).
@@ -147,6 +158,16 @@ pub async fn render(d: &MetricsService) -> Result<String, ApiError> {
         "engine_build_step_duration_seconds",
         "Duration of each Dockerfile instruction of a build, by instruction and cache hit or miss",
         d.metrics.build_steps.clone(),
+    );
+    reg.register(
+        "engine_dns_queries",
+        "Queries the embedded DNS servers answered, by network, query type and result",
+        d.metrics.dns_queries.clone(),
+    );
+    reg.register(
+        "engine_dns_query_duration_seconds",
+        "Time the embedded DNS servers took to answer, by network and result (upstream time included)",
+        d.metrics.dns_durations.clone(),
     );
 
     let containers = gauge_family();

@@ -31,6 +31,8 @@ pub struct NetworkService {
     pub cfg: Arc<crate::config::Config>,
     pub events: Arc<crate::events::Events>,
     pub probes: crate::kernel::ProbeState,
+    /// The embedded DNS servers of running containers on user networks.
+    pub dns: DnsServers,
 }
 
 impl NetworkService {
@@ -43,6 +45,131 @@ impl NetworkService {
         if let Err(err) = self.containers.persist(e) {
             log!(self.cfg, "error", "saving {err}");
         }
+    }
+}
+
+/// The embedded DNS server of each running container on a user network, and what its queries
+/// become: `engine_dns_*` metrics, and `dns.query` spans in the container's start trace during
+/// its first `--dns-trace-window` seconds.
+pub struct DnsServers {
+    running: std::sync::Mutex<std::collections::HashMap<String, engine_network::dns::Server>>,
+    telemetry: Arc<DnsTelemetry>,
+}
+
+struct DnsTelemetry {
+    metrics: Arc<crate::metrics::Metrics>,
+    sink: Option<engine_telemetry::Sink>,
+    /// Container id → the `traceparent` of its start and until when its lookups are spans.
+    windows: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+}
+
+impl DnsServers {
+    pub fn new(metrics: Arc<crate::metrics::Metrics>, sink: Option<engine_telemetry::Sink>) -> Self {
+        DnsServers {
+            running: Default::default(),
+            telemetry: Arc::new(DnsTelemetry { metrics, sink, windows: Default::default() }),
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, engine_network::dns::Server>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn windows(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (String, std::time::Instant)>> {
+        self.telemetry.windows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops a container's server (its sockets close, so its namespace can go).
+    fn stop(&self, id: &str) {
+        self.running().remove(id);
+        self.windows().remove(id);
+    }
+
+    pub fn is_running(&self, id: &str) -> bool {
+        self.running().contains_key(id)
+    }
+}
+
+impl engine_network::dns::Observer for DnsTelemetry {
+    fn answered(&self, a: &engine_network::dns::Answered) {
+        self.metrics.observe_dns(&a.network, &a.qtype, &a.result, a.duration.as_secs_f64());
+        let traceparent = {
+            let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+            match w.get(&a.container) {
+                Some((tp, until)) if std::time::Instant::now() < *until => Some(tp.clone()),
+                Some(_) => {
+                    w.remove(&a.container);
+                    None
+                }
+                None => None,
+            }
+        };
+        let Some(tp) = traceparent else { return };
+        let mut rec = engine_telemetry::Recorder::for_request("engined", self.sink.as_ref(), Some(&tp));
+        let h = rec.start_at(engine_telemetry::names::DNS_QUERY, None, a.start_unix_nanos);
+        rec.set_kind(h, engine_telemetry::Kind::Server);
+        rec.set_attr(h, "dns.question.name", a.name.clone());
+        rec.set_attr(h, "dns.question.type", a.qtype.clone());
+        rec.set_attr(h, "dns.response.code", a.result.clone());
+        rec.set_attr(h, "dns.answers", a.answers as i64);
+        rec.set_attr(h, "network.name", a.network.clone());
+        rec.set_attr(h, "network.transport", a.transport);
+        rec.set_attr(h, "container.id", a.container.clone());
+        if let Some(up) = a.upstream {
+            rec.set_attr(h, "server.address", up.ip().to_string());
+            rec.set_attr(h, "server.port", i64::from(up.port()));
+        }
+        if matches!(a.result.as_str(), "SERVFAIL" | "TIMEOUT") {
+            rec.fail(h, &format!("{} {}: {}", a.qtype, a.name, a.result));
+        }
+        rec.end_at(h, a.start_unix_nanos + a.duration.as_nanos() as u64);
+        rec.flush();
+    }
+}
+
+/// Starts the embedded DNS server of a container on a user network, in its namespace `ns`.
+async fn start_dns(
+    d: &Arc<NetworkService>,
+    rec: &ContainerRecord,
+    ns: &std::fs::File,
+    traceparent: Option<String>,
+) -> Result<(), ApiError> {
+    if d.networks.dns_scope(&rec.id).is_none() {
+        return Ok(());
+    }
+    let ns = ns.try_clone().map_err(|e| ApiError::internal(format!("the network namespace: {e}")))?;
+    let sockets = tokio::task::spawn_blocking(move || engine_network::dns::bind_in(&ns))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("binding the DNS server at 127.0.0.11:53: {e}")))?;
+    let given = rec.host_config.dns.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| d.cfg.dns.clone());
+    let scope = engine_network::dns::Scope {
+        container: rec.id.clone(),
+        networks: d.networks.clone(),
+        upstreams: engine_network::dns::upstreams(&given, &etc::host_resolv_conf()),
+        observer: d.dns.telemetry.clone(),
+    };
+    let server =
+        engine_network::dns::serve(scope, sockets).map_err(|e| ApiError::internal(format!("serving DNS: {e}")))?;
+    d.dns.running().insert(rec.id.clone(), server);
+    if let Some(tp) = traceparent.filter(|_| d.cfg.dns_trace_window > 0) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(d.cfg.dns_trace_window);
+        d.dns.windows().insert(rec.id.clone(), (tp, until));
+    }
+    Ok(())
+}
+
+/// After an engined restart, for a container still running on a user network: its DNS
+/// server, whose sockets died with the engined before, is bound again in its namespace.
+pub async fn ensure_dns(d: &Arc<NetworkService>, e: &Arc<Entry>) {
+    let rec = e.snapshot();
+    if d.dns.is_running(&rec.id) || !matches!(mode(&rec.host_config), Mode::Bridge) {
+        return;
+    }
+    let path = d.networks.sandbox_path(&rec.id);
+    let Ok(ns) = std::fs::File::open(&path) else { return };
+    if let Err(err) = start_dns(d, &rec, &ns, None).await {
+        crate::log!(d.cfg, "warn", "restarting the DNS server of {}: {}", rec.id, err.message);
     }
 }
 
@@ -237,6 +364,10 @@ pub fn published(rec: &ContainerRecord) -> Vec<Published> {
 struct Spans<'a>(Option<&'a Trace>);
 
 impl Spans<'_> {
+    /// The request's context, for work that belongs to it but happens later.
+    fn traceparent(&self) -> Option<String> {
+        self.0.and_then(|t| t.traceparent(t.root))
+    }
     fn start(&self, name: &str) -> Option<SpanHandle> {
         self.0.map(|t| t.start(name))
     }
@@ -369,6 +500,11 @@ async fn up_inner(
     let h = sp.start(engine_telemetry::names::NETWORK_HOSTS);
     let r = write_hosts(d, &id).map(|_| refresh_neighbours(d, &id));
     sp.finish(h, r)?;
+    if d.networks.dns_scope(&id).is_some() {
+        let h = sp.start(engine_telemetry::names::NETWORK_DNS);
+        let r = start_dns(d, rec, &ns, sp.traceparent()).await;
+        sp.finish(h, r)?;
+    }
     if let Some(ip) = first_ip {
         let mut proxies = Vec::new();
         let result = async {
@@ -418,6 +554,7 @@ pub async fn down(d: &Arc<NetworkService>, e: &Arc<Entry>) {
     let _net = e.net.lock().await;
     let rec = e.snapshot();
     let id = rec.id.clone();
+    d.dns.stop(&id);
     if !rec.ports.is_empty() {
         let proxies = rec.ports.clone();
         let _ = tokio::task::spawn_blocking(move || proxies.iter().for_each(ports::stop)).await;

@@ -8,6 +8,7 @@
 //! Must never touch links, addresses or firewall chains it did not make, and never send
 //! traffic anywhere itself.
 
+pub mod dns;
 pub mod etc;
 pub mod firewall;
 pub mod ipam;

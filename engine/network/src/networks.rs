@@ -696,6 +696,56 @@ impl Networks {
         out
     }
 
+    /// The user networks `container` is on, the embedded DNS server's scope: their names, and
+    /// whether any of them reaches outside (not `--internal`), so that other names may be
+    /// forwarded. `None` when it is on none (the default bridge keeps the host's resolvers).
+    pub fn dns_scope(&self, container: &str) -> Option<(Vec<String>, bool)> {
+        let map = self.lock();
+        let on: Vec<&NetworkRecord> =
+            map.values().filter(|r| r.name != DEFAULT && r.endpoints.contains_key(container)).collect();
+        if on.is_empty() {
+            return None;
+        }
+        Some((on.iter().map(|r| r.name.clone()).collect(), on.iter().any(|r| !r.internal)))
+    }
+
+    /// What `name` (any case, with or without its final dot) is to `container`'s DNS server:
+    /// the addresses of the containers of its user networks that have it as their name, an
+    /// alias, their short id or `<name>.<network>`, with the first network that has it.
+    /// `None` when no network of `container` knows it.
+    pub fn resolve(&self, container: &str, name: &str) -> Option<(String, Vec<Ipv4Addr>)> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let mut found: Option<(String, Vec<Ipv4Addr>)> = None;
+        for r in self.lock().values().filter(|r| r.name != DEFAULT && r.endpoints.contains_key(container)) {
+            let suffix = format!(".{}", r.name.to_ascii_lowercase());
+            let bare = name.strip_suffix(&suffix).unwrap_or(&name);
+            for ep in r.endpoints.values() {
+                let short = &ep.container[..ep.container.len().min(12)];
+                let known = ep.container_name.eq_ignore_ascii_case(bare)
+                    || ep.aliases.iter().any(|a| a.eq_ignore_ascii_case(bare))
+                    || short == bare;
+                if known {
+                    let f = found.get_or_insert_with(|| (r.name.clone(), Vec::new()));
+                    if !f.1.contains(&ep.ip) {
+                        f.1.push(ep.ip);
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// The name of an address on `container`'s user networks, for a PTR query:
+    /// `<container name>.<network>` and the network.
+    pub fn reverse(&self, container: &str, ip: Ipv4Addr) -> Option<(String, String)> {
+        self.lock().values().filter(|r| r.name != DEFAULT && r.endpoints.contains_key(container)).find_map(|r| {
+            r.endpoints
+                .values()
+                .find(|ep| ep.ip == ip)
+                .map(|ep| (format!("{}.{}", ep.container_name, r.name), r.name.clone()))
+        })
+    }
+
     /// The containers that share a user network with `container` (their hosts files list it).
     pub fn neighbours(&self, container: &str) -> BTreeSet<String> {
         self.lock()

@@ -47,6 +47,12 @@ pub const NETWORK_NAMESPACE: &str = "network.namespace";
 pub const NETWORK_ENDPOINT: &str = "network.endpoint";
 pub const NETWORK_HOSTS: &str = "network.hosts";
 pub const NETWORK_PROXY: &str = "network.proxy";
+/// The container's embedded DNS server bound in its namespace (user networks).
+pub const NETWORK_DNS: &str = "network.dns";
+/// One lookup a container made through the embedded DNS server in its first seconds
+/// (`dns.question.name`, `dns.question.type`, `dns.response.code`, `dns.answers`,
+/// `server.address` of the upstream), in its start's trace.
+pub const DNS_QUERY: &str = "dns.query";
 
 // engine-lifecycled: one server span per call, `lifecycle.<Service>/<Method>`
 pub const LIFECYCLE_CONTAINERS_CREATE: &str = "lifecycle.Containers/Create";
@@ -133,6 +139,8 @@ pub const ALL: &[&str] = &[
     NETWORK_ENDPOINT,
     NETWORK_HOSTS,
     NETWORK_PROXY,
+    NETWORK_DNS,
+    DNS_QUERY,
     LIFECYCLE_CONTAINERS_CREATE,
     LIFECYCLE_CONTAINERS_DELETE,
     LIFECYCLE_TASKS_CREATE,

@@ -240,6 +240,13 @@ impl Recorder {
         }
     }
 
+    /// Ends a span at `end_unix_nanos` (a time taken when its work ended, recorded later).
+    pub fn end_at(&mut self, h: SpanHandle, end_unix_nanos: u64) {
+        if let Some(s) = self.active.as_mut().and_then(|a| a.spans.get_mut(h.0)) {
+            s.end = Some(end_unix_nanos);
+        }
+    }
+
     /// Marks a span failed with `message` and ends it.
     pub fn fail(&mut self, h: SpanHandle, message: &str) {
         if let Some(s) = self.active.as_mut().and_then(|a| a.spans.get_mut(h.0)) {

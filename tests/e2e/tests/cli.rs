@@ -1349,15 +1349,7 @@ fn build_as_docker_py_uses_it() {
     // the API's error line names a failed RUN's exit code
     let bad = build_context(&e, "code", "FROM busybox\nRUN exit 7\n", &[]);
     let tar = e.dir.path().join("code.tar");
-    assert!(std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&bad)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
+    tar_dir(&bad, &tar);
     let body = std::fs::read_to_string(&tar).unwrap();
     let (status, lines) = e.request("POST", "/build", &body);
     assert_eq!(status, 200);

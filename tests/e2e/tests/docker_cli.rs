@@ -7,14 +7,6 @@ use std::process::{Command, Stdio};
 use engine_test_support::engined::Engined;
 use engine_test_support::*;
 
-fn rootfs_tar(e: &Engined) -> std::path::PathBuf {
-    let rootfs = e.dir.path().join("rootfs");
-    make_busybox_rootfs(&rootfs);
-    let tar = e.dir.path().join("rootfs.tar");
-    assert!(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
-    tar
-}
-
 #[test]
 fn docker_cli_drives_engined() {
     let e = Engined::start();
@@ -23,7 +15,7 @@ fn docker_cli_drives_engined() {
     assert!(e.docker_ok(&["info", "--format", "{{.OperatingSystem}} {{.Driver}}"]).contains("overlay2"));
 
     // import, images, tag, save, rmi, load
-    let tar = rootfs_tar(&e);
+    let tar = e.busybox_tar();
     e.docker_ok(&["import", "--change", "CMD [\"sh\"]", tar.to_str().unwrap(), "bb:1"]);
     assert!(e.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).contains("bb:1"));
     e.docker_ok(&["tag", "bb:1", "bb:2"]);
@@ -151,7 +143,7 @@ fn on_a_pty(e: &Engined, args: &[&str], ready: &str, input: &[u8], expect: &str)
 #[test]
 fn docker_exec_it_through_a_pty() {
     let e = Engined::start();
-    let tar = rootfs_tar(&e);
+    let tar = e.busybox_tar();
     e.docker_ok(&["import", tar.to_str().unwrap(), "bb:1"]);
     e.docker_ok(&["run", "-d", "--name", "box", "bb:1", "sleep", "1000"]);
     let code = on_a_pty(&e, &["exec", "-it", "box", "sh"], "#", b"echo $((6*7)) $(tty)\nexit 3\n", "42 /dev/pts/");
@@ -162,7 +154,7 @@ fn docker_exec_it_through_a_pty() {
 #[test]
 fn docker_run_it_through_a_pty() {
     let e = Engined::start();
-    let tar = rootfs_tar(&e);
+    let tar = e.busybox_tar();
     e.docker_ok(&["import", "--change", "CMD [\"sh\"]", tar.to_str().unwrap(), "bb:1"]);
     let code = on_a_pty(
         &e,
@@ -178,7 +170,7 @@ fn docker_run_it_through_a_pty() {
 #[test]
 fn docker_cli_volumes_events_and_df() {
     let e = Engined::start();
-    let tar = rootfs_tar(&e);
+    let tar = e.busybox_tar();
     e.docker_ok(&["import", tar.to_str().unwrap(), "bb:1"]);
     let since = unix_secs().to_string();
     e.docker_ok(&["volume", "create", "v1"]);
@@ -215,7 +207,7 @@ fn docker_cli_volumes_events_and_df() {
 #[test]
 fn docker_cli_publishes_ports_and_manages_networks() {
     let e = Engined::start();
-    let tar = rootfs_tar(&e);
+    let tar = e.busybox_tar();
     e.docker_ok(&["import", tar.to_str().unwrap(), "bb:1"]);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let serve = "mkdir -p /www && echo via-docker-cli > /www/index.html && exec httpd -f -p 80 -h /www";
@@ -271,7 +263,7 @@ fn docker_cli_publishes_ports_and_manages_networks() {
 fn docker_diff_commit_and_export_match_dockerd() {
     let e = Engined::start();
     let d = engine_test_support::dockerd::Dockerd::start(&[]);
-    let tar = rootfs_tar(&e);
+    let tar = e.busybox_tar();
     let script = "echo hi > /new && rm /etc/group && mkdir -p /home/d && echo x > /home/d/f && chmod 640 /home/d/f \
                   && ln /home/d/f /home/d/hard && ln -s f /home/d/soft && rm -r /out && echo ready > /tmp/ready \
                   && exec sleep 1000";
@@ -378,7 +370,7 @@ fn docker_diff_commit_and_export_match_dockerd() {
 fn docker_build_matches_dockerds_classic_builder() {
     let e = Engined::start();
     let d = engine_test_support::dockerd::Dockerd::start(&[]);
-    let tar = rootfs_tar(&e);
+    let tar = e.busybox_tar();
     let ctx = e.dir.path().join("ctx");
     std::fs::create_dir_all(ctx.join("dir/sub")).unwrap();
     std::fs::write(ctx.join("dir/a"), "a\n").unwrap();
@@ -386,15 +378,7 @@ fn docker_build_matches_dockerds_classic_builder() {
     std::fs::write(ctx.join("skip.tmp"), "no\n").unwrap();
     std::fs::write(ctx.join(".dockerignore"), "*.tmp\n").unwrap();
     let packed = ctx.join("packed.tar");
-    assert!(Command::new("tar")
-        .arg("-C")
-        .arg(ctx.join("dir"))
-        .arg("-cf")
-        .arg(&packed)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
+    tar_dir(&ctx.join("dir"), &packed);
     std::fs::write(
         ctx.join("Dockerfile"),
         r#"ARG BASE=busybox
@@ -475,7 +459,7 @@ CMD ["echo hi"]
 #[test]
 fn anonymous_volumes_as_dockerd_makes_them() {
     let e = Engined::start();
-    let tar = rootfs_tar(&e);
+    let tar = e.busybox_tar();
     e.docker_ok(&["import", "-c", "CMD [\"sh\"]", tar.to_str().unwrap(), "busybox"]);
     let ctx = e.dir.path().join("withvol");
     std::fs::create_dir(&ctx).unwrap();

@@ -397,8 +397,7 @@ fn full_disks_give_clear_errors_and_everything_works_once_freed() {
     let rootfs = e.dir.path().join("second");
     make_busybox_rootfs(&rootfs);
     let tar = rootfs.with_extension("tar");
-    let st = std::process::Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status().unwrap();
-    assert!(st.success());
+    tar_dir(&rootfs, &tar);
     let log_before = std::fs::metadata(e.dir.path().join("engined.log")).unwrap().len();
 
     let fillers = [fill(&e.data_root()), fill(&e.exec_root())];

@@ -226,7 +226,8 @@ fn user_networks_resolve_names_and_are_isolated() {
     assert_eq!(e.inspect("b1", "{{.NetworkSettings.Networks.back.IPAddress}}"), fixed);
 
     // by name and by alias, through /etc/hosts; --dns written to resolv.conf
-    assert!(e.ok(&["exec", "a1", "cat", "/etc/resolv.conf"]).contains("nameserver 127.0.0.1\n"));
+    let resolv = e.ok(&["exec", "a1", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("nameserver 127.0.0.11\n") && resolv.contains("options ndots:0\n"), "{resolv}");
     let hosts = e.ok(&["exec", "a1", "cat", "/etc/hosts"]);
     assert!(hosts.contains(&format!("a2 db {}", &a2[..12])), "{hosts}");
     assert!(!hosts.contains("\tb1 "), "{hosts}");

@@ -1208,8 +1208,7 @@ fn oci_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
 /// A gzip layer of the directory `dir`: its descriptor and diff id.
 fn oci_layer(layout: &Path, dir: &Path) -> (serde_json::Value, String) {
     let tar = layout.join("layer.tar");
-    let out = Command::new("tar").arg("-C").arg(dir).arg("-cf").arg(&tar).arg(".").output().unwrap();
-    assert!(out.status.success(), "tar: {}", stderr(&out));
+    tar_dir(dir, &tar);
     let diff_id = format!("sha256:{}", tool(layout, &["sha256sum", "layer.tar"]).split_whitespace().next().unwrap());
     let gz = Command::new("gzip").arg("-c").arg(&tar).output().unwrap();
     let (digest, size) = oci_blob(layout, &gz.stdout);

@@ -254,6 +254,15 @@ impl Engined {
         (status, body.to_string())
     }
 
+    /// A tar of a busybox root filesystem, for `docker import`, in this instance's directory.
+    pub fn busybox_tar(&self) -> PathBuf {
+        let rootfs = self.dir.path().join("rootfs");
+        crate::make_busybox_rootfs(&rootfs);
+        let tar = self.dir.path().join("rootfs.tar");
+        crate::tar_dir(&rootfs, &tar);
+        tar
+    }
+
     /// Mount points under this instance's directory (but its data-root and exec-root: the
     /// small disks of [`Engined::start_on_small_disks`]).
     pub fn mounts(&self) -> Vec<String> {

@@ -75,6 +75,19 @@ pub fn make_busybox_rootfs(rootfs: &Path) {
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
 }
 
+/// `tar -C dir -cf tar .`
+pub fn tar_dir(dir: &Path, tar: &Path) {
+    assert!(std::process::Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-cf")
+        .arg(tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+}
+
 pub fn which(prog: &str) -> PathBuf {
     std::env::var_os("PATH")
         .into_iter()
