@@ -1355,10 +1355,9 @@ impl Daemon {
     pub fn rename(&self, e: &Arc<Entry>, new: &str) -> Result<(), ApiError> {
         self.containers.rename(e, new)?;
         let new = new.trim_start_matches('/');
-        // the other containers of its user networks know it by the new name
+        // the embedded DNS servers of its user networks know it by the new name
         let id = e.snapshot().id;
         self.networks.rename(&id, new);
-        crate::network::refresh_neighbours(&self.network_service, &id);
         Ok(())
     }
 

@@ -835,7 +835,7 @@ pub fn write_etc_files(dir: &Path, hostname: &str, hc: &HostConfig, dns: &Resolv
     std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
     engine_network::etc::write_in_place(
         &dir.join("hosts"),
-        &(engine_network::etc::hosts(hostname, &[], &[]) + &extra_hosts(hc, None)),
+        &(engine_network::etc::hosts(hostname, &[]) + &extra_hosts(hc, None)),
     )?;
     std::fs::write(dir.join("resolv.conf"), resolv_conf(hc, dns))
 }

@@ -152,6 +152,12 @@ async fn start_dns(
     let server =
         engine_network::dns::serve(scope, sockets).map_err(|e| ApiError::internal(format!("serving DNS: {e}")))?;
     d.dns.running().insert(rec.id.clone(), server);
+    // a container created on the default bridge and connected since names the host's
+    // resolvers: from now on it names this server (rewritten in place: it is bind-mounted)
+    let resolvers = crate::hostconfig::Resolvers { daemon_dns: &d.cfg.dns, embedded: true };
+    let path = d.container_dir(&rec.id).join("resolv.conf");
+    etc::write_in_place(&path, &crate::hostconfig::resolv_conf(&rec.host_config, &resolvers))
+        .map_err(|err| ApiError::internal(format!("writing {}: {err}", path.display())))?;
     if let Some(tp) = traceparent.filter(|_| d.cfg.dns_trace_window > 0) {
         let until = std::time::Instant::now() + std::time::Duration::from_secs(d.cfg.dns_trace_window);
         d.dns.windows().insert(rec.id.clone(), (tp, until));
@@ -498,7 +504,7 @@ async fn up_inner(
         sp.finish(h, attached)?;
     }
     let h = sp.start(engine_telemetry::names::NETWORK_HOSTS);
-    let r = write_hosts(d, &id).map(|_| refresh_neighbours(d, &id));
+    let r = write_hosts(d, &id);
     sp.finish(h, r)?;
     if d.networks.dns_scope(&id).is_some() {
         let h = sp.start(engine_telemetry::names::NETWORK_DNS);
@@ -560,7 +566,6 @@ pub async fn down(d: &Arc<NetworkService>, e: &Arc<Entry>) {
         let _ = tokio::task::spawn_blocking(move || proxies.iter().for_each(ports::stop)).await;
         e.update(|r| r.ports.clear());
     }
-    let neighbours = d.networks.neighbours(&id);
     // The namespace goes with its last process and its mount: the kernel then destroys the
     // veth pairs in it, off this path. A running container that joined it keeps it alive:
     // then the pairs are deleted here.
@@ -581,9 +586,6 @@ pub async fn down(d: &Arc<NetworkService>, e: &Arc<Entry>) {
                 crate::log!(d.cfg, "warn", "deleting {v} of {id}: {err}");
             }
         }
-    }
-    for n in neighbours {
-        let _ = write_hosts(d, &n);
     }
 }
 
@@ -616,8 +618,9 @@ pub async fn ensure_proxies(d: &Arc<NetworkService>, e: &Arc<Entry>) {
     e.update(|r| r.ports = kept);
 }
 
-/// Rewrites a container's /etc/hosts: itself with its addresses, `--add-host` entries, and
-/// on user networks every other container there (by name, alias and short id).
+/// Rewrites a container's /etc/hosts: itself with its addresses and `--add-host` entries. The
+/// other containers of its user networks are the embedded DNS server's, as with Docker (one
+/// name may have several addresses, and a file cannot take turns).
 fn write_hosts(d: &NetworkService, id: &str) -> Result<(), ApiError> {
     let Ok(e) = d.containers.find(id) else { return Ok(()) };
     let rec = e.snapshot();
@@ -626,18 +629,9 @@ fn write_hosts(d: &NetworkService, id: &str) -> Result<(), ApiError> {
     }
     let own: Vec<Ipv4Addr> = d.networks.endpoints_of(id).iter().map(|(_, ep)| ep.ip).collect();
     let gateway = d.networks.find(engine_network::networks::DEFAULT).ok().and_then(|n| n.gateway);
-    let content = etc::hosts(&rec.config.hostname, &own, &d.networks.peers(id))
-        + &crate::hostconfig::extra_hosts(&rec.host_config, gateway);
+    let content = etc::hosts(&rec.config.hostname, &own) + &crate::hostconfig::extra_hosts(&rec.host_config, gateway);
     let path = d.container_dir(id).join("hosts");
     etc::write_in_place(&path, &content).map_err(|err| ApiError::internal(format!("writing {}: {err}", path.display())))
-}
-
-pub fn refresh_neighbours(d: &NetworkService, id: &str) {
-    for n in d.networks.neighbours(id) {
-        if let Err(err) = write_hosts(d, &n) {
-            crate::log!(d.cfg, "warn", "updating the hosts file of {n}: {}", err.message);
-        }
-    }
 }
 
 // ---- inspect and ps ------------------------------------------------------------------------
@@ -967,7 +961,12 @@ pub async fn connect(d: &Arc<NetworkService>, net: &str, body: ConnectBody) -> R
     d.persist(&e);
     if rec.state.running() {
         let _ = write_hosts(d, &rec.id);
-        refresh_neighbours(d, &rec.id);
+        // on its first user network: the embedded DNS server, and a resolv.conf naming it
+        if !d.dns.is_running(&rec.id) {
+            if let Ok(ns) = std::fs::File::open(d.networks.sandbox_path(&rec.id)) {
+                start_dns(d, &e.snapshot(), &ns, None).await?;
+            }
+        }
     }
     network_event(d, "connect", &n, Some(&rec.id));
     Ok(empty(StatusCode::OK))
@@ -992,14 +991,10 @@ pub async fn disconnect(d: &Arc<NetworkService>, net: &str, body: ConnectBody) -
             "container cannot be disconnected from host network or connected to host network",
         ));
     }
-    let neighbours = d.networks.neighbours(&rec.id);
     d.networks.detach(&n.id, &rec.id).await?;
     e.update(|r| r.networks.retain(|l| l.id != n.id));
     d.persist(&e);
     let _ = write_hosts(d, &rec.id);
-    for c in neighbours {
-        let _ = write_hosts(d, &c);
-    }
     network_event(d, "disconnect", &n, Some(&rec.id));
     Ok(empty(StatusCode::OK))
 }

@@ -1,6 +1,6 @@
-//! The name files a container gets: /etc/hosts (itself, and on user networks every other
-//! container of its networks, by name, alias and short id) and /etc/resolv.conf (the host's,
-//! without the loopback resolvers that mean nothing inside a network namespace).
+//! The name files a container gets: /etc/hosts (itself; the other containers of its user
+//! networks are the embedded DNS server's) and /etc/resolv.conf (the host's, without the
+//! loopback resolvers that mean nothing inside a network namespace).
 //!
 //! The files are bind-mounted into the container, so a rewrite must keep the inode: it is
 //! written in place ([`write_in_place`]), never renamed over.
@@ -9,27 +9,15 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-/// A line of /etc/hosts: an address and its names.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HostEntry {
-    pub ip: Ipv4Addr,
-    pub names: Vec<String>,
-}
-
 /// The hosts file of a container: localhost lines, then its own addresses with its hostname
-/// (127.0.1.1 when it has none), then its peers.
-pub fn hosts(hostname: &str, own: &[Ipv4Addr], peers: &[HostEntry]) -> String {
+/// (127.0.1.1 when it has none).
+pub fn hosts(hostname: &str, own: &[Ipv4Addr]) -> String {
     let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n");
     if own.is_empty() {
         s += &format!("127.0.1.1\t{hostname}\n");
     }
     for ip in own {
         s += &format!("{ip}\t{hostname}\n");
-    }
-    for p in peers {
-        if !p.names.is_empty() {
-            s += &format!("{}\t{}\n", p.ip, p.names.join(" "));
-        }
     }
     s
 }
@@ -78,14 +66,10 @@ mod tests {
 
     #[test]
     fn hosts_and_resolvers() {
-        let h = hosts(
-            "web",
-            &[Ipv4Addr::new(10, 0, 0, 2)],
-            &[HostEntry { ip: Ipv4Addr::new(10, 0, 0, 3), names: vec!["db".into(), "0123456789ab".into()] }],
-        );
-        assert!(h.contains("10.0.0.2\tweb\n10.0.0.3\tdb 0123456789ab\n"), "{h}");
+        let h = hosts("web", &[Ipv4Addr::new(10, 0, 0, 2)]);
+        assert!(h.ends_with("10.0.0.2\tweb\n"), "{h}");
         assert!(!h.contains("127.0.1.1"));
-        assert!(hosts("box", &[], &[]).contains("127.0.1.1\tbox\n"));
+        assert!(hosts("box", &[]).contains("127.0.1.1\tbox\n"));
         assert_eq!(
             resolv_conf("search lan\nnameserver 127.0.0.53\nnameserver 10.1.1.1\n"),
             "search lan\nnameserver 10.1.1.1\n"

@@ -14,7 +14,6 @@ use std::sync::Mutex;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::etc::HostEntry;
 use crate::firewall::{BridgeRules, Firewall, FirewallError};
 use crate::ipam::{self, Allocations, IpamError, Pool};
 use crate::netlink::{Netlink, NetlinkError};
@@ -682,20 +681,6 @@ impl Networks {
         }
     }
 
-    /// Who a container sees by name: the other containers of the user networks it is on.
-    pub fn peers(&self, container: &str) -> Vec<HostEntry> {
-        let mut out = Vec::new();
-        for r in self.lock().values().filter(|r| r.name != DEFAULT && r.endpoints.contains_key(container)) {
-            for ep in r.endpoints.values().filter(|e| e.container != container) {
-                let mut names = vec![ep.container_name.clone()];
-                names.extend(ep.aliases.iter().filter(|a| **a != ep.container_name).cloned());
-                names.push(ep.container[..ep.container.len().min(12)].to_string());
-                out.push(HostEntry { ip: ep.ip, names });
-            }
-        }
-        out
-    }
-
     /// The user networks `container` is on, the embedded DNS server's scope: their names, and
     /// whether any of them reaches outside (not `--internal`), so that other names may be
     /// forwarded. `None` when it is on none (the default bridge keeps the host's resolvers).
@@ -744,15 +729,6 @@ impl Networks {
                 .find(|ep| ep.ip == ip)
                 .map(|ep| (format!("{}.{}", ep.container_name, r.name), r.name.clone()))
         })
-    }
-
-    /// The containers that share a user network with `container` (their hosts files list it).
-    pub fn neighbours(&self, container: &str) -> BTreeSet<String> {
-        self.lock()
-            .values()
-            .filter(|r| r.name != DEFAULT && r.endpoints.contains_key(container))
-            .flat_map(|r| r.endpoints.keys().filter(|c| *c != container).cloned().collect::<Vec<_>>())
-            .collect()
     }
 
     /// On engined's shutdown (every container stopped): the bridges and the firewall chains

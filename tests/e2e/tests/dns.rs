@@ -429,3 +429,71 @@ fn docker_cli_lookups_match_dockerd() {
     assert_eq!(seen[0].1, seen[1].1, "engined and dockerd differ: {seen:?}");
     assert_eq!(seen[0].1, [true; 5], "{seen:?}");
 }
+
+/// Debian's docker-compose 1.29: a project's services find each other by their names, one of
+/// them scaled to three behind its name.
+#[test]
+fn a_compose_project_finds_its_services_by_name() {
+    let up = Upstream::start();
+    let e = Engined::start_with(&[], &["--dns", &up.ip.to_string()]);
+    e.docker_ok(&["import", e.busybox_tar().to_str().unwrap(), "busybox:latest"]);
+    let project = e.dir.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("docker-compose.yml"),
+        r#"version: "3.7"
+services:
+  web:
+    image: busybox:latest
+    command: sh -c "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"
+  client:
+    image: busybox:latest
+    command: sleep 1000
+"#,
+    )
+    .unwrap();
+    let compose = |args: &[&str]| {
+        let out = std::process::Command::new(which("docker-compose"))
+            .current_dir(&project)
+            .env("DOCKER_HOST", e.host())
+            .envs(OFFLINE_ENV)
+            .args(["-p", "dnsproj"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "docker-compose {args:?}: {}{}", stdout(&out), stderr(&out));
+        stdout(&out)
+    };
+    compose(&["up", "-d", "--scale", "web=3"]);
+    let webs: BTreeSet<String> = (1..=3)
+        .map(|i| {
+            let name = format!("dnsproj_web_{i}");
+            e.docker_ok(&["inspect", "-f", "{{.NetworkSettings.Networks.dnsproj_default.IPAddress}}", &name])
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(webs.len(), 3);
+    let looked = compose(&["exec", "-T", "client", "nslookup", "-type=a", "web"]);
+    let got: BTreeSet<String> =
+        looked.lines().filter_map(|l| l.strip_prefix("Address: ")).map(|a| a.trim().to_string()).collect();
+    assert_eq!(got, webs, "{looked}");
+    // a client reaches one of them by the name (which one is the C library's choice: glibc
+    // sorts the addresses by their common prefix with its own, RFC 6724's rule 9)
+    let hostnames: BTreeSet<String> = (1..=3)
+        .map(|i| {
+            e.docker_ok(&["inspect", "-f", "{{.Config.Hostname}}", &format!("dnsproj_web_{i}")]).trim().to_string()
+        })
+        .collect();
+    let served = compose(&["exec", "-T", "client", "wget", "-q", "-O-", "http://web/"]);
+    assert!(hostnames.contains(served.trim()), "{served} is none of {hostnames:?}");
+    // the client is known by its service name too
+    let client = e
+        .docker_ok(&["inspect", "-f", "{{.NetworkSettings.Networks.dnsproj_default.IPAddress}}", "dnsproj_client_1"])
+        .trim()
+        .to_string();
+    assert!(compose(&["exec", "-T", "web", "nslookup", "-type=a", "client"]).contains(&format!("Address: {client}")));
+    compose(&["down"]);
+    assert_eq!(e.netns_files(), 0);
+    e.assert_clean();
+}
