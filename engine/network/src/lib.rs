@@ -2,11 +2,11 @@
 //! `engine0`, and user networks), their address management and records, the network
 //! namespace of each container with its veth pairs, loopback, addresses and routes (over
 //! rtnetlink, never by running `ip`), the firewall chains that masquerade and isolate
-//! networks, the engine-proxy processes of published ports, and the /etc/hosts and
-//! /etc/resolv.conf a container sees.
+//! networks, the engine-proxy processes of published ports, the embedded DNS server of
+//! containers on user networks, and the /etc/hosts and /etc/resolv.conf a container sees.
 //!
 //! Must never touch links, addresses or firewall chains it did not make, and never send
-//! traffic anywhere itself.
+//! traffic of its own (the DNS server forwards containers' queries to their upstreams only).
 
 pub mod dns;
 pub mod etc;
