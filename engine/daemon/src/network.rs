@@ -553,9 +553,9 @@ async fn spawn_proxy(
         .map_err(|err| ApiError::internal(err.to_string()))
 }
 
-/// After the container's exit (or a failed start): proxies stopped, endpoints released, the
-/// namespace unmounted (the kernel takes its veth pairs with it), neighbours' /etc/hosts
-/// without it. Safe to call again.
+/// After the container's exit (or a failed start): its DNS server and proxies stopped,
+/// endpoints released (its names leave the other containers' DNS at once), the namespace
+/// unmounted (the kernel takes its veth pairs with it). Safe to call again.
 pub async fn down(d: &Arc<NetworkService>, e: &Arc<Entry>) {
     let _net = e.net.lock().await;
     let rec = e.snapshot();
@@ -698,10 +698,22 @@ fn ports_map(rec: &ContainerRecord) -> Value {
             *entry = json!([]);
         }
         if let Some(a) = entry.as_array_mut() {
-            a.push(json!({ "HostIp": p.port.host_ip.to_string(), "HostPort": p.port.host_port.to_string() }));
+            for ip in host_ips(p) {
+                a.push(json!({ "HostIp": ip, "HostPort": p.port.host_port.to_string() }));
+            }
         }
     }
     Value::Object(m)
+}
+
+/// The host addresses a proxy serves, as dockerd lists them: `0.0.0.0` and `::` for a port
+/// published on every address of a host with IPv6.
+fn host_ips(p: &ports::Proxy) -> Vec<String> {
+    let mut ips = vec![p.port.host_ip.to_string()];
+    if p.dual_stack {
+        ips.push("::".to_string());
+    }
+    ips
 }
 
 /// `Ports` of `GET /containers/json`.
@@ -709,7 +721,9 @@ pub fn ps_ports(rec: &ContainerRecord) -> Vec<Value> {
     let mut out: Vec<Value> = Vec::new();
     if rec.state.running() {
         for p in &rec.ports {
-            out.push(json!({ "IP": p.port.host_ip.to_string(), "PrivatePort": p.port.container_port, "PublicPort": p.port.host_port, "Type": p.port.proto }));
+            for ip in host_ips(p) {
+                out.push(json!({ "IP": ip, "PrivatePort": p.port.container_port, "PublicPort": p.port.host_port, "Type": p.port.proto }));
+            }
         }
     }
     for key in rec.config.exposed_ports.iter().flat_map(|e| e.keys()) {

@@ -40,6 +40,9 @@ pub struct Proxy {
     pub port: Published,
     pub pid: u32,
     pub stats: PathBuf,
+    /// A port published on `0.0.0.0` that the proxy bound on `[::]`, for both families.
+    #[serde(default)]
+    pub dual_stack: bool,
 }
 
 /// `80/tcp` → (80, "tcp"); the protocol defaults to tcp.
@@ -134,10 +137,12 @@ pub fn spawn(
     };
     match answer.trim().split_once(' ') {
         Some(("0", got)) => {
-            let host_port = got.parse().unwrap_or(port.host_port);
+            let mut got = got.split_whitespace();
+            let host_port = got.next().and_then(|p| p.parse().ok()).unwrap_or(port.host_port);
+            let dual_stack = port.host_ip.is_unspecified() && got.next() == Some("::");
             let pid = child.id().unwrap_or(0);
             drop(child);
-            Ok(Proxy { port: Published { host_port, ..port.clone() }, pid, stats: stats.to_path_buf() })
+            Ok(Proxy { port: Published { host_port, ..port.clone() }, pid, stats: stats.to_path_buf(), dual_stack })
         }
         other => {
             let _ = child.start_kill();

@@ -103,14 +103,34 @@ pub fn main() -> i32 {
     rt.block_on(run(args, pipe))
 }
 
+/// The addresses to try to bind, in order: a port published on every IPv4 address
+/// (`0.0.0.0`) is bound on `[::]` first, one socket for both families (as dockerd publishes on
+/// `0.0.0.0` and `[::]`), and on `0.0.0.0` where the host has no IPv6.
+fn bind_addresses(host_ip: IpAddr, port: u16) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    if host_ip == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) {
+        out.push(SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port));
+    }
+    out.push(SocketAddr::new(host_ip, port));
+    out
+}
+
+/// The answer of a bound socket: `0 <port> <address>`.
+fn bound(local: std::io::Result<SocketAddr>, asked: u16) -> String {
+    match local {
+        Ok(a) => format!("0 {} {}", a.port(), a.ip()),
+        Err(_) => format!("0 {asked}"),
+    }
+}
+
 async fn run(args: Args, pipe: Option<std::fs::File>) -> i32 {
     let counters = Arc::new(Counters::default());
-    let host = SocketAddr::new(args.host_ip, args.host_port);
+    let host = bind_addresses(args.host_ip, args.host_port);
     let upstream = SocketAddr::new(args.container_ip, args.container_port);
     let served = match args.proto.as_str() {
-        "tcp" => match TcpListener::bind(host).await {
+        "tcp" => match TcpListener::bind(&host[..]).await {
             Ok(l) => {
-                answer(pipe, &format!("0 {}", l.local_addr().map(|a| a.port()).unwrap_or(args.host_port)));
+                answer(pipe, &bound(l.local_addr(), args.host_port));
                 tokio::spawn(serve_tcp(l, upstream, counters.clone()))
             }
             Err(e) => {
@@ -118,9 +138,9 @@ async fn run(args: Args, pipe: Option<std::fs::File>) -> i32 {
                 return 1;
             }
         },
-        "udp" => match UdpSocket::bind(host).await {
+        "udp" => match UdpSocket::bind(&host[..]).await {
             Ok(s) => {
-                answer(pipe, &format!("0 {}", s.local_addr().map(|a| a.port()).unwrap_or(args.host_port)));
+                answer(pipe, &bound(s.local_addr(), args.host_port));
                 tokio::spawn(serve_udp(Arc::new(s), upstream, counters.clone()))
             }
             Err(e) => {

@@ -105,10 +105,14 @@ fn published_port_answers_through_engine_proxy() {
     // -P publishes exposed ports on free host ports
     e.ok(&["run", "-d", "--name", "auto", "--expose", "80", "-P", "bb", "sh", "-c", &serve("published-all")]);
     let auto = e.ok(&["port", "auto", "80/tcp"]);
-    let auto_port: u16 = auto.trim().rsplit(':').next().unwrap().parse().unwrap();
-    assert!(auto.starts_with("0.0.0.0:"), "{auto}");
+    let auto_port: u16 = auto.lines().next().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+    // on both families, as dockerd publishes them
+    assert_eq!(auto, format!("0.0.0.0:{auto_port}\n[::]:{auto_port}\n"));
     let auto_addr: SocketAddr = format!("127.0.0.1:{auto_port}").parse().unwrap();
     wait_for("the -P port to answer", || http_get(auto_addr).is_some_and(|b| b.contains("published-all")));
+    let auto_v6: SocketAddr = format!("[::1]:{auto_port}").parse().unwrap();
+    assert!(http_get(auto_v6).is_some_and(|b| b.contains("published-all")), "not on [::1]");
+    assert_eq!(e.proxies().len(), 2, "one engine-proxy serves both families");
 
     // engined killed: the proxy and the container keep serving; after the restart all is known
     e.kill9();
