@@ -14,12 +14,15 @@ pub enum NetworkCommand {
         /// Driver to manage the network (bridge).
         #[arg(short = 'd', long, default_value = "bridge")]
         driver: String,
-        /// Subnet in CIDR format, e.g. 10.10.0.0/24.
+        /// Subnet in CIDR format, e.g. 10.10.0.0/24 (an IPv4 one and, with --ipv6, an IPv6 one).
         #[arg(long)]
-        subnet: Option<String>,
-        /// Gateway for the subnet.
+        subnet: Vec<String>,
+        /// Gateway for the subnet of the same family.
         #[arg(long)]
-        gateway: Option<String>,
+        gateway: Vec<String>,
+        /// Enable IPv6 (dual stack; without an IPv6 --subnet, a unique local /64).
+        #[arg(long)]
+        ipv6: bool,
         /// Allocate container addresses from a sub-range.
         #[arg(long = "ip-range")]
         ip_range: Option<String>,
@@ -102,13 +105,20 @@ fn pairs(items: &[String]) -> serde_json::Map<String, Value> {
 
 pub async fn network(c: &Client, cmd: NetworkCommand) -> Result<i32> {
     match cmd {
-        NetworkCommand::Create { driver, subnet, gateway, ip_range, internal, label, opt, name } => {
-            if (gateway.is_some() || ip_range.is_some()) && subnet.is_none() {
-                bail!("--gateway and --ip-range need --subnet");
+        NetworkCommand::Create { driver, subnet, gateway, ipv6, ip_range, internal, label, opt, name } => {
+            let family = |s: &str| s.contains(':');
+            let mut config = Vec::new();
+            for s in &subnet {
+                // the gateway and range of the subnet's family (Docker pairs them in order)
+                let gw = gateway.iter().find(|g| family(g) == family(s)).cloned().unwrap_or_default();
+                let range = ip_range.clone().filter(|r| family(r) == family(s)).unwrap_or_default();
+                config.push(json!({ "Subnet": s, "Gateway": gw, "IPRange": range }));
             }
-            let config: Vec<Value> = subnet.iter().map(|s| json!({ "Subnet": s, "Gateway": gateway.clone().unwrap_or_default(), "IPRange": ip_range.clone().unwrap_or_default() })).collect();
+            if gateway.iter().chain(&ip_range).any(|g| !subnet.iter().any(|s| family(s) == family(g))) {
+                bail!("--gateway and --ip-range need a --subnet of their family");
+            }
             let body = json!({
-                "Name": name, "CheckDuplicate": true, "Driver": driver, "Internal": internal,
+                "Name": name, "CheckDuplicate": true, "Driver": driver, "Internal": internal, "EnableIPv6": ipv6,
                 "IPAM": { "Driver": "default", "Config": config }, "Labels": pairs(&label), "Options": pairs(&opt),
             });
             let v = client::read_json(c.post("/networks/create", Some(&body)).await?).await?;

@@ -26,7 +26,7 @@ pub struct Config {
     /// "firewall-backend", "userland-proxy-path", "metrics-addr", "registry-mirrors",
     /// "insecure-registries", "certs-dir", "max-concurrent-downloads", "max-concurrent-uploads",
     /// "max-upload-chunk-size", "api-header-timeout", "api-body-timeout", "max-api-connections",
-    /// "orphan-collection-interval", "dns", "dns-trace-window".
+    /// "orphan-collection-interval", "dns", "dns-trace-window", "ipv6", "fixed-cidr-v6".
     #[arg(long)]
     pub config_file: Option<PathBuf>,
     /// error, warn, info or debug.
@@ -134,6 +134,12 @@ pub struct Config {
     /// server are spans (`dns.query`) of its start's trace (0: none).
     #[arg(long, default_value_t = 10)]
     pub dns_trace_window: u64,
+    /// IPv6 on the default bridge too (dual stack), as dockerd's --ipv6.
+    #[arg(long)]
+    pub ipv6: bool,
+    /// The default bridge's IPv6 subnet with --ipv6 (default: a unique local /64).
+    #[arg(long)]
+    pub fixed_cidr_v6: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -171,6 +177,8 @@ struct FileConfig {
     orphan_collection_interval: Option<u64>,
     dns: Option<Vec<String>>,
     dns_trace_window: Option<u64>,
+    ipv6: Option<bool>,
+    fixed_cidr_v6: Option<String>,
 }
 
 /// `"default-address-pools": [{"base": "10.10.0.0/16", "size": 24}]`, as daemon.json has it.
@@ -290,6 +298,10 @@ impl Config {
             if self.dns.is_empty() {
                 self.dns = f.dns.unwrap_or_default();
             }
+            self.ipv6 |= f.ipv6.unwrap_or(false);
+            if self.fixed_cidr_v6.is_none() {
+                self.fixed_cidr_v6 = f.fixed_cidr_v6;
+            }
             if let Some(v) = f.dns_trace_window.filter(|_| self.dns_trace_window == defaults.dns_trace_window) {
                 self.dns_trace_window = v;
             }
@@ -312,6 +324,7 @@ impl Config {
             );
         }
         self.default_bridge_address()?;
+        self.default_bridge_v6()?;
         if self.bridge_name.is_empty()
             || self.bridge_name.len() > 15
             || !self.bridge_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -395,6 +408,25 @@ impl Config {
             anyhow::bail!("invalid --bip {bip:?}: the address is the bridge's own (a host address of the subnet, e.g. 172.17.0.1/16)");
         }
         Ok(Some(net))
+    }
+
+    /// The default bridge's IPv6 subnet: `None` without --ipv6; `Some(None)` for a unique
+    /// local one of the network's id.
+    pub fn default_bridge_v6(&self) -> anyhow::Result<Option<Option<ipnet::Ipv6Net>>> {
+        match (&self.fixed_cidr_v6, self.ipv6) {
+            (Some(c), false) => anyhow::bail!("--fixed-cidr-v6 {c:?} needs --ipv6"),
+            (_, false) => Ok(None),
+            (None, true) => Ok(Some(None)),
+            (Some(c), true) => {
+                let net: ipnet::Ipv6Net = c.parse().map_err(|_| {
+                    anyhow::anyhow!("invalid --fixed-cidr-v6 {c:?}: want an IPv6 subnet, e.g. fd00:1::/64")
+                })?;
+                if net.prefix_len() > 124 {
+                    anyhow::bail!("invalid --fixed-cidr-v6 {c:?}: too small");
+                }
+                Ok(Some(Some(net.trunc())))
+            }
+        }
     }
 
     pub fn lifecycled_socket(&self) -> PathBuf {

@@ -97,6 +97,7 @@ impl Daemon {
                 netns_dir: cfg.exec_root.join("netns"),
                 bridge_name: cfg.bridge_name.clone(),
                 bip: cfg.default_bridge_address()?,
+                default_v6: cfg.default_bridge_v6()?,
                 pools: cfg.address_pools()?,
                 iptables: cfg.iptables,
                 firewall: cfg.firewall_backend.clone(),

@@ -627,7 +627,12 @@ fn write_hosts(d: &NetworkService, id: &str) -> Result<(), ApiError> {
     if matches!(mode(&rec.host_config), Mode::Host | Mode::Container(_)) {
         return Ok(());
     }
-    let own: Vec<Ipv4Addr> = d.networks.endpoints_of(id).iter().map(|(_, ep)| ep.ip).collect();
+    let own: Vec<std::net::IpAddr> = d
+        .networks
+        .endpoints_of(id)
+        .iter()
+        .flat_map(|(_, ep)| std::iter::once(ep.ip.into()).chain(ep.ipv6.map(Into::into)))
+        .collect();
     let gateway = d.networks.find(engine_network::networks::DEFAULT).ok().and_then(|n| n.gateway);
     let content = etc::hosts(&rec.config.hostname, &own) + &crate::hostconfig::extra_hosts(&rec.host_config, gateway);
     let path = d.container_dir(id).join("hosts");
@@ -652,7 +657,9 @@ pub fn settings_json(d: &NetworkService, rec: &ContainerRecord) -> Value {
                 "Gateway": ep.map(|e| e.gateway.to_string()).unwrap_or_default(),
                 "IPAddress": ep.map(|e| e.ip.to_string()).unwrap_or_default(),
                 "IPPrefixLen": ep.map(|e| e.prefix).unwrap_or(0),
-                "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+                "IPv6Gateway": ep.and_then(|e| e.gateway_v6).map(|g| g.to_string()).unwrap_or_default(),
+                "GlobalIPv6Address": ep.and_then(|e| e.ipv6).map(|ip| ip.to_string()).unwrap_or_default(),
+                "GlobalIPv6PrefixLen": ep.map(|e| e.prefix_v6).unwrap_or(0),
                 "MacAddress": ep.map(|e| e.mac.clone()).unwrap_or_default(),
                 "DriverOpts": null,
             }),
@@ -672,10 +679,11 @@ pub fn settings_json(d: &NetworkService, rec: &ContainerRecord) -> Value {
         "SecondaryIPAddresses": null, "SecondaryIPv6Addresses": null,
         "EndpointID": default.map(|e| e.id.clone()).unwrap_or_default(),
         "Gateway": default.map(|e| e.gateway.to_string()).unwrap_or_default(),
-        "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+        "GlobalIPv6Address": default.and_then(|e| e.ipv6).map(|ip| ip.to_string()).unwrap_or_default(),
+        "GlobalIPv6PrefixLen": default.map(|e| e.prefix_v6).unwrap_or(0),
         "IPAddress": default.map(|e| e.ip.to_string()).unwrap_or_default(),
         "IPPrefixLen": default.map(|e| e.prefix).unwrap_or(0),
-        "IPv6Gateway": "",
+        "IPv6Gateway": default.and_then(|e| e.gateway_v6).map(|g| g.to_string()).unwrap_or_default(),
         "MacAddress": default.map(|e| e.mac.clone()).unwrap_or_default(),
         "Networks": networks,
     })
@@ -749,10 +757,11 @@ fn network_json(d: &NetworkService, n: &NetworkRecord) -> Value {
         .values()
         .map(|ep| {
             let name = d.containers.find(&ep.container).map(|e| e.snapshot().name).unwrap_or_else(|_| ep.container_name.clone());
-            (ep.container.clone(), json!({ "Name": name, "EndpointID": ep.id, "MacAddress": ep.mac, "IPv4Address": format!("{}/{}", ep.ip, ep.prefix), "IPv6Address": "" }))
+            let v6 = ep.ipv6.map(|ip| format!("{ip}/{}", ep.prefix_v6)).unwrap_or_default();
+            (ep.container.clone(), json!({ "Name": name, "EndpointID": ep.id, "MacAddress": ep.mac, "IPv4Address": format!("{}/{}", ep.ip, ep.prefix), "IPv6Address": v6 }))
         })
         .collect();
-    let config: Vec<Value> = match (n.subnet, n.gateway) {
+    let mut config: Vec<Value> = match (n.subnet, n.gateway) {
         (Some(s), Some(g)) => {
             let mut c = json!({ "Subnet": s.to_string(), "Gateway": g.to_string() });
             if let Some(r) = n.ip_range {
@@ -762,12 +771,15 @@ fn network_json(d: &NetworkService, n: &NetworkRecord) -> Value {
         }
         _ => Vec::new(),
     };
+    if let Some(v6) = &n.ipv6 {
+        config.push(json!({ "Subnet": v6.subnet.to_string(), "Gateway": v6.gateway.to_string() }));
+    }
     // only what the user set (and the default bridge's own), as dockerd: compose compares these
     // with its project's and recreates a network whose options differ
     let options = &n.options;
     json!({
         "Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local", "Driver": n.driver,
-        "EnableIPv6": false, "IPAM": { "Driver": "default", "Options": {}, "Config": config },
+        "EnableIPv6": n.ipv6.is_some(), "IPAM": { "Driver": "default", "Options": {}, "Config": config },
         "Internal": n.internal, "Attachable": false, "Ingress": false, "ConfigFrom": { "Network": "" }, "ConfigOnly": false,
         "Containers": containers, "Options": options, "Labels": n.labels,
     })
@@ -840,9 +852,6 @@ pub async fn create(d: &Arc<NetworkService>, body: CreateBody) -> Result<Resp, A
     if body.name.is_empty() {
         return Err(ApiError::bad_request("network name is empty"));
     }
-    if body.enable_ipv6 {
-        return Err(ApiError::bad_request("IPv6 networks are not supported yet"));
-    }
     let ipam = body.ipam.unwrap_or_default();
     if ipam.driver.as_deref().is_some_and(|x| !x.is_empty() && x != "default") {
         return Err(ApiError::bad_request(format!(
@@ -851,11 +860,24 @@ pub async fn create(d: &Arc<NetworkService>, body: CreateBody) -> Result<Resp, A
         )));
     }
     let configs = ipam.config.unwrap_or_default();
-    let v4: Vec<&IpamConfigBody> =
-        configs.iter().filter(|c| !c.subnet.as_deref().unwrap_or("").contains(':')).collect();
-    if v4.len() > 1 || configs.len() > v4.len() {
-        return Err(ApiError::bad_request("one IPv4 subnet per network is supported"));
+    let (v6, v4): (Vec<&IpamConfigBody>, Vec<&IpamConfigBody>) =
+        configs.iter().partition(|c| c.subnet.as_deref().unwrap_or("").contains(':'));
+    if v4.len() > 1 || v6.len() > 1 {
+        return Err(ApiError::bad_request("one IPv4 and one IPv6 subnet per network are supported"));
     }
+    if v6.first().is_some_and(|c| c.ip_range.as_deref().is_some_and(|r| !r.is_empty())) {
+        return Err(ApiError::bad_request("an IPv6 ip-range is not supported"));
+    }
+    let c6 = v6.first();
+    let subnet_v6 = c6
+        .and_then(|c| c.subnet.as_deref())
+        .map(|s| s.parse::<ipnet::Ipv6Net>().map_err(|_| ApiError::bad_request(format!("invalid subnet {s:?}"))))
+        .transpose()?;
+    let gateway_v6 = c6
+        .and_then(|c| c.gateway.as_deref())
+        .filter(|g| !g.is_empty())
+        .map(|g| g.parse::<std::net::Ipv6Addr>().map_err(|_| ApiError::bad_request(format!("invalid gateway {g:?}"))))
+        .transpose()?;
     let parse_net = |s: &Option<String>, what: &str| -> Result<Option<ipnet::Ipv4Net>, ApiError> {
         s.as_deref()
             .filter(|s| !s.is_empty())
@@ -876,6 +898,9 @@ pub async fn create(d: &Arc<NetworkService>, body: CreateBody) -> Result<Resp, A
         internal: body.internal,
         labels: body.labels.unwrap_or_default(),
         options: body.options.unwrap_or_default(),
+        ipv6: body.enable_ipv6,
+        subnet_v6,
+        gateway_v6,
     };
     if req.gateway.is_some() && req.subnet.is_none() {
         return Err(ApiError::bad_request("a gateway needs a subnet"));
@@ -1055,7 +1080,8 @@ mod tests {
         let refused = remove(n, "host").await.unwrap_err();
         assert_eq!(refused.status, StatusCode::FORBIDDEN);
         assert!(refused.message.contains("pre-defined network"), "{}", refused.message);
-        let bad = create(n, serde_json::from_value(json!({"Name": "v6", "EnableIPv6": true})).unwrap()).await;
+        let two_v6 = json!({"Name": "v6", "EnableIPv6": true, "IPAM": {"Config": [{"Subnet": "fd00:9::/64"}, {"Subnet": "fd00:a::/64"}]}});
+        let bad = create(n, serde_json::from_value(two_v6).unwrap()).await;
         assert_eq!(bad.unwrap_err().status, StatusCode::BAD_REQUEST);
         let (_, after) = body_json(list(n, &Query::parse(None)).unwrap()).await;
         assert_eq!(after.as_array().map(Vec::len), Some(2), "a refused create changed the networks");

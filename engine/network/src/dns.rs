@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, PTR};
+use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -258,8 +258,8 @@ impl Resolver {
         let nets = &self.scope.networks;
         let container = &self.scope.container;
         if qtype == RecordType::PTR {
-            let ip = name.parse_arpa_name().ok().filter(|n| n.prefix_len() == 32).map(|n| n.addr());
-            let Some(IpAddr::V4(ip)) = ip else { return Local::Unknown };
+            let whole = |n: &ipnet::IpNet| n.prefix_len() == n.max_prefix_len();
+            let Some(ip) = name.parse_arpa_name().ok().filter(whole).map(|n| n.addr()) else { return Local::Unknown };
             return match nets.reverse(container, ip) {
                 Some((target, network)) => {
                     let target = Name::from_ascii(format!("{target}.")).ok();
@@ -271,14 +271,20 @@ impl Resolver {
                 None => Local::Unknown,
             };
         }
-        let Some((network, mut ips)) = nets.resolve(container, &name.to_ascii()) else { return Local::Unknown };
-        if qtype != RecordType::A {
-            // a container's name has only IPv4 addresses: no records, not an error
-            return Local::Known { network, records: Vec::new() };
-        }
-        let n = ips.len();
-        ips.rotate_left(self.turn.fetch_add(1, Ordering::Relaxed) % n.max(1));
-        let records = ips.into_iter().map(|ip| Record::from_rdata(name.clone(), TTL, RData::A(A(ip)))).collect();
+        let Some((network, ips)) = nets.resolve(container, &name.to_ascii()) else { return Local::Unknown };
+        // the addresses of the family asked for; none (not an error) for another type, or for
+        // AAAA on a network without IPv6
+        let mut records: Vec<Record> = ips
+            .into_iter()
+            .filter_map(|ip| match (ip, qtype) {
+                (IpAddr::V4(v4), RecordType::A) => Some(RData::A(A(v4))),
+                (IpAddr::V6(v6), RecordType::AAAA) => Some(RData::AAAA(AAAA(v6))),
+                _ => None,
+            })
+            .map(|rdata| Record::from_rdata(name.clone(), TTL, rdata))
+            .collect();
+        let n = records.len();
+        records.rotate_left(self.turn.fetch_add(1, Ordering::Relaxed) % n.max(1));
         Local::Known { network, records }
     }
 

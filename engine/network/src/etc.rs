@@ -6,12 +6,12 @@
 //! written in place ([`write_in_place`]), never renamed over.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
 /// The hosts file of a container: localhost lines, then its own addresses with its hostname
 /// (127.0.1.1 when it has none).
-pub fn hosts(hostname: &str, own: &[Ipv4Addr]) -> String {
+pub fn hosts(hostname: &str, own: &[IpAddr]) -> String {
     let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n");
     if own.is_empty() {
         s += &format!("127.0.1.1\t{hostname}\n");
@@ -66,8 +66,8 @@ mod tests {
 
     #[test]
     fn hosts_and_resolvers() {
-        let h = hosts("web", &[Ipv4Addr::new(10, 0, 0, 2)]);
-        assert!(h.ends_with("10.0.0.2\tweb\n"), "{h}");
+        let h = hosts("web", &[std::net::Ipv4Addr::new(10, 0, 0, 2).into(), "fd00::2".parse().unwrap()]);
+        assert!(h.ends_with("10.0.0.2\tweb\nfd00::2\tweb\n"), "{h}");
         assert!(!h.contains("127.0.1.1"));
         assert!(hosts("box", &[]).contains("127.0.1.1\tbox\n"));
         assert_eq!(

@@ -3,10 +3,10 @@
 //! ([`crate::networks`]) persists the allocations.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -17,12 +17,12 @@ pub enum IpamError {
         "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network"
     )]
     NoSubnet,
-    #[error("no available IPv4 addresses on this network's address pools: {0}")]
-    Exhausted(Ipv4Net),
+    #[error("no available addresses on this network's address pools: {0}")]
+    Exhausted(IpNet),
     #[error("requested address {0} is not in subnet {1}")]
-    OutOfSubnet(Ipv4Addr, Ipv4Net),
+    OutOfSubnet(IpAddr, IpNet),
     #[error("Address already in use: {0}")]
-    InUse(Ipv4Addr),
+    InUse(IpAddr),
 }
 
 /// Where subnets of networks created without `--subnet` come from (dockerd's
@@ -86,15 +86,56 @@ pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
 /// The addresses of one network: which are handed out, to whom, and where the next search
 /// starts (round robin, as Docker's allocator: a released address is not reused at once, so
 /// a peer that still caches it does not reach a newcomer).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct Allocations {
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(bound(serialize = "A: Serialize + Ord", deserialize = "A: Deserialize<'de> + Ord"))]
+pub struct AddressBook<A> {
     /// Address → owner (a container id).
-    pub addresses: BTreeMap<Ipv4Addr, String>,
+    pub addresses: BTreeMap<A, String>,
     #[serde(default)]
-    pub last: Option<Ipv4Addr>,
+    pub last: Option<A>,
 }
 
-impl Allocations {
+/// The IPv4 addresses of a network.
+pub type Allocations = AddressBook<Ipv4Addr>;
+/// The IPv6 addresses of a network with `--ipv6`, handed out the same way (the subnet's first
+/// address and the gateway never).
+pub type Allocations6 = AddressBook<Ipv6Addr>;
+
+impl<A> Default for AddressBook<A> {
+    fn default() -> Self {
+        AddressBook { addresses: BTreeMap::new(), last: None }
+    }
+}
+
+impl<A: Ord + Copy + Into<IpAddr>> AddressBook<A> {
+    /// A requested address for `owner`: refused when it is not a host address of `subnet`
+    /// (`inside`), is the gateway, or is another's.
+    fn claim(&mut self, ip: A, inside: bool, subnet: IpNet, gateway: A, owner: &str) -> Result<A, IpamError> {
+        if !inside {
+            return Err(IpamError::OutOfSubnet(ip.into(), subnet));
+        }
+        if ip == gateway || self.addresses.get(&ip).is_some_and(|o| o != owner) {
+            return Err(IpamError::InUse(ip.into()));
+        }
+        self.addresses.insert(ip, owner.to_string());
+        Ok(ip)
+    }
+
+    fn hand_out(&mut self, ip: A, owner: &str) -> A {
+        self.addresses.insert(ip, owner.to_string());
+        self.last = Some(ip);
+        ip
+    }
+
+    /// Releases every address of `owner`; true if there was one.
+    pub fn release(&mut self, owner: &str) -> bool {
+        let before = self.addresses.len();
+        self.addresses.retain(|_, o| o != owner);
+        before != self.addresses.len()
+    }
+}
+
+impl AddressBook<Ipv4Addr> {
     /// An address of `subnet` (within `range` when the network has one) for `owner`:
     /// `requested` if free, else the next free one after the last handed out. The network
     /// address, the broadcast address and the gateway are never handed out.
@@ -107,14 +148,8 @@ impl Allocations {
         requested: Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr, IpamError> {
         if let Some(ip) = requested {
-            if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() {
-                return Err(IpamError::OutOfSubnet(ip, subnet));
-            }
-            if ip == gateway || self.addresses.get(&ip).is_some_and(|o| o != owner) {
-                return Err(IpamError::InUse(ip));
-            }
-            self.addresses.insert(ip, owner.to_string());
-            return Ok(ip);
+            let inside = subnet.contains(&ip) && ip != subnet.network() && ip != subnet.broadcast();
+            return self.claim(ip, inside, subnet.into(), gateway, owner);
         }
         let space = range.unwrap_or(subnet);
         let (first, last) = (
@@ -122,27 +157,68 @@ impl Allocations {
             u32::from(space.broadcast()).min(u32::from(subnet.broadcast()) - 1),
         );
         if first > last {
-            return Err(IpamError::Exhausted(subnet));
+            return Err(IpamError::Exhausted(subnet.into()));
         }
-        let n = last - first + 1;
-        let start = self.last.map(u32::from).filter(|l| (first..=last).contains(l)).map(|l| l - first + 1).unwrap_or(0);
-        for i in 0..n {
-            let ip = Ipv4Addr::from(first + (start + i) % n);
-            if ip != gateway && !self.addresses.contains_key(&ip) {
-                self.addresses.insert(ip, owner.to_string());
-                self.last = Some(ip);
-                return Ok(ip);
-            }
-        }
-        Err(IpamError::Exhausted(subnet))
+        let free = |n: u128| {
+            let ip = Ipv4Addr::from(n as u32);
+            ip != gateway && !self.addresses.contains_key(&ip)
+        };
+        let found = next_free(first.into(), last.into(), self.last.map(|l| u32::from(l).into()), u128::MAX, free);
+        let ip = Ipv4Addr::from(found.ok_or(IpamError::Exhausted(subnet.into()))? as u32);
+        Ok(self.hand_out(ip, owner))
     }
+}
 
-    /// Releases every address of `owner`; true if there was one.
-    pub fn release(&mut self, owner: &str) -> bool {
-        let before = self.addresses.len();
-        self.addresses.retain(|_, o| o != owner);
-        before != self.addresses.len()
+/// Round robin over the addresses `first..=last` (as numbers): the first `free` one after
+/// `previous` (the last handed out), wrapping round, looking at `tries` of them at most.
+fn next_free(
+    first: u128,
+    last: u128,
+    previous: Option<u128>,
+    tries: u128,
+    free: impl Fn(u128) -> bool,
+) -> Option<u128> {
+    let n = last - first + 1;
+    let start = previous.filter(|l| (first..=last).contains(l)).map(|l| l - first + 1).unwrap_or(0);
+    (0..n.min(tries)).map(|i| first + (start + i) % n).find(|a| free(*a))
+}
+
+impl AddressBook<Ipv6Addr> {
+    pub fn allocate(
+        &mut self,
+        subnet: Ipv6Net,
+        gateway: Ipv6Addr,
+        owner: &str,
+        requested: Option<Ipv6Addr>,
+    ) -> Result<Ipv6Addr, IpamError> {
+        if let Some(ip) = requested {
+            let inside = subnet.contains(&ip) && ip != subnet.network();
+            return self.claim(ip, inside, subnet.into(), gateway, owner);
+        }
+        let first = u128::from(subnet.network()) + 1;
+        let last = u128::from(subnet.broadcast());
+        if first > last {
+            return Err(IpamError::Exhausted(subnet.into()));
+        }
+        // at most every handed-out address and the gateway are in the way
+        let tries = self.addresses.len() as u128 + 2;
+        let free = |n: u128| {
+            let ip = Ipv6Addr::from(n);
+            ip != gateway && !self.addresses.contains_key(&ip)
+        };
+        let found = next_free(first, last, self.last.map(u128::from), tries, free);
+        let ip = Ipv6Addr::from(found.ok_or(IpamError::Exhausted(subnet.into()))?);
+        Ok(self.hand_out(ip, owner))
     }
+}
+
+/// A unique local IPv6 /64 (RFC 4193) for a network created with `--ipv6` and no IPv6
+/// subnet: `fd` and 40 bits of the network's id as the global id, subnet 0.
+pub fn ula_subnet(network_id: &str) -> Ipv6Net {
+    let hex: String = network_id.chars().filter(char::is_ascii_hexdigit).take(10).collect();
+    let global = u64::from_str_radix(&format!("{hex:0<10}"), 16).unwrap_or(0);
+    let prefix = (0xfdu128 << 120) | (u128::from(global) << 80);
+    Ipv6Net::new(Ipv6Addr::from(prefix), 64).unwrap_or_default()
 }
 
 /// The MAC address Docker derives from an IPv4 address: 02:42 and the four octets.
@@ -194,9 +270,9 @@ mod tests {
         );
         assert_eq!(
             a.allocate(subnet, None, gw, "c5", Some(Ipv4Addr::new(10, 1, 0, 6))),
-            Err(IpamError::InUse(Ipv4Addr::new(10, 1, 0, 6)))
+            Err(IpamError::InUse(Ipv4Addr::new(10, 1, 0, 6).into()))
         );
-        assert_eq!(a.allocate(subnet, None, gw, "c5", Some(gw)), Err(IpamError::InUse(gw)));
+        assert_eq!(a.allocate(subnet, None, gw, "c5", Some(gw)), Err(IpamError::InUse(gw.into())));
         assert!(matches!(
             a.allocate(subnet, None, gw, "c5", Some(Ipv4Addr::new(10, 1, 0, 7))),
             Err(IpamError::OutOfSubnet(..))
@@ -204,10 +280,36 @@ mod tests {
         assert_eq!(a.allocate(subnet, None, gw, "c5", None).unwrap(), Ipv4Addr::new(10, 1, 0, 5));
         // wraps round to the released .2, then is full
         assert_eq!(a.allocate(subnet, None, gw, "c6", None).unwrap(), Ipv4Addr::new(10, 1, 0, 2));
-        assert_eq!(a.allocate(subnet, None, gw, "c7", None), Err(IpamError::Exhausted(subnet)));
+        assert_eq!(a.allocate(subnet, None, gw, "c7", None), Err(IpamError::Exhausted(subnet.into())));
         let range: Ipv4Net = "10.1.0.4/30".parse().unwrap();
         let mut b = Allocations::default();
         assert_eq!(b.allocate(subnet, Some(range), gw, "c1", None).unwrap(), Ipv4Addr::new(10, 1, 0, 4));
         assert_eq!(mac_string(&mac_for(Ipv4Addr::new(172, 17, 0, 2))), "02:42:ac:11:00:02");
+    }
+
+    #[test]
+    fn ipv6_addresses_and_unique_local_subnets() {
+        let subnet: Ipv6Net = "fd00:1::/64".parse().unwrap();
+        let gw: Ipv6Addr = "fd00:1::1".parse().unwrap();
+        let mut a = Allocations6::default();
+        assert_eq!(a.allocate(subnet, gw, "c1", None).unwrap(), "fd00:1::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(a.allocate(subnet, gw, "c2", None).unwrap(), "fd00:1::3".parse::<Ipv6Addr>().unwrap());
+        assert!(a.release("c1"));
+        assert_eq!(a.allocate(subnet, gw, "c3", None).unwrap(), "fd00:1::4".parse::<Ipv6Addr>().unwrap());
+        let asked: Ipv6Addr = "fd00:1::99".parse().unwrap();
+        assert_eq!(a.allocate(subnet, gw, "c4", Some(asked)).unwrap(), asked);
+        assert_eq!(a.allocate(subnet, gw, "c5", Some(asked)), Err(IpamError::InUse(asked.into())));
+        assert!(matches!(
+            a.allocate(subnet, gw, "c5", Some("fd00:2::1".parse().unwrap())),
+            Err(IpamError::OutOfSubnet(..))
+        ));
+        let tiny: Ipv6Net = "fd00:3::/126".parse().unwrap();
+        let mut b = Allocations6::default();
+        let tiny_gw: Ipv6Addr = "fd00:3::1".parse().unwrap();
+        assert_eq!(b.allocate(tiny, tiny_gw, "x", None).unwrap(), "fd00:3::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(b.allocate(tiny, tiny_gw, "y", None).unwrap(), "fd00:3::3".parse::<Ipv6Addr>().unwrap());
+        assert!(matches!(b.allocate(tiny, tiny_gw, "z", None), Err(IpamError::Exhausted(_))));
+        let ula = ula_subnet("0123456789abcdef");
+        assert_eq!(ula.to_string(), "fd01:2345:6789::/64");
     }
 }

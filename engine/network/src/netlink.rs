@@ -3,12 +3,13 @@
 //! unshares one and bind-mounts it on a file, so it outlives the thread.
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -25,6 +26,8 @@ pub enum NetlinkError {
     Namespace { path: PathBuf, source: std::io::Error },
     #[error("a link named {0} exists and engined did not make it (choose another bridge name)")]
     NotOurs(String),
+    #[error("enabling IPv6 on {link} ({source}): is IPv6 disabled on this host?")]
+    Ipv6Off { link: String, source: std::io::Error },
 }
 
 /// The alias engined gives the bridges it makes: a link without it is never adopted or deleted.
@@ -142,6 +145,26 @@ impl Netlink {
         Ok(index)
     }
 
+    /// Gives an IPv6 network's bridge its gateway address (IPv6 enabled on it first).
+    pub async fn ensure_bridge_v6(&self, name: &str, gateway: Ipv6Addr, prefix: u8) -> Result<()> {
+        let index = self.must_index(name).await?;
+        let knob = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+        std::fs::write(&knob, "0").map_err(|source| NetlinkError::Ipv6Off { link: name.to_string(), source })?;
+        self.add_v6(index, name, gateway, prefix).await
+    }
+
+    /// Adds an IPv6 address without duplicate address detection (usable at once; the
+    /// network's allocator already keeps addresses unique), as Docker adds them.
+    async fn add_v6(&self, index: u32, name: &str, ip: Ipv6Addr, prefix: u8) -> Result<()> {
+        let mut add = self.handle.address().add(index, ip.into(), prefix);
+        add.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        match add.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(req(format!("adding {ip}/{prefix} to {name}"))(e)),
+        }
+    }
+
     /// Deletes the bridge `name` if engined made it; anything else of that name stays.
     pub async fn delete_bridge(&self, name: &str) -> Result<bool> {
         match self.owned_bridge(name).await? {
@@ -207,6 +230,23 @@ impl Netlink {
                 .execute()
                 .await
                 .map_err(req(format!("adding the default route via {gw}")))?;
+        }
+        Ok(())
+    }
+
+    /// Inside a container's namespace: gives `ifname` (configured with [`Netlink::configure`])
+    /// its IPv6 address, and routes the IPv6 default through `gateway` when asked.
+    pub async fn configure_v6(&self, ifname: &str, ip: Ipv6Addr, prefix: u8, gateway: Option<Ipv6Addr>) -> Result<()> {
+        let index = self.must_index(ifname).await?;
+        self.add_v6(index, ifname, ip, prefix).await?;
+        if let Some(gw) = gateway {
+            let route = RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw).output_interface(index).build();
+            self.handle
+                .route()
+                .add(route)
+                .execute()
+                .await
+                .map_err(req(format!("adding the IPv6 default route via {gw}")))?;
         }
         Ok(())
     }

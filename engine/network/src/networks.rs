@@ -7,15 +7,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::firewall::{BridgeRules, Firewall, FirewallError};
-use crate::ipam::{self, Allocations, IpamError, Pool};
+use crate::ipam::{self, Allocations, Allocations6, IpamError, Pool};
 use crate::netlink::{Netlink, NetlinkError};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,25 @@ pub struct Endpoint {
     pub host_veth: String,
     /// The name inside the container (eth0, eth1, …).
     pub ifname: String,
+    /// Its IPv6 address on a network with `--ipv6`, with the prefix and gateway.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub prefix_v6: u8,
+    #[serde(default)]
+    pub gateway_v6: Option<Ipv6Addr>,
+}
+
+/// The IPv6 side of a network made with `--ipv6`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Ipv6Side {
+    pub subnet: Ipv6Net,
+    pub gateway: Ipv6Addr,
+    /// Whether the user chose the subnet (else a unique local /64 of the network's id).
+    #[serde(default)]
+    pub configured: bool,
+    #[serde(default)]
+    pub allocations: Allocations6,
 }
 
 /// What engined keeps of a network (`<data-root>/network/<id>.json`).
@@ -89,6 +108,9 @@ pub struct NetworkRecord {
     /// Container id → its endpoint.
     #[serde(default)]
     pub endpoints: BTreeMap<String, Endpoint>,
+    /// Dual stack (`--ipv6`): its IPv6 subnet and addresses.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Side>,
 }
 
 impl NetworkRecord {
@@ -111,6 +133,10 @@ pub struct CreateRequest {
     pub internal: bool,
     pub labels: BTreeMap<String, String>,
     pub options: BTreeMap<String, String>,
+    /// Dual stack: an IPv6 subnet too (`subnet_v6`, else a unique local /64).
+    pub ipv6: bool,
+    pub subnet_v6: Option<Ipv6Net>,
+    pub gateway_v6: Option<Ipv6Addr>,
 }
 
 /// The bridge name that asks for no default network.
@@ -126,6 +152,9 @@ pub struct Config {
     pub bridge_name: String,
     /// The default bridge's address and prefix (dockerd's `--bip`).
     pub bip: Option<Ipv4Net>,
+    /// IPv6 on the default bridge (dockerd's `--ipv6`): its subnet (`--fixed-cidr-v6`), or
+    /// `Some(None)` for a unique local /64.
+    pub default_v6: Option<Option<Ipv6Net>>,
     pub pools: Vec<Pool>,
     /// Manage firewall rules (dockerd's `--iptables`).
     pub iptables: bool,
@@ -207,6 +236,7 @@ impl Networks {
                     options: Default::default(),
                     allocations: Default::default(),
                     endpoints: Default::default(),
+                    ipv6: None,
                 };
                 n.save(&rec)?;
                 n.lock().insert(rec.id.clone(), rec);
@@ -219,9 +249,7 @@ impl Networks {
         }
         let bridges: Vec<NetworkRecord> = n.list().into_iter().filter(|r| r.is_bridge() && r.name != DEFAULT).collect();
         for r in bridges {
-            if let (Some(subnet), Some(gw)) = (r.subnet, r.gateway) {
-                n.host.ensure_bridge(&r.bridge, gw, subnet.prefix_len()).await?;
-            }
+            n.ensure_bridge_of(&r).await?;
         }
         n.apply_firewall()?;
         if n.firewall.is_some() {
@@ -265,6 +293,7 @@ impl Networks {
             ]),
             allocations: Default::default(),
             endpoints: Default::default(),
+            ipv6: None,
         });
         rec.bridge = self.cfg.bridge_name.clone();
         let bridge_exists = self.host.index(&rec.bridge).await?.is_some();
@@ -283,14 +312,39 @@ impl Networks {
             }
             None => {}
         }
-        let (subnet, gw) = (
-            rec.subnet.ok_or_else(|| NetworkError::Invalid("default bridge without subnet".into()))?,
-            rec.gateway.ok_or_else(|| NetworkError::Invalid("default bridge without gateway".into()))?,
-        );
-        self.host.ensure_bridge(&rec.bridge, gw, subnet.prefix_len()).await?;
+        rec.ipv6 = match self.cfg.default_v6 {
+            None => None,
+            Some(wanted) => {
+                let subnet = wanted.unwrap_or_else(|| ipam::ula_subnet(&rec.id));
+                match rec.ipv6.take() {
+                    // the same subnet keeps the addresses its containers hold
+                    Some(side) if side.subnet == subnet => Some(side),
+                    _ => Some(Ipv6Side {
+                        subnet,
+                        gateway: Ipv6Addr::from(u128::from(subnet.network()) + 1),
+                        configured: wanted.is_some(),
+                        allocations: Default::default(),
+                    }),
+                }
+            }
+        };
+        self.ensure_bridge_of(&rec).await?;
         self.save(&rec)?;
         self.lock().insert(rec.id.clone(), rec);
         Ok(())
+    }
+
+    /// Makes the Linux bridge of a bridge network exist with its gateway addresses; its index.
+    async fn ensure_bridge_of(&self, rec: &NetworkRecord) -> Result<u32> {
+        let (subnet, gw) = match (rec.subnet, rec.gateway) {
+            (Some(s), Some(g)) => (s, g),
+            _ => return Err(NetworkError::Invalid(format!("network {} has no subnet", rec.name))),
+        };
+        let index = self.host.ensure_bridge(&rec.bridge, gw, subnet.prefix_len()).await?;
+        if let Some(v6) = &rec.ipv6 {
+            self.host.ensure_bridge_v6(&rec.bridge, v6.gateway, v6.subnet.prefix_len()).await?;
+        }
+        Ok(index)
     }
 
     /// A subnet from the pools that overlaps no host route and no other network.
@@ -424,6 +478,37 @@ impl Networks {
             }
         }
         let id = random_id()?;
+        let ipv6 = match (req.ipv6, req.subnet_v6) {
+            (false, Some(s)) => {
+                return Err(NetworkError::Invalid(format!("IPv6 subnet {s} given, but IPv6 is not enabled (--ipv6)")))
+            }
+            (false, None) => None,
+            (true, given) => {
+                let subnet = given.map(|s| s.trunc()).unwrap_or_else(|| ipam::ula_subnet(&id));
+                if subnet.prefix_len() > 124 {
+                    return Err(NetworkError::Invalid(format!("subnet {subnet} is too small")));
+                }
+                let overlapping = |o: &Ipv6Net| o.contains(&subnet.network()) || subnet.contains(&o.network());
+                if let Some(other) =
+                    self.list().into_iter().find(|r| r.ipv6.as_ref().is_some_and(|v6| overlapping(&v6.subnet)))
+                {
+                    return Err(NetworkError::Forbidden(format!(
+                        "Pool overlaps with other one on this address space (network {})",
+                        other.name
+                    )));
+                }
+                let gateway = match req.gateway_v6 {
+                    Some(g) if !subnet.contains(&g) || g == subnet.network() => {
+                        return Err(NetworkError::Invalid(format!(
+                            "gateway {g} is not a host address of subnet {subnet}"
+                        )))
+                    }
+                    Some(g) => g,
+                    None => Ipv6Addr::from(u128::from(subnet.network()) + 1),
+                };
+                Some(Ipv6Side { subnet, gateway, configured: given.is_some(), allocations: Default::default() })
+            }
+        };
         let bridge =
             req.options.get("com.docker.network.bridge.name").cloned().unwrap_or_else(|| format!("br-{}", &id[..12]));
         // a name the kernel, iptables and nft all take literally (no %d template, no + or * wildcard, no quote)
@@ -453,9 +538,10 @@ impl Networks {
             options: req.options,
             allocations: Default::default(),
             endpoints: Default::default(),
+            ipv6,
         };
         let made = async {
-            self.host.ensure_bridge(&rec.bridge, gateway, subnet.prefix_len()).await?;
+            self.ensure_bridge_of(&rec).await?;
             self.save(&rec)?;
             self.lock().insert(rec.id.clone(), rec.clone());
             self.apply_firewall()
@@ -557,6 +643,16 @@ impl Networks {
             let mut map = self.lock();
             let r = map.get_mut(&rec.id).ok_or_else(|| NetworkError::NotFound(network.to_string()))?;
             let ip = r.allocations.allocate(subnet, r.ip_range, gateway, container, requested_ip)?;
+            let v6 = match r.ipv6.as_mut() {
+                Some(side) => match side.allocations.allocate(side.subnet, side.gateway, container, None) {
+                    Ok(ip6) => Some((ip6, side.subnet.prefix_len(), side.gateway)),
+                    Err(e) => {
+                        r.allocations.release(container);
+                        return Err(e.into());
+                    }
+                },
+                None => None,
+            };
             let ep = Endpoint {
                 id: random_id()?,
                 container: container.to_string(),
@@ -568,6 +664,9 @@ impl Networks {
                 mac: ipam::mac_string(&ipam::mac_for(ip)),
                 host_veth: host_veth.clone(),
                 ifname: ifname.to_string(),
+                ipv6: v6.map(|v| v.0),
+                prefix_v6: v6.map(|v| v.1).unwrap_or_default(),
+                gateway_v6: v6.map(|v| v.2),
             };
             r.endpoints.insert(container.to_string(), ep.clone());
             drop(map);
@@ -580,7 +679,7 @@ impl Networks {
         let linked = async {
             let bridge = match self.host.index(&rec.bridge).await? {
                 Some(i) => i,
-                None => self.host.ensure_bridge(&rec.bridge, gateway, subnet.prefix_len()).await?,
+                None => self.ensure_bridge_of(&rec).await?,
             };
             if self.host.veth_into(&host_veth, ifname, ipam::mac_for(ep.ip), bridge, ns.0).await.is_err() {
                 // the pair of an earlier run of this container, its namespace not yet torn down
@@ -588,13 +687,17 @@ impl Networks {
                 let _ = self.host.delete(&host_veth).await;
                 self.host.veth_into(&host_veth, ifname, ipam::mac_for(ep.ip), bridge, ns.0).await?;
             }
-            ns.1.configure(ifname, ep.ip, ep.prefix, default_route.then_some(gateway)).await
+            ns.1.configure(ifname, ep.ip, ep.prefix, default_route.then_some(gateway)).await?;
+            if let Some(ip6) = ep.ipv6 {
+                ns.1.configure_v6(ifname, ip6, ep.prefix_v6, ep.gateway_v6.filter(|_| default_route)).await?;
+            }
+            Ok::<(), NetworkError>(())
         }
         .await;
         if let Err(e) = linked {
             let _ = self.host.delete(&host_veth).await;
             self.forget(&rec.id, container);
-            return Err(e.into());
+            return Err(e);
         }
         Ok(ep)
     }
@@ -604,6 +707,9 @@ impl Networks {
             let mut map = self.lock();
             let Some(r) = map.get_mut(network_id) else { return };
             r.allocations.release(container);
+            if let Some(side) = r.ipv6.as_mut() {
+                side.allocations.release(container);
+            }
             r.endpoints.remove(container);
         }
         let _ = self.persist(network_id);
@@ -698,9 +804,9 @@ impl Networks {
     /// the addresses of the containers of its user networks that have it as their name, an
     /// alias, their short id or `<name>.<network>`, with the first network that has it.
     /// `None` when no network of `container` knows it.
-    pub fn resolve(&self, container: &str, name: &str) -> Option<(String, Vec<Ipv4Addr>)> {
+    pub fn resolve(&self, container: &str, name: &str) -> Option<(String, Vec<std::net::IpAddr>)> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let mut found: Option<(String, Vec<Ipv4Addr>)> = None;
+        let mut found: Option<(String, Vec<std::net::IpAddr>)> = None;
         for r in self.lock().values().filter(|r| r.name != DEFAULT && r.endpoints.contains_key(container)) {
             let suffix = format!(".{}", r.name.to_ascii_lowercase());
             let bare = name.strip_suffix(&suffix).unwrap_or(&name);
@@ -711,8 +817,10 @@ impl Networks {
                     || short == bare;
                 if known {
                     let f = found.get_or_insert_with(|| (r.name.clone(), Vec::new()));
-                    if !f.1.contains(&ep.ip) {
-                        f.1.push(ep.ip);
+                    for ip in std::iter::once(ep.ip.into()).chain(ep.ipv6.map(Into::into)) {
+                        if !f.1.contains(&ip) {
+                            f.1.push(ip);
+                        }
                     }
                 }
             }
@@ -722,11 +830,11 @@ impl Networks {
 
     /// The name of an address on `container`'s user networks, for a PTR query:
     /// `<container name>.<network>` and the network.
-    pub fn reverse(&self, container: &str, ip: Ipv4Addr) -> Option<(String, String)> {
+    pub fn reverse(&self, container: &str, ip: std::net::IpAddr) -> Option<(String, String)> {
         self.lock().values().filter(|r| r.name != DEFAULT && r.endpoints.contains_key(container)).find_map(|r| {
             r.endpoints
                 .values()
-                .find(|ep| ep.ip == ip)
+                .find(|ep| std::net::IpAddr::from(ep.ip) == ip || ep.ipv6.map(std::net::IpAddr::from) == Some(ip))
                 .map(|ep| (format!("{}.{}", ep.container_name, r.name), r.name.clone()))
         })
     }

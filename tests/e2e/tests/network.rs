@@ -451,3 +451,66 @@ fn a_link_engined_did_not_make_is_never_taken() {
     assert!(still_there, "engined deleted a link it did not make");
     assert!(!addrs.contains("inet "), "engined put an address on a link it did not make: {addrs}");
 }
+
+/// A dual-stack network (`--ipv6`): containers get an IPv6 address beside the IPv4 one, reach
+/// each other over IPv6 by address and by name (AAAA from the embedded DNS server), list it
+/// in inspect and /etc/hosts; nothing of it stays after the network goes.
+#[test]
+fn ipv6_networks_are_dual_stack() {
+    let pid = std::process::id();
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 0xfff0 + 1;
+    let fixed = format!("fd01:{:x}:{n:x}::/64", pid % 0xfff0 + 1);
+    let e = Engined::start_with(&[], &["--dns", "127.0.0.1", "--ipv6", "--fixed-cidr-v6", &fixed]);
+    e.import_busybox("bb");
+    let subnet = format!("fd00:{:x}:{n:x}::/64", pid % 0xfff0 + 1);
+    let prefix = subnet.trim_end_matches("::/64");
+    // the default bridge is dual stack with --ipv6, on --fixed-cidr-v6
+    let on_default = e.ok(&["run", "--rm", "bb", "ip", "-6", "addr", "show", "eth0"]);
+    assert!(on_default.contains(&fixed.replace("::/64", "::2/64")), "{on_default}");
+    assert!(e.ok(&["network", "inspect", "-f", "{{.EnableIPv6}}", "bridge"]).contains("true"));
+    assert!(e.fails(&["network", "create", "--subnet", &subnet, "nov6"]).contains("IPv6 is not enabled"));
+    let id = e.ok(&["network", "create", "--ipv6", "--subnet", &subnet, "v6net"]).trim().to_string();
+    assert_eq!(e.ok(&["network", "inspect", "-f", "{{.EnableIPv6}}", "v6net"]).trim(), "true");
+    let ipam = e.ok(&["network", "inspect", "-f", "{{json .IPAM.Config}}", "v6net"]);
+    assert!(
+        ipam.contains(&format!("\"Subnet\":\"{subnet}\"")) && ipam.contains(&format!("\"Gateway\":\"{prefix}::1\"")),
+        "{ipam}"
+    );
+    // a second one without a subnet gets a unique local /64
+    e.ok(&["network", "create", "--ipv6", "ula"]);
+    let ula = e.ok(&["network", "inspect", "-f", "{{json .IPAM.Config}}", "ula"]);
+    assert!(ula.contains("\"Subnet\":\"fd") && ula.contains("::/64"), "{ula}");
+
+    e.ok(&["run", "-d", "--name", "srv", "--network", "v6net", "bb", "sh", "-c", &serve("over-ipv6")]);
+    e.ok(&["run", "-d", "--name", "cli", "--network", "v6net", "bb", "sleep", "1000"]);
+    let srv6 = e.inspect("srv", "{{.NetworkSettings.Networks.v6net.GlobalIPv6Address}}");
+    assert!(srv6.starts_with(&format!("{prefix}::")), "{srv6}");
+    assert_eq!(e.inspect("srv", "{{.NetworkSettings.Networks.v6net.GlobalIPv6PrefixLen}}"), "64");
+    assert_eq!(e.inspect("srv", "{{.NetworkSettings.Networks.v6net.IPv6Gateway}}"), format!("{prefix}::1"));
+    assert!(e.ok(&["exec", "srv", "ip", "-6", "addr", "show", "eth0"]).contains(&format!("{srv6}/64")));
+    assert!(e.ok(&["exec", "srv", "ip", "-6", "route"]).contains(&format!("default via {prefix}::1")));
+    assert!(e.ok(&["exec", "srv", "cat", "/etc/hosts"]).contains(&format!("{srv6}\t")));
+    let members = e.ok(&["network", "inspect", "-f", "{{json .Containers}}", "v6net"]);
+    assert!(members.contains(&format!("\"IPv6Address\":\"{srv6}/64\"")), "{members}");
+
+    // by address and by name, over IPv6
+    wait_for("srv to serve over IPv6", || {
+        e.engine(&["exec", "cli", "wget", "-q", "-O-", &format!("http://[{srv6}]/")]).status.success()
+    });
+    assert_eq!(e.ok(&["exec", "cli", "wget", "-q", "-O-", &format!("http://[{srv6}]/")]).trim(), "over-ipv6");
+    let aaaa = e.ok(&["exec", "cli", "nslookup", "-type=aaaa", "srv"]);
+    assert!(aaaa.contains(&format!("Address: {srv6}")), "{aaaa}");
+    assert!(e.ok(&["exec", "cli", "ping6", "-c", "1", "-W", "5", "srv"]).contains(&srv6));
+    let ptr = e.ok(&["exec", "cli", "nslookup", &srv6]);
+    assert!(ptr.contains("name = srv.v6net"), "{ptr}");
+
+    e.ok(&["rm", "-f", "srv", "cli"]);
+    let record = std::fs::read_to_string(e.data_root().join("network").join(format!("{id}.json"))).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(rec["ipv6"]["allocations"]["addresses"], serde_json::json!({}), "IPv6 addresses left: {record}");
+    e.ok(&["network", "rm", "v6net", "ula"]);
+    let bridge = format!("br-{}", &id[..12]);
+    assert!(!Engined::links().contains(&bridge), "{bridge} left");
+    assert_eq!(e.netns_files(), 0);
+    e.assert_clean();
+}
