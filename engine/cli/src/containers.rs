@@ -107,6 +107,9 @@ pub struct RunArgs {
     /// Add a custom host-to-IP mapping (host:ip).
     #[arg(long = "add-host")]
     pub add_host: Vec<String>,
+    /// Add a link to another container (name[:alias]).
+    #[arg(long)]
+    pub link: Vec<String>,
     /// Set custom DNS servers.
     #[arg(long)]
     pub dns: Vec<String>,
@@ -274,6 +277,7 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         port_bindings: Some(bindings.into_iter().map(|(k, v)| (k, Some(v))).collect()),
         publish_all_ports: a.publish_all,
         extra_hosts: given(&a.add_host),
+        links: given(&a.link),
         dns: given(&a.dns),
         dns_search: given(&a.dns_search),
         dns_options: given(&a.dns_option),

@@ -145,6 +145,7 @@ async fn start_dns(
     let given = rec.host_config.dns.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| d.cfg.dns.clone());
     let scope = engine_network::dns::Scope {
         container: rec.id.clone(),
+        links: linked(d, rec).into_iter().map(|(alias, target)| (alias, target.id)).collect(),
         networks: d.networks.clone(),
         upstreams: engine_network::dns::upstreams(&given, &etc::host_resolv_conf()),
         observer: d.dns.telemetry.clone(),
@@ -215,6 +216,31 @@ impl From<NetworkError> for ApiError {
     }
 }
 
+/// `--link name[:alias]` of a host config: (name, alias), the alias being the name when none
+/// is given.
+pub fn links_of(hc: &HostConfig) -> Result<Vec<(String, String)>, ApiError> {
+    let mut out = Vec::new();
+    for l in hc.links.iter().flatten() {
+        // Docker's inspect form `/target:/self/alias` is taken back too
+        let (target, alias) = l.split_once(':').unwrap_or((l, l));
+        let (target, alias) = (target.trim_start_matches('/'), alias.rsplit('/').next().unwrap_or(alias));
+        if target.is_empty() || alias.is_empty() || engine_util::name::check_name(alias, 1).is_err() {
+            return Err(ApiError::bad_request(format!("invalid link {l:?}: want name[:alias]")));
+        }
+        out.push((target.to_string(), alias.to_string()));
+    }
+    Ok(out)
+}
+
+/// The containers a container's links name (the ones that exist), each with its alias.
+fn linked(d: &NetworkService, rec: &ContainerRecord) -> Vec<(String, ContainerRecord)> {
+    links_of(&rec.host_config)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(target, alias)| d.containers.find(&target).ok().map(|e| (alias, e.snapshot())))
+        .collect()
+}
+
 /// At create: the networks a container goes on, checked (they exist, aliases and fixed
 /// addresses only where Docker allows them, ports parse). Its network mode is written back in
 /// its canonical form (`container:<id>`, or the network's name).
@@ -232,6 +258,19 @@ pub fn plan(
     // the endpoint of the primary network may be keyed by the mode as given ("default")
     let is_primary =
         |k: &str, id: &str| k == primary || k == id || (k == "default" && primary == engine_network::networks::DEFAULT);
+    let links = links_of(hc)?;
+    if !links.is_empty() {
+        match mode(hc) {
+            Mode::Host => return Err(ApiError::bad_request("conflicting options: host type networking can't be used with links. This would result in undefined behavior")),
+            Mode::Container(_) => return Err(ApiError::bad_request("conflicting options: container type network can't be used with links. This would result in undefined behavior")),
+            _ => {}
+        }
+    }
+    for (target, _) in &links {
+        d.containers
+            .find(target)
+            .map_err(|_| ApiError::bad_request(format!("could not get container for {target}")))?;
+    }
     if let Mode::Container(target) = mode(hc) {
         let other =
             // a 400, not a 404: the Docker CLI reads a 404 of a create as a missing image and pulls
@@ -634,7 +673,19 @@ fn write_hosts(d: &NetworkService, id: &str) -> Result<(), ApiError> {
         .flat_map(|(_, ep)| std::iter::once(ep.ip.into()).chain(ep.ipv6.map(Into::into)))
         .collect();
     let gateway = d.networks.find(engine_network::networks::DEFAULT).ok().and_then(|n| n.gateway);
-    let content = etc::hosts(&rec.config.hostname, &own) + &crate::hostconfig::extra_hosts(&rec.host_config, gateway);
+    // legacy links on the default bridge are lines of the hosts file (on user networks, the
+    // DNS server answers them)
+    let mut content = etc::hosts(&rec.config.hostname, &own);
+    for (alias, target) in linked(d, &rec) {
+        let on_default =
+            d.networks.endpoints_of(&target.id).into_iter().find(|(n, _)| n.name == engine_network::networks::DEFAULT);
+        let on_user = d.networks.dns_scope(id).is_some();
+        if let (Some((_, ep)), false) = (on_default, on_user) {
+            let names = if alias == target.name { alias } else { format!("{alias} {}", target.name) };
+            content += &format!("{}\t{names}\n", ep.ip);
+        }
+    }
+    content += &crate::hostconfig::extra_hosts(&rec.host_config, gateway);
     let path = d.container_dir(id).join("hosts");
     etc::write_in_place(&path, &content).map_err(|err| ApiError::internal(format!("writing {}: {err}", path.display())))
 }

@@ -137,6 +137,8 @@ pub struct HostConfig {
     #[serde(deserialize_with = "nullable")]
     pub publish_all_ports: bool,
     pub extra_hosts: Option<Vec<String>>,
+    /// `--link name[:alias]`: another container known by the alias here (legacy links).
+    pub links: Option<Vec<String>>,
     pub dns: Option<Vec<String>>,
     pub dns_search: Option<Vec<String>>,
     pub dns_options: Option<Vec<String>>,

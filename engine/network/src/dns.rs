@@ -74,6 +74,9 @@ pub trait Observer: Send + Sync {
 /// What a container's server answers from.
 pub struct Scope {
     pub container: String,
+    /// Its `--link` aliases: alias → the linked container's id (answered with its addresses on
+    /// the networks both are on).
+    pub links: std::collections::BTreeMap<String, String>,
     pub networks: Arc<Networks>,
     /// The resolvers other names go to, in order (port 53 unless given).
     pub upstreams: Vec<SocketAddr>,
@@ -271,7 +274,10 @@ impl Resolver {
                 None => Local::Unknown,
             };
         }
-        let Some((network, ips)) = nets.resolve(container, &name.to_ascii()) else { return Local::Unknown };
+        let ascii = name.to_ascii();
+        let bare = ascii.trim_end_matches('.').to_ascii_lowercase();
+        let by_link = self.scope.links.get(&bare).and_then(|target| nets.shared_addresses(container, target));
+        let Some((network, ips)) = by_link.or_else(|| nets.resolve(container, &ascii)) else { return Local::Unknown };
         // the addresses of the family asked for; none (not an error) for another type, or for
         // AAAA on a network without IPv6
         let mut records: Vec<Record> = ips

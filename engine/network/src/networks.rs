@@ -828,6 +828,21 @@ impl Networks {
         found
     }
 
+    /// The addresses `target` has on the user networks `container` is on too, with the first
+    /// such network (a `--link` alias of `container`'s).
+    pub fn shared_addresses(&self, container: &str, target: &str) -> Option<(String, Vec<std::net::IpAddr>)> {
+        let map = self.lock();
+        let mut found: Option<(String, Vec<std::net::IpAddr>)> = None;
+        for r in map.values().filter(|r| r.name != DEFAULT && r.endpoints.contains_key(container)) {
+            if let Some(ep) = r.endpoints.get(target) {
+                let f = found.get_or_insert_with(|| (r.name.clone(), Vec::new()));
+                f.1.push(ep.ip.into());
+                f.1.extend(ep.ipv6.map(std::net::IpAddr::from));
+            }
+        }
+        found
+    }
+
     /// The name of an address on `container`'s user networks, for a PTR query:
     /// `<container name>.<network>` and the network.
     pub fn reverse(&self, container: &str, ip: std::net::IpAddr) -> Option<(String, String)> {

@@ -284,6 +284,20 @@ fn names_aliases_round_robin_ptr_and_forwarding() {
     let (known, _) = ask_in_namespace(pid, "web.");
     assert_eq!(known.answers().len(), 1);
 
+    // --link: the alias answers for the container that has the link, and only there
+    run(&["--name", "lk", "--network", "n1", "--link", "s2:backend"]);
+    let by_link = e.ok(&["exec", "lk", "nslookup", "-type=a", "backend"]);
+    assert!(by_link.contains(&format!("Address: {}", ip_on(&e, "s2", "n1"))), "{by_link}");
+    assert!(nslookup(&e, &["-type=a", "backend"]).contains("NXDOMAIN"));
+    assert!(e.fails(&["run", "--rm", "--link", "nope:x", "bb", "true"]).contains("could not get container for nope"));
+    // on the default bridge a link is a line of the hosts file
+    run(&["--name", "old"]);
+    let hosts = e.ok(&["run", "--rm", "--link", "old:legacy", "bb", "cat", "/etc/hosts"]);
+    assert!(
+        hosts.contains(&format!("{}\tlegacy old\n", e.inspect("old", "{{.NetworkSettings.IPAddress}}"))),
+        "{hosts}"
+    );
+
     // removed a moment ago: gone at once
     e.ok(&["rm", "-f", "s1"]);
     assert!(nslookup(&e, &["-type=a", "s1"]).contains("NXDOMAIN"));
@@ -325,7 +339,7 @@ fn names_aliases_round_robin_ptr_and_forwarding() {
     e.restart();
     assert!(nslookup(&e, &["-type=a", "web"]).contains(&format!("Address: {}", ip_on(&e, "s2", "n1"))));
 
-    e.ok(&["rm", "-f", "s2", "r1", "r2", "r3", "x1", "cl"]);
+    e.ok(&["rm", "-f", "s2", "r1", "r2", "r3", "x1", "cl", "lk", "old"]);
     e.ok(&["network", "rm", "n1", "n2"]);
     assert_eq!(e.netns_files(), 0);
     e.assert_clean();
