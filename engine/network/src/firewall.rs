@@ -9,13 +9,16 @@
 //! - nftables: one table of its own (`ip engine_<bridge>`), replaced whole in one `nft -f`
 //!   transaction.
 //!
+//! IPv6 networks (`--ipv6`) get the same rules for their IPv6 subnets from a second
+//! [`Firewall`] of the same backend ([`Firewall::for_ipv6`]: ip6tables, or an `ip6` table).
+//!
 //! Must never touch a chain or table it does not own, beyond its own jump rule in FORWARD and
 //! POSTROUTING.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -33,7 +36,8 @@ type Result<T> = std::result::Result<T, FirewallError>;
 #[derive(Clone, Debug, PartialEq)]
 pub struct BridgeRules {
     pub bridge: String,
-    pub subnet: Ipv4Net,
+    /// Its subnet of the firewall's family.
+    pub subnet: IpNet,
     /// No traffic leaves the bridge, and no masquerade.
     pub internal: bool,
 }
@@ -49,8 +53,10 @@ pub enum Backend {
 pub struct Firewall {
     prefix: String,
     backend: Backend,
-    /// The iptables or nft binary.
+    /// The iptables, ip6tables or nft binary.
     tool: String,
+    /// IPv6 rules (ip6tables, an `ip6` nftables table) rather than IPv4 ones.
+    ipv6: bool,
 }
 
 /// The prefix of one engined's chains: `ENGINE` for the default bridge `engine0`, else
@@ -86,7 +92,7 @@ impl Firewall {
     /// or nftables. `prefix` ([`chain_prefix`]) names the chains (`<prefix>-FORWARD`, …) and the
     /// nftables table.
     pub fn detect(prefix: &str, choice: &str) -> Result<Option<Firewall>> {
-        let make = |backend, tool: String| Some(Firewall { prefix: prefix.to_string(), backend, tool });
+        let make = |backend, tool: String| Some(Firewall { prefix: prefix.to_string(), backend, tool, ipv6: false });
         let iptables = || find(&["iptables"]);
         let nft = || find(&["nft"]);
         Ok(match choice {
@@ -102,6 +108,25 @@ impl Firewall {
                 )))
             }
         })
+    }
+
+    /// The firewall of the same backend and chains for IPv6 subnets; `None` when the host has
+    /// no ip6tables.
+    pub fn for_ipv6(&self) -> Option<Firewall> {
+        let tool = match self.backend {
+            Backend::Iptables => find(&["ip6tables"])?,
+            Backend::Nftables => self.tool.clone(),
+        };
+        Some(Firewall { prefix: self.prefix.clone(), backend: self.backend, tool, ipv6: true })
+    }
+
+    /// `ip` or `ip6`: the nftables family and address keyword.
+    fn family(&self) -> &'static str {
+        if self.ipv6 {
+            "ip6"
+        } else {
+            "ip"
+        }
     }
 
     pub fn kind(&self) -> Backend {
@@ -130,7 +155,7 @@ impl Firewall {
 
     /// The whole nftables table for these networks, replacing the one there (one transaction).
     pub fn render_nft(&self, nets: &[BridgeRules]) -> String {
-        let t = self.table();
+        let (t, f) = (self.table(), self.family());
         let mut fwd = String::new();
         for n in nets {
             let b = &n.bridge;
@@ -150,10 +175,10 @@ impl Firewall {
         }
         let mut post = String::new();
         for n in nets.iter().filter(|n| !n.internal) {
-            post += &format!("        ip saddr {} oifname != \"{}\" masquerade\n", n.subnet, n.bridge);
+            post += &format!("        {f} saddr {} oifname != \"{}\" masquerade\n", n.subnet, n.bridge);
         }
         format!(
-            "table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n    chain forward {{\n        type filter hook forward priority filter; policy accept;\n{fwd}    }}\n    chain postrouting {{\n        type nat hook postrouting priority srcnat; policy accept;\n{post}    }}\n}}\n"
+            "table {f} {t} {{}}\ndelete table {f} {t}\ntable {f} {t} {{\n    chain forward {{\n        type filter hook forward priority filter; policy accept;\n{fwd}    }}\n    chain postrouting {{\n        type nat hook postrouting priority srcnat; policy accept;\n{post}    }}\n}}\n"
         )
     }
 
@@ -205,7 +230,8 @@ impl Firewall {
     pub fn remove(&self) -> Result<()> {
         if self.backend == Backend::Nftables {
             let t = self.table();
-            return self.feed(&[&self.tool, "-f", "-"], &format!("table ip {t} {{}}\ndelete table ip {t}\n"));
+            let f = self.family();
+            return self.feed(&[&self.tool, "-f", "-"], &format!("table {f} {t} {{}}\ndelete table {f} {t}\n"));
         }
         for (table, builtin, chain) in
             [("filter", "FORWARD", self.chain("FORWARD")), ("nat", "POSTROUTING", self.chain("POSTROUTING"))]
@@ -277,7 +303,7 @@ mod tests {
 
     #[test]
     fn rules_for_two_networks() {
-        let fw = Firewall { prefix: "ENGINE".into(), backend: Backend::Iptables, tool: "iptables".into() };
+        let fw = Firewall { prefix: "ENGINE".into(), backend: Backend::Iptables, tool: "iptables".into(), ipv6: false };
         let nets = [
             BridgeRules { bridge: "engine0".into(), subnet: "172.17.0.0/16".parse().unwrap(), internal: false },
             BridgeRules { bridge: "br-1".into(), subnet: "10.0.0.0/24".parse().unwrap(), internal: true },
@@ -289,12 +315,13 @@ mod tests {
         assert!(filter.contains("-A ENGINE-FORWARD -i br-1 ! -o br-1 -j DROP\n"));
         assert!(filter.ends_with("COMMIT\n"));
         assert_eq!(nat, "*nat\n:ENGINE-POSTROUTING - [0:0]\n-A ENGINE-POSTROUTING -s 172.17.0.0/16 ! -o engine0 -j MASQUERADE\nCOMMIT\n");
-        let nft = Firewall { prefix: chain_prefix("et12x3"), backend: Backend::Nftables, tool: "nft".into() };
+        let nft =
+            Firewall { prefix: chain_prefix("et12x3"), backend: Backend::Nftables, tool: "nft".into(), ipv6: false };
         assert_eq!(nft.table(), nft_table("et12x3"));
         assert_eq!(chain_prefix("a-bridge-name15").len(), 15);
         assert!((chain_prefix("a-bridge-name15") + "-ISOLATION-1").len() <= 28);
         assert_eq!(
-            Firewall { prefix: "ENGINE".into(), backend: Backend::Nftables, tool: "nft".into() }.table(),
+            Firewall { prefix: "ENGINE".into(), backend: Backend::Nftables, tool: "nft".into(), ipv6: false }.table(),
             "engine"
         );
         let t = nft.render_nft(&nets);
@@ -303,5 +330,13 @@ mod tests {
         assert!(t.contains("iifname \"engine0\" oifname { \"br-1\" } drop\n"), "{t}");
         assert!(t.contains("ip saddr 172.17.0.0/16 oifname != \"engine0\" masquerade\n"), "{t}");
         assert!(!t.contains("10.0.0.0/24"), "an internal network is not masqueraded: {t}");
+        // the IPv6 rules of a dual-stack network: the same shape, in an ip6 table
+        let nft6 = nft.for_ipv6().unwrap();
+        let v6 = [BridgeRules { bridge: "br-2".into(), subnet: "fd00:1::/64".parse().unwrap(), internal: false }];
+        let t6 = nft6.render_nft(&v6);
+        assert!(t6.starts_with(&format!("table ip6 {tn} {{}}\ndelete table ip6 {tn}\n")), "{t6}");
+        assert!(t6.contains("ip6 saddr fd00:1::/64 oifname != \"br-2\" masquerade\n"), "{t6}");
+        let (_, nat6) = fw.render(&v6);
+        assert!(nat6.contains("-A ENGINE-POSTROUTING -s fd00:1::/64 ! -o br-2 -j MASQUERADE\n"), "{nat6}");
     }
 }

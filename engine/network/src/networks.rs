@@ -167,6 +167,8 @@ pub struct Networks {
     records: Mutex<BTreeMap<String, NetworkRecord>>,
     host: Netlink,
     firewall: Option<Firewall>,
+    /// The same rules for the IPv6 subnets of `--ipv6` networks (ip6tables, an ip6 table).
+    firewall6: Option<Firewall>,
     /// What the firewall is (`iptables v1.8.9 (nf_tables)`), for `info`.
     firewall_backend: Option<String>,
     /// Serialises create/remove against each other (subnet choice, bridge names).
@@ -210,9 +212,11 @@ impl Networks {
         let chain_prefix = crate::firewall::chain_prefix(&cfg.bridge_name);
         let firewall = if cfg.iptables { Firewall::detect(&chain_prefix, &cfg.firewall)? } else { None };
         let firewall_backend = firewall.as_ref().map(|f| f.backend());
+        let firewall6 = firewall.as_ref().and_then(Firewall::for_ipv6);
         let n = Networks {
             host: Netlink::host()?,
             firewall,
+            firewall6,
             firewall_backend,
             records: Mutex::new(records),
             admin: Default::default(),
@@ -414,17 +418,29 @@ impl Networks {
 
     fn apply_firewall(&self) -> Result<()> {
         let Some(fw) = &self.firewall else { return Ok(()) };
-        let rules: Vec<BridgeRules> = self
-            .list()
-            .into_iter()
-            .filter(|r| r.is_bridge())
-            .filter_map(|r| Some(BridgeRules { bridge: r.bridge.clone(), subnet: r.subnet?, internal: r.internal }))
-            .collect();
+        let bridges: Vec<NetworkRecord> = self.list().into_iter().filter(|r| r.is_bridge()).collect();
+        let rule = |r: &NetworkRecord, subnet: ipnet::IpNet| BridgeRules {
+            bridge: r.bridge.clone(),
+            subnet,
+            internal: r.internal,
+        };
+        let v4: Vec<BridgeRules> = bridges.iter().filter_map(|r| Some(rule(r, r.subnet?.into()))).collect();
+        let v6: Vec<BridgeRules> =
+            bridges.iter().filter_map(|r| Some(rule(r, r.ipv6.as_ref()?.subnet.into()))).collect();
         // iptables and nft are processes that may wait (5 s at most) for the xtables lock: the
         // async worker hands its other tasks over meanwhile
         let multi = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let applied = if multi { tokio::task::block_in_place(|| fw.apply(&rules)) } else { fw.apply(&rules) };
+        let apply = || -> std::result::Result<(), FirewallError> {
+            fw.apply(&v4)?;
+            match &self.firewall6 {
+                // no IPv6 rules are made until a network has IPv6
+                Some(fw6) if !v6.is_empty() => fw6.apply(&v6),
+                Some(fw6) => fw6.remove(),
+                None => Ok(()),
+            }
+        };
+        let applied = if multi { tokio::task::block_in_place(apply) } else { apply() };
         Ok(applied?)
     }
 
@@ -865,6 +881,9 @@ impl Networks {
         if self.lock().values().all(|r| r.endpoints.is_empty()) {
             if let Some(fw) = &self.firewall {
                 let _ = fw.remove();
+            }
+            if let Some(fw6) = &self.firewall6 {
+                let _ = fw6.remove();
             }
         }
     }

@@ -490,6 +490,11 @@ fn ipv6_networks_are_dual_stack() {
     assert!(e.ok(&["exec", "srv", "ip", "-6", "addr", "show", "eth0"]).contains(&format!("{srv6}/64")));
     assert!(e.ok(&["exec", "srv", "ip", "-6", "route"]).contains(&format!("default via {prefix}::1")));
     assert!(e.ok(&["exec", "srv", "cat", "/etc/hosts"]).contains(&format!("{srv6}\t")));
+    // the IPv6 subnet has the IPv4 one's rules: forwarding on its bridge, isolation, masquerade
+    let bridge = format!("br-{}", &id[..12]);
+    let rules6 = e.firewall6_rules(&[&bridge]);
+    assert!(rules6.iter().any(|r| r.contains(&format!("-s {subnet} ! -o {bridge} -j MASQUERADE"))), "{rules6:?}");
+    assert!(rules6.iter().any(|r| r.contains(&format!("-i {bridge} -o {bridge} -j ACCEPT"))), "{rules6:?}");
     let members = e.ok(&["network", "inspect", "-f", "{{json .Containers}}", "v6net"]);
     assert!(members.contains(&format!("\"IPv6Address\":\"{srv6}/64\"")), "{members}");
 
@@ -509,8 +514,8 @@ fn ipv6_networks_are_dual_stack() {
     let rec: serde_json::Value = serde_json::from_str(&record).unwrap();
     assert_eq!(rec["ipv6"]["allocations"]["addresses"], serde_json::json!({}), "IPv6 addresses left: {record}");
     e.ok(&["network", "rm", "v6net", "ula"]);
-    let bridge = format!("br-{}", &id[..12]);
     assert!(!Engined::links().contains(&bridge), "{bridge} left");
+    assert!(e.firewall6_rules(&[&bridge]).iter().all(|r| !r.contains(&bridge)), "IPv6 rules of {bridge} left");
     assert_eq!(e.netns_files(), 0);
     e.assert_clean();
 }

@@ -371,7 +371,16 @@ impl Engined {
 
     /// Firewall rules (iptables-save lines) that name this instance's chains or `bridges`.
     pub fn firewall_rules(&self, bridges: &[&str]) -> Vec<String> {
-        let Ok(out) = Command::new("iptables-save").output() else { return Vec::new() };
+        self.rules_of("iptables-save", bridges)
+    }
+
+    /// [`Engined::firewall_rules`] of IPv6 (ip6tables).
+    pub fn firewall6_rules(&self, bridges: &[&str]) -> Vec<String> {
+        self.rules_of("ip6tables-save", bridges)
+    }
+
+    fn rules_of(&self, save: &str, bridges: &[&str]) -> Vec<String> {
+        let Ok(out) = Command::new(save).output() else { return Vec::new() };
         let chain = format!("{}-", engine_network::firewall::chain_prefix(&self.bridge));
         String::from_utf8_lossy(&out.stdout)
             .lines()
