@@ -214,7 +214,8 @@ fn dashboards_are_well_formed_and_provisioned() {
 #[test]
 fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let mport = free_port();
-    let e = Engined::start_with(&[], &["--metrics-addr", &format!("127.0.0.1:{mport}")]);
+    // --dns 127.0.0.1: the containers' lookups never leave loopback
+    let e = Engined::start_with(&[], &["--metrics-addr", &format!("127.0.0.1:{mport}"), "--dns", "127.0.0.1"]);
     assert!(
         http_get(mport, "/metrics").is_some_and(|m| m.contains("# TYPE engine_containers gauge")),
         "{}",
@@ -243,6 +244,11 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     for _ in 0..2 {
         e.ok(&["run", "--rm", "bb", "true"]);
     }
+    // a name looked up through the embedded DNS server of a user network, twice (for a rate)
+    e.ok(&["network", "create", "mnet"]);
+    e.ok(&["run", "-d", "--name", "named", "--network", "mnet", "bb", "sleep", "1000"]);
+    let lookup = || e.ok(&["exec", "named", "nslookup", "-type=a", "named"]);
+    lookup();
     let starts = |n: usize| {
         prom.query(&format!("sum(engine_phase_duration_seconds_count{{phase=\"daemon.start\"}}) >= {n}")).len() == 1
     };
@@ -251,6 +257,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     for _ in 0..2 {
         e.ok(&["run", "--rm", "bb", "true"]);
     }
+    lookup();
     assert!(hit());
     wait_for("Prometheus to see the second round", || starts(5));
 
@@ -288,5 +295,6 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         &trace[..trace.len().min(300)]
     );
     assert!(trace.contains("daemon.start"), "the exemplar's trace has no daemon.start");
-    e.ok(&["rm", "-f", "web"]);
+    e.ok(&["rm", "-f", "web", "named"]);
+    e.ok(&["network", "rm", "mnet"]);
 }
