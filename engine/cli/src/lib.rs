@@ -25,9 +25,9 @@ pub const DEFAULT_HOST: &str = "unix:///run/engine/engine.sock";
 #[derive(Parser, Debug)]
 #[command(name = "engine", version, about = "An observability-first container engine")]
 pub struct Cli {
-    /// Daemon socket to connect to.
-    #[arg(short = 'H', long = "host", env = "ENGINE_HOST", default_value = DEFAULT_HOST, global = true)]
-    pub host: String,
+    /// Daemon socket to connect to (default: $DOCKER_HOST, else unix:///run/engine/engine.sock).
+    #[arg(short = 'H', long = "host", env = "ENGINE_HOST", global = true)]
+    pub host: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -142,6 +142,17 @@ pub enum Command {
     Completion { shell: clap_complete::Shell },
 }
 
+impl Cli {
+    /// The daemon to talk to: `-H`, else `$ENGINE_HOST`, else `$DOCKER_HOST` (so a shell set up
+    /// for the Docker CLI works), else [`DEFAULT_HOST`].
+    pub fn host(&self) -> String {
+        self.host
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| DEFAULT_HOST.to_string())
+    }
+}
+
 /// Runs the CLI and returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -172,7 +183,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     // the command, never its arguments (they carry environment values, secrets among them)
     rec.set_attr(root, "process.command", "engine");
     let traceparent = rec.context(root).map(|c| c.traceparent());
-    let client = client::Client::new(&cli.host, traceparent)?;
+    let client = client::Client::new(&cli.host(), traceparent)?;
     let result = rt.block_on(dispatch(&client, cli.command));
     let result = rec.finish(root, result.map_err(|e| format!("{e:#}"))).map_err(|e| anyhow::anyhow!(e));
     rec.flush();

@@ -669,7 +669,7 @@ fn info(d: &Daemon) -> Value {
         "Plugins": { "Volume": ["local"], "Network": ["bridge", "host", "null"], "Log": ["json-file"] },
         "MemoryLimit": true, "SwapLimit": false, "CpuCfsPeriod": true, "CpuCfsQuota": true, "PidsLimit": true,
         "IPv4Forwarding": std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1"),
-        "Debug": d.cfg.log_level == "debug",
+        "Debug": d.cfg.log_enabled("debug"),
         "NFd": std::fs::read_dir("/proc/self/fd").map(|r| r.count()).unwrap_or(0),
         "NGoroutines": 0,
         "SystemTime": rfc3339_nanos(SystemTime::now()),
@@ -685,6 +685,7 @@ fn info(d: &Daemon) -> Value {
         "DockerRootDir": d.cfg.data_root,
         "Name": uts.as_ref().map(|u| u.nodename().to_string_lossy().into_owned()).unwrap_or_default(),
         "Labels": [],
+        "RegistryConfig": registry_json(&d.distribution.registry_config()),
         "ServerVersion": env!("CARGO_PKG_VERSION"),
         "Runtimes": { "engine-runtime": { "path": "engine-runtime" } },
         "DefaultRuntime": "engine-runtime",
@@ -695,6 +696,25 @@ fn info(d: &Daemon) -> Value {
         "Warnings": [],
         "Engine": { "LifecycledRestarts": d.supervisor.restarts.load(std::sync::atomic::Ordering::Relaxed), "LifecycledPid": *d.supervisor.pid.borrow(), "Probes": crate::traces::probe_status(&d.trace_service), "Traces": { "Bytes": d.traces.usage().0, "Count": d.traces.usage().1 }, "Firewall": d.networks.firewall_backend(), "Networks": d.networks.list().len() }
     })
+}
+
+/// `RegistryConfig` of `info`, as dockerd's: Docker Hub's mirrors, the insecure registries
+/// (loopback always), and the index of each.
+fn registry_json(r: &engine_registry::RegistryConfig) -> Value {
+    let (cidrs, names): (Vec<&String>, Vec<&String>) =
+        r.insecure_registries.iter().partition(|i| i.parse::<ipnet::IpNet>().is_ok());
+    let mut cidrs: Vec<String> = cidrs.into_iter().cloned().collect();
+    cidrs.insert(0, "127.0.0.0/8".into());
+    let mut index = serde_json::Map::new();
+    index.insert(
+        "docker.io".into(),
+        json!({ "Name": "docker.io", "Mirrors": r.mirrors, "Secure": true, "Official": true }),
+    );
+    for n in names {
+        index.insert(n.clone(), json!({ "Name": n, "Mirrors": [], "Secure": false, "Official": false }));
+    }
+    json!({ "AllowNondistributableArtifactsCIDRs": [], "AllowNondistributableArtifactsHostnames": [],
+        "InsecureRegistryCIDRs": cidrs, "IndexConfigs": index, "Mirrors": r.mirrors })
 }
 
 fn os_name() -> String {

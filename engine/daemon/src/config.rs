@@ -8,7 +8,8 @@ use serde::Deserialize;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "engined", version, about = "The engine daemon: serves the Docker Engine API on a unix socket")]
 pub struct Config {
-    /// Socket to listen on (unix://PATH; TCP is refused: it would need TLS).
+    /// Socket to listen on: unix://PATH, or fd:// (the socket systemd's socket activation
+    /// hands over; fd://N for one of several). TCP is refused: it would need TLS.
     #[arg(short = 'H', long = "host", default_value = "unix:///run/engine/engine.sock")]
     pub host: String,
     /// Persistent state: images, containers, volumes.
@@ -140,9 +141,21 @@ pub struct Config {
     /// The default bridge's IPv6 subnet with --ipv6 (default: a unique local /64).
     #[arg(long)]
     pub fixed_cidr_v6: Option<String>,
+    /// Check the configuration (flags and --config-file) and exit: 0 and "configuration OK",
+    /// or the first problem.
+    #[arg(long)]
+    pub validate: bool,
 }
 
-#[derive(Deserialize, Default)]
+/// Where the API listens.
+#[derive(Debug, PartialEq)]
+pub enum Listen {
+    Unix(PathBuf),
+    /// Socket activation: the first socket systemd handed over, or fd N.
+    Activated(Option<i32>),
+}
+
+#[derive(Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct FileConfig {
     log_level: Option<String>,
@@ -182,11 +195,58 @@ struct FileConfig {
 }
 
 /// `"default-address-pools": [{"base": "10.10.0.0/16", "size": 24}]`, as daemon.json has it.
-#[derive(Deserialize)]
+#[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct FilePool {
     base: String,
     size: u8,
+}
+
+/// `engined config default`: the configuration file with every option at its default (null
+/// where the default is to have none), as JSON.
+pub fn default_file() -> String {
+    let d = Config::parse_from(["engined"]);
+    let f = FileConfig {
+        log_level: Some(d.log_level),
+        cgroup_parent: Some(d.cgroup_parent),
+        data_root: Some(d.data_root),
+        exec_root: Some(d.exec_root),
+        pidfile: d.pidfile,
+        hosts: Some(vec![d.host]),
+        otlp_endpoint: d.otlp_endpoint,
+        otlp_protocol: d.otlp_protocol,
+        trace_max_traces: Some(d.trace_max_traces),
+        trace_max_mb: Some(d.trace_max_mb),
+        no_probes: Some(d.no_probes),
+        bridge_name: Some(d.bridge_name),
+        storage_driver: Some(d.storage_driver.as_str().to_string()),
+        bip: d.bip,
+        default_address_pools: Some(
+            engine_network::ipam::default_pools()
+                .into_iter()
+                .map(|p| FilePool { base: p.base.to_string(), size: p.size })
+                .collect(),
+        ),
+        iptables: Some(d.iptables),
+        firewall_backend: Some(d.firewall_backend),
+        userland_proxy_path: d.userland_proxy_path,
+        metrics_addr: d.metrics_addr,
+        registry_mirrors: Some(d.registry_mirrors),
+        insecure_registries: Some(d.insecure_registries),
+        certs_dir: d.certs_dir,
+        max_concurrent_downloads: Some(d.max_concurrent_downloads),
+        max_concurrent_uploads: Some(d.max_concurrent_uploads),
+        max_upload_chunk_size: Some(d.max_upload_chunk_size),
+        api_header_timeout: Some(d.api_header_timeout),
+        api_body_timeout: Some(d.api_body_timeout),
+        max_api_connections: d.max_api_connections,
+        orphan_collection_interval: Some(d.orphan_collection_interval),
+        dns: Some(d.dns),
+        dns_trace_window: Some(d.dns_trace_window),
+        ipv6: Some(d.ipv6),
+        fixed_cidr_v6: d.fixed_cidr_v6,
+    };
+    serde_json::to_string_pretty(&f).unwrap_or_default() + "\n"
 }
 
 impl Config {
@@ -315,7 +375,7 @@ impl Config {
         if !["error", "warn", "info", "debug"].contains(&self.log_level.as_str()) {
             anyhow::bail!("invalid --log-level {:?}: use error, warn, info or debug", self.log_level);
         }
-        self.socket_path()?;
+        self.listen()?;
         self.address_pools()?;
         if !["auto", "iptables", "nftables", "none"].contains(&self.firewall_backend.as_str()) {
             anyhow::bail!(
@@ -364,6 +424,18 @@ impl Config {
         let n = engine_util::size::parse_bytes(&self.max_upload_chunk_size)
             .map_err(|e| anyhow::anyhow!("invalid max-upload-chunk-size: {e}"))?;
         Ok(n as u64)
+    }
+
+    /// Where the API listens: `unix://PATH`, or the socket systemd hands over (`fd://`, the
+    /// first one; `fd://N`).
+    pub fn listen(&self) -> anyhow::Result<Listen> {
+        if let Some(fd) = self.host.strip_prefix("fd://") {
+            let fd = (!fd.is_empty())
+                .then(|| fd.parse::<i32>().map_err(|_| anyhow::anyhow!("--host {}: want fd:// or fd://N", self.host)))
+                .transpose()?;
+            return Ok(Listen::Activated(fd));
+        }
+        self.socket_path().map(Listen::Unix)
     }
 
     /// The unix socket path of `--host`.
@@ -438,9 +510,96 @@ impl Config {
         self.exec_root.join("otlp.sock")
     }
 
+    /// Whether a message of `level` is logged: up to the level a SIGHUP set, else the
+    /// configuration's.
     pub fn log_enabled(&self, level: &str) -> bool {
-        let rank = |l: &str| ["error", "warn", "info", "debug"].iter().position(|x| *x == l).unwrap_or(2);
-        rank(level) <= rank(&self.log_level)
+        let current = match LOG_LEVEL.load(std::sync::atomic::Ordering::Relaxed) {
+            u8::MAX => level_rank(&self.log_level),
+            n => usize::from(n),
+        };
+        level_rank(level) <= current
+    }
+}
+
+const LEVELS: [&str; 4] = ["error", "warn", "info", "debug"];
+
+fn level_rank(l: &str) -> usize {
+    LEVELS.iter().position(|x| *x == l).unwrap_or(2)
+}
+
+/// The log level a SIGHUP set (its rank), over the configuration's; `u8::MAX`: none.
+static LOG_LEVEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// What SIGHUP changes without a restart, as dockerd reloads them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reloadable {
+    pub log_level: String,
+    pub registry_mirrors: Vec<String>,
+    pub insecure_registries: Vec<String>,
+    pub max_concurrent_downloads: usize,
+    pub max_concurrent_uploads: usize,
+}
+
+impl Reloadable {
+    pub fn of(c: &Config) -> Self {
+        Reloadable {
+            log_level: c.log_level.clone(),
+            registry_mirrors: c.registry_mirrors.clone(),
+            insecure_registries: c.insecure_registries.clone(),
+            max_concurrent_downloads: c.max_concurrent_downloads,
+            max_concurrent_uploads: c.max_concurrent_uploads,
+        }
+    }
+
+    /// What differs from `self` in `next`: `log-level: info → debug`, one per option.
+    pub fn changes(&self, next: &Reloadable) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut diff = |name: &str, a: String, b: String| {
+            if a != b {
+                out.push(format!("{name}: {a} → {b}"));
+            }
+        };
+        diff("log-level", self.log_level.clone(), next.log_level.clone());
+        diff("registry-mirrors", format!("{:?}", self.registry_mirrors), format!("{:?}", next.registry_mirrors));
+        diff(
+            "insecure-registries",
+            format!("{:?}", self.insecure_registries),
+            format!("{:?}", next.insecure_registries),
+        );
+        diff(
+            "max-concurrent-downloads",
+            self.max_concurrent_downloads.to_string(),
+            next.max_concurrent_downloads.to_string(),
+        );
+        diff(
+            "max-concurrent-uploads",
+            self.max_concurrent_uploads.to_string(),
+            next.max_concurrent_uploads.to_string(),
+        );
+        out
+    }
+
+    /// Makes the log level the one logging follows from now on.
+    pub fn apply_log_level(&self) {
+        LOG_LEVEL.store(level_rank(&self.log_level) as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Writes one log line to stderr: `<time> level=<level> msg="…"`, or under systemd's journal
+/// (`$JOURNAL_STREAM`) the message with its syslog priority prefix (`<4>`) and no time (the
+/// journal has its own).
+pub fn emit(level: &str, msg: &str) {
+    static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *JOURNAL.get_or_init(|| std::env::var_os("JOURNAL_STREAM").is_some()) {
+        let priority = match level {
+            "error" => 3,
+            "warn" => 4,
+            "info" => 6,
+            _ => 7,
+        };
+        eprintln!("<{priority}>{msg}");
+    } else {
+        eprintln!("{} level={level} msg={msg:?}", timestamp());
     }
 }
 
@@ -458,7 +617,7 @@ pub fn sibling(name: &str) -> PathBuf {
 macro_rules! log {
     ($cfg:expr, $level:literal, $($arg:tt)*) => {
         if $cfg.log_enabled($level) {
-            eprintln!("{} level={} msg={:?}", $crate::config::timestamp(), $level, format!($($arg)*));
+            $crate::config::emit($level, &format!($($arg)*));
         }
     };
 }

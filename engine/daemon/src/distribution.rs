@@ -38,9 +38,10 @@ pub type Messages = mpsc::Sender<Value>;
 
 pub struct Distribution {
     images: Arc<ImageStore>,
-    client: Client,
-    downloads: usize,
-    uploads: usize,
+    /// Replaced whole when SIGHUP changes the registry options ([`Distribution::reconfigure`]).
+    client: std::sync::RwLock<Arc<Client>>,
+    downloads: std::sync::atomic::AtomicUsize,
+    uploads: std::sync::atomic::AtomicUsize,
     /// Blobs being fetched now, so a second pull waits for the first instead of fetching again.
     inflight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// What went over the wire, for `/metrics`.
@@ -134,19 +135,37 @@ impl Distribution {
     pub fn new(images: Arc<ImageStore>, cfg: RegistryConfig, downloads: usize, uploads: usize) -> Self {
         Distribution {
             images,
-            client: Client::new(cfg),
-            downloads,
-            uploads,
+            client: std::sync::RwLock::new(Arc::new(Client::new(cfg))),
+            downloads: downloads.into(),
+            uploads: uploads.into(),
             inflight: Mutex::new(HashMap::new()),
             transferred: Arc::default(),
         }
+    }
+
+    /// The registry client as configured now.
+    fn client(&self) -> Arc<Client> {
+        self.client.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// New registry options (a SIGHUP): pulls and pushes from now on use them (ones under way
+    /// finish with the old); cached tokens go with the old client.
+    pub fn reconfigure(&self, cfg: RegistryConfig, downloads: usize, uploads: usize) {
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Client::new(cfg));
+        self.downloads.store(downloads.max(1), std::sync::atomic::Ordering::Relaxed);
+        self.uploads.store(uploads.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The registry options in use, for `info`.
+    pub fn registry_config(&self) -> RegistryConfig {
+        self.client().config().clone()
     }
 
     /// `POST /auth`: checks credentials with the registry.
     pub async fn login(&self, creds: &AuthConfig) -> Result<(), DistributionError> {
         let server = creds.serveraddress.trim();
         let domain = registry_domain(server);
-        self.client.login(&domain, creds).await?;
+        self.client().login(&domain, creds).await?;
         Ok(())
     }
 
@@ -169,7 +188,7 @@ impl Distribution {
         let tp = trace.traceparent(span);
         let result = async {
             let repo =
-                self.client.repository(reference.domain(), reference.path(), creds, false, tp.as_deref()).await?;
+                self.client().repository(reference.domain(), reference.path(), creds, false, tp.as_deref()).await?;
             f(repo, tp, span).await
         }
         .await;
@@ -265,7 +284,7 @@ impl Distribution {
         }
         let images = self.images.clone();
         let ingest = Arc::new(tokio::task::spawn_blocking(move || Ingest::begin(images)).await.map_err(join_error)??);
-        let limit = Arc::new(Semaphore::new(self.downloads));
+        let limit = Arc::new(Semaphore::new(self.downloads.load(std::sync::atomic::Ordering::Relaxed)));
         let mut tasks = tokio::task::JoinSet::new();
         for (layer, diff_id) in m.layers.iter().cloned().zip(config.rootfs.diff_ids.iter().cloned()) {
             let (this, ingest, repo, out, limit, trace) =
@@ -403,7 +422,8 @@ impl Distribution {
         };
         let tag = reference.tag().unwrap_or("latest").to_string();
         let tp = trace.traceparent(trace.current());
-        let mut repo = self.client.repository(reference.domain(), reference.path(), creds, true, tp.as_deref()).await?;
+        let mut repo =
+            self.client().repository(reference.domain(), reference.path(), creds, true, tp.as_deref()).await?;
         let manifest_bytes = self.images.read_blob(&image.record.manifest.digest)?;
         let config_desc = Descriptor {
             media_type: engine_image::manifest::MEDIA_OCI_CONFIG.into(),
@@ -419,7 +439,7 @@ impl Distribution {
             .iter()
             .find(|r| r.domain() == reference.domain() && r.path() != reference.path())
             .map(|r| r.path().to_string());
-        let limit = Arc::new(Semaphore::new(self.uploads));
+        let limit = Arc::new(Semaphore::new(self.uploads.load(std::sync::atomic::Ordering::Relaxed)));
         let mut tasks = tokio::task::JoinSet::new();
         let blobs: Vec<(Descriptor, bool)> =
             image.record.layers.iter().rev().map(|l| (l.blob.clone(), true)).chain([(config_desc, false)]).collect();

@@ -28,6 +28,7 @@ pub mod records;
 pub mod runconfig;
 pub mod state;
 pub mod supervisor;
+pub mod systemd;
 pub mod trace;
 pub mod traces;
 pub mod tracestore;
@@ -143,16 +144,49 @@ fn default_connection_limit() -> usize {
     usize::try_from(soft.saturating_sub(1024)).unwrap_or(usize::MAX).max(64)
 }
 
+/// SIGHUP: the configuration read again (the same flags, the file as it is now); what dockerd
+/// reloads takes effect at once (log level, registry mirrors and insecure registries, concurrent
+/// downloads and uploads) and the log says what changed. A configuration that does not read
+/// changes nothing.
+fn reload(cfg: &Config, current: &mut config::Reloadable, daemon: &daemon::Daemon) {
+    use clap::Parser;
+    systemd::notify("RELOADING=1");
+    let read = Config::try_parse_from(std::env::args_os()).map_err(anyhow::Error::from).and_then(Config::resolve);
+    match read {
+        Err(e) => log!(cfg, "error", "reloading the configuration: {e:#}; it stays as it was"),
+        Ok(new) => {
+            let next = config::Reloadable::of(&new);
+            let changes = current.changes(&next);
+            next.apply_log_level();
+            daemon.distribution.reconfigure(new.registry(), next.max_concurrent_downloads, next.max_concurrent_uploads);
+            if changes.is_empty() {
+                log!(cfg, "info", "reloaded the configuration: nothing that a reload changes changed");
+            } else {
+                log!(cfg, "info", "reloaded the configuration: {}", changes.join(", "));
+            }
+            *current = next;
+        }
+    }
+    systemd::notify("READY=1");
+}
+
 /// Runs engined until SIGTERM or SIGINT.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg.resolve()?);
-    let sock = cfg.socket_path()?;
+    let listen = cfg.listen()?;
     for dir in [&cfg.data_root, &cfg.exec_root] {
         config::ensure_dir(dir)?;
     }
-    if let Some(parent) = sock.parent() {
-        config::ensure_dir(parent)?;
-    }
+    // a socket handed over is taken first: a wrong one changes nothing
+    let activated = match &listen {
+        config::Listen::Unix(sock) => {
+            if let Some(parent) = sock.parent() {
+                config::ensure_dir(parent)?;
+            }
+            None
+        }
+        config::Listen::Activated(fd) => Some(systemd::activated_listener(*fd)?),
+    };
     if let Some(p) = &cfg.pidfile {
         std::fs::write(p, std::process::id().to_string()).with_context(|| format!("writing {}", p.display()))?;
     }
@@ -171,11 +205,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    systemd::notify("STATUS=starting engine-lifecycled");
     let supervisor = supervisor::start(cfg.clone()).await.context("starting engine-lifecycled")?;
     if let Some(p) = running {
         kernel::follow_engine_processes(&cfg, p, supervisor.pid.clone());
     }
     let lifecycled = supervisor.clone();
+    systemd::notify("STATUS=reading the records and adopting running containers");
     let daemon = match daemon::Daemon::open(cfg.clone(), supervisor, traces, probes, metrics).await {
         Ok(d) => d,
         Err(e) => {
@@ -189,15 +225,30 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     orphans::spawn_periodic(daemon.orphans.clone());
 
-    let _ = std::fs::remove_file(&sock);
-    let listener = engine_api::bind_unix(&sock).with_context(|| format!("listening on {}", sock.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))
-            .with_context(|| format!("chmod {}", sock.display()))?;
-    }
-    log!(cfg, "info", "API listening on {}", sock.display());
+    let (listener, sock) = match (&listen, activated) {
+        (config::Listen::Unix(sock), _) => {
+            let _ = std::fs::remove_file(sock);
+            let listener = engine_api::bind_unix(sock).with_context(|| format!("listening on {}", sock.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o660))
+                .with_context(|| format!("chmod {}", sock.display()))?;
+            log!(cfg, "info", "API listening on {}", sock.display());
+            (listener, Some(sock.clone()))
+        }
+        (config::Listen::Activated(_), Some(handed)) => {
+            let listener = tokio::net::UnixListener::from_std(handed).context("the socket handed over")?;
+            let at = listener.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.display().to_string()));
+            log!(cfg, "info", "API listening on the socket handed over ({})", at.unwrap_or_default());
+            (listener, None)
+        }
+        (config::Listen::Activated(_), None) => anyhow::bail!("no socket was handed over"),
+    };
+    // ready: the API answers, lifecycled is up and the containers are adopted
+    systemd::notify("READY=1\nSTATUS=serving the Docker Engine API");
+    systemd::spawn_watchdog();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut reloadable = config::Reloadable::of(&cfg);
     let mut backoff = AcceptBackoff::default();
     let limit = cfg.max_api_connections.unwrap_or_else(default_connection_limit);
     let connections = Arc::new(tokio::sync::Semaphore::new(limit));
@@ -266,13 +317,18 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                         .await;
                 });
             }
+            _ = hup.recv() => reload(&cfg, &mut reloadable, &daemon),
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
     log!(cfg, "info", "shutting down: stopping running containers");
+    systemd::notify("STOPPING=1\nSTATUS=stopping running containers");
     drop(listener);
-    let _ = std::fs::remove_file(&sock);
+    // a socket systemd handed over stays its own
+    if let Some(sock) = sock {
+        let _ = std::fs::remove_file(sock);
+    }
     daemon.shutdown().await;
     supervisor::stop(&cfg, &daemon.supervisor).await;
     if let Some(p) = &cfg.pidfile {

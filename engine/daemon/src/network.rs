@@ -1052,9 +1052,12 @@ pub async fn connect(d: &Arc<NetworkService>, net: &str, body: ConnectBody) -> R
     if rec.state.running() {
         let _ = write_hosts(d, &rec.id);
         // on its first user network: the embedded DNS server, and a resolv.conf naming it
+        // (the connection stands without it: names then fail in the container, and the log says why)
         if !d.dns.is_running(&rec.id) {
             if let Ok(ns) = std::fs::File::open(d.networks.sandbox_path(&rec.id)) {
-                start_dns(d, &e.snapshot(), &ns, None).await?;
+                if let Err(err) = start_dns(d, &e.snapshot(), &ns, None).await {
+                    crate::log!(d.cfg, "warn", "starting the DNS server of {}: {}", rec.id, err.message);
+                }
             }
         }
     }

@@ -228,7 +228,7 @@ impl Resolver {
                     }
                     seen.network = network;
                     seen.result = "NOERROR".into();
-                    resp.to_vec().ok()
+                    fit(&msg, &resp, transport)
                 }
                 Local::Unknown if !forward || self.scope.upstreams.is_empty() => {
                     // Docker's answer where nothing may be asked outside
@@ -334,6 +334,17 @@ fn now_unix_nanos() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
+/// A local answer to `msg` as sent: over UDP, one larger than the client takes (512 bytes, or
+/// its EDNS size) goes without its records and truncated, for the client to ask over TCP.
+fn fit(msg: &Message, resp: &Message, transport: &str) -> Option<Vec<u8>> {
+    let bytes = resp.to_vec().ok()?;
+    let limit = msg.extensions().as_ref().map_or(512, |e| e.max_payload().max(512));
+    if transport == "udp" && bytes.len() > usize::from(limit) {
+        return reply(msg, resp.response_code()).set_truncated(true).to_vec().ok();
+    }
+    Some(bytes)
+}
+
 /// A response to `msg` with its id, question and flags.
 fn reply(msg: &Message, code: ResponseCode) -> Message {
     let mut resp = Message::new();
@@ -419,6 +430,27 @@ mod tests {
         assert_eq!(rcode_name(ResponseCode::NXDomain), "NXDOMAIN");
         assert_eq!(rcode_name(ResponseCode::NoError), "NOERROR");
         assert_eq!(rcode_name(ResponseCode::BADCOOKIE), "RCODE23");
+    }
+
+    #[test]
+    fn a_local_answer_too_big_for_udp_is_truncated() {
+        let mut q = Message::new();
+        q.set_id(9);
+        let name = Name::from_ascii("pool.").unwrap();
+        q.add_query(hickory_proto::op::Query::query(name.clone(), RecordType::A));
+        let mut resp = reply(&q, ResponseCode::NoError);
+        for i in 0..60u8 {
+            resp.add_answer(Record::from_rdata(name.clone(), TTL, RData::A(A(Ipv4Addr::new(10, 0, 0, i)))));
+        }
+        let over_udp = Message::from_vec(&fit(&q, &resp, "udp").unwrap()).unwrap();
+        assert!(over_udp.truncated() && over_udp.answers().is_empty() && over_udp.id() == 9);
+        let over_tcp = Message::from_vec(&fit(&q, &resp, "tcp").unwrap()).unwrap();
+        assert_eq!((over_tcp.truncated(), over_tcp.answers().len()), (false, 60));
+        // a client that takes more (EDNS) gets it whole over UDP
+        let mut edns = hickory_proto::op::Edns::new();
+        edns.set_max_payload(4096);
+        q.set_edns(edns);
+        assert_eq!(Message::from_vec(&fit(&q, &resp, "udp").unwrap()).unwrap().answers().len(), 60);
     }
 
     #[test]

@@ -34,15 +34,22 @@ fn proxy(args: &[&str]) -> (Child, String) {
     (child, answer.trim().to_string())
 }
 
+/// The port of an answer `0 <port> <address bound>`, checking the address.
+fn bound(answer: &str, address: &str) -> u16 {
+    let (port, at) = answer.strip_prefix("0 ").expect(answer).split_once(' ').expect(answer);
+    assert_eq!(at, address, "{answer}");
+    port.parse().unwrap()
+}
+
 fn stop(mut c: Child) -> i32 {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     c.wait().unwrap().code().unwrap_or(-1)
 }
 
-#[test]
-fn tcp_is_forwarded_and_counted() {
+/// A "container" server on loopback that answers 5 bytes with them and `-pong`; its port.
+fn tcp_backend() -> String {
     let backend = TcpListener::bind("127.0.0.1:0").unwrap();
-    let bport = backend.local_addr().unwrap().port().to_string();
+    let port = backend.local_addr().unwrap().port().to_string();
     std::thread::spawn(move || {
         for s in backend.incoming() {
             let mut s = s.unwrap();
@@ -51,6 +58,12 @@ fn tcp_is_forwarded_and_counted() {
             s.write_all(&[&buf[..], b"-pong"].concat()).unwrap();
         }
     });
+    port
+}
+
+#[test]
+fn tcp_is_forwarded_and_counted() {
+    let bport = tcp_backend();
     let dir = tempfile::tempdir().unwrap();
     let stats = dir.path().join("stats");
     let (child, answer) = proxy(&[
@@ -67,7 +80,7 @@ fn tcp_is_forwarded_and_counted() {
         "--stats",
         stats.to_str().unwrap(),
     ]);
-    let port: u16 = answer.strip_prefix("0 ").expect(&answer).parse().unwrap();
+    let port = bound(&answer, "127.0.0.1");
     for _ in 0..2 {
         let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
         c.write_all(b"hello").unwrap();
@@ -123,7 +136,7 @@ fn udp_is_forwarded_per_client() {
         "--stats",
         stats.to_str().unwrap(),
     ]);
-    let port: u16 = answer.strip_prefix("0 ").expect(&answer).parse().unwrap();
+    let port = bound(&answer, "127.0.0.1");
     for who in ["a", "b"] {
         let c = UdpSocket::bind("127.0.0.1:0").unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -143,4 +156,32 @@ fn bad_arguments_are_answered() {
         proxy(&["--proto", "sctp", "--host-port", "0", "--container-ip", "127.0.0.1", "--container-port", "1"]);
     assert!(answer.starts_with("1 ") && answer.contains("sctp"), "{answer}");
     assert_ne!(c.wait().unwrap().code(), Some(0));
+}
+
+/// A port published on every IPv4 address is bound on `[::]` too, one socket serving both
+/// families, as dockerd publishes on `0.0.0.0` and `[::]`.
+#[test]
+fn a_port_on_every_address_answers_on_both_families() {
+    let bport = tcp_backend();
+    let (child, answer) = proxy(&[
+        "--proto",
+        "tcp",
+        "--host-ip",
+        "0.0.0.0",
+        "--host-port",
+        "0",
+        "--container-ip",
+        "127.0.0.1",
+        "--container-port",
+        &bport,
+    ]);
+    let port = bound(&answer, "::");
+    for addr in ["127.0.0.1", "::1"] {
+        let mut c = TcpStream::connect((addr, port)).unwrap();
+        c.write_all(b"hello").unwrap();
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "hello-pong", "over {addr}");
+    }
+    assert_eq!(stop(child), 0);
 }

@@ -115,6 +115,11 @@ impl Client {
         Client { cfg, http: Mutex::new(HashMap::new()), tokens: Arc::new(Mutex::new(HashMap::new())) }
     }
 
+    /// The options it was made with.
+    pub fn config(&self) -> &RegistryConfig {
+        &self.cfg
+    }
+
     /// Whether `host` (`host[:port]`) is reached without verified TLS.
     pub fn is_insecure(&self, host: &str) -> bool {
         let bare = host_without_port(host);

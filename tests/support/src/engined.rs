@@ -88,11 +88,43 @@ impl Engined {
 
     /// Starts engined (again) on the same directories and waits until it answers.
     pub fn restart(&mut self) {
+        let child = self.command(&[], &self.host()).spawn().expect("start engined");
+        self.child = Some(child);
+        crate::wait_for("engined to answer", || self.sock.exists() && self.engine(&["version"]).status.success());
+    }
+
+    /// An engined started by systemd's socket activation, as `engine.socket` starts it:
+    /// `systemd-socket-activate` listens on the instance's socket and, at the first connection,
+    /// becomes `engined -H fd://` with the socket handed over.
+    pub fn start_activated(env: &[(&str, &str)]) -> Engined {
+        let mut e = Self::prepare(env, &[]);
+        let sock = e.sock.display().to_string();
+        let activate = crate::which("systemd-socket-activate");
+        let wrapper = [activate.to_str().unwrap(), "-l", sock.as_str()];
+        let child = e.command(&wrapper, "fd://").spawn().expect("start systemd-socket-activate");
+        e.child = Some(child);
+        crate::wait_for("the activated engined to answer", || {
+            e.sock.exists() && e.engine(&["version"]).status.success()
+        });
+        e
+    }
+
+    /// engined on this instance's directories with `-H host`, run through `wrapper` (a
+    /// command that runs the rest of its arguments).
+    fn command(&self, wrapper: &[&str], host: &str) -> Command {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("engined.log")).unwrap();
-        let child = Command::new(crate::bin("engined"))
-            .arg("-H")
-            .arg(self.host())
+        let engined = crate::bin("engined");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&engined);
+                c
+            }
+            None => Command::new(&engined),
+        };
+        cmd.arg("-H")
+            .arg(host)
             .arg("--data-root")
             .arg(self.data_root())
             .arg("--exec-root")
@@ -100,20 +132,19 @@ impl Engined {
             .arg("--pidfile")
             .arg(self.dir.path().join("engined.pid"))
             .arg("--cgroup-parent")
-            .arg(&self.cgroup_parent)
-            .arg("--log-level")
-            .arg("debug")
-            .args(&self.args)
+            .arg(&self.cgroup_parent);
+        // debug logs, unless the test sets the level (a flag would win over its config file's)
+        if !self.args.iter().any(|a| a == "--log-level" || a == "--config-file") {
+            cmd.args(["--log-level", "debug"]);
+        }
+        cmd.args(&self.args)
             .env_remove("ENGINE_SPAN_SINK")
             .envs(crate::OFFLINE_ENV)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start engined");
-        self.child = Some(child);
-        crate::wait_for("engined to answer", || self.sock.exists() && self.engine(&["version"]).status.success());
+            .stderr(log);
+        cmd
     }
 
     /// kill -9 of engined: containers, shims and lifecycled stay.

@@ -1,0 +1,236 @@
+//! engined as systemd runs it: the units verify, socket activation hands it the API socket
+//! (`-H fd://`), it says READY=1 on `$NOTIFY_SOCKET` only once the API answers (with STATUS=
+//! lines before, STOPPING=1 at the end), and `--validate` checks a configuration.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use engine_test_support::engined::Engined;
+use engine_test_support::*;
+
+fn units_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/systemd")
+}
+
+/// A `GET /_ping` answered on `sock`.
+fn pings(sock: &Path) -> bool {
+    let Ok(mut s) = UnixStream::connect(sock) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: engine\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200")
+}
+
+#[test]
+fn the_units_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    for unit in ["engine.service", "engine.socket"] {
+        // the binary the unit names must exist for verify: the one built here stands in
+        let text = std::fs::read_to_string(units_dir().join(unit)).unwrap();
+        let text = text.replace("/usr/bin/engined", bin("engined").to_str().unwrap());
+        std::fs::write(dir.path().join(unit), text).unwrap();
+    }
+    let service = std::fs::read_to_string(units_dir().join("engine.service")).unwrap();
+    for line in ["Type=notify", "ExecStart=/usr/bin/engined -H fd://", "KillMode=process", "Delegate=yes"] {
+        assert!(service.lines().any(|l| l == line), "engine.service lacks {line}");
+    }
+    let out = Command::new(which("systemd-analyze"))
+        .arg("verify")
+        .arg(dir.path().join("engine.service"))
+        .arg(dir.path().join("engine.socket"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).trim().is_empty(), "systemd-analyze warns: {}", stderr(&out));
+}
+
+#[test]
+fn socket_activation_hands_over_the_api_socket() {
+    let e = Engined::start_activated(&[]);
+    // the activator became engined (same process), on the socket it was handed
+    let pid: u32 = std::fs::read_to_string(e.dir.path().join("engined.pid")).unwrap().trim().parse().unwrap();
+    assert_eq!(Some(pid), e.child.as_ref().map(|c| c.id()));
+    assert!(e.log_tail().contains("API listening on the socket handed over"), "{}", e.log_tail());
+    e.import_busybox("bb");
+    assert_eq!(e.ok(&["run", "--rm", "--network", "none", "bb", "echo", "activated"]), "activated\n");
+    // the descriptor handed over is not inherited by what engined starts
+    let lifecycled = e.lifecycled_pid();
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{lifecycled}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|f| std::fs::read_link(f.path()).ok())
+        .map(|l| l.display().to_string())
+        .collect();
+    let inode = std::fs::read_link(format!("/proc/{pid}/fd/3")).unwrap().display().to_string();
+    assert!(!fds.contains(&inode), "lifecycled holds the API socket ({inode}): {fds:?}");
+    // -H fd:// with nothing handed over is a clear error, and nothing starts
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("engined"))
+        .args(["-H", "fd://", "--data-root"])
+        .arg(dir.path().join("d"))
+        .arg("--exec-root")
+        .arg(dir.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no socket was handed over"), "{}", stderr(&out));
+    assert!(!dir.path().join("x/lifecycled.sock").exists());
+}
+
+#[test]
+fn ready_is_notified_once_the_api_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let got: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let api: Arc<Mutex<Option<std::path::PathBuf>>> = Arc::default();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = {
+        let (got, api, done) = (got.clone(), api.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(n) = sock.recv(&mut buf) else { continue };
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                // at the moment READY=1 arrives, the API must answer
+                let answers = msg.contains("READY=1") && api.lock().unwrap().as_deref().is_some_and(pings);
+                got.lock().unwrap().push((msg, answers));
+            }
+        })
+    };
+    let notify = path.display().to_string();
+    let mut e = Engined::start_with(&[("NOTIFY_SOCKET", notify.as_str())], &[]);
+    *api.lock().unwrap() = Some(e.sock.clone());
+    wait_for("READY=1", || got.lock().unwrap().iter().any(|(m, _)| m.contains("READY=1")));
+    e.kill9();
+    e.restart();
+    wait_for("a second READY=1", || got.lock().unwrap().iter().filter(|(m, _)| m.contains("READY=1")).count() == 2);
+    drop(e);
+    wait_for("STOPPING=1", || got.lock().unwrap().iter().any(|(m, _)| m.contains("STOPPING=1")));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    listener.join().unwrap();
+    let got = got.lock().unwrap().clone();
+    let first_ready = got.iter().position(|(m, _)| m.contains("READY=1")).unwrap();
+    assert!(
+        got[..first_ready].iter().any(|(m, _)| m.contains("STATUS=starting engine-lifecycled")),
+        "no STATUS before READY: {got:?}"
+    );
+    // the second READY=1 came when this test knew the socket: the API answered then
+    let second = got.iter().filter(|(m, _)| m.contains("READY=1")).nth(1).unwrap();
+    assert!(second.1, "READY=1 before the API answered: {got:?}");
+}
+
+#[test]
+fn validate_checks_a_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, "{\n  \"log-level\": \"warn\",\n  \"dns\": [\"127.0.0.1\"]\n}\n").unwrap();
+    let data_root = dir.path().join("data");
+    let out = Command::new(bin("engined"))
+        .arg("--validate")
+        .arg("--config-file")
+        .arg(&good)
+        .arg("--data-root")
+        .arg(&data_root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!data_root.exists(), "a check made the data root");
+    assert_eq!(stdout(&out), "configuration OK\n");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\n  \"log-level\": \"warn\",\n  \"no-such-option\": true\n}\n").unwrap();
+    let out = Command::new(bin("engined")).arg("--validate").arg("--config-file").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("no-such-option") && err.contains("line 3"), "{err}");
+    let wrong = dir.path().join("wrong.json");
+    std::fs::write(&wrong, "{\"dns\": [\"not-an-address\"]}").unwrap();
+    let out = Command::new(bin("engined")).arg("--validate").arg("--config-file").arg(&wrong).output().unwrap();
+    assert!(!out.status.success() && stderr(&out).contains("invalid --dns \"not-an-address\""), "{}", stderr(&out));
+}
+
+/// A shell set up for the Docker CLI (`DOCKER_HOST`) works with the engine CLI too; `-H` and
+/// `ENGINE_HOST` come first.
+#[test]
+fn the_engine_cli_honours_docker_host() {
+    let e = Engined::start();
+    let engine = |env: &[(&str, &str)], args: &[&str]| {
+        Command::new(bin("engine"))
+            .env_remove("ENGINE_HOST")
+            .env_remove("DOCKER_HOST")
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let host = e.host();
+    let out = engine(&[("DOCKER_HOST", host.as_str())], &["version"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let wrong = "unix:///nonexistent/engine.sock";
+    let out = engine(&[("DOCKER_HOST", wrong), ("ENGINE_HOST", host.as_str())], &["version"]);
+    assert!(out.status.success(), "ENGINE_HOST did not come first: {}", stderr(&out));
+    let out = engine(&[("DOCKER_HOST", host.as_str())], &["-H", wrong, "version"]);
+    assert!(!out.status.success(), "-H did not come first");
+}
+
+/// SIGHUP reads the configuration file again: a changed log level and registry mirror take
+/// effect at once, the log says what changed; a file that does not read changes nothing.
+#[test]
+fn sighup_reloads_the_log_level_and_the_registry_mirrors() {
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("daemon.json");
+    // mirrors that are never contacted: nothing here pulls
+    std::fs::write(&conf, r#"{"log-level": "error", "registry-mirrors": ["http://127.0.0.1:1"]}"#).unwrap();
+    let e = Engined::start_with(&[], &["--config-file", conf.to_str().unwrap()]);
+    let info = |field: &str| e.docker_ok(&["info", "--format", &format!("{{{{json .{field}}}}}")]).trim().to_string();
+    let log = || std::fs::read_to_string(e.dir.path().join("engined.log")).unwrap_or_default();
+    assert_eq!(info("RegistryConfig.Mirrors"), r#"["http://127.0.0.1:1"]"#);
+    assert_eq!(info("Debug"), "false");
+    assert!(!log().contains("level=info"), "info lines at log-level error: {}", log());
+
+    std::fs::write(&conf, r#"{"log-level": "debug", "registry-mirrors": ["http://127.0.0.1:2"]}"#).unwrap();
+    let pid = e.child.as_ref().unwrap().id() as i32;
+    // SAFETY: a signal to the engined this test started, by pid
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    wait_for("the reload in the log", || log().contains("reloaded the configuration:"));
+    let line = log().lines().find(|l| l.contains("reloaded the configuration:")).unwrap().to_string();
+    assert!(line.contains("log-level: error → debug") && line.contains("registry-mirrors"), "{line}");
+    assert_eq!(info("RegistryConfig.Mirrors"), r#"["http://127.0.0.1:2"]"#);
+    assert_eq!(info("Debug"), "true");
+
+    // a broken file: said so, and the configuration stays
+    std::fs::write(&conf, r#"{"log-level": "#).unwrap();
+    // SAFETY: as above
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    wait_for("the refused reload in the log", || log().contains("it stays as it was"));
+    assert_eq!(info("RegistryConfig.Mirrors"), r#"["http://127.0.0.1:2"]"#);
+    assert!(e.engine(&["version"]).status.success());
+}
+
+/// `engined config default` prints a configuration file of every option at its default, one
+/// that `--validate` takes back.
+#[test]
+fn the_default_configuration_validates() {
+    let out = Command::new(bin("engined")).args(["config", "default"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for key in ["log-level", "data-root", "registry-mirrors", "dns", "ipv6", "default-address-pools", "hosts"] {
+        assert!(v.get(key).is_some(), "{key} missing from {text}");
+    }
+    assert_eq!(v["log-level"], "info");
+    assert_eq!(v["hosts"], serde_json::json!(["unix:///run/engine/engine.sock"]));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("daemon.json");
+    std::fs::write(&file, &text).unwrap();
+    let out = Command::new(bin("engined")).arg("--validate").arg("--config-file").arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
