@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod distribution;
 pub mod events;
 pub mod exec;
+pub mod format;
 pub mod health;
 pub mod hostconfig;
 pub mod http;
@@ -177,6 +178,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     for dir in [&cfg.data_root, &cfg.exec_root] {
         config::ensure_dir(dir)?;
     }
+    // a data root of a newer engine is refused before anything reads or changes it
+    format::check(&cfg.data_root)?;
     // a socket handed over is taken first: a wrong one changes nothing
     let activated = match &listen {
         config::Listen::Unix(sock) => {

@@ -234,3 +234,37 @@ fn the_default_configuration_validates() {
     let out = Command::new(bin("engined")).arg("--validate").arg("--config-file").arg(&file).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// A data root a newer engine wrote (a later format) is refused before anything starts or
+/// changes; one without a format record is taken as format 1 and recorded.
+#[test]
+fn a_newer_data_root_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, exec) = (dir.path().join("data"), dir.path().join("exec"));
+    std::fs::create_dir_all(&data).unwrap();
+    let newer = r#"{"format": 99, "written_by": "9.0.0"}"#;
+    std::fs::write(data.join("format.json"), newer).unwrap();
+    let out = Command::new(bin("engined"))
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .arg("-H")
+        .arg(format!("unix://{}", dir.path().join("e.sock").display()))
+        .arg("--data-root")
+        .arg(&data)
+        .arg("--exec-root")
+        .arg(&exec)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("is in format 99, written by engine 9.0.0") && err.lines().count() <= 2, "{err}");
+    assert_eq!(std::fs::read_to_string(data.join("format.json")).unwrap(), newer);
+    assert!(!exec.join("lifecycled.pid").exists(), "lifecycled was started");
+    assert!(!dir.path().join("e.sock").exists());
+
+    // an engined on a root from before the record: recorded as this engine's
+    let e = Engined::start();
+    let f: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(e.data_root().join("format.json")).unwrap()).unwrap();
+    assert_eq!(f["format"], 1);
+}
