@@ -8,7 +8,7 @@ RELEASE := target/$(TARGET)/release
 RUNS ?= 50
 CI_BENCH_RUNS ?= 10
 
-.PHONY: setup lint build release test fuzz demo bench bench-runtime bench-shim bench-image bench-probes bench-net bench-pull bench-build ci-bench clean
+.PHONY: setup lint build release test fuzz demo dist bench bench-runtime bench-shim bench-image bench-probes bench-net bench-pull bench-build ci-bench clean
 
 setup:
 	@scripts/setup
@@ -35,6 +35,10 @@ fuzz:
 
 demo: release
 	BIN=$(RELEASE) scripts/demo
+
+# the tarball of the release binaries, units, man pages and completions (target/dist/)
+dist: release
+	scripts/dist
 
 bench: release
 	BIN=$(RELEASE) RUNS=$(RUNS) scripts/bench

@@ -21,7 +21,7 @@ pub struct Config {
     /// Write the daemon's pid here.
     #[arg(long)]
     pub pidfile: Option<PathBuf>,
-    /// A JSON file with any of: "log-level", "cgroup-parent", "data-root", "exec-root", "pidfile",
+    /// A JSON file (default: /etc/engine/daemon.json, when it is there) with any of: "log-level", "cgroup-parent", "data-root", "exec-root", "pidfile",
     /// "hosts", "otlp-endpoint", "otlp-protocol", "trace-max-traces", "trace-max-mb", "no-probes",
     /// "bridge-name" (or "bridge"), "storage-driver", "bip", "default-address-pools" ([{"base": CIDR, "size": N}]), "iptables",
     /// "firewall-backend", "userland-proxy-path", "metrics-addr", "registry-mirrors",
@@ -147,6 +147,9 @@ pub struct Config {
     pub validate: bool,
 }
 
+/// The configuration file read when `--config-file` names none, if it is there.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/engine/daemon.json";
+
 /// Where the API listens.
 #[derive(Debug, PartialEq)]
 pub enum Listen {
@@ -253,6 +256,10 @@ impl Config {
     /// Applies `--config-file` (flags given on the command line win, as dockerd refuses
     /// conflicts; here the file fills what was left at its default) and checks the values.
     pub fn resolve(mut self) -> anyhow::Result<Self> {
+        // dockerd reads /etc/docker/daemon.json when it is there; engined its own
+        if self.config_file.is_none() && Path::new(DEFAULT_CONFIG_FILE).exists() {
+            self.config_file = Some(DEFAULT_CONFIG_FILE.into());
+        }
         if let Some(path) = &self.config_file {
             let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
             let f: FileConfig =

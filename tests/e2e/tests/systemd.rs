@@ -268,3 +268,78 @@ fn a_newer_data_root_is_refused() {
         serde_json::from_str(&std::fs::read_to_string(e.data_root().join("format.json")).unwrap()).unwrap();
     assert_eq!(f["format"], 1);
 }
+
+/// The man pages and completions generated from the command lines, and install.sh of `make
+/// dist` run into another root: everything lands where it belongs, the pages render, the
+/// completion loads in bash.
+#[test]
+fn man_pages_completions_and_install_sh() {
+    let stage = tempfile::tempdir().unwrap();
+    let s = stage.path();
+    let docs = |what: &str, dir: &str| {
+        let out = Command::new(bin("engine-docs")).arg(what).arg(s.join(dir)).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    docs("man", "man");
+    docs("completions", "completions");
+    std::fs::create_dir_all(s.join("bin")).unwrap();
+    for b in ["engine", "engined", "engine-lifecycled", "engine-shim", "engine-runtime", "engine-init", "engine-proxy"]
+    {
+        std::fs::copy(bin(b), s.join("bin").join(b)).unwrap();
+    }
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging");
+    std::fs::create_dir_all(s.join("systemd")).unwrap();
+    for u in ["engine.service", "engine.socket"] {
+        std::fs::copy(units.join("systemd").join(u), s.join("systemd").join(u)).unwrap();
+    }
+    std::fs::copy(units.join("install.sh"), s.join("install.sh")).unwrap();
+    let defaults = Command::new(bin("engined")).args(["config", "default"]).output().unwrap();
+    std::fs::write(s.join("daemon.json"), &defaults.stdout).unwrap();
+    std::fs::create_dir_all(s.join("dashboards")).unwrap();
+    std::fs::write(s.join("dashboards/start-latency.json"), "{}").unwrap();
+
+    // every page renders
+    let pages: Vec<std::path::PathBuf> =
+        std::fs::read_dir(s.join("man")).unwrap().flatten().map(|e| e.path()).collect();
+    for name in
+        ["engine.1", "engine-run.1", "engine-network-create.1", "engined.8", "engine-runtime.8", "engine-init.8"]
+    {
+        assert!(s.join("man").join(name).exists(), "no {name}");
+    }
+    for p in &pages {
+        let out = Command::new("man").arg("-l").arg(p).env("MANPAGER", "cat").env("MANWIDTH", "80").output().unwrap();
+        assert!(out.status.success() && stdout(&out).contains("NAME"), "{}: {}", p.display(), stderr(&out));
+    }
+    // the bash completion loads
+    let script = format!("source {} && complete -p engine", s.join("completions/engine.bash").display());
+    let out = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+    assert!(stdout(&out).contains("complete") && stdout(&out).contains("engine"), "{}{}", stdout(&out), stderr(&out));
+
+    // install.sh into another root: says each step, puts each file in its place
+    let root = tempfile::tempdir().unwrap();
+    let out = Command::new("sh").arg(s.join("install.sh")).env("DESTDIR", root.path()).output().unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).lines().all(|l| l.starts_with("install.sh: ")), "{}", stdout(&out));
+    let r = root.path();
+    for f in [
+        "usr/local/bin/engined",
+        "usr/local/bin/engine-init",
+        "etc/systemd/system/engine.socket",
+        "etc/engine/daemon.json",
+        "usr/local/share/man/man1/engine-run.1",
+        "usr/local/share/man/man8/engined.8",
+        "usr/local/share/bash-completion/completions/engine",
+        "usr/local/share/zsh/vendor-completions/_engine",
+        "usr/local/share/fish/vendor_completions.d/engine.fish",
+        "usr/local/share/engine/dashboards/start-latency.json",
+    ] {
+        assert!(r.join(f).exists(), "install.sh left out {f}");
+    }
+    let service = std::fs::read_to_string(r.join("etc/systemd/system/engine.service")).unwrap();
+    assert!(service.contains("ExecStart=/usr/local/bin/engined -H fd://"), "{service}");
+    // a configuration there is kept
+    std::fs::write(r.join("etc/engine/daemon.json"), "{\"log-level\": \"warn\"}").unwrap();
+    let out = Command::new("sh").arg(s.join("install.sh")).env("DESTDIR", r).output().unwrap();
+    assert!(stdout(&out).contains("is there, kept"));
+    assert_eq!(std::fs::read_to_string(r.join("etc/engine/daemon.json")).unwrap(), "{\"log-level\": \"warn\"}");
+}
