@@ -343,3 +343,14 @@ fn man_pages_completions_and_install_sh() {
     assert!(stdout(&out).contains("is there, kept"));
     assert_eq!(std::fs::read_to_string(r.join("etc/engine/daemon.json")).unwrap(), "{\"log-level\": \"warn\"}");
 }
+
+/// Under systemd's journal (`$JOURNAL_STREAM`), log lines carry the syslog priority prefix and
+/// no time of their own (the journal stamps them).
+#[test]
+fn journal_lines_have_priorities_and_no_time() {
+    let e = Engined::start_with(&[("JOURNAL_STREAM", "8:12345")], &[]);
+    let log = std::fs::read_to_string(e.dir.path().join("engined.log")).unwrap();
+    let listening = log.lines().find(|l| l.contains("API listening on")).unwrap_or_else(|| panic!("{log}"));
+    assert!(listening.starts_with("<6>API listening on"), "{listening}");
+    assert!(!log.contains("level=info"), "{log}");
+}
