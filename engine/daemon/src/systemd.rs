@@ -75,18 +75,11 @@ pub fn activated_listener(which: Option<RawFd>) -> anyhow::Result<UnixListener> 
         )
         .map_err(|e| anyhow::anyhow!("fd {n} handed over: {e}"))?;
     }
-    let kind = nix::sys::socket::getsockopt(
-        // SAFETY: as above
-        &unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-        nix::sys::socket::sockopt::SockType,
-    )
-    .map_err(|e| anyhow::anyhow!("fd {fd} handed over is no socket: {e}"))?;
-    let listening = nix::sys::socket::getsockopt(
-        // SAFETY: as above
-        &unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-        nix::sys::socket::sockopt::AcceptConn,
-    )
-    .unwrap_or(false);
+    // SAFETY: a descriptor systemd handed over, open until closed
+    let handed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let kind = nix::sys::socket::getsockopt(&handed, nix::sys::socket::sockopt::SockType)
+        .map_err(|e| anyhow::anyhow!("fd {fd} handed over is no socket: {e}"))?;
+    let listening = nix::sys::socket::getsockopt(&handed, nix::sys::socket::sockopt::AcceptConn).unwrap_or(false);
     if kind != nix::sys::socket::SockType::Stream || !listening {
         anyhow::bail!("fd {fd} handed over is not a listening stream socket");
     }

@@ -51,10 +51,9 @@ impl Upstream {
         let pid = std::process::id();
         let n = UPSTREAMS.fetch_add(1, Ordering::SeqCst) as u32;
         let ip = Ipv4Addr::new(127, 53 + (n % 100) as u8, ((pid / 250) % 250) as u8, (pid % 250 + 1) as u8);
+        // both loops block; Drop wakes them (a datagram, a connection) once `stop` is set
         let udp = UdpSocket::bind((ip, 53)).expect("binding the test upstream (UDP)");
-        udp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let tcp = TcpListener::bind((ip, 53)).expect("binding the test upstream (TCP)");
-        tcp.set_nonblocking(true).unwrap();
         let (asked, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
         let mut threads = Vec::new();
         {
@@ -62,8 +61,12 @@ impl Upstream {
             let udp = Arc::new(udp);
             threads.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 1500];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((n, peer)) = udp.recv_from(&mut buf) else { continue };
+                loop {
+                    let got = udp.recv_from(&mut buf);
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Ok((n, peer)) = got else { continue };
                     let (q, udp, asked) = (buf[..n].to_vec(), udp.clone(), asked.clone());
                     std::thread::spawn(move || {
                         if let Some(r) = answer(&q, false, &asked) {
@@ -75,24 +78,22 @@ impl Upstream {
         }
         {
             let (asked, stop) = (asked.clone(), stop.clone());
-            threads.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((mut conn, _)) = tcp.accept() else {
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    };
-                    let asked = asked.clone();
-                    std::thread::spawn(move || {
-                        conn.set_nonblocking(false).unwrap();
-                        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                        while let Some(q) = read_framed(&mut conn) {
-                            let Some(r) = answer(&q, true, &asked) else { return };
-                            if write_framed(&mut conn, &r).is_err() {
-                                return;
-                            }
-                        }
-                    });
+            threads.push(std::thread::spawn(move || loop {
+                let got = tcp.accept();
+                if stop.load(Ordering::Relaxed) {
+                    return;
                 }
+                let Ok((mut conn, _)) = got else { continue };
+                let asked = asked.clone();
+                std::thread::spawn(move || {
+                    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    while let Some(q) = read_framed(&mut conn) {
+                        let Some(r) = answer(&q, true, &asked) else { return };
+                        if write_framed(&mut conn, &r).is_err() {
+                            return;
+                        }
+                    }
+                });
             }));
         }
         Upstream { ip, asked, stop, threads }
@@ -106,6 +107,10 @@ impl Upstream {
 impl Drop for Upstream {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Ok(wake) = UdpSocket::bind((self.ip, 0)) {
+            let _ = wake.send_to(b"stop", (self.ip, 53));
+        }
+        let _ = TcpStream::connect((self.ip, 53));
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -89,7 +89,6 @@ fn ready_is_notified_once_the_api_answers() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify");
     let sock = UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let got: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
     let api: Arc<Mutex<Option<std::path::PathBuf>>> = Arc::default();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -97,8 +96,13 @@ fn ready_is_notified_once_the_api_answers() {
         let (got, api, done) = (got.clone(), api.clone(), done.clone());
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok(n) = sock.recv(&mut buf) else { continue };
+            loop {
+                let received = sock.recv(&mut buf);
+                // the test's own last datagram wakes this loop to end it
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(n) = received else { continue };
                 let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
                 // at the moment READY=1 arrives, the API must answer
                 let answers = msg.contains("READY=1") && api.lock().unwrap().as_deref().is_some_and(pings);
@@ -116,6 +120,7 @@ fn ready_is_notified_once_the_api_answers() {
     drop(e);
     wait_for("STOPPING=1", || got.lock().unwrap().iter().any(|(m, _)| m.contains("STOPPING=1")));
     done.store(true, std::sync::atomic::Ordering::Relaxed);
+    UnixDatagram::unbound().unwrap().send_to(b"done", &path).unwrap();
     listener.join().unwrap();
     let got = got.lock().unwrap().clone();
     let first_ready = got.iter().position(|(m, _)| m.contains("READY=1")).unwrap();
