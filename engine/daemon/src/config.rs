@@ -141,10 +141,22 @@ pub struct Config {
     /// The default bridge's IPv6 subnet with --ipv6 (default: a unique local /64).
     #[arg(long)]
     pub fixed_cidr_v6: Option<String>,
+    /// Leave the running containers running when engined stops, for the next engined to adopt
+    /// (their shims and engine-lifecycled outlive it): a restart or an upgrade of the daemon
+    /// does not stop them. `--live-restore=false` stops them first, as dockerd without
+    /// live-restore.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub live_restore: bool,
+    /// A label of this daemon, key=value, shown by `engine info` (repeatable; a SIGHUP reloads them).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
     /// Check the configuration (flags and --config-file) and exit: 0 and "configuration OK",
     /// or the first problem.
     #[arg(long)]
     pub validate: bool,
+    /// The options the command line gave (their clap ids): one the file sets too is a conflict.
+    #[arg(skip)]
+    pub given: Vec<String>,
 }
 
 /// The configuration file read when `--config-file` names none, if it is there.
@@ -195,6 +207,8 @@ struct FileConfig {
     dns_trace_window: Option<u64>,
     ipv6: Option<bool>,
     fixed_cidr_v6: Option<String>,
+    live_restore: Option<bool>,
+    labels: Option<Vec<String>>,
 }
 
 /// `"default-address-pools": [{"base": "10.10.0.0/16", "size": 24}]`, as daemon.json has it.
@@ -248,133 +262,214 @@ pub fn default_file() -> String {
         dns_trace_window: Some(d.dns_trace_window),
         ipv6: Some(d.ipv6),
         fixed_cidr_v6: d.fixed_cidr_v6,
+        live_restore: Some(d.live_restore),
+        labels: Some(d.labels),
     };
-    serde_json::to_string_pretty(&f).unwrap_or_default() + "\n"
+    let Ok(serde_json::Value::Object(values)) = serde_json::to_value(&f) else { return String::new() };
+    let mut out = String::from(DEFAULT_FILE_HEAD);
+    out.push_str("{\n");
+    use clap::CommandFactory;
+    let cmd = Config::command();
+    for arg in cmd.get_arguments() {
+        let key = file_key(arg.get_id().as_str());
+        let Some(value) = values.get(&key) else { continue };
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        out.push('\n');
+        for line in wrap(&help, 88) {
+            out.push_str(&format!("  // {line}\n"));
+        }
+        let shown = serde_json::to_string_pretty(value).unwrap_or_default();
+        let shown = format!("{}: {shown},", serde_json::Value::String(key.clone()));
+        for line in shown.lines() {
+            out.push_str(&format!("  // {line}\n"));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+const DEFAULT_FILE_HEAD: &str = "\
+// engined's configuration: /etc/engine/daemon.json, or the file --config-file names.
+// Every option is here at its default, commented out: remove the // of an option's lines to
+// set it. Comments and trailing commas are allowed. An option set both here and as a flag of
+// engined is an error, as with dockerd (engine.service gives only -H fd://: \"hosts\" stays
+// commented out under systemd). `engined --validate` checks the file; a SIGHUP reloads
+// log-level, labels, registry-mirrors, insecure-registries and max-concurrent-*.
+";
+
+/// The file's name of the option whose clap id is `id`: `data_root` is `data-root`, and the
+/// one host is `hosts`, as dockerd names them.
+fn file_key(id: &str) -> String {
+    match id {
+        "host" => "hosts".to_string(),
+        id => id.replace('_', "-"),
+    }
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(l) if l.len() + 1 + word.len() <= width => {
+                l.push(' ');
+                l.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines
+}
+
+/// Reads a configuration file: JSON with `//` and `/* */` comments and trailing commas allowed
+/// (the default file is commented); an error names the line and column, as serde_json gives
+/// them (comments and commas are blanked, so positions stay where they were).
+fn parse_file(text: &str) -> Result<FileConfig, serde_json::Error> {
+    use std::io::Read;
+    let mut plain = String::with_capacity(text.len());
+    // reading from a byte slice cannot fail
+    let _ = json_comments::StripComments::new(text.as_bytes()).read_to_string(&mut plain);
+    serde_json::from_str(&blank_trailing_commas(&plain))
+}
+
+/// `{"a": 1,}` as `{"a": 1 }`: a comma that only whitespace separates from `}` or `]`, outside
+/// strings, becomes a space.
+fn blank_trailing_commas(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = bytes.to_vec();
+    let (mut in_string, mut escaped) = (false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b',' => {
+                let next = bytes[i + 1..].iter().find(|c| !c.is_ascii_whitespace());
+                if matches!(next, Some(b'}') | Some(b']')) {
+                    out[i] = b' ';
+                }
+            }
+            _ => {}
+        }
+    }
+    // only ASCII commas were replaced by ASCII spaces: still UTF-8
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Puts the file's options into a configuration; an option the command line gave as well is
+/// a conflict, collected to be said all at once, as dockerd says them.
+struct FromFile<'a> {
+    given: &'a [String],
+    conflicts: Vec<String>,
+}
+
+impl FromFile<'_> {
+    fn set<T: std::fmt::Debug>(&mut self, key: &str, slot: &mut T, value: Option<T>) {
+        let Some(v) = value else { return };
+        let id = if key == "hosts" { "host".to_string() } else { key.replace('-', "_") };
+        if self.given.contains(&id) {
+            self.conflicts.push(format!("{key}: (from flag: {slot:?}, from file: {v:?})"));
+        } else {
+            *slot = v;
+        }
+    }
 }
 
 impl Config {
-    /// Applies `--config-file` (flags given on the command line win, as dockerd refuses
-    /// conflicts; here the file fills what was left at its default) and checks the values.
+    /// The command line `args` (the program's name first), noting which options it gave.
+    pub fn from_args<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let m = Config::command().try_get_matches_from(args)?;
+        let mut c = Config::from_arg_matches(&m)?;
+        c.given = m
+            .ids()
+            .filter(|id| m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+            .map(|id| id.to_string())
+            .collect();
+        Ok(c)
+    }
+
+    /// Applies `--config-file` (an option both in it and on the command line is an error, as
+    /// dockerd's) and checks the values.
     pub fn resolve(mut self) -> anyhow::Result<Self> {
         // dockerd reads /etc/docker/daemon.json when it is there; engined its own
         if self.config_file.is_none() && Path::new(DEFAULT_CONFIG_FILE).exists() {
             self.config_file = Some(DEFAULT_CONFIG_FILE.into());
         }
-        if let Some(path) = &self.config_file {
-            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-            let f: FileConfig =
-                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))?;
-            let defaults = Config::parse_from(["engined"]);
-            if let Some(v) = f.log_level.filter(|_| self.log_level == defaults.log_level) {
-                self.log_level = v;
-            }
-            if let Some(v) = f.cgroup_parent.filter(|_| self.cgroup_parent == defaults.cgroup_parent) {
-                self.cgroup_parent = v;
-            }
-            if let Some(v) = f.data_root.filter(|_| self.data_root == defaults.data_root) {
-                self.data_root = v;
-            }
-            if let Some(v) = f.exec_root.filter(|_| self.exec_root == defaults.exec_root) {
-                self.exec_root = v;
-            }
-            if self.pidfile.is_none() {
-                self.pidfile = f.pidfile;
-            }
-            if self.otlp_endpoint.is_none() {
-                self.otlp_endpoint = f.otlp_endpoint;
-            }
-            if self.otlp_protocol.is_none() {
-                self.otlp_protocol = f.otlp_protocol;
-            }
-            if let Some(v) = f.trace_max_traces.filter(|_| self.trace_max_traces == defaults.trace_max_traces) {
-                self.trace_max_traces = v;
-            }
-            if let Some(v) = f.trace_max_mb.filter(|_| self.trace_max_mb == defaults.trace_max_mb) {
-                self.trace_max_mb = v;
-            }
-            self.no_probes |= f.no_probes.unwrap_or(false);
-            if let Some(v) = f.bridge_name.filter(|_| self.bridge_name == defaults.bridge_name) {
-                self.bridge_name = v;
-            }
-            if let Some(v) = f.storage_driver.filter(|_| self.storage_driver == defaults.storage_driver) {
-                self.storage_driver = v.parse().map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))?;
-            }
-            if self.bip.is_none() {
-                self.bip = f.bip;
-            }
-            if self.default_address_pools.is_empty() {
-                self.default_address_pools = f
-                    .default_address_pools
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|p| format!("base={},size={}", p.base, p.size))
-                    .collect();
-            }
-            if let Some(v) = f.iptables {
-                self.iptables &= v;
-            }
-            if self.userland_proxy_path.is_none() {
-                self.userland_proxy_path = f.userland_proxy_path;
-            }
-            if self.metrics_addr.is_none() {
-                self.metrics_addr = f.metrics_addr;
-            }
-            if let Some(v) = f.firewall_backend.filter(|_| self.firewall_backend == defaults.firewall_backend) {
-                self.firewall_backend = v;
-            }
-            if self.registry_mirrors.is_empty() {
-                self.registry_mirrors = f.registry_mirrors.unwrap_or_default();
-            }
-            if self.insecure_registries.is_empty() {
-                self.insecure_registries = f.insecure_registries.unwrap_or_default();
+        if let Some(path) = self.config_file.clone() {
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            let f = parse_file(&text).map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))?;
+            let given = std::mem::take(&mut self.given);
+            let mut m = FromFile { given: &given, conflicts: Vec::new() };
+            m.set("log-level", &mut self.log_level, f.log_level);
+            m.set("cgroup-parent", &mut self.cgroup_parent, f.cgroup_parent);
+            m.set("data-root", &mut self.data_root, f.data_root);
+            m.set("exec-root", &mut self.exec_root, f.exec_root);
+            m.set("pidfile", &mut self.pidfile, f.pidfile.map(Some));
+            m.set("hosts", &mut self.host, f.hosts.and_then(|h| h.into_iter().next()));
+            m.set("otlp-endpoint", &mut self.otlp_endpoint, f.otlp_endpoint.map(Some));
+            m.set("otlp-protocol", &mut self.otlp_protocol, f.otlp_protocol.map(Some));
+            m.set("trace-max-traces", &mut self.trace_max_traces, f.trace_max_traces);
+            m.set("trace-max-mb", &mut self.trace_max_mb, f.trace_max_mb);
+            m.set("no-probes", &mut self.no_probes, f.no_probes);
+            m.set("bridge-name", &mut self.bridge_name, f.bridge_name);
+            let driver = f
+                .storage_driver
+                .map(|v| v.parse::<engine_image::StorageDriver>())
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))?;
+            m.set("storage-driver", &mut self.storage_driver, driver);
+            m.set("bip", &mut self.bip, f.bip.map(Some));
+            let pools = f
+                .default_address_pools
+                .map(|ps| ps.into_iter().map(|p| format!("base={},size={}", p.base, p.size)).collect());
+            m.set("default-address-pools", &mut self.default_address_pools, pools);
+            m.set("iptables", &mut self.iptables, f.iptables);
+            m.set("firewall-backend", &mut self.firewall_backend, f.firewall_backend);
+            m.set("userland-proxy-path", &mut self.userland_proxy_path, f.userland_proxy_path.map(Some));
+            m.set("metrics-addr", &mut self.metrics_addr, f.metrics_addr.map(Some));
+            m.set("registry-mirrors", &mut self.registry_mirrors, f.registry_mirrors);
+            m.set("insecure-registries", &mut self.insecure_registries, f.insecure_registries);
+            m.set("certs-dir", &mut self.certs_dir, f.certs_dir.map(Some));
+            m.set("max-concurrent-downloads", &mut self.max_concurrent_downloads, f.max_concurrent_downloads);
+            m.set("max-concurrent-uploads", &mut self.max_concurrent_uploads, f.max_concurrent_uploads);
+            m.set("max-upload-chunk-size", &mut self.max_upload_chunk_size, f.max_upload_chunk_size);
+            m.set("api-header-timeout", &mut self.api_header_timeout, f.api_header_timeout);
+            m.set("api-body-timeout", &mut self.api_body_timeout, f.api_body_timeout);
+            m.set("max-api-connections", &mut self.max_api_connections, f.max_api_connections.map(Some));
+            m.set("orphan-collection-interval", &mut self.orphan_collection_interval, f.orphan_collection_interval);
+            m.set("dns", &mut self.dns, f.dns);
+            m.set("dns-trace-window", &mut self.dns_trace_window, f.dns_trace_window);
+            m.set("ipv6", &mut self.ipv6, f.ipv6);
+            m.set("fixed-cidr-v6", &mut self.fixed_cidr_v6, f.fixed_cidr_v6.map(Some));
+            m.set("live-restore", &mut self.live_restore, f.live_restore);
+            m.set("labels", &mut self.labels, f.labels);
+            if !m.conflicts.is_empty() {
+                anyhow::bail!(
+                    "unable to configure the engine with file {}: the following directives are specified both as a flag and in the configuration file: {}",
+                    path.display(),
+                    m.conflicts.join(", ")
+                );
             }
             if self.certs_dir.is_none() {
-                self.certs_dir = f.certs_dir.or_else(|| path.parent().map(|p| p.join("certs.d")));
+                self.certs_dir = path.parent().map(|p| p.join("certs.d"));
             }
-            if let Some(v) = f
-                .max_concurrent_downloads
-                .filter(|_| self.max_concurrent_downloads == defaults.max_concurrent_downloads)
-            {
-                self.max_concurrent_downloads = v;
-            }
-            if let Some(v) =
-                f.max_concurrent_uploads.filter(|_| self.max_concurrent_uploads == defaults.max_concurrent_uploads)
-            {
-                self.max_concurrent_uploads = v;
-            }
-            if let Some(v) =
-                f.max_upload_chunk_size.filter(|_| self.max_upload_chunk_size == defaults.max_upload_chunk_size)
-            {
-                self.max_upload_chunk_size = v;
-            }
-            if let Some(v) = f.api_header_timeout.filter(|_| self.api_header_timeout == defaults.api_header_timeout) {
-                self.api_header_timeout = v;
-            }
-            if let Some(v) = f.api_body_timeout.filter(|_| self.api_body_timeout == defaults.api_body_timeout) {
-                self.api_body_timeout = v;
-            }
-            if self.max_api_connections.is_none() {
-                self.max_api_connections = f.max_api_connections;
-            }
-            if let Some(v) = f
-                .orphan_collection_interval
-                .filter(|_| self.orphan_collection_interval == defaults.orphan_collection_interval)
-            {
-                self.orphan_collection_interval = v;
-            }
-            if self.dns.is_empty() {
-                self.dns = f.dns.unwrap_or_default();
-            }
-            self.ipv6 |= f.ipv6.unwrap_or(false);
-            if self.fixed_cidr_v6.is_none() {
-                self.fixed_cidr_v6 = f.fixed_cidr_v6;
-            }
-            if let Some(v) = f.dns_trace_window.filter(|_| self.dns_trace_window == defaults.dns_trace_window) {
-                self.dns_trace_window = v;
-            }
-            if let Some(h) = f.hosts.and_then(|h| h.into_iter().next()).filter(|_| self.host == defaults.host) {
-                self.host = h;
-            }
+            self.given = given;
+        }
+        if let Some(bad) = self.labels.iter().find(|l| l.split_once('=').is_none_or(|(k, _)| k.is_empty())) {
+            anyhow::bail!("invalid label {bad:?}: want key=value");
         }
         if let Some(bad) = self.dns.iter().find(|d| d.parse::<std::net::IpAddr>().is_err()) {
             anyhow::bail!("invalid --dns {bad:?}: an IP address");
@@ -545,6 +640,7 @@ pub struct Reloadable {
     pub insecure_registries: Vec<String>,
     pub max_concurrent_downloads: usize,
     pub max_concurrent_uploads: usize,
+    pub labels: Vec<String>,
 }
 
 impl Reloadable {
@@ -555,6 +651,7 @@ impl Reloadable {
             insecure_registries: c.insecure_registries.clone(),
             max_concurrent_downloads: c.max_concurrent_downloads,
             max_concurrent_uploads: c.max_concurrent_uploads,
+            labels: c.labels.clone(),
         }
     }
 
@@ -583,6 +680,7 @@ impl Reloadable {
             self.max_concurrent_uploads.to_string(),
             next.max_concurrent_uploads.to_string(),
         );
+        diff("labels", format!("{:?}", self.labels), format!("{:?}", next.labels));
         out
     }
 
@@ -642,26 +740,83 @@ mod tests {
     use super::*;
 
     #[test]
-    fn config_file_fills_what_flags_left_at_their_defaults() {
+    fn config_file_sets_options_and_a_flag_for_the_same_one_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("daemon.json");
-        std::fs::write(&file, r#"{"otlp-endpoint": "http://127.0.0.1:4317", "otlp-protocol": "grpc", "trace-max-traces": 10, "trace-max-mb": 5, "log-level": "debug"}"#).unwrap();
-        let cfg = Config::parse_from(["engined", "--config-file", file.to_str().unwrap(), "--trace-max-mb", "7"])
-            .resolve()
-            .unwrap();
+        std::fs::write(&file, r#"{"otlp-endpoint": "http://127.0.0.1:4317", "otlp-protocol": "grpc", "trace-max-traces": 10, "log-level": "debug"}"#).unwrap();
+        let cfg = resolve_with(&file, &["--trace-max-mb", "7"]).unwrap();
         assert_eq!(cfg.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
         assert_eq!((cfg.trace_max_traces, cfg.trace_max_mb, cfg.log_level.as_str()), (10, 7, "debug"));
+        // a flag at its default value counts as given too, as with dockerd
+        let err = resolve_with(&file, &["--log-level", "info", "--trace-max-traces", "10"]).unwrap_err().to_string();
+        assert!(
+            err.contains("specified both as a flag and in the configuration file")
+                && err.contains(r#"log-level: (from flag: "info", from file: "debug")"#)
+                && err.contains("trace-max-traces: (from flag: 10, from file: 10)"),
+            "{err}"
+        );
+        std::fs::write(&file, r#"{"hosts": ["unix:///tmp/x.sock"]}"#).unwrap();
+        let err = resolve_with(&file, &["-H", "fd://"]).unwrap_err().to_string();
+        assert!(err.contains("hosts: (from flag: \"fd://\""), "{err}");
         std::fs::write(&file, r#"{"otlp": "x"}"#).unwrap();
-        let err =
-            Config::parse_from(["engined", "--config-file", file.to_str().unwrap()]).resolve().unwrap_err().to_string();
-        assert!(err.contains("unknown field `otlp`"), "{err}");
+        let err = resolve_with(&file, &[]).unwrap_err().to_string();
+        assert!(err.contains("unknown field `otlp`") && err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn config_file_takes_comments_and_trailing_commas_and_errors_keep_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("daemon.json");
+        let text = "// the daemon\n{\n  /* levels: error … debug */ \"log-level\": \"warn\", // quiet\n  \"labels\": [\"a=1\", \"b=//not a comment\",],\n}\n";
+        std::fs::write(&file, text).unwrap();
+        let cfg = resolve_with(&file, &[]).unwrap();
+        assert_eq!(cfg.log_level, "warn");
+        assert_eq!(cfg.labels, ["a=1", "b=//not a comment"]);
+        std::fs::write(&file, "// one\n// two\n{\n  \"log-level\": \"warn\",\n  \"dsn\": []\n}\n").unwrap();
+        let err = resolve_with(&file, &[]).unwrap_err().to_string();
+        assert!(err.contains("unknown field `dsn`") && err.contains("line 5"), "{err}");
+        std::fs::write(&file, r#"{"labels": ["novalue"]}"#).unwrap();
+        assert!(resolve_with(&file, &[]).unwrap_err().to_string().contains("invalid label \"novalue\""));
+    }
+
+    #[test]
+    fn the_default_file_is_every_option_commented_out_and_each_uncommented_reads_back() {
+        let text = default_file();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("daemon.json");
+        std::fs::write(&file, &text).unwrap();
+        // as it is: nothing set, so any flag goes with it
+        let cfg = resolve_with(&file, &["--log-level", "warn", "-H", "fd://"]).unwrap();
+        assert_eq!((cfg.log_level.as_str(), cfg.host.as_str()), ("warn", "fd://"));
+        // everything uncommented: the defaults, read back
+        let all: String = text
+            .lines()
+            .filter(|l| {
+                !l.trim_start().starts_with("// ")
+                    || l.trim_start().starts_with("// \"")
+                    || l.starts_with("  //   ")
+                    || l.starts_with("  // ]")
+                    || l.starts_with("  // }")
+            })
+            .map(|l| if l.starts_with("  // ") { l.replacen("  // ", "  ", 1) } else { l.to_string() })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&file, &all).unwrap();
+        let cfg = resolve_with(&file, &[]).unwrap_or_else(|e| panic!("{e}\n{all}"));
+        let defaults = Config::from_args(["engined"]).unwrap();
+        assert_eq!(cfg.host, defaults.host);
+        assert_eq!(cfg.default_address_pools.len(), 6);
+        assert_eq!((cfg.log_level, cfg.live_restore, cfg.iptables), (defaults.log_level, true, true));
+        for key in ["log-level", "data-root", "registry-mirrors", "dns", "ipv6", "live-restore", "labels", "hosts"] {
+            assert!(text.contains(&format!("// \"{key}\": ")), "{key} missing from {text}");
+        }
     }
 
     /// The configuration from `file` and the flags `extra`.
     fn resolve_with(file: &std::path::Path, extra: &[&str]) -> anyhow::Result<Config> {
         let mut args = vec!["engined", "--config-file", file.to_str().unwrap()];
         args.extend(extra);
-        Config::parse_from(args).resolve()
+        Config::from_args(args)?.resolve()
     }
 
     #[test]
@@ -671,11 +826,11 @@ mod tests {
         let resolve = |extra: &[&str]| resolve_with(&file, extra);
         std::fs::write(&file, "{}").unwrap();
         assert_eq!(resolve(&[]).unwrap().registry().upload_chunk_size, 64 << 20);
-        std::fs::write(&file, r#"{"max-upload-chunk-size": "512k"}"#).unwrap();
-        assert_eq!(resolve(&[]).unwrap().registry().upload_chunk_size, 512 << 10);
         assert_eq!(resolve(&["--max-upload-chunk-size", "0"]).unwrap().registry().upload_chunk_size, 0);
         let err = resolve(&["--max-upload-chunk-size", "lots"]).unwrap_err().to_string();
         assert!(err.contains("invalid max-upload-chunk-size"), "{err}");
+        std::fs::write(&file, r#"{"max-upload-chunk-size": "512k"}"#).unwrap();
+        assert_eq!(resolve(&[]).unwrap().registry().upload_chunk_size, 512 << 10);
     }
 
     #[test]
@@ -686,18 +841,17 @@ mod tests {
         std::fs::write(&file, "{}").unwrap();
         let cfg = resolve(&[]).unwrap();
         assert_eq!((cfg.api_header_timeout, cfg.max_api_connections), (30, None));
-        std::fs::write(&file, r#"{"api-header-timeout": 5, "max-api-connections": 100}"#).unwrap();
-        let cfg = resolve(&[]).unwrap();
-        assert_eq!((cfg.api_header_timeout, cfg.max_api_connections), (5, Some(100)));
+        assert_eq!(cfg.orphan_collection_interval, 600);
         let cfg = resolve(&["--api-header-timeout", "0", "--max-api-connections", "7"]).unwrap();
         assert_eq!((cfg.api_header_timeout, cfg.max_api_connections), (0, Some(7)));
         let err = resolve(&["--max-api-connections", "0"]).unwrap_err().to_string();
         assert!(err.contains("max-api-connections must be at least 1"), "{err}");
-        assert_eq!(cfg.orphan_collection_interval, 600);
+        assert_eq!(resolve(&["--orphan-collection-interval", "60"]).unwrap().orphan_collection_interval, 60);
+        std::fs::write(&file, r#"{"api-header-timeout": 5, "max-api-connections": 100}"#).unwrap();
+        let cfg = resolve(&[]).unwrap();
+        assert_eq!((cfg.api_header_timeout, cfg.max_api_connections), (5, Some(100)));
         std::fs::write(&file, r#"{"orphan-collection-interval": 0, "api-body-timeout": 5}"#).unwrap();
         assert_eq!(resolve(&[]).unwrap().api_body_timeout, 5);
-        assert_eq!(resolve(&["--api-body-timeout", "0"]).unwrap().api_body_timeout, 0);
         assert_eq!(resolve(&[]).unwrap().orphan_collection_interval, 0);
-        assert_eq!(resolve(&["--orphan-collection-interval", "60"]).unwrap().orphan_collection_interval, 60);
     }
 }

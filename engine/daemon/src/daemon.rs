@@ -44,6 +44,8 @@ pub struct Daemon {
     pub networks: Arc<engine_network::Networks>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub shutting_down: Arc<AtomicBool>,
+    /// The daemon's labels (`--label`, "labels"; a SIGHUP replaces them).
+    pub labels: std::sync::RwLock<Vec<String>>,
     pub execs: Arc<crate::exec::ExecService>,
     /// Container and network events for `GET /events`.
     pub events: Arc<Events>,
@@ -160,6 +162,7 @@ impl Daemon {
             cfg: cfg.clone(),
         });
         let d = Arc::new(Daemon {
+            labels: std::sync::RwLock::new(cfg.labels.clone()),
             health,
             metrics_service,
             orphans,

@@ -150,9 +150,8 @@ fn default_connection_limit() -> usize {
 /// downloads and uploads) and the log says what changed. A configuration that does not read
 /// changes nothing.
 fn reload(cfg: &Config, current: &mut config::Reloadable, daemon: &daemon::Daemon) {
-    use clap::Parser;
     systemd::notify("RELOADING=1");
-    let read = Config::try_parse_from(std::env::args_os()).map_err(anyhow::Error::from).and_then(Config::resolve);
+    let read = Config::from_args(std::env::args_os()).map_err(anyhow::Error::from).and_then(Config::resolve);
     match read {
         Err(e) => log!(cfg, "error", "reloading the configuration: {e:#}; it stays as it was"),
         Ok(new) => {
@@ -160,6 +159,9 @@ fn reload(cfg: &Config, current: &mut config::Reloadable, daemon: &daemon::Daemo
             let changes = current.changes(&next);
             next.apply_log_level();
             daemon.distribution.reconfigure(new.registry(), next.max_concurrent_downloads, next.max_concurrent_uploads);
+            if let Ok(mut labels) = daemon.labels.write() {
+                labels.clone_from(&next.labels);
+            }
             if changes.is_empty() {
                 log!(cfg, "info", "reloaded the configuration: nothing that a reload changes changed");
             } else {
@@ -325,15 +327,24 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    log!(cfg, "info", "shutting down: stopping running containers");
-    systemd::notify("STOPPING=1\nSTATUS=stopping running containers");
     drop(listener);
     // a socket systemd handed over stays its own
     if let Some(sock) = sock {
         let _ = std::fs::remove_file(sock);
     }
-    daemon.shutdown().await;
-    supervisor::stop(&cfg, &daemon.supervisor).await;
+    if cfg.live_restore {
+        // the containers, their shims and lifecycled stay for the next engined to adopt
+        let running = daemon.containers.all().iter().filter(|e| e.snapshot().state.running()).count();
+        log!(cfg, "info", "shutting down (live-restore): {running} running containers stay running");
+        systemd::notify("STOPPING=1\nSTATUS=stopping; the running containers stay (live-restore)");
+        daemon.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+        daemon.supervisor.release();
+    } else {
+        log!(cfg, "info", "shutting down: stopping running containers");
+        systemd::notify("STOPPING=1\nSTATUS=stopping running containers");
+        daemon.shutdown().await;
+        supervisor::stop(&cfg, &daemon.supervisor).await;
+    }
     if let Some(p) = &cfg.pidfile {
         let _ = std::fs::remove_file(p);
     }

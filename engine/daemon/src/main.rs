@@ -1,5 +1,3 @@
-use clap::Parser;
-
 fn main() -> anyhow::Result<()> {
     // `engined config default`: the configuration file of the defaults, as containerd's
     let args: Vec<String> = std::env::args().skip(1).take(3).collect();
@@ -7,7 +5,7 @@ fn main() -> anyhow::Result<()> {
         print!("{}", engine_daemon::config::default_file());
         return Ok(());
     }
-    let config = engine_daemon::Config::parse().resolve()?;
+    let config = engine_daemon::Config::from_args(std::env::args_os()).unwrap_or_else(|e| e.exit()).resolve()?;
     if config.validate {
         println!("configuration OK");
         return Ok(());

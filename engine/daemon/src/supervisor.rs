@@ -153,6 +153,14 @@ fn is_lifecycled(pid: i32) -> bool {
     comm_ok && state != Some('Z')
 }
 
+impl Supervisor {
+    /// engined stops with live-restore: lifecycled stays running, for the next engined to
+    /// adopt by its pid file; it is not restarted from here any more.
+    pub fn release(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Stops lifecycled (SIGTERM, then SIGKILL after 10 s) when engined shuts down.
 pub async fn stop(cfg: &Config, s: &Supervisor) {
     s.stopping.store(true, Ordering::SeqCst);

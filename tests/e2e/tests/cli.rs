@@ -1,7 +1,7 @@
 //! The engine CLI against a private engined: containers, run options, images, bad input and
 //! crashes of engined and lifecycled while containers run.
 
-use engine_test_support::engined::Engined;
+use engine_test_support::engined::{pid_alive, Engined};
 use engine_test_support::*;
 
 #[test]
@@ -945,14 +945,15 @@ fn volumes_events_and_disk_usage() {
 
 #[test]
 fn restart_policies_apply_when_engined_comes_back() {
-    let mut e = Engined::start();
+    let mut e = Engined::start_with(&[], &["--live-restore=false"]);
     e.import_busybox("busybox");
     e.ok(&["run", "-d", "--name", "always", "--restart", "always", "busybox", "sleep", "1000"]);
     e.ok(&["run", "-d", "--name", "unless", "--restart", "unless-stopped", "busybox", "sleep", "1000"]);
     e.ok(&["run", "-d", "--name", "stopped", "--restart", "unless-stopped", "busybox", "sleep", "1000"]);
     e.ok(&["run", "-d", "--name", "plain", "busybox", "sleep", "1000"]);
     e.ok(&["stop", "-t", "0", "stopped"]);
-    // A clean stop of engined stops its containers; on start the policies bring some back.
+    // Without live-restore, a clean stop of engined stops its containers; on start the
+    // policies bring some back.
     let pid = e.child.as_ref().unwrap().id() as i32;
     // SAFETY: SIGTERM to this test's engined, by pid.
     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -964,6 +965,38 @@ fn restart_policies_apply_when_engined_comes_back() {
     assert_eq!(e.state("stopped"), "exited", "a user's stop is kept");
     assert_eq!(e.state("plain"), "exited", "no policy, no restart");
     e.ok(&["rm", "-f", "always", "unless", "stopped", "plain"]);
+    e.assert_clean();
+}
+
+/// With live-restore (the default), a clean stop of engined (SIGTERM, as `systemctl stop` or an
+/// upgrade sends it) leaves the running containers running, with their shims and lifecycled;
+/// the next engined adopts them: same processes, exec, logs and stop work.
+#[test]
+fn live_restore_keeps_containers_running_across_a_clean_stop() {
+    let mut e = Engined::start();
+    e.import_busybox("busybox");
+    assert_eq!(e.docker_ok(&["info", "--format", "{{.LiveRestoreEnabled}}"]).trim(), "true");
+    e.ok(&["run", "-d", "--name", "kept", "busybox", "sh", "-c", "echo up; exec sleep 1000"]);
+    let pid: i32 = e.inspect("kept", "{{.State.Pid}}").parse().unwrap();
+    let lifecycled = e.lifecycled_pid();
+    let engined = e.child.as_ref().unwrap().id() as i32;
+    // SAFETY: SIGTERM to this test's engined, by pid.
+    unsafe { libc::kill(engined, libc::SIGTERM) };
+    let status = e.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "engined exited with {status}");
+    assert!(e.log_tail().contains("1 running containers stay running"), "{}", e.log_tail());
+    assert!(pid_alive(pid), "the container's process went with engined");
+    assert!(pid_alive(lifecycled), "lifecycled went with engined");
+    e.restart();
+    assert_eq!(e.state("kept"), "running");
+    assert_eq!(e.inspect("kept", "{{.State.Pid}}"), pid.to_string(), "not the same process");
+    assert_eq!(e.lifecycled_pid(), lifecycled, "lifecycled was not adopted");
+    assert_eq!(e.ok(&["exec", "kept", "echo", "adopted"]).trim(), "adopted");
+    assert_eq!(e.ok(&["logs", "kept"]).trim(), "up");
+    e.ok(&["stop", "-t", "1", "kept"]);
+    assert_eq!(e.state("kept"), "exited");
+    assert!(!pid_alive(pid));
+    e.ok(&["rm", "kept"]);
     e.assert_clean();
 }
 

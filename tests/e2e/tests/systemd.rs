@@ -189,25 +189,38 @@ fn the_engine_cli_honours_docker_host() {
 /// SIGHUP reads the configuration file again: a changed log level and registry mirror take
 /// effect at once, the log says what changed; a file that does not read changes nothing.
 #[test]
-fn sighup_reloads_the_log_level_and_the_registry_mirrors() {
+fn sighup_reloads_the_log_level_the_registry_mirrors_and_the_labels() {
     let conf_dir = tempfile::tempdir().unwrap();
     let conf = conf_dir.path().join("daemon.json");
     // mirrors that are never contacted: nothing here pulls
-    std::fs::write(&conf, r#"{"log-level": "error", "registry-mirrors": ["http://127.0.0.1:1"]}"#).unwrap();
+    std::fs::write(
+        &conf,
+        r#"{"log-level": "error", "registry-mirrors": ["http://127.0.0.1:1"], "labels": ["tier=a"]}"#,
+    )
+    .unwrap();
     let e = Engined::start_with(&[], &["--config-file", conf.to_str().unwrap()]);
     let info = |field: &str| e.docker_ok(&["info", "--format", &format!("{{{{json .{field}}}}}")]).trim().to_string();
     let log = || std::fs::read_to_string(e.dir.path().join("engined.log")).unwrap_or_default();
     assert_eq!(info("RegistryConfig.Mirrors"), r#"["http://127.0.0.1:1"]"#);
     assert_eq!(info("Debug"), "false");
+    assert_eq!(info("Labels"), r#"["tier=a"]"#);
     assert!(!log().contains("level=info"), "info lines at log-level error: {}", log());
 
-    std::fs::write(&conf, r#"{"log-level": "debug", "registry-mirrors": ["http://127.0.0.1:2"]}"#).unwrap();
+    std::fs::write(
+        &conf,
+        r#"{"log-level": "debug", "registry-mirrors": ["http://127.0.0.1:2"], "labels": ["tier=b"]}"#,
+    )
+    .unwrap();
     let pid = e.child.as_ref().unwrap().id() as i32;
     // SAFETY: a signal to the engined this test started, by pid
     unsafe { libc::kill(pid, libc::SIGHUP) };
     wait_for("the reload in the log", || log().contains("reloaded the configuration:"));
     let line = log().lines().find(|l| l.contains("reloaded the configuration:")).unwrap().to_string();
-    assert!(line.contains("log-level: error → debug") && line.contains("registry-mirrors"), "{line}");
+    assert!(
+        line.contains("log-level: error → debug") && line.contains("registry-mirrors") && line.contains("labels"),
+        "{line}"
+    );
+    assert_eq!(info("Labels"), r#"["tier=b"]"#);
     assert_eq!(info("RegistryConfig.Mirrors"), r#"["http://127.0.0.1:2"]"#);
     assert_eq!(info("Debug"), "true");
 
@@ -220,24 +233,43 @@ fn sighup_reloads_the_log_level_and_the_registry_mirrors() {
     assert!(e.engine(&["version"]).status.success());
 }
 
-/// `engined config default` prints a configuration file of every option at its default, one
-/// that `--validate` takes back.
+/// `engined config default` prints a configuration file of every option at its default,
+/// commented out, that `--validate` takes back; an option both in a file and given as a flag is
+/// refused, as dockerd refuses it, and a bad key is named with its line.
 #[test]
-fn the_default_configuration_validates() {
+fn the_default_configuration_validates_and_flags_may_not_repeat_the_file() {
     let out = Command::new(bin("engined")).args(["config", "default"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    for key in ["log-level", "data-root", "registry-mirrors", "dns", "ipv6", "default-address-pools", "hosts"] {
-        assert!(v.get(key).is_some(), "{key} missing from {text}");
+    for key in ["log-level", "data-root", "registry-mirrors", "dns", "ipv6", "default-address-pools", "hosts", "labels"]
+    {
+        assert!(text.contains(&format!("  // \"{key}\": ")), "{key} missing from {text}");
     }
-    assert_eq!(v["log-level"], "info");
-    assert_eq!(v["hosts"], serde_json::json!(["unix:///run/engine/engine.sock"]));
+    assert!(text.contains("  // \"log-level\": \"info\",") && text.contains("  // \"live-restore\": true,"), "{text}");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("daemon.json");
+    let validate = |flags: &[&str]| {
+        Command::new(bin("engined")).arg("--validate").arg("--config-file").arg(&file).args(flags).output().unwrap()
+    };
     std::fs::write(&file, &text).unwrap();
-    let out = Command::new(bin("engined")).arg("--validate").arg("--config-file").arg(&file).output().unwrap();
+    // as the unit runs it: -H fd:// beside the packaged file
+    let out = validate(&["-H", "fd://", "--log-level", "debug"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "configuration OK");
+
+    let set = text.replace("  // \"log-level\": \"info\",", "  \"log-level\": \"warn\",");
+    std::fs::write(&file, &set).unwrap();
+    let out = validate(&["--log-level", "debug"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("specified both as a flag and in the configuration file: log-level: (from flag: \"debug\", from file: \"warn\")"),
+        "{err}"
+    );
+    let line = set.lines().position(|l| l.starts_with("  \"log-level\"")).unwrap() + 1;
+    std::fs::write(&file, set.replace("  \"log-level\": \"warn\",", "  \"log-levle\": \"warn\",")).unwrap();
+    let err = stderr(&validate(&[]));
+    assert!(err.contains("unknown field `log-levle`") && err.contains(&format!("line {line}")), "{err}");
 }
 
 /// A data root a newer engine wrote (a later format) is refused before anything starts or

@@ -426,7 +426,8 @@ impl Engined {
     }
 }
 
-fn pid_alive(pid: i32) -> bool {
+/// Whether `pid` is a live process (not a zombie).
+pub fn pid_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .unwrap_or_default()
