@@ -8,7 +8,7 @@ RELEASE := target/$(TARGET)/release
 RUNS ?= 50
 CI_BENCH_RUNS ?= 10
 
-.PHONY: setup lint build release test fuzz demo dist bench bench-runtime bench-shim bench-image bench-probes bench-net bench-pull bench-build ci-bench clean
+.PHONY: setup lint build release test fuzz demo dist deb bench bench-runtime bench-shim bench-image bench-probes bench-net bench-pull bench-build ci-bench clean
 
 setup:
 	@scripts/setup
@@ -39,6 +39,10 @@ demo: release
 # the tarball of the release binaries, units, man pages and completions (target/dist/)
 dist: release
 	scripts/dist
+
+# the Debian package of the release binaries (cargo-deb; target/debian/)
+deb: release
+	scripts/deb
 
 bench: release
 	BIN=$(RELEASE) RUNS=$(RUNS) scripts/bench

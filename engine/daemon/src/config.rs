@@ -18,7 +18,7 @@ pub struct Config {
     /// Runtime state: sockets, lifecycled's task state.
     #[arg(long, default_value = "/run/engine")]
     pub exec_root: PathBuf,
-    /// Write the daemon's pid here.
+    /// Write the daemon's pid here (default: engined.pid in the exec-root).
     #[arg(long)]
     pub pidfile: Option<PathBuf>,
     /// A JSON file (default: /etc/engine/daemon.json, when it is there) with any of: "log-level", "cgroup-parent", "data-root", "exec-root", "pidfile",
@@ -467,6 +467,9 @@ impl Config {
                 self.certs_dir = path.parent().map(|p| p.join("certs.d"));
             }
             self.given = given;
+        }
+        if self.pidfile.is_none() {
+            self.pidfile = Some(self.exec_root.join("engined.pid"));
         }
         if let Some(bad) = self.labels.iter().find(|l| l.split_once('=').is_none_or(|(k, _)| k.is_empty())) {
             anyhow::bail!("invalid label {bad:?}: want key=value");
