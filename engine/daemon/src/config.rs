@@ -21,13 +21,8 @@ pub struct Config {
     /// Write the daemon's pid here (default: engined.pid in the exec-root).
     #[arg(long)]
     pub pidfile: Option<PathBuf>,
-    /// A JSON file (default: /etc/engine/daemon.json, when it is there) with any of: "log-level", "cgroup-parent", "data-root", "exec-root", "pidfile",
-    /// "hosts", "otlp-endpoint", "otlp-protocol", "trace-max-traces", "trace-max-mb", "no-probes",
-    /// "bridge-name" (or "bridge"), "storage-driver", "bip", "default-address-pools" ([{"base": CIDR, "size": N}]), "iptables",
-    /// "firewall-backend", "userland-proxy-path", "metrics-addr", "registry-mirrors",
-    /// "insecure-registries", "certs-dir", "max-concurrent-downloads", "max-concurrent-uploads",
-    /// "max-upload-chunk-size", "api-header-timeout", "api-body-timeout", "max-api-connections",
-    /// "orphan-collection-interval", "dns", "dns-trace-window", "ipv6", "fixed-cidr-v6".
+    /// The configuration file (default: /etc/engine/daemon.json, when it is there): JSON, with
+    /// comments, of options keyed by their long names (`engined config default` prints them all).
     #[arg(long)]
     pub config_file: Option<PathBuf>,
     /// error, warn, info or debug.
@@ -296,6 +291,20 @@ const DEFAULT_FILE_HEAD: &str = "\
 // commented out under systemd). `engined --validate` checks the file; a SIGHUP reloads
 // log-level, labels, registry-mirrors, insecure-registries and max-concurrent-*.
 ";
+
+/// Every option of the configuration file: (clap id, key), in the command line's order.
+pub fn file_keys() -> Vec<(String, String)> {
+    use clap::CommandFactory;
+    let Ok(serde_json::Value::Object(values)) = serde_json::to_value(FileConfig::default()) else { return Vec::new() };
+    Config::command()
+        .get_arguments()
+        .map(|a| a.get_id().as_str().to_string())
+        .filter_map(|id| {
+            let key = file_key(&id);
+            values.contains_key(&key).then_some((id, key))
+        })
+        .collect()
+}
 
 /// The file's name of the option whose clap id is `id`: `data_root` is `data-root`, and the
 /// one host is `hosts`, as dockerd names them.

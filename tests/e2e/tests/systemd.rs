@@ -391,3 +391,61 @@ fn journal_lines_have_priorities_and_no_time() {
     assert!(listening.starts_with("<6>API listening on"), "{listening}");
     assert!(!log.contains("level=info"), "{log}");
 }
+
+/// The reference pages generated from the code are the committed ones: after a change of a
+/// command line or a span name, `cargo run -p engine-docs -- markdown docs` writes them again.
+#[test]
+fn the_generated_docs_are_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("engine-docs")).arg("markdown").arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    for page in ["cli.md", "engined.md", "spans.md"] {
+        let generated = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        let committed = std::fs::read_to_string(docs.join(page)).unwrap_or_default();
+        assert!(
+            generated == committed,
+            "docs/{page} is not what the code generates: run `cargo run -p engine-docs -- markdown docs`"
+        );
+    }
+}
+
+/// The README's "use it for real" commands, read from the README as written, run against a
+/// private engined (its socket for the one the README names): each succeeds and shows what the
+/// README promises.
+#[test]
+fn the_readmes_commands_run() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let lines: Vec<&str> = readme.lines().collect();
+    let at =
+        lines.iter().position(|l| l.starts_with("test runs these three lines")).expect("the README's marked block");
+    let block: Vec<&str> = lines[at + 1..]
+        .iter()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| l.trim())
+        .collect();
+    assert_eq!(block.len(), 3, "{block:?}");
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let mut outputs = Vec::new();
+    for line in block {
+        let mut words: Vec<&str> = line.split_whitespace().collect();
+        let mut env = Vec::new();
+        while let Some((k, v)) = words.first().and_then(|w| w.split_once('=')) {
+            assert_eq!((k, v), ("DOCKER_HOST", "unix:///run/engine/engine.sock"), "{line}");
+            env.push((k, e.host()));
+            words.remove(0);
+        }
+        let out = match words.split_first() {
+            Some((&"engine", args)) => e.engine(args),
+            Some((&"docker", args)) => Command::new("docker").envs(env).args(args).output().unwrap(),
+            _ => panic!("a README command this test does not know: {line}"),
+        };
+        assert!(out.status.success(), "{line}: {}", stderr(&out));
+        outputs.push(stdout(&out));
+    }
+    assert_eq!(outputs[0].trim(), "hello");
+    assert!(outputs[1].contains("engine.run") && outputs[1].contains("runtime.create"), "{}", outputs[1]);
+    assert!(outputs[2].contains("hello"), "{}", outputs[2]);
+}
