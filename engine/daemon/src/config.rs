@@ -28,6 +28,10 @@ pub struct Config {
     /// error, warn, info or debug.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// text (`<time> level=<level> msg="…"`) or json (one object per line: level, msg, time),
+    /// as dockerd's --log-format.
+    #[arg(long, default_value = "text")]
+    pub log_format: String,
     /// Parent cgroup of every container.
     #[arg(long, default_value = "/engine")]
     pub cgroup_parent: String,
@@ -204,6 +208,7 @@ struct FileConfig {
     fixed_cidr_v6: Option<String>,
     live_restore: Option<bool>,
     labels: Option<Vec<String>>,
+    log_format: Option<String>,
 }
 
 /// `"default-address-pools": [{"base": "10.10.0.0/16", "size": 24}]`, as daemon.json has it.
@@ -259,6 +264,7 @@ pub fn default_file() -> String {
         fixed_cidr_v6: d.fixed_cidr_v6,
         live_restore: Some(d.live_restore),
         labels: Some(d.labels),
+        log_format: Some(d.log_format),
     };
     let Ok(serde_json::Value::Object(values)) = serde_json::to_value(&f) else { return String::new() };
     let mut out = String::from(DEFAULT_FILE_HEAD);
@@ -465,6 +471,7 @@ impl Config {
             m.set("fixed-cidr-v6", &mut self.fixed_cidr_v6, f.fixed_cidr_v6.map(Some));
             m.set("live-restore", &mut self.live_restore, f.live_restore);
             m.set("labels", &mut self.labels, f.labels);
+            m.set("log-format", &mut self.log_format, f.log_format);
             if !m.conflicts.is_empty() {
                 anyhow::bail!(
                     "unable to configure the engine with file {}: the following directives are specified both as a flag and in the configuration file: {}",
@@ -485,6 +492,9 @@ impl Config {
         }
         if let Some(bad) = self.dns.iter().find(|d| d.parse::<std::net::IpAddr>().is_err()) {
             anyhow::bail!("invalid --dns {bad:?}: an IP address");
+        }
+        if !["text", "json"].contains(&self.log_format.as_str()) {
+            anyhow::bail!("invalid --log-format {:?}: use text or json", self.log_format);
         }
         if !["error", "warn", "info", "debug"].contains(&self.log_level.as_str()) {
             anyhow::bail!("invalid --log-level {:?}: use error, warn, info or debug", self.log_level);
@@ -702,22 +712,32 @@ impl Reloadable {
     }
 }
 
-/// Writes one log line to stderr: `<time> level=<level> msg="…"`, or under systemd's journal
-/// (`$JOURNAL_STREAM`) the message with its syslog priority prefix (`<4>`) and no time (the
-/// journal has its own).
+/// Writes one log line to stderr: `<time> level=<level> msg="…"` (with `--log-format json`,
+/// `{"level":…,"msg":…,"time":…}`), or under systemd's journal (`$JOURNAL_STREAM`) the message
+/// with its syslog priority prefix (`<4>`) and no time (the journal has its own).
 pub fn emit(level: &str, msg: &str) {
     static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *JOURNAL.get_or_init(|| std::env::var_os("JOURNAL_STREAM").is_some()) {
-        let priority = match level {
-            "error" => 3,
-            "warn" => 4,
-            "info" => 6,
-            _ => 7,
-        };
-        eprintln!("<{priority}>{msg}");
-    } else {
-        eprintln!("{} level={level} msg={msg:?}", timestamp());
+    let journal = *JOURNAL.get_or_init(|| std::env::var_os("JOURNAL_STREAM").is_some());
+    let priority = match level {
+        "error" => 3,
+        "warn" => 4,
+        "info" => 6,
+        _ => 7,
+    };
+    match (JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed), journal) {
+        (true, true) => eprintln!("<{priority}>{}", serde_json::json!({"level": level, "msg": msg})),
+        (true, false) => eprintln!("{}", serde_json::json!({"level": level, "msg": msg, "time": timestamp()})),
+        (false, true) => eprintln!("<{priority}>{msg}"),
+        (false, false) => eprintln!("{} level={level} msg={msg:?}", timestamp()),
     }
+}
+
+/// `--log-format json`: [`emit`] writes JSON objects.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes [`emit`] follow the configuration's log format from now on.
+pub fn apply_log_format(c: &Config) {
+    JSON_LOGS.store(c.log_format == "json", std::sync::atomic::Ordering::Relaxed);
 }
 
 /// `name` in the directory of the running binary (or on PATH when that is unknown).

@@ -176,6 +176,7 @@ fn reload(cfg: &Config, current: &mut config::Reloadable, daemon: &daemon::Daemo
 /// Runs engined until SIGTERM or SIGINT.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg.resolve()?);
+    config::apply_log_format(&cfg);
     let listen = cfg.listen()?;
     for dir in [&cfg.data_root, &cfg.exec_root] {
         config::ensure_dir(dir)?;

@@ -145,28 +145,57 @@ pub struct MetricsService {
     pub lifecycle: crate::lifecycle::Lifecycle,
 }
 
+/// Every metric of `GET /metrics`: its name as registered (counters gain `_total` in the
+/// exposition), its type and its help. `docs/metrics.md` is generated from it and a test
+/// checks that /metrics serves nothing it does not list.
+pub const CATALOGUE: &[(&str, &str, &str)] = &[
+    ("engine_phase_duration_seconds", "histogram", "Duration of each span of the engine's traces, by stable span name (the phases of a start); exemplars name the trace"),
+    ("engine_api_request_duration_seconds", "histogram", "Duration of Docker Engine API requests, by route and status code"),
+    ("engine_build_step_duration_seconds", "histogram", "Duration of each Dockerfile instruction of a build, by instruction and cache hit or miss"),
+    ("engine_dns_queries", "counter", "Queries the embedded DNS servers answered, by network, query type and result"),
+    ("engine_dns_query_duration_seconds", "histogram", "Time the embedded DNS servers took to answer, by network and result (upstream time included)"),
+    ("engine_containers", "gauge", "Containers by state"),
+    ("engine_lifecycled_restarts", "counter", "Times engined restarted engine-lifecycled"),
+    ("engine_shims", "gauge", "Running engine-shim processes"),
+    ("engine_shim_memory_bytes", "gauge", "Resident memory of all engine-shim processes"),
+    ("engine_probes_running", "gauge", "Whether the eBPF probes are attached (1) or not (0)"),
+    ("engine_probe_events", "counter", "Kernel events the probes saw, sent to engined, or dropped (ring buffer full)"),
+    ("engine_trace_store_bytes", "gauge", "Bytes of the embedded trace store"),
+    ("engine_trace_store_traces", "gauge", "Traces in the embedded trace store"),
+    ("engine_registry_blobs", "counter", "Blobs fetched from (pull) or sent to (push) registries"),
+    ("engine_registry_bytes", "counter", "Bytes of blobs fetched from (pull) or sent to (push) registries"),
+    ("engine_proxy_connections", "counter", "TCP connections or UDP flows engine-proxy forwarded"),
+    ("engine_proxy_connections_active", "gauge", "TCP connections or UDP flows engine-proxy holds open"),
+    ("engine_proxy_bytes", "counter", "Bytes engine-proxy forwarded, to the container (in) or from it (out)"),
+    ("engine_container_cpu_seconds", "counter", "CPU time of a container's cgroup"),
+    ("engine_container_memory_bytes", "gauge", "Memory in use by a container's cgroup"),
+    ("engine_container_memory_limit_bytes", "gauge", "Memory limit of a container's cgroup"),
+    ("engine_container_pids", "gauge", "Processes in a container's cgroup"),
+];
+
+/// The help of the catalogued metric `name`.
+fn help(name: &str) -> &'static str {
+    CATALOGUE.iter().find(|(n, _, _)| *n == name).map(|(_, _, h)| *h).unwrap_or_default()
+}
+
 /// The exposition text of every metric now.
 pub async fn render(d: &MetricsService) -> Result<String, ApiError> {
     let mut reg = Registry::default();
-    reg.register("engine_phase_duration_seconds", "Duration of each span of the engine's traces, by stable span name (the phases of a start); exemplars name the trace", d.metrics.phases.clone());
+    reg.register("engine_phase_duration_seconds", help("engine_phase_duration_seconds"), d.metrics.phases.clone());
     reg.register(
         "engine_api_request_duration_seconds",
-        "Duration of Docker Engine API requests, by route and status code",
+        help("engine_api_request_duration_seconds"),
         d.metrics.api.clone(),
     );
     reg.register(
         "engine_build_step_duration_seconds",
-        "Duration of each Dockerfile instruction of a build, by instruction and cache hit or miss",
+        help("engine_build_step_duration_seconds"),
         d.metrics.build_steps.clone(),
     );
-    reg.register(
-        "engine_dns_queries",
-        "Queries the embedded DNS servers answered, by network, query type and result",
-        d.metrics.dns_queries.clone(),
-    );
+    reg.register("engine_dns_queries", help("engine_dns_queries"), d.metrics.dns_queries.clone());
     reg.register(
         "engine_dns_query_duration_seconds",
-        "Time the embedded DNS servers took to answer, by network and result (upstream time included)",
+        help("engine_dns_query_duration_seconds"),
         d.metrics.dns_durations.clone(),
     );
 
@@ -176,11 +205,11 @@ pub async fn render(d: &MetricsService) -> Result<String, ApiError> {
         let n = all.iter().filter(|r| r.state.status() == state).count();
         containers.get_or_create(&l(&[("state", state.as_str())])).set(n as i64);
     }
-    reg.register("engine_containers", "Containers by state", containers);
+    reg.register("engine_containers", help("engine_containers"), containers);
 
     let restarts = Counter::<u64>::default();
     restarts.inc_by(d.supervisor.restarts.load(std::sync::atomic::Ordering::Relaxed));
-    reg.register("engine_lifecycled_restarts", "Times engined restarted engine-lifecycled", restarts);
+    reg.register("engine_lifecycled_restarts", help("engine_lifecycled_restarts"), restarts);
 
     let (shims, shim_rss) = (Gauge::<i64>::default(), Gauge::<i64>::default());
     let pids = crate::kernel::shim_pids(&d.cfg.exec_root.join("lifecycle"));
@@ -199,8 +228,8 @@ pub async fn render(d: &MetricsService) -> Result<String, ApiError> {
     }
     shims.set(alive);
     shim_rss.set(rss);
-    reg.register("engine_shims", "Running engine-shim processes", shims);
-    reg.register("engine_shim_memory_bytes", "Resident memory of all engine-shim processes", shim_rss);
+    reg.register("engine_shims", help("engine_shims"), shims);
+    reg.register("engine_shim_memory_bytes", help("engine_shim_memory_bytes"), shim_rss);
 
     let probe_events = counter_family();
     let probes_up = Gauge::<i64>::default();
@@ -211,19 +240,15 @@ pub async fn render(d: &MetricsService) -> Result<String, ApiError> {
             probe_events.get_or_create(&l(&[("outcome", outcome)])).inc_by(v);
         }
     }
-    reg.register("engine_probes_running", "Whether the eBPF probes are attached (1) or not (0)", probes_up);
-    reg.register(
-        "engine_probe_events",
-        "Kernel events the probes saw, sent to engined, or dropped (ring buffer full)",
-        probe_events,
-    );
+    reg.register("engine_probes_running", help("engine_probes_running"), probes_up);
+    reg.register("engine_probe_events", help("engine_probe_events"), probe_events);
 
     let (bytes, count) = d.traces.usage();
     let (tb, tc) = (Gauge::<i64>::default(), Gauge::<i64>::default());
     tb.set(bytes as i64);
     tc.set(count as i64);
-    reg.register("engine_trace_store_bytes", "Bytes of the embedded trace store", tb);
-    reg.register("engine_trace_store_traces", "Traces in the embedded trace store", tc);
+    reg.register("engine_trace_store_bytes", help("engine_trace_store_bytes"), tb);
+    reg.register("engine_trace_store_traces", help("engine_trace_store_traces"), tc);
 
     // published-port proxies, from the counters each engine-proxy keeps
     let (total, active, moved) = (counter_family(), gauge_family(), counter_family());
@@ -255,12 +280,12 @@ pub async fn render(d: &MetricsService) -> Result<String, ApiError> {
         blobs.get_or_create(&l(&[("direction", direction)])).inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
         bytes.get_or_create(&l(&[("direction", direction)])).inc_by(b.load(std::sync::atomic::Ordering::Relaxed));
     }
-    reg.register("engine_registry_blobs", "Blobs fetched from (pull) or sent to (push) registries", blobs);
-    reg.register("engine_registry_bytes", "Bytes of blobs fetched from (pull) or sent to (push) registries", bytes);
+    reg.register("engine_registry_blobs", help("engine_registry_blobs"), blobs);
+    reg.register("engine_registry_bytes", help("engine_registry_bytes"), bytes);
 
-    reg.register("engine_proxy_connections", "TCP connections or UDP flows engine-proxy forwarded", total);
-    reg.register("engine_proxy_connections_active", "TCP connections or UDP flows engine-proxy holds open", active);
-    reg.register("engine_proxy_bytes", "Bytes engine-proxy forwarded, to the container (in) or from it (out)", moved);
+    reg.register("engine_proxy_connections", help("engine_proxy_connections"), total);
+    reg.register("engine_proxy_connections_active", help("engine_proxy_connections_active"), active);
+    reg.register("engine_proxy_bytes", help("engine_proxy_bytes"), moved);
 
     // each running container's cgroup, through lifecycled (one request each, at once)
     let (cpu, mem, npids) =
@@ -289,10 +314,10 @@ pub async fn render(d: &MetricsService) -> Result<String, ApiError> {
         }
         npids.get_or_create(&lb).set(data["pids"]["current"].as_i64().unwrap_or(0));
     }
-    reg.register("engine_container_cpu_seconds", "CPU time of a container's cgroup", cpu);
-    reg.register("engine_container_memory_bytes", "Memory in use by a container's cgroup", mem);
-    reg.register("engine_container_memory_limit_bytes", "Memory limit of a container's cgroup", mem_limit);
-    reg.register("engine_container_pids", "Processes in a container's cgroup", npids);
+    reg.register("engine_container_cpu_seconds", help("engine_container_cpu_seconds"), cpu);
+    reg.register("engine_container_memory_bytes", help("engine_container_memory_bytes"), mem);
+    reg.register("engine_container_memory_limit_bytes", help("engine_container_memory_limit_bytes"), mem_limit);
+    reg.register("engine_container_pids", help("engine_container_pids"), npids);
 
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg)

@@ -6,7 +6,8 @@
 //! - `engine-docs completions DIR`: `engine.bash`, `_engine` (zsh) and `engine.fish`;
 //! - `engine-docs markdown DIR`: the reference pages of `docs/` that come from the code:
 //!   `cli.md` (every `engine` command), `engined.md` (every daemon option, with its default and
-//!   its daemon.json key) and `spans.md` (the span catalogue); a test keeps the committed ones
+//!   its daemon.json key), `metrics.md` (the metric catalogue) and `spans.md` (the span
+//!   catalogue); a test keeps the committed ones
 //!   equal to them;
 //! - `engine-docs copyright < METADATA`: the Debian package's copyright file, from `cargo
 //!   metadata`'s JSON: the engine's licence, then every crate linked into the seven binaries
@@ -117,6 +118,17 @@ fn markdown(dir: &Path) -> anyhow::Result<()> {
         opts.push_str(&format!("| `--{long}` | {key} | {default} | {help} |\n"));
     }
     write(dir, "engined.md", &opts)?;
+
+    let mut metrics = format!(
+        "{GENERATED}# Metrics\n\n`GET /metrics` on the API socket (and on `--metrics-addr`), in the OpenMetrics text \
+         format: counters are exposed with `_total`, histograms with `_bucket`, `_sum` and `_count`; span-duration \
+         histograms carry exemplars naming the trace.\n\n| metric | type | what it counts |\n|---|---|---|\n"
+    );
+    for (name, kind, help) in engine_daemon::metrics::CATALOGUE {
+        let exposed = if *kind == "counter" { format!("{name}_total") } else { name.to_string() };
+        metrics.push_str(&format!("| `{exposed}` | {kind} | {help} |\n"));
+    }
+    write(dir, "metrics.md", &metrics)?;
 
     let mut spans = format!(
         "{GENERATED}# Span names\n\nEvery span an engine process records is named here (besides `kernel.<syscall>` spans, \

@@ -271,6 +271,18 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     }
     assert!(checked >= 30, "only {checked} expressions");
 
+    // every family /metrics serves now (most of them, after this work) is in docs/metrics.md,
+    // with its type: the page is generated from the catalogue the daemon registers from
+    let page = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/metrics.md")).unwrap();
+    let exposition = http_get(mport, "/metrics").unwrap_or_default();
+    let families: Vec<(&str, &str)> =
+        exposition.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split_once(' ')).collect();
+    assert!(families.len() >= 18, "{exposition}");
+    for (name, kind) in families {
+        let exposed = if kind == "counter" { format!("{name}_total") } else { name.to_string() };
+        assert!(page.contains(&format!("| `{exposed}` | {kind} |")), "{name} ({kind}) is not in docs/metrics.md");
+    }
+
     // a latency bucket's exemplar names a trace engined has
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let path = format!(

@@ -392,6 +392,23 @@ fn journal_lines_have_priorities_and_no_time() {
     assert!(!log.contains("level=info"), "{log}");
 }
 
+/// `--log-format json`: every log line is one JSON object with the level, the message and the
+/// time, as dockerd's.
+#[test]
+fn json_log_lines() {
+    let e = Engined::start_with(&[], &["--log-format", "json"]);
+    let log = std::fs::read_to_string(e.dir.path().join("engined.log")).unwrap();
+    let mut listening = None;
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}"));
+        assert!(v["level"].is_string() && v["time"].is_string(), "{line}");
+        if v["msg"].as_str().is_some_and(|m| m.starts_with("API listening on")) {
+            listening = Some(v);
+        }
+    }
+    assert_eq!(listening.unwrap_or_else(|| panic!("{log}"))["level"], "info");
+}
+
 /// The reference pages generated from the code are the committed ones: after a change of a
 /// command line or a span name, `cargo run -p engine-docs -- markdown docs` writes them again.
 #[test]
@@ -400,7 +417,7 @@ fn the_generated_docs_are_current() {
     let out = Command::new(bin("engine-docs")).arg("markdown").arg(dir.path()).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
-    for page in ["cli.md", "engined.md", "spans.md"] {
+    for page in ["cli.md", "engined.md", "metrics.md", "spans.md"] {
         let generated = std::fs::read_to_string(dir.path().join(page)).unwrap();
         let committed = std::fs::read_to_string(docs.join(page)).unwrap_or_default();
         assert!(
