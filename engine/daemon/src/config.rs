@@ -149,6 +149,17 @@ pub struct Config {
     /// A label of this daemon, key=value, shown by `engine info` (repeatable; a SIGHUP reloads them).
     #[arg(long = "label")]
     pub labels: Vec<String>,
+    /// The socket of the Kubernetes CRI (runtime.v1 RuntimeService and ImageService; default:
+    /// cri.sock in the exec-root).
+    #[arg(long)]
+    pub cri_socket: Option<PathBuf>,
+    /// Serve no CRI.
+    #[arg(long)]
+    pub no_cri: bool,
+    /// The image of the CRI's pod sandboxes: its process holds the pod's network namespace
+    /// (engine-init is PID 1 of it).
+    #[arg(long, default_value = "registry.k8s.io/pause:3.10")]
+    pub cri_sandbox_image: String,
     /// Check the configuration (flags and --config-file) and exit: 0 and "configuration OK",
     /// or the first problem.
     #[arg(long)]
@@ -209,6 +220,9 @@ struct FileConfig {
     live_restore: Option<bool>,
     labels: Option<Vec<String>>,
     log_format: Option<String>,
+    cri_socket: Option<PathBuf>,
+    no_cri: Option<bool>,
+    cri_sandbox_image: Option<String>,
 }
 
 /// `"default-address-pools": [{"base": "10.10.0.0/16", "size": 24}]`, as daemon.json has it.
@@ -265,6 +279,9 @@ pub fn default_file() -> String {
         live_restore: Some(d.live_restore),
         labels: Some(d.labels),
         log_format: Some(d.log_format),
+        cri_socket: d.cri_socket,
+        no_cri: Some(d.no_cri),
+        cri_sandbox_image: Some(d.cri_sandbox_image),
     };
     let Ok(serde_json::Value::Object(values)) = serde_json::to_value(&f) else { return String::new() };
     let mut out = String::from(DEFAULT_FILE_HEAD);
@@ -472,6 +489,9 @@ impl Config {
             m.set("live-restore", &mut self.live_restore, f.live_restore);
             m.set("labels", &mut self.labels, f.labels);
             m.set("log-format", &mut self.log_format, f.log_format);
+            m.set("cri-socket", &mut self.cri_socket, f.cri_socket.map(Some));
+            m.set("no-cri", &mut self.no_cri, f.no_cri);
+            m.set("cri-sandbox-image", &mut self.cri_sandbox_image, f.cri_sandbox_image);
             if !m.conflicts.is_empty() {
                 anyhow::bail!(
                     "unable to configure the engine with file {}: the following directives are specified both as a flag and in the configuration file: {}",
@@ -486,6 +506,9 @@ impl Config {
         }
         if self.pidfile.is_none() {
             self.pidfile = Some(self.exec_root.join("engined.pid"));
+        }
+        if self.cri_socket.is_none() {
+            self.cri_socket = Some(self.exec_root.join("cri.sock"));
         }
         if let Some(bad) = self.labels.iter().find(|l| l.split_once('=').is_none_or(|(k, _)| k.is_empty())) {
             anyhow::bail!("invalid label {bad:?}: want key=value");

@@ -44,6 +44,32 @@ pub struct StartConfig {
     pub tty: bool,
 }
 
+/// What a command run to its end gave ([`ExecService::run_captured`]).
+#[derive(Clone, Debug)]
+pub struct Captured {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Why a command of [`ExecService::run_captured`] has no exit code.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the command did not end in time")]
+    TimedOut,
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> ApiError {
+        match e {
+            RunError::TimedOut => ApiError { status: StatusCode::GATEWAY_TIMEOUT, message: e.to_string() },
+            RunError::Failed(m) => ApiError::internal(m),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ExecInstance {
     pub id: String,
@@ -114,6 +140,54 @@ impl ExecService {
         };
         self.table().insert(id.clone(), inst);
         Ok(id)
+    }
+
+    /// Runs `cmd` in running container `e` to its end with no client attached (a health
+    /// check, the CRI's ExecSync: `kind` starts its exec id), within `timeout`: its exit code
+    /// and output. One that
+    /// overruns (or whose start is not answered in time) is killed; the exec's record in the
+    /// shim goes either way.
+    pub async fn run_captured(
+        &self,
+        e: &Entry,
+        kind: &str,
+        cmd: Vec<String>,
+        timeout: std::time::Duration,
+    ) -> Result<Captured, RunError> {
+        let rec = e.snapshot();
+        let config = ExecConfig { cmd: Some(cmd), ..Default::default() };
+        let process = self
+            .process(e, &config)
+            .and_then(|p| serde_json::to_string(&p).map_err(|err| ApiError::internal(err.to_string())))
+            .map_err(|err| RunError::Failed(err.message))?;
+        let exec_id =
+            http::new_id().map(|id| format!("{kind}-{}", &id[..16])).map_err(|err| RunError::Failed(err.message))?;
+        let req =
+            ExecRequest { container_id: rec.id.clone(), exec_id: exec_id.clone(), process_json: process, stdin: false };
+        let task = TaskRequest { container_id: rec.id.clone(), exec_id: exec_id.clone() };
+        // the start and the wait share the timeout (a container frozen meanwhile never answers)
+        let deadline = tokio::time::Instant::now() + timeout;
+        let result = match tokio::time::timeout_at(deadline, self.lifecycle.exec(req)).await {
+            Ok(Ok(_)) => match tokio::time::timeout_at(deadline, self.lifecycle.exec_wait(task.clone())).await {
+                Ok(Ok(out)) => Ok(Captured {
+                    exit_code: out.status.map_or(-1, |s| s.exit_status as i32),
+                    stdout: out.stdout,
+                    stderr: out.stderr,
+                }),
+                Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => Err(RunError::TimedOut),
+                Ok(Err(s)) => Err(RunError::Failed(s.message().to_string())),
+                Err(_) => Err(RunError::TimedOut),
+            },
+            Ok(Err(s)) => Err(RunError::Failed(s.message().to_string())),
+            Err(_) => Err(RunError::TimedOut),
+        };
+        if result.is_err() {
+            // whatever is left of it goes (a start that was not answered may have run it)
+            let kill = KillRequest { container_id: rec.id.clone(), exec_id: exec_id.clone(), signal: 9, all: false };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.lifecycle.kill(kill)).await;
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.lifecycle.delete_task(task)).await;
+        result
     }
 
     /// `GET /exec/{id}/json`, in Docker's shape.

@@ -9,12 +9,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use engine_api::v1::*;
 use engine_docker_api::{ContainerConfig, HealthConfig};
 
 use crate::config::Config;
 use crate::events::{Event, Events};
-use crate::exec::{ExecConfig, ExecService};
+use crate::exec::{ExecService, RunError};
 use crate::lifecycle::Lifecycle;
 use crate::records::{ContainerStore, Entry};
 use crate::state::HealthResult;
@@ -159,65 +158,28 @@ impl HealthService {
     /// [`MAX_OUTPUT`] bytes), or -1 and why it did not run or end in time.
     async fn probe(&self, e: &Entry, check: &Check) -> HealthResult {
         let start = engine_util::time::now_rfc3339_nanos();
-        let rec = e.snapshot();
         let failed = |output: String| HealthResult {
             start: start.clone(),
             end: engine_util::time::now_rfc3339_nanos(),
             exit_code: -1,
             output,
         };
-        let config = ExecConfig { cmd: Some(check.args.clone()), ..Default::default() };
-        let process = match self
-            .execs
-            .process(e, &config)
-            .and_then(|p| serde_json::to_string(&p).map_err(|err| crate::http::ApiError::internal(err.to_string())))
-        {
-            Ok(p) => p,
-            Err(err) => return failed(err.message),
-        };
-        let exec_id = match crate::http::new_id() {
-            Ok(id) => format!("health-{}", &id[..16]),
-            Err(err) => return failed(err.message),
-        };
-        let req =
-            ExecRequest { container_id: rec.id.clone(), exec_id: exec_id.clone(), process_json: process, stdin: false };
-        let task = TaskRequest { container_id: rec.id.clone(), exec_id: exec_id.clone() };
         let timed_out = || format!("Health check exceeded timeout ({})", engine_util::time::go_duration(check.timeout));
-        // the start and the wait share the timeout (a container frozen meanwhile never answers)
-        let deadline = tokio::time::Instant::now() + check.timeout;
-        let started = match tokio::time::timeout_at(deadline, self.lifecycle.exec(req)).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(s)) => return failed(s.message().to_string()),
-            Err(_) => false,
-        };
-        let waited = match started {
-            true => tokio::time::timeout_at(deadline, self.lifecycle.exec_wait(task.clone())).await,
-            false => Ok(Err(tonic::Status::deadline_exceeded(timed_out()))),
-        };
-        let result = match waited {
-            Ok(Ok(out)) => {
+        match self.execs.run_captured(e, "health", check.args.clone(), check.timeout).await {
+            Ok(out) => {
                 let mut output = out.stdout;
                 output.extend_from_slice(&out.stderr);
                 output.truncate(MAX_OUTPUT);
                 HealthResult {
                     start: start.clone(),
                     end: engine_util::time::now_rfc3339_nanos(),
-                    exit_code: out.status.map_or(-1, |s| s.exit_status as i64),
+                    exit_code: out.exit_code as i64,
                     output: String::from_utf8_lossy(&output).into_owned(),
                 }
             }
-            Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => failed(timed_out()),
-            Ok(Err(s)) => failed(s.message().to_string()),
-            Err(_) => failed(timed_out()),
-        };
-        if result.exit_code == -1 {
-            // whatever is left of the check goes (a start that was not answered may have run it)
-            let kill = KillRequest { container_id: rec.id.clone(), exec_id: exec_id.clone(), signal: 9, all: false };
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.lifecycle.kill(kill)).await;
+            Err(RunError::TimedOut) => failed(timed_out()),
+            Err(RunError::Failed(why)) => failed(why),
         }
-        // the exec's record in the shim goes with it
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.lifecycle.delete_task(task)).await;
-        result
     }
 }
 

@@ -11,6 +11,7 @@ pub mod api;
 pub mod build;
 pub mod commit;
 pub mod config;
+pub mod cri;
 pub mod daemon;
 pub mod distribution;
 pub mod events;
@@ -249,6 +250,16 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
         (config::Listen::Activated(_), None) => anyhow::bail!("no socket was handed over"),
     };
+    let cri_sock = match (&cfg.cri_socket, cfg.no_cri) {
+        (Some(path), false) => {
+            let _ = std::fs::remove_file(path);
+            let listener = engine_api::bind_unix(path).with_context(|| format!("the CRI socket {}", path.display()))?;
+            cri::serve(daemon.clone(), listener);
+            log!(cfg, "info", "CRI listening on {}", path.display());
+            Some(path.clone())
+        }
+        _ => None,
+    };
     // ready: the API answers, lifecycled is up and the containers are adopted
     systemd::notify("READY=1\nSTATUS=serving the Docker Engine API");
     systemd::spawn_watchdog();
@@ -330,7 +341,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     drop(listener);
     // a socket systemd handed over stays its own
-    if let Some(sock) = sock {
+    for sock in sock.iter().chain(cri_sock.iter()) {
         let _ = std::fs::remove_file(sock);
     }
     if cfg.live_restore {

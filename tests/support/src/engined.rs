@@ -442,8 +442,11 @@ impl Drop for Engined {
             self.restart();
         }
         if self.child.is_some() {
-            let ids = self.engine(&["ps", "-aq"]);
-            for id in crate::stdout(&ids).split_whitespace() {
+            // the CRI's pods and containers too (a Docker listing shows them only when asked)
+            let mut ids = crate::stdout(&self.engine(&["ps", "-aq", "--filter", "label=io.engine.cri=container"]));
+            ids += &crate::stdout(&self.engine(&["ps", "-aq", "--filter", "label=io.engine.cri=sandbox"]));
+            ids += &crate::stdout(&self.engine(&["ps", "-aq"]));
+            for id in ids.split_whitespace() {
                 let _ = self.engine(&["rm", "-f", id]);
             }
             let lifecycled = std::fs::read_to_string(self.exec_root().join("lifecycled.pid"))

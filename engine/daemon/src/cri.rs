@@ -1,0 +1,933 @@
+//! The Kubernetes Container Runtime Interface (CRI v1) on engined's own socket (`--cri-socket`,
+//! default `<exec-root>/cri.sock`; `--no-cri` turns it off), on the daemon's own stores: an
+//! image pulled through one API is seen by the other, and a CRI container is made, started and
+//! stopped by the same paths as a Docker API one, so a pod start is one trace down to
+//! `init.exec` and the kernel.
+//!
+//! A pod sandbox is a container of the sandbox image (`--cri-sandbox-image`, a pause image)
+//! run with engine-init as PID 1; it holds the pod's network namespace (on the default bridge,
+//! or the host's with `network: NODE`), and the pod's containers join it (`container:<sandbox>`),
+//! as dockershim did. Sandboxes and CRI containers carry the label `io.engine.cri` and are kept
+//! out of the Docker API's listings, as containerd keeps its CRI namespace apart.
+//!
+//! Every call is a gRPC server span (`rpc.system=grpc`, `rpc.service`, `rpc.method`, and the
+//! `k8s.*` attributes of its pod and container) under the caller's `traceparent` metadata.
+//!
+//! What is not served yet answers UNIMPLEMENTED: streaming (exec, attach, port-forward), stats,
+//! events, checkpoints, resource updates, CNI, the CRI log format at `log_path`, and the pod's
+//! shared IPC, UTS and PID namespaces (each container has its own; the network is shared).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine_cri::v1 as cri;
+use engine_cri::v1::image_service_server::ImageService;
+use engine_cri::v1::runtime_service_server::RuntimeService;
+use engine_docker_api::{ContainerConfig, ContainerCreateBody, HostConfig};
+use tonic::{Request, Response, Status};
+
+use crate::daemon::Daemon;
+use crate::http::ApiError;
+use crate::records::{ContainerRecord, Entry};
+use crate::trace::Trace;
+
+/// The label every CRI object carries: `sandbox` or `container`.
+pub const KIND_LABEL: &str = "io.engine.cri";
+const POD_NAME: &str = "io.kubernetes.pod.name";
+const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+const POD_UID: &str = "io.kubernetes.pod.uid";
+const CONTAINER_NAME: &str = "io.kubernetes.container.name";
+const SANDBOX_ID: &str = "io.kubernetes.sandbox.id";
+const ATTEMPT: &str = "io.engine.cri.attempt";
+/// Annotations are kept as labels under this prefix; the CRI's own labels as they are.
+const ANNOTATION: &str = "io.engine.cri.annotation.";
+const RUNTIME_SERVICE: &str = "runtime.v1.RuntimeService";
+const IMAGE_SERVICE: &str = "runtime.v1.ImageService";
+
+/// Whether a container record is a CRI object (hidden from the Docker API's listings).
+pub fn is_cri(rec: &ContainerRecord) -> bool {
+    rec.config.labels.as_ref().is_some_and(|l| l.contains_key(KIND_LABEL))
+}
+
+/// Both CRI services, on the daemon.
+#[derive(Clone)]
+pub struct Cri {
+    d: Arc<Daemon>,
+}
+
+impl Cri {
+    pub fn new(d: Arc<Daemon>) -> Cri {
+        Cri { d }
+    }
+
+    /// The server span of one call, under the caller's `traceparent` metadata.
+    fn trace<T>(&self, req: &Request<T>, service: &str, method: &str) -> Arc<Trace> {
+        let tp = req.metadata().get("traceparent").and_then(|v| v.to_str().ok());
+        let t = Arc::new(Trace::new(self.d.sink.as_ref(), tp, &format!("{service}/{method}")));
+        t.attr(t.root, "rpc.system", "grpc");
+        t.attr(t.root, "rpc.service", service.to_string());
+        t.attr(t.root, "rpc.method", method.to_string());
+        t
+    }
+
+    /// Runs `f` as the call's operation (in the trace's scope, to its end even if the caller
+    /// goes) and closes the span with the result's gRPC status.
+    async fn call<T, F>(&self, trace: Arc<Trace>, f: F) -> Result<Response<T>, Status>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+    {
+        let op = trace.clone();
+        let r = tokio::spawn(async move { op.scope(f).await })
+            .await
+            .unwrap_or_else(|e| Err(ApiError::internal(format!("call failed: {e}"))));
+        let status = match &r {
+            Ok(_) => 200,
+            Err(e) => e.status.as_u16(),
+        };
+        trace.attr(trace.root, "rpc.grpc.status_code", grpc_code(status) as i64);
+        trace.close(status);
+        r.map(Response::new).map_err(to_status)
+    }
+
+    fn find(&self, id: &str, kind: &str) -> Result<Arc<Entry>, ApiError> {
+        let e = self.d.containers.find(id).map_err(|_| ApiError::not_found(format!("{kind} {id:?} not found")))?;
+        let rec = e.snapshot();
+        match rec.config.labels.as_ref().and_then(|l| l.get(KIND_LABEL)) {
+            Some(k) if k == kind => Ok(e),
+            _ => Err(ApiError::not_found(format!("{kind} {id:?} not found"))),
+        }
+    }
+
+    fn all(&self, kind: &str) -> Vec<ContainerRecord> {
+        self.d
+            .containers
+            .all()
+            .iter()
+            .map(|e| e.snapshot())
+            .filter(|r| r.config.labels.as_ref().and_then(|l| l.get(KIND_LABEL)).is_some_and(|k| k == kind))
+            .collect()
+    }
+}
+
+fn grpc_code(http: u16) -> tonic::Code {
+    match http {
+        200..=299 => tonic::Code::Ok,
+        400 => tonic::Code::InvalidArgument,
+        404 => tonic::Code::NotFound,
+        409 => tonic::Code::FailedPrecondition,
+        501 => tonic::Code::Unimplemented,
+        _ => tonic::Code::Internal,
+    }
+}
+
+fn to_status(e: ApiError) -> Status {
+    Status::new(grpc_code(e.status.as_u16()), e.message)
+}
+
+fn labels(rec: &ContainerRecord) -> BTreeMap<String, String> {
+    rec.config.labels.clone().unwrap_or_default()
+}
+
+/// The CRI's labels of an object: its labels but engine's and the annotations.
+fn user_labels(l: &BTreeMap<String, String>) -> HashMap<String, String> {
+    l.iter()
+        .filter(|(k, _)| !k.starts_with("io.engine.cri") && !k.starts_with("io.kubernetes."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn annotations(l: &BTreeMap<String, String>) -> HashMap<String, String> {
+    l.iter().filter_map(|(k, v)| Some((k.strip_prefix(ANNOTATION)?.to_string(), v.clone()))).collect()
+}
+
+fn nanos(rfc3339: &str) -> i64 {
+    engine_util::time::parse_rfc3339_unix_nanos(rfc3339).unwrap_or(0)
+}
+
+fn selected(filter: &HashMap<String, String>, l: &BTreeMap<String, String>) -> bool {
+    filter.iter().all(|(k, v)| l.get(k) == Some(v))
+}
+
+/// The name a Docker listing would show for a pod's object, as dockershim named them:
+/// `k8s_<container or POD>_<pod>_<namespace>_<uid>_<attempt>`.
+fn docker_name(container: &str, pod: &cri::PodSandboxMetadata, attempt: u32) -> String {
+    format!("k8s_{container}_{}_{}_{}_{attempt}", pod.name, pod.namespace, pod.uid)
+}
+
+fn sandbox_state(rec: &ContainerRecord) -> i32 {
+    if rec.state.running() {
+        cri::PodSandboxState::SandboxReady as i32
+    } else {
+        cri::PodSandboxState::SandboxNotready as i32
+    }
+}
+
+fn sandbox_metadata(l: &BTreeMap<String, String>) -> cri::PodSandboxMetadata {
+    let get = |k: &str| l.get(k).cloned().unwrap_or_default();
+    cri::PodSandboxMetadata {
+        name: get(POD_NAME),
+        namespace: get(POD_NAMESPACE),
+        uid: get(POD_UID),
+        attempt: get(ATTEMPT).parse().unwrap_or(0),
+    }
+}
+
+fn container_state(rec: &ContainerRecord) -> i32 {
+    use crate::state::Status as S;
+    match rec.state.status() {
+        S::Created => cri::ContainerState::ContainerCreated as i32,
+        S::Running | S::Paused | S::Restarting => cri::ContainerState::ContainerRunning as i32,
+        S::Exited | S::Dead => cri::ContainerState::ContainerExited as i32,
+        _ => cri::ContainerState::ContainerUnknown as i32,
+    }
+}
+
+impl Cri {
+    async fn run_pod_sandbox(&self, trace: &Trace, req: cri::RunPodSandboxRequest) -> Result<String, ApiError> {
+        let config = req.config.ok_or_else(|| ApiError::bad_request("RunPodSandbox without a config"))?;
+        let meta = config.metadata.clone().ok_or_else(|| ApiError::bad_request("a pod sandbox without metadata"))?;
+        if meta.name.is_empty() || meta.namespace.is_empty() || meta.uid.is_empty() {
+            return Err(ApiError::bad_request("a pod sandbox needs a name, a namespace and a uid"));
+        }
+        trace.attr(trace.root, "k8s.pod.name", meta.name.clone());
+        trace.attr(trace.root, "k8s.namespace.name", meta.namespace.clone());
+        trace.attr(trace.root, "k8s.pod.uid", meta.uid.clone());
+        let mut l: BTreeMap<String, String> = config.labels.clone().into_iter().collect();
+        l.extend(config.annotations.iter().map(|(k, v)| (format!("{ANNOTATION}{k}"), v.clone())));
+        l.insert(KIND_LABEL.into(), "sandbox".into());
+        l.insert(POD_NAME.into(), meta.name.clone());
+        l.insert(POD_NAMESPACE.into(), meta.namespace.clone());
+        l.insert(POD_UID.into(), meta.uid.clone());
+        l.insert(ATTEMPT.into(), meta.attempt.to_string());
+        let linux = config.linux.clone().unwrap_or_default();
+        let security = linux.security_context.clone().unwrap_or_default();
+        let ns = security.namespace_options.clone().unwrap_or_default();
+        let host_network = ns.network == cri::NamespaceMode::Node as i32;
+        let dns = config.dns_config.clone().unwrap_or_default();
+        let mut port_bindings = BTreeMap::new();
+        for p in &config.port_mappings {
+            if p.host_port <= 0 {
+                continue;
+            }
+            let proto = if p.protocol == cri::Protocol::Udp as i32 { "udp" } else { "tcp" };
+            port_bindings.insert(
+                format!("{}/{proto}", p.container_port),
+                Some(vec![engine_docker_api::PortBinding {
+                    host_ip: p.host_ip.clone(),
+                    host_port: p.host_port.to_string(),
+                }]),
+            );
+        }
+        let host_config = HostConfig {
+            network_mode: if host_network { "host".into() } else { String::new() },
+            init: Some(true),
+            privileged: security.privileged,
+            dns: (!dns.servers.is_empty()).then_some(dns.servers),
+            dns_search: (!dns.searches.is_empty()).then_some(dns.searches),
+            dns_options: (!dns.options.is_empty()).then_some(dns.options),
+            port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            config: ContainerConfig {
+                image: self.d.cfg.cri_sandbox_image.clone(),
+                hostname: if host_network { String::new() } else { config.hostname.clone() },
+                labels: Some(l),
+                ..Default::default()
+            },
+            host_config: Some(host_config),
+            networking_config: None,
+        };
+        let name = docker_name("POD", &meta, meta.attempt);
+        let id = self.d.create(trace, Some(name), body).await?;
+        let e = self.d.containers.find(&id)?;
+        if let Err(err) = self.d.start(trace, &e).await {
+            // nothing of a sandbox that did not start stays
+            let _ = self.d.remove(&e, true, true).await;
+            return Err(err);
+        }
+        Ok(id)
+    }
+
+    /// Stops the pod's containers, then the sandbox; idempotent.
+    async fn stop_pod_sandbox(&self, trace: &Trace, id: &str) -> Result<(), ApiError> {
+        let sandbox = self.find(id, "sandbox")?;
+        let sid = sandbox.snapshot().id;
+        for c in self.all("container").into_iter().filter(|c| labels(c).get(SANDBOX_ID) == Some(&sid)) {
+            if let Ok(e) = self.d.containers.find(&c.id) {
+                if e.snapshot().state.running() {
+                    self.d.stop(trace, &e, Some(0)).await?;
+                }
+            }
+        }
+        if sandbox.snapshot().state.running() {
+            self.d.stop(trace, &sandbox, Some(0)).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_pod_sandbox(&self, trace: &Trace, id: &str) -> Result<(), ApiError> {
+        let sandbox = match self.find(id, "sandbox") {
+            Ok(e) => e,
+            // already removed: not an error (the call is idempotent)
+            Err(e) if e.status == hyper::StatusCode::NOT_FOUND => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop_pod_sandbox(trace, id).await?;
+        let sid = sandbox.snapshot().id;
+        for c in self.all("container").into_iter().filter(|c| labels(c).get(SANDBOX_ID) == Some(&sid)) {
+            if let Ok(e) = self.d.containers.find(&c.id) {
+                self.d.remove(&e, true, true).await?;
+            }
+        }
+        self.d.remove(&sandbox, true, true).await
+    }
+
+    fn pod_sandbox_status(&self, id: &str) -> Result<cri::PodSandboxStatusResponse, ApiError> {
+        let rec = self.find(id, "sandbox")?.snapshot();
+        let l = labels(&rec);
+        let ip = self
+            .d
+            .networks
+            .endpoints_of(&rec.id)
+            .into_iter()
+            .find(|(_, ep)| ep.ifname == "eth0")
+            .map(|(_, ep)| ep.ip.to_string())
+            .unwrap_or_default();
+        let host_network = rec.host_config.network_mode == "host";
+        let mode = if host_network { cri::NamespaceMode::Node } else { cri::NamespaceMode::Pod } as i32;
+        let status = cri::PodSandboxStatus {
+            id: rec.id.clone(),
+            metadata: Some(sandbox_metadata(&l)),
+            state: sandbox_state(&rec),
+            created_at: nanos(&rec.created),
+            network: Some(cri::PodSandboxNetworkStatus { ip, additional_ips: Vec::new() }),
+            linux: Some(cri::LinuxPodSandboxStatus {
+                namespaces: Some(cri::Namespace {
+                    options: Some(cri::NamespaceOption {
+                        network: mode,
+                        pid: cri::NamespaceMode::Container as i32,
+                        ipc: cri::NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
+                }),
+            }),
+            labels: user_labels(&l),
+            annotations: annotations(&l),
+            runtime_handler: String::new(),
+        };
+        Ok(cri::PodSandboxStatusResponse { status: Some(status), ..Default::default() })
+    }
+
+    fn list_pod_sandbox(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+        let f = filter.unwrap_or_default();
+        self.all("sandbox")
+            .into_iter()
+            .filter(|r| f.id.is_empty() || r.id.starts_with(&f.id))
+            .filter(|r| f.state.as_ref().is_none_or(|s| s.state == sandbox_state(r)))
+            .filter(|r| selected(&f.label_selector, &labels(r)))
+            .map(|r| {
+                let l = labels(&r);
+                cri::PodSandbox {
+                    id: r.id.clone(),
+                    metadata: Some(sandbox_metadata(&l)),
+                    state: sandbox_state(&r),
+                    created_at: nanos(&r.created),
+                    labels: user_labels(&l),
+                    annotations: annotations(&l),
+                    runtime_handler: String::new(),
+                }
+            })
+            .collect()
+    }
+
+    async fn create_container(&self, trace: &Trace, req: cri::CreateContainerRequest) -> Result<String, ApiError> {
+        let sandbox = self.find(&req.pod_sandbox_id, "sandbox")?.snapshot();
+        let config = req.config.ok_or_else(|| ApiError::bad_request("CreateContainer without a config"))?;
+        let meta = config.metadata.clone().ok_or_else(|| ApiError::bad_request("a container without metadata"))?;
+        if meta.name.is_empty() {
+            return Err(ApiError::bad_request("a container needs a name"));
+        }
+        let image = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        if image.is_empty() {
+            return Err(ApiError::bad_request("a container needs an image"));
+        }
+        let pod = sandbox_metadata(&labels(&sandbox));
+        trace.attr(trace.root, "k8s.pod.name", pod.name.clone());
+        trace.attr(trace.root, "k8s.namespace.name", pod.namespace.clone());
+        trace.attr(trace.root, "k8s.pod.uid", pod.uid.clone());
+        trace.attr(trace.root, "k8s.container.name", meta.name.clone());
+        let mut l: BTreeMap<String, String> = config.labels.clone().into_iter().collect();
+        l.extend(config.annotations.iter().map(|(k, v)| (format!("{ANNOTATION}{k}"), v.clone())));
+        l.insert(KIND_LABEL.into(), "container".into());
+        l.insert(SANDBOX_ID.into(), sandbox.id.clone());
+        l.insert(CONTAINER_NAME.into(), meta.name.clone());
+        l.insert(POD_NAME.into(), pod.name.clone());
+        l.insert(POD_NAMESPACE.into(), pod.namespace.clone());
+        l.insert(POD_UID.into(), pod.uid.clone());
+        l.insert(ATTEMPT.into(), meta.attempt.to_string());
+        let linux = config.linux.clone().unwrap_or_default();
+        let security = linux.security_context.clone().unwrap_or_default();
+        let resources = linux.resources.clone().unwrap_or_default();
+        let user = match (&security.run_as_user, &security.run_as_group) {
+            (Some(u), Some(g)) => format!("{}:{}", u.value, g.value),
+            (Some(u), None) => u.value.to_string(),
+            (None, _) if !security.run_as_username.is_empty() => security.run_as_username.clone(),
+            _ => String::new(),
+        };
+        let mut binds = Vec::new();
+        for m in &config.mounts {
+            if m.host_path.is_empty() || m.container_path.is_empty() {
+                return Err(ApiError::bad_request("a mount needs a host path and a container path"));
+            }
+            binds.push(format!("{}:{}{}", m.host_path, m.container_path, if m.readonly { ":ro" } else { "" }));
+        }
+        let caps = security.capabilities.clone().unwrap_or_default();
+        let mut host_config = HostConfig {
+            network_mode: format!("container:{}", sandbox.id),
+            privileged: security.privileged,
+            readonly_rootfs: security.readonly_rootfs,
+            binds: (!binds.is_empty()).then_some(binds),
+            cap_add: (!caps.add_capabilities.is_empty()).then_some(caps.add_capabilities),
+            cap_drop: (!caps.drop_capabilities.is_empty()).then_some(caps.drop_capabilities),
+            security_opt: security.no_new_privs.then(|| vec!["no-new-privileges".to_string()]),
+            ..Default::default()
+        };
+        host_config.resources.memory = resources.memory_limit_in_bytes;
+        host_config.resources.cpu_shares = resources.cpu_shares;
+        host_config.resources.cpu_quota = resources.cpu_quota;
+        host_config.resources.cpu_period = resources.cpu_period;
+        let body = ContainerCreateBody {
+            config: ContainerConfig {
+                image,
+                entrypoint: (!config.command.is_empty()).then_some(config.command.clone()),
+                cmd: (!config.args.is_empty()).then_some(config.args.clone()),
+                env: Some(
+                    config.envs.iter().map(|kv| format!("{}={}", kv.key, String::from_utf8_lossy(&kv.value))).collect(),
+                ),
+                working_dir: config.working_dir.clone(),
+                user,
+                tty: config.tty,
+                open_stdin: config.stdin,
+                stdin_once: config.stdin_once,
+                labels: Some(l),
+                ..Default::default()
+            },
+            host_config: Some(host_config),
+            networking_config: None,
+        };
+        let name = docker_name(&meta.name, &pod, meta.attempt);
+        self.d.create(trace, Some(name), body).await
+    }
+
+    fn container_of(&self, rec: &ContainerRecord) -> cri::Container {
+        let l = labels(rec);
+        cri::Container {
+            id: rec.id.clone(),
+            pod_sandbox_id: l.get(SANDBOX_ID).cloned().unwrap_or_default(),
+            metadata: Some(cri::ContainerMetadata {
+                name: l.get(CONTAINER_NAME).cloned().unwrap_or_default(),
+                attempt: l.get(ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(0),
+            }),
+            image: Some(cri::ImageSpec { image: rec.image.clone(), ..Default::default() }),
+            image_ref: rec.image_id.to_string(),
+            state: container_state(rec),
+            created_at: nanos(&rec.created),
+            labels: user_labels(&l),
+            annotations: annotations(&l),
+            image_id: rec.image_id.to_string(),
+        }
+    }
+
+    fn container_status(&self, id: &str) -> Result<cri::ContainerStatusResponse, ApiError> {
+        let rec = self.find(id, "container")?.snapshot();
+        let c = self.container_of(&rec);
+        let exited = rec.state.exited();
+        let reason = match () {
+            _ if !exited => String::new(),
+            _ if rec.state.oom_killed() => "OOMKilled".into(),
+            _ if rec.state.exit_code() == 0 => "Completed".into(),
+            _ => "Error".into(),
+        };
+        let status = cri::ContainerStatus {
+            id: c.id,
+            metadata: c.metadata,
+            state: c.state,
+            created_at: c.created_at,
+            started_at: nanos(rec.state.started_at()),
+            finished_at: if exited { nanos(rec.state.finished_at()) } else { 0 },
+            exit_code: rec.state.exit_code() as i32,
+            image: c.image,
+            image_ref: c.image_ref,
+            reason,
+            message: rec.state.error().to_string(),
+            labels: c.labels,
+            annotations: c.annotations,
+            mounts: rec
+                .host_config
+                .binds
+                .iter()
+                .flatten()
+                .filter_map(|b| {
+                    let mut parts = b.split(':');
+                    let (host, ctr) = (parts.next()?, parts.next()?);
+                    Some(cri::Mount {
+                        host_path: host.into(),
+                        container_path: ctr.into(),
+                        readonly: parts.next() == Some("ro"),
+                        ..Default::default()
+                    })
+                })
+                .collect(),
+            log_path: String::new(),
+            image_id: c.image_id,
+            ..Default::default()
+        };
+        Ok(cri::ContainerStatusResponse { status: Some(status), ..Default::default() })
+    }
+
+    fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
+        let f = filter.unwrap_or_default();
+        self.all("container")
+            .into_iter()
+            .filter(|r| f.id.is_empty() || r.id.starts_with(&f.id))
+            .filter(|r| {
+                f.pod_sandbox_id.is_empty()
+                    || labels(r).get(SANDBOX_ID).is_some_and(|s| s.starts_with(&f.pod_sandbox_id))
+            })
+            .filter(|r| f.state.as_ref().is_none_or(|s| s.state == container_state(r)))
+            .filter(|r| selected(&f.label_selector, &labels(r)))
+            .map(|r| self.container_of(&r))
+            .collect()
+    }
+
+    async fn exec_sync(&self, req: cri::ExecSyncRequest) -> Result<cri::ExecSyncResponse, ApiError> {
+        let e = self.find(&req.container_id, "container")?;
+        if req.cmd.is_empty() {
+            return Err(ApiError::bad_request("ExecSync without a command"));
+        }
+        // a timeout of 0: none (a day stands for it)
+        let timeout =
+            if req.timeout > 0 { Duration::from_secs(req.timeout as u64) } else { Duration::from_secs(86400) };
+        let out = self.d.execs.run_captured(&e, "execsync", req.cmd, timeout).await?;
+        Ok(cri::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code })
+    }
+
+    fn image_of(&self, i: &engine_image::store::Image) -> cri::Image {
+        let c = i.config.config.clone().unwrap_or_default();
+        let user = c.user.clone().unwrap_or_default();
+        let (uid, username) = match user.split(':').next().unwrap_or("").parse::<i64>() {
+            Ok(n) => (Some(cri::Int64Value { value: n }), String::new()),
+            Err(_) => (None, user.split(':').next().unwrap_or("").to_string()),
+        };
+        cri::Image {
+            id: i.id().to_string(),
+            repo_tags: i.names.iter().map(|n| n.to_string()).collect(),
+            repo_digests: i.digests.iter().map(|n| n.to_string()).collect(),
+            size: i.record.size(),
+            uid,
+            username,
+            spec: Some(cri::ImageSpec { image: i.id().to_string(), ..Default::default() }),
+            pinned: i.names.iter().any(|n| n.to_string() == self.d.cfg.cri_sandbox_image),
+        }
+    }
+
+    async fn pull_image(&self, trace: &Arc<Trace>, req: cri::PullImageRequest) -> Result<String, ApiError> {
+        let name = req.image.map(|i| i.image).unwrap_or_default();
+        let mut reference = engine_image::reference::Reference::parse_name(&name)?;
+        if reference.tag().is_none() && reference.digest().is_none() {
+            reference = reference.with_tag("latest")?;
+        }
+        let creds = req
+            .auth
+            .filter(|a| {
+                !a.username.is_empty()
+                    || !a.auth.is_empty()
+                    || !a.identity_token.is_empty()
+                    || !a.registry_token.is_empty()
+            })
+            .map(|a| engine_registry::AuthConfig {
+                username: a.username,
+                password: a.password,
+                auth: a.auth,
+                serveraddress: a.server_address,
+                identitytoken: a.identity_token,
+                registrytoken: a.registry_token,
+            });
+        let span = trace.start(engine_telemetry::names::DAEMON_PULL);
+        trace.attr(span, "oci.reference", reference.to_string());
+        let previous = trace.enter(span);
+        let platform = crate::distribution::host_platform();
+        let r = async {
+            let (repo, resolved) = self.d.distribution.resolve(trace, &reference, &platform, creds).await?;
+            // the progress messages a Docker client would read: nobody reads them here
+            let (out, mut rx) = tokio::sync::mpsc::channel(64);
+            let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+            let pulled = self.d.distribution.pull(trace, &reference, repo, resolved, &out).await;
+            drop(out);
+            let _ = drain.await;
+            pulled
+        }
+        .await;
+        trace.enter(previous);
+        let pulled = trace.finish(span, r.map_err(ApiError::from))?;
+        self.d.events.publish(crate::events::Event::image("pull", &reference.familiar()));
+        Ok(pulled.id.to_string())
+    }
+}
+
+/// Calls not served yet: UNIMPLEMENTED, as a client expects of a runtime without them. (A
+/// macro's methods are expanded after `async_trait` has rewritten the impl's own, so they are
+/// written in its expanded form.)
+macro_rules! unimplemented_calls {
+    ($($name:ident($req:ty) -> $resp:ty;)*) => {
+        $(
+            fn $name<'life0, 'async_trait>(
+                &'life0 self,
+                _: Request<$req>,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<$resp>, Status>> + Send + 'async_trait>>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                Box::pin(async { Err(Status::unimplemented(concat!(stringify!($name), " is not served yet"))) })
+            }
+        )*
+    };
+}
+
+type Stream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RuntimeService for Cri {
+    type StreamPodSandboxesStream = Stream<cri::StreamPodSandboxesResponse>;
+    type StreamContainersStream = Stream<cri::StreamContainersResponse>;
+    type StreamContainerStatsStream = Stream<cri::StreamContainerStatsResponse>;
+    type StreamPodSandboxStatsStream = Stream<cri::StreamPodSandboxStatsResponse>;
+    type GetContainerEventsStream = Stream<cri::ContainerEventResponse>;
+    type StreamPodSandboxMetricsStream = Stream<cri::StreamPodSandboxMetricsResponse>;
+
+    async fn version(&self, req: Request<cri::VersionRequest>) -> Result<Response<cri::VersionResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "Version");
+        self.call(t, async {
+            Ok(cri::VersionResponse {
+                version: "0.1.0".into(),
+                runtime_name: "engine".into(),
+                runtime_version: env!("CARGO_PKG_VERSION").into(),
+                runtime_api_version: "v1".into(),
+            })
+        })
+        .await
+    }
+
+    async fn status(&self, req: Request<cri::StatusRequest>) -> Result<Response<cri::StatusResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "Status");
+        let lifecycled_up = *self.d.supervisor.pid.borrow() > 0;
+        self.call(t, async move {
+            let condition = |kind: &str, up: bool, why: &str| cri::RuntimeCondition {
+                r#type: kind.into(),
+                status: up,
+                reason: if up { String::new() } else { why.into() },
+                message: String::new(),
+            };
+            Ok(cri::StatusResponse {
+                status: Some(cri::RuntimeStatus {
+                    conditions: vec![
+                        condition("RuntimeReady", lifecycled_up, "LifecycledDown"),
+                        condition("NetworkReady", true, ""),
+                    ],
+                }),
+                ..Default::default()
+            })
+        })
+        .await
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        req: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "RunPodSandbox");
+        let (this, op) = (self.clone(), t.clone());
+        self.call(t, async move {
+            let id = this.run_pod_sandbox(&op, req.into_inner()).await?;
+            Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
+        })
+        .await
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        req: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "StopPodSandbox");
+        let (this, op) = (self.clone(), t.clone());
+        self.call(t, async move {
+            match this.stop_pod_sandbox(&op, &req.into_inner().pod_sandbox_id).await {
+                // idempotent: a sandbox that is gone is stopped
+                Err(e) if e.status == hyper::StatusCode::NOT_FOUND => Ok(cri::StopPodSandboxResponse {}),
+                r => r.map(|()| cri::StopPodSandboxResponse {}),
+            }
+        })
+        .await
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        req: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "RemovePodSandbox");
+        let (this, op) = (self.clone(), t.clone());
+        self.call(t, async move {
+            this.remove_pod_sandbox(&op, &req.into_inner().pod_sandbox_id).await?;
+            Ok(cri::RemovePodSandboxResponse {})
+        })
+        .await
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        req: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        self.pod_sandbox_status(&req.into_inner().pod_sandbox_id).map(Response::new).map_err(to_status)
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        req: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        Ok(Response::new(cri::ListPodSandboxResponse { items: self.list_pod_sandbox(req.into_inner().filter) }))
+    }
+
+    async fn create_container(
+        &self,
+        req: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "CreateContainer");
+        let (this, op) = (self.clone(), t.clone());
+        self.call(t, async move {
+            let id = this.create_container(&op, req.into_inner()).await?;
+            Ok(cri::CreateContainerResponse { container_id: id })
+        })
+        .await
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "StartContainer");
+        let (this, op) = (self.clone(), t.clone());
+        self.call(t, async move {
+            let e = this.find(&req.into_inner().container_id, "container")?;
+            let l = labels(&e.snapshot());
+            op.attr(op.root, "k8s.pod.name", l.get(POD_NAME).cloned().unwrap_or_default());
+            op.attr(op.root, "k8s.container.name", l.get(CONTAINER_NAME).cloned().unwrap_or_default());
+            this.d.start(&op, &e).await?;
+            Ok(cri::StartContainerResponse {})
+        })
+        .await
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "StopContainer");
+        let (this, op) = (self.clone(), t.clone());
+        self.call(t, async move {
+            let r = req.into_inner();
+            let e = this.find(&r.container_id, "container")?;
+            if e.snapshot().state.running() {
+                this.d.stop(&op, &e, Some(r.timeout)).await?;
+            }
+            Ok(cri::StopContainerResponse {})
+        })
+        .await
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "RemoveContainer");
+        let this = self.clone();
+        self.call(t, async move {
+            match this.find(&req.into_inner().container_id, "container") {
+                Ok(e) => this.d.remove(&e, true, true).await?,
+                // idempotent: a container that is gone is removed
+                Err(e) if e.status == hyper::StatusCode::NOT_FOUND => {}
+                Err(e) => return Err(e),
+            }
+            Ok(cri::RemoveContainerResponse {})
+        })
+        .await
+    }
+
+    async fn list_containers(
+        &self,
+        req: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        Ok(Response::new(cri::ListContainersResponse { containers: self.list_containers(req.into_inner().filter) }))
+    }
+
+    async fn container_status(
+        &self,
+        req: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        self.container_status(&req.into_inner().container_id).map(Response::new).map_err(to_status)
+    }
+
+    async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "ExecSync");
+        let this = self.clone();
+        self.call(t, async move { this.exec_sync(req.into_inner()).await }).await
+    }
+
+    unimplemented_calls! {
+        stream_pod_sandboxes(cri::StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream;
+        stream_containers(cri::StreamContainersRequest) -> Self::StreamContainersStream;
+        update_container_resources(cri::UpdateContainerResourcesRequest) -> cri::UpdateContainerResourcesResponse;
+        reopen_container_log(cri::ReopenContainerLogRequest) -> cri::ReopenContainerLogResponse;
+        exec(cri::ExecRequest) -> cri::ExecResponse;
+        attach(cri::AttachRequest) -> cri::AttachResponse;
+        port_forward(cri::PortForwardRequest) -> cri::PortForwardResponse;
+        container_stats(cri::ContainerStatsRequest) -> cri::ContainerStatsResponse;
+        list_container_stats(cri::ListContainerStatsRequest) -> cri::ListContainerStatsResponse;
+        stream_container_stats(cri::StreamContainerStatsRequest) -> Self::StreamContainerStatsStream;
+        pod_sandbox_stats(cri::PodSandboxStatsRequest) -> cri::PodSandboxStatsResponse;
+        list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest) -> cri::ListPodSandboxStatsResponse;
+        stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream;
+        update_runtime_config(cri::UpdateRuntimeConfigRequest) -> cri::UpdateRuntimeConfigResponse;
+        checkpoint_container(cri::CheckpointContainerRequest) -> cri::CheckpointContainerResponse;
+        get_container_events(cri::GetEventsRequest) -> Self::GetContainerEventsStream;
+        list_metric_descriptors(cri::ListMetricDescriptorsRequest) -> cri::ListMetricDescriptorsResponse;
+        list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest) -> cri::ListPodSandboxMetricsResponse;
+        stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream;
+        runtime_config(cri::RuntimeConfigRequest) -> cri::RuntimeConfigResponse;
+        update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest) -> cri::UpdatePodSandboxResourcesResponse;
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for Cri {
+    type StreamImagesStream = Stream<cri::StreamImagesResponse>;
+
+    async fn list_images(
+        &self,
+        req: Request<cri::ListImagesRequest>,
+    ) -> Result<Response<cri::ListImagesResponse>, Status> {
+        let want = req.into_inner().filter.and_then(|f| f.image).map(|i| i.image).filter(|i| !i.is_empty());
+        let images = self.d.images.list().map_err(|e| to_status(e.into()))?;
+        let picked = match want {
+            Some(name) => match self.d.images.resolve(&name) {
+                Ok(one) => images.into_iter().filter(|i| i.id() == one.id()).collect(),
+                Err(_) => Vec::new(),
+            },
+            None => images,
+        };
+        Ok(Response::new(cri::ListImagesResponse { images: picked.iter().map(|i| self.image_of(i)).collect() }))
+    }
+
+    async fn image_status(
+        &self,
+        req: Request<cri::ImageStatusRequest>,
+    ) -> Result<Response<cri::ImageStatusResponse>, Status> {
+        let name = req.into_inner().image.map(|i| i.image).unwrap_or_default();
+        // an image that is not here is no error: the answer has none
+        let image = self.d.images.resolve(&name).ok().map(|i| self.image_of(&i));
+        Ok(Response::new(cri::ImageStatusResponse { image, info: HashMap::new() }))
+    }
+
+    async fn pull_image(
+        &self,
+        req: Request<cri::PullImageRequest>,
+    ) -> Result<Response<cri::PullImageResponse>, Status> {
+        let t = self.trace(&req, IMAGE_SERVICE, "PullImage");
+        let (this, op) = (self.clone(), t.clone());
+        self.call(t, async move {
+            let image_ref = this.pull_image(&op, req.into_inner()).await?;
+            Ok(cri::PullImageResponse { image_ref })
+        })
+        .await
+    }
+
+    async fn remove_image(
+        &self,
+        req: Request<cri::RemoveImageRequest>,
+    ) -> Result<Response<cri::RemoveImageResponse>, Status> {
+        let t = self.trace(&req, IMAGE_SERVICE, "RemoveImage");
+        let this = self.clone();
+        self.call(t, async move {
+            let name = req.into_inner().image.map(|i| i.image).unwrap_or_default();
+            let images = this.d.images.clone();
+            // removing an image that is not here is no error
+            if images.resolve(&name).is_ok() {
+                let n = name.clone();
+                tokio::task::spawn_blocking(move || images.remove(&n, false))
+                    .await
+                    .map_err(|e| ApiError::internal(e.to_string()))??;
+                this.d.events.publish(crate::events::Event::image("delete", &name));
+            }
+            Ok(cri::RemoveImageResponse {})
+        })
+        .await
+    }
+
+    async fn image_fs_info(
+        &self,
+        _: Request<cri::ImageFsInfoRequest>,
+    ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
+        let root = self.d.images.root().to_path_buf();
+        let (used, inodes) = tokio::task::spawn_blocking(move || (engine_util::fs::dir_size(&root), walk_count(&root)))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let usage = cri::FilesystemUsage {
+            timestamp: engine_util::time::unix_nanos(std::time::SystemTime::now()),
+            fs_id: Some(cri::FilesystemIdentifier { mountpoint: self.d.images.root().display().to_string() }),
+            used_bytes: Some(cri::UInt64Value { value: used }),
+            inodes_used: Some(cri::UInt64Value { value: inodes }),
+        };
+        Ok(Response::new(cri::ImageFsInfoResponse {
+            image_filesystems: vec![usage],
+            container_filesystems: Vec::new(),
+        }))
+    }
+
+    unimplemented_calls! {
+        stream_images(cri::StreamImagesRequest) -> Self::StreamImagesStream;
+    }
+}
+
+/// Files and directories under `dir` (its inodes in use).
+fn walk_count(dir: &std::path::Path) -> u64 {
+    let mut n = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            n += 1;
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            }
+        }
+    }
+    n
+}
+
+/// Serves both services on `listener` until the process ends.
+pub fn serve(d: Arc<Daemon>, listener: tokio::net::UnixListener) {
+    let cri = Cri::new(d);
+    tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(engine_cri::v1::runtime_service_server::RuntimeServiceServer::new(cri.clone()))
+            .add_service(engine_cri::v1::image_service_server::ImageServiceServer::new(cri.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+            .await;
+        if let Err(e) = r {
+            crate::log!(cri.d.cfg, "error", "the CRI server stopped: {e}");
+        }
+    });
+}

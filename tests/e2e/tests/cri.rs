@@ -1,0 +1,229 @@
+//! The Kubernetes CRI on a private engined's CRI socket, driven as the kubelet drives it (gRPC,
+//! `runtime.v1`): a pod sandbox, a container in it, ExecSync, status and listings, the trace
+//! the caller's `traceparent` names, then stop and removal leaving nothing behind; the images
+//! the Docker API imported are the CRI's too.
+
+use std::collections::HashMap;
+
+use engine_cri::v1 as cri;
+use engine_cri::v1::image_service_client::ImageServiceClient;
+use engine_cri::v1::runtime_service_client::RuntimeServiceClient;
+use engine_test_support::engined::Engined;
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// A request carrying the test's trace context, as the kubelet's does.
+fn traced<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01").parse().unwrap());
+    r
+}
+
+fn pod_config() -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "web".into(),
+            namespace: "default".into(),
+            uid: "uid-web-1".into(),
+            attempt: 0,
+        }),
+        hostname: "web-pod".into(),
+        labels: HashMap::from([("app".to_string(), "web".to_string())]),
+        annotations: HashMap::from([("note".to_string(), "kept".to_string())]),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
+    let e = Engined::start_with(&[], &["--cri-sandbox-image", "pause:test", "--dns", "127.0.0.1"]);
+    e.import_busybox("busybox");
+    let tar = e.busybox_tar();
+    e.ok(&["import", "--change", r#"CMD ["sleep", "2147483647"]"#, tar.to_str().unwrap(), "pause:test"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // the channel's connection task needs the runtime about it
+    let _in_runtime = rt.enter();
+    let channel = engine_api::unix_channel(e.exec_root().join("cri.sock"));
+    let mut runtime = RuntimeServiceClient::new(channel.clone());
+    let mut images = ImageServiceClient::new(channel);
+
+    let v = rt.block_on(runtime.version(cri::VersionRequest::default())).unwrap().into_inner();
+    assert_eq!((v.runtime_name.as_str(), v.runtime_api_version.as_str()), ("engine", "v1"));
+    let status = rt.block_on(runtime.status(cri::StatusRequest::default())).unwrap().into_inner();
+    let ready = status.status.unwrap().conditions.iter().any(|c| c.r#type == "RuntimeReady" && c.status);
+    assert!(ready);
+
+    // the Docker API's images are the CRI's
+    let spec = |image: &str| Some(cri::ImageSpec { image: image.into(), ..Default::default() });
+    let listed = rt.block_on(images.list_images(cri::ListImagesRequest::default())).unwrap().into_inner().images;
+    assert!(listed.iter().any(|i| i.repo_tags.iter().any(|t| t.ends_with("busybox:latest"))), "{listed:?}");
+    let one = rt.block_on(images.image_status(cri::ImageStatusRequest { image: spec("busybox"), verbose: false }));
+    assert!(one.unwrap().into_inner().image.is_some_and(|i| i.size > 0));
+    let none =
+        rt.block_on(images.image_status(cri::ImageStatusRequest { image: spec("nothing:here"), verbose: false }));
+    assert!(none.unwrap().into_inner().image.is_none());
+
+    // the pod
+    let pod = rt
+        .block_on(runtime.run_pod_sandbox(traced(cri::RunPodSandboxRequest {
+            config: Some(pod_config()),
+            runtime_handler: String::new(),
+        })))
+        .unwrap_or_else(|s| panic!("{s}\n{}", e.log_tail()))
+        .into_inner()
+        .pod_sandbox_id;
+    let sandbox = rt
+        .block_on(
+            runtime.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }),
+        )
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(sandbox.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(sandbox.metadata.as_ref().unwrap().name, "web");
+    assert_eq!(sandbox.labels.get("app").map(String::as_str), Some("web"));
+    assert_eq!(sandbox.annotations.get("note").map(String::as_str), Some("kept"));
+    let pod_ip = sandbox.network.unwrap().ip;
+    assert!(pod_ip.parse::<std::net::Ipv4Addr>().is_ok(), "pod IP {pod_ip:?}");
+
+    // a container in it
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: "app".into(), attempt: 0 }),
+        image: spec("busybox"),
+        command: vec!["sh".into(), "-c".into(), "echo started; exec sleep 1000".into()],
+        envs: vec![cri::KeyValue { key: "GREETING".into(), value: b"hello".to_vec() }],
+        labels: HashMap::from([("tier".to_string(), "front".to_string())]),
+        ..Default::default()
+    };
+    let ctr = rt
+        .block_on(runtime.create_container(traced(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod_config()),
+        })))
+        .unwrap_or_else(|s| panic!("{s}\n{}", e.log_tail()))
+        .into_inner()
+        .container_id;
+    rt.block_on(runtime.start_container(traced(cri::StartContainerRequest { container_id: ctr.clone() })))
+        .unwrap_or_else(|s| panic!("{s}\n{}", e.log_tail()));
+    let status = |runtime: &mut RuntimeServiceClient<_>| {
+        rt.block_on(runtime.container_status(cri::ContainerStatusRequest { container_id: ctr.clone(), verbose: false }))
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+    };
+    let s = status(&mut runtime);
+    assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(s.metadata.unwrap().name, "app");
+    assert_eq!(s.labels.get("tier").map(String::as_str), Some("front"));
+    assert!(s.started_at > 0);
+    let in_pod = rt
+        .block_on(runtime.list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.clone(), ..Default::default() }),
+        }))
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(in_pod.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [ctr.as_str()]);
+
+    // ExecSync: its environment, and the pod's network namespace (the pod's address on eth0)
+    let out = rt
+        .block_on(runtime.exec_sync(cri::ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo $GREETING; ip -4 -o addr show eth0; echo oops >&2; exit 3".into(),
+            ],
+            timeout: 10,
+        }))
+        .unwrap()
+        .into_inner();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.exit_code, 3);
+    assert!(stdout.starts_with("hello\n") && stdout.contains(&format!("inet {pod_ip}/")), "{stdout}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+
+    // the Docker API's listings leave the CRI's objects out, but for a label filter
+    assert_eq!(e.ok(&["ps", "-aq"]).trim(), "");
+    assert_eq!(e.ok(&["ps", "-aq", "--filter", "label=io.engine.cri"]).lines().count(), 2);
+
+    // one trace, from the caller's span through each call down to init.exec
+    let (code, body) = e.request("GET", &format!("/engine/v1/traces/{TRACE_ID}"), "");
+    assert_eq!(code, 200, "{body}");
+    for name in [
+        "runtime.v1.RuntimeService/RunPodSandbox",
+        "runtime.v1.RuntimeService/CreateContainer",
+        "runtime.v1.RuntimeService/StartContainer",
+        "daemon.create",
+        "daemon.start",
+        "runtime.create",
+        "init.exec",
+    ] {
+        assert!(body.contains(&format!("\"{name}\"")), "{name} is not in the trace");
+    }
+    assert!(body.contains("\"k8s.pod.name\"") && body.contains("\"rpc.system\""), "no CRI attributes");
+
+    // stop and removal, twice each (the kubelet repeats them): nothing is left
+    for _ in 0..2 {
+        rt.block_on(runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })).unwrap();
+    }
+    assert_eq!(status(&mut runtime).state, cri::ContainerState::ContainerExited as i32);
+    for _ in 0..2 {
+        rt.block_on(runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() })).unwrap();
+    }
+    let pods = rt.block_on(runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default())).unwrap().into_inner();
+    assert!(pods.items.is_empty());
+    let gone = rt.block_on(runtime.container_status(cri::ContainerStatusRequest { container_id: ctr, verbose: false }));
+    assert_eq!(gone.unwrap_err().code(), tonic::Code::NotFound);
+    assert_eq!(e.ok(&["ps", "-aq", "--filter", "label=io.engine.cri"]).trim(), "");
+    e.assert_clean();
+    assert_eq!(e.netns_files(), 0);
+    assert!(e.shims().is_empty());
+    assert!(e.bridge_ports().is_empty(), "{:?}", e.bridge_ports());
+
+    // what is not served says so
+    let stats = rt.block_on(runtime.container_stats(cri::ContainerStatsRequest { container_id: "x".into() }));
+    assert_eq!(stats.unwrap_err().code(), tonic::Code::Unimplemented);
+}
+
+/// Bad input gets a clear error and changes nothing.
+#[test]
+fn bad_cri_requests_are_refused_and_change_nothing() {
+    let e = Engined::start_with(&[], &["--cri-sandbox-image", "missing:image"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // the channel's connection task needs the runtime about it
+    let _in_runtime = rt.enter();
+    let mut runtime = RuntimeServiceClient::new(engine_api::unix_channel(e.exec_root().join("cri.sock")));
+    let no_meta = cri::PodSandboxConfig::default();
+    let err = rt
+        .block_on(
+            runtime
+                .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(no_meta), runtime_handler: String::new() }),
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // the sandbox image is not here: refused, nothing made
+    let err = rt
+        .block_on(
+            runtime.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod_config()),
+                runtime_handler: String::new(),
+            }),
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    assert!(err.message().contains("missing:image"), "{err}");
+    let err = rt
+        .block_on(runtime.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: "nope".into(),
+            config: None,
+            sandbox_config: None,
+        }))
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    assert_eq!(e.ok(&["ps", "-aq", "--filter", "label=io.engine.cri"]).trim(), "");
+    e.assert_clean();
+}
