@@ -13,8 +13,8 @@
 //! Every call is a gRPC server span (`rpc.system=grpc`, `rpc.service`, `rpc.method`, and the
 //! `k8s.*` attributes of its pod and container) under the caller's `traceparent` metadata.
 //!
-//! What is not served yet answers UNIMPLEMENTED: streaming (exec, attach, port-forward), stats,
-//! events, checkpoints, resource updates, CNI, the CRI log format at `log_path`, and the pod's
+//! What is not served yet answers UNIMPLEMENTED: streaming (exec, attach, port-forward), pod
+//! sandbox stats, events, checkpoints, resource updates, CNI, the CRI log format at `log_path`, and the pod's
 //! shared IPC, UTS and PID namespaces (each container has its own; the network is shared).
 
 use std::collections::{BTreeMap, HashMap};
@@ -50,6 +50,14 @@ pub fn is_cri(rec: &ContainerRecord) -> bool {
     rec.config.labels.as_ref().is_some_and(|l| l.contains_key(KIND_LABEL))
 }
 
+/// One traced call: its span and what its metric is labelled with.
+struct Call {
+    trace: Arc<Trace>,
+    service: &'static str,
+    method: &'static str,
+    started: std::time::Instant,
+}
+
 /// Both CRI services, on the daemon.
 #[derive(Clone)]
 pub struct Cri {
@@ -62,23 +70,23 @@ impl Cri {
     }
 
     /// The server span of one call, under the caller's `traceparent` metadata.
-    fn trace<T>(&self, req: &Request<T>, service: &str, method: &str) -> Arc<Trace> {
+    fn trace<T>(&self, req: &Request<T>, service: &'static str, method: &'static str) -> Call {
         let tp = req.metadata().get("traceparent").and_then(|v| v.to_str().ok());
         let t = Arc::new(Trace::new(self.d.sink.as_ref(), tp, &format!("{service}/{method}")));
         t.attr(t.root, "rpc.system", "grpc");
         t.attr(t.root, "rpc.service", service.to_string());
         t.attr(t.root, "rpc.method", method.to_string());
-        t
+        Call { trace: t, service, method, started: std::time::Instant::now() }
     }
 
     /// Runs `f` as the call's operation (in the trace's scope, to its end even if the caller
-    /// goes) and closes the span with the result's gRPC status.
-    async fn call<T, F>(&self, trace: Arc<Trace>, f: F) -> Result<Response<T>, Status>
+    /// goes), closes the span with the result's gRPC status and counts the call.
+    async fn call<T, F>(&self, call: Call, f: F) -> Result<Response<T>, Status>
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
     {
-        let op = trace.clone();
+        let (trace, op) = (call.trace.clone(), call.trace.clone());
         let r = tokio::spawn(async move { op.scope(f).await })
             .await
             .unwrap_or_else(|e| Err(ApiError::internal(format!("call failed: {e}"))));
@@ -86,8 +94,23 @@ impl Cri {
             Ok(_) => 200,
             Err(e) => e.status.as_u16(),
         };
-        trace.attr(trace.root, "rpc.grpc.status_code", grpc_code(status) as i64);
+        let code = grpc_code(status);
+        trace.attr(trace.root, "rpc.grpc.status_code", code as i64);
         trace.close(status);
+        self.d.metrics.observe_cri(call.service, call.method, code, call.started.elapsed().as_secs_f64());
+        r.map(Response::new).map_err(to_status)
+    }
+
+    /// A read (status, lists, stats): counted, not traced (a poller would crowd the traces out).
+    fn read<T>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        r: Result<T, ApiError>,
+    ) -> Result<Response<T>, Status> {
+        let started = std::time::Instant::now();
+        let code = r.as_ref().map_or_else(|e| grpc_code(e.status.as_u16()), |_| tonic::Code::Ok);
+        self.d.metrics.observe_cri(service, method, code, started.elapsed().as_secs_f64());
         r.map(Response::new).map_err(to_status)
     }
 
@@ -515,6 +538,50 @@ impl Cri {
         Ok(cri::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code })
     }
 
+    /// A container's CPU, memory and writable layer now (from its cgroup, through lifecycled;
+    /// a container that is not running has only its writable layer).
+    async fn stats_of(&self, rec: &ContainerRecord) -> cri::ContainerStats {
+        let now = engine_util::time::unix_nanos(std::time::SystemTime::now());
+        let raw: serde_json::Value = match rec.state.running() {
+            true => match self.d.lifecycle.stats(crate::lifecycle::task(&rec.id)).await {
+                Ok(s) => serde_json::from_str(&s.stats_json).unwrap_or_default(),
+                Err(_) => serde_json::Value::Null,
+            },
+            false => serde_json::Value::Null,
+        };
+        let data = &raw["data"];
+        let value = |v: &serde_json::Value| v.as_u64().map(|value| cri::UInt64Value { value });
+        let c = self.container_of(rec);
+        let upper = rec.upper.clone();
+        let used = tokio::task::spawn_blocking(move || engine_util::fs::dir_size(&upper)).await.unwrap_or(0);
+        cri::ContainerStats {
+            attributes: Some(cri::ContainerAttributes {
+                id: c.id,
+                metadata: c.metadata,
+                labels: c.labels,
+                annotations: c.annotations,
+            }),
+            cpu: Some(cri::CpuUsage {
+                timestamp: now,
+                usage_core_nano_seconds: value(&data["cpu"]["usage"]["total"]),
+                ..Default::default()
+            }),
+            memory: Some(cri::MemoryUsage {
+                timestamp: now,
+                working_set_bytes: value(&data["memory"]["usage"]["usage"]),
+                usage_bytes: value(&data["memory"]["usage"]["usage"]),
+                ..Default::default()
+            }),
+            writable_layer: Some(cri::FilesystemUsage {
+                timestamp: now,
+                fs_id: Some(cri::FilesystemIdentifier { mountpoint: self.d.images.root().display().to_string() }),
+                used_bytes: Some(cri::UInt64Value { value: used }),
+                inodes_used: None,
+            }),
+            ..Default::default()
+        }
+    }
+
     fn image_of(&self, i: &engine_image::store::Image) -> cri::Image {
         let c = i.config.config.clone().unwrap_or_default();
         let user = c.user.clone().unwrap_or_default();
@@ -650,7 +717,7 @@ impl RuntimeService for Cri {
         req: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
         let t = self.trace(&req, RUNTIME_SERVICE, "RunPodSandbox");
-        let (this, op) = (self.clone(), t.clone());
+        let (this, op) = (self.clone(), t.trace.clone());
         self.call(t, async move {
             let id = this.run_pod_sandbox(&op, req.into_inner()).await?;
             Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
@@ -663,7 +730,7 @@ impl RuntimeService for Cri {
         req: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
         let t = self.trace(&req, RUNTIME_SERVICE, "StopPodSandbox");
-        let (this, op) = (self.clone(), t.clone());
+        let (this, op) = (self.clone(), t.trace.clone());
         self.call(t, async move {
             match this.stop_pod_sandbox(&op, &req.into_inner().pod_sandbox_id).await {
                 // idempotent: a sandbox that is gone is stopped
@@ -679,7 +746,7 @@ impl RuntimeService for Cri {
         req: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
         let t = self.trace(&req, RUNTIME_SERVICE, "RemovePodSandbox");
-        let (this, op) = (self.clone(), t.clone());
+        let (this, op) = (self.clone(), t.trace.clone());
         self.call(t, async move {
             this.remove_pod_sandbox(&op, &req.into_inner().pod_sandbox_id).await?;
             Ok(cri::RemovePodSandboxResponse {})
@@ -691,14 +758,15 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        self.pod_sandbox_status(&req.into_inner().pod_sandbox_id).map(Response::new).map_err(to_status)
+        self.read(RUNTIME_SERVICE, "PodSandboxStatus", self.pod_sandbox_status(&req.into_inner().pod_sandbox_id))
     }
 
     async fn list_pod_sandbox(
         &self,
         req: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        Ok(Response::new(cri::ListPodSandboxResponse { items: self.list_pod_sandbox(req.into_inner().filter) }))
+        let items = self.list_pod_sandbox(req.into_inner().filter);
+        self.read(RUNTIME_SERVICE, "ListPodSandbox", Ok(cri::ListPodSandboxResponse { items }))
     }
 
     async fn create_container(
@@ -706,7 +774,7 @@ impl RuntimeService for Cri {
         req: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
         let t = self.trace(&req, RUNTIME_SERVICE, "CreateContainer");
-        let (this, op) = (self.clone(), t.clone());
+        let (this, op) = (self.clone(), t.trace.clone());
         self.call(t, async move {
             let id = this.create_container(&op, req.into_inner()).await?;
             Ok(cri::CreateContainerResponse { container_id: id })
@@ -719,7 +787,7 @@ impl RuntimeService for Cri {
         req: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
         let t = self.trace(&req, RUNTIME_SERVICE, "StartContainer");
-        let (this, op) = (self.clone(), t.clone());
+        let (this, op) = (self.clone(), t.trace.clone());
         self.call(t, async move {
             let e = this.find(&req.into_inner().container_id, "container")?;
             let l = labels(&e.snapshot());
@@ -736,7 +804,7 @@ impl RuntimeService for Cri {
         req: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
         let t = self.trace(&req, RUNTIME_SERVICE, "StopContainer");
-        let (this, op) = (self.clone(), t.clone());
+        let (this, op) = (self.clone(), t.trace.clone());
         self.call(t, async move {
             let r = req.into_inner();
             let e = this.find(&r.container_id, "container")?;
@@ -770,14 +838,45 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        Ok(Response::new(cri::ListContainersResponse { containers: self.list_containers(req.into_inner().filter) }))
+        let containers = self.list_containers(req.into_inner().filter);
+        self.read(RUNTIME_SERVICE, "ListContainers", Ok(cri::ListContainersResponse { containers }))
     }
 
     async fn container_status(
         &self,
         req: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        self.container_status(&req.into_inner().container_id).map(Response::new).map_err(to_status)
+        self.read(RUNTIME_SERVICE, "ContainerStatus", self.container_status(&req.into_inner().container_id))
+    }
+
+    async fn container_stats(
+        &self,
+        req: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        let r = match self.find(&req.into_inner().container_id, "container") {
+            Ok(e) => Ok(cri::ContainerStatsResponse { stats: Some(self.stats_of(&e.snapshot()).await) }),
+            Err(e) => Err(e),
+        };
+        self.read(RUNTIME_SERVICE, "ContainerStats", r)
+    }
+
+    async fn list_container_stats(
+        &self,
+        req: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        let f = req.into_inner().filter.unwrap_or_default();
+        let filter = cri::ContainerFilter {
+            id: f.id,
+            pod_sandbox_id: f.pod_sandbox_id,
+            label_selector: f.label_selector,
+            state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
+        };
+        let ids: Vec<String> = self.list_containers(Some(filter)).into_iter().map(|c| c.id).collect();
+        let mut stats = Vec::new();
+        for rec in self.all("container").into_iter().filter(|r| ids.contains(&r.id)) {
+            stats.push(self.stats_of(&rec).await);
+        }
+        self.read(RUNTIME_SERVICE, "ListContainerStats", Ok(cri::ListContainerStatsResponse { stats }))
     }
 
     async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
@@ -794,8 +893,6 @@ impl RuntimeService for Cri {
         exec(cri::ExecRequest) -> cri::ExecResponse;
         attach(cri::AttachRequest) -> cri::AttachResponse;
         port_forward(cri::PortForwardRequest) -> cri::PortForwardResponse;
-        container_stats(cri::ContainerStatsRequest) -> cri::ContainerStatsResponse;
-        list_container_stats(cri::ListContainerStatsRequest) -> cri::ListContainerStatsResponse;
         stream_container_stats(cri::StreamContainerStatsRequest) -> Self::StreamContainerStatsStream;
         pod_sandbox_stats(cri::PodSandboxStatsRequest) -> cri::PodSandboxStatsResponse;
         list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest) -> cri::ListPodSandboxStatsResponse;
@@ -828,7 +925,8 @@ impl ImageService for Cri {
             },
             None => images,
         };
-        Ok(Response::new(cri::ListImagesResponse { images: picked.iter().map(|i| self.image_of(i)).collect() }))
+        let images = picked.iter().map(|i| self.image_of(i)).collect();
+        self.read(IMAGE_SERVICE, "ListImages", Ok(cri::ListImagesResponse { images }))
     }
 
     async fn image_status(
@@ -838,7 +936,7 @@ impl ImageService for Cri {
         let name = req.into_inner().image.map(|i| i.image).unwrap_or_default();
         // an image that is not here is no error: the answer has none
         let image = self.d.images.resolve(&name).ok().map(|i| self.image_of(&i));
-        Ok(Response::new(cri::ImageStatusResponse { image, info: HashMap::new() }))
+        self.read(IMAGE_SERVICE, "ImageStatus", Ok(cri::ImageStatusResponse { image, info: HashMap::new() }))
     }
 
     async fn pull_image(
@@ -846,7 +944,7 @@ impl ImageService for Cri {
         req: Request<cri::PullImageRequest>,
     ) -> Result<Response<cri::PullImageResponse>, Status> {
         let t = self.trace(&req, IMAGE_SERVICE, "PullImage");
-        let (this, op) = (self.clone(), t.clone());
+        let (this, op) = (self.clone(), t.trace.clone());
         self.call(t, async move {
             let image_ref = this.pull_image(&op, req.into_inner()).await?;
             Ok(cri::PullImageResponse { image_ref })
@@ -890,10 +988,8 @@ impl ImageService for Cri {
             used_bytes: Some(cri::UInt64Value { value: used }),
             inodes_used: Some(cri::UInt64Value { value: inodes }),
         };
-        Ok(Response::new(cri::ImageFsInfoResponse {
-            image_filesystems: vec![usage],
-            container_filesystems: Vec::new(),
-        }))
+        let answer = cri::ImageFsInfoResponse { image_filesystems: vec![usage], container_filesystems: Vec::new() };
+        self.read(IMAGE_SERVICE, "ImageFsInfo", Ok(answer))
     }
 
     unimplemented_calls! {

@@ -34,6 +34,7 @@ pub struct Metrics {
     build_steps: ApiHistogram,
     dns_queries: Family<Labels, Counter>,
     dns_durations: ApiHistogram,
+    cri: ApiHistogram,
 }
 
 fn phase_histogram() -> HistogramWithExemplars<Labels> {
@@ -58,6 +59,7 @@ impl Default for Metrics {
             build_steps: Family::new_with_constructor(api_histogram),
             dns_queries: Family::default(),
             dns_durations: Family::new_with_constructor(api_histogram),
+            cri: Family::new_with_constructor(api_histogram),
         }
     }
 }
@@ -103,6 +105,12 @@ impl Metrics {
     pub fn observe_dns(&self, network: &str, qtype: &str, result: &str, secs: f64) {
         self.dns_queries.get_or_create(&l(&[("network", network), ("type", qtype), ("result", result)])).inc();
         self.dns_durations.get_or_create(&l(&[("network", network), ("result", result)])).observe(secs);
+    }
+
+    /// One CRI call: its service (`runtime.v1.RuntimeService`), method and gRPC status code.
+    pub fn observe_cri(&self, service: &str, method: &str, code: tonic::Code, secs: f64) {
+        let code = format!("{code:?}");
+        self.cri.get_or_create(&l(&[("service", service), ("method", method), ("code", &code)])).observe(secs);
     }
 
     /// One API request (`route` is the route template, or "(unmatched)": see `api::route_name`).
@@ -153,6 +161,7 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
     ("engine_api_request_duration_seconds", "histogram", "Duration of Docker Engine API requests, by route and status code"),
     ("engine_build_step_duration_seconds", "histogram", "Duration of each Dockerfile instruction of a build, by instruction and cache hit or miss"),
     ("engine_dns_queries", "counter", "Queries the embedded DNS servers answered, by network, query type and result"),
+    ("engine_cri_request_duration_seconds", "histogram", "Duration of Kubernetes CRI calls, by service, method and gRPC status code"),
     ("engine_dns_query_duration_seconds", "histogram", "Time the embedded DNS servers took to answer, by network and result (upstream time included)"),
     ("engine_containers", "gauge", "Containers by state"),
     ("engine_lifecycled_restarts", "counter", "Times engined restarted engine-lifecycled"),
@@ -193,6 +202,11 @@ pub async fn render(d: &MetricsService) -> Result<String, ApiError> {
         d.metrics.build_steps.clone(),
     );
     reg.register("engine_dns_queries", help("engine_dns_queries"), d.metrics.dns_queries.clone());
+    reg.register(
+        "engine_cri_request_duration_seconds",
+        help("engine_cri_request_duration_seconds"),
+        d.metrics.cri.clone(),
+    );
     reg.register(
         "engine_dns_query_duration_seconds",
         help("engine_dns_query_duration_seconds"),

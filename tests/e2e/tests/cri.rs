@@ -146,6 +146,19 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
     assert!(stdout.starts_with("hello\n") && stdout.contains(&format!("inet {pod_ip}/")), "{stdout}");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
 
+    // its stats, from its cgroup
+    let stats = rt
+        .block_on(runtime.list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter { pod_sandbox_id: pod.clone(), ..Default::default() }),
+        }))
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].attributes.as_ref().unwrap().id, ctr);
+    assert!(stats[0].memory.as_ref().unwrap().working_set_bytes.as_ref().is_some_and(|m| m.value > 0), "{stats:?}");
+    assert!(stats[0].cpu.as_ref().unwrap().usage_core_nano_seconds.as_ref().is_some_and(|c| c.value > 0), "{stats:?}");
+
     // the Docker API's listings leave the CRI's objects out, but for a label filter
     assert_eq!(e.ok(&["ps", "-aq"]).trim(), "");
     assert_eq!(e.ok(&["ps", "-aq", "--filter", "label=io.engine.cri"]).lines().count(), 2);
@@ -184,8 +197,17 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
     assert!(e.shims().is_empty());
     assert!(e.bridge_ports().is_empty(), "{:?}", e.bridge_ports());
 
+    // each call is counted by method and code
+    let (_, metrics) = e.request("GET", "/metrics", "");
+    for method in ["RunPodSandbox", "StartContainer", "ExecSync", "ListContainerStats"] {
+        let series = format!(
+            "engine_cri_request_duration_seconds_count{{service=\"runtime.v1.RuntimeService\",method=\"{method}\",code=\"Ok\"}}"
+        );
+        assert!(metrics.contains(&series), "{method} is not counted");
+    }
+
     // what is not served says so
-    let stats = rt.block_on(runtime.container_stats(cri::ContainerStatsRequest { container_id: "x".into() }));
+    let stats = rt.block_on(runtime.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: "x".into() }));
     assert_eq!(stats.unwrap_err().code(), tonic::Code::Unimplemented);
 }
 
