@@ -14,8 +14,8 @@
 //! `k8s.*` attributes of its pod and container) under the caller's `traceparent` metadata.
 //!
 //! What is not served yet answers UNIMPLEMENTED: streaming (exec, attach, port-forward), pod
-//! sandbox stats, events, checkpoints, resource updates, CNI, the CRI log format at `log_path`, and the pod's
-//! shared IPC, UTS and PID namespaces (each container has its own; the network is shared).
+//! sandbox stats, events, checkpoints, resource updates, CNI, reopening the CRI log, and the pod's shared
+//! IPC, UTS and PID namespaces (each container has its own; the network is shared).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -40,6 +40,10 @@ const POD_UID: &str = "io.kubernetes.pod.uid";
 const CONTAINER_NAME: &str = "io.kubernetes.container.name";
 const SANDBOX_ID: &str = "io.kubernetes.sandbox.id";
 const ATTEMPT: &str = "io.engine.cri.attempt";
+/// The pod's `log_directory`, on its sandbox.
+const LOG_DIRECTORY: &str = "io.engine.cri.log-directory";
+/// A container's log file in the CRI format (`log_directory` + its `log_path`).
+const LOG_PATH: &str = "io.engine.cri.log-path";
 /// Annotations are kept as labels under this prefix; the CRI's own labels as they are.
 const ANNOTATION: &str = "io.engine.cri.annotation.";
 const RUNTIME_SERVICE: &str = "runtime.v1.RuntimeService";
@@ -224,6 +228,9 @@ impl Cri {
         l.insert(POD_NAMESPACE.into(), meta.namespace.clone());
         l.insert(POD_UID.into(), meta.uid.clone());
         l.insert(ATTEMPT.into(), meta.attempt.to_string());
+        if !config.log_directory.is_empty() {
+            l.insert(LOG_DIRECTORY.into(), config.log_directory.clone());
+        }
         let linux = config.linux.clone().unwrap_or_default();
         let security = linux.security_context.clone().unwrap_or_default();
         let ns = security.namespace_options.clone().unwrap_or_default();
@@ -391,6 +398,13 @@ impl Cri {
         l.insert(POD_NAMESPACE.into(), pod.namespace.clone());
         l.insert(POD_UID.into(), pod.uid.clone());
         l.insert(ATTEMPT.into(), meta.attempt.to_string());
+        if let (Some(dir), false) = (labels(&sandbox).get(LOG_DIRECTORY), config.log_path.is_empty()) {
+            let path = std::path::Path::new(dir).join(&config.log_path);
+            if config.log_path.split('/').any(|p| p == "..") || path.is_relative() {
+                return Err(ApiError::bad_request(format!("invalid log path {:?}", config.log_path)));
+            }
+            l.insert(LOG_PATH.into(), path.display().to_string());
+        }
         let linux = config.linux.clone().unwrap_or_default();
         let security = linux.security_context.clone().unwrap_or_default();
         let resources = linux.resources.clone().unwrap_or_default();
@@ -504,7 +518,7 @@ impl Cri {
                     })
                 })
                 .collect(),
-            log_path: String::new(),
+            log_path: labels(&rec).get(LOG_PATH).cloned().unwrap_or_default(),
             image_id: c.image_id,
             ..Default::default()
         };
@@ -536,6 +550,39 @@ impl Cri {
             if req.timeout > 0 { Duration::from_secs(req.timeout as u64) } else { Duration::from_secs(86400) };
         let out = self.d.execs.run_captured(&e, "execsync", req.cmd, timeout).await?;
         Ok(cri::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code })
+    }
+
+    /// Writes the container's output, from its start to its exit, to `path` in the CRI's log
+    /// format (`<RFC 3339 time> <stream> <F|P> <line>`, P for a line cut short), as the kubelet
+    /// and crictl read it. The shim's own log stays what `docker logs` reads.
+    fn write_log(&self, id: String, path: std::path::PathBuf) {
+        use tokio::io::AsyncWriteExt;
+        let (lifecycle, cfg) = (self.d.lifecycle.clone(), self.d.cfg.clone());
+        tokio::spawn(async move {
+            if let Some(dir) = path.parent() {
+                let _ = tokio::fs::create_dir_all(dir).await;
+            }
+            let opened = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await;
+            let logs = lifecycle.logs(engine_api::v1::LogsRequest { container_id: id.clone(), follow: true, tail: 0 });
+            let (mut file, mut stream) = match (opened, logs.await) {
+                (Ok(f), Ok(s)) => (f, s),
+                (Err(e), _) => return crate::log!(cfg, "warn", "the CRI log of {id}: {}: {e}", path.display()),
+                (_, Err(e)) => return crate::log!(cfg, "warn", "the CRI log of {id}: {}", e.message()),
+            };
+            while let Ok(Some(entry)) = stream.message().await {
+                let t = engine_util::time::rfc3339_from_unix_nanos(entry.time_unix_nanos);
+                let (line, tag) = match entry.line.strip_suffix(b"\n") {
+                    Some(full) => (full, "F"),
+                    None => (&entry.line[..], "P"),
+                };
+                let mut out = format!("{t} {} {tag} ", entry.stream).into_bytes();
+                out.extend_from_slice(line);
+                out.push(b'\n');
+                if file.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// A container's CPU, memory and writable layer now (from its cgroup, through lifecycled;
@@ -794,6 +841,9 @@ impl RuntimeService for Cri {
             op.attr(op.root, "k8s.pod.name", l.get(POD_NAME).cloned().unwrap_or_default());
             op.attr(op.root, "k8s.container.name", l.get(CONTAINER_NAME).cloned().unwrap_or_default());
             this.d.start(&op, &e).await?;
+            if let Some(path) = l.get(LOG_PATH) {
+                this.write_log(e.snapshot().id, path.into());
+            }
             Ok(cri::StartContainerResponse {})
         })
         .await

@@ -9,6 +9,7 @@ use engine_cri::v1 as cri;
 use engine_cri::v1::image_service_client::ImageServiceClient;
 use engine_cri::v1::runtime_service_client::RuntimeServiceClient;
 use engine_test_support::engined::Engined;
+use engine_test_support::wait_for;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -19,8 +20,9 @@ fn traced<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
-fn pod_config() -> cri::PodSandboxConfig {
+fn pod_config(log_directory: &std::path::Path) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
+        log_directory: log_directory.display().to_string(),
         metadata: Some(cri::PodSandboxMetadata {
             name: "web".into(),
             namespace: "default".into(),
@@ -40,6 +42,7 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
     e.import_busybox("busybox");
     let tar = e.busybox_tar();
     e.ok(&["import", "--change", r#"CMD ["sleep", "2147483647"]"#, tar.to_str().unwrap(), "pause:test"]);
+    let logs = e.dir.path().join("pod-logs");
     let rt = tokio::runtime::Runtime::new().unwrap();
     // the channel's connection task needs the runtime about it
     let _in_runtime = rt.enter();
@@ -66,7 +69,7 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
     // the pod
     let pod = rt
         .block_on(runtime.run_pod_sandbox(traced(cri::RunPodSandboxRequest {
-            config: Some(pod_config()),
+            config: Some(pod_config(&logs)),
             runtime_handler: String::new(),
         })))
         .unwrap_or_else(|s| panic!("{s}\n{}", e.log_tail()))
@@ -94,13 +97,14 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
         command: vec!["sh".into(), "-c".into(), "echo started; exec sleep 1000".into()],
         envs: vec![cri::KeyValue { key: "GREETING".into(), value: b"hello".to_vec() }],
         labels: HashMap::from([("tier".to_string(), "front".to_string())]),
+        log_path: "app/0.log".into(),
         ..Default::default()
     };
     let ctr = rt
         .block_on(runtime.create_container(traced(cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
             config: Some(config),
-            sandbox_config: Some(pod_config()),
+            sandbox_config: Some(pod_config(&logs)),
         })))
         .unwrap_or_else(|s| panic!("{s}\n{}", e.log_tail()))
         .into_inner()
@@ -119,6 +123,13 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
     assert_eq!(s.metadata.unwrap().name, "app");
     assert_eq!(s.labels.get("tier").map(String::as_str), Some("front"));
     assert!(s.started_at > 0);
+    // its output in the CRI's log format, where the kubelet reads it
+    let log_path = logs.join("app/0.log");
+    assert_eq!(s.log_path, log_path.display().to_string());
+    wait_for("the CRI log", || std::fs::read_to_string(&log_path).is_ok_and(|t| t.ends_with(" stdout F started\n")));
+    let line = std::fs::read_to_string(&log_path).unwrap();
+    let time = line.split(' ').next().unwrap();
+    assert!(engine_test_support::unix_secs() as i64 - rfc3339_secs(time) < 600, "{line}");
     let in_pod = rt
         .block_on(runtime.list_containers(cri::ListContainersRequest {
             filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.clone(), ..Default::default() }),
@@ -211,10 +222,17 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
     assert_eq!(stats.unwrap_err().code(), tonic::Code::Unimplemented);
 }
 
+/// Seconds since the epoch of an RFC 3339 UTC time (`2026-12-07T03:33:23.123456789Z`).
+fn rfc3339_secs(t: &str) -> i64 {
+    let out = std::process::Command::new("date").args(["-u", "-d", t, "+%s"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("not a time: {t}"))
+}
+
 /// Bad input gets a clear error and changes nothing.
 #[test]
 fn bad_cri_requests_are_refused_and_change_nothing() {
     let e = Engined::start_with(&[], &["--cri-sandbox-image", "missing:image"]);
+    let logs = e.dir.path().join("pod-logs");
     let rt = tokio::runtime::Runtime::new().unwrap();
     // the channel's connection task needs the runtime about it
     let _in_runtime = rt.enter();
@@ -229,12 +247,10 @@ fn bad_cri_requests_are_refused_and_change_nothing() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     // the sandbox image is not here: refused, nothing made
     let err = rt
-        .block_on(
-            runtime.run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod_config()),
-                runtime_handler: String::new(),
-            }),
-        )
+        .block_on(runtime.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config(&logs)),
+            runtime_handler: String::new(),
+        }))
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
     assert!(err.message().contains("missing:image"), "{err}");
