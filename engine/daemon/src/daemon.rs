@@ -1600,10 +1600,12 @@ impl Daemon {
         recovery.done("killed and deleted", deleted.as_ref().err().map(|s| s.message()));
     }
 
-    /// On shutdown: stop running containers (as dockerd does without live-restore).
-    pub async fn shutdown(self: &Arc<Self>) {
+    /// On shutdown: stop running containers (as dockerd does without live-restore; with it,
+    /// they stay for the next engined), then take down what of the networks no container uses.
+    pub async fn shutdown(self: &Arc<Self>, live_restore: bool) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        let running: Vec<_> = self.containers.all().into_iter().filter(|e| e.snapshot().state.running()).collect();
+        let running: Vec<_> =
+            self.containers.all().into_iter().filter(|e| !live_restore && e.snapshot().state.running()).collect();
         let mut handles = Vec::new();
         for e in running {
             let d = self.clone();

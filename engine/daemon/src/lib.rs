@@ -349,12 +349,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let running = daemon.containers.all().iter().filter(|e| e.snapshot().state.running()).count();
         log!(cfg, "info", "shutting down (live-restore): {running} running containers stay running");
         systemd::notify("STOPPING=1\nSTATUS=stopping; the running containers stay (live-restore)");
-        daemon.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+        daemon.shutdown(true).await;
         daemon.supervisor.release();
     } else {
         log!(cfg, "info", "shutting down: stopping running containers");
         systemd::notify("STOPPING=1\nSTATUS=stopping running containers");
-        daemon.shutdown().await;
+        daemon.shutdown(false).await;
         supervisor::stop(&cfg, &daemon.supervisor).await;
     }
     if let Some(p) = &cfg.pidfile {
