@@ -38,10 +38,13 @@ const POD_NAME: &str = "io.kubernetes.pod.name";
 const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
 const POD_UID: &str = "io.kubernetes.pod.uid";
 const CONTAINER_NAME: &str = "io.kubernetes.container.name";
-const SANDBOX_ID: &str = "io.kubernetes.sandbox.id";
+const SANDBOX_ID: &str = "io.engine.cri.sandbox-id";
 const ATTEMPT: &str = "io.engine.cri.attempt";
 /// The pod's `log_directory`, on its sandbox.
 const LOG_DIRECTORY: &str = "io.engine.cri.log-directory";
+/// The pod's sysctls (JSON), on its sandbox: its containers take those outside the network
+/// namespace.
+const SYSCTLS: &str = "io.engine.cri.sysctls";
 /// A container's log file in the CRI format (`log_directory` + its `log_path`).
 const LOG_PATH: &str = "io.engine.cri.log-path";
 /// Annotations are kept as labels under this prefix; the CRI's own labels as they are.
@@ -144,6 +147,7 @@ fn grpc_code(http: u16) -> tonic::Code {
         400 => tonic::Code::InvalidArgument,
         404 => tonic::Code::NotFound,
         409 => tonic::Code::FailedPrecondition,
+        504 => tonic::Code::DeadlineExceeded,
         501 => tonic::Code::Unimplemented,
         _ => tonic::Code::Internal,
     }
@@ -157,12 +161,10 @@ fn labels(rec: &ContainerRecord) -> BTreeMap<String, String> {
     rec.config.labels.clone().unwrap_or_default()
 }
 
-/// The CRI's labels of an object: its labels but engine's and the annotations.
+/// The CRI's labels of an object: its labels but engine's own and the annotations (the
+/// `io.kubernetes.*` ones stay: the kubelet sets them itself, and crictl reads them).
 fn user_labels(l: &BTreeMap<String, String>) -> HashMap<String, String> {
-    l.iter()
-        .filter(|(k, _)| !k.starts_with("io.engine.cri") && !k.starts_with("io.kubernetes."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    l.iter().filter(|(k, _)| !k.starts_with("io.engine.cri")).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 fn annotations(l: &BTreeMap<String, String>) -> HashMap<String, String> {
@@ -179,8 +181,21 @@ fn selected(filter: &HashMap<String, String>, l: &BTreeMap<String, String>) -> b
 
 /// The name a Docker listing would show for a pod's object, as dockershim named them:
 /// `k8s_<container or POD>_<pod>_<namespace>_<uid>_<attempt>`.
+/// A name longer than a container name may be (255 bytes) keeps its first 180 bytes and gains
+/// a digest of the whole, so it stays unique.
 fn docker_name(container: &str, pod: &cri::PodSandboxMetadata, attempt: u32) -> String {
-    format!("k8s_{container}_{}_{}_{}_{attempt}", pod.name, pod.namespace, pod.uid)
+    let name = format!("k8s_{container}_{}_{}_{}_{attempt}", pod.name, pod.namespace, pod.uid);
+    if name.len() <= 255 {
+        return name;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let mut cut = 180;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{}_{hex}", &name[..cut])
 }
 
 fn sandbox_state(rec: &ContainerRecord) -> i32 {
@@ -232,6 +247,10 @@ impl Cri {
             l.insert(LOG_DIRECTORY.into(), config.log_directory.clone());
         }
         let linux = config.linux.clone().unwrap_or_default();
+        if !linux.sysctls.is_empty() {
+            let sorted: BTreeMap<&String, &String> = linux.sysctls.iter().collect();
+            l.insert(SYSCTLS.into(), serde_json::to_string(&sorted).unwrap_or_default());
+        }
         let security = linux.security_context.clone().unwrap_or_default();
         let ns = security.namespace_options.clone().unwrap_or_default();
         let host_network = ns.network == cri::NamespaceMode::Node as i32;
@@ -252,6 +271,9 @@ impl Cri {
         }
         let host_config = HostConfig {
             network_mode: if host_network { "host".into() } else { String::new() },
+            // the pod's sysctls: the network ones take in its network namespace, which the
+            // sandbox holds (the others go to each container)
+            sysctls: Some(linux.sysctls.clone().into_iter().collect()).filter(|s: &BTreeMap<_, _>| !s.is_empty()),
             init: Some(true),
             privileged: security.privileged,
             dns: (!dns.servers.is_empty()).then_some(dns.servers),
@@ -408,6 +430,9 @@ impl Cri {
         let linux = config.linux.clone().unwrap_or_default();
         let security = linux.security_context.clone().unwrap_or_default();
         let resources = linux.resources.clone().unwrap_or_default();
+        if security.run_as_group.is_some() && security.run_as_user.is_none() && security.run_as_username.is_empty() {
+            return Err(ApiError::bad_request("run_as_group is set without run_as_user or run_as_username"));
+        }
         let user = match (&security.run_as_user, &security.run_as_group) {
             (Some(u), Some(g)) => format!("{}:{}", u.value, g.value),
             (Some(u), None) => u.value.to_string(),
@@ -422,14 +447,45 @@ impl Cri {
             binds.push(format!("{}:{}{}", m.host_path, m.container_path, if m.readonly { ":ro" } else { "" }));
         }
         let caps = security.capabilities.clone().unwrap_or_default();
+        let ns = security.namespace_options.clone().unwrap_or_default();
+        let host_network = sandbox.host_config.network_mode == "host";
+        // the CRI's default is no seccomp filter (the kubelet asks for RuntimeDefault)
+        let seccomp = security.seccomp.as_ref().map(|p| p.profile_type);
+        let mut security_opt = Vec::new();
+        match seccomp {
+            Some(t) if t == cri::security_profile::ProfileType::RuntimeDefault as i32 => {}
+            Some(t) if t == cri::security_profile::ProfileType::Localhost as i32 => {
+                return Err(ApiError::new(
+                    hyper::StatusCode::NOT_IMPLEMENTED,
+                    "seccomp Localhost profiles are not supported yet",
+                ));
+            }
+            _ => security_opt.push("seccomp=unconfined".to_string()),
+        }
+        if security.no_new_privs {
+            security_opt.push("no-new-privileges".to_string());
+        }
+        let pod_sysctls = labels(&sandbox).get(SYSCTLS).cloned().unwrap_or_default();
+        let sysctls: BTreeMap<String, String> = serde_json::from_str::<BTreeMap<String, String>>(&pod_sysctls)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("net."))
+            .collect();
         let mut host_config = HostConfig {
             network_mode: format!("container:{}", sandbox.id),
+            // the pod's host name (its UTS namespace is the container's own, named alike), or
+            // the host's with the host's network
+            uts_mode: if host_network { "host".into() } else { String::new() },
+            pid_mode: if ns.pid == cri::NamespaceMode::Node as i32 { "host".into() } else { String::new() },
+            group_add: Some(security.supplemental_groups.iter().map(|g| g.to_string()).collect())
+                .filter(|g: &Vec<String>| !g.is_empty()),
+            sysctls: Some(sysctls).filter(|s| !s.is_empty()),
             privileged: security.privileged,
             readonly_rootfs: security.readonly_rootfs,
             binds: (!binds.is_empty()).then_some(binds),
             cap_add: (!caps.add_capabilities.is_empty()).then_some(caps.add_capabilities),
             cap_drop: (!caps.drop_capabilities.is_empty()).then_some(caps.drop_capabilities),
-            security_opt: security.no_new_privs.then(|| vec!["no-new-privileges".to_string()]),
+            security_opt: Some(security_opt).filter(|o| !o.is_empty()),
             ..Default::default()
         };
         host_config.resources.memory = resources.memory_limit_in_bytes;
@@ -445,6 +501,7 @@ impl Cri {
                     config.envs.iter().map(|kv| format!("{}={}", kv.key, String::from_utf8_lossy(&kv.value))).collect(),
                 ),
                 working_dir: config.working_dir.clone(),
+                hostname: if host_network { String::new() } else { sandbox.config.hostname.clone() },
                 user,
                 tty: config.tty,
                 open_stdin: config.stdin,
@@ -857,7 +914,12 @@ impl RuntimeService for Cri {
         let (this, op) = (self.clone(), t.trace.clone());
         self.call(t, async move {
             let r = req.into_inner();
-            let e = this.find(&r.container_id, "container")?;
+            let e = match this.find(&r.container_id, "container") {
+                Ok(e) => e,
+                // idempotent: a container that is gone is stopped
+                Err(e) if e.status == hyper::StatusCode::NOT_FOUND => return Ok(cri::StopContainerResponse {}),
+                Err(e) => return Err(e),
+            };
             if e.snapshot().state.running() {
                 this.d.stop(&op, &e, Some(r.timeout)).await?;
             }
