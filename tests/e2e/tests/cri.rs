@@ -32,6 +32,11 @@ fn pod_config(log_directory: &std::path::Path) -> cri::PodSandboxConfig {
         hostname: "web-pod".into(),
         labels: HashMap::from([("app".to_string(), "web".to_string())]),
         annotations: HashMap::from([("note".to_string(), "kept".to_string())]),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            // an IPC sysctl: each container of the pod takes it
+            sysctls: HashMap::from([("kernel.shm_rmid_forced".to_string(), "1".to_string())]),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -98,6 +103,13 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
         envs: vec![cri::KeyValue { key: "GREETING".into(), value: b"hello".to_vec() }],
         labels: HashMap::from([("tier".to_string(), "front".to_string())]),
         log_path: "app/0.log".into(),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                supplemental_groups: vec![4321],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let ctr = rt
@@ -156,6 +168,20 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
     assert_eq!(out.exit_code, 3);
     assert!(stdout.starts_with("hello\n") && stdout.contains(&format!("inet {pod_ip}/")), "{stdout}");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    // the pod's host name, its sysctls, the supplemental groups asked for
+    let run = |cmd: &str, timeout: i64| {
+        rt.block_on(runtime.clone().exec_sync(cri::ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec!["sh".into(), "-c".into(), cmd.into()],
+            timeout,
+        }))
+    };
+    let out = run("hostname; cat /proc/sys/kernel/shm_rmid_forced; id -G", 10).unwrap().into_inner();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(lines[..2], ["web-pod", "1"], "{lines:?}");
+    assert!(lines[2].split(' ').any(|g| g == "4321"), "{lines:?}");
+    // a command that overruns its timeout
+    assert_eq!(run("sleep 30", 1).unwrap_err().code(), tonic::Code::DeadlineExceeded);
 
     // its stats, from its cgroup
     let stats = rt
@@ -189,6 +215,30 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
         assert!(body.contains(&format!("\"{name}\"")), "{name} is not in the trace");
     }
     assert!(body.contains("\"k8s.pod.name\"") && body.contains("\"rpc.system\""), "no CRI attributes");
+
+    // a group without a user
+    let as_group = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: "g".into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: "busybox".into(), ..Default::default() }),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                run_as_group: Some(cri::Int64Value { value: 10 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let err = rt
+        .block_on(runtime.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(as_group),
+            sandbox_config: Some(pod_config(&logs)),
+        }))
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // stopping what is gone is no error
+    rt.block_on(runtime.stop_container(cri::StopContainerRequest { container_id: "gone".into(), timeout: 0 })).unwrap();
 
     // stop and removal, twice each (the kubelet repeats them): nothing is left
     for _ in 0..2 {
