@@ -14,8 +14,9 @@
 //! `k8s.*` attributes of its pod and container) under the caller's `traceparent` metadata.
 //!
 //! What is not served yet answers UNIMPLEMENTED: streaming (exec, attach, port-forward), pod
-//! sandbox stats, events, checkpoints, resource updates, CNI, reopening the CRI log, and the pod's shared
-//! IPC, UTS and PID namespaces (each container has its own; the network is shared).
+//! sandbox stats, events, checkpoints and resource updates. Not yet either: CNI (the pod is on
+//! engined's own bridge), and the pod's shared IPC and PID namespaces (each container has its
+//! own; its UTS namespace carries the pod's host name; the network is shared).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -65,15 +66,25 @@ struct Call {
     started: std::time::Instant,
 }
 
+/// Asks a container's log writer to open its log file again (after the kubelet rotated it);
+/// the answer says whether it could.
+type Reopen = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), ApiError>>>;
+
 /// Both CRI services, on the daemon.
 #[derive(Clone)]
 pub struct Cri {
     d: Arc<Daemon>,
+    /// The log writers of running containers, by container id.
+    logs: Arc<std::sync::Mutex<HashMap<String, Reopen>>>,
 }
 
 impl Cri {
     pub fn new(d: Arc<Daemon>) -> Cri {
-        Cri { d }
+        Cri { d, logs: Arc::default() }
+    }
+
+    fn log_writers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Reopen>> {
+        self.logs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The server span of one call, under the caller's `traceparent` metadata.
@@ -609,37 +620,58 @@ impl Cri {
         Ok(cri::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code })
     }
 
-    /// Writes the container's output, from its start to its exit, to `path` in the CRI's log
-    /// format (`<RFC 3339 time> <stream> <F|P> <line>`, P for a line cut short), as the kubelet
-    /// and crictl read it. The shim's own log stays what `docker logs` reads.
-    fn write_log(&self, id: String, path: std::path::PathBuf) {
+    /// Writes the container's output, from its start to its exit, to its log `file` (at
+    /// `path`) in the CRI's log format (`<RFC 3339 time> <stream> <F|P> <line>`, P for a line
+    /// cut short), as the kubelet and crictl read it; ReopenContainerLog makes it open `path`
+    /// again. The shim's own log stays what `docker logs` reads.
+    fn write_log(&self, id: String, mut file: tokio::fs::File, path: std::path::PathBuf) {
         use tokio::io::AsyncWriteExt;
-        let (lifecycle, cfg) = (self.d.lifecycle.clone(), self.d.cfg.clone());
+        let (lifecycle, cfg, writers) = (self.d.lifecycle.clone(), self.d.cfg.clone(), self.logs.clone());
+        let (tx, mut reopen) = tokio::sync::mpsc::channel(1);
+        self.log_writers().insert(id.clone(), tx);
         tokio::spawn(async move {
-            if let Some(dir) = path.parent() {
-                let _ = tokio::fs::create_dir_all(dir).await;
-            }
-            let opened = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await;
             let logs = lifecycle.logs(engine_api::v1::LogsRequest { container_id: id.clone(), follow: true, tail: 0 });
-            let (mut file, mut stream) = match (opened, logs.await) {
-                (Ok(f), Ok(s)) => (f, s),
-                (Err(e), _) => return crate::log!(cfg, "warn", "the CRI log of {id}: {}: {e}", path.display()),
-                (_, Err(e)) => return crate::log!(cfg, "warn", "the CRI log of {id}: {}", e.message()),
-            };
-            while let Ok(Some(entry)) = stream.message().await {
-                let t = engine_util::time::rfc3339_from_unix_nanos(entry.time_unix_nanos);
-                let (line, tag) = match entry.line.strip_suffix(b"\n") {
-                    Some(full) => (full, "F"),
-                    None => (&entry.line[..], "P"),
-                };
-                let mut out = format!("{t} {} {tag} ", entry.stream).into_bytes();
-                out.extend_from_slice(line);
-                out.push(b'\n');
-                if file.write_all(&out).await.is_err() {
-                    return;
-                }
+            match logs.await {
+                Err(e) => crate::log!(cfg, "warn", "the CRI log of {id}: {}", e.message()),
+                Ok(mut stream) => loop {
+                    tokio::select! {
+                        entry = stream.message() => {
+                            let Ok(Some(entry)) = entry else { break };
+                            let t = engine_util::time::rfc3339_from_unix_nanos(entry.time_unix_nanos);
+                            let (line, tag) = match entry.line.strip_suffix(b"\n") {
+                                Some(full) => (full, "F"),
+                                None => (&entry.line[..], "P"),
+                            };
+                            let mut out = format!("{t} {} {tag} ", entry.stream).into_bytes();
+                            out.extend_from_slice(line);
+                            out.push(b'\n');
+                            if file.write_all(&out).await.is_err() {
+                                break;
+                            }
+                        }
+                        Some(ack) = reopen.recv() => {
+                            let _ = file.flush().await;
+                            let opened = open_log(&path).await.map(|f| file = f);
+                            let _ = ack.send(opened);
+                        }
+                    }
+                },
             }
+            writers.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         });
+    }
+
+    async fn reopen_log(&self, id: &str) -> Result<(), ApiError> {
+        let e = self.find(id, "container")?;
+        let rec = e.snapshot();
+        if !rec.state.running() {
+            return Err(ApiError::conflict(format!("container {id} is not running")));
+        }
+        let writer = self.log_writers().get(&rec.id).cloned();
+        let writer = writer.ok_or_else(|| ApiError::conflict(format!("container {id} has no log path")))?;
+        let (ack, answer) = tokio::sync::oneshot::channel();
+        writer.send(ack).await.map_err(|_| ApiError::conflict(format!("container {id} has ended")))?;
+        answer.await.map_err(|_| ApiError::conflict(format!("container {id} has ended")))?
     }
 
     /// A container's CPU, memory and writable layer now (from its cgroup, through lifecycled;
@@ -897,9 +929,14 @@ impl RuntimeService for Cri {
             let l = labels(&e.snapshot());
             op.attr(op.root, "k8s.pod.name", l.get(POD_NAME).cloned().unwrap_or_default());
             op.attr(op.root, "k8s.container.name", l.get(CONTAINER_NAME).cloned().unwrap_or_default());
+            // the log file is there when the start returns (a reader opens it at once)
+            let log = match l.get(LOG_PATH) {
+                Some(path) => Some(open_log(std::path::Path::new(path)).await?),
+                None => None,
+            };
             this.d.start(&op, &e).await?;
-            if let Some(path) = l.get(LOG_PATH) {
-                this.write_log(e.snapshot().id, path.into());
+            if let (Some(file), Some(path)) = (log, l.get(LOG_PATH)) {
+                this.write_log(e.snapshot().id, file, path.into());
             }
             Ok(cri::StartContainerResponse {})
         })
@@ -991,6 +1028,19 @@ impl RuntimeService for Cri {
         self.read(RUNTIME_SERVICE, "ListContainerStats", Ok(cri::ListContainerStatsResponse { stats }))
     }
 
+    async fn reopen_container_log(
+        &self,
+        req: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "ReopenContainerLog");
+        let this = self.clone();
+        self.call(t, async move {
+            this.reopen_log(&req.into_inner().container_id).await?;
+            Ok(cri::ReopenContainerLogResponse {})
+        })
+        .await
+    }
+
     async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
         let t = self.trace(&req, RUNTIME_SERVICE, "ExecSync");
         let this = self.clone();
@@ -1001,7 +1051,6 @@ impl RuntimeService for Cri {
         stream_pod_sandboxes(cri::StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream;
         stream_containers(cri::StreamContainersRequest) -> Self::StreamContainersStream;
         update_container_resources(cri::UpdateContainerResourcesRequest) -> cri::UpdateContainerResourcesResponse;
-        reopen_container_log(cri::ReopenContainerLogRequest) -> cri::ReopenContainerLogResponse;
         exec(cri::ExecRequest) -> cri::ExecResponse;
         attach(cri::AttachRequest) -> cri::AttachResponse;
         port_forward(cri::PortForwardRequest) -> cri::PortForwardResponse;
@@ -1107,6 +1156,21 @@ impl ImageService for Cri {
     unimplemented_calls! {
         stream_images(cri::StreamImagesRequest) -> Self::StreamImagesStream;
     }
+}
+
+/// A container's CRI log file, made with its directory, opened to append.
+async fn open_log(path: &std::path::Path) -> Result<tokio::fs::File, ApiError> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| ApiError::internal(format!("the log directory {}: {e}", dir.display())))?;
+    }
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .map_err(|e| ApiError::internal(format!("the log file {}: {e}", path.display())))
 }
 
 /// Files and directories under `dir` (its inodes in use).

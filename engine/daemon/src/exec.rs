@@ -182,9 +182,13 @@ impl ExecService {
             Err(_) => Err(RunError::TimedOut),
         };
         if result.is_err() {
-            // whatever is left of it goes (a start that was not answered may have run it)
+            // whatever is left of it goes (a start that was not answered may have run it), and
+            // is gone when this returns
             let kill = KillRequest { container_id: rec.id.clone(), exec_id: exec_id.clone(), signal: 9, all: false };
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.lifecycle.kill(kill)).await;
+            let five = std::time::Duration::from_secs(5);
+            if let Ok(Ok(_)) = tokio::time::timeout(five, self.lifecycle.kill(kill)).await {
+                let _ = tokio::time::timeout(five, self.lifecycle.exec_wait(task.clone())).await;
+            }
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.lifecycle.delete_task(task)).await;
         result

@@ -99,7 +99,12 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
     let config = cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata { name: "app".into(), attempt: 0 }),
         image: spec("busybox"),
-        command: vec!["sh".into(), "-c".into(), "echo started; exec sleep 1000".into()],
+        // says what is left in /tmp/say, so the test can make it write when it wants
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo started; while :; do [ -f /tmp/say ] && cat /tmp/say && rm /tmp/say; sleep 0.1; done".into(),
+        ],
         envs: vec![cri::KeyValue { key: "GREETING".into(), value: b"hello".to_vec() }],
         labels: HashMap::from([("tier".to_string(), "front".to_string())]),
         log_path: "app/0.log".into(),
@@ -142,6 +147,20 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
     let line = std::fs::read_to_string(&log_path).unwrap();
     let time = line.split(' ').next().unwrap();
     assert!(engine_test_support::unix_secs() as i64 - rfc3339_secs(time) < 600, "{line}");
+    // the kubelet rotates it: renamed, then reopened; what comes next goes to the new file
+    std::fs::rename(&log_path, logs.join("app/0.log.1")).unwrap();
+    rt.block_on(runtime.reopen_container_log(cri::ReopenContainerLogRequest { container_id: ctr.clone() })).unwrap();
+    let say = cri::ExecSyncRequest {
+        container_id: ctr.clone(),
+        cmd: vec!["sh".into(), "-c".into(), "echo again > /tmp/say".into()],
+        timeout: 10,
+    };
+    rt.block_on(runtime.exec_sync(say)).unwrap();
+    wait_for("the reopened CRI log", || {
+        std::fs::read_to_string(&log_path).is_ok_and(|t| t.ends_with(" stdout F again\n"))
+    });
+    assert_eq!(std::fs::read_to_string(&log_path).unwrap().lines().count(), 1);
+    assert!(std::fs::read_to_string(logs.join("app/0.log.1")).unwrap().ends_with(" stdout F started\n"));
     let in_pod = rt
         .block_on(runtime.list_containers(cri::ListContainersRequest {
             filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.clone(), ..Default::default() }),
