@@ -216,6 +216,20 @@ fn restart_policy(s: &str) -> Result<RestartPolicy> {
 }
 
 /// The `POST /containers/create` body of `run`/`create`.
+/// `--security-opt`, as the Docker CLI sends it: `seccomp=<file>` goes as the file's JSON.
+fn security_opts(opts: &[String]) -> Result<Vec<String>> {
+    opts.iter()
+        .map(|o| match o.split_once(['=', ':']) {
+            Some(("seccomp", path)) if path != "unconfined" && !path.trim_start().starts_with('{') => {
+                let profile = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("opening seccomp profile ({path}) failed: {e}"))?;
+                Ok(format!("seccomp={profile}"))
+            }
+            _ => Ok(o.clone()),
+        })
+        .collect()
+}
+
 pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
     let mut env = Vec::new();
     for f in &a.env_file {
@@ -270,7 +284,7 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         cap_add: Some(a.cap_add.clone()),
         cap_drop: Some(a.cap_drop.clone()),
         privileged: a.privileged,
-        security_opt: Some(a.security_opt.clone()),
+        security_opt: Some(security_opts(&a.security_opt)?),
         tmpfs: Some(tmpfs),
         network_mode: a.network.clone().unwrap_or_else(|| "default".into()),
         init: a.init.then_some(true),

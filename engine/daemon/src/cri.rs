@@ -466,10 +466,12 @@ impl Cri {
         match seccomp {
             Some(t) if t == cri::security_profile::ProfileType::RuntimeDefault as i32 => {}
             Some(t) if t == cri::security_profile::ProfileType::Localhost as i32 => {
-                return Err(ApiError::new(
-                    hyper::StatusCode::NOT_IMPLEMENTED,
-                    "seccomp Localhost profiles are not supported yet",
-                ));
+                // a profile on this node, by its absolute path
+                let path = security.seccomp.as_ref().map(|p| p.localhost_ref.clone()).unwrap_or_default();
+                let profile = tokio::fs::read_to_string(&path)
+                    .await
+                    .map_err(|e| ApiError::bad_request(format!("the seccomp profile {path:?}: {e}")))?;
+                security_opt.push(format!("seccomp={profile}"));
             }
             _ => security_opt.push("seccomp=unconfined".to_string()),
         }

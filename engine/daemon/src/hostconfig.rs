@@ -99,8 +99,14 @@ fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
         match opt.as_str() {
             "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" | "no-new-privileges:false" | "no-new-privileges=false" => {}
             "seccomp=unconfined" | "seccomp:unconfined" | "apparmor=unconfined" | "apparmor:unconfined" | "label=disable" | "label:disable" => {}
+            // a profile: the Docker CLI sends the file's JSON, as dockerd takes it
+            o if custom_seccomp(o).is_some() => {
+                if let Some(Err(e)) = custom_seccomp(o) {
+                    return bad(format!("invalid seccomp profile: {e}"));
+                }
+            }
             o if o.starts_with("seccomp") || o.starts_with("apparmor") || o.starts_with("label") => {
-                return bad(format!("--security-opt {o:?} is not supported yet (only no-new-privileges, seccomp=unconfined, apparmor=unconfined, label=disable)"))
+                return bad(format!("--security-opt {o:?} is not supported yet (only no-new-privileges, seccomp=unconfined, seccomp=<profile JSON>, apparmor=unconfined, label=disable)"))
             }
             o => return bad(format!("invalid --security-opt: {o:?}")),
         }
@@ -602,11 +608,23 @@ pub fn host_devices(dir: &Path) -> Vec<LinuxDevice> {
     out
 }
 
-/// The default seccomp filter, unless `--privileged` or `--security-opt seccomp=unconfined`.
+/// `seccomp=<profile JSON>` (or `seccomp:`): the profile, in the OCI and Docker format
+/// (`defaultAction`, `architectures`, `syscalls`); `None` for any other option.
+fn custom_seccomp(opt: &str) -> Option<Result<LinuxSeccomp, serde_json::Error>> {
+    let json = opt.strip_prefix("seccomp=").or_else(|| opt.strip_prefix("seccomp:"))?;
+    json.trim_start().starts_with('{').then(|| serde_json::from_str(json))
+}
+
+/// The default seccomp filter, or the profile `--security-opt seccomp=<JSON>` gives; none with
+/// `--privileged` or `--security-opt seccomp=unconfined`.
 fn with_seccomp(spec: &mut Spec, hc: &HostConfig, caps: &[String]) -> Result<(), ApiError> {
     let unconfined = hc.security_opt.iter().flatten().any(|o| o == "seccomp=unconfined" || o == "seccomp:unconfined");
     if !hc.privileged && !unconfined {
-        let filter = default_seccomp(caps)?;
+        let custom = hc.security_opt.iter().flatten().find_map(|o| custom_seccomp(o));
+        let filter = match custom {
+            Some(profile) => profile.map_err(|e| ApiError::bad_request(format!("invalid seccomp profile: {e}")))?,
+            None => default_seccomp(caps)?,
+        };
         spec.linux_mut().get_or_insert_with(Default::default).set_seccomp(Some(filter));
     }
     Ok(())

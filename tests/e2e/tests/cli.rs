@@ -219,6 +219,28 @@ fn run_options_reach_the_container() {
         "in-userns\n"
     );
 
+    // a profile of one's own, from a file (sent as its JSON, as the Docker CLI sends it): here
+    // sethostname is refused even with CAP_SYS_ADMIN, which the default filter allows it with
+    let profile = e.dir.path().join("no-hostname.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["sethostname"], "action": "SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let set_hostname = |opts: &[&str]| {
+        let mut a = vec!["run", "--rm", "--cap-add", "SYS_ADMIN"];
+        a.extend_from_slice(opts);
+        a.extend_from_slice(&["busybox", "hostname", "renamed"]);
+        e.engine(&a)
+    };
+    assert!(set_hostname(&[]).status.success());
+    let seccomp_opt = format!("seccomp={}", profile.display());
+    let refused = set_hostname(&["--security-opt", &seccomp_opt]);
+    assert!(!refused.status.success() && stderr(&refused).contains("not permitted"), "{}", stderr(&refused));
+    std::fs::write(&profile, r#"{"defaultAction": 3}"#).unwrap();
+    let err = e.fails(&["run", "--rm", "--security-opt", &seccomp_opt, "busybox", "true"]);
+    assert!(err.contains("invalid seccomp profile"), "{err}");
+
     // --pid host and --uts host: the host's namespaces; anything else is refused
     let host_init = std::fs::read_to_string("/proc/1/comm").unwrap();
     assert_eq!(e.ok(&["run", "--rm", "--pid", "host", "busybox", "cat", "/proc/1/comm"]), host_init);

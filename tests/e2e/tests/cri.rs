@@ -256,6 +256,51 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
         }))
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // a seccomp profile on the node (Localhost): sethostname refused, CAP_SYS_ADMIN or not
+    let profile = e.dir.path().join("no-hostname.json");
+    let deny =
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["sethostname"], "action": "SCMP_ACT_ERRNO"}]}"#;
+    std::fs::write(&profile, deny).unwrap();
+    let guarded = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: "guarded".into(), attempt: 0 }),
+        image: spec("busybox"),
+        command: vec!["sleep".into(), "1000".into()],
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability {
+                    add_capabilities: vec!["SYS_ADMIN".into()],
+                    ..Default::default()
+                }),
+                seccomp: Some(cri::SecurityProfile {
+                    profile_type: cri::security_profile::ProfileType::Localhost as i32,
+                    localhost_ref: profile.display().to_string(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let guarded = rt
+        .block_on(runtime.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(guarded),
+            sandbox_config: Some(pod_config(&logs)),
+        }))
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.block_on(runtime.start_container(cri::StartContainerRequest { container_id: guarded.clone() })).unwrap();
+    let out = rt
+        .block_on(runtime.exec_sync(cri::ExecSyncRequest {
+            container_id: guarded,
+            cmd: vec!["hostname".into(), "renamed".into()],
+            timeout: 10,
+        }))
+        .unwrap()
+        .into_inner();
+    assert_ne!(out.exit_code, 0, "sethostname went through the profile");
+
     // stopping what is gone is no error
     rt.block_on(runtime.stop_container(cri::StopContainerRequest { container_id: "gone".into(), timeout: 0 })).unwrap();
 
