@@ -125,9 +125,13 @@ pub struct RunArgs {
     /// Allocate a pseudo-TTY.
     #[arg(short = 't', long)]
     pub tty: bool,
-    /// PID namespace to use (host: the host's).
+    /// PID namespace to use (host: the host's; container:<name|id>: a running container's).
     #[arg(long)]
     pub pid: Option<String>,
+    /// IPC namespace to use (host: the host's; container:<name|id>: a running container's;
+    /// private, shareable: its own).
+    #[arg(long)]
+    pub ipc: Option<String>,
     /// UTS namespace to use (host: the host's).
     #[arg(long)]
     pub uts: Option<String>,
@@ -280,6 +284,7 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         resources: a.resources.resources()?,
         readonly_rootfs: a.read_only,
         pid_mode: a.pid.clone().unwrap_or_default(),
+        ipc_mode: a.ipc.clone().unwrap_or_default(),
         uts_mode: a.uts.clone().unwrap_or_default(),
         cap_add: Some(a.cap_add.clone()),
         cap_drop: Some(a.cap_drop.clone()),

@@ -15,8 +15,8 @@
 //!
 //! What is not served yet answers UNIMPLEMENTED: streaming (exec, attach, port-forward), pod
 //! sandbox stats, events, checkpoints and resource updates. Not yet either: CNI (the pod is on
-//! engined's own bridge), and the pod's shared IPC and PID namespaces (each container has its
-//! own; its UTS namespace carries the pod's host name; the network is shared).
+//! engined's own bridge). The pod's containers share the sandbox's network and IPC namespaces
+//! (its PID namespace when asked); their UTS namespaces are their own, named as the pod.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -209,6 +209,16 @@ fn docker_name(container: &str, pod: &cri::PodSandboxMetadata, attempt: u32) -> 
     format!("{}_{hex}", &name[..cut])
 }
 
+/// A container's PID or IPC mode from the CRI's: the host's (NODE), the sandbox's (POD), or
+/// its own (CONTAINER; TARGET is not served: its own).
+fn namespace_mode(mode: i32, sandbox: &ContainerRecord) -> String {
+    match mode {
+        m if m == cri::NamespaceMode::Node as i32 => "host".into(),
+        m if m == cri::NamespaceMode::Pod as i32 => format!("container:{}", sandbox.id),
+        _ => String::new(),
+    }
+}
+
 fn sandbox_state(rec: &ContainerRecord) -> i32 {
     if rec.state.running() {
         cri::PodSandboxState::SandboxReady as i32
@@ -282,6 +292,8 @@ impl Cri {
         }
         let host_config = HostConfig {
             network_mode: if host_network { "host".into() } else { String::new() },
+            pid_mode: if ns.pid == cri::NamespaceMode::Node as i32 { "host".into() } else { String::new() },
+            ipc_mode: if ns.ipc == cri::NamespaceMode::Node as i32 { "host".into() } else { String::new() },
             // the pod's sysctls: the network ones take in its network namespace, which the
             // sandbox holds (the others go to each container)
             sysctls: Some(linux.sysctls.clone().into_iter().collect()).filter(|s: &BTreeMap<_, _>| !s.is_empty()),
@@ -371,8 +383,16 @@ impl Cri {
                 namespaces: Some(cri::Namespace {
                     options: Some(cri::NamespaceOption {
                         network: mode,
-                        pid: cri::NamespaceMode::Container as i32,
-                        ipc: cri::NamespaceMode::Container as i32,
+                        pid: if rec.host_config.pid_mode == "host" {
+                            cri::NamespaceMode::Node
+                        } else {
+                            cri::NamespaceMode::Pod
+                        } as i32,
+                        ipc: if rec.host_config.ipc_mode == "host" {
+                            cri::NamespaceMode::Node
+                        } else {
+                            cri::NamespaceMode::Pod
+                        } as i32,
                         ..Default::default()
                     }),
                 }),
@@ -489,7 +509,10 @@ impl Cri {
             // the pod's host name (its UTS namespace is the container's own, named alike), or
             // the host's with the host's network
             uts_mode: if host_network { "host".into() } else { String::new() },
-            pid_mode: if ns.pid == cri::NamespaceMode::Node as i32 { "host".into() } else { String::new() },
+            // the pod's PID and IPC namespaces are the sandbox's (PID only when asked, as the
+            // kubelet's shareProcessNamespace), or the host's
+            pid_mode: namespace_mode(ns.pid, &sandbox),
+            ipc_mode: namespace_mode(ns.ipc, &sandbox),
             group_add: Some(security.supplemental_groups.iter().map(|g| g.to_string()).collect())
                 .filter(|g: &Vec<String>| !g.is_empty()),
             sysctls: Some(sysctls).filter(|s| !s.is_empty()),

@@ -209,6 +209,17 @@ impl Daemon {
         }
     }
 
+    /// The `ns` namespace (`pid`, `ipc`) of the running container `mode` names
+    /// (`container:<name|id>`), as a path under /proc; None for any other mode.
+    fn joined(&self, mode: &str, ns: &str) -> Result<Option<PathBuf>, ApiError> {
+        let Some(other) = mode.strip_prefix("container:") else { return Ok(None) };
+        let rec = self.containers.find(other)?.snapshot();
+        if !rec.state.running() || rec.state.pid() == 0 {
+            return Err(ApiError::conflict(format!("cannot join the {ns} namespace of {other}: it is not running")));
+        }
+        Ok(Some(PathBuf::from(format!("/proc/{}/ns/{ns}", rec.state.pid()))))
+    }
+
     // ---- create ------------------------------------------------------------------------------
 
     pub async fn create(
@@ -400,6 +411,8 @@ impl Daemon {
                 }
                 _ => Some(self.networks.sandbox_path(id)),
             };
+            let pid_ns = self.joined(&hc.pid_mode, "pid")?;
+            let ipc_ns = self.joined(&hc.ipc_mode, "ipc")?;
             let cx = hostconfig::Context {
                 id,
                 cgroup_parent: &self.cfg.cgroup_parent,
@@ -407,6 +420,8 @@ impl Daemon {
                 init_bin: &init_bin,
                 mounts: &mounts,
                 netns: netns.as_deref(),
+                pid_ns: pid_ns.as_deref(),
+                ipc_ns: ipc_ns.as_deref(),
                 volume_dir: &volume_dir,
             };
             hostconfig::apply(built.spec, &hc, &cx)?

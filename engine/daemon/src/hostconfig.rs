@@ -78,11 +78,20 @@ pub fn check_limits(hc: &HostConfig) -> Result<(), ApiError> {
 
 fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
     let bad = |m: String| Err(ApiError::bad_request(m));
-    // the namespaces a container may share with the host (another container's: not yet)
-    for (flag, mode) in [("PID", &hc.pid_mode), ("UTS", &hc.uts_mode)] {
-        if !matches!(mode.as_str(), "" | "host") {
-            return bad(format!("invalid {flag} mode: {mode:?} is not supported (\"\" or \"host\")"));
-        }
+    // the namespaces a container may share with the host or, for PID and IPC, with another
+    // running container
+    if !matches!(hc.uts_mode.as_str(), "" | "host") {
+        return bad(format!("invalid UTS mode: {:?} is not supported (\"\" or \"host\")", hc.uts_mode));
+    }
+    if !(matches!(hc.pid_mode.as_str(), "" | "host") || hc.pid_mode.starts_with("container:")) {
+        return bad(format!("invalid PID mode: {:?} (\"\", \"host\" or \"container:<name|id>\")", hc.pid_mode));
+    }
+    if !(matches!(hc.ipc_mode.as_str(), "" | "host" | "private" | "shareable") || hc.ipc_mode.starts_with("container:"))
+    {
+        return bad(format!(
+            "invalid IPC mode: {:?} (\"\", \"private\", \"shareable\", \"host\" or \"container:<name|id>\")",
+            hc.ipc_mode
+        ));
     }
     if !matches!(hc.isolation.as_str(), "" | "default") {
         return bad(format!("invalid isolation: {:?}: only \"default\" is supported on linux", hc.isolation));
@@ -361,6 +370,10 @@ pub struct Context<'a> {
     pub mounts: &'a [MountSpec],
     /// The network namespace to join (engined makes it at start); None: the host's.
     pub netns: Option<&'a Path>,
+    /// The PID and IPC namespaces of the running container `pid_mode` and `ipc_mode` name
+    /// (`container:<x>`), as `/proc/<pid>/ns/...` paths.
+    pub pid_ns: Option<&'a Path>,
+    pub ipc_ns: Option<&'a Path>,
     /// Resolves a named volume to its directory, creating it if needed.
     pub volume_dir: &'a dyn Fn(&str) -> Result<PathBuf, ApiError>,
 }
@@ -377,7 +390,7 @@ pub fn apply(mut spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, 
     with_privileges(&mut spec, hc)?;
     with_seccomp(&mut spec, hc, &caps)?;
     with_network(&mut spec, hc, cx.netns);
-    with_host_namespaces(&mut spec, hc);
+    with_host_namespaces(&mut spec, hc, cx);
     with_mounts(&mut spec, hc, cx)?;
     Ok(spec)
 }
@@ -652,16 +665,25 @@ fn with_network(spec: &mut Spec, hc: &HostConfig, netns: Option<&Path>) {
     }
 }
 
-/// `--pid host` and `--uts host`: the host's PID or UTS namespace instead of its own (with the
-/// host's, the container does not set the host name).
-fn with_host_namespaces(spec: &mut Spec, hc: &HostConfig) {
+/// `--pid host`, `--uts host` and `--ipc host`: the host's namespace instead of its own (with
+/// the host's UTS, the container does not set the host name); `--pid container:<x>` and `--ipc
+/// container:<x>`: that container's.
+fn with_host_namespaces(spec: &mut Spec, hc: &HostConfig, cx: &Context<'_>) {
     let uts_host = hc.uts_mode == "host";
     if uts_host {
         spec.set_hostname(None);
     }
     let Some(namespaces) = spec.linux_mut().as_mut().and_then(|l| l.namespaces_mut().as_mut()) else { return };
-    if hc.pid_mode == "host" {
-        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Pid);
+    for (typ, mode, joined) in
+        [(LinuxNamespaceType::Pid, &hc.pid_mode, cx.pid_ns), (LinuxNamespaceType::Ipc, &hc.ipc_mode, cx.ipc_ns)]
+    {
+        if mode == "host" {
+            namespaces.retain(|n| n.typ() != typ);
+        } else if let Some(path) = joined {
+            for n in namespaces.iter_mut().filter(|n| n.typ() == typ) {
+                n.set_path(Some(path.to_path_buf()));
+            }
+        }
     }
     if uts_host {
         namespaces.retain(|n| n.typ() != LinuxNamespaceType::Uts);
@@ -1002,6 +1024,8 @@ mod tests {
             init_bin: Path::new("/init"),
             mounts: &mounts,
             netns: None,
+            pid_ns: None,
+            ipc_ns: None,
             volume_dir: &volume_dir,
         };
         let v = serde_json::to_value(apply(image_spec, &hc, &cx).unwrap()).unwrap();
@@ -1036,6 +1060,8 @@ mod tests {
             init_bin: Path::new("/usr/libexec/engine-init"),
             mounts: &mounts,
             netns,
+            pid_ns: None,
+            ipc_ns: None,
             volume_dir: &volume_dir,
         };
         serde_json::to_value(apply(Spec::default(), hc, &cx).unwrap()).unwrap()
@@ -1049,7 +1075,7 @@ mod tests {
     }
 
     #[test]
-    fn host_pid_and_uts_namespaces_are_shared_and_other_modes_refused() {
+    fn host_and_container_namespaces_are_shared_and_other_modes_refused() {
         let dir = tempfile::tempdir().unwrap();
         for f in ["hostname", "hosts", "resolv.conf"] {
             std::fs::write(dir.path().join(f), "").unwrap();
@@ -1065,8 +1091,32 @@ mod tests {
         let shared = applied(&hc, None, dir.path());
         assert!(!kinds(&shared).contains(&"pid".to_string()) && !kinds(&shared).contains(&"uts".to_string()));
         assert!(shared.get("hostname").is_none_or(|h| h.is_null()), "{shared}");
+        // another container's PID and IPC namespaces: joined by the paths create resolves
+        let hc =
+            HostConfig { pid_mode: "container:web".into(), ipc_mode: "container:web".into(), ..Default::default() };
+        assert!(check(&hc).is_ok());
+        let volume_dir = |_: &str| -> Result<PathBuf, ApiError> { unreachable!("no volumes") };
+        let cx = Context {
+            id: "c1",
+            cgroup_parent: "/engine",
+            container_dir: dir.path(),
+            init_bin: Path::new("/init"),
+            mounts: &[],
+            netns: None,
+            pid_ns: Some(Path::new("/proc/42/ns/pid")),
+            ipc_ns: Some(Path::new("/proc/42/ns/ipc")),
+            volume_dir: &volume_dir,
+        };
+        let joined = serde_json::to_value(apply(Spec::default(), &hc, &cx).unwrap()).unwrap();
+        let path_of = |typ: &str| {
+            joined["linux"]["namespaces"].as_array().unwrap().iter().find(|n| n["type"] == typ).unwrap()["path"].clone()
+        };
+        assert_eq!(
+            (path_of("pid"), path_of("ipc")),
+            (serde_json::json!("/proc/42/ns/pid"), serde_json::json!("/proc/42/ns/ipc"))
+        );
         for bad in [
-            HostConfig { pid_mode: "container:web".into(), ..Default::default() },
+            HostConfig { ipc_mode: "elsewhere".into(), ..Default::default() },
             HostConfig { uts_mode: "private".into(), ..Default::default() },
             HostConfig { isolation: "hyperv".into(), ..Default::default() },
         ] {

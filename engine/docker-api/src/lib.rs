@@ -120,9 +120,14 @@ pub struct HostConfig {
     pub security_opt: Option<Vec<String>>,
     pub tmpfs: Option<BTreeMap<String, String>>,
     pub init: Option<bool>,
-    /// `host`: the host's PID namespace ("": its own).
+    /// `host`: the host's PID namespace, `container:<name|id>`: another running container's
+    /// ("": its own).
     #[serde(deserialize_with = "nullable")]
     pub pid_mode: String,
+    /// `host`: the host's IPC namespace, `container:<name|id>`: another running container's
+    /// ("", `private`, `shareable`: its own).
+    #[serde(deserialize_with = "nullable")]
+    pub ipc_mode: String,
     /// `host`: the host's UTS namespace ("": its own).
     #[serde(rename = "UTSMode")]
     #[serde(deserialize_with = "nullable")]

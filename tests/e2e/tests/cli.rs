@@ -246,7 +246,20 @@ fn run_options_reach_the_container() {
     assert_eq!(e.ok(&["run", "--rm", "--pid", "host", "busybox", "cat", "/proc/1/comm"]), host_init);
     let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(e.ok(&["run", "--rm", "--uts", "host", "busybox", "hostname"]).trim(), host_name.trim());
-    assert!(e.fails(&["run", "--rm", "--pid", "container:x", "busybox", "true"]).contains("invalid PID mode"));
+    // --pid and --ipc container:<x>: a running container's namespaces
+    e.ok(&["run", "-d", "--name", "holder", "busybox", "sleep", "1001"]);
+    assert!(e.ok(&["run", "--rm", "--pid", "container:holder", "busybox", "cat", "/proc/1/cmdline"]).contains("1001"));
+    let ipc_of_holder = e.ok(&["exec", "holder", "readlink", "/proc/self/ns/ipc"]);
+    assert_eq!(
+        e.ok(&["run", "--rm", "--ipc", "container:holder", "busybox", "readlink", "/proc/self/ns/ipc"]),
+        ipc_of_holder
+    );
+    assert_ne!(e.ok(&["run", "--rm", "busybox", "readlink", "/proc/self/ns/ipc"]), ipc_of_holder);
+    e.ok(&["stop", "-t", "0", "holder"]);
+    assert!(e.fails(&["run", "--rm", "--pid", "container:holder", "busybox", "true"]).contains("it is not running"));
+    e.ok(&["rm", "holder"]);
+    assert!(e.fails(&["run", "--rm", "--pid", "container:nope", "busybox", "true"]).contains("nope"));
+    assert!(e.fails(&["run", "--rm", "--ipc", "elsewhere", "busybox", "true"]).contains("invalid IPC mode"));
 
     // resources: the container's own cgroup has the limits
     let id = e

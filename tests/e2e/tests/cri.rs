@@ -293,13 +293,31 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
     rt.block_on(runtime.start_container(cri::StartContainerRequest { container_id: guarded.clone() })).unwrap();
     let out = rt
         .block_on(runtime.exec_sync(cri::ExecSyncRequest {
-            container_id: guarded,
+            container_id: guarded.clone(),
             cmd: vec!["hostname".into(), "renamed".into()],
             timeout: 10,
         }))
         .unwrap()
         .into_inner();
     assert_ne!(out.exit_code, 0, "sethostname went through the profile");
+    // the pod's containers share the sandbox's IPC and PID namespaces: its init is their PID 1
+    let both = |cmd: &str| -> Vec<String> {
+        [&ctr, &guarded]
+            .iter()
+            .map(|c| {
+                let out = rt.block_on(runtime.clone().exec_sync(cri::ExecSyncRequest {
+                    container_id: c.to_string(),
+                    cmd: vec!["sh".into(), "-c".into(), cmd.into()],
+                    timeout: 10,
+                }));
+                String::from_utf8_lossy(&out.unwrap().into_inner().stdout).into_owned()
+            })
+            .collect()
+    };
+    let ipc = both("readlink /proc/self/ns/ipc");
+    assert_eq!(ipc[0], ipc[1]);
+    let init = both("tr '\\0' ' ' < /proc/1/cmdline");
+    assert!(init.iter().all(|i| i.contains("2147483647")), "{init:?}");
 
     // stopping what is gone is no error
     rt.block_on(runtime.stop_container(cri::StopContainerRequest { container_id: "gone".into(), timeout: 0 })).unwrap();
