@@ -522,6 +522,9 @@ impl Cri {
             cap_add: (!caps.add_capabilities.is_empty()).then_some(caps.add_capabilities),
             cap_drop: (!caps.drop_capabilities.is_empty()).then_some(caps.drop_capabilities),
             security_opt: Some(security_opt).filter(|o| !o.is_empty()),
+            // the kubelet sends the lists to use (the defaults, or none for an unmasked /proc)
+            masked_paths: (!security.masked_paths.is_empty()).then(|| security.masked_paths.clone()),
+            readonly_paths: (!security.readonly_paths.is_empty()).then(|| security.readonly_paths.clone()),
             ..Default::default()
         };
         host_config.resources.memory = resources.memory_limit_in_bytes;

@@ -120,6 +120,11 @@ fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
             o => return bad(format!("invalid --security-opt: {o:?}")),
         }
     }
+    for p in hc.masked_paths.iter().chain(hc.readonly_paths.iter()).flatten() {
+        if !p.starts_with('/') {
+            return bad(format!("invalid masked or read-only path {p:?}: not absolute"));
+        }
+    }
     for (path, _) in hc.tmpfs.iter().flatten() {
         if !path.starts_with('/') {
             return bad(format!("invalid mount config: tmpfs destination {path:?} must be absolute"));
@@ -555,6 +560,14 @@ fn with_privileges(spec: &mut Spec, hc: &HostConfig) -> Result<(), ApiError> {
                 }
             }
         }
+    }
+    // the caller's own lists (a privileged container has none unless it names some)
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    if let Some(paths) = &hc.masked_paths {
+        linux.set_masked_paths(Some(paths.clone()));
+    }
+    if let Some(paths) = &hc.readonly_paths {
+        linux.set_readonly_paths(Some(paths.clone()));
     }
     for opt in hc.security_opt.iter().flatten() {
         let no_new_privileges = match opt.as_str() {
@@ -1115,7 +1128,19 @@ mod tests {
             (path_of("pid"), path_of("ipc")),
             (serde_json::json!("/proc/42/ns/pid"), serde_json::json!("/proc/42/ns/ipc"))
         );
+        // masked and read-only paths of the caller's, instead of the defaults
+        let hc = HostConfig {
+            masked_paths: Some(vec!["/secret".into()]),
+            readonly_paths: Some(vec![]),
+            ..Default::default()
+        };
+        let v = applied(&hc, None, dir.path());
+        assert_eq!(
+            (&v["linux"]["maskedPaths"], &v["linux"]["readonlyPaths"]),
+            (&serde_json::json!(["/secret"]), &serde_json::json!([]))
+        );
         for bad in [
+            HostConfig { masked_paths: Some(vec!["relative".into()]), ..Default::default() },
             HostConfig { ipc_mode: "elsewhere".into(), ..Default::default() },
             HostConfig { uts_mode: "private".into(), ..Default::default() },
             HostConfig { isolation: "hyperv".into(), ..Default::default() },

@@ -124,6 +124,11 @@ pub struct HostConfig {
     /// ("": its own).
     #[serde(deserialize_with = "nullable")]
     pub pid_mode: String,
+    /// Paths masked in the container instead of the defaults (`/proc/kcore`, …), as Docker's
+    /// API takes them (the CRI's `masked_paths`); null: the defaults.
+    pub masked_paths: Option<Vec<String>>,
+    /// Paths made read-only in the container instead of the defaults (`/proc/sys`, …).
+    pub readonly_paths: Option<Vec<String>>,
     /// `host`: the host's IPC namespace, `container:<name|id>`: another running container's
     /// ("", `private`, `shareable`: its own).
     #[serde(deserialize_with = "nullable")]

@@ -271,6 +271,8 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
                     add_capabilities: vec!["SYS_ADMIN".into()],
                     ..Default::default()
                 }),
+                masked_paths: vec!["/etc/hostname".into()],
+                readonly_paths: vec!["/home".into()],
                 seccomp: Some(cri::SecurityProfile {
                     profile_type: cri::security_profile::ProfileType::Localhost as i32,
                     localhost_ref: profile.display().to_string(),
@@ -300,6 +302,16 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
         .unwrap()
         .into_inner();
     assert_ne!(out.exit_code, 0, "sethostname went through the profile");
+    // its own masked and read-only paths
+    let out = rt
+        .block_on(runtime.exec_sync(cri::ExecSyncRequest {
+            container_id: guarded.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "wc -c < /etc/hostname; touch /home/x || echo read-only".into()],
+            timeout: 10,
+        }))
+        .unwrap()
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>(), ["0", "read-only"]);
     // the pod's containers share the sandbox's IPC and PID namespaces: its init is their PID 1
     let both = |cmd: &str| -> Vec<String> {
         [&ctr, &guarded]
