@@ -234,6 +234,12 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
         assert!(body.contains(&format!("\"{name}\"")), "{name} is not in the trace");
     }
     assert!(body.contains("\"k8s.pod.name\"") && body.contains("\"rpc.system\""), "no CRI attributes");
+    // found by the pod's name, as `engine trace web` finds it
+    let (code, pod_traces) = e.request("GET", "/engine/v1/containers/web/traces", "");
+    assert_eq!(code, 200, "{pod_traces}");
+    assert!(pod_traces.contains(TRACE_ID), "{pod_traces}");
+    let drawn = e.ok(&["trace", "web", "--op", "start", "--no-kernel"]);
+    assert!(drawn.contains("runtime.v1.RuntimeService/") && drawn.contains("init.exec"), "{drawn}");
 
     // a group without a user
     let as_group = cri::ContainerConfig {
