@@ -124,9 +124,9 @@ impl Cri {
         &self,
         service: &'static str,
         method: &'static str,
+        started: std::time::Instant,
         r: Result<T, ApiError>,
     ) -> Result<Response<T>, Status> {
-        let started = std::time::Instant::now();
         let code = r.as_ref().map_or_else(|e| grpc_code(e.status.as_u16()), |_| tonic::Code::Ok);
         self.d.metrics.observe_cri(service, method, code, started.elapsed().as_secs_f64());
         r.map(Response::new).map_err(to_status)
@@ -922,15 +922,22 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        self.read(RUNTIME_SERVICE, "PodSandboxStatus", self.pod_sandbox_status(&req.into_inner().pod_sandbox_id))
+        let started = std::time::Instant::now();
+        self.read(
+            RUNTIME_SERVICE,
+            "PodSandboxStatus",
+            started,
+            self.pod_sandbox_status(&req.into_inner().pod_sandbox_id),
+        )
     }
 
     async fn list_pod_sandbox(
         &self,
         req: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        let started = std::time::Instant::now();
         let items = self.list_pod_sandbox(req.into_inner().filter);
-        self.read(RUNTIME_SERVICE, "ListPodSandbox", Ok(cri::ListPodSandboxResponse { items }))
+        self.read(RUNTIME_SERVICE, "ListPodSandbox", started, Ok(cri::ListPodSandboxResponse { items }))
     }
 
     async fn create_container(
@@ -1015,32 +1022,36 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        let started = std::time::Instant::now();
         let containers = self.list_containers(req.into_inner().filter);
-        self.read(RUNTIME_SERVICE, "ListContainers", Ok(cri::ListContainersResponse { containers }))
+        self.read(RUNTIME_SERVICE, "ListContainers", started, Ok(cri::ListContainersResponse { containers }))
     }
 
     async fn container_status(
         &self,
         req: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        self.read(RUNTIME_SERVICE, "ContainerStatus", self.container_status(&req.into_inner().container_id))
+        let started = std::time::Instant::now();
+        self.read(RUNTIME_SERVICE, "ContainerStatus", started, self.container_status(&req.into_inner().container_id))
     }
 
     async fn container_stats(
         &self,
         req: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        let started = std::time::Instant::now();
         let r = match self.find(&req.into_inner().container_id, "container") {
             Ok(e) => Ok(cri::ContainerStatsResponse { stats: Some(self.stats_of(&e.snapshot()).await) }),
             Err(e) => Err(e),
         };
-        self.read(RUNTIME_SERVICE, "ContainerStats", r)
+        self.read(RUNTIME_SERVICE, "ContainerStats", started, r)
     }
 
     async fn list_container_stats(
         &self,
         req: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        let started = std::time::Instant::now();
         let f = req.into_inner().filter.unwrap_or_default();
         let filter = cri::ContainerFilter {
             id: f.id,
@@ -1053,7 +1064,7 @@ impl RuntimeService for Cri {
         for rec in self.all("container").into_iter().filter(|r| ids.contains(&r.id)) {
             stats.push(self.stats_of(&rec).await);
         }
-        self.read(RUNTIME_SERVICE, "ListContainerStats", Ok(cri::ListContainerStatsResponse { stats }))
+        self.read(RUNTIME_SERVICE, "ListContainerStats", started, Ok(cri::ListContainerStatsResponse { stats }))
     }
 
     async fn reopen_container_log(
@@ -1105,6 +1116,7 @@ impl ImageService for Cri {
         &self,
         req: Request<cri::ListImagesRequest>,
     ) -> Result<Response<cri::ListImagesResponse>, Status> {
+        let started = std::time::Instant::now();
         let want = req.into_inner().filter.and_then(|f| f.image).map(|i| i.image).filter(|i| !i.is_empty());
         let images = self.d.images.list().map_err(|e| to_status(e.into()))?;
         let picked = match want {
@@ -1115,17 +1127,18 @@ impl ImageService for Cri {
             None => images,
         };
         let images = picked.iter().map(|i| self.image_of(i)).collect();
-        self.read(IMAGE_SERVICE, "ListImages", Ok(cri::ListImagesResponse { images }))
+        self.read(IMAGE_SERVICE, "ListImages", started, Ok(cri::ListImagesResponse { images }))
     }
 
     async fn image_status(
         &self,
         req: Request<cri::ImageStatusRequest>,
     ) -> Result<Response<cri::ImageStatusResponse>, Status> {
+        let started = std::time::Instant::now();
         let name = req.into_inner().image.map(|i| i.image).unwrap_or_default();
         // an image that is not here is no error: the answer has none
         let image = self.d.images.resolve(&name).ok().map(|i| self.image_of(&i));
-        self.read(IMAGE_SERVICE, "ImageStatus", Ok(cri::ImageStatusResponse { image, info: HashMap::new() }))
+        self.read(IMAGE_SERVICE, "ImageStatus", started, Ok(cri::ImageStatusResponse { image, info: HashMap::new() }))
     }
 
     async fn pull_image(
@@ -1167,6 +1180,7 @@ impl ImageService for Cri {
         &self,
         _: Request<cri::ImageFsInfoRequest>,
     ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
+        let started = std::time::Instant::now();
         let root = self.d.images.root().to_path_buf();
         let (used, inodes) = tokio::task::spawn_blocking(move || (engine_util::fs::dir_size(&root), walk_count(&root)))
             .await
@@ -1178,7 +1192,7 @@ impl ImageService for Cri {
             inodes_used: Some(cri::UInt64Value { value: inodes }),
         };
         let answer = cri::ImageFsInfoResponse { image_filesystems: vec![usage], container_filesystems: Vec::new() };
-        self.read(IMAGE_SERVICE, "ImageFsInfo", Ok(answer))
+        self.read(IMAGE_SERVICE, "ImageFsInfo", started, Ok(answer))
     }
 
     unimplemented_calls! {
