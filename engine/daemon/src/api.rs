@@ -769,10 +769,10 @@ fn list_containers(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
     recs.sort_by(|a, b| b.created.cmp(&a.created));
     // the CRI's pods and containers are the CRI's to list, as containerd keeps its namespaces
     // apart; a label filter on `io.engine.cri` asks for them
-    let cri = values("label").iter().any(|l| l.split('=').next() == Some(crate::cri::KIND_LABEL));
+    let cri = values("label").iter().any(|l| l.split('=').next() == Some(crate::podlabels::KIND_LABEL));
     let mut out = Vec::new();
     for r in recs {
-        if (!all && !r.state.running()) || crate::cri::is_cri(&r) != cri {
+        if (!all && !r.state.running()) || crate::podlabels::is_cri(&r) != cri {
             continue;
         }
         let status = r.state.status().as_str();

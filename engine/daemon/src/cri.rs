@@ -30,33 +30,12 @@ use tonic::{Request, Response, Status};
 
 use crate::daemon::Daemon;
 use crate::http::ApiError;
+use crate::podlabels::*;
 use crate::records::{ContainerRecord, Entry};
 use crate::trace::Trace;
 
-/// The label every CRI object carries: `sandbox` or `container`.
-pub const KIND_LABEL: &str = "io.engine.cri";
-const POD_NAME: &str = "io.kubernetes.pod.name";
-const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
-const POD_UID: &str = "io.kubernetes.pod.uid";
-const CONTAINER_NAME: &str = "io.kubernetes.container.name";
-const SANDBOX_ID: &str = "io.engine.cri.sandbox-id";
-const ATTEMPT: &str = "io.engine.cri.attempt";
-/// The pod's `log_directory`, on its sandbox.
-const LOG_DIRECTORY: &str = "io.engine.cri.log-directory";
-/// The pod's sysctls (JSON), on its sandbox: its containers take those outside the network
-/// namespace.
-const SYSCTLS: &str = "io.engine.cri.sysctls";
-/// A container's log file in the CRI format (`log_directory` + its `log_path`).
-const LOG_PATH: &str = "io.engine.cri.log-path";
-/// Annotations are kept as labels under this prefix; the CRI's own labels as they are.
-const ANNOTATION: &str = "io.engine.cri.annotation.";
 const RUNTIME_SERVICE: &str = "runtime.v1.RuntimeService";
 const IMAGE_SERVICE: &str = "runtime.v1.ImageService";
-
-/// Whether a container record is a CRI object (hidden from the Docker API's listings).
-pub fn is_cri(rec: &ContainerRecord) -> bool {
-    rec.config.labels.as_ref().is_some_and(|l| l.contains_key(KIND_LABEL))
-}
 
 /// One traced call: its span and what its metric is labelled with.
 struct Call {

@@ -26,6 +26,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod network;
 pub mod orphans;
+pub mod podlabels;
 pub mod records;
 pub mod runconfig;
 pub mod state;

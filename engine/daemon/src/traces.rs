@@ -196,18 +196,20 @@ pub fn container_traces(d: &TraceService, name: &str) -> Result<Resp, ApiError> 
             let r = e.snapshot();
             d.traces.container_traces(&r.id, Some(&r.name))
         }
-        Err(_) if !pod_members(d, name).is_empty() => {
-            let mut seen = std::collections::BTreeSet::new();
-            let mut list: Vec<_> = pod_members(d, name)
-                .iter()
-                .flat_map(|id| d.traces.container_traces(id, None))
-                .filter(|t| seen.insert(t.trace_id.clone()))
-                .collect();
-            list.sort_by_key(|t| t.start);
-            list
-        }
         Err(err) => {
-            let list = d.traces.container_traces(name, Some(name));
+            let pod = pod_members(d, name);
+            let list = if pod.is_empty() {
+                d.traces.container_traces(name, Some(name))
+            } else {
+                let mut seen = std::collections::BTreeSet::new();
+                let mut list: Vec<_> = pod
+                    .iter()
+                    .flat_map(|id| d.traces.container_traces(id, None))
+                    .filter(|t| seen.insert(t.trace_id.clone()))
+                    .collect();
+                list.sort_by_key(|t| t.start);
+                list
+            };
             if list.is_empty() {
                 return Err(err.into());
             }
@@ -217,22 +219,10 @@ pub fn container_traces(d: &TraceService, name: &str) -> Result<Resp, ApiError> 
     Ok(json(StatusCode::OK, &list.iter().map(summary_json).collect::<Vec<_>>()))
 }
 
-/// The ids of a CRI pod named `pod`: its sandboxes (the label the CRI service puts on them)
-/// and the containers in them.
+/// The ids of the CRI pod named `pod`, its sandboxes' and their containers'.
 fn pod_members(d: &TraceService, pod: &str) -> Vec<String> {
     let recs: Vec<_> = d.containers.all().iter().map(|e| e.snapshot()).collect();
-    let label = |r: &crate::records::ContainerRecord, k: &str| r.config.labels.as_ref().and_then(|l| l.get(k)).cloned();
-    let sandboxes: Vec<String> = recs
-        .iter()
-        .filter(|r| label(r, "io.engine.cri").as_deref() == Some("sandbox"))
-        .filter(|r| label(r, "io.kubernetes.pod.name").as_deref() == Some(pod))
-        .map(|r| r.id.clone())
-        .collect();
-    let members = recs
-        .iter()
-        .filter(|r| label(r, "io.engine.cri.sandbox-id").is_some_and(|s| sandboxes.contains(&s)))
-        .map(|r| r.id.clone());
-    sandboxes.iter().cloned().chain(members).collect()
+    crate::podlabels::pod_members(&recs, pod)
 }
 
 /// `GET /engine/v1/traces?op=start&image=NAME&limit=N`: the most recent traces, oldest first;
