@@ -137,9 +137,14 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
 }
 
+/// How long a stream may stay quiet after output that ends without a newline before that output
+/// goes to the log as a partial line: a prompt, or `echo -n`, reaches an attached client and
+/// `logs -f` now, not with the next newline.
+const PARTIAL_LINE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Reads `fd` until end of file (or EIO, a pty whose other side closed), calling `each` with
-/// every chunk.
-async fn pump(fd: OwnedFd, mut each: impl FnMut(&[u8])) {
+/// every chunk; with `quiet`, also with an empty chunk once `fd` stayed quiet that long after one.
+async fn pump(fd: OwnedFd, quiet: Option<std::time::Duration>, mut each: impl FnMut(&[u8])) {
     // SAFETY: F_SETFL on a descriptor we own.
     unsafe {
         libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) | libc::O_NONBLOCK)
@@ -148,11 +153,26 @@ async fn pump(fd: OwnedFd, mut each: impl FnMut(&[u8])) {
     // always returns that same descriptor.
     let Ok(afd) = (unsafe { AsyncFd::register(fd) }) else { return };
     let mut buf = vec![0u8; 32 * 1024];
+    let mut since_chunk = false;
     loop {
-        let Ok(mut guard) = afd.readable().await else { return };
+        let readable = match quiet.filter(|_| since_chunk) {
+            Some(d) => match tokio::time::timeout(d, afd.readable()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    since_chunk = false;
+                    each(&[]);
+                    continue;
+                }
+            },
+            None => afd.readable().await,
+        };
+        let Ok(mut guard) = readable else { return };
         match guard.try_io(|inner| nix::unistd::read(inner.get_ref(), &mut buf).map_err(std::io::Error::from)) {
             Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(n)) => each(&buf[..n]),
+            Ok(Ok(n)) => {
+                since_chunk = true;
+                each(&buf[..n])
+            }
             Err(_would_block) => continue,
         }
     }
@@ -166,7 +186,12 @@ struct LineSplitter {
 }
 
 impl LineSplitter {
+    /// Logs the complete lines of `data`; an empty `data` (the stream went quiet) logs what is
+    /// left of a line as it is.
     fn feed(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return self.finish();
+        }
         self.partial.extend_from_slice(data);
         while let Some(i) =
             self.partial.iter().position(|&b| b == b'\n').or((self.partial.len() >= 16 * 1024).then_some(16 * 1024 - 1))
@@ -325,7 +350,7 @@ impl ShimService {
             let mut split = LineSplitter { stream, partial: Vec::new(), log: log.clone() };
             let done = drained_tx.clone();
             tokio::spawn(async move {
-                pump(fd, |chunk| split.feed(chunk)).await;
+                pump(fd, Some(PARTIAL_LINE_AFTER), |chunk| split.feed(chunk)).await;
                 split.finish();
                 done.send_modify(|n| *n += 1);
             });
@@ -462,7 +487,7 @@ impl ShimService {
             .map(|(stream, fd)| {
                 let (output, io) = (output.clone(), io.clone());
                 // each stream on its own task: a full stderr pipe must not wait on stdout's end
-                tokio::spawn(pump(fd, move |c| {
+                tokio::spawn(pump(fd, None, move |c| {
                     let mut o = output.lock().unwrap_or_else(|e| e.into_inner());
                     let buf = if stream == "stdout" { &mut o.0 } else { &mut o.1 };
                     let room = MAX_EXEC_OUTPUT.saturating_sub(buf.len());

@@ -160,6 +160,10 @@ pub struct Config {
     /// (engine-init is PID 1 of it).
     #[arg(long, default_value = "registry.k8s.io/pause:3.10")]
     pub cri_sandbox_image: String,
+    /// Where the CRI's streaming server (exec, attach, port-forward URLs) listens, address:port
+    /// (port 0: any free one). Keep it on loopback unless the kubelet is elsewhere.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub cri_stream_address: std::net::SocketAddr,
     /// Check the configuration (flags and --config-file) and exit: 0 and "configuration OK",
     /// or the first problem.
     #[arg(long)]
@@ -223,6 +227,7 @@ struct FileConfig {
     cri_socket: Option<PathBuf>,
     no_cri: Option<bool>,
     cri_sandbox_image: Option<String>,
+    cri_stream_address: Option<std::net::SocketAddr>,
 }
 
 /// `"default-address-pools": [{"base": "10.10.0.0/16", "size": 24}]`, as daemon.json has it.
@@ -282,6 +287,7 @@ pub fn default_file() -> String {
         cri_socket: d.cri_socket,
         no_cri: Some(d.no_cri),
         cri_sandbox_image: Some(d.cri_sandbox_image),
+        cri_stream_address: Some(d.cri_stream_address),
     };
     let Ok(serde_json::Value::Object(values)) = serde_json::to_value(&f) else { return String::new() };
     let mut out = String::from(DEFAULT_FILE_HEAD);
@@ -492,6 +498,7 @@ impl Config {
             m.set("cri-socket", &mut self.cri_socket, f.cri_socket.map(Some));
             m.set("no-cri", &mut self.no_cri, f.no_cri);
             m.set("cri-sandbox-image", &mut self.cri_sandbox_image, f.cri_sandbox_image);
+            m.set("cri-stream-address", &mut self.cri_stream_address, f.cri_stream_address);
             if !m.conflicts.is_empty() {
                 anyhow::bail!(
                     "unable to configure the engine with file {}: the following directives are specified both as a flag and in the configuration file: {}",

@@ -13,9 +13,12 @@
 //! Every call is a gRPC server span (`rpc.system=grpc`, `rpc.service`, `rpc.method`, and the
 //! `k8s.*` attributes of its pod and container) under the caller's `traceparent` metadata.
 //!
-//! What is not served yet answers UNIMPLEMENTED: streaming (exec, attach, port-forward), pod
-//! sandbox stats, events, checkpoints and resource updates. Not yet either: CNI (the pod is on
-//! engined's own bridge). The pod's containers share the sandbox's network and IPC namespaces
+//! Exec, Attach and PortForward answer with a one-time URL of the streaming server
+//! (`--cri-stream-address`, loopback; SPDY/3.1, [`engine_streaming`]); what it does is
+//! [`crate::cristream`]'s.
+//!
+//! What is not served yet answers UNIMPLEMENTED: pod sandbox stats, events, checkpoints and
+//! resource updates. Not yet either: CNI (the pod is on engined's own bridge). The pod's containers share the sandbox's network and IPC namespaces
 //! (its PID namespace when asked); their UTS namespaces are their own, named as the pod.
 
 use std::collections::{BTreeMap, HashMap};
@@ -49,17 +52,36 @@ struct Call {
 /// the answer says whether it could.
 type Reopen = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), ApiError>>>;
 
+/// The streaming server whose URLs Exec, Attach and PortForward answer with.
+pub type StreamServer = engine_streaming::Server<crate::cristream::CriStreams>;
+
 /// Both CRI services, on the daemon.
 #[derive(Clone)]
 pub struct Cri {
     d: Arc<Daemon>,
     /// The log writers of running containers, by container id.
     logs: Arc<std::sync::Mutex<HashMap<String, Reopen>>>,
+    streams: Arc<StreamServer>,
 }
 
 impl Cri {
-    pub fn new(d: Arc<Daemon>) -> Cri {
-        Cri { d, logs: Arc::default() }
+    pub fn new(d: Arc<Daemon>, streams: Arc<StreamServer>) -> Cri {
+        Cri { d, logs: Arc::default(), streams }
+    }
+
+    /// The streaming URL of `req` on running object `id` of `kind`.
+    fn stream_url(&self, id: &str, kind: &str, req: engine_streaming::Request) -> Result<String, ApiError> {
+        let e = self.find(id, kind)?;
+        if !e.snapshot().state.running() {
+            return Err(ApiError::conflict(format!("{kind} {id:?} is not running")));
+        }
+        self.streams.url(req).map_err(|e| match e {
+            engine_streaming::StreamingError::Invalid(m) => ApiError::bad_request(m),
+            engine_streaming::StreamingError::TooMany => {
+                ApiError { status: hyper::StatusCode::TOO_MANY_REQUESTS, message: e.to_string() }
+            }
+            engine_streaming::StreamingError::Token(m) => ApiError::internal(m),
+        })
     }
 
     fn log_writers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Reopen>> {
@@ -137,6 +159,7 @@ fn grpc_code(http: u16) -> tonic::Code {
         400 => tonic::Code::InvalidArgument,
         404 => tonic::Code::NotFound,
         409 => tonic::Code::FailedPrecondition,
+        429 => tonic::Code::ResourceExhausted,
         504 => tonic::Code::DeadlineExceeded,
         501 => tonic::Code::Unimplemented,
         _ => tonic::Code::Internal,
@@ -1065,13 +1088,45 @@ impl RuntimeService for Cri {
         self.call(t, async move { this.exec_sync(req.into_inner()).await }).await
     }
 
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "Exec");
+        let r = req.into_inner();
+        let wanted = engine_streaming::Wanted { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, tty: r.tty };
+        let url = {
+            let req = engine_streaming::Request::Exec { container_id: r.container_id.clone(), cmd: r.cmd, wanted };
+            self.stream_url(&r.container_id, "container", req)
+        };
+        self.call(t, async move { url.map(|url| cri::ExecResponse { url }) }).await
+    }
+
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "Attach");
+        let r = req.into_inner();
+        let wanted = engine_streaming::Wanted { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, tty: r.tty };
+        let url = {
+            let req = engine_streaming::Request::Attach { container_id: r.container_id.clone(), wanted };
+            self.stream_url(&r.container_id, "container", req)
+        };
+        self.call(t, async move { url.map(|url| cri::AttachResponse { url }) }).await
+    }
+
+    async fn port_forward(
+        &self,
+        req: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "PortForward");
+        let r = req.into_inner();
+        let url = {
+            let req = engine_streaming::Request::PortForward { sandbox_id: r.pod_sandbox_id.clone() };
+            self.stream_url(&r.pod_sandbox_id, "sandbox", req)
+        };
+        self.call(t, async move { url.map(|url| cri::PortForwardResponse { url }) }).await
+    }
+
     unimplemented_calls! {
         stream_pod_sandboxes(cri::StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream;
         stream_containers(cri::StreamContainersRequest) -> Self::StreamContainersStream;
         update_container_resources(cri::UpdateContainerResourcesRequest) -> cri::UpdateContainerResourcesResponse;
-        exec(cri::ExecRequest) -> cri::ExecResponse;
-        attach(cri::AttachRequest) -> cri::AttachResponse;
-        port_forward(cri::PortForwardRequest) -> cri::PortForwardResponse;
         stream_container_stats(cri::StreamContainerStatsRequest) -> Self::StreamContainerStatsStream;
         pod_sandbox_stats(cri::PodSandboxStatsRequest) -> cri::PodSandboxStatsResponse;
         list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest) -> cri::ListPodSandboxStatsResponse;
@@ -1211,8 +1266,8 @@ fn walk_count(dir: &std::path::Path) -> u64 {
 }
 
 /// Serves both services on `listener` until the process ends.
-pub fn serve(d: Arc<Daemon>, listener: tokio::net::UnixListener) {
-    let cri = Cri::new(d);
+pub fn serve(d: Arc<Daemon>, listener: tokio::net::UnixListener, streams: Arc<StreamServer>) {
+    let cri = Cri::new(d, streams);
     tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .add_service(engine_cri::v1::runtime_service_server::RuntimeServiceServer::new(cri.clone()))

@@ -154,17 +154,8 @@ impl ExecService {
         cmd: Vec<String>,
         timeout: std::time::Duration,
     ) -> Result<Captured, RunError> {
-        let rec = e.snapshot();
         let config = ExecConfig { cmd: Some(cmd), ..Default::default() };
-        let process = self
-            .process(e, &config)
-            .and_then(|p| serde_json::to_string(&p).map_err(|err| ApiError::internal(err.to_string())))
-            .map_err(|err| RunError::Failed(err.message))?;
-        let exec_id =
-            http::new_id().map(|id| format!("{kind}-{}", &id[..16])).map_err(|err| RunError::Failed(err.message))?;
-        let req =
-            ExecRequest { container_id: rec.id.clone(), exec_id: exec_id.clone(), process_json: process, stdin: false };
-        let task = TaskRequest { container_id: rec.id.clone(), exec_id: exec_id.clone() };
+        let (req, task) = self.unattended(e, kind, &config)?;
         // the start and the wait share the timeout (a container frozen meanwhile never answers)
         let deadline = tokio::time::Instant::now() + timeout;
         let result = match tokio::time::timeout_at(deadline, self.lifecycle.exec(req)).await {
@@ -181,17 +172,135 @@ impl ExecService {
             Ok(Err(s)) => Err(RunError::Failed(s.message().to_string())),
             Err(_) => Err(RunError::TimedOut),
         };
-        if result.is_err() {
-            // whatever is left of it goes (a start that was not answered may have run it), and
-            // is gone when this returns
-            let kill = KillRequest { container_id: rec.id.clone(), exec_id: exec_id.clone(), signal: 9, all: false };
-            let five = std::time::Duration::from_secs(5);
+        self.forget_unattended(task, result.is_err()).await;
+        result
+    }
+
+    /// The exec and task requests of an exec with no exec instance (`kind` starts its id).
+    fn unattended(&self, e: &Entry, kind: &str, config: &ExecConfig) -> Result<(ExecRequest, TaskRequest), RunError> {
+        let rec = e.snapshot();
+        let process = self
+            .process(e, config)
+            .and_then(|p| serde_json::to_string(&p).map_err(|err| ApiError::internal(err.to_string())))
+            .map_err(|err| RunError::Failed(err.message))?;
+        let exec_id =
+            http::new_id().map(|id| format!("{kind}-{}", &id[..16])).map_err(|err| RunError::Failed(err.message))?;
+        let task = TaskRequest { container_id: rec.id.clone(), exec_id: exec_id.clone() };
+        let req = ExecRequest { container_id: rec.id, exec_id, process_json: process, stdin: config.attach_stdin };
+        Ok((req, task))
+    }
+
+    /// Removes an exec of [`ExecService::unattended`] from the shim; one that `failed` (or was
+    /// abandoned) is killed first: whatever is left of it goes (a start that was not answered
+    /// may have run it), and is gone when this returns.
+    async fn forget_unattended(&self, task: TaskRequest, failed: bool) {
+        let five = std::time::Duration::from_secs(5);
+        if failed {
+            let kill = KillRequest {
+                container_id: task.container_id.clone(),
+                exec_id: task.exec_id.clone(),
+                signal: 9,
+                all: false,
+            };
             if let Ok(Ok(_)) = tokio::time::timeout(five, self.lifecycle.kill(kill)).await {
                 let _ = tokio::time::timeout(five, self.lifecycle.exec_wait(task.clone())).await;
             }
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.lifecycle.delete_task(task)).await;
-        result
+        let _ = tokio::time::timeout(five, self.lifecycle.delete_task(task)).await;
+    }
+
+    /// Runs `cmd` in running container `e` with a client's streams (the CRI's streamed Exec;
+    /// `kind` starts its exec id): its output to them as it comes (all on stdout with a
+    /// terminal), their input to its stdin (closed at the input's end), the client's terminal
+    /// sizes to its terminal; its exit code once it ended and its output was handed over. A
+    /// client that goes away first takes the process with it (SIGKILL), as containerd does.
+    pub async fn run_streamed(
+        &self,
+        e: &Entry,
+        kind: &str,
+        cmd: Vec<String>,
+        tty: bool,
+        mut io: engine_streaming::Io,
+    ) -> Result<i32, RunError> {
+        let rec = e.snapshot();
+        if !rec.state.running() {
+            return Err(RunError::Failed(format!("container {} is not running", rec.id)));
+        }
+        let stdin = io.stdin.take();
+        let config = ExecConfig { cmd: Some(cmd), tty, attach_stdin: stdin.is_some(), ..Default::default() };
+        let (req, task) = self.unattended(e, kind, &config)?;
+        let ran = self.stream_exec(req, task.clone(), tty, stdin, &mut io).await;
+        // failed, or the client went first: whatever runs of it goes
+        self.forget_unattended(task, !matches!(ran, Ok(Some(_)))).await;
+        match ran {
+            Ok(Some(code)) => Ok(code),
+            Ok(None) => Err(RunError::Failed("the client went away".into())),
+            Err(s) => Err(RunError::Failed(s.message().to_string())),
+        }
+    }
+
+    /// [`ExecService::run_streamed`]'s exec from its start to its exit code; `None` if the client
+    /// went away first.
+    async fn stream_exec(
+        &self,
+        req: ExecRequest,
+        task: TaskRequest,
+        tty: bool,
+        stdin: Option<tokio::sync::mpsc::Receiver<Bytes>>,
+        io: &mut engine_streaming::Io,
+    ) -> Result<Option<i32>, tonic::Status> {
+        self.lifecycle.exec(req).await?;
+        let mut output = self.lifecycle.exec_io(task.clone()).await?;
+        let (stdout, stderr, sizes) = (io.stdout.as_ref(), io.stderr.as_ref(), io.resize.as_mut());
+        let out = async {
+            while let Ok(Some(chunk)) = output.message().await {
+                let to = if chunk.stream == "stderr" && !tty { stderr } else { stdout };
+                if let Some(to) = to {
+                    if !chunk.data.is_empty() && to.send(Bytes::from(chunk.data)).await.is_err() {
+                        return false;
+                    }
+                }
+            }
+            true
+        };
+        let input = async {
+            if let Some(mut stdin) = stdin {
+                while let Some(data) = stdin.recv().await {
+                    let w = WriteRequest {
+                        container_id: task.container_id.clone(),
+                        data: data.to_vec(),
+                        exec_id: task.exec_id.clone(),
+                    };
+                    let _ = self.lifecycle.write(w).await;
+                }
+                let _ = self.lifecycle.close_io(task.clone()).await;
+            }
+            std::future::pending::<()>().await
+        };
+        let resize = async {
+            if let Some(sizes) = sizes {
+                while let Some(s) = sizes.recv().await {
+                    let r = ResizePtyRequest {
+                        container_id: task.container_id.clone(),
+                        width: u32::from(s.width),
+                        height: u32::from(s.height),
+                        exec_id: task.exec_id.clone(),
+                    };
+                    let _ = self.lifecycle.resize_pty(r).await;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        let drained = tokio::select! {
+            d = out => d,
+            _ = input => false,
+            _ = resize => false,
+        };
+        if !drained {
+            return Ok(None);
+        }
+        let status = self.lifecycle.exec_wait(task).await?.status;
+        Ok(Some(status.map_or(-1, |s| s.exit_status as i32)))
     }
 
     /// `GET /exec/{id}/json`, in Docker's shape.

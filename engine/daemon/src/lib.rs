@@ -12,6 +12,7 @@ pub mod build;
 pub mod commit;
 pub mod config;
 pub mod cri;
+pub mod cristream;
 pub mod daemon;
 pub mod distribution;
 pub mod events;
@@ -255,8 +256,16 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         (Some(path), false) => {
             let _ = std::fs::remove_file(path);
             let listener = engine_api::bind_unix(path).with_context(|| format!("the CRI socket {}", path.display()))?;
-            cri::serve(daemon.clone(), listener);
-            log!(cfg, "info", "CRI listening on {}", path.display());
+            let runtime = Arc::new(cristream::CriStreams::new(
+                daemon.containers.clone(),
+                daemon.execs.clone(),
+                daemon.lifecycle.clone(),
+            ));
+            let streams = engine_streaming::Server::bind(cfg.cri_stream_address, runtime)
+                .await
+                .with_context(|| format!("the CRI streaming server on {}", cfg.cri_stream_address))?;
+            log!(cfg, "info", "CRI listening on {} (streaming on {})", path.display(), streams.address());
+            cri::serve(daemon.clone(), listener, streams);
             Some(path.clone())
         }
         _ => None,

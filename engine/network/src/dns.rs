@@ -96,18 +96,12 @@ impl Drop for Server {
 
 /// Binds UDP and TCP at 127.0.0.11:53 in the network namespace `ns` (its loopback up).
 pub fn bind_in(ns: &File) -> io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // this thread only: it ends right after, the sockets stay in the namespace
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            let udp = std::net::UdpSocket::bind((ADDRESS, 53))?;
-            let tcp = std::net::TcpListener::bind((ADDRESS, 53))?;
-            udp.set_nonblocking(true)?;
-            tcp.set_nonblocking(true)?;
-            Ok((udp, tcp))
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("the DNS binding thread panicked")))
+    crate::netns::run_in(ns, || {
+        let udp = std::net::UdpSocket::bind((ADDRESS, 53))?;
+        let tcp = std::net::TcpListener::bind((ADDRESS, 53))?;
+        udp.set_nonblocking(true)?;
+        tcp.set_nonblocking(true)?;
+        Ok((udp, tcp))
     })
 }
 

@@ -13,6 +13,7 @@ pub mod etc;
 pub mod firewall;
 pub mod ipam;
 pub mod netlink;
+pub mod netns;
 pub mod networks;
 pub mod ports;
 

@@ -66,18 +66,9 @@ impl Netlink {
     /// the namespace and then ends, so no thread of ours stays in it.
     pub fn inside(ns: &File, path: &Path) -> Result<Netlink> {
         let rt = tokio::runtime::Handle::current();
-        let fd = ns.as_raw_fd();
-        let opened = std::thread::scope(|s| {
-            s.spawn(|| {
-                let _rt = rt.enter();
-                // SAFETY: setns on this thread only; the thread ends right after.
-                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                rtnetlink::new_connection()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("netlink thread panicked")))
+        let opened = crate::netns::run_in(ns, || {
+            let _rt = rt.enter();
+            rtnetlink::new_connection()
         });
         let (conn, handle, _) =
             opened.map_err(|source| NetlinkError::Namespace { path: path.to_path_buf(), source })?;

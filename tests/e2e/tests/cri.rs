@@ -41,12 +41,18 @@ fn pod_config(log_directory: &std::path::Path) -> cri::PodSandboxConfig {
     }
 }
 
-#[test]
-fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
+/// A private engined with busybox, and a pause image (busybox sleeping) for its sandboxes.
+fn engined_with_pause() -> Engined {
     let e = Engined::start_with(&[], &["--cri-sandbox-image", "pause:test", "--dns", "127.0.0.1"]);
     e.import_busybox("busybox");
     let tar = e.busybox_tar();
     e.ok(&["import", "--change", r#"CMD ["sleep", "2147483647"]"#, tar.to_str().unwrap(), "pause:test"]);
+    e
+}
+
+#[test]
+fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
+    let e = engined_with_pause();
     let logs = e.dir.path().join("pod-logs");
     let rt = tokio::runtime::Runtime::new().unwrap();
     // the channel's connection task needs the runtime about it
@@ -414,4 +420,208 @@ fn bad_cri_requests_are_refused_and_change_nothing() {
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
     assert_eq!(e.ok(&["ps", "-aq", "--filter", "label=io.engine.cri"]).trim(), "");
     e.assert_clean();
+}
+
+/// Exec, attach and port-forward as kubectl reaches them through the kubelet: the CRI call
+/// answers a one-time URL, and the client upgrades it to SPDY/3.1 and speaks Kubernetes'
+/// remotecommand (v4) or port-forward protocol on it.
+#[test]
+fn exec_attach_and_port_forward_stream_through_the_cri() {
+    use engine_streaming::client::Client;
+
+    let e = engined_with_pause();
+    let logs = e.dir.path().join("pod-logs");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let mut runtime = RuntimeServiceClient::new(engine_api::unix_channel(e.exec_root().join("cri.sock")));
+    let pod = rt
+        .block_on(runtime.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config(&logs)),
+            runtime_handler: String::new(),
+        }))
+        .unwrap_or_else(|s| panic!("{s}\n{}", e.log_tail()))
+        .into_inner()
+        .pod_sandbox_id;
+    let container = |runtime: &mut RuntimeServiceClient<_>, name: &str, command: &[&str], stdin: bool| -> String {
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+            image: Some(cri::ImageSpec { image: "busybox".into(), ..Default::default() }),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            stdin,
+            stdin_once: stdin,
+            log_path: format!("{name}/0.log"),
+            linux: Some(cri::LinuxContainerConfig::default()),
+            ..Default::default()
+        };
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod_config(&logs)),
+        };
+        let id = rt.block_on(runtime.create_container(req)).unwrap().into_inner().container_id;
+        rt.block_on(runtime.start_container(cri::StartContainerRequest { container_id: id.clone() })).unwrap();
+        id
+    };
+    // a web server on the pod's loopback only, and a shell reading its stdin
+    let web_cmd = "mkdir -p /www && echo pong > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www";
+    let web = container(&mut runtime, "web", &["sh", "-c", web_cmd], false);
+    let shell = container(&mut runtime, "shell", &["sh"], true);
+    // whatever the test waits on, it waits within a deadline
+    let within = |f: std::pin::Pin<Box<dyn std::future::Future<Output = _>>>| {
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(60), f).await.expect("no end in time")
+        })
+    };
+    let exec_url = |runtime: &mut RuntimeServiceClient<_>, cmd: &[&str], stdin: bool, tty: bool| -> String {
+        let req = cri::ExecRequest {
+            container_id: web.clone(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty,
+            stdin,
+            stdout: true,
+            stderr: !tty,
+        };
+        rt.block_on(runtime.exec(req)).unwrap().into_inner().url
+    };
+    let status = |bytes: &[u8]| -> serde_json::Value { serde_json::from_slice(bytes).unwrap() };
+
+    // exec: stdin in, stdout and stderr apart, the exit code on the error stream
+    let url = exec_url(&mut runtime, &["sh", "-c", "cat; echo oops >&2; exit 3"], true, false);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let got = within(Box::pin(async {
+        let mut c = Client::connect(&url, &["v4.channel.k8s.io", "v3.channel.k8s.io"]).await.unwrap();
+        assert_eq!(c.protocol, "v4.channel.k8s.io");
+        let ids: Vec<u32> = open_streams(&mut c, &["error", "stdin", "stdout", "stderr"]).await;
+        c.send(ids[1], b"typed in\n", true).await.unwrap();
+        (ids, c.read_to_end().await.unwrap())
+    }));
+    let (ids, got) = got;
+    assert_eq!(got[&ids[2]].0, b"typed in\n");
+    assert_eq!(got[&ids[3]].0, b"oops\n");
+    let end = status(&got[&ids[0]].0);
+    assert_eq!(end["reason"], "NonZeroExitCode", "{end}");
+    assert_eq!(end["details"]["causes"][0]["message"], "3", "{end}");
+
+    // with a terminal: the client's size reaches it
+    let script = r#"while [ "$(stty size)" != "40 100" ]; do sleep 0.05; done; echo resized; tty"#;
+    let url = exec_url(&mut runtime, &["sh", "-c", script], true, true);
+    let (ids, got) = within(Box::pin(async {
+        let mut c = Client::connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+        let ids = open_streams(&mut c, &["error", "stdin", "stdout", "resize"]).await;
+        c.send(ids[3], br#"{"Width":100,"Height":40}"#, false).await.unwrap();
+        (ids, c.read_to_end().await.unwrap())
+    }));
+    let out = String::from_utf8_lossy(&got[&ids[2]].0).into_owned();
+    assert!(out.contains("resized") && out.contains("/dev/pts/"), "{out:?}");
+    assert_eq!(status(&got[&ids[0]].0)["status"], "Success");
+
+    // a command that is not there: the reason, not an exit code
+    let url = exec_url(&mut runtime, &["no-such-command"], false, false);
+    let (ids, got) = within(Box::pin(async {
+        let mut c = Client::connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+        let ids = open_streams(&mut c, &["error", "stdout", "stderr"]).await;
+        (ids, c.read_to_end().await.unwrap())
+    }));
+    let end = status(&got[&ids[0]].0);
+    assert_eq!(end["status"], "Failure", "{end}");
+    assert!(end["message"].as_str().unwrap().contains("no-such-command"), "{end}");
+
+    // attach: output without a newline arrives (a prompt would), the end of input ends a
+    // container that takes its stdin once
+    let req = cri::AttachRequest { container_id: shell.clone(), stdin: true, tty: false, stdout: true, stderr: true };
+    let url = rt.block_on(runtime.attach(req)).unwrap().into_inner().url;
+    let (ids, got) = within(Box::pin(async {
+        let mut c = Client::connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+        let ids = open_streams(&mut c, &["error", "stdin", "stdout", "stderr"]).await;
+        c.send(ids[1], b"printf prompt\n", false).await.unwrap();
+        let mut got = Default::default();
+        let prompt = |g: &engine_streaming::client::Received| g.get(&ids[2]).is_some_and(|o| o.0 == b"prompt");
+        assert!(c.read_until(&mut got, prompt).await.unwrap(), "{got:?}");
+        c.send(ids[1], b"echo bye; echo err >&2\n", true).await.unwrap();
+        let rest = c.read_to_end().await.unwrap();
+        for (id, (data, fin)) in rest {
+            let e: &mut (Vec<u8>, bool) = got.entry(id).or_default();
+            e.0.extend_from_slice(&data);
+            e.1 |= fin;
+        }
+        (ids, got)
+    }));
+    assert_eq!(got[&ids[2]].0, b"promptbye\n");
+    assert_eq!(got[&ids[3]].0, b"err\n");
+    assert_eq!(status(&got[&ids[0]].0)["status"], "Success");
+    let exited = || {
+        let s = rt.block_on(
+            runtime
+                .clone()
+                .container_status(cri::ContainerStatusRequest { container_id: shell.clone(), verbose: false }),
+        );
+        s.unwrap().into_inner().status.unwrap().state == cri::ContainerState::ContainerExited as i32
+    };
+    wait_for("the shell to end with its input", exited);
+    // it is not running any more: no URL
+    let req = cri::AttachRequest { container_id: shell.clone(), stdin: false, tty: false, stdout: true, stderr: false };
+    assert_eq!(rt.block_on(runtime.attach(req)).unwrap_err().code(), tonic::Code::FailedPrecondition);
+
+    // port-forward: a connection to the pod's loopback, and a port nobody listens on
+    let wait_served = || {
+        let out = rt.block_on(runtime.clone().exec_sync(cri::ExecSyncRequest {
+            container_id: web.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "netstat -ltn | grep -q 127.0.0.1:8080".into()],
+            timeout: 10,
+        }));
+        out.is_ok_and(|o| o.into_inner().exit_code == 0)
+    };
+    wait_for("the web server to listen", wait_served);
+    let req = cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080] };
+    let url = rt.block_on(runtime.port_forward(req)).unwrap().into_inner().url;
+    let (ids, got) = within(Box::pin(async {
+        let mut c = Client::connect(&url, &["portforward.k8s.io"]).await.unwrap();
+        let mut ids = Vec::new();
+        for (kind, port, request) in
+            [("error", "8080", "0"), ("data", "8080", "0"), ("error", "1", "1"), ("data", "1", "1")]
+        {
+            ids.push(c.open(&[("streamtype", kind), ("port", port), ("requestid", request)]).await.unwrap());
+        }
+        c.send(ids[1], b"GET / HTTP/1.0\r\n\r\n", true).await.unwrap();
+        let mut got = Default::default();
+        let ended = |g: &engine_streaming::client::Received| ids.iter().all(|i| g.get(i).is_some_and(|e| e.1));
+        assert!(c.read_until(&mut got, ended).await.unwrap(), "{got:?}");
+        (ids, got)
+    }));
+    let page = String::from_utf8_lossy(&got[&ids[1]].0).into_owned();
+    assert!(page.starts_with("HTTP/1.") && page.ends_with("pong\n"), "{page:?}");
+    assert!(got[&ids[0]].0.is_empty());
+    let refused = String::from_utf8_lossy(&got[&ids[2]].0).into_owned();
+    assert!(refused.contains("error forwarding port 1"), "{refused:?}");
+
+    // bad requests: refused, as the kubelet's streaming server refuses them
+    let req = cri::ExecRequest { container_id: web.clone(), cmd: vec!["true".into()], ..Default::default() };
+    assert_eq!(rt.block_on(runtime.exec(req)).unwrap_err().code(), tonic::Code::InvalidArgument);
+    let req =
+        cri::ExecRequest { container_id: "nope".into(), cmd: vec!["true".into()], stdout: true, ..Default::default() };
+    assert_eq!(rt.block_on(runtime.exec(req)).unwrap_err().code(), tonic::Code::NotFound);
+
+    // the execs left nothing in the container, and the pod goes as usual
+    let left = rt
+        .block_on(runtime.exec_sync(cri::ExecSyncRequest {
+            container_id: web.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "ps -o comm | grep -c -e cat -e stty || true".into()],
+            timeout: 10,
+        }))
+        .unwrap()
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "0");
+    rt.block_on(runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })).unwrap();
+    rt.block_on(runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })).unwrap();
+    e.assert_clean();
+    assert!(e.shims().is_empty());
+}
+
+/// Opens one stream of each kind, in order; their ids.
+async fn open_streams(c: &mut engine_streaming::client::Client<tokio::net::TcpStream>, kinds: &[&str]) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for k in kinds {
+        ids.push(c.open(&[("streamtype", k)]).await.unwrap());
+    }
+    ids
 }
