@@ -17,8 +17,8 @@
 //! (`--cri-stream-address`, loopback; SPDY/3.1, [`engine_streaming`]); what it does is
 //! [`crate::cristream`]'s.
 //!
-//! What is not served yet answers UNIMPLEMENTED: pod sandbox stats, events, checkpoints and
-//! resource updates. Not yet either: CNI (the pod is on engined's own bridge). The pod's containers share the sandbox's network and IPC namespaces
+//! What is not served yet answers UNIMPLEMENTED: checkpoints, pod-level resource updates,
+//! metric descriptors and the Stream* listings. Not yet either: CNI (the pod is on engined's own bridge). The pod's containers share the sandbox's network and IPC namespaces
 //! (its PID namespace when asked); their UTS namespaces are their own, named as the pod.
 
 use std::collections::{BTreeMap, HashMap};
@@ -190,6 +190,31 @@ fn nanos(rfc3339: &str) -> i64 {
 
 fn selected(filter: &HashMap<String, String>, l: &BTreeMap<String, String>) -> bool {
     filter.iter().all(|(k, v)| l.get(k) == Some(v))
+}
+
+/// The interfaces of a network namespace but loopback, with their traffic, from its
+/// `/proc/<pid>/net/dev`.
+fn interface_usage(net_dev: &str) -> Vec<cri::NetworkInterfaceUsage> {
+    net_dev
+        .lines()
+        .filter_map(|line| {
+            let (name, counters) = line.split_once(':')?;
+            let n: Vec<u64> = counters.split_whitespace().filter_map(|c| c.parse().ok()).collect();
+            let name = name.trim();
+            if name == "lo" || n.len() < 16 {
+                return None;
+            }
+            let v = |value: u64| Some(cri::UInt64Value { value });
+            // receive: bytes packets errs …; transmit, from the ninth: bytes packets errs …
+            Some(cri::NetworkInterfaceUsage {
+                name: name.to_string(),
+                rx_bytes: v(n[0]),
+                rx_errors: v(n[2]),
+                tx_bytes: v(n[8]),
+                tx_errors: v(n[10]),
+            })
+        })
+        .collect()
 }
 
 /// The name a Docker listing would show for a pod's object, as dockershim named them:
@@ -533,6 +558,7 @@ impl Cri {
         host_config.resources.cpu_shares = resources.cpu_shares;
         host_config.resources.cpu_quota = resources.cpu_quota;
         host_config.resources.cpu_period = resources.cpu_period;
+        host_config.oom_score_adj = resources.oom_score_adj;
         let body = ContainerCreateBody {
             config: ContainerConfig {
                 image,
@@ -745,6 +771,116 @@ impl Cri {
                 inodes_used: None,
             }),
             ..Default::default()
+        }
+    }
+
+    /// The CRI's event of a daemon event about one of its objects, if it is one.
+    fn container_event(&self, ev: &crate::events::Event) -> Option<cri::ContainerEventResponse> {
+        use cri::ContainerEventType as T;
+        if ev.kind != crate::events::Kind::Container {
+            return None;
+        }
+        let attributes = &ev.actor.attributes;
+        let kind = attributes.get(KIND_LABEL)?;
+        let event_type = match ev.action.as_str() {
+            "create" => T::ContainerCreatedEvent,
+            "start" => T::ContainerStartedEvent,
+            "die" => T::ContainerStoppedEvent,
+            "destroy" => T::ContainerDeletedEvent,
+            _ => return None,
+        };
+        let sandbox = if kind == "sandbox" { ev.actor.id.clone() } else { attributes.get(SANDBOX_ID).cloned()? };
+        let containers_statuses = self
+            .all("container")
+            .iter()
+            .filter(|r| labels(r).get(SANDBOX_ID) == Some(&sandbox))
+            .filter_map(|r| self.container_status(&r.id).ok()?.status)
+            .collect();
+        Some(cri::ContainerEventResponse {
+            container_id: ev.actor.id.clone(),
+            container_event_type: event_type as i32,
+            created_at: ev.time_nano,
+            pod_sandbox_status: self.pod_sandbox_status(&sandbox).ok().and_then(|s| s.status),
+            containers_statuses,
+        })
+    }
+
+    /// UpdateContainerResources: the limits of a container, running or not, through the path
+    /// of `docker update` (the next start keeps them). A zero leaves a limit as it is.
+    async fn update_resources(&self, req: cri::UpdateContainerResourcesRequest) -> Result<(), ApiError> {
+        let e = self.find(&req.container_id, "container")?;
+        let Some(r) = req.linux else { return Ok(()) };
+        if !r.cpuset_cpus.is_empty() || !r.cpuset_mems.is_empty() {
+            return Err(ApiError::bad_request("cpuset_cpus and cpuset_mems are not supported"));
+        }
+        let mut u = engine_docker_api::UpdateConfig::default();
+        u.resources.memory = r.memory_limit_in_bytes;
+        u.resources.cpu_shares = r.cpu_shares;
+        u.resources.cpu_period = r.cpu_period;
+        u.resources.cpu_quota = r.cpu_quota;
+        self.d.update(&e, u).await
+    }
+
+    /// A pod's stats: its containers' (running ones), their sums, the processes of them all,
+    /// and the traffic of the pod's interfaces (read in its network namespace).
+    async fn pod_stats(&self, sandbox: &ContainerRecord) -> cri::PodSandboxStats {
+        let now = engine_util::time::unix_nanos(std::time::SystemTime::now());
+        let l = labels(sandbox);
+        let members: Vec<ContainerRecord> = self
+            .all("container")
+            .into_iter()
+            .filter(|r| r.state.running() && labels(r).get(SANDBOX_ID) == Some(&sandbox.id))
+            .collect();
+        let mut containers = Vec::new();
+        let (mut cpu, mut memory, mut processes) = (0u64, 0u64, 0u64);
+        for rec in members.iter().chain(std::iter::once(sandbox).filter(|s| s.state.running())) {
+            if let Ok(p) = self.d.lifecycle.pids(crate::lifecycle::task(&rec.id)).await {
+                processes += p.pids.len() as u64;
+            }
+            if rec.id == sandbox.id {
+                // the sandbox's own usage counts to the pod's, not as a container
+                let own = self.stats_of(rec).await;
+                cpu += own.cpu.and_then(|c| c.usage_core_nano_seconds).map_or(0, |v| v.value);
+                memory += own.memory.and_then(|m| m.working_set_bytes).map_or(0, |v| v.value);
+                continue;
+            }
+            let st = self.stats_of(rec).await;
+            cpu += st.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()).map_or(0, |v| v.value);
+            memory += st.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref()).map_or(0, |v| v.value);
+            containers.push(st);
+        }
+        let interfaces = match sandbox.state.running() {
+            true => std::fs::read_to_string(format!("/proc/{}/net/dev", sandbox.state.pid()))
+                .map(|t| interface_usage(&t))
+                .unwrap_or_default(),
+            false => Vec::new(),
+        };
+        let value = |value: u64| Some(cri::UInt64Value { value });
+        cri::PodSandboxStats {
+            attributes: Some(cri::PodSandboxAttributes {
+                id: sandbox.id.clone(),
+                metadata: Some(sandbox_metadata(&l)),
+                labels: user_labels(&l),
+                annotations: annotations(&l),
+            }),
+            linux: Some(cri::LinuxPodSandboxStats {
+                cpu: Some(cri::CpuUsage { timestamp: now, usage_core_nano_seconds: value(cpu), ..Default::default() }),
+                memory: Some(cri::MemoryUsage {
+                    timestamp: now,
+                    working_set_bytes: value(memory),
+                    usage_bytes: value(memory),
+                    ..Default::default()
+                }),
+                network: Some(cri::NetworkUsage {
+                    timestamp: now,
+                    default_interface: interfaces.iter().find(|i| i.name == "eth0").cloned(),
+                    interfaces,
+                }),
+                process: Some(cri::ProcessUsage { timestamp: now, process_count: value(processes) }),
+                containers,
+                io: None,
+            }),
+            windows: None,
         }
     }
 
@@ -1088,6 +1224,75 @@ impl RuntimeService for Cri {
         self.call(t, async move { this.exec_sync(req.into_inner()).await }).await
     }
 
+    /// The lifecycle events of the CRI's containers and sandboxes (the kubelet's evented
+    /// PLEG), from the daemon's event stream, each with its pod's status and its containers'.
+    async fn get_container_events(
+        &self,
+        _: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        use tokio::sync::broadcast::error::RecvError;
+        let (_, mut events) = self.d.events.subscribe(None);
+        let (tx, out) = tokio::sync::mpsc::channel(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let ev = match events.recv().await {
+                    Ok(ev) => ev,
+                    // a slow reader skips; the kubelet relists anyway
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                };
+                let Some(resp) = this.container_event(&ev) else { continue };
+                if tx.send(Ok(resp)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+    }
+
+    async fn update_container_resources(
+        &self,
+        req: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "UpdateContainerResources");
+        let this = self.clone();
+        self.call(t, async move {
+            this.update_resources(req.into_inner()).await?;
+            Ok(cri::UpdateContainerResourcesResponse {})
+        })
+        .await
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        req: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        let started = std::time::Instant::now();
+        let r = match self.find(&req.get_ref().pod_sandbox_id, "sandbox") {
+            Ok(e) => Ok(cri::PodSandboxStatsResponse { stats: Some(self.pod_stats(&e.snapshot()).await) }),
+            Err(e) => Err(e),
+        };
+        self.read(RUNTIME_SERVICE, "PodSandboxStats", started, r)
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        req: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        let started = std::time::Instant::now();
+        let f = req.into_inner().filter.unwrap_or_default();
+        let mut stats = Vec::new();
+        for rec in self.all("sandbox") {
+            let l = labels(&rec);
+            if (!f.id.is_empty() && !rec.id.starts_with(&f.id)) || !selected(&f.label_selector, &l) {
+                continue;
+            }
+            stats.push(self.pod_stats(&rec).await);
+        }
+        self.read(RUNTIME_SERVICE, "ListPodSandboxStats", started, Ok(cri::ListPodSandboxStatsResponse { stats }))
+    }
+
     async fn exec(&self, req: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
         let t = self.trace(&req, RUNTIME_SERVICE, "Exec");
         let r = req.into_inner();
@@ -1126,14 +1331,10 @@ impl RuntimeService for Cri {
     unimplemented_calls! {
         stream_pod_sandboxes(cri::StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream;
         stream_containers(cri::StreamContainersRequest) -> Self::StreamContainersStream;
-        update_container_resources(cri::UpdateContainerResourcesRequest) -> cri::UpdateContainerResourcesResponse;
         stream_container_stats(cri::StreamContainerStatsRequest) -> Self::StreamContainerStatsStream;
-        pod_sandbox_stats(cri::PodSandboxStatsRequest) -> cri::PodSandboxStatsResponse;
-        list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest) -> cri::ListPodSandboxStatsResponse;
         stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream;
         update_runtime_config(cri::UpdateRuntimeConfigRequest) -> cri::UpdateRuntimeConfigResponse;
         checkpoint_container(cri::CheckpointContainerRequest) -> cri::CheckpointContainerResponse;
-        get_container_events(cri::GetEventsRequest) -> Self::GetContainerEventsStream;
         list_metric_descriptors(cri::ListMetricDescriptorsRequest) -> cri::ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest) -> cri::ListPodSandboxMetricsResponse;
         stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream;

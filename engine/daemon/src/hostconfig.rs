@@ -78,6 +78,9 @@ pub fn check_limits(hc: &HostConfig) -> Result<(), ApiError> {
 
 fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
     let bad = |m: String| Err(ApiError::bad_request(m));
+    if !(-1000..=1000).contains(&hc.oom_score_adj) {
+        return bad(format!("Invalid value {}, range for oom score adj is [-1000, 1000]", hc.oom_score_adj));
+    }
     // the namespaces a container may share with the host or, for PID and IPC, with another
     // running container
     if !matches!(hc.uts_mode.as_str(), "" | "host") {
@@ -467,9 +470,13 @@ fn with_groups(spec: &mut Spec, hc: &HostConfig) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `--ulimit` (replacing the image's limit of the same kind) and `--sysctl`.
+/// `--ulimit` (replacing the image's limit of the same kind), `--oom-score-adj` and `--sysctl`.
 fn with_limits(spec: &mut Spec, hc: &HostConfig) -> Result<(), ApiError> {
     if let Some(process) = spec.process_mut().as_mut() {
+        if hc.oom_score_adj != 0 {
+            // checked to be within -1000..=1000
+            process.set_oom_score_adj(Some(hc.oom_score_adj as i32));
+        }
         let mut rlimits = process.rlimits().clone().unwrap_or_default();
         for u in hc.ulimits.iter().flatten() {
             let Some(typ) = rlimit_type(&u.name) else { continue };
@@ -1085,6 +1092,24 @@ mod tests {
             v.as_array().unwrap().iter().map(|x| x.as_str().unwrap_or(&x["type"].to_string()).to_string()).collect();
         n.sort();
         n
+    }
+
+    #[test]
+    fn the_oom_score_adjustment_goes_to_the_process_within_its_range() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["hostname", "hosts", "resolv.conf"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let hc = HostConfig { oom_score_adj: 500, ..Default::default() };
+        assert!(check(&hc).is_ok());
+        assert_eq!(applied(&hc, None, dir.path())["process"]["oomScoreAdj"], 500);
+        assert!(applied(&HostConfig::default(), None, dir.path())["process"]
+            .get("oomScoreAdj")
+            .is_none_or(|v| v.is_null()));
+        for bad in [-1001, 1001] {
+            let err = check(&HostConfig { oom_score_adj: bad, ..Default::default() }).unwrap_err();
+            assert_eq!(err.message, format!("Invalid value {bad}, range for oom score adj is [-1000, 1000]"));
+        }
     }
 
     #[test]

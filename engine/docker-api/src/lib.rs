@@ -162,6 +162,10 @@ pub struct HostConfig {
     pub group_add: Option<Vec<String>>,
     /// `--sysctl`: namespaced kernel parameters.
     pub sysctls: Option<BTreeMap<String, String>>,
+    /// `--oom-score-adj`: the process's OOM score adjustment, -1000..=1000 (0: the engine's
+    /// own, inherited).
+    #[serde(deserialize_with = "nullable")]
+    pub oom_score_adj: i64,
 }
 
 /// One `--ulimit name=soft[:hard]`.

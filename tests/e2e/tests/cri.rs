@@ -374,8 +374,8 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
     }
 
     // what is not served says so
-    let stats = rt.block_on(runtime.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: "x".into() }));
-    assert_eq!(stats.unwrap_err().code(), tonic::Code::Unimplemented);
+    let req = cri::CheckpointContainerRequest { container_id: "x".into(), ..Default::default() };
+    assert_eq!(rt.block_on(runtime.checkpoint_container(req)).unwrap_err().code(), tonic::Code::Unimplemented);
 }
 
 /// Seconds since the epoch of an RFC 3339 UTC time (`2026-12-07T03:33:23.123456789Z`).
@@ -424,7 +424,8 @@ fn bad_cri_requests_are_refused_and_change_nothing() {
 
 /// Exec, attach and port-forward as kubectl reaches them through the kubelet: the CRI call
 /// answers a one-time URL, and the client upgrades it to SPDY/3.1 and speaks Kubernetes'
-/// remotecommand (v4) or port-forward protocol on it.
+/// remotecommand (v4) or port-forward protocol on it. Then the pod's stats and its
+/// container's resources.
 #[test]
 fn exec_attach_and_port_forward_stream_through_the_cri() {
     use engine_streaming::client::Client;
@@ -450,7 +451,11 @@ fn exec_attach_and_port_forward_stream_through_the_cri() {
             stdin,
             stdin_once: stdin,
             log_path: format!("{name}/0.log"),
-            linux: Some(cri::LinuxContainerConfig::default()),
+            linux: Some(cri::LinuxContainerConfig {
+                // as the kubelet gives a burstable pod's containers
+                resources: Some(cri::LinuxContainerResources { oom_score_adj: 500, ..Default::default() }),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let req = cri::CreateContainerRequest {
@@ -462,9 +467,24 @@ fn exec_attach_and_port_forward_stream_through_the_cri() {
         rt.block_on(runtime.start_container(cri::StartContainerRequest { container_id: id.clone() })).unwrap();
         id
     };
+    // the kubelet's evented PLEG follows the containers' lifecycle
+    let mut events = rt.block_on(runtime.get_container_events(cri::GetEventsRequest {})).unwrap().into_inner();
     // a web server on the pod's loopback only, and a shell reading its stdin
     let web_cmd = "mkdir -p /www && echo pong > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www";
     let web = container(&mut runtime, "web", &["sh", "-c", web_cmd], false);
+    let mut seen = Vec::new();
+    let started = cri::ContainerEventType::ContainerStartedEvent as i32;
+    while !seen.iter().any(|(id, t)| *id == web && *t == started) {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(30), events.message());
+        let ev = rt.block_on(next).expect("no event in time").unwrap().expect("the event stream ended");
+        if ev.container_id == web {
+            assert_eq!(ev.pod_sandbox_status.as_ref().unwrap().id, pod);
+            assert!(ev.containers_statuses.iter().any(|c| c.id == web));
+        }
+        seen.push((ev.container_id, ev.container_event_type));
+    }
+    let created = cri::ContainerEventType::ContainerCreatedEvent as i32;
+    assert!(seen.contains(&(web.clone(), created)), "{seen:?}");
     let shell = container(&mut runtime, "shell", &["sh"], true);
     // whatever the test waits on, it waits within a deadline
     let within = |f: std::pin::Pin<Box<dyn std::future::Future<Output = _>>>| {
@@ -593,6 +613,49 @@ fn exec_attach_and_port_forward_stream_through_the_cri() {
     assert!(got[&ids[0]].0.is_empty());
     let refused = String::from_utf8_lossy(&got[&ids[2]].0).into_owned();
     assert!(refused.contains("error forwarding port 1"), "{refused:?}");
+
+    // the pod's stats: its running container, the processes of all, its interface
+    let stats = rt
+        .block_on(runtime.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }))
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(stats.attributes.unwrap().metadata.unwrap().name, "web");
+    let linux = stats.linux.unwrap();
+    let ids: Vec<String> = linux.containers.iter().map(|c| c.attributes.clone().unwrap().id).collect();
+    assert_eq!(ids, std::slice::from_ref(&web), "the shell has exited");
+    assert!(linux.process.unwrap().process_count.unwrap().value >= 2, "pause and httpd");
+    assert!(linux.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    assert_eq!(linux.network.unwrap().default_interface.unwrap().name, "eth0");
+    let list = |filter: cri::PodSandboxStatsFilter| {
+        let req = cri::ListPodSandboxStatsRequest { filter: Some(filter) };
+        rt.block_on(runtime.clone().list_pod_sandbox_stats(req)).unwrap().into_inner().stats.len()
+    };
+    assert_eq!(list(cri::PodSandboxStatsFilter { id: pod.clone(), ..Default::default() }), 1);
+    let other = HashMap::from([("app".to_string(), "db".to_string())]);
+    assert_eq!(list(cri::PodSandboxStatsFilter { label_selector: other, ..Default::default() }), 0);
+
+    // resources: the OOM score given at creation, then new limits on the running container
+    let own = rt
+        .block_on(runtime.exec_sync(cri::ExecSyncRequest {
+            container_id: web.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "cat /proc/$(pidof httpd)/oom_score_adj".into()],
+            timeout: 10,
+        }))
+        .unwrap()
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&own.stdout).trim(), "500");
+    let limits = cri::LinuxContainerResources { memory_limit_in_bytes: 96 << 20, ..Default::default() };
+    let req =
+        cri::UpdateContainerResourcesRequest { container_id: web.clone(), linux: Some(limits), ..Default::default() };
+    rt.block_on(runtime.update_container_resources(req)).unwrap();
+    let mem = e.cgroup_file(&web, "memory.max").or_else(|| e.cgroup_file(&web, "memory.limit_in_bytes"));
+    assert_eq!(mem.unwrap(), (96u64 << 20).to_string());
+    let cpuset = cri::LinuxContainerResources { cpuset_cpus: "0".into(), ..Default::default() };
+    let req =
+        cri::UpdateContainerResourcesRequest { container_id: web.clone(), linux: Some(cpuset), ..Default::default() };
+    assert_eq!(rt.block_on(runtime.update_container_resources(req)).unwrap_err().code(), tonic::Code::InvalidArgument);
 
     // bad requests: refused, as the kubelet's streaming server refuses them
     let req = cri::ExecRequest { container_id: web.clone(), cmd: vec!["true".into()], ..Default::default() };
