@@ -8,7 +8,7 @@ RELEASE := target/$(TARGET)/release
 RUNS ?= 50
 CI_BENCH_RUNS ?= 10
 
-.PHONY: setup lint build release test fuzz demo dist deb bench bench-runtime bench-shim bench-image bench-probes bench-net bench-pull bench-build ci-bench clean
+.PHONY: setup lint build release test fuzz demo dist deb bench bench-runtime bench-shim bench-image bench-probes bench-net bench-pull bench-build bench-cri ci-bench clean
 
 setup:
 	@scripts/setup
@@ -61,6 +61,11 @@ bench-pull: release
 
 bench-build: release
 	BIN=$(RELEASE) RUNS=$(or $(BUILD_RUNS),5) scripts/bench-build
+
+# pod starts through the CRI (RunPodSandbox + CreateContainer + StartContainer), engine beside a
+# private containerd's CRI plugin
+bench-cri: release
+	BIN=$(RELEASE) RUNS=$(RUNS) scripts/bench-cri
 
 bench-probes: release
 	BIN=$(RELEASE) RUNS=$(RUNS) scripts/bench-probes

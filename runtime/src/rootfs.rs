@@ -341,13 +341,18 @@ fn propagation_flag(name: &str) -> MsFlags {
 /// Sets up the rootfs up to (not including) the pivot. Runs in the container's mount namespace.
 pub fn prepare(cfg: &RootfsConfig<'_>) -> Result<()> {
     if cfg.mount_ns {
-        // Nothing we mount may propagate back to the host. A shared root is made shared after
-        // the pivot (pivot_root refuses shared mounts); until then it is a slave.
+        // The host's mounts as the root's propagation asks (a slave of the host's by default).
+        // A shared root keeps its peers with the host, so a shared bind's mounts reach it (as
+        // runc does); an unbindable one is made so after the pivot.
         let prop = match cfg.propagation.unwrap_or("rslave") {
-            "shared" | "rshared" | "unbindable" | "runbindable" => MsFlags::MS_SLAVE,
+            "unbindable" | "runbindable" => MsFlags::MS_SLAVE,
             other => propagation_flag(other),
         };
         do_mount(None, Path::new("/"), None, prop | MsFlags::MS_REC, None)?;
+        // The mount the rootfs is (or is on) must not be shared: pivot_root refuses it, and the
+        // rootfs' own bind below would reach the host through it.
+        let own = if prop.contains(MsFlags::MS_SLAVE) { MsFlags::MS_SLAVE } else { MsFlags::MS_PRIVATE };
+        unshare_mount_of(cfg.rootfs, own)?;
     }
     // pivot_root needs the new root to be a mount point whose parent is not shared.
     do_mount(Some(cfg.rootfs), cfg.rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
@@ -384,6 +389,20 @@ pub fn prepare(cfg: &RootfsConfig<'_>) -> Result<()> {
     }
     dev_symlinks(&dev)?;
     Ok(())
+}
+
+/// Sets the propagation of the mount at `path`, or of the nearest mount point above it, to
+/// `flag` (not recursively).
+fn unshare_mount_of(path: &Path, flag: MsFlags) -> Result<()> {
+    let mut at = path;
+    loop {
+        match nix::mount::mount(None::<&str>, at, None::<&str>, flag, None::<&str>) {
+            Ok(()) => return Ok(()),
+            // not a mount point: the one it is on
+            Err(nix::Error::EINVAL) if at != Path::new("/") => at = at.parent().unwrap_or(Path::new("/")),
+            Err(errno) => return Err(RootfsError::Mount { what: "propagation".into(), target: at.into(), errno }),
+        }
+    }
 }
 
 fn make_parent_private(rootfs: &Path) -> Result<()> {

@@ -45,6 +45,14 @@ pub struct BenchArgs {
     /// An earlier report: print each phase's change against it.
     #[arg(long)]
     pub baseline: Option<PathBuf>,
+    /// Measure pod starts through this CRI endpoint (unix:///path, engined's cri.sock) instead
+    /// of `engine run`: RunPodSandbox + CreateContainer + StartContainer of `--image`.
+    #[arg(long)]
+    pub cri: Option<String>,
+    /// With --cri: another CRI runtime measured in the same run, NAME=unix:///path (e.g.
+    /// containerd=unix:///run/containerd/containerd.sock).
+    #[arg(long, requires = "cri")]
+    pub compare_cri: Vec<String>,
 }
 
 /// One system measured: how to start one container.
@@ -62,7 +70,7 @@ fn median(v: &[f64]) -> f64 {
     percentile(v, 0.5)
 }
 
-fn percentile(v: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(v: &[f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -162,6 +170,10 @@ async fn load_into(c: &Client, image: &str, loader: &[&str], name: &str) -> Resu
 pub async fn run(c: &Client, host: &str, a: BenchArgs) -> Result<i32> {
     if a.runs == 0 {
         bail!("--runs must be at least 1");
+    }
+    if let Some(endpoint) = &a.cri {
+        let report = crate::benchcri::run(endpoint, &a.compare_cri, &a.image, a.runs).await?;
+        return write_report(&a, &report).map(|_| 0);
     }
     let me = std::env::current_exe().context("finding the engine binary")?.display().to_string();
     c.get(&format!("/images/{}/json", urlencode(&a.image)))
@@ -358,15 +370,21 @@ pub async fn run(c: &Client, host: &str, a: BenchArgs) -> Result<i32> {
             None => println!("\n(no baseline report at {})", b.display()),
         }
     }
+    write_report(&a, &report)?;
+    Ok(0)
+}
+
+/// `--json FILE`: the report written there.
+fn write_report(a: &BenchArgs, report: &Value) -> Result<()> {
     if let Some(path) = &a.json {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("\nreport: {}", path.display());
     }
-    Ok(0)
+    Ok(())
 }
 
 /// Names and counts of the kernel events in the newest start's trace.

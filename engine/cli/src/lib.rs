@@ -6,6 +6,7 @@
 //! hand-off file offline (`engine trace --file`), which only reads.
 
 pub mod bench;
+pub mod benchcri;
 pub mod client;
 pub mod containers;
 pub mod files;

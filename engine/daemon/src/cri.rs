@@ -502,7 +502,13 @@ impl Cri {
             if m.host_path.is_empty() || m.container_path.is_empty() {
                 return Err(ApiError::bad_request("a mount needs a host path and a container path"));
             }
-            binds.push(format!("{}:{}{}", m.host_path, m.container_path, if m.readonly { ":ro" } else { "" }));
+            let mut mode = vec![if m.readonly { "ro" } else { "rw" }];
+            match cri::MountPropagation::try_from(m.propagation) {
+                Ok(cri::MountPropagation::PropagationHostToContainer) => mode.push("rslave"),
+                Ok(cri::MountPropagation::PropagationBidirectional) => mode.push("rshared"),
+                _ => {}
+            }
+            binds.push(format!("{}:{}:{}", m.host_path, m.container_path, mode.join(",")));
         }
         let caps = security.capabilities.clone().unwrap_or_default();
         let ns = security.namespace_options.clone().unwrap_or_default();
@@ -634,10 +640,19 @@ impl Cri {
                 .filter_map(|b| {
                     let mut parts = b.split(':');
                     let (host, ctr) = (parts.next()?, parts.next()?);
+                    let mode: Vec<&str> = parts.next().unwrap_or("").split(',').collect();
+                    let propagation = if mode.contains(&"rshared") {
+                        cri::MountPropagation::PropagationBidirectional
+                    } else if mode.contains(&"rslave") {
+                        cri::MountPropagation::PropagationHostToContainer
+                    } else {
+                        cri::MountPropagation::PropagationPrivate
+                    };
                     Some(cri::Mount {
                         host_path: host.into(),
                         container_path: ctr.into(),
-                        readonly: parts.next() == Some("ro"),
+                        readonly: mode.contains(&"ro"),
+                        propagation: propagation as i32,
                         ..Default::default()
                     })
                 })

@@ -364,6 +364,7 @@ impl Daemon {
                 target: target.clone(),
                 read_only: false,
                 no_copy: false,
+                propagation: None,
             });
             anonymous_volumes.push((name, target));
         }

@@ -34,6 +34,8 @@ pub struct MountSpec {
     pub read_only: bool,
     /// A volume that must not take the image's files at its path (`nocopy`).
     pub no_copy: bool,
+    /// A bind's propagation (`rprivate` when none is given): `rshared`, `rslave`, …
+    pub propagation: Option<&'static str>,
 }
 
 /// Everything in a HostConfig that can be wrong, checked up front.
@@ -154,7 +156,13 @@ fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
                 ));
             }
         }
-        mounts.push(MountSpec { source, target: m.target.clone(), read_only: m.read_only, no_copy: false });
+        mounts.push(MountSpec {
+            source,
+            target: m.target.clone(),
+            read_only: m.read_only,
+            no_copy: false,
+            propagation: None,
+        });
     }
     for (i, m) in mounts.iter().enumerate() {
         if mounts[..i].iter().any(|o| o.target == m.target) {
@@ -269,12 +277,16 @@ fn parse_bind(b: &str) -> Result<MountSpec, ApiError> {
     };
     let mut read_only = false;
     let mut no_copy = false;
+    let mut propagation = None;
     for opt in mode.split(',').filter(|o| !o.is_empty()) {
         match opt {
             "ro" => read_only = true,
             "nocopy" => no_copy = true,
-            "rw" | "z" | "Z" | "rprivate" | "private" | "rshared" | "shared" | "rslave" | "slave" => {}
-            _ => return Err(bad()),
+            "rw" | "z" | "Z" => {}
+            _ => match PROPAGATIONS.iter().find(|p| **p == opt) {
+                Some(p) => propagation = Some(*p),
+                None => return Err(bad()),
+            },
         }
     }
     if !dst.starts_with('/') || dst == "/" {
@@ -287,6 +299,9 @@ fn parse_bind(b: &str) -> Result<MountSpec, ApiError> {
             return Err(ApiError::bad_request(format!(
                 "invalid mount config for type \"bind\": bind source path does not exist: {src}"
             )));
+        }
+        if let Some(p) = propagation {
+            ensure_propagates(Path::new(src), p)?;
         }
         Source::Host(PathBuf::from(src))
     } else {
@@ -301,7 +316,44 @@ fn parse_bind(b: &str) -> Result<MountSpec, ApiError> {
         }
         Source::Volume(src.to_string())
     };
-    Ok(MountSpec { source, target: dst.to_string(), read_only, no_copy })
+    Ok(MountSpec { source, target: dst.to_string(), read_only, no_copy, propagation })
+}
+
+/// The propagations a bind may ask for.
+const PROPAGATIONS: [&str; 6] = ["rprivate", "private", "rshared", "shared", "rslave", "slave"];
+
+/// A shared bind needs its source on a shared mount, a slave one on a shared or slave mount
+/// (else nothing would propagate), as Docker checks.
+fn ensure_propagates(src: &Path, propagation: &str) -> Result<(), ApiError> {
+    let shared = propagation.ends_with("shared");
+    if !shared && !propagation.ends_with("slave") {
+        return Ok(());
+    }
+    let real = std::fs::canonicalize(src).unwrap_or_else(|_| src.to_path_buf());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // the mount the path is on: the longest mount point that contains it
+    let Some((point, optional)) = info
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let end = f.iter().position(|x| *x == "-")?;
+            Some((PathBuf::from(f.get(4)?), f.get(6..end)?.join(" ")))
+        })
+        .filter(|(p, _)| real.starts_with(p))
+        .max_by_key(|(p, _)| p.as_os_str().len())
+    else {
+        return Ok(());
+    };
+    let ok = optional.contains("shared:") || (!shared && optional.contains("master:"));
+    if ok {
+        return Ok(());
+    }
+    let kind = if shared { "a shared" } else { "a shared or slave" };
+    Err(ApiError::bad_request(format!(
+        "path {} is mounted on {} but it is not {kind} mount",
+        src.display(),
+        point.display()
+    )))
 }
 
 const ALL_CAPS: &[&str] = &[
@@ -751,8 +803,17 @@ fn with_mounts(spec: &mut Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<(),
             Source::Host(p) => p.clone(),
             Source::Volume(name) => (cx.volume_dir)(name)?,
         };
-        let opts: &[&str] = if m.read_only { &["rbind", "rprivate", "ro"] } else { &["rbind", "rprivate"] };
-        added.push(bind_mount(&m.target, source, opts)?);
+        let mut opts = vec!["rbind", m.propagation.unwrap_or("rprivate")];
+        if m.read_only {
+            opts.push("ro");
+        }
+        added.push(bind_mount(&m.target, source, &opts)?);
+    }
+    // a bind that propagates needs the root's mounts to (Docker's rule): shared before slave
+    let wanted = |kind: &str| cx.mounts.iter().any(|m| m.propagation.is_some_and(|p| p.ends_with(kind)));
+    let root = if wanted("shared") { Some("rshared") } else { wanted("slave").then_some("rslave") };
+    if let Some(root) = root {
+        spec.linux_mut().get_or_insert_with(Default::default).set_rootfs_propagation(Some(root.to_string()));
     }
     if hc.init == Some(true) {
         added.push(bind_mount(INIT_PATH, cx.init_bin, &["rbind", "ro", "rprivate"])?);
@@ -977,7 +1038,13 @@ mod tests {
     fn checks_binds_and_policies() {
         assert_eq!(
             parse_bind("/tmp:/data:ro").unwrap(),
-            MountSpec { source: Source::Host("/tmp".into()), target: "/data".into(), read_only: true, no_copy: false }
+            MountSpec {
+                source: Source::Host("/tmp".into()),
+                target: "/data".into(),
+                read_only: true,
+                no_copy: false,
+                propagation: None
+            }
         );
         assert_eq!(parse_bind("vol1:/data").unwrap().source, Source::Volume("vol1".into()));
         for bad in ["/tmp", "/tmp:data", "/nonexistent-engine:/x", "a b:/x", "/tmp:/x:bogus", "/tmp:/"] {

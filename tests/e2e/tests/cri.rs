@@ -41,6 +41,24 @@ fn pod_config(log_directory: &std::path::Path) -> cri::PodSandboxConfig {
     }
 }
 
+/// CreateContainer and StartContainer of `config` in `pod` (made with [`pod_config`]): its id.
+fn create_started(
+    rt: &tokio::runtime::Runtime,
+    runtime: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    pod: &str,
+    config: cri::ContainerConfig,
+    logs: &std::path::Path,
+) -> Result<String, tonic::Status> {
+    let req = cri::CreateContainerRequest {
+        pod_sandbox_id: pod.to_string(),
+        config: Some(config),
+        sandbox_config: Some(pod_config(logs)),
+    };
+    let id = rt.block_on(runtime.create_container(req))?.into_inner().container_id;
+    rt.block_on(runtime.start_container(cri::StartContainerRequest { container_id: id.clone() }))?;
+    Ok(id)
+}
+
 /// A private engined with busybox, and a pause image (busybox sleeping) for its sandboxes.
 fn engined_with_pause() -> Engined {
     let e = Engined::start_with(&[], &["--cri-sandbox-image", "pause:test", "--dns", "127.0.0.1"]);
@@ -458,14 +476,7 @@ fn exec_attach_and_port_forward_stream_through_the_cri() {
             }),
             ..Default::default()
         };
-        let req = cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(config),
-            sandbox_config: Some(pod_config(&logs)),
-        };
-        let id = rt.block_on(runtime.create_container(req)).unwrap().into_inner().container_id;
-        rt.block_on(runtime.start_container(cri::StartContainerRequest { container_id: id.clone() })).unwrap();
-        id
+        create_started(&rt, runtime, &pod, config, &logs).unwrap()
     };
     // the kubelet's evented PLEG follows the containers' lifecycle
     let mut events = rt.block_on(runtime.get_container_events(cri::GetEventsRequest {})).unwrap().into_inner();
@@ -687,4 +698,179 @@ async fn open_streams(c: &mut engine_streaming::client::Client<tokio::net::TcpSt
         ids.push(c.open(&[("streamtype", k)]).await.unwrap());
     }
     ids
+}
+
+/// Crashes are normal input: engined killed -9 while four pods start through the CRI, then
+/// started again. Every pod the CRI then lists is whole or at least stoppable and removable,
+/// every container it lists has a state and, when running, its process; once all are removed
+/// nothing is left: no record, process, shim, mount, cgroup, network namespace or veth.
+#[test]
+fn engined_killed_while_pods_start_leaves_them_whole_or_removable() {
+    let mut e = engined_with_pause();
+    let logs = e.dir.path().join("pod-logs");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let channel = engine_api::unix_channel(e.exec_root().join("cri.sock"));
+    let starts: Vec<_> = (0..4)
+        .map(|i| {
+            let mut runtime = RuntimeServiceClient::new(channel.clone());
+            let mut config = pod_config(&logs);
+            config.metadata.as_mut().unwrap().name = format!("crash-{i}");
+            config.metadata.as_mut().unwrap().uid = format!("uid-crash-{i}");
+            rt.spawn(async move {
+                let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
+                let pod = runtime.run_pod_sandbox(req).await?.into_inner().pod_sandbox_id;
+                let container = cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata { name: "app".into(), attempt: 0 }),
+                    image: Some(cri::ImageSpec { image: "busybox".into(), ..Default::default() }),
+                    command: vec!["sleep".into(), "3600".into()],
+                    linux: Some(cri::LinuxContainerConfig::default()),
+                    ..Default::default()
+                };
+                let req = cri::CreateContainerRequest {
+                    pod_sandbox_id: pod,
+                    config: Some(container),
+                    sandbox_config: Some(config),
+                };
+                let id = runtime.create_container(req).await?.into_inner().container_id;
+                runtime.start_container(cri::StartContainerRequest { container_id: id }).await?;
+                Ok::<_, tonic::Status>(())
+            })
+        })
+        .collect();
+    // the kill once the first sandbox exists: the others between their sandbox and their container
+    let any_sandbox = || e.ok(&["ps", "-aq", "--filter", "label=io.engine.cri=sandbox"]).trim().lines().count() > 0;
+    wait_for("a first sandbox", any_sandbox);
+    e.kill9();
+    for s in starts {
+        // each ends: done before the kill, or failed with the connection
+        let _ = rt
+            .block_on(async { tokio::time::timeout(std::time::Duration::from_secs(60), s).await })
+            .expect("a start hung");
+    }
+    e.restart();
+
+    let mut runtime = RuntimeServiceClient::new(channel);
+    let pods = rt.block_on(runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default())).unwrap().into_inner().items;
+    assert!(!pods.is_empty(), "the sandbox seen before the kill is gone\n{}", e.log_tail());
+    let containers = rt.block_on(runtime.list_containers(cri::ListContainersRequest::default())).unwrap().into_inner();
+    for c in &containers.containers {
+        assert!(pods.iter().any(|p| p.id == c.pod_sandbox_id), "{} belongs to no listed pod", c.id);
+        if c.state == cri::ContainerState::ContainerRunning as i32 {
+            let pid = e.inspect(&c.id, "{{.State.Pid}}");
+            assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "{} runs as {pid}, which is gone", c.id);
+        }
+    }
+    for p in &pods {
+        let req = cri::StopPodSandboxRequest { pod_sandbox_id: p.id.clone() };
+        rt.block_on(runtime.stop_pod_sandbox(req)).unwrap_or_else(|s| panic!("stop {}: {s}\n{}", p.id, e.log_tail()));
+        let req = cri::RemovePodSandboxRequest { pod_sandbox_id: p.id.clone() };
+        rt.block_on(runtime.remove_pod_sandbox(req))
+            .unwrap_or_else(|s| panic!("remove {}: {s}\n{}", p.id, e.log_tail()));
+    }
+    let left = rt.block_on(runtime.list_containers(cri::ListContainersRequest::default())).unwrap().into_inner();
+    assert!(left.containers.is_empty(), "{:?}", left.containers);
+    assert_eq!(e.ok(&["ps", "-aq", "--filter", "label=io.engine.cri"]).trim(), "");
+    wait_for("the shims to exit", || e.shims().is_empty());
+    e.assert_clean();
+    assert_eq!(e.netns_files(), 0);
+    wait_for("the veths to go", || e.bridge_ports().is_empty());
+}
+
+/// Mount propagation as the kubelet asks for it: a host-to-container mount sees what the host
+/// mounts under it later, a bidirectional one (privileged) shows the host what the container
+/// mounts, a private one neither; a propagating mount of a source that is not on a shared
+/// mount is refused with the reason.
+#[test]
+fn mounts_propagate_as_asked() {
+    let e = engined_with_pause();
+    let logs = e.dir.path().join("pod-logs");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let mut runtime = RuntimeServiceClient::new(engine_api::unix_channel(e.exec_root().join("cri.sock")));
+    // a directory on a mount of its own, shared, as a node's kubelet directory is
+    let shared = e.dir.path().join("shared");
+    std::fs::create_dir_all(shared.join("from-host")).unwrap();
+    std::fs::create_dir_all(shared.join("from-container")).unwrap();
+    let dir = shared.to_str().unwrap().to_string();
+    let sh = |cmd: &str| {
+        let st = std::process::Command::new("sh").args(["-c", cmd]).status().unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    sh(&format!("mount --bind {dir} {dir} && mount --make-shared {dir}"));
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").args(["-R", "-l", &self.0]).status();
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    let pod = rt
+        .block_on(runtime.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config(&logs)),
+            runtime_handler: String::new(),
+        }))
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let create = |runtime: &mut RuntimeServiceClient<_>, name: &str, host: &str, propagation: cri::MountPropagation| {
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+            image: Some(cri::ImageSpec { image: "busybox".into(), ..Default::default() }),
+            command: vec!["sleep".into(), "3600".into()],
+            mounts: vec![cri::Mount {
+                host_path: host.into(),
+                container_path: "/data".into(),
+                propagation: propagation as i32,
+                ..Default::default()
+            }],
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        create_started(&rt, runtime, &pod, config, &logs)
+    };
+    let exec = |runtime: &mut RuntimeServiceClient<_>, id: &str, cmd: &str| -> String {
+        let req = cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), cmd.into()],
+            timeout: 10,
+        };
+        let out = rt.block_on(runtime.exec_sync(req)).unwrap().into_inner();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    use cri::MountPropagation as P;
+    let slave = create(&mut runtime, "slave", &dir, P::PropagationHostToContainer).unwrap();
+    let both = create(&mut runtime, "both", &dir, P::PropagationBidirectional).unwrap();
+    let private = create(&mut runtime, "private", &dir, P::PropagationPrivate).unwrap();
+    let status = rt
+        .block_on(runtime.container_status(cri::ContainerStatusRequest { container_id: slave.clone(), verbose: false }))
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(status.mounts[0].propagation, P::PropagationHostToContainer as i32);
+
+    // the host mounts: the slave and the shared one see it, the private one does not
+    sh(&format!("mount -t tmpfs host-tmpfs {dir}/from-host && touch {dir}/from-host/mark"));
+    assert_eq!(exec(&mut runtime, &slave, "ls /data/from-host"), "mark\n");
+    assert_eq!(exec(&mut runtime, &both, "ls /data/from-host"), "mark\n");
+    assert_eq!(exec(&mut runtime, &private, "ls /data/from-host"), "");
+    // the bidirectional container mounts: the host sees it
+    exec(&mut runtime, &both, "mount -t tmpfs ctr-tmpfs /data/from-container && touch /data/from-container/back");
+    assert!(shared.join("from-container/back").exists(), "the container's mount did not reach the host");
+
+    // a propagating mount of what is not on a shared mount: refused, with the reason
+    let plain = e.dir.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let err = create(&mut runtime, "refused", plain.to_str().unwrap(), P::PropagationBidirectional).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("is not a shared mount"), "{err}");
+
+    rt.block_on(runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })).unwrap();
+    rt.block_on(runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })).unwrap();
+    drop(_unmount);
+    e.assert_clean();
 }
