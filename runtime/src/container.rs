@@ -450,15 +450,29 @@ fn wait_exec(pid: i32) {
     // by inode: engine-init runs from a detached mount, whose path /proc shows differently
     let id = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     let ours = std::fs::read_link("/proc/self/exe").ok();
-    let theirs: Vec<_> =
-        [ours.clone(), ours.map(|p| p.with_file_name("engine-init"))].iter().flatten().filter_map(|p| id(p)).collect();
+    let runtime = ours.as_deref().and_then(id);
+    let init = ours.map(|p| p.with_file_name("engine-init")).and_then(|p| id(&p));
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     let deadline = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline {
-        match id(&exe) {
-            Some(running) if theirs.contains(&running) => std::thread::sleep(Duration::from_micros(50)),
-            _ => return,
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if exec_done(id(&exe), &cmdline, runtime, init) {
+            return;
         }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// Whether a container's first process, running the file `exe` (its device and inode; `None`
+/// once gone) with `cmdline`, runs the user's program: it is neither the runtime nor
+/// engine-init handing the span over (`engine-init --handoff …`). engine-init as the
+/// container's own program (`--init`, PID 1 for good) is the user's program.
+fn exec_done(exe: Option<(u64, u64)>, cmdline: &[u8], runtime: Option<(u64, u64)>, init: Option<(u64, u64)>) -> bool {
+    match exe {
+        None => true,
+        Some(running) if Some(running) == runtime => false,
+        Some(running) if Some(running) == init => cmdline.split(|b| *b == 0).nth(1) != Some(b"--handoff".as_slice()),
+        Some(_) => true,
     }
 }
 
@@ -703,5 +717,20 @@ pub fn wait_forwarding(created: &Created, tty: Option<&OwnedFd>) -> Result<i32> 
                 _ => continue,
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exec_done;
+
+    #[test]
+    fn a_start_waits_for_the_users_program_not_for_an_init_that_stays() {
+        let (runtime, init, user) = (Some((1, 10)), Some((1, 11)), Some((1, 12)));
+        assert!(!exec_done(runtime, b"engine-runtime\0init\0", runtime, init), "still the runtime");
+        assert!(!exec_done(init, b"engine-init\0--handoff\0tp\0", runtime, init), "engine-init handing over");
+        assert!(exec_done(init, b"/sbin/docker-init\0--\0sleep\0", runtime, init), "--init: PID 1 stays engine-init");
+        assert!(exec_done(user, b"sleep\0inf\0", runtime, init));
+        assert!(exec_done(None, b"", runtime, init), "gone");
     }
 }

@@ -39,7 +39,7 @@ fn pod_config(run: usize, name: &str) -> cri::PodSandboxConfig {
             uid: format!("engine-bench-{name}-{}-{run}", std::process::id()),
             attempt: 0,
         }),
-        hostname: format!("bench-{run}"),
+        // no hostname: a pod on the host's network has the host's UTS namespace
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(cri::NamespaceOption {
