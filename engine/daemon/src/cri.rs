@@ -326,6 +326,8 @@ impl Cri {
             sysctls: Some(linux.sysctls.clone().into_iter().collect()).filter(|s: &BTreeMap<_, _>| !s.is_empty()),
             init: Some(true),
             privileged: security.privileged,
+            // the pod's cgroup, which the kubelet makes and owns; its containers' go under it
+            cgroup_parent: linux.cgroup_parent.clone(),
             dns: (!dns.servers.is_empty()).then_some(dns.servers),
             dns_search: (!dns.searches.is_empty()).then_some(dns.searches),
             dns_options: (!dns.options.is_empty()).then_some(dns.options),
@@ -558,6 +560,7 @@ impl Cri {
             // the kubelet sends the lists to use (the defaults, or none for an unmasked /proc)
             masked_paths: (!security.masked_paths.is_empty()).then(|| security.masked_paths.clone()),
             readonly_paths: (!security.readonly_paths.is_empty()).then(|| security.readonly_paths.clone()),
+            cgroup_parent: sandbox.host_config.cgroup_parent.clone(),
             ..Default::default()
         };
         host_config.resources.memory = resources.memory_limit_in_bytes;

@@ -414,9 +414,10 @@ impl Daemon {
             };
             let pid_ns = self.joined(&hc.pid_mode, "pid")?;
             let ipc_ns = self.joined(&hc.ipc_mode, "ipc")?;
+            let cgroup_parent = hostconfig::cgroup_parent(&hc, &self.cfg.cgroup_parent);
             let cx = hostconfig::Context {
                 id,
-                cgroup_parent: &self.cfg.cgroup_parent,
+                cgroup_parent: &cgroup_parent,
                 container_dir: &dir,
                 init_bin: &init_bin,
                 mounts: &mounts,
@@ -674,7 +675,8 @@ impl Daemon {
             }
         });
         self.persist(e);
-        crate::kernel::container_started(&self.probes, &hostconfig::cgroups_path(&self.cfg.cgroup_parent, &id));
+        let parent = hostconfig::cgroup_parent(&e.snapshot().host_config, &self.cfg.cgroup_parent);
+        crate::kernel::container_started(&self.probes, &hostconfig::cgroups_path(&parent, &id));
         self.event(&e.snapshot(), "start", &[]);
         e.life.send_modify(|l| l.running = true);
         self.spawn_monitor(e.clone());
@@ -1195,7 +1197,8 @@ impl Daemon {
         }
         let mut left = "its task (shim, task directory) is".to_string();
         if unanswered.is_some() {
-            let cgroup = PathBuf::from(hostconfig::cgroups_path(&self.cfg.cgroup_parent, &id).trim_start_matches('/'));
+            let parent = hostconfig::cgroup_parent(&rec.host_config, &self.cfg.cgroup_parent);
+            let cgroup = PathBuf::from(hostconfig::cgroups_path(&parent, &id).trim_start_matches('/'));
             let killed = tokio::task::spawn_blocking(move || crate::orphans::remove_cgroup(&cgroup)).await;
             if let Ok(Err(err)) = killed {
                 log!(self.cfg, "warn", "removing {id} without lifecycled: {err}");

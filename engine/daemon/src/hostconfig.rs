@@ -80,6 +80,9 @@ pub fn check_limits(hc: &HostConfig) -> Result<(), ApiError> {
 
 fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
     let bad = |m: String| Err(ApiError::bad_request(m));
+    if hc.cgroup_parent.split('/').any(|c| c == ".." || c == ".") {
+        return bad(format!("invalid cgroup parent {:?}: a path without . or ..", hc.cgroup_parent));
+    }
     if !(-1000..=1000).contains(&hc.oom_score_adj) {
         return bad(format!("Invalid value {}, range for oom score adj is [-1000, 1000]", hc.oom_score_adj));
     }
@@ -1025,6 +1028,14 @@ pub fn resolv_conf(hc: &HostConfig, r: &Resolvers) -> String {
 pub type Labels = BTreeMap<String, String>;
 
 /// A container's cgroup, under the daemon's cgroup parent.
+/// The cgroup parent of a container: its own (`CgroupParent`, made absolute), else the daemon's.
+pub fn cgroup_parent(hc: &HostConfig, daemons: &str) -> String {
+    match hc.cgroup_parent.trim_matches('/') {
+        "" => daemons.to_string(),
+        own => format!("/{own}"),
+    }
+}
+
 pub fn cgroups_path(cgroup_parent: &str, id: &str) -> String {
     format!("{}/{}", cgroup_parent.trim_end_matches('/'), id)
 }

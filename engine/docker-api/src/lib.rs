@@ -162,6 +162,10 @@ pub struct HostConfig {
     pub group_add: Option<Vec<String>>,
     /// `--sysctl`: namespaced kernel parameters.
     pub sysctls: Option<BTreeMap<String, String>>,
+    /// `--cgroup-parent`: the cgroup the container's is made under, instead of the daemon's
+    /// (`--cgroup-parent` of engined); the engine makes it if missing and never removes it.
+    #[serde(deserialize_with = "nullable")]
+    pub cgroup_parent: String,
     /// `--oom-score-adj`: the process's OOM score adjustment, -1000..=1000 (0: the engine's
     /// own, inherited).
     #[serde(deserialize_with = "nullable")]

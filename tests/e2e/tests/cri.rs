@@ -59,6 +59,17 @@ fn create_started(
     Ok(id)
 }
 
+/// A busybox container `name` that sleeps an hour.
+fn sleeper(name: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: "busybox".into(), ..Default::default() }),
+        command: vec!["sleep".into(), "3600".into()],
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
 /// A private engined with busybox, and a pause image (busybox sleeping) for its sandboxes.
 fn engined_with_pause() -> Engined {
     let e = Engined::start_with(&[], &["--cri-sandbox-image", "pause:test", "--dns", "127.0.0.1"]);
@@ -720,13 +731,7 @@ fn engined_killed_while_pods_start_leaves_them_whole_or_removable() {
             rt.spawn(async move {
                 let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
                 let pod = runtime.run_pod_sandbox(req).await?.into_inner().pod_sandbox_id;
-                let container = cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata { name: "app".into(), attempt: 0 }),
-                    image: Some(cri::ImageSpec { image: "busybox".into(), ..Default::default() }),
-                    command: vec!["sleep".into(), "3600".into()],
-                    linux: Some(cri::LinuxContainerConfig::default()),
-                    ..Default::default()
-                };
+                let container = sleeper("app");
                 let req = cri::CreateContainerRequest {
                     pod_sandbox_id: pod,
                     config: Some(container),
@@ -872,5 +877,58 @@ fn mounts_propagate_as_asked() {
     rt.block_on(runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })).unwrap();
     rt.block_on(runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })).unwrap();
     drop(_unmount);
+    e.assert_clean();
+}
+
+/// The pod's cgroup (the kubelet's `cgroup_parent`, which it makes and owns) holds the
+/// sandbox's and its containers' cgroups; removing the pod takes theirs and leaves the pod's.
+#[test]
+fn a_pods_cgroup_parent_holds_its_containers() {
+    let e = engined_with_pause();
+    let logs = e.dir.path().join("pod-logs");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let mut runtime = RuntimeServiceClient::new(engine_api::unix_channel(e.exec_root().join("cri.sock")));
+    let parent = format!("/engine-e2e-kubepods-{}/pod-uid-web-1", std::process::id());
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let top = self.0.trim_start_matches('/').split('/').next().unwrap_or("").to_string();
+            for root in engine_test_support::cgroup_mounts() {
+                let _ = std::process::Command::new("find")
+                    .arg(root.join(&top))
+                    .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+                    .status();
+            }
+        }
+    }
+    let _remove = Remove(parent.clone());
+    let mut config = pod_config(&logs);
+    config.linux.as_mut().unwrap().cgroup_parent = parent.clone();
+    let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
+    let pod = rt.block_on(runtime.run_pod_sandbox(req)).unwrap().into_inner().pod_sandbox_id;
+    let container = sleeper("app");
+    let req = cri::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(container),
+        sandbox_config: Some(config),
+    };
+    let ctr = rt.block_on(runtime.create_container(req)).unwrap().into_inner().container_id;
+    rt.block_on(runtime.start_container(cri::StartContainerRequest { container_id: ctr.clone() })).unwrap();
+    for id in [&pod, &ctr] {
+        let pid = e.inspect(id, "{{.State.Pid}}");
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(cgroups.contains(&format!("{parent}/{id}")), "{id}: {cgroups}");
+    }
+    rt.block_on(runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })).unwrap();
+    rt.block_on(runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() })).unwrap();
+    for root in engine_test_support::cgroup_mounts() {
+        let pod_dir = root.join(parent.trim_start_matches('/'));
+        if pod_dir.exists() {
+            for id in [&pod, &ctr] {
+                wait_for("the container's cgroup to go", || !pod_dir.join(id.as_str()).exists());
+            }
+        }
+    }
     e.assert_clean();
 }
