@@ -471,7 +471,11 @@ fn exec_done(exe: Option<(u64, u64)>, cmdline: &[u8], runtime: Option<(u64, u64)
     match exe {
         None => true,
         Some(running) if Some(running) == runtime => false,
-        Some(running) if Some(running) == init => cmdline.split(|b| *b == 0).nth(1) != Some(b"--handoff".as_slice()),
+        Some(running) if Some(running) == init => {
+            // mid-exec the new image's arguments are not yet mapped: /proc shows an empty cmdline
+            let mut args = cmdline.split(|b| *b == 0);
+            args.next().is_some_and(|a| !a.is_empty()) && args.next() != Some(b"--handoff".as_slice())
+        }
         Some(_) => true,
     }
 }
@@ -729,6 +733,7 @@ mod tests {
         let (runtime, init, user) = (Some((1, 10)), Some((1, 11)), Some((1, 12)));
         assert!(!exec_done(runtime, b"engine-runtime\0init\0", runtime, init), "still the runtime");
         assert!(!exec_done(init, b"engine-init\0--handoff\0tp\0", runtime, init), "engine-init handing over");
+        assert!(!exec_done(init, b"", runtime, init), "engine-init mid-exec: its arguments not yet in /proc");
         assert!(exec_done(init, b"/sbin/docker-init\0--\0sleep\0", runtime, init), "--init: PID 1 stays engine-init");
         assert!(exec_done(user, b"sleep\0inf\0", runtime, init));
         assert!(exec_done(None, b"", runtime, init), "gone");
