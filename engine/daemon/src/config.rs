@@ -164,6 +164,14 @@ pub struct Config {
     /// (port 0: any free one). Keep it on loopback unless the kubelet is elsewhere.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub cri_stream_address: std::net::SocketAddr,
+    /// The CNI configuration directory of CRI pods: a pod joins the network of its first
+    /// configuration file by name (read at each pod's start); with none there, engined's
+    /// default bridge.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// Where the CNI plugins are (repeatable; default: /usr/lib/cni and /opt/cni/bin).
+    #[arg(long)]
+    pub cni_bin_dir: Vec<PathBuf>,
     /// Check the configuration (flags and --config-file) and exit: 0 and "configuration OK",
     /// or the first problem.
     #[arg(long)]
@@ -228,6 +236,8 @@ struct FileConfig {
     no_cri: Option<bool>,
     cri_sandbox_image: Option<String>,
     cri_stream_address: Option<std::net::SocketAddr>,
+    cni_conf_dir: Option<PathBuf>,
+    cni_bin_dir: Option<Vec<PathBuf>>,
 }
 
 /// `"default-address-pools": [{"base": "10.10.0.0/16", "size": 24}]`, as daemon.json has it.
@@ -288,6 +298,8 @@ pub fn default_file() -> String {
         no_cri: Some(d.no_cri),
         cri_sandbox_image: Some(d.cri_sandbox_image),
         cri_stream_address: Some(d.cri_stream_address),
+        cni_conf_dir: Some(d.cni_conf_dir),
+        cni_bin_dir: Some(d.cni_bin_dir),
     };
     let Ok(serde_json::Value::Object(values)) = serde_json::to_value(&f) else { return String::new() };
     let mut out = String::from(DEFAULT_FILE_HEAD);
@@ -499,6 +511,8 @@ impl Config {
             m.set("no-cri", &mut self.no_cri, f.no_cri);
             m.set("cri-sandbox-image", &mut self.cri_sandbox_image, f.cri_sandbox_image);
             m.set("cri-stream-address", &mut self.cri_stream_address, f.cri_stream_address);
+            m.set("cni-conf-dir", &mut self.cni_conf_dir, f.cni_conf_dir);
+            m.set("cni-bin-dir", &mut self.cni_bin_dir, f.cni_bin_dir);
             if !m.conflicts.is_empty() {
                 anyhow::bail!(
                     "unable to configure the engine with file {}: the following directives are specified both as a flag and in the configuration file: {}",

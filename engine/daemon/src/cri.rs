@@ -5,9 +5,12 @@
 //! `init.exec` and the kernel.
 //!
 //! A pod sandbox is a container of the sandbox image (`--cri-sandbox-image`, a pause image)
-//! run with engine-init as PID 1; it holds the pod's network namespace (on the default bridge,
-//! or the host's with `network: NODE`), and the pod's containers join it (`container:<sandbox>`),
-//! as dockershim did. Sandboxes and CRI containers carry the label `io.engine.cri` and are kept
+//! run with engine-init as PID 1; it holds the pod's network namespace, and the pod's containers
+//! join it (`container:<sandbox>`), as dockershim did. The namespace is put on the network of
+//! the first CNI configuration in `--cni-conf-dir` (ADD once the sandbox runs, DEL before it
+//! stops; the attachment is kept in the sandbox's directory before ADD, so a crash between
+//! them still DELs), on engined's default bridge when that directory has none, or is the
+//! host's with `network: NODE`. Sandboxes and CRI containers carry the label `io.engine.cri` and are kept
 //! out of the Docker API's listings, as containerd keeps its CRI namespace apart.
 //!
 //! Every call is a gRPC server span (`rpc.system=grpc`, `rpc.service`, `rpc.method`, and the
@@ -18,7 +21,7 @@
 //! [`crate::cristream`]'s.
 //!
 //! What is not served yet answers UNIMPLEMENTED: checkpoints, pod-level resource updates,
-//! metric descriptors and the Stream* listings. Not yet either: CNI (the pod is on engined's own bridge). The pod's containers share the sandbox's network and IPC namespaces
+//! metric descriptors and the Stream* listings. The pod's containers share the sandbox's network and IPC namespaces
 //! (its PID namespace when asked); their UTS namespaces are their own, named as the pod.
 
 use std::collections::{BTreeMap, HashMap};
@@ -51,6 +54,9 @@ struct Call {
 /// Asks a container's log writer to open its log file again (after the kubelet rotated it);
 /// the answer says whether it could.
 type Reopen = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), ApiError>>>;
+
+/// The file in a sandbox's directory that keeps its CNI attachment (what DEL needs).
+const CNI_ATTACHMENT: &str = "cni.json";
 
 /// The streaming server whose URLs Exec, Attach and PortForward answer with.
 pub type StreamServer = engine_streaming::Server<crate::cristream::CriStreams>;
@@ -317,8 +323,20 @@ impl Cri {
                 }]),
             );
         }
+        // the pod's network: the CNI configuration's when there is one, else engined's bridge
+        let cni = if host_network { None } else { self.cni_network()? };
+        if cni.is_some() {
+            // the portmap plugin publishes the pod's host ports
+            port_bindings.clear();
+        }
+        let network_mode = match (host_network, cni.is_some()) {
+            (true, _) => "host",
+            // its own namespace, loopback only; the plugins add the rest
+            (false, true) => "none",
+            (false, false) => "",
+        };
         let host_config = HostConfig {
-            network_mode: if host_network { "host".into() } else { String::new() },
+            network_mode: network_mode.into(),
             pid_mode: if ns.pid == cri::NamespaceMode::Node as i32 { "host".into() } else { String::new() },
             ipc_mode: if ns.ipc == cri::NamespaceMode::Node as i32 { "host".into() } else { String::new() },
             // the pod's sysctls: the network ones take in its network namespace, which the
@@ -352,7 +370,107 @@ impl Cri {
             let _ = self.d.remove(&e, true, true).await;
             return Err(err);
         }
+        if let Some((cni, network)) = cni {
+            let pod = engine_network::cni::Pod {
+                id: id.clone(),
+                netns: self.d.networks.sandbox_path(&id),
+                args: vec![
+                    ("K8S_POD_NAMESPACE".into(), meta.namespace.clone()),
+                    ("K8S_POD_NAME".into(), meta.name.clone()),
+                    ("K8S_POD_INFRA_CONTAINER_ID".into(), id.clone()),
+                    ("K8S_POD_UID".into(), meta.uid.clone()),
+                ],
+                port_mappings: config
+                    .port_mappings
+                    .iter()
+                    .filter(|p| p.host_port > 0)
+                    .map(|p| engine_network::cni::PortMapping {
+                        host_port: p.host_port as u16,
+                        container_port: p.container_port as u16,
+                        protocol: if p.protocol == cri::Protocol::Udp as i32 { "udp" } else { "tcp" }.into(),
+                        host_ip: p.host_ip.clone(),
+                    })
+                    .collect(),
+            };
+            if let Err(err) = self.cni_attach(trace, &cni, &network, pod).await {
+                let _ = self.d.remove(&e, true, true).await;
+                return Err(err);
+            }
+        }
         Ok(id)
+    }
+
+    /// The CNI network pods join now: `None` when the configuration directory has none.
+    fn cni_network(&self) -> Result<Option<(engine_network::cni::Cni, engine_network::cni::NetworkList)>, ApiError> {
+        let cni = self.cni_plugins();
+        match cni.network() {
+            Ok(network) => Ok(Some((cni, network))),
+            Err(engine_network::cni::CniError::NoConfig(_)) => Ok(None),
+            Err(e) => Err(ApiError::internal(e.to_string())),
+        }
+    }
+
+    /// The CNI configuration directory and plugin directories of the daemon.
+    fn cni_plugins(&self) -> engine_network::cni::Cni {
+        let bin_dirs = match &self.d.cfg.cni_bin_dir {
+            dirs if dirs.is_empty() => engine_network::cni::default_bin_dirs(),
+            dirs => dirs.clone(),
+        };
+        engine_network::cni::Cni { conf_dir: self.d.cfg.cni_conf_dir.clone(), bin_dirs }
+    }
+
+    /// ADD of a started sandbox to its network. What DEL will need is kept in the sandbox's
+    /// directory first, so a crash during the ADD still leaves it to undo.
+    async fn cni_attach(
+        &self,
+        trace: &Trace,
+        cni: &engine_network::cni::Cni,
+        network: &engine_network::cni::NetworkList,
+        pod: engine_network::cni::Pod,
+    ) -> Result<(), ApiError> {
+        let path = self.d.container_dir(&pod.id).join(CNI_ATTACHMENT);
+        let keep = |a: &engine_network::cni::Attachment| {
+            let bytes = serde_json::to_vec(a).map_err(|e| ApiError::internal(e.to_string()))?;
+            engine_util::fs::write_atomic(&path, &bytes)
+                .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))
+        };
+        keep(&engine_network::cni::Attachment {
+            network: network.clone(),
+            pod: pod.clone(),
+            result: serde_json::json!({}),
+        })?;
+        let span = trace.start(engine_telemetry::names::CNI_ADD);
+        trace.attr(span, "cni.network", network.name.clone());
+        let added = cni.add(network, &pod).await;
+        if let Ok(a) = &added {
+            trace.attr(span, "cni.ips", a.ips().join(","));
+        }
+        let attachment = trace.finish(span, added).map_err(|e| ApiError::internal(e.to_string()))?;
+        keep(&attachment)
+    }
+
+    /// DEL of a sandbox from its CNI network, if it was attached (and not detached since).
+    async fn cni_detach(&self, trace: &Trace, id: &str) -> Result<(), ApiError> {
+        let path = self.d.container_dir(id).join(CNI_ATTACHMENT);
+        let Ok(bytes) = std::fs::read(&path) else { return Ok(()) };
+        let Ok(attachment) = serde_json::from_slice::<engine_network::cni::Attachment>(&bytes) else {
+            let _ = std::fs::remove_file(&path);
+            return Ok(());
+        };
+        // the network as it was attached, whatever the configuration directory says now
+        let cni = self.cni_plugins();
+        let span = trace.start(engine_telemetry::names::CNI_DEL);
+        trace.attr(span, "cni.network", attachment.network.name.clone());
+        trace.finish(span, cni.del(&attachment).await).map_err(|e| ApiError::internal(e.to_string()))?;
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
+    /// The addresses CNI gave sandbox `id`, if it is attached.
+    fn cni_ips(&self, id: &str) -> Option<Vec<String>> {
+        let bytes = std::fs::read(self.d.container_dir(id).join(CNI_ATTACHMENT)).ok()?;
+        let a: engine_network::cni::Attachment = serde_json::from_slice(&bytes).ok()?;
+        Some(a.ips())
     }
 
     /// Stops the pod's containers, then the sandbox; idempotent.
@@ -366,6 +484,8 @@ impl Cri {
                 }
             }
         }
+        // its network first, while its namespace is there
+        self.cni_detach(trace, &sid).await?;
         if sandbox.snapshot().state.running() {
             self.d.stop(trace, &sandbox, Some(0)).await?;
         }
@@ -392,14 +512,12 @@ impl Cri {
     fn pod_sandbox_status(&self, id: &str) -> Result<cri::PodSandboxStatusResponse, ApiError> {
         let rec = self.find(id, "sandbox")?.snapshot();
         let l = labels(&rec);
-        let ip = self
-            .d
-            .networks
-            .endpoints_of(&rec.id)
-            .into_iter()
-            .find(|(_, ep)| ep.ifname == "eth0")
-            .map(|(_, ep)| ep.ip.to_string())
-            .unwrap_or_default();
+        let mut ips = self.cni_ips(&rec.id).unwrap_or_else(|| {
+            let eth0 = self.d.networks.endpoints_of(&rec.id).into_iter().find(|(_, ep)| ep.ifname == "eth0");
+            eth0.map(|(_, ep)| vec![ep.ip.to_string()]).unwrap_or_default()
+        });
+        let ip = if ips.is_empty() { String::new() } else { ips.remove(0) };
+        let additional_ips = ips.into_iter().map(|ip| cri::PodIp { ip }).collect();
         let host_network = rec.host_config.network_mode == "host";
         let mode = if host_network { cri::NamespaceMode::Node } else { cri::NamespaceMode::Pod } as i32;
         let status = cri::PodSandboxStatus {
@@ -407,7 +525,7 @@ impl Cri {
             metadata: Some(sandbox_metadata(&l)),
             state: sandbox_state(&rec),
             created_at: nanos(&rec.created),
-            network: Some(cri::PodSandboxNetworkStatus { ip, additional_ips: Vec::new() }),
+            network: Some(cri::PodSandboxNetworkStatus { ip, additional_ips }),
             linux: Some(cri::LinuxPodSandboxStatus {
                 namespaces: Some(cri::Namespace {
                     options: Some(cri::NamespaceOption {

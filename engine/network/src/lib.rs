@@ -8,6 +8,7 @@
 //! Must never touch links, addresses or firewall chains it did not make, and never send
 //! traffic of its own (the DNS server forwards containers' queries to their upstreams only).
 
+pub mod cni;
 pub mod dns;
 pub mod etc;
 pub mod firewall;

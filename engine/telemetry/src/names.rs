@@ -53,6 +53,11 @@ pub const NETWORK_DNS: &str = "network.dns";
 /// (`dns.question.name`, `dns.question.type`, `dns.response.code`, `dns.answers`,
 /// `server.address` of the upstream), in its start's trace.
 pub const DNS_QUERY: &str = "dns.query";
+/// A CRI pod's network attached through its CNI plugins (ADD through the chain;
+/// `cni.network`, `cni.ips`).
+pub const CNI_ADD: &str = "cni.add";
+/// A CRI pod's network detached (DEL through the chain in reverse).
+pub const CNI_DEL: &str = "cni.del";
 
 // engine-lifecycled: one server span per call, `lifecycle.<Service>/<Method>`
 pub const LIFECYCLE_CONTAINERS_CREATE: &str = "lifecycle.Containers/Create";
@@ -141,6 +146,8 @@ pub const ALL: &[&str] = &[
     NETWORK_PROXY,
     NETWORK_DNS,
     DNS_QUERY,
+    CNI_ADD,
+    CNI_DEL,
     LIFECYCLE_CONTAINERS_CREATE,
     LIFECYCLE_CONTAINERS_DELETE,
     LIFECYCLE_TASKS_CREATE,

@@ -59,6 +59,16 @@ fn create_started(
     Ok(id)
 }
 
+/// PodSandboxStatus of `pod`.
+fn sandbox_status(
+    rt: &tokio::runtime::Runtime,
+    runtime: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    pod: &str,
+) -> cri::PodSandboxStatus {
+    let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod.to_string(), verbose: false };
+    rt.block_on(runtime.pod_sandbox_status(req)).unwrap().into_inner().status.unwrap()
+}
+
 /// A busybox container `name` that sleeps an hour.
 fn sleeper(name: &str) -> cri::ContainerConfig {
     cri::ContainerConfig {
@@ -115,14 +125,7 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
         .unwrap_or_else(|s| panic!("{s}\n{}", e.log_tail()))
         .into_inner()
         .pod_sandbox_id;
-    let sandbox = rt
-        .block_on(
-            runtime.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }),
-        )
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let sandbox = sandbox_status(&rt, &mut runtime, &pod);
     assert_eq!(sandbox.state, cri::PodSandboxState::SandboxReady as i32);
     assert_eq!(sandbox.metadata.as_ref().unwrap().name, "web");
     assert_eq!(sandbox.labels.get("app").map(String::as_str), Some("web"));
@@ -931,4 +934,139 @@ fn a_pods_cgroup_parent_holds_its_containers() {
         }
     }
     e.assert_clean();
+}
+
+/// A pod on a CNI network (Debian's bridge, host-local and portmap plugins, from a
+/// configuration directory of the test's own): its address from the plugins' result in its
+/// status and on its eth0, reachable from the host, its host port published by portmap; once
+/// the pod is removed, no address allocation, veth or port rule of it is left.
+#[test]
+fn a_pod_joins_its_cni_network_and_leaves_nothing_of_it() {
+    let plugins = std::path::Path::new("/usr/lib/cni");
+    assert!(plugins.join("bridge").exists(), "containernetworking-plugins (make setup) is not installed");
+    let dir = tempfile::tempdir().unwrap();
+    let (conf, ipam) = (dir.path().join("net.d"), dir.path().join("ipam"));
+    std::fs::create_dir_all(&conf).unwrap();
+    let tag = std::process::id() % 10000;
+    let bridge = format!("ecni{tag}");
+    let subnet_octet = 100 + tag % 100;
+    std::fs::write(
+        conf.join("10-e2e.conflist"),
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": format!("e2e-{tag}"),
+            "plugins": [
+                {
+                    "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+                    "ipam": { "type": "host-local", "ranges": [[{ "subnet": format!("10.211.{subnet_octet}.0/24") }]], "dataDir": ipam },
+                },
+                { "type": "portmap", "capabilities": { "portMappings": true } },
+            ],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    struct DeleteLink(String);
+    impl Drop for DeleteLink {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["link", "del", &self.0]).status();
+        }
+    }
+    let _bridge = DeleteLink(bridge.clone());
+    // portmap's chains, shared by every CNI user of the host: taken away after if this test
+    // made them
+    let nat = || {
+        String::from_utf8_lossy(
+            &std::process::Command::new("iptables-save").args(["-t", "nat"]).output().unwrap().stdout,
+        )
+        .into_owned()
+    };
+    struct PortmapChains(bool);
+    impl Drop for PortmapChains {
+        fn drop(&mut self) {
+            if !self.0 {
+                return;
+            }
+            let ipt = |args: &[&str]| {
+                let _ = std::process::Command::new("iptables").args(["-t", "nat"]).args(args).status();
+            };
+            for hook in ["PREROUTING", "OUTPUT"] {
+                ipt(&["-D", hook, "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"]);
+            }
+            let masq = ["-m", "comment", "--comment", "CNI portfwd requiring masquerade", "-j", "CNI-HOSTPORT-MASQ"];
+            ipt(&[&["-D", "POSTROUTING"][..], &masq[..]].concat());
+            for chain in ["CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK"] {
+                ipt(&["-F", chain]);
+                ipt(&["-X", chain]);
+            }
+        }
+    }
+    let _chains = PortmapChains(!nat().contains(":CNI-HOSTPORT-DNAT"));
+    let e = Engined::start_with(
+        &[],
+        &["--cri-sandbox-image", "pause:test", "--dns", "127.0.0.1", "--cni-conf-dir", conf.to_str().unwrap()],
+    );
+    e.import_busybox("busybox");
+    let tar = e.busybox_tar();
+    e.ok(&["import", "--change", r#"CMD ["sleep", "2147483647"]"#, tar.to_str().unwrap(), "pause:test"]);
+    let logs = e.dir.path().join("pod-logs");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let mut runtime = RuntimeServiceClient::new(engine_api::unix_channel(e.exec_root().join("cri.sock")));
+    let host_port = 20000 + (tag % 20000) as i32;
+    let mut config = pod_config(&logs);
+    config.port_mappings = vec![cri::PortMapping { container_port: 8080, host_port, ..Default::default() }];
+    let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
+    let pod = rt
+        .block_on(runtime.run_pod_sandbox(req))
+        .unwrap_or_else(|s| panic!("{s}\n{}", e.log_tail()))
+        .into_inner()
+        .pod_sandbox_id;
+    let ip = sandbox_status(&rt, &mut runtime, &pod).network.unwrap().ip;
+    assert!(ip.starts_with(&format!("10.211.{subnet_octet}.")), "pod IP {ip:?}");
+    assert!(ipam.join(format!("e2e-{tag}")).join(&ip).exists(), "host-local's allocation");
+    // a web server in the pod, on its CNI address
+    let mut web = sleeper("web");
+    web.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "mkdir -p /www && echo pong > /www/index.html && exec httpd -f -p 8080 -h /www".into(),
+    ];
+    let ctr = create_started(&rt, &mut runtime, &pod, web, &logs).unwrap();
+    let out = rt
+        .block_on(runtime.exec_sync(cri::ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec!["ip".into(), "-o".into(), "-4".into(), "addr".into(), "show".into(), "eth0".into()],
+            timeout: 10,
+        }))
+        .unwrap()
+        .into_inner();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{ip}/24")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let get = |addr: &str| {
+        let out = std::process::Command::new("busybox")
+            .args(["timeout", "5", "busybox", "wget", "-q", "-O", "-", addr])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_for("the pod's web server, from the host", || get(&format!("http://{ip}:8080/")) == "pong\n");
+    // its host port, through portmap's rules
+    let gateway = format!("10.211.{subnet_octet}.1");
+    assert_eq!(get(&format!("http://{gateway}:{host_port}/")), "pong\n");
+    assert!(nat().contains(&pod), "portmap's rules name the pod");
+
+    // stop and removal: the plugins' DEL, then nothing of the pod is left
+    rt.block_on(runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })).unwrap();
+    rt.block_on(runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })).unwrap();
+    rt.block_on(runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() })).unwrap();
+    assert!(!ipam.join(format!("e2e-{tag}")).join(&ip).exists(), "the address is still allocated");
+    let ports = std::fs::read_dir(format!("/sys/class/net/{bridge}/brif")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(ports, 0, "veths left on {bridge}");
+    assert!(!nat().contains(&pod), "portmap's rules of the pod are left");
+    e.assert_clean();
+    assert_eq!(e.netns_files(), 0);
 }

@@ -71,6 +71,10 @@ impl Engined {
         if !args.iter().any(|a| a == "--default-address-pool") {
             args.extend(["--default-address-pool".to_string(), format!("base=10.{}.{}.0/21,size=24", pool.0, pool.1)]);
         }
+        // the host's CNI configuration is not the test's: pods stay on the instance's bridge
+        if !args.iter().any(|a| a == "--cni-conf-dir") {
+            args.extend(["--cni-conf-dir".to_string(), dir.path().join("net.d").display().to_string()]);
+        }
         Engined { child: None, dir, sock, cgroup_parent: format!("/engine-e2e-{pid}-{n}"), env, args, bridge, pool }
     }
 
