@@ -76,6 +76,12 @@ pub struct RunArgs {
     /// Give extended privileges to this container.
     #[arg(long)]
     pub privileged: bool,
+    /// Add a host device to the container (host[:container][:permissions], permissions of rwm).
+    #[arg(long)]
+    pub device: Vec<String>,
+    /// Add a rule to the cgroup allowed devices list ('c 1:3 rwm', '*' for any number).
+    #[arg(long)]
+    pub device_cgroup_rule: Vec<String>,
     /// Security options (no-new-privileges).
     #[arg(long)]
     pub security_opt: Vec<String>,
@@ -289,6 +295,8 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         cap_add: Some(a.cap_add.clone()),
         cap_drop: Some(a.cap_drop.clone()),
         privileged: a.privileged,
+        devices: given(&a.device).map(|d| d.iter().map(|d| parse_device(d)).collect::<Result<Vec<_>>>()).transpose()?,
+        device_cgroup_rules: given(&a.device_cgroup_rule),
         security_opt: Some(security_opts(&a.security_opt)?),
         tmpfs: Some(tmpfs),
         network_mode: a.network.clone().unwrap_or_else(|| "default".into()),
@@ -311,6 +319,27 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         NetworkingConfig { endpoints_config: Some(BTreeMap::from([(net, endpoint)])) }
     });
     Ok(ContainerCreateBody { config, host_config: Some(host_config), networking_config })
+}
+
+/// `--device host[:container][:permissions]` as the Docker CLI reads it: a second field of
+/// only `r`, `w` and `m` is the permissions; the container's path is the host's by default.
+fn parse_device(d: &str) -> Result<engine_docker_api::DeviceMapping> {
+    let is_mode = |m: &str| !m.is_empty() && m.len() <= 3 && m.chars().all(|c| "rwm".contains(c));
+    let (host, container, permissions) = match d.split(':').collect::<Vec<_>>()[..] {
+        [host] => (host, host, "rwm"),
+        [host, mode] if is_mode(mode) => (host, host, mode),
+        [host, container] => (host, container, "rwm"),
+        [host, container, mode] if is_mode(mode) => (host, container, mode),
+        _ => bail!("invalid device specification: {d}"),
+    };
+    if host.is_empty() || !container.starts_with('/') {
+        bail!("invalid device specification: {d}");
+    }
+    Ok(engine_docker_api::DeviceMapping {
+        path_on_host: host.into(),
+        path_in_container: container.into(),
+        cgroup_permissions: permissions.into(),
+    })
 }
 
 /// `-p` and `--expose` as Docker's `ExposedPorts` keys and `PortBindings`:

@@ -68,11 +68,15 @@ pub struct Cri {
     /// The log writers of running containers, by container id.
     logs: Arc<std::sync::Mutex<HashMap<String, Reopen>>>,
     streams: Arc<StreamServer>,
+    /// The node's pod CIDR, as the kubelet last gave it (UpdateRuntimeConfig): reported by a
+    /// verbose Status. Pods take their addresses from the CNI configuration, which the node's
+    /// administrator writes for that range.
+    pod_cidr: Arc<std::sync::Mutex<String>>,
 }
 
 impl Cri {
     pub fn new(d: Arc<Daemon>, streams: Arc<StreamServer>) -> Cri {
-        Cri { d, logs: Arc::default(), streams }
+        Cri { d, logs: Arc::default(), streams, pod_cidr: Arc::default() }
     }
 
     /// The streaming URL of `req` on running object `id` of `kind`.
@@ -679,6 +683,18 @@ impl Cri {
             masked_paths: (!security.masked_paths.is_empty()).then(|| security.masked_paths.clone()),
             readonly_paths: (!security.readonly_paths.is_empty()).then(|| security.readonly_paths.clone()),
             cgroup_parent: sandbox.host_config.cgroup_parent.clone(),
+            devices: Some(
+                config
+                    .devices
+                    .iter()
+                    .map(|d| engine_docker_api::DeviceMapping {
+                        path_on_host: d.host_path.clone(),
+                        path_in_container: d.container_path.clone(),
+                        cgroup_permissions: d.permissions.clone(),
+                    })
+                    .collect(),
+            )
+            .filter(|d: &Vec<_>| !d.is_empty()),
             ..Default::default()
         };
         host_config.resources.memory = resources.memory_limit_in_bytes;
@@ -1130,6 +1146,17 @@ impl RuntimeService for Cri {
     async fn status(&self, req: Request<cri::StatusRequest>) -> Result<Response<cri::StatusResponse>, Status> {
         let t = self.trace(&req, RUNTIME_SERVICE, "Status");
         let lifecycled_up = *self.d.supervisor.pid.borrow() > 0;
+        let info = if req.get_ref().verbose {
+            let config = serde_json::json!({
+                "podCIDR": *self.pod_cidr.lock().unwrap_or_else(|e| e.into_inner()),
+                "cniConfDir": self.d.cfg.cni_conf_dir,
+                "sandboxImage": self.d.cfg.cri_sandbox_image,
+                "streamServer": self.streams.address(),
+            });
+            HashMap::from([("config".to_string(), config.to_string())])
+        } else {
+            HashMap::new()
+        };
         self.call(t, async move {
             let condition = |kind: &str, up: bool, why: &str| cri::RuntimeCondition {
                 r#type: kind.into(),
@@ -1144,6 +1171,7 @@ impl RuntimeService for Cri {
                         condition("NetworkReady", true, ""),
                     ],
                 }),
+                info,
                 ..Default::default()
             })
         })
@@ -1464,17 +1492,57 @@ impl RuntimeService for Cri {
         self.call(t, async move { url.map(|url| cri::PortForwardResponse { url }) }).await
     }
 
+    async fn update_runtime_config(
+        &self,
+        req: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "UpdateRuntimeConfig");
+        let cidr = req.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr);
+        let (pod_cidr, d) = (self.pod_cidr.clone(), self.d.clone());
+        self.call(t, async move {
+            let Some(cidr) = cidr else { return Ok(cri::UpdateRuntimeConfigResponse {}) };
+            // one range per family, comma-separated (a dual-stack node)
+            for range in cidr.split(',').filter(|r| !r.is_empty()) {
+                let valid = range
+                    .split_once('/')
+                    .is_some_and(|(ip, len)| ip.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok());
+                if !valid {
+                    return Err(ApiError::bad_request(format!("invalid pod CIDR {range:?}")));
+                }
+            }
+            let mut kept = pod_cidr.lock().unwrap_or_else(|e| e.into_inner());
+            if *kept != cidr {
+                crate::log!(d.cfg, "info", "the kubelet set the node's pod CIDR: {cidr}");
+                *kept = cidr;
+            }
+            Ok(cri::UpdateRuntimeConfigResponse {})
+        })
+        .await
+    }
+
+    async fn runtime_config(
+        &self,
+        req: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+        let t = self.trace(&req, RUNTIME_SERVICE, "RuntimeConfig");
+        // the kubelet takes its cgroup driver from here: engined writes cgroupfs paths
+        self.call(t, async move {
+            Ok(cri::RuntimeConfigResponse {
+                linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }),
+            })
+        })
+        .await
+    }
+
     unimplemented_calls! {
         stream_pod_sandboxes(cri::StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream;
         stream_containers(cri::StreamContainersRequest) -> Self::StreamContainersStream;
         stream_container_stats(cri::StreamContainerStatsRequest) -> Self::StreamContainerStatsStream;
         stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream;
-        update_runtime_config(cri::UpdateRuntimeConfigRequest) -> cri::UpdateRuntimeConfigResponse;
         checkpoint_container(cri::CheckpointContainerRequest) -> cri::CheckpointContainerResponse;
         list_metric_descriptors(cri::ListMetricDescriptorsRequest) -> cri::ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest) -> cri::ListPodSandboxMetricsResponse;
         stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream;
-        runtime_config(cri::RuntimeConfigRequest) -> cri::RuntimeConfigResponse;
         update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest) -> cri::UpdatePodSandboxResourcesResponse;
     }
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Arch, Capabilities, Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder,
-    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResources, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResources, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
     LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Spec,
 };
 
@@ -204,7 +204,143 @@ fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
             return bad(format!("sysctl '{key}' is not allowed in host network namespace"));
         }
     }
+    custom_devices(hc)?;
+    device_cgroup_rules(hc)?;
     Ok(mounts)
+}
+
+/// `--device`: each mapping's device nodes at their paths in the container (a host directory
+/// brings every node under it, as Docker does), with the cgroup rules that let the container
+/// use them. A host path that is no device node, nor a directory holding one, is refused.
+pub fn custom_devices(hc: &HostConfig) -> Result<(Vec<LinuxDevice>, Vec<LinuxDeviceCgroup>), ApiError> {
+    let (mut nodes, mut rules) = (Vec::new(), Vec::new());
+    for d in hc.devices.iter().flatten() {
+        let bad = |why: &str| {
+            ApiError::bad_request(format!(
+                "error gathering device information while adding custom device {:?}: {why}",
+                d.path_on_host
+            ))
+        };
+        let permissions = if d.cgroup_permissions.is_empty() { "rwm" } else { d.cgroup_permissions.as_str() };
+        if !valid_device_permissions(permissions) {
+            return Err(bad(&format!("invalid device permissions {permissions:?} (r, w and m at most once each)")));
+        }
+        let in_container = if d.path_in_container.is_empty() { &d.path_on_host } else { &d.path_in_container };
+        if !in_container.starts_with('/') {
+            return Err(bad(&format!("{in_container:?} is not an absolute path in the container")));
+        }
+        // a symlink such as /dev/disk/by-id/… names the node it points at
+        let host = std::fs::canonicalize(&d.path_on_host).map_err(|e| bad(&e.to_string()))?;
+        let found = if host.is_dir() {
+            host_devices(&host)
+                .into_iter()
+                .filter_map(|n| {
+                    let rel = n.path().strip_prefix(&host).ok()?.to_path_buf();
+                    Some(with_device_path(&n, Path::new(in_container).join(rel)))
+                })
+                .collect()
+        } else {
+            let node = device_node(&host).ok_or_else(|| bad("not a device node"))?;
+            vec![with_device_path(&node, PathBuf::from(in_container))]
+        };
+        if found.is_empty() {
+            return Err(bad("no device node under it"));
+        }
+        for node in found {
+            let rule = LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(node.typ())
+                .major(node.major())
+                .minor(node.minor())
+                .access(permissions)
+                .build()
+                .map_err(spec_error)?;
+            rules.push(rule);
+            nodes.push(node);
+        }
+    }
+    Ok((nodes, rules))
+}
+
+/// `r`, `w` and `m`, each at most once: what a device cgroup rule grants.
+fn valid_device_permissions(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 3 && p.chars().all(|c| "rwm".contains(c)) && {
+        let mut seen: Vec<char> = p.chars().collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len() == p.len()
+    }
+}
+
+/// `--device-cgroup-rule`: Docker's `a|b|c <major|*>:<minor|*> <rwm>` rules, allowed in order.
+pub fn device_cgroup_rules(hc: &HostConfig) -> Result<Vec<LinuxDeviceCgroup>, ApiError> {
+    hc.device_cgroup_rules
+        .iter()
+        .flatten()
+        .map(|text| {
+            let bad = || ApiError::bad_request(format!("invalid device cgroup rule format: '{text}'"));
+            let fields: Vec<&str> = text.split(' ').collect();
+            let [typ, numbers, access] = fields[..] else { return Err(bad()) };
+            let typ = match typ {
+                "a" => LinuxDeviceType::A,
+                "b" => LinuxDeviceType::B,
+                "c" => LinuxDeviceType::C,
+                _ => return Err(bad()),
+            };
+            let number = |n: &str| -> Result<Option<i64>, ApiError> {
+                match n {
+                    "*" => Ok(None),
+                    n if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                        n.parse().map(Some).map_err(|_| bad())
+                    }
+                    _ => Err(bad()),
+                }
+            };
+            let (major, minor) = numbers.split_once(':').ok_or_else(bad)?;
+            let (major, minor) = (number(major)?, number(minor)?);
+            if !valid_device_permissions(access) {
+                return Err(bad());
+            }
+            let mut rule = LinuxDeviceCgroupBuilder::default().allow(true).typ(typ).access(access);
+            if let Some(major) = major {
+                rule = rule.major(major);
+            }
+            if let Some(minor) = minor {
+                rule = rule.minor(minor);
+            }
+            rule.build().map_err(spec_error)
+        })
+        .collect()
+}
+
+/// The device node at `path` on the host, if it is one.
+fn device_node(path: &Path) -> Option<LinuxDevice> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(path).ok()?;
+    let typ = if m.file_type().is_char_device() {
+        LinuxDeviceType::C
+    } else if m.file_type().is_block_device() {
+        LinuxDeviceType::B
+    } else {
+        return None;
+    };
+    LinuxDeviceBuilder::default()
+        .path(path)
+        .typ(typ)
+        .major(nix::sys::stat::major(m.rdev()) as i64)
+        .minor(nix::sys::stat::minor(m.rdev()) as i64)
+        .file_mode(m.mode() & 0o7777)
+        .uid(m.uid())
+        .gid(m.gid())
+        .build()
+        .ok()
+}
+
+/// `node` at another path.
+fn with_device_path(node: &LinuxDevice, path: PathBuf) -> LinuxDevice {
+    let mut node = node.clone();
+    node.set_path(path);
+    node
 }
 
 /// The json-file log's rotation asked for by `--log-driver` and `--log-opt` (max-size in bytes
@@ -451,6 +587,7 @@ pub fn apply(mut spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, 
     with_groups(&mut spec, hc)?;
     let caps = with_capabilities(&mut spec, hc)?;
     with_privileges(&mut spec, hc)?;
+    with_devices(&mut spec, hc)?;
     with_seccomp(&mut spec, hc, &caps)?;
     with_network(&mut spec, hc, cx.netns);
     with_host_namespaces(&mut spec, hc, cx);
@@ -649,47 +786,46 @@ fn with_privileges(spec: &mut Spec, hc: &HostConfig) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `--device` and `--device-cgroup-rule`: the nodes made in the container's /dev (replacing
+/// one of the same path) and their rules after the image's (deny all, then the defaults).
+fn with_devices(spec: &mut Spec, hc: &HostConfig) -> Result<(), ApiError> {
+    let (nodes, mut rules) = custom_devices(hc)?;
+    rules.extend(device_cgroup_rules(hc)?);
+    if nodes.is_empty() && rules.is_empty() {
+        return Ok(());
+    }
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    let mut devices = linux.devices().clone().unwrap_or_default();
+    devices.retain(|d| !nodes.iter().any(|n| n.path() == d.path()));
+    devices.extend(nodes);
+    linux.set_devices(Some(devices));
+    let res = linux.resources_mut().get_or_insert_with(Default::default);
+    let mut all = res.devices().clone().unwrap_or_default();
+    all.extend(rules);
+    res.set_devices(Some(all));
+    Ok(())
+}
+
 /// The character and block devices under `dir` (as runc's and containerd's host device lists:
 /// not the container's own pts, shm, mqueue or fd, nor the console or ptmx).
 pub fn host_devices(dir: &Path) -> Vec<LinuxDevice> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for ent in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let name = ent.file_name();
             let name = name.to_string_lossy();
-            let Ok(m) = std::fs::symlink_metadata(ent.path()) else { continue };
-            let ft = m.file_type();
+            let Ok(ft) = ent.file_type() else { continue };
             if ft.is_dir() {
                 if !matches!(name.as_ref(), "pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".lxd-mounts" | ".udev") {
                     stack.push(ent.path());
                 }
                 continue;
             }
-            if matches!(name.as_ref(), "console" | "ptmx") {
+            if ft.is_symlink() || matches!(name.as_ref(), "console" | "ptmx") {
                 continue;
             }
-            let typ = if ft.is_char_device() {
-                LinuxDeviceType::C
-            } else if ft.is_block_device() {
-                LinuxDeviceType::B
-            } else {
-                continue;
-            };
-            let rdev = m.rdev();
-            let device = LinuxDeviceBuilder::default()
-                .path(ent.path())
-                .typ(typ)
-                .major(nix::sys::stat::major(rdev) as i64)
-                .minor(nix::sys::stat::minor(rdev) as i64)
-                .file_mode(m.mode() & 0o7777)
-                .uid(m.uid())
-                .gid(m.gid())
-                .build();
-            if let Ok(device) = device {
-                out.push(device);
-            }
+            out.extend(device_node(&ent.path()));
         }
     }
     out.sort_by(|a, b| a.path().cmp(b.path()));
@@ -1134,6 +1270,57 @@ mod tests {
         assert_eq!(shm["options"], serde_json::json!(["nosuid", "size=1024k"]));
         assert_eq!(v["linux"]["sysctl"]["net.ipv4.ip_forward"], "1");
         assert_eq!(v["linux"]["sysctl"]["kernel.shmmax"], "4096");
+    }
+
+    #[test]
+    fn device_cgroup_rules_read_as_docker_writes_them() {
+        let rules = |r: &[&str]| {
+            device_cgroup_rules(&HostConfig {
+                device_cgroup_rules: Some(r.iter().map(|s| s.to_string()).collect()),
+                ..Default::default()
+            })
+        };
+        let got = rules(&["c 10:200 rwm", "b *:* m", "a 1:* r"]).unwrap();
+        assert_eq!(
+            serde_json::to_value(&got).unwrap(),
+            serde_json::json!([
+                {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"},
+                {"allow": true, "type": "b", "access": "m"},
+                {"allow": true, "type": "a", "major": 1, "access": "r"},
+            ])
+        );
+        for bad in ["c 10:200", "x 1:2 r", "c 1 r", "c 1:2 rwx", "c 1:2 rr", "c -1:2 r", "c  1:2 r", ""] {
+            let err = rules(&[bad]).unwrap_err();
+            assert!(err.to_string().contains("invalid device cgroup rule format"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_device_mapping_takes_the_node_its_permissions_and_its_path() {
+        let hc = |host: &str, container: &str, perms: &str| HostConfig {
+            devices: Some(vec![engine_docker_api::DeviceMapping {
+                path_on_host: host.into(),
+                path_in_container: container.into(),
+                cgroup_permissions: perms.into(),
+            }]),
+            ..Default::default()
+        };
+        let (nodes, rules) = custom_devices(&hc("/dev/null", "/dev/mynull", "rw")).unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!((nodes[0].path().as_path(), nodes[0].major(), nodes[0].minor()), (Path::new("/dev/mynull"), 1, 3));
+        assert_eq!((rules[0].major(), rules[0].minor(), rules[0].access().as_deref()), (Some(1), Some(3), Some("rw")));
+        let (nodes, rules) = custom_devices(&hc("/dev/null", "", "")).unwrap();
+        assert_eq!(nodes[0].path(), Path::new("/dev/null"), "the host's path by default");
+        assert_eq!(rules[0].access().as_deref(), Some("rwm"), "every permission by default");
+        for (host, container, perms, says) in [
+            ("/etc/passwd", "", "", "not a device node"),
+            ("/dev/null", "relative", "", "not an absolute path"),
+            ("/dev/null", "", "rwx", "invalid device permissions"),
+            ("/nonexistent", "", "", "No such file"),
+        ] {
+            let err = custom_devices(&hc(host, container, perms)).unwrap_err().to_string();
+            assert!(err.contains(says) && err.contains(host), "{host} {container} {perms}: {err}");
+        }
     }
 
     #[test]

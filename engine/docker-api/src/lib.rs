@@ -170,6 +170,25 @@ pub struct HostConfig {
     /// own, inherited).
     #[serde(deserialize_with = "nullable")]
     pub oom_score_adj: i64,
+    /// `--device host[:container][:permissions]`: a device node of the host (or every node
+    /// under a directory of it) in the container, and the cgroup rule that lets it be used.
+    pub devices: Option<Vec<DeviceMapping>>,
+    /// `--device-cgroup-rule 'c 1:3 rwm'`: more devices the container may make, read or write
+    /// (`a|b|c major|*:minor|* r?w?m?`).
+    pub device_cgroup_rules: Option<Vec<String>>,
+}
+
+/// One `--device`: the node on the host, its path in the container (the host's when empty)
+/// and what the container may do with it (`rwm` when empty).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DeviceMapping {
+    #[serde(deserialize_with = "nullable")]
+    pub path_on_host: String,
+    #[serde(deserialize_with = "nullable")]
+    pub path_in_container: String,
+    #[serde(deserialize_with = "nullable")]
+    pub cgroup_permissions: String,
 }
 
 /// One `--ulimit name=soft[:hard]`.

@@ -382,6 +382,11 @@ fn bad_input_is_refused_and_changes_nothing() {
         (&["run", "-w", "relative", "busybox"], "needs to be an absolute path"),
         (&["run", "-u", "nobody-here", "busybox"], "unable to find user nobody-here"),
         (&["run", "--cpus", "64", "busybox"], "Range of CPUs"),
+        (&["run", "--device", "/etc/passwd", "busybox"], "not a device node"),
+        (&["run", "--device", "/dev/nosuch", "busybox"], "adding custom device \"/dev/nosuch\""),
+        (&["run", "--device", "/dev/null:/x:rwx", "busybox"], "invalid device specification"),
+        (&["run", "--device-cgroup-rule", "x 1:3 r", "busybox"], "invalid device cgroup rule format"),
+        (&["run", "--device-cgroup-rule", "c 1 r", "busybox"], "invalid device cgroup rule format"),
         (&["start", "nosuch"], "No such container: nosuch"),
         (&["rmi", "nosuch"], "No such image: nosuch"),
         (&["tag", "busybox", "Bad:Tag:x"], "invalid"),
@@ -448,6 +453,89 @@ fn bad_input_is_refused_and_changes_nothing() {
         .unwrap();
     assert!(stderr(&down).contains("Is engined running?"), "{}", stderr(&down));
     e.ok(&["rm", "taken"]);
+}
+
+/// `--device` puts host device nodes in the container (one, or every node under a directory)
+/// with just the access asked for, and `--device-cgroup-rule` lets a container use the nodes it
+/// makes itself: both enforced by the devices cgroup, as the container sees it.
+#[test]
+fn devices_and_device_cgroup_rules_reach_the_container() {
+    use std::os::unix::fs::FileTypeExt;
+    let fuse = std::path::Path::new("/dev/fuse");
+    assert!(fuse.metadata().unwrap().file_type().is_char_device(), "this machine's /dev/fuse");
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    // read-only access: opening for reading works, for writing the cgroup refuses
+    let out = e.ok(&[
+        "run",
+        "--rm",
+        "--device",
+        "/dev/fuse:/dev/xfuse:r",
+        "busybox",
+        "sh",
+        "-c",
+        "ls -l /dev/xfuse; exec 3</dev/xfuse && echo read-ok; (exec 4>/dev/xfuse) 2>&1 || echo write-denied",
+    ]);
+    assert!(out.contains("10, 229") && out.starts_with('c'), "{out}");
+    assert!(
+        out.contains("read-ok") && out.contains("write-denied") && out.contains("Operation not permitted"),
+        "{out}"
+    );
+    let out = e.ok(&["run", "--rm", "--device", "/dev/fuse", "busybox", "sh", "-c", "exec 3<>/dev/fuse && echo rw-ok"]);
+    assert!(out.contains("rw-ok"), "{out}");
+    // a directory: every node under it, at the same place under the container's path
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let node = |path: &std::path::Path, major: u64, minor: u64| {
+        nix::sys::stat::mknod(
+            path,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(major, minor),
+        )
+        .unwrap()
+    };
+    node(&dir.path().join("null"), 1, 3);
+    node(&dir.path().join("sub/fuse"), 10, 229);
+    std::fs::write(dir.path().join("not-a-node"), "x").unwrap();
+    let mapping = format!("{}:/dev/mine", dir.path().display());
+    let out = e.ok(&[
+        "run",
+        "--rm",
+        "--device",
+        &mapping,
+        "busybox",
+        "sh",
+        "-c",
+        "ls /dev/mine /dev/mine/sub; exec 3<>/dev/mine/sub/fuse && echo dir-ok",
+    ]);
+    assert!(out.contains("null") && out.contains("fuse") && out.contains("dir-ok"), "{out}");
+    assert!(!out.contains("not-a-node"), "{out}");
+    // a node the container makes itself: refused, unless a rule allows its numbers
+    let mknod = "mknod /tmp/f c 10 229 && exec 3<>/tmp/f && echo rule-ok";
+    let out = e.engine(&["run", "--rm", "busybox", "sh", "-c", mknod]);
+    assert!(!stdout(&out).contains("rule-ok") && stderr(&out).contains("Operation not permitted"), "{out:?}");
+    let out = e.ok(&["run", "--rm", "--device-cgroup-rule", "c 10:* rw", "busybox", "sh", "-c", mknod]);
+    assert!(out.contains("rule-ok"), "{out}");
+    // inspect reports them as given
+    e.ok(&[
+        "create",
+        "--name",
+        "dev",
+        "--device",
+        "/dev/fuse:/dev/xfuse:r",
+        "--device-cgroup-rule",
+        "c 10:* rw",
+        "busybox",
+    ]);
+    let inspect: serde_json::Value = serde_json::from_str(&e.ok(&["inspect", "dev"])).unwrap();
+    let hc = &inspect[0]["HostConfig"];
+    assert_eq!(
+        hc["Devices"],
+        serde_json::json!([{"PathOnHost": "/dev/fuse", "PathInContainer": "/dev/xfuse", "CgroupPermissions": "r"}])
+    );
+    assert_eq!(hc["DeviceCgroupRules"], serde_json::json!(["c 10:* rw"]));
+    e.ok(&["rm", "dev"]);
 }
 
 /// `pause` freezes every process of a container and `unpause` thaws them, as Docker's users

@@ -325,6 +325,11 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
             }),
             ..Default::default()
         }),
+        devices: vec![cri::Device {
+            container_path: "/dev/xfuse".into(),
+            host_path: "/dev/fuse".into(),
+            permissions: "r".into(),
+        }],
         ..Default::default()
     };
     let guarded = rt
@@ -356,6 +361,20 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>(), ["0", "read-only"]);
+    // its device, with the access asked for: read, not write
+    let out = rt
+        .block_on(runtime.exec_sync(cri::ExecSyncRequest {
+            container_id: guarded.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "exec 3</dev/xfuse && echo read; (exec 4>/dev/xfuse) || echo no-write".into(),
+            ],
+            timeout: 10,
+        }))
+        .unwrap()
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>(), ["read", "no-write"]);
     // the pod's containers share the sandbox's IPC and PID namespaces: its init is their PID 1
     let both = |cmd: &str| -> Vec<String> {
         [&ctr, &guarded]
@@ -452,6 +471,24 @@ fn bad_cri_requests_are_refused_and_change_nothing() {
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
     assert_eq!(e.ok(&["ps", "-aq", "--filter", "label=io.engine.cri"]).trim(), "");
     e.assert_clean();
+    // the node's configuration as the kubelet sends it: the pod CIDR (a bad one refused and
+    // not kept), reported by a verbose Status; the cgroup driver the kubelet should use
+    let set_cidr = |runtime: &mut RuntimeServiceClient<_>, cidr: &str| {
+        let req = cri::UpdateRuntimeConfigRequest {
+            runtime_config: Some(cri::RuntimeConfig {
+                network_config: Some(cri::NetworkConfig { pod_cidr: cidr.into() }),
+            }),
+        };
+        rt.block_on(runtime.update_runtime_config(req))
+    };
+    set_cidr(&mut runtime, "10.244.1.0/24,fd00:10:244:1::/64").unwrap();
+    let err = set_cidr(&mut runtime, "10.244.1.0").unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let status = rt.block_on(runtime.status(cri::StatusRequest { verbose: true })).unwrap().into_inner();
+    let config: serde_json::Value = serde_json::from_str(&status.info["config"]).unwrap();
+    assert_eq!(config["podCIDR"], "10.244.1.0/24,fd00:10:244:1::/64", "{config}");
+    let linux = rt.block_on(runtime.runtime_config(cri::RuntimeConfigRequest {})).unwrap().into_inner().linux;
+    assert_eq!(linux.unwrap().cgroup_driver, cri::CgroupDriver::Cgroupfs as i32);
 }
 
 /// Exec, attach and port-forward as kubectl reaches them through the kubelet: the CRI call
