@@ -8,8 +8,9 @@
 //! run with engine-init as PID 1; it holds the pod's network namespace, and the pod's containers
 //! join it (`container:<sandbox>`), as dockershim did. The namespace is put on the network of
 //! the first CNI configuration in `--cni-conf-dir` (ADD once the sandbox runs, DEL before it
-//! stops; the attachment is kept in the sandbox's directory before ADD, so a crash between
-//! them still DELs), on engined's default bridge when that directory has none, or is the
+//! stops; the attachment is kept under `<data-root>/cri/cni` before ADD, so a crash between
+//! them still DELs, and a sandbox removed through the Docker API is DELed by the next CRI call
+//! on it or engined's next start), on engined's default bridge when that directory has none, or is the
 //! host's with `network: NODE`. Sandboxes and CRI containers carry the label `io.engine.cri` and are kept
 //! out of the Docker API's listings, as containerd keeps its CRI namespace apart.
 //!
@@ -55,8 +56,11 @@ struct Call {
 /// the answer says whether it could.
 type Reopen = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), ApiError>>>;
 
-/// The file in a sandbox's directory that keeps its CNI attachment (what DEL needs).
-const CNI_ATTACHMENT: &str = "cni.json";
+/// The directory under the data root that keeps each attached sandbox's CNI attachment (what
+/// DEL needs), `<sandbox id>.json`: apart from the sandbox's own directory, so an attachment
+/// outlives a sandbox removed by other means (the Docker API) until a CRI call or the next
+/// start of engined undoes it.
+const CNI_ATTACHMENTS: &str = "cri/cni";
 
 /// The streaming server whose URLs Exec, Attach and PortForward answer with.
 pub type StreamServer = engine_streaming::Server<crate::cristream::CriStreams>;
@@ -432,7 +436,10 @@ impl Cri {
         network: &engine_network::cni::NetworkList,
         pod: engine_network::cni::Pod,
     ) -> Result<(), ApiError> {
-        let path = self.d.container_dir(&pod.id).join(CNI_ATTACHMENT);
+        let path = self.attachment_path(&pod.id).ok_or_else(|| ApiError::internal("a sandbox id that is not one"))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| ApiError::internal(format!("{}: {e}", dir.display())))?;
+        }
         let keep = |a: &engine_network::cni::Attachment| {
             let bytes = serde_json::to_vec(a).map_err(|e| ApiError::internal(e.to_string()))?;
             engine_util::fs::write_atomic(&path, &bytes)
@@ -449,13 +456,19 @@ impl Cri {
         if let Ok(a) = &added {
             trace.attr(span, "cni.ips", a.ips().join(","));
         }
-        let attachment = trace.finish(span, added).map_err(|e| ApiError::internal(e.to_string()))?;
-        keep(&attachment)
+        match trace.finish(span, added) {
+            Ok(attachment) => keep(&attachment),
+            Err(e) => {
+                // the chain undid itself: nothing is left to DEL
+                let _ = std::fs::remove_file(&path);
+                Err(ApiError::internal(e.to_string()))
+            }
+        }
     }
 
     /// DEL of a sandbox from its CNI network, if it was attached (and not detached since).
     async fn cni_detach(&self, trace: &Trace, id: &str) -> Result<(), ApiError> {
-        let path = self.d.container_dir(id).join(CNI_ATTACHMENT);
+        let Some(path) = self.attachment_path(id) else { return Ok(()) };
         let Ok(bytes) = std::fs::read(&path) else { return Ok(()) };
         let Ok(attachment) = serde_json::from_slice::<engine_network::cni::Attachment>(&bytes) else {
             let _ = std::fs::remove_file(&path);
@@ -470,16 +483,54 @@ impl Cri {
         Ok(())
     }
 
+    /// Where sandbox `id`'s CNI attachment is kept; `None` for what is no full container id
+    /// (a caller's string never names a path).
+    fn attachment_path(&self, id: &str) -> Option<std::path::PathBuf> {
+        let full = id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        full.then(|| self.d.cfg.data_root.join(CNI_ATTACHMENTS).join(format!("{id}.json")))
+    }
+
+    /// DEL of every attachment whose sandbox is gone (removed through the Docker API, or lost
+    /// with engined between its removal and the DEL): at engined's start, in a trace of its own.
+    async fn collect_cni_attachments(&self) {
+        let dir = self.d.cfg.data_root.join(CNI_ATTACHMENTS);
+        let ids: Vec<String> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string))
+            .filter(|id| self.d.containers.find(id).is_err())
+            .collect();
+        for id in ids {
+            let trace = Trace::background(self.d.sink.as_ref(), engine_telemetry::names::CNI_DEL);
+            trace.attr(trace.root, "container.id", id.clone());
+            let r = self.cni_detach(&trace, &id).await;
+            if let Err(e) = &r {
+                crate::log!(self.d.cfg, "warn", "the CNI attachment of gone sandbox {id}: {}", e.message);
+            }
+            trace.end(r.as_ref().err().map(|e| e.message.as_str()));
+        }
+    }
+
     /// The addresses CNI gave sandbox `id`, if it is attached.
     fn cni_ips(&self, id: &str) -> Option<Vec<String>> {
-        let bytes = std::fs::read(self.d.container_dir(id).join(CNI_ATTACHMENT)).ok()?;
+        let bytes = std::fs::read(self.attachment_path(id)?).ok()?;
         let a: engine_network::cni::Attachment = serde_json::from_slice(&bytes).ok()?;
         Some(a.ips())
     }
 
     /// Stops the pod's containers, then the sandbox; idempotent.
     async fn stop_pod_sandbox(&self, trace: &Trace, id: &str) -> Result<(), ApiError> {
-        let sandbox = self.find(id, "sandbox")?;
+        let sandbox = match self.find(id, "sandbox") {
+            Ok(e) => e,
+            Err(e) => {
+                // a sandbox removed by other means: its network is still the pod's to give back
+                if e.status == hyper::StatusCode::NOT_FOUND {
+                    self.cni_detach(trace, id).await?;
+                }
+                return Err(e);
+            }
+        };
         let sid = sandbox.snapshot().id;
         for c in self.all("container").into_iter().filter(|c| labels(c).get(SANDBOX_ID) == Some(&sid)) {
             if let Ok(e) = self.d.containers.find(&c.id) {
@@ -499,8 +550,8 @@ impl Cri {
     async fn remove_pod_sandbox(&self, trace: &Trace, id: &str) -> Result<(), ApiError> {
         let sandbox = match self.find(id, "sandbox") {
             Ok(e) => e,
-            // already removed: not an error (the call is idempotent)
-            Err(e) if e.status == hyper::StatusCode::NOT_FOUND => return Ok(()),
+            // already removed: not an error (the call is idempotent), its network given back
+            Err(e) if e.status == hyper::StatusCode::NOT_FOUND => return self.cni_detach(trace, id).await,
             Err(e) => return Err(e),
         };
         self.stop_pod_sandbox(trace, id).await?;
@@ -1673,6 +1724,8 @@ fn walk_count(dir: &std::path::Path) -> u64 {
 /// Serves both services on `listener` until the process ends.
 pub fn serve(d: Arc<Daemon>, listener: tokio::net::UnixListener, streams: Arc<StreamServer>) {
     let cri = Cri::new(d, streams);
+    let collector = cri.clone();
+    tokio::spawn(async move { collector.collect_cni_attachments().await });
     tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .add_service(engine_cri::v1::runtime_service_server::RuntimeServiceServer::new(cri.clone()))

@@ -1039,7 +1039,7 @@ fn a_pod_joins_its_cni_network_and_leaves_nothing_of_it() {
         }
     }
     let _chains = PortmapChains(!nat().contains(":CNI-HOSTPORT-DNAT"));
-    let e = Engined::start_with(
+    let mut e = Engined::start_with(
         &[],
         &["--cri-sandbox-image", "pause:test", "--dns", "127.0.0.1", "--cni-conf-dir", conf.to_str().unwrap()],
     );
@@ -1106,4 +1106,23 @@ fn a_pod_joins_its_cni_network_and_leaves_nothing_of_it() {
     assert!(!nat().contains(&pod), "portmap's rules of the pod are left");
     e.assert_clean();
     assert_eq!(e.netns_files(), 0);
+
+    // a sandbox removed through the Docker API gives its address back at the kubelet's next
+    // call on it, or at engined's next start (after a kill -9 here)
+    let run_pod = |runtime: &mut RuntimeServiceClient<_>| {
+        let req = cri::RunPodSandboxRequest { config: Some(pod_config(&logs)), runtime_handler: String::new() };
+        let pod = rt.block_on(runtime.run_pod_sandbox(req)).unwrap().into_inner().pod_sandbox_id;
+        let ip = sandbox_status(&rt, runtime, &pod).network.unwrap().ip;
+        assert!(ipam.join(format!("e2e-{tag}")).join(&ip).exists(), "host-local's allocation");
+        e.ok(&["rm", "-f", &pod]);
+        (pod, ip)
+    };
+    let (pod, ip) = run_pod(&mut runtime);
+    rt.block_on(runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() })).unwrap();
+    assert!(!ipam.join(format!("e2e-{tag}")).join(&ip).exists(), "RemovePodSandbox left the address allocated");
+    let (_, ip) = run_pod(&mut runtime);
+    e.kill9();
+    e.restart();
+    wait_for("engined's start to give the address back", || !ipam.join(format!("e2e-{tag}")).join(&ip).exists());
+    e.assert_clean();
 }
