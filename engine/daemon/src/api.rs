@@ -242,12 +242,25 @@ async fn dispatch(
             // Headers go out at once (the CLI waits for them before starting the container).
             let (tx, body) = http::channel_body(1);
             let d = d.clone();
+            // the request's span lasts until the answer, and the exit it reports (engined's work
+            // after it, the container's run) joins its trace: a `run`'s trace has its whole run
+            let this = crate::trace::current().ok_or_else(|| ApiError::internal("a wait outside of a request"))?;
+            let hold = this.hold();
+            let (done, exit_recorded) = tokio::sync::oneshot::channel();
+            let waiter = crate::records::ExitWaiter { trace: this, done };
+            let joined = e.wait_for_exit(waiter);
             tokio::spawn(async move {
                 let out = match d.wait(&e, &condition).await {
                     Ok((code, err)) if err.is_empty() => json!({ "StatusCode": code, "Error": null }),
                     Ok((code, err)) => json!({ "StatusCode": code, "Error": { "Message": err } }),
                     Err(err) => json!({ "StatusCode": -1, "Error": { "Message": err.message } }),
                 };
+                if joined && !e.withdraw_exit_waiter(hold.trace()) {
+                    // the exit took it: its spans are recorded before the answer goes
+                    let _ = tokio::time::timeout(Duration::from_secs(30), exit_recorded).await;
+                }
+                // the span ends before the answer goes, so it ends inside its caller's
+                drop(hold);
                 let _ = tx.send(Bytes::from(format!("{out}\n"))).await;
             });
             let mut r = Resp::new(body);

@@ -658,6 +658,7 @@ impl Daemon {
                 return Err(self.start_failed(e, format!("failed to create task for container {id}: {}", s.message())));
             }
         };
+        let start_sent = engine_telemetry::recorder::now_unix_nanos();
         let started = match self.lifecycle.start_task(task_req.clone()).await {
             Err(s) if outcome_unknown(&s) => self.settle_unknown_start(&task_req, s, &mut pid).await,
             r => r.map(|_| ()),
@@ -678,7 +679,10 @@ impl Daemon {
         let parent = hostconfig::cgroup_parent(&e.snapshot().host_config, &self.cfg.cgroup_parent);
         crate::kernel::container_started(&self.probes, &hostconfig::cgroups_path(&parent, &id));
         self.event(&e.snapshot(), "start", &[]);
-        e.life.send_modify(|l| l.running = true);
+        e.life.send_modify(|l| {
+            l.running = true;
+            l.started_unix_nanos = start_sent;
+        });
         self.spawn_monitor(e.clone());
         Ok(())
     }
@@ -705,25 +709,60 @@ impl Daemon {
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             };
-            // the exit and what follows it (auto-removal, a restart policy) are an operation of
-            // their own: one trace, so none of its calls to lifecycled starts a trace of its own
-            let trace = Arc::new(Trace::background(d.sink.as_ref(), engine_telemetry::names::DAEMON_EXIT));
-            trace.attr(trace.root, "container.id", id.clone());
-            trace.attr(trace.root, "process.exit.code", exit.exit_status as i64);
+            // the exit and what follows it (auto-removal, a restart policy) are one operation:
+            // part of the trace of the client waiting on it (`run`), or a trace of its own, so
+            // none of its calls to lifecycled starts a trace of its own
+            let (trace, span, waiter) = match e.take_exit_waiter() {
+                Some(w) => {
+                    let trace = w.trace.clone();
+                    // the container's own run, from its start to its exit
+                    let exited = match exit.exited_unix_nanos {
+                        t if t > 0 => t as u64,
+                        _ => engine_telemetry::recorder::now_unix_nanos(),
+                    };
+                    let started = e.life.borrow().started_unix_nanos;
+                    if started > 0 {
+                        let run = trace.record(engine_telemetry::names::CONTAINER_RUN, trace.root, started, exited);
+                        trace.attr(run, "container.id", id.clone());
+                        trace.attr(run, "process.exit.code", exit.exit_status as i64);
+                    }
+                    // from the exit itself: its way back (shim, lifecycled, engined) is part of it
+                    let span = trace.start_under_at(engine_telemetry::names::DAEMON_EXIT, trace.root, exited);
+                    (trace, span, Some(w.done))
+                }
+                None => {
+                    let trace = Arc::new(Trace::background(d.sink.as_ref(), engine_telemetry::names::DAEMON_EXIT));
+                    let root = trace.root;
+                    (trace, root, None)
+                }
+            };
+            trace.attr(span, "container.id", id.clone());
+            trace.attr(span, "process.exit.code", exit.exit_status as i64);
+            let outer = trace.enter(span);
             trace
                 .scope(async {
                     let _ = d.lifecycle.delete_task(req).await;
-                    d.record_exit(&e, exit).await;
+                    if let Some(removal) = d.record_exit(&e, exit).await {
+                        let _ = removal.await;
+                    }
                 })
                 .await;
-            trace.end(None);
+            trace.enter(outer);
+            match waiter {
+                Some(done) => {
+                    trace.finish(span, Ok::<(), String>(())).ok();
+                    let _ = done.send(());
+                }
+                None => trace.end(None),
+            }
         });
     }
 
-    async fn record_exit(self: &Arc<Self>, e: &Arc<Entry>, exit: ExitStatus) {
+    /// Records an exit and applies the policies; the auto-removal it starts, if any, to await.
+    async fn record_exit(self: &Arc<Self>, e: &Arc<Entry>, exit: ExitStatus) -> Option<tokio::task::JoinHandle<()>> {
         if e.life.borrow().removed {
             // removed while lifecycled did not answer (`rm -f`): nothing is left to record
-            return;
+            return None;
         }
         // its network goes with its processes (a restart sets it up again)
         crate::network::down(&self.network_service, e).await;
@@ -752,21 +791,28 @@ impl Daemon {
             l.error = error.clone();
         });
         if shutting_down {
-            return;
+            return None;
         }
         if e.snapshot().host_config.auto_remove {
             let d = self.clone();
             let e = e.clone();
-            crate::trace::spawn_in_operation(async move {
+            return Some(crate::trace::spawn_in_operation(async move {
+                let trace = crate::trace::current();
+                let span = trace.as_ref().map(|t| t.start(engine_telemetry::names::DAEMON_REMOVE));
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
                 while e.attached.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                if let Err(err) = d.remove(&e, true, true).await {
+                let outer = trace.as_ref().zip(span).map(|(t, s)| t.enter(s));
+                let removed = d.remove(&e, true, true).await;
+                if let (Some(t), Some(s), Some(outer)) = (trace.as_ref(), span, outer) {
+                    t.enter(outer);
+                    let _ = t.finish(s, removed.as_ref().map_err(|e| e.message.clone()));
+                }
+                if let Err(err) = removed {
                     log!(d.cfg, "error", "auto-removing {}: {}", e.snapshot().id, err.message);
                 }
-            });
-            return;
+            }));
         }
         if let Some(delay) = restart_in {
             let d = self.clone();
@@ -786,6 +832,7 @@ impl Daemon {
                 }
             });
         }
+        None
     }
 
     /// A start a restart policy asks for (the caller holds the container's `op` lock), as a trace

@@ -72,6 +72,16 @@ pub struct Life {
     pub exit_code: i64,
     pub error: String,
     pub removed: bool,
+    /// When its last start ended (the user's program running), for `container.run`.
+    pub started_unix_nanos: u64,
+}
+
+/// A client waiting on a container whose trace the next exit joins: engined's work after the
+/// exit goes under the wait's request span, and `done` is sent once it is recorded, so the
+/// wait answers (and its span ends) after its children.
+pub struct ExitWaiter {
+    pub trace: Arc<crate::trace::Trace>,
+    pub done: tokio::sync::oneshot::Sender<()>,
 }
 
 /// A container in memory.
@@ -86,6 +96,8 @@ pub struct Entry {
     /// Attached output streams still being written: `--rm` waits for them, so the output
     /// of a short-lived container is not removed with it before the client has it.
     pub attached: std::sync::atomic::AtomicUsize,
+    /// The wait the next exit reports to, if a client waits (the first one).
+    pub exit_waiter: Mutex<Option<ExitWaiter>>,
 }
 
 impl Entry {
@@ -97,7 +109,35 @@ impl Entry {
             op: tokio::sync::Mutex::new(()),
             net: Default::default(),
             attached: Default::default(),
+            exit_waiter: Mutex::new(None),
         }
+    }
+
+    /// Makes `waiter` the one the next exit reports to, unless another client waits already;
+    /// whether it was taken.
+    pub fn wait_for_exit(&self, waiter: ExitWaiter) -> bool {
+        let mut slot = self.exit_waiter.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(waiter);
+        true
+    }
+
+    /// The waiter the exit reports to, taken by the exit.
+    pub fn take_exit_waiter(&self) -> Option<ExitWaiter> {
+        self.exit_waiter.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Takes back the waiter of `trace`'s wait, which ended without the exit taking it; whether
+    /// it was still there.
+    pub fn withdraw_exit_waiter(&self, trace: &Arc<crate::trace::Trace>) -> bool {
+        let mut slot = self.exit_waiter.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|w| Arc::ptr_eq(&w.trace, trace)) {
+            *slot = None;
+            return true;
+        }
+        false
     }
 
     pub fn snapshot(&self) -> ContainerRecord {

@@ -66,6 +66,24 @@ impl Trace {
         self.rec().start(name, Some(parent))
     }
 
+    /// Starts a span under `parent` that began at `start` (a time taken elsewhere), no earlier
+    /// than `parent` did.
+    pub fn start_under_at(&self, name: &str, parent: SpanHandle, start: u64) -> SpanHandle {
+        let mut rec = self.rec();
+        let start = start.max(rec.start_of(parent).unwrap_or(start)).min(engine_telemetry::recorder::now_unix_nanos());
+        rec.start_at(name, Some(parent), start)
+    }
+
+    /// Records a span that ran from `start` to `end` (times taken elsewhere) under `parent`,
+    /// starting no earlier than `parent` did.
+    pub fn record(&self, name: &str, parent: SpanHandle, start: u64, end: u64) -> SpanHandle {
+        let mut rec = self.rec();
+        let start = start.max(rec.start_of(parent).unwrap_or(start));
+        let h = rec.start_at(name, Some(parent), start);
+        rec.end_at(h, end.max(start));
+        h
+    }
+
     pub fn set_kind(&self, h: SpanHandle, kind: Kind) {
         self.rec().set_kind(h, kind);
     }

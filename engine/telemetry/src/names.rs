@@ -10,8 +10,17 @@ pub const DAEMON_SPEC: &str = "daemon.spec";
 pub const DAEMON_START: &str = "daemon.start";
 pub const DAEMON_STOP: &str = "daemon.stop";
 pub const DAEMON_NETWORK: &str = "daemon.network";
-/// The root of engined's own work after a container's exit (its task's delete, auto-removal).
+/// A container's exit on its way back (shim, lifecycled) and engined's work after it (its
+/// task's delete, auto-removal): a span under the
+/// request span of a client waiting on the container (`run` waits), in the client's trace, or
+/// the root of a trace of its own when nobody waits.
 pub const DAEMON_EXIT: &str = "daemon.exit";
+/// An auto-removal (`--rm`) after an exit, under `daemon.exit`.
+pub const DAEMON_REMOVE: &str = "daemon.remove";
+/// The container's run, from the start of its task (the program begins within
+/// `lifecycle.Tasks/Start`) to its exit (`process.exit.code`), as a waiting client's trace shows
+/// it beside `daemon.exit` (which runs from the exit to engined's work after it).
+pub const CONTAINER_RUN: &str = "container.run";
 /// The root of one container's reconciliation at engined's start (what was found, what done).
 pub const DAEMON_RECOVER: &str = "daemon.recover";
 /// The root of a collection of orphans (what containers engined has no record of left) that
@@ -124,6 +133,8 @@ pub const ALL: &[&str] = &[
     DAEMON_STOP,
     DAEMON_NETWORK,
     DAEMON_EXIT,
+    DAEMON_REMOVE,
+    CONTAINER_RUN,
     DAEMON_RECOVER,
     DAEMON_COLLECT,
     DAEMON_ORPHAN,

@@ -219,6 +219,11 @@ impl Recorder {
         SpanHandle(a.spans.len() - 1)
     }
 
+    /// When span `h` started (`None` when nothing is recorded).
+    pub fn start_of(&self, h: SpanHandle) -> Option<u64> {
+        self.active.as_ref()?.spans.get(h.0).map(|s| s.start)
+    }
+
     /// Sets an attribute on a span.
     pub fn set_attr(&mut self, h: SpanHandle, key: &str, value: impl Into<AttrValue>) {
         if let Some(s) = self.active.as_mut().and_then(|a| a.spans.get_mut(h.0)) {

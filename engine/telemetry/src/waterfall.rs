@@ -165,7 +165,35 @@ pub fn render(spans: &[FlatSpan], opts: &Options) -> String {
             }
         }
     }
+    // time of a root no span under it explains, when it is more than a twentieth of it
+    for &r in children.get(&None).into_iter().flatten() {
+        let kids: Vec<&FlatSpan> = children.get(&Some(r)).into_iter().flatten().map(|&k| &spans[k]).collect();
+        let gap = unexplained(&spans[r], &kids);
+        if !kids.is_empty() && gap * 20 > spans[r].duration_nanos() {
+            let share = gap as f64 * 100.0 / spans[r].duration_nanos().max(1) as f64;
+            let _ = writeln!(out, "{}: {} ms ({share:.0}%) with no span under it", spans[r].name, ms(gap));
+        }
+    }
     out
+}
+
+/// How much of `root`'s time none of its `children` covers.
+fn unexplained(root: &FlatSpan, children: &[&FlatSpan]) -> u64 {
+    let mut spans: Vec<(u64, u64)> = children
+        .iter()
+        .map(|c| (c.start_unix_nanos.max(root.start_unix_nanos), c.end_unix_nanos.min(root.end_unix_nanos)))
+        .filter(|(a, b)| a < b)
+        .collect();
+    spans.sort_unstable();
+    let (mut covered, mut reach) = (0, root.start_unix_nanos);
+    for (a, b) in spans {
+        let a = a.max(reach);
+        if b > a {
+            covered += b - a;
+            reach = b;
+        }
+    }
+    root.duration_nanos().saturating_sub(covered)
 }
 
 #[cfg(test)]
@@ -189,5 +217,19 @@ mod tests {
         assert!(lines[3].starts_with("├─ runtime.cgroup"), "{text}");
         assert!(lines[4].starts_with("└─ runtime.rootfs"), "{text}");
         assert!(lines[2].contains("8.000"), "{text}");
+        assert!(lines[5].starts_with("runtime.create: 4.500 ms (56%) with no span under it"), "{text}");
+    }
+
+    #[test]
+    fn says_how_much_of_a_root_no_span_explains() {
+        let spans = vec![
+            span("a", "", "engine.run", 0, 100_000_000),
+            span("b", "a", "POST /containers/create", 1_000_000, 20_000_000),
+            span("c", "a", "POST /containers/{id}/start", 10_000_000, 40_000_000),
+        ];
+        let text = render(&spans, &Options::default());
+        assert!(text.contains("engine.run: 61.000 ms (61%) with no span under it"), "{text}");
+        let whole = vec![span("a", "", "engine.run", 0, 100_000_000), span("b", "a", "POST /x", 1_000_000, 99_000_000)];
+        assert!(!render(&whole, &Options::default()).contains("no span under it"));
     }
 }

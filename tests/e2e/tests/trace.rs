@@ -126,8 +126,28 @@ fn one_start_is_one_trace_from_the_cli_to_init() {
     e.ok(&["run", "--name", "traced", "busybox", "true"]);
     let spans = whole_trace(&e, "traced", "start");
     check_trace(&spans, "traced");
-    // not sampled by the CLI: nothing below it recorded either (the daemon's own clean-up after
-    // the exit is a trace of its own)
+    // the whole run, not just its start: the container's run, its exit's way back and the
+    // removal of `--rm` are in the same trace, under the wait the CLI made
+    e.ok(&["run", "--rm", "--name", "whole", "busybox", "true"]);
+    let mut whole = Vec::new();
+    wait_for("the run's exit and removal in its trace", || {
+        whole = whole_trace(&e, "whole", "start");
+        whole.iter().any(|s| s.name == "daemon.remove")
+    });
+    check_trace(&whole, "whole");
+    let by_id: HashMap<&str, &FlatSpan> = whole.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let parent = |name: &str| {
+        let s = whole.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no {name} span"));
+        by_id[s.parent_span_id.as_str()].name.clone()
+    };
+    assert_eq!(parent("container.run"), "POST /containers/{id}/wait");
+    assert_eq!(parent("daemon.exit"), "POST /containers/{id}/wait");
+    assert_eq!(parent("daemon.remove"), "daemon.exit");
+    assert_eq!(parent("lifecycle.Containers/Delete"), "daemon.remove");
+    let run = whole.iter().find(|s| s.name == "container.run").unwrap();
+    assert_eq!(run.attr("process.exit.code"), Some("0"));
+
+    // not sampled by the CLI: nothing below it recorded either, its exit's clean-up included
     assert!(e.fails(&["trace", "--op", "start", "untraced"]).contains("no traces of untraced for --op start"));
 
     // the waterfall, with the critical path drawn solid, and attributes on request
@@ -150,7 +170,8 @@ fn one_start_is_one_trace_from_the_cli_to_init() {
         .lines()
         .find(|l| l.starts_with("runtime.create "))
         .unwrap_or_else(|| panic!("no runtime.create in\n{stats}"));
-    assert_eq!(row.split_whitespace().nth(1), Some("2"), "{stats}");
+    // traced, whole and other
+    assert_eq!(row.split_whitespace().nth(1), Some("3"), "{stats}");
 
     // a Docker client that sends traceparent has its trace continued
     let (tid, sid) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
