@@ -1653,10 +1653,12 @@ impl ImageService for Cri {
         self.call(t, async move {
             let name = req.into_inner().image.map(|i| i.image).unwrap_or_default();
             let images = this.d.images.clone();
-            // removing an image that is not here is no error
-            if images.resolve(&name).is_ok() {
-                let n = name.clone();
-                tokio::task::spawn_blocking(move || images.remove(&n, false))
+            // removing an image that is not here is no error; one that is goes with every name
+            // it has (as containerd's CRI removes all of an image's references: the kubelet's
+            // image collection removes images by id), unless a container uses it
+            if let Ok(image) = images.resolve(&name) {
+                let id = image.id().to_string();
+                tokio::task::spawn_blocking(move || images.remove(&id, true))
                     .await
                     .map_err(|e| ApiError::internal(e.to_string()))??;
                 this.d.events.publish(crate::events::Event::image("delete", &name));

@@ -115,6 +115,23 @@ fn a_pod_runs_through_the_cri_in_one_trace_and_leaves_nothing() {
     let none =
         rt.block_on(images.image_status(cri::ImageStatusRequest { image: spec("nothing:here"), verbose: false }));
     assert!(none.unwrap().into_inner().image.is_none());
+    // RemoveImage by id (as the kubelet's image collection sends it) takes every name of it
+    let tar = e.busybox_tar();
+    e.ok(&["import", "--change", "LABEL twice=1", tar.to_str().unwrap(), "twice:one"]);
+    e.ok(&["tag", "twice:one", "twice:two"]);
+    let id = rt
+        .block_on(images.image_status(cri::ImageStatusRequest { image: spec("twice:one"), verbose: false }))
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap()
+        .id;
+    rt.block_on(images.remove_image(cri::RemoveImageRequest { image: spec(&id) })).unwrap();
+    for name in ["twice:one", "twice:two"] {
+        let gone = rt.block_on(images.image_status(cri::ImageStatusRequest { image: spec(name), verbose: false }));
+        assert!(gone.unwrap().into_inner().image.is_none(), "{name} is left");
+    }
+    rt.block_on(images.remove_image(cri::RemoveImageRequest { image: spec(&id) })).expect("idempotent");
 
     // the pod
     let pod = rt
