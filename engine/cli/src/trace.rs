@@ -62,6 +62,23 @@ pub struct TraceArgs {
     /// Leave out the kernel's rows (the eBPF probes' spans and events).
     #[arg(long)]
     pub no_kernel: bool,
+    /// Show every kernel row (runs of alike ones are folded into one with their count).
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+/// How the waterfall is drawn for `args`: fitted to the terminal and coloured when stdout is one.
+fn waterfall_options(args: &TraceArgs) -> waterfall::Options {
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    waterfall::Options {
+        attributes: args.attributes,
+        kernel: !args.no_kernel,
+        fold: !args.verbose,
+        width: if tty { crate::containers::terminal_size().map(|(_, cols)| cols as usize) } else { None },
+        colour: tty && std::env::var_os("NO_COLOR").is_none(),
+        ..Default::default()
+    }
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -179,13 +196,7 @@ pub async fn run(c: &Client, args: TraceArgs) -> Result<i32> {
         if args.json {
             println!("{}", serde_json::to_string(doc)?);
         } else {
-            print!(
-                "{}",
-                waterfall::render(
-                    &flatten(doc),
-                    &waterfall::Options { attributes: args.attributes, kernel: !args.no_kernel, ..Default::default() }
-                )
-            );
+            print!("{}", waterfall::render(&flatten(doc), &waterfall_options(&args)));
             if args.sort {
                 print!("{}", slowest_steps(&flatten(doc)));
             }
@@ -298,7 +309,7 @@ pub fn from_file(args: TraceArgs) -> Result<i32> {
     let file = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
     let (spans, skipped) =
         engine_telemetry::read_spans(BufReader::new(file)).with_context(|| format!("read {}", path.display()))?;
-    let trace_id = match args.trace_id {
+    let trace_id = match args.trace_id.clone() {
         Some(id) => id,
         None => match spans.iter().max_by_key(|s| s.start_unix_nanos) {
             Some(s) => s.trace_id.clone(),
@@ -309,13 +320,7 @@ pub fn from_file(args: TraceArgs) -> Result<i32> {
     if trace.is_empty() {
         bail!("no trace {trace_id} in {}", path.display());
     }
-    print!(
-        "{}",
-        waterfall::render(
-            &trace,
-            &waterfall::Options { attributes: args.attributes, kernel: !args.no_kernel, ..Default::default() }
-        )
-    );
+    print!("{}", waterfall::render(&trace, &waterfall_options(&args)));
     if skipped > 0 {
         eprintln!("engine: skipped {skipped} unreadable line(s) in {}", path.display());
     }

@@ -38,6 +38,12 @@ fn store_status(e: StoreError) -> Status {
     }
 }
 
+/// The codes that mark a gRPC server span failed (OpenTelemetry's semantic conventions).
+fn server_error(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(code, Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss)
+}
+
 /// A Status shown by its message (span errors).
 struct Msg(Status);
 impl std::fmt::Display for Msg {
@@ -77,7 +83,16 @@ impl Lifecycle {
             )),
             _ => s,
         });
-        let r = rec.finish(h, outcome.map_err(Msg)).map_err(|m| m.0);
+        rec.set_attr(h, "rpc.grpc.status_code", outcome.as_ref().map_or_else(|s| s.code() as i64, |_| 0));
+        // as OpenTelemetry's gRPC conventions have it, a server span fails only on the server's
+        // own errors: a delete of what is gone (NotFound) or a refused request is an answer
+        let r = match outcome {
+            Err(s) if !server_error(s.code()) => {
+                rec.end(h);
+                Err(s)
+            }
+            outcome => rec.finish(h, outcome.map_err(Msg)).map_err(|m| m.0),
+        };
         rec.flush();
         r
     }

@@ -9,19 +9,29 @@ use crate::handoff::FlatSpan;
 /// Options for [`render`].
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Width of the bar column in characters.
+    /// Width of the bar column in characters (at most: a `width` may narrow it).
     pub bar_width: usize,
     /// Print each span's attributes under it.
     pub attributes: bool,
     /// Show the kernel's rows: `kernel.*` spans and the span events the probes added.
     pub kernel: bool,
+    /// Fold runs of three or more alike kernel rows under one span into one row with their
+    /// count and total (`kernel.mount ×40`); off shows each.
+    pub fold: bool,
+    /// The terminal's width: names, columns and bars are fitted to it.
+    pub width: Option<usize>,
+    /// Colour the bars and failures (ANSI), for a terminal.
+    pub colour: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { bar_width: 40, attributes: false, kernel: true }
+        Options { bar_width: 40, attributes: false, kernel: true, fold: true, width: None, colour: false }
     }
 }
+
+/// Runs shorter than this are shown row by row even when folding.
+const FOLD_AT: usize = 3;
 
 /// The one attribute that says most about a kernel row.
 fn kernel_detail(attrs: &[(String, String)]) -> String {
@@ -34,6 +44,7 @@ fn kernel_detail(attrs: &[(String, String)]) -> String {
         "process.child.pid",
     ] {
         if let Some((_, v)) = attrs.iter().find(|(k, _)| k == key).filter(|(_, v)| !v.is_empty()) {
+            let v = readable_path(v);
             // long paths keep their end, which names the thing
             let n = v.chars().count();
             return if n > 48 && v.contains('/') {
@@ -44,6 +55,40 @@ fn kernel_detail(attrs: &[(String, String)]) -> String {
         }
     }
     String::new()
+}
+
+/// A path as a person reads it: a mount under a container's root filesystem relative to it
+/// (`/sys/fs/cgroup/memory`, `rootfs` for the root itself), and container ids cut to 12
+/// characters, as `engine ps` shows them.
+fn readable_path(v: &str) -> String {
+    let v = match v.split_once("/rootfs") {
+        Some((_, "")) => return "rootfs".into(),
+        Some((_, rest)) if rest.starts_with('/') => rest,
+        _ => v,
+    };
+    v.split('/')
+        .map(|c| {
+            let id = c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit());
+            if id {
+                &c[..12]
+            } else {
+                c
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// One row of the waterfall.
+enum Row {
+    /// A span.
+    Span(usize),
+    /// A point event of a span (its index in the span's events).
+    Event(usize, usize),
+    /// A run of alike kernel spans under one parent, shown as one.
+    Spans(Vec<usize>),
+    /// A run of alike events of one span.
+    Events(usize, Vec<usize>),
 }
 
 fn ms(nanos: u64) -> String {
@@ -85,36 +130,119 @@ pub fn render(spans: &[FlatSpan], opts: &Options) -> String {
     let total = (t1 - t0) as f64;
     let critical = crate::analysis::critical_path(spans);
 
-    // rows: (label, span index, event index within the span for a point event)
-    let mut rows: Vec<(String, usize, Option<usize>)> = Vec::new();
+    // rows, each with its label
+    let mut rows: Vec<(String, Row)> = Vec::new();
     fn walk(
         node: Option<usize>,
         prefix: &str,
         children: &HashMap<Option<usize>, Vec<usize>>,
         spans: &[FlatSpan],
-        rows: &mut Vec<(String, usize, Option<usize>)>,
+        fold: bool,
+        compact: bool,
+        rows: &mut Vec<(String, Row)>,
     ) {
         let Some(kids) = children.get(&node) else { return };
-        for (n, &k) in kids.iter().enumerate() {
-            let last = n + 1 == kids.len();
+        // a kernel span with nothing under it may fold with the alike ones after it
+        let leaf = |k: usize| {
+            spans[k].name.starts_with("kernel.") && spans[k].events.is_empty() && !children.contains_key(&Some(k))
+        };
+        let mut n = 0;
+        while n < kids.len() {
+            let k = kids[n];
+            let alike = if fold && leaf(k) {
+                kids[n..].iter().take_while(|&&o| leaf(o) && spans[o].name == spans[k].name).count()
+            } else {
+                1
+            };
+            let run = if alike >= FOLD_AT { alike } else { 1 };
+            let last = n + run == kids.len();
             let (branch, cont) = match node {
                 None => ("", ""),
+                Some(_) if compact && last => ("└ ", "  "),
+                Some(_) if compact => ("├ ", "│ "),
                 Some(_) if last => ("└─ ", "   "),
                 Some(_) => ("├─ ", "│  "),
             };
+            if run >= FOLD_AT {
+                let label = format!("{prefix}{branch}{} ×{run}", spans[k].name);
+                rows.push((label, Row::Spans(kids[n..n + run].to_vec())));
+                n += run;
+                continue;
+            }
             let detail =
                 if spans[k].name.starts_with("kernel.") { kernel_detail(&spans[k].attributes) } else { String::new() };
-            rows.push((format!("{prefix}{branch}{}{detail}", spans[k].name), k, None));
-            for (n, (_, name, attrs)) in spans[k].events.iter().enumerate() {
-                rows.push((format!("{prefix}{cont}· {name}{}", kernel_detail(attrs)), k, Some(n)));
+            rows.push((format!("{prefix}{branch}{}{detail}", spans[k].name), Row::Span(k)));
+            let events = &spans[k].events;
+            let mut e = 0;
+            while e < events.len() {
+                let same = events[e..].iter().take_while(|o| o.1 == events[e].1).count();
+                if fold && same >= FOLD_AT {
+                    rows.push((
+                        format!("{prefix}{cont}· {} ×{same}", events[e].1),
+                        Row::Events(k, (e..e + same).collect()),
+                    ));
+                    e += same;
+                } else {
+                    rows.push((
+                        format!("{prefix}{cont}· {}{}", events[e].1, kernel_detail(&events[e].2)),
+                        Row::Event(k, e),
+                    ));
+                    e += 1;
+                }
             }
-            walk(Some(k), &format!("{prefix}{cont}"), children, spans, rows);
+            walk(Some(k), &format!("{prefix}{cont}"), children, spans, fold, compact, rows);
+            n += run;
         }
     }
-    walk(None, "", &children, spans, &mut rows);
+    // a narrow terminal: two columns per level, shorter services and numbers
+    let compact = opts.width.is_some_and(|w| w < 120);
+    walk(None, "", &children, spans, opts.fold, compact, &mut rows);
+    let service = |s: &str| -> String {
+        if compact {
+            s.strip_prefix("engine-").unwrap_or(s).to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let nw = if compact { 8 } else { 10 };
 
-    let label_width = rows.iter().map(|(l, ..)| l.chars().count()).max().unwrap_or(0).max(4);
-    let service_width = spans.iter().map(|s| s.service.len()).max().unwrap_or(0).max(7);
+    let mut label_width = rows.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(0).max(4);
+    let service_width = spans.iter().map(|s| service(&s.service).len()).max().unwrap_or(0).max(7);
+    let mut bar_width = opts.bar_width.max(1);
+    if let Some(width) = opts.width {
+        // the columns but the label and the bar: two spaces, service, two, 10, two, 10, two, |, |, mark
+        let fixed = service_width + 2 * nw + 10;
+        // the bar gives way first (to 10), then long labels are cut
+        bar_width = bar_width.min(width.saturating_sub(fixed + label_width).max(10));
+        label_width = label_width.min(width.saturating_sub(fixed + bar_width).max(16));
+    }
+    let fit = |label: &str| -> String {
+        if label.chars().count() <= label_width {
+            return label.to_string();
+        }
+        let mut cut: String = label.chars().take(label_width.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    };
+    let (solid, shaded, red, reset) =
+        if opts.colour { ("\x1b[36m", "\x1b[2m", "\x1b[31m", "\x1b[0m") } else { ("", "", "", "") };
+    let column = |at: u64| -> usize {
+        (((at as f64 / total) * bar_width as f64).floor() as usize).min(bar_width.saturating_sub(1))
+    };
+    let bar = |from: u64, dur: u64, critical: bool| -> String {
+        let from_col = column(from);
+        let len = ((dur as f64 / total) * bar_width as f64).ceil().max(1.0) as usize;
+        let len = len.min(bar_width - from_col);
+        let (glyph, paint) = if critical { ("█", solid) } else { ("░", shaded) };
+        format!("{}{paint}{}{reset}{}", " ".repeat(from_col), glyph.repeat(len), " ".repeat(bar_width - from_col - len))
+    };
+    let marks = |ats: &[u64]| -> String {
+        let mut cols = vec![' '; bar_width];
+        for &at in ats {
+            cols[column(at)] = '◆';
+        }
+        cols.into_iter().collect()
+    };
     let _ = writeln!(
         out,
         "trace {}  total {} ms  spans {}  (█ critical path)",
@@ -124,44 +252,77 @@ pub fn render(spans: &[FlatSpan], opts: &Options) -> String {
     );
     let _ = writeln!(
         out,
-        "{:label_width$}  {:service_width$}  {:>10}  {:>10}  timeline",
+        "{:label_width$}  {:service_width$}  {:>nw$}  {:>nw$}  timeline",
         "span", "service", "start ms", "dur ms"
     );
-    for (label, i, event) in &rows {
-        let s = &spans[*i];
-        if let Some(n) = event {
-            let at = s.events[*n].0.saturating_sub(t0);
-            let col =
-                (((at as f64 / total) * opts.bar_width as f64).floor() as usize).min(opts.bar_width.saturating_sub(1));
-            let bar: String = " ".repeat(col) + "◆" + &" ".repeat(opts.bar_width - col - 1);
-            let pad = label_width - label.chars().count();
-            let _ =
-                writeln!(out, "{label}{:pad$}  {:service_width$}  {:>10}  {:>10}  |{bar}|", "", "kernel", ms(at), "");
-            continue;
-        }
-        let start = s.start_unix_nanos.saturating_sub(t0);
-        let from = ((start as f64 / total) * opts.bar_width as f64).floor() as usize;
-        let len = ((s.duration_nanos() as f64 / total) * opts.bar_width as f64).ceil().max(1.0) as usize;
-        let from = from.min(opts.bar_width.saturating_sub(1));
-        let len = len.min(opts.bar_width - from);
-        let glyph = if critical.contains(&s.span_id) { "█" } else { "░" };
-        let bar: String = " ".repeat(from) + &glyph.repeat(len) + &" ".repeat(opts.bar_width - from - len);
+    for (label, row) in &rows {
+        let label = fit(label);
         let pad = label_width - label.chars().count();
-        let mark = if s.error.is_some() { " ✗" } else { "" };
-        let _ = writeln!(
-            out,
-            "{label}{:pad$}  {:service_width$}  {:>10}  {:>10}  |{bar}|{mark}",
-            "",
-            s.service,
-            ms(start),
-            ms(s.duration_nanos()),
-        );
-        if opts.attributes {
-            for (k, v) in &s.attributes {
-                let _ = writeln!(out, "{:label_width$}      {k}={v}", "");
+        match row {
+            Row::Event(i, n) => {
+                let at = spans[*i].events[*n].0.saturating_sub(t0);
+                let bar = marks(&[at]);
+                let _ = writeln!(
+                    out,
+                    "{label}{:pad$}  {:service_width$}  {:>nw$}  {:>nw$}  |{bar}|",
+                    "",
+                    "kernel",
+                    ms(at),
+                    ""
+                );
             }
-            if let Some(e) = &s.error {
-                let _ = writeln!(out, "{:label_width$}      error={e}", "");
+            Row::Events(i, ns) => {
+                let ats: Vec<u64> = ns.iter().map(|&n| spans[*i].events[n].0.saturating_sub(t0)).collect();
+                let first = ats.iter().copied().min().unwrap_or(0);
+                let bar = marks(&ats);
+                let _ = writeln!(
+                    out,
+                    "{label}{:pad$}  {:service_width$}  {:>nw$}  {:>nw$}  |{bar}|",
+                    "",
+                    "kernel",
+                    ms(first),
+                    ""
+                );
+            }
+            Row::Spans(run) => {
+                let start = run.iter().map(|&k| spans[k].start_unix_nanos).min().unwrap_or(t0);
+                let end = run.iter().map(|&k| spans[k].end_unix_nanos).max().unwrap_or(start);
+                // the time they took together (they may overlap, or leave gaps between them)
+                let sum: u64 = run.iter().map(|&k| spans[k].duration_nanos()).sum();
+                let critical = run.iter().any(|&k| critical.contains(&spans[k].span_id));
+                let failed = run.iter().filter(|&&k| spans[k].error.is_some()).count();
+                let bar = bar(start.saturating_sub(t0), end.saturating_sub(start), critical);
+                let mark = if failed > 0 { format!(" {red}✗ {failed}{reset}") } else { String::new() };
+                let _ = writeln!(
+                    out,
+                    "{label}{:pad$}  {:service_width$}  {:>nw$}  {:>nw$}  |{bar}|{mark}",
+                    "",
+                    service(&spans[run[0]].service),
+                    ms(start.saturating_sub(t0)),
+                    ms(sum),
+                );
+            }
+            Row::Span(i) => {
+                let s = &spans[*i];
+                let start = s.start_unix_nanos.saturating_sub(t0);
+                let bar = bar(start, s.duration_nanos(), critical.contains(&s.span_id));
+                let mark = if s.error.is_some() { format!(" {red}✗{reset}") } else { String::new() };
+                let _ = writeln!(
+                    out,
+                    "{label}{:pad$}  {:service_width$}  {:>nw$}  {:>nw$}  |{bar}|{mark}",
+                    "",
+                    service(&s.service),
+                    ms(start),
+                    ms(s.duration_nanos()),
+                );
+                if opts.attributes {
+                    for (k, v) in &s.attributes {
+                        let _ = writeln!(out, "{:label_width$}      {k}={v}", "");
+                    }
+                    if let Some(e) = &s.error {
+                        let _ = writeln!(out, "{:label_width$}      error={e}", "");
+                    }
+                }
             }
         }
     }
@@ -218,6 +379,63 @@ mod tests {
         assert!(lines[4].starts_with("└─ runtime.rootfs"), "{text}");
         assert!(lines[2].contains("8.000"), "{text}");
         assert!(lines[5].starts_with("runtime.create: 4.500 ms (56%) with no span under it"), "{text}");
+    }
+
+    fn with_attr(mut s: FlatSpan, k: &str, v: &str) -> FlatSpan {
+        s.attributes.push((k.into(), v.into()));
+        s
+    }
+
+    #[test]
+    fn alike_kernel_rows_fold_into_one_with_their_count_and_total() {
+        let id = "7645c389756db7491fe436e5205df29aee11cb4f2921ef4aaaaaaaaaaaaaaaaa";
+        let root = format!("/var/lib/engine/image/snapshots/{id}/rootfs");
+        let mut spans = vec![span("r", "", "runtime.rootfs", 0, 10_000_000)];
+        for (n, target) in ["", "/proc", "/sys/fs/cgroup/memory", "/dev"].iter().enumerate() {
+            let at = 1_000_000 + n as u64 * 1_000_000;
+            let m = span(&format!("m{n}"), "r", "kernel.mount", at, at + 250_000);
+            spans.push(with_attr(m, "mount.target", &format!("{root}{target}")));
+        }
+        let mut parent = span("p", "r", "runtime.cgroup", 6_000_000, 7_000_000);
+        for n in 0..5 {
+            let attrs = vec![("linux.cgroup.path".to_string(), format!("/engine/{id}"))];
+            parent.events.push((6_000_000 + n * 100_000, "kernel.cgroup_mkdir".into(), attrs));
+        }
+        spans.push(parent);
+        let folded = render(&spans, &Options::default());
+        assert!(folded.contains("├─ kernel.mount ×4"), "{folded}");
+        let row = folded.lines().find(|l| l.contains("kernel.mount ×4")).unwrap();
+        assert!(row.contains(" 1.000 ") && row.contains(" 1.000  |"), "from the first, their total: {row}");
+        assert!(folded.contains("· kernel.cgroup_mkdir ×5"), "{folded}");
+        assert_eq!(folded.lines().filter(|l| l.contains(" |")).count(), 4, "four rows: {folded}");
+        // -v: each row, mount targets relative to the rootfs, ids cut to 12
+        let each = render(&spans, &Options { fold: false, ..Default::default() });
+        for want in [" rootfs", " /proc", " /sys/fs/cgroup/memory", " /dev", "kernel.cgroup_mkdir /engine/7645c389756d"]
+        {
+            assert!(each.contains(want), "no {want:?} in\n{each}");
+        }
+        assert!(!each.contains(id), "{each}");
+    }
+
+    #[test]
+    fn a_narrow_terminal_gets_every_line_within_its_width() {
+        let spans = vec![
+            span("a", "", "engine.run", 0, 100_000_000),
+            span("b", "a", "POST /containers/{id}/start", 1_000_000, 60_000_000),
+            span("c", "b", "daemon.start", 1_000_000, 60_000_000),
+            span("d", "c", "lifecycle.Tasks/Create", 2_000_000, 50_000_000),
+            span("e", "d", "shim.create", 3_000_000, 49_000_000),
+            span("f", "e", "runtime.create", 4_000_000, 48_000_000),
+            span("g", "f", "runtime.namespaces", 5_000_000, 20_000_000),
+            span("h", "g", "runtime.cgroup.attach", 6_000_000, 19_000_000),
+        ];
+        for width in [80, 100, 160] {
+            let text = render(&spans, &Options { width: Some(width), ..Default::default() });
+            for line in text.lines().skip(1) {
+                assert!(line.chars().count() <= width, "{width}: {line:?} is {} wide", line.chars().count());
+            }
+            assert!(text.contains("runtime.cgroup.attach"), "the deepest name is whole at {width}:\n{text}");
+        }
     }
 
     #[test]
