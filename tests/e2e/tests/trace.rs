@@ -20,17 +20,21 @@ fn services(spans: &[FlatSpan]) -> HashSet<&str> {
     spans.iter().map(|s| s.service.as_str()).collect()
 }
 
-/// `engine trace --json` of `container`'s last `op`, once all six services are in it.
+/// `engine trace --json` of `container`'s last `op`, once all six services are in it and every
+/// span's parent (the processes' spans reach engined each on its own way: the shim's and the
+/// runtime's of an exit come after the wait has answered).
 fn whole_trace(e: &Engined, container: &str, op: &str) -> Vec<FlatSpan> {
     let mut spans = Vec::new();
-    wait_for(&format!("{container}'s {op} trace with spans from all six processes"), || {
+    wait_for(&format!("{container}'s {op} trace with spans from all six processes, and their parents"), || {
         let out = e.engine(&["trace", "--json", "--op", op, container]);
         if !out.status.success() {
             return false;
         }
         let doc: ExportTraceServiceRequest = serde_json::from_str(stdout(&out).trim()).expect("OTLP JSON");
         spans = flatten(&doc);
-        SERVICES.iter().all(|s| services(&spans).contains(s)) && spans.iter().any(|s| s.name == "init.exec")
+        let ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+        let whole = spans.iter().all(|s| s.parent_span_id.is_empty() || ids.contains(s.parent_span_id.as_str()));
+        SERVICES.iter().all(|s| services(&spans).contains(s)) && spans.iter().any(|s| s.name == "init.exec") && whole
     });
     spans
 }
