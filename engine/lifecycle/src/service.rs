@@ -488,7 +488,9 @@ impl Tasks for Svc {
             }
             let Some(task) = task.filter(|_| req.follow) else { return };
             // follow the live file from where the read stopped until the task has exited and
-            // nothing more arrives
+            // nothing more arrives (the shim reports an exit once its output is in the file, so
+            // the read after the exit is the last); woken by the exit, not only by the poll
+            let mut exit = task.exit.subscribe();
             loop {
                 let done = task.exited().is_some();
                 if !path.exists() {
@@ -514,7 +516,10 @@ impl Tasks for Svc {
                 if done {
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = exit.wait_for(|e| e.is_some()) => {}
+                }
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
