@@ -886,6 +886,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    let sink = service.sink.clone();
     // tell whoever started us that the socket is there, then let go of its pipe
     println!("ready");
     std::io::stdout().flush().ok();
@@ -901,6 +902,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .context("serve")?;
     let _ = std::fs::remove_file(&socket);
+    // the spans of its last calls (its delete's) go out before it does
+    if let Some(sink) = sink {
+        sink.drain(std::time::Duration::from_secs(2)).await;
+    }
     Ok(())
 }
 

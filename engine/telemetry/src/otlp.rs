@@ -147,6 +147,8 @@ const RETRY_FOR: Duration = Duration::from_secs(30);
 pub struct OtlpExporter {
     tx: mpsc::Sender<ExportTraceServiceRequest>,
     stats: Arc<ExportStats>,
+    /// Spans queued or being sent.
+    unsent: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 fn span_count(r: &ExportTraceServiceRequest) -> u64 {
@@ -158,8 +160,9 @@ impl OtlpExporter {
     pub fn start(cfg: ExportConfig) -> OtlpExporter {
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(ExportStats::default());
-        tokio::spawn(run(cfg, rx, stats.clone()));
-        OtlpExporter { tx, stats }
+        let unsent = Arc::new(tokio::sync::watch::Sender::new(0));
+        tokio::spawn(run(cfg, rx, stats.clone(), unsent.clone()));
+        OtlpExporter { tx, stats, unsent }
     }
 
     /// The exporter for engined's receiver named by `ENGINE_OTLP_ENDPOINT`, as a sink; `None`
@@ -177,9 +180,16 @@ impl OtlpExporter {
 impl SpanExporter for OtlpExporter {
     fn export(&self, request: ExportTraceServiceRequest) {
         let n = span_count(&request);
+        // counted before it can be sent, so the count never goes below what is in flight
+        self.unsent.send_modify(|u| *u += n);
         if self.tx.try_send(request).is_err() {
+            self.unsent.send_modify(|u| *u = u.saturating_sub(n));
             self.stats.dropped.fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    fn unsent(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.unsent.subscribe())
     }
 }
 
@@ -303,13 +313,20 @@ pub async fn send_once(cfg: &ExportConfig, req: &ExportTraceServiceRequest) -> R
 const BATCH: usize = 256;
 const BATCH_BYTES: usize = 2 << 20;
 
-async fn run(cfg: ExportConfig, mut rx: mpsc::Receiver<ExportTraceServiceRequest>, stats: Arc<ExportStats>) {
+async fn run(
+    cfg: ExportConfig,
+    mut rx: mpsc::Receiver<ExportTraceServiceRequest>,
+    stats: Arc<ExportStats>,
+    unsent: Arc<tokio::sync::watch::Sender<u64>>,
+) {
+    let done = |n: u64| unsent.send_modify(|u| *u = u.saturating_sub(n));
     let mut client = match client(&cfg) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("otlp export disabled: {e}");
             while let Some(r) = rx.recv().await {
                 stats.failed.fetch_add(span_count(&r), Ordering::Relaxed);
+                done(span_count(&r));
             }
             return;
         }
@@ -351,6 +368,7 @@ async fn run(cfg: ExportConfig, mut rx: mpsc::Receiver<ExportTraceServiceRequest
             match send(&mut client, &cfg, &batch).await {
                 Ok(()) => {
                     stats.exported.fetch_add(n, Ordering::Relaxed);
+                    done(n);
                     break;
                 }
                 Err(e) if e.retry && tokio::time::Instant::now() + backoff < deadline => {
@@ -360,6 +378,7 @@ async fn run(cfg: ExportConfig, mut rx: mpsc::Receiver<ExportTraceServiceRequest
                 Err(e) => {
                     eprintln!("otlp export to {}: {}; {n} spans dropped", cfg.endpoint, e.message);
                     stats.failed.fetch_add(n, Ordering::Relaxed);
+                    done(n);
                     break;
                 }
             }
@@ -412,5 +431,46 @@ mod tests {
             panic!("not http")
         };
         assert_eq!((authority.as_str(), path.as_str(), json), ("127.0.0.1:4318", "/v1/traces", true));
+    }
+
+    /// Counts the spans a receiver gets.
+    struct Collect(Arc<std::sync::Mutex<u64>>);
+    impl SpanExporter for Collect {
+        fn export(&self, request: ExportTraceServiceRequest) {
+            *self.0.lock().unwrap() += span_count(&request);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_drained_sink_has_sent_every_span_it_took() {
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let collected = Arc::new(std::sync::Mutex::new(0));
+        let receiver = Receiver::service(Sink::new(Collect(collected.clone())));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(receiver)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let cfg = ExportConfig::new(&format!("http://{addr}"), Protocol::Grpc).unwrap();
+        let sink = Sink::new(OtlpExporter::start(cfg));
+        let spans = ScopeSpans { spans: vec![Span::default(); 3], ..Default::default() };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans { scope_spans: vec![spans], ..Default::default() }],
+        };
+        for _ in 0..4 {
+            sink.export(request.clone());
+        }
+        sink.drain(Duration::from_secs(20)).await;
+        assert_eq!(*collected.lock().unwrap(), 12, "every span is at the receiver once drained");
+        // nothing to send: at once; an endpoint that does not answer: no longer than asked
+        // (a drain that waited on would hang the test)
+        sink.drain(Duration::from_secs(3600)).await;
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let cfg = ExportConfig::new(&format!("http://{gone}"), Protocol::Grpc).unwrap();
+        let stuck = Sink::new(OtlpExporter::start(cfg));
+        stuck.export(request);
+        stuck.drain(Duration::from_millis(300)).await;
     }
 }

@@ -23,6 +23,13 @@ pub trait SpanExporter: Send + Sync + 'static {
     fn raw_fd(&self) -> Option<RawFd> {
         None
     }
+
+    /// The count of spans taken but not yet sent on, for an exporter that sends them later
+    /// (`None`: every span is out when `export` returns).
+    #[cfg(feature = "otlp")]
+    fn unsent(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// A shared handle on a [`SpanExporter`].
@@ -45,6 +52,15 @@ impl Sink {
 
     pub fn raw_fd(&self) -> Option<RawFd> {
         self.0.raw_fd()
+    }
+
+    /// Waits (at most `limit`) until every span taken so far is sent on: what a process does
+    /// before it exits, so its last spans are not lost with it.
+    #[cfg(feature = "otlp")]
+    pub async fn drain(&self, limit: std::time::Duration) {
+        if let Some(mut unsent) = self.0.unsent() {
+            let _ = tokio::time::timeout(limit, unsent.wait_for(|n| *n == 0)).await;
+        }
     }
 }
 
