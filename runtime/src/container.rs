@@ -499,6 +499,7 @@ pub fn parse_signal(s: &str) -> Result<i32> {
 /// Sends `signal` to the container's first process, or with `all` to every process in it.
 pub fn kill(dir: &StateDir, id: &str, signal: i32, all: bool, rec: &mut Recorder) -> Result<()> {
     let h = rec.start(engine_telemetry::names::RUNTIME_KILL, None);
+    rec.set_attr(h, "process.pid", std::process::id());
     rec.set_attr(h, "container.id", id);
     rec.set_attr(h, "signal", signal);
     let r = (|| {
@@ -523,6 +524,7 @@ pub fn kill(dir: &StateDir, id: &str, signal: i32, all: bool, rec: &mut Recorder
 /// Deletes container `id`: a stopped or created one always; a running one only with `force`.
 pub fn delete(dir: &StateDir, id: &str, force: bool, rec: &mut Recorder) -> Result<()> {
     let h = rec.start(engine_telemetry::names::RUNTIME_DELETE, None);
+    rec.set_attr(h, "process.pid", std::process::id());
     rec.set_attr(h, "container.id", id);
     let r = (|| {
         let st = match dir.load(id) {

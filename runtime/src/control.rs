@@ -14,6 +14,7 @@ use crate::state::{StateDir, Status};
 /// Freezes every process of a running container.
 pub fn pause(dir: &StateDir, id: &str, rec: &mut Recorder) -> Result<()> {
     let h = rec.start(engine_telemetry::names::RUNTIME_PAUSE, None);
+    rec.set_attr(h, "process.pid", std::process::id());
     rec.set_attr(h, "container.id", id);
     let r = (|| {
         let st = dir.load(id)?;
@@ -29,6 +30,7 @@ pub fn pause(dir: &StateDir, id: &str, rec: &mut Recorder) -> Result<()> {
 /// Thaws a paused container.
 pub fn resume(dir: &StateDir, id: &str, rec: &mut Recorder) -> Result<()> {
     let h = rec.start(engine_telemetry::names::RUNTIME_RESUME, None);
+    rec.set_attr(h, "process.pid", std::process::id());
     rec.set_attr(h, "container.id", id);
     let r = (|| {
         let st = dir.load(id)?;
@@ -45,6 +47,7 @@ pub fn resume(dir: &StateDir, id: &str, rec: &mut Recorder) -> Result<()> {
 /// before anything is written.
 pub fn update(dir: &StateDir, id: &str, resources: &LinuxResources, rec: &mut Recorder) -> Result<()> {
     let h = rec.start(engine_telemetry::names::RUNTIME_UPDATE, None);
+    rec.set_attr(h, "process.pid", std::process::id());
     rec.set_attr(h, "container.id", id);
     let r = (|| {
         let st = dir.load(id)?;

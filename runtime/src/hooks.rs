@@ -67,7 +67,12 @@ fn run_one(kind: &'static str, hook: &Hook, input: &str) -> Result<(), HookError
         let _ = stdin.write_all(input.as_bytes());
     }
     let deadline = hook.timeout().filter(|t| *t > 0).map(|t| (t, Instant::now() + Duration::from_secs(t as u64)));
+    // without a timeout, one blocking wait (the trace then shows the runtime waiting for its
+    // hook, not a thousand naps a second)
     let status = loop {
+        if deadline.is_none() {
+            break child.wait().map_err(|source| HookError::Spawn { kind, path: path.clone(), source })?;
+        }
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) => {}

@@ -11,13 +11,13 @@
 //! Must never: stop a container operation (loading failures are reported, not fatal), or follow a
 //! process the daemon did not name or that was not forked below one it named.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::TracePoint;
 use aya::Ebpf;
-use engine_probes_common::{counter, layout, Event, STR_LEN};
+use engine_probes_common::{counter, layout, Event, OffCpu, STR_LEN};
 
 pub use engine_probes_common::{kind, syscall};
 
@@ -59,12 +59,54 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
     ("sched_process_exit", "sched", "sched_process_exit"),
     ("cgroup_mkdir", "cgroup", "cgroup_mkdir"),
     ("cgroup_attach_task", "cgroup", "cgroup_attach_task"),
+    ("sched_switch", "sched", "sched_switch"),
+    ("sched_wakeup", "sched", "sched_wakeup"),
 ];
 
 /// Events kept for correlation at most, and for how long; older ones go first.
 const BUFFER: usize = 1 << 14;
 const KEEP_NS: u64 = 60_000_000_000;
+/// Off-CPU intervals kept at most (for as long as the events).
+const OFF_CPU_BUFFER: usize = 1 << 15;
+/// Symbolized stacks remembered at most; past it the memo starts again.
+const STACK_MEMO: usize = 4096;
+/// Frames of a stack kept, innermost first.
+const STACK_FRAMES: usize = 16;
 
+/// A kernel stack, symbolized, innermost frame first (`__schedule`, `schedule`, …).
+pub type Stack = Arc<[String]>;
+
+/// An interval a followed thread spent off its CPU: blocked (from `start_ns`, for
+/// `blocked_ns`), then runnable, waiting for a CPU (the rest of `total_ns`). A preempted
+/// thread's interval is all run-queue time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OffCpuInterval {
+    /// Wall-clock time of the switch out.
+    pub start_ns: u64,
+    pub total_ns: u64,
+    pub blocked_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub cgroup_id: u64,
+    /// Where it blocked; `None` for a preemption or when the stack was not kept.
+    pub stack: Option<Stack>,
+}
+
+impl OffCpuInterval {
+    pub fn end_ns(&self) -> u64 {
+        self.start_ns + self.total_ns
+    }
+
+    /// The blocked part, `[start, end)`.
+    pub fn blocked(&self) -> (u64, u64) {
+        (self.start_ns, self.start_ns + self.blocked_ns)
+    }
+
+    /// The part waiting for a CPU, `[start, end)`.
+    pub fn runnable(&self) -> (u64, u64) {
+        (self.start_ns + self.blocked_ns, self.end_ns())
+    }
+}
 /// One kernel event, with wall-clock time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelEvent {
@@ -86,6 +128,11 @@ pub struct Counters {
     pub seen: u64,
     pub sent: u64,
     pub dropped: u64,
+    /// Off-CPU intervals sent and lost (their ring buffer was full).
+    pub off_cpu_sent: u64,
+    pub off_cpu_dropped: u64,
+    /// Off-CPU intervals without their stack (the stack map was full).
+    pub stacks_lost: u64,
 }
 
 struct Inner {
@@ -94,6 +141,13 @@ struct Inner {
     stopped: HashMap<MapData, u64, u8>,
     counters: PerCpuArray<MapData, u64>,
     buffer: VecDeque<KernelEvent>,
+    off_ring: RingBuf<MapData>,
+    stacks: StackTraceMap<MapData>,
+    off_cpu: VecDeque<OffCpuInterval>,
+    /// Symbolized stacks by id (an id is the hash of the addresses: the same stack, the same id).
+    stack_memo: std::collections::HashMap<i64, Stack>,
+    /// `/proc/kallsyms`, read at the first stack.
+    kernel_symbols: Option<BTreeMap<u64, String>>,
     /// Kept so the programs stay attached.
     _ebpf: Ebpf,
 }
@@ -166,6 +220,9 @@ impl Probes {
         offsets[layout::MKDIR_ROOT] = field_offset("cgroup", "cgroup_mkdir", "root")?;
         offsets[layout::MKDIR_ID] = field_offset("cgroup", "cgroup_mkdir", "id")?;
         offsets[layout::ATTACH_ROOT] = field_offset("cgroup", "cgroup_attach_task", "dst_root")?;
+        offsets[layout::SWITCH_PREV_STATE] = field_offset("sched", "sched_switch", "prev_state")?;
+        offsets[layout::SWITCH_NEXT_PID] = field_offset("sched", "sched_switch", "next_pid")?;
+        offsets[layout::WAKEUP_PID] = field_offset("sched", "sched_wakeup", "pid")?;
 
         let mut ebpf = Ebpf::load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/engine-probes-ebpf")))
             .map_err(|e| ProbeError::Load(e.to_string()))?;
@@ -189,8 +246,23 @@ impl Probes {
         let stopped = HashMap::try_from(take(&mut ebpf, "STOPPED")?).map_err(|e| ProbeError::Load(e.to_string()))?;
         let counters =
             PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(|e| ProbeError::Load(e.to_string()))?;
+        let off_ring = RingBuf::try_from(take(&mut ebpf, "OFF_CPU")?).map_err(|e| ProbeError::Load(e.to_string()))?;
+        let stacks =
+            StackTraceMap::try_from(take(&mut ebpf, "STACKS")?).map_err(|e| ProbeError::Load(e.to_string()))?;
         Ok(Probes {
-            inner: Mutex::new(Inner { ring, tracked, stopped, counters, buffer: VecDeque::new(), _ebpf: ebpf }),
+            inner: Mutex::new(Inner {
+                ring,
+                tracked,
+                stopped,
+                counters,
+                buffer: VecDeque::new(),
+                off_ring,
+                stacks,
+                off_cpu: VecDeque::new(),
+                stack_memo: Default::default(),
+                kernel_symbols: None,
+                _ebpf: ebpf,
+            }),
         })
     }
 
@@ -270,7 +342,42 @@ impl Probes {
             }
             inner.buffer.push_back(ev);
         }
+        let mut off = Vec::new();
+        while let Some(item) = inner.off_ring.next() {
+            if item.len() >= std::mem::size_of::<OffCpu>() {
+                // SAFETY: the probes write whole `OffCpu`s (same #[repr(C)] type); unaligned read.
+                off.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const OffCpu) });
+            }
+        }
+        while inner.off_cpu.front().is_some_and(|o| o.start_ns < horizon) {
+            inner.off_cpu.pop_front();
+        }
+        for o in off {
+            let stack = if o.blocked_ns > 0 { inner.stack(o.stack_id) } else { None };
+            let interval = OffCpuInterval {
+                start_ns: wall(o.ktime_ns),
+                total_ns: o.total_ns,
+                blocked_ns: o.blocked_ns,
+                tgid: o.tgid,
+                tid: o.tid,
+                cgroup_id: o.cgroup_id,
+                stack,
+            };
+            if inner.off_cpu.len() == OFF_CPU_BUFFER {
+                inner.off_cpu.pop_front();
+            }
+            inner.off_cpu.push_back(interval);
+        }
         n
+    }
+
+    /// The buffered off-CPU intervals that `want` wants (copies: the intervals stay, as every
+    /// span around them sums them), in time order.
+    pub fn off_cpu(&self, mut want: impl FnMut(&OffCpuInterval) -> bool) -> Vec<OffCpuInterval> {
+        let inner = self.lock();
+        let mut out: Vec<OffCpuInterval> = inner.off_cpu.iter().filter(|o| want(o)).cloned().collect();
+        out.sort_by_key(|o| o.start_ns);
+        out
     }
 
     /// Takes the buffered events that `take` wants, in time order.
@@ -287,6 +394,44 @@ impl Probes {
     pub fn counters(&self) -> Counters {
         let inner = self.lock();
         let sum = |i: u32| inner.counters.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
-        Counters { seen: sum(counter::SEEN), sent: sum(counter::SENT), dropped: sum(counter::DROPPED) }
+        Counters {
+            seen: sum(counter::SEEN),
+            sent: sum(counter::SENT),
+            dropped: sum(counter::DROPPED),
+            off_cpu_sent: sum(counter::OFF_CPU_SENT),
+            off_cpu_dropped: sum(counter::OFF_CPU_DROPPED),
+            stacks_lost: sum(counter::STACK_LOST),
+        }
+    }
+}
+
+impl Inner {
+    /// The symbolized stack `id`: from the memo, or read from the map (and taken out of it, so
+    /// the map never fills: the same stack gets the same id again).
+    fn stack(&mut self, id: i64) -> Option<Stack> {
+        if id < 0 {
+            return None;
+        }
+        if let Some(s) = self.stack_memo.get(&id) {
+            return Some(s.clone());
+        }
+        let trace = self.stacks.get(&(id as u32), 0).ok()?;
+        let _ = self.stacks.remove(&(id as u32));
+        let symbols = self.kernel_symbols.get_or_insert_with(|| aya::util::kernel_symbols().unwrap_or_default());
+        let frames: Stack =
+            trace.frames().iter().take(STACK_FRAMES).map(|f| symbolize(symbols, f.ip)).collect::<Vec<_>>().into();
+        if self.stack_memo.len() >= STACK_MEMO {
+            self.stack_memo.clear();
+        }
+        self.stack_memo.insert(id, frames.clone());
+        Some(frames)
+    }
+}
+
+/// The kernel function holding `ip` (`/proc/kallsyms`), or the address.
+fn symbolize(symbols: &BTreeMap<u64, String>, ip: u64) -> String {
+    match symbols.range(..=ip).next_back() {
+        Some((_, name)) => name.clone(),
+        None => format!("{ip:#x}"),
     }
 }

@@ -54,6 +54,14 @@ pub mod counter {
     pub const SENT: u32 = 1;
     /// Lost: the ring buffer was full.
     pub const DROPPED: u32 = 2;
+    /// Off-CPU intervals put in their ring buffer.
+    pub const OFF_CPU_SENT: u32 = 3;
+    /// Off-CPU intervals lost: their ring buffer was full.
+    pub const OFF_CPU_DROPPED: u32 = 4;
+    /// Off-CPU intervals whose kernel stack could not be kept (the stack map was full).
+    pub const STACK_LOST: u32 = 5;
+    /// Slots of the counters array.
+    pub const LEN: u32 = 8;
 }
 
 /// Offsets into tracepoint records that differ between kernels, read by the collector from
@@ -67,7 +75,10 @@ pub mod layout {
     pub const MKDIR_ROOT: usize = 5;
     pub const MKDIR_ID: usize = 6;
     pub const ATTACH_ROOT: usize = 7;
-    pub const LEN: usize = 8;
+    pub const SWITCH_PREV_STATE: usize = 8;
+    pub const SWITCH_NEXT_PID: usize = 9;
+    pub const WAKEUP_PID: usize = 10;
+    pub const LEN: usize = 11;
 }
 
 /// One kernel event of a followed process.
@@ -87,4 +98,23 @@ pub struct Event {
     pub str0: [u8; STR_LEN],
     pub str1: [u8; STR_LEN],
     pub str2: [u8; 32],
+}
+
+/// One interval a followed thread spent off its CPU: switched out at `ktime_ns` (blocked when
+/// `prev_state` was not `TASK_RUNNING`, preempted otherwise), woken `blocked_ns` later (made
+/// runnable), back on a CPU `total_ns` after it left; what it waited for is the kernel stack
+/// `stack_id` (in the `STACKS` map, negative when none was kept). Sent when the thread runs
+/// again, in a ring buffer of its own, so a busy process can never crowd out the events above.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OffCpu {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the switch out.
+    pub ktime_ns: u64,
+    pub total_ns: u64,
+    /// The part before the wake-up; the rest (`total_ns - blocked_ns`) waited for a CPU.
+    pub blocked_ns: u64,
+    pub cgroup_id: u64,
+    pub stack_id: i64,
+    pub tgid: u32,
+    pub tid: u32,
 }

@@ -13,10 +13,11 @@ use aya_ebpf::helpers::{
     bpf_probe_read_user, bpf_probe_read_user_str_bytes,
 };
 use aya_ebpf::macros::{map, tracepoint};
-use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace};
+use aya_ebpf::programs::tracing::StackIdContext;
 use aya_ebpf::programs::TracePointContext;
 use aya_ebpf::EbpfContext;
-use engine_probes_common::{counter, kind, layout, syscall, Event};
+use engine_probes_common::{counter, kind, layout, syscall, Event, OffCpu};
 
 /// Followed processes (and threads), by kernel pid: `FULL`, `QUIET` (a root whose children are
 /// followed, its own events not recorded: lifecycled), or `THREAD` (keyed by a thread id: that
@@ -33,7 +34,32 @@ static STOPPED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(8192, 0);
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
+
+/// Off-CPU intervals of followed threads ([`OffCpu`]), apart from `EVENTS`.
+#[map]
+static OFF_CPU: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// A followed thread switched out and not yet back, by thread id.
+#[map]
+static SWITCHED_OUT: LruHashMap<u32, SwitchedOut> = LruHashMap::with_max_entries(16384, 0);
+
+/// Kernel stacks of the switches out, by id (the hash of their addresses).
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(4096, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SwitchedOut {
+    ktime_ns: u64,
+    /// When it was made runnable again; 0 until then (and for a preempted thread, never set).
+    woken_ns: u64,
+    cgroup_id: u64,
+    stack_id: i64,
+    tgid: u32,
+    /// It blocked (1) or was preempted, still runnable (0).
+    blocked: u32,
+}
 
 /// Tracepoint record offsets for this kernel (see `engine_probes_common::layout`).
 #[map]
@@ -241,6 +267,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         return 0;
     }
     let _ = TRACKED.remove(&tid);
+    let _ = SWITCHED_OUT.remove(&tid);
     if tid == tgid {
         emit(tgid, tid, kind::EXIT, |_| {});
     }
@@ -278,6 +305,97 @@ pub fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
         e.args = [pid as u64, root as u64, 0, 0];
         data_loc_str(&ctx, layout_at(layout::ATTACH_PATH), &mut e.str0);
     });
+    0
+}
+
+fn now_ns() -> u64 {
+    // SAFETY: reads the monotonic clock; no arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+fn current_cgroup() -> u64 {
+    // SAFETY: reads the current task's cgroup id; no arguments.
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+/// `prev_state` bits of a task that is dead or a zombie: it will not run again.
+const EXITING: i64 = 0x10 | 0x20;
+/// `prev_state` bits of a task that blocked (below `TASK_REPORT_MAX`, 0x100, which marks a
+/// preempted one).
+const BLOCKING: i64 = 0xff;
+
+/// A followed thread leaves its CPU: when, why (blocked or preempted) and where in the kernel
+/// (its stack); a thread coming back to a CPU after it was followed out ends its interval.
+#[tracepoint]
+pub fn sched_switch(ctx: TracePointContext) -> u32 {
+    if let Some((tgid, tid)) = followed() {
+        // SAFETY: the offset comes from this kernel's format file.
+        let state = unsafe { ctx.read_at::<i64>(layout_at(layout::SWITCH_PREV_STATE)) }.unwrap_or(0);
+        if state & EXITING == 0 {
+            let stack_id = match ctx.get_stackid(&STACKS, 0) {
+                Ok(id) => id,
+                Err(_) => {
+                    bump(counter::STACK_LOST);
+                    -1
+                }
+            };
+            let out = SwitchedOut {
+                ktime_ns: now_ns(),
+                woken_ns: 0,
+                cgroup_id: current_cgroup(),
+                stack_id,
+                tgid,
+                blocked: (state & BLOCKING != 0) as u32,
+            };
+            let _ = SWITCHED_OUT.insert(&tid, &out, 0);
+        }
+    }
+    // SAFETY: the offset comes from this kernel's format file.
+    let next = unsafe { ctx.read_at::<i32>(layout_at(layout::SWITCH_NEXT_PID)) }.unwrap_or(0) as u32;
+    if next == 0 {
+        return 0;
+    }
+    // SAFETY: a copy of our own map's value.
+    let Some(out) = (unsafe { SWITCHED_OUT.get(&next) }).copied() else { return 0 };
+    let _ = SWITCHED_OUT.remove(&next);
+    let now = now_ns();
+    let total = now.saturating_sub(out.ktime_ns);
+    let blocked = match (out.blocked, out.woken_ns) {
+        (0, _) => 0,
+        (_, 0) => total, // woken where no wake-up tracepoint fires: all of it counts as blocked
+        (_, w) => w.saturating_sub(out.ktime_ns).min(total),
+    };
+    let Some(mut entry) = OFF_CPU.reserve::<OffCpu>(0) else {
+        bump(counter::OFF_CPU_DROPPED);
+        return 0;
+    };
+    entry.write(OffCpu {
+        ktime_ns: out.ktime_ns,
+        total_ns: total,
+        blocked_ns: blocked,
+        cgroup_id: out.cgroup_id,
+        stack_id: out.stack_id,
+        tgid: out.tgid,
+        tid: next,
+    });
+    entry.submit(NO_WAKEUP);
+    bump(counter::OFF_CPU_SENT);
+    0
+}
+
+/// A followed thread that blocked is made runnable: the rest of its interval waits for a CPU.
+#[tracepoint]
+pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+    // SAFETY: the offset comes from this kernel's format file.
+    let pid = unsafe { ctx.read_at::<i32>(layout_at(layout::WAKEUP_PID)) }.unwrap_or(0) as u32;
+    if let Some(out) = SWITCHED_OUT.get_ptr_mut(&pid) {
+        // SAFETY: our own map's value; a racing update of the same slot is as good as ours.
+        unsafe {
+            if (*out).blocked != 0 && (*out).woken_ns == 0 {
+                (*out).woken_ns = now_ns();
+            }
+        }
+    }
     0
 }
 

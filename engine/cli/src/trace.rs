@@ -65,6 +65,10 @@ pub struct TraceArgs {
     /// Show every kernel row (runs of alike ones are folded into one with their count).
     #[arg(long, short = 'v')]
     pub verbose: bool,
+    /// Where the time of the critical path went, from the eBPF probes: each span's time on a
+    /// CPU, blocked and waiting for a CPU, and the kernel stacks it blocked in longest.
+    #[arg(long, conflicts_with_all = ["json", "otlp", "compare"])]
+    pub why: bool,
 }
 
 /// How the waterfall is drawn for `args`: fitted to the terminal and coloured when stdout is one.
@@ -195,6 +199,8 @@ pub async fn run(c: &Client, args: TraceArgs) -> Result<i32> {
     for (_, doc) in &docs {
         if args.json {
             println!("{}", serde_json::to_string(doc)?);
+        } else if args.why {
+            print!("{}", engine_telemetry::why::render(&flatten(doc)));
         } else {
             print!("{}", waterfall::render(&flatten(doc), &waterfall_options(&args)));
             if args.sort {
@@ -320,7 +326,11 @@ pub fn from_file(args: TraceArgs) -> Result<i32> {
     if trace.is_empty() {
         bail!("no trace {trace_id} in {}", path.display());
     }
-    print!("{}", waterfall::render(&trace, &waterfall_options(&args)));
+    if args.why {
+        print!("{}", engine_telemetry::why::render(&trace));
+    } else {
+        print!("{}", waterfall::render(&trace, &waterfall_options(&args)));
+    }
     if skipped > 0 {
         eprintln!("engine: skipped {skipped} unreadable line(s) in {}", path.display());
     }

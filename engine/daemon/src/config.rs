@@ -172,6 +172,11 @@ pub struct Config {
     /// Where the CNI plugins are (repeatable; default: /usr/lib/cni and /opt/cni/bin).
     #[arg(long)]
     pub cni_bin_dir: Vec<PathBuf>,
+    /// A directory of OCI hook files (podman's and CRI-O's `oci-hooks` format, version 1.0.0),
+    /// read at each container's create; repeatable, a later directory's file replaces an
+    /// earlier one's of the same name. None by default.
+    #[arg(long)]
+    pub hooks_dir: Vec<PathBuf>,
     /// Check the configuration (flags and --config-file) and exit: 0 and "configuration OK",
     /// or the first problem.
     #[arg(long)]
@@ -238,6 +243,7 @@ struct FileConfig {
     cri_stream_address: Option<std::net::SocketAddr>,
     cni_conf_dir: Option<PathBuf>,
     cni_bin_dir: Option<Vec<PathBuf>>,
+    hooks_dir: Option<Vec<PathBuf>>,
 }
 
 /// `"default-address-pools": [{"base": "10.10.0.0/16", "size": 24}]`, as daemon.json has it.
@@ -300,6 +306,7 @@ pub fn default_file() -> String {
         cri_stream_address: Some(d.cri_stream_address),
         cni_conf_dir: Some(d.cni_conf_dir),
         cni_bin_dir: Some(d.cni_bin_dir),
+        hooks_dir: Some(d.hooks_dir),
     };
     let Ok(serde_json::Value::Object(values)) = serde_json::to_value(&f) else { return String::new() };
     let mut out = String::from(DEFAULT_FILE_HEAD);
@@ -513,6 +520,7 @@ impl Config {
             m.set("cri-stream-address", &mut self.cri_stream_address, f.cri_stream_address);
             m.set("cni-conf-dir", &mut self.cni_conf_dir, f.cni_conf_dir);
             m.set("cni-bin-dir", &mut self.cni_bin_dir, f.cni_bin_dir);
+            m.set("hooks-dir", &mut self.hooks_dir, f.hooks_dir);
             if !m.conflicts.is_empty() {
                 anyhow::bail!(
                     "unable to configure the engine with file {}: the following directives are specified both as a flag and in the configuration file: {}",

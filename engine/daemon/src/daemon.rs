@@ -426,7 +426,12 @@ impl Daemon {
                 ipc_ns: ipc_ns.as_deref(),
                 volume_dir: &volume_dir,
             };
-            hostconfig::apply(built.spec, &hc, &cx)?
+            let mut spec = hostconfig::apply(built.spec, &hc, &cx)?;
+            // the hook directories are the daemon's configuration: a bad file there is not the
+            // request's fault
+            let rules = crate::ocihooks::load(&self.cfg.hooks_dir).map_err(|e| ApiError::internal(e.to_string()))?;
+            crate::ocihooks::inject(&mut spec, &rules);
+            spec
         };
         let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| ApiError::internal(e.to_string()))?;
         engine_util::fs::write_atomic(&dir.join("config.json"), &spec_json)

@@ -6,13 +6,20 @@
 //! (host pid); `container.process.pid` names the container's first process on the runtime's
 //! spans, which cover it between the runtime's exit and the exec of the user's program.
 //!
+//!
+//! Where each such span's time went is the probes' off-CPU intervals of its thread, summed over
+//! the span: `engine.cpu.off_ns` (blocked), `engine.cpu.runq_ns` (runnable, waiting for a CPU)
+//! and `engine.cpu.on_ns` (the rest: running), and the kernel stacks it blocked in longest as
+//! `kernel.blocked` events of the innermost span open at the time (so a parent's sums include
+//! its children's, its events do not repeat them).
+//!
 //! Must never: hold a container operation up (events are read when spans arrive, never waited
 //! for), or put an event of one process into another process's span.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use engine_probes::{kind, syscall, KernelEvent, Probes};
+use engine_probes::{kind, syscall, KernelEvent, OffCpuInterval, Probes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -291,6 +298,7 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
         return;
     }
     probes.drain();
+    attribute_cpu(req, &owners, probes);
     let pids: HashSet<u32> = owners.iter().map(|o| o.pid).collect();
     let lo = owners.iter().map(|o| o.start).min().unwrap_or(0);
     let hi = owners.iter().map(|o| o.end).max().unwrap_or(0);
@@ -402,6 +410,109 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
     }
 }
 
+/// Blocking stacks of a span kept as events at most, and the least blocked time that makes one.
+const TOP_STACKS: usize = 3;
+const MIN_STACK_NS: u64 = 100_000;
+/// Frames of a stack named in its event.
+const STACK_NAMED: usize = 8;
+
+fn overlap(a: (u64, u64), b: (u64, u64)) -> u64 {
+    a.1.min(b.1).saturating_sub(a.0.max(b.0))
+}
+
+/// The scheduler's own frames (and the generic waits around it): every blocked stack starts
+/// with some, and they say nothing of why.
+fn scheduler_frame(f: &str) -> bool {
+    f.contains("schedule")
+        || f.starts_with("__cond_resched")
+        || f.starts_with("_cond_resched")
+        || f.contains("wait_for_common")
+        || f.starts_with("wait_for_completion")
+}
+
+/// The system call entry every user thread's stack ends with.
+fn entry_frame(f: &str) -> bool {
+    f == "do_syscall_64" || f.starts_with("entry_SYSCALL")
+}
+
+/// A blocked stack as a span shows it: innermost named function first, the scheduler's frames
+/// and the system call entry left out, `←` between callers.
+pub fn stack_line(frames: &[String]) -> String {
+    let named: Vec<&str> =
+        frames.iter().map(String::as_str).skip_while(|f| scheduler_frame(f)).filter(|f| !entry_frame(f)).collect();
+    let named = if named.is_empty() { frames.iter().map(String::as_str).collect() } else { named };
+    let mut line = named.iter().take(STACK_NAMED).copied().collect::<Vec<_>>().join(" ← ");
+    if named.len() > STACK_NAMED {
+        line.push_str(" ← …");
+    }
+    line
+}
+
+/// Sums the off-CPU intervals of each span's own thread over the span (`engine.cpu.*`) and
+/// names the stacks it blocked in longest (`kernel.blocked` events, on the innermost span).
+fn attribute_cpu(req: &mut ExportTraceServiceRequest, owners: &[Owner], probes: &Probes) {
+    // a container's process before its exec (`container.process.pid`) is not the span's thread
+    let own: Vec<&Owner> = owners.iter().filter(|o| !o.fallback).collect();
+    let pids: HashSet<u32> = own.iter().map(|o| o.pid).collect();
+    let (Some(lo), Some(hi)) = (own.iter().map(|o| o.start).min(), own.iter().map(|o| o.end).max()) else { return };
+    let intervals = probes.off_cpu(|i| pids.contains(&i.tgid) && i.start_ns < hi && i.end_ns() > lo);
+    // the spans' thread: engined's is named, the others' is their process's main thread
+    let thread = |o: &Owner| o.tid.unwrap_or(o.pid);
+    let mine = |o: &Owner, i: &OffCpuInterval| i.tid == thread(o) && o.cgroup.is_none_or(|c| c == i.cgroup_id);
+    // the innermost span of the thread open at the middle of a blocked part
+    let innermost = |i: &OffCpuInterval| {
+        let (a, b) = i.blocked();
+        let t = a + (b - a) / 2;
+        own.iter().filter(|o| mine(o, i) && o.start <= t && t <= o.end).min_by_key(|o| o.end - o.start).map(|o| o.at)
+    };
+    let mut updates = Vec::new();
+    for o in &own {
+        let span = (o.start, o.end);
+        let (mut off, mut runq) = (0u64, 0u64);
+        // stack line → (blocked ns, intervals, first seen)
+        let mut stacks: HashMap<String, (u64, i64, u64)> = HashMap::new();
+        for i in intervals.iter().filter(|i| mine(o, i)) {
+            let blocked = overlap(i.blocked(), span);
+            off += blocked;
+            runq += overlap(i.runnable(), span);
+            if blocked > 0 && innermost(i) == Some(o.at) {
+                if let Some(frames) = &i.stack {
+                    let e = stacks.entry(stack_line(frames)).or_insert((0, 0, i.start_ns));
+                    e.0 += blocked;
+                    e.1 += 1;
+                }
+            }
+        }
+        let on = (o.end - o.start).saturating_sub(off + runq);
+        let mut top: Vec<(String, (u64, i64, u64))> = stacks.into_iter().filter(|(_, v)| v.0 >= MIN_STACK_NS).collect();
+        top.sort_by_key(|t| std::cmp::Reverse(t.1 .0));
+        top.truncate(TOP_STACKS);
+        let events: Vec<span::Event> = top
+            .into_iter()
+            .map(|(line, (ns, count, first))| span::Event {
+                time_unix_nano: first.max(o.start),
+                name: engine_telemetry::names::KERNEL_BLOCKED.into(),
+                attributes: vec![
+                    i("process.pid", o.pid.into()),
+                    i("thread.id", thread(o).into()),
+                    s(engine_telemetry::names::ATTR_KERNEL_STACK, line),
+                    i(engine_telemetry::names::ATTR_CPU_OFF_NS, ns as i64),
+                    i("linux.sched.switches", count),
+                ],
+                ..Default::default()
+            })
+            .collect();
+        updates.push((o.at, [on, off, runq], events));
+    }
+    for ((r, c, k), [on, off, runq], events) in updates {
+        let sp = &mut req.resource_spans[r].scope_spans[c].spans[k];
+        sp.attributes.push(i(engine_telemetry::names::ATTR_CPU_ON_NS, on as i64));
+        sp.attributes.push(i(engine_telemetry::names::ATTR_CPU_OFF_NS, off as i64));
+        sp.attributes.push(i(engine_telemetry::names::ATTR_CPU_RUNQ_NS, runq as i64));
+        sp.events.extend(events);
+    }
+}
+
 /// Follows the calling thread (by thread id) while it makes a container's network namespace,
 /// so its unshare and mount land in the `network.namespace` span; `false` stops.
 pub fn watch_thread(state: &ProbeState, tid: u32, on: bool) {
@@ -417,6 +528,29 @@ pub fn watch_thread(state: &ProbeState, tid: u32, on: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blocked_stack_is_named_from_its_first_function_past_the_scheduler() {
+        let frames: Vec<String> = [
+            "__schedule",
+            "schedule",
+            "schedule_timeout",
+            "__wait_for_common",
+            "wait_for_completion",
+            "synchronize_rcu_normal",
+            "rcu_sync_enter",
+            "do_syscall_64",
+            "entry_SYSCALL_64_after_hwframe",
+        ]
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+        assert_eq!(stack_line(&frames), "synchronize_rcu_normal ← rcu_sync_enter");
+        let deep: Vec<String> = (0..12).map(|n| format!("f{n}")).collect();
+        assert_eq!(stack_line(&deep), "f0 ← f1 ← f2 ← f3 ← f4 ← f5 ← f6 ← f7 ← …");
+        // a stack of scheduler frames alone is shown as it is
+        assert_eq!(stack_line(&frames[..2]), "__schedule ← schedule");
+    }
 
     #[test]
     fn namespace_flags_are_named() {

@@ -26,6 +26,7 @@ pub mod kernel;
 pub mod lifecycle;
 pub mod metrics;
 pub mod network;
+pub mod ocihooks;
 pub mod orphans;
 pub mod podlabels;
 pub mod records;

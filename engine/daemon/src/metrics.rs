@@ -3,6 +3,9 @@
 //! - `engine_phase_duration_seconds{phase,service}`: every span engined stores, by its stable
 //!   name (the start's phases: `daemon.start`, `runtime.create`, `init.exec`, `kernel.clone3`,
 //!   …), with the trace id as exemplar, so a slow bucket leads to its trace;
+//! - `engine_phase_cpu_seconds_total{phase,service,state}`: where those spans' time went, from
+//!   the probes (`on` a CPU, `off` it blocked, `runq` waiting for one; a span's sums include its
+//!   children's in the same process);
 //! - `engine_api_request_duration_seconds{method,route,code}`;
 //! - at each scrape: containers by state, lifecycled restarts, shims and their memory, probe
 //!   events, the trace store, published-port proxies, and each running container's CPU, memory
@@ -30,6 +33,7 @@ type ApiHistogram = Family<Labels, Histogram, fn() -> Histogram>;
 /// The metrics engined keeps between scrapes (the rest is read at each scrape).
 pub struct Metrics {
     phases: PhaseHistogram,
+    phase_cpu: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
     api: ApiHistogram,
     build_steps: ApiHistogram,
     dns_queries: Family<Labels, Counter>,
@@ -55,6 +59,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             phases: Family::new_with_constructor(phase_histogram),
+            phase_cpu: Family::default(),
             api: Family::new_with_constructor(api_histogram),
             build_steps: Family::new_with_constructor(api_histogram),
             dns_queries: Family::default(),
@@ -90,6 +95,21 @@ impl Metrics {
                     Some(l(&[("trace_id", &trace_id), ("span_id", &span_id)])),
                     None,
                 );
+                for (key, state) in [
+                    (engine_telemetry::names::ATTR_CPU_ON_NS, "on"),
+                    (engine_telemetry::names::ATTR_CPU_OFF_NS, "off"),
+                    (engine_telemetry::names::ATTR_CPU_RUNQ_NS, "runq"),
+                ] {
+                    let ns = sp.attributes.iter().find(|a| a.key == key).and_then(|a| match a.value.as_ref()?.value {
+                        Some(any_value::Value::IntValue(v)) => Some(v),
+                        _ => None,
+                    });
+                    if let Some(ns) = ns.filter(|ns| *ns > 0) {
+                        self.phase_cpu
+                            .get_or_create(&l(&[("phase", &sp.name), ("service", &service), ("state", state)]))
+                            .inc_by(ns as f64 / 1e9);
+                    }
+                }
             }
         }
     }
@@ -158,6 +178,7 @@ pub struct MetricsService {
 /// checks that /metrics serves nothing it does not list.
 pub const CATALOGUE: &[(&str, &str, &str)] = &[
     ("engine_phase_duration_seconds", "histogram", "Duration of each span of the engine's traces, by stable span name (the phases of a start); exemplars name the trace"),
+    ("engine_phase_cpu_seconds", "counter", "Where the time of each span went, from the eBPF probes: on a CPU, off it (blocked) or runnable waiting for one (runq), by span name; a span's sums include its children's in the same process"),
     ("engine_api_request_duration_seconds", "histogram", "Duration of Docker Engine API requests, by route and status code"),
     ("engine_build_step_duration_seconds", "histogram", "Duration of each Dockerfile instruction of a build, by instruction and cache hit or miss"),
     ("engine_dns_queries", "counter", "Queries the embedded DNS servers answered, by network, query type and result"),
@@ -168,7 +189,7 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
     ("engine_shims", "gauge", "Running engine-shim processes"),
     ("engine_shim_memory_bytes", "gauge", "Resident memory of all engine-shim processes"),
     ("engine_probes_running", "gauge", "Whether the eBPF probes are attached (1) or not (0)"),
-    ("engine_probe_events", "counter", "Kernel events the probes saw, sent to engined, or dropped (ring buffer full)"),
+    ("engine_probe_events", "counter", "Kernel events the probes saw, sent to engined, or dropped (ring buffer full), by kind: system calls and other point events (syscall), off-CPU intervals (off_cpu; stack_lost: kept without their kernel stack)"),
     ("engine_trace_store_bytes", "gauge", "Bytes of the embedded trace store"),
     ("engine_trace_store_traces", "gauge", "Traces in the embedded trace store"),
     ("engine_registry_blobs", "counter", "Blobs fetched from (pull) or sent to (push) registries"),
@@ -191,6 +212,7 @@ fn help(name: &str) -> &'static str {
 pub async fn render(d: &MetricsService) -> Result<String, ApiError> {
     let mut reg = Registry::default();
     reg.register("engine_phase_duration_seconds", help("engine_phase_duration_seconds"), d.metrics.phases.clone());
+    reg.register("engine_phase_cpu_seconds", help("engine_phase_cpu_seconds"), d.metrics.phase_cpu.clone());
     reg.register(
         "engine_api_request_duration_seconds",
         help("engine_api_request_duration_seconds"),
@@ -250,8 +272,15 @@ pub async fn render(d: &MetricsService) -> Result<String, ApiError> {
     if let crate::kernel::ProbeState::Running(p) = &d.probes {
         let c = p.counters();
         probes_up.set(1);
-        for (outcome, v) in [("seen", c.seen), ("sent", c.sent), ("dropped", c.dropped)] {
-            probe_events.get_or_create(&l(&[("outcome", outcome)])).inc_by(v);
+        for (kind, outcome, v) in [
+            ("syscall", "seen", c.seen),
+            ("syscall", "sent", c.sent),
+            ("syscall", "dropped", c.dropped),
+            ("off_cpu", "sent", c.off_cpu_sent),
+            ("off_cpu", "dropped", c.off_cpu_dropped),
+            ("off_cpu", "stack_lost", c.stacks_lost),
+        ] {
+            probe_events.get_or_create(&l(&[("kind", kind), ("outcome", outcome)])).inc_by(v);
         }
     }
     reg.register("engine_probes_running", help("engine_probes_running"), probes_up);

@@ -21,6 +21,7 @@ pub mod recorder;
 pub mod sampling;
 pub mod sink;
 pub mod waterfall;
+pub mod why;
 
 pub use context::{SpanId, TraceContext, TraceId};
 pub use handoff::{read_spans, FlatSpan};

@@ -123,6 +123,17 @@ pub const KERNEL_EXEC: &str = "kernel.exec";
 pub const KERNEL_EXIT: &str = "kernel.exit";
 pub const KERNEL_CGROUP_MKDIR: &str = "kernel.cgroup_mkdir";
 pub const KERNEL_CGROUP_ATTACH: &str = "kernel.cgroup_attach";
+/// Where a span's thread blocked longest (a span event: `linux.kernel.stack`, `engine.cpu.off_ns`).
+pub const KERNEL_BLOCKED: &str = "kernel.blocked";
+
+/// A span's time on its CPU, blocked, and runnable waiting for a CPU (the eBPF probes' view of
+/// the span's thread; the three add up to the span's duration).
+pub const ATTR_CPU_ON_NS: &str = "engine.cpu.on_ns";
+pub const ATTR_CPU_OFF_NS: &str = "engine.cpu.off_ns";
+pub const ATTR_CPU_RUNQ_NS: &str = "engine.cpu.runq_ns";
+/// A kernel stack, innermost function first, the scheduler's own frames left out
+/// (`synchronize_rcu ← cgroup_attach_task ← …`).
+pub const ATTR_KERNEL_STACK: &str = "linux.kernel.stack";
 
 /// Every name above (`kernel.<syscall>` spans and request spans aside).
 pub const ALL: &[&str] = &[
@@ -203,6 +214,7 @@ pub const ALL: &[&str] = &[
     KERNEL_EXIT,
     KERNEL_CGROUP_MKDIR,
     KERNEL_CGROUP_ATTACH,
+    KERNEL_BLOCKED,
 ];
 
 /// The span name of a system call the probes saw enter and exit.

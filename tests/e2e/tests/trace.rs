@@ -525,3 +525,69 @@ fn every_operation_is_exactly_one_trace() {
         assert_eq!(n, ops.iter().filter(|(_, r, _)| r == root).count(), "traces rooted at {root}");
     }
 }
+
+#[test]
+fn a_starts_time_is_split_on_and_off_cpu_with_where_it_blocked() {
+    // an OCI hook (from a hooks directory, as podman's) that makes every start sleep 300 ms in
+    // the runtime's createRuntime step: the runtime waits for it in wait4
+    let hooks = tempfile::tempdir().unwrap();
+    std::fs::write(
+        hooks.path().join("50-nap.json"),
+        r#"{"version":"1.0.0","hook":{"path":"/bin/sleep","args":["sleep","0.3"]},"when":{"commands":["^/bin/true$"]},"stages":["createRuntime"]}"#,
+    )
+    .unwrap();
+    let e = Engined::start_with(&[], &["--hooks-dir", hooks.path().to_str().unwrap()]);
+    let status = probes(&e);
+    assert_eq!(status["Running"], true, "the probes did not load: {status}\n{}", e.log_tail());
+    e.import_busybox("busybox");
+    e.ok(&["run", "--name", "why", "busybox", "/bin/true"]);
+    let spans = whole_trace(&e, "why", "start");
+    let waterfall = stdout(&e.engine(&["trace", "--op", "start", "why"]));
+    let split = |s: &FlatSpan| -> Option<[u64; 3]> {
+        let n = |k: &str| s.attr(k).and_then(|v| v.parse::<u64>().ok());
+        Some([n("engine.cpu.on_ns")?, n("engine.cpu.off_ns")?, n("engine.cpu.runq_ns")?])
+    };
+    let hook = spans.iter().find(|s| s.name == "runtime.hooks.createRuntime").unwrap_or_else(|| panic!("{waterfall}"));
+    let [on, off, runq] = split(hook).unwrap_or_else(|| panic!("no CPU split on the hook's span:\n{waterfall}"));
+    // the nap is the runtime's blocked time, not its CPU's; the three add up to the span
+    assert!(off >= 250_000_000 && on < off, "on {on} off {off} runq {runq}\n{waterfall}");
+    assert_eq!(on + off + runq, hook.duration_nanos());
+    let blocked: Vec<(&str, u64)> = hook
+        .events
+        .iter()
+        .filter(|(_, n, _)| n == "kernel.blocked")
+        .filter_map(|(_, _, a)| Some((get(a, "linux.kernel.stack")?, get(a, "engine.cpu.off_ns")?.parse().ok()?)))
+        .collect();
+    let top = blocked.first().unwrap_or_else(|| panic!("no kernel.blocked on the hook's span:\n{waterfall}"));
+    assert!(top.0.starts_with("do_wait") && top.0.contains("wait4") && top.1 >= 250_000_000, "{blocked:?}");
+    // every span of the container's own processes has its split; the parents' include it
+    for s in spans.iter().filter(|s| matches!(s.service.as_str(), "engine-shim" | "engine-runtime" | "engine-init")) {
+        assert!(split(s).is_some(), "{} has no CPU split:\n{waterfall}", s.name);
+    }
+    let create = spans.iter().find(|s| s.name == "runtime.create").unwrap();
+    assert!(split(create).unwrap()[1] >= off, "runtime.create's blocked time includes its hook's");
+    assert!(waterfall.contains("kernel.blocked") && waterfall.contains("ms in do_wait"), "{waterfall}");
+    // --why puts the split and the stack beside the span
+    let why = stdout(&e.engine(&["trace", "--why", "--op", "start", "why"]));
+    let line = why.lines().position(|l| l.contains("runtime.hooks.createRuntime")).unwrap_or_else(|| panic!("{why}"));
+    assert!(why.lines().nth(line + 1).is_some_and(|l| l.contains("blocked") && l.contains("in do_wait")), "{why}");
+    // and /metrics has the blocked time by phase
+    let (_, metrics) = e.request("GET", "/metrics", "");
+    let off_metric = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("engine_phase_cpu_seconds_total{")
+                && l.contains("phase=\"runtime.hooks.createRuntime\"")
+                && l.contains("state=\"off\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(off_metric.is_some_and(|v| v >= 0.25), "{off_metric:?}");
+    let status = probes(&e);
+    assert!(status["OffCpuSent"].as_u64().is_some_and(|n| n > 0), "{status}");
+    // a malformed hook file fails the create with its name, and leaves nothing
+    e.ok(&["rm", "why"]);
+    std::fs::write(hooks.path().join("60-bad.json"), r#"{"version":"1.0.0","hook":{"path":"sleep"}}"#).unwrap();
+    let out = e.engine(&["run", "--rm", "busybox", "/bin/true"]);
+    assert!(!out.status.success() && stderr(&out).contains("60-bad.json"), "{}", stderr(&out));
+    e.assert_clean();
+}

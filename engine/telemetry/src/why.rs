@@ -1,0 +1,186 @@
+//! `engine trace --why`: beside each span of a trace's critical path, where its time went (on a
+//! CPU, blocked, waiting for a CPU: the `engine.cpu.*` attributes the probes' off-CPU intervals
+//! give) and the kernel stacks it blocked in longest (its own `kernel.blocked` events and those of
+//! the spans under it in the same process).
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use crate::handoff::FlatSpan;
+use crate::names::{ATTR_CPU_OFF_NS, ATTR_CPU_ON_NS, ATTR_CPU_RUNQ_NS, ATTR_KERNEL_STACK, KERNEL_BLOCKED};
+
+/// Stacks shown under a span at most.
+const STACKS: usize = 3;
+
+/// A span's time: running, blocked, runnable waiting for a CPU (nanoseconds).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuSplit {
+    pub on: u64,
+    pub off: u64,
+    pub runq: u64,
+}
+
+/// The split the probes gave `span`, if they followed its process.
+pub fn cpu_split(span: &FlatSpan) -> Option<CpuSplit> {
+    let n = |k: &str| span.attr(k).and_then(|v| v.parse::<u64>().ok());
+    Some(CpuSplit { on: n(ATTR_CPU_ON_NS)?, off: n(ATTR_CPU_OFF_NS)?, runq: n(ATTR_CPU_RUNQ_NS)? })
+}
+
+/// The stacks `span` and the spans under it in its process blocked in, longest first:
+/// (blocked ns, stack line).
+pub fn blocked_stacks(spans: &[FlatSpan], span: &FlatSpan) -> Vec<(u64, String)> {
+    let mut children: HashMap<&str, Vec<&FlatSpan>> = HashMap::new();
+    for s in spans {
+        children.entry(s.parent_span_id.as_str()).or_default().push(s);
+    }
+    let pid = |s: &FlatSpan| s.attr("process.pid").map(str::to_string);
+    let mut sums: HashMap<String, u64> = HashMap::new();
+    let mut stack = vec![span];
+    while let Some(s) = stack.pop() {
+        for (_, name, attrs) in &s.events {
+            if name != KERNEL_BLOCKED {
+                continue;
+            }
+            let get = |k: &str| attrs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+            if let (Some(line), Some(ns)) =
+                (get(ATTR_KERNEL_STACK), get(ATTR_CPU_OFF_NS).and_then(|v| v.parse::<u64>().ok()))
+            {
+                *sums.entry(line.to_string()).or_default() += ns;
+            }
+        }
+        for k in children.get(s.span_id.as_str()).into_iter().flatten() {
+            // the same process: a child span without a pid of its own is its parent's
+            if k.service == span.service && pid(k).is_none_or(|p| Some(p) == pid(span)) {
+                stack.push(k);
+            }
+        }
+    }
+    let mut out: Vec<(u64, String)> = sums.into_iter().map(|(l, ns)| (ns, l)).collect();
+    out.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    out
+}
+
+fn ms(ns: u64) -> String {
+    format!("{:.3}", ns as f64 / 1e6)
+}
+
+fn share(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "-".into();
+    }
+    format!("{}%", (part as f64 * 100.0 / whole as f64).round() as u64)
+}
+
+/// The `--why` report of one trace, in the tree's order: every span the probes split (the
+/// shim's, the runtime's, init's: the processes of one container) and every span of the critical
+/// path (`█`), each with its top blocking stacks; spans of processes the probes do not follow
+/// (the CLI, engined, lifecycled: they serve every container) show their duration alone.
+pub fn render(spans: &[FlatSpan]) -> String {
+    let critical = crate::analysis::critical_path(spans);
+    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let mut children: HashMap<Option<&str>, Vec<&FlatSpan>> = HashMap::new();
+    for s in spans.iter().filter(|s| !s.name.starts_with("kernel.")) {
+        let parent = Some(s.parent_span_id.as_str()).filter(|p| ids.contains(p) && *p != s.span_id);
+        children.entry(parent).or_default().push(s);
+    }
+    for list in children.values_mut() {
+        list.sort_by_key(|s| (s.start_unix_nanos, std::cmp::Reverse(s.end_unix_nanos)));
+    }
+    let mut rows: Vec<&FlatSpan> = Vec::new();
+    let mut stack: Vec<&FlatSpan> = children.get(&None).into_iter().flatten().rev().copied().collect();
+    while let Some(s) = stack.pop() {
+        if critical.contains(&s.span_id) || cpu_split(s).is_some() {
+            rows.push(s);
+        }
+        stack.extend(children.get(&Some(s.span_id.as_str())).into_iter().flatten().rev());
+    }
+    let mut out = String::new();
+    if rows.is_empty() {
+        return out;
+    }
+    let name_w = rows.iter().map(|s| s.name.chars().count()).max().unwrap_or(4).max(4);
+    let _ = writeln!(
+        out,
+        "  {:name_w$}  {:>10}  {:>16}  {:>16}  {:>16}",
+        "SPAN", "ms", "on-CPU ms", "blocked ms", "runqueue ms"
+    );
+    let mut followed = false;
+    for s in rows {
+        let d = s.duration_nanos();
+        let mark = if critical.contains(&s.span_id) { "█" } else { " " };
+        match cpu_split(s) {
+            Some(c) => {
+                followed = true;
+                let col = |v: u64| format!("{} {:>4}", ms(v), share(v, d));
+                let _ = writeln!(
+                    out,
+                    "{mark} {:name_w$}  {:>10}  {:>16}  {:>16}  {:>16}",
+                    s.name,
+                    ms(d),
+                    col(c.on),
+                    col(c.off),
+                    col(c.runq)
+                );
+                for (ns, line) in blocked_stacks(spans, s).into_iter().take(STACKS) {
+                    let _ = writeln!(out, "  {:name_w$}    blocked {} ms in {line}", "", ms(ns));
+                }
+            }
+            None => {
+                let _ = writeln!(out, "{mark} {:name_w$}  {:>10}  {:>16}", s.name, ms(d), "-");
+            }
+        }
+    }
+    if !followed {
+        out.push_str("(no span of this trace has the probes' CPU split: are the eBPF probes running? `engine info`)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(mut s: FlatSpan, attrs: &[(&str, &str)]) -> FlatSpan {
+        s.attributes = attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        s
+    }
+
+    fn blocked(s: &mut FlatSpan, ns: u64, stack: &str) {
+        s.events.push((
+            s.start_unix_nanos,
+            KERNEL_BLOCKED.into(),
+            vec![(ATTR_KERNEL_STACK.into(), stack.into()), (ATTR_CPU_OFF_NS.into(), ns.to_string())],
+        ));
+    }
+
+    #[test]
+    fn the_critical_path_shows_its_split_and_where_it_blocked() {
+        let root = FlatSpan::for_test("a", "", "engine.run", 0, 20_000_000);
+        let cpu = [(ATTR_CPU_ON_NS, "2000000"), (ATTR_CPU_OFF_NS, "15000000"), (ATTR_CPU_RUNQ_NS, "1000000")];
+        let mut create = with(FlatSpan::for_test("b", "a", "runtime.create", 1_000_000, 19_000_000), &cpu);
+        create.attributes.push(("process.pid".into(), "10".into()));
+        let mut attach = with(
+            FlatSpan::for_test("c", "b", "runtime.cgroup.attach", 2_000_000, 12_000_000),
+            &[(ATTR_CPU_ON_NS, "100000"), (ATTR_CPU_OFF_NS, "9900000"), (ATTR_CPU_RUNQ_NS, "0")],
+        );
+        blocked(&mut attach, 9_400_000, "__wait_rcu_gp ← synchronize_rcu ← cgroup_attach_task");
+        blocked(&mut create, 3_000_000, "do_wait ← kernel_wait4");
+        let spans = vec![root, create, attach];
+        let out = render(&spans);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("  SPAN"), "{out}");
+        assert!(lines[1].starts_with("█ engine.run") && lines[1].trim_end().ends_with('-'), "{out}");
+        assert!(lines[2].starts_with("█ runtime.create") && lines[2].contains("15.000  83%"), "{out}");
+        // the parent names its children's stacks too, longest first
+        assert!(lines[3].contains("blocked 9.400 ms in __wait_rcu_gp ← synchronize_rcu"), "{out}");
+        assert!(lines[4].contains("blocked 3.000 ms in do_wait"), "{out}");
+        assert!(lines[5].starts_with("█ runtime.cgroup.attach") && lines[5].contains("9.900  99%"), "{out}");
+        assert_eq!(blocked_stacks(&spans, &spans[2]).len(), 1);
+    }
+
+    #[test]
+    fn a_trace_without_the_probes_says_so() {
+        let spans = vec![FlatSpan::for_test("a", "", "engine.run", 0, 1_000_000)];
+        assert!(render(&spans).contains("are the eBPF probes running?"));
+    }
+}
