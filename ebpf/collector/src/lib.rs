@@ -63,6 +63,9 @@ const PROGRAMS: &[(&str, &str, &str)] = &[
     ("sched_wakeup", "sched", "sched_wakeup"),
 ];
 
+/// The programs that record off-CPU intervals (the profiles): left out by `Probes::load(false)`.
+const PROFILE_PROGRAMS: &[&str] = &["sched_switch", "sched_wakeup"];
+
 /// Events kept for correlation at most, and for how long; older ones go first.
 const BUFFER: usize = 1 << 14;
 const KEEP_NS: u64 = 60_000_000_000;
@@ -155,6 +158,7 @@ struct Inner {
 /// The loaded probes.
 pub struct Probes {
     inner: Mutex<Inner>,
+    profiles: bool,
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
@@ -203,8 +207,9 @@ fn text(b: &[u8]) -> String {
 }
 
 impl Probes {
-    /// Loads and attaches every probe. Needs root (CAP_BPF, CAP_PERFMON) and tracefs.
-    pub fn load() -> Result<Probes, ProbeError> {
+    /// Loads and attaches every probe, the scheduler's (off-CPU intervals) only with `profiles`.
+    /// Needs root (CAP_BPF, CAP_PERFMON) and tracefs.
+    pub fn load(profiles: bool) -> Result<Probes, ProbeError> {
         // the probes see the initial pid namespace's pids (its inode is PROC_PID_INIT_INO)
         if std::fs::read_link("/proc/self/ns/pid").ok().is_some_and(|ns| ns != std::path::Path::new("pid:[4026531836]"))
         {
@@ -230,7 +235,7 @@ impl Probes {
             Array::try_from(ebpf.map_mut("LAYOUT").ok_or_else(|| ProbeError::Load("no LAYOUT map".into()))?)
                 .map_err(|e| ProbeError::Load(e.to_string()))?;
         lay.set(0, offsets, 0).map_err(|e| ProbeError::Load(e.to_string()))?;
-        for (prog, category, name) in PROGRAMS {
+        for (prog, category, name) in PROGRAMS.iter().filter(|(p, _, _)| profiles || !PROFILE_PROGRAMS.contains(p)) {
             let p: &mut TracePoint = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| ProbeError::Load(format!("no program {prog}")))?
@@ -263,7 +268,13 @@ impl Probes {
                 kernel_symbols: None,
                 _ebpf: ebpf,
             }),
+            profiles,
         })
+    }
+
+    /// Whether the scheduler's probes run (off-CPU intervals: the spans' CPU split).
+    pub fn profiles(&self) -> bool {
+        self.profiles
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

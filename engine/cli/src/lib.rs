@@ -304,6 +304,14 @@ async fn info(c: &client::Client) -> Result<i32> {
             " eBPF Probes: running ({} events seen, {} sent, {} dropped)",
             p["EventsSeen"], p["EventsSent"], p["EventsDropped"]
         );
+        if p["Profiles"].as_bool() == Some(true) {
+            println!(
+                " Profiles: off-CPU ({} intervals, {} dropped, {} without their stack)",
+                p["OffCpuSent"], p["OffCpuDropped"], p["StacksLost"]
+            );
+        } else {
+            println!(" Profiles: off (--no-profiles)");
+        }
     } else if p.is_object() {
         println!(" eBPF Probes: off ({})", p["Reason"].as_str().unwrap_or("unknown"));
     }

@@ -57,6 +57,10 @@ pub struct Config {
     /// Do not load the eBPF probes (traces then have no kernel rows).
     #[arg(long)]
     pub no_probes: bool,
+    /// Load the eBPF probes without the scheduler's (`sched_switch`, `sched_wakeup`): kernel
+    /// rows, but no `engine.cpu.*` split and no blocking stacks on the spans.
+    #[arg(long)]
+    pub no_profiles: bool,
     /// The Linux bridge of the default network (`bridge`); `none`: no default network (as
     /// dockerd's `--bridge=none`), containers name theirs.
     #[arg(short = 'b', long, visible_alias = "bridge", default_value = "engine0")]
@@ -211,6 +215,7 @@ struct FileConfig {
     trace_max_traces: Option<usize>,
     trace_max_mb: Option<u64>,
     no_probes: Option<bool>,
+    no_profiles: Option<bool>,
     #[serde(alias = "bridge")]
     bridge_name: Option<String>,
     storage_driver: Option<String>,
@@ -270,6 +275,7 @@ pub fn default_file() -> String {
         trace_max_traces: Some(d.trace_max_traces),
         trace_max_mb: Some(d.trace_max_mb),
         no_probes: Some(d.no_probes),
+        no_profiles: Some(d.no_profiles),
         bridge_name: Some(d.bridge_name),
         storage_driver: Some(d.storage_driver.as_str().to_string()),
         bip: d.bip,
@@ -481,6 +487,7 @@ impl Config {
             m.set("trace-max-traces", &mut self.trace_max_traces, f.trace_max_traces);
             m.set("trace-max-mb", &mut self.trace_max_mb, f.trace_max_mb);
             m.set("no-probes", &mut self.no_probes, f.no_probes);
+            m.set("no-profiles", &mut self.no_profiles, f.no_profiles);
             m.set("bridge-name", &mut self.bridge_name, f.bridge_name);
             let driver = f
                 .storage_driver

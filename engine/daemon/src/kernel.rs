@@ -37,9 +37,11 @@ pub fn start(cfg: &crate::config::Config) -> ProbeState {
     if cfg.no_probes {
         return ProbeState::Disabled("disabled by --no-probes".into());
     }
-    match Probes::load() {
+    match Probes::load(!cfg.no_profiles) {
         Ok(p) => {
-            crate::log!(cfg, "info", "eBPF probes attached");
+            let profiles =
+                if cfg.no_profiles { "without the scheduler's (--no-profiles)" } else { "with the scheduler's" };
+            crate::log!(cfg, "info", "eBPF probes attached, {profiles}");
             ProbeState::Running(Arc::new(p))
         }
         Err(e) => {
@@ -298,7 +300,9 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
         return;
     }
     probes.drain();
-    attribute_cpu(req, &owners, probes);
+    if probes.profiles() {
+        attribute_cpu(req, &owners, probes);
+    }
     let pids: HashSet<u32> = owners.iter().map(|o| o.pid).collect();
     let lo = owners.iter().map(|o| o.start).min().unwrap_or(0);
     let hi = owners.iter().map(|o| o.end).max().unwrap_or(0);

@@ -297,11 +297,12 @@ pub fn probe_status(d: &TraceService) -> serde_json::Value {
             let c = p.counters();
             json!({
                 "Running": true, "Reason": "", "EventsSeen": c.seen, "EventsSent": c.sent, "EventsDropped": c.dropped,
-                "OffCpuSent": c.off_cpu_sent, "OffCpuDropped": c.off_cpu_dropped, "StacksLost": c.stacks_lost,
+                "Profiles": p.profiles(), "OffCpuSent": c.off_cpu_sent, "OffCpuDropped": c.off_cpu_dropped,
+                "StacksLost": c.stacks_lost,
             })
         }
         crate::kernel::ProbeState::Disabled(why) => {
-            json!({ "Running": false, "Reason": why, "EventsSeen": 0, "EventsSent": 0, "EventsDropped": 0 })
+            json!({ "Running": false, "Reason": why, "EventsSeen": 0, "EventsSent": 0, "EventsDropped": 0, "Profiles": false })
         }
     }
 }

@@ -590,4 +590,16 @@ fn a_starts_time_is_split_on_and_off_cpu_with_where_it_blocked() {
     let out = e.engine(&["run", "--rm", "busybox", "/bin/true"]);
     assert!(!out.status.success() && stderr(&out).contains("60-bad.json"), "{}", stderr(&out));
     e.assert_clean();
+    drop(e);
+
+    // --no-profiles: the kernel rows stay, the scheduler's probes and the split go
+    let e = Engined::start_with(&[], &["--no-profiles"]);
+    assert_eq!(probes(&e)["Profiles"], false);
+    assert!(e.ok(&["info"]).contains("Profiles: off (--no-profiles)"));
+    e.import_busybox("busybox");
+    e.ok(&["run", "--name", "plain", "busybox", "true"]);
+    let spans = whole_trace(&e, "plain", "start");
+    assert!(spans.iter().any(|s| s.name == "kernel.pivot_root"), "kernel rows without profiles");
+    assert!(spans.iter().all(|s| split(s).is_none() && s.events.iter().all(|(_, n, _)| n != "kernel.blocked")));
+    assert_eq!(probes(&e)["OffCpuSent"], 0);
 }
