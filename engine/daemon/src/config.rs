@@ -54,6 +54,15 @@ pub struct Config {
     /// Keep at most this many MiB of traces under the data-root.
     #[arg(long, default_value_t = 256)]
     pub trace_max_mb: u64,
+    /// Tail sampling of the OTLP export: the share (0 to 1) of the traces no rule keeps that is
+    /// exported anyway. Failed traces, slow ones (--trace-keep-slower-than) and those that span
+    /// a restart of lifecycled are always exported; the embedded store keeps every trace.
+    #[arg(long, default_value_t = 1.0)]
+    pub trace_keep_ratio: f64,
+    /// With --trace-keep-ratio below 1: export every trace whose root took longer than this
+    /// (`250ms`, `2s`; default: the running p99 of the root's operation).
+    #[arg(long, value_name = "DURATION")]
+    pub trace_keep_slower_than: Option<String>,
     /// Do not load the eBPF probes (traces then have no kernel rows).
     #[arg(long)]
     pub no_probes: bool,
@@ -214,6 +223,8 @@ struct FileConfig {
     otlp_protocol: Option<String>,
     trace_max_traces: Option<usize>,
     trace_max_mb: Option<u64>,
+    trace_keep_ratio: Option<f64>,
+    trace_keep_slower_than: Option<String>,
     no_probes: Option<bool>,
     no_profiles: Option<bool>,
     #[serde(alias = "bridge")]
@@ -274,6 +285,8 @@ pub fn default_file() -> String {
         otlp_protocol: d.otlp_protocol,
         trace_max_traces: Some(d.trace_max_traces),
         trace_max_mb: Some(d.trace_max_mb),
+        trace_keep_ratio: Some(d.trace_keep_ratio),
+        trace_keep_slower_than: d.trace_keep_slower_than,
         no_probes: Some(d.no_probes),
         no_profiles: Some(d.no_profiles),
         bridge_name: Some(d.bridge_name),
@@ -486,6 +499,8 @@ impl Config {
             m.set("otlp-protocol", &mut self.otlp_protocol, f.otlp_protocol.map(Some));
             m.set("trace-max-traces", &mut self.trace_max_traces, f.trace_max_traces);
             m.set("trace-max-mb", &mut self.trace_max_mb, f.trace_max_mb);
+            m.set("trace-keep-ratio", &mut self.trace_keep_ratio, f.trace_keep_ratio);
+            m.set("trace-keep-slower-than", &mut self.trace_keep_slower_than, f.trace_keep_slower_than.map(Some));
             m.set("no-probes", &mut self.no_probes, f.no_probes);
             m.set("no-profiles", &mut self.no_profiles, f.no_profiles);
             m.set("bridge-name", &mut self.bridge_name, f.bridge_name);
@@ -568,6 +583,7 @@ impl Config {
         }
         self.default_bridge_address()?;
         self.default_bridge_v6()?;
+        self.tail_sampling()?;
         if self.bridge_name.is_empty()
             || self.bridge_name.len() > 15
             || !self.bridge_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -652,6 +668,20 @@ impl Config {
             .iter()
             .map(|p| p.parse().map_err(|e| anyhow::anyhow!("--default-address-pool: {e}")))
             .collect()
+    }
+
+    /// The tail sampling policy of the OTLP export.
+    pub fn tail_sampling(&self) -> anyhow::Result<crate::tailsample::Policy> {
+        if !(0.0..=1.0).contains(&self.trace_keep_ratio) {
+            anyhow::bail!("invalid --trace-keep-ratio {}: want a share from 0 to 1", self.trace_keep_ratio);
+        }
+        let keep_slower_than = match &self.trace_keep_slower_than {
+            None => None,
+            Some(d) => Some(humantime::parse_duration(d).map_err(|e| {
+                anyhow::anyhow!("invalid --trace-keep-slower-than {d:?}: {e} (want a duration such as 250ms or 2s)")
+            })?),
+        };
+        Ok(crate::tailsample::Policy { keep_ratio: self.trace_keep_ratio, keep_slower_than })
     }
 
     pub fn default_bridge_address(&self) -> anyhow::Result<Option<ipnet::Ipv4Net>> {

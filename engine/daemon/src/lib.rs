@@ -34,6 +34,7 @@ pub mod runconfig;
 pub mod state;
 pub mod supervisor;
 pub mod systemd;
+pub mod tailsample;
 pub mod trace;
 pub mod traces;
 pub mod tracestore;
@@ -219,6 +220,16 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let supervisor = supervisor::start(cfg.clone()).await.context("starting engine-lifecycled")?;
     if let Some(p) = running {
         kernel::follow_engine_processes(&cfg, p, supervisor.pid.clone());
+    }
+    if let Some(sampler) = traces.0.sampler().cloned() {
+        // a trace that spans a restart of lifecycled is always exported
+        let mut pid = supervisor.pid.clone();
+        tokio::spawn(async move {
+            pid.borrow_and_update();
+            while pid.changed().await.is_ok() {
+                sampler.note_restart();
+            }
+        });
     }
     let lifecycled = supervisor.clone();
     systemd::notify("STATUS=reading the records and adopting running containers");

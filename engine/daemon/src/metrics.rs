@@ -190,6 +190,7 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
     ("engine_shim_memory_bytes", "gauge", "Resident memory of all engine-shim processes"),
     ("engine_probes_running", "gauge", "Whether the eBPF probes are attached (1) or not (0)"),
     ("engine_probe_events", "counter", "Kernel events the probes saw, sent to engined, or dropped (ring buffer full), by kind: system calls and other point events (syscall), off-CPU intervals (off_cpu; stack_lost: kept without their kernel stack)"),
+    ("engine_trace_export_decisions", "counter", "Traces the tail sampler (--trace-keep-ratio below 1) exported or dropped, by reason: error, restart, slow, ratio, dropped"),
     ("engine_trace_store_bytes", "gauge", "Bytes of the embedded trace store"),
     ("engine_trace_store_traces", "gauge", "Traces in the embedded trace store"),
     ("engine_registry_blobs", "counter", "Blobs fetched from (pull) or sent to (push) registries"),
@@ -285,6 +286,15 @@ pub async fn render(d: &MetricsService) -> Result<String, ApiError> {
     }
     reg.register("engine_probes_running", help("engine_probes_running"), probes_up);
     reg.register("engine_probe_events", help("engine_probe_events"), probe_events);
+
+    let decisions = counter_family();
+    if let Some(sampler) = d.traces.sampler() {
+        for (reason, n) in sampler.counts() {
+            let decision = if reason == crate::tailsample::Reason::Dropped { "dropped" } else { "kept" };
+            decisions.get_or_create(&l(&[("decision", decision), ("reason", reason.as_str())])).inc_by(n);
+        }
+    }
+    reg.register("engine_trace_export_decisions", help("engine_trace_export_decisions"), decisions);
 
     let (bytes, count) = d.traces.usage();
     let (tb, tc) = (Gauge::<i64>::default(), Gauge::<i64>::default());

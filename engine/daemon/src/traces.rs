@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::http::{self, json, ApiError, Query, Resp};
+use crate::tailsample::TailSampler;
 use crate::tracestore::{Retention, TraceStore, TraceSummary};
 
 /// The external export configured by the daemon's flags or config file, else by OpenTelemetry's
@@ -115,8 +116,26 @@ pub fn start(
         segment_bytes: Retention::default().segment_bytes.min((max_bytes / 4).max(64 << 10)),
     };
     let dir = cfg.data_root.join("traces");
-    let store = TraceStore::open(&dir, retention, export.map(|e| Sink::new(OtlpExporter::start(e))), resource)
-        .map_err(|e| anyhow::anyhow!("opening the trace store {}: {e}", dir.display()))?;
+    let policy = cfg.tail_sampling()?;
+    let (export, sampler) = match export {
+        None => (None, None),
+        Some(e) if policy.samples() => {
+            let sampler = TailSampler::start(policy, Sink::new(OtlpExporter::start(e)))
+                .map_err(|e| anyhow::anyhow!("starting the tail sampler: {e}"))?;
+            crate::log!(
+                cfg,
+                "info",
+                "tail sampling the export: keeping failed, slow ({}) and restart-spanning traces, and {} of the rest",
+                policy.keep_slower_than.map(|d| format!("over {d:?}")).unwrap_or_else(|| "over the running p99".into()),
+                policy.keep_ratio
+            );
+            (Some(Sink::new(sampler.clone())), Some(sampler))
+        }
+        Some(e) => (Some(Sink::new(OtlpExporter::start(e))), None),
+    };
+    let store = TraceStore::open(&dir, retention, export, resource)
+        .map_err(|e| anyhow::anyhow!("opening the trace store {}: {e}", dir.display()))?
+        .with_sampler(sampler);
     let store = Arc::new(store);
 
     let sock = cfg.otlp_receiver_socket();

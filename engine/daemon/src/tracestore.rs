@@ -101,6 +101,8 @@ pub struct TraceStore {
     retention: Retention,
     inner: Mutex<Inner>,
     export: Option<Sink>,
+    /// The tail sampler in front of `export`, when it samples (for its counts).
+    sampler: Option<crate::tailsample::TailSampler>,
     /// Resource attributes from `OTEL_RESOURCE_ATTRIBUTES`, added to every resource that lacks them.
     resource: Vec<(String, String)>,
     pub stats: StoreStats,
@@ -226,6 +228,7 @@ impl TraceStore {
             retention,
             inner: Mutex::new(inner),
             export,
+            sampler: None,
             resource,
             stats: StoreStats::default(),
         };
@@ -235,6 +238,17 @@ impl TraceStore {
             store.open_segment(&mut inner, seq)?;
         }
         Ok(store)
+    }
+
+    /// Names the tail sampler the export goes through (`export` is the sampler's sink).
+    pub fn with_sampler(mut self, sampler: Option<crate::tailsample::TailSampler>) -> Self {
+        self.sampler = sampler;
+        self
+    }
+
+    /// The tail sampler of the export, when it samples.
+    pub fn sampler(&self) -> Option<&crate::tailsample::TailSampler> {
+        self.sampler.as_ref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

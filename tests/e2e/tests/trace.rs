@@ -361,18 +361,24 @@ impl TraceService for Collector {
     }
 }
 
-#[test]
-fn the_same_trace_reaches_an_otlp_grpc_receiver() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
+/// An OTLP gRPC receiver on loopback (the service generated from the official protos), served
+/// on `rt`: what it got, and its address.
+fn otlp_receiver(rt: &tokio::runtime::Runtime) -> (Collector, std::net::SocketAddr) {
     let collector = Collector::default();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
-    let svc = TraceServiceServer::new(collector.clone());
     rt.spawn(
         tonic::transport::Server::builder()
-            .add_service(svc)
+            .add_service(TraceServiceServer::new(collector.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
+    (collector, addr)
+}
+
+#[test]
+fn the_same_trace_reaches_an_otlp_grpc_receiver() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (collector, addr) = otlp_receiver(&rt);
 
     let endpoint = format!("http://{addr}");
     // with the probes off: containers run and are traced, without kernel rows
@@ -602,4 +608,64 @@ fn a_starts_time_is_split_on_and_off_cpu_with_where_it_blocked() {
     assert!(spans.iter().any(|s| s.name == "kernel.pivot_root"), "kernel rows without profiles");
     assert!(spans.iter().all(|s| split(s).is_none() && s.events.iter().all(|(_, n, _)| n != "kernel.blocked")));
     assert_eq!(probes(&e)["OffCpuSent"], 0);
+}
+
+#[test]
+fn tail_sampling_exports_the_slow_and_the_failed_starts_only() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (collector, addr) = otlp_receiver(&rt);
+    // a start of `/bin/true` (not of `true`) sleeps 1.5 s in a createRuntime hook
+    let hooks = tempfile::tempdir().unwrap();
+    std::fs::write(
+        hooks.path().join("nap.json"),
+        r#"{"version":"1.0.0","hook":{"path":"/bin/sleep","args":["sleep","1.5"]},"when":{"commands":["^/bin/true$"]},"stages":["createRuntime"]}"#,
+    )
+    .unwrap();
+    let e = Engined::start_with(
+        &[],
+        &[
+            "--otlp-endpoint",
+            &format!("http://{addr}"),
+            "--trace-keep-ratio",
+            "0",
+            "--trace-keep-slower-than",
+            "1s",
+            "--hooks-dir",
+            hooks.path().to_str().unwrap(),
+        ],
+    );
+    e.import_busybox("busybox");
+    let trace_of = |name: &str| -> String {
+        let out = e.ok(&["trace", "--json", "--op", "start", name]);
+        let doc: ExportTraceServiceRequest = serde_json::from_str(out.trim()).expect("OTLP JSON");
+        flatten(&doc)[0].trace_id.clone()
+    };
+    e.ok(&["run", "-d", "--name", "fast", "busybox", "sleep", "100"]);
+    e.ok(&["run", "-d", "--name", "slow", "busybox", "/bin/true"]);
+    assert!(!e.engine(&["run", "-d", "--name", "failed", "busybox", "/no/such/program"]).status.success());
+    let (fast, slow, failed) = (trace_of("fast"), trace_of("slow"), trace_of("failed"));
+    let exported = || -> HashSet<String> {
+        collector.0.lock().unwrap().iter().flat_map(flatten).map(|s| s.trace_id).collect::<HashSet<_>>()
+    };
+    wait_for("the slow and the failed start's traces at the receiver", || {
+        let got = exported();
+        got.contains(&slow) && got.contains(&failed)
+    });
+    // the fast start was decided before them (it ended first): dropped, never sent
+    assert!(!exported().contains(&fast), "the fast start was exported");
+    // the store keeps all three, the metrics count each decision
+    assert!(e.ok(&["trace", "--op", "start", "fast"]).contains("engine.run"));
+    let (_, metrics) = e.request("GET", "/metrics", "");
+    for (decision, reason) in [("kept", "slow"), ("kept", "error"), ("dropped", "dropped")] {
+        let line = format!("engine_trace_export_decisions_total{{decision=\"{decision}\",reason=\"{reason}\"}}");
+        let n = metrics.lines().find(|l| l.starts_with(&line)).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+        assert!(n.is_some_and(|n| n >= 1), "{line}: {n:?}");
+    }
+    e.ok(&["rm", "-f", "fast", "slow", "failed"]);
+    // a ratio outside 0..1 is refused at start, with the flag named
+    let out = std::process::Command::new(engine_test_support::bin("engined"))
+        .args(["--trace-keep-ratio", "2", "--validate"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && stderr(&out).contains("--trace-keep-ratio"), "{}", stderr(&out));
 }
