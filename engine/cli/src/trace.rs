@@ -69,6 +69,31 @@ pub struct TraceArgs {
     /// CPU, blocked and waiting for a CPU, and the kernel stacks it blocked in longest.
     #[arg(long, conflicts_with_all = ["json", "otlp", "compare"])]
     pub why: bool,
+    /// Write the trace's time as a flame graph (SVG) to FILE: the container's spans under their
+    /// ancestors, each split into on-CPU, runqueue and blocked time with the kernel stacks it
+    /// blocked in (from the eBPF probes).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["json", "otlp", "compare", "why"])]
+    pub flame: Option<PathBuf>,
+}
+
+/// Writes the flame graph of `spans` to `path`.
+fn write_flame(spans: &[FlatSpan], path: &std::path::Path) -> Result<()> {
+    let lines = engine_telemetry::why::folded(spans);
+    if lines.is_empty() {
+        bail!("no span of this trace has the probes' CPU split (are the eBPF probes running? `engine info`)");
+    }
+    let trace = spans.first().map(|s| s.trace_id.as_str()).unwrap_or_default();
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = format!("trace {trace}: where the time went");
+    opts.subtitle = Some("spans (green), on-CPU (aqua), blocked and runqueue (red), kernel stacks (orange)".into());
+    opts.count_name = "µs".into();
+    opts.colors = inferno::flamegraph::Palette::Multi(inferno::flamegraph::color::MultiPalette::Java);
+    opts.deterministic = true;
+    let mut svg = Vec::new();
+    inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut svg)
+        .context("drawing the flame graph")?;
+    std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// How the waterfall is drawn for `args`: fitted to the terminal and coloured when stdout is one.
@@ -201,6 +226,9 @@ pub async fn run(c: &Client, args: TraceArgs) -> Result<i32> {
             println!("{}", serde_json::to_string(doc)?);
         } else if args.why {
             print!("{}", engine_telemetry::why::render(&flatten(doc)));
+        } else if let Some(path) = &args.flame {
+            write_flame(&flatten(doc), path)?;
+            println!("{}", path.display());
         } else {
             print!("{}", waterfall::render(&flatten(doc), &waterfall_options(&args)));
             if args.sort {
@@ -328,6 +356,9 @@ pub fn from_file(args: TraceArgs) -> Result<i32> {
     }
     if args.why {
         print!("{}", engine_telemetry::why::render(&trace));
+    } else if let Some(path) = &args.flame {
+        write_flame(&trace, path)?;
+        println!("{}", path.display());
     } else {
         print!("{}", waterfall::render(&trace, &waterfall_options(&args)));
     }

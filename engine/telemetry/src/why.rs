@@ -136,6 +136,72 @@ pub fn render(spans: &[FlatSpan]) -> String {
     out
 }
 
+/// The trace's time as folded stacks (`frame;frame;… weight`, Brendan Gregg's format, weights
+/// in microseconds) for a flame graph: the spans the probes split, each under its ancestors,
+/// with its own (children's taken out) time on a CPU (`[on-CPU]_[i]`), waiting for one
+/// (`[runqueue]`) and blocked (`[blocked]`, followed by the kernel stack where one was named,
+/// outermost first, kernel frames marked `_[k]`).
+pub fn folded(spans: &[FlatSpan]) -> Vec<String> {
+    let by_id: HashMap<&str, &FlatSpan> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let mut children: HashMap<&str, Vec<&FlatSpan>> = HashMap::new();
+    for s in spans {
+        children.entry(s.parent_span_id.as_str()).or_default().push(s);
+    }
+    let frame = |name: &str| name.replace([';', ' '], "_");
+    let mut out = Vec::new();
+    for s in spans {
+        let Some(split) = cpu_split(s) else { continue };
+        let mut chain = vec![frame(&s.name)];
+        let mut cur = s;
+        for _ in 0..64 {
+            match by_id.get(cur.parent_span_id.as_str()) {
+                Some(p) if p.span_id != cur.span_id => {
+                    chain.push(frame(&p.name));
+                    cur = p;
+                }
+                _ => break,
+            }
+        }
+        chain.reverse();
+        let chain = chain.join(";");
+        // the children the probes split are this span's process's (its sums include theirs)
+        let mut own = split;
+        for k in children.get(s.span_id.as_str()).into_iter().flatten() {
+            if let Some(c) = cpu_split(k).filter(|_| k.service == s.service) {
+                own.on = own.on.saturating_sub(c.on);
+                own.off = own.off.saturating_sub(c.off);
+                own.runq = own.runq.saturating_sub(c.runq);
+            }
+        }
+        let us = |ns: u64| ns / 1000;
+        let mut named = 0;
+        for (_, _, attrs) in s.events.iter().filter(|(_, n, _)| n == KERNEL_BLOCKED) {
+            let get = |k: &str| attrs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+            let (Some(line), Some(ns)) =
+                (get(ATTR_KERNEL_STACK), get(ATTR_CPU_OFF_NS).and_then(|v| v.parse::<u64>().ok()))
+            else {
+                continue;
+            };
+            named += ns;
+            let mut frames: Vec<String> =
+                line.split(" ← ").filter(|f| *f != "…").map(|f| format!("{}_[k]", frame(f))).collect();
+            frames.reverse();
+            if us(ns) > 0 {
+                out.push(format!("{chain};[blocked];{} {}", frames.join(";"), us(ns)));
+            }
+        }
+        for (part, ns) in
+            [("[on-CPU]_[i]", own.on), ("[runqueue]", own.runq), ("[blocked]", own.off.saturating_sub(named))]
+        {
+            if us(ns) > 0 {
+                out.push(format!("{chain};{part} {}", us(ns)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +242,34 @@ mod tests {
         assert!(lines[4].contains("blocked 3.000 ms in do_wait"), "{out}");
         assert!(lines[5].starts_with("█ runtime.cgroup.attach") && lines[5].contains("9.900  99%"), "{out}");
         assert_eq!(blocked_stacks(&spans, &spans[2]).len(), 1);
+    }
+
+    #[test]
+    fn folded_stacks_give_each_span_its_own_time_under_its_ancestors() {
+        let root = FlatSpan::for_test("a", "", "engine.run", 0, 20_000_000);
+        let mut create = with(
+            FlatSpan::for_test("b", "a", "runtime.create", 1_000_000, 19_000_000),
+            &[(ATTR_CPU_ON_NS, "2000000"), (ATTR_CPU_OFF_NS, "15000000"), (ATTR_CPU_RUNQ_NS, "1000000")],
+        );
+        create.service = "engine-runtime".into();
+        let mut attach = with(
+            FlatSpan::for_test("c", "b", "runtime.cgroup.attach", 2_000_000, 12_000_000),
+            &[(ATTR_CPU_ON_NS, "100000"), (ATTR_CPU_OFF_NS, "9900000"), (ATTR_CPU_RUNQ_NS, "0")],
+        );
+        attach.service = "engine-runtime".into();
+        blocked(&mut attach, 9_400_000, "synchronize_rcu_normal ← rcu_sync_enter ← …");
+        let lines = folded(&[root, create, attach]);
+        assert_eq!(
+            lines,
+            [
+                "engine.run;runtime.create;[blocked] 5100",
+                "engine.run;runtime.create;[on-CPU]_[i] 1900",
+                "engine.run;runtime.create;[runqueue] 1000",
+                "engine.run;runtime.create;runtime.cgroup.attach;[blocked] 500",
+                "engine.run;runtime.create;runtime.cgroup.attach;[blocked];rcu_sync_enter_[k];synchronize_rcu_normal_[k] 9400",
+                "engine.run;runtime.create;runtime.cgroup.attach;[on-CPU]_[i] 100",
+            ]
+        );
     }
 
     #[test]

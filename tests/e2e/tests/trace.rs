@@ -577,6 +577,14 @@ fn a_starts_time_is_split_on_and_off_cpu_with_where_it_blocked() {
     let why = stdout(&e.engine(&["trace", "--why", "--op", "start", "why"]));
     let line = why.lines().position(|l| l.contains("runtime.hooks.createRuntime")).unwrap_or_else(|| panic!("{why}"));
     assert!(why.lines().nth(line + 1).is_some_and(|l| l.contains("blocked") && l.contains("in do_wait")), "{why}");
+    // a flame graph of it: the hook's span with the stack it blocked in
+    let svg = hooks.path().join("why.svg");
+    e.ok(&["trace", "--flame", svg.to_str().unwrap(), "--op", "start", "why"]);
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("runtime.hooks.createRuntime") && svg.contains("<title>do_wait ("),
+        "{svg}"
+    );
     // and /metrics has the blocked time by phase
     let (_, metrics) = e.request("GET", "/metrics", "");
     let off_metric = metrics
