@@ -13,6 +13,7 @@ pub mod files;
 pub mod format;
 pub mod images;
 pub mod networks;
+pub mod pprof;
 pub mod registry;
 pub mod trace;
 pub mod volumes;

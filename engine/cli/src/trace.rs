@@ -74,6 +74,37 @@ pub struct TraceArgs {
     /// blocked in (from the eBPF probes).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["json", "otlp", "compare", "why"])]
     pub flame: Option<PathBuf>,
+    /// Write the same as a pprof profile (gzipped profile.proto: `go tool pprof`, Pyroscope) to
+    /// FILE, each sample labelled with its span, state and trace id.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["json", "otlp", "compare", "why"])]
+    pub pprof: Option<PathBuf>,
+}
+
+/// Writes the pprof profile of `spans` to `path`.
+fn write_pprof(spans: &[FlatSpan], path: &std::path::Path) -> Result<()> {
+    let lines = engine_telemetry::why::folded(spans);
+    if lines.is_empty() {
+        bail!("no span of this trace has the probes' CPU split (are the eBPF probes running? `engine info`)");
+    }
+    let trace = spans.first().map(|s| s.trace_id.as_str()).unwrap_or_default();
+    let start = spans.iter().map(|s| s.start_unix_nanos).min().unwrap_or(0);
+    let end = spans.iter().map(|s| s.end_unix_nanos).max().unwrap_or(start);
+    let profile = crate::pprof::profile(&lines, trace, start, end.saturating_sub(start));
+    let bytes = crate::pprof::encode_gzip(&profile).context("compressing the profile")?;
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `--flame` and `--pprof` of one trace: the files written.
+fn write_profiles(args: &TraceArgs, spans: &[FlatSpan]) -> Result<()> {
+    if let Some(path) = &args.flame {
+        write_flame(spans, path)?;
+        println!("{}", path.display());
+    }
+    if let Some(path) = &args.pprof {
+        write_pprof(spans, path)?;
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 /// Writes the flame graph of `spans` to `path`.
@@ -226,9 +257,8 @@ pub async fn run(c: &Client, args: TraceArgs) -> Result<i32> {
             println!("{}", serde_json::to_string(doc)?);
         } else if args.why {
             print!("{}", engine_telemetry::why::render(&flatten(doc)));
-        } else if let Some(path) = &args.flame {
-            write_flame(&flatten(doc), path)?;
-            println!("{}", path.display());
+        } else if args.flame.is_some() || args.pprof.is_some() {
+            write_profiles(&args, &flatten(doc))?;
         } else {
             print!("{}", waterfall::render(&flatten(doc), &waterfall_options(&args)));
             if args.sort {
@@ -356,9 +386,8 @@ pub fn from_file(args: TraceArgs) -> Result<i32> {
     }
     if args.why {
         print!("{}", engine_telemetry::why::render(&trace));
-    } else if let Some(path) = &args.flame {
-        write_flame(&trace, path)?;
-        println!("{}", path.display());
+    } else if args.flame.is_some() || args.pprof.is_some() {
+        write_profiles(&args, &trace)?;
     } else {
         print!("{}", waterfall::render(&trace, &waterfall_options(&args)));
     }

@@ -585,6 +585,22 @@ fn a_starts_time_is_split_on_and_off_cpu_with_where_it_blocked() {
         svg.contains("<svg") && svg.contains("runtime.hooks.createRuntime") && svg.contains("<title>do_wait ("),
         "{svg}"
     );
+    // and a pprof profile of it: gzipped profile.proto, the hook's wait a sample of its span
+    let pprof = hooks.path().join("why.pb.gz");
+    e.ok(&["trace", "--pprof", pprof.to_str().unwrap(), "--op", "start", "why"]);
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(std::fs::File::open(&pprof).unwrap()), &mut raw)
+        .unwrap();
+    let profile = <engine_cli::pprof::Profile as prost::Message>::decode(&raw[..]).unwrap();
+    let s = |i: i64| profile.string_table[i as usize].as_str();
+    let waited = profile.sample.iter().find(|x| {
+        x.label.iter().any(|l| s(l.key) == "span" && s(l.str) == "runtime.hooks.createRuntime")
+            && x.location_id
+                .first()
+                .and_then(|id| profile.function.iter().find(|f| f.id == *id))
+                .is_some_and(|f| s(f.name) == "do_wait")
+    });
+    assert!(waited.is_some_and(|x| x.value[0] >= 250_000_000), "no wait4 sample of the hook's span");
     // and /metrics has the blocked time by phase
     let (_, metrics) = e.request("GET", "/metrics", "");
     let off_metric = metrics
