@@ -16,6 +16,7 @@ pub mod networks;
 pub mod pprof;
 pub mod registry;
 pub mod trace;
+pub mod traceviews;
 pub mod volumes;
 
 use anyhow::Result;

@@ -78,52 +78,29 @@ pub struct TraceArgs {
     /// FILE, each sample labelled with its span, state and trace id.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["json", "otlp", "compare", "why"])]
     pub pprof: Option<PathBuf>,
+    /// Write one self-contained HTML page to FILE: the waterfall with its kernel rows, where the
+    /// time went (`--why`) and the flame graph, and the spans as JSON, to open in a browser.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["json", "otlp", "compare", "why"])]
+    pub html: Option<PathBuf>,
 }
 
-/// Writes the pprof profile of `spans` to `path`.
-fn write_pprof(spans: &[FlatSpan], path: &std::path::Path) -> Result<()> {
-    let lines = engine_telemetry::why::folded(spans);
-    if lines.is_empty() {
-        bail!("no span of this trace has the probes' CPU split (are the eBPF probes running? `engine info`)");
-    }
-    let trace = spans.first().map(|s| s.trace_id.as_str()).unwrap_or_default();
-    let start = spans.iter().map(|s| s.start_unix_nanos).min().unwrap_or(0);
-    let end = spans.iter().map(|s| s.end_unix_nanos).max().unwrap_or(start);
-    let profile = crate::pprof::profile(&lines, trace, start, end.saturating_sub(start));
-    let bytes = crate::pprof::encode_gzip(&profile).context("compressing the profile")?;
-    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
-}
+/// What makes one of the files `engine trace` writes of a trace.
+type TraceView = fn(&[FlatSpan]) -> Result<Vec<u8>>;
 
-/// `--flame` and `--pprof` of one trace: the files written.
+/// `--flame`, `--pprof` and `--html` of one trace: the files written, each named on stdout.
 fn write_profiles(args: &TraceArgs, spans: &[FlatSpan]) -> Result<()> {
-    if let Some(path) = &args.flame {
-        write_flame(spans, path)?;
-        println!("{}", path.display());
+    let outputs: [(&Option<PathBuf>, TraceView); 3] = [
+        (&args.flame, crate::traceviews::flame_svg),
+        (&args.pprof, crate::traceviews::pprof_gz),
+        (&args.html, crate::traceviews::html_page),
+    ];
+    for (path, make) in outputs {
+        if let Some(path) = path {
+            let bytes = make(spans)?;
+            std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+            println!("{}", path.display());
+        }
     }
-    if let Some(path) = &args.pprof {
-        write_pprof(spans, path)?;
-        println!("{}", path.display());
-    }
-    Ok(())
-}
-
-/// Writes the flame graph of `spans` to `path`.
-fn write_flame(spans: &[FlatSpan], path: &std::path::Path) -> Result<()> {
-    let lines = engine_telemetry::why::folded(spans);
-    if lines.is_empty() {
-        bail!("no span of this trace has the probes' CPU split (are the eBPF probes running? `engine info`)");
-    }
-    let trace = spans.first().map(|s| s.trace_id.as_str()).unwrap_or_default();
-    let mut opts = inferno::flamegraph::Options::default();
-    opts.title = format!("trace {trace}: where the time went");
-    opts.subtitle = Some("spans (green), on-CPU (aqua), blocked and runqueue (red), kernel stacks (orange)".into());
-    opts.count_name = "µs".into();
-    opts.colors = inferno::flamegraph::Palette::Multi(inferno::flamegraph::color::MultiPalette::Java);
-    opts.deterministic = true;
-    let mut svg = Vec::new();
-    inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut svg)
-        .context("drawing the flame graph")?;
-    std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -257,7 +234,7 @@ pub async fn run(c: &Client, args: TraceArgs) -> Result<i32> {
             println!("{}", serde_json::to_string(doc)?);
         } else if args.why {
             print!("{}", engine_telemetry::why::render(&flatten(doc)));
-        } else if args.flame.is_some() || args.pprof.is_some() {
+        } else if args.flame.is_some() || args.pprof.is_some() || args.html.is_some() {
             write_profiles(&args, &flatten(doc))?;
         } else {
             print!("{}", waterfall::render(&flatten(doc), &waterfall_options(&args)));
@@ -386,7 +363,7 @@ pub fn from_file(args: TraceArgs) -> Result<i32> {
     }
     if args.why {
         print!("{}", engine_telemetry::why::render(&trace));
-    } else if args.flame.is_some() || args.pprof.is_some() {
+    } else if args.flame.is_some() || args.pprof.is_some() || args.html.is_some() {
         write_profiles(&args, &trace)?;
     } else {
         print!("{}", waterfall::render(&trace, &waterfall_options(&args)));

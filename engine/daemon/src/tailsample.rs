@@ -34,6 +34,7 @@ const PENDING: usize = 4096;
 /// Decisions remembered (for spans that come late), and root durations kept per operation.
 const DECIDED: usize = 65536;
 const DURATIONS: usize = 1000;
+const OPERATIONS: usize = 256;
 /// Root durations of an operation needed before its running p99 is the default threshold.
 const MIN_FOR_P99: usize = 20;
 
@@ -284,7 +285,10 @@ impl TailSampler {
                 Reason::Dropped
             }
         };
-        if let Some((name, d)) = &p.root {
+        // root names come from clients too: a bounded number of operations is remembered
+        if let Some((name, d)) =
+            p.root.as_ref().filter(|(n, _)| st.durations.len() < OPERATIONS || st.durations.contains_key(n))
+        {
             let ds = st.durations.entry(name.clone()).or_default();
             if ds.len() == DURATIONS {
                 ds.pop_front();

@@ -601,6 +601,20 @@ fn a_starts_time_is_split_on_and_off_cpu_with_where_it_blocked() {
                 .is_some_and(|f| s(f.name) == "do_wait")
     });
     assert!(waited.is_some_and(|x| x.value[0] >= 250_000_000), "no wait4 sample of the hook's span");
+    // and one HTML page of it all: the waterfall, the flame graph, the spans as JSON
+    let html = hooks.path().join("why.html");
+    e.ok(&["trace", "--html", html.to_str().unwrap(), "--op", "start", "why"]);
+    let html = std::fs::read_to_string(&html).unwrap();
+    assert!(html.contains("<pre id=\"waterfall\">") && html.contains("<div id=\"flame\"><svg"), "{html}");
+    let json = html.split("<script type=\"application/json\" id=\"spans\">").nth(1).unwrap();
+    let page_spans: serde_json::Value = serde_json::from_str(json.split("</script>").next().unwrap()).unwrap();
+    let hook_off = page_spans
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "runtime.hooks.createRuntime")
+        .and_then(|s| s["attributes"]["engine.cpu.off_ns"].as_str()?.parse::<u64>().ok());
+    assert_eq!(hook_off, Some(off));
     // and /metrics has the blocked time by phase
     let (_, metrics) = e.request("GET", "/metrics", "");
     let off_metric = metrics
