@@ -11,8 +11,8 @@
 //! Must never: stop a container operation (loading failures are reported, not fatal), or follow a
 //! process the daemon did not name or that was not forked below one it named.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::TracePoint;
@@ -149,8 +149,8 @@ struct Inner {
     off_cpu: VecDeque<OffCpuInterval>,
     /// Symbolized stacks by id (an id is the hash of the addresses: the same stack, the same id).
     stack_memo: std::collections::HashMap<i64, Stack>,
-    /// `/proc/kallsyms`, read at the first stack.
-    kernel_symbols: Option<BTreeMap<u64, String>>,
+    /// `/proc/kallsyms`, read by a thread of its own from the load on (a first stack waits for it).
+    kernel_symbols: Arc<OnceLock<KernelSymbols>>,
     /// Kept so the programs stay attached.
     _ebpf: Ebpf,
 }
@@ -265,7 +265,7 @@ impl Probes {
                 stacks,
                 off_cpu: VecDeque::new(),
                 stack_memo: Default::default(),
-                kernel_symbols: None,
+                kernel_symbols: KernelSymbols::load_in_background(),
                 _ebpf: ebpf,
             }),
             profiles,
@@ -428,9 +428,9 @@ impl Inner {
         }
         let trace = self.stacks.get(&(id as u32), 0).ok()?;
         let _ = self.stacks.remove(&(id as u32));
-        let symbols = self.kernel_symbols.get_or_insert_with(|| aya::util::kernel_symbols().unwrap_or_default());
+        let symbols = self.kernel_symbols.wait();
         let frames: Stack =
-            trace.frames().iter().take(STACK_FRAMES).map(|f| symbolize(symbols, f.ip)).collect::<Vec<_>>().into();
+            trace.frames().iter().take(STACK_FRAMES).map(|f| symbols.name(f.ip)).collect::<Vec<_>>().into();
         if self.stack_memo.len() >= STACK_MEMO {
             self.stack_memo.clear();
         }
@@ -439,10 +439,57 @@ impl Inner {
     }
 }
 
-/// The kernel function holding `ip` (`/proc/kallsyms`), or the address.
-fn symbolize(symbols: &BTreeMap<u64, String>, ip: u64) -> String {
-    match symbols.range(..=ip).next_back() {
-        Some((_, name)) => name.clone(),
-        None => format!("{ip:#x}"),
+/// The kernel's functions by address (`/proc/kallsyms`' text symbols), sorted.
+pub struct KernelSymbols(Vec<(u64, Box<str>)>);
+
+impl KernelSymbols {
+    /// Reads `/proc/kallsyms` (about 120 000 lines; empty when it cannot be read).
+    pub fn load() -> KernelSymbols {
+        let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        let mut out: Vec<(u64, Box<str>)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+                let kind = f.next()?;
+                let name = f.next()?;
+                (addr != 0 && matches!(kind, "t" | "T" | "W" | "w")).then(|| (addr, name.into()))
+            })
+            .collect();
+        out.sort_unstable_by_key(|(a, _)| *a);
+        KernelSymbols(out)
+    }
+
+    /// Loads them on a thread of its own, so nothing that needs them early waits for all of it.
+    fn load_in_background() -> Arc<OnceLock<KernelSymbols>> {
+        let cell = Arc::new(OnceLock::new());
+        let fill = cell.clone();
+        let spawned = std::thread::Builder::new().name("kallsyms".into()).spawn(move || {
+            let _ = fill.set(KernelSymbols::load());
+        });
+        if spawned.is_err() {
+            let _ = cell.set(KernelSymbols::load());
+        }
+        cell
+    }
+
+    /// The function holding `ip`, or the address.
+    pub fn name(&self, ip: u64) -> String {
+        match self.0.partition_point(|(a, _)| *a <= ip) {
+            0 => format!("{ip:#x}"),
+            i => self.0[i - 1].1.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_addresses_name_their_function() {
+        let s = KernelSymbols(vec![(0x1000, "a".into()), (0x2000, "b".into())]);
+        assert_eq!((s.name(0x1000).as_str(), s.name(0x1fff).as_str(), s.name(0x2001).as_str()), ("a", "a", "b"));
+        assert_eq!(s.name(0x10), "0x10");
     }
 }

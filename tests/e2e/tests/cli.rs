@@ -1005,7 +1005,12 @@ fn containers_survive_kill9_of_engined_and_lifecycled() {
     // Each container's reconciliation is a trace of its own: what was found, what was done.
     let recovery = |name: &str| stdout(&e.engine(&["trace", "--json", "--op", "recover", name]));
     wait_for("steady's recovery trace", || recovery("steady").contains("adopted"));
-    let short = recovery("short");
+    // (its spans reach the store on their own way, the shim's after its delete)
+    let mut short = String::new();
+    wait_for("short's recovery trace with its task's delete", || {
+        short = recovery("short");
+        short.contains("lifecycle.Tasks/Delete")
+    });
     assert!(short.contains("daemon.recover") && short.contains("exit code 4"), "{short}");
     // (its task's delete in lifecycled is part of that trace, not one of its own)
     assert!(short.contains("exit recorded, task deleted") && short.contains("lifecycle.Tasks/Delete"), "{short}");
