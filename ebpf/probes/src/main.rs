@@ -332,9 +332,12 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
         // SAFETY: the offset comes from this kernel's format file.
         let state = unsafe { ctx.read_at::<i64>(layout_at(layout::SWITCH_PREV_STATE)) }.unwrap_or(0);
         if state & EXITING == 0 {
-            let stack_id = match ctx.get_stackid(&STACKS, 0) {
-                Ok(id) => id,
-                Err(_) => {
+            let blocked = state & BLOCKING != 0;
+            // a preempted thread's stack says nothing of what it waits for (a CPU)
+            let stack_id = match blocked.then(|| ctx.get_stackid(&STACKS, 0)) {
+                None => -1,
+                Some(Ok(id)) => id,
+                Some(Err(_)) => {
                     bump(counter::STACK_LOST);
                     -1
                 }
@@ -345,7 +348,7 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
                 cgroup_id: current_cgroup(),
                 stack_id,
                 tgid,
-                blocked: (state & BLOCKING != 0) as u32,
+                blocked: blocked as u32,
             };
             let _ = SWITCHED_OUT.insert(&tid, &out, 0);
         }

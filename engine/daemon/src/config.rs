@@ -677,8 +677,8 @@ impl Config {
         }
         let keep_slower_than = match &self.trace_keep_slower_than {
             None => None,
-            Some(d) => Some(humantime::parse_duration(d).map_err(|e| {
-                anyhow::anyhow!("invalid --trace-keep-slower-than {d:?}: {e} (want a duration such as 250ms or 2s)")
+            Some(d) => Some(engine_util::time::parse_duration(d).ok_or_else(|| {
+                anyhow::anyhow!("invalid --trace-keep-slower-than {d:?}: want a duration such as 250ms or 2s")
             })?),
         };
         Ok(crate::tailsample::Policy { keep_ratio: self.trace_keep_ratio, keep_slower_than })

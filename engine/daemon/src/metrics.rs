@@ -88,8 +88,8 @@ impl Metrics {
                     continue;
                 }
                 let secs = (sp.end_time_unix_nano - sp.start_time_unix_nano) as f64 / 1e9;
-                let trace_id: String = sp.trace_id.iter().map(|b| format!("{b:02x}")).collect();
-                let span_id: String = sp.span_id.iter().map(|b| format!("{b:02x}")).collect();
+                let trace_id = engine_telemetry::context::hex(&sp.trace_id);
+                let span_id = engine_telemetry::context::hex(&sp.span_id);
                 self.phases.get_or_create(&l(&[("phase", &sp.name), ("service", &service)])).observe(
                     secs,
                     Some(l(&[("trace_id", &trace_id), ("span_id", &span_id)])),

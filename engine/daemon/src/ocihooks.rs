@@ -179,51 +179,27 @@ pub fn load(dirs: &[PathBuf]) -> Result<Vec<HookRule>, OciHooksError> {
 
 /// Adds the hooks of `rules` that apply to `spec` to it, after the ones it has.
 pub fn inject(spec: &mut Spec, rules: &[HookRule]) {
-    let mut hooks = spec.hooks().clone().unwrap_or_default();
-    let mut any = false;
-    for rule in rules.iter().filter(|r| r.matches(spec)) {
+    let matching: Vec<&HookRule> = rules.iter().filter(|r| r.matches(spec)).collect();
+    if matching.is_empty() {
+        return;
+    }
+    let mut hooks: Hooks = spec.hooks().clone().unwrap_or_default();
+    for rule in matching {
         for stage in &rule.stages {
-            let list = |l: &Option<Vec<Hook>>| {
-                let mut l = l.clone().unwrap_or_default();
-                l.push(rule.hook.clone());
-                Some(l)
-            };
-            let h: &mut Hooks = &mut hooks;
-            match stage.as_str() {
-                "prestart" => {
-                    #[allow(deprecated)]
-                    let l = list(h.prestart());
-                    #[allow(deprecated)]
-                    h.set_prestart(l);
-                }
-                "createRuntime" => {
-                    let l = list(h.create_runtime());
-                    h.set_create_runtime(l);
-                }
-                "createContainer" => {
-                    let l = list(h.create_container());
-                    h.set_create_container(l);
-                }
-                "startContainer" => {
-                    let l = list(h.start_container());
-                    h.set_start_container(l);
-                }
-                "poststart" => {
-                    let l = list(h.poststart());
-                    h.set_poststart(l);
-                }
-                "poststop" => {
-                    let l = list(h.poststop());
-                    h.set_poststop(l);
-                }
+            #[allow(deprecated)]
+            let list = match stage.as_str() {
+                "prestart" => hooks.prestart_mut(),
+                "createRuntime" => hooks.create_runtime_mut(),
+                "createContainer" => hooks.create_container_mut(),
+                "startContainer" => hooks.start_container_mut(),
+                "poststart" => hooks.poststart_mut(),
+                "poststop" => hooks.poststop_mut(),
                 _ => continue, // checked at read
-            }
-            any = true;
+            };
+            list.get_or_insert_with(Vec::new).push(rule.hook.clone());
         }
     }
-    if any {
-        spec.set_hooks(Some(hooks));
-    }
+    spec.set_hooks(Some(hooks));
 }
 
 #[cfg(test)]

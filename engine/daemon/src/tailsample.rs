@@ -111,10 +111,6 @@ struct Shared {
 #[derive(Clone)]
 pub struct TailSampler(Arc<Shared>);
 
-fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
-
 /// The request's spans, one request per trace (resources and scopes kept).
 fn split_by_trace(req: ExportTraceServiceRequest) -> HashMap<String, ExportTraceServiceRequest> {
     let mut out: HashMap<String, ExportTraceServiceRequest> = HashMap::new();
@@ -184,7 +180,7 @@ impl TailSampler {
         if st.restarts.len() == 16 {
             st.restarts.pop_front();
         }
-        st.restarts.push_back(now_ns());
+        st.restarts.push_back(engine_telemetry::recorder::now_unix_nanos());
     }
 
     /// Traces kept or dropped so far, by reason.

@@ -36,17 +36,13 @@ const FOLD_AT: usize = 3;
 /// The one attribute that says most about a kernel row.
 fn kernel_detail(attrs: &[(String, String)]) -> String {
     // where a span blocked: how long, and the stack's innermost functions (its start names it)
-    if let Some((_, stack)) = attrs.iter().find(|(k, _)| k == crate::names::ATTR_KERNEL_STACK) {
-        let off = attrs.iter().find(|(k, _)| k == crate::names::ATTR_CPU_OFF_NS).and_then(|(_, v)| v.parse().ok());
+    if let Some((stack, ns)) = crate::why::blocked_in(attrs) {
         let stack = if stack.chars().count() > 72 {
             format!("{}…", stack.chars().take(71).collect::<String>())
         } else {
-            stack.clone()
+            stack.to_string()
         };
-        return match off {
-            Some(ns) => format!(" {} ms in {stack}", ms(ns)),
-            None => format!(" in {stack}"),
-        };
+        return format!(" {} ms in {stack}", ms(ns));
     }
     for key in [
         "linux.namespaces",

@@ -26,36 +26,55 @@ pub fn cpu_split(span: &FlatSpan) -> Option<CpuSplit> {
     Some(CpuSplit { on: n(ATTR_CPU_ON_NS)?, off: n(ATTR_CPU_OFF_NS)?, runq: n(ATTR_CPU_RUNQ_NS)? })
 }
 
+/// The stack and blocked time a `kernel.blocked` event's attributes name.
+pub fn blocked_in(attrs: &[(String, String)]) -> Option<(&str, u64)> {
+    let get = |k: &str| attrs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    Some((get(ATTR_KERNEL_STACK)?, get(ATTR_CPU_OFF_NS)?.parse().ok()?))
+}
+
+/// The `kernel.blocked` events of `span`: (stack line, blocked ns).
+fn blocked_events(span: &FlatSpan) -> impl Iterator<Item = (&str, u64)> {
+    span.events.iter().filter(|(_, n, _)| n == KERNEL_BLOCKED).filter_map(|(_, _, a)| blocked_in(a))
+}
+
+/// The spans but the kernel's, by parent (`None`: the roots), each list in start order.
+type Tree<'a> = HashMap<Option<&'a str>, Vec<&'a FlatSpan>>;
+
+fn tree(spans: &[FlatSpan]) -> Tree<'_> {
+    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let mut children: Tree<'_> = HashMap::new();
+    for s in spans.iter().filter(|s| !s.name.starts_with("kernel.")) {
+        let parent = Some(s.parent_span_id.as_str()).filter(|p| ids.contains(p) && *p != s.span_id);
+        children.entry(parent).or_default().push(s);
+    }
+    for list in children.values_mut() {
+        list.sort_by_key(|s| (s.start_unix_nanos, std::cmp::Reverse(s.end_unix_nanos)));
+    }
+    children
+}
+
 /// The stacks `span` and the spans under it in its process blocked in, longest first:
 /// (blocked ns, stack line).
 pub fn blocked_stacks(spans: &[FlatSpan], span: &FlatSpan) -> Vec<(u64, String)> {
-    let mut children: HashMap<&str, Vec<&FlatSpan>> = HashMap::new();
-    for s in spans {
-        children.entry(s.parent_span_id.as_str()).or_default().push(s);
-    }
+    stacks_under(&tree(spans), span)
+}
+
+fn stacks_under(tree: &Tree<'_>, span: &FlatSpan) -> Vec<(u64, String)> {
     let pid = |s: &FlatSpan| s.attr("process.pid").map(str::to_string);
-    let mut sums: HashMap<String, u64> = HashMap::new();
+    let mut sums: HashMap<&str, u64> = HashMap::new();
     let mut stack = vec![span];
     while let Some(s) = stack.pop() {
-        for (_, name, attrs) in &s.events {
-            if name != KERNEL_BLOCKED {
-                continue;
-            }
-            let get = |k: &str| attrs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-            if let (Some(line), Some(ns)) =
-                (get(ATTR_KERNEL_STACK), get(ATTR_CPU_OFF_NS).and_then(|v| v.parse::<u64>().ok()))
-            {
-                *sums.entry(line.to_string()).or_default() += ns;
-            }
+        for (line, ns) in blocked_events(s) {
+            *sums.entry(line).or_default() += ns;
         }
-        for k in children.get(s.span_id.as_str()).into_iter().flatten() {
+        for k in tree.get(&Some(s.span_id.as_str())).into_iter().flatten() {
             // the same process: a child span without a pid of its own is its parent's
             if k.service == span.service && pid(k).is_none_or(|p| Some(p) == pid(span)) {
                 stack.push(k);
             }
         }
     }
-    let mut out: Vec<(u64, String)> = sums.into_iter().map(|(l, ns)| (ns, l)).collect();
+    let mut out: Vec<(u64, String)> = sums.into_iter().map(|(l, ns)| (ns, l.to_string())).collect();
     out.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     out
 }
@@ -77,15 +96,7 @@ fn share(part: u64, whole: u64) -> String {
 /// (the CLI, engined, lifecycled: they serve every container) show their duration alone.
 pub fn render(spans: &[FlatSpan]) -> String {
     let critical = crate::analysis::critical_path(spans);
-    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
-    let mut children: HashMap<Option<&str>, Vec<&FlatSpan>> = HashMap::new();
-    for s in spans.iter().filter(|s| !s.name.starts_with("kernel.")) {
-        let parent = Some(s.parent_span_id.as_str()).filter(|p| ids.contains(p) && *p != s.span_id);
-        children.entry(parent).or_default().push(s);
-    }
-    for list in children.values_mut() {
-        list.sort_by_key(|s| (s.start_unix_nanos, std::cmp::Reverse(s.end_unix_nanos)));
-    }
+    let children = tree(spans);
     let mut rows: Vec<&FlatSpan> = Vec::new();
     let mut stack: Vec<&FlatSpan> = children.get(&None).into_iter().flatten().rev().copied().collect();
     while let Some(s) = stack.pop() {
@@ -121,7 +132,7 @@ pub fn render(spans: &[FlatSpan]) -> String {
                     col(c.off),
                     col(c.runq)
                 );
-                for (ns, line) in blocked_stacks(spans, s).into_iter().take(STACKS) {
+                for (ns, line) in stacks_under(&children, s).into_iter().take(STACKS) {
                     let _ = writeln!(out, "  {:name_w$}    blocked {} ms in {line}", "", ms(ns));
                 }
             }
@@ -143,10 +154,7 @@ pub fn render(spans: &[FlatSpan]) -> String {
 /// outermost first, kernel frames marked `_[k]`).
 pub fn folded(spans: &[FlatSpan]) -> Vec<String> {
     let by_id: HashMap<&str, &FlatSpan> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
-    let mut children: HashMap<&str, Vec<&FlatSpan>> = HashMap::new();
-    for s in spans {
-        children.entry(s.parent_span_id.as_str()).or_default().push(s);
-    }
+    let children = tree(spans);
     let frame = |name: &str| name.replace([';', ' '], "_");
     let mut out = Vec::new();
     for s in spans {
@@ -166,7 +174,7 @@ pub fn folded(spans: &[FlatSpan]) -> Vec<String> {
         let chain = chain.join(";");
         // the children the probes split are this span's process's (its sums include theirs)
         let mut own = split;
-        for k in children.get(s.span_id.as_str()).into_iter().flatten() {
+        for k in children.get(&Some(s.span_id.as_str())).into_iter().flatten() {
             if let Some(c) = cpu_split(k).filter(|_| k.service == s.service) {
                 own.on = own.on.saturating_sub(c.on);
                 own.off = own.off.saturating_sub(c.off);
@@ -175,13 +183,7 @@ pub fn folded(spans: &[FlatSpan]) -> Vec<String> {
         }
         let us = |ns: u64| ns / 1000;
         let mut named = 0;
-        for (_, _, attrs) in s.events.iter().filter(|(_, n, _)| n == KERNEL_BLOCKED) {
-            let get = |k: &str| attrs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-            let (Some(line), Some(ns)) =
-                (get(ATTR_KERNEL_STACK), get(ATTR_CPU_OFF_NS).and_then(|v| v.parse::<u64>().ok()))
-            else {
-                continue;
-            };
+        for (line, ns) in blocked_events(s) {
             named += ns;
             let mut frames: Vec<String> =
                 line.split(" ← ").filter(|f| *f != "…").map(|f| format!("{}_[k]", frame(f))).collect();
