@@ -420,10 +420,8 @@ CMD ["echo hi"]
     let docker = |args: &[&str]| d.ok(args);
     type Cli<'a> = &'a dyn Fn(&[&str]) -> String;
     let both: [(Cli, String); 2] = [(&engine, e.host()), (&docker, format!("unix://{}", d.sock.display()))];
-    let mut seen = Vec::new();
-    for (docker, host) in both {
-        docker(&["import", "-c", "CMD [\"sh\"]", tar.to_str().unwrap(), "busybox"]);
-        build(&host);
+    // the config and the files of image `image` as `docker` sees them
+    let describe = |docker: &dyn Fn(&[&str]) -> String, image: &str| {
         let config = docker(&[
             "image",
             "inspect",
@@ -431,7 +429,7 @@ CMD ["echo hi"]
             "{{json .Config.Env}}|{{json .Config.Cmd}}|{{json .Config.Entrypoint}}|{{.Config.WorkingDir}}|\
              {{.Config.User}}|{{json .Config.ExposedPorts}}|{{json .Config.Labels}}|{{json .Config.Volumes}}|\
              {{json .Config.Healthcheck}}|{{.Config.StopSignal}}|{{json .Config.OnBuild}}",
-            "built:1",
+            image,
         ]);
         let files = docker(&[
             "run",
@@ -440,17 +438,75 @@ CMD ["echo hi"]
             "none",
             "--entrypoint",
             "sh",
-            "built:1",
+            image,
             "-c",
             "cd / && find copied owned added from-first w ran.txt lonely -exec stat -c '%n %a %u:%g %F' {} + 2>&1 | sort; \
              cat w/shell.txt w/ran.txt from-first/file; test -e etc/group || echo no-group; \
              test -e w/skip.tmp || echo no-skip",
         ]);
-        seen.push((config, files));
+        (config, files)
+    };
+    let mut seen = Vec::new();
+    for (docker, host) in both {
+        docker(&["import", "-c", "CMD [\"sh\"]", tar.to_str().unwrap(), "busybox"]);
+        build(&host);
+        seen.push(describe(docker, "built:1"));
     }
     assert_eq!(seen[0].0, seen[1].0, "config");
     assert_eq!(seen[0].1, seen[1].1, "files");
     assert!(seen[0].1.contains("no-group") && seen[0].1.contains("two words"), "{}", seen[0].1);
+
+    // Debian's buildah (`buildah bud`, Docker format, the same base image's files): where it
+    // agrees with dockerd, engined agrees too. Its image is read through the private dockerd.
+    let b = engine_test_support::buildah::Buildah::new(e.dir.path());
+    let here = e.dir.path();
+    let base = b.ok(here, &["from", "scratch"]);
+    b.ok(here, &["add", &base, tar.to_str().unwrap(), "/"]);
+    b.ok(here, &["config", "--cmd", "sh", &base]);
+    b.ok(here, &["commit", "-q", "--format", "docker", &base, "busybox"]);
+    b.ok(
+        here,
+        &[
+            "bud",
+            "--pull-never",
+            "--isolation",
+            "chroot",
+            "--format",
+            "docker",
+            "--build-arg",
+            "V=2",
+            "-t",
+            "built:1",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let archive = here.join("buildah-built.tar");
+    b.ok(here, &["push", "-q", "built:1", &format!("docker-archive:{}:buildah-built:1", archive.display())]);
+    d.ok(&["load", "-i", archive.to_str().unwrap()]);
+    let buildah = describe(&docker, "buildah-built:1");
+    let fields = |c: &str| c.split('|').map(str::to_string).collect::<Vec<_>>();
+    let (engine_fields, dockerd_fields, buildah_fields) = (fields(&seen[0].0), fields(&seen[1].0), fields(&buildah.0));
+    assert_eq!(buildah_fields.len(), dockerd_fields.len(), "{}", buildah.0);
+    let mut agreed = 0;
+    for (i, field) in buildah_fields.iter().enumerate() {
+        if *field == dockerd_fields[i] {
+            agreed += 1;
+            assert_eq!(engine_fields[i], *field, "config field {i}: buildah and dockerd agree, engined does not");
+        } else {
+            eprintln!("buildah's config field {i} differs from dockerd's: {field} / {}", dockerd_fields[i]);
+        }
+    }
+    let lines = |f: &str| f.lines().map(str::to_string).collect::<std::collections::BTreeSet<_>>();
+    let (engine_files, dockerd_files) = (lines(&seen[0].1), lines(&seen[1].1));
+    for line in lines(&buildah.1).intersection(&dockerd_files) {
+        agreed += 1;
+        assert!(engine_files.contains(line), "buildah and dockerd have {line:?}, engined has not:\n{}", seen[0].1);
+    }
+    for line in lines(&buildah.1).symmetric_difference(&dockerd_files) {
+        eprintln!("buildah and dockerd differ on: {line}");
+    }
+    // the comparison is not empty: buildah agrees with dockerd on most of it
+    assert!(agreed > (dockerd_fields.len() + dockerd_files.len()) / 2, "buildah agreed on {agreed} only: {buildah:?}");
 }
 
 /// Anonymous volumes as dockerd makes them: one per `-v /path` and per image VOLUME no mount

@@ -1128,16 +1128,8 @@ fn buildah_images_pull_and_what_the_engine_pushes_is_read_by_buildah_dockerd_and
     let e = Engined::start();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    // buildah with storage of its own (vfs: nothing mounted), never the host's.
-    let root = w.join("buildah");
-    let buildah = |args: &[&str]| {
-        let mut all = vec!["buildah", "--root", root.to_str().unwrap(), "--runroot"];
-        let run = root.join("run");
-        all.push(run.to_str().unwrap());
-        all.extend(["--storage-driver", "vfs"]);
-        all.extend(args);
-        tool(w, &all).trim().to_string()
-    };
+    let b = engine_test_support::buildah::Buildah::new(w);
+    let buildah = |args: &[&str]| b.ok(w, args);
     let ctr = buildah(&["from", "scratch"]);
     buildah(&["copy", &ctr, which("busybox").to_str().unwrap(), "/bin/busybox"]);
     buildah(&["config", "--entrypoint", "[\"/bin/busybox\"]", "--cmd", "[\"echo\",\"from buildah\"]", &ctr]);

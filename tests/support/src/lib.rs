@@ -4,6 +4,7 @@
 //!
 //! Tests never assert wall-clock times: they wait for conditions, with a deadline.
 
+pub mod buildah;
 pub mod dockerd;
 pub mod engined;
 
