@@ -112,6 +112,24 @@ impl Client {
         check(resp).await
     }
 
+    /// [`Client::send`] with extra headers (`X-Registry-Config` of a build).
+    pub async fn send_with_headers<'h>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        content_type: Option<&str>,
+        headers: impl IntoIterator<Item = (&'static str, &'h str)>,
+    ) -> Result<Response<Incoming>> {
+        let mut sender = self.connect().await?;
+        let mut req = self.build(method, path, body, content_type)?;
+        for (name, value) in headers {
+            req.headers_mut().insert(name, value.parse().with_context(|| format!("{name} is not a valid header"))?);
+        }
+        let resp = sender.send_request(req).await.context("talking to the daemon")?;
+        check(resp).await
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value> {
         let r = self.send(Method::GET, path, empty_body(), None).await?;
         read_json(r).await
@@ -126,13 +144,7 @@ impl Client {
 
     /// A POST with Docker's `X-Registry-Auth` header (pull, push).
     pub async fn post_with_auth(&self, path: &str, auth: Option<&str>) -> Result<Response<Incoming>> {
-        let mut sender = self.connect().await?;
-        let mut req = self.build(Method::POST, path, empty_body(), None)?;
-        if let Some(a) = auth {
-            req.headers_mut().insert("X-Registry-Auth", a.parse().context("credentials are not a valid header")?);
-        }
-        let resp = sender.send_request(req).await.context("talking to the daemon")?;
-        check(resp).await
+        self.send_with_headers(Method::POST, path, empty_body(), None, auth.map(|a| ("X-Registry-Auth", a))).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Response<Incoming>> {

@@ -286,9 +286,15 @@ pub struct BuildArgs {
     /// Images to consider as cache sources.
     #[arg(long = "cache-from")]
     pub cache_from: Vec<String>,
-    /// Always remove intermediate containers (they always are).
+    /// Remove intermediate containers after a successful build (`--rm=false` keeps them).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub rm: bool,
+    /// Always attempt to pull a newer version of the base images.
+    #[arg(long)]
+    pub pull: bool,
+    /// Set platform if server is multi-platform capable (os/arch[/variant]).
+    #[arg(long)]
+    pub platform: Option<String>,
     /// Always remove intermediate containers.
     #[arg(long)]
     pub force_rm: bool,
@@ -343,7 +349,13 @@ pub async fn build(c: &Client, a: BuildArgs) -> Result<i32> {
     if !a.cache_from.is_empty() {
         q.push(format!("cachefrom={}", urlencode(&serde_json::json!(a.cache_from).to_string())));
     }
-    q.push(format!("nocache={}&q={}&rm=1&forcerm={}", a.no_cache as u8, a.quiet as u8, a.force_rm as u8));
+    if let Some(p) = &a.platform {
+        q.push(format!("platform={}", urlencode(p)));
+    }
+    q.push(format!(
+        "nocache={}&q={}&rm={}&forcerm={}&pull={}",
+        a.no_cache as u8, a.quiet as u8, a.rm as u8, a.force_rm as u8, a.pull as u8
+    ));
     let body = if a.path == "-" {
         client::reader_body(std::io::stdin(), |_| {})
     } else {
@@ -363,7 +375,16 @@ pub async fn build(c: &Client, a: BuildArgs) -> Result<i32> {
         });
         client::reader_body(reader, |_| {})
     };
-    let r = c.send(hyper::Method::POST, &format!("/build?{}", q.join("&")), body, Some("application/x-tar")).await?;
+    let registries = crate::registry::registry_config_header()?;
+    let r = c
+        .send_with_headers(
+            hyper::Method::POST,
+            &format!("/build?{}", q.join("&")),
+            body,
+            Some("application/x-tar"),
+            registries.iter().map(|h| ("X-Registry-Config", h.as_str())),
+        )
+        .await?;
     let messages = crate::images::json_stream(r, a.quiet).await?;
     if a.quiet {
         if let Some(id) = messages.iter().rev().find_map(|m| m["aux"]["ID"].as_str()) {

@@ -101,6 +101,14 @@ pub(crate) async fn json_stream(r: hyper::Response<hyper::body::Incoming>, quiet
             if !quiet || s.starts_with("Loaded image") {
                 print!("{s}");
             }
+        } else if let (Some(status), false) = (v["status"].as_str(), quiet) {
+            // a pull inside the stream (a build's base image): its lines, not its ticks
+            if v["progressDetail"]["current"].is_null() {
+                match v["id"].as_str() {
+                    Some(id) => println!("{id}: {status}"),
+                    None => println!("{status}"),
+                }
+            }
         }
         messages.push(v);
     })

@@ -109,9 +109,34 @@ fn helper(name: &str, action: &str, input: &str) -> Result<String> {
 pub fn auth_header_for(image: &str) -> Result<Option<String>> {
     let key = server_key(&domain_of(image));
     let cfg = read_config()?;
-    let helper_name = cfg.cred_helpers.get(&key).or(cfg.creds_store.as_ref());
+    match auth_for(&cfg, &key)? {
+        Some(auth) => Ok(Some(base64::engine::general_purpose::URL_SAFE.encode(serde_json::to_vec(&auth)?))),
+        None => Ok(None),
+    }
+}
+
+/// The `X-Registry-Config` header of a build: the credentials of every registry kept, keyed by
+/// its address, as the Docker CLI sends them (the daemon picks the base images' registries').
+pub fn registry_config_header() -> Result<Option<String>> {
+    let cfg = read_config()?;
+    let mut all = serde_json::Map::new();
+    for key in cfg.auths.keys().chain(cfg.cred_helpers.keys()) {
+        if let Some(auth) = auth_for(&cfg, key)? {
+            all.insert(key.clone(), auth);
+        }
+    }
+    if all.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(base64::engine::general_purpose::URL_SAFE.encode(serde_json::to_vec(&Value::Object(all))?)))
+}
+
+/// The credentials kept for registry `key` (a helper's, else config.json's), as the daemon
+/// reads them.
+fn auth_for(cfg: &ConfigFile, key: &str) -> Result<Option<Value>> {
+    let helper_name = cfg.cred_helpers.get(key).or(cfg.creds_store.as_ref());
     let auth = if let Some(h) = helper_name {
-        match helper(h, "get", &key) {
+        match helper(h, "get", key) {
             Ok(out) => {
                 let v: Value = serde_json::from_str(&out).unwrap_or_default();
                 let user = v["Username"].as_str().unwrap_or("").to_string();
@@ -128,7 +153,7 @@ pub fn auth_header_for(image: &str) -> Result<Option<String>> {
             Err(e) => return Err(e),
         }
     } else {
-        match cfg.auths.get(&key) {
+        match cfg.auths.get(key) {
             Some(e) if !e.auth.is_empty() || !e.identity_token.is_empty() => {
                 let raw = base64::engine::general_purpose::STANDARD.decode(&e.auth).unwrap_or_default();
                 let s = String::from_utf8_lossy(&raw).to_string();
@@ -138,7 +163,7 @@ pub fn auth_header_for(image: &str) -> Result<Option<String>> {
             _ => return Ok(None),
         }
     };
-    Ok(Some(base64::engine::general_purpose::URL_SAFE.encode(serde_json::to_vec(&auth)?)))
+    Ok(Some(auth))
 }
 
 #[derive(clap::Args, Debug)]

@@ -290,7 +290,11 @@ async fn dispatch(
             crate::commit::archive_put(&d.files(), &d.containers.find(id)?, &q, req.into_body()).await
         }
         (&M::GET, ["containers", id, "export"]) => crate::commit::export(&d.files(), &d.containers.find(id)?).await,
-        (&M::POST, ["build"]) => build(d, &q, req.into_body()).await,
+        (&M::POST, ["build"]) => {
+            let configs = req.headers().get("x-registry-config").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let configs = engine_registry::AuthConfig::configs_from_header(configs).map_err(ApiError::bad_request)?;
+            build(d, &q, configs, req.into_body()).await
+        }
         // the cache's entries name images, which image prune reclaims: nothing to free here
         (&M::POST, ["build", "prune"]) => {
             Ok(json(StatusCode::OK, &json!({ "CachesDeleted": d.build_cache.clear(), "SpaceReclaimed": 0 })))
@@ -439,8 +443,14 @@ async fn dispatch(
 
 /// `POST /build`: the context is unpacked first (a bad one is a plain error answer), then the
 /// build streams its steps; one `daemon.build` span holds them. The context goes when it ends.
-async fn build(d: &Arc<Daemon>, q: &Query, body: http::RequestBody) -> Result<Resp, ApiError> {
-    let opts = crate::build::BuildOptions::from_query(q)?;
+async fn build(
+    d: &Arc<Daemon>,
+    q: &Query,
+    registry_auth: engine_registry::RegistryConfigs,
+    body: http::RequestBody,
+) -> Result<Resp, ApiError> {
+    let mut opts = crate::build::BuildOptions::from_query(q)?;
+    opts.registry_auth = registry_auth;
     let trace = crate::trace::current().ok_or_else(|| ApiError::internal("build outside of a request"))?;
     let context = d.cfg.data_root.join("build").join(http::new_id()?);
     std::fs::create_dir_all(&context).map_err(|e| ApiError::internal(format!("{}: {e}", context.display())))?;

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use engine_docker_api::{ContainerConfig, ContainerCreateBody, HostConfig};
 use engine_image::changes::{write_tree, CommitOptions, TreeForm};
 use engine_image::dockerfile::{self, Instruction};
-use engine_image::manifest::ContainerConfig as RunConfig;
+use engine_image::manifest::{ContainerConfig as RunConfig, Platform};
 use engine_image::{Digest, ImageStore, Reference};
 
 use crate::http::{ApiError, Query};
@@ -51,6 +51,15 @@ pub trait BuildHost: Send + Sync + 'static {
         id: &str,
         opts: CommitOptions,
     ) -> impl std::future::Future<Output = Result<Digest, ApiError>> + Send;
+    /// Pulls `reference` for `platform` (a base image), the pull's progress lines on `out`.
+    fn pull(
+        &self,
+        trace: &Arc<Trace>,
+        reference: &Reference,
+        platform: &Platform,
+        creds: Option<engine_registry::AuthConfig>,
+        out: &Out,
+    ) -> impl std::future::Future<Output = Result<(), ApiError>> + Send;
     /// Removes container `id` and everything of it (best effort: it is the build's own).
     fn remove(&self, id: &str) -> impl std::future::Future<Output = ()> + Send;
     /// One step done: for `engine_build_step_duration_seconds`.
@@ -58,7 +67,7 @@ pub trait BuildHost: Send + Sync + 'static {
 }
 
 /// The build's options from the query of `POST /build`.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub tags: Vec<Reference>,
     pub dockerfile: String,
@@ -74,11 +83,28 @@ pub struct BuildOptions {
     /// `host:ip` lines each RUN's /etc/hosts gets.
     pub extra_hosts: Vec<String>,
     pub shm_size: i64,
+    /// `rm` (default true): intermediate containers go after their step; with `rm=0` (and no
+    /// `forcerm`) they are kept, as `docker build --rm=false` asks.
+    pub rm: bool,
+    /// `forcerm`: intermediate containers always go.
+    pub force_rm: bool,
+    /// `pull`: every base image is pulled again, even one the store has.
+    pub pull: bool,
+    /// `platform`: the platform base images are pulled for (and must be of); the host's when
+    /// not given.
+    pub platform: Option<Platform>,
+    /// The client's credentials per registry (`X-Registry-Config`), for pulling base images.
+    pub registry_auth: engine_registry::RegistryConfigs,
     /// The images `cache_from` allows, found when the build starts.
     cache_allowed: Option<std::collections::HashSet<Digest>>,
 }
 
 impl BuildOptions {
+    /// Whether step containers stay after their step (`rm=0` without `forcerm`).
+    fn keeps_containers(&self) -> bool {
+        !self.rm && !self.force_rm
+    }
+
     pub fn from_query(q: &Query) -> Result<BuildOptions, ApiError> {
         let tags = q
             .all("t")
@@ -127,6 +153,14 @@ impl BuildOptions {
                 })
                 .collect(),
             shm_size: q.int("shmsize")?.unwrap_or(0),
+            rm: q.get("rm").filter(|v| !v.is_empty()).is_none_or(|_| q.flag("rm")),
+            force_rm: q.flag("forcerm"),
+            pull: q.flag("pull"),
+            platform: match q.get("platform").filter(|p| !p.is_empty()) {
+                None => None,
+                Some(p) => Some(build_platform(p).map_err(|e| ApiError::bad_request(e.message))?),
+            },
+            registry_auth: engine_registry::RegistryConfigs::default(),
         })
     }
 }
@@ -270,7 +304,7 @@ const PREDEFINED_ARGS: &[&str] =
 pub async fn build<H: BuildHost>(
     host: Arc<H>,
     cache: &BuildCache,
-    trace: &Trace,
+    trace: &Arc<Trace>,
     context: &Path,
     dockerfile_text: &str,
     opts: &BuildOptions,
@@ -352,9 +386,11 @@ pub async fn build<H: BuildHost>(
                         }
                     }
                     None => {
-                        let image = host.images().resolve(&base).map_err(|_| {
-                            BuildError::msg(format!("pull access denied for {base}, repository does not exist or may require 'docker login'"))
-                        })?;
+                        let platform = match ins.flags.get("platform") {
+                            Some(p) => Some(build_platform(&dockerfile::substitute(p, &lookup)?)?),
+                            None => opts.platform.clone(),
+                        };
+                        let image = base_image(host.as_ref(), trace, &base, platform.as_ref(), opts, out).await?;
                         let mut config = image.config.config.clone().unwrap_or_default();
                         // the builder's environment has a PATH, as dockerd's
                         let env = config.env.get_or_insert_with(Vec::new);
@@ -624,8 +660,10 @@ async fn workdir_layer<H: BuildHost>(
         created_by: Some(format!("/bin/sh -c #(nop) {described}")),
         ..Default::default()
     };
-    let (_, made) =
-        in_step_container(host, trace, body, commit, |id| async move { make_workdir(host.as_ref(), &id, dir) }).await?;
+    let (_, made) = in_step_container(host, trace, body, commit, opts.keeps_containers(), |id| async move {
+        make_workdir(host.as_ref(), &id, dir)
+    })
+    .await?;
     stage.image = made?;
     stage.config = config;
     cache.put(key, stage.image.clone());
@@ -697,11 +735,67 @@ fn step_container(stage: &Stage, cmd: Vec<String>, opts: &BuildOptions, network_
 /// A step that changes files: a container of `body` is made, `work` runs on it (given its id),
 /// its changes are committed with `commit`, and it is removed whatever happened. The
 /// container's id and the image made (or why not).
+/// `os/arch[/variant]` of a build's `platform` or a FROM's `--platform`: only Linux.
+fn build_platform(s: &str) -> Result<Platform, BuildError> {
+    let p = crate::distribution::parse_platform(s).map_err(|e| BuildError::msg(e.to_string()))?;
+    if !p.os.eq_ignore_ascii_case("linux") {
+        return Err(BuildError::msg(format!(
+            "\"{}\" is an invalid OS component of \"{s}\": only linux is supported",
+            p.os
+        )));
+    }
+    Ok(p)
+}
+
+/// The image a FROM names: the store's, or pulled when the store lacks it, when it is of
+/// another platform than the one asked for, or always with `pull`, as the classic builder's.
+async fn base_image<H: BuildHost>(
+    host: &H,
+    trace: &Arc<Trace>,
+    base: &str,
+    platform: Option<&Platform>,
+    opts: &BuildOptions,
+    out: &Out,
+) -> Result<engine_image::Image, BuildError> {
+    let of_platform = |i: &engine_image::Image| {
+        platform.is_none_or(|p| i.config.os == p.os && i.config.architecture == p.architecture)
+    };
+    let local = host.images().resolve(base).ok();
+    let reference = Reference::parse_name(base)
+        .ok()
+        .map(|r| if r.tag().is_none() && r.digest().is_none() { r.with_tag("latest") } else { Ok(r) })
+        .transpose()
+        .ok()
+        .flatten();
+    match (local, reference) {
+        (Some(i), _) if !opts.pull && of_platform(&i) => Ok(i),
+        // an image id is never pulled
+        (Some(i), None) if of_platform(&i) => Ok(i),
+        (_, None) => Err(BuildError::msg(format!(
+            "pull access denied for {base}, repository does not exist or may require 'docker login'"
+        ))),
+        (_, Some(reference)) => {
+            let want = platform.cloned().unwrap_or_else(crate::distribution::host_platform);
+            let creds = opts.registry_auth.for_registry(reference.domain());
+            host.pull(trace, &reference, &want, creds, out).await.map_err(|e| BuildError::msg(e.message))?;
+            let image = host.images().resolve(&reference.to_string())?;
+            if !of_platform(&image) {
+                return Err(BuildError::msg(format!(
+                    "image with reference {base} was found but does not match the specified platform: wanted {}/{}, actual: {}/{}",
+                    want.os, want.architecture, image.config.os, image.config.architecture
+                )));
+            }
+            Ok(image)
+        }
+    }
+}
+
 async fn in_step_container<H, F, Fut>(
     host: &Arc<H>,
     trace: &Trace,
     body: ContainerCreateBody,
     commit: CommitOptions,
+    keep: bool,
     work: F,
 ) -> Result<(String, Result<Digest, BuildError>), BuildError>
 where
@@ -714,7 +808,9 @@ where
         Ok(()) => host.commit(&id, commit).await.map_err(|e| BuildError::msg(e.message)),
         Err(e) => Err(e),
     };
-    host.remove(&id).await;
+    if !keep {
+        host.remove(&id).await;
+    }
     Ok((id, made))
 }
 
@@ -750,7 +846,7 @@ async fn run<H: BuildHost>(
     let commit = CommitOptions { config: stage.config.clone(), created_by: Some(created_by), ..Default::default() };
     let body = step_container(stage, cmd, opts, &opts.network_mode);
     let workdir = stage.workdir();
-    let (id, made) = in_step_container(host, trace, body, commit, |id| async move {
+    let (id, made) = in_step_container(host, trace, body, commit, opts.keeps_containers(), |id| async move {
         make_workdir(host.as_ref(), &id, &workdir)?;
         if !opts.quiet {
             say(out, format!(" ---> Running in {}\n", &id[..12])).await;
@@ -778,7 +874,7 @@ async fn run<H: BuildHost>(
         Ok(())
     })
     .await?;
-    if !opts.quiet {
+    if !opts.quiet && !opts.keeps_containers() {
         say(out, format!("Removing intermediate container {}\n", &id[..12])).await;
     }
     stage.image = made?;
@@ -977,7 +1073,7 @@ async fn copy_with<H: BuildHost>(
         Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| BuildError::msg(format!("invalid --chmod {m:?}")))?),
         None => None,
     };
-    let (_, made) = in_step_container(host, trace, body, commit, |id| async move {
+    let (_, made) = in_step_container(host, trace, body, commit, opts.keeps_containers(), |id| async move {
         let rootfs = host.images().snapshot(&id)?.map(|s| s.rootfs).unwrap_or_default();
         let owner = match chown {
             Some(spec) => {

@@ -1793,6 +1793,17 @@ impl crate::build::BuildHost for BuildHost {
         self.0.metrics.observe_build_step(instruction, cache_hit, secs);
     }
 
+    async fn pull(
+        &self,
+        trace: &Arc<Trace>,
+        reference: &engine_image::Reference,
+        platform: &engine_image::manifest::Platform,
+        creds: Option<engine_registry::AuthConfig>,
+        out: &crate::build::Out,
+    ) -> Result<(), ApiError> {
+        crate::images::pull_into(&self.0.image_service, trace, reference, platform, creds, out).await
+    }
+
     async fn remove(&self, id: &str) {
         if let Ok(e) = self.0.containers.find(id) {
             if let Err(err) = self.0.remove(&e, true, false).await {

@@ -452,18 +452,7 @@ pub async fn pull(d: &Arc<ImageService>, q: &Query, auth: Option<&str>) -> Resul
         Ok(f) => f,
         Err(e) => {
             trace.enter(previous);
-            let e = match e {
-                crate::distribution::DistributionError::Registry(engine_registry::RegistryError::Unauthorized(_))
-                    if anonymous =>
-                {
-                    ApiError::not_found(format!(
-                        "pull access denied for {}, repository does not exist or may require 'docker login': denied: requested access to the resource is denied",
-                        reference.familiar_name()
-                    ))
-                }
-                e => ApiError::from(e),
-            };
-            return trace.finish(span, Err(e));
+            return trace.finish(span, Err(pull_error(e, &reference, anonymous)));
         }
     };
     let d = d.clone();
@@ -490,6 +479,50 @@ pub async fn pull(d: &Arc<ImageService>, q: &Query, auth: Option<&str>) -> Resul
         let _ = out.send(json!({ "status": format!("Status: {status} {named}") })).await;
         Ok(())
     }))
+}
+
+/// A pull's failure as dockerd words it: a registry refusing an anonymous client is "pull
+/// access denied" (404), as for a repository that does not exist.
+fn pull_error(e: crate::distribution::DistributionError, reference: &Reference, anonymous: bool) -> ApiError {
+    match e {
+        crate::distribution::DistributionError::Registry(engine_registry::RegistryError::Unauthorized(_))
+            if anonymous =>
+        {
+            ApiError::not_found(format!(
+                "pull access denied for {}, repository does not exist or may require 'docker login': denied: requested access to the resource is denied",
+                reference.familiar_name()
+            ))
+        }
+        e => ApiError::from(e),
+    }
+}
+
+/// Pulls `reference` for `platform` as a step of a larger operation (a build's base image):
+/// its `Pulling from`, progress, `Digest:` and `Status:` lines go to `out`, in a `daemon.pull`
+/// span of its own.
+pub async fn pull_into(
+    d: &ImageService,
+    trace: &Arc<crate::trace::Trace>,
+    reference: &Reference,
+    platform: &engine_image::manifest::Platform,
+    creds: Option<engine_registry::AuthConfig>,
+    out: &crate::distribution::Messages,
+) -> Result<(), ApiError> {
+    let anonymous = creds.is_none();
+    let span = trace.start(engine_telemetry::names::DAEMON_PULL);
+    trace.attr(span, "oci.reference", reference.to_string());
+    let previous = trace.enter(span);
+    let result = async {
+        let (repo, resolved) = d.distribution.resolve(trace, reference, platform, creds).await?;
+        let up_to_date = pull_one(d, trace, reference, repo, resolved, out).await?;
+        let status = if up_to_date { "Image is up to date for" } else { "Downloaded newer image for" };
+        let _ = out.send(json!({ "status": format!("Status: {status} {}", reference.familiar()) })).await;
+        Ok(())
+    }
+    .await
+    .map_err(|e| pull_error(e, reference, anonymous));
+    trace.enter(previous);
+    trace.finish(span, result)
 }
 
 /// What a pull found before its answer started.

@@ -32,6 +32,30 @@ pub struct AuthConfig {
     pub registrytoken: String,
 }
 
+/// Credentials per registry address, as `X-Registry-Config` carries them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegistryConfigs(pub BTreeMap<String, AuthConfig>);
+
+impl RegistryConfigs {
+    /// The credentials for registry `domain` (`127.0.0.1:5000`, `docker.io`): keyed by the
+    /// address as written, with or without a scheme and path, Docker Hub's by its index URL.
+    pub fn for_registry(&self, domain: &str) -> Option<AuthConfig> {
+        let host = |key: &str| {
+            let k = key.trim_start_matches("https://").trim_start_matches("http://");
+            k.split('/').next().unwrap_or(k).to_string()
+        };
+        let hub = matches!(domain, "docker.io" | "index.docker.io" | "registry-1.docker.io");
+        self.0
+            .iter()
+            .find(|(k, _)| {
+                let h = host(k);
+                h == domain || (hub && matches!(h.as_str(), "docker.io" | "index.docker.io" | "registry-1.docker.io"))
+            })
+            .map(|(_, a)| a.clone())
+            .filter(|a| !a.is_anonymous())
+    }
+}
+
 impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthConfig")
@@ -57,6 +81,22 @@ impl AuthConfig {
         let a: AuthConfig =
             serde_json::from_slice(&raw).map_err(|_| "X-Registry-Auth does not hold the auth JSON".to_string())?;
         Ok(Some(a).filter(|a| !a.is_anonymous()))
+    }
+
+    /// Decodes an `X-Registry-Config` header (what `docker build` sends): base64url of a JSON
+    /// map from registry address to credentials, one per registry the client has a login for.
+    pub fn configs_from_header(value: &str) -> Result<RegistryConfigs, String> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Ok(RegistryConfigs::default());
+        }
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(value.trim_end_matches('='))
+            .or_else(|_| base64::engine::general_purpose::STANDARD.decode(value))
+            .map_err(|_| "X-Registry-Config is not base64".to_string())?;
+        let all: BTreeMap<String, AuthConfig> = serde_json::from_slice(&raw)
+            .map_err(|_| "X-Registry-Config does not hold a map of registry credentials".to_string())?;
+        Ok(RegistryConfigs(all))
     }
 
     /// The header value for these credentials (what the CLI sends).
@@ -169,6 +209,25 @@ mod tests {
             })
         );
         assert_eq!(Challenge::parse("Negotiate"), None);
+    }
+
+    #[test]
+    fn registry_config_header_finds_each_registrys_credentials() {
+        let header = base64::engine::general_purpose::URL_SAFE.encode(
+            r#"{"https://index.docker.io/v1/":{"username":"hub","password":"h"},
+                "127.0.0.1:5000":{"username":"local","password":"l"},
+                "http://[::1]:5001/v2/":{"username":"six","password":"s"},
+                "127.0.0.1:5002":{}}"#,
+        );
+        let c = AuthConfig::configs_from_header(&header).unwrap();
+        let user = |d: &str| c.for_registry(d).map(|a| a.username);
+        assert_eq!(user("docker.io").as_deref(), Some("hub"));
+        assert_eq!(user("127.0.0.1:5000").as_deref(), Some("local"));
+        assert_eq!(user("[::1]:5001").as_deref(), Some("six"));
+        assert_eq!(user("127.0.0.1:5002"), None, "empty credentials are anonymous");
+        assert_eq!(user("127.0.0.1:5003"), None);
+        assert_eq!(AuthConfig::configs_from_header("").unwrap(), RegistryConfigs::default());
+        assert!(AuthConfig::configs_from_header("%%%").unwrap_err().contains("base64"));
     }
 
     #[test]

@@ -14,5 +14,5 @@
 pub mod auth;
 pub mod client;
 
-pub use auth::AuthConfig;
+pub use auth::{AuthConfig, RegistryConfigs};
 pub use client::{Client, RegistryConfig, RegistryError, Repository, Resolved};

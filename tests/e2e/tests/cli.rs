@@ -1411,6 +1411,18 @@ CMD ["/from-base"]
         stderr(&err)
     );
     assert_eq!(e.ok(&["ps", "-aq"]), containers, "a build container was left");
+    // --rm=false keeps the intermediate containers (one per RUN and COPY), as docker build's;
+    // --force-rm takes them anyway
+    let kept = build_context(&e, "kept", "FROM busybox\nRUN echo one > /one\nCOPY f /f\n", &[("f", "f\n")]);
+    let out = e.ok(&["build", "--no-cache", "--rm=false", kept.to_str().unwrap()]);
+    assert!(!out.contains("Removing intermediate container"), "{out}");
+    let left = e.ok(&["ps", "-aq"]);
+    assert_eq!(left.lines().count(), containers.lines().count() + 2, "{left}");
+    for id in left.lines().filter(|l| !containers.contains(l)) {
+        e.ok(&["rm", id]);
+    }
+    e.ok(&["build", "--no-cache", "--rm=false", "--force-rm", kept.to_str().unwrap()]);
+    assert_eq!(e.ok(&["ps", "-aq"]), containers, "--force-rm left a build container");
     let bad = build_context(&e, "bad2", "FROM busybox\n\nRUNN x\n", &[]);
     let err = e.fails(&["build", bad.to_str().unwrap()]);
     assert!(err.contains("Dockerfile parse error line 3: unknown instruction: RUNN"), "{err}");

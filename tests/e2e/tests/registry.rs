@@ -114,6 +114,7 @@ fn client_with(program: &Path, e: &Engined, config: &Path, args: &[&str], input:
         .arg(e.host())
         .args(args)
         .env("DOCKER_CONFIG", config)
+        .env("DOCKER_BUILDKIT", "0")
         .env("PATH", path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -320,6 +321,73 @@ fn basic_auth_login_logout_and_refusals() {
         "s3cret-pass\n",
     );
     assert!(stdout(&out).contains("Login Succeeded"), "{}{}", stdout(&out), stderr(&out));
+}
+
+/// A build whose base image the store lacks pulls it, with the client's credentials for its
+/// registry (the engine CLI's and the Docker CLI's `X-Registry-Config`), its progress in the
+/// build's output; `--pull` asks the registry again; a refused pull or a platform the registry
+/// lacks fails the build and makes nothing.
+#[test]
+fn a_build_pulls_its_base_image_with_the_clients_credentials() {
+    let reg = Registry::start(Some(("bob", "b-pass")));
+    let e = Engined::start();
+    let (config, anonymous) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    e.import_busybox("busybox");
+    let base = format!("{}/private/base:1", reg.addr);
+    e.ok(&["tag", "busybox", &base]);
+    let out = engine_with(&e, config.path(), &["login", "-u", "bob", "--password-stdin", &reg.addr], "b-pass\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = engine_with(&e, config.path(), &["push", &base], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    e.ok(&["rmi", &base, "busybox"]);
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), format!("FROM {base}\nRUN echo built > /built\n")).unwrap();
+    let context = ctx.path().to_str().unwrap();
+    let build = |config: &Path, args: &[&str]| {
+        let mut all = vec!["build"];
+        all.extend(args);
+        all.push(context);
+        engine_with(&e, config, &all, "")
+    };
+
+    let out = build(anonymous.path(), &["-t", "child:1"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(stderr(&out).contains("pull access denied"), "{}", stderr(&out));
+    assert!(!image_ids(&e).contains("child"), "{}", image_ids(&e));
+    assert_eq!(e.ok(&["ps", "-aq"]), "", "a failed build left a container");
+
+    let out = build(config.path(), &["-t", "child:1"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("Pulling from private/base"), "{}", stdout(&out));
+    assert!(stdout(&out).contains(&format!("Status: Downloaded newer image for {base}")), "{}", stdout(&out));
+    assert_eq!(e.ok(&["run", "--rm", "child:1", "cat", "/built"]).trim(), "built");
+    // the store has it now: no pull, no credentials needed
+    let out = build(anonymous.path(), &["-t", "child:2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("Pulling from"), "{}", stdout(&out));
+    // --pull asks the registry again
+    let out = build(config.path(), &["--pull", "-t", "child:3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&format!("Status: Image is up to date for {base}")), "{}", stdout(&out));
+
+    // a platform the registry lacks, and one that is not Linux
+    let out = build(config.path(), &["--platform", "linux/arm64", "-t", "arm:1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("linux/arm64"), "{}", stderr(&out));
+    let out = build(config.path(), &["--platform", "windows/amd64", "-t", "win:1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("only linux is supported"), "{}", stderr(&out));
+    assert!(!image_ids(&e).contains("arm") && !image_ids(&e).contains("win"), "{}", image_ids(&e));
+
+    // The Docker CLI's classic builder sends its logins in X-Registry-Config.
+    e.ok(&["rmi", &base]);
+    let docker_config = tempfile::tempdir().unwrap();
+    let out = docker_with(&e, docker_config.path(), &["login", "-u", "bob", "--password-stdin", &reg.addr], "b-pass\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = docker_with(&e, docker_config.path(), &["build", "-t", "child:4", context], "");
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("Pulling from private/base"), "{}", stdout(&out));
+    assert_eq!(e.ok(&["ps", "-aq"]), "", "a build left a container");
 }
 
 /// Runs a tool in `dir`, failing the test with its stderr.
