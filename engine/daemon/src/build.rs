@@ -31,11 +31,13 @@ use crate::trace::Trace;
 /// and the image store.
 pub trait BuildHost: Send + Sync + 'static {
     fn images(&self) -> &Arc<ImageStore>;
-    /// Creates a container (not started); its id.
+    /// Creates a container (not started); its id. One not `kept` is the step's own: it goes
+    /// with the step, or with the build if engined stops during it.
     fn create(
         &self,
         trace: &Trace,
         body: ContainerCreateBody,
+        kept: bool,
     ) -> impl std::future::Future<Output = Result<String, ApiError>> + Send;
     /// Starts container `id`, sends its output to `out` as it comes, and waits for its exit
     /// code.
@@ -803,7 +805,7 @@ where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = Result<(), BuildError>>,
 {
-    let id = host.create(trace, body).await.map_err(|e| BuildError::msg(e.message))?;
+    let id = host.create(trace, body, keep).await.map_err(|e| BuildError::msg(e.message))?;
     let made = match work(id.clone()).await {
         Ok(()) => host.commit(&id, commit).await.map_err(|e| BuildError::msg(e.message)),
         Err(e) => Err(e),

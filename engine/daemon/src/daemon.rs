@@ -228,9 +228,20 @@ impl Daemon {
         name: Option<String>,
         body: ContainerCreateBody,
     ) -> Result<String, ApiError> {
+        self.create_as(trace, name, body, Origin::User).await
+    }
+
+    /// [`Self::create`] of a container made for `origin`.
+    pub async fn create_as(
+        self: &Arc<Self>,
+        trace: &Trace,
+        name: Option<String>,
+        body: ContainerCreateBody,
+        origin: Origin,
+    ) -> Result<String, ApiError> {
         let span = trace.start(engine_telemetry::names::DAEMON_CREATE);
         let outer = trace.enter(span);
-        let r = self.create_inner(trace, name, body).await;
+        let r = self.create_inner(trace, name, body, origin).await;
         trace.enter(outer);
         if let Ok(id) = &r {
             trace.attr(span, "container.id", id.clone());
@@ -249,6 +260,7 @@ impl Daemon {
         trace: &Trace,
         name: Option<String>,
         create: ContainerCreateBody,
+        origin: Origin,
     ) -> Result<String, ApiError> {
         let ContainerCreateBody { config: body, host_config, networking_config } = create;
         let mut hc = host_config.unwrap_or_default();
@@ -285,7 +297,7 @@ impl Daemon {
             None => self.containers.reserve_generated(),
         };
         let id = crate::http::new_id()?;
-        let result = self.create_with_id(trace, &id, name, body, hc, mounts, image, networks).await;
+        let result = self.create_with_id(trace, &id, name, body, hc, mounts, image, networks, origin).await;
         if result.is_err() {
             self.undo_create(&id).await;
         }
@@ -303,6 +315,7 @@ impl Daemon {
         mounts: Vec<hostconfig::MountSpec>,
         image: engine_image::Image,
         networks: Vec<crate::network::NetworkLink>,
+        origin: Origin,
     ) -> Result<(), ApiError> {
         let dir = self.containers.make_dir(id)?;
 
@@ -500,6 +513,7 @@ impl Daemon {
             networks,
             ports: Vec::new(),
             anonymous_volumes,
+            build_step: origin == Origin::BuildStep,
         };
         let entry = self.containers.insert(record, name)?;
         self.event(&entry.snapshot(), "create", &[]);
@@ -1509,7 +1523,30 @@ impl Daemon {
                 }
             });
         }
+        // once they are monitored again (a running one's kill waits for its exit)
+        self.remove_build_steps();
         Ok(())
+    }
+
+    /// Step containers of builds the engined before ran: their build ended with it (a build
+    /// does not outlive its request), so they go, as their step would have removed them.
+    fn remove_build_steps(self: &Arc<Self>) {
+        for e in self.containers.all().into_iter().filter(|e| e.snapshot().build_step) {
+            let d = self.clone();
+            tokio::spawn(async move {
+                let rec = e.snapshot();
+                log!(d.cfg, "info", "removing {}, a step container of a build that ended with engined", rec.id);
+                let recovery = Recovery::begin(d.sink.as_ref(), &rec.id, rec.state.status().as_str());
+                recovery.found("a build's step container, its build gone");
+                match recovery.scope(d.remove(&e, true, true)).await {
+                    Ok(()) => recovery.done("removed", None),
+                    Err(err) => {
+                        log!(d.cfg, "warn", "removing build step container {}: {}", rec.id, err.message);
+                        recovery.done("remove failed", Some(&err.message));
+                    }
+                }
+            });
+        }
     }
 
     /// Containers whose start was under way when engined stopped: the record still says
@@ -1711,6 +1748,16 @@ pub fn parse_signal(s: &str) -> Result<u32, ApiError> {
 /// The calls to lifecycled made for it run in [`Recovery::scope`], so they join its trace.
 struct Recovery(Arc<Trace>);
 
+/// Who a container is made for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A user's (the Docker API's, the CRI's): it stays until they remove it.
+    User,
+    /// A build's step: it goes with its step, or at engined's next start if the build ended
+    /// with the engined before.
+    BuildStep,
+}
+
 impl Recovery {
     fn begin(sink: Option<&engine_telemetry::Sink>, id: &str, record: &str) -> Recovery {
         let t = Trace::background(sink, engine_telemetry::names::DAEMON_RECOVER);
@@ -1772,8 +1819,8 @@ impl crate::build::BuildHost for BuildHost {
         &self.0.images
     }
 
-    async fn create(&self, trace: &Trace, body: ContainerCreateBody) -> Result<String, ApiError> {
-        self.0.create(trace, None, body).await
+    async fn create(&self, trace: &Trace, body: ContainerCreateBody, kept: bool) -> Result<String, ApiError> {
+        self.0.create_as(trace, None, body, if kept { Origin::User } else { Origin::BuildStep }).await
     }
 
     async fn run(&self, trace: &Trace, id: &str, out: tokio::sync::mpsc::Sender<String>) -> Result<i64, ApiError> {

@@ -49,6 +49,10 @@ pub struct ContainerRecord {
     /// covered), as (volume name, path in the container); `rm -v` and `--rm` remove them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub anonymous_volumes: Vec<(String, String)>,
+    /// A build's step container: removed with its step, or at engined's next start (its build
+    /// ended with the engined before).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub build_step: bool,
 }
 
 /// A container's configured place on a network (kept in its record): the first one of a

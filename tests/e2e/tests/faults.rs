@@ -521,3 +521,35 @@ fn rm_f_without_lifecycled_removes_what_engined_can_and_says_what_is_left() {
     });
     assert_nothing_left(&e, &cmd, &rules);
 }
+
+/// engined killed -9 in the middle of a build, its RUN running in a step container: after the
+/// restart the step container, its process, snapshot, mounts and cgroup are gone, nothing is
+/// tagged, and the same build runs again to its end.
+#[test]
+fn a_build_cut_short_by_engineds_death_leaves_nothing_behind() {
+    let mut e = Engined::start();
+    e.import_busybox("busybox");
+    let ctx = e.dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nARG WAIT=0\nRUN echo step > /step && sleep $WAIT\n").unwrap();
+    let context = ctx.to_str().unwrap();
+    let mut build = std::process::Command::new(bin("engine"))
+        .args(["-H", &e.host(), "build", "-t", "cut:1", "--build-arg", "WAIT=1000", context])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the RUN step's container to run", || !e.ok(&["ps", "-q"]).trim().is_empty());
+    e.kill9();
+    let _ = build.wait();
+    e.restart();
+    wait_for("the step container to go", || e.ok(&["ps", "-aq"]).trim().is_empty());
+    e.assert_clean();
+    assert!(e.log_tail().contains("a step container of a build that ended with engined"), "{}", e.log_tail());
+    assert!(!e.ok(&["images"]).contains("cut"), "{}", e.ok(&["images"]));
+
+    let out = e.ok(&["build", "-t", "cut:1", context]);
+    assert!(out.contains("Successfully tagged cut:1"), "{out}");
+    assert_eq!(e.ok(&["run", "--rm", "cut:1", "cat", "/step"]), "step\n");
+    e.assert_clean();
+}
