@@ -21,7 +21,7 @@ use crate::archive;
 use crate::digest::{Digest, DigestWriter};
 use crate::manifest::History;
 use crate::progress::Progress;
-use crate::snapshot::{Snapshot, SnapshotError, StorageDriver};
+use crate::snapshot::{Snapshot, StorageDriver};
 use crate::store::{io_at, ImageError, ImageStore, StagedBlob};
 use crate::unpack::OPAQUE_XATTR;
 
@@ -102,8 +102,7 @@ fn in_lowers(lowers: &[PathBuf], rel: &Path) -> Option<std::fs::Metadata> {
 /// differ), any other an addition, and the directory holding an addition or deletion is
 /// modified. Paths in `skip` (the container's mount points) and below them are left out.
 pub fn changes(upper: &Path, lowers: &[PathBuf], skip: &HashSet<PathBuf>) -> io::Result<Vec<Change>> {
-    let mut out = Vec::new();
-    let mut changed_dirs = HashSet::new();
+    let mut list = ChangeList::default();
     // (relative directory, whether an opaque directory above makes everything in it new)
     let mut stack = vec![(PathBuf::new(), false)];
     while let Some((dir, all_new)) = stack.pop() {
@@ -130,18 +129,8 @@ pub fn changes(upper: &Path, lowers: &[PathBuf], skip: &HashSet<PathBuf>) -> io:
                     Some(_) => Some(ChangeKind::Modified),
                 }
             };
-            let path = Path::new("/").join(&rel);
             if let Some(kind) = kind {
-                out.push(Change { path: path.display().to_string(), kind });
-                if meta.is_dir() {
-                    changed_dirs.insert(path.clone());
-                }
-                if kind != ChangeKind::Modified {
-                    let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-                    if parent != Path::new("/") && changed_dirs.insert(parent.clone()) {
-                        out.push(Change { path: parent.display().to_string(), kind: ChangeKind::Modified });
-                    }
-                }
+                list.note(Path::new("/").join(&rel), kind, meta.is_dir());
             }
             if meta.is_dir() {
                 let opaque = all_new || kind == Some(ChangeKind::Added) || is_opaque(&entry.path());
@@ -149,9 +138,153 @@ pub fn changes(upper: &Path, lowers: &[PathBuf], skip: &HashSet<PathBuf>) -> io:
             }
         }
     }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    out.dedup_by(|a, b| a.path == b.path);
-    Ok(out)
+    Ok(list.sorted())
+}
+
+/// Changes as they are found, each directory holding an addition or a deletion noted as
+/// modified once.
+#[derive(Default)]
+struct ChangeList {
+    out: Vec<Change>,
+    changed_dirs: HashSet<PathBuf>,
+}
+
+impl ChangeList {
+    fn note(&mut self, path: PathBuf, kind: ChangeKind, is_dir: bool) {
+        self.out.push(Change { path: path.display().to_string(), kind });
+        if is_dir {
+            self.changed_dirs.insert(path.clone());
+        }
+        if kind != ChangeKind::Modified {
+            let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+            if parent != Path::new("/") && self.changed_dirs.insert(parent.clone()) {
+                self.out.push(Change { path: parent.display().to_string(), kind: ChangeKind::Modified });
+            }
+        }
+    }
+
+    fn sorted(mut self) -> Vec<Change> {
+        self.out.sort_by(|a, b| a.path.cmp(&b.path));
+        self.out.dedup_by(|a, b| a.path == b.path);
+        self.out
+    }
+}
+
+/// Whether `new` (in a full copy of the image's files) is what `old` (the image's) was, as
+/// dockerd's naive diff compares them: a directory by its mode and owner (its size and times
+/// are no measure of change), anything else also by its times, size and device number.
+fn unchanged(old: &std::fs::Metadata, new: &std::fs::Metadata) -> bool {
+    let same = (old.mode(), old.uid(), old.gid(), old.rdev()) == (new.mode(), new.uid(), new.gid(), new.rdev());
+    if new.is_dir() {
+        return same;
+    }
+    same && old.size() == new.size() && (old.mtime(), old.mtime_nsec()) == (new.mtime(), new.mtime_nsec())
+}
+
+/// The names directory `dir` (relative) holds in the image the lower layers make (`lowers`
+/// highest first): the union of the layers' entries down to the first layer that hides the
+/// ones below (an opaque directory, a file or a whiteout in its place), whiteouts applied.
+fn names_in_lowers(lowers: &[PathBuf], dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    let mut seen = HashSet::new();
+    let mut names = Vec::new();
+    for layer in lowers {
+        let here = layer.join(dir);
+        match std::fs::symlink_metadata(&here) {
+            Ok(meta) if meta.is_dir() => {
+                for entry in sorted_entries(&here)? {
+                    let name = entry.file_name();
+                    if seen.insert(name.clone()) && !is_whiteout(&entry.metadata()?) {
+                        names.push(name);
+                    }
+                }
+                if is_opaque(&here) {
+                    break;
+                }
+            }
+            // a file or a whiteout in its place hides the directory of the layers below
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut up = dir.parent();
+                while let Some(d) = up.filter(|d| !d.as_os_str().is_empty()) {
+                    if is_opaque(&layer.join(d)) {
+                        return Ok(names);
+                    }
+                    up = d.parent();
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(names)
+}
+
+/// The changes of `rootfs` (a vfs snapshot: a full copy of the image's files, changed in place)
+/// over `lowers` (the image's layer directories, highest first), as dockerd's vfs driver
+/// reports them (its naive diff): a path the image lacks is an addition, one whose type, mode,
+/// owner, size or times differ a modification (a directory only when its mode or owner
+/// differ), a path of the image the copy lacks a deletion (not its children), and the
+/// directory holding an addition or deletion is modified. Paths in `skip` (the container's
+/// mount points) and below them are left out.
+pub fn changes_of_copy(rootfs: &Path, lowers: &[PathBuf], skip: &HashSet<PathBuf>) -> io::Result<Vec<Change>> {
+    let mut list = ChangeList::default();
+    // (relative directory, whether the image has it as a directory)
+    let mut stack = vec![(PathBuf::new(), true)];
+    while let Some((dir, in_image)) = stack.pop() {
+        let mut here = HashSet::new();
+        for entry in sorted_entries(&rootfs.join(&dir))? {
+            here.insert(entry.file_name());
+            let rel = dir.join(entry.file_name());
+            let path = Path::new("/").join(&rel);
+            if skip.contains(&path) {
+                continue;
+            }
+            let meta = entry.metadata()?;
+            let old = if in_image { in_lowers(lowers, &rel) } else { None };
+            match &old {
+                None => list.note(path, ChangeKind::Added, meta.is_dir()),
+                Some(old) if unchanged(old, &meta) => {}
+                Some(_) => list.note(path, ChangeKind::Modified, meta.is_dir()),
+            }
+            if meta.is_dir() {
+                stack.push((rel, old.is_some_and(|o| o.is_dir())));
+            }
+        }
+        if in_image {
+            for name in names_in_lowers(lowers, &dir)? {
+                let path = Path::new("/").join(&dir).join(&name);
+                if !here.contains(&name) && !skip.contains(&path) {
+                    list.note(path, ChangeKind::Deleted, false);
+                }
+            }
+        }
+    }
+    Ok(list.sorted())
+}
+
+/// Writes the layer of `changes` (of a full copy at `rootfs`, from [`changes_of_copy`]) as a tar
+/// stream: each added or modified path as it is in the copy (a directory without its
+/// children: those that changed are listed themselves), each deleted one as Docker's `.wh.`
+/// file.
+pub fn write_changes<W: Write>(rootfs: &Path, changes: &[Change], w: W) -> io::Result<W> {
+    let mut tar = tar::Builder::new(w);
+    tar.follow_symlinks(false);
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    for c in changes {
+        let rel = Path::new(c.path.trim_start_matches('/'));
+        match c.kind {
+            ChangeKind::Deleted => {
+                let mut wh = std::ffi::OsString::from(".wh.");
+                wh.push(rel.file_name().unwrap_or_default());
+                append_empty(&mut tar, &rel.with_file_name(wh))?;
+            }
+            ChangeKind::Added | ChangeKind::Modified => {
+                let path = rootfs.join(rel);
+                let meta = std::fs::symlink_metadata(&path)?;
+                append(&mut tar, &path, rel, &meta, TreeForm::Plain, &mut links)?;
+            }
+        }
+    }
+    tar.into_inner()
 }
 
 /// How a tree is written: a layer (from an upper directory, whiteouts as Docker's `.wh.` files)
@@ -281,12 +414,6 @@ pub struct CommitOptions {
 impl ImageStore {
     fn snapshot_parts(&self, key: &str) -> Result<(Snapshot, Vec<PathBuf>), ImageError> {
         let snapshot = self.snapshot(key)?.ok_or_else(|| ImageError::NotFound(format!("snapshot {key}")))?;
-        if snapshot.driver == StorageDriver::Vfs {
-            return Err(SnapshotError::Unsupported(
-                "the changes of a container (diff, commit) need the overlay2 storage driver; this one is vfs".into(),
-            )
-            .into());
-        }
         let image = self
             .images_by_id()?
             .remove(&snapshot.image)
@@ -299,7 +426,10 @@ impl ImageStore {
     /// container's mount points).
     pub fn snapshot_changes(&self, key: &str, skip: &HashSet<PathBuf>) -> Result<Vec<Change>, ImageError> {
         let (snapshot, lowers) = self.snapshot_parts(key)?;
-        changes(&snapshot.upper, &lowers, skip).map_err(io_at(&snapshot.upper))
+        match snapshot.driver {
+            StorageDriver::Overlay2 => changes(&snapshot.upper, &lowers, skip).map_err(io_at(&snapshot.upper)),
+            StorageDriver::Vfs => changes_of_copy(&snapshot.rootfs, &lowers, skip).map_err(io_at(&snapshot.rootfs)),
+        }
     }
 
     /// Whether `path` (absolute, no links followed) exists in image `image`'s layers.
@@ -394,20 +524,20 @@ impl ImageStore {
         opts: &CommitOptions,
         progress: &dyn Progress,
     ) -> Result<Digest, ImageError> {
-        let (snapshot, _) = self.snapshot_parts(key)?;
+        let (snapshot, lowers) = self.snapshot_parts(key)?;
         let parent = self.resolve(&snapshot.image.to_string())?;
         let staging = self.staging()?;
         let blob_path = staging.0.join("files/layer");
         let blob = {
             let f = File::create(&blob_path).map_err(io_at(&blob_path))?;
-            let w = write_tree(
-                &snapshot.upper,
-                Path::new(""),
-                TreeForm::Layer,
-                skip,
-                DigestWriter::new(io::BufWriter::new(f)),
-            )
-            .map_err(io_at(&snapshot.upper))?;
+            let out = DigestWriter::new(io::BufWriter::new(f));
+            let w = match snapshot.driver {
+                StorageDriver::Overlay2 => write_tree(&snapshot.upper, Path::new(""), TreeForm::Layer, skip, out)
+                    .map_err(io_at(&snapshot.upper))?,
+                StorageDriver::Vfs => changes_of_copy(&snapshot.rootfs, &lowers, skip)
+                    .and_then(|changes| write_changes(&snapshot.rootfs, &changes, out))
+                    .map_err(io_at(&snapshot.rootfs))?,
+            };
             let (digest, size, w) = w.finish();
             w.into_inner().map_err(|e| io_at(&blob_path)(e.into_error()))?.sync_all().map_err(io_at(&blob_path))?;
             StagedBlob { path: blob_path.clone(), digest, size }
@@ -497,6 +627,51 @@ mod tests {
             .map(|c| format!("{} {}", c.kind.letter(), c.path))
             .collect();
         assert_eq!(got, ["C /etc", "D /etc/group", "C /etc/passwd", "C /gone", "A /gone/y", "A /new"]);
+    }
+
+    /// vfs: the copy of two layers (the top one deleting /bin/sh), then changed in place as
+    /// the overlay fixture's upper is.
+    #[test]
+    fn changes_of_a_copy_are_dockerds_naive_diff_and_make_a_layer() {
+        let (t, lower, _upper) = fixture();
+        let top = t.path().join("top");
+        std::fs::create_dir_all(top.join("bin")).unwrap();
+        whiteout(&top.join("bin/sh"));
+        let rootfs = t.path().join("rootfs");
+        assert!(std::process::Command::new("cp").arg("-a").arg(&lower).arg(&rootfs).status().unwrap().success());
+        std::fs::remove_file(rootfs.join("bin/sh")).unwrap();
+        let lowers = [top, lower];
+        let skip: HashSet<PathBuf> = [PathBuf::from("/proc")].into();
+        assert_eq!(changes_of_copy(&rootfs, &lowers, &skip).unwrap(), [], "an unchanged copy");
+
+        std::fs::write(rootfs.join("etc/passwd"), "new").unwrap();
+        std::fs::remove_file(rootfs.join("etc/group")).unwrap();
+        std::fs::write(rootfs.join("new"), "added").unwrap();
+        std::fs::remove_file(rootfs.join("gone/x")).unwrap();
+        std::fs::write(rootfs.join("gone/y"), "y").unwrap();
+        std::fs::create_dir(rootfs.join("proc")).unwrap();
+        std::fs::create_dir_all(rootfs.join("made/deep")).unwrap();
+        let got = changes_of_copy(&rootfs, &lowers, &skip).unwrap();
+        let listed: Vec<String> = got.iter().map(|c| format!("{} {}", c.kind.letter(), c.path)).collect();
+        assert_eq!(
+            listed,
+            [
+                "C /etc",
+                "D /etc/group",
+                "C /etc/passwd",
+                "C /gone",
+                "D /gone/x",
+                "A /gone/y",
+                "A /made",
+                "A /made/deep",
+                "A /new"
+            ]
+        );
+        let bytes = write_changes(&rootfs, &got, Vec::new()).unwrap();
+        assert_eq!(
+            names(&bytes),
+            ["etc", "etc/.wh.group", "etc/passwd", "gone", "gone/.wh.x", "gone/y", "made", "made/deep", "new"]
+        );
     }
 
     #[test]

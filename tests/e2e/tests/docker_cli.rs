@@ -256,13 +256,10 @@ fn docker_cli_publishes_ports_and_manages_networks() {
     wait_for("the proxy to exit", || e.proxies().is_empty());
 }
 
-/// `docker diff`, `docker commit` and `docker export` through engined and through a private
-/// Debian dockerd, on the same image and the same container script: the same changes, a
-/// committed image with the same config that runs the same, exports with the same files.
-#[test]
-fn docker_diff_commit_and_export_match_dockerd() {
-    let e = Engined::start();
-    let d = engine_test_support::dockerd::Dockerd::start(&[]);
+/// Runs the same script in a container `src` on engined and on dockerd (busybox imported in
+/// both): the same `diff`, and `commit` of it makes an image with the same config and history
+/// comment that runs the same.
+fn diff_and_commit_match(e: &Engined, d: &engine_test_support::dockerd::Dockerd) {
     let tar = e.busybox_tar();
     let script = "echo hi > /new && rm /etc/group && mkdir -p /home/d && echo x > /home/d/f && chmod 640 /home/d/f \
                   && ln /home/d/f /home/d/hard && ln -s f /home/d/soft && rm -r /out && echo ready > /tmp/ready \
@@ -310,6 +307,19 @@ fn docker_diff_commit_and_export_match_dockerd() {
     }
     assert_eq!(seen[0], seen[1]);
     assert_eq!(seen[0].1, "hi\nx\nf\n640\nno-group\nno-out\n");
+}
+
+/// `docker diff`, `docker commit` and `docker export` through engined and through a private
+/// Debian dockerd, on the same image and the same container script: the same changes, a
+/// committed image with the same config that runs the same, exports with the same files.
+#[test]
+fn docker_diff_commit_and_export_match_dockerd() {
+    let e = Engined::start();
+    let d = engine_test_support::dockerd::Dockerd::start(&[]);
+    diff_and_commit_match(&e, &d);
+    let engine = |args: &[&str]| e.docker_ok(args);
+    let docker = |args: &[&str]| d.ok(args);
+    let both: [&dyn Fn(&[&str]) -> String; 2] = [&engine, &docker];
 
     // docker cp both ways: the same tree out (types, modes, link targets, contents), the same
     // file in, the same answer for a missing path
@@ -507,6 +517,26 @@ CMD ["echo hi"]
     }
     // the comparison is not empty: buildah agrees with dockerd on most of it
     assert!(agreed > (dockerd_fields.len() + dockerd_files.len()) / 2, "buildah agreed on {agreed} only: {buildah:?}");
+}
+
+/// The same with both daemons on the vfs storage driver (full copies, no overlay): diff and
+/// commit compare the copy with the image's files, as dockerd's naive diff does.
+#[test]
+fn vfs_diff_and_commit_match_dockerds_vfs() {
+    let e = Engined::start_with(&[], &["--storage-driver", "vfs"]);
+    let d = engine_test_support::dockerd::Dockerd::start(&["--storage-driver".into(), "vfs".into()]);
+    assert!(d.ok(&["info", "-f", "{{.Driver}}"]).contains("vfs"));
+    diff_and_commit_match(&e, &d);
+    // a build commits each step the same way
+    let ctx = e.dir.path().join("vfs-ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN rm /etc/group && echo b > /b\nCOPY f /f\n").unwrap();
+    std::fs::write(ctx.join("f"), "f\n").unwrap();
+    e.docker_ok(&["build", "-q", "-t", "vfs-built", ctx.to_str().unwrap()]);
+    let check = "cat /b /f; test -e /etc/group || echo no-group";
+    assert_eq!(e.docker_ok(&["run", "--rm", "--network", "none", "vfs-built", "sh", "-c", check]), "b\nf\nno-group\n");
+    e.docker_ok(&["rm", "-f", "src"]);
+    e.assert_clean();
 }
 
 /// Anonymous volumes as dockerd makes them: one per `-v /path` and per image VOLUME no mount
