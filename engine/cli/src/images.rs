@@ -299,9 +299,17 @@ pub struct HistoryArgs {
     /// Don't truncate output.
     #[arg(long)]
     pub no_trunc: bool,
+    /// Print sizes and dates in human readable format.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub human: bool,
+    /// Format output using a Go template (fields: ID, CreatedSince, CreatedAt, CreatedBy, Size, Comment).
+    #[arg(long)]
+    pub format: Option<String>,
     pub image: String,
 }
 
+/// `engine history`: the rows as the Docker CLI's (`--format` fields, `-H=false` raw
+/// sizes and RFC 3339 dates).
 pub async fn history(c: &Client, a: HistoryArgs) -> Result<i32> {
     let h = c.get(&format!("/images/{}/history", a.image)).await?;
     let mut rows = Vec::new();
@@ -313,17 +321,33 @@ pub async fn history(c: &Client, a: HistoryArgs) -> Result<i32> {
             continue;
         }
         let by = e["CreatedBy"].as_str().unwrap_or("");
-        rows.push(vec![
-            id,
-            format::ago(e["Created"].as_i64().unwrap_or(0)),
-            if a.no_trunc { by.to_string() } else { format::truncate(by, 45) },
-            format::size(e["Size"].as_u64().unwrap_or(0)),
-            e["Comment"].as_str().unwrap_or("").to_string(),
-        ]);
+        let created = e["Created"].as_i64().unwrap_or(0);
+        let size = e["Size"].as_u64().unwrap_or(0);
+        let at = engine_util::time::rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(created.max(0) as u64),
+        );
+        rows.push(json!({
+            "ID": id,
+            "CreatedSince": if a.human { format::ago(created) } else { at.clone() },
+            "CreatedAt": at,
+            "CreatedBy": if a.no_trunc { by.to_string() } else { format::truncate(by, 45) },
+            "Size": if a.human { format::size(size) } else { size.to_string() },
+            "Comment": e["Comment"].as_str().unwrap_or(""),
+        }));
     }
-    if !a.quiet {
-        print!("{}", format::table(&["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], &rows));
+    if a.quiet {
+        return Ok(0);
     }
+    if let Some(f) = &a.format {
+        print_formatted(f, &rows);
+        return Ok(0);
+    }
+    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| vec![s(&r["ID"]), s(&r["CreatedSince"]), s(&r["CreatedBy"]), s(&r["Size"]), s(&r["Comment"])])
+        .collect();
+    print!("{}", format::table(&["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], &table));
     Ok(0)
 }
 

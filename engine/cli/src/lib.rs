@@ -329,3 +329,14 @@ async fn info(c: &client::Client) -> Result<i32> {
     );
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks of every command (unique short flags, …), which otherwise fail only
+    /// when the command is run.
+    #[test]
+    fn every_command_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

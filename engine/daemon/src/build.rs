@@ -259,6 +259,8 @@ struct Stage {
     config: RunConfig,
     args: BTreeMap<String, Option<String>>,
     shell: Vec<String>,
+    /// MAINTAINER: the author of the images the stage makes from then on.
+    maintainer: Option<String>,
 }
 
 impl Stage {
@@ -276,6 +278,12 @@ impl Stage {
 
     fn subst(&self, word: &str) -> Result<String, BuildError> {
         Ok(dockerfile::substitute(word, &|n| self.lookup(n))?)
+    }
+
+    /// The history line of a step that makes no layer, as the classic builder writes it
+    /// (the stage's shell, then `#(nop)`).
+    fn nop(&self, what: &str) -> String {
+        format!("{} #(nop)  {what}", self.shell.join(" "))
     }
 
     fn workdir(&self) -> String {
@@ -372,7 +380,7 @@ pub async fn build<H: BuildHost>(
                 };
                 let from = stages.iter().rev().find(|s| s.name.as_deref() == Some(base.as_str())).cloned();
                 let stage = match from {
-                    Some(s) => Stage { name: name.clone(), args: BTreeMap::new(), ..s },
+                    Some(s) => Stage { name: name.clone(), args: BTreeMap::new(), maintainer: None, ..s },
                     None if base.eq_ignore_ascii_case("scratch") => {
                         let images = host.images().clone();
                         let image = tokio::task::spawn_blocking(move || images.scratch_image()).await??;
@@ -385,6 +393,7 @@ pub async fn build<H: BuildHost>(
                             },
                             args: BTreeMap::new(),
                             shell: vec!["/bin/sh".into(), "-c".into()],
+                            maintainer: None,
                         }
                     }
                     None => {
@@ -405,6 +414,7 @@ pub async fn build<H: BuildHost>(
                             config,
                             args: BTreeMap::new(),
                             shell: vec!["/bin/sh".into(), "-c".into()],
+                            maintainer: None,
                         }
                     }
                 };
@@ -495,7 +505,9 @@ pub async fn build<H: BuildHost>(
     if !opts.labels.is_empty() {
         let mut config = last.config.clone();
         config.labels.get_or_insert_with(Default::default).extend(opts.labels.clone());
-        image = derive(&host, &last.image, config, "LABEL (build labels)").await?;
+        let labels: Vec<String> = opts.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let history = last.nop(&format!("LABEL {}", labels.join(" ")));
+        image = derive(&host, &last.image, config, last.maintainer.clone(), &history).await?;
     }
     for t in &opts.tags {
         host.images().tag(&image.to_string(), t)?;
@@ -513,16 +525,41 @@ fn arg_pairs(rest: &str) -> Result<Vec<(String, Option<String>)>, BuildError> {
         .collect())
 }
 
-/// An image of `parent` with `config` and no new layer.
+/// An image of `parent` with `config`, `author` and no new layer, `created_by` its history.
 async fn derive<H: BuildHost>(
     host: &Arc<H>,
     parent: &Digest,
     config: RunConfig,
+    author: Option<String>,
     created_by: &str,
 ) -> Result<Digest, BuildError> {
     let images = host.images().clone();
-    let (parent, created_by) = (parent.clone(), format!("/bin/sh -c #(nop)  {created_by}"));
-    Ok(tokio::task::spawn_blocking(move || images.derive_image(&parent, config, &created_by)).await??)
+    let (parent, created_by) = (parent.clone(), created_by.to_string());
+    Ok(tokio::task::spawn_blocking(move || images.derive_image(&parent, config, author, &created_by)).await??)
+}
+
+/// A list as Go's `%q` prints it: `["a" "b \"c\""]` (CMD and ENTRYPOINT in the history).
+fn go_quoted(list: &[String]) -> String {
+    let quoted: Vec<String> = list.iter().map(|w| serde_json::to_string(w).unwrap_or_default()).collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+/// A HEALTHCHECK's history text, as dockerd 20.10 prints its config (`%q` of the struct).
+fn healthcheck_history(h: &Value) -> String {
+    let test: Vec<String> = serde_json::from_value(h["Test"].clone()).unwrap_or_default();
+    let d = |k: &str| engine_util::time::go_duration(std::time::Duration::from_nanos(h[k].as_u64().unwrap_or(0)));
+    let retries = h["Retries"].as_u64().unwrap_or(0);
+    let rune = match char::from_u32(retries as u32) {
+        Some(c) if (' '..='~').contains(&c) && c != '\\' && c != '\'' => format!("'{c}'"),
+        _ => format!("'\\x{retries:02x}'"),
+    };
+    format!(
+        "HEALTHCHECK &{{{} {:?} {:?} {:?} {rune}}}",
+        go_quoted(&test),
+        d("Interval"),
+        d("Timeout"),
+        d("StartPeriod")
+    )
 }
 
 /// Runs one instruction of a stage; whether it was a cache hit.
@@ -546,11 +583,17 @@ async fn step_in<H: BuildHost>(
             None => stage.shell.iter().cloned().chain([ins.rest.clone()]).collect(),
         }
     };
-    // what makes the step: for the cache and the history
-    let mut described = ins.original.clone();
+    // what makes the step, for the cache; what its history says, as the classic builder's
+    let described = ins.original.clone();
+    let history: String;
     match ins.keyword.as_str() {
         "ARG" => {
+            let mut written = Vec::new();
             for (k, v) in arg_pairs(&ins.rest)? {
+                written.push(match &v {
+                    Some(v) => format!("{k}={v}"),
+                    None => k.clone(),
+                });
                 let default = match v {
                     Some(v) => Some(stage.subst(&v)?),
                     None => global_args.get(&k).cloned().flatten(),
@@ -558,26 +601,42 @@ async fn step_in<H: BuildHost>(
                 let v = opts.build_args.get(&k).cloned().unwrap_or(default);
                 stage.args.insert(k, v);
             }
-            return Ok(false);
+            history = format!("ARG {}", written.join(" "));
         }
         "ENV" => {
+            let mut pairs = Vec::new();
             for (k, v) in dockerfile::key_values(&ins.rest, true)? {
                 let v = stage.subst(&v)?;
                 let env = config.env.get_or_insert_with(Vec::new);
                 env.retain(|e| e.split('=').next() != Some(k.as_str()));
                 env.push(format!("{k}={v}"));
-                described = format!("ENV {k}={v}");
+                pairs.push(format!("{k}={v}"));
             }
+            history = format!("ENV {}", pairs.join(" "));
         }
         "LABEL" => {
+            let mut pairs = Vec::new();
             for (k, v) in dockerfile::key_values(&ins.rest, false)? {
-                config.labels.get_or_insert_with(Default::default).insert(stage.subst(&k)?, stage.subst(&v)?);
+                let (k, v) = (stage.subst(&k)?, stage.subst(&v)?);
+                pairs.push(format!("{k}={v}"));
+                config.labels.get_or_insert_with(Default::default).insert(k, v);
             }
+            history = format!("LABEL {}", pairs.join(" "));
         }
-        "MAINTAINER" => {}
-        "CMD" => config.cmd = Some(exec_or_shell(stage)),
+        "MAINTAINER" => {
+            let who = stage.subst(ins.rest.trim())?;
+            history = format!("MAINTAINER {who}");
+            stage.maintainer = Some(who);
+        }
+        "CMD" => {
+            let cmd = exec_or_shell(stage);
+            history = format!("CMD {}", go_quoted(&cmd));
+            config.cmd = Some(cmd);
+        }
         "ENTRYPOINT" => {
-            config.entrypoint = Some(exec_or_shell(stage)).filter(|e| !e.is_empty());
+            let entrypoint = exec_or_shell(stage);
+            history = format!("ENTRYPOINT {}", go_quoted(&entrypoint));
+            config.entrypoint = Some(entrypoint).filter(|e| !e.is_empty());
             // an ENTRYPOINT resets the image's CMD, as Docker's
             config.cmd = None;
         }
@@ -589,26 +648,42 @@ async fn step_in<H: BuildHost>(
             if !host.images().image_has_path(&stage.image, Path::new(&w))? {
                 return workdir_layer(host, cache, trace, opts, stage, config, &w).await;
             }
+            // (one space after `#(nop)`, as dockerd writes WORKDIR's)
+            history = format!("WORKDIR {w}");
         }
-        "USER" => config.user = Some(stage.subst(&ins.rest)?),
+        "USER" => {
+            let user = stage.subst(&ins.rest)?;
+            history = format!("USER {user}");
+            config.user = Some(user);
+        }
         "EXPOSE" => {
-            for p in dockerfile::words(&stage.subst(&ins.rest)?)? {
-                let p = if p.contains('/') { p } else { format!("{p}/tcp") };
-                config.exposed_ports.get_or_insert_with(Default::default).insert(p, json!({}));
+            let mut words = dockerfile::words(&stage.subst(&ins.rest)?)?;
+            for w in &words {
+                for p in exposed_ports(w)? {
+                    config.exposed_ports.get_or_insert_with(Default::default).insert(p, json!({}));
+                }
             }
+            words.sort();
+            history = format!("EXPOSE {}", words.join(" "));
         }
         "VOLUME" => {
             let vols = match &ins.json {
                 Some(v) => v.clone(),
                 None => dockerfile::words(&stage.subst(&ins.rest)?)?,
             };
+            history = format!("VOLUME [{}]", vols.join(" "));
             for v in vols {
                 config.volumes.get_or_insert_with(Default::default).insert(v, json!({}));
             }
         }
-        "STOPSIGNAL" => config.stop_signal = Some(stage.subst(&ins.rest)?),
+        "STOPSIGNAL" => {
+            let signal = stage.subst(&ins.rest)?;
+            history = format!("STOPSIGNAL {signal}");
+            config.stop_signal = Some(signal);
+        }
         "SHELL" => {
             stage.shell = ins.json.clone().unwrap_or_default();
+            history = format!("SHELL [{}]", stage.shell.join(" "));
             config.other.insert("Shell".into(), json!(stage.shell));
         }
         "ONBUILD" => {
@@ -619,9 +694,12 @@ async fn step_in<H: BuildHost>(
                 .unwrap_or_default();
             on.push(ins.rest.clone());
             config.other.insert("OnBuild".into(), json!(on));
+            history = format!("ONBUILD {}", ins.rest);
         }
         "HEALTHCHECK" => {
-            config.other.insert("Healthcheck".into(), healthcheck(ins)?);
+            let check = healthcheck(ins)?;
+            history = healthcheck_history(&check);
+            config.other.insert("Healthcheck".into(), check);
         }
         "RUN" => return run(host, cache, trace, opts, stage, ins, out).await,
         "COPY" | "ADD" => return copy(host, cache, trace, context, opts, stages, stage, ins).await,
@@ -633,7 +711,12 @@ async fn step_in<H: BuildHost>(
         stage.config = config;
         return Ok(true);
     }
-    stage.image = derive(host, &stage.image, config.clone(), &described).await?;
+    let history = if ins.keyword == "WORKDIR" {
+        format!("{} #(nop) {history}", stage.shell.join(" "))
+    } else {
+        stage.nop(&history)
+    };
+    stage.image = derive(host, &stage.image, config.clone(), stage.maintainer.clone(), &history).await?;
     stage.config = config;
     cache.put(key, stage.image.clone());
     Ok(false)
@@ -659,7 +742,8 @@ async fn workdir_layer<H: BuildHost>(
     let body = step_container(stage, vec!["#(nop) WORKDIR".into()], opts, "none");
     let commit = CommitOptions {
         config: config.clone(),
-        created_by: Some(format!("/bin/sh -c #(nop) {described}")),
+        created_by: Some(format!("{} #(nop) {described}", stage.shell.join(" "))),
+        author: stage.maintainer.clone(),
         ..Default::default()
     };
     let (_, made) = in_step_container(host, trace, body, commit, opts.keeps_containers(), |id| async move {
@@ -737,6 +821,25 @@ fn step_container(stage: &Stage, cmd: Vec<String>, opts: &BuildOptions, network_
 /// A step that changes files: a container of `body` is made, `work` runs on it (given its id),
 /// its changes are committed with `commit`, and it is removed whatever happened. The
 /// container's id and the image made (or why not).
+/// The ports an EXPOSE word names (`80`, `53/udp`, `8000-8002/tcp`), each `port/proto`, as
+/// dockerd expands them.
+fn exposed_ports(word: &str) -> Result<Vec<String>, BuildError> {
+    let (ports, proto) = word.split_once('/').unwrap_or((word, "tcp"));
+    let proto = proto.to_ascii_lowercase();
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(BuildError::msg(format!("invalid proto: {proto}")));
+    }
+    let port = |p: &str| p.parse::<u16>().map_err(|_| BuildError::msg(format!("invalid containerPort: {ports}")));
+    let (first, last) = match ports.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => (port(ports)?, port(ports)?),
+    };
+    if first > last {
+        return Err(BuildError::msg(format!("invalid range specified for container port: {ports}")));
+    }
+    Ok((first..=last).map(|p| format!("{p}/{proto}")).collect())
+}
+
 /// `os/arch[/variant]` of a build's `platform` or a FROM's `--platform`: only Linux.
 fn build_platform(s: &str) -> Result<Platform, BuildError> {
     let p = crate::distribution::parse_platform(s).map_err(|e| BuildError::msg(e.to_string()))?;
@@ -844,8 +947,23 @@ async fn run<H: BuildHost>(
         return Ok(true);
     }
     let shown = if ins.json.is_some() { serde_json::to_string(&cmd)? } else { cmd.join(" ") };
-    let created_by = if ins.json.is_some() { format!("RUN {shown}") } else { shown.clone() };
-    let commit = CommitOptions { config: stage.config.clone(), created_by: Some(created_by), ..Default::default() };
+    // the history: the command, after the build args it saw (`|N k=v …`), as the classic
+    // builder's (proxy args left out)
+    let args: Vec<String> = stage
+        .run_env()
+        .into_iter()
+        .filter(|kv| !PREDEFINED_ARGS.contains(&kv.split('=').next().unwrap_or_default()))
+        .collect();
+    let created_by = match args.is_empty() {
+        true => cmd.join(" "),
+        false => format!("|{} {} {}", args.len(), args.join(" "), cmd.join(" ")),
+    };
+    let commit = CommitOptions {
+        config: stage.config.clone(),
+        created_by: Some(created_by),
+        author: stage.maintainer.clone(),
+        ..Default::default()
+    };
     let body = step_container(stage, cmd, opts, &opts.network_mode);
     let workdir = stage.workdir();
     let (id, made) = in_step_container(host, trace, body, commit, opts.keeps_containers(), |id| async move {
@@ -1067,8 +1185,13 @@ async fn copy_with<H: BuildHost>(
         stage.image = hit;
         return Ok(true);
     }
-    let created_by = format!("/bin/sh -c #(nop) {} {}", ins.keyword, ins.rest);
-    let commit = CommitOptions { config: stage.config.clone(), created_by: Some(created_by), ..Default::default() };
+    let created_by = format!("{} #(nop) {} {}", stage.shell.join(" "), ins.keyword, ins.rest);
+    let commit = CommitOptions {
+        config: stage.config.clone(),
+        created_by: Some(created_by),
+        author: stage.maintainer.clone(),
+        ..Default::default()
+    };
     let body = step_container(stage, vec![format!("#(nop) {}", ins.keyword)], opts, "none");
     let chown = ins.flags.get("chown").map(|spec| stage.subst(spec)).transpose()?;
     let mode = match ins.flags.get("chmod") {
@@ -1157,4 +1280,28 @@ fn remove_empty_excluded(root: &Path, rel: &Path, ignore: &dockerfile::Ignore) -
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expose_expands_ranges_and_refuses_bad_ports() {
+        assert_eq!(exposed_ports("80").unwrap(), ["80/tcp"]);
+        assert_eq!(exposed_ports("53/UDP").unwrap(), ["53/udp"]);
+        assert_eq!(exposed_ports("8000-8002/tcp").unwrap(), ["8000/tcp", "8001/tcp", "8002/tcp"]);
+        assert!(exposed_ports("70000").unwrap_err().message.contains("invalid containerPort"));
+        assert!(exposed_ports("9-8").unwrap_err().message.contains("invalid range"));
+        assert!(exposed_ports("80/icmp").unwrap_err().message.contains("invalid proto"));
+    }
+
+    #[test]
+    fn history_lines_are_the_classic_builders() {
+        assert_eq!(go_quoted(&["echo".into(), "a \"q\"".into()]), r#"["echo" "a \"q\""]"#);
+        let check = json!({ "Test": ["CMD-SHELL", "true"], "Interval": 5_000_000_000u64 });
+        assert_eq!(healthcheck_history(&check), r#"HEALTHCHECK &{["CMD-SHELL" "true"] "5s" "0s" "0s" '\x00'}"#);
+        let check = json!({ "Test": ["NONE"], "Retries": 65 });
+        assert_eq!(healthcheck_history(&check), r#"HEALTHCHECK &{["NONE"] "0s" "0s" "0s" 'A'}"#);
+    }
 }

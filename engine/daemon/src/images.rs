@@ -153,21 +153,26 @@ pub fn inspect(d: &ImageService, name: &str) -> Result<Resp, ApiError> {
     ))
 }
 
+/// `GET /images/{name}/history`: the history entries newest first; as dockerd, the image and
+/// then its parents (a build's steps, a commit's image) give the entries their ids and tags one
+/// by one, and the entries past the last local parent are `<missing>`.
 pub fn history(d: &ImageService, name: &str) -> Result<Resp, ApiError> {
     let i = d.images.resolve(name)?;
     let mut layers = i.record.layers.iter().rev();
-    let n = i.config.history.len();
     let mut out = Vec::new();
-    for (k, h) in i.config.history.iter().enumerate().rev() {
+    let mut chain = Some(i.clone());
+    for h in i.config.history.iter().rev() {
         let size = if h.empty_layer { 0 } else { layers.next().map(|l| l.unpacked_size).unwrap_or(0) };
+        let here = chain.take();
         out.push(json!({
-            "Id": if k + 1 == n { i.id().to_string() } else { "<missing>".into() },
+            "Id": here.as_ref().map_or("<missing>".to_string(), |c| c.id().to_string()),
             "Created": h.created.as_deref().map(engine_util::time::unix_seconds_of).unwrap_or(0),
             "CreatedBy": h.created_by.clone().unwrap_or_default(),
-            "Tags": if k + 1 == n { json!(repo_tags(&i)) } else { json!(null) },
+            "Tags": here.as_ref().map(repo_tags).filter(|t| !t.is_empty()),
             "Size": size,
             "Comment": h.comment.clone().unwrap_or_default(),
         }));
+        chain = here.and_then(|c| c.record.parent.clone()).and_then(|p| d.images.resolve(&p.to_string()).ok());
     }
     Ok(json(StatusCode::OK, &out))
 }

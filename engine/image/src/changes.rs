@@ -470,12 +470,14 @@ impl ImageStore {
         loaded.into_iter().next().map(|l| l.id).ok_or_else(|| ImageError::Format("no image made".into()))
     }
 
-    /// A new image of `parent`'s layers with `config` as its run defaults and one history entry
-    /// that made no layer (a builder's ENV, CMD, LABEL…).
+    /// A new image of `parent`'s layers with `config` as its run defaults, `author` (a
+    /// builder's MAINTAINER; not the parent's) and one history entry that made no layer (a
+    /// builder's ENV, CMD, LABEL…).
     pub fn derive_image(
         &self,
         parent: &Digest,
         config: crate::manifest::ContainerConfig,
+        author: Option<String>,
         created_by: &str,
     ) -> Result<Digest, ImageError> {
         let parent = self.resolve(&parent.to_string())?;
@@ -484,9 +486,11 @@ impl ImageStore {
         let mut image_config = parent.config.clone();
         image_config.created = Some(now.clone());
         image_config.config = Some(config);
+        image_config.author = author.filter(|a| !a.is_empty());
         image_config.history.push(History {
             created: Some(now),
             created_by: Some(created_by.to_string()),
+            author: image_config.author.clone(),
             empty_layer: true,
             ..Default::default()
         });

@@ -56,8 +56,17 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 /// A duration as Go prints it, as Docker's messages show durations (`30s`, `1m30s`, `1.5s`,
 /// `500ms`).
 pub fn go_duration(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        return format!("{}ms", d.as_millis());
+    let fraction = |n: u128, unit: u128, suffix: &str| {
+        let s = format!("{}.{:0width$}", n / unit, n % unit, width = unit.ilog10() as usize);
+        format!("{}{suffix}", s.trim_end_matches('0').trim_end_matches('.'))
+    };
+    let ns = d.as_nanos();
+    match ns {
+        0 => return "0s".into(),
+        1..1_000 => return format!("{ns}ns"),
+        1_000..1_000_000 => return fraction(ns, 1_000, "µs"),
+        1_000_000..1_000_000_000 => return fraction(ns, 1_000_000, "ms"),
+        _ => {}
     }
     let (h, m) = (d.as_secs() / 3600, (d.as_secs() % 3600) / 60);
     let secs = format!("{:.9}", d.as_secs_f64() - (h * 3600 + m * 60) as f64);
@@ -174,5 +183,9 @@ mod tests {
         }
         assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
         assert_eq!(go_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(go_duration(Duration::ZERO), "0s");
+        assert_eq!(go_duration(Duration::from_micros(1500)), "1.5ms");
+        assert_eq!(go_duration(Duration::from_nanos(2500)), "2.5µs");
+        assert_eq!(go_duration(Duration::from_nanos(7)), "7ns");
     }
 }

@@ -1370,6 +1370,13 @@ CMD ["/from-base"]
         "f1\nf2\nno-log\n1000 1000\nuser\n/app\nno-ls\n"
     );
     assert_eq!(e.inspect("built:base", "{{json .Config.Labels}}"), r#"{"a":"b"}"#);
+    // the history names each step's image and what made it, as docker history
+    let history = e.ok(&["history", "--no-trunc", "--format", "{{.ID}}|{{.CreatedBy}}", "built:base"]);
+    let first: Vec<&str> = history.lines().take(3).collect();
+    assert!(first.iter().all(|l| l.starts_with("sha256:")), "{history}");
+    assert!(history.contains("|/bin/sh -c #(nop)  ARG WHO=world\n"), "{history}");
+    assert!(history.contains(r#"|/bin/sh -c #(nop)  CMD ["sh" "-c" "cat /greeting"]"#), "{history}");
+    assert!(history.contains("|1 WHO=you /bin/sh -c echo"), "{history}");
     assert_eq!(e.inspect("built:base", "{{json .Config.ExposedPorts}}"), r#"{"443/udp":{},"80/tcp":{}}"#);
 
     let out = e.ok(&["build", "--build-arg", "WHO=you", "-t", "built:final", c]);
@@ -1380,7 +1387,8 @@ CMD ["/from-base"]
     let again = e.ok(&["build", "--build-arg", "WHO=you", "-q", c]);
     assert_eq!(again.trim(), e.inspect("built:final", "{{.Id}}"));
     let out = e.ok(&["build", "--build-arg", "WHO=you", c]);
-    assert_eq!(out.matches("Using cache").count(), 16, "{out}");
+    // (ARG makes a step of its own, as the classic builder's)
+    assert_eq!(out.matches("Using cache").count(), 17, "{out}");
     // after builder prune, nothing is cached
     assert!(e.ok(&["builder", "prune", "-f"]).contains("Deleted build cache objects:"));
     let out = e.ok(&["build", "--build-arg", "WHO=you", c]);
@@ -1389,7 +1397,7 @@ CMD ["/from-base"]
     std::fs::write(ctx.join("one.txt"), "changed\n").unwrap();
     let out = e.ok(&["build", "--build-arg", "WHO=you", c]);
     // (the second stage copies the same /greeting: cached, as dockerd's by content)
-    assert_eq!(out.matches("Using cache").count(), 7, "{out}");
+    assert_eq!(out.matches("Using cache").count(), 8, "{out}");
 
     // ONBUILD: the triggers of a base image run in its child's build, and stop there
     let parent = build_context(&e, "onbuild", "FROM busybox\nONBUILD RUN echo triggered > /trigger\n", &[]);

@@ -395,6 +395,7 @@ fn docker_build_matches_dockerds_classic_builder() {
 FROM ${BASE} AS first
 RUN mkdir -p /made && echo made > /made/file && chmod 750 /made
 FROM ${BASE}
+MAINTAINER someone <someone@example.test>
 ARG V=1
 ENV A=1 B="two words" C=${V:-none}
 LABEL x=y z="w v"
@@ -408,7 +409,7 @@ RUN rm -r /etc/group copied/sub && echo ran > ran.txt
 SHELL ["/bin/sh", "-ec"]
 RUN echo "$B" > shell.txt
 USER user
-EXPOSE 8080 53/udp
+EXPOSE 8080 53/udp 9000-9001
 VOLUME /data
 STOPSIGNAL SIGUSR1
 HEALTHCHECK --interval=5s --retries=2 CMD true
@@ -438,7 +439,7 @@ CMD ["echo hi"]
             "-f",
             "{{json .Config.Env}}|{{json .Config.Cmd}}|{{json .Config.Entrypoint}}|{{.Config.WorkingDir}}|\
              {{.Config.User}}|{{json .Config.ExposedPorts}}|{{json .Config.Labels}}|{{json .Config.Volumes}}|\
-             {{json .Config.Healthcheck}}|{{.Config.StopSignal}}|{{json .Config.OnBuild}}",
+             {{json .Config.Healthcheck}}|{{.Config.StopSignal}}|{{json .Config.OnBuild}}|{{.Author}}",
             image,
         ]);
         let files = docker(&[
@@ -456,14 +457,28 @@ CMD ["echo hi"]
         ]);
         (config, files)
     };
-    let mut seen = Vec::new();
+    let (mut seen, mut histories) = (Vec::new(), Vec::new());
     for (docker, host) in both {
         docker(&["import", "-c", "CMD [\"sh\"]", tar.to_str().unwrap(), "busybox"]);
         build(&host);
         seen.push(describe(docker, "built:1"));
+        // the history as `docker history` shows it: each step's line, and an id for each
+        // step (its image, kept as the next one's parent), not `<missing>`
+        let history = docker(&["history", "--no-trunc", "--format", "{{.ID}} {{.CreatedBy}}", "built:1"]);
+        let steps: Vec<&str> = history.lines().take_while(|l| !l.contains("#(nop) WORKDIR /lonely")).collect();
+        assert!(steps.iter().all(|l| l.starts_with("sha256:")), "{history}");
+        histories.push(
+            steps
+                .iter()
+                .map(|l| l.split_once(' ').map_or("", |(_, by)| by).trim().to_string())
+                // COPY and ADD name their sources by dockerd's own content hash
+                .filter(|by| !by.contains("#(nop) COPY") && !by.contains("#(nop) ADD"))
+                .collect::<Vec<_>>(),
+        );
     }
     assert_eq!(seen[0].0, seen[1].0, "config");
     assert_eq!(seen[0].1, seen[1].1, "files");
+    assert_eq!(histories[0], histories[1], "history");
     assert!(seen[0].1.contains("no-group") && seen[0].1.contains("two words"), "{}", seen[0].1);
 
     // Debian's buildah (`buildah bud`, Docker format, the same base image's files): where it
