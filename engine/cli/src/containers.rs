@@ -1174,27 +1174,34 @@ pub async fn ps(c: &Client, a: PsArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    if let Some(f) = &a.format {
-        print_formatted(f, &rows);
-        return Ok(0);
+    print_rows(
+        a.format.as_deref(),
+        &rows,
+        &[
+            ("CONTAINER ID", "ID"),
+            ("IMAGE", "Image"),
+            ("COMMAND", "Command"),
+            ("CREATED", "RunningFor"),
+            ("STATUS", "Status"),
+            ("PORTS", "Ports"),
+            ("NAMES", "Names"),
+        ],
+    );
+    Ok(0)
+}
+
+/// A listing's rows: through the `--format` template if given, else as a table of `columns`
+/// (header, field of the row).
+pub fn print_rows(format: Option<&str>, rows: &[Value], columns: &[(&str, &str)]) {
+    if let Some(f) = format {
+        print_formatted(f, rows);
+        return;
     }
     let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                s(&r["ID"]),
-                s(&r["Image"]),
-                s(&r["Command"]),
-                s(&r["RunningFor"]),
-                s(&r["Status"]),
-                s(&r["Ports"]),
-                s(&r["Names"]),
-            ]
-        })
-        .collect();
-    print!("{}", format::table(&["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], &table));
-    Ok(0)
+    let table: Vec<Vec<String>> =
+        rows.iter().map(|r| columns.iter().map(|(_, field)| s(&r[*field])).collect()).collect();
+    let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    print!("{}", format::table(&headers, &table));
 }
 
 /// `--format`: a template per row; `table <tpl>` adds a header of the field names.

@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::client::{self, Client};
-use crate::containers::{filters_param, print_formatted, urlencode};
+use crate::containers::{filters_param, print_rows, urlencode};
 use crate::format;
 
 #[derive(clap::Args, Debug)]
@@ -60,16 +60,17 @@ pub async fn images(c: &Client, a: ImagesArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    if let Some(f) = &a.format {
-        print_formatted(f, &rows);
-        return Ok(0);
-    }
-    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| vec![s(&r["Repository"]), s(&r["Tag"]), s(&r["ID"]), s(&r["CreatedSince"]), s(&r["Size"])])
-        .collect();
-    print!("{}", format::table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &table));
+    print_rows(
+        a.format.as_deref(),
+        &rows,
+        &[
+            ("REPOSITORY", "Repository"),
+            ("TAG", "Tag"),
+            ("IMAGE ID", "ID"),
+            ("CREATED", "CreatedSince"),
+            ("SIZE", "Size"),
+        ],
+    );
     Ok(0)
 }
 
@@ -338,16 +339,17 @@ pub async fn history(c: &Client, a: HistoryArgs) -> Result<i32> {
     if a.quiet {
         return Ok(0);
     }
-    if let Some(f) = &a.format {
-        print_formatted(f, &rows);
-        return Ok(0);
-    }
-    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| vec![s(&r["ID"]), s(&r["CreatedSince"]), s(&r["CreatedBy"]), s(&r["Size"]), s(&r["Comment"])])
-        .collect();
-    print!("{}", format::table(&["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], &table));
+    print_rows(
+        a.format.as_deref(),
+        &rows,
+        &[
+            ("IMAGE", "ID"),
+            ("CREATED", "CreatedSince"),
+            ("CREATED BY", "CreatedBy"),
+            ("SIZE", "Size"),
+            ("COMMENT", "Comment"),
+        ],
+    );
     Ok(0)
 }
 
