@@ -246,17 +246,21 @@ pub async fn run(c: &Client, args: TraceArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// A build's steps, slowest first: time, cache hit or miss, and the instruction.
+/// A build's steps, slowest first: time, cache hit or miss, the size of the layer it made, and
+/// the instruction.
 pub fn slowest_steps(spans: &[FlatSpan]) -> String {
     use std::fmt::Write;
     let attr = |s: &FlatSpan, k: &str| s.attributes.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     let mut steps: Vec<&FlatSpan> = spans.iter().filter(|s| s.name == engine_telemetry::names::BUILD_STEP).collect();
     steps.sort_by_key(|s| std::cmp::Reverse(s.duration_nanos()));
-    let mut out = format!("\n{:>12}  {:5}  STEP\n", "DURATION ms", "CACHE");
+    let mut out = format!("\n{:>12}  {:5}  {:>9}  STEP\n", "DURATION ms", "CACHE", "LAYER");
     for s in steps {
         let cache = if attr(s, "build.cache_hit").as_deref() == Some("true") { "hit" } else { "miss" };
+        let layer = attr(s, "build.layer.size")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or_else(|| "-".to_string(), crate::format::size);
         let line = attr(s, "build.step.line").or_else(|| attr(s, "build.instruction")).unwrap_or_default();
-        let _ = writeln!(out, "{:>12}  {cache:5}  {line}", ms(s.duration_nanos()));
+        let _ = writeln!(out, "{:>12}  {cache:5}  {layer:>9}  {line}", ms(s.duration_nanos()));
     }
     out
 }

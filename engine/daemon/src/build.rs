@@ -355,6 +355,11 @@ pub async fn build<H: BuildHost>(
         trace.attr(span, "build.stage", stages.len() as i64);
         let outer = trace.enter(span);
         let started = std::time::Instant::now();
+        let image_before = current.as_ref().map(|s| s.image.clone());
+        let layers_before = match &image_before {
+            Some(i) => host.images().resolve(&i.to_string()).map_or(0, |i| i.record.layers.len()),
+            None => 0,
+        };
         let result = match (&mut current, ins.keyword.as_str()) {
             (_, "FROM") => {
                 if let Some(done) = current.take() {
@@ -476,6 +481,18 @@ pub async fn build<H: BuildHost>(
             Err(_) => false,
         };
         trace.attr(span, "build.cache_hit", hit);
+        // the layer the step made (a RUN's, a COPY's): its size unpacked
+        if let (Ok(_), Some(s)) = (&result, &current) {
+            if image_before.as_ref() != Some(&s.image) {
+                if let Ok(made) = host.images().resolve(&s.image.to_string()) {
+                    let layers = made.record.layers.len();
+                    if layers > layers_before && made.config.history.last().is_some_and(|h| !h.empty_layer) {
+                        let size = made.record.layers.last().map_or(0, |l| l.unpacked_size);
+                        trace.attr(span, "build.layer.size", size as i64);
+                    }
+                }
+            }
+        }
         host.observe_step(&ins.keyword, hit, started.elapsed().as_secs_f64());
         trace.finish(span, result.as_ref().map(|_| ()).map_err(|e| e.message.clone())).ok();
         result?;

@@ -39,7 +39,8 @@ pub const DAEMON_HEALTH: &str = "daemon.health";
 pub const DAEMON_COMMIT: &str = "daemon.commit";
 /// The root of a build's work (`POST /build`): one `build.step` per instruction under it.
 pub const DAEMON_BUILD: &str = "daemon.build";
-/// One Dockerfile instruction (`build.instruction`, `build.stage`, `build.cache_hit`); a RUN's
+/// One Dockerfile instruction (`build.instruction`, `build.stage`, `build.cache_hit`, the
+/// size of the layer it made in `build.layer.size`); a RUN's
 /// whole container start and its commit under it.
 pub const BUILD_STEP: &str = "build.step";
 /// A registry's manifest (through its index) resolved for the platform, with authentication.

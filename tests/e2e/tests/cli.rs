@@ -1437,7 +1437,7 @@ CMD ["/from-base"]
 
     // the build's trace, found by the name it gave: every step, the RUN's container start in it
     let waterfall = e.ok(&["trace", "--build", "built:base", "--sort"]);
-    for want in ["daemon.build", "build.step", "init.exec", "DURATION ms", "miss   RUN echo"] {
+    for want in ["daemon.build", "build.step", "init.exec", "DURATION ms", "LAYER", "B  RUN echo", "-  ENV"] {
         assert!(waterfall.contains(want), "{want} not in the build's trace:\n{waterfall}");
     }
 
