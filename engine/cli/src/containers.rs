@@ -64,6 +64,18 @@ pub struct RunArgs {
     pub restart: String,
     #[command(flatten)]
     pub resources: ResourceArgs,
+    /// Tune container memory swappiness (0 to 100).
+    #[arg(long)]
+    pub memory_swappiness: Option<i64>,
+    /// Disable OOM Killer.
+    #[arg(long)]
+    pub oom_kill_disable: bool,
+    /// Cgroup namespace to use (host|private).
+    #[arg(long)]
+    pub cgroupns: Option<String>,
+    /// Runtime to use for this container.
+    #[arg(long)]
+    pub runtime: Option<String>,
     /// Mount the container's root filesystem as read only.
     #[arg(long)]
     pub read_only: bool,
@@ -287,7 +299,11 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         auto_remove: a.rm,
         binds: Some(a.volume.clone()),
         restart_policy: restart_policy(&a.restart)?,
-        resources: a.resources.resources()?,
+        resources: engine_docker_api::Resources {
+            memory_swappiness: a.memory_swappiness,
+            oom_kill_disable: a.oom_kill_disable.then_some(true),
+            ..a.resources.resources()?
+        },
         readonly_rootfs: a.read_only,
         pid_mode: a.pid.clone().unwrap_or_default(),
         ipc_mode: a.ipc.clone().unwrap_or_default(),
@@ -308,6 +324,8 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         dns: given(&a.dns),
         dns_search: given(&a.dns_search),
         dns_options: given(&a.dns_option),
+        cgroupns_mode: a.cgroupns.clone().unwrap_or_default(),
+        runtime: a.runtime.clone().unwrap_or_default(),
         ..Default::default()
     };
     let networking_config = (a.ip.is_some() || !a.network_alias.is_empty()).then(|| {
@@ -776,21 +794,6 @@ pub struct UpdateArgs {
     /// Restart policy to apply when a container exits.
     #[arg(long)]
     pub restart: Option<String>,
-    /// Swap limit equal to memory plus swap: -1 to enable unlimited swap.
-    #[arg(long)]
-    pub memory_swap: Option<String>,
-    /// Memory soft limit.
-    #[arg(long)]
-    pub memory_reservation: Option<String>,
-    /// CPUs in which to allow execution (0-3, 0,1).
-    #[arg(long)]
-    pub cpuset_cpus: Option<String>,
-    /// MEMs in which to allow execution (0-3, 0,1).
-    #[arg(long)]
-    pub cpuset_mems: Option<String>,
-    /// Block IO (relative weight), between 10 and 1000, or 0 to disable.
-    #[arg(long)]
-    pub blkio_weight: Option<u16>,
     #[arg(required = true)]
     pub containers: Vec<String>,
 }
@@ -816,6 +819,24 @@ pub struct ResourceArgs {
     /// Tune container pids limit (-1 for unlimited).
     #[arg(long)]
     pub pids_limit: Option<i64>,
+    /// Swap limit equal to memory plus swap: -1 to enable unlimited swap.
+    #[arg(long)]
+    pub memory_swap: Option<String>,
+    /// Memory soft limit.
+    #[arg(long)]
+    pub memory_reservation: Option<String>,
+    /// CPUs in which to allow execution (0-3, 0,1).
+    #[arg(long)]
+    pub cpuset_cpus: Option<String>,
+    /// MEMs in which to allow execution (0-3, 0,1).
+    #[arg(long)]
+    pub cpuset_mems: Option<String>,
+    /// Block IO (relative weight), between 10 and 1000, or 0 to disable.
+    #[arg(long)]
+    pub blkio_weight: Option<u16>,
+    /// Kernel memory limit (deprecated; refused).
+    #[arg(long)]
+    pub kernel_memory: Option<String>,
 }
 
 impl ResourceArgs {
@@ -832,22 +853,25 @@ impl ResourceArgs {
             cpu_period: self.cpu_period.unwrap_or(0),
             cpu_quota: self.cpu_quota.unwrap_or(0),
             pids_limit: self.pids_limit,
+            memory_swap: match self.memory_swap.as_deref() {
+                Some("-1") => -1,
+                other => other.map(parse_bytes).transpose()?.unwrap_or(0),
+            },
+            memory_reservation: self.memory_reservation.as_deref().map(parse_bytes).transpose()?.unwrap_or(0),
+            cpuset_cpus: self.cpuset_cpus.clone().unwrap_or_default(),
+            cpuset_mems: self.cpuset_mems.clone().unwrap_or_default(),
+            blkio_weight: self.blkio_weight.unwrap_or(0),
+            kernel_memory: self.kernel_memory.as_deref().map(parse_bytes).transpose()?.unwrap_or(0),
+            ..Default::default()
         })
     }
 }
 
 /// `engine update`: new limits and restart policy for containers, running or not.
 pub async fn update(c: &Client, a: UpdateArgs) -> Result<i32> {
-    let bytes = |v: &Option<String>| v.as_deref().map(parse_bytes).transpose().map(Option::unwrap_or_default);
     let body = UpdateConfig {
         resources: a.resources.resources()?,
         restart_policy: a.restart.as_deref().map(restart_policy).transpose()?.unwrap_or_default(),
-        memory_swap: bytes(&a.memory_swap)?,
-        memory_reservation: bytes(&a.memory_reservation)?,
-        cpuset_cpus: a.cpuset_cpus.unwrap_or_default(),
-        cpuset_mems: a.cpuset_mems.unwrap_or_default(),
-        blkio_weight: a.blkio_weight.unwrap_or(0),
-        ..Default::default()
     };
     let body = serde_json::to_value(&body)?;
     each(&a.containers, |n| {

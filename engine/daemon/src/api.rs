@@ -272,6 +272,10 @@ async fn dispatch(
             d.remove(&e, q.flag("force"), q.flag("v")).await?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
+        (&M::DELETE, ["containers", name, alias]) if q.flag("link") => {
+            d.remove_link(&d.containers.find(name)?, alias).await?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
         (&M::POST, ["containers", id, "rename"]) => {
             let e = d.containers.find(id)?;
             d.rename(&e, q.get("name").unwrap_or(""))?;
@@ -304,7 +308,7 @@ async fn dispatch(
             let id = d.commit(trace, &q, body).await?;
             Ok(json(StatusCode::CREATED, &json!({ "Id": id.to_string() })))
         }
-        (&M::GET, ["containers", id, "stats"]) => stats(d, &d.containers.find(id)?).await,
+        (&M::GET, ["containers", id, "stats"]) => stats(d, &d.containers.find(id)?, &q).await,
         (&M::POST, ["containers", id, "attach"]) => attach(d, d.containers.find(id)?, &q, req).await,
         (&M::POST, ["containers", id, "resize"]) => {
             let e = d.containers.find(id)?;
@@ -991,7 +995,46 @@ async fn top(d: &Arc<Daemon>, e: &Arc<Entry>) -> Result<Resp, ApiError> {
     Ok(json(StatusCode::OK, &json!({ "Titles": ["UID", "PID", "PPID", "CMD"], "Processes": processes })))
 }
 
-async fn stats(d: &Arc<Daemon>, e: &Arc<Entry>) -> Result<Resp, ApiError> {
+/// `GET /containers/{id}/stats`: as dockerd streams them, a sample a second (`precpu_stats`
+/// the one before) until the container stops or the client goes; `stream=0` one sample
+/// (`one-shot=1`: without waiting for a second to fill `precpu_stats`).
+async fn stats(d: &Arc<Daemon>, e: &Arc<Entry>, q: &Query) -> Result<Resp, ApiError> {
+    let stream = q.get("stream").is_none_or(|_| q.flag("stream"));
+    let one_shot = q.flag("one-shot");
+    let first = stats_sample(d, e, &Value::Null).await?;
+    if !stream {
+        let sample = if one_shot || !e.snapshot().state.running() {
+            first
+        } else {
+            // as dockerd: a second sample, so precpu_stats is a second before
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            stats_sample(d, e, &first["cpu_stats"]).await?
+        };
+        return Ok(json(StatusCode::OK, &sample));
+    }
+    let (tx, body) = http::channel_body(4);
+    let (d, e) = (d.clone(), e.clone());
+    tokio::spawn(async move {
+        let mut sample = first;
+        loop {
+            if tx.send(Bytes::from(format!("{sample}\n"))).await.is_err() || !e.snapshot().state.running() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match stats_sample(&d, &e, &sample["cpu_stats"]).await {
+                Ok(next) => sample = next,
+                Err(_) => return,
+            }
+        }
+    });
+    let mut r = Resp::new(body);
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+/// One stats sample of container `e` in dockerd's shape, `precpu` the previous sample's
+/// `cpu_stats`; a container that does not run has zeros.
+async fn stats_sample(d: &Arc<Daemon>, e: &Arc<Entry>, precpu: &Value) -> Result<Value, ApiError> {
     let rec = e.snapshot();
     let raw: Value = if rec.state.running() {
         let s = d.lifecycle.stats(task(&rec.id)).await?;
@@ -1002,20 +1045,62 @@ async fn stats(d: &Arc<Daemon>, e: &Arc<Entry>) -> Result<Resp, ApiError> {
     let data = &raw["data"];
     let mem = data["memory"]["usage"]["usage"].as_u64().unwrap_or(0);
     let limit = data["memory"]["usage"]["limit"].as_u64().unwrap_or(0);
+    let max_usage = data["memory"]["usage"]["max"].as_u64().unwrap_or(0);
     let cpu = data["cpu"]["usage"]["total"].as_u64().unwrap_or(0);
     let pids = data["pids"]["current"].as_u64().unwrap_or(0);
-    Ok(json(
-        StatusCode::OK,
-        &json!({
-            "read": rfc3339_nanos(SystemTime::now()),
-            "name": format!("/{}", rec.name),
-            "id": rec.id,
-            "pids_stats": { "current": pids },
-            "cpu_stats": { "cpu_usage": { "total_usage": cpu }, "online_cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) },
-            "precpu_stats": { "cpu_usage": { "total_usage": 0 } },
-            "memory_stats": { "usage": mem, "limit": limit },
-        }),
-    ))
+    let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let system = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let cpu = s.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse::<u64>().ok()).sum::<u64>();
+            // jiffies (USER_HZ 100) as nanoseconds
+            Some(cpu * 10_000_000)
+        })
+        .unwrap_or(0);
+    let mut sample = json!({
+        "read": rfc3339_nanos(SystemTime::now()),
+        "preread": if precpu.is_null() { "0001-01-01T00:00:00Z".to_string() } else { rfc3339_nanos(SystemTime::now() - std::time::Duration::from_secs(1)) },
+        "name": format!("/{}", rec.name),
+        "id": rec.id,
+        "num_procs": 0,
+        "pids_stats": { "current": pids },
+        "blkio_stats": {
+            "io_service_bytes_recursive": null, "io_serviced_recursive": null, "io_queue_recursive": null,
+            "io_service_time_recursive": null, "io_wait_time_recursive": null, "io_merged_recursive": null,
+            "io_time_recursive": null, "sectors_recursive": null,
+        },
+        "cpu_stats": {
+            "cpu_usage": { "total_usage": cpu, "usage_in_kernelmode": 0, "usage_in_usermode": 0 },
+            "system_cpu_usage": system,
+            "online_cpus": online,
+            "throttling_data": { "periods": 0, "throttled_periods": 0, "throttled_time": 0 },
+        },
+        "precpu_stats": if precpu.is_null() { json!({ "cpu_usage": { "total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0 }, "throttling_data": { "periods": 0, "throttled_periods": 0, "throttled_time": 0 } }) } else { precpu.clone() },
+        "memory_stats": if rec.state.running() { json!({ "usage": mem, "max_usage": max_usage, "limit": limit, "stats": data["memory"]["raw"].clone() }) } else { json!({}) },
+        "storage_stats": {},
+    });
+    // its interfaces' traffic, read in its network namespace
+    let pid = rec.state.pid();
+    if pid > 0 {
+        if let Ok(dev) = std::fs::read_to_string(format!("/proc/{pid}/net/dev")) {
+            let networks: serde_json::Map<String, Value> = crate::network::interface_counters(&dev)
+                .into_iter()
+                .map(|(name, n)| {
+                    (
+                        name,
+                        json!({
+                            "rx_bytes": n[0], "rx_packets": n[1], "rx_errors": n[2], "rx_dropped": n[3],
+                            "tx_bytes": n[8], "tx_packets": n[9], "tx_errors": n[10], "tx_dropped": n[11],
+                        }),
+                    )
+                })
+                .collect();
+            if !networks.is_empty() {
+                sample["networks"] = Value::Object(networks);
+            }
+        }
+    }
+    Ok(sample)
 }
 
 /// `POST /containers/{id}/attach`: the connection is hijacked; the container's output is
@@ -1028,7 +1113,13 @@ async fn attach(
 ) -> Result<Resp, ApiError> {
     let rec = e.snapshot();
     let (want_in, want_out, want_err) = (q.flag("stdin"), q.flag("stdout"), q.flag("stderr"));
-    let from = SystemTime::now().duration_since(UNIX_EPOCH).map(|t| t.as_nanos() as i64).unwrap_or(0);
+    // `logs`: the output so far first; `stream`: then follow it (without, the attach ends
+    // once what was asked for is sent)
+    let (logs, follow) = (q.flag("logs"), q.flag("stream"));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|t| t.as_nanos() as i64).unwrap_or(0);
+    let from = if logs { 0 } else { now };
+    // the detach keys end an attach with a terminal (as dockerd: only there)
+    let mut escape = crate::detach::Escape::new(crate::detach::parse(q.get("detachKeys").unwrap_or(""))?);
     let exits_at_attach = e.life.borrow().exits;
     let upgrade = hyper::upgrade::on(&mut req);
     let d = d.clone();
@@ -1053,10 +1144,15 @@ async fn attach(
             let e = e.clone();
             let id = id.clone();
             async move {
-                // Until it runs (or has run and exited since the attach); a container removed
-                // first (an auto-remove one whose start failed) ends the stream.
+                if !follow && !logs {
+                    let _ = wr.shutdown().await;
+                    return;
+                }
+                // Following: until it runs (or has run and exited since the attach); a
+                // container removed first (an auto-remove one whose start failed) ends the
+                // stream. Not following: what it wrote so far, and the end.
                 let mut life = e.life.subscribe();
-                loop {
+                while follow {
                     let (go, gone) = {
                         let l = life.borrow_and_update();
                         (l.running || l.exits > exits_at_attach, l.removed)
@@ -1069,12 +1165,12 @@ async fn attach(
                         return;
                     }
                 }
-                let req = LogsRequest { container_id: id.clone(), follow: true, tail: 0 };
+                let req = LogsRequest { container_id: id.clone(), follow, tail: 0 };
                 let Ok(mut stream) = d.lifecycle.logs(req).await else {
                     return;
                 };
                 while let Ok(Some(entry)) = stream.message().await {
-                    if entry.time_unix_nanos < from {
+                    if entry.time_unix_nanos < from || (!follow && entry.time_unix_nanos > now) {
                         continue;
                     }
                     let is_err = entry.stream == "stderr";
@@ -1112,14 +1208,19 @@ async fn attach(
                         return std::future::pending::<()>().await;
                     }
                     Ok(n) => {
-                        let _ = d
-                            .lifecycle
-                            .write(WriteRequest {
-                                container_id: id.clone(),
-                                data: buf[..n].to_vec(),
-                                exec_id: String::new(),
-                            })
-                            .await;
+                        let (data, detach) = match escape.feed(&buf[..n]) {
+                            crate::detach::Fed::Forward(data) if tty => (data, false),
+                            crate::detach::Fed::Detach(data) if tty => (data, true),
+                            _ => (buf[..n].to_vec(), false),
+                        };
+                        if !data.is_empty() {
+                            let req = WriteRequest { container_id: id.clone(), data, exec_id: String::new() };
+                            let _ = d.lifecycle.write(req).await;
+                        }
+                        if detach {
+                            // the attach ends; the container runs on
+                            return;
+                        }
                     }
                 }
             }

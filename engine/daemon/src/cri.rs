@@ -209,24 +209,15 @@ fn selected(filter: &HashMap<String, String>, l: &BTreeMap<String, String>) -> b
 /// The interfaces of a network namespace but loopback, with their traffic, from its
 /// `/proc/<pid>/net/dev`.
 fn interface_usage(net_dev: &str) -> Vec<cri::NetworkInterfaceUsage> {
-    net_dev
-        .lines()
-        .filter_map(|line| {
-            let (name, counters) = line.split_once(':')?;
-            let n: Vec<u64> = counters.split_whitespace().filter_map(|c| c.parse().ok()).collect();
-            let name = name.trim();
-            if name == "lo" || n.len() < 16 {
-                return None;
-            }
-            let v = |value: u64| Some(cri::UInt64Value { value });
-            // receive: bytes packets errs …; transmit, from the ninth: bytes packets errs …
-            Some(cri::NetworkInterfaceUsage {
-                name: name.to_string(),
-                rx_bytes: v(n[0]),
-                rx_errors: v(n[2]),
-                tx_bytes: v(n[8]),
-                tx_errors: v(n[10]),
-            })
+    let v = |value: u64| Some(cri::UInt64Value { value });
+    crate::network::interface_counters(net_dev)
+        .into_iter()
+        .map(|(name, n)| cri::NetworkInterfaceUsage {
+            name,
+            rx_bytes: v(n[0]),
+            rx_errors: v(n[2]),
+            tx_bytes: v(n[8]),
+            tx_errors: v(n[10]),
         })
         .collect()
 }
@@ -1013,10 +1004,9 @@ impl Cri {
     async fn update_resources(&self, req: cri::UpdateContainerResourcesRequest) -> Result<(), ApiError> {
         let e = self.find(&req.container_id, "container")?;
         let Some(r) = req.linux else { return Ok(()) };
-        if !r.cpuset_cpus.is_empty() || !r.cpuset_mems.is_empty() {
-            return Err(ApiError::bad_request("cpuset_cpus and cpuset_mems are not supported"));
-        }
         let mut u = engine_docker_api::UpdateConfig::default();
+        u.resources.cpuset_cpus = r.cpuset_cpus;
+        u.resources.cpuset_mems = r.cpuset_mems;
         u.resources.memory = r.memory_limit_in_bytes;
         u.resources.cpu_shares = r.cpu_shares;
         u.resources.cpu_period = r.cpu_period;

@@ -67,6 +67,16 @@ pub struct Daemon {
 
 use engine_util::time::now_rfc3339_nanos as now;
 
+/// Who a container is made for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A user's (the Docker API's, the CRI's): it stays until they remove it.
+    User,
+    /// A build's step: it goes with its step, or at engined's next start if the build ended
+    /// with the engined before.
+    BuildStep,
+}
+
 impl Daemon {
     pub async fn open(
         cfg: Arc<Config>,
@@ -268,6 +278,7 @@ impl Daemon {
             return Err(ApiError::bad_request("config cannot be empty in order to create a container: no image given"));
         }
         let mounts = hostconfig::check(&hc)?;
+        hostconfig::fill_defaults(&mut hc);
         // as dockerd shows it: the driver the container logs with, named
         let log_config = hc.log_config.get_or_insert_with(Default::default);
         if log_config.typ.is_empty() {
@@ -387,7 +398,11 @@ impl Daemon {
         let run = engine_image::RunOptions {
             entrypoint: body.entrypoint.clone(),
             cmd: body.cmd.clone(),
-            env: body.env.clone().unwrap_or_default(),
+            // legacy links' variables first: the container's own win
+            env: crate::network::link_env(&self.network_service, &hc, &name.name)
+                .into_iter()
+                .chain(body.env.clone().unwrap_or_default())
+                .collect(),
             workdir: Some(body.working_dir.clone()).filter(|w| !w.is_empty()),
             user: Some(body.user.clone()).filter(|u| !u.is_empty()),
             hostname: hostname.clone(),
@@ -1327,18 +1342,6 @@ impl Daemon {
         let rec = e.snapshot();
         let cannot =
             |err: ApiError| ApiError::new(err.status, format!("Cannot update container {}: {}", rec.id, err.message));
-        let unsupported = [
-            (u.memory_swap != 0, "MemorySwap"),
-            (u.memory_reservation != 0, "MemoryReservation"),
-            (u.kernel_memory != 0, "KernelMemory"),
-            (!u.cpuset_cpus.is_empty(), "CpusetCpus"),
-            (!u.cpuset_mems.is_empty(), "CpusetMems"),
-            (u.blkio_weight != 0, "BlkioWeight"),
-            (u.cpu_realtime_period != 0 || u.cpu_realtime_runtime != 0, "CpuRealtimePeriod and CpuRealtimeRuntime"),
-        ];
-        if let Some((_, name)) = unsupported.iter().find(|(set, _)| *set) {
-            return Err(cannot(ApiError::bad_request(format!("updating {name} is not supported"))));
-        }
         // NanoCpus sets the period and quota: once one way is set, the other cannot be updated
         let (new, old) = (&u.resources, &rec.host_config.resources);
         let conflicts = [
@@ -1362,9 +1365,27 @@ impl Daemon {
                 *field = new;
             }
         }
+        for (new, field) in [
+            (new.memory_reservation, &mut hc.resources.memory_reservation),
+            (new.memory_swap, &mut hc.resources.memory_swap),
+        ] {
+            if new != 0 {
+                *field = new;
+            }
+        }
+        for (new, field) in
+            [(&new.cpuset_cpus, &mut hc.resources.cpuset_cpus), (&new.cpuset_mems, &mut hc.resources.cpuset_mems)]
+        {
+            if !new.is_empty() {
+                *field = new.clone();
+            }
+        }
         if let Some(p) = new.pids_limit.filter(|p| *p != 0) {
             hc.resources.pids_limit = Some(p);
         }
+        // what an update cannot change (kernel memory, block I/O, realtime, devices): refused
+        // as a create's
+        hostconfig::check_unsupported(new).map_err(cannot)?;
         if !u.restart_policy.name.is_empty() {
             if hc.auto_remove && u.restart_policy.name != "no" {
                 return Err(cannot(ApiError::conflict(
@@ -1439,6 +1460,22 @@ impl Daemon {
             }
         }
         (deleted, reclaimed)
+    }
+
+    /// `DELETE /containers/{name}/{alias}?link=1` (`docker rm --link`): the legacy link `alias`
+    /// of container `name` goes; the linked container stays.
+    pub async fn remove_link(&self, e: &Arc<Entry>, alias: &str) -> Result<(), ApiError> {
+        let _op = e.op.lock().await;
+        let rec = e.snapshot();
+        let links = crate::network::links_of(&rec.host_config)?;
+        if !links.iter().any(|(_, a)| a == alias) {
+            return Err(ApiError::not_found(format!("Could not find entity for /{}/{alias}", rec.name)));
+        }
+        let kept: Vec<String> =
+            links.into_iter().filter(|(_, a)| a != alias).map(|(target, a)| format!("{target}:{a}")).collect();
+        e.update(|r| r.host_config.links = Some(kept).filter(|k| !k.is_empty()));
+        self.persist(e);
+        Ok(())
     }
 
     pub fn rename(&self, e: &Arc<Entry>, new: &str) -> Result<(), ApiError> {
@@ -1747,16 +1784,6 @@ pub fn parse_signal(s: &str) -> Result<u32, ApiError> {
 /// whose attributes say what was found (`recover.found`) and what was done (`recover.action`).
 /// The calls to lifecycled made for it run in [`Recovery::scope`], so they join its trace.
 struct Recovery(Arc<Trace>);
-
-/// Who a container is made for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
-    /// A user's (the Docker API's, the CRI's): it stays until they remove it.
-    User,
-    /// A build's step: it goes with its step, or at engined's next start if the build ended
-    /// with the engined before.
-    BuildStep,
-}
 
 impl Recovery {
     fn begin(sink: Option<&engine_telemetry::Sink>, id: &str, record: &str) -> Recovery {
@@ -2074,7 +2101,8 @@ mod tests {
         // refused: nothing changes, lifecycled is not asked
         let before = fake.calls().len();
         for (body, status, why) in [
-            (json!({"CpusetCpus": "0"}), StatusCode::BAD_REQUEST, "updating CpusetCpus is not supported"),
+            (json!({"KernelMemory": 1 << 20}), StatusCode::BAD_REQUEST, "KernelMemory"),
+            (json!({"CpusetCpus": "x"}), StatusCode::BAD_REQUEST, "Invalid value x for cpuset cpus"),
             (
                 json!({"CpuQuota": 20000}),
                 StatusCode::CONFLICT,

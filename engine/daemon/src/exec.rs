@@ -400,6 +400,7 @@ impl ExecService {
         // As dockerd: the process has a terminal if the exec was created with one; the stream is raw
         // if the start asks for a terminal, multiplexed (8-byte headers) otherwise.
         let config = inst.config.clone();
+        let mut escape = crate::detach::Escape::new(crate::detach::parse(&config.detach_keys)?);
         let raw = start.tty;
         let stdin = config.attach_stdin && !start.detach;
         let process_json =
@@ -529,12 +530,23 @@ impl ExecService {
                             return std::future::pending::<()>().await;
                         }
                         Ok(n) => {
-                            let w = WriteRequest {
-                                container_id: task_req.container_id.clone(),
-                                data: buf[..n].to_vec(),
-                                exec_id: task_req.exec_id.clone(),
+                            // the detach keys end the attach to a process with a terminal
+                            let (data, detach) = match escape.feed(&buf[..n]) {
+                                crate::detach::Fed::Forward(data) if config.tty => (data, false),
+                                crate::detach::Fed::Detach(data) if config.tty => (data, true),
+                                _ => (buf[..n].to_vec(), false),
                             };
-                            let _ = lifecycle.write(w).await;
+                            if !data.is_empty() {
+                                let w = WriteRequest {
+                                    container_id: task_req.container_id.clone(),
+                                    data,
+                                    exec_id: task_req.exec_id.clone(),
+                                };
+                                let _ = lifecycle.write(w).await;
+                            }
+                            if detach {
+                                return;
+                            }
                         }
                     }
                 }

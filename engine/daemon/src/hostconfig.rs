@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Arch, Capabilities, Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder,
-    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResources, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
-    LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Spec,
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
+    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, Spec,
 };
 
 use crate::http::ApiError;
@@ -18,6 +19,103 @@ use engine_docker_api::HostConfig;
 
 /// Docker's floor for `--memory`.
 const MIN_MEMORY: i64 = 6 * 1024 * 1024;
+/// Docker's /dev/shm when `--shm-size` is not given.
+pub const DEFAULT_SHM_SIZE: i64 = 64 * 1024 * 1024;
+
+/// What this host's cgroups can do for a container's limits, read once.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// The memory controller is v1's (swappiness and the OOM killer switch exist there only).
+    pub memory_v1: bool,
+    /// Swap is accounted, so memory+swap can be limited.
+    pub swap_limit: bool,
+    /// The CPUs and memory nodes containers may be given (`0-1`).
+    pub cpus: String,
+    pub mems: String,
+    /// The cgroup namespace mode of a container that names none (Docker's: `host` on v1,
+    /// `private` on v2).
+    pub default_cgroupns: &'static str,
+}
+
+impl Host {
+    pub fn get() -> &'static Host {
+        static HOST: std::sync::OnceLock<Host> = std::sync::OnceLock::new();
+        HOST.get_or_init(|| {
+            let root = Path::new("/sys/fs/cgroup");
+            let v2 = root.join("cgroup.controllers").exists();
+            let read = |p: &Path| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+            let memory_v1 = root.join("memory/memory.limit_in_bytes").exists();
+            let swap_limit = if memory_v1 {
+                root.join("memory/memory.memsw.limit_in_bytes").exists()
+            } else {
+                // v2: swap.max exists in every non-root cgroup when swap is accounted
+                std::fs::read_dir(root)
+                    .map(|d| d.flatten().any(|e| e.path().join("memory.swap.max").exists()))
+                    .unwrap_or(false)
+            };
+            let (cpus, mems) = if v2 {
+                (read(&root.join("cpuset.cpus.effective")), read(&root.join("cpuset.mems.effective")))
+            } else {
+                (read(&root.join("cpuset/cpuset.cpus")), read(&root.join("cpuset/cpuset.mems")))
+            };
+            let online = |f: &str| read(Path::new(f));
+            Host {
+                memory_v1,
+                swap_limit,
+                cpus: if cpus.is_empty() { online("/sys/devices/system/cpu/online") } else { cpus },
+                mems: if mems.is_empty() { online("/sys/devices/system/node/online") } else { mems },
+                default_cgroupns: if v2 { "private" } else { "host" },
+            }
+        })
+    }
+}
+
+/// The numbers of a cpuset list (`0-2,4`); `None` when it is not one.
+pub fn cpuset_list(s: &str) -> Option<std::collections::BTreeSet<u32>> {
+    let mut out = std::collections::BTreeSet::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?);
+                if a > b {
+                    return None;
+                }
+                out.extend(a..=b);
+            }
+            None => {
+                out.insert(part.trim().parse::<u32>().ok()?);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// What dockerd records of a create beyond what was asked: the defaults it applies, shown by
+/// inspect (the `runc` runtime, the cgroup namespace mode, a 64 MiB /dev/shm, memory+swap of
+/// twice the memory where swap is accounted).
+pub fn fill_defaults(hc: &mut HostConfig) {
+    let host = Host::get();
+    if hc.runtime.is_empty() {
+        hc.runtime = DEFAULT_RUNTIME.into();
+    }
+    if hc.cgroupns_mode.is_empty() {
+        hc.cgroupns_mode = host.default_cgroupns.into();
+    }
+    if hc.shm_size == 0 {
+        hc.shm_size = DEFAULT_SHM_SIZE;
+    }
+    let r = &mut hc.resources;
+    if r.memory > 0 && r.memory_swap == 0 && host.swap_limit {
+        r.memory_swap = r.memory * 2;
+    }
+    if r.memory_swappiness == Some(-1) {
+        r.memory_swappiness = None;
+    }
+}
+
+/// The name engined's runtime answers to (dockerd's default runtime's name, which clients
+/// send and check).
+pub const DEFAULT_RUNTIME: &str = "runc";
 pub const INIT_PATH: &str = "/sbin/docker-init";
 
 /// A bind or volume mount, parsed from `-v` or `--mount`.
@@ -75,7 +173,100 @@ pub fn check_limits(hc: &HostConfig) -> Result<(), ApiError> {
     if hc.resources.nano_cpus > 0 && (hc.resources.cpu_quota > 0 || hc.resources.cpu_period > 0) {
         return bad("Conflicting options: Nano CPUs and CPU Period/Quota cannot both be set".into());
     }
+    check_memory(&hc.resources)?;
+    check_cpuset(&hc.resources)?;
+    check_unsupported(&hc.resources)
+}
+
+/// Memory reservation, memory+swap and swappiness, with Docker's words.
+fn check_memory(r: &engine_docker_api::Resources) -> Result<(), ApiError> {
+    let bad = |m: &str| Err(ApiError::bad_request(m));
+    let host = Host::get();
+    if r.memory_reservation < 0 || (r.memory_reservation != 0 && r.memory_reservation < MIN_MEMORY) {
+        return bad("Minimum memory reservation allowed is 6MB");
+    }
+    if r.memory > 0 && r.memory_reservation > r.memory {
+        return bad("Minimum memory limit can not be less than memory reservation limit, see usage");
+    }
+    if r.memory_swap != 0 && r.memory_swap != -1 {
+        if r.memory == 0 {
+            return bad("You should always set the Memory limit when using Memoryswap limit, see usage");
+        }
+        if r.memory_swap < r.memory {
+            return bad("Minimum memoryswap limit should be larger than memory limit, see usage");
+        }
+    }
+    if r.memory_swap > 0 && r.memory_swap != r.memory * 2 && !host.swap_limit {
+        return bad("Your kernel does not support swap limit capabilities or the cgroup is not mounted: MemorySwap cannot be applied");
+    }
+    if let Some(s) = r.memory_swappiness.filter(|s| *s != -1) {
+        if !(0..=100).contains(&s) {
+            return Err(ApiError::bad_request(format!("Invalid value: {s}, valid memory swappiness range is 0-100")));
+        }
+        if !host.memory_v1 {
+            return bad("MemorySwappiness is not supported on cgroup v2 (the kernel has no per-cgroup swappiness)");
+        }
+    }
+    if r.oom_kill_disable == Some(true) && !host.memory_v1 {
+        return bad("OomKillDisable is not supported on cgroup v2");
+    }
     Ok(())
+}
+
+/// `--cpuset-cpus` and `--cpuset-mems`: lists of what this host has.
+fn check_cpuset(r: &engine_docker_api::Resources) -> Result<(), ApiError> {
+    let host = Host::get();
+    for (given, available, what) in [(&r.cpuset_cpus, &host.cpus, "cpus"), (&r.cpuset_mems, &host.mems, "mems")] {
+        if given.is_empty() {
+            continue;
+        }
+        let Some(asked) = cpuset_list(given) else {
+            return Err(ApiError::bad_request(format!("Invalid value {given} for cpuset {what}")));
+        };
+        let have = cpuset_list(available).unwrap_or_default();
+        if !asked.is_subset(&have) {
+            let kind = if what == "cpus" { "CPUs" } else { "memory nodes" };
+            return Err(ApiError::bad_request(format!(
+                "Requested {kind} are not available - requested {given}, available: {available}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Limits this engine or host cannot apply: refused by name, never dropped.
+pub fn check_unsupported(r: &engine_docker_api::Resources) -> Result<(), ApiError> {
+    let unsupported = [
+        (
+            r.blkio_weight != 0 || r.blkio_weight_device.as_ref().is_some_and(|d| !d.is_empty()),
+            "BlkioWeight (this host has no block I/O weights)",
+        ),
+        (
+            [
+                &r.blkio_device_read_bps,
+                &r.blkio_device_write_bps,
+                &r.blkio_device_read_iops,
+                &r.blkio_device_write_iops,
+            ]
+            .iter()
+            .any(|d| d.as_ref().is_some_and(|d| !d.is_empty())),
+            "block I/O throttling (BlkioDevice*Bps/IOps)",
+        ),
+        (r.cpu_realtime_period != 0 || r.cpu_realtime_runtime != 0, "CpuRealtimePeriod and CpuRealtimeRuntime"),
+        (r.kernel_memory != 0 || r.kernel_memory_tcp != 0, "KernelMemory (kernel memory limits are deprecated)"),
+        (
+            r.device_requests.as_ref().is_some_and(|d| !d.is_empty()),
+            "DeviceRequests (no device driver such as GPUs is set up)",
+        ),
+        (
+            r.cpu_count != 0 || r.cpu_percent != 0 || r.io_maximum_iops != 0 || r.io_maximum_bandwidth != 0,
+            "CpuCount, CpuPercent and IOMaximum* (Windows only)",
+        ),
+    ];
+    match unsupported.iter().find(|(set, _)| *set) {
+        Some((_, what)) => Err(ApiError::bad_request(format!("{what} is not supported"))),
+        None => Ok(()),
+    }
 }
 
 fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
@@ -100,6 +291,24 @@ fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
             "invalid IPC mode: {:?} (\"\", \"private\", \"shareable\", \"host\" or \"container:<name|id>\")",
             hc.ipc_mode
         ));
+    }
+    if !matches!(hc.cgroupns_mode.as_str(), "" | "host" | "private") {
+        return bad(format!("invalid cgroup namespace mode: {:?} (\"host\" or \"private\")", hc.cgroupns_mode));
+    }
+    if !matches!(hc.runtime.as_str(), "" | DEFAULT_RUNTIME) {
+        return bad(format!("unknown or invalid runtime name: {}", hc.runtime));
+    }
+    if !matches!(hc.userns_mode.as_str(), "" | "host") {
+        return bad(format!(
+            "invalid user namespace mode: {:?} (no user namespace remapping is set up; \"host\" or \"\")",
+            hc.userns_mode
+        ));
+    }
+    if !hc.cgroup.is_empty() {
+        return bad(format!("Cgroup {:?}: sharing another container's cgroup is not supported", hc.cgroup));
+    }
+    if !matches!(hc.volume_driver.as_str(), "" | "local") {
+        return bad(format!("volume driver {:?} is not supported (only local)", hc.volume_driver));
     }
     if !matches!(hc.isolation.as_str(), "" | "default") {
         return bad(format!("invalid isolation: {:?}: only \"default\" is supported on linux", hc.isolation));
@@ -616,11 +825,41 @@ pub fn limits(hc: &HostConfig) -> Result<LinuxResources, ApiError> {
 }
 
 fn set_limits(res: &mut LinuxResources, hc: &HostConfig) -> Result<(), ApiError> {
-    if hc.resources.memory > 0 {
-        res.set_memory(Some(LinuxMemoryBuilder::default().limit(hc.resources.memory).build().map_err(spec_error)?));
-    }
     let r = &hc.resources;
-    if r.nano_cpus > 0 || r.cpu_quota > 0 || r.cpu_period > 0 || r.cpu_shares > 0 {
+    let swappiness = r.memory_swappiness.filter(|s| *s >= 0);
+    if r.memory > 0
+        || r.memory_reservation > 0
+        || r.memory_swap != 0
+        || swappiness.is_some()
+        || r.oom_kill_disable == Some(true)
+    {
+        let mut memory = LinuxMemoryBuilder::default();
+        if r.memory > 0 {
+            memory = memory.limit(r.memory);
+        }
+        if r.memory_reservation > 0 {
+            memory = memory.reservation(r.memory_reservation);
+        }
+        // memory+swap, where the host accounts swap (the implicit twice-the-memory otherwise
+        // goes unapplied, as dockerd's)
+        if r.memory_swap != 0 && Host::get().swap_limit {
+            memory = memory.swap(r.memory_swap);
+        }
+        if let Some(s) = swappiness {
+            memory = memory.swappiness(s as u64);
+        }
+        if r.oom_kill_disable == Some(true) {
+            memory = memory.disable_oom_killer(true);
+        }
+        res.set_memory(Some(memory.build().map_err(spec_error)?));
+    }
+    if r.nano_cpus > 0
+        || r.cpu_quota > 0
+        || r.cpu_period > 0
+        || r.cpu_shares > 0
+        || !r.cpuset_cpus.is_empty()
+        || !r.cpuset_mems.is_empty()
+    {
         let mut cpu = LinuxCpuBuilder::default();
         if r.nano_cpus > 0 {
             // --cpus: a quota of that many periods of 100 ms
@@ -637,6 +876,12 @@ fn set_limits(res: &mut LinuxResources, hc: &HostConfig) -> Result<(), ApiError>
         // shares whichever way the quota is given
         if r.cpu_shares > 0 {
             cpu = cpu.shares(r.cpu_shares as u64);
+        }
+        if !r.cpuset_cpus.is_empty() {
+            cpu = cpu.cpus(r.cpuset_cpus.clone());
+        }
+        if !r.cpuset_mems.is_empty() {
+            cpu = cpu.mems(r.cpuset_mems.clone());
         }
         res.set_cpu(Some(cpu.build().map_err(spec_error)?));
     }
@@ -898,6 +1143,14 @@ fn with_host_namespaces(spec: &mut Spec, hc: &HostConfig, cx: &Context<'_>) {
     }
     if uts_host {
         namespaces.retain(|n| n.typ() != LinuxNamespaceType::Uts);
+    }
+    // `--cgroupns`: a namespace of its own (its cgroup is its root) or the host's
+    namespaces.retain(|n| n.typ() != LinuxNamespaceType::Cgroup);
+    let mode = if hc.cgroupns_mode.is_empty() { Host::get().default_cgroupns } else { hc.cgroupns_mode.as_str() };
+    if mode == "private" {
+        let mut ns = LinuxNamespace::default();
+        ns.set_typ(LinuxNamespaceType::Cgroup);
+        namespaces.push(ns);
     }
 }
 

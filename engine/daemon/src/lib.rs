@@ -14,6 +14,7 @@ pub mod config;
 pub mod cri;
 pub mod cristream;
 pub mod daemon;
+pub mod detach;
 pub mod distribution;
 pub mod events;
 pub mod exec;

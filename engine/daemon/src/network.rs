@@ -145,7 +145,7 @@ async fn start_dns(
     let given = rec.host_config.dns.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| d.cfg.dns.clone());
     let scope = engine_network::dns::Scope {
         container: rec.id.clone(),
-        links: linked(d, rec).into_iter().map(|(alias, target)| (alias, target.id)).collect(),
+        links: linked(d, &rec.host_config).into_iter().map(|(alias, target)| (alias, target.id)).collect(),
         networks: d.networks.clone(),
         upstreams: engine_network::dns::upstreams(&given, &etc::host_resolv_conf()),
         observer: d.dns.telemetry.clone(),
@@ -233,12 +233,60 @@ pub fn links_of(hc: &HostConfig) -> Result<Vec<(String, String)>, ApiError> {
 }
 
 /// The containers a container's links name (the ones that exist), each with its alias.
-fn linked(d: &NetworkService, rec: &ContainerRecord) -> Vec<(String, ContainerRecord)> {
-    links_of(&rec.host_config)
+fn linked(d: &NetworkService, hc: &HostConfig) -> Vec<(String, ContainerRecord)> {
+    links_of(hc)
         .unwrap_or_default()
         .into_iter()
         .filter_map(|(target, alias)| d.containers.find(&target).ok().map(|e| (alias, e.snapshot())))
         .collect()
+}
+
+/// The environment Docker's legacy links give container `own_name`: for each linked container,
+/// by its alias upper-cased (`-` as `_`), `<A>_NAME=/<own>/<alias>`, `<A>_ENV_<k>=<v>` for its
+/// environment (but HOME and PATH), and for its exposed ports at its default-bridge address
+/// `<A>_PORT=tcp://ip:port` (the lowest) and `<A>_PORT_<port>_<PROTO>[_ADDR|_PORT|_PROTO]`.
+pub fn link_env(d: &NetworkService, hc: &HostConfig, own_name: &str) -> Vec<String> {
+    let mut env = Vec::new();
+    for (alias, target) in linked(d, hc) {
+        let a = alias.to_ascii_uppercase().replace('-', "_");
+        env.push(format!("{a}_NAME=/{own_name}/{alias}"));
+        for kv in target.config.env.iter().flatten() {
+            if let Some((k, v)) = kv.split_once('=') {
+                if k != "HOME" && k != "PATH" {
+                    env.push(format!("{a}_ENV_{k}={v}"));
+                }
+            }
+        }
+        let ip = d
+            .networks
+            .endpoints_of(&target.id)
+            .into_iter()
+            .find(|(n, _)| n.name == engine_network::networks::DEFAULT)
+            .map(|(_, ep)| ep.ip);
+        let Some(ip) = ip else { continue };
+        let mut ports: Vec<(u16, String)> = target
+            .config
+            .exposed_ports
+            .iter()
+            .flatten()
+            .filter_map(|(p, _)| {
+                let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+                Some((port.parse().ok()?, proto.to_string()))
+            })
+            .collect();
+        ports.sort();
+        if let Some((port, proto)) = ports.first() {
+            env.push(format!("{a}_PORT={proto}://{ip}:{port}"));
+        }
+        for (port, proto) in &ports {
+            let p = format!("{a}_PORT_{port}_{}", proto.to_ascii_uppercase());
+            env.push(format!("{p}={proto}://{ip}:{port}"));
+            env.push(format!("{p}_ADDR={ip}"));
+            env.push(format!("{p}_PORT={port}"));
+            env.push(format!("{p}_PROTO={proto}"));
+        }
+    }
+    env
 }
 
 /// At create: the networks a container goes on, checked (they exist, aliases and fixed
@@ -676,7 +724,7 @@ fn write_hosts(d: &NetworkService, id: &str) -> Result<(), ApiError> {
     // legacy links on the default bridge are lines of the hosts file (on user networks, the
     // DNS server answers them)
     let mut content = etc::hosts(&rec.config.hostname, &own);
-    for (alias, target) in linked(d, &rec) {
+    for (alias, target) in linked(d, &rec.host_config) {
         let on_default =
             d.networks.endpoints_of(&target.id).into_iter().find(|(n, _)| n.name == engine_network::networks::DEFAULT);
         let on_user = d.networks.dns_scope(id).is_some();
@@ -691,6 +739,21 @@ fn write_hosts(d: &NetworkService, id: &str) -> Result<(), ApiError> {
 }
 
 // ---- inspect and ps ------------------------------------------------------------------------
+
+/// The interfaces in a `/proc/<pid>/net/dev` but loopback, each with its 16 counters (receive:
+/// bytes, packets, errs, drop, fifo, frame, compressed, multicast; then transmit's eight from
+/// bytes).
+pub fn interface_counters(net_dev: &str) -> Vec<(String, Vec<u64>)> {
+    net_dev
+        .lines()
+        .filter_map(|line| {
+            let (name, counters) = line.split_once(':')?;
+            let n: Vec<u64> = counters.split_whitespace().filter_map(|c| c.parse().ok()).collect();
+            let name = name.trim();
+            (name != "lo" && n.len() >= 16).then(|| (name.to_string(), n))
+        })
+        .collect()
+}
 
 /// `NetworkSettings` of `GET /containers/{id}/json`.
 pub fn settings_json(d: &NetworkService, rec: &ContainerRecord) -> Value {

@@ -176,6 +176,31 @@ pub struct HostConfig {
     /// `--device-cgroup-rule 'c 1:3 rwm'`: more devices the container may make, read or write
     /// (`a|b|c major|*:minor|* r?w?m?`).
     pub device_cgroup_rules: Option<Vec<String>>,
+    /// `--volumes-from name[:ro|rw]`: the volumes and binds of other containers, at the same
+    /// paths (read-only, read-write, or as each was).
+    pub volumes_from: Option<Vec<String>>,
+    /// `--cgroupns host|private` (""; the daemon's default, which inspect shows).
+    #[serde(deserialize_with = "nullable")]
+    pub cgroupns_mode: String,
+    /// The OCI runtime by name: `runc`, the name of engined's own (inspect shows it).
+    #[serde(deserialize_with = "nullable")]
+    pub runtime: String,
+    /// `--userns`: only `host` (no user namespace remapping) or "".
+    #[serde(deserialize_with = "nullable")]
+    pub userns_mode: String,
+    /// `--cgroup`: another container's cgroup (not supported: only "").
+    #[serde(deserialize_with = "nullable")]
+    pub cgroup: String,
+    /// `--volume-driver`: only `local` (or "").
+    #[serde(deserialize_with = "nullable")]
+    pub volume_driver: String,
+    /// `--cidfile`: where the client writes the id (the client's business, kept as given).
+    #[serde(rename = "ContainerIDFile")]
+    #[serde(deserialize_with = "nullable")]
+    pub container_id_file: String,
+    /// The terminal's initial height and width.
+    #[serde(deserialize_with = "nullable")]
+    pub console_size: [u64; 2],
 }
 
 /// One `--device`: the node on the host, its path in the container (the host's when empty)
@@ -229,6 +254,89 @@ pub struct Resources {
     #[serde(deserialize_with = "nullable")]
     pub cpu_quota: i64,
     pub pids_limit: Option<i64>,
+    /// `--cpuset-cpus 0-1,3`: the CPUs the container may run on ("": all).
+    #[serde(deserialize_with = "nullable")]
+    pub cpuset_cpus: String,
+    /// `--cpuset-mems`: the memory nodes it may use ("": all).
+    #[serde(deserialize_with = "nullable")]
+    pub cpuset_mems: String,
+    /// `--memory-reservation`: the soft limit (bytes; 0: none).
+    #[serde(deserialize_with = "nullable")]
+    pub memory_reservation: i64,
+    /// `--memory-swap`: memory plus swap (bytes; -1: unlimited swap; 0: twice `memory`, as
+    /// Docker's default, where the host accounts swap).
+    #[serde(deserialize_with = "nullable")]
+    pub memory_swap: i64,
+    /// `--memory-swappiness` 0..=100 (null or -1: the host's).
+    pub memory_swappiness: Option<i64>,
+    /// `--oom-kill-disable`.
+    pub oom_kill_disable: Option<bool>,
+    // What this engine or host cannot apply: read so that a request setting them is refused
+    // with a clear error, never dropped; shown with Docker's defaults.
+    #[serde(deserialize_with = "nullable")]
+    pub blkio_weight: u16,
+    pub blkio_weight_device: Option<Vec<WeightDevice>>,
+    pub blkio_device_read_bps: Option<Vec<ThrottleDevice>>,
+    pub blkio_device_write_bps: Option<Vec<ThrottleDevice>>,
+    #[serde(rename = "BlkioDeviceReadIOps")]
+    pub blkio_device_read_iops: Option<Vec<ThrottleDevice>>,
+    #[serde(rename = "BlkioDeviceWriteIOps")]
+    pub blkio_device_write_iops: Option<Vec<ThrottleDevice>>,
+    #[serde(deserialize_with = "nullable")]
+    pub cpu_realtime_period: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub cpu_realtime_runtime: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub kernel_memory: i64,
+    #[serde(rename = "KernelMemoryTCP")]
+    #[serde(deserialize_with = "nullable")]
+    pub kernel_memory_tcp: i64,
+    pub device_requests: Option<Vec<DeviceRequest>>,
+    /// Windows only.
+    #[serde(deserialize_with = "nullable")]
+    pub cpu_count: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub cpu_percent: i64,
+    #[serde(rename = "IOMaximumIOps")]
+    #[serde(deserialize_with = "nullable")]
+    pub io_maximum_iops: u64,
+    #[serde(rename = "IOMaximumBandwidth")]
+    #[serde(deserialize_with = "nullable")]
+    pub io_maximum_bandwidth: u64,
+}
+
+/// `--blkio-weight-device path:weight`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WeightDevice {
+    #[serde(deserialize_with = "nullable")]
+    pub path: String,
+    #[serde(deserialize_with = "nullable")]
+    pub weight: u16,
+}
+
+/// `--device-read-bps path:rate` and the like.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ThrottleDevice {
+    #[serde(deserialize_with = "nullable")]
+    pub path: String,
+    #[serde(deserialize_with = "nullable")]
+    pub rate: u64,
+}
+
+/// `--gpus`: devices of a driver (GPUs).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DeviceRequest {
+    #[serde(deserialize_with = "nullable")]
+    pub driver: String,
+    #[serde(deserialize_with = "nullable")]
+    pub count: i64,
+    #[serde(rename = "DeviceIDs")]
+    pub device_ids: Option<Vec<String>>,
+    pub capabilities: Option<Vec<Vec<String>>>,
+    pub options: Option<BTreeMap<String, String>>,
 }
 
 /// The body of `POST /containers/{id}/update`: new resource limits (zero: unchanged) and,
@@ -241,22 +349,6 @@ pub struct UpdateConfig {
     pub resources: Resources,
     #[serde(deserialize_with = "nullable")]
     pub restart_policy: RestartPolicy,
-    #[serde(deserialize_with = "nullable")]
-    pub memory_swap: i64,
-    #[serde(deserialize_with = "nullable")]
-    pub memory_reservation: i64,
-    #[serde(deserialize_with = "nullable")]
-    pub kernel_memory: i64,
-    #[serde(deserialize_with = "nullable")]
-    pub cpuset_cpus: String,
-    #[serde(deserialize_with = "nullable")]
-    pub cpuset_mems: String,
-    #[serde(deserialize_with = "nullable")]
-    pub blkio_weight: u16,
-    #[serde(deserialize_with = "nullable")]
-    pub cpu_realtime_period: i64,
-    #[serde(deserialize_with = "nullable")]
-    pub cpu_realtime_runtime: i64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -279,7 +279,9 @@ fn run_options_reach_the_container() {
     assert_eq!(cg("pids.max").unwrap(), "70");
     let shown = "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.HostConfig.RestartPolicy.Name}}";
     assert_eq!(e.inspect(&id, shown), format!("{} 70 on-failure", 96u64 << 20));
-    assert!(e.fails(&["update", "--cpuset-cpus", "0", &id]).contains("updating CpusetCpus is not supported"));
+    e.ok(&["update", "--cpuset-cpus", "0", &id]);
+    assert_eq!(cg("cpuset.cpus").unwrap(), "0");
+    assert!(e.fails(&["update", "--kernel-memory", "10m", &id]).contains("KernelMemory"));
     assert!(e.fails(&["update", "--cpu-quota", "20000", &id]).contains("NanoCPUs has already been set"));
     assert!(e.fails(&["update", "-m", "1k", &id]).contains("Minimum memory limit"));
     assert_eq!(e.inspect(&id, shown), format!("{} 70 on-failure", 96u64 << 20), "a refused update changed it");

@@ -734,6 +734,11 @@ fn exec_attach_and_port_forward_stream_through_the_cri() {
     let cpuset = cri::LinuxContainerResources { cpuset_cpus: "0".into(), ..Default::default() };
     let req =
         cri::UpdateContainerResourcesRequest { container_id: web.clone(), linux: Some(cpuset), ..Default::default() };
+    rt.block_on(runtime.update_container_resources(req)).unwrap();
+    assert_eq!(e.cgroup_file(&web, "cpuset.cpus").unwrap(), "0");
+    let cpuset = cri::LinuxContainerResources { cpuset_cpus: "64".into(), ..Default::default() };
+    let req =
+        cri::UpdateContainerResourcesRequest { container_id: web.clone(), linux: Some(cpuset), ..Default::default() };
     assert_eq!(rt.block_on(runtime.update_container_resources(req)).unwrap_err().code(), tonic::Code::InvalidArgument);
 
     // bad requests: refused, as the kubelet's streaming server refuses them

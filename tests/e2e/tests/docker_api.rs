@@ -393,3 +393,269 @@ fn a_privileged_container_sees_the_hosts_devices() {
     assert!(unprivileged < host.len().min(20), "an unprivileged container got {unprivileged} devices");
     no_containers_left(&e, "the privileged runs");
 }
+
+/// Opens a hijacked request (attach, exec start) on engined's socket: the 101 head read, the
+/// socket returned for the stream.
+fn hijack(e: &Engined, path: &str, body: &str) -> UnixStream {
+    let mut s = UnixStream::connect(e.host().trim_start_matches("unix://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // the head, byte by byte, so nothing of the stream is read with it
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "the head ended early: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// Reads until the server closes the stream (the deadline fails the test); what came.
+fn read_to_close(mut s: UnixStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("the stream was not closed within 30 s");
+    out
+}
+
+fn inspect_json(e: &Engined, id: &str) -> serde_json::Value {
+    let (status, body) = request(e, "GET", &format!("/v1.43/containers/{id}/json"), "");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn create(e: &Engined, body: serde_json::Value) -> (u16, String) {
+    request(e, "POST", "/v1.43/containers/create", &body.to_string())
+}
+
+/// Every HostConfig field dockerd shows is in inspect, with its defaults; the limits and modes
+/// docker-py set and found missing (cpuset, swappiness, reservation, memory+swap, the OOM
+/// killer, the cgroup namespace, the runtime) reach the container's cgroup and namespaces;
+/// what cannot be applied is refused by name and leaves nothing.
+#[test]
+fn host_config_fields_are_shown_applied_or_refused() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    let (status, body) = create(&e, serde_json::json!({"Image": "bb", "Cmd": ["true"]}));
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["Id"].as_str().unwrap().to_string();
+    let hc = inspect_json(&e, &id)["HostConfig"].clone();
+    for key in [
+        "Binds",
+        "ContainerIDFile",
+        "LogConfig",
+        "NetworkMode",
+        "PortBindings",
+        "RestartPolicy",
+        "AutoRemove",
+        "VolumeDriver",
+        "VolumesFrom",
+        "CapAdd",
+        "CapDrop",
+        "CgroupnsMode",
+        "Dns",
+        "DnsOptions",
+        "DnsSearch",
+        "ExtraHosts",
+        "GroupAdd",
+        "IpcMode",
+        "Cgroup",
+        "Links",
+        "OomScoreAdj",
+        "PidMode",
+        "Privileged",
+        "PublishAllPorts",
+        "ReadonlyRootfs",
+        "SecurityOpt",
+        "UTSMode",
+        "UsernsMode",
+        "ShmSize",
+        "Runtime",
+        "ConsoleSize",
+        "Isolation",
+        "CpuShares",
+        "Memory",
+        "NanoCpus",
+        "CgroupParent",
+        "BlkioWeight",
+        "BlkioWeightDevice",
+        "BlkioDeviceReadBps",
+        "BlkioDeviceWriteBps",
+        "BlkioDeviceReadIOps",
+        "BlkioDeviceWriteIOps",
+        "CpuPeriod",
+        "CpuQuota",
+        "CpuRealtimePeriod",
+        "CpuRealtimeRuntime",
+        "CpusetCpus",
+        "CpusetMems",
+        "Devices",
+        "DeviceCgroupRules",
+        "DeviceRequests",
+        "KernelMemory",
+        "KernelMemoryTCP",
+        "MemoryReservation",
+        "MemorySwap",
+        "MemorySwappiness",
+        "OomKillDisable",
+        "PidsLimit",
+        "Ulimits",
+        "CpuCount",
+        "CpuPercent",
+        "IOMaximumIOps",
+        "IOMaximumBandwidth",
+    ] {
+        assert!(hc.get(key).is_some(), "HostConfig.{key} is missing: {hc}");
+    }
+    assert_eq!(hc["Runtime"], "runc");
+    assert_eq!(hc["ShmSize"], 64 << 20);
+    assert_eq!(hc["CgroupnsMode"], if pure_v2() { "private" } else { "host" });
+    assert!(hc["MemorySwappiness"].is_null(), "{hc}");
+    e.ok(&["rm", &id]);
+
+    let swap_accounted = cgroup_mounts().iter().any(|m| m.join("memory.memsw.limit_in_bytes").exists()) || pure_v2();
+    let (status, body) = create(
+        &e,
+        serde_json::json!({"Image": "bb", "Cmd": ["sleep", "1000"], "HostConfig": {
+            "CpusetCpus": "0", "Memory": 64 << 20, "MemoryReservation": 32 << 20,
+            "MemorySwappiness": if pure_v2() { serde_json::Value::Null } else { serde_json::json!(40) },
+            "OomKillDisable": !pure_v2(), "CgroupnsMode": "private", "Runtime": "runc",
+        }}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["Id"].as_str().unwrap().to_string();
+    e.ok(&["start", &id]);
+    let cg = |f: &str| e.cgroup_file(&id, f);
+    assert_eq!(cg("cpuset.cpus").unwrap(), "0");
+    let soft = cg("memory.soft_limit_in_bytes").or_else(|| cg("memory.low")).unwrap();
+    assert_eq!(soft, (32u64 << 20).to_string());
+    let hc = inspect_json(&e, &id)["HostConfig"].clone();
+    if swap_accounted {
+        // Docker's default memory+swap: twice the memory
+        assert_eq!(hc["MemorySwap"], 128 << 20, "{hc}");
+    }
+    if !pure_v2() {
+        assert_eq!(cg("memory.swappiness").unwrap(), "40");
+        assert!(cg("memory.oom_control").unwrap().contains("oom_kill_disable 1"));
+        assert_eq!(hc["MemorySwappiness"], 40);
+    }
+    assert_eq!(hc["CgroupnsMode"], "private");
+    let own = e.ok(&["exec", &id, "readlink", "/proc/self/ns/cgroup"]);
+    assert_ne!(own.trim(), std::fs::read_link("/proc/self/ns/cgroup").unwrap().display().to_string());
+    // update: a running container takes a new cpuset
+    e.ok(&["update", "--cpuset-cpus", "0-1", &id]);
+    assert_eq!(cg("cpuset.cpus").unwrap(), "0-1");
+    assert_eq!(inspect_json(&e, &id)["HostConfig"]["CpusetCpus"], "0-1");
+    e.ok(&["rm", "-f", &id]);
+
+    // refused by name, nothing made
+    for (hc, says) in [
+        (serde_json::json!({"KernelMemory": 1 << 20}), "KernelMemory"),
+        (serde_json::json!({"BlkioWeight": 300}), "BlkioWeight"),
+        (serde_json::json!({"Runtime": "kata"}), "unknown or invalid runtime name: kata"),
+        (serde_json::json!({"CpusetCpus": "64"}), "Requested CPUs are not available"),
+        (serde_json::json!({"CpusetCpus": "x"}), "Invalid value x for cpuset cpus"),
+        (serde_json::json!({"CgroupnsMode": "weird"}), "invalid cgroup namespace mode"),
+        (serde_json::json!({"MemorySwap": 1 << 30}), "always set the Memory limit"),
+        (serde_json::json!({"Memory": 64 << 20, "MemoryReservation": 128 << 20}), "memory reservation"),
+        (serde_json::json!({"MemorySwappiness": 101}), "swappiness"),
+        (serde_json::json!({"DeviceRequests": [{"Count": -1, "Capabilities": [["gpu"]]}]}), "DeviceRequests"),
+    ] {
+        let (status, body) = create(&e, serde_json::json!({"Image": "bb", "Cmd": ["true"], "HostConfig": hc}));
+        assert_eq!(status, 400, "{hc}: {body}");
+        assert!(body.contains(says), "{hc}: {body}");
+    }
+    let out = engine(&e, &["update", "--kernel-memory", "10m", "nope"], "");
+    assert!(!out.status.success());
+    no_containers_left(&e, "the refused creates");
+}
+
+/// Attach as docker-py uses it: `logs=1` without `stream` sends what the container wrote and
+/// ends; the detach keys (ctrl-p ctrl-q, or the request's `detachKeys`) end an attach or an
+/// exec with a terminal and leave the container running; stats carry `networks`, `blkio_stats`
+/// and a `precpu_stats`, one sample or a stream of them.
+#[test]
+fn attach_logs_detach_keys_and_stats_as_clients_read_them() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    e.ok(&["run", "--name", "said", "bb", "echo", "hello"]);
+    let s = hijack(&e, "/v1.43/containers/said/attach?logs=1&stream=0&stdout=1&stderr=1", "");
+    let said: Vec<u8> = demux(&read_to_close(s)).into_iter().flat_map(|(_, b)| b).collect();
+    assert_eq!(said, b"hello\n");
+
+    e.ok(&["run", "-d", "-t", "-i", "--name", "cat", "bb", "cat"]);
+    for (query, keys) in [("", &b"\x10\x11"[..]), ("&detachKeys=ctrl-x", &b"\x18"[..])] {
+        let mut s = hijack(&e, &format!("/v1.43/containers/cat/attach?stream=1&stdin=1&stdout=1{query}"), "");
+        s.write_all(b"typed\n").unwrap();
+        s.write_all(keys).unwrap();
+        let seen = read_to_close(s);
+        assert!(!seen.windows(2).any(|w| w == b"^P" || w == b"^X"), "the keys reached the container: {seen:?}");
+        assert_eq!(e.inspect("cat", "{{.State.Running}}"), "true", "detaching stopped it");
+    }
+    let body = serde_json::json!({"Cmd": ["cat"], "AttachStdin": true, "AttachStdout": true, "Tty": true, "DetachKeys": "ctrl-x"});
+    let (status, resp) = request(&e, "POST", "/v1.43/containers/cat/exec", &body.to_string());
+    assert_eq!(status, 201, "{resp}");
+    let exec = serde_json::from_str::<serde_json::Value>(&resp).unwrap()["Id"].as_str().unwrap().to_string();
+    let mut s = hijack(&e, &format!("/v1.43/exec/{exec}/start"), r#"{"Detach":false,"Tty":true}"#);
+    s.write_all(b"\x18").unwrap();
+    read_to_close(s);
+    assert_eq!(e.inspect("cat", "{{.State.Running}}"), "true");
+    let (status, _) = request(&e, "POST", "/v1.43/containers/cat/attach?stream=1&stdin=1&detachKeys=ctrl-", "");
+    assert_eq!(status, 400);
+
+    let (status, body) = request(&e, "GET", "/v1.43/containers/cat/stats?stream=0", "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for key in ["read", "preread", "networks", "precpu_stats", "cpu_stats", "memory_stats", "blkio_stats", "pids_stats"]
+    {
+        assert!(v.get(key).is_some(), "stats lack {key}: {v}");
+    }
+    assert!(v["networks"]["eth0"]["rx_bytes"].is_u64(), "{v}");
+    assert!(v["precpu_stats"]["cpu_usage"]["total_usage"].is_u64(), "{v}");
+    // streamed: a sample a second, each with the one before as precpu_stats
+    let mut s = UnixStream::connect(e.host().trim_start_matches("unix://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET /v1.43/containers/cat/stats HTTP/1.1\r\nHost: docker\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let samples = |got: &[u8]| String::from_utf8_lossy(got).matches("\"cpu_stats\"").count();
+    while samples(&got) < 2 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the stats stream ended: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    e.ok(&["rm", "-f", "cat", "said"]);
+}
+
+/// Legacy links as dockerd gives them: the linked containers' name, environment and exposed
+/// ports in variables, and `rm --link` (`DELETE /containers/{name}/{alias}?link=1`) takes a
+/// link away and leaves both containers.
+#[test]
+fn legacy_link_variables_and_link_removal() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    e.ok(&["run", "-d", "--name", "db", "-e", "FOO=1", "--expose", "5432", "bb", "sleep", "1000"]);
+    let env = e.ok(&["run", "--name", "app", "--link", "db:my-db", "bb", "env"]);
+    for want in [
+        "MY_DB_NAME=/app/my-db",
+        "MY_DB_ENV_FOO=1",
+        "MY_DB_PORT=tcp://",
+        "MY_DB_PORT_5432_TCP_PORT=5432",
+        "MY_DB_PORT_5432_TCP_PROTO=tcp",
+    ] {
+        assert!(env.contains(want), "{want} not in\n{env}");
+    }
+    assert!(!env.contains("MY_DB_ENV_PATH"), "{env}");
+    let (status, body) = request(&e, "DELETE", "/v1.43/containers/app/my-db?link=1", "");
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(e.inspect("app", "{{json .HostConfig.Links}}"), "null");
+    let (status, _) = request(&e, "DELETE", "/v1.43/containers/app/my-db?link=1", "");
+    assert_eq!(status, 404);
+    assert_eq!(e.ok(&["ps", "-aq"]).lines().count(), 2, "a container went with the link");
+    e.ok(&["rm", "-f", "db", "app"]);
+}
