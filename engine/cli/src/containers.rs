@@ -70,6 +70,15 @@ pub struct RunArgs {
     /// Disable OOM Killer.
     #[arg(long)]
     pub oom_kill_disable: bool,
+    /// Logging driver for the container (json-file, none).
+    #[arg(long)]
+    pub log_driver: Option<String>,
+    /// Log driver options (max-size=10m, max-file=3).
+    #[arg(long)]
+    pub log_opt: Vec<String>,
+    /// Container MAC address (e.g., 92:d0:c6:0a:29:33).
+    #[arg(long)]
+    pub mac_address: Option<String>,
     /// Cgroup namespace to use (host|private).
     #[arg(long)]
     pub cgroupns: Option<String>,
@@ -324,15 +333,29 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         dns: given(&a.dns),
         dns_search: given(&a.dns_search),
         dns_options: given(&a.dns_option),
+        log_config: (a.log_driver.is_some() || !a.log_opt.is_empty())
+            .then(|| -> Result<engine_docker_api::LogConfig> {
+                let config = a
+                    .log_opt
+                    .iter()
+                    .map(|o| match o.split_once('=') {
+                        Some((k, v)) => Ok((k.to_string(), v.to_string())),
+                        None => bail!("invalid log option {o:?}: want key=value"),
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(engine_docker_api::LogConfig { typ: a.log_driver.clone().unwrap_or_default(), config })
+            })
+            .transpose()?,
         cgroupns_mode: a.cgroupns.clone().unwrap_or_default(),
         runtime: a.runtime.clone().unwrap_or_default(),
         ..Default::default()
     };
-    let networking_config = (a.ip.is_some() || !a.network_alias.is_empty()).then(|| {
+    let networking_config = (a.ip.is_some() || !a.network_alias.is_empty() || a.mac_address.is_some()).then(|| {
         let net = a.network.clone().filter(|n| !n.is_empty() && n != "default").unwrap_or_else(|| "bridge".into());
         let endpoint = EndpointSettings {
             aliases: Some(a.network_alias.clone()),
             ipam_config: a.ip.clone().map(|ip| EndpointIpam { ipv4_address: ip }),
+            mac_address: a.mac_address.clone().unwrap_or_default(),
         };
         NetworkingConfig { endpoints_config: Some(BTreeMap::from([(net, endpoint)])) }
     });

@@ -384,7 +384,7 @@ async fn dispatch(
         (&M::POST, ["volumes", "create"]) => {
             crate::volumes::create(&d.volumes, http::read_json(req.into_body()).await?)
         }
-        (&M::GET, ["volumes"]) => Ok(crate::volumes::list(&d.volumes)),
+        (&M::GET, ["volumes"]) => crate::volumes::list(&d.volumes, &d.containers, &q),
         (&M::POST, ["volumes", "prune"]) => crate::volumes::prune(&d.volumes, &d.containers),
         (&M::GET, ["volumes", name]) => crate::volumes::inspect(&d.volumes, name),
         (&M::DELETE, ["volumes", name]) => crate::volumes::remove(&d.volumes, &d.containers, name, q.flag("force")),
@@ -858,6 +858,12 @@ fn mounts_of(d: &Daemon, r: &crate::daemon::ContainerRecord) -> Vec<Value> {
             out.push(json!({ "Type": "volume", "Name": src, "Source": d.volumes.data_path(src), "Destination": dst, "Driver": "local", "Mode": "z", "RW": rw, "Propagation": "" }));
         }
     }
+    for m in r.host_config.mounts.iter().flatten() {
+        match m.typ.as_str() {
+            "bind" => out.push(json!({ "Type": "bind", "Source": m.source, "Destination": m.target, "Mode": "", "RW": !m.read_only, "Propagation": "rprivate" })),
+            _ => out.push(json!({ "Type": "volume", "Name": m.source, "Source": d.volumes.data_path(&m.source), "Destination": m.target, "Driver": "local", "Mode": "z", "RW": !m.read_only, "Propagation": "" })),
+        }
+    }
     for (name, dst) in &r.anonymous_volumes {
         out.push(json!({ "Type": "volume", "Name": name, "Source": d.volumes.data_path(name), "Destination": dst, "Driver": "local", "Mode": "", "RW": true, "Propagation": "" }));
     }
@@ -910,6 +916,12 @@ async fn logs(d: &Arc<Daemon>, e: &Arc<Entry>, q: &Query) -> Result<Resp, ApiErr
     let (want_out, want_err) = (q.flag("stdout"), q.flag("stderr"));
     if !want_out && !want_err {
         return Err(ApiError::bad_request("Bad parameters: you must choose at least one stream"));
+    }
+    if rec.host_config.log_config.as_ref().is_some_and(|lc| lc.typ == "none") {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "configured logging driver does not support reading".to_string(),
+        ));
     }
     let follow = q.flag("follow");
     let timestamps = q.flag("timestamps");
@@ -1152,18 +1164,14 @@ async fn attach(
                 // container removed first (an auto-remove one whose start failed) ends the
                 // stream. Not following: what it wrote so far, and the end.
                 let mut life = e.life.subscribe();
-                while follow {
-                    let (go, gone) = {
-                        let l = life.borrow_and_update();
-                        (l.running || l.exits > exits_at_attach, l.removed)
-                    };
-                    if go {
-                        break;
-                    }
-                    if gone || life.changed().await.is_err() {
-                        let _ = wr.shutdown().await;
-                        return;
-                    }
+                let started = !follow
+                    || life
+                        .wait_for(|l| l.running || l.exits > exits_at_attach || l.removed)
+                        .await
+                        .is_ok_and(|l| l.running || l.exits > exits_at_attach);
+                if !started {
+                    let _ = wr.shutdown().await;
+                    return;
                 }
                 let req = LogsRequest { container_id: id.clone(), follow, tail: 0 };
                 let Ok(mut stream) = d.lifecycle.logs(req).await else {

@@ -284,7 +284,8 @@ impl Daemon {
         if log_config.typ.is_empty() {
             log_config.typ = "json-file".into();
         }
-        let networks = crate::network::plan(&self.network_service, &mut hc, networking_config.as_ref())?;
+        let networks =
+            crate::network::plan(&self.network_service, &mut hc, networking_config.as_ref(), &body.mac_address)?;
         let given = match name.filter(|n| !n.is_empty()) {
             Some(n) => {
                 let n = n.trim_start_matches('/').to_string();

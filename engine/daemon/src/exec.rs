@@ -34,6 +34,8 @@ pub struct ExecConfig {
     pub working_dir: String,
     pub user: String,
     pub privileged: bool,
+    /// Go's JSON reads field names in any case: docker-py sends `detachKeys`.
+    #[serde(alias = "detachKeys")]
     pub detach_keys: String,
 }
 
@@ -423,7 +425,8 @@ impl ExecService {
                         Ok(())
                     }
                     Err(s) => {
-                        let code = crate::state::start_failure_code(s.message()).unwrap_or(126);
+                        // dockerd's code for an exec that cannot start, whatever the reason
+                        let code = 126;
                         this.update(&id, |i| i.exit_code = Some(code));
                         Err(ApiError::from(s))
                     }
@@ -716,11 +719,12 @@ mod tests {
         assert_eq!(start(id).await.status, StatusCode::BAD_REQUEST);
         assert!(s.fake.execs.lock().unwrap().is_empty(), "lifecycled was asked to run a bad exec");
 
-        // a program that is not there: the start fails and the exec gets dockerd's 127
+        // a program that is not there: the start fails and the exec gets dockerd's 126 (20.10's
+        // for any exec that cannot start)
         let id = s.execs.create(&s.running, config(&["missing"])).unwrap();
         let e = start(id.clone()).await;
         assert!(e.message.contains("executable file not found"), "{}", e.message);
         let v = s.execs.inspect(&id).unwrap();
-        assert_eq!((v["ExitCode"].clone(), v["Running"].clone()), (json!(127), json!(false)));
+        assert_eq!((v["ExitCode"].clone(), v["Running"].clone()), (json!(126), json!(false)));
     }
 }

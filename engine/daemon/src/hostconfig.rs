@@ -21,6 +21,8 @@ use engine_docker_api::HostConfig;
 const MIN_MEMORY: i64 = 6 * 1024 * 1024;
 /// Docker's /dev/shm when `--shm-size` is not given.
 pub const DEFAULT_SHM_SIZE: i64 = 64 * 1024 * 1024;
+/// What a container with the `none` log driver keeps of its output (for attach only).
+const NONE_LOG_SIZE: u64 = 64 * 1024;
 
 /// What this host's cgroups can do for a container's limits, read once.
 #[derive(Clone, Debug)]
@@ -307,9 +309,7 @@ fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
     if !hc.cgroup.is_empty() {
         return bad(format!("Cgroup {:?}: sharing another container's cgroup is not supported", hc.cgroup));
     }
-    if !matches!(hc.volume_driver.as_str(), "" | "local") {
-        return bad(format!("volume driver {:?} is not supported (only local)", hc.volume_driver));
-    }
+
     if !matches!(hc.isolation.as_str(), "" | "default") {
         return bad(format!("invalid isolation: {:?}: only \"default\" is supported on linux", hc.isolation));
     }
@@ -380,6 +380,12 @@ fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
         if mounts[..i].iter().any(|o| o.target == m.target) {
             return bad(format!("Duplicate mount point: {}", m.target));
         }
+    }
+    // `--volume-driver` is the driver of the named volumes it makes (binds have none)
+    if !matches!(hc.volume_driver.as_str(), "" | "local")
+        && mounts.iter().any(|m| matches!(m.source, Source::Volume(_)))
+    {
+        return bad(format!("volume driver {:?} is not supported (only local)", hc.volume_driver));
     }
     if let Some(p) = hc.resources.pids_limit {
         if p < -1 {
@@ -556,6 +562,14 @@ fn with_device_path(node: &LinuxDevice, path: PathBuf) -> LinuxDevice {
 /// and max-file, 0 for the defaults); Docker's words for a driver or option this engine does not
 /// have.
 pub fn log_rotation(lc: &engine_docker_api::LogConfig) -> Result<(u64, u32), String> {
+    if lc.typ == "none" {
+        if !lc.config.is_empty() {
+            return Err("logger: the none log driver takes no options".into());
+        }
+        // no log to read: the output is kept only as far as attaching needs it (one small
+        // file, overwritten)
+        return Ok((NONE_LOG_SIZE, 1));
+    }
     if !matches!(lc.typ.as_str(), "" | "json-file") {
         return Err(format!("logger: no log driver named '{}' is registered", lc.typ));
     }

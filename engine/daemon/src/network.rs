@@ -289,6 +289,11 @@ pub fn link_env(d: &NetworkService, hc: &HostConfig, own_name: &str) -> Vec<Stri
     env
 }
 
+/// The MAC address a link asks for (checked at create).
+fn link_mac(link: &NetworkLink) -> Option<[u8; 6]> {
+    link.mac_address.as_deref().and_then(engine_network::ipam::parse_mac)
+}
+
 /// At create: the networks a container goes on, checked (they exist, aliases and fixed
 /// addresses only where Docker allows them, ports parse). Its network mode is written back in
 /// its canonical form (`container:<id>`, or the network's name).
@@ -296,6 +301,7 @@ pub fn plan(
     d: &NetworkService,
     hc: &mut HostConfig,
     nc: Option<&NetworkingConfig>,
+    config_mac: &str,
 ) -> Result<Vec<NetworkLink>, ApiError> {
     let endpoints = nc.and_then(|n| n.endpoints_config.clone()).unwrap_or_default();
     let has_ports = hc.port_bindings.as_ref().is_some_and(|p| !p.is_empty()) || hc.publish_all_ports;
@@ -328,10 +334,13 @@ pub fn plan(
                 "conflicting options: port publishing and the container type network mode",
             ));
         }
-        if endpoints.values().any(|e| {
-            e.aliases.as_ref().is_some_and(|a| !a.is_empty())
-                || e.ipam_config.as_ref().is_some_and(|i| !i.ipv4_address.is_empty())
-        }) {
+        if !config_mac.is_empty()
+            || endpoints.values().any(|e| {
+                e.aliases.as_ref().is_some_and(|a| !a.is_empty())
+                    || e.ipam_config.as_ref().is_some_and(|i| !i.ipv4_address.is_empty())
+                    || !e.mac_address.is_empty()
+            })
+        {
             return Err(ApiError::bad_request(
                 "conflicting options: network endpoints and the container type network mode",
             ));
@@ -340,35 +349,45 @@ pub fn plan(
         return Ok(Vec::new());
     }
     let net = d.networks.find(&primary)?;
-    let link =
-        |rec: &NetworkRecord, ep: Option<&engine_docker_api::EndpointSettings>| -> Result<NetworkLink, ApiError> {
-            let aliases = ep.and_then(|e| e.aliases.clone()).unwrap_or_default();
-            let ip = ep.and_then(|e| e.ipam_config.as_ref()).map(|i| i.ipv4_address.as_str()).filter(|s| !s.is_empty());
-            let ipv4_address = ip
-                .map(|s| s.parse::<Ipv4Addr>().map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {s}"))))
-                .transpose()?;
-            if rec.name == engine_network::networks::DEFAULT && !aliases.is_empty() {
-                return Err(ApiError::bad_request(
-                    "network-scoped alias is supported only for containers in user defined networks",
-                ));
-            }
-            if ipv4_address.is_some() && !rec.subnet_configured {
-                return Err(ApiError::bad_request(
+    let link = |rec: &NetworkRecord,
+                ep: Option<&engine_docker_api::EndpointSettings>,
+                mac: &str|
+     -> Result<NetworkLink, ApiError> {
+        let aliases = ep.and_then(|e| e.aliases.clone()).unwrap_or_default();
+        let mac = ep.map(|e| e.mac_address.as_str()).filter(|m| !m.is_empty()).unwrap_or(mac);
+        let mac_address = match mac {
+            "" => None,
+            m => Some(engine_network::ipam::mac_string(
+                &engine_network::ipam::parse_mac(m)
+                    .ok_or_else(|| ApiError::bad_request(format!("invalid MAC address: {m}")))?,
+            )),
+        };
+        let ip = ep.and_then(|e| e.ipam_config.as_ref()).map(|i| i.ipv4_address.as_str()).filter(|s| !s.is_empty());
+        let ipv4_address = ip
+            .map(|s| s.parse::<Ipv4Addr>().map_err(|_| ApiError::bad_request(format!("invalid IPv4 address: {s}"))))
+            .transpose()?;
+        if rec.name == engine_network::networks::DEFAULT && !aliases.is_empty() {
+            return Err(ApiError::bad_request(
+                "network-scoped alias is supported only for containers in user defined networks",
+            ));
+        }
+        if ipv4_address.is_some() && !rec.subnet_configured {
+            return Err(ApiError::bad_request(
                 "user specified IP address is supported only when connecting to networks with user configured subnets",
             ));
+        }
+        if let (Some(ip), Some(subnet)) = (ipv4_address, rec.subnet) {
+            if !subnet.contains(&ip) {
+                return Err(ApiError::bad_request(format!(
+                    "requested address {ip} is not in subnet {subnet} of network {}",
+                    rec.name
+                )));
             }
-            if let (Some(ip), Some(subnet)) = (ipv4_address, rec.subnet) {
-                if !subnet.contains(&ip) {
-                    return Err(ApiError::bad_request(format!(
-                        "requested address {ip} is not in subnet {subnet} of network {}",
-                        rec.name
-                    )));
-                }
-            }
-            Ok(NetworkLink { name: rec.name.clone(), id: rec.id.clone(), aliases, ipv4_address })
-        };
+        }
+        Ok(NetworkLink { name: rec.name.clone(), id: rec.id.clone(), aliases, ipv4_address, mac_address })
+    };
     let primary_ep = endpoints.iter().find(|(k, _)| is_primary(k, &net.id)).map(|(_, v)| v);
-    let mut links = vec![link(&net, primary_ep)?];
+    let mut links = vec![link(&net, primary_ep, config_mac)?];
     if !net.is_bridge() {
         // host or none: no other network, and nothing to publish
         if endpoints.keys().any(|k| !is_primary(k, &net.id)) {
@@ -393,7 +412,7 @@ pub fn plan(
                 other.name
             )));
         }
-        links.push(link(&other, Some(ep))?);
+        links.push(link(&other, Some(ep), "")?);
     }
     for (key, bindings) in hc.port_bindings.iter().flatten() {
         for b in bindings.iter().flatten() {
@@ -577,7 +596,17 @@ async fn up_inner(
         let attached = match &net {
             Ok(net) => d
                 .networks
-                .attach(&net.id, &id, &rec.name, &link.aliases, (&ns, &nl), &ifname, link.ipv4_address, i == 0)
+                .attach(
+                    &net.id,
+                    &id,
+                    &rec.name,
+                    &link.aliases,
+                    (&ns, &nl),
+                    &ifname,
+                    link.ipv4_address,
+                    link_mac(link),
+                    i == 0,
+                )
                 .await
                 .map_err(ApiError::from),
             Err(err) => Err(ApiError::new(err.status, err.message.clone())),
@@ -1090,7 +1119,7 @@ pub async fn connect(d: &Arc<NetworkService>, net: &str, body: ConnectBody) -> R
     hc.publish_all_ports = false;
     let nc =
         NetworkingConfig { endpoints_config: body.endpoint_config.map(|ep| BTreeMap::from([(n.name.clone(), ep)])) };
-    let link = plan(d, &mut hc, Some(&nc))?.remove(0);
+    let link = plan(d, &mut hc, Some(&nc), "")?.remove(0);
     if rec.state.running() {
         let used: Vec<String> = d.networks.endpoints_of(&rec.id).into_iter().map(|(_, ep)| ep.ifname).collect();
         let ifname = (0..).map(|i| format!("eth{i}")).find(|n| !used.contains(n)).unwrap_or_default();
@@ -1107,7 +1136,17 @@ pub async fn connect(d: &Arc<NetworkService>, net: &str, body: ConnectBody) -> R
             .map_err(|err| ApiError::internal(format!("opening the container's network namespace: {err}")))?
         };
         d.networks
-            .attach(&n.id, &rec.id, &rec.name, &link.aliases, (&opened.0, &opened.1), &ifname, link.ipv4_address, false)
+            .attach(
+                &n.id,
+                &rec.id,
+                &rec.name,
+                &link.aliases,
+                (&opened.0, &opened.1),
+                &ifname,
+                link.ipv4_address,
+                link_mac(&link),
+                false,
+            )
             .await?;
     }
     e.update(|r| r.networks.push(link));
@@ -1214,27 +1253,27 @@ mod tests {
 
         // container:<name> becomes container:<id>; ports cannot go with it
         let mut hc = host_config(json!({"NetworkMode": "container:web"}));
-        assert!(plan(n, &mut hc, None).unwrap().is_empty());
+        assert!(plan(n, &mut hc, None, "").unwrap().is_empty());
         assert_eq!(hc.network_mode, format!("container:{id}"));
         let mut hc = host_config(json!({"NetworkMode": "container:nope"}));
-        let err = plan(n, &mut hc, None).unwrap_err();
+        let err = plan(n, &mut hc, None, "").unwrap_err();
         assert_eq!((err.status, err.message.as_str()), (StatusCode::BAD_REQUEST, "No such container: nope"));
         let mut hc = host_config(
             json!({"NetworkMode": "container:web", "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}}),
         );
-        assert!(plan(n, &mut hc, None).unwrap_err().message.contains("port publishing"));
+        assert!(plan(n, &mut hc, None, "").unwrap_err().message.contains("port publishing"));
 
         // host: no other network, and nothing published
         let mut hc = host_config(json!({"NetworkMode": "host", "PortBindings": {"80/tcp": [{"HostPort": "8080"}]}}));
-        let links = plan(n, &mut hc, None).unwrap();
+        let links = plan(n, &mut hc, None, "").unwrap();
         assert_eq!((links.len(), links[0].name.as_str()), (1, "host"));
         assert!(hc.port_bindings.is_none(), "a host container publishes nothing");
         let nc: NetworkingConfig =
             serde_json::from_value(json!({"EndpointsConfig": {"host": {}, "none": {}}})).unwrap();
-        let err = plan(n, &mut host_config(json!({"NetworkMode": "host"})), Some(&nc)).unwrap_err();
+        let err = plan(n, &mut host_config(json!({"NetworkMode": "host"})), Some(&nc), "").unwrap_err();
         assert!(err.message.contains("cannot be connected to other networks"), "{}", err.message);
         // the default network is not there
-        let err = plan(n, &mut host_config(json!({})), None).unwrap_err();
+        let err = plan(n, &mut host_config(json!({})), None, "").unwrap_err();
         assert_eq!(err.status, StatusCode::NOT_FOUND);
     }
 

@@ -65,6 +65,9 @@ pub struct NetworkLink {
     pub aliases: Vec<String>,
     #[serde(default)]
     pub ipv4_address: Option<Ipv4Addr>,
+    /// The MAC address asked for (`--mac-address`); else one made of the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
 }
 
 /// A change of a container's life, for waiters.

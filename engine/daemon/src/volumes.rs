@@ -164,8 +164,25 @@ pub fn create(volumes: &VolumeStore, body: CreateBody) -> Result<Resp, ApiError>
     Ok(json(StatusCode::CREATED, &v))
 }
 
-pub fn list(volumes: &VolumeStore) -> Resp {
-    json(StatusCode::OK, &json!({ "Volumes": volumes.list(), "Warnings": [] }))
+/// `GET /volumes`, filters `name` (substring), `driver`, `label` (`key` or `key=value`) and
+/// `dangling` (used by no container), as dockerd's.
+pub fn list(volumes: &VolumeStore, containers: &ContainerStore, q: &crate::http::Query) -> Result<Resp, ApiError> {
+    let f = crate::http::Filters::parse(q)?;
+    f.only(&["name", "driver", "label", "dangling"])?;
+    let out: Vec<Volume> = volumes
+        .list()
+        .into_iter()
+        .filter(|v| {
+            f.get("name").iter().all(|x| v.name.contains(x.as_str()))
+                && f.get("driver").iter().all(|x| v.driver == *x)
+                && f.get("label").iter().all(|l| match l.split_once('=') {
+                    Some((k, val)) => v.labels.get(k).map(String::as_str) == Some(val),
+                    None => v.labels.contains_key(l),
+                })
+                && f.get("dangling").iter().all(|x| (x == "true" || x == "1") == users(containers, &v.name).is_empty())
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &json!({ "Volumes": out, "Warnings": [] })))
 }
 
 pub fn inspect(volumes: &VolumeStore, name: &str) -> Result<Resp, ApiError> {

@@ -44,6 +44,9 @@ pub struct ContainerConfig {
     pub labels: Option<BTreeMap<String, String>>,
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<i64>,
+    /// `--mac-address` of the first network (before API 1.44), shown when set.
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "String::is_empty")]
+    pub mac_address: String,
     pub healthcheck: Option<HealthConfig>,
 }
 
@@ -91,6 +94,9 @@ pub struct EndpointSettings {
     #[serde(rename = "IPAMConfig")]
     pub ipam_config: Option<EndpointIpam>,
     pub aliases: Option<Vec<String>>,
+    /// `--mac-address` on this network (API 1.44's place for it).
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "String::is_empty")]
+    pub mac_address: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -227,6 +227,22 @@ pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x42, o[0], o[1], o[2], o[3]]
 }
 
+/// A MAC address as written (`02:42:ac:11:00:0a`); `None` when it is not one.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
 pub fn mac_string(mac: &[u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -234,6 +250,15 @@ pub fn mac_string(mac: &[u8; 6]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_parse_and_print() {
+        assert_eq!(parse_mac("02:42:AC:11:00:0a"), Some([2, 0x42, 0xac, 0x11, 0, 10]));
+        assert_eq!(mac_string(&parse_mac("02-42-ac-11-00-0a").unwrap()), "02:42:ac:11:00:0a");
+        assert_eq!(parse_mac("02:42:ac:11:00"), None);
+        assert_eq!(parse_mac("02:42:ac:11:00:zz"), None);
+        assert_eq!(parse_mac("2:42:ac:11:00:0a"), None);
+    }
 
     #[test]
     fn pools_parse_and_subnets_avoid_routes() {

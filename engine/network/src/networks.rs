@@ -620,6 +620,7 @@ impl Networks {
         ns: (&File, &Netlink),
         ifname: &str,
         requested_ip: Option<Ipv4Addr>,
+        requested_mac: Option<[u8; 6]>,
         default_route: bool,
     ) -> Result<Endpoint> {
         let rec = self.find(network)?;
@@ -677,7 +678,7 @@ impl Networks {
                 ip,
                 prefix: subnet.prefix_len(),
                 gateway,
-                mac: ipam::mac_string(&ipam::mac_for(ip)),
+                mac: ipam::mac_string(&requested_mac.unwrap_or_else(|| ipam::mac_for(ip))),
                 host_veth: host_veth.clone(),
                 ifname: ifname.to_string(),
                 ipv6: v6.map(|v| v.0),
@@ -697,11 +698,12 @@ impl Networks {
                 Some(i) => i,
                 None => self.ensure_bridge_of(&rec).await?,
             };
-            if self.host.veth_into(&host_veth, ifname, ipam::mac_for(ep.ip), bridge, ns.0).await.is_err() {
+            let mac = requested_mac.unwrap_or_else(|| ipam::mac_for(ep.ip));
+            if self.host.veth_into(&host_veth, ifname, mac, bridge, ns.0).await.is_err() {
                 // the pair of an earlier run of this container, its namespace not yet torn down
                 // by the kernel (or gone a moment ago): deleted if still there, and made again
                 let _ = self.host.delete(&host_veth).await;
-                self.host.veth_into(&host_veth, ifname, ipam::mac_for(ep.ip), bridge, ns.0).await?;
+                self.host.veth_into(&host_veth, ifname, mac, bridge, ns.0).await?;
             }
             ns.1.configure(ifname, ep.ip, ep.prefix, default_route.then_some(gateway)).await?;
             if let Some(ip6) = ep.ipv6 {

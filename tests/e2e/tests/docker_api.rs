@@ -178,7 +178,9 @@ fn a_short_execs_output_is_never_lost() {
     let said: Vec<u8> = demux(&rest).into_iter().flat_map(|(_, b)| b).collect();
     assert!(String::from_utf8_lossy(&said).contains("executable file not found"), "{said:?}");
     let (_, inspect) = request(&e, "GET", &format!("/v1.43/exec/{id}/json"), "");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&inspect).unwrap()["ExitCode"], 127, "{inspect}");
+    // (126 as dockerd 20.10's for any exec that cannot start, checked against it; a container's
+    // missing program is 127)
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&inspect).unwrap()["ExitCode"], 126, "{inspect}");
 
     // through both CLIs, with and without a terminal
     for i in 0..200 {
@@ -658,4 +660,89 @@ fn legacy_link_variables_and_link_removal() {
     assert_eq!(status, 404);
     assert_eq!(e.ok(&["ps", "-aq"]).lines().count(), 2, "a container went with the link");
     e.ok(&["rm", "-f", "db", "app"]);
+}
+
+/// `--mac-address` (the engine CLI's and the API's `Config.MacAddress`, docker-py's way): the
+/// container's eth0 has it and inspect shows it; a malformed one is refused and makes nothing.
+#[test]
+fn a_mac_address_as_asked() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    let out = e.ok(&["run", "--rm", "--mac-address", "02:42:ac:11:00:99", "bb", "cat", "/sys/class/net/eth0/address"]);
+    assert_eq!(out.trim(), "02:42:ac:11:00:99");
+    let (status, body) =
+        create(&e, serde_json::json!({"Image": "bb", "Cmd": ["sleep", "100"], "MacAddress": "02:42:AC:11:00:0A"}));
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["Id"].as_str().unwrap().to_string();
+    e.ok(&["start", &id]);
+    assert_eq!(e.inspect(&id, "{{.NetworkSettings.MacAddress}}"), "02:42:ac:11:00:0a");
+    assert_eq!(e.ok(&["exec", &id, "cat", "/sys/class/net/eth0/address"]).trim(), "02:42:ac:11:00:0a");
+    e.ok(&["rm", "-f", &id]);
+    let (status, body) = create(&e, serde_json::json!({"Image": "bb", "MacAddress": "02:42"}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid MAC address"), "{body}");
+    no_containers_left(&e, "the refused create");
+}
+
+/// Details docker-py's suite found, each as dockerd answers: `HostConfig.Mounts` in inspect's
+/// Mounts; a volume driver only matters to named volumes; the `none` log driver (no log to
+/// read, attach still works); volume list filters; `detachKeys` in any case, as Go reads JSON.
+#[test]
+fn docker_py_details_as_dockerd_answers_them() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    let src = e.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let (status, body) = create(
+        &e,
+        serde_json::json!({"Image": "bb", "Cmd": ["true"], "HostConfig": {
+            "Mounts": [{"Type": "bind", "Source": src, "Target": "/m", "ReadOnly": true}],
+            "VolumeDriver": "foo",
+        }}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["Id"].as_str().unwrap().to_string();
+    let mounts = inspect_json(&e, &id)["Mounts"].clone();
+    let m = mounts.as_array().unwrap().iter().find(|m| m["Destination"] == "/m").cloned().unwrap_or_default();
+    assert_eq!(
+        (m["Type"].as_str(), m["RW"].as_bool(), m["Propagation"].as_str()),
+        (Some("bind"), Some(false), Some("rprivate")),
+        "{mounts}"
+    );
+    e.ok(&["rm", &id]);
+    let (status, body) =
+        create(&e, serde_json::json!({"Image": "bb", "HostConfig": {"Binds": ["named:/v"], "VolumeDriver": "foo"}}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("volume driver"), "{body}");
+
+    let out = e.ok(&["run", "--name", "quiet", "--log-driver", "none", "bb", "echo", "hello"]);
+    assert_eq!(out, "hello\n", "an attached run still shows the output");
+    let (status, body) = request(&e, "GET", "/v1.43/containers/quiet/logs?stdout=1", "");
+    assert_eq!(status, 501, "{body}");
+    assert!(body.contains("configured logging driver does not support reading"), "{body}");
+    e.ok(&["rm", "quiet"]);
+
+    e.ok(&["volume", "create", "dockerpytest"]);
+    e.ok(&["volume", "create", "foobar-vol"]);
+    let names = |filter: &str| {
+        let (status, body) = request(&e, "GET", &format!("/v1.43/volumes?filters={filter}"), "");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["Volumes"].as_array().unwrap().iter().map(|v| v["Name"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(names("%7B%22name%22%3A%5B%22foobar%22%5D%7D"), ["foobar-vol"]);
+    assert_eq!(names("%7B%22dangling%22%3A%5B%22true%22%5D%7D").len(), 2);
+    let (status, _) = request(&e, "GET", "/v1.43/volumes?filters=%7B%22nope%22%3A%5B%22x%22%5D%7D", "");
+    assert_eq!(status, 400);
+
+    e.ok(&["run", "-d", "-t", "-i", "--name", "cat", "bb", "cat"]);
+    let body = serde_json::json!({"Cmd": ["cat"], "AttachStdin": true, "AttachStdout": true, "Tty": true, "detachKeys": "ctrl-p"});
+    let (status, resp) = request(&e, "POST", "/v1.43/containers/cat/exec", &body.to_string());
+    assert_eq!(status, 201, "{resp}");
+    let exec = serde_json::from_str::<serde_json::Value>(&resp).unwrap()["Id"].as_str().unwrap().to_string();
+    let mut s = hijack(&e, &format!("/v1.43/exec/{exec}/start"), r#"{"Detach":false,"Tty":true}"#);
+    s.write_all(b"\x10").unwrap();
+    read_to_close(s);
+    e.ok(&["rm", "-f", "cat"]);
+    e.ok(&["volume", "rm", "dockerpytest", "foobar-vol"]);
 }
