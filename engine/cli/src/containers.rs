@@ -354,8 +354,9 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         let net = a.network.clone().filter(|n| !n.is_empty() && n != "default").unwrap_or_else(|| "bridge".into());
         let endpoint = EndpointSettings {
             aliases: Some(a.network_alias.clone()),
-            ipam_config: a.ip.clone().map(|ip| EndpointIpam { ipv4_address: ip }),
+            ipam_config: a.ip.clone().map(|ip| EndpointIpam { ipv4_address: ip, link_local_ips: None }),
             mac_address: a.mac_address.clone().unwrap_or_default(),
+            ..Default::default()
         };
         NetworkingConfig { endpoints_config: Some(BTreeMap::from([(net, endpoint)])) }
     });

@@ -1182,7 +1182,9 @@ impl Daemon {
             {
                 let l = life.borrow_and_update();
                 let done = match condition {
-                    "" | "not-running" => !l.running && !e.snapshot().state.restarting(),
+                    // as dockerd's: stopped now, or an exit since (a restart policy's too:
+                    // dockerd wakes its waiters when it restarts the container)
+                    "" | "not-running" => (!l.running && !e.snapshot().state.restarting()) || l.exits > start.exits,
                     "next-exit" => l.exits > start.exits,
                     "removed" => l.removed,
                     c => return Err(ApiError::bad_request(format!("invalid condition: {c:?}"))),
@@ -1207,6 +1209,13 @@ impl Daemon {
                 rec.id
             ))
         };
+        // one its restart policy restarts counts as running, as dockerd's
+        if rec.state.restarting() && !force {
+            return Err(ApiError::conflict(format!(
+                "You cannot remove a restarting container {}. Stop the container before attempting removal or force remove",
+                rec.id
+            )));
+        }
         // `rm -f` of a container lifecycled does not stop (it does not answer): what is left
         // of it is removed without lifecycled
         let mut unanswered = None;

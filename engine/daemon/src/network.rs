@@ -145,7 +145,16 @@ async fn start_dns(
     let given = rec.host_config.dns.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| d.cfg.dns.clone());
     let scope = engine_network::dns::Scope {
         container: rec.id.clone(),
-        links: linked(d, &rec.host_config).into_iter().map(|(alias, target)| (alias, target.id)).collect(),
+        // the container's legacy links and its networks' links
+        links: linked(d, &rec.host_config)
+            .into_iter()
+            .chain(
+                rec.networks
+                    .iter()
+                    .flat_map(|l| linked(d, &HostConfig { links: Some(l.links.clone()), ..Default::default() })),
+            )
+            .map(|(alias, target)| (alias, target.id))
+            .collect(),
         networks: d.networks.clone(),
         upstreams: engine_network::dns::upstreams(&given, &etc::host_resolv_conf()),
         observer: d.dns.telemetry.clone(),
@@ -384,7 +393,33 @@ pub fn plan(
                 )));
             }
         }
-        Ok(NetworkLink { name: rec.name.clone(), id: rec.id.clone(), aliases, ipv4_address, mac_address })
+        if ep
+            .and_then(|e| e.ipam_config.as_ref())
+            .is_some_and(|i| i.link_local_ips.as_ref().is_some_and(|l| !l.is_empty()))
+        {
+            return Err(ApiError::bad_request("LinkLocalIPs are not supported"));
+        }
+        let links: Vec<String> = ep.and_then(|e| e.links.clone()).unwrap_or_default();
+        if !links.is_empty() && rec.name == engine_network::networks::DEFAULT {
+            return Err(ApiError::bad_request(
+                "links on the default bridge are the container's own (HostConfig.Links), not its endpoint's",
+            ));
+        }
+        for (target, _) in links_of(&HostConfig { links: Some(links.clone()), ..Default::default() })? {
+            d.containers
+                .find(&target)
+                .map_err(|_| ApiError::bad_request(format!("could not get container for {target}")))?;
+        }
+        let driver_opts = ep.and_then(|e| e.driver_opts.clone()).unwrap_or_default();
+        Ok(NetworkLink {
+            name: rec.name.clone(),
+            id: rec.id.clone(),
+            aliases,
+            ipv4_address,
+            mac_address,
+            links,
+            driver_opts,
+        })
     };
     let primary_ep = endpoints.iter().find(|(k, _)| is_primary(k, &net.id)).map(|(_, v)| v);
     let mut links = vec![link(&net, primary_ep, config_mac)?];
@@ -795,7 +830,9 @@ pub fn settings_json(d: &NetworkService, rec: &ContainerRecord) -> Value {
         networks.insert(
             link.name.clone(),
             json!({
-                "IPAMConfig": ipam, "Links": null, "Aliases": if link.aliases.is_empty() { Value::Null } else { json!(link.aliases) },
+                "IPAMConfig": ipam,
+                "Links": if link.links.is_empty() { Value::Null } else { json!(link.links) },
+                "Aliases": if link.aliases.is_empty() { Value::Null } else { json!(link.aliases) },
                 "NetworkID": link.id, "EndpointID": ep.map(|e| e.id.clone()).unwrap_or_default(),
                 "Gateway": ep.map(|e| e.gateway.to_string()).unwrap_or_default(),
                 "IPAddress": ep.map(|e| e.ip.to_string()).unwrap_or_default(),
@@ -804,7 +841,7 @@ pub fn settings_json(d: &NetworkService, rec: &ContainerRecord) -> Value {
                 "GlobalIPv6Address": ep.and_then(|e| e.ipv6).map(|ip| ip.to_string()).unwrap_or_default(),
                 "GlobalIPv6PrefixLen": ep.map(|e| e.prefix_v6).unwrap_or(0),
                 "MacAddress": ep.map(|e| e.mac.clone()).unwrap_or_default(),
-                "DriverOpts": null,
+                "DriverOpts": if link.driver_opts.is_empty() { Value::Null } else { json!(link.driver_opts) },
             }),
         );
     }
@@ -922,7 +959,7 @@ fn network_json(d: &NetworkService, n: &NetworkRecord) -> Value {
     let options = &n.options;
     json!({
         "Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local", "Driver": n.driver,
-        "EnableIPv6": n.ipv6.is_some(), "IPAM": { "Driver": "default", "Options": {}, "Config": config },
+        "EnableIPv6": n.ipv6.is_some(), "IPAM": { "Driver": "default", "Options": null, "Config": config },
         "Internal": n.internal, "Attachable": false, "Ingress": false, "ConfigFrom": { "Network": "" }, "ConfigOnly": false,
         "Containers": containers, "Options": options, "Labels": n.labels,
     })

@@ -68,6 +68,12 @@ pub struct NetworkLink {
     /// The MAC address asked for (`--mac-address`); else one made of the address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
+    /// Links on this network (`name:alias`), answered by its DNS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
+    /// The endpoint's driver options, as given.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
 }
 
 /// A change of a container's life, for waiters.

@@ -97,6 +97,11 @@ pub struct EndpointSettings {
     /// `--mac-address` on this network (API 1.44's place for it).
     #[serde(deserialize_with = "nullable", skip_serializing_if = "String::is_empty")]
     pub mac_address: String,
+    /// Links on this network, `name:alias` (its DNS answers the alias).
+    pub links: Option<Vec<String>>,
+    /// The driver's options for this endpoint (the bridge driver has none it acts on: kept and
+    /// shown, as dockerd's).
+    pub driver_opts: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -105,6 +110,9 @@ pub struct EndpointIpam {
     #[serde(rename = "IPv4Address")]
     #[serde(deserialize_with = "nullable")]
     pub ipv4_address: String,
+    /// Link-local addresses (not supported: refused when given).
+    #[serde(rename = "LinkLocalIPs")]
+    pub link_local_ips: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

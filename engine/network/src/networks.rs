@@ -186,10 +186,20 @@ fn random_id() -> Result<String> {
     engine_util::id::new_id().map_err(|source| NetworkError::Io { path: "getrandom".into(), source })
 }
 
-/// A valid network name: Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, within the engine's length bound.
+/// A valid network name, as dockerd's (libnetwork takes any name that is not blank: "test 01"
+/// is one), within the engine's length bound; no `/` (the API could not name it) and no
+/// control characters.
 pub fn check_name(n: &str) -> Result<()> {
-    engine_util::name::check_name(n, 1)
-        .map_err(|why| NetworkError::Invalid(format!("invalid network name {:?}: {why}", engine_util::name::shown(n))))
+    let bad = |why: String| {
+        Err(NetworkError::Invalid(format!("invalid network name {:?}: {why}", engine_util::name::shown(n))))
+    };
+    if n.len() > engine_util::name::MAX_NAME_LEN {
+        return bad(engine_util::name::NameError::TooLong(n.len()).to_string());
+    }
+    if n.trim().is_empty() || n.contains('/') || n.chars().any(char::is_control) {
+        return bad("a name is not blank and has no / or control characters".into());
+    }
+    Ok(())
 }
 
 impl Networks {

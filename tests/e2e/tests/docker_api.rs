@@ -746,3 +746,74 @@ fn docker_py_details_as_dockerd_answers_them() {
     e.ok(&["rm", "-f", "cat"]);
     e.ok(&["volume", "rm", "dockerpytest", "foobar-vol"]);
 }
+
+/// `wait` of a container with a restart policy answers at its first exit, as dockerd wakes its
+/// waiters when it restarts one (docker-py waited forever); a removal without force is still
+/// refused while it restarts.
+#[test]
+fn wait_answers_at_an_exit_the_restart_policy_follows() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    let (status, body) = create(
+        &e,
+        serde_json::json!({"Image": "bb", "Cmd": ["sh", "-c", "sleep 1; exit 3"], "HostConfig": {"RestartPolicy": {"Name": "always"}, "NetworkMode": "none"}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["Id"].as_str().unwrap().to_string();
+    e.ok(&["start", &id]);
+    let (status, body) = request(&e, "POST", &format!("/v1.43/containers/{id}/wait"), "");
+    assert_eq!(status, 200, "{body}");
+    // (the answer is chunked: its one JSON object)
+    let object = &body[body.find('{').unwrap_or(0)..=body.rfind('}').unwrap_or(0)];
+    assert_eq!(serde_json::from_str::<serde_json::Value>(object).unwrap()["StatusCode"], 3, "{body}");
+    let (status, body) = request(&e, "DELETE", &format!("/v1.43/containers/{id}"), "");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_lowercase().contains("stop the container before"), "{body}");
+    e.ok(&["rm", "-f", &id]);
+}
+
+/// Networks as docker-py meets them: a name with a space (any non-blank name, as dockerd's),
+/// `IPAM.Options` null when none were given, an endpoint's `DriverOpts` and network-scoped
+/// `Links` kept and shown (the network's DNS answers the link's alias), `LinkLocalIPs` refused
+/// by name.
+#[test]
+fn networks_as_docker_py_meets_them() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    let (status, body) = request(&e, "POST", "/v1.43/networks/create", r#"{"Name": "test 01"}"#);
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = request(&e, "GET", "/v1.43/networks/test%2001", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["IPAM"]["Options"].is_null(), "{body}");
+    let (status, _) = request(&e, "DELETE", "/v1.43/networks/test%2001", "");
+    assert_eq!(status, 204);
+    let (status, _) = request(&e, "POST", "/v1.43/networks/create", r#"{"Name": " "}"#);
+    assert_eq!(status, 400);
+
+    let net = format!("dpy{}", std::process::id());
+    e.ok(&["network", "create", &net]);
+    e.ok(&["run", "-d", "--name", "upstream", "--network", &net, "bb", "sleep", "1000"]);
+    let (status, body) = create(
+        &e,
+        serde_json::json!({"Image": "bb", "Cmd": ["sleep", "1000"], "HostConfig": {"NetworkMode": net},
+            "NetworkingConfig": {"EndpointsConfig": {net.clone(): {"Links": ["upstream:bar"], "DriverOpts": {"com.example.setting": "on"}}}}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["Id"].as_str().unwrap().to_string();
+    e.ok(&["start", &id]);
+    let settings = inspect_json(&e, &id)["NetworkSettings"]["Networks"][&net].clone();
+    assert_eq!(settings["Links"], serde_json::json!(["upstream:bar"]), "{settings}");
+    assert_eq!(settings["DriverOpts"]["com.example.setting"], "on", "{settings}");
+    let upstream_ip = e.inspect("upstream", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"));
+    let answer = e.ok(&["exec", &id, "nslookup", "bar"]);
+    assert!(answer.contains(upstream_ip.trim()), "bar is not {upstream_ip}: {answer}");
+    let (status, body) = create(
+        &e,
+        serde_json::json!({"Image": "bb", "HostConfig": {"NetworkMode": net},
+            "NetworkingConfig": {"EndpointsConfig": {net.clone(): {"IPAMConfig": {"LinkLocalIPs": ["169.254.8.8"]}}}}}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("LinkLocalIPs"), "{body}");
+    e.ok(&["rm", "-f", &id, "upstream"]);
+    e.ok(&["network", "rm", &net]);
+}

@@ -276,6 +276,8 @@ impl Engined {
     pub fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         use std::io::{Read, Write};
         let mut s = std::os::unix::net::UnixStream::connect(self.host().trim_start_matches("unix://")).unwrap();
+        // a request that hangs fails the test instead of hanging it
+        s.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
         write!(
             s,
             "{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -283,7 +285,9 @@ impl Engined {
         )
         .unwrap();
         let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
+        if let Err(e) = s.read_to_string(&mut resp) {
+            panic!("{method} {path}: no whole answer within 120 s ({e}): {resp}");
+        }
         let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
         let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
         (status, body.to_string())
