@@ -148,12 +148,13 @@ async fn start_dns(
         // the container's legacy links and its networks' links
         links: linked(d, &rec.host_config)
             .into_iter()
-            .chain(
-                rec.networks
-                    .iter()
-                    .flat_map(|l| linked(d, &HostConfig { links: Some(l.links.clone()), ..Default::default() })),
-            )
             .map(|(alias, target)| (alias, target.id))
+            .chain(rec.networks.iter().flat_map(|l| {
+                links_of(&HostConfig { links: Some(l.links.clone()), ..Default::default() })
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(target, alias)| (alias, target))
+            }))
             .collect(),
         networks: d.networks.clone(),
         upstreams: engine_network::dns::upstreams(&given, &etc::host_resolv_conf()),
@@ -405,11 +406,9 @@ pub fn plan(
                 "links on the default bridge are the container's own (HostConfig.Links), not its endpoint's",
             ));
         }
-        for (target, _) in links_of(&HostConfig { links: Some(links.clone()), ..Default::default() })? {
-            d.containers
-                .find(&target)
-                .map_err(|_| ApiError::bad_request(format!("could not get container for {target}")))?;
-        }
+        // (checked for form only: the container a network link names may come later, as
+        // dockerd allows; the network's DNS answers it once it is there)
+        links_of(&HostConfig { links: Some(links.clone()), ..Default::default() })?;
         let driver_opts = ep.and_then(|e| e.driver_opts.clone()).unwrap_or_default();
         Ok(NetworkLink {
             name: rec.name.clone(),
@@ -840,7 +839,7 @@ pub fn settings_json(d: &NetworkService, rec: &ContainerRecord) -> Value {
                 "IPv6Gateway": ep.and_then(|e| e.gateway_v6).map(|g| g.to_string()).unwrap_or_default(),
                 "GlobalIPv6Address": ep.and_then(|e| e.ipv6).map(|ip| ip.to_string()).unwrap_or_default(),
                 "GlobalIPv6PrefixLen": ep.map(|e| e.prefix_v6).unwrap_or(0),
-                "MacAddress": ep.map(|e| e.mac.clone()).unwrap_or_default(),
+                "MacAddress": ep.map(|e| e.mac.clone()).or_else(|| link.mac_address.clone()).unwrap_or_default(),
                 "DriverOpts": if link.driver_opts.is_empty() { Value::Null } else { json!(link.driver_opts) },
             }),
         );
@@ -1211,7 +1210,8 @@ pub async fn disconnect(d: &Arc<NetworkService>, net: &str, body: ConnectBody) -
     let _op = e.op.lock().await;
     let _net = e.net.lock().await;
     let rec = e.snapshot();
-    if !rec.networks.iter().any(|l| l.id == n.id) && !body.force {
+    // (force or not, as dockerd: force helps with a network that is gone, not with this)
+    if !rec.networks.iter().any(|l| l.id == n.id) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("container {} is not connected to network {}", rec.id, n.name),

@@ -862,7 +862,9 @@ impl Networks {
         let map = self.lock();
         let mut found: Option<(String, Vec<std::net::IpAddr>)> = None;
         for r in map.values().filter(|r| r.name != DEFAULT && r.endpoints.contains_key(container)) {
-            if let Some(ep) = r.endpoints.get(target) {
+            // by id, or by name (a network link may name a container made after it)
+            let ep = r.endpoints.get(target).or_else(|| r.endpoints.values().find(|ep| ep.container_name == target));
+            if let Some(ep) = ep {
                 let f = found.get_or_insert_with(|| (r.name.clone(), Vec::new()));
                 f.1.push(ep.ip.into());
                 f.1.extend(ep.ipv6.map(std::net::IpAddr::from));

@@ -814,6 +814,40 @@ fn networks_as_docker_py_meets_them() {
     );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("LinkLocalIPs"), "{body}");
-    e.ok(&["rm", "-f", &id, "upstream"]);
+    // a network link may name a container made later: its DNS answers once it is there; a
+    // MAC address given at connect shows before the start
+    e.ok(&["create", "--name", "early", "--network", &net, "bb", "sleep", "1000"]);
+    let connect = |container: &str, endpoint: serde_json::Value| {
+        request(
+            &e,
+            "POST",
+            &format!("/v1.43/networks/{net}/connect"),
+            &serde_json::json!({"Container": container, "EndpointConfig": endpoint}).to_string(),
+        )
+    };
+    let (status, body) = request(&e, "POST", &format!("/v1.43/networks/{net}/disconnect"), r#"{"Container": "early"}"#);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) =
+        connect("early", serde_json::json!({"Links": ["later:soon"], "MacAddress": "02:42:ac:11:00:02"}));
+    assert_eq!(status, 200, "{body}");
+    let shown = inspect_json(&e, "early")["NetworkSettings"]["Networks"][&net].clone();
+    assert_eq!(
+        (shown["MacAddress"].as_str(), shown["Links"].clone()),
+        (Some("02:42:ac:11:00:02"), serde_json::json!(["later:soon"])),
+        "{shown}"
+    );
+    e.ok(&["start", "early"]);
+    e.ok(&["run", "-d", "--name", "later", "--network", &net, "bb", "sleep", "1000"]);
+    let later_ip = e.inspect("later", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"));
+    let answer = e.ok(&["exec", "early", "nslookup", "soon"]);
+    assert!(answer.contains(later_ip.trim()), "soon is not {later_ip}: {answer}");
+    // disconnecting what is not connected is refused, force or not
+    let (status, _) = request(&e, "POST", &format!("/v1.43/networks/{net}/disconnect"), r#"{"Container": "early"}"#);
+    assert_eq!(status, 200);
+    let (status, body) =
+        request(&e, "POST", &format!("/v1.43/networks/{net}/disconnect"), r#"{"Container": "early", "Force": true}"#);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("is not connected"), "{body}");
+    e.ok(&["rm", "-f", &id, "upstream", "early", "later"]);
     e.ok(&["network", "rm", &net]);
 }
