@@ -70,6 +70,9 @@ pub struct RunArgs {
     /// Disable OOM Killer.
     #[arg(long)]
     pub oom_kill_disable: bool,
+    /// Mount volumes from the specified container(s) (name[:ro|:rw]).
+    #[arg(long)]
+    pub volumes_from: Vec<String>,
     /// Logging driver for the container (json-file, none).
     #[arg(long)]
     pub log_driver: Option<String>,
@@ -282,6 +285,8 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
     }
     let (exposed, bindings) = parse_publish(&a.publish, &a.expose)?;
     let given = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    let (anonymous, binds): (Vec<String>, Vec<String>) =
+        a.volume.iter().cloned().partition(|v| v.starts_with('/') && !v.contains(':'));
     let config = ContainerConfig {
         image: a.image.clone(),
         env: Some(env),
@@ -302,11 +307,14 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         stop_timeout: a.stop_timeout,
         healthcheck: healthcheck(a)?,
         exposed_ports: (!exposed.is_empty()).then(|| exposed.into_iter().map(|k| (k, serde_json::json!({}))).collect()),
+        // `-v /path` alone is an anonymous volume, as the Docker CLI sends it
+        volumes: Some(anonymous.iter().map(|p| (p.to_string(), serde_json::json!({}))).collect())
+            .filter(|v: &BTreeMap<String, serde_json::Value>| !v.is_empty()),
         ..Default::default()
     };
     let host_config = HostConfig {
         auto_remove: a.rm,
-        binds: Some(a.volume.clone()),
+        binds: Some(binds),
         restart_policy: restart_policy(&a.restart)?,
         resources: engine_docker_api::Resources {
             memory_swappiness: a.memory_swappiness,
@@ -346,6 +354,7 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
                 Ok(engine_docker_api::LogConfig { typ: a.log_driver.clone().unwrap_or_default(), config })
             })
             .transpose()?,
+        volumes_from: given(&a.volumes_from),
         cgroupns_mode: a.cgroupns.clone().unwrap_or_default(),
         runtime: a.runtime.clone().unwrap_or_default(),
         ..Default::default()

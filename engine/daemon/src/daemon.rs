@@ -277,6 +277,7 @@ impl Daemon {
         if body.image.is_empty() {
             return Err(ApiError::bad_request("config cannot be empty in order to create a container: no image given"));
         }
+        self.resolve_volumes_from(&mut hc)?;
         let mounts = hostconfig::check(&hc)?;
         hostconfig::fill_defaults(&mut hc);
         // as dockerd shows it: the driver the container logs with, named
@@ -541,11 +542,63 @@ impl Daemon {
     fn remove_anonymous_volumes(&self, id: &str) {
         for v in self.volumes.list() {
             if v.labels.get("engine.container").map(String::as_str) == Some(id) {
-                if let Err(err) = self.volumes.remove(&v.name, Vec::new()) {
+                // one another container took with --volumes-from stays while it is used
+                let others: Vec<String> =
+                    crate::volumes::users(&self.containers, &v.name).into_iter().filter(|u| u != id).collect();
+                if let Err(err) = self.volumes.remove(&v.name, others) {
                     log!(self.cfg, "warn", "removing anonymous volume {} of {id}: {err}", v.name);
                 }
             }
         }
+    }
+
+    /// `--volumes-from name[:ro|:rw]`: each named container's binds and volumes (its anonymous
+    /// ones too) join this one's `Mounts` at the same paths (read-only or read-write as asked,
+    /// else as each was), unless this one mounts something there itself; they then count as in
+    /// use by it (an `rm -v` of the other leaves them).
+    fn resolve_volumes_from(&self, hc: &mut HostConfig) -> Result<(), ApiError> {
+        let Some(from) = hc.volumes_from.clone().filter(|f| !f.is_empty()) else { return Ok(()) };
+        let mut taken: Vec<String> = hostconfig::mount_specs(hc)?.into_iter().map(|m| m.target).collect();
+        let mut added = Vec::new();
+        for spec in &from {
+            let (name, mode) = match spec.rsplit_once(':') {
+                Some((n, m)) if matches!(m, "ro" | "rw") => (n, Some(m)),
+                Some((_, m)) => return Err(ApiError::bad_request(format!("invalid mode for volumes-from: {m}"))),
+                None => (spec.as_str(), None),
+            };
+            // a 400, not a 404: the Docker CLI reads a 404 of a create as a missing image
+            let other = self
+                .containers
+                .find(name)
+                .map_err(|_| ApiError::bad_request(format!("No such container: {name}")))?
+                .snapshot();
+            let mut theirs = hostconfig::mount_specs(&other.host_config)?;
+            theirs.extend(other.anonymous_volumes.iter().map(|(v, target)| hostconfig::MountSpec {
+                source: hostconfig::Source::Volume(v.clone()),
+                target: target.clone(),
+                read_only: false,
+                no_copy: true,
+                propagation: None,
+            }));
+            for m in theirs {
+                if taken.contains(&m.target) {
+                    continue;
+                }
+                taken.push(m.target.clone());
+                let read_only = match mode {
+                    Some("ro") => true,
+                    Some("rw") => false,
+                    _ => m.read_only,
+                };
+                let (typ, source) = match m.source {
+                    hostconfig::Source::Host(p) => ("bind", p.display().to_string()),
+                    hostconfig::Source::Volume(v) => ("volume", v),
+                };
+                added.push(engine_docker_api::Mount { typ: typ.into(), source, target: m.target, read_only });
+            }
+        }
+        hc.mounts.get_or_insert_with(Vec::new).extend(added);
+        Ok(())
     }
 
     /// Removes whatever a failed create made: lifecycled's container, the snapshot, the directory.

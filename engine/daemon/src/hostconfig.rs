@@ -271,6 +271,47 @@ pub fn check_unsupported(r: &engine_docker_api::Resources) -> Result<(), ApiErro
     }
 }
 
+/// The binds (`-v`) and `Mounts` (`--mount`) of `hc`, parsed and checked (absolute targets,
+/// existing bind sources, no target twice).
+pub fn mount_specs(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
+    let bad = |m: String| Err(ApiError::bad_request(m));
+    let mut mounts = Vec::new();
+    for b in hc.binds.iter().flatten() {
+        mounts.push(parse_bind(b)?);
+    }
+    for m in hc.mounts.iter().flatten() {
+        if !m.target.starts_with('/') {
+            return bad(format!("invalid mount config: mount path {:?} must be absolute", m.target));
+        }
+        let source = match m.typ.as_str() {
+            "bind" => Source::Host(PathBuf::from(&m.source)),
+            "volume" => Source::Volume(m.source.clone()),
+            t => return bad(format!("mount type {t:?} is not supported (bind, volume)")),
+        };
+        if let Source::Host(p) = &source {
+            if !p.is_absolute() || !p.exists() {
+                return bad(format!(
+                    "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                    p.display()
+                ));
+            }
+        }
+        mounts.push(MountSpec {
+            source,
+            target: m.target.clone(),
+            read_only: m.read_only,
+            no_copy: false,
+            propagation: None,
+        });
+    }
+    for (i, m) in mounts.iter().enumerate() {
+        if mounts[..i].iter().any(|o| o.target == m.target) {
+            return bad(format!("Duplicate mount point: {}", m.target));
+        }
+    }
+    Ok(mounts)
+}
+
 fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
     let bad = |m: String| Err(ApiError::bad_request(m));
     if hc.cgroup_parent.split('/').any(|c| c == ".." || c == ".") {
@@ -347,40 +388,7 @@ fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
             return bad(format!("invalid mount config: tmpfs destination {path:?} must be absolute"));
         }
     }
-    let mut mounts = Vec::new();
-    for b in hc.binds.iter().flatten() {
-        mounts.push(parse_bind(b)?);
-    }
-    for m in hc.mounts.iter().flatten() {
-        if !m.target.starts_with('/') {
-            return bad(format!("invalid mount config: mount path {:?} must be absolute", m.target));
-        }
-        let source = match m.typ.as_str() {
-            "bind" => Source::Host(PathBuf::from(&m.source)),
-            "volume" => Source::Volume(m.source.clone()),
-            t => return bad(format!("mount type {t:?} is not supported (bind, volume)")),
-        };
-        if let Source::Host(p) = &source {
-            if !p.is_absolute() || !p.exists() {
-                return bad(format!(
-                    "invalid mount config for type \"bind\": bind source path does not exist: {}",
-                    p.display()
-                ));
-            }
-        }
-        mounts.push(MountSpec {
-            source,
-            target: m.target.clone(),
-            read_only: m.read_only,
-            no_copy: false,
-            propagation: None,
-        });
-    }
-    for (i, m) in mounts.iter().enumerate() {
-        if mounts[..i].iter().any(|o| o.target == m.target) {
-            return bad(format!("Duplicate mount point: {}", m.target));
-        }
-    }
+    let mounts = mount_specs(hc)?;
     // `--volume-driver` is the driver of the named volumes it makes (binds have none)
     if !matches!(hc.volume_driver.as_str(), "" | "local")
         && mounts.iter().any(|m| matches!(m.source, Source::Volume(_)))

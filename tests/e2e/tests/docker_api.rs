@@ -851,3 +851,57 @@ fn networks_as_docker_py_meets_them() {
     e.ok(&["rm", "-f", &id, "upstream", "early", "later"]);
     e.ok(&["network", "rm", &net]);
 }
+
+/// `--volumes-from` as dockerd: the other container's binds, named and anonymous volumes at the
+/// same paths, read-only when asked; shown in Mounts; a volume so shared outlives the other's
+/// `rm -v` while this one uses it; a missing container or a bad mode is refused.
+#[test]
+fn volumes_from_another_container() {
+    let e = Engined::start();
+    e.import_busybox("bb");
+    let host = e.dir.path().join("shared");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("h"), "host\n").unwrap();
+    let bind = format!("{}:/bind", host.display());
+    e.ok(&[
+        "run",
+        "--name",
+        "src",
+        "-v",
+        "named:/named",
+        "-v",
+        "/anon",
+        "-v",
+        &bind,
+        "bb",
+        "sh",
+        "-c",
+        "echo n > /named/f; echo a > /anon/f",
+    ]);
+    let out = e.ok(&[
+        "run",
+        "--name",
+        "user",
+        "--volumes-from",
+        "src:ro",
+        "bb",
+        "sh",
+        "-c",
+        "cat /named/f /anon/f /bind/h; touch /named/x 2>/dev/null || echo read-only",
+    ]);
+    assert_eq!(out, "n\na\nhost\nread-only\n");
+    let mounts = e.inspect("user", "{{range .Mounts}}{{.Destination}}:{{.RW}} {{end}}");
+    for want in ["/named:false", "/anon:false", "/bind:false"] {
+        assert!(mounts.contains(want), "{want} not in {mounts}");
+    }
+    assert_eq!(e.inspect("user", "{{json .HostConfig.VolumesFrom}}"), r#"["src:ro"]"#);
+    // the anonymous volume is in use by `user`: the other's rm -v leaves it
+    e.ok(&["rm", "-v", "src"]);
+    assert_eq!(e.ok(&["start", "-a", "user"]), "n\na\nhost\nread-only\n");
+    e.ok(&["rm", "-v", "user"]);
+    for (from, says) in [("nope", "No such container: nope"), ("user:xx", "invalid mode")] {
+        let out = engine(&e, &["create", "--volumes-from", from, "bb"], "");
+        assert!(!out.status.success() && stderr(&out).contains(says), "{from}: {}", stderr(&out));
+    }
+    no_containers_left(&e, "the refused creates");
+}
