@@ -385,7 +385,7 @@ pub async fn build(c: &Client, a: BuildArgs) -> Result<i32> {
             registries.iter().map(|h| ("X-Registry-Config", h.as_str())),
         )
         .await?;
-    let messages = crate::images::json_stream(r, a.quiet).await?;
+    let messages = crate::images::json_stream(r, a.quiet, true).await?;
     if a.quiet {
         if let Some(id) = messages.iter().rev().find_map(|m| m["aux"]["ID"].as_str()) {
             println!("{id}");

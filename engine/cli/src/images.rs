@@ -91,8 +91,13 @@ fn bar(total: Option<u64>, quiet: bool, what: &str) -> indicatif::ProgressBar {
     b
 }
 
-/// Prints the JSON message stream of load/import; an `error` message fails the command.
-pub(crate) async fn json_stream(r: hyper::Response<hyper::body::Incoming>, quiet: bool) -> Result<Vec<Value>> {
+/// Prints a JSON-lines answer's `stream` text as it comes (and, with `statuses`, a pull's
+/// status lines inside it: a build's base image); an `error` fails the command.
+pub(crate) async fn json_stream(
+    r: hyper::Response<hyper::body::Incoming>,
+    quiet: bool,
+    statuses: bool,
+) -> Result<Vec<Value>> {
     let mut messages = Vec::new();
     let mut error = None;
     client::for_each_json_line(r, |v| {
@@ -102,7 +107,7 @@ pub(crate) async fn json_stream(r: hyper::Response<hyper::body::Incoming>, quiet
             if !quiet || s.starts_with("Loaded image") {
                 print!("{s}");
             }
-        } else if let (Some(status), false) = (v["status"].as_str(), quiet) {
+        } else if let (Some(status), false, true) = (v["status"].as_str(), quiet, statuses) {
             // a pull inside the stream (a build's base image): its lines, not its ticks
             if v["progressDetail"]["current"].is_null() {
                 match v["id"].as_str() {
@@ -150,7 +155,7 @@ pub async fn load(c: &Client, a: LoadArgs) -> Result<i32> {
     let r = c
         .send(hyper::Method::POST, &format!("/images/load?quiet={}", a.quiet as u8), body, Some("application/x-tar"))
         .await?;
-    let out = json_stream(r, a.quiet).await;
+    let out = json_stream(r, a.quiet, false).await;
     pb.finish_and_clear();
     out?;
     Ok(0)
@@ -234,7 +239,7 @@ pub async fn import(c: &Client, a: ImportArgs) -> Result<i32> {
     let pb2 = pb.clone();
     let body = client::reader_body(reader, move |n| pb2.set_position(n));
     let r = c.send(hyper::Method::POST, &format!("/images/create?{q}"), body, Some("application/x-tar")).await?;
-    let out = json_stream(r, true).await;
+    let out = json_stream(r, true, false).await;
     pb.finish_and_clear();
     for m in out? {
         if let Some(id) = m["status"].as_str() {
