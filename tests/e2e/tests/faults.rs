@@ -317,9 +317,15 @@ fn orphans_of_lost_records_are_reported_and_collected() {
     assert!(e.mounts().iter().all(|m| !m.contains(&a)), "a's mounts are removed");
     let log = std::fs::read_to_string(e.dir.path().join("engined.log")).unwrap();
     assert!(log.contains(&format!("orphaned task of container {a}")), "no warning of the collection in the log");
-    // the collection is a trace of its own, found by the lost container's id
-    let traced = e.ok(&["trace", "--json", "--op", "collect", &a]);
-    for what in ["daemon.collect", "daemon.orphan", "snapshots", "/lifecycle/tasks/", "lifecycle.Tasks/Delete"] {
+    // the collection is a trace of its own, found by the lost container's id (its spans reach
+    // the store on their own way: waited for, as the other trace tests do)
+    let parts = ["daemon.collect", "daemon.orphan", "snapshots", "/lifecycle/tasks/", "lifecycle.Tasks/Delete"];
+    let mut traced = String::new();
+    wait_until(std::time::Duration::from_secs(30), || {
+        traced = stdout(&e.engine(&["trace", "--json", "--op", "collect", &a]));
+        parts.iter().all(|p| traced.contains(p))
+    });
+    for what in parts {
         assert!(traced.contains(what), "no {what} in the collection's trace: {traced}");
     }
     assert_eq!(e.state("lost-b"), "running");
