@@ -208,6 +208,15 @@ fn selected(filter: &HashMap<String, String>, l: &BTreeMap<String, String>) -> b
 
 /// The interfaces of a network namespace but loopback, with their traffic, from its
 /// `/proc/<pid>/net/dev`.
+/// A CRI container's memory+swap: the kubelet's, or with none given, its memory limit alone (no
+/// swap, as containerd's CRI); not Docker's default of twice the memory.
+fn swap_limit(memory: i64, swap: i64) -> i64 {
+    match swap {
+        0 if memory > 0 => memory,
+        s => s,
+    }
+}
+
 fn interface_usage(net_dev: &str) -> Vec<cri::NetworkInterfaceUsage> {
     let v = |value: u64| Some(cri::UInt64Value { value });
     crate::network::interface_counters(net_dev)
@@ -740,6 +749,8 @@ impl Cri {
             ..Default::default()
         };
         host_config.resources.memory = resources.memory_limit_in_bytes;
+        host_config.resources.memory_swap =
+            swap_limit(resources.memory_limit_in_bytes, resources.memory_swap_limit_in_bytes);
         host_config.resources.cpu_shares = resources.cpu_shares;
         host_config.resources.cpu_quota = resources.cpu_quota;
         host_config.resources.cpu_period = resources.cpu_period;
@@ -1008,6 +1019,7 @@ impl Cri {
         u.resources.cpuset_cpus = r.cpuset_cpus;
         u.resources.cpuset_mems = r.cpuset_mems;
         u.resources.memory = r.memory_limit_in_bytes;
+        u.resources.memory_swap = swap_limit(r.memory_limit_in_bytes, r.memory_swap_limit_in_bytes);
         u.resources.cpu_shares = r.cpu_shares;
         u.resources.cpu_period = r.cpu_period;
         u.resources.cpu_quota = r.cpu_quota;

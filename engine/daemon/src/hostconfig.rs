@@ -198,7 +198,9 @@ fn check_memory(r: &engine_docker_api::Resources) -> Result<(), ApiError> {
             return bad("Minimum memoryswap limit should be larger than memory limit, see usage");
         }
     }
-    if r.memory_swap > 0 && r.memory_swap != r.memory * 2 && !host.swap_limit {
+    // (without swap accounting neither Docker's default of twice the memory nor the CRI's
+    // memory+swap equal to the memory can be enforced: taken, as dockerd and containerd do)
+    if r.memory_swap > 0 && r.memory_swap != r.memory * 2 && r.memory_swap != r.memory && !host.swap_limit {
         return bad("Your kernel does not support swap limit capabilities or the cgroup is not mounted: MemorySwap cannot be applied");
     }
     if let Some(s) = r.memory_swappiness.filter(|s| *s != -1) {

@@ -731,6 +731,10 @@ fn exec_attach_and_port_forward_stream_through_the_cri() {
     rt.block_on(runtime.update_container_resources(req)).unwrap();
     let mem = e.cgroup_file(&web, "memory.max").or_else(|| e.cgroup_file(&web, "memory.limit_in_bytes"));
     assert_eq!(mem.unwrap(), (96u64 << 20).to_string());
+    // no swap beyond it, as containerd's CRI (not Docker's twice the memory), where swap is accounted
+    if let Some(memsw) = e.cgroup_file(&web, "memory.memsw.limit_in_bytes") {
+        assert_eq!(memsw, (96u64 << 20).to_string());
+    }
     let cpuset = cri::LinuxContainerResources { cpuset_cpus: "0".into(), ..Default::default() };
     let req =
         cri::UpdateContainerResourcesRequest { container_id: web.clone(), linux: Some(cpuset), ..Default::default() };
