@@ -356,10 +356,6 @@ pub async fn build<H: BuildHost>(
         let outer = trace.enter(span);
         let started = std::time::Instant::now();
         let image_before = current.as_ref().map(|s| s.image.clone());
-        let layers_before = match &image_before {
-            Some(i) => host.images().resolve(&i.to_string()).map_or(0, |i| i.record.layers.len()),
-            None => 0,
-        };
         let result = match (&mut current, ins.keyword.as_str()) {
             (_, "FROM") => {
                 if let Some(done) = current.take() {
@@ -485,8 +481,8 @@ pub async fn build<H: BuildHost>(
         if let (Ok(_), Some(s)) = (&result, &current) {
             if image_before.as_ref() != Some(&s.image) {
                 if let Ok(made) = host.images().resolve(&s.image.to_string()) {
-                    let layers = made.record.layers.len();
-                    if layers > layers_before && made.config.history.last().is_some_and(|h| !h.empty_layer) {
+                    // a new image whose last history entry made a layer: the step's
+                    if made.config.history.last().is_some_and(|h| !h.empty_layer) {
                         let size = made.record.layers.last().map_or(0, |l| l.unpacked_size);
                         trace.attr(span, "build.layer.size", size as i64);
                     }
