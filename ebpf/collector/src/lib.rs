@@ -391,6 +391,11 @@ impl Probes {
         out
     }
 
+    /// Whether a buffered event is one `want` wants (the events stay).
+    pub fn any(&self, want: impl FnMut(&KernelEvent) -> bool) -> bool {
+        self.lock().buffer.iter().any(want)
+    }
+
     /// Takes the buffered events that `take` wants, in time order.
     pub fn take(&self, mut take: impl FnMut(&KernelEvent) -> bool) -> Vec<KernelEvent> {
         let mut inner = self.lock();

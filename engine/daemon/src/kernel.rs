@@ -219,6 +219,12 @@ fn point(e: &KernelEvent) -> Option<span::Event> {
 
 /// How long after a runtime span the container's own events still belong to it (see above).
 const EXEC_GRACE_NS: u64 = 5_000_000;
+/// How long after it the exec of the user's program still does: the runtime sees the program
+/// replaced (its `/proc/<pid>/exe`) before the kernel reports the exec, and a busy machine may
+/// run other work between the two; the runtime waits a second for the exec at most.
+const EXEC_LATE_NS: u64 = 1_000_000_000;
+/// How long the intake waits for that report when the process lives on without it.
+const EXEC_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A span a kernel event may belong to.
 struct Owner {
@@ -300,12 +306,13 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
         return;
     }
     probes.drain();
+    wait_for_execs(&owners, probes);
     if probes.profiles() {
         attribute_cpu(req, &owners, probes);
     }
     let pids: HashSet<u32> = owners.iter().map(|o| o.pid).collect();
     let lo = owners.iter().map(|o| o.start).min().unwrap_or(0);
-    let hi = owners.iter().map(|o| o.end).max().unwrap_or(0);
+    let hi = owners.iter().map(|o| o.end + if o.fallback { EXEC_LATE_NS } else { 0 }).max().unwrap_or(0);
     // the innermost span of the event's process that was open at the time
     // an event of a container's process is confirmed by its cgroup: the process was born in the
     // container's cgroup, so an event from any other is not this container's (a reused pid)
@@ -317,7 +324,8 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
             owners
                 .iter()
                 .filter(move |o| {
-                    o.pid == pid && o.fallback == fallback && o.start <= t && t <= o.end && confirmed(o, e)
+                    let end = if fallback && e.kind == kind::EXEC { o.end + EXEC_LATE_NS } else { o.end };
+                    o.pid == pid && o.fallback == fallback && o.start <= t && t <= end && confirmed(o, e)
                 })
                 .min_by_key(|o| o.end - o.start)
         };
@@ -412,6 +420,29 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
             ..Default::default()
         });
     }
+}
+
+/// Waits (up to `EXEC_WAIT`) for the exec of each container's first process that a runtime span
+/// names (`container.process.pid`) when the probes have not reported it yet and the process
+/// still runs: the report is a moment behind the runtime's own view of it. The intake worker
+/// waits here, never a container operation.
+fn wait_for_execs(owners: &[Owner], probes: &Probes) {
+    let deadline = std::time::Instant::now() + EXEC_WAIT;
+    let pending = |o: &&Owner| {
+        o.fallback && !probes.any(|e| e.kind == kind::EXEC && e.tgid == o.pid && e.wall_ns >= o.start) && running(o.pid)
+    };
+    while owners.iter().any(|o| pending(&o)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        probes.drain();
+    }
+}
+
+/// Whether process `pid` exists and has not exited (a zombie has no exec to come).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+        .is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 /// Blocking stacks of a span kept as events at most, and the least blocked time that makes one.
