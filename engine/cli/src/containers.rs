@@ -131,6 +131,12 @@ pub struct RunArgs {
     /// IPv4 address on a user network with a configured subnet.
     #[arg(long)]
     pub ip: Option<String>,
+    /// IPv6 address on a user network with a configured IPv6 subnet.
+    #[arg(long)]
+    pub ip6: Option<String>,
+    /// Container IPv4/IPv6 link-local addresses.
+    #[arg(long = "link-local-ip")]
+    pub link_local_ip: Vec<String>,
     /// Network-scoped alias for the container.
     #[arg(long = "network-alias", alias = "net-alias")]
     pub network_alias: Vec<String>,
@@ -359,11 +365,16 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         runtime: a.runtime.clone().unwrap_or_default(),
         ..Default::default()
     };
-    let networking_config = (a.ip.is_some() || !a.network_alias.is_empty() || a.mac_address.is_some()).then(|| {
+    let addressed = a.ip.is_some() || a.ip6.is_some() || !a.link_local_ip.is_empty();
+    let networking_config = (addressed || !a.network_alias.is_empty() || a.mac_address.is_some()).then(|| {
         let net = a.network.clone().filter(|n| !n.is_empty() && n != "default").unwrap_or_else(|| "bridge".into());
         let endpoint = EndpointSettings {
             aliases: Some(a.network_alias.clone()),
-            ipam_config: a.ip.clone().map(|ip| EndpointIpam { ipv4_address: ip, link_local_ips: None }),
+            ipam_config: addressed.then(|| EndpointIpam {
+                ipv4_address: a.ip.clone().unwrap_or_default(),
+                ipv6_address: a.ip6.clone().unwrap_or_default(),
+                link_local_ips: (!a.link_local_ip.is_empty()).then(|| a.link_local_ip.clone()),
+            }),
             mac_address: a.mac_address.clone().unwrap_or_default(),
             ..Default::default()
         };

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use crate::client::{self, Client};
 use crate::containers::{each, filters_param, inspect_each, print_formatted, urlencode};
 use crate::format;
+use engine_docker_api::{EndpointIpam, EndpointSettings};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum NetworkCommand {
@@ -23,9 +24,12 @@ pub enum NetworkCommand {
         /// Enable IPv6 (dual stack; without an IPv6 --subnet, a unique local /64).
         #[arg(long)]
         ipv6: bool,
-        /// Allocate container addresses from a sub-range.
+        /// Allocate container addresses from a sub-range (one per family).
         #[arg(long = "ip-range")]
-        ip_range: Option<String>,
+        ip_range: Vec<String>,
+        /// Auxiliary IPv4 or IPv6 addresses never given to a container (name=address).
+        #[arg(long = "aux-address")]
+        aux_address: Vec<String>,
         /// Restrict external access to the network.
         #[arg(long)]
         internal: bool,
@@ -71,9 +75,21 @@ pub enum NetworkCommand {
         /// IPv4 address (on a network with a configured subnet).
         #[arg(long)]
         ip: Option<String>,
+        /// IPv6 address (on a network with a configured IPv6 subnet).
+        #[arg(long)]
+        ip6: Option<String>,
+        /// Link-local addresses for the container's interface.
+        #[arg(long = "link-local-ip")]
+        link_local_ip: Vec<String>,
         /// Network-scoped alias for the container.
         #[arg(long)]
         alias: Vec<String>,
+        /// Add a link to another container (name[:alias]), answered by this network's DNS.
+        #[arg(long)]
+        link: Vec<String>,
+        /// Driver options for the endpoint (key=value).
+        #[arg(long = "driver-opt")]
+        driver_opt: Vec<String>,
         network: String,
         container: String,
     },
@@ -105,17 +121,26 @@ fn pairs(items: &[String]) -> serde_json::Map<String, Value> {
 
 pub async fn network(c: &Client, cmd: NetworkCommand) -> Result<i32> {
     match cmd {
-        NetworkCommand::Create { driver, subnet, gateway, ipv6, ip_range, internal, label, opt, name } => {
+        NetworkCommand::Create { driver, subnet, gateway, ipv6, ip_range, aux_address, internal, label, opt, name } => {
             let family = |s: &str| s.contains(':');
+            let mut aux = Vec::new();
+            for a in &aux_address {
+                let (k, v) =
+                    a.split_once('=').ok_or_else(|| anyhow::anyhow!("invalid --aux-address {a:?}: name=address"))?;
+                aux.push((k.to_string(), v.to_string()));
+            }
             let mut config = Vec::new();
             for s in &subnet {
-                // the gateway and range of the subnet's family (Docker pairs them in order)
+                // the gateway, range and aux addresses of the subnet's family (Docker pairs them so)
                 let gw = gateway.iter().find(|g| family(g) == family(s)).cloned().unwrap_or_default();
-                let range = ip_range.clone().filter(|r| family(r) == family(s)).unwrap_or_default();
-                config.push(json!({ "Subnet": s, "Gateway": gw, "IPRange": range }));
+                let range = ip_range.iter().find(|r| family(r) == family(s)).cloned().unwrap_or_default();
+                let aux: serde_json::Map<String, Value> =
+                    aux.iter().filter(|(_, v)| family(v) == family(s)).map(|(k, v)| (k.clone(), json!(v))).collect();
+                config.push(json!({ "Subnet": s, "Gateway": gw, "IPRange": range, "AuxiliaryAddresses": aux }));
             }
-            if gateway.iter().chain(&ip_range).any(|g| !subnet.iter().any(|s| family(s) == family(g))) {
-                bail!("--gateway and --ip-range need a --subnet of their family");
+            let families = gateway.iter().chain(&ip_range).chain(aux.iter().map(|(_, v)| v));
+            if families.clone().any(|g| !subnet.iter().any(|s| family(s) == family(g))) {
+                bail!("--gateway, --ip-range and --aux-address need a --subnet of their family");
             }
             let body = json!({
                 "Name": name, "CheckDuplicate": true, "Driver": driver, "Internal": internal, "EnableIPv6": ipv6,
@@ -166,11 +191,24 @@ pub async fn network(c: &Client, cmd: NetworkCommand) -> Result<i32> {
             )
             .await;
         }
-        NetworkCommand::Connect { ip, alias, network, container } => {
-            let mut ep = json!({ "Aliases": alias });
-            if let Some(ip) = ip {
-                ep["IPAMConfig"] = json!({ "IPv4Address": ip });
-            }
+        NetworkCommand::Connect { ip, ip6, link_local_ip, alias, link, driver_opt, network, container } => {
+            let ep = EndpointSettings {
+                ipam_config: (ip.is_some() || ip6.is_some() || !link_local_ip.is_empty()).then(|| EndpointIpam {
+                    ipv4_address: ip.unwrap_or_default(),
+                    ipv6_address: ip6.unwrap_or_default(),
+                    link_local_ips: (!link_local_ip.is_empty()).then_some(link_local_ip),
+                }),
+                aliases: Some(alias),
+                links: (!link.is_empty()).then_some(link),
+                driver_opts: (!driver_opt.is_empty()).then(|| {
+                    driver_opt
+                        .iter()
+                        .map(|l| l.split_once('=').unwrap_or((l, "")))
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                }),
+                ..Default::default()
+            };
             c.post(
                 &format!("/networks/{}/connect", urlencode(&network)),
                 Some(&json!({ "Container": container, "EndpointConfig": ep })),

@@ -145,17 +145,7 @@ async fn start_dns(
     let given = rec.host_config.dns.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| d.cfg.dns.clone());
     let scope = engine_network::dns::Scope {
         container: rec.id.clone(),
-        // the container's legacy links and its networks' links
-        links: linked(d, &rec.host_config)
-            .into_iter()
-            .map(|(alias, target)| (alias, target.id))
-            .chain(rec.networks.iter().flat_map(|l| {
-                links_of(&HostConfig { links: Some(l.links.clone()), ..Default::default() })
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(target, alias)| (alias, target))
-            }))
-            .collect(),
+        links: dns_links(d, rec),
         networks: d.networks.clone(),
         upstreams: engine_network::dns::upstreams(&given, &etc::host_resolv_conf()),
         observer: d.dns.telemetry.clone(),
@@ -174,6 +164,29 @@ async fn start_dns(
         d.dns.windows().insert(rec.id.clone(), (tp, until));
     }
     Ok(())
+}
+
+/// What a container's DNS server answers as links: alias → container, of its legacy links and
+/// of its networks' links (a network link's container may come later: named, not resolved).
+fn dns_links(d: &NetworkService, rec: &ContainerRecord) -> BTreeMap<String, String> {
+    linked(d, &rec.host_config)
+        .into_iter()
+        .map(|(alias, target)| (alias, target.id))
+        .chain(rec.networks.iter().flat_map(|l| {
+            links_of(&HostConfig { links: Some(l.links.clone()), ..Default::default() })
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(target, alias)| (alias, target))
+        }))
+        .collect()
+}
+
+/// A running container's DNS server learns its links as a connect or disconnect left them.
+fn refresh_dns_links(d: &NetworkService, e: &Entry) {
+    let rec = e.snapshot();
+    if let Some(server) = d.dns.running().get(&rec.id) {
+        server.set_links(dns_links(d, &rec));
+    }
 }
 
 /// After an engined restart, for a container still running on a user network: its DNS
@@ -300,8 +313,28 @@ pub fn link_env(d: &NetworkService, hc: &HostConfig, own_name: &str) -> Vec<Stri
 }
 
 /// The MAC address a link asks for (checked at create).
-fn link_mac(link: &NetworkLink) -> Option<[u8; 6]> {
-    link.mac_address.as_deref().and_then(engine_network::ipam::parse_mac)
+/// What a container's configured place on a network asks of its endpoint.
+fn endpoint_request(link: &NetworkLink) -> engine_network::EndpointRequest {
+    engine_network::EndpointRequest {
+        ipv4: link.ipv4_address,
+        ipv6: link.ipv6_address,
+        link_local: link.link_local_ips.clone(),
+        mac: link.mac_address.as_deref().and_then(engine_network::ipam::parse_mac),
+    }
+}
+
+/// `IPAMConfig` of an endpoint as dockerd shows it: what was asked for, null when nothing was.
+fn ipam_config_json(link: &NetworkLink) -> Value {
+    if link.ipv4_address.is_none() && link.ipv6_address.is_none() && link.link_local_ips.is_empty() {
+        return Value::Null;
+    }
+    let asked = engine_docker_api::EndpointIpam {
+        ipv4_address: link.ipv4_address.map(|ip| ip.to_string()).unwrap_or_default(),
+        ipv6_address: link.ipv6_address.map(|ip| ip.to_string()).unwrap_or_default(),
+        link_local_ips: (!link.link_local_ips.is_empty())
+            .then(|| link.link_local_ips.iter().map(ToString::to_string).collect()),
+    };
+    serde_json::to_value(asked).unwrap_or(Value::Null)
 }
 
 /// At create: the networks a container goes on, checked (they exist, aliases and fixed
@@ -347,7 +380,11 @@ pub fn plan(
         if !config_mac.is_empty()
             || endpoints.values().any(|e| {
                 e.aliases.as_ref().is_some_and(|a| !a.is_empty())
-                    || e.ipam_config.as_ref().is_some_and(|i| !i.ipv4_address.is_empty())
+                    || e.ipam_config.as_ref().is_some_and(|i| {
+                        !i.ipv4_address.is_empty()
+                            || !i.ipv6_address.is_empty()
+                            || i.link_local_ips.as_ref().is_some_and(|l| !l.is_empty())
+                    })
                     || !e.mac_address.is_empty()
             })
         {
@@ -394,11 +431,45 @@ pub fn plan(
                 )));
             }
         }
-        if ep
-            .and_then(|e| e.ipam_config.as_ref())
-            .is_some_and(|i| i.link_local_ips.as_ref().is_some_and(|l| !l.is_empty()))
-        {
-            return Err(ApiError::bad_request("LinkLocalIPs are not supported"));
+        let ip6 = ep.and_then(|e| e.ipam_config.as_ref()).map(|i| i.ipv6_address.as_str()).filter(|s| !s.is_empty());
+        let ipv6_address = ip6
+            .map(|s| {
+                s.parse::<std::net::Ipv6Addr>().map_err(|_| ApiError::bad_request(format!("invalid IPv6 address: {s}")))
+            })
+            .transpose()?;
+        if let Some(ip) = ipv6_address {
+            // an address of the IPv6 pool the user gave the network (with or without --ipv6,
+            // as dockerd: without it, the address is kept and shown but not given)
+            match rec.ipv6.as_ref().filter(|v6| v6.configured) {
+                None => {
+                    return Err(ApiError::bad_request(
+                        "user specified IP address is supported only when connecting to networks with user configured subnets",
+                    ))
+                }
+                Some(v6) if !v6.subnet.contains(&ip) => {
+                    return Err(ApiError::bad_request(format!(
+                        "requested address {ip} is not in subnet {} of network {}",
+                        v6.subnet, rec.name
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let mut link_local_ips = Vec::new();
+        for s in ep.and_then(|e| e.ipam_config.as_ref()).and_then(|i| i.link_local_ips.as_ref()).into_iter().flatten() {
+            let ip = s
+                .parse::<std::net::IpAddr>()
+                .map_err(|_| ApiError::bad_request(format!("invalid link-local IP address: {s}")))?;
+            let link_local = match ip {
+                std::net::IpAddr::V4(v4) => v4.is_link_local(),
+                std::net::IpAddr::V6(v6) => v6.is_unicast_link_local(),
+            };
+            if !link_local {
+                return Err(ApiError::bad_request(format!(
+                    "{ip} is not a link-local address (169.254.0.0/16 or fe80::/10)"
+                )));
+            }
+            link_local_ips.push(ip);
         }
         let links: Vec<String> = ep.and_then(|e| e.links.clone()).unwrap_or_default();
         if !links.is_empty() && rec.name == engine_network::networks::DEFAULT {
@@ -415,6 +486,8 @@ pub fn plan(
             id: rec.id.clone(),
             aliases,
             ipv4_address,
+            ipv6_address,
+            link_local_ips,
             mac_address,
             links,
             driver_opts,
@@ -630,17 +703,7 @@ async fn up_inner(
         let attached = match &net {
             Ok(net) => d
                 .networks
-                .attach(
-                    &net.id,
-                    &id,
-                    &rec.name,
-                    &link.aliases,
-                    (&ns, &nl),
-                    &ifname,
-                    link.ipv4_address,
-                    link_mac(link),
-                    i == 0,
-                )
+                .attach(&net.id, &id, &rec.name, &link.aliases, (&ns, &nl), &ifname, &endpoint_request(link), i == 0)
                 .await
                 .map_err(ApiError::from),
             Err(err) => Err(ApiError::new(err.status, err.message.clone())),
@@ -825,11 +888,10 @@ pub fn settings_json(d: &NetworkService, rec: &ContainerRecord) -> Value {
     let mut networks = serde_json::Map::new();
     for link in &rec.networks {
         let ep = eps.get(&link.id);
-        let ipam = link.ipv4_address.map(|ip| json!({ "IPv4Address": ip.to_string() }));
         networks.insert(
             link.name.clone(),
             json!({
-                "IPAMConfig": ipam,
+                "IPAMConfig": ipam_config_json(link),
                 "Links": if link.links.is_empty() { Value::Null } else { json!(link.links) },
                 "Aliases": if link.aliases.is_empty() { Value::Null } else { json!(link.aliases) },
                 "NetworkID": link.id, "EndpointID": ep.map(|e| e.id.clone()).unwrap_or_default(),
@@ -940,25 +1002,40 @@ fn network_json(d: &NetworkService, n: &NetworkRecord) -> Value {
             (ep.container.clone(), json!({ "Name": name, "EndpointID": ep.id, "MacAddress": ep.mac, "IPv4Address": format!("{}/{}", ep.ip, ep.prefix), "IPv6Address": v6 }))
         })
         .collect();
-    let mut config: Vec<Value> = match (n.subnet, n.gateway) {
-        (Some(s), Some(g)) => {
-            let mut c = json!({ "Subnet": s.to_string(), "Gateway": g.to_string() });
-            if let Some(r) = n.ip_range {
-                c["IPRange"] = json!(r.to_string());
-            }
-            vec![c]
+    // a pool as dockerd shows it: IPRange and AuxiliaryAddresses only when given
+    let pool = |subnet: String, gateway: String, range: Option<String>, aux: BTreeMap<&String, String>| {
+        let mut c = json!({ "Subnet": subnet, "Gateway": gateway });
+        if let Some(r) = range {
+            c["IPRange"] = json!(r);
         }
+        if !aux.is_empty() {
+            c["AuxiliaryAddresses"] = json!(aux);
+        }
+        c
+    };
+    let mut config: Vec<Value> = match (n.subnet, n.gateway) {
+        (Some(s), Some(g)) => vec![pool(
+            s.to_string(),
+            g.to_string(),
+            n.ip_range.map(|r| r.to_string()),
+            n.aux_addresses.iter().map(|(k, v)| (k, v.to_string())).collect(),
+        )],
         _ => Vec::new(),
     };
     if let Some(v6) = &n.ipv6 {
-        config.push(json!({ "Subnet": v6.subnet.to_string(), "Gateway": v6.gateway.to_string() }));
+        config.push(pool(
+            v6.subnet.to_string(),
+            v6.gateway.to_string(),
+            v6.ip_range.map(|r| r.to_string()),
+            v6.aux_addresses.iter().map(|(k, v)| (k, v.to_string())).collect(),
+        ));
     }
     // only what the user set (and the default bridge's own), as dockerd: compose compares these
     // with its project's and recreates a network whose options differ
     let options = &n.options;
     json!({
         "Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local", "Driver": n.driver,
-        "EnableIPv6": n.ipv6.is_some(), "IPAM": { "Driver": "default", "Options": null, "Config": config },
+        "EnableIPv6": n.ipv6_enabled().is_some(), "IPAM": { "Driver": "default", "Options": null, "Config": config },
         "Internal": n.internal, "Attachable": false, "Ingress": false, "ConfigFrom": { "Network": "" }, "ConfigOnly": false,
         "Containers": containers, "Options": options, "Labels": n.labels,
     })
@@ -1024,6 +1101,8 @@ struct IpamConfigBody {
     #[serde(rename = "IPRange")]
     ip_range: Option<String>,
     gateway: Option<String>,
+    #[serde(rename = "AuxiliaryAddresses")]
+    aux_addresses: Option<BTreeMap<String, String>>,
 }
 
 /// `POST /networks/create`.
@@ -1044,10 +1123,24 @@ pub async fn create(d: &Arc<NetworkService>, body: CreateBody) -> Result<Resp, A
     if v4.len() > 1 || v6.len() > 1 {
         return Err(ApiError::bad_request("one IPv4 and one IPv6 subnet per network are supported"));
     }
-    if v6.first().is_some_and(|c| c.ip_range.as_deref().is_some_and(|r| !r.is_empty())) {
-        return Err(ApiError::bad_request("an IPv6 ip-range is not supported"));
-    }
     let c6 = v6.first();
+    let ip_range_v6 = c6
+        .and_then(|c| c.ip_range.as_deref())
+        .filter(|r| !r.is_empty())
+        .map(|r| r.parse::<ipnet::Ipv6Net>().map_err(|_| ApiError::bad_request(format!("invalid ip-range {r:?}"))))
+        .transpose()?;
+    // each pool's auxiliary addresses, of the pool's own family
+    fn aux<A: std::str::FromStr>(c: Option<&&IpamConfigBody>) -> Result<BTreeMap<String, A>, ApiError> {
+        c.and_then(|c| c.aux_addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|(name, ip)| {
+                ip.parse::<A>()
+                    .map(|a| (name.clone(), a))
+                    .map_err(|_| ApiError::bad_request(format!("invalid auxiliary address {name}={ip}")))
+            })
+            .collect()
+    }
     let subnet_v6 = c6
         .and_then(|c| c.subnet.as_deref())
         .map(|s| s.parse::<ipnet::Ipv6Net>().map_err(|_| ApiError::bad_request(format!("invalid subnet {s:?}"))))
@@ -1074,12 +1167,15 @@ pub async fn create(d: &Arc<NetworkService>, body: CreateBody) -> Result<Resp, A
             .map(|g| g.parse::<Ipv4Addr>().map_err(|_| ApiError::bad_request(format!("invalid gateway {g:?}"))))
             .transpose()?,
         ip_range: c.map(|c| parse_net(&c.ip_range, "ip-range")).transpose()?.flatten(),
+        aux_addresses: aux(c)?,
         internal: body.internal,
         labels: body.labels.unwrap_or_default(),
         options: body.options.unwrap_or_default(),
         ipv6: body.enable_ipv6,
         subnet_v6,
         gateway_v6,
+        ip_range_v6,
+        aux_addresses_v6: aux(c6)?,
     };
     if req.gateway.is_some() && req.subnet.is_none() {
         return Err(ApiError::bad_request("a gateway needs a subnet"));
@@ -1179,8 +1275,7 @@ pub async fn connect(d: &Arc<NetworkService>, net: &str, body: ConnectBody) -> R
                 &link.aliases,
                 (&opened.0, &opened.1),
                 &ifname,
-                link.ipv4_address,
-                link_mac(&link),
+                &endpoint_request(&link),
                 false,
             )
             .await?;
@@ -1197,6 +1292,8 @@ pub async fn connect(d: &Arc<NetworkService>, net: &str, body: ConnectBody) -> R
                     crate::log!(d.cfg, "warn", "starting the DNS server of {}: {}", rec.id, err.message);
                 }
             }
+        } else {
+            refresh_dns_links(d, &e);
         }
     }
     network_event(d, "connect", &n, Some(&rec.id));
@@ -1227,6 +1324,7 @@ pub async fn disconnect(d: &Arc<NetworkService>, net: &str, body: ConnectBody) -
     e.update(|r| r.networks.retain(|l| l.id != n.id));
     d.persist(&e);
     let _ = write_hosts(d, &rec.id);
+    refresh_dns_links(d, &e);
     network_event(d, "disconnect", &n, Some(&rec.id));
     Ok(empty(StatusCode::OK))
 }

@@ -7,7 +7,7 @@
 //! status codes at the API's edge.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -65,6 +65,12 @@ pub struct NetworkLink {
     pub aliases: Vec<String>,
     #[serde(default)]
     pub ipv4_address: Option<Ipv4Addr>,
+    /// The IPv6 address asked for (`--ip6`), of the network's IPv6 pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<Ipv6Addr>,
+    /// Link-local addresses (`--link-local-ip`) added to its interface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_local_ips: Vec<IpAddr>,
     /// The MAC address asked for (`--mac-address`); else one made of the address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,

@@ -108,10 +108,13 @@ pub struct EndpointSettings {
 #[serde(rename_all = "PascalCase", default)]
 pub struct EndpointIpam {
     #[serde(rename = "IPv4Address")]
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "String::is_empty")]
     pub ipv4_address: String,
-    /// Link-local addresses (not supported: refused when given).
-    #[serde(rename = "LinkLocalIPs")]
+    #[serde(rename = "IPv6Address")]
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "String::is_empty")]
+    pub ipv6_address: String,
+    /// Link-local addresses added to the container's interface.
+    #[serde(rename = "LinkLocalIPs", skip_serializing_if = "Option::is_none")]
     pub link_local_ips: Option<Vec<String>>,
 }
 

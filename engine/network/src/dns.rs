@@ -86,6 +86,15 @@ pub struct Scope {
 /// A running server; dropping it stops it and closes its sockets.
 pub struct Server {
     task: tokio::task::JoinHandle<()>,
+    resolver: Arc<Resolver>,
+}
+
+impl Server {
+    /// The container's links now (alias → container), as a connect or disconnect left them:
+    /// answered from the next query on.
+    pub fn set_links(&self, links: std::collections::BTreeMap<String, String>) {
+        *self.resolver.links.write().unwrap_or_else(|e| e.into_inner()) = links;
+    }
 }
 
 impl Drop for Server {
@@ -109,8 +118,10 @@ pub fn bind_in(ns: &File) -> io::Result<(std::net::UdpSocket, std::net::TcpListe
 pub fn serve(scope: Scope, sockets: (std::net::UdpSocket, std::net::TcpListener)) -> io::Result<Server> {
     let udp = UdpSocket::from_std(sockets.0)?;
     let tcp = TcpListener::from_std(sockets.1)?;
-    let resolver = Arc::new(Resolver { scope, turn: AtomicUsize::new(0) });
-    Ok(Server { task: tokio::spawn(run(resolver, udp, tcp)) })
+    let mut scope = scope;
+    let links = std::sync::RwLock::new(std::mem::take(&mut scope.links));
+    let resolver = Arc::new(Resolver { scope, links, turn: AtomicUsize::new(0) });
+    Ok(Server { task: tokio::spawn(run(resolver.clone(), udp, tcp)), resolver })
 }
 
 async fn run(r: Arc<Resolver>, udp: UdpSocket, tcp: TcpListener) {
@@ -166,6 +177,8 @@ async fn serve_tcp(r: Arc<Resolver>, mut conn: TcpStream) {
 
 struct Resolver {
     scope: Scope,
+    /// The scope's links, as they change while the server runs.
+    links: std::sync::RwLock<std::collections::BTreeMap<String, String>>,
     /// Rotates the order of a name's addresses, so clients that take the first go round.
     turn: AtomicUsize,
 }
@@ -270,7 +283,8 @@ impl Resolver {
         }
         let ascii = name.to_ascii();
         let bare = ascii.trim_end_matches('.').to_ascii_lowercase();
-        let by_link = self.scope.links.get(&bare).and_then(|target| nets.shared_addresses(container, target));
+        let target = self.links.read().unwrap_or_else(|e| e.into_inner()).get(&bare).cloned();
+        let by_link = target.and_then(|target| nets.shared_addresses(container, &target));
         let Some((network, ips)) = by_link.or_else(|| nets.resolve(container, &ascii)) else { return Local::Unknown };
         // the addresses of the family asked for; none (not an error) for another type, or for
         // AAAA on a network without IPv6

@@ -2,7 +2,7 @@
 //! the host, and the addresses of one subnet handed to endpoints. Pure logic: the owner
 //! ([`crate::networks`]) persists the allocations.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
@@ -93,6 +93,10 @@ pub struct AddressBook<A> {
     pub addresses: BTreeMap<A, String>,
     #[serde(default)]
     pub last: Option<A>,
+    /// Addresses never handed out nor claimed: the network's auxiliary addresses (Docker's
+    /// `--aux-address`, used by hosts on the bridge's segment that are not containers).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub reserved: BTreeSet<A>,
 }
 
 /// The IPv4 addresses of a network.
@@ -103,7 +107,7 @@ pub type Allocations6 = AddressBook<Ipv6Addr>;
 
 impl<A> Default for AddressBook<A> {
     fn default() -> Self {
-        AddressBook { addresses: BTreeMap::new(), last: None }
+        AddressBook { addresses: BTreeMap::new(), last: None, reserved: BTreeSet::new() }
     }
 }
 
@@ -114,7 +118,7 @@ impl<A: Ord + Copy + Into<IpAddr>> AddressBook<A> {
         if !inside {
             return Err(IpamError::OutOfSubnet(ip.into(), subnet));
         }
-        if ip == gateway || self.addresses.get(&ip).is_some_and(|o| o != owner) {
+        if ip == gateway || self.reserved.contains(&ip) || self.addresses.get(&ip).is_some_and(|o| o != owner) {
             return Err(IpamError::InUse(ip.into()));
         }
         self.addresses.insert(ip, owner.to_string());
@@ -161,7 +165,7 @@ impl AddressBook<Ipv4Addr> {
         }
         let free = |n: u128| {
             let ip = Ipv4Addr::from(n as u32);
-            ip != gateway && !self.addresses.contains_key(&ip)
+            ip != gateway && !self.addresses.contains_key(&ip) && !self.reserved.contains(&ip)
         };
         let found = next_free(first.into(), last.into(), self.last.map(|l| u32::from(l).into()), u128::MAX, free);
         let ip = Ipv4Addr::from(found.ok_or(IpamError::Exhausted(subnet.into()))? as u32);
@@ -184,9 +188,12 @@ fn next_free(
 }
 
 impl AddressBook<Ipv6Addr> {
+    /// As [`AddressBook::<Ipv4Addr>::allocate`]; the subnet's first address (its anycast
+    /// router address) is never handed out, the last is (IPv6 has no broadcast).
     pub fn allocate(
         &mut self,
         subnet: Ipv6Net,
+        range: Option<Ipv6Net>,
         gateway: Ipv6Addr,
         owner: &str,
         requested: Option<Ipv6Addr>,
@@ -195,16 +202,17 @@ impl AddressBook<Ipv6Addr> {
             let inside = subnet.contains(&ip) && ip != subnet.network();
             return self.claim(ip, inside, subnet.into(), gateway, owner);
         }
-        let first = u128::from(subnet.network()) + 1;
-        let last = u128::from(subnet.broadcast());
+        let space = range.unwrap_or(subnet);
+        let first = u128::from(space.network()).max(u128::from(subnet.network()) + 1);
+        let last = u128::from(space.broadcast()).min(u128::from(subnet.broadcast()));
         if first > last {
             return Err(IpamError::Exhausted(subnet.into()));
         }
-        // at most every handed-out address and the gateway are in the way
-        let tries = self.addresses.len() as u128 + 2;
+        // at most every handed-out and reserved address and the gateway are in the way
+        let tries = (self.addresses.len() + self.reserved.len()) as u128 + 2;
         let free = |n: u128| {
             let ip = Ipv6Addr::from(n);
-            ip != gateway && !self.addresses.contains_key(&ip)
+            ip != gateway && !self.addresses.contains_key(&ip) && !self.reserved.contains(&ip)
         };
         let found = next_free(first, last, self.last.map(u128::from), tries, free);
         let ip = Ipv6Addr::from(found.ok_or(IpamError::Exhausted(subnet.into()))?);
@@ -309,6 +317,13 @@ mod tests {
         let range: Ipv4Net = "10.1.0.4/30".parse().unwrap();
         let mut b = Allocations::default();
         assert_eq!(b.allocate(subnet, Some(range), gw, "c1", None).unwrap(), Ipv4Addr::new(10, 1, 0, 4));
+        // a reserved (auxiliary) address is skipped, and refused when asked for
+        b.reserved.insert(Ipv4Addr::new(10, 1, 0, 5));
+        assert_eq!(b.allocate(subnet, Some(range), gw, "c2", None).unwrap(), Ipv4Addr::new(10, 1, 0, 6));
+        assert_eq!(
+            b.allocate(subnet, None, gw, "c3", Some(Ipv4Addr::new(10, 1, 0, 5))),
+            Err(IpamError::InUse(Ipv4Addr::new(10, 1, 0, 5).into()))
+        );
         assert_eq!(mac_string(&mac_for(Ipv4Addr::new(172, 17, 0, 2))), "02:42:ac:11:00:02");
     }
 
@@ -317,23 +332,33 @@ mod tests {
         let subnet: Ipv6Net = "fd00:1::/64".parse().unwrap();
         let gw: Ipv6Addr = "fd00:1::1".parse().unwrap();
         let mut a = Allocations6::default();
-        assert_eq!(a.allocate(subnet, gw, "c1", None).unwrap(), "fd00:1::2".parse::<Ipv6Addr>().unwrap());
-        assert_eq!(a.allocate(subnet, gw, "c2", None).unwrap(), "fd00:1::3".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(a.allocate(subnet, None, gw, "c1", None).unwrap(), "fd00:1::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(a.allocate(subnet, None, gw, "c2", None).unwrap(), "fd00:1::3".parse::<Ipv6Addr>().unwrap());
         assert!(a.release("c1"));
-        assert_eq!(a.allocate(subnet, gw, "c3", None).unwrap(), "fd00:1::4".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(a.allocate(subnet, None, gw, "c3", None).unwrap(), "fd00:1::4".parse::<Ipv6Addr>().unwrap());
         let asked: Ipv6Addr = "fd00:1::99".parse().unwrap();
-        assert_eq!(a.allocate(subnet, gw, "c4", Some(asked)).unwrap(), asked);
-        assert_eq!(a.allocate(subnet, gw, "c5", Some(asked)), Err(IpamError::InUse(asked.into())));
+        assert_eq!(a.allocate(subnet, None, gw, "c4", Some(asked)).unwrap(), asked);
+        assert_eq!(a.allocate(subnet, None, gw, "c5", Some(asked)), Err(IpamError::InUse(asked.into())));
         assert!(matches!(
-            a.allocate(subnet, gw, "c5", Some("fd00:2::1".parse().unwrap())),
+            a.allocate(subnet, None, gw, "c5", Some("fd00:2::1".parse().unwrap())),
             Err(IpamError::OutOfSubnet(..))
         ));
         let tiny: Ipv6Net = "fd00:3::/126".parse().unwrap();
         let mut b = Allocations6::default();
         let tiny_gw: Ipv6Addr = "fd00:3::1".parse().unwrap();
-        assert_eq!(b.allocate(tiny, tiny_gw, "x", None).unwrap(), "fd00:3::2".parse::<Ipv6Addr>().unwrap());
-        assert_eq!(b.allocate(tiny, tiny_gw, "y", None).unwrap(), "fd00:3::3".parse::<Ipv6Addr>().unwrap());
-        assert!(matches!(b.allocate(tiny, tiny_gw, "z", None), Err(IpamError::Exhausted(_))));
+        assert_eq!(b.allocate(tiny, None, tiny_gw, "x", None).unwrap(), "fd00:3::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(b.allocate(tiny, None, tiny_gw, "y", None).unwrap(), "fd00:3::3".parse::<Ipv6Addr>().unwrap());
+        assert!(matches!(b.allocate(tiny, None, tiny_gw, "z", None), Err(IpamError::Exhausted(_))));
+        // within a range, past the reserved addresses; a reserved address is never claimed
+        let mut c = Allocations6::default();
+        let range: Ipv6Net = "fd00:1::100/120".parse().unwrap();
+        let aux: Ipv6Addr = "fd00:1::100".parse().unwrap();
+        c.reserved.insert(aux);
+        assert_eq!(
+            c.allocate(subnet, Some(range), gw, "c1", None).unwrap(),
+            "fd00:1::101".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(c.allocate(subnet, Some(range), gw, "c2", Some(aux)), Err(IpamError::InUse(aux.into())));
         let ula = ula_subnet("0123456789abcdef");
         assert_eq!(ula.to_string(), "fd01:2345:6789::/64");
     }

@@ -19,4 +19,4 @@ pub mod networks;
 pub mod ports;
 
 pub use netlink::{create_namespace, remove_namespace, Netlink};
-pub use networks::{CreateRequest, Endpoint, NetworkError, NetworkRecord, Networks};
+pub use networks::{CreateRequest, Endpoint, EndpointRequest, NetworkError, NetworkRecord, Networks};

@@ -3,7 +3,7 @@
 //! unshares one and bind-mounts it on a file, so it outlives the thread.
 
 use std::fs::File;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -240,6 +240,22 @@ impl Netlink {
                 .map_err(req(format!("adding the IPv6 default route via {gw}")))?;
         }
         Ok(())
+    }
+
+    /// Inside a container's namespace: adds the link-local address `ip` (169.254.0.0/16 or
+    /// fe80::/64, as Docker's `--link-local-ip`) to `ifname`.
+    pub async fn add_link_local(&self, ifname: &str, ip: IpAddr) -> Result<()> {
+        let index = self.must_index(ifname).await?;
+        match ip {
+            IpAddr::V4(v4) => self
+                .handle
+                .address()
+                .add(index, v4.into(), 16)
+                .execute()
+                .await
+                .map_err(req(format!("adding {v4}/16 to {ifname}"))),
+            IpAddr::V6(v6) => self.add_v6(index, ifname, v6, 64).await,
+        }
     }
 
     /// The IPv4 destinations routed in this namespace's main table, except the default route

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -67,7 +67,8 @@ pub struct Endpoint {
     pub gateway_v6: Option<Ipv6Addr>,
 }
 
-/// The IPv6 side of a network made with `--ipv6`.
+/// The IPv6 side of a network: its pool, and with `--ipv6` its addresses. A pool given without
+/// `--ipv6` is kept and shown (as dockerd keeps it) but gives no container an address.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Ipv6Side {
     pub subnet: Ipv6Net,
@@ -75,8 +76,47 @@ pub struct Ipv6Side {
     /// Whether the user chose the subnet (else a unique local /64 of the network's id).
     #[serde(default)]
     pub configured: bool,
+    /// `--ipv6`: containers get addresses of the pool, the bridge its gateway.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// Where addresses are handed out from (`--ip-range` of the IPv6 pool).
+    #[serde(default)]
+    pub ip_range: Option<Ipv6Net>,
+    /// `--aux-address` of the IPv6 pool: name → address, never handed out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_addresses: BTreeMap<String, Ipv6Addr>,
     #[serde(default)]
     pub allocations: Allocations6,
+}
+
+/// The address book of a new pool: its range checked to lie inside `subnet`, its auxiliary
+/// addresses checked and reserved.
+fn address_book<A>(
+    subnet: ipnet::IpNet,
+    range: Option<ipnet::IpNet>,
+    aux: &BTreeMap<String, A>,
+) -> Result<ipam::AddressBook<A>>
+where
+    A: Copy + Ord + Into<IpAddr> + std::fmt::Display,
+{
+    if let Some(r) = range {
+        if !subnet.contains(&r.network()) || r.prefix_len() < subnet.prefix_len() {
+            return Err(NetworkError::Invalid(format!("ip-range {r} is not inside subnet {subnet}")));
+        }
+    }
+    let mut book = ipam::AddressBook::default();
+    for (name, ip) in aux {
+        if !subnet.contains(&(*ip).into()) {
+            return Err(NetworkError::Invalid(format!("auxiliary address {name}={ip} is not inside subnet {subnet}")));
+        }
+        book.reserved.insert(*ip);
+    }
+    Ok(book)
+}
+
+/// Records written before a pool could be given without `--ipv6` have a side only with it.
+fn enabled() -> bool {
+    true
 }
 
 /// What engined keeps of a network (`<data-root>/network/<id>.json`).
@@ -108,12 +148,19 @@ pub struct NetworkRecord {
     /// Container id → its endpoint.
     #[serde(default)]
     pub endpoints: BTreeMap<String, Endpoint>,
-    /// Dual stack (`--ipv6`): its IPv6 subnet and addresses.
+    /// Its IPv6 pool (and with `--ipv6`, its addresses).
     #[serde(default)]
     pub ipv6: Option<Ipv6Side>,
+    /// `--aux-address` of the IPv4 pool: name → address, never handed out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_addresses: BTreeMap<String, Ipv4Addr>,
 }
 
 impl NetworkRecord {
+    /// The IPv6 side of a dual stack network (`--ipv6`), whose containers get IPv6 addresses.
+    pub fn ipv6_enabled(&self) -> Option<&Ipv6Side> {
+        self.ipv6.as_ref().filter(|v6| v6.enabled)
+    }
     pub fn predefined(&self) -> bool {
         matches!(self.name.as_str(), DEFAULT | "host" | "none")
     }
@@ -133,10 +180,28 @@ pub struct CreateRequest {
     pub internal: bool,
     pub labels: BTreeMap<String, String>,
     pub options: BTreeMap<String, String>,
+    /// `--aux-address`es of the IPv4 pool.
+    pub aux_addresses: BTreeMap<String, Ipv4Addr>,
     /// Dual stack: an IPv6 subnet too (`subnet_v6`, else a unique local /64).
     pub ipv6: bool,
+    /// An IPv6 pool (kept without `ipv6`, giving no addresses, as dockerd keeps it).
     pub subnet_v6: Option<Ipv6Net>,
     pub gateway_v6: Option<Ipv6Addr>,
+    pub ip_range_v6: Option<Ipv6Net>,
+    pub aux_addresses_v6: BTreeMap<String, Ipv6Addr>,
+}
+
+/// What a container asks of its endpoint on a network, beyond being on it.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointRequest {
+    /// `--ip`: an address of a subnet the user configured.
+    pub ipv4: Option<Ipv4Addr>,
+    /// `--ip6`: an address of the network's IPv6 pool (given only with `--ipv6`).
+    pub ipv6: Option<Ipv6Addr>,
+    /// `--link-local-ip`: link-local addresses added to the interface.
+    pub link_local: Vec<IpAddr>,
+    /// `--mac-address`; else one made of the IPv4 address.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// The bridge name that asks for no default network.
@@ -251,6 +316,7 @@ impl Networks {
                     allocations: Default::default(),
                     endpoints: Default::default(),
                     ipv6: None,
+                    aux_addresses: Default::default(),
                 };
                 n.save(&rec)?;
                 n.lock().insert(rec.id.clone(), rec);
@@ -308,6 +374,7 @@ impl Networks {
             allocations: Default::default(),
             endpoints: Default::default(),
             ipv6: None,
+            aux_addresses: Default::default(),
         });
         rec.bridge = self.cfg.bridge_name.clone();
         let bridge_exists = self.host.index(&rec.bridge).await?.is_some();
@@ -337,6 +404,9 @@ impl Networks {
                         subnet,
                         gateway: Ipv6Addr::from(u128::from(subnet.network()) + 1),
                         configured: wanted.is_some(),
+                        enabled: true,
+                        ip_range: None,
+                        aux_addresses: Default::default(),
                         allocations: Default::default(),
                     }),
                 }
@@ -355,7 +425,7 @@ impl Networks {
             _ => return Err(NetworkError::Invalid(format!("network {} has no subnet", rec.name))),
         };
         let index = self.host.ensure_bridge(&rec.bridge, gw, subnet.prefix_len()).await?;
-        if let Some(v6) = &rec.ipv6 {
+        if let Some(v6) = rec.ipv6_enabled() {
             self.host.ensure_bridge_v6(&rec.bridge, v6.gateway, v6.subnet.prefix_len()).await?;
         }
         Ok(index)
@@ -436,7 +506,7 @@ impl Networks {
         };
         let v4: Vec<BridgeRules> = bridges.iter().filter_map(|r| Some(rule(r, r.subnet?.into()))).collect();
         let v6: Vec<BridgeRules> =
-            bridges.iter().filter_map(|r| Some(rule(r, r.ipv6.as_ref()?.subnet.into()))).collect();
+            bridges.iter().filter_map(|r| Some(rule(r, r.ipv6_enabled()?.subnet.into()))).collect();
         // iptables and nft are processes that may wait (5 s at most) for the xtables lock: the
         // async worker hands its other tasks over meanwhile
         let multi = tokio::runtime::Handle::try_current()
@@ -498,18 +568,18 @@ impl Networks {
                 .next()
                 .ok_or_else(|| NetworkError::Invalid(format!("subnet {subnet} has no host address")))?,
         };
-        if let Some(r) = req.ip_range {
-            if !subnet.contains(&r.network()) || r.prefix_len() < subnet.prefix_len() {
-                return Err(NetworkError::Invalid(format!("ip-range {r} is not inside subnet {subnet}")));
-            }
-        }
+        let allocations = address_book(subnet.into(), req.ip_range.map(Into::into), &req.aux_addresses)?;
         let id = random_id()?;
         let ipv6 = match (req.ipv6, req.subnet_v6) {
-            (false, Some(s)) => {
-                return Err(NetworkError::Invalid(format!("IPv6 subnet {s} given, but IPv6 is not enabled (--ipv6)")))
+            (false, None) => {
+                if req.gateway_v6.is_some() || req.ip_range_v6.is_some() || !req.aux_addresses_v6.is_empty() {
+                    return Err(NetworkError::Invalid(
+                        "an IPv6 gateway, ip-range or aux-address needs an IPv6 subnet".into(),
+                    ));
+                }
+                None
             }
-            (false, None) => None,
-            (true, given) => {
+            (enabled, given) => {
                 let subnet = given.map(|s| s.trunc()).unwrap_or_else(|| ipam::ula_subnet(&id));
                 if subnet.prefix_len() > 124 {
                     return Err(NetworkError::Invalid(format!("subnet {subnet} is too small")));
@@ -532,7 +602,16 @@ impl Networks {
                     Some(g) => g,
                     None => Ipv6Addr::from(u128::from(subnet.network()) + 1),
                 };
-                Some(Ipv6Side { subnet, gateway, configured: given.is_some(), allocations: Default::default() })
+                let allocations = address_book(subnet.into(), req.ip_range_v6.map(Into::into), &req.aux_addresses_v6)?;
+                Some(Ipv6Side {
+                    subnet,
+                    gateway,
+                    configured: given.is_some(),
+                    enabled,
+                    ip_range: req.ip_range_v6,
+                    aux_addresses: req.aux_addresses_v6,
+                    allocations,
+                })
             }
         };
         let bridge =
@@ -562,9 +641,10 @@ impl Networks {
             internal: req.internal,
             labels: req.labels,
             options: req.options,
-            allocations: Default::default(),
+            allocations,
             endpoints: Default::default(),
             ipv6,
+            aux_addresses: req.aux_addresses,
         };
         let made = async {
             self.ensure_bridge_of(&rec).await?;
@@ -629,10 +709,10 @@ impl Networks {
         aliases: &[String],
         ns: (&File, &Netlink),
         ifname: &str,
-        requested_ip: Option<Ipv4Addr>,
-        requested_mac: Option<[u8; 6]>,
+        asked: &EndpointRequest,
         default_route: bool,
     ) -> Result<Endpoint> {
+        let (requested_ip, requested_mac) = (asked.ipv4, asked.mac);
         let rec = self.find(network)?;
         if !rec.is_bridge() {
             return Err(NetworkError::Invalid(format!(
@@ -670,14 +750,16 @@ impl Networks {
             let mut map = self.lock();
             let r = map.get_mut(&rec.id).ok_or_else(|| NetworkError::NotFound(network.to_string()))?;
             let ip = r.allocations.allocate(subnet, r.ip_range, gateway, container, requested_ip)?;
-            let v6 = match r.ipv6.as_mut() {
-                Some(side) => match side.allocations.allocate(side.subnet, side.gateway, container, None) {
-                    Ok(ip6) => Some((ip6, side.subnet.prefix_len(), side.gateway)),
-                    Err(e) => {
-                        r.allocations.release(container);
-                        return Err(e.into());
+            let v6 = match r.ipv6.as_mut().filter(|side| side.enabled) {
+                Some(side) => {
+                    match side.allocations.allocate(side.subnet, side.ip_range, side.gateway, container, asked.ipv6) {
+                        Ok(ip6) => Some((ip6, side.subnet.prefix_len(), side.gateway)),
+                        Err(e) => {
+                            r.allocations.release(container);
+                            return Err(e.into());
+                        }
                     }
-                },
+                }
                 None => None,
             };
             let ep = Endpoint {
@@ -718,6 +800,9 @@ impl Networks {
             ns.1.configure(ifname, ep.ip, ep.prefix, default_route.then_some(gateway)).await?;
             if let Some(ip6) = ep.ipv6 {
                 ns.1.configure_v6(ifname, ip6, ep.prefix_v6, ep.gateway_v6.filter(|_| default_route)).await?;
+            }
+            for ip in &asked.link_local {
+                ns.1.add_link_local(ifname, *ip).await?;
             }
             Ok::<(), NetworkError>(())
         }

@@ -807,13 +807,26 @@ fn networks_as_docker_py_meets_them() {
     let upstream_ip = e.inspect("upstream", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"));
     let answer = e.ok(&["exec", &id, "nslookup", "bar"]);
     assert!(answer.contains(upstream_ip.trim()), "bar is not {upstream_ip}: {answer}");
+    // link-local addresses on the container's interface, shown as asked; others refused
+    let (status, body) = create(
+        &e,
+        serde_json::json!({"Image": "bb", "Cmd": ["sleep", "1000"], "HostConfig": {"NetworkMode": "bridge"},
+            "NetworkingConfig": {"EndpointsConfig": {"bridge": {"IPAMConfig": {"LinkLocalIPs": ["169.254.8.8"]}}}}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let ll = serde_json::from_str::<serde_json::Value>(&body).unwrap()["Id"].as_str().unwrap().to_string();
+    e.ok(&["start", &ll]);
+    let ipam = inspect_json(&e, &ll)["NetworkSettings"]["Networks"]["bridge"]["IPAMConfig"].clone();
+    assert_eq!(ipam, serde_json::json!({"LinkLocalIPs": ["169.254.8.8"]}));
+    assert!(e.ok(&["exec", &ll, "ip", "addr", "show", "eth0"]).contains("169.254.8.8/16"));
+    e.ok(&["rm", "-f", &ll]);
     let (status, body) = create(
         &e,
         serde_json::json!({"Image": "bb", "HostConfig": {"NetworkMode": net},
-            "NetworkingConfig": {"EndpointsConfig": {net.clone(): {"IPAMConfig": {"LinkLocalIPs": ["169.254.8.8"]}}}}}),
+            "NetworkingConfig": {"EndpointsConfig": {net.clone(): {"IPAMConfig": {"LinkLocalIPs": ["10.9.8.7"]}}}}}),
     );
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("LinkLocalIPs"), "{body}");
+    assert!(body.contains("not a link-local address"), "{body}");
     // a network link may name a container made later: its DNS answers once it is there; a
     // MAC address given at connect shows before the start
     e.ok(&["create", "--name", "early", "--network", &net, "bb", "sleep", "1000"]);
@@ -841,6 +854,13 @@ fn networks_as_docker_py_meets_them() {
     let later_ip = e.inspect("later", &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"));
     let answer = e.ok(&["exec", "early", "nslookup", "soon"]);
     assert!(answer.contains(later_ip.trim()), "soon is not {later_ip}: {answer}");
+    // links given at a connect of a running container: its DNS server answers them at once
+    let (status, body) = request(&e, "POST", &format!("/v1.43/networks/{net}/disconnect"), r#"{"Container": "early"}"#);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = connect("early", serde_json::json!({"Links": ["later:again"]}));
+    assert_eq!(status, 200, "{body}");
+    let answer = e.ok(&["exec", "early", "nslookup", "again"]);
+    assert!(answer.contains(later_ip.trim()), "again is not {later_ip}: {answer}");
     // disconnecting what is not connected is refused, force or not
     let (status, _) = request(&e, "POST", &format!("/v1.43/networks/{net}/disconnect"), r#"{"Container": "early"}"#);
     assert_eq!(status, 200);

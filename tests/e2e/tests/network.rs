@@ -470,7 +470,40 @@ fn ipv6_networks_are_dual_stack() {
     let on_default = e.ok(&["run", "--rm", "bb", "ip", "-6", "addr", "show", "eth0"]);
     assert!(on_default.contains(&fixed.replace("::/64", "::2/64")), "{on_default}");
     assert!(e.ok(&["network", "inspect", "-f", "{{.EnableIPv6}}", "bridge"]).contains("true"));
-    assert!(e.fails(&["network", "create", "--subnet", &subnet, "nov6"]).contains("IPv6 is not enabled"));
+    // an IPv6 pool without --ipv6 is kept and shown (as dockerd keeps it) but gives no
+    // container an IPv6 address; an address asked of it is shown as asked
+    let pool = format!("fd02:{:x}:{n:x}::/64", pid % 0xfff0 + 1);
+    let pool_prefix = pool.trim_end_matches("::/64");
+    e.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.213.7.0/24",
+        "--subnet",
+        &pool,
+        "--aux-address",
+        "router=10.213.7.9",
+        "nov6",
+    ]);
+    assert_eq!(e.ok(&["network", "inspect", "-f", "{{.EnableIPv6}}", "nov6"]).trim(), "false");
+    let ipam = e.ok(&["network", "inspect", "-f", "{{json .IPAM.Config}}", "nov6"]);
+    assert!(
+        ipam.contains(&format!("\"Subnet\":\"{pool}\""))
+            && ipam.contains("\"AuxiliaryAddresses\":{\"router\":\"10.213.7.9\"}"),
+        "{ipam}"
+    );
+    let asked = format!("{pool_prefix}::f00d");
+    e.ok(&["run", "-d", "--name", "asked", "--network", "nov6", "--ip6", &asked, "bb", "sleep", "1000"]);
+    assert_eq!(e.inspect("asked", "{{.NetworkSettings.Networks.nov6.IPAMConfig.IPv6Address}}"), asked);
+    assert_eq!(e.inspect("asked", "{{.NetworkSettings.Networks.nov6.GlobalIPv6Address}}"), "");
+    assert!(!e.ok(&["exec", "asked", "ip", "-6", "addr", "show", "eth0"]).contains(pool_prefix));
+    // the aux address is never handed out, nor taken when asked for
+    let err = e.fails(&["run", "--rm", "--network", "nov6", "--ip", "10.213.7.9", "bb", "true"]);
+    assert!(err.contains("10.213.7.9"), "{err}");
+    let elsewhere = e.fails(&["run", "--rm", "--network", "nov6", "--ip6", "fd03::5", "bb", "true"]);
+    assert!(elsewhere.contains("not in subnet"), "{elsewhere}");
+    e.ok(&["rm", "-f", "asked"]);
+    e.ok(&["network", "rm", "nov6"]);
     let id = e.ok(&["network", "create", "--ipv6", "--subnet", &subnet, "v6net"]).trim().to_string();
     assert_eq!(e.ok(&["network", "inspect", "-f", "{{.EnableIPv6}}", "v6net"]).trim(), "true");
     let ipam = e.ok(&["network", "inspect", "-f", "{{json .IPAM.Config}}", "v6net"]);
@@ -483,10 +516,32 @@ fn ipv6_networks_are_dual_stack() {
     let ula = e.ok(&["network", "inspect", "-f", "{{json .IPAM.Config}}", "ula"]);
     assert!(ula.contains("\"Subnet\":\"fd") && ula.contains("::/64"), "{ula}");
 
+    // an IPv6 ip-range and aux address: addresses from the range, past the aux address
+    let ranged = format!("fd04:{:x}:{n:x}::/64", pid % 0xfff0 + 1);
+    let ranged_prefix = ranged.trim_end_matches("::/64");
+    let (range, aux) = (format!("{ranged_prefix}::100/120"), format!("{ranged_prefix}::100"));
+    let spec = ["--ipv6", "--subnet", &ranged, "--ip-range", &range, "--aux-address", &format!("gw2={aux}")];
+    e.ok(&[&["network", "create"], &spec[..], &["ranged"]].concat());
+    let ipam = e.ok(&["network", "inspect", "-f", "{{json .IPAM.Config}}", "ranged"]);
+    assert!(ipam.contains(&format!("\"IPRange\":\"{range}\"")), "{ipam}");
+    e.ok(&["run", "-d", "--name", "inrange", "--network", "ranged", "bb", "sleep", "1000"]);
+    assert_eq!(
+        e.inspect("inrange", "{{.NetworkSettings.Networks.ranged.GlobalIPv6Address}}"),
+        format!("{ranged_prefix}::101")
+    );
+    e.ok(&["rm", "-f", "inrange"]);
+    e.ok(&["network", "rm", "ranged"]);
+
     e.ok(&["run", "-d", "--name", "srv", "--network", "v6net", "bb", "sh", "-c", &serve("over-ipv6")]);
     e.ok(&["run", "-d", "--name", "cli", "--network", "v6net", "bb", "sleep", "1000"]);
     let srv6 = e.inspect("srv", "{{.NetworkSettings.Networks.v6net.GlobalIPv6Address}}");
     assert!(srv6.starts_with(&format!("{prefix}::")), "{srv6}");
+    // an address asked of an --ipv6 network is the container's
+    let fixed6 = format!("{prefix}::beef");
+    e.ok(&["run", "-d", "--name", "fixed6", "--network", "v6net", "--ip6", &fixed6, "bb", "sleep", "1000"]);
+    assert_eq!(e.inspect("fixed6", "{{.NetworkSettings.Networks.v6net.GlobalIPv6Address}}"), fixed6);
+    assert!(e.ok(&["exec", "fixed6", "ip", "-6", "addr", "show", "eth0"]).contains(&format!("{fixed6}/64")));
+    e.ok(&["rm", "-f", "fixed6"]);
     assert_eq!(e.inspect("srv", "{{.NetworkSettings.Networks.v6net.GlobalIPv6PrefixLen}}"), "64");
     assert_eq!(e.inspect("srv", "{{.NetworkSettings.Networks.v6net.IPv6Gateway}}"), format!("{prefix}::1"));
     assert!(e.ok(&["exec", "srv", "ip", "-6", "addr", "show", "eth0"]).contains(&format!("{srv6}/64")));
