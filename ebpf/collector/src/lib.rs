@@ -15,9 +15,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
-use aya::programs::TracePoint;
+use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use aya::programs::{PerfEvent, TracePoint};
 use aya::Ebpf;
-use engine_probes_common::{counter, layout, Event, OffCpu, STR_LEN};
+use engine_probes_common::{counter, layout, Event, OffCpu, OnCpu, STR_LEN, USER_MODE};
+
+pub use engine_probes_common::ON_CPU_HZ;
 
 pub use engine_probes_common::{kind, syscall};
 
@@ -71,6 +74,8 @@ const BUFFER: usize = 1 << 14;
 const KEEP_NS: u64 = 60_000_000_000;
 /// Off-CPU intervals kept at most (for as long as the events).
 const OFF_CPU_BUFFER: usize = 1 << 15;
+/// On-CPU samples kept at most (for as long as the events).
+const ON_CPU_BUFFER: usize = 1 << 15;
 /// Symbolized stacks remembered at most; past it the memo starts again.
 const STACK_MEMO: usize = 4096;
 /// Frames of a stack kept, innermost first.
@@ -110,6 +115,22 @@ impl OffCpuInterval {
         (self.start_ns + self.blocked_ns, self.end_ns())
     }
 }
+/// One on-CPU sample of a followed thread (the CPU's clock fired `ON_CPU_HZ` times a second).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OnCpuSample {
+    /// Wall-clock time of the sample.
+    pub wall_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub cgroup_id: u64,
+    /// The thread's command (`comm`).
+    pub comm: String,
+    /// Taken while the thread ran its own code (no kernel stack).
+    pub user: bool,
+    /// Where in the kernel it ran; `None` in user mode or when the stack was not kept.
+    pub stack: Option<Stack>,
+}
+
 /// One kernel event, with wall-clock time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelEvent {
@@ -134,8 +155,11 @@ pub struct Counters {
     /// Off-CPU intervals sent and lost (their ring buffer was full).
     pub off_cpu_sent: u64,
     pub off_cpu_dropped: u64,
-    /// Off-CPU intervals without their stack (the stack map was full).
+    /// Off-CPU intervals and on-CPU samples without their stack (the stack map was full).
     pub stacks_lost: u64,
+    /// On-CPU samples sent and lost (their ring buffer was full).
+    pub on_cpu_sent: u64,
+    pub on_cpu_dropped: u64,
 }
 
 struct Inner {
@@ -147,6 +171,9 @@ struct Inner {
     off_ring: RingBuf<MapData>,
     stacks: StackTraceMap<MapData>,
     off_cpu: VecDeque<OffCpuInterval>,
+    /// The on-CPU sampler's ring (`None` when it could not be attached).
+    on_ring: Option<RingBuf<MapData>>,
+    on_cpu: VecDeque<OnCpuSample>,
     /// Symbolized stacks by id (an id is the hash of the addresses: the same stack, the same id).
     stack_memo: std::collections::HashMap<i64, Stack>,
     /// `/proc/kallsyms`, read by a thread of its own from the load on (a first stack waits for it).
@@ -159,6 +186,8 @@ struct Inner {
 pub struct Probes {
     inner: Mutex<Inner>,
     profiles: bool,
+    /// Why the on-CPU sampler does not run, when profiles do.
+    sampler_error: Option<String>,
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
@@ -254,6 +283,18 @@ impl Probes {
         let off_ring = RingBuf::try_from(take(&mut ebpf, "OFF_CPU")?).map_err(|e| ProbeError::Load(e.to_string()))?;
         let stacks =
             StackTraceMap::try_from(take(&mut ebpf, "STACKS")?).map_err(|e| ProbeError::Load(e.to_string()))?;
+        // the on-CPU sampler: a perf event per CPU; without it (no perf events here), the rest runs
+        let (on_ring, sampler_error) = if profiles {
+            match attach_sampler(&mut ebpf) {
+                Ok(()) => (
+                    Some(RingBuf::try_from(take(&mut ebpf, "ON_CPU")?).map_err(|e| ProbeError::Load(e.to_string()))?),
+                    None,
+                ),
+                Err(e) => (None, Some(e)),
+            }
+        } else {
+            (None, None)
+        };
         Ok(Probes {
             inner: Mutex::new(Inner {
                 ring,
@@ -264,12 +305,23 @@ impl Probes {
                 off_ring,
                 stacks,
                 off_cpu: VecDeque::new(),
+                on_ring,
+                on_cpu: VecDeque::new(),
                 stack_memo: Default::default(),
                 kernel_symbols: KernelSymbols::load_in_background(),
                 _ebpf: ebpf,
             }),
             profiles,
+            sampler_error,
         })
+    }
+
+    /// Whether on-CPU samples are taken; why not, when profiles run without them.
+    pub fn sampling(&self) -> Result<bool, String> {
+        match &self.sampler_error {
+            Some(e) => Err(e.clone()),
+            None => Ok(self.profiles),
+        }
     }
 
     /// Whether the scheduler's probes run (off-CPU intervals: the spans' CPU split).
@@ -321,13 +373,7 @@ impl Probes {
     /// Moves what the probes wrote into the buffer; returns how many events were read.
     pub fn drain(&self) -> usize {
         let mut inner = self.lock();
-        let mut read = Vec::new();
-        while let Some(item) = inner.ring.next() {
-            if item.len() >= std::mem::size_of::<Event>() {
-                // SAFETY: the probes write whole `Event`s (same #[repr(C)] type); unaligned read.
-                read.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
-            }
-        }
+        let read: Vec<Event> = read_records(&mut inner.ring);
         let n = read.len();
         let wall = Self::wall_clock();
         // events no span claimed within a minute never will be
@@ -353,13 +399,7 @@ impl Probes {
             }
             inner.buffer.push_back(ev);
         }
-        let mut off = Vec::new();
-        while let Some(item) = inner.off_ring.next() {
-            if item.len() >= std::mem::size_of::<OffCpu>() {
-                // SAFETY: the probes write whole `OffCpu`s (same #[repr(C)] type); unaligned read.
-                off.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const OffCpu) });
-            }
-        }
+        let off: Vec<OffCpu> = read_records(&mut inner.off_ring);
         while inner.off_cpu.front().is_some_and(|o| o.start_ns < horizon) {
             inner.off_cpu.pop_front();
         }
@@ -379,7 +419,39 @@ impl Probes {
             }
             inner.off_cpu.push_back(interval);
         }
+        let on: Vec<OnCpu> = inner.on_ring.as_mut().map(read_records).unwrap_or_default();
+        while inner.on_cpu.front().is_some_and(|o| o.wall_ns < horizon) {
+            inner.on_cpu.pop_front();
+        }
+        for o in on {
+            let sample = OnCpuSample {
+                wall_ns: wall(o.ktime_ns),
+                tgid: o.tgid,
+                tid: o.tid,
+                cgroup_id: o.cgroup_id,
+                comm: text(&o.comm),
+                user: o.stack_id == USER_MODE,
+                stack: inner.stack(o.stack_id),
+            };
+            if inner.on_cpu.len() == ON_CPU_BUFFER {
+                inner.on_cpu.pop_front();
+            }
+            inner.on_cpu.push_back(sample);
+        }
         n
+    }
+
+    /// The buffered on-CPU samples that `want` wants (copies), in time order.
+    pub fn on_cpu(&self, mut want: impl FnMut(&OnCpuSample) -> bool) -> Vec<OnCpuSample> {
+        let inner = self.lock();
+        let mut out: Vec<OnCpuSample> = inner.on_cpu.iter().filter(|o| want(o)).cloned().collect();
+        out.sort_by_key(|o| o.wall_ns);
+        out
+    }
+
+    /// Copies of the buffered events that `want` wants (they stay for their own spans).
+    pub fn events(&self, mut want: impl FnMut(&KernelEvent) -> bool) -> Vec<KernelEvent> {
+        self.lock().buffer.iter().filter(|e| want(e)).cloned().collect()
     }
 
     /// The buffered off-CPU intervals that `want` wants (copies: the intervals stay, as every
@@ -417,8 +489,47 @@ impl Probes {
             off_cpu_sent: sum(counter::OFF_CPU_SENT),
             off_cpu_dropped: sum(counter::OFF_CPU_DROPPED),
             stacks_lost: sum(counter::STACK_LOST),
+            on_cpu_sent: sum(counter::ON_CPU_SENT),
+            on_cpu_dropped: sum(counter::ON_CPU_DROPPED),
         }
     }
+}
+
+/// Every record waiting in `ring`, as the probes wrote them.
+///
+/// Only for the `#[repr(C)]` plain-data records of `engine_probes_common` that the ring's
+/// program writes (one type per ring).
+fn read_records<T: Copy>(ring: &mut RingBuf<MapData>) -> Vec<T> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<T>() {
+            // SAFETY: the ring's program writes whole `T`s (the same #[repr(C)] type, plain data,
+            // any bit pattern valid); unaligned read.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const T) });
+        }
+    }
+    out
+}
+
+/// Loads the on-CPU sampler and attaches it to a CPU clock of every online CPU.
+fn attach_sampler(ebpf: &mut Ebpf) -> Result<(), String> {
+    let p: &mut PerfEvent = ebpf
+        .program_mut("on_cpu")
+        .ok_or("no program on_cpu")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    p.load().map_err(|e| format!("loading the on-CPU sampler: {e}"))?;
+    let cpus = aya::util::online_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
+    for cpu in cpus {
+        p.attach(
+            PerfEventConfig::Software(SoftwareEvent::CpuClock),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Frequency(ON_CPU_HZ),
+            false,
+        )
+        .map_err(|e| format!("sampling CPU {cpu}: {e}"))?;
+    }
+    Ok(())
 }
 
 impl Inner {

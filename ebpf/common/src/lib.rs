@@ -58,8 +58,13 @@ pub mod counter {
     pub const OFF_CPU_SENT: u32 = 3;
     /// Off-CPU intervals lost: their ring buffer was full.
     pub const OFF_CPU_DROPPED: u32 = 4;
-    /// Off-CPU intervals whose kernel stack could not be kept (the stack map was full).
+    /// Off-CPU intervals and on-CPU samples whose kernel stack could not be kept (the stack map
+    /// was full).
     pub const STACK_LOST: u32 = 5;
+    /// On-CPU samples put in their ring buffer.
+    pub const ON_CPU_SENT: u32 = 6;
+    /// On-CPU samples lost: their ring buffer was full.
+    pub const ON_CPU_DROPPED: u32 = 7;
     /// Slots of the counters array.
     pub const LEN: u32 = 8;
 }
@@ -118,3 +123,26 @@ pub struct OffCpu {
     pub tgid: u32,
     pub tid: u32,
 }
+
+/// `OnCpu::stack_id` of a sample taken in user mode (no kernel stack).
+pub const USER_MODE: i64 = -2;
+
+/// One on-CPU sample of a followed thread: the CPU's sampling clock fired (at
+/// `ON_CPU_HZ`) while it ran, in the kernel at `stack_id` (in the `STACKS` map), or in user mode
+/// ([`USER_MODE`]), or with its stack not kept (-1). Sent in a ring buffer of its own.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OnCpu {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the sample.
+    pub ktime_ns: u64,
+    pub cgroup_id: u64,
+    pub stack_id: i64,
+    pub tgid: u32,
+    pub tid: u32,
+    /// The thread's command (`comm`), NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// How often each CPU is sampled, per second (a prime, so the samples do not beat with
+/// periodic work).
+pub const ON_CPU_HZ: u64 = 997;

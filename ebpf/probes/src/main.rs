@@ -9,15 +9,15 @@
 #![no_main]
 
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
-    bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
 };
-use aya_ebpf::macros::{map, tracepoint};
+use aya_ebpf::macros::{map, perf_event, tracepoint};
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace};
 use aya_ebpf::programs::tracing::StackIdContext;
-use aya_ebpf::programs::TracePointContext;
+use aya_ebpf::programs::{PerfEventContext, TracePointContext};
 use aya_ebpf::EbpfContext;
-use engine_probes_common::{counter, kind, layout, syscall, Event, OffCpu};
+use engine_probes_common::{counter, kind, layout, syscall, Event, OffCpu, OnCpu, USER_MODE};
 
 /// Followed processes (and threads), by kernel pid: `FULL`, `QUIET` (a root whose children are
 /// followed, its own events not recorded: lifecycled), or `THREAD` (keyed by a thread id: that
@@ -39,6 +39,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 
 /// Off-CPU intervals of followed threads ([`OffCpu`]), apart from `EVENTS`.
 #[map]
 static OFF_CPU: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// On-CPU samples of followed threads ([`OnCpu`]), apart from the others.
+#[map]
+static ON_CPU: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
 /// A followed thread switched out and not yet back, by thread id.
 #[map]
@@ -399,6 +403,39 @@ pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
             }
         }
     }
+    0
+}
+
+/// `bpf_get_stackid`'s error for an empty kernel stack: the sample was taken in user mode.
+const EFAULT: i32 = -14;
+
+/// A CPU's sampling clock fired while a followed thread ran: where it was (its kernel stack, or
+/// user mode), for the on-CPU profile of its span.
+#[perf_event]
+pub fn on_cpu(ctx: PerfEventContext) -> u32 {
+    let Some((tgid, tid)) = followed() else { return 0 };
+    let stack_id = match ctx.get_stackid(&STACKS, 0) {
+        Ok(id) => id,
+        Err(EFAULT) => USER_MODE,
+        Err(_) => {
+            bump(counter::STACK_LOST);
+            -1
+        }
+    };
+    let Some(mut entry) = ON_CPU.reserve::<OnCpu>(0) else {
+        bump(counter::ON_CPU_DROPPED);
+        return 0;
+    };
+    entry.write(OnCpu {
+        ktime_ns: now_ns(),
+        cgroup_id: current_cgroup(),
+        stack_id,
+        tgid,
+        tid,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    entry.submit(NO_WAKEUP);
+    bump(counter::ON_CPU_SENT);
     0
 }
 

@@ -311,6 +311,13 @@ async fn info(c: &client::Client) -> Result<i32> {
                 " Profiles: off-CPU ({} intervals, {} dropped, {} without their stack)",
                 p["OffCpuSent"], p["OffCpuDropped"], p["StacksLost"]
             );
+            match p["OnCpuReason"].as_str().filter(|r| !r.is_empty()) {
+                None => println!(
+                    " On-CPU Samples: {} Hz ({} samples, {} dropped)",
+                    p["OnCpuHz"], p["OnCpuSent"], p["OnCpuDropped"]
+                ),
+                Some(why) => println!(" On-CPU Samples: off ({why})"),
+            }
         } else {
             println!(" Profiles: off (--no-profiles)");
         }

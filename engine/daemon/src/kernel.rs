@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use engine_probes::{kind, syscall, KernelEvent, OffCpuInterval, Probes};
+use engine_probes::{kind, syscall, KernelEvent, OffCpuInterval, OnCpuSample, Probes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -545,6 +545,96 @@ fn attribute_cpu(req: &mut ExportTraceServiceRequest, owners: &[Owner], probes: 
         sp.attributes.push(i(engine_telemetry::names::ATTR_CPU_OFF_NS, off as i64));
         sp.attributes.push(i(engine_telemetry::names::ATTR_CPU_RUNQ_NS, runq as i64));
         sp.events.extend(events);
+    }
+    if probes.sampling() == Ok(true) {
+        attribute_samples(req, &own, probes, (lo, hi));
+    }
+}
+
+/// How many generations below a span's process a sampled process may be (a hook's shell and
+/// what it runs).
+const MAX_GENERATIONS: usize = 8;
+
+/// Places the on-CPU samples of each span's thread, and of the processes it started (a hook,
+/// by the probes' fork events), in its spans: `linux.perf.samples` on every span open at the
+/// sample, the stacks sampled most as `kernel.on_cpu` events of the innermost one.
+fn attribute_samples(req: &mut ExportTraceServiceRequest, own: &[&Owner], probes: &Probes, (lo, hi): (u64, u64)) {
+    let thread = |o: &Owner| o.tid.unwrap_or(o.pid);
+    let threads: HashSet<(u32, u32)> = own.iter().map(|o| (o.pid, thread(o))).collect();
+    // child pid → the (process, thread) that forked it
+    let parent: HashMap<u32, (u32, u32)> = probes
+        .events(|e| e.kind == kind::FORK && e.wall_ns <= hi)
+        .into_iter()
+        .map(|e| (e.args[0] as u32, (e.tgid, e.tid)))
+        .collect();
+    // the span thread a sampled thread works for: itself, or the one that started its process
+    let working_for = |s: &OnCpuSample| -> Option<((u32, u32), bool)> {
+        if threads.contains(&(s.tgid, s.tid)) {
+            return Some(((s.tgid, s.tid), true));
+        }
+        let mut cur = s.tgid;
+        for _ in 0..MAX_GENERATIONS {
+            let &(ptgid, ptid) = parent.get(&cur)?;
+            if threads.contains(&(ptgid, ptid)) {
+                return Some(((ptgid, ptid), false));
+            }
+            cur = ptgid;
+        }
+        None
+    };
+    let samples = probes.on_cpu(|s| s.wall_ns >= lo && s.wall_ns <= hi);
+    // per span: samples; per innermost span: stack line → (samples, first, sampled pid, command)
+    let mut counts: HashMap<(usize, usize, usize), i64> = HashMap::new();
+    let mut stacks: HashMap<(usize, usize, usize), HashMap<String, (i64, u64, u32, String)>> = HashMap::new();
+    let pid_of: HashMap<(usize, usize, usize), u32> = own.iter().map(|o| (o.at, o.pid)).collect();
+    for smp in &samples {
+        let Some(((pid, tid), itself)) = working_for(smp) else { continue };
+        let open: Vec<&&Owner> = own
+            .iter()
+            .filter(|o| o.pid == pid && thread(o) == tid && o.start <= smp.wall_ns && smp.wall_ns <= o.end)
+            // its own samples are confirmed by its cgroup, as its events are
+            .filter(|o| !itself || o.cgroup.is_none_or(|c| c == smp.cgroup_id))
+            .collect();
+        for o in &open {
+            *counts.entry(o.at).or_default() += 1;
+        }
+        let Some(inner) = open.iter().min_by_key(|o| o.end - o.start) else { continue };
+        let line = match (&smp.stack, smp.user) {
+            (Some(frames), _) => stack_line(frames),
+            (None, true) => format!("[user] {}", smp.comm),
+            (None, false) => format!("[kernel] {}", smp.comm),
+        };
+        let e = stacks.entry(inner.at).or_default().entry(line).or_insert((0, smp.wall_ns, smp.tgid, smp.comm.clone()));
+        e.0 += 1;
+    }
+    let period_ns = 1_000_000_000 / engine_probes::ON_CPU_HZ as i64;
+    for ((r, c, k), n) in counts {
+        let sp = &mut req.resource_spans[r].scope_spans[c].spans[k];
+        sp.attributes.push(i(engine_telemetry::names::ATTR_PERF_SAMPLES, n));
+        let mut top: Vec<(String, (i64, u64, u32, String))> =
+            stacks.remove(&(r, c, k)).unwrap_or_default().into_iter().collect();
+        top.sort_by_key(|t| std::cmp::Reverse(t.1 .0));
+        top.truncate(TOP_STACKS);
+        let own_pid = pid_of.get(&(r, c, k)).copied().unwrap_or_default();
+        sp.events.extend(top.into_iter().map(|(line, (count, first, pid, comm))| {
+            // the span's process; a process it started (a hook) is named beside it
+            let mut attributes = vec![i("process.pid", own_pid.into())];
+            if pid != own_pid {
+                attributes.push(i(engine_telemetry::names::ATTR_PERF_SAMPLED_PID, pid.into()));
+            }
+            attributes.extend([
+                s("process.command", comm),
+                s(engine_telemetry::names::ATTR_KERNEL_STACK, line),
+                i(engine_telemetry::names::ATTR_PERF_SAMPLES, count),
+                i(engine_telemetry::names::ATTR_CPU_ON_NS, count * period_ns),
+            ]);
+            span::Event {
+                time_unix_nano: first,
+                name: engine_telemetry::names::KERNEL_ON_CPU.into(),
+                attributes,
+                ..Default::default()
+            }
+        }));
     }
 }
 

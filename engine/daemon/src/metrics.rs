@@ -189,7 +189,7 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
     ("engine_shims", "gauge", "Running engine-shim processes"),
     ("engine_shim_memory_bytes", "gauge", "Resident memory of all engine-shim processes"),
     ("engine_probes_running", "gauge", "Whether the eBPF probes are attached (1) or not (0)"),
-    ("engine_probe_events", "counter", "Kernel events the probes saw, sent to engined, or dropped (ring buffer full), by kind: system calls and other point events (syscall), off-CPU intervals (off_cpu; stack_lost: kept without their kernel stack)"),
+    ("engine_probe_events", "counter", "Kernel events the probes saw, sent to engined, or dropped (ring buffer full), by kind: system calls and other point events (syscall), off-CPU intervals (off_cpu; stack_lost: kept without their kernel stack), on-CPU samples (on_cpu)"),
     ("engine_trace_export_decisions", "counter", "Traces the tail sampler (--trace-keep-ratio below 1) exported or dropped, by reason: error, restart, slow, ratio, dropped"),
     ("engine_trace_store_bytes", "gauge", "Bytes of the embedded trace store"),
     ("engine_trace_store_traces", "gauge", "Traces in the embedded trace store"),
@@ -280,6 +280,8 @@ pub async fn render(d: &MetricsService) -> Result<String, ApiError> {
             ("off_cpu", "sent", c.off_cpu_sent),
             ("off_cpu", "dropped", c.off_cpu_dropped),
             ("off_cpu", "stack_lost", c.stacks_lost),
+            ("on_cpu", "sent", c.on_cpu_sent),
+            ("on_cpu", "dropped", c.on_cpu_dropped),
         ] {
             probe_events.get_or_create(&l(&[("kind", kind), ("outcome", outcome)])).inc_by(v);
         }

@@ -317,7 +317,9 @@ pub fn probe_status(d: &TraceService) -> serde_json::Value {
             json!({
                 "Running": true, "Reason": "", "EventsSeen": c.seen, "EventsSent": c.sent, "EventsDropped": c.dropped,
                 "Profiles": p.profiles(), "OffCpuSent": c.off_cpu_sent, "OffCpuDropped": c.off_cpu_dropped,
-                "StacksLost": c.stacks_lost,
+                "StacksLost": c.stacks_lost, "OnCpuSampling": p.sampling().unwrap_or(false),
+                "OnCpuReason": p.sampling().err().unwrap_or_default(),
+                "OnCpuHz": engine_probes::ON_CPU_HZ, "OnCpuSent": c.on_cpu_sent, "OnCpuDropped": c.on_cpu_dropped,
             })
         }
         crate::kernel::ProbeState::Disabled(why) => {

@@ -126,6 +126,10 @@ pub const KERNEL_CGROUP_MKDIR: &str = "kernel.cgroup_mkdir";
 pub const KERNEL_CGROUP_ATTACH: &str = "kernel.cgroup_attach";
 /// Where a span's thread blocked longest (a span event: `linux.kernel.stack`, `engine.cpu.off_ns`).
 pub const KERNEL_BLOCKED: &str = "kernel.blocked";
+/// Where a span's thread (or a process it started, such as a hook) ran when sampled most often
+/// (a span event: `linux.kernel.stack`, `[user] <command>` for its own code,
+/// `linux.perf.samples`, `engine.cpu.on_ns` as the samples' share of time).
+pub const KERNEL_ON_CPU: &str = "kernel.on_cpu";
 
 /// A span's time on its CPU, blocked, and runnable waiting for a CPU (the eBPF probes' view of
 /// the span's thread; the three add up to the span's duration).
@@ -135,6 +139,10 @@ pub const ATTR_CPU_RUNQ_NS: &str = "engine.cpu.runq_ns";
 /// A kernel stack, innermost function first, the scheduler's own frames left out
 /// (`synchronize_rcu ← cgroup_attach_task ← …`).
 pub const ATTR_KERNEL_STACK: &str = "linux.kernel.stack";
+/// On-CPU samples taken of a span's thread and the processes it started while it was open.
+pub const ATTR_PERF_SAMPLES: &str = "linux.perf.samples";
+/// The process a `kernel.on_cpu` event's samples are of, when the span's process started it.
+pub const ATTR_PERF_SAMPLED_PID: &str = "linux.perf.sampled_pid";
 
 /// Every name above (`kernel.<syscall>` spans and request spans aside).
 pub const ALL: &[&str] = &[
@@ -216,6 +224,7 @@ pub const ALL: &[&str] = &[
     KERNEL_CGROUP_MKDIR,
     KERNEL_CGROUP_ATTACH,
     KERNEL_BLOCKED,
+    KERNEL_ON_CPU,
 ];
 
 /// The span name of a system call the probes saw enter and exit.

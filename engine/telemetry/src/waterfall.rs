@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use crate::handoff::FlatSpan;
+use crate::names;
 
 /// Options for [`render`].
 #[derive(Clone, Debug)]
@@ -36,13 +37,19 @@ const FOLD_AT: usize = 3;
 /// The one attribute that says most about a kernel row.
 fn kernel_detail(attrs: &[(String, String)]) -> String {
     // where a span blocked: how long, and the stack's innermost functions (its start names it)
-    if let Some((stack, ns)) = crate::why::blocked_in(attrs) {
-        let stack = if stack.chars().count() > 72 {
+    let cut = |stack: &str| {
+        if stack.chars().count() > 72 {
             format!("{}…", stack.chars().take(71).collect::<String>())
         } else {
             stack.to_string()
-        };
-        return format!(" {} ms in {stack}", ms(ns));
+        }
+    };
+    if let Some((stack, ns)) = crate::why::blocked_in(attrs) {
+        return format!(" {} ms in {}", ms(ns), cut(stack));
+    }
+    // where a span (or what it started) ran when sampled: how often, and the stack
+    if let Some((stack, n)) = crate::why::sampled_in(attrs) {
+        return format!(" {n} samples in {}", cut(stack));
     }
     for key in [
         "linux.namespaces",
@@ -185,7 +192,9 @@ pub fn render(spans: &[FlatSpan], opts: &Options) -> String {
             let mut e = 0;
             while e < events.len() {
                 let same = events[e..].iter().take_while(|o| o.1 == events[e].1).count();
-                if fold && same >= FOLD_AT {
+                // the stacks a span blocked or ran in are summaries already (three at most)
+                let summary = matches!(events[e].1.as_str(), names::KERNEL_BLOCKED | names::KERNEL_ON_CPU);
+                if fold && same >= FOLD_AT && !summary {
                     rows.push((
                         format!("{prefix}{cont}· {} ×{same}", events[e].1),
                         Row::Events(k, (e..e + same).collect()),

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use crate::handoff::FlatSpan;
-use crate::names::{ATTR_CPU_OFF_NS, ATTR_CPU_ON_NS, ATTR_CPU_RUNQ_NS, ATTR_KERNEL_STACK, KERNEL_BLOCKED};
+use crate::names::{
+    ATTR_CPU_OFF_NS, ATTR_CPU_ON_NS, ATTR_CPU_RUNQ_NS, ATTR_KERNEL_STACK, ATTR_PERF_SAMPLES, KERNEL_BLOCKED,
+    KERNEL_ON_CPU,
+};
 
 /// Stacks shown under a span at most.
 const STACKS: usize = 3;
@@ -37,6 +40,17 @@ fn blocked_events(span: &FlatSpan) -> impl Iterator<Item = (&str, u64)> {
     span.events.iter().filter(|(_, n, _)| n == KERNEL_BLOCKED).filter_map(|(_, _, a)| blocked_in(a))
 }
 
+/// The stack and sample count a `kernel.on_cpu` event's attributes name.
+pub fn sampled_in(attrs: &[(String, String)]) -> Option<(&str, u64)> {
+    let get = |k: &str| attrs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    Some((get(ATTR_KERNEL_STACK)?, get(ATTR_PERF_SAMPLES)?.parse().ok()?))
+}
+
+/// The `kernel.on_cpu` events of `span`: (stack line, samples).
+fn sampled_events(span: &FlatSpan) -> impl Iterator<Item = (&str, u64)> {
+    span.events.iter().filter(|(_, n, _)| n == KERNEL_ON_CPU).filter_map(|(_, _, a)| sampled_in(a))
+}
+
 /// The spans but the kernel's, by parent (`None`: the roots), each list in start order.
 type Tree<'a> = HashMap<Option<&'a str>, Vec<&'a FlatSpan>>;
 
@@ -56,15 +70,27 @@ fn tree(spans: &[FlatSpan]) -> Tree<'_> {
 /// The stacks `span` and the spans under it in its process blocked in, longest first:
 /// (blocked ns, stack line).
 pub fn blocked_stacks(spans: &[FlatSpan], span: &FlatSpan) -> Vec<(u64, String)> {
-    stacks_under(&tree(spans), span)
+    stacks_under(&tree(spans), span, |s| blocked_events(s).collect())
 }
 
-fn stacks_under(tree: &Tree<'_>, span: &FlatSpan) -> Vec<(u64, String)> {
+/// The stacks `span`, the spans under it in its process and what they started were sampled in
+/// on a CPU, most first: (samples, stack line).
+pub fn sampled_stacks(spans: &[FlatSpan], span: &FlatSpan) -> Vec<(u64, String)> {
+    stacks_under(&tree(spans), span, |s| sampled_events(s).collect())
+}
+
+/// The stack lines of `span` and the spans under it in its process, summed over what `of`
+/// gives each, largest first.
+fn stacks_under<'a>(
+    tree: &Tree<'a>,
+    span: &'a FlatSpan,
+    of: impl Fn(&'a FlatSpan) -> Vec<(&'a str, u64)>,
+) -> Vec<(u64, String)> {
     let pid = |s: &FlatSpan| s.attr("process.pid").map(str::to_string);
     let mut sums: HashMap<&str, u64> = HashMap::new();
     let mut stack = vec![span];
     while let Some(s) = stack.pop() {
-        for (line, ns) in blocked_events(s) {
+        for (line, ns) in of(s) {
             *sums.entry(line).or_default() += ns;
         }
         for k in tree.get(&Some(s.span_id.as_str())).into_iter().flatten() {
@@ -132,8 +158,12 @@ pub fn render(spans: &[FlatSpan]) -> String {
                     col(c.off),
                     col(c.runq)
                 );
-                for (ns, line) in stacks_under(&children, s).into_iter().take(STACKS) {
+                for (ns, line) in stacks_under(&children, s, |s| blocked_events(s).collect()).into_iter().take(STACKS) {
                     let _ = writeln!(out, "  {:name_w$}    blocked {} ms in {line}", "", ms(ns));
+                }
+                let sampled = stacks_under(&children, s, |s| sampled_events(s).collect());
+                for (n, line) in sampled.into_iter().take(STACKS) {
+                    let _ = writeln!(out, "  {:name_w$}    on-CPU  {n} samples in {line}", "");
                 }
             }
             None => {
@@ -233,6 +263,11 @@ mod tests {
         );
         blocked(&mut attach, 9_400_000, "__wait_rcu_gp ← synchronize_rcu ← cgroup_attach_task");
         blocked(&mut create, 3_000_000, "do_wait ← kernel_wait4");
+        create.events.push((
+            create.start_unix_nanos,
+            KERNEL_ON_CPU.into(),
+            vec![(ATTR_KERNEL_STACK.into(), "[user] sh".into()), (ATTR_PERF_SAMPLES.into(), "7".into())],
+        ));
         let spans = vec![root, create, attach];
         let out = render(&spans);
         let lines: Vec<&str> = out.lines().collect();
@@ -242,7 +277,10 @@ mod tests {
         // the parent names its children's stacks too, longest first
         assert!(lines[3].contains("blocked 9.400 ms in __wait_rcu_gp ← synchronize_rcu"), "{out}");
         assert!(lines[4].contains("blocked 3.000 ms in do_wait"), "{out}");
-        assert!(lines[5].starts_with("█ runtime.cgroup.attach") && lines[5].contains("9.900  99%"), "{out}");
+        // and where it, or what it started, ran when sampled
+        assert!(lines[5].contains("on-CPU  7 samples in [user] sh"), "{out}");
+        assert!(lines[6].starts_with("█ runtime.cgroup.attach") && lines[6].contains("9.900  99%"), "{out}");
+        assert_eq!(sampled_stacks(&spans, &spans[1]), [(7, "[user] sh".to_string())]);
         assert_eq!(blocked_stacks(&spans, &spans[2]).len(), 1);
     }
 

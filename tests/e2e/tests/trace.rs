@@ -335,8 +335,13 @@ fn the_kernel_side_of_a_start_is_in_its_trace() {
             s.attr("process.pid")
         );
     }
-    for (_, name, attrs) in &events {
+    for (span, name, attrs) in &events {
         let pid = get(attrs, "process.pid").unwrap();
+        // engined's thread that makes the namespace: its own events, in its own span
+        if span.name == "network.namespace" {
+            assert_eq!(pid, engined_pid, "{name} on network.namespace is not engined's");
+            continue;
+        }
         assert!(tree.contains(pid), "{name} of pid {pid} is outside {tree:?}");
     }
     // the waterfall shows kernel rows, --no-kernel leaves them out
@@ -530,6 +535,56 @@ fn every_operation_is_exactly_one_trace() {
         let n = all.iter().filter(|t| t["Operation"] == *root).count();
         assert_eq!(n, ops.iter().filter(|(_, r, _)| r == root).count(), "traces rooted at {root}");
     }
+}
+
+/// A start whose hook spins on a CPU: the probes' on-CPU samples of the hook's process land on
+/// the span of the runtime step that ran it, with where it ran (its own code: `[user] sh`).
+#[test]
+fn a_busy_hook_shows_as_on_cpu_samples_on_its_span() {
+    let hooks = tempfile::tempdir().unwrap();
+    std::fs::write(
+        hooks.path().join("50-spin.json"),
+        r#"{"version":"1.0.0","hook":{"path":"/bin/sh","args":["sh","-c","i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"]},"when":{"commands":["^/bin/true$"]},"stages":["createRuntime"]}"#,
+    )
+    .unwrap();
+    let e = Engined::start_with(&[], &["--hooks-dir", hooks.path().to_str().unwrap()]);
+    let status = probes(&e);
+    assert_eq!(status["OnCpuSampling"], true, "the on-CPU sampler did not attach: {status}\n{}", e.log_tail());
+    e.import_busybox("busybox");
+    e.ok(&["run", "--name", "spin", "busybox", "/bin/true"]);
+    let spans = whole_trace(&e, "spin", "start");
+    let waterfall = stdout(&e.engine(&["trace", "--op", "start", "spin"]));
+    let hook = spans.iter().find(|s| s.name == "runtime.hooks.createRuntime").unwrap_or_else(|| panic!("{waterfall}"));
+    let samples: u64 = hook.attr("linux.perf.samples").and_then(|n| n.parse().ok()).unwrap_or(0);
+    // at 997 Hz, a loop that runs for tens of milliseconds at least gives tens of samples
+    assert!(samples >= 10, "{samples} samples on the hook's span:\n{waterfall}");
+    let sampled: Vec<(&str, u64)> = hook
+        .events
+        .iter()
+        .filter(|(_, n, _)| n == "kernel.on_cpu")
+        .filter_map(|(_, _, a)| Some((get(a, "linux.kernel.stack")?, get(a, "linux.perf.samples")?.parse().ok()?)))
+        .collect();
+    let top = sampled.first().unwrap_or_else(|| panic!("no kernel.on_cpu on the hook's span:\n{waterfall}"));
+    assert!(top.0 == "[user] sh" && top.1 * 2 >= samples, "{sampled:?} of {samples}");
+    // of the runtime's span, the hook's process named beside it
+    let create = spans.iter().find(|s| s.name == "runtime.create").unwrap();
+    let event = hook.events.iter().find(|(_, n, _)| n == "kernel.on_cpu").unwrap();
+    assert_eq!(get(&event.2, "process.pid"), create.attr("process.pid"), "{:?}", event.2);
+    let hook_pid = get(&event.2, "linux.perf.sampled_pid").unwrap_or_else(|| panic!("{:?}", event.2));
+    assert_ne!(Some(hook_pid), create.attr("process.pid"));
+    // its parents count them too; the spans of no other step do
+    assert!(create.attr("linux.perf.samples").and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) >= samples);
+    let start = spans.iter().find(|s| s.name == "runtime.start").unwrap();
+    assert!(start.attr("linux.perf.samples").and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) < samples / 2);
+    assert!(waterfall.contains("kernel.on_cpu") && waterfall.contains("samples in [user] sh"), "{waterfall}");
+    let why = stdout(&e.engine(&["trace", "--why", "--op", "start", "spin"]));
+    let line = why.lines().position(|l| l.contains("runtime.hooks.createRuntime")).unwrap_or_else(|| panic!("{why}"));
+    assert!(
+        why.lines().skip(line + 1).take(4).any(|l| l.contains("on-CPU") && l.contains("samples in [user] sh")),
+        "{why}"
+    );
+    assert!(probes(&e)["OnCpuSent"].as_u64().unwrap_or(0) >= samples);
+    e.ok(&["rm", "spin"]);
 }
 
 #[test]
