@@ -199,6 +199,45 @@ pub struct RunArgs {
     /// Disable any container-specified HEALTHCHECK.
     #[arg(long)]
     pub no_healthcheck: bool,
+    /// Ulimit options (name=soft[:hard], e.g. nofile=1024:2048).
+    #[arg(long)]
+    pub ulimit: Vec<String>,
+    /// Size of /dev/shm (e.g. 64m).
+    #[arg(long = "shm-size")]
+    pub shm_size: Option<String>,
+    /// Sysctl options (key=value).
+    #[arg(long)]
+    pub sysctl: Vec<String>,
+    /// Attach a filesystem mount (type=bind|volume|tmpfs,source=…,target=…[,readonly]).
+    #[arg(long)]
+    pub mount: Vec<String>,
+    /// Add additional groups to join.
+    #[arg(long = "group-add")]
+    pub group_add: Vec<String>,
+    /// Tune the host's OOM preferences (-1000 to 1000).
+    #[arg(long = "oom-score-adj", allow_hyphen_values = true)]
+    pub oom_score_adj: Option<i64>,
+    /// Optional parent cgroup for the container.
+    #[arg(long = "cgroup-parent")]
+    pub cgroup_parent: Option<String>,
+    /// Write the container ID to the file.
+    #[arg(long)]
+    pub cidfile: Option<std::path::PathBuf>,
+    /// User namespace to use.
+    #[arg(long)]
+    pub userns: Option<String>,
+    /// Container NIS domain name.
+    #[arg(long)]
+    pub domainname: Option<String>,
+    /// Read in a line delimited file of labels.
+    #[arg(long = "label-file")]
+    pub label_file: Vec<std::path::PathBuf>,
+    /// Override the key sequence for detaching a container (e.g. ctrl-p,ctrl-q).
+    #[arg(long = "detach-keys")]
+    pub detach_keys: Option<String>,
+    /// Suppress the pull output.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -231,6 +270,48 @@ fn healthcheck(a: &RunArgs) -> Result<Option<HealthConfig>> {
     }
     let test = a.health_cmd.as_ref().map(|c| vec!["CMD-SHELL".to_string(), c.clone()]);
     Ok((test.is_some() || timing != HealthConfig::default()).then_some(HealthConfig { test, ..timing }))
+}
+
+/// `--ulimit name=soft[:hard]` (one value: soft and hard alike), as Docker's CLI reads it.
+fn parse_ulimit(u: &str) -> Result<engine_docker_api::Ulimit> {
+    let bad = || anyhow!("invalid argument {u:?} for --ulimit: name=soft[:hard]");
+    let (name, limits) = u.split_once('=').ok_or_else(bad)?;
+    let (soft, hard) = limits.split_once(':').unwrap_or((limits, limits));
+    let (soft, hard) = (soft.parse::<i64>().map_err(|_| bad())?, hard.parse::<i64>().map_err(|_| bad())?);
+    if name.is_empty() {
+        return Err(bad());
+    }
+    if soft > hard {
+        bail!("invalid argument {u:?} for --ulimit: soft limit {soft} is above the hard limit {hard}");
+    }
+    Ok(engine_docker_api::Ulimit { name: name.to_string(), soft, hard })
+}
+
+/// `--mount type=bind|volume|tmpfs,source=…,target=…[,readonly]`, Docker's CSV form; an option
+/// the engine would not act on is refused.
+fn parse_mount(m: &str) -> Result<engine_docker_api::Mount> {
+    let mut mount = engine_docker_api::Mount { typ: "volume".into(), ..Default::default() };
+    for field in m.split(',') {
+        let (k, v) = field.split_once('=').map_or((field, None), |(k, v)| (k, Some(v)));
+        let value = || v.map(str::to_string).ok_or_else(|| anyhow!("invalid field {field:?} of --mount: {k}=value"));
+        match k.trim().to_ascii_lowercase().as_str() {
+            "type" => mount.typ = value()?,
+            "source" | "src" => mount.source = value()?,
+            "target" | "destination" | "dst" => mount.target = value()?,
+            "readonly" | "ro" => {
+                mount.read_only = match v.map(str::to_ascii_lowercase).as_deref() {
+                    None | Some("1" | "true") => true,
+                    Some("0" | "false") => false,
+                    Some(other) => bail!("invalid value {other:?} for {k} of --mount: true or false"),
+                }
+            }
+            other => bail!("--mount option {other:?} is not supported (type, source, target, readonly)"),
+        }
+    }
+    if mount.target.is_empty() {
+        bail!("invalid argument {m:?} for --mount: target is required");
+    }
+    Ok(mount)
 }
 
 /// `64m`, `1g`, `512k`, `1024` (bytes).
@@ -280,9 +361,20 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
     }
     env.extend(a.env.iter().map(|e| expand_env(e)));
     let mut labels = BTreeMap::new();
-    for l in &a.label {
+    let mut label_lines = Vec::new();
+    for f in &a.label_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading label file {}", f.display()))?;
+        label_lines
+            .extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string));
+    }
+    for l in label_lines.iter().chain(&a.label) {
         let (k, v) = l.split_once('=').unwrap_or((l, ""));
         labels.insert(k.to_string(), v.to_string());
+    }
+    let mut sysctls = BTreeMap::new();
+    for kv in &a.sysctl {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("invalid argument {kv:?} for --sysctl: key=value"))?;
+        sysctls.insert(k.to_string(), v.to_string());
     }
     let mut tmpfs = BTreeMap::new();
     for t in &a.tmpfs {
@@ -309,6 +401,7 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         working_dir: a.workdir.clone().unwrap_or_default(),
         user: a.user.clone().unwrap_or_default(),
         hostname: a.hostname.clone().unwrap_or_default(),
+        domainname: a.domainname.clone().unwrap_or_default(),
         stop_signal: a.stop_signal.clone(),
         stop_timeout: a.stop_timeout,
         healthcheck: healthcheck(a)?,
@@ -361,6 +454,15 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
             })
             .transpose()?,
         volumes_from: given(&a.volumes_from),
+        ulimits: given(&a.ulimit).map(|u| u.iter().map(|u| parse_ulimit(u)).collect::<Result<Vec<_>>>()).transpose()?,
+        shm_size: a.shm_size.as_deref().map(parse_bytes).transpose()?.unwrap_or(0),
+        sysctls: (!sysctls.is_empty()).then_some(sysctls),
+        mounts: given(&a.mount).map(|m| m.iter().map(|m| parse_mount(m)).collect::<Result<Vec<_>>>()).transpose()?,
+        group_add: given(&a.group_add),
+        oom_score_adj: a.oom_score_adj.unwrap_or(0),
+        cgroup_parent: a.cgroup_parent.clone().unwrap_or_default(),
+        container_id_file: a.cidfile.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        userns_mode: a.userns.clone().unwrap_or_default(),
         cgroupns_mode: a.cgroupns.clone().unwrap_or_default(),
         runtime: a.runtime.clone().unwrap_or_default(),
         ..Default::default()
@@ -543,13 +645,45 @@ fn expand_env(e: &str) -> String {
 }
 
 async fn create(c: &Client, a: &RunArgs) -> Result<String> {
+    // --cidfile: made before the create (an existing one stops it, as Docker's CLI), the id
+    // written once there is one, gone again when the create fails
+    let cidfile = match &a.cidfile {
+        Some(path) => Some(
+            std::fs::OpenOptions::new().write(true).create_new(true).open(path).map(|f| (f, path)).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    anyhow!(
+                        "container ID file found, make sure the other container isn't running or delete {}",
+                        path.display()
+                    )
+                } else {
+                    anyhow!("failed to create the container ID file {}: {e}", path.display())
+                }
+            })?,
+        ),
+        None => None,
+    };
+    let made = create_container(c, a).await;
+    match (cidfile, &made) {
+        (Some((mut file, _)), Ok(id)) => {
+            use std::io::Write as _;
+            file.write_all(id.as_bytes()).context("writing the container ID file")?;
+        }
+        (Some((_, path)), Err(_)) => {
+            let _ = std::fs::remove_file(path);
+        }
+        (None, _) => {}
+    }
+    made
+}
+
+async fn create_container(c: &Client, a: &RunArgs) -> Result<String> {
     let body = serde_json::to_value(create_body(a)?)?;
     let path = match &a.name {
         Some(n) => format!("/containers/create?name={}", urlencode(n)),
         None => "/containers/create".into(),
     };
     if a.pull == "always" {
-        crate::registry::pull_image(c, &a.image, a.platform.as_deref(), false, true).await?;
+        crate::registry::pull_image(c, &a.image, a.platform.as_deref(), a.quiet, true).await?;
     }
     let resp = match c.post(&path, Some(&body)).await {
         Err(e)
@@ -561,12 +695,14 @@ async fn create(c: &Client, a: &RunArgs) -> Result<String> {
             } else {
                 format!("{}:latest", a.image)
             };
-            eprintln!("Unable to find image '{shown}' locally");
+            if !a.quiet {
+                eprintln!("Unable to find image '{shown}' locally");
+            }
             if a.pull == "never" {
                 return Err(e);
             }
             // As docker run: pull it (progress on stderr), then create.
-            crate::registry::pull_image(c, &a.image, a.platform.as_deref(), false, true).await?;
+            crate::registry::pull_image(c, &a.image, a.platform.as_deref(), a.quiet, true).await?;
             c.post(&path, Some(&body)).await?
         }
         r => r?,
@@ -703,8 +839,11 @@ pub async fn run(c: &Client, a: RunArgs) -> Result<i32> {
         println!("{id}");
         return Ok(0);
     }
-    let attach =
-        format!("/containers/{id}/attach?stream=1&stdout=1&stderr=1{}", if a.interactive { "&stdin=1" } else { "" });
+    let attach = format!(
+        "/containers/{id}/attach?stream=1&stdout=1&stderr=1{}{}",
+        if a.interactive { "&stdin=1" } else { "" },
+        a.detach_keys.as_deref().map(|k| format!("&detachKeys={}", urlencode(k))).unwrap_or_default()
+    );
     let io = c.hijack(&attach, None).await?;
     // Wait is asked before the start, so the exit cannot be missed.
     let condition = if a.rm { "removed" } else { "next-exit" };

@@ -408,6 +408,7 @@ impl Daemon {
             workdir: Some(body.working_dir.clone()).filter(|w| !w.is_empty()),
             user: Some(body.user.clone()).filter(|u| !u.is_empty()),
             hostname: hostname.clone(),
+            domainname: body.domainname.clone(),
             tty: body.tty,
             open_stdin: body.open_stdin,
             read_only: hc.readonly_rootfs,

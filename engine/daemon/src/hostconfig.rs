@@ -281,6 +281,8 @@ pub fn mount_specs(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
     for b in hc.binds.iter().flatten() {
         mounts.push(parse_bind(b)?);
     }
+    // tmpfs mounts are made with `--tmpfs`'s (see `tmpfs_mounts`): their targets count here
+    let mut tmpfs_targets: Vec<&str> = hc.tmpfs.iter().flatten().map(|(t, _)| t.as_str()).collect();
     for m in hc.mounts.iter().flatten() {
         if !m.target.starts_with('/') {
             return bad(format!("invalid mount config: mount path {:?} must be absolute", m.target));
@@ -288,7 +290,12 @@ pub fn mount_specs(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
         let source = match m.typ.as_str() {
             "bind" => Source::Host(PathBuf::from(&m.source)),
             "volume" => Source::Volume(m.source.clone()),
-            t => return bad(format!("mount type {t:?} is not supported (bind, volume)")),
+            "tmpfs" if m.source.is_empty() => {
+                tmpfs_targets.push(&m.target);
+                continue;
+            }
+            "tmpfs" => return bad("invalid mount config for type \"tmpfs\": source must be empty".into()),
+            t => return bad(format!("mount type {t:?} is not supported (bind, volume, tmpfs)")),
         };
         if let Source::Host(p) = &source {
             if !p.is_absolute() || !p.exists() {
@@ -306,12 +313,24 @@ pub fn mount_specs(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
             propagation: None,
         });
     }
-    for (i, m) in mounts.iter().enumerate() {
-        if mounts[..i].iter().any(|o| o.target == m.target) {
-            return bad(format!("Duplicate mount point: {}", m.target));
+    let targets: Vec<&str> = mounts.iter().map(|m| m.target.as_str()).chain(tmpfs_targets).collect();
+    for (i, t) in targets.iter().enumerate() {
+        if targets[..i].contains(t) {
+            return bad(format!("Duplicate mount point: {t}"));
         }
     }
     Ok(mounts)
+}
+
+/// The tmpfs mounts of `hc`: `--tmpfs PATH[:OPTIONS]` and `Mounts` of type tmpfs (read-only
+/// when asked), each with its mount options.
+fn tmpfs_mounts(hc: &HostConfig) -> Vec<(&str, String)> {
+    let given = hc.tmpfs.iter().flatten().map(|(path, opts)| (path.as_str(), opts.clone()));
+    let mounted = hc.mounts.iter().flatten().filter(|m| m.typ == "tmpfs").map(|m| {
+        let opts = if m.read_only { "ro" } else { "" };
+        (m.target.as_str(), opts.to_string())
+    });
+    given.chain(mounted).collect()
 }
 
 fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
@@ -1129,6 +1148,7 @@ fn with_network(spec: &mut Spec, hc: &HostConfig, netns: Option<&Path>) {
     let host_network = hc.network_mode == "host";
     if host_network {
         spec.set_hostname(None);
+        spec.set_domainname(None);
     }
     let Some(namespaces) = spec.linux_mut().as_mut().and_then(|l| l.namespaces_mut().as_mut()) else { return };
     match netns {
@@ -1152,6 +1172,7 @@ fn with_host_namespaces(spec: &mut Spec, hc: &HostConfig, cx: &Context<'_>) {
     let uts_host = hc.uts_mode == "host";
     if uts_host {
         spec.set_hostname(None);
+        spec.set_domainname(None);
     }
     let Some(namespaces) = spec.linux_mut().as_mut().and_then(|l| l.namespaces_mut().as_mut()) else { return };
     for (typ, mode, joined) in
@@ -1208,7 +1229,7 @@ fn with_mounts(spec: &mut Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<(),
             added.push(bind_mount(dest, src, opts)?);
         }
     }
-    for (path, opts) in hc.tmpfs.iter().flatten() {
+    for (path, opts) in tmpfs_mounts(hc) {
         let mut o: Vec<String> = vec!["nosuid".into(), "nodev".into(), "noexec".into()];
         o.extend(opts.split(',').filter(|s| !s.is_empty()).map(str::to_string));
         let m = MountBuilder::default().destination(path).typ("tmpfs").source("tmpfs").options(o);

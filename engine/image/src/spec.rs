@@ -67,6 +67,8 @@ pub struct RunOptions {
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub hostname: String,
+    /// The NIS domain name (`--domainname`); empty: none.
+    pub domainname: String,
     pub tty: bool,
     pub open_stdin: bool,
     pub read_only: bool,
@@ -151,6 +153,7 @@ pub fn build(image: &ImageConfig, opts: &RunOptions, rootfs: &Path) -> Result<Co
         },
         "root": { "path": rootfs, "readonly": opts.read_only },
         "hostname": opts.hostname,
+        "domainname": Some(&opts.domainname).filter(|d| !d.is_empty()),
         "mounts": [
             { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
             { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },

@@ -329,6 +329,82 @@ fn run_options_reach_the_container() {
     e.assert_clean();
 }
 
+/// The `run` flags a Docker user carries over (ulimits, /dev/shm, sysctls, mounts, groups, the
+/// OOM score, the domain name, a label file, the cid file, a quiet pull) reach the container
+/// through the engine CLI as through Docker's.
+#[test]
+fn dockers_run_flags_reach_the_container() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let labels = e.dir.path().join("labels");
+    std::fs::write(&labels, "# a comment\nfrom.file=yes\n").unwrap();
+    let cidfile = e.dir.path().join("cid");
+    let out = e.ok(&[
+        "run",
+        "--name",
+        "flags",
+        "--ulimit",
+        "nofile=100:200",
+        "--shm-size",
+        "1m",
+        "--sysctl",
+        "kernel.shm_rmid_forced=1",
+        "--mount",
+        "type=tmpfs,target=/scratch",
+        "--group-add",
+        "1234",
+        "--oom-score-adj",
+        "500",
+        "--domainname",
+        "example.org",
+        "--label-file",
+        labels.to_str().unwrap(),
+        "--cidfile",
+        cidfile.to_str().unwrap(),
+        "--userns",
+        "host",
+        "-q",
+        "busybox",
+        "sh",
+        "-c",
+        "ulimit -n; ulimit -Hn; df -k /dev/shm | tail -1; cat /proc/sys/kernel/shm_rmid_forced; \
+         grep -c ' /scratch tmpfs' /proc/mounts; id -G; cat /proc/self/oom_score_adj; cat /proc/sys/kernel/domainname",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 8, "{out}");
+    assert_eq!((lines[0], lines[1]), ("100", "200"), "{out}");
+    assert_eq!(lines[2].split_whitespace().nth(1), Some("1024"), "/dev/shm of 1m: {out}");
+    assert_eq!(lines[3], "1", "{out}");
+    assert_eq!(lines[4], "1", "{out}");
+    assert!(lines[5].split_whitespace().any(|g| g == "1234"), "{out}");
+    assert_eq!(lines[6], "500", "{out}");
+    assert_eq!(lines[7], "example.org", "{out}");
+    assert_eq!(e.inspect("flags", "{{index .Config.Labels \"from.file\"}}"), "yes");
+    let id = e.inspect("flags", "{{.Id}}");
+    assert_eq!(std::fs::read_to_string(&cidfile).unwrap(), id);
+    assert_eq!(e.inspect("flags", "{{.HostConfig.ContainerIDFile}}"), cidfile.to_str().unwrap());
+    // an existing cid file stops the run before anything is made, as Docker's CLI
+    let before = e.ok(&["ps", "-aq"]);
+    let out = e.engine(&["run", "--cidfile", cidfile.to_str().unwrap(), "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("container ID file found"), "{out:?}");
+    assert_eq!(e.ok(&["ps", "-aq"]), before);
+    // a failed create leaves no cid file behind
+    let fresh = e.dir.path().join("cid2");
+    let bad = e.fails(&["run", "--cidfile", fresh.to_str().unwrap(), "--ulimit", "nofile=200:100", "busybox", "true"]);
+    assert!(bad.contains("soft limit"), "{bad}");
+    let refused = e.fails(&["run", "--cidfile", fresh.to_str().unwrap(), "--userns", "private", "busybox", "true"]);
+    assert!(refused.to_lowercase().contains("user namespace") || refused.contains("userns"), "{refused}");
+    assert!(!fresh.exists(), "the cid file of a failed create is left");
+    assert!(e
+        .fails(&["run", "--mount", "type=bind,target=/x,bind-propagation=shared", "busybox", "true"])
+        .contains("bind-propagation"));
+    e.ok(&["create", "--name", "parented", "--cgroup-parent", "/custom-parent", "busybox", "true"]);
+    assert_eq!(e.inspect("parented", "{{.HostConfig.CgroupParent}}"), "/custom-parent");
+    e.ok(&["rm", "flags", "parented"]);
+    e.assert_clean();
+}
+
 #[test]
 fn images_through_the_cli() {
     let e = Engined::start();
