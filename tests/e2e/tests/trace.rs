@@ -5,6 +5,7 @@
 //! probes' kernel rows inside it (and without them when the probes are off).
 
 use std::collections::{HashMap, HashSet};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use engine_telemetry::handoff::flatten;
@@ -352,6 +353,30 @@ fn the_kernel_side_of_a_start_is_in_its_trace() {
     e.ok(&["rm", "kernel"]);
 }
 
+/// Headless Chromium with `args`, its profile in `dir`, kept off every network (no proxy
+/// reachable, no name resolved, no background fetches); its stdout.
+fn chromium(args: &[&str], dir: &std::path::Path) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-default-apps",
+            "--proxy-server=127.0.0.1:9",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+        ])
+        .arg(format!("--user-data-dir={}", dir.join("chromium").display()))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("chromium: {e} (`make setup` installs it)"));
+    assert!(out.status.success(), "chromium {args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
 #[derive(Clone, Default)]
 struct Collector(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
 
@@ -656,6 +681,21 @@ fn a_starts_time_is_split_on_and_off_cpu_with_where_it_blocked() {
                 .is_some_and(|f| s(f.name) == "do_wait")
     });
     assert!(waited.is_some_and(|x| x.value[0] >= 250_000_000), "no wait4 sample of the hook's span");
+    // as its users read it: `go tool pprof` (Go from bookworm-backports, as `make setup` installs it)
+    let go = "/usr/lib/go-1.23/bin/go";
+    assert!(std::path::Path::new(go).exists(), "{go} is missing: `make setup` installs golang-1.23-go");
+    let top = Command::new(go)
+        .args(["tool", "pprof", "-top", "-sample_index=0"])
+        .arg(&pprof)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "")
+        .env("HOME", hooks.path())
+        .env("GOCACHE", hooks.path().join("gocache"))
+        .output()
+        .unwrap();
+    let top_text = stdout(&top);
+    assert!(top.status.success() && top_text.contains("do_wait"), "{top_text}{}", stderr(&top));
     // and one HTML page of it all: the waterfall, the flame graph, the spans as JSON
     let html = hooks.path().join("why.html");
     e.ok(&["trace", "--html", html.to_str().unwrap(), "--op", "start", "why"]);
@@ -670,6 +710,23 @@ fn a_starts_time_is_split_on_and_off_cpu_with_where_it_blocked() {
         .find(|s| s["name"] == "runtime.hooks.createRuntime")
         .and_then(|s| s["attributes"]["engine.cpu.off_ns"].as_str()?.parse::<u64>().ok());
     assert_eq!(hook_off, Some(off));
+    // in a real browser (headless Chromium, kept off every network): the page renders, and its
+    // own script lists the slowest spans from its JSON, the hook's among them
+    let page = hooks.path().join("why.html");
+    let dom = chromium(&["--dump-dom", &format!("file://{}", page.display())], hooks.path());
+    let slowest = dom.split("<ol id=\"slowest\">").nth(1).and_then(|l| l.split("</ol>").next()).unwrap_or_default();
+    assert_eq!(slowest.matches("<li>").count(), 10, "{dom}");
+    assert!(
+        slowest.contains("<li>engine.run (engine) ") && slowest.contains("runtime.hooks.createRuntime"),
+        "{slowest}"
+    );
+    let png = hooks.path().join("why.png");
+    chromium(
+        &[&format!("--screenshot={}", png.display()), "--window-size=1280,2000", &format!("file://{}", page.display())],
+        hooks.path(),
+    );
+    let shot = std::fs::read(&png).unwrap();
+    assert!(shot.starts_with(b"\x89PNG") && shot.len() > 20_000, "a screenshot of {} bytes", shot.len());
     // and /metrics has the blocked time by phase
     let (_, metrics) = e.request("GET", "/metrics", "");
     let off_metric = metrics
