@@ -287,30 +287,59 @@ fn parse_ulimit(u: &str) -> Result<engine_docker_api::Ulimit> {
     Ok(engine_docker_api::Ulimit { name: name.to_string(), soft, hard })
 }
 
-/// `--mount type=bind|volume|tmpfs,source=…,target=…[,readonly]`, Docker's CSV form; an option
-/// the engine would not act on is refused.
+/// `--mount type=bind|volume|tmpfs,source=…,target=…[,readonly]` and each type's options, Docker's
+/// CSV form (the daemon refuses what it would not act on).
 fn parse_mount(m: &str) -> Result<engine_docker_api::Mount> {
+    use engine_docker_api::{BindOptions, TmpfsOptions, VolumeDriverConfig, VolumeOptions};
     let mut mount = engine_docker_api::Mount { typ: "volume".into(), ..Default::default() };
+    let (mut bind, mut volume, mut tmpfs) = (None::<BindOptions>, None::<VolumeOptions>, None::<TmpfsOptions>);
     for field in m.split(',') {
         let (k, v) = field.split_once('=').map_or((field, None), |(k, v)| (k, Some(v)));
         let value = || v.map(str::to_string).ok_or_else(|| anyhow!("invalid field {field:?} of --mount: {k}=value"));
+        let flag = || match v.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("1" | "true") => Ok(true),
+            Some("0" | "false") => Ok(false),
+            Some(other) => Err(anyhow!("invalid value {other:?} for {k} of --mount: true or false")),
+        };
         match k.trim().to_ascii_lowercase().as_str() {
             "type" => mount.typ = value()?,
             "source" | "src" => mount.source = value()?,
             "target" | "destination" | "dst" => mount.target = value()?,
-            "readonly" | "ro" => {
-                mount.read_only = match v.map(str::to_ascii_lowercase).as_deref() {
-                    None | Some("1" | "true") => true,
-                    Some("0" | "false") => false,
-                    Some(other) => bail!("invalid value {other:?} for {k} of --mount: true or false"),
-                }
+            "readonly" | "ro" => mount.read_only = flag()?,
+            "consistency" => mount.consistency = value()?,
+            "bind-propagation" => bind.get_or_insert_with(Default::default).propagation = value()?,
+            "bind-nonrecursive" => bind.get_or_insert_with(Default::default).non_recursive = flag()?,
+            "volume-nocopy" => volume.get_or_insert_with(Default::default).no_copy = flag()?,
+            "volume-subpath" => volume.get_or_insert_with(Default::default).subpath = value()?,
+            "volume-label" => {
+                let (lk, lv) =
+                    value()?.split_once('=').map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or_default();
+                volume.get_or_insert_with(Default::default).labels.get_or_insert_with(Default::default).insert(lk, lv);
             }
-            other => bail!("--mount option {other:?} is not supported (type, source, target, readonly)"),
+            "volume-driver" => {
+                let o = volume.get_or_insert_with(Default::default);
+                o.driver_config.get_or_insert_with(VolumeDriverConfig::default).name = value()?;
+            }
+            "volume-opt" => {
+                let (ok, ov) =
+                    value()?.split_once('=').map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or_default();
+                let o = volume.get_or_insert_with(Default::default);
+                let d = o.driver_config.get_or_insert_with(VolumeDriverConfig::default);
+                d.options.get_or_insert_with(Default::default).insert(ok, ov);
+            }
+            "tmpfs-size" => tmpfs.get_or_insert_with(Default::default).size_bytes = parse_bytes(&value()?)?,
+            "tmpfs-mode" => {
+                let mode = value()?;
+                tmpfs.get_or_insert_with(Default::default).mode = u32::from_str_radix(&mode, 8)
+                    .map_err(|_| anyhow!("invalid value {mode:?} for tmpfs-mode of --mount: octal bits"))?;
+            }
+            other => bail!("unexpected key {other:?} in --mount {m:?}"),
         }
     }
     if mount.target.is_empty() {
         bail!("invalid argument {m:?} for --mount: target is required");
     }
+    (mount.bind_options, mount.volume_options, mount.tmpfs_options) = (bind, volume, tmpfs);
     Ok(mount)
 }
 

@@ -860,12 +860,19 @@ fn mounts_of(d: &Daemon, r: &crate::daemon::ContainerRecord) -> Vec<Value> {
     }
     for m in r.host_config.mounts.iter().flatten() {
         match m.typ.as_str() {
-            "bind" => out.push(json!({ "Type": "bind", "Source": m.source, "Destination": m.target, "Mode": "", "RW": !m.read_only, "Propagation": "rprivate" })),
+            "bind" => {
+                let propagation = m.bind_options.as_ref().map(|o| o.propagation.as_str()).filter(|p| !p.is_empty());
+                out.push(json!({ "Type": "bind", "Source": m.source, "Destination": m.target, "Mode": "", "RW": !m.read_only, "Propagation": propagation.unwrap_or("rprivate") }));
+            }
+            "tmpfs" => out.push(json!({ "Type": "tmpfs", "Source": "", "Destination": m.target, "Mode": "", "RW": !m.read_only, "Propagation": "" })),
+            // an anonymous one is among the anonymous volumes below, by the name it was given
+            _ if m.source.is_empty() => {}
             _ => out.push(json!({ "Type": "volume", "Name": m.source, "Source": d.volumes.data_path(&m.source), "Destination": m.target, "Driver": "local", "Mode": "z", "RW": !m.read_only, "Propagation": "" })),
         }
     }
     for (name, dst) in &r.anonymous_volumes {
-        out.push(json!({ "Type": "volume", "Name": name, "Source": d.volumes.data_path(name), "Destination": dst, "Driver": "local", "Mode": "", "RW": true, "Propagation": "" }));
+        let ro = r.host_config.mounts.iter().flatten().any(|m| m.typ == "volume" && &m.target == dst && m.read_only);
+        out.push(json!({ "Type": "volume", "Name": name, "Source": d.volumes.data_path(name), "Destination": dst, "Driver": "local", "Mode": "", "RW": !ro, "Propagation": "" }));
     }
     out
 }

@@ -341,6 +341,33 @@ impl Daemon {
         let snap =
             trace.finish(span, snap.map_err(ApiError::from).map_err(|e| e.message)).map_err(ApiError::internal)?;
 
+        // `--mount type=volume` without a source: an anonymous volume of its own; with labels
+        // (VolumeOptions.Labels): the volume's when this mount makes it
+        let mut mounts = mounts;
+        let mut anonymous_volumes = Vec::new();
+        let volume_labels = |target: &str| -> std::collections::BTreeMap<String, String> {
+            hc.mounts
+                .iter()
+                .flatten()
+                .find(|m| m.typ == "volume" && m.target == target)
+                .and_then(|m| m.volume_options.as_ref()?.labels.clone())
+                .unwrap_or_default()
+        };
+        for m in mounts.iter_mut() {
+            let hostconfig::Source::Volume(name) = &m.source else { continue };
+            let labels = volume_labels(&m.target);
+            if name.is_empty() {
+                let name = crate::http::new_id()?;
+                let mut labels = labels;
+                labels.insert("com.docker.volume.anonymous".into(), String::new());
+                labels.insert("engine.container".into(), id.to_string());
+                self.volumes.ensure(&name, labels)?;
+                anonymous_volumes.push((name.clone(), m.target.clone()));
+                m.source = hostconfig::Source::Volume(name);
+            } else if !labels.is_empty() && self.volumes.get(name).is_none() {
+                self.volumes.ensure(name, labels)?;
+            }
+        }
         // A named volume used for the first time (new, or empty) takes what the image has at its
         // path, as dockerd's copy-up (`nocopy` aside).
         for m in &mounts {
@@ -361,8 +388,6 @@ impl Daemon {
         }
         // The Config's and the image's volumes no mount covers: an anonymous volume each, holding
         // what the image has at that path (dockerd's copy-up).
-        let mut mounts = mounts;
-        let mut anonymous_volumes = Vec::new();
         let wanted: std::collections::BTreeSet<String> = body
             .volumes
             .iter()
@@ -391,6 +416,7 @@ impl Daemon {
                 read_only: false,
                 no_copy: false,
                 propagation: None,
+                non_recursive: false,
             });
             anonymous_volumes.push((name, target));
         }
@@ -580,6 +606,7 @@ impl Daemon {
                 read_only: false,
                 no_copy: true,
                 propagation: None,
+                non_recursive: false,
             }));
             for m in theirs {
                 if taken.contains(&m.target) {
@@ -591,11 +618,30 @@ impl Daemon {
                     Some("rw") => false,
                     _ => m.read_only,
                 };
-                let (typ, source) = match m.source {
-                    hostconfig::Source::Host(p) => ("bind", p.display().to_string()),
-                    hostconfig::Source::Volume(v) => ("volume", v),
+                // the other's mount as it was made: its propagation, its nocopy
+                let mount = match m.source {
+                    hostconfig::Source::Host(p) => engine_docker_api::Mount {
+                        typ: "bind".into(),
+                        source: p.display().to_string(),
+                        bind_options: (m.propagation.is_some() || m.non_recursive).then(|| {
+                            engine_docker_api::BindOptions {
+                                propagation: m.propagation.unwrap_or_default().to_string(),
+                                non_recursive: m.non_recursive,
+                                ..Default::default()
+                            }
+                        }),
+                        ..Default::default()
+                    },
+                    hostconfig::Source::Volume(v) => engine_docker_api::Mount {
+                        typ: "volume".into(),
+                        source: v,
+                        volume_options: m
+                            .no_copy
+                            .then(|| engine_docker_api::VolumeOptions { no_copy: true, ..Default::default() }),
+                        ..Default::default()
+                    },
                 };
-                added.push(engine_docker_api::Mount { typ: typ.into(), source, target: m.target, read_only });
+                added.push(engine_docker_api::Mount { target: m.target, read_only, ..mount });
             }
         }
         hc.mounts.get_or_insert_with(Vec::new).extend(added);

@@ -136,6 +136,8 @@ pub struct MountSpec {
     pub no_copy: bool,
     /// A bind's propagation (`rprivate` when none is given): `rshared`, `rslave`, …
     pub propagation: Option<&'static str>,
+    /// The bind alone, not the mounts below its source (`BindOptions.NonRecursive`).
+    pub non_recursive: bool,
 }
 
 /// Everything in a HostConfig that can be wrong, checked up front.
@@ -287,10 +289,59 @@ pub fn mount_specs(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
         if !m.target.starts_with('/') {
             return bad(format!("invalid mount config: mount path {:?} must be absolute", m.target));
         }
+        // each type takes its own options only (dockerd's words)
+        let given = [
+            ("BindOptions", m.bind_options.is_some(), "bind"),
+            ("VolumeOptions", m.volume_options.is_some(), "volume"),
+            ("TmpfsOptions", m.tmpfs_options.is_some(), "tmpfs"),
+        ];
+        if let Some((field, _, _)) = given.iter().find(|(_, set, of)| *set && *of != m.typ) {
+            return bad(format!("invalid mount config for type {:?}: field {field} must not be specified", m.typ));
+        }
+        let (mut no_copy, mut propagation, mut non_recursive) = (false, None, false);
         let source = match m.typ.as_str() {
-            "bind" => Source::Host(PathBuf::from(&m.source)),
-            "volume" => Source::Volume(m.source.clone()),
+            "bind" => {
+                let o = m.bind_options.clone().unwrap_or_default();
+                if o.create_mountpoint {
+                    return bad("BindOptions.CreateMountpoint is not supported: the bind source must exist".into());
+                }
+                propagation = match o.propagation.as_str() {
+                    "" => None,
+                    p => Some(*PROPAGATIONS.iter().find(|x| **x == p).ok_or_else(|| {
+                        ApiError::bad_request(format!("invalid mount config: invalid propagation mode {p:?}"))
+                    })?),
+                };
+                non_recursive = o.non_recursive;
+                Source::Host(PathBuf::from(&m.source))
+            }
+            "volume" => {
+                let o = m.volume_options.clone().unwrap_or_default();
+                if !o.subpath.is_empty() {
+                    return bad("VolumeOptions.Subpath is not supported".into());
+                }
+                if let Some(d) = &o.driver_config {
+                    if !matches!(d.name.as_str(), "" | "local") {
+                        return bad(format!("volume driver {:?} is not supported (local)", d.name));
+                    }
+                    if d.options.as_ref().is_some_and(|o| !o.is_empty()) {
+                        return bad(
+                            "VolumeOptions.DriverConfig.Options are not supported (local volumes are directories)"
+                                .into(),
+                        );
+                    }
+                }
+                if !m.source.is_empty() {
+                    crate::volumes::check_volume_name(&m.source)
+                        .map_err(|e| ApiError::bad_request(format!("invalid mount config for type \"volume\": {e}")))?;
+                }
+                no_copy = o.no_copy;
+                // an empty source: an anonymous volume, made at create
+                Source::Volume(m.source.clone())
+            }
             "tmpfs" if m.source.is_empty() => {
+                if m.tmpfs_options.as_ref().is_some_and(|o| o.size_bytes < 0) {
+                    return bad("invalid mount config for type \"tmpfs\": TmpfsOptions.SizeBytes is negative".into());
+                }
                 tmpfs_targets.push(&m.target);
                 continue;
             }
@@ -304,13 +355,17 @@ pub fn mount_specs(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
                     p.display()
                 ));
             }
+            if let Some(p2) = propagation {
+                ensure_propagates(p, p2)?;
+            }
         }
         mounts.push(MountSpec {
             source,
             target: m.target.clone(),
             read_only: m.read_only,
-            no_copy: false,
-            propagation: None,
+            no_copy,
+            propagation,
+            non_recursive,
         });
     }
     let targets: Vec<&str> = mounts.iter().map(|m| m.target.as_str()).chain(tmpfs_targets).collect();
@@ -327,8 +382,16 @@ pub fn mount_specs(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
 fn tmpfs_mounts(hc: &HostConfig) -> Vec<(&str, String)> {
     let given = hc.tmpfs.iter().flatten().map(|(path, opts)| (path.as_str(), opts.clone()));
     let mounted = hc.mounts.iter().flatten().filter(|m| m.typ == "tmpfs").map(|m| {
-        let opts = if m.read_only { "ro" } else { "" };
-        (m.target.as_str(), opts.to_string())
+        let o = m.tmpfs_options.clone().unwrap_or_default();
+        let opts: Vec<String> = [
+            m.read_only.then(|| "ro".to_string()),
+            (o.size_bytes > 0).then(|| format!("size={}", o.size_bytes)),
+            (o.mode != 0).then(|| format!("mode={:o}", o.mode)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (m.target.as_str(), opts.join(","))
     });
     given.chain(mounted).collect()
 }
@@ -707,7 +770,7 @@ fn parse_bind(b: &str) -> Result<MountSpec, ApiError> {
         }
         Source::Volume(src.to_string())
     };
-    Ok(MountSpec { source, target: dst.to_string(), read_only, no_copy, propagation })
+    Ok(MountSpec { source, target: dst.to_string(), read_only, no_copy, propagation, non_recursive: false })
 }
 
 /// The propagations a bind may ask for.
@@ -1240,7 +1303,7 @@ fn with_mounts(spec: &mut Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<(),
             Source::Host(p) => p.clone(),
             Source::Volume(name) => (cx.volume_dir)(name)?,
         };
-        let mut opts = vec!["rbind", m.propagation.unwrap_or("rprivate")];
+        let mut opts = vec![if m.non_recursive { "bind" } else { "rbind" }, m.propagation.unwrap_or("rprivate")];
         if m.read_only {
             opts.push("ro");
         }
@@ -1488,7 +1551,8 @@ mod tests {
                 target: "/data".into(),
                 read_only: true,
                 no_copy: false,
-                propagation: None
+                propagation: None,
+                non_recursive: false,
             }
         );
         assert_eq!(parse_bind("vol1:/data").unwrap().source, Source::Volume("vol1".into()));

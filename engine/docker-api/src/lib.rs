@@ -400,6 +400,77 @@ pub struct Mount {
     pub target: String,
     #[serde(deserialize_with = "nullable")]
     pub read_only: bool,
+    /// `default`, `consistent`, `cached`, `delegated`: macOS only, no effect on Linux (as dockerd).
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "String::is_empty")]
+    pub consistency: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind_options: Option<BindOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_options: Option<VolumeOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tmpfs_options: Option<TmpfsOptions>,
+}
+
+/// `Mount.BindOptions`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct BindOptions {
+    /// `rprivate` (the default), `private`, `rshared`, `shared`, `rslave`, `slave`.
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "String::is_empty")]
+    pub propagation: String,
+    /// The bind alone, not the mounts below its source.
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "std::ops::Not::not")]
+    pub non_recursive: bool,
+    /// Make the source path when it is missing (API 1.42).
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "std::ops::Not::not")]
+    pub create_mountpoint: bool,
+}
+
+/// `Mount.VolumeOptions`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct VolumeOptions {
+    /// The volume does not take the image's files at its path.
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "std::ops::Not::not")]
+    pub no_copy: bool,
+    /// Labels of the volume when this mount makes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver_config: Option<VolumeDriverConfig>,
+    /// A path inside the volume to mount instead of its root (API 1.45).
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "String::is_empty")]
+    pub subpath: String,
+}
+
+/// `Mount.VolumeOptions.DriverConfig`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct VolumeDriverConfig {
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<BTreeMap<String, String>>,
+}
+
+/// `Mount.TmpfsOptions`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TmpfsOptions {
+    /// Its size in bytes; 0: the kernel's default (half the memory).
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "is_zero")]
+    pub size_bytes: i64,
+    /// Its root's permission bits (an integer: 1023 is 01777).
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "is_zero_u32")]
+    pub mode: u32,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 /// `null` reads as the default, as Go's JSON decoding has it (SDKs send `"User": null`).

@@ -396,9 +396,41 @@ fn dockers_run_flags_reach_the_container() {
     let refused = e.fails(&["run", "--cidfile", fresh.to_str().unwrap(), "--userns", "private", "busybox", "true"]);
     assert!(refused.to_lowercase().contains("user namespace") || refused.contains("userns"), "{refused}");
     assert!(!fresh.exists(), "the cid file of a failed create is left");
-    assert!(e
-        .fails(&["run", "--mount", "type=bind,target=/x,bind-propagation=shared", "busybox", "true"])
-        .contains("bind-propagation"));
+    assert!(e.fails(&["run", "--mount", "type=bind,target=/x,bogus=1", "busybox", "true"]).contains("bogus"));
+    let wrong = e.fails(&["run", "--mount", "type=tmpfs,target=/x,volume-nocopy", "busybox", "true"]);
+    assert!(wrong.contains("VolumeOptions must not be specified"), "{wrong}");
+    // each type's options applied: a tmpfs of a size and mode, a labelled volume that does not
+    // take the image's files, an anonymous volume of its own, a non-recursive bind
+    let out = e.ok(&[
+        "run",
+        "--name",
+        "mounts",
+        "--mount",
+        "type=tmpfs,target=/t,tmpfs-size=2m,tmpfs-mode=1770",
+        "--mount",
+        "type=volume,source=labelled,target=/etc,volume-nocopy,volume-label=purpose=test",
+        "--mount",
+        "type=volume,target=/anon",
+        "--mount",
+        &format!("type=bind,source={},target=/host,readonly,bind-nonrecursive", e.dir.path().display()),
+        "busybox",
+        "sh",
+        "-c",
+        "df -k /t | tail -1; stat -c %a /t; ls /etc | wc -l; grep -c ' /anon ' /proc/mounts; grep ' /host ' /proc/mounts | grep -c ro,",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0].split_whitespace().nth(1), Some("2048"), "{out}");
+    assert_eq!(&lines[1..], ["1770", "0", "1", "1"], "{out}");
+    assert_eq!(e.ok(&["volume", "inspect", "-f", "{{.Labels.purpose}}", "labelled"]).trim(), "test");
+    let mounts = e.inspect("mounts", "{{range .Mounts}}{{.Type}}:{{.Destination}}:{{.RW}} {{end}}");
+    for m in ["tmpfs:/t:true", "volume:/etc:true", "volume:/anon:true", "bind:/host:false"] {
+        assert!(mounts.contains(m), "{m} not in {mounts}");
+    }
+    let anon = e.inspect("mounts", "{{range .Mounts}}{{if eq .Destination \"/anon\"}}{{.Name}}{{end}}{{end}}");
+    assert_eq!(anon.len(), 64, "the anonymous volume's name: {mounts}");
+    e.ok(&["rm", "-v", "mounts"]);
+    assert!(!e.ok(&["volume", "ls", "-q"]).contains(&anon), "the anonymous volume outlived rm -v");
+    e.ok(&["volume", "rm", "labelled"]);
     e.ok(&["create", "--name", "parented", "--cgroup-parent", "/custom-parent", "busybox", "true"]);
     assert_eq!(e.inspect("parented", "{{.HostConfig.CgroupParent}}"), "/custom-parent");
     e.ok(&["rm", "flags", "parented"]);
