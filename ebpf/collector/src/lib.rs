@@ -441,12 +441,14 @@ impl Probes {
         n
     }
 
-    /// The buffered on-CPU samples that `want` wants (copies), in time order.
-    pub fn on_cpu(&self, mut want: impl FnMut(&OnCpuSample) -> bool) -> Vec<OnCpuSample> {
-        let inner = self.lock();
-        let mut out: Vec<OnCpuSample> = inner.on_cpu.iter().filter(|o| want(o)).cloned().collect();
-        out.sort_by_key(|o| o.wall_ns);
-        out
+    /// Takes the buffered on-CPU samples that `take` wants, in time order (a sample belongs to
+    /// the spans of one request).
+    pub fn take_on_cpu(&self, mut take: impl FnMut(&OnCpuSample) -> bool) -> Vec<OnCpuSample> {
+        let mut inner = self.lock();
+        let (mut wanted, kept): (Vec<OnCpuSample>, Vec<OnCpuSample>) = inner.on_cpu.drain(..).partition(|o| take(o));
+        inner.on_cpu = kept.into();
+        wanted.sort_by_key(|o| o.wall_ns);
+        wanted
     }
 
     /// Copies of the buffered events that `want` wants (they stay for their own spans).

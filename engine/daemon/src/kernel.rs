@@ -572,6 +572,10 @@ fn attribute_samples(req: &mut ExportTraceServiceRequest, own: &[&Owner], probes
         if threads.contains(&(s.tgid, s.tid)) {
             return Some(((s.tgid, s.tid), true));
         }
+        // the engine's own processes report spans of their own (maybe in another request)
+        if s.comm.starts_with("engine-") {
+            return None;
+        }
         let mut cur = s.tgid;
         for _ in 0..MAX_GENERATIONS {
             let &(ptgid, ptid) = parent.get(&cur)?;
@@ -582,19 +586,23 @@ fn attribute_samples(req: &mut ExportTraceServiceRequest, own: &[&Owner], probes
         }
         None
     };
-    let samples = probes.on_cpu(|s| s.wall_ns >= lo && s.wall_ns <= hi);
+    // the spans open at a sample of the thread it works for
+    let open_at = |smp: &OnCpuSample| -> Vec<&&Owner> {
+        let Some(((pid, tid), itself)) = working_for(smp) else { return Vec::new() };
+        own.iter()
+            .filter(|o| o.pid == pid && thread(o) == tid && o.start <= smp.wall_ns && smp.wall_ns <= o.end)
+            // its own samples are confirmed by its cgroup, as its events are
+            .filter(|o| !itself || o.cgroup.is_none_or(|c| c == smp.cgroup_id))
+            .collect()
+    };
+    // taken: a sample counts in one request's spans only
+    let samples = probes.take_on_cpu(|s| s.wall_ns >= lo && s.wall_ns <= hi && !open_at(s).is_empty());
     // per span: samples; per innermost span: stack line → (samples, first, sampled pid, command)
     let mut counts: HashMap<(usize, usize, usize), i64> = HashMap::new();
     let mut stacks: HashMap<(usize, usize, usize), HashMap<String, (i64, u64, u32, String)>> = HashMap::new();
     let pid_of: HashMap<(usize, usize, usize), u32> = own.iter().map(|o| (o.at, o.pid)).collect();
     for smp in &samples {
-        let Some(((pid, tid), itself)) = working_for(smp) else { continue };
-        let open: Vec<&&Owner> = own
-            .iter()
-            .filter(|o| o.pid == pid && thread(o) == tid && o.start <= smp.wall_ns && smp.wall_ns <= o.end)
-            // its own samples are confirmed by its cgroup, as its events are
-            .filter(|o| !itself || o.cgroup.is_none_or(|c| c == smp.cgroup_id))
-            .collect();
+        let open = open_at(smp);
         for o in &open {
             *counts.entry(o.at).or_default() += 1;
         }
