@@ -99,6 +99,7 @@ pub struct Event {
     /// Arguments (enter), the return value (exit, in `args[0]`), the child pid (fork), the
     /// cgroup id, hierarchy and level (mkdir), the attached pid and hierarchy (attach).
     pub args: [u64; 4],
+    // (a fork's `str2` holds the forking task's command)
     pub cgroup_id: u64,
     pub str0: [u8; STR_LEN],
     pub str1: [u8; STR_LEN],

@@ -249,7 +249,11 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     // children are followed in full (a quiet root's threads share its tgid, so stay quiet)
     let _ = TRACKED.insert(&child, &FULL, 0);
     if !quiet {
-        emit(tgid, tid, kind::FORK, |e| e.args[0] = child as u64);
+        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        emit(tgid, tid, kind::FORK, |e| {
+            e.args[0] = child as u64;
+            e.str2[..16].copy_from_slice(&comm);
+        });
     }
     0
 }

@@ -236,6 +236,9 @@ struct Owner {
     fallback: bool,
     /// Owns only this thread's events (engined's namespace-making thread).
     tid: Option<u32>,
+    /// A `runtime start`'s span: it ended once it saw the user's program replace the container's
+    /// first process, so the kernel's report of that exec is due.
+    exec_due: bool,
     start: u64,
     end: u64,
 }
@@ -284,7 +287,16 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
                 if let Some(pid) = inherited(sp, "process.pid").and_then(|p| u32::try_from(p).ok()) {
                     let cgroup = inherited(sp, "linux.cgroup.id").and_then(|c| u64::try_from(c).ok());
                     let tid = if engined { int_attr(sp, "thread.id") } else { None };
-                    owners.push(Owner { at: (r, c, k), pid, cgroup, fallback: false, tid, start, end });
+                    owners.push(Owner {
+                        at: (r, c, k),
+                        pid,
+                        cgroup,
+                        fallback: false,
+                        tid,
+                        exec_due: false,
+                        start,
+                        end,
+                    });
                 }
                 if let Some(pid) = int_attr(sp, "container.process.pid") {
                     // `runtime start` ends when it sees the program replaced, a moment before
@@ -295,6 +307,7 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
                         cgroup: None,
                         fallback: true,
                         tid: None,
+                        exec_due: sp.name == engine_telemetry::names::RUNTIME_START,
                         start,
                         end: end + EXEC_GRACE_NS,
                     });
@@ -422,14 +435,14 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
     }
 }
 
-/// Waits (up to `EXEC_WAIT`) for the exec of each container's first process that a runtime span
-/// names (`container.process.pid`) when the probes have not reported it yet and the process
-/// still runs: the report is a moment behind the runtime's own view of it. The intake worker
-/// waits here, never a container operation.
+/// Waits (up to `EXEC_WAIT`) for the exec of each container's first process that a `runtime
+/// start` saw happen, when the probes have not reported it yet and the process still runs: the
+/// report is a moment behind the runtime's own view of it. The intake worker waits here, never
+/// a container operation; a create's spans (no exec yet) never wait.
 fn wait_for_execs(owners: &[Owner], probes: &Probes) {
     let deadline = std::time::Instant::now() + EXEC_WAIT;
     let pending = |o: &&Owner| {
-        o.fallback && !probes.any(|e| e.kind == kind::EXEC && e.tgid == o.pid && e.wall_ns >= o.start) && running(o.pid)
+        o.exec_due && !probes.any(|e| e.kind == kind::EXEC && e.tgid == o.pid && e.wall_ns >= o.start) && running(o.pid)
     };
     while owners.iter().any(|o| pending(&o)) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(1));
@@ -561,28 +574,33 @@ const MAX_GENERATIONS: usize = 8;
 fn attribute_samples(req: &mut ExportTraceServiceRequest, own: &[&Owner], probes: &Probes, (lo, hi): (u64, u64)) {
     let thread = |o: &Owner| o.tid.unwrap_or(o.pid);
     let threads: HashSet<(u32, u32)> = own.iter().map(|o| (o.pid, thread(o))).collect();
-    // child pid → the (process, thread) that forked it
-    let parent: HashMap<u32, (u32, u32)> = probes
+    // child pid → the (process, thread) that forked it, and that one's command
+    let parent: HashMap<u32, (u32, u32, String)> = probes
         .events(|e| e.kind == kind::FORK && e.wall_ns <= hi)
         .into_iter()
-        .map(|e| (e.args[0] as u32, (e.tgid, e.tid)))
+        .map(|e| (e.args[0] as u32, (e.tgid, e.tid, e.str2)))
         .collect();
+    // the engine's own processes report spans of their own (maybe in another request)
+    let engines = |comm: &str| comm.starts_with("engine-");
     // the span thread a sampled thread works for: itself, or the one that started its process
     let working_for = |s: &OnCpuSample| -> Option<((u32, u32), bool)> {
         if threads.contains(&(s.tgid, s.tid)) {
             return Some(((s.tgid, s.tid), true));
         }
-        // the engine's own processes report spans of their own (maybe in another request)
-        if s.comm.starts_with("engine-") {
+        if engines(&s.comm) {
             return None;
         }
         let mut cur = s.tgid;
         for _ in 0..MAX_GENERATIONS {
-            let &(ptgid, ptid) = parent.get(&cur)?;
-            if threads.contains(&(ptgid, ptid)) {
-                return Some(((ptgid, ptid), false));
+            let (ptgid, ptid, comm) = parent.get(&cur)?;
+            if threads.contains(&(*ptgid, *ptid)) {
+                return Some(((*ptgid, *ptid), false));
             }
-            cur = ptgid;
+            // started by an engine process whose spans are not here: its own request has it
+            if engines(comm) {
+                return None;
+            }
+            cur = *ptgid;
         }
         None
     };
