@@ -442,20 +442,14 @@ pub fn annotate(req: &mut ExportTraceServiceRequest, probes: &Probes) {
 fn wait_for_execs(owners: &[Owner], probes: &Probes) {
     let deadline = std::time::Instant::now() + EXEC_WAIT;
     let pending = |o: &&Owner| {
-        o.exec_due && !probes.any(|e| e.kind == kind::EXEC && e.tgid == o.pid && e.wall_ns >= o.start) && running(o.pid)
+        o.exec_due && !probes.any(|e| e.kind == kind::EXEC && e.tgid == o.pid && e.wall_ns >= o.start)
+            // a zombie has no exec to come
+            && engine_util::process::running(o.pid)
     };
     while owners.iter().any(|o| pending(&o)) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(1));
         probes.drain();
     }
-}
-
-/// Whether process `pid` exists and has not exited (a zombie has no exec to come).
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
-        .is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 /// Blocking stacks of a span kept as events at most, and the least blocked time that makes one.

@@ -205,10 +205,7 @@ fn stop_serving(pid: Option<u32>, stats: &Path) {
 
 /// An exited process not reaped yet (it holds no socket any more).
 fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')))
-        .unwrap_or(true)
+    engine_util::process::state(pid).is_none_or(|s| s == 'Z')
 }
 
 /// A proxy's counters, as it writes them: `connections_total connections_active bytes_in bytes_out`.
