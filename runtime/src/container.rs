@@ -455,8 +455,11 @@ fn wait_exec(pid: i32) {
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     let deadline = Instant::now() + Duration::from_secs(1);
     while Instant::now() < deadline {
+        // the file first, then the arguments: arguments read before an exec with the file read
+        // after it would pair engine-init with the runtime's own arguments (not a hand-over)
+        let running = id(&exe);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if exec_done(id(&exe), &cmdline, runtime, init) {
+        if exec_done(running, &cmdline, runtime, init) {
             return;
         }
         std::thread::sleep(Duration::from_micros(50));

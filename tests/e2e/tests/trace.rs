@@ -569,7 +569,7 @@ fn a_busy_hook_shows_as_on_cpu_samples_on_its_span() {
     let hooks = tempfile::tempdir().unwrap();
     std::fs::write(
         hooks.path().join("50-spin.json"),
-        r#"{"version":"1.0.0","hook":{"path":"/bin/sh","args":["sh","-c","i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"]},"when":{"commands":["^/bin/true$"]},"stages":["createRuntime"]}"#,
+        r#"{"version":"1.0.0","hook":{"path":"/bin/sh","args":["sh","-c","i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done"]},"when":{"commands":["^/bin/true$"]},"stages":["createRuntime"]}"#,
     )
     .unwrap();
     let e = Engined::start_with(&[], &["--hooks-dir", hooks.path().to_str().unwrap()]);
