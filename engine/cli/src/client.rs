@@ -18,6 +18,7 @@ pub type Upgraded = NoSigPipe;
 /// API version the CLI speaks (the daemon's minimum).
 pub const API: &str = "v1.41";
 
+#[derive(Clone)]
 pub struct Client {
     pub host: String,
     sock: PathBuf,
@@ -30,6 +31,10 @@ pub fn empty_body() -> Body {
 
 pub fn json_body(v: &Value) -> Body {
     Full::new(Bytes::from(serde_json::to_vec(v).unwrap_or_default())).map_err(|never| match never {}).boxed()
+}
+
+pub fn bytes_body(b: Vec<u8>) -> Body {
+    Full::new(Bytes::from(b)).map_err(|never| match never {}).boxed()
 }
 
 /// A body streamed from a blocking reader (a file or stdin), reporting bytes sent.
@@ -65,6 +70,11 @@ impl Client {
             _ => bail!("invalid host {host:?}: want unix://PATH"),
         };
         Ok(Client { host: host.to_string(), sock, traceparent })
+    }
+
+    /// The daemon's socket on this host.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.sock
     }
 
     /// The daemon address, as given (`unix://PATH`).

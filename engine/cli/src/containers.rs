@@ -238,6 +238,61 @@ pub struct RunArgs {
     /// Suppress the pull output.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Attach to STDIN, STDOUT or STDERR (default: STDOUT and STDERR, and STDIN with -i).
+    #[arg(short = 'a', long, value_parser = attach_stream)]
+    pub attach: Vec<String>,
+    /// Proxy received signals to the process (without a terminal).
+    #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub sig_proxy: bool,
+    /// Block IO weight of a device (path:weight, 10 to 1000).
+    #[arg(long = "blkio-weight-device")]
+    pub blkio_weight_device: Vec<String>,
+    /// Limit read rate (bytes per second) from a device (path:rate[kb|mb|gb]).
+    #[arg(long = "device-read-bps")]
+    pub device_read_bps: Vec<String>,
+    /// Limit write rate (bytes per second) to a device (path:rate[kb|mb|gb]).
+    #[arg(long = "device-write-bps")]
+    pub device_write_bps: Vec<String>,
+    /// Limit read rate (IO per second) from a device (path:rate).
+    #[arg(long = "device-read-iops")]
+    pub device_read_iops: Vec<String>,
+    /// Limit write rate (IO per second) to a device (path:rate).
+    #[arg(long = "device-write-iops")]
+    pub device_write_iops: Vec<String>,
+    /// CPU count (Windows only).
+    #[arg(long = "cpu-count")]
+    pub cpu_count: Option<i64>,
+    /// CPU percent (Windows only).
+    #[arg(long = "cpu-percent")]
+    pub cpu_percent: Option<i64>,
+    /// Maximum IO bandwidth limit for the system drive (Windows only).
+    #[arg(long = "io-maxbandwidth")]
+    pub io_maxbandwidth: Option<String>,
+    /// Maximum IOps limit for the system drive (Windows only).
+    #[arg(long = "io-maxiops")]
+    pub io_maxiops: Option<u64>,
+    /// GPU devices to add to the container ('all' to pass all GPUs).
+    #[arg(long)]
+    pub gpus: Vec<String>,
+    /// Container isolation technology (only "default" on Linux).
+    #[arg(long)]
+    pub isolation: Option<String>,
+    /// Storage driver options for the container (key=value).
+    #[arg(long = "storage-opt")]
+    pub storage_opt: Vec<String>,
+    /// Optional volume driver for the container.
+    #[arg(long = "volume-driver")]
+    pub volume_driver: Option<String>,
+    /// Add an annotation to the container, passed through to the OCI runtime (key=value).
+    #[arg(long)]
+    pub annotation: Vec<String>,
+    /// Skip image verification (images are not signed here: always skipped).
+    #[arg(long = "disable-content-trust", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub disable_content_trust: bool,
+    /// Bind mount the engine's API socket (at /var/run/docker.sock) and the registry
+    /// credentials the CLI keeps (at /run/secrets/docker/config.json).
+    #[arg(long = "use-api-socket")]
+    pub use_api_socket: bool,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -421,9 +476,9 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         tty: a.tty,
         open_stdin: a.interactive,
         stdin_once: a.interactive,
-        attach_stdin: a.interactive && !a.detach,
-        attach_stdout: !a.detach,
-        attach_stderr: !a.detach,
+        attach_stdin: !a.detach && attached(a, "stdin"),
+        attach_stdout: !a.detach && attached(a, "stdout"),
+        attach_stderr: !a.detach && attached(a, "stderr"),
         cmd: given(&a.command),
         // `--entrypoint ""` clears the image's
         entrypoint: a.entrypoint.as_ref().map(|e| if e.is_empty() { vec![] } else { vec![e.clone()] }),
@@ -447,6 +502,20 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         resources: engine_docker_api::Resources {
             memory_swappiness: a.memory_swappiness,
             oom_kill_disable: a.oom_kill_disable.then_some(true),
+            blkio_weight_device: given(&a.blkio_weight_device)
+                .map(|d| d.iter().map(|d| weight_device(d)).collect::<Result<Vec<_>>>())
+                .transpose()?,
+            blkio_device_read_bps: throttle_devices(&a.device_read_bps, true)?,
+            blkio_device_write_bps: throttle_devices(&a.device_write_bps, true)?,
+            blkio_device_read_iops: throttle_devices(&a.device_read_iops, false)?,
+            blkio_device_write_iops: throttle_devices(&a.device_write_iops, false)?,
+            cpu_count: a.cpu_count.unwrap_or(0),
+            cpu_percent: a.cpu_percent.unwrap_or(0),
+            io_maximum_bandwidth: a.io_maxbandwidth.as_deref().map(parse_bytes).transpose()?.unwrap_or(0) as u64,
+            io_maximum_iops: a.io_maxiops.unwrap_or(0),
+            device_requests: given(&a.gpus)
+                .map(|g| g.iter().map(|g| gpu_request(g)).collect::<Result<Vec<_>>>())
+                .transpose()?,
             ..a.resources.resources()?
         },
         readonly_rootfs: a.read_only,
@@ -494,6 +563,10 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         userns_mode: a.userns.clone().unwrap_or_default(),
         cgroupns_mode: a.cgroupns.clone().unwrap_or_default(),
         runtime: a.runtime.clone().unwrap_or_default(),
+        isolation: a.isolation.clone().unwrap_or_default(),
+        volume_driver: a.volume_driver.clone().unwrap_or_default(),
+        storage_opt: key_values(&a.storage_opt, "--storage-opt")?,
+        annotations: key_values(&a.annotation, "--annotation")?,
         ..Default::default()
     };
     let addressed = a.ip.is_some() || a.ip6.is_some() || !a.link_local_ip.is_empty();
@@ -512,6 +585,137 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         NetworkingConfig { endpoints_config: Some(BTreeMap::from([(net, endpoint)])) }
     });
     Ok(ContainerCreateBody { config, host_config: Some(host_config), networking_config })
+}
+
+/// Whether `run` attaches `stream`: the `-a` streams when given, else stdout and stderr, and
+/// stdin with `-i` (as the Docker CLI decides).
+fn attached(a: &RunArgs, stream: &str) -> bool {
+    (stream == "stdin" && a.interactive)
+        || a.attach.iter().any(|s| s == stream)
+        || (a.attach.is_empty() && stream != "stdin")
+}
+
+/// One `-a` stream, as the Docker CLI takes it (any case).
+fn attach_stream(s: &str) -> Result<String, String> {
+    let lower = s.to_ascii_lowercase();
+    match lower.as_str() {
+        "stdin" | "stdout" | "stderr" => Ok(lower),
+        _ => Err("valid streams are STDIN, STDOUT and STDERR".into()),
+    }
+}
+
+/// `key=value` options (`--storage-opt`, `--annotation`) as a map.
+fn key_values(given: &[String], flag: &str) -> Result<BTreeMap<String, String>> {
+    given
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("invalid argument {kv:?} for \"{flag}\" flag: invalid key value pair format"),
+        })
+        .collect()
+}
+
+/// A device path of `--blkio-weight-device` and the throttle flags: under /dev, as the Docker
+/// CLI checks it.
+fn device_and_value(s: &str) -> Result<(&str, &str)> {
+    match s.split_once(':') {
+        Some((path, _)) if !path.starts_with("/dev/") => bail!("bad format for device path: {s}"),
+        Some((path, value)) if !path.is_empty() => Ok((path, value)),
+        _ => bail!("bad format: {s}"),
+    }
+}
+
+/// `--blkio-weight-device /dev/sda:200` (10 to 1000, or 0).
+fn weight_device(s: &str) -> Result<engine_docker_api::WeightDevice> {
+    let (path, weight) = device_and_value(s)?;
+    match weight.parse::<u16>() {
+        Ok(w) if w == 0 || (10..=1000).contains(&w) => {
+            Ok(engine_docker_api::WeightDevice { path: path.into(), weight: w })
+        }
+        _ => bail!("invalid weight for device: {s}"),
+    }
+}
+
+/// `--device-{read,write}-{bps,iops} /dev/sda:rate`: bytes with a unit for bps, a count for iops.
+fn throttle_devices(given: &[String], bytes: bool) -> Result<Option<Vec<engine_docker_api::ThrottleDevice>>> {
+    let one = |s: &String| -> Result<engine_docker_api::ThrottleDevice> {
+        let (path, rate) = device_and_value(s)?;
+        let rate = if bytes {
+            engine_util::size::parse_bytes(rate).ok().and_then(|r| u64::try_from(r).ok()).ok_or_else(|| {
+                anyhow!("invalid rate for device: {s}. The correct format is <device-path>:<number>[<unit>]. Number must be a positive integer. Unit is optional and can be kb, mb, or gb")
+            })?
+        } else {
+            rate.parse::<u64>().map_err(|_| {
+                anyhow!("invalid rate for device: {s}. The correct format is <device-path>:<number>. Number must be a positive integer")
+            })?
+        };
+        Ok(engine_docker_api::ThrottleDevice { path: path.into(), rate })
+    };
+    (!given.is_empty()).then(|| given.iter().map(one).collect()).transpose()
+}
+
+/// `--gpus all|N|key=value,…` as the Docker CLI reads it into a device request (count -1 is
+/// all; capabilities always include `gpu`).
+fn gpu_request(s: &str) -> Result<engine_docker_api::DeviceRequest> {
+    let count = |v: &str| -> Result<i64> {
+        if v == "all" {
+            return Ok(-1);
+        }
+        v.parse().map_err(|_| anyhow!("invalid count ({v}): value must be either \"all\" or an integer"))
+    };
+    let mut req = engine_docker_api::DeviceRequest::default();
+    let (mut seen, mut counted) = (Vec::new(), false);
+    // a CSV field may quote a comma-separated list: device="0,1"
+    let mut fields = Vec::new();
+    let (mut field, mut quoted) = (String::new(), false);
+    for ch in s.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut field)),
+            c => field.push(c),
+        }
+    }
+    fields.push(field);
+    for f in &fields {
+        let (key, value) = match f.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (f.as_str(), None),
+        };
+        if seen.contains(&key) {
+            bail!("gpu request key '{key}' can be specified only once");
+        }
+        seen.push(key);
+        match (key, value) {
+            (k, None) => {
+                req.count = count(k)?;
+                counted = true;
+            }
+            ("driver", Some(v)) => req.driver = v.into(),
+            ("count", Some(v)) => {
+                req.count = count(v)?;
+                counted = true;
+            }
+            ("device", Some(v)) => req.device_ids = Some(v.split(',').map(str::to_string).collect()),
+            ("capabilities", Some(v)) => {
+                req.capabilities = Some(vec![v.split(',').map(str::to_string).chain(["gpu".to_string()]).collect()])
+            }
+            ("options", Some(v)) => {
+                req.options = Some(
+                    v.split(',')
+                        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+                        .map(|(k, v)| (k.into(), v.into()))
+                        .collect(),
+                )
+            }
+            (k, _) => bail!("unexpected key '{k}' in '{f}'"),
+        }
+    }
+    if !counted && req.device_ids.is_none() {
+        req.count = 1;
+    }
+    req.options.get_or_insert_with(Default::default);
+    req.capabilities.get_or_insert_with(|| vec![vec!["gpu".to_string()]]);
+    Ok(req)
 }
 
 /// `--device host[:container][:permissions]` as the Docker CLI reads it: a second field of
@@ -705,8 +909,60 @@ async fn create(c: &Client, a: &RunArgs) -> Result<String> {
     made
 }
 
+/// Where `--use-api-socket` puts the registry credentials in the container (its
+/// `DOCKER_CONFIG`), as the Docker CLI does.
+const CONFIG_DIR_IN_CONTAINER: &str = "/run/secrets/docker";
+
+/// `--use-api-socket`: the engine's API socket bound at /var/run/docker.sock and, unless the
+/// command sets DOCKER_CONFIG itself, the CLI's registry credentials, to copy in once the
+/// container exists (returned).
+fn use_api_socket(c: &Client, body: &mut ContainerCreateBody) -> Result<Option<Vec<u8>>> {
+    let hc = body.host_config.get_or_insert_with(Default::default);
+    hc.mounts.get_or_insert_with(Vec::new).push(engine_docker_api::Mount {
+        typ: "bind".into(),
+        source: c.socket().display().to_string(),
+        target: "/var/run/docker.sock".into(),
+        bind_options: Some(Default::default()),
+        ..Default::default()
+    });
+    let env = body.config.env.get_or_insert_with(Vec::new);
+    if env.iter().any(|e| e.starts_with("DOCKER_CONFIG=")) {
+        return Ok(None);
+    }
+    let credentials = crate::registry::credentials_config().context("resolving credentials failed")?;
+    if credentials.is_some() {
+        env.push(format!("DOCKER_CONFIG={CONFIG_DIR_IN_CONTAINER}"));
+    }
+    Ok(credentials)
+}
+
+/// Copies `config` into container `id` as `config.json` in its DOCKER_CONFIG (0600).
+async fn copy_credentials(c: &Client, id: &str, config: &[u8]) -> Result<()> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(config.len() as u64);
+    header.set_mode(0o600);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mtime(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+    let path = format!("{}/config.json", CONFIG_DIR_IN_CONTAINER.trim_start_matches('/'));
+    tar.append_data(&mut header, path, config)?;
+    let body = client::bytes_body(tar.into_inner()?);
+    c.send(
+        hyper::Method::PUT,
+        &format!("/containers/{}/archive?path=/", urlencode(id)),
+        body,
+        Some("application/x-tar"),
+    )
+    .await
+    .map(drop)
+}
+
 async fn create_container(c: &Client, a: &RunArgs) -> Result<String> {
-    let body = serde_json::to_value(create_body(a)?)?;
+    let mut body = create_body(a)?;
+    let credentials = if a.use_api_socket { use_api_socket(c, &mut body)? } else { None };
+    let body = serde_json::to_value(body)?;
     let path = match &a.name {
         Some(n) => format!("/containers/create?name={}", urlencode(n)),
         None => "/containers/create".into(),
@@ -737,7 +993,13 @@ async fn create_container(c: &Client, a: &RunArgs) -> Result<String> {
         r => r?,
     };
     let v = client::read_json(resp).await?;
-    v["Id"].as_str().map(str::to_string).ok_or_else(|| anyhow!("the daemon returned no container id"))
+    let id = v["Id"].as_str().map(str::to_string).ok_or_else(|| anyhow!("the daemon returned no container id"))?;
+    if let Some(config) = credentials {
+        if let Err(e) = copy_credentials(c, &id, &config).await {
+            eprintln!("WARNING: injecting docker config.json into container failed: {e:#}");
+        }
+    }
+    Ok(id)
 }
 
 pub async fn create_cmd(c: &Client, a: RunArgs) -> Result<i32> {
@@ -853,6 +1115,9 @@ pub async fn run(c: &Client, a: RunArgs) -> Result<i32> {
     if a.detach && a.rm && a.restart != "no" {
         bail!("conflicting options: cannot specify both --restart and --rm");
     }
+    if a.detach && !a.attach.is_empty() {
+        bail!("conflicting options: cannot specify both --attach and --detach");
+    }
     let id = match create(c, &a).await {
         Ok(id) => id,
         Err(e) => {
@@ -860,6 +1125,11 @@ pub async fn run(c: &Client, a: RunArgs) -> Result<i32> {
             return Ok(125);
         }
     };
+    // as the Docker CLI: signals this command gets go to the container (a terminal sends its
+    // own), from the create on
+    if a.sig_proxy && !a.tty {
+        forward_signals(c, &id);
+    }
     if a.detach {
         if let Err(e) = c.post(&format!("/containers/{id}/start"), None).await {
             eprintln!("engine: {e:#}");
@@ -868,9 +1138,12 @@ pub async fn run(c: &Client, a: RunArgs) -> Result<i32> {
         println!("{id}");
         return Ok(0);
     }
+    let stdin = attached(&a, "stdin");
     let attach = format!(
-        "/containers/{id}/attach?stream=1&stdout=1&stderr=1{}{}",
-        if a.interactive { "&stdin=1" } else { "" },
+        "/containers/{id}/attach?stream=1&stdout={}&stderr={}&stdin={}{}",
+        attached(&a, "stdout") as u8,
+        attached(&a, "stderr") as u8,
+        stdin as u8,
         a.detach_keys.as_deref().map(|k| format!("&detachKeys={}", urlencode(k))).unwrap_or_default()
     );
     let io = c.hijack(&attach, None).await?;
@@ -892,7 +1165,7 @@ pub async fn run(c: &Client, a: RunArgs) -> Result<i32> {
             let _ = c.post(&format!("/containers/{id}/resize?h={h}&w={w}"), None).await;
         }
     }
-    stream_attached(io, a.tty, a.interactive).await?;
+    stream_attached(io, a.tty, stdin).await?;
     drop(raw);
     let status = client::read_json(wait).await?;
     if let Some(msg) = status["Error"]["Message"].as_str() {
@@ -901,11 +1174,42 @@ pub async fn run(c: &Client, a: RunArgs) -> Result<i32> {
     Ok(status["StatusCode"].as_i64().unwrap_or(125) as i32)
 }
 
+/// The signals a command proxies to its container (`--sig-proxy`): all a process can catch
+/// but those about the command itself (a child, a closed pipe, its window) and the faults
+/// the kernel raises for its own code.
+const PROXIED_SIGNALS: &[nix::sys::signal::Signal] = {
+    use nix::sys::signal::Signal::*;
+    &[
+        SIGHUP, SIGINT, SIGQUIT, SIGABRT, SIGUSR1, SIGUSR2, SIGALRM, SIGTERM, SIGSTKFLT, SIGCONT, SIGTSTP, SIGTTIN,
+        SIGTTOU, SIGXCPU, SIGXFSZ, SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGSYS,
+    ]
+};
+
+/// Sends each proxied signal this process receives to container `id` (`POST kill`), for as
+/// long as the command runs.
+fn forward_signals(c: &Client, id: &str) {
+    for &sig in PROXIED_SIGNALS {
+        let Ok(mut stream) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(sig as i32)) else {
+            continue;
+        };
+        let (c, path) = (c.clone(), format!("/containers/{}/kill?signal={}", urlencode(id), sig.as_str()));
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                // a container that has gone answers 409: nothing to do then
+                let _ = c.post(&path, None).await;
+            }
+        });
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct StartArgs {
     /// Attach STDOUT/STDERR and forward signals.
     #[arg(short = 'a', long)]
     pub attach: bool,
+    /// Proxy received signals to the process (with --attach, without a terminal).
+    #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub sig_proxy: bool,
     #[arg(required = true)]
     pub containers: Vec<String>,
 }
@@ -920,6 +1224,9 @@ pub async fn start(c: &Client, a: StartArgs) -> Result<i32> {
         .await?;
         let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
         let io = c.hijack(&format!("/containers/{}/attach?stream=1&stdout=1&stderr=1", urlencode(name)), None).await?;
+        if a.sig_proxy && !tty {
+            forward_signals(c, name);
+        }
         let wait = c.post(&format!("/containers/{}/wait?condition=next-exit", urlencode(name)), None).await?;
         c.post(&format!("/containers/{}/start", urlencode(name)), None).await?;
         stream_attached(io, tty, false).await?;
@@ -1049,6 +1356,12 @@ pub struct ResourceArgs {
     /// Kernel memory limit (deprecated; refused).
     #[arg(long)]
     pub kernel_memory: Option<String>,
+    /// Limit CPU real-time period in microseconds.
+    #[arg(long = "cpu-rt-period")]
+    pub cpu_rt_period: Option<i64>,
+    /// Limit CPU real-time runtime in microseconds.
+    #[arg(long = "cpu-rt-runtime")]
+    pub cpu_rt_runtime: Option<i64>,
 }
 
 impl ResourceArgs {
@@ -1074,6 +1387,8 @@ impl ResourceArgs {
             cpuset_mems: self.cpuset_mems.clone().unwrap_or_default(),
             blkio_weight: self.blkio_weight.unwrap_or(0),
             kernel_memory: self.kernel_memory.as_deref().map(parse_bytes).transpose()?.unwrap_or(0),
+            cpu_realtime_period: self.cpu_rt_period.unwrap_or(0),
+            cpu_realtime_runtime: self.cpu_rt_runtime.unwrap_or(0),
             ..Default::default()
         })
     }
@@ -1623,6 +1938,35 @@ pub async fn exec(c: &Client, a: ExecArgs) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpus_and_device_limits_read_as_the_docker_cli_reads_them() {
+        let all = gpu_request("all").unwrap();
+        assert_eq!((all.count, all.capabilities.clone()), (-1, Some(vec![vec!["gpu".to_string()]])));
+        let some = gpu_request(r#"driver=nvidia,"device=0,2",capabilities=compute"#).unwrap();
+        assert_eq!(some.driver, "nvidia");
+        assert_eq!(some.count, 0);
+        assert_eq!(some.device_ids, Some(vec!["0".to_string(), "2".to_string()]));
+        assert_eq!(some.capabilities, Some(vec![vec!["compute".to_string(), "gpu".to_string()]]));
+        assert_eq!(gpu_request("count=2").unwrap().count, 2);
+        assert_eq!(gpu_request("driver=x").unwrap().count, 1);
+        assert!(gpu_request("count=1,count=2").unwrap_err().to_string().contains("only once"));
+        assert!(gpu_request("colour=red").unwrap_err().to_string().contains("unexpected key"));
+
+        let bps = throttle_devices(&["/dev/sda:1mb".into()], true).unwrap().unwrap();
+        assert_eq!((bps[0].path.as_str(), bps[0].rate), ("/dev/sda", 1 << 20));
+        assert_eq!(throttle_devices(&["/dev/sda:300".into()], false).unwrap().unwrap()[0].rate, 300);
+        assert!(throttle_devices(&["/dev/sda:1mb".into()], false).is_err());
+        assert!(throttle_devices(&["sda:1".into()], true)
+            .unwrap_err()
+            .to_string()
+            .contains("bad format for device path"));
+        assert!(throttle_devices(&[], true).unwrap().is_none());
+        assert_eq!(weight_device("/dev/sda:200").unwrap().weight, 200);
+        assert!(weight_device("/dev/sda:5").is_err());
+        assert_eq!(key_values(&["a=b=c".into()], "--annotation").unwrap()["a"], "b=c");
+        assert!(key_values(&["=x".into()], "--annotation").is_err());
+    }
 
     #[test]
     fn run_failures_map_to_dockers_exit_codes() {

@@ -131,6 +131,41 @@ pub fn registry_config_header() -> Result<Option<String>> {
     Ok(Some(base64::engine::general_purpose::URL_SAFE.encode(serde_json::to_vec(&Value::Object(all))?)))
 }
 
+/// The registry credentials the CLI keeps, as a config.json of `auths` only (what `run
+/// --use-api-socket` puts in the container, as the Docker CLI does): `DOCKER_AUTH_CONFIG`'s
+/// when it holds any, else each registry's from config.json or its helper; none when there
+/// are none.
+pub fn credentials_config() -> Result<Option<Vec<u8>>> {
+    if let Some(v) = std::env::var("DOCKER_AUTH_CONFIG").ok().filter(|v| !v.is_empty()) {
+        let given: ConfigFile =
+            serde_json::from_str(&v).context("failed to read credentials from DOCKER_AUTH_CONFIG")?;
+        if !given.auths.is_empty() {
+            return Ok(Some(serde_json::to_vec_pretty(&ConfigFile { auths: given.auths, ..Default::default() })?));
+        }
+    }
+    let cfg = read_config()?;
+    let mut auths = BTreeMap::new();
+    for key in cfg.auths.keys().chain(cfg.cred_helpers.keys()) {
+        let Some(auth) = auth_for(&cfg, key)? else { continue };
+        let field = |k: &str| auth[k].as_str().unwrap_or_default().to_string();
+        let (user, password) = (field("username"), field("password"));
+        let entry = AuthEntry {
+            auth: if user.is_empty() && password.is_empty() {
+                String::new()
+            } else {
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            },
+            identity_token: field("identitytoken"),
+            other: BTreeMap::new(),
+        };
+        auths.insert(key.clone(), entry);
+    }
+    if auths.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(serde_json::to_vec_pretty(&ConfigFile { auths, ..Default::default() })?))
+}
+
 /// The credentials kept for registry `key` (a helper's, else config.json's), as the daemon
 /// reads them.
 fn auth_for(cfg: &ConfigFile, key: &str) -> Result<Option<Value>> {

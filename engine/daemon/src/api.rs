@@ -632,7 +632,7 @@ fn system_df(d: &Arc<Daemon>) -> Result<Resp, ApiError> {
         .map(|r| {
             json!({
                 "Id": r.id, "Names": [format!("/{}", r.name)], "Image": r.image, "ImageID": r.image_id.to_string(),
-                "Command": std::iter::once(r.path.clone()).chain(r.args.iter().cloned()).collect::<Vec<_>>().join(" "),
+                "Command": list_command(&r.path, &r.args),
                 "Created": unix_of(&r.created), "State": r.state.status(), "Status": status_line(r),
                 "SizeRw": engine_util::fs::dir_size(&r.upper), "SizeRootFs": 0, "Labels": r.config.labels, "Mounts": mounts_of(d, r),
             })
@@ -824,7 +824,7 @@ fn list_containers(d: &Daemon, q: &Query) -> Result<Vec<Value>, ApiError> {
         if !keep {
             continue;
         }
-        let command = std::iter::once(r.path.clone()).chain(r.args.iter().cloned()).collect::<Vec<_>>().join(" ");
+        let command = list_command(&r.path, &r.args);
         out.push(json!({
             "Id": r.id,
             "Names": [format!("/{}", r.name)],
@@ -1251,6 +1251,15 @@ async fn attach(
     r.headers_mut().insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     r.headers_mut().insert(UPGRADE, HeaderValue::from_static("tcp"));
     Ok(r)
+}
+
+/// A container's command as a list shows it: dockerd's, its path then each argument, an
+/// argument with a space in single quotes (`sh -c 'echo up; exec sleep 9'`).
+fn list_command(path: &str, args: &[String]) -> String {
+    std::iter::once(path.to_string())
+        .chain(args.iter().map(|a| if a.contains(' ') { format!("'{a}'") } else { a.clone() }))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]

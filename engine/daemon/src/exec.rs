@@ -495,7 +495,10 @@ impl ExecService {
             // rest from the socket, as docker-py does: a short exec's output came back empty.
             if let Err(err) = run.await {
                 // as dockerd: the reason on the stream, as stdout, then the end
-                let reason = IoChunk { stream: "stdout".into(), data: format!("{}\r\n", err.message).into_bytes() };
+                let reason = IoChunk {
+                    stream: "stdout".into(),
+                    data: format!("{}\r\n", exec_failure(&err.message)).into_bytes(),
+                };
                 if let Some(b) = encode(reason) {
                     let _ = wr.write_all(&b).await;
                 }
@@ -577,6 +580,16 @@ impl ExecService {
         };
         self.lifecycle.resize_pty(req).await?;
         Ok(empty(StatusCode::OK))
+    }
+}
+
+/// The words dockerd puts on an exec's stream when its process could not be started: the OCI
+/// runtime's reason, as runc words a failed exec (`exec failed: unable to start container
+/// process: exec: "x": executable file not found in $PATH`), in dockerd's frame.
+fn exec_failure(reason: &str) -> String {
+    match reason.strip_prefix("container init: ") {
+        Some(why) => format!("OCI runtime exec failed: exec failed: unable to start container process: {why}: unknown"),
+        None => format!("OCI runtime exec failed: {reason}: unknown"),
     }
 }
 

@@ -10,8 +10,8 @@ use oci_spec::runtime::{
     Arch, Capabilities, Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder,
     LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace,
     LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
-    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, Spec,
+    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, LinuxThrottleDevice, LinuxThrottleDeviceBuilder,
+    Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Spec,
 };
 
 use crate::http::ApiError;
@@ -37,6 +37,8 @@ pub struct Host {
     /// The cgroup namespace mode of a container that names none (Docker's: `host` on v1,
     /// `private` on v2).
     pub default_cgroupns: &'static str,
+    /// Block I/O can be throttled per device (v1's blkio.throttle files, v2's io controller).
+    pub blkio_throttle: bool,
 }
 
 impl Host {
@@ -61,7 +63,13 @@ impl Host {
                 (read(&root.join("cpuset/cpuset.cpus")), read(&root.join("cpuset/cpuset.mems")))
             };
             let online = |f: &str| read(Path::new(f));
+            let blkio_throttle = if v2 {
+                read(&root.join("cgroup.controllers")).split_whitespace().any(|c| c == "io")
+            } else {
+                root.join("blkio/blkio.throttle.read_bps_device").exists()
+            };
             Host {
+                blkio_throttle,
                 memory_v1,
                 swap_limit,
                 cpus: if cpus.is_empty() { online("/sys/devices/system/cpu/online") } else { cpus },
@@ -248,17 +256,13 @@ pub fn check_unsupported(r: &engine_docker_api::Resources) -> Result<(), ApiErro
             "BlkioWeight (this host has no block I/O weights)",
         ),
         (
-            [
-                &r.blkio_device_read_bps,
-                &r.blkio_device_write_bps,
-                &r.blkio_device_read_iops,
-                &r.blkio_device_write_iops,
-            ]
-            .iter()
-            .any(|d| d.as_ref().is_some_and(|d| !d.is_empty())),
-            "block I/O throttling (BlkioDevice*Bps/IOps)",
+            throttles(r).iter().any(|(_, d)| !d.is_empty()) && !Host::get().blkio_throttle,
+            "block I/O throttling (BlkioDevice*Bps/IOps: neither v1's blkio nor v2's io controller is here)",
         ),
-        (r.cpu_realtime_period != 0 || r.cpu_realtime_runtime != 0, "CpuRealtimePeriod and CpuRealtimeRuntime"),
+        (
+            r.cpu_realtime_period != 0 || r.cpu_realtime_runtime != 0,
+            "CpuRealtimePeriod and CpuRealtimeRuntime (engined gives its cgroups no real-time CPU time)",
+        ),
         (r.kernel_memory != 0 || r.kernel_memory_tcp != 0, "KernelMemory (kernel memory limits are deprecated)"),
         (
             r.device_requests.as_ref().is_some_and(|d| !d.is_empty()),
@@ -269,10 +273,45 @@ pub fn check_unsupported(r: &engine_docker_api::Resources) -> Result<(), ApiErro
             "CpuCount, CpuPercent and IOMaximum* (Windows only)",
         ),
     ];
-    match unsupported.iter().find(|(set, _)| *set) {
-        Some((_, what)) => Err(ApiError::bad_request(format!("{what} is not supported"))),
-        None => Ok(()),
+    if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
+        return Err(ApiError::bad_request(format!("{what} is not supported")));
     }
+    for (_, devices) in throttles(r) {
+        for d in devices {
+            throttle_device(d)?;
+        }
+    }
+    Ok(())
+}
+
+/// The four per-device throttles of `r` (`--device-read-bps` …), each by the spec's name.
+fn throttles(r: &engine_docker_api::Resources) -> [(&'static str, &[engine_docker_api::ThrottleDevice]); 4] {
+    fn list(d: &Option<Vec<engine_docker_api::ThrottleDevice>>) -> &[engine_docker_api::ThrottleDevice] {
+        d.as_deref().unwrap_or_default()
+    }
+    [
+        ("throttleReadBpsDevice", list(&r.blkio_device_read_bps)),
+        ("throttleWriteBpsDevice", list(&r.blkio_device_write_bps)),
+        ("throttleReadIOPSDevice", list(&r.blkio_device_read_iops)),
+        ("throttleWriteIOPSDevice", list(&r.blkio_device_write_iops)),
+    ]
+}
+
+/// A throttle of the host's block device at `d.path`, by its device numbers (what the cgroup
+/// files take).
+fn throttle_device(d: &engine_docker_api::ThrottleDevice) -> Result<LinuxThrottleDevice, ApiError> {
+    let bad =
+        |why: String| ApiError::bad_request(format!("invalid device {:?} for block I/O throttling: {why}", d.path));
+    let st = nix::sys::stat::stat(Path::new(&d.path)).map_err(|e| bad(e.desc().to_lowercase()))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFBLK {
+        return Err(bad("not a block device".into()));
+    }
+    LinuxThrottleDeviceBuilder::default()
+        .major(nix::sys::stat::major(st.st_rdev) as i64)
+        .minor(nix::sys::stat::minor(st.st_rdev) as i64)
+        .rate(d.rate)
+        .build()
+        .map_err(spec_error)
 }
 
 /// The binds (`-v`) and `Mounts` (`--mount`) of `hc`, parsed and checked (absolute targets,
@@ -435,6 +474,12 @@ fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
         return bad(format!("Cgroup {:?}: sharing another container's cgroup is not supported", hc.cgroup));
     }
 
+    if !hc.storage_opt.is_empty() {
+        return bad(format!(
+            "--storage-opt {:?} is not supported: the writable layer has no size quota here (dockerd's overlay2 needs xfs with 'pquota')",
+            hc.storage_opt.keys().next().map_or("", |k| k.as_str())
+        ));
+    }
     if !matches!(hc.isolation.as_str(), "" | "default") {
         return bad(format!("invalid isolation: {:?}: only \"default\" is supported on linux", hc.isolation));
     }
@@ -907,7 +952,21 @@ pub fn apply(mut spec: Spec, hc: &HostConfig, cx: &Context<'_>) -> Result<Spec, 
     with_network(&mut spec, hc, cx.netns);
     with_host_namespaces(&mut spec, hc, cx);
     with_mounts(&mut spec, hc, cx)?;
+    with_annotations(&mut spec, hc);
     Ok(spec)
+}
+
+/// `--annotation`: the user's annotations in the spec the runtime (and its hooks) read; one
+/// the engine set itself keeps the engine's value.
+fn with_annotations(spec: &mut Spec, hc: &HostConfig) {
+    if hc.annotations.is_empty() {
+        return;
+    }
+    let mut annotations = spec.annotations().clone().unwrap_or_default();
+    for (k, v) in &hc.annotations {
+        annotations.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    spec.set_annotations(Some(annotations));
 }
 
 fn spec_error(e: oci_spec::OciSpecError) -> ApiError {
@@ -993,6 +1052,19 @@ fn set_limits(res: &mut LinuxResources, hc: &HostConfig) -> Result<(), ApiError>
     }
     if let Some(p) = hc.resources.pids_limit.filter(|p| *p != 0) {
         res.set_pids(Some(LinuxPidsBuilder::default().limit(p).build().map_err(spec_error)?));
+    }
+    let [read_bps, write_bps, read_iops, write_iops] = throttles(r).map(|(_, devices)| {
+        let devices = devices.iter().map(throttle_device).collect::<Result<Vec<_>, _>>();
+        devices.map(|d| (!d.is_empty()).then_some(d))
+    });
+    let (read_bps, write_bps, read_iops, write_iops) = (read_bps?, write_bps?, read_iops?, write_iops?);
+    if read_bps.is_some() || write_bps.is_some() || read_iops.is_some() || write_iops.is_some() {
+        let mut block_io = res.block_io().clone().unwrap_or_default();
+        block_io.set_throttle_read_bps_device(read_bps);
+        block_io.set_throttle_write_bps_device(write_bps);
+        block_io.set_throttle_read_iops_device(read_iops);
+        block_io.set_throttle_write_iops_device(write_iops);
+        res.set_block_io(Some(block_io));
     }
     Ok(())
 }

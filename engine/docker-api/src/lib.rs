@@ -218,6 +218,15 @@ pub struct HostConfig {
     /// The terminal's initial height and width.
     #[serde(deserialize_with = "nullable")]
     pub console_size: [u64; 2],
+    /// `--storage-opt key=value`: options of the storage driver for the container's writable
+    /// layer (a size quota needs overlay on xfs with project quotas; shown only when set, as
+    /// dockerd's).
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage_opt: BTreeMap<String, String>,
+    /// `--annotation key=value`: metadata handed to the OCI runtime in the spec's
+    /// `annotations` (API 1.43; shown only when set, as dockerd's).
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// One `--device`: the node on the host, its path in the container (the host's when empty)

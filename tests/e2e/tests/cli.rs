@@ -1,6 +1,8 @@
 //! The engine CLI against a private engined: containers, run options, images, bad input and
 //! crashes of engined and lifecycled while containers run.
 
+use std::process::{Command, Stdio};
+
 use engine_test_support::engined::{pid_alive, Engined};
 use engine_test_support::*;
 
@@ -434,6 +436,171 @@ fn dockers_run_flags_reach_the_container() {
     e.ok(&["create", "--name", "parented", "--cgroup-parent", "/custom-parent", "busybox", "true"]);
     assert_eq!(e.inspect("parented", "{{.HostConfig.CgroupParent}}"), "/custom-parent");
     e.ok(&["rm", "flags", "parented"]);
+    e.assert_clean();
+}
+
+/// Every `run` flag of the Docker CLI 28's reference is one the engine CLI takes; each is applied
+/// (block I/O throttles in the container's cgroup, annotations in the state its OCI hooks read,
+/// the streams `-a` names, signals proxied to the container, the API socket and the CLI's
+/// credentials for `--use-api-socket`) or refused by the daemon with one line, leaving nothing.
+#[test]
+fn every_docker_run_flag_is_taken_and_applied_or_refused() {
+    let help = Command::new(engine_test_support::dockerd::docker_cli()).args(["run", "--help"]).output().unwrap();
+    let ours = stdout(&Command::new(bin("engine")).args(["run", "--help"]).output().unwrap());
+    let missing: Vec<String> = stdout(&help)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("--")).map(|w| w.trim_end_matches(',').to_string()))
+        .filter(|flag| ![" ", "=", "[", "\n"].iter().any(|after| ours.contains(&format!("{flag}{after}"))))
+        .collect();
+    assert!(missing.is_empty(), "docker run flags the engine CLI lacks: {missing:?}\n{ours}");
+
+    let hooks = tempfile::tempdir().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let seen = out_dir.path().join("state.json");
+    std::fs::write(
+        hooks.path().join("50-tagged.json"),
+        format!(
+            r#"{{"version":"1.0.0","hook":{{"path":"/bin/sh","args":["sh","-c","cat > {}"]}},"when":{{"annotations":{{"^com\\.example\\.tag$":"^on$"}}}},"stages":["createRuntime"]}}"#,
+            seen.display()
+        ),
+    )
+    .unwrap();
+    let e = Engined::start_with(&[], &["--hooks-dir", hooks.path().to_str().unwrap()]);
+    e.import_busybox("busybox");
+
+    // --annotation: in the spec, so the runtime's state (what hooks read) carries it
+    e.ok(&["run", "--rm", "--network", "none", "--annotation", "com.example.tag=on", "busybox", "true"]);
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&seen).unwrap()).unwrap();
+    assert_eq!(state["annotations"]["com.example.tag"], "on", "{state}");
+    e.ok(&["create", "--name", "annotated", "--network", "none", "--annotation", "a=b", "busybox"]);
+    assert_eq!(e.inspect("annotated", "{{json .HostConfig.Annotations}}"), r#"{"a":"b"}"#);
+    e.ok(&["rm", "annotated"]);
+
+    // block I/O throttles by device, in the container's own cgroup
+    let dev = block_device();
+    let numbers = std::fs::read_to_string(format!("/sys/block/{dev}/dev")).unwrap().trim().to_string();
+    let (bps, iops) = (format!("/dev/{dev}:1mb"), format!("/dev/{dev}:300"));
+    let id = e.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--device-read-bps",
+        &bps,
+        "--device-write-iops",
+        &iops,
+        "busybox",
+        "sleep",
+        "100",
+    ]);
+    let id = id.trim();
+    let (read, write) = if pure_v2() {
+        let max = e.cgroup_file(id, "io.max").unwrap_or_default();
+        (max.clone(), max)
+    } else {
+        (
+            e.cgroup_file(id, "blkio.throttle.read_bps_device").unwrap_or_default(),
+            e.cgroup_file(id, "blkio.throttle.write_iops_device").unwrap_or_default(),
+        )
+    };
+    assert!(read.contains(&numbers) && (read.contains(" 1048576") || read.contains("rbps=1048576")), "{read}");
+    assert!(write.contains(&numbers) && (write.contains(" 300") || write.contains("wiops=300")), "{write}");
+    assert_eq!(
+        e.inspect(id, "{{json .HostConfig.BlkioDeviceReadBps}}"),
+        format!(r#"[{{"Path":"/dev/{dev}","Rate":1048576}}]"#)
+    );
+    e.ok(&["rm", "-f", id]);
+
+    // what this host or engine cannot apply: refused with one line, nothing made
+    for (flags, says) in [
+        (&["--storage-opt", "size=1G"][..], "--storage-opt"),
+        (&["--gpus", "all"], "DeviceRequests"),
+        (&["--cpu-rt-runtime", "950"], "CpuRealtime"),
+        (&["--cpu-count", "2"], "Windows only"),
+        (&["--io-maxiops", "100"], "Windows only"),
+        (&["--isolation", "hyperv"], "invalid isolation"),
+        (&["--volume-driver", "other", "-v", "named:/x"], "volume driver"),
+        (&["--device-read-bps", "/dev/null:1mb"], "not a block device"),
+        (&["--device-read-bps", "/dev/nonesuch:1mb"], "/dev/nonesuch"),
+        (&["--blkio-weight-device", "/dev/null:1"], "invalid weight for device"),
+        (&["--device-write-bps", "sda:1mb"], "bad format"),
+        (&["--gpus", "count=x"], "invalid count"),
+        (&["-a", "stdnothing"], "valid streams are STDIN, STDOUT and STDERR"),
+        (&["-d", "-a", "stdout"], "cannot specify both --attach and --detach"),
+    ] {
+        let mut args = vec!["run", "--rm", "--network", "none"];
+        args.extend_from_slice(flags);
+        args.extend(["busybox", "true"]);
+        let out = e.engine(&args);
+        // the reason on the first line (a flag the CLI itself refuses is followed by its usage hint)
+        let first = stderr(&out).lines().next().unwrap_or_default().to_string();
+        assert!(!out.status.success() && first.contains(says), "{flags:?}: {}{}", stdout(&out), stderr(&out));
+        assert_eq!(e.ok(&["ps", "-aq"]).trim(), "", "{flags:?} left a container");
+    }
+    assert_eq!(e.ok(&["volume", "ls", "-q"]).trim(), "");
+    e.ok(&["run", "--rm", "--network", "none", "--disable-content-trust", "busybox", "true"]);
+
+    // -a: only the streams named
+    let out = e.engine(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-a",
+        "stderr",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2",
+    ]);
+    assert_eq!((stdout(&out).as_str(), stderr(&out).as_str()), ("", "err\n"));
+
+    // --sig-proxy: the command's signals reach the container (on by default), or end the command
+    let script = "trap 'echo got TERM; exit 7' TERM; echo ready; while true; do sleep 0.1; done";
+    for proxy in ["--sig-proxy=true", "--sig-proxy=false"] {
+        let mut child = Command::new(bin("engine"))
+            .args(["-H", &e.host(), "run", "--name", "sig", "--network", "none", proxy, "busybox", "sh", "-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
+        let status = child.wait().unwrap();
+        if proxy == "--sig-proxy=true" {
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+            assert_eq!((status.code(), line.as_str()), (Some(7), "ready\ngot TERM\n"));
+            assert_eq!(e.inspect("sig", "{{.State.ExitCode}}"), "7");
+        } else {
+            // the command ended by the signal; the container runs on
+            assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(15));
+            assert_eq!(e.inspect("sig", "{{.State.Status}}"), "running");
+        }
+        e.ok(&["rm", "-f", "sig"]);
+    }
+
+    // --use-api-socket: the engine's socket in the container and the CLI's credentials
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(config.path().join("config.json"), r#"{"auths":{"127.0.0.1:5999":{"auth":"dTpw"}}}"#).unwrap();
+    let out = Command::new(bin("engine"))
+        .env("DOCKER_CONFIG", config.path())
+        .args(["-H", &e.host(), "run", "--rm", "--network", "none", "--use-api-socket", "busybox", "sh", "-c"])
+        .arg("test -S /var/run/docker.sock && echo socket; echo $DOCKER_CONFIG; cat /run/secrets/docker/config.json; stat -c %a /run/secrets/docker/config.json")
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(
+        text.starts_with("socket\n/run/secrets/docker\n")
+            && text.contains(r#""auth": "dTpw""#)
+            && text.ends_with("600\n"),
+        "{text}"
+    );
     e.assert_clean();
 }
 

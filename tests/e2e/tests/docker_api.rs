@@ -520,6 +520,7 @@ fn host_config_fields_are_shown_applied_or_refused() {
     assert!(hc["MemorySwappiness"].is_null(), "{hc}");
     e.ok(&["rm", &id]);
 
+    let dev = format!("/dev/{}", block_device());
     let swap_accounted = cgroup_mounts().iter().any(|m| m.join("memory.memsw.limit_in_bytes").exists()) || pure_v2();
     let (status, body) = create(
         &e,
@@ -527,6 +528,7 @@ fn host_config_fields_are_shown_applied_or_refused() {
             "CpusetCpus": "0", "Memory": 64 << 20, "MemoryReservation": 32 << 20,
             "MemorySwappiness": if pure_v2() { serde_json::Value::Null } else { serde_json::json!(40) },
             "OomKillDisable": !pure_v2(), "CgroupnsMode": "private", "Runtime": "runc",
+            "Annotations": {"com.example.k": "v"}, "BlkioDeviceWriteBps": [{"Path": dev, "Rate": 4096}],
         }}),
     );
     assert_eq!(status, 201, "{body}");
@@ -547,6 +549,9 @@ fn host_config_fields_are_shown_applied_or_refused() {
         assert_eq!(hc["MemorySwappiness"], 40);
     }
     assert_eq!(hc["CgroupnsMode"], "private");
+    assert_eq!(hc["Annotations"], serde_json::json!({"com.example.k": "v"}));
+    assert_eq!(hc["BlkioDeviceWriteBps"], serde_json::json!([{"Path": dev, "Rate": 4096}]));
+    assert!(hc.get("StorageOpt").is_none(), "{hc}");
     let own = e.ok(&["exec", &id, "readlink", "/proc/self/ns/cgroup"]);
     assert_ne!(own.trim(), std::fs::read_link("/proc/self/ns/cgroup").unwrap().display().to_string());
     // update: a running container takes a new cpuset
@@ -567,6 +572,9 @@ fn host_config_fields_are_shown_applied_or_refused() {
         (serde_json::json!({"Memory": 64 << 20, "MemoryReservation": 128 << 20}), "memory reservation"),
         (serde_json::json!({"MemorySwappiness": 101}), "swappiness"),
         (serde_json::json!({"DeviceRequests": [{"Count": -1, "Capabilities": [["gpu"]]}]}), "DeviceRequests"),
+        (serde_json::json!({"StorageOpt": {"size": "1G"}}), "the writable layer has no size quota"),
+        (serde_json::json!({"CpuRealtimeRuntime": 950}), "CpuRealtimePeriod and CpuRealtimeRuntime"),
+        (serde_json::json!({"BlkioDeviceReadIOps": [{"Path": "/dev/null", "Rate": 1}]}), "not a block device"),
     ] {
         let (status, body) = create(&e, serde_json::json!({"Image": "bb", "Cmd": ["true"], "HostConfig": hc}));
         assert_eq!(status, 400, "{hc}: {body}");
@@ -924,4 +932,84 @@ fn volumes_from_another_container() {
         assert!(!out.status.success() && stderr(&out).contains(says), "{from}: {}", stderr(&out));
     }
     no_containers_left(&e, "the refused creates");
+}
+
+/// The Docker SDK for Python (Debian's python3-docker) as its users call it, against engined
+/// and, to hold the script to dockerd's answers, against a private dockerd:
+/// `containers.run` attached (with `remove`, `stream`, stderr, a failing command) and detached,
+/// log reading, `exec_run` (demultiplexed too), health checks, `wait`, `kill` and `remove`.
+#[test]
+fn the_python_sdk_runs_containers_as_on_dockerd() {
+    let e = Engined::start();
+    let d = engine_test_support::dockerd::Dockerd::start(&[]);
+    let tar = e.busybox_tar();
+    e.docker_ok(&["import", "-c", "CMD [\"sh\"]", tar.to_str().unwrap(), "bb"]);
+    d.ok(&["import", "-c", "CMD [\"sh\"]", tar.to_str().unwrap(), "bb"]);
+    let script = r#"
+import sys, time
+import docker
+
+c = docker.DockerClient(base_url=sys.argv[1], version="auto", timeout=60)
+none = dict(network_mode="none")
+
+def until(what, cond):
+    deadline = time.time() + 60
+    while not cond():
+        assert time.time() < deadline, "timed out waiting for " + what
+        time.sleep(0.05)
+
+# attached, removed after
+assert c.containers.run("bb", ["echo", "hi"], remove=True, **none) == b"hi\n"
+out = c.containers.run("bb", ["sh", "-c", "echo out; echo err >&2"], remove=True, stderr=True, **none)
+assert sorted(out.splitlines()) == [b"err", b"out"], out
+chunks = list(c.containers.run("bb", ["sh", "-c", "echo a; echo b"], stream=True, remove=True, **none))
+assert b"".join(chunks) == b"a\nb\n", chunks
+try:
+    c.containers.run("bb", ["sh", "-c", "echo bad >&2; exit 3"], remove=True, **none)
+    raise AssertionError("no ContainerError")
+except docker.errors.ContainerError as err:
+    assert err.exit_status == 3 and b"bad" in err.stderr, (err.exit_status, err.stderr)
+assert c.containers.list(all=True) == [], c.containers.list(all=True)
+
+# detached: logs, exec, wait
+ctr = c.containers.run("bb", ["sh", "-c", "for i in 1 2 3; do echo line$i; done; exec sleep 1000"],
+                       detach=True, name="py1", labels={"k": "v"}, **none)
+until("the logs", lambda: ctr.logs() == b"line1\nline2\nline3\n")
+assert [x.name for x in c.containers.list(filters={"label": "k=v"})] == ["py1"]
+ctr.reload()
+assert ctr.status == "running" and ctr.attrs["HostConfig"]["LogConfig"]["Type"] == "json-file"
+assert ctr.exec_run(["echo", "x"]) == (0, b"x\n")
+code, (o, e) = ctr.exec_run(["sh", "-c", "echo o; echo e >&2; exit 2"], demux=True)
+assert (code, o, e) == (2, b"o\n", b"e\n"), (code, o, e)
+assert b"".join(ctr.logs(stream=True, follow=False)) == b"line1\nline2\nline3\n"
+assert ctr.logs(tail=1) == b"line3\n"
+ctr.kill()
+assert ctr.wait(timeout=60)["StatusCode"] == 137
+ctr.reload()
+assert ctr.status == "exited" and ctr.attrs["State"]["ExitCode"] == 137
+ctr.remove()
+ok = c.containers.run("bb", ["sh", "-c", "exit 5"], detach=True, **none)
+assert ok.wait(timeout=60)["StatusCode"] == 5
+ok.remove(v=True)
+
+# health checks: unhealthy until the file is there, then healthy, with the check's log
+h = c.containers.run("bb", ["sleep", "1000"], detach=True, **none,
+                     healthcheck={"test": ["CMD-SHELL", "test -e /tmp/ok"], "interval": 100_000_000, "retries": 1})
+def health():
+    h.reload()
+    return h.attrs["State"].get("Health", {}).get("Status")
+until("unhealthy", lambda: health() == "unhealthy")
+assert h.exec_run(["touch", "/tmp/ok"]).exit_code == 0
+until("healthy", lambda: health() == "healthy")
+assert h.attrs["State"]["Health"]["Log"][-1]["ExitCode"] == 0
+h.remove(force=True)
+assert c.containers.list(all=True) == []
+print("sdk ok")
+"#;
+    for host in [e.host(), format!("unix://{}", d.sock.display())] {
+        let out = Command::new("/usr/bin/python3").arg("-c").arg(script).arg(&host).output().unwrap();
+        assert!(out.status.success(), "docker-py against {host}: {}{}", stdout(&out), stderr(&out));
+        assert_eq!(stdout(&out).trim(), "sdk ok");
+    }
+    e.assert_clean();
 }

@@ -600,3 +600,218 @@ fn anonymous_volumes_as_dockerd_makes_them() {
     let out = e.docker_ok(&["run", "--rm", "-v", "bare:/data:nocopy", "withvol", "ls", "/data"]);
     assert_eq!(out, "", "a nocopy volume took the image's files");
 }
+
+/// What one command gave: its exit code and output, container and network ids masked.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+}
+
+fn outcome(mut cmd: Command, input: Option<&str>) -> (Outcome, String) {
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(text) = input {
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    }
+    // a command that hangs is a difference, not a hung test
+    if !wait_until(std::time::Duration::from_secs(120), || child.try_wait().unwrap().is_some()) {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let mask = |s: &str| {
+        s.split_inclusive(|c: char| !c.is_ascii_hexdigit())
+            .map(|w| {
+                let hex = w.trim_end_matches(|c: char| !c.is_ascii_hexdigit());
+                match hex.len() {
+                    64 => w.replacen(hex, "<id>", 1),
+                    12 if hex.chars().any(|c| c.is_ascii_digit()) && hex.chars().any(|c| c.is_ascii_alphabetic()) => {
+                        w.replacen(hex, "<short-id>", 1)
+                    }
+                    _ => w.to_string(),
+                }
+            })
+            .collect::<String>()
+    };
+    (Outcome { code: out.status.code(), stdout: mask(&stdout(&out)) }, stderr(&out))
+}
+
+/// Everyday commands through the `engine` CLI against engined and through the Docker CLI
+/// against a private dockerd, one after the other in the same order on each: the same output
+/// and exit code (run flags, exec, stop, logs, volumes, networks, inspect templates, errors).
+#[test]
+fn everyday_commands_match_the_docker_cli_on_dockerd() {
+    let e = Engined::start();
+    let d = engine_test_support::dockerd::Dockerd::start(&[]);
+    let tar = e.busybox_tar();
+    let bps = format!("/dev/{}:1mb", block_device());
+    let nonet = ["run", "--rm", "--network", "none"];
+    let run = |rest: &[&str]| -> Vec<String> { nonet.iter().chain(rest).map(|s| s.to_string()).collect() };
+    let cases: Vec<(Vec<String>, Option<&str>)> = vec![
+        (vec!["import".into(), "-c".into(), "CMD [\"sh\"]".into(), tar.display().to_string(), "bb".into()], None),
+        (run(&["bb", "echo", "hi"]), None),
+        (run(&["bb", "sh", "-c", "exit 3"]), None),
+        (run(&["-e", "A=1", "bb", "sh", "-c", "echo $A"]), None),
+        (run(&["-w", "/tmp", "bb", "pwd"]), None),
+        (run(&["-w", "/not/there", "bb", "pwd"]), None),
+        (run(&["-u", "1000:1000", "bb", "id"]), None),
+        (run(&["--entrypoint", "echo", "bb", "x", "y"]), None),
+        (run(&["-h", "myhost", "bb", "hostname"]), None),
+        (run(&["--read-only", "bb", "touch", "/x"]), None),
+        (run(&["bb", "ls", "/sys/class/net"]), None),
+        (run(&["--cap-drop", "ALL", "bb", "grep", "CapEff", "/proc/self/status"]), None),
+        (run(&["--cap-add", "NET_ADMIN", "bb", "grep", "CapEff", "/proc/self/status"]), None),
+        (run(&["--ulimit", "nofile=100:200", "bb", "sh", "-c", "ulimit -n; ulimit -Hn"]), None),
+        (run(&["--shm-size", "1m", "bb", "sh", "-c", "df -k /dev/shm | tail -1 | awk '{print $2}'"]), None),
+        (run(&["--tmpfs", "/t:size=2m", "bb", "sh", "-c", "df -k /t | tail -1 | awk '{print $2}'"]), None),
+        (run(&["--sysctl", "kernel.shmmax=1048576", "bb", "cat", "/proc/sys/kernel/shmmax"]), None),
+        (run(&["--add-host", "foo:10.1.2.3", "bb", "grep", "foo", "/etc/hosts"]), None),
+        (run(&["-a", "stdout", "bb", "sh", "-c", "echo out; echo err >&2"]), None),
+        (run(&["-a", "stderr", "bb", "sh", "-c", "echo out; echo err >&2"]), None),
+        (run(&["-i", "bb", "cat"]), Some("piped\n")),
+        (run(&["--group-add", "10", "-u", "1000", "bb", "id", "-G"]), None),
+        (run(&["--sig-proxy=false", "bb", "true"]), None),
+        (run(&["--device-read-bps", &bps, "bb", "true"]), None),
+        (run(&["bb", "nosuchcmd"]), None),
+        (run(&["bb", "/etc"]), None),
+        (run(&["--pull", "never", "nosuch:1", "true"]), None),
+        (run(&["--storage-opt", "size=1G", "bb", "true"]), None),
+        (run(&["--isolation", "hyperv", "bb", "true"]), None),
+        (vec!["create".into(), "--name".into(), "c2".into(), "--network".into(), "none".into(), "bb".into()], None),
+        (
+            vec![
+                "inspect".into(),
+                "-f".into(),
+                "{{.State.Status}} {{json .Config.Cmd}} {{.HostConfig.NetworkMode}}".into(),
+                "c2".into(),
+            ],
+            None,
+        ),
+        (vec!["kill".into(), "c2".into()], None),
+        (vec!["rm".into(), "c2".into()], None),
+        (
+            [
+                "run",
+                "-d",
+                "--name",
+                "svc",
+                "--network",
+                "none",
+                "bb",
+                "sh",
+                "-c",
+                "echo up; echo err >&2; exec sleep 1000",
+            ]
+            .map(String::from)
+            .to_vec(),
+            None,
+        ),
+        (["ps", "--format", "{{.Names}} {{.Image}} {{.Command}}"].map(String::from).to_vec(), None),
+        (["logs", "svc"].map(String::from).to_vec(), None),
+        (["exec", "svc", "echo", "hi"].map(String::from).to_vec(), None),
+        (["exec", "svc", "sh", "-c", "exit 4"].map(String::from).to_vec(), None),
+        (["exec", "-w", "/tmp", "svc", "pwd"].map(String::from).to_vec(), None),
+        (["exec", "-e", "X=2", "svc", "sh", "-c", "echo $X"].map(String::from).to_vec(), None),
+        (["exec", "-u", "1000", "svc", "id", "-u"].map(String::from).to_vec(), None),
+        (["exec", "-i", "svc", "cat"].map(String::from).to_vec(), Some("in\n")),
+        (["exec", "svc", "nosuchcmd"].map(String::from).to_vec(), None),
+        (
+            ["inspect", "-f", "{{.State.Status}} {{.State.Running}} {{json .Config.Cmd}} {{.Name}}", "svc"]
+                .map(String::from)
+                .to_vec(),
+            None,
+        ),
+        (
+            [
+                "inspect",
+                "-f",
+                "{{range $k, $v := .Config.Labels}}{{$k}}{{end}}|{{len .Mounts}}|{{.HostConfig.RestartPolicy.Name}}",
+                "svc",
+            ]
+            .map(String::from)
+            .to_vec(),
+            None,
+        ),
+        (["pause", "svc"].map(String::from).to_vec(), None),
+        (["inspect", "-f", "{{.State.Status}} {{.State.Paused}}", "svc"].map(String::from).to_vec(), None),
+        (["unpause", "svc"].map(String::from).to_vec(), None),
+        (["rename", "svc", "svc2"].map(String::from).to_vec(), None),
+        (["stop", "-t", "1", "svc2"].map(String::from).to_vec(), None),
+        (["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "svc2"].map(String::from).to_vec(), None),
+        (["start", "svc2"].map(String::from).to_vec(), None),
+        (["kill", "-s", "KILL", "svc2"].map(String::from).to_vec(), None),
+        (["wait", "svc2"].map(String::from).to_vec(), None),
+        (["rm", "svc2"].map(String::from).to_vec(), None),
+        (["rm", "nosuch"].map(String::from).to_vec(), None),
+        (["volume", "create", "v1"].map(String::from).to_vec(), None),
+        (["volume", "ls", "-q"].map(String::from).to_vec(), None),
+        (run(&["-v", "v1:/data", "bb", "sh", "-c", "echo x > /data/f"]), None),
+        (run(&["-v", "v1:/data:ro", "bb", "cat", "/data/f"]), None),
+        (run(&["-v", "v1:/data:ro", "bb", "touch", "/data/g"]), None),
+        (["volume", "inspect", "-f", "{{.Driver}} {{.Name}} {{.Scope}}", "v1"].map(String::from).to_vec(), None),
+        (["volume", "rm", "v1"].map(String::from).to_vec(), None),
+        (["volume", "rm", "v1"].map(String::from).to_vec(), None),
+        (["network", "create", "--subnet", "10.231.7.0/24", "n1"].map(String::from).to_vec(), None),
+        (
+            ["network", "ls", "--filter", "name=n1", "--format", "{{.Name}} {{.Driver}} {{.Scope}}"]
+                .map(String::from)
+                .to_vec(),
+            None,
+        ),
+        (
+            [
+                "network",
+                "inspect",
+                "-f",
+                "{{.Name}} {{.Driver}} {{.Internal}} {{range .IPAM.Config}}{{.Subnet}}{{end}}",
+                "n1",
+            ]
+            .map(String::from)
+            .to_vec(),
+            None,
+        ),
+        (
+            [
+                "run",
+                "--rm",
+                "--network",
+                "n1",
+                "--ip",
+                "10.231.7.9",
+                "bb",
+                "sh",
+                "-c",
+                "ls /sys/class/net; ip -4 -o addr show eth0 | awk '{print $4}'",
+            ]
+            .map(String::from)
+            .to_vec(),
+            None,
+        ),
+        (["network", "rm", "n1"].map(String::from).to_vec(), None),
+        (["network", "rm", "n1"].map(String::from).to_vec(), None),
+        (["image", "inspect", "-f", "{{json .Config.Cmd}} {{.Os}}", "bb"].map(String::from).to_vec(), None),
+        (["tag", "bb", "bb:two"].map(String::from).to_vec(), None),
+        (["images", "--format", "{{.Repository}}:{{.Tag}}"].map(String::from).to_vec(), None),
+        (["rmi", "bb:two"].map(String::from).to_vec(), None),
+        (["image", "inspect", "nosuch"].map(String::from).to_vec(), None),
+        (["ps", "-a", "--format", "{{.Names}}"].map(String::from).to_vec(), None),
+    ];
+    let engine_host = e.host();
+    let docker_host = format!("unix://{}", d.sock.display());
+    let mut differ = Vec::new();
+    for (args, input) in &cases {
+        let mut engine = Command::new(bin("engine"));
+        engine.arg("-H").arg(&engine_host).args(args);
+        let mut docker = Command::new(dockerd::docker_cli());
+        docker.arg("-H").arg(&docker_host).args(args);
+        let ((ours, our_err), (theirs, their_err)) = (outcome(engine, *input), outcome(docker, *input));
+        if ours != theirs {
+            differ.push(format!("{args:?}\n  engine: {ours:?} {our_err:?}\n  docker: {theirs:?} {their_err:?}"));
+        }
+    }
+    assert!(cases.len() >= 70, "{}", cases.len());
+    assert!(differ.is_empty(), "{} of {} commands differ:\n{}", differ.len(), cases.len(), differ.join("\n"));
+    e.assert_clean();
+}

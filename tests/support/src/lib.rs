@@ -35,6 +35,22 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A block device of this host (`vda`: its name under /dev and /sys/block), not a loop or RAM
+/// disk, for the block I/O throttle tests.
+pub fn block_device() -> String {
+    std::fs::read_dir("/sys/block")
+        .expect("/sys/block")
+        .flatten()
+        .map(|b| b.file_name().to_string_lossy().to_string())
+        .find(|b| {
+            !b.starts_with("loop")
+                && !b.starts_with("zram")
+                && !b.starts_with("ram")
+                && Path::new(&format!("/dev/{b}")).exists()
+        })
+        .expect("a block device under /sys/block with its node in /dev")
+}
+
 /// Mount points of every cgroup hierarchy on the host.
 pub fn cgroup_mounts() -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
