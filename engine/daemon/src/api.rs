@@ -297,7 +297,8 @@ async fn dispatch(
         (&M::POST, ["build"]) => {
             let configs = req.headers().get("x-registry-config").and_then(|v| v.to_str().ok()).unwrap_or("");
             let configs = engine_registry::AuthConfig::configs_from_header(configs).map_err(ApiError::bad_request)?;
-            build(d, &q, configs, req.into_body()).await
+            let client = http::ClientWatch::of(&req);
+            build(d, &q, configs, client, req.into_body()).await
         }
         // the cache's entries name images, which image prune reclaims: nothing to free here
         (&M::POST, ["build", "prune"]) => {
@@ -445,12 +446,14 @@ async fn dispatch(
     }
 }
 
-/// `POST /build`: the context is unpacked first (a bad one is a plain error answer), then the
-/// build streams its steps; one `daemon.build` span holds them. The context goes when it ends.
+/// `POST /build`: the context is unpacked and its Dockerfile read first (a bad one is a plain
+/// error answer), then the build streams its steps; one `daemon.build` span holds them. The
+/// context goes when it ends; a client that goes away cancels it.
 async fn build(
     d: &Arc<Daemon>,
     q: &Query,
     registry_auth: engine_registry::RegistryConfigs,
+    client: http::ClientWatch,
     body: http::RequestBody,
 ) -> Result<Resp, ApiError> {
     let mut opts = crate::build::BuildOptions::from_query(q)?;
@@ -462,8 +465,8 @@ async fn build(
     let unpacked = tokio::task::spawn_blocking(move || crate::build::unpack_context(&dir, reader, &dockerfile))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let dockerfile_text = match unpacked {
-        Ok(text) => text,
+    let instructions = match unpacked.and_then(|text| crate::build::instructions(&text, &opts.dockerfile)) {
+        Ok(instructions) => instructions,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&context);
             return Err(ApiError::bad_request(e.message));
@@ -474,8 +477,20 @@ async fn build(
     let previous = trace.enter(span);
     let (lines, mut rx) = tokio::sync::mpsc::channel::<Value>(64);
     let (tx, resp_body) = http::channel_body(64);
+    // the lines to the answer; a client that went away (its connection closed, or the answer
+    // dropped) drops the receiver, which cancels the build (`build::cancelled`)
     let forward = tokio::spawn(async move {
-        while let Some(v) = rx.recv().await {
+        let mut check = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            let v = tokio::select! {
+                v = rx.recv() => v,
+                _ = tx.closed() => None,
+                _ = check.tick() => match client.gone() {
+                    true => None,
+                    false => continue,
+                },
+            };
+            let Some(v) = v else { break };
             if tx.send(Bytes::from(format!("{v}\n"))).await.is_err() {
                 break;
             }
@@ -484,7 +499,7 @@ async fn build(
     let (d, t) = (d.clone(), trace.clone());
     let work = async move {
         let host = Arc::new(crate::daemon::BuildHost(d.clone()));
-        let result = crate::build::build(host, &d.build_cache, &t, &context, &dockerfile_text, &opts, &lines).await;
+        let result = crate::build::build(host, &d.build_cache, &t, &context, &instructions, &opts, &lines).await;
         match &result {
             Ok(id) => {
                 // `engine trace --build NAME` finds the build by the name it gave

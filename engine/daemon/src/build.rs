@@ -64,6 +64,9 @@ pub trait BuildHost: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<(), ApiError>> + Send;
     /// Removes container `id` and everything of it (best effort: it is the build's own).
     fn remove(&self, id: &str) -> impl std::future::Future<Output = ()> + Send;
+    /// Kills container `id`'s process if it runs, and waits for its exit (best effort: a
+    /// cancelled build's step).
+    fn kill(&self, id: &str) -> impl std::future::Future<Output = ()> + Send;
     /// One step done: for `engine_build_step_duration_seconds`.
     fn observe_step(&self, instruction: &str, cache_hit: bool, secs: f64);
 }
@@ -227,8 +230,29 @@ impl BuildCache {
 /// One line of the answer.
 pub type Out = mpsc::Sender<Value>;
 
+/// The instructions of Dockerfile `text` (named `name` in the context), read before the
+/// build's answer starts: one that is empty, malformed or without a FROM is refused with the
+/// request, as dockerd refuses it (a 400, not a line of a stream).
+pub fn instructions(text: &str, name: &str) -> Result<Vec<Instruction>, BuildError> {
+    let instructions = dockerfile::parse(text)?;
+    if instructions.is_empty() {
+        return Err(BuildError::msg(format!("the Dockerfile ({name}) cannot be empty")));
+    }
+    if !instructions.iter().any(|i| i.keyword == "FROM") {
+        return Err(BuildError::msg("no build stage in current context"));
+    }
+    Ok(instructions)
+}
+
 async fn say(out: &Out, text: impl Into<String>) {
     let _ = out.send(json!({ "stream": text.into() })).await;
+}
+
+/// A build whose client went away (its answer's receiver is gone: the connection closed, a
+/// `docker build` interrupted) stops, as dockerd cancels it: before its next step, and a RUN
+/// in progress has its process killed.
+fn cancelled() -> BuildError {
+    BuildError::msg("the build was cancelled: its client went away")
 }
 
 /// A build failure, as the stream's `errorDetail` carries it.
@@ -316,7 +340,7 @@ pub async fn build<H: BuildHost>(
     cache: &BuildCache,
     trace: &Arc<Trace>,
     context: &Path,
-    dockerfile_text: &str,
+    instructions: &[Instruction],
     opts: &BuildOptions,
     out: &Out,
 ) -> Result<Digest, BuildError> {
@@ -335,16 +359,15 @@ pub async fn build<H: BuildHost>(
         opts.cache_allowed = Some(allowed);
     }
     let opts = &opts;
-    let instructions = dockerfile::parse(dockerfile_text)?;
-    if !instructions.iter().any(|i| i.keyword == "FROM") {
-        return Err(BuildError::msg("no build stage in current context"));
-    }
     let total = instructions.len();
     // ARGs before the first FROM: usable in FROM lines
     let mut global_args: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut stages: Vec<Stage> = Vec::new();
     let mut current: Option<Stage> = None;
     for (n, ins) in instructions.iter().enumerate() {
+        if out.is_closed() {
+            return Err(cancelled());
+        }
         let step = format!("Step {}/{} : {}", n + 1, total, ins.original);
         if !opts.quiet {
             say(out, format!("{step}\n")).await;
@@ -996,7 +1019,23 @@ async fn run<H: BuildHost>(
                 }
             })
         };
-        let code = host.run(trace, &id, tx).await.map_err(|e| BuildError::msg(e.message))?;
+        let run = host.run(trace, &id, tx);
+        tokio::pin!(run);
+        let code = tokio::select! {
+            ran = &mut run => ran.map_err(|e| BuildError::msg(e.message))?,
+            _ = out.closed() => {
+                // the run is not dropped halfway: it ends once its process is killed (killed
+                // again until then: a start still under way has no process to kill yet)
+                loop {
+                    host.kill(&id).await;
+                    if tokio::time::timeout(std::time::Duration::from_millis(200), &mut run).await.is_ok() {
+                        break;
+                    }
+                }
+                let _ = forward.await;
+                return Err(cancelled());
+            }
+        };
         let _ = forward.await;
         if code != 0 {
             return Err(BuildError {

@@ -1995,6 +1995,14 @@ impl crate::build::BuildHost for BuildHost {
             }
         }
     }
+
+    async fn kill(&self, id: &str) {
+        if let Ok(e) = self.0.containers.find(id) {
+            if let Err(err) = self.0.kill_until_exited(&e).await {
+                log!(self.0.cfg, "error", "killing build container {id}: {}", err.message);
+            }
+        }
+    }
 }
 
 /// Fills a new volume at `data` with what the image has at `path` in `rootfs` (nothing when it

@@ -156,6 +156,41 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
+/// The socket of the connection a request came on (a Unix stream), put in the request's
+/// extensions for the handlers that watch their client ([`ClientWatch`]); valid while the
+/// request is served.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientSocket(pub std::os::fd::RawFd);
+
+/// Whether a request's client is still there, for an answer that streams a long time (a build,
+/// which dockerd cancels once its client goes; Go's server reads in the background to know,
+/// hyper does not). Its own duplicate of the connection's socket, so the check never reads
+/// another connection's.
+pub struct ClientWatch(Option<std::os::fd::OwnedFd>);
+
+impl ClientWatch {
+    /// The client of a request with a [`ClientSocket`]; without one (a request served some
+    /// other way), a client that never goes.
+    pub fn of<B>(req: &hyper::Request<B>) -> ClientWatch {
+        let fd = req.extensions().get::<ClientSocket>().and_then(|s| {
+            // SAFETY: the connection's socket is open while its request is served, which is now.
+            let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(s.0) };
+            nix::unistd::dup(socket).ok()
+        });
+        ClientWatch(fd)
+    }
+
+    /// Whether the client closed the connection: both directions shut (POLLHUP on a Unix
+    /// socket, which poll reports unasked). A client that only ended its sending side (a
+    /// half-close, which engined serves) is still there.
+    pub fn gone(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let Some(fd) = &self.0 else { return false };
+        let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(fd), PollFlags::empty())];
+        poll(&mut fds, PollTimeout::ZERO).is_ok() && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP))
+    }
+}
+
 /// A response body fed through a channel: the sender writes chunks as they come.
 pub fn channel_body(capacity: usize) -> (mpsc::Sender<Bytes>, Body) {
     let (tx, rx) = mpsc::channel::<Bytes>(capacity);

@@ -340,9 +340,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                     }
                 };
                 let d = daemon.clone();
+                let socket = http::ClientSocket(std::os::fd::AsRawFd::as_raw_fd(&stream));
                 tokio::spawn(async move {
                     let _place = place;
-                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        // a build watches its client (http::ClientWatch); no other request needs to
+                        if req.uri().path().ends_with("/build") {
+                            req.extensions_mut().insert(socket);
+                        }
                         api::handle(d.clone(), req.map(|body| http::RequestBody::new(body, body_timeout)))
                     });
                     // half_close: a request whose client closed its side right after sending

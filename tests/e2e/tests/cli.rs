@@ -1760,6 +1760,33 @@ fn build_adds_files_from_urls() {
     assert_eq!(out, "served\nserved\n600\n");
 }
 
+/// A build whose client goes away (`engine build` interrupted, as Ctrl-C does) stops, as
+/// dockerd cancels it: the RUN in progress has its process killed, no later step runs, its step
+/// container, snapshot, mount and cgroup go, and nothing is tagged.
+#[test]
+fn an_interrupted_build_stops_and_leaves_nothing() {
+    let e = Engined::start();
+    e.import_busybox("busybox");
+    let ctx = build_context(&e, "interrupted", "FROM busybox\nRUN echo started && sleep 1000\nRUN touch /never\n", &[]);
+    let mut build = Command::new(bin("engine"))
+        .args(["-H", &e.host(), "build", "-t", "interrupted:1", ctx.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(build.stdout.take().unwrap());
+    // the RUN's own output: its process runs
+    let mut seen = String::new();
+    while !seen.lines().any(|l| l == "started") {
+        assert!(std::io::BufRead::read_line(&mut out, &mut seen).unwrap() > 0, "the build ended early: {seen}");
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(build.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let _ = build.wait();
+    wait_for("the step container to go", || e.ok(&["ps", "-aq"]).trim().is_empty());
+    assert!(!e.ok(&["images"]).contains("interrupted"), "{}", e.ok(&["images"]));
+    e.assert_clean();
+}
+
 /// What docker-py's build tests found, kept here: FROM scratch with intermediate images hidden
 /// from `images` (shown with -a) and removed with their last child, a RUN's stderr in red,
 /// --add-host for RUN, --cache-from (only those images' steps are cache), and the API's
@@ -1812,5 +1839,19 @@ fn build_as_docker_py_uses_it() {
     let (status, lines) = e.request("POST", "/build", &body);
     assert_eq!(status, 200);
     assert!(lines.contains(r#""errorDetail":{"code":7,"#) || lines.contains(r#""code":7"#), "{lines}");
+    // a Dockerfile that is empty or malformed is refused with the request (a 400, as dockerd's,
+    // which docker-py raises as an APIError), not as a line of a stream
+    for (name, dockerfile, says) in [
+        ("empty", "", "the Dockerfile (Dockerfile) cannot be empty"),
+        ("malformed", "FROM busybox\nRUNN x\n", "unknown instruction: RUNN"),
+        ("stageless", "# only a comment\nENV A=1\n", "no build stage in current context"),
+    ] {
+        let ctx = build_context(&e, name, dockerfile, &[]);
+        let tar = e.dir.path().join(format!("{name}.tar"));
+        tar_dir(&ctx, &tar);
+        let (status, answer) = e.request("POST", "/build", &std::fs::read_to_string(&tar).unwrap());
+        assert_eq!(status, 400, "{name}: {answer}");
+        assert!(answer.contains(says), "{name}: {answer}");
+    }
     e.assert_clean();
 }
