@@ -1175,13 +1175,13 @@ pub async fn run(c: &Client, a: RunArgs) -> Result<i32> {
 }
 
 /// The signals a command proxies to its container (`--sig-proxy`): all a process can catch
-/// but those about the command itself (a child, a closed pipe, its window) and the faults
-/// the kernel raises for its own code.
+/// but those about the command itself (a child, a closed pipe, its window, its reads and
+/// writes of a terminal from the background) and the faults the kernel raises for its own code.
 const PROXIED_SIGNALS: &[nix::sys::signal::Signal] = {
     use nix::sys::signal::Signal::*;
     &[
-        SIGHUP, SIGINT, SIGQUIT, SIGABRT, SIGUSR1, SIGUSR2, SIGALRM, SIGTERM, SIGSTKFLT, SIGCONT, SIGTSTP, SIGTTIN,
-        SIGTTOU, SIGXCPU, SIGXFSZ, SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGSYS,
+        SIGHUP, SIGINT, SIGQUIT, SIGABRT, SIGUSR1, SIGUSR2, SIGALRM, SIGTERM, SIGSTKFLT, SIGCONT, SIGTSTP, SIGXCPU,
+        SIGXFSZ, SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGSYS,
     ]
 };
 
