@@ -33,6 +33,7 @@ pub fn json_body(v: &Value) -> Body {
     Full::new(Bytes::from(serde_json::to_vec(v).unwrap_or_default())).map_err(|never| match never {}).boxed()
 }
 
+/// A body of bytes already in memory (a small tar).
 pub fn bytes_body(b: Vec<u8>) -> Body {
     Full::new(Bytes::from(b)).map_err(|never| match never {}).boxed()
 }

@@ -565,8 +565,8 @@ pub fn create_body(a: &RunArgs) -> Result<ContainerCreateBody> {
         runtime: a.runtime.clone().unwrap_or_default(),
         isolation: a.isolation.clone().unwrap_or_default(),
         volume_driver: a.volume_driver.clone().unwrap_or_default(),
-        storage_opt: key_values(&a.storage_opt, "--storage-opt")?,
-        annotations: key_values(&a.annotation, "--annotation")?,
+        storage_opt: key_values(&a.storage_opt, "--storage-opt", false)?,
+        annotations: key_values(&a.annotation, "--annotation", true)?,
         ..Default::default()
     };
     let addressed = a.ip.is_some() || a.ip6.is_some() || !a.link_local_ip.is_empty();
@@ -604,12 +604,14 @@ fn attach_stream(s: &str) -> Result<String, String> {
     }
 }
 
-/// `key=value` options (`--storage-opt`, `--annotation`) as a map.
-fn key_values(given: &[String], flag: &str) -> Result<BTreeMap<String, String>> {
+/// `key=value` options (`--storage-opt`, `--annotation`) as a map; with `bare`, a `key` alone
+/// has an empty value (the Docker CLI's map options).
+fn key_values(given: &[String], flag: &str, bare: bool) -> Result<BTreeMap<String, String>> {
     given
         .iter()
         .map(|kv| match kv.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            None if bare && !kv.is_empty() => Ok((kv.to_string(), String::new())),
             _ => bail!("invalid argument {kv:?} for \"{flag}\" flag: invalid key value pair format"),
         })
         .collect()
@@ -687,6 +689,10 @@ fn gpu_request(s: &str) -> Result<engine_docker_api::DeviceRequest> {
         seen.push(key);
         match (key, value) {
             (k, None) => {
+                if seen.contains(&"count") {
+                    bail!("gpu request key 'count' can be specified only once");
+                }
+                seen.push("count");
                 req.count = count(k)?;
                 counted = true;
             }
@@ -1147,6 +1153,10 @@ pub async fn run(c: &Client, a: RunArgs) -> Result<i32> {
         a.detach_keys.as_deref().map(|k| format!("&detachKeys={}", urlencode(k))).unwrap_or_default()
     );
     let io = c.hijack(&attach, None).await?;
+    if !attached(&a, "stdout") && !attached(&a, "stderr") {
+        // nothing of the container's shows: its id does, as the Docker CLI prints it
+        println!("{id}");
+    }
     // Wait is asked before the start, so the exit cannot be missed.
     let condition = if a.rm { "removed" } else { "next-exit" };
     let wait = c.post(&format!("/containers/{id}/wait?condition={condition}"), None).await?;
@@ -1176,7 +1186,8 @@ pub async fn run(c: &Client, a: RunArgs) -> Result<i32> {
 
 /// The signals a command proxies to its container (`--sig-proxy`): all a process can catch
 /// but those about the command itself (a child, a closed pipe, its window, its reads and
-/// writes of a terminal from the background) and the faults the kernel raises for its own code.
+/// writes of a terminal from the background) and the faults of its own instructions (SIGSEGV,
+/// SIGBUS, SIGFPE, SIGILL, SIGTRAP), as the Docker CLI forwards them.
 const PROXIED_SIGNALS: &[nix::sys::signal::Signal] = {
     use nix::sys::signal::Signal::*;
     &[
@@ -1964,8 +1975,11 @@ mod tests {
         assert!(throttle_devices(&[], true).unwrap().is_none());
         assert_eq!(weight_device("/dev/sda:200").unwrap().weight, 200);
         assert!(weight_device("/dev/sda:5").is_err());
-        assert_eq!(key_values(&["a=b=c".into()], "--annotation").unwrap()["a"], "b=c");
-        assert!(key_values(&["=x".into()], "--annotation").is_err());
+        assert_eq!(key_values(&["a=b=c".into()], "--annotation", true).unwrap()["a"], "b=c");
+        assert_eq!(key_values(&["bare".into()], "--annotation", true).unwrap()["bare"], "");
+        assert!(key_values(&["bare".into()], "--storage-opt", false).is_err());
+        assert!(key_values(&["=x".into()], "--annotation", true).is_err());
+        assert!(gpu_request("all,count=2").unwrap_err().to_string().contains("only once"));
     }
 
     #[test]

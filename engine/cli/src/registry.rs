@@ -118,13 +118,7 @@ pub fn auth_header_for(image: &str) -> Result<Option<String>> {
 /// The `X-Registry-Config` header of a build: the credentials of every registry kept, keyed by
 /// its address, as the Docker CLI sends them (the daemon picks the base images' registries').
 pub fn registry_config_header() -> Result<Option<String>> {
-    let cfg = read_config()?;
-    let mut all = serde_json::Map::new();
-    for key in cfg.auths.keys().chain(cfg.cred_helpers.keys()) {
-        if let Some(auth) = auth_for(&cfg, key)? {
-            all.insert(key.clone(), auth);
-        }
-    }
+    let all: serde_json::Map<String, Value> = all_auths(&read_config()?)?.into_iter().collect();
     if all.is_empty() {
         return Ok(None);
     }
@@ -143,10 +137,8 @@ pub fn credentials_config() -> Result<Option<Vec<u8>>> {
             return Ok(Some(serde_json::to_vec_pretty(&ConfigFile { auths: given.auths, ..Default::default() })?));
         }
     }
-    let cfg = read_config()?;
     let mut auths = BTreeMap::new();
-    for key in cfg.auths.keys().chain(cfg.cred_helpers.keys()) {
-        let Some(auth) = auth_for(&cfg, key)? else { continue };
+    for (key, auth) in all_auths(&read_config()?)? {
         let field = |k: &str| auth[k].as_str().unwrap_or_default().to_string();
         let (user, password) = (field("username"), field("password"));
         let entry = AuthEntry {
@@ -158,12 +150,23 @@ pub fn credentials_config() -> Result<Option<Vec<u8>>> {
             identity_token: field("identitytoken"),
             other: BTreeMap::new(),
         };
-        auths.insert(key.clone(), entry);
+        auths.insert(key, entry);
     }
     if auths.is_empty() {
         return Ok(None);
     }
     Ok(Some(serde_json::to_vec_pretty(&ConfigFile { auths, ..Default::default() })?))
+}
+
+/// The credentials of every registry kept (config.json's entries and its helpers'), by key.
+fn all_auths(cfg: &ConfigFile) -> Result<Vec<(String, Value)>> {
+    let mut all = Vec::new();
+    for key in cfg.auths.keys().chain(cfg.cred_helpers.keys()) {
+        if let Some(auth) = auth_for(cfg, key)? {
+            all.push((key.clone(), auth));
+        }
+    }
+    Ok(all)
 }
 
 /// The credentials kept for registry `key` (a helper's, else config.json's), as the daemon

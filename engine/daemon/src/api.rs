@@ -481,6 +481,7 @@ async fn build(
     // dropped) drops the receiver, which cancels the build (`build::cancelled`)
     let forward = tokio::spawn(async move {
         let mut check = tokio::time::interval(std::time::Duration::from_millis(250));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let v = tokio::select! {
                 v = rx.recv() => v,
@@ -1280,6 +1281,13 @@ fn list_command(path: &str, args: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listed_command_quotes_arguments_with_spaces_as_dockerd() {
+        let args = ["-c".to_string(), "echo up; exec sleep 9".to_string()];
+        assert_eq!(list_command("sh", &args), "sh -c 'echo up; exec sleep 9'");
+        assert_eq!(list_command("true", &[]), "true");
+    }
 
     #[test]
     fn parses_times_and_versions() {

@@ -234,9 +234,12 @@ pub type Out = mpsc::Sender<Value>;
 /// build's answer starts: one that is empty, malformed or without a FROM is refused with the
 /// request, as dockerd refuses it (a 400, not a line of a stream).
 pub fn instructions(text: &str, name: &str) -> Result<Vec<Instruction>, BuildError> {
+    if text.is_empty() {
+        return Err(BuildError::msg(format!("the Dockerfile ({name}) cannot be empty")));
+    }
     let instructions = dockerfile::parse(text)?;
     if instructions.is_empty() {
-        return Err(BuildError::msg(format!("the Dockerfile ({name}) cannot be empty")));
+        return Err(BuildError::msg("file with no instructions"));
     }
     if !instructions.iter().any(|i| i.keyword == "FROM") {
         return Err(BuildError::msg("no build stage in current context"));
@@ -254,6 +257,9 @@ async fn say(out: &Out, text: impl Into<String>) {
 fn cancelled() -> BuildError {
     BuildError::msg("the build was cancelled: its client went away")
 }
+
+/// How long a cancelled build's RUN is waited for once its process is killed.
+const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A build failure, as the stream's `errorDetail` carries it.
 #[derive(Debug)]
@@ -1025,10 +1031,13 @@ async fn run<H: BuildHost>(
             ran = &mut run => ran.map_err(|e| BuildError::msg(e.message))?,
             _ = out.closed() => {
                 // the run is not dropped halfway: it ends once its process is killed (killed
-                // again until then: a start still under way has no process to kill yet)
+                // again until then: a start still under way has no process to kill yet), or
+                // is given up after CANCEL_WAIT (the container goes with the step all the same)
+                let give_up = tokio::time::Instant::now() + CANCEL_WAIT;
                 loop {
                     host.kill(&id).await;
-                    if tokio::time::timeout(std::time::Duration::from_millis(200), &mut run).await.is_ok() {
+                    let ended = tokio::time::timeout(std::time::Duration::from_millis(200), &mut run).await.is_ok();
+                    if ended || tokio::time::Instant::now() > give_up {
                         break;
                     }
                 }
@@ -1337,6 +1346,16 @@ fn remove_empty_excluded(root: &Path, rel: &Path, ignore: &dockerfile::Ignore) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dockerfile_is_read_before_the_build_as_dockerd_reads_it() {
+        let err = |text: &str| instructions(text, "Dockerfile").unwrap_err().message;
+        assert_eq!(err(""), "the Dockerfile (Dockerfile) cannot be empty");
+        assert_eq!(err("# only a comment\n"), "file with no instructions");
+        assert_eq!(err("ENV A=1\n"), "no build stage in current context");
+        assert!(err("FROM x\nRUNN y\n").contains("line 2: unknown instruction: RUNN"));
+        assert_eq!(instructions("FROM x\nRUN y\n", "Dockerfile").unwrap().len(), 2);
+    }
 
     #[test]
     fn expose_expands_ranges_and_refuses_bad_ports() {

@@ -1496,6 +1496,7 @@ impl Daemon {
         // what an update cannot change (kernel memory, block I/O, realtime, devices): refused
         // as a create's
         hostconfig::check_unsupported(new).map_err(cannot)?;
+        hostconfig::check_updatable(new).map_err(cannot)?;
         if !u.restart_policy.name.is_empty() {
             if hc.auto_remove && u.restart_policy.name != "no" {
                 return Err(cannot(ApiError::conflict(

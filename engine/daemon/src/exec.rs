@@ -595,6 +595,15 @@ fn exec_failure(reason: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failed_exec_is_told_in_dockerds_words() {
+        assert_eq!(
+            super::exec_failure("container init: exec: \"x\": executable file not found in $PATH"),
+            "OCI runtime exec failed: exec failed: unable to start container process: exec: \"x\": executable file not found in $PATH: unknown"
+        );
+        assert_eq!(super::exec_failure("no such process"), "OCI runtime exec failed: no such process: unknown");
+    }
+
     use std::path::Path;
     use std::time::Duration;
 

@@ -284,6 +284,17 @@ pub fn check_unsupported(r: &engine_docker_api::Resources) -> Result<(), ApiErro
     Ok(())
 }
 
+/// What a create applies but an update cannot change (the block I/O throttles): refused by
+/// name, never dropped.
+pub fn check_updatable(r: &engine_docker_api::Resources) -> Result<(), ApiError> {
+    if throttles(r).iter().any(|(_, d)| !d.is_empty()) {
+        return Err(ApiError::bad_request(
+            "BlkioDevice*Bps/IOps cannot be updated: block I/O throttles are set when a container is created",
+        ));
+    }
+    Ok(())
+}
+
 /// The four per-device throttles of `r` (`--device-read-bps` …), each by the spec's name.
 fn throttles(r: &engine_docker_api::Resources) -> [(&'static str, &[engine_docker_api::ThrottleDevice]); 4] {
     fn list(d: &Option<Vec<engine_docker_api::ThrottleDevice>>) -> &[engine_docker_api::ThrottleDevice] {
@@ -476,7 +487,7 @@ fn check_rest(hc: &HostConfig) -> Result<Vec<MountSpec>, ApiError> {
 
     if !hc.storage_opt.is_empty() {
         return bad(format!(
-            "--storage-opt {:?} is not supported: the writable layer has no size quota here (dockerd's overlay2 needs xfs with 'pquota')",
+            "StorageOpt (--storage-opt) {:?} is not supported: the writable layer has no size quota here (dockerd's overlay2 needs xfs with 'pquota')",
             hc.storage_opt.keys().next().map_or("", |k| k.as_str())
         ));
     }

@@ -156,28 +156,30 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
-/// The socket of the connection a request came on (a Unix stream), put in the request's
-/// extensions for the handlers that watch their client ([`ClientWatch`]); valid while the
-/// request is served.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientSocket(pub std::os::fd::RawFd);
+/// The socket of the connection a request came on (a Unix stream): a duplicate of its own
+/// (close-on-exec), made while the connection is served, so it is never another connection's
+/// however long a handler keeps it; put in the request's extensions for the handlers that watch
+/// their client ([`ClientWatch`]).
+#[derive(Clone, Debug)]
+pub struct ClientSocket(pub std::sync::Arc<std::os::fd::OwnedFd>);
+
+impl ClientSocket {
+    /// A duplicate of the connection's socket `stream`.
+    pub fn of(stream: std::os::fd::BorrowedFd<'_>) -> Option<ClientSocket> {
+        stream.try_clone_to_owned().ok().map(|fd| ClientSocket(std::sync::Arc::new(fd)))
+    }
+}
 
 /// Whether a request's client is still there, for an answer that streams a long time (a build,
 /// which dockerd cancels once its client goes; Go's server reads in the background to know,
-/// hyper does not). Its own duplicate of the connection's socket, so the check never reads
-/// another connection's.
-pub struct ClientWatch(Option<std::os::fd::OwnedFd>);
+/// hyper does not).
+pub struct ClientWatch(Option<std::sync::Arc<std::os::fd::OwnedFd>>);
 
 impl ClientWatch {
     /// The client of a request with a [`ClientSocket`]; without one (a request served some
     /// other way), a client that never goes.
     pub fn of<B>(req: &hyper::Request<B>) -> ClientWatch {
-        let fd = req.extensions().get::<ClientSocket>().and_then(|s| {
-            // SAFETY: the connection's socket is open while its request is served, which is now.
-            let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(s.0) };
-            nix::unistd::dup(socket).ok()
-        });
-        ClientWatch(fd)
+        ClientWatch(req.extensions().get::<ClientSocket>().map(|s| s.0.clone()))
     }
 
     /// Whether the client closed the connection: both directions shut (POLLHUP on a Unix
@@ -186,7 +188,7 @@ impl ClientWatch {
     pub fn gone(&self) -> bool {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         let Some(fd) = &self.0 else { return false };
-        let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(fd), PollFlags::empty())];
+        let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(fd.as_ref()), PollFlags::empty())];
         poll(&mut fds, PollTimeout::ZERO).is_ok() && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP))
     }
 }
@@ -435,6 +437,29 @@ pub fn new_id() -> Result<String, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_is_gone_once_its_connection_is_closed_not_half_closed() {
+        use std::os::fd::AsFd;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let req = |s: Option<ClientSocket>| {
+            let mut r = hyper::Request::new(());
+            if let Some(s) = s {
+                r.extensions_mut().insert(s);
+            }
+            r
+        };
+        let watch = ClientWatch::of(&req(ClientSocket::of(ours.as_fd())));
+        assert!(!watch.gone());
+        theirs.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(!watch.gone(), "a half-close is still a client");
+        drop(theirs);
+        assert!(watch.gone());
+        // the watch's socket is its own: the connection's closing does not change it
+        drop(ours);
+        assert!(watch.gone());
+        assert!(!ClientWatch::of(&req(None)).gone());
+    }
 
     #[test]
     fn a_repeated_parameter_reads_as_its_first_value_as_gos_formvalue() {

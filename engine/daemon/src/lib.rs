@@ -340,13 +340,18 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                     }
                 };
                 let d = daemon.clone();
-                let socket = http::ClientSocket(std::os::fd::AsRawFd::as_raw_fd(&stream));
+                let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
                 tokio::spawn(async move {
                     let _place = place;
                     let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                         // a build watches its client (http::ClientWatch); no other request needs to
                         if req.uri().path().ends_with("/build") {
-                            req.extensions_mut().insert(socket);
+                            // SAFETY: the service is called from the connection's own poll, while
+                            // the connection (and so its socket) is open.
+                            let stream = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket) };
+                            if let Some(s) = http::ClientSocket::of(stream) {
+                                req.extensions_mut().insert(s);
+                            }
                         }
                         api::handle(d.clone(), req.map(|body| http::RequestBody::new(body, body_timeout)))
                     });

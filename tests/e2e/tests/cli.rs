@@ -1767,7 +1767,7 @@ fn build_adds_files_from_urls() {
 fn an_interrupted_build_stops_and_leaves_nothing() {
     let e = Engined::start();
     e.import_busybox("busybox");
-    let ctx = build_context(&e, "interrupted", "FROM busybox\nRUN echo started && sleep 1000\nRUN touch /never\n", &[]);
+    let ctx = build_context(&e, "interrupted", "FROM busybox\nRUN echo started && sleep 1000\nRUN sleep 1000\n", &[]);
     let mut build = Command::new(bin("engine"))
         .args(["-H", &e.host(), "build", "-t", "interrupted:1", ctx.to_str().unwrap()])
         .stdout(Stdio::piped())
@@ -1783,6 +1783,11 @@ fn an_interrupted_build_stops_and_leaves_nothing() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(build.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let _ = build.wait();
     wait_for("the step container to go", || e.ok(&["ps", "-aq"]).trim().is_empty());
+    // and no later step's comes (a build that ran on would make one at once)
+    for _ in 0..10 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(e.ok(&["ps", "-aq"]).trim(), "", "a later step ran");
+    }
     assert!(!e.ok(&["images"]).contains("interrupted"), "{}", e.ok(&["images"]));
     e.assert_clean();
 }

@@ -558,6 +558,11 @@ fn host_config_fields_are_shown_applied_or_refused() {
     e.ok(&["update", "--cpuset-cpus", "0-1", &id]);
     assert_eq!(cg("cpuset.cpus").unwrap(), "0-1");
     assert_eq!(inspect_json(&e, &id)["HostConfig"]["CpusetCpus"], "0-1");
+    // throttles are a create's: an update naming them is refused, not dropped
+    let update = format!(r#"{{"BlkioDeviceReadBps": [{{"Path": "{dev}", "Rate": 1024}}]}}"#);
+    let (status, body) = e.request("POST", &format!("/containers/{id}/update"), &update);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("cannot be updated"), "{body}");
     e.ok(&["rm", "-f", &id]);
 
     // refused by name, nothing made

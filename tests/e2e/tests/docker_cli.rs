@@ -639,14 +639,18 @@ fn outcome(mut cmd: Command, input: Option<&str>) -> (Outcome, String) {
 }
 
 /// Everyday commands through the `engine` CLI against engined and through the Docker CLI
-/// against a private dockerd, one after the other in the same order on each: the same output
-/// and exit code (run flags, exec, stop, logs, volumes, networks, inspect templates, errors).
+/// against a private dockerd, all on engined then all on dockerd, in the same order: the same
+/// output and exit code (run flags, exec, stop, logs, volumes, networks, inspect templates,
+/// errors).
 #[test]
 fn everyday_commands_match_the_docker_cli_on_dockerd() {
     let e = Engined::start();
     let d = engine_test_support::dockerd::Dockerd::start(&[]);
     let tar = e.busybox_tar();
     let bps = format!("/dev/{}:1mb", block_device());
+    // a subnet of this engined's own (no other test's network has it)
+    let subnet = e.subnet(7);
+    let address = subnet.replace(".0/24", ".9");
     let nonet = ["run", "--rm", "--network", "none"];
     let run = |rest: &[&str]| -> Vec<String> { nonet.iter().chain(rest).map(|s| s.to_string()).collect() };
     let cases: Vec<(Vec<String>, Option<&str>)> = vec![
@@ -753,7 +757,7 @@ fn everyday_commands_match_the_docker_cli_on_dockerd() {
         (["volume", "inspect", "-f", "{{.Driver}} {{.Name}} {{.Scope}}", "v1"].map(String::from).to_vec(), None),
         (["volume", "rm", "v1"].map(String::from).to_vec(), None),
         (["volume", "rm", "v1"].map(String::from).to_vec(), None),
-        (["network", "create", "--subnet", "10.231.7.0/24", "n1"].map(String::from).to_vec(), None),
+        (vec!["network".into(), "create".into(), "--subnet".into(), subnet.clone(), "n1".into()], None),
         (
             ["network", "ls", "--filter", "name=n1", "--format", "{{.Name}} {{.Driver}} {{.Scope}}"]
                 .map(String::from)
@@ -779,7 +783,7 @@ fn everyday_commands_match_the_docker_cli_on_dockerd() {
                 "--network",
                 "n1",
                 "--ip",
-                "10.231.7.9",
+                &address,
                 "bb",
                 "sh",
                 "-c",
@@ -798,15 +802,21 @@ fn everyday_commands_match_the_docker_cli_on_dockerd() {
         (["image", "inspect", "nosuch"].map(String::from).to_vec(), None),
         (["ps", "-a", "--format", "{{.Names}}"].map(String::from).to_vec(), None),
     ];
-    let engine_host = e.host();
-    let docker_host = format!("unix://{}", d.sock.display());
+    // engined's pass ends with its network removed, so both never hold the subnet at once
+    let pass = |program: std::path::PathBuf, host: String| -> Vec<(Outcome, String)> {
+        cases
+            .iter()
+            .map(|(args, input)| {
+                let mut cmd = Command::new(&program);
+                cmd.arg("-H").arg(&host).args(args);
+                outcome(cmd, *input)
+            })
+            .collect()
+    };
+    let engined = pass(bin("engine"), e.host());
+    let dockerd = pass(dockerd::docker_cli(), format!("unix://{}", d.sock.display()));
     let mut differ = Vec::new();
-    for (args, input) in &cases {
-        let mut engine = Command::new(bin("engine"));
-        engine.arg("-H").arg(&engine_host).args(args);
-        let mut docker = Command::new(dockerd::docker_cli());
-        docker.arg("-H").arg(&docker_host).args(args);
-        let ((ours, our_err), (theirs, their_err)) = (outcome(engine, *input), outcome(docker, *input));
+    for (((args, _), (ours, our_err)), (theirs, their_err)) in cases.iter().zip(engined).zip(dockerd) {
         if ours != theirs {
             differ.push(format!("{args:?}\n  engine: {ours:?} {our_err:?}\n  docker: {theirs:?} {their_err:?}"));
         }

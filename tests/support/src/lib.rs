@@ -35,9 +35,24 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A block device of this host (`vda`: its name under /dev and /sys/block), not a loop or RAM
-/// disk, for the block I/O throttle tests.
+/// A block device of this host (`vda`: its name under /dev and /sys/block) for the block I/O
+/// throttle tests: the disk under the root filesystem, else the first that is not a loop or
+/// RAM disk.
 pub fn block_device() -> String {
+    let root = nix::sys::stat::stat("/").expect("stat /");
+    let (major, minor) = (nix::sys::stat::major(root.st_dev), nix::sys::stat::minor(root.st_dev));
+    if let Ok(node) = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")) {
+        // a partition's directory sits in its disk's
+        let disk = match node.parent() {
+            Some(parent) if parent.join("dev").exists() => parent.to_path_buf(),
+            _ => node,
+        };
+        if let Some(name) = disk.file_name().map(|n| n.to_string_lossy().to_string()) {
+            if Path::new(&format!("/dev/{name}")).exists() {
+                return name;
+            }
+        }
+    }
     std::fs::read_dir("/sys/block")
         .expect("/sys/block")
         .flatten()
