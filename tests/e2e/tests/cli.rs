@@ -1774,14 +1774,25 @@ fn an_interrupted_build_stops_and_leaves_nothing() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut out = std::io::BufReader::new(build.stdout.take().unwrap());
-    // the RUN's own output: its process runs
-    let mut seen = String::new();
-    while !seen.lines().any(|l| l == "started") {
-        assert!(std::io::BufRead::read_line(&mut out, &mut seen).unwrap() > 0, "the build ended early: {seen}");
-    }
+    // the build's output, read aside (a test that waits on it never hangs)
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (seen, out) = (seen.clone(), build.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+                seen.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        })
+    };
+    // the RUN's process runs: its step container's log has its first line
+    wait_for("the RUN's process to run", || {
+        let id = e.ok(&["ps", "-q"]).trim().to_string();
+        !id.is_empty() && e.ok(&["logs", &id]) == "started\n"
+    });
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(build.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let _ = build.wait();
+    reader.join().unwrap();
+    assert!(seen.lock().unwrap().contains("Step 2/3 : RUN echo started"), "{}", seen.lock().unwrap());
     wait_for("the step container to go", || e.ok(&["ps", "-aq"]).trim().is_empty());
     // and no later step's comes (a build that ran on would make one at once)
     for _ in 0..10 {
