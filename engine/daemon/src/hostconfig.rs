@@ -256,7 +256,7 @@ pub fn check_unsupported(r: &engine_docker_api::Resources) -> Result<(), ApiErro
             "BlkioWeight (this host has no block I/O weights)",
         ),
         (
-            throttles(r).iter().any(|(_, d)| !d.is_empty()) && !Host::get().blkio_throttle,
+            throttles(r).iter().any(|d| !d.is_empty()) && !Host::get().blkio_throttle,
             "block I/O throttling (BlkioDevice*Bps/IOps: neither v1's blkio nor v2's io controller is here)",
         ),
         (
@@ -276,10 +276,8 @@ pub fn check_unsupported(r: &engine_docker_api::Resources) -> Result<(), ApiErro
     if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
         return Err(ApiError::bad_request(format!("{what} is not supported")));
     }
-    for (_, devices) in throttles(r) {
-        for d in devices {
-            throttle_device(d)?;
-        }
+    for d in throttles(r).into_iter().flatten() {
+        throttle_device(d)?;
     }
     Ok(())
 }
@@ -287,7 +285,7 @@ pub fn check_unsupported(r: &engine_docker_api::Resources) -> Result<(), ApiErro
 /// What a create applies but an update cannot change (the block I/O throttles): refused by
 /// name, never dropped.
 pub fn check_updatable(r: &engine_docker_api::Resources) -> Result<(), ApiError> {
-    if throttles(r).iter().any(|(_, d)| !d.is_empty()) {
+    if throttles(r).iter().any(|d| !d.is_empty()) {
         return Err(ApiError::bad_request(
             "BlkioDevice*Bps/IOps cannot be updated: block I/O throttles are set when a container is created",
         ));
@@ -295,17 +293,11 @@ pub fn check_updatable(r: &engine_docker_api::Resources) -> Result<(), ApiError>
     Ok(())
 }
 
-/// The four per-device throttles of `r` (`--device-read-bps` …), each by the spec's name.
-fn throttles(r: &engine_docker_api::Resources) -> [(&'static str, &[engine_docker_api::ThrottleDevice]); 4] {
-    fn list(d: &Option<Vec<engine_docker_api::ThrottleDevice>>) -> &[engine_docker_api::ThrottleDevice] {
-        d.as_deref().unwrap_or_default()
-    }
-    [
-        ("throttleReadBpsDevice", list(&r.blkio_device_read_bps)),
-        ("throttleWriteBpsDevice", list(&r.blkio_device_write_bps)),
-        ("throttleReadIOPSDevice", list(&r.blkio_device_read_iops)),
-        ("throttleWriteIOPSDevice", list(&r.blkio_device_write_iops)),
-    ]
+/// The four per-device throttles of `r`: read bps, write bps, read IOPS, write IOPS
+/// (`--device-read-bps` …).
+fn throttles(r: &engine_docker_api::Resources) -> [&[engine_docker_api::ThrottleDevice]; 4] {
+    [&r.blkio_device_read_bps, &r.blkio_device_write_bps, &r.blkio_device_read_iops, &r.blkio_device_write_iops]
+        .map(|d| d.as_deref().unwrap_or_default())
 }
 
 /// A throttle of the host's block device at `d.path`, by its device numbers (what the cgroup
@@ -1064,7 +1056,7 @@ fn set_limits(res: &mut LinuxResources, hc: &HostConfig) -> Result<(), ApiError>
     if let Some(p) = hc.resources.pids_limit.filter(|p| *p != 0) {
         res.set_pids(Some(LinuxPidsBuilder::default().limit(p).build().map_err(spec_error)?));
     }
-    let [read_bps, write_bps, read_iops, write_iops] = throttles(r).map(|(_, devices)| {
+    let [read_bps, write_bps, read_iops, write_iops] = throttles(r).map(|devices| {
         let devices = devices.iter().map(throttle_device).collect::<Result<Vec<_>, _>>();
         devices.map(|d| (!d.is_empty()).then_some(d))
     });

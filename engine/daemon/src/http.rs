@@ -156,30 +156,25 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
-/// The socket of the connection a request came on (a Unix stream): a duplicate of its own
-/// (close-on-exec), made while the connection is served, so it is never another connection's
-/// however long a handler keeps it; put in the request's extensions for the handlers that watch
-/// their client ([`ClientWatch`]).
-#[derive(Clone, Debug)]
-pub struct ClientSocket(pub std::sync::Arc<std::os::fd::OwnedFd>);
-
-impl ClientSocket {
-    /// A duplicate of the connection's socket `stream`.
-    pub fn of(stream: std::os::fd::BorrowedFd<'_>) -> Option<ClientSocket> {
-        stream.try_clone_to_owned().ok().map(|fd| ClientSocket(std::sync::Arc::new(fd)))
-    }
-}
-
 /// Whether a request's client is still there, for an answer that streams a long time (a build,
 /// which dockerd cancels once its client goes; Go's server reads in the background to know,
-/// hyper does not).
+/// hyper does not). It holds a duplicate of the connection's socket (close-on-exec), made while
+/// the connection is served, so it is never another connection's however long a handler keeps
+/// it; the connection puts it in the request's extensions for the handlers that watch.
+#[derive(Clone, Debug, Default)]
 pub struct ClientWatch(Option<std::sync::Arc<std::os::fd::OwnedFd>>);
 
 impl ClientWatch {
-    /// The client of a request with a [`ClientSocket`]; without one (a request served some
-    /// other way), a client that never goes.
+    /// A watch of the connection's socket `stream` (none if it cannot be duplicated: a client
+    /// that never goes).
+    pub fn socket(stream: std::os::fd::BorrowedFd<'_>) -> ClientWatch {
+        ClientWatch(stream.try_clone_to_owned().ok().map(std::sync::Arc::new))
+    }
+
+    /// The watch the connection put in request `req`; without one (a request served some other
+    /// way), a client that never goes.
     pub fn of<B>(req: &hyper::Request<B>) -> ClientWatch {
-        ClientWatch(req.extensions().get::<ClientSocket>().map(|s| s.0.clone()))
+        req.extensions().get::<ClientWatch>().cloned().unwrap_or_default()
     }
 
     /// Whether the client closed the connection: both directions shut (POLLHUP on a Unix
@@ -442,14 +437,14 @@ mod tests {
     fn a_client_is_gone_once_its_connection_is_closed_not_half_closed() {
         use std::os::fd::AsFd;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        let req = |s: Option<ClientSocket>| {
+        let req = |w: Option<ClientWatch>| {
             let mut r = hyper::Request::new(());
-            if let Some(s) = s {
-                r.extensions_mut().insert(s);
+            if let Some(w) = w {
+                r.extensions_mut().insert(w);
             }
             r
         };
-        let watch = ClientWatch::of(&req(ClientSocket::of(ours.as_fd())));
+        let watch = ClientWatch::of(&req(Some(ClientWatch::socket(ours.as_fd()))));
         assert!(!watch.gone());
         theirs.shutdown(std::net::Shutdown::Write).unwrap();
         assert!(!watch.gone(), "a half-close is still a client");

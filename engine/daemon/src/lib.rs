@@ -349,9 +349,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                             // SAFETY: the service is called from the connection's own poll, while
                             // the connection (and so its socket) is open.
                             let stream = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket) };
-                            if let Some(s) = http::ClientSocket::of(stream) {
-                                req.extensions_mut().insert(s);
-                            }
+                            req.extensions_mut().insert(http::ClientWatch::socket(stream));
                         }
                         api::handle(d.clone(), req.map(|body| http::RequestBody::new(body, body_timeout)))
                     });
